@@ -1,0 +1,277 @@
+//! Configuration: a TOML file plus `NEARHOP_PDNS_BACKEND_<KEY>` environment overrides, parsed
+//! and validated once at start into types the rest of the backend trusts.
+
+use anyhow::{bail, Context, Result};
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Prefix of the environment variables that override file settings.
+pub const ENV_PREFIX: &str = "NEARHOP_PDNS_BACKEND_";
+
+/// Everything the backend needs to run, validated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// libpq connection string (keyword/value or URL) of the region's replica (or primary).
+    #[serde(default = "default_database_url")]
+    pub database_url: String,
+    /// Unix socket for pdns's `unix` connector; not served when absent.
+    #[serde(default)]
+    pub unix_socket: Option<PathBuf>,
+    /// Address of the HTTP listener: `/metrics`, `/v1/wait`, `/v1/status` and the `http`
+    /// connector under `/dns`.
+    #[serde(default = "default_http_listen")]
+    pub http_listen: SocketAddr,
+    /// pdns's `socket-dir`; when set, every changed name is purged from pdns's caches through
+    /// `<socket_dir>/pdns.controlsocket`.
+    #[serde(default)]
+    pub pdns_socket_dir: Option<PathBuf>,
+    /// How often the replica's replay position is checked, in milliseconds.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// How often regions, edge heartbeats and domain metadata are re-read, in milliseconds.
+    #[serde(default = "default_refresh_ms")]
+    pub refresh_ms: u64,
+    /// Upper bound of the reconnect backoff, in milliseconds.
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+    /// Longest request line accepted from a connector, in bytes.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Delay of the second purge of a changed name, which removes an answer that a pdns thread
+    /// fetched just before the change and cached just after the first purge.
+    #[serde(default = "default_purge_repeat_ms")]
+    pub purge_repeat_ms: u64,
+    /// The connect name's answer (zone apex A/AAAA).
+    #[serde(default)]
+    pub apex: ApexConfig,
+}
+
+/// How the zone apex's A/AAAA answer is chosen.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApexConfig {
+    /// Region answered when no prefix matches (or none of the matched regions is healthy).
+    #[serde(default = "default_region")]
+    pub default_region: String,
+    /// A region is healthy while one of its edges heartbeated within this many seconds.
+    #[serde(default = "default_heartbeat_bound_secs")]
+    pub heartbeat_bound_secs: f64,
+    /// TTL of the apex A/AAAA answer.
+    #[serde(default = "default_apex_ttl")]
+    pub ttl: u32,
+    /// Client prefix → region, or → regions in order of preference. Longest prefix wins.
+    #[serde(default)]
+    pub prefixes: BTreeMap<String, RegionChoice>,
+}
+
+/// One region, or several in order of preference.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RegionChoice {
+    /// A single region.
+    One(String),
+    /// Regions in order of preference.
+    Ordered(Vec<String>),
+}
+
+impl RegionChoice {
+    /// The regions, most preferred first.
+    pub fn regions(&self) -> Vec<String> {
+        match self {
+            RegionChoice::One(r) => vec![r.clone()],
+            RegionChoice::Ordered(rs) => rs.clone(),
+        }
+    }
+}
+
+impl Default for ApexConfig {
+    fn default() -> Self {
+        ApexConfig {
+            default_region: default_region(),
+            heartbeat_bound_secs: default_heartbeat_bound_secs(),
+            ttl: default_apex_ttl(),
+            prefixes: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_database_url() -> String {
+    "host=127.0.0.1 port=55432 user=nearhop dbname=nearhop".into()
+}
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9153))
+}
+fn default_poll_interval_ms() -> u64 {
+    1
+}
+fn default_refresh_ms() -> u64 {
+    1000
+}
+fn default_reconnect_max_ms() -> u64 {
+    2000
+}
+fn default_max_request_bytes() -> usize {
+    64 * 1024
+}
+fn default_purge_repeat_ms() -> u64 {
+    250
+}
+fn default_region() -> String {
+    "us".into()
+}
+fn default_heartbeat_bound_secs() -> f64 {
+    30.0
+}
+fn default_apex_ttl() -> u32 {
+    10
+}
+
+impl Config {
+    /// Reads `path` (if given), applies the environment overrides and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .with_context(|| format!("reading config {}", p.display()))?,
+            None => String::new(),
+        };
+        Config::from_parts(&text, std::env::vars())
+    }
+
+    /// Builds the config from file text and `(name, value)` environment pairs.
+    pub fn from_parts(text: &str, env: impl Iterator<Item = (String, String)>) -> Result<Config> {
+        let mut table: toml::Table = toml::from_str(text).context("parsing config TOML")?;
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            let value = env_value(&value);
+            match key.strip_prefix("apex_") {
+                Some(sub) => {
+                    let apex = table
+                        .entry("apex")
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    let Some(apex) = apex.as_table_mut() else {
+                        bail!("config key `apex` must be a table");
+                    };
+                    apex.insert(sub.to_string(), value);
+                }
+                None => {
+                    table.insert(key, value);
+                }
+            }
+        }
+        let cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .context("invalid configuration")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.poll_interval_ms == 0 {
+            bail!("poll_interval_ms must be at least 1");
+        }
+        if self.max_request_bytes < 1024 {
+            bail!("max_request_bytes must be at least 1024");
+        }
+        if self.apex.heartbeat_bound_secs.is_nan() || self.apex.heartbeat_bound_secs <= 0.0 {
+            bail!("apex.heartbeat_bound_secs must be positive");
+        }
+        for prefix in self.apex.prefixes.keys() {
+            parse_prefix(prefix)?;
+        }
+        Ok(())
+    }
+
+    /// The prefix map, parsed (validated at load, so this cannot fail afterwards).
+    pub fn prefix_map(&self) -> Vec<(IpNet, Vec<String>)> {
+        self.apex
+            .prefixes
+            .iter()
+            .filter_map(|(p, r)| parse_prefix(p).ok().map(|net| (net, r.regions())))
+            .collect()
+    }
+
+    /// Poll interval as a duration.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+}
+
+/// Parses `10.0.0.0/8` or a bare address (a host prefix).
+fn parse_prefix(s: &str) -> Result<IpNet> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    match s.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(IpNet::from(ip)),
+        Err(_) => bail!("apex.prefixes: {s:?} is not a prefix such as 10.0.0.0/8"),
+    }
+}
+
+/// An environment value as TOML when it parses as one (numbers, booleans, inline tables),
+/// else as a plain string.
+fn env_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_to_an_empty_file() {
+        let cfg = Config::from_parts("", std::iter::empty()).expect("config");
+        assert_eq!(cfg.http_listen.port(), 9153);
+        assert_eq!(cfg.apex.default_region, "us");
+        assert_eq!(cfg.poll_interval_ms, 1);
+    }
+
+    #[test]
+    fn env_overrides_file_values_including_apex_tables() {
+        let env = vec![
+            (
+                "NEARHOP_PDNS_BACKEND_POLL_INTERVAL_MS".to_string(),
+                "5".to_string(),
+            ),
+            (
+                "NEARHOP_PDNS_BACKEND_DATABASE_URL".to_string(),
+                "host=/tmp port=1".to_string(),
+            ),
+            (
+                "NEARHOP_PDNS_BACKEND_APEX_PREFIXES".to_string(),
+                r#"{ "127.0.0.2/32" = "eu", "10.0.0.0/8" = ["ap", "us"] }"#.to_string(),
+            ),
+        ];
+        let cfg = Config::from_parts("poll_interval_ms = 2\n", env.into_iter()).expect("config");
+        assert_eq!(cfg.poll_interval_ms, 5);
+        assert_eq!(cfg.database_url, "host=/tmp port=1");
+        let map = cfg.prefix_map();
+        assert_eq!(map.len(), 2);
+    }
+
+    #[test]
+    fn bad_prefix_is_refused() {
+        let err = Config::from_parts(
+            "[apex.prefixes]\n\"nonsense\" = \"eu\"\n",
+            std::iter::empty(),
+        );
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(Config::from_parts("databse_url = \"x\"\n", std::iter::empty()).is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! Purges changed names from pdns's packet and query caches through its control socket
+//! (`pdns_control purge name$`): connect to `<socket-dir>/pdns.controlsocket`, write one
+//! line `purge a$ b$\n`, read the answer until pdns closes the connection.
+
+use crate::metrics::Metrics;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+/// Names per control-socket command: keeps each line short.
+const NAMES_PER_COMMAND: usize = 64;
+
+/// Sends purges for the batches of names it receives; an empty name means "everything".
+pub struct Purger {
+    socket: PathBuf,
+    repeat_after: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Purger {
+    /// A purger for pdns running with `socket_dir`.
+    pub fn new(socket_dir: &Path, repeat_after: Duration, metrics: Arc<Metrics>) -> Purger {
+        Purger {
+            socket: socket_dir.join("pdns.controlsocket"),
+            repeat_after,
+            metrics,
+        }
+    }
+
+    /// Runs until the sender side is dropped.
+    ///
+    /// Each batch is purged at once and again `repeat_after` later: a pdns thread that fetched
+    /// the old answer just before the change may store it in its cache just after the first
+    /// purge; the second purge removes that entry, so the window for a stale answer is the
+    /// repeat delay, not the cache TTL.
+    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Vec<String>>) {
+        let this = Arc::new(self);
+        while let Some(mut names) = rx.recv().await {
+            // Coalesce whatever queued up meanwhile into one round of commands.
+            while let Ok(more) = rx.try_recv() {
+                names.extend(more);
+            }
+            names.sort();
+            names.dedup();
+            this.purge(&names).await;
+            let later = Arc::clone(&this);
+            tokio::spawn(async move {
+                tokio::time::sleep(later.repeat_after).await;
+                later.purge(&names).await;
+            });
+        }
+    }
+
+    async fn purge(&self, names: &[String]) {
+        if names.iter().any(|n| n.is_empty()) {
+            self.send("purge\n".to_string()).await;
+            return;
+        }
+        let usable: Vec<&String> = names
+            .iter()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_graphic()))
+            .collect();
+        for chunk in usable.chunks(NAMES_PER_COMMAND) {
+            let mut line = String::from("purge");
+            for n in chunk {
+                line.push(' ');
+                line.push_str(n);
+                line.push('$');
+            }
+            line.push('\n');
+            self.send(line).await;
+        }
+    }
+
+    async fn send(&self, line: String) {
+        let result = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut s = UnixStream::connect(&self.socket).await?;
+            s.write_all(line.as_bytes()).await?;
+            let mut answer = Vec::new();
+            s.read_to_end(&mut answer).await?;
+            Ok::<_, std::io::Error>(answer)
+        })
+        .await;
+        match result {
+            Ok(Ok(_)) => self.metrics.purges.with_label_values(&["ok"]).inc(),
+            Ok(Err(e)) => {
+                self.metrics.purges.with_label_values(&["error"]).inc();
+                tracing::warn!(socket = %self.socket.display(), error = %e, "pdns purge failed; cache TTL is the backstop");
+            }
+            Err(_) => {
+                self.metrics.purges.with_label_values(&["timeout"]).inc();
+                tracing::warn!(socket = %self.socket.display(), "pdns purge timed out; cache TTL is the backstop");
+            }
+        }
+    }
+}

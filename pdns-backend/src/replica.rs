@@ -1,0 +1,448 @@
+//! Keeps the record store current from the region's replica: a full load in one
+//! REPEATABLE READ snapshot, then tailing `dns_changes` by xid8 visibility, reloading the
+//! changed names under each new snapshot. Reconnects with backoff and reloads in full.
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::{Domain, Record, RegionState, Store, Zones};
+use anyhow::{anyhow, Context, Result};
+use futures_util::{pin_mut, TryStreamExt};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, IsolationLevel, NoTls};
+
+/// Parses a PostgreSQL LSN (`16/B374D848`) into a byte position.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
+        return None;
+    }
+    let hi = u64::from_str_radix(hi, 16).ok()?;
+    let lo = u64::from_str_radix(lo, 16).ok()?;
+    Some((hi << 32) | lo)
+}
+
+/// Formats a byte position as PostgreSQL prints an LSN.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// The tailer: owns the database connection and writes into the store.
+pub struct Tailer {
+    cfg: Config,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    purge: Option<mpsc::UnboundedSender<Vec<String>>>,
+}
+
+/// Where the tail stands between two polls.
+struct Cursor {
+    /// xmin of the last snapshot read; every change not yet visible then has `xid >= xmin`.
+    xmin: u64,
+    /// Change ids already applied with their xid, kept while `xid >= xmin`.
+    applied: HashMap<i64, u64>,
+    /// The replay (or write) position seen at the last poll.
+    seen_lsn: u64,
+}
+
+const RECORD_COLUMNS: &str = "SELECT name, type, content, ttl, prio, domain_id FROM records \
+     WHERE NOT disabled AND name IS NOT NULL AND type IS NOT NULL AND content IS NOT NULL";
+
+impl Tailer {
+    /// A tailer that sends every changed name to `purge` (pdns's caches) when given.
+    pub fn new(
+        cfg: Config,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        purge: Option<mpsc::UnboundedSender<Vec<String>>>,
+    ) -> Tailer {
+        Tailer {
+            cfg,
+            store,
+            metrics,
+            purge,
+        }
+    }
+
+    /// Runs forever: connect, full load, tail; on any error keep serving what is in memory,
+    /// back off and start over.
+    pub async fn run(self) {
+        let mut backoff = Duration::from_millis(50);
+        let max = Duration::from_millis(self.cfg.reconnect_max_ms.max(50));
+        let mut first = true;
+        loop {
+            match self.session(&mut first).await {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        seconds_since_contact = self.store.seconds_since_contact(),
+                        "replica session ended; serving the last snapshot, reconnecting in {backoff:?}"
+                    );
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(max);
+            if self.store.is_loaded() && self.store.seconds_since_contact() < 1.0 {
+                backoff = Duration::from_millis(50);
+            }
+        }
+    }
+
+    async fn session(&self, first: &mut bool) -> Result<()> {
+        let (mut client, connection) = tokio_postgres::connect(&self.cfg.database_url, NoTls)
+            .await
+            .context("connecting to the replica")?;
+        let conn_task = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "replica connection closed");
+            }
+        });
+        if !*first {
+            self.metrics.reconnects.inc();
+        }
+        *first = false;
+        let result = self.load_and_tail(&mut client).await;
+        conn_task.abort();
+        result
+    }
+
+    async fn load_and_tail(&self, client: &mut Client) -> Result<()> {
+        let in_recovery: bool = client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await?
+            .get(0);
+        let lsn_sql = if in_recovery {
+            "SELECT COALESCE(pg_last_wal_replay_lsn(), '0/0')::text"
+        } else {
+            "SELECT pg_current_wal_lsn()::text"
+        };
+        let lsn_stmt = client.prepare(lsn_sql).await?;
+        let started = Instant::now();
+        let mut cursor = self.full_load(client, &lsn_stmt).await?;
+        tracing::info!(
+            records = self.store.read(Zones::record_count),
+            applied_lsn = format_lsn(cursor.seen_lsn),
+            in_recovery,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "full load done"
+        );
+        self.refresh_side_tables(client).await;
+        let mut last_refresh = Instant::now();
+        let refresh_every = Duration::from_millis(self.cfg.refresh_ms.max(10));
+        let mut interval = tokio::time::interval(self.cfg.poll_interval());
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let lsn = read_lsn(client, &lsn_stmt).await?;
+            self.store.touch();
+            if lsn != cursor.seen_lsn {
+                self.apply_changes(client, &mut cursor, lsn).await?;
+            }
+            if last_refresh.elapsed() >= refresh_every {
+                self.refresh_side_tables(client).await;
+                last_refresh = Instant::now();
+            }
+        }
+    }
+
+    /// Loads every zone and record under one snapshot; the position read before it opens is
+    /// the applied position.
+    async fn full_load(
+        &self,
+        client: &mut Client,
+        lsn_stmt: &tokio_postgres::Statement,
+    ) -> Result<Cursor> {
+        let lsn = read_lsn(client, lsn_stmt).await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let xmin = snapshot_xmin(&tx).await?;
+        let domains = load_domains(&tx).await?;
+        let stream = tx
+            .query_raw(RECORD_COLUMNS, std::iter::empty::<&str>())
+            .await
+            .context("reading records")?;
+        pin_mut!(stream);
+        let mut rows = Vec::new();
+        while let Some(row) = stream.try_next().await? {
+            if let Some(r) = record_from_row(&row) {
+                rows.push(r);
+            }
+        }
+        let applied = visible_changes(&tx, xmin).await?;
+        tx.commit().await?;
+        self.store.touch();
+        let zones = Zones::new(domains, rows);
+        self.metrics.records.set(zones.record_count() as i64);
+        self.store.replace_all(zones, lsn);
+        self.metrics.applied_lsn.set(lsn as i64);
+        self.metrics.full_loads.inc();
+        // Everything may have changed while we were away: drop pdns's caches entirely.
+        if let Some(p) = &self.purge {
+            let _ = p.send(vec![String::new()]);
+        }
+        Ok(Cursor {
+            xmin,
+            applied,
+            seen_lsn: lsn,
+        })
+    }
+
+    /// Reads the changes not applied yet and reloads their names, all under one snapshot
+    /// taken after `lsn` was read.
+    async fn apply_changes(
+        &self,
+        client: &mut Client,
+        cursor: &mut Cursor,
+        lsn: u64,
+    ) -> Result<()> {
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let new_xmin = snapshot_xmin(&tx).await?;
+        let rows = tx
+            .query(
+                "SELECT id, xid::text, name FROM dns_changes WHERE xid >= $1::text::xid8",
+                &[&cursor.xmin.to_string()],
+            )
+            .await
+            .context("reading dns_changes")?;
+        let mut fresh: Vec<(i64, u64)> = Vec::new();
+        let mut names: BTreeSet<String> = BTreeSet::new();
+        let mut zone_list_changed = false;
+        for row in &rows {
+            let id: i64 = row.get(0);
+            if cursor.applied.contains_key(&id) {
+                continue;
+            }
+            let xid: Option<&str> = row.get(1);
+            let xid = xid.and_then(|x| x.parse().ok()).unwrap_or(u64::MAX);
+            fresh.push((id, xid));
+            match row.get::<_, Option<String>>(2) {
+                Some(n) => {
+                    names.insert(n);
+                }
+                None => zone_list_changed = true,
+            }
+        }
+        let domains = if zone_list_changed {
+            Some(load_domains(&tx).await?)
+        } else {
+            None
+        };
+        let mut by_name: HashMap<String, Vec<Record>> = HashMap::new();
+        if !names.is_empty() {
+            let list: Vec<&str> = names.iter().map(String::as_str).collect();
+            let sql = format!("{RECORD_COLUMNS} AND name = ANY($1)");
+            for row in tx.query(sql.as_str(), &[&list]).await? {
+                if let Some((n, r)) = record_from_row(&row) {
+                    by_name.entry(n).or_default().push(r);
+                }
+            }
+        }
+        tx.commit().await?;
+        self.store.touch();
+        if domains.is_some() || !names.is_empty() {
+            let count = self.store.write(|zones| {
+                if let Some(d) = domains {
+                    zones.set_domains(d);
+                }
+                for n in &names {
+                    zones.replace_name(n, by_name.remove(n).unwrap_or_default());
+                }
+                zones.record_count()
+            });
+            self.metrics.records.set(count as i64);
+            self.metrics.changes_applied.inc_by(names.len() as u64);
+            tracing::debug!(names = names.len(), zone_list_changed, "applied changes");
+        }
+        self.store.set_applied_lsn(lsn);
+        self.metrics.applied_lsn.set(lsn as i64);
+        if let Some(p) = &self.purge {
+            if !names.is_empty() {
+                let _ = p.send(names.into_iter().collect());
+            }
+        }
+        for (id, xid) in fresh {
+            cursor.applied.insert(id, xid);
+        }
+        cursor.applied.retain(|_, xid| *xid >= new_xmin);
+        cursor.xmin = new_xmin;
+        cursor.seen_lsn = lsn;
+        Ok(())
+    }
+
+    /// Regions, edge heartbeats and domain metadata: small tables without change log, re-read
+    /// periodically. Failures are logged and leave the previous state in place.
+    async fn refresh_side_tables(&self, client: &Client) {
+        let regions = client
+            .query(
+                "SELECT r.name, host(r.ipv4), host(r.ipv6), \
+                 EXTRACT(EPOCH FROM (now() - max(e.last_heartbeat) FILTER (WHERE NOT e.draining)))::float8 \
+                 FROM regions r LEFT JOIN edges e ON e.region = r.name \
+                 GROUP BY r.name, r.ipv4, r.ipv6 ORDER BY r.name",
+                &[],
+            )
+            .await;
+        match regions {
+            Ok(rows) => {
+                let now = Instant::now();
+                let states = rows
+                    .iter()
+                    .map(|row| RegionState {
+                        name: row.get(0),
+                        ipv4: row.get(1),
+                        ipv6: row.get(2),
+                        heartbeat_age_secs: row.get(3),
+                        read_at: now,
+                    })
+                    .collect();
+                self.store.set_regions(states);
+            }
+            Err(e) => tracing::debug!(error = %e, "reading regions and edges"),
+        }
+        let meta = client
+            .query(
+                "SELECT d.name, m.kind, m.content FROM domainmetadata m \
+                 JOIN domains d ON d.id = m.domain_id \
+                 WHERE m.kind IS NOT NULL AND m.content IS NOT NULL",
+                &[],
+            )
+            .await;
+        match meta {
+            Ok(rows) => {
+                let mut map: HashMap<String, Vec<(String, String)>> = HashMap::new();
+                for row in rows {
+                    map.entry(row.get(0))
+                        .or_default()
+                        .push((row.get(1), row.get(2)));
+                }
+                self.store.set_metadata(map);
+            }
+            Err(e) => tracing::debug!(error = %e, "reading domain metadata"),
+        }
+    }
+}
+
+async fn read_lsn(client: &Client, stmt: &tokio_postgres::Statement) -> Result<u64> {
+    let row = client.query_one(stmt, &[]).await?;
+    let text: Option<String> = row.get(0);
+    let text = text.unwrap_or_else(|| "0/0".into());
+    parse_lsn(&text).ok_or_else(|| anyhow!("unparsable LSN {text:?}"))
+}
+
+async fn snapshot_xmin(tx: &tokio_postgres::Transaction<'_>) -> Result<u64> {
+    let row = tx
+        .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
+        .await?;
+    let text: String = row.get(0);
+    text.parse()
+        .with_context(|| format!("unparsable snapshot xmin {text:?}"))
+}
+
+async fn visible_changes(
+    tx: &tokio_postgres::Transaction<'_>,
+    xmin: u64,
+) -> Result<HashMap<i64, u64>> {
+    let rows = tx
+        .query(
+            "SELECT id, xid::text FROM dns_changes WHERE xid >= $1::text::xid8",
+            &[&xmin.to_string()],
+        )
+        .await
+        .context("reading dns_changes")?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let xid: Option<&str> = r.get(1);
+            (
+                r.get(0),
+                xid.and_then(|x| x.parse().ok()).unwrap_or(u64::MAX),
+            )
+        })
+        .collect())
+}
+
+async fn load_domains(tx: &tokio_postgres::Transaction<'_>) -> Result<Vec<Domain>> {
+    let rows = tx
+        .query(
+            "SELECT id, name, type, notified_serial, last_check, master FROM domains",
+            &[],
+        )
+        .await
+        .context("reading domains")?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let master: Option<String> = r.get(5);
+            Domain {
+                id: r.get(0),
+                name: r.get(1),
+                kind: r.get(2),
+                notified_serial: r.get(3),
+                last_check: r.get(4),
+                masters: master
+                    .map(|m| {
+                        m.split(',')
+                            .map(|s| s.trim().to_string())
+                            .filter(|s| !s.is_empty())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }
+        })
+        .collect())
+}
+
+/// One `records` row as `(name, record)`; `None` for rows that cannot be served (no zone).
+fn record_from_row(row: &tokio_postgres::Row) -> Option<(String, Record)> {
+    let name: String = row.get(0);
+    let qtype: String = row.get(1);
+    let content: String = row.get(2);
+    let ttl: Option<i32> = row.get(3);
+    let prio: Option<i32> = row.get(4);
+    let domain_id: Option<i32> = row.get(5);
+    let qtype = qtype.to_ascii_uppercase();
+    let content = match (qtype.as_str(), prio) {
+        ("MX" | "SRV", Some(p)) => format!("{p} {content}"),
+        _ => content,
+    };
+    Some((
+        name,
+        Record {
+            qtype: qtype.into_boxed_str(),
+            content: content.into_boxed_str(),
+            ttl: ttl.unwrap_or(0),
+            domain_id: domain_id?,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trips_through_text() {
+        assert_eq!(parse_lsn("0/3000060"), Some(0x3000060));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
+        assert_eq!(format_lsn(0x3000060), "0/3000060");
+        assert_eq!(parse_lsn(&format_lsn(u64::MAX)), Some(u64::MAX));
+    }
+
+    #[test]
+    fn malformed_lsns_are_refused() {
+        for s in ["", "0", "/1", "1/", "x/1", "123456789/0", "0/1/2"] {
+            assert_eq!(parse_lsn(s), None, "{s}");
+        }
+    }
+}

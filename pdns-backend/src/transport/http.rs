@@ -1,0 +1,251 @@
+//! The HTTP listener: `/metrics`, control's `/v1/wait` and `/v1/status`, and pdns's `http`
+//! connector under `/dns` in its three modes (REST, `post`, `post_json`).
+
+use crate::metrics::Metrics;
+use crate::protocol::{Backend, Reply};
+use crate::replica::{format_lsn, parse_lsn};
+use crate::store::{Store, Zones};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Longest `/v1/wait` long-poll accepted.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Path prefix of the pdns http connector (`remote-connection-string=http:url=http://host:port/dns`).
+const CONNECTOR_PREFIX: &str = "/dns";
+
+/// What the HTTP handlers share.
+pub struct HttpApp {
+    /// The protocol handler.
+    pub backend: Arc<Backend>,
+    /// The record store (positions, counts).
+    pub store: Arc<Store>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// Largest request body accepted.
+    pub max_request: usize,
+}
+
+/// Accepts HTTP/1.1 connections forever.
+pub async fn serve(listener: TcpListener, app: Arc<HttpApp>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept on the http listener failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let app = Arc::clone(&app);
+                async move { Ok::<_, std::convert::Infallible>(app.route(req).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "http connection ended");
+            }
+        });
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: StatusCode, body: String) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn bad_request(message: &str) -> Resp {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        json!({"error": {"code": "bad_request", "message": message}}).to_string(),
+    )
+}
+
+impl HttpApp {
+    async fn route(&self, req: Request<Incoming>) -> Resp {
+        let path = req.uri().path().to_string();
+        match (req.method(), path.as_str()) {
+            (&Method::GET, "/metrics") => self.metrics_page(),
+            (&Method::GET, "/v1/status") => self.status(),
+            (&Method::GET, "/v1/wait") => self.wait(req.uri().query().unwrap_or("")).await,
+            (_, p) if p == CONNECTOR_PREFIX || p.starts_with("/dns/") => self.connector(req).await,
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                json!({"error": {"code": "not_found", "message": format!("no route {path}")}})
+                    .to_string(),
+            ),
+        }
+    }
+
+    fn metrics_page(&self) -> Resp {
+        self.metrics
+            .seconds_since_contact
+            .set(self.store.seconds_since_contact());
+        let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        r
+    }
+
+    fn status(&self) -> Resp {
+        json_response(
+            StatusCode::OK,
+            json!({
+                "applied_lsn": format_lsn(self.store.applied_lsn()),
+                "seconds_since_contact": self.store.seconds_since_contact(),
+                "records": self.store.read(Zones::record_count),
+                "loaded": self.store.is_loaded(),
+            })
+            .to_string(),
+        )
+    }
+
+    /// Long-polls until the applied position reaches `lsn` or `timeout_ms` passes.
+    async fn wait(&self, query: &str) -> Resp {
+        let mut lsn = None;
+        let mut timeout = Duration::from_millis(1000);
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "lsn" => match parse_lsn(&v) {
+                    Some(l) => lsn = Some(l),
+                    None => {
+                        return bad_request(&format!("lsn {v:?} is not an LSN such as 0/3000060"))
+                    }
+                },
+                "timeout_ms" => match v.parse::<u64>() {
+                    Ok(ms) if Duration::from_millis(ms) <= MAX_WAIT => {
+                        timeout = Duration::from_millis(ms)
+                    }
+                    _ => return bad_request("timeout_ms must be an integer from 0 to 60000"),
+                },
+                _ => {}
+            }
+        }
+        let Some(target) = lsn else {
+            return bad_request("missing query parameter lsn");
+        };
+        let mut rx = self.store.watch_applied();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let reached = loop {
+            if *rx.borrow_and_update() >= target {
+                break true;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => break *rx.borrow() >= target,
+            }
+        };
+        json_response(
+            StatusCode::OK,
+            json!({"reached": reached, "applied_lsn": format_lsn(self.store.applied_lsn())})
+                .to_string(),
+        )
+    }
+
+    /// pdns's http connector: POST `/dns` with a JSON document (`post_json`), POST
+    /// `/dns/<method>` with a `parameters=<json>` form (`post`), or REST.
+    async fn connector(&self, req: Request<Incoming>) -> Resp {
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.max_request).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                self.metrics.bad_requests.with_label_values(&["http"]).inc();
+                tracing::warn!(error = %e, "refused an http connector request body");
+                return reply_response(&Reply::Failure(format!("request body refused: {e}")));
+            }
+        };
+        let path = parts.uri.path();
+        let rest = path
+            .strip_prefix(CONNECTOR_PREFIX)
+            .unwrap_or("")
+            .trim_start_matches('/');
+        if rest.is_empty() {
+            return reply_response(&self.backend.handle_document("http", &body));
+        }
+        let mut segments = rest.split('/').map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        });
+        let method = segments.next().unwrap_or_default();
+        let mut params = Map::new();
+        let form: Vec<(String, String)> = form_urlencoded::parse(&body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if parts.method == Method::POST {
+            if let Some((_, json)) = form.iter().find(|(k, _)| k == "parameters") {
+                return match serde_json::from_str::<Value>(json) {
+                    Ok(Value::Object(p)) => reply_response(&self.backend.call(&method, &p)),
+                    _ => {
+                        self.metrics.bad_requests.with_label_values(&["http"]).inc();
+                        tracing::warn!(
+                            "refused a post-mode request whose parameters are not a JSON object"
+                        );
+                        reply_response(&Reply::Failure("parameters is not a JSON object".into()))
+                    }
+                };
+            }
+        }
+        // REST: path segments in pdns's fixed order, then headers, query string and form.
+        let keys: &[&str] = match method.to_ascii_lowercase().as_str() {
+            "lookup" => &["qname", "qtype"],
+            "list" => &["domain_id", "zonename"],
+            "getalldomainmetadata" | "getdomaininfo" => &["name"],
+            "getdomainmetadata" => &["name", "kind"],
+            _ => &[],
+        };
+        for (key, value) in keys.iter().zip(segments) {
+            params.insert((*key).to_string(), Value::String(value));
+        }
+        for (name, value) in parts.headers.iter() {
+            if let Some(key) = name.as_str().strip_prefix("x-remotebackend-") {
+                if let Ok(v) = value.to_str() {
+                    params.insert(key.to_string(), Value::String(v.to_string()));
+                }
+            }
+        }
+        let query = parts.uri.query().unwrap_or("");
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            let key = if k == "includeDisabled" {
+                "include_disabled".to_string()
+            } else {
+                k.into_owned()
+            };
+            params.insert(key, Value::String(v.into_owned()));
+        }
+        for (k, v) in form {
+            params.insert(k, Value::String(v));
+        }
+        reply_response(&self.backend.call(&method, &params))
+    }
+}
+
+fn reply_response(reply: &Reply) -> Resp {
+    let status = match reply {
+        Reply::Result(_) => StatusCode::OK,
+        Reply::Failure(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    json_response(status, reply.to_json())
+}
