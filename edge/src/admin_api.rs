@@ -1,0 +1,172 @@
+//! The edge's admin API for control (bearer edge secret): close a tunnel, probe whether a
+//! tunnel's client is alive; plus `/metrics` and `/healthz` for operators.
+
+use crate::edge::Edge;
+use crate::pages::{full, ProxyBody};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use nearhop_wire::{AliveResponse, ApiError, EdgeCloseRequest, ErrorCode};
+use serde::Serialize;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Largest admin request body.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Serves the admin API (it keeps serving during shutdown, so control can still ask).
+pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting an admin connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let edge = edge.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let edge = edge.clone();
+                async move { Ok::<_, Infallible>(route(&edge, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection ended");
+            }
+        });
+    }
+}
+
+async fn route(edge: &Edge, req: Request<Incoming>) -> Response<ProxyBody> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["metrics"]) => {
+            let mut resp = Response::new(full(edge.metrics.render()));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
+        (&Method::GET, ["healthz"]) => Response::new(full("ok\n")),
+        (method, ["v1", "tunnels", id, action]) => {
+            if !authorized(edge, &req) {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::Unauthorized,
+                    "missing or wrong edge secret",
+                );
+            }
+            let Ok(id) = id.parse::<i64>() else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    "tunnel id must be a number",
+                );
+            };
+            match (method, *action) {
+                (&Method::POST, "close") => close(edge, id, req).await,
+                (&Method::GET, "alive") => alive(edge, id).await,
+                _ => not_found(),
+            }
+        }
+        _ => not_found(),
+    }
+}
+
+async fn close(edge: &Edge, id: i64, req: Request<Incoming>) -> Response<ProxyBody> {
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                "body too large or unreadable",
+            )
+        }
+    };
+    let close: EdgeCloseRequest = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                &format!("bad close request: {e}"),
+            )
+        }
+    };
+    let Some(tunnel) = edge.registry.by_id(id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            &format!("tunnel {id} is not on this edge"),
+        );
+    };
+    edge.close_tunnel(&tunnel, &close.reason, Some(&close.message), false)
+        .await;
+    json(StatusCode::OK, &serde_json::json!({"closed": true}))
+}
+
+async fn alive(edge: &Edge, id: i64) -> Response<ProxyBody> {
+    let answer = match edge.registry.by_id(id) {
+        None => AliveResponse {
+            known: false,
+            alive: false,
+        },
+        Some(tunnel) => AliveResponse {
+            known: true,
+            alive: tunnel.session.probe_alive(edge.config.alive_probe()).await,
+        },
+    };
+    json(StatusCode::OK, &answer)
+}
+
+fn authorized(edge: &Edge, req: &Request<Incoming>) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let want = edge.config.edge_secret.as_bytes();
+    given.len() == want.len()
+        && given
+            .as_bytes()
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<ProxyBody> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut resp = Response::new(full(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response<ProxyBody> {
+    json(status, &ApiError::new(code, message))
+}
+
+fn not_found() -> Response<ProxyBody> {
+    error(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "no such endpoint",
+    )
+}

@@ -1,0 +1,249 @@
+//! Edge configuration: a TOML file plus `NEARHOP_EDGE_<KEY>` environment overrides, parsed
+//! and checked once at start into types the rest of the edge trusts.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Prefix of the environment variables that override keys of the config file.
+pub const ENV_PREFIX: &str = "NEARHOP_EDGE_";
+
+/// The edge's configuration, with the defaults of the local stack's `us` region.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Stable id of this edge, e.g. `us-1`.
+    pub edge_id: String,
+    /// The region this edge serves.
+    pub region: String,
+    /// Base URL of control, e.g. `http://127.0.0.1:7080`.
+    pub control_url: String,
+    /// Shared secret for edge↔control calls (both directions).
+    pub edge_secret: String,
+    /// File holding the shared secret, read when `edge_secret` is empty.
+    pub edge_secret_file: Option<PathBuf>,
+    /// Where SSH clients connect.
+    pub ssh_listen: SocketAddr,
+    /// Where HTTP visitors connect.
+    pub http_listen: SocketAddr,
+    /// Where control's calls and Prometheus scrapes arrive.
+    pub admin_listen: SocketAddr,
+    /// The admin URL control should call; defaults to `http://<admin_listen>`.
+    pub admin_url: Option<String>,
+    /// Port shown in printed HTTP URLs (80 hides it); defaults to the `http_listen` port.
+    pub public_http_port: Option<u16>,
+    /// Address TCP tunnels' public ports are bound on; defaults to the `http_listen` address.
+    pub tcp_bind_ip: Option<IpAddr>,
+    /// Inclusive range of public ports for TCP tunnels.
+    pub tcp_port_range: (u16, u16),
+    /// The SSH host key (OpenSSH format); generated on first start when missing.
+    pub host_key_path: PathBuf,
+    /// Bound on the keepalive probe behind `GET /v1/tunnels/{id}/alive`.
+    pub alive_probe_ms: u64,
+    /// SSH keepalive interval towards clients; a client silent this long is probed.
+    pub keepalive_interval_seconds: u64,
+    /// Unanswered keepalives after which a client is declared dead and its tunnels closed.
+    pub keepalive_max: usize,
+    /// Heartbeat interval used until control's registration answer says otherwise.
+    pub heartbeat_seconds: u64,
+    /// How often the custom-domain routes are refreshed from control.
+    pub routes_refresh_seconds: u64,
+    /// Timeout of one call to control.
+    pub control_timeout_ms: u64,
+    /// Most `-R` forwards one SSH session may hold.
+    pub max_forwards_per_session: usize,
+    /// Seconds a session may stay without any forward before it is told how to use the edge
+    /// and disconnected.
+    pub unbound_session_seconds: u64,
+    /// SSH channel window (bytes in flight per visitor connection from the client).
+    pub ssh_window_bytes: u32,
+    /// Largest SSH packet payload accepted on a channel.
+    pub ssh_max_packet_bytes: u32,
+    /// Messages buffered per SSH channel before backpressure reaches the client's TCP stream.
+    pub ssh_channel_buffer: usize,
+    /// Time a visitor has to send a complete request head (slowloris bound).
+    pub visitor_header_timeout_seconds: u64,
+    /// Largest visitor request head.
+    pub visitor_max_header_bytes: usize,
+    /// Most visitor connections open at once (HTTP and TCP together).
+    pub max_visitor_connections: usize,
+    /// On shutdown, how long in-flight visitor connections may finish.
+    pub drain_seconds: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            edge_id: "us-1".into(),
+            region: "us".into(),
+            control_url: "http://127.0.0.1:7080".into(),
+            edge_secret: String::new(),
+            edge_secret_file: None,
+            ssh_listen: ([127, 0, 0, 1], 2222).into(),
+            http_listen: ([127, 0, 0, 1], 8080).into(),
+            admin_listen: ([127, 0, 0, 1], 9090).into(),
+            admin_url: None,
+            public_http_port: None,
+            tcp_bind_ip: None,
+            tcp_port_range: (20000, 20999),
+            host_key_path: PathBuf::from("edge_host_key"),
+            alive_probe_ms: 1500,
+            keepalive_interval_seconds: 15,
+            keepalive_max: 3,
+            heartbeat_seconds: 10,
+            routes_refresh_seconds: 30,
+            control_timeout_ms: 15_000,
+            max_forwards_per_session: 16,
+            unbound_session_seconds: 30,
+            ssh_window_bytes: 8 * 1024 * 1024,
+            ssh_max_packet_bytes: 32 * 1024,
+            ssh_channel_buffer: 128,
+            visitor_header_timeout_seconds: 30,
+            visitor_max_header_bytes: 64 * 1024,
+            max_visitor_connections: 20_000,
+            drain_seconds: 10,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file (if any), applies environment overrides and checks the result.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let mut table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config {}", p.display()))?;
+                text.parse::<toml::Table>()
+                    .with_context(|| format!("parsing config {}", p.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, std::env::vars());
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .context("invalid edge configuration")?;
+        config.finish()?;
+        Ok(config)
+    }
+
+    /// Fills derived defaults and refuses inconsistent settings.
+    pub fn finish(&mut self) -> Result<()> {
+        if self.edge_secret.is_empty() {
+            if let Some(file) = &self.edge_secret_file {
+                self.edge_secret = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading edge_secret_file {}", file.display()))?
+                    .trim()
+                    .to_string();
+            }
+        }
+        if self.edge_secret.is_empty() {
+            bail!("edge_secret (or edge_secret_file) must be set: control and edge share it");
+        }
+        if self.edge_id.is_empty() || self.region.is_empty() {
+            bail!("edge_id and region must not be empty");
+        }
+        let (lo, hi) = self.tcp_port_range;
+        if lo == 0 || lo > hi {
+            bail!("tcp_port_range must be two ports, low to high (got {lo}..{hi})");
+        }
+        if self.alive_probe_ms == 0 || self.heartbeat_seconds == 0 {
+            bail!("alive_probe_ms and heartbeat_seconds must be positive");
+        }
+        self.control_url = self.control_url.trim_end_matches('/').to_string();
+        Ok(())
+    }
+
+    /// The admin URL announced to control.
+    pub fn admin_url(&self) -> String {
+        self.admin_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.admin_listen))
+    }
+
+    /// Port printed in HTTP URLs.
+    pub fn public_http_port(&self) -> u16 {
+        self.public_http_port.unwrap_or(self.http_listen.port())
+    }
+
+    /// Address TCP tunnels listen on.
+    pub fn tcp_bind_ip(&self) -> IpAddr {
+        self.tcp_bind_ip.unwrap_or(self.http_listen.ip())
+    }
+
+    /// Bound on one alive probe.
+    pub fn alive_probe(&self) -> Duration {
+        Duration::from_millis(self.alive_probe_ms)
+    }
+}
+
+/// Copies `NEARHOP_EDGE_<KEY>=value` into the table as `key = value`. A value that parses
+/// as a TOML value (number, boolean, array, quoted string) is taken as such, anything else
+/// as a plain string; quote a value to force a string.
+fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) {
+    for (name, value) in vars {
+        let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let key = key.to_ascii_lowercase();
+        // NEARHOP_EDGE_CONFIG names the file itself.
+        if key == "config" {
+            continue;
+        }
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        table.insert(key, parsed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn env_overrides_file_keys_with_typed_values() {
+        let mut t: toml::Table = "edge_id = \"x\"\nkeepalive_max = 1".parse().unwrap();
+        apply_env(
+            &mut t,
+            env(&[
+                ("NEARHOP_EDGE_KEEPALIVE_MAX", "5"),
+                ("NEARHOP_EDGE_SSH_LISTEN", "127.0.0.3:2222"),
+                ("NEARHOP_EDGE_TCP_PORT_RANGE", "[3000, 3010]"),
+                ("NEARHOP_EDGE_EDGE_SECRET", "s3cret"),
+                ("OTHER", "ignored"),
+            ]),
+        );
+        let mut c: Config = toml::Value::Table(t).try_into().unwrap();
+        c.finish().unwrap();
+        assert_eq!(c.edge_id, "x");
+        assert_eq!(c.keepalive_max, 5);
+        assert_eq!(c.ssh_listen, "127.0.0.3:2222".parse().unwrap());
+        assert_eq!(c.tcp_port_range, (3000, 3010));
+        assert_eq!(c.edge_secret, "s3cret");
+        assert_eq!(c.admin_url(), "http://127.0.0.1:9090");
+    }
+
+    #[test]
+    fn missing_secret_is_refused() {
+        let mut c = Config::default();
+        assert!(c.finish().is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let t: toml::Table = "edge_idd = \"x\"".parse().unwrap();
+        assert!(toml::Value::Table(t).try_into::<Config>().is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! Keeping control informed: register on start (retrying with backoff while control is
+//! down), batched lease heartbeats for every tunnel, and the custom-domain routes.
+
+use crate::edge::Edge;
+use nearhop_wire::{EdgeHeartbeatRequest, ErrorCode, RegisterEdgeRequest};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest wait between registration attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Registers, then heartbeats until shutdown.
+pub async fn run(edge: Arc<Edge>) {
+    let Some(mut interval) = register(&edge).await else {
+        return;
+    };
+    let routes_every = Duration::from_secs(edge.config.routes_refresh_seconds.max(1));
+    let mut routes_due = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = edge.shutdown.cancelled() => return,
+        }
+        let req = EdgeHeartbeatRequest {
+            tunnel_ids: edge.registry.ids(),
+        };
+        match edge.control.heartbeat(&edge.config.edge_id, &req).await {
+            Ok(resp) => {
+                for close in resp.close {
+                    if let Some(tunnel) = edge.registry.by_id(close.tunnel_id) {
+                        edge.close_tunnel(&tunnel, &close.reason, Some(&close.message), false)
+                            .await;
+                    }
+                }
+            }
+            Err(e) => {
+                edge.metrics
+                    .control_errors_total
+                    .with_label_values(&["heartbeat"])
+                    .inc();
+                tracing::warn!(error = %e, "heartbeat failed; live tunnels keep serving");
+                if e.code() == Some(ErrorCode::NotFound) {
+                    // Control forgot this edge (e.g. its registry was reset): announce again.
+                    match register(&edge).await {
+                        Some(i) => interval = i,
+                        None => return,
+                    }
+                }
+            }
+        }
+        if Instant::now() >= routes_due {
+            refresh_routes(&edge).await;
+            routes_due = Instant::now() + routes_every;
+        }
+    }
+}
+
+/// Registers with control, retrying with backoff; `None` when the edge shuts down first.
+async fn register(edge: &Edge) -> Option<Duration> {
+    let req = RegisterEdgeRequest {
+        edge_id: edge.config.edge_id.clone(),
+        region: edge.config.region.clone(),
+        admin_url: edge.config.admin_url(),
+    };
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match edge.control.register(&req).await {
+            Ok(resp) => {
+                tracing::info!(
+                    heartbeat_seconds = resp.heartbeat_seconds,
+                    "registered with control"
+                );
+                for id in resp.closed_tunnels {
+                    if let Some(tunnel) = edge.registry.by_id(id) {
+                        edge.close_tunnel(&tunnel, "lease_expired", Some("control closed this tunnel while the edge was away; reconnect to get it back."), false)
+                            .await;
+                    }
+                }
+                let secs = if resp.heartbeat_seconds == 0 {
+                    edge.config.heartbeat_seconds
+                } else {
+                    resp.heartbeat_seconds
+                };
+                return Some(Duration::from_secs(secs));
+            }
+            Err(e) => {
+                edge.metrics
+                    .control_errors_total
+                    .with_label_values(&["register"])
+                    .inc();
+                tracing::warn!(error = %e, retry_in = ?backoff, "registering with control");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = edge.shutdown.cancelled() => return None,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Fetches the verified custom domains of this edge's tunnels.
+pub async fn refresh_routes(edge: &Edge) {
+    match edge.control.routes(&edge.config.edge_id).await {
+        Ok(routes) => edge.registry.set_custom_domains(routes.custom_domains),
+        Err(e) => {
+            edge.metrics
+                .control_errors_total
+                .with_label_values(&["routes"])
+                .inc();
+            tracing::debug!(error = %e, "fetching custom-domain routes");
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The edge process: shared state, start-up of every listener, closing tunnels, and the
+//! graceful shutdown (stop accepting, drain visitors, tell clients and control).
+
+use crate::config::Config;
+use crate::control_client::ControlClient;
+use crate::metrics::Metrics;
+use crate::tunnels::{lock, Registry, SessionLink, Tunnel};
+use crate::{admin_api, control_sync, host_key, ssh_server, visitor_http};
+use anyhow::{Context, Result};
+use nearhop_wire::CloseTunnelRequest;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// State shared by every part of the edge.
+pub struct Edge {
+    /// The configuration.
+    pub config: Config,
+    /// Live tunnels.
+    pub registry: Registry,
+    /// Client for control.
+    pub control: ControlClient,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Cancelled when the edge starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Visitor connection slots (`max_visitor_connections`).
+    pub visitor_slots: Arc<Semaphore>,
+    sessions: Mutex<HashMap<u64, Arc<SessionLink>>>,
+    next_session: AtomicU64,
+}
+
+impl Edge {
+    /// Builds the shared state.
+    pub fn new(config: Config) -> Result<Edge> {
+        let control = ControlClient::new(
+            &config.control_url,
+            &config.edge_secret,
+            Duration::from_millis(config.control_timeout_ms),
+        )?;
+        Ok(Edge {
+            visitor_slots: Arc::new(Semaphore::new(config.max_visitor_connections)),
+            config,
+            registry: Registry::default(),
+            control,
+            metrics: Metrics::new().context("creating metrics")?,
+            shutdown: CancellationToken::new(),
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    /// Registers a new SSH session.
+    pub fn open_session(&self, peer: std::net::SocketAddr) -> Arc<SessionLink> {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let link = Arc::new(SessionLink::new(id, peer));
+        lock(&self.sessions).insert(id, link.clone());
+        self.metrics.ssh_sessions_active.inc();
+        link
+    }
+
+    /// Forgets an ended SSH session and closes its tunnels.
+    pub async fn end_session(&self, link: &SessionLink, reason: &str) {
+        link.mark_ended();
+        if lock(&self.sessions).remove(&link.id).is_some() {
+            self.metrics.ssh_sessions_active.dec();
+        }
+        for tunnel in self.tunnels_of(link.id) {
+            self.close_tunnel(&tunnel, reason, None, true).await;
+        }
+    }
+
+    /// Live tunnels of one session.
+    pub fn tunnels_of(&self, session_id: u64) -> Vec<Arc<Tunnel>> {
+        self.registry
+            .all()
+            .into_iter()
+            .filter(|t| t.session.id == session_id)
+            .collect()
+    }
+
+    /// Closes a tunnel on this edge: stops routing to it, tells its client `message` (and
+    /// disconnects the client when it has no tunnel left), and tells control unless control
+    /// asked for the close.
+    pub async fn close_tunnel(
+        &self,
+        tunnel: &Arc<Tunnel>,
+        reason: &str,
+        message: Option<&str>,
+        tell_control: bool,
+    ) {
+        if !tunnel.mark_closed() {
+            return;
+        }
+        self.registry.remove(tunnel);
+        self.metrics
+            .tunnels_active
+            .with_label_values(&[&tunnel.zone, tunnel.kind.as_str()])
+            .dec();
+        self.metrics
+            .tunnels_closed_total
+            .with_label_values(&[reason])
+            .inc();
+        tracing::info!(tunnel = tunnel.id, host = %tunnel.hostname, reason, "tunnel closed");
+        if tell_control {
+            let control = self.control.clone();
+            let req = CloseTunnelRequest {
+                edge_id: self.config.edge_id.clone(),
+                reason: reason.to_string(),
+            };
+            let id = tunnel.id;
+            let errors = self
+                .metrics
+                .control_errors_total
+                .with_label_values(&["close_tunnel"]);
+            tokio::spawn(async move {
+                if let Err(e) = control.close_tunnel(id, &req).await {
+                    errors.inc();
+                    // The lease lapses on its own; control will also learn from the next
+                    // heartbeat that this tunnel is gone.
+                    tracing::warn!(tunnel = id, error = %e, "telling control about a close");
+                }
+            });
+        }
+        if let Some(message) = message {
+            let session = &tunnel.session;
+            session
+                .say(true, &format!("{} is closed: {message}", tunnel.hostname))
+                .await;
+            if self.tunnels_of(session.id).is_empty() {
+                session.disconnect(message).await;
+            }
+        }
+    }
+
+    fn sessions(&self) -> Vec<Arc<SessionLink>> {
+        lock(&self.sessions).values().cloned().collect()
+    }
+}
+
+/// Runs an edge until SIGINT or SIGTERM, then shuts it down gracefully.
+pub async fn run(config: Config) -> Result<()> {
+    let key = host_key::load_or_generate(&config.host_key_path)?;
+    let ssh = TcpListener::bind(config.ssh_listen)
+        .await
+        .with_context(|| format!("binding SSH listener {}", config.ssh_listen))?;
+    let http = TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP listener {}", config.http_listen))?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding admin listener {}", config.admin_listen))?;
+    let edge = Arc::new(Edge::new(config)?);
+    tracing::info!(
+        edge = %edge.config.edge_id,
+        region = %edge.config.region,
+        ssh = %edge.config.ssh_listen,
+        http = %edge.config.http_listen,
+        admin = %edge.config.admin_listen,
+        "edge listening"
+    );
+    let ssh_task = tokio::spawn(ssh_server::serve(edge.clone(), ssh, key));
+    let http_task = tokio::spawn(visitor_http::serve(edge.clone(), http));
+    tokio::spawn(admin_api::serve(edge.clone(), admin));
+    tokio::spawn(control_sync::run(edge.clone()));
+
+    wait_for_signal().await;
+    shutdown(&edge).await;
+    let _ = ssh_task.await;
+    let _ = http_task.await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the edge");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Stops accepting, lets visitor connections finish (bounded), then tells every client and
+/// control that the tunnels are closing.
+pub async fn shutdown(edge: &Arc<Edge>) {
+    tracing::info!("shutting down: no new SSH sessions or visitors");
+    edge.shutdown.cancel();
+    let message = "This nearhop edge is shutting down for maintenance. Reconnect to get your tunnel back (a loop such as `while true; do ssh ...; sleep 1; done` does it for you).";
+    for session in edge.sessions() {
+        session.say(true, message).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(edge.config.drain_seconds);
+    while edge.metrics.visitor_connections_active.get() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closes = edge.registry.all();
+    let close_all = async {
+        for tunnel in &closes {
+            edge.close_tunnel(tunnel, "edge_shutdown", None, true).await;
+        }
+    };
+    close_all.await;
+    for session in edge.sessions() {
+        session.disconnect(message).await;
+    }
+    // Let the disconnect packets and close calls leave before the runtime stops.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tracing::info!("edge stopped");
+}

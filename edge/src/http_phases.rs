@@ -1,0 +1,248 @@
+//! The visitor request's phases, in a fixed order over one context: allowlist, HTTPS
+//! redirect, visitor auth (request filters that may answer), then forwarding headers and the
+//! creator's header rules (upstream request filters). Each phase is tested alone.
+
+use crate::options::{HeaderRule, TunnelOptions};
+use crate::pages::{self, ProxyBody};
+use base64::Engine;
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, LOCATION};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use std::net::SocketAddr;
+
+/// What the phases know about one visitor request.
+pub struct RequestCtx<'a> {
+    /// The visitor.
+    pub visitor: SocketAddr,
+    /// The `Host` it asked for, lowercase, without port.
+    pub host: &'a str,
+    /// Scheme the visitor used.
+    pub scheme: &'static str,
+    /// The tunnel's options.
+    pub options: &'a TunnelOptions,
+}
+
+/// Runs every phase; `Some` is the edge's own answer and the request goes no further.
+pub fn run<B>(ctx: &RequestCtx<'_>, req: &mut Request<B>) -> Option<Response<ProxyBody>> {
+    if let Some(resp) = allowlist(ctx) {
+        return Some(resp);
+    }
+    if let Some(resp) = https_redirect(ctx, req) {
+        return Some(resp);
+    }
+    if let Some(resp) = authenticate(ctx, req) {
+        return Some(resp);
+    }
+    add_forwarding_headers(ctx, req.headers_mut());
+    apply_header_rules(ctx.options, req.headers_mut());
+    None
+}
+
+/// `w:` — visitors outside the allowlist get 403.
+pub fn allowlist(ctx: &RequestCtx<'_>) -> Option<Response<ProxyBody>> {
+    (!ctx.options.allows(ctx.visitor.ip())).then(pages::forbidden)
+}
+
+/// `x:https` — plain-HTTP visitors are sent to the HTTPS URL.
+pub fn https_redirect<B>(ctx: &RequestCtx<'_>, req: &Request<B>) -> Option<Response<ProxyBody>> {
+    if !ctx.options.https_redirect || ctx.scheme == "https" {
+        return None;
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let location = HeaderValue::from_str(&format!("https://{}{path}", ctx.host)).ok()?;
+    let mut resp = Response::new(pages::full(""));
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    resp.headers_mut().insert(LOCATION, location);
+    Some(resp)
+}
+
+/// `b:`/`k:` — visitors must present one of the configured credentials; with
+/// `x:passpreflight`, CORS preflights pass without.
+pub fn authenticate<B>(ctx: &RequestCtx<'_>, req: &Request<B>) -> Option<Response<ProxyBody>> {
+    let o = ctx.options;
+    if !o.needs_auth() {
+        return None;
+    }
+    if o.pass_preflight
+        && req.method() == Method::OPTIONS
+        && req.headers().contains_key("access-control-request-method")
+    {
+        return None;
+    }
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let ok = if let Some(b64) = strip_prefix_ci(given, "basic ") {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .ok()
+            .and_then(|raw| String::from_utf8(raw).ok())
+            .and_then(|pair| {
+                pair.split_once(':')
+                    .map(|(u, p)| (u.to_string(), p.to_string()))
+            })
+            .is_some_and(|(u, p)| {
+                o.basic_auth.iter().any(|(eu, ep)| {
+                    same(eu.as_bytes(), u.as_bytes()) & same(ep.as_bytes(), p.as_bytes())
+                })
+            })
+    } else if let Some(key) = strip_prefix_ci(given, "bearer ") {
+        o.bearer_keys
+            .iter()
+            .any(|k| same(k.as_bytes(), key.trim().as_bytes()))
+    } else {
+        false
+    };
+    (!ok).then(|| pages::unauthorized(!o.basic_auth.is_empty()))
+}
+
+/// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host`.
+pub fn add_forwarding_headers(ctx: &RequestCtx<'_>, headers: &mut HeaderMap) {
+    let ip = ctx.visitor.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(ctx.scheme),
+    );
+    if let Ok(v) = HeaderValue::from_str(ctx.host) {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), v);
+    }
+}
+
+/// `a:`, `u:`, `r:` in the order given.
+pub fn apply_header_rules(options: &TunnelOptions, headers: &mut HeaderMap) {
+    for rule in &options.header_rules {
+        match rule {
+            HeaderRule::Add(n, v) => {
+                headers.append(n.clone(), v.clone());
+            }
+            HeaderRule::Update(n, v) => {
+                headers.insert(n.clone(), v.clone());
+            }
+            HeaderRule::Remove(n) => {
+                headers.remove(n);
+            }
+        }
+    }
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    if s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        Some(&s[prefix.len()..])
+    } else {
+        None
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx<'a>(o: &'a TunnelOptions, ip: &str) -> RequestCtx<'a> {
+        RequestCtx {
+            visitor: format!("{ip}:5000").parse().unwrap(),
+            host: "blog.a.tunnel.test",
+            scheme: "http",
+            options: o,
+        }
+    }
+
+    fn req() -> Request<()> {
+        Request::builder().uri("/p?q=1").body(()).unwrap()
+    }
+
+    #[test]
+    fn allowlist_refuses_visitors_outside_it() {
+        let o = TunnelOptions::parse("w:10.0.0.0/8").unwrap();
+        assert_eq!(
+            allowlist(&ctx(&o, "192.0.2.1")).map(|r| r.status()),
+            Some(StatusCode::FORBIDDEN)
+        );
+        assert!(allowlist(&ctx(&o, "10.9.9.9")).is_none());
+    }
+
+    #[test]
+    fn basic_auth_accepts_only_configured_pairs() {
+        let o = TunnelOptions::parse("b:alice:secret").unwrap();
+        let c = ctx(&o, "127.0.0.1");
+        let mut r = req();
+        assert_eq!(
+            authenticate(&c, &r).map(|r| r.status()),
+            Some(StatusCode::UNAUTHORIZED)
+        );
+        let good = base64::engine::general_purpose::STANDARD.encode("alice:secret");
+        r.headers_mut()
+            .insert(AUTHORIZATION, format!("Basic {good}").parse().unwrap());
+        assert!(authenticate(&c, &r).is_none());
+        let bad = base64::engine::general_purpose::STANDARD.encode("alice:wrong");
+        r.headers_mut()
+            .insert(AUTHORIZATION, format!("basic {bad}").parse().unwrap());
+        assert!(authenticate(&c, &r).is_some());
+    }
+
+    #[test]
+    fn bearer_key_and_preflight_pass() {
+        let o = TunnelOptions::parse("k:abc x:passpreflight").unwrap();
+        let c = ctx(&o, "127.0.0.1");
+        let mut r = req();
+        r.headers_mut()
+            .insert(AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert!(authenticate(&c, &r).is_none());
+        let pre = Request::builder()
+            .method(Method::OPTIONS)
+            .header("access-control-request-method", "POST")
+            .body(())
+            .unwrap();
+        assert!(authenticate(&c, &pre).is_none());
+    }
+
+    #[test]
+    fn forwarding_headers_append_to_a_prior_chain() {
+        let o = TunnelOptions::default();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "198.51.100.1".parse().unwrap());
+        add_forwarding_headers(&ctx(&o, "192.0.2.9"), &mut h);
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 192.0.2.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "blog.a.tunnel.test");
+    }
+
+    #[test]
+    fn header_rules_add_update_remove_in_order() {
+        let o = TunnelOptions::parse("a:X-A:1 a:X-A:2 u:Host:app.local r:Cookie").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("host", "blog.a.tunnel.test".parse().unwrap());
+        h.insert("cookie", "s=1".parse().unwrap());
+        apply_header_rules(&o, &mut h);
+        assert_eq!(h.get_all("x-a").iter().count(), 2);
+        assert_eq!(h["host"], "app.local");
+        assert!(!h.contains_key("cookie"));
+    }
+
+    #[test]
+    fn https_redirect_keeps_path_and_query() {
+        let o = TunnelOptions::parse("x:https").unwrap();
+        let resp = https_redirect(&ctx(&o, "127.0.0.1"), &req()).unwrap();
+        assert_eq!(resp.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(resp.headers()[LOCATION], "https://blog.a.tunnel.test/p?q=1");
+    }
+}

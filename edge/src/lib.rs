@@ -1,0 +1,21 @@
+//! nearhop's edge: the SSH server tunnel creators connect to with stock OpenSSH, and the
+//! HTTP and TCP listeners that carry visitors into their SSH sessions.
+
+pub mod admin_api;
+pub mod config;
+pub mod control_client;
+pub mod control_sync;
+pub mod counting_io;
+pub mod edge;
+pub mod host_key;
+pub mod http_phases;
+pub mod messages;
+pub mod metrics;
+pub mod options;
+pub mod pages;
+pub mod ssh_server;
+pub mod ssh_session;
+pub mod tunnels;
+pub mod username;
+pub mod visitor_http;
+pub mod visitor_tcp;

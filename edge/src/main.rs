@@ -1,0 +1,33 @@
+//! `nearhop-edge`: reads its configuration and runs the edge until SIGTERM.
+
+use clap::Parser;
+use std::path::PathBuf;
+
+/// nearhop edge: SSH server for tunnel creators, HTTP/TCP listeners for visitors.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file; every key can be overridden with NEARHOP_EDGE_<KEY>.
+    #[arg(long, env = "NEARHOP_EDGE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    json_logs: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NEARHOP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,russh=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.json_logs {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let config = nearhop_edge::config::Config::load(args.config.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(nearhop_edge::edge::run(config))
+}

@@ -1,0 +1,127 @@
+//! Prometheus metrics of the edge, served on the admin port at `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the edge exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Live tunnels by zone and kind.
+    pub tunnels_active: IntGaugeVec,
+    /// Open SSH sessions.
+    pub ssh_sessions_active: IntGauge,
+    /// Visitor connections accepted, by listener (`http`, `tcp`).
+    pub visitor_connections_total: IntCounterVec,
+    /// Visitor connections open now.
+    pub visitor_connections_active: IntGauge,
+    /// Visitor bytes, by direction (`in` from visitors, `out` to visitors).
+    pub visitor_bytes_total: IntCounterVec,
+    /// HTTP responses given to visitors, by status class and origin (`tunnel`, `edge`).
+    pub http_responses_total: IntCounterVec,
+    /// Time from a `tcpip-forward` request to the tunnel being live, by outcome.
+    pub tunnel_setup_seconds: HistogramVec,
+    /// Failed calls to control, by call.
+    pub control_errors_total: IntCounterVec,
+    /// Tunnels closed, by reason.
+    pub tunnels_closed_total: IntCounterVec,
+    /// Visitor connections refused because the edge was at `max_visitor_connections`.
+    pub visitor_connections_refused_total: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers the metrics.
+    pub fn new() -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let tunnels_active = IntGaugeVec::new(
+            Opts::new("nearhop_edge_tunnels_active", "Live tunnels on this edge."),
+            &["zone", "kind"],
+        )?;
+        let ssh_sessions_active =
+            IntGauge::new("nearhop_edge_ssh_sessions_active", "Open SSH sessions.")?;
+        let visitor_connections_total = IntCounterVec::new(
+            Opts::new(
+                "nearhop_edge_visitor_connections_total",
+                "Visitor connections accepted.",
+            ),
+            &["listener"],
+        )?;
+        let visitor_connections_active = IntGauge::new(
+            "nearhop_edge_visitor_connections_active",
+            "Visitor connections open now.",
+        )?;
+        let visitor_bytes_total = IntCounterVec::new(
+            Opts::new(
+                "nearhop_edge_visitor_bytes_total",
+                "Bytes carried for visitors.",
+            ),
+            &["direction"],
+        )?;
+        let http_responses_total = IntCounterVec::new(
+            Opts::new(
+                "nearhop_edge_http_responses_total",
+                "HTTP responses sent to visitors.",
+            ),
+            &["class", "origin"],
+        )?;
+        let tunnel_setup_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "nearhop_edge_tunnel_setup_seconds",
+                "Time from a forward request to a live tunnel (or refusal).",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["outcome"],
+        )?;
+        let control_errors_total = IntCounterVec::new(
+            Opts::new(
+                "nearhop_edge_control_errors_total",
+                "Calls to control that failed.",
+            ),
+            &["call"],
+        )?;
+        let tunnels_closed_total = IntCounterVec::new(
+            Opts::new("nearhop_edge_tunnels_closed_total", "Tunnels closed."),
+            &["reason"],
+        )?;
+        let visitor_connections_refused_total = IntCounter::new(
+            "nearhop_edge_visitor_connections_refused_total",
+            "Visitor connections refused at the connection limit.",
+        )?;
+        registry.register(Box::new(tunnels_active.clone()))?;
+        registry.register(Box::new(ssh_sessions_active.clone()))?;
+        registry.register(Box::new(visitor_connections_total.clone()))?;
+        registry.register(Box::new(visitor_connections_active.clone()))?;
+        registry.register(Box::new(visitor_bytes_total.clone()))?;
+        registry.register(Box::new(http_responses_total.clone()))?;
+        registry.register(Box::new(tunnel_setup_seconds.clone()))?;
+        registry.register(Box::new(control_errors_total.clone()))?;
+        registry.register(Box::new(tunnels_closed_total.clone()))?;
+        registry.register(Box::new(visitor_connections_refused_total.clone()))?;
+        Ok(Metrics {
+            registry,
+            tunnels_active,
+            ssh_sessions_active,
+            visitor_connections_total,
+            visitor_connections_active,
+            visitor_bytes_total,
+            http_responses_total,
+            tunnel_setup_seconds,
+            control_errors_total,
+            tunnels_closed_total,
+            visitor_connections_refused_total,
+        })
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

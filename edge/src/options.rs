@@ -1,0 +1,210 @@
+//! Tunnel options given as words of the SSH command (`ssh ... host b:user:pass w:10.0.0.0/8`):
+//! visitor auth, IP allowlist, header rules and proxy switches.
+
+use hyper::header::{HeaderName, HeaderValue};
+use ipnet::IpNet;
+use std::net::IpAddr;
+use thiserror::Error;
+
+/// Most option words accepted in one command; more is an attack or a mistake.
+pub const MAX_OPTIONS: usize = 64;
+
+/// Visitor-side behaviour of a tunnel, as asked for by its creator.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TunnelOptions {
+    /// `b:user:pass`: accepted basic-auth pairs (any one passes).
+    pub basic_auth: Vec<(String, String)>,
+    /// `k:KEY`: accepted bearer keys (any one passes).
+    pub bearer_keys: Vec<String>,
+    /// `w:CIDR[,CIDR]`: visitor addresses allowed; empty allows everyone.
+    pub allow: Vec<IpNet>,
+    /// Header rules applied to each request in order.
+    pub header_rules: Vec<HeaderRule>,
+    /// `x:https`: redirect plain HTTP visitors to HTTPS.
+    pub https_redirect: bool,
+    /// `x:passpreflight`: CORS preflight requests skip auth.
+    pub pass_preflight: bool,
+    /// `x:xff`: accepted for compatibility; X-Forwarded-* are always added.
+    pub xff: bool,
+}
+
+/// One header rule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeaderRule {
+    /// `a:Name:Value`: append a header.
+    Add(HeaderName, HeaderValue),
+    /// `u:Name:Value`: replace a header (set it if absent).
+    Update(HeaderName, HeaderValue),
+    /// `r:Name`: remove a header.
+    Remove(HeaderName),
+}
+
+/// Why an option word was refused; shown to the SSH user.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum OptionError {
+    /// Not a known option.
+    #[error("unknown option {0:?}; options are b:user:pass k:key w:cidr a:Name:Value u:Name:Value r:Name x:https x:xff x:passpreflight")]
+    Unknown(String),
+    /// A known option with a malformed value.
+    #[error("option {0:?} is malformed: {1}")]
+    Malformed(String, &'static str),
+    /// Recognised but not offered by this edge.
+    #[error("option {0:?} is not supported by this edge yet")]
+    Unsupported(String),
+    /// Too many words.
+    #[error("too many options (at most {MAX_OPTIONS})")]
+    TooMany,
+}
+
+impl TunnelOptions {
+    /// Parses the command words.
+    pub fn parse(command: &str) -> Result<TunnelOptions, OptionError> {
+        let mut o = TunnelOptions::default();
+        let words: Vec<&str> = command.split_whitespace().collect();
+        if words.len() > MAX_OPTIONS {
+            return Err(OptionError::TooMany);
+        }
+        for word in words {
+            o.add(word)?;
+        }
+        Ok(o)
+    }
+
+    fn add(&mut self, word: &str) -> Result<(), OptionError> {
+        let shown: String = word.chars().take(60).collect();
+        let bad = |why| OptionError::Malformed(shown.clone(), why);
+        let (key, rest) = word
+            .split_once(':')
+            .ok_or_else(|| OptionError::Unknown(shown.clone()))?;
+        match key {
+            "b" => {
+                let (user, pass) = rest
+                    .split_once(':')
+                    .ok_or_else(|| bad("expected b:user:password"))?;
+                if user.is_empty() || pass.is_empty() {
+                    return Err(bad("user and password must not be empty"));
+                }
+                self.basic_auth.push((user.to_string(), pass.to_string()));
+            }
+            "k" => {
+                if rest.is_empty() {
+                    return Err(bad("expected k:key"));
+                }
+                self.bearer_keys.push(rest.to_string());
+            }
+            "w" => {
+                for cidr in rest.split(',') {
+                    let net = cidr
+                        .parse::<IpNet>()
+                        .or_else(|_| cidr.parse::<IpAddr>().map(IpNet::from))
+                        .map_err(|_| bad("expected w:CIDR[,CIDR], e.g. w:203.0.113.0/24"))?;
+                    self.allow.push(net);
+                }
+            }
+            "a" | "u" => {
+                let (name, value) = rest
+                    .split_once(':')
+                    .ok_or_else(|| bad("expected Name:Value"))?;
+                let name = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| bad("not a valid header name"))?;
+                let value =
+                    HeaderValue::from_str(value).map_err(|_| bad("not a valid header value"))?;
+                self.header_rules.push(if key == "a" {
+                    HeaderRule::Add(name, value)
+                } else {
+                    HeaderRule::Update(name, value)
+                });
+            }
+            "r" => {
+                let name = HeaderName::from_bytes(rest.as_bytes())
+                    .map_err(|_| bad("not a valid header name"))?;
+                self.header_rules.push(HeaderRule::Remove(name));
+            }
+            "x" => match rest {
+                "https" => self.https_redirect = true,
+                "xff" => self.xff = true,
+                "passpreflight" => self.pass_preflight = true,
+                "noreverseproxy" => return Err(OptionError::Unsupported(shown)),
+                _ => return Err(OptionError::Unknown(shown)),
+            },
+            _ => return Err(OptionError::Unknown(shown)),
+        }
+        Ok(())
+    }
+
+    /// Whether a visitor address passes the allowlist.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether any visitor auth is configured.
+    pub fn needs_auth(&self) -> bool {
+        !self.basic_auth.is_empty() || !self.bearer_keys.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_option_kinds_parse() {
+        let o = TunnelOptions::parse(
+            "b:alice:pw:with:colons k:key1 w:10.0.0.0/8,192.0.2.7 a:X-A:1 u:Host:example.com r:Cookie x:https x:xff x:passpreflight",
+        )
+        .unwrap();
+        assert_eq!(
+            o.basic_auth,
+            vec![("alice".into(), "pw:with:colons".into())]
+        );
+        assert_eq!(o.bearer_keys, vec!["key1".to_string()]);
+        assert_eq!(o.allow.len(), 2);
+        assert_eq!(o.header_rules.len(), 3);
+        assert!(o.https_redirect && o.xff && o.pass_preflight);
+    }
+
+    #[test]
+    fn allowlist_matches_cidrs_and_mapped_v6() {
+        let o = TunnelOptions::parse("w:10.0.0.0/8").unwrap();
+        assert!(o.allows("10.1.2.3".parse().unwrap()));
+        assert!(o.allows("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!o.allows("192.0.2.1".parse().unwrap()));
+        assert!(TunnelOptions::default().allows("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_options_are_refused_with_reasons() {
+        assert!(matches!(
+            TunnelOptions::parse("zz"),
+            Err(OptionError::Unknown(_))
+        ));
+        assert!(matches!(
+            TunnelOptions::parse("b:onlyuser"),
+            Err(OptionError::Malformed(..))
+        ));
+        assert!(matches!(
+            TunnelOptions::parse("w:300.1.1.1/8"),
+            Err(OptionError::Malformed(..))
+        ));
+        assert!(matches!(
+            TunnelOptions::parse("a:Bad Name:v"),
+            Err(OptionError::Malformed(..))
+        ));
+        assert!(matches!(
+            TunnelOptions::parse("a:X:\u{1}"),
+            Err(OptionError::Malformed(..))
+        ));
+        assert!(matches!(
+            TunnelOptions::parse("x:noreverseproxy"),
+            Err(OptionError::Unsupported(_))
+        ));
+        assert_eq!(
+            TunnelOptions::parse(&"x:xff ".repeat(MAX_OPTIONS + 1)),
+            Err(OptionError::TooMany)
+        );
+    }
+}

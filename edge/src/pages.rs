@@ -1,0 +1,93 @@
+//! Pages the edge itself answers visitors with (unknown host, tunnel client unreachable,
+//! auth required, ...), short and friendly.
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+
+/// The body type of every visitor response.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// A body from bytes.
+pub fn full(data: impl Into<Bytes>) -> ProxyBody {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An HTML page with a title and one paragraph.
+pub fn page(status: StatusCode, title: &str, text: &str) -> Response<ProxyBody> {
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\">\
+         <h1>{title}</h1><p>{text}</p><p><small>nearhop</small></p></body></html>\n",
+        title = escape(title),
+        text = escape(text)
+    );
+    let mut resp = Response::new(full(html));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp
+}
+
+/// 404 for a host no tunnel serves.
+pub fn unknown_host(host: &str) -> Response<ProxyBody> {
+    page(
+        StatusCode::NOT_FOUND,
+        "No tunnel here",
+        &format!("There is no live tunnel for {host} on this server. If it is yours, start it again with ssh; it may also be served from another region while DNS catches up."),
+    )
+}
+
+/// 400 for a request without a usable Host.
+pub fn bad_request(why: &str) -> Response<ProxyBody> {
+    page(StatusCode::BAD_REQUEST, "Bad request", why)
+}
+
+/// 502 when the tunnel's client does not take the connection.
+pub fn client_unreachable() -> Response<ProxyBody> {
+    page(
+        StatusCode::BAD_GATEWAY,
+        "Tunnel client not answering",
+        "The tunnel is up, but its SSH client did not accept this connection or its local service did not answer. Is the local service running?",
+    )
+}
+
+/// 403 for a visitor outside the allowlist.
+pub fn forbidden() -> Response<ProxyBody> {
+    page(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        "Your address is not allowed to use this tunnel.",
+    )
+}
+
+/// 401 asking for credentials.
+pub fn unauthorized(basic: bool) -> Response<ProxyBody> {
+    let mut resp = page(
+        StatusCode::UNAUTHORIZED,
+        "Authentication required",
+        "This tunnel requires credentials.",
+    );
+    let challenge = if basic {
+        "Basic realm=\"nearhop\", charset=\"UTF-8\""
+    } else {
+        "Bearer realm=\"nearhop\""
+    };
+    resp.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    resp
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

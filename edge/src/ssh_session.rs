@@ -1,0 +1,464 @@
+//! One SSH client: authentication (the username is the carrier), `tcpip-forward` requests
+//! turned into tunnels through control, the session channel the user reads, and refusals.
+
+use crate::edge::Edge;
+use crate::messages;
+use crate::options::TunnelOptions;
+use crate::tunnels::{crlf, one_line, ForwardTarget, SessionLink, Tunnel};
+use crate::username::{parse_username, UserRequest, UsernameError};
+use crate::visitor_tcp;
+use nearhop_wire::{CreateTunnelRequest, CreateTunnelResponse, TunnelKind};
+use russh::server::{Auth, Handler, Msg, Session};
+use russh::{Channel, ChannelId, CryptoVec, Disconnect};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Bind addresses that mean "no particular name" in `-R [bind:]port:host:hostport`.
+const PLAIN_BIND_ADDRESSES: &[&str] = &["", "localhost", "0.0.0.0", "127.0.0.1", "::", "::1", "*"];
+
+/// Told to a client whose tunnel another connection took over.
+const REPLACED: &str = "a newer connection took over this name.";
+
+/// The russh handler of one client.
+pub struct SshSession {
+    edge: Arc<Edge>,
+    link: Arc<SessionLink>,
+    user: Option<Result<UserRequest, UsernameError>>,
+    options: Arc<TunnelOptions>,
+    forwards_requested: usize,
+    next_virtual_port: u32,
+    refused: bool,
+}
+
+impl SshSession {
+    /// A handler for a fresh connection.
+    pub fn new(edge: Arc<Edge>, link: Arc<SessionLink>) -> SshSession {
+        let first_port = u32::from(edge.config.public_http_port());
+        SshSession {
+            edge,
+            link,
+            user: None,
+            options: Arc::default(),
+            forwards_requested: 0,
+            next_virtual_port: first_port,
+            refused: false,
+        }
+    }
+
+    fn accept(&mut self, user: &str) -> Auth {
+        if self.user.is_none() {
+            self.user = Some(parse_username(user));
+        }
+        Auth::Accept
+    }
+
+    /// Prints pending text if the session channel is ready.
+    fn flush(&self, session: &mut Session) {
+        if let Some((channel, lines)) = self.link.drain_if_ready() {
+            write_lines(session, channel, lines);
+        }
+    }
+
+    /// Tells the user why, then disconnects. OpenSSH prints the disconnect description
+    /// even with `-N`, so the sentence reaches every client.
+    fn refuse(&mut self, session: &mut Session, message: &str) {
+        self.refused = true;
+        tracing::info!(reason = message, "refusing client");
+        self.link.queue(true, format!("nearhop: {message}"));
+        self.flush(session);
+        let _ = session.disconnect(Disconnect::ByApplication, &one_line(message), "en");
+    }
+
+    async fn set_up(
+        &mut self,
+        user: &UserRequest,
+        address: &str,
+        port: &mut u32,
+    ) -> Result<Arc<Tunnel>, String> {
+        let edge = &self.edge;
+        let req = CreateTunnelRequest {
+            edge_id: edge.config.edge_id.clone(),
+            token: user.token.clone(),
+            requested_name: requested_name(address),
+            kind: user.kind,
+            force: user.force,
+            client_addr: self.link.peer.ip().to_string(),
+        };
+        let resp = edge.control.create_tunnel(&req).await.map_err(|e| {
+            edge.metrics
+                .control_errors_total
+                .with_label_values(&["create_tunnel"])
+                .inc();
+            tracing::info!(error = %e, "control refused or failed a setup");
+            e.user_message()
+        })?;
+        let public_port = match user.kind {
+            TunnelKind::Tcp => match visitor_tcp::bind_public_port(&edge.config).await {
+                Ok(bound) => Some(bound),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no free public TCP port");
+                    self.give_back(&resp, "no_port");
+                    return Err("this edge has no free public TCP port right now; please try again later or another region.".into());
+                }
+            },
+            _ => None,
+        };
+        if *port == 0 {
+            *port = match &public_port {
+                Some((_, p)) => u32::from(*p),
+                None => {
+                    let p = self.next_virtual_port;
+                    self.next_virtual_port += 1;
+                    p
+                }
+            };
+        }
+        let tunnel = Arc::new(Tunnel::new(
+            resp.tunnel_id,
+            resp.hostname.to_ascii_lowercase(),
+            resp.zone.clone(),
+            resp.region.clone(),
+            user.kind,
+            public_port.as_ref().map(|(_, p)| *p),
+            ForwardTarget {
+                address: address.to_string(),
+                port: *port,
+            },
+            self.link.clone(),
+            self.options.clone(),
+        ));
+        self.install(&tunnel, &resp).await;
+        if let Some((listener, _)) = public_port {
+            visitor_tcp::spawn_listener(edge.clone(), tunnel.clone(), listener);
+        }
+        self.link.queue(
+            false,
+            messages::tunnel_ready(&tunnel, &resp, edge.config.public_http_port(), user.qr),
+        );
+        Ok(tunnel)
+    }
+
+    /// Makes the tunnel routable, closing what it replaced on this edge.
+    async fn install(&self, tunnel: &Arc<Tunnel>, resp: &CreateTunnelResponse) {
+        let edge = &self.edge;
+        edge.metrics
+            .tunnels_active
+            .with_label_values(&[&tunnel.zone, tunnel.kind.as_str()])
+            .inc();
+        if let Some(old) = edge.registry.insert(tunnel.clone()) {
+            // Same name, same edge: a reconnect or a force that control already settled.
+            edge.close_tunnel(&old, "replaced", Some(REPLACED), false)
+                .await;
+        }
+        if let Some(replaced) = &resp.replaced_tunnel {
+            if replaced.edge_id == edge.config.edge_id && replaced.tunnel_id != tunnel.id {
+                if let Some(old) = edge.registry.by_id(replaced.tunnel_id) {
+                    edge.close_tunnel(&old, "replaced", Some(REPLACED), false)
+                        .await;
+                }
+            }
+        }
+        let edge = edge.clone();
+        tokio::spawn(async move { crate::control_sync::refresh_routes(&edge).await });
+        tracing::info!(tunnel = tunnel.id, host = %tunnel.hostname, kind = tunnel.kind.as_str(), "tunnel live");
+    }
+
+    /// Closes a tunnel control created when the edge cannot serve it after all.
+    fn give_back(&self, resp: &CreateTunnelResponse, reason: &str) {
+        let control = self.edge.control.clone();
+        let req = nearhop_wire::CloseTunnelRequest {
+            edge_id: self.edge.config.edge_id.clone(),
+            reason: reason.to_string(),
+        };
+        let id = resp.tunnel_id;
+        tokio::spawn(async move {
+            if let Err(e) = control.close_tunnel(id, &req).await {
+                tracing::warn!(tunnel = id, error = %e, "giving a tunnel back to control");
+            }
+        });
+    }
+
+    fn user_ready(&self) -> Option<UserRequest> {
+        match &self.user {
+            Some(Ok(u)) => Some(u.clone()),
+            _ => None,
+        }
+    }
+}
+
+fn write_lines(session: &mut Session, channel: ChannelId, lines: Vec<(bool, String)>) {
+    for (error, text) in lines {
+        let data = CryptoVec::from_slice(crlf(&text).as_bytes());
+        let r = if error {
+            session.extended_data(channel, 1, data)
+        } else {
+            session.data(channel, data)
+        };
+        if r.is_err() {
+            tracing::debug!("session channel closed before text was printed");
+        }
+    }
+}
+
+/// The name asked for with the bind address (`-R androidblog:0:...` or the full host
+/// name), or `None` for a plain bind address.
+fn requested_name(address: &str) -> Option<String> {
+    let address = address.trim().trim_end_matches('.');
+    if PLAIN_BIND_ADDRESSES.contains(&address) {
+        return None;
+    }
+    let label = address.split('.').next().unwrap_or(address);
+    Some(label.chars().take(253).collect())
+}
+
+impl Handler for SshSession {
+    type Error = anyhow::Error;
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        Ok(self.accept(user))
+    }
+
+    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        Ok(self.accept(user))
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        _key: &russh::keys::PublicKey,
+    ) -> Result<Auth, Self::Error> {
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        _key: &russh::keys::PublicKey,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.accept(user))
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        _response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.accept(user))
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        self.link.set_handle(session.handle());
+        self.link.mark_authenticated();
+        if let Some(Err(e)) = &self.user {
+            let message =
+                format!("{e}. Usage: ssh -p PORT -R0:localhost:8000 [TOKEN+][KEYWORD+...]@HOST");
+            self.refuse(session, &message);
+            return Ok(());
+        }
+        // A session that never asks for a forward is told how, then let go.
+        let (edge, link) = (self.edge.clone(), self.link.clone());
+        tokio::spawn(async move {
+            let wait = std::time::Duration::from_secs(edge.config.unbound_session_seconds);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {
+                    if edge.tunnels_of(link.id).is_empty() && !link.has_ended() {
+                        link.say(true, &messages::usage()).await;
+                        link.disconnect("No tunnel was requested (use -R0:localhost:PORT).").await;
+                    }
+                }
+                _ = link.gone.cancelled() => {}
+            }
+        });
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.forwards_requested += 1;
+        if self.refused {
+            return Ok(false);
+        }
+        let Some(user) = self.user_ready() else {
+            return Ok(false);
+        };
+        if self.forwards_requested > self.edge.config.max_forwards_per_session {
+            if self.forwards_requested == self.edge.config.max_forwards_per_session + 1 {
+                let message = format!(
+                    "at most {} forwards per connection; the others were refused.",
+                    self.edge.config.max_forwards_per_session
+                );
+                self.link.queue(true, format!("nearhop: {message}"));
+                self.flush(session);
+            }
+            return Ok(false);
+        }
+        if user.kind == TunnelKind::Tls {
+            self.refuse(
+                session,
+                "TLS passthrough tunnels are not offered by this edge yet; use http (the default) or tcp.",
+            );
+            return Ok(false);
+        }
+        if self.edge.shutdown.is_cancelled() {
+            self.refuse(session, "this edge is shutting down; please reconnect.");
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let result = self.set_up(&user, address, port).await;
+        let outcome = if result.is_ok() { "ok" } else { "refused" };
+        self.edge
+            .metrics
+            .tunnel_setup_seconds
+            .with_label_values(&[outcome])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(_) => {
+                self.flush(session);
+                Ok(true)
+            }
+            Err(message) => {
+                self.refuse(session, &message);
+                Ok(false)
+            }
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let found = self
+            .edge
+            .tunnels_of(self.link.id)
+            .into_iter()
+            .filter(|t| t.forward.address == address && t.forward.port == port)
+            .collect::<Vec<_>>();
+        for tunnel in &found {
+            self.edge
+                .close_tunnel(tunnel, "client_closed", None, true)
+                .await;
+        }
+        Ok(!found.is_empty())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        // Input arrives through `data`; the channel object itself is not needed.
+        self.link.set_session_channel(channel.id());
+        Ok(true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        self.start_output(channel, session);
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        let command = String::from_utf8_lossy(data);
+        match TunnelOptions::parse(&command) {
+            Ok(options) => {
+                self.options = Arc::new(options);
+                for tunnel in self.edge.tunnels_of(self.link.id) {
+                    tunnel.set_options(self.options.clone());
+                }
+                self.start_output(channel, session);
+            }
+            Err(e) => {
+                self.link.take_ready();
+                self.refuse(session, &e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        _channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Ctrl-C or Ctrl-D in an interactive session ends it, as users of Pinggy expect.
+        if data.iter().any(|b| *b == 3 || *b == 4) {
+            self.link.queue(false, "Closing your tunnel. Bye.".into());
+            self.flush(session);
+            let _ = session.disconnect(Disconnect::ByApplication, "Closed by you.", "en");
+        }
+        Ok(())
+    }
+}
+
+impl SshSession {
+    /// The client asked for a shell or a command: the session channel shows text from now on.
+    fn start_output(&mut self, channel: ChannelId, session: &mut Session) {
+        if let Some((ch, lines)) = self.link.take_ready() {
+            write_lines(session, ch, lines);
+        } else {
+            self.link.set_session_channel(channel);
+            if let Some((ch, lines)) = self.link.take_ready() {
+                write_lines(session, ch, lines);
+            }
+        }
+        // OpenSSH sends every -R before it opens the session channel, so by now a session
+        // without a forward asked for none.
+        if self.forwards_requested == 0 && !self.refused {
+            self.refuse(session, &messages::usage());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_address_names_the_tunnel() {
+        assert_eq!(
+            requested_name("androidblog").as_deref(),
+            Some("androidblog")
+        );
+        assert_eq!(
+            requested_name("AndroidBlog.a.tunnel.test.").as_deref(),
+            Some("AndroidBlog")
+        );
+        for plain in ["", "localhost", "0.0.0.0", "*", "127.0.0.1"] {
+            assert_eq!(requested_name(plain), None);
+        }
+    }
+}

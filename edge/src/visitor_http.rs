@@ -1,0 +1,309 @@
+//! The HTTP visitor listener: routes each request by `Host` with a map lookup, runs the
+//! request phases, and proxies it over one `forwarded-tcpip` channel per visitor connection
+//! (kept for the connection's next requests). Bodies stream both ways; upgrades (WebSocket)
+//! become a byte splice with no idle cut.
+
+use crate::counting_io::CountingStream;
+use crate::edge::Edge;
+use crate::http_phases::{self, RequestCtx};
+use crate::pages::{self, ProxyBody};
+use crate::tunnels::Tunnel;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{CONNECTION, HOST, UPGRADE};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, OwnedSemaphorePermit};
+
+/// Smallest head buffer hyper accepts.
+const MIN_HEAD_BUFFER: usize = 8192;
+
+/// Accepts visitors until shutdown.
+pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = edge.shutdown.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting an HTTP visitor");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = edge.visitor_slots.clone().try_acquire_owned() else {
+            edge.metrics.visitor_connections_refused_total.inc();
+            continue;
+        };
+        tokio::spawn(serve_visitor(edge.clone(), stream, peer, permit));
+    }
+}
+
+/// One visitor connection and the upstream (SSH channel) it uses.
+struct VisitorConn {
+    edge: Arc<Edge>,
+    peer: SocketAddr,
+    upstream: Mutex<Option<Upstream>>,
+}
+
+struct Upstream {
+    tunnel_id: i64,
+    sender: SendRequest<Incoming>,
+}
+
+async fn serve_visitor(
+    edge: Arc<Edge>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let m = &edge.metrics;
+    m.visitor_connections_total
+        .with_label_values(&["http"])
+        .inc();
+    m.visitor_connections_active.inc();
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(CountingStream::new(
+        stream,
+        m.visitor_bytes_total.with_label_values(&["in"]),
+        m.visitor_bytes_total.with_label_values(&["out"]),
+    ));
+    let conn = Arc::new(VisitorConn {
+        edge: edge.clone(),
+        peer,
+        upstream: Mutex::new(None),
+    });
+    let service = service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(
+            edge.config.visitor_header_timeout_seconds.max(1),
+        ))
+        .max_buf_size(edge.config.visitor_max_header_bytes.max(MIN_HEAD_BUFFER));
+    let served = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(served);
+    let result = tokio::select! {
+        r = &mut served => r,
+        _ = edge.shutdown.cancelled() => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, %peer, "visitor connection ended with an error");
+    }
+    m.visitor_connections_active.dec();
+}
+
+impl VisitorConn {
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let resp = match request_host(&req) {
+            None => pages::bad_request("The request names no host."),
+            Some(host) => match self.edge.registry.route(&host) {
+                None => pages::unknown_host(&host),
+                Some(tunnel) => {
+                    let options = tunnel.options();
+                    let ctx = RequestCtx {
+                        visitor: self.peer,
+                        host: &host,
+                        scheme: "http",
+                        options: &options,
+                    };
+                    match http_phases::run(&ctx, &mut req) {
+                        Some(answer) => answer,
+                        None => {
+                            return self.count(self.forward(&tunnel, req).await, "tunnel");
+                        }
+                    }
+                }
+            },
+        };
+        self.count(resp, "edge")
+    }
+
+    fn count(&self, resp: Response<ProxyBody>, origin: &str) -> Response<ProxyBody> {
+        let class = match resp.status().as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.edge
+            .metrics
+            .http_responses_total
+            .with_label_values(&[class, origin])
+            .inc();
+        resp
+    }
+
+    /// Sends the request to the tunnel's client and streams the answer back.
+    async fn forward(
+        &self,
+        tunnel: &Arc<Tunnel>,
+        mut req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let visitor_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let mut slot = self.upstream.lock().await;
+        let reusable = match slot.as_mut() {
+            Some(up) if up.tunnel_id == tunnel.id && !tunnel.is_closed() => {
+                up.sender.ready().await.is_ok()
+            }
+            _ => false,
+        };
+        if !reusable {
+            *slot = None;
+            match self.connect(tunnel).await {
+                Some(up) => *slot = Some(up),
+                None => return pages::client_unreachable(),
+            }
+        }
+        let Some(up) = slot.as_mut() else {
+            return pages::client_unreachable();
+        };
+        let sent = up.sender.send_request(req).await;
+        let mut resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, tunnel = tunnel.id, "tunnel request failed");
+                *slot = None;
+                return pages::client_unreachable();
+            }
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // The upstream connection now belongs to the upgraded stream.
+            *slot = None;
+            if let Some(visitor_upgrade) = visitor_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(splice_upgraded(visitor_upgrade, upstream_upgrade));
+            }
+        }
+        resp.map(|b| b.boxed())
+    }
+
+    /// Opens a `forwarded-tcpip` channel with the visitor as originator and speaks HTTP/1.1
+    /// over it.
+    async fn connect(&self, tunnel: &Arc<Tunnel>) -> Option<Upstream> {
+        let channel = match tunnel.open_channel(self.peer).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, tunnel = tunnel.id, "client refused a visitor channel");
+                return None;
+            }
+        };
+        let io = TokioIo::new(channel.into_stream());
+        let (sender, conn) = match hyper::client::conn::http1::Builder::new()
+            .handshake::<_, Incoming>(io)
+            .await
+        {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP handshake over the channel failed");
+                return None;
+            }
+        };
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "tunnel-side HTTP connection ended");
+            }
+        });
+        Some(Upstream {
+            tunnel_id: tunnel.id,
+            sender,
+        })
+    }
+}
+
+async fn splice_upgraded(visitor: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (visitor, upstream) = tokio::join!(visitor, upstream);
+    match (visitor, upstream) {
+        (Ok(v), Ok(u)) => {
+            let mut v = TokioIo::new(v);
+            let mut u = TokioIo::new(u);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut v, &mut u).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        (v, u) => {
+            tracing::debug!(
+                visitor_ok = v.is_ok(),
+                upstream_ok = u.is_ok(),
+                "upgrade failed"
+            );
+        }
+    }
+}
+
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(UPGRADE)
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// The host a request is for: `Host`, else the absolute URI's authority; lowercase, without
+/// port or trailing dot.
+pub fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw = req
+        .headers()
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))?;
+    let authority: hyper::http::uri::Authority = raw.trim().parse().ok()?;
+    let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_is_lowercased_without_port_or_dot() {
+        let r = Request::builder()
+            .header(HOST, "Blog.A.Tunnel.Test.:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r).as_deref(), Some("blog.a.tunnel.test"));
+        let r = Request::builder()
+            .uri("http://x.example/p")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r).as_deref(), Some("x.example"));
+        let r = Request::builder()
+            .header(HOST, "bad host")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r), None);
+    }
+
+    #[test]
+    fn websocket_requests_want_an_upgrade() {
+        let r = Request::builder()
+            .header(UPGRADE, "websocket")
+            .header(CONNECTION, "keep-alive, Upgrade")
+            .body(())
+            .unwrap();
+        assert!(wants_upgrade(&r));
+    }
+}

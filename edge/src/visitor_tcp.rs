@@ -1,0 +1,93 @@
+//! Public TCP ports for `tcp` tunnels: a port from the configured range per tunnel, each
+//! visitor connection spliced into one `forwarded-tcpip` channel.
+
+use crate::config::Config;
+use crate::counting_io::CountingStream;
+use crate::edge::Edge;
+use crate::tunnels::Tunnel;
+use rand::Rng;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Random tries before scanning the range in order: with a range mostly free, a handful of
+/// random picks finds a port without favouring the low end; a nearly full range still
+/// finds the last free port by the scan.
+const RANDOM_TRIES: usize = 16;
+
+/// Binds a free port from `tcp_port_range` on `tcp_bind_ip`.
+pub async fn bind_public_port(config: &Config) -> io::Result<(TcpListener, u16)> {
+    let (lo, hi) = config.tcp_port_range;
+    let ip = config.tcp_bind_ip();
+    for _ in 0..RANDOM_TRIES {
+        let port = rand::thread_rng().gen_range(lo..=hi);
+        if let Ok(l) = TcpListener::bind((ip, port)).await {
+            return Ok((l, port));
+        }
+    }
+    for port in lo..=hi {
+        if let Ok(l) = TcpListener::bind((ip, port)).await {
+            return Ok((l, port));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("every port in {lo}..={hi} is in use"),
+    ))
+}
+
+/// Serves the tunnel's public port until the tunnel closes or the edge shuts down.
+pub fn spawn_listener(edge: Arc<Edge>, tunnel: Arc<Tunnel>, listener: TcpListener) {
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = tunnel.stop.cancelled() => break,
+                _ = edge.shutdown.cancelled() => break,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(carry(edge.clone(), tunnel.clone(), stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a TCP visitor");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+}
+
+async fn carry(edge: Arc<Edge>, tunnel: Arc<Tunnel>, stream: TcpStream, peer: SocketAddr) {
+    if !tunnel.options().allows(peer.ip()) {
+        return;
+    }
+    let Ok(_permit) = edge.visitor_slots.clone().try_acquire_owned() else {
+        edge.metrics.visitor_connections_refused_total.inc();
+        return;
+    };
+    let m = &edge.metrics;
+    m.visitor_connections_total
+        .with_label_values(&["tcp"])
+        .inc();
+    m.visitor_connections_active.inc();
+    let _ = stream.set_nodelay(true);
+    let mut visitor = CountingStream::new(
+        stream,
+        m.visitor_bytes_total.with_label_values(&["in"]),
+        m.visitor_bytes_total.with_label_values(&["out"]),
+    );
+    match tunnel.open_channel(peer).await {
+        Ok(channel) => {
+            let mut upstream = channel.into_stream();
+            if let Err(e) = tokio::io::copy_bidirectional(&mut visitor, &mut upstream).await {
+                tracing::debug!(error = %e, tunnel = tunnel.id, "TCP visitor connection ended");
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, tunnel = tunnel.id, "client refused a TCP visitor channel");
+        }
+    }
+    m.visitor_connections_active.dec();
+}
