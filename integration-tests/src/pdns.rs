@@ -154,7 +154,11 @@ fn pdns_base_command(dir: &Path, ip: Ipv4Addr, port: u16, caches: Caches) -> Res
     .arg("--zone-cache-refresh-interval=60");
     match caches {
         Caches::Off => {
-            cmd.args(["--cache-ttl=0", "--query-cache-ttl=0", "--negquery-cache-ttl=0"]);
+            cmd.args([
+                "--cache-ttl=0",
+                "--query-cache-ttl=0",
+                "--negquery-cache-ttl=0",
+            ]);
         }
         Caches::Purged(ttl) => {
             cmd.arg(format!("--cache-ttl={ttl}"))
@@ -163,7 +167,8 @@ fn pdns_base_command(dir: &Path, ip: Ipv4Addr, port: u16, caches: Caches) -> Res
         }
     }
     if let Some((uid, gid)) = pdns_user() {
-        cmd.arg(format!("--setuid={uid}")).arg(format!("--setgid={gid}"));
+        cmd.arg(format!("--setuid={uid}"))
+            .arg(format!("--setgid={gid}"));
     }
     Ok(cmd)
 }
@@ -203,7 +208,10 @@ impl PdnsRegion {
         cmd.arg("--launch=remote")
             .arg(format!("--remote-connection-string={connection}"))
             .arg(format!("--receiver-threads={}", spec.receiver_threads))
-            .arg(format!("--distributor-threads={}", spec.distributor_threads))
+            .arg(format!(
+                "--distributor-threads={}",
+                spec.distributor_threads
+            ))
             .arg("--reuseport=yes");
         let log = dir.join("pdns.log");
         let pdns = ChildGuard::spawn(
@@ -287,14 +295,20 @@ impl PdnsRegion {
 
     /// Whether the backend still runs.
     pub fn backend_running(&mut self) -> bool {
-        self.backend.as_mut().map(|b| b.is_running()).unwrap_or(false)
+        self.backend
+            .as_mut()
+            .map(|b| b.is_running())
+            .unwrap_or(false)
     }
 
     /// Runs `pdns_control` against this pdns.
     pub fn pdns_control(&self, args: &[&str]) -> Result<String> {
         let mut c = Command::new("pdns_control");
-        c.arg(format!("--socket-dir={}", self.dir.join("pdns-sock").display()))
-            .args(args);
+        c.arg(format!(
+            "--socket-dir={}",
+            self.dir.join("pdns-sock").display()
+        ))
+        .args(args);
         run(c)
     }
 
@@ -326,6 +340,27 @@ impl PdnsRegion {
     /// pdns's log file.
     pub fn pdns_log(&self) -> PathBuf {
         self.dir.join("pdns.log")
+    }
+
+    /// The backend's unix socket (the `unix` connector).
+    pub fn backend_socket(&self) -> PathBuf {
+        self.dir.join("backend.sock")
+    }
+
+    /// The backend's config file.
+    pub fn backend_config(&self) -> PathBuf {
+        self.dir.join("pdns-backend.toml")
+    }
+
+    /// Calls the backend directly over its unix socket: one request line, one reply.
+    pub fn backend_call(&self, request: &serde_json::Value) -> Result<serde_json::Value> {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(self.backend_socket())?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(format!("{request}\n").as_bytes())?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line)?;
+        Ok(serde_json::from_str(&line)?)
     }
 }
 
@@ -610,15 +645,26 @@ impl DnsResponse {
 
 /// Sends one UDP query (no recursion desired) from `source` (default 127.0.0.1) and parses
 /// the response; 2 s timeout.
-pub fn query(server: SocketAddr, name: &str, qtype: u16, source: Option<Ipv4Addr>) -> Result<DnsResponse> {
+pub fn query(
+    server: SocketAddr,
+    name: &str,
+    qtype: u16,
+    source: Option<Ipv4Addr>,
+) -> Result<DnsResponse> {
     let sock = UdpSocket::bind((source.unwrap_or(Ipv4Addr::LOCALHOST), 0))?;
     sock.set_read_timeout(Some(Duration::from_secs(2)))?;
     query_on(&sock, server, name, qtype)
 }
 
 /// Like [`query`] on an existing socket (for tight loops).
-pub fn query_on(sock: &UdpSocket, server: SocketAddr, name: &str, qtype: u16) -> Result<DnsResponse> {
-    let id: u16 = (Instant::now().elapsed().subsec_nanos() as u16) ^ (std::process::id() as u16) ^ next_id();
+pub fn query_on(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    name: &str,
+    qtype: u16,
+) -> Result<DnsResponse> {
+    let id: u16 =
+        (Instant::now().elapsed().subsec_nanos() as u16) ^ (std::process::id() as u16) ^ next_id();
     let mut q = Vec::with_capacity(64);
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
@@ -635,7 +681,9 @@ pub fn query_on(sock: &UdpSocket, server: SocketAddr, name: &str, qtype: u16) ->
     sock.send_to(&q, server)?;
     let mut buf = [0u8; 4096];
     loop {
-        let (n, _) = sock.recv_from(&mut buf).context("waiting for a DNS response")?;
+        let (n, _) = sock
+            .recv_from(&mut buf)
+            .context("waiting for a DNS response")?;
         let msg = &buf[..n];
         if n < 12 || msg[0..2] != id.to_be_bytes() {
             continue;
@@ -676,7 +724,9 @@ fn parse_response(msg: &[u8]) -> Result<DnsResponse> {
             let start = next + 10;
             let rdata = msg.get(start..start + len).context("short rdata")?;
             let data = match rtype {
-                QTYPE_A if len == 4 => Ipv4Addr::new(rdata[0], rdata[1], rdata[2], rdata[3]).to_string(),
+                QTYPE_A if len == 4 => {
+                    Ipv4Addr::new(rdata[0], rdata[1], rdata[2], rdata[3]).to_string()
+                }
                 QTYPE_AAAA if len == 16 => {
                     let mut b = [0u8; 16];
                     b.copy_from_slice(rdata);
@@ -739,6 +789,48 @@ fn read_name(msg: &[u8], mut off: usize) -> Result<(String, usize)> {
     bail!("name compression loop")
 }
 
+/// Asks the primary for a CHECKPOINT every 100 ms while it lives. `pg_basebackup` starts with
+/// a *spread* checkpoint by default, which takes most of `checkpoint_timeout` (over a minute
+/// per replica); an explicitly requested checkpoint makes the one in progress finish at once.
+struct FastCheckpoints {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FastCheckpoints {
+    fn start(primary: PgEndpoint) -> FastCheckpoints {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut c = Command::new("psql");
+                c.arg(format!(
+                    "host={} port={} user={} dbname=postgres connect_timeout=1",
+                    primary.ip,
+                    primary.port,
+                    crate::postgres::DB_USER
+                ))
+                .args(["-qAtX", "-c", "CHECKPOINT"]);
+                let _ = c.output();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        FastCheckpoints {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FastCheckpoints {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A primary (`us`, 127.0.0.1) with one streaming replica (`eu`, 127.0.0.2), the schema and
 /// the dev zones, and the eu region's pdns + backend reading the replica. Everything stops
 /// and the directory is removed when it is dropped, also when a test fails.
@@ -760,14 +852,16 @@ impl DnsFixture {
         let dir = tmp.path().to_path_buf();
         let us = Ipv4Addr::new(127, 0, 0, 1);
         let eu = Ipv4Addr::new(127, 0, 0, 2);
+        let primary = PgEndpoint {
+            region: "us".into(),
+            ip: us,
+            port: free_port(us),
+        };
+        let _fast = FastCheckpoints::start(primary.clone());
         let pg = PgCluster::start(
             &dir.join("pg"),
             &PgClusterConfig {
-                primary: PgEndpoint {
-                    region: "us".into(),
-                    ip: us,
-                    port: free_port(us),
-                },
+                primary,
                 replicas: vec![PgEndpoint {
                     region: "eu".into(),
                     ip: eu,
@@ -776,14 +870,11 @@ impl DnsFixture {
                 fsync: false,
             },
         )?;
+        drop(_fast);
         apply_schema(&pg.primary.endpoint)?;
         seed_zones(
             &pg.primary.endpoint,
-            &[
-                ("us", us),
-                ("eu", eu),
-                ("ap", Ipv4Addr::new(127, 0, 0, 3)),
-            ],
+            &[("us", us), ("eu", eu), ("ap", Ipv4Addr::new(127, 0, 0, 3))],
         )?;
         let replica = pg.replicas[0].endpoint.clone();
         wait_replayed(&pg.primary.endpoint, &replica)?;

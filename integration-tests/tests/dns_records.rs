@@ -14,7 +14,10 @@ fn record_written_on_primary_is_answered_by_replica_pdns_and_deletion_removes_it
     let fx = DnsFixture::start(|_| {}).expect("fixture");
     let addr = fx.region.dns_addr();
     // Asked before it exists: NXDOMAIN (cached negatively by pdns; the purge must clear it).
-    assert_eq!(cname_of(addr, "androidblog.a.tunnel.test").0, RCODE_NXDOMAIN);
+    assert_eq!(
+        cname_of(addr, "androidblog.a.tunnel.test").0,
+        RCODE_NXDOMAIN
+    );
 
     let lsn = fx
         .add_cname("a.tunnel.test", "androidblog", "eu.a.tunnel.test.")
@@ -29,7 +32,10 @@ fn record_written_on_primary_is_answered_by_replica_pdns_and_deletion_removes_it
         std::thread::sleep(std::time::Duration::from_millis(20));
         answered = cname_of(addr, "androidblog.a.tunnel.test");
     }
-    assert_eq!(answered, (RCODE_NOERROR, vec!["eu.a.tunnel.test.".to_string()]));
+    assert_eq!(
+        answered,
+        (RCODE_NOERROR, vec!["eu.a.tunnel.test.".to_string()])
+    );
     // Case-insensitive, and A queries follow the CNAME inside the zone.
     let a = query(addr, "AndroidBlog.A.Tunnel.Test", QTYPE_A, None).expect("query");
     assert_eq!(a.data_of(QTYPE_A), vec!["127.0.0.2".to_string()]);
@@ -52,8 +58,13 @@ fn record_written_on_primary_is_answered_by_replica_pdns_and_deletion_removes_it
 #[test]
 fn nxdomain_carries_the_soa_with_the_low_negative_ttl() {
     let fx = DnsFixture::start(|_| {}).expect("fixture");
-    let r = query(fx.region.dns_addr(), "nosuchname.free.tunnel.test", QTYPE_A, None)
-        .expect("query");
+    let r = query(
+        fx.region.dns_addr(),
+        "nosuchname.free.tunnel.test",
+        QTYPE_A,
+        None,
+    )
+    .expect("query");
     assert_eq!(r.rcode, RCODE_NXDOMAIN);
     let soa = r
         .authority
@@ -122,8 +133,8 @@ fn http_and_pipe_connectors_answer_like_the_unix_socket() {
     let lsn = fx.sql("SELECT pg_current_wal_lsn()").expect("lsn");
     fx.wait_applied(lsn.trim()).expect("applied");
     let ip = Ipv4Addr::new(127, 0, 0, 2);
-    let unix_answer = query(fx.region.dns_addr(), "viahttp.a.tunnel.test", QTYPE_A, None)
-        .expect("unix");
+    let unix_answer =
+        query(fx.region.dns_addr(), "viahttp.a.tunnel.test", QTYPE_A, None).expect("unix");
     assert_eq!(unix_answer.rcode, RCODE_NOERROR);
     for connector in [
         Connector::HttpRest,

@@ -1,0 +1,140 @@
+//! When the replica goes away the backend keeps answering from memory, reports growing
+//! staleness, reconnects when the replica is back and picks up what it missed.
+
+use nearhop_stack::pdns::*;
+use std::time::{Duration, Instant};
+
+fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn replica_outage_keeps_answers_from_memory_counts_staleness_and_recovers() {
+    let mut fx = DnsFixture::start(|_| {}).expect("fixture");
+    fx.add_cname("a.tunnel.test", "before", "eu.a.tunnel.test.")
+        .expect("insert");
+    let lsn = fx
+        .add_cname("a.tunnel.test", "unasked", "us.a.tunnel.test.")
+        .expect("insert");
+    fx.wait_applied(&lsn).expect("applied");
+    assert_eq!(
+        query(
+            fx.region.dns_addr(),
+            "before.a.tunnel.test",
+            QTYPE_CNAME,
+            None
+        )
+        .expect("query")
+        .rcode,
+        RCODE_NOERROR
+    );
+
+    fx.pg.stop("eu");
+
+    // A name never asked before (so not in pdns's caches) is answered from memory.
+    let r = query(
+        fx.region.dns_addr(),
+        "unasked.a.tunnel.test",
+        QTYPE_CNAME,
+        None,
+    )
+    .expect("query");
+    assert_eq!(
+        r.data_of(QTYPE_CNAME),
+        vec!["us.a.tunnel.test.".to_string()]
+    );
+    let r = query(fx.region.dns_addr(), "never.a.tunnel.test", QTYPE_A, None).expect("query");
+    assert_eq!(r.rcode, RCODE_NXDOMAIN);
+
+    let stale = until("staleness above 2 s", || {
+        let s = fx.region.backend_status().ok()?;
+        let secs = s["seconds_since_contact"].as_f64()?;
+        (secs > 2.0).then_some(secs)
+    });
+    let text = fx.region.backend_metrics().expect("metrics");
+    let exported = metric(&text, "nearhop_pdns_backend_seconds_since_contact").expect("metric");
+    assert!(exported >= stale, "{exported} < {stale}");
+    assert_eq!(
+        query(
+            fx.region.dns_addr(),
+            "before.a.tunnel.test",
+            QTYPE_CNAME,
+            None
+        )
+        .expect("query")
+        .rcode,
+        RCODE_NOERROR
+    );
+
+    // Written while the replica is down; replayed when it is back.
+    let lsn = fx
+        .add_cname("a.tunnel.test", "during", "ap.a.tunnel.test.")
+        .expect("insert");
+    fx.pg.restart("eu").expect("replica restart");
+    fx.wait_applied(&lsn).expect("applied after restart");
+    let r = until("the name written during the outage", || {
+        let r = query(
+            fx.region.dns_addr(),
+            "during.a.tunnel.test",
+            QTYPE_CNAME,
+            None,
+        )
+        .ok()?;
+        (r.rcode == RCODE_NOERROR).then_some(r)
+    });
+    assert_eq!(
+        r.data_of(QTYPE_CNAME),
+        vec!["ap.a.tunnel.test.".to_string()]
+    );
+    let status = fx.region.backend_status().expect("status");
+    assert!(status["seconds_since_contact"].as_f64().unwrap_or(99.0) < 2.0);
+    let text = fx.region.backend_metrics().expect("metrics");
+    assert!(metric(&text, "nearhop_pdns_backend_replica_reconnects_total").unwrap_or(0.0) >= 1.0);
+}
+
+#[test]
+fn backend_down_gives_servfail_never_nxdomain() {
+    let mut fx = DnsFixture::start(|spec| spec.caches = Caches::Off).expect("fixture");
+    let lsn = fx
+        .add_cname("a.tunnel.test", "live", "eu.a.tunnel.test.")
+        .expect("insert");
+    fx.wait_applied(&lsn).expect("applied");
+    fx.region.stop_backend();
+    let r = query(
+        fx.region.dns_addr(),
+        "live.a.tunnel.test",
+        QTYPE_CNAME,
+        None,
+    )
+    .expect("query");
+    assert_eq!(r.rcode, RCODE_SERVFAIL);
+    fx.region.start_backend().expect("backend restart");
+    let r = until("answers after the backend restarted", || {
+        let r = query(
+            fx.region.dns_addr(),
+            "live.a.tunnel.test",
+            QTYPE_CNAME,
+            None,
+        )
+        .ok()?;
+        (r.rcode == RCODE_NOERROR).then_some(r)
+    });
+    assert_eq!(
+        r.data_of(QTYPE_CNAME),
+        vec!["eu.a.tunnel.test.".to_string()]
+    );
+}
