@@ -1,0 +1,107 @@
+//! The stock OpenSSH client against a real edge, control and Postgres: URLs are printed,
+//! visitors reach the local service, `qr` draws a QR code, `-N` learns its URL.
+
+mod edge_support;
+
+use edge_support::*;
+use nearhop_stack::edge::SshArgs;
+
+#[test]
+fn ssh_client_gets_a_url_and_visitors_reach_its_local_server() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start();
+    let token = s.pro_token();
+    let mut client = s.ssh("pro", &http_tunnel(Some(&token), local.port));
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    assert!(url.contains(".a.tunnel.test"), "pro tunnels live in the pro zone: {url}");
+    let out = client.output();
+    assert!(out.contains("region us"), "the region is printed: {out}");
+
+    let body = visitor(&url, s.edge.http_addr())
+        .get(format!("{url}/hello"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(body.starts_with("hello from local"), "{body}");
+    assert!(body.contains("xff=127.0.0.1"), "X-Forwarded-For is added: {body}");
+    assert!(body.contains("xfp=http"), "{body}");
+    assert!(body.contains("xfh=") && body.contains(".a.tunnel.test"), "{body}");
+}
+
+#[test]
+fn anonymous_client_gets_a_free_zone_name() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start();
+    let mut client = s.ssh("anon", &http_tunnel(Some("http"), local.port));
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    assert!(url.contains(".free.tunnel.test"), "{url}");
+    let out = client.output();
+    assert!(out.contains("closes at"), "free tunnels say when they end: {out}");
+    let status = visitor(&url, s.edge.http_addr())
+        .get(format!("{url}/hello"))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn qr_keyword_prints_a_qr_code() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start();
+    let token = s.pro_token();
+    let mut client = s.ssh("qr", &http_tunnel(Some(&format!("{token}+qr")), local.port));
+    client.wait_for_url(PATIENCE).unwrap();
+    let out = client.wait_for("▀", PATIENCE).unwrap();
+    let qr_lines = out.lines().filter(|l| l.contains('█') || l.contains('▀')).count();
+    assert!(qr_lines > 10, "a QR code is drawn: {out}");
+}
+
+#[test]
+fn client_with_dash_n_learns_its_url() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start();
+    let token = s.pro_token();
+    let mut args = http_tunnel(Some(&token), local.port);
+    args.no_command = true;
+    let mut client = s.ssh("dash-n", &args);
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let status = visitor(&url, s.edge.http_addr())
+        .get(format!("{url}/hello"))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn requested_name_is_given_and_options_protect_it() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start();
+    let token = s.pro_token();
+    let args = SshArgs {
+        user: Some(token),
+        forwards: vec![format!("mysite:0:localhost:{}", local.port)],
+        command: vec!["b:alice:s3cret".into(), "a:X-Added:yes".into()],
+        ..SshArgs::default()
+    };
+    let mut client = s.ssh("named", &args);
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    assert!(url.starts_with("http://mysite.a.tunnel.test"), "{url}");
+    let v = visitor(&url, s.edge.http_addr());
+    // The options arrive with the command, just after the forward; wait until they hold.
+    eventually("basic auth in force", || {
+        let r = v.get(format!("{url}/hello")).send()?;
+        anyhow::ensure!(r.status() == 401, "status {}", r.status());
+        Ok(())
+    });
+    let body = v
+        .get(format!("{url}/hello"))
+        .basic_auth("alice", Some("s3cret"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(body.contains("x-added=yes"), "{body}");
+}
