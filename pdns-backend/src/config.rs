@@ -42,10 +42,11 @@ pub struct Config {
     /// Longest request line accepted from a connector, in bytes.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
-    /// Delay of the second purge of a changed name, which removes an answer that a pdns thread
-    /// fetched just before the change and cached just after the first purge.
+    /// Delays (ms after the first purge) of the repeated purges of a changed name. A repeat
+    /// removes an answer that a pdns thread fetched just before the change and cached just
+    /// after the first purge.
     #[serde(default = "default_purge_repeat_ms")]
-    pub purge_repeat_ms: u64,
+    pub purge_repeat_ms: Vec<u64>,
     /// The connect name's answer (zone apex A/AAAA).
     #[serde(default)]
     pub apex: ApexConfig,
@@ -118,8 +119,8 @@ fn default_reconnect_max_ms() -> u64 {
 fn default_max_request_bytes() -> usize {
     64 * 1024
 }
-fn default_purge_repeat_ms() -> u64 {
-    250
+fn default_purge_repeat_ms() -> Vec<u64> {
+    vec![10, 100, 500]
 }
 fn default_region() -> String {
     "us".into()

@@ -58,7 +58,10 @@ async fn run(cfg: config::Config, pipe: bool) -> Result<()> {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let purger = purge::Purger::new(
                 dir,
-                Duration::from_millis(cfg.purge_repeat_ms),
+                cfg.purge_repeat_ms
+                    .iter()
+                    .map(|ms| Duration::from_millis(*ms))
+                    .collect(),
                 Arc::clone(&metrics),
             );
             tokio::spawn(purger.run(rx));

@@ -16,13 +16,13 @@ const NAMES_PER_COMMAND: usize = 64;
 /// Sends purges for the batches of names it receives; an empty name means "everything".
 pub struct Purger {
     socket: PathBuf,
-    repeat_after: Duration,
+    repeat_after: Vec<Duration>,
     metrics: Arc<Metrics>,
 }
 
 impl Purger {
     /// A purger for pdns running with `socket_dir`.
-    pub fn new(socket_dir: &Path, repeat_after: Duration, metrics: Arc<Metrics>) -> Purger {
+    pub fn new(socket_dir: &Path, repeat_after: Vec<Duration>, metrics: Arc<Metrics>) -> Purger {
         Purger {
             socket: socket_dir.join("pdns.controlsocket"),
             repeat_after,
@@ -32,10 +32,12 @@ impl Purger {
 
     /// Runs until the sender side is dropped.
     ///
-    /// Each batch is purged at once and again `repeat_after` later: a pdns thread that fetched
-    /// the old answer just before the change may store it in its cache just after the first
-    /// purge; the second purge removes that entry, so the window for a stale answer is the
-    /// repeat delay, not the cache TTL.
+    /// Each batch is purged at once and again after each delay of `repeat_after`: a pdns
+    /// thread that fetched the old answer just before the change may store it in its cache
+    /// just after the first purge; a repeat removes that entry, so the window for a stale
+    /// answer is the last repeat delay, not the cache TTL. The first repeat comes soon
+    /// (usually the racing thread stores within microseconds), the last one late enough for
+    /// a thread that was descheduled in between.
     pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Vec<String>>) {
         let this = Arc::new(self);
         while let Some(mut names) = rx.recv().await {
@@ -48,8 +50,12 @@ impl Purger {
             this.purge(&names).await;
             let later = Arc::clone(&this);
             tokio::spawn(async move {
-                tokio::time::sleep(later.repeat_after).await;
-                later.purge(&names).await;
+                let mut waited = Duration::ZERO;
+                for delay in later.repeat_after.clone() {
+                    tokio::time::sleep(delay.saturating_sub(waited)).await;
+                    waited = delay.max(waited);
+                    later.purge(&names).await;
+                }
             });
         }
     }

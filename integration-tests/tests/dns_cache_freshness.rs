@@ -1,0 +1,206 @@
+//! pdns's packet and query caches stay on, and the backend purges each changed name through
+//! pdns's control socket: while records change under a hammer of queries, no stale or
+//! negative answer survives longer than the documented bound after the commit.
+
+use nearhop_stack::pdns::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The bound documented in docs/pdns-backend.md: an answer may lag its commit by at most this.
+const FRESHNESS_BOUND: Duration = Duration::from_secs(1);
+const NAMES: usize = 16;
+const CHANGES: usize = 150;
+const HAMMERS: usize = 3;
+
+fn name(i: usize) -> String {
+    format!("f{i}.a.tunnel.test")
+}
+
+/// One name's committed values over time: `(committed_at, value)`, `None` = absent.
+type History = Vec<(Instant, Option<String>)>;
+
+struct Observation {
+    sent: Instant,
+    received: Instant,
+    name: usize,
+    answer: Result<Option<String>, u8>,
+}
+
+/// The values a correct server may answer for a query in flight from `sent - bound` to
+/// `received`: every value committed in (or still current at the start of) that window.
+fn acceptable(history: &History, from: Instant, to: Instant) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    for (i, (at, v)) in history.iter().enumerate() {
+        let until = history.get(i + 1).map(|(t, _)| *t);
+        let overlaps = *at <= to && until.map(|u| u >= from).unwrap_or(true);
+        if overlaps {
+            out.push(v.clone());
+        }
+    }
+    out
+}
+
+#[test]
+fn changes_under_query_load_are_never_served_stale_past_the_bound() {
+    let fx = DnsFixture::start(|spec| spec.caches = Caches::Purged(10)).expect("fixture");
+    let addr = fx.region.dns_addr();
+    let start = Instant::now();
+    let histories: Arc<Mutex<Vec<History>>> = Arc::new(Mutex::new(
+        (0..NAMES).map(|_| vec![(start, None)]).collect(),
+    ));
+    let done = Arc::new(AtomicBool::new(false));
+
+    let hammers: Vec<_> = (0..HAMMERS)
+        .map(|h| {
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let sock = std::net::UdpSocket::bind(("127.0.0.1", 0)).expect("bind");
+                sock.set_read_timeout(Some(Duration::from_secs(2)))
+                    .expect("timeout");
+                let mut seen = Vec::new();
+                let mut i = h;
+                while !done.load(Ordering::Relaxed) {
+                    let n = i % NAMES;
+                    i += 1;
+                    let sent = Instant::now();
+                    let answer = match query_on(&sock, addr, &name(n), QTYPE_CNAME) {
+                        Ok(r) if r.rcode == RCODE_NOERROR => {
+                            Ok(r.data_of(QTYPE_CNAME).into_iter().next())
+                        }
+                        Ok(r) if r.rcode == RCODE_NXDOMAIN => Ok(None),
+                        Ok(r) => Err(r.rcode),
+                        Err(_) => Err(255),
+                    };
+                    seen.push(Observation {
+                        sent,
+                        received: Instant::now(),
+                        name: n,
+                        answer,
+                    });
+                }
+                seen
+            })
+        })
+        .collect();
+
+    let conninfo = fx.primary().conninfo();
+    let writer_histories = Arc::clone(&histories);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async move {
+        let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let mut present: HashMap<usize, bool> = HashMap::new();
+        for k in 0..CHANGES {
+            let n = (k * 7 + k / NAMES) % NAMES;
+            let exists = present.get(&n).copied().unwrap_or(false);
+            let value = if exists && k % 3 == 0 {
+                client
+                    .execute("DELETE FROM records WHERE name = $1", &[&name(n)])
+                    .await
+                    .expect("delete");
+                None
+            } else if exists {
+                let target = format!("v{k}.us.a.tunnel.test.");
+                client
+                    .execute(
+                        "UPDATE records SET content = $2 WHERE name = $1",
+                        &[&name(n), &target],
+                    )
+                    .await
+                    .expect("update");
+                Some(target)
+            } else {
+                let target = format!("v{k}.eu.a.tunnel.test.");
+                client
+                    .execute(
+                        "INSERT INTO records(domain_id, name, type, content, ttl) \
+                         SELECT id, $1, 'CNAME', $2, 10 FROM domains WHERE name = 'a.tunnel.test'",
+                        &[&name(n), &target],
+                    )
+                    .await
+                    .expect("insert");
+                Some(target)
+            };
+            present.insert(n, value.is_some());
+            let committed = Instant::now();
+            if let Ok(mut h) = writer_histories.lock() {
+                h[n].push((
+                    committed,
+                    value.map(|v| v.trim_end_matches('.').to_string() + "."),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    });
+    std::thread::sleep(FRESHNESS_BOUND + Duration::from_millis(500));
+    done.store(true, Ordering::Relaxed);
+    let observations: Vec<Observation> = hammers
+        .into_iter()
+        .flat_map(|h| h.join().expect("hammer"))
+        .collect();
+    let histories = histories.lock().expect("histories").clone();
+
+    let mut violations = Vec::new();
+    let mut stale_ages = Vec::new();
+    for o in &observations {
+        let h = &histories[o.name];
+        let from = o.sent.checked_sub(FRESHNESS_BOUND).unwrap_or(start);
+        match &o.answer {
+            Err(code) => violations.push(format!("{}: rcode {code}", name(o.name))),
+            Ok(v) => {
+                if !acceptable(h, from, o.received).contains(v) {
+                    violations.push(format!(
+                        "{} at +{:?}: answered {v:?}, history {:?}",
+                        name(o.name),
+                        o.sent - start,
+                        h.iter().map(|(t, v)| (*t - start, v)).collect::<Vec<_>>()
+                    ));
+                }
+                // How old was the answer? 0 when it is the value current when sent.
+                let current = acceptable(h, o.sent, o.sent);
+                if !current.contains(v) {
+                    if let Some((t, _)) = h.iter().rev().find(|(t, _)| *t <= o.sent) {
+                        stale_ages.push(o.sent - *t);
+                    }
+                }
+            }
+        }
+    }
+    stale_ages.sort();
+    let pct = |p: usize| stale_ages.get(stale_ages.len().saturating_sub(1) * p / 100);
+    eprintln!(
+        "{} queries, {} answers older than the latest commit (age p50 {:?}, p99 {:?}, max {:?}), {} violations",
+        observations.len(),
+        stale_ages.len(),
+        pct(50),
+        pct(99),
+        stale_ages.last(),
+        violations.len()
+    );
+    assert!(
+        observations.len() > 1000,
+        "too few queries: {}",
+        observations.len()
+    );
+    assert!(
+        violations.is_empty(),
+        "{} answers broke the bound:\n{}",
+        violations.len(),
+        violations
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The caches really were on: most queries were answered without the backend.
+    let hits = fx.region.pdns_stat("packetcache-hit").expect("stat");
+    assert!(
+        hits > observations.len() as u64 / 4,
+        "packet cache hits: {hits}"
+    );
+}
