@@ -1,0 +1,298 @@
+//! Operator actions, shared by the admin API and the CLI: accounts, tokens, names, custom
+//! domains, takedowns.
+
+use crate::db::{new_token, token_hash};
+use crate::error::{ControlError, ControlResult};
+use crate::schema::{
+    accounts, banned_names, custom_domains, edges, names, records, tokens, tunnels,
+};
+use crate::state::AppState;
+use chrono::Utc;
+use diesel::prelude::*;
+use nearhop_wire::{
+    normalize_domain, normalize_label, AccountCreated, DomainAdded, ErrorCode, Plan, TakedownDone,
+    TokenCreated,
+};
+
+fn hint(token: &str) -> String {
+    format!("{}…", &token[..token.len().min(7)])
+}
+
+/// Creates an account with a first token.
+pub fn create_account(
+    conn: &mut PgConnection,
+    name: &str,
+    plan: Plan,
+) -> ControlResult<AccountCreated> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(ControlError::refused(
+            ErrorCode::BadRequest,
+            "the account name must be 1-200 printable characters",
+        ));
+    }
+    conn.transaction(|conn| {
+        let account_id: i64 = diesel::insert_into(accounts::table)
+            .values((accounts::name.eq(name), accounts::plan.eq(plan.as_str())))
+            .returning(accounts::id)
+            .get_result(conn)?;
+        let token = insert_token(conn, account_id)?.token;
+        Ok(AccountCreated {
+            account_id,
+            plan,
+            token,
+        })
+    })
+}
+
+fn insert_token(conn: &mut PgConnection, account_id: i64) -> ControlResult<TokenCreated> {
+    let token = new_token();
+    let token_id: i64 = diesel::insert_into(tokens::table)
+        .values((
+            tokens::account_id.eq(account_id),
+            tokens::token_hash.eq(token_hash(&token)),
+            tokens::hint.eq(hint(&token)),
+        ))
+        .returning(tokens::id)
+        .get_result(conn)?;
+    Ok(TokenCreated { token_id, token })
+}
+
+fn account_exists(conn: &mut PgConnection, account_id: i64) -> ControlResult<()> {
+    let found: bool = diesel::select(diesel::dsl::exists(
+        accounts::table.filter(accounts::id.eq(account_id)),
+    ))
+    .get_result(conn)?;
+    if !found {
+        return Err(ControlError::refused(
+            ErrorCode::NotFound,
+            format!("no account {account_id}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates another token for an account.
+pub fn create_token(conn: &mut PgConnection, account_id: i64) -> ControlResult<TokenCreated> {
+    account_exists(conn, account_id)?;
+    insert_token(conn, account_id)
+}
+
+/// Revokes a token: it stops working for new tunnels at once.
+pub fn revoke_token(conn: &mut PgConnection, token_id: i64) -> ControlResult<()> {
+    let n = diesel::update(tokens::table.filter(tokens::id.eq(token_id)))
+        .set(tokens::revoked_at.eq(Utc::now()))
+        .execute(conn)?;
+    if n == 0 {
+        return Err(ControlError::refused(
+            ErrorCode::NotFound,
+            format!("no token {token_id}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Reserves a name in the account's zone.
+pub fn reserve_name(
+    st: &AppState,
+    conn: &mut PgConnection,
+    account_id: i64,
+    name: &str,
+) -> ControlResult<String> {
+    let label = normalize_label(name).map_err(|e| {
+        ControlError::refused(
+            ErrorCode::InvalidName,
+            format!("the name {name:?} is not valid: {e}"),
+        )
+    })?;
+    let plan: Option<String> = accounts::table
+        .filter(accounts::id.eq(account_id))
+        .select(accounts::plan)
+        .first(conn)
+        .optional()?;
+    let plan = plan.ok_or_else(|| {
+        ControlError::refused(ErrorCode::NotFound, format!("no account {account_id}"))
+    })?;
+    if plan != "pro" {
+        return Err(ControlError::refused(
+            ErrorCode::PlanLimit,
+            "only pro accounts own names; free tunnels get random names",
+        ));
+    }
+    let zone = &st.cfg.zones.pro.name;
+    let banned: bool = diesel::select(diesel::dsl::exists(
+        banned_names::table
+            .filter(banned_names::zone.eq(zone))
+            .filter(banned_names::label.eq(&label)),
+    ))
+    .get_result(conn)?;
+    if banned {
+        return Err(ControlError::refused(
+            ErrorCode::NameBanned,
+            format!("the name {label}.{zone} was taken down and cannot be reserved"),
+        ));
+    }
+    let inserted = diesel::insert_into(names::table)
+        .values((
+            names::zone.eq(zone),
+            names::label.eq(&label),
+            names::account_id.eq(account_id),
+            names::is_default.eq(false),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)?;
+    if inserted == 0 {
+        let owner: i64 = names::table
+            .filter(names::zone.eq(zone))
+            .filter(names::label.eq(&label))
+            .select(names::account_id)
+            .first(conn)?;
+        if owner != account_id {
+            return Err(ControlError::refused(
+                ErrorCode::NameOwned,
+                format!("the name {label}.{zone} belongs to another account"),
+            ));
+        }
+    }
+    Ok(format!("{label}.{zone}"))
+}
+
+/// Records a custom domain for one of the account's names. `verified` is the operator's
+/// word that the user proved ownership (the TXT record `_nearhop.<domain>` = the token shown).
+pub fn add_domain(
+    st: &AppState,
+    conn: &mut PgConnection,
+    account_id: i64,
+    domain: &str,
+    target: &str,
+    verified: bool,
+) -> ControlResult<DomainAdded> {
+    let domain = normalize_domain(domain).map_err(|e| {
+        ControlError::refused(
+            ErrorCode::InvalidName,
+            format!("the domain {domain:?} is not valid: {e}"),
+        )
+    })?;
+    let zone = st.cfg.zones.pro.name.clone();
+    if domain == zone
+        || domain.ends_with(&format!(".{zone}"))
+        || domain.ends_with(&format!(".{}", st.cfg.zones.free.name))
+    {
+        return Err(ControlError::refused(
+            ErrorCode::InvalidName,
+            "a custom domain must be outside the service's own zones",
+        ));
+    }
+    let label = normalize_label(target.strip_suffix(&format!(".{zone}")).unwrap_or(target))
+        .map_err(|e| {
+            ControlError::refused(ErrorCode::InvalidName, format!("target {target:?}: {e}"))
+        })?;
+    let owner: Option<i64> = names::table
+        .filter(names::zone.eq(&zone))
+        .filter(names::label.eq(&label))
+        .select(names::account_id)
+        .first(conn)
+        .optional()?;
+    if owner != Some(account_id) {
+        return Err(ControlError::refused(
+            ErrorCode::NameOwned,
+            format!("the account does not own {label}.{zone}; reserve it first"),
+        ));
+    }
+    let verify_token = new_token();
+    let inserted = diesel::insert_into(custom_domains::table)
+        .values((
+            custom_domains::domain.eq(&domain),
+            custom_domains::account_id.eq(account_id),
+            custom_domains::zone.eq(&zone),
+            custom_domains::label.eq(&label),
+            custom_domains::verify_token.eq(&verify_token),
+            custom_domains::verified_at.eq(verified.then(Utc::now)),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)?;
+    if inserted == 0 {
+        return Err(ControlError::refused(
+            ErrorCode::Conflict,
+            format!("{domain} is already registered"),
+        ));
+    }
+    Ok(DomainAdded {
+        cname_target: format!("{label}.{zone}"),
+        txt_name: format!("_nearhop.{domain}"),
+        txt_value: verify_token,
+        verified,
+        domain,
+    })
+}
+
+/// Takes a name down: closes its live tunnel (on its edge too), removes every record of the
+/// name, and bans it.
+pub async fn takedown(st: &AppState, hostname: &str, reason: &str) -> ControlResult<TakedownDone> {
+    let (zone, label) = st
+        .cfg
+        .split_hostname(hostname)
+        .map(|(z, l)| (z.name.clone(), l))
+        .ok_or_else(|| {
+            ControlError::refused(
+                ErrorCode::InvalidName,
+                format!("{hostname:?} is not a tunnel name in one of the service's zones"),
+            )
+        })?;
+    let reason = reason.chars().take(500).collect::<String>();
+    let (closed, removed) = st
+        .blocking(move |conn| {
+            conn.transaction::<_, ControlError, _>(|conn| {
+                let live: Option<(i64, String)> = tunnels::table
+                    .inner_join(edges::table)
+                    .filter(tunnels::zone.eq(&zone))
+                    .filter(tunnels::label.eq(&label))
+                    .filter(tunnels::closed_at.is_null())
+                    .select((tunnels::id, edges::admin_url))
+                    .first(conn)
+                    .optional()?;
+                if let Some((id, _)) = &live {
+                    diesel::update(tunnels::table.filter(tunnels::id.eq(id)))
+                        .set((
+                            tunnels::closed_at.eq(Utc::now()),
+                            tunnels::close_reason.eq("takedown"),
+                        ))
+                        .execute(conn)?;
+                }
+                let removed = diesel::delete(
+                    records::table.filter(records::name.eq(format!("{label}.{zone}"))),
+                )
+                .execute(conn)?;
+                diesel::insert_into(banned_names::table)
+                    .values((
+                        banned_names::zone.eq(&zone),
+                        banned_names::label.eq(&label),
+                        banned_names::reason.eq(&reason),
+                    ))
+                    .on_conflict((banned_names::zone, banned_names::label))
+                    .do_update()
+                    .set(banned_names::reason.eq(&reason))
+                    .execute(conn)?;
+                Ok((live, removed as u64))
+            })
+        })
+        .await?;
+    if let Some((id, url)) = &closed {
+        st.metrics
+            .tunnels_closed_total
+            .with_label_values(&["takedown"])
+            .inc();
+        st.edges
+            .close(
+                url,
+                *id,
+                "takedown",
+                "this tunnel's name was taken down by the operator",
+            )
+            .await;
+    }
+    Ok(TakedownDone {
+        closed_tunnel: closed.map(|(id, _)| id),
+        records_removed: removed,
+    })
+}

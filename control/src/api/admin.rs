@@ -1,0 +1,114 @@
+//! `/v1/admin`: the operator's API, behind the admin secret.
+
+use super::{parse_json, require_bearer};
+use crate::error::ControlResult;
+use crate::state::AppState;
+use actix_web::{web, HttpRequest, HttpResponse};
+use nearhop_wire::{AddDomainRequest, CreateAccountRequest, ReserveNameRequest, TakedownRequest};
+use serde::Deserialize;
+
+/// Routes of this resource.
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/admin/accounts", web::post().to(create_account))
+        .route(
+            "/v1/admin/accounts/{id}/tokens",
+            web::post().to(create_token),
+        )
+        .route("/v1/admin/tokens/{id}", web::delete().to(revoke_token))
+        .route(
+            "/v1/admin/accounts/{id}/names",
+            web::post().to(reserve_name),
+        )
+        .route(
+            "/v1/admin/accounts/{id}/domains",
+            web::post().to(add_domain),
+        )
+        .route("/v1/admin/takedowns", web::post().to(takedown));
+}
+
+async fn create_account(
+    st: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> ControlResult<HttpResponse> {
+    require_bearer(&req, &st.cfg.admin_secret, "admin")?;
+    let body: CreateAccountRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
+    let created = st
+        .blocking(move |conn| crate::admin::create_account(conn, &body.name, body.plan))
+        .await?;
+    Ok(HttpResponse::Created().json(created))
+}
+
+async fn create_token(
+    st: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<i64>,
+) -> ControlResult<HttpResponse> {
+    require_bearer(&req, &st.cfg.admin_secret, "admin")?;
+    let id = id.into_inner();
+    let created = st
+        .blocking(move |conn| crate::admin::create_token(conn, id))
+        .await?;
+    Ok(HttpResponse::Created().json(created))
+}
+
+async fn revoke_token(
+    st: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<i64>,
+) -> ControlResult<HttpResponse> {
+    require_bearer(&req, &st.cfg.admin_secret, "admin")?;
+    let id = id.into_inner();
+    st.blocking(move |conn| crate::admin::revoke_token(conn, id))
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"revoked": true})))
+}
+
+async fn reserve_name(
+    st: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<i64>,
+    body: web::Payload,
+) -> ControlResult<HttpResponse> {
+    require_bearer(&req, &st.cfg.admin_secret, "admin")?;
+    let body: ReserveNameRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
+    let (id, name, st2) = (id.into_inner(), body.name, st.clone());
+    let hostname = st
+        .blocking(move |conn| crate::admin::reserve_name(&st2, conn, id, &name))
+        .await?;
+    Ok(HttpResponse::Created().json(serde_json::json!({"hostname": hostname})))
+}
+
+#[derive(Deserialize)]
+struct VerifiedQuery {
+    #[serde(default)]
+    verified: bool,
+}
+
+async fn add_domain(
+    st: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<i64>,
+    q: web::Query<VerifiedQuery>,
+    body: web::Payload,
+) -> ControlResult<HttpResponse> {
+    require_bearer(&req, &st.cfg.admin_secret, "admin")?;
+    let body: AddDomainRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
+    let (id, body, st2, verified) = (id.into_inner(), body, st.clone(), q.verified);
+    let added = st
+        .blocking(move |conn| {
+            crate::admin::add_domain(&st2, conn, id, &body.domain, &body.target, verified)
+        })
+        .await?;
+    Ok(HttpResponse::Created().json(added))
+}
+
+async fn takedown(
+    st: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> ControlResult<HttpResponse> {
+    require_bearer(&req, &st.cfg.admin_secret, "admin")?;
+    let body: TakedownRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
+    Ok(HttpResponse::Ok().json(crate::admin::takedown(&st, &body.hostname, &body.reason).await?))
+}

@@ -1,0 +1,413 @@
+//! Control's configuration: a TOML file plus `NEARHOP_CONTROL_*` environment overrides,
+//! parsed and validated once at start into types the rest of the code trusts.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+/// Everything control needs to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the HTTP API and `/metrics`. Default `127.0.0.1:7080`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// libpq URL of the primary. Default `postgres://nearhop@127.0.0.1:55432/nearhop`.
+    #[serde(default = "default_database_url")]
+    pub database_url: String,
+    /// Connections in the pool. Default 16.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// Bearer secret shared with the edges (both directions). Required.
+    #[serde(default)]
+    pub edge_secret: String,
+    /// Bearer secret of the admin API. Required.
+    #[serde(default)]
+    pub admin_secret: String,
+    /// Region of the primary database (and of control). Default `us`.
+    #[serde(default = "default_primary_region")]
+    pub primary_region: String,
+    /// The regions. At least one; the primary region among them.
+    #[serde(default)]
+    pub regions: Vec<RegionConfig>,
+    /// Regions whose DNS must serve a new record before the URL is handed out.
+    /// Default: every region.
+    #[serde(default)]
+    pub wait_regions: Option<Vec<String>>,
+    /// Upper bound of the lag-race wait, in ms. Default 3000. 0 turns the wait off.
+    #[serde(default = "default_lag_wait_ms")]
+    pub lag_wait_ms: u64,
+    /// A tunnel whose edge has not heartbeated it for this long is closed. Default 30 s.
+    #[serde(default = "default_lease_seconds")]
+    pub lease_seconds: u64,
+    /// How often edges heartbeat. Default 10 s.
+    #[serde(default = "default_heartbeat_seconds")]
+    pub heartbeat_seconds: u64,
+    /// Bound on a call to an edge's admin API (close, alive probe), in ms. Default 2500.
+    #[serde(default = "default_edge_call_ms")]
+    pub edge_call_ms: u64,
+    /// How often expired leases and time limits are enforced, in ms. Default 1000.
+    #[serde(default = "default_reap_interval_ms")]
+    pub reap_interval_ms: u64,
+    /// How long `dns_changes` rows are kept, in seconds. Default 3600.
+    #[serde(default = "default_change_log_retention")]
+    pub change_log_retention_seconds: u64,
+    /// Largest request body accepted, in bytes. Default 64 KiB.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// The two zones and their policies.
+    #[serde(default)]
+    pub zones: Zones,
+}
+
+/// One region: its edge address (the `<region>.<zone>` A/AAAA record) and, optionally,
+/// its pdns-backend whose applied position the lag-race wait watches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    /// Region name (`us`, `eu`, `ap`).
+    pub name: String,
+    /// Public IPv4 address of the region's edges.
+    pub ipv4: Option<Ipv4Addr>,
+    /// Public IPv6 address of the region's edges.
+    pub ipv6: Option<Ipv6Addr>,
+    /// Base URL of the region's pdns-backend HTTP port, e.g. `http://127.0.0.2:9153`.
+    pub backend_url: Option<String>,
+}
+
+/// The pro and free zones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Zones {
+    /// The pro zone.
+    #[serde(default = "default_pro_zone")]
+    pub pro: ZoneConfig,
+    /// The free zone.
+    #[serde(default = "default_free_zone")]
+    pub free: ZoneConfig,
+}
+
+impl Default for Zones {
+    fn default() -> Self {
+        Zones {
+            pro: default_pro_zone(),
+            free: default_free_zone(),
+        }
+    }
+}
+
+/// One zone and its policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// Zone name, lowercase, no trailing dot.
+    pub name: String,
+    /// TTL of tunnel records, seconds. Default 10.
+    #[serde(default = "default_record_ttl")]
+    pub record_ttl: i32,
+    /// SOA minimum (negative-caching TTL, RFC 2308), seconds. Default 5.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl: i32,
+    /// TTL of the SOA, NS and region records, seconds. Default 60.
+    #[serde(default = "default_infra_ttl")]
+    pub infra_ttl: i32,
+    /// Name servers of the zone (NS records). Default `ns1.<zone>`.
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    /// Tunnels are closed after this many minutes (0: no limit).
+    #[serde(default)]
+    pub time_limit_minutes: u64,
+    /// Tunnel creations allowed per client address per minute (0: no limit).
+    #[serde(default)]
+    pub creations_per_minute_per_source: u64,
+    /// Live tunnels allowed per account (0: no limit).
+    #[serde(default)]
+    pub max_tunnels_per_account: u64,
+    /// Names an account may own in the zone (0: no limit).
+    #[serde(default)]
+    pub max_names_per_account: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7080))
+}
+fn default_database_url() -> String {
+    "postgres://nearhop@127.0.0.1:55432/nearhop".into()
+}
+fn default_pool_size() -> u32 {
+    16
+}
+fn default_primary_region() -> String {
+    "us".into()
+}
+fn default_lag_wait_ms() -> u64 {
+    3000
+}
+fn default_lease_seconds() -> u64 {
+    30
+}
+fn default_heartbeat_seconds() -> u64 {
+    10
+}
+fn default_edge_call_ms() -> u64 {
+    2500
+}
+fn default_reap_interval_ms() -> u64 {
+    1000
+}
+fn default_change_log_retention() -> u64 {
+    3600
+}
+fn default_max_body() -> usize {
+    64 * 1024
+}
+fn default_record_ttl() -> i32 {
+    10
+}
+fn default_negative_ttl() -> i32 {
+    5
+}
+fn default_infra_ttl() -> i32 {
+    60
+}
+fn default_pro_zone() -> ZoneConfig {
+    ZoneConfig {
+        name: "a.tunnel.test".into(),
+        record_ttl: 10,
+        negative_ttl: 5,
+        infra_ttl: 60,
+        nameservers: Vec::new(),
+        time_limit_minutes: 0,
+        creations_per_minute_per_source: 0,
+        max_tunnels_per_account: 20,
+        max_names_per_account: 10,
+    }
+}
+fn default_free_zone() -> ZoneConfig {
+    ZoneConfig {
+        name: "free.tunnel.test".into(),
+        record_ttl: 10,
+        negative_ttl: 5,
+        infra_ttl: 60,
+        nameservers: Vec::new(),
+        time_limit_minutes: 60,
+        creations_per_minute_per_source: 10,
+        max_tunnels_per_account: 3,
+        max_names_per_account: 0,
+    }
+}
+
+impl Config {
+    /// Reads the file (if given), applies the environment, validates.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .with_context(|| format!("reading config file {}", p.display()))?,
+            None => String::new(),
+        };
+        let mut cfg: Config = toml::from_str(&text).with_context(|| match path {
+            Some(p) => format!("parsing config file {}", p.display()),
+            None => "parsing empty config".into(),
+        })?;
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        fn parse<T: std::str::FromStr>(key: &str, v: String) -> Result<T>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.parse()
+                .map_err(|e| anyhow::anyhow!("environment variable {key}={v:?} is invalid: {e}"))
+        }
+        if let Some(v) = get("NEARHOP_CONTROL_LISTEN") {
+            self.listen = parse("NEARHOP_CONTROL_LISTEN", v)?;
+        }
+        if let Some(v) = get("NEARHOP_CONTROL_DATABASE_URL") {
+            self.database_url = v;
+        }
+        if let Some(v) = get("NEARHOP_CONTROL_EDGE_SECRET") {
+            self.edge_secret = v;
+        }
+        if let Some(v) = get("NEARHOP_CONTROL_ADMIN_SECRET") {
+            self.admin_secret = v;
+        }
+        if let Some(v) = get("NEARHOP_CONTROL_LAG_WAIT_MS") {
+            self.lag_wait_ms = parse("NEARHOP_CONTROL_LAG_WAIT_MS", v)?;
+        }
+        if let Some(v) = get("NEARHOP_CONTROL_LEASE_SECONDS") {
+            self.lease_seconds = parse("NEARHOP_CONTROL_LEASE_SECONDS", v)?;
+        }
+        if let Some(v) = get("NEARHOP_CONTROL_POOL_SIZE") {
+            self.pool_size = parse("NEARHOP_CONTROL_POOL_SIZE", v)?;
+        }
+        Ok(())
+    }
+
+    fn validate(&mut self) -> Result<()> {
+        if self.regions.is_empty() {
+            self.regions.push(RegionConfig {
+                name: self.primary_region.clone(),
+                ipv4: Some(Ipv4Addr::LOCALHOST),
+                ipv6: None,
+                backend_url: None,
+            });
+        }
+        for r in &self.regions {
+            let ok = !r.name.is_empty()
+                && r.name.len() <= 31
+                && r.name.starts_with(|c: char| c.is_ascii_lowercase())
+                && r.name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !ok {
+                bail!("region name {:?} must be a lowercase DNS label", r.name);
+            }
+            if r.ipv4.is_none() && r.ipv6.is_none() {
+                bail!(
+                    "region {} needs ipv4 or ipv6 (its edges' public address)",
+                    r.name
+                );
+            }
+        }
+        if !self.regions.iter().any(|r| r.name == self.primary_region) {
+            bail!(
+                "primary_region {:?} is not among the configured regions",
+                self.primary_region
+            );
+        }
+        if let Some(w) = &self.wait_regions {
+            for name in w {
+                if !self.regions.iter().any(|r| &r.name == name) {
+                    bail!("wait_regions names {name:?}, which is not a configured region");
+                }
+            }
+        }
+        for z in [&mut self.zones.pro, &mut self.zones.free] {
+            z.name = nearhop_wire::normalize_domain(&z.name)
+                .map_err(|e| anyhow::anyhow!("zone name {:?}: {e}", z.name))?;
+            if z.nameservers.is_empty() {
+                z.nameservers.push(format!("ns1.{}", z.name));
+            }
+        }
+        if self.zones.pro.name == self.zones.free.name {
+            bail!("the pro and free zones must differ");
+        }
+        if self.edge_secret.len() < 16 || self.admin_secret.len() < 16 {
+            bail!(
+                "edge_secret and admin_secret must be set, 16 characters or more \
+                 (config file or NEARHOP_CONTROL_EDGE_SECRET / NEARHOP_CONTROL_ADMIN_SECRET)"
+            );
+        }
+        if self.lease_seconds <= self.heartbeat_seconds {
+            bail!("lease_seconds must be longer than heartbeat_seconds");
+        }
+        Ok(())
+    }
+
+    /// Regions the lag-race wait covers.
+    pub fn waited_regions(&self) -> Vec<RegionConfig> {
+        match &self.wait_regions {
+            Some(names) => self
+                .regions
+                .iter()
+                .filter(|r| names.contains(&r.name))
+                .cloned()
+                .collect(),
+            None => self.regions.clone(),
+        }
+    }
+
+    /// The zone of a plan.
+    pub fn zone_for(&self, plan: nearhop_wire::Plan) -> &ZoneConfig {
+        match plan {
+            nearhop_wire::Plan::Free => &self.zones.free,
+            nearhop_wire::Plan::Pro => &self.zones.pro,
+        }
+    }
+
+    /// The zone a hostname belongs to, and the label under it.
+    pub fn split_hostname(&self, hostname: &str) -> Option<(&ZoneConfig, String)> {
+        let host = nearhop_wire::storage_name(hostname)?;
+        for z in [&self.zones.pro, &self.zones.free] {
+            if let Some(label) = host.strip_suffix(&format!(".{}", z.name)) {
+                if !label.contains('.') {
+                    return Some((z, label.to_string()));
+                }
+            }
+        }
+        None
+    }
+
+    /// Lag-wait bound.
+    pub fn lag_wait(&self) -> Duration {
+        Duration::from_millis(self.lag_wait_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> Config {
+        toml::from_str(
+            r#"
+            edge_secret = "0123456789abcdef"
+            admin_secret = "0123456789abcdef"
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_validate_with_secrets() {
+        let mut c = minimal();
+        c.validate().unwrap();
+        assert_eq!(
+            c.zones.pro.nameservers,
+            vec!["ns1.a.tunnel.test".to_string()]
+        );
+        assert_eq!(c.regions.len(), 1);
+    }
+
+    #[test]
+    fn missing_secrets_are_refused() {
+        let mut c: Config = toml::from_str("").unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("edge_secret"));
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let mut c = minimal();
+        c.apply_env(|k| (k == "NEARHOP_CONTROL_LAG_WAIT_MS").then(|| "17".to_string()))
+            .unwrap();
+        assert_eq!(c.lag_wait_ms, 17);
+        let err = c
+            .apply_env(|k| (k == "NEARHOP_CONTROL_LAG_WAIT_MS").then(|| "x".to_string()))
+            .unwrap_err();
+        assert!(err.to_string().contains("NEARHOP_CONTROL_LAG_WAIT_MS"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("lag_wiat_ms = 3").is_err());
+    }
+
+    #[test]
+    fn hostnames_split_into_zone_and_label() {
+        let mut c = minimal();
+        c.validate().unwrap();
+        let (z, l) = c.split_hostname("Foo.A.tunnel.test.").unwrap();
+        assert_eq!((z.name.as_str(), l.as_str()), ("a.tunnel.test", "foo"));
+        assert!(c.split_hostname("x.y.a.tunnel.test").is_none());
+        assert!(c.split_hostname("a.tunnel.test").is_none());
+    }
+}

@@ -1,0 +1,86 @@
+//! The connection pool to the primary, the embedded migrations, and small SQL helpers.
+
+use crate::error::{ControlError, ControlResult};
+use anyhow::Context;
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+use diesel::sql_types::Text;
+use diesel::{sql_query, QueryableByName, RunQueryDsl};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use std::time::Duration;
+
+/// The schema, owned by `sql/`.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../sql/migrations");
+
+/// Pool of connections to the primary.
+pub type PgPool = Pool<ConnectionManager<PgConnection>>;
+/// One pooled connection.
+pub type PgConn = PooledConnection<ConnectionManager<PgConnection>>;
+
+/// Builds the pool without connecting, so control starts (and answers 503) while the
+/// database is down.
+pub fn pool(url: &str, size: u32) -> PgPool {
+    Pool::builder()
+        .max_size(size)
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_secs(3))
+        .build_unchecked(ConnectionManager::new(url))
+}
+
+/// Takes a connection, as a [`ControlError::Database`] when the database is unreachable.
+pub fn conn(pool: &PgPool) -> ControlResult<PgConn> {
+    pool.get()
+        .map_err(|e| ControlError::Database(e.to_string()))
+}
+
+/// Applies pending migrations; returns their names.
+pub fn migrate(conn: &mut PgConnection) -> anyhow::Result<Vec<String>> {
+    let done = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("running migrations")?;
+    Ok(done.iter().map(|m| m.to_string()).collect())
+}
+
+#[derive(QueryableByName)]
+struct Lsn {
+    #[diesel(sql_type = Text)]
+    lsn: String,
+}
+
+/// The primary's WAL write position now: every commit that returned is at or below it.
+pub fn current_wal_lsn(conn: &mut PgConnection) -> ControlResult<String> {
+    let row: Lsn = sql_query("SELECT pg_current_wal_lsn()::text AS lsn").get_result(conn)?;
+    Ok(row.lsn)
+}
+
+/// Hash under which a token is stored.
+pub fn token_hash(token: &str) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// A new random token: `nh_` and 32 base-32-ish characters (160 bits).
+pub fn new_token() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::rngs::OsRng;
+    let body: String = (0..32)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("nh_{body}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_distinct_and_hash_to_32_bytes() {
+        let a = new_token();
+        let b = new_token();
+        assert_ne!(a, b);
+        assert!(a.starts_with("nh_") && a.len() == 35);
+        assert_eq!(token_hash(&a).len(), 32);
+    }
+}

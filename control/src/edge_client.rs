@@ -1,0 +1,102 @@
+//! Control's calls to an edge's admin API: close a tunnel, ask whether its client is alive.
+
+use crate::metrics::Metrics;
+use nearhop_wire::{AliveResponse, EdgeCloseRequest};
+use std::time::Duration;
+
+/// What an alive probe found out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The client answered the edge's keepalive.
+    Alive,
+    /// The edge does not know the tunnel, or the client did not answer.
+    Dead,
+    /// The edge could not be reached within the bound.
+    EdgeUnreachable,
+}
+
+/// HTTP client for edges' admin APIs.
+#[derive(Clone)]
+pub struct EdgeClient {
+    http: reqwest::Client,
+    secret: String,
+    metrics: Metrics,
+}
+
+impl EdgeClient {
+    /// A client whose every call is bounded by `timeout`.
+    pub fn new(secret: String, timeout: Duration, metrics: Metrics) -> anyhow::Result<EdgeClient> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()?;
+        Ok(EdgeClient {
+            http,
+            secret,
+            metrics,
+        })
+    }
+
+    /// Asks the edge whether the tunnel's client answers an SSH keepalive.
+    pub async fn probe(&self, admin_url: &str, tunnel_id: i64) -> Liveness {
+        let url = format!(
+            "{}/v1/tunnels/{tunnel_id}/alive",
+            admin_url.trim_end_matches('/')
+        );
+        let res = self.http.get(&url).bearer_auth(&self.secret).send().await;
+        let outcome = match res {
+            Ok(r) if r.status().is_success() => match r.json::<AliveResponse>().await {
+                Ok(a) if a.known && a.alive => Liveness::Alive,
+                Ok(_) => Liveness::Dead,
+                Err(_) => Liveness::EdgeUnreachable,
+            },
+            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Liveness::Dead,
+            Ok(_) | Err(_) => Liveness::EdgeUnreachable,
+        };
+        let label = match outcome {
+            Liveness::Alive => "alive",
+            Liveness::Dead => "dead",
+            Liveness::EdgeUnreachable => "unreachable",
+        };
+        self.metrics
+            .edge_calls_total
+            .with_label_values(&["alive", label])
+            .inc();
+        outcome
+    }
+
+    /// Tells the edge to close the tunnel and disconnect its client with `message`.
+    /// Returns whether the edge confirmed (or did not know the tunnel).
+    pub async fn close(
+        &self,
+        admin_url: &str,
+        tunnel_id: i64,
+        reason: &str,
+        message: &str,
+    ) -> bool {
+        let url = format!(
+            "{}/v1/tunnels/{tunnel_id}/close",
+            admin_url.trim_end_matches('/')
+        );
+        let body = EdgeCloseRequest {
+            reason: reason.to_string(),
+            message: message.to_string(),
+        };
+        let res = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.secret)
+            .json(&body)
+            .send()
+            .await;
+        let ok = matches!(&res, Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND);
+        if !ok {
+            tracing::warn!(tunnel_id, admin_url, result = ?res.as_ref().map(|r| r.status()).map_err(|e| e.to_string()), "edge did not confirm close");
+        }
+        self.metrics
+            .edge_calls_total
+            .with_label_values(&["close", if ok { "ok" } else { "error" }])
+            .inc();
+        ok
+    }
+}

@@ -1,0 +1,202 @@
+//! The edge registry: registration, batched lease heartbeats, custom-domain routes.
+
+use crate::error::{ControlError, ControlResult};
+use crate::schema::{custom_domains, edges, regions, tunnels};
+use crate::state::AppState;
+use crate::tunnels::{close_message, close_where};
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+use nearhop_wire::{
+    EdgeHeartbeatResponse, EdgeRoutes, ErrorCode, RegisterEdgeRequest, RegisterEdgeResponse,
+    TunnelToClose,
+};
+
+/// Most tunnels one heartbeat may list; an edge with more splits them.
+pub const MAX_HEARTBEAT_TUNNELS: usize = 100_000;
+
+fn valid_edge_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && id
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Registers (or re-registers) an edge. Its previous tunnels are gone with its previous
+/// process, so they are closed and their records removed.
+pub async fn register(
+    st: &AppState,
+    req: RegisterEdgeRequest,
+) -> ControlResult<RegisterEdgeResponse> {
+    if !valid_edge_id(&req.edge_id) {
+        return Err(ControlError::refused(
+            ErrorCode::BadRequest,
+            "edge_id must be 1-63 characters of a-z, 0-9, '.', '_' or '-'",
+        ));
+    }
+    if !(req.admin_url.starts_with("http://") || req.admin_url.starts_with("https://"))
+        || req.admin_url.len() > 500
+    {
+        return Err(ControlError::refused(
+            ErrorCode::BadRequest,
+            "admin_url must be an http:// or https:// URL",
+        ));
+    }
+    let closed = st
+        .blocking(move |conn| {
+            let known_region: bool = diesel::select(diesel::dsl::exists(
+                regions::table.filter(regions::name.eq(&req.region)),
+            ))
+            .get_result(conn)?;
+            if !known_region {
+                return Err(ControlError::refused(
+                    ErrorCode::NotFound,
+                    format!("region {:?} is not configured in control", req.region),
+                ));
+            }
+            diesel::insert_into(edges::table)
+                .values((
+                    edges::id.eq(&req.edge_id),
+                    edges::region.eq(&req.region),
+                    edges::admin_url.eq(&req.admin_url),
+                    edges::registered_at.eq(Utc::now()),
+                    edges::last_heartbeat.eq(Utc::now()),
+                    edges::draining.eq(false),
+                ))
+                .on_conflict(edges::id)
+                .do_update()
+                .set((
+                    edges::region.eq(excluded(edges::region)),
+                    edges::admin_url.eq(excluded(edges::admin_url)),
+                    edges::registered_at.eq(excluded(edges::registered_at)),
+                    edges::last_heartbeat.eq(excluded(edges::last_heartbeat)),
+                    edges::draining.eq(false),
+                ))
+                .execute(conn)?;
+            let live: Vec<i64> = tunnels::table
+                .filter(tunnels::edge_id.eq(&req.edge_id))
+                .filter(tunnels::closed_at.is_null())
+                .select(tunnels::id)
+                .load(conn)?;
+            let closed = close_where(conn, &live, "edge_restarted")?;
+            Ok(closed.into_iter().map(|(id, ..)| id).collect::<Vec<_>>())
+        })
+        .await?;
+    if !closed.is_empty() {
+        st.metrics
+            .tunnels_closed_total
+            .with_label_values(&["edge_restarted"])
+            .inc_by(closed.len() as f64);
+    }
+    Ok(RegisterEdgeResponse {
+        heartbeat_seconds: st.cfg.heartbeat_seconds,
+        closed_tunnels: closed,
+    })
+}
+
+/// Renews the leases of every listed tunnel of the edge in one statement, and tells the edge
+/// which of them control has closed.
+pub async fn heartbeat(
+    st: &AppState,
+    edge_id: String,
+    tunnel_ids: Vec<i64>,
+) -> ControlResult<EdgeHeartbeatResponse> {
+    if tunnel_ids.len() > MAX_HEARTBEAT_TUNNELS {
+        return Err(ControlError::refused(
+            ErrorCode::PayloadTooLarge,
+            format!("a heartbeat may list at most {MAX_HEARTBEAT_TUNNELS} tunnels"),
+        ));
+    }
+    let lease = chrono::Duration::seconds(st.cfg.lease_seconds as i64);
+    let limit = st.cfg.zones.free.time_limit_minutes;
+    st.blocking(move |conn| {
+        let now = Utc::now();
+        let updated = diesel::update(edges::table.filter(edges::id.eq(&edge_id)))
+            .set(edges::last_heartbeat.eq(now))
+            .execute(conn)?;
+        if updated == 0 {
+            return Err(ControlError::refused(
+                ErrorCode::NotFound,
+                format!("edge {edge_id:?} is not registered; register it again"),
+            ));
+        }
+        let live: Vec<i64> = diesel::update(
+            tunnels::table
+                .filter(tunnels::id.eq_any(&tunnel_ids))
+                .filter(tunnels::edge_id.eq(&edge_id))
+                .filter(tunnels::closed_at.is_null()),
+        )
+        .set(tunnels::lease_expires_at.eq(now + lease))
+        .returning(tunnels::id)
+        .get_results(conn)?;
+        let gone: Vec<i64> = tunnel_ids
+            .iter()
+            .copied()
+            .filter(|id| !live.contains(id))
+            .collect();
+        let reasons: Vec<(i64, Option<String>)> = tunnels::table
+            .filter(tunnels::id.eq_any(&gone))
+            .select((tunnels::id, tunnels::close_reason))
+            .load(conn)?;
+        let close = gone
+            .into_iter()
+            .map(|id| {
+                let reason = reasons
+                    .iter()
+                    .find(|(rid, _)| *rid == id)
+                    .and_then(|(_, r)| r.clone())
+                    .unwrap_or_else(|| "unknown".into());
+                TunnelToClose {
+                    tunnel_id: id,
+                    message: close_message(&reason, limit),
+                    reason,
+                }
+            })
+            .collect();
+        Ok(EdgeHeartbeatResponse { close })
+    })
+    .await
+}
+
+/// Verified custom domains whose tunnel is live on this edge.
+pub async fn routes(st: &AppState, edge_id: String) -> ControlResult<EdgeRoutes> {
+    st.blocking(move |conn| {
+        let rows: Vec<(String, String, String)> = custom_domains::table
+            .inner_join(
+                tunnels::table.on(tunnels::zone
+                    .eq(custom_domains::zone)
+                    .and(tunnels::label.eq(custom_domains::label))),
+            )
+            .filter(tunnels::edge_id.eq(&edge_id))
+            .filter(tunnels::closed_at.is_null())
+            .filter(custom_domains::verified_at.is_not_null())
+            .select((custom_domains::domain, tunnels::label, tunnels::zone))
+            .load(conn)?;
+        Ok(EdgeRoutes {
+            custom_domains: rows
+                .into_iter()
+                .map(|(d, l, z)| (d, format!("{l}.{z}")))
+                .collect(),
+        })
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edge_ids_are_restricted() {
+        assert!(valid_edge_id("ap-1"));
+        assert!(!valid_edge_id("../x"));
+        assert!(!valid_edge_id("AP"));
+        assert!(!valid_edge_id(""));
+        assert!(!valid_edge_id(&"a".repeat(64)));
+    }
+}

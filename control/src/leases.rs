@@ -1,0 +1,116 @@
+//! The reaper: closes tunnels whose lease lapsed or whose plan's time limit passed, prunes
+//! the DNS change log, and refreshes the gauges that need a query.
+
+use crate::error::ControlResult;
+use crate::schema::{edges, tunnels};
+use crate::state::AppState;
+use crate::tunnels::{close_message, close_where};
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel::sql_types::BigInt;
+use std::time::Duration;
+
+/// One pass; returns the tunnels closed with their edge's admin URL and reason.
+fn reap_once(
+    conn: &mut PgConnection,
+    retention_seconds: u64,
+) -> ControlResult<Vec<(i64, String, String)>> {
+    let now = Utc::now();
+    let mut closed = Vec::new();
+    for (reason, expired) in [
+        (
+            "time_limit",
+            tunnels::table
+                .filter(tunnels::closed_at.is_null())
+                .filter(tunnels::expires_at.lt(now))
+                .select(tunnels::id)
+                .load::<i64>(conn)?,
+        ),
+        (
+            "lease_expired",
+            tunnels::table
+                .filter(tunnels::closed_at.is_null())
+                .filter(tunnels::lease_expires_at.lt(now))
+                .select(tunnels::id)
+                .load::<i64>(conn)?,
+        ),
+    ] {
+        for (id, _zone, _label, edge_id) in close_where(conn, &expired, reason)? {
+            let url: Option<String> = edges::table
+                .filter(edges::id.eq(&edge_id))
+                .select(edges::admin_url)
+                .first(conn)
+                .optional()?;
+            closed.push((id, url.unwrap_or_default(), reason.to_string()));
+        }
+    }
+    diesel::sql_query(
+        "DELETE FROM dns_changes WHERE changed_at < now() - make_interval(secs => $1)",
+    )
+    .bind::<BigInt, _>(retention_seconds as i64)
+    .execute(conn)?;
+    Ok(closed)
+}
+
+fn refresh_live_gauge(st: &AppState, conn: &mut PgConnection) -> ControlResult<()> {
+    let rows: Vec<(String, String, i64)> = tunnels::table
+        .filter(tunnels::closed_at.is_null())
+        .group_by((tunnels::zone, tunnels::region))
+        .select((tunnels::zone, tunnels::region, diesel::dsl::count_star()))
+        .load(conn)?;
+    st.metrics.tunnels_live.reset();
+    for z in [&st.cfg.zones.pro.name, &st.cfg.zones.free.name] {
+        for r in &st.cfg.regions {
+            let n = rows
+                .iter()
+                .find(|(rz, rr, _)| rz == z && rr == &r.name)
+                .map(|(_, _, n)| *n)
+                .unwrap_or(0);
+            st.metrics
+                .tunnels_live
+                .with_label_values(&[z, &r.name])
+                .set(n as f64);
+        }
+    }
+    Ok(())
+}
+
+/// Runs forever: one pass every `reap_interval_ms`.
+pub async fn run(st: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_millis(st.cfg.reap_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let st2 = st.clone();
+        let retention = st.cfg.change_log_retention_seconds;
+        let res = st
+            .blocking(move |conn| {
+                let closed = reap_once(conn, retention)?;
+                refresh_live_gauge(&st2, conn)?;
+                st2.lag.refresh_lag_metrics(&st2.cfg.regions);
+                Ok(closed)
+            })
+            .await;
+        match res {
+            Ok(closed) => {
+                let limit = st.cfg.zones.free.time_limit_minutes;
+                for (id, url, reason) in closed {
+                    tracing::info!(tunnel_id = id, %reason, "tunnel closed by the reaper");
+                    st.metrics
+                        .tunnels_closed_total
+                        .with_label_values(&[&reason])
+                        .inc();
+                    if !url.is_empty() {
+                        let edges = st.edges.clone();
+                        tokio::spawn(async move {
+                            edges
+                                .close(&url, id, &reason, &close_message(&reason, limit))
+                                .await;
+                        });
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reaper pass failed; retrying"),
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! `nearhop-control`: the control plane ("core") and its operator CLI.
+
+mod admin;
+mod api;
+mod config;
+mod db;
+mod edge_client;
+mod edges;
+mod error;
+mod lag;
+mod leases;
+mod metrics;
+mod schema;
+mod state;
+mod tunnels;
+mod zones;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use nearhop_wire::Plan;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "nearhop-control",
+    version,
+    about = "nearhop's control plane and operator CLI"
+)]
+struct Cli {
+    /// TOML configuration file (environment: NEARHOP_CONTROL_CONFIG).
+    #[arg(long, global = true, env = "NEARHOP_CONTROL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print results as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending schema migrations and seed the zones from the configuration.
+    Migrate,
+    /// Run the HTTP API.
+    Serve {
+        /// Apply migrations before serving.
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Accounts.
+    Account {
+        #[command(subcommand)]
+        action: AccountCmd,
+    },
+    /// Tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenCmd,
+    },
+    /// Persistent names.
+    Name {
+        #[command(subcommand)]
+        action: NameCmd,
+    },
+    /// Custom domains.
+    Domain {
+        #[command(subcommand)]
+        action: DomainCmd,
+    },
+    /// Take a name down: close its tunnel, remove its records, ban it.
+    Takedown {
+        /// Full hostname, e.g. k3x9qz2m.free.tunnel.test.
+        hostname: String,
+        /// Why (kept with the ban).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountCmd {
+    /// Create an account and print its id and first token.
+    Create {
+        /// Plan: free or pro.
+        #[arg(long, value_parser = parse_plan)]
+        plan: Plan,
+        /// Display name.
+        #[arg(long, default_value = "account")]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token for an account.
+    Create {
+        #[arg(long)]
+        account: i64,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        #[arg(long)]
+        token_id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum NameCmd {
+    /// Reserve a name in the pro zone for an account.
+    Reserve {
+        #[arg(long)]
+        account: i64,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DomainCmd {
+    /// Add a custom domain pointing at one of the account's names.
+    Add {
+        #[arg(long)]
+        account: i64,
+        domain: String,
+        /// The account's tunnel label (or full name) the domain CNAMEs to.
+        #[arg(long)]
+        target: String,
+        /// The operator vouches that ownership was proven.
+        #[arg(long)]
+        verified: bool,
+    },
+}
+
+fn parse_plan(s: &str) -> Result<Plan, String> {
+    Plan::parse(s).ok_or_else(|| format!("unknown plan {s:?}: use free or pro"))
+}
+
+fn init_logging() {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if std::env::var("NEARHOP_LOG_FORMAT").as_deref() == Ok("json") {
+        fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .json()
+            .init();
+    } else {
+        fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+}
+
+fn print<T: serde::Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(value)?);
+    } else {
+        println!("{}", human());
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    let cfg = config::Config::load(cli.config.as_deref())?;
+    let rt = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Migrate => {
+            let st = state::AppState::new(cfg)?;
+            let mut conn = db::conn(&st.pool).context("connecting to the primary")?;
+            let done = db::migrate(&mut conn)?;
+            zones::seed(&mut conn, &st.cfg)?;
+            print(cli.json, &done, || {
+                format!("migrations applied: {}; zones seeded", done.len())
+            })
+        }
+        Command::Serve { migrate } => rt.block_on(serve(cfg, migrate)),
+        Command::Account { action } => {
+            let st = state::AppState::new(cfg)?;
+            let mut conn = db::conn(&st.pool)?;
+            match action {
+                AccountCmd::Create { plan, name } => {
+                    let a = admin::create_account(&mut conn, &name, plan)?;
+                    print(cli.json, &a, || {
+                        format!(
+                            "account {} ({}) created\ntoken: {}\n(the token is shown once; it is stored hashed)",
+                            a.account_id,
+                            a.plan.as_str(),
+                            a.token
+                        )
+                    })
+                }
+            }
+        }
+        Command::Token { action } => {
+            let st = state::AppState::new(cfg)?;
+            let mut conn = db::conn(&st.pool)?;
+            match action {
+                TokenCmd::Create { account } => {
+                    let t = admin::create_token(&mut conn, account)?;
+                    print(cli.json, &t, || {
+                        format!("token {}: {}", t.token_id, t.token)
+                    })
+                }
+                TokenCmd::Revoke { token_id } => {
+                    admin::revoke_token(&mut conn, token_id)?;
+                    print(cli.json, &serde_json::json!({"revoked": token_id}), || {
+                        format!("token {token_id} revoked")
+                    })
+                }
+            }
+        }
+        Command::Name { action } => {
+            let st = state::AppState::new(cfg)?;
+            let mut conn = db::conn(&st.pool)?;
+            match action {
+                NameCmd::Reserve { account, name } => {
+                    let h = admin::reserve_name(&st, &mut conn, account, &name)?;
+                    print(cli.json, &serde_json::json!({"hostname": h}), || {
+                        format!("{h} reserved for account {account}")
+                    })
+                }
+            }
+        }
+        Command::Domain { action } => {
+            let st = state::AppState::new(cfg)?;
+            let mut conn = db::conn(&st.pool)?;
+            match action {
+                DomainCmd::Add {
+                    account,
+                    domain,
+                    target,
+                    verified,
+                } => {
+                    let d = admin::add_domain(&st, &mut conn, account, &domain, &target, verified)?;
+                    print(cli.json, &d, || {
+                        format!(
+                            "{} added: CNAME it to {}; prove ownership with TXT {} = {}{}",
+                            d.domain,
+                            d.cname_target,
+                            d.txt_name,
+                            d.txt_value,
+                            if d.verified { " (marked verified)" } else { "" }
+                        )
+                    })
+                }
+            }
+        }
+        Command::Takedown { hostname, reason } => rt.block_on(async {
+            let st = state::AppState::new(cfg)?;
+            let done = admin::takedown(&st, &hostname, &reason).await?;
+            print(cli.json, &done, || {
+                format!(
+                    "{hostname} taken down: tunnel closed: {:?}, records removed: {}",
+                    done.closed_tunnel, done.records_removed
+                )
+            })
+        }),
+    }
+}
+
+async fn serve(cfg: config::Config, migrate: bool) -> Result<()> {
+    let listen = cfg.listen;
+    let st = state::AppState::new(cfg)?;
+    {
+        let st2 = st.clone();
+        let seeded = tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut conn = db::conn(&st2.pool)?;
+            if migrate {
+                db::migrate(&mut conn)?;
+            }
+            zones::seed(&mut conn, &st2.cfg)
+        })
+        .await?;
+        if let Err(e) = seeded {
+            // Control still serves (503 for setups) so that edges and operators get a clear
+            // answer while the database is away.
+            tracing::error!(error = %e, "could not seed zones at start; is the primary up?");
+        }
+    }
+    tokio::spawn(leases::run(st.clone()));
+    let data = actix_web::web::Data::new(st);
+    tracing::info!(%listen, "control listening");
+    actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(data.clone())
+            .configure(api::configure)
+    })
+    .bind(listen)
+    .with_context(|| format!("binding {listen}"))?
+    .run()
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! Starts `nearhop-control` against the stack's primary, and drives its operator CLI.
+
+use crate::process::{run, ChildGuard};
+use anyhow::{bail, Context, Result};
+use nearhop_wire::{AccountCreated, Plan, TokenCreated};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// One region as control sees it.
+#[derive(Debug, Clone)]
+pub struct ControlRegion {
+    /// Region name.
+    pub name: String,
+    /// The region's edge address (its `<region>.<zone>` A record).
+    pub ipv4: std::net::Ipv4Addr,
+    /// The region's pdns-backend HTTP base URL, if it runs one.
+    pub backend_url: Option<String>,
+}
+
+/// What control is started with.
+#[derive(Debug, Clone)]
+pub struct ControlSpec {
+    /// API address.
+    pub listen: SocketAddr,
+    /// URL of the primary.
+    pub database_url: String,
+    /// Region of the primary.
+    pub primary_region: String,
+    /// All regions.
+    pub regions: Vec<ControlRegion>,
+    /// Lag-race bound (0: off).
+    pub lag_wait_ms: u64,
+    /// Regions waited for (`None`: all).
+    pub wait_regions: Option<Vec<String>>,
+    /// Lease length.
+    pub lease_seconds: u64,
+    /// Heartbeat interval told to edges.
+    pub heartbeat_seconds: u64,
+    /// Reaper interval.
+    pub reap_interval_ms: u64,
+    /// Free-zone creations per source per minute (0: unlimited).
+    pub free_rate_limit: u64,
+    /// More TOML appended verbatim (zone policies and the like).
+    pub extra_toml: String,
+}
+
+impl ControlSpec {
+    /// Defaults for tests: short lease, fast reaper, no free-zone rate limit.
+    pub fn for_tests(
+        listen: SocketAddr,
+        database_url: String,
+        regions: Vec<ControlRegion>,
+    ) -> ControlSpec {
+        ControlSpec {
+            listen,
+            database_url,
+            primary_region: regions
+                .first()
+                .map(|r| r.name.clone())
+                .unwrap_or_else(|| "us".into()),
+            regions,
+            lag_wait_ms: 3000,
+            wait_regions: None,
+            lease_seconds: 30,
+            heartbeat_seconds: 5,
+            reap_interval_ms: 250,
+            free_rate_limit: 0,
+            extra_toml: String::new(),
+        }
+    }
+
+    fn to_toml(&self, edge_secret: &str, admin_secret: &str) -> String {
+        let mut t = format!(
+            "listen = \"{}\"\ndatabase_url = \"{}\"\nedge_secret = \"{edge_secret}\"\n\
+             admin_secret = \"{admin_secret}\"\nprimary_region = \"{}\"\nlag_wait_ms = {}\n\
+             lease_seconds = {}\nheartbeat_seconds = {}\nreap_interval_ms = {}\n",
+            self.listen,
+            self.database_url,
+            self.primary_region,
+            self.lag_wait_ms,
+            self.lease_seconds,
+            self.heartbeat_seconds,
+            self.reap_interval_ms
+        );
+        if let Some(w) = &self.wait_regions {
+            let list: Vec<String> = w.iter().map(|r| format!("\"{r}\"")).collect();
+            t.push_str(&format!("wait_regions = [{}]\n", list.join(", ")));
+        }
+        t.push_str(&self.extra_toml);
+        t.push('\n');
+        for r in &self.regions {
+            t.push_str(&format!(
+                "[[regions]]\nname = \"{}\"\nipv4 = \"{}\"\n",
+                r.name, r.ipv4
+            ));
+            if let Some(b) = &r.backend_url {
+                t.push_str(&format!("backend_url = \"{b}\"\n"));
+            }
+        }
+        t.push_str(&format!(
+            "[zones.pro]\nname = \"a.tunnel.test\"\nmax_tunnels_per_account = 50\n\
+             max_names_per_account = 50\n\
+             [zones.free]\nname = \"free.tunnel.test\"\ntime_limit_minutes = 60\n\
+             creations_per_minute_per_source = {}\nmax_tunnels_per_account = 3\n",
+            self.free_rate_limit
+        ));
+        t
+    }
+}
+
+/// A running control plane.
+pub struct ControlProcess {
+    /// Base URL of the API, e.g. `http://127.0.0.1:7080`.
+    pub url: String,
+    /// The edge secret.
+    pub edge_secret: String,
+    /// The admin secret.
+    pub admin_secret: String,
+    /// The config file it runs with.
+    pub config_path: PathBuf,
+    log: PathBuf,
+    process: Option<ChildGuard>,
+}
+
+/// Path of a workspace binary: `$NEARHOP_BIN_DIR/<name>`, else `target/debug/<name>` (or
+/// `target/release` with `NEARHOP_PROFILE=release`) beside this crate.
+pub fn bin_path(name: &str) -> Result<PathBuf> {
+    let dir = match std::env::var("NEARHOP_BIN_DIR") {
+        Ok(d) => PathBuf::from(d),
+        Err(_) => {
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+            let profile = std::env::var("NEARHOP_PROFILE").unwrap_or_else(|_| "debug".into());
+            target.join(profile)
+        }
+    };
+    let p = dir.join(name);
+    if !p.exists() {
+        bail!(
+            "{} is missing: build the workspace first (cargo build --workspace --bins)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn random_secret() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 24];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl ControlProcess {
+    /// Writes the config, applies migrations and seeds zones, starts `serve`, waits for it.
+    pub fn start(dir: &Path, spec: &ControlSpec) -> Result<ControlProcess> {
+        std::fs::create_dir_all(dir)?;
+        let edge_secret = random_secret();
+        let admin_secret = random_secret();
+        let config_path = dir.join("control.toml");
+        std::fs::write(&config_path, spec.to_toml(&edge_secret, &admin_secret))?;
+        let mut me = ControlProcess {
+            url: format!("http://{}", spec.listen),
+            edge_secret,
+            admin_secret,
+            config_path,
+            log: dir.join("control.log"),
+            process: None,
+        };
+        me.cli(&["migrate"]).context("nearhop-control migrate")?;
+        me.restart()?;
+        Ok(me)
+    }
+
+    /// Starts `serve` (again) and waits until `/healthz` answers.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.process.as_mut().is_some_and(|p| p.is_running()) {
+            return Ok(());
+        }
+        let mut cmd = Command::new(bin_path("nearhop-control")?);
+        cmd.arg("--config").arg(&self.config_path).arg("serve");
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("NEARHOP_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        self.process = Some(ChildGuard::spawn(
+            "nearhop-control",
+            cmd,
+            &self.log,
+            libc::SIGTERM,
+        )?);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        loop {
+            if let Ok(r) = http.get(format!("{}/healthz", self.url)).send() {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if let Some(p) = self.process.as_mut() {
+                p.check_running()?;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "control did not become healthy in 30 s; see {}",
+                    self.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the process (the stack's database stays up).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.stop();
+        }
+    }
+
+    /// The log file.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// Runs `nearhop-control --config <file> --json <args>` and returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = Command::new(bin_path("nearhop-control")?);
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .arg("--json")
+            .args(args);
+        cmd.env("RUST_LOG", "warn");
+        run(cmd)
+    }
+
+    /// Creates an account through the CLI.
+    pub fn create_account(&self, plan: Plan) -> Result<AccountCreated> {
+        let out = self.cli(&[
+            "account",
+            "create",
+            "--plan",
+            plan.as_str(),
+            "--name",
+            "test",
+        ])?;
+        serde_json::from_str(out.trim()).with_context(|| format!("parsing {out:?}"))
+    }
+
+    /// Creates another token for an account.
+    pub fn create_token(&self, account_id: i64) -> Result<TokenCreated> {
+        let out = self.cli(&["token", "create", "--account", &account_id.to_string()])?;
+        serde_json::from_str(out.trim()).with_context(|| format!("parsing {out:?}"))
+    }
+}

@@ -1,0 +1,246 @@
+//! The whole local stack, one harness for `make up` and the tests: a Postgres primary and
+//! streaming replicas, a `pdns_server` + pdns-backend per region, control, an edge per region.
+
+use crate::control::{ControlProcess, ControlRegion, ControlSpec};
+use crate::edge::{EdgeProcess, EdgeSpec};
+use crate::ports::free_port;
+use crate::postgres::{PgCluster, PgClusterConfig, PgEndpoint};
+use anyhow::Result;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// Ports of one region's processes, all on the region's loopback address.
+#[derive(Debug, Clone, Copy)]
+pub struct RegionPorts {
+    /// PostgreSQL.
+    pub pg: u16,
+    /// `pdns_server` (UDP and TCP).
+    pub dns: u16,
+    /// pdns-backend HTTP (`/metrics`, `/v1/wait`).
+    pub backend_http: u16,
+    /// Edge SSH.
+    pub ssh: u16,
+    /// Edge visitor HTTP.
+    pub http: u16,
+    /// Edge visitor HTTPS.
+    pub https: u16,
+    /// Edge admin API and `/metrics`.
+    pub admin: u16,
+    /// Control API (used in the primary's region only).
+    pub control: u16,
+}
+
+impl RegionPorts {
+    /// The architecture's fixed ports (`make up`).
+    pub fn defaults() -> RegionPorts {
+        RegionPorts {
+            pg: 55432,
+            dns: 5300,
+            backend_http: 9153,
+            ssh: 2222,
+            http: 8080,
+            https: 8443,
+            admin: 9090,
+            control: 7080,
+        }
+    }
+
+    /// Free ports on `ip` (tests).
+    pub fn free(ip: Ipv4Addr) -> RegionPorts {
+        RegionPorts {
+            pg: free_port(ip),
+            dns: free_port(ip),
+            backend_http: free_port(ip),
+            ssh: free_port(ip),
+            http: free_port(ip),
+            https: free_port(ip),
+            admin: free_port(ip),
+            control: free_port(ip),
+        }
+    }
+}
+
+/// One region of the stack.
+#[derive(Debug, Clone)]
+pub struct Region {
+    /// Name (`us`, `eu`, `ap`).
+    pub name: String,
+    /// Loopback address of every process of the region.
+    pub ip: Ipv4Addr,
+    /// Its ports.
+    pub ports: RegionPorts,
+}
+
+impl Region {
+    /// The region's DNS server address.
+    pub fn dns_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, self.ports.dns))
+    }
+    /// The region's pdns-backend HTTP base URL.
+    pub fn backend_url(&self) -> String {
+        format!("http://{}:{}", self.ip, self.ports.backend_http)
+    }
+    /// The region's edge SSH address.
+    pub fn ssh_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, self.ports.ssh))
+    }
+    /// The region's edge visitor HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, self.ports.http))
+    }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Regions; the first holds the primary and control.
+    pub regions: Vec<(String, Ipv4Addr)>,
+    /// Use the architecture's fixed ports instead of free ones.
+    pub fixed_ports: bool,
+    /// Start `pdns_server` + pdns-backend per region.
+    pub with_dns: bool,
+    /// Start an edge per region.
+    pub with_edges: bool,
+    /// `fsync` in Postgres.
+    pub fsync: bool,
+    /// Lag-race bound in ms (0 turns the wait off).
+    pub lag_wait_ms: u64,
+    /// Where to keep data and logs; a fresh temporary directory when `None`.
+    pub dir: Option<PathBuf>,
+    /// Changes to control's settings before it starts.
+    pub control_tweak: Option<fn(&mut ControlSpec)>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            regions: vec![
+                ("us".into(), Ipv4Addr::new(127, 0, 0, 1)),
+                ("eu".into(), Ipv4Addr::new(127, 0, 0, 2)),
+                ("ap".into(), Ipv4Addr::new(127, 0, 0, 3)),
+            ],
+            fixed_ports: false,
+            with_dns: false,
+            with_edges: false,
+            fsync: false,
+            lag_wait_ms: 3000,
+            dir: None,
+            control_tweak: None,
+        }
+    }
+}
+
+/// A running stack; everything stops when it is dropped.
+pub struct Stack {
+    /// The regions and their ports.
+    pub regions: Vec<Region>,
+    // Drop order is field order: edges first, then control and DNS, the database last.
+    // dns: (added by the pdns-backend harness)
+    /// One edge per region, when `with_edges` (drops first: tunnels close before control).
+    pub edges: Vec<EdgeProcess>,
+    /// Control.
+    pub control: ControlProcess,
+    /// The databases.
+    pub pg: PgCluster,
+    /// Data and logs (removed on drop unless `dir` was given).
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Stack {
+    /// Starts everything asked for, in dependency order.
+    pub fn start(opts: StackOptions) -> Result<Stack> {
+        let (tmp, dir) = match &opts.dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                (None, d.clone())
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("nearhop-stack-")
+                    .tempdir()?;
+                let d = t.path().to_path_buf();
+                (Some(t), d)
+            }
+        };
+        let regions: Vec<Region> = opts
+            .regions
+            .iter()
+            .map(|(name, ip)| Region {
+                name: name.clone(),
+                ip: *ip,
+                ports: if opts.fixed_ports {
+                    RegionPorts::defaults()
+                } else {
+                    RegionPorts::free(*ip)
+                },
+            })
+            .collect();
+        let endpoint = |r: &Region| PgEndpoint {
+            region: r.name.clone(),
+            ip: r.ip,
+            port: r.ports.pg,
+        };
+        let pg = PgCluster::start(
+            &dir.join("pg"),
+            &PgClusterConfig {
+                primary: endpoint(&regions[0]),
+                replicas: regions[1..].iter().map(endpoint).collect(),
+                fsync: opts.fsync,
+            },
+        )?;
+        let mut spec = ControlSpec::for_tests(
+            SocketAddr::from((regions[0].ip, regions[0].ports.control)),
+            pg.primary.endpoint.url(),
+            regions
+                .iter()
+                .map(|r| ControlRegion {
+                    name: r.name.clone(),
+                    ipv4: r.ip,
+                    backend_url: opts.with_dns.then(|| r.backend_url()),
+                })
+                .collect(),
+        );
+        spec.lag_wait_ms = opts.lag_wait_ms;
+        if let Some(tweak) = opts.control_tweak {
+            tweak(&mut spec);
+        }
+        // dns: start each region's pdns_server + backend here (they need the schema, which
+        // control's `migrate` writes; control's serve waits on them for the lag race).
+        let control = ControlProcess::start(&dir.join("control"), &spec)?;
+        // edges: one per region, on the region's address.
+        let mut edges = Vec::new();
+        if opts.with_edges {
+            for r in &regions {
+                let mut spec = EdgeSpec::for_tests(&r.name, r.ip, &control.url, &control.edge_secret);
+                spec.ssh = r.ports.ssh;
+                spec.http = r.ports.http;
+                spec.admin = r.ports.admin;
+                edges.push(EdgeProcess::start(&dir.join(format!("edge-{}", r.name)), spec)?);
+            }
+        }
+        Ok(Stack {
+            regions,
+            edges,
+            control,
+            pg,
+            dir,
+            _tmp: tmp,
+        })
+    }
+
+    /// The region named `name`.
+    pub fn region(&self, name: &str) -> Option<&Region> {
+        self.regions.iter().find(|r| r.name == name)
+    }
+
+    /// The edge of region `name`.
+    pub fn edge(&self, name: &str) -> Option<&EdgeProcess> {
+        self.edges.iter().find(|e| e.spec.region == name)
+    }
+
+    /// Where logs and data are.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}

@@ -1,0 +1,482 @@
+//! Control against a real PostgreSQL primary and two streaming replicas: the lag race,
+//! takeovers, leases, takedowns, token revocation, bad input, a replica that is down.
+//! The test plays the edge's side of the API over HTTP.
+
+use anyhow::Result;
+use nearhop_stack::{Stack, StackOptions};
+use nearhop_wire::{
+    ApiError, CreateTunnelRequest, CreateTunnelResponse, EdgeHeartbeatResponse, ErrorCode, Plan,
+    RegisterEdgeRequest, TunnelKind,
+};
+use reqwest::blocking::Client;
+use std::time::{Duration, Instant};
+
+struct EdgeApi {
+    http: Client,
+    base: String,
+    secret: String,
+}
+
+impl EdgeApi {
+    fn new(stack: &Stack) -> EdgeApi {
+        EdgeApi {
+            http: Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            base: stack.control.url.clone(),
+            secret: stack.control.edge_secret.clone(),
+        }
+    }
+
+    /// Registers an edge whose admin API is not reachable (nothing listens on port 9 of
+    /// 127.0.0.1): control then treats its tunnels as dead when asked about them.
+    fn register(&self, edge_id: &str, region: &str) {
+        let r = self
+            .http
+            .post(format!("{}/v1/edges/register", self.base))
+            .bearer_auth(&self.secret)
+            .json(&RegisterEdgeRequest {
+                edge_id: edge_id.into(),
+                region: region.into(),
+                admin_url: "http://127.0.0.1:9".into(),
+            })
+            .send()
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "register: {}",
+            r.text().unwrap_or_default()
+        );
+    }
+
+    fn create(&self, req: &CreateTunnelRequest) -> Result<CreateTunnelResponse, (u16, ApiError)> {
+        let r = self
+            .http
+            .post(format!("{}/v1/tunnels", self.base))
+            .bearer_auth(&self.secret)
+            .json(req)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().unwrap();
+        if status == 201 {
+            Ok(serde_json::from_str(&text).unwrap())
+        } else {
+            Err((
+                status,
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+            ))
+        }
+    }
+
+    fn raw(&self, path: &str, secret: &str, body: &str, content_type: &str) -> (u16, String) {
+        let r = self
+            .http
+            .post(format!("{}{}", self.base, path))
+            .bearer_auth(secret)
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    }
+
+    fn heartbeat(&self, edge_id: &str, ids: &[i64]) -> EdgeHeartbeatResponse {
+        let r = self
+            .http
+            .post(format!("{}/v1/edges/{edge_id}/heartbeat", self.base))
+            .bearer_auth(&self.secret)
+            .json(&serde_json::json!({ "tunnel_ids": ids }))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success());
+        r.json().unwrap()
+    }
+}
+
+fn tunnel(edge: &str, token: Option<&str>, name: Option<&str>, force: bool) -> CreateTunnelRequest {
+    CreateTunnelRequest {
+        edge_id: edge.into(),
+        token: token.map(str::to_string),
+        requested_name: name.map(str::to_string),
+        kind: TunnelKind::Http,
+        force,
+        client_addr: "127.0.0.9:50000".into(),
+    }
+}
+
+fn psql(conninfo: &str, sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .arg(conninfo)
+        .args(["-XAtqc", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn start(tweak: Option<fn(&mut nearhop_stack::ControlSpec)>) -> Stack {
+    Stack::start(StackOptions {
+        control_tweak: tweak,
+        ..Default::default()
+    })
+    .expect("stack starts")
+}
+
+fn cname_on(stack: &Stack, region: &str, hostname: &str) -> String {
+    let ep = stack.pg.endpoint_of(region).unwrap();
+    psql(
+        &ep.conninfo(),
+        &format!("SELECT content FROM records WHERE name = '{hostname}' AND type = 'CNAME'"),
+    )
+}
+
+#[test]
+fn lag_race_record_is_on_every_replica_when_create_returns() {
+    let stack = start(None);
+    let api = EdgeApi::new(&stack);
+    api.register("ap-1", "ap");
+    let mut waited_ms = Vec::new();
+    for i in 0..150 {
+        let t = api.create(&tunnel("ap-1", None, None, false)).unwrap();
+        assert_eq!(t.dns.unconfirmed, Vec::<String>::new(), "iteration {i}");
+        for region in ["eu", "ap"] {
+            assert_eq!(
+                cname_on(&stack, region, &t.hostname),
+                "ap.free.tunnel.test",
+                "iteration {i}: {} missing on the {region} replica right after create returned",
+                t.hostname
+            );
+        }
+        waited_ms.push(t.dns.wait_ms);
+    }
+    let metrics = reqwest::blocking::get(format!("{}/metrics", stack.control.url))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(metrics.contains("nearhop_lag_wait_seconds_count{region=\"eu\"} 150"));
+    assert!(metrics.contains("nearhop_replica_connected{region=\"eu\"} 1"));
+}
+
+#[test]
+fn replica_down_create_still_answers_and_names_the_region() {
+    let mut stack = start(Some(|s| s.lag_wait_ms = 700));
+    let api = EdgeApi::new(&stack);
+    api.register("us-1", "us");
+    stack.pg.stop("eu");
+    let t = api.create(&tunnel("us-1", None, None, false)).unwrap();
+    assert_eq!(t.dns.unconfirmed, vec!["eu".to_string()]);
+    assert!(t.dns.confirmed.contains(&"ap".to_string()));
+    assert!(t.dns.confirmed.contains(&"us".to_string()));
+    let metrics = reqwest::blocking::get(format!("{}/metrics", stack.control.url))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("nearhop_lag_wait_timeouts_total{region=\"eu\"} 1"),
+        "{metrics}"
+    );
+    // Back up, it catches up and confirms again.
+    stack.pg.restart("eu").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let t2 = api.create(&tunnel("us-1", None, None, false)).unwrap();
+        if t2.dns.unconfirmed.is_empty() {
+            assert_eq!(cname_on(&stack, "eu", &t.hostname), "us.free.tunnel.test");
+            break;
+        }
+        assert!(Instant::now() < deadline, "eu never caught up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn pro_account_keeps_its_persistent_name_across_tunnels() {
+    let stack = start(None);
+    let api = EdgeApi::new(&stack);
+    api.register("us-1", "us");
+    api.register("eu-1", "eu");
+    let acct = stack.control.create_account(Plan::Pro).unwrap();
+    let first = api
+        .create(&tunnel("us-1", Some(&acct.token), None, false))
+        .unwrap();
+    assert!(first.hostname.ends_with(".a.tunnel.test"));
+    assert!(first.expires_at.is_none());
+    // The old tunnel's edge is unreachable, so a reconnect elsewhere takes the name back
+    // without force, and the record moves to the new region.
+    let second = api
+        .create(&tunnel("eu-1", Some(&acct.token), None, false))
+        .unwrap();
+    assert_eq!(second.hostname, first.hostname);
+    let replaced = second.replaced_tunnel.expect("old tunnel replaced");
+    assert_eq!(replaced.tunnel_id, first.tunnel_id);
+    assert_eq!(replaced.reason, "edge_unreachable");
+    for region in ["us", "eu", "ap"] {
+        assert_eq!(
+            cname_on(&stack, region, &first.hostname),
+            "eu.a.tunnel.test"
+        );
+    }
+}
+
+#[test]
+fn force_takes_over_and_the_old_tunnel_is_told_to_close() {
+    let stack = start(None);
+    let api = EdgeApi::new(&stack);
+    api.register("us-1", "us");
+    api.register("ap-1", "ap");
+    let acct = stack.control.create_account(Plan::Pro).unwrap();
+    let old = api
+        .create(&tunnel(
+            "us-1",
+            Some(&acct.token),
+            Some("androidblog"),
+            false,
+        ))
+        .unwrap();
+    assert_eq!(old.hostname, "androidblog.a.tunnel.test");
+    let new = api
+        .create(&tunnel(
+            "ap-1",
+            Some(&acct.token),
+            Some("AndroidBlog"),
+            true,
+        ))
+        .unwrap();
+    assert_eq!(new.hostname, "androidblog.a.tunnel.test");
+    assert_eq!(new.replaced_tunnel.unwrap().reason, "force");
+    // The old edge learns at its next heartbeat that its tunnel is gone.
+    let hb = api.heartbeat("us-1", &[old.tunnel_id]);
+    assert_eq!(hb.close.len(), 1);
+    assert_eq!(hb.close[0].reason, "force");
+    assert_eq!(
+        cname_on(&stack, "eu", "androidblog.a.tunnel.test"),
+        "ap.a.tunnel.test"
+    );
+}
+
+#[test]
+fn name_owned_by_another_account_is_refused_and_nothing_written() {
+    let stack = start(None);
+    let api = EdgeApi::new(&stack);
+    api.register("us-1", "us");
+    let a = stack.control.create_account(Plan::Pro).unwrap();
+    let b = stack.control.create_account(Plan::Pro).unwrap();
+    api.create(&tunnel("us-1", Some(&a.token), Some("shop"), false))
+        .unwrap();
+    let (status, err) = api
+        .create(&tunnel("us-1", Some(&b.token), Some("shop"), true))
+        .unwrap_err();
+    assert_eq!((status, err.error.code), (403, ErrorCode::NameOwned));
+    assert!(err.error.message.contains("another account"));
+    let live = psql(
+        &stack.pg.primary.endpoint.conninfo(),
+        "SELECT count(*) FROM tunnels WHERE label = 'shop' AND closed_at IS NULL",
+    );
+    assert_eq!(live, "1");
+}
+
+#[test]
+fn lease_expiry_closes_the_tunnel_and_removes_its_record() {
+    let stack = start(Some(|s| {
+        s.lease_seconds = 2;
+        s.heartbeat_seconds = 1;
+    }));
+    let api = EdgeApi::new(&stack);
+    api.register("eu-1", "eu");
+    let kept = api.create(&tunnel("eu-1", None, None, false)).unwrap();
+    let lapsed = api.create(&tunnel("eu-1", None, None, false)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let hb = api.heartbeat("eu-1", &[kept.tunnel_id, lapsed.tunnel_id]);
+        // Heartbeating only `kept` from now on.
+        if hb.close.is_empty() {
+            break;
+        }
+        panic!("nothing should be closed yet: {hb:?}");
+    }
+    loop {
+        let hb = api.heartbeat("eu-1", &[kept.tunnel_id]);
+        assert!(hb.close.is_empty());
+        if cname_on(&stack, "ap", &lapsed.hostname).is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lease never expired");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        cname_on(&stack, "ap", &kept.hostname),
+        "eu.free.tunnel.test"
+    );
+    let reason = psql(
+        &stack.pg.primary.endpoint.conninfo(),
+        &format!(
+            "SELECT close_reason FROM tunnels WHERE id = {}",
+            lapsed.tunnel_id
+        ),
+    );
+    assert_eq!(reason, "lease_expired");
+}
+
+#[test]
+fn takedown_closes_removes_and_bans_leaving_the_other_zone_alone() {
+    let stack = start(None);
+    let api = EdgeApi::new(&stack);
+    api.register("us-1", "us");
+    let pro = stack.control.create_account(Plan::Pro).unwrap();
+    let free = api.create(&tunnel("us-1", None, None, false)).unwrap();
+    let paid = api
+        .create(&tunnel("us-1", Some(&pro.token), None, false))
+        .unwrap();
+    let out = stack
+        .control
+        .cli(&["takedown", &free.hostname, "--reason", "phishing"])
+        .unwrap();
+    let done: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(done["closed_tunnel"], free.tunnel_id);
+    assert_eq!(done["records_removed"], 1);
+    assert_eq!(cname_on(&stack, "us", &free.hostname), "");
+    assert_eq!(cname_on(&stack, "us", &paid.hostname), "us.a.tunnel.test");
+    let hb = api.heartbeat("us-1", &[free.tunnel_id, paid.tunnel_id]);
+    assert_eq!(hb.close.len(), 1);
+    assert_eq!(hb.close[0].reason, "takedown");
+    let banned = psql(
+        &stack.pg.primary.endpoint.conninfo(),
+        "SELECT zone || ':' || reason FROM banned_names",
+    );
+    assert_eq!(banned, "free.tunnel.test:phishing");
+}
+
+#[test]
+fn revoked_token_is_refused_with_a_clear_error() {
+    let stack = start(None);
+    let api = EdgeApi::new(&stack);
+    api.register("us-1", "us");
+    let acct = stack.control.create_account(Plan::Pro).unwrap();
+    let second = stack.control.create_token(acct.account_id).unwrap();
+    api.create(&tunnel("us-1", Some(&second.token), None, false))
+        .unwrap();
+    stack
+        .control
+        .cli(&[
+            "token",
+            "revoke",
+            "--token-id",
+            &second.token_id.to_string(),
+        ])
+        .unwrap();
+    let (status, err) = api
+        .create(&tunnel("us-1", Some(&second.token), None, false))
+        .unwrap_err();
+    assert_eq!((status, err.error.code), (401, ErrorCode::BadToken));
+    assert!(err.error.message.contains("revoked"));
+    // The first token still works.
+    api.create(&tunnel("us-1", Some(&acct.token), Some("other"), false))
+        .unwrap();
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_writes_nothing() {
+    let stack = start(None);
+    let api = EdgeApi::new(&stack);
+    api.register("us-1", "us");
+    let acct = stack.control.create_account(Plan::Pro).unwrap();
+    let count = || {
+        psql(
+            &stack.pg.primary.endpoint.conninfo(),
+            "SELECT (SELECT count(*) FROM tunnels) || '/' || (SELECT count(*) FROM records) \
+             || '/' || (SELECT count(*) FROM names)",
+        )
+    };
+    let before = count();
+    let secret = stack.control.edge_secret.clone();
+    for (body, ctype, code) in [
+        ("{not json", "application/json", "bad_request"),
+        (r#"{"edge_id":"us-1"}"#, "application/json", "bad_request"),
+        (
+            r#"{"edge_id":"us-1","client_addr":"x","kind":"udp"}"#,
+            "application/json",
+            "bad_request",
+        ),
+        (
+            "edge_id=us-1",
+            "application/x-www-form-urlencoded",
+            "bad_request",
+        ),
+    ] {
+        let (status, text) = api.raw("/v1/tunnels", &secret, body, ctype);
+        assert_eq!(status, 400, "{body}: {text}");
+        let e: ApiError = serde_json::from_str(&text).unwrap();
+        assert_eq!(serde_json::to_value(e.error.code).unwrap(), code);
+        assert!(!e.error.message.is_empty());
+    }
+    let huge = format!(
+        r#"{{"edge_id":"us-1","client_addr":"{}"}}"#,
+        "x".repeat(200_000)
+    );
+    let (status, text) = api.raw("/v1/tunnels", &secret, &huge, "application/json");
+    assert_eq!(status, 413, "{text}");
+    let (status, text) = api.raw("/v1/tunnels", "wrong-secret", "{}", "application/json");
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("unauthorized"));
+    let hostile = [
+        "../etc",
+        "bl\u{f6}g",
+        &"a".repeat(64),
+        "*",
+        "a.b",
+        "x'; DROP TABLE records; --",
+        "-lead",
+        "www",
+        "\u{0}",
+    ];
+    for name in hostile {
+        let (status, err) = api
+            .create(&tunnel("us-1", Some(&acct.token), Some(name), false))
+            .unwrap_err();
+        assert_eq!(
+            (status, err.error.code),
+            (400, ErrorCode::InvalidName),
+            "{name:?}"
+        );
+    }
+    let (status, err) = api
+        .create(&tunnel("us-1", Some("nh_notarealtoken"), None, false))
+        .unwrap_err();
+    assert_eq!((status, err.error.code), (401, ErrorCode::BadToken));
+    let (status, err) = api
+        .create(&tunnel("nope-1", None, None, false))
+        .unwrap_err();
+    assert_eq!((status, err.error.code), (404, ErrorCode::NotFound));
+    let (status, err) = api
+        .create(&tunnel("us-1", None, Some("mine"), false))
+        .unwrap_err();
+    assert_eq!((status, err.error.code), (403, ErrorCode::PlanLimit));
+    // Uppercase is folded, not refused: "SHOP" is the account's "shop".
+    assert_eq!(count(), before, "a refused request wrote something");
+    let t = api
+        .create(&tunnel("us-1", Some(&acct.token), Some("SHOP"), false))
+        .unwrap();
+    assert_eq!(t.hostname, "shop.a.tunnel.test");
+}
+
+#[test]
+fn free_zone_rate_limit_is_per_source_and_says_when_to_retry() {
+    let stack = start(Some(|s| s.free_rate_limit = 3));
+    let api = EdgeApi::new(&stack);
+    api.register("us-1", "us");
+    for _ in 0..3 {
+        api.create(&tunnel("us-1", None, None, false)).unwrap();
+    }
+    let (status, err) = api.create(&tunnel("us-1", None, None, false)).unwrap_err();
+    assert_eq!((status, err.error.code), (429, ErrorCode::RateLimited));
+    assert!(err.error.message.contains("wait a minute"));
+    let mut other = tunnel("us-1", None, None, false);
+    other.client_addr = "127.0.0.10:1".into();
+    api.create(&other).unwrap();
+}

@@ -1,0 +1,384 @@
+//! The control API (`/v1/...`) spoken between edge and control, and control's calls to an
+//! edge's admin API. JSON over HTTP; every error is one [`ApiError`] shape.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Header carrying the shared secret on edge→control and control→edge calls
+/// (`Authorization: Bearer <secret>`).
+pub const AUTHORIZATION: &str = "authorization";
+
+/// What a tunnel carries: decides the visitor listener on the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelKind {
+    /// HTTP reverse proxy routed by `Host` (the default).
+    #[default]
+    Http,
+    /// A public TCP port on the edge.
+    Tcp,
+    /// TLS passthrough routed by SNI.
+    Tls,
+}
+
+impl TunnelKind {
+    /// The keyword spelling, as in the SSH username and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelKind::Http => "http",
+            TunnelKind::Tcp => "tcp",
+            TunnelKind::Tls => "tls",
+        }
+    }
+}
+
+/// Plan of an account; decides the zone and the limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Plan {
+    /// Random names in the free zone, time-limited.
+    Free,
+    /// Persistent names in the pro zone.
+    Pro,
+}
+
+impl Plan {
+    /// The spelling used in the database and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plan::Free => "free",
+            Plan::Pro => "pro",
+        }
+    }
+
+    /// Parses `free` or `pro`.
+    pub fn parse(s: &str) -> Option<Plan> {
+        match s {
+            "free" => Some(Plan::Free),
+            "pro" => Some(Plan::Pro),
+            _ => None,
+        }
+    }
+}
+
+/// Edge → control: set up a tunnel (`POST /v1/tunnels`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTunnelRequest {
+    /// The edge asking; must be registered.
+    pub edge_id: String,
+    /// The token from the SSH username, if any; `None` asks for an anonymous free tunnel.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The label asked for with the bind address (`-R name:0:localhost:8000`), if any.
+    #[serde(default)]
+    pub requested_name: Option<String>,
+    /// What the tunnel carries.
+    #[serde(default)]
+    pub kind: TunnelKind,
+    /// Close the account's tunnel that holds the name now, wherever it is, and take over.
+    #[serde(default)]
+    pub force: bool,
+    /// Address of the SSH client, for per-source rate limits and audit.
+    pub client_addr: String,
+}
+
+/// Control → edge: the tunnel is set up and its DNS record is being served.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CreateTunnelResponse {
+    /// Control's id of the tunnel; the edge uses it in heartbeats and close calls.
+    pub tunnel_id: i64,
+    /// The tunnel's label (`androidblog`).
+    pub label: String,
+    /// The zone (`a.tunnel.test`).
+    pub zone: String,
+    /// The full public name (`androidblog.a.tunnel.test`).
+    pub hostname: String,
+    /// The edge's region the record points at.
+    pub region: String,
+    /// The edge must heartbeat the lease within this many seconds.
+    pub lease_seconds: u64,
+    /// When a time-limited (free) tunnel will be closed, if it is.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Tunnels that were closed to make room (force or dead-tunnel takeover).
+    pub replaced_tunnel: Option<ReplacedTunnel>,
+    /// How the lag-race wait went.
+    pub dns: DnsPropagation,
+}
+
+/// A tunnel that control closed so that a new one could take its name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplacedTunnel {
+    /// The old tunnel's id.
+    pub tunnel_id: i64,
+    /// Its edge.
+    pub edge_id: String,
+    /// Why it was taken over: `force`, `lease_expired`, `edge_unreachable`, `client_dead`.
+    pub reason: String,
+}
+
+/// How the wait for the regions' DNS to serve the new record went.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct DnsPropagation {
+    /// The commit position on the primary (`pg_current_wal_lsn()` after commit), as text.
+    pub commit_lsn: String,
+    /// Regions that confirmed they serve the commit.
+    pub confirmed: Vec<String>,
+    /// Regions that did not confirm within the bound; the URL may not resolve there yet.
+    pub unconfirmed: Vec<String>,
+    /// Milliseconds spent waiting.
+    pub wait_ms: u64,
+}
+
+/// Edge → control: close a tunnel (`POST /v1/tunnels/{id}/close`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloseTunnelRequest {
+    /// The edge closing it; must be the tunnel's edge.
+    pub edge_id: String,
+    /// Why: `client_closed`, `client_dead`, `edge_shutdown`, ...
+    pub reason: String,
+}
+
+/// Edge → control: announce an edge (`POST /v1/edges/register`), again after a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterEdgeRequest {
+    /// Stable id of the edge, e.g. `ap-1`.
+    pub edge_id: String,
+    /// Its region; must be configured in control.
+    pub region: String,
+    /// Base URL of the edge's admin API, e.g. `http://127.0.0.3:9090`.
+    pub admin_url: String,
+}
+
+/// Control → edge: the edge is known; tunnels it held before a restart are closed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RegisterEdgeResponse {
+    /// How often to heartbeat, in seconds.
+    pub heartbeat_seconds: u64,
+    /// Tunnels of this edge that control closed because the edge restarted.
+    pub closed_tunnels: Vec<i64>,
+}
+
+/// Edge → control: the edge is alive and these are its live tunnels
+/// (`POST /v1/edges/{id}/heartbeat`); renews every listed tunnel's lease in one statement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeHeartbeatRequest {
+    /// Ids of every tunnel the edge serves now.
+    pub tunnel_ids: Vec<i64>,
+}
+
+/// Control → edge: leases renewed; tunnels listed here are closed on control's side
+/// (taken down, expired, taken over) and the edge must drop them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EdgeHeartbeatResponse {
+    /// Tunnels the edge must close, with the reason to tell the client.
+    pub close: Vec<TunnelToClose>,
+}
+
+/// A tunnel the edge must close, and the sentence to tell its client.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TunnelToClose {
+    /// The tunnel.
+    pub tunnel_id: i64,
+    /// Reason code (`takedown`, `time_limit`, `replaced`, `lease_expired`, `closed`).
+    pub reason: String,
+    /// A sentence for the user.
+    pub message: String,
+}
+
+/// Control → edge admin API: close a tunnel (`POST /v1/tunnels/{id}/close`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EdgeCloseRequest {
+    /// Reason code.
+    pub reason: String,
+    /// The sentence the edge prints to the client before disconnecting it.
+    pub message: String,
+}
+
+/// Edge admin API answer to `GET /v1/tunnels/{id}/alive`: whether the client answered an
+/// SSH keepalive within the edge's probe bound.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AliveResponse {
+    /// The tunnel is known to the edge.
+    pub known: bool,
+    /// The client answered the keepalive probe.
+    pub alive: bool,
+}
+
+/// The one error shape of every nearhop HTTP API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApiError {
+    /// The error.
+    pub error: ErrorBody,
+}
+
+/// Body of [`ApiError`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    /// Stable machine-readable code.
+    pub code: ErrorCode,
+    /// A sentence for a human, saying what went wrong and what to do.
+    pub message: String,
+}
+
+/// Stable error codes. Edges map them to sentences for SSH clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request body is not valid JSON or misses fields.
+    BadRequest,
+    /// The body is larger than allowed.
+    PayloadTooLarge,
+    /// Missing or wrong bearer secret.
+    Unauthorized,
+    /// The token is unknown or revoked.
+    BadToken,
+    /// The requested name is not a valid label.
+    InvalidName,
+    /// The name belongs to another account.
+    NameOwned,
+    /// The name is live in another tunnel (and not proven dead, and no `force`).
+    NameInUse,
+    /// The name was taken down.
+    NameBanned,
+    /// Too many setups; try later.
+    RateLimited,
+    /// The plan does not allow this (e.g. a chosen name on the free plan).
+    PlanLimit,
+    /// No such account, tunnel, edge, region or domain.
+    NotFound,
+    /// The state does not allow it (e.g. closing another edge's tunnel).
+    Conflict,
+    /// The database is unreachable.
+    DatabaseUnavailable,
+    /// Anything else; see the logs.
+    Internal,
+}
+
+impl ApiError {
+    /// Builds an error body.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            error: ErrorBody {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+}
+
+/// Admin: create an account (`POST /v1/admin/accounts`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccountRequest {
+    /// A display name.
+    pub name: String,
+    /// The plan.
+    pub plan: Plan,
+}
+
+/// Admin: an account and, on creation, its first token (shown once, stored hashed).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AccountCreated {
+    /// Account id.
+    pub account_id: i64,
+    /// The plan.
+    pub plan: Plan,
+    /// The new token in clear; it is not stored and cannot be shown again.
+    pub token: String,
+}
+
+/// Admin: a new token (`POST /v1/admin/accounts/{id}/tokens`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenCreated {
+    /// Token id (for revocation).
+    pub token_id: i64,
+    /// The token in clear, shown once.
+    pub token: String,
+}
+
+/// Admin: reserve a name for an account (`POST /v1/admin/accounts/{id}/names`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveNameRequest {
+    /// The label to reserve in the account's zone.
+    pub name: String,
+}
+
+/// Admin: add a custom domain (`POST /v1/admin/accounts/{id}/domains`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddDomainRequest {
+    /// The user's domain, e.g. `mydomain.example`.
+    pub domain: String,
+    /// The account's tunnel label it points at.
+    pub target: String,
+}
+
+/// Admin: a custom domain and the proof the user must publish.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DomainAdded {
+    /// The domain.
+    pub domain: String,
+    /// The tunnel name to CNAME it to.
+    pub cname_target: String,
+    /// The TXT record name that proves ownership (`_nearhop.<domain>`).
+    pub txt_name: String,
+    /// The TXT record value.
+    pub txt_value: String,
+    /// Whether ownership is verified.
+    pub verified: bool,
+}
+
+/// Admin: take a name down (`POST /v1/admin/takedowns`): closes its tunnel, removes its
+/// record and bans it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TakedownRequest {
+    /// Full hostname, e.g. `k3x9qz2m.free.tunnel.test`.
+    pub hostname: String,
+    /// Why, kept for the record.
+    pub reason: String,
+}
+
+/// Admin: result of a takedown.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TakedownDone {
+    /// The tunnel that was closed, if one was live.
+    pub closed_tunnel: Option<i64>,
+    /// Records removed.
+    pub records_removed: u64,
+}
+
+/// Custom-domain routes an edge serves: `GET /v1/edges/{id}/routes` answers the verified
+/// custom domains of the edge's live tunnels.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EdgeRoutes {
+    /// `(custom domain, tunnel hostname)` pairs.
+    pub custom_domains: Vec<(String, String)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_shape_is_stable() {
+        let e = ApiError::new(ErrorCode::NameInUse, "taken");
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"error":{"code":"name_in_use","message":"taken"}}"#
+        );
+    }
+
+    #[test]
+    fn create_request_refuses_unknown_fields() {
+        let r = serde_json::from_str::<CreateTunnelRequest>(
+            r#"{"edge_id":"us-1","client_addr":"127.0.0.1","evil":1}"#,
+        );
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,8 @@
+//! Types shared by nearhop's processes, so that edge, control and pdns-backend cannot drift:
+//! the control API's requests, responses and error shape, and the rules for zones and names.
+
+pub mod api;
+pub mod names;
+
+pub use api::*;
+pub use names::*;
