@@ -792,13 +792,14 @@ fn read_name(msg: &[u8], mut off: usize) -> Result<(String, usize)> {
 /// Asks the primary for a CHECKPOINT every 100 ms while it lives. `pg_basebackup` starts with
 /// a *spread* checkpoint by default, which takes most of `checkpoint_timeout` (over a minute
 /// per replica); an explicitly requested checkpoint makes the one in progress finish at once.
-struct FastCheckpoints {
+pub struct FastCheckpoints {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl FastCheckpoints {
-    fn start(primary: PgEndpoint) -> FastCheckpoints {
+    /// Starts asking; stops when dropped.
+    pub fn start(primary: PgEndpoint) -> FastCheckpoints {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = std::sync::Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
