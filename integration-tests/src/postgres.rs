@@ -190,10 +190,21 @@ impl PgCluster {
             .arg("--no-instructions");
         run_as.apply(&mut init);
         run(init).context("initdb of the primary")?;
-        let sock_dir = dir.join("sockets");
-        std::fs::create_dir_all(&sock_dir)?;
-        run_as.own(&sock_dir)?;
-        write_server_conf(&primary_dir, &cfg.primary, &sock_dir, cfg.fsync, None)?;
+        // One socket directory per server: the servers share a port number on different
+        // addresses, and the unix socket's name carries only the port.
+        let sock_dir = |region: &str| -> Result<PathBuf> {
+            let d = dir.join(format!("sockets-{region}"));
+            std::fs::create_dir_all(&d)?;
+            run_as.own(&d)?;
+            Ok(d)
+        };
+        write_server_conf(
+            &primary_dir,
+            &cfg.primary,
+            &sock_dir(&cfg.primary.region)?,
+            cfg.fsync,
+            None,
+        )?;
         std::fs::write(
             primary_dir.join("pg_hba.conf"),
             "local all all trust\n\
@@ -227,7 +238,13 @@ impl PgCluster {
                 .arg(&rdir);
             run_as.apply(&mut bb);
             run(bb).with_context(|| format!("pg_basebackup for replica {}", r.region))?;
-            write_server_conf(&rdir, r, &sock_dir, cfg.fsync, Some(&cfg.primary))?;
+            write_server_conf(
+                &rdir,
+                r,
+                &sock_dir(&r.region)?,
+                cfg.fsync,
+                Some(&cfg.primary),
+            )?;
             std::fs::write(rdir.join("standby.signal"), "")?;
             run_as.own(&rdir.join("standby.signal"))?;
             let mut server = PgServer {

@@ -3,6 +3,7 @@
 
 use crate::control::{ControlProcess, ControlRegion, ControlSpec};
 use crate::edge::{EdgeProcess, EdgeSpec};
+use crate::pdns::{PdnsRegion, PdnsSpec};
 use crate::ports::free_port;
 use crate::postgres::{PgCluster, PgClusterConfig, PgEndpoint};
 use anyhow::Result;
@@ -135,7 +136,8 @@ pub struct Stack {
     /// The regions and their ports.
     pub regions: Vec<Region>,
     // Drop order is field order: edges first, then control and DNS, the database last.
-    // dns: (added by the pdns-backend harness)
+    /// Each region's `pdns_server` + pdns-backend (empty without `with_dns`).
+    pub dns: Vec<PdnsRegion>,
     /// One edge per region, when `with_edges` (drops first: tunnels close before control).
     pub edges: Vec<EdgeProcess>,
     /// Control.
@@ -205,9 +207,24 @@ impl Stack {
         if let Some(tweak) = opts.control_tweak {
             tweak(&mut spec);
         }
-        // dns: start each region's pdns_server + backend here (they need the schema, which
-        // control's `migrate` writes; control's serve waits on them for the lag race).
+        // Control's `migrate` writes the schema and the zones the backends load; control's
+        // lag-race wait then covers each region's backend.
         let control = ControlProcess::start(&dir.join("control"), &spec)?;
+        let mut dns = Vec::new();
+        if opts.with_dns {
+            for r in &regions {
+                let db = pg
+                    .endpoint_of(&r.name)
+                    .map(|e| e.conninfo())
+                    .unwrap_or_default();
+                let mut d = PdnsSpec::for_tests(&r.name, r.ip, db);
+                d.dns_port = r.ports.dns;
+                d.backend_http_port = r.ports.backend_http;
+                d.apex_prefixes = apex_map(&regions);
+                d.default_region = regions[0].name.clone();
+                dns.push(PdnsRegion::start(&dir.join(format!("dns-{}", r.name)), &d)?);
+            }
+        }
         // edges: one per region, on the region's address.
         let mut edges = Vec::new();
         if opts.with_edges {
@@ -222,6 +239,7 @@ impl Stack {
         Ok(Stack {
             regions,
             edges,
+            dns,
             control,
             pg,
             dir,
@@ -243,4 +261,18 @@ impl Stack {
     pub fn path(&self) -> &Path {
         &self.dir
     }
+}
+
+/// The local stack's client-subnet map for the connect name: each region's loopback address,
+/// and a documentation-style ECS subnet per region (`10.<n>.0.0/16`, n = 1, 2, 3, ...), each
+/// preferring its own region, then the others in order.
+pub fn apex_map(regions: &[Region]) -> Vec<(String, Vec<String>)> {
+    let mut map = Vec::new();
+    for (i, r) in regions.iter().enumerate() {
+        let mut prefs = vec![r.name.clone()];
+        prefs.extend(regions.iter().filter(|o| o.name != r.name).map(|o| o.name.clone()));
+        map.push((format!("{}/32", r.ip), prefs.clone()));
+        map.push((format!("10.{}.0.0/16", i + 1), prefs));
+    }
+    map
 }

@@ -1,0 +1,107 @@
+//! `nearhop-stack`: starts the whole local three-region stack in the foreground (`make up`):
+//! Postgres primary (us, 127.0.0.1) and streaming replicas (eu 127.0.0.2, ap 127.0.0.3),
+//! a `pdns_server` + pdns-backend per region, control, an edge per region. Ctrl-C stops
+//! everything it started.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use nearhop_stack::{Stack, StackOptions};
+use nearhop_wire::Plan;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "nearhop-stack", about = "Run nearhop's local three-region stack")]
+struct Cli {
+    /// Where data and logs go; emptied at start.
+    #[arg(long, default_value = ".stack")]
+    dir: PathBuf,
+    /// Lag-race bound in ms (0 turns the wait off).
+    #[arg(long, default_value_t = 3000)]
+    lag_wait_ms: u64,
+    /// fsync in Postgres (off is faster on a laptop, on is what production runs).
+    #[arg(long)]
+    fsync: bool,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    if cli.dir.exists() {
+        std::fs::remove_dir_all(&cli.dir)
+            .with_context(|| format!("emptying {}", cli.dir.display()))?;
+    }
+    let dir = std::path::absolute(&cli.dir)?;
+    eprintln!("starting the stack in {} ...", dir.display());
+    let stack = Stack::start(StackOptions {
+        fixed_ports: true,
+        with_dns: true,
+        with_edges: true,
+        fsync: cli.fsync,
+        lag_wait_ms: cli.lag_wait_ms,
+        dir: Some(dir.clone()),
+        ..Default::default()
+    })?;
+    let demo = stack.control.create_account(Plan::Pro)?;
+    let cfg = stack.control.config_path.display().to_string();
+    let us = &stack.regions[0];
+    println!();
+    println!("nearhop stack ready (data and logs in {})", dir.display());
+    println!();
+    println!("Demo pro account {} created; its token: {}", demo.account_id, demo.token);
+    println!("Expose a local port (here 8000) through the nearest edge:");
+    for r in &stack.regions {
+        println!(
+            "  {:>2}: ssh -p {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+             -R0:localhost:8000 {}@{}",
+            r.name, r.ports.ssh, demo.token, r.ip
+        );
+    }
+    println!("  anonymous free tunnel: ssh -p {} -R0:localhost:8000 {}", us.ports.ssh, us.ip);
+    println!();
+    println!("Accounts and tokens:");
+    println!(
+        "  target/debug/nearhop-control --config {cfg} account create --plan pro --name you"
+    );
+    println!("  target/debug/nearhop-control --config {cfg} token create --account ID");
+    println!();
+    println!("Resolve through each region's DNS:");
+    for r in &stack.regions {
+        println!(
+            "  {:>2}: dig @{} -p {} -b {} a.tunnel.test A   (the connect name: nearest region)",
+            r.name, r.ip, r.ports.dns, r.ip
+        );
+    }
+    println!("  a tunnel: dig @127.0.0.3 -p 5300 NAME.a.tunnel.test CNAME");
+    println!("Visit a tunnel: curl -H 'Host: NAME.a.tunnel.test' http://127.0.0.3:8080/");
+    println!();
+    println!("Metrics:");
+    println!("  control      {}/metrics", stack.control.url);
+    for r in &stack.regions {
+        println!(
+            "  {:>2} backend   http://{}:{}/metrics    edge http://{}:{}/metrics",
+            r.name, r.ip, r.ports.backend_http, r.ip, r.ports.admin
+        );
+    }
+    println!();
+    println!("Ctrl-C stops everything.");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })?;
+    eprintln!("stopping ...");
+    drop(stack);
+    eprintln!("stopped");
+    Ok(())
+}

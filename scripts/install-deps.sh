@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs what the local stack and the tests need on Debian 12, if missing.
+# Needs root or sudo for apt-get; prints what it would install otherwise.
+set -euo pipefail
+
+packages=(
+  postgresql            # primary and streaming replicas
+  libpq-dev             # diesel's libpq binding (control)
+  pdns-server           # pdns_server
+  pdns-backend-remote   # our backend's connector
+  pdns-backend-pgsql    # stock gpgsql: fallback and benchmark baseline
+  pdns-tools            # pdns_control
+  openssh-client        # the tunnel creator's client
+  openssh-server        # sshd: the edge benchmark's baseline
+  dnsutils              # dig
+  dnsperf               # DNS benchmarks
+  wrk                   # HTTP benchmarks
+  curl
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+echo "installing: ${missing[*]}"
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    sudo="sudo"
+  else
+    echo "error: ${missing[*]} missing and neither root nor sudo is available" >&2
+    exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+# Debian's packages would start system-wide services (pdns on port 53, a postgres cluster);
+# the stack runs its own processes, so keep the package scripts from starting any.
+policy=/usr/sbin/policy-rc.d
+created_policy=""
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+  $sudo chmod +x "$policy"
+  created_policy=1
+fi
+trap '[ -n "$created_policy" ] && $sudo rm -f "$policy"' EXIT
+$sudo apt-get update -qq || echo "warning: apt-get update failed; trying with the current lists" >&2
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
