@@ -16,6 +16,10 @@ use std::time::Instant;
 /// Bind addresses that mean "no particular name" in `-R [bind:]port:host:hostport`.
 const PLAIN_BIND_ADDRESSES: &[&str] = &["", "localhost", "0.0.0.0", "127.0.0.1", "::", "::1", "*"];
 
+/// Time a client has after its forwards are set up to open a session channel before it is
+/// taken for `ssh -N`.
+const NO_SESSION_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// Told to a client whose tunnel another connection took over.
 const REPLACED: &str = "a newer connection took over this name.";
 
@@ -135,6 +139,14 @@ impl SshSession {
             false,
             messages::tunnel_ready(&tunnel, &resp, edge.config.public_http_port(), user.qr),
         );
+        let (link, url) = (
+            self.link.clone(),
+            messages::public_url(&tunnel, edge.config.public_http_port()),
+        );
+        tokio::spawn(async move {
+            let text = format!("-- nearhop tunnel live: {url}");
+            link.tell_without_session(&text, NO_SESSION_GRACE).await;
+        });
         Ok(tunnel)
     }
 
@@ -309,7 +321,9 @@ impl Handler for SshSession {
             return Ok(false);
         }
         let started = Instant::now();
+        let setup = self.link.setup_started();
         let result = self.set_up(&user, address, port).await;
+        drop(setup);
         let outcome = if result.is_ok() { "ok" } else { "refused" };
         self.edge
             .metrics
@@ -410,10 +424,14 @@ impl Handler for SshSession {
 
     async fn data(
         &mut self,
-        _channel: ChannelId,
+        channel: ChannelId,
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        // Every channel's data passes here, visitors' too; only the session channel is input.
+        if self.link.session_channel() != Some(channel) {
+            return Ok(());
+        }
         // Ctrl-C or Ctrl-D in an interactive session ends it, as users of Pinggy expect.
         if data.iter().any(|b| *b == 3 || *b == 4) {
             self.link.queue(false, "Closing your tunnel. Bye.".into());

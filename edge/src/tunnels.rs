@@ -7,7 +7,7 @@ use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelId, CryptoVec};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,7 @@ pub struct SessionLink {
     handle: OnceLock<Handle>,
     ended: AtomicBool,
     authenticated: AtomicBool,
+    setups_in_flight: AtomicUsize,
     /// The session channel text is printed on, once the client asked for a shell or command.
     output: Mutex<Output>,
     /// Cancelled when the session ends.
@@ -48,6 +49,7 @@ impl SessionLink {
             handle: OnceLock::new(),
             ended: AtomicBool::new(false),
             authenticated: AtomicBool::new(false),
+            setups_in_flight: AtomicUsize::new(0),
             output: Mutex::new(Output::default()),
             gone: CancellationToken::new(),
         }
@@ -82,6 +84,50 @@ impl SessionLink {
     /// Whether the session is over.
     pub fn has_ended(&self) -> bool {
         self.ended.load(Ordering::SeqCst)
+    }
+
+    /// Counts a tunnel setup in progress until the guard drops.
+    pub fn setup_started(self: &Arc<Self>) -> SetupGuard {
+        self.setups_in_flight.fetch_add(1, Ordering::SeqCst);
+        SetupGuard(self.clone())
+    }
+
+    /// Tells a client that opened no session channel (`ssh -N`) its URL, once its pending
+    /// setups are done and it has had `grace` to open one.
+    ///
+    /// OpenSSH shows such a client nothing the server sends after authentication, except
+    /// errors: the refusal of a `forwarded-streamlocal` channel for an unknown path is
+    /// printed with the path, so the path carries the text. (The auth banner cannot carry
+    /// the URL: it is shown only before authentication succeeds, when the forwards and so
+    /// the name are not known yet.)
+    pub async fn tell_without_session(&self, text: &str, grace: Duration) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = self.gone.cancelled() => return,
+            }
+            if self.setups_in_flight.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+        }
+        if lock(&self.output).channel.is_some() || self.has_ended() {
+            return;
+        }
+        let Some(handle) = self.handle() else {
+            return;
+        };
+        // OpenSSH prints at most 100 characters of the path.
+        let path: String = text.chars().take(100).collect();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            handle.channel_open_forwarded_streamlocal(path),
+        )
+        .await;
+    }
+
+    /// The session channel, once opened.
+    pub fn session_channel(&self) -> Option<ChannelId> {
+        lock(&self.output).channel
     }
 
     /// Remembers the session channel; text is held until [`SessionLink::take_ready`].
@@ -168,6 +214,15 @@ impl SessionLink {
             Ok(_) => !self.has_ended(),
             Err(_) => false,
         }
+    }
+}
+
+/// Marks the end of a tunnel setup (see [`SessionLink::setup_started`]).
+pub struct SetupGuard(Arc<SessionLink>);
+
+impl Drop for SetupGuard {
+    fn drop(&mut self) {
+        self.0.setups_in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

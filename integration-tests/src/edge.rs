@@ -113,7 +113,12 @@ impl EdgeProcess {
             "NEARHOP_LOG",
             std::env::var("NEARHOP_TEST_LOG").unwrap_or_else(|_| "info,russh=warn".into()),
         );
-        self.process = Some(ChildGuard::spawn("nearhop-edge", cmd, &self.log, libc::SIGTERM)?);
+        self.process = Some(ChildGuard::spawn(
+            "nearhop-edge",
+            cmd,
+            &self.log,
+            libc::SIGTERM,
+        )?);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if http_get(&format!("{}/healthz", self.admin_url())).is_ok() {
@@ -320,7 +325,10 @@ impl SshClient {
         let deadline = Instant::now() + timeout;
         while self.guard.is_running() {
             if Instant::now() > deadline {
-                bail!("ssh still running after {timeout:?}; it printed:\n{}", self.output());
+                bail!(
+                    "ssh still running after {timeout:?}; it printed:\n{}",
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -13,7 +13,10 @@ fn ssh_client_gets_a_url_and_visitors_reach_its_local_server() {
     let token = s.pro_token();
     let mut client = s.ssh("pro", &http_tunnel(Some(&token), local.port));
     let url = client.wait_for_url(PATIENCE).unwrap();
-    assert!(url.contains(".a.tunnel.test"), "pro tunnels live in the pro zone: {url}");
+    assert!(
+        url.contains(".a.tunnel.test"),
+        "pro tunnels live in the pro zone: {url}"
+    );
     let out = client.output();
     assert!(out.contains("region us"), "the region is printed: {out}");
 
@@ -24,9 +27,15 @@ fn ssh_client_gets_a_url_and_visitors_reach_its_local_server() {
         .text()
         .unwrap();
     assert!(body.starts_with("hello from local"), "{body}");
-    assert!(body.contains("xff=127.0.0.1"), "X-Forwarded-For is added: {body}");
+    assert!(
+        body.contains("xff=127.0.0.1"),
+        "X-Forwarded-For is added: {body}"
+    );
     assert!(body.contains("xfp=http"), "{body}");
-    assert!(body.contains("xfh=") && body.contains(".a.tunnel.test"), "{body}");
+    assert!(
+        body.contains("xfh=") && body.contains(".a.tunnel.test"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -37,7 +46,10 @@ fn anonymous_client_gets_a_free_zone_name() {
     let url = client.wait_for_url(PATIENCE).unwrap();
     assert!(url.contains(".free.tunnel.test"), "{url}");
     let out = client.output();
-    assert!(out.contains("closes at"), "free tunnels say when they end: {out}");
+    assert!(
+        out.contains("closes at"),
+        "free tunnels say when they end: {out}"
+    );
     let status = visitor(&url, s.edge.http_addr())
         .get(format!("{url}/hello"))
         .send()
@@ -54,7 +66,10 @@ fn qr_keyword_prints_a_qr_code() {
     let mut client = s.ssh("qr", &http_tunnel(Some(&format!("{token}+qr")), local.port));
     client.wait_for_url(PATIENCE).unwrap();
     let out = client.wait_for("▀", PATIENCE).unwrap();
-    let qr_lines = out.lines().filter(|l| l.contains('█') || l.contains('▀')).count();
+    let qr_lines = out
+        .lines()
+        .filter(|l| l.contains('█') || l.contains('▀'))
+        .count();
     assert!(qr_lines > 10, "a QR code is drawn: {out}");
 }
 

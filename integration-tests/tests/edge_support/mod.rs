@@ -39,8 +39,13 @@ impl EdgeStack {
 
     /// Runs `ssh` against the edge.
     pub fn ssh(&self, name: &str, args: &SshArgs) -> SshClient {
-        SshClient::start(&self.stack.dir.join("ssh"), name, self.edge.ssh_addr(), args)
-            .expect("ssh starts")
+        SshClient::start(
+            &self.stack.dir.join("ssh"),
+            name,
+            self.edge.ssh_addr(),
+            args,
+        )
+        .expect("ssh starts")
     }
 
     /// A pro account's token.
@@ -107,6 +112,11 @@ pub struct LocalService {
 impl LocalService {
     /// Starts the service on its own thread and runtime.
     pub fn start() -> LocalService {
+        LocalService::start_tagged("local")
+    }
+
+    /// Starts a service whose `/hello` answer says `tag=<tag>`.
+    pub fn start_tagged(tag: &'static str) -> LocalService {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         std_listener.set_nonblocking(true).expect("nonblocking");
         let port = std_listener.local_addr().expect("addr").port();
@@ -123,7 +133,7 @@ impl LocalService {
                         continue;
                     };
                     tokio::spawn(async move {
-                        let _ = serve(stream).await;
+                        let _ = serve(stream, tag).await;
                     });
                 }
             });
@@ -135,7 +145,7 @@ impl LocalService {
     }
 }
 
-async fn serve(stream: TcpStream) -> std::io::Result<()> {
+async fn serve(stream: TcpStream, tag: &str) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut reader = BufReader::new(stream);
     loop {
@@ -192,7 +202,7 @@ async fn serve(stream: TcpStream) -> std::io::Result<()> {
             (0..n).map(blob_byte).collect()
         } else {
             format!(
-                "hello from local\nhost={}\nxff={}\nxfp={}\nxfh={}\nx-added={}\n",
+                "hello from local\ntag={tag}\nhost={}\nxff={}\nxfp={}\nxfh={}\nx-added={}\n",
                 header("host"),
                 header("x-forwarded-for"),
                 header("x-forwarded-proto"),

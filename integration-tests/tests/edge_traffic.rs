@@ -1,0 +1,166 @@
+//! Visitor traffic through a real edge and the stock OpenSSH client: large bodies arrive
+//! byte-identical, 100 concurrent visitors, an upgraded connection stays open while idle, TCP
+//! tunnels round-trip.
+
+mod edge_support;
+
+use edge_support::*;
+use nearhop_stack::edge::url_host_port;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+#[test]
+fn large_upload_and_download_are_byte_identical() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start();
+    let token = s.pro_token();
+    let mut client = s.ssh("bulk", &http_tunnel(Some(&token), local.port));
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let v = visitor(&url, s.edge.http_addr());
+
+    let size = 64 * 1024 * 1024;
+    let down = v
+        .get(format!("{url}/blob/{size}"))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert_eq!(down.len(), size);
+    let first_bad = down.iter().enumerate().find(|(i, b)| **b != blob_byte(*i));
+    assert!(first_bad.is_none(), "download differs at {first_bad:?}");
+
+    let upload: Vec<u8> = (0..32 * 1024 * 1024usize)
+        .map(|i| (i * 7 % 253) as u8)
+        .collect();
+    let back = v
+        .post(format!("{url}/echo"))
+        .body(upload.clone())
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert!(
+        back.as_ref() == upload.as_slice(),
+        "upload came back different"
+    );
+}
+
+#[test]
+fn hundred_concurrent_visitors_all_get_answers() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start();
+    let token = s.pro_token();
+    let mut client = s.ssh("many", &http_tunnel(Some(&token), local.port));
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let edge = s.edge.http_addr();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let results: Vec<Result<String, String>> = rt.block_on(async {
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                // One client each: one connection, so one SSH channel, per visitor.
+                let v = async_visitor(&url, edge);
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let r = v
+                        .get(format!("{url}/blob/{}", 1000 + i))
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let body = r.bytes().await.map_err(|e| e.to_string())?;
+                    if body.len() == 1000 + i
+                        && body.iter().enumerate().all(|(j, b)| *b == blob_byte(j))
+                    {
+                        Ok("ok".to_string())
+                    } else {
+                        Err(format!("visitor {i}: wrong body of {} bytes", body.len()))
+                    }
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
+        }
+        out
+    });
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} visitors failed: {failed:?}",
+        failed.len()
+    );
+    let metrics = s.edge.metrics().unwrap();
+    assert!(
+        metrics.contains("nearhop_edge_visitor_connections_total{listener=\"http\"} 100"),
+        "{metrics}"
+    );
+}
+
+/// Reads an HTTP response head from a raw stream.
+fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[test]
+fn upgraded_connection_stays_open_past_peer_idle_limits() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start();
+    let token = s.pro_token();
+    let mut client = s.ssh("ws", &http_tunnel(Some(&token), local.port));
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let (host, _) = url_host_port(&url).unwrap();
+    let mut ws = TcpStream::connect(s.edge.http_addr()).unwrap();
+    ws.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        ws,
+        "GET /socket HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+    )
+    .unwrap();
+    let head = read_head(&mut ws);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut buf = [0u8; 5];
+    ws.write_all(b"ping1").unwrap();
+    ws.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping1");
+    // sish cuts idle visitor connections after 5 s and pings dead after 10 s; stay idle
+    // longer than both.
+    std::thread::sleep(Duration::from_secs(12));
+    ws.write_all(b"ping2").unwrap();
+    ws.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping2");
+}
+
+#[test]
+fn tcp_tunnel_round_trips_bytes() {
+    let s = EdgeStack::start("");
+    let echo = tcp_echo();
+    let token = s.pro_token();
+    let mut client = s.ssh("tcp", &http_tunnel(Some(&format!("{token}+tcp")), echo));
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    assert!(url.starts_with("tcp://"), "{url}");
+    let (_, port) = url_host_port(&url).unwrap();
+    let (lo, hi) = s.edge.spec.tcp_ports;
+    assert!(
+        (lo..=hi).contains(&port),
+        "{port} is from the configured range"
+    );
+    let mut conn = TcpStream::connect((s.edge.spec.ip, port)).unwrap();
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 256) as u8).collect();
+    let mut writer = conn.try_clone().unwrap();
+    let sent = payload.clone();
+    let w = std::thread::spawn(move || writer.write_all(&sent));
+    let mut back = vec![0u8; payload.len()];
+    conn.read_exact(&mut back).unwrap();
+    w.join().unwrap().unwrap();
+    assert!(back == payload, "TCP bytes came back different");
+}
