@@ -32,6 +32,8 @@ struct Holder {
     edge_id: String,
     admin_url: String,
     lease_expired: bool,
+    /// Still inside its setup window: its edge may not know it yet.
+    in_setup: bool,
 }
 
 /// Everything decided before the write.
@@ -120,9 +122,21 @@ fn is_banned(conn: &mut PgConnection, zone: &str, label: &str) -> ControlResult<
     .get_result(conn)?)
 }
 
-fn holder_of(conn: &mut PgConnection, zone: &str, label: &str) -> ControlResult<Option<Holder>> {
+fn holder_of(
+    conn: &mut PgConnection,
+    zone: &str,
+    label: &str,
+    setup_window: chrono::Duration,
+) -> ControlResult<Option<Holder>> {
     let now = Utc::now();
-    let row: Option<(i64, Option<i64>, String, String, DateTime<Utc>)> = tunnels::table
+    let row: Option<(
+        i64,
+        Option<i64>,
+        String,
+        String,
+        DateTime<Utc>,
+        DateTime<Utc>,
+    )> = tunnels::table
         .inner_join(edges::table)
         .filter(tunnels::zone.eq(zone))
         .filter(tunnels::label.eq(label))
@@ -133,18 +147,26 @@ fn holder_of(conn: &mut PgConnection, zone: &str, label: &str) -> ControlResult<
             tunnels::edge_id,
             edges::admin_url,
             tunnels::lease_expires_at,
+            tunnels::created_at,
         ))
         .first(conn)
         .optional()?;
     Ok(row.map(
-        |(tunnel_id, account_id, edge_id, admin_url, lease)| Holder {
+        |(tunnel_id, account_id, edge_id, admin_url, lease, created)| Holder {
             tunnel_id,
             account_id,
             edge_id,
             admin_url,
             lease_expired: lease < now,
+            in_setup: now - created < setup_window,
         },
     ))
+}
+
+/// How long after its creation a tunnel counts as being set up: the lag-race bound plus the
+/// edge's round trip, after which its edge has learned of it or it never will.
+fn setup_window(st: &AppState) -> chrono::Duration {
+    chrono::Duration::milliseconds((st.cfg.lag_wait_ms + st.cfg.edge_call_ms + 1000) as i64)
 }
 
 /// Picks the account's persistent name in `zone`, creating it on the first tunnel.
@@ -335,7 +357,7 @@ fn plot(conn: &mut PgConnection, st: &AppState, req: &CreateTunnelRequest) -> Co
             for _ in 0..8 {
                 let label = random_label();
                 if !is_banned(conn, &zone.name, &label)?
-                    && holder_of(conn, &zone.name, &label)?.is_none()
+                    && holder_of(conn, &zone.name, &label, setup_window(st))?.is_none()
                 {
                     drawn = Some(label);
                     break;
@@ -345,7 +367,7 @@ fn plot(conn: &mut PgConnection, st: &AppState, req: &CreateTunnelRequest) -> Co
                 .ok_or_else(|| ControlError::Internal("could not draw a free random name".into()))?
         }
     };
-    let holder = holder_of(conn, &zone.name, &label)?;
+    let holder = holder_of(conn, &zone.name, &label, setup_window(st))?;
     if let Some(h) = &holder {
         if h.account_id != caller.account_id {
             return Err(ControlError::refused(
@@ -413,6 +435,15 @@ async fn settle_holder(
                 "{hostname} is in use by a live tunnel on edge {}; add `force` to the \
                  username (TOKEN+force@...) to close it and take over",
                 holder.edge_id
+            ),
+        )),
+        // A tunnel still in its setup window is unknown to its edge until control answers
+        // the edge, so "unknown" does not mean dead yet: the two setups are racing.
+        Liveness::Dead if holder.in_setup => Err(ControlError::refused(
+            ErrorCode::NameInUse,
+            format!(
+                "{hostname} is being set up by another connection right now; add `force` \
+                 to the username to take it over"
             ),
         )),
         Liveness::Dead => Ok("client_dead"),
