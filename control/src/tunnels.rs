@@ -323,7 +323,12 @@ fn plot(conn: &mut PgConnection, st: &AppState, req: &CreateTunnelRequest) -> Co
             ));
         }
     }
-    let domain_id = crate::zones::ensure_domain(conn, &zone.name)?;
+    let domain_id = crate::zones::domain_id(conn, &zone.name).optional()?.ok_or_else(|| {
+        ControlError::Internal(format!(
+            "zone {} is not in the domains table; run `nearhop-control migrate`",
+            zone.name
+        ))
+    })?;
     let label = match (caller.plan, caller.account_id, requested) {
         (Plan::Pro, Some(account_id), Some(label)) => {
             if is_banned(conn, &zone.name, &label)? {

@@ -22,6 +22,14 @@ pub fn ensure_domain(conn: &mut PgConnection, zone: &str) -> QueryResult<i32> {
         .first(conn)
 }
 
+/// Domain id of a zone: a read, for the hot path (the zones are seeded at start).
+pub fn domain_id(conn: &mut PgConnection, zone: &str) -> QueryResult<i32> {
+    domains::table
+        .filter(domains::name.eq(zone))
+        .select(domains::id)
+        .first(conn)
+}
+
 /// SOA content with all seven fields; `minimum` is the negative-caching TTL. Names are
 /// written without the trailing dot, as the generic SQL schema stores them.
 pub fn soa_content(zone: &ZoneConfig, serial: u32) -> String {

@@ -1,0 +1,170 @@
+//! Control benchmark: tunnel creations per second and creation latency (p50/p99) on the local
+//! stack (Postgres primary + two streaming replicas, a pdns-backend per region), with the
+//! lag-race wait on and off, side by side in one run on the same database.
+//!
+//!     cargo build --release --workspace --bins
+//!     NEARHOP_PROFILE=release target/release/bench_control [creations-per-run]
+
+use anyhow::{bail, Result};
+use nearhop_stack::{Stack, StackOptions};
+use nearhop_wire::{CreateTunnelRequest, CreateTunnelResponse, RegisterEdgeRequest, TunnelKind};
+use reqwest::blocking::Client;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Run {
+    label: String,
+    concurrency: usize,
+    total: usize,
+    elapsed: Duration,
+    latencies_ms: Vec<f64>,
+    wait_ms: Vec<f64>,
+    unconfirmed: usize,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn create(http: &Client, base: &str, secret: &str, edge: &str) -> Result<CreateTunnelResponse> {
+    let r = http
+        .post(format!("{base}/v1/tunnels"))
+        .bearer_auth(secret)
+        .json(&CreateTunnelRequest {
+            edge_id: edge.into(),
+            token: None,
+            requested_name: None,
+            kind: TunnelKind::Http,
+            force: false,
+            client_addr: "127.0.0.9".into(),
+        })
+        .send()?;
+    if r.status().as_u16() != 201 {
+        bail!("create failed: {} {}", r.status(), r.text().unwrap_or_default());
+    }
+    Ok(r.json()?)
+}
+
+fn run(stack: &Stack, label: &str, concurrency: usize, total: usize) -> Result<Run> {
+    let base = Arc::new(stack.control.url.clone());
+    let secret = Arc::new(stack.control.edge_secret.clone());
+    let per = total / concurrency;
+    let started = Instant::now();
+    let handles: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (base, secret) = (base.clone(), secret.clone());
+            std::thread::spawn(move || -> Result<Vec<(f64, f64, bool)>> {
+                let http = Client::builder().timeout(Duration::from_secs(30)).build()?;
+                let mut out = Vec::with_capacity(per);
+                for _ in 0..per {
+                    let t0 = Instant::now();
+                    let r = create(&http, &base, &secret, "ap-bench")?;
+                    out.push((
+                        t0.elapsed().as_secs_f64() * 1000.0,
+                        r.dns.wait_ms as f64,
+                        r.dns.unconfirmed.is_empty(),
+                    ));
+                }
+                Ok(out)
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    let mut waits = Vec::new();
+    let mut unconfirmed = 0;
+    for h in handles {
+        let rows = h.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+        for (l, w, ok) in rows {
+            lat.push(l);
+            waits.push(w);
+            if !ok {
+                unconfirmed += 1;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    waits.sort_by(|a, b| a.total_cmp(b));
+    Ok(Run {
+        label: label.into(),
+        concurrency,
+        total: per * concurrency,
+        elapsed,
+        latencies_ms: lat,
+        wait_ms: waits,
+        unconfirmed,
+    })
+}
+
+fn set_lag_wait(stack: &mut Stack, ms: u64) -> Result<()> {
+    stack.control.stop();
+    let cfg = std::fs::read_to_string(&stack.control.config_path)?;
+    let mut out = String::new();
+    for line in cfg.lines() {
+        if line.starts_with("lag_wait_ms") {
+            out.push_str(&format!("lag_wait_ms = {ms}\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    std::fs::write(&stack.control.config_path, out)?;
+    stack.control.restart()
+}
+
+fn main() -> Result<()> {
+    let total: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2000);
+    let mut stack = Stack::start(StackOptions {
+        with_dns: true,
+        fsync: true,
+        ..Default::default()
+    })?;
+    let http = Client::new();
+    let r = http
+        .post(format!("{}/v1/edges/register", stack.control.url))
+        .bearer_auth(&stack.control.edge_secret)
+        .json(&RegisterEdgeRequest {
+            edge_id: "ap-bench".into(),
+            region: "ap".into(),
+            admin_url: "http://127.0.0.1:9".into(),
+        })
+        .send()?;
+    if !r.status().is_success() {
+        bail!("register: {}", r.text()?);
+    }
+    // Warm up connections and caches.
+    run(&stack, "warm-up", 4, 200)?;
+    let mut runs = Vec::new();
+    for conc in [1, 8] {
+        set_lag_wait(&mut stack, 3000)?;
+        runs.push(run(&stack, "wait on (us, eu, ap backends)", conc, total)?);
+        set_lag_wait(&mut stack, 0)?;
+        runs.push(run(&stack, "wait off", conc, total)?);
+    }
+    println!(
+        "| mode | clients | creations | creations/s | p50 ms | p99 ms | wait p50 ms | wait p99 ms | unconfirmed |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in &runs {
+        println!(
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {} |",
+            r.label,
+            r.concurrency,
+            r.total,
+            r.total as f64 / r.elapsed.as_secs_f64(),
+            percentile(&r.latencies_ms, 0.5),
+            percentile(&r.latencies_ms, 0.99),
+            percentile(&r.wait_ms, 0.5),
+            percentile(&r.wait_ms, 0.99),
+            r.unconfirmed
+        );
+    }
+    Ok(())
+}
