@@ -1,0 +1,175 @@
+//! Hostile and careless input against a real edge: bad tokens, absurd usernames, thousands
+//! of forward requests, slowloris visitors, megabyte header lines, unknown hosts. Each gets a
+//! clear answer; the edge keeps serving and leaks nothing.
+
+mod edge_support;
+
+use edge_support::*;
+use nearhop_stack::edge::{url_host_port, SshArgs};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// The value of an unlabelled metric line `name value`.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn assert_serving(s: &EdgeStack, url: &str) {
+    let body = visitor(url, s.edge.http_addr())
+        .get(format!("{url}/hello"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(body.starts_with("hello from local"), "{body}");
+}
+
+#[test]
+fn bad_tokens_and_absurd_usernames_get_clear_sentences() {
+    let mut s = EdgeStack::start("");
+    let local = LocalService::start();
+    let cases = [
+        ("no-such-token", "Your token was not accepted"),
+        ("tok+bogus", "\"bogus\" is not a keyword"),
+        ("tok++http", "empty part"),
+        ("http+tcp", "choose one of http, tcp or tls"),
+        ("tok~x*y", "holds characters that no nearhop token has"),
+    ];
+    for (i, (user, expected)) in cases.iter().enumerate() {
+        let mut c = s.ssh(&format!("bad-{i}"), &http_tunnel(Some(user), local.port));
+        let out = c.wait_exit(PATIENCE).unwrap();
+        assert!(out.contains(expected), "{user:?}: {out}");
+    }
+    let long = "a".repeat(5000);
+    let mut c = s.ssh("long", &http_tunnel(Some(&long), local.port));
+    let out = c.wait_exit(PATIENCE).unwrap();
+    assert!(out.contains("characters long"), "{out}");
+    assert!(s.edge.is_running());
+}
+
+#[test]
+fn thousands_of_forward_requests_are_capped_and_nothing_leaks() {
+    let s = EdgeStack::start("max_forwards_per_session = 8\n");
+    let local = LocalService::start();
+    let token = s.pro_token();
+    let args = SshArgs {
+        user: Some(token),
+        forwards: (0..2000)
+            .map(|i| format!("n{i}:0:localhost:{}", local.port))
+            .collect(),
+        ..SshArgs::default()
+    };
+    let mut c = s.ssh("flood", &args);
+    let out = c
+        .wait_for("at most 8 forwards per connection", PATIENCE)
+        .unwrap();
+    let urls = out.lines().filter(|l| l.contains("http://n")).count();
+    assert_eq!(urls, 8, "{out}");
+    let m = s.edge.metrics().unwrap();
+    assert!(
+        m.contains("nearhop_edge_tunnels_active{kind=\"http\",zone=\"a.tunnel.test\"} 8"),
+        "{m}"
+    );
+    c.stop();
+    eventually("tunnels closed after the client left", || {
+        let m = s.edge.metrics()?;
+        anyhow::ensure!(
+            m.contains("nearhop_edge_tunnels_active{kind=\"http\",zone=\"a.tunnel.test\"} 0"),
+            "still live"
+        );
+        anyhow::ensure!(
+            metric(&m, "nearhop_edge_ssh_sessions_active") == Some(0.0),
+            "session"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn slowloris_visitors_are_cut_and_others_still_served() {
+    let s = EdgeStack::start("visitor_header_timeout_seconds = 2\n");
+    let local = LocalService::start();
+    let token = s.pro_token();
+    let mut c = s.ssh("slow", &http_tunnel(Some(&token), local.port));
+    let url = c.wait_for_url(PATIENCE).unwrap();
+    let (host, _) = url_host_port(&url).unwrap();
+    let mut slow: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut t = TcpStream::connect(s.edge.http_addr()).unwrap();
+            write!(t, "GET / HTTP/1.1\r\nHost: {host}\r\nX-Slow: ").unwrap();
+            t
+        })
+        .collect();
+    assert_serving(&s, &url);
+    for t in &mut slow {
+        t.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut buf = [0u8; 512];
+        // Closed (0 bytes or reset) or answered with an error status: either ends it.
+        match t.read(&mut buf) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                assert!(text.starts_with("HTTP/1.1 4"), "{text}");
+            }
+        }
+    }
+    drop(slow);
+    eventually("slow connections released", || {
+        let m = s.edge.metrics()?;
+        anyhow::ensure!(
+            metric(&m, "nearhop_edge_visitor_connections_active") == Some(0.0),
+            "connections still open"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn megabyte_header_lines_and_unknown_hosts_get_errors_not_crashes() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start();
+    let token = s.pro_token();
+    let mut c = s.ssh("big", &http_tunnel(Some(&token), local.port));
+    let url = c.wait_for_url(PATIENCE).unwrap();
+    let (host, _) = url_host_port(&url).unwrap();
+
+    for _ in 0..5 {
+        let mut t = TcpStream::connect(s.edge.http_addr()).unwrap();
+        t.set_read_timeout(Some(PATIENCE)).unwrap();
+        let big = "a".repeat(2 * 1024 * 1024);
+        // The edge may close before the whole line is written; that is an answer too.
+        let _ = write!(t, "GET / HTTP/1.1\r\nHost: {host}\r\nX-Big: {big}\r\n\r\n");
+        let mut buf = Vec::new();
+        let _ = t.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 431") || text.starts_with("HTTP/1.1 400"),
+            "{text}"
+        );
+    }
+
+    let resp = reqwest::blocking::Client::new()
+        .get(format!("http://{}/", s.edge.http_addr()))
+        .header("host", "nobody.a.tunnel.test")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(resp.text().unwrap().contains("No tunnel here"));
+
+    let mut t = TcpStream::connect(s.edge.http_addr()).unwrap();
+    t.set_read_timeout(Some(PATIENCE)).unwrap();
+    t.write_all(b"\x16\x03\x01\x02\x00garbage that is not HTTP\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = t.read_to_end(&mut buf);
+
+    assert_serving(&s, &url);
+    std::thread::sleep(Duration::from_millis(100));
+    let m = s.edge.metrics().unwrap();
+    assert!(
+        m.contains("nearhop_edge_http_responses_total{class=\"4xx\",origin=\"edge\"}"),
+        "{m}"
+    );
+}
