@@ -122,6 +122,9 @@ fn is_banned(conn: &mut PgConnection, zone: &str, label: &str) -> ControlResult<
     .get_result(conn)?)
 }
 
+/// id, account, edge, edge admin URL, lease end, creation time.
+type HolderRow = (i64, Option<i64>, String, String, DateTime<Utc>, DateTime<Utc>);
+
 fn holder_of(
     conn: &mut PgConnection,
     zone: &str,
@@ -129,14 +132,7 @@ fn holder_of(
     setup_window: chrono::Duration,
 ) -> ControlResult<Option<Holder>> {
     let now = Utc::now();
-    let row: Option<(
-        i64,
-        Option<i64>,
-        String,
-        String,
-        DateTime<Utc>,
-        DateTime<Utc>,
-    )> = tunnels::table
+    let row: Option<HolderRow> = tunnels::table
         .inner_join(edges::table)
         .filter(tunnels::zone.eq(zone))
         .filter(tunnels::label.eq(label))

@@ -480,3 +480,82 @@ fn free_zone_rate_limit_is_per_source_and_says_when_to_retry() {
     other.client_addr = "127.0.0.10:1".into();
     api.create(&other).unwrap();
 }
+
+#[test]
+fn admin_api_needs_its_own_secret_and_mirrors_the_cli() {
+    let stack = start(None);
+    let http = Client::new();
+    let base = &stack.control.url;
+    // The edge secret does not open the admin API.
+    let r = http
+        .post(format!("{base}/v1/admin/accounts"))
+        .bearer_auth(&stack.control.edge_secret)
+        .json(&serde_json::json!({"name": "x", "plan": "pro"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let admin = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+        let mut req = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(&stack.control.admin_secret);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<serde_json::Value>().unwrap())
+    };
+    let (s, acct) = admin(
+        reqwest::Method::POST,
+        "/v1/admin/accounts",
+        Some(serde_json::json!({"name": "shop", "plan": "pro"})),
+    );
+    assert_eq!(s, 201, "{acct}");
+    let id = acct["account_id"].as_i64().unwrap();
+    let (s, v) = admin(
+        reqwest::Method::POST,
+        &format!("/v1/admin/accounts/{id}/names"),
+        Some(serde_json::json!({"name": "Storefront"})),
+    );
+    assert_eq!(
+        (s, v["hostname"].as_str()),
+        (201, Some("storefront.a.tunnel.test"))
+    );
+    let (s, v) = admin(
+        reqwest::Method::POST,
+        &format!("/v1/admin/accounts/{id}/domains"),
+        Some(serde_json::json!({"domain": "Shop.Example.", "target": "storefront"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["domain"], "shop.example");
+    assert_eq!(v["cname_target"], "storefront.a.tunnel.test");
+    assert_eq!(v["txt_name"], "_nearhop.shop.example");
+    assert_eq!(v["verified"], false);
+    let (s, v) = admin(
+        reqwest::Method::POST,
+        &format!("/v1/admin/accounts/{id}/domains"),
+        Some(serde_json::json!({"domain": "x.a.tunnel.test", "target": "storefront"})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_name"))
+    );
+    let (s, tok) = admin(
+        reqwest::Method::POST,
+        &format!("/v1/admin/accounts/{id}/tokens"),
+        None,
+    );
+    assert_eq!(s, 201);
+    let (s, _) = admin(
+        reqwest::Method::DELETE,
+        &format!("/v1/admin/tokens/{}", tok["token_id"]),
+        None,
+    );
+    assert_eq!(s, 200);
+    let (s, v) = admin(reqwest::Method::DELETE, "/v1/admin/tokens/999999", None);
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+    let (s, v) = admin(reqwest::Method::DELETE, "/v1/admin/tokens/abc", None);
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_request")));
+    let (s, v) = admin(reqwest::Method::GET, "/v1/nothing-here", None);
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+}

@@ -44,7 +44,11 @@ fn create(http: &Client, base: &str, secret: &str, edge: &str) -> Result<CreateT
         })
         .send()?;
     if r.status().as_u16() != 201 {
-        bail!("create failed: {} {}", r.status(), r.text().unwrap_or_default());
+        bail!(
+            "create failed: {} {}",
+            r.status(),
+            r.text().unwrap_or_default()
+        );
     }
     Ok(r.json()?)
 }
