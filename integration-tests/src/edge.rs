@@ -351,6 +351,15 @@ impl SshClient {
     }
 }
 
+/// The ready-to-paste command a user runs against `edge` (for `make up`): an HTTP tunnel
+/// to local port 8000.
+pub fn demo_command(edge: &EdgeProcess, token: &str) -> String {
+    format!(
+        "ssh -p {} -o ServerAliveInterval=30 -R0:localhost:8000 {token}@{}",
+        edge.spec.ssh, edge.spec.ip
+    )
+}
+
 /// The first `http://` or `tcp://` URL in `text`.
 pub fn find_url(text: &str) -> Option<String> {
     text.split_whitespace()

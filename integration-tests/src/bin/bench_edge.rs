@@ -1,0 +1,402 @@
+//! Edge benchmark, one run, side by side: HTTP requests/s and p50/p99 latency (wrk) and bulk
+//! download MB/s through nearhop-edge vs OpenSSH `sshd` remote forwarding vs direct, to the
+//! same nginx; memory per idle tunnel with many tunnels open (russh load client); setup time
+//! from `ssh` start to URL printed on the local stack.
+//!
+//! Build release binaries first, then run (see docs/benchmarks.md, section Edge):
+//!     cargo build --release -p nearhop-edge -p nearhop-control --bins --example idle_tunnels
+//!     NEARHOP_PROFILE=release cargo run --release -p nearhop-integration-tests --bin bench_edge
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use nearhop_stack::control::bin_path;
+use nearhop_stack::edge::{url_host_port, EdgeProcess, EdgeSpec, SshArgs, SshClient};
+use nearhop_stack::ports::free_port;
+use nearhop_stack::process::{run, ChildGuard};
+use nearhop_stack::{Stack, StackOptions};
+use nearhop_wire::Plan;
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Args {
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// wrk connections.
+    #[arg(long, default_value_t = 50)]
+    connections: u32,
+    /// wrk threads.
+    #[arg(long, default_value_t = 2)]
+    threads: u32,
+    /// Size of the bulk download, MB.
+    #[arg(long, default_value_t = 100)]
+    bulk_mb: usize,
+    /// Idle tunnels for the memory measurement.
+    #[arg(long, default_value_t = 1000)]
+    idle_tunnels: usize,
+    /// Sequential `ssh` runs for the setup-time measurement.
+    #[arg(long, default_value_t = 30)]
+    setups: usize,
+}
+
+const LOCAL: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+
+struct Wrk {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let tmp = tempfile::Builder::new()
+        .prefix("nearhop-bench-edge-")
+        .tempdir()?;
+    let dir = tmp.path().to_path_buf();
+    eprintln!("bench dir: {}", dir.display());
+
+    let nginx_port = free_port(LOCAL);
+    let _nginx = start_nginx(&dir.join("nginx"), nginx_port, args.bulk_mb)?;
+    let sshd_port = free_port(LOCAL);
+    let key = start_sshd_keys(&dir.join("sshd"))?;
+    let _sshd = start_sshd(&dir.join("sshd"), sshd_port)?;
+
+    let stack = Stack::start(StackOptions::default())?;
+    let mut spec = EdgeSpec::for_tests("us", LOCAL, &stack.control.url, &stack.control.edge_secret);
+    spec.extra_toml = "max_forwards_per_session = 4\n".into();
+    let edge = EdgeProcess::start(&dir.join("edge"), spec)?;
+
+    // The three paths to nginx.
+    let direct = format!("http://127.0.0.1:{nginx_port}");
+    let rport = free_port(LOCAL);
+    let mut sshd_client = SshClient::start(
+        &dir.join("ssh"),
+        "sshd-forward",
+        (LOCAL, sshd_port).into(),
+        &SshArgs {
+            user: Some("root".into()),
+            forwards: vec![format!("127.0.0.1:{rport}:127.0.0.1:{nginx_port}")],
+            no_command: true,
+            options: vec![
+                format!("IdentityFile={}", key.display()),
+                "IdentitiesOnly=yes".into(),
+            ],
+            command: vec![],
+        },
+    )?;
+    let via_sshd = format!("http://127.0.0.1:{rport}");
+    wait_http(&format!("{via_sshd}/"), &mut sshd_client)?;
+
+    let token = stack.control.create_account(Plan::Pro)?.token;
+    let mut edge_client = SshClient::start(
+        &dir.join("ssh"),
+        "edge-forward",
+        edge.ssh_addr(),
+        &SshArgs {
+            user: Some(token),
+            forwards: vec![format!("0:127.0.0.1:{nginx_port}")],
+            ..SshArgs::default()
+        },
+    )?;
+    let url = edge_client.wait_for_url(Duration::from_secs(30))?;
+    let (host, _) = url_host_port(&url)?;
+    let via_edge = format!("http://{}", edge.http_addr());
+
+    let mut rows = Vec::new();
+    for (name, base, host_header) in [
+        ("direct", direct.as_str(), None),
+        ("OpenSSH sshd -R", via_sshd.as_str(), None),
+        ("nearhop-edge", via_edge.as_str(), Some(host.as_str())),
+    ] {
+        let w = wrk(&args, &format!("{base}/"), host_header)?;
+        let mbps = bulk(&format!("{base}/big.bin"), host_header, args.bulk_mb)?;
+        rows.push((name, w, mbps));
+    }
+
+    println!("\n## HTTP through each path (wrk -t{} -c{} -d{}s, 612-byte page; bulk: {} MB file, curl)\n", args.threads, args.connections, args.duration, args.bulk_mb);
+    println!("| path | requests/s | p50 ms | p99 ms | bulk MB/s |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (name, w, mbps) in &rows {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} |",
+            w.rps, w.p50_ms, w.p99_ms, mbps
+        );
+    }
+    let sshd = &rows[1];
+    let ours = &rows[2];
+    println!(
+        "\nedge / sshd: requests/s x{:.2}, p99 x{:.2}, bulk x{:.2}",
+        ours.1.rps / sshd.1.rps,
+        ours.1.p99_ms / sshd.1.p99_ms,
+        ours.2 / sshd.2
+    );
+    edge_client.stop();
+    sshd_client.stop();
+
+    setup_times(&args, &stack, &edge, nginx_port, &dir)?;
+    idle_memory(&args, &stack, &edge)?;
+    Ok(())
+}
+
+/// Time from starting `ssh` to the URL on its output, sequentially.
+fn setup_times(
+    args: &Args,
+    stack: &Stack,
+    edge: &EdgeProcess,
+    port: u16,
+    dir: &Path,
+) -> Result<()> {
+    let token = stack.control.create_account(Plan::Pro)?.token;
+    let mut ms = Vec::new();
+    for i in 0..args.setups {
+        let t0 = Instant::now();
+        let mut c = SshClient::start(
+            &dir.join("ssh"),
+            &format!("setup-{i}"),
+            edge.ssh_addr(),
+            &SshArgs {
+                user: Some(token.clone()),
+                forwards: vec![format!("s{i}:0:127.0.0.1:{port}")],
+                ..SshArgs::default()
+            },
+        )?;
+        c.wait_for_url(Duration::from_secs(30))?;
+        ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        c.stop();
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "\n## Setup time, `ssh` start to URL printed ({} sequential runs, 3-region stack, lag wait on both replicas)\n\np50 {:.0} ms, p99 {:.0} ms, min {:.0} ms, max {:.0} ms",
+        ms.len(),
+        pct(&ms, 0.5),
+        pct(&ms, 0.99),
+        ms[0],
+        ms[ms.len() - 1]
+    );
+    Ok(())
+}
+
+/// Edge RSS growth per idle tunnel with `idle_tunnels` sessions open.
+fn idle_memory(args: &Args, stack: &Stack, edge: &EdgeProcess) -> Result<()> {
+    let per_token = 40;
+    let accounts = args.idle_tunnels.div_ceil(per_token);
+    let mut tokens = Vec::new();
+    for _ in 0..accounts {
+        tokens.push(stack.control.create_account(Plan::Pro)?.token);
+    }
+    let pid = edge.pid().context("edge pid")?;
+    let before = rss_kib(pid)?;
+    let load = bin_path("examples/idle_tunnels")?;
+    let mut child = Command::new(load)
+        .arg(edge.ssh_addr().to_string())
+        .arg(args.idle_tunnels.to_string())
+        .arg("16")
+        .arg(tokens.join(","))
+        .arg(per_token.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    // Let allocator and buffers settle.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rss_kib(pid)?;
+    let report: serde_json::Value =
+        serde_json::from_str(line.trim()).with_context(|| format!("load client said {line:?}"))?;
+    let up = report["up"].as_u64().unwrap_or(0).max(1);
+    println!(
+        "\n## Idle tunnels ({} SSH sessions, one tunnel each, russh load client, 16 setups at a time)\n\nedge RSS {} KiB before, {} KiB with {} tunnels up ({} failed): {:.1} KiB per idle tunnel; setup under load p50 {} ms, p99 {} ms, all up in {} s",
+        args.idle_tunnels,
+        before,
+        after,
+        up,
+        report["failed"],
+        (after.saturating_sub(before)) as f64 / up as f64,
+        report["setup_p50_ms"],
+        report["setup_p99_ms"],
+        report["seconds"]
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(())
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")
+}
+
+fn wrk(args: &Args, url: &str, host: Option<&str>) -> Result<Wrk> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t", &args.threads.to_string()])
+        .args(["-c", &args.connections.to_string()])
+        .args(["-d", &format!("{}s", args.duration)])
+        .arg("--latency");
+    if let Some(h) = host {
+        cmd.args(["-H", &format!("Host: {h}")]);
+    }
+    cmd.arg(url);
+    let out = run(cmd)?;
+    let mut w = Wrk {
+        rps: 0.0,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+    };
+    for line in out.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("Requests/sec:"), Some(v)) => w.rps = v.parse()?,
+            (Some("50%"), Some(v)) => w.p50_ms = duration_ms(v)?,
+            (Some("99%"), Some(v)) => w.p99_ms = duration_ms(v)?,
+            _ => {}
+        }
+    }
+    if line_has_errors(&out) {
+        eprintln!("wrk reported errors for {url}:\n{out}");
+    }
+    Ok(w)
+}
+
+fn line_has_errors(out: &str) -> bool {
+    out.contains("Socket errors") || out.contains("Non-2xx")
+}
+
+fn duration_ms(v: &str) -> Result<f64> {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).context("unit")?);
+    let n: f64 = num.parse()?;
+    Ok(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => bail!("unknown unit in {v}"),
+    })
+}
+
+fn bulk(url: &str, host: Option<&str>, mb: usize) -> Result<f64> {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download} %{time_total}",
+    ]);
+    if let Some(h) = host {
+        cmd.args(["-H", &format!("Host: {h}")]);
+    }
+    cmd.arg(url);
+    let out = run(cmd)?;
+    let mut it = out.split_whitespace();
+    let size: f64 = it.next().context("size")?.parse()?;
+    let secs: f64 = it.next().context("time")?.parse()?;
+    if size as usize != mb * 1024 * 1024 {
+        bail!("bulk download from {url} got {size} bytes");
+    }
+    Ok(size / 1e6 / secs)
+}
+
+fn wait_http(url: &str, client: &mut SshClient) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", url])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return Ok(());
+        }
+        if !client.is_running() || Instant::now() > deadline {
+            bail!("forward {url} never answered: {}", client.output());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_nginx(dir: &Path, port: u16, bulk_mb: usize) -> Result<ChildGuard> {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www)?;
+    // nginx's default welcome page is 612 bytes; serve a page of that size.
+    std::fs::write(www.join("index.html"), "x".repeat(611) + "\n")?;
+    let big: Vec<u8> = (0..bulk_mb * 1024 * 1024)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    std::fs::write(www.join("big.bin"), big)?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+             sendfile on; keepalive_requests 1000000;\n\
+             server {{ listen 127.0.0.1:{port}; root {w}; }} }}\n",
+            d = dir.display(),
+            w = www.display()
+        ),
+    )?;
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-c").arg(&conf).arg("-p").arg(dir);
+    let g = ChildGuard::spawn("nginx", cmd, &dir.join("nginx.log"), libc::SIGQUIT)?;
+    wait_port(port)?;
+    Ok(g)
+}
+
+fn start_sshd_keys(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    for (name, comment) in [("host_key", "host"), ("client_key", "client")] {
+        let p = dir.join(name);
+        if !p.exists() {
+            let mut cmd = Command::new("ssh-keygen");
+            cmd.args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+                .arg(&p);
+            run(cmd)?;
+        }
+    }
+    std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys"))?;
+    Ok(dir.join("client_key"))
+}
+
+fn start_sshd(dir: &Path, port: u16) -> Result<ChildGuard> {
+    // sshd insists on its privilege-separation directory.
+    std::fs::create_dir_all("/run/sshd")?;
+    let conf = dir.join("sshd_config");
+    std::fs::write(
+        &conf,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin yes\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nAllowTcpForwarding yes\n",
+            d = dir.display()
+        ),
+    )?;
+    let mut cmd = Command::new("/usr/sbin/sshd");
+    cmd.arg("-D").arg("-e").arg("-f").arg(&conf);
+    let g = ChildGuard::spawn("sshd", cmd, &dir.join("sshd.log"), libc::SIGTERM)?;
+    wait_port(port)?;
+    Ok(g)
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect((LOCAL, port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
