@@ -276,3 +276,61 @@ pub fn apex_map(regions: &[Region]) -> Vec<(String, Vec<String>)> {
     }
     map
 }
+
+// Fault injection and per-region access for the end-to-end tests.
+impl Stack {
+    /// The edge of region `name`, mutably.
+    pub fn edge_mut(&mut self, name: &str) -> Option<&mut EdgeProcess> {
+        self.edges.iter_mut().find(|e| e.spec.region == name)
+    }
+
+    /// Stops the edge of region `name` gracefully (SIGTERM: it closes its tunnels and tells
+    /// control), killing it after `grace`.
+    pub fn stop_edge(&mut self, name: &str, grace: std::time::Duration) {
+        if let Some(e) = self.edge_mut(name) {
+            e.stop_within(grace);
+        }
+    }
+
+    /// Kills the edge of region `name` with SIGKILL: no goodbye to clients or control, as
+    /// when its host dies.
+    pub fn kill_edge(&mut self, name: &str) {
+        if let Some(e) = self.edge_mut(name) {
+            if let Some(pid) = e.pid() {
+                // SAFETY: kill(2) on a child this process spawned and has not reaped yet.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+            // Reaps the dead process.
+            e.stop_within(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Starts the edge of region `name` again after a stop or kill.
+    pub fn restart_edge(&mut self, name: &str) -> Result<()> {
+        match self.edge_mut(name) {
+            Some(e) => e.restart(),
+            None => anyhow::bail!("no edge in region {name}"),
+        }
+    }
+
+    /// The `pdns_server` + backend of region `name`.
+    pub fn dns_of(&self, name: &str) -> Option<&PdnsRegion> {
+        self.dns.iter().find(|d| d.spec.region == name)
+    }
+
+    /// Restarts every region's `pdns_server` + backend with `tweak` applied to its spec
+    /// (e.g. a shorter apex heartbeat bound), on the same ports and directories.
+    pub fn restart_dns_with(&mut self, tweak: impl Fn(&mut PdnsSpec)) -> Result<()> {
+        let specs: Vec<PdnsSpec> = self.dns.iter().map(|d| d.spec.clone()).collect();
+        // Stop them all first: the new processes take the same ports.
+        self.dns.clear();
+        for mut spec in specs {
+            tweak(&mut spec);
+            let dir = self.dir.join(format!("dns-{}", spec.region));
+            self.dns.push(PdnsRegion::start(&dir, &spec)?);
+        }
+        Ok(())
+    }
+}
