@@ -274,6 +274,17 @@ pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String
     Ok((status, body))
 }
 
+/// The visitor HTTP port of the edge at `addr`. In production every edge serves port 80;
+/// the test stack gives each region's edge its own free port, so a visitor that follows a
+/// record to another region must use that region's port, not the one in an older URL.
+pub fn edge_http_port(stack: &Stack, addr: Ipv4Addr) -> Option<u16> {
+    stack
+        .regions
+        .iter()
+        .find(|r| r.ip == addr)
+        .map(|r| r.ports.http)
+}
+
 /// A visitor in region `resolver`: resolves the URL's name there, then fetches `path`
 /// through the address the answer gave (on the URL's port). Fails on any miss.
 pub fn visit(stack: &Stack, resolver: usize, url: &str, path: &str) -> Result<String> {
@@ -286,6 +297,7 @@ pub fn visit(stack: &Stack, resolver: usize, url: &str, path: &str) -> Result<St
             l.describe()
         )
     })?;
+    let port = edge_http_port(stack, addr).unwrap_or(port);
     let (status, body) = http_get(SocketAddr::from((addr, port)), &host, path)?;
     ensure!(status == 200, "GET {url}{path} via {addr}: {status} {body}");
     Ok(body)
@@ -341,6 +353,8 @@ pub struct VisitorPlan {
     pub url: String,
     /// What the body must contain (the local service's tag).
     pub expect: String,
+    /// Each region's edge address and visitor HTTP port (see [`edge_http_port`]).
+    pub edge_ports: Vec<(Ipv4Addr, u16)>,
 }
 
 impl Load {
@@ -406,6 +420,12 @@ fn visit_once(plan: &VisitorPlan) -> Result<()> {
         .next()
         .with_context(|| format!("lookup of {host}: rcode {}, no address", resp.rcode))?
         .parse()?;
+    let port = plan
+        .edge_ports
+        .iter()
+        .find(|(ip, _)| *ip == addr)
+        .map(|(_, p)| *p)
+        .unwrap_or(port);
     let (status, body) = http_get(SocketAddr::from((addr, port)), &host, "/load")?;
     ensure!(status == 200, "status {status}: {body}");
     ensure!(body.contains(&plan.expect), "unexpected body {body:?}");
@@ -420,6 +440,7 @@ pub fn plan_in(stack: &Stack, resolver: usize, url: &str, tag: &str) -> VisitorP
         source: r.ip,
         url: url.to_string(),
         expect: format!("hello from {tag}"),
+        edge_ports: stack.regions.iter().map(|r| (r.ip, r.ports.http)).collect(),
     }
 }
 
