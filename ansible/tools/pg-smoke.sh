@@ -16,20 +16,27 @@
 #   4. as control's role (not a superuser): `nearhop-control migrate` with the rendered
 #      control.toml, and control's replica queries see replay_lsn (needs pg_monitor);
 #   5. nearhop-pdns-backend with the rendered pdns-backend.toml (sslmode=disable, quoted
-#      password) loads the replica as the read-only role.
-# Needs Debian's postgresql-15 and the postgres user. Leaves nothing running.
+#      password) loads the replica as the read-only role;
+#   6. pdns_server with the rendered pdns.conf, both it and the backend running as user pdns
+#      (as the units run them), answers from the backend over the unix socket, and a record
+#      changed on the primary is answered within a second although pdns's caches are on:
+#      the backend's purge through pdns.controlsocket works for that user.
+# Needs Debian's postgresql-15, pdns-server + pdns-backend-remote, dig, and the postgres and
+# pdns users. Leaves nothing running.
 set -eu
 R=${1:?render dir}
 BIN=${2:-$(cd "$(dirname "$0")/../.." && pwd)/target/debug}
 PG=/usr/lib/postgresql/15/bin
 T=$(mktemp -d /tmp/nearhop-pgsmoke.XXXXXX)
 chown postgres "$T"
+chmod 755 "$T"
 P=56801
 S=56802
 H=56803
 as_pg() { su postgres -s /bin/sh -c "$*"; }
 cleanup() {
-  [ -n "${BACKEND_PID:-}" ] && kill "$BACKEND_PID" 2>/dev/null || true
+  [ -n "${PDNS_PID:-}" ] && pkill -TERM -P "$PDNS_PID" 2>/dev/null; [ -n "${PDNS_PID:-}" ] && kill "$PDNS_PID" 2>/dev/null || true
+  [ -n "${BACKEND_PID:-}" ] && pkill -TERM -P "$BACKEND_PID" 2>/dev/null; [ -n "${BACKEND_PID:-}" ] && kill "$BACKEND_PID" 2>/dev/null || true
   as_pg "$PG/pg_ctl -D $T/replica -m fast stop" >/dev/null 2>&1 || true
   as_pg "$PG/pg_ctl -D $T/primary -m fast stop" >/dev/null 2>&1 || true
   rm -rf "$T"
@@ -104,10 +111,18 @@ echo "     without pg_monitor: $row"
 [ "$row" != "eu|t" ] || { echo "FAIL expected replay_lsn to be hidden without pg_monitor"; exit 1; }
 echo "ok   without pg_monitor control's role does not see replay_lsn (so the grant is needed)"
 
-echo "== pdns-backend on the replica"
+echo "== pdns-backend and pdns_server on the replica, both as user pdns"
+DNS=56853
+mkdir -p "$T/nearhop-run" "$T/pdns-run" "$T/pdns-etc"
+chown pdns:pdns "$T/nearhop-run" "$T/pdns-run"
 localize "$R/eu-db-1/etc/nearhop/pdns-backend.toml" $S | sed -e "s/^http_listen = .*/http_listen = \"127.0.0.1:$H\"/" \
-  -e '/^unix_socket/d' -e '/^pdns_socket_dir/d' > "$T/backend.toml"
-RUST_LOG=warn "$BIN/nearhop-pdns-backend" --config "$T/backend.toml" > "$T/backend.log" 2>&1 &
+  -e "s|^unix_socket = .*|unix_socket = \"$T/nearhop-run/pdns-backend.sock\"|" \
+  -e "s|^pdns_socket_dir = .*|pdns_socket_dir = \"$T/pdns-run\"|" > "$T/backend.toml"
+sed -e "s|unix:path=[^,]*|unix:path=$T/nearhop-run/pdns-backend.sock|" -e "s|^local-address=.*|local-address=127.0.0.1|" \
+  -e "s|^local-port=.*|local-port=$DNS|" -e "s|^socket-dir=.*|socket-dir=$T/pdns-run|" \
+  "$R/eu-db-1/etc/powerdns/pdns.conf" > "$T/pdns-etc/pdns.conf"
+chown pdns:pdns "$T/backend.toml"; chmod 640 "$T/backend.toml"; chmod 644 "$T/pdns-etc/pdns.conf"
+su pdns -s /bin/sh -c "RUST_LOG=warn exec $BIN/nearhop-pdns-backend --config $T/backend.toml" > "$T/backend.log" 2>&1 &
 BACKEND_PID=$!
 for i in $(seq 1 50); do
   st=$(curl -fsS "http://127.0.0.1:$H/v1/status" 2>/dev/null || true)
@@ -115,4 +130,30 @@ for i in $(seq 1 50); do
 done
 echo "     /v1/status: $st"
 case "$st" in *'"loaded":true'*) echo "ok   backend loaded the replica as nearhop_dns";; *) echo "FAIL backend"; cat "$T/backend.log"; exit 1;; esac
-echo "all PostgreSQL smoke checks passed"
+[ -S "$T/nearhop-run/pdns-backend.sock" ] || { echo "FAIL no backend socket"; exit 1; }
+su pdns -s /bin/sh -c "exec pdns_server --config-dir=$T/pdns-etc" > "$T/pdns.log" 2>&1 &
+PDNS_PID=$!
+for i in $(seq 1 60); do
+  a=$(dig +short +time=1 +tries=1 @127.0.0.1 -p $DNS eu.a.tunnel.test A 2>/dev/null | grep -E '^[0-9.]+$' || true)
+  [ -n "$a" ] && break; sleep 0.5
+done
+echo "     eu.a.tunnel.test A -> $a"
+[ "$a" = 203.0.113.110 ] || { echo "FAIL pdns did not answer the seeded region record"; cat "$T/pdns.log"; exit 1; }
+echo "ok   pdns_server (rendered pdns.conf) answers from the backend over the unix socket"
+ls -l "$T/pdns-run/pdns.controlsocket" | sed 's/^/     /'
+# Cached now (cache-ttl 10 s). Change it on the primary; it must be answered within ~1 s.
+dig +short @127.0.0.1 -p $DNS eu.a.tunnel.test A >/dev/null
+before=$(curl -fsS "http://127.0.0.1:$H/metrics" | grep '^nearhop_pdns_backend_pdns_purges_total' | tr '\n' ' ')
+echo "     before the change: $before"
+psql_p "-q -d nearhop -c \"UPDATE records SET content = '203.0.113.111' WHERE name = 'eu.a.tunnel.test' AND type = 'A'\""
+changed_at=$(date +%s%N)
+for i in $(seq 1 40); do
+  a=$(dig +short +time=1 +tries=1 @127.0.0.1 -p $DNS eu.a.tunnel.test A 2>/dev/null || true)
+  [ "$a" = 203.0.113.111 ] && break; sleep 0.05
+done
+ms=$(( ($(date +%s%N) - changed_at) / 1000000 ))
+purges=$(curl -fsS "http://127.0.0.1:$H/metrics" | grep '^nearhop_pdns_backend_pdns_purges_total' || true)
+echo "     after the change:  $(echo "$purges" | tr '\n' ' ')"
+[ "$a" = 203.0.113.111 ] || { echo "FAIL the changed record was not served within 2 s (cache not purged?)"; exit 1; }
+echo "ok   changed record served after ${ms} ms with caches on (purge through pdns.controlsocket as user pdns)"
+echo "all smoke checks passed"
