@@ -10,10 +10,12 @@ use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 use std::time::Duration;
 
-/// One pass; returns the tunnels closed with their edge's admin URL and reason.
+/// One pass; returns the tunnels closed with their edge's admin URL and reason. Leases are
+/// only enforced when `expire_leases`: see [`run`].
 fn reap_once(
     conn: &mut PgConnection,
     retention_seconds: u64,
+    expire_leases: bool,
 ) -> ControlResult<Vec<(i64, String, String)>> {
     let now = Utc::now();
     let mut closed = Vec::new();
@@ -28,11 +30,15 @@ fn reap_once(
         ),
         (
             "lease_expired",
-            tunnels::table
-                .filter(tunnels::closed_at.is_null())
-                .filter(tunnels::lease_expires_at.lt(now))
-                .select(tunnels::id)
-                .load::<i64>(conn)?,
+            if expire_leases {
+                tunnels::table
+                    .filter(tunnels::closed_at.is_null())
+                    .filter(tunnels::lease_expires_at.lt(now))
+                    .select(tunnels::id)
+                    .load::<i64>(conn)?
+            } else {
+                Vec::new()
+            },
         ),
     ] {
         for (id, _zone, _label, edge_id) in close_where(conn, &expired, reason)? {
@@ -76,21 +82,35 @@ fn refresh_live_gauge(st: &AppState, conn: &mut PgConnection) -> ControlResult<(
 }
 
 /// Runs forever: one pass every `reap_interval_ms`.
+///
+/// A lapsed lease means "the edge stopped renewing it" only if control could have received
+/// the renewals. After control starts, or after the database was unreachable, edges' heartbeats
+/// may have failed for reasons that were ours, so leases are enforced again only once control
+/// has been healthy for a whole lease (plus a heartbeat): every live edge has renewed by then.
+/// Without this, a control or primary outage would close every live tunnel on recovery.
 pub async fn run(st: AppState) {
     let mut tick = tokio::time::interval(Duration::from_millis(st.cfg.reap_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let grace = Duration::from_secs(st.cfg.lease_seconds + st.cfg.heartbeat_seconds);
+    let mut healthy_since: Option<std::time::Instant> = None;
     loop {
         tick.tick().await;
         let st2 = st.clone();
         let retention = st.cfg.change_log_retention_seconds;
+        let expire_leases = healthy_since.is_some_and(|t| t.elapsed() >= grace);
         let res = st
             .blocking(move |conn| {
-                let closed = reap_once(conn, retention)?;
+                let closed = reap_once(conn, retention, expire_leases)?;
                 refresh_live_gauge(&st2, conn)?;
                 st2.lag.refresh_lag_metrics(&st2.cfg.regions);
                 Ok(closed)
             })
             .await;
+        match &res {
+            Ok(_) if healthy_since.is_none() => healthy_since = Some(std::time::Instant::now()),
+            Ok(_) => {}
+            Err(_) => healthy_since = None,
+        }
         match res {
             Ok(closed) => {
                 let limit = st.cfg.zones.free.time_limit_minutes;

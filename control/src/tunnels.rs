@@ -426,9 +426,9 @@ async fn settle_holder(
             .await;
         return Ok("force");
     }
-    if holder.lease_expired {
-        return Ok("lease_expired");
-    }
+    // Even a lapsed lease is confirmed with the edge: after a control or database outage
+    // leases lapse for live tunnels too.
+    let dead_reason = |r: &'static str| if holder.lease_expired { "lease_expired" } else { r };
     match st.edges.probe(&holder.admin_url, holder.tunnel_id).await {
         Liveness::Alive => Err(ControlError::refused(
             ErrorCode::NameInUse,
@@ -447,8 +447,8 @@ async fn settle_holder(
                  to the username to take it over"
             ),
         )),
-        Liveness::Dead => Ok("client_dead"),
-        Liveness::EdgeUnreachable => Ok("edge_unreachable"),
+        Liveness::Dead => Ok(dead_reason("client_dead")),
+        Liveness::EdgeUnreachable => Ok(dead_reason("edge_unreachable")),
     }
 }
 

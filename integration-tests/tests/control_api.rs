@@ -559,3 +559,28 @@ fn admin_api_needs_its_own_secret_and_mirrors_the_cli() {
     let (s, v) = admin(reqwest::Method::GET, "/v1/nothing-here", None);
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
 }
+
+#[test]
+fn control_outage_does_not_expire_live_tunnels_on_recovery() {
+    let mut stack = start(Some(|s| {
+        s.lease_seconds = 2;
+        s.heartbeat_seconds = 1;
+    }));
+    let api = EdgeApi::new(&stack);
+    api.register("eu-1", "eu");
+    let t = api.create(&tunnel("eu-1", None, None, false)).unwrap();
+    stack.control.stop();
+    // The edge's heartbeats fail meanwhile; the lease lapses in the database.
+    std::thread::sleep(Duration::from_secs(4));
+    stack.control.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        let hb = api.heartbeat("eu-1", &[t.tunnel_id]);
+        assert!(
+            hb.close.is_empty(),
+            "a live tunnel was closed after recovery: {hb:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(cname_on(&stack, "ap", &t.hostname), "eu.free.tunnel.test");
+}
