@@ -41,8 +41,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     println!("# bench_e2e: {args:?}");
     if !args.skip_race {
-        let on = race(args.tunnels, args.lag_wait_ms)?;
-        let off = race(args.tunnels, 0)?;
+        let (on, off) = race_pair(args.tunnels, args.lag_wait_ms)?;
         report_race(&on, &off);
     }
     if !args.skip_faults {
@@ -65,46 +64,60 @@ struct Race {
     visit_failures: usize,
 }
 
-fn race(n: usize, lag_wait_ms: u64) -> Result<Race> {
-    eprintln!("lag race: {n} tunnels, lag_wait_ms = {lag_wait_ms} ...");
-    let stack = full_stack_with(StackOptions {
-        lag_wait_ms,
-        ..StackOptions::default()
-    });
-    let local = LocalService::start("bench");
-    let token = pro_token(&stack);
-    let mut out = Race {
-        lag_wait_ms,
-        tunnels: n,
-        setup_ms: Vec::with_capacity(n),
-        wait_ms: Vec::new(),
-        misses: BTreeMap::new(),
-        visit_failures: 0,
-    };
-    for i in 0..n {
+/// One stack of a lag-race run and what it measured so far.
+struct RaceStack {
+    stack: nearhop_stack::Stack,
+    token: String,
+    race: Race,
+}
+
+impl RaceStack {
+    fn start(n: usize, lag_wait_ms: u64) -> RaceStack {
+        let stack = full_stack_with(StackOptions {
+            lag_wait_ms,
+            ..StackOptions::default()
+        });
+        let token = pro_token(&stack);
+        RaceStack {
+            stack,
+            token,
+            race: Race {
+                lag_wait_ms,
+                tunnels: n,
+                setup_ms: Vec::with_capacity(n),
+                wait_ms: Vec::new(),
+                misses: BTreeMap::new(),
+                visit_failures: 0,
+            },
+        }
+    }
+
+    /// Round `i`: one tunnel, its first lookups and first visit.
+    fn round(&mut self, i: usize, local_port: u16) -> Result<()> {
+        let (stack, out) = (&self.stack, &mut self.race);
         // The same mix as the suite's lag-race test: fresh free names through ap, and the
         // pro persistent name through ap and eu in turn.
         let (region, user, zone) = if i % 2 == 0 {
             (AP, "http".to_string(), FREE_ZONE)
         } else if (i / 2) % 2 == 0 {
-            (AP, token.clone(), PRO_ZONE)
+            (AP, self.token.clone(), PRO_ZONE)
         } else {
-            (EU, token.clone(), PRO_ZONE)
+            (EU, self.token.clone(), PRO_ZONE)
         };
         let want = stack.regions[region].name.clone();
         let started = Instant::now();
         let mut client = ssh_to(
-            &stack,
+            stack,
             region,
             &format!("b{}", i % 4),
-            &tunnel_args(Some(&user), local.port),
+            &tunnel_args(Some(&user), local_port),
         );
         let url = match wait_url_fast(&mut client, PATIENCE) {
             Ok(u) => u,
             Err(e) => {
                 eprintln!("round {i}: no URL: {e:#}");
                 client.stop();
-                continue;
+                return Ok(());
             }
         };
         out.setup_ms.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -112,7 +125,7 @@ fn race(n: usize, lag_wait_ms: u64) -> Result<Race> {
         let other = if region == AP { EU } else { AP };
         let mut first = None;
         for resolver in [region, other, US] {
-            let l = lookup(&stack, resolver, &host)?;
+            let l = lookup(stack, resolver, &host)?;
             if !l.points_at(&want, zone) {
                 let kind = if l.rcode == nearhop_stack::pdns::RCODE_NXDOMAIN {
                     "NXDOMAIN"
@@ -132,12 +145,27 @@ fn race(n: usize, lag_wait_ms: u64) -> Result<Race> {
             out.visit_failures += 1;
         }
         client.stop();
+        Ok(())
+    }
+}
+
+/// Two stacks side by side, the wait on in one and off in the other, tunnels alternating
+/// between them so that both see the same machine load.
+fn race_pair(n: usize, lag_wait_ms: u64) -> Result<(Race, Race)> {
+    eprintln!("lag race: {n} tunnels per stack, lag_wait_ms = {lag_wait_ms} and 0 ...");
+    let mut on = RaceStack::start(n, lag_wait_ms);
+    let mut off = RaceStack::start(n, 0);
+    let local = LocalService::start("bench");
+    for i in 0..n {
+        on.round(i, local.port)?;
+        off.round(i, local.port)?;
         if (i + 1) % 100 == 0 {
-            eprintln!("  {} tunnels", i + 1);
+            eprintln!("  {} tunnels per stack", i + 1);
         }
     }
-    out.wait_ms = setup_waits_ms(&stack);
-    Ok(out)
+    on.race.wait_ms = setup_waits_ms(&on.stack);
+    off.race.wait_ms = setup_waits_ms(&off.stack);
+    Ok((on.race, off.race))
 }
 
 fn report_race(on: &Race, off: &Race) {
@@ -330,19 +358,33 @@ fn faults(outage: Duration) -> Result<()> {
         "ap's edge killed (SIGKILL), the reconnect loop moves",
         &before,
     );
+    let visitor_gap: Vec<String> = loads
+        .0
+        .iter()
+        .map(|(region, l)| {
+            let last = l.stats().last_error_at;
+            let secs = last.map(|t| t.saturating_duration_since(killed).as_secs_f64());
+            format!("{region} {:.1} s", secs.unwrap_or(0.0))
+        })
+        .collect();
     println!();
     println!(
         "Edge kill: the reconnect loop had its tunnel back through another region after {}; \
-         every region's DNS pointed away from ap after {:.1} s.",
+         every region's DNS pointed away from ap after {:.1} s; visitors' last failure after \
+         the kill: {}.",
         moved
             .map(|d| format!("{:.1} s", d.as_secs_f64()))
             .unwrap_or_else(|| "(not within 90 s)".into()),
-        healed.as_secs_f64()
+        healed.as_secs_f64(),
+        visitor_gap.join(", ")
     );
     for (region, load) in loads.0 {
         let s = load.stop();
         if !s.samples.is_empty() {
-            eprintln!("visitors in {region}, first failures: {:?}", s.samples);
+            eprintln!(
+                "visitors in {region}, first failures: {:?}; last: {:?}",
+                s.samples, s.last_samples
+            );
         }
     }
     drop(lp);

@@ -332,6 +332,10 @@ pub struct LoadStats {
     pub errors: u64,
     /// The first few failures, for the report.
     pub samples: Vec<String>,
+    /// The last few failures.
+    pub last_samples: std::collections::VecDeque<String>,
+    /// When the last failure happened.
+    pub last_error_at: Option<Instant>,
 }
 
 /// Visitors resolving and fetching a tunnel URL in a loop on a thread, every `pause`, until
@@ -371,9 +375,15 @@ impl Load {
                     Ok(()) => s.ok += 1,
                     Err(e) => {
                         s.errors += 1;
+                        let text = format!("{e:#}");
                         if s.samples.len() < 5 {
-                            s.samples.push(format!("{e:#}"));
+                            s.samples.push(text.clone());
                         }
+                        if s.last_samples.len() == 5 {
+                            s.last_samples.pop_front();
+                        }
+                        s.last_samples.push_back(text);
+                        s.last_error_at = Some(Instant::now());
                     }
                 }
                 drop(s);
