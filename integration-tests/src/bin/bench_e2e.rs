@@ -97,9 +97,9 @@ impl RaceStack {
         let (stack, out) = (&self.stack, &mut self.race);
         // The same mix as the suite's lag-race test: fresh free names through ap, and the
         // pro persistent name through ap and eu in turn.
-        let (region, user, zone) = if i % 2 == 0 {
+        let (region, user, zone) = if i.is_multiple_of(2) {
             (AP, "http".to_string(), FREE_ZONE)
-        } else if (i / 2) % 2 == 0 {
+        } else if (i / 2).is_multiple_of(2) {
             (AP, self.token.clone(), PRO_ZONE)
         } else {
             (EU, self.token.clone(), PRO_ZONE)
