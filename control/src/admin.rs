@@ -296,3 +296,47 @@ pub async fn takedown(st: &AppState, hostname: &str, reason: &str) -> ControlRes
         records_removed: removed,
     })
 }
+
+/// Checks the TXT proof of a custom domain at `resolver` and marks it verified when one of
+/// `_nearhop.<domain>`'s TXT strings is the domain's verify token.
+pub fn verify_domain(
+    conn: &mut PgConnection,
+    domain: &str,
+    resolver: std::net::SocketAddr,
+) -> ControlResult<bool> {
+    let domain = normalize_domain(domain).map_err(|e| {
+        ControlError::refused(
+            ErrorCode::InvalidName,
+            format!("the domain {domain:?} is not valid: {e}"),
+        )
+    })?;
+    let token: Option<String> = custom_domains::table
+        .filter(custom_domains::domain.eq(&domain))
+        .select(custom_domains::verify_token)
+        .first(conn)
+        .optional()?;
+    let token = token.ok_or_else(|| {
+        ControlError::refused(ErrorCode::NotFound, format!("{domain} is not registered"))
+    })?;
+    let txt_name = format!("_nearhop.{domain}");
+    let found = crate::dns_txt::lookup_txt(resolver, &txt_name).map_err(|e| {
+        ControlError::refused(
+            ErrorCode::Conflict,
+            format!("could not read TXT {txt_name} from {resolver}: {e}"),
+        )
+    })?;
+    if !found.iter().any(|t| t.trim() == token) {
+        return Err(ControlError::refused(
+            ErrorCode::Conflict,
+            format!(
+                "TXT {txt_name} does not hold the verification token yet (found {} strings); \
+                 publish it and try again",
+                found.len()
+            ),
+        ));
+    }
+    diesel::update(custom_domains::table.filter(custom_domains::domain.eq(&domain)))
+        .set(custom_domains::verified_at.eq(Utc::now()))
+        .execute(conn)?;
+    Ok(true)
+}

@@ -4,6 +4,7 @@ mod admin;
 mod api;
 mod config;
 mod db;
+mod dns_txt;
 mod edge_client;
 mod edges;
 mod error;
@@ -128,6 +129,13 @@ enum DomainCmd {
         #[arg(long)]
         verified: bool,
     },
+    /// Check the domain's TXT proof (`_nearhop.<domain>`) and mark it verified.
+    Verify {
+        domain: String,
+        /// Resolver to ask (default: the first nameserver of /etc/resolv.conf).
+        #[arg(long)]
+        resolver: Option<std::net::SocketAddr>,
+    },
 }
 
 fn parse_plan(s: &str) -> Result<Plan, String> {
@@ -243,6 +251,16 @@ fn main() -> Result<()> {
                             d.txt_value,
                             if d.verified { " (marked verified)" } else { "" }
                         )
+                    })
+                }
+                DomainCmd::Verify { domain, resolver } => {
+                    let resolver = match resolver {
+                        Some(r) => r,
+                        None => dns_txt::system_resolver()?,
+                    };
+                    admin::verify_domain(&mut conn, &domain, resolver)?;
+                    print(cli.json, &serde_json::json!({"verified": domain}), || {
+                        format!("{domain} verified: edges route it to its tunnel")
                     })
                 }
             }

@@ -123,7 +123,14 @@ fn is_banned(conn: &mut PgConnection, zone: &str, label: &str) -> ControlResult<
 }
 
 /// id, account, edge, edge admin URL, lease end, creation time.
-type HolderRow = (i64, Option<i64>, String, String, DateTime<Utc>, DateTime<Utc>);
+type HolderRow = (
+    i64,
+    Option<i64>,
+    String,
+    String,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
 
 fn holder_of(
     conn: &mut PgConnection,
@@ -319,12 +326,14 @@ fn plot(conn: &mut PgConnection, st: &AppState, req: &CreateTunnelRequest) -> Co
             ));
         }
     }
-    let domain_id = crate::zones::domain_id(conn, &zone.name).optional()?.ok_or_else(|| {
-        ControlError::Internal(format!(
-            "zone {} is not in the domains table; run `nearhop-control migrate`",
-            zone.name
-        ))
-    })?;
+    let domain_id = crate::zones::domain_id(conn, &zone.name)
+        .optional()?
+        .ok_or_else(|| {
+            ControlError::Internal(format!(
+                "zone {} is not in the domains table; run `nearhop-control migrate`",
+                zone.name
+            ))
+        })?;
     let label = match (caller.plan, caller.account_id, requested) {
         (Plan::Pro, Some(account_id), Some(label)) => {
             if is_banned(conn, &zone.name, &label)? {
@@ -428,7 +437,13 @@ async fn settle_holder(
     }
     // Even a lapsed lease is confirmed with the edge: after a control or database outage
     // leases lapse for live tunnels too.
-    let dead_reason = |r: &'static str| if holder.lease_expired { "lease_expired" } else { r };
+    let dead_reason = |r: &'static str| {
+        if holder.lease_expired {
+            "lease_expired"
+        } else {
+            r
+        }
+    };
     match st.edges.probe(&holder.admin_url, holder.tunnel_id).await {
         Liveness::Alive => Err(ControlError::refused(
             ErrorCode::NameInUse,
