@@ -47,6 +47,16 @@ struct Cursor {
     seen_lsn: u64,
 }
 
+/// Changes since an xmin plus the current rows of their names, and the statement's own
+/// snapshot xmin, in one statement. `kind` 0: the xmin; 1: a change; 2: a record.
+const CHANGES_SQL: &str = "WITH ch AS (SELECT id, xid, name FROM dns_changes WHERE xid >= $1::text::xid8) \
+     SELECT 0::int2, NULL::int8, pg_snapshot_xmin(pg_current_snapshot())::text, NULL::text, \
+            NULL::text, NULL::text, NULL::int4, NULL::int4, NULL::int4 \
+     UNION ALL SELECT 1::int2, id, xid::text, name::text, NULL, NULL, NULL, NULL, NULL FROM ch \
+     UNION ALL SELECT 2::int2, NULL, NULL, r.name::text, r.type::text, r.content::text, r.ttl, r.prio, r.domain_id \
+       FROM records r WHERE r.name IN (SELECT name FROM ch WHERE name IS NOT NULL) \
+       AND NOT r.disabled AND r.type IS NOT NULL AND r.content IS NOT NULL";
+
 const RECORD_COLUMNS: &str = "SELECT name, type, content, ttl, prio, domain_id FROM records \
      WHERE NOT disabled AND name IS NOT NULL AND type IS NOT NULL AND content IS NOT NULL";
 
@@ -120,6 +130,7 @@ impl Tailer {
             "SELECT pg_current_wal_lsn()::text"
         };
         let lsn_stmt = client.prepare(lsn_sql).await?;
+        let changes_stmt = client.prepare(CHANGES_SQL).await?;
         let started = Instant::now();
         let mut cursor = self.full_load(client, &lsn_stmt).await?;
         tracing::info!(
@@ -139,7 +150,8 @@ impl Tailer {
             let lsn = read_lsn(client, &lsn_stmt).await?;
             self.store.touch();
             if lsn != cursor.seen_lsn {
-                self.apply_changes(client, &mut cursor, lsn).await?;
+                self.apply_changes(client, &changes_stmt, &mut cursor, lsn)
+                    .await?;
             }
             if last_refresh.elapsed() >= refresh_every {
                 self.refresh_side_tables(client).await;
@@ -194,62 +206,69 @@ impl Tailer {
         })
     }
 
-    /// Reads the changes not applied yet and reloads their names, all under one snapshot
-    /// taken after `lsn` was read.
+    /// Reads the changes not applied yet and the current rows of their names in **one
+    /// statement** (so one snapshot, taken after `lsn` was read, and one round trip: this is
+    /// on the path of every change's freshness), then applies them.
     async fn apply_changes(
         &self,
         client: &mut Client,
+        stmt: &tokio_postgres::Statement,
         cursor: &mut Cursor,
         lsn: u64,
     ) -> Result<()> {
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let new_xmin = snapshot_xmin(&tx).await?;
-        let rows = tx
-            .query(
-                "SELECT id, xid::text, name FROM dns_changes WHERE xid >= $1::text::xid8",
-                &[&cursor.xmin.to_string()],
-            )
+        let rows = client
+            .query(stmt, &[&cursor.xmin.to_string()])
             .await
             .context("reading dns_changes")?;
+        let mut new_xmin = None;
         let mut fresh: Vec<(i64, u64)> = Vec::new();
         let mut names: BTreeSet<String> = BTreeSet::new();
         let mut zone_list_changed = false;
+        let mut by_name: HashMap<String, Vec<Record>> = HashMap::new();
         for row in &rows {
-            let id: i64 = row.get(0);
-            if cursor.applied.contains_key(&id) {
-                continue;
-            }
-            let xid: Option<&str> = row.get(1);
-            let xid = xid.and_then(|x| x.parse().ok()).unwrap_or(u64::MAX);
-            fresh.push((id, xid));
-            match row.get::<_, Option<String>>(2) {
-                Some(n) => {
-                    names.insert(n);
+            let kind: i16 = row.get(0);
+            match kind {
+                0 => {
+                    let xmin: Option<&str> = row.get(2);
+                    new_xmin = xmin.and_then(|x| x.parse::<u64>().ok());
                 }
-                None => zone_list_changed = true,
+                1 => {
+                    let id: i64 = row.get(1);
+                    if cursor.applied.contains_key(&id) {
+                        continue;
+                    }
+                    let xid: Option<&str> = row.get(2);
+                    fresh.push((id, xid.and_then(|x| x.parse().ok()).unwrap_or(u64::MAX)));
+                    match row.get::<_, Option<String>>(3) {
+                        Some(n) => {
+                            names.insert(n);
+                        }
+                        None => zone_list_changed = true,
+                    }
+                }
+                _ => {
+                    if let Some((n, r)) = record_from_columns(row, 3) {
+                        by_name.entry(n).or_default().push(r);
+                    }
+                }
             }
         }
+        let new_xmin = new_xmin.ok_or_else(|| anyhow!("change query returned no snapshot xmin"))?;
+        // Rare: a zone was added, changed or removed. Read later than the snapshot above,
+        // which only makes it newer; zone rows carry no records of their own.
         let domains = if zone_list_changed {
-            Some(load_domains(&tx).await?)
+            let tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let d = load_domains(&tx).await?;
+            tx.commit().await?;
+            Some(d)
         } else {
             None
         };
-        let mut by_name: HashMap<String, Vec<Record>> = HashMap::new();
-        if !names.is_empty() {
-            let list: Vec<&str> = names.iter().map(String::as_str).collect();
-            let sql = format!("{RECORD_COLUMNS} AND name = ANY($1)");
-            for row in tx.query(sql.as_str(), &[&list]).await? {
-                if let Some((n, r)) = record_from_row(&row) {
-                    by_name.entry(n).or_default().push(r);
-                }
-            }
-        }
-        tx.commit().await?;
         self.store.touch();
         if domains.is_some() || !names.is_empty() {
             let count = self.store.write(|zones| {
@@ -405,12 +424,18 @@ async fn load_domains(tx: &tokio_postgres::Transaction<'_>) -> Result<Vec<Domain
 
 /// One `records` row as `(name, record)`; `None` for rows that cannot be served (no zone).
 fn record_from_row(row: &tokio_postgres::Row) -> Option<(String, Record)> {
-    let name: String = row.get(0);
-    let qtype: String = row.get(1);
-    let content: String = row.get(2);
-    let ttl: Option<i32> = row.get(3);
-    let prio: Option<i32> = row.get(4);
-    let domain_id: Option<i32> = row.get(5);
+    record_from_columns(row, 0)
+}
+
+/// Like [`record_from_row`] for the columns `name, type, content, ttl, prio, domain_id`
+/// starting at `at`.
+fn record_from_columns(row: &tokio_postgres::Row, at: usize) -> Option<(String, Record)> {
+    let name: String = row.get::<_, Option<String>>(at)?;
+    let qtype: String = row.get::<_, Option<String>>(at + 1)?;
+    let content: String = row.get::<_, Option<String>>(at + 2)?;
+    let ttl: Option<i32> = row.get(at + 3);
+    let prio: Option<i32> = row.get(at + 4);
+    let domain_id: Option<i32> = row.get(at + 5);
     let qtype = qtype.to_ascii_uppercase();
     let content = match (qtype.as_str(), prio) {
         ("MX" | "SRV", Some(p)) => format!("{p} {content}"),
