@@ -20,7 +20,8 @@ For every host directory under RENDER_DIR:
 * pdns.conf: `pdns_server --config-dir=<dir> --config=check` (exit 0 means every setting is
   known and well-formed).
 * systemd units and drop-ins: `systemd-analyze verify` (with ExecStart paths pointed at
-  --bin-dir); any warning (unknown key, bad value) is a failure.
+  --bin-dir); any warning (unknown key, bad value) is a failure. Exec lines must not hold a
+  bare `$name` meant for the shell (systemd would expand it; `$$` is the escape).
 
 Exit status 0 when everything passed.
 """
@@ -152,6 +153,24 @@ def check_pdns(path):
         fail(f"{path}: pdns_server --config=check:\n{out}")
 
 
+def check_exec_dollars(unit_path):
+    """systemd expands $NAME and ${NAME} in Exec*= lines (unknown ones to nothing); a literal
+    $ must be written $$. Flags a bare $ in front of a name, ( or { that is not an Environment=
+    variable of the same unit: almost always a shell variable meant for /bin/sh -c."""
+    text = unit_path.read_text()
+    env = set(re.findall(r"^Environment=\"?([A-Za-z_][A-Za-z0-9_]*)=", text, re.M))
+    good = True
+    for line in text.splitlines():
+        if not re.match(r"^Exec[A-Za-z]*=", line):
+            continue
+        bare = line.replace("$$", "")
+        for m in re.finditer(r"\$\{?([A-Za-z_][A-Za-z0-9_]*|\()", bare):
+            if m.group(1) not in env:
+                fail(f"{unit_path}: `${m.group(1)}` in {line.split('=')[0]} is expanded by systemd; write $$ for the shell")
+                good = False
+    return good
+
+
 def check_units(host_dir, bin_dir):
     units = sorted((host_dir / "etc/systemd/system").glob("*.service"))
     dropins = sorted((host_dir / "etc/systemd/system").glob("*.service.d/*.conf"))
@@ -161,6 +180,8 @@ def check_units(host_dir, bin_dir):
         tmp = Path(tmp)
         names = []
         for u in units:
+            if check_exec_dollars(u):
+                ok(f"{u}: no unescaped $ in Exec lines")
             text = u.read_text().replace("/usr/local/bin/", f"{bin_dir}/")
             (tmp / u.name).write_text(text)
             names.append(u.name)
