@@ -53,7 +53,6 @@ fn main() -> Result<()> {
 /// What one lag-race run measured.
 struct Race {
     lag_wait_ms: u64,
-    tunnels: usize,
     /// ssh started → URL printed, ms.
     setup_ms: Vec<f64>,
     /// control's `dns.wait_ms` of each setup (from its log).
@@ -62,6 +61,8 @@ struct Race {
     misses: BTreeMap<(String, &'static str), usize>,
     /// First visits that failed.
     visit_failures: usize,
+    /// Setups that printed no URL, with what the client printed.
+    setup_failures: Vec<String>,
 }
 
 /// One stack of a lag-race run and what it measured so far.
@@ -83,11 +84,11 @@ impl RaceStack {
             token,
             race: Race {
                 lag_wait_ms,
-                tunnels: n,
                 setup_ms: Vec::with_capacity(n),
                 wait_ms: Vec::new(),
                 misses: BTreeMap::new(),
                 visit_failures: 0,
+                setup_failures: Vec::new(),
             },
         }
     }
@@ -115,7 +116,8 @@ impl RaceStack {
         let url = match wait_url_fast(&mut client, PATIENCE) {
             Ok(u) => u,
             Err(e) => {
-                eprintln!("round {i}: no URL: {e:#}");
+                eprintln!("round {i} (wait {} ms): no URL: {e:#}", out.lag_wait_ms);
+                out.setup_failures.push(format!("{e:#}"));
                 client.stop();
                 return Ok(());
             }
@@ -125,7 +127,20 @@ impl RaceStack {
         let other = if region == AP { EU } else { AP };
         let mut first = None;
         for resolver in [region, other, US] {
-            let l = lookup(stack, resolver, &host)?;
+            let l = match lookup(stack, resolver, &host) {
+                Ok(l) => l,
+                Err(e) => {
+                    // A lost UDP query or a pdns that did not answer within 2 s.
+                    eprintln!(
+                        "round {i} (wait {} ms): {host} via {}: {e:#}",
+                        out.lag_wait_ms, stack.regions[resolver].name
+                    );
+                    *out.misses
+                        .entry((stack.regions[resolver].name.clone(), "no answer"))
+                        .or_default() += 1;
+                    continue;
+                }
+            };
             if !l.points_at(&want, zone) {
                 let kind = if l.rcode == nearhop_stack::pdns::RCODE_NXDOMAIN {
                     "NXDOMAIN"
@@ -200,8 +215,8 @@ fn report_race(on: &Race, off: &Race) {
     println!();
     println!("## Misses of the first lookup right after the URL is printed");
     println!();
-    println!("| lag-race wait | tunnels | misses in ap / eu (the race) | misses in us (primary's region) | first visits failed |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| lag-race wait | tunnels set up | misses in ap / eu (the race) | misses in us (primary's region) | first visits failed | setups refused |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     for r in [on, off] {
         let count = |region: &str| -> (usize, String) {
             let rows: Vec<_> = r.misses.iter().filter(|((g, _), _)| g == region).collect();
@@ -217,16 +232,17 @@ fn report_race(on: &Race, off: &Race) {
         let (eu, eud) = count("eu");
         let (us, usd) = count("us");
         println!(
-            "| {} | {} | {} ({}) / {} ({}) | {} ({}) | {} |",
+            "| {} | {} | {} ({}) / {} ({}) | {} ({}) | {} | {} |",
             if r.lag_wait_ms == 0 { "off" } else { "on" },
-            r.tunnels,
+            r.setup_ms.len(),
             ap,
             if apd.is_empty() { "-".into() } else { apd },
             eu,
             if eud.is_empty() { "-".into() } else { eud },
             us,
             if usd.is_empty() { "-".into() } else { usd },
-            r.visit_failures
+            r.visit_failures,
+            r.setup_failures.len()
         );
     }
 }
