@@ -18,8 +18,10 @@ fn name(i: usize) -> String {
     format!("f{i}.a.tunnel.test")
 }
 
-/// One name's committed values over time: `(committed_at, value)`, `None` = absent.
-type History = Vec<(Instant, Option<String>)>;
+/// One name's values over time: `(issued_at, committed_at, value)`, `None` = absent. A value
+/// may be visible from the moment its statement was sent (the replica can show the commit
+/// before the writer hears back) and is certainly committed when the writer heard back.
+type History = Vec<(Instant, Instant, Option<String>)>;
 
 struct Observation {
     sent: Instant,
@@ -28,14 +30,20 @@ struct Observation {
     answer: Result<Option<String>, u8>,
 }
 
-/// The values a correct server may answer for a query in flight from `sent - bound` to
-/// `received`: every value committed in (or still current at the start of) that window.
-fn acceptable(history: &History, from: Instant, to: Instant) -> Vec<Option<String>> {
+/// The values a correct server may answer for a query sent at `sent` and answered at
+/// `received`: each value issued before `received` that was not yet superseded by a commit
+/// at least `bound` before `sent`.
+fn acceptable(
+    history: &History,
+    sent: Instant,
+    received: Instant,
+    bound: Duration,
+) -> Vec<Option<String>> {
     let mut out = Vec::new();
-    for (i, (at, v)) in history.iter().enumerate() {
-        let until = history.get(i + 1).map(|(t, _)| *t);
-        let overlaps = *at <= to && until.map(|u| u >= from).unwrap_or(true);
-        if overlaps {
+    for (i, (issued, _, v)) in history.iter().enumerate() {
+        let superseded = history.get(i + 1).map(|(_, committed, _)| *committed);
+        let still_allowed = superseded.map(|c| c + bound >= sent).unwrap_or(true);
+        if *issued <= received && still_allowed {
             out.push(v.clone());
         }
     }
@@ -48,7 +56,7 @@ fn changes_under_query_load_are_never_served_stale_past_the_bound() {
     let addr = fx.region.dns_addr();
     let start = Instant::now();
     let histories: Arc<Mutex<Vec<History>>> = Arc::new(Mutex::new(
-        (0..NAMES).map(|_| vec![(start, None)]).collect(),
+        (0..NAMES).map(|_| vec![(start, start, None)]).collect(),
     ));
     let done = Arc::new(AtomicBool::new(false));
 
@@ -97,6 +105,7 @@ fn changes_under_query_load_are_never_served_stale_past_the_bound() {
         for k in 0..CHANGES {
             let n = (k * 7 + k / NAMES) % NAMES;
             let exists = present.get(&n).copied().unwrap_or(false);
+            let issued = Instant::now();
             let value = if exists && k % 3 == 0 {
                 client
                     .execute("DELETE FROM records WHERE name = $1", &[&name(n)])
@@ -129,6 +138,7 @@ fn changes_under_query_load_are_never_served_stale_past_the_bound() {
             let committed = Instant::now();
             if let Ok(mut h) = writer_histories.lock() {
                 h[n].push((
+                    issued,
                     committed,
                     value.map(|v| v.trim_end_matches('.').to_string() + "."),
                 ));
@@ -148,22 +158,23 @@ fn changes_under_query_load_are_never_served_stale_past_the_bound() {
     let mut stale_ages = Vec::new();
     for o in &observations {
         let h = &histories[o.name];
-        let from = o.sent.checked_sub(FRESHNESS_BOUND).unwrap_or(start);
         match &o.answer {
             Err(code) => violations.push(format!("{}: rcode {code}", name(o.name))),
             Ok(v) => {
-                if !acceptable(h, from, o.received).contains(v) {
+                if !acceptable(h, o.sent, o.received, FRESHNESS_BOUND).contains(v) {
                     violations.push(format!(
                         "{} at +{:?}: answered {v:?}, history {:?}",
                         name(o.name),
                         o.sent - start,
-                        h.iter().map(|(t, v)| (*t - start, v)).collect::<Vec<_>>()
+                        h.iter()
+                            .map(|(i, c, v)| (*i - start, *c - start, v))
+                            .collect::<Vec<_>>()
                     ));
                 }
-                // How old was the answer? 0 when it is the value current when sent.
-                let current = acceptable(h, o.sent, o.sent);
-                if !current.contains(v) {
-                    if let Some((t, _)) = h.iter().rev().find(|(t, _)| *t <= o.sent) {
+                // How old was the answer? Counted when it is not a value that could be
+                // current at send time (then: time since the superseding commit).
+                if !acceptable(h, o.sent, o.received, Duration::ZERO).contains(v) {
+                    if let Some((_, t, _)) = h.iter().rev().find(|(_, t, _)| *t <= o.sent) {
                         stale_ages.push(o.sent - *t);
                     }
                 }

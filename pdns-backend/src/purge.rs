@@ -1,6 +1,11 @@
 //! Purges changed names from pdns's packet and query caches through its control socket
-//! (`pdns_control purge name$`): connect to `<socket-dir>/pdns.controlsocket`, write one
-//! line `purge a$ b$\n`, read the answer until pdns closes the connection.
+//! (what `pdns_control purge NAME` does): connect to `<socket-dir>/pdns.controlsocket`, write
+//! one line `purge a b\n`, read the answer until pdns closes the connection.
+//!
+//! Names are sent without the trailing `$`: in pdns 4.7 `name$` purges the name *and its
+//! subtree*, which walks every one of the (1024) shards of both caches under their write
+//! locks, while a bare name is an exact purge that touches one shard. Tunnel names have no
+//! subtree, and a changed name that has one is reloaded and purged on its own.
 
 use crate::metrics::Metrics;
 use std::path::{Path, PathBuf};
@@ -74,7 +79,6 @@ impl Purger {
             for n in chunk {
                 line.push(' ');
                 line.push_str(n);
-                line.push('$');
             }
             line.push('\n');
             self.send(line).await;
