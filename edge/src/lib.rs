@@ -15,6 +15,7 @@ pub mod options;
 pub mod pages;
 pub mod ssh_server;
 pub mod ssh_session;
+pub mod tunnel_setup;
 pub mod tunnels;
 pub mod username;
 pub mod visitor_http;

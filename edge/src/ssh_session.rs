@@ -1,34 +1,26 @@
 //! One SSH client: authentication (the username is the carrier), `tcpip-forward` requests
-//! turned into tunnels through control, the session channel the user reads, and refusals.
+//! handed to the tunnel setup, the session channel the user reads, and refusals.
 
 use crate::edge::Edge;
 use crate::messages;
 use crate::options::TunnelOptions;
-use crate::tunnels::{crlf, one_line, ForwardTarget, SessionLink, Tunnel};
+use crate::tunnel_setup::{self, PendingTunnel};
+use crate::tunnels::{crlf, one_line, ForwardTarget, SessionLink};
 use crate::username::{parse_username, UserRequest, UsernameError};
 use crate::visitor_tcp;
-use nearhop_wire::{CreateTunnelRequest, CreateTunnelResponse, TunnelKind};
+use nearhop_wire::TunnelKind;
 use russh::server::{Auth, Handler, Msg, Session};
 use russh::{Channel, ChannelId, CryptoVec, Disconnect};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Bind addresses that mean "no particular name" in `-R [bind:]port:host:hostport`.
 const PLAIN_BIND_ADDRESSES: &[&str] = &["", "localhost", "0.0.0.0", "127.0.0.1", "::", "::1", "*"];
-
-/// Time a client has after its forwards are set up to open a session channel before it is
-/// taken for `ssh -N`.
-const NO_SESSION_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
-
-/// Told to a client whose tunnel another connection took over.
-const REPLACED: &str = "a newer connection took over this name.";
 
 /// The russh handler of one client.
 pub struct SshSession {
     edge: Arc<Edge>,
     link: Arc<SessionLink>,
     user: Option<Result<UserRequest, UsernameError>>,
-    options: Arc<TunnelOptions>,
     forwards_requested: usize,
     next_virtual_port: u32,
     refused: bool,
@@ -42,7 +34,6 @@ impl SshSession {
             edge,
             link,
             user: None,
-            options: Arc::default(),
             forwards_requested: 0,
             next_virtual_port: first_port,
             refused: false,
@@ -71,123 +62,6 @@ impl SshSession {
         self.link.queue(true, format!("nearhop: {message}"));
         self.flush(session);
         let _ = session.disconnect(Disconnect::ByApplication, &one_line(message), "en");
-    }
-
-    async fn set_up(
-        &mut self,
-        user: &UserRequest,
-        address: &str,
-        port: &mut u32,
-    ) -> Result<Arc<Tunnel>, String> {
-        let edge = &self.edge;
-        let req = CreateTunnelRequest {
-            edge_id: edge.config.edge_id.clone(),
-            token: user.token.clone(),
-            requested_name: requested_name(address),
-            kind: user.kind,
-            force: user.force,
-            client_addr: self.link.peer.ip().to_string(),
-        };
-        let resp = edge.control.create_tunnel(&req).await.map_err(|e| {
-            edge.metrics
-                .control_errors_total
-                .with_label_values(&["create_tunnel"])
-                .inc();
-            tracing::info!(error = %e, "control refused or failed a setup");
-            e.user_message()
-        })?;
-        let public_port = match user.kind {
-            TunnelKind::Tcp => match visitor_tcp::bind_public_port(&edge.config).await {
-                Ok(bound) => Some(bound),
-                Err(e) => {
-                    tracing::warn!(error = %e, "no free public TCP port");
-                    self.give_back(&resp, "no_port");
-                    return Err("this edge has no free public TCP port right now; please try again later or another region.".into());
-                }
-            },
-            _ => None,
-        };
-        if *port == 0 {
-            *port = match &public_port {
-                Some((_, p)) => u32::from(*p),
-                None => {
-                    let p = self.next_virtual_port;
-                    self.next_virtual_port += 1;
-                    p
-                }
-            };
-        }
-        let tunnel = Arc::new(Tunnel::new(
-            resp.tunnel_id,
-            resp.hostname.to_ascii_lowercase(),
-            resp.zone.clone(),
-            resp.region.clone(),
-            user.kind,
-            public_port.as_ref().map(|(_, p)| *p),
-            ForwardTarget {
-                address: address.to_string(),
-                port: *port,
-            },
-            self.link.clone(),
-            self.options.clone(),
-        ));
-        self.install(&tunnel, &resp).await;
-        if let Some((listener, _)) = public_port {
-            visitor_tcp::spawn_listener(edge.clone(), tunnel.clone(), listener);
-        }
-        self.link.queue(
-            false,
-            messages::tunnel_ready(&tunnel, &resp, edge.config.public_http_port(), user.qr),
-        );
-        let (link, url) = (
-            self.link.clone(),
-            messages::public_url(&tunnel, edge.config.public_http_port()),
-        );
-        tokio::spawn(async move {
-            let text = format!("-- nearhop tunnel live: {url}");
-            link.tell_without_session(&text, NO_SESSION_GRACE).await;
-        });
-        Ok(tunnel)
-    }
-
-    /// Makes the tunnel routable, closing what it replaced on this edge.
-    async fn install(&self, tunnel: &Arc<Tunnel>, resp: &CreateTunnelResponse) {
-        let edge = &self.edge;
-        edge.metrics
-            .tunnels_active
-            .with_label_values(&[&tunnel.zone, tunnel.kind.as_str()])
-            .inc();
-        if let Some(old) = edge.registry.insert(tunnel.clone()) {
-            // Same name, same edge: a reconnect or a force that control already settled.
-            edge.close_tunnel(&old, "replaced", Some(REPLACED), false)
-                .await;
-        }
-        if let Some(replaced) = &resp.replaced_tunnel {
-            if replaced.edge_id == edge.config.edge_id && replaced.tunnel_id != tunnel.id {
-                if let Some(old) = edge.registry.by_id(replaced.tunnel_id) {
-                    edge.close_tunnel(&old, "replaced", Some(REPLACED), false)
-                        .await;
-                }
-            }
-        }
-        let edge = edge.clone();
-        tokio::spawn(async move { crate::control_sync::refresh_routes(&edge).await });
-        tracing::info!(tunnel = tunnel.id, host = %tunnel.hostname, kind = tunnel.kind.as_str(), "tunnel live");
-    }
-
-    /// Closes a tunnel control created when the edge cannot serve it after all.
-    fn give_back(&self, resp: &CreateTunnelResponse, reason: &str) {
-        let control = self.edge.control.clone();
-        let req = nearhop_wire::CloseTunnelRequest {
-            edge_id: self.edge.config.edge_id.clone(),
-            reason: reason.to_string(),
-        };
-        let id = resp.tunnel_id;
-        tokio::spawn(async move {
-            if let Err(e) = control.close_tunnel(id, &req).await {
-                tracing::warn!(tunnel = id, error = %e, "giving a tunnel back to control");
-            }
-        });
     }
 
     fn user_ready(&self) -> Option<UserRequest> {
@@ -320,26 +194,44 @@ impl Handler for SshSession {
             self.refuse(session, "this edge is shutting down; please reconnect.");
             return Ok(false);
         }
-        let started = Instant::now();
-        let setup = self.link.setup_started();
-        let result = self.set_up(&user, address, port).await;
-        drop(setup);
-        let outcome = if result.is_ok() { "ok" } else { "refused" };
-        self.edge
-            .metrics
-            .tunnel_setup_seconds
-            .with_label_values(&[outcome])
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(_) => {
-                self.flush(session);
-                Ok(true)
+        let public_port = if user.kind == TunnelKind::Tcp {
+            match visitor_tcp::bind_public_port(&self.edge.config).await {
+                Ok(bound) => Some(bound),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no free public TCP port");
+                    self.refuse(session, "this edge has no free public TCP port right now; please try again later or in another region.");
+                    return Ok(false);
+                }
             }
-            Err(message) => {
-                self.refuse(session, &message);
-                Ok(false)
-            }
+        } else {
+            None
+        };
+        // The reply carries the port the client will match visitor channels against.
+        if *port == 0 {
+            *port = match &public_port {
+                Some((_, p)) => u32::from(*p),
+                None => {
+                    let p = self.next_virtual_port;
+                    self.next_virtual_port += 1;
+                    p
+                }
+            };
         }
+        let pending = PendingTunnel {
+            user,
+            requested_name: requested_name(address),
+            forward: ForwardTarget {
+                address: address.to_string(),
+                port: *port,
+            },
+            public_port,
+        };
+        tokio::spawn(tunnel_setup::set_up(
+            self.edge.clone(),
+            self.link.clone(),
+            pending,
+        ));
+        Ok(true)
     }
 
     async fn cancel_tcpip_forward(
@@ -408,9 +300,10 @@ impl Handler for SshSession {
         let command = String::from_utf8_lossy(data);
         match TunnelOptions::parse(&command) {
             Ok(options) => {
-                self.options = Arc::new(options);
+                let options = Arc::new(options);
+                self.link.set_options(options.clone());
                 for tunnel in self.edge.tunnels_of(self.link.id) {
-                    tunnel.set_options(self.options.clone());
+                    tunnel.set_options(options.clone());
                 }
                 self.start_output(channel, session);
             }

@@ -27,6 +27,8 @@ pub struct SessionLink {
     ended: AtomicBool,
     authenticated: AtomicBool,
     setups_in_flight: AtomicUsize,
+    /// Options from the command words, for tunnels set up later.
+    options: RwLock<Arc<TunnelOptions>>,
     /// The session channel text is printed on, once the client asked for a shell or command.
     output: Mutex<Output>,
     /// Cancelled when the session ends.
@@ -50,6 +52,7 @@ impl SessionLink {
             ended: AtomicBool::new(false),
             authenticated: AtomicBool::new(false),
             setups_in_flight: AtomicUsize::new(0),
+            options: RwLock::new(Arc::default()),
             output: Mutex::new(Output::default()),
             gone: CancellationToken::new(),
         }
@@ -84,6 +87,19 @@ impl SessionLink {
     /// Whether the session is over.
     pub fn has_ended(&self) -> bool {
         self.ended.load(Ordering::SeqCst)
+    }
+
+    /// The options of the session's command (defaults until it arrives).
+    pub fn options(&self) -> Arc<TunnelOptions> {
+        self.options
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records the options of the session's command.
+    pub fn set_options(&self, options: Arc<TunnelOptions>) {
+        *self.options.write().unwrap_or_else(|e| e.into_inner()) = options;
     }
 
     /// Counts a tunnel setup in progress until the guard drops.

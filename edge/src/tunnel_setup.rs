@@ -1,0 +1,158 @@
+//! Setting up one tunnel with control, off the SSH session's loop: while control works
+//! (DNS lag wait included) the session keeps answering keepalives and alive probes, and
+//! several forwards of one client are set up at once.
+
+use crate::edge::Edge;
+use crate::messages;
+use crate::tunnels::{ForwardTarget, SessionLink, Tunnel};
+use crate::username::UserRequest;
+use crate::visitor_tcp;
+use nearhop_wire::{CloseTunnelRequest, CreateTunnelRequest, CreateTunnelResponse};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// Time a client has after its forwards are set up to open a session channel before it is
+/// taken for `ssh -N`.
+const NO_SESSION_GRACE: Duration = Duration::from_millis(1500);
+
+/// Told to a client whose tunnel another connection took over.
+const REPLACED: &str = "a newer connection took over this name.";
+
+/// One accepted `tcpip-forward`, waiting for control.
+pub struct PendingTunnel {
+    /// What the username asked for.
+    pub user: UserRequest,
+    /// The name asked for with the bind address, if any.
+    pub requested_name: Option<String>,
+    /// The forward as the client will match it.
+    pub forward: ForwardTarget,
+    /// The public TCP port, bound already (TCP tunnels).
+    pub public_port: Option<(TcpListener, u16)>,
+}
+
+/// Asks control for the tunnel, installs it and tells the user; on refusal tells the user
+/// why and disconnects. Runs as its own task.
+pub async fn set_up(edge: Arc<Edge>, link: Arc<SessionLink>, pending: PendingTunnel) {
+    let guard = link.setup_started();
+    let started = Instant::now();
+    let result = create(&edge, &link, pending).await;
+    let outcome = if result.is_ok() { "ok" } else { "refused" };
+    edge.metrics
+        .tunnel_setup_seconds
+        .with_label_values(&[outcome])
+        .observe(started.elapsed().as_secs_f64());
+    drop(guard);
+    match result {
+        Ok(url) => {
+            let text = format!("-- nearhop tunnel live: {url}");
+            link.tell_without_session(&text, NO_SESSION_GRACE).await;
+        }
+        Err(message) => {
+            tracing::info!(reason = %message, "refusing client");
+            link.say(true, &format!("nearhop: {message}")).await;
+            link.disconnect(&message).await;
+        }
+    }
+}
+
+async fn create(
+    edge: &Arc<Edge>,
+    link: &Arc<SessionLink>,
+    pending: PendingTunnel,
+) -> Result<String, String> {
+    let PendingTunnel {
+        user,
+        requested_name,
+        forward,
+        public_port,
+    } = pending;
+    let req = CreateTunnelRequest {
+        edge_id: edge.config.edge_id.clone(),
+        token: user.token.clone(),
+        requested_name,
+        kind: user.kind,
+        force: user.force,
+        client_addr: link.peer.ip().to_string(),
+    };
+    let resp = edge.control.create_tunnel(&req).await.map_err(|e| {
+        edge.metrics
+            .control_errors_total
+            .with_label_values(&["create_tunnel"])
+            .inc();
+        tracing::info!(error = %e, "control refused or failed a setup");
+        e.user_message()
+    })?;
+    if link.has_ended() {
+        give_back(edge, &resp, "client_closed");
+        return Err("the client left during setup".into());
+    }
+    let (listener, port) = match public_port {
+        Some((l, p)) => (Some(l), Some(p)),
+        None => (None, None),
+    };
+    let tunnel = Arc::new(Tunnel::new(
+        resp.tunnel_id,
+        resp.hostname.to_ascii_lowercase(),
+        resp.zone.clone(),
+        resp.region.clone(),
+        user.kind,
+        port,
+        forward,
+        link.clone(),
+        link.options(),
+    ));
+    install(edge, &tunnel, &resp).await;
+    // The command's options may have arrived while control worked; the session updates
+    // installed tunnels, so re-reading after the install cannot miss them.
+    tunnel.set_options(link.options());
+    if let Some(listener) = listener {
+        visitor_tcp::spawn_listener(edge.clone(), tunnel.clone(), listener);
+    }
+    let http_port = edge.config.public_http_port();
+    link.say(
+        false,
+        &messages::tunnel_ready(&tunnel, &resp, http_port, user.qr),
+    )
+    .await;
+    Ok(messages::public_url(&tunnel, http_port))
+}
+
+/// Makes the tunnel routable, closing what it replaced on this edge.
+async fn install(edge: &Arc<Edge>, tunnel: &Arc<Tunnel>, resp: &CreateTunnelResponse) {
+    edge.metrics
+        .tunnels_active
+        .with_label_values(&[&tunnel.zone, tunnel.kind.as_str()])
+        .inc();
+    if let Some(old) = edge.registry.insert(tunnel.clone()) {
+        // Same name, same edge: a reconnect or a force that control already settled.
+        edge.close_tunnel(&old, "replaced", Some(REPLACED), false)
+            .await;
+    }
+    if let Some(replaced) = &resp.replaced_tunnel {
+        if replaced.edge_id == edge.config.edge_id && replaced.tunnel_id != tunnel.id {
+            if let Some(old) = edge.registry.by_id(replaced.tunnel_id) {
+                edge.close_tunnel(&old, "replaced", Some(REPLACED), false)
+                    .await;
+            }
+        }
+    }
+    let edge = edge.clone();
+    tokio::spawn(async move { crate::control_sync::refresh_routes(&edge).await });
+    tracing::info!(tunnel = tunnel.id, host = %tunnel.hostname, kind = tunnel.kind.as_str(), "tunnel live");
+}
+
+/// Closes a tunnel control created that the edge will not serve after all.
+fn give_back(edge: &Edge, resp: &CreateTunnelResponse, reason: &str) {
+    let control = edge.control.clone();
+    let req = CloseTunnelRequest {
+        edge_id: edge.config.edge_id.clone(),
+        reason: reason.to_string(),
+    };
+    let id = resp.tunnel_id;
+    tokio::spawn(async move {
+        if let Err(e) = control.close_tunnel(id, &req).await {
+            tracing::warn!(tunnel = id, error = %e, "giving a tunnel back to control");
+        }
+    });
+}
