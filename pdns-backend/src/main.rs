@@ -63,6 +63,7 @@ async fn run(cfg: config::Config, pipe: bool) -> Result<()> {
                     .map(|ms| Duration::from_millis(*ms))
                     .collect(),
                 Arc::clone(&metrics),
+                Arc::clone(&store),
             );
             tokio::spawn(purger.run(rx));
             Some(tx)

@@ -8,6 +8,7 @@
 //! subtree, and a changed name that has one is reloaded and purged on its own.
 
 use crate::metrics::Metrics;
+use crate::store::Store;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,20 +19,37 @@ use tokio::sync::mpsc;
 /// Names per control-socket command: keeps each line short.
 const NAMES_PER_COMMAND: usize = 64;
 
-/// Sends purges for the batches of names it receives; an empty name means "everything".
+/// Names changed by one applied batch and the replica position that batch reached.
+#[derive(Debug)]
+pub struct Batch {
+    /// Changed names (storage form); an empty name means "everything".
+    pub names: Vec<String>,
+    /// Published as the applied position once these names are purged.
+    pub lsn: u64,
+}
+
+/// Purges the names of each batch it receives, then publishes the batch's position: so a
+/// `/v1/wait` that says `reached` also means pdns's caches no longer hold the old answer.
 pub struct Purger {
     socket: PathBuf,
     repeat_after: Vec<Duration>,
     metrics: Arc<Metrics>,
+    store: Arc<Store>,
 }
 
 impl Purger {
     /// A purger for pdns running with `socket_dir`.
-    pub fn new(socket_dir: &Path, repeat_after: Vec<Duration>, metrics: Arc<Metrics>) -> Purger {
+    pub fn new(
+        socket_dir: &Path,
+        repeat_after: Vec<Duration>,
+        metrics: Arc<Metrics>,
+        store: Arc<Store>,
+    ) -> Purger {
         Purger {
             socket: socket_dir.join("pdns.controlsocket"),
             repeat_after,
             metrics,
+            store,
         }
     }
 
@@ -43,16 +61,28 @@ impl Purger {
     /// answer is the last repeat delay, not the cache TTL. The first repeat comes soon
     /// (usually the racing thread stores within microseconds), the last one late enough for
     /// a thread that was descheduled in between.
-    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Vec<String>>) {
+    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Batch>) {
         let this = Arc::new(self);
-        while let Some(mut names) = rx.recv().await {
+        while let Some(first) = rx.recv().await {
             // Coalesce whatever queued up meanwhile into one round of commands.
+            let mut names = first.names;
+            let mut lsn = first.lsn;
             while let Ok(more) = rx.try_recv() {
-                names.extend(more);
+                names.extend(more.names);
+                lsn = lsn.max(more.lsn);
             }
             names.sort();
             names.dedup();
-            this.purge(&names).await;
+            if !names.is_empty() {
+                this.purge(&names).await;
+            }
+            // Published even if the purge failed (logged and counted): holding the position
+            // back would stall control's lag race on a pdns problem it cannot fix.
+            this.store.set_applied_lsn(lsn);
+            this.metrics.applied_lsn.set(lsn as i64);
+            if names.is_empty() {
+                continue;
+            }
             let later = Arc::clone(&this);
             tokio::spawn(async move {
                 let mut waited = Duration::ZERO;

@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::purge::Batch;
 use crate::store::{Domain, Record, RegionState, Store, Zones};
 use anyhow::{anyhow, Context, Result};
 use futures_util::{pin_mut, TryStreamExt};
@@ -34,7 +35,7 @@ pub struct Tailer {
     cfg: Config,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
-    purge: Option<mpsc::UnboundedSender<Vec<String>>>,
+    purge: Option<mpsc::UnboundedSender<Batch>>,
 }
 
 /// Where the tail stands between two polls.
@@ -66,7 +67,7 @@ impl Tailer {
         cfg: Config,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
-        purge: Option<mpsc::UnboundedSender<Vec<String>>>,
+        purge: Option<mpsc::UnboundedSender<Batch>>,
     ) -> Tailer {
         Tailer {
             cfg,
@@ -197,7 +198,10 @@ impl Tailer {
         self.metrics.full_loads.inc();
         // Everything may have changed while we were away: drop pdns's caches entirely.
         if let Some(p) = &self.purge {
-            let _ = p.send(vec![String::new()]);
+            let _ = p.send(Batch {
+                names: vec![String::new()],
+                lsn,
+            });
         }
         Ok(Cursor {
             xmin,
@@ -284,11 +288,18 @@ impl Tailer {
             self.metrics.changes_applied.inc_by(names.len() as u64);
             tracing::debug!(names = names.len(), zone_list_changed, "applied changes");
         }
-        self.store.set_applied_lsn(lsn);
-        self.metrics.applied_lsn.set(lsn as i64);
-        if let Some(p) = &self.purge {
-            if !names.is_empty() {
-                let _ = p.send(names.into_iter().collect());
+        match &self.purge {
+            // The purger publishes the position once the names are out of pdns's caches;
+            // every position goes through it, so positions stay in order.
+            Some(p) => {
+                let names = names.into_iter().collect();
+                if p.send(Batch { names, lsn }).is_err() {
+                    self.store.set_applied_lsn(lsn);
+                }
+            }
+            None => {
+                self.store.set_applied_lsn(lsn);
+                self.metrics.applied_lsn.set(lsn as i64);
             }
         }
         for (id, xid) in fresh {
