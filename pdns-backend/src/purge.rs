@@ -137,3 +137,49 @@ impl Purger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncBufReadExt;
+
+    #[tokio::test]
+    async fn names_are_purged_exactly_before_the_position_is_published() {
+        let dir = std::env::temp_dir().join(format!("nearhop-purge-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let sock = dir.join("pdns.controlsocket");
+        let _ = std::fs::remove_file(&sock);
+        let listener = tokio::net::UnixListener::bind(&sock).expect("bind");
+        let store = Arc::new(Store::new());
+        let purger = Purger::new(
+            &dir,
+            vec![Duration::from_secs(3600)],
+            Arc::new(Metrics::new()),
+            Arc::clone(&store),
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(purger.run(rx));
+        tx.send(Batch {
+            names: vec!["b.a.tunnel.test".into(), "a.a.tunnel.test".into()],
+            lsn: 42,
+        })
+        .expect("send");
+        let (stream, _) = listener.accept().await.expect("accept");
+        // Not published while pdns has not answered the purge.
+        assert_eq!(store.applied_lsn(), 0);
+        let (rd, mut wr) = stream.into_split();
+        let mut line = String::new();
+        tokio::io::BufReader::new(rd)
+            .read_line(&mut line)
+            .await
+            .expect("read");
+        assert_eq!(line, "purge a.a.tunnel.test b.a.tunnel.test\n");
+        wr.write_all(b"2").await.expect("answer");
+        drop(wr);
+        let mut rx = store.watch_applied();
+        while *rx.borrow_and_update() < 42 {
+            rx.changed().await.expect("published");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
