@@ -54,6 +54,12 @@ pub fn current_wal_lsn(conn: &mut PgConnection) -> ControlResult<String> {
     Ok(row.lsn)
 }
 
+/// The id of the current transaction (assigning one if it has none yet).
+pub fn current_xid(conn: &mut PgConnection) -> ControlResult<String> {
+    let row: Lsn = sql_query("SELECT pg_current_xact_id()::text AS lsn").get_result(conn)?;
+    Ok(row.lsn)
+}
+
 /// Hash under which a token is stored.
 pub fn token_hash(token: &str) -> Vec<u8> {
     use sha2::{Digest, Sha256};

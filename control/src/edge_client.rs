@@ -9,8 +9,10 @@ use std::time::Duration;
 pub enum Liveness {
     /// The client answered the edge's keepalive.
     Alive,
-    /// The edge does not know the tunnel, or the client did not answer.
+    /// The edge knows the tunnel and its client did not answer the keepalive.
     Dead,
+    /// The edge does not know the tunnel (never set up there, or already gone).
+    Unknown,
     /// The edge could not be reached within the bound.
     EdgeUnreachable,
 }
@@ -47,15 +49,17 @@ impl EdgeClient {
         let outcome = match res {
             Ok(r) if r.status().is_success() => match r.json::<AliveResponse>().await {
                 Ok(a) if a.known && a.alive => Liveness::Alive,
-                Ok(_) => Liveness::Dead,
+                Ok(a) if a.known => Liveness::Dead,
+                Ok(_) => Liveness::Unknown,
                 Err(_) => Liveness::EdgeUnreachable,
             },
-            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Liveness::Dead,
+            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Liveness::Unknown,
             Ok(_) | Err(_) => Liveness::EdgeUnreachable,
         };
         let label = match outcome {
             Liveness::Alive => "alive",
             Liveness::Dead => "dead",
+            Liveness::Unknown => "unknown",
             Liveness::EdgeUnreachable => "unreachable",
         };
         self.metrics

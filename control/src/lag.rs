@@ -85,7 +85,7 @@ impl LagWaiter {
     }
 
     /// Waits until every waited region serves `commit_lsn`, or the bound passes.
-    pub async fn wait(&self, commit_lsn: &str) -> DnsPropagation {
+    pub async fn wait(&self, commit_lsn: &str, commit_xid: &str) -> DnsPropagation {
         let started = Instant::now();
         let mut out = DnsPropagation {
             commit_lsn: commit_lsn.to_string(),
@@ -99,7 +99,7 @@ impl LagWaiter {
             let r = r.clone();
             async move {
                 let t0 = Instant::now();
-                let ok = self.wait_region(&r, commit_lsn, deadline).await;
+                let ok = self.wait_region(&r, commit_lsn, commit_xid, deadline).await;
                 self.metrics
                     .lag_wait_seconds
                     .with_label_values(&[&r.name])
@@ -128,9 +128,15 @@ impl LagWaiter {
         out
     }
 
-    async fn wait_region(&self, region: &RegionConfig, lsn: &str, deadline: Instant) -> bool {
+    async fn wait_region(
+        &self,
+        region: &RegionConfig,
+        lsn: &str,
+        xid: &str,
+        deadline: Instant,
+    ) -> bool {
         if let Some(url) = &region.backend_url {
-            return self.wait_backend(url, lsn, deadline).await;
+            return self.wait_backend(url, lsn, xid, deadline).await;
         }
         if region.name == self.primary_region {
             return true;
@@ -138,7 +144,7 @@ impl LagWaiter {
         self.wait_replica(&region.name, lsn, deadline).await
     }
 
-    async fn wait_backend(&self, base: &str, lsn: &str, deadline: Instant) -> bool {
+    async fn wait_backend(&self, base: &str, lsn: &str, xid: &str, deadline: Instant) -> bool {
         let url = format!("{}/v1/wait", base.trim_end_matches('/'));
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -148,7 +154,11 @@ impl LagWaiter {
             let res = self
                 .http
                 .get(&url)
-                .query(&[("lsn", lsn), ("timeout_ms", &left.as_millis().to_string())])
+                .query(&[
+                    ("lsn", lsn),
+                    ("xid", xid),
+                    ("timeout_ms", &left.as_millis().to_string()),
+                ])
                 .timeout(left + Duration::from_millis(200))
                 .send()
                 .await;

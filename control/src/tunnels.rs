@@ -455,14 +455,14 @@ async fn settle_holder(
         )),
         // A tunnel still in its setup window is unknown to its edge until control answers
         // the edge, so "unknown" does not mean dead yet: the two setups are racing.
-        Liveness::Dead if holder.in_setup => Err(ControlError::refused(
+        Liveness::Unknown if holder.in_setup => Err(ControlError::refused(
             ErrorCode::NameInUse,
             format!(
                 "{hostname} is being set up by another connection right now; add `force` \
                  to the username to take it over"
             ),
         )),
-        Liveness::Dead => Ok(dead_reason("client_dead")),
+        Liveness::Dead | Liveness::Unknown => Ok(dead_reason("client_dead")),
         Liveness::EdgeUnreachable => Ok(dead_reason("edge_unreachable")),
     }
 }
@@ -475,13 +475,13 @@ fn write_tunnel(
     req: &CreateTunnelRequest,
     p: &Plot,
     takeover: Option<(&Holder, &str)>,
-) -> ControlResult<(i64, Option<DateTime<Utc>>, String)> {
+) -> ControlResult<(i64, Option<DateTime<Utc>>, String, String)> {
     let hostname = format!("{}.{}", p.label, p.zone.name);
     let now = Utc::now();
     let lease = now + chrono::Duration::seconds(st.cfg.lease_seconds as i64);
     let expires_at = (p.zone.time_limit_minutes > 0)
         .then(|| now + chrono::Duration::minutes(p.zone.time_limit_minutes as i64));
-    let tunnel_id = conn.transaction::<i64, ControlError, _>(|conn| {
+    let (tunnel_id, xid) = conn.transaction::<(i64, String), ControlError, _>(|conn| {
         if let Some((h, reason)) = takeover {
             diesel::update(
                 tunnels::table
@@ -540,10 +540,10 @@ fn write_tunnel(
                 records::auth.eq(true),
             ))
             .execute(conn)?;
-        Ok(id)
+        Ok((id, crate::db::current_xid(conn)?))
     })?;
     let lsn = crate::db::current_wal_lsn(conn)?;
-    Ok((tunnel_id, expires_at, lsn))
+    Ok((tunnel_id, expires_at, lsn, xid))
 }
 
 /// Sets up a tunnel; see the module comment for the order of steps.
@@ -595,7 +595,7 @@ async fn create_inner(
             reason: reason.to_string(),
         });
     }
-    let (tunnel_id, expires_at, lsn) = {
+    let (tunnel_id, expires_at, lsn, xid) = {
         let (st2, req2, p2, r2) = (st.clone(), req.clone(), p.clone(), replaced.clone());
         st.blocking(move |conn| {
             let takeover = r2
@@ -626,7 +626,7 @@ async fn create_inner(
             });
         }
     }
-    let dns = st.lag.wait(&lsn).await;
+    let dns = st.lag.wait(&lsn, &xid).await;
     tracing::info!(
         tunnel_id,
         %hostname,

@@ -288,12 +288,9 @@ fn short_leases(spec: &mut nearhop_stack::ControlSpec) {
     spec.heartbeat_seconds = 1;
 }
 
-/// Known defect (control/src/leases.rs, `reap_once`): when control (or the primary) comes
-/// back after an outage longer than `lease_seconds`, the reaper's first pass closes every
-/// live tunnel whose lease lapsed meanwhile, before the edges' next heartbeat renews it, and
-/// removes their records. Run with `--ignored` to see it; remove the `ignore` once fixed.
+/// When control (or the primary) comes back after an outage longer than `lease_seconds`,
+/// leases that lapsed meanwhile must not close live tunnels before the edges renew them.
 #[test]
-#[ignore = "defect: the reaper closes live tunnels after a control outage longer than the lease"]
 fn live_tunnel_survives_a_control_outage_longer_than_its_lease() {
     let mut stack = full_stack_with(StackOptions {
         control_tweak: Some(short_leases),

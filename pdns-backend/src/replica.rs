@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::purge::Batch;
-use crate::store::{Domain, Record, RegionState, Store, Zones};
+use crate::store::{Domain, Record, RegionState, Snapshot, Store, Zones};
 use anyhow::{anyhow, Context, Result};
 use futures_util::{pin_mut, TryStreamExt};
 use std::collections::{BTreeSet, HashMap};
@@ -46,12 +46,16 @@ struct Cursor {
     applied: HashMap<i64, u64>,
     /// The replay (or write) position seen at the last poll.
     seen_lsn: u64,
+    /// The last snapshot had transactions in progress: on a primary one of them may have
+    /// committed at or below `seen_lsn` without being visible yet, so the next poll reads
+    /// again even if the position did not move.
+    in_progress: bool,
 }
 
 /// Changes since an xmin plus the current rows of their names, and the statement's own
 /// snapshot xmin, in one statement. `kind` 0: the xmin; 1: a change; 2: a record.
 const CHANGES_SQL: &str = "WITH ch AS (SELECT id, xid, name FROM dns_changes WHERE xid >= $1::text::xid8) \
-     SELECT 0::int2, NULL::int8, pg_snapshot_xmin(pg_current_snapshot())::text, NULL::text, \
+     SELECT 0::int2, NULL::int8, pg_current_snapshot()::text, NULL::text, \
             NULL::text, NULL::text, NULL::int4, NULL::int4, NULL::int4 \
      UNION ALL SELECT 1::int2, id, xid::text, name::text, NULL, NULL, NULL, NULL, NULL FROM ch \
      UNION ALL SELECT 2::int2, NULL, NULL, r.name::text, r.type::text, r.content::text, r.ttl, r.prio, r.domain_id \
@@ -150,7 +154,7 @@ impl Tailer {
             interval.tick().await;
             let lsn = read_lsn(client, &lsn_stmt).await?;
             self.store.touch();
-            if lsn != cursor.seen_lsn {
+            if lsn != cursor.seen_lsn || cursor.in_progress {
                 self.apply_changes(client, &changes_stmt, &mut cursor, lsn)
                     .await?;
             }
@@ -175,7 +179,8 @@ impl Tailer {
             .read_only(true)
             .start()
             .await?;
-        let xmin = snapshot_xmin(&tx).await?;
+        let snapshot = current_snapshot(&tx).await?;
+        let xmin = snapshot.xmin;
         let domains = load_domains(&tx).await?;
         let stream = tx
             .query_raw(RECORD_COLUMNS, std::iter::empty::<&str>())
@@ -194,6 +199,8 @@ impl Tailer {
         let zones = Zones::new(domains, rows);
         self.metrics.records.set(zones.record_count() as i64);
         self.store.replace_all(zones, lsn);
+        let in_progress = !snapshot.xip.is_empty();
+        self.store.publish(lsn, snapshot.clone());
         self.metrics.applied_lsn.set(lsn as i64);
         self.metrics.full_loads.inc();
         // Everything may have changed while we were away: drop pdns's caches entirely.
@@ -201,12 +208,14 @@ impl Tailer {
             let _ = p.send(Batch {
                 names: vec![String::new()],
                 lsn,
+                snapshot,
             });
         }
         Ok(Cursor {
             xmin,
             applied,
             seen_lsn: lsn,
+            in_progress,
         })
     }
 
@@ -224,7 +233,7 @@ impl Tailer {
             .query(stmt, &[&cursor.xmin.to_string()])
             .await
             .context("reading dns_changes")?;
-        let mut new_xmin = None;
+        let mut snapshot = None;
         let mut fresh: Vec<(i64, u64)> = Vec::new();
         let mut names: BTreeSet<String> = BTreeSet::new();
         let mut zone_list_changed = false;
@@ -233,8 +242,8 @@ impl Tailer {
             let kind: i16 = row.get(0);
             match kind {
                 0 => {
-                    let xmin: Option<&str> = row.get(2);
-                    new_xmin = xmin.and_then(|x| x.parse::<u64>().ok());
+                    let text: Option<&str> = row.get(2);
+                    snapshot = text.and_then(Snapshot::parse);
                 }
                 1 => {
                     let id: i64 = row.get(1);
@@ -257,7 +266,10 @@ impl Tailer {
                 }
             }
         }
-        let new_xmin = new_xmin.ok_or_else(|| anyhow!("change query returned no snapshot xmin"))?;
+        let snapshot =
+            snapshot.ok_or_else(|| anyhow!("change query returned no parsable snapshot"))?;
+        let new_xmin = snapshot.xmin;
+        let in_progress = !snapshot.xip.is_empty();
         // Rare: a zone was added, changed or removed. Read later than the snapshot above,
         // which only makes it newer; zone rows carry no records of their own.
         let domains = if zone_list_changed {
@@ -293,12 +305,16 @@ impl Tailer {
             // every position goes through it, so positions stay in order.
             Some(p) => {
                 let names = names.into_iter().collect();
-                if p.send(Batch { names, lsn }).is_err() {
-                    self.store.set_applied_lsn(lsn);
+                if let Err(e) = p.send(Batch {
+                    names,
+                    lsn,
+                    snapshot,
+                }) {
+                    self.store.publish(lsn, e.0.snapshot);
                 }
             }
             None => {
-                self.store.set_applied_lsn(lsn);
+                self.store.publish(lsn, snapshot);
                 self.metrics.applied_lsn.set(lsn as i64);
             }
         }
@@ -308,6 +324,7 @@ impl Tailer {
         cursor.applied.retain(|_, xid| *xid >= new_xmin);
         cursor.xmin = new_xmin;
         cursor.seen_lsn = lsn;
+        cursor.in_progress = in_progress;
         Ok(())
     }
 
@@ -370,13 +387,12 @@ async fn read_lsn(client: &Client, stmt: &tokio_postgres::Statement) -> Result<u
     parse_lsn(&text).ok_or_else(|| anyhow!("unparsable LSN {text:?}"))
 }
 
-async fn snapshot_xmin(tx: &tokio_postgres::Transaction<'_>) -> Result<u64> {
+async fn current_snapshot(tx: &tokio_postgres::Transaction<'_>) -> Result<Snapshot> {
     let row = tx
-        .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
+        .query_one("SELECT pg_current_snapshot()::text", &[])
         .await?;
     let text: String = row.get(0);
-    text.parse()
-        .with_context(|| format!("unparsable snapshot xmin {text:?}"))
+    Snapshot::parse(&text).with_context(|| format!("unparsable snapshot {text:?}"))
 }
 
 async fn visible_changes(

@@ -155,6 +155,39 @@ impl Zones {
     }
 }
 
+/// A PostgreSQL snapshot (`xmin:xmax:xip,...`): which transactions its reads saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every transaction below it had ended when the snapshot was taken.
+    pub xmin: u64,
+    /// Every transaction at or above it had not started.
+    pub xmax: u64,
+    /// Transactions in progress when the snapshot was taken.
+    pub xip: Vec<u64>,
+}
+
+impl Snapshot {
+    /// Parses `pg_current_snapshot()::text`.
+    pub fn parse(text: &str) -> Option<Snapshot> {
+        let mut parts = text.splitn(3, ':');
+        let xmin = parts.next()?.parse().ok()?;
+        let xmax = parts.next()?.parse().ok()?;
+        let xip = match parts.next()? {
+            "" => Vec::new(),
+            list => list
+                .split(',')
+                .map(|x| x.parse().ok())
+                .collect::<Option<Vec<u64>>>()?,
+        };
+        Some(Snapshot { xmin, xmax, xip })
+    }
+
+    /// Whether a committed transaction's changes are visible in this snapshot.
+    pub fn sees(&self, xid: u64) -> bool {
+        xid < self.xmin || (xid < self.xmax && !self.xip.contains(&xid))
+    }
+}
+
 /// The store shared by the tailer (writer) and the connectors (readers).
 pub struct Store {
     zones: RwLock<Zones>,
@@ -162,6 +195,7 @@ pub struct Store {
     metadata: RwLock<HashMap<String, Vec<(String, String)>>>,
     loaded: AtomicBool,
     applied_lsn: watch::Sender<u64>,
+    applied_snapshot: RwLock<Snapshot>,
     started: Instant,
     last_contact_ms: AtomicU64,
     contact_seen: AtomicBool,
@@ -182,6 +216,7 @@ impl Store {
             metadata: RwLock::new(HashMap::new()),
             loaded: AtomicBool::new(false),
             applied_lsn: watch::channel(0).0,
+            applied_snapshot: RwLock::new(Snapshot::default()),
             started: Instant::now(),
             last_contact_ms: AtomicU64::new(0),
             contact_seen: AtomicBool::new(false),
@@ -222,6 +257,25 @@ impl Store {
                 false
             }
         });
+    }
+
+    /// Records the snapshot the memory now reflects, with the position read before it, and
+    /// wakes every waiter (also when the position did not move: a transaction that was in
+    /// progress in the previous snapshot may be visible in this one).
+    pub fn publish(&self, lsn: u64, snapshot: Snapshot) {
+        *self
+            .applied_snapshot
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = snapshot;
+        self.applied_lsn.send_modify(|cur| *cur = (*cur).max(lsn));
+    }
+
+    /// Whether the committed transaction `xid` is in memory.
+    pub fn sees(&self, xid: u64) -> bool {
+        self.applied_snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .sees(xid)
     }
 
     /// The position applied so far.
@@ -326,5 +380,22 @@ mod tests {
         s.set_applied_lsn(10);
         s.set_applied_lsn(5);
         assert_eq!(s.applied_lsn(), 10);
+    }
+
+    #[test]
+    fn snapshot_visibility_follows_postgres_rules() {
+        let snap = Snapshot::parse("100:105:101,103").unwrap();
+        assert!(snap.sees(99));
+        assert!(snap.sees(100));
+        assert!(!snap.sees(101));
+        assert!(snap.sees(102));
+        assert!(!snap.sees(103));
+        assert!(!snap.sees(105));
+        assert_eq!(Snapshot::parse("7:7:").unwrap().xip, Vec::<u64>::new());
+        assert!(Snapshot::parse("7:x:").is_none());
+        let s = Store::new();
+        s.publish(20, snap);
+        assert_eq!(s.applied_lsn(), 20);
+        assert!(s.sees(102) && !s.sees(101));
     }
 }

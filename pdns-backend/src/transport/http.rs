@@ -122,9 +122,13 @@ impl HttpApp {
         )
     }
 
-    /// Long-polls until the applied position reaches `lsn` or `timeout_ms` passes.
+    /// Long-polls until the applied position reaches `lsn` (and, when `xid` is given, the
+    /// memory's snapshot sees that committed transaction) or `timeout_ms` passes. The `xid`
+    /// makes the answer exact on a primary, where the WAL position can pass a commit a moment
+    /// before the transaction becomes visible.
     async fn wait(&self, query: &str) -> Resp {
         let mut lsn = None;
+        let mut xid: Option<u64> = None;
         let mut timeout = Duration::from_millis(1000);
         for (k, v) in form_urlencoded::parse(query.as_bytes()) {
             match &*k {
@@ -133,6 +137,10 @@ impl HttpApp {
                     None => {
                         return bad_request(&format!("lsn {v:?} is not an LSN such as 0/3000060"))
                     }
+                },
+                "xid" => match v.parse::<u64>() {
+                    Ok(x) => xid = Some(x),
+                    Err(_) => return bad_request(&format!("xid {v:?} is not a transaction id")),
                 },
                 "timeout_ms" => match v.parse::<u64>() {
                     Ok(ms) if Duration::from_millis(ms) <= MAX_WAIT => {
@@ -148,13 +156,15 @@ impl HttpApp {
         };
         let mut rx = self.store.watch_applied();
         let deadline = tokio::time::Instant::now() + timeout;
+        let store = &self.store;
+        let done = |applied: u64| applied >= target && xid.is_none_or(|x| store.sees(x));
         let reached = loop {
-            if *rx.borrow_and_update() >= target {
+            if done(*rx.borrow_and_update()) {
                 break true;
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => break *rx.borrow() >= target,
+                _ => break done(*rx.borrow()),
             }
         };
         json_response(
