@@ -10,7 +10,10 @@ use nearhop_wire::Plan;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "nearhop-stack", about = "Run nearhop's local three-region stack")]
+#[command(
+    name = "nearhop-stack",
+    about = "Run nearhop's local three-region stack"
+)]
 struct Cli {
     /// Where data and logs go; emptied at start.
     #[arg(long, default_value = ".stack")]
@@ -53,7 +56,10 @@ fn main() -> Result<()> {
     println!();
     println!("nearhop stack ready (data and logs in {})", dir.display());
     println!();
-    println!("Demo pro account {} created; its token: {}", demo.account_id, demo.token);
+    println!(
+        "Demo pro account {} created; its token: {}",
+        demo.account_id, demo.token
+    );
     println!("Expose a local port (here 8000) through the nearest edge:");
     for r in &stack.regions {
         println!(
@@ -62,12 +68,13 @@ fn main() -> Result<()> {
             r.name, r.ports.ssh, demo.token, r.ip
         );
     }
-    println!("  anonymous free tunnel: ssh -p {} -R0:localhost:8000 {}", us.ports.ssh, us.ip);
+    println!(
+        "  anonymous free tunnel: ssh -p {} -R0:localhost:8000 {}",
+        us.ports.ssh, us.ip
+    );
     println!();
     println!("Accounts and tokens:");
-    println!(
-        "  target/debug/nearhop-control --config {cfg} account create --plan pro --name you"
-    );
+    println!("  target/debug/nearhop-control --config {cfg} account create --plan pro --name you");
     println!("  target/debug/nearhop-control --config {cfg} token create --account ID");
     println!();
     println!("Resolve through each region's DNS:");

@@ -229,11 +229,15 @@ impl Stack {
         let mut edges = Vec::new();
         if opts.with_edges {
             for r in &regions {
-                let mut spec = EdgeSpec::for_tests(&r.name, r.ip, &control.url, &control.edge_secret);
+                let mut spec =
+                    EdgeSpec::for_tests(&r.name, r.ip, &control.url, &control.edge_secret);
                 spec.ssh = r.ports.ssh;
                 spec.http = r.ports.http;
                 spec.admin = r.ports.admin;
-                edges.push(EdgeProcess::start(&dir.join(format!("edge-{}", r.name)), spec)?);
+                edges.push(EdgeProcess::start(
+                    &dir.join(format!("edge-{}", r.name)),
+                    spec,
+                )?);
             }
         }
         Ok(Stack {
@@ -270,7 +274,12 @@ pub fn apex_map(regions: &[Region]) -> Vec<(String, Vec<String>)> {
     let mut map = Vec::new();
     for (i, r) in regions.iter().enumerate() {
         let mut prefs = vec![r.name.clone()];
-        prefs.extend(regions.iter().filter(|o| o.name != r.name).map(|o| o.name.clone()));
+        prefs.extend(
+            regions
+                .iter()
+                .filter(|o| o.name != r.name)
+                .map(|o| o.name.clone()),
+        );
         map.push((format!("{}/32", r.ip), prefs.clone()));
         map.push((format!("10.{}.0.0/16", i + 1), prefs));
     }

@@ -93,7 +93,7 @@ fn reconnect_after_network_drop_gets_the_name_back_without_force() {
     // The user's reconnect loop (`while true; do ssh ...; sleep 1; done`): control refuses
     // while the old tunnel is inside its setup window, then the alive probe proves it dead.
     let mut attempt = 0;
-    let (mut new, new_url) = loop {
+    let (new, new_url) = loop {
         attempt += 1;
         let mut c = s.ssh(
             &format!("back-{attempt}"),
