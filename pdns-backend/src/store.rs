@@ -181,11 +181,6 @@ impl Snapshot {
         };
         Some(Snapshot { xmin, xmax, xip })
     }
-
-    /// Whether a committed transaction's changes are visible in this snapshot.
-    pub fn sees(&self, xid: u64) -> bool {
-        xid < self.xmin || (xid < self.xmax && !self.xip.contains(&xid))
-    }
 }
 
 /// The store shared by the tailer (writer) and the connectors (readers).
@@ -268,14 +263,6 @@ impl Store {
             .write()
             .unwrap_or_else(|e| e.into_inner()) = snapshot;
         self.applied_lsn.send_modify(|cur| *cur = (*cur).max(lsn));
-    }
-
-    /// Whether the committed transaction `xid` is in memory.
-    pub fn sees(&self, xid: u64) -> bool {
-        self.applied_snapshot
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .sees(xid)
     }
 
     /// The position applied so far.
@@ -383,19 +370,16 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_visibility_follows_postgres_rules() {
+    fn snapshots_parse_and_publish_with_the_position() {
         let snap = Snapshot::parse("100:105:101,103").unwrap();
-        assert!(snap.sees(99));
-        assert!(snap.sees(100));
-        assert!(!snap.sees(101));
-        assert!(snap.sees(102));
-        assert!(!snap.sees(103));
-        assert!(!snap.sees(105));
+        assert_eq!(
+            (snap.xmin, snap.xmax, snap.xip.clone()),
+            (100, 105, vec![101, 103])
+        );
         assert_eq!(Snapshot::parse("7:7:").unwrap().xip, Vec::<u64>::new());
         assert!(Snapshot::parse("7:x:").is_none());
         let s = Store::new();
         s.publish(20, snap);
         assert_eq!(s.applied_lsn(), 20);
-        assert!(s.sees(102) && !s.sees(101));
     }
 }
