@@ -174,17 +174,17 @@ fn setup_window(st: &AppState) -> chrono::Duration {
 
 /// Picks the account's persistent name in `zone`, creating it on the first tunnel.
 fn default_name(conn: &mut PgConnection, account_id: i64, zone: &str) -> ControlResult<String> {
-    let existing: Option<String> = names::table
-        .filter(names::account_id.eq(account_id))
-        .filter(names::zone.eq(zone))
-        .filter(names::is_default.eq(true))
-        .select(names::label)
-        .first(conn)
-        .optional()?;
-    if let Some(label) = existing {
-        return Ok(label);
-    }
     for _ in 0..8 {
+        let existing: Option<String> = names::table
+            .filter(names::account_id.eq(account_id))
+            .filter(names::zone.eq(zone))
+            .filter(names::is_default.eq(true))
+            .select(names::label)
+            .first(conn)
+            .optional()?;
+        if let Some(label) = existing {
+            return Ok(label);
+        }
         let label = random_label();
         let inserted = diesel::insert_into(names::table)
             .values((
@@ -199,17 +199,7 @@ fn default_name(conn: &mut PgConnection, account_id: i64, zone: &str) -> Control
             return Ok(label);
         }
         // Either the label is owned already (draw again) or a concurrent first tunnel of
-        // the same account assigned the default name (use it).
-        let raced: Option<String> = names::table
-            .filter(names::account_id.eq(account_id))
-            .filter(names::zone.eq(zone))
-            .filter(names::is_default.eq(true))
-            .select(names::label)
-            .first(conn)
-            .optional()?;
-        if let Some(label) = raced {
-            return Ok(label);
-        }
+        // the same account assigned the default name (the next round reads it).
     }
     Err(ControlError::Internal(
         "could not draw a free persistent name".into(),
