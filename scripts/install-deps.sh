@@ -15,6 +15,7 @@ packages=(
   dnsutils              # dig
   dnsperf               # DNS benchmarks
   wrk                   # HTTP benchmarks
+  nginx-light           # the edge benchmark's local HTTP server
   curl
 )
 
