@@ -64,7 +64,9 @@ fn two_edges_racing_for_one_name_exactly_one_wins() {
         let loser = if ra.is_ok() { &b } else { &a };
         let said = loser.output();
         assert!(
-            said.contains("in use") || said.contains("taken by another tunnel"),
+            said.contains("in use")
+                || said.contains("taken by another tunnel")
+                || said.contains("being set up by another connection"),
             "round {round}: the loser must be told the name is in use; it got:\n{said}"
         );
         assert_eq!(live_tunnels(&stack, &label), "1", "round {round}");
