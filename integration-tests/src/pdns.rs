@@ -789,47 +789,28 @@ fn read_name(msg: &[u8], mut off: usize) -> Result<(String, usize)> {
     bail!("name compression loop")
 }
 
-/// Asks the primary for a CHECKPOINT every 100 ms while it lives. `pg_basebackup` starts with
-/// a *spread* checkpoint by default, which takes most of `checkpoint_timeout` (over a minute
-/// per replica); an explicitly requested checkpoint makes the one in progress finish at once.
-pub struct FastCheckpoints {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl FastCheckpoints {
-    /// Starts asking; stops when dropped.
-    pub fn start(primary: PgEndpoint) -> FastCheckpoints {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = std::sync::Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut c = Command::new("psql");
-                c.arg(format!(
-                    "host={} port={} user={} dbname=postgres connect_timeout=1",
-                    primary.ip,
-                    primary.port,
-                    crate::postgres::DB_USER
-                ))
-                .args(["-qAtX", "-c", "CHECKPOINT"]);
-                let _ = c.output();
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        FastCheckpoints {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for FastCheckpoints {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// A primary (us, 127.0.0.1) and one streaming replica (eu, 127.0.0.2) on free ports in
+/// `dir`, `fsync` off: the DNS tests' and benchmark's database.
+pub fn primary_and_replica(dir: &Path) -> Result<crate::postgres::PgCluster> {
+    use crate::postgres::{PgCluster, PgClusterConfig};
+    let us = Ipv4Addr::new(127, 0, 0, 1);
+    let eu = Ipv4Addr::new(127, 0, 0, 2);
+    PgCluster::start(
+        &dir.join("pg"),
+        &PgClusterConfig {
+            primary: PgEndpoint {
+                region: "us".into(),
+                ip: us,
+                port: free_port(us),
+            },
+            replicas: vec![PgEndpoint {
+                region: "eu".into(),
+                ip: eu,
+                port: free_port(eu),
+            }],
+            fsync: false,
+        },
+    )
 }
 
 /// A primary (`us`, 127.0.0.1) with one streaming replica (`eu`, 127.0.0.2), the schema and
@@ -848,30 +829,10 @@ pub struct DnsFixture {
 impl DnsFixture {
     /// Starts everything; `tweak` adjusts eu's pdns spec before it starts.
     pub fn start(tweak: impl FnOnce(&mut PdnsSpec)) -> Result<DnsFixture> {
-        use crate::postgres::{PgCluster, PgClusterConfig};
         let tmp = tempfile::Builder::new().prefix("nearhop-dns-").tempdir()?;
         let dir = tmp.path().to_path_buf();
-        let us = Ipv4Addr::new(127, 0, 0, 1);
-        let eu = Ipv4Addr::new(127, 0, 0, 2);
-        let primary = PgEndpoint {
-            region: "us".into(),
-            ip: us,
-            port: free_port(us),
-        };
-        let _fast = FastCheckpoints::start(primary.clone());
-        let pg = PgCluster::start(
-            &dir.join("pg"),
-            &PgClusterConfig {
-                primary,
-                replicas: vec![PgEndpoint {
-                    region: "eu".into(),
-                    ip: eu,
-                    port: free_port(eu),
-                }],
-                fsync: false,
-            },
-        )?;
-        drop(_fast);
+        let pg = primary_and_replica(&dir)?;
+        let (us, eu) = (pg.primary.endpoint.ip, pg.replicas[0].endpoint.ip);
         apply_schema(&pg.primary.endpoint)?;
         seed_zones(
             &pg.primary.endpoint,

@@ -8,7 +8,7 @@
 //! subtree, and a changed name that has one is reloaded and purged on its own.
 
 use crate::metrics::Metrics;
-use crate::store::{Snapshot, Store};
+use crate::store::Store;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,8 +26,6 @@ pub struct Batch {
     pub names: Vec<String>,
     /// Published as the applied position once these names are purged.
     pub lsn: u64,
-    /// The snapshot the batch was read in, published with the position.
-    pub snapshot: Snapshot,
 }
 
 /// Purges the names of each batch it receives, then publishes the batch's position: so a
@@ -69,12 +67,9 @@ impl Purger {
             // Coalesce whatever queued up meanwhile into one round of commands.
             let mut names = first.names;
             let mut lsn = first.lsn;
-            let mut snapshot = first.snapshot;
             while let Ok(more) = rx.try_recv() {
                 names.extend(more.names);
                 lsn = lsn.max(more.lsn);
-                // Batches come in the order they were read: the last snapshot is the newest.
-                snapshot = more.snapshot;
             }
             names.sort();
             names.dedup();
@@ -83,7 +78,7 @@ impl Purger {
             }
             // Published even if the purge failed (logged and counted): holding the position
             // back would stall control's lag race on a pdns problem it cannot fix.
-            this.store.publish(lsn, snapshot);
+            this.store.publish(lsn);
             this.metrics.applied_lsn.set(lsn as i64);
             if names.is_empty() {
                 continue;
@@ -167,7 +162,6 @@ mod tests {
         tx.send(Batch {
             names: vec!["b.a.tunnel.test".into(), "a.a.tunnel.test".into()],
             lsn: 42,
-            snapshot: Snapshot::default(),
         })
         .expect("send");
         let (stream, _) = listener.accept().await.expect("accept");

@@ -200,7 +200,7 @@ impl Tailer {
         self.metrics.records.set(zones.record_count() as i64);
         self.store.replace_all(zones, lsn);
         let in_progress = !snapshot.xip.is_empty();
-        self.store.publish(lsn, snapshot.clone());
+        self.store.publish(lsn);
         self.metrics.applied_lsn.set(lsn as i64);
         self.metrics.full_loads.inc();
         // Everything may have changed while we were away: drop pdns's caches entirely.
@@ -208,7 +208,6 @@ impl Tailer {
             let _ = p.send(Batch {
                 names: vec![String::new()],
                 lsn,
-                snapshot,
             });
         }
         Ok(Cursor {
@@ -305,16 +304,12 @@ impl Tailer {
             // every position goes through it, so positions stay in order.
             Some(p) => {
                 let names = names.into_iter().collect();
-                if let Err(e) = p.send(Batch {
-                    names,
-                    lsn,
-                    snapshot,
-                }) {
-                    self.store.publish(lsn, e.0.snapshot);
+                if p.send(Batch { names, lsn }).is_err() {
+                    self.store.publish(lsn);
                 }
             }
             None => {
-                self.store.publish(lsn, snapshot);
+                self.store.publish(lsn);
                 self.metrics.applied_lsn.set(lsn as i64);
             }
         }

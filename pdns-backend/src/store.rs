@@ -190,7 +190,6 @@ pub struct Store {
     metadata: RwLock<HashMap<String, Vec<(String, String)>>>,
     loaded: AtomicBool,
     applied_lsn: watch::Sender<u64>,
-    applied_snapshot: RwLock<Snapshot>,
     started: Instant,
     last_contact_ms: AtomicU64,
     contact_seen: AtomicBool,
@@ -211,7 +210,6 @@ impl Store {
             metadata: RwLock::new(HashMap::new()),
             loaded: AtomicBool::new(false),
             applied_lsn: watch::channel(0).0,
-            applied_snapshot: RwLock::new(Snapshot::default()),
             started: Instant::now(),
             last_contact_ms: AtomicU64::new(0),
             contact_seen: AtomicBool::new(false),
@@ -254,14 +252,10 @@ impl Store {
         });
     }
 
-    /// Records the snapshot the memory now reflects, with the position read before it, and
-    /// wakes every waiter (also when the position did not move: a transaction that was in
-    /// progress in the previous snapshot may be visible in this one).
-    pub fn publish(&self, lsn: u64, snapshot: Snapshot) {
-        *self
-            .applied_snapshot
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = snapshot;
+    /// Records the position read before the snapshot the memory now reflects, and wakes every
+    /// waiter (also when the position did not move: a transaction that was in progress in the
+    /// previous snapshot may be visible in this one).
+    pub fn publish(&self, lsn: u64) {
         self.applied_lsn.send_modify(|cur| *cur = (*cur).max(lsn));
     }
 
@@ -379,7 +373,7 @@ mod tests {
         assert_eq!(Snapshot::parse("7:7:").unwrap().xip, Vec::<u64>::new());
         assert!(Snapshot::parse("7:x:").is_none());
         let s = Store::new();
-        s.publish(20, snap);
+        s.publish(20);
         assert_eq!(s.applied_lsn(), 20);
     }
 }

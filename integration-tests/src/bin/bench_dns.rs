@@ -10,7 +10,6 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use nearhop_stack::pdns::*;
 use nearhop_stack::ports::free_port;
-use nearhop_stack::postgres::{PgCluster, PgClusterConfig, PgEndpoint};
 use nearhop_stack::process::ChildGuard;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
@@ -188,28 +187,9 @@ fn main() -> Result<()> {
         .tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
-    let us = Ipv4Addr::new(127, 0, 0, 1);
-    let eu = Ipv4Addr::new(127, 0, 0, 2);
     eprintln!("starting primary + replica in {}", dir.display());
-    let primary = PgEndpoint {
-        region: "us".into(),
-        ip: us,
-        port: free_port(us),
-    };
-    let fast = FastCheckpoints::start(primary.clone());
-    let pg = PgCluster::start(
-        &dir.join("pg"),
-        &PgClusterConfig {
-            primary,
-            replicas: vec![PgEndpoint {
-                region: "eu".into(),
-                ip: eu,
-                port: free_port(eu),
-            }],
-            fsync: false,
-        },
-    )?;
-    drop(fast);
+    let pg = primary_and_replica(&dir)?;
+    let (us, eu) = (pg.primary.endpoint.ip, pg.replicas[0].endpoint.ip);
     let primary = pg.primary.endpoint.clone();
     let replica = pg.replicas[0].endpoint.clone();
     apply_schema(&primary)?;
