@@ -423,7 +423,8 @@ mod tests {
                 rec("CNAME", "us.a.tunnel.test."),
             ),
         ];
-        store.replace_all(Zones::new(domains, rows), 1);
+        store.replace_all(Zones::new(domains, rows));
+        store.publish(1, crate::store::Snapshot::default());
         store.set_regions(vec![RegionState {
             name: "us".into(),
             ipv4: Some("127.0.0.1".into()),

@@ -8,7 +8,7 @@
 //! subtree, and a changed name that has one is reloaded and purged on its own.
 
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Snapshot, Store};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,8 @@ pub struct Batch {
     pub names: Vec<String>,
     /// Published as the applied position once these names are purged.
     pub lsn: u64,
+    /// The snapshot the batch was read under, published with the position.
+    pub snapshot: Snapshot,
 }
 
 /// Purges the names of each batch it receives, then publishes the batch's position: so a
@@ -67,9 +69,11 @@ impl Purger {
             // Coalesce whatever queued up meanwhile into one round of commands.
             let mut names = first.names;
             let mut lsn = first.lsn;
+            let mut snapshot = first.snapshot;
             while let Ok(more) = rx.try_recv() {
                 names.extend(more.names);
                 lsn = lsn.max(more.lsn);
+                snapshot = more.snapshot;
             }
             names.sort();
             names.dedup();
@@ -78,7 +82,7 @@ impl Purger {
             }
             // Published even if the purge failed (logged and counted): holding the position
             // back would stall control's lag race on a pdns problem it cannot fix.
-            this.store.publish(lsn);
+            this.store.publish(lsn, snapshot);
             this.metrics.applied_lsn.set(lsn as i64);
             if names.is_empty() {
                 continue;
@@ -162,6 +166,7 @@ mod tests {
         tx.send(Batch {
             names: vec!["b.a.tunnel.test".into(), "a.a.tunnel.test".into()],
             lsn: 42,
+            snapshot: Snapshot::default(),
         })
         .expect("send");
         let (stream, _) = listener.accept().await.expect("accept");
@@ -177,7 +182,7 @@ mod tests {
         wr.write_all(b"2").await.expect("answer");
         drop(wr);
         let mut rx = store.watch_applied();
-        while *rx.borrow_and_update() < 42 {
+        while rx.borrow_and_update().lsn < 42 {
             rx.changed().await.expect("published");
         }
         let _ = std::fs::remove_dir_all(&dir);

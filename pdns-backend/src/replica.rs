@@ -1,6 +1,13 @@
 //! Keeps the record store current from the region's replica: a full load in one
 //! REPEATABLE READ snapshot, then tailing `dns_changes` by xid8 visibility, reloading the
 //! changed names under each new snapshot. Reconnects with backoff and reloads in full.
+//!
+//! Each poll reads the position and the current snapshot; changes are read again when
+//! either moved. The snapshot matters on a primary: a commit writes its WAL record before
+//! it becomes visible, so a read may see the position past a commit whose rows it cannot
+//! see yet, and the position may then stay put (an idle server). Every transaction that
+//! ends changes the snapshot (`xmax` or the in-progress list), so no commit waits for
+//! unrelated traffic to be picked up.
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -46,10 +53,9 @@ struct Cursor {
     applied: HashMap<i64, u64>,
     /// The replay (or write) position seen at the last poll.
     seen_lsn: u64,
-    /// The last snapshot had transactions in progress: on a primary one of them may have
-    /// committed at or below `seen_lsn` without being visible yet, so the next poll reads
-    /// again even if the position did not move.
-    in_progress: bool,
+    /// The snapshot seen at the last poll, as text: when neither it nor the position moved,
+    /// no transaction ended since and there is nothing new to read.
+    seen_snapshot: String,
 }
 
 /// Changes since an xmin plus the current rows of their names, and the statement's own
@@ -130,9 +136,9 @@ impl Tailer {
             .await?
             .get(0);
         let lsn_sql = if in_recovery {
-            "SELECT COALESCE(pg_last_wal_replay_lsn(), '0/0')::text"
+            "SELECT COALESCE(pg_last_wal_replay_lsn(), '0/0')::text, pg_current_snapshot()::text"
         } else {
-            "SELECT pg_current_wal_lsn()::text"
+            "SELECT pg_current_wal_lsn()::text, pg_current_snapshot()::text"
         };
         let lsn_stmt = client.prepare(lsn_sql).await?;
         let changes_stmt = client.prepare(CHANGES_SQL).await?;
@@ -152,11 +158,12 @@ impl Tailer {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            let lsn = read_lsn(client, &lsn_stmt).await?;
+            let (lsn, snapshot) = read_position(client, &lsn_stmt).await?;
             self.store.touch();
-            if lsn != cursor.seen_lsn || cursor.in_progress {
+            if lsn != cursor.seen_lsn || snapshot != cursor.seen_snapshot {
                 self.apply_changes(client, &changes_stmt, &mut cursor, lsn)
                     .await?;
+                cursor.seen_snapshot = snapshot;
             }
             if last_refresh.elapsed() >= refresh_every {
                 self.refresh_side_tables(client).await;
@@ -172,7 +179,7 @@ impl Tailer {
         client: &mut Client,
         lsn_stmt: &tokio_postgres::Statement,
     ) -> Result<Cursor> {
-        let lsn = read_lsn(client, lsn_stmt).await?;
+        let (lsn, seen_snapshot) = read_position(client, lsn_stmt).await?;
         let tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
@@ -198,9 +205,8 @@ impl Tailer {
         self.store.touch();
         let zones = Zones::new(domains, rows);
         self.metrics.records.set(zones.record_count() as i64);
-        self.store.replace_all(zones, lsn);
-        let in_progress = !snapshot.xip.is_empty();
-        self.store.publish(lsn);
+        self.store.replace_all(zones);
+        self.store.publish(lsn, snapshot.clone());
         self.metrics.applied_lsn.set(lsn as i64);
         self.metrics.full_loads.inc();
         // Everything may have changed while we were away: drop pdns's caches entirely.
@@ -208,13 +214,14 @@ impl Tailer {
             let _ = p.send(Batch {
                 names: vec![String::new()],
                 lsn,
+                snapshot,
             });
         }
         Ok(Cursor {
             xmin,
             applied,
             seen_lsn: lsn,
-            in_progress,
+            seen_snapshot,
         })
     }
 
@@ -268,7 +275,6 @@ impl Tailer {
         let snapshot =
             snapshot.ok_or_else(|| anyhow!("change query returned no parsable snapshot"))?;
         let new_xmin = snapshot.xmin;
-        let in_progress = !snapshot.xip.is_empty();
         // Rare: a zone was added, changed or removed. Read later than the snapshot above,
         // which only makes it newer; zone rows carry no records of their own.
         let domains = if zone_list_changed {
@@ -304,12 +310,16 @@ impl Tailer {
             // every position goes through it, so positions stay in order.
             Some(p) => {
                 let names = names.into_iter().collect();
-                if p.send(Batch { names, lsn }).is_err() {
-                    self.store.publish(lsn);
+                if let Err(mpsc::error::SendError(batch)) = p.send(Batch {
+                    names,
+                    lsn,
+                    snapshot,
+                }) {
+                    self.store.publish(batch.lsn, batch.snapshot);
                 }
             }
             None => {
-                self.store.publish(lsn);
+                self.store.publish(lsn, snapshot);
                 self.metrics.applied_lsn.set(lsn as i64);
             }
         }
@@ -319,7 +329,6 @@ impl Tailer {
         cursor.applied.retain(|_, xid| *xid >= new_xmin);
         cursor.xmin = new_xmin;
         cursor.seen_lsn = lsn;
-        cursor.in_progress = in_progress;
         Ok(())
     }
 
@@ -375,11 +384,13 @@ impl Tailer {
     }
 }
 
-async fn read_lsn(client: &Client, stmt: &tokio_postgres::Statement) -> Result<u64> {
+/// The position and the snapshot now, the snapshot as text (only compared).
+async fn read_position(client: &Client, stmt: &tokio_postgres::Statement) -> Result<(u64, String)> {
     let row = client.query_one(stmt, &[]).await?;
     let text: Option<String> = row.get(0);
     let text = text.unwrap_or_else(|| "0/0".into());
-    parse_lsn(&text).ok_or_else(|| anyhow!("unparsable LSN {text:?}"))
+    let lsn = parse_lsn(&text).ok_or_else(|| anyhow!("unparsable LSN {text:?}"))?;
+    Ok((lsn, row.get(1)))
 }
 
 async fn current_snapshot(tx: &tokio_postgres::Transaction<'_>) -> Result<Snapshot> {

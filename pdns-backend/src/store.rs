@@ -181,6 +181,32 @@ impl Snapshot {
         };
         Some(Snapshot { xmin, xmax, xip })
     }
+
+    /// Whether reads under this snapshot see the work of transaction `xid` (if it committed):
+    /// it had ended when the snapshot was taken.
+    pub fn sees(&self, xid: u64) -> bool {
+        xid < self.xmax && !self.xip.contains(&xid)
+    }
+}
+
+/// What the memory reflects: the position read before the snapshot it was loaded under, and
+/// that snapshot. A commit is in memory once the position reached its LSN **and** the
+/// snapshot sees its transaction: on a primary a commit's WAL record is written before the
+/// transaction becomes visible, so a position alone can run ahead of what was read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Every commit whose record ends at or below it had been written when the snapshot was
+    /// taken.
+    pub lsn: u64,
+    /// The snapshot of the last read.
+    pub snapshot: Snapshot,
+}
+
+impl Applied {
+    /// Whether the commit at `lsn` made by transaction `xid` (when known) is in memory.
+    pub fn covers(&self, lsn: u64, xid: Option<u64>) -> bool {
+        self.lsn >= lsn && xid.is_none_or(|x| self.snapshot.sees(x))
+    }
 }
 
 /// The store shared by the tailer (writer) and the connectors (readers).
@@ -189,7 +215,7 @@ pub struct Store {
     regions: RwLock<Vec<RegionState>>,
     metadata: RwLock<HashMap<String, Vec<(String, String)>>>,
     loaded: AtomicBool,
-    applied_lsn: watch::Sender<u64>,
+    applied: watch::Sender<Applied>,
     started: Instant,
     last_contact_ms: AtomicU64,
     contact_seen: AtomicBool,
@@ -209,7 +235,7 @@ impl Store {
             regions: RwLock::new(Vec::new()),
             metadata: RwLock::new(HashMap::new()),
             loaded: AtomicBool::new(false),
-            applied_lsn: watch::channel(0).0,
+            applied: watch::channel(Applied::default()).0,
             started: Instant::now(),
             last_contact_ms: AtomicU64::new(0),
             contact_seen: AtomicBool::new(false),
@@ -233,40 +259,30 @@ impl Store {
         f(&mut guard)
     }
 
-    /// Replaces everything after a full load at `lsn`.
-    pub fn replace_all(&self, zones: Zones, lsn: u64) {
+    /// Replaces everything after a full load; [`Store::publish`] then says what it reflects.
+    pub fn replace_all(&self, zones: Zones) {
         self.write(|z| *z = zones);
         self.loaded.store(true, Ordering::Release);
-        self.set_applied_lsn(lsn);
     }
 
-    /// Records that every commit at or below `lsn` is in memory.
-    pub fn set_applied_lsn(&self, lsn: u64) {
-        self.applied_lsn.send_if_modified(|cur| {
-            if lsn > *cur {
-                *cur = lsn;
-                true
-            } else {
-                false
-            }
+    /// Records what the memory now reflects and wakes every waiter (also when nothing moved:
+    /// a waiter re-checks). The position never moves back; the snapshot is the one memory
+    /// was last read under (publications come in order, from the one tailer).
+    pub fn publish(&self, lsn: u64, snapshot: Snapshot) {
+        self.applied.send_modify(|cur| {
+            cur.lsn = cur.lsn.max(lsn);
+            cur.snapshot = snapshot;
         });
-    }
-
-    /// Records the position read before the snapshot the memory now reflects, and wakes every
-    /// waiter (also when the position did not move: a transaction that was in progress in the
-    /// previous snapshot may be visible in this one).
-    pub fn publish(&self, lsn: u64) {
-        self.applied_lsn.send_modify(|cur| *cur = (*cur).max(lsn));
     }
 
     /// The position applied so far.
     pub fn applied_lsn(&self) -> u64 {
-        *self.applied_lsn.borrow()
+        self.applied.borrow().lsn
     }
 
-    /// A receiver that sees every advance of the applied position.
-    pub fn watch_applied(&self) -> watch::Receiver<u64> {
-        self.applied_lsn.subscribe()
+    /// A receiver that sees every publication.
+    pub fn watch_applied(&self) -> watch::Receiver<Applied> {
+        self.applied.subscribe()
     }
 
     /// Notes a successful exchange with the database.
@@ -358,9 +374,26 @@ mod tests {
     #[test]
     fn applied_position_only_moves_forward() {
         let s = Store::new();
-        s.set_applied_lsn(10);
-        s.set_applied_lsn(5);
+        s.publish(10, Snapshot::default());
+        s.publish(5, Snapshot::default());
         assert_eq!(s.applied_lsn(), 10);
+    }
+
+    #[test]
+    fn a_commit_is_covered_only_once_the_snapshot_sees_it() {
+        let applied = Applied {
+            lsn: 100,
+            snapshot: Snapshot::parse("50:60:52,55").unwrap(),
+        };
+        assert!(applied.covers(100, None));
+        assert!(applied.covers(90, Some(51)));
+        assert!(applied.covers(90, Some(59)));
+        // In progress when the snapshot was taken, or not ended yet: its WAL record may be
+        // below the position while its rows were not visible to the read.
+        assert!(!applied.covers(90, Some(52)));
+        assert!(!applied.covers(90, Some(60)));
+        assert!(!applied.covers(90, Some(70)));
+        assert!(!applied.covers(101, Some(51)));
     }
 
     #[test]
@@ -373,7 +406,8 @@ mod tests {
         assert_eq!(Snapshot::parse("7:7:").unwrap().xip, Vec::<u64>::new());
         assert!(Snapshot::parse("7:x:").is_none());
         let s = Store::new();
-        s.publish(20);
+        s.publish(20, snap.clone());
         assert_eq!(s.applied_lsn(), 20);
+        assert_eq!(s.watch_applied().borrow().snapshot, snap);
     }
 }

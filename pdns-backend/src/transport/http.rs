@@ -4,7 +4,7 @@
 use crate::metrics::Metrics;
 use crate::protocol::{Backend, Reply};
 use crate::replica::{format_lsn, parse_lsn};
-use crate::store::{Store, Zones};
+use crate::store::{Applied, Store, Zones};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -122,7 +122,8 @@ impl HttpApp {
         )
     }
 
-    /// Long-polls until the applied position reaches `lsn` or `timeout_ms` passes.
+    /// Long-polls until memory holds the commit at `lsn` (made by transaction `xid`, when
+    /// given) or `timeout_ms` passes.
     async fn wait(&self, query: &str) -> Resp {
         let mut lsn = None;
         let mut xid: Option<u64> = None;
@@ -153,15 +154,11 @@ impl HttpApp {
         };
         let mut rx = self.store.watch_applied();
         let deadline = tokio::time::Instant::now() + timeout;
-        // `xid` is accepted and logged only: requiring the applied snapshot to see it made
-        // the primary's region time out in the control benchmark (cause not found yet; see
-        // docs/pdns-backend.md).
-        if let Some(x) = xid {
-            tracing::trace!(xid = x, "wait for a commit");
-        }
-        let done = |applied: u64| applied >= target;
+        // With the transaction id the answer is exact: on a primary the position can pass a
+        // commit's WAL record before the commit is visible to the tailer's read.
+        let done = |applied: &Applied| applied.covers(target, xid);
         let reached = loop {
-            if done(*rx.borrow_and_update()) {
+            if done(&rx.borrow_and_update()) {
                 break true;
             }
             // Publications can come every poll; the deadline must end the wait even then.
@@ -170,7 +167,7 @@ impl HttpApp {
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => break done(*rx.borrow()),
+                _ => break done(&rx.borrow()),
             }
         };
         json_response(
