@@ -212,7 +212,10 @@ impl PdnsRegion {
                 "--distributor-threads={}",
                 spec.distributor_threads
             ))
-            .arg("--reuseport=yes");
+            .arg("--reuseport=yes")
+            // Typed lookups: the zone lookup's SOA query is then cached apart from the
+            // per-client apex answer (see deploy/pdns/pdns.conf).
+            .arg("--consistent-backends=no");
         let log = dir.join("pdns.log");
         let pdns = ChildGuard::spawn(
             &format!("pdns_server ({})", spec.region),
