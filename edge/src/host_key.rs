@@ -1,8 +1,9 @@
 //! The edge's persistent SSH host key: loaded, or generated (Ed25519) on first start.
 
 use anyhow::{Context, Result};
+use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::ssh_key::LineEnding;
-use russh::keys::{Algorithm, PrivateKey};
+use russh::keys::PrivateKey;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -13,8 +14,10 @@ pub fn load_or_generate(path: &Path) -> Result<PrivateKey> {
         return russh::keys::load_secret_key(path, None)
             .with_context(|| format!("loading SSH host key {}", path.display()));
     }
-    let key = PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519)
-        .context("generating SSH host key")?;
+    let mut seed = [0u8; 32];
+    rand::RngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut seed)
+        .context("reading randomness for the SSH host key")?;
+    let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
     let text = key
         .to_openssh(LineEnding::LF)
         .context("encoding SSH host key")?;

@@ -8,9 +8,11 @@ use crate::tunnel_setup::{self, PendingTunnel};
 use crate::tunnels::{crlf, one_line, ForwardTarget, SessionLink};
 use crate::username::{parse_username, UserRequest, UsernameError};
 use crate::visitor_tcp;
+use bytes::Bytes;
 use nearhop_wire::TunnelKind;
+use russh::server::ChannelOpenHandle;
 use russh::server::{Auth, Handler, Msg, Session};
-use russh::{Channel, ChannelId, CryptoVec, Disconnect};
+use russh::{Channel, ChannelId, Disconnect};
 use std::sync::Arc;
 
 /// Bind addresses that mean "no particular name" in `-R [bind:]port:host:hostport`.
@@ -74,7 +76,7 @@ impl SshSession {
 
 fn write_lines(session: &mut Session, channel: ChannelId, lines: Vec<(bool, String)>) {
     for (error, text) in lines {
-        let data = CryptoVec::from_slice(crlf(&text).as_bytes());
+        let data = Bytes::from(crlf(&text));
         let r = if error {
             session.extended_data(channel, 1, data)
         } else {
@@ -111,7 +113,7 @@ impl Handler for SshSession {
     async fn auth_publickey_offered(
         &mut self,
         _user: &str,
-        _key: &russh::keys::PublicKey,
+        _key: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         Ok(Auth::Accept)
     }
@@ -119,7 +121,7 @@ impl Handler for SshSession {
     async fn auth_publickey(
         &mut self,
         user: &str,
-        _key: &russh::keys::PublicKey,
+        _key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         Ok(self.accept(user))
     }
@@ -257,11 +259,13 @@ impl Handler for SshSession {
     async fn channel_open_session(
         &mut self,
         channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
         _session: &mut Session,
-    ) -> Result<bool, Self::Error> {
+    ) -> Result<(), Self::Error> {
         // Input arrives through `data`; the channel object itself is not needed.
         self.link.set_session_channel(channel.id());
-        Ok(true)
+        reply.accept().await;
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -2,9 +2,10 @@
 //! routed through (host name or custom domain → tunnel) and the map control closes by id.
 
 use crate::options::TunnelOptions;
+use bytes::Bytes;
 use nearhop_wire::TunnelKind;
 use russh::server::{Handle, Msg};
-use russh::{Channel, ChannelId, CryptoVec};
+use russh::{Channel, ChannelId};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -188,7 +189,7 @@ impl SessionLink {
             }
         };
         if let (Some(channel), Some(handle)) = (target, self.handle()) {
-            let data = CryptoVec::from_slice(crlf(text).as_bytes());
+            let data = Bytes::from(crlf(text));
             let sent = if error {
                 handle.extended_data(channel, 1, data).await
             } else {
