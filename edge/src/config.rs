@@ -71,6 +71,8 @@ pub struct Config {
     pub max_visitor_connections: usize,
     /// On shutdown, how long in-flight visitor connections may finish.
     pub drain_seconds: u64,
+    /// Runtime worker threads; 0 means one per CPU core.
+    pub worker_threads: usize,
 }
 
 impl Default for Config {
@@ -104,6 +106,7 @@ impl Default for Config {
             visitor_max_header_bytes: 64 * 1024,
             max_visitor_connections: 20_000,
             drain_seconds: 10,
+            worker_threads: 0,
         }
     }
 }

@@ -30,8 +30,10 @@ fn main() -> anyhow::Result<()> {
         builder.init();
     }
     let config = nearhop_edge::config::Config::load(args.config.as_deref())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(nearhop_edge::edge::run(config))
 }
