@@ -9,7 +9,7 @@ up: deps build
 	./target/debug/nearhop-stack --dir .stack
 
 test: deps build
-	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test --workspace --no-fail-fast -- --test-threads=$(TEST_THREADS)
 
 deps:
 	./scripts/install-deps.sh

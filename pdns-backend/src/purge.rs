@@ -28,6 +28,8 @@ pub struct Batch {
     pub lsn: u64,
     /// The snapshot the batch was read under, published with the position.
     pub snapshot: Snapshot,
+    /// A full load: the position replaces the published one instead of raising it.
+    pub reset: bool,
 }
 
 /// Purges the names of each batch it receives, then publishes the batch's position: so a
@@ -70,9 +72,15 @@ impl Purger {
             let mut names = first.names;
             let mut lsn = first.lsn;
             let mut snapshot = first.snapshot;
+            let mut reset = first.reset;
             while let Ok(more) = rx.try_recv() {
                 names.extend(more.names);
-                lsn = lsn.max(more.lsn);
+                if more.reset {
+                    lsn = more.lsn;
+                    reset = true;
+                } else {
+                    lsn = lsn.max(more.lsn);
+                }
                 snapshot = more.snapshot;
             }
             names.sort();
@@ -82,7 +90,11 @@ impl Purger {
             }
             // Published even if the purge failed (logged and counted): holding the position
             // back would stall control's lag race on a pdns problem it cannot fix.
-            this.store.publish(lsn, snapshot);
+            if reset {
+                this.store.reset_applied(lsn, snapshot);
+            } else {
+                this.store.publish(lsn, snapshot);
+            }
             this.metrics.applied_lsn.set(lsn as i64);
             if names.is_empty() {
                 continue;
@@ -167,6 +179,7 @@ mod tests {
             names: vec!["b.a.tunnel.test".into(), "a.a.tunnel.test".into()],
             lsn: 42,
             snapshot: Snapshot::default(),
+            reset: false,
         })
         .expect("send");
         let (stream, _) = listener.accept().await.expect("accept");

@@ -5,9 +5,12 @@
 //! Each poll reads the position and the current snapshot; changes are read again when
 //! either moved. The snapshot matters on a primary: a commit writes its WAL record before
 //! it becomes visible, so a read may see the position past a commit whose rows it cannot
-//! see yet, and the position may then stay put (an idle server). Every transaction that
-//! ends changes the snapshot (`xmax` or the in-progress list), so no commit waits for
-//! unrelated traffic to be picked up.
+//! see yet, and the position may then stay put (an idle server). On a primary every
+//! transaction that ends changes the snapshot (`xmax` or the in-progress list), so no
+//! commit waits for unrelated traffic to be picked up. On a standby the snapshot's
+//! in-progress list is always empty (PostgreSQL keeps running xids in the subxip list in
+//! recovery), but there the replay position moves with every replayed commit, and a commit
+//! is visible before the position passes it, so the position is what confirms it.
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -206,16 +209,27 @@ impl Tailer {
         let zones = Zones::new(domains, rows);
         self.metrics.records.set(zones.record_count() as i64);
         self.store.replace_all(zones);
-        self.store.publish(lsn, snapshot.clone());
-        self.metrics.applied_lsn.set(lsn as i64);
         self.metrics.full_loads.inc();
-        // Everything may have changed while we were away: drop pdns's caches entirely.
-        if let Some(p) = &self.purge {
-            let _ = p.send(Batch {
-                names: vec![String::new()],
-                lsn,
-                snapshot,
-            });
+        // Everything may have changed while we were away: drop pdns's caches entirely, then
+        // publish. The position is *reset*, not raised: after a reconnect the server may be
+        // a standby that restarted at an earlier point (or another standby), and a position
+        // kept from the previous session would confirm commits memory does not hold.
+        let batch = Batch {
+            names: vec![String::new()],
+            lsn,
+            snapshot,
+            reset: true,
+        };
+        match &self.purge {
+            Some(p) => {
+                if let Err(mpsc::error::SendError(batch)) = p.send(batch) {
+                    self.store.reset_applied(batch.lsn, batch.snapshot);
+                }
+            }
+            None => {
+                self.store.reset_applied(batch.lsn, batch.snapshot);
+                self.metrics.applied_lsn.set(lsn as i64);
+            }
         }
         Ok(Cursor {
             xmin,
@@ -257,7 +271,9 @@ impl Tailer {
                         continue;
                     }
                     let xid: Option<&str> = row.get(2);
-                    fresh.push((id, xid.and_then(|x| x.parse().ok()).unwrap_or(u64::MAX)));
+                    // An unparsable xid (never seen) is kept as 0: pruned at once, so at worst
+                    // the change is applied again, which is harmless.
+                    fresh.push((id, xid.and_then(|x| x.parse().ok()).unwrap_or(0)));
                     match row.get::<_, Option<String>>(3) {
                         Some(n) => {
                             names.insert(n);
@@ -314,6 +330,7 @@ impl Tailer {
                     names,
                     lsn,
                     snapshot,
+                    reset: false,
                 }) {
                     self.store.publish(batch.lsn, batch.snapshot);
                 }
@@ -416,10 +433,7 @@ async fn visible_changes(
         .iter()
         .map(|r| {
             let xid: Option<&str> = r.get(1);
-            (
-                r.get(0),
-                xid.and_then(|x| x.parse().ok()).unwrap_or(u64::MAX),
-            )
+            (r.get(0), xid.and_then(|x| x.parse().ok()).unwrap_or(0))
         })
         .collect())
 }

@@ -275,6 +275,15 @@ impl Store {
         });
     }
 
+    /// Like [`Store::publish`] after a full load: the position may move back (a standby
+    /// that restarted at an earlier point, or another server).
+    pub fn reset_applied(&self, lsn: u64, snapshot: Snapshot) {
+        self.applied.send_modify(|cur| {
+            cur.lsn = lsn;
+            cur.snapshot = snapshot;
+        });
+    }
+
     /// The position applied so far.
     pub fn applied_lsn(&self) -> u64 {
         self.applied.borrow().lsn
@@ -377,6 +386,9 @@ mod tests {
         s.publish(10, Snapshot::default());
         s.publish(5, Snapshot::default());
         assert_eq!(s.applied_lsn(), 10);
+        // A full load after a reconnect states what memory holds now, even if lower.
+        s.reset_applied(7, Snapshot::default());
+        assert_eq!(s.applied_lsn(), 7);
     }
 
     #[test]
