@@ -216,6 +216,10 @@ impl PdnsRegion {
             // Typed lookups: the zone lookup's SOA query is then cached apart from the
             // per-client apex answer (see deploy/pdns/pdns.conf).
             .arg("--consistent-backends=no");
+        // Developers' experiments: extra pdns settings, e.g. `--consistent-backends=yes`.
+        if let Ok(extra) = std::env::var("NEARHOP_PDNS_EXTRA_ARGS") {
+            cmd.args(extra.split_whitespace());
+        }
         let log = dir.join("pdns.log");
         let pdns = ChildGuard::spawn(
             &format!("pdns_server ({})", spec.region),

@@ -184,6 +184,7 @@ impl Backend {
         if let Some(r) = self.not_loaded() {
             return r;
         }
+        tracing::trace!(%name, %qtype, zone_id, real_remote, "lookup");
         let owner = format!("{name}.");
         self.store.read(|zones| {
             let any = qtype == "ANY";
