@@ -13,6 +13,7 @@ pub mod messages;
 pub mod metrics;
 pub mod options;
 pub mod pages;
+pub mod read_buffer;
 pub mod ssh_server;
 pub mod ssh_session;
 pub mod tunnel_setup;

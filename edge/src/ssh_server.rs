@@ -80,7 +80,11 @@ async fn handle_connection(
     let handler = SshSession::new(edge.clone(), link.clone());
     let started = tokio::time::timeout(
         AUTH_DEADLINE,
-        russh::server::run_stream(config, stream, handler),
+        russh::server::run_stream(
+            config,
+            crate::read_buffer::AdaptiveReader::new(stream),
+            handler,
+        ),
     )
     .await;
     let running = match started {
