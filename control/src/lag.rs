@@ -42,14 +42,21 @@ struct ReplayRow {
 
 #[derive(QueryableByName)]
 struct LagRow {
-    #[diesel(sql_type = Text)]
-    application_name: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    application_name: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    slot_name: Option<String>,
     #[diesel(sql_type = Nullable<Double>)]
     lag_bytes: Option<f64>,
     #[diesel(sql_type = Nullable<Double>)]
     replay_lag: Option<f64>,
     #[diesel(sql_type = Bool)]
     connected: bool,
+}
+
+/// The replication slot of `region`'s replica (docs/operations.md).
+pub fn replica_slot_name(region: &str) -> String {
+    format!("replica_{}", region.replace('-', "_"))
 }
 
 /// How often a replica's `replay_lsn` is polled while waiting. The walreceiver reports
@@ -214,8 +221,7 @@ impl LagWaiter {
             return;
         };
         let rows: Vec<LagRow> = match sql_query(
-            "SELECT COALESCE(r.application_name::text, substr(s.slot_name::text, 9)) \
-               AS application_name, \
+            "SELECT r.application_name::text AS application_name, s.slot_name::text AS slot_name, \
              pg_wal_lsn_diff(pg_current_wal_lsn(), COALESCE(r.replay_lsn, s.restart_lsn))::float8 \
                AS lag_bytes, \
              EXTRACT(epoch FROM r.replay_lag)::float8 AS replay_lag, \
@@ -233,7 +239,16 @@ impl LagWaiter {
             }
         };
         for r in all_regions.iter().filter(|r| r.name != self.primary_region) {
-            let row = rows.iter().find(|row| row.application_name == r.name);
+            // Streaming replicas by application name; a stopped one by its slot, whose name
+            // cannot hold `-` (`replica_eu_west` for region `eu-west`).
+            let slot = replica_slot_name(&r.name);
+            let row = rows
+                .iter()
+                .find(|row| row.application_name.as_deref() == Some(r.name.as_str()))
+                .or_else(|| {
+                    rows.iter()
+                        .find(|row| row.slot_name.as_deref() == Some(slot.as_str()))
+                });
             let connected = row.map(|row| row.connected).unwrap_or(false);
             self.metrics
                 .replica_connected
@@ -250,5 +265,16 @@ impl LagWaiter {
                     .set(row.replay_lag.unwrap_or(0.0));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replica_slot_name;
+
+    #[test]
+    fn slot_names_follow_the_region_with_underscores() {
+        assert_eq!(replica_slot_name("eu"), "replica_eu");
+        assert_eq!(replica_slot_name("eu-west"), "replica_eu_west");
     }
 }
