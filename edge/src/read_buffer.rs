@@ -69,8 +69,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for AdaptiveReader<S> {
             let mut rb = ReadBuf::new(&mut this.buf[..want]);
             match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
                 Poll::Pending => {
-                    if this.want == MIN_READ && !this.buf.is_empty() {
-                        // Quiet: give the memory back.
+                    if !this.buf.is_empty()
+                        && (this.want == MIN_READ || this.buf.len() > 4 * this.want)
+                    {
+                        // Quiet, or far bigger than reads need lately: give the memory
+                        // back (the next read allocates what it needs).
                         this.buf = Vec::new();
                     }
                     return Poll::Pending;
