@@ -132,6 +132,89 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AdaptiveReader<S> {
     }
 }
 
+/// Hands a reader everything that is already available, not one SSH message per read.
+///
+/// A tunnel channel delivers one SSH packet (at most 32 KiB) per read; hyper then makes
+/// one body chunk, one wake-up of the visitor's task and one socket write of each. Reading
+/// on while the channel has more queued lets one read carry many packets.
+pub struct Coalescing<S> {
+    inner: S,
+    error: Option<io::Error>,
+}
+
+impl<S> Coalescing<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Coalescing<S> {
+        Coalescing { inner, error: None }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Coalescing<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(e) = this.error.take() {
+            return Poll::Ready(Err(e));
+        }
+        let start = out.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, out) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        if out.filled().len() == start {
+            return Poll::Ready(Ok(())); // end of stream
+        }
+        while out.remaining() > 0 {
+            let before = out.filled().len();
+            match Pin::new(&mut this.inner).poll_read(cx, out) {
+                // More was queued: keep going.
+                Poll::Ready(Ok(())) if out.filled().len() > before => {}
+                // End of stream (the next read reports it again) or nothing queued.
+                Poll::Ready(Ok(())) | Poll::Pending => break,
+                Poll::Ready(Err(e)) => {
+                    // Deliver what was read now, the error on the next read.
+                    this.error = Some(e);
+                    break;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +271,53 @@ mod tests {
         // End of stream reads as zero bytes.
         drop(a);
         assert_eq!(r.read(&mut small).await.expect("eof"), 0);
+    }
+
+    #[tokio::test]
+    async fn coalescing_reads_return_everything_queued_and_keep_eof() {
+        // A source that yields queued chunks one per read, a Pending, then end of stream.
+        struct Chunks(std::collections::VecDeque<Option<Vec<u8>>>);
+        impl AsyncRead for Chunks {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                out: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                let queue = &mut self.get_mut().0;
+                match queue.pop_front() {
+                    Some(Some(mut c)) => {
+                        let n = c.len().min(out.remaining());
+                        out.put_slice(&c[..n]);
+                        if n < c.len() {
+                            queue.push_front(Some(c.split_off(n)));
+                        }
+                        Poll::Ready(Ok(()))
+                    }
+                    Some(None) => {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                    None => Poll::Ready(Ok(())),
+                }
+            }
+        }
+        let chunks = |v: Vec<Option<Vec<u8>>>| Chunks(v.into_iter().collect());
+        let mut r = Coalescing::new(chunks(vec![
+            Some(vec![1; 10]),
+            Some(vec![2; 10]),
+            None,
+            Some(vec![3; 5]),
+        ]));
+        let mut buf = [0u8; 64];
+        // Both queued chunks in one read; the Pending after them ends it.
+        assert_eq!(r.read(&mut buf).await.expect("read"), 20);
+        assert_eq!(&buf[..20], &[[1u8; 10], [2u8; 10]].concat()[..]);
+        assert_eq!(r.read(&mut buf).await.expect("read"), 5);
+        assert_eq!(r.read(&mut buf).await.expect("end"), 0);
+        assert_eq!(r.read(&mut buf).await.expect("end again"), 0);
+        // A small buffer is filled exactly.
+        let mut r = Coalescing::new(chunks(vec![Some(vec![7; 10])]));
+        let mut small = [0u8; 4];
+        assert_eq!(r.read(&mut small).await.expect("read"), 4);
     }
 }

@@ -7,6 +7,7 @@ use crate::counting_io::CountingStream;
 use crate::edge::Edge;
 use crate::http_phases::{self, RequestCtx};
 use crate::pages::{self, ProxyBody};
+use crate::read_buffer::Coalescing;
 use crate::tunnels::Tunnel;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -204,7 +205,7 @@ impl VisitorConn {
                 return None;
             }
         };
-        let io = TokioIo::new(channel.into_stream());
+        let io = TokioIo::new(Coalescing::new(channel.into_stream()));
         let (sender, conn) = match hyper::client::conn::http1::Builder::new()
             .handshake::<_, Incoming>(io)
             .await
