@@ -32,6 +32,31 @@ pub struct Batch {
     pub reset: bool,
 }
 
+impl Batch {
+    /// Folds a later batch into this one: its names are added, and its position and snapshot
+    /// (what memory reflects after it) replace these, a later full load resetting the position.
+    fn absorb(&mut self, later: Batch) {
+        self.names.extend(later.names);
+        self.lsn = if later.reset {
+            later.lsn
+        } else {
+            self.lsn.max(later.lsn)
+        };
+        self.reset |= later.reset;
+        self.snapshot = later.snapshot;
+    }
+
+    /// Publishes the batch's position and snapshot as what memory now reflects.
+    pub fn publish(self, store: &Store, metrics: &Metrics) {
+        if self.reset {
+            store.reset_applied(self.lsn, self.snapshot);
+        } else {
+            store.publish(self.lsn, self.snapshot);
+        }
+        metrics.applied_lsn.set(self.lsn as i64);
+    }
+}
+
 /// Purges the names of each batch it receives, then publishes the batch's position: so a
 /// `/v1/wait` that says `reached` also means pdns's caches no longer hold the old answer.
 pub struct Purger {
@@ -69,20 +94,11 @@ impl Purger {
         let this = Arc::new(self);
         while let Some(first) = rx.recv().await {
             // Coalesce whatever queued up meanwhile into one round of commands.
-            let mut names = first.names;
-            let mut lsn = first.lsn;
-            let mut snapshot = first.snapshot;
-            let mut reset = first.reset;
+            let mut batch = first;
             while let Ok(more) = rx.try_recv() {
-                names.extend(more.names);
-                if more.reset {
-                    lsn = more.lsn;
-                    reset = true;
-                } else {
-                    lsn = lsn.max(more.lsn);
-                }
-                snapshot = more.snapshot;
+                batch.absorb(more);
             }
+            let mut names = std::mem::take(&mut batch.names);
             names.sort();
             names.dedup();
             if !names.is_empty() {
@@ -90,12 +106,7 @@ impl Purger {
             }
             // Published even if the purge failed (logged and counted): holding the position
             // back would stall control's lag race on a pdns problem it cannot fix.
-            if reset {
-                this.store.reset_applied(lsn, snapshot);
-            } else {
-                this.store.publish(lsn, snapshot);
-            }
-            this.metrics.applied_lsn.set(lsn as i64);
+            batch.publish(&this.store, &this.metrics);
             if names.is_empty() {
                 continue;
             }

@@ -183,12 +183,7 @@ impl Tailer {
         lsn_stmt: &tokio_postgres::Statement,
     ) -> Result<Cursor> {
         let (lsn, seen_snapshot) = read_position(client, lsn_stmt).await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
+        let tx = snapshot_transaction(client).await?;
         let snapshot = current_snapshot(&tx).await?;
         let xmin = snapshot.xmin;
         let domains = load_domains(&tx).await?;
@@ -214,23 +209,12 @@ impl Tailer {
         // publish. The position is *reset*, not raised: after a reconnect the server may be
         // a standby that restarted at an earlier point (or another standby), and a position
         // kept from the previous session would confirm commits memory does not hold.
-        let batch = Batch {
+        self.hand_over(Batch {
             names: vec![String::new()],
             lsn,
             snapshot,
             reset: true,
-        };
-        match &self.purge {
-            Some(p) => {
-                if let Err(mpsc::error::SendError(batch)) = p.send(batch) {
-                    self.store.reset_applied(batch.lsn, batch.snapshot);
-                }
-            }
-            None => {
-                self.store.reset_applied(batch.lsn, batch.snapshot);
-                self.metrics.applied_lsn.set(lsn as i64);
-            }
-        }
+        });
         Ok(Cursor {
             xmin,
             applied,
@@ -294,12 +278,7 @@ impl Tailer {
         // Rare: a zone was added, changed or removed. Read later than the snapshot above,
         // which only makes it newer; zone rows carry no records of their own.
         let domains = if zone_list_changed {
-            let tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
+            let tx = snapshot_transaction(client).await?;
             let d = load_domains(&tx).await?;
             tx.commit().await?;
             Some(d)
@@ -321,25 +300,12 @@ impl Tailer {
             self.metrics.changes_applied.inc_by(names.len() as u64);
             tracing::debug!(names = names.len(), zone_list_changed, "applied changes");
         }
-        match &self.purge {
-            // The purger publishes the position once the names are out of pdns's caches;
-            // every position goes through it, so positions stay in order.
-            Some(p) => {
-                let names = names.into_iter().collect();
-                if let Err(mpsc::error::SendError(batch)) = p.send(Batch {
-                    names,
-                    lsn,
-                    snapshot,
-                    reset: false,
-                }) {
-                    self.store.publish(batch.lsn, batch.snapshot);
-                }
-            }
-            None => {
-                self.store.publish(lsn, snapshot);
-                self.metrics.applied_lsn.set(lsn as i64);
-            }
-        }
+        self.hand_over(Batch {
+            names: names.into_iter().collect(),
+            lsn,
+            snapshot,
+            reset: false,
+        });
         for (id, xid) in fresh {
             cursor.applied.insert(id, xid);
         }
@@ -347,6 +313,20 @@ impl Tailer {
         cursor.xmin = new_xmin;
         cursor.seen_lsn = lsn;
         Ok(())
+    }
+
+    /// Passes an applied batch to the purger, which publishes its position once its names
+    /// are out of pdns's caches (every position goes through it, so positions stay in
+    /// order); without a purger, or once it is gone, publishes at once.
+    fn hand_over(&self, batch: Batch) {
+        let batch = match &self.purge {
+            Some(p) => match p.send(batch) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(batch)) => batch,
+            },
+            None => batch,
+        };
+        batch.publish(&self.store, &self.metrics);
     }
 
     /// Regions, edge heartbeats and domain metadata: small tables without change log, re-read
@@ -399,6 +379,16 @@ impl Tailer {
             Err(e) => tracing::debug!(error = %e, "reading domain metadata"),
         }
     }
+}
+
+/// A read-only transaction whose statements all read one snapshot.
+async fn snapshot_transaction(client: &mut Client) -> Result<tokio_postgres::Transaction<'_>> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
 }
 
 /// The position and the snapshot now, the snapshot as text (only compared).
