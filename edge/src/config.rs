@@ -10,6 +10,9 @@ use std::time::Duration;
 /// Prefix of the environment variables that override keys of the config file.
 pub const ENV_PREFIX: &str = "NEARHOP_EDGE_";
 
+/// Most runtime worker threads accepted (`worker_threads`).
+pub const MAX_WORKER_THREADS: usize = 1024;
+
 /// The edge's configuration, with the defaults of the local stack's `us` region.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -154,6 +157,12 @@ impl Config {
         if self.alive_probe_ms == 0 || self.heartbeat_seconds == 0 {
             bail!("alive_probe_ms and heartbeat_seconds must be positive");
         }
+        if self.worker_threads > MAX_WORKER_THREADS {
+            bail!(
+                "worker_threads {} is more than {MAX_WORKER_THREADS}; use 0 for one per CPU core",
+                self.worker_threads
+            );
+        }
         self.control_url = self.control_url.trim_end_matches('/').to_string();
         Ok(())
     }
@@ -242,6 +251,19 @@ mod tests {
     fn missing_secret_is_refused() {
         let mut c = Config::default();
         assert!(c.finish().is_err());
+    }
+
+    #[test]
+    fn absurd_worker_thread_counts_are_refused_with_the_way_out() {
+        let mut c = Config {
+            edge_secret: "s".into(),
+            worker_threads: 1_000_000,
+            ..Config::default()
+        };
+        let e = c.finish().expect_err("refused").to_string();
+        assert!(e.contains("use 0 for one per CPU core"), "{e}");
+        c.worker_threads = 4;
+        assert!(c.finish().is_ok());
     }
 
     #[test]
