@@ -373,7 +373,8 @@ fn plot(conn: &mut PgConnection, st: &AppState, req: &CreateTunnelRequest) -> Co
             return Err(ControlError::refused(
                 ErrorCode::NameInUse,
                 format!(
-                    "the name {label}.{} is in use by another account's tunnel",
+                    "the name {label}.{} is in use by another account's tunnel; choose \
+                     another name, or try again after that tunnel ends",
                     zone.name
                 ),
             ));

@@ -66,16 +66,21 @@ impl ControlError {
                     }
                     _ => "The tunnel was refused",
                 };
+                // Control's message says what to do where the caller can act on it (a
+                // live name of the caller's own names `force`); the edge adds only what
+                // is about connecting over SSH.
                 let hint = match error.error.code {
-                    ErrorCode::NameInUse => {
-                        " If it is your own old connection, add the keyword 'force' (e.g. TOKEN+force@...) to take it over."
-                    }
                     ErrorCode::BadToken => {
                         " Connect as TOKEN@host with a token from your account, or without a token (http@host) for an anonymous free tunnel."
                     }
                     _ => "",
                 };
-                format!("{lead}: {message}{hint}")
+                let stop = if message.ends_with(['.', '!', '?']) {
+                    ""
+                } else {
+                    "."
+                };
+                format!("{lead}: {message}{stop}{hint}")
             }
         }
     }
@@ -202,11 +207,26 @@ mod tests {
     fn refusals_become_sentences_with_controls_message() {
         let e = ControlError::Refused {
             status: 409,
-            error: ApiError::new(ErrorCode::NameInUse, "androidblog is live on edge ap-1."),
+            error: ApiError::new(
+                ErrorCode::NameInUse,
+                "androidblog is live on edge ap-1; add `force` to take it over",
+            ),
         };
         let m = e.user_message();
-        assert!(m.starts_with("That name is live in another tunnel: androidblog is live"));
-        assert!(m.contains("force"));
+        assert_eq!(
+            m,
+            "That name is live in another tunnel: androidblog is live on edge ap-1; \
+             add `force` to take it over."
+        );
+        let e = ControlError::Refused {
+            status: 401,
+            error: ApiError::new(ErrorCode::BadToken, "the token was revoked."),
+        };
+        let m = e.user_message();
+        assert!(
+            m.starts_with("Your token was not accepted: the token was revoked. Connect as"),
+            "{m}"
+        );
         let down = ControlError::Unreachable("connection refused".into()).user_message();
         assert!(down.contains("unreachable") && down.contains("not affected"));
     }

@@ -41,9 +41,14 @@ fn live_name_without_force_is_refused_with_a_hint() {
     let mut second = s.ssh("second", &named(&token, "blog", local.port));
     let out = second.wait_exit(PATIENCE).unwrap();
     assert!(out.contains("That name is live in another tunnel"), "{out}");
-    assert!(
-        out.contains("force"),
-        "the refusal says how to take over: {out}"
+    let refusal = out
+        .lines()
+        .find(|l| l.contains("That name is live in another tunnel"))
+        .unwrap_or_default();
+    assert_eq!(
+        (refusal.contains("force"), refusal.matches(" take").count()),
+        (true, 1),
+        "the refusal says once how to take over: {out}"
     );
 }
 
