@@ -76,7 +76,20 @@ pub struct Config {
     pub drain_seconds: u64,
     /// Runtime worker threads; 0 means one per CPU core.
     pub worker_threads: usize,
+    /// SSH ciphers offered to clients. The client picks the first of its own list that is
+    /// offered here, so leaving a cipher out is the only way to steer it away.
+    pub ssh_ciphers: Vec<String>,
 }
+
+/// Ciphers `ssh_ciphers` may name, fastest first on CPUs with AES instructions.
+pub const SUPPORTED_CIPHERS: &[&str] = &[
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+];
 
 impl Default for Config {
     fn default() -> Config {
@@ -110,6 +123,13 @@ impl Default for Config {
             max_visitor_connections: 20_000,
             drain_seconds: 10,
             worker_threads: 0,
+            // Stock OpenSSH clients list chacha20-poly1305 first and would pick it if it
+            // were offered; with AES instructions on both ends AES-GCM costs the client and
+            // the edge far less CPU per byte (docs/benchmarks.md, Edge).
+            ssh_ciphers: vec![
+                "aes128-gcm@openssh.com".into(),
+                "aes256-gcm@openssh.com".into(),
+            ],
         }
     }
 }
@@ -161,6 +181,22 @@ impl Config {
             bail!(
                 "worker_threads {} is more than {MAX_WORKER_THREADS}; use 0 for one per CPU core",
                 self.worker_threads
+            );
+        }
+        if self.ssh_ciphers.is_empty() {
+            bail!(
+                "ssh_ciphers is empty: name at least one of {}",
+                SUPPORTED_CIPHERS.join(", ")
+            );
+        }
+        if let Some(bad) = self
+            .ssh_ciphers
+            .iter()
+            .find(|c| !SUPPORTED_CIPHERS.contains(&c.as_str()))
+        {
+            bail!(
+                "ssh_ciphers names {bad:?}, which the edge does not support; choose from {}",
+                SUPPORTED_CIPHERS.join(", ")
             );
         }
         self.control_url = self.control_url.trim_end_matches('/').to_string();
@@ -264,6 +300,22 @@ mod tests {
         assert!(e.contains("use 0 for one per CPU core"), "{e}");
         c.worker_threads = 4;
         assert!(c.finish().is_ok());
+    }
+
+    #[test]
+    fn cipher_lists_name_only_ciphers_the_edge_has() {
+        let mut c = Config {
+            edge_secret: "s".into(),
+            ..Config::default()
+        };
+        c.finish().unwrap();
+        assert_eq!(c.ssh_ciphers[0], "aes128-gcm@openssh.com");
+        c.ssh_ciphers = vec!["chacha20-poly1305@openssh.com".into(), "arcfour".into()];
+        let e = c.finish().expect_err("refused").to_string();
+        assert!(e.contains("\"arcfour\"") && e.contains("aes128-gcm"), "{e}");
+        c.ssh_ciphers.clear();
+        let e = c.finish().expect_err("refused").to_string();
+        assert!(e.contains("ssh_ciphers is empty"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::ssh_session::SshSession;
 use russh::keys::PrivateKey;
 use russh::server::Config;
 use russh::MethodSet;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -41,8 +42,30 @@ pub fn russh_config(edge: &Edge, key: PrivateKey) -> Config {
         keepalive_interval: Some(Duration::from_secs(c.keepalive_interval_seconds.max(1))),
         keepalive_max: c.keepalive_max,
         nodelay: true,
+        preferred: russh::Preferred {
+            cipher: Cow::Owned(cipher_names(&c.ssh_ciphers)),
+            ..Default::default()
+        },
         ..Default::default()
     }
+}
+
+/// russh's names for the configured ciphers (checked against
+/// [`crate::config::SUPPORTED_CIPHERS`] when the configuration was loaded).
+fn cipher_names(configured: &[String]) -> Vec<russh::cipher::Name> {
+    use russh::cipher::*;
+    let known = [
+        AES_128_GCM,
+        AES_256_GCM,
+        CHACHA20_POLY1305,
+        AES_128_CTR,
+        AES_192_CTR,
+        AES_256_CTR,
+    ];
+    configured
+        .iter()
+        .filter_map(|c| known.iter().find(|k| k.as_ref() == c.as_str()).copied())
+        .collect()
 }
 
 /// Accepts SSH clients until shutdown.
@@ -135,4 +158,23 @@ fn is_keepalive_timeout(e: &anyhow::Error) -> bool {
         e.downcast_ref::<russh::Error>(),
         Some(russh::Error::KeepaliveTimeout)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SUPPORTED_CIPHERS;
+
+    #[test]
+    fn every_supported_cipher_reaches_russh_in_the_configured_order() {
+        let all: Vec<String> = SUPPORTED_CIPHERS
+            .iter()
+            .rev()
+            .map(|c| c.to_string())
+            .collect();
+        let names = cipher_names(&all);
+        let got: Vec<&str> = names.iter().map(|n| n.as_ref()).collect();
+        let want: Vec<&str> = SUPPORTED_CIPHERS.iter().rev().copied().collect();
+        assert_eq!(got, want);
+    }
 }

@@ -224,6 +224,10 @@ impl SshClient {
         let _ = std::fs::remove_file(&out);
         let _ = std::fs::remove_file(&err);
         let mut cmd = Command::new("ssh");
+        // ssh keeps the first value it sees for an option: the caller's come first.
+        for o in &args.options {
+            cmd.args(["-o", o]);
+        }
         cmd.args(["-p", &addr.port().to_string()])
             .args(["-o", "BatchMode=yes"])
             .args(["-o", "StrictHostKeyChecking=no"])
@@ -233,9 +237,6 @@ impl SshClient {
             .args(["-o", "ServerAliveCountMax=30"])
             .args(["-o", "ExitOnForwardFailure=no"])
             .args(["-F", "/dev/null"]);
-        for o in &args.options {
-            cmd.args(["-o", o]);
-        }
         for f in &args.forwards {
             cmd.arg("-R").arg(f);
         }

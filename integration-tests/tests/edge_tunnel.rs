@@ -120,3 +120,73 @@ fn requested_name_is_given_and_options_protect_it() {
         .unwrap();
     assert!(body.contains("x-added=yes"), "{body}");
 }
+
+/// `ssh` arguments for an HTTP tunnel with extra `-o` options.
+fn tunnel_with(token: &str, port: u16, options: &[&str]) -> SshArgs {
+    SshArgs {
+        options: options.iter().map(|o| o.to_string()).collect(),
+        ..http_tunnel(Some(token), port)
+    }
+}
+
+#[test]
+fn stock_clients_get_aes_gcm_and_operators_may_offer_other_ciphers() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start();
+    let token = s.pro_token();
+
+    let mut client = s.ssh(
+        "gcm",
+        &tunnel_with(&token, local.port, &["LogLevel=DEBUG1"]),
+    );
+    client.wait_for_url(PATIENCE).unwrap();
+    let err = client.stderr();
+    assert!(
+        err.contains("server->client cipher: aes128-gcm@openssh.com"),
+        "a stock client lands on AES-128-GCM by default:\n{err}"
+    );
+
+    // A client that allows only ChaCha20 hears from its own ssh what the edge offers.
+    let mut refused = s.ssh(
+        "chacha-only",
+        &tunnel_with(
+            &token,
+            local.port,
+            &["Ciphers=chacha20-poly1305@openssh.com"],
+        ),
+    );
+    let out = refused.wait_exit(PATIENCE).unwrap();
+    assert!(
+        out.contains("no matching cipher found") && out.contains("aes128-gcm@openssh.com"),
+        "{out}"
+    );
+
+    // An edge configured to offer ChaCha20 gets it from the same stock client (another
+    // account: the first one's default name is live on the us edge).
+    let token = s.pro_token();
+    let eu = start_edge(
+        &s.stack,
+        "eu",
+        std::net::Ipv4Addr::new(127, 0, 0, 2),
+        "ssh_ciphers = [\"chacha20-poly1305@openssh.com\", \"aes128-gcm@openssh.com\"]\n",
+    );
+    let mut client = nearhop_stack::edge::SshClient::start(
+        &s.stack.dir.join("ssh"),
+        "chacha",
+        eu.ssh_addr(),
+        &tunnel_with(&token, local.port, &["LogLevel=DEBUG1"]),
+    )
+    .unwrap();
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let err = client.stderr();
+    assert!(
+        err.contains("server->client cipher: chacha20-poly1305@openssh.com"),
+        "{err}"
+    );
+    let status = visitor(&url, eu.http_addr())
+        .get(format!("{url}/hello"))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+}

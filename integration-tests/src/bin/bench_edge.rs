@@ -50,6 +50,10 @@ struct Args {
     /// Extra lines for the edge's TOML configuration (tuning experiments).
     #[arg(long, default_value = "")]
     edge_toml: String,
+    /// Extra `ssh -o` options for every tunnel client of the traffic comparison, e.g.
+    /// `--ssh-option Ciphers=aes128-gcm@openssh.com` to hold the cipher equal on both paths.
+    #[arg(long)]
+    ssh_option: Vec<String>,
 }
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
@@ -90,10 +94,13 @@ fn main() -> Result<()> {
             user: Some("root".into()),
             forwards: vec![format!("127.0.0.1:{rport}:127.0.0.1:{nginx_port}")],
             no_command: true,
-            options: vec![
+            options: [
                 format!("IdentityFile={}", key.display()),
                 "IdentitiesOnly=yes".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(args.ssh_option.iter().cloned())
+            .collect(),
             command: vec![],
         },
     )?;
@@ -108,17 +115,36 @@ fn main() -> Result<()> {
         &SshArgs {
             user: Some(token),
             forwards: vec![format!("0:127.0.0.1:{nginx_port}")],
+            options: args.ssh_option.clone(),
             ..SshArgs::default()
         },
     )?;
     let url = edge_client.wait_for_url(Duration::from_secs(30))?;
     let (host, _) = url_host_port(&url)?;
     let via_edge = format!("http://{}", edge.http_addr());
+    // The same edge carrying a `tcp` tunnel: bytes spliced with no HTTP on the edge, the
+    // ceiling for what the HTTP path can reach.
+    let tcp_token = stack.control.create_account(Plan::Pro)?.token;
+    let mut tcp_client = SshClient::start(
+        &dir.join("ssh"),
+        "edge-tcp-forward",
+        edge.ssh_addr(),
+        &SshArgs {
+            user: Some(format!("{tcp_token}+tcp")),
+            forwards: vec![format!("0:127.0.0.1:{nginx_port}")],
+            options: args.ssh_option.clone(),
+            ..SshArgs::default()
+        },
+    )?;
+    let tcp_url = tcp_client.wait_for_url(Duration::from_secs(30))?;
+    let (_, tcp_port) = url_host_port(&tcp_url)?;
+    let via_edge_tcp = format!("http://{}:{tcp_port}", edge.spec.ip);
 
     let paths = [
         ("direct", direct.as_str(), None),
         ("OpenSSH sshd -R", via_sshd.as_str(), None),
         ("nearhop-edge", via_edge.as_str(), Some(host.as_str())),
+        ("nearhop-edge, tcp tunnel", via_edge_tcp.as_str(), None),
     ];
     let mut rows = Vec::new();
     for (name, base, host_header) in paths {
@@ -159,7 +185,13 @@ fn main() -> Result<()> {
         ours.1.p99_ms / sshd.1.p99_ms,
         ours.2 / sshd.2
     );
+    println!(
+        "edge tcp tunnel / sshd: requests/s x{:.2}, bulk x{:.2}",
+        rows[3].1.rps / sshd.1.rps,
+        rows[3].2 / sshd.2
+    );
     edge_client.stop();
+    tcp_client.stop();
     sshd_client.stop();
     if args.only_traffic {
         return Ok(());
