@@ -79,6 +79,9 @@ pub struct Config {
     /// SSH ciphers offered to clients. The client picks the first of its own list that is
     /// offered here, so leaving a cipher out is the only way to steer it away.
     pub ssh_ciphers: Vec<String>,
+    /// Free memory glibc keeps per thread arena instead of giving it back to the kernel
+    /// (see `allocator`); 0 leaves glibc's default.
+    pub malloc_trim_threshold_bytes: usize,
 }
 
 /// Ciphers `ssh_ciphers` may name, fastest first on CPUs with AES instructions.
@@ -130,6 +133,7 @@ impl Default for Config {
                 "aes128-gcm@openssh.com".into(),
                 "aes256-gcm@openssh.com".into(),
             ],
+            malloc_trim_threshold_bytes: 8 * 1024 * 1024,
         }
     }
 }

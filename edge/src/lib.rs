@@ -2,6 +2,7 @@
 //! HTTP and TCP listeners that carry visitors into their SSH sessions.
 
 pub mod admin_api;
+pub mod allocator;
 pub mod config;
 pub mod control_client;
 pub mod control_sync;

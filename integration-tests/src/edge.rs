@@ -268,6 +268,11 @@ impl SshClient {
         Ok(SshClient { guard, out, err })
     }
 
+    /// The client's process id (`ssh` replaces the shell that starts it).
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
     /// What the client printed on stdout so far.
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()

@@ -76,7 +76,7 @@ fn main() -> Result<()> {
     let _nginx = start_nginx(&dir.join("nginx"), nginx_port, args.bulk_mb)?;
     let sshd_port = free_port(LOCAL);
     let key = start_sshd_keys(&dir.join("sshd"))?;
-    let _sshd = start_sshd(&dir.join("sshd"), sshd_port)?;
+    let sshd = start_sshd(&dir.join("sshd"), sshd_port)?;
 
     let stack = Stack::start(StackOptions::default())?;
     let mut spec = EdgeSpec::for_tests("us", LOCAL, &stack.control.url, &stack.control.edge_secret);
@@ -140,41 +140,78 @@ fn main() -> Result<()> {
     let (_, tcp_port) = url_host_port(&tcp_url)?;
     let via_edge_tcp = format!("http://{}:{tcp_port}", edge.spec.ip);
 
+    // Each path with the processes whose CPU time a download through it costs: the
+    // tunnel's server end (sshd and its session processes, or the edge) and its client.
     let paths = [
-        ("direct", direct.as_str(), None),
-        ("OpenSSH sshd -R", via_sshd.as_str(), None),
-        ("nearhop-edge", via_edge.as_str(), Some(host.as_str())),
-        ("nearhop-edge, tcp tunnel", via_edge_tcp.as_str(), None),
+        ("direct", direct.as_str(), None, None),
+        (
+            "OpenSSH sshd -R",
+            via_sshd.as_str(),
+            None,
+            Some((sshd.pid(), sshd_client.pid())),
+        ),
+        (
+            "nearhop-edge",
+            via_edge.as_str(),
+            Some(host.as_str()),
+            Some((edge.pid().unwrap_or(0), edge_client.pid())),
+        ),
+        (
+            "nearhop-edge, tcp tunnel",
+            via_edge_tcp.as_str(),
+            None,
+            Some((edge.pid().unwrap_or(0), tcp_client.pid())),
+        ),
     ];
     let mut rows = Vec::new();
-    for (name, base, host_header) in paths {
+    for (name, base, host_header, _) in paths {
         let w = wrk(&args, &format!("{base}/"), host_header)?;
-        rows.push((name, w, Vec::new()));
+        rows.push((name, w, Vec::new(), CpuTotals::default()));
     }
     // Bulk runs interleaved (direct, sshd, edge, direct, ...) so a burst of other load on
     // the machine hits every path alike.
     for _ in 0..args.bulk_runs.max(1) {
-        for (i, (_, base, host_header)) in paths.iter().enumerate() {
+        for (i, (_, base, host_header, pids)) in paths.iter().enumerate() {
+            let before = pids.map(|(server, client)| (cpu_ns(server), cpu_ns(client)));
             let mbps = bulk(&format!("{base}/big.bin"), *host_header, args.bulk_mb)?;
+            if let (Some((server, client)), Some((s0, c0))) = (pids, before) {
+                rows[i].3.server_ns += cpu_ns(*server).saturating_sub(s0);
+                rows[i].3.client_ns += cpu_ns(*client).saturating_sub(c0);
+            }
             rows[i].2.push(mbps);
         }
     }
-    let rows: Vec<(&str, Wrk, f64)> = rows
+    let downloaded_gb = (args.bulk_runs.max(1) * args.bulk_mb) as f64 * 1.048_576 / 1000.0;
+    let rows: Vec<(&str, Wrk, f64, CpuTotals)> = rows
         .into_iter()
-        .map(|(name, w, mut runs)| {
+        .map(|(name, w, mut runs, cpu)| {
             runs.sort_by(|a, b| a.total_cmp(b));
             eprintln!("bulk MB/s {name}: {runs:.0?}");
-            (name, w, runs[runs.len() / 2])
+            (name, w, runs[runs.len() / 2], cpu)
         })
         .collect();
 
     println!("\n## HTTP through each path (wrk -t{} -c{} -d{}s, 612-byte page; bulk: {} MB file, curl, median of {})\n", args.threads, args.connections, args.duration, args.bulk_mb, args.bulk_runs.max(1));
-    println!("| path | requests/s | p50 ms | p99 ms | bulk MB/s |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
-    for (name, w, mbps) in &rows {
+    println!(
+        "| path | requests/s | p50 ms | p99 ms | bulk MB/s | server CPU s/GB | client CPU s/GB |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (name, w, mbps, cpu) in &rows {
+        let per_gb = |ns: u64| {
+            if cpu.server_ns == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.2}", ns as f64 / 1e9 / downloaded_gb)
+            }
+        };
         println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} |",
-            w.rps, w.p50_ms, w.p99_ms, mbps
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} | {} | {} |",
+            w.rps,
+            w.p50_ms,
+            w.p99_ms,
+            mbps,
+            per_gb(cpu.server_ns),
+            per_gb(cpu.client_ns)
         );
     }
     let sshd = &rows[1];
@@ -189,6 +226,11 @@ fn main() -> Result<()> {
         "edge tcp tunnel / sshd: requests/s x{:.2}, bulk x{:.2}",
         rows[3].1.rps / sshd.1.rps,
         rows[3].2 / sshd.2
+    );
+    println!(
+        "CPU per byte downloaded, edge / sshd: server x{:.2}, client x{:.2}",
+        ours.3.server_ns as f64 / sshd.3.server_ns.max(1) as f64,
+        ours.3.client_ns as f64 / sshd.3.client_ns.max(1) as f64
     );
     edge_client.stop();
     tcp_client.stop();
@@ -343,6 +385,60 @@ fn duration_ms(v: &str) -> Result<f64> {
         "s" => n * 1000.0,
         _ => bail!("unknown unit in {v}"),
     })
+}
+
+/// CPU time spent by a path's processes during its bulk downloads.
+#[derive(Default, Clone, Copy)]
+struct CpuTotals {
+    server_ns: u64,
+    client_ns: u64,
+}
+
+/// CPU time so far of `pid`, its threads and its descendants (nanoseconds, from each
+/// thread's `schedstat`).
+fn cpu_ns(pid: u32) -> u64 {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // `pid (comm) state ppid ...`: comm may hold spaces, so split after the `)`.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok());
+            if let Some(ppid) = ppid {
+                parents.push((p, ppid));
+            }
+        }
+    }
+    let mut family = vec![pid];
+    let mut i = 0;
+    while i < family.len() {
+        let parent = family[i];
+        family.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    family
+        .iter()
+        .map(|p| {
+            let tasks = std::fs::read_dir(format!("/proc/{p}/task"));
+            tasks
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 fn bulk(url: &str, host: Option<&str>, mb: usize) -> Result<f64> {
