@@ -107,36 +107,29 @@ fn main() -> Result<()> {
     let via_sshd = format!("http://127.0.0.1:{rport}");
     wait_http(&format!("{via_sshd}/"), &mut sshd_client)?;
 
-    let token = stack.control.create_account(Plan::Pro)?.token;
-    let mut edge_client = SshClient::start(
-        &dir.join("ssh"),
-        "edge-forward",
-        edge.ssh_addr(),
-        &SshArgs {
-            user: Some(token),
-            forwards: vec![format!("0:127.0.0.1:{nginx_port}")],
-            options: args.ssh_option.clone(),
-            ..SshArgs::default()
-        },
-    )?;
-    let url = edge_client.wait_for_url(Duration::from_secs(30))?;
+    // A tunnel to nginx through the edge, for a fresh account; `keyword` picks its kind.
+    let edge_tunnel = |name: &str, keyword: &str| -> Result<(SshClient, String)> {
+        let token = stack.control.create_account(Plan::Pro)?.token;
+        let mut client = SshClient::start(
+            &dir.join("ssh"),
+            name,
+            edge.ssh_addr(),
+            &SshArgs {
+                user: Some(format!("{token}{keyword}")),
+                forwards: vec![format!("0:127.0.0.1:{nginx_port}")],
+                options: args.ssh_option.clone(),
+                ..SshArgs::default()
+            },
+        )?;
+        let url = client.wait_for_url(Duration::from_secs(30))?;
+        Ok((client, url))
+    };
+    let (mut edge_client, url) = edge_tunnel("edge-forward", "")?;
     let (host, _) = url_host_port(&url)?;
     let via_edge = format!("http://{}", edge.http_addr());
     // The same edge carrying a `tcp` tunnel: bytes spliced with no HTTP on the edge, the
     // ceiling for what the HTTP path can reach.
-    let tcp_token = stack.control.create_account(Plan::Pro)?.token;
-    let mut tcp_client = SshClient::start(
-        &dir.join("ssh"),
-        "edge-tcp-forward",
-        edge.ssh_addr(),
-        &SshArgs {
-            user: Some(format!("{tcp_token}+tcp")),
-            forwards: vec![format!("0:127.0.0.1:{nginx_port}")],
-            options: args.ssh_option.clone(),
-            ..SshArgs::default()
-        },
-    )?;
-    let tcp_url = tcp_client.wait_for_url(Duration::from_secs(30))?;
+    let (mut tcp_client, tcp_url) = edge_tunnel("edge-tcp-forward", "+tcp")?;
     let (_, tcp_port) = url_host_port(&tcp_url)?;
     let via_edge_tcp = format!("http://{}:{tcp_port}", edge.spec.ip);
 
