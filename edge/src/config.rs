@@ -31,12 +31,16 @@ pub struct Config {
     pub ssh_listen: SocketAddr,
     /// Where HTTP visitors connect.
     pub http_listen: SocketAddr,
+    /// Where TLS visitors connect (`tls` tunnels: passthrough routed by SNI).
+    pub tls_listen: SocketAddr,
     /// Where control's calls and Prometheus scrapes arrive.
     pub admin_listen: SocketAddr,
     /// The admin URL control should call; defaults to `http://<admin_listen>`.
     pub admin_url: Option<String>,
     /// Port shown in printed HTTP URLs (80 hides it); defaults to the `http_listen` port.
     pub public_http_port: Option<u16>,
+    /// Port shown in printed TLS URLs (443 hides it); defaults to the `tls_listen` port.
+    pub public_tls_port: Option<u16>,
     /// Address TCP tunnels' public ports are bound on; defaults to the `http_listen` address.
     pub tcp_bind_ip: Option<IpAddr>,
     /// Inclusive range of public ports for TCP tunnels.
@@ -104,9 +108,11 @@ impl Default for Config {
             edge_secret_file: None,
             ssh_listen: ([127, 0, 0, 1], 2222).into(),
             http_listen: ([127, 0, 0, 1], 8080).into(),
+            tls_listen: ([127, 0, 0, 1], 8443).into(),
             admin_listen: ([127, 0, 0, 1], 9090).into(),
             admin_url: None,
             public_http_port: None,
+            public_tls_port: None,
             tcp_bind_ip: None,
             tcp_port_range: (20000, 20999),
             host_key_path: PathBuf::from("edge_host_key"),
@@ -217,6 +223,11 @@ impl Config {
     /// Port printed in HTTP URLs.
     pub fn public_http_port(&self) -> u16 {
         self.public_http_port.unwrap_or(self.http_listen.port())
+    }
+
+    /// Port printed in TLS URLs.
+    pub fn public_tls_port(&self) -> u16 {
+        self.public_tls_port.unwrap_or(self.tls_listen.port())
     }
 
     /// Address TCP tunnels listen on.

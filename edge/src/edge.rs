@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::control_client::ControlClient;
 use crate::metrics::Metrics;
 use crate::tunnels::{lock, Registry, SessionLink, Tunnel};
-use crate::{admin_api, control_sync, host_key, ssh_server, visitor_http};
+use crate::{admin_api, control_sync, host_key, ssh_server, visitor_http, visitor_tls};
 use anyhow::{Context, Result};
 use nearhop_wire::CloseTunnelRequest;
 use std::collections::HashMap;
@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// State shared by every part of the edge.
@@ -52,6 +52,16 @@ impl Edge {
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
         })
+    }
+
+    /// One of the `max_visitor_connections` slots, or `None` (counted as refused) when all
+    /// are taken.
+    pub fn visitor_slot(&self) -> Option<OwnedSemaphorePermit> {
+        let slot = self.visitor_slots.clone().try_acquire_owned().ok();
+        if slot.is_none() {
+            self.metrics.visitor_connections_refused_total.inc();
+        }
+        slot
     }
 
     /// Registers a new SSH session.
@@ -151,6 +161,9 @@ pub async fn run(config: Config) -> Result<()> {
     let http = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding HTTP listener {}", config.http_listen))?;
+    let tls = TcpListener::bind(config.tls_listen)
+        .await
+        .with_context(|| format!("binding TLS listener {}", config.tls_listen))?;
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding admin listener {}", config.admin_listen))?;
@@ -160,11 +173,13 @@ pub async fn run(config: Config) -> Result<()> {
         region = %edge.config.region,
         ssh = %edge.config.ssh_listen,
         http = %edge.config.http_listen,
+        tls = %edge.config.tls_listen,
         admin = %edge.config.admin_listen,
         "edge listening"
     );
     let ssh_task = tokio::spawn(ssh_server::serve(edge.clone(), ssh, key));
     let http_task = tokio::spawn(visitor_http::serve(edge.clone(), http));
+    let tls_task = tokio::spawn(visitor_tls::serve(edge.clone(), tls));
     tokio::spawn(admin_api::serve(edge.clone(), admin));
     tokio::spawn(control_sync::run(edge.clone()));
 
@@ -172,6 +187,7 @@ pub async fn run(config: Config) -> Result<()> {
     shutdown(&edge).await;
     let _ = ssh_task.await;
     let _ = http_task.await;
+    let _ = tls_task.await;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! nearhop's edge: the SSH server tunnel creators connect to with stock OpenSSH, and the
 //! HTTP and TCP listeners that carry visitors into their SSH sessions.
 
+pub mod accept;
 pub mod admin_api;
 pub mod allocator;
 pub mod config;
@@ -22,3 +23,4 @@ pub mod tunnels;
 pub mod username;
 pub mod visitor_http;
 pub mod visitor_tcp;
+pub mod visitor_tls;

@@ -1,5 +1,6 @@
 //! What the SSH user reads: the tunnel-ready text with URL(s) and QR code, usage help.
 
+use crate::config::Config;
 use crate::tunnels::Tunnel;
 use chrono::Utc;
 use nearhop_wire::{CreateTunnelResponse, TunnelKind};
@@ -7,11 +8,21 @@ use qrcode::render::unicode::Dense1x2;
 use qrcode::QrCode;
 
 /// The public URL of a tunnel.
-pub fn public_url(tunnel: &Tunnel, http_port: u16) -> String {
+pub fn public_url(tunnel: &Tunnel, config: &Config) -> String {
+    let host = &tunnel.hostname;
     match (tunnel.kind, tunnel.public_port) {
-        (TunnelKind::Tcp, Some(port)) => format!("tcp://{}:{port}", tunnel.hostname),
-        _ if http_port == 80 => format!("http://{}", tunnel.hostname),
-        _ => format!("http://{}:{http_port}", tunnel.hostname),
+        (TunnelKind::Tcp, Some(port)) => format!("tcp://{host}:{port}"),
+        (TunnelKind::Tls, _) => with_port("tls", host, config.public_tls_port(), 443),
+        _ => with_port("http", host, config.public_http_port(), 80),
+    }
+}
+
+/// `scheme://host`, with `:port` unless it is the scheme's default.
+pub fn with_port(scheme: &str, host: &str, port: u16, default: u16) -> String {
+    if port == default {
+        format!("{scheme}://{host}")
+    } else {
+        format!("{scheme}://{host}:{port}")
     }
 }
 
@@ -19,14 +30,22 @@ pub fn public_url(tunnel: &Tunnel, http_port: u16) -> String {
 pub fn tunnel_ready(
     tunnel: &Tunnel,
     resp: &CreateTunnelResponse,
-    http_port: u16,
+    config: &Config,
     qr: bool,
 ) -> String {
-    let url = public_url(tunnel, http_port);
+    let url = public_url(tunnel, config);
     let mut text = format!(
         "Your tunnel is live, served from region {}:\n\n    {url}\n",
         resp.region
     );
+    if tunnel.kind == TunnelKind::Tls {
+        let https = with_port("https", &tunnel.hostname, config.public_tls_port(), 443);
+        text.push_str(&format!(
+            "\nTLS passes through untouched: your local service must speak TLS itself, with a \
+             certificate for {}. For HTTPS, visitors open {https}/\n",
+            tunnel.hostname
+        ));
+    }
     if let Some(replaced) = &resp.replaced_tunnel {
         text.push_str(&format!(
             "\n(The name's previous tunnel on edge {} was closed: {}.)\n",
@@ -73,7 +92,7 @@ pub fn qr_code(url: &str) -> Option<String> {
 pub fn usage() -> String {
     "nearhop: no tunnel was requested. Ask for one with -R, for example:\n\n    \
      ssh -p 2222 -R0:localhost:8000 TOKEN@a.tunnel.test\n\n\
-     Keywords go in the username (TOKEN+tcp, TOKEN+force, qr, tcp); options follow the host \
+     Keywords go in the username (TOKEN+tcp, TOKEN+tls, TOKEN+force, qr); options follow the host \
      (b:user:pass k:key w:CIDR a:Name:Value u:Name:Value r:Name x:https)."
         .to_string()
 }

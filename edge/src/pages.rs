@@ -43,6 +43,15 @@ pub fn unknown_host(host: &str) -> Response<ProxyBody> {
     )
 }
 
+/// 421 for plain HTTP to a TLS passthrough tunnel: the edge cannot speak TLS for it.
+pub fn tls_only(host: &str, https_url: &str) -> Response<ProxyBody> {
+    page(
+        StatusCode::MISDIRECTED_REQUEST,
+        "This tunnel speaks TLS",
+        &format!("{host} passes TLS through to its own server, so it cannot answer plain HTTP. Open {https_url} instead."),
+    )
+}
+
 /// 400 for a request without a usable Host.
 pub fn bad_request(why: &str) -> Response<ProxyBody> {
     page(StatusCode::BAD_REQUEST, "Bad request", why)

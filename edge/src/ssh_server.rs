@@ -1,6 +1,7 @@
 //! The SSH listener: russh configuration (windows, keepalives), one task per client, and
 //! the clean-up when a client goes away.
 
+use crate::accept;
 use crate::edge::Edge;
 use crate::ssh_session::SshSession;
 use russh::keys::PrivateKey;
@@ -71,26 +72,19 @@ fn cipher_names(configured: &[String]) -> Vec<russh::cipher::Name> {
 /// Accepts SSH clients until shutdown.
 pub async fn serve(edge: Arc<Edge>, listener: TcpListener, key: PrivateKey) {
     let config = Arc::new(russh_config(&edge, key));
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = edge.shutdown.cancelled() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accepting an SSH connection");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let link = edge.open_session(peer);
-        let span = tracing::info_span!("ssh", session = link.id, %peer);
-        tokio::spawn(
-            handle_connection(edge.clone(), config.clone(), stream, link).instrument(span),
-        );
-    }
+    accept::until_stopped(
+        &listener,
+        &edge.shutdown,
+        "an SSH connection",
+        |stream, peer| {
+            let link = edge.open_session(peer);
+            let span = tracing::info_span!("ssh", session = link.id, %peer);
+            tokio::spawn(
+                handle_connection(edge.clone(), config.clone(), stream, link).instrument(span),
+            );
+        },
+    )
+    .await;
 }
 
 async fn handle_connection(

@@ -185,13 +185,6 @@ impl Handler for SshSession {
             }
             return Ok(false);
         }
-        if user.kind == TunnelKind::Tls {
-            self.refuse(
-                session,
-                "TLS passthrough tunnels are not offered by this edge yet; use http (the default) or tcp.",
-            );
-            return Ok(false);
-        }
         if self.edge.shutdown.is_cancelled() {
             self.refuse(session, "this edge is shutting down; please reconnect.");
             return Ok(false);

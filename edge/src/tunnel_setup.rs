@@ -109,13 +109,12 @@ async fn create(
     if let Some(listener) = listener {
         visitor_tcp::spawn_listener(edge.clone(), tunnel.clone(), listener);
     }
-    let http_port = edge.config.public_http_port();
     link.say(
         false,
-        &messages::tunnel_ready(&tunnel, &resp, http_port, user.qr),
+        &messages::tunnel_ready(&tunnel, &resp, &edge.config, user.qr),
     )
     .await;
-    Ok(messages::public_url(&tunnel, http_port))
+    Ok(messages::public_url(&tunnel, &edge.config))
 }
 
 /// Makes the tunnel routable, closing what it replaced on this edge.

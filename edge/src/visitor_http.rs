@@ -3,9 +3,11 @@
 //! (kept for the connection's next requests). Bodies stream both ways; upgrades (WebSocket)
 //! become a byte splice with no idle cut.
 
+use crate::accept;
 use crate::counting_io::CountingStream;
 use crate::edge::Edge;
 use crate::http_phases::{self, RequestCtx};
+use crate::messages;
 use crate::pages::{self, ProxyBody};
 use crate::read_buffer::Coalescing;
 use crate::tunnels::Tunnel;
@@ -16,6 +18,7 @@ use hyper::header::{CONNECTION, HOST, UPGRADE};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use nearhop_wire::TunnelKind;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,25 +31,17 @@ const MIN_HEAD_BUFFER: usize = 8192;
 
 /// Accepts visitors until shutdown.
 pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = edge.shutdown.cancelled() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting an HTTP visitor");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+    accept::until_stopped(
+        &listener,
+        &edge.shutdown,
+        "an HTTP visitor",
+        |stream, peer| {
+            if let Some(permit) = edge.visitor_slot() {
+                tokio::spawn(serve_visitor(edge.clone(), stream, peer, permit));
             }
-        };
-        let Ok(permit) = edge.visitor_slots.clone().try_acquire_owned() else {
-            edge.metrics.visitor_connections_refused_total.inc();
-            continue;
-        };
-        tokio::spawn(serve_visitor(edge.clone(), stream, peer, permit));
-    }
+        },
+    )
+    .await;
 }
 
 /// One visitor connection and the upstream (SSH channel) it uses.
@@ -115,6 +110,11 @@ impl VisitorConn {
             None => pages::bad_request("The request names no host."),
             Some(host) => match self.edge.registry.route(&host) {
                 None => pages::unknown_host(&host),
+                Some(tunnel) if tunnel.kind == TunnelKind::Tls => {
+                    let port = self.edge.config.public_tls_port();
+                    let url = messages::with_port("https", &host, port, 443);
+                    pages::tls_only(&host, &format!("{url}/"))
+                }
                 Some(tunnel) => {
                     let options = tunnel.options();
                     let ctx = RequestCtx {

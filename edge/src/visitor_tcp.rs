@@ -9,6 +9,7 @@ use rand::Rng;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Random tries before scanning the range in order: with a range mostly free, a handful of
@@ -63,8 +64,7 @@ async fn carry(edge: Arc<Edge>, tunnel: Arc<Tunnel>, stream: TcpStream, peer: So
     if !tunnel.options().allows(peer.ip()) {
         return;
     }
-    let Ok(_permit) = edge.visitor_slots.clone().try_acquire_owned() else {
-        edge.metrics.visitor_connections_refused_total.inc();
+    let Some(_permit) = edge.visitor_slot() else {
         return;
     };
     let m = &edge.metrics;
@@ -72,22 +72,42 @@ async fn carry(edge: Arc<Edge>, tunnel: Arc<Tunnel>, stream: TcpStream, peer: So
         .with_label_values(&["tcp"])
         .inc();
     m.visitor_connections_active.inc();
+    splice(&edge, &tunnel, stream, peer, &[]).await;
+    m.visitor_connections_active.dec();
+}
+
+/// Carries one visitor connection through a new `forwarded-tcpip` channel of `tunnel`:
+/// `already_read` (bytes taken from the visitor to route it) first, then both directions
+/// until either side ends.
+pub async fn splice(
+    edge: &Edge,
+    tunnel: &Tunnel,
+    stream: TcpStream,
+    peer: SocketAddr,
+    already_read: &[u8],
+) {
+    let m = &edge.metrics;
     let _ = stream.set_nodelay(true);
+    let bytes_in = m.visitor_bytes_total.with_label_values(&["in"]);
+    bytes_in.inc_by(already_read.len() as u64);
     let mut visitor = CountingStream::new(
         stream,
-        m.visitor_bytes_total.with_label_values(&["in"]),
+        bytes_in,
         m.visitor_bytes_total.with_label_values(&["out"]),
     );
-    match tunnel.open_channel(peer).await {
-        Ok(channel) => {
-            let mut upstream = channel.into_stream();
-            if let Err(e) = tokio::io::copy_bidirectional(&mut visitor, &mut upstream).await {
-                tracing::debug!(error = %e, tunnel = tunnel.id, "TCP visitor connection ended");
-            }
-        }
+    let channel = match tunnel.open_channel(peer).await {
+        Ok(channel) => channel,
         Err(e) => {
-            tracing::debug!(error = %e, tunnel = tunnel.id, "client refused a TCP visitor channel");
+            tracing::debug!(error = %e, tunnel = tunnel.id, "client refused a visitor channel");
+            return;
         }
+    };
+    let mut upstream = channel.into_stream();
+    if let Err(e) = upstream.write_all(already_read).await {
+        tracing::debug!(error = %e, tunnel = tunnel.id, "visitor channel closed at once");
+        return;
     }
-    m.visitor_connections_active.dec();
+    if let Err(e) = tokio::io::copy_bidirectional(&mut visitor, &mut upstream).await {
+        tracing::debug!(error = %e, tunnel = tunnel.id, "visitor connection ended");
+    }
 }

@@ -23,6 +23,8 @@ pub struct EdgeSpec {
     pub ssh: u16,
     /// Visitor HTTP port.
     pub http: u16,
+    /// Visitor TLS port (`tls` tunnels).
+    pub tls: u16,
     /// Admin API port.
     pub admin: u16,
     /// First and last public TCP port for `tcp` tunnels.
@@ -45,6 +47,7 @@ impl EdgeSpec {
             ip,
             ssh: free_port(ip),
             http: free_port(ip),
+            tls: free_port(ip),
             admin: free_port(ip),
             tcp_ports: (tcp, tcp.saturating_add(20)),
             control_url: control_url.into(),
@@ -56,8 +59,8 @@ impl EdgeSpec {
     fn to_toml(&self, dir: &Path) -> String {
         format!(
             "edge_id = \"{}\"\nregion = \"{}\"\ncontrol_url = \"{}\"\nedge_secret = \"{}\"\n\
-             ssh_listen = \"{}:{}\"\nhttp_listen = \"{}:{}\"\nadmin_listen = \"{}:{}\"\n\
-             host_key_path = \"{}\"\ntcp_port_range = [{}, {}]\n{}\n",
+             ssh_listen = \"{}:{}\"\nhttp_listen = \"{}:{}\"\ntls_listen = \"{}:{}\"\n\
+             admin_listen = \"{}:{}\"\nhost_key_path = \"{}\"\ntcp_port_range = [{}, {}]\n{}\n",
             self.edge_id,
             self.region,
             self.control_url,
@@ -66,6 +69,8 @@ impl EdgeSpec {
             self.ssh,
             self.ip,
             self.http,
+            self.ip,
+            self.tls,
             self.ip,
             self.admin,
             dir.join("ssh_host_ed25519_key").display(),
@@ -311,7 +316,7 @@ impl SshClient {
         }
     }
 
-    /// Waits for the printed public URL (`http://...` or `tcp://...`) and returns it.
+    /// Waits for the printed public URL (`http://`, `tcp://` or `tls://`) and returns it.
     pub fn wait_for_url(&mut self, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -366,10 +371,14 @@ pub fn demo_command(edge: &EdgeProcess, token: &str) -> String {
     )
 }
 
-/// The first `http://` or `tcp://` URL in `text`.
+/// The first `http://`, `tcp://` or `tls://` URL in `text`.
 pub fn find_url(text: &str) -> Option<String> {
     text.split_whitespace()
-        .find(|w| w.starts_with("http://") || w.starts_with("tcp://"))
+        .find(|w| {
+            ["http://", "tcp://", "tls://"]
+                .iter()
+                .any(|s| w.starts_with(s))
+        })
         .map(|w| w.trim_end_matches(['.', ',', ')']).to_string())
 }
 

@@ -86,6 +86,9 @@ fn main() -> Result<()> {
     }
     println!("  a tunnel: dig @127.0.0.3 -p 5300 NAME.a.tunnel.test CNAME");
     println!("Visit a tunnel: curl -H 'Host: NAME.a.tunnel.test' http://127.0.0.3:8080/");
+    println!(
+        "  a tls tunnel (TOKEN+tls@...): curl -k --resolve NAME.a.tunnel.test:8443:127.0.0.3 https://NAME.a.tunnel.test:8443/"
+    );
     println!();
     println!("Metrics:");
     println!("  control      {}/metrics", stack.control.url);

@@ -233,6 +233,7 @@ impl Stack {
                     EdgeSpec::for_tests(&r.name, r.ip, &control.url, &control.edge_secret);
                 spec.ssh = r.ports.ssh;
                 spec.http = r.ports.http;
+                spec.tls = r.ports.https;
                 spec.admin = r.ports.admin;
                 edges.push(EdgeProcess::start(
                     &dir.join(format!("edge-{}", r.name)),

@@ -164,3 +164,66 @@ fn tcp_tunnel_round_trips_bytes() {
     w.join().unwrap().unwrap();
     assert!(back == payload, "TCP bytes came back different");
 }
+
+#[test]
+fn tls_tunnel_passes_tls_through_routed_by_sni() {
+    let s = EdgeStack::start("");
+    let service = LocalTlsService::start(&s.stack.dir.join("tls-service"));
+    let token = s.pro_token();
+    let mut client = s.ssh(
+        "tls",
+        &http_tunnel(Some(&format!("{token}+tls")), service.port),
+    );
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    assert!(url.starts_with("tls://"), "{url}");
+    let (host, port) = url_host_port(&url).unwrap();
+    assert_eq!(port, s.edge.spec.tls, "the URL names the TLS port");
+    let out = client.output();
+    assert!(
+        out.contains("must speak TLS itself") && out.contains(&format!("https://{host}:{port}/")),
+        "the client is told what passthrough means: {out}"
+    );
+
+    // A visitor's TLS session reaches the local server, which holds the certificate: the
+    // handshake only completes if every byte, the ClientHello first, arrives unchanged.
+    let ip = s.edge.spec.ip;
+    let (code, body, err) = curl_tls(&host, ip, port);
+    assert_eq!(code, 0, "curl over TLS: {err}");
+    assert!(
+        body.contains("s_server"),
+        "the local server answered: {body}"
+    );
+    let (code, _, _) = curl_tls(&host.to_uppercase(), ip, port);
+    assert_eq!(code, 0, "server names are matched without case");
+
+    // A name no TLS tunnel holds: the visitor's TLS library says so.
+    let (code, _, err) = curl_tls("nobody.a.tunnel.test", ip, port);
+    assert_ne!(code, 0);
+    assert!(err.contains("unrecognized name"), "{err}");
+
+    // Plain HTTP to the TLS port, and to the tunnel's name on the HTTP port: sentences.
+    let plain = reqwest::blocking::get(format!("http://{ip}:{port}/")).unwrap();
+    assert_eq!(plain.status(), 400);
+    let text = plain.text().unwrap();
+    assert!(
+        text.contains("TLS port") && text.contains(&s.edge.spec.http.to_string()),
+        "{text}"
+    );
+    let http_url = format!("http://{host}:{}", s.edge.spec.http);
+    let resp = visitor(&http_url, s.edge.http_addr())
+        .get(format!("{http_url}/"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 421);
+    let text = resp.text().unwrap();
+    assert!(text.contains(&format!("https://{host}:{port}/")), "{text}");
+
+    // A ClientHello without SNI, or bytes that are no TLS, leave the edge serving.
+    let mut raw = std::net::TcpStream::connect((ip, port)).unwrap();
+    raw.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0xff])
+        .unwrap();
+    drop(raw);
+    let (code, body, err) = curl_tls(&host, ip, port);
+    assert_eq!(code, 0, "still serving: {err}");
+    assert!(body.contains("s_server"));
+}

@@ -251,3 +251,68 @@ pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Result<T>) -> T {
         }
     }
 }
+
+/// A local TLS service, the developer's own HTTPS server: `openssl s_server -www` with a
+/// self-signed certificate made in `dir` for the test (never kept).
+pub struct LocalTlsService {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    _server: nearhop_stack::process::ChildGuard,
+}
+
+impl LocalTlsService {
+    /// Makes a key and certificate in `dir` and starts the server; waits until it listens.
+    pub fn start(dir: &std::path::Path) -> LocalTlsService {
+        std::fs::create_dir_all(dir).expect("tls dir");
+        let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=local tls service", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl runs");
+        assert!(made.status.success(), "openssl req: {made:?}");
+        let port = nearhop_stack::ports::free_port(Ipv4Addr::LOCALHOST);
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.args(["s_server", "-www", "-quiet", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key);
+        let server = nearhop_stack::process::ChildGuard::spawn(
+            "openssl s_server",
+            cmd,
+            &dir.join("s_server.log"),
+            libc::SIGTERM,
+        )
+        .expect("s_server starts");
+        eventually("s_server listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", port))?;
+            Ok(())
+        });
+        LocalTlsService {
+            port,
+            _server: server,
+        }
+    }
+}
+
+/// `curl` over TLS to `name:port`, resolved to `ip` (so the SNI is `name`), certificate
+/// not checked; returns (exit code, stdout, stderr).
+pub fn curl_tls(name: &str, ip: Ipv4Addr, port: u16) -> (i32, String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-k", "--max-time", "20", "--resolve"])
+        .arg(format!("{name}:{port}:{ip}"))
+        .arg(format!("https://{name}:{port}/"))
+        .output()
+        .expect("curl runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,30 @@
+//! The accept loop every listener of the edge shares.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Accepts connections on `listener` until `stop` is cancelled and hands each to
+/// `on_accept`. Accept errors (EMFILE and friends) are logged with `what` and followed by a
+/// short pause instead of a spin.
+pub async fn until_stopped(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    what: &str,
+    mut on_accept: impl FnMut(TcpStream, SocketAddr),
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => on_accept(stream, peer),
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting {what}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
