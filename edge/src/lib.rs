@@ -9,6 +9,7 @@ pub mod control_client;
 pub mod control_sync;
 pub mod counting_io;
 pub mod edge;
+pub mod first_request;
 pub mod host_key;
 pub mod http_phases;
 pub mod messages;

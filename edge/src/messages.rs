@@ -93,7 +93,7 @@ pub fn usage() -> String {
     "nearhop: no tunnel was requested. Ask for one with -R, for example:\n\n    \
      ssh -p 2222 -R0:localhost:8000 TOKEN@a.tunnel.test\n\n\
      Keywords go in the username (TOKEN+tcp, TOKEN+tls, TOKEN+force, qr); options follow the host \
-     (b:user:pass k:key w:CIDR a:Name:Value u:Name:Value r:Name x:https)."
+     (b:user:pass k:key w:CIDR a:Name:Value u:Name:Value r:Name x:https x:noreverseproxy)."
         .to_string()
 }
 

@@ -26,6 +26,9 @@ pub struct TunnelOptions {
     pub pass_preflight: bool,
     /// `x:xff`: accepted for compatibility; X-Forwarded-* are always added.
     pub xff: bool,
+    /// `x:noreverseproxy`: the visitor's connection is routed by the `Host` of its first
+    /// request, then spliced to the tunnel byte for byte (no header added or changed).
+    pub raw_passthrough: bool,
 }
 
 /// One header rule.
@@ -43,14 +46,14 @@ pub enum HeaderRule {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum OptionError {
     /// Not a known option.
-    #[error("unknown option {0:?}; options are b:user:pass k:key w:cidr a:Name:Value u:Name:Value r:Name x:https x:xff x:passpreflight")]
+    #[error("unknown option {0:?}; options are b:user:pass k:key w:cidr a:Name:Value u:Name:Value r:Name x:https x:xff x:passpreflight x:noreverseproxy")]
     Unknown(String),
     /// A known option with a malformed value.
     #[error("option {0:?} is malformed: {1}")]
     Malformed(String, &'static str),
-    /// Recognised but not offered by this edge.
-    #[error("option {0:?} is not supported by this edge yet")]
-    Unsupported(String),
+    /// Options that cannot hold together.
+    #[error("{0}")]
+    Conflict(&'static str),
     /// Too many words.
     #[error("too many options (at most {MAX_OPTIONS})")]
     TooMany,
@@ -66,6 +69,11 @@ impl TunnelOptions {
         }
         for word in words {
             o.add(word)?;
+        }
+        if o.raw_passthrough && (o.needs_auth() || !o.header_rules.is_empty() || o.https_redirect) {
+            return Err(OptionError::Conflict(
+                "x:noreverseproxy passes visitors' bytes through untouched, so b:, k:, a:, u:, r: and x:https cannot apply; drop those or drop x:noreverseproxy (w: still works)",
+            ));
         }
         Ok(o)
     }
@@ -124,7 +132,7 @@ impl TunnelOptions {
                 "https" => self.https_redirect = true,
                 "xff" => self.xff = true,
                 "passpreflight" => self.pass_preflight = true,
-                "noreverseproxy" => return Err(OptionError::Unsupported(shown)),
+                "noreverseproxy" => self.raw_passthrough = true,
                 _ => return Err(OptionError::Unknown(shown)),
             },
             _ => return Err(OptionError::Unknown(shown)),
@@ -165,6 +173,9 @@ mod tests {
         assert_eq!(o.allow.len(), 2);
         assert_eq!(o.header_rules.len(), 3);
         assert!(o.https_redirect && o.xff && o.pass_preflight);
+        assert!(!o.raw_passthrough);
+        let o = TunnelOptions::parse("x:noreverseproxy w:10.0.0.0/8").unwrap();
+        assert!(o.raw_passthrough && o.allow.len() == 1);
     }
 
     #[test]
@@ -198,10 +209,10 @@ mod tests {
             TunnelOptions::parse("a:X:\u{1}"),
             Err(OptionError::Malformed(..))
         ));
-        assert!(matches!(
-            TunnelOptions::parse("x:noreverseproxy"),
-            Err(OptionError::Unsupported(_))
-        ));
+        let e = TunnelOptions::parse("x:noreverseproxy b:alice:pw").unwrap_err();
+        assert!(e.to_string().contains("cannot apply"), "{e}");
+        let e = TunnelOptions::parse("a:X-A:1 x:noreverseproxy").unwrap_err();
+        assert!(matches!(e, OptionError::Conflict(_)), "{e}");
         assert_eq!(
             TunnelOptions::parse(&"x:xff ".repeat(MAX_OPTIONS + 1)),
             Err(OptionError::TooMany)

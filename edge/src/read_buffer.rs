@@ -7,6 +7,9 @@
 //! session nearly doubled the memory of an idle tunnel (docs/benchmarks.md). This one starts
 //! small, doubles while reads fill it, halves while reads stay small, and is freed when the
 //! socket has nothing to read and the buffer is back at its smallest size.
+//!
+//! Two more read wrappers live here: [`Coalescing`] for tunnel channels and [`Prefixed`],
+//! which puts bytes read ahead (to route a visitor) back in front of a stream.
 
 use std::io;
 use std::pin::Pin;
@@ -155,6 +158,46 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalescing<S> {
     }
 }
 
+/// `inner` with bytes already taken from it put back in front: reads return `prefix`
+/// first, then whatever `inner` yields.
+pub struct Prefixed<S> {
+    inner: S,
+    prefix: Vec<u8>,
+    pos: usize,
+}
+
+impl<S> Prefixed<S> {
+    /// Wraps `inner`, to be read as `prefix` followed by `inner`.
+    pub fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
+        Prefixed {
+            inner,
+            prefix,
+            pos: 0,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.prefix.len() {
+            let n = out.remaining().min(this.prefix.len() - this.pos);
+            out.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, out)
+    }
+}
+
 /// Writes go straight to the wrapped stream: these wrappers only change how it is read.
 macro_rules! write_through {
     ($wrapper:ident) => {
@@ -192,11 +235,33 @@ macro_rules! write_through {
 
 write_through!(AdaptiveReader);
 write_through!(Coalescing);
+write_through!(Prefixed);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_prefix_is_read_before_the_stream_and_writes_pass_through() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        a.write_all(b" world").await.expect("write");
+        drop(a);
+        let mut r = Prefixed::new(b"hello".to_vec(), b);
+        let mut first = [0u8; 3];
+        r.read_exact(&mut first).await.expect("read");
+        assert_eq!(&first, b"hel");
+        let mut rest = String::new();
+        r.read_to_string(&mut rest).await.expect("read");
+        assert_eq!(rest, "lo world");
+
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut w = Prefixed::new(Vec::new(), a);
+        w.write_all(b"out").await.expect("write");
+        let mut got = [0u8; 3];
+        b.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"out");
+    }
 
     #[tokio::test]
     async fn bytes_come_through_unchanged_in_small_and_exact_reads() {

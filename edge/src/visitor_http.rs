@@ -9,8 +9,9 @@ use crate::edge::Edge;
 use crate::http_phases::{self, RequestCtx};
 use crate::messages;
 use crate::pages::{self, ProxyBody};
-use crate::read_buffer::Coalescing;
+use crate::read_buffer::{Coalescing, Prefixed};
 use crate::tunnels::Tunnel;
+use crate::{first_request, visitor_tcp};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -67,9 +68,42 @@ async fn serve_visitor(
         .with_label_values(&["http"])
         .inc();
     m.visitor_connections_active.inc();
+    serve_connection(&edge, stream, peer).await;
+    m.visitor_connections_active.dec();
+}
+
+async fn serve_connection(edge: &Arc<Edge>, mut stream: TcpStream, peer: SocketAddr) {
+    let m = &edge.metrics;
     let _ = stream.set_nodelay(true);
+    let head_timeout = Duration::from_secs(edge.config.visitor_header_timeout_seconds.max(1));
+    let max_head = edge.config.visitor_max_header_bytes.max(MIN_HEAD_BUFFER);
+    // The first request head is read here, not by hyper, so that an `x:noreverseproxy`
+    // tunnel can take the connection whole.
+    let reading = tokio::time::timeout(head_timeout, first_request::read(&mut stream, max_head));
+    let first = match tokio::select! {
+        r = reading => r,
+        // An idle connection does not hold up the drain.
+        _ = edge.shutdown.cancelled() => return,
+    } {
+        Ok(Ok(first)) => first,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, %peer, "reading a visitor's first request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "visitor sent no complete request head in time");
+            return;
+        }
+    };
+    if let Some(tunnel) = first.host.as_deref().and_then(|h| edge.registry.route(h)) {
+        let options = tunnel.options();
+        if tunnel.kind == TunnelKind::Http && options.raw_passthrough && options.allows(peer.ip()) {
+            visitor_tcp::splice(edge, &tunnel, stream, peer, &first.bytes).await;
+            return;
+        }
+    }
     let io = TokioIo::new(CountingStream::new(
-        stream,
+        Prefixed::new(first.bytes, stream),
         m.visitor_bytes_total.with_label_values(&["in"]),
         m.visitor_bytes_total.with_label_values(&["out"]),
     ));
@@ -85,10 +119,8 @@ async fn serve_visitor(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(
-            edge.config.visitor_header_timeout_seconds.max(1),
-        ))
-        .max_buf_size(edge.config.visitor_max_header_bytes.max(MIN_HEAD_BUFFER));
+        .header_read_timeout(head_timeout)
+        .max_buf_size(max_head);
     let served = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(served);
     let result = tokio::select! {
@@ -101,7 +133,6 @@ async fn serve_visitor(
     if let Err(e) = result {
         tracing::debug!(error = %e, %peer, "visitor connection ended with an error");
     }
-    m.visitor_connections_active.dec();
 }
 
 impl VisitorConn {
@@ -270,9 +301,7 @@ pub fn request_host<B>(req: &Request<B>) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))?;
-    let authority: hyper::http::uri::Authority = raw.trim().parse().ok()?;
-    let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then_some(host)
+    first_request::normalize_host(&raw)
 }
 
 #[cfg(test)]

@@ -227,3 +227,41 @@ fn tls_tunnel_passes_tls_through_routed_by_sni() {
     assert_eq!(code, 0, "still serving: {err}");
     assert!(body.contains("s_server"));
 }
+
+#[test]
+fn noreverseproxy_routes_by_host_then_passes_bytes_untouched() {
+    let s = EdgeStack::start("");
+    let echo = tcp_echo();
+    let token = s.pro_token();
+    let mut args = http_tunnel(Some(&token), echo);
+    args.command = vec!["x:noreverseproxy".into()];
+    let mut client = s.ssh("raw", &args);
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let (host, _) = url_host_port(&url).unwrap();
+
+    // The local service echoes: what comes back is exactly what reached it. The head keeps
+    // its odd casing and gets no X-Forwarded-*; bytes after it need not be HTTP at all.
+    let mut sent = format!(
+        "GET /raw HTTP/1.1\r\nhOsT: {}\r\nX-Odd-Case: KeepMe\r\n\r\n",
+        host.to_uppercase()
+    )
+    .into_bytes();
+    sent.extend_from_slice(b"\x00\x01not http\xff\xfe");
+    let mut conn = TcpStream::connect(s.edge.http_addr()).unwrap();
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    conn.write_all(&sent).unwrap();
+    let mut back = vec![0u8; sent.len()];
+    conn.read_exact(&mut back).unwrap();
+    assert!(
+        back == sent,
+        "bytes came back changed: {:?}",
+        String::from_utf8_lossy(&back)
+    );
+
+    // Options that need HTTP cannot come with it: the client is told why.
+    let mut args = http_tunnel(Some(&token), echo);
+    args.command = vec!["x:noreverseproxy".into(), "b:alice:s3cret".into()];
+    let mut refused = s.ssh("raw-auth", &args);
+    let out = refused.wait_exit(PATIENCE).unwrap();
+    assert!(out.contains("cannot apply"), "{out}");
+}

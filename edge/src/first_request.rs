@@ -1,0 +1,134 @@
+//! The head of a visitor connection's first HTTP request, read before hyper sees the
+//! connection, so that a tunnel with `x:noreverseproxy` can take the connection whole: the
+//! edge routes it by `Host` and splices every byte, the head included, untouched.
+
+use std::io;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Most headers parsed in the first head; more leaves routing to hyper.
+const MAX_HEADERS: usize = 128;
+
+/// What was read ahead of hyper.
+#[derive(Debug, Default)]
+pub struct FirstRequest {
+    /// Every byte read so far (to be replayed, to hyper or to the tunnel).
+    pub bytes: Vec<u8>,
+    /// The host the first request is for, when its head is complete and names one.
+    pub host: Option<String>,
+}
+
+/// Reads until the first request head is complete, `max` bytes have arrived, or the
+/// visitor stops sending. Heads that are not HTTP, too long or cut short come back without
+/// a host: hyper then answers them as it answers any visitor (400, 431, or nothing).
+pub async fn read<R: AsyncRead + Unpin>(visitor: &mut R, max: usize) -> io::Result<FirstRequest> {
+    let mut first = FirstRequest {
+        bytes: Vec::with_capacity(1024),
+        host: None,
+    };
+    let mut chunk = [0u8; 4096];
+    while first.bytes.len() < max {
+        let room = chunk.len().min(max - first.bytes.len());
+        let n = visitor.read(&mut chunk[..room]).await?;
+        if n == 0 {
+            break;
+        }
+        first.bytes.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&first.bytes) {
+            Ok(httparse::Status::Complete(_)) => {
+                first.host = host_of(&req);
+                break;
+            }
+            Ok(httparse::Status::Partial) => continue,
+            Err(_) => break,
+        }
+    }
+    Ok(first)
+}
+
+/// `Host`, else the authority of an absolute URI, normalised as [`normalize_host`] does.
+fn host_of(req: &httparse::Request<'_, '_>) -> Option<String> {
+    let from_header = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("host"))
+        .and_then(|h| std::str::from_utf8(h.value).ok());
+    let raw = match from_header {
+        Some(h) => h.to_string(),
+        None => {
+            let uri: hyper::Uri = req.path?.parse().ok()?;
+            uri.authority()?.as_str().to_string()
+        }
+    };
+    normalize_host(&raw)
+}
+
+/// A `Host` value as the routing map keys it: lowercase, without port or trailing dot.
+pub fn normalize_host(raw: &str) -> Option<String> {
+    let authority: hyper::http::uri::Authority = raw.trim().parse().ok()?;
+    let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn read_sent(pieces: &[&[u8]], max: usize) -> FirstRequest {
+        let (mut tx, mut rx) = tokio::io::duplex(1 << 16);
+        let owned: Vec<Vec<u8>> = pieces.iter().map(|p| p.to_vec()).collect();
+        let writer = tokio::spawn(async move {
+            for p in owned {
+                tx.write_all(&p).await.expect("write");
+                tokio::task::yield_now().await;
+            }
+        });
+        let got = read(&mut rx, max).await.expect("read");
+        writer.abort();
+        got
+    }
+
+    #[tokio::test]
+    async fn the_host_of_a_head_sent_in_pieces_is_found_and_bytes_kept() {
+        let got = read_sent(
+            &[
+                b"GET /p HTTP/1.1\r\nHo",
+                b"st: Blog.A.Tunnel.Test.:8080\r\n",
+                b"\r\nbody",
+            ],
+            65536,
+        )
+        .await;
+        assert_eq!(got.host.as_deref(), Some("blog.a.tunnel.test"));
+        assert!(got.bytes.starts_with(b"GET /p HTTP/1.1\r\nHost: "));
+    }
+
+    #[tokio::test]
+    async fn absolute_uris_name_the_host() {
+        let got = read_sent(&[b"GET http://X.example/p HTTP/1.1\r\n\r\n"], 65536).await;
+        assert_eq!(got.host.as_deref(), Some("x.example"));
+    }
+
+    #[tokio::test]
+    async fn heads_that_are_not_http_too_long_or_cut_give_no_host() {
+        let junk = read_sent(&[b"\x16\x03\x01\x00\x05hello"], 65536).await;
+        assert_eq!(junk.host, None);
+        assert!(
+            !junk.bytes.is_empty(),
+            "the bytes are kept for hyper to answer"
+        );
+
+        let long = format!("GET / HTTP/1.1\r\nX-Long: {}\r\n", "a".repeat(10_000));
+        let got = read_sent(&[long.as_bytes()], 4096).await;
+        assert_eq!((got.host, got.bytes.len()), (None, 4096));
+
+        let cut = read_sent(&[b"GET / HTTP/1.1\r\nHost: x.example\r\n"], 65536).await;
+        assert_eq!(
+            cut.host, None,
+            "no blank line yet: the head is not complete"
+        );
+        assert_eq!(normalize_host("bad host"), None);
+    }
+}
