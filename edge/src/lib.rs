@@ -1,5 +1,5 @@
 //! nearhop's edge: the SSH server tunnel creators connect to with stock OpenSSH, and the
-//! HTTP and TCP listeners that carry visitors into their SSH sessions.
+//! HTTP, TLS and TCP listeners that carry visitors into their SSH sessions.
 
 pub mod accept;
 pub mod admin_api;

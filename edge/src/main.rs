@@ -3,7 +3,7 @@
 use clap::Parser;
 use std::path::PathBuf;
 
-/// nearhop edge: SSH server for tunnel creators, HTTP/TCP listeners for visitors.
+/// nearhop edge: SSH server for tunnel creators, HTTP/TLS/TCP listeners for visitors.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
