@@ -41,6 +41,11 @@ pub struct Config {
     pub public_http_port: Option<u16>,
     /// Port shown in printed TLS URLs (443 hides it); defaults to the `tls_listen` port.
     pub public_tls_port: Option<u16>,
+    /// Certificate chain (PEM) for HTTPS to `http` tunnels, e.g. a wildcard for each zone;
+    /// without it the TLS listener serves `tls` tunnels only.
+    pub tls_cert_path: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    pub tls_key_path: Option<PathBuf>,
     /// Address TCP tunnels' public ports are bound on; defaults to the `http_listen` address.
     pub tcp_bind_ip: Option<IpAddr>,
     /// Inclusive range of public ports for TCP tunnels.
@@ -113,6 +118,8 @@ impl Default for Config {
             admin_url: None,
             public_http_port: None,
             public_tls_port: None,
+            tls_cert_path: None,
+            tls_key_path: None,
             tcp_bind_ip: None,
             tcp_port_range: (20000, 20999),
             host_key_path: PathBuf::from("edge_host_key"),
@@ -193,6 +200,12 @@ impl Config {
                 self.worker_threads
             );
         }
+        if self.tls_cert_path.is_some() != self.tls_key_path.is_some() {
+            bail!(
+                "tls_cert_path and tls_key_path go together: set both for HTTPS to http \
+                 tunnels, or neither for TLS passthrough only"
+            );
+        }
         if self.ssh_ciphers.is_empty() {
             bail!(
                 "ssh_ciphers is empty: name at least one of {}",
@@ -228,6 +241,11 @@ impl Config {
     /// Port printed in TLS URLs.
     pub fn public_tls_port(&self) -> u16 {
         self.public_tls_port.unwrap_or(self.tls_listen.port())
+    }
+
+    /// Whether the edge terminates HTTPS for `http` tunnels.
+    pub fn https(&self) -> bool {
+        self.tls_cert_path.is_some()
     }
 
     /// Address TCP tunnels listen on.
@@ -331,6 +349,19 @@ mod tests {
         c.ssh_ciphers.clear();
         let e = c.finish().expect_err("refused").to_string();
         assert!(e.contains("ssh_ciphers is empty"), "{e}");
+    }
+
+    #[test]
+    fn a_certificate_needs_its_key() {
+        let mut c = Config {
+            edge_secret: "s".into(),
+            tls_cert_path: Some("cert.pem".into()),
+            ..Config::default()
+        };
+        let e = c.finish().expect_err("refused").to_string();
+        assert!(e.contains("go together"), "{e}");
+        c.tls_key_path = Some("key.pem".into());
+        assert!(c.finish().is_ok());
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct Edge {
     pub shutdown: CancellationToken,
     /// Visitor connection slots (`max_visitor_connections`).
     pub visitor_slots: Arc<Semaphore>,
+    /// The HTTPS server configuration, when a certificate is configured.
+    pub https: Option<Arc<rustls::ServerConfig>>,
     sessions: Mutex<HashMap<u64, Arc<SessionLink>>>,
     next_session: AtomicU64,
 }
@@ -42,8 +44,13 @@ impl Edge {
             &config.edge_secret,
             Duration::from_millis(config.control_timeout_ms),
         )?;
+        let https = match (&config.tls_cert_path, &config.tls_key_path) {
+            (Some(cert), Some(key)) => Some(crate::https::server_config(cert, key)?),
+            _ => None,
+        };
         Ok(Edge {
             visitor_slots: Arc::new(Semaphore::new(config.max_visitor_connections)),
+            https,
             config,
             registry: Registry::default(),
             control,

@@ -17,6 +17,8 @@ pub struct RequestCtx<'a> {
     pub host: &'a str,
     /// Scheme the visitor used.
     pub scheme: &'static str,
+    /// Port of the edge's HTTPS URLs (443 is left out of them).
+    pub https_port: u16,
     /// The tunnel's options.
     pub options: &'a TunnelOptions,
 }
@@ -52,7 +54,8 @@ pub fn https_redirect<B>(ctx: &RequestCtx<'_>, req: &Request<B>) -> Option<Respo
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let location = HeaderValue::from_str(&format!("https://{}{path}", ctx.host)).ok()?;
+    let base = crate::messages::with_port("https", ctx.host, ctx.https_port, 443);
+    let location = HeaderValue::from_str(&format!("{base}{path}")).ok()?;
     let mut resp = Response::new(pages::full(""));
     *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
     resp.headers_mut().insert(LOCATION, location);
@@ -162,6 +165,7 @@ mod tests {
             visitor: format!("{ip}:5000").parse().unwrap(),
             host: "blog.a.tunnel.test",
             scheme: "http",
+            https_port: 443,
             options: o,
         }
     }
@@ -244,5 +248,19 @@ mod tests {
         let resp = https_redirect(&ctx(&o, "127.0.0.1"), &req()).unwrap();
         assert_eq!(resp.status(), StatusCode::PERMANENT_REDIRECT);
         assert_eq!(resp.headers()[LOCATION], "https://blog.a.tunnel.test/p?q=1");
+        let on_8443 = RequestCtx {
+            https_port: 8443,
+            ..ctx(&o, "127.0.0.1")
+        };
+        let resp = https_redirect(&on_8443, &req()).unwrap();
+        assert_eq!(
+            resp.headers()[LOCATION],
+            "https://blog.a.tunnel.test:8443/p?q=1"
+        );
+        let over_https = RequestCtx {
+            scheme: "https",
+            ..ctx(&o, "127.0.0.1")
+        };
+        assert!(https_redirect(&over_https, &req()).is_none());
     }
 }

@@ -12,6 +12,7 @@ pub mod edge;
 pub mod first_request;
 pub mod host_key;
 pub mod http_phases;
+pub mod https;
 pub mod messages;
 pub mod metrics;
 pub mod options;

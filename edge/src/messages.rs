@@ -38,6 +38,10 @@ pub fn tunnel_ready(
         "Your tunnel is live, served from region {}:\n\n    {url}\n",
         resp.region
     );
+    if tunnel.kind == TunnelKind::Http && config.https() {
+        let https = with_port("https", &tunnel.hostname, config.public_tls_port(), 443);
+        text.push_str(&format!("    {https}\n"));
+    }
     if tunnel.kind == TunnelKind::Tls {
         let https = with_port("https", &tunnel.hostname, config.public_tls_port(), 443);
         text.push_str(&format!(

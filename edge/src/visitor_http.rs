@@ -24,6 +24,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, OwnedSemaphorePermit};
 
@@ -49,6 +50,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
 struct VisitorConn {
     edge: Arc<Edge>,
     peer: SocketAddr,
+    scheme: &'static str,
     upstream: Mutex<Option<Upstream>>,
 }
 
@@ -72,9 +74,22 @@ async fn serve_visitor(
     m.visitor_connections_active.dec();
 }
 
-async fn serve_connection(edge: &Arc<Edge>, mut stream: TcpStream, peer: SocketAddr) {
-    let m = &edge.metrics;
+async fn serve_connection(edge: &Arc<Edge>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    serve_stream(edge, stream, peer, "http").await;
+}
+
+/// Serves a visitor connection that speaks HTTP/1.1 on `stream`: a plain one (`scheme`
+/// `http`) or one whose TLS the edge terminated (`https`).
+pub async fn serve_stream<S>(
+    edge: &Arc<Edge>,
+    mut stream: S,
+    peer: SocketAddr,
+    scheme: &'static str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let m = &edge.metrics;
     let head_timeout = Duration::from_secs(edge.config.visitor_header_timeout_seconds.max(1));
     let max_head = edge.config.visitor_max_header_bytes.max(MIN_HEAD_BUFFER);
     // The first request head is read here, not by hyper, so that an `x:noreverseproxy`
@@ -110,6 +125,7 @@ async fn serve_connection(edge: &Arc<Edge>, mut stream: TcpStream, peer: SocketA
     let conn = Arc::new(VisitorConn {
         edge: edge.clone(),
         peer,
+        scheme,
         upstream: Mutex::new(None),
     });
     let service = service_fn(move |req| {
@@ -151,7 +167,8 @@ impl VisitorConn {
                     let ctx = RequestCtx {
                         visitor: self.peer,
                         host: &host,
-                        scheme: "http",
+                        scheme: self.scheme,
+                        https_port: self.edge.config.public_tls_port(),
                         options: &options,
                     };
                     match http_phases::run(&ctx, &mut req) {

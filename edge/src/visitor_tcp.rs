@@ -9,7 +9,7 @@ use rand::Rng;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Random tries before scanning the range in order: with a range mostly free, a handful of
@@ -72,6 +72,7 @@ async fn carry(edge: Arc<Edge>, tunnel: Arc<Tunnel>, stream: TcpStream, peer: So
         .with_label_values(&["tcp"])
         .inc();
     m.visitor_connections_active.inc();
+    let _ = stream.set_nodelay(true);
     splice(&edge, &tunnel, stream, peer, &[]).await;
     m.visitor_connections_active.dec();
 }
@@ -79,15 +80,14 @@ async fn carry(edge: Arc<Edge>, tunnel: Arc<Tunnel>, stream: TcpStream, peer: So
 /// Carries one visitor connection through a new `forwarded-tcpip` channel of `tunnel`:
 /// `already_read` (bytes taken from the visitor to route it) first, then both directions
 /// until either side ends.
-pub async fn splice(
+pub async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
     edge: &Edge,
     tunnel: &Tunnel,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     already_read: &[u8],
 ) {
     let m = &edge.metrics;
-    let _ = stream.set_nodelay(true);
     let bytes_in = m.visitor_bytes_total.with_label_values(&["in"]);
     bytes_in.inc_by(already_read.len() as u64);
     let mut visitor = CountingStream::new(

@@ -1,11 +1,13 @@
-//! The TLS listener (`tls_listen`) for `tls` tunnels: reads each visitor's ClientHello,
-//! routes by the name it asks for (SNI), and splices the connection, ClientHello included,
-//! into a `forwarded-tcpip` channel. The edge never decrypts: the creator's local service
-//! holds the certificate and terminates TLS.
+//! The TLS listener (`tls_listen`): reads each visitor's ClientHello and routes by the name
+//! it asks for (SNI). For a `tls` tunnel the connection, ClientHello included, is spliced
+//! into a `forwarded-tcpip` channel and the edge never decrypts: the creator's local service
+//! holds the certificate. Any other name is HTTPS when the operator configured a
+//! certificate (`tls_cert_path`): the edge terminates TLS and serves HTTP inside.
 
 use crate::accept;
 use crate::edge::Edge;
-use crate::visitor_tcp;
+use crate::read_buffer::Prefixed;
+use crate::{visitor_http, visitor_tcp};
 use nearhop_wire::TunnelKind;
 use std::io;
 use std::net::SocketAddr;
@@ -130,6 +132,7 @@ async fn carry(
         .with_label_values(&["tls"])
         .inc();
     m.visitor_connections_active.inc();
+    let _ = stream.set_nodelay(true);
     let patience = Duration::from_secs(edge.config.visitor_header_timeout_seconds.max(1));
     match tokio::time::timeout(patience, read_client_hello(&mut stream)).await {
         Err(_) => tracing::debug!(%peer, "TLS visitor sent no complete ClientHello in time"),
@@ -145,8 +148,13 @@ async fn carry(
                     visitor_tcp::splice(&edge, &tunnel, stream, peer, &hello.bytes).await;
                 }
             }
-            // No tunnel of that name on this edge, or one that is not TLS passthrough (the
-            // edge holds no certificate to terminate TLS for it).
+            // Any other name is HTTPS when the edge has a certificate: the handshake reads
+            // the ClientHello again from the bytes put back, and the HTTP listener's code
+            // serves what is inside (404 page for unknown names included).
+            _ if edge.https.is_some() => {
+                terminate(&edge, stream, peer, hello.bytes, patience).await
+            }
+            // Without a certificate only `tls` tunnels are served here.
             _ => {
                 tracing::debug!(%peer, name = %hello.server_name, "no TLS tunnel by that name");
                 let _ = stream.write_all(&UNRECOGNIZED_NAME_ALERT).await;
@@ -156,10 +164,29 @@ async fn carry(
     m.visitor_connections_active.dec();
 }
 
+/// Completes the TLS handshake with the configured certificate and serves HTTP inside.
+async fn terminate(
+    edge: &Arc<Edge>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    hello: Vec<u8>,
+    patience: Duration,
+) {
+    let Some(config) = edge.https.clone() else {
+        return;
+    };
+    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(Prefixed::new(hello, stream));
+    match tokio::time::timeout(patience, handshake).await {
+        Ok(Ok(tls)) => visitor_http::serve_stream(edge, tls, peer, "https").await,
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake with a visitor failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake with a visitor took too long"),
+    }
+}
+
 /// What a plain-HTTP visitor on the TLS port reads.
 fn not_tls_answer(http_port: u16) -> String {
     let body = format!(
-        "This is nearhop's TLS port: it carries TLS (https://) connections to tls tunnels. \
+        "This is nearhop's TLS port: it carries TLS (https://) connections only. \
          For plain HTTP, use port {http_port}.\n"
     );
     format!(

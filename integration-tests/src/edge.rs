@@ -394,3 +394,33 @@ pub fn url_host_port(url: &str) -> Result<(String, u16)> {
         None => Ok((authority.to_string(), 80)),
     }
 }
+
+/// A self-signed certificate for the dev zones (`*.a.tunnel.test`, `*.free.tunnel.test` and
+/// the zones themselves), made with `openssl` in `dir` for a local stack or a test (never
+/// kept in the repository). Returns (certificate, key); the certificate is also the CA a
+/// visitor trusts (`curl --cacert`).
+pub fn dev_zone_certificate(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let (cert, key) = (dir.join("zone-cert.pem"), dir.join("zone-key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "30"])
+        .args(["-subj", "/CN=nearhop local stack", "-addext"])
+        .arg(
+            "subjectAltName=DNS:*.a.tunnel.test,DNS:a.tunnel.test,\
+             DNS:*.free.tunnel.test,DNS:free.tunnel.test",
+        )
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .context("running openssl to make the dev zones' certificate")?;
+    if !out.status.success() {
+        bail!(
+            "openssl could not make the dev zones' certificate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((cert, key))
+}

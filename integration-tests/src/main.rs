@@ -48,6 +48,7 @@ fn main() -> Result<()> {
         fsync: cli.fsync,
         lag_wait_ms: cli.lag_wait_ms,
         dir: Some(dir.clone()),
+        edge_https: true,
         ..Default::default()
     })?;
     let demo = stack.control.create_account(Plan::Pro)?;
@@ -87,7 +88,11 @@ fn main() -> Result<()> {
     println!("  a tunnel: dig @127.0.0.3 -p 5300 NAME.a.tunnel.test CNAME");
     println!("Visit a tunnel: curl -H 'Host: NAME.a.tunnel.test' http://127.0.0.3:8080/");
     println!(
-        "  a tls tunnel (TOKEN+tls@...): curl -k --resolve NAME.a.tunnel.test:8443:127.0.0.3 https://NAME.a.tunnel.test:8443/"
+        "  over HTTPS (the stack's own certificate): curl --cacert {} --resolve NAME.a.tunnel.test:8443:127.0.0.3 https://NAME.a.tunnel.test:8443/",
+        dir.join("tls/zone-cert.pem").display()
+    );
+    println!(
+        "  a tls tunnel (TOKEN+tls@..., your service holds the certificate): curl -k --resolve NAME.a.tunnel.test:8443:127.0.0.3 https://NAME.a.tunnel.test:8443/"
     );
     println!();
     println!("Metrics:");

@@ -110,6 +110,8 @@ pub struct StackOptions {
     pub dir: Option<PathBuf>,
     /// Changes to control's settings before it starts.
     pub control_tweak: Option<fn(&mut ControlSpec)>,
+    /// Give the edges a self-signed certificate for the dev zones (HTTPS on the TLS port).
+    pub edge_https: bool,
 }
 
 impl Default for StackOptions {
@@ -127,6 +129,7 @@ impl Default for StackOptions {
             lag_wait_ms: 3000,
             dir: None,
             control_tweak: None,
+            edge_https: false,
         }
     }
 }
@@ -228,12 +231,23 @@ impl Stack {
         // edges: one per region, on the region's address.
         let mut edges = Vec::new();
         if opts.with_edges {
+            let https = if opts.edge_https {
+                let (cert, key) = crate::edge::dev_zone_certificate(&dir.join("tls"))?;
+                format!(
+                    "tls_cert_path = \"{}\"\ntls_key_path = \"{}\"\n",
+                    cert.display(),
+                    key.display()
+                )
+            } else {
+                String::new()
+            };
             for r in &regions {
                 let mut spec =
                     EdgeSpec::for_tests(&r.name, r.ip, &control.url, &control.edge_secret);
                 spec.ssh = r.ports.ssh;
                 spec.http = r.ports.http;
                 spec.tls = r.ports.https;
+                spec.extra_toml = https.clone();
                 spec.admin = r.ports.admin;
                 edges.push(EdgeProcess::start(
                     &dir.join(format!("edge-{}", r.name)),

@@ -265,3 +265,103 @@ fn noreverseproxy_routes_by_host_then_passes_bytes_untouched() {
     let out = refused.wait_exit(PATIENCE).unwrap();
     assert!(out.contains("cannot apply"), "{out}");
 }
+
+/// `curl` over HTTPS, the certificate checked against `ca`; returns (code, status, body).
+fn curl_https(
+    ca: &std::path::Path,
+    name: &str,
+    ip: std::net::Ipv4Addr,
+    port: u16,
+    path: &str,
+) -> (i32, String, String) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("{name}:{port}:{ip}"))
+        .arg(format!("https://{name}:{port}{path}"))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (
+        out.status.code().unwrap_or(-1),
+        status.to_string(),
+        format!("{body}{}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn https_is_served_with_the_operators_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = nearhop_stack::edge::dev_zone_certificate(certs.path()).unwrap();
+    let s = EdgeStack::start(&format!(
+        "tls_cert_path = \"{}\"\ntls_key_path = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    let ip = s.edge.spec.ip;
+    let tls_port = s.edge.spec.tls;
+    let local = LocalService::start();
+    let token = s.pro_token();
+    let mut client = s.ssh("https", &http_tunnel(Some(&token), local.port));
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let (host, _) = url_host_port(&url).unwrap();
+    let out = client.output();
+    assert!(
+        out.contains(&format!("https://{host}:{tls_port}")),
+        "the HTTPS URL is printed too: {out}"
+    );
+
+    // The visitor's curl checks the certificate; the local service sees https as the proto.
+    let (code, status, body) = curl_https(&cert, &host, ip, tls_port, "/hello");
+    assert_eq!((code, status.as_str()), (0, "200"), "{body}");
+    assert!(
+        body.starts_with("hello from local") && body.contains("xfp=https"),
+        "{body}"
+    );
+    let (code, status, body) = curl_https(&cert, "nobody.a.tunnel.test", ip, tls_port, "/");
+    assert_eq!(
+        (code, status.as_str()),
+        (0, "404"),
+        "unknown names get the page over HTTPS: {body}"
+    );
+
+    // x:https sends plain-HTTP visitors to the HTTPS URL, port included.
+    let mut args = http_tunnel(Some(&s.pro_token()), local.port);
+    args.command = vec!["x:https".into()];
+    let mut redirecting = s.ssh("x-https", &args);
+    let url = redirecting.wait_for_url(PATIENCE).unwrap();
+    let (rhost, _) = url_host_port(&url).unwrap();
+    let plain = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve(&rhost, s.edge.http_addr())
+        .build()
+        .unwrap()
+        .get(format!("{url}/p?q=1"))
+        .send()
+        .unwrap();
+    assert_eq!(plain.status(), 308);
+    assert_eq!(
+        plain.headers()["location"],
+        format!("https://{rhost}:{tls_port}/p?q=1").as_str()
+    );
+
+    // A tls tunnel on the same edge still passes through untouched.
+    let service = LocalTlsService::start(&s.stack.dir.join("tls-service"));
+    let mut args = http_tunnel(Some(&format!("{}+tls", s.pro_token())), service.port);
+    args.forwards = vec![format!("raw:0:localhost:{}", service.port)];
+    let mut passthrough = s.ssh("tls-too", &args);
+    let url = passthrough.wait_for_url(PATIENCE).unwrap();
+    let (thost, _) = url_host_port(&url).unwrap();
+    let (code, body, err) = curl_tls(&thost, ip, tls_port);
+    assert_eq!(code, 0, "{err}");
+    assert!(body.contains("s_server"), "{body}");
+}
