@@ -119,6 +119,7 @@ pub fn reserve_name(
             "only pro accounts own names; free tunnels get random names",
         ));
     }
+    st.cfg.check_not_service_label(&st.cfg.zones.pro, &label)?;
     let zone = &st.cfg.zones.pro.name;
     let banned: bool = diesel::select(diesel::dsl::exists(
         banned_names::table

@@ -330,6 +330,39 @@ impl Config {
         }
     }
 
+    /// Whether `label.<zone>` is one of the service's own names: a region's edge host
+    /// (`us.a.tunnel.test`, which every tunnel served there points to) or a name server
+    /// inside the zone. No tunnel may take those.
+    pub fn is_service_label(&self, zone: &ZoneConfig, label: &str) -> bool {
+        let host = format!("{label}.{}", zone.name);
+        self.regions
+            .iter()
+            .any(|r| r.name.eq_ignore_ascii_case(label))
+            || zone
+                .nameservers
+                .iter()
+                .any(|ns| ns.trim_end_matches('.').eq_ignore_ascii_case(&host))
+    }
+
+    /// Refuses `label.<zone>` when it is one of the service's own names.
+    pub fn check_not_service_label(
+        &self,
+        zone: &ZoneConfig,
+        label: &str,
+    ) -> crate::error::ControlResult<()> {
+        if self.is_service_label(zone, label) {
+            return Err(crate::error::ControlError::refused(
+                nearhop_wire::ErrorCode::InvalidName,
+                format!(
+                    "the name {label}.{} belongs to the service itself (a region's edge host \
+                     or a name server); choose another",
+                    zone.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The zone a hostname belongs to, and the label under it.
     pub fn split_hostname(&self, hostname: &str) -> Option<(&ZoneConfig, String)> {
         let host = nearhop_wire::storage_name(hostname)?;
@@ -372,6 +405,27 @@ mod tests {
             vec!["ns1.a.tunnel.test".to_string()]
         );
         assert_eq!(c.regions.len(), 1);
+    }
+
+    #[test]
+    fn region_hosts_and_in_zone_name_servers_are_the_services_own() {
+        let mut c = minimal();
+        c.zones.pro.nameservers = vec!["dns-a.a.tunnel.test.".into(), "ns.example.net".into()];
+        c.validate().unwrap();
+        let region = c.regions[0].name.clone();
+        let pro = c.zones.pro.clone();
+        assert!(c.is_service_label(&pro, &region));
+        assert!(c.is_service_label(&pro, "dns-a"));
+        assert!(
+            !c.is_service_label(&pro, "ns"),
+            "an out-of-zone name server"
+        );
+        assert!(!c.is_service_label(&pro, "blog"));
+        let e = c.check_not_service_label(&pro, "dns-a").unwrap_err();
+        assert!(
+            e.to_string().contains("belongs to the service itself"),
+            "{e}"
+        );
     }
 
     #[test]

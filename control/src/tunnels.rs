@@ -296,6 +296,9 @@ fn plot(conn: &mut PgConnection, st: &AppState, req: &CreateTunnelRequest) -> Co
         })?),
         (_, None) => None,
     };
+    if let Some(label) = &requested {
+        st.cfg.check_not_service_label(&zone, label)?;
+    }
     if zone.creations_per_minute_per_source > 0 {
         let since = Utc::now() - chrono::Duration::minutes(1);
         let source = source_of(&req.client_addr);

@@ -429,6 +429,9 @@ fn bad_input_gets_clear_errors_and_writes_nothing() {
         "-lead",
         "www",
         "\u{0}",
+        // The regions' edge hosts (`us.a.tunnel.test` is where us's tunnels point).
+        "us",
+        "Eu",
     ];
     for name in hostile {
         let (status, err) = api

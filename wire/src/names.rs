@@ -12,7 +12,8 @@ pub const MAX_NAME_LEN: usize = 253;
 pub const RANDOM_LABEL_LEN: usize = 8;
 
 /// Labels that are never handed to a tunnel, whatever the zone: infrastructure names and
-/// names that invite phishing. Region names are reserved on top of these (see [`Zone`]).
+/// names that invite phishing. Control also refuses, per zone, the regions' edge host names
+/// and in-zone name servers (`Config::is_service_label` in control).
 pub const RESERVED_LABELS: &[&str] = &[
     "www",
     "ns",
