@@ -8,6 +8,11 @@
 //! quarter of the edge's CPU time in a profile of a 1.5 GB download
 //! (docs/benchmarks.md, Edge). Keeping up to `malloc_trim_threshold_bytes` free per arena
 //! lets those pages be reused.
+//!
+//! Setting the threshold also stops glibc from raising its mmap threshold as large blocks
+//! come and go, so blocks of 128 KiB or more (the SSH read buffer at its largest sizes) are
+//! always mapped and unmapped on their own; those are allocated once per burst, not per
+//! packet, and the benchmark runs above include that cost.
 
 /// Sets glibc's trim threshold; 0 leaves glibc's own (dynamic) default.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -4,6 +4,7 @@
 pub mod accept;
 pub mod admin_api;
 pub mod allocator;
+pub mod client_hello;
 pub mod config;
 pub mod control_client;
 pub mod control_sync;

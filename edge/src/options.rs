@@ -3,6 +3,7 @@
 
 use hyper::header::{HeaderName, HeaderValue};
 use ipnet::IpNet;
+use nearhop_wire::TunnelKind;
 use std::net::IpAddr;
 use thiserror::Error;
 
@@ -140,6 +141,23 @@ impl TunnelOptions {
         Ok(())
     }
 
+    /// Refuses options a tunnel of `kind` cannot apply: a `tcp` or `tls` tunnel carries
+    /// bytes, not HTTP, so only `w:` means something there.
+    pub fn check_kind(&self, kind: TunnelKind) -> Result<(), OptionError> {
+        let http_only = self.needs_auth()
+            || !self.header_rules.is_empty()
+            || self.https_redirect
+            || self.pass_preflight
+            || self.raw_passthrough;
+        if kind != TunnelKind::Http && http_only {
+            return Err(OptionError::Conflict(match kind {
+                TunnelKind::Tls => "a tls tunnel passes TLS through untouched, so only w: applies; b:, k:, a:, u:, r: and the x: options need an http tunnel",
+                _ => "a tcp tunnel carries bytes, not HTTP, so only w: applies; b:, k:, a:, u:, r: and the x: options need an http tunnel",
+            }));
+        }
+        Ok(())
+    }
+
     /// Whether a visitor address passes the allowlist.
     pub fn allows(&self, ip: IpAddr) -> bool {
         let ip = match ip {
@@ -213,6 +231,13 @@ mod tests {
         assert!(e.to_string().contains("cannot apply"), "{e}");
         let e = TunnelOptions::parse("a:X-A:1 x:noreverseproxy").unwrap_err();
         assert!(matches!(e, OptionError::Conflict(_)), "{e}");
+        let auth = TunnelOptions::parse("b:alice:pw w:10.0.0.0/8").unwrap();
+        assert!(auth.check_kind(TunnelKind::Http).is_ok());
+        let e = auth.check_kind(TunnelKind::Tls).unwrap_err().to_string();
+        assert!(e.contains("only w: applies"), "{e}");
+        assert!(auth.check_kind(TunnelKind::Tcp).is_err());
+        let allow_only = TunnelOptions::parse("w:10.0.0.0/8 x:xff").unwrap();
+        assert!(allow_only.check_kind(TunnelKind::Tcp).is_ok());
         assert_eq!(
             TunnelOptions::parse(&"x:xff ".repeat(MAX_OPTIONS + 1)),
             Err(OptionError::TooMany)

@@ -43,12 +43,18 @@ pub fn unknown_host(host: &str) -> Response<ProxyBody> {
     )
 }
 
-/// 421 for plain HTTP to a TLS passthrough tunnel: the edge cannot speak TLS for it.
-pub fn tls_only(host: &str, https_url: &str) -> Response<ProxyBody> {
+/// 421 for HTTP to a TLS passthrough tunnel's name: plain HTTP, or HTTPS whose server name
+/// was another tunnel's.
+pub fn tls_only(host: &str, https_url: &str, scheme: &str) -> Response<ProxyBody> {
+    let text = if scheme == "https" {
+        format!("{host} passes TLS through to its own server; this connection was made for another name. Open {https_url} directly.")
+    } else {
+        format!("{host} passes TLS through to its own server, so it cannot answer plain HTTP. Open {https_url} instead.")
+    };
     page(
         StatusCode::MISDIRECTED_REQUEST,
         "This tunnel speaks TLS",
-        &format!("{host} passes TLS through to its own server, so it cannot answer plain HTTP. Open {https_url} instead."),
+        &text,
     )
 }
 

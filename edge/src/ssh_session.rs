@@ -295,7 +295,8 @@ impl Handler for SshSession {
     ) -> Result<(), Self::Error> {
         session.channel_success(channel)?;
         let command = String::from_utf8_lossy(data);
-        match TunnelOptions::parse(&command) {
+        let kind = self.user_ready().map(|u| u.kind).unwrap_or_default();
+        match TunnelOptions::parse(&command).and_then(|o| o.check_kind(kind).map(|()| o)) {
             Ok(options) => {
                 let options = Arc::new(options);
                 self.link.set_options(options.clone());

@@ -27,6 +27,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, OwnedSemaphorePermit};
+use tokio::time::Instant;
 
 /// Smallest head buffer hyper accepts.
 const MIN_HEAD_BUFFER: usize = 8192;
@@ -76,25 +77,33 @@ async fn serve_visitor(
 
 async fn serve_connection(edge: &Arc<Edge>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    serve_stream(edge, stream, peer, "http").await;
+    let deadline = Instant::now() + head_timeout(edge);
+    serve_stream(edge, stream, peer, "http", deadline).await;
+}
+
+/// Time a visitor has from connecting to a complete first request head (slowloris bound).
+pub fn head_timeout(edge: &Edge) -> Duration {
+    Duration::from_secs(edge.config.visitor_header_timeout_seconds.max(1))
 }
 
 /// Serves a visitor connection that speaks HTTP/1.1 on `stream`: a plain one (`scheme`
-/// `http`) or one whose TLS the edge terminated (`https`).
+/// `http`) or one whose TLS the edge terminated (`https`). The first request head must be
+/// complete by `deadline` (counted from the connection's accept, TLS handshake included).
 pub async fn serve_stream<S>(
     edge: &Arc<Edge>,
     mut stream: S,
     peer: SocketAddr,
     scheme: &'static str,
+    deadline: Instant,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let m = &edge.metrics;
-    let head_timeout = Duration::from_secs(edge.config.visitor_header_timeout_seconds.max(1));
+    let head_timeout = head_timeout(edge);
     let max_head = edge.config.visitor_max_header_bytes.max(MIN_HEAD_BUFFER);
     // The first request head is read here, not by hyper, so that an `x:noreverseproxy`
     // tunnel can take the connection whole.
-    let reading = tokio::time::timeout(head_timeout, first_request::read(&mut stream, max_head));
+    let reading = tokio::time::timeout_at(deadline, first_request::read(&mut stream, max_head));
     let first = match tokio::select! {
         r = reading => r,
         // An idle connection does not hold up the drain.
@@ -113,7 +122,7 @@ pub async fn serve_stream<S>(
     if let Some(tunnel) = first.host.as_deref().and_then(|h| edge.registry.route(h)) {
         let options = tunnel.options();
         if tunnel.kind == TunnelKind::Http && options.raw_passthrough && options.allows(peer.ip()) {
-            visitor_tcp::splice(edge, &tunnel, stream, peer, &first.bytes).await;
+            visitor_tcp::splice(edge, &tunnel, stream, peer, first.bytes).await;
             return;
         }
     }
@@ -160,7 +169,7 @@ impl VisitorConn {
                 Some(tunnel) if tunnel.kind == TunnelKind::Tls => {
                     let port = self.edge.config.public_tls_port();
                     let url = messages::with_port("https", &host, port, 443);
-                    pages::tls_only(&host, &format!("{url}/"))
+                    pages::tls_only(&host, &format!("{url}/"), self.scheme)
                 }
                 Some(tunnel) => {
                     let options = tunnel.options();

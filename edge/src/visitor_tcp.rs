@@ -73,7 +73,7 @@ async fn carry(edge: Arc<Edge>, tunnel: Arc<Tunnel>, stream: TcpStream, peer: So
         .inc();
     m.visitor_connections_active.inc();
     let _ = stream.set_nodelay(true);
-    splice(&edge, &tunnel, stream, peer, &[]).await;
+    splice(&edge, &tunnel, stream, peer, Vec::new()).await;
     m.visitor_connections_active.dec();
 }
 
@@ -85,7 +85,7 @@ pub async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
     tunnel: &Tunnel,
     stream: S,
     peer: SocketAddr,
-    already_read: &[u8],
+    already_read: Vec<u8>,
 ) {
     let m = &edge.metrics;
     let bytes_in = m.visitor_bytes_total.with_label_values(&["in"]);
@@ -103,10 +103,12 @@ pub async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let mut upstream = channel.into_stream();
-    if let Err(e) = upstream.write_all(already_read).await {
+    if let Err(e) = upstream.write_all(&already_read).await {
         tracing::debug!(error = %e, tunnel = tunnel.id, "visitor channel closed at once");
         return;
     }
+    // Not kept for the life of the connection.
+    drop(already_read);
     if let Err(e) = tokio::io::copy_bidirectional(&mut visitor, &mut upstream).await {
         tracing::debug!(error = %e, tunnel = tunnel.id, "visitor connection ended");
     }

@@ -5,6 +5,7 @@
 //! certificate (`tls_cert_path`): the edge terminates TLS and serves HTTP inside.
 
 use crate::accept;
+use crate::client_hello::{self, Parsed};
 use crate::edge::Edge;
 use crate::read_buffer::Prefixed;
 use crate::{visitor_http, visitor_tcp};
@@ -12,11 +13,11 @@ use nearhop_wire::TunnelKind;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 
 /// Most bytes read while waiting for a complete ClientHello. Real ones are a few hundred
 /// bytes to about 2 KiB (post-quantum key shares); TLS allows up to one 16 KiB record plus
@@ -33,9 +34,9 @@ pub enum HelloError {
     /// The first bytes are not a TLS handshake (plain HTTP, for one).
     #[error("the connection does not start with a TLS handshake")]
     NotTls,
-    /// A TLS handshake that rustls could not read as a ClientHello.
+    /// A TLS handshake that is not a well-formed ClientHello.
     #[error("malformed ClientHello: {0}")]
-    Malformed(rustls::Error),
+    Malformed(&'static str),
     /// A ClientHello without a server name (SNI), so there is nothing to route by.
     #[error("the ClientHello names no server (no SNI)")]
     NoServerName,
@@ -64,7 +65,6 @@ pub struct ClientHello {
 pub async fn read_client_hello<R: AsyncRead + Unpin>(
     visitor: &mut R,
 ) -> Result<ClientHello, HelloError> {
-    let mut acceptor = rustls::server::Acceptor::default();
     let mut bytes = Vec::with_capacity(2048);
     let mut chunk = [0u8; 4096];
     loop {
@@ -76,32 +76,14 @@ pub async fn read_client_hello<R: AsyncRead + Unpin>(
             return Err(HelloError::NotTls);
         }
         bytes.extend_from_slice(&chunk[..n]);
-        if bytes.len() > MAX_CLIENT_HELLO_BYTES {
-            return Err(HelloError::TooLarge);
-        }
-        let mut fresh = &chunk[..n];
-        while !fresh.is_empty() {
-            // rustls refuses more only when its buffer is full: a hello too large to route.
-            match acceptor.read_tls(&mut fresh) {
-                Ok(n) if n > 0 => {}
-                _ => return Err(HelloError::TooLarge),
+        match client_hello::parse(&bytes) {
+            Parsed::Complete(Some(server_name)) => return Ok(ClientHello { server_name, bytes }),
+            Parsed::Complete(None) => return Err(HelloError::NoServerName),
+            Parsed::Invalid(why) => return Err(HelloError::Malformed(why)),
+            Parsed::Incomplete if bytes.len() >= MAX_CLIENT_HELLO_BYTES => {
+                return Err(HelloError::TooLarge)
             }
-        }
-        match acceptor.accept() {
-            Ok(None) => continue,
-            Ok(Some(accepted)) => {
-                let name = accepted
-                    .client_hello()
-                    .server_name()
-                    .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
-                    .filter(|n| !n.is_empty())
-                    .ok_or(HelloError::NoServerName)?;
-                return Ok(ClientHello {
-                    server_name: name,
-                    bytes,
-                });
-            }
-            Err((e, _alert)) => return Err(HelloError::Malformed(e)),
+            Parsed::Incomplete => {}
         }
     }
 }
@@ -133,26 +115,34 @@ async fn carry(
         .inc();
     m.visitor_connections_active.inc();
     let _ = stream.set_nodelay(true);
-    let patience = Duration::from_secs(edge.config.visitor_header_timeout_seconds.max(1));
-    match tokio::time::timeout(patience, read_client_hello(&mut stream)).await {
-        Err(_) => tracing::debug!(%peer, "TLS visitor sent no complete ClientHello in time"),
-        Ok(Err(HelloError::NotTls)) => {
+    // One deadline for the ClientHello, the handshake and the first request head.
+    let deadline = Instant::now() + visitor_http::head_timeout(&edge);
+    let reading = tokio::time::timeout_at(deadline, read_client_hello(&mut stream));
+    let hello = tokio::select! {
+        r = reading => Some(r),
+        // A connection still saying hello does not hold up the drain.
+        _ = edge.shutdown.cancelled() => None,
+    };
+    match hello {
+        None => {}
+        Some(Err(_)) => tracing::debug!(%peer, "TLS visitor sent no complete ClientHello in time"),
+        Some(Ok(Err(HelloError::NotTls))) => {
             let _ = stream
                 .write_all(not_tls_answer(edge.config.public_http_port()).as_bytes())
                 .await;
         }
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS visitor not routed"),
-        Ok(Ok(hello)) => match edge.registry.route(&hello.server_name) {
+        Some(Ok(Err(e))) => tracing::debug!(%peer, error = %e, "TLS visitor not routed"),
+        Some(Ok(Ok(hello))) => match edge.registry.route(&hello.server_name) {
             Some(tunnel) if tunnel.kind == TunnelKind::Tls => {
                 if tunnel.options().allows(peer.ip()) {
-                    visitor_tcp::splice(&edge, &tunnel, stream, peer, &hello.bytes).await;
+                    visitor_tcp::splice(&edge, &tunnel, stream, peer, hello.bytes).await;
                 }
             }
             // Any other name is HTTPS when the edge has a certificate: the handshake reads
             // the ClientHello again from the bytes put back, and the HTTP listener's code
             // serves what is inside (404 page for unknown names included).
             _ if edge.https.is_some() => {
-                terminate(&edge, stream, peer, hello.bytes, patience).await
+                terminate(&edge, stream, peer, hello.bytes, deadline).await
             }
             // Without a certificate only `tls` tunnels are served here.
             _ => {
@@ -170,14 +160,18 @@ async fn terminate(
     stream: TcpStream,
     peer: SocketAddr,
     hello: Vec<u8>,
-    patience: Duration,
+    deadline: Instant,
 ) {
     let Some(config) = edge.https.clone() else {
         return;
     };
     let handshake = tokio_rustls::TlsAcceptor::from(config).accept(Prefixed::new(hello, stream));
-    match tokio::time::timeout(patience, handshake).await {
-        Ok(Ok(tls)) => visitor_http::serve_stream(edge, tls, peer, "https").await,
+    let done = tokio::select! {
+        r = tokio::time::timeout_at(deadline, handshake) => r,
+        _ = edge.shutdown.cancelled() => return,
+    };
+    match done {
+        Ok(Ok(tls)) => visitor_http::serve_stream(edge, tls, peer, "https", deadline).await,
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake with a visitor failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake with a visitor took too long"),
     }
@@ -199,37 +193,7 @@ fn not_tls_answer(http_port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A TLS 1.2/1.3 ClientHello record, with an SNI extension when `name` is given.
-    fn client_hello(name: Option<&str>) -> Vec<u8> {
-        let mut ext = Vec::new();
-        if let Some(name) = name {
-            let n = name.as_bytes();
-            let list_len = 3 + n.len();
-            ext.extend_from_slice(&[0x00, 0x00]);
-            ext.extend_from_slice(&((list_len + 2) as u16).to_be_bytes());
-            ext.extend_from_slice(&(list_len as u16).to_be_bytes());
-            ext.push(0x00);
-            ext.extend_from_slice(&(n.len() as u16).to_be_bytes());
-            ext.extend_from_slice(n);
-        }
-        // signature_algorithms: ed25519, ecdsa_secp256r1_sha256.
-        ext.extend_from_slice(&[0x00, 0x0d, 0x00, 0x06, 0x00, 0x04, 0x08, 0x07, 0x04, 0x03]);
-        let mut body = vec![0x03, 0x03];
-        body.extend_from_slice(&[7u8; 32]);
-        body.push(0); // session id
-        body.extend_from_slice(&[0x00, 0x04, 0x13, 0x01, 0xc0, 0x2f]);
-        body.extend_from_slice(&[0x01, 0x00]); // null compression
-        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-        body.extend_from_slice(&ext);
-        let mut hs = vec![0x01];
-        hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-        hs.extend_from_slice(&body);
-        let mut record = vec![0x16, 0x03, 0x01];
-        record.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-        record.extend_from_slice(&hs);
-        record
-    }
+    use crate::client_hello::sample;
 
     /// Feeds `bytes` in pieces of `step`, like a slow network.
     async fn read_in_steps(bytes: Vec<u8>, step: usize) -> Result<ClientHello, HelloError> {
@@ -249,7 +213,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_server_name_is_read_and_every_byte_kept() {
-        let mut bytes = client_hello(Some("Blog.A.Tunnel.Test"));
+        let mut bytes = sample(Some("Blog.A.Tunnel.Test"));
         let hello_len = bytes.len();
         // Bytes after the ClientHello (early data) are kept for the replay too.
         bytes.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x01, 0xaa]);
@@ -261,7 +225,7 @@ mod tests {
 
     #[tokio::test]
     async fn hellos_that_cannot_be_routed_say_why() {
-        let no_sni = read_in_steps(client_hello(None), 4096).await;
+        let no_sni = read_in_steps(sample(None), 4096).await;
         assert!(
             matches!(no_sni, Err(HelloError::NoServerName)),
             "{no_sni:?}"
@@ -270,7 +234,7 @@ mod tests {
         let http = read_in_steps(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 4096).await;
         assert!(matches!(http, Err(HelloError::NotTls)), "{http:?}");
 
-        let mut cut = client_hello(Some("x.example"));
+        let mut cut = sample(Some("x.example"));
         cut.truncate(cut.len() - 5);
         let closed = read_in_steps(cut, 4096).await;
         assert!(matches!(closed, Err(HelloError::Closed)), "{closed:?}");

@@ -226,6 +226,13 @@ fn tls_tunnel_passes_tls_through_routed_by_sni() {
     let (code, body, err) = curl_tls(&host, ip, port);
     assert_eq!(code, 0, "still serving: {err}");
     assert!(body.contains("s_server"));
+
+    // Options that need HTTP are refused for a tls tunnel instead of silently not applying.
+    let mut args = http_tunnel(Some(&format!("{}+tls", s.pro_token())), service.port);
+    args.command = vec!["b:alice:s3cret".into()];
+    let mut refused = s.ssh("tls-auth", &args);
+    let out = refused.wait_exit(PATIENCE).unwrap();
+    assert!(out.contains("only w: applies"), "{out}");
 }
 
 #[test]
