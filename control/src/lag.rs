@@ -54,11 +54,6 @@ struct LagRow {
     connected: bool,
 }
 
-/// The replication slot of `region`'s replica (docs/operations.md).
-pub fn replica_slot_name(region: &str) -> String {
-    format!("replica_{}", region.replace('-', "_"))
-}
-
 /// How often a replica's `replay_lsn` is polled while waiting. The walreceiver reports
 /// replay progress right after applying a record, so the poll interval bounds the added wait.
 const REPLAY_POLL: Duration = Duration::from_millis(2);
@@ -241,7 +236,7 @@ impl LagWaiter {
         for r in all_regions.iter().filter(|r| r.name != self.primary_region) {
             // Streaming replicas by application name; a stopped one by its slot, whose name
             // cannot hold `-` (`replica_eu_west` for region `eu-west`).
-            let slot = replica_slot_name(&r.name);
+            let slot = nearhop_wire::replica_slot_name(&r.name);
             let row = rows
                 .iter()
                 .find(|row| row.application_name.as_deref() == Some(r.name.as_str()))
@@ -265,16 +260,5 @@ impl LagWaiter {
                     .set(row.replay_lag.unwrap_or(0.0));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::replica_slot_name;
-
-    #[test]
-    fn slot_names_follow_the_region_with_underscores() {
-        assert_eq!(replica_slot_name("eu"), "replica_eu");
-        assert_eq!(replica_slot_name("eu-west"), "replica_eu_west");
     }
 }

@@ -233,7 +233,7 @@ impl PgCluster {
             bb.args(["-h", &cfg.primary.ip.to_string()])
                 .args(["-p", &cfg.primary.port.to_string()])
                 .args(["-U", DB_USER, "-c", "fast", "-X", "stream", "-C", "-S"])
-                .arg(slot_name(&r.region))
+                .arg(nearhop_wire::replica_slot_name(&r.region))
                 .arg("-D")
                 .arg(&rdir);
             run_as.apply(&mut bb);
@@ -317,10 +317,6 @@ impl Drop for PgCluster {
     }
 }
 
-fn slot_name(region: &str) -> String {
-    format!("replica_{}", region.replace('-', "_"))
-}
-
 fn primary_conninfo_db(p: &PgEndpoint, db: &str) -> String {
     format!(
         "host={} port={} user={} dbname={}",
@@ -367,7 +363,7 @@ fn write_server_conf(
             p.port,
             DB_USER,
             me.region,
-            slot_name(&me.region)
+            nearhop_wire::replica_slot_name(&me.region)
         ));
     }
     // postgresql.auto.conf is read last, so these win over initdb's and pg_basebackup's.

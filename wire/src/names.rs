@@ -111,6 +111,13 @@ pub fn normalize_label(requested: &str) -> Result<String, NameError> {
     Ok(label)
 }
 
+/// The replication slot of `region`'s streaming replica: `replica_<region>`, with `-` written
+/// as `_` (slot names allow only lowercase letters, digits and underscores). Control finds a
+/// stopped replica by it; the local stack and the Ansible roles create it.
+pub fn replica_slot_name(region: &str) -> String {
+    format!("replica_{}", region.replace('-', "_"))
+}
+
 /// A fresh random label for a free tunnel: lowercase letters and digits, starting with a letter.
 pub fn random_label() -> String {
     const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
@@ -189,6 +196,12 @@ pub fn normalize_domain(domain: &str) -> Result<String, NameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_names_follow_the_region_with_underscores() {
+        assert_eq!(replica_slot_name("eu"), "replica_eu");
+        assert_eq!(replica_slot_name("eu-west"), "replica_eu_west");
+    }
 
     #[test]
     fn label_is_case_folded() {
