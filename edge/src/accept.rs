@@ -1,23 +1,24 @@
 //! The accept loop every listener of the edge shares.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
-/// Accepts connections on `listener` until `stop` is cancelled and hands each to
-/// `on_accept`. Accept errors (EMFILE and friends) are logged with `what` and followed by a
-/// short pause instead of a spin.
+/// Accepts connections on `listener` until `stop` completes (typically the edge's shutdown
+/// token being cancelled) and hands each to `on_accept`. Accept errors (EMFILE and friends)
+/// are logged with `what` and followed by a short pause instead of a spin.
 pub async fn until_stopped(
     listener: &TcpListener,
-    stop: &CancellationToken,
+    stop: impl Future<Output = ()>,
     what: &str,
     mut on_accept: impl FnMut(TcpStream, SocketAddr),
 ) {
+    tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = stop.cancelled() => break,
+            _ = &mut stop => break,
         };
         match accepted {
             Ok((stream, peer)) => on_accept(stream, peer),

@@ -8,6 +8,7 @@ use crate::tunnels::{lock, Registry, SessionLink, Tunnel};
 use crate::{admin_api, control_sync, host_key, ssh_server, visitor_http, visitor_tls};
 use anyhow::{Context, Result};
 use nearhop_wire::CloseTunnelRequest;
+use prometheus::IntGauge;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,20 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+
+/// A visitor connection's place among `max_visitor_connections`; the connection counts as
+/// active (`nearhop_edge_visitor_connections_active`, which the drain waits on) until it is
+/// dropped.
+pub struct VisitorSlot {
+    _permit: OwnedSemaphorePermit,
+    active: IntGauge,
+}
+
+impl Drop for VisitorSlot {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
 
 /// State shared by every part of the edge.
 pub struct Edge {
@@ -61,14 +76,23 @@ impl Edge {
         })
     }
 
-    /// One of the `max_visitor_connections` slots, or `None` (counted as refused) when all
-    /// are taken.
-    pub fn visitor_slot(&self) -> Option<OwnedSemaphorePermit> {
-        let slot = self.visitor_slots.clone().try_acquire_owned().ok();
-        if slot.is_none() {
+    /// A slot for a visitor connection accepted on `listener` (`http`, `tls`, `tcp`), counted
+    /// in the visitor metrics while it is held; `None` (counted as refused) when all
+    /// `max_visitor_connections` are taken.
+    pub fn visitor_slot(&self, listener: &str) -> Option<VisitorSlot> {
+        let Ok(permit) = self.visitor_slots.clone().try_acquire_owned() else {
             self.metrics.visitor_connections_refused_total.inc();
-        }
-        slot
+            return None;
+        };
+        let m = &self.metrics;
+        m.visitor_connections_total
+            .with_label_values(&[listener])
+            .inc();
+        m.visitor_connections_active.inc();
+        Some(VisitorSlot {
+            _permit: permit,
+            active: m.visitor_connections_active.clone(),
+        })
     }
 
     /// Registers a new SSH session.

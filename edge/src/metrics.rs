@@ -12,7 +12,7 @@ pub struct Metrics {
     pub tunnels_active: IntGaugeVec,
     /// Open SSH sessions.
     pub ssh_sessions_active: IntGauge,
-    /// Visitor connections accepted, by listener (`http`, `tcp`).
+    /// Visitor connections accepted, by listener (`http`, `tls`, `tcp`).
     pub visitor_connections_total: IntCounterVec,
     /// Visitor connections open now.
     pub visitor_connections_active: IntGauge,

@@ -74,7 +74,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, key: PrivateKey) {
     let config = Arc::new(russh_config(&edge, key));
     accept::until_stopped(
         &listener,
-        &edge.shutdown,
+        edge.shutdown.cancelled(),
         "an SSH connection",
         |stream, peer| {
             let link = edge.open_session(peer);

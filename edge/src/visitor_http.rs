@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Mutex, OwnedSemaphorePermit};
+use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 /// Smallest head buffer hyper accepts.
@@ -36,11 +36,15 @@ const MIN_HEAD_BUFFER: usize = 8192;
 pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
     accept::until_stopped(
         &listener,
-        &edge.shutdown,
+        edge.shutdown.cancelled(),
         "an HTTP visitor",
         |stream, peer| {
-            if let Some(permit) = edge.visitor_slot() {
-                tokio::spawn(serve_visitor(edge.clone(), stream, peer, permit));
+            if let Some(slot) = edge.visitor_slot("http") {
+                let edge = edge.clone();
+                tokio::spawn(async move {
+                    serve_connection(&edge, stream, peer).await;
+                    drop(slot);
+                });
             }
         },
     )
@@ -58,21 +62,6 @@ struct VisitorConn {
 struct Upstream {
     tunnel_id: i64,
     sender: SendRequest<Incoming>,
-}
-
-async fn serve_visitor(
-    edge: Arc<Edge>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
-) {
-    let m = &edge.metrics;
-    m.visitor_connections_total
-        .with_label_values(&["http"])
-        .inc();
-    m.visitor_connections_active.inc();
-    serve_connection(&edge, stream, peer).await;
-    m.visitor_connections_active.dec();
 }
 
 async fn serve_connection(edge: &Arc<Edge>, stream: TcpStream, peer: SocketAddr) {

@@ -1,6 +1,7 @@
 //! Public TCP ports for `tcp` tunnels: a port from the configured range per tunnel, each
 //! visitor connection spliced into one `forwarded-tcpip` channel.
 
+use crate::accept;
 use crate::config::Config;
 use crate::counting_io::CountingStream;
 use crate::edge::Edge;
@@ -41,22 +42,16 @@ pub async fn bind_public_port(config: &Config) -> io::Result<(TcpListener, u16)>
 /// Serves the tunnel's public port until the tunnel closes or the edge shuts down.
 pub fn spawn_listener(edge: Arc<Edge>, tunnel: Arc<Tunnel>, listener: TcpListener) {
     tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                r = listener.accept() => r,
-                _ = tunnel.stop.cancelled() => break,
-                _ = edge.shutdown.cancelled() => break,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(carry(edge.clone(), tunnel.clone(), stream, peer));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a TCP visitor");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
+        let stop = async {
+            tokio::select! {
+                _ = tunnel.stop.cancelled() => {}
+                _ = edge.shutdown.cancelled() => {}
             }
-        }
+        };
+        accept::until_stopped(&listener, stop, "a TCP visitor", |stream, peer| {
+            tokio::spawn(carry(edge.clone(), tunnel.clone(), stream, peer));
+        })
+        .await;
     });
 }
 
@@ -64,17 +59,11 @@ async fn carry(edge: Arc<Edge>, tunnel: Arc<Tunnel>, stream: TcpStream, peer: So
     if !tunnel.options().allows(peer.ip()) {
         return;
     }
-    let Some(_permit) = edge.visitor_slot() else {
+    let Some(_slot) = edge.visitor_slot("tcp") else {
         return;
     };
-    let m = &edge.metrics;
-    m.visitor_connections_total
-        .with_label_values(&["tcp"])
-        .inc();
-    m.visitor_connections_active.inc();
     let _ = stream.set_nodelay(true);
     splice(&edge, &tunnel, stream, peer, Vec::new()).await;
-    m.visitor_connections_active.dec();
 }
 
 /// Carries one visitor connection through a new `forwarded-tcpip` channel of `tunnel`:

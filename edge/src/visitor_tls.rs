@@ -6,7 +6,7 @@
 
 use crate::accept;
 use crate::client_hello::{self, Parsed};
-use crate::edge::Edge;
+use crate::edge::{Edge, VisitorSlot};
 use crate::read_buffer::Prefixed;
 use crate::{visitor_http, visitor_tcp};
 use nearhop_wire::TunnelKind;
@@ -16,7 +16,6 @@ use std::sync::Arc;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 /// Most bytes read while waiting for a complete ClientHello. Real ones are a few hundred
@@ -92,28 +91,18 @@ pub async fn read_client_hello<R: AsyncRead + Unpin>(
 pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
     accept::until_stopped(
         &listener,
-        &edge.shutdown,
+        edge.shutdown.cancelled(),
         "a TLS visitor",
         |stream, peer| {
-            if let Some(permit) = edge.visitor_slot() {
-                tokio::spawn(carry(edge.clone(), stream, peer, permit));
+            if let Some(slot) = edge.visitor_slot("tls") {
+                tokio::spawn(carry(edge.clone(), stream, peer, slot));
             }
         },
     )
     .await;
 }
 
-async fn carry(
-    edge: Arc<Edge>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
-) {
-    let m = &edge.metrics;
-    m.visitor_connections_total
-        .with_label_values(&["tls"])
-        .inc();
-    m.visitor_connections_active.inc();
+async fn carry(edge: Arc<Edge>, mut stream: TcpStream, peer: SocketAddr, _slot: VisitorSlot) {
     let _ = stream.set_nodelay(true);
     // One deadline for the ClientHello, the handshake and the first request head.
     let deadline = Instant::now() + visitor_http::head_timeout(&edge);
@@ -151,7 +140,6 @@ async fn carry(
             }
         },
     }
-    m.visitor_connections_active.dec();
 }
 
 /// Completes the TLS handshake with the configured certificate and serves HTTP inside.
