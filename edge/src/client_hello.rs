@@ -46,17 +46,16 @@ pub fn parse(bytes: &[u8]) -> Parsed {
         }
         handshake.extend_from_slice(&rest[5..5 + len]);
         rest = &rest[5 + len..];
-        if hello_complete(&handshake) {
+        if message_len(&handshake).is_some_and(|len| handshake.len() >= 4 + len) {
             break;
         }
     }
-    if handshake.len() < 4 {
+    let Some(len) = message_len(&handshake) else {
         return Parsed::Incomplete;
-    }
+    };
     if handshake[0] != CLIENT_HELLO {
         return Parsed::Invalid("the first handshake message is not a ClientHello");
     }
-    let len = u32::from_be_bytes([0, handshake[1], handshake[2], handshake[3]]) as usize;
     if handshake.len() < 4 + len {
         return Parsed::Incomplete;
     }
@@ -66,11 +65,10 @@ pub fn parse(bytes: &[u8]) -> Parsed {
     }
 }
 
-/// The length a ClientHello message announces, if the header is there.
-fn hello_complete(handshake: &[u8]) -> bool {
-    handshake.len() >= 4
-        && handshake.len()
-            >= 4 + u32::from_be_bytes([0, handshake[1], handshake[2], handshake[3]]) as usize
+/// The body length the first handshake message announces, once its 4-byte header is there.
+fn message_len(handshake: &[u8]) -> Option<usize> {
+    let header = handshake.get(..4)?;
+    Some(u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize)
 }
 
 /// A cursor over a ClientHello body that fails instead of reading past the end.

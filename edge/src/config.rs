@@ -94,14 +94,20 @@ pub struct Config {
 }
 
 /// Ciphers `ssh_ciphers` may name, fastest first on CPUs with AES instructions.
-pub const SUPPORTED_CIPHERS: &[&str] = &[
-    "aes128-gcm@openssh.com",
-    "aes256-gcm@openssh.com",
-    "chacha20-poly1305@openssh.com",
-    "aes128-ctr",
-    "aes192-ctr",
-    "aes256-ctr",
+pub const SUPPORTED_CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_128_GCM,
+    russh::cipher::AES_256_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_128_CTR,
+    russh::cipher::AES_192_CTR,
+    russh::cipher::AES_256_CTR,
 ];
+
+/// [`SUPPORTED_CIPHERS`] as their SSH names, comma-separated (for error messages).
+fn supported_cipher_list() -> String {
+    let names: Vec<&str> = SUPPORTED_CIPHERS.iter().map(|c| c.as_ref()).collect();
+    names.join(", ")
+}
 
 impl Default for Config {
     fn default() -> Config {
@@ -209,17 +215,17 @@ impl Config {
         if self.ssh_ciphers.is_empty() {
             bail!(
                 "ssh_ciphers is empty: name at least one of {}",
-                SUPPORTED_CIPHERS.join(", ")
+                supported_cipher_list()
             );
         }
         if let Some(bad) = self
             .ssh_ciphers
             .iter()
-            .find(|c| !SUPPORTED_CIPHERS.contains(&c.as_str()))
+            .find(|c| !SUPPORTED_CIPHERS.iter().any(|k| k.as_ref() == c.as_str()))
         {
             bail!(
                 "ssh_ciphers names {bad:?}, which the edge does not support; choose from {}",
-                SUPPORTED_CIPHERS.join(", ")
+                supported_cipher_list()
             );
         }
         self.control_url = self.control_url.trim_end_matches('/').to_string();

@@ -47,21 +47,28 @@ pub async fn read<R: AsyncRead + Unpin>(visitor: &mut R, max: usize) -> io::Resu
     Ok(first)
 }
 
-/// `Host`, else the authority of an absolute URI, normalised as [`normalize_host`] does.
+/// The host a parsed head is for, as [`host_from`] picks it.
 fn host_of(req: &httparse::Request<'_, '_>) -> Option<String> {
-    let from_header = req
+    let header = req
         .headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("host"))
         .and_then(|h| std::str::from_utf8(h.value).ok());
-    let raw = match from_header {
-        Some(h) => h.to_string(),
-        None => {
-            let uri: hyper::Uri = req.path?.parse().ok()?;
-            uri.authority()?.as_str().to_string()
-        }
-    };
-    normalize_host(&raw)
+    let target: Option<hyper::Uri> = req.path.and_then(|p| p.parse().ok());
+    host_from(
+        header,
+        target
+            .as_ref()
+            .and_then(|u| u.authority())
+            .map(|a| a.as_str()),
+    )
+}
+
+/// The host a request is for: its `Host` header, else the authority of an absolute request
+/// target; normalised as [`normalize_host`] does. The first-request read and hyper's
+/// requests both route by this.
+pub fn host_from(host_header: Option<&str>, target_authority: Option<&str>) -> Option<String> {
+    normalize_host(host_header.or(target_authority)?)
 }
 
 /// A `Host` value as the routing map keys it: lowercase, without port or trailing dot.

@@ -54,7 +54,7 @@ pub fn https_redirect<B>(ctx: &RequestCtx<'_>, req: &Request<B>) -> Option<Respo
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let base = crate::messages::with_port("https", ctx.host, ctx.https_port, 443);
+    let base = crate::messages::with_port("https", ctx.host, ctx.https_port);
     let location = HeaderValue::from_str(&format!("{base}{path}")).ok()?;
     let mut resp = Response::new(pages::full(""));
     *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;

@@ -12,18 +12,25 @@ pub fn public_url(tunnel: &Tunnel, config: &Config) -> String {
     let host = &tunnel.hostname;
     match (tunnel.kind, tunnel.public_port) {
         (TunnelKind::Tcp, Some(port)) => format!("tcp://{host}:{port}"),
-        (TunnelKind::Tls, _) => with_port("tls", host, config.public_tls_port(), 443),
-        _ => with_port("http", host, config.public_http_port(), 80),
+        (TunnelKind::Tls, _) => with_port("tls", host, config.public_tls_port()),
+        _ => with_port("http", host, config.public_http_port()),
     }
 }
 
-/// `scheme://host`, with `:port` unless it is the scheme's default.
-pub fn with_port(scheme: &str, host: &str, port: u16, default: u16) -> String {
+/// `scheme://host`, with `:port` unless it is the scheme's default (80 for `http`, 443
+/// for `https` and `tls`).
+pub fn with_port(scheme: &str, host: &str, port: u16) -> String {
+    let default = if scheme == "http" { 80 } else { 443 };
     if port == default {
         format!("{scheme}://{host}")
     } else {
         format!("{scheme}://{host}:{port}")
     }
+}
+
+/// The HTTPS URL of `host` on this edge's TLS port.
+pub fn https_url(host: &str, config: &Config) -> String {
+    with_port("https", host, config.public_tls_port())
 }
 
 /// The text printed once a tunnel is live.
@@ -38,12 +45,11 @@ pub fn tunnel_ready(
         "Your tunnel is live, served from region {}:\n\n    {url}\n",
         resp.region
     );
+    let https = https_url(&tunnel.hostname, config);
     if tunnel.kind == TunnelKind::Http && config.https() {
-        let https = with_port("https", &tunnel.hostname, config.public_tls_port(), 443);
         text.push_str(&format!("    {https}\n"));
     }
     if tunnel.kind == TunnelKind::Tls {
-        let https = with_port("https", &tunnel.hostname, config.public_tls_port(), 443);
         text.push_str(&format!(
             "\nTLS passes through untouched: your local service must speak TLS itself, with a \
              certificate for {}. For HTTPS, visitors open {https}/\n",

@@ -71,7 +71,7 @@ impl TunnelOptions {
         for word in words {
             o.add(word)?;
         }
-        if o.raw_passthrough && (o.needs_auth() || !o.header_rules.is_empty() || o.https_redirect) {
+        if o.raw_passthrough && o.acts_on_requests() {
             return Err(OptionError::Conflict(
                 "x:noreverseproxy passes visitors' bytes through untouched, so b:, k:, a:, u:, r: and x:https cannot apply; drop those or drop x:noreverseproxy (w: still works)",
             ));
@@ -144,11 +144,7 @@ impl TunnelOptions {
     /// Refuses options a tunnel of `kind` cannot apply: a `tcp` or `tls` tunnel carries
     /// bytes, not HTTP, so only `w:` means something there.
     pub fn check_kind(&self, kind: TunnelKind) -> Result<(), OptionError> {
-        let http_only = self.needs_auth()
-            || !self.header_rules.is_empty()
-            || self.https_redirect
-            || self.pass_preflight
-            || self.raw_passthrough;
+        let http_only = self.acts_on_requests() || self.pass_preflight || self.raw_passthrough;
         if kind != TunnelKind::Http && http_only {
             return Err(OptionError::Conflict(match kind {
                 TunnelKind::Tls => "a tls tunnel passes TLS through untouched, so only w: applies; b:, k:, a:, u:, r: and the x: options need an http tunnel",
@@ -165,6 +161,12 @@ impl TunnelOptions {
             v4 => v4,
         };
         self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether the options answer or change HTTP requests (auth, header rules, the HTTPS
+    /// redirect): what neither raw passthrough nor a non-HTTP tunnel can do.
+    fn acts_on_requests(&self) -> bool {
+        self.needs_auth() || !self.header_rules.is_empty() || self.https_redirect
     }
 
     /// Whether any visitor auth is configured.

@@ -2,6 +2,7 @@
 //! the clean-up when a client goes away.
 
 use crate::accept;
+use crate::config::SUPPORTED_CIPHERS;
 use crate::edge::Edge;
 use crate::ssh_session::SshSession;
 use russh::keys::PrivateKey;
@@ -51,21 +52,17 @@ pub fn russh_config(edge: &Edge, key: PrivateKey) -> Config {
     }
 }
 
-/// russh's names for the configured ciphers (checked against
-/// [`crate::config::SUPPORTED_CIPHERS`] when the configuration was loaded).
+/// russh's names for the configured ciphers (checked against [`SUPPORTED_CIPHERS`] when the
+/// configuration was loaded).
 fn cipher_names(configured: &[String]) -> Vec<russh::cipher::Name> {
-    use russh::cipher::*;
-    let known = [
-        AES_128_GCM,
-        AES_256_GCM,
-        CHACHA20_POLY1305,
-        AES_128_CTR,
-        AES_192_CTR,
-        AES_256_CTR,
-    ];
     configured
         .iter()
-        .filter_map(|c| known.iter().find(|k| k.as_ref() == c.as_str()).copied())
+        .filter_map(|c| {
+            SUPPORTED_CIPHERS
+                .iter()
+                .find(|k| k.as_ref() == c.as_str())
+                .copied()
+        })
         .collect()
 }
 
@@ -157,18 +154,17 @@ fn is_keepalive_timeout(e: &anyhow::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SUPPORTED_CIPHERS;
 
     #[test]
     fn every_supported_cipher_reaches_russh_in_the_configured_order() {
         let all: Vec<String> = SUPPORTED_CIPHERS
             .iter()
             .rev()
-            .map(|c| c.to_string())
+            .map(|c| c.as_ref().to_string())
             .collect();
         let names = cipher_names(&all);
         let got: Vec<&str> = names.iter().map(|n| n.as_ref()).collect();
-        let want: Vec<&str> = SUPPORTED_CIPHERS.iter().rev().copied().collect();
+        let want: Vec<&str> = SUPPORTED_CIPHERS.iter().rev().map(|c| c.as_ref()).collect();
         assert_eq!(got, want);
     }
 }

@@ -156,8 +156,7 @@ impl VisitorConn {
             Some(host) => match self.edge.registry.route(&host) {
                 None => pages::unknown_host(&host),
                 Some(tunnel) if tunnel.kind == TunnelKind::Tls => {
-                    let port = self.edge.config.public_tls_port();
-                    let url = messages::with_port("https", &host, port, 443);
+                    let url = messages::https_url(&host, &self.edge.config);
                     pages::tls_only(&host, &format!("{url}/"), self.scheme)
                 }
                 Some(tunnel) => {
@@ -310,13 +309,10 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
 /// The host a request is for: `Host`, else the absolute URI's authority; lowercase, without
 /// port or trailing dot.
 pub fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let raw = req
-        .headers()
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))?;
-    first_request::normalize_host(&raw)
+    first_request::host_from(
+        req.headers().get(HOST).and_then(|v| v.to_str().ok()),
+        req.uri().authority().map(|a| a.as_str()),
+    )
 }
 
 #[cfg(test)]

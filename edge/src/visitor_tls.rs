@@ -121,8 +121,8 @@ async fn carry(edge: Arc<Edge>, mut stream: TcpStream, peer: SocketAddr, _slot: 
                 .await;
         }
         Some(Ok(Err(e))) => tracing::debug!(%peer, error = %e, "TLS visitor not routed"),
-        Some(Ok(Ok(hello))) => match edge.registry.route(&hello.server_name) {
-            Some(tunnel) if tunnel.kind == TunnelKind::Tls => {
+        Some(Ok(Ok(hello))) => match (edge.registry.route(&hello.server_name), &edge.https) {
+            (Some(tunnel), _) if tunnel.kind == TunnelKind::Tls => {
                 if tunnel.options().allows(peer.ip()) {
                     visitor_tcp::splice(&edge, &tunnel, stream, peer, hello.bytes).await;
                 }
@@ -130,11 +130,11 @@ async fn carry(edge: Arc<Edge>, mut stream: TcpStream, peer: SocketAddr, _slot: 
             // Any other name is HTTPS when the edge has a certificate: the handshake reads
             // the ClientHello again from the bytes put back, and the HTTP listener's code
             // serves what is inside (404 page for unknown names included).
-            _ if edge.https.is_some() => {
-                terminate(&edge, stream, peer, hello.bytes, deadline).await
+            (_, Some(https)) => {
+                terminate(&edge, https.clone(), stream, peer, hello.bytes, deadline).await
             }
             // Without a certificate only `tls` tunnels are served here.
-            _ => {
+            (_, None) => {
                 tracing::debug!(%peer, name = %hello.server_name, "no TLS tunnel by that name");
                 let _ = stream.write_all(&UNRECOGNIZED_NAME_ALERT).await;
             }
@@ -145,14 +145,12 @@ async fn carry(edge: Arc<Edge>, mut stream: TcpStream, peer: SocketAddr, _slot: 
 /// Completes the TLS handshake with the configured certificate and serves HTTP inside.
 async fn terminate(
     edge: &Arc<Edge>,
+    config: Arc<rustls::ServerConfig>,
     stream: TcpStream,
     peer: SocketAddr,
     hello: Vec<u8>,
     deadline: Instant,
 ) {
-    let Some(config) = edge.https.clone() else {
-        return;
-    };
     let handshake = tokio_rustls::TlsAcceptor::from(config).accept(Prefixed::new(hello, stream));
     let done = tokio::select! {
         r = tokio::time::timeout_at(deadline, handshake) => r,
