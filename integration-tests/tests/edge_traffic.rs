@@ -187,19 +187,20 @@ fn tls_tunnel_passes_tls_through_routed_by_sni() {
     // A visitor's TLS session reaches the local server, which holds the certificate: the
     // handshake only completes if every byte, the ClientHello first, arrives unchanged.
     let ip = s.edge.spec.ip;
-    let (code, body, err) = curl_tls(&host, ip, port);
-    assert_eq!(code, 0, "curl over TLS: {err}");
+    let r = curl_tls(&host, ip, port, "/", None);
+    assert_eq!(r.code, 0, "curl over TLS: {}", r.stderr);
     assert!(
-        body.contains("s_server"),
-        "the local server answered: {body}"
+        r.body.contains("s_server"),
+        "the local server answered: {}",
+        r.body
     );
-    let (code, _, _) = curl_tls(&host.to_uppercase(), ip, port);
-    assert_eq!(code, 0, "server names are matched without case");
+    let r = curl_tls(&host.to_uppercase(), ip, port, "/", None);
+    assert_eq!(r.code, 0, "server names are matched without case");
 
     // A name no TLS tunnel holds: the visitor's TLS library says so.
-    let (code, _, err) = curl_tls("nobody.a.tunnel.test", ip, port);
-    assert_ne!(code, 0);
-    assert!(err.contains("unrecognized name"), "{err}");
+    let r = curl_tls("nobody.a.tunnel.test", ip, port, "/", None);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("unrecognized name"), "{}", r.stderr);
 
     // Plain HTTP to the TLS port, and to the tunnel's name on the HTTP port: sentences.
     let plain = reqwest::blocking::get(format!("http://{ip}:{port}/")).unwrap();
@@ -223,9 +224,9 @@ fn tls_tunnel_passes_tls_through_routed_by_sni() {
     raw.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0xff])
         .unwrap();
     drop(raw);
-    let (code, body, err) = curl_tls(&host, ip, port);
-    assert_eq!(code, 0, "still serving: {err}");
-    assert!(body.contains("s_server"));
+    let r = curl_tls(&host, ip, port, "/", None);
+    assert_eq!(r.code, 0, "still serving: {}", r.stderr);
+    assert!(r.body.contains("s_server"));
 
     // Options that need HTTP are refused for a tls tunnel instead of silently not applying.
     let mut args = http_tunnel(Some(&format!("{}+tls", s.pro_token())), service.port);
@@ -273,38 +274,6 @@ fn noreverseproxy_routes_by_host_then_passes_bytes_untouched() {
     assert!(out.contains("cannot apply"), "{out}");
 }
 
-/// `curl` over HTTPS, the certificate checked against `ca`; returns (code, status, body).
-fn curl_https(
-    ca: &std::path::Path,
-    name: &str,
-    ip: std::net::Ipv4Addr,
-    port: u16,
-    path: &str,
-) -> (i32, String, String) {
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "20",
-            "-w",
-            "\n%{http_code}",
-            "--cacert",
-        ])
-        .arg(ca)
-        .arg("--resolve")
-        .arg(format!("{name}:{port}:{ip}"))
-        .arg(format!("https://{name}:{port}{path}"))
-        .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap_or((&text, ""));
-    (
-        out.status.code().unwrap_or(-1),
-        status.to_string(),
-        format!("{body}{}", String::from_utf8_lossy(&out.stderr)),
-    )
-}
-
 #[test]
 fn https_is_served_with_the_operators_certificate() {
     let certs = tempfile::tempdir().unwrap();
@@ -328,17 +297,25 @@ fn https_is_served_with_the_operators_certificate() {
     );
 
     // The visitor's curl checks the certificate; the local service sees https as the proto.
-    let (code, status, body) = curl_https(&cert, &host, ip, tls_port, "/hello");
-    assert_eq!((code, status.as_str()), (0, "200"), "{body}");
-    assert!(
-        body.starts_with("hello from local") && body.contains("xfp=https"),
-        "{body}"
-    );
-    let (code, status, body) = curl_https(&cert, "nobody.a.tunnel.test", ip, tls_port, "/");
+    let r = curl_tls(&host, ip, tls_port, "/hello", Some(&cert));
     assert_eq!(
-        (code, status.as_str()),
+        (r.code, r.status.as_str()),
+        (0, "200"),
+        "{}{}",
+        r.body,
+        r.stderr
+    );
+    assert!(
+        r.body.starts_with("hello from local") && r.body.contains("xfp=https"),
+        "{}",
+        r.body
+    );
+    let r = curl_tls("nobody.a.tunnel.test", ip, tls_port, "/", Some(&cert));
+    assert_eq!(
+        (r.code, r.status.as_str()),
         (0, "404"),
-        "unknown names get the page over HTTPS: {body}"
+        "unknown names get the page over HTTPS: {}",
+        r.body
     );
 
     // x:https sends plain-HTTP visitors to the HTTPS URL, port included.
@@ -368,7 +345,7 @@ fn https_is_served_with_the_operators_certificate() {
     let mut passthrough = s.ssh("tls-too", &args);
     let url = passthrough.wait_for_url(PATIENCE).unwrap();
     let (thost, _) = url_host_port(&url).unwrap();
-    let (code, body, err) = curl_tls(&thost, ip, tls_port);
-    assert_eq!(code, 0, "{err}");
-    assert!(body.contains("s_server"), "{body}");
+    let r = curl_tls(&thost, ip, tls_port, "/", None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.body.contains("s_server"), "{}", r.body);
 }

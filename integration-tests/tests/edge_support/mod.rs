@@ -253,7 +253,7 @@ pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Result<T>) -> T {
 }
 
 /// A local TLS service, the developer's own HTTPS server: `openssl s_server -www` with a
-/// self-signed certificate made in `dir` for the test (never kept).
+/// self-signed certificate made in `dir` for the test (never kept) by the stack's helper.
 pub struct LocalTlsService {
     /// Its port on 127.0.0.1.
     pub port: u16,
@@ -263,18 +263,7 @@ pub struct LocalTlsService {
 impl LocalTlsService {
     /// Makes a key and certificate in `dir` and starts the server; waits until it listens.
     pub fn start(dir: &std::path::Path) -> LocalTlsService {
-        std::fs::create_dir_all(dir).expect("tls dir");
-        let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
-        let made = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-            .args(["-subj", "/CN=local tls service", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("openssl runs");
-        assert!(made.status.success(), "openssl req: {made:?}");
+        let (cert, key) = nearhop_stack::edge::dev_zone_certificate(dir).expect("certificate");
         let port = nearhop_stack::ports::free_port(Ipv4Addr::LOCALHOST);
         let mut cmd = std::process::Command::new("openssl");
         cmd.args(["s_server", "-www", "-quiet", "-accept"])
@@ -301,18 +290,51 @@ impl LocalTlsService {
     }
 }
 
-/// `curl` over TLS to `name:port`, resolved to `ip` (so the SNI is `name`), certificate
-/// not checked; returns (exit code, stdout, stderr).
-pub fn curl_tls(name: &str, ip: Ipv4Addr, port: u16) -> (i32, String, String) {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "-k", "--max-time", "20", "--resolve"])
-        .arg(format!("{name}:{port}:{ip}"))
-        .arg(format!("https://{name}:{port}/"))
+/// What `curl` did.
+pub struct Curl {
+    /// Exit code (0: the transfer worked).
+    pub code: i32,
+    /// HTTP status, empty when none came back.
+    pub status: String,
+    /// The response body.
+    pub body: String,
+    /// What curl printed on stderr.
+    pub stderr: String,
+}
+
+/// `curl` over TLS to `https://name:port{path}`, resolved to `ip` (so the SNI is `name`);
+/// the certificate is checked against `ca`, or not at all without one.
+pub fn curl_tls(
+    name: &str,
+    ip: Ipv4Addr,
+    port: u16,
+    path: &str,
+    ca: Option<&std::path::Path>,
+) -> Curl {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "20",
+        "-w",
+        "\n%{http_code}",
+        "--resolve",
+    ])
+    .arg(format!("{name}:{port}:{ip}"));
+    match ca {
+        Some(ca) => cmd.arg("--cacert").arg(ca),
+        None => cmd.arg("-k"),
+    };
+    let out = cmd
+        .arg(format!("https://{name}:{port}{path}"))
         .output()
         .expect("curl runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    Curl {
+        code: out.status.code().unwrap_or(-1),
+        status: status.trim_start_matches("000").to_string(),
+        body: body.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
