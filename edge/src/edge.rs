@@ -2,10 +2,12 @@
 //! graceful shutdown (stop accepting, drain visitors, tell clients and control).
 
 use crate::config::Config;
-use crate::control_client::ControlClient;
+use crate::control::client::ControlClient;
+use crate::control::{admin_api, sync as control_sync};
 use crate::metrics::Metrics;
+use crate::ssh::{host_key, server as ssh_server};
 use crate::tunnels::{lock, Registry, SessionLink, Tunnel};
-use crate::{admin_api, control_sync, host_key, ssh_server, visitor_http, visitor_tls};
+use crate::visitor::{http as visitor_http, tls as visitor_tls};
 use anyhow::{Context, Result};
 use nearhop_wire::CloseTunnelRequest;
 use prometheus::IntGauge;
@@ -60,7 +62,7 @@ impl Edge {
             Duration::from_millis(config.control_timeout_ms),
         )?;
         let https = match (&config.tls_cert_path, &config.tls_key_path) {
-            (Some(cert), Some(key)) => Some(crate::https::server_config(cert, key)?),
+            (Some(cert), Some(key)) => Some(crate::visitor::https::server_config(cert, key)?),
             _ => None,
         };
         Ok(Edge {

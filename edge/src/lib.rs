@@ -1,29 +1,19 @@
 //! nearhop's edge: the SSH server tunnel creators connect to with stock OpenSSH, and the
 //! HTTP, TLS and TCP listeners that carry visitors into their SSH sessions.
+//!
+//! Rooms, bottom to top: the leaves (`config`, `options`, `metrics`, `io`, `accept`), the
+//! shared state (`tunnels`, `edge`), the listeners and tasks that take an `Arc<Edge>`
+//! (`ssh`, `visitor`, `control`), and `run`, which starts them all. A module imports only
+//! rooms below it or beside it, never the one that started it.
 
 pub mod accept;
-pub mod admin_api;
 pub mod allocator;
-pub mod client_hello;
 pub mod config;
-pub mod control_client;
-pub mod control_sync;
-pub mod counting_io;
+pub mod control;
 pub mod edge;
-pub mod first_request;
-pub mod host_key;
-pub mod http_phases;
-pub mod https;
-pub mod messages;
+pub mod io;
 pub mod metrics;
 pub mod options;
-pub mod pages;
-pub mod read_buffer;
-pub mod ssh_server;
-pub mod ssh_session;
-pub mod tunnel_setup;
+pub mod ssh;
 pub mod tunnels;
-pub mod username;
-pub mod visitor_http;
-pub mod visitor_tcp;
-pub mod visitor_tls;
+pub mod visitor;

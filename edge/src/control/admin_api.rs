@@ -2,7 +2,7 @@
 //! tunnel's client is alive; plus `/metrics` and `/healthz` for operators.
 
 use crate::edge::Edge;
-use crate::pages::{full, ProxyBody};
+use crate::visitor::pages::{full, ProxyBody};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;

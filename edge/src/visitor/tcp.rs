@@ -3,8 +3,8 @@
 
 use crate::accept;
 use crate::config::Config;
-use crate::counting_io::CountingStream;
 use crate::edge::Edge;
+use crate::io::counting::CountingStream;
 use crate::tunnels::Tunnel;
 use rand::Rng;
 use std::io;

@@ -3,7 +3,7 @@
 //! creator's header rules (upstream request filters). Each phase is tested alone.
 
 use crate::options::{HeaderRule, TunnelOptions};
-use crate::pages::{self, ProxyBody};
+use crate::visitor::pages::{self, ProxyBody};
 use base64::Engine;
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, LOCATION};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
@@ -54,7 +54,7 @@ pub fn https_redirect<B>(ctx: &RequestCtx<'_>, req: &Request<B>) -> Option<Respo
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let base = crate::messages::with_port("https", ctx.host, ctx.https_port);
+    let base = crate::ssh::messages::with_port("https", ctx.host, ctx.https_port);
     let location = HeaderValue::from_str(&format!("{base}{path}")).ok()?;
     let mut resp = Response::new(pages::full(""));
     *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;

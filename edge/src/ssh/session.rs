@@ -2,12 +2,12 @@
 //! handed to the tunnel setup, the session channel the user reads, and refusals.
 
 use crate::edge::Edge;
-use crate::messages;
 use crate::options::TunnelOptions;
-use crate::tunnel_setup::{self, PendingTunnel};
+use crate::ssh::messages;
+use crate::ssh::tunnel_setup::{self, PendingTunnel};
+use crate::ssh::username::{parse_username, UserRequest, UsernameError};
 use crate::tunnels::{crlf, one_line, ForwardTarget, SessionLink};
-use crate::username::{parse_username, UserRequest, UsernameError};
-use crate::visitor_tcp;
+use crate::visitor::tcp as visitor_tcp;
 use bytes::Bytes;
 use nearhop_wire::TunnelKind;
 use russh::server::ChannelOpenHandle;

@@ -5,10 +5,10 @@
 //! certificate (`tls_cert_path`): the edge terminates TLS and serves HTTP inside.
 
 use crate::accept;
-use crate::client_hello::{self, Parsed};
 use crate::edge::{Edge, VisitorSlot};
-use crate::read_buffer::Prefixed;
-use crate::{visitor_http, visitor_tcp};
+use crate::io::read_buffer::Prefixed;
+use crate::visitor::client_hello::{self, Parsed};
+use crate::visitor::{http as visitor_http, tcp as visitor_tcp};
 use nearhop_wire::TunnelKind;
 use std::io;
 use std::net::SocketAddr;
@@ -179,7 +179,7 @@ fn not_tls_answer(http_port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client_hello::sample;
+    use crate::visitor::client_hello::sample;
 
     /// Feeds `bytes` in pieces of `step`, like a slow network.
     async fn read_in_steps(bytes: Vec<u8>, step: usize) -> Result<ClientHello, HelloError> {

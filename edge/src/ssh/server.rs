@@ -4,7 +4,7 @@
 use crate::accept;
 use crate::config::SUPPORTED_CIPHERS;
 use crate::edge::Edge;
-use crate::ssh_session::SshSession;
+use crate::ssh::session::SshSession;
 use russh::keys::PrivateKey;
 use russh::server::Config;
 use russh::MethodSet;
@@ -96,7 +96,7 @@ async fn handle_connection(
         AUTH_DEADLINE,
         russh::server::run_stream(
             config,
-            crate::read_buffer::AdaptiveReader::new(stream),
+            crate::io::read_buffer::AdaptiveReader::new(stream),
             handler,
         ),
     )

@@ -4,14 +4,14 @@
 //! become a byte splice with no idle cut.
 
 use crate::accept;
-use crate::counting_io::CountingStream;
 use crate::edge::Edge;
-use crate::http_phases::{self, RequestCtx};
-use crate::messages;
-use crate::pages::{self, ProxyBody};
-use crate::read_buffer::{Coalescing, Prefixed};
+use crate::io::counting::CountingStream;
+use crate::io::read_buffer::{Coalescing, Prefixed};
+use crate::ssh::messages;
 use crate::tunnels::Tunnel;
-use crate::{first_request, visitor_tcp};
+use crate::visitor::http_phases::{self, RequestCtx};
+use crate::visitor::pages::{self, ProxyBody};
+use crate::visitor::{first_request, tcp as visitor_tcp};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;

@@ -3,10 +3,10 @@
 //! several forwards of one client are set up at once.
 
 use crate::edge::Edge;
-use crate::messages;
+use crate::ssh::messages;
+use crate::ssh::username::UserRequest;
 use crate::tunnels::{ForwardTarget, SessionLink, Tunnel};
-use crate::username::UserRequest;
-use crate::visitor_tcp;
+use crate::visitor::tcp as visitor_tcp;
 use nearhop_wire::{CloseTunnelRequest, CreateTunnelRequest, CreateTunnelResponse};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -137,7 +137,7 @@ async fn install(edge: &Arc<Edge>, tunnel: &Arc<Tunnel>, resp: &CreateTunnelResp
         }
     }
     let edge = edge.clone();
-    tokio::spawn(async move { crate::control_sync::refresh_routes(&edge).await });
+    tokio::spawn(async move { crate::control::sync::refresh_routes(&edge).await });
     tracing::info!(tunnel = tunnel.id, host = %tunnel.hostname, kind = tunnel.kind.as_str(), "tunnel live");
 }
 

@@ -1,0 +1,12 @@
+//! The visitors' side: the HTTP, TLS and TCP listeners, what they read before routing (the
+//! first request head, the ClientHello), the request phases, and the pages the edge answers
+//! with itself.
+
+pub mod client_hello;
+pub mod first_request;
+pub mod http;
+pub mod http_phases;
+pub mod https;
+pub mod pages;
+pub mod tcp;
+pub mod tls;
