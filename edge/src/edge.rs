@@ -1,13 +1,13 @@
-//! The edge process: shared state, start-up of every listener, closing tunnels, and the
-//! graceful shutdown (stop accepting, drain visitors, tell clients and control).
+//! The edge's shared state (`Edge`: settings, live tunnels, SSH sessions, visitor slots,
+//! metrics), closing tunnels, and the graceful shutdown (stop accepting, drain visitors, tell
+//! clients and control). It starts nothing: `run` builds it and starts the listeners and
+//! tasks, which all take an `Arc<Edge>`.
 
 use crate::config::Config;
 use crate::control::client::ControlClient;
-use crate::control::{admin_api, sync as control_sync};
 use crate::metrics::Metrics;
-use crate::ssh::{host_key, server as ssh_server};
-use crate::tunnels::{lock, Registry, SessionLink, Tunnel};
-use crate::visitor::{http as visitor_http, tls as visitor_tls};
+use crate::ssh::link::{lock, SessionLink};
+use crate::tunnels::{Registry, Tunnel};
 use anyhow::{Context, Result};
 use nearhop_wire::CloseTunnelRequest;
 use prometheus::IntGauge;
@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -182,60 +181,6 @@ impl Edge {
 
     fn sessions(&self) -> Vec<Arc<SessionLink>> {
         lock(&self.sessions).values().cloned().collect()
-    }
-}
-
-/// Runs an edge until SIGINT or SIGTERM, then shuts it down gracefully.
-pub async fn run(config: Config) -> Result<()> {
-    let key = host_key::load_or_generate(&config.host_key_path)?;
-    let ssh = TcpListener::bind(config.ssh_listen)
-        .await
-        .with_context(|| format!("binding SSH listener {}", config.ssh_listen))?;
-    let http = TcpListener::bind(config.http_listen)
-        .await
-        .with_context(|| format!("binding HTTP listener {}", config.http_listen))?;
-    let tls = TcpListener::bind(config.tls_listen)
-        .await
-        .with_context(|| format!("binding TLS listener {}", config.tls_listen))?;
-    let admin = TcpListener::bind(config.admin_listen)
-        .await
-        .with_context(|| format!("binding admin listener {}", config.admin_listen))?;
-    let edge = Arc::new(Edge::new(config)?);
-    tracing::info!(
-        edge = %edge.config.edge_id,
-        region = %edge.config.region,
-        ssh = %edge.config.ssh_listen,
-        http = %edge.config.http_listen,
-        tls = %edge.config.tls_listen,
-        admin = %edge.config.admin_listen,
-        "edge listening"
-    );
-    let ssh_task = tokio::spawn(ssh_server::serve(edge.clone(), ssh, key));
-    let http_task = tokio::spawn(visitor_http::serve(edge.clone(), http));
-    let tls_task = tokio::spawn(visitor_tls::serve(edge.clone(), tls));
-    tokio::spawn(admin_api::serve(edge.clone(), admin));
-    tokio::spawn(control_sync::run(edge.clone()));
-
-    wait_for_signal().await;
-    shutdown(&edge).await;
-    let _ = ssh_task.await;
-    let _ = http_task.await;
-    let _ = tls_task.await;
-    Ok(())
-}
-
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the edge");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

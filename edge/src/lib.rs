@@ -14,6 +14,7 @@ pub mod edge;
 pub mod io;
 pub mod metrics;
 pub mod options;
+pub mod run;
 pub mod ssh;
 pub mod tunnels;
 pub mod visitor;

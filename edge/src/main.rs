@@ -36,5 +36,5 @@ fn main() -> anyhow::Result<()> {
         runtime.worker_threads(config.worker_threads);
     }
     let runtime = runtime.enable_all().build()?;
-    runtime.block_on(nearhop_edge::edge::run(config))
+    runtime.block_on(nearhop_edge::run::run(config))
 }

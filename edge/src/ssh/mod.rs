@@ -2,6 +2,7 @@
 //! and host key are, the text users read, and setting up a tunnel with control.
 
 pub mod host_key;
+pub mod link;
 pub mod messages;
 pub mod server;
 pub mod session;

@@ -88,7 +88,7 @@ async fn handle_connection(
     edge: Arc<Edge>,
     config: Arc<Config>,
     stream: TcpStream,
-    link: Arc<crate::tunnels::SessionLink>,
+    link: Arc<crate::ssh::link::SessionLink>,
 ) {
     let _ = stream.set_nodelay(true);
     let handler = SshSession::new(edge.clone(), link.clone());

@@ -3,10 +3,11 @@
 
 use crate::edge::Edge;
 use crate::options::TunnelOptions;
+use crate::ssh::link::{crlf, one_line, SessionLink};
 use crate::ssh::messages;
 use crate::ssh::tunnel_setup::{self, PendingTunnel};
 use crate::ssh::username::{parse_username, UserRequest, UsernameError};
-use crate::tunnels::{crlf, one_line, ForwardTarget, SessionLink};
+use crate::tunnels::ForwardTarget;
 use crate::visitor::tcp as visitor_tcp;
 use bytes::Bytes;
 use nearhop_wire::TunnelKind;

@@ -3,9 +3,10 @@
 //! several forwards of one client are set up at once.
 
 use crate::edge::Edge;
+use crate::ssh::link::SessionLink;
 use crate::ssh::messages;
 use crate::ssh::username::UserRequest;
-use crate::tunnels::{ForwardTarget, SessionLink, Tunnel};
+use crate::tunnels::{ForwardTarget, Tunnel};
 use crate::visitor::tcp as visitor_tcp;
 use nearhop_wire::{CloseTunnelRequest, CreateTunnelRequest, CreateTunnelResponse};
 use std::sync::Arc;

@@ -9,9 +9,10 @@ use crate::io::counting::CountingStream;
 use crate::io::read_buffer::{Coalescing, Prefixed};
 use crate::ssh::messages;
 use crate::tunnels::Tunnel;
+use crate::visitor::first_request;
 use crate::visitor::http_phases::{self, RequestCtx};
 use crate::visitor::pages::{self, ProxyBody};
-use crate::visitor::{first_request, tcp as visitor_tcp};
+use crate::visitor::splice::splice;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -111,7 +112,7 @@ pub async fn serve_stream<S>(
     if let Some(tunnel) = first.host.as_deref().and_then(|h| edge.registry.route(h)) {
         let options = tunnel.options();
         if tunnel.kind == TunnelKind::Http && options.raw_passthrough && options.allows(peer.ip()) {
-            visitor_tcp::splice(edge, &tunnel, stream, peer, first.bytes).await;
+            splice(edge, &tunnel, stream, peer, first.bytes).await;
             return;
         }
     }

@@ -8,5 +8,6 @@ pub mod http;
 pub mod http_phases;
 pub mod https;
 pub mod pages;
+pub mod splice;
 pub mod tcp;
 pub mod tls;

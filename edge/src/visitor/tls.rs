@@ -8,7 +8,8 @@ use crate::accept;
 use crate::edge::{Edge, VisitorSlot};
 use crate::io::read_buffer::Prefixed;
 use crate::visitor::client_hello::{self, Parsed};
-use crate::visitor::{http as visitor_http, tcp as visitor_tcp};
+use crate::visitor::http as visitor_http;
+use crate::visitor::splice::splice;
 use nearhop_wire::TunnelKind;
 use std::io;
 use std::net::SocketAddr;
@@ -124,7 +125,7 @@ async fn carry(edge: Arc<Edge>, mut stream: TcpStream, peer: SocketAddr, _slot: 
         Some(Ok(Ok(hello))) => match (edge.registry.route(&hello.server_name), &edge.https) {
             (Some(tunnel), _) if tunnel.kind == TunnelKind::Tls => {
                 if tunnel.options().allows(peer.ip()) {
-                    visitor_tcp::splice(&edge, &tunnel, stream, peer, hello.bytes).await;
+                    splice(&edge, &tunnel, stream, peer, hello.bytes).await;
                 }
             }
             // Any other name is HTTPS when the edge has a certificate: the handshake reads

@@ -1,0 +1,66 @@
+//! Start-up: binds every listener, builds the shared state, starts the SSH server, the
+//! visitor listeners and the control tasks, and on SIGTERM or SIGINT runs the graceful
+//! shutdown. The only module that imports the listeners it starts.
+
+use crate::config::Config;
+use crate::control::{admin_api, sync as control_sync};
+use crate::edge::{shutdown, Edge};
+use crate::ssh::{host_key, server as ssh_server};
+use crate::visitor::{http as visitor_http, tls as visitor_tls};
+use anyhow::{Context, Result};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Runs an edge until SIGINT or SIGTERM, then shuts it down gracefully.
+pub async fn run(config: Config) -> Result<()> {
+    let key = host_key::load_or_generate(&config.host_key_path)?;
+    let ssh = TcpListener::bind(config.ssh_listen)
+        .await
+        .with_context(|| format!("binding SSH listener {}", config.ssh_listen))?;
+    let http = TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP listener {}", config.http_listen))?;
+    let tls = TcpListener::bind(config.tls_listen)
+        .await
+        .with_context(|| format!("binding TLS listener {}", config.tls_listen))?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding admin listener {}", config.admin_listen))?;
+    let edge = Arc::new(Edge::new(config)?);
+    tracing::info!(
+        edge = %edge.config.edge_id,
+        region = %edge.config.region,
+        ssh = %edge.config.ssh_listen,
+        http = %edge.config.http_listen,
+        tls = %edge.config.tls_listen,
+        admin = %edge.config.admin_listen,
+        "edge listening"
+    );
+    let ssh_task = tokio::spawn(ssh_server::serve(edge.clone(), ssh, key));
+    let http_task = tokio::spawn(visitor_http::serve(edge.clone(), http));
+    let tls_task = tokio::spawn(visitor_tls::serve(edge.clone(), tls));
+    tokio::spawn(admin_api::serve(edge.clone(), admin));
+    tokio::spawn(control_sync::run(edge.clone()));
+
+    wait_for_signal().await;
+    shutdown(&edge).await;
+    let _ = ssh_task.await;
+    let _ = http_task.await;
+    let _ = tls_task.await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the edge");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,267 @@
+//! One client's SSH session as the rest of the edge sees it (`SessionLink`): its handle,
+//! its options, the text queued for the user's terminal, and the alive probe.
+
+use crate::options::TunnelOptions;
+use bytes::Bytes;
+use russh::server::Handle;
+use russh::ChannelId;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One client's SSH connection as the rest of the edge sees it.
+pub struct SessionLink {
+    /// Edge-local id, for logs.
+    pub id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    handle: OnceLock<Handle>,
+    ended: AtomicBool,
+    authenticated: AtomicBool,
+    setups_in_flight: AtomicUsize,
+    /// Options from the command words, for tunnels set up later.
+    options: RwLock<Arc<TunnelOptions>>,
+    /// The session channel text is printed on, once the client asked for a shell or command.
+    output: Mutex<Output>,
+    /// Cancelled when the session ends.
+    pub gone: CancellationToken,
+}
+
+#[derive(Default)]
+struct Output {
+    channel: Option<ChannelId>,
+    ready: bool,
+    pending: Vec<(bool, String)>,
+}
+
+impl SessionLink {
+    /// A link for a freshly accepted connection.
+    pub fn new(id: u64, peer: SocketAddr) -> SessionLink {
+        SessionLink {
+            id,
+            peer,
+            handle: OnceLock::new(),
+            ended: AtomicBool::new(false),
+            authenticated: AtomicBool::new(false),
+            setups_in_flight: AtomicUsize::new(0),
+            options: RwLock::new(Arc::default()),
+            output: Mutex::new(Output::default()),
+            gone: CancellationToken::new(),
+        }
+    }
+
+    /// Records the session's handle (first call wins).
+    pub fn set_handle(&self, handle: Handle) {
+        let _ = self.handle.set(handle);
+    }
+
+    /// The session's handle, once known.
+    pub fn handle(&self) -> Option<&Handle> {
+        self.handle.get()
+    }
+
+    /// Marks the session as over.
+    pub fn mark_ended(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+        self.gone.cancel();
+    }
+
+    /// Records that the client authenticated.
+    pub fn mark_authenticated(&self) {
+        self.authenticated.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the client authenticated.
+    pub fn authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::SeqCst)
+    }
+
+    /// Whether the session is over.
+    pub fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
+    }
+
+    /// The options of the session's command (defaults until it arrives).
+    pub fn options(&self) -> Arc<TunnelOptions> {
+        self.options
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records the options of the session's command.
+    pub fn set_options(&self, options: Arc<TunnelOptions>) {
+        *self.options.write().unwrap_or_else(|e| e.into_inner()) = options;
+    }
+
+    /// Counts a tunnel setup in progress until the guard drops.
+    pub fn setup_started(self: &Arc<Self>) -> SetupGuard {
+        self.setups_in_flight.fetch_add(1, Ordering::SeqCst);
+        SetupGuard(self.clone())
+    }
+
+    /// Tells a client that opened no session channel (`ssh -N`) its URL, once its pending
+    /// setups are done and it has had `grace` to open one.
+    ///
+    /// OpenSSH shows such a client nothing the server sends after authentication, except
+    /// errors: the refusal of a `forwarded-streamlocal` channel for an unknown path is
+    /// printed with the path, so the path carries the text. (The auth banner cannot carry
+    /// the URL: it is shown only before authentication succeeds, when the forwards and so
+    /// the name are not known yet.)
+    pub async fn tell_without_session(&self, text: &str, grace: Duration) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = self.gone.cancelled() => return,
+            }
+            if self.setups_in_flight.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+        }
+        if lock(&self.output).channel.is_some() || self.has_ended() {
+            return;
+        }
+        let Some(handle) = self.handle() else {
+            return;
+        };
+        // OpenSSH prints at most 100 characters of the path.
+        let path: String = text.chars().take(100).collect();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            handle.channel_open_forwarded_streamlocal(path),
+        )
+        .await;
+    }
+
+    /// The session channel, once opened.
+    pub fn session_channel(&self) -> Option<ChannelId> {
+        lock(&self.output).channel
+    }
+
+    /// Remembers the session channel; text is held until [`SessionLink::take_ready`].
+    pub fn set_session_channel(&self, channel: ChannelId) {
+        lock(&self.output).channel = Some(channel);
+    }
+
+    /// Queues a line for the user (stderr when `error`); returns nothing, see `take_ready`.
+    pub fn queue(&self, error: bool, text: String) {
+        lock(&self.output).pending.push((error, text));
+    }
+
+    /// Marks the session channel ready for output and returns the channel and pending text.
+    pub fn take_ready(&self) -> Option<(ChannelId, Vec<(bool, String)>)> {
+        let mut o = lock(&self.output);
+        o.ready = true;
+        let channel = o.channel?;
+        Some((channel, std::mem::take(&mut o.pending)))
+    }
+
+    /// The pending text and channel, if the channel is ready (for use inside a handler).
+    pub fn drain_if_ready(&self) -> Option<(ChannelId, Vec<(bool, String)>)> {
+        let mut o = lock(&self.output);
+        if !o.ready {
+            return None;
+        }
+        let channel = o.channel?;
+        Some((channel, std::mem::take(&mut o.pending)))
+    }
+
+    /// Prints text to the user from outside the session's handler (e.g. a close from control).
+    /// Held until the session channel is ready, if it is not yet.
+    pub async fn say(&self, error: bool, text: &str) {
+        let target = {
+            let mut o = lock(&self.output);
+            match (o.ready, o.channel) {
+                (true, Some(c)) => Some(c),
+                _ => {
+                    o.pending.push((error, text.to_string()));
+                    None
+                }
+            }
+        };
+        if let (Some(channel), Some(handle)) = (target, self.handle()) {
+            let data = Bytes::from(crlf(text));
+            let sent = if error {
+                handle.extended_data(channel, 1, data).await
+            } else {
+                handle.data(channel, data).await
+            };
+            if sent.is_err() {
+                tracing::debug!(session = self.id, "session gone before text was printed");
+            }
+        }
+    }
+
+    /// Disconnects the client with a message that OpenSSH prints (also with `-N`).
+    pub async fn disconnect(&self, message: &str) {
+        if let Some(handle) = self.handle() {
+            let _ = handle
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    one_line(message),
+                    "en".into(),
+                )
+                .await;
+        }
+    }
+
+    /// Probes the client with a global request that wants a reply. Any reply, even a
+    /// refusal, proves the client is alive; no reply within `bound` proves nothing, and is
+    /// reported as dead.
+    pub async fn probe_alive(&self, bound: Duration) -> bool {
+        let Some(handle) = self.handle() else {
+            return false;
+        };
+        if self.has_ended() {
+            return false;
+        }
+        // OpenSSH answers an unknown global request with REQUEST_FAILURE, so this is a
+        // keepalive that russh lets us await (its own keepalive cannot be awaited).
+        let probe = handle.cancel_forward_tcpip("nearhop-alive-probe".into(), 0);
+        match tokio::time::timeout(bound, probe).await {
+            Ok(_) => !self.has_ended(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Marks the end of a tunnel setup (see [`SessionLink::setup_started`]).
+pub struct SetupGuard(Arc<SessionLink>);
+
+impl Drop for SetupGuard {
+    fn drop(&mut self) {
+        self.0.setups_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Text for an SSH terminal: lines end in CRLF (a pty in raw mode does not add the CR).
+pub fn crlf(text: &str) -> String {
+    let mut out = text.replace("\r\n", "\n").replace('\n', "\r\n");
+    if !out.ends_with("\r\n") {
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// A disconnect description is one line.
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_text_gets_crlf() {
+        assert_eq!(crlf("a\nb"), "a\r\nb\r\n");
+        assert_eq!(crlf("a\r\n"), "a\r\n");
+    }
+}
