@@ -1,4 +1,4 @@
-//! The HTTP visitor listener: routes each request by `Host` with a map lookup, runs the
+//! The HTTP visitor listener: routes each request by `Host` (`visitor::routing`), runs the
 //! request phases, and proxies it over one `forwarded-tcpip` channel per visitor connection
 //! (kept for the connection's next requests). Bodies stream both ways; upgrades (WebSocket)
 //! become a byte splice with no idle cut.
@@ -12,6 +12,7 @@ use crate::tunnels::Tunnel;
 use crate::visitor::first_request;
 use crate::visitor::http_phases::{self, RequestCtx};
 use crate::visitor::pages::{self, ProxyBody};
+use crate::visitor::routing::{self, Listener, Refusal, Route};
 use crate::visitor::splice::splice;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -29,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Smallest head buffer hyper accepts.
 const MIN_HEAD_BUFFER: usize = 8192;
@@ -40,12 +42,16 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
         edge.shutdown.cancelled(),
         "an HTTP visitor",
         |stream, peer| {
-            if let Some(slot) = edge.visitor_slot("http") {
+            if let Some(slot) = edge.visitor_slot(Listener::Http.as_str()) {
                 let edge = edge.clone();
-                tokio::spawn(async move {
-                    serve_connection(&edge, stream, peer).await;
-                    drop(slot);
-                });
+                let span = routing::span(Listener::Http, peer);
+                tokio::spawn(
+                    async move {
+                        serve_connection(&edge, stream, peer).await;
+                        drop(slot);
+                    }
+                    .instrument(span),
+                );
             }
         },
     )
@@ -109,9 +115,9 @@ pub async fn serve_stream<S>(
             return;
         }
     };
-    if let Some(tunnel) = first.host.as_deref().and_then(|h| edge.registry.route(h)) {
-        let options = tunnel.options();
-        if tunnel.kind == TunnelKind::Http && options.raw_passthrough && options.allows(peer.ip()) {
+    if let Some(host) = first.host.as_deref() {
+        // Any other route is hyper's: each request, the first included, is routed below.
+        if let Route::Splice(tunnel) = routing::route(edge, Listener::Http, host, peer) {
             splice(edge, &tunnel, stream, peer, first.bytes).await;
             return;
         }
@@ -152,33 +158,45 @@ pub async fn serve_stream<S>(
 
 impl VisitorConn {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
-        let resp = match request_host(&req) {
-            None => pages::bad_request("The request names no host."),
-            Some(host) => match self.edge.registry.route(&host) {
-                None => pages::unknown_host(&host),
-                Some(tunnel) if tunnel.kind == TunnelKind::Tls => {
-                    let url = messages::https_url(&host, &self.edge.config);
-                    pages::tls_only(&host, &format!("{url}/"), self.scheme)
+        let Some(host) = request_host(&req) else {
+            return self.count(pages::bad_request("The request names no host."), "edge");
+        };
+        let resp = match routing::route(&self.edge, Listener::Http, &host, self.peer) {
+            // A tunnel that takes connections whole gets them only from their first request
+            // (see `serve_stream`); a later request on a kept-alive connection is proxied.
+            Route::Proxy(tunnel) | Route::Splice(tunnel) => {
+                let options = tunnel.options();
+                let ctx = RequestCtx {
+                    visitor: self.peer,
+                    host: &host,
+                    scheme: self.scheme,
+                    https_port: self.edge.config.public_tls_port(),
+                    options: &options,
+                };
+                match http_phases::run(&ctx, &mut req) {
+                    Some(answer) => answer,
+                    None => return self.count(self.forward(&tunnel, req).await, "tunnel"),
                 }
-                Some(tunnel) => {
-                    let options = tunnel.options();
-                    let ctx = RequestCtx {
-                        visitor: self.peer,
-                        host: &host,
-                        scheme: self.scheme,
-                        https_port: self.edge.config.public_tls_port(),
-                        options: &options,
-                    };
-                    match http_phases::run(&ctx, &mut req) {
-                        Some(answer) => answer,
-                        None => {
-                            return self.count(self.forward(&tunnel, req).await, "tunnel");
-                        }
-                    }
-                }
-            },
+            }
+            Route::Refuse(Refusal::Forbidden) => pages::forbidden(),
+            Route::Refuse(Refusal::WrongListener(tunnel)) => self.wrong_listener(&host, &tunnel),
+            // The HTTP listener is never told to terminate TLS; an unknown name it is.
+            Route::Refuse(Refusal::Unknown) | Route::Terminate => pages::unknown_host(&host),
         };
         self.count(resp, "edge")
+    }
+
+    /// The page for a `tls` or `tcp` tunnel's name asked for over HTTP: where to go instead.
+    fn wrong_listener(&self, host: &str, tunnel: &Tunnel) -> Response<ProxyBody> {
+        let config = &self.edge.config;
+        match tunnel.kind {
+            TunnelKind::Tls => {
+                let url = messages::https_url(host, config);
+                pages::tls_only(host, &format!("{url}/"), self.scheme)
+            }
+            TunnelKind::Tcp => pages::tcp_only(host, &messages::public_url(tunnel, config)),
+            TunnelKind::Http => pages::unknown_host(host),
+        }
     }
 
     fn count(&self, resp: Response<ProxyBody>, origin: &str) -> Response<ProxyBody> {

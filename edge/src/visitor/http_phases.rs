@@ -1,6 +1,7 @@
-//! The visitor request's phases, in a fixed order over one context: allowlist, HTTPS
-//! redirect, visitor auth (request filters that may answer), then forwarding headers and the
-//! creator's header rules (upstream request filters). Each phase is tested alone.
+//! The visitor request's phases, in a fixed order over one context: HTTPS redirect, visitor
+//! auth (request filters that may answer), then forwarding headers and the creator's header
+//! rules (upstream request filters). Each phase is tested alone. The allowlist (`w:`) is not
+//! a phase: the routing step (`visitor::routing`) decides it, once for every listener.
 
 use crate::options::{HeaderRule, TunnelOptions};
 use crate::visitor::pages::{self, ProxyBody};
@@ -25,9 +26,6 @@ pub struct RequestCtx<'a> {
 
 /// Runs every phase; `Some` is the edge's own answer and the request goes no further.
 pub fn run<B>(ctx: &RequestCtx<'_>, req: &mut Request<B>) -> Option<Response<ProxyBody>> {
-    if let Some(resp) = allowlist(ctx) {
-        return Some(resp);
-    }
     if let Some(resp) = https_redirect(ctx, req) {
         return Some(resp);
     }
@@ -37,11 +35,6 @@ pub fn run<B>(ctx: &RequestCtx<'_>, req: &mut Request<B>) -> Option<Response<Pro
     add_forwarding_headers(ctx, req.headers_mut());
     apply_header_rules(ctx.options, req.headers_mut());
     None
-}
-
-/// `w:` — visitors outside the allowlist get 403.
-pub fn allowlist(ctx: &RequestCtx<'_>) -> Option<Response<ProxyBody>> {
-    (!ctx.options.allows(ctx.visitor.ip())).then(pages::forbidden)
 }
 
 /// `x:https` — plain-HTTP visitors are sent to the HTTPS URL.
@@ -172,16 +165,6 @@ mod tests {
 
     fn req() -> Request<()> {
         Request::builder().uri("/p?q=1").body(()).unwrap()
-    }
-
-    #[test]
-    fn allowlist_refuses_visitors_outside_it() {
-        let o = TunnelOptions::parse("w:10.0.0.0/8").unwrap();
-        assert_eq!(
-            allowlist(&ctx(&o, "192.0.2.1")).map(|r| r.status()),
-            Some(StatusCode::FORBIDDEN)
-        );
-        assert!(allowlist(&ctx(&o, "10.9.9.9")).is_none());
     }
 
     #[test]

@@ -58,6 +58,16 @@ pub fn tls_only(host: &str, https_url: &str, scheme: &str) -> Response<ProxyBody
     )
 }
 
+/// 421 for HTTP or HTTPS to a `tcp` tunnel's name: the tunnel is served on its own port
+/// only, never as HTTP on the edge's web ports.
+pub fn tcp_only(host: &str, tcp_url: &str) -> Response<ProxyBody> {
+    page(
+        StatusCode::MISDIRECTED_REQUEST,
+        "This tunnel is a TCP tunnel",
+        &format!("{host} is a TCP tunnel: it is served at {tcp_url} only, not over HTTP or HTTPS."),
+    )
+}
+
 /// 400 for a request without a usable Host.
 pub fn bad_request(why: &str) -> Response<ProxyBody> {
     page(StatusCode::BAD_REQUEST, "Bad request", why)

@@ -5,12 +5,14 @@ use crate::accept;
 use crate::config::Config;
 use crate::edge::Edge;
 use crate::tunnels::Tunnel;
+use crate::visitor::routing::{self, Listener, Route};
 use crate::visitor::splice::splice;
 use rand::Rng;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 
 /// Random tries before scanning the range in order: with a range mostly free, a handful of
 /// random picks finds a port without favouring the low end; a nearly full range still
@@ -48,17 +50,20 @@ pub fn spawn_listener(edge: Arc<Edge>, tunnel: Arc<Tunnel>, listener: TcpListene
             }
         };
         accept::until_stopped(&listener, stop, "a TCP visitor", |stream, peer| {
-            tokio::spawn(carry(edge.clone(), tunnel.clone(), stream, peer));
+            let span = routing::span(Listener::Tcp, peer);
+            tokio::spawn(carry(edge.clone(), tunnel.clone(), stream, peer).instrument(span));
         })
         .await;
     });
 }
 
 async fn carry(edge: Arc<Edge>, tunnel: Arc<Tunnel>, stream: TcpStream, peer: SocketAddr) {
-    if !tunnel.options().allows(peer.ip()) {
+    // Refused visitors are turned away before they take a visitor slot.
+    let Route::Splice(tunnel) = routing::route_port(&tunnel, peer) else {
+        tracing::debug!("visitor outside the tunnel's allowlist");
         return;
-    }
-    let Some(_slot) = edge.visitor_slot("tcp") else {
+    };
+    let Some(_slot) = edge.visitor_slot(Listener::Tcp.as_str()) else {
         return;
     };
     let _ = stream.set_nodelay(true);

@@ -9,8 +9,8 @@ use crate::edge::{Edge, VisitorSlot};
 use crate::io::read_buffer::Prefixed;
 use crate::visitor::client_hello::{self, Parsed};
 use crate::visitor::http as visitor_http;
+use crate::visitor::routing::{self, Listener, Refusal, Route};
 use crate::visitor::splice::splice;
-use nearhop_wire::TunnelKind;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Most bytes read while waiting for a complete ClientHello. Real ones are a few hundred
 /// bytes to about 2 KiB (post-quantum key shares); TLS allows up to one 16 KiB record plus
@@ -95,8 +96,9 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
         edge.shutdown.cancelled(),
         "a TLS visitor",
         |stream, peer| {
-            if let Some(slot) = edge.visitor_slot("tls") {
-                tokio::spawn(carry(edge.clone(), stream, peer, slot));
+            if let Some(slot) = edge.visitor_slot(Listener::Tls.as_str()) {
+                let span = routing::span(Listener::Tls, peer);
+                tokio::spawn(carry(edge.clone(), stream, peer, slot).instrument(span));
             }
         },
     )
@@ -122,25 +124,36 @@ async fn carry(edge: Arc<Edge>, mut stream: TcpStream, peer: SocketAddr, _slot: 
                 .await;
         }
         Some(Ok(Err(e))) => tracing::debug!(%peer, error = %e, "TLS visitor not routed"),
-        Some(Ok(Ok(hello))) => match (edge.registry.route(&hello.server_name), &edge.https) {
-            (Some(tunnel), _) if tunnel.kind == TunnelKind::Tls => {
-                if tunnel.options().allows(peer.ip()) {
-                    splice(&edge, &tunnel, stream, peer, hello.bytes).await;
+        Some(Ok(Ok(hello))) => {
+            match routing::route(&edge, Listener::Tls, &hello.server_name, peer) {
+                Route::Splice(tunnel) => splice(&edge, &tunnel, stream, peer, hello.bytes).await,
+                // The handshake reads the ClientHello again from the bytes put back, and the
+                // HTTP listener's code serves what is inside (404 page for unknown names
+                // included). The route says so only when a certificate is configured.
+                Route::Terminate => match &edge.https {
+                    Some(https) => {
+                        terminate(&edge, https.clone(), stream, peer, hello.bytes, deadline).await
+                    }
+                    None => unrecognized_name(&mut stream, &hello.server_name).await,
+                },
+                // Outside the allowlist: closed without a word, as a TCP port would.
+                Route::Refuse(Refusal::Forbidden) => {
+                    tracing::debug!("visitor outside the tunnel's allowlist")
+                }
+                // No `tls` tunnel by that name and no certificate for it. (The TLS listener
+                // is never told to proxy HTTP itself; that happens inside `Terminate`.)
+                Route::Refuse(Refusal::Unknown | Refusal::WrongListener(_)) | Route::Proxy(_) => {
+                    unrecognized_name(&mut stream, &hello.server_name).await
                 }
             }
-            // Any other name is HTTPS when the edge has a certificate: the handshake reads
-            // the ClientHello again from the bytes put back, and the HTTP listener's code
-            // serves what is inside (404 page for unknown names included).
-            (_, Some(https)) => {
-                terminate(&edge, https.clone(), stream, peer, hello.bytes, deadline).await
-            }
-            // Without a certificate only `tls` tunnels are served here.
-            (_, None) => {
-                tracing::debug!(%peer, name = %hello.server_name, "no TLS tunnel by that name");
-                let _ = stream.write_all(&UNRECOGNIZED_NAME_ALERT).await;
-            }
-        },
+        }
     }
+}
+
+/// Tells the visitor this edge has no such name (curl: "tlsv1 unrecognized name").
+async fn unrecognized_name(stream: &mut TcpStream, name: &str) {
+    tracing::debug!(name, "no TLS tunnel by that name");
+    let _ = stream.write_all(&UNRECOGNIZED_NAME_ALERT).await;
 }
 
 /// Completes the TLS handshake with the configured certificate and serves HTTP inside.
