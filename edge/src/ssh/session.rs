@@ -15,6 +15,7 @@ use russh::server::ChannelOpenHandle;
 use russh::server::{Auth, Handler, Msg, Session};
 use russh::{Channel, ChannelId, Disconnect};
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Bind addresses that mean "no particular name" in `-R [bind:]port:host:hostport`.
 const PLAIN_BIND_ADDRESSES: &[&str] = &["", "localhost", "0.0.0.0", "127.0.0.1", "::", "::1", "*"];
@@ -27,10 +28,14 @@ pub struct SshSession {
     forwards_requested: usize,
     next_virtual_port: u32,
     refused: bool,
+    /// The session's span (`ssh`, session id, peer). russh runs this handler on a task of
+    /// its own, outside the span the connection was accepted in, so the handler's logs and
+    /// the tasks it spawns take it from here.
+    span: tracing::Span,
 }
 
 impl SshSession {
-    /// A handler for a fresh connection.
+    /// A handler for a fresh connection, in the connection's span (the current one).
     pub fn new(edge: Arc<Edge>, link: Arc<SessionLink>) -> SshSession {
         let first_port = u32::from(edge.config.public_http_port());
         SshSession {
@@ -40,6 +45,7 @@ impl SshSession {
             forwards_requested: 0,
             next_virtual_port: first_port,
             refused: false,
+            span: tracing::Span::current(),
         }
     }
 
@@ -61,7 +67,7 @@ impl SshSession {
     /// even with `-N`, so the sentence reaches every client.
     fn refuse(&mut self, session: &mut Session, message: &str) {
         self.refused = true;
-        tracing::info!(reason = message, "refusing client");
+        tracing::info!(parent: &self.span, reason = message, "refusing client");
         self.link.queue(true, format!("nearhop: {message}"));
         self.flush(session);
         let _ = session.disconnect(Disconnect::ByApplication, &one_line(message), "en");
@@ -147,7 +153,7 @@ impl Handler for SshSession {
         }
         // A session that never asks for a forward is told how, then let go.
         let (edge, link) = (self.edge.clone(), self.link.clone());
-        tokio::spawn(async move {
+        let unbound = async move {
             let wait = std::time::Duration::from_secs(edge.config.unbound_session_seconds);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {
@@ -158,7 +164,8 @@ impl Handler for SshSession {
                 }
                 _ = link.gone.cancelled() => {}
             }
-        });
+        };
+        tokio::spawn(unbound.instrument(self.span.clone()));
         Ok(())
     }
 
@@ -194,7 +201,7 @@ impl Handler for SshSession {
             match visitor_tcp::bind_public_port(&self.edge.config).await {
                 Ok(bound) => Some(bound),
                 Err(e) => {
-                    tracing::warn!(error = %e, "no free public TCP port");
+                    tracing::warn!(parent: &self.span, error = %e, "no free public TCP port");
                     self.refuse(session, "this edge has no free public TCP port right now; please try again later or in another region.");
                     return Ok(false);
                 }
@@ -222,11 +229,9 @@ impl Handler for SshSession {
             },
             public_port,
         };
-        tokio::spawn(tunnel_setup::set_up(
-            self.edge.clone(),
-            self.link.clone(),
-            pending,
-        ));
+        // The setup runs as its own task; its logs stay in the session's span.
+        let setup = tunnel_setup::set_up(self.edge.clone(), self.link.clone(), pending);
+        tokio::spawn(setup.instrument(self.span.clone()));
         Ok(true)
     }
 

@@ -12,6 +12,7 @@ use nearhop_wire::{CloseTunnelRequest, CreateTunnelRequest, CreateTunnelResponse
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 /// Time a client has after its forwards are set up to open a session channel before it is
 /// taken for `ssh -N`.
@@ -138,7 +139,9 @@ async fn install(edge: &Arc<Edge>, tunnel: &Arc<Tunnel>, resp: &CreateTunnelResp
         }
     }
     let edge = edge.clone();
-    tokio::spawn(async move { crate::control::sync::refresh_routes(&edge).await });
+    tokio::spawn(
+        async move { crate::control::sync::refresh_routes(&edge).await }.in_current_span(),
+    );
     tracing::info!(tunnel = tunnel.id, host = %tunnel.hostname, kind = tunnel.kind.as_str(), "tunnel live");
 }
 
@@ -150,9 +153,12 @@ fn give_back(edge: &Edge, resp: &CreateTunnelResponse, reason: &str) {
         reason: reason.to_string(),
     };
     let id = resp.tunnel_id;
-    tokio::spawn(async move {
-        if let Err(e) = control.close_tunnel(id, &req).await {
-            tracing::warn!(tunnel = id, error = %e, "giving a tunnel back to control");
+    tokio::spawn(
+        async move {
+            if let Err(e) = control.close_tunnel(id, &req).await {
+                tracing::warn!(tunnel = id, error = %e, "giving a tunnel back to control");
+            }
         }
-    });
+        .in_current_span(),
+    );
 }
