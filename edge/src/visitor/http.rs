@@ -357,6 +357,63 @@ mod tests {
         assert_eq!(request_host(&r), None);
     }
 
+    fn conn_for(kind: TunnelKind, scheme: &'static str) -> (VisitorConn, Arc<Tunnel>) {
+        let config = crate::config::Config {
+            edge_secret: "s".into(),
+            ..Default::default()
+        };
+        let edge = Arc::new(Edge::new(config).expect("edge"));
+        let tunnel = Arc::new(Tunnel::new(
+            3,
+            "db.a.tunnel.test".into(),
+            "a.tunnel.test".into(),
+            "us".into(),
+            kind,
+            (kind == TunnelKind::Tcp).then_some(20007),
+            crate::tunnels::ForwardTarget {
+                address: "localhost".into(),
+                port: 5432,
+            },
+            Arc::new(crate::ssh::link::SessionLink::new(
+                1,
+                "127.0.0.1:1".parse().expect("addr"),
+            )),
+            Arc::default(),
+        ));
+        let conn = VisitorConn {
+            edge,
+            peer: "192.0.2.1:5000".parse().expect("addr"),
+            scheme,
+            upstream: Mutex::new(None),
+        };
+        (conn, tunnel)
+    }
+
+    async fn page_text(resp: Response<ProxyBody>) -> String {
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_tcp_tunnels_name_over_http_or_https_gets_a_421_naming_its_port() {
+        for scheme in ["http", "https"] {
+            let (conn, tunnel) = conn_for(TunnelKind::Tcp, scheme);
+            let resp = conn.wrong_listener("db.a.tunnel.test", &tunnel);
+            assert_eq!(resp.status(), StatusCode::MISDIRECTED_REQUEST);
+            let text = page_text(resp).await;
+            assert!(text.contains("tcp://db.a.tunnel.test:20007"), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tls_tunnels_name_over_http_gets_a_421_with_its_https_url() {
+        let (conn, tunnel) = conn_for(TunnelKind::Tls, "http");
+        let resp = conn.wrong_listener("db.a.tunnel.test", &tunnel);
+        assert_eq!(resp.status(), StatusCode::MISDIRECTED_REQUEST);
+        let text = page_text(resp).await;
+        assert!(text.contains("https://db.a.tunnel.test:8443/"), "{text}");
+    }
+
     #[test]
     fn websocket_requests_want_an_upgrade() {
         let r = Request::builder()
