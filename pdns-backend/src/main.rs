@@ -1,8 +1,10 @@
 //! `nearhop-pdns-backend`: the PowerDNS remote backend of one region. It serves the zones from
 //! memory, kept current from the region's replica, over the unix, http and pipe connectors.
 
+mod answer;
 mod apex;
 mod config;
+mod lag_race;
 mod metrics;
 mod protocol;
 mod purge;
