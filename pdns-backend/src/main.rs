@@ -80,7 +80,7 @@ async fn run(cfg: config::Config, pipe: bool) -> Result<()> {
     );
     tokio::spawn(tailer.run());
     let regions = apex::RegionMap::new(
-        cfg.prefix_map(),
+        cfg.apex.prefixes.entries().to_vec(),
         cfg.apex.default_region.clone(),
         cfg.apex.heartbeat_bound_secs,
     );
