@@ -128,6 +128,7 @@ pub fn parse_toml_with_env<T: DeserializeOwned>(
             name: name.to_string(),
             path: key_path(&key, tables),
             typed: toml_value(&value),
+            typed_refusal: None,
             raw: value,
         };
         o.apply(&mut table, false)?;
@@ -144,6 +145,9 @@ struct Override {
     path: Vec<String>,
     /// The value read as TOML, while that reading is still being tried.
     typed: Option<toml::Value>,
+    /// Why the TOML reading was refused, once the raw text is tried instead: if the text is
+    /// refused too, this is the better explanation (`[]` is "empty", not "not a list").
+    typed_refusal: Option<String>,
 }
 
 impl Override {
@@ -238,8 +242,12 @@ fn deserialize<T: DeserializeOwned>(
             (Some(o), _) if o.typed.is_some() => {
                 o.apply(&mut table, true)?;
                 o.typed = None;
+                o.typed_refusal = Some(message);
             }
-            (Some(o), _) => return Err(o.refused(message)),
+            (Some(o), _) => {
+                let message = o.typed_refusal.clone().unwrap_or(message);
+                return Err(o.refused(message));
+            }
             (None, Some(key)) => return Err(SettingsError::Key { key, message }),
             (None, None) => return Err(SettingsError::Invalid { message }),
         }
@@ -366,7 +374,10 @@ mod tests {
             "{text}"
         );
         let e = parse("", &[("APP_APEX_TTL", "-1")]).expect_err("refused");
-        assert!(e.to_string().contains("APP_APEX_TTL"), "{e}");
+        assert!(
+            e.to_string().contains("APP_APEX_TTL") && e.to_string().contains("integer `-1`"),
+            "the TOML reading's refusal explains best: {e}"
+        );
         let e = parse("", &[("APP_APEX_TLL", "1")]).expect_err("refused");
         assert!(
             e.to_string().contains("APP_APEX_TLL") && e.to_string().contains("unknown field"),
