@@ -2,7 +2,6 @@
 //! the clean-up when a client goes away.
 
 use crate::accept;
-use crate::config::SUPPORTED_CIPHERS;
 use crate::edge::Edge;
 use crate::ssh_session::SshSession;
 use russh::keys::PrivateKey;
@@ -45,25 +44,11 @@ pub fn russh_config(edge: &Edge, key: PrivateKey) -> Config {
         keepalive_max: c.keepalive_max,
         nodelay: true,
         preferred: russh::Preferred {
-            cipher: Cow::Owned(cipher_names(&c.ssh_ciphers)),
+            cipher: Cow::Owned(c.ssh_ciphers.clone()),
             ..Default::default()
         },
         ..Default::default()
     }
-}
-
-/// russh's names for the configured ciphers (checked against [`SUPPORTED_CIPHERS`] when the
-/// configuration was loaded).
-fn cipher_names(configured: &[String]) -> Vec<russh::cipher::Name> {
-    configured
-        .iter()
-        .filter_map(|c| {
-            SUPPORTED_CIPHERS
-                .iter()
-                .find(|k| k.as_ref() == c.as_str())
-                .copied()
-        })
-        .collect()
 }
 
 /// Accepts SSH clients until shutdown.
@@ -149,22 +134,4 @@ fn is_keepalive_timeout(e: &anyhow::Error) -> bool {
         e.downcast_ref::<russh::Error>(),
         Some(russh::Error::KeepaliveTimeout)
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_supported_cipher_reaches_russh_in_the_configured_order() {
-        let all: Vec<String> = SUPPORTED_CIPHERS
-            .iter()
-            .rev()
-            .map(|c| c.as_ref().to_string())
-            .collect();
-        let names = cipher_names(&all);
-        let got: Vec<&str> = names.iter().map(|n| n.as_ref()).collect();
-        let want: Vec<&str> = SUPPORTED_CIPHERS.iter().rev().map(|c| c.as_ref()).collect();
-        assert_eq!(got, want);
-    }
 }
