@@ -1,11 +1,18 @@
 //! Control's configuration: a TOML file plus `NEARHOP_CONTROL_*` environment overrides,
 //! parsed and validated once at start into types the rest of the code trusts.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Deserialize;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
+
+/// Prefix of the environment variables that override keys of the config file
+/// (`NEARHOP_CONTROL_LAG_WAIT_MS` sets `lag_wait_ms`).
+pub const ENV_PREFIX: &str = "NEARHOP_CONTROL_";
+/// Tables whose keys are overridden as `NEARHOP_CONTROL_<TABLE>_<KEY>`
+/// (`NEARHOP_CONTROL_ZONES_FREE_TIME_LIMIT_MINUTES`).
+const ENV_TABLES: &[&str] = &["zones", "zones.pro", "zones.free"];
 
 /// Everything control needs to run.
 #[derive(Debug, Clone, Deserialize)]
@@ -202,50 +209,10 @@ fn default_free_zone() -> ZoneConfig {
 impl Config {
     /// Reads the file (if given), applies the environment, validates.
     pub fn load(path: Option<&Path>) -> Result<Config> {
-        let text = match path {
-            Some(p) => std::fs::read_to_string(p)
-                .with_context(|| format!("reading config file {}", p.display()))?,
-            None => String::new(),
-        };
-        let mut cfg: Config = toml::from_str(&text).with_context(|| match path {
-            Some(p) => format!("parsing config file {}", p.display()),
-            None => "parsing empty config".into(),
-        })?;
-        cfg.apply_env(|k| std::env::var(k).ok())?;
+        let mut cfg: Config =
+            nearhop_wire::settings::load_toml_with_env(path, ENV_PREFIX, ENV_TABLES)?;
         cfg.validate()?;
         Ok(cfg)
-    }
-
-    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
-        fn parse<T: std::str::FromStr>(key: &str, v: String) -> Result<T>
-        where
-            T::Err: std::fmt::Display,
-        {
-            v.parse()
-                .map_err(|e| anyhow::anyhow!("environment variable {key}={v:?} is invalid: {e}"))
-        }
-        if let Some(v) = get("NEARHOP_CONTROL_LISTEN") {
-            self.listen = parse("NEARHOP_CONTROL_LISTEN", v)?;
-        }
-        if let Some(v) = get("NEARHOP_CONTROL_DATABASE_URL") {
-            self.database_url = v;
-        }
-        if let Some(v) = get("NEARHOP_CONTROL_EDGE_SECRET") {
-            self.edge_secret = v;
-        }
-        if let Some(v) = get("NEARHOP_CONTROL_ADMIN_SECRET") {
-            self.admin_secret = v;
-        }
-        if let Some(v) = get("NEARHOP_CONTROL_LAG_WAIT_MS") {
-            self.lag_wait_ms = parse("NEARHOP_CONTROL_LAG_WAIT_MS", v)?;
-        }
-        if let Some(v) = get("NEARHOP_CONTROL_LEASE_SECONDS") {
-            self.lease_seconds = parse("NEARHOP_CONTROL_LEASE_SECONDS", v)?;
-        }
-        if let Some(v) = get("NEARHOP_CONTROL_POOL_SIZE") {
-            self.pool_size = parse("NEARHOP_CONTROL_POOL_SIZE", v)?;
-        }
-        Ok(())
     }
 
     fn validate(&mut self) -> Result<()> {
@@ -438,16 +405,59 @@ mod tests {
             .contains("edge_secret"));
     }
 
+    fn from_parts(text: &str, env: &[(&str, &str)]) -> Result<Config> {
+        let vars = env
+            .iter()
+            .map(|(k, v)| (std::ffi::OsString::from(k), std::ffi::OsString::from(v)));
+        let file = Some((Path::new("control.toml"), text));
+        let mut c: Config =
+            nearhop_wire::settings::parse_toml_with_env(file, ENV_PREFIX, ENV_TABLES, vars)?;
+        c.validate()?;
+        Ok(c)
+    }
+
     #[test]
     fn env_overrides_file() {
-        let mut c = minimal();
-        c.apply_env(|k| (k == "NEARHOP_CONTROL_LAG_WAIT_MS").then(|| "17".to_string()))
-            .unwrap();
+        let file = "lag_wait_ms = 5\nedge_secret = \"0123456789abcdef\"\nadmin_secret = \"0123456789abcdef\"";
+        let c = from_parts(file, &[("NEARHOP_CONTROL_LAG_WAIT_MS", "17")]).unwrap();
         assert_eq!(c.lag_wait_ms, 17);
-        let err = c
-            .apply_env(|k| (k == "NEARHOP_CONTROL_LAG_WAIT_MS").then(|| "x".to_string()))
-            .unwrap_err();
+        let err = from_parts("", &[("NEARHOP_CONTROL_LAG_WAIT_MS", "x")]).unwrap_err();
         assert!(err.to_string().contains("NEARHOP_CONTROL_LAG_WAIT_MS"));
+    }
+
+    #[test]
+    fn the_documented_overrides_still_apply_and_secrets_stay_verbatim() {
+        let c = from_parts(
+            "[zones.free]\nname = \"free.tunnel.test\"",
+            &[
+                ("NEARHOP_CONTROL_LISTEN", "127.0.0.2:7081"),
+                (
+                    "NEARHOP_CONTROL_DATABASE_URL",
+                    "postgres://x@127.0.0.1:1/db",
+                ),
+                ("NEARHOP_CONTROL_EDGE_SECRET", "1234567890123456789"),
+                ("NEARHOP_CONTROL_ADMIN_SECRET", "true-admin-secret-0"),
+                ("NEARHOP_CONTROL_LAG_WAIT_MS", "0"),
+                ("NEARHOP_CONTROL_LEASE_SECONDS", "45"),
+                ("NEARHOP_CONTROL_POOL_SIZE", "4"),
+                ("NEARHOP_CONTROL_ZONES_FREE_TIME_LIMIT_MINUTES", "90"),
+                ("NEARHOP_CONTROL_CONFIG", "/etc/nearhop/control.toml"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.2:7081".parse().unwrap());
+        assert_eq!(c.database_url, "postgres://x@127.0.0.1:1/db");
+        assert_eq!(c.edge_secret, "1234567890123456789");
+        assert_eq!(c.admin_secret, "true-admin-secret-0");
+        assert_eq!((c.lag_wait_ms, c.lease_seconds, c.pool_size), (0, 45, 4));
+        assert_eq!(c.zones.free.time_limit_minutes, 90);
+        assert_eq!(c.zones.free.name, "free.tunnel.test");
+        let err = from_parts("", &[("NEARHOP_CONTROL_LISTEN", "nowhere")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("environment variable NEARHOP_CONTROL_LISTEN=\"nowhere\" is invalid"),
+            "{err}"
+        );
     }
 
     #[test]

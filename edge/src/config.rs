@@ -2,7 +2,7 @@
 //! and checked once at start into types the rest of the edge trusts.
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -86,8 +86,10 @@ pub struct Config {
     /// Runtime worker threads; 0 means one per CPU core.
     pub worker_threads: usize,
     /// SSH ciphers offered to clients. The client picks the first of its own list that is
-    /// offered here, so leaving a cipher out is the only way to steer it away.
-    pub ssh_ciphers: Vec<String>,
+    /// offered here, so leaving a cipher out is the only way to steer it away. Named by their
+    /// SSH names in the file; checked against [`SUPPORTED_CIPHERS`] when read.
+    #[serde(deserialize_with = "deserialize_ciphers")]
+    pub ssh_ciphers: Vec<russh::cipher::Name>,
     /// Free memory glibc keeps per thread arena instead of giving it back to the kernel
     /// (see `allocator`); 0 leaves glibc's default.
     pub malloc_trim_threshold_bytes: usize,
@@ -107,6 +109,39 @@ pub const SUPPORTED_CIPHERS: &[russh::cipher::Name] = &[
 fn supported_cipher_list() -> String {
     let names: Vec<&str> = SUPPORTED_CIPHERS.iter().map(|c| c.as_ref()).collect();
     names.join(", ")
+}
+
+/// Reads `ssh_ciphers`: a non-empty list of SSH cipher names the edge supports.
+fn deserialize_ciphers<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<russh::cipher::Name>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    cipher_list(&names).map_err(serde::de::Error::custom)
+}
+
+/// The ciphers `names` stands for, in its order; the error is the sentence an operator sees.
+fn cipher_list(names: &[String]) -> Result<Vec<russh::cipher::Name>, String> {
+    if names.is_empty() {
+        return Err(format!(
+            "ssh_ciphers is empty: name at least one of {}",
+            supported_cipher_list()
+        ));
+    }
+    names
+        .iter()
+        .map(|n| {
+            SUPPORTED_CIPHERS
+                .iter()
+                .find(|k| k.as_ref() == n.as_str())
+                .copied()
+                .ok_or_else(|| {
+                    format!(
+                        "ssh_ciphers names {n:?}, which the edge does not support; choose from {}",
+                        supported_cipher_list()
+                    )
+                })
+        })
+        .collect()
 }
 
 impl Default for Config {
@@ -148,10 +183,7 @@ impl Default for Config {
             // Stock OpenSSH clients list chacha20-poly1305 first and would pick it if it
             // were offered; with AES instructions on both ends AES-GCM costs the client and
             // the edge far less CPU per byte (docs/benchmarks.md, Edge).
-            ssh_ciphers: vec![
-                "aes128-gcm@openssh.com".into(),
-                "aes256-gcm@openssh.com".into(),
-            ],
+            ssh_ciphers: vec![russh::cipher::AES_128_GCM, russh::cipher::AES_256_GCM],
             malloc_trim_threshold_bytes: 8 * 1024 * 1024,
         }
     }
@@ -160,19 +192,7 @@ impl Default for Config {
 impl Config {
     /// Reads the file (if any), applies environment overrides and checks the result.
     pub fn load(path: Option<&Path>) -> Result<Config> {
-        let mut table = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("reading config {}", p.display()))?;
-                text.parse::<toml::Table>()
-                    .with_context(|| format!("parsing config {}", p.display()))?
-            }
-            None => toml::Table::new(),
-        };
-        apply_env(&mut table, std::env::vars());
-        let mut config: Config = toml::Value::Table(table)
-            .try_into()
-            .context("invalid edge configuration")?;
+        let mut config: Config = nearhop_wire::settings::load_toml_with_env(path, ENV_PREFIX, &[])?;
         config.finish()?;
         Ok(config)
     }
@@ -212,22 +232,6 @@ impl Config {
                  tunnels, or neither for TLS passthrough only"
             );
         }
-        if self.ssh_ciphers.is_empty() {
-            bail!(
-                "ssh_ciphers is empty: name at least one of {}",
-                supported_cipher_list()
-            );
-        }
-        if let Some(bad) = self
-            .ssh_ciphers
-            .iter()
-            .find(|c| !SUPPORTED_CIPHERS.iter().any(|k| k.as_ref() == c.as_str()))
-        {
-            bail!(
-                "ssh_ciphers names {bad:?}, which the edge does not support; choose from {}",
-                supported_cipher_list()
-            );
-        }
         self.control_url = self.control_url.trim_end_matches('/').to_string();
         Ok(())
     }
@@ -265,55 +269,37 @@ impl Config {
     }
 }
 
-/// Copies `NEARHOP_EDGE_<KEY>=value` into the table as `key = value`. A value that parses
-/// as a TOML value (number, boolean, array, quoted string) is taken as such, anything else
-/// as a plain string; quote a value to force a string.
-fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) {
-    for (name, value) in vars {
-        let Some(key) = name.strip_prefix(ENV_PREFIX) else {
-            continue;
-        };
-        let key = key.to_ascii_lowercase();
-        // NEARHOP_EDGE_CONFIG names the file itself.
-        if key == "config" {
-            continue;
-        }
-        let parsed = format!("v = {value}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or(toml::Value::String(value));
-        table.insert(key, parsed);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsString;
 
-    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
-        pairs
+    /// The config from file text and environment pairs, as [`Config::load`] builds it.
+    fn from_parts(text: &str, env: &[(&str, &str)]) -> Result<Config> {
+        let vars = env
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<Vec<_>>()
-            .into_iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let file = Some((Path::new("edge.toml"), text));
+        let mut c: Config =
+            nearhop_wire::settings::parse_toml_with_env(file, ENV_PREFIX, &[], vars)?;
+        c.finish()?;
+        Ok(c)
     }
 
     #[test]
     fn env_overrides_file_keys_with_typed_values() {
-        let mut t: toml::Table = "edge_id = \"x\"\nkeepalive_max = 1".parse().unwrap();
-        apply_env(
-            &mut t,
-            env(&[
+        let c = from_parts(
+            "edge_id = \"x\"\nkeepalive_max = 1",
+            &[
                 ("NEARHOP_EDGE_KEEPALIVE_MAX", "5"),
                 ("NEARHOP_EDGE_SSH_LISTEN", "127.0.0.3:2222"),
                 ("NEARHOP_EDGE_TCP_PORT_RANGE", "[3000, 3010]"),
                 ("NEARHOP_EDGE_EDGE_SECRET", "s3cret"),
+                ("NEARHOP_EDGE_CONFIG", "/etc/nearhop/edge.toml"),
                 ("OTHER", "ignored"),
-            ]),
-        );
-        let mut c: Config = toml::Value::Table(t).try_into().unwrap();
-        c.finish().unwrap();
+            ],
+        )
+        .unwrap();
         assert_eq!(c.edge_id, "x");
         assert_eq!(c.keepalive_max, 5);
         assert_eq!(c.ssh_listen, "127.0.0.3:2222".parse().unwrap());
@@ -343,18 +329,50 @@ mod tests {
 
     #[test]
     fn cipher_lists_name_only_ciphers_the_edge_has() {
-        let mut c = Config {
-            edge_secret: "s".into(),
-            ..Config::default()
-        };
-        c.finish().unwrap();
-        assert_eq!(c.ssh_ciphers[0], "aes128-gcm@openssh.com");
-        c.ssh_ciphers = vec!["chacha20-poly1305@openssh.com".into(), "arcfour".into()];
-        let e = c.finish().expect_err("refused").to_string();
+        let c = from_parts("edge_secret = \"s\"", &[]).unwrap();
+        assert_eq!(c.ssh_ciphers[0], russh::cipher::AES_128_GCM);
+        let file =
+            "edge_secret = \"s\"\nssh_ciphers = [\"chacha20-poly1305@openssh.com\", \"arcfour\"]";
+        let e = from_parts(file, &[]).expect_err("refused").to_string();
         assert!(e.contains("\"arcfour\"") && e.contains("aes128-gcm"), "{e}");
-        c.ssh_ciphers.clear();
-        let e = c.finish().expect_err("refused").to_string();
-        assert!(e.contains("ssh_ciphers is empty"), "{e}");
+        let e = from_parts("edge_secret = \"s\"", &[("NEARHOP_EDGE_SSH_CIPHERS", "[]")])
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.contains("ssh_ciphers is empty") && e.contains("NEARHOP_EDGE_SSH_CIPHERS"),
+            "{e}"
+        );
+    }
+
+    /// The names as operators write them (docs/edge.md, "Cipher choice"), spelled out here
+    /// rather than read back from [`SUPPORTED_CIPHERS`], so that a table that drops or
+    /// renames a cipher fails.
+    const DOCUMENTED: [&str; 6] = [
+        "aes256-ctr",
+        "chacha20-poly1305@openssh.com",
+        "aes128-gcm@openssh.com",
+        "aes192-ctr",
+        "aes256-gcm@openssh.com",
+        "aes128-ctr",
+    ];
+
+    #[test]
+    fn documented_cipher_names_reach_russh_as_its_ciphers_in_the_configured_order() {
+        let names = cipher_list(&DOCUMENTED.map(String::from)).expect("all documented");
+        let got: Vec<&str> = names.iter().map(|n| n.as_ref()).collect();
+        assert_eq!(got, DOCUMENTED, "a documented cipher was dropped or reordered");
+        for name in &names {
+            // russh's own lookup, over the ciphers it negotiates with.
+            assert_eq!(russh::cipher::Name::try_from(name.as_ref()), Ok(*name));
+        }
+    }
+
+    #[test]
+    fn the_default_offer_is_aes_gcm_only_128_first() {
+        assert_eq!(
+            Config::default().ssh_ciphers,
+            [russh::cipher::AES_128_GCM, russh::cipher::AES_256_GCM]
+        );
     }
 
     #[test]
@@ -372,7 +390,6 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let t: toml::Table = "edge_idd = \"x\"".parse().unwrap();
-        assert!(toml::Value::Table(t).try_into::<Config>().is_err());
+        assert!(from_parts("edge_idd = \"x\"\nedge_secret = \"s\"", &[]).is_err());
     }
 }

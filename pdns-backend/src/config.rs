@@ -1,9 +1,9 @@
 //! Configuration: a TOML file plus `NEARHOP_PDNS_BACKEND_<KEY>` environment overrides, parsed
 //! and validated once at start into types the rest of the backend trusts.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,8 @@ use std::time::Duration;
 
 /// Prefix of the environment variables that override file settings.
 pub const ENV_PREFIX: &str = "NEARHOP_PDNS_BACKEND_";
+/// Tables whose keys are overridden as `NEARHOP_PDNS_BACKEND_<TABLE>_<KEY>`.
+const ENV_TABLES: &[&str] = &["apex"];
 
 /// Everything the backend needs to run, validated.
 #[derive(Debug, Clone, Deserialize)]
@@ -67,7 +69,29 @@ pub struct ApexConfig {
     pub ttl: u32,
     /// Client prefix → region, or → regions in order of preference. Longest prefix wins.
     #[serde(default)]
-    pub prefixes: BTreeMap<String, RegionChoice>,
+    pub prefixes: PrefixMap,
+}
+
+/// The client prefixes and their regions, parsed from `{ "10.0.0.0/8" = ["eu", "us"] }`.
+#[derive(Debug, Clone, Default)]
+pub struct PrefixMap(Vec<(IpNet, Vec<String>)>);
+
+impl PrefixMap {
+    /// The prefixes (host bits cleared) and their regions, most preferred first.
+    pub fn entries(&self) -> &[(IpNet, Vec<String>)] {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for PrefixMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = BTreeMap::<String, RegionChoice>::deserialize(d)?;
+        raw.into_iter()
+            .map(|(prefix, choice)| Ok((parse_prefix(&prefix)?, choice.regions())))
+            .collect::<Result<_, String>>()
+            .map(PrefixMap)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// One region, or several in order of preference.
@@ -96,7 +120,7 @@ impl Default for ApexConfig {
             default_region: default_region(),
             heartbeat_bound_secs: default_heartbeat_bound_secs(),
             ttl: default_apex_ttl(),
-            prefixes: BTreeMap::new(),
+            prefixes: PrefixMap::default(),
         }
     }
 }
@@ -135,41 +159,7 @@ fn default_apex_ttl() -> u32 {
 impl Config {
     /// Reads `path` (if given), applies the environment overrides and validates.
     pub fn load(path: Option<&Path>) -> Result<Config> {
-        let text = match path {
-            Some(p) => std::fs::read_to_string(p)
-                .with_context(|| format!("reading config {}", p.display()))?,
-            None => String::new(),
-        };
-        Config::from_parts(&text, std::env::vars())
-    }
-
-    /// Builds the config from file text and `(name, value)` environment pairs.
-    pub fn from_parts(text: &str, env: impl Iterator<Item = (String, String)>) -> Result<Config> {
-        let mut table: toml::Table = toml::from_str(text).context("parsing config TOML")?;
-        for (name, value) in env {
-            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            let key = key.to_ascii_lowercase();
-            let value = env_value(&value);
-            match key.strip_prefix("apex_") {
-                Some(sub) => {
-                    let apex = table
-                        .entry("apex")
-                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                    let Some(apex) = apex.as_table_mut() else {
-                        bail!("config key `apex` must be a table");
-                    };
-                    apex.insert(sub.to_string(), value);
-                }
-                None => {
-                    table.insert(key, value);
-                }
-            }
-        }
-        let cfg: Config = toml::Value::Table(table)
-            .try_into()
-            .context("invalid configuration")?;
+        let cfg: Config = nearhop_wire::settings::load_toml_with_env(path, ENV_PREFIX, ENV_TABLES)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -184,19 +174,7 @@ impl Config {
         if self.apex.heartbeat_bound_secs.is_nan() || self.apex.heartbeat_bound_secs <= 0.0 {
             bail!("apex.heartbeat_bound_secs must be positive");
         }
-        for prefix in self.apex.prefixes.keys() {
-            parse_prefix(prefix)?;
-        }
         Ok(())
-    }
-
-    /// The prefix map, parsed (validated at load, so this cannot fail afterwards).
-    pub fn prefix_map(&self) -> Vec<(IpNet, Vec<String>)> {
-        self.apex
-            .prefixes
-            .iter()
-            .filter_map(|(p, r)| parse_prefix(p).ok().map(|net| (net, r.regions())))
-            .collect()
     }
 
     /// Poll interval as a duration.
@@ -206,34 +184,37 @@ impl Config {
 }
 
 /// Parses `10.0.0.0/8` or a bare address (a host prefix).
-fn parse_prefix(s: &str) -> Result<IpNet> {
+fn parse_prefix(s: &str) -> Result<IpNet, String> {
     if let Ok(net) = s.parse::<IpNet>() {
         return Ok(net.trunc());
     }
     match s.parse::<std::net::IpAddr>() {
         Ok(ip) => Ok(IpNet::from(ip)),
-        Err(_) => bail!("apex.prefixes: {s:?} is not a prefix such as 10.0.0.0/8"),
-    }
-}
-
-/// An environment value as TOML when it parses as one (numbers, booleans, inline tables),
-/// else as a plain string.
-fn env_value(raw: &str) -> toml::Value {
-    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(raw.into())),
-        Err(_) => toml::Value::String(raw.into()),
+        Err(_) => Err(format!(
+            "apex.prefixes: {s:?} is not a prefix such as 10.0.0.0/8"
+        )),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsString;
+
+    fn from_parts(text: &str, env: &[(&str, &str)]) -> Result<Config> {
+        let vars = env
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let file = Some((Path::new("backend.toml"), text));
+        let cfg: Config =
+            nearhop_wire::settings::parse_toml_with_env(file, ENV_PREFIX, ENV_TABLES, vars)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
 
     #[test]
     fn defaults_apply_to_an_empty_file() {
-        let cfg = Config::from_parts("", std::iter::empty()).expect("config");
+        let cfg = from_parts("", &[]).expect("config");
         assert_eq!(cfg.http_listen.port(), 9153);
         assert_eq!(cfg.apex.default_region, "us");
         assert_eq!(cfg.poll_interval_ms, 1);
@@ -241,38 +222,52 @@ mod tests {
 
     #[test]
     fn env_overrides_file_values_including_apex_tables() {
-        let env = vec![
+        let env = [
+            ("NEARHOP_PDNS_BACKEND_POLL_INTERVAL_MS", "5"),
+            ("NEARHOP_PDNS_BACKEND_DATABASE_URL", "host=/tmp port=1"),
             (
-                "NEARHOP_PDNS_BACKEND_POLL_INTERVAL_MS".to_string(),
-                "5".to_string(),
+                "NEARHOP_PDNS_BACKEND_CONFIG",
+                "/etc/nearhop/pdns-backend.toml",
             ),
             (
-                "NEARHOP_PDNS_BACKEND_DATABASE_URL".to_string(),
-                "host=/tmp port=1".to_string(),
-            ),
-            (
-                "NEARHOP_PDNS_BACKEND_APEX_PREFIXES".to_string(),
-                r#"{ "127.0.0.2/32" = "eu", "10.0.0.0/8" = ["ap", "us"] }"#.to_string(),
+                "NEARHOP_PDNS_BACKEND_APEX_PREFIXES",
+                r#"{ "127.0.0.2/32" = "eu", "10.1.2.3/8" = ["ap", "us"] }"#,
             ),
         ];
-        let cfg = Config::from_parts("poll_interval_ms = 2\n", env.into_iter()).expect("config");
+        let cfg = from_parts("poll_interval_ms = 2\n", &env).expect("config");
         assert_eq!(cfg.poll_interval_ms, 5);
         assert_eq!(cfg.database_url, "host=/tmp port=1");
-        let map = cfg.prefix_map();
+        let map = cfg.apex.prefixes.entries();
         assert_eq!(map.len(), 2);
+        let (net, regions) = &map[0];
+        assert_eq!(
+            (net.to_string(), regions.clone()),
+            ("10.0.0.0/8".into(), vec!["ap".to_string(), "us".into()])
+        );
     }
 
     #[test]
-    fn bad_prefix_is_refused() {
-        let err = Config::from_parts(
-            "[apex.prefixes]\n\"nonsense\" = \"eu\"\n",
-            std::iter::empty(),
+    fn bad_prefix_is_refused_in_words() {
+        let err = from_parts("[apex.prefixes]\n\"nonsense\" = \"eu\"\n", &[]).expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("apex.prefixes: \"nonsense\" is not a prefix such as 10.0.0.0/8"),
+            "{err}"
         );
-        assert!(err.is_err());
+        let err = from_parts(
+            "",
+            &[("NEARHOP_PDNS_BACKEND_APEX_PREFIXES", "{ x = \"eu\" }")],
+        )
+        .expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("NEARHOP_PDNS_BACKEND_APEX_PREFIXES"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_keys_are_refused() {
-        assert!(Config::from_parts("databse_url = \"x\"\n", std::iter::empty()).is_err());
+        assert!(from_parts("databse_url = \"x\"\n", &[]).is_err());
     }
 }

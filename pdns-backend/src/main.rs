@@ -1,8 +1,10 @@
 //! `nearhop-pdns-backend`: the PowerDNS remote backend of one region. It serves the zones from
 //! memory, kept current from the region's replica, over the unix, http and pipe connectors.
 
+mod answer;
 mod apex;
 mod config;
+mod lag_race;
 mod metrics;
 mod protocol;
 mod purge;
@@ -78,7 +80,7 @@ async fn run(cfg: config::Config, pipe: bool) -> Result<()> {
     );
     tokio::spawn(tailer.run());
     let regions = apex::RegionMap::new(
-        cfg.prefix_map(),
+        cfg.apex.prefixes.entries().to_vec(),
         cfg.apex.default_region.clone(),
         cfg.apex.heartbeat_bound_secs,
     );

@@ -1,9 +1,11 @@
 //! The PowerDNS remote backend protocol (4.7): method dispatch and JSON shapes, answered from
-//! the record store. Transports hand this module one request and send back its one reply.
+//! the record store; what a lookup answers is decided in [`crate::answer`]. Transports hand
+//! this module one request and send back its one reply.
 
+use crate::answer::{self, Answer, Question};
 use crate::apex::RegionMap;
 use crate::metrics::Metrics;
-use crate::store::{Domain, Record, Store, Zones};
+use crate::store::{Domain, Store, Zones};
 use nearhop_wire::storage_name;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -67,6 +69,27 @@ struct Rr<'a> {
 
 fn is_zero(v: &u8) -> bool {
     *v == 0
+}
+
+/// One record as pdns reads it, owned by `qname`.
+fn rr<'a>(qname: String, a: &'a Answer<'_>) -> Rr<'a> {
+    Rr {
+        qtype: a.qtype,
+        qname,
+        content: &a.content,
+        ttl: a.ttl,
+        domain_id: a.domain_id,
+        auth: 1,
+        scope_mask: a.scope,
+    }
+}
+
+/// The records as a `result` array (`what` names the answer if encoding fails).
+fn render<'a>(what: &str, rrs: impl Iterator<Item = Rr<'a>>) -> Reply {
+    match serde_json::to_value(rrs.collect::<Vec<_>>()) {
+        Ok(v) => Reply::Result(v),
+        Err(e) => Reply::Failure(format!("encoding {what}: {e}")),
+    }
 }
 
 impl Backend {
@@ -185,63 +208,22 @@ impl Backend {
             return r;
         }
         tracing::trace!(%name, %qtype, zone_id, real_remote, "lookup");
+        let question = Question {
+            name: &name,
+            qtype: &qtype,
+            zone_id,
+        };
+        let choose = || {
+            self.store
+                .with_regions(|rs| self.regions.choose(real_remote, rs))
+        };
         let owner = format!("{name}.");
         self.store.read(|zones| {
-            let any = qtype == "ANY";
-            let wanted = |r: &Record| {
-                (zone_id <= 0 || r.domain_id as i64 == zone_id) && (any || *r.qtype == *qtype)
-            };
-            let apex = zones
-                .zone_at(&name)
-                .filter(|d| zone_id <= 0 || d.id as i64 == zone_id);
-            let choice = match apex {
-                Some(_) if any || qtype == "A" || qtype == "AAAA" => self
-                    .store
-                    .with_regions(|rs| self.regions.choose(real_remote, rs)),
-                _ => None,
-            };
-            let mut out: Vec<Rr> = zones
-                .records_of(&name)
-                .iter()
-                .filter(|r| wanted(r))
-                .filter(|r| choice.is_none() || !matches!(&*r.qtype, "A" | "AAAA"))
-                .map(|r| Rr {
-                    qtype: &r.qtype,
-                    qname: owner.clone(),
-                    content: &r.content,
-                    ttl: r.ttl as i64,
-                    domain_id: r.domain_id,
-                    auth: 1,
-                    scope_mask: 0,
-                })
-                .collect();
-            let mut dynamic = Vec::new();
-            if let (Some(c), Some(d)) = (&choice, apex) {
-                if any || qtype == "A" {
-                    if let Some(ip) = &c.region.ipv4 {
-                        dynamic.push(("A", ip.clone(), d.id));
-                    }
-                }
-                if any || qtype == "AAAA" {
-                    if let Some(ip) = &c.region.ipv6 {
-                        dynamic.push(("AAAA", ip.clone(), d.id));
-                    }
-                }
-            }
-            let scope = choice.as_ref().map(|c| c.scope).unwrap_or(0);
-            out.extend(dynamic.iter().map(|(t, ip, id)| Rr {
-                qtype: t,
-                qname: owner.clone(),
-                content: ip,
-                ttl: self.apex_ttl as i64,
-                domain_id: *id,
-                auth: 1,
-                scope_mask: scope,
-            }));
-            match serde_json::to_value(&out) {
-                Ok(v) => Reply::Result(v),
-                Err(e) => Reply::Failure(format!("encoding lookup answer: {e}")),
-            }
+            let answers = answer::lookup(zones, question, choose, self.apex_ttl);
+            render(
+                "lookup answer",
+                answers.iter().map(|a| rr(owner.clone(), a)),
+            )
         })
     }
 
@@ -262,23 +244,12 @@ impl Backend {
             let Some(domain) = domain else {
                 return Reply::Result(Value::Bool(false));
             };
-            let rrs: Vec<Rr> = zones
+            let answers: Vec<(String, Answer)> = zones
                 .zone_records(domain.id)
                 .into_iter()
-                .map(|(n, r)| Rr {
-                    qtype: &r.qtype,
-                    qname: format!("{n}."),
-                    content: &r.content,
-                    ttl: r.ttl as i64,
-                    domain_id: r.domain_id,
-                    auth: 1,
-                    scope_mask: 0,
-                })
+                .map(|(n, r)| (format!("{n}."), Answer::stored(r)))
                 .collect();
-            match serde_json::to_value(&rrs) {
-                Ok(v) => Reply::Result(v),
-                Err(e) => Reply::Failure(format!("encoding list: {e}")),
-            }
+            render("list", answers.iter().map(|(n, a)| rr(n.clone(), a)))
         })
     }
 
@@ -391,7 +362,7 @@ fn param_int(params: &Map<String, Value>, key: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::RegionState;
+    use crate::store::{Record, RegionState};
 
     fn backend() -> Backend {
         let store = Arc::new(Store::new());

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod names;
+pub mod settings;
 
 pub use api::*;
 pub use names::*;

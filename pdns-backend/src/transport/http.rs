@@ -1,10 +1,11 @@
-//! The HTTP listener: `/metrics`, control's `/v1/wait` and `/v1/status`, and pdns's `http`
-//! connector under `/dns` in its three modes (REST, `post`, `post_json`).
+//! The HTTP listener: `/metrics`, control's `/v1/wait` and `/v1/status` (answered by
+//! [`crate::lag_race`]), and pdns's `http` connector under `/dns` in its three modes (REST,
+//! `post`, `post_json`).
 
+use crate::lag_race::{self, WaitQuery};
 use crate::metrics::Metrics;
 use crate::protocol::{Backend, Reply};
-use crate::replica::{format_lsn, parse_lsn};
-use crate::store::{Applied, Store, Zones};
+use crate::store::Store;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -18,8 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Longest `/v1/wait` long-poll accepted.
-const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Path prefix of the pdns http connector (`remote-connection-string=http:url=http://host:port/dns`).
 const CONNECTOR_PREFIX: &str = "/dns";
 
@@ -74,6 +73,18 @@ fn json_response(status: StatusCode, body: String) -> Resp {
     r
 }
 
+/// A lag-race answer as JSON.
+fn json_answer(answer: &impl serde::Serialize) -> Resp {
+    match serde_json::to_string(answer) {
+        Ok(body) => json_response(StatusCode::OK, body),
+        Err(e) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": {"code": "internal", "message": format!("encoding the answer: {e}")}})
+                .to_string(),
+        ),
+    }
+}
+
 fn bad_request(message: &str) -> Resp {
     json_response(
         StatusCode::BAD_REQUEST,
@@ -86,7 +97,7 @@ impl HttpApp {
         let path = req.uri().path().to_string();
         match (req.method(), path.as_str()) {
             (&Method::GET, "/metrics") => self.metrics_page(),
-            (&Method::GET, "/v1/status") => self.status(),
+            (&Method::GET, "/v1/status") => json_answer(&lag_race::status(&self.store)),
             (&Method::GET, "/v1/wait") => self.wait(req.uri().query().unwrap_or("")).await,
             (_, p) if p == CONNECTOR_PREFIX || p.starts_with("/dns/") => self.connector(req).await,
             _ => json_response(
@@ -109,72 +120,11 @@ impl HttpApp {
         r
     }
 
-    fn status(&self) -> Resp {
-        json_response(
-            StatusCode::OK,
-            json!({
-                "applied_lsn": format_lsn(self.store.applied_lsn()),
-                "seconds_since_contact": self.store.seconds_since_contact(),
-                "records": self.store.read(Zones::record_count),
-                "loaded": self.store.is_loaded(),
-            })
-            .to_string(),
-        )
-    }
-
-    /// Long-polls until memory holds the commit at `lsn` (made by transaction `xid`, when
-    /// given) or `timeout_ms` passes.
     async fn wait(&self, query: &str) -> Resp {
-        let mut lsn = None;
-        let mut xid: Option<u64> = None;
-        let mut timeout = Duration::from_millis(1000);
-        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-            match &*k {
-                "lsn" => match parse_lsn(&v) {
-                    Some(l) => lsn = Some(l),
-                    None => {
-                        return bad_request(&format!("lsn {v:?} is not an LSN such as 0/3000060"))
-                    }
-                },
-                "xid" => match v.parse::<u64>() {
-                    Ok(x) => xid = Some(x),
-                    Err(_) => return bad_request(&format!("xid {v:?} is not a transaction id")),
-                },
-                "timeout_ms" => match v.parse::<u64>() {
-                    Ok(ms) if Duration::from_millis(ms) <= MAX_WAIT => {
-                        timeout = Duration::from_millis(ms)
-                    }
-                    _ => return bad_request("timeout_ms must be an integer from 0 to 60000"),
-                },
-                _ => {}
-            }
+        match WaitQuery::parse(query) {
+            Ok(q) => json_answer(&lag_race::wait(&self.store, &q).await),
+            Err(message) => bad_request(&message),
         }
-        let Some(target) = lsn else {
-            return bad_request("missing query parameter lsn");
-        };
-        let mut rx = self.store.watch_applied();
-        let deadline = tokio::time::Instant::now() + timeout;
-        // With the transaction id the answer is exact: on a primary the position can pass a
-        // commit's WAL record before the commit is visible to the tailer's read.
-        let done = |applied: &Applied| applied.covers(target, xid);
-        let reached = loop {
-            if done(&rx.borrow_and_update()) {
-                break true;
-            }
-            // Publications can come every poll; the deadline must end the wait even then.
-            if tokio::time::Instant::now() >= deadline {
-                break false;
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => break done(&rx.borrow()),
-            }
-        };
-        json_response(
-            StatusCode::OK,
-            json!({"reached": reached, "applied_lsn": format_lsn(self.store.applied_lsn())})
-                .to_string(),
-        )
     }
 
     /// pdns's http connector: POST `/dns` with a JSON document (`post_json`), POST

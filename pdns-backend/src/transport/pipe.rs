@@ -1,7 +1,7 @@
 //! The `pipe` connector: pdns starts the backend as a coprocess and speaks the line protocol
 //! on its stdin/stdout (logs go to stderr).
 
-use super::unix::serve_stream;
+use super::lines::serve_stream;
 use crate::protocol::Backend;
 use tokio::io::BufReader;
 

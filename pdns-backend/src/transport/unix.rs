@@ -1,13 +1,13 @@
 //! The `unix` connector: pdns connects once per backend thread and sends one JSON document
 //! per line; each connection is served by its own task, strictly request → reply.
 
-use super::{read_request, Line};
-use crate::protocol::{Backend, Reply};
+use super::lines::serve_stream;
+use crate::protocol::Backend;
 use anyhow::{Context, Result};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::{UnixListener, UnixStream};
 use tracing::Instrument;
 
@@ -49,45 +49,5 @@ async fn serve_connection(stream: UnixStream, backend: Arc<Backend>, max_request
     let mut rd = BufReader::with_capacity(16 * 1024, rd);
     if let Err(e) = serve_stream("unix", &mut rd, &mut wr, &backend, max_request).await {
         tracing::debug!(error = %e, "unix connection ended");
-    }
-}
-
-/// The request loop shared by the unix and pipe connectors.
-pub(crate) async fn serve_stream<R, W>(
-    transport: &str,
-    rd: &mut R,
-    wr: &mut W,
-    backend: &Backend,
-    max_request: usize,
-) -> std::io::Result<()>
-where
-    R: tokio::io::AsyncBufRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    loop {
-        let reply = match read_request(rd, max_request).await? {
-            Line::Doc(doc) => backend.handle_document(transport, &doc),
-            Line::TooLong(n) => {
-                backend
-                    .metrics()
-                    .bad_requests
-                    .with_label_values(&[transport])
-                    .inc();
-                tracing::warn!(
-                    transport,
-                    bytes = n,
-                    limit = max_request,
-                    "refused an over-long request line"
-                );
-                Reply::Failure(format!(
-                    "request of {n} bytes exceeds the limit of {max_request}"
-                ))
-            }
-            Line::Eof => return Ok(()),
-        };
-        let mut text = reply.to_json();
-        text.push('\n');
-        wr.write_all(text.as_bytes()).await?;
-        wr.flush().await?;
     }
 }
