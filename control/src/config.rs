@@ -20,9 +20,10 @@ pub struct Config {
     /// Connections in the pool. Default 16.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
-    /// Bearer secret shared with the edges (both directions). Required.
+    /// Legacy bearer secret shared by all edges (both directions). Optional: while set, it is
+    /// accepted for any edge without a credential of its own; edges use their own credentials.
     #[serde(default)]
-    pub edge_secret: String,
+    pub edge_secret: Option<String>,
     /// Bearer secret of the admin API. Required.
     #[serde(default)]
     pub admin_secret: String,
@@ -231,7 +232,7 @@ impl Config {
             self.database_url = v;
         }
         if let Some(v) = get("NEARHOP_CONTROL_EDGE_SECRET") {
-            self.edge_secret = v;
+            self.edge_secret = Some(v).filter(|v| !v.is_empty());
         }
         if let Some(v) = get("NEARHOP_CONTROL_ADMIN_SECRET") {
             self.admin_secret = v;
@@ -297,10 +298,16 @@ impl Config {
         if self.zones.pro.name == self.zones.free.name {
             bail!("the pro and free zones must differ");
         }
-        if self.edge_secret.len() < 16 || self.admin_secret.len() < 16 {
+        if self.admin_secret.len() < 16 {
             bail!(
-                "edge_secret and admin_secret must be set, 16 characters or more \
-                 (config file or NEARHOP_CONTROL_EDGE_SECRET / NEARHOP_CONTROL_ADMIN_SECRET)"
+                "admin_secret must be set, 16 characters or more \
+                 (config file or NEARHOP_CONTROL_ADMIN_SECRET)"
+            );
+        }
+        if self.edge_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            bail!(
+                "edge_secret, when set, must be 16 characters or more; better, leave it out and \
+                 give each edge its own credential (`nearhop-control edge issue`)"
             );
         }
         if self.lease_seconds <= self.heartbeat_seconds {
@@ -431,6 +438,19 @@ mod tests {
     #[test]
     fn missing_secrets_are_refused() {
         let mut c: Config = toml::from_str("").unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("admin_secret"));
+    }
+
+    #[test]
+    fn edge_secret_is_optional_but_long_when_set() {
+        let mut c: Config = toml::from_str(r#"admin_secret = "0123456789abcdef""#).unwrap();
+        c.validate().unwrap();
+        assert!(c.edge_secret.is_none());
+        c.edge_secret = Some("short".into());
         assert!(c
             .validate()
             .unwrap_err()

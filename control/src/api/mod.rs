@@ -71,7 +71,7 @@ pub async fn parse_json<T: DeserializeOwned>(
 }
 
 /// Compares without an early exit, so response time does not leak the secret's prefix.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
