@@ -156,17 +156,17 @@ pub fn list(conn: &mut PgConnection) -> ControlResult<Vec<EdgeListed>> {
             edges::host_key,
         ))
         .load(conn)?;
-    let credentials: Vec<(i64, String, Option<String>, String, Option<DateTime<Utc>>)> =
-        edge_credentials::table
-            .order(edge_credentials::id)
-            .select((
-                edge_credentials::id,
-                edge_credentials::edge_id,
-                edge_credentials::region,
-                edge_credentials::hint,
-                edge_credentials::revoked_at,
-            ))
-            .load(conn)?;
+    type CredentialRow = (i64, String, Option<String>, String, Option<DateTime<Utc>>);
+    let credentials: Vec<CredentialRow> = edge_credentials::table
+        .order(edge_credentials::id)
+        .select((
+            edge_credentials::id,
+            edge_credentials::edge_id,
+            edge_credentials::region,
+            edge_credentials::hint,
+            edge_credentials::revoked_at,
+        ))
+        .load(conn)?;
     let mut all: BTreeMap<String, EdgeListed> = BTreeMap::new();
     for (edge_id, region, beat, mesh_addr, host_key) in registered {
         all.insert(

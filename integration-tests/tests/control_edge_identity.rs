@@ -2,6 +2,7 @@
 //! id; an edge cannot register, heartbeat, set up or close tunnels as another; revocation
 //! refuses the edge at once and drops it from its peers' lists. The test plays two edges.
 
+use nearhop_stack::process::run;
 use nearhop_stack::{Stack, StackOptions};
 use nearhop_wire::{
     ApiError, CreateTunnelRequest, CreateTunnelResponse, EdgeHeartbeatResponse, EdgeRegistration,
@@ -107,17 +108,10 @@ fn issue(stack: &Stack, edge_id: &str) -> String {
 }
 
 fn psql(stack: &Stack, sql: &str) -> String {
-    let out = std::process::Command::new("psql")
-        .arg(stack.pg.primary.endpoint.conninfo())
-        .args(["-XAtqc", sql])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let mut cmd = std::process::Command::new("psql");
+    cmd.arg(stack.pg.primary.endpoint.conninfo())
+        .args(["-XAtqc", sql]);
+    run(cmd).expect("psql").trim().to_string()
 }
 
 #[test]
