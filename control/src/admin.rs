@@ -14,7 +14,8 @@ use nearhop_wire::{
     TokenCreated,
 };
 
-fn hint(token: &str) -> String {
+/// The first characters of a token or credential, kept to recognise it in lists.
+pub fn hint(token: &str) -> String {
     format!("{}…", &token[..token.len().min(7)])
 }
 

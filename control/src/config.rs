@@ -27,9 +27,10 @@ pub struct Config {
     /// Connections in the pool. Default 16.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
-    /// Bearer secret shared with the edges (both directions). Required.
+    /// Legacy bearer secret shared by all edges (both directions). Optional: while set, it is
+    /// accepted for any edge without a credential of its own; edges use their own credentials.
     #[serde(default)]
-    pub edge_secret: String,
+    pub edge_secret: Option<String>,
     /// Bearer secret of the admin API. Required.
     #[serde(default)]
     pub admin_secret: String,
@@ -264,10 +265,20 @@ impl Config {
         if self.zones.pro.name == self.zones.free.name {
             bail!("the pro and free zones must differ");
         }
-        if self.edge_secret.len() < 16 || self.admin_secret.len() < 16 {
+        if self.admin_secret.len() < 16 {
             bail!(
-                "edge_secret and admin_secret must be set, 16 characters or more \
-                 (config file or NEARHOP_CONTROL_EDGE_SECRET / NEARHOP_CONTROL_ADMIN_SECRET)"
+                "admin_secret must be set, 16 characters or more \
+                 (config file or NEARHOP_CONTROL_ADMIN_SECRET)"
+            );
+        }
+        // An empty value (e.g. `NEARHOP_CONTROL_EDGE_SECRET=`) means "not set".
+        if self.edge_secret.as_deref() == Some("") {
+            self.edge_secret = None;
+        }
+        if self.edge_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            bail!(
+                "edge_secret, when set, must be 16 characters or more; better, leave it out and \
+                 give each edge its own credential (`nearhop-control edge issue`)"
             );
         }
         if self.lease_seconds <= self.heartbeat_seconds {
@@ -402,6 +413,19 @@ mod tests {
             .validate()
             .unwrap_err()
             .to_string()
+            .contains("admin_secret"));
+    }
+
+    #[test]
+    fn edge_secret_is_optional_but_long_when_set() {
+        let mut c: Config = toml::from_str(r#"admin_secret = "0123456789abcdef""#).unwrap();
+        c.validate().unwrap();
+        assert!(c.edge_secret.is_none());
+        c.edge_secret = Some("short".into());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
             .contains("edge_secret"));
     }
 
@@ -447,7 +471,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen, "127.0.0.2:7081".parse().unwrap());
         assert_eq!(c.database_url, "postgres://x@127.0.0.1:1/db");
-        assert_eq!(c.edge_secret, "1234567890123456789");
+        assert_eq!(c.edge_secret.as_deref(), Some("1234567890123456789"));
         assert_eq!(c.admin_secret, "true-admin-secret-0");
         assert_eq!((c.lag_wait_ms, c.lease_seconds, c.pool_size), (0, 45, 4));
         assert_eq!(c.zones.free.time_limit_minutes, 90);

@@ -68,13 +68,18 @@ pub fn token_hash(token: &str) -> Vec<u8> {
 
 /// A new random token: `nh_` and 32 base-32-ish characters (160 bits).
 pub fn new_token() -> String {
+    new_secret("nh_")
+}
+
+/// A new random secret: `prefix` and 32 base-32-ish characters (160 bits), from the OS.
+pub fn new_secret(prefix: &str) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyz23456789";
     let mut rng = rand::rngs::OsRng;
     let body: String = (0..32)
         .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
         .collect();
-    format!("nh_{body}")
+    format!("{prefix}{body}")
 }
 
 #[cfg(test)]

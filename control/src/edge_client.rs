@@ -1,5 +1,6 @@
 //! Control's calls to an edge's admin API: close a tunnel, ask whether its client is alive.
 
+use crate::db::PgPool;
 use crate::metrics::Metrics;
 use nearhop_wire::{AliveResponse, EdgeCloseRequest};
 use std::time::Duration;
@@ -21,13 +22,21 @@ pub enum Liveness {
 #[derive(Clone)]
 pub struct EdgeClient {
     http: reqwest::Client,
-    secret: String,
+    /// The legacy shared secret, sent to edges that announced no admin key.
+    secret: Option<String>,
+    /// Where each edge's admin key is looked up.
+    pool: PgPool,
     metrics: Metrics,
 }
 
 impl EdgeClient {
     /// A client whose every call is bounded by `timeout`.
-    pub fn new(secret: String, timeout: Duration, metrics: Metrics) -> anyhow::Result<EdgeClient> {
+    pub fn new(
+        secret: Option<String>,
+        pool: PgPool,
+        timeout: Duration,
+        metrics: Metrics,
+    ) -> anyhow::Result<EdgeClient> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -35,8 +44,24 @@ impl EdgeClient {
         Ok(EdgeClient {
             http,
             secret,
+            pool,
             metrics,
         })
+    }
+
+    /// A call to the admin API of the edge holding `tunnel_id`, with that edge's own admin
+    /// key as bearer (the legacy shared secret for edges that announced none).
+    async fn authorized(
+        &self,
+        call: reqwest::RequestBuilder,
+        admin_url: &str,
+        tunnel_id: i64,
+    ) -> reqwest::RequestBuilder {
+        let legacy = self.secret.as_deref();
+        match crate::edge_auth::admin_bearer(&self.pool, legacy, tunnel_id, admin_url).await {
+            Some(bearer) => call.bearer_auth(bearer),
+            None => call,
+        }
     }
 
     /// Asks the edge whether the tunnel's client answers an SSH keepalive.
@@ -45,7 +70,10 @@ impl EdgeClient {
             "{}/v1/tunnels/{tunnel_id}/alive",
             admin_url.trim_end_matches('/')
         );
-        let res = self.http.get(&url).bearer_auth(&self.secret).send().await;
+        let call = self
+            .authorized(self.http.get(&url), admin_url, tunnel_id)
+            .await;
+        let res = call.send().await;
         let outcome = match res {
             Ok(r) if r.status().is_success() => match r.json::<AliveResponse>().await {
                 Ok(a) if a.known && a.alive => Liveness::Alive,
@@ -86,13 +114,10 @@ impl EdgeClient {
             reason: reason.to_string(),
             message: message.to_string(),
         };
-        let res = self
-            .http
-            .post(&url)
-            .bearer_auth(&self.secret)
-            .json(&body)
-            .send()
+        let call = self
+            .authorized(self.http.post(&url), admin_url, tunnel_id)
             .await;
+        let res = call.json(&body).send().await;
         let ok = matches!(&res, Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND);
         if !ok {
             tracing::warn!(tunnel_id, admin_url, result = ?res.as_ref().map(|r| r.status()).map_err(|e| e.to_string()), "edge did not confirm close");

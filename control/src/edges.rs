@@ -8,14 +8,15 @@ use chrono::Utc;
 use diesel::prelude::*;
 use diesel::upsert::excluded;
 use nearhop_wire::{
-    EdgeHeartbeatResponse, EdgeRoutes, ErrorCode, RegisterEdgeRequest, RegisterEdgeResponse,
+    EdgeHeartbeatResponse, EdgeRegistration, EdgeRoutes, ErrorCode, RegisterEdgeResponse,
     TunnelToClose,
 };
 
 /// Most tunnels one heartbeat may list; an edge with more splits them.
 pub const MAX_HEARTBEAT_TUNNELS: usize = 100_000;
 
-fn valid_edge_id(id: &str) -> bool {
+/// Whether `id` is a valid edge id: 1-63 of a-z, 0-9, `.`, `_`, `-`, starting alphanumeric.
+pub fn valid_edge_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 63
         && id
@@ -29,10 +30,7 @@ fn valid_edge_id(id: &str) -> bool {
 
 /// Registers (or re-registers) an edge. Its previous tunnels are gone with its previous
 /// process, so they are closed and their records removed.
-pub async fn register(
-    st: &AppState,
-    req: RegisterEdgeRequest,
-) -> ControlResult<RegisterEdgeResponse> {
+pub async fn register(st: &AppState, req: EdgeRegistration) -> ControlResult<RegisterEdgeResponse> {
     if !valid_edge_id(&req.edge_id) {
         return Err(ControlError::refused(
             ErrorCode::BadRequest,
@@ -47,7 +45,9 @@ pub async fn register(
             "admin_url must be an http:// or https:// URL",
         ));
     }
-    let closed = st
+    crate::peers::check_announcement(&req)?;
+    let heartbeat_seconds = st.cfg.heartbeat_seconds;
+    let (closed, peers) = st
         .blocking(move |conn| {
             let known_region: bool = diesel::select(diesel::dsl::exists(
                 regions::table.filter(regions::name.eq(&req.region)),
@@ -67,6 +67,9 @@ pub async fn register(
                     edges::registered_at.eq(Utc::now()),
                     edges::last_heartbeat.eq(Utc::now()),
                     edges::draining.eq(false),
+                    edges::mesh_addr.eq(&req.mesh_addr),
+                    edges::host_key.eq(&req.host_key),
+                    edges::admin_key.eq(&req.admin_key),
                 ))
                 .on_conflict(edges::id)
                 .do_update()
@@ -76,6 +79,9 @@ pub async fn register(
                     edges::registered_at.eq(excluded(edges::registered_at)),
                     edges::last_heartbeat.eq(excluded(edges::last_heartbeat)),
                     edges::draining.eq(false),
+                    edges::mesh_addr.eq(excluded(edges::mesh_addr)),
+                    edges::host_key.eq(excluded(edges::host_key)),
+                    edges::admin_key.eq(excluded(edges::admin_key)),
                 ))
                 .execute(conn)?;
             let live: Vec<i64> = tunnels::table
@@ -84,7 +90,11 @@ pub async fn register(
                 .select(tunnels::id)
                 .load(conn)?;
             let closed = close_where(conn, &live, "edge_restarted")?;
-            Ok(closed.into_iter().map(|(id, ..)| id).collect::<Vec<_>>())
+            let peers = crate::peers::list(conn, &req.edge_id, heartbeat_seconds)?;
+            Ok((
+                closed.into_iter().map(|(id, ..)| id).collect::<Vec<_>>(),
+                peers,
+            ))
         })
         .await?;
     if !closed.is_empty() {
@@ -96,6 +106,7 @@ pub async fn register(
     Ok(RegisterEdgeResponse {
         heartbeat_seconds: st.cfg.heartbeat_seconds,
         closed_tunnels: closed,
+        peers,
     })
 }
 
@@ -114,6 +125,7 @@ pub async fn heartbeat(
     }
     let lease = chrono::Duration::seconds(st.cfg.lease_seconds as i64);
     let limit = st.cfg.zones.free.time_limit_minutes;
+    let heartbeat_seconds = st.cfg.heartbeat_seconds;
     st.blocking(move |conn| {
         let now = Utc::now();
         let updated = diesel::update(edges::table.filter(edges::id.eq(&edge_id)))
@@ -158,7 +170,8 @@ pub async fn heartbeat(
                 }
             })
             .collect();
-        Ok(EdgeHeartbeatResponse { close })
+        let peers = crate::peers::list(conn, &edge_id, heartbeat_seconds)?;
+        Ok(EdgeHeartbeatResponse { close, peers })
     })
     .await
 }

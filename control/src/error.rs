@@ -77,6 +77,7 @@ impl ResponseError for ControlError {
             ErrorCode::BadRequest | ErrorCode::InvalidName => StatusCode::BAD_REQUEST,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Unauthorized | ErrorCode::BadToken => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NameOwned | ErrorCode::NameBanned | ErrorCode::PlanLimit => {
                 StatusCode::FORBIDDEN
             }

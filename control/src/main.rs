@@ -5,12 +5,15 @@ mod api;
 mod config;
 mod db;
 mod dns_txt;
+mod edge_auth;
 mod edge_client;
+mod edge_credentials;
 mod edges;
 mod error;
 mod lag;
 mod leases;
 mod metrics;
+mod peers;
 mod schema;
 mod state;
 mod tunnels;
@@ -67,6 +70,11 @@ enum Command {
     Domain {
         #[command(subcommand)]
         action: DomainCmd,
+    },
+    /// Edges' own credentials.
+    Edge {
+        #[command(subcommand)]
+        action: edge_credentials::EdgeCmd,
     },
     /// Take a name down: close its tunnel, remove its records, ban it.
     Takedown {
@@ -265,6 +273,7 @@ fn main() -> Result<()> {
                 }
             }
         }
+        Command::Edge { action } => edge_credentials::run(cfg, cli.json, action),
         Command::Takedown { hostname, reason } => rt.block_on(async {
             let st = state::AppState::new(cfg)?;
             let done = admin::takedown(&st, &hostname, &reason).await?;
@@ -280,6 +289,7 @@ fn main() -> Result<()> {
 
 async fn serve(cfg: config::Config, migrate: bool) -> Result<()> {
     let listen = cfg.listen;
+    edge_auth::warn_if_legacy(&cfg);
     let st = state::AppState::new(cfg)?;
     {
         let st2 = st.clone();

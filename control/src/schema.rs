@@ -49,6 +49,21 @@ diesel::table! {
         registered_at -> Timestamptz,
         last_heartbeat -> Timestamptz,
         draining -> Bool,
+        mesh_addr -> Nullable<Text>,
+        host_key -> Nullable<Text>,
+        admin_key -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    edge_credentials (id) {
+        id -> Int8,
+        edge_id -> Text,
+        region -> Nullable<Text>,
+        token_hash -> Bytea,
+        hint -> Text,
+        created_at -> Timestamptz,
+        revoked_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -133,6 +148,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     records,
     regions,
     edges,
+    edge_credentials,
     accounts,
     tokens,
     names,

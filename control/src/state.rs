@@ -29,6 +29,7 @@ impl AppState {
         let pool = crate::db::pool(&cfg.database_url, cfg.pool_size);
         let edges = EdgeClient::new(
             cfg.edge_secret.clone(),
+            pool.clone(),
             std::time::Duration::from_millis(cfg.edge_call_ms),
             metrics.clone(),
         )?;

@@ -152,6 +152,56 @@ pub struct RegisterEdgeRequest {
     pub admin_url: String,
 }
 
+/// Edge → control: the registration as control reads it (`POST /v1/edges/register`):
+/// [`RegisterEdgeRequest`]'s fields plus what peer edges and control need to reach and trust
+/// this edge. The JSON is a superset of [`RegisterEdgeRequest`]'s, so edges that send the older
+/// shape keep registering; edges that take part in the mesh send this one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeRegistration {
+    /// Stable id of the edge, e.g. `ap-1`; must be the id its credential was issued for.
+    pub edge_id: String,
+    /// Its region; must be configured in control.
+    pub region: String,
+    /// Base URL of the edge's admin API, e.g. `http://127.0.0.3:9090`.
+    pub admin_url: String,
+    /// `host:port` where peer edges reach this edge's mesh listener.
+    #[serde(default)]
+    pub mesh_addr: Option<String>,
+    /// The edge's SSH host public key, OpenSSH one-line format (`ssh-ed25519 AAAA…`).
+    #[serde(default)]
+    pub host_key: Option<String>,
+    /// A random key the edge made at start; control sends it as the bearer when it calls
+    /// this edge's admin API.
+    #[serde(default)]
+    pub admin_key: Option<String>,
+}
+
+impl From<RegisterEdgeRequest> for EdgeRegistration {
+    fn from(r: RegisterEdgeRequest) -> Self {
+        EdgeRegistration {
+            edge_id: r.edge_id,
+            region: r.region,
+            admin_url: r.admin_url,
+            ..Default::default()
+        }
+    }
+}
+
+/// Another edge of the mesh, as control lists it to an edge: every other edge with a live
+/// credential that announced a mesh address and host key and heartbeats.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerEdge {
+    /// The peer's edge id.
+    pub edge_id: String,
+    /// The peer's region.
+    pub region: String,
+    /// `host:port` of the peer's mesh listener.
+    pub mesh_addr: String,
+    /// The peer's SSH host public key (OpenSSH one-line format); pin it when connecting.
+    pub host_key: String,
+}
+
 /// Control → edge: the edge is known; tunnels it held before a restart are closed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RegisterEdgeResponse {
@@ -159,6 +209,9 @@ pub struct RegisterEdgeResponse {
     pub heartbeat_seconds: u64,
     /// Tunnels of this edge that control closed because the edge restarted.
     pub closed_tunnels: Vec<i64>,
+    /// The other edges of the mesh (empty from a control without the mesh).
+    #[serde(default)]
+    pub peers: Vec<PeerEdge>,
 }
 
 /// Edge → control: the edge is alive and these are its live tunnels
@@ -176,6 +229,9 @@ pub struct EdgeHeartbeatRequest {
 pub struct EdgeHeartbeatResponse {
     /// Tunnels the edge must close, with the reason to tell the client.
     pub close: Vec<TunnelToClose>,
+    /// The other edges of the mesh now; an edge missing here is no longer a peer.
+    #[serde(default)]
+    pub peers: Vec<PeerEdge>,
 }
 
 /// A tunnel the edge must close, and the sentence to tell its client.
@@ -234,6 +290,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// Missing or wrong bearer secret.
     Unauthorized,
+    /// The caller is known but may not do this (e.g. an edge acting as another edge).
+    Forbidden,
     /// The token is unknown or revoked.
     BadToken,
     /// The requested name is not a valid label.
@@ -372,6 +430,32 @@ mod tests {
             serde_json::to_string(&e).unwrap(),
             r#"{"error":{"code":"name_in_use","message":"taken"}}"#
         );
+    }
+
+    #[test]
+    fn registration_reads_the_older_shape_and_refuses_unknown_fields() {
+        let old = RegisterEdgeRequest {
+            edge_id: "us-1".into(),
+            region: "us".into(),
+            admin_url: "http://127.0.0.1:9090".into(),
+        };
+        let r: EdgeRegistration =
+            serde_json::from_value(serde_json::to_value(&old).unwrap()).unwrap();
+        assert_eq!(r, EdgeRegistration::from(old));
+        assert!(r.mesh_addr.is_none() && r.host_key.is_none() && r.admin_key.is_none());
+        assert!(serde_json::from_str::<EdgeRegistration>(
+            r#"{"edge_id":"a","region":"us","admin_url":"http://x","evil":1}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn responses_without_peers_still_parse() {
+        let r: EdgeHeartbeatResponse = serde_json::from_str(r#"{"close":[]}"#).unwrap();
+        assert!(r.peers.is_empty());
+        let r: RegisterEdgeResponse =
+            serde_json::from_str(r#"{"heartbeat_seconds":5,"closed_tunnels":[]}"#).unwrap();
+        assert!(r.peers.is_empty());
     }
 
     #[test]

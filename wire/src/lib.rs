@@ -2,8 +2,10 @@
 //! the control API's requests, responses and error shape, and the rules for zones and names.
 
 pub mod api;
+pub mod mesh;
 pub mod names;
 pub mod settings;
 
 pub use api::*;
+pub use mesh::*;
 pub use names::*;

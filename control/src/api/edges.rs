@@ -1,10 +1,11 @@
 //! `/v1/edges`: registration, batched heartbeats, custom-domain routes.
 
-use super::{parse_json, require_bearer};
+use super::parse_json;
+use crate::edge_auth::authenticate_edge;
 use crate::error::ControlResult;
 use crate::state::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
-use nearhop_wire::{EdgeHeartbeatRequest, RegisterEdgeRequest};
+use nearhop_wire::{EdgeHeartbeatRequest, EdgeRegistration};
 
 /// Routes of this resource.
 pub fn config(cfg: &mut web::ServiceConfig) {
@@ -18,8 +19,9 @@ async fn register(
     req: HttpRequest,
     body: web::Payload,
 ) -> ControlResult<HttpResponse> {
-    require_bearer(&req, &st.cfg.edge_secret, "edge")?;
-    let body: RegisterEdgeRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
+    let edge = authenticate_edge(&st, &req).await?;
+    let body: EdgeRegistration = parse_json(&req, body, st.cfg.max_body_bytes).await?;
+    edge.registers(&st, &body).await?;
     Ok(HttpResponse::Ok().json(crate::edges::register(&st, body).await?))
 }
 
@@ -29,7 +31,8 @@ async fn heartbeat(
     id: web::Path<String>,
     body: web::Payload,
 ) -> ControlResult<HttpResponse> {
-    require_bearer(&req, &st.cfg.edge_secret, "edge")?;
+    let edge = authenticate_edge(&st, &req).await?;
+    edge.acts_as(&st, &id).await?;
     let body: EdgeHeartbeatRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
     let res = crate::edges::heartbeat(&st, id.into_inner(), body.tunnel_ids).await?;
     Ok(HttpResponse::Ok().json(res))
@@ -40,6 +43,9 @@ async fn routes(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> ControlResult<HttpResponse> {
-    require_bearer(&req, &st.cfg.edge_secret, "edge")?;
+    authenticate_edge(&st, &req)
+        .await?
+        .acts_as(&st, &id)
+        .await?;
     Ok(HttpResponse::Ok().json(crate::edges::routes(&st, id.into_inner()).await?))
 }

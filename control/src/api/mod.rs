@@ -71,21 +71,25 @@ pub async fn parse_json<T: DeserializeOwned>(
 }
 
 /// Compares without an early exit, so response time does not leak the secret's prefix.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Checks `Authorization: Bearer <secret>`.
-pub fn require_bearer(req: &HttpRequest, secret: &str, what: &str) -> ControlResult<()> {
-    let given = req
-        .headers()
+/// The secret in `Authorization: Bearer <secret>`, empty when there is none.
+pub fn bearer_token(req: &HttpRequest) -> &str {
+    req.headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .unwrap_or("")
+}
+
+/// Checks `Authorization: Bearer <secret>`.
+pub fn require_bearer(req: &HttpRequest, secret: &str, what: &str) -> ControlResult<()> {
+    let given = bearer_token(req);
     if !given.is_empty() && same_secret(given.as_bytes(), secret.as_bytes()) {
         Ok(())
     } else {

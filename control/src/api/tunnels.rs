@@ -1,6 +1,7 @@
 //! `/v1/tunnels`: edges set tunnels up and close them.
 
-use super::{parse_json, require_bearer};
+use super::parse_json;
+use crate::edge_auth::authenticate_edge;
 use crate::error::ControlResult;
 use crate::state::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -17,8 +18,9 @@ async fn create(
     req: HttpRequest,
     body: web::Payload,
 ) -> ControlResult<HttpResponse> {
-    require_bearer(&req, &st.cfg.edge_secret, "edge")?;
+    let edge = authenticate_edge(&st, &req).await?;
     let body: CreateTunnelRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
+    edge.acts_as(&st, &body.edge_id).await?;
     let created = crate::tunnels::create(&st, body).await?;
     Ok(HttpResponse::Created().json(created))
 }
@@ -29,8 +31,9 @@ async fn close(
     id: web::Path<i64>,
     body: web::Payload,
 ) -> ControlResult<HttpResponse> {
-    require_bearer(&req, &st.cfg.edge_secret, "edge")?;
+    let edge = authenticate_edge(&st, &req).await?;
     let body: CloseTunnelRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
+    edge.closes(&st, *id, &body.edge_id).await?;
     crate::tunnels::close(&st, id.into_inner(), body.edge_id, body.reason).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"closed": true})))
 }

@@ -1,0 +1,278 @@
+//! Each edge proves who it is: credentials issued by the real CLI bind a caller to one edge
+//! id; an edge cannot register, heartbeat, set up or close tunnels as another; revocation
+//! refuses the edge at once and drops it from its peers' lists. The test plays two edges.
+
+use nearhop_stack::process::run;
+use nearhop_stack::{Stack, StackOptions};
+use nearhop_wire::{
+    ApiError, CreateTunnelRequest, CreateTunnelResponse, EdgeHeartbeatResponse, EdgeRegistration,
+    ErrorCode, PeerEdge, RegisterEdgeResponse, TunnelKind,
+};
+use reqwest::blocking::Client;
+use serde::Serialize;
+use std::time::Duration;
+
+const KEY_A: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOmVmXMX/Lin3AckbWCF78kLBdOckFCqIduokQX2/jjW edge-a";
+const KEY_B: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJgbbT6wI1Z7VpefolVgwlIgZOfSjHLe8K0gFqLb4j81";
+
+/// One edge's side of the API, with the credential it holds.
+struct Edge {
+    http: Client,
+    base: String,
+    credential: String,
+}
+
+impl Edge {
+    fn post<T: Serialize>(&self, path: &str, body: &T) -> (u16, String) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.credential)
+            .json(body)
+            .send()
+            .expect("control answers");
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    }
+
+    fn register(&self, reg: &EdgeRegistration) -> (u16, String) {
+        self.post("/v1/edges/register", reg)
+    }
+
+    fn heartbeat(&self, edge_id: &str, ids: &[i64]) -> (u16, String) {
+        self.post(
+            &format!("/v1/edges/{edge_id}/heartbeat"),
+            &serde_json::json!({ "tunnel_ids": ids }),
+        )
+    }
+
+    fn peers(&self, edge_id: &str) -> Vec<PeerEdge> {
+        let (status, text) = self.heartbeat(edge_id, &[]);
+        assert_eq!(status, 200, "{text}");
+        let hb: EdgeHeartbeatResponse = serde_json::from_str(&text).unwrap();
+        hb.peers
+    }
+
+    fn create(&self, edge_id: &str) -> (u16, String) {
+        self.post(
+            "/v1/tunnels",
+            &CreateTunnelRequest {
+                edge_id: edge_id.into(),
+                token: None,
+                requested_name: None,
+                kind: TunnelKind::Http,
+                force: false,
+                client_addr: "127.0.0.9:50000".into(),
+            },
+        )
+    }
+
+    fn close(&self, tunnel_id: i64, edge_id: &str) -> (u16, String) {
+        self.post(
+            &format!("/v1/tunnels/{tunnel_id}/close"),
+            &serde_json::json!({ "edge_id": edge_id, "reason": "client_closed" }),
+        )
+    }
+}
+
+fn registration(edge_id: &str, mesh_addr: &str, host_key: &str) -> EdgeRegistration {
+    EdgeRegistration {
+        edge_id: edge_id.into(),
+        region: "us".into(),
+        admin_url: "http://127.0.0.1:9".into(),
+        mesh_addr: Some(mesh_addr.into()),
+        host_key: Some(host_key.into()),
+        admin_key: Some(format!("{edge_id}-admin-key-0123456789abcdef0123456789")),
+    }
+}
+
+fn refused(status_and_text: (u16, String), status: u16, code: ErrorCode) -> String {
+    let (got, text) = status_and_text;
+    assert_eq!(got, status, "{text}");
+    let e: ApiError = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(e.error.code, code, "{text}");
+    e.error.message
+}
+
+fn issue(stack: &Stack, edge_id: &str) -> String {
+    let out = stack
+        .control
+        .cli(&["edge", "issue", edge_id, "--region", "us"])
+        .expect("edge issue");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["edge_id"], edge_id);
+    let c = v["credential"].as_str().unwrap().to_string();
+    assert!(c.starts_with("nhe_") && c.len() >= 36, "{c}");
+    c
+}
+
+fn psql(stack: &Stack, sql: &str) -> String {
+    let mut cmd = std::process::Command::new("psql");
+    cmd.arg(stack.pg.primary.endpoint.conninfo())
+        .args(["-XAtqc", sql]);
+    run(cmd).expect("psql").trim().to_string()
+}
+
+#[test]
+fn each_edge_acts_only_as_itself_and_revocation_drops_it_from_the_mesh() {
+    let stack = Stack::start(StackOptions {
+        regions: vec![("us".into(), std::net::Ipv4Addr::LOCALHOST)],
+        ..Default::default()
+    })
+    .expect("stack starts");
+    let http = Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let edge = |credential: String| Edge {
+        http: http.clone(),
+        base: stack.control.url.clone(),
+        credential,
+    };
+    let a = edge(issue(&stack, "a-1"));
+    let b = edge(issue(&stack, "b-1"));
+    let forged = edge(format!("nhe_{}", "x".repeat(32)));
+
+    // Only hashes are stored.
+    let stored = psql(
+        &stack,
+        "SELECT count(*) FROM edge_credentials WHERE hint LIKE 'nhe_%'",
+    );
+    assert_eq!(stored, "2");
+    assert_eq!(
+        psql(
+            &stack,
+            &format!(
+                "SELECT edge_id FROM edge_credentials WHERE token_hash = sha256('{}'::bytea)",
+                a.credential
+            )
+        ),
+        "a-1"
+    );
+
+    // Each registers as itself; B learns A from the answer, A learns B at its heartbeat.
+    let (status, text) = a.register(&registration("a-1", "127.0.0.1:7001", KEY_A));
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = b.register(&registration("b-1", "127.0.0.1:7002", KEY_B));
+    assert_eq!(status, 200, "{text}");
+    let reg: RegisterEdgeResponse = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        reg.peers,
+        vec![PeerEdge {
+            edge_id: "a-1".into(),
+            region: "us".into(),
+            mesh_addr: "127.0.0.1:7001".into(),
+            host_key: KEY_A.into(),
+        }]
+    );
+    let peers_of_a = a.peers("a-1");
+    assert_eq!(peers_of_a.len(), 1, "{peers_of_a:?}");
+    assert_eq!(peers_of_a[0].edge_id, "b-1");
+    assert_eq!(peers_of_a[0].mesh_addr, "127.0.0.1:7002");
+    assert_eq!(peers_of_a[0].host_key, KEY_B);
+
+    // A malformed host key is refused with a sentence.
+    let msg = refused(
+        a.register(&registration(
+            "a-1",
+            "127.0.0.1:7001",
+            "ssh-ed25519 nonsense",
+        )),
+        400,
+        ErrorCode::BadRequest,
+    );
+    assert!(msg.contains("host_key"), "{msg}");
+
+    // B holds a live tunnel.
+    let (status, text) = b.create("b-1");
+    assert_eq!(status, 201, "{text}");
+    let b_tunnel: CreateTunnelResponse = serde_json::from_str(&text).unwrap();
+
+    // A's credential cannot act as B.
+    let msg = refused(
+        a.register(&registration("b-1", "127.0.0.1:7666", KEY_A)),
+        403,
+        ErrorCode::Forbidden,
+    );
+    assert!(msg.contains("a-1") && msg.contains("b-1"), "{msg}");
+    refused(
+        a.heartbeat("b-1", &[b_tunnel.tunnel_id]),
+        403,
+        ErrorCode::Forbidden,
+    );
+    refused(a.create("b-1"), 403, ErrorCode::Forbidden);
+    refused(
+        a.close(b_tunnel.tunnel_id, "b-1"),
+        403,
+        ErrorCode::Forbidden,
+    );
+    let msg = refused(
+        a.close(b_tunnel.tunnel_id, "a-1"),
+        403,
+        ErrorCode::Forbidden,
+    );
+    assert!(msg.contains("another edge"), "{msg}");
+    // The shared secret no longer speaks for an edge that has its own credential.
+    let legacy = edge(stack.control.edge_secret.clone());
+    refused(
+        legacy.close(b_tunnel.tunnel_id, "b-1"),
+        403,
+        ErrorCode::Forbidden,
+    );
+    // A forged credential is unknown.
+    refused(forged.heartbeat("b-1", &[]), 401, ErrorCode::Unauthorized);
+    refused(
+        forged.register(&registration("b-1", "127.0.0.1:7666", KEY_A)),
+        401,
+        ErrorCode::Unauthorized,
+    );
+
+    // B's tunnel and announcement are untouched.
+    let (status, text) = b.heartbeat("b-1", &[b_tunnel.tunnel_id]);
+    assert_eq!(status, 200, "{text}");
+    let hb: EdgeHeartbeatResponse = serde_json::from_str(&text).unwrap();
+    assert!(hb.close.is_empty(), "{hb:?}");
+    assert_eq!(
+        psql(
+            &stack,
+            &format!(
+                "SELECT closed_at IS NULL FROM tunnels WHERE id = {}",
+                b_tunnel.tunnel_id
+            )
+        ),
+        "t"
+    );
+    assert_eq!(
+        psql(&stack, "SELECT mesh_addr FROM edges WHERE id = 'b-1'"),
+        "127.0.0.1:7002"
+    );
+
+    // Revoking A: A is refused at once and leaves B's peer list; B keeps working.
+    assert_eq!(b.peers("b-1").len(), 1);
+    let out = stack
+        .control
+        .cli(&["edge", "revoke", "a-1"])
+        .expect("edge revoke");
+    assert!(out.contains("\"revoked\":1"), "{out}");
+    refused(a.heartbeat("a-1", &[]), 401, ErrorCode::Unauthorized);
+    refused(a.create("a-1"), 401, ErrorCode::Unauthorized);
+    assert_eq!(b.peers("b-1"), Vec::<PeerEdge>::new());
+    let (status, text) = b.heartbeat("b-1", &[b_tunnel.tunnel_id]);
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = b.close(b_tunnel.tunnel_id, "b-1");
+    assert_eq!(status, 200, "{text}");
+
+    // The list shows both edges and their credential state.
+    let out = stack.control.cli(&["edge", "list"]).expect("edge list");
+    let list: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let rows = list.as_array().unwrap();
+    let row = |id: &str| rows.iter().find(|r| r["edge_id"] == id).cloned().unwrap();
+    assert_eq!(row("a-1")["revoked_credentials"], 1);
+    assert_eq!(row("a-1")["live_credentials"], serde_json::json!([]));
+    assert_eq!(row("b-1")["live_credentials"].as_array().unwrap().len(), 1);
+    assert_eq!(row("b-1")["mesh_addr"], "127.0.0.1:7002");
+    // Revoking again says there is nothing left to revoke.
+    let err = stack.control.cli(&["edge", "revoke", "a-1"]).unwrap_err();
+    assert!(err.to_string().contains("no live credential"), "{err}");
+}

@@ -1,0 +1,2 @@
+ALTER TABLE edges DROP COLUMN IF EXISTS admin_key, DROP COLUMN IF EXISTS host_key, DROP COLUMN IF EXISTS mesh_addr;
+DROP TABLE IF EXISTS edge_credentials;
