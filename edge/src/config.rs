@@ -23,10 +23,21 @@ pub struct Config {
     pub region: String,
     /// Base URL of control, e.g. `http://127.0.0.1:7080`.
     pub control_url: String,
-    /// Shared secret for edge↔control calls (both directions).
+    /// This edge's own credential for its calls to control, issued by `nearhop-control edge
+    /// issue <edge_id>`; control binds it to this edge id.
+    pub credential: String,
+    /// File holding the credential, read when `credential` is empty.
+    pub credential_file: Option<PathBuf>,
+    /// Legacy: the secret every edge shared with control, used only when no `credential` is
+    /// set. It lets any edge act as any other; issue credentials instead.
     pub edge_secret: String,
-    /// File holding the shared secret, read when `edge_secret` is empty.
+    /// File holding the legacy shared secret, read when `edge_secret` is empty.
     pub edge_secret_file: Option<PathBuf>,
+    /// Where peer edges connect to relay visitors to this edge (the mesh listener, SSH);
+    /// unset: this edge neither relays nor is relayed to.
+    pub mesh_listen: Option<SocketAddr>,
+    /// The `host:port` peer edges are told to dial; defaults to `mesh_listen`.
+    pub mesh_advertise: Option<String>,
     /// Where SSH clients connect.
     pub ssh_listen: SocketAddr,
     /// Where HTTP visitors connect.
@@ -95,6 +106,17 @@ pub struct Config {
     pub malloc_trim_threshold_bytes: usize,
 }
 
+/// Reads a secret from `file` into `value` when `value` is empty and a file is named.
+fn read_secret_file(value: &mut String, file: &Option<PathBuf>, key: &str) -> Result<()> {
+    if let (true, Some(file)) = (value.is_empty(), file) {
+        *value = std::fs::read_to_string(file)
+            .with_context(|| format!("reading {key} {}", file.display()))?
+            .trim()
+            .to_string();
+    }
+    Ok(())
+}
+
 /// Ciphers `ssh_ciphers` may name, fastest first on CPUs with AES instructions.
 pub const SUPPORTED_CIPHERS: &[russh::cipher::Name] = &[
     russh::cipher::AES_128_GCM,
@@ -150,8 +172,12 @@ impl Default for Config {
             edge_id: "us-1".into(),
             region: "us".into(),
             control_url: "http://127.0.0.1:7080".into(),
+            credential: String::new(),
+            credential_file: None,
             edge_secret: String::new(),
             edge_secret_file: None,
+            mesh_listen: None,
+            mesh_advertise: None,
             ssh_listen: ([127, 0, 0, 1], 2222).into(),
             http_listen: ([127, 0, 0, 1], 8080).into(),
             tls_listen: ([127, 0, 0, 1], 8443).into(),
@@ -199,16 +225,38 @@ impl Config {
 
     /// Fills derived defaults and refuses inconsistent settings.
     pub fn finish(&mut self) -> Result<()> {
-        if self.edge_secret.is_empty() {
-            if let Some(file) = &self.edge_secret_file {
-                self.edge_secret = std::fs::read_to_string(file)
-                    .with_context(|| format!("reading edge_secret_file {}", file.display()))?
-                    .trim()
-                    .to_string();
-            }
+        read_secret_file(
+            &mut self.credential,
+            &self.credential_file,
+            "credential_file",
+        )?;
+        read_secret_file(
+            &mut self.edge_secret,
+            &self.edge_secret_file,
+            "edge_secret_file",
+        )?;
+        if self.credential.is_empty() && self.edge_secret.is_empty() {
+            bail!(
+                "credential (or credential_file) must be set: issue one on the control host with \
+                 `nearhop-control edge issue {}`",
+                if self.edge_id.is_empty() {
+                    "<edge_id>"
+                } else {
+                    &self.edge_id
+                }
+            );
         }
-        if self.edge_secret.is_empty() {
-            bail!("edge_secret (or edge_secret_file) must be set: control and edge share it");
+        if let Some(addr) = &self.mesh_advertise {
+            nearhop_wire::mesh::check_mesh_addr(addr)
+                .map_err(|e| anyhow::anyhow!("mesh_advertise {addr:?}: {e}"))?;
+        }
+        if let Some(listen) = self.mesh_listen {
+            if self.mesh_advertise.is_none() && listen.ip().is_unspecified() {
+                bail!(
+                    "mesh_listen {listen} listens on every address; set mesh_advertise to the \
+                     host:port peer edges should dial"
+                );
+            }
         }
         if self.edge_id.is_empty() || self.region.is_empty() {
             bail!("edge_id and region must not be empty");
@@ -234,6 +282,22 @@ impl Config {
         }
         self.control_url = self.control_url.trim_end_matches('/').to_string();
         Ok(())
+    }
+
+    /// The bearer this edge sends to control: its credential, else the legacy shared secret.
+    pub fn control_bearer(&self) -> &str {
+        if self.credential.is_empty() {
+            &self.edge_secret
+        } else {
+            &self.credential
+        }
+    }
+
+    /// The mesh address announced to control, when the edge takes part in the mesh.
+    pub fn mesh_addr(&self) -> Option<String> {
+        self.mesh_advertise
+            .clone()
+            .or_else(|| self.mesh_listen.map(|a| a.to_string()))
     }
 
     /// The admin URL announced to control.
@@ -360,7 +424,10 @@ mod tests {
     fn documented_cipher_names_reach_russh_as_its_ciphers_in_the_configured_order() {
         let names = cipher_list(&DOCUMENTED.map(String::from)).expect("all documented");
         let got: Vec<&str> = names.iter().map(|n| n.as_ref()).collect();
-        assert_eq!(got, DOCUMENTED, "a documented cipher was dropped or reordered");
+        assert_eq!(
+            got, DOCUMENTED,
+            "a documented cipher was dropped or reordered"
+        );
         for name in &names {
             // russh's own lookup, over the ciphers it negotiates with.
             assert_eq!(russh::cipher::Name::try_from(name.as_ref()), Ok(*name));

@@ -5,12 +5,14 @@
 
 use crate::config::Config;
 use crate::control::client::ControlClient;
+use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::ssh::link::{lock, SessionLink};
 use crate::tunnels::{Registry, Tunnel};
 use anyhow::{Context, Result};
 use nearhop_wire::CloseTunnelRequest;
 use prometheus::IntGauge;
+use russh::keys::PrivateKey;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,30 +50,39 @@ pub struct Edge {
     pub visitor_slots: Arc<Semaphore>,
     /// The HTTPS server configuration, when a certificate is configured.
     pub https: Option<Arc<rustls::ServerConfig>>,
+    /// The other edges, and which of them holds which tunnel.
+    pub mesh: Arc<Mesh>,
+    /// The key control must present on the admin API; made at start, given to control only
+    /// (in the registration).
+    pub admin_key: String,
     sessions: Mutex<HashMap<u64, Arc<SessionLink>>>,
     next_session: AtomicU64,
 }
 
 impl Edge {
-    /// Builds the shared state.
-    pub fn new(config: Config) -> Result<Edge> {
+    /// Builds the shared state; `host_key` is the edge's identity towards clients and peers.
+    pub fn new(config: Config, host_key: Arc<PrivateKey>) -> Result<Edge> {
         let control = ControlClient::new(
             &config.control_url,
-            &config.edge_secret,
+            config.control_bearer(),
             Duration::from_millis(config.control_timeout_ms),
         )?;
         let https = match (&config.tls_cert_path, &config.tls_key_path) {
             (Some(cert), Some(key)) => Some(crate::visitor::https::server_config(cert, key)?),
             _ => None,
         };
+        let shutdown = CancellationToken::new();
+        let mesh = Arc::new(Mesh::new(&config, host_key, shutdown.child_token()));
         Ok(Edge {
+            mesh,
+            admin_key: random_key()?,
             visitor_slots: Arc::new(Semaphore::new(config.max_visitor_connections)),
             https,
             config,
             registry: Registry::default(),
             control,
             metrics: Metrics::new().context("creating metrics")?,
-            shutdown: CancellationToken::new(),
+            shutdown,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
         })
@@ -210,4 +221,12 @@ pub async fn shutdown(edge: &Arc<Edge>) {
     // Let the disconnect packets and close calls leave before the runtime stops.
     tokio::time::sleep(Duration::from_millis(300)).await;
     tracing::info!("edge stopped");
+}
+
+/// A fresh random key (hex of 32 random bytes).
+fn random_key() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    rand::RngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut bytes)
+        .context("reading randomness for the admin key")?;
+    Ok(hex::encode(bytes))
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod edge;
 pub mod io;
+pub mod mesh;
 pub mod metrics;
 pub mod options;
 pub mod run;

@@ -1,8 +1,8 @@
 //! Prometheus metrics of the edge, served on the admin port at `/metrics`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the edge exports.
@@ -28,6 +28,18 @@ pub struct Metrics {
     pub tunnels_closed_total: IntCounterVec,
     /// Visitor connections refused because the edge was at `max_visitor_connections`.
     pub visitor_connections_refused_total: IntCounter,
+    /// Visitor connections relayed, by peer edge and direction (`out`: this edge sent the
+    /// visitor to the holder; `in`: a peer sent a visitor here).
+    pub relay_connections_total: IntCounterVec,
+    /// Bytes of relayed visitor connections, by peer edge and direction (`sent` to the peer,
+    /// `received` from it).
+    pub relay_bytes_total: IntCounterVec,
+    /// Relays that failed, by cause.
+    pub relay_errors_total: IntCounterVec,
+    /// Tunnel names each peer edge holds, as its holdings feed said.
+    pub mesh_holder_names: IntGaugeVec,
+    /// Seconds since each peer's holdings feed last spoke (0 right after a change).
+    pub mesh_holder_age_seconds: GaugeVec,
 }
 
 impl Metrics {
@@ -90,6 +102,46 @@ impl Metrics {
             "nearhop_edge_visitor_connections_refused_total",
             "Visitor connections refused at the connection limit.",
         )?;
+        let relay_connections_total = IntCounterVec::new(
+            Opts::new(
+                "nearhop_edge_relay_connections_total",
+                "Visitor connections relayed between edges.",
+            ),
+            &["peer", "direction"],
+        )?;
+        let relay_bytes_total = IntCounterVec::new(
+            Opts::new(
+                "nearhop_edge_relay_bytes_total",
+                "Bytes of visitor connections relayed between edges.",
+            ),
+            &["peer", "direction"],
+        )?;
+        let relay_errors_total = IntCounterVec::new(
+            Opts::new(
+                "nearhop_edge_relay_errors_total",
+                "Relays between edges that failed or were refused.",
+            ),
+            &["cause"],
+        )?;
+        let mesh_holder_names = IntGaugeVec::new(
+            Opts::new(
+                "nearhop_edge_mesh_holder_names",
+                "Tunnel names a peer edge holds, as its holdings feed said.",
+            ),
+            &["peer"],
+        )?;
+        let mesh_holder_age_seconds = GaugeVec::new(
+            Opts::new(
+                "nearhop_edge_mesh_holder_age_seconds",
+                "Seconds since a peer edge's holdings feed last spoke.",
+            ),
+            &["peer"],
+        )?;
+        registry.register(Box::new(relay_connections_total.clone()))?;
+        registry.register(Box::new(relay_bytes_total.clone()))?;
+        registry.register(Box::new(relay_errors_total.clone()))?;
+        registry.register(Box::new(mesh_holder_names.clone()))?;
+        registry.register(Box::new(mesh_holder_age_seconds.clone()))?;
         registry.register(Box::new(tunnels_active.clone()))?;
         registry.register(Box::new(ssh_sessions_active.clone()))?;
         registry.register(Box::new(visitor_connections_total.clone()))?;
@@ -112,7 +164,26 @@ impl Metrics {
             control_errors_total,
             tunnels_closed_total,
             visitor_connections_refused_total,
+            relay_connections_total,
+            relay_bytes_total,
+            relay_errors_total,
+            mesh_holder_names,
+            mesh_holder_age_seconds,
         })
+    }
+
+    /// Sets the holder-table gauges from `(peer, names, age)` per peer (before a scrape).
+    pub fn observe_holders(&self, peers: &[(String, usize, std::time::Duration)]) {
+        self.mesh_holder_names.reset();
+        self.mesh_holder_age_seconds.reset();
+        for (peer, names, age) in peers {
+            self.mesh_holder_names
+                .with_label_values(&[peer])
+                .set(*names as i64);
+            self.mesh_holder_age_seconds
+                .with_label_values(&[peer])
+                .set(age.as_secs_f64());
+        }
     }
 
     /// The text exposition format.

@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::control::{admin_api, sync as control_sync};
 use crate::edge::{shutdown, Edge};
+use crate::mesh::listener as mesh_listener;
 use crate::ssh::{host_key, server as ssh_server};
 use crate::visitor::{http as visitor_http, tls as visitor_tls};
 use anyhow::{Context, Result};
@@ -26,7 +27,15 @@ pub async fn run(config: Config) -> Result<()> {
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding admin listener {}", config.admin_listen))?;
-    let edge = Arc::new(Edge::new(config)?);
+    let mesh = match config.mesh_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding mesh listener {addr}"))?,
+        ),
+        None => None,
+    };
+    let edge = Arc::new(Edge::new(config, Arc::new(key.clone()))?);
     tracing::info!(
         edge = %edge.config.edge_id,
         region = %edge.config.region,
@@ -34,12 +43,16 @@ pub async fn run(config: Config) -> Result<()> {
         http = %edge.config.http_listen,
         tls = %edge.config.tls_listen,
         admin = %edge.config.admin_listen,
+        mesh = ?edge.config.mesh_listen,
         "edge listening"
     );
     let ssh_task = tokio::spawn(ssh_server::serve(edge.clone(), ssh, key));
     let http_task = tokio::spawn(visitor_http::serve(edge.clone(), http));
     let tls_task = tokio::spawn(visitor_tls::serve(edge.clone(), tls));
     tokio::spawn(admin_api::serve(edge.clone(), admin));
+    if let Some(mesh) = mesh {
+        tokio::spawn(mesh_listener::serve(edge.clone(), mesh));
+    }
     tokio::spawn(control_sync::run(edge.clone()));
 
     wait_for_signal().await;

@@ -1,6 +1,7 @@
 //! Live tunnels on this edge: the map visitors are routed through (host name or custom
 //! domain → tunnel) and the map control closes by id.
 
+use crate::mesh::protocol::HoldingChange;
 use crate::options::TunnelOptions;
 use crate::ssh::link::SessionLink;
 use nearhop_wire::TunnelKind;
@@ -10,6 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 /// What the client asked to be forwarded; echoed in every `forwarded-tcpip` channel so that
@@ -117,10 +119,24 @@ impl Tunnel {
     }
 }
 
+/// How many holding changes a slow mesh peer may fall behind before it is sent a fresh
+/// snapshot instead.
+const HOLDING_CHANGES_BUFFER: usize = 4096;
+
 /// The edge's live tunnels.
-#[derive(Default)]
 pub struct Registry {
     inner: RwLock<Maps>,
+    /// Every name this edge starts or stops holding, for the mesh's holdings feeds.
+    changes: broadcast::Sender<HoldingChange>,
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry {
+            inner: RwLock::default(),
+            changes: broadcast::channel(HOLDING_CHANGES_BUFFER).0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -136,10 +152,13 @@ impl Registry {
     pub fn insert(&self, tunnel: Arc<Tunnel>) -> Option<Arc<Tunnel>> {
         let mut m = self.inner.write().unwrap_or_else(|e| e.into_inner());
         m.by_id.insert(tunnel.id, tunnel.clone());
+        let change = HoldingChange::Added(tunnel.hostname.clone(), tunnel.kind);
         let old = m.by_host.insert(tunnel.hostname.clone(), tunnel);
         if let Some(old) = &old {
             m.by_id.remove(&old.id);
         }
+        // No subscriber (no peer follows the feed) is not an error.
+        let _ = self.changes.send(change);
         old
     }
 
@@ -149,8 +168,35 @@ impl Registry {
         let was = m.by_id.remove(&tunnel.id).is_some();
         if m.by_host.get(&tunnel.hostname).map(|t| t.id) == Some(tunnel.id) {
             m.by_host.remove(&tunnel.hostname);
+            let _ = self
+                .changes
+                .send(HoldingChange::Removed(tunnel.hostname.clone()));
         }
         was
+    }
+
+    /// Follows the names this edge starts and stops holding (subscribe before taking
+    /// [`Registry::holdings`], so that nothing between the two is missed).
+    pub fn subscribe(&self) -> broadcast::Receiver<HoldingChange> {
+        self.changes.subscribe()
+    }
+
+    /// Every name this edge holds now, with its tunnel's kind.
+    pub fn holdings(&self) -> Vec<(String, TunnelKind)> {
+        let m = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        m.by_host
+            .iter()
+            .map(|(name, t)| (name.clone(), t.kind))
+            .collect()
+    }
+
+    /// The tunnel name `host` stands for: a verified custom domain's target, else `host`.
+    pub fn tunnel_name(&self, host: &str) -> String {
+        let m = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        m.custom_domains
+            .get(host)
+            .cloned()
+            .unwrap_or_else(|| host.to_string())
     }
 
     /// The tunnel serving `host` (a tunnel name or a verified custom domain), lowercase,

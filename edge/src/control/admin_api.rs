@@ -1,5 +1,7 @@
-//! The edge's admin API for control (bearer edge secret): close a tunnel, probe whether a
-//! tunnel's client is alive; plus `/metrics` and `/healthz` for operators.
+//! The edge's admin API for control: close a tunnel, probe whether a tunnel's client is
+//! alive; plus `/metrics` and `/healthz` for operators. Control authenticates with the admin
+//! key this edge made at start and gave only to control, in its registration (or, for an
+//! edge still on the legacy shared secret, with that secret).
 
 use crate::edge::Edge;
 use crate::visitor::pages::{full, ProxyBody};
@@ -51,6 +53,7 @@ async fn route(edge: &Edge, req: Request<Incoming>) -> Response<ProxyBody> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
         (&Method::GET, ["metrics"]) => {
+            edge.metrics.observe_holders(&edge.mesh.holders.peers());
             let mut resp = Response::new(full(edge.metrics.render()));
             resp.headers_mut().insert(
                 CONTENT_TYPE,
@@ -64,7 +67,7 @@ async fn route(edge: &Edge, req: Request<Incoming>) -> Response<ProxyBody> {
                 return error(
                     StatusCode::UNAUTHORIZED,
                     ErrorCode::Unauthorized,
-                    "missing or wrong edge secret",
+                    "missing or wrong admin key: only control may call this edge's admin API",
                 );
             }
             let Ok(id) = id.parse::<i64>() else {
@@ -140,14 +143,19 @@ fn authorized(edge: &Edge, req: &Request<Incoming>) -> bool {
     else {
         return false;
     };
-    let want = edge.config.edge_secret.as_bytes();
-    given.len() == want.len()
-        && given
-            .as_bytes()
-            .iter()
-            .zip(want)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    let same = |want: &str| {
+        given.len() == want.len()
+            && given
+                .as_bytes()
+                .iter()
+                .zip(want.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    };
+    same(&edge.admin_key)
+        || (edge.config.credential.is_empty()
+            && !edge.config.edge_secret.is_empty()
+            && same(&edge.config.edge_secret))
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<ProxyBody> {

@@ -3,7 +3,7 @@
 
 use nearhop_wire::{
     ApiError, CloseTunnelRequest, CreateTunnelRequest, CreateTunnelResponse, EdgeHeartbeatRequest,
-    EdgeHeartbeatResponse, EdgeRoutes, ErrorCode, RegisterEdgeRequest, RegisterEdgeResponse,
+    EdgeHeartbeatResponse, EdgeRegistration, EdgeRoutes, ErrorCode, RegisterEdgeResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -112,7 +112,7 @@ impl ControlClient {
     /// `POST /v1/edges/register`.
     pub async fn register(
         &self,
-        req: &RegisterEdgeRequest,
+        req: &EdgeRegistration,
     ) -> Result<RegisterEdgeResponse, ControlError> {
         self.post("/v1/edges/register", req).await
     }

@@ -2,7 +2,7 @@
 //! down), batched lease heartbeats for every tunnel, and the custom-domain routes.
 
 use crate::edge::Edge;
-use nearhop_wire::{EdgeHeartbeatRequest, ErrorCode, RegisterEdgeRequest};
+use nearhop_wire::{EdgeHeartbeatRequest, EdgeRegistration, ErrorCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ pub async fn run(edge: Arc<Edge>) {
         };
         match edge.control.heartbeat(&edge.config.edge_id, &req).await {
             Ok(resp) => {
+                apply_peers(&edge, &resp.peers);
                 for close in resp.close {
                     if let Some(tunnel) = edge.registry.by_id(close.tunnel_id) {
                         edge.close_tunnel(&tunnel, &close.reason, Some(&close.message), false)
@@ -56,11 +57,25 @@ pub async fn run(edge: Arc<Edge>) {
 }
 
 /// Registers with control, retrying with backoff; `None` when the edge shuts down first.
-async fn register(edge: &Edge) -> Option<Duration> {
-    let req = RegisterEdgeRequest {
+async fn register(edge: &Arc<Edge>) -> Option<Duration> {
+    let mesh_addr = edge.config.mesh_addr();
+    let host_key = match mesh_addr {
+        Some(_) => match edge.mesh.key.public_key().to_openssh() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::error!(error = %e, "encoding the host key for the mesh; this edge stays out of it");
+                None
+            }
+        },
+        None => None,
+    };
+    let req = EdgeRegistration {
         edge_id: edge.config.edge_id.clone(),
         region: edge.config.region.clone(),
         admin_url: edge.config.admin_url(),
+        mesh_addr: host_key.as_ref().and(mesh_addr),
+        host_key,
+        admin_key: Some(edge.admin_key.clone()),
     };
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -68,8 +83,10 @@ async fn register(edge: &Edge) -> Option<Duration> {
             Ok(resp) => {
                 tracing::info!(
                     heartbeat_seconds = resp.heartbeat_seconds,
+                    peers = resp.peers.len(),
                     "registered with control"
                 );
+                apply_peers(edge, &resp.peers);
                 for id in resp.closed_tunnels {
                     if let Some(tunnel) = edge.registry.by_id(id) {
                         edge.close_tunnel(&tunnel, "lease_expired", Some("control closed this tunnel while the edge was away; reconnect to get it back."), false)
@@ -96,6 +113,18 @@ async fn register(edge: &Edge) -> Option<Duration> {
             _ = edge.shutdown.cancelled() => return None,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Takes control's list of peer edges: links to new peers start, links to peers that left
+/// stop. An edge outside the mesh (no `mesh_listen`) links to no one.
+fn apply_peers(edge: &Arc<Edge>, peers: &[nearhop_wire::PeerEdge]) {
+    if edge.config.mesh_addr().is_none() {
+        return;
+    }
+    for link in edge.mesh.set_peers(peers) {
+        tracing::info!(peer = %link.id, addr = %link.addr, "linking to peer edge");
+        tokio::spawn(link.run(edge.mesh.clone()));
     }
 }
 

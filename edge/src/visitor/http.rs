@@ -1,18 +1,21 @@
 //! The HTTP visitor listener: routes each request by `Host` (`visitor::routing`), runs the
 //! request phases, and proxies it over one `forwarded-tcpip` channel per visitor connection
-//! (kept for the connection's next requests). Bodies stream both ways; upgrades (WebSocket)
-//! become a byte splice with no idle cut.
+//! (kept for the connection's next requests). A request for a tunnel another edge holds is
+//! relayed there the same way, over a mesh channel to that edge. Bodies stream both ways;
+//! upgrades (WebSocket) become a byte splice with no idle cut.
 
 use crate::accept;
 use crate::edge::Edge;
 use crate::io::counting::CountingStream;
 use crate::io::read_buffer::{Coalescing, Prefixed};
+use crate::mesh::links::PeerLink;
+use crate::mesh::protocol::RelayListener;
 use crate::ssh::messages;
 use crate::tunnels::Tunnel;
 use crate::visitor::first_request;
 use crate::visitor::http_phases::{self, RequestCtx};
 use crate::visitor::pages::{self, ProxyBody};
-use crate::visitor::routing::{self, Listener, Refusal, Route};
+use crate::visitor::routing::{self, Arrival, Listener, Refusal, Route};
 use crate::visitor::splice::splice;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -63,18 +66,51 @@ struct VisitorConn {
     edge: Arc<Edge>,
     peer: SocketAddr,
     scheme: &'static str,
+    arrival: Arrival,
     upstream: Mutex<Option<Upstream>>,
 }
 
+/// Where a request goes: through a tunnel of this edge, or to the peer edge holding it.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Tunnel(&'a Arc<Tunnel>),
+    Peer(&'a Arc<PeerLink>),
+}
+
+/// The upstream a request was sent on, kept for the connection's next request to the same
+/// place.
+#[derive(PartialEq, Eq)]
+enum UpstreamKey {
+    Tunnel(i64),
+    Peer(String),
+}
+
+impl Target<'_> {
+    fn key(&self) -> UpstreamKey {
+        match self {
+            Target::Tunnel(t) => UpstreamKey::Tunnel(t.id),
+            Target::Peer(p) => UpstreamKey::Peer(p.id.clone()),
+        }
+    }
+
+    /// Whether an upstream to this target may still carry requests.
+    fn is_live(&self) -> bool {
+        match self {
+            Target::Tunnel(t) => !t.is_closed(),
+            Target::Peer(p) => !p.stop.is_cancelled(),
+        }
+    }
+}
+
 struct Upstream {
-    tunnel_id: i64,
+    key: UpstreamKey,
     sender: SendRequest<Incoming>,
 }
 
 async fn serve_connection(edge: &Arc<Edge>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + head_timeout(edge);
-    serve_stream(edge, stream, peer, "http", deadline).await;
+    serve_stream(edge, stream, peer, "http", deadline, Arrival::Direct).await;
 }
 
 /// Time a visitor has from connecting to a complete first request head (slowloris bound).
@@ -85,12 +121,14 @@ pub fn head_timeout(edge: &Edge) -> Duration {
 /// Serves a visitor connection that speaks HTTP/1.1 on `stream`: a plain one (`scheme`
 /// `http`) or one whose TLS the edge terminated (`https`). The first request head must be
 /// complete by `deadline` (counted from the connection's accept, TLS handshake included).
+/// `peer` is the visitor's address, also when a peer edge relayed the connection here.
 pub async fn serve_stream<S>(
     edge: &Arc<Edge>,
     mut stream: S,
     peer: SocketAddr,
     scheme: &'static str,
     deadline: Instant,
+    arrival: Arrival,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -117,7 +155,7 @@ pub async fn serve_stream<S>(
     };
     if let Some(host) = first.host.as_deref() {
         // Any other route is hyper's: each request, the first included, is routed below.
-        if let Route::Splice(tunnel) = routing::route(edge, Listener::Http, host, peer) {
+        if let Route::Splice(tunnel) = routing::route(edge, Listener::Http, host, peer, arrival) {
             splice(edge, &tunnel, stream, peer, first.bytes).await;
             return;
         }
@@ -131,6 +169,7 @@ pub async fn serve_stream<S>(
         edge: edge.clone(),
         peer,
         scheme,
+        arrival,
         upstream: Mutex::new(None),
     });
     let service = service_fn(move |req| {
@@ -161,7 +200,8 @@ impl VisitorConn {
         let Some(host) = request_host(&req) else {
             return self.count(pages::bad_request("The request names no host."), "edge");
         };
-        let resp = match routing::route(&self.edge, Listener::Http, &host, self.peer) {
+        let route = routing::route(&self.edge, Listener::Http, &host, self.peer, self.arrival);
+        let resp = match route {
             // A tunnel that takes connections whole gets them only from their first request
             // (see `serve_stream`); a later request on a kept-alive connection is proxied.
             Route::Proxy(tunnel) | Route::Splice(tunnel) => {
@@ -175,8 +215,15 @@ impl VisitorConn {
                 };
                 match http_phases::run(&ctx, &mut req) {
                     Some(answer) => answer,
-                    None => return self.count(self.forward(&tunnel, req).await, "tunnel"),
+                    None => {
+                        let resp = self.forward(Target::Tunnel(&tunnel), req).await;
+                        return self.count(resp, "tunnel");
+                    }
                 }
+            }
+            // The holder runs the phases with the tunnel's options for the real visitor.
+            Route::Relay(link) => {
+                return self.count(self.forward(Target::Peer(&link), req).await, "relay")
             }
             Route::Refuse(Refusal::Forbidden) => pages::forbidden(),
             Route::Refuse(Refusal::WrongListener(tunnel)) => self.wrong_listener(&host, &tunnel),
@@ -215,37 +262,44 @@ impl VisitorConn {
         resp
     }
 
-    /// Sends the request to the tunnel's client and streams the answer back.
-    async fn forward(
-        &self,
-        tunnel: &Arc<Tunnel>,
-        mut req: Request<Incoming>,
-    ) -> Response<ProxyBody> {
+    /// Sends the request to the tunnel's client, or to the peer edge holding the tunnel,
+    /// and streams the answer back.
+    async fn forward(&self, target: Target<'_>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let unreachable = || match target {
+            Target::Tunnel(_) => pages::client_unreachable(),
+            Target::Peer(_) => pages::holder_unreachable(),
+        };
         let visitor_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let mut slot = self.upstream.lock().await;
+        let key = target.key();
         let reusable = match slot.as_mut() {
-            Some(up) if up.tunnel_id == tunnel.id && !tunnel.is_closed() => {
-                up.sender.ready().await.is_ok()
-            }
+            Some(up) if up.key == key && target.is_live() => up.sender.ready().await.is_ok(),
             _ => false,
         };
         if !reusable {
             *slot = None;
-            match self.connect(tunnel).await {
+            let connected = match target {
+                Target::Tunnel(tunnel) => self.connect(tunnel).await,
+                Target::Peer(link) => self.connect_peer(link).await,
+            };
+            match connected {
                 Some(up) => *slot = Some(up),
-                None => return pages::client_unreachable(),
+                None => return unreachable(),
             }
         }
         let Some(up) = slot.as_mut() else {
-            return pages::client_unreachable();
+            return unreachable();
         };
         let sent = up.sender.send_request(req).await;
         let mut resp = match sent {
             Ok(r) => r,
             Err(e) => {
-                tracing::debug!(error = %e, tunnel = tunnel.id, "tunnel request failed");
+                tracing::debug!(error = %e, "request through the tunnel or relay failed");
+                if let Target::Peer(_) = target {
+                    self.relay_error("request_failed");
+                }
                 *slot = None;
-                return pages::client_unreachable();
+                return unreachable();
             }
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -269,27 +323,74 @@ impl VisitorConn {
                 return None;
             }
         };
-        let io = TokioIo::new(Coalescing::new(channel.into_stream()));
-        let (sender, conn) = match hyper::client::conn::http1::Builder::new()
-            .handshake::<_, Incoming>(io)
-            .await
-        {
-            Ok(pair) => pair,
+        let io = Coalescing::new(channel.into_stream());
+        Some(Upstream {
+            key: UpstreamKey::Tunnel(tunnel.id),
+            sender: http_over(io).await?,
+        })
+    }
+
+    /// Opens a relay channel to the peer edge holding the tunnel, with the visitor as
+    /// originator, and speaks HTTP/1.1 over it.
+    async fn connect_peer(&self, link: &Arc<PeerLink>) -> Option<Upstream> {
+        let listener = match self.scheme {
+            "https" => RelayListener::Https,
+            _ => RelayListener::Http,
+        };
+        let channel = match link.open_relay(listener, self.peer).await {
+            Ok(c) => c,
             Err(e) => {
-                tracing::debug!(error = %e, "HTTP handshake over the channel failed");
+                tracing::warn!(error = %e, "relaying a visitor to the holder edge failed");
+                self.relay_error(e.cause());
                 return None;
             }
         };
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "tunnel-side HTTP connection ended");
-            }
-        });
+        let m = &self.edge.metrics;
+        m.relay_connections_total
+            .with_label_values(&[&link.id, "out"])
+            .inc();
+        let io = CountingStream::new(
+            Coalescing::new(channel),
+            m.relay_bytes_total
+                .with_label_values(&[&link.id, "received"]),
+            m.relay_bytes_total.with_label_values(&[&link.id, "sent"]),
+        );
         Some(Upstream {
-            tunnel_id: tunnel.id,
-            sender,
+            key: UpstreamKey::Peer(link.id.clone()),
+            sender: http_over(io).await?,
         })
     }
+
+    fn relay_error(&self, cause: &str) {
+        self.edge
+            .metrics
+            .relay_errors_total
+            .with_label_values(&[cause])
+            .inc();
+    }
+}
+
+/// An HTTP/1.1 client connection over `io` (a channel), driven by its own task.
+async fn http_over<S>(io: S) -> Option<SendRequest<Incoming>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = match hyper::client::conn::http1::Builder::new()
+        .handshake::<_, Incoming>(TokioIo::new(io))
+        .await
+    {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "HTTP handshake over the channel failed");
+            return None;
+        }
+    };
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "tunnel-side HTTP connection ended");
+        }
+    });
+    Some(sender)
 }
 
 async fn splice_upgraded(visitor: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
@@ -362,7 +463,10 @@ mod tests {
             edge_secret: "s".into(),
             ..Default::default()
         };
-        let edge = Arc::new(Edge::new(config).expect("edge"));
+        let key = russh::keys::PrivateKey::from(
+            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[1; 32]),
+        );
+        let edge = Arc::new(Edge::new(config, Arc::new(key)).expect("edge"));
         let tunnel = Arc::new(Tunnel::new(
             3,
             "db.a.tunnel.test".into(),
@@ -384,6 +488,7 @@ mod tests {
             edge,
             peer: "192.0.2.1:5000".parse().expect("addr"),
             scheme,
+            arrival: Arrival::Direct,
             upstream: Mutex::new(None),
         };
         (conn, tunnel)

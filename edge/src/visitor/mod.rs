@@ -12,3 +12,32 @@ pub mod routing;
 pub mod splice;
 pub mod tcp;
 pub mod tls;
+
+use crate::edge::Edge;
+use crate::mesh::protocol::RelayListener;
+use routing::Arrival;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Serves a visitor connection a peer edge relayed here, as if the visitor (`visitor`, its
+/// own address) had come to this edge's `listener`. It is never relayed again.
+pub async fn serve_relayed<S>(
+    edge: &Arc<Edge>,
+    stream: S,
+    listener: RelayListener,
+    visitor: SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let deadline = tokio::time::Instant::now() + http::head_timeout(edge);
+    match listener {
+        RelayListener::Http => {
+            http::serve_stream(edge, stream, visitor, "http", deadline, Arrival::Relayed).await
+        }
+        RelayListener::Https => {
+            http::serve_stream(edge, stream, visitor, "https", deadline, Arrival::Relayed).await
+        }
+        RelayListener::Tls => tls::carry(edge, stream, visitor, Arrival::Relayed).await,
+    }
+}

@@ -82,6 +82,15 @@ pub fn client_unreachable() -> Response<ProxyBody> {
     )
 }
 
+/// 502 when the edge holding the tunnel could not be reached over the mesh.
+pub fn holder_unreachable() -> Response<ProxyBody> {
+    page(
+        StatusCode::BAD_GATEWAY,
+        "Tunnel edge not answering",
+        "The tunnel is up on another nearhop edge, but this edge could not reach it just now. Try again in a moment.",
+    )
+}
+
 /// 403 for a visitor outside the allowlist.
 pub fn forbidden() -> Response<ProxyBody> {
     page(

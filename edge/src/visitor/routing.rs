@@ -3,11 +3,12 @@
 //! tunnel's kind and its allowlist (`w:`) are decided here and nowhere else; the listeners
 //! act on the `Route` and never look at the registry, a kind or an allowlist themselves.
 //!
-//! A name held by another edge will be one more `Route` variant (the relay, one hop to the
-//! holder, which then applies the tunnel's rules to the real visitor): [`route`] is where
-//! the lookup misses locally, and the listeners keep acting on what it answers.
+//! A name held by another edge of the mesh is relayed there ([`Route::Relay`]), one hop: the
+//! holder applies the tunnel's rules to the real visitor, and a visitor that arrived by
+//! relay is never relayed again.
 
 use crate::edge::Edge;
+use crate::mesh::links::PeerLink;
 use crate::tunnels::Tunnel;
 use nearhop_wire::TunnelKind;
 use std::net::{IpAddr, SocketAddr};
@@ -35,6 +36,15 @@ impl Listener {
     }
 }
 
+/// How a visitor reached this edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Straight from the visitor (or a balancer in front of the edge).
+    Direct,
+    /// Relayed by a peer edge; never relayed again.
+    Relayed,
+}
+
 /// Where a visitor goes.
 #[derive(Clone)]
 pub enum Route {
@@ -48,6 +58,9 @@ pub enum Route {
     /// the edge completes the handshake and routes each request inside on the HTTP
     /// listener's terms (so unknown names get the 404 page over HTTPS).
     Terminate,
+    /// Another edge holds the tunnel: carry the visitor there over the mesh (per request
+    /// for HTTP, the whole connection for TLS passthrough).
+    Relay(Arc<PeerLink>),
     /// The edge answers itself and the visitor goes no further.
     Refuse(Refusal),
 }
@@ -66,13 +79,39 @@ pub enum Refusal {
 }
 
 /// Routes a visitor who asked `listener` for `host` (lowercase, without port).
-pub fn route(edge: &Edge, listener: Listener, host: &str, visitor: SocketAddr) -> Route {
+pub fn route(
+    edge: &Edge,
+    listener: Listener,
+    host: &str,
+    visitor: SocketAddr,
+    arrival: Arrival,
+) -> Route {
+    let https = edge.https.is_some();
     let found = edge.registry.route(host);
     if found.is_some() {
         // The visitor's span names the tunnel from here on (see `visitor::span`).
         tracing::Span::current().record("tunnel", host);
+    } else if arrival == Arrival::Direct {
+        let name = edge.registry.tunnel_name(host);
+        if let Some((link, kind)) = edge.mesh.holder_of(&name) {
+            let span = tracing::Span::current();
+            span.record("tunnel", host);
+            span.record("relay_to", link.id.as_str());
+            return relay(listener, link, kind, https);
+        }
     }
-    decide(listener, found, visitor.ip(), edge.https.is_some())
+    decide(listener, found, visitor.ip(), https)
+}
+
+/// The route to a tunnel of `kind` that the peer behind `link` holds. Everything goes to
+/// the holder, which decides as if the visitor had come to it, except a non-`tls` name on
+/// the TLS listener of an edge with a certificate: that edge terminates the TLS itself and
+/// relays each request inside (so the holder needs no certificate, and sees plain HTTP).
+pub fn relay(listener: Listener, link: Arc<PeerLink>, kind: TunnelKind, https: bool) -> Route {
+    match listener {
+        Listener::Tls if https && kind != TunnelKind::Tls => Route::Terminate,
+        _ => Route::Relay(link),
+    }
 }
 
 /// Routes a visitor of a `tcp` tunnel's own public port: the port names the tunnel.
@@ -121,7 +160,8 @@ pub fn span(listener: Listener, peer: SocketAddr) -> tracing::Span {
         "visitor",
         listener = listener.as_str(),
         %peer,
-        tunnel = tracing::field::Empty
+        tunnel = tracing::field::Empty,
+        relay_to = tracing::field::Empty
     )
 }
 
@@ -159,6 +199,7 @@ mod tests {
             Route::Splice(_) => "splice",
             Route::Proxy(_) => "proxy",
             Route::Terminate => "terminate",
+            Route::Relay(_) => "relay",
             Route::Refuse(Refusal::Unknown) => "unknown",
             Route::Refuse(Refusal::Forbidden) => "forbidden",
             Route::Refuse(Refusal::WrongListener(_)) => "wrong listener",
@@ -231,6 +272,41 @@ mod tests {
             "forbidden"
         );
         assert_eq!(said(&decide(Tls, Some(raw), inside, true)), "terminate");
+    }
+
+    #[test]
+    fn names_held_by_a_peer_are_relayed_except_https_this_edge_can_terminate() {
+        let key = russh::keys::PrivateKey::from(
+            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[7; 32]),
+        );
+        let link = Arc::new(PeerLink::new(
+            "eu-1".into(),
+            "127.0.0.2:2223".into(),
+            key.public_key().clone(),
+            Default::default(),
+        ));
+        // (listener, certificate?, the peer's tunnel kind) → what happens here.
+        let table = [
+            (Http, false, HttpT, "relay"),
+            (Http, true, HttpT, "relay"),
+            // The holder answers with its page for a tls or tcp name over HTTP.
+            (Http, false, TlsT, "relay"),
+            (Http, false, TcpT, "relay"),
+            // A tls tunnel's bytes go to the holder undecrypted.
+            (Tls, false, TlsT, "relay"),
+            (Tls, true, TlsT, "relay"),
+            // HTTPS: this edge terminates and relays the requests inside.
+            (Tls, true, HttpT, "terminate"),
+            // Without a certificate here the holder may have one: its TLS is relayed.
+            (Tls, false, HttpT, "relay"),
+        ];
+        for (listener, https, kind, want) in table {
+            let got = relay(listener, link.clone(), kind, https);
+            assert_eq!(said(&got), want, "{listener:?} https={https} {kind:?}");
+            if let Route::Relay(to) = got {
+                assert!(Arc::ptr_eq(&to, &link));
+            }
+        }
     }
 
     #[test]

@@ -5,18 +5,21 @@
 //! certificate (`tls_cert_path`): the edge terminates TLS and serves HTTP inside.
 
 use crate::accept;
-use crate::edge::{Edge, VisitorSlot};
+use crate::edge::Edge;
+use crate::io::counting::CountingStream;
 use crate::io::read_buffer::Prefixed;
+use crate::mesh::links::PeerLink;
+use crate::mesh::protocol::RelayListener;
 use crate::visitor::client_hello::{self, Parsed};
 use crate::visitor::http as visitor_http;
-use crate::visitor::routing::{self, Listener, Refusal, Route};
+use crate::visitor::routing::{self, Arrival, Listener, Refusal, Route};
 use crate::visitor::splice::splice;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -98,18 +101,31 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
         |stream, peer| {
             if let Some(slot) = edge.visitor_slot(Listener::Tls.as_str()) {
                 let span = routing::span(Listener::Tls, peer);
-                tokio::spawn(carry(edge.clone(), stream, peer, slot).instrument(span));
+                let edge = edge.clone();
+                tokio::spawn(
+                    async move {
+                        let _ = stream.set_nodelay(true);
+                        carry(&edge, stream, peer, Arrival::Direct).await;
+                        drop(slot);
+                    }
+                    .instrument(span),
+                );
             }
         },
     )
     .await;
 }
 
-async fn carry(edge: Arc<Edge>, mut stream: TcpStream, peer: SocketAddr, _slot: VisitorSlot) {
-    let _ = stream.set_nodelay(true);
+/// Serves one connection on the TLS port's terms: `stream` from the visitor `peer`, accepted
+/// here or relayed by a peer edge.
+pub async fn carry<S>(edge: &Arc<Edge>, mut stream: S, peer: SocketAddr, arrival: Arrival)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // One deadline for the ClientHello, the handshake and the first request head.
-    let deadline = Instant::now() + visitor_http::head_timeout(&edge);
+    let deadline = Instant::now() + visitor_http::head_timeout(edge);
     let reading = tokio::time::timeout_at(deadline, read_client_hello(&mut stream));
+    let edge = edge.clone();
     let hello = tokio::select! {
         r = reading => Some(r),
         // A connection still saying hello does not hold up the drain.
@@ -125,14 +141,17 @@ async fn carry(edge: Arc<Edge>, mut stream: TcpStream, peer: SocketAddr, _slot: 
         }
         Some(Ok(Err(e))) => tracing::debug!(%peer, error = %e, "TLS visitor not routed"),
         Some(Ok(Ok(hello))) => {
-            match routing::route(&edge, Listener::Tls, &hello.server_name, peer) {
+            match routing::route(&edge, Listener::Tls, &hello.server_name, peer, arrival) {
                 Route::Splice(tunnel) => splice(&edge, &tunnel, stream, peer, hello.bytes).await,
+                // Another edge holds the tls tunnel: its bytes go there undecrypted.
+                Route::Relay(link) => relay_whole(&edge, &link, stream, peer, hello.bytes).await,
                 // The handshake reads the ClientHello again from the bytes put back, and the
                 // HTTP listener's code serves what is inside (404 page for unknown names
                 // included). The route says so only when a certificate is configured.
                 Route::Terminate => match &edge.https {
                     Some(https) => {
-                        terminate(&edge, https.clone(), stream, peer, hello.bytes, deadline).await
+                        let https = https.clone();
+                        terminate(&edge, https, stream, peer, hello.bytes, deadline, arrival).await
                     }
                     None => unrecognized_name(&mut stream, &hello.server_name).await,
                 },
@@ -150,28 +169,78 @@ async fn carry(edge: Arc<Edge>, mut stream: TcpStream, peer: SocketAddr, _slot: 
     }
 }
 
+/// Carries a TLS connection whole to the peer edge that holds its `tls` tunnel, the bytes
+/// read to route it first.
+async fn relay_whole<S>(
+    edge: &Edge,
+    link: &PeerLink,
+    stream: S,
+    peer: SocketAddr,
+    already_read: Vec<u8>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let m = &edge.metrics;
+    let mut upstream = match link.open_relay(RelayListener::Tls, peer).await {
+        Ok(channel) => CountingStream::new(
+            channel,
+            m.relay_bytes_total
+                .with_label_values(&[&link.id, "received"]),
+            m.relay_bytes_total.with_label_values(&[&link.id, "sent"]),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "relaying a TLS visitor to the holder edge failed");
+            m.relay_errors_total.with_label_values(&[e.cause()]).inc();
+            return;
+        }
+    };
+    m.relay_connections_total
+        .with_label_values(&[&link.id, "out"])
+        .inc();
+    let bytes_in = m.visitor_bytes_total.with_label_values(&["in"]);
+    bytes_in.inc_by(already_read.len() as u64);
+    let mut visitor = CountingStream::new(
+        stream,
+        bytes_in,
+        m.visitor_bytes_total.with_label_values(&["out"]),
+    );
+    if let Err(e) = upstream.write_all(&already_read).await {
+        tracing::debug!(error = %e, "relay channel closed at once");
+        return;
+    }
+    drop(already_read);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut visitor, &mut upstream).await {
+        tracing::debug!(error = %e, "relayed TLS connection ended");
+    }
+}
+
 /// Tells the visitor this edge has no such name (curl: "tlsv1 unrecognized name").
-async fn unrecognized_name(stream: &mut TcpStream, name: &str) {
+async fn unrecognized_name<S: AsyncWrite + Unpin>(stream: &mut S, name: &str) {
     tracing::debug!(name, "no TLS tunnel by that name");
     let _ = stream.write_all(&UNRECOGNIZED_NAME_ALERT).await;
 }
 
 /// Completes the TLS handshake with the configured certificate and serves HTTP inside.
-async fn terminate(
+async fn terminate<S>(
     edge: &Arc<Edge>,
     config: Arc<rustls::ServerConfig>,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     hello: Vec<u8>,
     deadline: Instant,
-) {
+    arrival: Arrival,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let handshake = tokio_rustls::TlsAcceptor::from(config).accept(Prefixed::new(hello, stream));
     let done = tokio::select! {
         r = tokio::time::timeout_at(deadline, handshake) => r,
         _ = edge.shutdown.cancelled() => return,
     };
     match done {
-        Ok(Ok(tls)) => visitor_http::serve_stream(edge, tls, peer, "https", deadline).await,
+        Ok(Ok(tls)) => {
+            visitor_http::serve_stream(edge, tls, peer, "https", deadline, arrival).await
+        }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake with a visitor failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake with a visitor took too long"),
     }

@@ -1,0 +1,170 @@
+//! The holder table: which peer edge holds each live tunnel name, as the peers' holdings
+//! feeds said. Visitors are routed with it without asking control, so it keeps working
+//! while control and the primary are down.
+
+use super::protocol::HoldingChange;
+use nearhop_wire::TunnelKind;
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+/// Tunnel name → the peer edge that holds it, and the tunnel's kind.
+#[derive(Default)]
+pub struct HolderTable {
+    inner: RwLock<Tables>,
+}
+
+#[derive(Default)]
+struct Tables {
+    by_name: HashMap<String, Holder>,
+    /// Per peer: the names it holds and when its feed last spoke.
+    by_peer: HashMap<String, PeerHoldings>,
+}
+
+/// Where a name is held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The peer edge's id.
+    pub peer: String,
+    /// The tunnel's kind.
+    pub kind: TunnelKind,
+}
+
+struct PeerHoldings {
+    names: std::collections::HashSet<String>,
+    updated: Instant,
+}
+
+impl HolderTable {
+    /// Applies one line of `peer`'s feed.
+    pub fn apply(&self, peer: &str, change: HoldingChange) {
+        let mut t = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let Tables { by_name, by_peer } = &mut *t;
+        let held = by_peer
+            .entry(peer.to_string())
+            .or_insert_with(|| PeerHoldings {
+                names: Default::default(),
+                updated: Instant::now(),
+            });
+        held.updated = Instant::now();
+        match change {
+            HoldingChange::Added(name, kind) => {
+                // A name moves between edges on a takeover; the newest announcement wins,
+                // and the old holder's later "removed" does not undo it (below).
+                let holder = Holder {
+                    peer: peer.to_string(),
+                    kind,
+                };
+                if let Some(previous) = by_name.insert(name.clone(), holder) {
+                    if previous.peer != peer {
+                        if let Some(p) = by_peer.get_mut(&previous.peer) {
+                            p.names.remove(&name);
+                        }
+                    }
+                }
+                if let Some(held) = by_peer.get_mut(peer) {
+                    held.names.insert(name);
+                }
+            }
+            HoldingChange::Removed(name) => {
+                held.names.remove(&name);
+                if by_name.get(&name).is_some_and(|h| h.peer == peer) {
+                    by_name.remove(&name);
+                }
+            }
+            HoldingChange::Reset => {
+                for name in std::mem::take(&mut held.names) {
+                    if by_name.get(&name).is_some_and(|h| h.peer == peer) {
+                        by_name.remove(&name);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets everything `peer` said (its feed ended, or it left the mesh).
+    pub fn forget_peer(&self, peer: &str) {
+        let mut t = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = t.by_peer.remove(peer) {
+            for name in held.names {
+                if t.by_name.get(&name).is_some_and(|h| h.peer == peer) {
+                    t.by_name.remove(&name);
+                }
+            }
+        }
+    }
+
+    /// The peer that holds `name`, if any peer said so.
+    pub fn holder(&self, name: &str) -> Option<Holder> {
+        let t = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        t.by_name.get(name).cloned()
+    }
+
+    /// Number of names held by peers.
+    pub fn len(&self) -> usize {
+        let t = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        t.by_name.len()
+    }
+
+    /// Whether no peer holds any name.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Per peer: how many names it holds and how long ago its feed last spoke.
+    pub fn peers(&self) -> Vec<(String, usize, Duration)> {
+        let t = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        t.by_peer
+            .iter()
+            .map(|(p, h)| (p.clone(), h.names.len(), h.updated.elapsed()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(n: &str) -> HoldingChange {
+        HoldingChange::Added(n.into(), TunnelKind::Http)
+    }
+
+    fn peer_of(t: &HolderTable, n: &str) -> Option<String> {
+        t.holder(n).map(|h| h.peer)
+    }
+
+    #[test]
+    fn a_name_is_found_at_the_peer_that_announced_it_until_removed() {
+        let t = HolderTable::default();
+        t.apply("eu-1", add("blog.a.test"));
+        assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("eu-1"));
+        t.apply("eu-1", HoldingChange::Removed("blog.a.test".into()));
+        assert_eq!(peer_of(&t, "blog.a.test"), None);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_takeover_moves_the_name_and_the_old_holders_removal_keeps_the_new() {
+        let t = HolderTable::default();
+        t.apply("eu-1", add("blog.a.test"));
+        t.apply("ap-1", add("blog.a.test"));
+        t.apply("eu-1", HoldingChange::Removed("blog.a.test".into()));
+        assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("ap-1"));
+        t.forget_peer("eu-1");
+        assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("ap-1"));
+    }
+
+    #[test]
+    fn reset_and_forget_drop_only_that_peers_names() {
+        let t = HolderTable::default();
+        t.apply("eu-1", add("a.a.test"));
+        t.apply("eu-1", add("b.a.test"));
+        t.apply("ap-1", add("c.a.test"));
+        t.apply("eu-1", HoldingChange::Reset);
+        assert_eq!(peer_of(&t, "a.a.test"), None);
+        assert_eq!(peer_of(&t, "c.a.test").as_deref(), Some("ap-1"));
+        t.forget_peer("ap-1");
+        assert!(t.is_empty());
+        assert_eq!(t.peers().len(), 1, "eu-1 still has a (now empty) feed");
+    }
+}

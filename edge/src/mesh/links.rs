@@ -1,0 +1,247 @@
+//! This edge's outbound connection to one peer edge: it checks the peer's host key against
+//! the one control registered, authenticates with this edge's own host key, subscribes to
+//! the peer's holdings feed, and opens one channel per relayed visitor connection. It
+//! reconnects with backoff until the peer leaves the mesh.
+
+use super::protocol::{HoldingChange, RelayListener, HOLDINGS_COMMAND, MAX_LINE};
+use super::Mesh;
+use crate::config::Config;
+use russh::client::{self, Handle};
+use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::ChannelStream;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Time a peer has to accept the TCP connection and finish the SSH handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a relay could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// No connection to the peer right now.
+    #[error("no connection to peer edge {0}")]
+    NotConnected(String),
+    /// The peer refused or failed the channel.
+    #[error("peer edge {peer} refused the relay channel: {source}")]
+    Refused {
+        /// The peer.
+        peer: String,
+        /// What russh said.
+        #[source]
+        source: russh::Error,
+    },
+}
+
+impl RelayError {
+    /// A short cause for the relay error metric.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            RelayError::NotConnected(_) => "peer_unreachable",
+            RelayError::Refused { .. } => "channel_refused",
+        }
+    }
+}
+
+/// One peer edge as this edge reaches it.
+pub struct PeerLink {
+    /// The peer's edge id.
+    pub id: String,
+    /// Where its mesh listener is.
+    pub addr: String,
+    /// Its host key, as registered with control.
+    pub host_key: PublicKey,
+    handle: RwLock<Option<Arc<Handle<PeerClient>>>>,
+    /// Cancelled when the peer leaves the mesh or the edge stops.
+    pub stop: CancellationToken,
+}
+
+impl PeerLink {
+    /// A link that is not connected yet (see [`PeerLink::run`]).
+    pub fn new(id: String, addr: String, host_key: PublicKey, stop: CancellationToken) -> PeerLink {
+        PeerLink {
+            id,
+            addr,
+            host_key,
+            handle: RwLock::new(None),
+            stop,
+        }
+    }
+
+    /// Opens a channel to the peer for a visitor that arrived on `listener` from `visitor`.
+    pub async fn open_relay(
+        &self,
+        listener: RelayListener,
+        visitor: SocketAddr,
+    ) -> Result<ChannelStream<client::Msg>, RelayError> {
+        let handle = self
+            .handle
+            .read()
+            .await
+            .clone()
+            .ok_or_else(|| RelayError::NotConnected(self.id.clone()))?;
+        let channel = handle
+            .channel_open_direct_tcpip(
+                listener.channel_target(),
+                0,
+                visitor.ip().to_string(),
+                u32::from(visitor.port()),
+            )
+            .await
+            .map_err(|source| RelayError::Refused {
+                peer: self.id.clone(),
+                source,
+            })?;
+        Ok(channel.into_stream())
+    }
+
+    /// Whether the link is connected now.
+    pub async fn is_connected(&self) -> bool {
+        self.handle
+            .read()
+            .await
+            .as_ref()
+            .is_some_and(|h| !h.is_closed())
+    }
+
+    /// Keeps the link up until [`PeerLink::stop`]: connect, follow the feed, reconnect.
+    pub async fn run(self: Arc<Self>, mesh: Arc<Mesh>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let attempt = self.connect_and_follow(&mesh, mesh.client_config.clone());
+            let ended = tokio::select! {
+                r = attempt => r,
+                _ = self.stop.cancelled() => break,
+            };
+            *self.handle.write().await = None;
+            mesh.holders.forget_peer(&self.id);
+            match ended {
+                Ok(()) => {
+                    tracing::info!(peer = %self.id, "peer edge closed its feed; reconnecting");
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %self.id, addr = %self.addr, error = %format!("{e:#}"), "mesh link to peer edge failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.stop.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        if let Some(h) = self.handle.write().await.take() {
+            let _ = h
+                .disconnect(russh::Disconnect::ByApplication, "peer left the mesh", "en")
+                .await;
+        }
+        mesh.holders.forget_peer(&self.id);
+    }
+
+    async fn connect_and_follow(
+        &self,
+        mesh: &Mesh,
+        config: Arc<client::Config>,
+    ) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let stream =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&self.addr))
+                .await
+                .context("connecting timed out")?
+                .with_context(|| format!("connecting to {}", self.addr))?;
+        let _ = stream.set_nodelay(true);
+        let handler = PeerClient {
+            expected: self.host_key.clone(),
+        };
+        let mut handle = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            client::connect_stream(config, stream, handler),
+        )
+        .await
+        .context("SSH handshake timed out")?
+        .context("SSH handshake (is the peer's host key the one it registered?)")?;
+        let auth = handle
+            .authenticate_publickey(
+                mesh.my_id.clone(),
+                PrivateKeyWithHashAlg::new(mesh.key.clone(), None),
+            )
+            .await
+            .context("authenticating")?;
+        if !auth.success() {
+            anyhow::bail!("the peer refused this edge's key (it does not know this edge yet, or its credential was revoked)");
+        }
+        let mut feed = handle
+            .channel_open_session()
+            .await
+            .context("opening the holdings feed")?;
+        feed.exec(true, HOLDINGS_COMMAND)
+            .await
+            .context("asking for the holdings feed")?;
+        let handle = Arc::new(handle);
+        *self.handle.write().await = Some(handle.clone());
+        tracing::info!(peer = %self.id, addr = %self.addr, "mesh link up");
+        let mut lines = BufReader::new(feed.make_reader()).lines();
+        while let Some(line) = lines
+            .next_line()
+            .await
+            .context("reading the holdings feed")?
+        {
+            match HoldingChange::parse(&line) {
+                Some(change) => mesh.holders.apply(&self.id, change),
+                None => {
+                    let shown: String = line.chars().take(MAX_LINE.min(80)).collect();
+                    anyhow::bail!("the peer sent a line outside the feed protocol: {shown:?}");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The russh client configuration of the links: the same windows and ciphers as towards
+/// clients, keepalives so a dead peer is noticed.
+pub fn client_config(config: &Config) -> client::Config {
+    client::Config {
+        window_size: config.ssh_window_bytes,
+        maximum_packet_size: config.ssh_max_packet_bytes,
+        channel_buffer_size: config.ssh_channel_buffer,
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(
+            config.keepalive_interval_seconds.max(1),
+        )),
+        keepalive_max: config.keepalive_max,
+        nodelay: true,
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Owned(config.ssh_ciphers.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// The SSH client side of a link: trusts exactly the host key control registered for the
+/// peer.
+pub struct PeerClient {
+    expected: PublicKey,
+}
+
+impl client::Handler for PeerClient {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(match server_public_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => {
+                key.key_data() == self.expected.key_data()
+            }
+            PublicKeyOrCertificate::Certificate(_) => false,
+        })
+    }
+}

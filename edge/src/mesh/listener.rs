@@ -1,0 +1,254 @@
+//! The mesh listener: peer edges connect here over SSH. A peer authenticates as its edge id
+//! with the host key control registered for it (nothing else is accepted), then either
+//! follows this edge's holdings feed or opens relay channels, each one visitor connection
+//! that this edge serves as if the visitor had come to it directly. A relayed connection is
+//! never relayed again: a name this edge does not hold gets "No tunnel here".
+
+use super::protocol::{HoldingChange, RelayListener, HOLDINGS_COMMAND};
+use crate::edge::Edge;
+use crate::io::counting::CountingStream;
+use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast::error::RecvError;
+use tracing::Instrument;
+
+/// The russh server configuration of the mesh listener.
+pub fn russh_config(edge: &Edge) -> russh::server::Config {
+    let c = &edge.config;
+    russh::server::Config {
+        server_id: russh::SshId::Standard("SSH-2.0-nearhop-mesh".into()),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        keys: vec![(*edge.mesh.key).clone()],
+        window_size: c.ssh_window_bytes,
+        maximum_packet_size: c.ssh_max_packet_bytes,
+        channel_buffer_size: c.ssh_channel_buffer,
+        inactivity_timeout: None,
+        keepalive_interval: Some(std::time::Duration::from_secs(
+            c.keepalive_interval_seconds.max(1),
+        )),
+        keepalive_max: c.keepalive_max,
+        nodelay: true,
+        ..Default::default()
+    }
+}
+
+/// Accepts peer edges until shutdown.
+pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
+    let config = Arc::new(russh_config(&edge));
+    crate::accept::until_stopped(
+        &listener,
+        edge.shutdown.cancelled(),
+        "a mesh connection",
+        |stream, peer| {
+            let edge = edge.clone();
+            let config = config.clone();
+            let span = tracing::info_span!("mesh", %peer);
+            tokio::spawn(
+                async move {
+                    let _ = stream.set_nodelay(true);
+                    let handler = PeerSession {
+                        edge,
+                        peer_id: None,
+                        sessions: HashMap::new(),
+                    };
+                    match russh::server::run_stream(config, stream, handler).await {
+                        Ok(running) => {
+                            if let Err(e) = running.await {
+                                tracing::debug!(error = %e, "mesh connection ended");
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "mesh handshake failed"),
+                    }
+                }
+                .instrument(span),
+            );
+        },
+    )
+    .await;
+}
+
+/// One peer edge's connection to this edge.
+struct PeerSession {
+    edge: Arc<Edge>,
+    /// The peer's edge id, once authenticated.
+    peer_id: Option<String>,
+    /// Session channels waiting for their command.
+    sessions: HashMap<ChannelId, Channel<Msg>>,
+}
+
+impl russh::server::Handler for PeerSession {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: russh::server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(if self.edge.mesh.trusts(user, offer.public_key) {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if self.edge.mesh.trusts(user, key.public_key) {
+            tracing::info!(peer_edge = user, "peer edge connected");
+            self.peer_id = Some(user.to_string());
+            Ok(Auth::Accept)
+        } else {
+            self.edge
+                .metrics
+                .relay_errors_total
+                .with_label_values(&["peer_not_trusted"])
+                .inc();
+            tracing::warn!(
+                claimed = user,
+                "refused a mesh connection: no live edge with that id and key is in control's registry"
+            );
+            Ok(Auth::reject())
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.peer_id.is_none() {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        self.sessions.insert(channel.id(), channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(chan) = self.sessions.remove(&channel) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        if data != HOLDINGS_COMMAND.as_bytes() {
+            session.channel_failure(channel)?;
+            return Ok(());
+        }
+        session.channel_success(channel)?;
+        let edge = self.edge.clone();
+        tokio::spawn(feed_holdings(edge, chan).in_current_span());
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        _port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(peer_id) = self.peer_id.clone() else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let listener = RelayListener::from_channel_target(host_to_connect);
+        let visitor = originator_address
+            .parse::<IpAddr>()
+            .ok()
+            .zip(u16::try_from(originator_port).ok())
+            .map(|(ip, port)| SocketAddr::new(ip, port));
+        let (Some(listener), Some(visitor)) = (listener, visitor) else {
+            self.edge
+                .metrics
+                .relay_errors_total
+                .with_label_values(&["bad_relay_request"])
+                .inc();
+            reply.reject(ChannelOpenFailure::UnknownChannelType).await;
+            return Ok(());
+        };
+        let Some(slot) = self.edge.visitor_slot(listener.as_str()) else {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        };
+        reply.accept().await;
+        let edge = self.edge.clone();
+        let span = tracing::info_span!("relayed", from_edge = %peer_id, %visitor, listener = listener.as_str());
+        tokio::spawn(
+            async move {
+                edge.metrics
+                    .relay_connections_total
+                    .with_label_values(&[&peer_id, "in"])
+                    .inc();
+                let m = &edge.metrics;
+                let stream = CountingStream::new(
+                    channel.into_stream(),
+                    m.relay_bytes_total
+                        .with_label_values(&[&peer_id, "received"]),
+                    m.relay_bytes_total.with_label_values(&[&peer_id, "sent"]),
+                );
+                crate::visitor::serve_relayed(&edge, stream, listener, visitor).await;
+                drop(slot);
+            }
+            .instrument(span),
+        );
+        Ok(())
+    }
+}
+
+/// Writes this edge's holdings to a peer: every name held now, then each change, until the
+/// peer goes away or the edge stops.
+async fn feed_holdings(edge: Arc<Edge>, channel: Channel<Msg>) {
+    let mut out = channel.make_writer();
+    // Subscribe before the snapshot so that no change between the two is lost; a change
+    // seen twice is harmless (adds and removes are idempotent).
+    let mut changes = edge.registry.subscribe();
+    let mut text = String::new();
+    for (name, kind) in edge.registry.holdings() {
+        text.push_str(&HoldingChange::Added(name, kind).to_string());
+    }
+    if out.write_all(text.as_bytes()).await.is_err() {
+        return;
+    }
+    loop {
+        let change = tokio::select! {
+            c = changes.recv() => c,
+            _ = edge.shutdown.cancelled() => return,
+        };
+        let line = match change {
+            Ok(c) => c.to_string(),
+            Err(RecvError::Lagged(_)) => {
+                // Too many changes at once for this peer: start it over from a snapshot.
+                let mut text = HoldingChange::Reset.to_string();
+                for (name, kind) in edge.registry.holdings() {
+                    text.push_str(&HoldingChange::Added(name, kind).to_string());
+                }
+                text
+            }
+            Err(RecvError::Closed) => return,
+        };
+        if out.write_all(line.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The edge mesh: every edge serves every live tunnel. An edge that gets a visitor for a
+//! tunnel held by another edge relays the connection there over one long-lived SSH
+//! connection per peer, authenticated both ways by the edges' host keys that control
+//! vouches for (each edge registered its key with its own credential).
+//!
+//! - [`protocol`]: the relay channel's naming and the holdings feed's lines.
+//! - [`holders`]: which peer holds which name, from the peers' feeds.
+//! - [`links`]: this edge's outbound connection to each peer (feed in, relays out).
+//! - [`listener`]: the mesh SSH listener that peers connect to.
+//!
+//! [`Mesh`] is state only; the listener and the links' tasks are started by the edge's
+//! start-up and take it.
+
+pub mod holders;
+pub mod links;
+pub mod listener;
+pub mod protocol;
+
+use crate::config::Config;
+use holders::HolderTable;
+use links::PeerLink;
+use nearhop_wire::{PeerEdge, TunnelKind};
+use russh::keys::{PrivateKey, PublicKey};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use tokio_util::sync::CancellationToken;
+
+/// This edge's view of the mesh: its peers (from control's registry) and who holds what.
+pub struct Mesh {
+    /// This edge's id, the user name it authenticates with at its peers.
+    pub my_id: String,
+    /// This edge's host key: its identity at its peers.
+    pub key: Arc<PrivateKey>,
+    /// Which peer holds which tunnel name.
+    pub holders: HolderTable,
+    peers: RwLock<HashMap<String, Arc<PeerLink>>>,
+    /// The SSH client configuration of the links.
+    pub client_config: Arc<russh::client::Config>,
+    /// Cancelled when the edge shuts down: every link closes.
+    pub shutdown: CancellationToken,
+}
+
+impl Mesh {
+    /// A mesh with no peers yet.
+    pub fn new(config: &Config, key: Arc<PrivateKey>, shutdown: CancellationToken) -> Mesh {
+        Mesh {
+            my_id: config.edge_id.clone(),
+            key,
+            client_config: Arc::new(links::client_config(config)),
+            holders: HolderTable::default(),
+            peers: RwLock::new(HashMap::new()),
+            shutdown,
+        }
+    }
+
+    /// Replaces the peer list with control's: links to new peers are returned for the
+    /// caller to start; links to peers that left (or changed address or key) are stopped
+    /// and their holdings forgotten.
+    pub fn set_peers(&self, list: &[PeerEdge]) -> Vec<Arc<PeerLink>> {
+        let mut wanted: HashMap<String, (String, PublicKey)> = HashMap::new();
+        for p in list {
+            if p.edge_id == self.my_id {
+                continue;
+            }
+            match PublicKey::from_openssh(&p.host_key) {
+                Ok(key) => {
+                    wanted.insert(p.edge_id.clone(), (p.mesh_addr.clone(), key));
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %p.edge_id, error = %e, "control sent a peer host key that does not parse; skipping that peer");
+                }
+            }
+        }
+        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        let mut stopped = Vec::new();
+        peers.retain(|id, link| {
+            let keep = wanted.get(id).is_some_and(|(addr, key)| {
+                *addr == link.addr && key.key_data() == link.host_key.key_data()
+            });
+            if !keep {
+                link.stop.cancel();
+                stopped.push(id.clone());
+            }
+            keep
+        });
+        for id in stopped {
+            self.holders.forget_peer(&id);
+        }
+        let mut started = Vec::new();
+        for (id, (addr, key)) in wanted {
+            if peers.contains_key(&id) {
+                continue;
+            }
+            let link = Arc::new(PeerLink::new(
+                id.clone(),
+                addr,
+                key,
+                self.shutdown.child_token(),
+            ));
+            peers.insert(id, link.clone());
+            started.push(link);
+        }
+        started
+    }
+
+    /// The link to the peer edge that holds `name`, and the tunnel's kind, when a peer
+    /// announced it.
+    pub fn holder_of(&self, name: &str) -> Option<(Arc<PeerLink>, TunnelKind)> {
+        let holder = self.holders.holder(name)?;
+        Some((self.peer(&holder.peer)?, holder.kind))
+    }
+
+    /// The link to peer `id`.
+    pub fn peer(&self, id: &str) -> Option<Arc<PeerLink>> {
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        peers.get(id).cloned()
+    }
+
+    /// Whether `key` is the host key control registered for peer `id` (the mesh listener's
+    /// authentication).
+    pub fn trusts(&self, id: &str, key: &PublicKey) -> bool {
+        self.peer(id)
+            .is_some_and(|link| link.host_key.key_data() == key.key_data())
+    }
+
+    /// Ids of the peers now known.
+    pub fn peer_ids(&self) -> Vec<String> {
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        peers.keys().cloned().collect()
+    }
+}

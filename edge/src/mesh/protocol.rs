@@ -1,0 +1,184 @@
+//! What edges say to each other over the mesh: which listener a relayed visitor came in on,
+//! and the holdings feed (the tunnel names an edge holds, as a snapshot then changes).
+//!
+//! The mesh rides on SSH between edges. A relayed visitor is one `direct-tcpip` channel whose
+//! "host to connect" names the listener (`nearhop-relay/http`, `…/https`, `…/tls`) and whose
+//! originator is the visitor's own address, so the holder applies the tunnel's rules (`w:`,
+//! `X-Forwarded-For`) to the real visitor. The feed is a session channel running the command
+//! [`HOLDINGS_COMMAND`]; the holder writes one line per change.
+
+use nearhop_wire::TunnelKind;
+use std::fmt;
+
+/// The command a peer runs on a session channel to receive the holdings feed.
+pub const HOLDINGS_COMMAND: &str = "nearhop-holdings v1";
+
+/// Prefix of the `direct-tcpip` "host to connect" of a relayed visitor connection.
+const RELAY_PREFIX: &str = "nearhop-relay/";
+
+/// Longest line of the holdings feed: a DNS name is at most 253 characters.
+pub const MAX_LINE: usize = 300;
+
+/// The visitor listener a relayed connection arrived on, at the relaying edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayListener {
+    /// Plain HTTP: the channel carries the visitor's HTTP/1.1 bytes.
+    Http,
+    /// HTTPS terminated by the relaying edge: the channel carries the decrypted HTTP/1.1.
+    Https,
+    /// TLS passthrough: the channel carries the visitor's TLS bytes, ClientHello first.
+    Tls,
+}
+
+impl RelayListener {
+    /// The channel's "host to connect" for this listener.
+    pub fn channel_target(self) -> String {
+        format!("{RELAY_PREFIX}{}", self.as_str())
+    }
+
+    /// Reads a channel's "host to connect"; `None` when it is not a relay channel.
+    pub fn from_channel_target(target: &str) -> Option<RelayListener> {
+        match target.strip_prefix(RELAY_PREFIX)? {
+            "http" => Some(RelayListener::Http),
+            "https" => Some(RelayListener::Https),
+            "tls" => Some(RelayListener::Tls),
+            _ => None,
+        }
+    }
+
+    /// The listener's name, as in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayListener::Http => "http",
+            RelayListener::Https => "https",
+            RelayListener::Tls => "tls",
+        }
+    }
+}
+
+/// One line of the holdings feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldingChange {
+    /// The edge now holds a tunnel with this name, of this kind (a relaying edge's TLS
+    /// listener passes a `tls` tunnel's bytes through and terminates the others).
+    Added(String, TunnelKind),
+    /// The edge no longer holds it.
+    Removed(String),
+    /// Forget everything this edge said before; a full snapshot follows.
+    Reset,
+}
+
+impl HoldingChange {
+    /// Parses one line (without its newline); `None` for a line that is not in the protocol.
+    pub fn parse(line: &str) -> Option<HoldingChange> {
+        if line.len() > MAX_LINE {
+            return None;
+        }
+        if line == "!reset" {
+            return Some(HoldingChange::Reset);
+        }
+        let (sign, rest) = line.split_at_checked(1)?;
+        let (name, kind) = match (sign, rest.split_once(' ')) {
+            ("+", Some((name, kind))) => (name, Some(kind_from(kind)?)),
+            ("-", None) => (rest, None),
+            _ => return None,
+        };
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        {
+            return None;
+        }
+        Some(match kind {
+            Some(kind) => HoldingChange::Added(name.to_string(), kind),
+            None => HoldingChange::Removed(name.to_string()),
+        })
+    }
+}
+
+fn kind_from(word: &str) -> Option<TunnelKind> {
+    match word {
+        "http" => Some(TunnelKind::Http),
+        "tls" => Some(TunnelKind::Tls),
+        "tcp" => Some(TunnelKind::Tcp),
+        _ => None,
+    }
+}
+
+fn kind_word(kind: TunnelKind) -> &'static str {
+    match kind {
+        TunnelKind::Http => "http",
+        TunnelKind::Tls => "tls",
+        TunnelKind::Tcp => "tcp",
+    }
+}
+
+impl fmt::Display for HoldingChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HoldingChange::Added(n, kind) => writeln!(f, "+{n} {}", kind_word(*kind)),
+            HoldingChange::Removed(n) => writeln!(f, "-{n}"),
+            HoldingChange::Reset => writeln!(f, "!reset"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_targets_round_trip_and_other_targets_are_not_relays() {
+        for l in [
+            RelayListener::Http,
+            RelayListener::Https,
+            RelayListener::Tls,
+        ] {
+            assert_eq!(
+                RelayListener::from_channel_target(&l.channel_target()),
+                Some(l)
+            );
+        }
+        assert_eq!(RelayListener::from_channel_target("localhost"), None);
+        assert_eq!(
+            RelayListener::from_channel_target("nearhop-relay/tcp"),
+            None
+        );
+    }
+
+    #[test]
+    fn holdings_lines_round_trip() {
+        for c in [
+            HoldingChange::Added("blog.a.tunnel.test".into(), TunnelKind::Http),
+            HoldingChange::Added("db.a.tunnel.test".into(), TunnelKind::Tls),
+            HoldingChange::Removed("k3x9.free.tunnel.test".into()),
+            HoldingChange::Reset,
+        ] {
+            let line = c.to_string();
+            assert!(line.ends_with('\n'));
+            assert_eq!(HoldingChange::parse(line.trim_end()), Some(c));
+        }
+    }
+
+    #[test]
+    fn hostile_holdings_lines_are_refused() {
+        for bad in [
+            "",
+            "+",
+            "*blog",
+            "+Blog.test http",
+            "+a b",
+            "+a\u{0}b http",
+            "?x",
+            "+é.test http",
+            "+blog.test",
+            "-blog.test http",
+            "+blog.test ftp",
+        ] {
+            assert_eq!(HoldingChange::parse(bad), None, "{bad:?}");
+        }
+        let long = format!("+{} http", "a".repeat(MAX_LINE));
+        assert_eq!(HoldingChange::parse(&long), None);
+    }
+}
