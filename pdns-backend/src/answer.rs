@@ -99,22 +99,9 @@ mod tests {
     use std::time::Instant;
 
     fn zones() -> Zones {
-        let domain = Domain {
-            id: 1,
-            name: "a.tunnel.test".into(),
-            kind: "NATIVE".into(),
-            notified_serial: None,
-            last_check: None,
-            masters: vec![],
-        };
-        let rec = |t: &str, c: &str| Record {
-            qtype: t.into(),
-            content: c.into(),
-            ttl: 60,
-            domain_id: 1,
-        };
+        let rec = |t: &str, c: &str| Record::of(1, t, c, 60);
         Zones::new(
-            vec![domain],
+            vec![Domain::native(1, "a.tunnel.test")],
             vec![
                 ("a.tunnel.test".to_string(), rec("A", "192.0.2.1")),
                 ("a.tunnel.test".to_string(), rec("NS", "ns1.a.tunnel.test.")),
