@@ -91,3 +91,66 @@ pub fn lookup<'z>(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Domain, RegionState};
+    use std::time::Instant;
+
+    fn zones() -> Zones {
+        let rec = |t: &str, c: &str| Record::of(1, t, c, 60);
+        Zones::new(
+            vec![Domain::native(1, "a.tunnel.test")],
+            vec![
+                ("a.tunnel.test".to_string(), rec("A", "192.0.2.1")),
+                ("a.tunnel.test".to_string(), rec("NS", "ns1.a.tunnel.test.")),
+            ],
+        )
+    }
+
+    fn eu() -> Choice {
+        Choice {
+            region: RegionState {
+                name: "eu".into(),
+                ipv4: Some("127.0.0.2".into()),
+                ipv6: Some("::2".into()),
+                heartbeat_age_secs: Some(0.0),
+                read_at: Instant::now(),
+            },
+            scope: 24,
+        }
+    }
+
+    fn ask(qtype: &str) -> Question<'_> {
+        Question {
+            name: "a.tunnel.test",
+            qtype,
+            zone_id: -1,
+        }
+    }
+
+    #[test]
+    fn the_apex_answers_the_chosen_region_instead_of_its_stored_address() {
+        let z = zones();
+        let got = lookup(&z, ask("A"), || Some(eu()), 10);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].content.as_ref(), got[0].ttl, got[0].scope),
+            ("127.0.0.2", 10, 24)
+        );
+        let any: Vec<&str> = lookup(&z, ask("ANY"), || Some(eu()), 10)
+            .iter()
+            .map(|a| a.qtype)
+            .collect();
+        assert_eq!(any, ["NS", "A", "AAAA"]);
+    }
+
+    #[test]
+    fn other_types_never_ask_for_a_region() {
+        let z = zones();
+        let got = lookup(&z, ask("NS"), || panic!("no choice for NS"), 10);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].scope, 0);
+    }
+}

@@ -366,20 +366,8 @@ mod tests {
 
     fn backend() -> Backend {
         let store = Arc::new(Store::new());
-        let domains = vec![Domain {
-            id: 1,
-            name: "a.tunnel.test".into(),
-            kind: "NATIVE".into(),
-            notified_serial: None,
-            last_check: None,
-            masters: vec![],
-        }];
-        let rec = |t: &str, c: &str| Record {
-            qtype: t.into(),
-            content: c.into(),
-            ttl: 10,
-            domain_id: 1,
-        };
+        let domains = vec![Domain::native(1, "a.tunnel.test")];
+        let rec = |t: &str, c: &str| Record::of(1, t, c, 10);
         let rows = vec![
             (
                 "a.tunnel.test".to_string(),

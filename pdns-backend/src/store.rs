@@ -37,6 +37,34 @@ pub struct Domain {
     pub masters: Vec<String>,
 }
 
+#[cfg(test)]
+impl Domain {
+    /// A NATIVE zone without replication details, for tests.
+    pub fn native(id: i32, name: &str) -> Domain {
+        Domain {
+            id,
+            name: name.into(),
+            kind: "NATIVE".into(),
+            notified_serial: None,
+            last_check: None,
+            masters: vec![],
+        }
+    }
+}
+
+#[cfg(test)]
+impl Record {
+    /// A record of zone `domain_id`, for tests.
+    pub fn of(domain_id: i32, qtype: &str, content: &str, ttl: i32) -> Record {
+        Record {
+            qtype: qtype.into(),
+            content: content.into(),
+            ttl,
+            domain_id,
+        }
+    }
+}
+
 /// A region's edge addresses and how long ago one of its edges last heartbeated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegionState {
@@ -340,23 +368,11 @@ mod tests {
     use super::*;
 
     fn rec(t: &str, c: &str, d: i32) -> Record {
-        Record {
-            qtype: t.into(),
-            content: c.into(),
-            ttl: 10,
-            domain_id: d,
-        }
+        Record::of(d, t, c, 10)
     }
 
     fn zone(id: i32, name: &str) -> Domain {
-        Domain {
-            id,
-            name: name.into(),
-            kind: "NATIVE".into(),
-            notified_serial: None,
-            last_check: None,
-            masters: vec![],
-        }
+        Domain::native(id, name)
     }
 
     #[test]

@@ -110,6 +110,10 @@ pub fn parse_toml_with_env<T: DeserializeOwned>(
         }
         None => toml::Table::new(),
     };
+    // In name order, so that a table's own variable (`PREFIX_APEX`) comes before its keys'
+    // (`PREFIX_APEX_TTL`) and the more specific one wins, whatever the environment's order.
+    let mut vars: Vec<(OsString, OsString)> = vars.into_iter().collect();
+    vars.sort();
     let mut overrides = Vec::new();
     for (name, value) in vars {
         // Variables of other programs may be anything; only ours must be readable.
@@ -345,6 +349,15 @@ mod tests {
         assert_eq!(s.apex.ttl, 30);
         assert_eq!(s.apex.default_region, "eu");
         assert_eq!(s.zones.pro.ttl, 7);
+        let s = parse(
+            "",
+            &[
+                ("APP_APEX_TTL", "9"),
+                ("APP_APEX", "{ ttl = 1, default_region = \"ap\" }"),
+            ],
+        )
+        .expect("settings");
+        assert_eq!((s.apex.ttl, s.apex.default_region.as_str()), (9, "ap"));
     }
 
     #[test]
