@@ -2,7 +2,7 @@
 //! streaming replicas, a `pdns_server` + pdns-backend per region, control, an edge per region.
 
 use crate::control::{ControlProcess, ControlRegion, ControlSpec};
-use crate::edge::{EdgeProcess, EdgeSpec};
+use crate::edge::{EdgeProcess, EdgeSpec, SshArgs, SshClient};
 use crate::pdns::{PdnsRegion, PdnsSpec};
 use crate::ports::free_port;
 use crate::postgres::{PgCluster, PgClusterConfig, PgEndpoint};
@@ -279,6 +279,26 @@ impl Stack {
     /// Where logs and data are.
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// A fresh pro account's token, made with control's CLI.
+    pub fn pro_token(&self) -> String {
+        self.control
+            .create_account(nearhop_wire::Plan::Pro)
+            .expect("account")
+            .token
+    }
+
+    /// Starts the OpenSSH client `name` against the edge of region `region` (an index
+    /// into `regions`).
+    pub fn ssh_to(&self, region: usize, name: &str, args: &SshArgs) -> SshClient {
+        SshClient::start(
+            &self.dir.join("ssh"),
+            name,
+            self.regions[region].ssh_addr(),
+            args,
+        )
+        .expect("ssh starts")
     }
 }
 

@@ -2,10 +2,8 @@
 //! answer depends on the resolver's address or its EDNS Client Subnet, on every region's
 //! DNS, and a region whose edge stopped drops out of the answers until it is back.
 
-mod e2e_support;
-
-use e2e_support::*;
-use nearhop_stack::pdns::dig;
+use nearhop_stack::dns_client::dig;
+use nearhop_stack::prelude::*;
 use nearhop_stack::{Stack, StackOptions};
 use std::time::Duration;
 
