@@ -1,6 +1,7 @@
 //! The edge tests' stack: Postgres and control without DNS, and one edge in `us`.
 
 use crate::edge::{EdgeProcess, EdgeSpec, SshArgs, SshClient};
+use crate::visitor::visitor;
 use crate::{Stack, StackOptions};
 use std::net::Ipv4Addr;
 
@@ -37,6 +38,15 @@ impl EdgeStack {
             args,
         )
         .expect("ssh starts")
+    }
+
+    /// A visitor's `GET` of `path` on the tunnel at `url`, sent to the edge whatever the
+    /// name resolves to (panics when no response comes back).
+    pub fn visit(&self, url: &str, path: &str) -> reqwest::blocking::Response {
+        visitor(url, self.edge.http_addr())
+            .get(format!("{url}{path}"))
+            .send()
+            .unwrap_or_else(|e| panic!("GET {url}{path}: {e:#}"))
     }
 
     /// A fresh pro account's token.

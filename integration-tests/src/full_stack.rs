@@ -41,3 +41,16 @@ pub fn full_stack_with(opts: StackOptions) -> Stack {
     })
     .expect("the three-region stack starts")
 }
+
+/// The whole stack, quick to notice a lost edge: edges heartbeat every second, and a region
+/// drops out of the connect name 3 s after its edges' last heartbeat.
+pub fn full_stack_dropping_silent_regions() -> Stack {
+    let mut stack = full_stack_with(StackOptions {
+        control_tweak: Some(fast_heartbeats),
+        ..StackOptions::default()
+    });
+    stack
+        .restart_dns_with(|spec| spec.heartbeat_bound_secs = 3.0)
+        .expect("DNS restarts");
+    stack
+}

@@ -4,7 +4,9 @@
 pub use crate::control::{FREE_ZONE, PRO_ZONE};
 pub use crate::edge::{host_of, port_of, url_host_port, SshArgs, SshClient};
 pub use crate::edge_stack::{start_edge, EdgeStack};
-pub use crate::full_stack::{fast_heartbeats, full_stack, full_stack_with, AP, EU, US};
+pub use crate::full_stack::{
+    fast_heartbeats, full_stack, full_stack_dropping_silent_regions, full_stack_with, AP, EU, US,
+};
 pub use crate::load::{plan_in, Load, LoadStats, VisitorPlan};
 pub use crate::local_service::{blob_byte, tcp_echo, LocalService, LocalTlsService};
 pub use crate::metrics::metric;

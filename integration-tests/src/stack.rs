@@ -4,11 +4,13 @@
 use crate::control::{ControlProcess, ControlRegion, ControlSpec};
 use crate::edge::{EdgeProcess, EdgeSpec, SshArgs, SshClient};
 use crate::pdns::{PdnsRegion, PdnsSpec};
+use crate::poll::PATIENCE;
 use crate::ports::free_port;
 use crate::postgres::{PgCluster, PgClusterConfig, PgEndpoint};
 use anyhow::Result;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Ports of one region's processes, all on the region's loopback address.
 #[derive(Debug, Clone, Copy)]
@@ -287,6 +289,22 @@ impl Stack {
             .create_account(nearhop_wire::Plan::Pro)
             .expect("account")
             .token
+    }
+
+    /// Opens an HTTP tunnel to local `port` through the edge of region `region` (an index
+    /// into `regions`), logging in as `user`: starts the OpenSSH client `name` and waits for
+    /// the URL it prints, reading its output every millisecond so that what the caller does
+    /// next follows the print as closely as a script would.
+    pub fn http_tunnel(
+        &self,
+        region: usize,
+        name: &str,
+        user: Option<&str>,
+        port: u16,
+    ) -> Result<(SshClient, String)> {
+        let mut client = self.ssh_to(region, name, &SshArgs::http_tunnel(user, port));
+        let url = client.wait_for_url_polling(PATIENCE, Duration::from_millis(1))?;
+        Ok((client, url))
     }
 
     /// Starts the OpenSSH client `name` against the edge of region `region` (an index

@@ -15,6 +15,14 @@ fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     eventually_within(what, Duration::from_secs(60), || f().context("not yet"))
 }
 
+/// The CNAME data of `name` once eu's pdns answers it NOERROR.
+fn cname_once_answered(fx: &DnsFixture, what: &str, name: &str) -> Vec<String> {
+    until(what, || {
+        let r = query(fx.region.dns_addr(), name, QTYPE_CNAME, None).ok()?;
+        (r.rcode == RCODE_NOERROR).then(|| r.data_of(QTYPE_CNAME))
+    })
+}
+
 #[test]
 fn replica_outage_keeps_answers_from_memory_counts_staleness_and_recovers() {
     let mut fx = DnsFixture::start(|_| {}).expect("fixture");
@@ -80,18 +88,12 @@ fn replica_outage_keeps_answers_from_memory_counts_staleness_and_recovers() {
         .expect("insert");
     fx.pg.restart("eu").expect("replica restart");
     fx.wait_applied(&lsn).expect("applied after restart");
-    let r = until("the name written during the outage", || {
-        let r = query(
-            fx.region.dns_addr(),
-            "during.a.tunnel.test",
-            QTYPE_CNAME,
-            None,
-        )
-        .ok()?;
-        (r.rcode == RCODE_NOERROR).then_some(r)
-    });
     assert_eq!(
-        r.data_of(QTYPE_CNAME),
+        cname_once_answered(
+            &fx,
+            "the name written during the outage",
+            "during.a.tunnel.test"
+        ),
         vec!["ap.a.tunnel.test.".to_string()]
     );
     let status = fx.region.backend_status().expect("status");
@@ -119,18 +121,12 @@ fn backend_down_gives_servfail_never_nxdomain() {
     .expect("query");
     assert_eq!(r.rcode, RCODE_SERVFAIL);
     fx.region.start_backend().expect("backend restart");
-    let r = until("answers after the backend restarted", || {
-        let r = query(
-            fx.region.dns_addr(),
-            "live.a.tunnel.test",
-            QTYPE_CNAME,
-            None,
-        )
-        .ok()?;
-        (r.rcode == RCODE_NOERROR).then_some(r)
-    });
     assert_eq!(
-        r.data_of(QTYPE_CNAME),
+        cname_once_answered(
+            &fx,
+            "answers after the backend restarted",
+            "live.a.tunnel.test"
+        ),
         vec!["eu.a.tunnel.test.".to_string()]
     );
 }

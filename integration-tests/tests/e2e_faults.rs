@@ -22,15 +22,9 @@ fn try_setup(
     port: u16,
 ) -> Result<(SshClient, String), String> {
     let token = stack.pro_token();
-    let mut c = stack.ssh_to(region, name, &SshArgs::http_tunnel(Some(&token), port));
-    match c.wait_for_url_polling(PATIENCE, Duration::from_millis(1)) {
-        Ok(url) => Ok((c, url)),
-        Err(_) => {
-            let out = c.output();
-            c.stop();
-            Err(out)
-        }
-    }
+    stack
+        .http_tunnel(region, name, Some(&token), port)
+        .map_err(|e| format!("{e:#}"))
 }
 
 /// A new setup while `token`'s account exists already (control or the database down).
@@ -63,9 +57,8 @@ fn live_tunnels_serve_every_visit_while_control_and_then_the_primary_are_down() 
     let fresh = LocalService::start("fresh");
     let token = stack.pro_token();
     let spare = stack.pro_token();
-    let mut client = stack.ssh_to(AP, "live", &SshArgs::http_tunnel(Some(&token), local.port));
-    let url = client
-        .wait_for_url_polling(PATIENCE, Duration::from_millis(1))
+    let (mut client, url) = stack
+        .http_tunnel(AP, "live", Some(&token), local.port)
         .expect("URL");
     let loads: Vec<Load> = [AP, EU, US]
         .into_iter()
@@ -117,13 +110,8 @@ fn stopped_replica_keeps_its_region_answering_shows_lag_and_catches_up() {
     let local = LocalService::start("eu-live");
     let other = LocalService::start("later");
     let token = stack.pro_token();
-    let mut client = stack.ssh_to(
-        EU,
-        "eu-live",
-        &SshArgs::http_tunnel(Some(&token), local.port),
-    );
-    let url = client
-        .wait_for_url_polling(PATIENCE, Duration::from_millis(1))
+    let (_client, url) = stack
+        .http_tunnel(EU, "eu-live", Some(&token), local.port)
         .expect("URL");
     let load = Load::start(
         plan_in(&stack, EU, &url, "eu-live"),
@@ -142,13 +130,8 @@ fn stopped_replica_keeps_its_region_answering_shows_lag_and_catches_up() {
     // A tunnel set up during the outage: eu cannot confirm it, which the user is told and
     // control counts; the other regions serve it at once.
     let later_token = stack.pro_token();
-    let mut later = stack.ssh_to(
-        AP,
-        "later",
-        &SshArgs::http_tunnel(Some(&later_token), other.port),
-    );
-    let later_url = later
-        .wait_for_url_polling(PATIENCE, Duration::from_millis(1))
+    let (mut later, later_url) = stack
+        .http_tunnel(AP, "later", Some(&later_token), other.port)
         .expect("setups go on");
     let out = later.wait_for("not confirmed", PATIENCE).expect("note");
     assert!(out.contains("region(s) eu"), "{out}");
@@ -215,14 +198,7 @@ fn stopped_replica_keeps_its_region_answering_shows_lag_and_catches_up() {
 
 #[test]
 fn killed_edge_sends_the_reconnect_loop_to_another_region_and_dns_follows() {
-    let mut stack = full_stack_with(StackOptions {
-        control_tweak: Some(fast_heartbeats),
-        ..StackOptions::default()
-    });
-    // A region drops out of the connect name 3 s after its edges' last heartbeat.
-    stack
-        .restart_dns_with(|spec| spec.heartbeat_bound_secs = 3.0)
-        .expect("DNS restarts");
+    let mut stack = full_stack_dropping_silent_regions();
     let local = LocalService::start("looped");
     let token = stack.pro_token();
     let lp = ReconnectLoop::start(&stack, AP, &token, local.port).expect("loop starts");
@@ -300,9 +276,8 @@ fn live_tunnel_survives_a_control_outage_longer_than_its_lease() {
     });
     let local = LocalService::start("long-outage");
     let token = stack.pro_token();
-    let mut client = stack.ssh_to(AP, "long", &SshArgs::http_tunnel(Some(&token), local.port));
-    let url = client
-        .wait_for_url_polling(PATIENCE, Duration::from_millis(1))
+    let (_client, url) = stack
+        .http_tunnel(AP, "long", Some(&token), local.port)
         .expect("URL");
     let load = Load::start(
         plan_in(&stack, AP, &url, "long-outage"),

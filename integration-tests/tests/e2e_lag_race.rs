@@ -41,13 +41,8 @@ fn first_lookup_after_the_url_leads_to_the_edge_and_the_first_visit_reaches_the_
             (EU, token.clone(), PRO_ZONE)
         };
         let region_name = stack.regions[region].name.clone();
-        let mut client = stack.ssh_to(
-            region,
-            &format!("race-{i}"),
-            &SshArgs::http_tunnel(Some(&user), local.port),
-        );
-        let url = client
-            .wait_for_url_polling(PATIENCE, Duration::from_millis(1))
+        let (mut client, url) = stack
+            .http_tunnel(region, &format!("race-{i}"), Some(&user), local.port)
             .expect("URL printed");
         let host = host_of(&url);
         // The first lookups: the client's region first, then the other replica region,

@@ -26,9 +26,8 @@ fn reconnect_from_other_region_moves_dns_and_closes_the_old_tunnel() {
     let (first, second) = (LocalService::start("first"), LocalService::start("second"));
     let token = stack.pro_token();
 
-    let mut old = stack.ssh_to(AP, "in-ap", &SshArgs::http_tunnel(Some(&token), first.port));
-    let old_url = old
-        .wait_for_url_polling(PATIENCE, Duration::from_millis(1))
+    let (mut old, old_url) = stack
+        .http_tunnel(AP, "in-ap", Some(&token), first.port)
         .expect("URL in ap");
     let host = host_of(&old_url);
     assert_points_everywhere(&stack, &host, AP);
@@ -36,13 +35,8 @@ fn reconnect_from_other_region_moves_dns_and_closes_the_old_tunnel() {
     assert!(body.contains("hello from first"), "{body}");
 
     // The same user, now near eu, reconnects there while the old connection still lives.
-    let mut new = stack.ssh_to(
-        EU,
-        "in-eu",
-        &SshArgs::http_tunnel(Some(&format!("{token}+force")), second.port),
-    );
-    let new_url = new
-        .wait_for_url_polling(PATIENCE, Duration::from_millis(1))
+    let (_new, new_url) = stack
+        .http_tunnel(EU, "in-eu", Some(&format!("{token}+force")), second.port)
         .expect("URL in eu");
     assert_eq!(host_of(&new_url), host, "the persistent name moves along");
     assert_points_everywhere(&stack, &host, EU);
@@ -82,13 +76,8 @@ fn dead_client_reconnect_without_force_gets_its_name_back() {
     let (first, second) = (LocalService::start("first"), LocalService::start("second"));
     let token = stack.pro_token();
 
-    let mut old = stack.ssh_to(
-        AP,
-        "frozen",
-        &SshArgs::http_tunnel(Some(&token), first.port),
-    );
-    let old_url = old
-        .wait_for_url_polling(PATIENCE, Duration::from_millis(1))
+    let (mut old, old_url) = stack
+        .http_tunnel(AP, "frozen", Some(&token), first.port)
         .expect("URL in ap");
     let set_up = std::time::Instant::now();
     let host = host_of(&old_url);
@@ -102,13 +91,8 @@ fn dead_client_reconnect_without_force_gets_its_name_back() {
     std::thread::sleep(Duration::from_secs(7).saturating_sub(set_up.elapsed()));
 
     // It wakes up on another network, near eu, and reconnects without `force`.
-    let mut new = stack.ssh_to(
-        EU,
-        "woken",
-        &SshArgs::http_tunnel(Some(&token), second.port),
-    );
-    let new_url = new
-        .wait_for_url_polling(PATIENCE, Duration::from_millis(1))
+    let (new, new_url) = stack
+        .http_tunnel(EU, "woken", Some(&token), second.port)
         .expect("the name is given back");
     assert_eq!(host_of(&new_url), host);
     let out = new.output();

@@ -19,21 +19,11 @@ fn free_zone_takedown_leaves_the_pro_zone_untouched() {
     let pro_local = LocalService::start("pro");
     let free_local = LocalService::start("free");
     let token = stack.pro_token();
-    let mut pro = stack.ssh_to(
-        EU,
-        "pro",
-        &SshArgs::http_tunnel(Some(&token), pro_local.port),
-    );
-    let pro_url = pro
-        .wait_for_url_polling(PATIENCE, Duration::from_millis(1))
+    let (mut pro, pro_url) = stack
+        .http_tunnel(EU, "pro", Some(&token), pro_local.port)
         .expect("pro URL");
-    let mut free = stack.ssh_to(
-        EU,
-        "free",
-        &SshArgs::http_tunnel(Some("http"), free_local.port),
-    );
-    let free_url = free
-        .wait_for_url_polling(PATIENCE, Duration::from_millis(1))
+    let (mut free, free_url) = stack
+        .http_tunnel(EU, "free", Some("http"), free_local.port)
         .expect("free URL");
     let (pro_host, free_host) = (host_of(&pro_url), host_of(&free_url));
     assert!(pro_host.ends_with(&format!(".{PRO_ZONE}")), "{pro_host}");

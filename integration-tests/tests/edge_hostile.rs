@@ -9,12 +9,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 fn assert_serving(s: &EdgeStack, url: &str) {
-    let body = visitor(url, s.edge.http_addr())
-        .get(format!("{url}/hello"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let body = s.visit(url, "/hello").text().unwrap();
     assert!(body.starts_with("hello from local"), "{body}");
 }
 

@@ -25,11 +25,7 @@ fn takedown_closes_the_tunnel_and_tells_the_client() {
         out.contains(&format!("{host} is closed")) || out.contains("taken down by the operator"),
         "{out}"
     );
-    let status = visitor(&url, s.edge.http_addr())
-        .get(format!("{url}/hello"))
-        .send()
-        .unwrap()
-        .status();
+    let status = s.visit(&url, "/hello").status();
     assert_eq!(status, 404, "the edge no longer routes the name");
 }
 

@@ -69,12 +69,7 @@ fn force_takes_over_a_live_name() {
         told.contains("blog.a.tunnel.test"),
         "the old client is told: {told}"
     );
-    let body = visitor(&url, s.edge.http_addr())
-        .get(format!("{url}/hello"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let body = s.visit(&url, "/hello").text().unwrap();
     assert!(
         body.contains("tag=new"),
         "visitors reach the new client: {body}"
@@ -114,12 +109,7 @@ fn reconnect_after_network_drop_gets_the_name_back_without_force() {
     };
     assert_eq!(new_url, url);
     assert!(!new.output().contains("force"), "{}", new.output());
-    let body = visitor(&url, s.edge.http_addr())
-        .get(format!("{url}/hello"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let body = s.visit(&url, "/hello").text().unwrap();
     assert!(body.contains("tag=new"), "{body}");
     old.stop();
 }

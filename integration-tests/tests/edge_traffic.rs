@@ -212,10 +212,7 @@ fn tls_tunnel_passes_tls_through_routed_by_sni() {
         "{text}"
     );
     let http_url = format!("http://{host}:{}", s.edge.spec.http);
-    let resp = visitor(&http_url, s.edge.http_addr())
-        .get(format!("{http_url}/"))
-        .send()
-        .unwrap();
+    let resp = s.visit(&http_url, "/");
     assert_eq!(resp.status(), 421);
     let text = resp.text().unwrap();
     assert!(text.contains(&format!("https://{host}:{port}/")), "{text}");

@@ -18,12 +18,7 @@ fn ssh_client_gets_a_url_and_visitors_reach_its_local_server() {
     let out = client.output();
     assert!(out.contains("region us"), "the region is printed: {out}");
 
-    let body = visitor(&url, s.edge.http_addr())
-        .get(format!("{url}/hello"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let body = s.visit(&url, "/hello").text().unwrap();
     assert!(body.starts_with("hello from local"), "{body}");
     assert!(
         body.contains("xff=127.0.0.1"),
@@ -48,11 +43,7 @@ fn anonymous_client_gets_a_free_zone_name() {
         out.contains("closes at"),
         "free tunnels say when they end: {out}"
     );
-    let status = visitor(&url, s.edge.http_addr())
-        .get(format!("{url}/hello"))
-        .send()
-        .unwrap()
-        .status();
+    let status = s.visit(&url, "/hello").status();
     assert_eq!(status, 200);
 }
 
@@ -83,11 +74,7 @@ fn client_with_dash_n_learns_its_url() {
     args.no_command = true;
     let mut client = s.ssh("dash-n", &args);
     let url = client.wait_for_url(PATIENCE).unwrap();
-    let status = visitor(&url, s.edge.http_addr())
-        .get(format!("{url}/hello"))
-        .send()
-        .unwrap()
-        .status();
+    let status = s.visit(&url, "/hello").status();
     assert_eq!(status, 200);
 }
 

@@ -105,20 +105,15 @@ impl RaceStack {
         };
         let want = stack.regions[region].name.clone();
         let started = Instant::now();
-        let mut client = stack.ssh_to(
-            region,
-            &format!("b{}", i % 4),
-            &SshArgs::http_tunnel(Some(&user), local_port),
-        );
-        let url = match client.wait_for_url_polling(PATIENCE, Duration::from_millis(1)) {
-            Ok(u) => u,
-            Err(e) => {
-                eprintln!("round {i} (wait {} ms): no URL: {e:#}", out.lag_wait_ms);
-                out.setup_failures.push(format!("{e:#}"));
-                client.stop();
-                return Ok(());
-            }
-        };
+        let (mut client, url) =
+            match stack.http_tunnel(region, &format!("b{}", i % 4), Some(&user), local_port) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    eprintln!("round {i} (wait {} ms): no URL: {e:#}", out.lag_wait_ms);
+                    out.setup_failures.push(format!("{e:#}"));
+                    return Ok(());
+                }
+            };
         out.setup_ms.push(started.elapsed().as_secs_f64() * 1000.0);
         let host = host_of(&url);
         let other = if region == AP { EU } else { AP };
