@@ -223,8 +223,6 @@ fn read_name(msg: &[u8], mut off: usize) -> Result<(String, usize)> {
     bail!("name compression loop")
 }
 
-/// A primary (us, 127.0.0.1) and one streaming replica (eu, 127.0.0.2) on free ports in
-
 /// `host` A from `source` to `dns`. A query without an answer within 2 s is sent again, up
 /// to three times in all, as a stub resolver does (`options attempts:3`): on a loaded 2-core
 /// machine a UDP query is now and then not answered in time. Only an answer is a hit or a

@@ -1,6 +1,9 @@
 //! Control against a real PostgreSQL primary and two streaming replicas: the lag race,
 //! takeovers, leases, takedowns, token revocation, bad input, a replica that is down.
 //! The test plays the edge's side of the API over HTTP.
+//!
+//! One file on purpose: every case plays the edge through the one API client below, and
+//! each case reads on its own.
 
 use anyhow::Result;
 use nearhop_stack::postgres::PgEndpoint;
