@@ -193,3 +193,36 @@ pub fn curl_tls(
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Lookup;
+    use crate::dns_client::{RCODE_NOERROR, RCODE_NXDOMAIN};
+
+    fn answer(cname: Option<&str>, addr: Option<[u8; 4]>, region: Option<&str>) -> Lookup {
+        Lookup {
+            rcode: RCODE_NOERROR,
+            cname: cname.map(str::to_string),
+            addr: addr.map(Into::into),
+            addr_region: region.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_lookup_points_at_a_region_only_with_its_edge_address() {
+        let full = answer(Some("ap.a.tunnel.test."), Some([127, 0, 0, 3]), Some("ap"));
+        assert!(full.points_at("ap", "a.tunnel.test"));
+        assert!(!full.points_at("eu", "a.tunnel.test"));
+        // The CNAME alone leads nowhere.
+        let cname_only = answer(Some("ap.a.tunnel.test."), None, None);
+        assert!(!cname_only.points_at("ap", "a.tunnel.test"));
+        // An address of another region behind the right CNAME is stale.
+        let elsewhere = answer(Some("ap.a.tunnel.test."), Some([127, 0, 0, 2]), Some("eu"));
+        assert!(!elsewhere.points_at("ap", "a.tunnel.test"));
+        let nxdomain = Lookup {
+            rcode: RCODE_NXDOMAIN,
+            ..answer(None, None, None)
+        };
+        assert!(!nxdomain.points_at("ap", "a.tunnel.test"));
+    }
+}
