@@ -2,11 +2,18 @@
 
 use crate::process::{run, ChildGuard};
 use anyhow::{bail, Context, Result};
-use nearhop_wire::{AccountCreated, Plan, TokenCreated};
+use nearhop_wire::{AccountCreated, Plan, RegisterEdgeRequest, TokenCreated};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// The pro zone of the local stack.
+pub const PRO_ZONE: &str = "a.tunnel.test";
+/// The free zone of the local stack.
+pub const FREE_ZONE: &str = "free.tunnel.test";
+/// The SOA `minimum` (negative-caching TTL) control seeds both zones with.
+pub const ZONE_NEGATIVE_TTL: u32 = 5;
 
 /// One region as control sees it.
 #[derive(Debug, Clone)]
@@ -100,10 +107,11 @@ impl ControlSpec {
             }
         }
         t.push_str(&format!(
-            "[zones.pro]\nname = \"a.tunnel.test\"\nmax_tunnels_per_account = 50\n\
-             max_names_per_account = 50\n\
-             [zones.free]\nname = \"free.tunnel.test\"\ntime_limit_minutes = 60\n\
-             creations_per_minute_per_source = {}\nmax_tunnels_per_account = 3\n",
+            "[zones.pro]\nname = \"{PRO_ZONE}\"\nnegative_ttl = {ZONE_NEGATIVE_TTL}\n\
+             max_tunnels_per_account = 50\nmax_names_per_account = 50\n\
+             [zones.free]\nname = \"{FREE_ZONE}\"\nnegative_ttl = {ZONE_NEGATIVE_TTL}\n\
+             time_limit_minutes = 60\ncreations_per_minute_per_source = {}\n\
+             max_tunnels_per_account = 3\n",
             self.free_rate_limit
         ));
         t
@@ -157,14 +165,23 @@ fn random_secret() -> String {
 }
 
 impl ControlProcess {
-    /// Writes the config, applies migrations and seeds zones, starts `serve`, waits for it.
+    /// Writes the config, applies migrations and seeds zones (`migrate`), starts `serve`,
+    /// waits for it.
     pub fn start(dir: &Path, spec: &ControlSpec) -> Result<ControlProcess> {
+        let mut me = ControlProcess::configure(dir, spec)?;
+        me.cli(&["migrate"]).context("nearhop-control migrate")?;
+        me.restart()?;
+        Ok(me)
+    }
+
+    /// Writes the config with fresh secrets; starts nothing.
+    pub fn configure(dir: &Path, spec: &ControlSpec) -> Result<ControlProcess> {
         std::fs::create_dir_all(dir)?;
         let edge_secret = random_secret();
         let admin_secret = random_secret();
         let config_path = dir.join("control.toml");
         std::fs::write(&config_path, spec.to_toml(&edge_secret, &admin_secret))?;
-        let mut me = ControlProcess {
+        let me = ControlProcess {
             url: format!("http://{}", spec.listen),
             edge_secret,
             admin_secret,
@@ -172,8 +189,6 @@ impl ControlProcess {
             log: dir.join("control.log"),
             process: None,
         };
-        me.cli(&["migrate"]).context("nearhop-control migrate")?;
-        me.restart()?;
         Ok(me)
     }
 
@@ -240,6 +255,45 @@ impl ControlProcess {
         run(cmd)
     }
 
+    /// `GET /metrics`.
+    pub fn metrics(&self) -> Result<String> {
+        Ok(http_client()?
+            .get(format!("{}/metrics", self.url))
+            .send()?
+            .error_for_status()?
+            .text()?)
+    }
+
+    /// Registers an edge as an edge does at its start (`POST /v1/edges/register` with the
+    /// edge secret): the edge is then heartbeating as of now.
+    pub fn register_edge(&self, edge_id: &str, region: &str, admin_url: &str) -> Result<()> {
+        http_client()?
+            .post(format!("{}/v1/edges/register", self.url))
+            .bearer_auth(&self.edge_secret)
+            .json(&RegisterEdgeRequest {
+                edge_id: edge_id.into(),
+                region: region.into(),
+                admin_url: admin_url.into(),
+            })
+            .send()?
+            .error_for_status()
+            .with_context(|| format!("registering edge {edge_id}"))?;
+        Ok(())
+    }
+
+    /// `wait_ms` of every `tunnel set up` line control logged, in order.
+    pub fn setup_waits_ms(&self) -> Vec<u64> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains("tunnel set up"))
+            .filter_map(|l| {
+                let plain = strip_ansi(l);
+                let v = plain.split("wait_ms=").nth(1)?;
+                v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+            })
+            .collect()
+    }
+
     /// Creates an account through the CLI.
     pub fn create_account(&self, plan: Plan) -> Result<AccountCreated> {
         let out = self.cli(&[
@@ -258,4 +312,30 @@ impl ControlProcess {
         let out = self.cli(&["token", "create", "--account", &account_id.to_string()])?;
         serde_json::from_str(out.trim()).with_context(|| format!("parsing {out:?}"))
     }
+}
+
+/// A client for one call; no connection outlives it, so control stops without waiting.
+fn http_client() -> Result<reqwest::blocking::Client> {
+    Ok(reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(0)
+        .build()?)
+}
+
+/// `s` without terminal colour sequences (control's log is coloured on a terminal).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

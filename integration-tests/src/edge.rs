@@ -220,6 +220,17 @@ pub struct SshArgs {
     pub options: Vec<String>,
 }
 
+impl SshArgs {
+    /// An HTTP tunnel to local `port` (`-R0:localhost:PORT`), logging in as `user`.
+    pub fn http_tunnel(user: Option<&str>, port: u16) -> SshArgs {
+        SshArgs {
+            user: user.map(str::to_string),
+            forwards: vec![format!("0:localhost:{port}")],
+            ..SshArgs::default()
+        }
+    }
+}
+
 impl SshClient {
     /// Starts `ssh` in batch mode against `addr` with keepalives every second.
     pub fn start(dir: &Path, name: &str, addr: SocketAddr, args: &SshArgs) -> Result<SshClient> {
@@ -318,6 +329,13 @@ impl SshClient {
 
     /// Waits for the printed public URL (`http://`, `tcp://` or `tls://`) and returns it.
     pub fn wait_for_url(&mut self, timeout: Duration) -> Result<String> {
+        self.wait_for_url_polling(timeout, Duration::from_millis(20))
+    }
+
+    /// Like [`SshClient::wait_for_url`], reading the output every `every`: the lag-race
+    /// tests poll every millisecond, so that the first lookup follows the print as closely
+    /// as a script would.
+    pub fn wait_for_url_polling(&mut self, timeout: Duration, every: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let all = self.output();
@@ -327,7 +345,7 @@ impl SshClient {
             if !self.guard.is_running() || Instant::now() > deadline {
                 bail!("ssh printed no URL; it printed:\n{}", self.output());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(every);
         }
     }
 
@@ -393,6 +411,16 @@ pub fn url_host_port(url: &str) -> Result<(String, u16)> {
         Some((h, p)) => Ok((h.to_string(), p.parse().context("port")?)),
         None => Ok((authority.to_string(), 80)),
     }
+}
+
+/// The host name of a printed URL (panics on a URL that is not one: for tests).
+pub fn host_of(url: &str) -> String {
+    url_host_port(url).expect("url").0
+}
+
+/// The port of a printed URL (panics on a URL that is not one: for tests).
+pub fn port_of(url: &str) -> u16 {
+    url_host_port(url).expect("url").1
 }
 
 /// A self-signed certificate for the dev zones (`*.a.tunnel.test`, `*.free.tunnel.test` and

@@ -415,3 +415,31 @@ pub fn pg_bin(name: &str) -> Result<PathBuf> {
     }
     Ok(PathBuf::from(name))
 }
+/// Runs SQL on a server with `psql` (ON_ERROR_STOP), returning unaligned tuples-only output.
+pub fn psql(db: &PgEndpoint, sql: &str) -> Result<String> {
+    let mut c = Command::new("psql");
+    c.arg(db.conninfo())
+        .args(["-v", "ON_ERROR_STOP=1", "-qAtX", "-c"])
+        .arg(sql);
+    run(c)
+}
+
+/// Waits until `replica` has replayed everything the primary had written when called.
+pub fn wait_replayed(primary: &PgEndpoint, replica: &PgEndpoint) -> Result<()> {
+    let target = psql(primary, "SELECT pg_current_wal_lsn()")?;
+    let target = target.trim();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ok = psql(
+            replica,
+            &format!("SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"),
+        )?;
+        if ok.trim() == "t" {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("replica {} did not replay {target}", replica.region);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

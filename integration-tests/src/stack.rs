@@ -2,13 +2,15 @@
 //! streaming replicas, a `pdns_server` + pdns-backend per region, control, an edge per region.
 
 use crate::control::{ControlProcess, ControlRegion, ControlSpec};
-use crate::edge::{EdgeProcess, EdgeSpec};
+use crate::edge::{EdgeProcess, EdgeSpec, SshArgs, SshClient};
 use crate::pdns::{PdnsRegion, PdnsSpec};
+use crate::poll::PATIENCE;
 use crate::ports::free_port;
 use crate::postgres::{PgCluster, PgClusterConfig, PgEndpoint};
 use anyhow::Result;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Ports of one region's processes, all on the region's loopback address.
 #[derive(Debug, Clone, Copy)]
@@ -279,6 +281,42 @@ impl Stack {
     /// Where logs and data are.
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// A fresh pro account's token, made with control's CLI.
+    pub fn pro_token(&self) -> String {
+        self.control
+            .create_account(nearhop_wire::Plan::Pro)
+            .expect("account")
+            .token
+    }
+
+    /// Opens an HTTP tunnel to local `port` through the edge of region `region` (an index
+    /// into `regions`), logging in as `user`: starts the OpenSSH client `name` and waits for
+    /// the URL it prints, reading its output every millisecond so that what the caller does
+    /// next follows the print as closely as a script would.
+    pub fn http_tunnel(
+        &self,
+        region: usize,
+        name: &str,
+        user: Option<&str>,
+        port: u16,
+    ) -> Result<(SshClient, String)> {
+        let mut client = self.ssh_to(region, name, &SshArgs::http_tunnel(user, port));
+        let url = client.wait_for_url_polling(PATIENCE, Duration::from_millis(1))?;
+        Ok((client, url))
+    }
+
+    /// Starts the OpenSSH client `name` against the edge of region `region` (an index
+    /// into `regions`).
+    pub fn ssh_to(&self, region: usize, name: &str, args: &SshArgs) -> SshClient {
+        SshClient::start(
+            &self.dir.join("ssh"),
+            name,
+            self.regions[region].ssh_addr(),
+            args,
+        )
+        .expect("ssh starts")
     }
 }
 

@@ -1,8 +1,12 @@
 //! Control against a real PostgreSQL primary and two streaming replicas: the lag race,
 //! takeovers, leases, takedowns, token revocation, bad input, a replica that is down.
 //! The test plays the edge's side of the API over HTTP.
+//!
+//! One file on purpose: every case plays the edge through the one API client below, and
+//! each case reads on its own.
 
 use anyhow::Result;
+use nearhop_stack::postgres::PgEndpoint;
 use nearhop_stack::{Stack, StackOptions};
 use nearhop_wire::{
     ApiError, CreateTunnelRequest, CreateTunnelResponse, EdgeHeartbeatResponse, ErrorCode, Plan,
@@ -106,18 +110,12 @@ fn tunnel(edge: &str, token: Option<&str>, name: Option<&str>, force: bool) -> C
     }
 }
 
-fn psql(conninfo: &str, sql: &str) -> String {
-    let out = std::process::Command::new("psql")
-        .arg(conninfo)
-        .args(["-XAtqc", sql])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+/// Runs `sql` on `db`; its trimmed output.
+fn psql(db: &PgEndpoint, sql: &str) -> String {
+    nearhop_stack::postgres::psql(db, sql)
+        .expect("psql")
+        .trim()
+        .to_string()
 }
 
 fn start(tweak: Option<fn(&mut nearhop_stack::ControlSpec)>) -> Stack {
@@ -131,7 +129,7 @@ fn start(tweak: Option<fn(&mut nearhop_stack::ControlSpec)>) -> Stack {
 fn cname_on(stack: &Stack, region: &str, hostname: &str) -> String {
     let ep = stack.pg.endpoint_of(region).unwrap();
     psql(
-        &ep.conninfo(),
+        ep,
         &format!("SELECT content FROM records WHERE name = '{hostname}' AND type = 'CNAME'"),
     )
 }
@@ -275,7 +273,7 @@ fn name_owned_by_another_account_is_refused_and_nothing_written() {
     assert_eq!((status, err.error.code), (403, ErrorCode::NameOwned));
     assert!(err.error.message.contains("another account"));
     let live = psql(
-        &stack.pg.primary.endpoint.conninfo(),
+        &stack.pg.primary.endpoint,
         "SELECT count(*) FROM tunnels WHERE label = 'shop' AND closed_at IS NULL",
     );
     assert_eq!(live, "1");
@@ -309,7 +307,7 @@ fn lease_expiry_closes_the_tunnel_and_removes_its_record() {
         "eu.free.tunnel.test"
     );
     let reason = psql(
-        &stack.pg.primary.endpoint.conninfo(),
+        &stack.pg.primary.endpoint,
         &format!(
             "SELECT close_reason FROM tunnels WHERE id = {}",
             lapsed.tunnel_id
@@ -341,7 +339,7 @@ fn takedown_closes_removes_and_bans_leaving_the_other_zone_alone() {
     assert_eq!(hb.close.len(), 1);
     assert_eq!(hb.close[0].reason, "takedown");
     let banned = psql(
-        &stack.pg.primary.endpoint.conninfo(),
+        &stack.pg.primary.endpoint,
         "SELECT zone || ':' || reason FROM banned_names",
     );
     assert_eq!(banned, "free.tunnel.test:phishing");
@@ -383,7 +381,7 @@ fn bad_input_gets_clear_errors_and_writes_nothing() {
     let acct = stack.control.create_account(Plan::Pro).unwrap();
     let count = || {
         psql(
-            &stack.pg.primary.endpoint.conninfo(),
+            &stack.pg.primary.endpoint,
             "SELECT (SELECT count(*) FROM tunnels) || '/' || (SELECT count(*) FROM records) \
              || '/' || (SELECT count(*) FROM names)",
         )

@@ -1,8 +1,9 @@
 //! Custom domains: control checks the ownership proof (a TXT record at the user's own DNS,
 //! here a stock `pdns_server --launch=gpgsql`) before edges route the domain.
 
-use nearhop_stack::pdns::{psql, Caches, GpgsqlPdns};
+use nearhop_stack::pdns::{Caches, GpgsqlPdns};
 use nearhop_stack::ports::free_port;
+use nearhop_stack::postgres::psql;
 use nearhop_stack::{Stack, StackOptions};
 use nearhop_wire::{CreateTunnelRequest, EdgeRoutes, Plan, RegisterEdgeRequest, TunnelKind};
 use std::net::Ipv4Addr;

@@ -2,8 +2,10 @@
 //! from the resolver's address or its EDNS Client Subnet, and skips regions whose edges
 //! stopped heartbeating.
 
-use nearhop_stack::pdns::*;
-use std::time::{Duration, Instant};
+use anyhow::ensure;
+use nearhop_stack::dns_client::*;
+use nearhop_stack::fixtures::*;
+use nearhop_stack::poll::eventually;
 
 fn apex_a(fx: &DnsFixture, extra: &[&str]) -> String {
     let mut args = vec!["+short", "a.tunnel.test", "A"];
@@ -15,15 +17,12 @@ fn apex_a(fx: &DnsFixture, extra: &[&str]) -> String {
 }
 
 /// Polls (the heartbeat state is re-read every 200 ms) until the answer is `want`.
-fn eventually(fx: &DnsFixture, extra: &[&str], want: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+fn answer_becomes(fx: &DnsFixture, extra: &[&str], want: &str) {
+    eventually(&format!("the apex answers {want} ({extra:?})"), || {
         let got = apex_a(fx, extra);
-        if got == want || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        ensure!(got == want, "it answers {got:?}");
+        Ok(())
+    });
 }
 
 fn fixture() -> DnsFixture {
@@ -80,19 +79,10 @@ fn apex_skips_a_region_whose_edges_stopped_heartbeating() {
     fx.sql("UPDATE edges SET last_heartbeat = now() - interval '1 hour' WHERE region = 'ap'")
         .expect("stale heartbeat");
     // ap's clients now get their next preference, us.
-    assert_eq!(
-        eventually(&fx, &["-b", "127.0.0.3"], "127.0.0.1"),
-        "127.0.0.1"
-    );
-    assert_eq!(
-        eventually(&fx, &["+subnet=10.3.7.0/24"], "127.0.0.1"),
-        "127.0.0.1"
-    );
+    answer_becomes(&fx, &["-b", "127.0.0.3"], "127.0.0.1");
+    answer_becomes(&fx, &["+subnet=10.3.7.0/24"], "127.0.0.1");
     // The edge heartbeats again: back to ap.
     fx.sql("UPDATE edges SET last_heartbeat = now() WHERE region = 'ap'")
         .expect("fresh heartbeat");
-    assert_eq!(
-        eventually(&fx, &["-b", "127.0.0.3"], "127.0.0.3"),
-        "127.0.0.3"
-    );
+    answer_becomes(&fx, &["-b", "127.0.0.3"], "127.0.0.3");
 }

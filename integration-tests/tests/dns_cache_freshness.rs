@@ -2,6 +2,9 @@
 //! pdns's control socket: while records change under a hammer of queries, no stale or
 //! negative answer survives longer than the documented bound after the commit.
 
+use nearhop_stack::dns_client::*;
+use nearhop_stack::fixtures::*;
+use nearhop_stack::metrics::metric_sum;
 use nearhop_stack::pdns::*;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -219,12 +222,11 @@ fn changes_under_query_load_are_never_served_stale_past_the_bound() {
 /// Remote backend lookups pdns has made so far (the backend's own counter).
 fn backend_lookups(fx: &DnsFixture) -> f64 {
     let text = fx.region.backend_metrics().expect("backend metrics");
-    text.lines()
-        .filter(|l| {
-            l.starts_with("nearhop_pdns_backend_calls_total") && l.contains("method=\"lookup\"")
-        })
-        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(
+        &text,
+        "nearhop_pdns_backend_calls_total",
+        &[("method", "lookup")],
+    )
 }
 
 /// What makes pdns fast through the remote backend: once its query cache knows a tunnel

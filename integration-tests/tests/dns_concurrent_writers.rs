@@ -2,7 +2,8 @@
 //! primary: the backend tailing the replica loses no change and ends with exactly the
 //! database's records, although commit order differs from change-id order.
 
-use nearhop_stack::pdns::*;
+use nearhop_stack::dns_client::*;
+use nearhop_stack::fixtures::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 

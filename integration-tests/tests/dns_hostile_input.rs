@@ -2,7 +2,8 @@
 //! names, binary garbage, half-closed sockets) gets a clear refusal, never a crash, and pdns
 //! keeps answering through the same backend.
 
-use nearhop_stack::pdns::*;
+use nearhop_stack::dns_client::*;
+use nearhop_stack::fixtures::*;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;

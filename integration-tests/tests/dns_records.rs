@@ -1,6 +1,9 @@
 //! Records written on the primary are served by the replica-side pdns through the backend,
 //! on every connector, and the same database served by stock gpgsql answers the same.
 
+use nearhop_stack::control::ZONE_NEGATIVE_TTL;
+use nearhop_stack::dns_client::*;
+use nearhop_stack::fixtures::*;
 use nearhop_stack::pdns::*;
 use std::net::Ipv4Addr;
 
@@ -67,10 +70,10 @@ fn nxdomain_carries_the_soa_with_the_low_negative_ttl() {
         .find(|rr| rr.rtype == QTYPE_SOA)
         .expect("SOA in authority");
     assert_eq!(soa.name, "free.tunnel.test.");
-    assert_eq!(soa.ttl, SEED_NEGATIVE_TTL);
+    assert_eq!(soa.ttl, ZONE_NEGATIVE_TTL);
     let fields: Vec<&str> = soa.data.split_whitespace().collect();
     assert_eq!(fields.len(), 7, "{}", soa.data);
-    assert_eq!(fields[6], SEED_NEGATIVE_TTL.to_string());
+    assert_eq!(fields[6], ZONE_NEGATIVE_TTL.to_string());
 }
 
 #[test]

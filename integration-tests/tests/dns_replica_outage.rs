@@ -1,25 +1,26 @@
 //! When the replica goes away the backend keeps answering from memory, reports growing
 //! staleness, reconnects when the replica is back and picks up what it missed.
 
+use anyhow::Context;
+use nearhop_stack::dns_client::*;
+use nearhop_stack::fixtures::*;
+use nearhop_stack::metrics::metric;
 use nearhop_stack::pdns::*;
-use std::time::{Duration, Instant};
+use nearhop_stack::poll::eventually_within;
+use std::time::Duration;
 
+/// Polls `f` until it gives a value; the backend's replica reconnects take a while, so this
+/// waits longer than the usual patience.
 fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually_within(what, Duration::from_secs(60), || f().context("not yet"))
 }
 
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
+/// The CNAME data of `name` once eu's pdns answers it NOERROR.
+fn cname_once_answered(fx: &DnsFixture, what: &str, name: &str) -> Vec<String> {
+    until(what, || {
+        let r = query(fx.region.dns_addr(), name, QTYPE_CNAME, None).ok()?;
+        (r.rcode == RCODE_NOERROR).then(|| r.data_of(QTYPE_CNAME))
+    })
 }
 
 #[test]
@@ -66,7 +67,8 @@ fn replica_outage_keeps_answers_from_memory_counts_staleness_and_recovers() {
         (secs > 2.0).then_some(secs)
     });
     let text = fx.region.backend_metrics().expect("metrics");
-    let exported = metric(&text, "nearhop_pdns_backend_seconds_since_contact").expect("metric");
+    let exported =
+        metric(&text, "nearhop_pdns_backend_seconds_since_contact", &[]).expect("metric");
     assert!(exported >= stale, "{exported} < {stale}");
     assert_eq!(
         query(
@@ -86,24 +88,20 @@ fn replica_outage_keeps_answers_from_memory_counts_staleness_and_recovers() {
         .expect("insert");
     fx.pg.restart("eu").expect("replica restart");
     fx.wait_applied(&lsn).expect("applied after restart");
-    let r = until("the name written during the outage", || {
-        let r = query(
-            fx.region.dns_addr(),
-            "during.a.tunnel.test",
-            QTYPE_CNAME,
-            None,
-        )
-        .ok()?;
-        (r.rcode == RCODE_NOERROR).then_some(r)
-    });
     assert_eq!(
-        r.data_of(QTYPE_CNAME),
+        cname_once_answered(
+            &fx,
+            "the name written during the outage",
+            "during.a.tunnel.test"
+        ),
         vec!["ap.a.tunnel.test.".to_string()]
     );
     let status = fx.region.backend_status().expect("status");
     assert!(status["seconds_since_contact"].as_f64().unwrap_or(99.0) < 2.0);
     let text = fx.region.backend_metrics().expect("metrics");
-    assert!(metric(&text, "nearhop_pdns_backend_replica_reconnects_total").unwrap_or(0.0) >= 1.0);
+    assert!(
+        metric(&text, "nearhop_pdns_backend_replica_reconnects_total", &[]).unwrap_or(0.0) >= 1.0
+    );
 }
 
 #[test]
@@ -123,18 +121,12 @@ fn backend_down_gives_servfail_never_nxdomain() {
     .expect("query");
     assert_eq!(r.rcode, RCODE_SERVFAIL);
     fx.region.start_backend().expect("backend restart");
-    let r = until("answers after the backend restarted", || {
-        let r = query(
-            fx.region.dns_addr(),
-            "live.a.tunnel.test",
-            QTYPE_CNAME,
-            None,
-        )
-        .ok()?;
-        (r.rcode == RCODE_NOERROR).then_some(r)
-    });
     assert_eq!(
-        r.data_of(QTYPE_CNAME),
+        cname_once_answered(
+            &fx,
+            "answers after the backend restarted",
+            "live.a.tunnel.test"
+        ),
         vec!["eu.a.tunnel.test.".to_string()]
     );
 }

@@ -2,11 +2,8 @@
 //! answer depends on the resolver's address or its EDNS Client Subnet, on every region's
 //! DNS, and a region whose edge stopped drops out of the answers until it is back.
 
-mod e2e_support;
-
-use e2e_support::*;
-use nearhop_stack::pdns::dig;
-use nearhop_stack::{Stack, StackOptions};
+use nearhop_stack::dns_client::dig;
+use nearhop_stack::prelude::*;
 use std::time::Duration;
 
 /// The apex A answer of `zone` from region `dns`'s DNS, asked from `source` (and `ecs`).
@@ -49,14 +46,7 @@ fn apex_answers(stack: &Stack, want: [usize; 3]) -> anyhow::Result<()> {
 
 #[test]
 fn connect_name_answers_the_nearest_healthy_region_and_drops_a_stopped_edge() {
-    let mut stack = full_stack_with(StackOptions {
-        control_tweak: Some(fast_heartbeats),
-        ..StackOptions::default()
-    });
-    // Edges heartbeat every second; a region is skipped after 3 s without one.
-    stack
-        .restart_dns_with(|spec| spec.heartbeat_bound_secs = 3.0)
-        .expect("DNS restarts");
+    let mut stack = full_stack_dropping_silent_regions();
     apex_answers(&stack, [US, EU, AP]).unwrap();
 
     stack.stop_edge("ap", Duration::from_secs(10));

@@ -4,10 +4,8 @@
 //! shows in the lag and staleness metrics, and catches up when restarted; a killed edge
 //! sends the user's reconnect loop to another region, and DNS follows.
 
-mod e2e_support;
-
-use e2e_support::*;
 use nearhop_stack::edge::SshClient;
+use nearhop_stack::prelude::*;
 use nearhop_stack::{Stack, StackOptions};
 use std::time::Duration;
 
@@ -23,21 +21,15 @@ fn try_setup(
     name: &str,
     port: u16,
 ) -> Result<(SshClient, String), String> {
-    let token = pro_token(stack);
-    let mut c = ssh_to(stack, region, name, &tunnel_args(Some(&token), port));
-    match wait_url_fast(&mut c, PATIENCE) {
-        Ok(url) => Ok((c, url)),
-        Err(_) => {
-            let out = c.output();
-            c.stop();
-            Err(out)
-        }
-    }
+    let token = stack.pro_token();
+    stack
+        .http_tunnel(region, name, Some(&token), port)
+        .map_err(|e| format!("{e:#}"))
 }
 
 /// A new setup while `token`'s account exists already (control or the database down).
 fn refused_setup(stack: &Stack, token: &str, region: usize, name: &str, port: u16) -> String {
-    let mut c = ssh_to(stack, region, name, &tunnel_args(Some(token), port));
+    let mut c = stack.ssh_to(region, name, &SshArgs::http_tunnel(Some(token), port));
     let out = c.wait_exit(PATIENCE).expect("the refused client exits");
     assert!(
         nearhop_stack::edge::find_url(&out).is_none(),
@@ -63,10 +55,11 @@ fn live_tunnels_serve_every_visit_while_control_and_then_the_primary_are_down() 
     let mut stack = full_stack();
     let local = LocalService::start("live");
     let fresh = LocalService::start("fresh");
-    let token = pro_token(&stack);
-    let spare = pro_token(&stack);
-    let mut client = ssh_to(&stack, AP, "live", &tunnel_args(Some(&token), local.port));
-    let url = wait_url_fast(&mut client, PATIENCE).expect("URL");
+    let token = stack.pro_token();
+    let spare = stack.pro_token();
+    let (mut client, url) = stack
+        .http_tunnel(AP, "live", Some(&token), local.port)
+        .expect("URL");
     let loads: Vec<Load> = [AP, EU, US]
         .into_iter()
         .map(|r| Load::start(plan_in(&stack, r, &url, "live"), Duration::from_millis(20)))
@@ -116,20 +109,16 @@ fn stopped_replica_keeps_its_region_answering_shows_lag_and_catches_up() {
     let mut stack = full_stack();
     let local = LocalService::start("eu-live");
     let other = LocalService::start("later");
-    let token = pro_token(&stack);
-    let mut client = ssh_to(
-        &stack,
-        EU,
-        "eu-live",
-        &tunnel_args(Some(&token), local.port),
-    );
-    let url = wait_url_fast(&mut client, PATIENCE).expect("URL");
+    let token = stack.pro_token();
+    let (_client, url) = stack
+        .http_tunnel(EU, "eu-live", Some(&token), local.port)
+        .expect("URL");
     let load = Load::start(
         plan_in(&stack, EU, &url, "eu-live"),
         Duration::from_millis(20),
     );
     eventually("control sees eu's replica streaming", || {
-        let m = control_metrics(&stack)?;
+        let m = stack.control.metrics()?;
         anyhow::ensure!(
             metric(&m, "nearhop_replica_connected", &[("region", "eu")]) == Some(1.0),
             "not connected yet"
@@ -140,21 +129,17 @@ fn stopped_replica_keeps_its_region_answering_shows_lag_and_catches_up() {
     stack.pg.stop("eu");
     // A tunnel set up during the outage: eu cannot confirm it, which the user is told and
     // control counts; the other regions serve it at once.
-    let later_token = pro_token(&stack);
-    let mut later = ssh_to(
-        &stack,
-        AP,
-        "later",
-        &tunnel_args(Some(&later_token), other.port),
-    );
-    let later_url = wait_url_fast(&mut later, PATIENCE).expect("setups go on");
+    let later_token = stack.pro_token();
+    let (mut later, later_url) = stack
+        .http_tunnel(AP, "later", Some(&later_token), other.port)
+        .expect("setups go on");
     let out = later.wait_for("not confirmed", PATIENCE).expect("note");
     assert!(out.contains("region(s) eu"), "{out}");
     visit(&stack, AP, &later_url, "/").expect("ap serves the new tunnel");
 
     // Lag and staleness are visible.
     let m = eventually("control shows eu's replica away and lagging", || {
-        let m = control_metrics(&stack)?;
+        let m = stack.control.metrics()?;
         anyhow::ensure!(
             metric(&m, "nearhop_replica_connected", &[("region", "eu")]) == Some(0.0),
             "still connected"
@@ -191,7 +176,7 @@ fn stopped_replica_keeps_its_region_answering_shows_lag_and_catches_up() {
         Ok(())
     });
     eventually("control shows eu streaming again without lag", || {
-        let m = control_metrics(&stack)?;
+        let m = stack.control.metrics()?;
         anyhow::ensure!(
             metric(&m, "nearhop_replica_connected", &[("region", "eu")]) == Some(1.0),
             "not connected"
@@ -213,16 +198,9 @@ fn stopped_replica_keeps_its_region_answering_shows_lag_and_catches_up() {
 
 #[test]
 fn killed_edge_sends_the_reconnect_loop_to_another_region_and_dns_follows() {
-    let mut stack = full_stack_with(StackOptions {
-        control_tweak: Some(fast_heartbeats),
-        ..StackOptions::default()
-    });
-    // A region drops out of the connect name 3 s after its edges' last heartbeat.
-    stack
-        .restart_dns_with(|spec| spec.heartbeat_bound_secs = 3.0)
-        .expect("DNS restarts");
+    let mut stack = full_stack_dropping_silent_regions();
     let local = LocalService::start("looped");
-    let token = pro_token(&stack);
+    let token = stack.pro_token();
     let lp = ReconnectLoop::start(&stack, AP, &token, local.port).expect("loop starts");
     let url = eventually("the loop's first tunnel", || {
         lp.url_of_round(1)
@@ -297,9 +275,10 @@ fn live_tunnel_survives_a_control_outage_longer_than_its_lease() {
         ..StackOptions::default()
     });
     let local = LocalService::start("long-outage");
-    let token = pro_token(&stack);
-    let mut client = ssh_to(&stack, AP, "long", &tunnel_args(Some(&token), local.port));
-    let url = wait_url_fast(&mut client, PATIENCE).expect("URL");
+    let token = stack.pro_token();
+    let (_client, url) = stack
+        .http_tunnel(AP, "long", Some(&token), local.port)
+        .expect("URL");
     let load = Load::start(
         plan_in(&stack, AP, &url, "long-outage"),
         Duration::from_millis(50),

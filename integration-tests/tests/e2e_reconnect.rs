@@ -2,9 +2,7 @@
 //! the name along, and DNS everywhere points at the new region by the time the new URL is
 //! printed; a client that vanished without closing does not hold its name hostage.
 
-mod e2e_support;
-
-use e2e_support::*;
+use nearhop_stack::prelude::*;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -26,23 +24,20 @@ fn assert_points_everywhere(stack: &nearhop_stack::Stack, host: &str, region: us
 fn reconnect_from_other_region_moves_dns_and_closes_the_old_tunnel() {
     let stack = full_stack();
     let (first, second) = (LocalService::start("first"), LocalService::start("second"));
-    let token = pro_token(&stack);
+    let token = stack.pro_token();
 
-    let mut old = ssh_to(&stack, AP, "in-ap", &tunnel_args(Some(&token), first.port));
-    let old_url = wait_url_fast(&mut old, PATIENCE).expect("URL in ap");
+    let (mut old, old_url) = stack
+        .http_tunnel(AP, "in-ap", Some(&token), first.port)
+        .expect("URL in ap");
     let host = host_of(&old_url);
     assert_points_everywhere(&stack, &host, AP);
     let body = visit(&stack, AP, &old_url, "/").expect("visit in ap");
     assert!(body.contains("hello from first"), "{body}");
 
     // The same user, now near eu, reconnects there while the old connection still lives.
-    let mut new = ssh_to(
-        &stack,
-        EU,
-        "in-eu",
-        &tunnel_args(Some(&format!("{token}+force")), second.port),
-    );
-    let new_url = wait_url_fast(&mut new, PATIENCE).expect("URL in eu");
+    let (_new, new_url) = stack
+        .http_tunnel(EU, "in-eu", Some(&format!("{token}+force")), second.port)
+        .expect("URL in eu");
     assert_eq!(host_of(&new_url), host, "the persistent name moves along");
     assert_points_everywhere(&stack, &host, EU);
     for resolver in [EU, AP, US] {
@@ -62,7 +57,7 @@ fn reconnect_from_other_region_moves_dns_and_closes_the_old_tunnel() {
         status != 200 && !body.contains("hello from first"),
         "ap's edge still serves the old tunnel: {status} {body}"
     );
-    let metrics = control_metrics(&stack).expect("metrics");
+    let metrics = stack.control.metrics().expect("metrics");
     assert!(
         metric(
             &metrics,
@@ -79,10 +74,11 @@ fn reconnect_from_other_region_moves_dns_and_closes_the_old_tunnel() {
 fn dead_client_reconnect_without_force_gets_its_name_back() {
     let stack = full_stack();
     let (first, second) = (LocalService::start("first"), LocalService::start("second"));
-    let token = pro_token(&stack);
+    let token = stack.pro_token();
 
-    let mut old = ssh_to(&stack, AP, "frozen", &tunnel_args(Some(&token), first.port));
-    let old_url = wait_url_fast(&mut old, PATIENCE).expect("URL in ap");
+    let (mut old, old_url) = stack
+        .http_tunnel(AP, "frozen", Some(&token), first.port)
+        .expect("URL in ap");
     let set_up = std::time::Instant::now();
     let host = host_of(&old_url);
     visit(&stack, AP, &old_url, "/").expect("visit in ap");
@@ -95,8 +91,9 @@ fn dead_client_reconnect_without_force_gets_its_name_back() {
     std::thread::sleep(Duration::from_secs(7).saturating_sub(set_up.elapsed()));
 
     // It wakes up on another network, near eu, and reconnects without `force`.
-    let mut new = ssh_to(&stack, EU, "woken", &tunnel_args(Some(&token), second.port));
-    let new_url = wait_url_fast(&mut new, PATIENCE).expect("the name is given back");
+    let (new, new_url) = stack
+        .http_tunnel(EU, "woken", Some(&token), second.port)
+        .expect("the name is given back");
     assert_eq!(host_of(&new_url), host);
     let out = new.output();
     assert!(

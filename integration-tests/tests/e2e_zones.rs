@@ -2,10 +2,8 @@
 //! taking a free-zone name down closes its tunnel and removes it everywhere while the pro
 //! zone's tunnel, records and SOA stay exactly as they were.
 
-mod e2e_support;
-
-use e2e_support::*;
-use nearhop_stack::pdns::{query, QTYPE_SOA, RCODE_NXDOMAIN};
+use nearhop_stack::dns_client::{query, QTYPE_SOA, RCODE_NXDOMAIN};
+use nearhop_stack::prelude::*;
 use nearhop_stack::Stack;
 use std::time::Duration;
 
@@ -20,21 +18,13 @@ fn free_zone_takedown_leaves_the_pro_zone_untouched() {
     let stack = full_stack();
     let pro_local = LocalService::start("pro");
     let free_local = LocalService::start("free");
-    let token = pro_token(&stack);
-    let mut pro = ssh_to(
-        &stack,
-        EU,
-        "pro",
-        &tunnel_args(Some(&token), pro_local.port),
-    );
-    let pro_url = wait_url_fast(&mut pro, PATIENCE).expect("pro URL");
-    let mut free = ssh_to(
-        &stack,
-        EU,
-        "free",
-        &tunnel_args(Some("http"), free_local.port),
-    );
-    let free_url = wait_url_fast(&mut free, PATIENCE).expect("free URL");
+    let token = stack.pro_token();
+    let (mut pro, pro_url) = stack
+        .http_tunnel(EU, "pro", Some(&token), pro_local.port)
+        .expect("pro URL");
+    let (mut free, free_url) = stack
+        .http_tunnel(EU, "free", Some("http"), free_local.port)
+        .expect("free URL");
     let (pro_host, free_host) = (host_of(&pro_url), host_of(&free_url));
     assert!(pro_host.ends_with(&format!(".{PRO_ZONE}")), "{pro_host}");
     assert!(free_host.ends_with(&format!(".{FREE_ZONE}")), "{free_host}");

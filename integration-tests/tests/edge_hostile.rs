@@ -2,34 +2,21 @@
 //! of forward requests, slowloris visitors, megabyte header lines, unknown hosts. Each gets a
 //! clear answer; the edge keeps serving and leaks nothing.
 
-mod edge_support;
-
-use edge_support::*;
 use nearhop_stack::edge::{url_host_port, SshArgs};
+use nearhop_stack::prelude::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-/// The value of an unlabelled metric line `name value`.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 fn assert_serving(s: &EdgeStack, url: &str) {
-    let body = visitor(url, s.edge.http_addr())
-        .get(format!("{url}/hello"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let body = s.visit(url, "/hello").text().unwrap();
     assert!(body.starts_with("hello from local"), "{body}");
 }
 
 #[test]
 fn bad_tokens_and_absurd_usernames_get_clear_sentences() {
     let mut s = EdgeStack::start("");
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let cases = [
         ("no-such-token", "Your token was not accepted"),
         ("tok+bogus", "\"bogus\" is not a keyword"),
@@ -38,12 +25,15 @@ fn bad_tokens_and_absurd_usernames_get_clear_sentences() {
         ("tok~x*y", "holds characters that no nearhop token has"),
     ];
     for (i, (user, expected)) in cases.iter().enumerate() {
-        let mut c = s.ssh(&format!("bad-{i}"), &http_tunnel(Some(user), local.port));
+        let mut c = s.ssh(
+            &format!("bad-{i}"),
+            &SshArgs::http_tunnel(Some(user), local.port),
+        );
         let out = c.wait_exit(PATIENCE).unwrap();
         assert!(out.contains(expected), "{user:?}: {out}");
     }
     let long = "a".repeat(5000);
-    let mut c = s.ssh("long", &http_tunnel(Some(&long), local.port));
+    let mut c = s.ssh("long", &SshArgs::http_tunnel(Some(&long), local.port));
     let out = c.wait_exit(PATIENCE).unwrap();
     assert!(out.contains("characters long"), "{out}");
     assert!(s.edge.is_running());
@@ -52,7 +42,7 @@ fn bad_tokens_and_absurd_usernames_get_clear_sentences() {
 #[test]
 fn thousands_of_forward_requests_are_capped_and_nothing_leaks() {
     let s = EdgeStack::start("max_forwards_per_session = 8\n");
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let token = s.pro_token();
     let args = SshArgs {
         user: Some(token),
@@ -88,7 +78,7 @@ fn thousands_of_forward_requests_are_capped_and_nothing_leaks() {
             "still live"
         );
         anyhow::ensure!(
-            metric(&m, "nearhop_edge_ssh_sessions_active") == Some(0.0),
+            metric(&m, "nearhop_edge_ssh_sessions_active", &[]) == Some(0.0),
             "session"
         );
         Ok(())
@@ -98,9 +88,9 @@ fn thousands_of_forward_requests_are_capped_and_nothing_leaks() {
 #[test]
 fn slowloris_visitors_are_cut_and_others_still_served() {
     let s = EdgeStack::start("visitor_header_timeout_seconds = 2\n");
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let token = s.pro_token();
-    let mut c = s.ssh("slow", &http_tunnel(Some(&token), local.port));
+    let mut c = s.ssh("slow", &SshArgs::http_tunnel(Some(&token), local.port));
     let url = c.wait_for_url(PATIENCE).unwrap();
     let (host, _) = url_host_port(&url).unwrap();
     let mut slow: Vec<TcpStream> = (0..200)
@@ -127,7 +117,7 @@ fn slowloris_visitors_are_cut_and_others_still_served() {
     eventually("slow connections released", || {
         let m = s.edge.metrics()?;
         anyhow::ensure!(
-            metric(&m, "nearhop_edge_visitor_connections_active") == Some(0.0),
+            metric(&m, "nearhop_edge_visitor_connections_active", &[]) == Some(0.0),
             "connections still open"
         );
         Ok(())
@@ -137,9 +127,9 @@ fn slowloris_visitors_are_cut_and_others_still_served() {
 #[test]
 fn megabyte_header_lines_and_unknown_hosts_get_errors_not_crashes() {
     let s = EdgeStack::start("");
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let token = s.pro_token();
-    let mut c = s.ssh("big", &http_tunnel(Some(&token), local.port));
+    let mut c = s.ssh("big", &SshArgs::http_tunnel(Some(&token), local.port));
     let url = c.wait_for_url(PATIENCE).unwrap();
     let (host, _) = url_host_port(&url).unwrap();
 

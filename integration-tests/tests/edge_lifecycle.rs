@@ -1,18 +1,16 @@
 //! A tunnel's life on a real edge: a takedown reaches the client, a dead client is found by
 //! keepalives, the admin API answers only with the secret, a graceful shutdown tells clients.
 
-mod edge_support;
-
-use edge_support::*;
 use nearhop_stack::edge::url_host_port;
+use nearhop_stack::prelude::*;
 use std::time::Duration;
 
 #[test]
 fn takedown_closes_the_tunnel_and_tells_the_client() {
     let s = EdgeStack::start("");
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let token = s.pro_token();
-    let mut c = s.ssh("victim", &http_tunnel(Some(&token), local.port));
+    let mut c = s.ssh("victim", &SshArgs::http_tunnel(Some(&token), local.port));
     let url = c.wait_for_url(PATIENCE).unwrap();
     let (host, _) = url_host_port(&url).unwrap();
     s.stack
@@ -27,20 +25,16 @@ fn takedown_closes_the_tunnel_and_tells_the_client() {
         out.contains(&format!("{host} is closed")) || out.contains("taken down by the operator"),
         "{out}"
     );
-    let status = visitor(&url, s.edge.http_addr())
-        .get(format!("{url}/hello"))
-        .send()
-        .unwrap()
-        .status();
+    let status = s.visit(&url, "/hello").status();
     assert_eq!(status, 404, "the edge no longer routes the name");
 }
 
 #[test]
 fn dead_client_is_found_by_keepalives_and_its_tunnel_closed() {
     let s = EdgeStack::start("keepalive_interval_seconds = 1\nkeepalive_max = 2\n");
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let token = s.pro_token();
-    let mut c = s.ssh("frozen", &http_tunnel(Some(&token), local.port));
+    let mut c = s.ssh("frozen", &SshArgs::http_tunnel(Some(&token), local.port));
     c.wait_for_url(PATIENCE).unwrap();
     c.freeze();
     eventually("the frozen client's tunnel closed as dead", || {
@@ -99,9 +93,9 @@ fn admin_api_needs_the_secret_and_knows_its_tunnels() {
 #[test]
 fn alive_probe_tells_a_live_client_from_a_frozen_one() {
     let s = EdgeStack::start("keepalive_interval_seconds = 60\n");
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let token = s.pro_token();
-    let mut c = s.ssh("probed", &http_tunnel(Some(&token), local.port));
+    let mut c = s.ssh("probed", &SshArgs::http_tunnel(Some(&token), local.port));
     c.wait_for_url(PATIENCE).unwrap();
     let log = std::fs::read_to_string(s.edge.log()).unwrap();
     let id: i64 = log
@@ -130,9 +124,9 @@ fn alive_probe_tells_a_live_client_from_a_frozen_one() {
 #[test]
 fn graceful_shutdown_tells_clients_and_closes_their_tunnels() {
     let mut s = EdgeStack::start("drain_seconds = 2\n");
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let token = s.pro_token();
-    let mut c = s.ssh("told", &http_tunnel(Some(&token), local.port));
+    let mut c = s.ssh("told", &SshArgs::http_tunnel(Some(&token), local.port));
     c.wait_for_url(PATIENCE).unwrap();
     s.edge.stop_within(Duration::from_secs(20));
     let out = c.wait_exit(PATIENCE).unwrap();
@@ -145,7 +139,7 @@ fn graceful_shutdown_tells_clients_and_closes_their_tunnels() {
         &s.stack.dir.join("ssh"),
         "again",
         edge2.ssh_addr(),
-        &http_tunnel(Some(&token), local.port),
+        &SshArgs::http_tunnel(Some(&token), local.port),
     )
     .unwrap();
     again.wait_for_url(PATIENCE).unwrap();

@@ -2,10 +2,8 @@
 //! refused, a live name without `force` is refused with a hint, `force` takes over, and a
 //! client that dropped off the network gets its name back on reconnect without `force`.
 
-mod edge_support;
-
-use edge_support::*;
 use nearhop_stack::edge::SshArgs;
+use nearhop_stack::prelude::*;
 
 fn named(user: &str, name: &str, port: u16) -> SshArgs {
     SshArgs {
@@ -18,7 +16,7 @@ fn named(user: &str, name: &str, port: u16) -> SshArgs {
 #[test]
 fn name_owned_by_another_account_is_refused() {
     let s = EdgeStack::start("");
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let (a, b) = (s.pro_token(), s.pro_token());
     let mut owner = s.ssh("owner", &named(&a, "shop", local.port));
     owner.wait_for_url(PATIENCE).unwrap();
@@ -34,7 +32,7 @@ fn name_owned_by_another_account_is_refused() {
 #[test]
 fn live_name_without_force_is_refused_with_a_hint() {
     let s = EdgeStack::start("");
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let token = s.pro_token();
     let mut first = s.ssh("first", &named(&token, "blog", local.port));
     first.wait_for_url(PATIENCE).unwrap();
@@ -55,8 +53,8 @@ fn live_name_without_force_is_refused_with_a_hint() {
 #[test]
 fn force_takes_over_a_live_name() {
     let s = EdgeStack::start("");
-    let old_service = LocalService::start_tagged("old");
-    let new_service = LocalService::start_tagged("new");
+    let old_service = LocalService::start("old");
+    let new_service = LocalService::start("new");
     let token = s.pro_token();
     let mut old = s.ssh("old", &named(&token, "blog", old_service.port));
     let url = old.wait_for_url(PATIENCE).unwrap();
@@ -71,12 +69,7 @@ fn force_takes_over_a_live_name() {
         told.contains("blog.a.tunnel.test"),
         "the old client is told: {told}"
     );
-    let body = visitor(&url, s.edge.http_addr())
-        .get(format!("{url}/hello"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let body = s.visit(&url, "/hello").text().unwrap();
     assert!(
         body.contains("tag=new"),
         "visitors reach the new client: {body}"
@@ -88,8 +81,8 @@ fn reconnect_after_network_drop_gets_the_name_back_without_force() {
     // Keepalives every 60 s: the frozen client is found dead by the alive probe at setup,
     // not by the keepalive sweep.
     let s = EdgeStack::start("keepalive_interval_seconds = 60\n");
-    let old_service = LocalService::start_tagged("old");
-    let new_service = LocalService::start_tagged("new");
+    let old_service = LocalService::start("old");
+    let new_service = LocalService::start("new");
     let token = s.pro_token();
     let mut old = s.ssh("dropped", &named(&token, "app", old_service.port));
     let url = old.wait_for_url(PATIENCE).unwrap();
@@ -116,12 +109,7 @@ fn reconnect_after_network_drop_gets_the_name_back_without_force() {
     };
     assert_eq!(new_url, url);
     assert!(!new.output().contains("force"), "{}", new.output());
-    let body = visitor(&url, s.edge.http_addr())
-        .get(format!("{url}/hello"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let body = s.visit(&url, "/hello").text().unwrap();
     assert!(body.contains("tag=new"), "{body}");
     old.stop();
 }

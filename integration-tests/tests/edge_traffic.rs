@@ -2,10 +2,8 @@
 //! byte-identical, 100 concurrent visitors, an upgraded connection stays open while idle, TCP
 //! tunnels round-trip.
 
-mod edge_support;
-
-use edge_support::*;
 use nearhop_stack::edge::url_host_port;
+use nearhop_stack::prelude::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -13,9 +11,9 @@ use std::time::Duration;
 #[test]
 fn large_upload_and_download_are_byte_identical() {
     let s = EdgeStack::start("");
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let token = s.pro_token();
-    let mut client = s.ssh("bulk", &http_tunnel(Some(&token), local.port));
+    let mut client = s.ssh("bulk", &SshArgs::http_tunnel(Some(&token), local.port));
     let url = client.wait_for_url(PATIENCE).unwrap();
     let v = visitor(&url, s.edge.http_addr());
 
@@ -49,9 +47,9 @@ fn large_upload_and_download_are_byte_identical() {
 #[test]
 fn hundred_concurrent_visitors_all_get_answers() {
     let s = EdgeStack::start("");
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let token = s.pro_token();
-    let mut client = s.ssh("many", &http_tunnel(Some(&token), local.port));
+    let mut client = s.ssh("many", &SshArgs::http_tunnel(Some(&token), local.port));
     let url = client.wait_for_url(PATIENCE).unwrap();
     let edge = s.edge.http_addr();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -113,9 +111,9 @@ fn read_head(stream: &mut TcpStream) -> String {
 #[test]
 fn upgraded_connection_stays_open_past_peer_idle_limits() {
     let s = EdgeStack::start("");
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let token = s.pro_token();
-    let mut client = s.ssh("ws", &http_tunnel(Some(&token), local.port));
+    let mut client = s.ssh("ws", &SshArgs::http_tunnel(Some(&token), local.port));
     let url = client.wait_for_url(PATIENCE).unwrap();
     let (host, _) = url_host_port(&url).unwrap();
     let mut ws = TcpStream::connect(s.edge.http_addr()).unwrap();
@@ -144,7 +142,10 @@ fn tcp_tunnel_round_trips_bytes() {
     let s = EdgeStack::start("");
     let echo = tcp_echo();
     let token = s.pro_token();
-    let mut client = s.ssh("tcp", &http_tunnel(Some(&format!("{token}+tcp")), echo));
+    let mut client = s.ssh(
+        "tcp",
+        &SshArgs::http_tunnel(Some(&format!("{token}+tcp")), echo),
+    );
     let url = client.wait_for_url(PATIENCE).unwrap();
     assert!(url.starts_with("tcp://"), "{url}");
     let (_, port) = url_host_port(&url).unwrap();
@@ -172,7 +173,7 @@ fn tls_tunnel_passes_tls_through_routed_by_sni() {
     let token = s.pro_token();
     let mut client = s.ssh(
         "tls",
-        &http_tunnel(Some(&format!("{token}+tls")), service.port),
+        &SshArgs::http_tunnel(Some(&format!("{token}+tls")), service.port),
     );
     let url = client.wait_for_url(PATIENCE).unwrap();
     assert!(url.starts_with("tls://"), "{url}");
@@ -211,10 +212,7 @@ fn tls_tunnel_passes_tls_through_routed_by_sni() {
         "{text}"
     );
     let http_url = format!("http://{host}:{}", s.edge.spec.http);
-    let resp = visitor(&http_url, s.edge.http_addr())
-        .get(format!("{http_url}/"))
-        .send()
-        .unwrap();
+    let resp = s.visit(&http_url, "/");
     assert_eq!(resp.status(), 421);
     let text = resp.text().unwrap();
     assert!(text.contains(&format!("https://{host}:{port}/")), "{text}");
@@ -229,7 +227,7 @@ fn tls_tunnel_passes_tls_through_routed_by_sni() {
     assert!(r.body.contains("s_server"));
 
     // Options that need HTTP are refused for a tls tunnel instead of silently not applying.
-    let mut args = http_tunnel(Some(&format!("{}+tls", s.pro_token())), service.port);
+    let mut args = SshArgs::http_tunnel(Some(&format!("{}+tls", s.pro_token())), service.port);
     args.command = vec!["b:alice:s3cret".into()];
     let mut refused = s.ssh("tls-auth", &args);
     let out = refused.wait_exit(PATIENCE).unwrap();
@@ -241,7 +239,7 @@ fn noreverseproxy_routes_by_host_then_passes_bytes_untouched() {
     let s = EdgeStack::start("");
     let echo = tcp_echo();
     let token = s.pro_token();
-    let mut args = http_tunnel(Some(&token), echo);
+    let mut args = SshArgs::http_tunnel(Some(&token), echo);
     args.command = vec!["x:noreverseproxy".into()];
     let mut client = s.ssh("raw", &args);
     let url = client.wait_for_url(PATIENCE).unwrap();
@@ -267,7 +265,7 @@ fn noreverseproxy_routes_by_host_then_passes_bytes_untouched() {
     );
 
     // Options that need HTTP cannot come with it: the client is told why.
-    let mut args = http_tunnel(Some(&token), echo);
+    let mut args = SshArgs::http_tunnel(Some(&token), echo);
     args.command = vec!["x:noreverseproxy".into(), "b:alice:s3cret".into()];
     let mut refused = s.ssh("raw-auth", &args);
     let out = refused.wait_exit(PATIENCE).unwrap();
@@ -285,9 +283,9 @@ fn https_is_served_with_the_operators_certificate() {
     ));
     let ip = s.edge.spec.ip;
     let tls_port = s.edge.spec.tls;
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let token = s.pro_token();
-    let mut client = s.ssh("https", &http_tunnel(Some(&token), local.port));
+    let mut client = s.ssh("https", &SshArgs::http_tunnel(Some(&token), local.port));
     let url = client.wait_for_url(PATIENCE).unwrap();
     let (host, _) = url_host_port(&url).unwrap();
     let out = client.output();
@@ -319,7 +317,7 @@ fn https_is_served_with_the_operators_certificate() {
     );
 
     // x:https sends plain-HTTP visitors to the HTTPS URL, port included.
-    let mut args = http_tunnel(Some(&s.pro_token()), local.port);
+    let mut args = SshArgs::http_tunnel(Some(&s.pro_token()), local.port);
     args.command = vec!["x:https".into()];
     let mut redirecting = s.ssh("x-https", &args);
     let url = redirecting.wait_for_url(PATIENCE).unwrap();
@@ -340,7 +338,7 @@ fn https_is_served_with_the_operators_certificate() {
 
     // A tls tunnel on the same edge still passes through untouched.
     let service = LocalTlsService::start(&s.stack.dir.join("tls-service"));
-    let mut args = http_tunnel(Some(&format!("{}+tls", s.pro_token())), service.port);
+    let mut args = SshArgs::http_tunnel(Some(&format!("{}+tls", s.pro_token())), service.port);
     args.forwards = vec![format!("raw:0:localhost:{}", service.port)];
     let mut passthrough = s.ssh("tls-too", &args);
     let url = passthrough.wait_for_url(PATIENCE).unwrap();

@@ -1,17 +1,15 @@
 //! The stock OpenSSH client against a real edge, control and Postgres: URLs are printed,
 //! visitors reach the local service, `qr` draws a QR code, `-N` learns its URL.
 
-mod edge_support;
-
-use edge_support::*;
 use nearhop_stack::edge::SshArgs;
+use nearhop_stack::prelude::*;
 
 #[test]
 fn ssh_client_gets_a_url_and_visitors_reach_its_local_server() {
     let s = EdgeStack::start("");
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let token = s.pro_token();
-    let mut client = s.ssh("pro", &http_tunnel(Some(&token), local.port));
+    let mut client = s.ssh("pro", &SshArgs::http_tunnel(Some(&token), local.port));
     let url = client.wait_for_url(PATIENCE).unwrap();
     assert!(
         url.contains(".a.tunnel.test"),
@@ -20,12 +18,7 @@ fn ssh_client_gets_a_url_and_visitors_reach_its_local_server() {
     let out = client.output();
     assert!(out.contains("region us"), "the region is printed: {out}");
 
-    let body = visitor(&url, s.edge.http_addr())
-        .get(format!("{url}/hello"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let body = s.visit(&url, "/hello").text().unwrap();
     assert!(body.starts_with("hello from local"), "{body}");
     assert!(
         body.contains("xff=127.0.0.1"),
@@ -41,8 +34,8 @@ fn ssh_client_gets_a_url_and_visitors_reach_its_local_server() {
 #[test]
 fn anonymous_client_gets_a_free_zone_name() {
     let s = EdgeStack::start("");
-    let local = LocalService::start();
-    let mut client = s.ssh("anon", &http_tunnel(Some("http"), local.port));
+    let local = LocalService::start("local");
+    let mut client = s.ssh("anon", &SshArgs::http_tunnel(Some("http"), local.port));
     let url = client.wait_for_url(PATIENCE).unwrap();
     assert!(url.contains(".free.tunnel.test"), "{url}");
     let out = client.output();
@@ -50,20 +43,19 @@ fn anonymous_client_gets_a_free_zone_name() {
         out.contains("closes at"),
         "free tunnels say when they end: {out}"
     );
-    let status = visitor(&url, s.edge.http_addr())
-        .get(format!("{url}/hello"))
-        .send()
-        .unwrap()
-        .status();
+    let status = s.visit(&url, "/hello").status();
     assert_eq!(status, 200);
 }
 
 #[test]
 fn qr_keyword_prints_a_qr_code() {
     let s = EdgeStack::start("");
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let token = s.pro_token();
-    let mut client = s.ssh("qr", &http_tunnel(Some(&format!("{token}+qr")), local.port));
+    let mut client = s.ssh(
+        "qr",
+        &SshArgs::http_tunnel(Some(&format!("{token}+qr")), local.port),
+    );
     client.wait_for_url(PATIENCE).unwrap();
     let out = client.wait_for("▀", PATIENCE).unwrap();
     let qr_lines = out
@@ -76,24 +68,20 @@ fn qr_keyword_prints_a_qr_code() {
 #[test]
 fn client_with_dash_n_learns_its_url() {
     let s = EdgeStack::start("");
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let token = s.pro_token();
-    let mut args = http_tunnel(Some(&token), local.port);
+    let mut args = SshArgs::http_tunnel(Some(&token), local.port);
     args.no_command = true;
     let mut client = s.ssh("dash-n", &args);
     let url = client.wait_for_url(PATIENCE).unwrap();
-    let status = visitor(&url, s.edge.http_addr())
-        .get(format!("{url}/hello"))
-        .send()
-        .unwrap()
-        .status();
+    let status = s.visit(&url, "/hello").status();
     assert_eq!(status, 200);
 }
 
 #[test]
 fn requested_name_is_given_and_options_protect_it() {
     let s = EdgeStack::start("");
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let token = s.pro_token();
     let args = SshArgs {
         user: Some(token),
@@ -125,14 +113,14 @@ fn requested_name_is_given_and_options_protect_it() {
 fn tunnel_with(token: &str, port: u16, options: &[&str]) -> SshArgs {
     SshArgs {
         options: options.iter().map(|o| o.to_string()).collect(),
-        ..http_tunnel(Some(token), port)
+        ..SshArgs::http_tunnel(Some(token), port)
     }
 }
 
 #[test]
 fn stock_clients_get_aes_gcm_and_operators_may_offer_other_ciphers() {
     let s = EdgeStack::start("");
-    let local = LocalService::start();
+    let local = LocalService::start("local");
     let token = s.pro_token();
 
     let mut client = s.ssh(

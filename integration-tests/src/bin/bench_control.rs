@@ -6,6 +6,7 @@
 //!     NEARHOP_PROFILE=release target/release/bench_control [creations-per-run]
 
 use anyhow::{bail, Result};
+use nearhop_stack::stats::percentile;
 use nearhop_stack::{Stack, StackOptions};
 use nearhop_wire::{CreateTunnelRequest, CreateTunnelResponse, RegisterEdgeRequest, TunnelKind};
 use reqwest::blocking::Client;
@@ -20,14 +21,6 @@ struct Run {
     latencies_ms: Vec<f64>,
     wait_ms: Vec<f64>,
     unconfirmed: usize,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
 }
 
 fn create(http: &Client, base: &str, secret: &str, edge: &str) -> Result<CreateTunnelResponse> {
@@ -163,10 +156,10 @@ fn main() -> Result<()> {
             r.concurrency,
             r.total,
             r.total as f64 / r.elapsed.as_secs_f64(),
-            percentile(&r.latencies_ms, 0.5),
-            percentile(&r.latencies_ms, 0.99),
-            percentile(&r.wait_ms, 0.5),
-            percentile(&r.wait_ms, 0.99),
+            percentile(&r.latencies_ms, 50.0).unwrap_or(0.0),
+            percentile(&r.latencies_ms, 99.0).unwrap_or(0.0),
+            percentile(&r.wait_ms, 50.0).unwrap_or(0.0),
+            percentile(&r.wait_ms, 99.0).unwrap_or(0.0),
             r.unconfirmed
         );
     }

@@ -8,10 +8,14 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use nearhop_stack::dns_client::*;
+use nearhop_stack::fixtures::*;
 use nearhop_stack::pdns::*;
 use nearhop_stack::ports::free_port;
+use nearhop_stack::postgres::*;
 use nearhop_stack::process::ChildGuard;
-use std::net::{Ipv4Addr, SocketAddr};
+use nearhop_stack::stats::percentile;
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -142,13 +146,6 @@ fn dnsperf(addr: SocketAddr, data: &std::path::Path, args: &Args) -> Result<Perf
     })
 }
 
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[(sorted.len() - 1) * p / 100]
-}
-
 /// Polls `addr` for `name` until it answers NOERROR; returns when it did.
 fn poll_until_answered(addr: SocketAddr, name: String, give_up: Instant) -> Option<Instant> {
     let sock = std::net::UdpSocket::bind(("127.0.0.1", 0)).ok()?;
@@ -189,14 +186,10 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     eprintln!("starting primary + replica in {}", dir.display());
     let pg = primary_and_replica(&dir)?;
-    let (us, eu) = (pg.primary.endpoint.ip, pg.replicas[0].endpoint.ip);
+    let eu = pg.replicas[0].endpoint.ip;
     let primary = pg.primary.endpoint.clone();
     let replica = pg.replicas[0].endpoint.clone();
-    apply_schema(&primary)?;
-    seed_zones(
-        &primary,
-        &[("us", us), ("eu", eu), ("ap", Ipv4Addr::new(127, 0, 0, 3))],
-    )?;
+    seed_through_control(&dir, &primary)?;
     eprintln!("inserting {} tunnel records", args.records);
     psql(
         &primary,
@@ -421,9 +414,9 @@ fn main() -> Result<()> {
     let frow = |label: &str, v: &[Duration], missed: u32| {
         println!(
             "| {label} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {missed} |",
-            percentile(v, 50).as_secs_f64() * 1e3,
-            percentile(v, 90).as_secs_f64() * 1e3,
-            percentile(v, 99).as_secs_f64() * 1e3,
+            percentile(v, 50.0).unwrap_or_default().as_secs_f64() * 1e3,
+            percentile(v, 90.0).unwrap_or_default().as_secs_f64() * 1e3,
+            percentile(v, 99.0).unwrap_or_default().as_secs_f64() * 1e3,
             v.last().copied().unwrap_or_default().as_secs_f64() * 1e3
         );
     };

@@ -6,12 +6,10 @@
 //!
 //! `cargo build --workspace --bins && target/debug/bench_e2e --tunnels 1000`
 
-#[path = "../../tests/e2e_support/mod.rs"]
-mod e2e_support;
-
 use anyhow::Result;
 use clap::Parser;
-use e2e_support::*;
+use nearhop_stack::prelude::*;
+use nearhop_stack::stats::percentile;
 use nearhop_stack::StackOptions;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -78,7 +76,7 @@ impl RaceStack {
             lag_wait_ms,
             ..StackOptions::default()
         });
-        let token = pro_token(&stack);
+        let token = stack.pro_token();
         RaceStack {
             stack,
             token,
@@ -107,21 +105,15 @@ impl RaceStack {
         };
         let want = stack.regions[region].name.clone();
         let started = Instant::now();
-        let mut client = ssh_to(
-            stack,
-            region,
-            &format!("b{}", i % 4),
-            &tunnel_args(Some(&user), local_port),
-        );
-        let url = match wait_url_fast(&mut client, PATIENCE) {
-            Ok(u) => u,
-            Err(e) => {
-                eprintln!("round {i} (wait {} ms): no URL: {e:#}", out.lag_wait_ms);
-                out.setup_failures.push(format!("{e:#}"));
-                client.stop();
-                return Ok(());
-            }
-        };
+        let (mut client, url) =
+            match stack.http_tunnel(region, &format!("b{}", i % 4), Some(&user), local_port) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    eprintln!("round {i} (wait {} ms): no URL: {e:#}", out.lag_wait_ms);
+                    out.setup_failures.push(format!("{e:#}"));
+                    return Ok(());
+                }
+            };
         out.setup_ms.push(started.elapsed().as_secs_f64() * 1000.0);
         let host = host_of(&url);
         let other = if region == AP { EU } else { AP };
@@ -142,7 +134,7 @@ impl RaceStack {
                 }
             };
             if !l.points_at(&want, zone) {
-                let kind = if l.rcode == nearhop_stack::pdns::RCODE_NXDOMAIN {
+                let kind = if l.rcode == nearhop_stack::dns_client::RCODE_NXDOMAIN {
                     "NXDOMAIN"
                 } else {
                     "stale"
@@ -178,8 +170,8 @@ fn race_pair(n: usize, lag_wait_ms: u64) -> Result<(Race, Race)> {
             eprintln!("  {} tunnels per stack", i + 1);
         }
     }
-    on.race.wait_ms = setup_waits_ms(&on.stack);
-    off.race.wait_ms = setup_waits_ms(&off.stack);
+    on.race.wait_ms = on.stack.control.setup_waits_ms();
+    off.race.wait_ms = off.stack.control.setup_waits_ms();
     Ok((on.race, off.race))
 }
 
@@ -203,12 +195,12 @@ fn report_race(on: &Race, off: &Race) {
                 format!("on ({} ms bound)", r.lag_wait_ms)
             },
             s.len(),
-            percentile(&s, 50.0),
-            percentile(&s, 90.0),
-            percentile(&s, 99.0),
+            percentile(&s, 50.0).unwrap_or(f64::NAN),
+            percentile(&s, 90.0).unwrap_or(f64::NAN),
+            percentile(&s, 99.0).unwrap_or(f64::NAN),
             s.last().copied().unwrap_or(f64::NAN),
-            percentile(&w, 50.0),
-            percentile(&w, 99.0),
+            percentile(&w, 50.0).unwrap_or(f64::NAN),
+            percentile(&w, 99.0).unwrap_or(f64::NAN),
             share
         );
     }
@@ -282,7 +274,7 @@ fn faults(outage: Duration) -> Result<()> {
     });
     stack.restart_dns_with(|spec| spec.heartbeat_bound_secs = 3.0)?;
     let local = LocalService::start("faults");
-    let token = pro_token(&stack);
+    let token = stack.pro_token();
     // The tunnel is held by the user's reconnect loop, from ap.
     let lp = ReconnectLoop::start(&stack, AP, &token, local.port)?;
     let url = eventually("the loop's first tunnel", || {

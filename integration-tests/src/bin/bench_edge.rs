@@ -6,11 +6,15 @@
 //! Build release binaries first, then run (see docs/benchmarks.md, section Edge):
 //!     cargo build --release -p nearhop-edge -p nearhop-control --bins --example idle_tunnels
 //!     NEARHOP_PROFILE=release cargo run --release -p nearhop-integration-tests --bin bench_edge
+//!
+//! One file on purpose: the measurements share one stack, one nginx and one table, and the
+//! report reads top-down in `main`.
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use nearhop_stack::control::bin_path;
 use nearhop_stack::edge::{url_host_port, EdgeProcess, EdgeSpec, SshArgs, SshClient};
+use nearhop_stack::poll::try_eventually;
 use nearhop_stack::ports::free_port;
 use nearhop_stack::process::{run, ChildGuard};
 use nearhop_stack::{Stack, StackOptions};
@@ -540,12 +544,9 @@ fn start_sshd(dir: &Path, port: u16) -> Result<ChildGuard> {
 }
 
 fn wait_port(port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect((LOCAL, port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on port {port}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
+    try_eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect((LOCAL, port))?;
+        Ok(())
+    })
+    .with_context(|| format!("nothing listens on port {port}"))
 }

@@ -1,0 +1,56 @@
+//! The whole three-region stack as the end-to-end tests and `bench_e2e` run it: DNS and an
+//! edge in every region, reached by region index.
+
+use crate::control::ControlSpec;
+use crate::{Stack, StackOptions};
+use std::path::PathBuf;
+
+/// us, the primary's region (index into `Stack::regions`).
+pub const US: usize = 0;
+/// eu (a streaming replica).
+pub const EU: usize = 1;
+/// ap (a streaming replica).
+pub const AP: usize = 2;
+
+/// Edges heartbeat every second, so that a stopped edge is noticed in seconds.
+pub fn fast_heartbeats(spec: &mut ControlSpec) {
+    spec.heartbeat_seconds = 1;
+}
+
+/// The whole three-region stack with DNS and edges.
+pub fn full_stack() -> Stack {
+    full_stack_with(StackOptions::default())
+}
+
+/// The whole stack; `opts` decides the rest (lag wait, control tweaks). With
+/// `NEARHOP_E2E_KEEP_DIR=/some/dir` the data and logs stay in a fresh directory there.
+pub fn full_stack_with(opts: StackOptions) -> Stack {
+    let dir = opts.dir.clone().or_else(|| {
+        let root = std::env::var_os("NEARHOP_E2E_KEEP_DIR")?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_nanos();
+        Some(PathBuf::from(root).join(format!("stack-{stamp}")))
+    });
+    Stack::start(StackOptions {
+        with_dns: true,
+        with_edges: true,
+        dir,
+        ..opts
+    })
+    .expect("the three-region stack starts")
+}
+
+/// The whole stack, quick to notice a lost edge: edges heartbeat every second, and a region
+/// drops out of the connect name 3 s after its edges' last heartbeat.
+pub fn full_stack_dropping_silent_regions() -> Stack {
+    let mut stack = full_stack_with(StackOptions {
+        control_tweak: Some(fast_heartbeats),
+        ..StackOptions::default()
+    });
+    stack
+        .restart_dns_with(|spec| spec.heartbeat_bound_secs = 3.0)
+        .expect("DNS restarts");
+    stack
+}

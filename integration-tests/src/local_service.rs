@@ -1,0 +1,220 @@
+//! The developer's side of a tunnel: the local services a tunnel points at (HTTP, TCP echo,
+//! the developer's own HTTPS server). Each stops when it is dropped.
+
+use crate::poll::eventually;
+use crate::process::ChildGuard;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The byte at offset `i` of the local service's `/blob/N` answer.
+pub fn blob_byte(i: usize) -> u8 {
+    ((i * 31 + 7) % 251) as u8
+}
+
+/// A small HTTP/1.1 service on 127.0.0.1, the "developer's local server", keep-alive:
+/// - `GET /blob/N`: N deterministic bytes ([`blob_byte`]);
+/// - `POST /echo`: the body back;
+/// - `Upgrade: echo`: 101, then a raw echo for as long as the visitor stays;
+/// - anything else: `hello from <tag> <path>`, then `tag=`, `host=` and the forwarding
+///   headers it got, one a line, so that a test sees which client served it and how.
+pub struct LocalService {
+    /// Its port.
+    pub port: u16,
+    /// Requests answered.
+    pub served: Arc<AtomicU64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl LocalService {
+    /// Starts the service on its own thread and runtime; `tag` tells visitors which
+    /// client served them.
+    pub fn start(tag: &str) -> LocalService {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let port = std_listener.local_addr().expect("addr").port();
+        let served = Arc::new(AtomicU64::new(0));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (tag, count) = (Arc::<str>::from(tag), served.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).expect("listener");
+                let accept = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let (tag, count) = (tag.clone(), count.clone());
+                        tokio::spawn(async move {
+                            let _ = serve(stream, &tag, &count).await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stopped => {}
+                }
+            });
+            // Dropping the runtime ends the connections still open.
+        });
+        LocalService {
+            port,
+            served,
+            stop: Some(stop),
+        }
+    }
+}
+
+impl Drop for LocalService {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn serve(stream: TcpStream, tag: &str, served: &AtomicU64) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("/").to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).await? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let header = |name: &str| {
+            headers
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let len: usize = header("content-length").parse().unwrap_or(0);
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body).await?;
+        served.fetch_add(1, Ordering::Relaxed);
+        if header("upgrade") == "echo" {
+            reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+                .await?;
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = reader.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                reader.get_mut().write_all(&buf[..n]).await?;
+            }
+        }
+        let answer: Vec<u8> = if method == "POST" && path == "/echo" {
+            body
+        } else if let Some(n) = path.strip_prefix("/blob/") {
+            let n: usize = n.parse().unwrap_or(0);
+            (0..n).map(blob_byte).collect()
+        } else {
+            format!(
+                "hello from {tag} {path}\ntag={tag}\nhost={}\nxff={}\nxfp={}\nxfh={}\nx-added={}\n",
+                header("host"),
+                header("x-forwarded-for"),
+                header("x-forwarded-proto"),
+                header("x-forwarded-host"),
+                header("x-added"),
+            )
+            .into_bytes()
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\n\r\n",
+            answer.len()
+        );
+        let w = reader.get_mut();
+        w.write_all(head.as_bytes()).await?;
+        w.write_all(&answer).await?;
+        if header("connection").eq_ignore_ascii_case("close") {
+            return Ok(());
+        }
+    }
+}
+
+/// A TCP echo service on 127.0.0.1 (for `tcp` tunnels); returns its port. It lives as long
+/// as the test process.
+pub fn tcp_echo() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = stream;
+                let mut w = match r.try_clone() {
+                    Ok(w) => w,
+                    Err(_) => return,
+                };
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    port
+}
+
+/// A local TLS service, the developer's own HTTPS server: `openssl s_server -www` with a
+/// self-signed certificate made in `dir` for the test (never kept) by the stack's helper.
+pub struct LocalTlsService {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    _server: ChildGuard,
+}
+
+impl LocalTlsService {
+    /// Makes a key and certificate in `dir` and starts the server; waits until it listens.
+    pub fn start(dir: &Path) -> LocalTlsService {
+        let (cert, key) = crate::edge::dev_zone_certificate(dir).expect("certificate");
+        let port = crate::ports::free_port(Ipv4Addr::LOCALHOST);
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.args(["s_server", "-www", "-quiet", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key);
+        let server = ChildGuard::spawn(
+            "openssl s_server",
+            cmd,
+            &dir.join("s_server.log"),
+            libc::SIGTERM,
+        )
+        .expect("s_server starts");
+        eventually("s_server listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", port))?;
+            Ok(())
+        });
+        LocalTlsService {
+            port,
+            _server: server,
+        }
+    }
+}
