@@ -281,6 +281,17 @@ impl ControlProcess {
         Ok(())
     }
 
+    /// Issues a credential for edge `edge_id` with the operator CLI (`edge issue`).
+    pub fn issue_edge_credential(&self, edge_id: &str) -> Result<String> {
+        let out = self.cli(&["edge", "issue", edge_id])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).with_context(|| format!("edge issue printed {out:?}"))?;
+        v["credential"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("edge issue printed no credential: {out}"))
+    }
+
     /// `wait_ms` of every `tunnel set up` line control logged, in order.
     pub fn setup_waits_ms(&self) -> Vec<u64> {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

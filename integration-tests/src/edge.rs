@@ -27,19 +27,21 @@ pub struct EdgeSpec {
     pub tls: u16,
     /// Admin API port.
     pub admin: u16,
+    /// Mesh port (peer edges relay visitors here).
+    pub mesh: u16,
     /// First and last public TCP port for `tcp` tunnels.
     pub tcp_ports: (u16, u16),
     /// Control's base URL.
     pub control_url: String,
-    /// The shared edge secret.
-    pub edge_secret: String,
+    /// The edge's own credential (`nearhop-control edge issue`).
+    pub credential: String,
     /// More TOML appended verbatim (e.g. `keepalive_interval_seconds = 1`).
     pub extra_toml: String,
 }
 
 impl EdgeSpec {
-    /// An edge on free ports of `ip`.
-    pub fn for_tests(region: &str, ip: Ipv4Addr, control_url: &str, edge_secret: &str) -> EdgeSpec {
+    /// An edge `{region}-1` on free ports of `ip`, logging in to control with `credential`.
+    pub fn for_tests(region: &str, ip: Ipv4Addr, control_url: &str, credential: &str) -> EdgeSpec {
         let tcp = free_port(ip);
         EdgeSpec {
             edge_id: format!("{region}-1"),
@@ -49,22 +51,26 @@ impl EdgeSpec {
             http: free_port(ip),
             tls: free_port(ip),
             admin: free_port(ip),
+            mesh: free_port(ip),
             tcp_ports: (tcp, tcp.saturating_add(20)),
             control_url: control_url.into(),
-            edge_secret: edge_secret.into(),
+            credential: credential.into(),
             extra_toml: String::new(),
         }
     }
 
     fn to_toml(&self, dir: &Path) -> String {
         format!(
-            "edge_id = \"{}\"\nregion = \"{}\"\ncontrol_url = \"{}\"\nedge_secret = \"{}\"\n\
+            "edge_id = \"{}\"\nregion = \"{}\"\ncontrol_url = \"{}\"\ncredential = \"{}\"\n\
+             mesh_listen = \"{}:{}\"\n\
              ssh_listen = \"{}:{}\"\nhttp_listen = \"{}:{}\"\ntls_listen = \"{}:{}\"\n\
              admin_listen = \"{}:{}\"\nhost_key_path = \"{}\"\ntcp_port_range = [{}, {}]\n{}\n",
             self.edge_id,
             self.region,
             self.control_url,
-            self.edge_secret,
+            self.credential,
+            self.ip,
+            self.mesh,
             self.ip,
             self.ssh,
             self.ip,

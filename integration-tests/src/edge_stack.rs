@@ -57,7 +57,11 @@ impl EdgeStack {
 
 /// Starts an edge of `region` against the stack's control, probing clients every second.
 pub fn start_edge(stack: &Stack, region: &str, ip: Ipv4Addr, extra_toml: &str) -> EdgeProcess {
-    let mut spec = EdgeSpec::for_tests(region, ip, &stack.control.url, &stack.control.edge_secret);
+    let credential = stack
+        .control
+        .issue_edge_credential(&format!("{region}-1"))
+        .expect("edge credential");
+    let mut spec = EdgeSpec::for_tests(region, ip, &stack.control.url, &credential);
     spec.extra_toml = format!("alive_probe_ms = 1000\n{extra_toml}");
     EdgeProcess::start(&stack.dir.join(format!("edge-{region}")), spec).expect("edge starts")
 }

@@ -24,6 +24,10 @@ struct Cli {
     /// fsync in Postgres (off is faster on a laptop, on is what production runs).
     #[arg(long)]
     fsync: bool,
+    /// Edges per region: the first on the region's address, each further one on
+    /// 127.0.N.<region's last byte> with the same ports; every edge serves every tunnel.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    edges_per_region: u8,
 }
 
 fn main() -> Result<()> {
@@ -49,6 +53,7 @@ fn main() -> Result<()> {
         lag_wait_ms: cli.lag_wait_ms,
         dir: Some(dir.clone()),
         edge_https: true,
+        edges_per_region: cli.edges_per_region,
         ..Default::default()
     })?;
     let demo = stack.control.create_account(Plan::Pro)?;
@@ -88,6 +93,9 @@ fn main() -> Result<()> {
     println!("  a tunnel: dig @127.0.0.3 -p 5300 NAME.a.tunnel.test CNAME");
     println!("Visit a tunnel: curl -H 'Host: NAME.a.tunnel.test' http://127.0.0.3:8080/");
     println!(
+        "  through any other edge too (it relays to the edge holding the tunnel): curl -H 'Host: NAME.a.tunnel.test' http://127.0.0.1:8080/"
+    );
+    println!(
         "  over HTTPS (the stack's own certificate): curl --cacert {} --resolve NAME.a.tunnel.test:8443:127.0.0.3 https://NAME.a.tunnel.test:8443/",
         dir.join("tls/zone-cert.pem").display()
     );
@@ -101,6 +109,12 @@ fn main() -> Result<()> {
         println!(
             "  {:>2} backend   http://{}:{}/metrics    edge http://{}:{}/metrics",
             r.name, r.ip, r.ports.backend_http, r.ip, r.ports.admin
+        );
+    }
+    for e in stack.edges.iter().skip(stack.regions.len()) {
+        println!(
+            "  {:>2} edge {}  http://{}:{}/metrics  (visitors: http://{}:{}/)",
+            e.spec.region, e.spec.edge_id, e.spec.ip, e.spec.admin, e.spec.ip, e.spec.http
         );
     }
     println!();

@@ -29,6 +29,8 @@ pub struct RegionPorts {
     pub https: u16,
     /// Edge admin API and `/metrics`.
     pub admin: u16,
+    /// Edge mesh listener (peer edges relay visitors here).
+    pub mesh: u16,
     /// Control API (used in the primary's region only).
     pub control: u16,
 }
@@ -44,6 +46,7 @@ impl RegionPorts {
             http: 8080,
             https: 8443,
             admin: 9090,
+            mesh: 2223,
             control: 7080,
         }
     }
@@ -58,6 +61,7 @@ impl RegionPorts {
             http: free_port(ip),
             https: free_port(ip),
             admin: free_port(ip),
+            mesh: free_port(ip),
             control: free_port(ip),
         }
     }
@@ -114,6 +118,9 @@ pub struct StackOptions {
     pub control_tweak: Option<fn(&mut ControlSpec)>,
     /// Give the edges a self-signed certificate for the dev zones (HTTPS on the TLS port).
     pub edge_https: bool,
+    /// Edges per region (1: one on the region's address; each further one on an address of
+    /// its own, `127.0.<n>.<region's last byte>`, reached by relay from any edge).
+    pub edges_per_region: u8,
 }
 
 impl Default for StackOptions {
@@ -132,6 +139,7 @@ impl Default for StackOptions {
             dir: None,
             control_tweak: None,
             edge_https: false,
+            edges_per_region: 1,
         }
     }
 }
@@ -243,18 +251,38 @@ impl Stack {
             } else {
                 String::new()
             };
-            for r in &regions {
-                let mut spec =
-                    EdgeSpec::for_tests(&r.name, r.ip, &control.url, &control.edge_secret);
-                spec.ssh = r.ports.ssh;
-                spec.http = r.ports.http;
-                spec.tls = r.ports.https;
-                spec.extra_toml = https.clone();
-                spec.admin = r.ports.admin;
-                edges.push(EdgeProcess::start(
-                    &dir.join(format!("edge-{}", r.name)),
-                    spec,
-                )?);
+            for n in 0..opts.edges_per_region.max(1) {
+                for r in &regions {
+                    let edge_id = format!("{}-{}", r.name, n + 1);
+                    let credential = control.issue_edge_credential(&edge_id)?;
+                    let [_, _, _, last] = r.ip.octets();
+                    let ip = Ipv4Addr::new(127, 0, n, last);
+                    let mut spec = EdgeSpec::for_tests(&r.name, ip, &control.url, &credential);
+                    spec.edge_id = edge_id.clone();
+                    if n == 0 {
+                        spec.ssh = r.ports.ssh;
+                        spec.http = r.ports.http;
+                        spec.tls = r.ports.https;
+                        spec.admin = r.ports.admin;
+                        spec.mesh = r.ports.mesh;
+                    } else if opts.fixed_ports {
+                        // Another address, so the same well-known ports.
+                        (spec.ssh, spec.http, spec.tls, spec.admin, spec.mesh) = (
+                            r.ports.ssh,
+                            r.ports.http,
+                            r.ports.https,
+                            r.ports.admin,
+                            r.ports.mesh,
+                        );
+                    }
+                    spec.extra_toml = https.clone();
+                    let name = if n == 0 {
+                        format!("edge-{}", r.name)
+                    } else {
+                        format!("edge-{edge_id}")
+                    };
+                    edges.push(EdgeProcess::start(&dir.join(name), spec)?);
+                }
             }
         }
         Ok(Stack {
@@ -273,9 +301,17 @@ impl Stack {
         self.regions.iter().find(|r| r.name == name)
     }
 
-    /// The edge of region `name`.
+    /// The (first) edge of region `name`.
     pub fn edge(&self, name: &str) -> Option<&EdgeProcess> {
         self.edges.iter().find(|e| e.spec.region == name)
+    }
+
+    /// Every edge of region `name`, the first one first.
+    pub fn edges_of(&self, name: &str) -> Vec<&EdgeProcess> {
+        self.edges
+            .iter()
+            .filter(|e| e.spec.region == name)
+            .collect()
     }
 
     /// Where logs and data are.

@@ -83,7 +83,8 @@ fn main() -> Result<()> {
     let sshd = start_sshd(&dir.join("sshd"), sshd_port)?;
 
     let stack = Stack::start(StackOptions::default())?;
-    let mut spec = EdgeSpec::for_tests("us", LOCAL, &stack.control.url, &stack.control.edge_secret);
+    let credential = stack.control.issue_edge_credential("us-1")?;
+    let mut spec = EdgeSpec::for_tests("us", LOCAL, &stack.control.url, &credential);
     spec.extra_toml = format!("max_forwards_per_session = 4\n{}\n", args.edge_toml);
     let edge = EdgeProcess::start(&dir.join("edge"), spec)?;
 
