@@ -1,8 +1,17 @@
 //! Types shared by nearhop's processes, so that edge, control and pdns-backend cannot drift:
-//! the control API's requests, responses and error shape, and the rules for zones and names.
+//! the control API's requests, responses and error shape, the rules for zones, names and
+//! bind addresses, close reasons, WAL positions and the comparison of secrets.
 
 pub mod api;
+pub mod backend;
+pub mod close;
+pub mod lsn;
 pub mod names;
+pub mod secret;
 
 pub use api::*;
+pub use backend::*;
+pub use close::*;
+pub use lsn::*;
 pub use names::*;
+pub use secret::*;
