@@ -112,7 +112,7 @@ async fn close(edge: &Edge, id: i64, req: Request<Incoming>) -> Response<ProxyBo
             &format!("tunnel {id} is not on this edge"),
         );
     };
-    edge.close_tunnel(&tunnel, &close.reason, Some(&close.message), false)
+    edge.close_tunnel(&tunnel, close.reason.as_str(), Some(&close.message), false)
         .await;
     json(StatusCode::OK, &serde_json::json!({"closed": true}))
 }
@@ -132,22 +132,11 @@ async fn alive(edge: &Edge, id: i64) -> Response<ProxyBody> {
 }
 
 fn authorized(edge: &Edge, req: &Request<Incoming>) -> bool {
-    let Some(given) = req
+    let header = req
         .headers()
         .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let want = edge.config.edge_secret.as_bytes();
-    given.len() == want.len()
-        && given
-            .as_bytes()
-            .iter()
-            .zip(want)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        .and_then(|v| v.to_str().ok());
+    nearhop_wire::bearer_matches(header, &edge.config.edge_secret)
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<ProxyBody> {

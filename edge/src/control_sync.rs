@@ -28,8 +28,13 @@ pub async fn run(edge: Arc<Edge>) {
             Ok(resp) => {
                 for close in resp.close {
                     if let Some(tunnel) = edge.registry.by_id(close.tunnel_id) {
-                        edge.close_tunnel(&tunnel, &close.reason, Some(&close.message), false)
-                            .await;
+                        edge.close_tunnel(
+                            &tunnel,
+                            close.reason.as_str(),
+                            Some(&close.message),
+                            false,
+                        )
+                        .await;
                     }
                 }
             }

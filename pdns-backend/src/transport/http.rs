@@ -3,7 +3,6 @@
 
 use crate::metrics::Metrics;
 use crate::protocol::{Backend, Reply};
-use crate::replica::{format_lsn, parse_lsn};
 use crate::store::{Applied, Store, Zones};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -13,6 +12,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use nearhop_wire::{BackendStatus, Lsn, WaitAnswer};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,15 +110,15 @@ impl HttpApp {
     }
 
     fn status(&self) -> Resp {
+        let status = BackendStatus {
+            applied_lsn: Lsn(self.store.applied_lsn()),
+            seconds_since_contact: self.store.seconds_since_contact(),
+            records: self.store.read(Zones::record_count) as u64,
+            loaded: self.store.is_loaded(),
+        };
         json_response(
             StatusCode::OK,
-            json!({
-                "applied_lsn": format_lsn(self.store.applied_lsn()),
-                "seconds_since_contact": self.store.seconds_since_contact(),
-                "records": self.store.read(Zones::record_count),
-                "loaded": self.store.is_loaded(),
-            })
-            .to_string(),
+            serde_json::to_string(&status).unwrap_or_default(),
         )
     }
 
@@ -130,9 +130,9 @@ impl HttpApp {
         let mut timeout = Duration::from_millis(1000);
         for (k, v) in form_urlencoded::parse(query.as_bytes()) {
             match &*k {
-                "lsn" => match parse_lsn(&v) {
-                    Some(l) => lsn = Some(l),
-                    None => {
+                "lsn" => match v.parse::<Lsn>() {
+                    Ok(l) => lsn = Some(l.as_u64()),
+                    Err(_) => {
                         return bad_request(&format!("lsn {v:?} is not an LSN such as 0/3000060"))
                     }
                 },
@@ -170,10 +170,13 @@ impl HttpApp {
                 _ => break done(&rx.borrow()),
             }
         };
+        let answer = WaitAnswer {
+            reached,
+            applied_lsn: Lsn(self.store.applied_lsn()),
+        };
         json_response(
             StatusCode::OK,
-            json!({"reached": reached, "applied_lsn": format_lsn(self.store.applied_lsn())})
-                .to_string(),
+            serde_json::to_string(&answer).unwrap_or_default(),
         )
     }
 
