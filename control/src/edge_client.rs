@@ -1,7 +1,7 @@
 //! Control's calls to an edge's admin API: close a tunnel, ask whether its client is alive.
 
 use crate::metrics::Metrics;
-use nearhop_wire::{AliveResponse, EdgeCloseRequest};
+use nearhop_wire::{AliveResponse, CloseReason, EdgeCloseRequest};
 use std::time::Duration;
 
 /// What an alive probe found out.
@@ -75,7 +75,7 @@ impl EdgeClient {
         &self,
         admin_url: &str,
         tunnel_id: i64,
-        reason: &str,
+        reason: CloseReason,
         message: &str,
     ) -> bool {
         let url = format!(
@@ -83,7 +83,7 @@ impl EdgeClient {
             admin_url.trim_end_matches('/')
         );
         let body = EdgeCloseRequest {
-            reason: reason.to_string(),
+            reason,
             message: message.to_string(),
         };
         let res = self
