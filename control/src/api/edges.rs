@@ -1,9 +1,9 @@
 //! `/v1/edges`: registration, batched heartbeats, custom-domain routes.
 
-use super::{parse_json, require_bearer};
+use super::extract::{EdgeCall, EdgeJson};
 use crate::error::ControlResult;
 use crate::state::AppState;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use nearhop_wire::{EdgeHeartbeatRequest, RegisterEdgeRequest};
 
 /// Routes of this resource.
@@ -15,31 +15,25 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 
 async fn register(
     st: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Payload,
+    body: EdgeJson<RegisterEdgeRequest>,
 ) -> ControlResult<HttpResponse> {
-    require_bearer(&req, &st.cfg.edge_secret, "edge")?;
-    let body: RegisterEdgeRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
-    Ok(HttpResponse::Ok().json(crate::edges::register(&st, body).await?))
+    Ok(HttpResponse::Ok().json(crate::edges::register(&st, body.into_inner()).await?))
 }
 
 async fn heartbeat(
     st: web::Data<AppState>,
-    req: HttpRequest,
     id: web::Path<String>,
-    body: web::Payload,
+    body: EdgeJson<EdgeHeartbeatRequest>,
 ) -> ControlResult<HttpResponse> {
-    require_bearer(&req, &st.cfg.edge_secret, "edge")?;
-    let body: EdgeHeartbeatRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
-    let res = crate::edges::heartbeat(&st, id.into_inner(), body.tunnel_ids).await?;
+    let tunnel_ids = body.into_inner().tunnel_ids;
+    let res = crate::edges::heartbeat(&st, id.into_inner(), tunnel_ids).await?;
     Ok(HttpResponse::Ok().json(res))
 }
 
 async fn routes(
     st: web::Data<AppState>,
-    req: HttpRequest,
     id: web::Path<String>,
+    _: EdgeCall,
 ) -> ControlResult<HttpResponse> {
-    require_bearer(&req, &st.cfg.edge_secret, "edge")?;
     Ok(HttpResponse::Ok().json(crate::edges::routes(&st, id.into_inner()).await?))
 }

@@ -1,9 +1,9 @@
 //! `/v1/tunnels`: edges set tunnels up and close them.
 
-use super::{parse_json, require_bearer};
+use super::extract::EdgeJson;
 use crate::error::ControlResult;
 use crate::state::AppState;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use nearhop_wire::{CloseTunnelRequest, CreateTunnelRequest};
 
 /// Routes of this resource.
@@ -14,23 +14,19 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 
 async fn create(
     st: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Payload,
+    body: EdgeJson<CreateTunnelRequest>,
 ) -> ControlResult<HttpResponse> {
-    require_bearer(&req, &st.cfg.edge_secret, "edge")?;
-    let body: CreateTunnelRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
-    let created = crate::tunnels::create(&st, body).await?;
+    let created = crate::tunnels::create(&st, body.into_inner()).await?;
     Ok(HttpResponse::Created().json(created))
 }
 
 async fn close(
     st: web::Data<AppState>,
-    req: HttpRequest,
     id: web::Path<i64>,
-    body: web::Payload,
+    body: EdgeJson<CloseTunnelRequest>,
 ) -> ControlResult<HttpResponse> {
-    require_bearer(&req, &st.cfg.edge_secret, "edge")?;
-    let body: CloseTunnelRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
-    crate::tunnels::close(&st, id.into_inner(), body.edge_id, body.reason).await?;
+    let body = body.into_inner();
+    crate::tunnels::closing::close_for_edge(&st, id.into_inner(), body.edge_id, body.reason)
+        .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"closed": true})))
 }
