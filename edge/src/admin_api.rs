@@ -61,18 +61,10 @@ async fn route(edge: &Edge, req: Request<Incoming>) -> Response<ProxyBody> {
         (&Method::GET, ["healthz"]) => Response::new(full("ok\n")),
         (method, ["v1", "tunnels", id, action]) => {
             if !authorized(edge, &req) {
-                return error(
-                    StatusCode::UNAUTHORIZED,
-                    ErrorCode::Unauthorized,
-                    "missing or wrong edge secret",
-                );
+                return error(ErrorCode::Unauthorized, "missing or wrong edge secret");
             }
             let Ok(id) = id.parse::<i64>() else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::BadRequest,
-                    "tunnel id must be a number",
-                );
+                return error(ErrorCode::BadRequest, "tunnel id must be a number");
             };
             match (method, *action) {
                 (&Method::POST, "close") => close(edge, id, req).await,
@@ -87,27 +79,14 @@ async fn route(edge: &Edge, req: Request<Incoming>) -> Response<ProxyBody> {
 async fn close(edge: &Edge, id: i64, req: Request<Incoming>) -> Response<ProxyBody> {
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::PayloadTooLarge,
-                "body too large or unreadable",
-            )
-        }
+        Err(_) => return error(ErrorCode::PayloadTooLarge, "body too large or unreadable"),
     };
     let close: EdgeCloseRequest = match serde_json::from_slice(&body) {
         Ok(c) => c,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                &format!("bad close request: {e}"),
-            )
-        }
+        Err(e) => return error(ErrorCode::BadRequest, &format!("bad close request: {e}")),
     };
     let Some(tunnel) = edge.registry.by_id(id) else {
         return error(
-            StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
             &format!("tunnel {id} is not on this edge"),
         );
@@ -148,14 +127,13 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<ProxyBody> {
     resp
 }
 
-fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response<ProxyBody> {
+/// An error answer, with the status every nearhop API gives `code` (wire's one mapping).
+fn error(code: ErrorCode, message: &str) -> Response<ProxyBody> {
+    let status =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json(status, &ApiError::new(code, message))
 }
 
 fn not_found() -> Response<ProxyBody> {
-    error(
-        StatusCode::NOT_FOUND,
-        ErrorCode::NotFound,
-        "no such endpoint",
-    )
+    error(ErrorCode::NotFound, "no such endpoint")
 }
