@@ -3,15 +3,16 @@
 
 use crate::db::{new_token, token_hash};
 use crate::error::{ControlError, ControlResult};
-use crate::schema::{
-    accounts, banned_names, custom_domains, edges, names, records, tokens, tunnels,
-};
+use crate::schema::{accounts, banned_names, custom_domains, names, records, tokens, tunnels};
 use crate::state::AppState;
+use crate::tunnels::caller::account_plan;
+use crate::tunnels::names::{self as name_rules, Claimant};
+use crate::tunnels::{close_tunnels, Notice};
 use chrono::Utc;
 use diesel::prelude::*;
 use nearhop_wire::{
-    normalize_domain, normalize_label, AccountCreated, DomainAdded, ErrorCode, Plan, TakedownDone,
-    TokenCreated,
+    normalize_domain, normalize_label, AccountCreated, CloseReason, DomainAdded, ErrorCode, Plan,
+    TakedownDone, TokenCreated,
 };
 
 /// The first characters of a token or credential, kept to recognise it in lists.
@@ -93,70 +94,25 @@ pub fn revoke_token(conn: &mut PgConnection, token_id: i64) -> ControlResult<()>
     Ok(())
 }
 
-/// Reserves a name in the account's zone.
+/// Reserves a name in the account's zone, through the same claim as a tunnel setup (bans
+/// and ownership), without the plan's name limit: the operator decides.
 pub fn reserve_name(
     st: &AppState,
     conn: &mut PgConnection,
     account_id: i64,
     name: &str,
 ) -> ControlResult<String> {
-    let label = normalize_label(name).map_err(|e| {
-        ControlError::refused(
-            ErrorCode::InvalidName,
-            format!("the name {name:?} is not valid: {e}"),
-        )
-    })?;
-    let plan: Option<String> = accounts::table
-        .filter(accounts::id.eq(account_id))
-        .select(accounts::plan)
-        .first(conn)
-        .optional()?;
-    let plan = plan.ok_or_else(|| {
-        ControlError::refused(ErrorCode::NotFound, format!("no account {account_id}"))
-    })?;
-    if plan != "pro" {
+    let label = name_rules::valid_label(name)?;
+    if account_plan(conn, account_id)? != Plan::Pro {
         return Err(ControlError::refused(
             ErrorCode::PlanLimit,
             "only pro accounts own names; free tunnels get random names",
         ));
     }
-    st.cfg.check_not_service_label(&st.cfg.zones.pro, &label)?;
-    let zone = &st.cfg.zones.pro.name;
-    let banned: bool = diesel::select(diesel::dsl::exists(
-        banned_names::table
-            .filter(banned_names::zone.eq(zone))
-            .filter(banned_names::label.eq(&label)),
-    ))
-    .get_result(conn)?;
-    if banned {
-        return Err(ControlError::refused(
-            ErrorCode::NameBanned,
-            format!("the name {label}.{zone} was taken down and cannot be reserved"),
-        ));
-    }
-    let inserted = diesel::insert_into(names::table)
-        .values((
-            names::zone.eq(zone),
-            names::label.eq(&label),
-            names::account_id.eq(account_id),
-            names::is_default.eq(false),
-        ))
-        .on_conflict_do_nothing()
-        .execute(conn)?;
-    if inserted == 0 {
-        let owner: i64 = names::table
-            .filter(names::zone.eq(zone))
-            .filter(names::label.eq(&label))
-            .select(names::account_id)
-            .first(conn)?;
-        if owner != account_id {
-            return Err(ControlError::refused(
-                ErrorCode::NameOwned,
-                format!("the name {label}.{zone} belongs to another account"),
-            ));
-        }
-    }
-    Ok(format!("{label}.{zone}"))
+    let zone = &st.cfg.zones.pro;
+    st.cfg.check_not_service_label(zone, &label)?;
+    name_rules::claim_name(conn, zone, account_id, &label, Claimant::Operator)?;
+    Ok(format!("{label}.{}", zone.name))
 }
 
 /// Records a custom domain for one of the account's names. `verified` is the operator's
@@ -245,26 +201,19 @@ pub async fn takedown(st: &AppState, hostname: &str, reason: &str) -> ControlRes
     let (closed, removed) = st
         .blocking(move |conn| {
             conn.transaction::<_, ControlError, _>(|conn| {
-                let live: Option<(i64, String)> = tunnels::table
-                    .inner_join(edges::table)
+                let live: Vec<i64> = tunnels::table
                     .filter(tunnels::zone.eq(&zone))
                     .filter(tunnels::label.eq(&label))
                     .filter(tunnels::closed_at.is_null())
-                    .select((tunnels::id, edges::admin_url))
-                    .first(conn)
-                    .optional()?;
-                if let Some((id, _)) = &live {
-                    diesel::update(tunnels::table.filter(tunnels::id.eq(id)))
-                        .set((
-                            tunnels::closed_at.eq(Utc::now()),
-                            tunnels::close_reason.eq("takedown"),
-                        ))
-                        .execute(conn)?;
-                }
+                    .select(tunnels::id)
+                    .load(conn)?;
+                // Every record of the name goes, not only the tunnel's CNAME; counted before
+                // the close, which would remove the CNAME itself.
                 let removed = diesel::delete(
                     records::table.filter(records::name.eq(format!("{label}.{zone}"))),
                 )
                 .execute(conn)?;
+                let closed = close_tunnels(conn, &live, CloseReason::Takedown)?;
                 diesel::insert_into(banned_names::table)
                     .values((
                         banned_names::zone.eq(&zone),
@@ -275,26 +224,16 @@ pub async fn takedown(st: &AppState, hostname: &str, reason: &str) -> ControlRes
                     .do_update()
                     .set(banned_names::reason.eq(&reason))
                     .execute(conn)?;
-                Ok((live, removed as u64))
+                Ok((closed, removed as u64))
             })
         })
         .await?;
-    if let Some((id, url)) = &closed {
-        st.metrics
-            .tunnels_closed_total
-            .with_label_values(&["takedown"])
-            .inc();
-        st.edges
-            .close(
-                url,
-                *id,
-                "takedown",
-                "this tunnel's name was taken down by the operator",
-            )
-            .await;
-    }
+    let closed_tunnel = closed.tunnels.first().map(|t| t.id);
+    closed
+        .announce(st, Notice::Wait(CloseReason::Takedown))
+        .await;
     Ok(TakedownDone {
-        closed_tunnel: closed.map(|(id, _)| id),
+        closed_tunnel,
         records_removed: removed,
     })
 }

@@ -42,22 +42,27 @@ pub fn migrate(conn: &mut PgConnection) -> anyhow::Result<Vec<String>> {
     Ok(done.iter().map(|m| m.to_string()).collect())
 }
 
+/// One text column, for the position queries below.
 #[derive(QueryableByName)]
-struct Lsn {
+struct TextRow {
     #[diesel(sql_type = Text)]
-    lsn: String,
+    text: String,
 }
 
 /// The primary's WAL write position now: every commit that returned is at or below it.
-pub fn current_wal_lsn(conn: &mut PgConnection) -> ControlResult<String> {
-    let row: Lsn = sql_query("SELECT pg_current_wal_lsn()::text AS lsn").get_result(conn)?;
-    Ok(row.lsn)
+pub fn current_wal_lsn(conn: &mut PgConnection) -> ControlResult<nearhop_wire::Lsn> {
+    let row: TextRow = sql_query("SELECT pg_current_wal_lsn()::text AS text").get_result(conn)?;
+    row.text
+        .parse()
+        .map_err(|e| ControlError::Internal(format!("pg_current_wal_lsn: {e}")))
 }
 
 /// The id of the current transaction (assigning one if it has none yet).
-pub fn current_xid(conn: &mut PgConnection) -> ControlResult<String> {
-    let row: Lsn = sql_query("SELECT pg_current_xact_id()::text AS lsn").get_result(conn)?;
-    Ok(row.lsn)
+pub fn current_xid(conn: &mut PgConnection) -> ControlResult<u64> {
+    let row: TextRow = sql_query("SELECT pg_current_xact_id()::text AS text").get_result(conn)?;
+    row.text
+        .parse()
+        .map_err(|e| ControlError::Internal(format!("pg_current_xact_id {:?}: {e}", row.text)))
 }
 
 /// Hash under which a token is stored.

@@ -6,7 +6,6 @@
 //! No cache: every edge call looks its credential up by hash (one unique-index probe), so a
 //! revocation takes effect on the edge's very next call.
 
-use crate::api::{bearer_token, same_secret};
 use crate::config::Config;
 use crate::db::{token_hash, PgPool};
 use crate::error::{ControlError, ControlResult};
@@ -46,12 +45,16 @@ fn unauthorized() -> ControlError {
 /// names its edge; the legacy shared secret, while configured, is accepted as
 /// [`EdgeIdentity::Legacy`]. Anything else is 401.
 pub async fn authenticate_edge(st: &AppState, req: &HttpRequest) -> ControlResult<EdgeIdentity> {
-    let given = bearer_token(req);
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     if let Some(secret) = st.cfg.edge_secret.as_deref() {
-        if !given.is_empty() && same_secret(given.as_bytes(), secret.as_bytes()) {
+        if nearhop_wire::bearer_matches(header, secret) {
             return Ok(EdgeIdentity::Legacy);
         }
     }
+    let given = header.and_then(nearhop_wire::bearer_secret).unwrap_or("");
     if !given.starts_with(CREDENTIAL_PREFIX) {
         return Err(unauthorized());
     }

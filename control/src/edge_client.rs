@@ -2,7 +2,7 @@
 
 use crate::db::PgPool;
 use crate::metrics::Metrics;
-use nearhop_wire::{AliveResponse, EdgeCloseRequest};
+use nearhop_wire::{AliveResponse, CloseReason, EdgeCloseRequest};
 use std::time::Duration;
 
 /// What an alive probe found out.
@@ -103,7 +103,7 @@ impl EdgeClient {
         &self,
         admin_url: &str,
         tunnel_id: i64,
-        reason: &str,
+        reason: CloseReason,
         message: &str,
     ) -> bool {
         let url = format!(
@@ -111,7 +111,7 @@ impl EdgeClient {
             admin_url.trim_end_matches('/')
         );
         let body = EdgeCloseRequest {
-            reason: reason.to_string(),
+            reason,
             message: message.to_string(),
         };
         let call = self

@@ -3,13 +3,13 @@
 use crate::error::{ControlError, ControlResult};
 use crate::schema::{custom_domains, edges, regions, tunnels};
 use crate::state::AppState;
-use crate::tunnels::{close_message, close_where};
+use crate::tunnels::{close_message, close_tunnels, Notice};
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel::upsert::excluded;
 use nearhop_wire::{
-    EdgeHeartbeatResponse, EdgeRegistration, EdgeRoutes, ErrorCode, RegisterEdgeResponse,
-    TunnelToClose,
+    CloseReason, EdgeHeartbeatResponse, EdgeRegistration, EdgeRoutes, ErrorCode,
+    RegisterEdgeResponse, TunnelToClose,
 };
 
 /// Most tunnels one heartbeat may list; an edge with more splits them.
@@ -89,23 +89,17 @@ pub async fn register(st: &AppState, req: EdgeRegistration) -> ControlResult<Reg
                 .filter(tunnels::closed_at.is_null())
                 .select(tunnels::id)
                 .load(conn)?;
-            let closed = close_where(conn, &live, "edge_restarted")?;
+            let closed = close_tunnels(conn, &live, CloseReason::EdgeRestarted)?;
             let peers = crate::peers::list(conn, &req.edge_id, heartbeat_seconds)?;
-            Ok((
-                closed.into_iter().map(|(id, ..)| id).collect::<Vec<_>>(),
-                peers,
-            ))
+            Ok((closed, peers))
         })
         .await?;
-    if !closed.is_empty() {
-        st.metrics
-            .tunnels_closed_total
-            .with_label_values(&["edge_restarted"])
-            .inc_by(closed.len() as f64);
-    }
+    let closed_tunnels = closed.ids();
+    // The edge learns of them from this answer.
+    closed.announce(st, Notice::Known).await;
     Ok(RegisterEdgeResponse {
         heartbeat_seconds: st.cfg.heartbeat_seconds,
-        closed_tunnels: closed,
+        closed_tunnels,
         peers,
     })
 }
@@ -158,14 +152,16 @@ pub async fn heartbeat(
         let close = gone
             .into_iter()
             .map(|id| {
+                // An id without a close reason (unknown to control, or another edge's) is
+                // not this edge's to serve either; it is closed for no more precise reason.
                 let reason = reasons
                     .iter()
                     .find(|(rid, _)| *rid == id)
-                    .and_then(|(_, r)| r.clone())
-                    .unwrap_or_else(|| "unknown".into());
+                    .and_then(|(_, r)| r.as_deref())
+                    .map_or(CloseReason::Closed, CloseReason::parse);
                 TunnelToClose {
                     tunnel_id: id,
-                    message: close_message(&reason, limit),
+                    message: close_message(reason, limit),
                     reason,
                 }
             })

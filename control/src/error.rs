@@ -11,6 +11,18 @@ pub enum ControlError {
     /// The caller sent something unusable.
     #[error("{1}")]
     Refused(ErrorCode, String),
+    /// The caller sent something unusable, found out by a parser or reader whose error is
+    /// kept as the source (for the log; the caller sees the message).
+    #[error("{message}")]
+    RefusedBecause {
+        /// The stable code.
+        code: ErrorCode,
+        /// The sentence the caller sees.
+        message: String,
+        /// What failed underneath.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The database could not be reached.
     #[error("the database is unavailable: {0}")]
     Database(String),
@@ -28,21 +40,26 @@ impl ControlError {
         ControlError::Refused(code, message.into())
     }
 
-    /// The code of this error.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            ControlError::Refused(code, _) => *code,
-            ControlError::Database(_) => ErrorCode::DatabaseUnavailable,
-            ControlError::Internal(_) => ErrorCode::Internal,
+    /// A refusal caused by `source`; the message should say what it means for the caller.
+    pub fn refused_because(
+        code: ErrorCode,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> ControlError {
+        ControlError::RefusedBecause {
+            code,
+            message: message.into(),
+            source: Box::new(source),
         }
     }
 
-    /// Stable label for metrics.
-    pub fn code_label(&self) -> String {
-        serde_json::to_value(self.code())
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_else(|| "internal".into())
+    /// The code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ControlError::Refused(code, _) | ControlError::RefusedBecause { code, .. } => *code,
+            ControlError::Database(_) => ErrorCode::DatabaseUnavailable,
+            ControlError::Internal(_) => ErrorCode::Internal,
+        }
     }
 }
 
@@ -73,25 +90,18 @@ impl From<actix_web::error::BlockingError> for ControlError {
 
 impl ResponseError for ControlError {
     fn status_code(&self) -> StatusCode {
-        match self.code() {
-            ErrorCode::BadRequest | ErrorCode::InvalidName => StatusCode::BAD_REQUEST,
-            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::Unauthorized | ErrorCode::BadToken => StatusCode::UNAUTHORIZED,
-            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-            ErrorCode::NameOwned | ErrorCode::NameBanned | ErrorCode::PlanLimit => {
-                StatusCode::FORBIDDEN
-            }
-            ErrorCode::NameInUse | ErrorCode::Conflict => StatusCode::CONFLICT,
-            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        StatusCode::from_u16(self.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     fn error_response(&self) -> HttpResponse {
-        if matches!(self, ControlError::Internal(_) | ControlError::Database(_)) {
-            tracing::error!(error = %self, "request failed");
+        match self {
+            ControlError::Internal(_) | ControlError::Database(_) => {
+                tracing::error!(error = %self, "request failed");
+            }
+            ControlError::RefusedBecause { source, .. } => {
+                tracing::debug!(error = %self, cause = %source, "request refused");
+            }
+            ControlError::Refused(..) => {}
         }
         let message = match self {
             ControlError::Database(_) => {
@@ -116,7 +126,7 @@ mod tests {
     fn refusals_map_to_statuses() {
         let e = ControlError::refused(ErrorCode::NameInUse, "x");
         assert_eq!(e.status_code(), StatusCode::CONFLICT);
-        assert_eq!(e.code_label(), "name_in_use");
+        assert_eq!(e.code().as_str(), "name_in_use");
         let e = ControlError::Database("down".into());
         assert_eq!(e.status_code(), StatusCode::SERVICE_UNAVAILABLE);
     }

@@ -12,8 +12,7 @@ use crate::db::{self, PgPool};
 use crate::metrics::Metrics;
 use diesel::sql_types::{Bool, Double, Nullable, Text};
 use diesel::{sql_query, QueryableByName, RunQueryDsl};
-use nearhop_wire::DnsPropagation;
-use serde::Deserialize;
+use nearhop_wire::{DnsPropagation, Lsn, WaitAnswer, WaitQuery};
 use std::time::{Duration, Instant};
 
 /// Waits for regions to serve a commit.
@@ -25,11 +24,6 @@ pub struct LagWaiter {
     primary_region: String,
     bound: Duration,
     metrics: Metrics,
-}
-
-#[derive(Deserialize)]
-struct WaitAnswer {
-    reached: bool,
 }
 
 #[derive(QueryableByName)]
@@ -87,10 +81,10 @@ impl LagWaiter {
     }
 
     /// Waits until every waited region serves `commit_lsn`, or the bound passes.
-    pub async fn wait(&self, commit_lsn: &str, commit_xid: &str) -> DnsPropagation {
+    pub async fn wait(&self, commit_lsn: Lsn, commit_xid: u64) -> DnsPropagation {
         let started = Instant::now();
         let mut out = DnsPropagation {
-            commit_lsn: commit_lsn.to_string(),
+            commit_lsn,
             ..Default::default()
         };
         if !self.enabled() {
@@ -115,7 +109,7 @@ impl LagWaiter {
             } else {
                 tracing::warn!(
                     %region,
-                    commit_lsn,
+                    %commit_lsn,
                     bound_ms = self.bound.as_millis() as u64,
                     "region did not confirm the commit within the lag-race bound"
                 );
@@ -133,8 +127,8 @@ impl LagWaiter {
     async fn wait_region(
         &self,
         region: &RegionConfig,
-        lsn: &str,
-        xid: &str,
+        lsn: Lsn,
+        xid: u64,
         deadline: Instant,
     ) -> bool {
         if let Some(url) = &region.backend_url {
@@ -146,7 +140,7 @@ impl LagWaiter {
         self.wait_replica(&region.name, lsn, deadline).await
     }
 
-    async fn wait_backend(&self, base: &str, lsn: &str, xid: &str, deadline: Instant) -> bool {
+    async fn wait_backend(&self, base: &str, lsn: Lsn, xid: u64, deadline: Instant) -> bool {
         let url = format!("{}/v1/wait", base.trim_end_matches('/'));
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -156,11 +150,11 @@ impl LagWaiter {
             let res = self
                 .http
                 .get(&url)
-                .query(&[
-                    ("lsn", lsn),
-                    ("xid", xid),
-                    ("timeout_ms", &left.as_millis().to_string()),
-                ])
+                .query(&WaitQuery {
+                    lsn,
+                    xid: Some(xid),
+                    timeout_ms: left.as_millis() as u64,
+                })
                 .timeout(left + Duration::from_millis(200))
                 .send()
                 .await;
@@ -177,7 +171,7 @@ impl LagWaiter {
         }
     }
 
-    async fn wait_replica(&self, region: &str, lsn: &str, deadline: Instant) -> bool {
+    async fn wait_replica(&self, region: &str, lsn: Lsn, deadline: Instant) -> bool {
         loop {
             let pool = self.pool.clone();
             let lsn_owned = lsn.to_string();

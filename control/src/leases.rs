@@ -2,53 +2,40 @@
 //! the DNS change log, and refreshes the gauges that need a query.
 
 use crate::error::ControlResult;
-use crate::schema::{edges, tunnels};
+use crate::schema::tunnels;
 use crate::state::AppState;
-use crate::tunnels::{close_message, close_where};
+use crate::tunnels::{close_tunnels, Closed, Notice};
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
+use nearhop_wire::CloseReason;
 use std::time::Duration;
 
-/// One pass; returns the tunnels closed with their edge's admin URL and reason. Leases are
-/// only enforced when `expire_leases`: see [`run`].
+/// One pass; returns the closes, one per reason. Leases are only enforced when
+/// `expire_leases`: see [`run`].
 fn reap_once(
     conn: &mut PgConnection,
     retention_seconds: u64,
     expire_leases: bool,
-) -> ControlResult<Vec<(i64, String, String)>> {
+) -> ControlResult<Vec<Closed>> {
     let now = Utc::now();
-    let mut closed = Vec::new();
-    for (reason, expired) in [
-        (
-            "time_limit",
-            tunnels::table
-                .filter(tunnels::closed_at.is_null())
-                .filter(tunnels::expires_at.lt(now))
-                .select(tunnels::id)
-                .load::<i64>(conn)?,
-        ),
-        (
-            "lease_expired",
-            if expire_leases {
-                tunnels::table
-                    .filter(tunnels::closed_at.is_null())
-                    .filter(tunnels::lease_expires_at.lt(now))
-                    .select(tunnels::id)
-                    .load::<i64>(conn)?
-            } else {
-                Vec::new()
-            },
-        ),
-    ] {
-        for (id, _zone, _label, edge_id) in close_where(conn, &expired, reason)? {
-            let url: Option<String> = edges::table
-                .filter(edges::id.eq(&edge_id))
-                .select(edges::admin_url)
-                .first(conn)
-                .optional()?;
-            closed.push((id, url.unwrap_or_default(), reason.to_string()));
-        }
+    let past_time_limit: Vec<i64> = tunnels::table
+        .filter(tunnels::closed_at.is_null())
+        .filter(tunnels::expires_at.lt(now))
+        .select(tunnels::id)
+        .load(conn)?;
+    let mut closed = vec![close_tunnels(
+        conn,
+        &past_time_limit,
+        CloseReason::TimeLimit,
+    )?];
+    if expire_leases {
+        let lapsed: Vec<i64> = tunnels::table
+            .filter(tunnels::closed_at.is_null())
+            .filter(tunnels::lease_expires_at.lt(now))
+            .select(tunnels::id)
+            .load(conn)?;
+        closed.push(close_tunnels(conn, &lapsed, CloseReason::LeaseExpired)?);
     }
     diesel::sql_query(
         "DELETE FROM dns_changes WHERE changed_at < now() - make_interval(secs => $1)",
@@ -112,22 +99,10 @@ pub async fn run(st: AppState) {
             Err(_) => healthy_since = None,
         }
         match res {
-            Ok(closed) => {
-                let limit = st.cfg.zones.free.time_limit_minutes;
-                for (id, url, reason) in closed {
-                    tracing::info!(tunnel_id = id, %reason, "tunnel closed by the reaper");
-                    st.metrics
-                        .tunnels_closed_total
-                        .with_label_values(&[&reason])
-                        .inc();
-                    if !url.is_empty() {
-                        let edges = st.edges.clone();
-                        tokio::spawn(async move {
-                            edges
-                                .close(&url, id, &reason, &close_message(&reason, limit))
-                                .await;
-                        });
-                    }
+            Ok(closes) => {
+                for closed in closes {
+                    let reason = closed.reason;
+                    closed.announce(&st, Notice::Background(reason)).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "reaper pass failed; retrying"),

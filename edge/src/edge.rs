@@ -163,7 +163,7 @@ impl Edge {
             let control = self.control.clone();
             let req = CloseTunnelRequest {
                 edge_id: self.config.edge_id.clone(),
-                reason: reason.to_string(),
+                reason: nearhop_wire::CloseReason::parse(reason),
             };
             let id = tunnel.id;
             let errors = self

@@ -2,9 +2,9 @@
 //! (`/v1/wait`, a long poll) and how far the backend is (`/v1/status`). Transports parse
 //! nothing here; they hand over the query string and send back the answer.
 
-use crate::replica::{format_lsn, parse_lsn};
+use crate::replica::parse_lsn;
 use crate::store::{Applied, Store, Zones};
-use serde::Serialize;
+use nearhop_wire::{BackendStatus, Lsn, WaitAnswer};
 use std::time::Duration;
 
 /// Longest `/v1/wait` long-poll accepted.
@@ -22,29 +22,6 @@ pub struct WaitQuery {
     pub xid: Option<u64>,
     /// How long to wait for it.
     pub timeout: Duration,
-}
-
-/// The `/v1/wait` answer. (Fields in alphabetical order: the JSON is byte for byte what the
-/// backend always sent.)
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct WaitAnswer {
-    /// Memory's applied position, `X/Y`.
-    pub applied_lsn: String,
-    /// Whether the commit was applied within the timeout.
-    pub reached: bool,
-}
-
-/// The `/v1/status` answer (fields in alphabetical order, as above).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StatusAnswer {
-    /// Memory's applied position, `X/Y`.
-    pub applied_lsn: String,
-    /// Whether the zones have been loaded once.
-    pub loaded: bool,
-    /// Records held in memory.
-    pub records: usize,
-    /// Seconds since the replica last answered.
-    pub seconds_since_contact: f64,
 }
 
 impl WaitQuery {
@@ -101,17 +78,17 @@ pub async fn wait(store: &Store, query: &WaitQuery) -> WaitAnswer {
         }
     };
     WaitAnswer {
-        applied_lsn: format_lsn(store.applied_lsn()),
+        applied_lsn: Lsn(store.applied_lsn()),
         reached,
     }
 }
 
 /// Where the backend stands.
-pub fn status(store: &Store) -> StatusAnswer {
-    StatusAnswer {
-        applied_lsn: format_lsn(store.applied_lsn()),
+pub fn status(store: &Store) -> BackendStatus {
+    BackendStatus {
+        applied_lsn: Lsn(store.applied_lsn()),
         loaded: store.is_loaded(),
-        records: store.read(Zones::record_count),
+        records: store.read(Zones::record_count) as u64,
         seconds_since_contact: store.seconds_since_contact(),
     }
 }
@@ -147,8 +124,8 @@ mod tests {
         let a = wait(&store, &q).await;
         assert!(!a.reached);
         assert_eq!(
-            serde_json::to_string(&a).ok(),
-            Some(r#"{"applied_lsn":"0/3000100","reached":false}"#.into())
+            serde_json::to_value(&a).ok(),
+            Some(serde_json::json!({"applied_lsn": "0/3000100", "reached": false}))
         );
     }
 }

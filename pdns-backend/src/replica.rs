@@ -24,20 +24,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, IsolationLevel, NoTls};
 
-/// Parses a PostgreSQL LSN (`16/B374D848`) into a byte position.
+/// Parses a PostgreSQL LSN (`16/B374D848`) into a byte position ([`nearhop_wire::Lsn`]'s rule).
 pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.trim().split_once('/')?;
-    if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
-        return None;
-    }
-    let hi = u64::from_str_radix(hi, 16).ok()?;
-    let lo = u64::from_str_radix(lo, 16).ok()?;
-    Some((hi << 32) | lo)
+    s.parse::<nearhop_wire::Lsn>()
+        .ok()
+        .map(nearhop_wire::Lsn::as_u64)
 }
 
-/// Formats a byte position as PostgreSQL prints an LSN.
+/// Formats a byte position as PostgreSQL prints an LSN ([`nearhop_wire::Lsn`]'s rule).
 pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+    nearhop_wire::Lsn(lsn).to_string()
 }
 
 /// The tailer: owns the database connection and writes into the store.

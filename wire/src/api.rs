@@ -1,6 +1,8 @@
 //! The control API (`/v1/...`) spoken between edge and control, and control's calls to an
 //! edge's admin API. JSON over HTTP; every error is one [`ApiError`] shape.
 
+use crate::close::CloseReason;
+use crate::lsn::Lsn;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -114,14 +116,14 @@ pub struct ReplacedTunnel {
     /// Its edge.
     pub edge_id: String,
     /// Why it was taken over: `force`, `lease_expired`, `edge_unreachable`, `client_dead`.
-    pub reason: String,
+    pub reason: CloseReason,
 }
 
 /// How the wait for the regions' DNS to serve the new record went.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct DnsPropagation {
-    /// The commit position on the primary (`pg_current_wal_lsn()` after commit), as text.
-    pub commit_lsn: String,
+    /// The commit position on the primary (`pg_current_wal_lsn()` after commit).
+    pub commit_lsn: Lsn,
     /// Regions that confirmed they serve the commit.
     pub confirmed: Vec<String>,
     /// Regions that did not confirm within the bound; the URL may not resolve there yet.
@@ -137,7 +139,7 @@ pub struct CloseTunnelRequest {
     /// The edge closing it; must be the tunnel's edge.
     pub edge_id: String,
     /// Why: `client_closed`, `client_dead`, `edge_shutdown`, ...
-    pub reason: String,
+    pub reason: CloseReason,
 }
 
 /// Edge → control: announce an edge (`POST /v1/edges/register`), again after a restart.
@@ -240,7 +242,7 @@ pub struct TunnelToClose {
     /// The tunnel.
     pub tunnel_id: i64,
     /// Reason code (`takedown`, `time_limit`, `replaced`, `lease_expired`, `closed`).
-    pub reason: String,
+    pub reason: CloseReason,
     /// A sentence for the user.
     pub message: String,
 }
@@ -249,7 +251,7 @@ pub struct TunnelToClose {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EdgeCloseRequest {
     /// Reason code.
-    pub reason: String,
+    pub reason: CloseReason,
     /// The sentence the edge prints to the client before disconnecting it.
     pub message: String,
 }
@@ -314,6 +316,47 @@ pub enum ErrorCode {
     DatabaseUnavailable,
     /// Anything else; see the logs.
     Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status every nearhop API answers this code with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::InvalidName => 400,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Unauthorized | ErrorCode::BadToken => 401,
+            ErrorCode::NameOwned
+            | ErrorCode::NameBanned
+            | ErrorCode::PlanLimit
+            | ErrorCode::Forbidden => 403,
+            ErrorCode::NameInUse | ErrorCode::Conflict => 409,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::NotFound => 404,
+            ErrorCode::DatabaseUnavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// The code's wire spelling (`name_in_use`), also its metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::BadToken => "bad_token",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::NameOwned => "name_owned",
+            ErrorCode::NameInUse => "name_in_use",
+            ErrorCode::NameBanned => "name_banned",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::PlanLimit => "plan_limit",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::DatabaseUnavailable => "database_unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
 }
 
 impl ApiError {
@@ -456,6 +499,66 @@ mod tests {
         let r: RegisterEdgeResponse =
             serde_json::from_str(r#"{"heartbeat_seconds":5,"closed_tunnels":[]}"#).unwrap();
         assert!(r.peers.is_empty());
+    }
+
+    #[test]
+    fn error_codes_map_to_statuses_and_their_wire_spelling() {
+        use ErrorCode::*;
+        let table = [
+            (BadRequest, 400),
+            (PayloadTooLarge, 413),
+            (Unauthorized, 401),
+            (Forbidden, 403),
+            (BadToken, 401),
+            (InvalidName, 400),
+            (NameOwned, 403),
+            (NameInUse, 409),
+            (NameBanned, 403),
+            (RateLimited, 429),
+            (PlanLimit, 403),
+            (NotFound, 404),
+            (Conflict, 409),
+            (DatabaseUnavailable, 503),
+            (Internal, 500),
+        ];
+        for (code, status) in table {
+            assert_eq!(code.http_status(), status, "{code:?}");
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::Value::String(code.as_str().into())
+            );
+        }
+    }
+
+    #[test]
+    fn close_requests_keep_the_reason_as_its_code() {
+        let r: CloseTunnelRequest =
+            serde_json::from_str(r#"{"edge_id":"us-1","reason":"client_dead"}"#).unwrap();
+        assert_eq!(r.reason, CloseReason::ClientDead);
+        // An older or newer edge's reason this build does not know still closes the tunnel.
+        let r: CloseTunnelRequest =
+            serde_json::from_str(r#"{"edge_id":"us-1","reason":"cosmic_ray"}"#).unwrap();
+        assert_eq!(r.reason, CloseReason::Other);
+        let t = TunnelToClose {
+            tunnel_id: 7,
+            reason: CloseReason::Takedown,
+            message: "m".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            r#"{"tunnel_id":7,"reason":"takedown","message":"m"}"#
+        );
+    }
+
+    #[test]
+    fn dns_propagation_carries_the_lsn_as_text() {
+        let d = DnsPropagation {
+            commit_lsn: Lsn(0x3000060),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["commit_lsn"], "0/3000060");
+        assert_eq!(serde_json::from_value::<DnsPropagation>(v).unwrap(), d);
     }
 
     #[test]

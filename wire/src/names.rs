@@ -111,6 +111,32 @@ pub fn normalize_label(requested: &str) -> Result<String, NameError> {
     Ok(label)
 }
 
+/// Bind addresses of `-R [bind:]port:host:hostport` that name an interface rather than a
+/// tunnel, and so ask for no particular name: empty (what OpenSSH sends for `-R 0:...` with
+/// `GatewayPorts`, and for `*`), `*` (OpenSSH's "all interfaces"; a client other than OpenSSH
+/// may send it as is), the wildcard and loopback addresses, and `localhost` (OpenSSH's
+/// default when no bind address is given).
+pub const PLAIN_BIND_ADDRESSES: &[&str] =
+    &["", "*", "localhost", "0.0.0.0", "127.0.0.1", "::", "::1"];
+
+/// The one bind-address rule: the tunnel name a client asked for with the bind address of
+/// `-R`, or `None` when the address is a plain one ([`PLAIN_BIND_ADDRESSES`]).
+///
+/// A full host name asks for its first label (`androidblog.a.tunnel.test` → `androidblog`),
+/// so that a user may paste the URL they were given. The result is not checked yet: the
+/// edge sends it to control as `requested_name`, and control checks it with
+/// [`normalize_label`] (so a `*` that reaches control as a name is an invalid name, not "any").
+/// It is cut to [`MAX_NAME_LEN`] characters, which keeps a hostile bind address from growing
+/// the request while still too long to pass as a label.
+pub fn requested_name(bind_address: &str) -> Option<String> {
+    let address = bind_address.trim().trim_end_matches('.');
+    if PLAIN_BIND_ADDRESSES.contains(&address) {
+        return None;
+    }
+    let label = address.split('.').next().unwrap_or(address);
+    Some(label.chars().take(MAX_NAME_LEN).collect())
+}
+
 /// The replication slot of `region`'s streaming replica: `replica_<region>`, with `-` written
 /// as `_` (slot names allow only lowercase letters, digits and underscores). Control finds a
 /// stopped replica by it; the local stack and the Ansible roles create it.
@@ -196,6 +222,42 @@ pub fn normalize_domain(domain: &str) -> Result<String, NameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_bind_addresses_ask_for_no_name() {
+        for plain in [
+            "",
+            " ",
+            "*",
+            "localhost",
+            "localhost.",
+            "0.0.0.0",
+            "127.0.0.1",
+            "::",
+            "::1",
+        ] {
+            assert_eq!(requested_name(plain), None, "{plain:?}");
+        }
+    }
+
+    #[test]
+    fn a_bind_address_that_is_a_name_asks_for_its_first_label() {
+        assert_eq!(
+            requested_name("androidblog").as_deref(),
+            Some("androidblog")
+        );
+        assert_eq!(
+            requested_name("AndroidBlog.a.tunnel.test.").as_deref(),
+            Some("AndroidBlog")
+        );
+        assert_eq!(
+            requested_name(&"a".repeat(1000)).map(|n| n.len()),
+            Some(MAX_NAME_LEN)
+        );
+        // Not plain, so passed on and refused by the label rules, not read as "any".
+        assert_eq!(requested_name("**").as_deref(), Some("**"));
+        assert!(normalize_label("**").is_err());
+    }
 
     #[test]
     fn slot_names_follow_the_region_with_underscores() {

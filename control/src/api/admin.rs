@@ -1,9 +1,9 @@
 //! `/v1/admin`: the operator's API, behind the admin secret.
 
-use super::{parse_json, require_bearer};
+use super::extract::{AdminCall, AdminJson};
 use crate::error::ControlResult;
 use crate::state::AppState;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use nearhop_wire::{AddDomainRequest, CreateAccountRequest, ReserveNameRequest, TakedownRequest};
 use serde::Deserialize;
 
@@ -28,11 +28,9 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 
 async fn create_account(
     st: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Payload,
+    body: AdminJson<CreateAccountRequest>,
 ) -> ControlResult<HttpResponse> {
-    require_bearer(&req, &st.cfg.admin_secret, "admin")?;
-    let body: CreateAccountRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
+    let body = body.into_inner();
     let created = st
         .blocking(move |conn| crate::admin::create_account(conn, &body.name, body.plan))
         .await?;
@@ -41,10 +39,9 @@ async fn create_account(
 
 async fn create_token(
     st: web::Data<AppState>,
-    req: HttpRequest,
     id: web::Path<i64>,
+    _: AdminCall,
 ) -> ControlResult<HttpResponse> {
-    require_bearer(&req, &st.cfg.admin_secret, "admin")?;
     let id = id.into_inner();
     let created = st
         .blocking(move |conn| crate::admin::create_token(conn, id))
@@ -54,10 +51,9 @@ async fn create_token(
 
 async fn revoke_token(
     st: web::Data<AppState>,
-    req: HttpRequest,
     id: web::Path<i64>,
+    _: AdminCall,
 ) -> ControlResult<HttpResponse> {
-    require_bearer(&req, &st.cfg.admin_secret, "admin")?;
     let id = id.into_inner();
     st.blocking(move |conn| crate::admin::revoke_token(conn, id))
         .await?;
@@ -66,13 +62,10 @@ async fn revoke_token(
 
 async fn reserve_name(
     st: web::Data<AppState>,
-    req: HttpRequest,
     id: web::Path<i64>,
-    body: web::Payload,
+    body: AdminJson<ReserveNameRequest>,
 ) -> ControlResult<HttpResponse> {
-    require_bearer(&req, &st.cfg.admin_secret, "admin")?;
-    let body: ReserveNameRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
-    let (id, name, st2) = (id.into_inner(), body.name, st.clone());
+    let (id, name, st2) = (id.into_inner(), body.into_inner().name, st.clone());
     let hostname = st
         .blocking(move |conn| crate::admin::reserve_name(&st2, conn, id, &name))
         .await?;
@@ -87,14 +80,11 @@ struct VerifiedQuery {
 
 async fn add_domain(
     st: web::Data<AppState>,
-    req: HttpRequest,
     id: web::Path<i64>,
     q: web::Query<VerifiedQuery>,
-    body: web::Payload,
+    body: AdminJson<AddDomainRequest>,
 ) -> ControlResult<HttpResponse> {
-    require_bearer(&req, &st.cfg.admin_secret, "admin")?;
-    let body: AddDomainRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
-    let (id, body, st2, verified) = (id.into_inner(), body, st.clone(), q.verified);
+    let (id, body, st2, verified) = (id.into_inner(), body.into_inner(), st.clone(), q.verified);
     let added = st
         .blocking(move |conn| {
             crate::admin::add_domain(&st2, conn, id, &body.domain, &body.target, verified)
@@ -105,10 +95,8 @@ async fn add_domain(
 
 async fn takedown(
     st: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Payload,
+    body: AdminJson<TakedownRequest>,
 ) -> ControlResult<HttpResponse> {
-    require_bearer(&req, &st.cfg.admin_secret, "admin")?;
-    let body: TakedownRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
+    let body = body.into_inner();
     Ok(HttpResponse::Ok().json(crate::admin::takedown(&st, &body.hostname, &body.reason).await?))
 }

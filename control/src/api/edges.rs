@@ -1,10 +1,9 @@
 //! `/v1/edges`: registration, batched heartbeats, custom-domain routes.
 
-use super::parse_json;
-use crate::edge_auth::authenticate_edge;
+use super::extract::{EdgeCall, EdgeJson};
 use crate::error::ControlResult;
 use crate::state::AppState;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use nearhop_wire::{EdgeHeartbeatRequest, EdgeRegistration};
 
 /// Routes of this resource.
@@ -16,36 +15,28 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 
 async fn register(
     st: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Payload,
+    call: EdgeJson<EdgeRegistration>,
 ) -> ControlResult<HttpResponse> {
-    let edge = authenticate_edge(&st, &req).await?;
-    let body: EdgeRegistration = parse_json(&req, body, st.cfg.max_body_bytes).await?;
-    edge.registers(&st, &body).await?;
-    Ok(HttpResponse::Ok().json(crate::edges::register(&st, body).await?))
+    call.edge.registers(&st, &call.body).await?;
+    Ok(HttpResponse::Ok().json(crate::edges::register(&st, call.body).await?))
 }
 
 async fn heartbeat(
     st: web::Data<AppState>,
-    req: HttpRequest,
     id: web::Path<String>,
-    body: web::Payload,
+    call: EdgeJson<EdgeHeartbeatRequest>,
 ) -> ControlResult<HttpResponse> {
-    let edge = authenticate_edge(&st, &req).await?;
-    edge.acts_as(&st, &id).await?;
-    let body: EdgeHeartbeatRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
-    let res = crate::edges::heartbeat(&st, id.into_inner(), body.tunnel_ids).await?;
+    call.edge.acts_as(&st, &id).await?;
+    let tunnel_ids = call.body.tunnel_ids;
+    let res = crate::edges::heartbeat(&st, id.into_inner(), tunnel_ids).await?;
     Ok(HttpResponse::Ok().json(res))
 }
 
 async fn routes(
     st: web::Data<AppState>,
-    req: HttpRequest,
     id: web::Path<String>,
+    EdgeCall(edge): EdgeCall,
 ) -> ControlResult<HttpResponse> {
-    authenticate_edge(&st, &req)
-        .await?
-        .acts_as(&st, &id)
-        .await?;
+    edge.acts_as(&st, &id).await?;
     Ok(HttpResponse::Ok().json(crate::edges::routes(&st, id.into_inner()).await?))
 }

@@ -1,10 +1,9 @@
 //! `/v1/tunnels`: edges set tunnels up and close them.
 
-use super::parse_json;
-use crate::edge_auth::authenticate_edge;
+use super::extract::EdgeJson;
 use crate::error::ControlResult;
 use crate::state::AppState;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use nearhop_wire::{CloseTunnelRequest, CreateTunnelRequest};
 
 /// Routes of this resource.
@@ -15,25 +14,21 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 
 async fn create(
     st: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Payload,
+    call: EdgeJson<CreateTunnelRequest>,
 ) -> ControlResult<HttpResponse> {
-    let edge = authenticate_edge(&st, &req).await?;
-    let body: CreateTunnelRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
-    edge.acts_as(&st, &body.edge_id).await?;
-    let created = crate::tunnels::create(&st, body).await?;
+    call.edge.acts_as(&st, &call.body.edge_id).await?;
+    let created = crate::tunnels::create(&st, call.body).await?;
     Ok(HttpResponse::Created().json(created))
 }
 
 async fn close(
     st: web::Data<AppState>,
-    req: HttpRequest,
     id: web::Path<i64>,
-    body: web::Payload,
+    call: EdgeJson<CloseTunnelRequest>,
 ) -> ControlResult<HttpResponse> {
-    let edge = authenticate_edge(&st, &req).await?;
-    let body: CloseTunnelRequest = parse_json(&req, body, st.cfg.max_body_bytes).await?;
-    edge.closes(&st, *id, &body.edge_id).await?;
-    crate::tunnels::close(&st, id.into_inner(), body.edge_id, body.reason).await?;
+    call.edge.closes(&st, *id, &call.body.edge_id).await?;
+    let body = call.body;
+    crate::tunnels::closing::close_for_edge(&st, id.into_inner(), body.edge_id, body.reason)
+        .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"closed": true})))
 }

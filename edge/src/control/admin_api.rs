@@ -65,17 +65,12 @@ async fn route(edge: &Edge, req: Request<Incoming>) -> Response<ProxyBody> {
         (method, ["v1", "tunnels", id, action]) => {
             if !authorized(edge, &req) {
                 return error(
-                    StatusCode::UNAUTHORIZED,
                     ErrorCode::Unauthorized,
                     "missing or wrong admin key: only control may call this edge's admin API",
                 );
             }
             let Ok(id) = id.parse::<i64>() else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::BadRequest,
-                    "tunnel id must be a number",
-                );
+                return error(ErrorCode::BadRequest, "tunnel id must be a number");
             };
             match (method, *action) {
                 (&Method::POST, "close") => close(edge, id, req).await,
@@ -90,32 +85,19 @@ async fn route(edge: &Edge, req: Request<Incoming>) -> Response<ProxyBody> {
 async fn close(edge: &Edge, id: i64, req: Request<Incoming>) -> Response<ProxyBody> {
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::PayloadTooLarge,
-                "body too large or unreadable",
-            )
-        }
+        Err(_) => return error(ErrorCode::PayloadTooLarge, "body too large or unreadable"),
     };
     let close: EdgeCloseRequest = match serde_json::from_slice(&body) {
         Ok(c) => c,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                &format!("bad close request: {e}"),
-            )
-        }
+        Err(e) => return error(ErrorCode::BadRequest, &format!("bad close request: {e}")),
     };
     let Some(tunnel) = edge.registry.by_id(id) else {
         return error(
-            StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
             &format!("tunnel {id} is not on this edge"),
         );
     };
-    edge.close_tunnel(&tunnel, &close.reason, Some(&close.message), false)
+    edge.close_tunnel(&tunnel, close.reason.as_str(), Some(&close.message), false)
         .await;
     json(StatusCode::OK, &serde_json::json!({"closed": true}))
 }
@@ -135,27 +117,15 @@ async fn alive(edge: &Edge, id: i64) -> Response<ProxyBody> {
 }
 
 fn authorized(edge: &Edge, req: &Request<Incoming>) -> bool {
-    let Some(given) = req
+    let header = req
         .headers()
         .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let same = |want: &str| {
-        given.len() == want.len()
-            && given
-                .as_bytes()
-                .iter()
-                .zip(want.as_bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    };
-    same(&edge.admin_key)
+        .and_then(|v| v.to_str().ok());
+    // Control holds the admin key from this edge's registration. An edge still on the
+    // legacy shared secret also accepts that secret (control has no key of it then).
+    nearhop_wire::bearer_matches(header, &edge.admin_key)
         || (edge.config.credential.is_empty()
-            && !edge.config.edge_secret.is_empty()
-            && same(&edge.config.edge_secret))
+            && nearhop_wire::bearer_matches(header, &edge.config.edge_secret))
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<ProxyBody> {
@@ -167,14 +137,13 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<ProxyBody> {
     resp
 }
 
-fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response<ProxyBody> {
+/// An error answer, with the status every nearhop API gives `code` (wire's one mapping).
+fn error(code: ErrorCode, message: &str) -> Response<ProxyBody> {
+    let status =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json(status, &ApiError::new(code, message))
 }
 
 fn not_found() -> Response<ProxyBody> {
-    error(
-        StatusCode::NOT_FOUND,
-        ErrorCode::NotFound,
-        "no such endpoint",
-    )
+    error(ErrorCode::NotFound, "no such endpoint")
 }

@@ -29,8 +29,13 @@ pub async fn run(edge: Arc<Edge>) {
                 apply_peers(&edge, &resp.peers);
                 for close in resp.close {
                     if let Some(tunnel) = edge.registry.by_id(close.tunnel_id) {
-                        edge.close_tunnel(&tunnel, &close.reason, Some(&close.message), false)
-                            .await;
+                        edge.close_tunnel(
+                            &tunnel,
+                            close.reason.as_str(),
+                            Some(&close.message),
+                            false,
+                        )
+                        .await;
                     }
                 }
             }

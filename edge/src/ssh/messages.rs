@@ -60,7 +60,7 @@ pub fn tunnel_ready(
         text.push_str(&format!(
             "\n(The name's previous tunnel on edge {} was closed: {}.)\n",
             replaced.edge_id,
-            replaced.reason.replace('_', " ")
+            replaced.reason.as_str().replace('_', " ")
         ));
     }
     if let Some(at) = resp.expires_at {

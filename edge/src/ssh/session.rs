@@ -17,9 +17,6 @@ use russh::{Channel, ChannelId, Disconnect};
 use std::sync::Arc;
 use tracing::Instrument;
 
-/// Bind addresses that mean "no particular name" in `-R [bind:]port:host:hostport`.
-const PLAIN_BIND_ADDRESSES: &[&str] = &["", "localhost", "0.0.0.0", "127.0.0.1", "::", "::1", "*"];
-
 /// The russh handler of one client.
 pub struct SshSession {
     edge: Arc<Edge>,
@@ -93,17 +90,6 @@ fn write_lines(session: &mut Session, channel: ChannelId, lines: Vec<(bool, Stri
             tracing::debug!("session channel closed before text was printed");
         }
     }
-}
-
-/// The name asked for with the bind address (`-R androidblog:0:...` or the full host
-/// name), or `None` for a plain bind address.
-fn requested_name(address: &str) -> Option<String> {
-    let address = address.trim().trim_end_matches('.');
-    if PLAIN_BIND_ADDRESSES.contains(&address) {
-        return None;
-    }
-    let label = address.split('.').next().unwrap_or(address);
-    Some(label.chars().take(253).collect())
 }
 
 impl Handler for SshSession {
@@ -222,7 +208,7 @@ impl Handler for SshSession {
         }
         let pending = PendingTunnel {
             user,
-            requested_name: requested_name(address),
+            requested_name: nearhop_wire::requested_name(address),
             forward: ForwardTarget {
                 address: address.to_string(),
                 port: *port,
@@ -354,26 +340,6 @@ impl SshSession {
         // without a forward asked for none.
         if self.forwards_requested == 0 && !self.refused {
             self.refuse(session, &messages::usage());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bind_address_names_the_tunnel() {
-        assert_eq!(
-            requested_name("androidblog").as_deref(),
-            Some("androidblog")
-        );
-        assert_eq!(
-            requested_name("AndroidBlog.a.tunnel.test.").as_deref(),
-            Some("AndroidBlog")
-        );
-        for plain in ["", "localhost", "0.0.0.0", "*", "127.0.0.1"] {
-            assert_eq!(requested_name(plain), None);
         }
     }
 }

@@ -150,7 +150,7 @@ fn give_back(edge: &Edge, resp: &CreateTunnelResponse, reason: &str) {
     let control = edge.control.clone();
     let req = CloseTunnelRequest {
         edge_id: edge.config.edge_id.clone(),
-        reason: reason.to_string(),
+        reason: nearhop_wire::CloseReason::parse(reason),
     };
     let id = resp.tunnel_id;
     tokio::spawn(

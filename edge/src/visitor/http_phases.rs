@@ -8,6 +8,7 @@ use crate::visitor::pages::{self, ProxyBody};
 use base64::Engine;
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, LOCATION};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use nearhop_wire::constant_time_eq;
 use std::net::SocketAddr;
 
 /// What the phases know about one visitor request.
@@ -84,13 +85,14 @@ pub fn authenticate<B>(ctx: &RequestCtx<'_>, req: &Request<B>) -> Option<Respons
             })
             .is_some_and(|(u, p)| {
                 o.basic_auth.iter().any(|(eu, ep)| {
-                    same(eu.as_bytes(), u.as_bytes()) & same(ep.as_bytes(), p.as_bytes())
+                    constant_time_eq(eu.as_bytes(), u.as_bytes())
+                        & constant_time_eq(ep.as_bytes(), p.as_bytes())
                 })
             })
     } else if let Some(key) = strip_prefix_ci(given, "bearer ") {
         o.bearer_keys
             .iter()
-            .any(|k| same(k.as_bytes(), key.trim().as_bytes()))
+            .any(|k| constant_time_eq(k.as_bytes(), key.trim().as_bytes()))
     } else {
         false
     };
@@ -139,14 +141,6 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     } else {
         None
     }
-}
-
-/// Compares secrets in time independent of where they differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

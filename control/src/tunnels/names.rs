@@ -1,0 +1,178 @@
+//! Which names an account may have: the label rules, bans, ownership and the per-account
+//! limit. Setting a tunnel up and the operator's reservation claim names through
+//! [`claim_name`], so the two cannot disagree on who owns what.
+
+use crate::config::ZoneConfig;
+use crate::error::{ControlError, ControlResult};
+use crate::schema::{banned_names, names};
+use diesel::prelude::*;
+use nearhop_wire::{normalize_label, random_label, ErrorCode};
+
+/// Draws before giving up on a random label; at 36^8 labels even one clash is rare.
+const DRAWS: usize = 8;
+
+/// Who claims a name, which decides whether the plan's name limit applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimant {
+    /// A tunnel setup asking for the name: bound by `max_names_per_account`, which stops an
+    /// account from hoarding names by connecting with each.
+    Tunnel,
+    /// The operator reserving it for the account: the operator's word is the limit.
+    Operator,
+}
+
+/// Checks a requested label against the label rules, returning it case-folded.
+pub fn valid_label(requested: &str) -> ControlResult<String> {
+    normalize_label(requested).map_err(|e| {
+        ControlError::refused(
+            ErrorCode::InvalidName,
+            format!("the name {requested:?} is not valid: {e}"),
+        )
+    })
+}
+
+/// Whether the operator took `label` down in `zone`.
+pub fn is_banned(conn: &mut PgConnection, zone: &str, label: &str) -> ControlResult<bool> {
+    Ok(diesel::select(diesel::dsl::exists(
+        banned_names::table
+            .filter(banned_names::zone.eq(zone))
+            .filter(banned_names::label.eq(label)),
+    ))
+    .get_result(conn)?)
+}
+
+/// Refuses a banned name; `hint` ends the sentence with what the user can do instead.
+pub fn refuse_if_banned(
+    conn: &mut PgConnection,
+    zone: &str,
+    label: &str,
+    hint: &str,
+) -> ControlResult<()> {
+    if is_banned(conn, zone, label)? {
+        return Err(ControlError::refused(
+            ErrorCode::NameBanned,
+            format!("the name {label}.{zone} was taken down{hint}"),
+        ));
+    }
+    Ok(())
+}
+
+fn owner_of(conn: &mut PgConnection, zone: &str, label: &str) -> ControlResult<Option<i64>> {
+    Ok(names::table
+        .filter(names::zone.eq(zone))
+        .filter(names::label.eq(label))
+        .select(names::account_id)
+        .first(conn)
+        .optional()?)
+}
+
+/// Claims `label` in `zone` for the account: refuses a banned name and one owned by another
+/// account, and otherwise records the account as its owner (a no-op when it owns it already).
+pub fn claim_name(
+    conn: &mut PgConnection,
+    zone: &ZoneConfig,
+    account_id: i64,
+    label: &str,
+    claimant: Claimant,
+) -> ControlResult<()> {
+    refuse_if_banned(conn, &zone.name, label, " and cannot be used")?;
+    // Two rounds at most: a claim that loses the insert race reads the winner the second time.
+    for _ in 0..2 {
+        match owner_of(conn, &zone.name, label)? {
+            Some(owner) if owner == account_id => return Ok(()),
+            Some(_) => {
+                return Err(ControlError::refused(
+                    ErrorCode::NameOwned,
+                    format!(
+                        "the name {label}.{} belongs to another account; pick another name",
+                        zone.name
+                    ),
+                ))
+            }
+            None => {}
+        }
+        if claimant == Claimant::Tunnel && zone.max_names_per_account > 0 {
+            let owned: i64 = names::table
+                .filter(names::account_id.eq(account_id))
+                .filter(names::zone.eq(&zone.name))
+                .count()
+                .get_result(conn)?;
+            if owned as u64 >= zone.max_names_per_account {
+                return Err(ControlError::refused(
+                    ErrorCode::PlanLimit,
+                    format!(
+                        "the account owns {owned} names, the most its plan allows; \
+                         use one of them or ask the operator to free one"
+                    ),
+                ));
+            }
+        }
+        let inserted = diesel::insert_into(names::table)
+            .values((
+                names::zone.eq(&zone.name),
+                names::label.eq(label),
+                names::account_id.eq(account_id),
+                names::is_default.eq(false),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)?;
+        if inserted == 1 {
+            return Ok(());
+        }
+    }
+    Err(ControlError::Internal(format!(
+        "the name {label}.{} changed owner while being claimed",
+        zone.name
+    )))
+}
+
+/// The account's persistent name in `zone`, drawn and recorded on its first tunnel.
+pub fn default_name(conn: &mut PgConnection, account_id: i64, zone: &str) -> ControlResult<String> {
+    for _ in 0..DRAWS {
+        let existing: Option<String> = names::table
+            .filter(names::account_id.eq(account_id))
+            .filter(names::zone.eq(zone))
+            .filter(names::is_default.eq(true))
+            .select(names::label)
+            .first(conn)
+            .optional()?;
+        if let Some(label) = existing {
+            return Ok(label);
+        }
+        let label = random_label();
+        let inserted = diesel::insert_into(names::table)
+            .values((
+                names::zone.eq(zone),
+                names::label.eq(&label),
+                names::account_id.eq(account_id),
+                names::is_default.eq(true),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)?;
+        if inserted == 1 {
+            return Ok(label);
+        }
+        // Either the label is owned already (draw again) or a concurrent first tunnel of
+        // the same account assigned the default name (the next round reads it).
+    }
+    Err(ControlError::Internal(
+        "could not draw a free persistent name".into(),
+    ))
+}
+
+/// A random label for an anonymous or free tunnel that is neither banned nor live now.
+pub fn draw_free_label(
+    conn: &mut PgConnection,
+    zone: &str,
+    is_live: impl Fn(&mut PgConnection, &str) -> ControlResult<bool>,
+) -> ControlResult<String> {
+    for _ in 0..DRAWS {
+        let label = random_label();
+        if !is_banned(conn, zone, &label)? && !is_live(conn, &label)? {
+            return Ok(label);
+        }
+    }
+    Err(ControlError::Internal(
+        "could not draw a free random name".into(),
+    ))
+}

@@ -1,0 +1,429 @@
+//! Tunnel setup. Reads like the protocol: authenticate → pick zone and name → settle who
+//! holds the name → write the tunnel and its record in one transaction → wait for the
+//! regions' DNS → answer.
+
+use crate::config::ZoneConfig;
+use crate::error::{ControlError, ControlResult};
+use crate::schema::{edges, records, tunnels};
+use crate::state::AppState;
+use crate::tunnels::caller::{authenticate, Caller};
+use crate::tunnels::closing::{close_tunnels, Closed, Notice};
+use crate::tunnels::names::{self, Claimant};
+use crate::tunnels::takeover::{holder_of, settle_holder, setup_window, Holder};
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use nearhop_wire::{
+    CloseReason, CreateTunnelRequest, CreateTunnelResponse, ErrorCode, Lsn, Plan, ReplacedTunnel,
+};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything decided before the write.
+#[derive(Debug, Clone)]
+struct Plot {
+    caller: Caller,
+    zone: ZoneConfig,
+    domain_id: i32,
+    label: String,
+    region: String,
+    holder: Option<Holder>,
+}
+
+impl Plot {
+    fn hostname(&self) -> String {
+        format!("{}.{}", self.label, self.zone.name)
+    }
+}
+
+/// The holder a new tunnel replaces, and why.
+#[derive(Debug, Clone)]
+struct Takeover {
+    holder: Holder,
+    reason: CloseReason,
+}
+
+/// What the write produced.
+#[derive(Debug)]
+struct Written {
+    tunnel_id: i64,
+    expires_at: Option<DateTime<Utc>>,
+    commit_lsn: Lsn,
+    commit_xid: u64,
+    /// The holder closed in the same transaction.
+    replaced: Option<Closed>,
+}
+
+/// The name asked for in the request: `None` when absent or blank. The edge has already
+/// turned the bind address into a name ([`nearhop_wire::requested_name`]); what arrives here
+/// is checked as a label, so a `*` is an invalid name rather than "any".
+fn requested_label(req: &CreateTunnelRequest) -> Option<&str> {
+    req.requested_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+}
+
+/// The client's address without a port, for per-source limits.
+fn source_of(addr: &str) -> String {
+    addr.parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| addr.chars().take(64).collect())
+}
+
+fn edge_region(conn: &mut PgConnection, edge_id: &str) -> ControlResult<String> {
+    edges::table
+        .filter(edges::id.eq(edge_id))
+        .select(edges::region)
+        .first(conn)
+        .optional()?
+        .ok_or_else(|| {
+            ControlError::refused(
+                ErrorCode::NotFound,
+                format!("edge {edge_id:?} is not registered; it must register first"),
+            )
+        })
+}
+
+fn check_source_rate(
+    conn: &mut PgConnection,
+    zone: &ZoneConfig,
+    client_addr: &str,
+) -> ControlResult<()> {
+    if zone.creations_per_minute_per_source == 0 {
+        return Ok(());
+    }
+    let since = Utc::now() - chrono::Duration::minutes(1);
+    let source = source_of(client_addr);
+    let recent: i64 = tunnels::table
+        .filter(tunnels::zone.eq(&zone.name))
+        .filter(tunnels::client_addr.eq(&source))
+        .filter(tunnels::created_at.gt(since))
+        .count()
+        .get_result(conn)?;
+    if recent as u64 >= zone.creations_per_minute_per_source {
+        return Err(ControlError::refused(
+            ErrorCode::RateLimited,
+            format!(
+                "too many tunnels were created from {source} in the last minute (limit {}); \
+                 wait a minute and try again",
+                zone.creations_per_minute_per_source
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_live_limit(
+    conn: &mut PgConnection,
+    zone: &ZoneConfig,
+    caller: Caller,
+    holder: Option<&Holder>,
+) -> ControlResult<()> {
+    let Some(account_id) = caller.account_id else {
+        return Ok(());
+    };
+    if zone.max_tunnels_per_account == 0 {
+        return Ok(());
+    }
+    let live: i64 = tunnels::table
+        .filter(tunnels::account_id.eq(account_id))
+        .filter(tunnels::closed_at.is_null())
+        .count()
+        .get_result(conn)?;
+    // A takeover of the account's own name frees the slot it takes.
+    let freed = i64::from(holder.is_some());
+    if (live - freed) as u64 >= zone.max_tunnels_per_account {
+        return Err(ControlError::refused(
+            ErrorCode::PlanLimit,
+            format!(
+                "the account has {live} live tunnels, the most its plan allows; close one first"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Picks the label: the asked-for name (claimed), the account's persistent name, or a
+/// random one.
+fn pick_label(
+    conn: &mut PgConnection,
+    st: &AppState,
+    zone: &ZoneConfig,
+    caller: Caller,
+    requested: Option<String>,
+) -> ControlResult<String> {
+    match (caller.plan, caller.account_id, requested) {
+        (Plan::Pro, Some(account_id), Some(label)) => {
+            names::claim_name(conn, zone, account_id, &label, Claimant::Tunnel)?;
+            Ok(label)
+        }
+        (Plan::Pro, Some(account_id), None) => {
+            let label = names::default_name(conn, account_id, &zone.name)?;
+            names::refuse_if_banned(
+                conn,
+                &zone.name,
+                &label,
+                "; ask for another name with -R NAME:0:localhost:PORT",
+            )?;
+            Ok(label)
+        }
+        _ => {
+            let window = setup_window(st);
+            names::draw_free_label(conn, &zone.name, |conn, label| {
+                Ok(holder_of(conn, &zone.name, label, window)?.is_some())
+            })
+        }
+    }
+}
+
+fn plot(conn: &mut PgConnection, st: &AppState, req: &CreateTunnelRequest) -> ControlResult<Plot> {
+    let region = edge_region(conn, &req.edge_id)?;
+    let caller = authenticate(conn, req.token.as_deref())?;
+    let zone = st.cfg.zone_for(caller.plan).clone();
+    let requested = match (caller.plan, requested_label(req)) {
+        (Plan::Free, Some(_)) => {
+            return Err(ControlError::refused(
+                ErrorCode::PlanLimit,
+                "choosing a name needs a pro token; free tunnels get a random name \
+                 (connect with -R0:localhost:PORT)",
+            ))
+        }
+        (_, Some(r)) => Some(names::valid_label(r)?),
+        (_, None) => None,
+    };
+    if let Some(label) = &requested {
+        st.cfg.check_not_service_label(&zone, label)?;
+    }
+    check_source_rate(conn, &zone, &req.client_addr)?;
+    let domain_id = crate::zones::domain_id(conn, &zone.name)
+        .optional()?
+        .ok_or_else(|| {
+            ControlError::Internal(format!(
+                "zone {} is not in the domains table; run `nearhop-control migrate`",
+                zone.name
+            ))
+        })?;
+    let label = pick_label(conn, st, &zone, caller, requested)?;
+    let holder = holder_of(conn, &zone.name, &label, setup_window(st))?;
+    if let Some(h) = &holder {
+        if h.account_id != caller.account_id {
+            return Err(ControlError::refused(
+                ErrorCode::NameInUse,
+                format!(
+                    "the name {label}.{} is in use by another account's tunnel; choose \
+                     another name, or try again after that tunnel ends",
+                    zone.name
+                ),
+            ));
+        }
+    }
+    check_live_limit(conn, &zone, caller, holder.as_ref())?;
+    Ok(Plot {
+        caller,
+        zone,
+        domain_id,
+        label,
+        region,
+        holder,
+    })
+}
+
+/// Writes the tunnel and its record in one transaction (one zone), closing the replaced
+/// holder in the same transaction.
+fn write_tunnel(
+    conn: &mut PgConnection,
+    st: &AppState,
+    req: &CreateTunnelRequest,
+    p: &Plot,
+    takeover: Option<&Takeover>,
+) -> ControlResult<Written> {
+    let hostname = p.hostname();
+    let now = Utc::now();
+    let lease = now + chrono::Duration::seconds(st.cfg.lease_seconds as i64);
+    let expires_at = (p.zone.time_limit_minutes > 0)
+        .then(|| now + chrono::Duration::minutes(p.zone.time_limit_minutes as i64));
+    let (tunnel_id, commit_xid, replaced) = conn.transaction(|conn| {
+        let replaced = takeover
+            .map(|t| close_tunnels(conn, &[t.holder.tunnel_id], t.reason))
+            .transpose()?;
+        let inserted = diesel::insert_into(tunnels::table)
+            .values((
+                tunnels::account_id.eq(p.caller.account_id),
+                tunnels::zone.eq(&p.zone.name),
+                tunnels::label.eq(&p.label),
+                tunnels::kind.eq(req.kind.as_str()),
+                tunnels::region.eq(&p.region),
+                tunnels::edge_id.eq(&req.edge_id),
+                tunnels::client_addr.eq(source_of(&req.client_addr)),
+                tunnels::lease_expires_at.eq(lease),
+                tunnels::expires_at.eq(expires_at),
+            ))
+            .returning(tunnels::id)
+            .get_result::<i64>(conn);
+        let id = match inserted {
+            Ok(id) => id,
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            )) => {
+                return Err(ControlError::refused(
+                    ErrorCode::NameInUse,
+                    format!(
+                        "{hostname} was taken by another tunnel a moment ago; \
+                         add `force` to take it over"
+                    ),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        diesel::delete(
+            records::table
+                .filter(records::domain_id.eq(p.domain_id))
+                .filter(records::name.eq(&hostname))
+                .filter(records::rtype.eq("CNAME")),
+        )
+        .execute(conn)?;
+        diesel::insert_into(records::table)
+            .values((
+                records::domain_id.eq(p.domain_id),
+                records::name.eq(&hostname),
+                records::rtype.eq("CNAME"),
+                records::content.eq(format!("{}.{}", p.region, p.zone.name)),
+                records::ttl.eq(p.zone.record_ttl),
+                records::prio.eq(0),
+                records::disabled.eq(false),
+                records::auth.eq(true),
+            ))
+            .execute(conn)?;
+        Ok::<_, ControlError>((id, crate::db::current_xid(conn)?, replaced))
+    })?;
+    Ok(Written {
+        tunnel_id,
+        expires_at,
+        commit_lsn: crate::db::current_wal_lsn(conn)?,
+        commit_xid,
+        replaced,
+    })
+}
+
+/// Sets up a tunnel; see the module comment for the order of steps.
+pub async fn create(
+    st: &AppState,
+    req: CreateTunnelRequest,
+) -> ControlResult<CreateTunnelResponse> {
+    let started = Instant::now();
+    let zone_hint = req
+        .token
+        .as_ref()
+        .map(|_| "?")
+        .unwrap_or(&st.cfg.zones.free.name)
+        .to_string();
+    let result = create_inner(st, req).await;
+    let (zone, outcome) = match &result {
+        Ok(r) => (r.zone.clone(), "ok"),
+        Err(e) => (zone_hint, e.code().as_str()),
+    };
+    st.metrics
+        .setups_total
+        .with_label_values(&[&zone, outcome])
+        .inc();
+    if result.is_ok() {
+        st.metrics
+            .setup_seconds
+            .with_label_values(&[&zone])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    result
+}
+
+async fn create_inner(
+    st: &AppState,
+    req: CreateTunnelRequest,
+) -> ControlResult<CreateTunnelResponse> {
+    let req = Arc::new(req);
+    let p = {
+        let (st2, req2) = (st.clone(), req.clone());
+        st.blocking(move |conn| plot(conn, &st2, &req2)).await?
+    };
+    let hostname = p.hostname();
+    let takeover = match &p.holder {
+        Some(h) => Some(Takeover {
+            holder: h.clone(),
+            reason: settle_holder(st, h, &hostname, req.force).await?,
+        }),
+        None => None,
+    };
+    let written = {
+        let (st2, req2, p2, t2) = (st.clone(), req.clone(), p.clone(), takeover.clone());
+        st.blocking(move |conn| write_tunnel(conn, &st2, &req2, &p2, t2.as_ref()))
+            .await?
+    };
+    // A forced holder was closed on its edge before the write. A dead one's client is gone
+    // or unreachable; its edge is told anyway so that a client that comes back does not hold
+    // a tunnel nobody routes to.
+    if let Some(replaced) = written.replaced {
+        let notice = match replaced.reason {
+            CloseReason::Force => Notice::Known,
+            _ => Notice::Background(CloseReason::Replaced),
+        };
+        replaced.announce(st, notice).await;
+    }
+    let dns = st.lag.wait(written.commit_lsn, written.commit_xid).await;
+    tracing::info!(
+        tunnel_id = written.tunnel_id,
+        %hostname,
+        region = %p.region,
+        edge = %req.edge_id,
+        wait_ms = dns.wait_ms,
+        unconfirmed = ?dns.unconfirmed,
+        "tunnel set up"
+    );
+    Ok(CreateTunnelResponse {
+        tunnel_id: written.tunnel_id,
+        label: p.label.clone(),
+        zone: p.zone.name.clone(),
+        hostname,
+        region: p.region.clone(),
+        lease_seconds: st.cfg.lease_seconds,
+        expires_at: written.expires_at,
+        replaced_tunnel: takeover.map(|t| ReplacedTunnel {
+            tunnel_id: t.holder.tunnel_id,
+            edge_id: t.holder.edge_id,
+            reason: t.reason,
+        }),
+        dns,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(name: Option<&str>) -> CreateTunnelRequest {
+        CreateTunnelRequest {
+            edge_id: "us-1".into(),
+            token: None,
+            requested_name: name.map(str::to_string),
+            kind: Default::default(),
+            force: false,
+            client_addr: "127.0.0.1:5555".into(),
+        }
+    }
+
+    #[test]
+    fn a_blank_requested_name_asks_for_none_and_a_star_is_a_name_to_check() {
+        for n in [None, Some(""), Some("  ")] {
+            assert_eq!(requested_label(&req(n)), None, "{n:?}");
+        }
+        assert_eq!(requested_label(&req(Some("blog"))), Some("blog"));
+        assert_eq!(requested_label(&req(Some("*"))), Some("*"));
+        assert!(names::valid_label("*").is_err());
+    }
+
+    #[test]
+    fn source_drops_the_port() {
+        assert_eq!(source_of("127.0.0.3:40000"), "127.0.0.3");
+        assert_eq!(source_of("[::1]:22"), "::1");
+        assert_eq!(source_of("10.0.0.1"), "10.0.0.1");
+    }
+}
