@@ -89,11 +89,7 @@ impl russh::server::Handler for PeerSession {
         user: &str,
         offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(if self.edge.mesh.trusts(user, offer.public_key) {
-            Auth::Accept
-        } else {
-            Auth::reject()
-        })
+        Ok(self.check_peer(user, offer.public_key))
     }
 
     async fn auth_publickey(
@@ -101,22 +97,38 @@ impl russh::server::Handler for PeerSession {
         user: &str,
         key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        if self.edge.mesh.trusts(user, key.public_key) {
+        let answer = self.check_peer(user, key.public_key);
+        if matches!(answer, Auth::Accept) {
             tracing::info!(peer_edge = user, "peer edge connected");
             self.peer_id = Some(user.to_string());
-            Ok(Auth::Accept)
-        } else {
-            self.edge
-                .metrics
-                .relay_errors_total
-                .with_label_values(&["peer_not_trusted"])
-                .inc();
-            tracing::warn!(
-                claimed = user,
-                "refused a mesh connection: no live edge with that id and key is in control's registry"
-            );
-            Ok(Auth::reject())
         }
+        Ok(answer)
+    }
+
+    /// A peer that leaves the mesh (its credential revoked, or it stopped heartbeating) is
+    /// cut off here too, not only on this edge's outbound link: control's list is the only
+    /// source of trust.
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        let Some(link) = self
+            .peer_id
+            .as_deref()
+            .and_then(|id| self.edge.mesh.peer(id))
+        else {
+            return Ok(());
+        };
+        let handle = session.handle();
+        let left = link.stop.clone();
+        tokio::spawn(async move {
+            left.cancelled().await;
+            let _ = handle
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    "this edge is no longer in the mesh".into(),
+                    "en".into(),
+                )
+                .await;
+        });
+        Ok(())
     }
 
     async fn channel_open_session(
@@ -213,6 +225,26 @@ impl russh::server::Handler for PeerSession {
             .instrument(span),
         );
         Ok(())
+    }
+}
+
+impl PeerSession {
+    /// Accepts `user` only with the host key control registered for that edge; counts and
+    /// logs a refusal.
+    fn check_peer(&self, user: &str, key: &russh::keys::PublicKey) -> Auth {
+        if self.edge.mesh.trusts(user, key) {
+            return Auth::Accept;
+        }
+        self.edge
+            .metrics
+            .relay_errors_total
+            .with_label_values(&["peer_not_trusted"])
+            .inc();
+        tracing::warn!(
+            claimed = user,
+            "refused a mesh connection: no live edge with that id and key is in control's registry"
+        );
+        Auth::reject()
     }
 }
 

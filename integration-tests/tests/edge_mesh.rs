@@ -1,0 +1,348 @@
+//! The edge mesh with real processes (Postgres, control, an edge per region, the stock
+//! OpenSSH client, curl): a tunnel held by the eu edge is served at the us and ap edges too,
+//! for plain HTTP with keep-alive, HTTPS, upgrades, long downloads and `tls` passthrough,
+//! with the tunnel's rules applied to the real visitor; with control and the primary down;
+//! and edges trust each other only as themselves.
+
+use nearhop_stack::metrics::metric_sum;
+use nearhop_stack::prelude::*;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// A visitor's own address, distinct from every edge's, so the tunnel's rules and the
+/// forwarding headers can be seen to act on it.
+const VISITOR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
+
+/// Three regions, an edge in each (with the stack's certificate for HTTPS), heartbeating
+/// every second so that each edge learns its peers quickly.
+fn mesh_stack() -> Stack {
+    Stack::start(StackOptions {
+        with_edges: true,
+        edge_https: true,
+        control_tweak: Some(fast_heartbeats),
+        ..StackOptions::default()
+    })
+    .expect("the stack starts")
+}
+
+/// The tunnel's URL as served on the HTTP port of the edge at `edge` (each edge of the test
+/// stack has ports of its own).
+fn url_at(url: &str, edge: SocketAddr) -> String {
+    format!("http://{}:{}", host_of(url), edge.port())
+}
+
+/// A blocking client from `source` that sends requests for the URL's host to `edge` (use
+/// it with [`url_at`]).
+fn visitor_from(url: &str, edge: SocketAddr, source: Ipv4Addr) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .resolve(&host_of(url), edge)
+        .local_address(std::net::IpAddr::V4(source))
+        .timeout(PATIENCE)
+        .build()
+        .expect("client")
+}
+
+fn edge_metrics(stack: &Stack, region: usize) -> String {
+    let e = &stack.edges[region];
+    reqwest::blocking::get(format!("http://{}:{}/metrics", e.spec.ip, e.spec.admin))
+        .and_then(|r| r.text())
+        .expect("edge metrics")
+}
+
+/// Waits until the edge of `region` serves `url` (it learned the holder from its peer).
+fn wait_relayed(stack: &Stack, region: usize, url: &str) {
+    let addr = stack.regions[region].http_addr();
+    eventually(
+        &format!("{} relays {url}", stack.regions[region].name),
+        || {
+            let (status, body) = http_get(addr, &host_of(url), "/ready")?;
+            anyhow::ensure!(status == 200, "{status} {body}");
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn a_tunnel_on_one_edge_is_served_at_every_other_edge() {
+    let stack = mesh_stack();
+    let local = LocalService::start("local");
+    let token = stack.pro_token();
+    let (_client, url) = stack
+        .http_tunnel(EU, "eu-client", Some(&token), local.port)
+        .expect("tunnel through eu");
+    let host = host_of(&url);
+    wait_relayed(&stack, US, &url);
+    wait_relayed(&stack, AP, &url);
+
+    // Keep-alive: several requests on one visitor connection, one relay channel for them.
+    let before = metric_sum(
+        &edge_metrics(&stack, US),
+        "nearhop_edge_relay_connections_total",
+        &[("peer", "eu-1"), ("direction", "out")],
+    );
+    let us_addr = stack.regions[US].http_addr();
+    let us = visitor_from(&url, us_addr, VISITOR);
+    let us_url = url_at(&url, us_addr);
+    for i in 0..5 {
+        let body = us
+            .get(format!("{us_url}/keepalive/{i}"))
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.text())
+            .expect("relayed request");
+        assert!(
+            body.starts_with(&format!("hello from local /keepalive/{i}")),
+            "{body}"
+        );
+        assert!(
+            body.contains(&format!("xff={VISITOR}")),
+            "the holder sees the real visitor, not the relaying edge: {body}"
+        );
+    }
+    let after = metric_sum(
+        &edge_metrics(&stack, US),
+        "nearhop_edge_relay_connections_total",
+        &[("peer", "eu-1"), ("direction", "out")],
+    );
+    assert_eq!(
+        after - before,
+        1.0,
+        "five requests, one connection, one relay channel"
+    );
+    let inbound = metric_sum(
+        &edge_metrics(&stack, EU),
+        "nearhop_edge_relay_connections_total",
+        &[("peer", "us-1"), ("direction", "in")],
+    );
+    assert!(inbound >= 1.0, "eu counts what us relayed to it");
+
+    // HTTPS: terminated by the edge the visitor reached, then relayed.
+    let ca = stack.path().join("tls/zone-cert.pem");
+    let ap = &stack.edges[AP].spec;
+    let r = curl_tls(&host, ap.ip, ap.tls, "/over-tls", Some(&ca));
+    assert_eq!(r.code, 0, "curl over HTTPS via ap: {}", r.stderr);
+    assert_eq!(r.status, "200", "{}", r.body);
+    assert!(r.body.contains("hello from local /over-tls") && r.body.contains("xfp=https"));
+
+    // A name no edge holds: the page, at once, from the edge itself.
+    let (status, body) =
+        http_get(stack.regions[US].http_addr(), "nobody.a.tunnel.test", "/").unwrap();
+    assert_eq!(status, 404);
+    assert!(body.contains("No tunnel here"), "{body}");
+}
+
+#[test]
+fn downloads_upgrades_and_allowlists_work_through_the_relay() {
+    let stack = mesh_stack();
+    let local = LocalService::start("local");
+    let token = stack.pro_token();
+    let mut args = SshArgs::http_tunnel(Some(&token), local.port);
+    args.command = vec![format!("w:{VISITOR}/32")];
+    let mut client = stack.ssh_to(EU, "allow", &args);
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let host = host_of(&url);
+    let ap_addr = stack.regions[AP].http_addr();
+    let ap_url = url_at(&url, ap_addr);
+    eventually("ap relays the tunnel", || {
+        let r = visitor_from(&url, ap_addr, VISITOR)
+            .get(format!("{ap_url}/ready"))
+            .send()?;
+        anyhow::ensure!(r.status() == 200, "{}", r.status());
+        Ok(())
+    });
+
+    // `w:` is applied by the holder to the real visitor behind the relay.
+    let other = visitor_from(&url, ap_addr, Ipv4Addr::new(127, 0, 0, 10));
+    let refused = other.get(format!("{ap_url}/")).send().unwrap();
+    assert_eq!(
+        refused.status(),
+        403,
+        "a visitor outside w: is refused through the relay"
+    );
+
+    // 100 MB through the relay, byte for byte.
+    let size = 100 * 1024 * 1024;
+    let mut resp = visitor_from(&url, ap_addr, VISITOR)
+        .get(format!("{ap_url}/blob/{size}"))
+        .timeout(Duration::from_secs(600))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut at = 0usize;
+    loop {
+        let n = resp.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        if let Some(bad) = (0..n).find(|j| buf[*j] != blob_byte(at + j)) {
+            panic!("byte {} differs after the relay", at + bad);
+        }
+        at += n;
+    }
+    assert_eq!(at, size, "the whole download arrived");
+
+    // An upgraded connection through the relay stays open while idle (60 s).
+    let mut ws = TcpStream::connect(ap_addr).unwrap();
+    ws.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        ws,
+        "GET /socket HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+    )
+    .unwrap();
+    let head = read_head(&mut ws);
+    // The raw socket comes from 127.0.0.1, outside the tunnel's `w:`.
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let mut ws = upgraded_from(VISITOR, ap_addr, &host);
+    let mut echo = [0u8; 5];
+    ws.write_all(b"ping1").unwrap();
+    ws.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"ping1");
+    std::thread::sleep(Duration::from_secs(60));
+    ws.write_all(b"ping2").unwrap();
+    ws.read_exact(&mut echo).unwrap();
+    assert_eq!(
+        &echo, b"ping2",
+        "the relayed upgrade survived a minute of silence"
+    );
+}
+
+/// An `Upgrade: echo` connection from `source` to `edge`, past its 101.
+fn upgraded_from(source: Ipv4Addr, edge: SocketAddr, host: &str) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stream = rt
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::from((source, 0)))?;
+            socket.connect(edge).await
+        })
+        .unwrap();
+    let mut ws = stream.into_std().unwrap();
+    ws.set_nonblocking(false).unwrap();
+    ws.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        ws,
+        "GET /socket HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+    )
+    .unwrap();
+    let head = read_head(&mut ws);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    ws
+}
+
+/// Reads an HTTP response head from a raw stream.
+fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[test]
+fn tls_tunnels_are_relayed_undecrypted() {
+    let stack = mesh_stack();
+    let service = LocalTlsService::start(&stack.path().join("tls-service"));
+    let token = stack.pro_token();
+    let mut client = stack.ssh_to(
+        EU,
+        "tls",
+        &SshArgs::http_tunnel(Some(&format!("{token}+tls")), service.port),
+    );
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let (host, _) = url_host_port(&url).unwrap();
+    let us = &stack.edges[US].spec;
+    // The local server holds the certificate: the handshake completes only if every byte
+    // reached it unchanged through the relay.
+    let r = eventually("us relays the tls tunnel", || {
+        let r = curl_tls(&host, us.ip, us.tls, "/", None);
+        anyhow::ensure!(r.code == 0, "{}", r.stderr);
+        // Until us learns the holder it terminates TLS itself and answers its own page.
+        anyhow::ensure!(r.body.contains("s_server"), "{}", r.body);
+        Ok(r)
+    });
+    assert!(r.body.contains("s_server"), "{}", r.body);
+}
+
+#[test]
+fn relayed_visitors_are_served_while_control_and_the_primary_are_down() {
+    let mut stack = mesh_stack();
+    let local = LocalService::start("local");
+    let token = stack.pro_token();
+    let (_client, url) = stack
+        .http_tunnel(EU, "eu-client", Some(&token), local.port)
+        .expect("tunnel through eu");
+    wait_relayed(&stack, US, &url);
+    wait_relayed(&stack, AP, &url);
+    stack.control.stop();
+    stack.pg.stop("us");
+    for region in [US, AP, EU] {
+        let (status, body) =
+            http_get(stack.regions[region].http_addr(), &host_of(&url), "/outage").unwrap();
+        assert_eq!(status, 200, "{}: {body}", stack.regions[region].name);
+        assert!(body.starts_with("hello from local /outage"), "{body}");
+    }
+}
+
+#[test]
+fn edges_trust_each_other_only_as_themselves() {
+    let stack = mesh_stack();
+    let local = LocalService::start("local");
+    let token = stack.pro_token();
+    let (mut client, url) = stack
+        .http_tunnel(EU, "eu-client", Some(&token), local.port)
+        .expect("tunnel through eu");
+    wait_relayed(&stack, AP, &url);
+
+    // The admin API answers only control's key: not a forged one, not an old shared secret.
+    let eu = &stack.edges[EU].spec;
+    for bearer in ["forged", stack.control.edge_secret.as_str()] {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("http://{}:{}/v1/tunnels/1/close", eu.ip, eu.admin))
+            .bearer_auth(bearer)
+            .json(&serde_json::json!({"reason": "takedown", "message": "x"}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 401, "bearer {bearer:?}");
+    }
+
+    // Revoking ap's credential: control stops listing it, its peers refuse its key, and
+    // visitors at ap no longer reach tunnels elsewhere (nor anything else of the mesh).
+    stack
+        .control
+        .cli(&["edge", "revoke", "ap-1"])
+        .expect("revoke");
+    eventually("eu refuses ap's key", || {
+        let refused = metric_sum(
+            &edge_metrics(&stack, EU),
+            "nearhop_edge_relay_errors_total",
+            &[("cause", "peer_not_trusted")],
+        );
+        anyhow::ensure!(refused >= 1.0, "not yet");
+        Ok(())
+    });
+    eventually("ap has no holder for the tunnel", || {
+        let (status, _) = http_get(stack.regions[AP].http_addr(), &host_of(&url), "/")?;
+        anyhow::ensure!(status == 404, "{status}");
+        Ok(())
+    });
+    // The others still relay.
+    let (status, _) = http_get(stack.regions[US].http_addr(), &host_of(&url), "/").unwrap();
+    assert_eq!(status, 200);
+
+    // A closed tunnel: the relaying edge forgets it and answers the page, no loop.
+    client.stop();
+    eventually("us forgets the closed tunnel", || {
+        let (status, body) = http_get(stack.regions[US].http_addr(), &host_of(&url), "/")?;
+        anyhow::ensure!(status == 404 && body.contains("No tunnel here"), "{status}");
+        Ok(())
+    });
+}
