@@ -59,6 +59,25 @@ pub async fn register(st: &AppState, req: EdgeRegistration) -> ControlResult<Reg
                     format!("region {:?} is not configured in control", req.region),
                 ));
             }
+            if let Some(key) = &req.host_key {
+                let holder: Option<String> = edges::table
+                    .filter(edges::host_key.eq(key))
+                    .filter(edges::id.ne(&req.edge_id))
+                    .select(edges::id)
+                    .first(conn)
+                    .optional()?;
+                if let Some(other) = holder {
+                    // Peers know an edge by its key: one key for two edges would let
+                    // either act as the other in the mesh.
+                    return Err(ControlError::refused(
+                        ErrorCode::Conflict,
+                        format!(
+                            "edge {other:?} registered this mesh key already; each edge needs \
+                             its own (delete this edge's mesh_key_path file to make a new one)"
+                        ),
+                    ));
+                }
+            }
             diesel::insert_into(edges::table)
                 .values((
                     edges::id.eq(&req.edge_id),
@@ -172,19 +191,20 @@ pub async fn heartbeat(
     .await
 }
 
-/// Verified custom domains whose tunnel is live on this edge.
-pub async fn routes(st: &AppState, edge_id: String) -> ControlResult<EdgeRoutes> {
+/// Every verified custom domain and the tunnel name it stands for (the edges route it to
+/// the tunnel wherever it lives).
+pub async fn routes(st: &AppState, _edge_id: String) -> ControlResult<EdgeRoutes> {
+    // Every verified domain, wherever its tunnel lives: a domain names a tunnel name, and
+    // the edge finds the tunnel's holder itself (its registry, else the mesh), so a visitor
+    // of a custom domain is served at any edge.
     st.blocking(move |conn| {
         let rows: Vec<(String, String, String)> = custom_domains::table
-            .inner_join(
-                tunnels::table.on(tunnels::zone
-                    .eq(custom_domains::zone)
-                    .and(tunnels::label.eq(custom_domains::label))),
-            )
-            .filter(tunnels::edge_id.eq(&edge_id))
-            .filter(tunnels::closed_at.is_null())
             .filter(custom_domains::verified_at.is_not_null())
-            .select((custom_domains::domain, tunnels::label, tunnels::zone))
+            .select((
+                custom_domains::domain,
+                custom_domains::label,
+                custom_domains::zone,
+            ))
             .load(conn)?;
         Ok(EdgeRoutes {
             custom_domains: rows

@@ -63,6 +63,12 @@ pub struct Config {
     pub tcp_port_range: (u16, u16),
     /// The SSH host key (OpenSSH format); generated on first start when missing.
     pub host_key_path: PathBuf,
+    /// This edge's own key towards its peers in the mesh (OpenSSH format), generated on first
+    /// start when missing; defaults to `<host_key_path>-mesh`. Kept apart from the host key
+    /// because operators may give every edge one host key (so clients behind the connect
+    /// name see one key), while the mesh needs one key per edge: control refuses a mesh key
+    /// another edge registered.
+    pub mesh_key_path: Option<PathBuf>,
     /// Bound on the keepalive probe behind `GET /v1/tunnels/{id}/alive`.
     pub alive_probe_ms: u64,
     /// SSH keepalive interval towards clients; a client silent this long is probed.
@@ -190,6 +196,7 @@ impl Default for Config {
             tcp_bind_ip: None,
             tcp_port_range: (20000, 20999),
             host_key_path: PathBuf::from("edge_host_key"),
+            mesh_key_path: None,
             alive_probe_ms: 1500,
             keepalive_interval_seconds: 15,
             keepalive_max: 3,
@@ -291,6 +298,15 @@ impl Config {
         } else {
             &self.credential
         }
+    }
+
+    /// Where the mesh key is kept.
+    pub fn mesh_key_path(&self) -> PathBuf {
+        self.mesh_key_path.clone().unwrap_or_else(|| {
+            let mut p = self.host_key_path.clone().into_os_string();
+            p.push("-mesh");
+            PathBuf::from(p)
+        })
     }
 
     /// The mesh address announced to control, when the edge takes part in the mesh.

@@ -60,8 +60,8 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// Builds the shared state; `host_key` is the edge's identity towards clients and peers.
-    pub fn new(config: Config, host_key: Arc<PrivateKey>) -> Result<Edge> {
+    /// Builds the shared state; `mesh_key` is the edge's identity towards its peers.
+    pub fn new(config: Config, mesh_key: Arc<PrivateKey>) -> Result<Edge> {
         let control = ControlClient::new(
             &config.control_url,
             config.control_bearer(),
@@ -72,7 +72,7 @@ impl Edge {
             _ => None,
         };
         let shutdown = CancellationToken::new();
-        let mesh = Arc::new(Mesh::new(&config, host_key, shutdown.child_token()));
+        let mesh = Arc::new(Mesh::new(&config, mesh_key, shutdown.child_token()));
         Ok(Edge {
             mesh,
             admin_key: random_key()?,

@@ -35,7 +35,8 @@ pub async fn run(config: Config) -> Result<()> {
         ),
         None => None,
     };
-    let edge = Arc::new(Edge::new(config, Arc::new(key.clone()))?);
+    let mesh_key = host_key::load_or_generate(&config.mesh_key_path())?;
+    let edge = Arc::new(Edge::new(config, Arc::new(mesh_key))?);
     tracing::info!(
         edge = %edge.config.edge_id,
         region = %edge.config.region,

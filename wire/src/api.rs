@@ -170,7 +170,8 @@ pub struct EdgeRegistration {
     /// `host:port` where peer edges reach this edge's mesh listener.
     #[serde(default)]
     pub mesh_addr: Option<String>,
-    /// The edge's SSH host public key, OpenSSH one-line format (`ssh-ed25519 AAAA…`).
+    /// The edge's mesh public key (its identity towards peer edges; not the host key
+    /// clients see), OpenSSH one-line format (`ssh-ed25519 AAAA…`).
     #[serde(default)]
     pub host_key: Option<String>,
     /// A random key the edge made at start; control sends it as the bearer when it calls

@@ -1,5 +1,5 @@
-//! Calls from the edge to control (`/v1/...`, bearer edge secret), and the sentences an SSH
-//! user sees when control refuses or cannot be reached.
+//! Calls from the edge to control (`/v1/...`, bearer: this edge's own credential), and the
+//! sentences an SSH user sees when control refuses or cannot be reached.
 
 use nearhop_wire::{
     ApiError, CloseTunnelRequest, CreateTunnelRequest, CreateTunnelResponse, EdgeHeartbeatRequest,
