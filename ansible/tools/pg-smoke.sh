@@ -141,7 +141,7 @@ echo "     eu.a.tunnel.test A -> $a"
 [ "$a" = 203.0.113.110 ] || { echo "FAIL pdns did not answer the seeded region record"; cat "$T/pdns.log"; exit 1; }
 echo "ok   pdns_server (rendered pdns.conf) answers from the backend over the unix socket"
 ls -l "$T/pdns-run/pdns.controlsocket" | sed 's/^/     /'
-# Cached now (cache-ttl 10 s). Change it on the primary; it must be answered within ~1 s.
+# Cached now (cache-ttl 60 s, pdns_cache_ttl). Change it on the primary; it must be answered within ~1 s.
 dig +short @127.0.0.1 -p $DNS eu.a.tunnel.test A >/dev/null
 before=$(curl -fsS "http://127.0.0.1:$H/metrics" | grep '^nearhop_pdns_backend_pdns_purges_total' | tr '\n' ' ')
 echo "     before the change: $before"
