@@ -38,6 +38,10 @@ pub struct Config {
     pub mesh_listen: Option<SocketAddr>,
     /// The `host:port` peer edges are told to dial; defaults to `mesh_listen`.
     pub mesh_advertise: Option<String>,
+    /// How long a visitor's request for a tunnel that was live a moment ago (its client is
+    /// reconnecting, perhaps through another edge) waits for it to come back before getting
+    /// "No tunnel here"; 0 answers at once.
+    pub reconnect_wait_seconds: u64,
     /// Where SSH clients connect.
     pub ssh_listen: SocketAddr,
     /// Where HTTP visitors connect.
@@ -184,6 +188,7 @@ impl Default for Config {
             edge_secret_file: None,
             mesh_listen: None,
             mesh_advertise: None,
+            reconnect_wait_seconds: 10,
             ssh_listen: ([127, 0, 0, 1], 2222).into(),
             http_listen: ([127, 0, 0, 1], 8080).into(),
             tls_listen: ([127, 0, 0, 1], 8443).into(),

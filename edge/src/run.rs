@@ -51,6 +51,7 @@ pub async fn run(config: Config) -> Result<()> {
     let http_task = tokio::spawn(visitor_http::serve(edge.clone(), http));
     let tls_task = tokio::spawn(visitor_tls::serve(edge.clone(), tls));
     tokio::spawn(admin_api::serve(edge.clone(), admin));
+    tokio::spawn(crate::mesh::local::follow_registry(edge.clone()));
     if let Some(mesh) = mesh {
         tokio::spawn(mesh_listener::serve(edge.clone(), mesh));
     }

@@ -346,3 +346,58 @@ fn edges_trust_each_other_only_as_themselves() {
         Ok(())
     });
 }
+
+#[test]
+fn a_client_reconnecting_through_another_region_loses_no_visitor_request() {
+    let stack = mesh_stack();
+    let local = LocalService::start("local");
+    let token = stack.pro_token();
+    let (mut first, url) = stack
+        .http_tunnel(EU, "eu-client", Some(&token), local.port)
+        .expect("tunnel through eu");
+    wait_relayed(&stack, AP, &url);
+
+    // A visitor that keeps using eu's address (stale DNS), one attempt per request.
+    let eu_addr = stack.regions[EU].http_addr();
+    let eu_url = url_at(&url, eu_addr);
+    let client = visitor_from(&url, eu_addr, VISITOR);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let visits = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                match client.get(format!("{eu_url}/visit/{i}")).send() {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(format!("{i}: {}", r.status())),
+                    Err(e) => failed.push(format!("{i}: {e}")),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    // The client's network moves: its session to eu ends, it comes back through ap.
+    first.stop();
+    let (_second, again) = stack
+        .http_tunnel(AP, "ap-client", Some(&token), local.port)
+        .expect("tunnel through ap");
+    assert_eq!(
+        host_of(&again),
+        host_of(&url),
+        "a pro client gets its name back"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = visits.join().expect("visitor thread");
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    assert!(ok > 10, "the visitor kept visiting ({ok})");
+}

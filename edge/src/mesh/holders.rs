@@ -1,17 +1,32 @@
 //! The holder table: which peer edge holds each live tunnel name, as the peers' holdings
 //! feeds said. Visitors are routed with it without asking control, so it keeps working
 //! while control and the primary are down.
+//!
+//! It also remembers names that were live a moment ago (here or at a peer) and wakes anyone
+//! waiting when a name arrives: a tunnel whose client reconnects through another edge is
+//! gone for the few seconds of the reconnect, and a visitor's request in that gap waits for
+//! it instead of getting "No tunnel here".
 
 use super::protocol::HoldingChange;
 use nearhop_wire::TunnelKind;
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// How long a name that left is remembered as "just gone".
+pub const VANISHED_MEMORY: Duration = Duration::from_secs(60);
+/// Most names remembered as just gone (oldest forgotten first beyond it).
+const MAX_VANISHED: usize = 100_000;
 
 /// Tunnel name → the peer edge that holds it, and the tunnel's kind.
 #[derive(Default)]
 pub struct HolderTable {
     inner: RwLock<Tables>,
+    /// Names that left (here or at a peer), and when.
+    vanished: Mutex<HashMap<String, Instant>>,
+    /// Woken whenever a name arrives, here or at a peer.
+    arrivals: Notify,
 }
 
 #[derive(Default)]
@@ -36,8 +51,51 @@ struct PeerHoldings {
 }
 
 impl HolderTable {
+    /// Notes that `name` stopped being live somewhere (this edge's own tunnels included).
+    pub fn note_gone(&self, name: &str) {
+        let mut v = self.vanished.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() >= MAX_VANISHED {
+            v.retain(|_, at| at.elapsed() < VANISHED_MEMORY);
+        }
+        if v.len() < MAX_VANISHED {
+            v.insert(name.to_string(), Instant::now());
+        }
+    }
+
+    /// Notes that a name became live somewhere, and wakes the waiters.
+    pub fn note_arrived(&self, name: &str) {
+        self.vanished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        self.arrivals.notify_waiters();
+    }
+
+    /// Whether `name` was live somewhere within [`VANISHED_MEMORY`].
+    pub fn recently_gone(&self, name: &str) -> bool {
+        let v = self.vanished.lock().unwrap_or_else(|e| e.into_inner());
+        v.get(name).is_some_and(|at| at.elapsed() < VANISHED_MEMORY)
+    }
+
+    /// Woken whenever a name arrives (here or at a peer). Enable a `notified()` future
+    /// before looking the name up again, so that an arrival in between is not missed.
+    pub fn arrivals(&self) -> &Notify {
+        &self.arrivals
+    }
+
     /// Applies one line of `peer`'s feed.
     pub fn apply(&self, peer: &str, change: HoldingChange) {
+        let (arrived, gone) = self.apply_to_tables(peer, change);
+        for name in &gone {
+            self.note_gone(name);
+        }
+        if let Some(name) = arrived {
+            self.note_arrived(&name);
+        }
+    }
+
+    /// The table part of [`HolderTable::apply`]: the name that arrived, the names that left.
+    fn apply_to_tables(&self, peer: &str, change: HoldingChange) -> (Option<String>, Vec<String>) {
         let mut t = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let Tables { by_name, by_peer } = &mut *t;
         let held = by_peer
@@ -63,34 +121,47 @@ impl HolderTable {
                     }
                 }
                 if let Some(held) = by_peer.get_mut(peer) {
-                    held.names.insert(name);
+                    held.names.insert(name.clone());
                 }
+                (Some(name), Vec::new())
             }
             HoldingChange::Removed(name) => {
                 held.names.remove(&name);
                 if by_name.get(&name).is_some_and(|h| h.peer == peer) {
                     by_name.remove(&name);
+                    return (None, vec![name]);
                 }
+                (None, Vec::new())
             }
             HoldingChange::Reset => {
+                let mut gone = Vec::new();
                 for name in std::mem::take(&mut held.names) {
                     if by_name.get(&name).is_some_and(|h| h.peer == peer) {
                         by_name.remove(&name);
+                        gone.push(name);
                     }
                 }
+                (None, gone)
             }
         }
     }
 
     /// Forgets everything `peer` said (its feed ended, or it left the mesh).
     pub fn forget_peer(&self, peer: &str) {
-        let mut t = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(held) = t.by_peer.remove(peer) {
-            for name in held.names {
-                if t.by_name.get(&name).is_some_and(|h| h.peer == peer) {
-                    t.by_name.remove(&name);
+        let mut gone = Vec::new();
+        {
+            let mut t = self.inner.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(held) = t.by_peer.remove(peer) {
+                for name in held.names {
+                    if t.by_name.get(&name).is_some_and(|h| h.peer == peer) {
+                        t.by_name.remove(&name);
+                        gone.push(name);
+                    }
                 }
             }
+        }
+        for name in &gone {
+            self.note_gone(name);
         }
     }
 
@@ -152,6 +223,34 @@ mod tests {
         assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("ap-1"));
         t.forget_peer("eu-1");
         assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("ap-1"));
+    }
+
+    #[test]
+    fn names_that_leave_are_remembered_until_they_arrive_again() {
+        let t = HolderTable::default();
+        assert!(!t.recently_gone("blog.a.test"));
+        t.apply("eu-1", add("blog.a.test"));
+        t.apply("eu-1", HoldingChange::Removed("blog.a.test".into()));
+        assert!(t.recently_gone("blog.a.test"));
+        t.apply("ap-1", add("blog.a.test"));
+        assert!(!t.recently_gone("blog.a.test"), "it arrived at ap");
+        t.forget_peer("ap-1");
+        assert!(t.recently_gone("blog.a.test"), "a lost feed counts as gone");
+    }
+
+    #[tokio::test]
+    async fn an_arrival_wakes_a_waiter() {
+        let t = std::sync::Arc::new(HolderTable::default());
+        let waiter = {
+            let t = t.clone();
+            tokio::spawn(async move { t.arrivals().notified().await })
+        };
+        // Until the waiter is parked, an arrival may be missed; keep announcing.
+        while !waiter.is_finished() {
+            t.apply("eu-1", add("blog.a.test"));
+            tokio::task::yield_now().await;
+        }
+        waiter.await.expect("woken");
     }
 
     #[test]

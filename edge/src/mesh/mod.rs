@@ -7,6 +7,8 @@
 //! - [`holders`]: which peer holds which name, from the peers' feeds.
 //! - [`links`]: this edge's outbound connection to each peer (feed in, relays out).
 //! - [`listener`]: the mesh SSH listener that peers connect to.
+//! - [`local`]: this edge's own tunnels arriving and leaving, for visitors waiting on a
+//!   reconnect.
 //!
 //! [`Mesh`] is state only; the listener and the links' tasks are started by the edge's
 //! start-up and take it.
@@ -14,6 +16,7 @@
 pub mod holders;
 pub mod links;
 pub mod listener;
+pub mod local;
 pub mod protocol;
 
 use crate::config::Config;

@@ -200,7 +200,7 @@ impl VisitorConn {
         let Some(host) = request_host(&req) else {
             return self.count(pages::bad_request("The request names no host."), "edge");
         };
-        let route = routing::route(&self.edge, Listener::Http, &host, self.peer, self.arrival);
+        let route = self.route_waiting_out_reconnects(&host).await;
         let resp = match route {
             // A tunnel that takes connections whole gets them only from their first request
             // (see `serve_stream`); a later request on a kept-alive connection is proxied.
@@ -231,6 +231,38 @@ impl VisitorConn {
             Route::Refuse(Refusal::Unknown) | Route::Terminate => pages::unknown_host(&host),
         };
         self.count(resp, "edge")
+    }
+
+    /// Routes the request; a name that was live a moment ago (here or at a peer) and is not
+    /// now is waited for, up to `reconnect_wait_seconds`, so that a visitor does not see
+    /// "No tunnel here" while the tunnel's client reconnects (through any edge).
+    async fn route_waiting_out_reconnects(&self, host: &str) -> Route {
+        let edge = &self.edge;
+        let route = routing::route(edge, Listener::Http, host, self.peer, self.arrival);
+        let wait = Duration::from_secs(edge.config.reconnect_wait_seconds);
+        if !matches!(route, Route::Refuse(Refusal::Unknown)) || wait.is_zero() {
+            return route;
+        }
+        let name = edge.registry.tunnel_name(host);
+        let holders = &edge.mesh.holders;
+        if !holders.recently_gone(&name) {
+            return route;
+        }
+        tracing::debug!(name, "tunnel just left; waiting for it to come back");
+        let until = Instant::now() + wait;
+        loop {
+            let arrived = holders.arrivals().notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            let again = routing::route(edge, Listener::Http, host, self.peer, self.arrival);
+            if !matches!(again, Route::Refuse(Refusal::Unknown)) || Instant::now() >= until {
+                return again;
+            }
+            tokio::select! {
+                _ = tokio::time::timeout_at(until, arrived) => {}
+                _ = edge.shutdown.cancelled() => return again,
+            }
+        }
     }
 
     /// The page for a `tls` or `tcp` tunnel's name asked for over HTTP: where to go instead.
