@@ -1,6 +1,6 @@
 //! Edge benchmark, one run, side by side: HTTP requests/s and p50/p99 latency (wrk) and bulk
 //! download MB/s through nearhop-edge vs OpenSSH `sshd` remote forwarding vs direct, to the
-//! same nginx; memory per idle tunnel with many tunnels open (russh load client); setup time
+//! same nginx, and through a second edge that relays to the holder over the mesh; memory per idle tunnel with many tunnels open (russh load client); setup time
 //! from `ssh` start to URL printed on the local stack.
 //!
 //! Build release binaries first, then run (see docs/benchmarks.md, section Edge):
@@ -138,6 +138,19 @@ fn main() -> Result<()> {
     let (_, tcp_port) = url_host_port(&tcp_url)?;
     let via_edge_tcp = format!("http://{}:{tcp_port}", edge.spec.ip);
 
+    // A second edge, in another region, that holds no tunnel: it relays to the first.
+    let relay_credential = stack.control.issue_edge_credential("eu-1")?;
+    let mut relay_spec = EdgeSpec::for_tests(
+        "eu",
+        Ipv4Addr::new(127, 0, 0, 2),
+        &stack.control.url,
+        &relay_credential,
+    );
+    relay_spec.extra_toml = format!("{}\n", args.edge_toml);
+    let relay_edge = EdgeProcess::start(&dir.join("edge-relay"), relay_spec)?;
+    let via_relay = format!("http://{}", relay_edge.http_addr());
+    wait_served(&via_relay, &host)?;
+
     // Each path with the processes whose CPU time a download through it costs: the
     // tunnel's server end (sshd and its session processes, or the edge) and its client.
     let paths = [
@@ -159,6 +172,13 @@ fn main() -> Result<()> {
             via_edge_tcp.as_str(),
             None,
             Some((edge.pid().unwrap_or(0), tcp_client.pid())),
+        ),
+        // Server CPU here is the relaying edge's alone (the holder's is on top of it).
+        (
+            "nearhop-edge, relayed by another edge",
+            via_relay.as_str(),
+            Some(host.as_str()),
+            Some((relay_edge.pid().unwrap_or(0), edge_client.pid())),
         ),
     ];
     let mut rows = Vec::new();
@@ -225,6 +245,14 @@ fn main() -> Result<()> {
         rows[3].1.rps / sshd.1.rps,
         rows[3].2 / sshd.2
     );
+    let relayed = &rows[4];
+    println!(
+        "relayed / direct to the holder edge: requests/s x{:.2}, p50 {:+.2} ms, p99 {:+.2} ms, bulk x{:.2}",
+        relayed.1.rps / ours.1.rps,
+        relayed.1.p50_ms - ours.1.p50_ms,
+        relayed.1.p99_ms - ours.1.p99_ms,
+        relayed.2 / ours.2
+    );
     println!(
         "CPU per byte downloaded, edge / sshd: server x{:.2}, client x{:.2}",
         ours.3.server_ns as f64 / sshd.3.server_ns.max(1) as f64,
@@ -240,6 +268,20 @@ fn main() -> Result<()> {
     setup_times(&args, &stack, &edge, nginx_port, &dir)?;
     idle_memory(&args, &stack, &edge)?;
     Ok(())
+}
+
+/// Waits until `base` serves the tunnel `host` (a relaying edge learns the holder from its
+/// peer's holdings feed within a heartbeat or so).
+fn wait_served(base: &str, host: &str) -> Result<()> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    try_eventually(Duration::from_secs(60), || {
+        let r = client.get(format!("{base}/")).header("Host", host).send()?;
+        anyhow::ensure!(r.status() == 200, "{} answered {}", base, r.status());
+        Ok(())
+    })
+    .with_context(|| format!("{base} does not serve {host}"))
 }
 
 /// Time from starting `ssh` to the URL on its output, sequentially.
