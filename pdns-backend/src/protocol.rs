@@ -1,6 +1,9 @@
 //! The PowerDNS remote backend protocol (4.7): method dispatch and JSON shapes, answered from
 //! the record store; what a lookup answers is decided in [`crate::answer`]. Transports hand
 //! this module one request and send back its one reply.
+//!
+//! Long with its tests (about 150 lines of them): every method's JSON shape is pinned next
+//! to the code that writes it.
 
 use crate::answer::{self, Answer, Question};
 use crate::apex::RegionMap;

@@ -11,6 +11,9 @@
 //! in-progress list is always empty (PostgreSQL keeps running xids in the subxip list in
 //! recovery), but there the replay position moves with every replayed commit, and a commit
 //! is visible before the position passes it, so the position is what confirms it.
+//!
+//! Long because the load and the tail share one connection loop and must be read together
+//! (a reload replaces the tail's position); the tests are a small part.
 
 use crate::config::Config;
 use crate::metrics::Metrics;

@@ -1,5 +1,8 @@
 //! The control API (`/v1/...`) spoken between edge and control, and control's calls to an
 //! edge's admin API. JSON over HTTP; every error is one [`ApiError`] shape.
+//!
+//! Long because it is the whole control API in one place, every request beside its answer,
+//! with about 100 lines of round-trip tests.
 
 use crate::close::CloseReason;
 use crate::lsn::Lsn;

@@ -7,9 +7,7 @@
 use crate::accept;
 use crate::edge::Edge;
 use crate::io::counting::CountingStream;
-use crate::io::read_buffer::{Coalescing, Prefixed};
-use crate::mesh::links::PeerLink;
-use crate::mesh::protocol::RelayListener;
+use crate::io::read_buffer::Prefixed;
 use crate::ssh::messages;
 use crate::tunnels::Tunnel;
 use crate::visitor::first_request;
@@ -17,9 +15,9 @@ use crate::visitor::http_phases::{self, RequestCtx};
 use crate::visitor::pages::{self, ProxyBody};
 use crate::visitor::routing::{self, Arrival, Listener, Refusal, Route};
 use crate::visitor::splice::splice;
+use crate::visitor::upstream::{self, Target, Upstream};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONNECTION, HOST, UPGRADE};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -68,43 +66,6 @@ struct VisitorConn {
     scheme: &'static str,
     arrival: Arrival,
     upstream: Mutex<Option<Upstream>>,
-}
-
-/// Where a request goes: through a tunnel of this edge, or to the peer edge holding it.
-#[derive(Clone, Copy)]
-enum Target<'a> {
-    Tunnel(&'a Arc<Tunnel>),
-    Peer(&'a Arc<PeerLink>),
-}
-
-/// The upstream a request was sent on, kept for the connection's next request to the same
-/// place.
-#[derive(PartialEq, Eq)]
-enum UpstreamKey {
-    Tunnel(i64),
-    Peer(String),
-}
-
-impl Target<'_> {
-    fn key(&self) -> UpstreamKey {
-        match self {
-            Target::Tunnel(t) => UpstreamKey::Tunnel(t.id),
-            Target::Peer(p) => UpstreamKey::Peer(p.id.clone()),
-        }
-    }
-
-    /// Whether an upstream to this target may still carry requests.
-    fn is_live(&self) -> bool {
-        match self {
-            Target::Tunnel(t) => !t.is_closed(),
-            Target::Peer(p) => !p.stop.is_cancelled(),
-        }
-    }
-}
-
-struct Upstream {
-    key: UpstreamKey,
-    sender: SendRequest<Incoming>,
 }
 
 async fn serve_connection(edge: &Arc<Edge>, stream: TcpStream, peer: SocketAddr) {
@@ -310,10 +271,7 @@ impl VisitorConn {
         };
         if !reusable {
             *slot = None;
-            let connected = match target {
-                Target::Tunnel(tunnel) => self.connect(tunnel).await,
-                Target::Peer(link) => self.connect_peer(link).await,
-            };
+            let connected = upstream::open(&self.edge, target, self.peer, self.scheme).await;
             match connected {
                 Some(up) => *slot = Some(up),
                 None => return unreachable(),
@@ -345,54 +303,6 @@ impl VisitorConn {
         resp.map(|b| b.boxed())
     }
 
-    /// Opens a `forwarded-tcpip` channel with the visitor as originator and speaks HTTP/1.1
-    /// over it.
-    async fn connect(&self, tunnel: &Arc<Tunnel>) -> Option<Upstream> {
-        let channel = match tunnel.open_channel(self.peer).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, tunnel = tunnel.id, "client refused a visitor channel");
-                return None;
-            }
-        };
-        let io = Coalescing::new(channel.into_stream());
-        Some(Upstream {
-            key: UpstreamKey::Tunnel(tunnel.id),
-            sender: http_over(io).await?,
-        })
-    }
-
-    /// Opens a relay channel to the peer edge holding the tunnel, with the visitor as
-    /// originator, and speaks HTTP/1.1 over it.
-    async fn connect_peer(&self, link: &Arc<PeerLink>) -> Option<Upstream> {
-        let listener = match self.scheme {
-            "https" => RelayListener::Https,
-            _ => RelayListener::Http,
-        };
-        let channel = match link.open_relay(listener, self.peer).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "relaying a visitor to the holder edge failed");
-                self.relay_error(e.cause());
-                return None;
-            }
-        };
-        let m = &self.edge.metrics;
-        m.relay_connections_total
-            .with_label_values(&[&link.id, "out"])
-            .inc();
-        let io = CountingStream::new(
-            Coalescing::new(channel),
-            m.relay_bytes_total
-                .with_label_values(&[&link.id, "received"]),
-            m.relay_bytes_total.with_label_values(&[&link.id, "sent"]),
-        );
-        Some(Upstream {
-            key: UpstreamKey::Peer(link.id.clone()),
-            sender: http_over(io).await?,
-        })
-    }
-
     fn relay_error(&self, cause: &str) {
         self.edge
             .metrics
@@ -400,29 +310,6 @@ impl VisitorConn {
             .with_label_values(&[cause])
             .inc();
     }
-}
-
-/// An HTTP/1.1 client connection over `io` (a channel), driven by its own task.
-async fn http_over<S>(io: S) -> Option<SendRequest<Incoming>>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) = match hyper::client::conn::http1::Builder::new()
-        .handshake::<_, Incoming>(TokioIo::new(io))
-        .await
-    {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(error = %e, "HTTP handshake over the channel failed");
-            return None;
-        }
-    };
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "tunnel-side HTTP connection ended");
-        }
-    });
-    Some(sender)
 }
 
 async fn splice_upgraded(visitor: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {

@@ -12,6 +12,7 @@ pub mod routing;
 pub mod splice;
 pub mod tcp;
 pub mod tls;
+pub mod upstream;
 
 use crate::edge::Edge;
 use crate::mesh::protocol::RelayListener;

@@ -1,0 +1,154 @@
+//! Where the HTTP listener sends a request once the phases let it through: one channel,
+//! kept for the visitor connection's next requests to the same place, over which the edge
+//! speaks HTTP/1.1 — a `forwarded-tcpip` channel of a tunnel this edge holds, or a relay
+//! channel to the peer edge that holds it (the visitor's address as originator either way).
+
+use crate::edge::Edge;
+use crate::io::counting::CountingStream;
+use crate::io::read_buffer::Coalescing;
+use crate::mesh::links::PeerLink;
+use crate::mesh::protocol::RelayListener;
+use crate::tunnels::Tunnel;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Where a request goes: through a tunnel of this edge, or to the peer edge holding it.
+#[derive(Clone, Copy)]
+pub enum Target<'a> {
+    /// A tunnel of this edge.
+    Tunnel(&'a Arc<Tunnel>),
+    /// The peer edge holding the tunnel.
+    Peer(&'a Arc<PeerLink>),
+}
+
+/// The upstream a request was sent on, kept for the connection's next request to the same
+/// place.
+#[derive(PartialEq, Eq)]
+pub enum UpstreamKey {
+    /// A tunnel of this edge, by control's id.
+    Tunnel(i64),
+    /// A peer edge, by its id.
+    Peer(String),
+}
+
+impl Target<'_> {
+    /// The key its upstream is kept under.
+    pub fn key(&self) -> UpstreamKey {
+        match self {
+            Target::Tunnel(t) => UpstreamKey::Tunnel(t.id),
+            Target::Peer(p) => UpstreamKey::Peer(p.id.clone()),
+        }
+    }
+
+    /// Whether an upstream to this target may still carry requests.
+    pub fn is_live(&self) -> bool {
+        match self {
+            Target::Tunnel(t) => !t.is_closed(),
+            Target::Peer(p) => !p.stop.is_cancelled(),
+        }
+    }
+}
+
+pub struct Upstream {
+    /// Where it goes.
+    pub key: UpstreamKey,
+    /// The HTTP/1.1 connection over the channel.
+    pub sender: SendRequest<Incoming>,
+}
+
+/// Opens the channel to `target` for the visitor at `visitor`, who came in over `scheme`
+/// (`http`, or `https` terminated here), and starts HTTP/1.1 over it.
+pub async fn open(
+    edge: &Edge,
+    target: Target<'_>,
+    visitor: SocketAddr,
+    scheme: &str,
+) -> Option<Upstream> {
+    match target {
+        Target::Tunnel(tunnel) => connect(tunnel, visitor).await,
+        Target::Peer(link) => connect_peer(edge, link, visitor, scheme).await,
+    }
+}
+
+/// Opens a `forwarded-tcpip` channel with the visitor as originator and speaks HTTP/1.1
+/// over it.
+async fn connect(tunnel: &Arc<Tunnel>, visitor: SocketAddr) -> Option<Upstream> {
+    let channel = match tunnel.open_channel(visitor).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, tunnel = tunnel.id, "client refused a visitor channel");
+            return None;
+        }
+    };
+    let io = Coalescing::new(channel.into_stream());
+    Some(Upstream {
+        key: UpstreamKey::Tunnel(tunnel.id),
+        sender: http_over(io).await?,
+    })
+}
+
+/// Opens a relay channel to the peer edge holding the tunnel, with the visitor as
+/// originator, and speaks HTTP/1.1 over it.
+async fn connect_peer(
+    edge: &Edge,
+    link: &Arc<PeerLink>,
+    visitor: SocketAddr,
+    scheme: &str,
+) -> Option<Upstream> {
+    let listener = match scheme {
+        "https" => RelayListener::Https,
+        _ => RelayListener::Http,
+    };
+    let channel = match link.open_relay(listener, visitor).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "relaying a visitor to the holder edge failed");
+            edge.metrics
+                .relay_errors_total
+                .with_label_values(&[e.cause()])
+                .inc();
+            return None;
+        }
+    };
+    let m = &edge.metrics;
+    m.relay_connections_total
+        .with_label_values(&[&link.id, "out"])
+        .inc();
+    let io = CountingStream::new(
+        Coalescing::new(channel),
+        m.relay_bytes_total
+            .with_label_values(&[&link.id, "received"]),
+        m.relay_bytes_total.with_label_values(&[&link.id, "sent"]),
+    );
+    Some(Upstream {
+        key: UpstreamKey::Peer(link.id.clone()),
+        sender: http_over(io).await?,
+    })
+}
+
+/// An HTTP/1.1 client connection over `io` (a channel), driven by its own task.
+async fn http_over<S>(io: S) -> Option<SendRequest<Incoming>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = match hyper::client::conn::http1::Builder::new()
+        .handshake::<_, Incoming>(TokioIo::new(io))
+        .await
+    {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "HTTP handshake over the channel failed");
+            return None;
+        }
+    };
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "tunnel-side HTTP connection ended");
+        }
+    });
+    Some(sender)
+}
