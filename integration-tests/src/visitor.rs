@@ -145,6 +145,20 @@ pub fn async_visitor(url: &str, edge: SocketAddr) -> reqwest::Client {
         .expect("client")
 }
 
+/// Reads an HTTP response head from a raw stream (a visitor that speaks HTTP by hand, for
+/// upgrades).
+pub fn read_head(stream: &mut impl std::io::Read) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 /// What `curl` did.
 pub struct Curl {
     /// Exit code (0: the transfer worked).

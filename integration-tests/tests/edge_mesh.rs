@@ -63,17 +63,28 @@ fn wait_relayed(stack: &Stack, region: usize, url: &str) {
     );
 }
 
+/// A pro tunnel to `local` through eu, once the edges of `relayed_at` serve it too.
+fn eu_tunnel(
+    stack: &Stack,
+    local: &LocalService,
+    relayed_at: &[usize],
+) -> (SshClient, String, String) {
+    let token = stack.pro_token();
+    let (client, url) = stack
+        .http_tunnel(EU, "eu-client", Some(&token), local.port)
+        .expect("tunnel through eu");
+    for region in relayed_at {
+        wait_relayed(stack, *region, &url);
+    }
+    (client, url, token)
+}
+
 #[test]
 fn a_tunnel_on_one_edge_is_served_at_every_other_edge() {
     let stack = mesh_stack();
     let local = LocalService::start("local");
-    let token = stack.pro_token();
-    let (_client, url) = stack
-        .http_tunnel(EU, "eu-client", Some(&token), local.port)
-        .expect("tunnel through eu");
+    let (_client, url, _token) = eu_tunnel(&stack, &local, &[US, AP]);
     let host = host_of(&url);
-    wait_relayed(&stack, US, &url);
-    wait_relayed(&stack, AP, &url);
 
     // Keep-alive: several requests on one visitor connection, one relay channel for them.
     let before = metric_sum(
@@ -234,19 +245,6 @@ fn upgraded_from(source: Ipv4Addr, edge: SocketAddr, host: &str) -> TcpStream {
     ws
 }
 
-/// Reads an HTTP response head from a raw stream.
-fn read_head(stream: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&head).into_owned()
-}
-
 #[test]
 fn tls_tunnels_are_relayed_undecrypted() {
     let stack = mesh_stack();
@@ -276,12 +274,7 @@ fn tls_tunnels_are_relayed_undecrypted() {
 fn relayed_visitors_are_served_while_control_and_the_primary_are_down() {
     let mut stack = mesh_stack();
     let local = LocalService::start("local");
-    let token = stack.pro_token();
-    let (_client, url) = stack
-        .http_tunnel(EU, "eu-client", Some(&token), local.port)
-        .expect("tunnel through eu");
-    wait_relayed(&stack, US, &url);
-    wait_relayed(&stack, AP, &url);
+    let (_client, url, _token) = eu_tunnel(&stack, &local, &[US, AP]);
     stack.control.stop();
     stack.pg.stop("us");
     for region in [US, AP, EU] {
@@ -296,11 +289,7 @@ fn relayed_visitors_are_served_while_control_and_the_primary_are_down() {
 fn edges_trust_each_other_only_as_themselves() {
     let stack = mesh_stack();
     let local = LocalService::start("local");
-    let token = stack.pro_token();
-    let (mut client, url) = stack
-        .http_tunnel(EU, "eu-client", Some(&token), local.port)
-        .expect("tunnel through eu");
-    wait_relayed(&stack, AP, &url);
+    let (mut client, url, _token) = eu_tunnel(&stack, &local, &[AP]);
 
     // The admin API answers only control's key: not a forged one, not an old shared secret.
     let eu = &stack.edges[EU].spec;
@@ -351,11 +340,7 @@ fn edges_trust_each_other_only_as_themselves() {
 fn a_client_reconnecting_through_another_region_loses_no_visitor_request() {
     let stack = mesh_stack();
     let local = LocalService::start("local");
-    let token = stack.pro_token();
-    let (mut first, url) = stack
-        .http_tunnel(EU, "eu-client", Some(&token), local.port)
-        .expect("tunnel through eu");
-    wait_relayed(&stack, AP, &url);
+    let (mut first, url, token) = eu_tunnel(&stack, &local, &[AP]);
 
     // A visitor that keeps using eu's address (stale DNS), one attempt per request.
     let eu_addr = stack.regions[EU].http_addr();

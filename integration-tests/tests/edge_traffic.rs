@@ -95,19 +95,6 @@ fn hundred_concurrent_visitors_all_get_answers() {
     );
 }
 
-/// Reads an HTTP response head from a raw stream.
-fn read_head(stream: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&head).into_owned()
-}
-
 #[test]
 fn upgraded_connection_stays_open_past_peer_idle_limits() {
     let s = EdgeStack::start("");

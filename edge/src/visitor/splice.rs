@@ -7,6 +7,19 @@ use crate::tunnels::Tunnel;
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+/// The visitor's side of a carried connection, counted in the visitor byte metrics from
+/// here on; `already_read` (taken to route it) is counted at once.
+pub fn counted_visitor<S>(edge: &Edge, stream: S, already_read: &[u8]) -> CountingStream<S> {
+    let m = &edge.metrics;
+    let bytes_in = m.visitor_bytes_total.with_label_values(&["in"]);
+    bytes_in.inc_by(already_read.len() as u64);
+    CountingStream::new(
+        stream,
+        bytes_in,
+        m.visitor_bytes_total.with_label_values(&["out"]),
+    )
+}
+
 /// Carries one visitor connection through a new `forwarded-tcpip` channel of `tunnel`:
 /// `already_read` (bytes taken from the visitor to route it) first, then both directions
 /// until either side ends.
@@ -17,14 +30,7 @@ pub async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
     peer: SocketAddr,
     already_read: Vec<u8>,
 ) {
-    let m = &edge.metrics;
-    let bytes_in = m.visitor_bytes_total.with_label_values(&["in"]);
-    bytes_in.inc_by(already_read.len() as u64);
-    let mut visitor = CountingStream::new(
-        stream,
-        bytes_in,
-        m.visitor_bytes_total.with_label_values(&["out"]),
-    );
+    let mut visitor = counted_visitor(edge, stream, &already_read);
     let channel = match tunnel.open_channel(peer).await {
         Ok(channel) => channel,
         Err(e) => {

@@ -13,7 +13,7 @@ use crate::mesh::protocol::RelayListener;
 use crate::visitor::client_hello::{self, Parsed};
 use crate::visitor::http as visitor_http;
 use crate::visitor::routing::{self, Arrival, Listener, Refusal, Route};
-use crate::visitor::splice::splice;
+use crate::visitor::splice::{counted_visitor, splice};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -197,13 +197,7 @@ async fn relay_whole<S>(
     m.relay_connections_total
         .with_label_values(&[&link.id, "out"])
         .inc();
-    let bytes_in = m.visitor_bytes_total.with_label_values(&["in"]);
-    bytes_in.inc_by(already_read.len() as u64);
-    let mut visitor = CountingStream::new(
-        stream,
-        bytes_in,
-        m.visitor_bytes_total.with_label_values(&["out"]),
-    );
+    let mut visitor = counted_visitor(edge, stream, &already_read);
     if let Err(e) = upstream.write_all(&already_read).await {
         tracing::debug!(error = %e, "relay channel closed at once");
         return;
