@@ -13,6 +13,7 @@ packages=(
   openssh-client        # the tunnel creator's client
   openssh-server        # sshd: the edge benchmark's baseline
   dnsutils              # dig
+  unbound               # a real recursive resolver in front of pdns (dns_no_nxdomain test)
   dnsperf               # DNS benchmarks
   wrk                   # HTTP benchmarks
   nginx-light           # the edge benchmark's local HTTP server

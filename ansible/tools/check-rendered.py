@@ -88,8 +88,11 @@ def schema_edge(path, doc):
 def schema_backend(path, doc):
     top = struct_fields("pdns-backend/src/config.rs", "Config")
     apex = struct_fields("pdns-backend/src/config.rs", "ApexConfig")
+    zone = struct_fields("pdns-backend/src/config.rs", "ZoneConfig")
     good = check_keys(path, doc, top, "top level")
     good &= check_keys(path, doc.get("apex", {}), apex, "apex")
+    for name, t in doc.get("zones", {}).items():
+        good &= check_keys(path, t, zone, f"zones.{name}")
     return good
 
 

@@ -1,7 +1,7 @@
 //! The whole local stack, one harness for `make up` and the tests: a Postgres primary and
 //! streaming replicas, a `pdns_server` + pdns-backend per region, control, an edge per region.
 
-use crate::control::{ControlProcess, ControlRegion, ControlSpec};
+use crate::control::{ControlProcess, ControlRegion, ControlSpec, FREE_ZONE, PRO_ZONE};
 use crate::edge::{EdgeProcess, EdgeSpec, SshArgs, SshClient};
 use crate::pdns::{PdnsRegion, PdnsSpec};
 use crate::poll::PATIENCE;
@@ -235,6 +235,7 @@ impl Stack {
                 d.backend_http_port = r.ports.backend_http;
                 d.apex_prefixes = apex_map(&regions);
                 d.default_region = regions[0].name.clone();
+                d.unknown_names = unknown_names();
                 dns.push(PdnsRegion::start(&dir.join(format!("dns-{}", r.name)), &d)?);
             }
         }
@@ -354,6 +355,16 @@ impl Stack {
         )
         .expect("ssh starts")
     }
+}
+
+/// The local stack's per-zone answer for names without records, as deployed
+/// (deploy/pdns/pdns-backend.toml): the pro zone's answer the nearest edge, the free zone's
+/// NXDOMAIN (docs/pdns-backend.md, "Names without records").
+pub fn unknown_names() -> Vec<(String, String)> {
+    vec![
+        (PRO_ZONE.to_string(), "nearest_edge".to_string()),
+        (FREE_ZONE.to_string(), "nxdomain".to_string()),
+    ]
 }
 
 /// The local stack's client-subnet map for the connect name: each region's loopback address,

@@ -52,6 +52,32 @@ pub struct Config {
     /// The connect name's answer (zone apex A/AAAA).
     #[serde(default)]
     pub apex: ApexConfig,
+    /// Per-zone policy, keyed by zone name (`[zones."a.tunnel.test"]`); a zone not listed
+    /// gets every default.
+    #[serde(default)]
+    pub zones: BTreeMap<String, ZoneConfig>,
+}
+
+/// One zone's policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// What a name of the zone answers when it has no record of its own.
+    #[serde(default)]
+    pub unknown_names: UnknownNames,
+}
+
+/// What a name directly below a zone's apex answers when it has no record of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownNames {
+    /// NXDOMAIN, as the DNS says (with the SOA and its low negative TTL).
+    #[default]
+    Nxdomain,
+    /// A/AAAA of the connect name (the nearest healthy region's edge, scoped by client
+    /// subnet): the visitor reaches an edge, which relays to the tunnel's holder or shows
+    /// "No tunnel here".
+    NearestEdge,
 }
 
 /// How the zone apex's A/AAAA answer is chosen.
@@ -174,7 +200,21 @@ impl Config {
         if self.apex.heartbeat_bound_secs.is_nan() || self.apex.heartbeat_bound_secs <= 0.0 {
             bail!("apex.heartbeat_bound_secs must be positive");
         }
+        for zone in self.zones.keys() {
+            if zone.is_empty() || nearhop_wire::storage_name(zone).as_deref() != Some(zone.as_str())
+            {
+                bail!("zones: {zone:?} is not a zone name in lower case without the trailing dot");
+            }
+        }
         Ok(())
+    }
+
+    /// The zones whose unknown names answer like the connect name.
+    pub fn nearest_edge_zones(&self) -> impl Iterator<Item = &str> {
+        self.zones
+            .iter()
+            .filter(|(_, z)| z.unknown_names == UnknownNames::NearestEdge)
+            .map(|(name, _)| name.as_str())
     }
 
     /// Poll interval as a duration.
@@ -264,6 +304,43 @@ mod tests {
                 .contains("NEARHOP_PDNS_BACKEND_APEX_PREFIXES"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn unknown_names_are_set_per_zone_and_default_to_nxdomain() {
+        let text = "[zones.\"a.tunnel.test\"]\nunknown_names = \"nearest_edge\"\n\
+                    [zones.\"free.tunnel.test\"]\n";
+        let cfg = from_parts(text, &[]).expect("config");
+        assert_eq!(
+            cfg.nearest_edge_zones().collect::<Vec<_>>(),
+            ["a.tunnel.test"]
+        );
+        assert_eq!(
+            cfg.zones["free.tunnel.test"].unknown_names,
+            UnknownNames::Nxdomain
+        );
+        assert_eq!(
+            from_parts("", &[])
+                .expect("config")
+                .nearest_edge_zones()
+                .count(),
+            0
+        );
+        let env = [(
+            "NEARHOP_PDNS_BACKEND_ZONES",
+            r#"{ "x.test" = { unknown_names = "nearest_edge" } }"#,
+        )];
+        let cfg = from_parts(text, &env).expect("config");
+        assert_eq!(cfg.nearest_edge_zones().collect::<Vec<_>>(), ["x.test"]);
+    }
+
+    #[test]
+    fn bad_zone_settings_are_refused() {
+        let wildcard = "[zones.\"a.tunnel.test\"]\nunknown_names = \"wildcard\"\n";
+        assert!(from_parts(wildcard, &[]).is_err());
+        let dotted = "[zones.\"A.Tunnel.Test.\"]\nunknown_names = \"nearest_edge\"\n";
+        let err = from_parts(dotted, &[]).expect_err("refused");
+        assert!(err.to_string().contains("\"A.Tunnel.Test.\""), "{err}");
     }
 
     #[test]

@@ -87,7 +87,10 @@ async fn run(cfg: config::Config, pipe: bool) -> Result<()> {
     let backend = Arc::new(protocol::Backend::new(
         Arc::clone(&store),
         regions,
-        cfg.apex.ttl,
+        answer::Rules {
+            apex_ttl: cfg.apex.ttl,
+            nearest_edge_zones: cfg.nearest_edge_zones().map(str::to_string).collect(),
+        },
         Arc::clone(&metrics),
     ));
 

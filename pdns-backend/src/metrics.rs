@@ -29,6 +29,8 @@ pub struct Metrics {
     pub purges: IntCounterVec,
     /// Requests that were refused as malformed, by transport.
     pub bad_requests: IntCounterVec,
+    /// Lookups of names without records answered with the nearest edge, by zone.
+    pub unknown_name_answers: IntCounterVec,
 }
 
 impl Metrics {
@@ -85,6 +87,14 @@ impl Metrics {
             &["transport"],
         )
         .expect("valid metric");
+        let unknown_name_answers = IntCounterVec::new(
+            Opts::new(
+                "unknown_name_answers_total",
+                "lookups of names without records answered with the nearest edge, by zone",
+            ),
+            &["zone"],
+        )
+        .expect("valid metric");
         let m = Metrics {
             registry,
             calls,
@@ -97,6 +107,7 @@ impl Metrics {
             changes_applied,
             purges,
             bad_requests,
+            unknown_name_answers,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.calls.clone()),
@@ -109,6 +120,7 @@ impl Metrics {
             Box::new(m.changes_applied.clone()),
             Box::new(m.purges.clone()),
             Box::new(m.bad_requests.clone()),
+            Box::new(m.unknown_name_answers.clone()),
         ];
         for c in collectors {
             // Names are fixed and distinct, so registration cannot collide.

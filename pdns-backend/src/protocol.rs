@@ -5,7 +5,7 @@
 //! Long with its tests (about 150 lines of them): every method's JSON shape is pinned next
 //! to the code that writes it.
 
-use crate::answer::{self, Answer, Question};
+use crate::answer::{self, Answer, Question, Rules};
 use crate::apex::RegionMap;
 use crate::metrics::Metrics;
 use crate::store::{Domain, Store, Zones};
@@ -54,7 +54,7 @@ const KNOWN_METHODS: &[&str] = &[
 pub struct Backend {
     store: Arc<Store>,
     regions: RegionMap,
-    apex_ttl: u32,
+    rules: Rules,
     metrics: Arc<Metrics>,
 }
 
@@ -97,16 +97,11 @@ fn render<'a>(what: &str, rrs: impl Iterator<Item = Rr<'a>>) -> Reply {
 
 impl Backend {
     /// A handler over `store`.
-    pub fn new(
-        store: Arc<Store>,
-        regions: RegionMap,
-        apex_ttl: u32,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(store: Arc<Store>, regions: RegionMap, rules: Rules, metrics: Arc<Metrics>) -> Self {
         Backend {
             store,
             regions,
-            apex_ttl,
+            rules,
             metrics,
         }
     }
@@ -222,10 +217,16 @@ impl Backend {
         };
         let owner = format!("{name}.");
         self.store.read(|zones| {
-            let answers = answer::lookup(zones, question, choose, self.apex_ttl);
+            let answered = answer::lookup(zones, question, choose, &self.rules);
+            if let Some(zone) = answered.unknown_name_of {
+                self.metrics
+                    .unknown_name_answers
+                    .with_label_values(&[zone])
+                    .inc();
+            }
             render(
                 "lookup answer",
-                answers.iter().map(|a| rr(owner.clone(), a)),
+                answered.records.iter().map(|a| rr(owner.clone(), a)),
             )
         })
     }
@@ -398,7 +399,10 @@ mod tests {
         Backend::new(
             store,
             RegionMap::new(vec![], "us".into(), 30.0),
-            10,
+            Rules {
+                apex_ttl: 10,
+                nearest_edge_zones: ["a.tunnel.test".to_string()].into(),
+            },
             Arc::new(Metrics::new()),
         )
     }
@@ -448,6 +452,25 @@ mod tests {
     }
 
     #[test]
+    fn unknown_names_of_a_nearest_edge_zone_answer_the_region_and_are_counted() {
+        let b = backend();
+        let v = lookup(&b, "NotYet.a.tunnel.test.", "ANY", 1);
+        assert_eq!(v[0]["qtype"], "A");
+        assert_eq!(v[0]["qname"], "notyet.a.tunnel.test.");
+        assert_eq!(v[0]["content"], "127.0.0.1");
+        assert_eq!(v[0]["ttl"], 10);
+        assert_eq!(v[0]["scopeMask"], 32);
+        assert_eq!(lookup(&b, "notyet.a.tunnel.test.", "TXT", 1), json!([]));
+        let text = b.metrics().render();
+        assert!(
+            text.contains(
+                "nearhop_pdns_backend_unknown_name_answers_total{zone=\"a.tunnel.test\"} 1"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn overlong_and_garbage_names_are_no_data_not_failures() {
         let b = backend();
         let long = format!("{}.a.tunnel.test.", "x".repeat(300));
@@ -482,7 +505,10 @@ mod tests {
         let b = Backend::new(
             Arc::new(Store::new()),
             RegionMap::new(vec![], "us".into(), 30.0),
-            10,
+            Rules {
+                apex_ttl: 10,
+                nearest_edge_zones: ["a.tunnel.test".to_string()].into(),
+            },
             Arc::new(Metrics::new()),
         );
         let r = b.handle_document(

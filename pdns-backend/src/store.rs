@@ -96,7 +96,15 @@ pub struct Zones {
     domains: HashMap<i32, Domain>,
     by_name: HashMap<String, i32>,
     names: HashMap<Box<str>, Vec<Record>>,
+    /// For each ancestor of a name that has records, how many such names lie below it: an
+    /// ancestor listed here exists in the DNS (an empty non-terminal if it has no records).
+    below: HashMap<Box<str>, u32>,
     records: usize,
+}
+
+/// The proper ancestors of a name in storage form (`a.b.c` → `b.c`, `c`).
+fn ancestors(name: &str) -> impl Iterator<Item = &str> {
+    name.match_indices('.').map(move |(i, _)| &name[i + 1..])
 }
 
 impl Zones {
@@ -112,7 +120,28 @@ impl Zones {
                 .or_default()
                 .push(rec);
         }
+        let names: Vec<Box<str>> = zones.names.keys().cloned().collect();
+        for n in &names {
+            zones.note_below(n, true);
+        }
         zones
+    }
+
+    /// Counts `name` in (or out of) its ancestors' tallies of names below them.
+    fn note_below(&mut self, name: &str, present: bool) {
+        for a in ancestors(name) {
+            match (self.below.get_mut(a), present) {
+                (Some(n), true) => *n += 1,
+                (None, true) => {
+                    self.below.insert(a.into(), 1);
+                }
+                (Some(n), false) if *n > 1 => *n -= 1,
+                (Some(_), false) => {
+                    self.below.remove(a);
+                }
+                (None, false) => {}
+            }
+        }
     }
 
     /// Replaces the zone list.
@@ -136,6 +165,15 @@ impl Zones {
             old
         };
         self.records -= old;
+        let now = self.names.contains_key(name);
+        if now != (old > 0) {
+            self.note_below(name, now);
+        }
+    }
+
+    /// Whether some name with records lies below `name` (storage form).
+    pub fn has_names_below(&self, name: &str) -> bool {
+        self.below.contains_key(name)
     }
 
     /// Records of `name` (storage form), all zones.
@@ -394,6 +432,25 @@ mod tests {
         assert_eq!(z.record_count(), 1);
         assert!(z.records_of("x.a.test").is_empty());
         assert_eq!(z.serial(z.zone_at("a.test").expect("zone")), 7);
+    }
+
+    #[test]
+    fn names_below_are_tracked_as_names_come_and_go() {
+        let mut z = Zones::new(
+            vec![zone(1, "a.test")],
+            vec![("x.y.a.test".to_string(), rec("TXT", "\"t\"", 1))],
+        );
+        assert!(z.has_names_below("y.a.test"));
+        assert!(z.has_names_below("a.test"));
+        assert!(!z.has_names_below("x.y.a.test"));
+        z.replace_name("w.y.a.test", vec![rec("TXT", "\"u\"", 1)]);
+        z.replace_name("w.y.a.test", vec![rec("TXT", "\"v\"", 1)]);
+        z.replace_name("x.y.a.test", vec![]);
+        assert!(z.has_names_below("y.a.test"));
+        z.replace_name("w.y.a.test", vec![]);
+        z.replace_name("gone.a.test", vec![]);
+        assert!(!z.has_names_below("y.a.test"));
+        assert!(!z.has_names_below("a.test"));
     }
 
     #[test]

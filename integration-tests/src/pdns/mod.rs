@@ -1,12 +1,15 @@
 //! A region's DNS: `pdns_server` with nearhop-pdns-backend (unix, http or pipe connector),
-//! or stock `pdns_server --launch=gpgsql` on the same database as the baseline.
+//! or stock `pdns_server --launch=gpgsql` on the same database as the baseline; and a real
+//! recursive resolver (`unbound`) in front of them.
 
 mod gpgsql;
 mod process;
 mod region;
+mod unbound;
 
 pub use gpgsql::GpgsqlPdns;
 pub use region::{PdnsRegion, PdnsSpec};
+pub use unbound::{Resolved, ResolvedRecord, Unbound};
 
 /// How pdns reaches the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

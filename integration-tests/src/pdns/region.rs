@@ -35,6 +35,9 @@ pub struct PdnsSpec {
     pub default_region: String,
     /// Seconds without heartbeat after which a region is skipped.
     pub heartbeat_bound_secs: f64,
+    /// Per zone, what its names without records answer (`unknown_names`: `"nearest_edge"` or
+    /// `"nxdomain"`); zones not listed answer NXDOMAIN.
+    pub unknown_names: Vec<(String, String)>,
     /// pdns `receiver-threads`.
     pub receiver_threads: u32,
     /// pdns `distributor-threads`.
@@ -55,6 +58,7 @@ impl PdnsSpec {
             apex_prefixes: Vec::new(),
             default_region: "us".into(),
             heartbeat_bound_secs: 30.0,
+            unknown_names: Vec::new(),
             receiver_threads: 1,
             distributor_threads: 3,
         }
@@ -278,6 +282,9 @@ fn backend_config(spec: &PdnsSpec, sock: &Path, pdns_sock_dir: &Path) -> String 
     t.push_str("\n[apex.prefixes]\n");
     for (prefix, regions) in &spec.apex_prefixes {
         t.push_str(&format!("{prefix:?} = {regions:?}\n"));
+    }
+    for (zone, answer) in &spec.unknown_names {
+        t.push_str(&format!("\n[zones.{zone:?}]\nunknown_names = {answer:?}\n"));
     }
     t
 }
