@@ -72,7 +72,13 @@ impl Edge {
             _ => None,
         };
         let shutdown = CancellationToken::new();
-        let mesh = Arc::new(Mesh::new(&config, mesh_key, shutdown.child_token()));
+        let metrics = Metrics::new().context("creating metrics")?;
+        let mesh = Arc::new(Mesh::new(
+            &config,
+            mesh_key,
+            shutdown.child_token(),
+            metrics.mesh_link_up.clone(),
+        ));
         Ok(Edge {
             mesh,
             admin_key: random_key()?,
@@ -81,11 +87,23 @@ impl Edge {
             config,
             registry: Registry::default(),
             control,
-            metrics: Metrics::new().context("creating metrics")?,
+            metrics,
             shutdown,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
         })
+    }
+
+    /// Waits (up to `bound`) until every peer following this edge's holdings feed has read
+    /// every change made so far; false when one did not answer in time.
+    pub async fn peers_caught_up(&self, bound: Duration) -> bool {
+        let (marker, feeds) = self.mesh.acks.new_marker();
+        if feeds.is_empty() {
+            return true;
+        }
+        self.registry.mark(marker);
+        let until = tokio::time::Instant::now() + bound;
+        self.mesh.acks.wait(marker, &feeds, until).await
     }
 
     /// A slot for a visitor connection accepted on `listener` (`http`, `tls`, `tcp`), counted

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub mesh_holder_names: IntGaugeVec,
     /// Seconds since each peer's holdings feed last spoke (0 right after a change).
     pub mesh_holder_age_seconds: GaugeVec,
+    /// 1 while this edge's link to a peer is up (its feed followed), 0 while it reconnects.
+    pub mesh_link_up: IntGaugeVec,
 }
 
 impl Metrics {
@@ -137,6 +139,14 @@ impl Metrics {
             ),
             &["peer"],
         )?;
+        let mesh_link_up = IntGaugeVec::new(
+            Opts::new(
+                "nearhop_edge_mesh_link_up",
+                "1 while this edge's link to a peer edge is up, 0 while it reconnects.",
+            ),
+            &["peer"],
+        )?;
+        registry.register(Box::new(mesh_link_up.clone()))?;
         registry.register(Box::new(relay_connections_total.clone()))?;
         registry.register(Box::new(relay_bytes_total.clone()))?;
         registry.register(Box::new(relay_errors_total.clone()))?;
@@ -169,6 +179,7 @@ impl Metrics {
             relay_errors_total,
             mesh_holder_names,
             mesh_holder_age_seconds,
+            mesh_link_up,
         })
     }
 

@@ -175,6 +175,11 @@ impl Registry {
         was
     }
 
+    /// Puts a marker into every holdings feed, after every change made so far.
+    pub fn mark(&self, marker: u64) {
+        let _ = self.changes.send(HoldingChange::Sync(marker));
+    }
+
     /// Follows the names this edge starts and stops holding (subscribe before taking
     /// [`Registry::holdings`], so that nothing between the two is missed).
     pub fn subscribe(&self) -> broadcast::Receiver<HoldingChange> {

@@ -307,6 +307,37 @@ impl Stack {
         self.edges.iter().find(|e| e.spec.region == name)
     }
 
+    /// Waits until every edge has its mesh link to every other edge up (each learns its
+    /// peers from control's heartbeat answers, so this takes about a heartbeat).
+    pub fn wait_mesh_linked(&self) -> Result<()> {
+        for edge in &self.edges {
+            let url = format!("http://{}:{}/metrics", edge.spec.ip, edge.spec.admin);
+            let peers: Vec<&str> = self
+                .edges
+                .iter()
+                .filter(|e| e.spec.edge_id != edge.spec.edge_id)
+                .map(|e| e.spec.edge_id.as_str())
+                .collect();
+            crate::poll::try_eventually(PATIENCE, || {
+                let text = reqwest::blocking::get(&url)?.text()?;
+                for peer in &peers {
+                    let up = crate::metrics::metric(
+                        &text,
+                        "nearhop_edge_mesh_link_up",
+                        &[("peer", peer)],
+                    );
+                    anyhow::ensure!(
+                        up == Some(1.0),
+                        "{} has no link to {peer} yet",
+                        edge.spec.edge_id
+                    );
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
     /// Every edge of region `name`, the first one first.
     pub fn edges_of(&self, name: &str) -> Vec<&EdgeProcess> {
         self.edges

@@ -32,7 +32,11 @@ fn resolver_in_eu(stack: &Stack) -> Unbound {
 
 #[test]
 fn a_pro_name_asked_before_its_tunnel_exists_leads_to_an_edge_and_the_first_visit_succeeds() {
-    let stack = full_stack();
+    let stack = full_stack_with(StackOptions {
+        control_tweak: Some(fast_heartbeats),
+        ..StackOptions::default()
+    });
+    stack.wait_mesh_linked().expect("the edges link up");
     let unbound = resolver_in_eu(&stack);
     let local = LocalService::start("early");
     let token = stack.pro_token();

@@ -133,6 +133,8 @@ impl HolderTable {
                 }
                 (None, Vec::new())
             }
+            // Markers are answered by the link; they change no table.
+            HoldingChange::Sync(_) => (None, Vec::new()),
             HoldingChange::Reset => {
                 let mut gone = Vec::new();
                 for name in std::mem::take(&mut held.names) {

@@ -3,7 +3,7 @@
 //! the peer's holdings feed, and opens one channel per relayed visitor connection. It
 //! reconnects with backoff until the peer leaves the mesh.
 
-use super::protocol::{HoldingChange, RelayListener, HOLDINGS_COMMAND, MAX_LINE};
+use super::protocol::{ack_line, HoldingChange, RelayListener, HOLDINGS_COMMAND, MAX_LINE};
 use super::Mesh;
 use crate::config::Config;
 use russh::client::{self, Handle};
@@ -12,7 +12,7 @@ use russh::ChannelStream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
@@ -119,6 +119,9 @@ impl PeerLink {
                 _ = self.stop.cancelled() => break,
             };
             *self.handle.write().await = None;
+            if !self.stop.is_cancelled() {
+                mesh.link_up.with_label_values(&[&self.id]).set(0);
+            }
             mesh.holders.forget_peer(&self.id);
             match ended {
                 Ok(()) => {
@@ -184,7 +187,9 @@ impl PeerLink {
             .context("asking for the holdings feed")?;
         let handle = Arc::new(handle);
         *self.handle.write().await = Some(handle.clone());
+        mesh.link_up.with_label_values(&[&self.id]).set(1);
         tracing::info!(peer = %self.id, addr = %self.addr, "mesh link up");
+        let mut answers = feed.make_writer();
         let mut lines = BufReader::new(feed.make_reader()).lines();
         while let Some(line) = lines
             .next_line()
@@ -192,6 +197,11 @@ impl PeerLink {
             .context("reading the holdings feed")?
         {
             match HoldingChange::parse(&line) {
+                // Every line before it is applied: say so, the peer's URL waits for it.
+                Some(HoldingChange::Sync(marker)) => answers
+                    .write_all(ack_line(marker).as_bytes())
+                    .await
+                    .context("answering a marker")?,
                 Some(change) => mesh.holders.apply(&self.id, change),
                 None => {
                     let shown: String = line.chars().take(MAX_LINE.min(80)).collect();

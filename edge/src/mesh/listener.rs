@@ -4,11 +4,11 @@
 //! that this edge serves as if the visitor had come to it directly. A relayed connection is
 //! never relayed again: a name this edge does not hold gets "No tunnel here".
 
-use super::protocol::{HoldingChange, RelayListener, HOLDINGS_COMMAND};
+use super::protocol::{parse_ack, HoldingChange, RelayListener, HOLDINGS_COMMAND, MAX_LINE};
 use crate::edge::Edge;
 use crate::io::counting::CountingStream;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
-use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
+use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, MethodKind, MethodSet};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -249,38 +249,69 @@ impl PeerSession {
 }
 
 /// Writes this edge's holdings to a peer: every name held now, then each change, until the
-/// peer goes away or the edge stops.
-async fn feed_holdings(edge: Arc<Edge>, channel: Channel<Msg>) {
+/// peer goes away or the edge stops; reads the peer's answers to markers meanwhile.
+async fn feed_holdings(edge: Arc<Edge>, mut channel: Channel<Msg>) {
     let mut out = channel.make_writer();
     // Subscribe before the snapshot so that no change between the two is lost; a change
-    // seen twice is harmless (adds and removes are idempotent).
+    // seen twice is harmless (adds and removes are idempotent). Register for markers after
+    // subscribing, so that every marker this feed must answer reaches it.
     let mut changes = edge.registry.subscribe();
+    let acks = &edge.mesh.acks;
+    let feed = acks.open_feed();
+    let mut answers = String::new();
+    if out
+        .write_all(snapshot(&edge, false).as_bytes())
+        .await
+        .is_ok()
+    {
+        loop {
+            let line = tokio::select! {
+                c = changes.recv() => match c {
+                    Ok(c) => c.to_string(),
+                    // Too many changes at once for this peer: start it over from a snapshot
+                    // (which also covers every marker made so far).
+                    Err(RecvError::Lagged(_)) => snapshot(&edge, true),
+                    Err(RecvError::Closed) => break,
+                },
+                msg = channel.wait() => match msg {
+                    Some(ChannelMsg::Data { data }) => {
+                        answers.push_str(&String::from_utf8_lossy(&data));
+                        while let Some((line, rest)) = answers.split_once('\n') {
+                            if let Some(marker) = parse_ack(line) {
+                                acks.ack(feed, marker);
+                            }
+                            answers = rest.to_string();
+                        }
+                        if answers.len() > MAX_LINE {
+                            break;
+                        }
+                        continue;
+                    }
+                    Some(_) => continue,
+                    None => break,
+                },
+                _ = edge.shutdown.cancelled() => break,
+            };
+            if out.write_all(line.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    }
+    acks.close_feed(feed);
+}
+
+/// Every name this edge holds, as feed lines (after a `!reset` and followed by the latest
+/// marker when `again`).
+fn snapshot(edge: &Edge, again: bool) -> String {
     let mut text = String::new();
+    if again {
+        text.push_str(&HoldingChange::Reset.to_string());
+    }
     for (name, kind) in edge.registry.holdings() {
         text.push_str(&HoldingChange::Added(name, kind).to_string());
     }
-    if out.write_all(text.as_bytes()).await.is_err() {
-        return;
+    if again {
+        text.push_str(&HoldingChange::Sync(edge.mesh.acks.latest()).to_string());
     }
-    loop {
-        let change = tokio::select! {
-            c = changes.recv() => c,
-            _ = edge.shutdown.cancelled() => return,
-        };
-        let line = match change {
-            Ok(c) => c.to_string(),
-            Err(RecvError::Lagged(_)) => {
-                // Too many changes at once for this peer: start it over from a snapshot.
-                let mut text = HoldingChange::Reset.to_string();
-                for (name, kind) in edge.registry.holdings() {
-                    text.push_str(&HoldingChange::Added(name, kind).to_string());
-                }
-                text
-            }
-            Err(RecvError::Closed) => return,
-        };
-        if out.write_all(line.as_bytes()).await.is_err() {
-            return;
-        }
-    }
+    text
 }

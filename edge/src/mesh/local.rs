@@ -18,7 +18,7 @@ pub async fn follow_registry(edge: Arc<Edge>) {
         match change {
             Ok(HoldingChange::Added(name, _)) => edge.mesh.holders.note_arrived(&name),
             Ok(HoldingChange::Removed(name)) => edge.mesh.holders.note_gone(&name),
-            Ok(HoldingChange::Reset) | Err(RecvError::Lagged(_)) => {}
+            Ok(HoldingChange::Reset | HoldingChange::Sync(_)) | Err(RecvError::Lagged(_)) => {}
             Err(RecvError::Closed) => return,
         }
     }

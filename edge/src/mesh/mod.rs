@@ -13,6 +13,7 @@
 //! [`Mesh`] is state only; the listener and the links' tasks are started by the edge's
 //! start-up and take it.
 
+pub mod acks;
 pub mod holders;
 pub mod links;
 pub mod listener;
@@ -36,21 +37,32 @@ pub struct Mesh {
     pub key: Arc<PrivateKey>,
     /// Which peer holds which tunnel name.
     pub holders: HolderTable,
+    /// How far each peer has read this edge's holdings feed.
+    pub acks: acks::FeedAcks,
     peers: RwLock<HashMap<String, Arc<PeerLink>>>,
     /// The SSH client configuration of the links.
     pub client_config: Arc<russh::client::Config>,
+    /// `nearhop_edge_mesh_link_up`, set by the links.
+    pub link_up: prometheus::IntGaugeVec,
     /// Cancelled when the edge shuts down: every link closes.
     pub shutdown: CancellationToken,
 }
 
 impl Mesh {
     /// A mesh with no peers yet.
-    pub fn new(config: &Config, key: Arc<PrivateKey>, shutdown: CancellationToken) -> Mesh {
+    pub fn new(
+        config: &Config,
+        key: Arc<PrivateKey>,
+        shutdown: CancellationToken,
+        link_up: prometheus::IntGaugeVec,
+    ) -> Mesh {
         Mesh {
             my_id: config.edge_id.clone(),
             key,
             client_config: Arc::new(links::client_config(config)),
+            link_up,
             holders: HolderTable::default(),
+            acks: acks::FeedAcks::default(),
             peers: RwLock::new(HashMap::new()),
             shutdown,
         }
@@ -82,6 +94,7 @@ impl Mesh {
             });
             if !keep {
                 link.stop.cancel();
+                let _ = self.link_up.remove_label_values(&[id.as_str()]);
                 stopped.push(id.clone());
             }
             keep

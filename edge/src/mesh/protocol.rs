@@ -56,6 +56,16 @@ impl RelayListener {
     }
 }
 
+/// The reader's answer to a [`HoldingChange::Sync`] marker: `!N`.
+pub fn ack_line(marker: u64) -> String {
+    format!("!{marker}\n")
+}
+
+/// Reads a reader's answer line; `None` for anything else.
+pub fn parse_ack(line: &str) -> Option<u64> {
+    line.strip_prefix('!')?.parse().ok()
+}
+
 /// One line of the holdings feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HoldingChange {
@@ -66,6 +76,9 @@ pub enum HoldingChange {
     Removed(String),
     /// Forget everything this edge said before; a full snapshot follows.
     Reset,
+    /// A marker: the reader answers `!N` on the same channel once it has applied every line
+    /// before it (see `mesh::acks`).
+    Sync(u64),
 }
 
 impl HoldingChange {
@@ -76,6 +89,9 @@ impl HoldingChange {
         }
         if line == "!reset" {
             return Some(HoldingChange::Reset);
+        }
+        if let Some(marker) = line.strip_prefix('?') {
+            return marker.parse().ok().map(HoldingChange::Sync);
         }
         let (sign, rest) = line.split_at_checked(1)?;
         let (name, kind) = match (sign, rest.split_once(' ')) {
@@ -120,6 +136,7 @@ impl fmt::Display for HoldingChange {
             HoldingChange::Added(n, kind) => writeln!(f, "+{n} {}", kind_word(*kind)),
             HoldingChange::Removed(n) => writeln!(f, "-{n}"),
             HoldingChange::Reset => writeln!(f, "!reset"),
+            HoldingChange::Sync(marker) => writeln!(f, "?{marker}"),
         }
     }
 }
@@ -154,10 +171,19 @@ mod tests {
             HoldingChange::Added("db.a.tunnel.test".into(), TunnelKind::Tls),
             HoldingChange::Removed("k3x9.free.tunnel.test".into()),
             HoldingChange::Reset,
+            HoldingChange::Sync(42),
         ] {
             let line = c.to_string();
             assert!(line.ends_with('\n'));
             assert_eq!(HoldingChange::parse(line.trim_end()), Some(c));
+        }
+    }
+
+    #[test]
+    fn acks_round_trip_and_nothing_else_is_an_ack() {
+        assert_eq!(parse_ack(ack_line(7).trim_end()), Some(7));
+        for bad in ["!reset", "!", "7", "!-1", "?7"] {
+            assert_eq!(parse_ack(bad), None, "{bad:?}");
         }
     }
 

@@ -105,6 +105,14 @@ async fn create(
         link.options(),
     ));
     install(edge, &tunnel, &resp).await;
+    // Like the DNS, every edge must know the holder before the URL goes out.
+    if !edge.peers_caught_up(PEERS_BOUND).await {
+        edge.metrics
+            .relay_errors_total
+            .with_label_values(&["announce_timeout"])
+            .inc();
+        tracing::warn!(host = %tunnel.hostname, "a peer edge did not confirm the new tunnel in time; printing the URL anyway");
+    }
     // The command's options may have arrived while control worked; the session updates
     // installed tunnels, so re-reading after the install cannot miss them.
     tunnel.set_options(link.options());
@@ -118,6 +126,9 @@ async fn create(
     .await;
     Ok(messages::public_url(&tunnel, &edge.config))
 }
+
+/// Longest wait for the peer edges to read a new tunnel's name before its URL is printed.
+const PEERS_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Makes the tunnel routable, closing what it replaced on this edge.
 async fn install(edge: &Arc<Edge>, tunnel: &Arc<Tunnel>, resp: &CreateTunnelResponse) {
