@@ -2,6 +2,7 @@
 //! and checked once at start into types the rest of the edge trusts.
 
 use anyhow::{bail, Context, Result};
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -114,6 +115,12 @@ pub struct Config {
     /// Free memory glibc keeps per thread arena instead of giving it back to the kernel
     /// (see `allocator`); 0 leaves glibc's default.
     pub malloc_trim_threshold_bytes: usize,
+    /// Networks of the balancers in front of the edge (CIDRs or single addresses). A
+    /// connection from one of them to the SSH, HTTP, TLS or a `tcp` tunnel's port must start
+    /// with a PROXY protocol header (v1 or v2), whose source address then stands for the
+    /// client; empty (the default): no header is read from anyone.
+    #[serde(deserialize_with = "deserialize_networks")]
+    pub proxy_protocol_from: Vec<IpNet>,
 }
 
 /// Reads a secret from `file` into `value` when `value` is empty and a file is named.
@@ -125,6 +132,28 @@ fn read_secret_file(value: &mut String, file: &Option<PathBuf>, key: &str) -> Re
             .to_string();
     }
     Ok(())
+}
+
+/// Reads a list of networks: CIDRs (`10.0.0.0/8`) or single addresses (`192.0.2.7`).
+fn deserialize_networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let items = Vec::<String>::deserialize(d)?;
+    networks(&items).map_err(serde::de::Error::custom)
+}
+
+/// The networks `items` name; the error is the sentence an operator sees.
+fn networks(items: &[String]) -> Result<Vec<IpNet>, String> {
+    items
+        .iter()
+        .map(|item| {
+            let item = item.trim();
+            item.parse::<IpNet>()
+                .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| {
+                    format!("{item:?} is neither a network (10.0.0.0/8) nor an address (192.0.2.7)")
+                })
+        })
+        .collect()
 }
 
 /// Ciphers `ssh_ciphers` may name, fastest first on CPUs with AES instructions.
@@ -223,6 +252,7 @@ impl Default for Config {
             // the edge far less CPU per byte (docs/benchmarks.md, Edge).
             ssh_ciphers: vec![russh::cipher::AES_128_GCM, russh::cipher::AES_256_GCM],
             malloc_trim_threshold_bytes: 8 * 1024 * 1024,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -474,6 +504,40 @@ mod tests {
         assert!(e.contains("go together"), "{e}");
         c.tls_key_path = Some("key.pem".into());
         assert!(c.finish().is_ok());
+    }
+
+    #[test]
+    fn proxy_protocol_from_takes_networks_and_addresses() {
+        let c = from_parts(
+            "edge_secret = \"s\"\nproxy_protocol_from = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]",
+            &[],
+        )
+        .unwrap();
+        let want: Vec<IpNet> = ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(c.proxy_protocol_from, want);
+        assert!(
+            Config::default().proxy_protocol_from.is_empty(),
+            "off by default"
+        );
+        let c = from_parts(
+            "edge_secret = \"s\"",
+            &[("NEARHOP_EDGE_PROXY_PROTOCOL_FROM", "[\"127.0.0.0/8\"]")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.proxy_protocol_from,
+            ["127.0.0.0/8".parse::<IpNet>().unwrap()]
+        );
+        let e = from_parts(
+            "edge_secret = \"s\"\nproxy_protocol_from = [\"lb.example\"]",
+            &[],
+        )
+        .expect_err("refused")
+        .to_string();
+        assert!(e.contains("\"lb.example\" is neither a network"), "{e}");
     }
 
     #[test]

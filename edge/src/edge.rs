@@ -5,6 +5,7 @@
 
 use crate::config::Config;
 use crate::control::client::ControlClient;
+use crate::io::proxy_header;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::ssh::link::{lock, SessionLink};
@@ -17,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncRead;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -123,6 +125,19 @@ impl Edge {
             _permit: permit,
             active: m.visitor_connections_active.clone(),
         })
+    }
+
+    /// The address a connection accepted from `tcp_peer` on `listener` (`http`, `tls`,
+    /// `tcp`, `ssh`) stands for, and the bytes read past a balancer's PROXY header, to be
+    /// read first: see [`proxy_header::real_peer`]. `None`: drop the connection.
+    pub async fn real_peer<R: AsyncRead + Unpin>(
+        &self,
+        listener: &'static str,
+        stream: &mut R,
+        tcp_peer: std::net::SocketAddr,
+    ) -> Option<(std::net::SocketAddr, Vec<u8>)> {
+        let (config, m, stop) = (&self.config, &self.metrics, &self.shutdown);
+        proxy_header::real_peer(config, m, stop, listener, stream, tcp_peer).await
     }
 
     /// Registers a new SSH session.

@@ -42,6 +42,12 @@ pub struct Metrics {
     pub mesh_holder_age_seconds: GaugeVec,
     /// 1 while this edge's link to a peer is up (its feed followed), 0 while it reconnects.
     pub mesh_link_up: IntGaugeVec,
+    /// PROXY protocol headers accepted from trusted balancers, by listener and command
+    /// (`proxy`: the client's address used; `local`, `unknown`: the balancer's own).
+    pub proxy_protocol_headers_total: IntCounterVec,
+    /// Connections refused over the PROXY protocol, by listener and cause (`untrusted`,
+    /// `missing`, `malformed`, `too_large`, `timeout`, `closed`, `io`).
+    pub proxy_protocol_refused_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -147,6 +153,23 @@ impl Metrics {
             &["peer"],
         )?;
         registry.register(Box::new(mesh_link_up.clone()))?;
+        let proxy_protocol_headers_total = IntCounterVec::new(
+            Opts::new(
+                "nearhop_edge_proxy_protocol_headers_total",
+                "PROXY protocol headers accepted from trusted balancers.",
+            ),
+            &["listener", "command"],
+        )?;
+        let proxy_protocol_refused_total = IntCounterVec::new(
+            Opts::new(
+                "nearhop_edge_proxy_protocol_refused_total",
+                "Connections refused over the PROXY protocol: a header from an untrusted \
+                 address, or none or a bad one from a trusted balancer.",
+            ),
+            &["listener", "cause"],
+        )?;
+        registry.register(Box::new(proxy_protocol_headers_total.clone()))?;
+        registry.register(Box::new(proxy_protocol_refused_total.clone()))?;
         registry.register(Box::new(relay_connections_total.clone()))?;
         registry.register(Box::new(relay_bytes_total.clone()))?;
         registry.register(Box::new(relay_errors_total.clone()))?;
@@ -180,6 +203,8 @@ impl Metrics {
             mesh_holder_names,
             mesh_holder_age_seconds,
             mesh_link_up,
+            proxy_protocol_headers_total,
+            proxy_protocol_refused_total,
         })
     }
 

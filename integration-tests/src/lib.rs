@@ -16,7 +16,8 @@ pub mod edge_stack;
 pub mod fixtures;
 pub mod full_stack;
 
-// Both ends of a tunnel, and what tests observe with.
+// Both ends of a tunnel, what stands between, and what tests observe with.
+pub mod balancer;
 pub mod dns_client;
 pub mod load;
 pub mod local_service;

@@ -121,6 +121,8 @@ pub struct StackOptions {
     /// Edges per region (1: one on the region's address; each further one on an address of
     /// its own, `127.0.<n>.<region's last byte>`, reached by relay from any edge).
     pub edges_per_region: u8,
+    /// More TOML appended to every edge's config (e.g. `proxy_protocol_from = [...]`).
+    pub edge_toml: String,
 }
 
 impl Default for StackOptions {
@@ -140,6 +142,7 @@ impl Default for StackOptions {
             control_tweak: None,
             edge_https: false,
             edges_per_region: 1,
+            edge_toml: String::new(),
         }
     }
 }
@@ -276,7 +279,7 @@ impl Stack {
                             r.ports.mesh,
                         );
                     }
-                    spec.extra_toml = https.clone();
+                    spec.extra_toml = format!("{https}{}", opts.edge_toml);
                     let name = if n == 0 {
                         format!("edge-{}", r.name)
                     } else {

@@ -1,5 +1,7 @@
 //! Stream wrappers between sockets, SSH channels and the code that reads them: adaptive
-//! read buffers, coalescing channel reads, bytes put back in front, and byte counting.
+//! read buffers, coalescing channel reads, bytes put back in front, byte counting, and the
+//! PROXY protocol header a balancer puts in front of a connection.
 
 pub mod counting;
+pub mod proxy_header;
 pub mod read_buffer;

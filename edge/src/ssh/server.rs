@@ -3,6 +3,7 @@
 
 use crate::accept;
 use crate::edge::Edge;
+use crate::io::read_buffer::Prefixed;
 use crate::ssh::session::SshSession;
 use russh::keys::PrivateKey;
 use russh::server::Config;
@@ -58,12 +59,22 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, key: PrivateKey) {
         &listener,
         edge.shutdown.cancelled(),
         "an SSH connection",
-        |stream, peer| {
-            let link = edge.open_session(peer);
-            let span = tracing::info_span!("ssh", session = link.id, %peer);
-            tokio::spawn(
-                handle_connection(edge.clone(), config.clone(), stream, link).instrument(span),
-            );
+        |mut stream, tcp_peer| {
+            let (edge, config) = (edge.clone(), config.clone());
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let behind = edge.real_peer("ssh", &mut stream, tcp_peer);
+                let Some((peer, rest)) = behind.await else {
+                    return;
+                };
+                // The client's own address from here on: control's per-address limits see it.
+                let link = edge.open_session(peer);
+                let span = tracing::info_span!("ssh", session = link.id, %peer);
+                let stream = Prefixed::new(rest, stream);
+                handle_connection(edge, config, stream, link)
+                    .instrument(span)
+                    .await;
+            });
         },
     )
     .await;
@@ -72,10 +83,9 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, key: PrivateKey) {
 async fn handle_connection(
     edge: Arc<Edge>,
     config: Arc<Config>,
-    stream: TcpStream,
+    stream: Prefixed<TcpStream>,
     link: Arc<crate::ssh::link::SessionLink>,
 ) {
-    let _ = stream.set_nodelay(true);
     let handler = SshSession::new(edge.clone(), link.clone());
     let started = tokio::time::timeout(
         AUTH_DEADLINE,

@@ -7,6 +7,7 @@
 use crate::accept;
 use crate::edge::Edge;
 use crate::io::counting::CountingStream;
+use crate::io::proxy_header;
 use crate::io::read_buffer::Prefixed;
 use crate::ssh::messages;
 use crate::tunnels::Tunnel;
@@ -27,8 +28,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -42,17 +43,22 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
         &listener,
         edge.shutdown.cancelled(),
         "an HTTP visitor",
-        |stream, peer| {
+        |mut stream, tcp_peer| {
             if let Some(slot) = edge.visitor_slot(Listener::Http.as_str()) {
                 let edge = edge.clone();
-                let span = routing::span(Listener::Http, peer);
-                tokio::spawn(
-                    async move {
-                        serve_connection(&edge, stream, peer).await;
-                        drop(slot);
-                    }
-                    .instrument(span),
-                );
+                tokio::spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    let deadline = Instant::now() + head_timeout(&edge);
+                    let behind = edge.real_peer("http", &mut stream, tcp_peer);
+                    let Some((peer, rest)) = behind.await else {
+                        return;
+                    };
+                    let stream = Prefixed::new(rest, stream);
+                    serve_stream(&edge, stream, peer, "http", deadline, Arrival::Direct)
+                        .instrument(routing::span(Listener::Http, peer))
+                        .await;
+                    drop(slot);
+                });
             }
         },
     )
@@ -66,12 +72,6 @@ struct VisitorConn {
     scheme: &'static str,
     arrival: Arrival,
     upstream: Mutex<Option<Upstream>>,
-}
-
-async fn serve_connection(edge: &Arc<Edge>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let deadline = Instant::now() + head_timeout(edge);
-    serve_stream(edge, stream, peer, "http", deadline, Arrival::Direct).await;
 }
 
 /// Time a visitor has from connecting to a complete first request head (slowloris bound).
@@ -114,6 +114,16 @@ pub async fn serve_stream<S>(
             return;
         }
     };
+    if first.host.is_none() && proxy_header::looks_like_header(&first.bytes) {
+        // Headers from trusted balancers were taken off before; this one is not trusted.
+        let listener = if scheme == "https" { "tls" } else { "http" };
+        proxy_header::count_untrusted(m, listener);
+        tracing::debug!(%peer, "PROXY protocol header from an untrusted address refused");
+        let _ = stream
+            .write_all(proxy_header::untrusted_answer().as_bytes())
+            .await;
+        return;
+    }
     if let Some(host) = first.host.as_deref() {
         // Any other route is hyper's: each request, the first included, is routed below.
         if let Route::Splice(tunnel) = routing::route(edge, Listener::Http, host, peer, arrival) {

@@ -49,15 +49,32 @@ pub fn spawn_listener(edge: Arc<Edge>, tunnel: Arc<Tunnel>, listener: TcpListene
                 _ = edge.shutdown.cancelled() => {}
             }
         };
-        accept::until_stopped(&listener, stop, "a TCP visitor", |stream, peer| {
-            let span = routing::span(Listener::Tcp, peer);
-            tokio::spawn(carry(edge.clone(), tunnel.clone(), stream, peer).instrument(span));
+        accept::until_stopped(&listener, stop, "a TCP visitor", |mut stream, tcp_peer| {
+            let (edge, tunnel) = (edge.clone(), tunnel.clone());
+            tokio::spawn(async move {
+                let behind = edge.real_peer("tcp", &mut stream, tcp_peer);
+                let Some((peer, rest)) = behind.await else {
+                    return;
+                };
+                let span = routing::span(Listener::Tcp, peer);
+                carry(edge, tunnel, stream, peer, rest)
+                    .instrument(span)
+                    .await;
+            });
         })
         .await;
     });
 }
 
-async fn carry(edge: Arc<Edge>, tunnel: Arc<Tunnel>, stream: TcpStream, peer: SocketAddr) {
+/// Carries one visitor connection; `already_read` is what came after a balancer's PROXY
+/// header.
+async fn carry(
+    edge: Arc<Edge>,
+    tunnel: Arc<Tunnel>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    already_read: Vec<u8>,
+) {
     // Refused visitors are turned away before they take a visitor slot.
     let Route::Splice(tunnel) = routing::route_port(&tunnel, peer) else {
         tracing::debug!("visitor outside the tunnel's allowlist");
@@ -67,5 +84,5 @@ async fn carry(edge: Arc<Edge>, tunnel: Arc<Tunnel>, stream: TcpStream, peer: So
         return;
     };
     let _ = stream.set_nodelay(true);
-    splice(&edge, &tunnel, stream, peer, Vec::new()).await;
+    splice(&edge, &tunnel, stream, peer, already_read).await;
 }

@@ -7,6 +7,7 @@
 use crate::accept;
 use crate::edge::Edge;
 use crate::io::counting::CountingStream;
+use crate::io::proxy_header;
 use crate::io::read_buffer::Prefixed;
 use crate::mesh::links::PeerLink;
 use crate::mesh::protocol::RelayListener;
@@ -38,6 +39,9 @@ pub enum HelloError {
     /// The first bytes are not a TLS handshake (plain HTTP, for one).
     #[error("the connection does not start with a TLS handshake")]
     NotTls,
+    /// A PROXY protocol header from an address that is not a trusted balancer.
+    #[error("a PROXY protocol header from an untrusted address")]
+    UntrustedProxyHeader,
     /// A TLS handshake that is not a well-formed ClientHello.
     #[error("malformed ClientHello: {0}")]
     Malformed(&'static str),
@@ -77,6 +81,9 @@ pub async fn read_client_hello<R: AsyncRead + Unpin>(
             return Err(HelloError::Closed);
         }
         if bytes.is_empty() && chunk[0] != 0x16 {
+            if proxy_header::looks_like_header(&chunk[..n]) {
+                return Err(HelloError::UntrustedProxyHeader);
+            }
             return Err(HelloError::NotTls);
         }
         bytes.extend_from_slice(&chunk[..n]);
@@ -98,18 +105,21 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
         &listener,
         edge.shutdown.cancelled(),
         "a TLS visitor",
-        |stream, peer| {
+        |mut stream, tcp_peer| {
             if let Some(slot) = edge.visitor_slot(Listener::Tls.as_str()) {
-                let span = routing::span(Listener::Tls, peer);
                 let edge = edge.clone();
-                tokio::spawn(
-                    async move {
-                        let _ = stream.set_nodelay(true);
-                        carry(&edge, stream, peer, Arrival::Direct).await;
-                        drop(slot);
-                    }
-                    .instrument(span),
-                );
+                tokio::spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    let behind = edge.real_peer("tls", &mut stream, tcp_peer);
+                    let Some((peer, rest)) = behind.await else {
+                        return;
+                    };
+                    let stream = Prefixed::new(rest, stream);
+                    carry(&edge, stream, peer, Arrival::Direct)
+                        .instrument(routing::span(Listener::Tls, peer))
+                        .await;
+                    drop(slot);
+                });
             }
         },
     )
@@ -137,6 +147,13 @@ where
         Some(Ok(Err(HelloError::NotTls))) => {
             let _ = stream
                 .write_all(not_tls_answer(edge.config.public_http_port()).as_bytes())
+                .await;
+        }
+        Some(Ok(Err(HelloError::UntrustedProxyHeader))) => {
+            proxy_header::count_untrusted(&edge.metrics, "tls");
+            tracing::debug!(%peer, "PROXY protocol header from an untrusted address refused");
+            let _ = stream
+                .write_all(proxy_header::untrusted_answer().as_bytes())
                 .await;
         }
         Some(Ok(Err(e))) => tracing::debug!(%peer, error = %e, "TLS visitor not routed"),
@@ -296,6 +313,13 @@ mod tests {
 
         let http = read_in_steps(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 4096).await;
         assert!(matches!(http, Err(HelloError::NotTls)), "{http:?}");
+
+        let proxied = b"PROXY TCP4 203.0.113.7 10.0.0.1 1 443\r\n".to_vec();
+        let proxied = read_in_steps(proxied, 4096).await;
+        assert!(
+            matches!(proxied, Err(HelloError::UntrustedProxyHeader)),
+            "{proxied:?}"
+        );
 
         let mut cut = sample(Some("x.example"));
         cut.truncate(cut.len() - 5);
