@@ -13,7 +13,8 @@ For every host directory under RENDER_DIR:
     - nearhop-control: NEARHOP_CONTROL_DATABASE_URL points at a closed local port; a valid
       config ends with "the database is unavailable", an invalid one with a config error.
     - nearhop-edge: NEARHOP_EDGE_SSH_LISTEN=192.0.2.1:1 (not a local address), host key in a
-      temp dir, edge_secret_file pointing at the rendered secret; a valid config ends with
+      temp dir, credential_file (or, with edge_use_legacy_secret, edge_secret_file) pointing
+      at the rendered stand-in credential (or secret); a valid config ends with
       "binding SSH listener".
     - nearhop-pdns-backend: NEARHOP_PDNS_BACKEND_HTTP_LISTEN=192.0.2.1:1; a valid config ends
       with "binding http listener".
@@ -119,15 +120,15 @@ def binary_control(bin_dir, path):
 
 
 def binary_edge(bin_dir, path, tmp):
-    secret = path.parent / "edge_secret"
-    rc, out = run(
-        [str(bin_dir / "nearhop-edge"), "--config", str(path)],
-        {
-            "NEARHOP_EDGE_SSH_LISTEN": "192.0.2.1:1",
-            "NEARHOP_EDGE_HOST_KEY_PATH": str(Path(tmp) / "edge_host_key"),
-            "NEARHOP_EDGE_EDGE_SECRET_FILE": str(secret),
-        },
-    )
+    env = {
+        "NEARHOP_EDGE_SSH_LISTEN": "192.0.2.1:1",
+        "NEARHOP_EDGE_HOST_KEY_PATH": str(Path(tmp) / "edge_host_key"),
+    }
+    # The rendered files sit under the render root, not at the paths edge.toml names.
+    for name, key in (("edge_credential", "CREDENTIAL_FILE"), ("edge_secret", "EDGE_SECRET_FILE")):
+        if (path.parent / name).exists():
+            env[f"NEARHOP_EDGE_{key}"] = str(path.parent / name)
+    rc, out = run([str(bin_dir / "nearhop-edge"), "--config", str(path)], env)
     if "binding SSH listener 192.0.2.1:1" in out:
         ok(f"{path}: nearhop-edge loaded and validated it (stopped at the test bind, as intended)")
     else:
