@@ -49,6 +49,17 @@ impl EdgeStack {
             .unwrap_or_else(|e| panic!("GET {url}{path}: {e:#}"))
     }
 
+    /// The key control holds for the edge's admin API (the edge made it at start and gave
+    /// it to control in its registration), read from the primary as control reads it.
+    pub fn admin_key(&self) -> String {
+        let id = self.edge.spec.edge_id.replace('\'', "");
+        let sql = format!("SELECT admin_key FROM edges WHERE id = '{id}'");
+        crate::postgres::psql(&self.stack.pg.endpoint_of("us").expect("primary"), &sql)
+            .expect("psql")
+            .trim()
+            .to_string()
+    }
+
     /// A fresh pro account's token.
     pub fn pro_token(&self) -> String {
         self.stack.pro_token()

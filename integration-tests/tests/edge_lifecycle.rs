@@ -65,7 +65,15 @@ fn admin_api_needs_the_secret_and_knows_its_tunnels() {
         .send()
         .unwrap();
     assert_eq!(wrong.status(), 401);
-    let secret = &s.stack.control.edge_secret;
+    // The old shared secret no longer opens an edge that has its own credential.
+    let legacy = http
+        .get(format!("{base}/v1/tunnels/1/alive"))
+        .bearer_auth(&s.stack.control.edge_secret)
+        .send()
+        .unwrap();
+    assert_eq!(legacy.status(), 401);
+    let secret = &s.admin_key();
+    assert!(!secret.is_empty(), "the edge gave control its admin key");
     let unknown: serde_json::Value = http
         .get(format!("{base}/v1/tunnels/999999/alive"))
         .bearer_auth(secret)
@@ -107,9 +115,10 @@ fn alive_probe_tells_a_live_client_from_a_frozen_one() {
         })
         .expect("tunnel id in the edge log");
     let http = reqwest::blocking::Client::new();
+    let admin_key = s.admin_key();
     let probe = || -> serde_json::Value {
         http.get(format!("{}/v1/tunnels/{id}/alive", s.edge.admin_url()))
-            .bearer_auth(&s.stack.control.edge_secret)
+            .bearer_auth(&admin_key)
             .send()
             .unwrap()
             .json()
