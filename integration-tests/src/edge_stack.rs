@@ -54,7 +54,7 @@ impl EdgeStack {
     pub fn admin_key(&self) -> String {
         let id = self.edge.spec.edge_id.replace('\'', "");
         let sql = format!("SELECT admin_key FROM edges WHERE id = '{id}'");
-        crate::postgres::psql(&self.stack.pg.endpoint_of("us").expect("primary"), &sql)
+        crate::postgres::psql(self.stack.pg.endpoint_of("us").expect("primary"), &sql)
             .expect("psql")
             .trim()
             .to_string()
