@@ -159,6 +159,36 @@ pub fn read_head(stream: &mut impl std::io::Read) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
+/// Opens a raw connection to `edge` from `source` (any loopback address) and asks for an
+/// `Upgrade: echo` of `/socket` on `host`; returns the stream and the response head.
+pub fn upgrade_from(
+    source: Ipv4Addr,
+    edge: SocketAddr,
+    host: &str,
+) -> (std::net::TcpStream, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stream = rt
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::from((source, 0)))?;
+            socket.connect(edge).await
+        })
+        .expect("connect");
+    let mut ws = stream.into_std().expect("std stream");
+    ws.set_nonblocking(false).expect("blocking");
+    ws.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    write!(
+        ws,
+        "GET /socket HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+    )
+    .expect("request");
+    let head = read_head(&mut ws);
+    (ws, head)
+}
+
 /// What `curl` did.
 pub struct Curl {
     /// Exit code (0: the transfer worked).

@@ -7,7 +7,7 @@
 use nearhop_stack::metrics::metric_sum;
 use nearhop_stack::prelude::*;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 /// A visitor's own address, distinct from every edge's, so the tunnel's rules and the
@@ -197,17 +197,13 @@ fn downloads_upgrades_and_allowlists_work_through_the_relay() {
     assert_eq!(at, size, "the whole download arrived");
 
     // An upgraded connection through the relay stays open while idle (60 s).
-    let mut ws = TcpStream::connect(ap_addr).unwrap();
-    ws.set_read_timeout(Some(PATIENCE)).unwrap();
-    write!(
-        ws,
-        "GET /socket HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
-    )
-    .unwrap();
-    let head = read_head(&mut ws);
-    // The raw socket comes from 127.0.0.1, outside the tunnel's `w:`.
-    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
-    let mut ws = upgraded_from(VISITOR, ap_addr, &host);
+    let (_, head) = upgrade_from(Ipv4Addr::new(127, 0, 0, 1), ap_addr, &host);
+    assert!(
+        head.starts_with("HTTP/1.1 403"),
+        "outside the tunnel's w: {head}"
+    );
+    let (mut ws, head) = upgrade_from(VISITOR, ap_addr, &host);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let mut echo = [0u8; 5];
     ws.write_all(b"ping1").unwrap();
     ws.read_exact(&mut echo).unwrap();
@@ -219,32 +215,6 @@ fn downloads_upgrades_and_allowlists_work_through_the_relay() {
         &echo, b"ping2",
         "the relayed upgrade survived a minute of silence"
     );
-}
-
-/// An `Upgrade: echo` connection from `source` to `edge`, past its 101.
-fn upgraded_from(source: Ipv4Addr, edge: SocketAddr, host: &str) -> TcpStream {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let stream = rt
-        .block_on(async {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(SocketAddr::from((source, 0)))?;
-            socket.connect(edge).await
-        })
-        .unwrap();
-    let mut ws = stream.into_std().unwrap();
-    ws.set_nonblocking(false).unwrap();
-    ws.set_read_timeout(Some(PATIENCE)).unwrap();
-    write!(
-        ws,
-        "GET /socket HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
-    )
-    .unwrap();
-    let head = read_head(&mut ws);
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    ws
 }
 
 #[test]

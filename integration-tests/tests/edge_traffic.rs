@@ -103,14 +103,7 @@ fn upgraded_connection_stays_open_past_peer_idle_limits() {
     let mut client = s.ssh("ws", &SshArgs::http_tunnel(Some(&token), local.port));
     let url = client.wait_for_url(PATIENCE).unwrap();
     let (host, _) = url_host_port(&url).unwrap();
-    let mut ws = TcpStream::connect(s.edge.http_addr()).unwrap();
-    ws.set_read_timeout(Some(PATIENCE)).unwrap();
-    write!(
-        ws,
-        "GET /socket HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
-    )
-    .unwrap();
-    let head = read_head(&mut ws);
+    let (mut ws, head) = upgrade_from(std::net::Ipv4Addr::LOCALHOST, s.edge.http_addr(), &host);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let mut buf = [0u8; 5];
     ws.write_all(b"ping1").unwrap();
