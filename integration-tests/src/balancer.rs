@@ -4,13 +4,14 @@
 //! naming the client, then splices bytes both ways. Its header is written here by hand after
 //! the spec, not by the crate the edge parses with, so that the two check each other.
 
+use crate::background::AcceptLoop;
 use crate::poll::PATIENCE;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 /// The 12 bytes every PROXY protocol v2 header starts with.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
@@ -21,7 +22,7 @@ pub struct Balancer {
     pub addr: SocketAddr,
     /// Connections handed to a backend (connected, header sent) so far.
     pub carried: Arc<AtomicU64>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _server: AcceptLoop,
 }
 
 impl Balancer {
@@ -29,54 +30,24 @@ impl Balancer {
     /// next of `backends`, connecting from `source_ip` (the address edges trust).
     pub fn start(listen_ip: Ipv4Addr, source_ip: Ipv4Addr, backends: Vec<SocketAddr>) -> Balancer {
         assert!(!backends.is_empty(), "a balancer needs a backend");
-        let std_listener = std::net::TcpListener::bind((listen_ip, 0)).expect("bind balancer");
-        std_listener.set_nonblocking(true).expect("nonblocking");
-        let addr = std_listener.local_addr().expect("addr");
+        let listener = std::net::TcpListener::bind((listen_ip, 0)).expect("bind balancer");
+        let addr = listener.local_addr().expect("addr");
         let carried = Arc::new(AtomicU64::new(0));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let count = carried.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(std_listener).expect("listener");
-                let backends = Arc::new(backends);
-                let next = Arc::new(AtomicUsize::new(0));
-                let accept = async {
-                    loop {
-                        let Ok((client, client_addr)) = listener.accept().await else {
-                            continue;
-                        };
-                        let i = next.fetch_add(1, Ordering::Relaxed) % backends.len();
-                        let backend = backends[i];
-                        let count = count.clone();
-                        tokio::spawn(async move {
-                            let _ = carry(client, client_addr, source_ip, backend, &count).await;
-                        });
-                    }
-                };
-                tokio::select! {
-                    _ = accept => {}
-                    _ = stopped => {}
-                }
-            });
-            // Dropping the runtime ends the connections still open.
+        let backends = Arc::new(backends);
+        let next = Arc::new(AtomicUsize::new(0));
+        let server = AcceptLoop::start(listener, move |client, client_addr| {
+            let i = next.fetch_add(1, Ordering::Relaxed) % backends.len();
+            let backend = backends[i];
+            let count = count.clone();
+            async move {
+                let _ = carry(client, client_addr, source_ip, backend, &count).await;
+            }
         });
         Balancer {
             addr,
             carried,
-            stop: Some(stop),
-        }
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            _server: server,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod fixtures;
 pub mod full_stack;
 
 // Both ends of a tunnel, what stands between, and what tests observe with.
+pub mod background;
 pub mod balancer;
 pub mod dns_client;
 pub mod load;

@@ -1,6 +1,7 @@
 //! The developer's side of a tunnel: the local services a tunnel points at (HTTP, TCP echo,
 //! the developer's own HTTPS server). Each stops when it is dropped.
 
+use crate::background::AcceptLoop;
 use crate::poll::eventually;
 use crate::process::ChildGuard;
 use std::net::Ipv4Addr;
@@ -8,7 +9,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// The byte at offset `i` of the local service's `/blob/N` answer.
 pub fn blob_byte(i: usize) -> u8 {
@@ -26,57 +27,27 @@ pub struct LocalService {
     pub port: u16,
     /// Requests answered.
     pub served: Arc<AtomicU64>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _server: AcceptLoop,
 }
 
 impl LocalService {
     /// Starts the service on its own thread and runtime; `tag` tells visitors which
     /// client served them.
     pub fn start(tag: &str) -> LocalService {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        std_listener.set_nonblocking(true).expect("nonblocking");
-        let port = std_listener.local_addr().expect("addr").port();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
         let served = Arc::new(AtomicU64::new(0));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (tag, count) = (Arc::<str>::from(tag), served.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(std_listener).expect("listener");
-                let accept = async {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let (tag, count) = (tag.clone(), count.clone());
-                        tokio::spawn(async move {
-                            let _ = serve(stream, &tag, &count).await;
-                        });
-                    }
-                };
-                tokio::select! {
-                    _ = accept => {}
-                    _ = stopped => {}
-                }
-            });
-            // Dropping the runtime ends the connections still open.
+        let server = AcceptLoop::start(listener, move |stream, _| {
+            let (tag, count) = (tag.clone(), count.clone());
+            async move {
+                let _ = serve(stream, &tag, &count).await;
+            }
         });
         LocalService {
             port,
             served,
-            stop: Some(stop),
-        }
-    }
-}
-
-impl Drop for LocalService {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            _server: server,
         }
     }
 }
