@@ -13,7 +13,7 @@ use crate::schema::{edge_credentials, edges, tunnels};
 use crate::state::AppState;
 use actix_web::HttpRequest;
 use diesel::prelude::*;
-use nearhop_wire::{EdgeRegistration, ErrorCode};
+use nearhop_wire::{ErrorCode, RegisterEdgeRequest};
 
 /// Every edge credential starts with this, so that a leaked one is recognisable.
 pub const CREDENTIAL_PREFIX: &str = "nhe_";
@@ -122,7 +122,7 @@ impl EdgeIdentity {
 
     /// Checks a registration: the caller is the edge it registers, in the region its
     /// credential pins (if any).
-    pub async fn registers(&self, st: &AppState, reg: &EdgeRegistration) -> ControlResult<()> {
+    pub async fn registers(&self, st: &AppState, reg: &RegisterEdgeRequest) -> ControlResult<()> {
         self.acts_as(st, &reg.edge_id).await?;
         match self {
             EdgeIdentity::Edge {

@@ -8,7 +8,7 @@ use chrono::Utc;
 use diesel::prelude::*;
 use diesel::upsert::excluded;
 use nearhop_wire::{
-    CloseReason, EdgeHeartbeatResponse, EdgeRegistration, EdgeRoutes, ErrorCode,
+    CloseReason, EdgeHeartbeatResponse, EdgeRoutes, ErrorCode, RegisterEdgeRequest,
     RegisterEdgeResponse, TunnelToClose,
 };
 
@@ -30,7 +30,10 @@ pub fn valid_edge_id(id: &str) -> bool {
 
 /// Registers (or re-registers) an edge. Its previous tunnels are gone with its previous
 /// process, so they are closed and their records removed.
-pub async fn register(st: &AppState, req: EdgeRegistration) -> ControlResult<RegisterEdgeResponse> {
+pub async fn register(
+    st: &AppState,
+    req: RegisterEdgeRequest,
+) -> ControlResult<RegisterEdgeResponse> {
     if !valid_edge_id(&req.edge_id) {
         return Err(ControlError::refused(
             ErrorCode::BadRequest,

@@ -7,7 +7,7 @@ use crate::schema::{edge_credentials, edges};
 use chrono::Utc;
 use diesel::prelude::*;
 use nearhop_wire::{
-    check_admin_key, check_host_key, check_mesh_addr, EdgeRegistration, ErrorCode, PeerEdge,
+    check_admin_key, check_host_key, check_mesh_addr, ErrorCode, PeerEdge, RegisterEdgeRequest,
 };
 
 /// An edge stays a peer while it heartbeated within this many heartbeat intervals: one
@@ -15,7 +15,7 @@ use nearhop_wire::{
 pub const LIVE_HEARTBEATS: u64 = 3;
 
 /// Refuses a registration whose mesh announcement is malformed.
-pub fn check_announcement(reg: &EdgeRegistration) -> ControlResult<()> {
+pub fn check_announcement(reg: &RegisterEdgeRequest) -> ControlResult<()> {
     let field = |name: &str, r: Result<(), String>| {
         r.map_err(|e| ControlError::refused(ErrorCode::BadRequest, format!("{name}: {e}")))
     };

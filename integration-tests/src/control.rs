@@ -274,6 +274,7 @@ impl ControlProcess {
                 edge_id: edge_id.into(),
                 region: region.into(),
                 admin_url: admin_url.into(),
+                ..Default::default()
             })
             .send()?
             .error_for_status()

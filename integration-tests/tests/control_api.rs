@@ -44,6 +44,7 @@ impl EdgeApi {
                 edge_id: edge_id.into(),
                 region: region.into(),
                 admin_url: "http://127.0.0.1:9".into(),
+                ..Default::default()
             })
             .send()
             .unwrap();

@@ -90,6 +90,7 @@ fn custom_domain_is_routed_only_after_its_txt_proof_is_published() {
             edge_id: "us-1".into(),
             region: "us".into(),
             admin_url: "http://127.0.0.1:9".into(),
+            ..Default::default()
         })
         .send()
         .unwrap();

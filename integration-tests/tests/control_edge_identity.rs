@@ -5,8 +5,8 @@
 use nearhop_stack::process::run;
 use nearhop_stack::{Stack, StackOptions};
 use nearhop_wire::{
-    ApiError, CreateTunnelRequest, CreateTunnelResponse, EdgeHeartbeatResponse, EdgeRegistration,
-    ErrorCode, PeerEdge, RegisterEdgeResponse, TunnelKind,
+    ApiError, CreateTunnelRequest, CreateTunnelResponse, EdgeHeartbeatResponse, ErrorCode,
+    PeerEdge, RegisterEdgeRequest, RegisterEdgeResponse, TunnelKind,
 };
 use reqwest::blocking::Client;
 use serde::Serialize;
@@ -36,7 +36,7 @@ impl Edge {
         (r.status().as_u16(), r.text().unwrap_or_default())
     }
 
-    fn register(&self, reg: &EdgeRegistration) -> (u16, String) {
+    fn register(&self, reg: &RegisterEdgeRequest) -> (u16, String) {
         self.post("/v1/edges/register", reg)
     }
 
@@ -76,8 +76,8 @@ impl Edge {
     }
 }
 
-fn registration(edge_id: &str, mesh_addr: &str, host_key: &str) -> EdgeRegistration {
-    EdgeRegistration {
+fn registration(edge_id: &str, mesh_addr: &str, host_key: &str) -> RegisterEdgeRequest {
+    RegisterEdgeRequest {
         edge_id: edge_id.into(),
         region: "us".into(),
         admin_url: "http://127.0.0.1:9".into(),

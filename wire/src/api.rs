@@ -145,25 +145,12 @@ pub struct CloseTunnelRequest {
     pub reason: CloseReason,
 }
 
-/// Edge → control: announce an edge (`POST /v1/edges/register`), again after a restart.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterEdgeRequest {
-    /// Stable id of the edge, e.g. `ap-1`.
-    pub edge_id: String,
-    /// Its region; must be configured in control.
-    pub region: String,
-    /// Base URL of the edge's admin API, e.g. `http://127.0.0.3:9090`.
-    pub admin_url: String,
-}
-
-/// Edge → control: the registration as control reads it (`POST /v1/edges/register`):
-/// [`RegisterEdgeRequest`]'s fields plus what peer edges and control need to reach and trust
-/// this edge. The JSON is a superset of [`RegisterEdgeRequest`]'s, so edges that send the older
-/// shape keep registering; edges that take part in the mesh send this one.
+/// Edge → control: announce an edge (`POST /v1/edges/register`), again after a restart, with
+/// what peer edges and control need to reach and trust it. The mesh fields are optional, so
+/// an edge that sends only the first three keeps registering (outside the mesh).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
-pub struct EdgeRegistration {
+pub struct RegisterEdgeRequest {
     /// Stable id of the edge, e.g. `ap-1`; must be the id its credential was issued for.
     pub edge_id: String,
     /// Its region; must be configured in control.
@@ -181,17 +168,6 @@ pub struct EdgeRegistration {
     /// this edge's admin API.
     #[serde(default)]
     pub admin_key: Option<String>,
-}
-
-impl From<RegisterEdgeRequest> for EdgeRegistration {
-    fn from(r: RegisterEdgeRequest) -> Self {
-        EdgeRegistration {
-            edge_id: r.edge_id,
-            region: r.region,
-            admin_url: r.admin_url,
-            ..Default::default()
-        }
-    }
 }
 
 /// Another edge of the mesh, as control lists it to an edge: every other edge with a live
@@ -481,16 +457,21 @@ mod tests {
 
     #[test]
     fn registration_reads_the_older_shape_and_refuses_unknown_fields() {
-        let old = RegisterEdgeRequest {
-            edge_id: "us-1".into(),
-            region: "us".into(),
-            admin_url: "http://127.0.0.1:9090".into(),
-        };
-        let r: EdgeRegistration =
-            serde_json::from_value(serde_json::to_value(&old).unwrap()).unwrap();
-        assert_eq!(r, EdgeRegistration::from(old));
+        let r: RegisterEdgeRequest = serde_json::from_str(
+            r#"{"edge_id":"us-1","region":"us","admin_url":"http://127.0.0.1:9090"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            RegisterEdgeRequest {
+                edge_id: "us-1".into(),
+                region: "us".into(),
+                admin_url: "http://127.0.0.1:9090".into(),
+                ..Default::default()
+            }
+        );
         assert!(r.mesh_addr.is_none() && r.host_key.is_none() && r.admin_key.is_none());
-        assert!(serde_json::from_str::<EdgeRegistration>(
+        assert!(serde_json::from_str::<RegisterEdgeRequest>(
             r#"{"edge_id":"a","region":"us","admin_url":"http://x","evil":1}"#
         )
         .is_err());

@@ -4,7 +4,7 @@ use super::extract::{EdgeCall, EdgeJson};
 use crate::error::ControlResult;
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
-use nearhop_wire::{EdgeHeartbeatRequest, EdgeRegistration};
+use nearhop_wire::{EdgeHeartbeatRequest, RegisterEdgeRequest};
 
 /// Routes of this resource.
 pub fn config(cfg: &mut web::ServiceConfig) {
@@ -15,7 +15,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 
 async fn register(
     st: web::Data<AppState>,
-    call: EdgeJson<EdgeRegistration>,
+    call: EdgeJson<RegisterEdgeRequest>,
 ) -> ControlResult<HttpResponse> {
     call.edge.registers(&st, &call.body).await?;
     Ok(HttpResponse::Ok().json(crate::edges::register(&st, call.body).await?))

@@ -3,7 +3,7 @@
 
 use nearhop_wire::{
     ApiError, CloseTunnelRequest, CreateTunnelRequest, CreateTunnelResponse, EdgeHeartbeatRequest,
-    EdgeHeartbeatResponse, EdgeRegistration, EdgeRoutes, ErrorCode, RegisterEdgeResponse,
+    EdgeHeartbeatResponse, EdgeRoutes, ErrorCode, RegisterEdgeRequest, RegisterEdgeResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -112,7 +112,7 @@ impl ControlClient {
     /// `POST /v1/edges/register`.
     pub async fn register(
         &self,
-        req: &EdgeRegistration,
+        req: &RegisterEdgeRequest,
     ) -> Result<RegisterEdgeResponse, ControlError> {
         self.post("/v1/edges/register", req).await
     }

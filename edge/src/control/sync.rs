@@ -2,7 +2,7 @@
 //! down), batched lease heartbeats for every tunnel, and the custom-domain routes.
 
 use crate::edge::Edge;
-use nearhop_wire::{EdgeHeartbeatRequest, EdgeRegistration, ErrorCode};
+use nearhop_wire::{EdgeHeartbeatRequest, ErrorCode, RegisterEdgeRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -74,7 +74,7 @@ async fn register(edge: &Arc<Edge>) -> Option<Duration> {
         },
         None => None,
     };
-    let req = EdgeRegistration {
+    let req = RegisterEdgeRequest {
         edge_id: edge.config.edge_id.clone(),
         region: edge.config.region.clone(),
         admin_url: edge.config.admin_url(),

@@ -131,6 +131,7 @@ fn main() -> Result<()> {
             edge_id: "ap-bench".into(),
             region: "ap".into(),
             admin_url: "http://127.0.0.1:9".into(),
+            ..Default::default()
         })
         .send()?;
     if !r.status().is_success() {
