@@ -179,6 +179,9 @@ impl Edge {
         message: Option<&str>,
         tell_control: bool,
     ) {
+        // Before routing stops (closed tunnels are not routed to), so that a visitor routed
+        // in between waits for the client to come back instead of getting "No tunnel here".
+        self.mesh.holders.note_gone(&tunnel.hostname);
         if !tunnel.mark_closed() {
             return;
         }

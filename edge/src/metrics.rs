@@ -20,6 +20,9 @@ pub struct Metrics {
     pub visitor_bytes_total: IntCounterVec,
     /// HTTP responses given to visitors, by status class and origin (`tunnel`, `edge`).
     pub http_responses_total: IntCounterVec,
+    /// HTTP requests sent upstream again after their first try failed before any answer
+    /// (a client reconnecting, a kept-alive channel that had just closed).
+    pub http_retries_total: IntCounter,
     /// Time from a `tcpip-forward` request to the tunnel being live, by outcome.
     pub tunnel_setup_seconds: HistogramVec,
     /// Failed calls to control, by call.
@@ -84,6 +87,10 @@ impl Metrics {
                 "HTTP responses sent to visitors.",
             ),
             &["class", "origin"],
+        )?;
+        let http_retries_total = IntCounter::new(
+            "nearhop_edge_http_retries_total",
+            "Idempotent HTTP requests sent upstream again after a try failed before any answer.",
         )?;
         let tunnel_setup_seconds = HistogramVec::new(
             HistogramOpts::new(
@@ -181,6 +188,7 @@ impl Metrics {
         registry.register(Box::new(visitor_connections_active.clone()))?;
         registry.register(Box::new(visitor_bytes_total.clone()))?;
         registry.register(Box::new(http_responses_total.clone()))?;
+        registry.register(Box::new(http_retries_total.clone()))?;
         registry.register(Box::new(tunnel_setup_seconds.clone()))?;
         registry.register(Box::new(control_errors_total.clone()))?;
         registry.register(Box::new(tunnels_closed_total.clone()))?;
@@ -193,6 +201,7 @@ impl Metrics {
             visitor_connections_active,
             visitor_bytes_total,
             http_responses_total,
+            http_retries_total,
             tunnel_setup_seconds,
             control_errors_total,
             tunnels_closed_total,

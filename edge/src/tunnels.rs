@@ -208,11 +208,12 @@ impl Registry {
     /// without port.
     pub fn route(&self, host: &str) -> Option<Arc<Tunnel>> {
         let m = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = m.by_host.get(host) {
-            return Some(t.clone());
-        }
-        let target = m.custom_domains.get(host)?;
-        m.by_host.get(target).cloned()
+        let tunnel = match m.by_host.get(host) {
+            Some(t) => t,
+            None => m.by_host.get(m.custom_domains.get(host)?)?,
+        };
+        // A tunnel being closed is about to leave the registry: no new visitor goes to it.
+        (!tunnel.is_closed()).then(|| tunnel.clone())
     }
 
     /// The tunnel with control's id.

@@ -314,28 +314,33 @@ fn a_client_reconnecting_through_another_region_loses_no_visitor_request() {
     let local = LocalService::start("local");
     let (mut first, url, token) = eu_tunnel(&stack, &local, &[AP]);
 
-    // A visitor that keeps using eu's address (stale DNS), one attempt per request.
+    // Visitors that keep using eu's address (stale DNS), one attempt per request, several
+    // at once and with little pause, so that some request is in flight at the moment the
+    // client's session ends.
     let eu_addr = stack.regions[EU].http_addr();
     let eu_url = url_at(&url, eu_addr);
-    let client = visitor_from(&url, eu_addr, VISITOR);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let visits = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            let mut i = 0;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                i += 1;
-                match client.get(format!("{eu_url}/visit/{i}")).send() {
-                    Ok(r) if r.status() == 200 => ok += 1,
-                    Ok(r) => failed.push(format!("{i}: {}", r.status())),
-                    Err(e) => failed.push(format!("{i}: {e}")),
+    let visitors: Vec<_> = (0..4)
+        .map(|v| {
+            let stop = stop.clone();
+            let client = visitor_from(&url, eu_addr, VISITOR);
+            let eu_url = eu_url.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    i += 1;
+                    match client.get(format!("{eu_url}/visit/{v}/{i}")).send() {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Ok(r) => failed.push(format!("{v}/{i}: {}", r.status())),
+                        Err(e) => failed.push(format!("{v}/{i}: {e}")),
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
                 }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            (ok, failed)
+                (ok, failed)
+            })
         })
-    };
+        .collect();
     std::thread::sleep(Duration::from_secs(1));
     // The client's network moves: its session to eu ends, it comes back through ap.
     first.stop();
@@ -349,12 +354,19 @@ fn a_client_reconnecting_through_another_region_loses_no_visitor_request() {
     );
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (ok, failed) = visits.join().expect("visitor thread");
+    let (mut ok, mut failed) = (0, Vec::new());
+    for visitor in visitors {
+        let (o, f) = visitor.join().expect("visitor thread");
+        ok += o;
+        failed.extend(f);
+    }
     assert!(
         failed.is_empty(),
-        "{} failed of {}: {failed:?}",
+        "{} failed of {}: {failed:?}\neu's log:\n{}\nap's log:\n{}",
         failed.len(),
-        ok as usize + failed.len()
+        ok as usize + failed.len(),
+        stack.edges[EU].log_tail(60),
+        stack.edges[AP].log_tail(60),
     );
     assert!(ok > 10, "the visitor kept visiting ({ok})");
 }

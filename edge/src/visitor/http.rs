@@ -16,8 +16,8 @@ use crate::visitor::http_phases::{self, RequestCtx};
 use crate::visitor::pages::{self, ProxyBody};
 use crate::visitor::routing::{self, Arrival, Listener, Refusal, Route};
 use crate::visitor::splice::splice;
-use crate::visitor::upstream::{self, Target, Upstream};
-use http_body_util::BodyExt;
+use crate::visitor::upstream::{self, OpenFailure, Target, Upstream, UpstreamBody};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HOST, UPGRADE};
 use hyper::service::service_fn;
@@ -166,10 +166,86 @@ pub async fn serve_stream<S>(
     }
 }
 
+/// How many times one request may be tried: a kept-alive channel that had just closed, then
+/// a fresh channel whose session turned out to be ending, then wherever the tunnel went.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// How long a request whose tunnel's session stopped answering waits for the edge to see
+/// the session end (on a network that drops the client silently, SSH keepalives take over).
+const SESSION_END_WAIT: Duration = Duration::from_secs(2);
+
+/// One attempt that could not reach the tunnel (or the peer edge holding it), before any of
+/// the answer came back.
+struct Failed {
+    /// What the visitor gets when the request is not tried again.
+    page: Response<ProxyBody>,
+    /// The tunnel whose session stopped answering: wait for it to close, then route again.
+    ending: Option<Arc<Tunnel>>,
+}
+
+/// The head of a request that is safe to send again (idempotent, no body, no upgrade), kept
+/// from before the phases rewrote it.
+struct Replay {
+    method: hyper::Method,
+    uri: hyper::Uri,
+    version: hyper::Version,
+    headers: hyper::HeaderMap,
+}
+
+impl Replay {
+    fn of(req: &Request<Incoming>) -> Option<Replay> {
+        use hyper::body::Body;
+        let safe = req.method().is_idempotent() && req.body().is_end_stream();
+        (safe && !wants_upgrade(req)).then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn request(&self) -> Request<UpstreamBody> {
+        let mut req = Request::new(UpstreamBody::Right(Empty::new()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
 impl VisitorConn {
-    async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    /// Answers one request. A request that fails before any answer because its tunnel's
+    /// client was reconnecting (or a kept-alive channel had just closed) is tried again
+    /// when it is safe to send twice, so a client moving between edges loses no visit.
+    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let replay = Replay::of(&req);
+        let mut req = req.map(UpstreamBody::Left);
+        let mut attempt = 1;
+        loop {
+            let failed = match self.handle_once(req).await {
+                Ok(resp) => return resp,
+                Err(failed) => failed,
+            };
+            let Some(replay) = replay.as_ref().filter(|_| attempt < MAX_ATTEMPTS) else {
+                return failed.page;
+            };
+            if let Some(tunnel) = failed.ending {
+                let _ = tokio::time::timeout(SESSION_END_WAIT, tunnel.stop.cancelled()).await;
+            }
+            attempt += 1;
+            tracing::debug!(attempt, "sending a request again after its upstream failed");
+            self.edge.metrics.http_retries_total.inc();
+            req = replay.request();
+        }
+    }
+
+    async fn handle_once(
+        &self,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<ProxyBody>, Failed> {
         let Some(host) = request_host(&req) else {
-            return self.count(pages::bad_request("The request names no host."), "edge");
+            return Ok(self.count(pages::bad_request("The request names no host."), "edge"));
         };
         let route = self.route_waiting_out_reconnects(&host).await;
         let resp = match route {
@@ -187,21 +263,22 @@ impl VisitorConn {
                 match http_phases::run(&ctx, &mut req) {
                     Some(answer) => answer,
                     None => {
-                        let resp = self.forward(Target::Tunnel(&tunnel), req).await;
-                        return self.count(resp, "tunnel");
+                        let resp = self.forward(Target::Tunnel(&tunnel), req).await?;
+                        return Ok(self.count(resp, "tunnel"));
                     }
                 }
             }
             // The holder runs the phases with the tunnel's options for the real visitor.
             Route::Relay(link) => {
-                return self.count(self.forward(Target::Peer(&link), req).await, "relay")
+                let resp = self.forward(Target::Peer(&link), req).await?;
+                return Ok(self.count(resp, "relay"));
             }
             Route::Refuse(Refusal::Forbidden) => pages::forbidden(),
             Route::Refuse(Refusal::WrongListener(tunnel)) => self.wrong_listener(&host, &tunnel),
             // The HTTP listener is never told to terminate TLS; an unknown name it is.
             Route::Refuse(Refusal::Unknown) | Route::Terminate => pages::unknown_host(&host),
         };
-        self.count(resp, "edge")
+        Ok(self.count(resp, "edge"))
     }
 
     /// Routes the request; a name that was live a moment ago (here or at a peer) and is not
@@ -209,7 +286,7 @@ impl VisitorConn {
     /// "No tunnel here" while the tunnel's client reconnects (through any edge).
     async fn route_waiting_out_reconnects(&self, host: &str) -> Route {
         let edge = &self.edge;
-        let route = routing::route(edge, Listener::Http, host, self.peer, self.arrival);
+        let route = routing::route_quietly(edge, Listener::Http, host, self.peer, self.arrival);
         let wait = Duration::from_secs(edge.config.reconnect_wait_seconds);
         if !matches!(route, Route::Refuse(Refusal::Unknown)) || wait.is_zero() {
             return route;
@@ -225,7 +302,7 @@ impl VisitorConn {
             let arrived = holders.arrivals().notified();
             tokio::pin!(arrived);
             arrived.as_mut().enable();
-            let again = routing::route(edge, Listener::Http, host, self.peer, self.arrival);
+            let again = routing::route_quietly(edge, Listener::Http, host, self.peer, self.arrival);
             if !matches!(again, Route::Refuse(Refusal::Unknown)) || Instant::now() >= until {
                 return again;
             }
@@ -266,11 +343,19 @@ impl VisitorConn {
     }
 
     /// Sends the request to the tunnel's client, or to the peer edge holding the tunnel,
-    /// and streams the answer back.
-    async fn forward(&self, target: Target<'_>, mut req: Request<Incoming>) -> Response<ProxyBody> {
-        let unreachable = || match target {
-            Target::Tunnel(_) => pages::client_unreachable(),
-            Target::Peer(_) => pages::holder_unreachable(),
+    /// and streams the answer back. Fails (for the caller to try again) only before any of
+    /// the answer arrived.
+    async fn forward(
+        &self,
+        target: Target<'_>,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<ProxyBody>, Failed> {
+        let failed = |ending: Option<Arc<Tunnel>>| {
+            let page = match target {
+                Target::Tunnel(_) => pages::client_unreachable(),
+                Target::Peer(_) => pages::holder_unreachable(),
+            };
+            Failed { page, ending }
         };
         let visitor_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let mut slot = self.upstream.lock().await;
@@ -281,14 +366,22 @@ impl VisitorConn {
         };
         if !reusable {
             *slot = None;
-            let connected = upstream::open(&self.edge, target, self.peer, self.scheme).await;
-            match connected {
-                Some(up) => *slot = Some(up),
-                None => return unreachable(),
+            match upstream::open(&self.edge, target, self.peer, self.scheme).await {
+                Ok(up) => *slot = Some(up),
+                Err(OpenFailure::SessionGone) => {
+                    let ending = match target {
+                        Target::Tunnel(t) => Some(t.clone()),
+                        Target::Peer(_) => None,
+                    };
+                    return Err(failed(ending));
+                }
+                Err(OpenFailure::Refused | OpenFailure::PeerUnreachable) => {
+                    return Err(failed(None))
+                }
             }
         }
         let Some(up) = slot.as_mut() else {
-            return unreachable();
+            return Err(failed(None));
         };
         let sent = up.sender.send_request(req).await;
         let mut resp = match sent {
@@ -299,7 +392,7 @@ impl VisitorConn {
                     self.relay_error("request_failed");
                 }
                 *slot = None;
-                return unreachable();
+                return Err(failed(None));
             }
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -310,7 +403,7 @@ impl VisitorConn {
                 tokio::spawn(splice_upgraded(visitor_upgrade, upstream_upgrade));
             }
         }
-        resp.map(|b| b.boxed())
+        Ok(resp.map(|b| b.boxed()))
     }
 
     fn relay_error(&self, cause: &str) {

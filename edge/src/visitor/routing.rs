@@ -78,8 +78,34 @@ pub enum Refusal {
     WrongListener(Arc<Tunnel>),
 }
 
-/// Routes a visitor who asked `listener` for `host` (lowercase, without port).
+/// Routes a visitor who asked `listener` for `host` (lowercase, without port), and names
+/// the tunnel (and the peer edge a relay goes to) in the visitor's span.
 pub fn route(
+    edge: &Edge,
+    listener: Listener,
+    host: &str,
+    visitor: SocketAddr,
+    arrival: Arrival,
+) -> Route {
+    let route = route_quietly(edge, listener, host, visitor, arrival);
+    let span = tracing::Span::current();
+    match &route {
+        Route::Refuse(Refusal::Unknown) => {}
+        Route::Relay(link) => {
+            span.record("tunnel", host);
+            span.record("relay_to", link.id.as_str());
+        }
+        _ => {
+            span.record("tunnel", host);
+        }
+    }
+    route
+}
+
+/// [`route`] without touching the span: for the later requests of a kept-alive connection,
+/// whose span the first request named (a span's field recorded again is repeated, not
+/// replaced, in the logs).
+pub fn route_quietly(
     edge: &Edge,
     listener: Listener,
     host: &str,
@@ -88,15 +114,9 @@ pub fn route(
 ) -> Route {
     let https = edge.https.is_some();
     let found = edge.registry.route(host);
-    if found.is_some() {
-        // The visitor's span names the tunnel from here on (see `visitor::span`).
-        tracing::Span::current().record("tunnel", host);
-    } else if arrival == Arrival::Direct {
+    if found.is_none() && arrival == Arrival::Direct {
         let name = edge.registry.tunnel_name(host);
         if let Some((link, kind)) = edge.mesh.holder_of(&name) {
-            let span = tracing::Span::current();
-            span.record("tunnel", host);
-            span.record("relay_to", link.id.as_str());
             return relay(listener, link, kind, https);
         }
     }

@@ -9,6 +9,8 @@ use crate::io::read_buffer::Coalescing;
 use crate::mesh::links::PeerLink;
 use crate::mesh::protocol::RelayListener;
 use crate::tunnels::Tunnel;
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -53,11 +55,27 @@ impl Target<'_> {
     }
 }
 
+/// A request's body on its way upstream: the visitor's, or none for a request sent again.
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
 pub struct Upstream {
     /// Where it goes.
     pub key: UpstreamKey,
     /// The HTTP/1.1 connection over the channel.
-    pub sender: SendRequest<Incoming>,
+    pub sender: SendRequest<UpstreamBody>,
+}
+
+/// Why no upstream could be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenFailure {
+    /// The tunnel's client refused the channel (its local service is down, say), or HTTP
+    /// could not start over it: the visitor is told at once.
+    Refused,
+    /// The tunnel's session did not answer at all: it is ending, and the edge has not yet
+    /// seen it end. Worth waiting for the close and routing again.
+    SessionGone,
+    /// The peer edge holding the tunnel could not be reached.
+    PeerUnreachable,
 }
 
 /// Opens the channel to `target` for the visitor at `visitor`, who came in over `scheme`
@@ -67,7 +85,7 @@ pub async fn open(
     target: Target<'_>,
     visitor: SocketAddr,
     scheme: &str,
-) -> Option<Upstream> {
+) -> Result<Upstream, OpenFailure> {
     match target {
         Target::Tunnel(tunnel) => connect(tunnel, visitor).await,
         Target::Peer(link) => connect_peer(edge, link, visitor, scheme).await,
@@ -76,18 +94,26 @@ pub async fn open(
 
 /// Opens a `forwarded-tcpip` channel with the visitor as originator and speaks HTTP/1.1
 /// over it.
-async fn connect(tunnel: &Arc<Tunnel>, visitor: SocketAddr) -> Option<Upstream> {
+async fn connect(tunnel: &Arc<Tunnel>, visitor: SocketAddr) -> Result<Upstream, OpenFailure> {
     let channel = match tunnel.open_channel(visitor).await {
         Ok(c) => c,
+        Err(russh::Error::ChannelOpenFailure(reason)) => {
+            tracing::debug!(
+                ?reason,
+                tunnel = tunnel.id,
+                "client refused a visitor channel"
+            );
+            return Err(OpenFailure::Refused);
+        }
         Err(e) => {
-            tracing::debug!(error = %e, tunnel = tunnel.id, "client refused a visitor channel");
-            return None;
+            tracing::debug!(error = %e, tunnel = tunnel.id, "client's session did not open a channel");
+            return Err(OpenFailure::SessionGone);
         }
     };
     let io = Coalescing::new(channel.into_stream());
-    Some(Upstream {
+    Ok(Upstream {
         key: UpstreamKey::Tunnel(tunnel.id),
-        sender: http_over(io).await?,
+        sender: http_over(io).await.ok_or(OpenFailure::Refused)?,
     })
 }
 
@@ -98,7 +124,7 @@ async fn connect_peer(
     link: &Arc<PeerLink>,
     visitor: SocketAddr,
     scheme: &str,
-) -> Option<Upstream> {
+) -> Result<Upstream, OpenFailure> {
     let listener = match scheme {
         "https" => RelayListener::Https,
         _ => RelayListener::Http,
@@ -111,7 +137,7 @@ async fn connect_peer(
                 .relay_errors_total
                 .with_label_values(&[e.cause()])
                 .inc();
-            return None;
+            return Err(OpenFailure::PeerUnreachable);
         }
     };
     let m = &edge.metrics;
@@ -124,19 +150,19 @@ async fn connect_peer(
             .with_label_values(&[&link.id, "received"]),
         m.relay_bytes_total.with_label_values(&[&link.id, "sent"]),
     );
-    Some(Upstream {
+    Ok(Upstream {
         key: UpstreamKey::Peer(link.id.clone()),
-        sender: http_over(io).await?,
+        sender: http_over(io).await.ok_or(OpenFailure::PeerUnreachable)?,
     })
 }
 
 /// An HTTP/1.1 client connection over `io` (a channel), driven by its own task.
-async fn http_over<S>(io: S) -> Option<SendRequest<Incoming>>
+async fn http_over<S>(io: S) -> Option<SendRequest<UpstreamBody>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = match hyper::client::conn::http1::Builder::new()
-        .handshake::<_, Incoming>(TokioIo::new(io))
+        .handshake::<_, UpstreamBody>(TokioIo::new(io))
         .await
     {
         Ok(pair) => pair,
