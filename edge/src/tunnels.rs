@@ -10,7 +10,8 @@ use russh::Channel;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -123,9 +124,18 @@ impl Tunnel {
 /// snapshot instead.
 const HOLDING_CHANGES_BUFFER: usize = 4096;
 
+/// How long the edge remembers a tunnel it closed, so that control's probe of it hears
+/// "known, and dead" rather than "unknown" (which, for a tunnel control created a moment
+/// ago, may mean its edge has not learned of it yet).
+const CLOSED_MEMORY: Duration = Duration::from_secs(600);
+/// At most this many closed tunnels are remembered (a burst of closes forgets the oldest).
+const MAX_CLOSED: usize = 100_000;
+
 /// The edge's live tunnels.
 pub struct Registry {
     inner: RwLock<Maps>,
+    /// Ids of tunnels closed here recently, with when.
+    closed: Mutex<HashMap<i64, Instant>>,
     /// Every name this edge starts or stops holding, for the mesh's holdings feeds.
     changes: broadcast::Sender<HoldingChange>,
 }
@@ -134,6 +144,7 @@ impl Default for Registry {
     fn default() -> Registry {
         Registry {
             inner: RwLock::default(),
+            closed: Mutex::default(),
             changes: broadcast::channel(HOLDING_CHANGES_BUFFER).0,
         }
     }
@@ -164,6 +175,7 @@ impl Registry {
 
     /// Removes a tunnel (only if its host name still maps to it).
     pub fn remove(&self, tunnel: &Tunnel) -> bool {
+        self.remember_closed(tunnel.id);
         let mut m = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let was = m.by_id.remove(&tunnel.id).is_some();
         if m.by_host.get(&tunnel.hostname).map(|t| t.id) == Some(tunnel.id) {
@@ -173,6 +185,26 @@ impl Registry {
                 .send(HoldingChange::Removed(tunnel.hostname.clone()));
         }
         was
+    }
+
+    fn remember_closed(&self, id: i64) {
+        let mut closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        if closed.len() >= MAX_CLOSED {
+            closed.retain(|_, at| at.elapsed() < CLOSED_MEMORY);
+            if closed.len() >= MAX_CLOSED {
+                closed.clear();
+            }
+        }
+        closed.insert(id, Instant::now());
+    }
+
+    /// Whether the tunnel with control's id was closed on this edge within the last ten
+    /// minutes.
+    pub fn closed_recently(&self, id: i64) -> bool {
+        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        closed
+            .get(&id)
+            .is_some_and(|at| at.elapsed() < CLOSED_MEMORY)
     }
 
     /// Puts a marker into every holdings feed, after every change made so far.
@@ -297,5 +329,21 @@ mod tests {
         r.remove(&old);
         assert_eq!(r.route("blog.a.tunnel.test").map(|t| t.id), Some(2));
         assert_eq!(r.ids(), vec![2]);
+    }
+
+    #[test]
+    fn closed_tunnels_are_not_routed_to_and_are_remembered_as_closed() {
+        let r = Registry::default();
+        let t = tunnel(7, "blog.a.tunnel.test");
+        r.insert(t.clone());
+        assert!(!r.closed_recently(7));
+        t.mark_closed();
+        assert!(
+            r.route("blog.a.tunnel.test").is_none(),
+            "closing, not yet removed"
+        );
+        r.remove(&t);
+        assert!(r.closed_recently(7));
+        assert!(!r.closed_recently(8));
     }
 }

@@ -104,8 +104,10 @@ async fn close(edge: &Edge, id: i64, req: Request<Incoming>) -> Response<ProxyBo
 
 async fn alive(edge: &Edge, id: i64) -> Response<ProxyBody> {
     let answer = match edge.registry.by_id(id) {
+        // A tunnel closed here is known, and dead: control may give its name to a new
+        // tunnel at once (a client reconnecting elsewhere right after its setup).
         None => AliveResponse {
-            known: false,
+            known: edge.registry.closed_recently(id),
             alive: false,
         },
         Some(tunnel) => AliveResponse {
