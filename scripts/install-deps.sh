@@ -11,6 +11,8 @@ packages=(
   pdns-backend-pgsql    # stock gpgsql: fallback and benchmark baseline
   pdns-tools            # pdns_control
   openssh-client        # the tunnel creator's client
+  putty-tools           # plink: PuTTY's client (edge_clients test)
+  dropbear-bin          # dbclient: Dropbear's client (edge_clients test)
   openssh-server        # sshd: the edge benchmark's baseline
   dnsutils              # dig
   unbound               # a real recursive resolver in front of pdns (dns_no_nxdomain test)
@@ -20,6 +22,15 @@ packages=(
   curl
 )
 
+# Paramiko, for the Python client of the edge_clients test, into the python3 that runs it.
+ensure_paramiko() {
+  if python3 -c 'import paramiko' 2>/dev/null; then
+    return 0
+  fi
+  echo "installing: paramiko (pip)"
+  python3 -m pip install --quiet paramiko
+}
+
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -28,6 +39,7 @@ for p in "${packages[@]}"; do
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
+  ensure_paramiko
   exit 0
 fi
 
@@ -54,3 +66,4 @@ fi
 trap '[ -n "$created_policy" ] && $sudo rm -f "$policy"' EXIT
 $sudo apt-get update -qq || echo "warning: apt-get update failed; trying with the current lists" >&2
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+ensure_paramiko

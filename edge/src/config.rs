@@ -112,6 +112,10 @@ pub struct Config {
     /// SSH names in the file; checked against [`SUPPORTED_CIPHERS`] when read.
     #[serde(deserialize_with = "deserialize_ciphers")]
     pub ssh_ciphers: Vec<russh::cipher::Name>,
+    /// Ciphers also offered to a client that lists none of `ssh_ciphers` (see
+    /// `ssh::hello`); empty: such a client is refused.
+    #[serde(deserialize_with = "deserialize_fallback_ciphers")]
+    pub ssh_fallback_ciphers: Vec<russh::cipher::Name>,
     /// Free memory glibc keeps per thread arena instead of giving it back to the kernel
     /// (see `allocator`); 0 leaves glibc's default.
     pub malloc_trim_threshold_bytes: usize,
@@ -180,6 +184,14 @@ fn deserialize_ciphers<'de, D: Deserializer<'de>>(
     cipher_list(&names).map_err(serde::de::Error::custom)
 }
 
+/// Reads `ssh_fallback_ciphers`: SSH cipher names the edge supports, perhaps none.
+fn deserialize_fallback_ciphers<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<russh::cipher::Name>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    known_ciphers("ssh_fallback_ciphers", &names).map_err(serde::de::Error::custom)
+}
+
 /// The ciphers `names` stands for, in its order; the error is the sentence an operator sees.
 fn cipher_list(names: &[String]) -> Result<Vec<russh::cipher::Name>, String> {
     if names.is_empty() {
@@ -188,6 +200,11 @@ fn cipher_list(names: &[String]) -> Result<Vec<russh::cipher::Name>, String> {
             supported_cipher_list()
         ));
     }
+    known_ciphers("ssh_ciphers", names)
+}
+
+/// The ciphers `names` (the value of `key`) stands for, each one the edge supports.
+fn known_ciphers(key: &str, names: &[String]) -> Result<Vec<russh::cipher::Name>, String> {
     names
         .iter()
         .map(|n| {
@@ -197,7 +214,7 @@ fn cipher_list(names: &[String]) -> Result<Vec<russh::cipher::Name>, String> {
                 .copied()
                 .ok_or_else(|| {
                     format!(
-                        "ssh_ciphers names {n:?}, which the edge does not support; choose from {}",
+                        "{key} names {n:?}, which the edge does not support; choose from {}",
                         supported_cipher_list()
                     )
                 })
@@ -251,6 +268,9 @@ impl Default for Config {
             // were offered; with AES instructions on both ends AES-GCM costs the client and
             // the edge far less CPU per byte (docs/benchmarks.md, Edge).
             ssh_ciphers: vec![russh::cipher::AES_128_GCM, russh::cipher::AES_256_GCM],
+            // Every cipher the edge has, for clients without AES-GCM (Dropbear): all are
+            // AEAD or AES-CTR, and the MACs offered are SHA-2 only.
+            ssh_fallback_ciphers: SUPPORTED_CIPHERS.to_vec(),
             malloc_trim_threshold_bytes: 8 * 1024 * 1024,
             proxy_protocol_from: Vec::new(),
         }
@@ -483,6 +503,24 @@ mod tests {
             // russh's own lookup, over the ciphers it negotiates with.
             assert_eq!(russh::cipher::Name::try_from(name.as_ref()), Ok(*name));
         }
+    }
+
+    #[test]
+    fn fallback_ciphers_default_to_all_and_may_be_none() {
+        let c = from_parts("edge_secret = \"s\"", &[]).unwrap();
+        assert_eq!(c.ssh_fallback_ciphers, SUPPORTED_CIPHERS);
+        let c = from_parts("edge_secret = \"s\"\nssh_fallback_ciphers = []", &[]).unwrap();
+        assert!(c.ssh_fallback_ciphers.is_empty());
+        let e = from_parts(
+            "edge_secret = \"s\"\nssh_fallback_ciphers = [\"3des-cbc\"]",
+            &[],
+        )
+        .expect_err("refused")
+        .to_string();
+        assert!(
+            e.contains("ssh_fallback_ciphers names \"3des-cbc\"") && e.contains("aes128-ctr"),
+            "{e}"
+        );
     }
 
     #[test]

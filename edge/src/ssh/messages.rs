@@ -1,6 +1,7 @@
 //! What the SSH user reads: the tunnel-ready text with URL(s) and QR code, usage help.
 
 use crate::config::Config;
+use crate::ssh::hello::ClientSoftware;
 use crate::tunnels::Tunnel;
 use chrono::Utc;
 use nearhop_wire::{CreateTunnelResponse, TunnelKind};
@@ -98,13 +99,49 @@ pub fn qr_code(url: &str) -> Option<String> {
     )
 }
 
+/// What the keywords and options are, for the help texts.
+const KEYWORDS_AND_OPTIONS: &str = "Keywords go in the username (TOKEN+tcp, TOKEN+tls, \
+     TOKEN+force, qr); options follow the host (b:user:pass k:key w:CIDR a:Name:Value \
+     u:Name:Value r:Name x:https x:noreverseproxy).";
+
 /// Help for a session that asked for no forward.
-pub fn usage() -> String {
-    "nearhop: no tunnel was requested. Ask for one with -R, for example:\n\n    \
-     ssh -p 2222 -R0:localhost:8000 TOKEN@a.tunnel.test\n\n\
-     Keywords go in the username (TOKEN+tcp, TOKEN+tls, TOKEN+force, qr); options follow the host \
-     (b:user:pass k:key w:CIDR a:Name:Value u:Name:Value r:Name x:https x:noreverseproxy)."
-        .to_string()
+///
+/// PuTTY cannot ask for port 0: its `-R 0:localhost:8000` (and the same in its window) is
+/// dropped before anything reaches the edge, so its user sees this text although they did
+/// ask. Any other port works the same here (the edge keeps the number only to match its
+/// visitor channels to the forward), so PuTTY users are told to ask for port 80.
+pub fn usage(software: ClientSoftware) -> String {
+    match software {
+        ClientSoftware::Putty => format!(
+            "no tunnel was requested. PuTTY cannot ask for port 0 (it never sends -R 0:...), \
+             so ask for port 80 instead, for example:\n\n    \
+             plink -P 2222 -R 80:localhost:8000 TOKEN@a.tunnel.test\n\n\
+             In PuTTY's window: Connection > SSH > Tunnels, Source port 80, Destination \
+             localhost:8000, Remote; then Add. {KEYWORDS_AND_OPTIONS}"
+        ),
+        _ => format!(
+            "no tunnel was requested. Ask for one with -R, for example:\n\n    \
+             ssh -p 2222 -R0:localhost:8000 TOKEN@a.tunnel.test\n\n{KEYWORDS_AND_OPTIONS}"
+        ),
+    }
+}
+
+/// The one-line usage, after a refusal of the username.
+pub fn usage_line(software: ClientSoftware) -> &'static str {
+    match software {
+        ClientSoftware::Putty => {
+            "Usage: plink -P PORT -R 80:localhost:8000 [TOKEN+][KEYWORD+...]@HOST"
+        }
+        _ => "Usage: ssh -p PORT -R0:localhost:8000 [TOKEN+][KEYWORD+...]@HOST",
+    }
+}
+
+/// The disconnect message of a session that asked for no forward in time.
+pub fn no_forward(software: ClientSoftware) -> &'static str {
+    match software {
+        ClientSoftware::Putty => "No tunnel was requested (with PuTTY, use -R 80:localhost:PORT).",
+        _ => "No tunnel was requested (use -R0:localhost:PORT).",
+    }
 }
 
 #[cfg(test)]
@@ -116,5 +153,21 @@ mod tests {
         let code = qr_code("http://abc.free.tunnel.test:8080").unwrap();
         assert!(code.lines().count() > 10);
         assert!(code.contains('█') || code.contains('▀') || code.contains('▄'));
+    }
+
+    #[test]
+    fn putty_users_are_told_to_ask_for_port_80() {
+        let putty = usage(ClientSoftware::Putty);
+        assert!(
+            putty.contains("-R 80:localhost:8000") && putty.contains("port 0"),
+            "{putty}"
+        );
+        assert!(usage_line(ClientSoftware::Putty).contains("-R 80:"));
+        assert!(no_forward(ClientSoftware::Putty).contains("-R 80:"));
+        for other in [ClientSoftware::OpenSsh, ClientSoftware::Other] {
+            assert!(usage(other).contains("-R0:localhost:8000"));
+            assert!(!usage(other).contains("PuTTY"));
+            assert!(no_forward(other).contains("-R0:"));
+        }
     }
 }

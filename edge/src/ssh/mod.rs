@@ -1,6 +1,8 @@
-//! The tunnel creators' side: the SSH listener, one session per client, what the username
-//! and host key are, the text users read, and setting up a tunnel with control.
+//! The tunnel creators' side: the SSH listener, the client's hello and the cipher offer, one
+//! session per client, what the username and host key are, the text users read, and setting
+//! up a tunnel with control.
 
+pub mod hello;
 pub mod host_key;
 pub mod link;
 pub mod messages;

@@ -1,9 +1,10 @@
-//! The SSH listener: russh configuration (windows, keepalives), one task per client, and
-//! the clean-up when a client goes away.
+//! The SSH listener: russh configuration (windows, keepalives, the cipher offers), one task
+//! per client, and the clean-up when a client goes away.
 
 use crate::accept;
 use crate::edge::Edge;
 use crate::io::read_buffer::Prefixed;
+use crate::ssh::hello::{self, AlreadyIdentified, Offer};
 use crate::ssh::session::SshSession;
 use russh::keys::PrivateKey;
 use russh::server::Config;
@@ -17,11 +18,41 @@ use tracing::Instrument;
 /// Time a client has from TCP connect to successful authentication.
 const AUTH_DEADLINE: Duration = Duration::from_secs(60);
 
-/// The russh server configuration for this edge.
-pub fn russh_config(edge: &Edge, key: PrivateKey) -> Config {
+/// The russh server configurations of this edge, one per cipher offer.
+pub struct Offers {
+    usual: Arc<Config>,
+    widened: Arc<Config>,
+}
+
+impl Offers {
+    /// Both configurations, with the host key.
+    pub fn new(edge: &Edge, key: PrivateKey) -> Offers {
+        let c = &edge.config;
+        let config = |offer| {
+            let ciphers = hello::offered_ciphers(offer, &c.ssh_ciphers, &c.ssh_fallback_ciphers);
+            Arc::new(russh_config(edge, key.clone(), ciphers))
+        };
+        Offers {
+            usual: config(Offer::Usual),
+            widened: config(Offer::Widened),
+        }
+    }
+
+    /// The configuration for `offer`.
+    pub fn config(&self, offer: Offer) -> Arc<Config> {
+        match offer {
+            Offer::Usual => self.usual.clone(),
+            Offer::Widened => self.widened.clone(),
+        }
+    }
+}
+
+/// The russh server configuration for this edge, offering `ciphers`.
+pub fn russh_config(edge: &Edge, key: PrivateKey, ciphers: Vec<russh::cipher::Name>) -> Config {
     let c = &edge.config;
     Config {
-        server_id: russh::SshId::Standard("SSH-2.0-nearhop".into()),
+        // `hello::greet` sends the identification; russh's copy is dropped (see there).
+        server_id: russh::SshId::Standard(hello::SERVER_ID.into()),
         methods: MethodSet::from(
             &[
                 russh::MethodKind::None,
@@ -44,8 +75,10 @@ pub fn russh_config(edge: &Edge, key: PrivateKey) -> Config {
         keepalive_interval: Some(Duration::from_secs(c.keepalive_interval_seconds.max(1))),
         keepalive_max: c.keepalive_max,
         nodelay: true,
+        // russh's default MACs are SHA-2 only (with and without encrypt-then-MAC); they
+        // matter only to AES-CTR.
         preferred: russh::Preferred {
-            cipher: Cow::Owned(c.ssh_ciphers.clone()),
+            cipher: Cow::Owned(ciphers),
             ..Default::default()
         },
         ..Default::default()
@@ -54,13 +87,13 @@ pub fn russh_config(edge: &Edge, key: PrivateKey) -> Config {
 
 /// Accepts SSH clients until shutdown.
 pub async fn serve(edge: Arc<Edge>, listener: TcpListener, key: PrivateKey) {
-    let config = Arc::new(russh_config(&edge, key));
+    let offers = Arc::new(Offers::new(&edge, key));
     accept::until_stopped(
         &listener,
         edge.shutdown.cancelled(),
         "an SSH connection",
         |mut stream, tcp_peer| {
-            let (edge, config) = (edge.clone(), config.clone());
+            let (edge, offers) = (edge.clone(), offers.clone());
             tokio::spawn(async move {
                 let _ = stream.set_nodelay(true);
                 let behind = edge.real_peer("ssh", &mut stream, tcp_peer);
@@ -70,8 +103,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, key: PrivateKey) {
                 // The client's own address from here on: control's per-address limits see it.
                 let link = edge.open_session(peer);
                 let span = tracing::info_span!("ssh", session = link.id, %peer);
-                let stream = Prefixed::new(rest, stream);
-                handle_connection(edge, config, stream, link)
+                handle_connection(edge, offers, stream, rest, link)
                     .instrument(span)
                     .await;
             });
@@ -82,20 +114,25 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, key: PrivateKey) {
 
 async fn handle_connection(
     edge: Arc<Edge>,
-    config: Arc<Config>,
-    stream: Prefixed<TcpStream>,
+    offers: Arc<Offers>,
+    mut stream: TcpStream,
+    mut read: Vec<u8>,
     link: Arc<crate::ssh::link::SessionLink>,
 ) {
-    let handler = SshSession::new(edge.clone(), link.clone());
-    let started = tokio::time::timeout(
-        AUTH_DEADLINE,
+    let start = async {
+        let hello = hello::greet(&mut stream, &mut read, hello::KEXINIT_WAIT).await?;
+        let offer = hello.offer(&edge.config.ssh_ciphers);
+        tracing::debug!(client = ?hello.id, offer = offer.as_str(), "client identified");
+        let stream = AlreadyIdentified::new(Prefixed::new(read, stream));
+        let handler = SshSession::new(edge.clone(), link.clone(), hello.software);
         russh::server::run_stream(
-            config,
+            offers.config(offer),
             crate::io::read_buffer::AdaptiveReader::new(stream),
             handler,
-        ),
-    )
-    .await;
+        )
+        .await
+    };
+    let started = tokio::time::timeout(AUTH_DEADLINE, start).await;
     let running = match started {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {

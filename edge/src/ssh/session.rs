@@ -3,6 +3,7 @@
 
 use crate::edge::Edge;
 use crate::options::TunnelOptions;
+use crate::ssh::hello::ClientSoftware;
 use crate::ssh::link::{crlf, one_line, SessionLink};
 use crate::ssh::messages;
 use crate::ssh::tunnel_setup::{self, PendingTunnel};
@@ -21,6 +22,8 @@ use tracing::Instrument;
 pub struct SshSession {
     edge: Arc<Edge>,
     link: Arc<SessionLink>,
+    /// The client program: the help for a session without a forward depends on it.
+    software: ClientSoftware,
     user: Option<Result<UserRequest, UsernameError>>,
     forwards_requested: usize,
     next_virtual_port: u32,
@@ -32,12 +35,14 @@ pub struct SshSession {
 }
 
 impl SshSession {
-    /// A handler for a fresh connection, in the connection's span (the current one).
-    pub fn new(edge: Arc<Edge>, link: Arc<SessionLink>) -> SshSession {
+    /// A handler for a fresh connection from `software`, in the connection's span (the
+    /// current one).
+    pub fn new(edge: Arc<Edge>, link: Arc<SessionLink>, software: ClientSoftware) -> SshSession {
         let first_port = u32::from(edge.config.public_http_port());
         SshSession {
             edge,
             link,
+            software,
             user: None,
             forwards_requested: 0,
             next_virtual_port: first_port,
@@ -132,20 +137,20 @@ impl Handler for SshSession {
         self.link.set_handle(session.handle());
         self.link.mark_authenticated();
         if let Some(Err(e)) = &self.user {
-            let message =
-                format!("{e}. Usage: ssh -p PORT -R0:localhost:8000 [TOKEN+][KEYWORD+...]@HOST");
+            let message = format!("{e}. {}", messages::usage_line(self.software));
             self.refuse(session, &message);
             return Ok(());
         }
         // A session that never asks for a forward is told how, then let go.
-        let (edge, link) = (self.edge.clone(), self.link.clone());
+        let (edge, link, software) = (self.edge.clone(), self.link.clone(), self.software);
         let unbound = async move {
             let wait = std::time::Duration::from_secs(edge.config.unbound_session_seconds);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {
                     if edge.tunnels_of(link.id).is_empty() && !link.has_ended() {
-                        link.say(true, &messages::usage()).await;
-                        link.disconnect("No tunnel was requested (use -R0:localhost:PORT).").await;
+                        let help = messages::usage(software);
+                        link.say(true, &format!("nearhop: {help}")).await;
+                        link.disconnect(messages::no_forward(software)).await;
                     }
                 }
                 _ = link.gone.cancelled() => {}
@@ -339,7 +344,7 @@ impl SshSession {
         // OpenSSH sends every -R before it opens the session channel, so by now a session
         // without a forward asked for none.
         if self.forwards_requested == 0 && !self.refused {
-            self.refuse(session, &messages::usage());
+            self.refuse(session, &messages::usage(self.software));
         }
     }
 }

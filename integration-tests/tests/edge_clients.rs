@@ -1,0 +1,194 @@
+//! The SSH clients people open tunnels with, against a real edge, control and Postgres:
+//! PuTTY's `plink`, Dropbear's `dbclient` and Paramiko each get a tunnel that serves a real
+//! HTTP visitor, beside OpenSSH, which stays on AES-GCM; Dropbear, without AES-GCM, gets in
+//! through the edge's wider offer; PuTTY, which cannot ask for port 0, is told to ask for
+//! port 80.
+
+use nearhop_stack::clients::{Client, ClientRun, EdgeHostKey};
+use nearhop_stack::edge::EdgeProcess;
+use nearhop_stack::prelude::*;
+
+/// Starts `client` against `edge`, its home in the stack's directory.
+fn start_client(
+    s: &EdgeStack,
+    edge: &EdgeProcess,
+    client: Client,
+    name: &str,
+    args: &SshArgs,
+) -> ClientRun {
+    let key = EdgeHostKey::of(edge).expect("the edge's host key");
+    let home = s.stack.dir.join("clients").join(name);
+    ClientRun::start(client, &home, name, edge.ssh_addr(), &key, args)
+        .unwrap_or_else(|e| panic!("{} starts: {e:#}", client.name()))
+}
+
+/// A tunnel for `user` to local `port`, asked for with `forward` (`PORT:localhost:LOCAL`).
+fn tunnel(user: &str, remote_port: u16, local_port: u16) -> SshArgs {
+    SshArgs {
+        user: Some(user.to_string()),
+        forwards: vec![format!("{remote_port}:localhost:{local_port}")],
+        ..SshArgs::default()
+    }
+}
+
+#[test]
+fn every_client_opens_a_tunnel_that_serves_visitors_and_openssh_stays_on_aes_gcm() {
+    let s = EdgeStack::start("");
+    // One local service per client: the page a visitor gets names the client that served it.
+    // PuTTY cannot ask for port 0, so it asks for 80; the others let the edge choose.
+    let clients = [
+        (Client::Plink, 80),
+        (Client::Dbclient, 0),
+        (Client::Paramiko, 0),
+    ];
+    let mut running = Vec::new();
+    for (client, remote_port) in clients {
+        let local = LocalService::start(client.name());
+        let mut args = tunnel(&s.pro_token(), remote_port, local.port);
+        // Options travel as the command, as with ssh.
+        args.command = vec![format!("a:X-Added:{}", client.name())];
+        let run = start_client(&s, &s.edge, client, client.name(), &args);
+        running.push((client, local, run));
+    }
+    // OpenSSH beside them, on the same edge at the same time.
+    let local = LocalService::start("openssh");
+    let mut openssh = s.ssh(
+        "openssh",
+        &SshArgs {
+            options: vec!["LogLevel=DEBUG1".into()],
+            ..SshArgs::http_tunnel(Some(&s.pro_token()), local.port)
+        },
+    );
+
+    for (client, _local, run) in &mut running {
+        let url = run
+            .wait_for_url(PATIENCE)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", client.name()));
+        for path in ["/first", "/second"] {
+            let body = s.visit(&url, path).text().expect("body");
+            assert!(
+                body.starts_with(&format!("hello from {} {path}", client.name()))
+                    && body.contains(&format!("x-added={}", client.name())),
+                "{}'s tunnel {url} served {body:?}",
+                client.name()
+            );
+        }
+    }
+    let url = openssh.wait_for_url(PATIENCE).expect("OpenSSH's URL");
+    assert!(s
+        .visit(&url, "/")
+        .text()
+        .expect("body")
+        .starts_with("hello from openssh"));
+
+    // The ciphers each client reports. OpenSSH and Paramiko list AES-CTR before AES-GCM
+    // and plink lists it first; all three land on AES-GCM, so the edge offered them only
+    // that. Dropbear has no AES-GCM: it is in on the wider offer.
+    let err = openssh.stderr();
+    assert!(
+        err.contains("server->client cipher: aes128-gcm@openssh.com"),
+        "OpenSSH stays on AES-128-GCM:\n{err}"
+    );
+    for (client, _, run) in &running {
+        let out = run.output();
+        match client {
+            Client::Plink => assert!(out.contains("GCM"), "plink on AES-GCM:\n{out}"),
+            Client::Paramiko => assert!(
+                out.contains("cipher: aes128-gcm@openssh.com"),
+                "Paramiko on AES-128-GCM:\n{out}"
+            ),
+            Client::Dbclient => {}
+        }
+    }
+}
+
+#[test]
+fn putty_asking_for_port_0_is_told_to_ask_for_port_80() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start("local");
+    let token = s.pro_token();
+
+    // plink drops `-R 0:...` before anything reaches the edge, so the edge sees a session
+    // without a forward; its help names the way that works.
+    let mut plink = start_client(
+        &s,
+        &s.edge,
+        Client::Plink,
+        "port-0",
+        &tunnel(&token, 0, local.port),
+    );
+    let out = plink.wait_exit(PATIENCE).expect("plink is let go");
+    assert!(
+        out.contains("PuTTY cannot ask for port 0") && out.contains("-R 80:localhost:8000"),
+        "{out}"
+    );
+    assert!(find_url_in(&out).is_none(), "no tunnel: {out}");
+
+    // Other clients asking for nothing get the usual help, without PuTTY's.
+    let mut ssh = s.ssh(
+        "no-forward",
+        &SshArgs {
+            user: Some(token.clone()),
+            ..SshArgs::default()
+        },
+    );
+    let out = ssh.wait_exit(PATIENCE).expect("ssh is let go");
+    assert!(
+        out.contains("-R0:localhost:8000") && !out.contains("PuTTY"),
+        "{out}"
+    );
+
+    // What the help says works (the same account again: its first try made no tunnel),
+    // options after the host included, as the user guide shows it.
+    let mut args = tunnel(&token, 80, local.port);
+    args.command = vec!["b:alice:s3cret".into()];
+    let mut plink = start_client(&s, &s.edge, Client::Plink, "port-80", &args);
+    let url = plink.wait_for_url(PATIENCE).expect("plink's URL");
+    assert_eq!(s.visit(&url, "/").status(), 401, "basic auth is on");
+    let body = visitor(&url, s.edge.http_addr())
+        .get(format!("{url}/"))
+        .basic_auth("alice", Some("s3cret"))
+        .send()
+        .expect("GET with the password")
+        .text()
+        .expect("body");
+    assert!(body.starts_with("hello from local"), "{body}");
+}
+
+#[test]
+fn dropbear_is_in_only_through_the_fallback_ciphers() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start("dropbear");
+    // An edge whose operator turned the wider offer off: Dropbear's own words say why.
+    let strict = start_edge(
+        &s.stack,
+        "eu",
+        std::net::Ipv4Addr::new(127, 0, 0, 2),
+        "ssh_fallback_ciphers = []\n",
+    );
+    let mut refused = start_client(
+        &s,
+        &strict,
+        Client::Dbclient,
+        "strict",
+        &tunnel(&s.pro_token(), 0, local.port),
+    );
+    let out = refused.wait_exit(PATIENCE).expect("dbclient gives up");
+    assert!(out.contains("No matching algo enc"), "{out}");
+
+    // The default edge lets the same client in, on a cipher it has.
+    let mut run = start_client(
+        &s,
+        &s.edge,
+        Client::Dbclient,
+        "fallback",
+        &tunnel(&s.pro_token(), 0, local.port),
+    );
+    let url = run.wait_for_url(PATIENCE).expect("dbclient's URL");
+    let body = s.visit(&url, "/").text().expect("body");
+    assert!(body.starts_with("hello from dropbear"), "{body}");
+}
+
+fn find_url_in(text: &str) -> Option<String> {
+    nearhop_stack::edge::find_url(text)
+}
