@@ -43,6 +43,10 @@ pub struct Config {
     /// reconnecting, perhaps through another edge) waits for it to come back before getting
     /// "No tunnel here"; 0 answers at once.
     pub reconnect_wait_seconds: u64,
+    /// Wrong visitor credentials (`b:`, `k:`) one visitor network (an IPv4 address, an
+    /// IPv6 /64) may send one tunnel per minute before getting 429 for the rest of the
+    /// minute; 0 turns the throttle off.
+    pub visitor_auth_failures_per_minute: u32,
     /// Where SSH clients connect.
     pub ssh_listen: SocketAddr,
     /// Where HTTP visitors connect.
@@ -235,6 +239,7 @@ impl Default for Config {
             mesh_listen: None,
             mesh_advertise: None,
             reconnect_wait_seconds: 10,
+            visitor_auth_failures_per_minute: 10,
             ssh_listen: ([127, 0, 0, 1], 2222).into(),
             http_listen: ([127, 0, 0, 1], 8080).into(),
             tls_listen: ([127, 0, 0, 1], 8443).into(),

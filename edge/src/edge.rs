@@ -10,6 +10,7 @@ use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::ssh::link::{lock, SessionLink};
 use crate::tunnels::{Registry, Tunnel};
+use crate::visitor::auth_throttle::AuthThrottle;
 use anyhow::{Context, Result};
 use nearhop_wire::CloseTunnelRequest;
 use prometheus::IntGauge;
@@ -57,6 +58,8 @@ pub struct Edge {
     /// The key control must present on the admin API; made at start, given to control only
     /// (in the registration).
     pub admin_key: String,
+    /// Wrong visitor credentials per tunnel and visitor network.
+    pub auth_throttle: AuthThrottle,
     sessions: Mutex<HashMap<u64, Arc<SessionLink>>>,
     next_session: AtomicU64,
 }
@@ -84,6 +87,7 @@ impl Edge {
         Ok(Edge {
             mesh,
             admin_key: random_key()?,
+            auth_throttle: AuthThrottle::new(config.visitor_auth_failures_per_minute),
             visitor_slots: Arc::new(Semaphore::new(config.max_visitor_connections)),
             https,
             config,

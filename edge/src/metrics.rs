@@ -23,6 +23,8 @@ pub struct Metrics {
     /// HTTP requests sent upstream again after their first try failed before any answer
     /// (a client reconnecting, a kept-alive channel that had just closed).
     pub http_retries_total: IntCounter,
+    /// Visitor requests answered 429 after too many wrong credentials (`b:`, `k:`).
+    pub visitor_auth_throttled_total: IntCounter,
     /// Time from a `tcpip-forward` request to the tunnel being live, by outcome.
     pub tunnel_setup_seconds: HistogramVec,
     /// Failed calls to control, by call.
@@ -91,6 +93,10 @@ impl Metrics {
         let http_retries_total = IntCounter::new(
             "nearhop_edge_http_retries_total",
             "Idempotent HTTP requests sent upstream again after a try failed before any answer.",
+        )?;
+        let visitor_auth_throttled_total = IntCounter::new(
+            "nearhop_edge_visitor_auth_throttled_total",
+            "Visitor requests refused with 429 after too many wrong credentials.",
         )?;
         let tunnel_setup_seconds = HistogramVec::new(
             HistogramOpts::new(
@@ -189,6 +195,7 @@ impl Metrics {
         registry.register(Box::new(visitor_bytes_total.clone()))?;
         registry.register(Box::new(http_responses_total.clone()))?;
         registry.register(Box::new(http_retries_total.clone()))?;
+        registry.register(Box::new(visitor_auth_throttled_total.clone()))?;
         registry.register(Box::new(tunnel_setup_seconds.clone()))?;
         registry.register(Box::new(control_errors_total.clone()))?;
         registry.register(Box::new(tunnels_closed_total.clone()))?;
@@ -202,6 +209,7 @@ impl Metrics {
             visitor_bytes_total,
             http_responses_total,
             http_retries_total,
+            visitor_auth_throttled_total,
             tunnel_setup_seconds,
             control_errors_total,
             tunnels_closed_total,

@@ -20,8 +20,9 @@ pub fn blob_byte(i: usize) -> u8 {
 /// - `GET /blob/N`: N deterministic bytes ([`blob_byte`]);
 /// - `POST /echo`: the body back;
 /// - `Upgrade: echo`: 101, then a raw echo for as long as the visitor stays;
-/// - anything else: `hello from <tag> <path>`, then `tag=`, `host=` and the forwarding
-///   headers it got, one a line, so that a test sees which client served it and how.
+/// - anything else: `hello from <tag> <path>`, then `tag=`, `host=`, the forwarding
+///   headers, `x-added`, `authorization` and the method it got, one a line, so that a test
+///   sees which client served it and how.
 pub struct LocalService {
     /// Its port.
     pub port: u16,
@@ -110,12 +111,13 @@ async fn serve(stream: TcpStream, tag: &str, served: &AtomicU64) -> std::io::Res
             (0..n).map(blob_byte).collect()
         } else {
             format!(
-                "hello from {tag} {path}\ntag={tag}\nhost={}\nxff={}\nxfp={}\nxfh={}\nx-added={}\n",
+                "hello from {tag} {path}\ntag={tag}\nhost={}\nxff={}\nxfp={}\nxfh={}\nx-added={}\nauthorization={}\nmethod={method}\n",
                 header("host"),
                 header("x-forwarded-for"),
                 header("x-forwarded-proto"),
                 header("x-forwarded-host"),
                 header("x-added"),
+                header("authorization"),
             )
             .into_bytes()
         };

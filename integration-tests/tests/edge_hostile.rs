@@ -23,6 +23,10 @@ fn bad_tokens_and_absurd_usernames_get_clear_sentences() {
         ("tok++http", "empty part"),
         ("http+tcp", "choose one of http, tcp or tls"),
         ("tok~x*y", "holds characters that no nearhop token has"),
+        (
+            "force+nh_secretTOKENsecretTOKENsecret123",
+            "the token must come first",
+        ),
     ];
     for (i, (user, expected)) in cases.iter().enumerate() {
         let mut c = s.ssh(
@@ -31,12 +35,23 @@ fn bad_tokens_and_absurd_usernames_get_clear_sentences() {
         );
         let out = c.wait_exit(PATIENCE).unwrap();
         assert!(out.contains(expected), "{user:?}: {out}");
+        assert!(!out.contains("secretTOKEN"), "the token was echoed: {out}");
     }
     let long = "a".repeat(5000);
     let mut c = s.ssh("long", &SshArgs::http_tunnel(Some(&long), local.port));
     let out = c.wait_exit(PATIENCE).unwrap();
     assert!(out.contains("characters long"), "{out}");
     assert!(s.edge.is_running());
+    // A token in the wrong place is neither echoed (checked above) nor logged.
+    let log = std::fs::read_to_string(s.edge.log()).unwrap();
+    assert!(
+        log.contains("the token must come first"),
+        "the refusal is logged"
+    );
+    assert!(
+        !log.contains("secretTOKEN"),
+        "the token reached the edge's log"
+    );
 }
 
 #[test]
@@ -125,6 +140,31 @@ fn slowloris_visitors_are_cut_and_others_still_served() {
 }
 
 #[test]
+fn silent_and_slow_admin_api_callers_are_cut() {
+    let s = EdgeStack::start("visitor_header_timeout_seconds = 2\n");
+    let admin = (s.edge.spec.ip, s.edge.spec.admin);
+    let mut silent = TcpStream::connect(admin).unwrap();
+    let mut slow = TcpStream::connect(admin).unwrap();
+    write!(slow, "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+    for t in [&mut silent, &mut slow] {
+        t.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut buf = [0u8; 512];
+        // Closed, reset, or answered with an error status; not left waiting.
+        match t.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                assert!(text.starts_with("HTTP/1.1 4"), "{text}");
+            }
+            Err(e) => panic!("the admin API held a silent connection open: {e}"),
+        }
+    }
+    // The admin API still answers.
+    s.edge.metrics().expect("metrics");
+}
+
+#[test]
 fn megabyte_header_lines_and_unknown_hosts_get_errors_not_crashes() {
     let s = EdgeStack::start("");
     let local = LocalService::start("local");
@@ -170,4 +210,118 @@ fn megabyte_header_lines_and_unknown_hosts_get_errors_not_crashes() {
         m.contains("nearhop_edge_http_responses_total{class=\"4xx\",origin=\"edge\"}"),
         "{m}"
     );
+}
+
+/// A client from `source` that sends the URL's host to the edge.
+fn visitor_from(url: &str, s: &EdgeStack, source: [u8; 4]) -> reqwest::blocking::Client {
+    let (host, _) = url_host_port(url).unwrap();
+    reqwest::blocking::Client::builder()
+        .resolve(&host, s.edge.http_addr())
+        .local_address(std::net::IpAddr::from(source))
+        .timeout(PATIENCE)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn guessed_credentials_are_throttled_and_preflights_need_an_origin() {
+    let s = EdgeStack::start("visitor_auth_failures_per_minute = 3\n");
+    let local = LocalService::start("local");
+    let token = s.pro_token();
+    let args = SshArgs {
+        command: vec!["k:right-key".into(), "x:passpreflight".into()],
+        ..SshArgs::http_tunnel(Some(&token), local.port)
+    };
+    let mut client = s.ssh("guarded", &args);
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let guesser = visitor_from(&url, &s, [127, 0, 0, 7]);
+    let get = |c: &reqwest::blocking::Client, key: Option<&str>| {
+        let mut r = c.get(format!("{url}/p"));
+        if let Some(key) = key {
+            r = r.bearer_auth(key);
+        }
+        r.send().unwrap()
+    };
+    eventually("the key is in force", || {
+        anyhow::ensure!(get(&guesser, None).status() == 401, "not yet");
+        Ok(())
+    });
+    // Visits without credentials are not guesses; wrong keys are.
+    for _ in 0..3 {
+        assert_eq!(get(&guesser, None).status(), 401);
+    }
+    for _ in 0..3 {
+        assert_eq!(get(&guesser, Some("guess")).status(), 401);
+    }
+    let blocked = get(&guesser, Some("right-key"));
+    assert_eq!(
+        blocked.status(),
+        429,
+        "past the limit, even the right key waits"
+    );
+    let wait: u64 = blocked.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After: {wait}");
+    assert!(blocked.text().unwrap().contains("Try again in"));
+    // Another visitor is served.
+    let other = visitor_from(&url, &s, [127, 0, 0, 8]);
+    let r = get(&other, Some("right-key"));
+    assert_eq!(r.status(), 200);
+    assert!(r.text().unwrap().contains("authorization=\n"));
+    let m = s.edge.metrics().unwrap();
+    assert_eq!(
+        metric(&m, "nearhop_edge_visitor_auth_throttled_total", &[]),
+        Some(1.0)
+    );
+
+    // `x:passpreflight`: a browser's preflight passes; a bare OPTIONS, or one without
+    // `Origin`, does not.
+    let options = |origin: Option<&str>, method: Option<&str>| {
+        let mut r = other.request(reqwest::Method::OPTIONS, format!("{url}/api"));
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        if let Some(m) = method {
+            r = r.header("access-control-request-method", m);
+        }
+        r.send().unwrap().status()
+    };
+    assert_eq!(options(Some("https://app.example"), Some("POST")), 200);
+    assert_eq!(options(None, Some("POST")), 401);
+    assert_eq!(options(None, None), 401);
+}
+
+#[test]
+fn an_absolute_request_target_is_routed_by_its_own_host() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start("local");
+    let token = s.pro_token();
+    let mut client = s.ssh("abs", &SshArgs::http_tunnel(Some(&token), local.port));
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let (host, _) = url_host_port(&url).unwrap();
+    let ask = |head: String| {
+        let mut t = TcpStream::connect(s.edge.http_addr()).unwrap();
+        t.set_read_timeout(Some(PATIENCE)).unwrap();
+        t.write_all(head.as_bytes()).unwrap();
+        let mut answer = String::new();
+        let _ = t.read_to_string(&mut answer);
+        answer
+    };
+    // The target names the tunnel and `Host` another name: the target wins, and the local
+    // service gets the origin form with `Host` set to it.
+    let answer = ask(format!(
+        "GET http://{host}/abs?q=1 HTTP/1.1\r\nHost: nothing-here.example\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("hello from local /abs?q=1"), "{answer}");
+    assert!(answer.contains(&format!("host={host}\n")), "{answer}");
+    // The other order: `Host` names the tunnel, the target another name: not served.
+    let answer = ask(format!(
+        "GET http://nothing-here.example/abs HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(answer.contains("No tunnel here"), "{answer}");
 }

@@ -107,6 +107,10 @@ fn requested_name_is_given_and_options_protect_it() {
         .text()
         .unwrap();
     assert!(body.contains("x-added=yes"), "{body}");
+    assert!(
+        body.contains("\nauthorization=\n"),
+        "the credentials the edge checked reached the local service: {body}"
+    );
 }
 
 /// `ssh` arguments for an HTTP tunnel with extra `-o` options.

@@ -12,6 +12,7 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use hyper_util::rt::TokioTimer;
 use nearhop_wire::{AliveResponse, ApiError, EdgeCloseRequest, ErrorCode};
 use serde::Serialize;
 use std::convert::Infallible;
@@ -35,11 +36,16 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
         };
         let edge = edge.clone();
         tokio::spawn(async move {
+            let edge_for_timer = edge.clone();
             let service = service_fn(move |req| {
                 let edge = edge.clone();
                 async move { Ok::<_, Infallible>(route(&edge, req).await) }
             });
+            // A silent or slow caller is cut like a slow visitor, instead of holding a
+            // connection for ever.
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(crate::visitor::http::head_timeout(&edge_for_timer))
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "admin connection ended");

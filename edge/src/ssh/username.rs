@@ -31,6 +31,9 @@ pub enum UsernameError {
     /// A second word that is not a keyword.
     #[error("{0:?} is not a keyword; keywords are http, tcp, tls, force, qr (the token, if any, comes first)")]
     UnknownKeyword(String),
+    /// A later word that looks like a token: never echoed (nor logged), since it may be one.
+    #[error("the token must come first, before the keywords (TOKEN+force, not force+TOKEN)")]
+    TokenNotFirst,
     /// Two tunnel kinds, e.g. `http+tcp`.
     #[error("choose one of http, tcp or tls, not several")]
     ConflictingKinds,
@@ -75,11 +78,22 @@ pub fn parse_username(user: &str) -> Result<UserRequest, UsernameError> {
                 }
                 request.token = Some(word.to_string());
             }
+            _ if looks_like_token(word) => return Err(UsernameError::TokenNotFirst),
             _ => return Err(UsernameError::UnknownKeyword(truncate(word, 40))),
         }
     }
     request.kind = kind.unwrap_or_default();
     Ok(request)
+}
+
+/// Whether a word could be an account token (control issues `nh_` and 32 characters), or
+/// any long secret-like word: such a word is never repeated back or logged.
+fn looks_like_token(word: &str) -> bool {
+    let token_chars = word
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    word.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("nh_"))
+        || (token_chars && word.len() >= 16)
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -89,6 +103,25 @@ fn truncate(s: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_after_a_keyword_is_refused_without_repeating_it() {
+        let secret = "nh_0123456789abcdefghijklmnopqrstuv";
+        for user in [
+            format!("force+{secret}"),
+            "qr+aVeryLongSecretLikeWord123".into(),
+        ] {
+            let err = parse_username(&user).unwrap_err();
+            assert_eq!(err, UsernameError::TokenNotFirst);
+            assert!(!err.to_string().contains("nh_0123"), "{err}");
+            assert!(!err.to_string().contains("LongSecret"), "{err}");
+        }
+        // A short typo is still named, to help.
+        assert_eq!(
+            parse_username("tok+forse").unwrap_err(),
+            UsernameError::UnknownKeyword("forse".into())
+        );
+    }
 
     #[test]
     fn token_and_keywords_are_split() {

@@ -15,6 +15,9 @@ pub struct FirstRequest {
     pub bytes: Vec<u8>,
     /// The host the first request is for, when its head is complete and names one.
     pub host: Option<String>,
+    /// Bytes handed to the HTTP parser: the head is parsed once it is complete, not after
+    /// every read (a head sent a byte at a time must not cost its length squared).
+    pub parsed_bytes: usize,
 }
 
 /// Reads until the first request head is complete, `max` bytes have arrived, or the
@@ -24,6 +27,7 @@ pub async fn read<R: AsyncRead + Unpin>(visitor: &mut R, max: usize) -> io::Resu
     let mut first = FirstRequest {
         bytes: Vec::with_capacity(1024),
         host: None,
+        parsed_bytes: 0,
     };
     let mut chunk = [0u8; 4096];
     while first.bytes.len() < max {
@@ -32,9 +36,16 @@ pub async fn read<R: AsyncRead + Unpin>(visitor: &mut R, max: usize) -> io::Resu
         if n == 0 {
             break;
         }
+        let scanned = first.bytes.len();
         first.bytes.extend_from_slice(&chunk[..n]);
+        // Each byte is looked at once for the blank line that ends a head; the parser runs
+        // only once one has arrived (or on the first read, to refuse what is not HTTP early).
+        if scanned > 0 && !has_head_end(&first.bytes, scanned) {
+            continue;
+        }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
+        first.parsed_bytes += first.bytes.len();
         match req.parse(&first.bytes) {
             Ok(httparse::Status::Complete(_)) => {
                 first.host = host_of(&req);
@@ -45,6 +56,16 @@ pub async fn read<R: AsyncRead + Unpin>(visitor: &mut R, max: usize) -> io::Resu
         }
     }
     Ok(first)
+}
+
+/// Whether `buf` holds a blank line (`\n\n` or `\n\r\n`, the end of a head) ending at or
+/// after `from`, looking back only as far as such a line can reach over the boundary.
+fn has_head_end(buf: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(2);
+    buf[start..].windows(2).enumerate().any(|(i, w)| {
+        w[0] == b'\n'
+            && (w[1] == b'\n' || (w[1] == b'\r' && buf.get(start + i + 2) == Some(&b'\n')))
+    })
 }
 
 /// The host a parsed head is for, as [`host_from`] picks it.
@@ -64,11 +85,11 @@ fn host_of(req: &httparse::Request<'_, '_>) -> Option<String> {
     )
 }
 
-/// The host a request is for: its `Host` header, else the authority of an absolute request
-/// target; normalised as [`normalize_host`] does. The first-request read and hyper's
-/// requests both route by this.
+/// The host a request is for: the authority of an absolute request target, else its `Host`
+/// header (RFC 9112 §3.2.2: with an absolute target, `Host` is ignored); normalised as
+/// [`normalize_host`] does. The first-request read and hyper's requests both route by this.
 pub fn host_from(host_header: Option<&str>, target_authority: Option<&str>) -> Option<String> {
-    normalize_host(host_header.or(target_authority)?)
+    normalize_host(target_authority.or(host_header)?)
 }
 
 /// A `Host` value as the routing map keys it: lowercase, without port or trailing dot.
@@ -113,9 +134,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_head_sent_a_byte_at_a_time_is_parsed_about_once() {
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: x.example\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(60_000)
+        );
+        let pieces: Vec<&[u8]> = head.as_bytes().chunks(1).collect();
+        let got = read_sent(&pieces, 65536).await;
+        assert_eq!(got.host.as_deref(), Some("x.example"));
+        // The first read, then the complete head: about twice its length, not its square.
+        assert!(
+            got.parsed_bytes <= 2 * head.len(),
+            "{} bytes parsed for a {}-byte head",
+            got.parsed_bytes,
+            head.len()
+        );
+        // Bare `\n` line ends, the blank line split over reads.
+        let got = read_sent(&[b"GET / HTTP/1.1\nHost: y.example\n", b"\n"], 65536).await;
+        assert_eq!(got.host.as_deref(), Some("y.example"));
+        let got = read_sent(&[b"GET / HTTP/1.1\r\nHost: z.example\r\n\r", b"\n"], 65536).await;
+        assert_eq!(got.host.as_deref(), Some("z.example"));
+    }
+
+    #[tokio::test]
     async fn absolute_uris_name_the_host() {
         let got = read_sent(&[b"GET http://X.example/p HTTP/1.1\r\n\r\n"], 65536).await;
         assert_eq!(got.host.as_deref(), Some("x.example"));
+        // The target's authority wins over `Host`, in either order of the two.
+        let got = read_sent(
+            &[b"GET http://b.example/p HTTP/1.1\r\nHost: a.example\r\n\r\n"],
+            65536,
+        )
+        .await;
+        assert_eq!(got.host.as_deref(), Some("b.example"));
+        let got = read_sent(
+            &[b"GET http://user@b.example:8080/p HTTP/1.1\r\nHost: a.example\r\n\r\n"],
+            65536,
+        )
+        .await;
+        assert_eq!(got.host.as_deref(), Some("b.example"));
     }
 
     #[tokio::test]

@@ -247,6 +247,7 @@ impl VisitorConn {
         let Some(host) = request_host(&req) else {
             return Ok(self.count(pages::bad_request("The request names no host."), "edge"));
         };
+        to_origin_form(&mut req);
         let route = self.route_waiting_out_reconnects(&host).await;
         let resp = match route {
             // A tunnel that takes connections whole gets them only from their first request
@@ -259,9 +260,15 @@ impl VisitorConn {
                     scheme: self.scheme,
                     https_port: self.edge.config.public_tls_port(),
                     options: &options,
+                    throttle: Some((&self.edge.auth_throttle, tunnel.id)),
                 };
                 match http_phases::run(&ctx, &mut req) {
-                    Some(answer) => answer,
+                    Some(answer) => {
+                        if answer.status() == StatusCode::TOO_MANY_REQUESTS {
+                            self.edge.metrics.visitor_auth_throttled_total.inc();
+                        }
+                        answer
+                    }
                     None => {
                         let resp = self.forward(Target::Tunnel(&tunnel), req).await?;
                         return Ok(self.count(resp, "tunnel"));
@@ -448,8 +455,31 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
             })
 }
 
-/// The host a request is for: `Host`, else the absolute URI's authority; lowercase, without
-/// port or trailing dot.
+/// A request with an absolute target (`GET http://b.example/p`) goes on in origin form,
+/// with `Host` set to the target's authority, as a proxy passes it on: the local service
+/// sees the request it would have got had the visitor asked it directly.
+fn to_origin_form<B>(req: &mut Request<B>) {
+    let Some(authority) = req.uri().authority() else {
+        return;
+    };
+    let host = match authority.port() {
+        Some(port) => format!("{}:{port}", authority.host()),
+        None => authority.host().to_string(),
+    };
+    let origin = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .parse::<hyper::Uri>();
+    if let (Ok(value), Ok(origin)) = (hyper::header::HeaderValue::from_str(&host), origin) {
+        req.headers_mut().insert(HOST, value);
+        *req.uri_mut() = origin;
+    }
+}
+
+/// The host a request is for: the absolute target's authority, else `Host`; lowercase,
+/// without port or trailing dot.
 pub fn request_host<B>(req: &Request<B>) -> Option<String> {
     first_request::host_from(
         req.headers().get(HOST).and_then(|v| v.to_str().ok()),
@@ -478,6 +508,34 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(request_host(&r), None);
+    }
+
+    #[test]
+    fn an_absolute_target_wins_over_host_and_goes_on_in_origin_form() {
+        let mut r = Request::builder()
+            .uri("http://user@B.example:8080/p?q=1")
+            .header(HOST, "a.example")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r).as_deref(), Some("b.example"));
+        to_origin_form(&mut r);
+        assert_eq!(r.uri(), "/p?q=1");
+        assert_eq!(r.headers()[HOST], "B.example:8080");
+        assert_eq!(request_host(&r).as_deref(), Some("b.example"));
+        // Origin form is left alone.
+        let mut r = Request::builder()
+            .uri("/p")
+            .header(HOST, "a.example")
+            .body(())
+            .unwrap();
+        to_origin_form(&mut r);
+        assert_eq!(
+            (r.uri().to_string(), &r.headers()[HOST]),
+            (
+                "/p".into(),
+                &"a.example".parse::<hyper::header::HeaderValue>().unwrap()
+            )
+        );
     }
 
     fn conn_for(kind: TunnelKind, scheme: &'static str) -> (VisitorConn, Arc<Tunnel>) {

@@ -4,9 +4,12 @@
 //! a phase: the routing step (`visitor::routing`) decides it, once for every listener.
 
 use crate::options::{HeaderRule, TunnelOptions};
+use crate::visitor::auth_throttle::AuthThrottle;
 use crate::visitor::pages::{self, ProxyBody};
 use base64::Engine;
-use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, LOCATION};
+use hyper::header::{
+    HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, LOCATION, ORIGIN, TRANSFER_ENCODING,
+};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use nearhop_wire::constant_time_eq;
 use std::net::SocketAddr;
@@ -23,6 +26,8 @@ pub struct RequestCtx<'a> {
     pub https_port: u16,
     /// The tunnel's options.
     pub options: &'a TunnelOptions,
+    /// Failed credentials so far, and the tunnel's id they are counted under.
+    pub throttle: Option<(&'a AuthThrottle, i64)>,
 }
 
 /// Runs every phase; `Some` is the edge's own answer and the request goes no further.
@@ -56,18 +61,23 @@ pub fn https_redirect<B>(ctx: &RequestCtx<'_>, req: &Request<B>) -> Option<Respo
     Some(resp)
 }
 
-/// `b:`/`k:` — visitors must present one of the configured credentials; with
-/// `x:passpreflight`, CORS preflights pass without.
-pub fn authenticate<B>(ctx: &RequestCtx<'_>, req: &Request<B>) -> Option<Response<ProxyBody>> {
+/// `b:`/`k:` — visitors must present one of the configured credentials, which the edge
+/// then takes off the request (the tunnel's key never reaches an app that logs headers);
+/// with `x:passpreflight`, CORS preflights pass without. A visitor that failed too often on
+/// this tunnel within the minute gets 429 until the minute ends.
+pub fn authenticate<B>(ctx: &RequestCtx<'_>, req: &mut Request<B>) -> Option<Response<ProxyBody>> {
     let o = ctx.options;
     if !o.needs_auth() {
         return None;
     }
-    if o.pass_preflight
-        && req.method() == Method::OPTIONS
-        && req.headers().contains_key("access-control-request-method")
-    {
+    if o.pass_preflight && is_preflight(req) {
         return None;
+    }
+    let visitor = ctx.visitor.ip();
+    if let Some((throttle, tunnel)) = ctx.throttle {
+        if let Some(wait) = throttle.blocked(tunnel, visitor) {
+            return Some(pages::too_many_failures(wait));
+        }
     }
     let given = req
         .headers()
@@ -96,7 +106,31 @@ pub fn authenticate<B>(ctx: &RequestCtx<'_>, req: &Request<B>) -> Option<Respons
     } else {
         false
     };
-    (!ok).then(|| pages::unauthorized(!o.basic_auth.is_empty()))
+    if ok {
+        req.headers_mut().remove(AUTHORIZATION);
+        if let Some((throttle, tunnel)) = ctx.throttle {
+            throttle.succeeded(tunnel, visitor);
+        }
+        return None;
+    }
+    // A request that brought no credentials at all is a first visit, not a guess.
+    if let (Some((throttle, tunnel)), false) = (ctx.throttle, given.is_empty()) {
+        throttle.failed(tunnel, visitor);
+    }
+    Some(pages::unauthorized(!o.basic_auth.is_empty()))
+}
+
+/// A CORS preflight as browsers send it: `OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`, and no body.
+fn is_preflight<B>(req: &Request<B>) -> bool {
+    let h = req.headers();
+    let no_body = !h.contains_key(TRANSFER_ENCODING)
+        && h.get(CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes().iter().all(|b| *b == b'0'));
+    req.method() == Method::OPTIONS
+        && h.contains_key(ORIGIN)
+        && h.contains_key("access-control-request-method")
+        && no_body
 }
 
 /// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host`.
@@ -154,6 +188,7 @@ mod tests {
             scheme: "http",
             https_port: 443,
             options: o,
+            throttle: None,
         }
     }
 
@@ -167,17 +202,28 @@ mod tests {
         let c = ctx(&o, "127.0.0.1");
         let mut r = req();
         assert_eq!(
-            authenticate(&c, &r).map(|r| r.status()),
+            authenticate(&c, &mut r).map(|r| r.status()),
             Some(StatusCode::UNAUTHORIZED)
         );
-        let good = base64::engine::general_purpose::STANDARD.encode("alice:secret");
-        r.headers_mut()
-            .insert(AUTHORIZATION, format!("Basic {good}").parse().unwrap());
-        assert!(authenticate(&c, &r).is_none());
         let bad = base64::engine::general_purpose::STANDARD.encode("alice:wrong");
         r.headers_mut()
             .insert(AUTHORIZATION, format!("basic {bad}").parse().unwrap());
-        assert!(authenticate(&c, &r).is_some());
+        assert!(authenticate(&c, &mut r).is_some());
+        let good = base64::engine::general_purpose::STANDARD.encode("alice:secret");
+        r.headers_mut()
+            .insert(AUTHORIZATION, format!("Basic {good}").parse().unwrap());
+        assert!(authenticate(&c, &mut r).is_none());
+        assert!(
+            !r.headers().contains_key(AUTHORIZATION),
+            "the credentials the edge checked are not forwarded"
+        );
+    }
+
+    fn preflight() -> hyper::http::request::Builder {
+        Request::builder()
+            .method(Method::OPTIONS)
+            .uri("/api")
+            .header("access-control-request-method", "POST")
     }
 
     #[test]
@@ -187,13 +233,78 @@ mod tests {
         let mut r = req();
         r.headers_mut()
             .insert(AUTHORIZATION, "Bearer abc".parse().unwrap());
-        assert!(authenticate(&c, &r).is_none());
-        let pre = Request::builder()
-            .method(Method::OPTIONS)
-            .header("access-control-request-method", "POST")
+        assert!(authenticate(&c, &mut r).is_none());
+        assert!(!r.headers().contains_key(AUTHORIZATION));
+        let mut pre = preflight()
+            .header(ORIGIN, "https://app.example")
             .body(())
             .unwrap();
-        assert!(authenticate(&c, &pre).is_none());
+        assert!(authenticate(&c, &mut pre).is_none());
+    }
+
+    #[test]
+    fn only_a_browsers_preflight_passes_without_credentials() {
+        let o = TunnelOptions::parse("k:abc x:passpreflight").unwrap();
+        let c = ctx(&o, "127.0.0.1");
+        let status = |r: &mut Request<()>| authenticate(&c, r).map(|r| r.status());
+        let unauthorized = Some(StatusCode::UNAUTHORIZED);
+        // No Origin: not what a browser sends.
+        assert_eq!(status(&mut preflight().body(()).unwrap()), unauthorized);
+        // A body: a preflight has none.
+        let with_body = &mut preflight()
+            .header(ORIGIN, "https://app.example")
+            .header(CONTENT_LENGTH, "5")
+            .body(())
+            .unwrap();
+        assert_eq!(status(with_body), unauthorized);
+        let chunked = &mut preflight()
+            .header(ORIGIN, "https://app.example")
+            .header(TRANSFER_ENCODING, "chunked")
+            .body(())
+            .unwrap();
+        assert_eq!(status(chunked), unauthorized);
+        // A bare OPTIONS.
+        let bare = &mut Request::builder().method(Method::OPTIONS).body(()).unwrap();
+        assert_eq!(status(bare), unauthorized);
+    }
+
+    #[test]
+    fn guessing_past_the_limit_gets_429_with_retry_after_even_with_the_right_key() {
+        let o = TunnelOptions::parse("k:abc").unwrap();
+        let throttle = AuthThrottle::new(2);
+        let c = RequestCtx {
+            throttle: Some((&throttle, 9)),
+            ..ctx(&o, "192.0.2.7")
+        };
+        let with_key = |key: &str| {
+            let mut r = req();
+            r.headers_mut()
+                .insert(AUTHORIZATION, format!("Bearer {key}").parse().unwrap());
+            r
+        };
+        // A visit without credentials is not counted.
+        assert_eq!(
+            authenticate(&c, &mut req()).map(|r| r.status()),
+            Some(StatusCode::UNAUTHORIZED)
+        );
+        for _ in 0..2 {
+            let resp = authenticate(&c, &mut with_key("guess"));
+            assert_eq!(resp.map(|r| r.status()), Some(StatusCode::UNAUTHORIZED));
+        }
+        let resp = authenticate(&c, &mut with_key("abc")).expect("throttled");
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let wait: u64 = resp.headers()[hyper::header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&wait), "{wait}");
+        // Another visitor is not held up.
+        let other = RequestCtx {
+            visitor: "192.0.2.8:5000".parse().unwrap(),
+            ..c
+        };
+        assert!(authenticate(&other, &mut with_key("abc")).is_none());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! first request head, the ClientHello), the one routing step they share, the request
 //! phases, the raw splice, and the pages the edge answers with itself.
 
+pub mod auth_throttle;
 pub mod client_hello;
 pub mod first_request;
 pub mod http;

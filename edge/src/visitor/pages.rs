@@ -119,6 +119,23 @@ pub fn unauthorized(basic: bool) -> Response<ProxyBody> {
     resp
 }
 
+/// 429 for a visitor that gave wrong credentials too often: when to try again.
+pub fn too_many_failures(wait: std::time::Duration) -> Response<ProxyBody> {
+    // Rounded up, so that a visitor that waits as told is let through.
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut resp = page(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many failed attempts",
+        &format!(
+            "Too many wrong credentials for this tunnel from your address. Try again in \
+             {seconds} s."
+        ),
+    );
+    resp.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from(seconds));
+    resp
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
