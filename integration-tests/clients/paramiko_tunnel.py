@@ -15,6 +15,7 @@ import argparse
 import socket
 import sys
 import threading
+import time
 
 import paramiko
 
@@ -70,6 +71,12 @@ def main():
     ap.add_argument("--user", required=True, help="TOKEN[+KEYWORD...]")
     ap.add_argument("-R", dest="forwards", action="append", type=parse_forward, default=[])
     ap.add_argument(
+        "--exec-delay",
+        type=float,
+        default=0.0,
+        help="seconds to wait between opening the session and sending the command (tests)",
+    )
+    ap.add_argument(
         "--host-key",
         help="the edge's public key ('ssh-ed25519 AAAA...'); without it, any key is accepted",
     )
@@ -105,6 +112,8 @@ def main():
     # The forwards first, then the session: the edge prints the URL on it.
     session = transport.open_session()
     session.set_combine_stderr(True)
+    if args.exec_delay:
+        time.sleep(args.exec_delay)
     if args.command:
         session.exec_command(" ".join(args.command))
     else:

@@ -93,12 +93,31 @@ impl ClientRun {
                 client.name()
             );
         }
-        std::fs::create_dir_all(home)?;
-        let mut cmd = match client {
+        let cmd = match client {
             Client::Plink => plink(addr, host_key, args),
             Client::Dbclient => dbclient(addr, args),
-            Client::Paramiko => paramiko(addr, host_key, args)?,
+            Client::Paramiko => paramiko(addr, host_key, args, &[])?,
         };
+        ClientRun::spawn(client, cmd, home, name)
+    }
+
+    /// Paramiko, waiting `delay` between opening its session channel and sending its
+    /// command (the tunnel's options): a client slow to say how its tunnel is protected.
+    pub fn paramiko_delaying_command(
+        home: &Path,
+        name: &str,
+        addr: SocketAddr,
+        host_key: &EdgeHostKey,
+        args: &SshArgs,
+        delay: Duration,
+    ) -> Result<ClientRun> {
+        let delay = ["--exec-delay".to_string(), delay.as_secs_f64().to_string()];
+        let cmd = paramiko(addr, host_key, args, &delay)?;
+        ClientRun::spawn(Client::Paramiko, cmd, home, name)
+    }
+
+    fn spawn(client: Client, mut cmd: Command, home: &Path, name: &str) -> Result<ClientRun> {
+        std::fs::create_dir_all(home)?;
         cmd.env("HOME", home);
         let log = home.join(format!("{name}.log"));
         let _ = std::fs::remove_file(&log);
@@ -222,7 +241,12 @@ fn dbclient(addr: SocketAddr, args: &SshArgs) -> Command {
 
 /// `python3 -u clients/paramiko_tunnel.py --port PORT --user USER --host-key KEY -R ...
 /// HOST [OPTIONS]`.
-fn paramiko(addr: SocketAddr, host_key: &EdgeHostKey, args: &SshArgs) -> Result<Command> {
+fn paramiko(
+    addr: SocketAddr,
+    host_key: &EdgeHostKey,
+    args: &SshArgs,
+    flags: &[String],
+) -> Result<Command> {
     if args.no_command {
         bail!("the Paramiko script always opens a session channel");
     }
@@ -241,6 +265,7 @@ fn paramiko(addr: SocketAddr, host_key: &EdgeHostKey, args: &SshArgs) -> Result<
     for f in &args.forwards {
         cmd.args(["-R", f]);
     }
+    cmd.args(flags);
     cmd.arg(addr.ip().to_string());
     cmd.args(&args.command);
     Ok(cmd)

@@ -192,3 +192,61 @@ fn dropbear_is_in_only_through_the_fallback_ciphers() {
 fn find_url_in(text: &str) -> Option<String> {
     nearhop_stack::edge::find_url(text)
 }
+
+/// Options come with the command, after the forwards: a client slow to send it must not
+/// leave its tunnel reachable unprotected meanwhile. A visitor hammering the (requested,
+/// hence known) name from before the client connects never gets the page without the key.
+#[test]
+fn no_visitor_reaches_a_tunnel_before_its_options_apply() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start("guarded");
+    let args = SshArgs {
+        user: Some(s.pro_token()),
+        forwards: vec![format!("guarded:0:localhost:{}", local.port)],
+        command: vec!["k:the-key".into()],
+        ..SshArgs::default()
+    };
+    let url = "http://guarded.a.tunnel.test";
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let stop = stop.clone();
+        let client = visitor(url, s.edge.http_addr());
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeMap::<u16, u32>::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(r) = client.get(format!("{url}/secret")).send() {
+                    *seen.entry(r.status().as_u16()).or_default() += 1;
+                }
+            }
+            seen
+        })
+    };
+    let key = EdgeHostKey::of(&s.edge).expect("the edge's host key");
+    let home = s.stack.dir.join("clients").join("slow");
+    let mut slow = ClientRun::paramiko_delaying_command(
+        &home,
+        "slow",
+        s.edge.ssh_addr(),
+        &key,
+        &args,
+        std::time::Duration::from_secs(2),
+    )
+    .expect("paramiko starts");
+    let printed = slow.wait_for_url(PATIENCE).expect("the URL");
+    assert!(printed.starts_with(url), "{printed}");
+    // The tunnel is live and protected: the key lets a visitor in.
+    let r = visitor(url, s.edge.http_addr())
+        .get(format!("{url}/secret"))
+        .bearer_auth("the-key")
+        .send()
+        .expect("visit");
+    assert_eq!(r.status(), 200);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = hammer.join().expect("visitor thread");
+    assert!(
+        !seen.contains_key(&200),
+        "a visitor without the key got the page: {seen:?}"
+    );
+    assert!(seen.get(&401).is_some_and(|n| *n > 0), "{seen:?}");
+}

@@ -8,8 +8,22 @@ use russh::ChannelId;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+/// How the wait for a session's options ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptionsKnown {
+    /// The command (with its options) or the shell request came.
+    Settled,
+    /// No session channel within the grace: a `-N` client, which sends no options.
+    NoSession,
+    /// A session channel, but no command or shell within the bound.
+    NoCommand,
+    /// The session ended.
+    Gone,
+}
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -28,6 +42,10 @@ pub struct SessionLink {
     setups_in_flight: AtomicUsize,
     /// Options from the command words, for tunnels set up later.
     options: RwLock<Arc<TunnelOptions>>,
+    /// Set once the options are known: the command or the shell request came.
+    options_settled: AtomicBool,
+    /// Woken when the options settle or the session channel opens.
+    session_news: Notify,
     /// The session channel text is printed on, once the client asked for a shell or command.
     output: Mutex<Output>,
     /// Cancelled when the session ends.
@@ -52,6 +70,8 @@ impl SessionLink {
             authenticated: AtomicBool::new(false),
             setups_in_flight: AtomicUsize::new(0),
             options: RwLock::new(Arc::default()),
+            options_settled: AtomicBool::new(false),
+            session_news: Notify::new(),
             output: Mutex::new(Output::default()),
             gone: CancellationToken::new(),
         }
@@ -101,6 +121,50 @@ impl SessionLink {
         *self.options.write().unwrap_or_else(|e| e.into_inner()) = options;
     }
 
+    /// The client asked for its command (whose options were set just before) or a shell:
+    /// the session's options are final.
+    pub fn settle_options(&self) {
+        self.options_settled.store(true, Ordering::SeqCst);
+        self.session_news.notify_waiters();
+    }
+
+    /// Waits until the session's options are known, so that no visitor reaches a tunnel
+    /// before its `b:`, `k:` and `w:` apply: until the command or shell request came; for a
+    /// client that opened no session channel within `grace` of `since` (its forward), at
+    /// once (`ssh -N` sends no options); for one that opened a channel but asks for nothing,
+    /// at most `bound`.
+    pub async fn options_known(
+        &self,
+        since: Instant,
+        grace: Duration,
+        bound: Duration,
+    ) -> OptionsKnown {
+        let bound = tokio::time::Instant::from_std(since + bound);
+        let grace = tokio::time::Instant::from_std(since + grace);
+        loop {
+            let news = self.session_news.notified();
+            tokio::pin!(news);
+            news.as_mut().enable();
+            if self.options_settled.load(Ordering::SeqCst) {
+                return OptionsKnown::Settled;
+            }
+            let has_channel = self.session_channel().is_some();
+            let until = if has_channel { bound } else { grace.min(bound) };
+            if tokio::time::Instant::now() >= until {
+                return if has_channel {
+                    OptionsKnown::NoCommand
+                } else {
+                    OptionsKnown::NoSession
+                };
+            }
+            tokio::select! {
+                _ = &mut news => {}
+                _ = tokio::time::sleep_until(until) => {}
+                _ = self.gone.cancelled() => return OptionsKnown::Gone,
+            }
+        }
+    }
+
     /// Counts a tunnel setup in progress until the guard drops.
     pub fn setup_started(self: &Arc<Self>) -> SetupGuard {
         self.setups_in_flight.fetch_add(1, Ordering::SeqCst);
@@ -148,6 +212,7 @@ impl SessionLink {
     /// Remembers the session channel; text is held until [`SessionLink::take_ready`].
     pub fn set_session_channel(&self, channel: ChannelId) {
         lock(&self.output).channel = Some(channel);
+        self.session_news.notify_waiters();
     }
 
     /// Queues a line for the user (stderr when `error`); returns nothing, see `take_ready`.

@@ -280,6 +280,7 @@ impl Handler for SshSession {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         session.channel_success(channel)?;
+        self.link.settle_options();
         self.start_output(channel, session);
         Ok(())
     }
@@ -300,6 +301,7 @@ impl Handler for SshSession {
                 for tunnel in self.edge.tunnels_of(self.link.id) {
                     tunnel.set_options(options.clone());
                 }
+                self.link.settle_options();
                 self.start_output(channel, session);
             }
             Err(e) => {

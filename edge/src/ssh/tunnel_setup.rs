@@ -18,6 +18,15 @@ use tracing::Instrument;
 /// taken for `ssh -N`.
 const NO_SESSION_GRACE: Duration = Duration::from_millis(1500);
 
+/// Time from a forward request within which a client that wants to send options has opened
+/// its session channel (OpenSSH opens it right after its forwards, without waiting for
+/// their replies); a client without one by then is taken for `ssh -N`, which sends none.
+const OPTIONS_GRACE: Duration = Duration::from_millis(250);
+
+/// Longest wait, from the forward request, for the command (or shell) of a client that
+/// opened a session channel; past it the tunnel goes live with the options known so far.
+const OPTIONS_BOUND: Duration = Duration::from_secs(5);
+
 /// Told to a client whose tunnel another connection took over.
 const REPLACED: &str = "a newer connection took over this name.";
 
@@ -38,7 +47,7 @@ pub struct PendingTunnel {
 pub async fn set_up(edge: Arc<Edge>, link: Arc<SessionLink>, pending: PendingTunnel) {
     let guard = link.setup_started();
     let started = Instant::now();
-    let result = create(&edge, &link, pending).await;
+    let result = create(&edge, &link, pending, started).await;
     let outcome = if result.is_ok() { "ok" } else { "refused" };
     edge.metrics
         .tunnel_setup_seconds
@@ -62,6 +71,7 @@ async fn create(
     edge: &Arc<Edge>,
     link: &Arc<SessionLink>,
     pending: PendingTunnel,
+    started: Instant,
 ) -> Result<String, String> {
     let PendingTunnel {
         user,
@@ -85,6 +95,16 @@ async fn create(
         tracing::info!(error = %e, "control refused or failed a setup");
         e.user_message()
     })?;
+    // No visitor may reach the tunnel before its options (`b:`, `k:`, `w:`) apply: they come
+    // with the command, after the forwards.
+    let known = link
+        .options_known(started, OPTIONS_GRACE, OPTIONS_BOUND)
+        .await;
+    tracing::debug!(
+        ?known,
+        waited_ms = started.elapsed().as_millis() as u64,
+        "options known"
+    );
     if link.has_ended() {
         give_back(edge, &resp, "client_closed");
         return Err("the client left during setup".into());
