@@ -384,14 +384,14 @@ impl World {
         &self.pg.replicas[0].endpoint
     }
 
-    fn start_region(&self, connector: Connector) -> PdnsRegion {
+    fn start_region(&self, connector: Connector, caches: Caches) -> PdnsRegion {
         let ip = Ipv4Addr::new(127, 0, 0, 2);
         let mut spec = PdnsSpec::for_tests("eu", ip, self.replica().conninfo());
         spec.connector = connector;
-        spec.caches = Caches::Off;
+        spec.caches = caches;
         spec.distributor_threads = 1;
-        PdnsRegion::start(&self.dir.join(format!("dns-{connector:?}")), &spec)
-            .expect("pdns with the remote backend")
+        let dir = self.dir.join(format!("dns-{connector:?}-{caches:?}"));
+        PdnsRegion::start(&dir, &spec).expect("pdns with the remote backend")
     }
 
     /// Asks `region` every query and fails with every response that differs from gpgsql's.
@@ -516,7 +516,7 @@ fn every_connector_answers_exactly_as_gpgsql_on_the_same_database() {
         Connector::HttpPostJson,
         Connector::Pipe,
     ] {
-        let region = w.start_region(connector);
+        let region = w.start_region(connector, Caches::Off);
         let what = format!("{connector:?}");
         w.assert_same_answers(&what, &region);
         assert_signed_axfr_like_gpgsql(&w, &what, &region);
@@ -526,7 +526,7 @@ fn every_connector_answers_exactly_as_gpgsql_on_the_same_database() {
 #[test]
 fn empty_non_terminals_need_no_rectify_and_tsig_keys_follow_the_primary() {
     let w = World::start();
-    let region = w.start_region(Connector::Unix);
+    let region = w.start_region(Connector::Unix, Caches::Off);
     w.assert_same_answers("rectified", &region);
 
     // As control writes zones (never rectified): without the typeless rows the backend
@@ -538,6 +538,33 @@ fn empty_non_terminals_need_no_rectify_and_tsig_keys_follow_the_primary() {
     .expect("delete ENT rows");
     w.wait_applied(&region);
     w.assert_same_answers("without rectify rows", &region);
+
+    // With pdns's caches on, as deployed: a name that starts (or stops) existing only
+    // because a name below it was written (an ACME challenge for a new name) is purged
+    // with that name, so its cached NXDOMAIN (or NODATA) goes at once.
+    let cached = w.start_region(Connector::Unix, Caches::Purged(60));
+    let ask = |what: &str| -> String {
+        let q = [DigQuery::udp("fresh.conform.test", "A")];
+        let answers = dig_batch(&w.dir, cached.dns_addr(), &q).expect(what);
+        status_of(&answers, ";fresh.conform.test. IN A").to_string()
+    };
+    assert_eq!(ask("before"), "NXDOMAIN");
+    psql(
+        &w.pg.primary.endpoint,
+        "INSERT INTO records(domain_id, name, type, content, ttl) SELECT id, \
+         '_acme-challenge.fresh.conform.test', 'TXT', '\"t\"', 10 FROM domains \
+         WHERE name = 'conform.test'",
+    )
+    .expect("insert challenge");
+    w.wait_applied(&cached);
+    assert_eq!(ask("after the challenge"), "NOERROR");
+    psql(
+        &w.pg.primary.endpoint,
+        "DELETE FROM records WHERE name = '_acme-challenge.fresh.conform.test'",
+    )
+    .expect("delete challenge");
+    w.wait_applied(&cached);
+    assert_eq!(ask("after its removal"), "NXDOMAIN");
 
     // A key changed on the primary is in effect once the backend reports the commit
     // applied (the lag race's bound for records), the old secret no longer.

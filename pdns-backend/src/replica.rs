@@ -294,13 +294,16 @@ impl Tailer {
         if let Some(s) = settings {
             self.store.set_settings(s);
         }
+        // Ancestors that became or stopped being empty non-terminals answer differently now:
+        // purged with the changed names.
+        let mut flipped: Vec<String> = Vec::new();
         if domains.is_some() || !names.is_empty() {
             let count = self.store.write(|zones| {
                 if let Some(d) = domains {
                     zones.set_domains(d);
                 }
                 for n in &names {
-                    zones.replace_name(n, by_name.remove(n).unwrap_or_default());
+                    flipped.extend(zones.replace_name(n, by_name.remove(n).unwrap_or_default()));
                 }
                 zones.record_count()
             });
@@ -309,7 +312,7 @@ impl Tailer {
             tracing::debug!(names = names.len(), zone_list_changed, "applied changes");
         }
         self.hand_over(Batch {
-            names: names.into_iter().collect(),
+            names: names.into_iter().chain(flipped).collect(),
             lsn,
             snapshot,
             reset: false,

@@ -165,17 +165,22 @@ impl Zones {
             .iter()
             .map(|(n, recs)| (n.clone(), zone_ids(recs)))
             .collect();
+        let mut flipped = Vec::new();
         for (name, ids) in present {
             for id in ids {
-                zones.note_below(&name, id, true);
+                zones.note_below(&name, id, true, &mut flipped);
             }
         }
         zones
     }
 
-    /// Counts `name` in (or out of) its ancestors' tallies of names of zone `zone` below them.
-    fn note_below(&mut self, name: &str, zone: i32, present: bool) {
+    /// Counts `name` in (or out of) its ancestors' tallies of names of zone `zone` below them;
+    /// the ancestors inside that zone that start or stop being empty non-terminals (their
+    /// tally for the zone appears or goes) are added to `flipped`.
+    fn note_below(&mut self, name: &str, zone: i32, present: bool, flipped: &mut Vec<String>) {
+        let apex = self.domains.get(&zone).map(|d| d.name.as_str());
         for a in ancestors(name) {
+            let inside = apex.is_some_and(|z| is_below(a, z));
             if present {
                 if !self.below.contains_key(a) {
                     self.below.insert(a.into(), Vec::new());
@@ -185,7 +190,12 @@ impl Zones {
                 };
                 match counts.iter_mut().find(|(z, _)| *z == zone) {
                     Some((_, n)) => *n += 1,
-                    None => counts.push((zone, 1)),
+                    None => {
+                        counts.push((zone, 1));
+                        if inside {
+                            flipped.push(a.to_string());
+                        }
+                    }
                 }
             } else if let Some(counts) = self.below.get_mut(a) {
                 if let Some(i) = counts.iter().position(|(z, _)| *z == zone) {
@@ -193,6 +203,9 @@ impl Zones {
                         counts[i].1 -= 1;
                     } else {
                         counts.swap_remove(i);
+                        if inside {
+                            flipped.push(a.to_string());
+                        }
                     }
                 }
                 if counts.is_empty() {
@@ -208,8 +221,11 @@ impl Zones {
         self.domains = domains.into_iter().map(|d| (d.id, d)).collect();
     }
 
-    /// Replaces every record of `name` (an empty list removes the name).
-    pub fn replace_name(&mut self, name: &str, records: Vec<Record>) {
+    /// Replaces every record of `name` (an empty list removes the name). Returns the
+    /// ancestors whose answers changed with it: those that became, or stopped being, empty
+    /// non-terminals (`_acme-challenge.tun.zone` added makes `tun.zone` exist), which pdns
+    /// may hold cached under their own names.
+    pub fn replace_name(&mut self, name: &str, records: Vec<Record>) -> Vec<String> {
         let new_zones = zone_ids(&records);
         self.records += records.len();
         let old = if records.is_empty() {
@@ -220,12 +236,14 @@ impl Zones {
         .unwrap_or_default();
         self.records -= old.len();
         let old_zones = zone_ids(&old);
+        let mut flipped = Vec::new();
         for z in old_zones.iter().filter(|z| !new_zones.contains(z)) {
-            self.note_below(name, *z, false);
+            self.note_below(name, *z, false, &mut flipped);
         }
         for z in new_zones.iter().filter(|z| !old_zones.contains(z)) {
-            self.note_below(name, *z, true);
+            self.note_below(name, *z, true, &mut flipped);
         }
+        flipped
     }
 
     /// Whether some name with records lies below `name` (storage form), in any zone.
@@ -570,11 +588,21 @@ mod tests {
         assert_eq!(ent(&z, "p.sub.a.test", 1), None);
         // Above every zone: nothing.
         assert_eq!(ent(&z, "test", -1), None);
-        // It goes when the last name below goes, and stops being empty when it gets records.
-        z.replace_name("x.b.c.a.test", vec![]);
+        // It goes when the last name below goes (those ancestors are reported, to be purged
+        // from pdns's caches), and stops being empty when it gets records.
+        let mut flipped = z.replace_name("x.b.c.a.test", vec![]);
+        flipped.sort();
+        assert_eq!(flipped, ["b.c.a.test", "c.a.test"]);
         assert_eq!(ent(&z, "c.a.test", 1), None);
-        z.replace_name("q.c.a.test", vec![rec("A", "192.0.2.3", 1)]);
+        assert_eq!(
+            z.replace_name("q.c.a.test", vec![rec("A", "192.0.2.3", 1)]),
+            ["c.a.test"]
+        );
         assert_eq!(ent(&z, "c.a.test", 1), Some(1));
+        // Another name below an existing one changes no ancestor.
+        assert!(z
+            .replace_name("r.c.a.test", vec![rec("A", "192.0.2.4", 1)])
+            .is_empty());
         z.replace_name("c.a.test", vec![rec("TXT", "\"own\"", 1)]);
         assert_eq!(ent(&z, "c.a.test", 1), None);
         // A name moving between zones moves its ancestors' tallies with it.
