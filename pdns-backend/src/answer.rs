@@ -56,6 +56,20 @@ impl<'z> Answer<'z> {
     }
 }
 
+impl Answer<'static> {
+    /// The marker of an empty non-terminal of zone `domain_id`: a record of type "" without
+    /// content, which pdns reads as type 0 (`ENT`) and never puts in a response.
+    pub fn empty_non_terminal(domain_id: i32) -> Answer<'static> {
+        Answer {
+            qtype: "",
+            content: Cow::Borrowed(""),
+            ttl: 0,
+            domain_id,
+            scope: 0,
+        }
+    }
+}
+
 impl Question<'_> {
     fn wants(&self, qtype: &str) -> bool {
         self.qtype == "ANY" || self.qtype == qtype
@@ -113,6 +127,15 @@ pub fn lookup<'z>(
                     scope: c.scope,
                 });
             }
+        }
+    }
+    // A name that exists only because names below it do: pdns's own `ANY` lookup must get
+    // something, or it answers NXDOMAIN (and lets a wildcard above match it). gpgsql hands it
+    // the typeless row `pdnsutil rectify-zone` writes; that row, when stored, is among the
+    // records already. Typed lookups get nothing, as gpgsql's typed query finds nothing.
+    if out.is_empty() && q.qtype == "ANY" {
+        if let Some(d) = zones.empty_non_terminal_zone(q.name, q.zone_id) {
+            out.push(Answer::empty_non_terminal(d.id));
         }
     }
     let unknown_name_of = unknown.filter(|_| !out.is_empty()).map(|d| d.name.as_str());
@@ -295,8 +318,12 @@ mod tests {
             ),
             ("x.sub.a.tunnel.test", "A", &pro_on(), &none),
             ("deep.er.a.tunnel.test", "A", &pro_on(), &none),
-            // An empty non-terminal exists already: nothing computed.
+            // An empty non-terminal exists already: nothing computed; pdns's own ANY lookup
+            // gets the typeless marker (NOERROR/NODATA), a typed lookup nothing.
             ("ent.a.tunnel.test", "A", &pro_on(), &none),
+            ("ent.a.tunnel.test", "ANY", &pro_on(), &["  0/0"]),
+            ("_tcp.ent.a.tunnel.test", "ANY", &pro_on(), &["  0/0"]),
+            ("_tcp.ent.a.tunnel.test", "TXT", &pro_on(), &none),
             // Labels no tunnel can hold.
             ("_acme-challenge.a.tunnel.test", "A", &pro_on(), &none),
             ("www.a.tunnel.test", "A", &pro_on(), &none),

@@ -35,7 +35,7 @@ pub struct Config {
     /// How often the replica's replay position is checked, in milliseconds.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
-    /// How often regions, edge heartbeats and domain metadata are re-read, in milliseconds.
+    /// How often regions and edge heartbeats are re-read, in milliseconds.
     #[serde(default = "default_refresh_ms")]
     pub refresh_ms: u64,
     /// Upper bound of the reconnect backoff, in milliseconds.

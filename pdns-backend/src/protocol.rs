@@ -47,6 +47,8 @@ const KNOWN_METHODS: &[&str] = &[
     "getalldomainmetadata",
     "getdomainmetadata",
     "getdomaininfo",
+    "gettsigkey",
+    "gettsigkeys",
     "directbackendcmd",
 ];
 
@@ -151,6 +153,8 @@ impl Backend {
             "getalldomainmetadata" => self.get_all_domain_metadata(params),
             "getdomainmetadata" => self.get_domain_metadata(params),
             "getdomaininfo" => self.get_domain_info(params),
+            "gettsigkey" => self.get_tsig_key(params),
+            "gettsigkeys" => self.get_tsig_keys(),
             "directbackendcmd" => self.direct_backend_cmd(params),
             _ => Reply::Result(Value::Bool(false)),
         };
@@ -248,8 +252,10 @@ impl Backend {
             let Some(domain) = domain else {
                 return Reply::Result(Value::Bool(false));
             };
-            let answers: Vec<(String, Answer)> = zones
-                .zone_records(domain.id)
+            // In name and type order, as gpgsql's list query returns them.
+            let mut records = zones.zone_records(domain.id);
+            records.sort_by(|a, b| (a.0, &a.1.qtype).cmp(&(b.0, &b.1.qtype)));
+            let answers: Vec<(String, Answer)> = records
                 .into_iter()
                 .map(|(n, r)| (format!("{n}."), Answer::stored(r)))
                 .collect();
@@ -322,6 +328,36 @@ impl Backend {
             .map(|(_, c)| Value::String(c))
             .collect();
         Reply::Result(Value::Array(values))
+    }
+
+    /// `getTSIGKey` (pdns sends it only with `remote-dnssec=yes`): the key's algorithm and
+    /// secret, `false` for an unknown name.
+    fn get_tsig_key(&self, params: &Map<String, Value>) -> Reply {
+        if let Some(r) = self.not_loaded() {
+            return r;
+        }
+        let name = params
+            .get("name")
+            .and_then(Value::as_str)
+            .and_then(storage_name);
+        match name.and_then(|n| self.store.tsig_key(&n)) {
+            Some(k) => Reply::Result(json!({"algorithm": k.algorithm, "content": k.secret})),
+            None => Reply::Result(Value::Bool(false)),
+        }
+    }
+
+    /// `getTSIGKeys`: every key (pdnsutil list-tsig-keys, the API).
+    fn get_tsig_keys(&self) -> Reply {
+        if let Some(r) = self.not_loaded() {
+            return r;
+        }
+        let keys: Vec<Value> = self
+            .store
+            .tsig_keys()
+            .into_iter()
+            .map(|k| json!({"name": format!("{}.", k.name), "algorithm": k.algorithm, "content": k.secret}))
+            .collect();
+        Reply::Result(Value::Array(keys))
     }
 
     fn direct_backend_cmd(&self, params: &Map<String, Value>) -> Reply {
@@ -528,6 +564,64 @@ mod tests {
         assert_eq!(v[0]["zone"], "a.tunnel.test.");
         assert_eq!(v[0]["serial"], 3);
         assert_eq!(v[0]["kind"], "native");
+    }
+
+    #[test]
+    fn tsig_keys_are_served_by_name_in_any_case_and_unknown_ones_are_false() {
+        let b = backend();
+        b.store.set_settings(crate::store::ZoneSettings {
+            metadata: Default::default(),
+            tsig_keys: vec![crate::store::TsigKey {
+                name: "xfr-key".into(),
+                algorithm: "hmac-sha256".into(),
+                secret: "c2VjcmV0".into(),
+            }],
+        });
+        let ask = |name: &str| {
+            b.handle_document(
+                "test",
+                json!({"method":"getTSIGKey","parameters":{"name":name}})
+                    .to_string()
+                    .as_bytes(),
+            )
+        };
+        assert_eq!(
+            ask("XFR-Key."),
+            Reply::Result(json!({"algorithm":"hmac-sha256","content":"c2VjcmV0"}))
+        );
+        assert_eq!(ask("other."), Reply::Result(Value::Bool(false)));
+        assert_eq!(
+            b.call("getTSIGKeys", &Map::new()),
+            Reply::Result(
+                json!([{"name":"xfr-key.","algorithm":"hmac-sha256","content":"c2VjcmV0"}])
+            )
+        );
+    }
+
+    #[test]
+    fn an_empty_non_terminal_answers_a_typeless_record_to_any_only() {
+        let b = backend();
+        b.store.write(|z| {
+            z.replace_name(
+                "_acme-challenge.blog.a.tunnel.test",
+                vec![Record::of(1, "TXT", "\"token\"", 10)],
+            )
+        });
+        b.store.write(|z| {
+            z.replace_name(
+                "x.deep.a.tunnel.test",
+                vec![Record::of(1, "A", "192.0.2.9", 10)],
+            )
+        });
+        assert_eq!(
+            lookup(&b, "Deep.a.tunnel.test.", "ANY", 1),
+            json!([{"qtype":"","qname":"deep.a.tunnel.test.","content":"","ttl":0,"domain_id":1,"auth":1}])
+        );
+        assert_eq!(lookup(&b, "deep.a.tunnel.test.", "A", 1), json!([]));
+        // A name with records keeps them; the ENT marker is only for names without any.
+        let blog = lookup(&b, "blog.a.tunnel.test.", "ANY", 1);
+        assert_eq!(blog.as_array().map(Vec::len), Some(1));
+        assert_eq!(blog[0]["qtype"], "CNAME");
     }
 
     #[test]

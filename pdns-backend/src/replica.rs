@@ -18,7 +18,7 @@
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::purge::Batch;
-use crate::store::{Domain, Record, RegionState, Snapshot, Store, Zones};
+use crate::store::{Domain, Record, RegionState, Snapshot, Store, TsigKey, ZoneSettings, Zones};
 use anyhow::{anyhow, Context, Result};
 use futures_util::{pin_mut, TryStreamExt};
 use std::collections::{BTreeSet, HashMap};
@@ -68,10 +68,12 @@ const CHANGES_SQL: &str = "WITH ch AS (SELECT id, xid, name FROM dns_changes WHE
      UNION ALL SELECT 1::int2, id, xid::text, name::text, NULL, NULL, NULL, NULL, NULL FROM ch \
      UNION ALL SELECT 2::int2, NULL, NULL, r.name::text, r.type::text, r.content::text, r.ttl, r.prio, r.domain_id \
        FROM records r WHERE r.name IN (SELECT name FROM ch WHERE name IS NOT NULL) \
-       AND NOT r.disabled AND r.type IS NOT NULL AND r.content IS NOT NULL";
+       AND NOT r.disabled AND (r.type IS NULL OR r.content IS NOT NULL)";
 
+/// Every servable row: records, and the empty non-terminal rows (`type` NULL) that
+/// `pdnsutil rectify-zone` writes.
 const RECORD_COLUMNS: &str = "SELECT name, type, content, ttl, prio, domain_id FROM records \
-     WHERE NOT disabled AND name IS NOT NULL AND type IS NOT NULL AND content IS NOT NULL";
+     WHERE NOT disabled AND name IS NOT NULL AND (type IS NULL OR content IS NOT NULL)";
 
 impl Tailer {
     /// A tailer that sends every changed name to `purge` (pdns's caches) when given.
@@ -186,6 +188,7 @@ impl Tailer {
         let snapshot = current_snapshot(&tx).await?;
         let xmin = snapshot.xmin;
         let domains = load_domains(&tx).await?;
+        let settings = load_settings(&tx).await?;
         let stream = tx
             .query_raw(RECORD_COLUMNS, std::iter::empty::<&str>())
             .await
@@ -202,6 +205,7 @@ impl Tailer {
         self.store.touch();
         let zones = Zones::new(domains, rows);
         self.metrics.records.set(zones.record_count() as i64);
+        self.store.set_settings(settings);
         self.store.replace_all(zones);
         self.metrics.full_loads.inc();
         // Everything may have changed while we were away: drop pdns's caches entirely, then
@@ -274,24 +278,32 @@ impl Tailer {
         let snapshot =
             snapshot.ok_or_else(|| anyhow!("change query returned no parsable snapshot"))?;
         let new_xmin = snapshot.xmin;
-        // Rare: a zone was added, changed or removed. Read later than the snapshot above,
-        // which only makes it newer; zone rows carry no records of their own.
-        let domains = if zone_list_changed {
+        // Rare: a zone was added, changed or removed, or its metadata or a TSIG key changed.
+        // Read later than the snapshot above, which only makes it newer; zone rows carry no
+        // records of their own.
+        let (domains, settings) = if zone_list_changed {
             let tx = snapshot_transaction(client).await?;
             let d = load_domains(&tx).await?;
+            let s = load_settings(&tx).await?;
             tx.commit().await?;
-            Some(d)
+            (Some(d), Some(s))
         } else {
-            None
+            (None, None)
         };
         self.store.touch();
+        if let Some(s) = settings {
+            self.store.set_settings(s);
+        }
+        // Ancestors that became or stopped being empty non-terminals answer differently now:
+        // purged with the changed names.
+        let mut flipped: Vec<String> = Vec::new();
         if domains.is_some() || !names.is_empty() {
             let count = self.store.write(|zones| {
                 if let Some(d) = domains {
                     zones.set_domains(d);
                 }
                 for n in &names {
-                    zones.replace_name(n, by_name.remove(n).unwrap_or_default());
+                    flipped.extend(zones.replace_name(n, by_name.remove(n).unwrap_or_default()));
                 }
                 zones.record_count()
             });
@@ -300,7 +312,7 @@ impl Tailer {
             tracing::debug!(names = names.len(), zone_list_changed, "applied changes");
         }
         self.hand_over(Batch {
-            names: names.into_iter().collect(),
+            names: names.into_iter().chain(flipped).collect(),
             lsn,
             snapshot,
             reset: false,
@@ -328,8 +340,8 @@ impl Tailer {
         batch.publish(&self.store, &self.metrics);
     }
 
-    /// Regions, edge heartbeats and domain metadata: small tables without change log, re-read
-    /// periodically. Failures are logged and leave the previous state in place.
+    /// Regions and edge heartbeats: small tables without change log, re-read periodically.
+    /// Failures are logged and leave the previous state in place.
     async fn refresh_side_tables(&self, client: &Client) {
         let regions = client
             .query(
@@ -356,26 +368,6 @@ impl Tailer {
                 self.store.set_regions(states);
             }
             Err(e) => tracing::debug!(error = %e, "reading regions and edges"),
-        }
-        let meta = client
-            .query(
-                "SELECT d.name, m.kind, m.content FROM domainmetadata m \
-                 JOIN domains d ON d.id = m.domain_id \
-                 WHERE m.kind IS NOT NULL AND m.content IS NOT NULL",
-                &[],
-            )
-            .await;
-        match meta {
-            Ok(rows) => {
-                let mut map: HashMap<String, Vec<(String, String)>> = HashMap::new();
-                for row in rows {
-                    map.entry(row.get(0))
-                        .or_default()
-                        .push((row.get(1), row.get(2)));
-                }
-                self.store.set_metadata(map);
-            }
-            Err(e) => tracing::debug!(error = %e, "reading domain metadata"),
         }
     }
 }
@@ -458,6 +450,46 @@ async fn load_domains(tx: &tokio_postgres::Transaction<'_>) -> Result<Vec<Domain
         .collect())
 }
 
+/// Domain metadata and TSIG keys (see [`ZoneSettings`]).
+async fn load_settings(tx: &tokio_postgres::Transaction<'_>) -> Result<ZoneSettings> {
+    let meta = tx
+        .query(
+            "SELECT d.name, m.kind, m.content FROM domainmetadata m \
+             JOIN domains d ON d.id = m.domain_id \
+             WHERE m.kind IS NOT NULL AND m.content IS NOT NULL ORDER BY m.id",
+            &[],
+        )
+        .await
+        .context("reading domainmetadata")?;
+    let mut metadata: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for row in meta {
+        metadata
+            .entry(row.get(0))
+            .or_default()
+            .push((row.get(1), row.get(2)));
+    }
+    let keys = tx
+        .query(
+            "SELECT name, algorithm, secret FROM tsigkeys \
+             WHERE name IS NOT NULL AND algorithm IS NOT NULL AND secret IS NOT NULL ORDER BY id",
+            &[],
+        )
+        .await
+        .context("reading tsigkeys")?;
+    let tsig_keys = keys
+        .iter()
+        .map(|row| TsigKey {
+            name: row.get::<_, String>(0).trim_end_matches('.').to_string(),
+            algorithm: row.get(1),
+            secret: row.get(2),
+        })
+        .collect();
+    Ok(ZoneSettings {
+        metadata,
+        tsig_keys,
+    })
+}
+
 /// One `records` row as `(name, record)`; `None` for rows that cannot be served (no zone).
 fn record_from_row(row: &tokio_postgres::Row) -> Option<(String, Record)> {
     record_from_columns(row, 0)
@@ -467,8 +499,14 @@ fn record_from_row(row: &tokio_postgres::Row) -> Option<(String, Record)> {
 /// starting at `at`.
 fn record_from_columns(row: &tokio_postgres::Row, at: usize) -> Option<(String, Record)> {
     let name: String = row.get::<_, Option<String>>(at)?;
-    let qtype: String = row.get::<_, Option<String>>(at + 1)?;
-    let content: String = row.get::<_, Option<String>>(at + 2)?;
+    // A row without a type is an empty non-terminal marker (`pdnsutil rectify-zone`): it is
+    // served as a record of type "" without content, as gpgsql hands it to pdns.
+    let qtype: String = row.get::<_, Option<String>>(at + 1).unwrap_or_default();
+    let content: String = match row.get::<_, Option<String>>(at + 2) {
+        Some(c) => c,
+        None if qtype.is_empty() => String::new(),
+        None => return None,
+    };
     let ttl: Option<i32> = row.get(at + 3);
     let prio: Option<i32> = row.get(at + 4);
     let domain_id: Option<i32> = row.get(at + 5);

@@ -90,21 +90,61 @@ impl RegionState {
     }
 }
 
+/// A TSIG key (`tsigkeys` row), served to pdns for signed zone transfers and queries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TsigKey {
+    /// Key name, lowercase, without the trailing dot.
+    pub name: String,
+    /// Algorithm as stored (`hmac-sha256`, ...).
+    pub algorithm: String,
+    /// The secret, base64 as stored.
+    pub secret: String,
+}
+
+/// Zone-level settings that are not records: `domainmetadata` and `tsigkeys`. Loaded with
+/// the zones and reloaded, like the zone list, when the change log says they changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ZoneSettings {
+    /// Zone name (storage form) → `(kind, content)` rows.
+    pub metadata: HashMap<String, Vec<(String, String)>>,
+    /// Every TSIG key, in `id` order.
+    pub tsig_keys: Vec<TsigKey>,
+}
+
 /// The zones and records at one consistent position.
 #[derive(Debug, Default)]
 pub struct Zones {
     domains: HashMap<i32, Domain>,
     by_name: HashMap<String, i32>,
     names: HashMap<Box<str>, Vec<Record>>,
-    /// For each ancestor of a name that has records, how many such names lie below it: an
-    /// ancestor listed here exists in the DNS (an empty non-terminal if it has no records).
-    below: HashMap<Box<str>, u32>,
+    /// For each ancestor of a name that has records, per zone, how many names with records
+    /// of that zone lie below it: an ancestor listed here exists in the DNS (an empty
+    /// non-terminal of that zone if it has no records there).
+    below: HashMap<Box<str>, Vec<(i32, u32)>>,
     records: usize,
 }
 
 /// The proper ancestors of a name in storage form (`a.b.c` → `b.c`, `c`).
 fn ancestors(name: &str) -> impl Iterator<Item = &str> {
     name.match_indices('.').map(move |(i, _)| &name[i + 1..])
+}
+
+/// Whether `name` lies strictly below `apex` (both in storage form; `""` is the root).
+fn is_below(name: &str, apex: &str) -> bool {
+    if apex.is_empty() {
+        return !name.is_empty();
+    }
+    name.len() > apex.len()
+        && name.ends_with(apex)
+        && name.as_bytes()[name.len() - apex.len() - 1] == b'.'
+}
+
+/// The zones (`domain_id`s) that records belong to, each once.
+fn zone_ids(records: &[Record]) -> Vec<i32> {
+    let mut ids: Vec<i32> = records.iter().map(|r| r.domain_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 impl Zones {
@@ -120,26 +160,57 @@ impl Zones {
                 .or_default()
                 .push(rec);
         }
-        let names: Vec<Box<str>> = zones.names.keys().cloned().collect();
-        for n in &names {
-            zones.note_below(n, true);
+        let present: Vec<(Box<str>, Vec<i32>)> = zones
+            .names
+            .iter()
+            .map(|(n, recs)| (n.clone(), zone_ids(recs)))
+            .collect();
+        let mut flipped = Vec::new();
+        for (name, ids) in present {
+            for id in ids {
+                zones.note_below(&name, id, true, &mut flipped);
+            }
         }
         zones
     }
 
-    /// Counts `name` in (or out of) its ancestors' tallies of names below them.
-    fn note_below(&mut self, name: &str, present: bool) {
+    /// Counts `name` in (or out of) its ancestors' tallies of names of zone `zone` below them;
+    /// the ancestors inside that zone that start or stop being empty non-terminals (their
+    /// tally for the zone appears or goes) are added to `flipped`.
+    fn note_below(&mut self, name: &str, zone: i32, present: bool, flipped: &mut Vec<String>) {
+        let apex = self.domains.get(&zone).map(|d| d.name.as_str());
         for a in ancestors(name) {
-            match (self.below.get_mut(a), present) {
-                (Some(n), true) => *n += 1,
-                (None, true) => {
-                    self.below.insert(a.into(), 1);
+            let inside = apex.is_some_and(|z| is_below(a, z));
+            if present {
+                if !self.below.contains_key(a) {
+                    self.below.insert(a.into(), Vec::new());
                 }
-                (Some(n), false) if *n > 1 => *n -= 1,
-                (Some(_), false) => {
+                let Some(counts) = self.below.get_mut(a) else {
+                    continue;
+                };
+                match counts.iter_mut().find(|(z, _)| *z == zone) {
+                    Some((_, n)) => *n += 1,
+                    None => {
+                        counts.push((zone, 1));
+                        if inside {
+                            flipped.push(a.to_string());
+                        }
+                    }
+                }
+            } else if let Some(counts) = self.below.get_mut(a) {
+                if let Some(i) = counts.iter().position(|(z, _)| *z == zone) {
+                    if counts[i].1 > 1 {
+                        counts[i].1 -= 1;
+                    } else {
+                        counts.swap_remove(i);
+                        if inside {
+                            flipped.push(a.to_string());
+                        }
+                    }
+                }
+                if counts.is_empty() {
                     self.below.remove(a);
                 }
-                (None, false) => {}
             }
         }
     }
@@ -150,30 +221,52 @@ impl Zones {
         self.domains = domains.into_iter().map(|d| (d.id, d)).collect();
     }
 
-    /// Replaces every record of `name` (an empty list removes the name).
-    pub fn replace_name(&mut self, name: &str, records: Vec<Record>) {
+    /// Replaces every record of `name` (an empty list removes the name). Returns the
+    /// ancestors whose answers changed with it: those that became, or stopped being, empty
+    /// non-terminals (`_acme-challenge.tun.zone` added makes `tun.zone` exist), which pdns
+    /// may hold cached under their own names.
+    pub fn replace_name(&mut self, name: &str, records: Vec<Record>) -> Vec<String> {
+        let new_zones = zone_ids(&records);
+        self.records += records.len();
         let old = if records.is_empty() {
-            self.names.remove(name).map(|v| v.len()).unwrap_or(0)
+            self.names.remove(name)
         } else {
-            let n = records.len();
-            let old = self
-                .names
-                .insert(name.into(), records)
-                .map(|v| v.len())
-                .unwrap_or(0);
-            self.records += n;
-            old
-        };
-        self.records -= old;
-        let now = self.names.contains_key(name);
-        if now != (old > 0) {
-            self.note_below(name, now);
+            self.names.insert(name.into(), records)
         }
+        .unwrap_or_default();
+        self.records -= old.len();
+        let old_zones = zone_ids(&old);
+        let mut flipped = Vec::new();
+        for z in old_zones.iter().filter(|z| !new_zones.contains(z)) {
+            self.note_below(name, *z, false, &mut flipped);
+        }
+        for z in new_zones.iter().filter(|z| !old_zones.contains(z)) {
+            self.note_below(name, *z, true, &mut flipped);
+        }
+        flipped
     }
 
-    /// Whether some name with records lies below `name` (storage form).
+    /// Whether some name with records lies below `name` (storage form), in any zone.
     pub fn has_names_below(&self, name: &str) -> bool {
         self.below.contains_key(name)
+    }
+
+    /// The zone in which `name` is an empty non-terminal: it lies strictly below the zone's
+    /// apex, has no records of that zone, and names with records of that zone lie below it
+    /// (`a.b.zone` with records makes `b.zone` exist). The zone is `zone_id` when positive,
+    /// else the closest zone enclosing `name`.
+    pub fn empty_non_terminal_zone(&self, name: &str, zone_id: i64) -> Option<&Domain> {
+        let zone = if zone_id > 0 {
+            self.domain(i32::try_from(zone_id).ok()?)?
+        } else {
+            std::iter::once(name)
+                .chain(ancestors(name))
+                .chain(std::iter::once(""))
+                .find_map(|n| self.zone_at(n))?
+        };
+        let below = self.below.get(name)?.iter().any(|(z, _)| *z == zone.id);
+        let own = self.records_of(name).iter().any(|r| r.domain_id == zone.id);
+        (below && !own && is_below(name, &zone.name)).then_some(zone)
     }
 
     /// Records of `name` (storage form), all zones.
@@ -279,7 +372,7 @@ impl Applied {
 pub struct Store {
     zones: RwLock<Zones>,
     regions: RwLock<Vec<RegionState>>,
-    metadata: RwLock<HashMap<String, Vec<(String, String)>>>,
+    settings: RwLock<ZoneSettings>,
     loaded: AtomicBool,
     applied: watch::Sender<Applied>,
     started: Instant,
@@ -299,7 +392,7 @@ impl Store {
         Store {
             zones: RwLock::new(Zones::default()),
             regions: RwLock::new(Vec::new()),
-            metadata: RwLock::new(HashMap::new()),
+            settings: RwLock::new(ZoneSettings::default()),
             loaded: AtomicBool::new(false),
             applied: watch::channel(Applied::default()).0,
             started: Instant::now(),
@@ -389,15 +482,28 @@ impl Store {
         f(&guard)
     }
 
-    /// Replaces the domain metadata (zone name → (kind, content) rows).
-    pub fn set_metadata(&self, meta: HashMap<String, Vec<(String, String)>>) {
-        *self.metadata.write().unwrap_or_else(|e| e.into_inner()) = meta;
+    /// Replaces the zone settings (metadata and TSIG keys).
+    pub fn set_settings(&self, settings: ZoneSettings) {
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
     }
 
     /// Metadata rows of a zone.
     pub fn metadata_of(&self, zone: &str) -> Vec<(String, String)> {
-        let guard = self.metadata.read().unwrap_or_else(|e| e.into_inner());
-        guard.get(zone).cloned().unwrap_or_default()
+        let guard = self.settings.read().unwrap_or_else(|e| e.into_inner());
+        guard.metadata.get(zone).cloned().unwrap_or_default()
+    }
+
+    /// The TSIG key named `name` (storage form); the first by id if several algorithms share
+    /// the name (pdns 4.7 asks by name only).
+    pub fn tsig_key(&self, name: &str) -> Option<TsigKey> {
+        let guard = self.settings.read().unwrap_or_else(|e| e.into_inner());
+        guard.tsig_keys.iter().find(|k| k.name == name).cloned()
+    }
+
+    /// Every TSIG key.
+    pub fn tsig_keys(&self) -> Vec<TsigKey> {
+        let guard = self.settings.read().unwrap_or_else(|e| e.into_inner());
+        guard.tsig_keys.clone()
     }
 }
 
@@ -451,6 +557,58 @@ mod tests {
         z.replace_name("gone.a.test", vec![]);
         assert!(!z.has_names_below("y.a.test"));
         assert!(!z.has_names_below("a.test"));
+    }
+
+    #[test]
+    fn empty_non_terminals_are_names_of_a_zone_with_only_its_names_below() {
+        let mut z = Zones::new(
+            vec![zone(1, "a.test"), zone(2, "sub.a.test")],
+            vec![
+                ("a.test".to_string(), rec("SOA", "ns. h. 1 1 1 1 5", 1)),
+                ("x.b.c.a.test".to_string(), rec("A", "192.0.2.1", 1)),
+                ("sub.a.test".to_string(), rec("SOA", "ns. h. 1 1 1 1 5", 2)),
+                ("q.p.sub.a.test".to_string(), rec("A", "192.0.2.2", 2)),
+                (
+                    "_acme-challenge.t.a.test".to_string(),
+                    rec("TXT", "\"v\"", 1),
+                ),
+            ],
+        );
+        let ent = |z: &Zones, n: &str, id: i64| z.empty_non_terminal_zone(n, id).map(|d| d.id);
+        assert_eq!(ent(&z, "b.c.a.test", 1), Some(1));
+        assert_eq!(ent(&z, "c.a.test", -1), Some(1));
+        assert_eq!(ent(&z, "t.a.test", 1), Some(1));
+        // Names with records, the apex, names with nothing below, and other zones: no.
+        assert_eq!(ent(&z, "x.b.c.a.test", 1), None);
+        assert_eq!(ent(&z, "a.test", 1), None);
+        assert_eq!(ent(&z, "nothere.a.test", 1), None);
+        assert_eq!(ent(&z, "b.c.a.test", 2), None);
+        // Below a child zone's apex, the child zone's names decide.
+        assert_eq!(ent(&z, "p.sub.a.test", -1), Some(2));
+        assert_eq!(ent(&z, "p.sub.a.test", 1), None);
+        // Above every zone: nothing.
+        assert_eq!(ent(&z, "test", -1), None);
+        // It goes when the last name below goes (those ancestors are reported, to be purged
+        // from pdns's caches), and stops being empty when it gets records.
+        let mut flipped = z.replace_name("x.b.c.a.test", vec![]);
+        flipped.sort();
+        assert_eq!(flipped, ["b.c.a.test", "c.a.test"]);
+        assert_eq!(ent(&z, "c.a.test", 1), None);
+        assert_eq!(
+            z.replace_name("q.c.a.test", vec![rec("A", "192.0.2.3", 1)]),
+            ["c.a.test"]
+        );
+        assert_eq!(ent(&z, "c.a.test", 1), Some(1));
+        // Another name below an existing one changes no ancestor.
+        assert!(z
+            .replace_name("r.c.a.test", vec![rec("A", "192.0.2.4", 1)])
+            .is_empty());
+        z.replace_name("c.a.test", vec![rec("TXT", "\"own\"", 1)]);
+        assert_eq!(ent(&z, "c.a.test", 1), None);
+        // A name moving between zones moves its ancestors' tallies with it.
+        z.replace_name("q.p.sub.a.test", vec![rec("A", "192.0.2.2", 1)]);
+        assert_eq!(ent(&z, "p.sub.a.test", 2), None);
+        assert_eq!(ent(&z, "p.sub.a.test", 1), Some(1));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! or stock `pdns_server --launch=gpgsql` on the same database as the baseline; and a real
 //! recursive resolver (`unbound`) in front of them.
 
+pub mod conformance;
 mod gpgsql;
 mod process;
 mod region;

@@ -117,7 +117,10 @@ impl PdnsRegion {
             .arg("--reuseport=yes")
             // Typed lookups: the zone lookup's SOA query is then cached apart from the
             // per-client apex answer (see deploy/pdns/pdns.conf).
-            .arg("--consistent-backends=no");
+            .arg("--consistent-backends=no")
+            // pdns asks a remote backend for TSIG keys only with this on; the backend serves
+            // no DNSSEC keys, so no zone is signed (deploy/pdns/pdns.conf).
+            .arg("--remote-dnssec=yes");
         // Developers' experiments: extra pdns settings, e.g. `--consistent-backends=yes`.
         if let Ok(extra) = std::env::var("NEARHOP_PDNS_EXTRA_ARGS") {
             cmd.args(extra.split_whitespace());

@@ -175,7 +175,7 @@ impl HttpApp {
         let keys: &[&str] = match method.to_ascii_lowercase().as_str() {
             "lookup" => &["qname", "qtype"],
             "list" => &["domain_id", "zonename"],
-            "getalldomainmetadata" | "getdomaininfo" => &["name"],
+            "getalldomainmetadata" | "getdomaininfo" | "gettsigkey" => &["name"],
             "getdomainmetadata" => &["name", "kind"],
             _ => &[],
         };
