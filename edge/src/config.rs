@@ -107,6 +107,20 @@ pub struct Config {
     pub visitor_max_header_bytes: usize,
     /// Most visitor connections open at once (HTTP and TCP together).
     pub max_visitor_connections: usize,
+    /// Most visitor connections one visitor network (an IPv4 address, an IPv6 /64) may hold
+    /// at once; 0: no limit beside `max_visitor_connections`.
+    pub max_visitor_connections_per_address: usize,
+    /// Most visitor connections (channels) one tunnel may hold at once; 0: no limit.
+    pub max_visitor_connections_per_tunnel: usize,
+    /// How long the edge waits for the head of a tunnel's answer to an HTTP request before
+    /// answering 504 itself; 0: no limit.
+    pub visitor_response_timeout_seconds: u64,
+    /// A `tcp`, `tls` or `x:noreverseproxy` connection with no byte either way for this long
+    /// is closed; 0: never (WebSockets are not cut: see the docs).
+    pub splice_idle_timeout_seconds: u64,
+    /// TCP keepalive on visitor connections: first probe after this many idle seconds, so a
+    /// vanished visitor's connection is found and closed; 0: off.
+    pub visitor_tcp_keepalive_seconds: u64,
     /// On shutdown, how long in-flight visitor connections may finish.
     pub drain_seconds: u64,
     /// Runtime worker threads; 0 means one per CPU core.
@@ -267,6 +281,11 @@ impl Default for Config {
             visitor_header_timeout_seconds: 30,
             visitor_max_header_bytes: 64 * 1024,
             max_visitor_connections: 20_000,
+            max_visitor_connections_per_address: 1_000,
+            max_visitor_connections_per_tunnel: 5_000,
+            visitor_response_timeout_seconds: 120,
+            splice_idle_timeout_seconds: 3_600,
+            visitor_tcp_keepalive_seconds: 60,
             drain_seconds: 10,
             worker_threads: 0,
             // Stock OpenSSH clients list chacha20-poly1305 first and would pick it if it

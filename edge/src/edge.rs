@@ -11,6 +11,7 @@ use crate::metrics::Metrics;
 use crate::ssh::link::{lock, SessionLink};
 use crate::tunnels::{Registry, Tunnel};
 use crate::visitor::auth_throttle::AuthThrottle;
+use crate::visitor::shares::{visitor_network, Share, Shares};
 use anyhow::{Context, Result};
 use nearhop_wire::CloseTunnelRequest;
 use prometheus::IntGauge;
@@ -60,6 +61,10 @@ pub struct Edge {
     pub admin_key: String,
     /// Wrong visitor credentials per tunnel and visitor network.
     pub auth_throttle: AuthThrottle,
+    /// Visitor connections held per visitor network.
+    address_shares: Arc<Shares<u128>>,
+    /// Visitor connections (channels) held per tunnel.
+    tunnel_shares: Arc<Shares<i64>>,
     sessions: Mutex<HashMap<u64, Arc<SessionLink>>>,
     next_session: AtomicU64,
 }
@@ -88,6 +93,8 @@ impl Edge {
             mesh,
             admin_key: random_key()?,
             auth_throttle: AuthThrottle::new(config.visitor_auth_failures_per_minute),
+            address_shares: Shares::new(config.max_visitor_connections_per_address),
+            tunnel_shares: Shares::new(config.max_visitor_connections_per_tunnel),
             visitor_slots: Arc::new(Semaphore::new(config.max_visitor_connections)),
             https,
             config,
@@ -129,6 +136,47 @@ impl Edge {
             _permit: permit,
             active: m.visitor_connections_active.clone(),
         })
+    }
+
+    /// A hold on the visitor network's share of connections (`max_visitor_connections_per_
+    /// address`); `None` (counted): the network holds its whole share already.
+    pub fn address_share(&self, visitor: std::net::IpAddr) -> Option<Share<u128>> {
+        let share = self.address_shares.take(visitor_network(visitor));
+        if share.is_none() {
+            self.metrics
+                .visitor_share_refused_total
+                .with_label_values(&["address"])
+                .inc();
+        }
+        share
+    }
+
+    /// A hold on the tunnel's share of visitor connections
+    /// (`max_visitor_connections_per_tunnel`); `None` (counted): it holds its whole share.
+    pub fn tunnel_share(&self, tunnel: &Tunnel) -> Option<Share<i64>> {
+        let share = self.tunnel_shares.take(tunnel.id);
+        if share.is_none() {
+            self.metrics
+                .visitor_share_refused_total
+                .with_label_values(&["tunnel"])
+                .inc();
+        }
+        share
+    }
+
+    /// Readies an accepted visitor socket: no Nagle delay, and TCP keepalive so that a
+    /// visitor that vanished without a word does not hold its connection for ever.
+    pub fn prepare_visitor_socket(&self, stream: &tokio::net::TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let idle = self.config.visitor_tcp_keepalive_seconds;
+        if idle > 0 {
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(idle))
+                .with_interval(Duration::from_secs(idle.div_ceil(6).max(1)));
+            if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+                tracing::debug!(error = %e, "setting TCP keepalive on a visitor socket");
+            }
+        }
     }
 
     /// The address a connection accepted from `tcp_peer` on `listener` (`http`, `tls`,

@@ -25,6 +25,13 @@ pub struct Metrics {
     pub http_retries_total: IntCounter,
     /// Visitor requests answered 429 after too many wrong credentials (`b:`, `k:`).
     pub visitor_auth_throttled_total: IntCounter,
+    /// Visitor connections refused for holding their share already, by share (`address`:
+    /// the visitor network's, `tunnel`: the tunnel's).
+    pub visitor_share_refused_total: IntCounterVec,
+    /// HTTP requests answered 504 because the tunnel's answer did not start in time.
+    pub visitor_response_timeouts_total: IntCounter,
+    /// Spliced connections (`tcp`, `tls`, `x:noreverseproxy`) closed after an idle spell.
+    pub splice_idle_closed_total: IntCounter,
     /// Time from a `tcpip-forward` request to the tunnel being live, by outcome.
     pub tunnel_setup_seconds: HistogramVec,
     /// Failed calls to control, by call.
@@ -97,6 +104,21 @@ impl Metrics {
         let visitor_auth_throttled_total = IntCounter::new(
             "nearhop_edge_visitor_auth_throttled_total",
             "Visitor requests refused with 429 after too many wrong credentials.",
+        )?;
+        let visitor_share_refused_total = IntCounterVec::new(
+            Opts::new(
+                "nearhop_edge_visitor_share_refused_total",
+                "Visitor connections refused because their address or tunnel held its share.",
+            ),
+            &["share"],
+        )?;
+        let visitor_response_timeouts_total = IntCounter::new(
+            "nearhop_edge_visitor_response_timeouts_total",
+            "HTTP requests answered 504: the tunnel's answer did not start in time.",
+        )?;
+        let splice_idle_closed_total = IntCounter::new(
+            "nearhop_edge_splice_idle_closed_total",
+            "Spliced visitor connections closed after an idle spell.",
         )?;
         let tunnel_setup_seconds = HistogramVec::new(
             HistogramOpts::new(
@@ -196,6 +218,9 @@ impl Metrics {
         registry.register(Box::new(http_responses_total.clone()))?;
         registry.register(Box::new(http_retries_total.clone()))?;
         registry.register(Box::new(visitor_auth_throttled_total.clone()))?;
+        registry.register(Box::new(visitor_share_refused_total.clone()))?;
+        registry.register(Box::new(visitor_response_timeouts_total.clone()))?;
+        registry.register(Box::new(splice_idle_closed_total.clone()))?;
         registry.register(Box::new(tunnel_setup_seconds.clone()))?;
         registry.register(Box::new(control_errors_total.clone()))?;
         registry.register(Box::new(tunnels_closed_total.clone()))?;
@@ -210,6 +235,9 @@ impl Metrics {
             http_responses_total,
             http_retries_total,
             visitor_auth_throttled_total,
+            visitor_share_refused_total,
+            visitor_response_timeouts_total,
+            splice_idle_closed_total,
             tunnel_setup_seconds,
             control_errors_total,
             tunnels_closed_total,

@@ -19,6 +19,7 @@ pub fn blob_byte(i: usize) -> u8 {
 /// A small HTTP/1.1 service on 127.0.0.1, the "developer's local server", keep-alive:
 /// - `GET /blob/N`: N deterministic bytes ([`blob_byte`]);
 /// - `POST /echo`: the body back;
+/// - `GET /hang/N`: answers only after N seconds (a slow service);
 /// - `Upgrade: echo`: 101, then a raw echo for as long as the visitor stays;
 /// - anything else: `hello from <tag> <path>`, then `tag=`, `host=`, the forwarding
 ///   headers, `x-added`, `authorization` and the method it got, one a line, so that a test
@@ -103,6 +104,11 @@ async fn serve(stream: TcpStream, tag: &str, served: &AtomicU64) -> std::io::Res
                 }
                 reader.get_mut().write_all(&buf[..n]).await?;
             }
+        }
+        if let Some(secs) = path.strip_prefix("/hang/") {
+            // A slow service: no answer for that long.
+            let secs: u64 = secs.parse().unwrap_or(0);
+            tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
         }
         let answer: Vec<u8> = if method == "POST" && path == "/echo" {
             body

@@ -325,3 +325,156 @@ fn an_absolute_request_target_is_routed_by_its_own_host() {
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     assert!(answer.contains("No tunnel here"), "{answer}");
 }
+
+/// Reads until the edge closes the connection; a read timeout means it held it open.
+fn closed_by_edge(t: &mut TcpStream) -> Vec<u8> {
+    t.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut got = Vec::new();
+    match t.read_to_end(&mut got) {
+        Ok(_) => got,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => got,
+        Err(e) => panic!("the edge held the connection open: {e}"),
+    }
+}
+
+fn connect_from(source: [u8; 4], to: std::net::SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from((source, 0)).into())
+        .unwrap();
+    socket.connect(&to.into()).unwrap();
+    socket.into()
+}
+
+#[test]
+fn one_address_or_tunnel_holding_its_share_leaves_room_for_the_others() {
+    let s = EdgeStack::start(
+        "max_visitor_connections = 12\nmax_visitor_connections_per_address = 4\n\
+         max_visitor_connections_per_tunnel = 3\nvisitor_response_timeout_seconds = 2\n\
+         splice_idle_timeout_seconds = 2\n",
+    );
+    let local = LocalService::start("local");
+    let (mut a, url_a) = {
+        let mut c = s.ssh("a", &SshArgs::http_tunnel(Some(&s.pro_token()), local.port));
+        let url = c.wait_for_url(PATIENCE).unwrap();
+        (c, url)
+    };
+    let mut b = s.ssh("b", &SshArgs::http_tunnel(Some(&s.pro_token()), local.port));
+    let url_b = b.wait_for_url(PATIENCE).unwrap();
+    let (host_a, _) = url_host_port(&url_a).unwrap();
+
+    // One address holds four half-sent request heads: its whole share.
+    let http = s.edge.http_addr();
+    let mut held: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut t = connect_from([127, 0, 0, 7], http);
+            write!(t, "GET / HTTP/1.1\r\nHost: {host_a}\r\nX-Slow: ").unwrap();
+            t
+        })
+        .collect();
+    eventually("the four are counted", || {
+        let m = s.edge.metrics()?;
+        let active = metric(&m, "nearhop_edge_visitor_connections_active", &[]);
+        anyhow::ensure!(active == Some(4.0), "{active:?}");
+        Ok(())
+    });
+    // Its fifth is told why and closed; another address reaches another tunnel.
+    let mut fifth = connect_from([127, 0, 0, 7], http);
+    let answer = String::from_utf8_lossy(&closed_by_edge(&mut fifth)).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("Too many connections from your address"),
+        "{answer}"
+    );
+    let other = reqwest::blocking::Client::builder()
+        .resolve(&url_host_port(&url_b).unwrap().0, http)
+        .local_address(std::net::IpAddr::from([127, 0, 0, 8]))
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let r = other.get(format!("{url_b}/")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let m = s.edge.metrics().unwrap();
+    assert_eq!(
+        metric(
+            &m,
+            "nearhop_edge_visitor_share_refused_total",
+            &[("share", "address")]
+        ),
+        Some(1.0)
+    );
+    held.clear();
+
+    // A slow service holds its tunnel's three channels; a fourth visitor of that tunnel is
+    // told to come back, and the slow ones get 504 instead of waiting for ever.
+    let slow: Vec<_> = (0..3)
+        .map(|i| {
+            let client = reqwest::blocking::Client::builder()
+                .resolve(&host_a, http)
+                .local_address(std::net::IpAddr::from([127, 0, 1, i + 1]))
+                .timeout(PATIENCE)
+                .build()
+                .unwrap();
+            let url = format!("{url_a}/hang/30");
+            std::thread::spawn(move || client.get(url).send().map(|r| r.status().as_u16()))
+        })
+        .collect();
+    eventually("the slow service holds three channels", || {
+        let r = visitor(&url_a, http).get(format!("{url_a}/")).send()?;
+        anyhow::ensure!(r.status() == 503, "{}", r.status());
+        anyhow::ensure!(r.text()?.contains("as many visitors as it may have"));
+        Ok(())
+    });
+    for t in slow {
+        assert_eq!(t.join().unwrap().unwrap(), 504, "the slow answer is cut");
+    }
+    assert_eq!(
+        s.visit(&url_a, "/").status(),
+        200,
+        "the channels are given back"
+    );
+    let m = s.edge.metrics().unwrap();
+    assert_eq!(
+        metric(&m, "nearhop_edge_visitor_response_timeouts_total", &[]),
+        Some(3.0)
+    );
+    assert!(
+        metric(
+            &m,
+            "nearhop_edge_visitor_share_refused_total",
+            &[("share", "tunnel")]
+        ) >= Some(1.0)
+    );
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn an_idle_tcp_connection_is_closed_and_a_busy_one_is_not() {
+    let s = EdgeStack::start("splice_idle_timeout_seconds = 2\n");
+    let echo = tcp_echo();
+    let token = s.pro_token();
+    let mut c = s.ssh(
+        "tcp",
+        &SshArgs::http_tunnel(Some(&format!("{token}+tcp")), echo),
+    );
+    let url = c.wait_for_url(PATIENCE).unwrap();
+    let (_, port) = url_host_port(&url).unwrap();
+    let mut t = TcpStream::connect((s.edge.spec.ip, port)).unwrap();
+    // Busy for twice the limit: carried.
+    for _ in 0..8 {
+        t.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        t.set_read_timeout(Some(PATIENCE)).unwrap();
+        t.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Then quiet: closed.
+    closed_by_edge(&mut t);
+    let m = s.edge.metrics().unwrap();
+    assert_eq!(
+        metric(&m, "nearhop_edge_splice_idle_closed_total", &[]),
+        Some(1.0)
+    );
+}

@@ -3,5 +3,6 @@
 //! PROXY protocol header a balancer puts in front of a connection.
 
 pub mod counting;
+pub mod idle;
 pub mod proxy_header;
 pub mod read_buffer;

@@ -94,15 +94,10 @@ impl AuthThrottle {
 }
 
 fn key(tunnel: i64, visitor: IpAddr) -> Key {
-    let network = match visitor {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => u128::from(u32::from(v4)),
-            // One /64 is one host's worth of addresses to an attacker.
-            None => u128::from(v6) & !((1u128 << 64) - 1),
-        },
-    };
-    Key { tunnel, network }
+    Key {
+        tunnel,
+        network: crate::visitor::shares::visitor_network(visitor),
+    }
 }
 
 #[cfg(test)]

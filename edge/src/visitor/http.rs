@@ -47,10 +47,14 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
             if let Some(slot) = edge.visitor_slot(Listener::Http.as_str()) {
                 let edge = edge.clone();
                 tokio::spawn(async move {
-                    let _ = stream.set_nodelay(true);
+                    edge.prepare_visitor_socket(&stream);
                     let deadline = Instant::now() + head_timeout(&edge);
                     let behind = edge.real_peer("http", &mut stream, tcp_peer);
                     let Some((peer, rest)) = behind.await else {
+                        return;
+                    };
+                    let Some(_share) = edge.address_share(peer.ip()) else {
+                        let _ = stream.write_all(pages::ADDRESS_BUSY.as_bytes()).await;
                         return;
                     };
                     let stream = Prefixed::new(rest, stream);
@@ -385,12 +389,29 @@ impl VisitorConn {
                 Err(OpenFailure::Refused | OpenFailure::PeerUnreachable) => {
                     return Err(failed(None))
                 }
+                // Not tried again: the visitor is told to come back in a moment.
+                Err(OpenFailure::TunnelBusy) => return Ok(pages::tunnel_busy()),
             }
         }
         let Some(up) = slot.as_mut() else {
             return Err(failed(None));
         };
-        let sent = up.sender.send_request(req).await;
+        let limit = self.edge.config.visitor_response_timeout_seconds;
+        let sent = if limit == 0 {
+            up.sender.send_request(req).await
+        } else {
+            match tokio::time::timeout(Duration::from_secs(limit), up.sender.send_request(req))
+                .await
+            {
+                Ok(sent) => sent,
+                Err(_) => {
+                    // The channel may still bring that late answer: it is not reused.
+                    *slot = None;
+                    self.edge.metrics.visitor_response_timeouts_total.inc();
+                    return Ok(pages::response_timeout(limit));
+                }
+            }
+        };
         let mut resp = match sent {
             Ok(r) => r,
             Err(e) => {

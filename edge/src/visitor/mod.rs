@@ -10,6 +10,7 @@ pub mod http_phases;
 pub mod https;
 pub mod pages;
 pub mod routing;
+pub mod shares;
 pub mod splice;
 pub mod tcp;
 pub mod tls;

@@ -91,6 +91,37 @@ pub fn holder_unreachable() -> Response<ProxyBody> {
     )
 }
 
+/// Written at once to an HTTP visitor whose network holds its whole share of the edge's
+/// connections, before any request is read; the connection is then closed.
+pub const ADDRESS_BUSY: &str = "HTTP/1.1 503 Service Unavailable\r\n\
+    content-type: text/plain; charset=utf-8\r\nretry-after: 10\r\nconnection: close\r\n\
+    content-length: 79\r\n\r\n\
+    Too many connections from your address to this edge. Close some and try again.\n";
+
+/// 503 for a request to a tunnel that holds its whole share of visitor connections.
+pub fn tunnel_busy() -> Response<ProxyBody> {
+    let mut resp = page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Tunnel busy",
+        "This tunnel has as many visitors as it may have at once. Try again in a moment.",
+    );
+    resp.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+    resp
+}
+
+/// 504 for a request whose answer did not start within `seconds`.
+pub fn response_timeout(seconds: u64) -> Response<ProxyBody> {
+    page(
+        StatusCode::GATEWAY_TIMEOUT,
+        "No answer in time",
+        &format!(
+            "The service behind this tunnel did not start answering within {seconds} s. \
+             Its owner may want to look at it."
+        ),
+    )
+}
+
 /// 403 for a visitor outside the allowlist.
 pub fn forbidden() -> Response<ProxyBody> {
     page(
@@ -141,4 +172,31 @@ fn escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busy_answer_is_one_well_formed_response() {
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut resp = httparse::Response::new(&mut headers);
+        let head = match resp.parse(ADDRESS_BUSY.as_bytes()) {
+            Ok(httparse::Status::Complete(n)) => n,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(resp.code, Some(503));
+        let length = resp
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .map(|h| {
+                std::str::from_utf8(h.value)
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap()
+            });
+        assert_eq!(length, Some(ADDRESS_BUSY.len() - head));
+    }
 }

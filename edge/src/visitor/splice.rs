@@ -3,8 +3,10 @@
 
 use crate::edge::Edge;
 use crate::io::counting::CountingStream;
+use crate::io::idle::{carry_until_idle, Carried};
 use crate::tunnels::Tunnel;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// The visitor's side of a carried connection, counted in the visitor byte metrics from
@@ -30,6 +32,14 @@ pub async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
     peer: SocketAddr,
     already_read: Vec<u8>,
 ) {
+    // Turned away (closed) before a channel is opened, when the tunnel holds its share.
+    let Some(_share) = edge.tunnel_share(tunnel) else {
+        tracing::debug!(
+            tunnel = tunnel.id,
+            "tunnel holds its share of visitor connections"
+        );
+        return;
+    };
     let mut visitor = counted_visitor(edge, stream, &already_read);
     let channel = match tunnel.open_channel(peer).await {
         Ok(channel) => channel,
@@ -45,7 +55,14 @@ pub async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
     }
     // Not kept for the life of the connection.
     drop(already_read);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut visitor, &mut upstream).await {
-        tracing::debug!(error = %e, tunnel = tunnel.id, "visitor connection ended");
+    let idle = edge.config.splice_idle_timeout_seconds;
+    let idle = (idle > 0).then(|| Duration::from_secs(idle));
+    match carry_until_idle(&mut visitor, &mut upstream, idle).await {
+        Ok(Carried::Ended) => {}
+        Ok(Carried::Idle) => {
+            edge.metrics.splice_idle_closed_total.inc();
+            tracing::debug!(tunnel = tunnel.id, "idle visitor connection closed");
+        }
+        Err(e) => tracing::debug!(error = %e, tunnel = tunnel.id, "visitor connection ended"),
     }
 }

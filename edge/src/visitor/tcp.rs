@@ -83,6 +83,9 @@ async fn carry(
     let Some(_slot) = edge.visitor_slot(Listener::Tcp.as_str()) else {
         return;
     };
-    let _ = stream.set_nodelay(true);
+    let Some(_share) = edge.address_share(peer.ip()) else {
+        return;
+    };
+    edge.prepare_visitor_socket(&stream);
     splice(&edge, &tunnel, stream, peer, already_read).await;
 }

@@ -109,9 +109,13 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
             if let Some(slot) = edge.visitor_slot(Listener::Tls.as_str()) {
                 let edge = edge.clone();
                 tokio::spawn(async move {
-                    let _ = stream.set_nodelay(true);
+                    edge.prepare_visitor_socket(&stream);
                     let behind = edge.real_peer("tls", &mut stream, tcp_peer);
                     let Some((peer, rest)) = behind.await else {
+                        return;
+                    };
+                    // No TLS yet to say it in: a network holding its share is closed.
+                    let Some(_share) = edge.address_share(peer.ip()) else {
                         return;
                     };
                     let stream = Prefixed::new(rest, stream);

@@ -9,6 +9,7 @@ use crate::io::read_buffer::Coalescing;
 use crate::mesh::links::PeerLink;
 use crate::mesh::protocol::RelayListener;
 use crate::tunnels::Tunnel;
+use crate::visitor::shares::Share;
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
@@ -63,6 +64,9 @@ pub struct Upstream {
     pub key: UpstreamKey,
     /// The HTTP/1.1 connection over the channel.
     pub sender: SendRequest<UpstreamBody>,
+    /// The tunnel's share of visitor connections this channel holds (none for a relay: the
+    /// holder edge counts it).
+    _share: Option<Share<i64>>,
 }
 
 /// Why no upstream could be opened.
@@ -76,6 +80,8 @@ pub enum OpenFailure {
     SessionGone,
     /// The peer edge holding the tunnel could not be reached.
     PeerUnreachable,
+    /// The tunnel holds its whole share of visitor connections.
+    TunnelBusy,
 }
 
 /// Opens the channel to `target` for the visitor at `visitor`, who came in over `scheme`
@@ -87,14 +93,21 @@ pub async fn open(
     scheme: &str,
 ) -> Result<Upstream, OpenFailure> {
     match target {
-        Target::Tunnel(tunnel) => connect(tunnel, visitor).await,
+        Target::Tunnel(tunnel) => {
+            let share = edge.tunnel_share(tunnel).ok_or(OpenFailure::TunnelBusy)?;
+            connect(tunnel, visitor, share).await
+        }
         Target::Peer(link) => connect_peer(edge, link, visitor, scheme).await,
     }
 }
 
 /// Opens a `forwarded-tcpip` channel with the visitor as originator and speaks HTTP/1.1
 /// over it.
-async fn connect(tunnel: &Arc<Tunnel>, visitor: SocketAddr) -> Result<Upstream, OpenFailure> {
+async fn connect(
+    tunnel: &Arc<Tunnel>,
+    visitor: SocketAddr,
+    share: Share<i64>,
+) -> Result<Upstream, OpenFailure> {
     let channel = match tunnel.open_channel(visitor).await {
         Ok(c) => c,
         Err(russh::Error::ChannelOpenFailure(reason)) => {
@@ -114,6 +127,7 @@ async fn connect(tunnel: &Arc<Tunnel>, visitor: SocketAddr) -> Result<Upstream, 
     Ok(Upstream {
         key: UpstreamKey::Tunnel(tunnel.id),
         sender: http_over(io).await.ok_or(OpenFailure::Refused)?,
+        _share: Some(share),
     })
 }
 
@@ -153,6 +167,7 @@ async fn connect_peer(
     Ok(Upstream {
         key: UpstreamKey::Peer(link.id.clone()),
         sender: http_over(io).await.ok_or(OpenFailure::PeerUnreachable)?,
+        _share: None,
     })
 }
 
