@@ -390,6 +390,8 @@ impl World {
         spec.connector = connector;
         spec.caches = caches;
         spec.distributor_threads = 1;
+        // The signed transfers below need AXFR, which the stack leaves off by default.
+        spec.axfr_from = vec!["127.0.0.0/8".into()];
         let dir = self.dir.join(format!("dns-{connector:?}-{caches:?}"));
         PdnsRegion::start(&dir, &spec).expect("pdns with the remote backend")
     }

@@ -41,6 +41,10 @@ pub struct Config {
     /// Upper bound of the reconnect backoff, in milliseconds.
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// How long the HTTP listener waits for a request's headers (on a new connection, and
+    /// between requests of a kept-alive one) before it closes the connection, in milliseconds.
+    #[serde(default = "default_http_header_read_timeout_ms")]
+    pub http_header_read_timeout_ms: u64,
     /// Longest request line accepted from a connector, in bytes.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
@@ -166,6 +170,9 @@ fn default_refresh_ms() -> u64 {
 fn default_reconnect_max_ms() -> u64 {
     2000
 }
+fn default_http_header_read_timeout_ms() -> u64 {
+    10_000
+}
 fn default_max_request_bytes() -> usize {
     64 * 1024
 }
@@ -194,6 +201,9 @@ impl Config {
         if self.poll_interval_ms == 0 {
             bail!("poll_interval_ms must be at least 1");
         }
+        if self.http_header_read_timeout_ms == 0 {
+            bail!("http_header_read_timeout_ms must be at least 1");
+        }
         if self.max_request_bytes < 1024 {
             bail!("max_request_bytes must be at least 1024");
         }
@@ -215,6 +225,11 @@ impl Config {
             .iter()
             .filter(|(_, z)| z.unknown_names == UnknownNames::NearestEdge)
             .map(|(name, _)| name.as_str())
+    }
+
+    /// The HTTP listener's header-read timeout as a duration.
+    pub fn http_header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_header_read_timeout_ms)
     }
 
     /// Poll interval as a duration.

@@ -109,6 +109,7 @@ async fn run(cfg: config::Config, pipe: bool) -> Result<()> {
         store: Arc::clone(&store),
         metrics: Arc::clone(&metrics),
         max_request: cfg.max_request_bytes,
+        header_read_timeout: cfg.http_header_read_timeout(),
     });
     tokio::spawn(transport::http::serve(listener, app));
 

@@ -25,6 +25,13 @@ pub struct Metrics {
     pub full_loads: IntCounter,
     /// Changed names applied from the change log.
     pub changes_applied: IntCounter,
+    /// `dns_changes` rows read while tailing (applied ones are skipped by the server).
+    pub change_rows_read: IntCounter,
+    /// Gaps found in the change log (changes deleted before they were read), each followed
+    /// by a full load.
+    pub change_log_gaps: IntCounter,
+    /// Promotions of the replica followed under a running session.
+    pub promotions_followed: IntCounter,
     /// Purge requests sent to pdns, by result.
     pub purges: IntCounterVec,
     /// Requests that were refused as malformed, by transport.
@@ -74,6 +81,22 @@ impl Metrics {
             "changed names reloaded from the change log",
         )
         .expect("valid metric");
+        let change_rows_read = IntCounter::new(
+            "change_rows_read_total",
+            "dns_changes rows read while tailing the change log",
+        )
+        .expect("valid metric");
+        let change_log_gaps = IntCounter::new(
+            "change_log_gaps_total",
+            "changes deleted from the change log before this backend read them; each one \
+             causes a full load",
+        )
+        .expect("valid metric");
+        let promotions_followed = IntCounter::new(
+            "promotions_followed_total",
+            "promotions of the replica followed without reconnecting",
+        )
+        .expect("valid metric");
         let purges = IntCounterVec::new(
             Opts::new(
                 "pdns_purges_total",
@@ -105,6 +128,9 @@ impl Metrics {
             reconnects,
             full_loads,
             changes_applied,
+            change_rows_read,
+            change_log_gaps,
+            promotions_followed,
             purges,
             bad_requests,
             unknown_name_answers,
@@ -118,6 +144,9 @@ impl Metrics {
             Box::new(m.reconnects.clone()),
             Box::new(m.full_loads.clone()),
             Box::new(m.changes_applied.clone()),
+            Box::new(m.change_rows_read.clone()),
+            Box::new(m.change_log_gaps.clone()),
+            Box::new(m.promotions_followed.clone()),
             Box::new(m.purges.clone()),
             Box::new(m.bad_requests.clone()),
             Box::new(m.unknown_name_answers.clone()),

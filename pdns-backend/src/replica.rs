@@ -21,7 +21,8 @@ use crate::purge::Batch;
 use crate::store::{Domain, Record, RegionState, Snapshot, Store, TsigKey, ZoneSettings, Zones};
 use anyhow::{anyhow, Context, Result};
 use futures_util::{pin_mut, TryStreamExt};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -51,8 +52,17 @@ pub struct Tailer {
 struct Cursor {
     /// xmin of the last snapshot read; every change not yet visible then has `xid >= xmin`.
     xmin: u64,
-    /// Change ids already applied with their xid, kept while `xid >= xmin`.
-    applied: HashMap<i64, u64>,
+    /// Change ids already applied with their xid, kept while `xid >= xmin`. Sent with each
+    /// read as ranges, so that the server skips them: with a long-open transaction pinning
+    /// xmin, the backlog since then is not read again at every poll.
+    applied: BTreeMap<i64, u64>,
+    /// The highest change id read so far (`None` before the first change): when the oldest
+    /// change the log still holds is above the one after it, retention deleted changes this
+    /// backend never read.
+    high_id: Option<i64>,
+    /// Whether the server was in recovery at the last poll: a standby that gets promoted
+    /// stops replaying, and its position is then its own WAL write position.
+    in_recovery: bool,
     /// The replay (or write) position seen at the last poll.
     seen_lsn: u64,
     /// The snapshot seen at the last poll, as text: when neither it nor the position moved,
@@ -60,15 +70,37 @@ struct Cursor {
     seen_snapshot: String,
 }
 
-/// Changes since an xmin plus the current rows of their names, and the statement's own
-/// snapshot xmin, in one statement. `kind` 0: the xmin; 1: a change; 2: a record.
-const CHANGES_SQL: &str = "WITH ch AS (SELECT id, xid, name FROM dns_changes WHERE xid >= $1::text::xid8) \
-     SELECT 0::int2, NULL::int8, pg_current_snapshot()::text, NULL::text, \
+/// Changes since an xmin that are not among the applied ids (`$2`, an `int8multirange`),
+/// plus the current rows of their names, the statement's own snapshot and the oldest change
+/// id the log still holds, in one statement. `kind` 0: the snapshot and the oldest id; 1: a
+/// change; 2: a record.
+const CHANGES_SQL: &str = "WITH ch AS (SELECT id, xid, name FROM dns_changes \
+       WHERE xid >= $1::text::xid8 AND NOT ($2::text::int8multirange @> id)) \
+     SELECT 0::int2, (SELECT min(id) FROM dns_changes), pg_current_snapshot()::text, NULL::text, \
             NULL::text, NULL::text, NULL::int4, NULL::int4, NULL::int4 \
      UNION ALL SELECT 1::int2, id, xid::text, name::text, NULL, NULL, NULL, NULL, NULL FROM ch \
      UNION ALL SELECT 2::int2, NULL, NULL, r.name::text, r.type::text, r.content::text, r.ttl, r.prio, r.domain_id \
        FROM records r WHERE r.name IN (SELECT name FROM ch WHERE name IS NOT NULL) \
        AND NOT r.disabled AND (r.type IS NULL OR r.content IS NOT NULL)";
+
+/// The position (replay position on a standby, WAL write position otherwise), the snapshot,
+/// and whether the server is in recovery.
+const POSITION_SQL: &str = "SELECT CASE WHEN pg_is_in_recovery() \
+       THEN COALESCE(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_lsn() END::text, \
+     pg_current_snapshot()::text, pg_is_in_recovery()";
+
+/// What a poll that read the change log found.
+enum Tail {
+    /// Changes applied (possibly none).
+    Applied,
+    /// Changes between the highest id read and the oldest id held are gone.
+    Gap {
+        /// Oldest change id the log holds.
+        oldest: i64,
+        /// Highest change id this backend read.
+        high: i64,
+    },
+}
 
 /// Every servable row: records, and the empty non-terminal rows (`type` NULL) that
 /// `pdnsutil rectify-zone` writes.
@@ -135,26 +167,9 @@ impl Tailer {
     }
 
     async fn load_and_tail(&self, client: &mut Client) -> Result<()> {
-        let in_recovery: bool = client
-            .query_one("SELECT pg_is_in_recovery()", &[])
-            .await?
-            .get(0);
-        let lsn_sql = if in_recovery {
-            "SELECT COALESCE(pg_last_wal_replay_lsn(), '0/0')::text, pg_current_snapshot()::text"
-        } else {
-            "SELECT pg_current_wal_lsn()::text, pg_current_snapshot()::text"
-        };
-        let lsn_stmt = client.prepare(lsn_sql).await?;
+        let lsn_stmt = client.prepare(POSITION_SQL).await?;
         let changes_stmt = client.prepare(CHANGES_SQL).await?;
-        let started = Instant::now();
-        let mut cursor = self.full_load(client, &lsn_stmt).await?;
-        tracing::info!(
-            records = self.store.read(Zones::record_count),
-            applied_lsn = format_lsn(cursor.seen_lsn),
-            in_recovery,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "full load done"
-        );
+        let mut cursor = self.logged_full_load(client, &lsn_stmt).await?;
         self.refresh_side_tables(client).await;
         let mut last_refresh = Instant::now();
         let refresh_every = Duration::from_millis(self.cfg.refresh_ms.max(10));
@@ -162,18 +177,59 @@ impl Tailer {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            let (lsn, snapshot) = read_position(client, &lsn_stmt).await?;
+            let position = read_position(client, &lsn_stmt).await?;
             self.store.touch();
-            if lsn != cursor.seen_lsn || snapshot != cursor.seen_snapshot {
-                self.apply_changes(client, &changes_stmt, &mut cursor, lsn)
+            if cursor.in_recovery && !position.in_recovery {
+                // Promoted: from now on the position is the server's own WAL position, read
+                // by the same statement; memory needs nothing else.
+                self.metrics.promotions_followed.inc();
+                tracing::warn!(
+                    replayed_lsn = format_lsn(cursor.seen_lsn),
+                    lsn = format_lsn(position.lsn),
+                    "the replica was promoted; following its own commits from now on"
+                );
+            }
+            cursor.in_recovery = position.in_recovery;
+            if position.lsn != cursor.seen_lsn || position.snapshot != cursor.seen_snapshot {
+                let outcome = self
+                    .apply_changes(client, &changes_stmt, &mut cursor, position.lsn)
                     .await?;
-                cursor.seen_snapshot = snapshot;
+                if let Tail::Gap { oldest, high } = outcome {
+                    self.metrics.change_log_gaps.inc();
+                    tracing::warn!(
+                        oldest_retained_id = oldest,
+                        last_read_id = high,
+                        "the change log no longer holds changes this backend never read \
+                         (deleted by retention while it was behind); loading everything again"
+                    );
+                    cursor = self.logged_full_load(client, &lsn_stmt).await?;
+                    continue;
+                }
+                cursor.seen_snapshot = position.snapshot;
             }
             if last_refresh.elapsed() >= refresh_every {
                 self.refresh_side_tables(client).await;
                 last_refresh = Instant::now();
             }
         }
+    }
+
+    /// [`Tailer::full_load`], logged.
+    async fn logged_full_load(
+        &self,
+        client: &mut Client,
+        lsn_stmt: &tokio_postgres::Statement,
+    ) -> Result<Cursor> {
+        let started = Instant::now();
+        let cursor = self.full_load(client, lsn_stmt).await?;
+        tracing::info!(
+            records = self.store.read(Zones::record_count),
+            applied_lsn = format_lsn(cursor.seen_lsn),
+            in_recovery = cursor.in_recovery,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "full load done"
+        );
+        Ok(cursor)
     }
 
     /// Loads every zone and record under one snapshot; the position read before it opens is
@@ -183,7 +239,11 @@ impl Tailer {
         client: &mut Client,
         lsn_stmt: &tokio_postgres::Statement,
     ) -> Result<Cursor> {
-        let (lsn, seen_snapshot) = read_position(client, lsn_stmt).await?;
+        let Position {
+            lsn,
+            snapshot: seen_snapshot,
+            in_recovery,
+        } = read_position(client, lsn_stmt).await?;
         let tx = snapshot_transaction(client).await?;
         let snapshot = current_snapshot(&tx).await?;
         let xmin = snapshot.xmin;
@@ -201,6 +261,11 @@ impl Tailer {
             }
         }
         let applied = visible_changes(&tx, xmin).await?;
+        let high_id: Option<i64> = tx
+            .query_one("SELECT max(id) FROM dns_changes", &[])
+            .await
+            .context("reading the newest change id")?
+            .get(0);
         tx.commit().await?;
         self.store.touch();
         let zones = Zones::new(domains, rows);
@@ -221,6 +286,8 @@ impl Tailer {
         Ok(Cursor {
             xmin,
             applied,
+            high_id,
+            in_recovery,
             seen_lsn: lsn,
             seen_snapshot,
         })
@@ -228,19 +295,25 @@ impl Tailer {
 
     /// Reads the changes not applied yet and the current rows of their names in **one
     /// statement** (so one snapshot, taken after `lsn` was read, and one round trip: this is
-    /// on the path of every change's freshness), then applies them.
+    /// on the path of every change's freshness), then applies them; or finds that retention
+    /// deleted changes never read, and applies nothing.
     async fn apply_changes(
         &self,
         client: &mut Client,
         stmt: &tokio_postgres::Statement,
         cursor: &mut Cursor,
         lsn: u64,
-    ) -> Result<()> {
+    ) -> Result<Tail> {
         let rows = client
-            .query(stmt, &[&cursor.xmin.to_string()])
+            .query(
+                stmt,
+                &[&cursor.xmin.to_string(), &id_ranges(cursor.applied.keys())],
+            )
             .await
             .context("reading dns_changes")?;
         let mut snapshot = None;
+        let mut oldest: Option<i64> = None;
+        let mut change_rows = 0u64;
         let mut fresh: Vec<(i64, u64)> = Vec::new();
         let mut names: BTreeSet<String> = BTreeSet::new();
         let mut zone_list_changed = false;
@@ -249,10 +322,12 @@ impl Tailer {
             let kind: i16 = row.get(0);
             match kind {
                 0 => {
+                    oldest = row.get(1);
                     let text: Option<&str> = row.get(2);
                     snapshot = text.and_then(Snapshot::parse);
                 }
                 1 => {
+                    change_rows += 1;
                     let id: i64 = row.get(1);
                     if cursor.applied.contains_key(&id) {
                         continue;
@@ -275,8 +350,18 @@ impl Tailer {
                 }
             }
         }
+        self.metrics.change_rows_read.inc_by(change_rows);
         let snapshot =
             snapshot.ok_or_else(|| anyhow!("change query returned no parsable snapshot"))?;
+        // Every change id above the highest one read was either not visible yet (it will be
+        // read) or is gone: when the oldest id the log holds is above the next one, the ids
+        // between were deleted, or never committed (a rolled-back writer). Memory cannot tell
+        // which, so it reloads: a rare full load is the price of never serving a lost change.
+        if let (Some(high), Some(oldest)) = (cursor.high_id, oldest) {
+            if oldest > high.saturating_add(1) {
+                return Ok(Tail::Gap { oldest, high });
+            }
+        }
         let new_xmin = snapshot.xmin;
         // Rare: a zone was added, changed or removed, or its metadata or a TSIG key changed.
         // Read later than the snapshot above, which only makes it newer; zone rows carry no
@@ -318,12 +403,13 @@ impl Tailer {
             reset: false,
         });
         for (id, xid) in fresh {
+            cursor.high_id = cursor.high_id.max(Some(id));
             cursor.applied.insert(id, xid);
         }
         cursor.applied.retain(|_, xid| *xid >= new_xmin);
         cursor.xmin = new_xmin;
         cursor.seen_lsn = lsn;
-        Ok(())
+        Ok(Tail::Applied)
     }
 
     /// Passes an applied batch to the purger, which publishes its position once its names
@@ -382,13 +468,55 @@ async fn snapshot_transaction(client: &mut Client) -> Result<tokio_postgres::Tra
         .await?)
 }
 
-/// The position and the snapshot now, the snapshot as text (only compared).
-async fn read_position(client: &Client, stmt: &tokio_postgres::Statement) -> Result<(u64, String)> {
+/// What one poll of the server's position says.
+struct Position {
+    /// Replay position in recovery, else the WAL write position.
+    lsn: u64,
+    /// The snapshot, as text (only compared).
+    snapshot: String,
+    /// Whether the server is a standby now.
+    in_recovery: bool,
+}
+
+/// The position and the snapshot now; recovery is asked every time, so that a standby
+/// promoted under a running session is followed (its replay position stops for good).
+async fn read_position(client: &Client, stmt: &tokio_postgres::Statement) -> Result<Position> {
     let row = client.query_one(stmt, &[]).await?;
     let text: Option<String> = row.get(0);
     let text = text.unwrap_or_else(|| "0/0".into());
     let lsn = parse_lsn(&text).ok_or_else(|| anyhow!("unparsable LSN {text:?}"))?;
-    Ok((lsn, row.get(1)))
+    Ok(Position {
+        lsn,
+        snapshot: row.get(1),
+        in_recovery: row.get(2),
+    })
+}
+
+/// Sorted change ids as an `int8multirange` literal of their runs: `{[1,4),[7,8)}`.
+fn id_ranges<'a>(ids: impl Iterator<Item = &'a i64>) -> String {
+    let mut out = String::from("{");
+    let mut run: Option<(i64, i64)> = None;
+    let close = |out: &mut String, (lo, hi): (i64, i64)| {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        let _ = write!(out, "[{lo},{})", hi.saturating_add(1));
+    };
+    for &id in ids {
+        run = match run {
+            Some((lo, hi)) if id == hi.saturating_add(1) => Some((lo, id)),
+            Some(r) => {
+                close(&mut out, r);
+                Some((id, id))
+            }
+            None => Some((id, id)),
+        };
+    }
+    if let Some(r) = run {
+        close(&mut out, r);
+    }
+    out.push('}');
+    out
 }
 
 async fn current_snapshot(tx: &tokio_postgres::Transaction<'_>) -> Result<Snapshot> {
@@ -402,7 +530,7 @@ async fn current_snapshot(tx: &tokio_postgres::Transaction<'_>) -> Result<Snapsh
 async fn visible_changes(
     tx: &tokio_postgres::Transaction<'_>,
     xmin: u64,
-) -> Result<HashMap<i64, u64>> {
+) -> Result<BTreeMap<i64, u64>> {
     let rows = tx
         .query(
             "SELECT id, xid::text FROM dns_changes WHERE xid >= $1::text::xid8",
@@ -536,6 +664,14 @@ mod tests {
         assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
         assert_eq!(format_lsn(0x3000060), "0/3000060");
         assert_eq!(parse_lsn(&format_lsn(u64::MAX)), Some(u64::MAX));
+    }
+
+    #[test]
+    fn applied_ids_are_sent_as_runs() {
+        let ids = [1i64, 2, 3, 7, 9, 10];
+        assert_eq!(id_ranges(ids.iter()), "{[1,4),[7,8),[9,11)}");
+        assert_eq!(id_ranges([].iter()), "{}");
+        assert_eq!(id_ranges([5i64].iter()), "{[5,6)}");
     }
 
     #[test]

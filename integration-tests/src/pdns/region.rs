@@ -42,6 +42,9 @@ pub struct PdnsSpec {
     pub receiver_threads: u32,
     /// pdns `distributor-threads`.
     pub distributor_threads: u32,
+    /// Addresses (`allow-axfr-ips`) that may transfer the zones; empty, as deployed when the
+    /// operator names no secondaries: zone transfers are off (`disable-axfr=yes`).
+    pub axfr_from: Vec<String>,
 }
 
 impl PdnsSpec {
@@ -61,6 +64,7 @@ impl PdnsSpec {
             unknown_names: Vec::new(),
             receiver_threads: 1,
             distributor_threads: 3,
+            axfr_from: Vec::new(),
         }
     }
 }
@@ -121,6 +125,14 @@ impl PdnsRegion {
             // pdns asks a remote backend for TSIG keys only with this on; the backend serves
             // no DNSSEC keys, so no zone is signed (deploy/pdns/pdns.conf).
             .arg("--remote-dnssec=yes");
+        // Zone transfers list every tunnel name: off unless secondaries are named, as in
+        // deploy/pdns/pdns.conf.
+        if spec.axfr_from.is_empty() {
+            cmd.args(["--disable-axfr=yes", "--allow-axfr-ips="]);
+        } else {
+            cmd.arg("--disable-axfr=no")
+                .arg(format!("--allow-axfr-ips={}", spec.axfr_from.join(",")));
+        }
         // Developers' experiments: extra pdns settings, e.g. `--consistent-backends=yes`.
         if let Ok(extra) = std::env::var("NEARHOP_PDNS_EXTRA_ARGS") {
             cmd.args(extra.split_whitespace());
@@ -183,6 +195,13 @@ impl PdnsRegion {
         let cfg = self.dir.join("pdns-backend.toml");
         self.backend = Some(start_backend(&self.dir, &self.spec, &cfg, &sock)?);
         Ok(())
+    }
+
+    /// Sends `sig` to the backend process (`SIGSTOP`/`SIGCONT` hold it behind the database).
+    pub fn signal_backend(&self, sig: i32) {
+        if let Some(b) = &self.backend {
+            b.signal(sig);
+        }
     }
 
     /// Whether pdns still runs.

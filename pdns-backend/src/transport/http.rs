@@ -13,7 +13,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +32,9 @@ pub struct HttpApp {
     pub metrics: Arc<Metrics>,
     /// Largest request body accepted.
     pub max_request: usize,
+    /// How long a connection may take to send a request's headers: a silent or slow caller
+    /// is cut, instead of holding a connection (and its task) forever.
+    pub header_read_timeout: Duration,
 }
 
 /// Accepts HTTP/1.1 connections forever.
@@ -48,11 +51,15 @@ pub async fn serve(listener: TcpListener, app: Arc<HttpApp>) {
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
         tokio::spawn(async move {
+            let header_read_timeout = app.header_read_timeout;
             let service = service_fn(move |req| {
                 let app = Arc::clone(&app);
                 async move { Ok::<_, std::convert::Infallible>(app.route(req).await) }
             });
+            // hyper enforces the header-read timeout only with a timer.
             if let Err(e) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
@@ -211,4 +218,79 @@ fn reply_response(reply: &Reply) -> Resp {
         Reply::Failure(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     json_response(status, reply.to_json())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::answer::Rules;
+    use crate::apex::RegionMap;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Serves on a free loopback port with a short header-read timeout.
+    async fn listener() -> std::net::SocketAddr {
+        let store = Arc::new(Store::new());
+        let metrics = Arc::new(Metrics::new());
+        let backend = Arc::new(Backend::new(
+            Arc::clone(&store),
+            RegionMap::new(Vec::new(), "us".into(), 30.0),
+            Rules {
+                apex_ttl: 10,
+                nearest_edge_zones: Default::default(),
+            },
+            Arc::clone(&metrics),
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(serve(
+            listener,
+            Arc::new(HttpApp {
+                backend,
+                store,
+                metrics,
+                max_request: 64 * 1024,
+                header_read_timeout: Duration::from_millis(200),
+            }),
+        ));
+        addr
+    }
+
+    /// Reads until the server closes; a read that waits a whole minute is a failure (the
+    /// server never closed), not a measure of anything.
+    async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(60), stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return got,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => panic!("the server kept a silent connection open"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn silent_and_half_sent_connections_are_closed() {
+        let addr = listener().await;
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        read_until_closed(&mut silent).await;
+        let mut half = TcpStream::connect(addr).await.expect("connect");
+        half.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        read_until_closed(&mut half).await;
+        // A caller that sends its request in time is answered, then cut once it goes quiet.
+        let mut prompt = TcpStream::connect(addr).await.expect("connect");
+        prompt
+            .write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = read_until_closed(&mut prompt).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
 }
