@@ -156,34 +156,49 @@ def up():
     print(f"lab: {len(hosts)} hosts up, bridge {BRIDGE} in network namespace {NETNS}")
 
 
+def alive(pid):
+    """Running (a zombie waiting for its reaper counts as ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def lab_process(pid, kind):
+    """Is PID still the process the lab started (not a PID reused since)? The init runs in
+    a PID namespace of its own; the unshare that started it runs unshare."""
+    try:
+        if kind == "pid":
+            return os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"unshare")
+    except OSError:
+        return False
+
+
 def down():
     stopped = 0
     hosts_dir = LAB_DIR / "hosts"
+    pids = []
     for d in sorted(hosts_dir.iterdir()) if hosts_dir.exists() else []:
-        for f in ("pid", "unshare.pid"):
+        for kind in ("pid", "unshare.pid"):
             try:
-                pid = int((d / f).read_text())
+                pid = int((d / kind).read_text())
             except (OSError, ValueError):
+                continue
+            if not lab_process(pid, kind):
                 continue
             try:
                 # Only the processes the lab started: each host's init (its PID namespace
                 # ends with it) and the unshare that waited for it.
                 os.kill(pid, signal.SIGKILL)
                 stopped += 1
+                pids.append(pid)
             except OSError:
                 pass
-        for f in ("pid", "unshare.pid"):
-            try:
-                pid = int((d / f).read_text())
-            except (OSError, ValueError):
-                continue
-            deadline = time.monotonic() + 10
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                try:
-                    os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
-                time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
     if netns_exists():
         sh("ip", "netns", "del", NETNS)
     if LAB_DIR.exists():

@@ -25,7 +25,8 @@ packages=(
   dnsutils              # dig
   unbound               # the lab's recursive resolver
   curl
-  procps                # pgrep/ps in the lab scripts
+  procps                # ps in the lab scripts
+  iputils-ping          # lab.py checks that every host reaches every other
 )
 
 missing=()
