@@ -2,6 +2,7 @@
 """nearhop's Ansible lab: real hosts on this machine, made of Linux namespaces (docs/lab.md).
 
     lab/lab.py up                 start every host of lab/inventory (fails if the lab is up)
+    lab/lab.py add                start the hosts of $NEARHOP_LAB_EXTRA_INVENTORY not yet up
     lab/lab.py down               stop every host and remove the lab's network and state
     lab/lab.py status             the hosts and whether they run
     lab/lab.py exec HOST CMD...   run a command inside a host
@@ -17,7 +18,9 @@ nothing on the machine (its own network namespace included) has an address on th
 
 `down` kills each host's init: the kernel then ends every process of that PID namespace
 (PostgreSQL, pdns, the nearhop services), and the host's mounts go with its mount
-namespace. Run as root. State: $NEARHOP_LAB_DIR (default /var/tmp/nearhop-lab).
+namespace. Run as root. State: $NEARHOP_LAB_DIR (default /var/tmp/nearhop-lab). $NEARHOP_LAB_EXTRA_INVENTORY names a
+second inventory used with lab/inventory (e.g. lab/inventory-sa: a region added to the
+running lab); `add` starts its hosts, and `smoke` covers its regions too.
 """
 
 import json
@@ -43,9 +46,14 @@ def sh(*argv, check=True, **kw):
 
 
 def inventory():
-    """lab/inventory as ansible-inventory --list sees it (the one source of the lab's hosts)."""
+    """lab/inventory (and the extra one) as ansible-inventory --list sees it: the one source
+    of the lab's hosts."""
+    sources = ["-i", str(LAB / "inventory")]
+    extra = os.environ.get("NEARHOP_LAB_EXTRA_INVENTORY")
+    if extra:
+        sources += ["-i", str(Path(extra).resolve())]
     out = subprocess.run(
-        ["ansible-inventory", "-i", str(LAB / "inventory"), "--list"],
+        ["ansible-inventory", *sources, "--list"],
         check=True, capture_output=True, text=True, cwd=REPO / "ansible",
     ).stdout
     return json.loads(out)
@@ -93,6 +101,44 @@ def enter(pid, argv):
             "--root", "--wd", "--", *argv]
 
 
+def start_host(name, ip, i, etc_hosts):
+    """Boots one host (lab/hostinit.sh) and plugs it into the bridge as port vh<i>."""
+    d = host_dir(name)
+    d.mkdir(parents=True)
+    log = open(d / "init.log", "w")
+    unshare = subprocess.Popen(
+        ["unshare", "--mount", "--uts", "--ipc", "--net", "--pid", "--fork",
+         "--propagation", "private",
+         "/bin/bash", str(LAB / "hostinit.sh"), name, str(d), str(STANDIN), str(etc_hosts)],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+    )
+    (d / "unshare.pid").write_text(str(unshare.pid))
+    deadline = time.monotonic() + 30
+    while not (d / "ready").exists():
+        if unshare.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"lab: host {name} did not boot; see {d / 'init.log'}:\n"
+                             + (d / "init.log").read_text())
+        time.sleep(0.05)
+    children = Path(f"/proc/{unshare.pid}/task/{unshare.pid}/children").read_text().split()
+    pid = int(children[0])
+    (d / "pid").write_text(str(pid))
+
+    # One veth pair: vhN on the bridge in the lab's namespace, eth0 in the host.
+    port = f"vh{i}"
+    sh("ip", "link", "add", port, "netns", NETNS, "type", "veth",
+       "peer", "name", "eth0", "netns", str(pid))
+    sh("ip", "-n", NETNS, "link", "set", port, "master", BRIDGE, "up")
+    net = ["nsenter", "--target", str(pid), "--net", "--"]
+    sh(*net, "ip", "link", "set", "lo", "up")
+    sh(*net, "ip", "addr", "add", f"{ip}/{PREFIX_LEN}", "dev", "eth0")
+    sh(*net, "ip", "link", "set", "eth0", "up")
+    # systemd's units give pdns and the edge CAP_NET_BIND_SERVICE for ports 53 and 80;
+    # the stand-in does not apply capabilities, so the lab opens low ports to every user
+    # of the host's network namespace instead (this sysctl is per namespace).
+    sh(*net, "sysctl", "-q", "-w", "net.ipv4.ip_unprivileged_port_start=0")
+    print(f"lab: {name} up ({ip}, init pid {pid})")
+
+
 def up():
     if netns_exists() or (LAB_DIR / "hosts").exists():
         raise SystemExit(f"lab: already up (or left over): run `lab/lab.py down` first")
@@ -110,42 +156,14 @@ def up():
     sh("ip", "-n", NETNS, "link", "set", BRIDGE, "up")
 
     for i, (name, ip) in enumerate(hosts.items()):
-        d = host_dir(name)
-        d.mkdir(parents=True)
-        log = open(d / "init.log", "w")
-        unshare = subprocess.Popen(
-            ["unshare", "--mount", "--uts", "--ipc", "--net", "--pid", "--fork",
-             "--propagation", "private",
-             "/bin/bash", str(LAB / "hostinit.sh"), name, str(d), str(STANDIN), str(etc_hosts)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-        )
-        (d / "unshare.pid").write_text(str(unshare.pid))
-        deadline = time.monotonic() + 30
-        while not (d / "ready").exists():
-            if unshare.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"lab: host {name} did not boot; see {d / 'init.log'}:\n"
-                                 + (d / "init.log").read_text())
-            time.sleep(0.05)
-        children = Path(f"/proc/{unshare.pid}/task/{unshare.pid}/children").read_text().split()
-        pid = int(children[0])
-        (d / "pid").write_text(str(pid))
+        start_host(name, ip, i, etc_hosts)
 
-        # One veth pair: vhN on the bridge in the lab's namespace, eth0 in the host.
-        port = f"vh{i}"
-        sh("ip", "link", "add", port, "netns", NETNS, "type", "veth",
-           "peer", "name", "eth0", "netns", str(pid))
-        sh("ip", "-n", NETNS, "link", "set", port, "master", BRIDGE, "up")
-        net = ["nsenter", "--target", str(pid), "--net", "--"]
-        sh(*net, "ip", "link", "set", "lo", "up")
-        sh(*net, "ip", "addr", "add", f"{ip}/{PREFIX_LEN}", "dev", "eth0")
-        sh(*net, "ip", "link", "set", "eth0", "up")
-        # systemd's units give pdns and the edge CAP_NET_BIND_SERVICE for ports 53 and 80;
-        # the stand-in does not apply capabilities, so the lab opens low ports to every user
-        # of the host's network namespace instead (this sysctl is per namespace).
-        sh(*net, "sysctl", "-q", "-w", "net.ipv4.ip_unprivileged_port_start=0")
-        print(f"lab: {name} up ({ip}, init pid {pid})")
+    check_reachable(hosts)
+    print(f"lab: {len(hosts)} hosts up, bridge {BRIDGE} in network namespace {NETNS}")
 
-    # Every host reaches every other before anyone uses the lab.
+
+def check_reachable(hosts):
+    """Every host reaches every other before anyone uses the lab."""
     names = list(hosts)
     first = host_pid(names[0])
     for name in names[1:]:
@@ -153,7 +171,22 @@ def up():
                check=False, capture_output=True)
         if r.returncode != 0:
             raise SystemExit(f"lab: {names[0]} cannot reach {name} ({hosts[name]})")
-    print(f"lab: {len(hosts)} hosts up, bridge {BRIDGE} in network namespace {NETNS}")
+
+
+def add():
+    """Starts the hosts of the inventory that are not up yet (a region added to a running lab)."""
+    if not netns_exists():
+        raise SystemExit("lab: not up (`make lab` or lab/lab.py up first)")
+    hosts = inventory_hosts()
+    running = sorted(p.name for p in (LAB_DIR / "hosts").iterdir())
+    new = {n: ip for n, ip in hosts.items() if n not in running}
+    etc_hosts = LAB_DIR / "etc-hosts"
+    etc_hosts.write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                         + "".join(f"{ip}\t{name}\n" for name, ip in hosts.items()))
+    for i, (name, ip) in enumerate(new.items(), start=len(running)):
+        start_host(name, ip, i, etc_hosts)
+    check_reachable(hosts)
+    print(f"lab: {len(new)} host(s) added, {len(hosts)} up")
 
 
 def alive(pid):
@@ -229,7 +262,8 @@ def smoke():
                                 "--config", "/etc/nearhop/control.toml", "--json",
                                 "account", "create", "--plan", "pro", "--name", f"lab-smoke-{r}"]),
             check=True, capture_output=True, text=True).stdout
-        tunnels.append(f"{r}:{edge_ip}:{json.loads(out)['token']}")
+        prefix = (hostvars[group_hosts(inv, f"region_{r}")[0]].get("nearhop_region_client_prefixes") or [""])[0]
+        tunnels.append(f"{r}:{edge_ip}:{json.loads(out)['token']}:{prefix}")
     any_host = hostvars[client]
     with open(LAB / "smoke-client.sh") as script:
         return subprocess.run(
@@ -262,6 +296,9 @@ def main(argv):
         except BaseException:
             down()
             raise
+        return 0
+    if cmd == "add":
+        add()
         return 0
     if cmd == "down":
         down()

@@ -83,6 +83,14 @@ step drain-edge playbook -i "$lab_inventory" drain-edge.yml -e edge=eu-edge-1 -e
 step smoke-after-drain python3 "$lab" smoke
 step replica-rebuild playbook -i "$lab_inventory" site.yml --limit eu-db-1 -e postgres_replica_rebuild=true
 step smoke-after-rebuild python3 "$lab" smoke
+# A region is one inventory entry: sa (lab/inventory-sa: its host and group_vars/region_sa.yml)
+# joins the running lab; one site.yml run over the primary, control and every DNS host (the
+# prefix maps and control's regions change) and sa's host brings it up; then the smoke test
+# in four regions, every region's pdns asked for every tunnel.
+export NEARHOP_LAB_EXTRA_INVENTORY="$lab_root/inventory-sa"
+step add-region-sa python3 "$lab" add
+step converge-sa playbook -i "$lab_inventory" -i "$NEARHOP_LAB_EXTRA_INVENTORY" site.yml --limit 'postgres_primary:control:dns:sa-1'
+step smoke-4-regions python3 "$lab" smoke
 
 total=$(( $(date +%s) - started ))
 printf '%-28s %4ds\n' "total" "$total" | tee -a "$timings"

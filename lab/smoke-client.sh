@@ -2,8 +2,11 @@
 # Runs inside the lab's client host (lab/smoke.sh pipes it in): the tunnel creator and the
 # visitor of docs/lab.md's smoke test.
 #
-#   smoke-client.sh SSH_PORT ZONE REGION:EDGE_IP:TOKEN... -- DNS_IP...
+#   smoke-client.sh SSH_PORT ZONE REGION:EDGE_IP:TOKEN:CLIENT_PREFIX... -- DNS_IP...
 #
+# First the connect name: asked of every region's pdns with the region's client prefix as
+# EDNS Client Subnet, it must answer that region's edge (the prefix map derived from the
+# inventory, in every backend).
 # For each region: `ssh -N -R0:127.0.0.1:PORT TOKEN@EDGE_IP`, the URL the edge prints, then
 # the name asked of every region's pdns_server (each must answer CNAME <region>.<zone> and
 # the region's edge address: the record reached every replica before the URL was printed),
@@ -37,7 +40,20 @@ pids+=($!)
 for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:8000/ && break; sleep 0.1; done
 
 for t in "${tunnels[@]}"; do
-  IFS=: read -r region edge_ip token <<<"$t"
+  IFS=: read -r region edge_ip token prefix <<<"$t"
+  [ -z "$prefix" ] && continue
+  for dns in "${dns_servers[@]}"; do
+    got=$(dig +norecurse +time=2 +tries=1 +short +subnet="$prefix" @"$dns" "$zone" A)
+    if [ "$got" = "$edge_ip" ]; then
+      ok "$region: pdns $dns answers the connect name $zone for clients in $prefix with $got"
+    else
+      fail "$region: pdns $dns answered '$got' for $zone from $prefix (want $edge_ip)"
+    fi
+  done
+done
+
+for t in "${tunnels[@]}"; do
+  IFS=: read -r region edge_ip token prefix <<<"$t"
   log="$work/ssh-$region.log"
   # -N: no session channel; the edge tells the URL in the authentication banner (stderr).
   ssh -N -p "$ssh_port" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
