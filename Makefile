@@ -3,7 +3,7 @@
 CARGO ?= cargo
 TEST_THREADS ?= 2
 
-.PHONY: up test deps build lint bench clean-stack
+.PHONY: up test deps build lint bench clean-stack lab rollout-test
 
 up: deps build
 	./target/debug/nearhop-stack --dir .stack
@@ -23,3 +23,13 @@ lint:
 
 clean-stack:
 	rm -rf .stack
+
+# The Ansible lab (docs/lab.md): `lab` starts its hosts and converges site.yml on them (stop
+# it with lab/lab.py down); `rollout-test` runs the whole rollout check in a lab of its own.
+lab: build
+	./scripts/install-lab-deps.sh
+	./lab/up.sh
+
+rollout-test: build
+	./scripts/install-lab-deps.sh
+	./lab/rollout-test.sh
