@@ -478,14 +478,14 @@ mod tests {
     #[test]
     fn region_hosts_and_in_zone_name_servers_are_the_services_own() {
         let mut c = minimal();
-        c.zones.pro.nameservers = vec!["dns-a.a.tunnel.test.".into(), "ns.example.net".into()];
+        c.zones.pro.nameservers = vec!["dns-a.a.tunnel.test.".into(), "dns-b.example.net".into()];
         c.validate().unwrap();
         let region = c.regions[0].name.clone();
         let pro = c.zones.pro.clone();
         assert!(c.is_service_label(&pro, &region));
         assert!(c.is_service_label(&pro, "dns-a"));
         assert!(
-            !c.is_service_label(&pro, "ns"),
+            !c.is_service_label(&pro, "dns-b"),
             "an out-of-zone name server"
         );
         assert!(!c.is_service_label(&pro, "blog"));
@@ -522,7 +522,13 @@ mod tests {
         let mut c = minimal();
         c.validate().unwrap();
         let pro = c.zones.pro.clone();
-        for l in ["_acme-challenge", "_ACME-challenge", "www", "connect", "ns1"] {
+        for l in [
+            "_acme-challenge",
+            "_ACME-challenge",
+            "www",
+            "connect",
+            "ns1",
+        ] {
             assert!(c.is_service_label(&pro, l), "{l}");
         }
         // Not reachable with valid zones, but checked: the other zone's apex.
@@ -551,7 +557,11 @@ mod tests {
         assert_eq!(c.source_prefix("203.0.113.7:5").unwrap(), "203.0.113.0/24");
         assert_eq!(c.source_prefix("not an address"), None);
         c.source_prefix_v4 = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("source_prefix_v4"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("source_prefix_v4"));
     }
 
     #[test]

@@ -6,12 +6,12 @@ use crate::state::AppState;
 use crate::tunnels::{close_message, close_tunnels, Notice};
 use chrono::Utc;
 use diesel::prelude::*;
-use std::collections::{HashMap, HashSet};
 use diesel::upsert::excluded;
 use nearhop_wire::{
     CloseReason, EdgeHeartbeatResponse, EdgeRoutes, ErrorCode, RegisterEdgeRequest,
     RegisterEdgeResponse, TunnelToClose,
 };
+use std::collections::{HashMap, HashSet};
 
 /// Most tunnels one heartbeat may list; an edge with more splits them.
 pub const MAX_HEARTBEAT_TUNNELS: usize = 100_000;
@@ -187,11 +187,7 @@ fn not_renewed(listed: &[i64], live: &[i64]) -> Vec<i64> {
 }
 
 /// What the edge is told to close for each id in `gone`, with the reason control recorded.
-fn to_close(
-    gone: Vec<i64>,
-    reasons: Vec<(i64, Option<String>)>,
-    limit: u64,
-) -> Vec<TunnelToClose> {
+fn to_close(gone: Vec<i64>, reasons: Vec<(i64, Option<String>)>, limit: u64) -> Vec<TunnelToClose> {
     let reasons: HashMap<i64, Option<String>> = reasons.into_iter().collect();
     gone.into_iter()
         .map(|id| {
@@ -245,8 +241,7 @@ mod tests {
         let gone = not_renewed(&listed, &[3, 5]);
         assert_eq!(gone, vec![1, 9, 7]);
         let close = to_close(gone, vec![(7, Some("takedown".into())), (1, None)], 60);
-        let got: Vec<(i64, CloseReason)> =
-            close.iter().map(|c| (c.tunnel_id, c.reason)).collect();
+        let got: Vec<(i64, CloseReason)> = close.iter().map(|c| (c.tunnel_id, c.reason)).collect();
         assert_eq!(
             got,
             vec![

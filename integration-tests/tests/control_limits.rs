@@ -87,10 +87,7 @@ fn all_at_once(
     let handles: Vec<_> = reqs
         .into_iter()
         .map(|req| {
-            let (base, secret) = (
-                stack.control.url.clone(),
-                stack.control.edge_secret.clone(),
-            );
+            let (base, secret) = (stack.control.url.clone(), stack.control.edge_secret.clone());
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 barrier.wait();
@@ -176,7 +173,9 @@ fn parallel_name_claims_of_a_pro_account_stop_at_its_name_limit() {
     assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), 50);
     for a in answers.iter().filter_map(|a| a.as_ref().err()) {
         assert!(
-            a.1.error.message.contains("names, the most its plan allows"),
+            a.1.error
+                .message
+                .contains("names, the most its plan allows"),
             "{a:?}"
         );
     }
@@ -198,8 +197,16 @@ fn anonymous_tunnels_are_capped_per_address_and_per_ipv6_64() {
     let refused = answers.iter().find_map(|a| a.as_ref().err()).unwrap();
     assert_eq!(refused.0, 403);
     assert!(
-        refused.1.error.message.contains("127.0.0.9/32 already has 2 live tunnels without a token")
-            && refused.1.error.message.contains("connect with an account's token"),
+        refused
+            .1
+            .error
+            .message
+            .contains("127.0.0.9/32 already has 2 live tunnels without a token")
+            && refused
+                .1
+                .error
+                .message
+                .contains("connect with an account's token"),
         "{refused:?}"
     );
     assert_eq!(refusals(&stack, "anonymous_per_source"), 14.0);
@@ -215,7 +222,10 @@ fn anonymous_tunnels_are_capped_per_address_and_per_ipv6_64() {
     let acct = stack.control.create_account(Plan::Free).unwrap();
     create(base, secret, &request(Some(&acct.token), None, "127.0.0.9")).unwrap();
     assert_eq!(
-        live_count(&stack, "account_id IS NULL AND source_prefix = '127.0.0.9/32'"),
+        live_count(
+            &stack,
+            "account_id IS NULL AND source_prefix = '127.0.0.9/32'"
+        ),
         2
     );
 }
@@ -225,9 +235,19 @@ fn odd_requested_names_are_refused_with_the_allowed_form() {
     let stack = start(None);
     let (base, secret) = (&stack.control.url, &stack.control.edge_secret);
     let acct = stack.control.create_account(Plan::Pro).unwrap();
-    for odd in ["a.b", "host.evil.example", "x.y.a.tunnel.test", "../x", "a.tunnel.test"] {
-        let e = create(base, secret, &request(Some(&acct.token), Some(odd), "127.0.0.9"))
-            .unwrap_err();
+    for odd in [
+        "a.b",
+        "host.evil.example",
+        "x.y.a.tunnel.test",
+        "../x",
+        "a.tunnel.test",
+    ] {
+        let e = create(
+            base,
+            secret,
+            &request(Some(&acct.token), Some(odd), "127.0.0.9"),
+        )
+        .unwrap_err();
         assert_eq!(e.0, 400, "{odd}: {e:?}");
         assert_eq!(e.1.error.code, ErrorCode::InvalidName, "{odd}: {e:?}");
         assert!(
@@ -240,7 +260,11 @@ fn odd_requested_names_are_refused_with_the_allowed_form() {
     let t = create(
         base,
         secret,
-        &request(Some(&acct.token), Some("Pasted7.A.Tunnel.Test."), "127.0.0.9"),
+        &request(
+            Some(&acct.token),
+            Some("Pasted7.A.Tunnel.Test."),
+            "127.0.0.9",
+        ),
     )
     .unwrap();
     assert_eq!(t.hostname, "pasted7.a.tunnel.test");
@@ -267,7 +291,11 @@ fn takedown_refuses_the_services_own_names_and_keeps_their_records() {
         .trim()
         .to_string()
     };
-    assert_ne!(records("us.a.tunnel.test"), "0", "the region's edge host is seeded");
+    assert_ne!(
+        records("us.a.tunnel.test"),
+        "0",
+        "the region's edge host is seeded"
+    );
     for name in [
         "us.a.tunnel.test",
         "eu.free.tunnel.test",
@@ -302,4 +330,40 @@ fn takedown_refuses_the_services_own_names_and_keeps_their_records() {
     .unwrap();
     let (status, body) = admin(&t.hostname);
     assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn a_heartbeat_of_100000_ids_renews_the_live_and_lists_every_other() {
+    let stack = start(None);
+    let (base, secret) = (&stack.control.url, &stack.control.edge_secret);
+    let live: Vec<i64> = (0..3)
+        .map(|i| {
+            create(
+                base,
+                secret,
+                &request(None, None, &format!("127.0.0.{}", 20 + i)),
+            )
+            .unwrap()
+            .tunnel_id
+        })
+        .collect();
+    // Ids control never gave out, around the live ones, in one heartbeat of 100,000.
+    let mut ids: Vec<i64> = (1_000_000..1_099_997).collect();
+    ids.splice(50_000..50_000, live.iter().copied());
+    assert_eq!(ids.len(), 100_000);
+    let r = http()
+        .post(format!("{base}/v1/edges/{EDGE}/heartbeat"))
+        .bearer_auth(secret)
+        .json(&serde_json::json!({ "tunnel_ids": ids }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let hb: nearhop_wire::EdgeHeartbeatResponse = r.json().unwrap();
+    assert_eq!(hb.close.len(), 99_997);
+    assert!(hb.close.iter().all(|c| !live.contains(&c.tunnel_id)));
+    assert_eq!(hb.close[0].tunnel_id, 1_000_000, "in the order listed");
+    assert_eq!(
+        live_count(&stack, "lease_expires_at > now() + interval '20 seconds'"),
+        3
+    );
 }

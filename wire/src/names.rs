@@ -317,7 +317,10 @@ mod tests {
             label_in_zone("AndroidBlog.A.Tunnel.Test.", "a.tunnel.test").as_deref(),
             Ok("androidblog")
         );
-        assert_eq!(label_in_zone("blog", "a.tunnel.test").as_deref(), Ok("blog"));
+        assert_eq!(
+            label_in_zone("blog", "a.tunnel.test").as_deref(),
+            Ok("blog")
+        );
     }
 
     #[test]
@@ -335,7 +338,12 @@ mod tests {
             requested_name(&format!("a.{}", "b".repeat(300))),
             Err(NameError::TooLong(302))
         );
-        for dotted in ["a.b", "host.evil.example", "x.y.a.tunnel.test", "a.tunnel.test"] {
+        for dotted in [
+            "a.b",
+            "host.evil.example",
+            "x.y.a.tunnel.test",
+            "a.tunnel.test",
+        ] {
             let asked = requested_name(dotted).unwrap().unwrap();
             let e = label_in_zone(&asked, "a.tunnel.test").unwrap_err();
             assert!(matches!(e, NameError::OutsideZone { .. }), "{dotted}: {e}");

@@ -240,14 +240,7 @@ fn plot_locked(
             ));
         }
     }
-    check_limits(
-        conn,
-        st,
-        &zone,
-        caller,
-        &req.client_addr,
-        holder.is_some(),
-    )?;
+    check_limits(conn, st, &zone, caller, &req.client_addr, holder.is_some())?;
     Ok(Plot {
         caller,
         zone,

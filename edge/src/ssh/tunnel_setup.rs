@@ -120,9 +120,11 @@ async fn create(
             Err(e) => {
                 tracing::warn!(error = %e, "no free public TCP port");
                 give_back(edge, &resp, "client_closed");
-                return Err("this edge has no free public TCP port right now; please try \
+                return Err(
+                    "this edge has no free public TCP port right now; please try \
                      again later or in another region."
-                    .into());
+                        .into(),
+                );
             }
         }
     } else {
