@@ -1,5 +1,6 @@
 //! Tunnel setup. Reads like the protocol: authenticate → pick zone and name → settle who
-//! holds the name → write the tunnel and its record in one transaction → wait for the
+//! holds the name → write the tunnel and its record in one transaction (the limits counted
+//! again there, under the account's and the source's locks: see `limits`) → wait for the
 //! regions' DNS → answer.
 
 use crate::config::ZoneConfig;
@@ -56,7 +57,8 @@ struct Written {
 
 /// The name asked for in the request: `None` when absent or blank. The edge has already
 /// turned the bind address into a name ([`nearhop_wire::requested_name`]); what arrives here
-/// is checked as a label, so a `*` is an invalid name rather than "any".
+/// is checked as a label or `label.<zone>` ([`nearhop_wire::label_in_zone`]), so a `*` is an
+/// invalid name rather than "any".
 fn requested_label(req: &CreateTunnelRequest) -> Option<&str> {
     req.requested_name
         .as_deref()
