@@ -184,6 +184,33 @@ pub fn add_domain(
     })
 }
 
+/// Refuses a takedown of anything a tunnel could not be named: a takedown deletes every
+/// record of the name, so `us.a.tunnel.test` would break every tunnel of the region and
+/// `_acme-challenge.a.tunnel.test` the certificates. The same rules as a tunnel's name.
+fn refuse_service_name(
+    st: &AppState,
+    hostname: &str,
+    zone: &str,
+    label: &str,
+) -> ControlResult<()> {
+    let zone_cfg = if st.cfg.zones.pro.name == zone {
+        &st.cfg.zones.pro
+    } else {
+        &st.cfg.zones.free
+    };
+    if st.cfg.is_service_label(zone_cfg, label) || normalize_label(label).is_err() {
+        return Err(ControlError::refused(
+            ErrorCode::InvalidName,
+            format!(
+                "{hostname} is one of the service's own names (a region's edge host, a name \
+                 server, a zone apex or a reserved label), not a tunnel's; a takedown only \
+                 removes tunnel names"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Takes a name down: closes its live tunnel (on its edge too), removes every record of the
 /// name, and bans it.
 pub async fn takedown(st: &AppState, hostname: &str, reason: &str) -> ControlResult<TakedownDone> {
@@ -197,6 +224,7 @@ pub async fn takedown(st: &AppState, hostname: &str, reason: &str) -> ControlRes
                 format!("{hostname:?} is not a tunnel name in one of the service's zones"),
             )
         })?;
+    refuse_service_name(st, hostname, &zone, &label)?;
     let reason = reason.chars().take(500).collect::<String>();
     let (closed, removed) = st
         .blocking(move |conn| {

@@ -68,6 +68,13 @@ pub struct Config {
     /// Largest request body accepted, in bytes. Default 64 KiB.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Prefix length that makes one IPv4 source for per-source limits. Default 32.
+    #[serde(default = "default_source_prefix_v4")]
+    pub source_prefix_v4: u8,
+    /// Prefix length that makes one IPv6 source for per-source limits (a host usually owns a
+    /// whole /64). Default 64.
+    #[serde(default = "default_source_prefix_v6")]
+    pub source_prefix_v6: u8,
     /// The two zones and their policies.
     #[serde(default)]
     pub zones: Zones,
@@ -139,6 +146,11 @@ pub struct ZoneConfig {
     /// Names an account may own in the zone (0: no limit).
     #[serde(default)]
     pub max_names_per_account: u64,
+    /// Live anonymous (token-less) tunnels allowed per source prefix (0: no limit). Default
+    /// 2: below a free account's 3, so a token stays worth having. Anonymous tunnels are
+    /// always in the free zone; the pro zone's value is not used.
+    #[serde(default = "default_anonymous_per_source")]
+    pub max_anonymous_tunnels_per_source: u64,
 }
 
 fn default_listen() -> SocketAddr {
@@ -174,6 +186,15 @@ fn default_change_log_retention() -> u64 {
 fn default_max_body() -> usize {
     64 * 1024
 }
+fn default_anonymous_per_source() -> u64 {
+    2
+}
+fn default_source_prefix_v4() -> u8 {
+    32
+}
+fn default_source_prefix_v6() -> u8 {
+    64
+}
 fn default_record_ttl() -> i32 {
     10
 }
@@ -194,6 +215,7 @@ fn default_pro_zone() -> ZoneConfig {
         creations_per_minute_per_source: 0,
         max_tunnels_per_account: 20,
         max_names_per_account: 10,
+        max_anonymous_tunnels_per_source: 2,
     }
 }
 fn default_free_zone() -> ZoneConfig {
@@ -207,6 +229,7 @@ fn default_free_zone() -> ZoneConfig {
         creations_per_minute_per_source: 10,
         max_tunnels_per_account: 3,
         max_names_per_account: 0,
+        max_anonymous_tunnels_per_source: 2,
     }
 }
 
@@ -268,6 +291,32 @@ impl Config {
         if self.zones.pro.name == self.zones.free.name {
             bail!("the pro and free zones must differ");
         }
+        // A zone inside the other would let a tunnel of the outer zone take the inner
+        // zone's apex (a pro user claiming `free` and putting a CNAME at the free zone's
+        // apex), and records of one zone would shadow the other's.
+        for (inner, outer) in [
+            (&self.zones.free.name, &self.zones.pro.name),
+            (&self.zones.pro.name, &self.zones.free.name),
+        ] {
+            if inner.ends_with(&format!(".{outer}")) {
+                bail!(
+                    "the zone {inner} is inside the zone {outer}; the pro and free zones must \
+                     not be nested (use e.g. a.tunnel.test and free.tunnel.test, or two domains)"
+                );
+            }
+        }
+        if !(1..=32).contains(&self.source_prefix_v4) {
+            bail!(
+                "source_prefix_v4 must be 1-32, not {}",
+                self.source_prefix_v4
+            );
+        }
+        if !(1..=128).contains(&self.source_prefix_v6) {
+            bail!(
+                "source_prefix_v6 must be 1-128, not {}",
+                self.source_prefix_v6
+            );
+        }
         if self.admin_secret.len() < 16 {
             bail!(
                 "admin_secret must be set, 16 characters or more \
@@ -312,8 +361,11 @@ impl Config {
     }
 
     /// Whether `label.<zone>` is one of the service's own names: a region's edge host
-    /// (`us.a.tunnel.test`, which every tunnel served there points to) or a name server
-    /// inside the zone. No tunnel may take those.
+    /// (`us.a.tunnel.test`, which every tunnel served there points to), a name server
+    /// inside the zone, the other zone's apex (refused in configuration already; checked
+    /// again so that no later change can open it), or a label that names no tunnel at all
+    /// (`_acme-challenge` and the other reserved labels). No tunnel may take those, and a
+    /// takedown may not remove them.
     pub fn is_service_label(&self, zone: &ZoneConfig, label: &str) -> bool {
         let host = format!("{label}.{}", zone.name);
         self.regions
@@ -323,6 +375,12 @@ impl Config {
                 .nameservers
                 .iter()
                 .any(|ns| ns.trim_end_matches('.').eq_ignore_ascii_case(&host))
+            || [&self.zones.pro.name, &self.zones.free.name]
+                .iter()
+                .any(|z| z.eq_ignore_ascii_case(&host))
+            || nearhop_wire::RESERVED_LABELS
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(label))
     }
 
     /// Refuses `label.<zone>` when it is one of the service's own names.
@@ -335,8 +393,8 @@ impl Config {
             return Err(crate::error::ControlError::refused(
                 nearhop_wire::ErrorCode::InvalidName,
                 format!(
-                    "the name {label}.{} belongs to the service itself (a region's edge host \
-                     or a name server); choose another",
+                    "the name {label}.{} belongs to the service itself (a region's edge host, \
+                     a name server or another service name); choose another",
                     zone.name
                 ),
             ));
@@ -355,6 +413,35 @@ impl Config {
             }
         }
         None
+    }
+
+    /// The source prefix of a client address for per-source limits (`203.0.113.7/32`,
+    /// `2001:db8:1:2::/64`); an IPv4-mapped IPv6 address counts as IPv4. `None` for
+    /// something that is not an address.
+    pub fn source_prefix(&self, client_addr: &str) -> Option<String> {
+        let ip = client_addr
+            .parse::<std::net::IpAddr>()
+            .or_else(|_| client_addr.parse::<SocketAddr>().map(|a| a.ip()))
+            .ok()?;
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(std::net::IpAddr::V4)
+                .unwrap_or(std::net::IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        Some(match ip {
+            std::net::IpAddr::V4(v4) => {
+                let bits = u32::from(self.source_prefix_v4.min(32));
+                let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+                format!("{}/{bits}", Ipv4Addr::from(u32::from(v4) & mask))
+            }
+            std::net::IpAddr::V6(v6) => {
+                let bits = u32::from(self.source_prefix_v6.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                format!("{}/{bits}", Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        })
     }
 
     /// Lag-wait bound.
@@ -391,14 +478,14 @@ mod tests {
     #[test]
     fn region_hosts_and_in_zone_name_servers_are_the_services_own() {
         let mut c = minimal();
-        c.zones.pro.nameservers = vec!["dns-a.a.tunnel.test.".into(), "ns.example.net".into()];
+        c.zones.pro.nameservers = vec!["dns-a.a.tunnel.test.".into(), "dns-b.example.net".into()];
         c.validate().unwrap();
         let region = c.regions[0].name.clone();
         let pro = c.zones.pro.clone();
         assert!(c.is_service_label(&pro, &region));
         assert!(c.is_service_label(&pro, "dns-a"));
         assert!(
-            !c.is_service_label(&pro, "ns"),
+            !c.is_service_label(&pro, "dns-b"),
             "an out-of-zone name server"
         );
         assert!(!c.is_service_label(&pro, "blog"));
@@ -407,6 +494,74 @@ mod tests {
             e.to_string().contains("belongs to the service itself"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn nested_zones_are_refused_naming_both() {
+        for (pro, free) in [
+            ("a.tunnel.test", "free.a.tunnel.test"),
+            ("pro.free.test", "free.test"),
+        ] {
+            let mut c = minimal();
+            c.zones.pro.name = pro.into();
+            c.zones.free.name = free.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains(pro) && e.contains(free) && e.contains("nested"),
+                "{e}"
+            );
+        }
+        let mut c = minimal();
+        c.zones.pro.name = "a.tunnel.test".into();
+        c.zones.free.name = "xa.tunnel.test".into();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn service_names_include_reserved_labels_and_the_other_apex() {
+        let mut c = minimal();
+        c.validate().unwrap();
+        let pro = c.zones.pro.clone();
+        for l in [
+            "_acme-challenge",
+            "_ACME-challenge",
+            "www",
+            "connect",
+            "ns1",
+        ] {
+            assert!(c.is_service_label(&pro, l), "{l}");
+        }
+        // Not reachable with valid zones, but checked: the other zone's apex.
+        c.zones.free.name = "free.a.tunnel.test".into();
+        assert!(c.is_service_label(&pro, "free"));
+    }
+
+    #[test]
+    fn source_prefixes_group_a_host_and_its_v6_64() {
+        let mut c = minimal();
+        c.validate().unwrap();
+        assert_eq!(c.source_prefix("203.0.113.7").unwrap(), "203.0.113.7/32");
+        assert_eq!(
+            c.source_prefix("2001:db8:1:2:aaaa::1").unwrap(),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            c.source_prefix("2001:db8:1:2:bbbb::9").unwrap(),
+            c.source_prefix("[2001:db8:1:2:cccc::1]:22").unwrap()
+        );
+        assert_eq!(
+            c.source_prefix("::ffff:198.51.100.4").unwrap(),
+            "198.51.100.4/32"
+        );
+        c.source_prefix_v4 = 24;
+        assert_eq!(c.source_prefix("203.0.113.7:5").unwrap(), "203.0.113.0/24");
+        assert_eq!(c.source_prefix("not an address"), None);
+        c.source_prefix_v4 = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("source_prefix_v4"));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub lag_wait_timeouts_total: CounterVec,
     /// Calls to edges' admin APIs by call and result.
     pub edge_calls_total: CounterVec,
+    /// Setups refused by a plan or source limit, by limit.
+    pub limit_refusals_total: CounterVec,
 }
 
 impl Metrics {
@@ -104,6 +106,15 @@ impl Metrics {
             ),
             &["call", "result"],
         )?;
+        let limit_refusals_total = CounterVec::new(
+            Opts::new(
+                "nearhop_control_limit_refusals_total",
+                "Tunnel setups refused by a limit (live_tunnels, names, creation_rate, \
+                 anonymous_per_source)",
+            ),
+            &["limit"],
+        )?;
+        registry.register(Box::new(limit_refusals_total.clone()))?;
         registry.register(Box::new(setup_seconds.clone()))?;
         registry.register(Box::new(setups_total.clone()))?;
         registry.register(Box::new(tunnels_live.clone()))?;
@@ -126,6 +137,7 @@ impl Metrics {
             lag_wait_seconds,
             lag_wait_timeouts_total,
             edge_calls_total,
+            limit_refusals_total,
         })
     }
 

@@ -134,6 +134,7 @@ diesel::table! {
         expires_at -> Nullable<Timestamptz>,
         closed_at -> Nullable<Timestamptz>,
         close_reason -> Nullable<Text>,
+        source_prefix -> Nullable<Text>,
     }
 }
 

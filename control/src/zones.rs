@@ -133,6 +133,7 @@ mod tests {
             creations_per_minute_per_source: 0,
             max_tunnels_per_account: 0,
             max_names_per_account: 0,
+            max_anonymous_tunnels_per_source: 0,
         };
         let soa = soa_content(&z, 7);
         assert_eq!(

@@ -49,6 +49,8 @@ pub struct ControlSpec {
     pub reap_interval_ms: u64,
     /// Free-zone creations per source per minute (0: unlimited).
     pub free_rate_limit: u64,
+    /// Live anonymous tunnels per source prefix (0: unlimited; tests share 127.0.0.x).
+    pub anonymous_per_source: u64,
     /// More TOML appended verbatim (zone policies and the like).
     pub extra_toml: String,
 }
@@ -74,6 +76,7 @@ impl ControlSpec {
             heartbeat_seconds: 5,
             reap_interval_ms: 250,
             free_rate_limit: 0,
+            anonymous_per_source: 0,
             extra_toml: String::new(),
         }
     }
@@ -111,8 +114,8 @@ impl ControlSpec {
              max_tunnels_per_account = 50\nmax_names_per_account = 50\n\
              [zones.free]\nname = \"{FREE_ZONE}\"\nnegative_ttl = {ZONE_NEGATIVE_TTL}\n\
              time_limit_minutes = 60\ncreations_per_minute_per_source = {}\n\
-             max_tunnels_per_account = 3\n",
-            self.free_rate_limit
+             max_tunnels_per_account = 3\nmax_anonymous_tunnels_per_source = {}\n",
+            self.free_rate_limit, self.anonymous_per_source
         ));
         t
     }

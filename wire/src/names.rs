@@ -76,7 +76,18 @@ pub enum NameError {
     /// The label is reserved for the service itself.
     #[error("the name {0:?} is reserved")]
     Reserved(String),
+    /// A dotted name that is not one label directly under the tunnel's zone.
+    #[error("{name:?} is not a name directly under the zone {zone}")]
+    OutsideZone {
+        /// The name asked for.
+        name: String,
+        /// The zone the tunnel would be in.
+        zone: String,
+    },
 }
+
+/// Which names a client may ask for, in words, for refusals.
+pub const ALLOWED_NAMES: &str = "ask for one label of letters a-z, digits and '-'      (-R myblog:0:localhost:8000), or that label followed by the service's zone,      as printed in your tunnel's URL";
 
 /// Checks a requested tunnel label and returns it case-folded.
 ///
@@ -120,21 +131,69 @@ pub const PLAIN_BIND_ADDRESSES: &[&str] =
     &["", "*", "localhost", "0.0.0.0", "127.0.0.1", "::", "::1"];
 
 /// The one bind-address rule: the tunnel name a client asked for with the bind address of
-/// `-R`, or `None` when the address is a plain one ([`PLAIN_BIND_ADDRESSES`]).
+/// `-R`, `Ok(None)` when the address is a plain one ([`PLAIN_BIND_ADDRESSES`]), or why the
+/// address cannot be a name.
 ///
-/// A full host name asks for its first label (`androidblog.a.tunnel.test` → `androidblog`),
-/// so that a user may paste the URL they were given. The result is not checked yet: the
-/// edge sends it to control as `requested_name`, and control checks it with
-/// [`normalize_label`] (so a `*` that reaches control as a name is an invalid name, not "any").
-/// It is cut to [`MAX_NAME_LEN`] characters, which keeps a hostile bind address from growing
-/// the request while still too long to pass as a label.
-pub fn requested_name(bind_address: &str) -> Option<String> {
-    let address = bind_address.trim().trim_end_matches('.');
+/// A single label is checked with [`normalize_label`] and returned case-folded. A dotted
+/// name is kept whole (lowercase, without the trailing dot) so that a user may paste the
+/// URL they were given (`androidblog.a.tunnel.test`); only control knows the zones, and it
+/// accepts it only as one label directly under the tunnel's zone ([`label_in_zone`]). Nothing
+/// is rewritten: `a.b`, `host.evil.example` and `../x` are refused, never shortened to a
+/// label or dropped in favour of the default name.
+pub fn requested_name(bind_address: &str) -> Result<Option<String>, NameError> {
+    let address = bind_address.trim();
+    let address = address.strip_suffix('.').unwrap_or(address);
     if PLAIN_BIND_ADDRESSES.contains(&address) {
-        return None;
+        return Ok(None);
     }
-    let label = address.split('.').next().unwrap_or(address);
-    Some(label.chars().take(MAX_NAME_LEN).collect())
+    if !address.contains('.') {
+        return normalize_label(address).map(Some);
+    }
+    let chars = address.chars().count();
+    if chars > MAX_NAME_LEN {
+        return Err(NameError::TooLong(chars));
+    }
+    let mut labels = address.split('.');
+    let first = labels.next().unwrap_or_default();
+    let mut name = normalize_label(first)?;
+    for label in labels {
+        if label.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Err(NameError::BadCharacter(c));
+        }
+        name.push('.');
+        name.push_str(&label.to_ascii_lowercase());
+    }
+    Ok(Some(name))
+}
+
+/// The label a requested name stands for in `zone`: a single label checked with
+/// [`normalize_label`], or `label.<zone>` (any case, trailing dot or not). Any other dotted
+/// name is refused with [`NameError::OutsideZone`].
+pub fn label_in_zone(requested: &str, zone: &str) -> Result<String, NameError> {
+    let name = requested.trim();
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if !name.contains('.') {
+        return normalize_label(name);
+    }
+    let outside = || NameError::OutsideZone {
+        name: name.chars().take(MAX_NAME_LEN).collect(),
+        zone: zone.to_string(),
+    };
+    let lower = name.to_ascii_lowercase();
+    let label = lower
+        .strip_suffix(zone)
+        .and_then(|l| l.strip_suffix('.'))
+        .ok_or_else(outside)?;
+    if label.contains('.') {
+        return Err(outside());
+    }
+    normalize_label(label)
 }
 
 /// The replication slot of `region`'s streaming replica: `replica_<region>`, with `-` written
@@ -236,27 +295,65 @@ mod tests {
             "::",
             "::1",
         ] {
-            assert_eq!(requested_name(plain), None, "{plain:?}");
+            assert_eq!(requested_name(plain), Ok(None), "{plain:?}");
         }
     }
 
     #[test]
-    fn a_bind_address_that_is_a_name_asks_for_its_first_label() {
+    fn a_label_or_a_full_name_is_asked_for_as_given() {
         assert_eq!(
-            requested_name("androidblog").as_deref(),
-            Some("androidblog")
+            requested_name("AndroidBlog"),
+            Ok(Some("androidblog".into()))
         );
         assert_eq!(
-            requested_name("AndroidBlog.a.tunnel.test.").as_deref(),
-            Some("AndroidBlog")
+            requested_name("AndroidBlog.a.tunnel.test."),
+            Ok(Some("androidblog.a.tunnel.test".into()))
         );
         assert_eq!(
-            requested_name(&"a".repeat(1000)).map(|n| n.len()),
-            Some(MAX_NAME_LEN)
+            label_in_zone("androidblog.a.tunnel.test", "a.tunnel.test").as_deref(),
+            Ok("androidblog")
         );
-        // Not plain, so passed on and refused by the label rules, not read as "any".
-        assert_eq!(requested_name("**").as_deref(), Some("**"));
-        assert!(normalize_label("**").is_err());
+        assert_eq!(
+            label_in_zone("AndroidBlog.A.Tunnel.Test.", "a.tunnel.test").as_deref(),
+            Ok("androidblog")
+        );
+        assert_eq!(
+            label_in_zone("blog", "a.tunnel.test").as_deref(),
+            Ok("blog")
+        );
+    }
+
+    #[test]
+    fn odd_bind_addresses_are_refused_not_rewritten() {
+        // Each used to become another name silently: `a`, `host`, the default name.
+        assert_eq!(requested_name("../x"), Err(NameError::Empty));
+        assert_eq!(requested_name("a..b"), Err(NameError::Empty));
+        assert_eq!(requested_name("a/b"), Err(NameError::BadCharacter('/')));
+        assert_eq!(requested_name("**"), Err(NameError::BadCharacter('*')));
+        assert_eq!(
+            requested_name(&"a".repeat(1000)),
+            Err(NameError::TooLong(1000))
+        );
+        assert_eq!(
+            requested_name(&format!("a.{}", "b".repeat(300))),
+            Err(NameError::TooLong(302))
+        );
+        for dotted in [
+            "a.b",
+            "host.evil.example",
+            "x.y.a.tunnel.test",
+            "a.tunnel.test",
+        ] {
+            let asked = requested_name(dotted).unwrap().unwrap();
+            let e = label_in_zone(&asked, "a.tunnel.test").unwrap_err();
+            assert!(matches!(e, NameError::OutsideZone { .. }), "{dotted}: {e}");
+            assert!(e.to_string().contains("a.tunnel.test"), "{e}");
+        }
+        assert_eq!(
+            label_in_zone("www.a.tunnel.test", "a.tunnel.test"),
+            Err(NameError::Reserved("www".into()))
+        );
+        assert!(ALLOWED_NAMES.contains("-R myblog:0:localhost:8000"));
     }
 
     #[test]

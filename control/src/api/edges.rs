@@ -1,9 +1,9 @@
 //! `/v1/edges`: registration, batched heartbeats, custom-domain routes.
 
-use super::extract::{EdgeCall, EdgeJson};
+use super::extract::{read_json, EdgeCall, EdgeJson};
 use crate::error::ControlResult;
 use crate::state::AppState;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use nearhop_wire::{EdgeHeartbeatRequest, RegisterEdgeRequest};
 
 /// Routes of this resource.
@@ -21,13 +21,26 @@ async fn register(
     Ok(HttpResponse::Ok().json(crate::edges::register(&st, call.body).await?))
 }
 
+/// A heartbeat lists every tunnel of the edge, up to [`crate::edges::MAX_HEARTBEAT_TUNNELS`]
+/// ids of up to 20 characters each: its body may be far larger than `max_body_bytes`, which
+/// would refuse the heartbeat of an edge past some 9,000 tunnels and let every lease lapse.
+fn heartbeat_body_limit(st: &AppState) -> usize {
+    st.cfg
+        .max_body_bytes
+        .max(crate::edges::MAX_HEARTBEAT_TUNNELS * 21 + 4096)
+}
+
 async fn heartbeat(
     st: web::Data<AppState>,
     id: web::Path<String>,
-    call: EdgeJson<EdgeHeartbeatRequest>,
+    req: HttpRequest,
+    EdgeCall(edge): EdgeCall,
+    payload: web::Payload,
 ) -> ControlResult<HttpResponse> {
-    call.edge.acts_as(&st, &id).await?;
-    let tunnel_ids = call.body.tunnel_ids;
+    edge.acts_as(&st, &id).await?;
+    let body: EdgeHeartbeatRequest =
+        read_json(&req, payload.into_inner(), heartbeat_body_limit(&st)).await?;
+    let tunnel_ids = body.tunnel_ids;
     let res = crate::edges::heartbeat(&st, id.into_inner(), tunnel_ids).await?;
     Ok(HttpResponse::Ok().json(res))
 }

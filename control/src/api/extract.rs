@@ -143,7 +143,7 @@ impl<R: Realm, T: DeserializeOwned + 'static> FromRequest for AuthorizedJson<R, 
 }
 
 /// Reads a JSON body of at most `limit` bytes.
-async fn read_json<T: DeserializeOwned>(
+pub(super) async fn read_json<T: DeserializeOwned>(
     req: &HttpRequest,
     mut payload: Payload,
     limit: usize,

@@ -31,6 +31,22 @@ pub fn valid_label(requested: &str) -> ControlResult<String> {
     })
 }
 
+/// Checks a name a client asked for (a label, or `label.<zone>` as pasted from a URL; see
+/// [`nearhop_wire::label_in_zone`]) and returns the label. Anything else is refused with a
+/// sentence that says which names are allowed, never rewritten into another name.
+pub fn valid_requested(requested: &str, zone: &str) -> ControlResult<String> {
+    nearhop_wire::label_in_zone(requested, zone).map_err(|e| {
+        ControlError::refused(
+            ErrorCode::InvalidName,
+            format!(
+                "the name {requested:?} is not allowed: {e}; ask for one label of letters \
+                 a-z, digits and '-' (-R myblog:0:localhost:8000) or that label followed \
+                 by .{zone}"
+            ),
+        )
+    })
+}
+
 /// Whether the operator took `label` down in `zone`.
 pub fn is_banned(conn: &mut PgConnection, zone: &str, label: &str) -> ControlResult<bool> {
     Ok(diesel::select(diesel::dsl::exists(

@@ -1,5 +1,6 @@
 //! Tunnel setup. Reads like the protocol: authenticate → pick zone and name → settle who
-//! holds the name → write the tunnel and its record in one transaction → wait for the
+//! holds the name → write the tunnel and its record in one transaction (the limits counted
+//! again there, under the account's and the source's locks: see `limits`) → wait for the
 //! regions' DNS → answer.
 
 use crate::config::ZoneConfig;
@@ -8,6 +9,7 @@ use crate::schema::{edges, records, tunnels};
 use crate::state::AppState;
 use crate::tunnels::caller::{authenticate, Caller};
 use crate::tunnels::closing::{close_tunnels, Closed, Notice};
+use crate::tunnels::limits::{self, Limit};
 use crate::tunnels::names::{self, Claimant};
 use crate::tunnels::takeover::{holder_of, settle_holder, setup_window, Holder};
 use chrono::{DateTime, Utc};
@@ -55,7 +57,8 @@ struct Written {
 
 /// The name asked for in the request: `None` when absent or blank. The edge has already
 /// turned the bind address into a name ([`nearhop_wire::requested_name`]); what arrives here
-/// is checked as a label, so a `*` is an invalid name rather than "any".
+/// is checked as a label or `label.<zone>` ([`nearhop_wire::label_in_zone`]), so a `*` is an
+/// invalid name rather than "any".
 fn requested_label(req: &CreateTunnelRequest) -> Option<&str> {
     req.requested_name
         .as_deref()
@@ -63,11 +66,68 @@ fn requested_label(req: &CreateTunnelRequest) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
-/// The client's address without a port, for per-source limits.
+/// The client's address without a port, as stored in `tunnels.client_addr`.
 fn source_of(addr: &str) -> String {
     addr.parse::<std::net::SocketAddr>()
         .map(|a| a.ip().to_string())
         .unwrap_or_else(|_| addr.chars().take(64).collect())
+}
+
+/// The source prefix per-source limits count by (`Config::source_prefix`); something that
+/// is not an address counts as itself.
+fn prefix_of(st: &AppState, addr: &str) -> String {
+    st.cfg
+        .source_prefix(addr)
+        .unwrap_or_else(|| source_of(addr))
+}
+
+/// Takes the account's lock, then the source prefix's (always in that order); returns the
+/// prefix.
+fn take_locks(
+    conn: &mut PgConnection,
+    st: &AppState,
+    zone: &ZoneConfig,
+    caller: Caller,
+    client_addr: &str,
+) -> ControlResult<String> {
+    let prefix = prefix_of(st, client_addr);
+    if let Some(account_id) = caller.account_id {
+        limits::lock_account(conn, account_id)?;
+    }
+    limits::lock_source(conn, &zone.name, &prefix)?;
+    Ok(prefix)
+}
+
+/// Every limit on a setup, checked under the account's and the source's locks (taken here,
+/// held until the caller's transaction ends). `freed`: the setup replaces a live tunnel of
+/// the same account.
+fn check_limits(
+    conn: &mut PgConnection,
+    st: &AppState,
+    zone: &ZoneConfig,
+    caller: Caller,
+    client_addr: &str,
+    freed: bool,
+) -> ControlResult<()> {
+    let prefix = take_locks(conn, st, zone, caller, client_addr)?;
+    let m = &st.metrics;
+    limits::counted(
+        m,
+        Limit::CreationRate,
+        limits::check_source_rate(conn, zone, &prefix),
+    )?;
+    match caller.account_id {
+        Some(account_id) => limits::counted(
+            m,
+            Limit::LiveTunnels,
+            limits::check_live_tunnels(conn, zone, account_id, freed),
+        ),
+        None => limits::counted(
+            m,
+            Limit::AnonymousPerSource,
+            limits::check_anonymous(conn, zone, &prefix),
+        ),
+    }
 }
 
 fn edge_region(conn: &mut PgConnection, edge_id: &str) -> ControlResult<String> {
@@ -84,65 +144,6 @@ fn edge_region(conn: &mut PgConnection, edge_id: &str) -> ControlResult<String> 
         })
 }
 
-fn check_source_rate(
-    conn: &mut PgConnection,
-    zone: &ZoneConfig,
-    client_addr: &str,
-) -> ControlResult<()> {
-    if zone.creations_per_minute_per_source == 0 {
-        return Ok(());
-    }
-    let since = Utc::now() - chrono::Duration::minutes(1);
-    let source = source_of(client_addr);
-    let recent: i64 = tunnels::table
-        .filter(tunnels::zone.eq(&zone.name))
-        .filter(tunnels::client_addr.eq(&source))
-        .filter(tunnels::created_at.gt(since))
-        .count()
-        .get_result(conn)?;
-    if recent as u64 >= zone.creations_per_minute_per_source {
-        return Err(ControlError::refused(
-            ErrorCode::RateLimited,
-            format!(
-                "too many tunnels were created from {source} in the last minute (limit {}); \
-                 wait a minute and try again",
-                zone.creations_per_minute_per_source
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn check_live_limit(
-    conn: &mut PgConnection,
-    zone: &ZoneConfig,
-    caller: Caller,
-    holder: Option<&Holder>,
-) -> ControlResult<()> {
-    let Some(account_id) = caller.account_id else {
-        return Ok(());
-    };
-    if zone.max_tunnels_per_account == 0 {
-        return Ok(());
-    }
-    let live: i64 = tunnels::table
-        .filter(tunnels::account_id.eq(account_id))
-        .filter(tunnels::closed_at.is_null())
-        .count()
-        .get_result(conn)?;
-    // A takeover of the account's own name frees the slot it takes.
-    let freed = i64::from(holder.is_some());
-    if (live - freed) as u64 >= zone.max_tunnels_per_account {
-        return Err(ControlError::refused(
-            ErrorCode::PlanLimit,
-            format!(
-                "the account has {live} live tunnels, the most its plan allows; close one first"
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Picks the label: the asked-for name (claimed), the account's persistent name, or a
 /// random one.
 fn pick_label(
@@ -154,7 +155,12 @@ fn pick_label(
 ) -> ControlResult<String> {
     match (caller.plan, caller.account_id, requested) {
         (Plan::Pro, Some(account_id), Some(label)) => {
-            names::claim_name(conn, zone, account_id, &label, Claimant::Tunnel)?;
+            let claimed = names::claim_name(conn, zone, account_id, &label, Claimant::Tunnel);
+            let over = matches!(&claimed, Err(e) if e.code() == ErrorCode::PlanLimit);
+            if over {
+                return limits::counted(&st.metrics, Limit::Names, claimed.map(|_| label));
+            }
+            claimed?;
             Ok(label)
         }
         (Plan::Pro, Some(account_id), None) => {
@@ -176,7 +182,18 @@ fn pick_label(
     }
 }
 
+/// Decides zone, name and holder. Runs in one transaction under the account's lock, so that
+/// a name claim and the name limit it checks are one step; the live-tunnel and per-source
+/// checks here refuse early and run again where the tunnel is inserted.
 fn plot(conn: &mut PgConnection, st: &AppState, req: &CreateTunnelRequest) -> ControlResult<Plot> {
+    conn.transaction(|conn| plot_locked(conn, st, req))
+}
+
+fn plot_locked(
+    conn: &mut PgConnection,
+    st: &AppState,
+    req: &CreateTunnelRequest,
+) -> ControlResult<Plot> {
     let region = edge_region(conn, &req.edge_id)?;
     let caller = authenticate(conn, req.token.as_deref())?;
     let zone = st.cfg.zone_for(caller.plan).clone();
@@ -188,13 +205,21 @@ fn plot(conn: &mut PgConnection, st: &AppState, req: &CreateTunnelRequest) -> Co
                  (connect with -R0:localhost:PORT)",
             ))
         }
-        (_, Some(r)) => Some(names::valid_label(r)?),
+        (_, Some(r)) => Some(names::valid_requested(r, &zone.name)?),
         (_, None) => None,
     };
     if let Some(label) = &requested {
         st.cfg.check_not_service_label(&zone, label)?;
     }
-    check_source_rate(conn, &zone, &req.client_addr)?;
+    if let Some(account_id) = caller.account_id {
+        limits::lock_account(conn, account_id)?;
+    }
+    let prefix = prefix_of(st, &req.client_addr);
+    limits::counted(
+        &st.metrics,
+        Limit::CreationRate,
+        limits::check_source_rate(conn, &zone, &prefix),
+    )?;
     let domain_id = crate::zones::domain_id(conn, &zone.name)
         .optional()?
         .ok_or_else(|| {
@@ -217,7 +242,7 @@ fn plot(conn: &mut PgConnection, st: &AppState, req: &CreateTunnelRequest) -> Co
             ));
         }
     }
-    check_live_limit(conn, &zone, caller, holder.as_ref())?;
+    check_limits(conn, st, &zone, caller, &req.client_addr, holder.is_some())?;
     Ok(Plot {
         caller,
         zone,
@@ -243,9 +268,15 @@ fn write_tunnel(
     let expires_at = (p.zone.time_limit_minutes > 0)
         .then(|| now + chrono::Duration::minutes(p.zone.time_limit_minutes as i64));
     let (tunnel_id, commit_xid, replaced) = conn.transaction(|conn| {
+        // Locks first: a takeover's close below locks the holder's row, and a setup that
+        // holds the account's lock may be about to close the same row.
+        take_locks(conn, st, &p.zone, p.caller, &req.client_addr)?;
         let replaced = takeover
             .map(|t| close_tunnels(conn, &[t.holder.tunnel_id], t.reason))
             .transpose()?;
+        // The checks again, now under the locks and in the inserting transaction: what
+        // `plot` counted may have changed since. The replaced holder is closed already.
+        check_limits(conn, st, &p.zone, p.caller, &req.client_addr, false)?;
         let inserted = diesel::insert_into(tunnels::table)
             .values((
                 tunnels::account_id.eq(p.caller.account_id),
@@ -255,6 +286,7 @@ fn write_tunnel(
                 tunnels::region.eq(&p.region),
                 tunnels::edge_id.eq(&req.edge_id),
                 tunnels::client_addr.eq(source_of(&req.client_addr)),
+                tunnels::source_prefix.eq(prefix_of(st, &req.client_addr)),
                 tunnels::lease_expires_at.eq(lease),
                 tunnels::expires_at.eq(expires_at),
             ))
@@ -417,7 +449,7 @@ mod tests {
         }
         assert_eq!(requested_label(&req(Some("blog"))), Some("blog"));
         assert_eq!(requested_label(&req(Some("*"))), Some("*"));
-        assert!(names::valid_label("*").is_err());
+        assert!(names::valid_requested("*", "a.tunnel.test").is_err());
     }
 
     #[test]

@@ -9,9 +9,7 @@ use crate::ssh::messages;
 use crate::ssh::tunnel_setup::{self, PendingTunnel};
 use crate::ssh::username::{parse_username, UserRequest, UsernameError};
 use crate::tunnels::ForwardTarget;
-use crate::visitor::tcp as visitor_tcp;
 use bytes::Bytes;
-use nearhop_wire::TunnelKind;
 use russh::server::ChannelOpenHandle;
 use russh::server::{Auth, Handler, Msg, Session};
 use russh::{Channel, ChannelId, Disconnect};
@@ -188,28 +186,12 @@ impl Handler for SshSession {
             self.refuse(session, "this edge is shutting down; please reconnect.");
             return Ok(false);
         }
-        let public_port = if user.kind == TunnelKind::Tcp {
-            match visitor_tcp::bind_public_port(&self.edge.config).await {
-                Ok(bound) => Some(bound),
-                Err(e) => {
-                    tracing::warn!(parent: &self.span, error = %e, "no free public TCP port");
-                    self.refuse(session, "this edge has no free public TCP port right now; please try again later or in another region.");
-                    return Ok(false);
-                }
-            }
-        } else {
-            None
-        };
-        // The reply carries the port the client will match visitor channels against.
+        // The reply carries the port the client will match visitor channels against. A `tcp`
+        // tunnel's public port is bound only once control has authorised the tunnel
+        // (tunnel_setup), so a refused client never holds one.
         if *port == 0 {
-            *port = match &public_port {
-                Some((_, p)) => u32::from(*p),
-                None => {
-                    let p = self.next_virtual_port;
-                    self.next_virtual_port += 1;
-                    p
-                }
-            };
+            *port = self.next_virtual_port;
+            self.next_virtual_port += 1;
         }
         let pending = PendingTunnel {
             user,
@@ -218,7 +200,6 @@ impl Handler for SshSession {
                 address: address.to_string(),
                 port: *port,
             },
-            public_port,
         };
         // The setup runs as its own task; its logs stay in the session's span.
         let setup = tunnel_setup::set_up(self.edge.clone(), self.link.clone(), pending);

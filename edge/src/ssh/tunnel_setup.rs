@@ -8,10 +8,9 @@ use crate::ssh::messages;
 use crate::ssh::username::UserRequest;
 use crate::tunnels::{ForwardTarget, Tunnel};
 use crate::visitor::tcp as visitor_tcp;
-use nearhop_wire::{CloseTunnelRequest, CreateTunnelRequest, CreateTunnelResponse};
+use nearhop_wire::{CloseTunnelRequest, CreateTunnelRequest, CreateTunnelResponse, TunnelKind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 use tracing::Instrument;
 
 /// Time a client has after its forwards are set up to open a session channel before it is
@@ -34,12 +33,10 @@ const REPLACED: &str = "a newer connection took over this name.";
 pub struct PendingTunnel {
     /// What the username asked for.
     pub user: UserRequest,
-    /// The name asked for with the bind address, if any.
-    pub requested_name: Option<String>,
+    /// The name asked for with the bind address, if any, or why the address is no name.
+    pub requested_name: Result<Option<String>, nearhop_wire::NameError>,
     /// The forward as the client will match it.
     pub forward: ForwardTarget,
-    /// The public TCP port, bound already (TCP tunnels).
-    pub public_port: Option<(TcpListener, u16)>,
 }
 
 /// Asks control for the tunnel, installs it and tells the user; on refusal tells the user
@@ -77,8 +74,14 @@ async fn create(
         user,
         requested_name,
         forward,
-        public_port,
     } = pending;
+    let requested_name = requested_name.map_err(|e| {
+        format!(
+            "the name {:?} asked for with -R is not allowed: {e}; {}.",
+            forward.address,
+            nearhop_wire::ALLOWED_NAMES
+        )
+    })?;
     let req = CreateTunnelRequest {
         edge_id: edge.config.edge_id.clone(),
         token: user.token.clone(),
@@ -109,9 +112,23 @@ async fn create(
         give_back(edge, &resp, "client_closed");
         return Err("the client left during setup".into());
     }
-    let (listener, port) = match public_port {
-        Some((l, p)) => (Some(l), Some(p)),
-        None => (None, None),
+    // A public TCP port only for a tunnel control authorised: a refused client (over its
+    // plan's or its address's limit) never holds one of the edge's ports.
+    let (listener, port) = if user.kind == TunnelKind::Tcp {
+        match visitor_tcp::bind_public_port(&edge.config).await {
+            Ok((l, p)) => (Some(l), Some(p)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no free public TCP port");
+                give_back(edge, &resp, "client_closed");
+                return Err(
+                    "this edge has no free public TCP port right now; please try \
+                     again later or in another region."
+                        .into(),
+                );
+            }
+        }
+    } else {
+        (None, None)
     };
     let tunnel = Arc::new(Tunnel::new(
         resp.tunnel_id,

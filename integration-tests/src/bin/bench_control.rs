@@ -4,6 +4,9 @@
 //!
 //!     cargo build --release --workspace --bins
 //!     NEARHOP_PROFILE=release target/release/bench_control [creations-per-run]
+//!
+//! `bench_control heartbeat [ids]` instead times one edge heartbeat listing `ids` tunnels
+//! (default 100,000, the most a heartbeat may list), all live, then all closed by control.
 
 use anyhow::{bail, Result};
 use nearhop_stack::stats::percentile;
@@ -113,7 +116,117 @@ fn set_lag_wait(stack: &mut Stack, ms: u64) -> Result<()> {
     stack.control.restart()
 }
 
+/// Times `rounds` heartbeats of `ids` (ms, sorted) and checks how many closes each answers.
+fn time_heartbeats(
+    stack: &Stack,
+    edge: &str,
+    ids: &[i64],
+    rounds: usize,
+    expect_close: usize,
+) -> Result<Vec<f64>> {
+    let http = Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    let body = serde_json::to_vec(&serde_json::json!({ "tunnel_ids": ids }))?;
+    let mut ms = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        let r = http
+            .post(format!("{}/v1/edges/{edge}/heartbeat", stack.control.url))
+            .bearer_auth(&stack.control.edge_secret)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()?;
+        if !r.status().is_success() {
+            bail!("heartbeat: {} {}", r.status(), r.text().unwrap_or_default());
+        }
+        let hb: nearhop_wire::EdgeHeartbeatResponse = r.json()?;
+        ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        if hb.close.len() != expect_close {
+            bail!(
+                "heartbeat closed {} tunnels, expected {expect_close}",
+                hb.close.len()
+            );
+        }
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    Ok(ms)
+}
+
+/// One edge's heartbeat of `n` tunnel ids: all live (the renewal path), then all closed
+/// by control (the path that looks up each close reason).
+fn heartbeat_bench(n: usize) -> Result<()> {
+    let stack = Stack::start(StackOptions {
+        lag_wait_ms: 0,
+        ..Default::default()
+    })?;
+    let edge = "us-hb";
+    let r = Client::new()
+        .post(format!("{}/v1/edges/register", stack.control.url))
+        .bearer_auth(&stack.control.edge_secret)
+        .json(&RegisterEdgeRequest {
+            edge_id: edge.into(),
+            region: "us".into(),
+            admin_url: "http://127.0.0.1:9".into(),
+            ..Default::default()
+        })
+        .send()?;
+    if !r.status().is_success() {
+        bail!("register: {}", r.text()?);
+    }
+    let db = &stack.pg.primary.endpoint;
+    // Rows written directly: the bench times the heartbeat, not 100,000 setups.
+    nearhop_stack::postgres::psql(
+        db,
+        &format!(
+            "INSERT INTO tunnels (zone, label, kind, region, edge_id, client_addr, \
+             lease_expires_at) SELECT 'free.tunnel.test', 'hb' || g, 'http', 'us', '{edge}', \
+             '127.0.0.9', now() + interval '1 hour' FROM generate_series(1, {n}) g"
+        ),
+    )?;
+    let ids: Vec<i64> = nearhop_stack::postgres::psql(
+        db,
+        &format!("SELECT id FROM tunnels WHERE edge_id = '{edge}' ORDER BY id"),
+    )?
+    .lines()
+    .filter_map(|l| l.trim().parse().ok())
+    .collect();
+    if ids.len() != n {
+        bail!("{} tunnels written, expected {n}", ids.len());
+    }
+    let rounds = 5;
+    let live = time_heartbeats(&stack, edge, &ids, rounds, 0)?;
+    nearhop_stack::postgres::psql(
+        db,
+        &format!(
+            "UPDATE tunnels SET closed_at = now(), close_reason = 'takedown' \
+             WHERE edge_id = '{edge}'"
+        ),
+    )?;
+    let closed = time_heartbeats(&stack, edge, &ids, rounds, n)?;
+    println!("| heartbeat of {n} ids | rounds | p50 ms | max ms |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (label, ms) in [
+        ("all live (renewed)", &live),
+        ("all closed by control", &closed),
+    ] {
+        println!(
+            "| {label} | {rounds} | {:.0} | {:.0} |",
+            percentile(ms, 50.0).unwrap_or(0.0),
+            ms.last().copied().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("heartbeat") {
+        let n = std::env::args()
+            .nth(2)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(100_000);
+        return heartbeat_bench(n);
+    }
     let total: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())

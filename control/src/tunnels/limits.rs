@@ -1,0 +1,163 @@
+//! The plan's and the source's limits on tunnel setups, and the locks that make each check
+//! and the insert it guards one atomic step.
+//!
+//! A count in one transaction and an insert in another let sixteen parallel `-R` of one
+//! session all pass the count. So every check runs again inside the transaction that
+//! inserts, after a transaction-scoped advisory lock on what it counts: the account (live
+//! tunnels, names) and the source prefix (creations per minute, live anonymous tunnels).
+//! Setups of one account or one source queue on the lock; others do not notice it.
+
+use crate::config::ZoneConfig;
+use crate::error::{ControlError, ControlResult};
+use crate::metrics::Metrics;
+use crate::schema::tunnels;
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use nearhop_wire::ErrorCode;
+
+/// Which limit refused a setup: the `limit` label of `nearhop_control_limit_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `max_tunnels_per_account`.
+    LiveTunnels,
+    /// `max_names_per_account`.
+    Names,
+    /// `creations_per_minute_per_source`.
+    CreationRate,
+    /// `max_anonymous_tunnels_per_source`.
+    AnonymousPerSource,
+}
+
+impl Limit {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::LiveTunnels => "live_tunnels",
+            Limit::Names => "names",
+            Limit::CreationRate => "creation_rate",
+            Limit::AnonymousPerSource => "anonymous_per_source",
+        }
+    }
+}
+
+/// Counts a refusal by `limit` in the metrics, passing the result on.
+pub fn counted<T>(metrics: &Metrics, limit: Limit, result: ControlResult<T>) -> ControlResult<T> {
+    if result.is_err() {
+        metrics
+            .limit_refusals_total
+            .with_label_values(&[limit.as_str()])
+            .inc();
+    }
+    result
+}
+
+/// Takes the transaction-scoped advisory lock named `key` (released at commit or
+/// rollback). Keys are hashed to the lock's 64-bit space; a collision only queues two
+/// unrelated setups one after the other.
+fn lock(conn: &mut PgConnection, key: &str) -> ControlResult<()> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind::<Text, _>(key)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Serialises the account's setups and name claims until the transaction ends.
+pub fn lock_account(conn: &mut PgConnection, account_id: i64) -> ControlResult<()> {
+    lock(conn, &format!("nearhop:account:{account_id}"))
+}
+
+/// Serialises setups from one source prefix in one zone until the transaction ends. Take
+/// it after the account's lock, never before, so that two setups cannot wait on each other.
+pub fn lock_source(conn: &mut PgConnection, zone: &str, prefix: &str) -> ControlResult<()> {
+    lock(conn, &format!("nearhop:source:{zone}:{prefix}"))
+}
+
+/// Refuses a setup when `prefix` created `creations_per_minute_per_source` tunnels in the
+/// zone in the last minute.
+pub fn check_source_rate(
+    conn: &mut PgConnection,
+    zone: &ZoneConfig,
+    prefix: &str,
+) -> ControlResult<()> {
+    if zone.creations_per_minute_per_source == 0 {
+        return Ok(());
+    }
+    let since = Utc::now() - chrono::Duration::minutes(1);
+    let recent: i64 = tunnels::table
+        .filter(tunnels::zone.eq(&zone.name))
+        .filter(tunnels::source_prefix.eq(prefix))
+        .filter(tunnels::created_at.gt(since))
+        .count()
+        .get_result(conn)?;
+    if recent as u64 >= zone.creations_per_minute_per_source {
+        return Err(ControlError::refused(
+            ErrorCode::RateLimited,
+            format!(
+                "too many tunnels were created from {prefix} in the last minute (limit {}); \
+                 wait a minute and try again",
+                zone.creations_per_minute_per_source
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a setup when the account has `max_tunnels_per_account` live tunnels. `freed` is
+/// a live tunnel of the account that this setup replaces (a takeover of its own name).
+pub fn check_live_tunnels(
+    conn: &mut PgConnection,
+    zone: &ZoneConfig,
+    account_id: i64,
+    freed: bool,
+) -> ControlResult<()> {
+    if zone.max_tunnels_per_account == 0 {
+        return Ok(());
+    }
+    let live: i64 = tunnels::table
+        .filter(tunnels::account_id.eq(account_id))
+        .filter(tunnels::closed_at.is_null())
+        .count()
+        .get_result(conn)?;
+    if (live - i64::from(freed)) as u64 >= zone.max_tunnels_per_account {
+        return Err(ControlError::refused(
+            ErrorCode::PlanLimit,
+            format!(
+                "the account has {live} live tunnels, the most its plan allows ({}); \
+                 close one first",
+                zone.max_tunnels_per_account
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses an anonymous setup when `prefix` holds `max_anonymous_tunnels_per_source` live
+/// anonymous tunnels in the zone.
+pub fn check_anonymous(
+    conn: &mut PgConnection,
+    zone: &ZoneConfig,
+    prefix: &str,
+) -> ControlResult<()> {
+    if zone.max_anonymous_tunnels_per_source == 0 {
+        return Ok(());
+    }
+    let live: i64 = tunnels::table
+        .filter(tunnels::zone.eq(&zone.name))
+        .filter(tunnels::account_id.is_null())
+        .filter(tunnels::source_prefix.eq(prefix))
+        .filter(tunnels::closed_at.is_null())
+        .count()
+        .get_result(conn)?;
+    if live as u64 >= zone.max_anonymous_tunnels_per_source {
+        return Err(ControlError::refused(
+            ErrorCode::PlanLimit,
+            format!(
+                "{prefix} already has {live} live tunnels without a token, the most allowed \
+                 ({}); close one, or connect with an account's token",
+                zone.max_anonymous_tunnels_per_source
+            ),
+        ));
+    }
+    Ok(())
+}
