@@ -92,6 +92,13 @@ pub struct Config {
     pub control_timeout_ms: u64,
     /// Most `-R` forwards one SSH session may hold.
     pub max_forwards_per_session: usize,
+    /// SSH connections not yet authenticated, at once, edge-wide (key exchanges cost CPU and
+    /// memory before anyone is known); past it a new connection is told so and closed.
+    pub max_unauthenticated_ssh: usize,
+    /// Of those, at most this many from one network (an IPv4 address, an IPv6 /64).
+    pub max_unauthenticated_ssh_per_address: usize,
+    /// Time a client has from TCP connect to successful authentication.
+    pub ssh_auth_deadline_seconds: u64,
     /// Seconds a session may stay without any forward before it is told how to use the edge
     /// and disconnected.
     pub unbound_session_seconds: u64,
@@ -274,6 +281,9 @@ impl Default for Config {
             routes_refresh_seconds: 30,
             control_timeout_ms: 15_000,
             max_forwards_per_session: 16,
+            max_unauthenticated_ssh: 256,
+            max_unauthenticated_ssh_per_address: 16,
+            ssh_auth_deadline_seconds: 20,
             unbound_session_seconds: 30,
             ssh_window_bytes: 8 * 1024 * 1024,
             ssh_max_packet_bytes: 32 * 1024,

@@ -38,6 +38,12 @@ impl Drop for VisitorSlot {
     }
 }
 
+/// A place among the SSH connections not yet authenticated, given back on drop.
+pub struct UnauthenticatedSlot {
+    _permit: OwnedSemaphorePermit,
+    _share: Share<u128>,
+}
+
 /// State shared by every part of the edge.
 pub struct Edge {
     /// The configuration.
@@ -65,6 +71,10 @@ pub struct Edge {
     address_shares: Arc<Shares<u128>>,
     /// Visitor connections (channels) held per tunnel.
     tunnel_shares: Arc<Shares<i64>>,
+    /// SSH connections not yet authenticated, edge-wide.
+    unauthenticated_ssh: Arc<Semaphore>,
+    /// SSH connections not yet authenticated, per client network.
+    unauthenticated_ssh_shares: Arc<Shares<u128>>,
     sessions: Mutex<HashMap<u64, Arc<SessionLink>>>,
     next_session: AtomicU64,
 }
@@ -95,6 +105,8 @@ impl Edge {
             auth_throttle: AuthThrottle::new(config.visitor_auth_failures_per_minute),
             address_shares: Shares::new(config.max_visitor_connections_per_address),
             tunnel_shares: Shares::new(config.max_visitor_connections_per_tunnel),
+            unauthenticated_ssh: Arc::new(Semaphore::new(config.max_unauthenticated_ssh.max(1))),
+            unauthenticated_ssh_shares: Shares::new(config.max_unauthenticated_ssh_per_address),
             visitor_slots: Arc::new(Semaphore::new(config.max_visitor_connections)),
             https,
             config,
@@ -162,6 +174,34 @@ impl Edge {
                 .inc();
         }
         share
+    }
+
+    /// A place among the SSH connections not yet authenticated, edge-wide and for the
+    /// client's network; `None` (counted by `scope`): full.
+    pub fn unauthenticated_ssh_slot(
+        &self,
+        client: std::net::IpAddr,
+    ) -> Option<UnauthenticatedSlot> {
+        let refused = |scope: &str| {
+            self.metrics
+                .ssh_unauthenticated_refused_total
+                .with_label_values(&[scope])
+                .inc();
+            None
+        };
+        let Some(share) = self
+            .unauthenticated_ssh_shares
+            .take(visitor_network(client))
+        else {
+            return refused("address");
+        };
+        let Ok(permit) = self.unauthenticated_ssh.clone().try_acquire_owned() else {
+            return refused("edge");
+        };
+        Some(UnauthenticatedSlot {
+            _permit: permit,
+            _share: share,
+        })
     }
 
     /// Readies an accepted visitor socket: no Nagle delay, and TCP keepalive so that a

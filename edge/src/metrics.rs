@@ -28,6 +28,9 @@ pub struct Metrics {
     /// Visitor connections refused for holding their share already, by share (`address`:
     /// the visitor network's, `tunnel`: the tunnel's).
     pub visitor_share_refused_total: IntCounterVec,
+    /// SSH connections refused at the unauthenticated-connection limits, by scope
+    /// (`address`: the client network's share, `edge`: the edge-wide limit).
+    pub ssh_unauthenticated_refused_total: IntCounterVec,
     /// HTTP requests answered 504 because the tunnel's answer did not start in time.
     pub visitor_response_timeouts_total: IntCounter,
     /// Spliced connections (`tcp`, `tls`, `x:noreverseproxy`) closed after an idle spell.
@@ -111,6 +114,13 @@ impl Metrics {
                 "Visitor connections refused because their address or tunnel held its share.",
             ),
             &["share"],
+        )?;
+        let ssh_unauthenticated_refused_total = IntCounterVec::new(
+            Opts::new(
+                "nearhop_edge_ssh_unauthenticated_refused_total",
+                "SSH connections refused at the limits on connections not yet authenticated.",
+            ),
+            &["scope"],
         )?;
         let visitor_response_timeouts_total = IntCounter::new(
             "nearhop_edge_visitor_response_timeouts_total",
@@ -219,6 +229,7 @@ impl Metrics {
         registry.register(Box::new(http_retries_total.clone()))?;
         registry.register(Box::new(visitor_auth_throttled_total.clone()))?;
         registry.register(Box::new(visitor_share_refused_total.clone()))?;
+        registry.register(Box::new(ssh_unauthenticated_refused_total.clone()))?;
         registry.register(Box::new(visitor_response_timeouts_total.clone()))?;
         registry.register(Box::new(splice_idle_closed_total.clone()))?;
         registry.register(Box::new(tunnel_setup_seconds.clone()))?;
@@ -236,6 +247,7 @@ impl Metrics {
             http_retries_total,
             visitor_auth_throttled_total,
             visitor_share_refused_total,
+            ssh_unauthenticated_refused_total,
             visitor_response_timeouts_total,
             splice_idle_closed_total,
             tunnel_setup_seconds,

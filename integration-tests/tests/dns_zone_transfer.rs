@@ -1,5 +1,5 @@
 //! Zone transfers list every tunnel name: the stack's pdns refuses them unless secondaries
-//! are named (`axfr_from`, `nearhop_dns_secondaries` in Ansible), as deployed.
+//! are named (`axfr_from`, `pdns_axfr_secondaries` in Ansible), as deployed.
 
 use nearhop_stack::fixtures::*;
 use nearhop_stack::pdns::conformance::{axfr, Axfr};

@@ -350,7 +350,7 @@ fn connect_from(source: [u8; 4], to: std::net::SocketAddr) -> TcpStream {
 fn one_address_or_tunnel_holding_its_share_leaves_room_for_the_others() {
     let s = EdgeStack::start(
         "max_visitor_connections = 12\nmax_visitor_connections_per_address = 4\n\
-         max_visitor_connections_per_tunnel = 3\nvisitor_response_timeout_seconds = 2\n\
+         max_visitor_connections_per_tunnel = 3\nvisitor_response_timeout_seconds = 8\n\
          splice_idle_timeout_seconds = 2\n",
     );
     let local = LocalService::start("local");
@@ -406,7 +406,9 @@ fn one_address_or_tunnel_holding_its_share_leaves_room_for_the_others() {
     held.clear();
 
     // A slow service holds its tunnel's three channels; a fourth visitor of that tunnel is
-    // told to come back, and the slow ones get 504 instead of waiting for ever.
+    // told to come back, and the slow ones get 504 instead of waiting for ever. (The 8 s
+    // limit only has to outlast the moment all three are in flight, for the check below.)
+    let before = local.served.load(std::sync::atomic::Ordering::SeqCst);
     let slow: Vec<_> = (0..3)
         .map(|i| {
             let client = reqwest::blocking::Client::builder()
@@ -419,12 +421,20 @@ fn one_address_or_tunnel_holding_its_share_leaves_room_for_the_others() {
             std::thread::spawn(move || client.get(url).send().map(|r| r.status().as_u16()))
         })
         .collect();
-    eventually("the slow service holds three channels", || {
-        let r = visitor(&url_a, http).get(format!("{url_a}/")).send()?;
-        anyhow::ensure!(r.status() == 503, "{}", r.status());
-        anyhow::ensure!(r.text()?.contains("as many visitors as it may have"));
+    eventually("the three slow requests reach the service", || {
+        let served = local.served.load(std::sync::atomic::Ordering::SeqCst);
+        anyhow::ensure!(served >= before + 3, "{} of 3", served - before);
         Ok(())
     });
+    let r = visitor(&url_a, http)
+        .get(format!("{url_a}/"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503, "the tunnel's three channels are held");
+    assert!(r
+        .text()
+        .unwrap()
+        .contains("as many visitors as it may have"));
     for t in slow {
         assert_eq!(t.join().unwrap().unwrap(), 504, "the slow answer is cut");
     }
@@ -476,5 +486,59 @@ fn an_idle_tcp_connection_is_closed_and_a_busy_one_is_not() {
     assert_eq!(
         metric(&m, "nearhop_edge_splice_idle_closed_total", &[]),
         Some(1.0)
+    );
+}
+
+#[test]
+fn a_flood_of_logins_from_one_address_leaves_others_able_to_connect() {
+    let s = EdgeStack::start("max_unauthenticated_ssh_per_address = 4\n");
+    let local = LocalService::start("local");
+    let ssh = s.edge.ssh_addr();
+    // Four connections from one address that never log in hold its whole share: each says
+    // it is OpenSSH, gets the edge's identification (so it holds its place), then stalls.
+    let _held: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut t = connect_from([127, 0, 0, 7], ssh);
+            t.write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n").unwrap();
+            t.set_read_timeout(Some(PATIENCE)).unwrap();
+            let mut id = [0u8; 17];
+            t.read_exact(&mut id).unwrap();
+            assert_eq!(&id, b"SSH-2.0-nearhop\r\n");
+            t
+        })
+        .collect();
+    // A fifth from there is told why, in words an SSH client prints, and closed.
+    let mut fifth = connect_from([127, 0, 0, 7], ssh);
+    let answer = closed_by_edge(&mut fifth);
+    assert!(answer.starts_with(b"SSH-2.0-nearhop\r\n"));
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.contains("Too many connections are logging in"),
+        "{text}"
+    );
+    // OpenSSH from that address shows the sentence.
+    let mut refused = s.ssh(
+        "flooded",
+        &SshArgs {
+            options: vec!["BindAddress=127.0.0.7".into()],
+            ..SshArgs::http_tunnel(Some(&s.pro_token()), local.port)
+        },
+    );
+    let out = refused.wait_exit(PATIENCE).unwrap();
+    assert!(out.contains("Too many connections are logging in"), "{out}");
+    // A client from another address logs in and gets its tunnel.
+    let mut c = s.ssh(
+        "other",
+        &SshArgs::http_tunnel(Some(&s.pro_token()), local.port),
+    );
+    let url = c.wait_for_url(PATIENCE).unwrap();
+    assert_serving(&s, &url);
+    let m = s.edge.metrics().unwrap();
+    assert!(
+        metric(
+            &m,
+            "nearhop_edge_ssh_unauthenticated_refused_total",
+            &[("scope", "address")]
+        ) >= Some(2.0)
     );
 }

@@ -44,7 +44,7 @@ pub struct SessionLink {
     options: RwLock<Arc<TunnelOptions>>,
     /// Set once the options are known: the command or the shell request came.
     options_settled: AtomicBool,
-    /// Woken when the options settle or the session channel opens.
+    /// Woken when the client authenticates, the options settle or the session channel opens.
     session_news: Notify,
     /// The session channel text is printed on, once the client asked for a shell or command.
     output: Mutex<Output>,
@@ -96,6 +96,23 @@ impl SessionLink {
     /// Records that the client authenticated.
     pub fn mark_authenticated(&self) {
         self.authenticated.store(true, Ordering::SeqCst);
+        self.session_news.notify_waiters();
+    }
+
+    /// Waits until the client authenticated (true) or the session ended (false).
+    pub async fn until_authenticated(&self) -> bool {
+        loop {
+            let news = self.session_news.notified();
+            tokio::pin!(news);
+            news.as_mut().enable();
+            if self.authenticated() {
+                return true;
+            }
+            tokio::select! {
+                _ = &mut news => {}
+                _ = self.gone.cancelled() => return self.authenticated(),
+            }
+        }
     }
 
     /// Whether the client authenticated.

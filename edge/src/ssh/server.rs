@@ -2,7 +2,7 @@
 //! per client, and the clean-up when a client goes away.
 
 use crate::accept;
-use crate::edge::Edge;
+use crate::edge::{Edge, UnauthenticatedSlot};
 use crate::io::read_buffer::Prefixed;
 use crate::ssh::hello::{self, AlreadyIdentified, Offer};
 use crate::ssh::session::SshSession;
@@ -12,11 +12,9 @@ use russh::MethodSet;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
-
-/// Time a client has from TCP connect to successful authentication.
-const AUTH_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The russh server configurations of this edge, one per cipher offer.
 pub struct Offers {
@@ -100,10 +98,16 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, key: PrivateKey) {
                 let Some((peer, rest)) = behind.await else {
                     return;
                 };
+                // Held until the client authenticates: a flood of key exchanges from one
+                // network cannot take every place, nor a flood from many the edge's CPU.
+                let Some(unauthenticated) = edge.unauthenticated_ssh_slot(peer.ip()) else {
+                    refuse(stream).await;
+                    return;
+                };
                 // The client's own address from here on: control's per-address limits see it.
                 let link = edge.open_session(peer);
                 let span = tracing::info_span!("ssh", session = link.id, %peer);
-                handle_connection(edge, offers, stream, rest, link)
+                handle_connection(edge, offers, stream, rest, link, unauthenticated)
                     .instrument(span)
                     .await;
             });
@@ -118,7 +122,9 @@ async fn handle_connection(
     mut stream: TcpStream,
     mut read: Vec<u8>,
     link: Arc<crate::ssh::link::SessionLink>,
+    unauthenticated: UnauthenticatedSlot,
 ) {
+    let auth_deadline = Duration::from_secs(edge.config.ssh_auth_deadline_seconds.max(1));
     let start = async {
         let hello = hello::greet(&mut stream, &mut read, hello::KEXINIT_WAIT).await?;
         let offer = hello.offer(&edge.config.ssh_ciphers);
@@ -132,7 +138,7 @@ async fn handle_connection(
         )
         .await
     };
-    let started = tokio::time::timeout(AUTH_DEADLINE, start).await;
+    let started = tokio::time::timeout(auth_deadline, start).await;
     let running = match started {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
@@ -150,14 +156,12 @@ async fn handle_connection(
     let auth_watch = {
         let link = link.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(AUTH_DEADLINE) => {
-                    if !link.authenticated() {
-                        link.disconnect("Authentication took too long.").await;
-                    }
-                }
-                _ = link.gone.cancelled() => {}
+            let authenticated = tokio::time::timeout(auth_deadline, link.until_authenticated());
+            if authenticated.await.is_err() {
+                link.disconnect("Authentication took too long.").await;
             }
+            // The place among unauthenticated connections is given back here.
+            drop(unauthenticated);
         })
     };
     let result = running.await;
@@ -176,9 +180,82 @@ async fn handle_connection(
     edge.end_session(&link, reason).await;
 }
 
+/// What a client refused at the unauthenticated-connection limits is told.
+const TOO_MANY_UNAUTHENTICATED: &str =
+    "Too many connections are logging in to this edge right now, from your address or from \
+     everyone. Please try again in a few seconds.";
+
+/// Tells a client over the limits so, then lets it finish sending before closing: a close
+/// while its identification and KEXINIT are still arriving would reset the connection, and
+/// the client would lose the sentence.
+async fn refuse(mut stream: TcpStream) {
+    if stream
+        .write_all(&refusal(TOO_MANY_UNAUTHENTICATED))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+}
+
+/// SSH_DISCONNECT_TOO_MANY_CONNECTIONS (RFC 4253 §11.1).
+const TOO_MANY_CONNECTIONS: u32 = 12;
+
+/// The edge's identification, then an unencrypted `SSH_MSG_DISCONNECT` with `text`: before
+/// key exchange packets travel in the clear, and OpenSSH prints the text ("Received
+/// disconnect from ...: 12: ...").
+fn refusal(text: &str) -> Vec<u8> {
+    let mut payload = vec![1u8]; // SSH_MSG_DISCONNECT
+    payload.extend_from_slice(&TOO_MANY_CONNECTIONS.to_be_bytes());
+    payload.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    payload.extend_from_slice(text.as_bytes());
+    payload.extend_from_slice(&0u32.to_be_bytes()); // language tag
+                                                    // packet_length (4) + padding_length (1) + payload + padding is a multiple of 8, with
+                                                    // at least 4 bytes of padding.
+    let mut padding = 8 - (5 + payload.len()) % 8;
+    if padding < 4 {
+        padding += 8;
+    }
+    let mut out = b"SSH-2.0-nearhop\r\n".to_vec();
+    out.extend_from_slice(&((1 + payload.len() + padding) as u32).to_be_bytes());
+    out.push(padding as u8);
+    out.extend_from_slice(&payload);
+    out.extend(std::iter::repeat_n(0u8, padding));
+    out
+}
+
 fn is_keepalive_timeout(e: &anyhow::Error) -> bool {
     matches!(
         e.downcast_ref::<russh::Error>(),
         Some(russh::Error::KeepaliveTimeout)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_an_identification_and_one_well_formed_disconnect() {
+        let bytes = refusal("go away");
+        let line_end = bytes.windows(2).position(|w| w == b"\r\n").expect("line") + 2;
+        assert_eq!(&bytes[..line_end], b"SSH-2.0-nearhop\r\n");
+        let packet = &bytes[line_end..];
+        let length = u32::from_be_bytes(packet[..4].try_into().unwrap()) as usize;
+        assert_eq!(packet.len(), 4 + length);
+        assert_eq!(packet.len() % 8, 0);
+        let padding = packet[4] as usize;
+        assert!(padding >= 4);
+        let payload = &packet[5..4 + length - padding];
+        assert_eq!(payload[0], 1, "SSH_MSG_DISCONNECT");
+        assert_eq!(u32::from_be_bytes(payload[1..5].try_into().unwrap()), 12);
+        let text_len = u32::from_be_bytes(payload[5..9].try_into().unwrap()) as usize;
+        assert_eq!(&payload[9..9 + text_len], b"go away");
+    }
 }
