@@ -8,8 +8,11 @@ TEST_THREADS ?= 2
 up: deps build
 	./target/debug/nearhop-stack --dir .stack
 
+# Every test: the workspace's (unit, integration against real processes), then the Ansible
+# rollout check in a lab of namespaced hosts (needs root, as CI has; docs/lab.md).
 test: deps build
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=$(TEST_THREADS)
+	$(MAKE) rollout-test
 
 deps:
 	./scripts/install-deps.sh
