@@ -126,10 +126,17 @@ impl DnsFixture {
 
     /// Waits until the backend's applied position reaches `lsn` (through `/v1/wait`).
     pub fn wait_applied(&self, lsn: &str) -> Result<()> {
+        self.wait_commit(lsn, None)
+    }
+
+    /// Waits, up to a minute, until memory holds the commit at `lsn` (by transaction `xid`,
+    /// when given); an unreached wait is an error carrying the last answer.
+    pub fn wait_commit(&self, lsn: &str, xid: Option<&str>) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let xid = xid.map(|x| format!("&xid={x}")).unwrap_or_default();
         loop {
             let url = format!(
-                "{}/v1/wait?lsn={lsn}&timeout_ms=1000",
+                "{}/v1/wait?lsn={lsn}{xid}&timeout_ms=1000",
                 self.region.backend_url()
             );
             let v: serde_json::Value = reqwest::blocking::get(url)?
@@ -140,7 +147,7 @@ impl DnsFixture {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("backend did not apply {lsn}: {v}");
+                bail!("backend did not apply {lsn}{xid}: {v}");
             }
         }
     }

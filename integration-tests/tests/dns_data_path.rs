@@ -13,29 +13,7 @@ use nearhop_stack::postgres::{psql, wait_replayed, PgEndpoint};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// Asks eu's backend whether memory holds the commit at `lsn` by transaction `xid`, for up
-/// to a minute; an unreached wait is an error carrying the last answer.
-fn wait_commit(fx: &DnsFixture, lsn: &str, xid: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let url = format!(
-            "{}/v1/wait?lsn={lsn}&xid={xid}&timeout_ms=1000",
-            fx.region.backend_url()
-        );
-        let v: serde_json::Value = reqwest::blocking::get(url)?
-            .error_for_status()?
-            .json()
-            .context("/v1/wait")?;
-        if v["reached"] == serde_json::Value::Bool(true) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("backend never applied the commit at {lsn} (xid {xid}): {v}");
-        }
-    }
-}
+use std::time::Duration;
 
 /// One counter of eu's backend.
 fn backend_counter(fx: &DnsFixture, name: &str) -> f64 {
@@ -78,7 +56,8 @@ fn a_promoted_replica_is_followed_and_its_own_commits_are_served() {
     .expect("insert on the promoted server");
     let xid = xid.lines().last().unwrap_or("").trim().to_string();
     let lsn = psql(fx.replica(), "SELECT pg_current_wal_lsn()").expect("lsn");
-    wait_commit(&fx, lsn.trim(), &xid).expect("a wait for the promoted server's commit");
+    fx.wait_commit(lsn.trim(), Some(&xid))
+        .expect("a wait for the promoted server's commit");
     assert_eq!(
         cname_of(&fx, "after.a.tunnel.test"),
         vec!["ap.a.tunnel.test.".to_string()]
