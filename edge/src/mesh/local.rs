@@ -1,6 +1,7 @@
-//! This edge's own tunnels in the holder table's memory: a tunnel that closes here is "just
-//! gone" and one that opens here is an arrival, exactly as for a peer's, so a visitor
-//! waiting through a reconnect is woken whichever edge the client comes back to.
+//! This edge's own arrivals in the holder table's memory: a tunnel that opens here wakes the
+//! visitors waiting through a reconnect, exactly as a peer's does, whichever edge the client
+//! comes back to. (A tunnel that closes here is noted "just gone" by `Edge::close_tunnel`,
+//! before routing to it stops.)
 
 use super::protocol::HoldingChange;
 use crate::edge::Edge;
@@ -17,8 +18,9 @@ pub async fn follow_registry(edge: Arc<Edge>) {
         };
         match change {
             Ok(HoldingChange::Added(name, _)) => edge.mesh.holders.note_arrived(&name),
-            Ok(HoldingChange::Removed(name)) => edge.mesh.holders.note_gone(&name),
-            Ok(HoldingChange::Reset | HoldingChange::Sync(_)) | Err(RecvError::Lagged(_)) => {}
+            // `Edge::close_tunnel` notes the name gone itself, before routing stops.
+            Ok(HoldingChange::Removed(_) | HoldingChange::Reset | HoldingChange::Sync(_))
+            | Err(RecvError::Lagged(_)) => {}
             Err(RecvError::Closed) => return,
         }
     }
