@@ -92,7 +92,7 @@ pub struct Config {
     pub control_timeout_ms: u64,
     /// Most `-R` forwards one SSH session may hold.
     pub max_forwards_per_session: usize,
-    /// SSH connections not yet authenticated, at once, edge-wide (key exchanges cost CPU and
+    /// SSH connections not yet authenticated, at once, edge-wide, at least 1 (key exchanges cost CPU and
     /// memory before anyone is known); past it a new connection is told so and closed.
     pub max_unauthenticated_ssh: usize,
     /// Of those, at most this many from one network (an IPv4 address, an IPv6 /64).
