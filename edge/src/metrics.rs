@@ -35,6 +35,10 @@ pub struct Metrics {
     pub visitor_response_timeouts_total: IntCounter,
     /// Spliced connections (`tcp`, `tls`, `x:noreverseproxy`) closed after an idle spell.
     pub splice_idle_closed_total: IntCounter,
+    /// Visitor and relay channels the edge was done with, by which side closed them first
+    /// (`client`: the client answered the edge's EOF, as it should; `edge`: it did not
+    /// within the linger, and the edge closed the channel itself).
+    pub channels_closed_total: IntCounterVec,
     /// Time from a `tcpip-forward` request to the tunnel being live, by outcome.
     pub tunnel_setup_seconds: HistogramVec,
     /// Failed calls to control, by call.
@@ -129,6 +133,13 @@ impl Metrics {
         let splice_idle_closed_total = IntCounter::new(
             "nearhop_edge_splice_idle_closed_total",
             "Spliced visitor connections closed after an idle spell.",
+        )?;
+        let channels_closed_total = IntCounterVec::new(
+            Opts::new(
+                "nearhop_edge_channels_closed_total",
+                "Visitor and relay channels the edge was done with, by which side closed first.",
+            ),
+            &["first"],
         )?;
         let tunnel_setup_seconds = HistogramVec::new(
             HistogramOpts::new(
@@ -232,6 +243,7 @@ impl Metrics {
         registry.register(Box::new(ssh_unauthenticated_refused_total.clone()))?;
         registry.register(Box::new(visitor_response_timeouts_total.clone()))?;
         registry.register(Box::new(splice_idle_closed_total.clone()))?;
+        registry.register(Box::new(channels_closed_total.clone()))?;
         registry.register(Box::new(tunnel_setup_seconds.clone()))?;
         registry.register(Box::new(control_errors_total.clone()))?;
         registry.register(Box::new(tunnels_closed_total.clone()))?;
@@ -250,6 +262,7 @@ impl Metrics {
             ssh_unauthenticated_refused_total,
             visitor_response_timeouts_total,
             splice_idle_closed_total,
+            channels_closed_total,
             tunnel_setup_seconds,
             control_errors_total,
             tunnels_closed_total,

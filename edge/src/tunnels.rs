@@ -1,12 +1,11 @@
 //! Live tunnels on this edge: the map visitors are routed through (host name or custom
 //! domain → tunnel) and the map control closes by id.
 
+use crate::io::closing_channel::ClosingChannel;
 use crate::mesh::protocol::HoldingChange;
 use crate::options::TunnelOptions;
 use crate::ssh::link::SessionLink;
 use nearhop_wire::TunnelKind;
-use russh::server::Msg;
-use russh::Channel;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,16 +106,17 @@ impl Tunnel {
 
     /// Opens one `forwarded-tcpip` channel to the client for a visitor connection, with the
     /// visitor's address as originator.
-    pub async fn open_channel(&self, visitor: SocketAddr) -> Result<Channel<Msg>, russh::Error> {
+    pub async fn open_channel(&self, visitor: SocketAddr) -> Result<ClosingChannel, russh::Error> {
         let handle = self.session.handle().ok_or(russh::Error::SendError)?;
-        handle
+        let channel = handle
             .channel_open_forwarded_tcpip(
                 self.forward.address.clone(),
                 self.forward.port,
                 visitor.ip().to_string(),
                 u32::from(visitor.port()),
             )
-            .await
+            .await?;
+        Ok(ClosingChannel::new(channel, self.session.closes.clone()))
     }
 }
 

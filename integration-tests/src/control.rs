@@ -247,6 +247,11 @@ impl ControlProcess {
         &self.log
     }
 
+    /// The process id of `serve`, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.pid())
+    }
+
     /// Runs `nearhop-control --config <file> --json <args>` and returns its stdout.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
         let mut cmd = Command::new(bin_path("nearhop-control")?);

@@ -327,3 +327,78 @@ fn https_is_served_with_the_operators_certificate() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.body.contains("s_server"), "{}", r.body);
 }
+
+/// When a visitor leaves, the edge sends EOF on the tunnel's channel and lets the client
+/// close it first: russh keeps a channel the server closed first until the whole SSH
+/// session ends (about 3 KiB each, so a long-lived tunnel's edge grew with every visitor).
+/// Every channel of 30 kept-alive HTTP visitors and 10 `tcp` visitors, each leaving after
+/// its answer while the local services keep their side open, is closed by the client first.
+#[test]
+fn channels_of_departed_visitors_are_closed_by_the_client_first() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start("local");
+    let echo = tcp_echo();
+    let token = s.pro_token();
+    let mut http = s.ssh("http", &SshArgs::http_tunnel(Some(&token), local.port));
+    let url = http.wait_for_url(PATIENCE).unwrap();
+    let (host, _) = url_host_port(&url).unwrap();
+    let mut tcp = s.ssh(
+        "tcp",
+        &SshArgs::http_tunnel(Some(&format!("{}+tcp", s.pro_token())), echo),
+    );
+    let (_, tcp_port) = url_host_port(&tcp.wait_for_url(PATIENCE).unwrap()).unwrap();
+
+    for i in 0..30 {
+        // Kept alive (no `Connection: close`), so only the visitor's leaving ends it.
+        let mut conn = TcpStream::connect(s.edge.http_addr()).unwrap();
+        conn.set_read_timeout(Some(PATIENCE)).unwrap();
+        write!(conn, "GET /v{i} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+        let head = read_head(&mut conn);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_string())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no length in {head}"));
+        let mut body = vec![0u8; length];
+        conn.read_exact(&mut body).unwrap();
+        assert!(body.starts_with(b"hello from local"));
+    }
+    for i in 0..10u8 {
+        let mut conn = TcpStream::connect((s.edge.spec.ip, tcp_port)).unwrap();
+        conn.set_read_timeout(Some(PATIENCE)).unwrap();
+        conn.write_all(&[i; 100]).unwrap();
+        let mut back = [0u8; 100];
+        conn.read_exact(&mut back).unwrap();
+        assert_eq!(back, [i; 100]);
+    }
+
+    let text = eventually(
+        "every departed visitor's channel closed by the client",
+        || {
+            let text = s.edge.metrics()?;
+            let by_client = metric(
+                &text,
+                "nearhop_edge_channels_closed_total",
+                &[("first", "client")],
+            )
+            .unwrap_or(0.0);
+            anyhow::ensure!(by_client >= 40.0, "{by_client} of 40 so far");
+            Ok(text)
+        },
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "nearhop_edge_channels_closed_total",
+            &[("first", "edge")]
+        ),
+        None,
+        "no channel waited out its linger"
+    );
+    assert!(http.is_running() && tcp.is_running());
+}

@@ -6,6 +6,7 @@
 
 use super::protocol::{parse_ack, HoldingChange, RelayListener, HOLDINGS_COMMAND, MAX_LINE};
 use crate::edge::Edge;
+use crate::io::closing_channel::{ClosingChannel, PeerCloses};
 use crate::io::counting::CountingStream;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, MethodKind, MethodSet};
@@ -51,10 +52,13 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
             tokio::spawn(
                 async move {
                     let _ = stream.set_nodelay(true);
+                    let closes = Arc::new(PeerCloses::default());
+                    closes.count_in(edge.metrics.channels_closed_total.clone());
                     let handler = PeerSession {
                         edge,
                         peer_id: None,
                         sessions: HashMap::new(),
+                        closes,
                     };
                     match russh::server::run_stream(config, stream, handler).await {
                         Ok(running) => {
@@ -79,6 +83,14 @@ struct PeerSession {
     peer_id: Option<String>,
     /// Session channels waiting for their command.
     sessions: HashMap<ChannelId, Channel<Msg>>,
+    /// Relay channels this edge is done with, waiting for the peer to close them.
+    closes: Arc<PeerCloses>,
+}
+
+impl Drop for PeerSession {
+    fn drop(&mut self) {
+        self.closes.session_ended();
+    }
 }
 
 impl russh::server::Handler for PeerSession {
@@ -168,6 +180,16 @@ impl russh::server::Handler for PeerSession {
         Ok(())
     }
 
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // A relay channel this edge may be waiting to see closed (io::closing_channel).
+        self.closes.closed_by_peer(channel);
+        Ok(())
+    }
+
     async fn channel_open_direct_tcpip(
         &mut self,
         channel: Channel<Msg>,
@@ -204,7 +226,7 @@ impl russh::server::Handler for PeerSession {
             return Ok(());
         };
         reply.accept().await;
-        let edge = self.edge.clone();
+        let (edge, closes) = (self.edge.clone(), self.closes.clone());
         let span = tracing::info_span!("relayed", from_edge = %peer_id, %visitor, listener = listener.as_str());
         tokio::spawn(
             async move {
@@ -214,7 +236,7 @@ impl russh::server::Handler for PeerSession {
                     .inc();
                 let m = &edge.metrics;
                 let stream = CountingStream::new(
-                    channel.into_stream(),
+                    ClosingChannel::new(channel, closes),
                     m.relay_bytes_total
                         .with_label_values(&[&peer_id, "received"]),
                     m.relay_bytes_total.with_label_values(&[&peer_id, "sent"]),

@@ -1,6 +1,7 @@
 //! One client's SSH session as the rest of the edge sees it (`SessionLink`): its handle,
 //! its options, the text queued for the user's terminal, and the alive probe.
 
+use crate::io::closing_channel::PeerCloses;
 use crate::options::TunnelOptions;
 use bytes::Bytes;
 use russh::server::Handle;
@@ -50,6 +51,8 @@ pub struct SessionLink {
     output: Mutex<Output>,
     /// Cancelled when the session ends.
     pub gone: CancellationToken,
+    /// Visitor channels the edge is done with, waiting for the client to close them.
+    pub closes: Arc<PeerCloses>,
 }
 
 #[derive(Default)]
@@ -74,6 +77,7 @@ impl SessionLink {
             session_news: Notify::new(),
             output: Mutex::new(Output::default()),
             gone: CancellationToken::new(),
+            closes: Arc::default(),
         }
     }
 
@@ -91,6 +95,7 @@ impl SessionLink {
     pub fn mark_ended(&self) {
         self.ended.store(true, Ordering::SeqCst);
         self.gone.cancel();
+        self.closes.session_ended();
     }
 
     /// Records that the client authenticated.

@@ -227,6 +227,16 @@ impl Handler for SshSession {
         Ok(!found.is_empty())
     }
 
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // A visitor channel the edge may be waiting to see closed (io::closing_channel).
+        self.link.closes.closed_by_peer(channel);
+        Ok(())
+    }
+
     async fn channel_open_session(
         &mut self,
         channel: Channel<Msg>,

@@ -48,7 +48,7 @@ pub async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
             return;
         }
     };
-    let mut upstream = channel.into_stream();
+    let mut upstream = channel;
     if let Err(e) = upstream.write_all(&already_read).await {
         tracing::debug!(error = %e, tunnel = tunnel.id, "visitor channel closed at once");
         return;

@@ -123,7 +123,7 @@ async fn connect(
             return Err(OpenFailure::SessionGone);
         }
     };
-    let io = Coalescing::new(channel.into_stream());
+    let io = Coalescing::new(channel);
     Ok(Upstream {
         key: UpstreamKey::Tunnel(tunnel.id),
         sender: http_over(io).await.ok_or(OpenFailure::Refused)?,
