@@ -202,7 +202,8 @@ mod tests {
         assert!(o.https_redirect && o.xff && o.pass_preflight);
         assert!(!o.raw_passthrough);
         let o = TunnelOptions::parse("x:noreverseproxy w:10.0.0.0/8").unwrap();
-        assert!(o.raw_passthrough && o.allow.len() == 1);
+        assert!(o.raw_passthrough && o.allow.len() == 1 && !o.inspect);
+        assert!(TunnelOptions::parse("b:a:b Inspect").unwrap().inspect);
     }
 
     #[test]

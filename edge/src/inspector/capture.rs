@@ -370,7 +370,9 @@ impl Inspector {
             inspector: self.clone(),
             id,
             side,
-            buf: BytesMut::with_capacity(expect.min(64 * 1024)),
+            // A known length is reserved exactly, so the copy never grows (nor is copied
+            // again when it is kept).
+            buf: BytesMut::with_capacity(expect),
             size: 0,
             cut: false,
             reserved: 0,
@@ -440,9 +442,14 @@ impl BodyTap {
         self.inspector
             .in_flight
             .fetch_sub(std::mem::take(&mut self.reserved), Ordering::Relaxed);
+        // Exactly the bytes kept: a buffer grown by doubling would hold up to twice.
+        let bytes = if buf.len() == buf.capacity() {
+            buf.freeze()
+        } else {
+            Bytes::copy_from_slice(&buf)
+        };
         let kept = KeptBody {
-            // Exactly the bytes kept: a buffer grown by doubling would hold up to twice.
-            bytes: Bytes::copy_from_slice(&buf),
+            bytes,
             size: self.size,
             cut: self.cut,
             complete,
@@ -485,6 +492,12 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(tap), Some(data)) = (this.tap.as_mut(), frame.data_ref()) {
                     tap.pass(data);
+                }
+                // hyper stops polling a body whose length it knows once it is all there.
+                if this.inner.is_end_stream() {
+                    if let Some(tap) = this.tap.take() {
+                        tap.done(true);
+                    }
                 }
             }
             Poll::Ready(None) => {

@@ -97,12 +97,17 @@ fn begin_recording(
 ) -> Option<Capture> {
     let inspector = start(config, tunnel)?;
     let id = inspector.record_request(visitor, req, None);
-    // The visitor's body goes on through a tap; a request sent again has none.
+    // The visitor's body goes on through a tap. A body known empty from the start (a GET,
+    // a request sent again) is never polled: it is recorded as complete now.
     let body = std::mem::replace(
         req.body_mut(),
         Either::Right(Either::Left(Default::default())),
     );
     *req.body_mut() = match body {
+        body if body.is_end_stream() => {
+            inspector.tap(id, Side::Request, Some(0)).done(true);
+            body
+        }
         Either::Left(incoming) => {
             let hint = incoming.size_hint().exact();
             let tap = inspector.tap(id, Side::Request, hint);
@@ -137,5 +142,36 @@ impl Drop for Capture {
         if !self.answered {
             self.inspector.record_no_answer(self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_localhost_4300_is_the_inspector_and_other_targets_get_a_sentence() {
+        for host in ["localhost", "LOCALHOST", "127.0.0.1", "::1", "[::1]"] {
+            assert_eq!(check_target(host, 4300), Ok(()), "{host}");
+        }
+        let e = check_target("db.internal", 5432).unwrap_err();
+        assert!(
+            e.contains("does not open connections to db.internal:5432")
+                && e.contains("-L4300:localhost:4300"),
+            "{e}"
+        );
+        assert!(check_target("localhost", 22).is_err());
+        assert!(check_target("example.com", 4300).is_err());
+    }
+
+    #[test]
+    fn the_cut_is_never_above_the_ring_bound() {
+        let config = Config {
+            inspector_max_body_bytes: 1000,
+            inspector_body_cut_bytes: 5000,
+            ..Config::default()
+        };
+        assert_eq!(limits(&config).body_cut_bytes, 1000);
+        assert_eq!(limits(&Config::default()).max_requests, 500);
     }
 }
