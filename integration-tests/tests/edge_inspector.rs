@@ -101,11 +101,15 @@ impl InspectorApi {
 }
 
 /// A visitor's request with curl, sent to the edge whatever the name resolves to; returns
-/// the HTTP status. `args` go before the URL.
+/// the HTTP status. `args` go before the URL; the body is dropped unless they hold `-o`.
 fn curl(url: &str, edge: SocketAddr, path: &str, args: &[&str]) -> u16 {
     let (host, port) = url_host_port(url).expect("url");
-    let out = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--resolve"])
+    let mut cmd = Command::new("curl");
+    if !args.contains(&"-o") {
+        cmd.args(["-o", "/dev/null"]);
+    }
+    let out = cmd
+        .args(["-sS", "-w", "%{http_code}", "--resolve"])
         .arg(format!("{host}:{port}:{}", edge.ip()))
         .args(args)
         .arg(format!("{url}{path}"))
@@ -426,6 +430,63 @@ fn capture_starts_when_the_inspector_opens_or_from_the_first_request_with_inspec
     assert_eq!(curl(&url, s.edge.http_addr(), "/early", &[]), 200);
     let api = InspectorApi::open(port);
     api.wait_for("/early");
+}
+
+#[test]
+fn streams_and_upgrades_pass_whole_and_are_recorded_by_head_and_size() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start("local");
+    let port = free_port(Ipv4Addr::LOCALHOST);
+    let mut client = s.ssh(
+        "streams",
+        &inspected_tunnel(&s.pro_token(), local.port, port),
+    );
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let api = InspectorApi::open(port);
+
+    // A 5 MB download reaches the visitor byte for byte; the inspector kept the cut.
+    let out = s.stack.dir.join("download.bin");
+    let status = curl(
+        &url,
+        s.edge.http_addr(),
+        "/blob/5000000",
+        &["-o", out.to_str().unwrap()],
+    );
+    assert_eq!(status, 200);
+    let got = std::fs::read(&out).unwrap();
+    let want: Vec<u8> = (0..5_000_000).map(blob_byte).collect();
+    assert!(
+        got == want,
+        "the download arrived intact ({} bytes)",
+        got.len()
+    );
+    let row = api.wait_for("/blob/5000000");
+    assert_eq!(row["response_size"], 5_000_000);
+    let body = &api.detail(&row["id"], false)["response"]["body"];
+    assert_eq!(
+        (body["cut"].clone(), body["kept"].clone()),
+        (json!(true), json!(1_048_576))
+    );
+    assert_eq!(body_bytes(body), want[..1_048_576]);
+
+    // An upgrade is recorded with its head; the stream after it is spliced untouched.
+    let (host, _) = url_host_port(&url).unwrap();
+    let (mut ws, head) = upgrade_from(Ipv4Addr::LOCALHOST, s.edge.http_addr(), &host);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    std::io::Write::write_all(&mut ws, b"ping through the inspector").unwrap();
+    let mut echoed = [0u8; 26];
+    std::io::Read::read_exact(&mut ws, &mut echoed).unwrap();
+    assert_eq!(&echoed, b"ping through the inspector");
+    let row = eventually("the upgrade is listed", || {
+        api.list()["requests"]
+            .as_array()
+            .and_then(|rs| rs.iter().find(|r| r["path"] == "/socket").cloned())
+            .filter(|r| r["state"] == "upgraded")
+            .ok_or_else(|| anyhow::anyhow!("not yet"))
+    });
+    assert_eq!(row["status"], 101);
+    let d = api.detail(&row["id"], false);
+    assert_eq!(header(&d["request"]["headers"], "upgrade"), Some("echo"));
 }
 
 #[test]
