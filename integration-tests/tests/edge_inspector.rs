@@ -327,6 +327,27 @@ fn the_api_lists_requests_with_heads_and_bodies_and_replays_them_to_the_local_se
         .text()
         .unwrap();
     assert!(page.contains("request inspector") && page.contains("/app.js"));
+
+    // Wrong method, unknown path, and a page elsewhere re-pointing its name at 127.0.0.1.
+    let c = &api.client;
+    let status = |r: reqwest::blocking::RequestBuilder| r.send().unwrap().status().as_u16();
+    assert_eq!(status(c.delete(format!("{}/api/requests", api.base))), 405);
+    assert_eq!(status(c.get(format!("{}/api/nothing", api.base))), 404);
+    let rebound = c
+        .get(format!("{}/api/requests", api.base))
+        .header("host", "attacker.example")
+        .send()
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+    let (status, r) = api.replay(&json!(999_999), &json!({}));
+    assert_eq!(status, 404, "{r}");
+    let as_form = c
+        .post(format!("{}/api/requests/1/replay", api.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("a=b")
+        .send()
+        .unwrap();
+    assert_eq!(as_form.status(), 415, "no replay from a cross-site form");
 }
 
 #[test]

@@ -239,12 +239,14 @@ impl Inspector {
         (ring.exchanges.len(), ring.body_bytes)
     }
 
-    /// Starts recording a request about to go into the tunnel; returns its id.
+    /// Starts recording a request about to go into the tunnel; returns its id. A body known
+    /// to be empty (`no_body`) is recorded complete at once; any other is recorded by a tap.
     pub fn record_request<B>(
         &self,
         visitor: SocketAddr,
         req: &Request<B>,
         replay_of: Option<u64>,
+        no_body: bool,
     ) -> u64 {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let exchange = Exchange {
@@ -261,7 +263,10 @@ impl Inspector {
                 .unwrap_or_else(|| req.uri().to_string()),
             version_text: format!("{:?}", req.version()),
             request_headers: pairs(req.headers()),
-            request_body: KeptBody::default(),
+            request_body: KeptBody {
+                complete: no_body,
+                ..KeptBody::default()
+            },
             status: None,
             response_headers: Vec::new(),
             response_body: KeptBody::default(),
@@ -565,7 +570,7 @@ mod tests {
     fn the_ring_keeps_the_last_n_requests_newest_first() {
         let i = Inspector::new("t".into(), limits(3, 1 << 20, 1024));
         for n in 0..5 {
-            i.record_request(visitor(), &get(&format!("/{n}")), None);
+            i.record_request(visitor(), &get(&format!("/{n}")), None, false);
         }
         let paths: Vec<String> = i.exchanges().into_iter().map(|e| e.path).collect();
         assert_eq!(paths, ["/4", "/3", "/2"]);
@@ -575,7 +580,7 @@ mod tests {
     async fn the_ring_keeps_at_most_m_body_bytes_dropping_the_oldest() {
         let i = Arc::new(Inspector::new("t".into(), limits(100, 2500, 1000)));
         for n in 0..6 {
-            let id = i.record_request(visitor(), &get(&format!("/{n}")), None);
+            let id = i.record_request(visitor(), &get(&format!("/{n}")), None, false);
             i.record_response(id, &Response::new(()));
             pass_body(&i, id, Side::Response, &[n as u8; 1000]).await;
         }
@@ -589,7 +594,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_over_the_cut_is_kept_up_to_it_and_marked_cut() {
         let i = Arc::new(Inspector::new("t".into(), limits(10, 1 << 20, 100)));
-        let id = i.record_request(visitor(), &get("/big"), None);
+        let id = i.record_request(visitor(), &get("/big"), None, false);
         pass_body(&i, id, Side::Request, &[7u8; 250]).await;
         i.record_response(id, &Response::new(()));
         pass_body(&i, id, Side::Response, b"ok").await;
@@ -605,7 +610,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_before_its_end_is_kept_as_far_as_it_came() {
         let i = Arc::new(Inspector::new("t".into(), limits(10, 1 << 20, 100)));
-        let id = i.record_request(visitor(), &get("/stream"), None);
+        let id = i.record_request(visitor(), &get("/stream"), None, false);
         i.record_response(id, &Response::new(()));
         let mut tap = i.tap(id, Side::Response, None);
         tap.pass(b"first");
@@ -620,8 +625,8 @@ mod tests {
     fn bodies_still_passing_share_the_byte_bound() {
         let i = Arc::new(Inspector::new("t".into(), limits(10, 150, 100)));
         let (a, b) = (
-            i.record_request(visitor(), &get("/a"), None),
-            i.record_request(visitor(), &get("/b"), None),
+            i.record_request(visitor(), &get("/a"), None, false),
+            i.record_request(visitor(), &get("/b"), None, false),
         );
         let (mut ta, mut tb) = (i.tap(a, Side::Request, None), i.tap(b, Side::Request, None));
         ta.pass(&[1; 100]);
@@ -636,7 +641,7 @@ mod tests {
     #[test]
     fn an_upgrade_is_recorded_with_its_head_only() {
         let i = Inspector::new("t".into(), limits(10, 1000, 100));
-        let id = i.record_request(visitor(), &get("/ws"), None);
+        let id = i.record_request(visitor(), &get("/ws"), None, false);
         let mut resp = Response::new(());
         *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
         i.record_response(id, &resp);
@@ -647,7 +652,7 @@ mod tests {
     fn closing_drops_everything_and_tells_the_live_view() {
         let i = Inspector::new("t".into(), limits(10, 1000, 100));
         let rx = i.subscribe();
-        i.record_request(visitor(), &get("/"), None);
+        i.record_request(visitor(), &get("/"), None, false);
         i.close();
         assert!(i.exchanges().is_empty() && i.is_closed());
         assert!(rx.has_changed().unwrap());

@@ -96,25 +96,24 @@ fn begin_recording(
     req: &mut Request<UpstreamBody>,
 ) -> Option<Capture> {
     let inspector = start(config, tunnel)?;
-    let id = inspector.record_request(visitor, req, None);
-    // The visitor's body goes on through a tap. A body known empty from the start (a GET,
-    // a request sent again) is never polled: it is recorded as complete now.
-    let body = std::mem::replace(
-        req.body_mut(),
-        Either::Right(Either::Left(Default::default())),
-    );
-    *req.body_mut() = match body {
-        body if body.is_end_stream() => {
-            inspector.tap(id, Side::Request, Some(0)).done(true);
-            body
-        }
-        Either::Left(incoming) => {
-            let hint = incoming.size_hint().exact();
-            let tap = inspector.tap(id, Side::Request, hint);
-            Either::Right(Either::Right(Tapped::new(incoming, tap)))
-        }
-        other => other,
-    };
+    // A body known empty from the start (a GET, a request sent again) is never polled: it
+    // is recorded complete now. Any other goes on through a tap.
+    let no_body = req.body().is_end_stream();
+    let id = inspector.record_request(visitor, req, None, no_body);
+    if !no_body {
+        let body = std::mem::replace(
+            req.body_mut(),
+            Either::Right(Either::Left(Default::default())),
+        );
+        *req.body_mut() = match body {
+            Either::Left(incoming) => {
+                let hint = incoming.size_hint().exact();
+                let tap = inspector.tap(id, Side::Request, hint);
+                Either::Right(Either::Right(Tapped::new(incoming, tap)))
+            }
+            other => other,
+        };
+    }
     Some(Capture {
         inspector,
         id,

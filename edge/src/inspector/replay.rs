@@ -126,7 +126,7 @@ pub async fn send(
     let _share = edge
         .tunnel_share(tunnel)
         .ok_or("the tunnel holds its whole share of visitor connections; try again shortly")?;
-    let id = inspector.record_request(original.visitor, &req, Some(original.id));
+    let id = inspector.record_request(original.visitor, &req, Some(original.id), false);
     let unreachable = |what: &str| {
         inspector.record_no_answer(id);
         format!("the replay could not reach your local service: {what}")

@@ -36,6 +36,10 @@ const MAX_API_BODY: usize = 4 * 1024 * 1024;
 /// How often the live stream looks for tunnels the session opened since.
 const TUNNEL_LOOK: Duration = Duration::from_secs(1);
 
+/// The live stream sends what changed at most this often: a busy tunnel changes its ring
+/// several times per request, and reading the ring takes the lock the requests take.
+const BATCH: Duration = Duration::from_millis(100);
+
 /// Idle seconds after which the live stream sends a comment, so that nothing between the
 /// browser and the page takes it for dead.
 const PING_EVERY: u32 = 15;
@@ -279,7 +283,8 @@ impl SessionView {
                 Err(_) => error(StatusCode::NOT_FOUND, "no such request"),
             },
             (&Method::GET, ["api", "events"]) => self.events(),
-            (_, ["api", ..]) | (_, [""]) => error(
+            (_, [""] | ["api", "requests" | "events"] | ["api", "requests", _])
+            | (_, ["api", "requests", _, "replay"]) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "that method is not used here; see the API in the nearhop user guide",
             ),
@@ -442,6 +447,10 @@ impl SessionView {
                 _ = tokio::time::sleep(TUNNEL_LOOK) => {}
                 _ = tx.closed() => return,
                 _ = self.link.gone.cancelled() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(BATCH) => {}
+                _ = tx.closed() => return,
             }
         }
     }
