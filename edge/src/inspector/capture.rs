@@ -94,7 +94,7 @@ pub struct Exchange {
     /// Bumped with every change (the live view sends what changed since it last looked).
     pub version: u64,
     /// The tunnel's public name.
-    pub tunnel: String,
+    pub tunnel: Arc<str>,
     /// When the request went into the tunnel.
     pub at: SystemTime,
     /// The visitor's address (for a replay, the original visitor's).
@@ -104,7 +104,7 @@ pub struct Exchange {
     /// Path and query.
     pub path: String,
     /// HTTP version of the request, e.g. `HTTP/1.1`.
-    pub version_text: String,
+    pub version_text: &'static str,
     /// Request headers as sent into the tunnel.
     pub request_headers: HeaderPairs,
     /// Request body.
@@ -156,7 +156,7 @@ impl Ring {
 /// One tunnel's inspector: its ring of exchanges and the signal the live view waits on.
 pub struct Inspector {
     /// The tunnel's public name.
-    pub tunnel: String,
+    pub tunnel: Arc<str>,
     limits: Limits,
     ring: Mutex<Ring>,
     /// Body bytes copied by bodies still passing, not yet in the ring: held under
@@ -170,7 +170,7 @@ impl Inspector {
     /// An empty inspector for the tunnel named `tunnel`.
     pub fn new(tunnel: String, limits: Limits) -> Inspector {
         Inspector {
-            tunnel,
+            tunnel: tunnel.into(),
             limits,
             ring: Mutex::default(),
             in_flight: AtomicUsize::new(0),
@@ -261,7 +261,7 @@ impl Inspector {
                 .path_and_query()
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_else(|| req.uri().to_string()),
-            version_text: format!("{:?}", req.version()),
+            version_text: version_text(req.version()),
             request_headers: pairs(req.headers()),
             request_body: KeptBody {
                 complete: no_body,
@@ -383,6 +383,16 @@ impl Inspector {
             reserved: 0,
             finished: false,
         }
+    }
+}
+
+fn version_text(v: hyper::Version) -> &'static str {
+    match v {
+        hyper::Version::HTTP_09 => "HTTP/0.9",
+        hyper::Version::HTTP_10 => "HTTP/1.0",
+        hyper::Version::HTTP_2 => "HTTP/2",
+        hyper::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
     }
 }
 

@@ -217,7 +217,7 @@ fn epoch_ms(e: &Exchange) -> u64 {
 pub fn summary(e: &Exchange) -> Value {
     json!({
         "id": e.id,
-        "tunnel": e.tunnel,
+        "tunnel": &*e.tunnel,
         "time_ms": epoch_ms(e),
         "time": chrono::DateTime::<chrono::Utc>::from(e.at).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "method": e.method,

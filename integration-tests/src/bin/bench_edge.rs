@@ -7,6 +7,9 @@
 //!     cargo build --release -p nearhop-edge -p nearhop-control --bins --example idle_tunnels
 //!     NEARHOP_PROFILE=release cargo run --release -p nearhop-integration-tests --bin bench_edge
 //!
+//! The request inspector's cost alone (inspector off / on / on with a viewer, 1 KiB
+//! answers): the same, with `--inspector` (and `--inspector-rounds N`).
+//!
 //! One file on purpose: the measurements share one stack, one nginx and one table, and the
 //! report reads top-down in `main`.
 
