@@ -311,6 +311,14 @@ fn the_api_lists_requests_with_heads_and_bodies_and_replays_them_to_the_local_se
         "{r}"
     );
 
+    // An answer without a body (to a HEAD) is recorded complete.
+    assert_eq!(curl(&url, s.edge.http_addr(), "/head-only", &["-I"]), 200);
+    let row = api.wait_for("/head-only");
+    assert_eq!(
+        (row["method"].clone(), row["status"].clone()),
+        (json!("HEAD"), json!(200))
+    );
+
     // Filters.
     let (_, posts) = api.get("/api/requests?method=post&path=ECHO");
     let posts = posts["requests"].as_array().unwrap().clone();

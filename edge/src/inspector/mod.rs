@@ -132,6 +132,11 @@ pub fn answered(capture: Option<Capture>, resp: Response<ProxyBody>) -> Response
     if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
         return resp;
     }
+    // An answer known empty (to a HEAD, a 204, a 304) is never polled.
+    if resp.body().is_end_stream() {
+        inspector.tap(id, Side::Response, Some(0)).done(true);
+        return resp;
+    }
     let tap = inspector.tap(id, Side::Response, resp.body().size_hint().exact());
     resp.map(|b| Tapped::new(b, tap).boxed())
 }
