@@ -20,6 +20,7 @@ packages=(
   wrk                   # HTTP benchmarks
   nginx-light           # the edge benchmark's local HTTP server
   curl
+  chromium              # headless browser of the request inspector's page test
 )
 
 # Paramiko, for the Python client of the edge_clients test, into the python3 that runs it.

@@ -144,6 +144,12 @@ pub struct Config {
     /// Free memory glibc keeps per thread arena instead of giving it back to the kernel
     /// (see `allocator`); 0 leaves glibc's default.
     pub malloc_trim_threshold_bytes: usize,
+    /// Request inspector: most requests kept per inspected tunnel (the oldest go first).
+    pub inspector_max_requests: usize,
+    /// Request inspector: most body bytes kept per inspected tunnel, over its kept requests.
+    pub inspector_max_body_bytes: usize,
+    /// Request inspector: most bytes kept of one body; the rest passes uncopied, marked cut.
+    pub inspector_body_cut_bytes: usize,
     /// Networks of the balancers in front of the edge (CIDRs or single addresses). A
     /// connection from one of them to the SSH, HTTP, TLS or a `tcp` tunnel's port must start
     /// with a PROXY protocol header (v1 or v2), whose source address then stands for the
@@ -307,6 +313,9 @@ impl Default for Config {
             ssh_fallback_ciphers: SUPPORTED_CIPHERS.to_vec(),
             malloc_trim_threshold_bytes: 8 * 1024 * 1024,
             proxy_protocol_from: Vec::new(),
+            inspector_max_requests: 500,
+            inspector_max_body_bytes: 16 * 1024 * 1024,
+            inspector_body_cut_bytes: 1024 * 1024,
         }
     }
 }
@@ -375,6 +384,9 @@ impl Config {
                 "tls_cert_path and tls_key_path go together: set both for HTTPS to http \
                  tunnels, or neither for TLS passthrough only"
             );
+        }
+        if self.inspector_max_requests == 0 {
+            bail!("inspector_max_requests must be at least 1");
         }
         self.control_url = self.control_url.trim_end_matches('/').to_string();
         Ok(())

@@ -11,6 +11,7 @@ pub mod allocator;
 pub mod config;
 pub mod control;
 pub mod edge;
+pub mod inspector;
 pub mod io;
 pub mod mesh;
 pub mod metrics;

@@ -23,6 +23,10 @@ pub struct Metrics {
     /// HTTP requests sent upstream again after their first try failed before any answer
     /// (a client reconnecting, a kept-alive channel that had just closed).
     pub http_retries_total: IntCounter,
+    /// Request inspector channels opened by tunnel owners (`-L4300:localhost:4300`).
+    pub inspector_channels_total: IntCounter,
+    /// Requests sent again from the request inspector.
+    pub inspector_replays_total: IntCounter,
     /// Visitor requests answered 429 after too many wrong credentials (`b:`, `k:`).
     pub visitor_auth_throttled_total: IntCounter,
     /// Visitor connections refused for holding their share already, by share (`address`:
@@ -107,6 +111,14 @@ impl Metrics {
         let http_retries_total = IntCounter::new(
             "nearhop_edge_http_retries_total",
             "Idempotent HTTP requests sent upstream again after a try failed before any answer.",
+        )?;
+        let inspector_channels_total = IntCounter::new(
+            "nearhop_edge_inspector_channels_total",
+            "Request inspector channels opened by tunnel owners.",
+        )?;
+        let inspector_replays_total = IntCounter::new(
+            "nearhop_edge_inspector_replays_total",
+            "Requests sent again from the request inspector.",
         )?;
         let visitor_auth_throttled_total = IntCounter::new(
             "nearhop_edge_visitor_auth_throttled_total",
@@ -238,6 +250,8 @@ impl Metrics {
         registry.register(Box::new(visitor_bytes_total.clone()))?;
         registry.register(Box::new(http_responses_total.clone()))?;
         registry.register(Box::new(http_retries_total.clone()))?;
+        registry.register(Box::new(inspector_channels_total.clone()))?;
+        registry.register(Box::new(inspector_replays_total.clone()))?;
         registry.register(Box::new(visitor_auth_throttled_total.clone()))?;
         registry.register(Box::new(visitor_share_refused_total.clone()))?;
         registry.register(Box::new(ssh_unauthenticated_refused_total.clone()))?;
@@ -257,6 +271,8 @@ impl Metrics {
             visitor_bytes_total,
             http_responses_total,
             http_retries_total,
+            inspector_channels_total,
+            inspector_replays_total,
             visitor_auth_throttled_total,
             visitor_share_refused_total,
             ssh_unauthenticated_refused_total,

@@ -30,6 +30,9 @@ pub struct TunnelOptions {
     /// `x:noreverseproxy`: the visitor's connection is routed by the `Host` of its first
     /// request, then spliced to the tunnel byte for byte (no header added or changed).
     pub raw_passthrough: bool,
+    /// `inspect`: the request inspector records from the first request, before the
+    /// owner opens it (`-L4300:localhost:4300`).
+    pub inspect: bool,
 }
 
 /// One header rule.
@@ -47,7 +50,7 @@ pub enum HeaderRule {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum OptionError {
     /// Not a known option.
-    #[error("unknown option {0:?}; options are b:user:pass k:key w:cidr a:Name:Value u:Name:Value r:Name x:https x:xff x:passpreflight x:noreverseproxy")]
+    #[error("unknown option {0:?}; options are b:user:pass k:key w:cidr a:Name:Value u:Name:Value r:Name x:https x:xff x:passpreflight x:noreverseproxy inspect")]
     Unknown(String),
     /// A known option with a malformed value.
     #[error("option {0:?} is malformed: {1}")]
@@ -69,6 +72,10 @@ impl TunnelOptions {
             return Err(OptionError::TooMany);
         }
         for word in words {
+            if word.eq_ignore_ascii_case("inspect") {
+                o.inspect = true;
+                continue;
+            }
             o.add(word)?;
         }
         if o.raw_passthrough && o.acts_on_requests() {
@@ -195,7 +202,8 @@ mod tests {
         assert!(o.https_redirect && o.xff && o.pass_preflight);
         assert!(!o.raw_passthrough);
         let o = TunnelOptions::parse("x:noreverseproxy w:10.0.0.0/8").unwrap();
-        assert!(o.raw_passthrough && o.allow.len() == 1);
+        assert!(o.raw_passthrough && o.allow.len() == 1 && !o.inspect);
+        assert!(TunnelOptions::parse("b:a:b Inspect").unwrap().inspect);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Live tunnels on this edge: the map visitors are routed through (host name or custom
 //! domain → tunnel) and the map control closes by id.
 
+use crate::inspector::capture::Inspector;
 use crate::io::closing_channel::ClosingChannel;
 use crate::mesh::protocol::HoldingChange;
 use crate::options::TunnelOptions;
@@ -9,7 +10,7 @@ use nearhop_wire::TunnelKind;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,8 @@ pub struct Tunnel {
     closed: AtomicBool,
     /// Cancelled when the tunnel closes (stops its TCP listener).
     pub stop: CancellationToken,
+    /// The request inspector, once the owner opened it or asked for `inspect`.
+    pub inspector: OnceLock<Arc<Inspector>>,
 }
 
 impl Tunnel {
@@ -74,6 +77,7 @@ impl Tunnel {
             options: RwLock::new(options),
             closed: AtomicBool::new(false),
             stop: CancellationToken::new(),
+            inspector: OnceLock::new(),
         }
     }
 
@@ -95,6 +99,9 @@ impl Tunnel {
         let first = !self.closed.swap(true, Ordering::SeqCst);
         if first {
             self.stop.cancel();
+            if let Some(inspector) = self.inspector.get() {
+                inspector.close();
+            }
         }
         first
     }

@@ -50,6 +50,12 @@ pub fn tunnel_ready(
     if tunnel.kind == TunnelKind::Http && config.https() {
         text.push_str(&format!("    {https}\n"));
     }
+    if tunnel.kind == TunnelKind::Http {
+        text.push_str(
+            "\nRequest inspector: add -L4300:localhost:4300 to this ssh command, then open \
+             http://localhost:4300\n",
+        );
+    }
     if tunnel.kind == TunnelKind::Tls {
         text.push_str(&format!(
             "\nTLS passes through untouched: your local service must speak TLS itself, with a \

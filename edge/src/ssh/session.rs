@@ -2,6 +2,7 @@
 //! handed to the tunnel setup, the session channel the user reads, and refusals.
 
 use crate::edge::Edge;
+use crate::inspector;
 use crate::options::TunnelOptions;
 use crate::ssh::hello::ClientSoftware;
 use crate::ssh::link::{crlf, one_line, SessionLink};
@@ -139,6 +140,12 @@ impl Handler for SshSession {
             self.refuse(session, &message);
             return Ok(());
         }
+        if self.user_ready().is_some_and(|u| u.inspect) {
+            self.link.set_options(Arc::new(TunnelOptions {
+                inspect: true,
+                ..TunnelOptions::default()
+            }));
+        }
         // A session that never asks for a forward is told how, then let go.
         let (edge, link, software) = (self.edge.clone(), self.link.clone(), self.software);
         let unbound = async move {
@@ -237,6 +244,42 @@ impl Handler for SshSession {
         Ok(())
     }
 
+    /// `-L`: only the request inspector (`localhost:4300`), answered by the edge itself on
+    /// the channel; any other target is refused with a sentence ssh prints.
+    #[allow(clippy::too_many_arguments)]
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let checked = match self.user_ready() {
+            Some(_) if !self.refused => inspector::check_target(host_to_connect, port_to_connect),
+            _ => Err("this session was refused; the request inspector is not open to it".into()),
+        };
+        match checked {
+            Ok(()) => {
+                reply.accept().await;
+                let serving =
+                    inspector::server::serve(self.edge.clone(), self.link.clone(), channel);
+                tokio::spawn(serving.instrument(self.span.clone()));
+            }
+            Err(sentence) => {
+                tracing::debug!(parent: &self.span, host_to_connect, port_to_connect, "refusing a -L channel");
+                let reason = russh::ChannelOpenFailure::Other {
+                    code: 1, // SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
+                    reason: sentence,
+                };
+                reply.reject(reason).await;
+            }
+        }
+        Ok(())
+    }
+
     async fn channel_open_session(
         &mut self,
         channel: Channel<Msg>,
@@ -286,7 +329,9 @@ impl Handler for SshSession {
         let command = String::from_utf8_lossy(data);
         let kind = self.user_ready().map(|u| u.kind).unwrap_or_default();
         match TunnelOptions::parse(&command).and_then(|o| o.check_kind(kind).map(|()| o)) {
-            Ok(options) => {
+            Ok(mut options) => {
+                // `inspect` (username) or an inspector already opened stays on.
+                options.inspect |= self.link.options().inspect;
                 let options = Arc::new(options);
                 self.link.set_options(options.clone());
                 for tunnel in self.edge.tunnels_of(self.link.id) {

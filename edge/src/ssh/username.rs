@@ -17,6 +17,8 @@ pub struct UserRequest {
     pub force: bool,
     /// Also print the URL as a QR code.
     pub qr: bool,
+    /// Record requests for the inspector from the first one.
+    pub inspect: bool,
 }
 
 /// Why a username was refused; the text is shown to the SSH user.
@@ -29,7 +31,7 @@ pub enum UsernameError {
     #[error("the username has an empty part between '+' signs")]
     EmptyPart,
     /// A second word that is not a keyword.
-    #[error("{0:?} is not a keyword; keywords are http, tcp, tls, force, qr (the token, if any, comes first)")]
+    #[error("{0:?} is not a keyword; keywords are http, tcp, tls, force, qr, inspect (the token, if any, comes first)")]
     UnknownKeyword(String),
     /// A later word that looks like a token: never echoed (nor logged), since it may be one.
     #[error("the token must come first, before the keywords (TOKEN+force, not force+TOKEN)")]
@@ -67,6 +69,7 @@ pub fn parse_username(user: &str) -> Result<UserRequest, UsernameError> {
             "tls" => set_kind(TunnelKind::Tls, &mut kind)?,
             "force" => request.force = true,
             "qr" => request.qr = true,
+            "inspect" => request.inspect = true,
             // Pinggy's no-op keyword for clients that insist on a username.
             "auth" => {}
             _ if i == 0 => {
@@ -128,7 +131,8 @@ mod tests {
         let r = parse_username("Tok_123+TCP+force+qr").unwrap();
         assert_eq!(r.token.as_deref(), Some("Tok_123"));
         assert_eq!(r.kind, TunnelKind::Tcp);
-        assert!(r.force && r.qr);
+        assert!(r.force && r.qr && !r.inspect);
+        assert!(parse_username("tok+inspect").unwrap().inspect);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use crate::accept;
 use crate::edge::Edge;
+use crate::inspector;
 use crate::io::counting::CountingStream;
 use crate::io::proxy_header;
 use crate::io::read_buffer::Prefixed;
@@ -17,7 +18,7 @@ use crate::visitor::pages::{self, ProxyBody};
 use crate::visitor::routing::{self, Arrival, Listener, Refusal, Route};
 use crate::visitor::splice::splice;
 use crate::visitor::upstream::{self, OpenFailure, Target, Upstream, UpstreamBody};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HOST, UPGRADE};
 use hyper::service::service_fn;
@@ -209,7 +210,7 @@ impl Replay {
     }
 
     fn request(&self) -> Request<UpstreamBody> {
-        let mut req = Request::new(UpstreamBody::Right(Empty::new()));
+        let mut req = Request::new(UpstreamBody::Right(Either::Left(Empty::new())));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
@@ -274,8 +275,11 @@ impl VisitorConn {
                         answer
                     }
                     None => {
+                        let config = &self.edge.config;
+                        let capture =
+                            inspector::begin(config, &tunnel, &options, self.peer, &mut req);
                         let resp = self.forward(Target::Tunnel(&tunnel), req).await?;
-                        return Ok(self.count(resp, "tunnel"));
+                        return Ok(self.count(inspector::answered(capture, resp), "tunnel"));
                     }
                 }
             }

@@ -4,6 +4,7 @@
 //! channel to the peer edge that holds it (the visitor's address as originator either way).
 
 use crate::edge::Edge;
+use crate::inspector::capture::Tapped;
 use crate::io::counting::CountingStream;
 use crate::io::read_buffer::Coalescing;
 use crate::mesh::links::PeerLink;
@@ -56,8 +57,9 @@ impl Target<'_> {
     }
 }
 
-/// A request's body on its way upstream: the visitor's, or none for a request sent again.
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// A request's body on its way upstream: the visitor's, none for a request sent again, or
+/// the visitor's copied by the request inspector as it passes.
+pub type UpstreamBody = Either<Incoming, Either<Empty<Bytes>, Tapped<Incoming>>>;
 
 pub struct Upstream {
     /// Where it goes.

@@ -7,6 +7,9 @@
 //!     cargo build --release -p nearhop-edge -p nearhop-control --bins --example idle_tunnels
 //!     NEARHOP_PROFILE=release cargo run --release -p nearhop-integration-tests --bin bench_edge
 //!
+//! The request inspector's cost alone (inspector off / on / on with a viewer, 1 KiB
+//! answers): the same, with `--inspector` (and `--inspector-rounds N`).
+//!
 //! One file on purpose: the measurements share one stack, one nginx and one table, and the
 //! report reads top-down in `main`.
 
@@ -54,6 +57,14 @@ struct Args {
     /// Extra lines for the edge's TOML configuration (tuning experiments).
     #[arg(long, default_value = "")]
     edge_toml: String,
+    /// Only the request inspector's cost: requests/s and p99 for 1 KiB answers through a
+    /// tunnel with the inspector off, on with no viewer (`inspect`), and on with a viewer
+    /// following the live stream, in interleaved rounds (the median is reported).
+    #[arg(long)]
+    inspector: bool,
+    /// Rounds of the inspector comparison.
+    #[arg(long, default_value_t = 3)]
+    inspector_rounds: usize,
     /// Extra `ssh -o` options for every tunnel client of the traffic comparison, e.g.
     /// `--ssh-option Ciphers=aes128-gcm@openssh.com` to hold the cipher equal on both paths.
     #[arg(long)]
@@ -87,6 +98,9 @@ fn main() -> Result<()> {
     let mut spec = EdgeSpec::for_tests("us", LOCAL, &stack.control.url, &credential);
     spec.extra_toml = format!("max_forwards_per_session = 4\n{}\n", args.edge_toml);
     let edge = EdgeProcess::start(&dir.join("edge"), spec)?;
+    if args.inspector {
+        return inspector_cost(&args, &stack, &edge, nginx_port, &dir);
+    }
 
     // The three paths to nginx.
     let direct = format!("http://127.0.0.1:{nginx_port}");
@@ -526,6 +540,7 @@ fn start_nginx(dir: &Path, port: u16, bulk_mb: usize) -> Result<ChildGuard> {
     std::fs::create_dir_all(&www)?;
     // nginx's default welcome page is 612 bytes; serve a page of that size.
     std::fs::write(www.join("index.html"), "x".repeat(611) + "\n")?;
+    std::fs::write(www.join("kib.bin"), "k".repeat(1023) + "\n")?;
     let big: Vec<u8> = (0..bulk_mb * 1024 * 1024)
         .map(|i| (i % 251) as u8)
         .collect();
@@ -592,4 +607,98 @@ fn wait_port(port: u16) -> Result<()> {
         Ok(())
     })
     .with_context(|| format!("nothing listens on port {port}"))
+}
+
+/// The request inspector's cost on the request path: the same edge, three tunnels to the
+/// same nginx (1 KiB answers): inspector off; on with no viewer (the `inspect` keyword);
+/// on with a viewer (`-L` to the inspector and a client following `/api/events`).
+fn inspector_cost(
+    args: &Args,
+    stack: &Stack,
+    edge: &EdgeProcess,
+    nginx_port: u16,
+    dir: &Path,
+) -> Result<()> {
+    let tunnel = |name: &str, keyword: &str, inspector_port: Option<u16>| {
+        let token = stack.control.create_account(Plan::Pro)?.token;
+        let mut options = args.ssh_option.clone();
+        if let Some(p) = inspector_port {
+            options.push(format!("LocalForward=127.0.0.1:{p} localhost:4300"));
+        }
+        let mut client = SshClient::start(
+            &dir.join("ssh"),
+            name,
+            edge.ssh_addr(),
+            &SshArgs {
+                user: Some(format!("{token}{keyword}")),
+                forwards: vec![format!("0:127.0.0.1:{nginx_port}")],
+                options,
+                ..SshArgs::default()
+            },
+        )?;
+        let url = client.wait_for_url(Duration::from_secs(30))?;
+        let (host, _) = url_host_port(&url)?;
+        anyhow::Ok((client, host))
+    };
+    let viewer_port = free_port(LOCAL);
+    let (mut off, off_host) = tunnel("inspector-off", "", None)?;
+    let (mut on, on_host) = tunnel("inspector-on", "+inspect", None)?;
+    let (mut viewed, viewed_host) = tunnel("inspector-viewed", "+inspect", Some(viewer_port))?;
+    // The viewer: a client of the live stream through ssh's -L, reading every event.
+    let events = format!("http://127.0.0.1:{viewer_port}/api/events");
+    try_eventually(Duration::from_secs(30), || {
+        let mut probe = Command::new("curl");
+        probe.args(["-sf", "-o", "/dev/null", "--max-time", "2"]);
+        probe.arg(format!("http://127.0.0.1:{viewer_port}/api/requests"));
+        run(probe).map(|_| ())
+    })?;
+    let mut follow = Command::new("curl");
+    follow.args(["-sN", "-o", "/dev/null"]).arg(&events);
+    let _viewer = ChildGuard::spawn(
+        "inspector viewer",
+        follow,
+        &dir.join("viewer.log"),
+        libc::SIGTERM,
+    )?;
+
+    let base = format!("http://{}/kib.bin", edge.http_addr());
+    let paths = [
+        ("inspector off", off_host.as_str()),
+        ("inspector on, no viewer", on_host.as_str()),
+        ("inspector on, viewer following", viewed_host.as_str()),
+    ];
+    let mut runs: Vec<Vec<Wrk>> = paths.iter().map(|_| Vec::new()).collect();
+    for _ in 0..args.inspector_rounds.max(1) {
+        for (i, (_, host)) in paths.iter().enumerate() {
+            runs[i].push(wrk(args, &base, Some(host))?);
+        }
+    }
+    let median = |v: &[Wrk], f: fn(&Wrk) -> f64| {
+        let mut xs: Vec<f64> = v.iter().map(f).collect();
+        xs.sort_by(|a, b| a.total_cmp(b));
+        xs[xs.len() / 2]
+    };
+    println!(
+        "\n## Request inspector cost (wrk -t{} -c{} -d{}s, 1 KiB answers, median of {} interleaved rounds)\n",
+        args.threads,
+        args.connections,
+        args.duration,
+        args.inspector_rounds.max(1)
+    );
+    println!("| tunnel | requests/s | p50 ms | p99 ms | requests/s vs off |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let off_rps = median(&runs[0], |w| w.rps);
+    for (i, (name, _)) in paths.iter().enumerate() {
+        let rps = median(&runs[i], |w| w.rps);
+        println!(
+            "| {name} | {rps:.0} | {:.2} | {:.2} | x{:.3} |",
+            median(&runs[i], |w| w.p50_ms),
+            median(&runs[i], |w| w.p99_ms),
+            rps / off_rps
+        );
+    }
+    off.stop();
+    on.stop();
+    viewed.stop();
+    Ok(())
 }
