@@ -54,6 +54,9 @@ struct Args {
     /// Only the HTTP and bulk comparison (no setup time, no idle memory).
     #[arg(long)]
     only_traffic: bool,
+    /// Only the setup time and idle memory (no HTTP and bulk comparison).
+    #[arg(long)]
+    only_setup: bool,
     /// Extra lines for the edge's TOML configuration (tuning experiments).
     #[arg(long, default_value = "")]
     edge_toml: String,
@@ -128,6 +131,10 @@ fn main() -> Result<()> {
     let edge = EdgeProcess::start(&dir.join("edge"), spec)?;
     if args.inspector {
         return inspector_cost(&args, &stack, &edge, nginx_port, &dir);
+    }
+    if args.only_setup {
+        setup_times(&args, &stack, &edge, nginx_port, sshd_port, &key)?;
+        return idle_memory(&args, &stack, &edge);
     }
 
     // The paths to nginx. OpenSSH runs both ways its users run it: `ssh -N -R` (no session
@@ -399,11 +406,10 @@ struct Milestones {
     ready: f64,
 }
 
-/// Runs `cmd` (an `ssh` command line) with `-v` and times its milestones from the lines it
+/// Runs `cmd` (an `ssh` command line from [`ssh_command`], so with `-v`) and times its milestones from the lines it
 /// prints, until a line for which `is_ready` holds.
 fn timed_ssh(mut cmd: Command, is_ready: impl Fn(&str) -> bool) -> Result<Milestones> {
-    cmd.arg("-v")
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let t0 = Instant::now();
@@ -432,6 +438,9 @@ fn timed_ssh(mut cmd: Command, is_ready: impl Fn(&str) -> bool) -> Result<Milest
         let Ok((at, line)) = rx.recv_timeout(Duration::from_secs(30)) else {
             break Err(anyhow::anyhow!("ssh never got ready; it said:\n{seen}"));
         };
+        if std::env::var_os("NEARHOP_BENCH_TRACE").is_some() {
+            eprintln!("{at:8.1} ms  {line}");
+        }
         if line.contains("Connection established") {
             m.connected = at;
         } else if line.contains("SSH2_MSG_NEWKEYS received") {
@@ -454,7 +463,8 @@ fn timed_ssh(mut cmd: Command, is_ready: impl Fn(&str) -> bool) -> Result<Milest
 /// `ssh` with the options every setup run shares.
 fn ssh_command(port: u16) -> Command {
     let mut cmd = Command::new("ssh");
-    cmd.args(["-p", &port.to_string()])
+    cmd.arg("-v")
+        .args(["-p", &port.to_string()])
         .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
         .args(["-o", "UserKnownHostsFile=/dev/null", "-F", "/dev/null"]);
     cmd
