@@ -516,6 +516,29 @@ fn streams_and_upgrades_pass_whole_and_are_recorded_by_head_and_size() {
     assert_eq!(row["status"], 101);
     let d = api.detail(&row["id"], false);
     assert_eq!(header(&d["request"]["headers"], "upgrade"), Some("echo"));
+
+    // Once the connection ends, its row carries what it carried each way (nothing of the
+    // stream is kept).
+    std::io::Write::write_all(&mut ws, b" and once more").unwrap();
+    let mut echoed = [0u8; 14];
+    std::io::Read::read_exact(&mut ws, &mut echoed).unwrap();
+    drop(ws);
+    let sized = eventually("the ended upgrade's byte counts are recorded", || {
+        let r = api.list()["requests"]
+            .as_array()
+            .and_then(|rs| rs.iter().find(|r| r["path"] == "/socket").cloned())
+            .ok_or_else(|| anyhow::anyhow!("gone from the list"))?;
+        anyhow::ensure!(r["request_size"] != 0, "not yet: {r}");
+        Ok(r)
+    });
+    assert_eq!(
+        (
+            sized["request_size"].clone(),
+            sized["response_size"].clone()
+        ),
+        (json!(40), json!(40)),
+        "{sized}"
+    );
 }
 
 #[test]

@@ -321,6 +321,16 @@ impl Inspector {
         });
     }
 
+    /// Records what an upgraded connection (a WebSocket) carried once it ended: bytes from
+    /// the visitor into the tunnel and back. Nothing of the stream itself is kept.
+    pub fn record_upgraded_bytes(&self, id: u64, to_tunnel: u64, to_visitor: u64) {
+        self.update(id, |e| {
+            e.body_mut(Side::Request).size = to_tunnel;
+            e.body_mut(Side::Response).size = to_visitor;
+            e.total_ms = Some(ms_since(e.started));
+        });
+    }
+
     /// Records that no answer came.
     pub fn record_no_answer(&self, id: u64) {
         self.update(id, |e| {

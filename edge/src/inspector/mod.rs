@@ -141,6 +141,30 @@ pub fn answered(capture: Option<Capture>, resp: Response<ProxyBody>) -> Response
     resp.map(|b| Tapped::new(b, tap).boxed())
 }
 
+impl Capture {
+    /// Where the byte counts of the connection go if the answer upgrades it.
+    pub fn upgrade_record(&self) -> UpgradeRecord {
+        UpgradeRecord {
+            inspector: self.inspector.clone(),
+            id: self.id,
+        }
+    }
+}
+
+/// An upgraded connection's exchange, to record its byte counts when it ends.
+pub struct UpgradeRecord {
+    inspector: Arc<Inspector>,
+    id: u64,
+}
+
+impl UpgradeRecord {
+    /// The connection ended having carried these bytes.
+    pub fn ended(self, to_tunnel: u64, to_visitor: u64) {
+        self.inspector
+            .record_upgraded_bytes(self.id, to_tunnel, to_visitor);
+    }
+}
+
 impl Drop for Capture {
     fn drop(&mut self) {
         if !self.answered {

@@ -27,6 +27,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use nearhop_wire::TunnelKind;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -278,14 +279,15 @@ impl VisitorConn {
                         let config = &self.edge.config;
                         let capture =
                             inspector::begin(config, &tunnel, &options, self.peer, &mut req);
-                        let resp = self.forward(Target::Tunnel(&tunnel), req).await?;
+                        let upgrade = capture.as_ref().map(inspector::Capture::upgrade_record);
+                        let resp = self.forward(Target::Tunnel(&tunnel), req, upgrade).await?;
                         return Ok(self.count(inspector::answered(capture, resp), "tunnel"));
                     }
                 }
             }
             // The holder runs the phases with the tunnel's options for the real visitor.
             Route::Relay(link) => {
-                let resp = self.forward(Target::Peer(&link), req).await?;
+                let resp = self.forward(Target::Peer(&link), req, None).await?;
                 return Ok(self.count(resp, "relay"));
             }
             Route::Refuse(Refusal::Forbidden) => pages::forbidden(),
@@ -364,6 +366,7 @@ impl VisitorConn {
         &self,
         target: Target<'_>,
         mut req: Request<UpstreamBody>,
+        upgrade: Option<inspector::UpgradeRecord>,
     ) -> Result<Response<ProxyBody>, Failed> {
         let failed = |ending: Option<Arc<Tunnel>>| {
             let page = match target {
@@ -432,7 +435,7 @@ impl VisitorConn {
             *slot = None;
             if let Some(visitor_upgrade) = visitor_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(splice_upgraded(visitor_upgrade, upstream_upgrade));
+                tokio::spawn(splice_upgraded(visitor_upgrade, upstream_upgrade, upgrade));
             }
         }
         Ok(resp.map(|b| b.boxed()))
@@ -447,14 +450,30 @@ impl VisitorConn {
     }
 }
 
-async fn splice_upgraded(visitor: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Carries an upgraded connection (a WebSocket) both ways until either side ends it; an
+/// inspected tunnel's record gets the byte counts.
+async fn splice_upgraded(
+    visitor: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    record: Option<inspector::UpgradeRecord>,
+) {
     let (visitor, upstream) = tokio::join!(visitor, upstream);
     match (visitor, upstream) {
         (Ok(v), Ok(u)) => {
-            let mut v = TokioIo::new(v);
+            let v = TokioIo::new(v);
             let mut u = TokioIo::new(u);
+            // Counted on the visitor's side: read from the visitor goes into the tunnel.
+            let (to_tunnel, to_visitor) =
+                (Arc::<AtomicU64>::default(), Arc::<AtomicU64>::default());
+            let mut v = CountingStream::new(v, to_tunnel.clone(), to_visitor.clone());
             if let Err(e) = tokio::io::copy_bidirectional(&mut v, &mut u).await {
                 tracing::debug!(error = %e, "upgraded connection ended");
+            }
+            if let Some(record) = record {
+                record.ended(
+                    to_tunnel.load(Ordering::Relaxed),
+                    to_visitor.load(Ordering::Relaxed),
+                );
             }
         }
         (v, u) => {
