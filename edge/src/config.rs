@@ -53,6 +53,9 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// Where TLS visitors connect (`tls` tunnels: passthrough routed by SNI).
     pub tls_listen: SocketAddr,
+    /// Whether SSH clients may connect on the TLS port too (for networks that let only
+    /// 443 out); plain HTTP is served there as well.
+    pub ssh_on_tls_port: bool,
     /// Where control's calls and Prometheus scrapes arrive.
     pub admin_listen: SocketAddr,
     /// The admin URL control should call; defaults to `http://<admin_listen>`.
@@ -270,6 +273,7 @@ impl Default for Config {
             ssh_listen: ([127, 0, 0, 1], 2222).into(),
             http_listen: ([127, 0, 0, 1], 8080).into(),
             tls_listen: ([127, 0, 0, 1], 8443).into(),
+            ssh_on_tls_port: true,
             admin_listen: ([127, 0, 0, 1], 9090).into(),
             admin_url: None,
             public_http_port: None,

@@ -47,9 +47,11 @@ pub async fn run(config: Config) -> Result<()> {
         mesh = ?edge.config.mesh_listen,
         "edge listening"
     );
-    let ssh_task = tokio::spawn(ssh_server::serve(edge.clone(), ssh, key));
+    let ssh_entry = ssh_server::SshEntry::new(edge.clone(), key);
+    let ssh_task = tokio::spawn(ssh_server::serve(edge.clone(), ssh, ssh_entry.clone()));
     let http_task = tokio::spawn(visitor_http::serve(edge.clone(), http));
-    let tls_task = tokio::spawn(visitor_tls::serve(edge.clone(), tls));
+    let ssh_on_tls = edge.config.ssh_on_tls_port.then_some(ssh_entry);
+    let tls_task = tokio::spawn(visitor_tls::serve(edge.clone(), tls, ssh_on_tls));
     tokio::spawn(admin_api::serve(edge.clone(), admin));
     tokio::spawn(crate::mesh::local::follow_registry(edge.clone()));
     if let Some(mesh) = mesh {

@@ -183,18 +183,15 @@ fn tls_tunnel_passes_tls_through_routed_by_sni() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("unrecognized name"), "{}", r.stderr);
 
-    // Plain HTTP to the TLS port, and to the tunnel's name on the HTTP port: sentences.
-    let plain = reqwest::blocking::get(format!("http://{ip}:{port}/")).unwrap();
-    assert_eq!(plain.status(), 400);
-    let text = plain.text().unwrap();
-    assert!(
-        text.contains("TLS port") && text.contains(&s.edge.spec.http.to_string()),
-        "{text}"
-    );
+    // The tunnel's name over plain HTTP (on the HTTP port, or on the TLS port, which serves
+    // plain HTTP as the HTTP port does): a sentence that says where to go.
     let http_url = format!("http://{host}:{}", s.edge.spec.http);
     let resp = s.visit(&http_url, "/");
     assert_eq!(resp.status(), 421);
     let text = resp.text().unwrap();
+    assert!(text.contains(&format!("https://{host}:{port}/")), "{text}");
+    let (status, text) = http_get((ip, port).into(), &host, "/").unwrap();
+    assert_eq!(status, 421, "{text}");
     assert!(text.contains(&format!("https://{host}:{port}/")), "{text}");
 
     // A ClientHello without SNI, or bytes that are no TLS, leave the edge serving.
@@ -401,4 +398,52 @@ fn channels_of_departed_visitors_are_closed_by_the_client_first() {
         "no channel waited out its linger"
     );
     assert!(http.is_running() && tcp.is_running());
+}
+
+/// One port for everything (443 in production, for networks that let nothing else out):
+/// the stock OpenSSH client opens a tunnel through the TLS port, visitors reach it over
+/// plain HTTP on that same port and on the HTTP port, and TLS passthrough still works there
+/// (above). With `ssh_on_tls_port = false` the TLS port speaks TLS only: ssh fails and plain
+/// HTTP gets a sentence naming the HTTP port.
+#[test]
+fn ssh_and_plain_http_are_served_on_the_tls_port() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start("local");
+    let tls_addr = std::net::SocketAddr::from((s.edge.spec.ip, s.edge.spec.tls));
+    let mut client = SshClient::start(
+        &s.stack.dir.join("ssh"),
+        "on-443",
+        tls_addr,
+        &SshArgs::http_tunnel(Some(&s.pro_token()), local.port),
+    )
+    .unwrap();
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let (host, _) = url_host_port(&url).unwrap();
+    let body = s.visit(&url, "/via-http-port").text().unwrap();
+    assert!(
+        body.starts_with("hello from local /via-http-port"),
+        "{body}"
+    );
+    let (status, body) = http_get(tls_addr, &host, "/via-tls-port").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("hello from local /via-tls-port"), "{body}");
+    assert!(client.is_running());
+
+    let tls_only = EdgeStack::start("ssh_on_tls_port = false");
+    let tls_only_addr = std::net::SocketAddr::from((tls_only.edge.spec.ip, tls_only.edge.spec.tls));
+    let mut refused = SshClient::start(
+        &tls_only.stack.dir.join("ssh"),
+        "not-on-443",
+        tls_only_addr,
+        &SshArgs::http_tunnel(Some(&tls_only.pro_token()), local.port),
+    )
+    .unwrap();
+    let out = refused.wait_exit(PATIENCE).unwrap();
+    assert!(!out.contains("http://"), "{out}");
+    let (status, text) = http_get(tls_only_addr, &host, "/").unwrap();
+    assert_eq!(status, 400);
+    assert!(
+        text.contains("TLS port") && text.contains(&tls_only.edge.spec.http.to_string()),
+        "{text}"
+    );
 }

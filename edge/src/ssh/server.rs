@@ -10,6 +10,7 @@ use russh::keys::PrivateKey;
 use russh::server::Config;
 use russh::MethodSet;
 use std::borrow::Cow;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -83,33 +84,54 @@ pub fn russh_config(edge: &Edge, key: PrivateKey, ciphers: Vec<russh::cipher::Na
     }
 }
 
+/// Where SSH connections are served: from the SSH listener, and from the TLS listener
+/// when a client speaks SSH there (`ssh_on_tls_port`).
+pub struct SshEntry {
+    edge: Arc<Edge>,
+    offers: Offers,
+}
+
+impl SshEntry {
+    /// The entry for this edge, with its host key.
+    pub fn new(edge: Arc<Edge>, key: PrivateKey) -> Arc<SshEntry> {
+        let offers = Offers::new(&edge, key);
+        Arc::new(SshEntry { edge, offers })
+    }
+
+    /// Serves one SSH connection from `peer` (the client's own address, behind any
+    /// balancer); `read` holds bytes already read from `stream`.
+    pub async fn take(&self, stream: TcpStream, peer: SocketAddr, read: Vec<u8>) {
+        let edge = self.edge.clone();
+        // Held until the client authenticates: a flood of key exchanges from one network
+        // cannot take every place, nor a flood from many the edge's CPU.
+        let Some(unauthenticated) = edge.unauthenticated_ssh_slot(peer.ip()) else {
+            refuse(stream).await;
+            return;
+        };
+        // The client's own address from here on: control's per-address limits see it.
+        let link = edge.open_session(peer);
+        let span = tracing::info_span!("ssh", session = link.id, %peer);
+        handle_connection(edge, &self.offers, stream, read, link, unauthenticated)
+            .instrument(span)
+            .await;
+    }
+}
+
 /// Accepts SSH clients until shutdown.
-pub async fn serve(edge: Arc<Edge>, listener: TcpListener, key: PrivateKey) {
-    let offers = Arc::new(Offers::new(&edge, key));
+pub async fn serve(edge: Arc<Edge>, listener: TcpListener, entry: Arc<SshEntry>) {
     accept::until_stopped(
         &listener,
         edge.shutdown.cancelled(),
         "an SSH connection",
         |mut stream, tcp_peer| {
-            let (edge, offers) = (edge.clone(), offers.clone());
+            let (edge, entry) = (edge.clone(), entry.clone());
             tokio::spawn(async move {
                 let _ = stream.set_nodelay(true);
                 let behind = edge.real_peer("ssh", &mut stream, tcp_peer);
                 let Some((peer, rest)) = behind.await else {
                     return;
                 };
-                // Held until the client authenticates: a flood of key exchanges from one
-                // network cannot take every place, nor a flood from many the edge's CPU.
-                let Some(unauthenticated) = edge.unauthenticated_ssh_slot(peer.ip()) else {
-                    refuse(stream).await;
-                    return;
-                };
-                // The client's own address from here on: control's per-address limits see it.
-                let link = edge.open_session(peer);
-                let span = tracing::info_span!("ssh", session = link.id, %peer);
-                handle_connection(edge, offers, stream, rest, link, unauthenticated)
-                    .instrument(span)
-                    .await;
+                entry.take(stream, peer, rest).await;
             });
         },
     )
@@ -118,7 +140,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, key: PrivateKey) {
 
 async fn handle_connection(
     edge: Arc<Edge>,
-    offers: Arc<Offers>,
+    offers: &Offers,
     mut stream: TcpStream,
     mut read: Vec<u8>,
     link: Arc<crate::ssh::link::SessionLink>,

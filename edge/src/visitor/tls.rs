@@ -1,8 +1,13 @@
-//! The TLS listener (`tls_listen`): reads each visitor's ClientHello and routes by the name
-//! it asks for (SNI). For a `tls` tunnel the connection, ClientHello included, is spliced
-//! into a `forwarded-tcpip` channel and the edge never decrypts: the creator's local service
-//! holds the certificate. Any other name is HTTPS when the operator configured a
-//! certificate (`tls_cert_path`): the edge terminates TLS and serves HTTP inside.
+//! The TLS listener (`tls_listen`, 443 in production): reads each visitor's ClientHello and
+//! routes by the name it asks for (SNI). For a `tls` tunnel the connection, ClientHello
+//! included, is spliced into a `forwarded-tcpip` channel and the edge never decrypts: the
+//! creator's local service holds the certificate. Any other name is HTTPS when the operator
+//! configured a certificate (`tls_cert_path`): the edge terminates TLS and serves HTTP
+//! inside.
+//!
+//! The same port takes SSH clients (networks that let only 443 out) and plain HTTP: the
+//! first bytes tell them apart (`SSH-` from an SSH client, a TLS handshake record, anything
+//! else is HTTP).
 
 use crate::accept;
 use crate::edge::Edge;
@@ -11,6 +16,7 @@ use crate::io::proxy_header;
 use crate::io::read_buffer::Prefixed;
 use crate::mesh::links::PeerLink;
 use crate::mesh::protocol::RelayListener;
+use crate::ssh::server::SshEntry;
 use crate::visitor::client_hello::{self, Parsed};
 use crate::visitor::http as visitor_http;
 use crate::visitor::routing::{self, Arrival, Listener, Refusal, Route};
@@ -99,21 +105,100 @@ pub async fn read_client_hello<R: AsyncRead + Unpin>(
     }
 }
 
-/// Accepts TLS visitors until shutdown.
-pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
+/// What the first bytes on the TLS port say the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `SSH-`: an SSH client.
+    Ssh,
+    /// A TLS handshake record.
+    Tls,
+    /// Anything else: plain HTTP (or garbage, which the HTTP side refuses).
+    Http,
+}
+
+/// Tells the protocol from the bytes read so far, or `None` while they could still be the
+/// start of `SSH-`.
+pub fn sniff(first: &[u8]) -> Option<Protocol> {
+    const SSH: &[u8] = b"SSH-";
+    match first.first() {
+        None => None,
+        Some(0x16) => Some(Protocol::Tls),
+        Some(_) if first.len() >= SSH.len() => Some(if first.starts_with(SSH) {
+            Protocol::Ssh
+        } else {
+            Protocol::Http
+        }),
+        Some(_) if SSH.starts_with(first) => None,
+        Some(_) => Some(Protocol::Http),
+    }
+}
+
+/// Reads until the first bytes tell the protocol (at most a few bytes beyond `first`).
+async fn read_protocol<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    first: &mut Vec<u8>,
+) -> io::Result<Option<Protocol>> {
+    loop {
+        if let Some(p) = sniff(first) {
+            return Ok(Some(p));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        first.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Accepts TLS visitors until shutdown; with `ssh`, SSH clients on the same port too.
+pub async fn serve(edge: Arc<Edge>, listener: TcpListener, ssh: Option<Arc<SshEntry>>) {
     accept::until_stopped(
         &listener,
         edge.shutdown.cancelled(),
         "a TLS visitor",
         |mut stream, tcp_peer| {
             if let Some(slot) = edge.visitor_slot(Listener::Tls.as_str()) {
-                let edge = edge.clone();
+                let (edge, ssh) = (edge.clone(), ssh.clone());
                 tokio::spawn(async move {
                     edge.prepare_visitor_socket(&stream);
                     let behind = edge.real_peer("tls", &mut stream, tcp_peer);
-                    let Some((peer, rest)) = behind.await else {
+                    let Some((peer, mut rest)) = behind.await else {
                         return;
                     };
+                    if let Some(ssh) = ssh {
+                        let deadline = Instant::now() + visitor_http::head_timeout(&edge);
+                        let reading = read_protocol(&mut stream, &mut rest);
+                        let protocol = match tokio::time::timeout_at(deadline, reading).await {
+                            Ok(Ok(Some(p))) => p,
+                            _ => return,
+                        };
+                        match protocol {
+                            Protocol::Ssh => {
+                                // An SSH client is not a visitor: its place is the SSH
+                                // listener's limits'.
+                                drop(slot);
+                                ssh.take(stream, peer, rest).await;
+                                return;
+                            }
+                            Protocol::Http => {
+                                let stream = Prefixed::new(rest, stream);
+                                visitor_http::serve_stream(
+                                    &edge,
+                                    stream,
+                                    peer,
+                                    "http",
+                                    deadline,
+                                    Arrival::Direct,
+                                )
+                                .instrument(routing::span(Listener::Http, peer))
+                                .await;
+                                drop(slot);
+                                return;
+                            }
+                            Protocol::Tls => {}
+                        }
+                    }
                     // No TLS yet to say it in: a network holding its share is closed.
                     let Some(_share) = edge.address_share(peer.ip()) else {
                         return;
@@ -278,6 +363,43 @@ fn not_tls_answer(http_port: u16) -> String {
 mod tests {
     use super::*;
     use crate::visitor::client_hello::sample;
+
+    #[test]
+    fn the_first_bytes_tell_ssh_tls_and_http_apart() {
+        assert_eq!(sniff(b"SSH-2.0-OpenSSH_9.2p1\r\n"), Some(Protocol::Ssh));
+        assert_eq!(sniff(b"SSH-"), Some(Protocol::Ssh));
+        assert_eq!(sniff(&[0x16, 0x03, 0x01]), Some(Protocol::Tls));
+        assert_eq!(sniff(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http));
+        assert_eq!(sniff(b"SSH /x HTTP/1.1"), Some(Protocol::Http));
+        assert_eq!(sniff(b"PROXY TCP4 "), Some(Protocol::Http));
+        // Could still become `SSH-`: wait for more.
+        for partial in [&b""[..], b"S", b"SS", b"SSH"] {
+            assert_eq!(sniff(partial), None, "{partial:?}");
+        }
+        assert_eq!(sniff(b"SX"), Some(Protocol::Http));
+    }
+
+    #[tokio::test]
+    async fn a_protocol_is_read_across_small_segments() {
+        let (mut tx, mut rx) = tokio::io::duplex(1024);
+        let writer = tokio::spawn(async move {
+            for b in b"SSH-2.0-x\r\n" {
+                tx.write_all(&[*b]).await.expect("write");
+            }
+            tx
+        });
+        let mut first = Vec::new();
+        let p = read_protocol(&mut rx, &mut first).await.expect("read");
+        assert_eq!(p, Some(Protocol::Ssh));
+        assert!(first.starts_with(b"SSH-"), "the bytes read are kept");
+        drop(writer.await);
+        let (_tx, mut rx) = tokio::io::duplex(1024);
+        drop(_tx);
+        assert_eq!(
+            read_protocol(&mut rx, &mut Vec::new()).await.expect("eof"),
+            None
+        );
+    }
 
     /// Feeds `bytes` in pieces of `step`, like a slow network.
     async fn read_in_steps(bytes: Vec<u8>, step: usize) -> Result<ClientHello, HelloError> {
