@@ -416,7 +416,9 @@ impl SessionView {
                     return;
                 }
             }
-            let mut sent = false;
+            // Every change of this batch in one chunk: one write to the channel, not one per
+            // request (a busy tunnel changes hundreds of rows a batch).
+            let mut batch = Vec::new();
             for (t, i) in &tunnels {
                 // A new stream (or tunnel) gets every kept request first: what the page
                 // listed before the stream opened may have changed since.
@@ -424,11 +426,12 @@ impl SessionView {
                 let (changed, version) = i.changed_since(since);
                 seen.insert(t.id, version);
                 for e in &changed {
-                    sent = true;
-                    if tx.send(event("request", &view::summary(e))).await.is_err() {
-                        return;
-                    }
+                    batch.extend_from_slice(&event("request", &view::summary(e)));
                 }
+            }
+            let sent = !batch.is_empty();
+            if sent && tx.send(Bytes::from(batch)).await.is_err() {
+                return;
             }
             idle = if sent { 0 } else { idle + 1 };
             if idle >= PING_EVERY {
