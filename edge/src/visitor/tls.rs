@@ -181,6 +181,13 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, ssh: Option<Arc<SshEn
                                 ssh.take(stream, peer, rest).await;
                                 return;
                             }
+                            Protocol::Http if proxy_header::looks_like_header(&rest) => {
+                                // Headers from trusted balancers were taken off before.
+                                proxy_header::count_untrusted(&edge.metrics, "tls");
+                                let answer = proxy_header::untrusted_answer();
+                                let _ = stream.write_all(answer.as_bytes()).await;
+                                return;
+                            }
                             Protocol::Http => {
                                 let stream = Prefixed::new(rest, stream);
                                 visitor_http::serve_stream(
