@@ -43,6 +43,10 @@ playbook() { (cd "$repo_root/ansible" && ansible-playbook "$@"); }
 
 syntax_check() {
   cd "$repo_root/ansible"
+  # Secrets only in Ansible Vault files: every inventory's vault.yml must be encrypted.
+  for v in inventories/*/group_vars/all/vault.yml; do
+    head -1 "$v" | grep -q '^\$ANSIBLE_VAULT;' || { echo "$v is not encrypted"; return 1; }
+  done
   for inv in inventories/example inventories/local "$lab_inventory"; do
     for pb in site.yml render-configs.yml; do
       ansible-playbook -i "$inv" "$pb" --syntax-check
@@ -65,6 +69,14 @@ lint() {
 render_check() {
   cd "$repo_root/ansible"
   python3 tools/check-add-region.py --keep "$logs/rendered" --check-rendered --bin-dir "$repo_root/target/debug"
+  # The example vault's test secrets (public password) are refused anywhere but the lab.
+  if ansible-playbook -i inventories/example render-configs.yml --limit us-edge-1 \
+      -e render_dir="$logs/rendered-refused" -e nearhop_refuse_placeholder_secrets=true \
+      >"$logs/example-secrets-refused.log" 2>&1; then
+    echo "the example inventory's test secrets were accepted outside the lab"; return 1
+  fi
+  grep -q "one of the example inventory's test secrets" "$logs/example-secrets-refused.log"
+  echo "example-test-only secrets refused outside the lab"
 }
 
 # The lab is this script's: a leftover one (an interrupted run, `make lab`) is replaced.
