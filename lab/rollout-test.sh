@@ -55,6 +55,9 @@ syntax_check() {
   ansible-playbook -i inventories/example drain-edge.yml -e edge=us-edge-1 --syntax-check
   ansible-playbook -i inventories/local drain-edge.yml -e edge=localhost --syntax-check
   ansible-playbook -i "$lab_inventory" drain-edge.yml -e edge=eu-edge-1 --syntax-check
+  for inv in inventories/example "$lab_inventory"; do
+    ansible-playbook -i "$inv" promote-replica.yml -e new_primary=eu-db-1 --syntax-check
+  done
 }
 
 lint() {
@@ -103,6 +106,13 @@ export NEARHOP_LAB_EXTRA_INVENTORY="$lab_root/inventory-sa"
 step add-region-sa python3 "$lab" add
 step converge-sa playbook -i "$lab_inventory" -i "$NEARHOP_LAB_EXTRA_INVENTORY" site.yml --limit 'postgres_primary:control:dns:sa-1'
 step smoke-4-regions python3 "$lab" smoke
+# Failover as a playbook, with a tunnel live: eu's replica becomes the primary, control and the
+# other replicas follow it, the old primary is rebuilt as its replica. The held tunnel's
+# visitor (every 0.2 s) must get 200 throughout; then new tunnels in every region.
+step hold-start python3 "$lab" hold-start eu
+step promote-replica playbook -i "$lab_inventory" -i "$NEARHOP_LAB_EXTRA_INVENTORY" promote-replica.yml -e new_primary=eu-db-1
+step hold-check python3 "$lab" hold-check
+step smoke-after-promote python3 "$lab" smoke
 
 total=$(( $(date +%s) - started ))
 printf '%-28s %4ds\n' "total" "$total" | tee -a "$timings"
