@@ -291,8 +291,8 @@ def hold(argv):
 
 
 def smoke():
-    """From the client host, in every region: a tunnel, its name asked of every region's
-    pdns, a visitor. A fresh pro account per region, made on the control host."""
+    """From the client host, in every region: a tunnel, its name resolved through the lab's
+    resolver and asked of every name server, a visitor. A fresh pro account per region, made on the control host."""
     inv = inventory()
     hostvars = inv["_meta"]["hostvars"]
     control = group_hosts(inv, "control")[0]
@@ -310,11 +310,14 @@ def smoke():
         prefix = (hostvars[group_hosts(inv, f"region_{r}")[0]].get("nearhop_region_client_prefixes") or [""])[0]
         token = new_pro_token(control_pid, f"lab-smoke-{r}-{int(time.time())}")
         tunnels.append(f"{r}:{edge_ip}:{token}:{prefix}")
+    resolvers = group_hosts(inv, "lab_resolvers")
+    resolver = hostvars[resolvers[0]]["lab_ip"] if resolvers else "-"
     any_host = hostvars[client]
     with open(LAB / "smoke-client.sh") as script:
         return subprocess.run(
             enter(client_pid, ["/bin/bash", "-s", "--", str(any_host.get("edge_ssh_port", 2222)),
-                               any_host.get("nearhop_zone_pro", "a.tunnel.test"), *tunnels, "--", *dns_ips]),
+                               any_host.get("nearhop_zone_pro", "a.tunnel.test"), resolver,
+                               *tunnels, "--", *dns_ips]),
             stdin=script).returncode
 
 

@@ -1,6 +1,8 @@
 #!/bin/bash
 # The rollout check (`make rollout-test`, docs/lab.md): static checks of every playbook,
-# then a lab of real hosts from nothing, converged twice, smoke-tested, drained and rebuilt.
+# then a lab of real hosts from nothing, converged twice, smoke-tested (through a resolver and
+# a parent zone's delegation), drained, rebuilt, grown by a region, upgraded edge by edge and
+# failed over to another region's replica with a tunnel live.
 # Needs root, scripts/install-lab-deps.sh and the debug binaries (`cargo build --bins`).
 # Starts its own lab and stops it on exit, also on failure or interrupt. Exit 0 when every
 # step passed. Timings: the summary at the end, also in $NEARHOP_LAB_LOGS/timings.txt.
@@ -57,13 +59,35 @@ syntax_check() {
   ansible-playbook -i "$lab_inventory" drain-edge.yml -e edge=eu-edge-1 --syntax-check
   for inv in inventories/example "$lab_inventory"; do
     ansible-playbook -i "$inv" promote-replica.yml -e new_primary=eu-db-1 --syntax-check
+    ansible-playbook -i "$inv" upgrade-edges.yml --syntax-check
   done
+  ansible-playbook -i "$lab_inventory" "$lab_root/lab-dns.yml" --syntax-check
 }
 
 lint() {
   cd "$repo_root/ansible"
   # offline: no collection or schema downloads (the machine reaches no such server).
   ansible-lint --offline
+  ansible-lint --offline "$lab_root/lab-dns.yml"
+}
+
+# The rolling upgrade's new edge binary: this build's, with a marker appended (an ELF file runs
+# the same with trailing bytes), so that every edge really gets a different file.
+edge_v2="$logs/edge-v2"
+make_edge_v2() {
+  mkdir -p "$edge_v2"
+  cp "$repo_root/target/debug/nearhop-edge" "$edge_v2/"
+  printf '\nnearhop-lab-upgrade-v2\n' >>"$edge_v2/nearhop-edge"
+}
+# Every edge runs the upgraded binary (the running process's file, not only the one on disk).
+edges_run_v2() {
+  local want got h
+  want=$(sha256sum "$edge_v2/nearhop-edge" | cut -d' ' -f1)
+  for h in $(cd "$repo_root/ansible" && ansible-inventory -i "$lab_inventory" -i "$NEARHOP_LAB_EXTRA_INVENTORY" --graph edges | grep -oE '[a-z0-9-]+$' | grep -v '^edges$'); do
+    got=$(python3 "$lab" exec "$h" sh -c 'sha256sum /proc/$(pgrep -x nearhop-edge)/exe' | cut -d' ' -f1)
+    [ "$got" = "$want" ] || { echo "$h runs $got, not the upgraded $want"; return 1; }
+    echo "$h runs the upgraded edge ($want)"
+  done
 }
 
 # One rendering serves both checks: the example inventory plus region sa, added with only its
@@ -91,6 +115,8 @@ step ansible-lint lint
 step render-add-region render_check
 step lab-up python3 "$lab" up
 step converge-1 playbook -i "$lab_inventory" site.yml
+# Above nearhop: the parent zone delegating the tunnel zones (with glue) and the resolver.
+step lab-dns playbook -i "$lab_inventory" "$lab_root/lab-dns.yml"
 step converge-2 playbook -i "$lab_inventory" site.yml
 step converge-2-unchanged converged_unchanged "$logs/converge-2.log"
 step smoke-1 python3 "$lab" smoke
@@ -105,7 +131,14 @@ step smoke-after-rebuild python3 "$lab" smoke
 export NEARHOP_LAB_EXTRA_INVENTORY="$lab_root/inventory-sa"
 step add-region-sa python3 "$lab" add
 step converge-sa playbook -i "$lab_inventory" -i "$NEARHOP_LAB_EXTRA_INVENTORY" site.yml --limit 'postgres_primary:control:dns:sa-1'
+step lab-dns-sa playbook -i "$lab_inventory" -i "$NEARHOP_LAB_EXTRA_INVENTORY" "$lab_root/lab-dns.yml"
 step smoke-4-regions python3 "$lab" smoke
+# Rolling upgrade: every edge, one at a time, out of the connect name and drained before its
+# restart on the new binary, back in after (the playbook waits on both in DNS).
+step make-edge-v2 make_edge_v2
+step upgrade-edges playbook -i "$lab_inventory" -i "$NEARHOP_LAB_EXTRA_INVENTORY" upgrade-edges.yml -e nearhop_bin_src_dir="$edge_v2"
+step edges-run-v2 edges_run_v2
+step smoke-after-upgrade python3 "$lab" smoke
 # Failover as a playbook, with a tunnel live: eu's replica becomes the primary, control and the
 # other replicas follow it, the old primary is rebuilt as its replica. The held tunnel's
 # visitor (every 0.2 s) must get 200 throughout; then new tunnels in every region.
