@@ -60,7 +60,7 @@ def inventory():
     # (the lab's secrets are that vault's).
     env = dict(os.environ)
     env.setdefault("ANSIBLE_VAULT_PASSWORD_FILE",
-                   str(REPO / "ansible" / "inventories" / "example" / "vault-test-password"))
+                   str(REPO / "ansible" / "inventories" / "example" / "vault-test-password.txt"))
     venv = os.environ.get("NEARHOP_LAB_VENV", "/opt/nearhop-lab/venv")
     env["PATH"] = f"{venv}/bin:{env.get('PATH', '')}"
     out = subprocess.run(
