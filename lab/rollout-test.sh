@@ -106,6 +106,30 @@ render_check() {
   echo "example-test-only secrets refused outside the lab"
 }
 
+# After promote-replica.yml, the inventory edit its last message asks for (docs/deploy.md,
+# "Promoting a replica"), made on a copy of the lab's inventory: eu-db-1 in postgres_primary,
+# us-db-1 in postgres_replicas, nearhop_primary_region eu.
+promoted_inventory="$logs/inventory-promoted"
+edit_inventory_after_promotion() {
+  rm -rf "$promoted_inventory" && cp -rL "$lab_inventory" "$promoted_inventory"
+  "$NEARHOP_LAB_VENV/bin/python" - "$promoted_inventory" <<'PY'
+import sys, yaml
+from pathlib import Path
+inv = Path(sys.argv[1])
+hosts = yaml.safe_load((inv / "hosts.yml").read_text())
+pg = hosts["all"]["children"]["postgres"]["children"]
+pg["postgres_primary"]["hosts"] = {"eu-db-1": None}
+replicas = [h for h in pg["postgres_replicas"]["hosts"] if h != "eu-db-1"] + ["us-db-1"]
+pg["postgres_replicas"]["hosts"] = {h: None for h in replicas}
+(inv / "hosts.yml").write_text(yaml.safe_dump(hosts, sort_keys=False))
+main = inv / "group_vars" / "all" / "main.yml"
+text = main.read_text().replace("nearhop_primary_region: us", "nearhop_primary_region: eu")
+assert "nearhop_primary_region: eu" in text
+main.write_text(text)
+PY
+  echo "edited copy: $promoted_inventory (postgres_primary: eu-db-1; nearhop_primary_region: eu)"
+}
+
 # The lab is this script's: a leftover one (an interrupted run, `make lab`) is replaced.
 python3 "$lab" down >/dev/null
 trap 'python3 "$lab" down' EXIT
@@ -146,6 +170,11 @@ step hold-start python3 "$lab" hold-start eu
 step promote-replica playbook -i "$lab_inventory" -i "$NEARHOP_LAB_EXTRA_INVENTORY" promote-replica.yml -e new_primary=eu-db-1
 step hold-check python3 "$lab" hold-check
 step smoke-after-promote python3 "$lab" smoke
+# The operator's part after a promotion: the inventory edited as the playbook says, then
+# site.yml with it (the new primary configured as the primary, us-db-1 as a replica).
+step edit-inventory edit_inventory_after_promotion
+step converge-promoted playbook -i "$promoted_inventory" -i "$NEARHOP_LAB_EXTRA_INVENTORY" site.yml
+step smoke-promoted python3 "$lab" smoke
 
 total=$(( $(date +%s) - started ))
 printf '%-28s %4ds\n' "total" "$total" | tee -a "$timings"
