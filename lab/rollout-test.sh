@@ -83,7 +83,8 @@ make_edge_v2() {
 edges_run_v2() {
   local want got h
   want=$(sha256sum "$edge_v2/nearhop-edge" | cut -d' ' -f1)
-  for h in $(cd "$repo_root/ansible" && ansible-inventory -i "$lab_inventory" -i "$NEARHOP_LAB_EXTRA_INVENTORY" --graph edges | grep -oE '[a-z0-9-]+$' | grep -v '^edges$'); do
+  for h in $(cd "$repo_root/ansible" && ansible-inventory -i "$lab_inventory" -i "$NEARHOP_LAB_EXTRA_INVENTORY" --list |
+             python3 -c 'import json, sys; print(" ".join(json.load(sys.stdin)["edges"]["hosts"]))'); do
     got=$(python3 "$lab" exec "$h" sh -c 'sha256sum /proc/$(pgrep -x nearhop-edge)/exe' | cut -d' ' -f1)
     [ "$got" = "$want" ] || { echo "$h runs $got, not the upgraded $want"; return 1; }
     echo "$h runs the upgraded edge ($want)"
