@@ -172,9 +172,10 @@ step promote-replica playbook -i "$lab_inventory" -i "$NEARHOP_LAB_EXTRA_INVENTO
 step hold-check python3 "$lab" hold-check
 step smoke-after-promote python3 "$lab" smoke
 # The operator's part after a promotion: the inventory edited as the playbook says, then
-# site.yml with it (the new primary configured as the primary, us-db-1 as a replica).
+# site.yml with it (the new primary configured as the primary, us-db-1 as a replica), limited
+# to the hosts the edit concerns (databases, control, DNS: the edges read none of it).
 step edit-inventory edit_inventory_after_promotion
-step converge-promoted playbook -i "$promoted_inventory" -i "$NEARHOP_LAB_EXTRA_INVENTORY" site.yml
+step converge-promoted playbook -i "$promoted_inventory" -i "$NEARHOP_LAB_EXTRA_INVENTORY" site.yml --limit 'postgres:control:dns'
 step smoke-promoted python3 "$lab" smoke
 
 total=$(( $(date +%s) - started ))
