@@ -10,3 +10,6 @@ export ANSIBLE_PIPELINING=True
 export ANSIBLE_FORCE_COLOR=False
 export ANSIBLE_NOCOLOR=True
 lab_inventory="$lab_root/inventory"
+# The example inventory's vault (the lab links it) is encrypted with this documented TEST
+# password; production vaults have passwords of their own (docs/deploy.md).
+export ANSIBLE_VAULT_PASSWORD_FILE="$repo_root/ansible/inventories/example/vault-test-password.txt"

@@ -8,6 +8,10 @@
     lab/lab.py exec HOST CMD...   run a command inside a host
     lab/lab.py pid HOST           a host's init PID (for nsenter)
     lab/lab.py smoke              the smoke test from the client host (lab/smoke-client.sh)
+    lab/lab.py hold-start [REGION]  a tunnel held live through REGION's edge (default: the
+                                  first region), a visitor asking it every 0.2 s
+    lab/lab.py hold-check         stop that visitor: every answer must have been 200
+                                  (lab/hold-client.sh)
 
 Each host is its own mount, UTS, IPC, network and PID namespace (lab/hostinit.sh): an
 overlayfs copy-on-write view of this machine's / with its own /run, /tmp and /dev/shm, and
@@ -52,9 +56,16 @@ def inventory():
     extra = os.environ.get("NEARHOP_LAB_EXTRA_INVENTORY")
     if extra:
         sources += ["-i", str(Path(extra).resolve())]
+    # As lab/env.sh sets them: the lab's ansible, and the example vault's test password
+    # (the lab's secrets are that vault's).
+    env = dict(os.environ)
+    env.setdefault("ANSIBLE_VAULT_PASSWORD_FILE",
+                   str(REPO / "ansible" / "inventories" / "example" / "vault-test-password.txt"))
+    venv = os.environ.get("NEARHOP_LAB_VENV", "/opt/nearhop-lab/venv")
+    env["PATH"] = f"{venv}/bin:{env.get('PATH', '')}"
     out = subprocess.run(
         ["ansible-inventory", *sources, "--list"],
-        check=True, capture_output=True, text=True, cwd=REPO / "ansible",
+        check=True, capture_output=True, text=True, cwd=REPO / "ansible", env=env,
     ).stdout
     return json.loads(out)
 
@@ -240,9 +251,48 @@ def down():
     print(f"lab: down ({stopped} processes ended, state removed)")
 
 
+def new_pro_token(control_pid, name):
+    """A fresh pro account made on the control host; its token."""
+    out = subprocess.run(
+        enter(control_pid, ["sudo", "-u", "nearhop", "/usr/local/bin/nearhop-control",
+                            "--config", "/etc/nearhop/control.toml", "--json",
+                            "account", "create", "--plan", "pro", "--name", name]),
+        check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["token"]
+
+
+def client_script(client_pid, script, args):
+    """Copies lab/<script> into the client host's /tmp and runs it there with args."""
+    inside = f"/tmp/nearhop-{script}"
+    with open(LAB / script) as f:
+        sh(*enter(client_pid, ["/bin/sh", "-c", f"cat > {inside}"]), stdin=f)
+    return subprocess.run(enter(client_pid, ["/bin/bash", inside, *args])).returncode
+
+
+def hold(argv):
+    """hold-start [REGION] / hold-check: one tunnel kept live across a maintenance step."""
+    inv = inventory()
+    hostvars = inv["_meta"]["hostvars"]
+    client_pid = host_pid(group_hosts(inv, "lab_clients")[0])
+    control_pid = host_pid(group_hosts(inv, "control")[0])
+    if client_pid is None or control_pid is None:
+        raise SystemExit("lab: the lab is not up (`make lab`)")
+    if argv[0] == "hold-check":
+        return client_script(client_pid, "hold-client.sh", ["check"])
+    regions = [g[len("region_"):] for g in inv if g.startswith("region_") and group_hosts(inv, g)]
+    region = argv[1] if len(argv) > 1 else regions[0]
+    if region not in regions:
+        raise SystemExit(f"lab: no region {region} (regions: {' '.join(regions)})")
+    hv = hostvars[group_hosts(inv, f"region_{region}")[0]]
+    token = new_pro_token(control_pid, f"lab-hold-{region}-{int(time.time())}")
+    return client_script(client_pid, "hold-client.sh",
+                         ["start", str(hv.get("edge_ssh_port", 2222)),
+                          hv.get("nearhop_zone_pro", "a.tunnel.test"), hv["nearhop_edge_ipv4"], token])
+
+
 def smoke():
-    """From the client host, in every region: a tunnel, its name asked of every region's
-    pdns, a visitor. A fresh pro account per region, made on the control host."""
+    """From the client host, in every region: a tunnel, its name resolved through the lab's
+    resolver and asked of every name server, a visitor. A fresh pro account per region, made on the control host."""
     inv = inventory()
     hostvars = inv["_meta"]["hostvars"]
     control = group_hosts(inv, "control")[0]
@@ -257,18 +307,17 @@ def smoke():
     tunnels = []
     for r in regions:
         edge_ip = hostvars[group_hosts(inv, f"region_{r}")[0]]["nearhop_edge_ipv4"]
-        out = subprocess.run(
-            enter(control_pid, ["sudo", "-u", "nearhop", "/usr/local/bin/nearhop-control",
-                                "--config", "/etc/nearhop/control.toml", "--json",
-                                "account", "create", "--plan", "pro", "--name", f"lab-smoke-{r}"]),
-            check=True, capture_output=True, text=True).stdout
         prefix = (hostvars[group_hosts(inv, f"region_{r}")[0]].get("nearhop_region_client_prefixes") or [""])[0]
-        tunnels.append(f"{r}:{edge_ip}:{json.loads(out)['token']}:{prefix}")
+        token = new_pro_token(control_pid, f"lab-smoke-{r}-{int(time.time())}")
+        tunnels.append(f"{r}:{edge_ip}:{token}:{prefix}")
+    resolvers = group_hosts(inv, "lab_resolvers")
+    resolver = hostvars[resolvers[0]]["lab_ip"] if resolvers else "-"
     any_host = hostvars[client]
     with open(LAB / "smoke-client.sh") as script:
         return subprocess.run(
             enter(client_pid, ["/bin/bash", "-s", "--", str(any_host.get("edge_ssh_port", 2222)),
-                               any_host.get("nearhop_zone_pro", "a.tunnel.test"), *tunnels, "--", *dns_ips]),
+                               any_host.get("nearhop_zone_pro", "a.tunnel.test"), resolver,
+                               *tunnels, "--", *dns_ips]),
             stdin=script).returncode
 
 
@@ -307,6 +356,8 @@ def main(argv):
         return status()
     if cmd == "smoke":
         return smoke()
+    if cmd in ("hold-start", "hold-check"):
+        return hold(argv[1:])
     if cmd in ("exec", "pid") and len(argv) >= 3:
         pid = host_pid(argv[2])
         if pid is None:

@@ -2,18 +2,20 @@
 # Runs inside the lab's client host (lab/smoke.sh pipes it in): the tunnel creator and the
 # visitor of docs/lab.md's smoke test.
 #
-#   smoke-client.sh SSH_PORT ZONE REGION:EDGE_IP:TOKEN:CLIENT_PREFIX... -- DNS_IP...
+#   smoke-client.sh SSH_PORT ZONE RESOLVER_IP REGION:EDGE_IP:TOKEN:CLIENT_PREFIX... -- DNS_IP...
 #
 # First the connect name: asked of every region's pdns with the region's client prefix as
 # EDNS Client Subnet, it must answer that region's edge (the prefix map derived from the
 # inventory, in every backend).
 # For each region: `ssh -N -R0:127.0.0.1:PORT TOKEN@EDGE_IP`, the URL the edge prints, then
-# the name asked of every region's pdns_server (each must answer CNAME <region>.<zone> and
+# at once the name resolved through the lab's recursive resolver (RESOLVER_IP, unbound: the
+# parent zone's delegation, then one of the region name servers; "-" skips it) and asked of
+# every name server, both of a region with two (each pdns_server (each must answer CNAME <region>.<zone> and
 # the region's edge address: the record reached every replica before the URL was printed),
 # then one visitor request through the address DNS gave: it must return 200 and the local
 # service's page. Everything it starts (the local service, the ssh clients) it stops by PID.
 set -uo pipefail
-ssh_port=$1 zone=$2; shift 2
+ssh_port=$1 zone=$2 resolver=$3; shift 3
 tunnels=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do tunnels+=("$1"); shift; done
 shift
@@ -74,8 +76,19 @@ for t in "${tunnels[@]}"; do
   name=${url#http://}; name=${name%%:*}
   port=80; [[ "$url" =~ :([0-9]+)$ ]] && port=${BASH_REMATCH[1]}
 
-  # Asked at once, of every region's name server: no retry, the record must be there.
+  # At once, as a visitor would: through the recursive resolver, no retry.
   answer_ip=""
+  if [ "$resolver" != "-" ]; then
+    out=$(dig +time=3 +tries=1 +short @"$resolver" "$name" A)
+    first=$(echo "$out" | head -1) last=$(echo "$out" | tail -1)
+    if [ "$first" = "$region.$zone." ] && [ "$last" = "$edge_ip" ]; then
+      ok "$region: resolver $resolver (delegation from the parent zone) answers $name CNAME $first A $last"
+    else
+      fail "$region: resolver $resolver answered '$(echo "$out" | tr '\n' ' ')' for $name (want CNAME $region.$zone. A $edge_ip)"
+    fi
+  fi
+
+  # Asked at once, of every name server: no retry, the record must be there.
   for dns in "${dns_servers[@]}"; do
     out=$(dig +norecurse +time=2 +tries=1 +short @"$dns" "$name" A)
     first=$(echo "$out" | head -1) last=$(echo "$out" | tail -1)

@@ -7,6 +7,8 @@ source "$(dirname "$0")/env.sh"
 python3 "$lab_root/lab.py" up
 trap 'echo "lab: converge failed; stopping the lab"; python3 "$lab_root/lab.py" down' ERR
 (cd "$repo_root/ansible" && ansible-playbook -i "$lab_inventory" site.yml)
+# The parent zone and the visitors' resolver (the smoke test resolves through them).
+(cd "$repo_root/ansible" && ansible-playbook -i "$lab_inventory" "$lab_root/lab-dns.yml")
 trap - ERR
 cat <<MSG
 lab: up and converged. Try:

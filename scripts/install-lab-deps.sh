@@ -24,6 +24,7 @@ packages=(
   openssh-client        # the smoke test's tunnel client
   dnsutils              # dig
   unbound               # the lab's recursive resolver
+  pdns-backend-bind     # the lab's parent zone (tunnel.test) from a zone file, on one more pdns
   curl
   procps                # ps in the lab scripts
   iputils-ping          # lab.py checks that every host reaches every other

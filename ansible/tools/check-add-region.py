@@ -128,8 +128,8 @@ def main():
         check(REGION in regions, f"control.toml has region {REGION} (regions: {sorted(regions)})")
         sa = regions.get(REGION, {})
         check(sa.get("ipv4") == EDGE_IPV4, f"control.toml: {REGION} ipv4 = {EDGE_IPV4}")
-        check(sa.get("backend_url") == f"http://{DB_PRIVATE}:9153",
-              f"control.toml: {REGION} backend_url is {DB_HOST}'s backend")
+        check(sa.get("backend_url") == [f"http://{DB_PRIVATE}:9153"],
+              f"control.toml: {REGION} backend_url lists {DB_HOST}'s backend")
         for kind in ("pro", "free"):
             ns = control.get("zones", {}).get(kind, {}).get("nameservers", [])
             check(f"ns-{REGION}.tunnel-dns.test" in ns, f"control.toml: zone {kind} nameservers include ns-{REGION} ({ns})")

@@ -6,7 +6,8 @@
 
 use anyhow::{bail, Result};
 use serde::Deserialize;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -78,6 +79,11 @@ pub struct Config {
     /// The two zones and their policies.
     #[serde(default)]
     pub zones: Zones,
+    /// Addresses of the name servers named inside a zone (`ns-us.a.tunnel.test` → its
+    /// addresses): seeded as that zone's A/AAAA records, the authoritative copy of the glue the
+    /// parent zone holds. Each name must be a name server of a zone. Default: none.
+    #[serde(default)]
+    pub nameserver_addresses: BTreeMap<String, Vec<IpAddr>>,
 }
 
 /// One region: its edge address (the `<region>.<zone>` A/AAAA record) and, optionally,
@@ -91,8 +97,27 @@ pub struct RegionConfig {
     pub ipv4: Option<Ipv4Addr>,
     /// Public IPv6 address of the region's edges.
     pub ipv6: Option<Ipv6Addr>,
-    /// Base URL of the region's pdns-backend HTTP port, e.g. `http://127.0.0.2:9153`.
-    pub backend_url: Option<String>,
+    /// Base URLs of the region's pdns-backend HTTP ports, e.g. `http://127.0.0.2:9153`: one
+    /// per name server of the region (`backend_url = ["http://a:9153", "http://b:9153"]`), or
+    /// one URL as a plain string. The lag race waits until every one serves a commit.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub backend_url: Vec<String>,
+}
+
+/// `key = "x"` or `key = ["x", "y"]`, read as a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(d).map_err(|_| {
+        serde::de::Error::custom("expected a URL or a list of URLs (\"http://host:9153\")")
+    })? {
+        OneOrMany::One(s) => Ok(vec![s]),
+        OneOrMany::Many(v) => Ok(v),
+    }
 }
 
 /// The pro and free zones.
@@ -248,7 +273,7 @@ impl Config {
                 name: self.primary_region.clone(),
                 ipv4: Some(Ipv4Addr::LOCALHOST),
                 ipv6: None,
-                backend_url: None,
+                backend_url: Vec::new(),
             });
         }
         for r in &self.regions {
@@ -266,6 +291,21 @@ impl Config {
                     "region {} needs ipv4 or ipv6 (its edges' public address)",
                     r.name
                 );
+            }
+            for (i, url) in r.backend_url.iter().enumerate() {
+                let ok = reqwest::Url::parse(url)
+                    .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                    .unwrap_or(false);
+                if !ok {
+                    bail!(
+                        "region {}: backend_url {url:?} is not an http(s) URL of a pdns-backend \
+                         (e.g. \"http://10.20.0.10:9153\")",
+                        r.name
+                    );
+                }
+                if r.backend_url[..i].contains(url) {
+                    bail!("region {}: backend_url lists {url:?} twice", r.name);
+                }
             }
         }
         if !self.regions.iter().any(|r| r.name == self.primary_region) {
@@ -291,6 +331,26 @@ impl Config {
         if self.zones.pro.name == self.zones.free.name {
             bail!("the pro and free zones must differ");
         }
+        let mut addresses = BTreeMap::new();
+        for (name, ips) in std::mem::take(&mut self.nameserver_addresses) {
+            let norm = name.trim_end_matches('.').to_ascii_lowercase();
+            let known = [&self.zones.pro, &self.zones.free].iter().any(|z| {
+                z.nameservers
+                    .iter()
+                    .any(|ns| ns.trim_end_matches('.').eq_ignore_ascii_case(&norm))
+            });
+            if !known {
+                bail!(
+                    "nameserver_addresses names {name:?}, which is not a name server of either \
+                     zone (zones.pro.nameservers, zones.free.nameservers)"
+                );
+            }
+            if ips.is_empty() {
+                bail!("nameserver_addresses: {name:?} has no address");
+            }
+            addresses.insert(norm, ips);
+        }
+        self.nameserver_addresses = addresses;
         // A zone inside the other would let a tunnel of the outer zone take the inner
         // zone's apex (a pro user claiming `free` and putting a CNAME at the free zone's
         // apex), and records of one zone would shadow the other's.
@@ -444,6 +504,27 @@ impl Config {
         })
     }
 
+    /// The address records of the zone's own name servers that lie inside it (the in-zone
+    /// name servers of `nameserver_addresses`): `(name, "A" | "AAAA", address)`.
+    pub fn in_zone_nameserver_records(
+        &self,
+        zone: &ZoneConfig,
+    ) -> Vec<(String, &'static str, String)> {
+        let suffix = format!(".{}", zone.name);
+        let mut out = Vec::new();
+        for ns in &zone.nameservers {
+            let name = ns.trim_end_matches('.').to_ascii_lowercase();
+            if !name.ends_with(&suffix) {
+                continue;
+            }
+            for ip in self.nameserver_addresses.get(&name).into_iter().flatten() {
+                let rtype = if ip.is_ipv4() { "A" } else { "AAAA" };
+                out.push((name.clone(), rtype, ip.to_string()));
+            }
+        }
+        out
+    }
+
     /// Lag-wait bound.
     pub fn lag_wait(&self) -> Duration {
         Duration::from_millis(self.lag_wait_ms)
@@ -462,6 +543,100 @@ mod tests {
             "#,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn backend_url_is_one_url_or_a_list() {
+        let c: Config = toml::from_str(
+            r#"
+            admin_secret = "0123456789abcdef"
+            [[regions]]
+            name = "us"
+            ipv4 = "127.0.0.1"
+            backend_url = "http://127.0.0.1:9153"
+            [[regions]]
+            name = "eu"
+            ipv4 = "127.0.0.2"
+            backend_url = ["http://127.0.0.2:9153", "http://127.0.0.12:9153"]
+            [[regions]]
+            name = "ap"
+            ipv4 = "127.0.0.3"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.regions[0].backend_url, vec!["http://127.0.0.1:9153"]);
+        assert_eq!(
+            c.regions[1].backend_url,
+            vec!["http://127.0.0.2:9153", "http://127.0.0.12:9153"]
+        );
+        assert!(c.regions[2].backend_url.is_empty());
+    }
+
+    #[test]
+    fn bad_backend_urls_are_refused_in_words() {
+        let parse = |v: &str| {
+            let mut c: Config = toml::from_str(&format!(
+                "admin_secret = \"0123456789abcdef\"\n[[regions]]\nname = \"us\"\n\
+                 ipv4 = \"127.0.0.1\"\nbackend_url = {v}\n"
+            ))
+            .map_err(|e| e.to_string())?;
+            c.validate().map_err(|e| e.to_string())
+        };
+        let e = parse("42").unwrap_err();
+        assert!(e.contains("expected a URL or a list of URLs"), "{e}");
+        let e = parse(r#"["127.0.0.1:9153"]"#).unwrap_err();
+        assert!(e.contains("is not an http(s) URL of a pdns-backend"), "{e}");
+        let e = parse(r#"["http://a:9153", "http://a:9153"]"#).unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+        parse(r#"["http://a:9153", "https://b:9153"]"#).unwrap();
+    }
+
+    #[test]
+    fn in_zone_name_servers_get_address_records_and_others_are_refused() {
+        let mut c = minimal();
+        c.zones.pro.nameservers = vec!["ns-us.a.tunnel.test".into(), "ns-eu.dns.example".into()];
+        c.zones.free.nameservers = c.zones.pro.nameservers.clone();
+        c.nameserver_addresses = BTreeMap::from([
+            (
+                "NS-US.a.tunnel.test.".to_string(),
+                vec![
+                    "198.51.100.10".parse().unwrap(),
+                    "2001:db8::10".parse().unwrap(),
+                ],
+            ),
+            (
+                "ns-eu.dns.example".to_string(),
+                vec!["198.51.100.110".parse().unwrap()],
+            ),
+        ]);
+        c.validate().unwrap();
+        let pro = c.zones.pro.clone();
+        assert_eq!(
+            c.in_zone_nameserver_records(&pro),
+            vec![
+                (
+                    "ns-us.a.tunnel.test".to_string(),
+                    "A",
+                    "198.51.100.10".to_string()
+                ),
+                (
+                    "ns-us.a.tunnel.test".to_string(),
+                    "AAAA",
+                    "2001:db8::10".to_string()
+                ),
+            ],
+            "only the name server inside the zone, every address"
+        );
+        let free = c.zones.free.clone();
+        assert!(c.in_zone_nameserver_records(&free).is_empty());
+
+        let mut c = minimal();
+        c.nameserver_addresses = BTreeMap::from([(
+            "ns9.a.tunnel.test".to_string(),
+            vec!["198.51.100.9".parse().unwrap()],
+        )]);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("not a name server of either zone"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The lag race: after a commit on the primary, wait until the waited regions' DNS serves it.
 //!
-//! A region with a pdns-backend is asked directly (`GET /v1/wait`): its applied position
+//! A region with pdns-backends is asked directly (`GET /v1/wait`), every backend of it (one
+//! per name server: a resolver may ask any of them first): a backend's applied position
 //! covers both hops, replica replay and the backend's memory. A region without one is
 //! watched through `replay_lsn` in `pg_stat_replication` on the primary. The primary's own
 //! region confirms at once when it has no backend. Every region is waited for in parallel,
@@ -131,8 +132,18 @@ impl LagWaiter {
         xid: u64,
         deadline: Instant,
     ) -> bool {
-        if let Some(url) = &region.backend_url {
-            return self.wait_backend(url, lsn, xid, deadline).await;
+        if !region.backend_url.is_empty() {
+            // Every name server of the region: a resolver may ask any of them first.
+            let waits = region.backend_url.iter().map(|url| async move {
+                let ok = self.wait_backend(url, lsn, xid, deadline).await;
+                if !ok {
+                    tracing::warn!(region = %region.name, backend = %url, %lsn,
+                        "pdns-backend did not confirm the commit within the lag-race bound");
+                }
+                ok
+            });
+            let confirmed = futures::future::join_all(waits).await;
+            return confirmed.into_iter().all(|ok| ok);
         }
         if region.name == self.primary_region {
             return true;

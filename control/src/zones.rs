@@ -1,5 +1,6 @@
 //! Seeds the zones from the configuration: the `domains` rows, each zone's SOA and NS, the
-//! regions' edge host records (`us.a.tunnel.test A ...`) and the `regions` table. Idempotent:
+//! address records of its in-zone name servers (`nameserver_addresses`), the regions' edge
+//! host records (`us.a.tunnel.test A ...`) and the `regions` table. Idempotent:
 //! run at `migrate` and at every `serve` start, so a changed address or TTL takes effect.
 //!
 //! The apex A/AAAA (the connect name) is not stored: pdns-backend computes it per query from
@@ -61,12 +62,14 @@ pub fn seed(conn: &mut PgConnection, cfg: &Config) -> anyhow::Result<()> {
     for zone in [&cfg.zones.pro, &cfg.zones.free] {
         conn.transaction::<_, diesel::result::Error, _>(|conn| {
             let id = ensure_domain(conn, &zone.name)?;
+            let glue = cfg.in_zone_nameserver_records(zone);
             let mut managed: Vec<String> = vec![zone.name.clone()];
             managed.extend(
                 cfg.regions
                     .iter()
                     .map(|r| format!("{}.{}", r.name, zone.name)),
             );
+            managed.extend(glue.iter().map(|(name, _, _)| name.clone()));
             diesel::delete(
                 records::table
                     .filter(records::domain_id.eq(id))
@@ -96,6 +99,11 @@ pub fn seed(conn: &mut PgConnection, cfg: &Config) -> anyhow::Result<()> {
                 if let Some(ip) = r.ipv6 {
                     rows.push((host.clone(), "AAAA".into(), ip.to_string(), zone.infra_ttl));
                 }
+            }
+            // In-zone name servers' addresses: a resolver following the parent's delegation
+            // (NS plus glue) gets them confirmed here, authoritatively.
+            for (name, rtype, ip) in glue {
+                rows.push((name, rtype.into(), ip, zone.infra_ttl));
             }
             for (name, rtype, content, ttl) in rows {
                 diesel::insert_into(records::table)
