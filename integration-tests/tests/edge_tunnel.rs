@@ -122,7 +122,7 @@ fn tunnel_with(token: &str, port: u16, options: &[&str]) -> SshArgs {
 }
 
 #[test]
-fn stock_clients_get_aes_gcm_and_operators_may_offer_other_ciphers() {
+fn stock_clients_get_aes_gcm_others_their_own_cipher_and_operators_may_offer_more() {
     let s = EdgeStack::start("");
     let local = LocalService::start("local");
     let token = s.pro_token();
@@ -138,20 +138,24 @@ fn stock_clients_get_aes_gcm_and_operators_may_offer_other_ciphers() {
         "a stock client lands on AES-128-GCM by default:\n{err}"
     );
 
-    // A client that allows only ChaCha20 hears from its own ssh what the edge offers.
-    let mut refused = s.ssh(
+    // A client configured to allow only ChaCha20 gets in with it: the edge read its list
+    // and added the fallback ciphers to its offer (another account: the first one's
+    // default name is live).
+    let mut chacha_only = s.ssh(
         "chacha-only",
         &tunnel_with(
-            &token,
+            &s.pro_token(),
             local.port,
-            &["Ciphers=chacha20-poly1305@openssh.com"],
+            &["Ciphers=chacha20-poly1305@openssh.com", "LogLevel=DEBUG1"],
         ),
     );
-    let out = refused.wait_exit(PATIENCE).unwrap();
+    let url = chacha_only.wait_for_url(PATIENCE).unwrap();
+    let err = chacha_only.stderr();
     assert!(
-        out.contains("no matching cipher found") && out.contains("aes128-gcm@openssh.com"),
-        "{out}"
+        err.contains("server->client cipher: chacha20-poly1305@openssh.com"),
+        "{err}"
     );
+    assert_eq!(s.visit(&url, "/hello").status(), 200);
 
     // An edge configured to offer ChaCha20 gets it from the same stock client (another
     // account: the first one's default name is live on the us edge).
