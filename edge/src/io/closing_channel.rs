@@ -75,16 +75,6 @@ impl PeerCloses {
     fn forget(&self, id: ChannelId) {
         crate::ssh::link::lock(&self.waiting).remove(&id);
     }
-
-    /// How many channels are being watched.
-    pub fn len(&self) -> usize {
-        crate::ssh::link::lock(&self.waiting).len()
-    }
-
-    /// Whether no channel is being watched.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// A channel's stream that, when dropped, lets the client close the channel first.
