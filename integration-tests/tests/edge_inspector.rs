@@ -576,16 +576,9 @@ fn a_request_relayed_by_another_edge_is_recorded_where_the_tunnel_is_served() {
     );
 }
 
-/// Resident memory of a process, in bytes (`VmRSS` of /proc/PID/status).
+/// Resident memory of a process, in bytes.
 fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .expect("VmRSS");
-    kib * 1024
+    nearhop_stack::process::rss_kib(pid).expect("the edge's VmRSS") * 1024
 }
 
 #[test]

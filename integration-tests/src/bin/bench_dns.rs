@@ -164,16 +164,6 @@ fn poll_until_answered(addr: SocketAddr, name: String, give_up: Instant) -> Opti
     None
 }
 
-fn vm_rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .context("VmRSS")
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     if std::env::var_os("NEARHOP_PROFILE").is_none() {
@@ -369,7 +359,7 @@ fn main() -> Result<()> {
         }
         let load = started.elapsed();
         std::thread::sleep(Duration::from_millis(500));
-        let rss = vm_rss_kib(child.pid())?;
+        let rss = nearhop_stack::process::rss_kib(child.pid())?;
         Some((total, load, rss))
     } else {
         None

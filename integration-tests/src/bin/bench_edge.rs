@@ -19,7 +19,7 @@ use nearhop_stack::control::bin_path;
 use nearhop_stack::edge::{url_host_port, EdgeProcess, EdgeSpec, SshArgs, SshClient};
 use nearhop_stack::poll::try_eventually;
 use nearhop_stack::ports::free_port;
-use nearhop_stack::process::{run, ChildGuard};
+use nearhop_stack::process::{rss_kib, run, ChildGuard};
 use nearhop_stack::{Stack, StackOptions};
 use nearhop_wire::Plan;
 use std::io::{BufRead, BufReader};
@@ -595,15 +595,6 @@ fn idle_memory(args: &Args, stack: &Stack, edge: &EdgeProcess) -> Result<()> {
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmRSS")
 }
 
 fn wrk(args: &Args, url: &str, headers: &[String]) -> Result<Wrk> {

@@ -16,6 +16,7 @@ use clap::Parser;
 use nearhop_stack::control::bin_path;
 use nearhop_stack::edge::{EdgeProcess, EdgeSpec};
 use nearhop_stack::local_service::LocalService;
+use nearhop_stack::process::{open_fds, rss_kib};
 use nearhop_stack::{Stack, StackOptions};
 use nearhop_wire::Plan;
 use std::io::{BufRead, BufReader};
@@ -64,15 +65,10 @@ struct Usage {
 }
 
 fn usage(pid: u32) -> Result<Usage> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("process {pid} is gone"))?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmRSS")?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
-    Ok(Usage { rss_kib, fds })
+    Ok(Usage {
+        rss_kib: rss_kib(pid)?,
+        fds: open_fds(pid)?,
+    })
 }
 
 fn mib(kib: u64) -> f64 {
