@@ -171,39 +171,28 @@ fn main() -> Result<()> {
         vec!["sleep".into(), "1000000".into()],
     )?;
 
-    // A tunnel to nginx through the edge, for a fresh account; `keyword` picks its kind,
-    // `command` its options, `no_command` runs it as `ssh -N`.
-    let edge_tunnel = |name: &str, keyword: &str, command: Vec<String>, no_command: bool| {
-        let token = stack.control.create_account(Plan::Pro)?.token;
-        let mut client = SshClient::start(
-            &dir.join("ssh"),
-            name,
-            edge.ssh_addr(),
-            &SshArgs {
-                user: Some(format!("{token}{keyword}")),
-                forwards: vec![format!("0:127.0.0.1:{nginx_port}")],
-                options: args.ssh_option.clone(),
-                no_command,
-                command,
-            },
-        )?;
-        let url = client.wait_for_url(Duration::from_secs(30))?;
-        let (host, port) = url_host_port(&url)?;
-        anyhow::Ok((client, host, port))
+    let tunnels = EdgeTunnels {
+        stack: &stack,
+        edge: &edge,
+        dir: &dir,
+        nginx_port,
+        ssh_options: &args.ssh_option,
     };
-    let (mut edge_client, host, _) = edge_tunnel("edge-forward", "", vec![], false)?;
-    let (mut edge_n_client, host_n, _) = edge_tunnel("edge-forward-n", "", vec![], true)?;
+    let (mut edge_client, host, _) = tunnels.open("edge-forward", "", &[], vec![], false)?;
+    let (mut edge_n_client, host_n, _) = tunnels.open("edge-forward-n", "", &[], vec![], true)?;
     // A typical set of options: basic auth and one header rule.
-    let (mut edge_opts_client, host_opts, _) = edge_tunnel(
+    let (mut edge_opts_client, host_opts, _) = tunnels.open(
         "edge-forward-options",
         "",
+        &[],
         vec!["b:bench:secret".into(), "a:X-Bench:1".into()],
         false,
     )?;
     let via_edge = format!("http://{}", edge.http_addr());
     // The same edge carrying a `tcp` tunnel: bytes spliced with no HTTP on the edge, the
     // ceiling for what the HTTP path can reach.
-    let (mut tcp_client, _, tcp_port) = edge_tunnel("edge-tcp-forward", "+tcp", vec![], false)?;
+    let (mut tcp_client, _, tcp_port) =
+        tunnels.open("edge-tcp-forward", "+tcp", &[], vec![], false)?;
     let via_edge_tcp = format!("http://{}:{tcp_port}", edge.spec.ip);
 
     // A second edge, in another region, that holds no tunnel: it relays to the first.
@@ -377,6 +366,47 @@ fn main() -> Result<()> {
     setup_times(&args, &stack, &edge, nginx_port, sshd_port, &key)?;
     idle_memory(&args, &stack, &edge)?;
     Ok(())
+}
+
+/// Opens tunnels to nginx through one edge, each for a fresh pro account.
+struct EdgeTunnels<'a> {
+    stack: &'a Stack,
+    edge: &'a EdgeProcess,
+    dir: &'a Path,
+    nginx_port: u16,
+    /// The run's `--ssh-option`s, given to every tunnel client.
+    ssh_options: &'a [String],
+}
+
+impl EdgeTunnels<'_> {
+    /// A tunnel as `TOKEN{keyword}` (its kind), with `options` besides the run's, `command`
+    /// words (the tunnel's options), or as `ssh -N` with `no_command`. Returns the client,
+    /// and the tunnel's host and port once its URL is printed.
+    fn open(
+        &self,
+        name: &str,
+        keyword: &str,
+        options: &[String],
+        command: Vec<String>,
+        no_command: bool,
+    ) -> Result<(SshClient, String, u16)> {
+        let token = self.stack.control.create_account(Plan::Pro)?.token;
+        let mut client = SshClient::start(
+            &self.dir.join("ssh"),
+            name,
+            self.edge.ssh_addr(),
+            &SshArgs {
+                user: Some(format!("{token}{keyword}")),
+                forwards: vec![format!("0:127.0.0.1:{}", self.nginx_port)],
+                options: self.ssh_options.iter().chain(options).cloned().collect(),
+                no_command,
+                command,
+            },
+        )?;
+        let url = client.wait_for_url(Duration::from_secs(30))?;
+        let (host, port) = url_host_port(&url)?;
+        Ok((client, host, port))
+    }
 }
 
 /// Waits until `base` serves the tunnel `host` (a relaying edge learns the holder from its
@@ -821,25 +851,19 @@ fn inspector_cost(
     nginx_port: u16,
     dir: &Path,
 ) -> Result<()> {
+    let tunnels = EdgeTunnels {
+        stack,
+        edge,
+        dir,
+        nginx_port,
+        ssh_options: &args.ssh_option,
+    };
     let tunnel = |name: &str, keyword: &str, inspector_port: Option<u16>| {
-        let token = stack.control.create_account(Plan::Pro)?.token;
-        let mut options = args.ssh_option.clone();
-        if let Some(p) = inspector_port {
-            options.push(format!("LocalForward=127.0.0.1:{p} localhost:4300"));
-        }
-        let mut client = SshClient::start(
-            &dir.join("ssh"),
-            name,
-            edge.ssh_addr(),
-            &SshArgs {
-                user: Some(format!("{token}{keyword}")),
-                forwards: vec![format!("0:127.0.0.1:{nginx_port}")],
-                options,
-                ..SshArgs::default()
-            },
-        )?;
-        let url = client.wait_for_url(Duration::from_secs(30))?;
-        let (host, _) = url_host_port(&url)?;
+        let forward: Vec<String> = inspector_port
+            .map(|p| format!("LocalForward=127.0.0.1:{p} localhost:4300"))
+            .into_iter()
+            .collect();
+        let (client, host, _) = tunnels.open(name, keyword, &forward, vec![], false)?;
         anyhow::Ok((client, host))
     };
     let viewer_port = free_port(LOCAL);
