@@ -3,23 +3,13 @@
 //! up. Usage: `idle_tunnels ADDR COUNT CONCURRENCY TOKEN[,TOKEN...] NAMES_PER_TOKEN`.
 //! Session i uses token i / NAMES_PER_TOKEN and the name `idle<i>`. Runs until killed.
 
-use russh::client::{self, Handler};
+mod common;
+
+use common::TrustAnyKey;
+use russh::client;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-
-struct Quiet;
-
-impl Handler for Quiet {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -33,16 +23,8 @@ fn main() -> anyhow::Result<()> {
     let per_token: usize = per_token.parse()?;
     let tokens: Vec<String> = tokens.split(',').map(str::to_string).collect();
     let gate = Arc::new(Semaphore::new(concurrency.parse()?));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let config = Arc::new(client::Config {
-            inactivity_timeout: None,
-            keepalive_interval: None,
-            ..Default::default()
-        });
+    common::runtime()?.block_on(async move {
+        let config = common::client_config();
         let started = Instant::now();
         let mut tasks = Vec::new();
         for i in 0..count {
@@ -54,7 +36,7 @@ fn main() -> anyhow::Result<()> {
             tasks.push(tokio::spawn(async move {
                 let _permit = gate.acquire_owned().await?;
                 let t0 = Instant::now();
-                let mut handle = client::connect(config, addr, Quiet).await?;
+                let mut handle = client::connect(config, addr, TrustAnyKey).await?;
                 let auth = handle.authenticate_none(token).await?;
                 anyhow::ensure!(auth.success(), "authentication refused");
                 handle.tcpip_forward(format!("idle{i}"), 0).await?;

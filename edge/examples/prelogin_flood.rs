@@ -6,25 +6,14 @@
 //!
 //! Usage: `prelogin_flood SSH_ADDR COUNT HOLD_MS`.
 
+mod common;
+
 use anyhow::{Context, Result};
-use russh::client::{self, Handler};
+use common::TrustAnyKey;
+use russh::client;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpSocket;
-
-struct Trusting;
-
-impl Handler for Trusting {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -34,16 +23,8 @@ fn main() -> Result<()> {
     let addr: SocketAddr = addr.parse().context("SSH_ADDR")?;
     let count: usize = count.parse().context("COUNT")?;
     let hold = Duration::from_millis(hold_ms.parse().context("HOLD_MS")?);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let config = Arc::new(client::Config {
-            inactivity_timeout: None,
-            keepalive_interval: None,
-            ..Default::default()
-        });
+    common::runtime()?.block_on(async move {
+        let config = common::client_config();
         let started = Instant::now();
         let mut tasks = Vec::new();
         for i in 0..count {
@@ -53,7 +34,7 @@ fn main() -> Result<()> {
                 let socket = TcpSocket::new_v4()?;
                 socket.bind((source, 0).into())?;
                 let stream = socket.connect(addr).await?;
-                let session = client::connect_stream(config, stream, Trusting).await?;
+                let session = client::connect_stream(config, stream, TrustAnyKey).await?;
                 tokio::time::sleep(hold).await;
                 drop(session);
                 Ok::<_, anyhow::Error>(())

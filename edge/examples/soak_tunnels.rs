@@ -17,6 +17,8 @@
 //! Prints JSON lines on stdout: `{"phase":"up",...}` when every tunnel is up, a
 //! `{"phase":"tick",...}` every `--report-seconds`, and `{"phase":"done",...}` at the end.
 
+mod common;
+
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use russh::client::{self, Handle, Handler, Msg, Session};
@@ -151,19 +153,11 @@ fn main() -> Result<()> {
             args.tunnels
         );
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    rt.block_on(run(args, tokens))
+    common::runtime()?.block_on(run(args, tokens))
 }
 
 async fn run(args: Args, tokens: Vec<String>) -> Result<()> {
-    let config = Arc::new(client::Config {
-        inactivity_timeout: None,
-        keepalive_interval: None,
-        ..Default::default()
-    });
+    let config = common::client_config();
     let splicer = Splicer {
         target_port: args.target_port,
     };
