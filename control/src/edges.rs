@@ -124,6 +124,7 @@ pub async fn register(
         heartbeat_seconds: st.cfg.heartbeat_seconds,
         closed_tunnels,
         peers,
+        certificates_generation: 0,
     })
 }
 
@@ -170,7 +171,11 @@ pub async fn heartbeat(
             .load(conn)?;
         let close = to_close(gone, reasons, limit);
         let peers = crate::peers::list(conn, &edge_id, heartbeat_seconds)?;
-        Ok(EdgeHeartbeatResponse { close, peers })
+        Ok(EdgeHeartbeatResponse {
+            close,
+            peers,
+            certificates_generation: 0,
+        })
     })
     .await
 }

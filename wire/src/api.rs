@@ -194,6 +194,10 @@ pub struct RegisterEdgeResponse {
     /// The other edges of the mesh (empty from a control without the mesh).
     #[serde(default)]
     pub peers: Vec<PeerEdge>,
+    /// Changes whenever control's set of ACME certificates changes; an edge that holds another
+    /// generation fetches `GET /v1/edges/{id}/certificates`. 0: control holds none.
+    #[serde(default)]
+    pub certificates_generation: i64,
 }
 
 /// Edge → control: the edge is alive and these are its live tunnels
@@ -214,6 +218,9 @@ pub struct EdgeHeartbeatResponse {
     /// The other edges of the mesh now; an edge missing here is no longer a peer.
     #[serde(default)]
     pub peers: Vec<PeerEdge>,
+    /// As in [`RegisterEdgeResponse::certificates_generation`].
+    #[serde(default)]
+    pub certificates_generation: i64,
 }
 
 /// A tunnel the edge must close, and the sentence to tell its client.
@@ -442,9 +449,60 @@ pub struct EdgeRoutes {
     pub custom_domains: Vec<(String, String)>,
 }
 
+/// `GET /v1/edges/{id}/certificates`: every certificate control obtained by ACME that is in
+/// service now, for the edges' HTTPS listeners.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct EdgeCertificates {
+    /// The generation these certificates make up (as in the heartbeat answer).
+    pub generation: i64,
+    /// One per zone (its apex and wildcard) and per verified custom domain.
+    pub certificates: Vec<IssuedCertificate>,
+}
+
+/// One certificate and its private key. Its `Debug` leaves the key out, so that it can never
+/// reach a log.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct IssuedCertificate {
+    /// The names it covers, as in the certificate: `["a.tunnel.test", "*.a.tunnel.test"]`,
+    /// or `["app.example.com"]`.
+    pub names: Vec<String>,
+    /// The chain in PEM, leaf first.
+    pub chain_pem: String,
+    /// The private key in PEM (PKCS#8).
+    pub key_pem: String,
+    /// When the certificate expires, seconds since the Unix epoch.
+    pub not_after_unix: i64,
+}
+
+impl std::fmt::Debug for IssuedCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCertificate")
+            .field("names", &self.names)
+            .field("not_after_unix", &self.not_after_unix)
+            .field("chain_pem_bytes", &self.chain_pem.len())
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_certificates_debug_never_shows_its_key() {
+        let c = IssuedCertificate {
+            names: vec!["a.tunnel.test".into()],
+            chain_pem: "-----BEGIN CERTIFICATE-----".into(),
+            key_pem: "-----BEGIN PRIVATE KEY-----secret".into(),
+            not_after_unix: 1,
+        };
+        let shown = format!("{c:?}");
+        assert!(shown.contains("a.tunnel.test"), "{shown}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("PRIVATE"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn error_shape_is_stable() {
