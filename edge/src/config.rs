@@ -69,6 +69,10 @@ pub struct Config {
     pub tls_cert_path: Option<PathBuf>,
     /// The certificate's private key (PEM).
     pub tls_key_path: Option<PathBuf>,
+    /// Where to keep the certificates control obtained by ACME (a JSON file with their
+    /// keys, mode 0600), so that a restart while control is away still serves HTTPS. None:
+    /// not kept.
+    pub certificates_cache_path: Option<PathBuf>,
     /// Address TCP tunnels' public ports are bound on; defaults to the `http_listen` address.
     pub tcp_bind_ip: Option<IpAddr>,
     /// Inclusive range of public ports for TCP tunnels.
@@ -280,6 +284,7 @@ impl Default for Config {
             public_tls_port: None,
             tls_cert_path: None,
             tls_key_path: None,
+            certificates_cache_path: None,
             tcp_bind_ip: None,
             tcp_port_range: (20000, 20999),
             host_key_path: PathBuf::from("edge_host_key"),
@@ -436,11 +441,6 @@ impl Config {
     /// Port printed in TLS URLs.
     pub fn public_tls_port(&self) -> u16 {
         self.public_tls_port.unwrap_or(self.tls_listen.port())
-    }
-
-    /// Whether the edge terminates HTTPS for `http` tunnels.
-    pub fn https(&self) -> bool {
-        self.tls_cert_path.is_some()
     }
 
     /// Address TCP tunnels listen on.

@@ -260,14 +260,11 @@ where
                 Route::Relay(link) => relay_whole(&edge, &link, stream, peer, hello.bytes).await,
                 // The handshake reads the ClientHello again from the bytes put back, and the
                 // HTTP listener's code serves what is inside (404 page for unknown names
-                // included). The route says so only when a certificate is configured.
-                Route::Terminate => match &edge.https {
-                    Some(https) => {
-                        let https = https.clone();
-                        terminate(&edge, https, stream, peer, hello.bytes, deadline, arrival).await
-                    }
-                    None => unrecognized_name(&mut stream, &hello.server_name).await,
-                },
+                // included). The route says so only when a certificate covers the name.
+                Route::Terminate => {
+                    let https = edge.https.clone();
+                    terminate(&edge, https, stream, peer, hello.bytes, deadline, arrival).await
+                }
                 // Outside the allowlist: closed without a word, as a TCP port would.
                 Route::Refuse(Refusal::Forbidden) => {
                     tracing::debug!("visitor outside the tunnel's allowlist")
