@@ -56,6 +56,9 @@ pub struct Config {
     /// Whether SSH clients may connect on the TLS port too (for networks that let only
     /// 443 out); plain HTTP is served there as well.
     pub ssh_on_tls_port: bool,
+    /// With `ssh_on_tls_port`: a client that has sent nothing this long after connecting to
+    /// the TLS port is taken for an SSH client waiting for the server to speak first.
+    pub ssh_on_tls_port_silence_ms: u64,
     /// Where control's calls and Prometheus scrapes arrive.
     pub admin_listen: SocketAddr,
     /// The admin URL control should call; defaults to `http://<admin_listen>`.
@@ -278,6 +281,7 @@ impl Default for Config {
             http_listen: ([127, 0, 0, 1], 8080).into(),
             tls_listen: ([127, 0, 0, 1], 8443).into(),
             ssh_on_tls_port: true,
+            ssh_on_tls_port_silence_ms: 3000,
             admin_listen: ([127, 0, 0, 1], 9090).into(),
             admin_url: None,
             public_http_port: None,
