@@ -1,5 +1,8 @@
 //! Edge configuration: a TOML file plus `NEARHOP_EDGE_<KEY>` environment overrides, parsed
 //! and checked once at start into types the rest of the edge trusts.
+//!
+//! Long because every setting sits beside its default and its check, with about 175 lines of
+//! tests.
 
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
