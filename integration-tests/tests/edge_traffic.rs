@@ -2,7 +2,7 @@
 //! byte-identical, 100 concurrent visitors, an upgraded connection stays open while idle, TCP
 //! tunnels round-trip.
 
-use nearhop_stack::edge::url_host_port;
+use nearhop_stack::edge::{url_host_port, DevCertificate};
 use nearhop_stack::prelude::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -251,13 +251,9 @@ fn noreverseproxy_routes_by_host_then_passes_bytes_untouched() {
 
 #[test]
 fn https_is_served_with_the_operators_certificate() {
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = nearhop_stack::edge::dev_zone_certificate(certs.path()).unwrap();
-    let s = EdgeStack::start(&format!(
-        "tls_cert_path = \"{}\"\ntls_key_path = \"{}\"\n",
-        cert.display(),
-        key.display()
-    ));
+    let dev = DevCertificate::make();
+    let cert = dev.cert.clone();
+    let s = EdgeStack::start(&dev.edge_toml());
     let ip = s.edge.spec.ip;
     let tls_port = s.edge.spec.tls;
     let local = LocalService::start("local");
@@ -407,12 +403,11 @@ fn channels_of_departed_visitors_are_closed_by_the_client_first() {
 /// HTTP gets a sentence naming the HTTP port.
 #[test]
 fn ssh_and_plain_http_are_served_on_the_tls_port() {
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = nearhop_stack::edge::dev_zone_certificate(certs.path()).unwrap();
+    let dev = DevCertificate::make();
+    let cert = dev.cert.clone();
     let s = EdgeStack::start(&format!(
-        "tls_cert_path = \"{}\"\ntls_key_path = \"{}\"\nssh_on_tls_port_silence_ms = 1500\n",
-        cert.display(),
-        key.display()
+        "{}ssh_on_tls_port_silence_ms = 1500\n",
+        dev.edge_toml()
     ));
     let local = LocalService::start("local");
     let tls_addr = std::net::SocketAddr::from((s.edge.spec.ip, s.edge.spec.tls));
