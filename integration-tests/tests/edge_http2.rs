@@ -285,6 +285,39 @@ fn every_stream_of_one_h2_connection_passes_the_tunnels_rules() {
     on_one_h2_connection(&got, &[404, 404]);
     assert!(got[1].body.contains("No tunnel here"), "{}", got[1].body);
 
+    // The request inspector records h2 streams like HTTP/1.1 requests.
+    let inspector_port = nearhop_stack::ports::free_port(Ipv4Addr::LOCALHOST);
+    let args = SshArgs {
+        options: vec![format!(
+            "LocalForward=127.0.0.1:{inspector_port} localhost:4300"
+        )],
+        ..SshArgs::http_tunnel(Some(&format!("{}+inspect", s.pro_token())), local.port)
+    };
+    let mut inspected = s.ssh("inspected", &args);
+    let host = host_of(&inspected.wait_for_url(PATIENCE).unwrap());
+    let got = me.curl(
+        "--http2",
+        &[
+            Fetch::new(&host, "/seen-1", &[]),
+            Fetch::new(&host, "/seen-2", &["-X", "POST", "-d", "posted"]),
+        ],
+    );
+    on_one_h2_connection(&got, &[200, 200]);
+    let list = eventually("the inspector lists both streams, answered", || {
+        let list: serde_json::Value =
+            reqwest::blocking::get(format!("http://127.0.0.1:{inspector_port}/api/requests"))?
+                .json()?;
+        let done = |path: &str| {
+            list["requests"].as_array().is_some_and(|rs| {
+                rs.iter()
+                    .any(|r| r["path"] == path && r["state"] == "done" && r["status"] == 200)
+            })
+        };
+        anyhow::ensure!(done("/seen-1") && done("/seen-2"), "{list}");
+        Ok(list)
+    });
+    assert!(list.to_string().contains("POST"), "{list}");
+
     // Headers past the edge's limit (64 KiB) are refused before the tunnel (hyper's h2
     // answers 431 and resets the stream), and the connection goes on.
     let big_local = LocalService::start("big");
