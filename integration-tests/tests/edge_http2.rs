@@ -1,8 +1,9 @@
 //! HTTP/2 to HTTPS visitors through a real edge, the stock OpenSSH client and curl: ALPN
 //! `h2` is negotiated, every stream of one connection passes the tunnel's rules like an
 //! HTTP/1.1 request, streams reach the local service side by side, a 100 MB download
-//! arrives intact, a tunnel held by another edge is reached over h2, and HTTP/1.1 keeps
-//! working on the same port.
+//! arrives intact, a tunnel held by another edge is reached over h2, HTTP/1.1 keeps
+//! working on the same port, and hostile frames (no authority, rapid reset, oversized
+//! headers) get clear errors while the edge goes on.
 
 use nearhop_stack::prelude::*;
 use std::io::{BufRead, BufReader, Write};
@@ -530,5 +531,120 @@ fn a_tunnel_held_by_another_edge_is_reached_over_h2() {
         got[2].body.starts_with("hello from local /two"),
         "{}",
         got[2].body
+    );
+}
+
+/// A visitor speaking HTTP/2 frame by frame (Python's ssl, no HTTP/2 library), for what
+/// curl would never send: `no-authority` (one GET without `:authority` or `host`) or
+/// `rapid-reset` (2000 streams, each cancelled at once, in one write). It prints the
+/// frames it got back, one a line.
+const RAW_H2: &str = r#"import socket, ssl, struct, sys
+ip, port, host, ca, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols(["h2"])
+raw = socket.create_connection((ip, port), timeout=30)
+s = ctx.wrap_socket(raw, server_hostname=host)
+assert s.selected_alpn_protocol() == "h2", s.selected_alpn_protocol()
+def frame(kind, flags, stream, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+def literal(index, value):
+    v = value.encode()
+    return bytes([index]) + bytes([len(v)]) + v
+out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0)
+get = b"\x82\x87\x84"
+if mode == "no-authority":
+    out += frame(1, 5, 1, get)
+elif mode == "rapid-reset":
+    for i in range(2000):
+        sid = 2 * i + 1
+        out += frame(1, 5, sid, get + literal(1, host)) + frame(3, 0, sid, struct.pack(">I", 8))
+s.sendall(out)
+buf = b""
+statuses = {8: 200, 9: 204, 10: 206, 11: 304, 12: 400, 13: 404, 14: 500}
+body = b""
+while True:
+    try:
+        chunk = s.recv(65536)
+    except (ConnectionError, ssl.SSLError, socket.timeout) as e:
+        print("closed", type(e).__name__); break
+    if not chunk:
+        print("closed eof"); break
+    buf += chunk
+    done = False
+    while len(buf) >= 9:
+        n = int.from_bytes(buf[:3], "big"); kind, flags = buf[3], buf[4]
+        sid = int.from_bytes(buf[5:9], "big") & 0x7fffffff
+        if len(buf) < 9 + n: break
+        payload, buf = buf[9:9 + n], buf[9 + n:]
+        if kind == 4 and not flags & 1:
+            s.sendall(frame(4, 1, 0))
+        elif kind == 1:
+            print("headers", sid, "status", statuses.get(payload[0] & 0x7f) if payload[0] & 0x80 else "literal")
+            if flags & 1 and mode == "no-authority": done = True
+        elif kind == 0:
+            body += payload
+            if flags & 1 and mode == "no-authority": done = True
+        elif kind == 3:
+            print("reset", sid, int.from_bytes(payload, "big"))
+        elif kind == 7:
+            print("goaway", int.from_bytes(payload[4:8], "big")); done = True
+    if done: break
+if body: print("body", body.decode(errors="replace"))
+"#;
+
+fn raw_h2(https: &Https<'_>, host: &str, mode: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            RAW_H2,
+            &https.ip.to_string(),
+            &https.port.to_string(),
+            host,
+        ])
+        .arg(https.ca)
+        .arg(mode)
+        .output()
+        .expect("python3 runs");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn hostile_h2_gets_clear_errors_and_the_edge_goes_on() {
+    let certs = tempfile::tempdir().unwrap();
+    let (s, ca) = https_stack(certs.path());
+    let local = LocalService::start("local");
+    let (_client, host) = tunnel(&s, "target", &local, &[]);
+    let me = Https {
+        ip: s.edge.spec.ip,
+        port: s.edge.spec.tls,
+        ca: &ca,
+        from: Ipv4Addr::LOCALHOST,
+        dir: s.stack.dir.join("h2-hostile"),
+    };
+    // A stream that names no host gets the edge's 400 page saying so.
+    let said = raw_h2(&me, &host, "no-authority");
+    assert!(
+        said.contains("headers 1 status 400") && said.contains("The request names no host."),
+        "{said}"
+    );
+    // Rapid reset: hyper's h2 closes the connection with GOAWAY ENHANCE_YOUR_CALM (11).
+    let said = raw_h2(&me, &host, "rapid-reset");
+    assert!(said.contains("goaway 11"), "{said}");
+    // The edge goes on serving, over h2 and over HTTP/1.1.
+    let got = me.curl("--http2", &[Fetch::new(&host, "/after", &[])]);
+    assert_eq!(
+        (got[0].version.as_str(), got[0].status),
+        ("2", 200),
+        "{got:?}"
+    );
+    let got = me.curl("--http1.1", &[Fetch::new(&host, "/after", &[])]);
+    assert_eq!(
+        (got[0].version.as_str(), got[0].status),
+        ("1.1", 200),
+        "{got:?}"
     );
 }
