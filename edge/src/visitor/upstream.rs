@@ -312,3 +312,129 @@ impl Body for GivesBack {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper::{Request, Response};
+    use nearhop_wire::TunnelKind;
+    use std::convert::Infallible;
+
+    fn tunnel(id: i64) -> Arc<Tunnel> {
+        Arc::new(Tunnel::new(
+            id,
+            "blog.a.tunnel.test".into(),
+            "a.tunnel.test".into(),
+            "us".into(),
+            TunnelKind::Http,
+            None,
+            crate::tunnels::ForwardTarget {
+                address: "localhost".into(),
+                port: 8000,
+            },
+            Arc::new(crate::ssh::link::SessionLink::new(
+                1,
+                "127.0.0.1:1".parse().expect("addr"),
+            )),
+            Arc::default(),
+        ))
+    }
+
+    /// An upstream to tunnel 1 whose far end is hyper's HTTP/1.1 server in memory,
+    /// answering `GET /N` with N bytes (a channel without the SSH around it).
+    async fn upstream() -> Upstream {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let service = service_fn(|req: Request<Incoming>| async move {
+                let n: usize = req.uri().path()[1..].parse().unwrap_or(0);
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![b'x'; n]))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(far), service)
+                .await;
+        });
+        Upstream {
+            key: UpstreamKey::Tunnel(1),
+            sender: http_over(near).await.expect("handshake"),
+            _share: None,
+        }
+    }
+
+    fn get(path: &str) -> Request<UpstreamBody> {
+        Request::builder()
+            .uri(path)
+            .header("host", "local")
+            .body(Either::Right(Either::Left(Empty::new())))
+            .expect("request")
+    }
+
+    async fn send(
+        pool: &Arc<IdlePool>,
+        mut up: Upstream,
+        path: &str,
+    ) -> hyper::Response<ProxyBody> {
+        let resp = up.sender.send_request(get(path)).await.expect("answer");
+        pool.give_back_after(resp, up)
+    }
+
+    #[tokio::test]
+    async fn a_channel_goes_back_when_its_answer_ended_and_carries_the_next_stream() {
+        let (pool, tunnel) = (Arc::new(IdlePool::default()), tunnel(1));
+        let resp = send(&pool, upstream().await, "/100000").await;
+        assert_eq!(pool.idle_count(), 0, "busy while its answer streams");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body.len(), 100_000);
+        assert_eq!(pool.idle_count(), 1, "back once the answer ended");
+        let again = pool
+            .take(Target::Tunnel(&tunnel))
+            .await
+            .expect("idle channel");
+        assert_eq!(pool.idle_count(), 0);
+        let resp = send(&pool, again, "/5").await;
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"xxxxx");
+    }
+
+    #[tokio::test]
+    async fn an_empty_answer_gives_its_channel_back_at_once() {
+        let pool = Arc::new(IdlePool::default());
+        let resp = send(&pool, upstream().await, "/0").await;
+        assert_eq!(pool.idle_count(), 1);
+        drop(resp);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_short_closes_its_channel() {
+        let pool = Arc::new(IdlePool::default());
+        let mut resp = send(&pool, upstream().await, "/1000000").await;
+        let first = resp
+            .body_mut()
+            .frame()
+            .await
+            .expect("a frame")
+            .expect("data");
+        assert!(first.is_data());
+        drop(resp);
+        assert_eq!(
+            pool.idle_count(),
+            0,
+            "a half-read answer's channel is not reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_pool_keeps_at_most_its_cap_of_idle_channels_and_none_to_another_target() {
+        let pool = Arc::new(IdlePool::default());
+        for _ in 0..MAX_IDLE_PER_CONNECTION + 4 {
+            let resp = send(&pool, upstream().await, "/0").await;
+            drop(resp);
+        }
+        assert_eq!(pool.idle_count(), MAX_IDLE_PER_CONNECTION);
+        let other = tunnel(2);
+        assert!(pool.take(Target::Tunnel(&other)).await.is_none());
+        assert_eq!(pool.idle_count(), MAX_IDLE_PER_CONNECTION);
+    }
+}
