@@ -135,10 +135,12 @@ fn tunnel(
     (client, host_of(&url))
 }
 
-fn https_stack(certs: &Path) -> (EdgeStack, PathBuf) {
+/// The edge stack with the zone certificate (its path returned for `--cacert`) and
+/// `extra_toml`.
+fn https_stack(certs: &Path, extra_toml: &str) -> (EdgeStack, PathBuf) {
     let (cert, key) = nearhop_stack::edge::dev_zone_certificate(certs).unwrap();
     let s = EdgeStack::start(&format!(
-        "tls_cert_path = \"{}\"\ntls_key_path = \"{}\"\n",
+        "tls_cert_path = \"{}\"\ntls_key_path = \"{}\"\n{extra_toml}",
         cert.display(),
         key.display()
     ));
@@ -148,7 +150,7 @@ fn https_stack(certs: &Path) -> (EdgeStack, PathBuf) {
 #[test]
 fn every_stream_of_one_h2_connection_passes_the_tunnels_rules() {
     let certs = tempfile::tempdir().unwrap();
-    let (s, ca) = https_stack(certs.path());
+    let (s, ca) = https_stack(certs.path(), "");
     let local = LocalService::start("local");
     let at = |from: Ipv4Addr, dir: &str| Https {
         ip: s.edge.spec.ip,
@@ -404,7 +406,7 @@ fn gathering_service(wanted: usize) -> (u16, Arc<AtomicUsize>) {
 #[test]
 fn h2_streams_run_side_by_side_and_a_100_mb_download_is_intact() {
     let certs = tempfile::tempdir().unwrap();
-    let (s, ca) = https_stack(certs.path());
+    let (s, ca) = https_stack(certs.path(), "");
     let (ip, port) = (s.edge.spec.ip, s.edge.spec.tls);
 
     // 20 streams at once on one connection: the service answers none until all 20 wait
@@ -535,9 +537,10 @@ fn a_tunnel_held_by_another_edge_is_reached_over_h2() {
 }
 
 /// A visitor speaking HTTP/2 frame by frame (Python's ssl, no HTTP/2 library), for what
-/// curl would never send: `no-authority` (one GET without `:authority` or `host`) or
-/// `rapid-reset` (2000 streams, each cancelled at once, in one write). It prints the
-/// frames it got back, one a line.
+/// curl would never send: `no-authority` (one GET without `:authority` or `host`),
+/// `rapid-reset` (2000 streams, each cancelled at once, in one write), or `silent` (the
+/// preface and no stream, then waits for the edge to close). It prints the frames it got
+/// back, one a line.
 const RAW_H2: &str = r#"import socket, ssl, struct, sys
 ip, port, host, ca, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 ctx = ssl.create_default_context(cafile=ca)
@@ -578,6 +581,8 @@ while True:
         payload, buf = buf[9:9 + n], buf[9 + n:]
         if kind == 4 and not flags & 1:
             s.sendall(frame(4, 1, 0))
+        elif kind == 6 and not flags & 1:
+            s.sendall(frame(6, 1, 0, payload))
         elif kind == 1:
             print("headers", sid, "status", statuses.get(payload[0] & 0x7f) if payload[0] & 0x80 else "literal")
             if flags & 1 and mode == "no-authority": done = True
@@ -587,7 +592,7 @@ while True:
         elif kind == 3:
             print("reset", sid, int.from_bytes(payload, "big"))
         elif kind == 7:
-            print("goaway", int.from_bytes(payload[4:8], "big")); done = True
+            print("goaway", int.from_bytes(payload[4:8], "big")); done = mode != "silent"
     if done: break
 if body: print("body", body.decode(errors="replace"))
 "#;
@@ -615,7 +620,7 @@ fn raw_h2(https: &Https<'_>, host: &str, mode: &str) -> String {
 #[test]
 fn hostile_h2_gets_clear_errors_and_the_edge_goes_on() {
     let certs = tempfile::tempdir().unwrap();
-    let (s, ca) = https_stack(certs.path());
+    let (s, ca) = https_stack(certs.path(), "visitor_header_timeout_seconds = 3\n");
     let local = LocalService::start("local");
     let (_client, host) = tunnel(&s, "target", &local, &[]);
     let me = Https {
@@ -634,6 +639,13 @@ fn hostile_h2_gets_clear_errors_and_the_edge_goes_on() {
     // Rapid reset: hyper's h2 closes the connection with GOAWAY ENHANCE_YOUR_CALM (11).
     let said = raw_h2(&me, &host, "rapid-reset");
     assert!(said.contains("goaway 11"), "{said}");
+    // A connection that opens no stream within visitor_header_timeout_seconds is closed
+    // (GOAWAY NO_ERROR, then the end of the connection), as an HTTP/1.1 one without a head.
+    let said = raw_h2(&me, &host, "silent");
+    assert!(
+        said.contains("goaway 0") && said.contains("closed"),
+        "{said}"
+    );
     // The edge goes on serving, over h2 and over HTTP/1.1.
     let got = me.curl("--http2", &[Fetch::new(&host, "/after", &[])]);
     assert_eq!(

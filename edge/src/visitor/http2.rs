@@ -9,15 +9,18 @@ use crate::visitor::http::{head_timeout, Upstreams, VisitorConn};
 use crate::visitor::pages::{self, ProxyBody};
 use crate::visitor::routing::Arrival;
 use crate::visitor::upstream::IdlePool;
-use hyper::body::Incoming;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, TE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -52,8 +55,7 @@ pub const MAX_PENDING_RESETS: usize = 20;
 /// closes it (a visitor provoking resets, CVE-2024-2653's cousin).
 pub const MAX_ERROR_RESETS: usize = 1024;
 
-/// A connection that started no stream for this long is closed (gracefully: streams still
-/// running finish first).
+/// A connection with no stream in flight that started none for this long is closed.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(120);
 
 /// Serves a visitor connection whose TLS the edge terminated and whose ALPN is `h2`. The
@@ -80,13 +82,21 @@ pub async fn serve<S>(
         arrival,
         Upstreams::Pooled(Arc::new(IdlePool::default())),
     ));
-    // Streams started so far: the first must come by `deadline`, then one per `IDLE_LIMIT`.
-    let started = Arc::new(AtomicU64::new(0));
-    let counted = started.clone();
+    // The first stream must come by `deadline`; after it, the connection lives while it has
+    // a stream in flight or started one within `IDLE_LIMIT`.
+    let streams = Arc::new(Streams::default());
+    let counted = streams.clone();
     let service = service_fn(move |req| {
-        counted.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight::start(&counted);
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(answer(&conn, req).await) }
+        async move {
+            let resp = answer(&conn, req).await;
+            // Until hyper drops the answer's body: its stream ended or was reset.
+            Ok::<_, Infallible>(resp.map(|body| Tracked {
+                body,
+                _in_flight: in_flight,
+            }))
+        }
     });
     let max_head = edge.config.visitor_max_header_bytes;
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -113,8 +123,8 @@ pub async fn serve<S>(
         tokio::select! {
             r = &mut served => break r,
             _ = tokio::time::sleep_until(check_at), if !closing => {
-                let now = started.load(Ordering::Relaxed);
-                if now == seen {
+                let now = streams.started.load(Ordering::Relaxed);
+                if now == seen && streams.in_flight.load(Ordering::Relaxed) == 0 {
                     tracing::debug!(%peer, streams = now, "HTTP/2 visitor idle; closing");
                     closing = true;
                     served.as_mut().graceful_shutdown();
@@ -130,6 +140,56 @@ pub async fn serve<S>(
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, %peer, "HTTP/2 visitor connection ended with an error");
+    }
+}
+
+/// Streams of one connection: started so far, and in flight (answer not yet done).
+#[derive(Default)]
+struct Streams {
+    started: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+/// One stream in flight, counted until dropped.
+struct InFlight(Arc<Streams>);
+
+impl InFlight {
+    fn start(streams: &Arc<Streams>) -> InFlight {
+        streams.started.fetch_add(1, Ordering::Relaxed);
+        streams.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(streams.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An answer's body that keeps its stream counted in flight as long as it lives.
+struct Tracked {
+    body: ProxyBody,
+    _in_flight: InFlight,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
