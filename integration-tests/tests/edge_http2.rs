@@ -5,6 +5,7 @@
 //! working on the same port, and hostile frames (no authority, rapid reset, oversized
 //! headers) get clear errors while the edge goes on.
 
+use nearhop_stack::edge::DevCertificate;
 use nearhop_stack::prelude::*;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener};
@@ -135,22 +136,18 @@ fn tunnel(
     (client, host_of(&url))
 }
 
-/// The edge stack with the zone certificate (its path returned for `--cacert`) and
+/// The edge stack serving the dev zones' certificate (kept for `--cacert`), with
 /// `extra_toml`.
-fn https_stack(certs: &Path, extra_toml: &str) -> (EdgeStack, PathBuf) {
-    let (cert, key) = nearhop_stack::edge::dev_zone_certificate(certs).unwrap();
-    let s = EdgeStack::start(&format!(
-        "tls_cert_path = \"{}\"\ntls_key_path = \"{}\"\n{extra_toml}",
-        cert.display(),
-        key.display()
-    ));
-    (s, cert)
+fn https_stack(extra_toml: &str) -> (EdgeStack, DevCertificate) {
+    let dev = DevCertificate::make();
+    let s = EdgeStack::start(&format!("{}{extra_toml}", dev.edge_toml()));
+    (s, dev)
 }
 
 #[test]
 fn every_stream_of_one_h2_connection_passes_the_tunnels_rules() {
-    let certs = tempfile::tempdir().unwrap();
-    let (s, ca) = https_stack(certs.path(), "");
+    let (s, dev) = https_stack("");
+    let ca = dev.cert.clone();
     let local = LocalService::start("local");
     let at = |from: Ipv4Addr, dir: &str| Https {
         ip: s.edge.spec.ip,
@@ -405,8 +402,8 @@ fn gathering_service(wanted: usize) -> (u16, Arc<AtomicUsize>) {
 
 #[test]
 fn h2_streams_run_side_by_side_and_a_100_mb_download_is_intact() {
-    let certs = tempfile::tempdir().unwrap();
-    let (s, ca) = https_stack(certs.path(), "");
+    let (s, dev) = https_stack("");
+    let ca = dev.cert.clone();
     let (ip, port) = (s.edge.spec.ip, s.edge.spec.tls);
 
     // 20 streams at once on one connection: the service answers none until all 20 wait
@@ -634,8 +631,8 @@ fn raw_h2(https: &Https<'_>, host: &str, mode: &str) -> String {
 
 #[test]
 fn hostile_h2_gets_clear_errors_and_the_edge_goes_on() {
-    let certs = tempfile::tempdir().unwrap();
-    let (s, ca) = https_stack(certs.path(), "visitor_header_timeout_seconds = 3\n");
+    let (s, dev) = https_stack("visitor_header_timeout_seconds = 3\n");
+    let ca = dev.cert.clone();
     let local = LocalService::start("local");
     let (_client, host) = tunnel(&s, "target", &local, &[]);
     let me = Https {
