@@ -4,6 +4,9 @@
 //! arrives intact, a tunnel held by another edge is reached over h2, HTTP/1.1 keeps
 //! working on the same port, and hostile frames (no authority, rapid reset, oversized
 //! headers) get clear errors while the edge goes on.
+//!
+//! One file on purpose: every case drives curl (or the frame-level client at its end,
+//! about 100 lines of Python) through the helpers at its top, and reads on its own.
 
 use nearhop_stack::edge::DevCertificate;
 use nearhop_stack::prelude::*;

@@ -2,7 +2,11 @@
 //! request phases, and proxies it over one `forwarded-tcpip` channel per visitor connection
 //! (kept for the connection's next requests). A request for a tunnel another edge holds is
 //! relayed there the same way, over a mesh channel to that edge. Bodies stream both ways;
-//! upgrades (WebSocket) become a byte splice with no idle cut.
+//! upgrades (WebSocket) become a byte splice with no idle cut. HTTP/2 streams
+//! (`visitor::http2`) are answered by the same `VisitorConn`, each on a channel of its own.
+//!
+//! Long because one request's whole way (routing, phases, the kept channel of HTTP/1.1 and
+//! the pool of HTTP/2, retries, upgrades) reads top-down here, with about 170 lines of tests.
 
 use crate::accept;
 use crate::edge::Edge;
