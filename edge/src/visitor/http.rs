@@ -6,7 +6,7 @@
 //! (`visitor::http2`) are answered by the same `VisitorConn`, each on a channel of its own.
 //!
 //! Long because one request's whole way (routing, phases, the kept channel of HTTP/1.1 and
-//! the pool of HTTP/2, retries, upgrades) reads top-down here, with about 170 lines of tests.
+//! the pool of HTTP/2, retries, upgrades) reads top-down here, with about 125 lines of tests.
 
 use crate::accept;
 use crate::edge::Edge;
