@@ -1,8 +1,8 @@
 //! HTTP/2 to HTTPS visitors through a real edge, the stock OpenSSH client and curl: ALPN
 //! `h2` is negotiated, every stream of one connection passes the tunnel's rules like an
-//! HTTP/1.1 request, streams reach the local service side by side, a 100 MB download
-//! arrives intact, a tunnel held by another edge is reached over h2, HTTP/1.1 keeps
-//! working on the same port, and hostile frames (no authority, rapid reset, oversized
+//! HTTP/1.1 request, streams reach the local service side by side, a 100 MB download and a
+//! 32 MB upload arrive intact, a tunnel held by another edge is reached over h2, HTTP/1.1
+//! keeps working on the same port, and hostile frames (no authority, rapid reset, oversized
 //! headers) get clear errors while the edge goes on.
 //!
 //! One file on purpose: every case drives curl (or the frame-level client at its end,
@@ -404,7 +404,7 @@ fn gathering_service(wanted: usize) -> (u16, Arc<AtomicUsize>) {
 }
 
 #[test]
-fn h2_streams_run_side_by_side_and_a_100_mb_download_is_intact() {
+fn h2_streams_run_side_by_side_and_large_bodies_cross_intact() {
     let (s, dev) = https_stack("");
     let ca = dev.cert.clone();
     let (ip, port) = (s.edge.spec.ip, s.edge.spec.tls);
@@ -479,6 +479,37 @@ fn h2_streams_run_side_by_side_and_a_100_mb_download_is_intact() {
     assert_eq!(down.len(), size);
     let first_bad = down.iter().enumerate().find(|(i, b)| **b != blob_byte(*i));
     assert!(first_bad.is_none(), "download differs at {first_bad:?}");
+
+    // 32 MB up over h2 (past the 4 MiB stream window many times) and echoed back.
+    let upload: Vec<u8> = (0..32 * 1024 * 1024usize)
+        .map(|i| (i * 7 % 253) as u8)
+        .collect();
+    let sent = s.stack.dir.join("h2-upload");
+    let echoed = s.stack.dir.join("h2-echoed");
+    std::fs::write(&sent, &upload).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http2", "--max-time", "600", "--cacert"])
+        .arg(&ca)
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:{ip}"))
+        .arg("--data-binary")
+        .arg(format!("@{}", sent.display()))
+        .arg("-o")
+        .arg(&echoed)
+        .args(["-w", "%{http_version} %{http_code}"])
+        .arg(format!("https://{host}:{port}/echo"))
+        .output()
+        .expect("curl runs");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2 200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let back = std::fs::read(&echoed).unwrap();
+    std::fs::remove_file(&sent).unwrap();
+    std::fs::remove_file(&echoed).unwrap();
+    assert!(back == upload, "the upload came back different");
     drop((client, client2));
 }
 
