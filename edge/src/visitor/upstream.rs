@@ -2,8 +2,8 @@
 //! kept for the visitor connection's next requests to the same place, over which the edge
 //! speaks HTTP/1.1 — a `forwarded-tcpip` channel of a tunnel this edge holds, or a relay
 //! channel to the peer edge that holds it (the visitor's address as originator either way).
-//! An HTTP/2 visitor connection keeps a small pool of such channels instead, one per stream
-//! in flight (`IdlePool`).
+//! An HTTP/2 visitor connection keeps a pool of such channels instead, one per stream in
+//! flight (`IdlePool`).
 
 use crate::edge::Edge;
 use crate::inspector::capture::Tapped;
@@ -23,7 +23,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
 /// Where a request goes: through a tunnel of this edge, or to the peer edge holding it.
 #[derive(Clone, Copy)]
@@ -201,29 +203,33 @@ where
     Some(sender)
 }
 
-/// Most idle channels an HTTP/2 visitor connection keeps for its next streams; a channel
-/// given back beyond that is closed. Each idle channel holds one of the tunnel's share of
-/// visitor connections, so the pool stays small; a burst of more streams opens channels
-/// and closes the surplus after it.
-pub const MAX_IDLE_PER_CONNECTION: usize = 16;
+/// Most idle channels an HTTP/2 visitor connection keeps for its next streams: as many as
+/// it may run at once, so a connection whose streams keep coming at a steady concurrency
+/// never closes a channel only to open another (each open is a round trip to the client and
+/// a new connection to the local service). Channels it no longer needs are closed by age.
+pub const MAX_IDLE_PER_CONNECTION: usize = crate::visitor::http2::MAX_CONCURRENT_STREAMS as usize;
 
-/// The idle upstreams of one HTTP/2 visitor connection, for its streams to take in turn.
+/// An idle channel unused this long is closed: the connection's concurrency has fallen, and
+/// the channel holds one of the tunnel's share of visitor connections.
+pub const IDLE_CHANNEL_SECONDS: u64 = 30;
+
+/// The idle upstreams of one HTTP/2 visitor connection, for its streams to take in turn:
+/// the most recently given back first, so the surplus of a burst stays unused and ages out.
 #[derive(Default)]
 pub struct IdlePool {
-    idle: std::sync::Mutex<Vec<Upstream>>,
+    idle: std::sync::Mutex<Vec<(Upstream, Instant)>>,
 }
 
 impl IdlePool {
     /// An idle upstream to `target` that can carry a request now, if the pool has one;
-    /// closed ones and ones to a target that went away are dropped on the way.
+    /// closed, aged ones and ones to a target that went away are dropped on the way.
     pub async fn take(&self, target: Target<'_>) -> Option<Upstream> {
         let key = target.key();
         loop {
             let mut up = {
-                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                idle.retain(|up| !up.sender.is_closed());
-                let at = idle.iter().position(|up| up.key == key)?;
-                idle.swap_remove(at)
+                let mut idle = self.lock();
+                let at = idle.iter().rposition(|(up, _)| up.key == key)?;
+                idle.remove(at).0
             };
             if !target.is_live() {
                 return None;
@@ -256,15 +262,23 @@ impl IdlePool {
     }
 
     fn put(&self, up: Upstream) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.lock();
         if idle.len() < MAX_IDLE_PER_CONNECTION {
-            idle.push(up);
+            idle.push((up, Instant::now()));
         }
+    }
+
+    /// The idle list, without channels that closed or sat unused too long.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Upstream, Instant)>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let max_age = Duration::from_secs(IDLE_CHANNEL_SECONDS);
+        idle.retain(|(up, since)| !up.sender.is_closed() && since.elapsed() < max_age);
+        idle
     }
 
     /// How many idle upstreams the pool holds.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.lock().len()
     }
 }
 
@@ -436,5 +450,22 @@ mod tests {
         let other = tunnel(2);
         assert!(pool.take(Target::Tunnel(&other)).await.is_none());
         assert_eq!(pool.idle_count(), MAX_IDLE_PER_CONNECTION);
+    }
+
+    #[tokio::test]
+    async fn the_latest_channel_is_taken_first_and_unused_ones_age_out() {
+        let (pool, tunnel) = (Arc::new(IdlePool::default()), tunnel(1));
+        for _ in 0..3 {
+            drop(send(&pool, upstream().await, "/0").await);
+        }
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(IDLE_CHANNEL_SECONDS - 5)).await;
+        // Steady use of one channel keeps it young; the other two age.
+        let up = pool.take(Target::Tunnel(&tunnel)).await.expect("idle");
+        drop(send(&pool, up, "/0").await);
+        assert_eq!(pool.idle_count(), 3);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(pool.idle_count(), 1, "the two unused ones are closed");
+        assert!(pool.take(Target::Tunnel(&tunnel)).await.is_some());
     }
 }
