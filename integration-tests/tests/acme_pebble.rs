@@ -1,0 +1,408 @@
+//! Certificates by ACME against Pebble on the real stack (Postgres primary and replicas,
+//! `pdns_server` + pdns-backend in every region, control): DNS-01 records written through
+//! control's database and served by every region's DNS before validation, certificates
+//! stored and handed to edges, forced renewal, custom domains through the user's CNAME, and
+//! a failing ACME server that leaves the certificate in service.
+
+use nearhop_stack::dns_client::dig;
+use nearhop_stack::metrics::metric_sum;
+use nearhop_stack::poll::eventually_within;
+use nearhop_stack::postgres::psql;
+use nearhop_stack::{Stack, StackOptions};
+use nearhop_wire::{EdgeCertificates, EdgeHeartbeatResponse, Plan, RegisterEdgeRequest};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// Patience for an issuance: DNS wait, validation and issuance on a busy 2-core machine.
+const ISSUANCE: Duration = Duration::from_secs(180);
+
+/// The stack with DNS in every region and Pebble; with `NEARHOP_E2E_KEEP_DIR=/some/dir` the
+/// data and logs stay in a fresh directory there.
+fn acme_stack() -> Stack {
+    let dir = std::env::var_os("NEARHOP_E2E_KEEP_DIR").map(|root| {
+        let stamp = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        std::path::PathBuf::from(root).join(format!("acme-{stamp}"))
+    });
+    Stack::start(StackOptions {
+        with_dns: true,
+        acme: true,
+        dir,
+        ..StackOptions::default()
+    })
+    .expect("the stack with Pebble starts")
+}
+
+/// `certificate list` as JSON.
+fn certificates(stack: &Stack) -> Vec<Value> {
+    let out = stack
+        .control
+        .cli(&["certificate", "list"])
+        .expect("certificate list");
+    serde_json::from_str::<Vec<Value>>(out.trim()).expect("certificate list prints JSON")
+}
+
+fn row<'a>(rows: &'a [Value], subject: &str) -> Option<&'a Value> {
+    rows.iter().find(|r| r["subject"] == subject)
+}
+
+/// Waits until `subject` has a certificate in service whose serial is not `old`; its row.
+fn wait_issued(stack: &Stack, subject: &str, old: Option<&str>) -> Value {
+    eventually_within(&format!("a certificate for {subject}"), ISSUANCE, || {
+        let rows = certificates(stack);
+        let r = row(&rows, subject).ok_or_else(|| anyhow::anyhow!("no row for {subject}"))?;
+        match r["serial"].as_str() {
+            Some(s) if r["in_service"] == true && Some(s) != old => Ok(r.clone()),
+            _ => anyhow::bail!("not (re)issued yet: {r}"),
+        }
+    })
+}
+
+/// An edge with its own credential, registered in region us.
+struct TestEdge {
+    id: String,
+    credential: String,
+}
+
+fn register_edge(stack: &Stack, id: &str) -> TestEdge {
+    let credential = stack.control.issue_edge_credential(id).unwrap();
+    let res = reqwest::blocking::Client::new()
+        .post(format!("{}/v1/edges/register", stack.control.url))
+        .bearer_auth(&credential)
+        .json(&RegisterEdgeRequest {
+            edge_id: id.into(),
+            region: "us".into(),
+            admin_url: "http://127.0.0.1:9".into(),
+            ..Default::default()
+        })
+        .send()
+        .unwrap();
+    assert!(res.status().is_success(), "register: {}", res.status());
+    TestEdge {
+        id: id.into(),
+        credential,
+    }
+}
+
+fn edge_certificates(stack: &Stack, edge: &TestEdge) -> EdgeCertificates {
+    let res = reqwest::blocking::Client::new()
+        .get(format!(
+            "{}/v1/edges/{}/certificates",
+            stack.control.url, edge.id
+        ))
+        .bearer_auth(&edge.credential)
+        .send()
+        .unwrap();
+    assert!(res.status().is_success(), "certificates: {}", res.status());
+    res.json().unwrap()
+}
+
+fn heartbeat_generation(stack: &Stack, edge: &TestEdge) -> i64 {
+    let res: EdgeHeartbeatResponse = reqwest::blocking::Client::new()
+        .post(format!(
+            "{}/v1/edges/{}/heartbeat",
+            stack.control.url, edge.id
+        ))
+        .bearer_auth(&edge.credential)
+        .json(&serde_json::json!({"tunnel_ids": []}))
+        .send()
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .unwrap();
+    res.certificates_generation
+}
+
+fn openssl(args: &[&str]) -> String {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The chain verifies against Pebble's issuing root, and the key is the leaf's.
+fn check_chain_and_key(dir: &Path, root: &Path, chain: &str, key: &str) {
+    let (chain_path, key_path) = (dir.join("chain.pem"), dir.join("key.pem"));
+    std::fs::write(&chain_path, chain).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let (c, r, k) = (
+        chain_path.to_str().unwrap(),
+        root.to_str().unwrap(),
+        key_path.to_str().unwrap(),
+    );
+    let verified = openssl(&["verify", "-CAfile", r, "-untrusted", c, c]);
+    assert!(verified.contains(": OK"), "{verified}");
+    assert_eq!(
+        openssl(&["x509", "-in", c, "-noout", "-pubkey"]),
+        openssl(&["pkey", "-in", k, "-pubout"]),
+        "the key is the leaf's"
+    );
+    std::fs::remove_file(&key_path).unwrap();
+}
+
+/// TXT strings of `name` at every region's DNS.
+fn txt_everywhere(stack: &Stack, name: &str) -> Vec<String> {
+    stack
+        .regions
+        .iter()
+        .flat_map(|r| {
+            dig(r.dns_addr(), &["+short", name, "TXT"])
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| !l.trim().is_empty())
+        .collect()
+}
+
+fn admin_renew(stack: &Stack, subject: &str) {
+    let res = reqwest::blocking::Client::new()
+        .post(format!(
+            "{}/v1/admin/certificates/{subject}/renew",
+            stack.control.url
+        ))
+        .bearer_auth(&stack.control.admin_secret)
+        .send()
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 202, "{:?}", res.text());
+}
+
+#[test]
+fn zone_certificates_come_by_dns01_reach_edges_and_a_forced_renewal_replaces_them() {
+    let stack = acme_stack();
+    let pebble = stack.pebble.as_ref().unwrap();
+    let root = pebble.write_issuing_root().unwrap();
+    let zones = ["a.tunnel.test", "free.tunnel.test"];
+    let first: Vec<Value> = zones.iter().map(|z| wait_issued(&stack, z, None)).collect();
+    for (z, r) in zones.iter().zip(&first) {
+        assert_eq!(r["names"], serde_json::json!([z, format!("*.{z}")]), "{r}");
+        assert_eq!(r["last_error"], Value::Null, "{r}");
+    }
+
+    // The challenge went through the records table the backends tail, and is gone: every
+    // region's DNS has no TXT left at _acme-challenge.
+    let primary = &stack.pg.primary.endpoint;
+    for z in zones {
+        let logged = psql(
+            primary,
+            &format!("SELECT count(*) FROM dns_changes WHERE name = '_acme-challenge.{z}'"),
+        )
+        .unwrap();
+        assert!(
+            logged.trim().parse::<u32>().unwrap() >= 2,
+            "written and removed: {logged}"
+        );
+        let left = psql(
+            primary,
+            &format!("SELECT count(*) FROM records WHERE name = '_acme-challenge.{z}'"),
+        )
+        .unwrap();
+        assert_eq!(left.trim(), "0");
+        assert!(txt_everywhere(&stack, &format!("_acme-challenge.{z}")).is_empty());
+    }
+    let log = std::fs::read_to_string(stack.control.log()).unwrap();
+    let published: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("challenge records published"))
+        .collect();
+    assert!(!published.is_empty(), "control published challenge records");
+    assert!(
+        published.iter().all(|l| l.contains("[]")),
+        "every region confirmed before validation: {published:?}"
+    );
+
+    // Edges get both, with keys, under the generation the heartbeat tells; only as themselves.
+    let edge = register_edge(&stack, "acme-edge-1");
+    let other = register_edge(&stack, "acme-edge-2");
+    let got = edge_certificates(&stack, &edge);
+    assert_eq!(got.certificates.len(), 2, "{got:?}");
+    assert!(got.generation >= 2);
+    assert_eq!(heartbeat_generation(&stack, &edge), got.generation);
+    for c in &got.certificates {
+        check_chain_and_key(&stack.dir, &root, &c.chain_pem, &c.key_pem);
+        assert!(c.not_after_unix > chrono::Utc::now().timestamp() + 30 * 86_400);
+    }
+    let http = reqwest::blocking::Client::new();
+    let url = format!("{}/v1/edges/{}/certificates", stack.control.url, edge.id);
+    assert_eq!(http.get(&url).send().unwrap().status().as_u16(), 401);
+    let as_other = http
+        .get(&url)
+        .bearer_auth(&other.credential)
+        .send()
+        .unwrap();
+    assert_eq!(as_other.status().as_u16(), 403);
+
+    // A forced renewal: a new serial, a new generation, the edges' answer follows.
+    admin_renew(&stack, "a.tunnel.test");
+    let old = first[0]["serial"].as_str().unwrap();
+    let renewed = wait_issued(&stack, "a.tunnel.test", Some(old));
+    assert_ne!(renewed["serial"], first[0]["serial"]);
+    let after = edge_certificates(&stack, &edge);
+    assert!(
+        after.generation > got.generation,
+        "{} > {}",
+        after.generation,
+        got.generation
+    );
+    assert_eq!(heartbeat_generation(&stack, &edge), after.generation);
+    let pro_before = got
+        .certificates
+        .iter()
+        .find(|c| c.names[0] == "a.tunnel.test")
+        .unwrap();
+    let pro_after = after
+        .certificates
+        .iter()
+        .find(|c| c.names[0] == "a.tunnel.test")
+        .unwrap();
+    assert_ne!(pro_before.chain_pem, pro_after.chain_pem);
+    check_chain_and_key(&stack.dir, &root, &pro_after.chain_pem, &pro_after.key_pem);
+
+    let metrics = stack.control.metrics().unwrap();
+    assert!(
+        metric_sum(
+            &metrics,
+            "nearhop_control_acme_orders_total",
+            &[("kind", "zone"), ("result", "ok")]
+        ) >= 3.0
+    );
+    assert!(metrics.contains(
+        "nearhop_control_certificate_expiry_timestamp_seconds{names=\"a.tunnel.test,*.a.tunnel.test\""
+    ));
+
+    // No key ever reached the log.
+    let log = std::fs::read_to_string(stack.control.log()).unwrap();
+    assert!(!log.contains("PRIVATE KEY"));
+    for c in &after.certificates {
+        for line in c.key_pem.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!log.contains(line), "a key line is in control's log");
+        }
+    }
+}
+
+#[test]
+fn a_custom_domain_gets_its_certificate_through_the_users_cname_and_a_failing_server_keeps_it() {
+    let mut stack = acme_stack();
+    // The documented target: the first 16 bytes of SHA-256(domain), hex, under `_acme.<pro zone>`.
+    let digest = Command::new("sh")
+        .args(["-c", "printf %s shop.customer.test | sha256sum"])
+        .output()
+        .unwrap();
+    let target = format!(
+        "{}._acme.a.tunnel.test",
+        &String::from_utf8_lossy(&digest.stdout)[..32]
+    );
+
+    // The user's DNS. Pebble asks one server, the stack's us pdns_server, so the user's zone
+    // is served there too: a zone of its own in the same tables, with the CNAME the user
+    // is told to add. It is in place before the domain is verified, as the guide says.
+    let primary = &stack.pg.primary.endpoint;
+    psql(
+        primary,
+        &format!(
+            "INSERT INTO domains(name, type) VALUES ('customer.test', 'NATIVE');
+             INSERT INTO records(domain_id, name, type, content, ttl) SELECT id, 'customer.test',
+               'SOA', 'ns1.customer.test hostmaster.customer.test 1 3600 600 86400 5', 60
+               FROM domains WHERE name = 'customer.test';
+             INSERT INTO records(domain_id, name, type, content, ttl) SELECT id,
+               '_acme-challenge.shop.customer.test', 'CNAME', '{target}', 60
+               FROM domains WHERE name = 'customer.test';"
+        ),
+    )
+    .unwrap();
+    let us_dns = stack.regions[0].dns_addr();
+    eventually_within("the user's CNAME is served", ISSUANCE, || {
+        let out = dig(
+            us_dns,
+            &["+short", "_acme-challenge.shop.customer.test", "CNAME"],
+        )?;
+        anyhow::ensure!(out.trim().trim_end_matches('.') == target, "{out:?}");
+        Ok(())
+    });
+
+    let ctl = &stack.control;
+    let acct = ctl.create_account(Plan::Pro).unwrap();
+    let id = acct.account_id.to_string();
+    ctl.cli(&["name", "reserve", "--account", &id, "shop"])
+        .unwrap();
+    ctl.cli(&[
+        "domain",
+        "add",
+        "--account",
+        &id,
+        "shop.customer.test",
+        "--target",
+        "shop",
+        "--verified",
+    ])
+    .unwrap();
+    let issued = wait_issued(&stack, "shop.customer.test", None);
+    assert_eq!(issued["names"], serde_json::json!(["shop.customer.test"]));
+    assert_eq!(
+        issued["challenge_cname"],
+        serde_json::json!(["_acme-challenge.shop.customer.test", target]),
+        "the operator sees the record the user must add"
+    );
+    let left = psql(
+        primary,
+        &format!("SELECT count(*) FROM records WHERE name = '{target}'"),
+    )
+    .unwrap();
+    assert_eq!(left.trim(), "0", "the TXT at the target is removed");
+
+    let edge = register_edge(&stack, "acme-edge-1");
+    let before = edge_certificates(&stack, &edge);
+    let domain_cert = |c: &EdgeCertificates| {
+        c.certificates
+            .iter()
+            .find(|c| c.names == ["shop.customer.test"])
+            .cloned()
+            .expect("the domain's certificate is handed to edges")
+    };
+    let root = stack.pebble.as_ref().unwrap().write_issuing_root().unwrap();
+    let kept = domain_cert(&before);
+    check_chain_and_key(&stack.dir, &root, &kept.chain_pem, &kept.key_pem);
+
+    // The ACME server goes away: a renewal fails, is counted and shown, the certificate
+    // stays in service and the generation does not move.
+    let errors_before = metric_sum(
+        &stack.control.metrics().unwrap(),
+        "nearhop_control_acme_orders_total",
+        &[("result", "error")],
+    );
+    stack.pebble.as_mut().unwrap().stop();
+    admin_renew(&stack, "shop.customer.test");
+    let failed = eventually_within("the renewal fails", ISSUANCE, || {
+        let rows = certificates(&stack);
+        let r = row(&rows, "shop.customer.test").unwrap().clone();
+        if r["failures"].as_i64().unwrap_or(0) >= 1 && r["last_error"].is_string() {
+            Ok(r)
+        } else {
+            anyhow::bail!("no failure yet: {r}")
+        }
+    });
+    assert_eq!(failed["serial"], issued["serial"]);
+    assert_eq!(failed["in_service"], true);
+    let metrics = stack.control.metrics().unwrap();
+    assert!(
+        metric_sum(
+            &metrics,
+            "nearhop_control_acme_orders_total",
+            &[("result", "error")]
+        ) > errors_before
+    );
+    assert!(
+        metrics.contains("nearhop_control_certificate_failures{subject=\"shop.customer.test\"} 1")
+    );
+    let after = edge_certificates(&stack, &edge);
+    assert_eq!(after.generation, before.generation);
+    assert_eq!(domain_cert(&after).chain_pem, kept.chain_pem);
+    let why = failed["last_error"].as_str().unwrap();
+    assert!(!why.trim().is_empty(), "the failure is shown in words");
+}
