@@ -1,5 +1,8 @@
 //! Edge configuration: a TOML file plus `NEARHOP_EDGE_<KEY>` environment overrides, parsed
 //! and checked once at start into types the rest of the edge trusts.
+//!
+//! Long because every setting sits beside its default and its check, with about 175 lines of
+//! tests.
 
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
@@ -56,6 +59,9 @@ pub struct Config {
     /// Whether SSH clients may connect on the TLS port too (for networks that let only
     /// 443 out); plain HTTP is served there as well.
     pub ssh_on_tls_port: bool,
+    /// With `ssh_on_tls_port`: a client that has sent nothing this long after connecting to
+    /// the TLS port is taken for an SSH client waiting for the server to speak first.
+    pub ssh_on_tls_port_silence_ms: u64,
     /// Where control's calls and Prometheus scrapes arrive.
     pub admin_listen: SocketAddr,
     /// The admin URL control should call; defaults to `http://<admin_listen>`.
@@ -69,6 +75,10 @@ pub struct Config {
     pub tls_cert_path: Option<PathBuf>,
     /// The certificate's private key (PEM).
     pub tls_key_path: Option<PathBuf>,
+    /// Where to keep the certificates control obtained by ACME (a JSON file with their
+    /// keys, mode 0600), so that a restart while control is away still serves HTTPS. None:
+    /// not kept.
+    pub certificates_cache_path: Option<PathBuf>,
     /// Address TCP tunnels' public ports are bound on; defaults to the `http_listen` address.
     pub tcp_bind_ip: Option<IpAddr>,
     /// Inclusive range of public ports for TCP tunnels.
@@ -274,12 +284,14 @@ impl Default for Config {
             http_listen: ([127, 0, 0, 1], 8080).into(),
             tls_listen: ([127, 0, 0, 1], 8443).into(),
             ssh_on_tls_port: true,
+            ssh_on_tls_port_silence_ms: 3000,
             admin_listen: ([127, 0, 0, 1], 9090).into(),
             admin_url: None,
             public_http_port: None,
             public_tls_port: None,
             tls_cert_path: None,
             tls_key_path: None,
+            certificates_cache_path: None,
             tcp_bind_ip: None,
             tcp_port_range: (20000, 20999),
             host_key_path: PathBuf::from("edge_host_key"),
@@ -436,11 +448,6 @@ impl Config {
     /// Port printed in TLS URLs.
     pub fn public_tls_port(&self) -> u16 {
         self.public_tls_port.unwrap_or(self.tls_listen.port())
-    }
-
-    /// Whether the edge terminates HTTPS for `http` tunnels.
-    pub fn https(&self) -> bool {
-        self.tls_cert_path.is_some()
     }
 
     /// Address TCP tunnels listen on.

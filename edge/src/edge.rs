@@ -11,6 +11,7 @@ use crate::metrics::Metrics;
 use crate::ssh::link::{lock, SessionLink};
 use crate::tunnels::{Registry, Tunnel};
 use crate::visitor::auth_throttle::AuthThrottle;
+use crate::visitor::certificates::Certificates;
 use crate::visitor::shares::{visitor_network, Share, Shares};
 use anyhow::{Context, Result};
 use nearhop_wire::CloseTunnelRequest;
@@ -58,8 +59,11 @@ pub struct Edge {
     pub shutdown: CancellationToken,
     /// Visitor connection slots (`max_visitor_connections`).
     pub visitor_slots: Arc<Semaphore>,
-    /// The HTTPS server configuration, when a certificate is configured.
-    pub https: Option<Arc<rustls::ServerConfig>>,
+    /// The certificates HTTPS serves (the operator's files, and those control obtained by
+    /// ACME, swapped in as they change).
+    pub certificates: Arc<Certificates>,
+    /// The HTTPS server configuration; its certificate is chosen per handshake.
+    pub https: Arc<rustls::ServerConfig>,
     /// The other edges, and which of them holds which tunnel.
     pub mesh: Arc<Mesh>,
     /// The key control must present on the admin API; made at start, given to control only
@@ -87,10 +91,25 @@ impl Edge {
             config.control_bearer(),
             Duration::from_millis(config.control_timeout_ms),
         )?;
-        let https = match (&config.tls_cert_path, &config.tls_key_path) {
-            (Some(cert), Some(key)) => Some(crate::visitor::https::server_config(cert, key)?),
-            _ => None,
-        };
+        let certificates = Arc::new(Certificates::new(
+            config
+                .tls_cert_path
+                .as_deref()
+                .zip(config.tls_key_path.as_deref()),
+        )?);
+        if let Some(path) = &config.certificates_cache_path {
+            match crate::visitor::certificates::load_cache(path) {
+                Ok(Some(set)) => {
+                    let got = certificates.install(&set);
+                    tracing::info!(certificates = got.count, generation = set.generation, path = %path.display(), "serving the ACME certificates kept by the last run until control answers");
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "the certificates cache is not used")
+                }
+            }
+        }
+        let https = crate::visitor::https::server_config(certificates.clone())?;
         let shutdown = CancellationToken::new();
         let metrics = Metrics::new().context("creating metrics")?;
         let mesh = Arc::new(Mesh::new(
@@ -108,6 +127,7 @@ impl Edge {
             unauthenticated_ssh: Arc::new(Semaphore::new(config.max_unauthenticated_ssh.max(1))),
             unauthenticated_ssh_shares: Shares::new(config.max_unauthenticated_ssh_per_address),
             visitor_slots: Arc::new(Semaphore::new(config.max_visitor_connections)),
+            certificates,
             https,
             config,
             registry: Registry::default(),

@@ -71,6 +71,12 @@ pub struct Metrics {
     /// Connections refused over the PROXY protocol, by listener and cause (`untrusted`,
     /// `missing`, `malformed`, `too_large`, `timeout`, `closed`, `io`).
     pub proxy_protocol_refused_total: IntCounterVec,
+    /// ACME certificates from control in service for HTTPS.
+    pub certificates: IntGauge,
+    /// The generation of those certificates (control's; 0 before the first).
+    pub certificates_generation: IntGauge,
+    /// Certificates from control that could not be served (bad PEM, a key that does not fit).
+    pub certificates_refused_total: IntCounter,
 }
 
 impl Metrics {
@@ -236,6 +242,21 @@ impl Metrics {
             ),
             &["listener", "cause"],
         )?;
+        let certificates = IntGauge::new(
+            "nearhop_edge_certificates",
+            "ACME certificates from control in service for HTTPS.",
+        )?;
+        let certificates_generation = IntGauge::new(
+            "nearhop_edge_certificates_generation",
+            "Generation of control's certificate set in service (0: none yet).",
+        )?;
+        let certificates_refused_total = IntCounter::new(
+            "nearhop_edge_certificates_refused_total",
+            "Certificates from control that could not be served (bad PEM, a key that does not fit).",
+        )?;
+        registry.register(Box::new(certificates.clone()))?;
+        registry.register(Box::new(certificates_generation.clone()))?;
+        registry.register(Box::new(certificates_refused_total.clone()))?;
         registry.register(Box::new(proxy_protocol_headers_total.clone()))?;
         registry.register(Box::new(proxy_protocol_refused_total.clone()))?;
         registry.register(Box::new(relay_connections_total.clone()))?;
@@ -291,6 +312,9 @@ impl Metrics {
             mesh_link_up,
             proxy_protocol_headers_total,
             proxy_protocol_refused_total,
+            certificates,
+            certificates_generation,
+            certificates_refused_total,
         })
     }
 

@@ -429,6 +429,38 @@ pub fn port_of(url: &str) -> u16 {
     url_host_port(url).expect("url").1
 }
 
+/// The dev zones' self-signed certificate in a temporary folder of its own, for an edge's
+/// HTTPS in a test.
+pub struct DevCertificate {
+    _dir: tempfile::TempDir,
+    /// The certificate (PEM), also the CA a visitor trusts.
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
+}
+
+impl DevCertificate {
+    /// Makes one (panics if openssl cannot: tests only).
+    pub fn make() -> DevCertificate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = dev_zone_certificate(dir.path()).expect("dev certificate");
+        DevCertificate {
+            _dir: dir,
+            cert,
+            key,
+        }
+    }
+
+    /// The edge settings that serve it.
+    pub fn edge_toml(&self) -> String {
+        format!(
+            "tls_cert_path = \"{}\"\ntls_key_path = \"{}\"\n",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+}
+
 /// A self-signed certificate for the dev zones (`*.a.tunnel.test`, `*.free.tunnel.test` and
 /// the zones themselves), made with `openssl` in `dir` for a local stack or a test (never
 /// kept in the repository). Returns (certificate, key); the certificate is also the CA a

@@ -2,6 +2,9 @@
 //! `-L PORT:localhost:4300` beside its `-R`, curl visits the tunnel, and the JSON API, the
 //! replay, the limits and the page (in headless Chromium, driven over the DevTools
 //! protocol) are checked as a user meets them.
+//!
+//! One file on purpose: every case drives the same stack, `ssh -L` session and page through
+//! the helpers at its top, and reads on its own.
 
 use base64::Engine;
 use nearhop_stack::edge::SshArgs;

@@ -2,7 +2,7 @@
 //! byte-identical, 100 concurrent visitors, an upgraded connection stays open while idle, TCP
 //! tunnels round-trip.
 
-use nearhop_stack::edge::url_host_port;
+use nearhop_stack::edge::{url_host_port, DevCertificate};
 use nearhop_stack::prelude::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -251,13 +251,9 @@ fn noreverseproxy_routes_by_host_then_passes_bytes_untouched() {
 
 #[test]
 fn https_is_served_with_the_operators_certificate() {
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = nearhop_stack::edge::dev_zone_certificate(certs.path()).unwrap();
-    let s = EdgeStack::start(&format!(
-        "tls_cert_path = \"{}\"\ntls_key_path = \"{}\"\n",
-        cert.display(),
-        key.display()
-    ));
+    let dev = DevCertificate::make();
+    let cert = dev.cert.clone();
+    let s = EdgeStack::start(&dev.edge_toml());
     let ip = s.edge.spec.ip;
     let tls_port = s.edge.spec.tls;
     let local = LocalService::start("local");
@@ -407,7 +403,12 @@ fn channels_of_departed_visitors_are_closed_by_the_client_first() {
 /// HTTP gets a sentence naming the HTTP port.
 #[test]
 fn ssh_and_plain_http_are_served_on_the_tls_port() {
-    let s = EdgeStack::start("");
+    let dev = DevCertificate::make();
+    let cert = dev.cert.clone();
+    let s = EdgeStack::start(&format!(
+        "{}ssh_on_tls_port_silence_ms = 1500\n",
+        dev.edge_toml()
+    ));
     let local = LocalService::start("local");
     let tls_addr = std::net::SocketAddr::from((s.edge.spec.ip, s.edge.spec.tls));
     let mut client = SshClient::start(
@@ -427,7 +428,57 @@ fn ssh_and_plain_http_are_served_on_the_tls_port() {
     let (status, body) = http_get(tls_addr, &host, "/via-tls-port").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.starts_with("hello from local /via-tls-port"), "{body}");
+    // HTTPS on the same port, to the tunnel that came in over it.
+    let r = curl_tls(
+        &host,
+        s.edge.spec.ip,
+        s.edge.spec.tls,
+        "/via-https",
+        Some(&cert),
+    );
+    assert_eq!(
+        (r.code, r.status.as_str()),
+        (0, "200"),
+        "{}{}",
+        r.body,
+        r.stderr
+    );
+    assert!(r.body.contains("xfp=https"), "{}", r.body);
+
+    // Garbage on the shared port is answered as bad HTTP, and the port goes on serving.
+    let mut junk = TcpStream::connect(tls_addr).unwrap();
+    junk.set_read_timeout(Some(PATIENCE)).unwrap();
+    junk.write_all(b"\x00\xff\x13garbage\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = junk.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
     assert!(client.is_running());
+
+    // The other order: a client that waits for the server's identification before saying
+    // anything. The proxy command holds OpenSSH's bytes until the edge has spoken.
+    let order = s.stack.dir.join("server-first.log");
+    let proxy = s.stack.dir.join("server_first.py");
+    std::fs::write(&proxy, SERVER_FIRST_PROXY).unwrap();
+    let mut args = SshArgs::http_tunnel(Some(&s.pro_token()), local.port);
+    args.options.push(format!(
+        "ProxyCommand=python3 {} %h %p {}",
+        proxy.display(),
+        order.display()
+    ));
+    let mut waiting =
+        SshClient::start(&s.stack.dir.join("ssh"), "server-first", tls_addr, &args).unwrap();
+    let url2 = waiting.wait_for_url(PATIENCE).unwrap();
+    let logged = std::fs::read_to_string(&order).unwrap();
+    assert!(
+        logged.starts_with("server spoke first: SSH-2.0-nearhop"),
+        "{logged}"
+    );
+    let body = s.visit(&url2, "/after-silence").text().unwrap();
+    assert!(
+        body.starts_with("hello from local /after-silence"),
+        "{body}"
+    );
+    assert!(client.is_running() && waiting.is_running());
 
     let tls_only = EdgeStack::start("ssh_on_tls_port = false");
     let tls_only_addr = std::net::SocketAddr::from((tls_only.edge.spec.ip, tls_only.edge.spec.tls));
@@ -447,3 +498,41 @@ fn ssh_and_plain_http_are_served_on_the_tls_port() {
         "{text}"
     );
 }
+
+/// An SSH proxy command (`%h %p LOG`) that says nothing to the server until the server has
+/// sent its identification line, as a client would that lets the server speak first; it
+/// logs what came first, then carries bytes both ways.
+const SERVER_FIRST_PROXY: &str = r#"
+import os, select, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+held, banner = b"", b""
+while not banner.endswith(b"\n"):
+    ready, _, _ = select.select([s, 0], [], [])
+    if s in ready:
+        d = s.recv(4096)
+        if not d:
+            sys.exit(1)
+        banner += d
+    if 0 in ready:
+        d = os.read(0, 65536)
+        if not d:
+            sys.exit(0)
+        held += d
+with open(sys.argv[3], "w") as log:
+    log.write("server spoke first: " + banner.decode(errors="replace").strip() + "\n")
+os.write(1, banner)
+s.sendall(held)
+while True:
+    ready, _, _ = select.select([s, 0], [], [])
+    if s in ready:
+        d = s.recv(65536)
+        if not d:
+            break
+        os.write(1, d)
+    if 0 in ready:
+        d = os.read(0, 65536)
+        if not d:
+            s.shutdown(socket.SHUT_WR)
+            break
+        s.sendall(d)
+"#;

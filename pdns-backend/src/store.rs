@@ -1,5 +1,8 @@
 //! The record store: the region's zones and records in memory, replaced whole on a full load
 //! and patched name by name as changes are tailed from the replica; plus how fresh it is.
+//!
+//! Long with its tests (about 145 lines): the loading and patching rules are tested next to
+//! them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

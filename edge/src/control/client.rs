@@ -2,8 +2,9 @@
 //! sentences an SSH user sees when control refuses or cannot be reached.
 
 use nearhop_wire::{
-    ApiError, CloseTunnelRequest, CreateTunnelRequest, CreateTunnelResponse, EdgeHeartbeatRequest,
-    EdgeHeartbeatResponse, EdgeRoutes, ErrorCode, RegisterEdgeRequest, RegisterEdgeResponse,
+    ApiError, CloseTunnelRequest, CreateTunnelRequest, CreateTunnelResponse, EdgeCertificates,
+    EdgeHeartbeatRequest, EdgeHeartbeatResponse, EdgeRoutes, ErrorCode, RegisterEdgeRequest,
+    RegisterEdgeResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -148,9 +149,18 @@ impl ControlClient {
 
     /// `GET /v1/edges/{id}/routes`.
     pub async fn routes(&self, edge_id: &str) -> Result<EdgeRoutes, ControlError> {
+        self.get(&format!("/v1/edges/{edge_id}/routes")).await
+    }
+
+    /// `GET /v1/edges/{id}/certificates`.
+    pub async fn certificates(&self, edge_id: &str) -> Result<EdgeCertificates, ControlError> {
+        self.get(&format!("/v1/edges/{edge_id}/certificates")).await
+    }
+
+    async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, ControlError> {
         let resp = self
             .http
-            .get(format!("{}/v1/edges/{edge_id}/routes", self.base))
+            .get(format!("{}{path}", self.base))
             .bearer_auth(&self.secret)
             .send()
             .await

@@ -27,6 +27,7 @@ pub async fn run(edge: Arc<Edge>) {
         match edge.control.heartbeat(&edge.config.edge_id, &req).await {
             Ok(resp) => {
                 apply_peers(&edge, &resp.peers);
+                refresh_certificates(&edge, resp.certificates_generation).await;
                 for close in resp.close {
                     if let Some(tunnel) = edge.registry.by_id(close.tunnel_id) {
                         edge.close_tunnel(
@@ -92,6 +93,7 @@ async fn register(edge: &Arc<Edge>) -> Option<Duration> {
                     "registered with control"
                 );
                 apply_peers(edge, &resp.peers);
+                refresh_certificates(edge, resp.certificates_generation).await;
                 for id in resp.closed_tunnels {
                     if let Some(tunnel) = edge.registry.by_id(id) {
                         edge.close_tunnel(&tunnel, "lease_expired", Some("control closed this tunnel while the edge was away; reconnect to get it back."), false)
@@ -143,6 +145,46 @@ pub async fn refresh_routes(edge: &Edge) {
                 .with_label_values(&["routes"])
                 .inc();
             tracing::debug!(error = %e, "fetching custom-domain routes");
+        }
+    }
+}
+
+/// Fetches control's ACME certificates when their generation is not the one in service, and
+/// swaps them into HTTPS (new handshakes get them; open connections keep theirs). On failure
+/// the certificates in service stay, and the next heartbeat tries again.
+pub async fn refresh_certificates(edge: &Edge, generation: i64) {
+    if generation == edge.certificates.generation() {
+        return;
+    }
+    let set = match edge.control.certificates(&edge.config.edge_id).await {
+        Ok(set) => set,
+        Err(e) => {
+            edge.metrics
+                .control_errors_total
+                .with_label_values(&["certificates"])
+                .inc();
+            tracing::warn!(error = %e, generation, "fetching control's certificates failed; the ones in service stay");
+            return;
+        }
+    };
+    let got = edge.certificates.install(&set);
+    for refused in &got.refused {
+        tracing::error!(certificate = %refused, "a certificate from control cannot be served; HTTPS for its names uses another certificate or none");
+    }
+    let m = &edge.metrics;
+    m.certificates.set(got.count as i64);
+    m.certificates_generation.set(set.generation);
+    m.certificates_refused_total
+        .inc_by(got.refused.len() as u64);
+    tracing::info!(
+        certificates = got.count,
+        refused = got.refused.len(),
+        generation = set.generation,
+        "serving control's certificates"
+    );
+    if let Some(path) = &edge.config.certificates_cache_path {
+        if let Err(e) = crate::visitor::certificates::save_cache(path, &set) {
+            tracing::warn!(error = %format!("{e:#}"), "keeping the certificates for a restart failed; they are served all the same");
         }
     }
 }

@@ -2,6 +2,9 @@
 //! and bodies up to a cut), bounded in count and in body bytes, in memory only, and the
 //! body wrapper that copies a body as it passes to the visitor or the tunnel without ever
 //! holding the stream back.
+//!
+//! Long because the ring and the body tap that fills it belong together, with about 120 lines
+//! of tests.
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};

@@ -7,6 +7,9 @@
 //! through the balancer's address range. Anyone else's bytes are the protocol itself, never
 //! parsed as a header. Parsing is the `ppp` crate's; this module decides what the result
 //! means for a connection.
+//!
+//! Long with its tests (about 285 lines): each header form, trust rule and refusal is tested
+//! next to the code that decides it.
 
 use crate::config::Config;
 use crate::metrics::Metrics;

@@ -34,11 +34,12 @@ pub fn https_url(host: &str, config: &Config) -> String {
     with_port("https", host, config.public_tls_port())
 }
 
-/// The text printed once a tunnel is live.
+/// The text printed once a tunnel is live; `https`: the edge has a certificate for its name.
 pub fn tunnel_ready(
     tunnel: &Tunnel,
     resp: &CreateTunnelResponse,
     config: &Config,
+    https: bool,
     qr: bool,
 ) -> String {
     let url = public_url(tunnel, config);
@@ -46,9 +47,9 @@ pub fn tunnel_ready(
         "Your tunnel is live, served from region {}:\n\n    {url}\n",
         resp.region
     );
-    let https = https_url(&tunnel.hostname, config);
-    if tunnel.kind == TunnelKind::Http && config.https() {
-        text.push_str(&format!("    {https}\n"));
+    let https_url = https_url(&tunnel.hostname, config);
+    if tunnel.kind == TunnelKind::Http && https {
+        text.push_str(&format!("    {https_url}\n"));
     }
     if tunnel.kind == TunnelKind::Http {
         text.push_str(
@@ -59,7 +60,7 @@ pub fn tunnel_ready(
     if tunnel.kind == TunnelKind::Tls {
         text.push_str(&format!(
             "\nTLS passes through untouched: your local service must speak TLS itself, with a \
-             certificate for {}. For HTTPS, visitors open {https}/\n",
+             certificate for {}. For HTTPS, visitors open {https_url}/\n",
             tunnel.hostname
         ));
     }

@@ -158,7 +158,13 @@ async fn create(
     }
     link.say(
         false,
-        &messages::tunnel_ready(&tunnel, &resp, &edge.config, user.qr),
+        &messages::tunnel_ready(
+            &tunnel,
+            &resp,
+            &edge.config,
+            edge.certificates.covers(&tunnel.hostname),
+            user.qr,
+        ),
     )
     .await;
     Ok(messages::public_url(&tunnel, &edge.config))

@@ -3,6 +3,7 @@
 //! phases, the raw splice, and the pages the edge answers with itself.
 
 pub mod auth_throttle;
+pub mod certificates;
 pub mod client_hello;
 pub mod first_request;
 pub mod http;

@@ -112,7 +112,8 @@ pub fn route_quietly(
     visitor: SocketAddr,
     arrival: Arrival,
 ) -> Route {
-    let https = edge.https.is_some();
+    // Only the TLS listener terminates, and only names it has a certificate for.
+    let https = listener == Listener::Tls && edge.certificates.covers(host);
     let found = edge.registry.route(host);
     if found.is_none() && arrival == Arrival::Direct {
         let name = edge.registry.tunnel_name(host);

@@ -7,7 +7,8 @@
 //!
 //! The same port takes SSH clients (networks that let only 443 out) and plain HTTP: the
 //! first bytes tell them apart (`SSH-` from an SSH client, a TLS handshake record, anything
-//! else is HTTP).
+//! else is HTTP), and a client that says nothing for `ssh_on_tls_port_silence_ms` is an SSH
+//! client waiting for the server to speak first.
 
 use crate::accept;
 use crate::edge::Edge;
@@ -24,6 +25,7 @@ use crate::visitor::splice::{counted_visitor, splice};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -133,17 +135,28 @@ pub fn sniff(first: &[u8]) -> Option<Protocol> {
     }
 }
 
-/// Reads until the first bytes tell the protocol (at most a few bytes beyond `first`).
+/// Reads until the first bytes tell the protocol (at most a few bytes beyond `first`). A
+/// client that has said nothing by `silent_until` is taken for an SSH client waiting for the
+/// server's identification (SSH lets either side speak first; TLS and HTTP clients always
+/// speak first).
 async fn read_protocol<R: AsyncRead + Unpin>(
     stream: &mut R,
     first: &mut Vec<u8>,
+    silent_until: Instant,
 ) -> io::Result<Option<Protocol>> {
     loop {
         if let Some(p) = sniff(first) {
             return Ok(Some(p));
         }
         let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await?;
+        let n = if first.is_empty() {
+            match tokio::time::timeout_at(silent_until, stream.read(&mut chunk)).await {
+                Ok(read) => read?,
+                Err(_) => return Ok(Some(Protocol::Ssh)),
+            }
+        } else {
+            stream.read(&mut chunk).await?
+        };
         if n == 0 {
             return Ok(None);
         }
@@ -168,7 +181,9 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, ssh: Option<Arc<SshEn
                     };
                     if let Some(ssh) = ssh {
                         let deadline = Instant::now() + visitor_http::head_timeout(&edge);
-                        let reading = read_protocol(&mut stream, &mut rest);
+                        let silence = edge.config.ssh_on_tls_port_silence_ms;
+                        let silent_until = Instant::now() + Duration::from_millis(silence);
+                        let reading = read_protocol(&mut stream, &mut rest, silent_until);
                         let protocol = match tokio::time::timeout_at(deadline, reading).await {
                             Ok(Ok(Some(p))) => p,
                             _ => return,
@@ -260,14 +275,11 @@ where
                 Route::Relay(link) => relay_whole(&edge, &link, stream, peer, hello.bytes).await,
                 // The handshake reads the ClientHello again from the bytes put back, and the
                 // HTTP listener's code serves what is inside (404 page for unknown names
-                // included). The route says so only when a certificate is configured.
-                Route::Terminate => match &edge.https {
-                    Some(https) => {
-                        let https = https.clone();
-                        terminate(&edge, https, stream, peer, hello.bytes, deadline, arrival).await
-                    }
-                    None => unrecognized_name(&mut stream, &hello.server_name).await,
-                },
+                // included). The route says so only when a certificate covers the name.
+                Route::Terminate => {
+                    let https = edge.https.clone();
+                    terminate(&edge, https, stream, peer, hello.bytes, deadline, arrival).await
+                }
                 // Outside the allowlist: closed without a word, as a TCP port would.
                 Route::Refuse(Refusal::Forbidden) => {
                     tracing::debug!("visitor outside the tunnel's allowlist")
@@ -395,17 +407,49 @@ mod tests {
             }
             tx
         });
+        let later = Instant::now() + Duration::from_secs(3600);
         let mut first = Vec::new();
-        let p = read_protocol(&mut rx, &mut first).await.expect("read");
+        let p = read_protocol(&mut rx, &mut first, later)
+            .await
+            .expect("read");
         assert_eq!(p, Some(Protocol::Ssh));
         assert!(first.starts_with(b"SSH-"), "the bytes read are kept");
         drop(writer.await);
         let (_tx, mut rx) = tokio::io::duplex(1024);
         drop(_tx);
         assert_eq!(
-            read_protocol(&mut rx, &mut Vec::new()).await.expect("eof"),
+            read_protocol(&mut rx, &mut Vec::new(), later)
+                .await
+                .expect("eof"),
             None
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_is_an_ssh_client_waiting_for_the_server_but_a_started_word_is_waited_for() {
+        let silent_until = Instant::now() + Duration::from_secs(3);
+        let (_tx, mut rx) = tokio::io::duplex(1024);
+        let p = read_protocol(&mut rx, &mut Vec::new(), silent_until).await;
+        assert_eq!(p.expect("silence"), Some(Protocol::Ssh));
+        assert!(
+            Instant::now() >= silent_until,
+            "not before the silence is over"
+        );
+
+        // One byte said before the silence ended: the rest is waited for, however slow.
+        let (mut tx, mut rx) = tokio::io::duplex(1024);
+        let silent_until = Instant::now() + Duration::from_secs(3);
+        let writer = tokio::spawn(async move {
+            tx.write_all(b"S").await.expect("write");
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            tx.write_all(b"SH-2.0-x\r\n").await.expect("write");
+            tx
+        });
+        let mut first = Vec::new();
+        let p = read_protocol(&mut rx, &mut first, silent_until).await;
+        assert_eq!(p.expect("ssh"), Some(Protocol::Ssh));
+        assert_eq!(first, b"SSH-2.0-x\r\n", "every byte kept");
+        drop(writer.await);
     }
 
     /// Feeds `bytes` in pieces of `step`, like a slow network.
