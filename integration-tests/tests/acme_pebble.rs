@@ -2,12 +2,17 @@
 //! `pdns_server` + pdns-backend in every region, control): DNS-01 records written through
 //! control's database and served by every region's DNS before validation, certificates
 //! stored and handed to edges, forced renewal, custom domains through the user's CNAME, and
-//! a failing ACME server that leaves the certificate in service.
+//! a failing ACME server that leaves the certificate in service; and the edges serving the
+//! certificate, swapped in on renewal while a download runs.
 
 use nearhop_stack::dns_client::dig;
+use nearhop_stack::edge::url_host_port;
+use nearhop_stack::full_stack::{fast_heartbeats, US};
+use nearhop_stack::local_service::{blob_byte, LocalService};
 use nearhop_stack::metrics::metric_sum;
 use nearhop_stack::poll::eventually_within;
 use nearhop_stack::postgres::psql;
+use nearhop_stack::visitor::curl_tls;
 use nearhop_stack::{Stack, StackOptions};
 use nearhop_wire::{EdgeCertificates, EdgeHeartbeatResponse, Plan, RegisterEdgeRequest};
 use serde_json::Value;
@@ -405,4 +410,119 @@ fn a_custom_domain_gets_its_certificate_through_the_users_cname_and_a_failing_se
     assert_eq!(domain_cert(&after).chain_pem, kept.chain_pem);
     let why = failed["last_error"].as_str().unwrap();
     assert!(!why.trim().is_empty(), "the failure is shown in words");
+}
+
+/// The serial (lowercase hex, no leading zeros) of the certificate an edge shows for `name`.
+fn served_serial(ip: std::net::Ipv4Addr, port: u16, name: &str) -> anyhow::Result<String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {ip}:{port} -servername {name} </dev/null 2>/dev/null \
+             | openssl x509 -noout -serial"
+        ))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let serial = text
+        .trim()
+        .strip_prefix("serial=")
+        .ok_or_else(|| anyhow::anyhow!("no certificate from {ip}:{port}: {text:?}"))?;
+    Ok(normal_serial(serial))
+}
+
+fn normal_serial(hex: &str) -> String {
+    hex.to_ascii_lowercase().trim_start_matches('0').to_string()
+}
+
+#[test]
+fn every_edge_serves_the_issued_certificate_and_swaps_in_a_renewal_during_a_download() {
+    let dir = std::env::var_os("NEARHOP_E2E_KEEP_DIR").map(|root| {
+        let stamp = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        std::path::PathBuf::from(root).join(format!("acme-e2e-{stamp}"))
+    });
+    let stack = Stack::start(StackOptions {
+        with_dns: true,
+        with_edges: true,
+        acme: true,
+        control_tweak: Some(fast_heartbeats),
+        dir,
+        ..StackOptions::default()
+    })
+    .expect("the stack with edges and Pebble starts");
+    let root = stack.pebble.as_ref().unwrap().write_issuing_root().unwrap();
+    let first = wait_issued(&stack, "a.tunnel.test", None);
+    let first_serial = normal_serial(first["serial"].as_str().unwrap());
+
+    let local = LocalService::start("local");
+    let token = stack.pro_token();
+    let (_client, url) = stack
+        .http_tunnel(US, "acme-https", Some(&token), local.port)
+        .unwrap();
+    let (host, _) = url_host_port(&url).unwrap();
+    // Every edge serves it (a tunnel held in us, reached at eu and ap by relay), and curl
+    // verifies the chain against Pebble's root.
+    for r in &stack.regions {
+        eventually_within(&format!("HTTPS at {}", r.name), ISSUANCE, || {
+            let c = curl_tls(&host, r.ip, r.ports.https, "/hello", Some(&root));
+            anyhow::ensure!(
+                c.code == 0 && c.status == "200" && c.body.starts_with("hello from local"),
+                "{} {} {}",
+                c.status,
+                c.body,
+                c.stderr
+            );
+            Ok(())
+        });
+        assert_eq!(
+            served_serial(r.ip, r.ports.https, &host).unwrap(),
+            first_serial
+        );
+    }
+
+    // A 40 MB download over HTTPS at 2 MB/s is under way while control renews and the
+    // edges swap the certificate in.
+    let us = &stack.regions[US];
+    let size = 40 * 1024 * 1024;
+    let file = stack.dir.join("download.bin");
+    let mut download = Command::new("curl")
+        .args(["-sS", "--limit-rate", "2M", "--cacert"])
+        .arg(&root)
+        .arg("--resolve")
+        .arg(format!("{host}:{}:{}", us.ports.https, us.ip))
+        .arg("-o")
+        .arg(&file)
+        .arg(format!("https://{host}:{}/blob/{size}", us.ports.https))
+        .spawn()
+        .unwrap();
+    let pids: Vec<Option<u32>> = stack.edges.iter().map(|e| e.pid()).collect();
+    admin_renew(&stack, "a.tunnel.test");
+    let renewed = wait_issued(&stack, "a.tunnel.test", first["serial"].as_str());
+    let renewed_serial = normal_serial(renewed["serial"].as_str().unwrap());
+    for r in &stack.regions {
+        eventually_within(
+            &format!("the renewal served at {}", r.name),
+            ISSUANCE,
+            || {
+                let s = served_serial(r.ip, r.ports.https, &host)?;
+                anyhow::ensure!(s == renewed_serial, "still {s}");
+                Ok(())
+            },
+        );
+    }
+    assert!(
+        download.try_wait().unwrap().is_none(),
+        "the download was still running when the new certificate was served (else this \
+         test proves nothing about it)"
+    );
+    let status = download.wait().unwrap();
+    assert!(status.success(), "the download finished without error");
+    let got = std::fs::read(&file).unwrap();
+    assert_eq!(got.len(), size);
+    assert!(
+        got.iter().enumerate().all(|(i, b)| *b == blob_byte(i)),
+        "the download is intact"
+    );
+    let now: Vec<Option<u32>> = stack.edges.iter().map(|e| e.pid()).collect();
+    assert_eq!(pids, now, "no edge restarted");
+    let c = curl_tls(&host, us.ip, us.ports.https, "/hello", Some(&root));
+    assert_eq!((c.code, c.status.as_str()), (0, "200"), "{}", c.stderr);
 }
