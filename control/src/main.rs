@@ -270,7 +270,15 @@ fn main() -> Result<()> {
                     let acme_cname = st.cfg.acme_enabled.then(|| {
                         acme::names::custom_domain_cname(&d.domain, &st.cfg.zones.pro.name)
                     });
-                    print(cli.json, &d, || {
+                    let mut shown = serde_json::to_value(&d)?;
+                    if let (Some((name, target)), Some(obj)) = (&acme_cname, shown.as_object_mut())
+                    {
+                        obj.insert(
+                            "acme_challenge_cname".into(),
+                            serde_json::json!({"name": name, "target": target}),
+                        );
+                    }
+                    print(cli.json, &shown, || {
                         let mut s = format!(
                             "{} added: CNAME it to {}; prove ownership with TXT {} = {}{}",
                             d.domain,

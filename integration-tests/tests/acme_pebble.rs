@@ -11,11 +11,14 @@ use nearhop_stack::full_stack::{fast_heartbeats, US};
 use nearhop_stack::local_service::{blob_byte, LocalService};
 use nearhop_stack::metrics::metric_sum;
 use nearhop_stack::poll::eventually_within;
+use nearhop_stack::ports::free_port;
 use nearhop_stack::postgres::psql;
+use nearhop_stack::process::ChildGuard;
 use nearhop_stack::visitor::curl_tls;
-use nearhop_stack::{Stack, StackOptions};
+use nearhop_stack::{bin_path, Stack, StackOptions};
 use nearhop_wire::{EdgeCertificates, EdgeHeartbeatResponse, Plan, RegisterEdgeRequest};
 use serde_json::Value;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -336,17 +339,26 @@ fn a_custom_domain_gets_its_certificate_through_the_users_cname_and_a_failing_se
     let id = acct.account_id.to_string();
     ctl.cli(&["name", "reserve", "--account", &id, "shop"])
         .unwrap();
-    ctl.cli(&[
-        "domain",
-        "add",
-        "--account",
-        &id,
-        "shop.customer.test",
-        "--target",
-        "shop",
-        "--verified",
-    ])
+    let added: Value = serde_json::from_str(
+        ctl.cli(&[
+            "domain",
+            "add",
+            "--account",
+            &id,
+            "shop.customer.test",
+            "--target",
+            "shop",
+            "--verified",
+        ])
+        .unwrap()
+        .trim(),
+    )
     .unwrap();
+    assert_eq!(
+        added["acme_challenge_cname"],
+        serde_json::json!({"name": "_acme-challenge.shop.customer.test", "target": target}),
+        "domain add tells the record to add: {added}"
+    );
     let issued = wait_issued(&stack, "shop.customer.test", None);
     assert_eq!(issued["names"], serde_json::json!(["shop.customer.test"]));
     assert_eq!(
@@ -525,4 +537,90 @@ fn every_edge_serves_the_issued_certificate_and_swaps_in_a_renewal_during_a_down
     assert_eq!(pids, now, "no edge restarted");
     let c = curl_tls(&host, us.ip, us.ports.https, "/hello", Some(&root));
     assert_eq!((c.code, c.status.as_str()), (0, "200"), "{}", c.stderr);
+}
+
+/// `text` without terminal colour sequences (control's log is coloured).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn two_control_instances_never_work_one_certificate_at_the_same_time() {
+    let stack = acme_stack();
+    for z in ["a.tunnel.test", "free.tunnel.test"] {
+        wait_issued(&stack, z, None);
+    }
+    // A second control on the same primary, configured as the first but on another port.
+    let first_listen = stack.control.url.trim_start_matches("http://").to_string();
+    let second_listen = format!("127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST));
+    let config = std::fs::read_to_string(&stack.control.config_path)
+        .unwrap()
+        .replace(
+            &format!("listen = \"{first_listen}\""),
+            &format!("listen = \"{second_listen}\""),
+        );
+    let dir = stack.dir.join("control-2");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("control.toml"), config).unwrap();
+    let mut cmd = Command::new(bin_path("nearhop-control").unwrap());
+    cmd.arg("--config")
+        .arg(dir.join("control.toml"))
+        .arg("serve")
+        .env("RUST_LOG", "info");
+    let second_log = dir.join("control.log");
+    let _second = ChildGuard::spawn("nearhop-control 2", cmd, &second_log, libc::SIGTERM).unwrap();
+    eventually_within("the second control answers", ISSUANCE, || {
+        let r = reqwest::blocking::get(format!("http://{second_listen}/healthz"))?;
+        anyhow::ensure!(r.status().is_success(), "{}", r.status());
+        Ok(())
+    });
+    eventually_within("the second control's renewal task looks", ISSUANCE, || {
+        let log = std::fs::read_to_string(&second_log)?;
+        anyhow::ensure!(log.contains("ACME renewal task started"), "not yet");
+        Ok(())
+    });
+
+    // Both instances look every second; each forced renewal is worked by exactly one.
+    let before: Vec<Value> = ["a.tunnel.test", "free.tunnel.test"]
+        .iter()
+        .map(|z| row(&certificates(&stack), z).unwrap().clone())
+        .collect();
+    for z in ["a.tunnel.test", "free.tunnel.test"] {
+        admin_renew(&stack, z);
+    }
+    for (z, b) in ["a.tunnel.test", "free.tunnel.test"].iter().zip(&before) {
+        wait_issued(&stack, z, b["serial"].as_str());
+    }
+    let logs = plain(&format!(
+        "{}{}",
+        std::fs::read_to_string(stack.control.log()).unwrap(),
+        std::fs::read_to_string(&second_log).unwrap()
+    ));
+    for z in ["a.tunnel.test", "free.tunnel.test"] {
+        let attempts = logs
+            .lines()
+            .filter(|l| {
+                l.contains("requesting a certificate")
+                    && l.contains(&format!("subject=\"{z}\""))
+                    && l.contains("renewal=true")
+            })
+            .count();
+        assert_eq!(
+            attempts, 1,
+            "one renewal attempt of {z} across both instances"
+        );
+    }
 }

@@ -39,6 +39,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_leafs_expiry_and_serial_are_read_from_the_chain() {
+        let mut params = rcgen::CertificateParams::new(vec!["a.tunnel.test".to_string()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 12, 2);
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x0a, 0xbc, 0xde]));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = params.self_signed(&key).unwrap().pem();
+        let other = rcgen::CertificateParams::new(vec!["ca.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem();
+        let got = leaf_of(&format!("{leaf}{other}")).unwrap();
+        assert_eq!(got.serial, "0abcde");
+        assert_eq!(
+            got.not_after,
+            "2031-12-02T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+    }
+
+    #[test]
     fn garbage_is_refused_in_words() {
         let e = leaf_of("not a certificate").unwrap_err().to_string();
         assert!(e.contains("not PEM"), "{e}");
