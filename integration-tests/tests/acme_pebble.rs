@@ -284,9 +284,10 @@ fn zone_certificates_come_by_dns01_reach_edges_and_a_forced_renewal_replaces_the
         "nearhop_control_certificate_expiry_timestamp_seconds{names=\"a.tunnel.test,*.a.tunnel.test\""
     ));
 
-    // No key ever reached the log.
+    // No key ever reached the log or the metrics.
     let log = std::fs::read_to_string(stack.control.log()).unwrap();
     assert!(!log.contains("PRIVATE KEY"));
+    assert!(!metrics.contains("PRIVATE KEY") && !metrics.contains("BEGIN"));
     for c in &after.certificates {
         for line in c.key_pem.lines().filter(|l| !l.starts_with("-----")) {
             assert!(!log.contains(line), "a key line is in control's log");

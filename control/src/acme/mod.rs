@@ -62,6 +62,9 @@ pub async fn run(st: AppState) {
     if !st.cfg.acme_enabled {
         return;
     }
+    // instant-acme's HTTPS client takes the process's default TLS provider; name it, so
+    // that a second provider compiled into the workspace one day cannot leave it ambiguous.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let acme = match Acme::new(st) {
         Ok(a) => a,
         Err(e) => {
