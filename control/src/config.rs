@@ -1,7 +1,7 @@
 //! Control's configuration: a TOML file plus `NEARHOP_CONTROL_*` environment overrides,
 //! parsed and validated once at start into types the rest of the code trusts.
 //!
-//! Long with its tests (about 140 lines of them): every setting's default and check sits
+//! Long with its tests (about 180 lines of them): every setting's default and check sits
 //! next to the test that pins it.
 
 use anyhow::{bail, Result};

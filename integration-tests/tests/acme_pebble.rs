@@ -4,6 +4,9 @@
 //! stored and handed to edges, forced renewal, custom domains through the user's CNAME, and
 //! a failing ACME server that leaves the certificate in service; and the edges serving the
 //! certificate, swapped in on renewal while a download runs.
+//!
+//! Long because each test starts a whole stack (a minute or more of machine time), so each
+//! walks a whole story, with the helpers those stories share above them.
 
 use nearhop_stack::dns_client::dig;
 use nearhop_stack::edge::url_host_port;
