@@ -2,7 +2,8 @@
 //! `pdns_server` + pdns-backend in every region, control): DNS-01 records written through
 //! control's database and served by every region's DNS before validation, certificates
 //! stored and handed to edges, forced renewal, custom domains through the user's CNAME, and
-//! a failing ACME server that leaves the certificate in service; and the edges serving the
+//! a failing ACME server that leaves the certificate in service, a region whose DNS does not
+//! serve the challenge (no validation asked), two control instances; and the edges serving the
 //! certificate, swapped in on renewal while a download runs.
 //!
 //! Long because each test starts a whole stack (a minute or more of machine time), so each
@@ -18,7 +19,7 @@ use nearhop_stack::ports::free_port;
 use nearhop_stack::postgres::psql;
 use nearhop_stack::process::ChildGuard;
 use nearhop_stack::visitor::curl_tls;
-use nearhop_stack::{bin_path, Stack, StackOptions};
+use nearhop_stack::{bin_path, ControlSpec, Stack, StackOptions};
 use nearhop_wire::{EdgeCertificates, EdgeHeartbeatResponse, Plan, RegisterEdgeRequest};
 use serde_json::Value;
 use std::net::Ipv4Addr;
@@ -32,6 +33,11 @@ const ISSUANCE: Duration = Duration::from_secs(180);
 /// The stack with DNS in every region and Pebble; with `NEARHOP_E2E_KEEP_DIR=/some/dir` the
 /// data and logs stay in a fresh directory there.
 fn acme_stack() -> Stack {
+    acme_stack_with(None)
+}
+
+/// [`acme_stack`], with changes to control's settings.
+fn acme_stack_with(control_tweak: Option<fn(&mut ControlSpec)>) -> Stack {
     let dir = std::env::var_os("NEARHOP_E2E_KEEP_DIR").map(|root| {
         let stamp = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
         std::path::PathBuf::from(root).join(format!("acme-{stamp}"))
@@ -40,6 +46,7 @@ fn acme_stack() -> Stack {
         with_dns: true,
         acme: true,
         dir,
+        control_tweak,
         ..StackOptions::default()
     })
     .expect("the stack with Pebble starts")
@@ -627,4 +634,55 @@ fn two_control_instances_never_work_one_certificate_at_the_same_time() {
             "one renewal attempt of {z} across both instances"
         );
     }
+}
+
+/// A short wait for the regions' DNS, so that a region that does not serve the challenge
+/// fails the attempt in seconds.
+fn short_dns_wait(spec: &mut ControlSpec) {
+    spec.extra_toml.push_str("acme_dns_wait_ms = 2000\n");
+}
+
+#[test]
+fn a_challenge_not_served_by_every_region_is_never_validated_and_is_retried() {
+    let mut stack = acme_stack_with(Some(short_dns_wait));
+    let first = wait_issued(&stack, "a.tunnel.test", None);
+    wait_issued(&stack, "free.tunnel.test", None);
+
+    // eu's pdns-backend stops: eu's DNS cannot serve the challenge record, so control must
+    // not ask Pebble (which asks us's DNS, where the record is) to validate.
+    let eu = stack.regions.iter().position(|r| r.name == "eu").unwrap();
+    stack.dns[eu].stop_backend();
+    admin_renew(&stack, "a.tunnel.test");
+    let failed = eventually_within("the attempt fails on eu's DNS", ISSUANCE, || {
+        let rows = certificates(&stack);
+        let r = row(&rows, "a.tunnel.test").unwrap().clone();
+        anyhow::ensure!(r["failures"].as_i64() >= Some(1), "no failure yet: {r}");
+        Ok(r)
+    });
+    let why = failed["last_error"].as_str().unwrap();
+    assert!(
+        why.contains("region(s) eu did not serve the challenge records")
+            && why.contains("validation not asked"),
+        "{why}"
+    );
+    assert_eq!(
+        failed["serial"], first["serial"],
+        "the certificate stays in service"
+    );
+    let left = psql(
+        &stack.pg.primary.endpoint,
+        "SELECT count(*) FROM records WHERE name = '_acme-challenge.a.tunnel.test'",
+    )
+    .unwrap();
+    assert_eq!(
+        left.trim(),
+        "0",
+        "the record is removed after the failure too"
+    );
+
+    // eu's DNS back: the retry (backoff from 2 s) goes through.
+    stack.dns[eu].start_backend().unwrap();
+    let renewed = wait_issued(&stack, "a.tunnel.test", first["serial"].as_str());
+    assert_eq!(renewed["failures"], 0);
+    assert_eq!(renewed["last_error"], Value::Null);
 }
