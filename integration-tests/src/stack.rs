@@ -237,7 +237,10 @@ impl Stack {
             tweak(&mut spec);
         }
         // Pebble only needs the DNS address now; it asks only when validating.
-        let pebble = if opts.acme && opts.with_dns {
+        if opts.acme && !opts.with_dns {
+            anyhow::bail!("acme needs with_dns: Pebble validates against the stack's own DNS");
+        }
+        let pebble = if opts.acme {
             let p = Pebble::start(&dir.join("pebble"), regions[0].dns_addr(), opts.fixed_ports)?;
             spec.extra_toml = format!("{}\n{}{ACME_PACE}", spec.extra_toml, p.control_toml());
             Some(p)
