@@ -21,6 +21,7 @@ packages=(
   wrk                   # HTTP benchmarks
   nginx-light           # the edge benchmark's local HTTP server
   curl
+  nghttp2-client        # h2load: the edge benchmark's HTTP/2 and HTTPS rows
   chromium              # headless browser of the request inspector's page test
 )
 

@@ -2,7 +2,11 @@
 //! request phases, and proxies it over one `forwarded-tcpip` channel per visitor connection
 //! (kept for the connection's next requests). A request for a tunnel another edge holds is
 //! relayed there the same way, over a mesh channel to that edge. Bodies stream both ways;
-//! upgrades (WebSocket) become a byte splice with no idle cut.
+//! upgrades (WebSocket) become a byte splice with no idle cut. HTTP/2 streams
+//! (`visitor::http2`) are answered by the same `VisitorConn`, each on a channel of its own.
+//!
+//! Long because one request's whole way (routing, phases, the kept channel of HTTP/1.1 and
+//! the pool of HTTP/2, retries, upgrades) reads top-down here, with about 125 lines of tests.
 
 use crate::accept;
 use crate::edge::Edge;
@@ -17,7 +21,7 @@ use crate::visitor::http_phases::{self, RequestCtx};
 use crate::visitor::pages::{self, ProxyBody};
 use crate::visitor::routing::{self, Arrival, Listener, Refusal, Route};
 use crate::visitor::splice::splice;
-use crate::visitor::upstream::{self, OpenFailure, Target, Upstream, UpstreamBody};
+use crate::visitor::upstream::{self, IdlePool, OpenFailure, Target, Upstream, UpstreamBody};
 use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HOST, UPGRADE};
@@ -71,13 +75,22 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
     .await;
 }
 
-/// One visitor connection and the upstream (SSH channel) it uses.
-struct VisitorConn {
+/// One visitor connection and the upstreams (SSH channels) it uses.
+pub(super) struct VisitorConn {
     edge: Arc<Edge>,
     peer: SocketAddr,
     scheme: &'static str,
     arrival: Arrival,
-    upstream: Mutex<Option<Upstream>>,
+    upstreams: Upstreams,
+}
+
+/// Where a visitor connection keeps its upstreams between requests.
+pub(super) enum Upstreams {
+    /// HTTP/1.1: one request at a time, so one channel, kept for the next request.
+    Kept(Mutex<Option<Upstream>>),
+    /// HTTP/2: streams run side by side, each on a channel of its own, taken from the idle
+    /// ones or opened, and given back when its answer ended cleanly.
+    Pooled(Arc<IdlePool>),
 }
 
 /// Time a visitor has from connecting to a complete first request head (slowloris bound).
@@ -142,13 +155,13 @@ pub async fn serve_stream<S>(
         m.visitor_bytes_total.with_label_values(&["in"]),
         m.visitor_bytes_total.with_label_values(&["out"]),
     ));
-    let conn = Arc::new(VisitorConn {
-        edge: edge.clone(),
+    let conn = Arc::new(VisitorConn::new(
+        edge.clone(),
         peer,
         scheme,
         arrival,
-        upstream: Mutex::new(None),
-    });
+        Upstreams::Kept(Mutex::new(None)),
+    ));
     let service = service_fn(move |req| {
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(conn.handle(req).await) }
@@ -189,6 +202,45 @@ struct Failed {
     ending: Option<Arc<Tunnel>>,
 }
 
+impl Failed {
+    /// The failure of an attempt to reach `target`; `ending`, its tunnel's session.
+    fn at(target: Target<'_>, ending: Option<Arc<Tunnel>>) -> Failed {
+        let page = match target {
+            Target::Tunnel(_) => pages::client_unreachable(),
+            Target::Peer(_) => pages::holder_unreachable(),
+        };
+        Failed { page, ending }
+    }
+}
+
+/// What became of a request sent upstream.
+enum Sent {
+    /// The answer's head came back.
+    Answer(Response<Incoming>),
+    /// No answer in time: the visitor gets this page, and the channel is not used again.
+    TimedOut(Response<ProxyBody>),
+    /// The channel failed before any of the answer came back.
+    Failed(Failed),
+}
+
+/// What the visitor gets when no upstream to `target` could be opened (in the shape of
+/// `forward`'s answer, which it is).
+#[allow(clippy::result_large_err)]
+fn not_opened(target: Target<'_>, e: OpenFailure) -> Result<Response<ProxyBody>, Failed> {
+    match e {
+        OpenFailure::SessionGone => {
+            let ending = match target {
+                Target::Tunnel(t) => Some(t.clone()),
+                Target::Peer(_) => None,
+            };
+            Err(Failed::at(target, ending))
+        }
+        OpenFailure::Refused | OpenFailure::PeerUnreachable => Err(Failed::at(target, None)),
+        // Not tried again: the visitor is told to come back in a moment.
+        OpenFailure::TunnelBusy => Ok(pages::tunnel_busy()),
+    }
+}
+
 /// The head of a request that is safe to send again (idempotent, no body, no upgrade), kept
 /// from before the phases rewrote it.
 struct Replay {
@@ -221,10 +273,27 @@ impl Replay {
 }
 
 impl VisitorConn {
+    /// A visitor connection from `peer` over `scheme`, its upstreams kept in `upstreams`.
+    pub(super) fn new(
+        edge: Arc<Edge>,
+        peer: SocketAddr,
+        scheme: &'static str,
+        arrival: Arrival,
+        upstreams: Upstreams,
+    ) -> VisitorConn {
+        VisitorConn {
+            edge,
+            peer,
+            scheme,
+            arrival,
+            upstreams,
+        }
+    }
+
     /// Answers one request. A request that fails before any answer because its tunnel's
     /// client was reconnecting (or a kept-alive channel had just closed) is tried again
     /// when it is safe to send twice, so a client moving between edges loses no visit.
-    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub(super) async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let replay = Replay::of(&req);
         let mut req = req.map(UpstreamBody::Left);
         let mut attempt = 1;
@@ -365,18 +434,26 @@ impl VisitorConn {
     async fn forward(
         &self,
         target: Target<'_>,
+        req: Request<UpstreamBody>,
+        upgrade: Option<inspector::UpgradeRecord>,
+    ) -> Result<Response<ProxyBody>, Failed> {
+        match &self.upstreams {
+            Upstreams::Kept(slot) => self.forward_kept(slot, target, req, upgrade).await,
+            Upstreams::Pooled(pool) => self.forward_pooled(pool, target, req).await,
+        }
+    }
+
+    /// HTTP/1.1: over the connection's one kept channel (opened anew when it is gone or
+    /// goes elsewhere); an upgrade takes the channel with it.
+    async fn forward_kept(
+        &self,
+        slot: &Mutex<Option<Upstream>>,
+        target: Target<'_>,
         mut req: Request<UpstreamBody>,
         upgrade: Option<inspector::UpgradeRecord>,
     ) -> Result<Response<ProxyBody>, Failed> {
-        let failed = |ending: Option<Arc<Tunnel>>| {
-            let page = match target {
-                Target::Tunnel(_) => pages::client_unreachable(),
-                Target::Peer(_) => pages::holder_unreachable(),
-            };
-            Failed { page, ending }
-        };
         let visitor_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-        let mut slot = self.upstream.lock().await;
+        let mut slot = slot.lock().await;
         let key = target.key();
         let reusable = match slot.as_mut() {
             Some(up) if up.key == key && target.is_live() => up.sender.ready().await.is_ok(),
@@ -386,48 +463,22 @@ impl VisitorConn {
             *slot = None;
             match upstream::open(&self.edge, target, self.peer, self.scheme).await {
                 Ok(up) => *slot = Some(up),
-                Err(OpenFailure::SessionGone) => {
-                    let ending = match target {
-                        Target::Tunnel(t) => Some(t.clone()),
-                        Target::Peer(_) => None,
-                    };
-                    return Err(failed(ending));
-                }
-                Err(OpenFailure::Refused | OpenFailure::PeerUnreachable) => {
-                    return Err(failed(None))
-                }
-                // Not tried again: the visitor is told to come back in a moment.
-                Err(OpenFailure::TunnelBusy) => return Ok(pages::tunnel_busy()),
+                Err(e) => return not_opened(target, e),
             }
         }
         let Some(up) = slot.as_mut() else {
-            return Err(failed(None));
+            return Err(Failed::at(target, None));
         };
-        let limit = self.edge.config.visitor_response_timeout_seconds;
-        let sent = if limit == 0 {
-            up.sender.send_request(req).await
-        } else {
-            match tokio::time::timeout(Duration::from_secs(limit), up.sender.send_request(req))
-                .await
-            {
-                Ok(sent) => sent,
-                Err(_) => {
-                    // The channel may still bring that late answer: it is not reused.
-                    *slot = None;
-                    self.edge.metrics.visitor_response_timeouts_total.inc();
-                    return Ok(pages::response_timeout(limit));
-                }
-            }
-        };
-        let mut resp = match sent {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "request through the tunnel or relay failed");
-                if let Target::Peer(_) = target {
-                    self.relay_error("request_failed");
-                }
+        let mut resp = match self.send(target, up, req).await {
+            Sent::Answer(resp) => resp,
+            Sent::TimedOut(page) => {
+                // The channel may still bring that late answer: it is not reused.
                 *slot = None;
-                return Err(failed(None));
+                return Ok(page);
+            }
+            Sent::Failed(failed) => {
+                *slot = None;
+                return Err(failed);
             }
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -439,6 +490,62 @@ impl VisitorConn {
             }
         }
         Ok(resp.map(|b| b.boxed()))
+    }
+
+    /// HTTP/2: over an idle channel of the connection's pool, or a new one; the channel
+    /// goes back to the pool when the answer's body has ended cleanly.
+    async fn forward_pooled(
+        &self,
+        pool: &Arc<IdlePool>,
+        target: Target<'_>,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<ProxyBody>, Failed> {
+        let mut up = match pool.take(target).await {
+            Some(up) => up,
+            None => match upstream::open(&self.edge, target, self.peer, self.scheme).await {
+                Ok(up) => up,
+                Err(e) => return not_opened(target, e),
+            },
+        };
+        match self.send(target, &mut up, req).await {
+            Sent::Answer(resp) => Ok(pool.give_back_after(resp, up)),
+            Sent::TimedOut(page) => Ok(page),
+            Sent::Failed(failed) => Err(failed),
+        }
+    }
+
+    /// Sends the request on `up` and waits for the answer's head, up to
+    /// `visitor_response_timeout_seconds`.
+    async fn send(
+        &self,
+        target: Target<'_>,
+        up: &mut Upstream,
+        req: Request<UpstreamBody>,
+    ) -> Sent {
+        let limit = self.edge.config.visitor_response_timeout_seconds;
+        let sent = if limit == 0 {
+            up.sender.send_request(req).await
+        } else {
+            match tokio::time::timeout(Duration::from_secs(limit), up.sender.send_request(req))
+                .await
+            {
+                Ok(sent) => sent,
+                Err(_) => {
+                    self.edge.metrics.visitor_response_timeouts_total.inc();
+                    return Sent::TimedOut(pages::response_timeout(limit));
+                }
+            }
+        };
+        match sent {
+            Ok(resp) => Sent::Answer(resp),
+            Err(e) => {
+                tracing::debug!(error = %e, "request through the tunnel or relay failed");
+                if let Target::Peer(_) = target {
+                    self.relay_error("request_failed");
+                }
+                Sent::Failed(Failed::at(target, None))
+            }
+        }
     }
 
     fn relay_error(&self, cause: &str) {
@@ -613,7 +720,7 @@ mod tests {
             peer: "192.0.2.1:5000".parse().expect("addr"),
             scheme,
             arrival: Arrival::Direct,
-            upstream: Mutex::new(None),
+            upstreams: Upstreams::Kept(Mutex::new(None)),
         };
         (conn, tunnel)
     }

@@ -7,6 +7,7 @@ pub mod certificates;
 pub mod client_hello;
 pub mod first_request;
 pub mod http;
+pub mod http2;
 pub mod http_phases;
 pub mod https;
 pub mod pages;

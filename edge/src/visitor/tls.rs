@@ -358,7 +358,7 @@ async fn terminate<S>(
     };
     match done {
         Ok(Ok(tls)) => {
-            visitor_http::serve_stream(edge, tls, peer, "https", deadline, arrival).await
+            crate::visitor::https::serve_terminated(edge, tls, peer, deadline, arrival).await
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake with a visitor failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake with a visitor took too long"),

@@ -2,6 +2,8 @@
 //! kept for the visitor connection's next requests to the same place, over which the edge
 //! speaks HTTP/1.1 — a `forwarded-tcpip` channel of a tunnel this edge holds, or a relay
 //! channel to the peer edge that holds it (the visitor's address as originator either way).
+//! An HTTP/2 visitor connection keeps a small pool of such channels instead, one per stream
+//! in flight (`IdlePool`).
 
 use crate::edge::Edge;
 use crate::inspector::capture::Tapped;
@@ -10,14 +12,17 @@ use crate::io::read_buffer::Coalescing;
 use crate::mesh::links::PeerLink;
 use crate::mesh::protocol::RelayListener;
 use crate::tunnels::Tunnel;
+use crate::visitor::pages::ProxyBody;
 use crate::visitor::shares::Share;
 use bytes::Bytes;
-use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Either, Empty};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Where a request goes: through a tunnel of this edge, or to the peer edge holding it.
@@ -194,4 +199,242 @@ where
         }
     });
     Some(sender)
+}
+
+/// Most idle channels an HTTP/2 visitor connection keeps for its next streams; a channel
+/// given back beyond that is closed. Each idle channel holds one of the tunnel's share of
+/// visitor connections, so the pool stays small; a burst of more streams opens channels
+/// and closes the surplus after it.
+pub const MAX_IDLE_PER_CONNECTION: usize = 16;
+
+/// The idle upstreams of one HTTP/2 visitor connection, for its streams to take in turn.
+#[derive(Default)]
+pub struct IdlePool {
+    idle: std::sync::Mutex<Vec<Upstream>>,
+}
+
+impl IdlePool {
+    /// An idle upstream to `target` that can carry a request now, if the pool has one;
+    /// closed ones and ones to a target that went away are dropped on the way.
+    pub async fn take(&self, target: Target<'_>) -> Option<Upstream> {
+        let key = target.key();
+        loop {
+            let mut up = {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                idle.retain(|up| !up.sender.is_closed());
+                let at = idle.iter().position(|up| up.key == key)?;
+                idle.swap_remove(at)
+            };
+            if !target.is_live() {
+                return None;
+            }
+            // A channel comes back when its answer's body ended, which is when its
+            // connection turns idle: this waits for hyper to see it, no longer.
+            if up.sender.ready().await.is_ok() {
+                return Some(up);
+            }
+        }
+    }
+
+    /// The answer `resp`, its body giving `up` back to the pool when it ends cleanly (an
+    /// answer cut short closes the channel with it).
+    pub fn give_back_after(
+        self: &Arc<Self>,
+        resp: hyper::Response<Incoming>,
+        up: Upstream,
+    ) -> hyper::Response<ProxyBody> {
+        let pool = Arc::downgrade(self);
+        resp.map(|body| {
+            let mut body = GivesBack {
+                body,
+                up: Some(up),
+                pool,
+            };
+            body.give_back_if_ended(false);
+            BodyExt::boxed(body)
+        })
+    }
+
+    fn put(&self, up: Upstream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_PER_CONNECTION {
+            idle.push(up);
+        }
+    }
+
+    /// How many idle upstreams the pool holds.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// An answer's body that gives its upstream back to the pool once it has ended.
+struct GivesBack {
+    body: Incoming,
+    up: Option<Upstream>,
+    pool: Weak<IdlePool>,
+}
+
+impl GivesBack {
+    fn give_back_if_ended(&mut self, ended: bool) {
+        if !(ended || self.body.is_end_stream()) {
+            return;
+        }
+        if let (Some(up), Some(pool)) = (self.up.take(), self.pool.upgrade()) {
+            pool.put(up);
+        }
+    }
+}
+
+impl Body for GivesBack {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        match &frame {
+            None => self.give_back_if_ended(true),
+            // The channel is in an unknown state: it goes with this answer.
+            Some(Err(_)) => self.up = None,
+            Some(Ok(_)) => self.give_back_if_ended(false),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper::{Request, Response};
+    use nearhop_wire::TunnelKind;
+    use std::convert::Infallible;
+
+    fn tunnel(id: i64) -> Arc<Tunnel> {
+        Arc::new(Tunnel::new(
+            id,
+            "blog.a.tunnel.test".into(),
+            "a.tunnel.test".into(),
+            "us".into(),
+            TunnelKind::Http,
+            None,
+            crate::tunnels::ForwardTarget {
+                address: "localhost".into(),
+                port: 8000,
+            },
+            Arc::new(crate::ssh::link::SessionLink::new(
+                1,
+                "127.0.0.1:1".parse().expect("addr"),
+            )),
+            Arc::default(),
+        ))
+    }
+
+    /// An upstream to tunnel 1 whose far end is hyper's HTTP/1.1 server in memory,
+    /// answering `GET /N` with N bytes (a channel without the SSH around it).
+    async fn upstream() -> Upstream {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let service = service_fn(|req: Request<Incoming>| async move {
+                let n: usize = req.uri().path()[1..].parse().unwrap_or(0);
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![b'x'; n]))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(far), service)
+                .await;
+        });
+        Upstream {
+            key: UpstreamKey::Tunnel(1),
+            sender: http_over(near).await.expect("handshake"),
+            _share: None,
+        }
+    }
+
+    fn get(path: &str) -> Request<UpstreamBody> {
+        Request::builder()
+            .uri(path)
+            .header("host", "local")
+            .body(Either::Right(Either::Left(Empty::new())))
+            .expect("request")
+    }
+
+    async fn send(
+        pool: &Arc<IdlePool>,
+        mut up: Upstream,
+        path: &str,
+    ) -> hyper::Response<ProxyBody> {
+        let resp = up.sender.send_request(get(path)).await.expect("answer");
+        pool.give_back_after(resp, up)
+    }
+
+    #[tokio::test]
+    async fn a_channel_goes_back_when_its_answer_ended_and_carries_the_next_stream() {
+        let (pool, tunnel) = (Arc::new(IdlePool::default()), tunnel(1));
+        let resp = send(&pool, upstream().await, "/100000").await;
+        assert_eq!(pool.idle_count(), 0, "busy while its answer streams");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body.len(), 100_000);
+        assert_eq!(pool.idle_count(), 1, "back once the answer ended");
+        let again = pool
+            .take(Target::Tunnel(&tunnel))
+            .await
+            .expect("idle channel");
+        assert_eq!(pool.idle_count(), 0);
+        let resp = send(&pool, again, "/5").await;
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"xxxxx");
+    }
+
+    #[tokio::test]
+    async fn an_empty_answer_gives_its_channel_back_at_once() {
+        let pool = Arc::new(IdlePool::default());
+        let resp = send(&pool, upstream().await, "/0").await;
+        assert_eq!(pool.idle_count(), 1);
+        drop(resp);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_short_closes_its_channel() {
+        let pool = Arc::new(IdlePool::default());
+        let mut resp = send(&pool, upstream().await, "/1000000").await;
+        let first = resp
+            .body_mut()
+            .frame()
+            .await
+            .expect("a frame")
+            .expect("data");
+        assert!(first.is_data());
+        drop(resp);
+        assert_eq!(
+            pool.idle_count(),
+            0,
+            "a half-read answer's channel is not reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_pool_keeps_at_most_its_cap_of_idle_channels_and_none_to_another_target() {
+        let pool = Arc::new(IdlePool::default());
+        for _ in 0..MAX_IDLE_PER_CONNECTION + 4 {
+            let resp = send(&pool, upstream().await, "/0").await;
+            drop(resp);
+        }
+        assert_eq!(pool.idle_count(), MAX_IDLE_PER_CONNECTION);
+        let other = tunnel(2);
+        assert!(pool.take(Target::Tunnel(&other)).await.is_none());
+        assert_eq!(pool.idle_count(), MAX_IDLE_PER_CONNECTION);
+    }
 }

@@ -10,6 +10,10 @@
 //! The request inspector's cost alone (inspector off / on / on with a viewer, 1 KiB
 //! answers): the same, with `--inspector` (and `--inspector-rounds N`).
 //!
+//! HTTPS over HTTP/1.1 vs HTTP/2 to visitors, side by side through one edge and tunnel to
+//! the same nginx (h2load, the same TCP connections for both; a download over each with
+//! curl): the same, with `--https` (`--h2-connections`, `--h2-streams`).
+//!
 //! One file on purpose: the measurements share one stack, one nginx and one table, and the
 //! report reads top-down in `main`.
 
@@ -68,6 +72,18 @@ struct Args {
     /// Rounds of the inspector comparison.
     #[arg(long, default_value_t = 3)]
     inspector_rounds: usize,
+    /// Only HTTPS over HTTP/1.1 vs HTTP/2 (h2load and curl through the edge's TLS port,
+    /// with the stack's self-signed zone certificate): requests/s and p99 of the 612-byte
+    /// page with the same number of TCP connections, and the bulk download, over each.
+    #[arg(long)]
+    https: bool,
+    /// TCP connections of each h2load run of `--https`.
+    #[arg(long, default_value_t = 8)]
+    h2_connections: u32,
+    /// Streams in flight per connection over HTTP/2 in `--https` (HTTP/1.1 has one:
+    /// clients do not pipeline).
+    #[arg(long, default_value_t = 32)]
+    h2_streams: u32,
     /// Extra `ssh -o` options for every tunnel client of the traffic comparison, e.g.
     /// `--ssh-option Ciphers=aes128-gcm@openssh.com` to hold the cipher equal on both paths.
     #[arg(long)]
@@ -128,9 +144,20 @@ fn main() -> Result<()> {
     let credential = stack.control.issue_edge_credential("us-1")?;
     let mut spec = EdgeSpec::for_tests("us", LOCAL, &stack.control.url, &credential);
     spec.extra_toml = format!("max_forwards_per_session = 4\n{}\n", args.edge_toml);
+    if args.https {
+        let (cert, key) = nearhop_stack::edge::dev_zone_certificate(&dir.join("tls"))?;
+        spec.extra_toml += &format!(
+            "tls_cert_path = \"{}\"\ntls_key_path = \"{}\"\n",
+            cert.display(),
+            key.display()
+        );
+    }
     let edge = EdgeProcess::start(&dir.join("edge"), spec)?;
     if args.inspector {
         return inspector_cost(&args, &stack, &edge, nginx_port, &dir);
+    }
+    if args.https {
+        return https_h1_vs_h2(&args, &stack, &edge, nginx_port, &dir);
     }
     if args.only_setup {
         setup_times(&args, &stack, &edge, nginx_port, sshd_port, &key)?;
@@ -926,5 +953,199 @@ fn inspector_cost(
     off.stop();
     on.stop();
     viewed.stop();
+    Ok(())
+}
+
+/// What one h2load run measured.
+struct H2load {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    failed: u64,
+}
+
+/// h2load against `url` through the edge's TLS port (`connect_to`), over HTTP/2 with
+/// `streams` in flight per connection, or over HTTP/1.1 (`h1`) with one. Latency
+/// percentiles come from h2load's per-request log.
+fn h2load(
+    args: &Args,
+    url: &str,
+    connect_to: &str,
+    h1: bool,
+    streams: u32,
+    log: &Path,
+) -> Result<H2load> {
+    let mut cmd = Command::new("h2load");
+    cmd.args(["-c", &args.h2_connections.to_string()])
+        .args(["-t", &args.threads.to_string()])
+        .args(["-m", &streams.to_string()])
+        .args(["-D", &args.duration.to_string()])
+        .args(["--warm-up-time", "1"])
+        .arg(format!("--connect-to={connect_to}"))
+        .arg(format!("--log-file={}", log.display()));
+    if h1 {
+        cmd.arg("--h1");
+    }
+    cmd.arg(url);
+    let out = run(cmd)?;
+    let mut rps = 0.0;
+    let mut failed = 0;
+    for line in out.lines() {
+        // "finished in 10.00s, 12345.60 req/s, 9.10MB/s"
+        if let Some(rest) = line.strip_prefix("finished in ") {
+            if let Some(v) = rest
+                .split(", ")
+                .nth(1)
+                .and_then(|v| v.strip_suffix(" req/s"))
+            {
+                rps = v.parse()?;
+            }
+        }
+        // "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
+        if let Some(rest) = line.strip_prefix("requests: ") {
+            for part in rest.split(", ") {
+                if let Some(n) = part.strip_suffix(" failed") {
+                    failed = n.parse()?;
+                }
+            }
+        }
+    }
+    if rps == 0.0 {
+        bail!("h2load reported no rate for {url}:\n{out}");
+    }
+    // Each line: start time (µs), status, duration (µs).
+    let mut durations: Vec<f64> = std::fs::read_to_string(log)?
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.parse::<f64>().ok())
+        .map(|us| us / 1000.0)
+        .collect();
+    if durations.is_empty() {
+        bail!("h2load logged no request for {url}");
+    }
+    durations.sort_by(|a, b| a.total_cmp(b));
+    Ok(H2load {
+        rps,
+        p50_ms: pct(&durations, 0.50),
+        p99_ms: pct(&durations, 0.99),
+        failed,
+    })
+}
+
+/// HTTPS visitors over HTTP/1.1 and over HTTP/2, one tunnel to nginx through one edge:
+/// h2load with the same TCP connections (HTTP/2 with `--h2-streams` streams each, HTTP/1.1
+/// one request at a time), rounds interleaved; then the bulk download with curl over each,
+/// interleaved, median reported; ratios h2/h1 at the end.
+fn https_h1_vs_h2(
+    args: &Args,
+    stack: &Stack,
+    edge: &EdgeProcess,
+    nginx_port: u16,
+    dir: &Path,
+) -> Result<()> {
+    let tunnels = EdgeTunnels {
+        stack,
+        edge,
+        dir,
+        nginx_port,
+        ssh_options: &args.ssh_option,
+    };
+    let (mut client, host, _) = tunnels.open("https-forward", "", &[], vec![], false)?;
+    let port = edge.spec.tls;
+    let connect_to = format!("{}:{port}", edge.spec.ip);
+    let base = format!("https://{host}:{port}");
+    let resolve = format!("{host}:{port}:{}", edge.spec.ip);
+    let ca = dir.join("tls/zone-cert.pem");
+    let curl = |protocol: &str, path: &str| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", protocol, "--cacert"])
+            .arg(&ca)
+            .args(["--resolve", &resolve, "-o", "/dev/null"])
+            .args(["-w", "%{http_version} %{size_download} %{time_total}"])
+            .arg(format!("{base}{path}"));
+        run(cmd)
+    };
+    try_eventually(Duration::from_secs(30), || {
+        let out = curl("--http2", "/")?;
+        anyhow::ensure!(out.starts_with("2 612 "), "{out}");
+        Ok(())
+    })
+    .context("the edge does not serve the tunnel over HTTP/2")?;
+
+    let rounds = args.bulk_runs.max(1);
+    let streams = args.h2_streams.max(1);
+    let mut h1_runs = Vec::new();
+    let mut h2_runs = Vec::new();
+    for round in 0..rounds {
+        let log = dir.join(format!("h2load-h1-{round}.log"));
+        h1_runs.push(h2load(
+            args,
+            &format!("{base}/"),
+            &connect_to,
+            true,
+            1,
+            &log,
+        )?);
+        let log = dir.join(format!("h2load-h2-{round}.log"));
+        h2_runs.push(h2load(
+            args,
+            &format!("{base}/"),
+            &connect_to,
+            false,
+            streams,
+            &log,
+        )?);
+    }
+    let mut downloads: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        for (i, (protocol, version)) in [("--http1.1", "1.1"), ("--http2", "2")].iter().enumerate()
+        {
+            let out = curl(protocol, "/big.bin")?;
+            let mut it = out.split_whitespace();
+            let got_version = it.next().unwrap_or("");
+            let size: f64 = it.next().context("size")?.parse()?;
+            let secs: f64 = it.next().context("time")?.parse()?;
+            if got_version != *version || size as usize != args.bulk_mb * 1024 * 1024 {
+                bail!("the {protocol} download got {size} bytes over HTTP/{got_version}");
+            }
+            downloads[i].push(size / 1e6 / secs);
+        }
+    }
+    let median = |mut xs: Vec<f64>| {
+        xs.sort_by(|a, b| a.total_cmp(b));
+        xs[xs.len() / 2]
+    };
+    let summary = |runs: &[H2load]| {
+        (
+            median(runs.iter().map(|r| r.rps).collect()),
+            median(runs.iter().map(|r| r.p50_ms).collect()),
+            median(runs.iter().map(|r| r.p99_ms).collect()),
+            runs.iter().map(|r| r.failed).sum::<u64>(),
+        )
+    };
+    let (h1, h2) = (summary(&h1_runs), summary(&h2_runs));
+    let (h1_mbps, h2_mbps) = (median(downloads[0].clone()), median(downloads[1].clone()));
+    let c = args.h2_connections;
+    println!(
+        "\n## HTTPS to visitors, HTTP/1.1 vs HTTP/2 (h2load -c{c} -t{} -D{}s, 612-byte page; \
+         download: {} MB file, curl; median of {rounds} interleaved rounds)\n",
+        args.threads, args.duration, args.bulk_mb
+    );
+    println!("| protocol | TCP connections | in flight per connection | requests/s | p50 ms | p99 ms | failed | download MB/s |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| HTTP/1.1 (h2load --h1) | {c} | 1 | {:.0} | {:.2} | {:.2} | {} | {h1_mbps:.0} |",
+        h1.0, h1.1, h1.2, h1.3
+    );
+    println!(
+        "| HTTP/2 (h2load -m{streams}) | {c} | {streams} | {:.0} | {:.2} | {:.2} | {} | {h2_mbps:.0} |",
+        h2.0, h2.1, h2.2, h2.3
+    );
+    println!(
+        "\nh2 / h1: requests/s x{:.2} (target >= 1.5), p99 x{:.2}, download x{:.2} (target >= 0.9)",
+        h2.0 / h1.0,
+        h2.2 / h1.2,
+        h2_mbps / h1_mbps
+    );
+    client.stop();
     Ok(())
 }

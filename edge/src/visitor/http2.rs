@@ -1,0 +1,314 @@
+//! HTTP/2 for HTTPS visitors (ALPN `h2`): hyper's HTTP/2 server, each stream answered by the
+//! same code as an HTTP/1.1 request (`visitor::http`: routing, phases, inspector, relay),
+//! on an HTTP/1.1 channel of its own to the tunnel's local service. Here: the connection's
+//! limits and windows, and the translation of a stream to an HTTP/1.1 request and back.
+
+use crate::edge::Edge;
+use crate::io::counting::CountingStream;
+use crate::visitor::http::{head_timeout, Upstreams, VisitorConn};
+use crate::visitor::pages::{self, ProxyBody};
+use crate::visitor::routing::Arrival;
+use crate::visitor::upstream::IdlePool;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, TE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+/// Streams one visitor connection may have open at once. Each stream in flight holds an
+/// SSH channel (and one of the tunnel's share of visitor connections), so a browser's
+/// usual 6 to 100 is allowed and a single connection cannot take the tunnel's whole share.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// Flow-control window of each stream for what the visitor sends (uploads): 4 MiB, so an
+/// upload over a path of 100 ms round trip can run at ~40 MB/s before waiting for a
+/// window update. Downloads are paced by the visitor's own windows (curl and browsers
+/// announce several MiB to 1 GiB), and by `SEND_BUFFER` here.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// Flow-control window of the whole connection: several streams uploading at full speed.
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Largest frame the visitor may send: 64 KiB (the protocol's default, 16 KiB, costs a
+/// frame header and a wake-up per 16 KiB of upload).
+pub const MAX_FRAME: u32 = 64 * 1024;
+
+/// Bytes of an answer hyper buffers per stream ahead of the visitor's window: 1 MiB, so
+/// that a download keeps the TLS connection full while the next chunk crosses the tunnel.
+pub const SEND_BUFFER: usize = 1024 * 1024;
+
+/// Streams a visitor may reset before the edge accepted them, at once (the "rapid reset"
+/// attack, CVE-2023-44487): beyond this the connection is closed with GOAWAY.
+pub const MAX_PENDING_RESETS: usize = 20;
+
+/// Streams the edge itself may reset for protocol errors on one connection before it
+/// closes it (a visitor provoking resets, CVE-2024-2653's cousin).
+pub const MAX_ERROR_RESETS: usize = 1024;
+
+/// A connection with no stream in flight that started none for this long is closed.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(120);
+
+/// Serves a visitor connection whose TLS the edge terminated and whose ALPN is `h2`. The
+/// first stream must start by `deadline` (counted from the connection's accept).
+pub async fn serve<S>(
+    edge: &Arc<Edge>,
+    stream: S,
+    peer: SocketAddr,
+    deadline: Instant,
+    arrival: Arrival,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let m = &edge.metrics;
+    let io = TokioIo::new(CountingStream::new(
+        stream,
+        m.visitor_bytes_total.with_label_values(&["in"]),
+        m.visitor_bytes_total.with_label_values(&["out"]),
+    ));
+    let conn = Arc::new(VisitorConn::new(
+        edge.clone(),
+        peer,
+        "https",
+        arrival,
+        Upstreams::Pooled(Arc::new(IdlePool::default())),
+    ));
+    // The first stream must come by `deadline`; after it, the connection lives while it has
+    // a stream in flight or started one within `IDLE_LIMIT`.
+    let streams = Arc::new(Streams::default());
+    let counted = streams.clone();
+    let service = service_fn(move |req| {
+        let in_flight = InFlight::start(&counted);
+        let conn = conn.clone();
+        async move {
+            let resp = answer(&conn, req).await;
+            // Until hyper drops the answer's body: its stream ended or was reset.
+            Ok::<_, Infallible>(resp.map(|body| Tracked {
+                body,
+                _in_flight: in_flight,
+            }))
+        }
+    });
+    let max_head = edge.config.visitor_max_header_bytes;
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .adaptive_window(false)
+        .max_frame_size(MAX_FRAME)
+        .max_send_buf_size(SEND_BUFFER)
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(MAX_ERROR_RESETS)
+        // A visitor gone without a word (no FIN) is noticed by its missing PING answers.
+        .keep_alive_interval(head_timeout(edge))
+        .keep_alive_timeout(head_timeout(edge));
+    let served = builder.serve_connection(io, service);
+    tokio::pin!(served);
+    let mut check_at = deadline;
+    let mut seen = 0;
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut served => break r,
+            _ = tokio::time::sleep_until(check_at), if !closing => {
+                let now = streams.started.load(Ordering::Relaxed);
+                if now == seen && streams.in_flight.load(Ordering::Relaxed) == 0 {
+                    tracing::debug!(%peer, streams = now, "HTTP/2 visitor idle; closing");
+                    closing = true;
+                    served.as_mut().graceful_shutdown();
+                }
+                seen = now;
+                check_at = Instant::now() + IDLE_LIMIT;
+            }
+            _ = edge.shutdown.cancelled(), if !closing => {
+                closing = true;
+                served.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, %peer, "HTTP/2 visitor connection ended with an error");
+    }
+}
+
+/// Streams of one connection: started so far, and in flight (answer not yet done).
+#[derive(Default)]
+struct Streams {
+    started: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+/// One stream in flight, counted until dropped.
+struct InFlight(Arc<Streams>);
+
+impl InFlight {
+    fn start(streams: &Arc<Streams>) -> InFlight {
+        streams.started.fetch_add(1, Ordering::Relaxed);
+        streams.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(streams.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An answer's body that keeps its stream counted in flight as long as it lives.
+struct Tracked {
+    body: ProxyBody,
+    _in_flight: InFlight,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Answers one stream: as an HTTP/1.1 request through the visitor code, the answer made fit
+/// for HTTP/2.
+async fn answer(conn: &VisitorConn, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let mut resp = if req.method() == Method::CONNECT {
+        // Neither a proxy nor WebSockets over HTTP/2 (RFC 8441) are offered here.
+        pages::page(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method not allowed",
+            "CONNECT is not served over HTTP/2 here; WebSockets work over HTTP/1.1.",
+        )
+    } else {
+        to_http1(&mut req);
+        conn.handle(req).await
+    };
+    strip_connection_headers(resp.headers_mut());
+    resp
+}
+
+/// Makes a stream's head an HTTP/1.1 request's: the version, and the cookies HTTP/2 may
+/// send as several fields joined into one (RFC 9113 §8.2.3). The authority becomes `Host`
+/// later, as for an absolute-form HTTP/1.1 request (`visitor::http`).
+pub fn to_http1<B>(req: &mut Request<B>) {
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    if headers.get_all(COOKIE).iter().count() > 1 {
+        let joined = headers
+            .get_all(COOKIE)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect::<Vec<_>>()
+            .join(&b"; "[..]);
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            headers.insert(COOKIE, v);
+        }
+    }
+}
+
+/// Takes off the fields HTTP/2 forbids in an answer (RFC 9113 §8.2.2): `Connection` and
+/// every field it names, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`,
+/// `TE`. The local service speaks HTTP/1.1 and may send any of them.
+pub fn strip_connection_headers(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+    headers.remove(TE);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_specific_fields_are_taken_off_an_answer() {
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, "keep-alive, X-Hop".parse().unwrap());
+        h.append(CONNECTION, "close".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-hop", "1".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("proxy-connection", "keep-alive".parse().unwrap());
+        h.insert(TE, "trailers".parse().unwrap());
+        h.insert("content-type", "text/plain".parse().unwrap());
+        h.insert("x-kept", "yes".parse().unwrap());
+        strip_connection_headers(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn a_stream_becomes_an_http1_request_with_one_cookie_field() {
+        let mut r = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("https://blog.a.tunnel.test:8443/p?q=1")
+            .header(COOKIE, "a=1")
+            .header(COOKIE, "b=2")
+            .body(())
+            .unwrap();
+        to_http1(&mut r);
+        assert_eq!(r.version(), Version::HTTP_11);
+        assert_eq!(r.headers().get_all(COOKIE).iter().count(), 1);
+        assert_eq!(r.headers()[COOKIE], "a=1; b=2");
+        // The authority still names the host, as for an absolute-form request.
+        assert_eq!(
+            crate::visitor::http::request_host(&r).as_deref(),
+            Some("blog.a.tunnel.test")
+        );
+    }
+
+    #[test]
+    fn a_single_cookie_field_is_left_alone() {
+        let mut r = Request::builder()
+            .version(Version::HTTP_2)
+            .header(COOKIE, "a=1; b=2")
+            .body(())
+            .unwrap();
+        to_http1(&mut r);
+        assert_eq!(r.headers()[COOKIE], "a=1; b=2");
+    }
+}
