@@ -5,8 +5,9 @@ TEST_THREADS ?= 2
 
 .PHONY: up test deps build lint bench clean-stack lab rollout-test
 
+# `make up ACME=1`: Pebble runs too and control obtains the edges' certificates from it.
 up: deps build
-	./target/debug/nearhop-stack --dir .stack
+	./target/debug/nearhop-stack --dir .stack $(if $(ACME),--acme)
 
 # Every test: the workspace's (unit, integration against real processes), then the Ansible
 # rollout check in a lab of namespaced hosts (needs root, as CI has; docs/lab.md).

@@ -16,6 +16,7 @@ packages=(
   openssh-server        # sshd: the edge benchmark's baseline
   dnsutils              # dig
   unbound               # a real recursive resolver in front of pdns (dns_no_nxdomain test)
+  pebble                # the ACME test server (acme_pebble test, make up ACME=1)
   dnsperf               # DNS benchmarks
   wrk                   # HTTP benchmarks
   nginx-light           # the edge benchmark's local HTTP server

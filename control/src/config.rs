@@ -1,7 +1,7 @@
 //! Control's configuration: a TOML file plus `NEARHOP_CONTROL_*` environment overrides,
 //! parsed and validated once at start into types the rest of the code trusts.
 //!
-//! Long with its tests (about 140 lines of them): every setting's default and check sits
+//! Long with its tests (about 180 lines of them): every setting's default and check sits
 //! next to the test that pins it.
 
 use anyhow::{bail, Result};
@@ -84,6 +84,39 @@ pub struct Config {
     /// parent zone holds. Each name must be a name server of a zone. Default: none.
     #[serde(default)]
     pub nameserver_addresses: BTreeMap<String, Vec<IpAddr>>,
+    /// Obtain certificates by ACME (DNS-01) for the zones and verified custom domains, and
+    /// hand them to the edges. Default off: edges keep their configured (or self-signed dev)
+    /// certificate files.
+    #[serde(default)]
+    pub acme_enabled: bool,
+    /// The ACME server's directory. Default Let's Encrypt's production directory.
+    #[serde(default = "default_acme_directory_url")]
+    pub acme_directory_url: String,
+    /// Contact address given to the ACME server when control creates its account (optional).
+    #[serde(default)]
+    pub acme_contact_email: Option<String>,
+    /// A PEM root certificate that control trusts for the ACME server's own HTTPS (a test CA
+    /// such as Pebble's); unset: the system's roots.
+    #[serde(default)]
+    pub acme_ca_root_path: Option<std::path::PathBuf>,
+    /// Renew a certificate this many days before it expires. Default 30.
+    #[serde(default = "default_acme_renew_before_days")]
+    pub acme_renew_before_days: u64,
+    /// First wait after a failed attempt, seconds; doubled after each further failure.
+    /// Default 60.
+    #[serde(default = "default_acme_retry_min_seconds")]
+    pub acme_retry_min_seconds: u64,
+    /// Longest wait between failed attempts, seconds. Default 21600 (6 h).
+    #[serde(default = "default_acme_retry_max_seconds")]
+    pub acme_retry_max_seconds: u64,
+    /// How often the renewal task looks for certificates to issue or renew, seconds.
+    /// Default 60.
+    #[serde(default = "default_acme_check_interval_seconds")]
+    pub acme_check_interval_seconds: u64,
+    /// How long control waits for every waited region's DNS to serve a challenge record
+    /// before it asks the ACME server to validate, ms. Default 60000.
+    #[serde(default = "default_acme_dns_wait_ms")]
+    pub acme_dns_wait_ms: u64,
 }
 
 /// One region: its edge address (the `<region>.<zone>` A/AAAA record) and, optionally,
@@ -219,6 +252,24 @@ fn default_source_prefix_v4() -> u8 {
 }
 fn default_source_prefix_v6() -> u8 {
     64
+}
+fn default_acme_directory_url() -> String {
+    "https://acme-v02.api.letsencrypt.org/directory".into()
+}
+fn default_acme_renew_before_days() -> u64 {
+    30
+}
+fn default_acme_retry_min_seconds() -> u64 {
+    60
+}
+fn default_acme_retry_max_seconds() -> u64 {
+    6 * 3600
+}
+fn default_acme_check_interval_seconds() -> u64 {
+    60
+}
+fn default_acme_dns_wait_ms() -> u64 {
+    60_000
 }
 fn default_record_ttl() -> i32 {
     10
@@ -396,6 +447,67 @@ impl Config {
         if self.lease_seconds <= self.heartbeat_seconds {
             bail!("lease_seconds must be longer than heartbeat_seconds");
         }
+        self.validate_acme()
+    }
+
+    fn validate_acme(&mut self) -> Result<()> {
+        if self.acme_contact_email.as_deref() == Some("") {
+            self.acme_contact_email = None;
+        }
+        if self
+            .acme_ca_root_path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            self.acme_ca_root_path = None;
+        }
+        if !self.acme_enabled {
+            return Ok(());
+        }
+        let url_ok = reqwest::Url::parse(&self.acme_directory_url)
+            .map(|u| u.scheme() == "https" && u.host().is_some())
+            .unwrap_or(false);
+        if !url_ok {
+            bail!(
+                "acme_directory_url {:?} is not an https URL of an ACME directory \
+                 (e.g. \"https://acme-v02.api.letsencrypt.org/directory\")",
+                self.acme_directory_url
+            );
+        }
+        if let Some(email) = &self.acme_contact_email {
+            let ok = email.split_once('@').is_some_and(|(user, host)| {
+                !user.is_empty() && host.contains('.') && !email.contains(char::is_whitespace)
+            });
+            if !ok {
+                bail!("acme_contact_email {email:?} is not an e-mail address");
+            }
+        }
+        if let Some(path) = &self.acme_ca_root_path {
+            if !path.is_file() {
+                bail!(
+                    "acme_ca_root_path {} is not a readable file (a PEM root certificate)",
+                    path.display()
+                );
+            }
+        }
+        if self.acme_retry_min_seconds == 0
+            || self.acme_retry_min_seconds > self.acme_retry_max_seconds
+        {
+            bail!(
+                "acme_retry_min_seconds must be at least 1 and at most acme_retry_max_seconds \
+                 ({} and {} given)",
+                self.acme_retry_min_seconds,
+                self.acme_retry_max_seconds
+            );
+        }
+        if self.acme_check_interval_seconds == 0 {
+            bail!("acme_check_interval_seconds must be at least 1");
+        }
+        if self.acme_dns_wait_ms == 0 {
+            bail!(
+                "acme_dns_wait_ms must be at least 1: validation must wait for every region's DNS"
+            );
+        }
         Ok(())
     }
 
@@ -523,6 +635,11 @@ impl Config {
             }
         }
         out
+    }
+
+    /// How long before expiry a certificate is renewed.
+    pub fn acme_renew_before(&self) -> Duration {
+        Duration::from_secs(self.acme_renew_before_days.saturating_mul(86_400))
     }
 
     /// Lag-wait bound.
@@ -815,6 +932,48 @@ mod tests {
                 .starts_with("environment variable NEARHOP_CONTROL_LISTEN=\"nowhere\" is invalid"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn acme_is_off_by_default_and_checked_when_on() {
+        let c = from_parts("admin_secret = \"0123456789abcdef\"", &[]).unwrap();
+        assert!(!c.acme_enabled);
+        assert_eq!(c.acme_renew_before(), Duration::from_secs(30 * 86_400));
+        assert_eq!(
+            (c.acme_retry_min_seconds, c.acme_retry_max_seconds),
+            (60, 21_600)
+        );
+        let on = |env: &[(&str, &str)]| {
+            let mut all = vec![
+                ("NEARHOP_CONTROL_ADMIN_SECRET", "0123456789abcdef"),
+                ("NEARHOP_CONTROL_ACME_ENABLED", "true"),
+            ];
+            all.extend_from_slice(env);
+            from_parts("", &all)
+        };
+        let c = on(&[
+            (
+                "NEARHOP_CONTROL_ACME_DIRECTORY_URL",
+                "https://127.0.0.1:14000/dir",
+            ),
+            ("NEARHOP_CONTROL_ACME_CONTACT_EMAIL", "ops@example.net"),
+            ("NEARHOP_CONTROL_ACME_RENEW_BEFORE_DAYS", "90"),
+        ])
+        .unwrap();
+        assert_eq!(c.acme_directory_url, "https://127.0.0.1:14000/dir");
+        assert_eq!(c.acme_renew_before_days, 90);
+        let e = on(&[("NEARHOP_CONTROL_ACME_DIRECTORY_URL", "http://x/dir")]).unwrap_err();
+        assert!(e.to_string().contains("not an https URL"), "{e}");
+        let e = on(&[("NEARHOP_CONTROL_ACME_CONTACT_EMAIL", "nobody")]).unwrap_err();
+        assert!(e.to_string().contains("not an e-mail address"), "{e}");
+        let e = on(&[("NEARHOP_CONTROL_ACME_CA_ROOT_PATH", "/nonexistent/root.pem")]).unwrap_err();
+        assert!(e.to_string().contains("not a readable file"), "{e}");
+        let e = on(&[
+            ("NEARHOP_CONTROL_ACME_RETRY_MIN_SECONDS", "600"),
+            ("NEARHOP_CONTROL_ACME_RETRY_MAX_SECONDS", "60"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("acme_retry_min_seconds"), "{e}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The edge registry: registration, batched lease heartbeats, custom-domain routes.
+//! The edge registry: registration, batched lease heartbeats, custom-domain routes, the
+//! certificates edges serve.
 
 use crate::error::{ControlError, ControlResult};
 use crate::schema::{custom_domains, edges, regions, tunnels};
@@ -8,8 +9,8 @@ use chrono::Utc;
 use diesel::prelude::*;
 use diesel::upsert::excluded;
 use nearhop_wire::{
-    CloseReason, EdgeHeartbeatResponse, EdgeRoutes, ErrorCode, RegisterEdgeRequest,
-    RegisterEdgeResponse, TunnelToClose,
+    CloseReason, EdgeCertificates, EdgeHeartbeatResponse, EdgeRoutes, ErrorCode,
+    RegisterEdgeRequest, RegisterEdgeResponse, TunnelToClose,
 };
 use std::collections::{HashMap, HashSet};
 
@@ -51,7 +52,7 @@ pub async fn register(
     }
     crate::peers::check_announcement(&req)?;
     let heartbeat_seconds = st.cfg.heartbeat_seconds;
-    let (closed, peers) = st
+    let (closed, peers, certificates_generation) = st
         .blocking(move |conn| {
             let known_region: bool = diesel::select(diesel::dsl::exists(
                 regions::table.filter(regions::name.eq(&req.region)),
@@ -114,7 +115,7 @@ pub async fn register(
                 .load(conn)?;
             let closed = close_tunnels(conn, &live, CloseReason::EdgeRestarted)?;
             let peers = crate::peers::list(conn, &req.edge_id, heartbeat_seconds)?;
-            Ok((closed, peers))
+            Ok((closed, peers, crate::acme::store::generation(conn)?))
         })
         .await?;
     let closed_tunnels = closed.ids();
@@ -124,7 +125,7 @@ pub async fn register(
         heartbeat_seconds: st.cfg.heartbeat_seconds,
         closed_tunnels,
         peers,
-        certificates_generation: 0,
+        certificates_generation,
     })
 }
 
@@ -174,7 +175,7 @@ pub async fn heartbeat(
         Ok(EdgeHeartbeatResponse {
             close,
             peers,
-            certificates_generation: 0,
+            certificates_generation: crate::acme::store::generation(conn)?,
         })
     })
     .await
@@ -209,6 +210,18 @@ fn to_close(gone: Vec<i64>, reasons: Vec<(i64, Option<String>)>, limit: u64) -> 
             }
         })
         .collect()
+}
+
+/// Every certificate in service and their generation, for the edge's HTTPS listeners.
+pub async fn certificates(st: &AppState) -> ControlResult<EdgeCertificates> {
+    st.blocking(|conn| {
+        let (generation, certificates) = crate::acme::store::in_service(conn)?;
+        Ok(EdgeCertificates {
+            generation,
+            certificates,
+        })
+    })
+    .await
 }
 
 /// Every verified custom domain and the tunnel name it stands for (the edges route it to

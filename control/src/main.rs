@@ -1,5 +1,6 @@
 //! `nearhop-control`: the control plane ("core") and its operator CLI.
 
+mod acme;
 mod admin;
 mod api;
 mod config;
@@ -70,6 +71,11 @@ enum Command {
     Domain {
         #[command(subcommand)]
         action: DomainCmd,
+    },
+    /// Certificates obtained by ACME.
+    Certificate {
+        #[command(subcommand)]
+        action: CertificateCmd,
     },
     /// Edges' own credentials.
     Edge {
@@ -143,6 +149,17 @@ enum DomainCmd {
         /// Resolver to ask (default: the first nameserver of /etc/resolv.conf).
         #[arg(long)]
         resolver: Option<std::net::SocketAddr>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertificateCmd {
+    /// Every certificate's state: expiry, last error, next attempt, a custom domain's CNAME.
+    List,
+    /// Renew a certificate at the renewal task's next look, whatever its expiry.
+    Renew {
+        /// A zone (`a.tunnel.test`) or a verified custom domain.
+        subject: String,
     },
 }
 
@@ -250,15 +267,32 @@ fn main() -> Result<()> {
                     verified,
                 } => {
                     let d = admin::add_domain(&st, &mut conn, account, &domain, &target, verified)?;
-                    print(cli.json, &d, || {
-                        format!(
+                    let acme_cname = st.cfg.acme_enabled.then(|| {
+                        acme::names::custom_domain_cname(&d.domain, &st.cfg.zones.pro.name)
+                    });
+                    let mut shown = serde_json::to_value(&d)?;
+                    if let (Some((name, target)), Some(obj)) = (&acme_cname, shown.as_object_mut())
+                    {
+                        obj.insert(
+                            "acme_challenge_cname".into(),
+                            serde_json::json!({"name": name, "target": target}),
+                        );
+                    }
+                    print(cli.json, &shown, || {
+                        let mut s = format!(
                             "{} added: CNAME it to {}; prove ownership with TXT {} = {}{}",
                             d.domain,
                             d.cname_target,
                             d.txt_name,
                             d.txt_value,
                             if d.verified { " (marked verified)" } else { "" }
-                        )
+                        );
+                        if let Some((name, target)) = &acme_cname {
+                            s.push_str(&format!(
+                                "\nfor its HTTPS certificate, also add: {name} CNAME {target}"
+                            ));
+                        }
+                        s
                     })
                 }
                 DomainCmd::Verify { domain, resolver } => {
@@ -270,6 +304,26 @@ fn main() -> Result<()> {
                     print(cli.json, &serde_json::json!({"verified": domain}), || {
                         format!("{domain} verified: edges route it to its tunnel")
                     })
+                }
+            }
+        }
+        Command::Certificate { action } => {
+            let st = state::AppState::new(cfg)?;
+            let mut conn = db::conn(&st.pool)?;
+            match action {
+                CertificateCmd::List => {
+                    let rows = acme::operator_statuses(&mut conn, &st.cfg)?;
+                    print(cli.json, &rows, || certificate_lines(&rows))
+                }
+                CertificateCmd::Renew { subject } => {
+                    acme::force_renewal(&mut conn, &subject)?;
+                    print(
+                        cli.json,
+                        &serde_json::json!({"renewal_requested": subject}),
+                        || {
+                            format!("{subject}: renewal requested; control works on it at its next look")
+                        },
+                    )
                 }
             }
         }
@@ -285,6 +339,35 @@ fn main() -> Result<()> {
             })
         }),
     }
+}
+
+/// The human lines of `certificate list`.
+fn certificate_lines(rows: &[acme::store::CertificateStatus]) -> String {
+    if rows.is_empty() {
+        return "no certificates (is acme_enabled on, and has control served once?)".into();
+    }
+    let mut out = Vec::new();
+    for r in rows {
+        let state = match (&r.not_after, &r.last_error) {
+            (Some(t), None) => format!("valid until {t}"),
+            (Some(t), Some(e)) => format!("valid until {t}; last renewal failed: {e}"),
+            (None, Some(e)) => format!("not issued; failed: {e}"),
+            (None, None) => "not issued yet".into(),
+        };
+        out.push(format!(
+            "{} ({}): {}; next attempt {}",
+            r.subject,
+            r.names.join(", "),
+            state,
+            r.next_attempt_at
+        ));
+        if let Some((name, target)) = &r.challenge_cname {
+            out.push(format!(
+                "  needs at the domain's DNS: {name} CNAME {target}"
+            ));
+        }
+    }
+    out.join("\n")
 }
 
 async fn serve(cfg: config::Config, migrate: bool) -> Result<()> {
@@ -308,6 +391,7 @@ async fn serve(cfg: config::Config, migrate: bool) -> Result<()> {
         }
     }
     tokio::spawn(leases::run(st.clone()));
+    tokio::spawn(acme::run(st.clone()));
     let data = actix_web::web::Data::new(st);
     tracing::info!(%listen, "control listening");
     actix_web::HttpServer::new(move || {

@@ -1,7 +1,7 @@
 //! Control's Prometheus metrics, served on `/metrics`.
 
 use prometheus::{
-    exponential_buckets, CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, Opts,
+    exponential_buckets, CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, Opts,
     Registry, TextEncoder,
 };
 
@@ -31,6 +31,14 @@ pub struct Metrics {
     pub edge_calls_total: CounterVec,
     /// Setups refused by a plan or source limit, by limit.
     pub limit_refusals_total: CounterVec,
+    /// ACME orders by kind (`zone`, `custom_domain`) and result (`ok`, `error`).
+    pub acme_orders_total: CounterVec,
+    /// When each certificate in service expires, by subject and names.
+    pub certificate_expiry: GaugeVec,
+    /// Failed attempts in a row per certificate (0 after a success).
+    pub certificate_failures: GaugeVec,
+    /// The edges' certificates generation.
+    pub certificates_generation: Gauge,
 }
 
 impl Metrics {
@@ -114,6 +122,35 @@ impl Metrics {
             ),
             &["limit"],
         )?;
+        let acme_orders_total = CounterVec::new(
+            Opts::new(
+                "nearhop_control_acme_orders_total",
+                "ACME certificate orders by kind (zone, custom_domain) and result (ok, error)",
+            ),
+            &["kind", "result"],
+        )?;
+        let certificate_expiry = GaugeVec::new(
+            Opts::new(
+                "nearhop_control_certificate_expiry_timestamp_seconds",
+                "When the certificate in service for a zone or custom domain expires (Unix time)",
+            ),
+            &["subject", "names"],
+        )?;
+        let certificate_failures = GaugeVec::new(
+            Opts::new(
+                "nearhop_control_certificate_failures",
+                "Failed ACME attempts in a row for a certificate (0 after a success)",
+            ),
+            &["subject"],
+        )?;
+        let certificates_generation = Gauge::new(
+            "nearhop_control_certificates_generation",
+            "The certificates generation edges are told (changes with the set in service)",
+        )?;
+        registry.register(Box::new(acme_orders_total.clone()))?;
+        registry.register(Box::new(certificate_expiry.clone()))?;
+        registry.register(Box::new(certificate_failures.clone()))?;
+        registry.register(Box::new(certificates_generation.clone()))?;
         registry.register(Box::new(limit_refusals_total.clone()))?;
         registry.register(Box::new(setup_seconds.clone()))?;
         registry.register(Box::new(setups_total.clone()))?;
@@ -138,6 +175,10 @@ impl Metrics {
             lag_wait_timeouts_total,
             edge_calls_total,
             limit_refusals_total,
+            acme_orders_total,
+            certificate_expiry,
+            certificate_failures,
+            certificates_generation,
         })
     }
 

@@ -138,6 +138,43 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    acme_accounts (directory_url) {
+        directory_url -> Text,
+        credentials -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    certificates_generation (one) {
+        one -> Bool,
+        generation -> Int8,
+    }
+}
+
+diesel::table! {
+    certificates (subject) {
+        subject -> Text,
+        kind -> Text,
+        names -> Array<Text>,
+        chain_pem -> Nullable<Text>,
+        key_pem -> Nullable<Text>,
+        serial -> Nullable<Text>,
+        not_after -> Nullable<Timestamptz>,
+        issued_at -> Nullable<Timestamptz>,
+        generation -> Int8,
+        failures -> Int4,
+        last_error -> Nullable<Text>,
+        last_attempt_at -> Nullable<Timestamptz>,
+        next_attempt_at -> Timestamptz,
+        force_renewal -> Bool,
+        claimed_by -> Nullable<Text>,
+        claimed_until -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(records -> domains (domain_id));
 diesel::joinable!(tokens -> accounts (account_id));
 diesel::joinable!(names -> accounts (account_id));
@@ -156,4 +193,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     custom_domains,
     banned_names,
     tunnels,
+    acme_accounts,
+    certificates,
+    certificates_generation,
 );

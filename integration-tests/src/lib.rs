@@ -6,6 +6,7 @@
 pub mod control;
 pub mod edge;
 pub mod pdns;
+pub mod pebble;
 pub mod ports;
 pub mod postgres;
 pub mod process;

@@ -28,6 +28,11 @@ struct Cli {
     /// 127.0.N.<region's last byte> with the same ports; every edge serves every tunnel.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
     edges_per_region: u8,
+    /// Run Pebble (the ACME test server) and have control obtain the zones' certificates
+    /// from it, through DNS-01 in the stack's own DNS; the edges serve those instead of the
+    /// self-signed dev certificate.
+    #[arg(long)]
+    acme: bool,
 }
 
 fn main() -> Result<()> {
@@ -54,6 +59,7 @@ fn main() -> Result<()> {
         dir: Some(dir.clone()),
         edge_https: true,
         edges_per_region: cli.edges_per_region,
+        acme: cli.acme,
         ..Default::default()
     })?;
     let demo = stack.control.create_account(Plan::Pro)?;
@@ -95,10 +101,24 @@ fn main() -> Result<()> {
     println!(
         "  through any other edge too (it relays to the edge holding the tunnel): curl -H 'Host: NAME.a.tunnel.test' http://127.0.0.1:8080/"
     );
-    println!(
-        "  over HTTPS (the stack's own certificate): curl --cacert {} --resolve NAME.a.tunnel.test:8443:127.0.0.3 https://NAME.a.tunnel.test:8443/",
-        dir.join("tls/zone-cert.pem").display()
-    );
+    match &stack.pebble {
+        Some(pebble) => {
+            let root = pebble.write_issuing_root()?;
+            println!(
+                "  over HTTPS (certificates control obtains from Pebble; trust Pebble's root): curl --cacert {} --resolve NAME.a.tunnel.test:8443:127.0.0.3 https://NAME.a.tunnel.test:8443/",
+                root.display()
+            );
+            println!(
+                "  Pebble: directory {}, log {}; control's certificates: target/debug/nearhop-control --config {cfg} certificate list",
+                pebble.directory_url,
+                pebble.log().display()
+            );
+        }
+        None => println!(
+            "  over HTTPS (the stack's own certificate): curl --cacert {} --resolve NAME.a.tunnel.test:8443:127.0.0.3 https://NAME.a.tunnel.test:8443/",
+            dir.join("tls/zone-cert.pem").display()
+        ),
+    }
     println!(
         "  a tls tunnel (TOKEN+tls@..., your service holds the certificate): curl -k --resolve NAME.a.tunnel.test:8443:127.0.0.3 https://NAME.a.tunnel.test:8443/"
     );

@@ -4,6 +4,7 @@
 use crate::control::{ControlProcess, ControlRegion, ControlSpec, FREE_ZONE, PRO_ZONE};
 use crate::edge::{EdgeProcess, EdgeSpec, SshArgs, SshClient};
 use crate::pdns::{PdnsRegion, PdnsSpec};
+use crate::pebble::Pebble;
 use crate::poll::PATIENCE;
 use crate::ports::free_port;
 use crate::postgres::{PgCluster, PgClusterConfig, PgEndpoint};
@@ -11,6 +12,11 @@ use anyhow::Result;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Control's ACME pace in the local stack: a look every second, retries from 2 s to 30 s
+/// (production defaults: 60 s, and 1 min to 6 h).
+const ACME_PACE: &str =
+    "acme_check_interval_seconds = 1\nacme_retry_min_seconds = 2\nacme_retry_max_seconds = 30\n";
 
 /// Ports of one region's processes, all on the region's loopback address.
 #[derive(Debug, Clone, Copy)]
@@ -123,6 +129,10 @@ pub struct StackOptions {
     pub edges_per_region: u8,
     /// More TOML appended to every edge's config (e.g. `proxy_protocol_from = [...]`).
     pub edge_toml: String,
+    /// Run Pebble (the ACME test server) against the first region's DNS and have control
+    /// obtain the zones' certificates from it; the edges then get no certificate files, so
+    /// they serve control's. Needs `with_dns`.
+    pub acme: bool,
 }
 
 impl Default for StackOptions {
@@ -143,6 +153,7 @@ impl Default for StackOptions {
             edge_https: false,
             edges_per_region: 1,
             edge_toml: String::new(),
+            acme: false,
         }
     }
 }
@@ -156,6 +167,8 @@ pub struct Stack {
     pub dns: Vec<PdnsRegion>,
     /// One edge per region, when `with_edges` (drops first: tunnels close before control).
     pub edges: Vec<EdgeProcess>,
+    /// Pebble, with `acme`.
+    pub pebble: Option<Pebble>,
     /// Control.
     pub control: ControlProcess,
     /// The databases.
@@ -223,6 +236,17 @@ impl Stack {
         if let Some(tweak) = opts.control_tweak {
             tweak(&mut spec);
         }
+        // Pebble only needs the DNS address now; it asks only when validating.
+        if opts.acme && !opts.with_dns {
+            anyhow::bail!("acme needs with_dns: Pebble validates against the stack's own DNS");
+        }
+        let pebble = if opts.acme {
+            let p = Pebble::start(&dir.join("pebble"), regions[0].dns_addr(), opts.fixed_ports)?;
+            spec.extra_toml = format!("{}\n{}{ACME_PACE}", spec.extra_toml, p.control_toml());
+            Some(p)
+        } else {
+            None
+        };
         // Control's `migrate` writes the schema and the zones the backends load; control's
         // lag-race wait then covers each region's backend.
         let control = ControlProcess::start(&dir.join("control"), &spec)?;
@@ -245,7 +269,7 @@ impl Stack {
         // edges: one per region, on the region's address.
         let mut edges = Vec::new();
         if opts.with_edges {
-            let https = if opts.edge_https {
+            let https = if opts.edge_https && pebble.is_none() {
                 let (cert, key) = crate::edge::dev_zone_certificate(&dir.join("tls"))?;
                 format!(
                     "tls_cert_path = \"{}\"\ntls_key_path = \"{}\"\n",
@@ -291,6 +315,7 @@ impl Stack {
         }
         Ok(Stack {
             regions,
+            pebble,
             edges,
             dns,
             control,

@@ -1,4 +1,4 @@
-//! `/v1/edges`: registration, batched heartbeats, custom-domain routes.
+//! `/v1/edges`: registration, batched heartbeats, custom-domain routes, certificates.
 
 use super::extract::{read_json, EdgeCall, EdgeJson};
 use crate::error::ControlResult;
@@ -10,7 +10,8 @@ use nearhop_wire::{EdgeHeartbeatRequest, RegisterEdgeRequest};
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/edges/register", web::post().to(register))
         .route("/v1/edges/{id}/heartbeat", web::post().to(heartbeat))
-        .route("/v1/edges/{id}/routes", web::get().to(routes));
+        .route("/v1/edges/{id}/routes", web::get().to(routes))
+        .route("/v1/edges/{id}/certificates", web::get().to(certificates));
 }
 
 async fn register(
@@ -52,4 +53,16 @@ async fn routes(
 ) -> ControlResult<HttpResponse> {
     edge.acts_as(&st, &id).await?;
     Ok(HttpResponse::Ok().json(crate::edges::routes(&st, id.into_inner()).await?))
+}
+
+/// Every certificate in service, keys included: only for an edge, as itself.
+async fn certificates(
+    st: web::Data<AppState>,
+    id: web::Path<String>,
+    EdgeCall(edge): EdgeCall,
+) -> ControlResult<HttpResponse> {
+    edge.acts_as(&st, &id).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(crate::edges::certificates(&st).await?))
 }

@@ -1,6 +1,7 @@
 //! Control's HTTP API: one module per resource, each with a `config` function.
 
 pub mod admin;
+pub mod certificates;
 pub mod edges;
 pub mod extract;
 pub mod metrics;
@@ -21,6 +22,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .configure(tunnels::config)
     .configure(edges::config)
     .configure(admin::config)
+    .configure(certificates::config)
     .configure(metrics::config)
     .default_service(web::to(|| async {
         HttpResponse::NotFound().json(ApiError::new(
