@@ -119,8 +119,6 @@ pub struct Config {
     pub ssh_window_bytes: u32,
     /// Largest SSH packet payload accepted on a channel.
     pub ssh_max_packet_bytes: u32,
-    /// Largest channel packet on the mesh links (both ends are nearhop edges).
-    pub mesh_max_packet_bytes: u32,
     /// Messages buffered per SSH channel before backpressure reaches the client's TCP stream.
     pub ssh_channel_buffer: usize,
     /// Time a visitor has to send a complete request head (slowloris bound).
@@ -311,7 +309,6 @@ impl Default for Config {
             unbound_session_seconds: 30,
             ssh_window_bytes: 8 * 1024 * 1024,
             ssh_max_packet_bytes: 32 * 1024,
-            mesh_max_packet_bytes: 65_535,
             ssh_channel_buffer: 128,
             visitor_header_timeout_seconds: 30,
             visitor_max_header_bytes: 64 * 1024,
@@ -406,13 +403,6 @@ impl Config {
         }
         if self.inspector_max_requests == 0 {
             bail!("inspector_max_requests must be at least 1");
-        }
-        if !(4096..=65_535).contains(&self.mesh_max_packet_bytes) {
-            bail!(
-                "mesh_max_packet_bytes must be from 4096 to 65535 (got {}); peers read no \
-                 larger packet",
-                self.mesh_max_packet_bytes
-            );
         }
         self.control_url = self.control_url.trim_end_matches('/').to_string();
         Ok(())

@@ -218,7 +218,7 @@ impl PeerLink {
 pub fn client_config(config: &Config) -> client::Config {
     client::Config {
         window_size: config.ssh_window_bytes,
-        maximum_packet_size: config.mesh_max_packet_bytes,
+        maximum_packet_size: config.ssh_max_packet_bytes,
         channel_buffer_size: config.ssh_channel_buffer,
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(

@@ -26,7 +26,7 @@ pub fn russh_config(edge: &Edge) -> russh::server::Config {
         methods: MethodSet::from(&[MethodKind::PublicKey][..]),
         keys: vec![(*edge.mesh.key).clone()],
         window_size: c.ssh_window_bytes,
-        maximum_packet_size: c.mesh_max_packet_bytes,
+        maximum_packet_size: c.ssh_max_packet_bytes,
         channel_buffer_size: c.ssh_channel_buffer,
         inactivity_timeout: None,
         keepalive_interval: Some(std::time::Duration::from_secs(
