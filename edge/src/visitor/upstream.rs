@@ -221,8 +221,9 @@ pub struct IdlePool {
 }
 
 impl IdlePool {
-    /// An idle upstream to `target` that can carry a request now, if the pool has one;
-    /// closed, aged ones and ones to a target that went away are dropped on the way.
+    /// An idle upstream to `target` that can carry a request now, if the pool has one (the
+    /// most recently given back); closed ones, aged ones and ones to a target that went
+    /// away are dropped on the way.
     pub async fn take(&self, target: Target<'_>) -> Option<Upstream> {
         let key = target.key();
         loop {
@@ -268,17 +269,28 @@ impl IdlePool {
         }
     }
 
-    /// The idle list, without channels that closed or sat unused too long.
+    /// The idle list, without the channels that sat unused too long. The list is in the
+    /// order channels came back (taking one keeps the order), so those are a prefix: one
+    /// clock reading per call, not one per channel. A channel that closed while idle is
+    /// found by [`IdlePool::take`].
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Upstream, Instant)>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let max_age = Duration::from_secs(IDLE_CHANNEL_SECONDS);
-        idle.retain(|(up, since)| !up.sender.is_closed() && since.elapsed() < max_age);
+        let now = Instant::now();
+        let aged = idle
+            .iter()
+            .take_while(|(_, since)| now.duration_since(*since) >= max_age)
+            .count();
+        idle.drain(..aged);
         idle
     }
 
     /// How many idle upstreams the pool holds.
     pub fn idle_count(&self) -> usize {
-        self.lock().len()
+        self.lock()
+            .iter()
+            .filter(|(up, _)| !up.sender.is_closed())
+            .count()
     }
 }
 
