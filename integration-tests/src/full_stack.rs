@@ -42,6 +42,21 @@ pub fn full_stack_with(opts: StackOptions) -> Stack {
     .expect("the three-region stack starts")
 }
 
+/// Three regions, an edge in each (with the stack's certificate for HTTPS), no DNS,
+/// heartbeating every second so that each edge learns its peers quickly; returned once every
+/// edge is linked to every other (the mesh).
+pub fn mesh_stack() -> Stack {
+    let stack = Stack::start(StackOptions {
+        with_edges: true,
+        edge_https: true,
+        control_tweak: Some(fast_heartbeats),
+        ..StackOptions::default()
+    })
+    .expect("the stack starts");
+    stack.wait_mesh_linked().expect("the edges link up");
+    stack
+}
+
 /// The whole stack, quick to notice a lost edge: edges heartbeat every second, and a region
 /// drops out of the connect name 3 s after its edges' last heartbeat.
 pub fn full_stack_dropping_silent_regions() -> Stack {

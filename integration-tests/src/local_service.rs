@@ -16,6 +16,18 @@ pub fn blob_byte(i: usize) -> u8 {
     ((i * 31 + 7) % 251) as u8
 }
 
+/// Panics unless `got` is exactly the local service's `/blob/{size}` answer.
+pub fn assert_blob(got: &[u8], size: usize) {
+    assert_eq!(got.len(), size, "the download's length");
+    let first_bad = got.iter().enumerate().find(|(i, b)| **b != blob_byte(*i));
+    assert!(first_bad.is_none(), "download differs at {first_bad:?}");
+}
+
+/// `len` bytes of a fixed pattern to upload (and compare with what comes back).
+pub fn upload_pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 253) as u8).collect()
+}
+
 /// A small HTTP/1.1 service on 127.0.0.1, the "developer's local server", keep-alive:
 /// - `GET /blob/N`: N deterministic bytes ([`blob_byte`]);
 /// - `POST /echo`: the body back;

@@ -5,10 +5,13 @@ pub use crate::control::{FREE_ZONE, PRO_ZONE};
 pub use crate::edge::{host_of, port_of, url_host_port, SshArgs, SshClient};
 pub use crate::edge_stack::{start_edge, EdgeStack};
 pub use crate::full_stack::{
-    fast_heartbeats, full_stack, full_stack_dropping_silent_regions, full_stack_with, AP, EU, US,
+    fast_heartbeats, full_stack, full_stack_dropping_silent_regions, full_stack_with, mesh_stack, AP,
+    EU, US,
 };
 pub use crate::load::{plan_in, Load, LoadStats, VisitorPlan};
-pub use crate::local_service::{blob_byte, tcp_echo, LocalService, LocalTlsService};
+pub use crate::local_service::{
+    assert_blob, blob_byte, tcp_echo, upload_pattern, LocalService, LocalTlsService,
+};
 pub use crate::metrics::metric;
 pub use crate::poll::{eventually, eventually_within, PATIENCE};
 pub use crate::reconnect_loop::ReconnectLoop;

@@ -457,55 +457,18 @@ fn h2_streams_run_side_by_side_and_large_bodies_cross_intact() {
     let host = host_of(&client2.wait_for_url(PATIENCE).unwrap());
     let size = 100 * 1024 * 1024;
     let file = s.stack.dir.join("h2-blob");
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--http2", "--max-time", "600", "--cacert"])
-        .arg(&ca)
-        .arg("--resolve")
-        .arg(format!("{host}:{port}:{ip}"))
-        .arg("-o")
-        .arg(&file)
-        .args(["-w", "%{http_version} %{http_code}"])
-        .arg(format!("https://{host}:{port}/blob/{size}"))
-        .output()
-        .expect("curl runs");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "2 200",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    curl_h2_to_file(&ca, &host, port, ip, &[], &format!("/blob/{size}"), &file);
     let down = std::fs::read(&file).unwrap();
     std::fs::remove_file(&file).unwrap();
-    assert_eq!(down.len(), size);
-    let first_bad = down.iter().enumerate().find(|(i, b)| **b != blob_byte(*i));
-    assert!(first_bad.is_none(), "download differs at {first_bad:?}");
+    assert_blob(&down, size);
 
     // 32 MB up over h2 (past the 4 MiB stream window many times) and echoed back.
-    let upload: Vec<u8> = (0..32 * 1024 * 1024usize)
-        .map(|i| (i * 7 % 253) as u8)
-        .collect();
+    let upload = upload_pattern(32 * 1024 * 1024);
     let sent = s.stack.dir.join("h2-upload");
     let echoed = s.stack.dir.join("h2-echoed");
     std::fs::write(&sent, &upload).unwrap();
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--http2", "--max-time", "600", "--cacert"])
-        .arg(&ca)
-        .arg("--resolve")
-        .arg(format!("{host}:{port}:{ip}"))
-        .arg("--data-binary")
-        .arg(format!("@{}", sent.display()))
-        .arg("-o")
-        .arg(&echoed)
-        .args(["-w", "%{http_version} %{http_code}"])
-        .arg(format!("https://{host}:{port}/echo"))
-        .output()
-        .expect("curl runs");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "2 200",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let data = format!("@{}", sent.display());
+    curl_h2_to_file(&ca, &host, port, ip, &["--data-binary", &data], "/echo", &echoed);
     let back = std::fs::read(&echoed).unwrap();
     std::fs::remove_file(&sent).unwrap();
     std::fs::remove_file(&echoed).unwrap();
@@ -515,14 +478,7 @@ fn h2_streams_run_side_by_side_and_large_bodies_cross_intact() {
 
 #[test]
 fn a_tunnel_held_by_another_edge_is_reached_over_h2() {
-    let stack = Stack::start(StackOptions {
-        with_edges: true,
-        edge_https: true,
-        control_tweak: Some(fast_heartbeats),
-        ..StackOptions::default()
-    })
-    .expect("the stack starts");
-    stack.wait_mesh_linked().expect("the edges link up");
+    let stack = mesh_stack();
     let local = LocalService::start("local");
     let mut args = SshArgs::http_tunnel(Some(&stack.pro_token()), local.port);
     args.command = vec!["k:abc".into()];
@@ -572,6 +528,37 @@ fn a_tunnel_held_by_another_edge_is_reached_over_h2() {
 /// `rapid-reset` (2000 streams, each cancelled at once, in one write), or `silent` (the
 /// preface and no stream, then waits for the edge to close). It prints the frames it got
 /// back, one a line.
+/// `curl --http2` of `https://host:port{path}` (with `extra` arguments) into `file`;
+/// panics unless it was HTTP/2 and a 200.
+fn curl_h2_to_file(
+    ca: &Path,
+    host: &str,
+    port: u16,
+    ip: Ipv4Addr,
+    extra: &[&str],
+    path: &str,
+    file: &Path,
+) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http2", "--max-time", "600", "--cacert"])
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:{ip}"))
+        .args(extra)
+        .arg("-o")
+        .arg(file)
+        .args(["-w", "%{http_version} %{http_code}"])
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .expect("curl runs");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2 200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 const RAW_H2: &str = r#"import select, socket, ssl, struct, sys
 ip, port, host, ca, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 ctx = ssl.create_default_context(cafile=ca)

@@ -14,20 +14,6 @@ use std::time::Duration;
 /// forwarding headers can be seen to act on it.
 const VISITOR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
 
-/// Three regions, an edge in each (with the stack's certificate for HTTPS), heartbeating
-/// every second so that each edge learns its peers quickly.
-fn mesh_stack() -> Stack {
-    let stack = Stack::start(StackOptions {
-        with_edges: true,
-        edge_https: true,
-        control_tweak: Some(fast_heartbeats),
-        ..StackOptions::default()
-    })
-    .expect("the stack starts");
-    stack.wait_mesh_linked().expect("the edges link up");
-    stack
-}
-
 /// The tunnel's URL as served on the HTTP port of the edge at `edge` (each edge of the test
 /// stack has ports of its own).
 fn url_at(url: &str, edge: SocketAddr) -> String {

@@ -24,13 +24,9 @@ fn large_upload_and_download_are_byte_identical() {
         .unwrap()
         .bytes()
         .unwrap();
-    assert_eq!(down.len(), size);
-    let first_bad = down.iter().enumerate().find(|(i, b)| **b != blob_byte(*i));
-    assert!(first_bad.is_none(), "download differs at {first_bad:?}");
+    assert_blob(&down, size);
 
-    let upload: Vec<u8> = (0..32 * 1024 * 1024usize)
-        .map(|i| (i * 7 % 253) as u8)
-        .collect();
+    let upload = upload_pattern(32 * 1024 * 1024);
     let back = v
         .post(format!("{url}/echo"))
         .body(upload.clone())
