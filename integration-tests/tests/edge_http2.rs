@@ -468,7 +468,15 @@ fn h2_streams_run_side_by_side_and_large_bodies_cross_intact() {
     let echoed = s.stack.dir.join("h2-echoed");
     std::fs::write(&sent, &upload).unwrap();
     let data = format!("@{}", sent.display());
-    curl_h2_to_file(&ca, &host, port, ip, &["--data-binary", &data], "/echo", &echoed);
+    curl_h2_to_file(
+        &ca,
+        &host,
+        port,
+        ip,
+        &["--data-binary", &data],
+        "/echo",
+        &echoed,
+    );
     let back = std::fs::read(&echoed).unwrap();
     std::fs::remove_file(&sent).unwrap();
     std::fs::remove_file(&echoed).unwrap();
