@@ -1,9 +1,11 @@
 //! Stream wrappers between sockets, SSH channels and the code that reads them: adaptive
-//! read buffers, coalescing channel reads, channels that let the client close first, bytes put back in front, byte counting, and the
-//! PROXY protocol header a balancer puts in front of a connection.
+//! read buffers, coalescing channel reads, channels that let the client close first, bytes put back in front, byte counting, the
+//! PROXY protocol header a balancer puts in front of a connection, and a refusal's lingering
+//! close.
 
 pub mod closing_channel;
 pub mod counting;
 pub mod idle;
+pub mod last_word;
 pub mod proxy_header;
 pub mod read_buffer;

@@ -12,6 +12,7 @@ use crate::accept;
 use crate::edge::Edge;
 use crate::inspector;
 use crate::io::counting::CountingStream;
+use crate::io::last_word;
 use crate::io::proxy_header;
 use crate::io::read_buffer::Prefixed;
 use crate::ssh::messages;
@@ -138,9 +139,8 @@ pub async fn serve_stream<S>(
         let listener = if scheme == "https" { "tls" } else { "http" };
         proxy_header::count_untrusted(m, listener);
         tracing::debug!(%peer, "PROXY protocol header from an untrusted address refused");
-        let _ = stream
-            .write_all(proxy_header::untrusted_answer().as_bytes())
-            .await;
+        let answer = proxy_header::untrusted_answer();
+        last_word::answer_and_close(&mut stream, answer.as_bytes()).await;
         return;
     }
     if let Some(host) = first.host.as_deref() {

@@ -13,6 +13,7 @@
 use crate::accept;
 use crate::edge::Edge;
 use crate::io::counting::CountingStream;
+use crate::io::last_word;
 use crate::io::proxy_header;
 use crate::io::read_buffer::Prefixed;
 use crate::mesh::links::PeerLink;
@@ -200,7 +201,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, ssh: Option<Arc<SshEn
                                 // Headers from trusted balancers were taken off before.
                                 proxy_header::count_untrusted(&edge.metrics, "tls");
                                 let answer = proxy_header::untrusted_answer();
-                                let _ = stream.write_all(answer.as_bytes()).await;
+                                last_word::answer_and_close(&mut stream, answer.as_bytes()).await;
                                 return;
                             }
                             Protocol::Http => {
@@ -256,16 +257,14 @@ where
         None => {}
         Some(Err(_)) => tracing::debug!(%peer, "TLS visitor sent no complete ClientHello in time"),
         Some(Ok(Err(HelloError::NotTls))) => {
-            let _ = stream
-                .write_all(not_tls_answer(edge.config.public_http_port()).as_bytes())
-                .await;
+            let answer = not_tls_answer(edge.config.public_http_port());
+            last_word::answer_and_close(&mut stream, answer.as_bytes()).await;
         }
         Some(Ok(Err(HelloError::UntrustedProxyHeader))) => {
             proxy_header::count_untrusted(&edge.metrics, "tls");
             tracing::debug!(%peer, "PROXY protocol header from an untrusted address refused");
-            let _ = stream
-                .write_all(proxy_header::untrusted_answer().as_bytes())
-                .await;
+            let answer = proxy_header::untrusted_answer();
+            last_word::answer_and_close(&mut stream, answer.as_bytes()).await;
         }
         Some(Ok(Err(e))) => tracing::debug!(%peer, error = %e, "TLS visitor not routed"),
         Some(Ok(Ok(hello))) => {
