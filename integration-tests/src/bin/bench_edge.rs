@@ -153,11 +153,18 @@ fn main() -> Result<()> {
         );
     }
     let edge = EdgeProcess::start(&dir.join("edge"), spec)?;
+    let tunnels = EdgeTunnels {
+        stack: &stack,
+        edge: &edge,
+        dir: &dir,
+        nginx_port,
+        ssh_options: &args.ssh_option,
+    };
     if args.inspector {
-        return inspector_cost(&args, &stack, &edge, nginx_port, &dir);
+        return inspector_cost(&args, &tunnels);
     }
     if args.https {
-        return https_h1_vs_h2(&args, &stack, &edge, nginx_port, &dir);
+        return https_h1_vs_h2(&args, &tunnels);
     }
     if args.only_setup {
         setup_times(&args, &stack, &edge, nginx_port, sshd_port, &key)?;
@@ -198,13 +205,6 @@ fn main() -> Result<()> {
         vec!["sleep".into(), "1000000".into()],
     )?;
 
-    let tunnels = EdgeTunnels {
-        stack: &stack,
-        edge: &edge,
-        dir: &dir,
-        nginx_port,
-        ssh_options: &args.ssh_option,
-    };
     let (mut edge_client, host, _) = tunnels.open("edge-forward", "", &[], vec![], false)?;
     let (mut edge_n_client, host_n, _) = tunnels.open("edge-forward-n", "", &[], vec![], true)?;
     // A typical set of options: basic auth and one header rule.
@@ -871,20 +871,8 @@ fn wait_port(port: u16) -> Result<()> {
 /// The request inspector's cost on the request path: the same edge, three tunnels to the
 /// same nginx (1 KiB answers): inspector off; on with no viewer (the `inspect` keyword);
 /// on with a viewer (`-L` to the inspector and a client following `/api/events`).
-fn inspector_cost(
-    args: &Args,
-    stack: &Stack,
-    edge: &EdgeProcess,
-    nginx_port: u16,
-    dir: &Path,
-) -> Result<()> {
-    let tunnels = EdgeTunnels {
-        stack,
-        edge,
-        dir,
-        nginx_port,
-        ssh_options: &args.ssh_option,
-    };
+fn inspector_cost(args: &Args, tunnels: &EdgeTunnels) -> Result<()> {
+    let (edge, dir) = (tunnels.edge, tunnels.dir);
     let tunnel = |name: &str, keyword: &str, inspector_port: Option<u16>| {
         let forward: Vec<String> = inspector_port
             .map(|p| format!("LocalForward=127.0.0.1:{p} localhost:4300"))
@@ -1035,20 +1023,8 @@ fn h2load(
 /// h2load with the same TCP connections (HTTP/2 with `--h2-streams` streams each, HTTP/1.1
 /// one request at a time), rounds interleaved; then the bulk download with curl over each,
 /// interleaved, median reported; ratios h2/h1 at the end.
-fn https_h1_vs_h2(
-    args: &Args,
-    stack: &Stack,
-    edge: &EdgeProcess,
-    nginx_port: u16,
-    dir: &Path,
-) -> Result<()> {
-    let tunnels = EdgeTunnels {
-        stack,
-        edge,
-        dir,
-        nginx_port,
-        ssh_options: &args.ssh_option,
-    };
+fn https_h1_vs_h2(args: &Args, tunnels: &EdgeTunnels) -> Result<()> {
+    let (edge, dir) = (tunnels.edge, tunnels.dir);
     let (mut client, host, _) = tunnels.open("https-forward", "", &[], vec![], false)?;
     let port = edge.spec.tls;
     let connect_to = format!("{}:{port}", edge.spec.ip);
