@@ -6,6 +6,7 @@
 use super::protocol::{ack_line, HoldingChange, RelayListener, HOLDINGS_COMMAND, MAX_LINE};
 use super::Mesh;
 use crate::config::Config;
+use crate::io::read_buffer::AdaptiveReader;
 use russh::client::{self, Handle};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::ChannelStream;
@@ -163,7 +164,8 @@ impl PeerLink {
         };
         let mut handle = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            client::connect_stream(config, stream, handler),
+            // One `recv` for many packets, as on the client sessions (`io::read_buffer`).
+            client::connect_stream(config, AdaptiveReader::new(stream), handler),
         )
         .await
         .context("SSH handshake timed out")?

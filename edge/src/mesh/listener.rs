@@ -8,6 +8,7 @@ use super::protocol::{parse_ack, HoldingChange, RelayListener, HOLDINGS_COMMAND,
 use crate::edge::Edge;
 use crate::io::closing_channel::{ClosingChannel, PeerCloses};
 use crate::io::counting::CountingStream;
+use crate::io::read_buffer::AdaptiveReader;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, MethodKind, MethodSet};
 use std::collections::HashMap;
@@ -60,6 +61,8 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
                         sessions: HashMap::new(),
                         closes,
                     };
+                    // One `recv` for many packets, as on the client sessions.
+                    let stream = AdaptiveReader::new(stream);
                     match russh::server::run_stream(config, stream, handler).await {
                         Ok(running) => {
                             if let Err(e) = running.await {
