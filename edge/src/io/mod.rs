@@ -1,7 +1,7 @@
 //! Stream wrappers between sockets, SSH channels and the code that reads them: adaptive
 //! read buffers, coalescing channel reads, channels that let the client close first, bytes put back in front, byte counting, the
 //! PROXY protocol header a balancer puts in front of a connection, and a refusal's lingering
-//! close.
+//! close, and an HTTP/2 connection's small writes gathered.
 
 pub mod closing_channel;
 pub mod counting;
@@ -9,3 +9,4 @@ pub mod idle;
 pub mod last_word;
 pub mod proxy_header;
 pub mod read_buffer;
+pub mod small_writes;

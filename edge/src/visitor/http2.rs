@@ -5,6 +5,7 @@
 
 use crate::edge::Edge;
 use crate::io::counting::CountingStream;
+use crate::io::small_writes::GatheredWrites;
 use crate::visitor::http::{head_timeout, Upstreams, VisitorConn};
 use crate::visitor::pages::{self, ProxyBody};
 use crate::visitor::routing::Arrival;
@@ -71,7 +72,7 @@ pub async fn serve<S>(
 {
     let m = &edge.metrics;
     let io = TokioIo::new(CountingStream::new(
-        stream,
+        GatheredWrites::new(stream),
         m.visitor_bytes_total.with_label_values(&["in"]),
         m.visitor_bytes_total.with_label_values(&["out"]),
     ));
