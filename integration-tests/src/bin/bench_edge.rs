@@ -84,6 +84,13 @@ struct Args {
     /// clients do not pipeline).
     #[arg(long, default_value_t = 32)]
     h2_streams: u32,
+    /// Requests/s of the relay's fixed-rate latency comparison (direct to the holder edge
+    /// vs relayed): the same rate on both paths, well under either's capacity.
+    #[arg(long, default_value_t = 2000)]
+    latency_rate: u32,
+    /// HTTP/1.1 connections of that comparison (each sends its share of the rate).
+    #[arg(long, default_value_t = 10)]
+    latency_connections: u32,
     /// Extra `ssh -o` options for every tunnel client of the traffic comparison, e.g.
     /// `--ssh-option Ciphers=aes128-gcm@openssh.com` to hold the cipher equal on both paths.
     #[arg(long)]
@@ -295,6 +302,8 @@ fn main() -> Result<()> {
         let w = wrk(&args, &format!("{}/", p.base), &p.headers)?;
         rows.push((p.name, w, Vec::new(), CpuTotals::default()));
     }
+    let fixed_rate =
+        relay_hop_at_fixed_rate(&args, &dir, &host, edge.http_addr(), relay_edge.http_addr())?;
     // Bulk runs interleaved (direct, sshd, edge, direct, ...) so a burst of other load on
     // the machine hits every path alike.
     for _ in 0..args.bulk_runs.max(1) {
@@ -374,6 +383,25 @@ fn main() -> Result<()> {
         relayed.1.p50_ms - ours.1.p50_ms,
         relayed.1.p99_ms - ours.1.p99_ms,
         relayed.2 / ours.2
+    );
+    let [at_holder, relayed_fixed] = &fixed_rate;
+    println!(
+        "the relay hop at a fixed {} requests/s (h2load --h1 -c{} --rps, median of {} interleaved rounds): \
+         measured {:.0} / {:.0} requests/s, \
+         p50 {:.2} -> {:.2} ms ({:+.2}), p99 {:.2} -> {:.2} ms ({:+.2}; target <= +1 ms), failed {} / {}",
+        args.latency_rate,
+        args.latency_connections,
+        args.bulk_runs.max(1),
+        at_holder.rps,
+        relayed_fixed.rps,
+        at_holder.p50_ms,
+        relayed_fixed.p50_ms,
+        relayed_fixed.p50_ms - at_holder.p50_ms,
+        at_holder.p99_ms,
+        relayed_fixed.p99_ms,
+        relayed_fixed.p99_ms - at_holder.p99_ms,
+        at_holder.failed,
+        relayed_fixed.failed,
     );
     println!(
         "CPU per byte downloaded, edge / sshd with a session: server x{:.2}, client x{:.2}",
@@ -952,27 +980,34 @@ struct H2load {
     failed: u64,
 }
 
-/// h2load against `url` through the edge's TLS port (`connect_to`), over HTTP/2 with
-/// `streams` in flight per connection, or over HTTP/1.1 (`h1`) with one. Latency
-/// percentiles come from h2load's per-request log.
-fn h2load(
-    args: &Args,
-    url: &str,
-    connect_to: &str,
+/// How one h2load run loads the edge.
+struct Shape {
+    /// HTTP/1.1 (`--h1`, one request in flight per connection) instead of HTTP/2.
     h1: bool,
+    /// TCP connections.
+    connections: u32,
+    /// Streams in flight per connection over HTTP/2.
     streams: u32,
-    log: &Path,
-) -> Result<H2load> {
+    /// Requests per second per connection (`--rps`), or as fast as the answers come.
+    rate_each: Option<u32>,
+}
+
+/// h2load against `url` through the edge's port `connect_to`, shaped by `shape`. Latency
+/// percentiles come from h2load's per-request log.
+fn h2load(args: &Args, url: &str, connect_to: &str, shape: Shape, log: &Path) -> Result<H2load> {
     let mut cmd = Command::new("h2load");
-    cmd.args(["-c", &args.h2_connections.to_string()])
-        .args(["-t", &args.threads.to_string()])
-        .args(["-m", &streams.to_string()])
+    cmd.args(["-c", &shape.connections.to_string()])
+        .args(["-t", &args.threads.min(shape.connections).to_string()])
+        .args(["-m", &shape.streams.to_string()])
         .args(["-D", &args.duration.to_string()])
         .args(["--warm-up-time", "1"])
         .arg(format!("--connect-to={connect_to}"))
         .arg(format!("--log-file={}", log.display()));
-    if h1 {
+    if shape.h1 {
         cmd.arg("--h1");
+    }
+    if let Some(rate) = shape.rate_each {
+        cmd.arg(format!("--rps={rate}"));
     }
     cmd.arg(url);
     let out = run(cmd)?;
@@ -1001,12 +1036,21 @@ fn h2load(
     if rps == 0.0 {
         bail!("h2load reported no rate for {url}:\n{out}");
     }
-    // Each line: start time (µs), status, duration (µs).
-    let mut durations: Vec<f64> = std::fs::read_to_string(log)?
-        .lines()
-        .filter_map(|l| l.split('\t').nth(2)?.parse::<f64>().ok())
-        .map(|us| us / 1000.0)
-        .collect();
+    // Each line: start time (µs), status, duration (µs). An answer other than 200 is a
+    // failure here too (h2load counts a 404 as done).
+    let mut durations: Vec<f64> = Vec::new();
+    for line in std::fs::read_to_string(log)?.lines() {
+        let mut fields = line.split('\t').skip(1);
+        let (Some(status), Some(us)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if status != "200" {
+            failed += 1;
+        }
+        if let Ok(us) = us.parse::<f64>() {
+            durations.push(us / 1000.0);
+        }
+    }
     if durations.is_empty() {
         bail!("h2load logged no request for {url}");
     }
@@ -1017,6 +1061,50 @@ fn h2load(
         p99_ms: pct(&durations, 0.99),
         failed,
     })
+}
+
+/// What the relay hop adds to a request's time, apart from queueing: the tunnel `host` at
+/// the holder edge and through the relaying edge, at the same fixed request rate (well
+/// under either path's capacity, so neither queues), rounds interleaved. Under a closed
+/// loop at saturation (the wrk rows) latency is connections / throughput, so there the p99
+/// gap measures the throughput gap again rather than the hop. Medians of the rounds'
+/// percentiles and rates, for [holder, relayed].
+fn relay_hop_at_fixed_rate(
+    args: &Args,
+    dir: &Path,
+    host: &str,
+    holder: std::net::SocketAddr,
+    relaying: std::net::SocketAddr,
+) -> Result<[H2load; 2]> {
+    let connections = args.latency_connections.max(1);
+    let each = (args.latency_rate / connections).max(1);
+    let mut runs: [Vec<H2load>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..args.bulk_runs.max(1) {
+        for (i, edge) in [holder, relaying].iter().enumerate() {
+            let shape = Shape {
+                h1: true,
+                connections,
+                streams: 1,
+                rate_each: Some(each),
+            };
+            let url = format!("http://{host}:{}/", edge.port());
+            let log = dir.join(format!("h2load-fixed-{i}-{round}.log"));
+            runs[i].push(h2load(args, &url, &edge.to_string(), shape, &log)?);
+        }
+    }
+    let median = |runs: &[H2load]| {
+        let mid = |mut xs: Vec<f64>| {
+            xs.sort_by(|a, b| a.total_cmp(b));
+            xs[xs.len() / 2]
+        };
+        H2load {
+            rps: mid(runs.iter().map(|r| r.rps).collect()),
+            p50_ms: mid(runs.iter().map(|r| r.p50_ms).collect()),
+            p99_ms: mid(runs.iter().map(|r| r.p99_ms).collect()),
+            failed: runs.iter().map(|r| r.failed).sum(),
+        }
+    };
+    Ok([median(&runs[0]), median(&runs[1])])
 }
 
 /// HTTPS visitors over HTTP/1.1 and over HTTP/2, one tunnel to nginx through one edge:
@@ -1053,23 +1141,21 @@ fn https_h1_vs_h2(args: &Args, tunnels: &EdgeTunnels) -> Result<()> {
     let mut h2_runs = Vec::new();
     for round in 0..rounds {
         let log = dir.join(format!("h2load-h1-{round}.log"));
-        h1_runs.push(h2load(
-            args,
-            &format!("{base}/"),
-            &connect_to,
-            true,
-            1,
-            &log,
-        )?);
+        let shape = Shape {
+            h1: true,
+            connections: args.h2_connections,
+            streams: 1,
+            rate_each: None,
+        };
+        h1_runs.push(h2load(args, &format!("{base}/"), &connect_to, shape, &log)?);
         let log = dir.join(format!("h2load-h2-{round}.log"));
-        h2_runs.push(h2load(
-            args,
-            &format!("{base}/"),
-            &connect_to,
-            false,
+        let shape = Shape {
+            h1: false,
+            connections: args.h2_connections,
             streams,
-            &log,
-        )?);
+            rate_each: None,
+        };
+        h2_runs.push(h2load(args, &format!("{base}/"), &connect_to, shape, &log)?);
     }
     let mut downloads: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for _ in 0..rounds {
