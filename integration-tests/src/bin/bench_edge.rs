@@ -1039,17 +1039,33 @@ fn h2load(args: &Args, url: &str, connect_to: &str, shape: Shape, log: &Path) ->
     // Each line: start time (µs), status, duration (µs). An answer other than 200 is a
     // failure here too (h2load counts a 404 as done).
     let mut durations: Vec<f64> = Vec::new();
-    for line in std::fs::read_to_string(log)?.lines() {
-        let mut fields = line.split('\t').skip(1);
-        let (Some(status), Some(us)) = (fields.next(), fields.next()) else {
+    let mut other_statuses = std::collections::BTreeMap::new();
+    let logged = std::fs::read_to_string(log)?;
+    // Requests in flight when the warm-up ended are logged with status 0 and the main
+    // phase's first start time; they are neither answers nor failures of the edge.
+    let first_start = logged
+        .lines()
+        .filter_map(|l| l.split('\t').next()?.parse::<u64>().ok())
+        .min();
+    for line in logged.lines() {
+        let mut fields = line.split('\t');
+        let (Some(start), Some(status), Some(us)) = (fields.next(), fields.next(), fields.next())
+        else {
             continue;
         };
+        if status == "0" && start.parse::<u64>().ok() == first_start {
+            continue;
+        }
         if status != "200" {
             failed += 1;
+            *other_statuses.entry(status.to_string()).or_insert(0u64) += 1;
         }
         if let Ok(us) = us.parse::<f64>() {
             durations.push(us / 1000.0);
         }
+    }
+    if !other_statuses.is_empty() {
+        eprintln!("h2load {url}: answers other than 200 (status: count): {other_statuses:?}");
     }
     if durations.is_empty() {
         bail!("h2load logged no request for {url}");
