@@ -11,7 +11,7 @@ use crate::tunnels::{close_tunnels, Notice};
 use chrono::Utc;
 use diesel::prelude::*;
 use nearhop_wire::{
-    normalize_domain, normalize_label, AccountCreated, CloseReason, DomainAdded, ErrorCode, Plan,
+    normalize_domain, normalize_label, AccountCreated, CloseReason, CnameRecord, DomainAdded, ErrorCode, Plan,
     TakedownDone, TokenCreated,
 };
 
@@ -175,7 +175,12 @@ pub fn add_domain(
             format!("{domain} is already registered"),
         ));
     }
+    let acme_challenge_cname = st.cfg.acme_enabled.then(|| {
+        let (name, target) = crate::acme::names::custom_domain_cname(&domain, &zone);
+        CnameRecord { name, target }
+    });
     Ok(DomainAdded {
+        acme_challenge_cname,
         cname_target: format!("{label}.{zone}"),
         txt_name: format!("_nearhop.{domain}"),
         txt_value: verify_token,

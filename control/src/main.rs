@@ -267,17 +267,7 @@ fn main() -> Result<()> {
                     verified,
                 } => {
                     let d = admin::add_domain(&st, &mut conn, account, &domain, &target, verified)?;
-                    let acme_cname = st.cfg.acme_enabled.then(|| {
-                        acme::names::custom_domain_cname(&d.domain, &st.cfg.zones.pro.name)
-                    });
-                    let mut shown = serde_json::to_value(&d)?;
-                    if let (Some((name, target)), Some(obj)) = (&acme_cname, shown.as_object_mut())
-                    {
-                        obj.insert(
-                            "acme_challenge_cname".into(),
-                            serde_json::json!({"name": name, "target": target}),
-                        );
-                    }
+                    let shown = serde_json::to_value(&d)?;
                     print(cli.json, &shown, || {
                         let mut s = format!(
                             "{} added: CNAME it to {}; prove ownership with TXT {} = {}{}",
@@ -287,9 +277,10 @@ fn main() -> Result<()> {
                             d.txt_value,
                             if d.verified { " (marked verified)" } else { "" }
                         );
-                        if let Some((name, target)) = &acme_cname {
+                        if let Some(cname) = &d.acme_challenge_cname {
                             s.push_str(&format!(
-                                "\nfor its HTTPS certificate, also add: {name} CNAME {target}"
+                                "\nfor its HTTPS certificate, also add: {} CNAME {}",
+                                cname.name, cname.target
                             ));
                         }
                         s

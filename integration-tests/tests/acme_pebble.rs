@@ -370,6 +370,19 @@ fn a_custom_domain_gets_its_certificate_through_the_users_cname_and_a_failing_se
         serde_json::json!({"name": "_acme-challenge.shop.customer.test", "target": target}),
         "domain add tells the record to add: {added}"
     );
+    // The admin API answers with the same record (here for a domain not yet verified).
+    let via_api: Value = reqwest::blocking::Client::new()
+        .post(format!("{}/v1/admin/accounts/{id}/domains", ctl.url))
+        .bearer_auth(&ctl.admin_secret)
+        .json(&serde_json::json!({"domain": "www.customer.test", "target": "shop"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        via_api["acme_challenge_cname"]["name"], "_acme-challenge.www.customer.test",
+        "the admin API tells the record to add: {via_api}"
+    );
     let issued = wait_issued(&stack, "shop.customer.test", None);
     assert_eq!(issued["names"], serde_json::json!(["shop.customer.test"]));
     assert_eq!(

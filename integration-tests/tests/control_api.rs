@@ -528,6 +528,10 @@ fn admin_api_needs_its_own_secret_and_mirrors_the_cli() {
     assert_eq!(v["cname_target"], "storefront.a.tunnel.test");
     assert_eq!(v["txt_name"], "_nearhop.shop.example");
     assert_eq!(v["verified"], false);
+    assert!(
+        v.get("acme_challenge_cname").is_none(),
+        "no ACME record to add when control obtains no certificates: {v}"
+    );
     let (s, v) = admin(
         reqwest::Method::POST,
         &format!("/v1/admin/accounts/{id}/domains"),

@@ -419,6 +419,19 @@ pub struct DomainAdded {
     pub txt_value: String,
     /// Whether ownership is verified.
     pub verified: bool,
+    /// When control obtains certificates by ACME: the record that lets it answer the
+    /// domain's DNS-01 challenges, `_acme-challenge.<domain> CNAME <target>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme_challenge_cname: Option<CnameRecord>,
+}
+
+/// A CNAME record a user adds at their own DNS provider.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CnameRecord {
+    /// The record's name.
+    pub name: String,
+    /// Where it points.
+    pub target: String,
 }
 
 /// Admin: take a name down (`POST /v1/admin/takedowns`): closes its tunnel, removes its
