@@ -11,8 +11,8 @@ use crate::tunnels::{close_tunnels, Notice};
 use chrono::Utc;
 use diesel::prelude::*;
 use nearhop_wire::{
-    normalize_domain, normalize_label, AccountCreated, CloseReason, CnameRecord, DomainAdded, ErrorCode, Plan,
-    TakedownDone, TokenCreated,
+    normalize_domain, normalize_label, AccountCreated, CloseReason, CnameRecord, DomainAdded,
+    ErrorCode, Plan, TakedownDone, TokenCreated,
 };
 
 /// The first characters of a token or credential, kept to recognise it in lists.
