@@ -8,6 +8,8 @@
     lab/lab.py exec HOST CMD...   run a command inside a host
     lab/lab.py pid HOST           a host's init PID (for nsenter)
     lab/lab.py smoke              the smoke test from the client host (lab/smoke-client.sh)
+    lab/lab.py logs [LINES]       the last LINES (default 80) of every service's log on every
+                                  running host (/var/log/fake-systemd/<unit>.log)
     lab/lab.py hold-start [REGION]  a tunnel held live through REGION's edge (default: the
                                   first region), a visitor asking it every 0.2 s
     lab/lab.py hold-check         stop that visitor: every answer must have been 200
@@ -334,6 +336,24 @@ def status():
     return rc
 
 
+def logs(lines):
+    """The tail of every supervised service's log on every running host: what
+    rollout-test.sh keeps when a step fails, before the lab and its logs are removed."""
+    hosts_dir = LAB_DIR / "hosts"
+    if not hosts_dir.exists():
+        print("lab: down (no logs)")
+        return 1
+    for d in sorted(hosts_dir.iterdir()):
+        pid = host_pid(d.name)
+        if pid is None:
+            print(f"===== {d.name}: not running")
+            continue
+        script = ('for f in /var/log/fake-systemd/*.log; do [ -e "$f" ] || continue; '
+                  f'echo "===== {d.name}: $f"; tail -n {lines} "$f"; done')
+        subprocess.run(enter(pid, ["/bin/sh", "-c", script]), check=False)
+    return 0
+
+
 def main(argv):
     if len(argv) < 2:
         print(__doc__)
@@ -356,6 +376,13 @@ def main(argv):
         return status()
     if cmd == "smoke":
         return smoke()
+    if cmd == "logs":
+        try:
+            lines = int(argv[2]) if len(argv) > 2 else 80
+        except ValueError:
+            print(f"lab: logs takes a number of lines, not {argv[2]!r}", file=sys.stderr)
+            return 2
+        return logs(max(lines, 1))
     if cmd in ("hold-start", "hold-check"):
         return hold(argv[1:])
     if cmd in ("exec", "pid") and len(argv) >= 3:

@@ -24,6 +24,12 @@ step() {  # step NAME COMMAND...: run, log to $logs/NAME.log, time it, stop on f
   printf '%-28s %4ds  %s\n' "$name" "$dt" "$([ $rc -eq 0 ] && echo ok || echo "FAILED (exit $rc)")" | tee -a "$timings"
   if [ $rc -ne 0 ]; then
     tail -40 "$logs/$name.log"
+    # The services' own logs die with the lab (the EXIT trap removes it): keep their tails,
+    # and show the warnings and errors, which usually say why the step failed.
+    python3 "$lab" logs 200 >"$logs/services.log" 2>&1 || true
+    echo "-- warnings and errors in the lab's service logs (all: $logs/services.log):"
+    grep -E '^=====|WARN|ERROR|FATAL|PANIC|panicked' "$logs/services.log" \
+      | grep -B1 -vE '^=====' | grep -v '^--$' | tail -60 || true
     echo "rollout-test: $name failed; full log: $logs/$name.log"
     exit $rc
   fi

@@ -40,6 +40,10 @@ impl EdgeClient {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            // A fresh connection per call: probes are rare, and an edge's admin API closes
+            // idle connections after its header timeout (visitor_header_timeout_seconds,
+            // as short as 1 s), so a pooled one could be closing as a probe is written.
+            .pool_max_idle_per_host(0)
             .build()?;
         Ok(EdgeClient {
             http,

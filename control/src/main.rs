@@ -390,6 +390,8 @@ async fn serve(cfg: config::Config, migrate: bool) -> Result<()> {
             .app_data(data.clone())
             .configure(api::configure)
     })
+    // Longer than the edges' pool idle (see the constant): see docs/control.md.
+    .keep_alive(nearhop_wire::API_SERVER_KEEP_ALIVE)
     .bind(listen)
     .with_context(|| format!("binding {listen}"))?
     .run()

@@ -585,3 +585,54 @@ fn control_outage_does_not_expire_live_tunnels_on_recovery() {
     }
     assert_eq!(cname_on(&stack, "ap", &t.hostname), "eu.free.tunnel.test");
 }
+
+/// Control keeps an idle keep-alive connection open longer than an edge keeps it in its pool
+/// (`API_SERVER_KEEP_ALIVE` > `API_CLIENT_POOL_IDLE`). With actix's default of 5 s, a setup
+/// written on a pooled connection at the moment control closed it failed as "control plane
+/// is unreachable". Here one connection carries a request, idles past those 5 s and must
+/// still carry the next one.
+#[test]
+fn an_idle_keep_alive_connection_is_still_open_after_six_seconds() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let stack = start(None);
+    let addr = stack.control.url.trim_start_matches("http://").to_string();
+    let stream = std::net::TcpStream::connect(&addr).expect("connect to control");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut ask = |n: u32| -> String {
+        writer
+            .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .unwrap_or_else(|e| panic!("request {n}: writing: {e}"));
+        let mut status = String::new();
+        reader
+            .read_line(&mut status)
+            .unwrap_or_else(|e| panic!("request {n}: reading: {e}"));
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        status
+    };
+    let first = ask(1);
+    assert!(first.starts_with("HTTP/1.1 200"), "first answer: {first:?}");
+    std::thread::sleep(Duration::from_secs(6));
+    let second = ask(2);
+    assert!(
+        second.starts_with("HTTP/1.1 200"),
+        "control closed the idle connection within 6 s (answer {second:?}); edges pool \
+         connections for {:?}",
+        nearhop_wire::API_CLIENT_POOL_IDLE
+    );
+}

@@ -13,6 +13,21 @@ use serde::{Deserialize, Serialize};
 /// (`Authorization: Bearer <secret>`).
 pub const AUTHORIZATION: &str = "authorization";
 
+/// How long control's API keeps an idle keep-alive connection open.
+///
+/// Longer than [`API_CLIENT_POOL_IDLE`] on purpose: a client must drop an idle pooled
+/// connection before the server closes it, or a request sent at the moment the server closes
+/// the connection fails with "connection closed before message completed" (a tunnel setup
+/// refused with "control plane is unreachable" for no reason). Also longer than the 60 s
+/// idle timeout that balancers commonly use, so a balancer in front of control closes first.
+pub const API_SERVER_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(75);
+
+/// How long an edge keeps an idle connection to control in its pool (see
+/// [`API_SERVER_KEEP_ALIVE`]); below the idle timeouts of control and of common balancers.
+pub const API_CLIENT_POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(50);
+
+const _: () = assert!(API_CLIENT_POOL_IDLE.as_secs() < API_SERVER_KEEP_ALIVE.as_secs());
+
 /// What a tunnel carries: decides the visitor listener on the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, Hash)]
 #[serde(rename_all = "lowercase")]

@@ -102,6 +102,9 @@ impl ControlClient {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .pool_max_idle_per_host(8)
+            // Idle connections leave the pool before control would close them: no request
+            // is ever written onto a connection the server is closing.
+            .pool_idle_timeout(nearhop_wire::API_CLIENT_POOL_IDLE)
             .build()?;
         Ok(ControlClient {
             http,

@@ -95,7 +95,11 @@ async fn create(
             .control_errors_total
             .with_label_values(&["create_tunnel"])
             .inc();
-        tracing::info!(error = %e, "control refused or failed a setup");
+        if e.code().is_some() {
+            tracing::info!(error = %e, "control refused a setup");
+        } else {
+            tracing::warn!(error = %e, "control could not be asked to set up a tunnel");
+        }
         e.user_message()
     })?;
     // No visitor may reach the tunnel before its options (`b:`, `k:`, `w:`) apply: they come
