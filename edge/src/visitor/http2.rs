@@ -212,10 +212,9 @@ impl Body for Tracked {
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) => {
                     self.rest = data;
-                    Poll::Ready(self.next_piece().map(|p| Ok(Frame::data(p))).or_else(|| {
-                        // An empty chunk: pass it on as it came.
-                        Some(Ok(Frame::data(Bytes::new())))
-                    }))
+                    // An empty chunk passes on as it came.
+                    let piece = self.next_piece().unwrap_or_default();
+                    Poll::Ready(Some(Ok(Frame::data(piece))))
                 }
                 Err(frame) => Poll::Ready(Some(Ok(frame))),
             },
