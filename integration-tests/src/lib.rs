@@ -20,6 +20,7 @@ pub mod full_stack;
 // Both ends of a tunnel, what stands between, and what tests observe with.
 pub mod background;
 pub mod balancer;
+pub mod chromium;
 pub mod clients;
 pub mod dns_client;
 pub mod load;

@@ -35,7 +35,8 @@ pub fn upload_pattern(len: usize) -> Vec<u8> {
 /// - `Upgrade: echo`: 101, then a raw echo for as long as the visitor stays;
 /// - anything else: `hello from <tag> <path>`, then `tag=`, `host=`, the forwarding
 ///   headers, `x-added`, `authorization` and the method it got, one a line, so that a test
-///   sees which client served it and how.
+///   sees which client served it and how; as `text/plain` under `/page/` (a browser shows
+///   it), as `application/octet-stream` elsewhere.
 pub struct LocalService {
     /// Its port.
     pub port: u16,
@@ -139,8 +140,14 @@ async fn serve(stream: TcpStream, tag: &str, served: &AtomicU64) -> std::io::Res
             )
             .into_bytes()
         };
+        // Text a browser shows under /page/; everything else is bytes to it.
+        let kind = if path.starts_with("/page/") {
+            "text/plain; charset=utf-8"
+        } else {
+            "application/octet-stream"
+        };
         let head = format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: {kind}\r\n\r\n",
             answer.len()
         );
         let w = reader.get_mut();

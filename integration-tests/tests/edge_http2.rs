@@ -2,12 +2,14 @@
 //! `h2` is negotiated, every stream of one connection passes the tunnel's rules like an
 //! HTTP/1.1 request, streams reach the local service side by side, a 100 MB download and a
 //! 32 MB upload arrive intact, a tunnel held by another edge is reached over h2, HTTP/1.1
-//! keeps working on the same port, and hostile frames (no authority, rapid reset, oversized
+//! keeps working on the same port, a real browser (headless Chromium) loads a page and
+//! large bodies over h2, and hostile frames (no authority, rapid reset, oversized
 //! headers) get clear errors while the edge goes on.
 //!
 //! One file on purpose: every case drives curl (or the frame-level client at its end,
 //! about 100 lines of Python) through the helpers at its top, and reads on its own.
 
+use nearhop_stack::chromium::Chromium;
 use nearhop_stack::edge::DevCertificate;
 use nearhop_stack::prelude::*;
 use std::io::{BufRead, BufReader, Write};
@@ -482,6 +484,64 @@ fn h2_streams_run_side_by_side_and_large_bodies_cross_intact() {
     std::fs::remove_file(&echoed).unwrap();
     assert!(back == upload, "the upload came back different");
     drop((client, client2));
+}
+
+/// Browsers are most of HTTP/2's visitors, and they read answers their own way (large
+/// windows, many streams at once): Chromium loads a page over h2 and then fetches three
+/// 8 MB bodies at once on the same connection, each checked byte for byte in the page.
+#[test]
+fn a_browser_loads_a_page_and_large_bodies_at_once_over_h2() {
+    let (s, _dev) = https_stack("");
+    let local = LocalService::start("local");
+    let (_client, host) = tunnel(&s, "browser", &local, &[]);
+    let (ip, port) = (s.edge.spec.ip, s.edge.spec.tls);
+    let dir = s.stack.dir.join("chromium");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The stack's certificate is self-signed: the browser is told to take it, and where
+    // the name lives (and that the test's port is one it may use).
+    let switches = [
+        "--ignore-certificate-errors".to_string(),
+        format!("--host-resolver-rules=MAP {host} {ip}"),
+        format!("--explicitly-allowed-ports={port}"),
+    ];
+    let mut b = Chromium::start(&dir.join("profile"), &dir.join("chromium.log"), &switches)
+        .expect("chromium starts (apt-get install chromium)");
+    b.open(&format!("https://{host}:{port}/page/one")).unwrap();
+    b.wait_until(
+        "the local service's page",
+        "location.protocol === 'https:' && document.readyState === 'complete' \
+         && document.body.innerText.includes('hello from local /page/one')",
+    )
+    .unwrap();
+    assert_eq!(
+        b.eval("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+            .unwrap(),
+        serde_json::json!("h2")
+    );
+    // The local service's /blob/N: byte i is (i * 31 + 7) % 251 (`blob_byte`).
+    let fetched = b
+        .eval(
+            "Promise.all([1, 2, 3].map(k => fetch('/blob/' + (8000000 + k))
+               .then(r => r.arrayBuffer())
+               .then(buf => {
+                 const a = new Uint8Array(buf);
+                 let bad = -1;
+                 for (let i = 0; i < a.length; i++) {
+                   if (a[i] !== (i * 31 + 7) % 251) { bad = i; break; }
+                 }
+                 return [a.length, bad];
+               })))",
+        )
+        .unwrap();
+    assert_eq!(
+        fetched,
+        serde_json::json!([[8_000_001, -1], [8_000_002, -1], [8_000_003, -1]]),
+        "each body whole and intact (length, first wrong byte)"
+    );
+    let protocols = b
+        .eval("[...new Set(performance.getEntriesByType('resource').map(e => e.nextHopProtocol))]")
+        .unwrap();
+    assert_eq!(protocols, serde_json::json!(["h2"]), "the fetches over h2");
 }
 
 #[test]
