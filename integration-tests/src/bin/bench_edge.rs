@@ -102,13 +102,15 @@ const SSHD_N: &str = "OpenSSH sshd -R, client -N";
 const SSHD_SESSION: &str = "OpenSSH sshd -R, client with a session";
 const RELAYED: &str = "nearhop-edge, relayed by another edge";
 
-/// One path to nginx: its row name, base URL, the headers a visitor sends, and the
-/// (server, client) processes whose CPU a download through it costs.
+/// One path to nginx: its row name, base URL, the headers a visitor sends, the (server,
+/// client) processes whose CPU a download through it costs, and for the relayed path the
+/// holder edge (whose CPU is counted apart).
 struct BenchPath<'a> {
     name: &'a str,
     base: &'a str,
     headers: Vec<String>,
     pids: Option<(u32, u32)>,
+    holder: Option<u32>,
 }
 
 impl<'a> BenchPath<'a> {
@@ -123,7 +125,14 @@ impl<'a> BenchPath<'a> {
             base,
             headers,
             pids,
+            holder: None,
         }
+    }
+
+    /// The same, with the holder edge of a relayed path counted apart.
+    fn with_holder(mut self, pid: u32) -> BenchPath<'a> {
+        self.holder = Some(pid);
+        self
     }
 }
 
@@ -295,7 +304,8 @@ fn main() -> Result<()> {
             &via_relay,
             host_is(&host),
             Some((relay_edge.pid().unwrap_or(0), edge_client.pid())),
-        ),
+        )
+        .with_holder(edge_pid),
     ];
     let mut rows = Vec::new();
     for p in &paths {
@@ -311,10 +321,16 @@ fn main() -> Result<()> {
             let before = p
                 .pids
                 .map(|(server, client)| (cpu_ns(server), cpu_ns(client)));
+            let holder_before = p.holder.map(cpu_ns);
+            let machine_before = machine_busy_ns()?;
             let mbps = bulk(&format!("{}/big.bin", p.base), &p.headers, args.bulk_mb)?;
+            rows[i].3.machine_ns += machine_busy_ns()?.saturating_sub(machine_before);
             if let (Some((server, client)), Some((s0, c0))) = (p.pids, before) {
                 rows[i].3.server_ns += cpu_ns(server).saturating_sub(s0);
                 rows[i].3.client_ns += cpu_ns(client).saturating_sub(c0);
+            }
+            if let (Some(holder), Some(h0)) = (p.holder, holder_before) {
+                rows[i].3.holder_ns += cpu_ns(holder).saturating_sub(h0);
             }
             rows[i].2.push(mbps);
         }
@@ -331,25 +347,27 @@ fn main() -> Result<()> {
 
     println!("\n## HTTP through each path (wrk -t{} -c{} -d{}s, 612-byte page; bulk: {} MB file, curl, median of {})\n", args.threads, args.connections, args.duration, args.bulk_mb, args.bulk_runs.max(1));
     println!(
-        "| path | requests/s | p50 ms | p99 ms | bulk MB/s | server CPU s/GB | client CPU s/GB |"
+        "| path | requests/s | p50 ms | p99 ms | bulk MB/s | server CPU s/GB | client CPU s/GB | machine CPU s/GB |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let per_gb = |ns: u64| ns as f64 / 1e9 / downloaded_gb;
     for (name, w, mbps, cpu) in &rows {
-        let per_gb = |ns: u64| {
+        let or_dash = |ns: u64| {
             if cpu.server_ns == 0 {
                 "-".to_string()
             } else {
-                format!("{:.2}", ns as f64 / 1e9 / downloaded_gb)
+                format!("{:.2}", per_gb(ns))
             }
         };
         println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} | {} | {} |",
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} | {} | {} | {:.2} |",
             w.rps,
             w.p50_ms,
             w.p99_ms,
             mbps,
-            per_gb(cpu.server_ns),
-            per_gb(cpu.client_ns)
+            or_dash(cpu.server_ns),
+            or_dash(cpu.client_ns),
+            per_gb(cpu.machine_ns)
         );
     }
     let row = |name: &str| rows.iter().find(|r| r.0 == name);
@@ -383,6 +401,21 @@ fn main() -> Result<()> {
         relayed.1.p50_ms - ours.1.p50_ms,
         relayed.1.p99_ms - ours.1.p99_ms,
         relayed.2 / ours.2
+    );
+    // On a host whose cores are all busy, the rate of a path is about the cores' time over
+    // the machine's CPU per byte: the ratio of the two paths' machine CPU per byte bounds
+    // the relayed rate from above, whatever the relay's own code does.
+    let machine_ratio = relayed.3.machine_ns as f64 / ours.3.machine_ns.max(1) as f64;
+    println!(
+        "relayed download, CPU per GB: relaying edge {:.2} s, holder {:.2} s (direct: {:.2} s), \
+         whole machine {:.2} s against {:.2} s direct (x{:.2}; a CPU-bound host relays at most ~x{:.2} of the direct rate)",
+        per_gb(relayed.3.server_ns),
+        per_gb(relayed.3.holder_ns),
+        per_gb(ours.3.server_ns),
+        per_gb(relayed.3.machine_ns),
+        per_gb(ours.3.machine_ns),
+        machine_ratio,
+        1.0 / machine_ratio,
     );
     let [at_holder, relayed_fixed] = &fixed_rate;
     println!(
@@ -728,11 +761,41 @@ fn duration_ms(v: &str) -> Result<f64> {
     })
 }
 
-/// CPU time spent by a path's processes during its bulk downloads.
+/// CPU time spent by a path's processes during its bulk downloads, and by the whole
+/// machine (every process and the kernel's network work, which on loopback is a large
+/// share and belongs to no process).
 #[derive(Default, Clone, Copy)]
 struct CpuTotals {
     server_ns: u64,
     client_ns: u64,
+    /// The holder edge, for the relayed path (its server is the relaying edge).
+    holder_ns: u64,
+    machine_ns: u64,
+}
+
+/// Busy time of all CPUs so far (nanoseconds): the first line of `/proc/stat` less idle and
+/// I/O wait.
+fn machine_busy_ns() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let ticks = parse_busy_ticks(&stat).context("no `cpu` line in /proc/stat")?;
+    // SAFETY: sysconf only reads a constant of the running system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    anyhow::ensure!(hz > 0, "sysconf(_SC_CLK_TCK) failed");
+    Ok(ticks * 1_000_000_000 / hz as u64)
+}
+
+/// Busy ticks from `/proc/stat`'s `cpu` line: user, nice, system, irq, softirq and steal
+/// (not idle, not iowait; guest time is already inside user).
+fn parse_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    Some(at(0) + at(1) + at(2) + at(5) + at(6) + at(7))
 }
 
 /// CPU time so far of `pid`, its threads and its descendants (nanoseconds, from each
@@ -1222,4 +1285,21 @@ fn https_h1_vs_h2(args: &Args, tunnels: &EdgeTunnels) -> Result<()> {
     );
     client.stop();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_busy_ticks;
+
+    #[test]
+    fn busy_ticks_leave_out_idle_and_io_wait() {
+        let stat = "cpu  100 2 30 5000 40 6 7 8 9 0\ncpu0 50 1 15 2500 20 3 3 4 0 0\nintr 1\n";
+        assert_eq!(parse_busy_ticks(stat), Some(100 + 2 + 30 + 6 + 7 + 8));
+    }
+
+    #[test]
+    fn a_stat_without_its_cpu_line_is_refused() {
+        assert_eq!(parse_busy_ticks("cpu0 1 2 3\nintr 1\n"), None);
+        assert_eq!(parse_busy_ticks("cpu  1 x 3\n"), None);
+    }
 }
