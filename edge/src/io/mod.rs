@@ -1,8 +1,10 @@
 //! Stream wrappers between sockets, SSH channels and the code that reads them: adaptive
 //! read buffers, coalescing channel reads, channels that let the client close first, bytes put back in front, byte counting, the
 //! PROXY protocol header a balancer puts in front of a connection, and a refusal's lingering
-//! close, and an HTTP/2 connection's small writes gathered.
+//! close, an HTTP/2 connection's small writes gathered, and channel writes that hand large
+//! body chunks over uncopied.
 
+pub mod channel_writes;
 pub mod closing_channel;
 pub mod counting;
 pub mod idle;

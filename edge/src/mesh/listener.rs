@@ -6,6 +6,7 @@
 
 use super::protocol::{parse_ack, HoldingChange, RelayListener, HOLDINGS_COMMAND, MAX_LINE};
 use crate::edge::Edge;
+use crate::io::channel_writes::ChannelWrites;
 use crate::io::closing_channel::{ClosingChannel, PeerCloses};
 use crate::io::counting::CountingStream;
 use crate::io::read_buffer::AdaptiveReader;
@@ -239,7 +240,7 @@ impl russh::server::Handler for PeerSession {
                     .inc();
                 let m = &edge.metrics;
                 let stream = CountingStream::new(
-                    ClosingChannel::new(channel, closes),
+                    ChannelWrites::new(ClosingChannel::new(channel, closes)),
                     m.relay_bytes_total
                         .with_label_values(&[&peer_id, "received"]),
                     m.relay_bytes_total.with_label_values(&[&peer_id, "sent"]),

@@ -7,6 +7,7 @@
 
 use crate::edge::Edge;
 use crate::inspector::capture::Tapped;
+use crate::io::channel_writes::ChannelWrites;
 use crate::io::counting::CountingStream;
 use crate::io::read_buffer::Coalescing;
 use crate::mesh::links::PeerLink;
@@ -132,7 +133,7 @@ async fn connect(
             return Err(OpenFailure::SessionGone);
         }
     };
-    let io = Coalescing::new(channel);
+    let io = Coalescing::new(ChannelWrites::new(channel));
     Ok(Upstream {
         key: UpstreamKey::Tunnel(tunnel.id),
         sender: http_over(io).await.ok_or(OpenFailure::Refused)?,
@@ -168,7 +169,7 @@ async fn connect_peer(
         .with_label_values(&[&link.id, "out"])
         .inc();
     let io = CountingStream::new(
-        Coalescing::new(channel),
+        Coalescing::new(ChannelWrites::new(channel)),
         m.relay_bytes_total
             .with_label_values(&[&link.id, "received"]),
         m.relay_bytes_total.with_label_values(&[&link.id, "sent"]),
