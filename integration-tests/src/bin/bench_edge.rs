@@ -762,8 +762,8 @@ fn duration_ms(v: &str) -> Result<f64> {
 }
 
 /// CPU time spent by a path's processes during its bulk downloads, and by the whole
-/// machine (every process and the kernel's network work, which on loopback is a large
-/// share and belongs to no process).
+/// machine (every process, curl and nginx included, and kernel work done outside any of
+/// them).
 #[derive(Default, Clone, Copy)]
 struct CpuTotals {
     server_ns: u64,
