@@ -403,12 +403,12 @@ fn main() -> Result<()> {
         relayed.2 / ours.2
     );
     // On a host whose cores are all busy, the rate of a path is about the cores' time over
-    // the machine's CPU per byte: the ratio of the two paths' machine CPU per byte bounds
-    // the relayed rate from above, whatever the relay's own code does.
+    // the machine's CPU per byte: the inverse ratio of the two paths' machine CPU per byte
+    // predicts the relayed rate ratio (exactly when both keep the cores equally busy).
     let machine_ratio = relayed.3.machine_ns as f64 / ours.3.machine_ns.max(1) as f64;
     println!(
         "relayed download, CPU per GB: relaying edge {:.2} s, holder {:.2} s (direct: {:.2} s), \
-         whole machine {:.2} s against {:.2} s direct (x{:.2}; a CPU-bound host relays at most ~x{:.2} of the direct rate)",
+         whole machine {:.2} s against {:.2} s direct (x{:.2}; with the cores equally busy on both paths, the relayed rate is ~x{:.2} of direct)",
         per_gb(relayed.3.server_ns),
         per_gb(relayed.3.holder_ns),
         per_gb(ours.3.server_ns),
