@@ -26,12 +26,18 @@ pub const GATHER: usize = 16 * 1024;
 /// `inner` (a channel stream), taking vectored writes (see the module's doc).
 pub struct ChannelWrites<S> {
     inner: S,
+    /// Where small pieces are gathered: kept between writes (a small answer per request
+    /// costs no allocation), given back when a gather needed more than [`DIRECT`] bytes.
+    gathered: Vec<u8>,
 }
 
 impl<S> ChannelWrites<S> {
     /// Wraps `inner`.
     pub fn new(inner: S) -> ChannelWrites<S> {
-        ChannelWrites { inner }
+        ChannelWrites {
+            inner,
+            gathered: Vec::new(),
+        }
     }
 }
 
@@ -59,17 +65,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ChannelWrites<S> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let inner = &mut self.get_mut().inner;
-        let mut pieces = bufs.iter().filter(|b| !b.is_empty()).peekable();
-        let Some(first) = pieces.peek() else {
+        let this = self.get_mut();
+        let mut pieces = bufs.iter().filter(|b| !b.is_empty());
+        let Some(first) = pieces.next() else {
             return Poll::Ready(Ok(0));
         };
-        if first.len() >= DIRECT || bufs.len() == 1 {
-            return Pin::new(inner).poll_write(cx, first);
+        let mut rest = pieces.peekable();
+        if first.len() >= DIRECT || rest.peek().is_none() {
+            return Pin::new(&mut this.inner).poll_write(cx, first);
         }
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        let mut gathered = Vec::with_capacity(total.min(GATHER));
-        for piece in pieces {
+        let gathered = &mut this.gathered;
+        gathered.clear();
+        for piece in std::iter::once(first).chain(rest) {
             let room = GATHER - gathered.len();
             if room == 0 {
                 break;
@@ -77,7 +84,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ChannelWrites<S> {
             gathered.extend_from_slice(&piece[..piece.len().min(room)]);
         }
         // What the channel takes is a prefix of `gathered`, so of `bufs` in order.
-        Pin::new(inner).poll_write(cx, &gathered)
+        let written = Pin::new(&mut this.inner).poll_write(cx, gathered);
+        if gathered.capacity() > DIRECT {
+            *gathered = Vec::new();
+        }
+        written
     }
 
     /// Yes: that keeps hyper from flattening (see the module's doc).
