@@ -131,6 +131,74 @@ fn a_tunnel_on_one_edge_is_served_at_every_other_edge() {
     assert!(body.contains("No tunnel here"), "{body}");
 }
 
+/// Reads one HTTP/1.1 response with a `Content-Length` from `s`: its status and body.
+fn read_response(s: &mut std::net::TcpStream) -> (u16, String) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("a response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .expect("a Content-Length");
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).expect("the body");
+    (status, String::from_utf8_lossy(&body).to_string())
+}
+
+/// One visitor connection to us asks for a raw (`x:noreverseproxy`) tunnel, then for
+/// another tunnel, both held by eu. eu hands a relayed connection whole to the raw tunnel
+/// its first request names, so the second request must not travel on that relay channel:
+/// it would reach the raw tunnel's owner, with the other tunnel's visitor's headers.
+#[test]
+fn one_visitor_connection_to_two_relayed_tunnels_reaches_each_tunnel() {
+    let stack = mesh_stack();
+    let raw = LocalService::start("raw-owner");
+    let victim = LocalService::start("victim");
+    let token = stack.pro_token();
+    let mut args = SshArgs::http_tunnel(Some(&token), raw.port);
+    args.command = vec!["x:noreverseproxy".into()];
+    let mut raw_client = stack.ssh_to(EU, "raw", &args);
+    let raw_url = raw_client.wait_for_url(PATIENCE).unwrap();
+    let (_victim_client, victim_url, _) = eu_tunnel(&stack, &victim, &[US]);
+    wait_relayed(&stack, US, &raw_url);
+
+    let mut conn = std::net::TcpStream::connect(stack.regions[US].http_addr()).unwrap();
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    let ask = |conn: &mut std::net::TcpStream, host: &str, path: &str| {
+        write!(
+            conn,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nCookie: session=secret\r\n\r\n"
+        )
+        .unwrap();
+        read_response(conn)
+    };
+    let (status, body) = ask(&mut conn, &host_of(&raw_url), "/first");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("hello from raw-owner /first"), "{body}");
+    let (status, body) = ask(&mut conn, &host_of(&victim_url), "/second");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("hello from victim /second"),
+        "the second tunnel's request went elsewhere: {body}"
+    );
+    // And back: each name keeps its own way through the relay.
+    let (_, body) = ask(&mut conn, &host_of(&raw_url), "/third");
+    assert!(body.starts_with("hello from raw-owner /third"), "{body}");
+}
+
 #[test]
 fn downloads_upgrades_and_allowlists_work_through_the_relay() {
     let stack = mesh_stack();

@@ -207,7 +207,7 @@ impl Failed {
     fn at(target: Target<'_>, ending: Option<Arc<Tunnel>>) -> Failed {
         let page = match target {
             Target::Tunnel(_) => pages::client_unreachable(),
-            Target::Peer(_) => pages::holder_unreachable(),
+            Target::Peer(..) => pages::holder_unreachable(),
         };
         Failed { page, ending }
     }
@@ -231,7 +231,7 @@ fn not_opened(target: Target<'_>, e: OpenFailure) -> Result<Response<ProxyBody>,
         OpenFailure::SessionGone => {
             let ending = match target {
                 Target::Tunnel(t) => Some(t.clone()),
-                Target::Peer(_) => None,
+                Target::Peer(..) => None,
             };
             Err(Failed::at(target, ending))
         }
@@ -356,7 +356,7 @@ impl VisitorConn {
             }
             // The holder runs the phases with the tunnel's options for the real visitor.
             Route::Relay(link) => {
-                let resp = self.forward(Target::Peer(&link), req, None).await?;
+                let resp = self.forward(Target::Peer(&link, &host), req, None).await?;
                 return Ok(self.count(resp, "relay"));
             }
             Route::Refuse(Refusal::Forbidden) => pages::forbidden(),
@@ -540,7 +540,7 @@ impl VisitorConn {
             Ok(resp) => Sent::Answer(resp),
             Err(e) => {
                 tracing::debug!(error = %e, "request through the tunnel or relay failed");
-                if let Target::Peer(_) = target {
+                if let Target::Peer(..) = target {
                     self.relay_error("request_failed");
                 }
                 Sent::Failed(Failed::at(target, None))

@@ -33,8 +33,8 @@ use tokio::time::Instant;
 pub enum Target<'a> {
     /// A tunnel of this edge.
     Tunnel(&'a Arc<Tunnel>),
-    /// The peer edge holding the tunnel.
-    Peer(&'a Arc<PeerLink>),
+    /// The peer edge holding the tunnel, and the name the request is for.
+    Peer(&'a Arc<PeerLink>, &'a str),
 }
 
 /// The upstream a request was sent on, kept for the connection's next request to the same
@@ -43,8 +43,11 @@ pub enum Target<'a> {
 pub enum UpstreamKey {
     /// A tunnel of this edge, by control's id.
     Tunnel(i64),
-    /// A peer edge, by its id.
-    Peer(String),
+    /// A peer edge, by its id, for one name: a relay channel carries the requests of one
+    /// name only. The holder may hand a relayed connection whole to the tunnel its first
+    /// request names (`x:noreverseproxy`), so a channel shared by two names could deliver
+    /// one tunnel's visitors, cookies and all, to another.
+    Peer(String, String),
 }
 
 impl Target<'_> {
@@ -52,7 +55,7 @@ impl Target<'_> {
     pub fn key(&self) -> UpstreamKey {
         match self {
             Target::Tunnel(t) => UpstreamKey::Tunnel(t.id),
-            Target::Peer(p) => UpstreamKey::Peer(p.id.clone()),
+            Target::Peer(p, host) => UpstreamKey::Peer(p.id.clone(), host.to_string()),
         }
     }
 
@@ -60,7 +63,7 @@ impl Target<'_> {
     pub fn is_live(&self) -> bool {
         match self {
             Target::Tunnel(t) => !t.is_closed(),
-            Target::Peer(p) => !p.stop.is_cancelled(),
+            Target::Peer(p, _) => !p.stop.is_cancelled(),
         }
     }
 }
@@ -107,7 +110,7 @@ pub async fn open(
             let share = edge.tunnel_share(tunnel).ok_or(OpenFailure::TunnelBusy)?;
             connect(tunnel, visitor, share).await
         }
-        Target::Peer(link) => connect_peer(edge, link, visitor, scheme).await,
+        Target::Peer(link, host) => connect_peer(edge, link, host, visitor, scheme).await,
     }
 }
 
@@ -146,6 +149,7 @@ async fn connect(
 async fn connect_peer(
     edge: &Edge,
     link: &Arc<PeerLink>,
+    host: &str,
     visitor: SocketAddr,
     scheme: &str,
 ) -> Result<Upstream, OpenFailure> {
@@ -175,7 +179,7 @@ async fn connect_peer(
         m.relay_bytes_total.with_label_values(&[&link.id, "sent"]),
     );
     Ok(Upstream {
-        key: UpstreamKey::Peer(link.id.clone()),
+        key: UpstreamKey::Peer(link.id.clone(), host.to_string()),
         sender: http_over(io).await.ok_or(OpenFailure::PeerUnreachable)?,
         _share: None,
     })
