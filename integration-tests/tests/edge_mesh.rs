@@ -424,3 +424,46 @@ fn a_client_reconnecting_through_another_region_loses_no_visitor_request() {
     );
     assert!(ok > 10, "the visitor kept visiting ({ok})");
 }
+
+/// The mesh port is reachable by anyone (edges of other regions dial it): a connection that
+/// never authenticates is closed at `ssh_auth_deadline_seconds`, counted, and the genuine
+/// peers' links, which authenticated within it, stay up and relay.
+#[test]
+fn a_stranger_at_the_mesh_listener_is_cut_off_at_the_auth_deadline() {
+    let stack = Stack::start(StackOptions {
+        with_edges: true,
+        control_tweak: Some(fast_heartbeats),
+        edge_toml: "ssh_auth_deadline_seconds = 2\n".into(),
+        ..StackOptions::default()
+    })
+    .expect("the stack starts");
+    stack.wait_mesh_linked().expect("the edges link up");
+    let eu = &stack.edges[EU].spec;
+
+    // One connection says nothing at all; another sends its SSH banner and stops there.
+    let silent = std::net::TcpStream::connect((eu.ip, eu.mesh)).unwrap();
+    let mut banner_only = std::net::TcpStream::connect((eu.ip, eu.mesh)).unwrap();
+    banner_only.write_all(b"SSH-2.0-stranger\r\n").unwrap();
+    for (what, mut conn) in [("silent", silent), ("banner only", banner_only)] {
+        conn.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut sink = Vec::new();
+        // The edge's own banner and KEXINIT may come first; then the end of the stream.
+        match conn.read_to_end(&mut sink) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("the {what} connection was not closed: {e}"),
+        }
+    }
+    let timed_out = metric_sum(
+        &edge_metrics(&stack, EU),
+        "nearhop_edge_relay_errors_total",
+        &[("cause", "mesh_auth_timeout")],
+    );
+    assert_eq!(timed_out, 2.0, "both strangers counted");
+
+    // The peers' links were not touched: a tunnel on eu is still relayed by us.
+    let local = LocalService::start("local");
+    let (_client, url, _token) = eu_tunnel(&stack, &local, &[US]);
+    let (status, body) = http_get(stack.regions[US].http_addr(), &host_of(&url), "/x").unwrap();
+    assert_eq!(status, 200, "{body}");
+}

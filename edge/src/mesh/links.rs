@@ -13,7 +13,7 @@ use russh::ChannelStream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
@@ -192,9 +192,8 @@ impl PeerLink {
         mesh.link_up.with_label_values(&[&self.id]).set(1);
         tracing::info!(peer = %self.id, addr = %self.addr, "mesh link up");
         let mut answers = feed.make_writer();
-        let mut lines = BufReader::new(feed.make_reader()).lines();
-        while let Some(line) = lines
-            .next_line()
+        let mut reader = BufReader::new(feed.make_reader());
+        while let Some(line) = next_feed_line(&mut reader)
             .await
             .context("reading the holdings feed")?
         {
@@ -213,6 +212,39 @@ impl PeerLink {
         }
         Ok(())
     }
+}
+
+/// The next line of a holdings feed, without its newline; `None` at the end of the feed.
+/// At most [`MAX_LINE`] bytes are read for one line, so a peer sending a line without end
+/// fails the link instead of filling this edge's memory.
+async fn next_feed_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> std::io::Result<Option<String>> {
+    let mut line = Vec::new();
+    let limit = MAX_LINE as u64 + 1;
+    if (&mut *reader)
+        .take(limit)
+        .read_until(b'\n', &mut line)
+        .await?
+        == 0
+    {
+        return Ok(None);
+    }
+    if line.last() != Some(&b'\n') {
+        let why = if line.len() > MAX_LINE {
+            format!("a feed line longer than {MAX_LINE} bytes")
+        } else {
+            "the feed ended inside a line".to_string()
+        };
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
+    }
+    line.pop();
+    String::from_utf8(line).map(Some).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a feed line that is not UTF-8",
+        )
+    })
 }
 
 /// The russh client configuration of the links: the same windows and ciphers as towards
@@ -255,5 +287,48 @@ impl client::Handler for PeerClient {
             }
             PublicKeyOrCertificate::Certificate(_) => false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn feed_lines_are_read_one_by_one_up_to_the_end() {
+        let mut feed = BufReader::new(&b"+a.test http\n-a.test\n"[..]);
+        assert_eq!(
+            next_feed_line(&mut feed).await.unwrap().as_deref(),
+            Some("+a.test http")
+        );
+        assert_eq!(
+            next_feed_line(&mut feed).await.unwrap().as_deref(),
+            Some("-a.test")
+        );
+        assert_eq!(next_feed_line(&mut feed).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_line_without_end_fails_after_max_line_bytes() {
+        // Far more than a line may hold, and no newline: read no further than the limit.
+        let endless = vec![b'x'; 1 << 20];
+        let mut feed = BufReader::with_capacity(16, &endless[..]);
+        let e = next_feed_line(&mut feed).await.unwrap_err();
+        assert!(e.to_string().contains("longer than 300 bytes"), "{e}");
+        let taken = endless.len() - feed.get_ref().len();
+        assert!(
+            taken <= MAX_LINE + 1 + 16,
+            "read {taken} bytes of a line without end"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_feed_cut_inside_a_line_or_not_utf8_is_an_error() {
+        let mut cut = BufReader::new(&b"+a.te"[..]);
+        let e = next_feed_line(&mut cut).await.unwrap_err();
+        assert!(e.to_string().contains("ended inside a line"), "{e}");
+        let mut binary = BufReader::new(&b"\xff\xfe\n"[..]);
+        let e = next_feed_line(&mut binary).await.unwrap_err();
+        assert!(e.to_string().contains("not UTF-8"), "{e}");
     }
 }

@@ -4,7 +4,7 @@
 //! that this edge serves as if the visitor had come to it directly. A relayed connection is
 //! never relayed again: a name this edge does not hold gets "No tunnel here".
 
-use super::protocol::{parse_ack, HoldingChange, RelayListener, HOLDINGS_COMMAND, MAX_LINE};
+use super::protocol::{take_acks, HoldingChange, RelayListener, HOLDINGS_COMMAND, MAX_LINE};
 use crate::edge::Edge;
 use crate::io::channel_writes::ChannelWrites;
 use crate::io::closing_channel::{ClosingChannel, PeerCloses};
@@ -15,6 +15,7 @@ use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, MethodKind, Meth
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
@@ -40,38 +41,80 @@ pub fn russh_config(edge: &Edge) -> russh::server::Config {
     }
 }
 
-/// Accepts peer edges until shutdown.
+/// Most mesh connections not yet authenticated at once. Peers are few and each keeps one
+/// link, so this is far above what the mesh needs, and low enough that connections which
+/// never authenticate cannot hold this edge's file descriptors.
+pub const MAX_UNAUTHENTICATED: usize = 64;
+
+/// Accepts peer edges until shutdown. A connection must authenticate within
+/// `ssh_auth_deadline_seconds` (as on the client SSH listener), and at most
+/// [`MAX_UNAUTHENTICATED`] may be trying at once; others are closed at once.
 pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
     let config = Arc::new(russh_config(&edge));
+    let unauthenticated = Arc::new(tokio::sync::Semaphore::new(MAX_UNAUTHENTICATED));
     crate::accept::until_stopped(
         &listener,
         edge.shutdown.cancelled(),
         "a mesh connection",
         |stream, peer| {
+            let Ok(place) = unauthenticated.clone().try_acquire_owned() else {
+                count_refusal(&edge, "mesh_unauthenticated_full");
+                tracing::debug!(%peer, "mesh connection refused: too many not yet authenticated");
+                return;
+            };
             let edge = edge.clone();
             let config = config.clone();
             let span = tracing::info_span!("mesh", %peer);
             tokio::spawn(
                 async move {
                     let _ = stream.set_nodelay(true);
+                    // russh runs the session in a task of its own, which dropping ours does
+                    // not stop: at the deadline the socket itself is shut, through a second
+                    // handle to it, and the session ends on it.
+                    let Some((stream, cut)) = with_cut_off(stream) else {
+                        return;
+                    };
                     let closes = Arc::new(PeerCloses::default());
                     closes.count_in(edge.metrics.channels_closed_total.clone());
+                    let authenticated = Arc::new(tokio::sync::Notify::new());
                     let handler = PeerSession {
-                        edge,
+                        edge: edge.clone(),
                         peer_id: None,
+                        authenticated: authenticated.clone(),
                         sessions: HashMap::new(),
+                        feeding: false,
                         closes,
                     };
                     // One `recv` for many packets, as on the client sessions.
                     let stream = AdaptiveReader::new(stream);
-                    match russh::server::run_stream(config, stream, handler).await {
-                        Ok(running) => {
-                            if let Err(e) = running.await {
-                                tracing::debug!(error = %e, "mesh connection ended");
+                    let session = async move {
+                        match russh::server::run_stream(config, stream, handler).await {
+                            Ok(running) => {
+                                if let Err(e) = running.await {
+                                    tracing::debug!(error = %e, "mesh connection ended");
+                                }
+                            }
+                            Err(e) => tracing::debug!(error = %e, "mesh handshake failed"),
+                        }
+                    };
+                    tokio::pin!(session);
+                    let deadline =
+                        Duration::from_secs(edge.config.ssh_auth_deadline_seconds.max(1));
+                    tokio::select! {
+                        _ = &mut session => return,
+                        authed = tokio::time::timeout(deadline, authenticated.notified()) => {
+                            if authed.is_err() {
+                                let _ = cut.shutdown(std::net::Shutdown::Both);
+                                count_refusal(&edge, "mesh_auth_timeout");
+                                tracing::debug!(
+                                    "mesh connection closed: not authenticated within {deadline:?}"
+                                );
+                                return;
                             }
                         }
-                        Err(e) => tracing::debug!(error = %e, "mesh handshake failed"),
                     }
+                    drop((place, cut));
+                    session.await;
                 }
                 .instrument(span),
             );
@@ -80,13 +123,43 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
     .await;
 }
 
+/// `stream`, and a second handle to its socket to shut it with; `None` (logged) when the
+/// socket cannot be duplicated (out of file descriptors).
+fn with_cut_off(
+    stream: tokio::net::TcpStream,
+) -> Option<(tokio::net::TcpStream, std::net::TcpStream)> {
+    let split = stream.into_std().and_then(|s| {
+        let cut = s.try_clone()?;
+        Ok((tokio::net::TcpStream::from_std(s)?, cut))
+    });
+    match split {
+        Ok(pair) => Some(pair),
+        Err(e) => {
+            tracing::warn!(error = %e, "mesh connection dropped: its socket could not be duplicated");
+            None
+        }
+    }
+}
+
+/// Counts a mesh connection refused before it authenticated.
+fn count_refusal(edge: &Edge, cause: &str) {
+    edge.metrics
+        .relay_errors_total
+        .with_label_values(&[cause])
+        .inc();
+}
+
 /// One peer edge's connection to this edge.
 struct PeerSession {
     edge: Arc<Edge>,
     /// The peer's edge id, once authenticated.
     peer_id: Option<String>,
+    /// Told when the peer has authenticated (the connection's deadline stops).
+    authenticated: Arc<tokio::sync::Notify>,
     /// Session channels waiting for their command.
     sessions: HashMap<ChannelId, Channel<Msg>>,
+    /// Whether this connection already follows the holdings feed (one feed per link).
+    feeding: bool,
     /// Relay channels this edge is done with, waiting for the peer to close them.
     closes: Arc<PeerCloses>,
 }
@@ -117,6 +190,7 @@ impl russh::server::Handler for PeerSession {
         if matches!(answer, Auth::Accept) {
             tracing::info!(peer_edge = user, "peer edge connected");
             self.peer_id = Some(user.to_string());
+            self.authenticated.notify_one();
         }
         Ok(answer)
     }
@@ -130,6 +204,12 @@ impl russh::server::Handler for PeerSession {
             .as_deref()
             .and_then(|id| self.edge.mesh.peer(id))
         else {
+            // It left control's list between its key's check and now.
+            session.disconnect(
+                russh::Disconnect::ByApplication,
+                "this edge is no longer in the mesh",
+                "en",
+            )?;
             return Ok(());
         };
         let handle = session.handle();
@@ -174,10 +254,13 @@ impl russh::server::Handler for PeerSession {
             session.channel_failure(channel)?;
             return Ok(());
         };
-        if data != HOLDINGS_COMMAND.as_bytes() {
+        // One feed per connection: a second would double every line and every marker to
+        // answer (a feed that never answers holds each new tunnel's URL for its full wait).
+        if data != HOLDINGS_COMMAND.as_bytes() || self.feeding {
             session.channel_failure(channel)?;
             return Ok(());
         }
+        self.feeding = true;
         session.channel_success(channel)?;
         let edge = self.edge.clone();
         tokio::spawn(feed_holdings(edge, chan).in_current_span());
@@ -189,8 +272,10 @@ impl russh::server::Handler for PeerSession {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // A relay channel this edge may be waiting to see closed (io::closing_channel).
+        // A relay channel this edge may be waiting to see closed (io::closing_channel), or
+        // a session channel closed before its command.
         self.closes.closed_by_peer(channel);
+        self.sessions.remove(&channel);
         Ok(())
     }
 
@@ -302,11 +387,8 @@ async fn feed_holdings(edge: Arc<Edge>, mut channel: Channel<Msg>) {
                 msg = channel.wait() => match msg {
                     Some(ChannelMsg::Data { data }) => {
                         answers.push_str(&String::from_utf8_lossy(&data));
-                        while let Some((line, rest)) = answers.split_once('\n') {
-                            if let Some(marker) = parse_ack(line) {
-                                acks.ack(feed, marker);
-                            }
-                            answers = rest.to_string();
+                        for marker in take_acks(&mut answers) {
+                            acks.ack(feed, marker);
                         }
                         if answers.len() > MAX_LINE {
                             break;

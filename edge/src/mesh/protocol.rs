@@ -66,6 +66,20 @@ pub fn parse_ack(line: &str) -> Option<u64> {
     line.strip_prefix('!')?.parse().ok()
 }
 
+/// Takes every whole line off the front of `answers` (a peer's answers to markers, as they
+/// arrive) and returns the markers they acknowledge, in order; a partial last line stays.
+/// Lines that are not answers are skipped.
+pub fn take_acks(answers: &mut String) -> Vec<u64> {
+    let mut markers = Vec::new();
+    let mut used = 0;
+    while let Some(end) = answers[used..].find('\n') {
+        markers.extend(parse_ack(&answers[used..used + end]));
+        used += end + 1;
+    }
+    answers.drain(..used);
+    markers
+}
+
 /// One line of the holdings feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HoldingChange {
@@ -143,6 +157,20 @@ impl fmt::Display for HoldingChange {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn whole_answer_lines_are_taken_and_a_partial_one_stays() {
+        let mut answers = "!1\n!2\nnoise\n!3".to_string();
+        assert_eq!(take_acks(&mut answers), vec![1, 2]);
+        assert_eq!(answers, "!3");
+        answers.push('\n');
+        assert_eq!(take_acks(&mut answers), vec![3]);
+        assert!(answers.is_empty());
+        // A packet of empty lines costs one pass, not a copy of the rest per line.
+        let mut blank = "\n".repeat(32 * 1024);
+        assert!(take_acks(&mut blank).is_empty());
+        assert!(blank.is_empty());
+    }
+
     use super::*;
 
     #[test]
