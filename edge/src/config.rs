@@ -70,6 +70,10 @@ pub struct Config {
     pub public_http_port: Option<u16>,
     /// Port shown in printed TLS URLs (443 hides it); defaults to the `tls_listen` port.
     pub public_tls_port: Option<u16>,
+    /// Host shown in `tcp` tunnels' URLs: a name or address that always reaches this edge
+    /// (a `tcp` port exists on this edge only). Unset: the tunnel's own name, which a
+    /// resolver may still answer with another edge after the client reconnects elsewhere.
+    pub tcp_host: Option<String>,
     /// Certificate chain (PEM) for HTTPS to `http` tunnels, e.g. a wildcard for each zone;
     /// without it the TLS listener serves `tls` tunnels only.
     pub tls_cert_path: Option<PathBuf>,
@@ -289,6 +293,7 @@ impl Default for Config {
             admin_url: None,
             public_http_port: None,
             public_tls_port: None,
+            tcp_host: None,
             tls_cert_path: None,
             tls_key_path: None,
             certificates_cache_path: None,
@@ -370,6 +375,9 @@ impl Config {
         if let Some(addr) = &self.mesh_advertise {
             nearhop_wire::mesh::check_mesh_addr(addr)
                 .map_err(|e| anyhow::anyhow!("mesh_advertise {addr:?}: {e}"))?;
+        }
+        if let Some(host) = &self.tcp_host {
+            check_tcp_host(host).map_err(|e| anyhow::anyhow!("tcp_host {host:?}: {e}"))?;
         }
         if let Some(listen) = self.mesh_listen {
             if self.mesh_advertise.is_none() && listen.ip().is_unspecified() {
@@ -461,8 +469,61 @@ impl Config {
     }
 }
 
+/// Checks `tcp_host`: a DNS name (letters, digits, `-`, dots; at most 253 bytes, labels of
+/// at most 63), an IPv4 address, or an IPv6 address in brackets.
+fn check_tcp_host(host: &str) -> Result<(), String> {
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| "not an IPv6 address inside the brackets".into());
+    }
+    let labels_ok = host.split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    });
+    if host.len() <= 253 && labels_ok {
+        Ok(())
+    } else {
+        Err(
+            "must be a host name such as eu-1.edges.example.com, an IPv4 address, or \
+             [an IPv6 address]"
+                .into(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tcp_host_takes_names_and_addresses_and_refuses_the_rest() {
+        for ok in [
+            "eu-1.edges.example.com",
+            "127.0.0.2",
+            "[2001:db8::1]",
+            "edge",
+        ] {
+            check_tcp_host(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "a..b",
+            "-a.b",
+            "a b",
+            "tcp://x",
+            "x:20000",
+            "[::zz]",
+            &"a".repeat(64),
+        ] {
+            assert!(check_tcp_host(bad).is_err(), "{bad:?}");
+        }
+        let e = from_parts("edge_secret = \"s\"\ntcp_host = \"a b\"", &[]).unwrap_err();
+        assert!(e.to_string().contains("tcp_host"), "{e}");
+    }
+
     use super::*;
     use std::ffi::OsString;
 

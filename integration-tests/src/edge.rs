@@ -64,7 +64,8 @@ impl EdgeSpec {
             "edge_id = \"{}\"\nregion = \"{}\"\ncontrol_url = \"{}\"\ncredential = \"{}\"\n\
              mesh_listen = \"{}:{}\"\n\
              ssh_listen = \"{}:{}\"\nhttp_listen = \"{}:{}\"\ntls_listen = \"{}:{}\"\n\
-             admin_listen = \"{}:{}\"\nhost_key_path = \"{}\"\ntcp_port_range = [{}, {}]\n{}\n",
+             admin_listen = \"{}:{}\"\nhost_key_path = \"{}\"\ntcp_port_range = [{}, {}]\n\
+             tcp_host = \"{}\"\n{}\n",
             self.edge_id,
             self.region,
             self.control_url,
@@ -82,6 +83,8 @@ impl EdgeSpec {
             dir.join("ssh_host_ed25519_key").display(),
             self.tcp_ports.0,
             self.tcp_ports.1,
+            // A `tcp` port exists on this edge only: its URL names the edge's own address.
+            self.ip,
             self.extra_toml
         )
     }

@@ -467,3 +467,41 @@ fn a_stranger_at_the_mesh_listener_is_cut_off_at_the_auth_deadline() {
     let (status, body) = http_get(stack.regions[US].http_addr(), &host_of(&url), "/x").unwrap();
     assert_eq!(status, 200, "{body}");
 }
+
+/// A `tcp` tunnel is not relayed (its port is on its edge only), so its URL names that edge,
+/// not the tunnel's name: after the client reconnects through another region, the new URL
+/// names the new edge, and no resolver's cached answer for the name can send a visitor of
+/// the new URL to the old edge (where the same port may be another tunnel's).
+#[test]
+fn a_tcp_tunnels_url_names_the_edge_holding_it_across_a_reconnect() {
+    let stack = mesh_stack();
+    let echo = tcp_echo();
+    let user = format!("{}+tcp", stack.pro_token());
+    let args = SshArgs::http_tunnel(Some(&user), echo);
+    let round_trip = |host: &str, port: u16| {
+        let mut conn = std::net::TcpStream::connect((host, port)).expect("connect to the URL");
+        conn.set_read_timeout(Some(PATIENCE)).unwrap();
+        conn.write_all(b"ping over tcp").unwrap();
+        let mut back = [0u8; 13];
+        conn.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"ping over tcp");
+    };
+
+    let mut first = stack.ssh_to(EU, "tcp-eu", &args);
+    let url = first.wait_for_url(PATIENCE).unwrap();
+    let (host, port) = url_host_port(&url).unwrap();
+    assert_eq!(host, stack.edges[EU].spec.ip.to_string(), "{url}");
+    assert!(
+        first.output().contains("The port is on this edge"),
+        "{}",
+        first.output()
+    );
+    round_trip(&host, port);
+
+    first.stop();
+    let mut second = stack.ssh_to(AP, "tcp-ap", &args);
+    let again = second.wait_for_url(PATIENCE).unwrap();
+    let (host, port) = url_host_port(&again).unwrap();
+    assert_eq!(host, stack.edges[AP].spec.ip.to_string(), "{again}");
+    round_trip(&host, port);
+}

@@ -8,11 +8,16 @@ use nearhop_wire::{CreateTunnelResponse, TunnelKind};
 use qrcode::render::unicode::Dense1x2;
 use qrcode::QrCode;
 
-/// The public URL of a tunnel.
+/// The public URL of a tunnel. A `tcp` tunnel's names this edge (`tcp_host`) when the
+/// operator set it: its port exists here only, and the tunnel's own name may still resolve
+/// to another edge in a resolver's cache after the client reconnects elsewhere.
 pub fn public_url(tunnel: &Tunnel, config: &Config) -> String {
     let host = &tunnel.hostname;
     match (tunnel.kind, tunnel.public_port) {
-        (TunnelKind::Tcp, Some(port)) => format!("tcp://{host}:{port}"),
+        (TunnelKind::Tcp, Some(port)) => {
+            let host = config.tcp_host.as_deref().unwrap_or(host);
+            format!("tcp://{host}:{port}")
+        }
         (TunnelKind::Tls, _) => with_port("tls", host, config.public_tls_port()),
         _ => with_port("http", host, config.public_http_port()),
     }
@@ -61,6 +66,12 @@ pub fn tunnel_ready(
         text.push_str(&format!(
             "\nTLS passes through untouched: your local service must speak TLS itself, with a \
              certificate for {}. For HTTPS, visitors open {https_url}/\n",
+            tunnel.hostname
+        ));
+    }
+    if tunnel.kind == TunnelKind::Tcp && config.tcp_host.is_some() {
+        text.push_str(&format!(
+            "\nThe port is on this edge, which the URL names; the tunnel's name is {}.\n",
             tunnel.hostname
         ));
     }

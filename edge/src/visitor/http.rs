@@ -690,8 +690,17 @@ mod tests {
     }
 
     fn conn_for(kind: TunnelKind, scheme: &'static str) -> (VisitorConn, Arc<Tunnel>) {
+        conn_with(kind, scheme, None)
+    }
+
+    fn conn_with(
+        kind: TunnelKind,
+        scheme: &'static str,
+        tcp_host: Option<&str>,
+    ) -> (VisitorConn, Arc<Tunnel>) {
         let config = crate::config::Config {
             edge_secret: "s".into(),
+            tcp_host: tcp_host.map(str::to_string),
             ..Default::default()
         };
         let key = russh::keys::PrivateKey::from(
@@ -739,6 +748,14 @@ mod tests {
             let text = page_text(resp).await;
             assert!(text.contains("tcp://db.a.tunnel.test:20007"), "{text}");
         }
+        // With `tcp_host`, the address names the edge, whatever resolvers cached for the name.
+        let (conn, tunnel) = conn_with(TunnelKind::Tcp, "http", Some("eu-1.edges.example.com"));
+        let text = page_text(conn.wrong_listener("db.a.tunnel.test", &tunnel)).await;
+        assert!(
+            text.contains("tcp://eu-1.edges.example.com:20007"),
+            "{text}"
+        );
+        assert!(!text.contains("tcp://db.a.tunnel.test"), "{text}");
     }
 
     #[tokio::test]
