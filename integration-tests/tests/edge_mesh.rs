@@ -115,6 +115,34 @@ fn a_tunnel_on_one_edge_is_served_at_every_other_edge() {
         &[("peer", "us-1"), ("direction", "in")],
     );
     assert!(inbound >= 1.0, "eu counts what us relayed to it");
+    // The bytes both ways, by peer, and what us knows of eu's holdings.
+    let us_metrics = edge_metrics(&stack, US);
+    let received = metric_sum(
+        &us_metrics,
+        "nearhop_edge_relay_bytes_total",
+        &[("peer", "eu-1"), ("direction", "received")],
+    );
+    let sent = metric_sum(
+        &us_metrics,
+        "nearhop_edge_relay_bytes_total",
+        &[("peer", "eu-1"), ("direction", "sent")],
+    );
+    assert!(
+        received > 5.0 * "hello from local /keepalive/0".len() as f64 && sent > 0.0,
+        "relayed bytes counted: received {received}, sent {sent}"
+    );
+    let names = metric_sum(
+        &us_metrics,
+        "nearhop_edge_mesh_holder_names",
+        &[("peer", "eu-1")],
+    );
+    assert!(names >= 1.0, "us counts the names eu holds: {names}");
+    assert!(
+        us_metrics
+            .lines()
+            .any(|l| l.starts_with("nearhop_edge_mesh_holder_age_seconds{peer=\"eu-1\"}")),
+        "the age of eu's feed is shown"
+    );
 
     // HTTPS: terminated by the edge the visitor reached, then relayed.
     let ca = stack.path().join("tls/zone-cert.pem");
@@ -303,11 +331,20 @@ fn relayed_visitors_are_served_while_control_and_the_primary_are_down() {
     let (_client, url, _token) = eu_tunnel(&stack, &local, &[US, AP]);
     stack.control.stop();
     stack.pg.stop("us");
-    for region in [US, AP, EU] {
-        let (status, body) =
-            http_get(stack.regions[region].http_addr(), &host_of(&url), "/outage").unwrap();
-        assert_eq!(status, 200, "{}: {body}", stack.regions[region].name);
-        assert!(body.starts_with("hello from local /outage"), "{body}");
+    // At once, and again after several missed heartbeats (every second here): the edges
+    // keep their peers and holder tables while control cannot answer.
+    for wait in [0, 6] {
+        std::thread::sleep(Duration::from_secs(wait));
+        for region in [US, AP, EU] {
+            let (status, body) =
+                http_get(stack.regions[region].http_addr(), &host_of(&url), "/outage").unwrap();
+            assert_eq!(
+                status, 200,
+                "{} after {wait} s: {body}",
+                stack.regions[region].name
+            );
+            assert!(body.starts_with("hello from local /outage"), "{body}");
+        }
     }
 }
 

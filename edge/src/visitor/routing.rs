@@ -342,4 +342,47 @@ mod tests {
             other => panic!("{}", said(&other)),
         }
     }
+
+    /// A name a peer announced is relayed when the visitor came straight here, and never
+    /// when the connection was itself relayed (one hop: a stale holder table cannot make a
+    /// loop); a name nobody holds is unknown either way.
+    #[test]
+    fn a_relayed_connection_is_never_relayed_again() {
+        let config = crate::config::Config {
+            edge_secret: "s".into(),
+            ..Default::default()
+        };
+        let key = russh::keys::PrivateKey::from(
+            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[2; 32]),
+        );
+        let peer_key = russh::keys::PrivateKey::from(
+            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[3; 32]),
+        );
+        let edge = crate::edge::Edge::new(config, Arc::new(key)).expect("edge");
+        let links = edge.mesh.set_peers(&[nearhop_wire::PeerEdge {
+            edge_id: "eu-1".into(),
+            region: "eu".into(),
+            mesh_addr: "127.0.0.2:2223".into(),
+            host_key: peer_key.public_key().to_openssh().expect("openssh"),
+        }]);
+        assert_eq!(links.len(), 1);
+        edge.mesh.holders.apply(
+            "eu-1",
+            crate::mesh::protocol::HoldingChange::Added("blog.a.tunnel.test".into(), HttpT),
+        );
+        let visitor = "192.0.2.9:5000".parse().expect("addr");
+        let route = |host: &str, arrival| route_quietly(&edge, Http, host, visitor, arrival);
+        match route("blog.a.tunnel.test", Arrival::Direct) {
+            Route::Relay(link) => assert_eq!(link.id, "eu-1"),
+            other => panic!("{}", said(&other)),
+        }
+        assert_eq!(
+            said(&route("blog.a.tunnel.test", Arrival::Relayed)),
+            "unknown"
+        );
+        assert_eq!(
+            said(&route("other.a.tunnel.test", Arrival::Direct)),
+            "unknown"
+        );
+    }
 }
