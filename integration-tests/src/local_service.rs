@@ -33,6 +33,8 @@ pub fn upload_pattern(len: usize) -> Vec<u8> {
 /// - `POST /echo`: the body back;
 /// - `GET /hang/N`: answers only after N seconds (a slow service);
 /// - `Upgrade: echo`: 101, then a raw echo for as long as the visitor stays;
+/// - `Upgrade: websocket`: a WebSocket (RFC 6455, tungstenite) that answers each message
+///   with `echo: ` and the message, for as long as the visitor stays;
 /// - anything else: `hello from <tag> <path>`, then `tag=`, `host=`, the forwarding
 ///   headers, `x-added`, `authorization` and the method it got, one a line, so that a test
 ///   sees which client served it and how; as `text/plain` under `/page/` (a browser shows
@@ -65,6 +67,36 @@ impl LocalService {
             _server: server,
         }
     }
+}
+
+/// Completes a WebSocket handshake whose request was read from `reader`, then echoes each
+/// text or binary message (text prefixed with `echo: `) until the visitor closes.
+async fn websocket_echo(reader: BufReader<TcpStream>, key: &str) -> std::io::Result<()> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
+    let mut stream = reader.into_inner();
+    stream
+        .write_all(
+            format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {}\r\n\r\n",
+                derive_accept_key(key.as_bytes())
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut ws =
+        tokio_tungstenite::WebSocketStream::from_raw_socket(stream, Role::Server, None).await;
+    while let Some(msg) = ws.next().await {
+        let answer = match msg.map_err(std::io::Error::other)? {
+            Message::Text(t) => Message::text(format!("echo: {}", t.as_str())),
+            Message::Binary(b) => Message::Binary(b),
+            Message::Close(_) => return Ok(()),
+            _ => continue,
+        };
+        ws.send(answer).await.map_err(std::io::Error::other)?;
+    }
+    Ok(())
 }
 
 async fn serve(stream: TcpStream, tag: &str, served: &AtomicU64) -> std::io::Result<()> {
@@ -117,6 +149,9 @@ async fn serve(stream: TcpStream, tag: &str, served: &AtomicU64) -> std::io::Res
                 }
                 reader.get_mut().write_all(&buf[..n]).await?;
             }
+        }
+        if header("upgrade").eq_ignore_ascii_case("websocket") {
+            return websocket_echo(reader, &header("sec-websocket-key")).await;
         }
         if let Some(secs) = path.strip_prefix("/hang/") {
             // A slow service: no answer for that long.

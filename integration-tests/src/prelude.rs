@@ -17,6 +17,6 @@ pub use crate::poll::{eventually, eventually_within, PATIENCE};
 pub use crate::reconnect_loop::ReconnectLoop;
 pub use crate::visitor::{
     async_visitor, curl_tls, edge_http_port, http_get, lookup, read_head, upgrade_from, visit,
-    visitor, Curl, Lookup,
+    visitor, websocket_from, Curl, Lookup,
 };
 pub use crate::{Stack, StackOptions};

@@ -189,6 +189,35 @@ pub fn upgrade_from(
     (ws, head)
 }
 
+/// A WebSocket client (tungstenite, RFC 6455 with its handshake checks) from `source` to
+/// `ws://host/path` through the edge at `edge`; `Err` carries the refusal (its status).
+pub fn websocket_from(
+    source: Ipv4Addr,
+    edge: SocketAddr,
+    host: &str,
+    path: &str,
+) -> Result<tokio_tungstenite::tungstenite::WebSocket<std::net::TcpStream>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stream = rt
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::from((source, 0)))?;
+            socket.connect(edge).await
+        })
+        .expect("connect");
+    let stream = stream.into_std().expect("std stream");
+    stream.set_nonblocking(false).expect("blocking");
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    match tokio_tungstenite::tungstenite::client(format!("ws://{host}{path}"), stream) {
+        Ok((ws, _response)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::HandshakeError::Failure(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("handshake interrupted: {e}")),
+    }
+}
+
 /// What `curl` did.
 pub struct Curl {
     /// Exit code (0: the transfer worked).

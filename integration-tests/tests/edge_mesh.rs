@@ -284,19 +284,44 @@ fn downloads_upgrades_and_allowlists_work_through_the_relay() {
         head.starts_with("HTTP/1.1 403"),
         "outside the tunnel's w: {head}"
     );
-    let (mut ws, head) = upgrade_from(VISITOR, ap_addr, &host);
+    let (mut raw, head) = upgrade_from(VISITOR, ap_addr, &host);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let mut echo = [0u8; 5];
-    ws.write_all(b"ping1").unwrap();
-    ws.read_exact(&mut echo).unwrap();
+    raw.write_all(b"ping1").unwrap();
+    raw.read_exact(&mut echo).unwrap();
     assert_eq!(&echo, b"ping1");
+    // A real WebSocket (RFC 6455 handshake and frames) through the relay, the same minute.
+    let refused = websocket_from(Ipv4Addr::new(127, 0, 0, 1), ap_addr, &host, "/ws").err();
+    assert!(
+        refused.as_deref().is_some_and(|e| e.contains("403")),
+        "a WebSocket from outside w: is refused: {refused:?}"
+    );
+    let mut ws = websocket_from(VISITOR, ap_addr, &host, "/ws").expect("WebSocket via ap");
+    let say = |ws: &mut tokio_tungstenite::tungstenite::WebSocket<std::net::TcpStream>,
+               text: &str| {
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+            .expect("send");
+        loop {
+            match ws.read().expect("a message back") {
+                tokio_tungstenite::tungstenite::Message::Text(t) => return t.as_str().to_string(),
+                _ => continue,
+            }
+        }
+    };
+    assert_eq!(say(&mut ws, "hello"), "echo: hello");
     std::thread::sleep(Duration::from_secs(60));
-    ws.write_all(b"ping2").unwrap();
-    ws.read_exact(&mut echo).unwrap();
+    raw.write_all(b"ping2").unwrap();
+    raw.read_exact(&mut echo).unwrap();
     assert_eq!(
         &echo, b"ping2",
         "the relayed upgrade survived a minute of silence"
     );
+    assert_eq!(
+        say(&mut ws, "still there?"),
+        "echo: still there?",
+        "the relayed WebSocket survived a minute of silence"
+    );
+    ws.close(None).expect("close");
 }
 
 #[test]
