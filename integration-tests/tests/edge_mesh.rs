@@ -391,6 +391,48 @@ fn edges_trust_each_other_only_as_themselves() {
         assert_eq!(r.status(), 401, "bearer {bearer:?}");
     }
 
+    // A stranger with a key of its own, claiming to be us-1 at eu's mesh listener (the stock
+    // OpenSSH client): refused, and counted.
+    let not_trusted = || {
+        metric_sum(
+            &edge_metrics(&stack, EU),
+            "nearhop_edge_relay_errors_total",
+            &[("cause", "peer_not_trusted")],
+        )
+    };
+    let before = not_trusted();
+    let forged = stack.path().join("forged_mesh_key");
+    let keygen = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&forged)
+        .status()
+        .unwrap();
+    assert!(keygen.success());
+    let attempt = std::process::Command::new("ssh")
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+        .args([
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .arg("-i")
+        .arg(&forged)
+        .args([
+            "-p",
+            &eu.mesh.to_string(),
+            &format!("us-1@{}", eu.ip),
+            "true",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&attempt.stderr);
+    assert!(
+        !attempt.status.success() && said.contains("Permission denied"),
+        "a forged key is refused at the mesh listener: {said}"
+    );
+    assert!(not_trusted() > before, "the forged key is counted");
+
     // Revoking ap's credential: control stops listing it, its peers refuse its key, and
     // visitors at ap no longer reach tunnels elsewhere (nor anything else of the mesh).
     stack
@@ -411,6 +453,18 @@ fn edges_trust_each_other_only_as_themselves() {
         anyhow::ensure!(status == 404, "{status}");
         Ok(())
     });
+    // ap's revoked credential opens nothing at eu's admin API either.
+    let r = reqwest::blocking::Client::new()
+        .post(format!("http://{}:{}/v1/tunnels/1/close", eu.ip, eu.admin))
+        .bearer_auth(&stack.edges[AP].spec.credential)
+        .json(&serde_json::json!({"reason": "takedown", "message": "x"}))
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "a revoked edge credential at the admin API"
+    );
     // The others still relay.
     let (status, _) = http_get(stack.regions[US].http_addr(), &host_of(&url), "/").unwrap();
     assert_eq!(status, 200);
