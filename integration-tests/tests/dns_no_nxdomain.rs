@@ -56,8 +56,8 @@ fn a_pro_name_asked_before_its_tunnel_exists_leads_to_an_edge_and_the_first_visi
         before.describe()
     );
     // That edge has no tunnel of that name anywhere yet: its own page, not a connection error.
-    let port = edge_http_port(&stack, eu_edge).expect("eu's edge port");
-    let (status, body) = http_get(SocketAddr::from((eu_edge, port)), &host, "/").expect("edge");
+    let eu_port = edge_http_port(&stack, eu_edge).expect("eu's edge port");
+    let (status, body) = http_get(SocketAddr::from((eu_edge, eu_port)), &host, "/").expect("edge");
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("No tunnel here"), "{body}");
     // Other types of that name: it exists, with no data of that type.
@@ -110,10 +110,17 @@ fn a_pro_name_asked_before_its_tunnel_exists_leads_to_an_edge_and_the_first_visi
         "{}",
         first.1
     );
+    // Whichever answer unbound gave just now, the stand-in it cached before the tunnel
+    // existed named eu's edge, which does not hold the tunnel: a visitor still using it is
+    // relayed to ap.
+    let (status, body) = http_get(SocketAddr::from((eu_edge, eu_port)), &host, "/stale")
+        .expect("a visit through the stand-in's edge");
+    assert_eq!(status, 200, "through eu, relayed to ap: {body}");
+    assert!(body.starts_with("hello from early /stale"), "{body}");
     assert_eq!(
         local.served.load(std::sync::atomic::Ordering::Relaxed),
-        2,
-        "requests the local service answered (the first visit and the later one)"
+        3,
+        "requests the local service answered (the first visit, the later one, the stale one)"
     );
 
     // pdns serves the real record at once (the stand-in was never cached there), and the
