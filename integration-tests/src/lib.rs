@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod poll;
 pub mod prelude;
 pub mod reconnect_loop;
+pub mod stalled_ssh;
 pub mod stats;
 pub mod visitor;
 

@@ -542,3 +542,31 @@ fn a_flood_of_logins_from_one_address_leaves_others_able_to_connect() {
         ) >= Some(2.0)
     );
 }
+
+/// A client that sends its identification and KEXINIT, then stalls inside key exchange, is
+/// closed at `ssh_auth_deadline_seconds` like one that never logs in; the edge goes on
+/// opening tunnels.
+#[test]
+fn a_client_stalling_in_key_exchange_is_cut_at_the_auth_deadline() {
+    let s = EdgeStack::start("ssh_auth_deadline_seconds = 2\n");
+    let mut stalled = nearhop_stack::stalled_ssh::stall_in_key_exchange(s.edge.ssh_addr()).unwrap();
+    stalled.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut sink = Vec::new();
+    match stalled.read_to_end(&mut sink) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the stalled connection was not closed: {e}"),
+    }
+    assert!(
+        sink.starts_with(b"SSH-2.0-nearhop\r\n"),
+        "the edge answered before closing"
+    );
+    let local = LocalService::start("local");
+    let mut client = s.ssh(
+        "after",
+        &SshArgs::http_tunnel(Some(&s.pro_token()), local.port),
+    );
+    client
+        .wait_for_url(PATIENCE)
+        .expect("a tunnel after the stall");
+}

@@ -576,7 +576,15 @@ fn a_stranger_at_the_mesh_listener_is_cut_off_at_the_auth_deadline() {
     let silent = std::net::TcpStream::connect((eu.ip, eu.mesh)).unwrap();
     let mut banner_only = std::net::TcpStream::connect((eu.ip, eu.mesh)).unwrap();
     banner_only.write_all(b"SSH-2.0-stranger\r\n").unwrap();
-    for (what, mut conn) in [("silent", silent), ("banner only", banner_only)] {
+    // A third starts key exchange and stalls inside it.
+    let in_kex =
+        nearhop_stack::stalled_ssh::stall_in_key_exchange(SocketAddr::from((eu.ip, eu.mesh)))
+            .unwrap();
+    for (what, mut conn) in [
+        ("silent", silent),
+        ("banner only", banner_only),
+        ("stalled in key exchange", in_kex),
+    ] {
         conn.set_read_timeout(Some(PATIENCE)).unwrap();
         let mut sink = Vec::new();
         // The edge's own banner and KEXINIT may come first; then the end of the stream.
@@ -591,7 +599,7 @@ fn a_stranger_at_the_mesh_listener_is_cut_off_at_the_auth_deadline() {
         "nearhop_edge_relay_errors_total",
         &[("cause", "mesh_auth_timeout")],
     );
-    assert_eq!(timed_out, 2.0, "both strangers counted");
+    assert_eq!(timed_out, 3.0, "every stranger counted");
 
     // The peers' links were not touched: a tunnel on eu is still relayed by us.
     let local = LocalService::start("local");

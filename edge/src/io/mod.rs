@@ -2,11 +2,13 @@
 //! read buffers, coalescing channel reads, channels that let the client close first, bytes put back in front, byte counting, the
 //! PROXY protocol header a balancer puts in front of a connection, and a refusal's lingering
 //! close, an HTTP/2 connection's small writes gathered, and channel writes that hand large
-//! body chunks over uncopied.
+//! body chunks over uncopied; a second handle to a socket, to cut a
+//! connection off from outside its task.
 
 pub mod channel_writes;
 pub mod closing_channel;
 pub mod counting;
+pub mod cut_off;
 pub mod idle;
 pub mod last_word;
 pub mod proxy_header;

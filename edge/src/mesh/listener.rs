@@ -71,8 +71,12 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
                     // russh runs the session in a task of its own, which dropping ours does
                     // not stop: at the deadline the socket itself is shut, through a second
                     // handle to it, and the session ends on it.
-                    let Some((stream, cut)) = with_cut_off(stream) else {
-                        return;
+                    let cut = match crate::io::cut_off::second_handle(&stream) {
+                        Ok(cut) => cut,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "mesh connection dropped: its socket could not be duplicated");
+                            return;
+                        }
                     };
                     let closes = Arc::new(PeerCloses::default());
                     closes.count_in(edge.metrics.channels_closed_total.clone());
@@ -121,24 +125,6 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
         },
     )
     .await;
-}
-
-/// `stream`, and a second handle to its socket to shut it with; `None` (logged) when the
-/// socket cannot be duplicated (out of file descriptors).
-fn with_cut_off(
-    stream: tokio::net::TcpStream,
-) -> Option<(tokio::net::TcpStream, std::net::TcpStream)> {
-    let split = stream.into_std().and_then(|s| {
-        let cut = s.try_clone()?;
-        Ok((tokio::net::TcpStream::from_std(s)?, cut))
-    });
-    match split {
-        Ok(pair) => Some(pair),
-        Err(e) => {
-            tracing::warn!(error = %e, "mesh connection dropped: its socket could not be duplicated");
-            None
-        }
-    }
 }
 
 /// Counts a mesh connection refused before it authenticated.

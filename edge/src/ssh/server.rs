@@ -147,6 +147,16 @@ async fn handle_connection(
     unauthenticated: UnauthenticatedSlot,
 ) {
     let auth_deadline = Duration::from_secs(edge.config.ssh_auth_deadline_seconds.max(1));
+    // Inside key exchange russh does not act on a disconnect asked through its handle: at
+    // the deadline the socket is shut through this second handle too (io::cut_off).
+    let cut = match crate::io::cut_off::second_handle(&stream) {
+        Ok(cut) => cut,
+        Err(e) => {
+            tracing::warn!(error = %e, "SSH connection dropped: its socket could not be duplicated");
+            edge.end_session(&link, "client_closed").await;
+            return;
+        }
+    };
     let start = async {
         let hello = hello::greet(&mut stream, &mut read, hello::KEXINIT_WAIT).await?;
         let offer = hello.offer(&edge.config.ssh_ciphers);
@@ -181,7 +191,12 @@ async fn handle_connection(
             let authenticated = tokio::time::timeout(auth_deadline, link.until_authenticated());
             if authenticated.await.is_err() {
                 link.disconnect("Authentication took too long.").await;
+                // Time for the message to leave; a session still inside key exchange has
+                // not acted on it, and its socket is shut.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = cut.shutdown(std::net::Shutdown::Both);
             }
+            drop(cut);
             // The place among unauthenticated connections is given back here.
             drop(unauthenticated);
         })
