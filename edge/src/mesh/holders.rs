@@ -18,6 +18,10 @@ use tokio::sync::Notify;
 pub const VANISHED_MEMORY: Duration = Duration::from_secs(60);
 /// Most names remembered as just gone (oldest forgotten first beyond it).
 const MAX_VANISHED: usize = 100_000;
+/// Most names one peer may announce: far above what one edge holds (each tunnel is an SSH
+/// channel and a TCP connection there), and a bound on what a broken or hostile peer can
+/// make this edge keep (names are at most 253 bytes).
+pub const MAX_NAMES_PER_PEER: usize = 250_000;
 
 /// Tunnel name → the peer edge that holds it, and the tunnel's kind.
 #[derive(Default)]
@@ -83,8 +87,17 @@ impl HolderTable {
         &self.arrivals
     }
 
-    /// Applies one line of `peer`'s feed.
-    pub fn apply(&self, peer: &str, change: HoldingChange) {
+    /// Applies one line of `peer`'s feed; `false` (nothing changed): a new name past
+    /// [`MAX_NAMES_PER_PEER`].
+    pub fn apply(&self, peer: &str, change: HoldingChange) -> bool {
+        if let HoldingChange::Added(name, _) = &change {
+            let t = self.inner.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(held) = t.by_peer.get(peer) {
+                if held.names.len() >= MAX_NAMES_PER_PEER && !held.names.contains(name) {
+                    return false;
+                }
+            }
+        }
         let (arrived, gone) = self.apply_to_tables(peer, change);
         for name in &gone {
             self.note_gone(name);
@@ -92,6 +105,7 @@ impl HolderTable {
         if let Some(name) = arrived {
             self.note_arrived(&name);
         }
+        true
     }
 
     /// The table part of [`HolderTable::apply`]: the name that arrived, the names that left.
@@ -267,5 +281,23 @@ mod tests {
         t.forget_peer("ap-1");
         assert!(t.is_empty());
         assert_eq!(t.peers().len(), 1, "eu-1 still has a (now empty) feed");
+    }
+
+    #[test]
+    fn a_peer_announcing_more_than_its_cap_is_refused_past_it() {
+        let t = HolderTable::default();
+        for i in 0..MAX_NAMES_PER_PEER {
+            assert!(t.apply("eu-1", add(&format!("n{i}.a.test"))));
+        }
+        assert!(!t.apply("eu-1", add("one-more.a.test")), "past the cap");
+        assert!(t.holder("one-more.a.test").is_none());
+        assert!(
+            t.apply("eu-1", add("n0.a.test")),
+            "a name it holds may be said again"
+        );
+        assert!(
+            t.apply("ap-1", add("one-more.a.test")),
+            "other peers have their own cap"
+        );
     }
 }

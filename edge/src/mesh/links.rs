@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Time a peer has to accept the TCP connection and finish the SSH handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a peer has to confirm a relay channel. A peer whose host stopped answering would
+/// otherwise hold each visitor until the link's keepalives give up (about a minute).
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a relay could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,9 @@ pub enum RelayError {
         #[source]
         source: russh::Error,
     },
+    /// The peer did not confirm the channel within [`OPEN_TIMEOUT`].
+    #[error("peer edge {0} did not confirm the relay channel within {OPEN_TIMEOUT:?}")]
+    TimedOut(String),
 }
 
 impl RelayError {
@@ -45,6 +51,7 @@ impl RelayError {
         match self {
             RelayError::NotConnected(_) => "peer_unreachable",
             RelayError::Refused { .. } => "channel_refused",
+            RelayError::TimedOut(_) => "open_timeout",
         }
     }
 }
@@ -86,14 +93,15 @@ impl PeerLink {
             .await
             .clone()
             .ok_or_else(|| RelayError::NotConnected(self.id.clone()))?;
-        let channel = handle
-            .channel_open_direct_tcpip(
-                listener.channel_target(),
-                0,
-                visitor.ip().to_string(),
-                u32::from(visitor.port()),
-            )
+        let open = handle.channel_open_direct_tcpip(
+            listener.channel_target(),
+            0,
+            visitor.ip().to_string(),
+            u32::from(visitor.port()),
+        );
+        let channel = tokio::time::timeout(OPEN_TIMEOUT, open)
             .await
+            .map_err(|_| RelayError::TimedOut(self.id.clone()))?
             .map_err(|source| RelayError::Refused {
                 peer: self.id.clone(),
                 source,
@@ -203,7 +211,15 @@ impl PeerLink {
                     .write_all(ack_line(marker).as_bytes())
                     .await
                     .context("answering a marker")?,
-                Some(change) => mesh.holders.apply(&self.id, change),
+                Some(change) => {
+                    if !mesh.holders.apply(&self.id, change) {
+                        anyhow::bail!(
+                            "the peer announced more than {} names; its holdings are dropped \
+                             until it reconnects",
+                            super::holders::MAX_NAMES_PER_PEER
+                        );
+                    }
+                }
                 None => {
                     let shown: String = line.chars().take(MAX_LINE.min(80)).collect();
                     anyhow::bail!("the peer sent a line outside the feed protocol: {shown:?}");
