@@ -645,3 +645,56 @@ fn a_tcp_tunnels_url_names_the_edge_holding_it_across_a_reconnect() {
     assert_eq!(host, stack.edges[AP].spec.ip.to_string(), "{again}");
     round_trip(&host, port);
 }
+
+/// A holder whose host stops answering (its edge frozen with SIGSTOP: the link's TCP
+/// connection stays open, nothing comes back): a visitor relayed to it gets the "Tunnel edge
+/// not answering" page once the relay channel goes unconfirmed for 5 s, not a hang until
+/// the link's keepalives give up.
+#[test]
+fn a_frozen_holder_gets_visitors_a_page_not_a_hang() {
+    // Control's usual heartbeats (not the fast ones of `mesh_stack`): the frozen edge stays
+    // in the peer list well past the relay's 5 s, as it would in production.
+    let stack = Stack::start(StackOptions {
+        with_edges: true,
+        ..StackOptions::default()
+    })
+    .expect("the stack starts");
+    stack.wait_mesh_linked().expect("the edges link up");
+    let local = LocalService::start("local");
+    let (_client, url, _token) = eu_tunnel(&stack, &local, &[US]);
+    let eu_pid = stack.edges[EU].pid().expect("eu's edge runs") as libc::pid_t;
+    // SAFETY: signals a child process this test started; it is resumed below.
+    assert_eq!(unsafe { libc::kill(eu_pid, libc::SIGSTOP) }, 0);
+    // curl, given 30 s: the link's keepalives alone would take 45 s to give up on eu.
+    let us = stack.regions[US].http_addr();
+    let answer = std::process::Command::new("curl")
+        .args(["-s", "-m", "30", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("Host: {}", host_of(&url)))
+        .arg(format!("http://{us}/frozen"))
+        .output()
+        .unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(eu_pid, libc::SIGCONT) }, 0);
+    let out = String::from_utf8_lossy(&answer.stdout).to_string();
+    let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+    assert_eq!(
+        status,
+        "502",
+        "curl exit {:?}, body {body}\nus's log:\n{}",
+        answer.status.code(),
+        stack.edges[US].log_tail(40)
+    );
+    assert!(body.contains("not answering"), "{body}");
+    let timeouts = metric_sum(
+        &edge_metrics(&stack, US),
+        "nearhop_edge_relay_errors_total",
+        &[("cause", "open_timeout")],
+    );
+    assert!(timeouts >= 1.0, "counted: {timeouts}");
+    // Thawed, eu serves again through us.
+    eventually("us relays to eu again", || {
+        let (status, body) = http_get(stack.regions[US].http_addr(), &host_of(&url), "/thawed")?;
+        anyhow::ensure!(status == 200, "{status} {body}");
+        Ok(())
+    });
+}

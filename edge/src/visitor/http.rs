@@ -238,6 +238,8 @@ fn not_opened(target: Target<'_>, e: OpenFailure) -> Result<Response<ProxyBody>,
         OpenFailure::Refused | OpenFailure::PeerUnreachable => Err(Failed::at(target, None)),
         // Not tried again: the visitor is told to come back in a moment.
         OpenFailure::TunnelBusy => Ok(pages::tunnel_busy()),
+        // Not tried again either: the holder's host stopped answering.
+        OpenFailure::PeerNotAnswering => Ok(pages::holder_unreachable()),
     }
 }
 

@@ -10,7 +10,7 @@ use crate::inspector::capture::Tapped;
 use crate::io::channel_writes::ChannelWrites;
 use crate::io::counting::CountingStream;
 use crate::io::read_buffer::Coalescing;
-use crate::mesh::links::PeerLink;
+use crate::mesh::links::{PeerLink, RelayError};
 use crate::mesh::protocol::RelayListener;
 use crate::tunnels::Tunnel;
 use crate::visitor::pages::ProxyBody;
@@ -93,6 +93,9 @@ pub enum OpenFailure {
     SessionGone,
     /// The peer edge holding the tunnel could not be reached.
     PeerUnreachable,
+    /// The peer edge holding the tunnel did not confirm the channel in time: its host has
+    /// stopped answering, and trying again would only make the visitor wait as long again.
+    PeerNotAnswering,
     /// The tunnel holds its whole share of visitor connections.
     TunnelBusy,
 }
@@ -165,7 +168,10 @@ async fn connect_peer(
                 .relay_errors_total
                 .with_label_values(&[e.cause()])
                 .inc();
-            return Err(OpenFailure::PeerUnreachable);
+            return Err(match e {
+                RelayError::TimedOut(_) => OpenFailure::PeerNotAnswering,
+                _ => OpenFailure::PeerUnreachable,
+            });
         }
     };
     let m = &edge.metrics;
