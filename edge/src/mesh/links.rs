@@ -131,7 +131,7 @@ impl PeerLink {
             if !self.stop.is_cancelled() {
                 mesh.link_up.with_label_values(&[&self.id]).set(0);
             }
-            mesh.holders.forget_peer(&self.id);
+            self.forget_holdings(&mesh);
             match ended {
                 Ok(()) => {
                     tracing::info!(peer = %self.id, "peer edge closed its feed; reconnecting");
@@ -152,7 +152,20 @@ impl PeerLink {
                 .disconnect(russh::Disconnect::ByApplication, "peer left the mesh", "en")
                 .await;
         }
-        mesh.holders.forget_peer(&self.id);
+        self.forget_holdings(&mesh);
+    }
+
+    /// Forgets what the peer said over this link, unless a newer link to the same peer id
+    /// (the peer's address or key changed) has taken its place: `Mesh::set_peers` forgot
+    /// this link's holdings when it replaced it, and what the table holds for the id now
+    /// came over the new link, whose snapshot this late call must not wipe.
+    fn forget_holdings(self: &Arc<Self>, mesh: &Mesh) {
+        let replaced = mesh
+            .peer(&self.id)
+            .is_some_and(|current| !Arc::ptr_eq(&current, self));
+        if !replaced {
+            mesh.holders.forget_peer(&self.id);
+        }
     }
 
     async fn connect_and_follow(
@@ -346,5 +359,55 @@ mod tests {
         let mut binary = BufReader::new(&b"\xff\xfe\n"[..]);
         let e = next_feed_line(&mut binary).await.unwrap_err();
         assert!(e.to_string().contains("not UTF-8"), "{e}");
+    }
+
+    fn mesh_with_eu(addr: &str) -> (Mesh, Arc<PeerLink>) {
+        let config = Config {
+            edge_secret: "s".into(),
+            ..Default::default()
+        };
+        let key = russh::keys::PrivateKey::from(
+            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[4; 32]),
+        );
+        let gauge = prometheus::IntGaugeVec::new(prometheus::Opts::new("up", "up"), &["peer"])
+            .expect("gauge");
+        let mesh = Mesh::new(&config, Arc::new(key), CancellationToken::new(), gauge);
+        let started = mesh.set_peers(&[peer_at(addr)]);
+        (mesh, started[0].clone())
+    }
+
+    fn peer_at(addr: &str) -> nearhop_wire::PeerEdge {
+        let key = russh::keys::PrivateKey::from(
+            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[5; 32]),
+        );
+        nearhop_wire::PeerEdge {
+            edge_id: "eu-1".into(),
+            region: "eu".into(),
+            mesh_addr: addr.into(),
+            host_key: key.public_key().to_openssh().expect("openssh"),
+        }
+    }
+
+    fn added(name: &str) -> HoldingChange {
+        HoldingChange::Added(name.into(), nearhop_wire::TunnelKind::Http)
+    }
+
+    #[test]
+    fn a_replaced_links_late_cleanup_keeps_what_the_new_link_learned() {
+        let (mesh, old) = mesh_with_eu("127.0.0.2:2223");
+        mesh.holders.apply("eu-1", added("old.a.test"));
+        // The peer moved: the old link is stopped (and what it said forgotten), a new one
+        // starts and learns the peer's names over its feed.
+        let started = mesh.set_peers(&[peer_at("127.0.0.22:2223")]);
+        assert_eq!(started.len(), 1);
+        assert!(old.stop.is_cancelled());
+        assert!(mesh.holders.holder("old.a.test").is_none());
+        mesh.holders.apply("eu-1", added("new.a.test"));
+        // The old link's task ends only now.
+        old.forget_holdings(&mesh);
+        assert!(mesh.holders.holder("new.a.test").is_some());
+        // The current link's own cleanup does forget.
+        started[0].forget_holdings(&mesh);
+        assert!(mesh.holders.holder("new.a.test").is_none());
     }
 }
