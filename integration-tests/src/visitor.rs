@@ -159,13 +159,9 @@ pub fn read_head(stream: &mut impl std::io::Read) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
-/// Opens a raw connection to `edge` from `source` (any loopback address) and asks for an
-/// `Upgrade: echo` of `/socket` on `host`; returns the stream and the response head.
-pub fn upgrade_from(
-    source: Ipv4Addr,
-    edge: SocketAddr,
-    host: &str,
-) -> (std::net::TcpStream, String) {
+/// A blocking connection to `edge` from `source` (any loopback address), reads bounded by
+/// [`PATIENCE`].
+fn blocking_from(source: Ipv4Addr, edge: SocketAddr) -> std::net::TcpStream {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -177,9 +173,20 @@ pub fn upgrade_from(
             socket.connect(edge).await
         })
         .expect("connect");
-    let mut ws = stream.into_std().expect("std stream");
-    ws.set_nonblocking(false).expect("blocking");
-    ws.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let stream = stream.into_std().expect("std stream");
+    stream.set_nonblocking(false).expect("blocking");
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    stream
+}
+
+/// Opens a raw connection to `edge` from `source` (any loopback address) and asks for an
+/// `Upgrade: echo` of `/socket` on `host`; returns the stream and the response head.
+pub fn upgrade_from(
+    source: Ipv4Addr,
+    edge: SocketAddr,
+    host: &str,
+) -> (std::net::TcpStream, String) {
+    let mut ws = blocking_from(source, edge);
     write!(
         ws,
         "GET /socket HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
@@ -197,20 +204,7 @@ pub fn websocket_from(
     host: &str,
     path: &str,
 ) -> Result<tokio_tungstenite::tungstenite::WebSocket<std::net::TcpStream>, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let stream = rt
-        .block_on(async {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(SocketAddr::from((source, 0)))?;
-            socket.connect(edge).await
-        })
-        .expect("connect");
-    let stream = stream.into_std().expect("std stream");
-    stream.set_nonblocking(false).expect("blocking");
-    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let stream = blocking_from(source, edge);
     match tokio_tungstenite::tungstenite::client(format!("ws://{host}{path}"), stream) {
         Ok((ws, _response)) => Ok(ws),
         Err(tokio_tungstenite::tungstenite::HandshakeError::Failure(e)) => Err(e.to_string()),
