@@ -57,6 +57,8 @@ pub struct Metrics {
     /// Bytes of relayed visitor connections, by peer edge and direction (`sent` to the peer,
     /// `received` from it).
     pub relay_bytes_total: IntCounterVec,
+    /// HTTP requests relayed to each peer edge.
+    pub relay_requests_total: IntCounterVec,
     /// Relays that failed, by cause.
     pub relay_errors_total: IntCounterVec,
     /// Tunnel names each peer edge holds, as its holdings feed said.
@@ -198,6 +200,13 @@ impl Metrics {
             ),
             &["peer", "direction"],
         )?;
+        let relay_requests_total = IntCounterVec::new(
+            Opts::new(
+                "nearhop_edge_relay_requests_total",
+                "HTTP requests relayed to the peer edge holding their tunnel.",
+            ),
+            &["peer"],
+        )?;
         let relay_errors_total = IntCounterVec::new(
             Opts::new(
                 "nearhop_edge_relay_errors_total",
@@ -261,6 +270,7 @@ impl Metrics {
         registry.register(Box::new(proxy_protocol_refused_total.clone()))?;
         registry.register(Box::new(relay_connections_total.clone()))?;
         registry.register(Box::new(relay_bytes_total.clone()))?;
+        registry.register(Box::new(relay_requests_total.clone()))?;
         registry.register(Box::new(relay_errors_total.clone()))?;
         registry.register(Box::new(mesh_holder_names.clone()))?;
         registry.register(Box::new(mesh_holder_age_seconds.clone()))?;
@@ -306,6 +316,7 @@ impl Metrics {
             visitor_connections_refused_total,
             relay_connections_total,
             relay_bytes_total,
+            relay_requests_total,
             relay_errors_total,
             mesh_holder_names,
             mesh_holder_age_seconds,

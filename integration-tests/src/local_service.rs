@@ -30,7 +30,7 @@ pub fn upload_pattern(len: usize) -> Vec<u8> {
 
 /// A small HTTP/1.1 service on 127.0.0.1, the "developer's local server", keep-alive:
 /// - `GET /blob/N`: N deterministic bytes ([`blob_byte`]);
-/// - `POST /echo`: the body back;
+/// - `POST /echo`: the body back (sized or chunked);
 /// - `GET /hang/N`: answers only after N seconds (a slow service);
 /// - `Upgrade: echo`: 101, then a raw echo for as long as the visitor stays;
 /// - `Upgrade: websocket`: a WebSocket (RFC 6455, tungstenite) that answers each message
@@ -99,6 +99,32 @@ async fn websocket_echo(reader: BufReader<TcpStream>, key: &str) -> std::io::Res
     Ok(())
 }
 
+/// A chunked request body, decoded (trailers read and dropped).
+async fn read_chunked(reader: &mut BufReader<TcpStream>) -> std::io::Result<Vec<u8>> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await?;
+        let size = line.trim_end().split(';').next().unwrap_or("");
+        let size = usize::from_str_radix(size.trim(), 16).map_err(|_| bad("chunk size"))?;
+        if size == 0 {
+            break;
+        }
+        let at = body.len();
+        body.resize(at + size, 0);
+        reader.read_exact(&mut body[at..]).await?;
+        let mut crlf = [0u8; 2];
+        reader.read_exact(&mut crlf).await?;
+    }
+    loop {
+        let mut trailer = String::new();
+        if reader.read_line(&mut trailer).await? == 0 || trailer.trim_end().is_empty() {
+            return Ok(body);
+        }
+    }
+}
+
 async fn serve(stream: TcpStream, tag: &str, served: &AtomicU64) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut reader = BufReader::new(stream);
@@ -132,9 +158,14 @@ async fn serve(stream: TcpStream, tag: &str, served: &AtomicU64) -> std::io::Res
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let len: usize = header("content-length").parse().unwrap_or(0);
-        let mut body = vec![0u8; len];
-        reader.read_exact(&mut body).await?;
+        let body = if header("transfer-encoding").eq_ignore_ascii_case("chunked") {
+            read_chunked(&mut reader).await?
+        } else {
+            let len: usize = header("content-length").parse().unwrap_or(0);
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body).await?;
+            body
+        };
         served.fetch_add(1, Ordering::Relaxed);
         if header("upgrade") == "echo" {
             reader

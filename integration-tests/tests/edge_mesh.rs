@@ -227,6 +227,98 @@ fn one_visitor_connection_to_two_relayed_tunnels_reaches_each_tunnel() {
     assert!(body.starts_with("hello from raw-owner /third"), "{body}");
 }
 
+/// The relaying edge passes a visitor's requests on as bytes, finding where each ends from
+/// its head: pipelined requests with chunked and sized bodies, sent in one write, must reach
+/// the holder whole and in order, and a request for another relayed name in the middle
+/// must get its own answer, after the answers already owed, and not be interleaved with them.
+#[test]
+fn pipelined_requests_with_bodies_are_relayed_whole_and_in_order() {
+    let stack = mesh_stack();
+    let first = LocalService::start("first");
+    let second = LocalService::start("second");
+    let (_first_client, first_url, _) = eu_tunnel(&stack, &first, &[US]);
+    let (_second_client, second_url, _) = eu_tunnel(&stack, &second, &[US]);
+    let (a, b) = (host_of(&first_url), host_of(&second_url));
+    let requests_before = metric_sum(
+        &edge_metrics(&stack, US),
+        "nearhop_edge_relay_requests_total",
+        &[("peer", "eu-1")],
+    );
+    let channels_before = metric_sum(
+        &edge_metrics(&stack, US),
+        "nearhop_edge_relay_connections_total",
+        &[("peer", "eu-1"), ("direction", "out")],
+    );
+    let big = "z".repeat(100_000);
+    let pipelined = format!(
+        "POST /echo HTTP/1.1\r\nHost: {a}\r\nTransfer-Encoding: chunked\r\n\r\n\
+         6\r\nhello \r\n5;ext=1\r\nworld\r\n0\r\nX-Trailer: t\r\n\r\n\
+         POST /echo HTTP/1.1\r\nHost: {a}\r\nContent-Length: {}\r\n\r\n{big}\
+         GET /third HTTP/1.1\r\nHost: {a}\r\n\r\n\
+         GET /fourth HTTP/1.1\r\nHost: {b}\r\n\r\n\
+         GET /fifth HTTP/1.1\r\nHost: {a}\r\n\r\n",
+        big.len()
+    );
+    let mut conn = std::net::TcpStream::connect(stack.regions[US].http_addr()).unwrap();
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    conn.write_all(pipelined.as_bytes()).unwrap();
+    let answers: Vec<(u16, String)> = (0..5).map(|_| read_response(&mut conn)).collect();
+    assert_eq!(answers[0], (200, "hello world".to_string()));
+    assert_eq!(answers[1].0, 200);
+    assert!(answers[1].1 == big, "the sized body came back whole");
+    assert!(
+        answers[2].1.starts_with("hello from first /third"),
+        "{}",
+        answers[2].1
+    );
+    assert!(
+        answers[3].1.starts_with("hello from second /fourth"),
+        "{}",
+        answers[3].1
+    );
+    assert!(
+        answers[4].1.starts_with("hello from first /fifth"),
+        "{}",
+        answers[4].1
+    );
+    let requests = metric_sum(
+        &edge_metrics(&stack, US),
+        "nearhop_edge_relay_requests_total",
+        &[("peer", "eu-1")],
+    ) - requests_before;
+    assert_eq!(
+        requests, 5.0,
+        "every request counted once at the relaying edge"
+    );
+    let channels = metric_sum(
+        &edge_metrics(&stack, US),
+        "nearhop_edge_relay_connections_total",
+        &[("peer", "eu-1"), ("direction", "out")],
+    ) - channels_before;
+    assert_eq!(
+        channels, 3.0,
+        "one relay channel per run of requests for one name"
+    );
+
+    // A malformed chunked body ends the connection, and hurts no other visitor.
+    let mut bad = std::net::TcpStream::connect(stack.regions[US].http_addr()).unwrap();
+    bad.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        bad,
+        "POST /echo HTTP/1.1\r\nHost: {a}\r\nTransfer-Encoding: chunked\r\n\r\nnot-hex\r\n"
+    )
+    .unwrap();
+    let mut rest = Vec::new();
+    let _ = bad.read_to_end(&mut rest);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || rest.starts_with("HTTP/1.1 400"),
+        "closed, or refused by the holder: {rest}"
+    );
+    let (status, body) = http_get(stack.regions[US].http_addr(), &a, "/after").unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
 #[test]
 fn downloads_upgrades_and_allowlists_work_through_the_relay() {
     let stack = mesh_stack();

@@ -60,7 +60,7 @@ pub async fn read<R: AsyncRead + Unpin>(visitor: &mut R, max: usize) -> io::Resu
 
 /// Whether `buf` holds a blank line (`\n\n` or `\n\r\n`, the end of a head) ending at or
 /// after `from`, looking back only as far as such a line can reach over the boundary.
-fn has_head_end(buf: &[u8], from: usize) -> bool {
+pub(crate) fn has_head_end(buf: &[u8], from: usize) -> bool {
     let start = from.saturating_sub(2);
     buf[start..].windows(2).enumerate().any(|(i, w)| {
         w[0] == b'\n'

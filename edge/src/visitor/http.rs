@@ -20,6 +20,7 @@ use crate::tunnels::Tunnel;
 use crate::visitor::first_request;
 use crate::visitor::http_phases::{self, RequestCtx};
 use crate::visitor::pages::{self, ProxyBody};
+use crate::visitor::relay_stream::{self, After};
 use crate::visitor::routing::{self, Arrival, Listener, Refusal, Route};
 use crate::visitor::splice::splice;
 use crate::visitor::upstream::{self, IdlePool, OpenFailure, Target, Upstream, UpstreamBody};
@@ -143,15 +144,27 @@ pub async fn serve_stream<S>(
         last_word::answer_and_close(&mut stream, answer.as_bytes()).await;
         return;
     }
+    let mut read_ahead = first.bytes;
     if let Some(host) = first.host.as_deref() {
         // Any other route is hyper's: each request, the first included, is routed below.
-        if let Route::Splice(tunnel) = routing::route(edge, Listener::Http, host, peer, arrival) {
-            splice(edge, &tunnel, stream, peer, first.bytes).await;
-            return;
+        match routing::route(edge, Listener::Http, host, peer, arrival) {
+            Route::Splice(tunnel) => {
+                splice(edge, &tunnel, stream, peer, read_ahead).await;
+                return;
+            }
+            // Passed on as bytes while its requests stay with that holder.
+            Route::Relay(link) => {
+                match relay_stream::relay(edge, link, host, stream, peer, scheme, read_ahead).await
+                {
+                    After::Closed => return,
+                    After::Hyper(s, pending) => (stream, read_ahead) = (s, pending),
+                }
+            }
+            _ => {}
         }
     }
     let io = TokioIo::new(CountingStream::new(
-        Prefixed::new(first.bytes, stream),
+        Prefixed::new(read_ahead, stream),
         m.visitor_bytes_total.with_label_values(&["in"]),
         m.visitor_bytes_total.with_label_values(&["out"]),
     ));
@@ -170,7 +183,10 @@ pub async fn serve_stream<S>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(head_timeout)
-        .max_buf_size(max_head);
+        .max_buf_size(max_head)
+        // A relaying edge closes the channel for writing when the visitor's next request
+        // goes elsewhere (`visitor::relay_stream`): the answers owed are still sent.
+        .half_close(arrival == Arrival::Relayed);
     let served = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(served);
     let result = tokio::select! {
@@ -358,6 +374,11 @@ impl VisitorConn {
             }
             // The holder runs the phases with the tunnel's options for the real visitor.
             Route::Relay(link) => {
+                self.edge
+                    .metrics
+                    .relay_requests_total
+                    .with_label_values(&[&link.id])
+                    .inc();
                 let resp = self.forward(Target::Peer(&link, &host), req, None).await?;
                 return Ok(self.count(resp, "relay"));
             }

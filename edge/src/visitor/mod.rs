@@ -11,6 +11,8 @@ pub mod http2;
 pub mod http_phases;
 pub mod https;
 pub mod pages;
+pub mod relay_stream;
+pub mod request_frames;
 pub mod routing;
 pub mod shares;
 pub mod splice;

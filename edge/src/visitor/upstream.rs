@@ -20,6 +20,8 @@ use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use russh::client;
+use russh::ChannelStream;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -156,39 +158,49 @@ async fn connect_peer(
     visitor: SocketAddr,
     scheme: &str,
 ) -> Result<Upstream, OpenFailure> {
+    let io = relay_channel(edge, link, visitor, scheme).await?;
+    Ok(Upstream {
+        key: UpstreamKey::Peer(link.id.clone(), host.to_string()),
+        sender: http_over(Coalescing::new(ChannelWrites::new(io)))
+            .await
+            .ok_or(OpenFailure::PeerUnreachable)?,
+        _share: None,
+    })
+}
+
+/// A relay channel to the peer edge behind `link`, for a visitor at `visitor` who came in
+/// over `scheme`, counted in the relay metrics.
+pub async fn relay_channel(
+    edge: &Edge,
+    link: &Arc<PeerLink>,
+    visitor: SocketAddr,
+    scheme: &str,
+) -> Result<CountingStream<ChannelStream<client::Msg>>, OpenFailure> {
     let listener = match scheme {
         "https" => RelayListener::Https,
         _ => RelayListener::Http,
     };
+    let m = &edge.metrics;
     let channel = match link.open_relay(listener, visitor).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "relaying a visitor to the holder edge failed");
-            edge.metrics
-                .relay_errors_total
-                .with_label_values(&[e.cause()])
-                .inc();
+            m.relay_errors_total.with_label_values(&[e.cause()]).inc();
             return Err(match e {
                 RelayError::TimedOut(_) => OpenFailure::PeerNotAnswering,
                 _ => OpenFailure::PeerUnreachable,
             });
         }
     };
-    let m = &edge.metrics;
     m.relay_connections_total
         .with_label_values(&[&link.id, "out"])
         .inc();
-    let io = CountingStream::new(
-        Coalescing::new(ChannelWrites::new(channel)),
+    Ok(CountingStream::new(
+        channel,
         m.relay_bytes_total
             .with_label_values(&[&link.id, "received"]),
         m.relay_bytes_total.with_label_values(&[&link.id, "sent"]),
-    );
-    Ok(Upstream {
-        key: UpstreamKey::Peer(link.id.clone(), host.to_string()),
-        sender: http_over(io).await.ok_or(OpenFailure::PeerUnreachable)?,
-        _share: None,
-    })
+    ))
 }
 
 /// An HTTP/1.1 client connection over `io` (a channel), driven by its own task.

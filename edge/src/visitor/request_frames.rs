@@ -1,0 +1,372 @@
+//! Where one HTTP/1.1 request ends and the next begins, found without parsing more than the
+//! head: the relaying edge passes a visitor's requests to the holder edge as bytes
+//! (`visitor::relay_stream`) and needs only each request's host and the end of its body.
+//!
+//! The rules are hyper's (RFC 9112 §6.3), and anything they leave in doubt is not framed
+//! here at all: a request with both `Transfer-Encoding` and `Content-Length`, a coding other
+//! than `chunked` alone, differing lengths, an upgrade or `CONNECT` is left to hyper, which
+//! answers it on the relaying edge as it answers any visitor.
+
+/// Most headers in a head framed here (hyper's own limit is lower, so a head with more is
+/// refused by hyper wherever it goes).
+const MAX_HEADERS: usize = 128;
+
+/// Longest line of a chunked body (a size line with extensions, or a trailer).
+const MAX_CHUNK_LINE: usize = 16 * 1024;
+
+/// Longest trailer section of a chunked body.
+const MAX_TRAILERS: usize = 64 * 1024;
+
+/// How a request's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A complete request head that can be passed on as bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Bytes of the head, blank line included.
+    pub len: usize,
+    /// The host it is for, as the visitor listener routes it.
+    pub host: String,
+    /// How its body ends.
+    pub body: BodyFraming,
+}
+
+/// What the start of a buffer holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadScan {
+    /// A complete head that can be passed on as bytes.
+    Plain(RequestHead),
+    /// Not yet a complete head.
+    Partial,
+    /// A head for hyper: malformed, without a host, an upgrade, `CONNECT`, or framed in a
+    /// way this module leaves to hyper.
+    ForHyper,
+}
+
+/// Reads the request head at the start of `buf`.
+pub fn scan_head(buf: &[u8]) -> HeadScan {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return HeadScan::Partial,
+        Err(_) => return HeadScan::ForHyper,
+    };
+    if req.method == Some("CONNECT") {
+        return HeadScan::ForHyper;
+    }
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut host_header = None;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("upgrade") {
+            return HeadScan::ForHyper;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Only `chunked`, alone and once: anything else is hyper's to refuse.
+            if chunked || !trimmed(h.value).eq_ignore_ascii_case(b"chunked") {
+                return HeadScan::ForHyper;
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let Some(n) = decimal(trimmed(h.value)) else {
+                return HeadScan::ForHyper;
+            };
+            if length.is_some_and(|l| l != n) {
+                return HeadScan::ForHyper;
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("host") {
+            if host_header.is_some() {
+                return HeadScan::ForHyper;
+            }
+            host_header = Some(h.value);
+        }
+    }
+    let body = match (chunked, length) {
+        (true, Some(_)) => return HeadScan::ForHyper,
+        // HTTP/1.0 has no chunked coding.
+        (true, None) if req.version == Some(0) => return HeadScan::ForHyper,
+        (true, None) => BodyFraming::Chunked,
+        (false, Some(0)) | (false, None) => BodyFraming::Empty,
+        (false, Some(n)) => BodyFraming::Length(n),
+    };
+    let target: Option<hyper::Uri> = req.path.and_then(|p| p.parse().ok());
+    let host = crate::visitor::first_request::host_from(
+        host_header.and_then(|v| std::str::from_utf8(v).ok()),
+        target
+            .as_ref()
+            .and_then(|u| u.authority())
+            .map(|a| a.as_str()),
+    );
+    match host {
+        Some(host) => HeadScan::Plain(RequestHead { len, host, body }),
+        None => HeadScan::ForHyper,
+    }
+}
+
+fn trimmed(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// A `Content-Length` value: digits only, at most 19 of them (no sign, no overflow).
+fn decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// A chunked body that does not follow the coding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadChunk;
+
+/// Follows a chunked body as its bytes pass, to find where it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkedEnd {
+    state: Chunk,
+    /// Bytes of the current size line or trailer line, and of all trailers.
+    line: usize,
+    trailers: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Hex digits of a chunk's size (`digits` so far, `size` their value).
+    Size {
+        digits: u8,
+        size: u64,
+    },
+    /// After the size: spaces, or an extension, until CR.
+    SizeRest {
+        size: u64,
+    },
+    /// CR seen at the end of a size line.
+    SizeLf {
+        size: u64,
+    },
+    /// Data bytes still to pass.
+    Data(u64),
+    /// CR after a chunk's data, then LF.
+    DataCr,
+    DataLf,
+    /// After the last chunk: at the start of a trailer line (or the final blank line).
+    TrailerStart,
+    /// Inside a trailer line, until CR.
+    Trailer,
+    TrailerLf,
+    /// The CR of the final blank line was seen.
+    EndLf,
+    /// The body has ended.
+    Done,
+}
+
+impl Default for ChunkedEnd {
+    fn default() -> Self {
+        ChunkedEnd {
+            state: Chunk::Size { digits: 0, size: 0 },
+            line: 0,
+            trailers: 0,
+        }
+    }
+}
+
+impl ChunkedEnd {
+    /// Takes in `data`, the body's next bytes: `Ok(Some(n))` when the body ends after the
+    /// first `n` of them, `Ok(None)` when all of them belong to it.
+    pub fn advance(&mut self, data: &[u8]) -> Result<Option<usize>, BadChunk> {
+        let mut i = 0;
+        while i < data.len() {
+            if let Chunk::Data(left) = self.state {
+                let take = left.min((data.len() - i) as u64);
+                i += take as usize;
+                self.state = if take == left {
+                    Chunk::DataCr
+                } else {
+                    Chunk::Data(left - take)
+                };
+                continue;
+            }
+            let b = data[i];
+            i += 1;
+            self.state = self.step(b)?;
+            if self.state == Chunk::Done {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+
+    fn step(&mut self, b: u8) -> Result<Chunk, BadChunk> {
+        let in_line = matches!(
+            self.state,
+            Chunk::Size { .. } | Chunk::SizeRest { .. } | Chunk::Trailer
+        );
+        if in_line {
+            self.line += 1;
+            if self.line > MAX_CHUNK_LINE {
+                return Err(BadChunk);
+            }
+        }
+        if matches!(self.state, Chunk::TrailerStart | Chunk::Trailer) {
+            self.trailers += 1;
+            if self.trailers > MAX_TRAILERS {
+                return Err(BadChunk);
+            }
+        }
+        Ok(match (self.state, b) {
+            (Chunk::Size { digits, size }, _) if b.is_ascii_hexdigit() => {
+                if digits >= 15 {
+                    return Err(BadChunk);
+                }
+                let digit = u64::from((b as char).to_digit(16).ok_or(BadChunk)?);
+                Chunk::Size {
+                    digits: digits + 1,
+                    size: size * 16 + digit,
+                }
+            }
+            (Chunk::Size { digits: 0, .. }, _) => return Err(BadChunk),
+            (Chunk::Size { size, .. } | Chunk::SizeRest { size }, b'\r') => Chunk::SizeLf { size },
+            (Chunk::Size { size, .. }, b' ' | b'\t' | b';') => Chunk::SizeRest { size },
+            (Chunk::SizeRest { .. }, b'\n') => return Err(BadChunk),
+            (Chunk::SizeRest { size }, _) => Chunk::SizeRest { size },
+            (Chunk::SizeLf { size }, b'\n') => {
+                self.line = 0;
+                if size == 0 {
+                    Chunk::TrailerStart
+                } else {
+                    Chunk::Data(size)
+                }
+            }
+            (Chunk::DataCr, b'\r') => Chunk::DataLf,
+            (Chunk::DataLf, b'\n') => Chunk::Size { digits: 0, size: 0 },
+            (Chunk::TrailerStart, b'\r') => Chunk::EndLf,
+            (Chunk::Trailer, b'\r') => Chunk::TrailerLf,
+            (Chunk::TrailerStart | Chunk::Trailer, b'\n') => return Err(BadChunk),
+            (Chunk::TrailerStart | Chunk::Trailer, _) => Chunk::Trailer,
+            (Chunk::TrailerLf, b'\n') => {
+                self.line = 0;
+                Chunk::TrailerStart
+            }
+            (Chunk::EndLf, b'\n') => Chunk::Done,
+            _ => return Err(BadChunk),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plain(head: &str) -> RequestHead {
+        match scan_head(head.as_bytes()) {
+            HeadScan::Plain(h) => h,
+            other => panic!("{head:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn heads_give_their_length_host_and_body_framing() {
+        let h = plain("GET /a HTTP/1.1\r\nHost: Blog.Example:8080\r\n\r\nGET /b");
+        assert_eq!(h.host, "blog.example");
+        assert_eq!(
+            h.len,
+            "GET /a HTTP/1.1\r\nHost: Blog.Example:8080\r\n\r\n".len()
+        );
+        assert_eq!(h.body, BodyFraming::Empty);
+        let h = plain("POST / HTTP/1.1\r\nhost: x.example\r\ncontent-length: 12\r\n\r\n");
+        assert_eq!(h.body, BodyFraming::Length(12));
+        let h = plain(
+            "POST / HTTP/1.1\r\nHost: x.example\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+        );
+        assert_eq!(h.body, BodyFraming::Length(5));
+        let h = plain("POST / HTTP/1.1\r\nHost: x.example\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        assert_eq!(h.body, BodyFraming::Chunked);
+        let h = plain("GET http://b.example/p HTTP/1.1\r\nHost: a.example\r\n\r\n");
+        assert_eq!(h.host, "b.example");
+        assert_eq!(
+            scan_head(b"GET / HTTP/1.1\r\nHost: x.example\r\n"),
+            HeadScan::Partial
+        );
+    }
+
+    #[test]
+    fn doubtful_framing_upgrades_and_connect_are_left_to_hyper() {
+        for head in [
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+            "\x16\x03\x01 not http\r\n\r\n",
+        ] {
+            assert_eq!(scan_head(head.as_bytes()), HeadScan::ForHyper, "{head:?}");
+        }
+    }
+
+    /// Feeds `body` in pieces of `step` bytes; returns where the body ended.
+    fn end_of(body: &[u8], step: usize) -> Result<Option<usize>, BadChunk> {
+        let mut c = ChunkedEnd::default();
+        let mut at = 0;
+        for piece in body.chunks(step) {
+            if let Some(n) = c.advance(piece)? {
+                return Ok(Some(at + n));
+            }
+            at += piece.len();
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn a_chunked_body_ends_after_its_last_chunk_and_trailers_in_any_pieces() {
+        let body =
+            b"5\r\nhello\r\n1a;ext=\"x\"\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\nGET /next";
+        let end = body.len() - b"GET /next".len();
+        let trailers = b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nX-Other: 2\r\n\r\nrest";
+        for step in [1, 2, 3, 7, body.len()] {
+            assert_eq!(end_of(body, step), Ok(Some(end)), "pieces of {step}");
+            assert_eq!(end_of(trailers, step), Ok(Some(trailers.len() - 4)));
+        }
+        assert_eq!(end_of(b"5\r\nhel", 2), Ok(None));
+        assert_eq!(end_of(b"0\r\n", 1), Ok(None));
+    }
+
+    #[test]
+    fn malformed_chunks_are_refused() {
+        for body in [
+            &b"x\r\n"[..],
+            b"5\nhello\r\n",
+            b"5\r\nhelloXX",
+            b"\r\n",
+            b"ffffffffffffffff\r\n",
+            b"0\r\nbad trailer\n",
+        ] {
+            assert_eq!(end_of(body, 1), Err(BadChunk), "{body:?}");
+        }
+        let long = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_LINE));
+        assert_eq!(end_of(long.as_bytes(), 4096), Err(BadChunk));
+    }
+}
