@@ -180,6 +180,18 @@ fn proxy_headers_from_untrusted_addresses_are_refused_and_trusted_ones_must_send
     assert_eq!(refused(other, "http", "untrusted"), 1.0);
     assert_eq!(refused(holder, "tls", "untrusted"), 1.0);
 
+    // On the SSH port: the edge's identification, then the end, and the count.
+    let mut ssh_hello = v1.clone();
+    ssh_hello.truncate(v1.len() - request.len());
+    ssh_hello.extend_from_slice(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n");
+    let answer = exchange_from(CLIENT_IP, holder.ssh_addr(), &ssh_hello).expect("exchange");
+    assert_eq!(
+        String::from_utf8_lossy(&answer),
+        "SSH-2.0-nearhop\r\n",
+        "no key exchange after an untrusted PROXY header"
+    );
+    assert_eq!(refused(holder, "ssh", "untrusted"), 1.0);
+
     // The balancer's address without a header: dropped without a word, nothing forwarded.
     let answer =
         exchange_from(BALANCER_IP, holder.http_addr(), request.as_bytes()).expect("exchange");

@@ -319,6 +319,62 @@ fn pipelined_requests_with_bodies_are_relayed_whole_and_in_order() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// A raw service that answers every connection's first request with a body that ends when
+/// it closes the connection, the way HTTP/1.0 servers do.
+fn until_close_service() -> u16 {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read_exact(&mut byte).is_ok() {
+                head.push(byte[0]);
+            }
+            let _ =
+                conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close");
+        }
+    });
+    port
+}
+
+/// An answer that ends only when the holder closes the relay channel cannot be told from
+/// one cut short, so a pipelined request for another tunnel behind it is not answered on
+/// the same connection: its answer would read as the rest of the first body.
+#[test]
+fn an_answer_that_ends_at_close_is_never_followed_by_another_tunnels_answer() {
+    let stack = mesh_stack();
+    let victim = LocalService::start("victim");
+    let token = stack.pro_token();
+    let mut args = SshArgs::http_tunnel(Some(&token), until_close_service());
+    args.command = vec!["x:noreverseproxy".into()];
+    let mut raw_client = stack.ssh_to(EU, "raw", &args);
+    let raw_url = raw_client.wait_for_url(PATIENCE).unwrap();
+    let (_victim_client, victim_url, _) = eu_tunnel(&stack, &victim, &[US]);
+    eventually("us relays the raw tunnel", || {
+        let (status, _) = http_get(stack.regions[US].http_addr(), &host_of(&raw_url), "/")?;
+        anyhow::ensure!(status == 200, "{status}");
+        Ok(())
+    });
+    let mut conn = std::net::TcpStream::connect(stack.regions[US].http_addr()).unwrap();
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        conn,
+        "GET /raw HTTP/1.1\r\nHost: {}\r\n\r\nGET /victim HTTP/1.1\r\nHost: {}\r\n\r\n",
+        host_of(&raw_url),
+        host_of(&victim_url)
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    conn.read_to_end(&mut got).expect("the connection closes");
+    let got = String::from_utf8_lossy(&got);
+    assert_eq!(
+        got, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close",
+        "the first answer whole, then the end of the connection"
+    );
+}
+
 #[test]
 fn downloads_upgrades_and_allowlists_work_through_the_relay() {
     let stack = mesh_stack();

@@ -3,6 +3,7 @@
 
 use crate::accept;
 use crate::edge::{Edge, UnauthenticatedSlot};
+use crate::io::proxy_header;
 use crate::io::read_buffer::Prefixed;
 use crate::ssh::hello::{self, AlreadyIdentified, Offer};
 use crate::ssh::session::SshSession;
@@ -159,6 +160,14 @@ async fn handle_connection(
     };
     let start = async {
         let hello = hello::greet(&mut stream, &mut read, hello::KEXINIT_WAIT).await?;
+        // A trusted balancer's header was taken off before (`Edge::real_peer`).
+        if hello.id.is_empty() && proxy_header::looks_like_header(&read) {
+            proxy_header::count_untrusted(&edge.metrics, "ssh");
+            tracing::debug!("PROXY protocol header from an untrusted address refused");
+            return Err(anyhow::anyhow!(
+                "a PROXY protocol header from an address not in proxy_protocol_from"
+            ));
+        }
         let offer = hello.offer(&edge.config.ssh_ciphers);
         tracing::debug!(client = ?hello.id, offer = offer.as_str(), "client identified");
         let stream = AlreadyIdentified::new(Prefixed::new(read, stream));

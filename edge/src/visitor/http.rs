@@ -183,10 +183,7 @@ pub async fn serve_stream<S>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(head_timeout)
-        .max_buf_size(max_head)
-        // A relaying edge closes the channel for writing when the visitor's next request
-        // goes elsewhere (`visitor::relay_stream`): the answers owed are still sent.
-        .half_close(arrival == Arrival::Relayed);
+        .max_buf_size(max_head);
     let served = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(served);
     let result = tokio::select! {

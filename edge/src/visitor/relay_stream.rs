@@ -2,52 +2,55 @@
 //!
 //! The holder edge parses every relayed request anyway (it routes it, runs the tunnel's
 //! phases and proxies it), so the relaying edge need not: it reads each request's head only
-//! far enough to route it ([`request_frames`]), passes head and body on as they came, and
-//! copies the holder's answers back untouched. That saves a full HTTP parse and an HTTP
-//! client on the relaying edge for every request (docs/benchmarks.md, Edge mesh).
+//! far enough to route it and find where its body ends, passes head and body on as they
+//! came, and copies the holder's answers back as they come, reading their heads only to
+//! know where each answer ends ([`http1_frames`]). That spares the relaying edge an HTTP
+//! server and an HTTP client per request (docs/benchmarks.md, Edge mesh).
 //!
-//! The connection leaves this path, for hyper's (`visitor::http`), at the first request
-//! that goes anywhere else: another name or holder, an upgrade, a head this module leaves
-//! to hyper. The relay channel is then closed for writing; the holder (which serves relayed
-//! connections with half-close allowed) sends the answers it owes and closes, and hyper
-//! takes over with the next request's bytes. Answers are never interleaved and requests
-//! are never reordered.
+//! The connection leaves this path for hyper's (`visitor::http`) at the first request that
+//! goes anywhere else: another name or holder, an upgrade, a head this module leaves to
+//! hyper. The edge then waits until every answer owed has come back whole, drops the relay
+//! channel, and gives hyper the connection with the next request's bytes. When an answer
+//! cannot be framed (it ends when the connection closes, say), the connection is not
+//! handed on: it ends after that answer, as it would at any server that answers so.
 
 use crate::edge::Edge;
 use crate::io::read_buffer::Prefixed;
 use crate::mesh::links::PeerLink;
 use crate::visitor::first_request;
+use crate::visitor::http1_frames::{
+    scan_answer, scan_head, AnswerBody, AnswerScan, BodyFraming, ChunkedEnd, HeadScan, RequestHead,
+};
 use crate::visitor::pages;
-use crate::visitor::request_frames::{scan_head, BodyFraming, ChunkedEnd, HeadScan, RequestHead};
 use crate::visitor::routing::{self, Arrival, Listener, Route};
 use crate::visitor::upstream::{self, OpenFailure};
 use bytes::{Buf, BytesMut};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::Notify;
 use tokio::time::Instant;
-
-/// How long the holder may stay silent, once the relay channel is closed for writing,
-/// before the edge stops waiting for the answers still owed and closes the visitor's
-/// connection.
-const FINISH_IDLE: Duration = Duration::from_secs(30);
 
 /// Bytes read from the visitor at a time.
 const READ_SIZE: usize = 16 * 1024;
 
-/// Bytes of the holder's answers copied at a time.
+/// Bytes of the holder's answers read at a time.
 const COPY_SIZE: usize = 64 * 1024;
+
+/// Longest answer head framed; a longer one makes the connection raw.
+const MAX_ANSWER_HEAD: usize = 64 * 1024;
 
 /// Where the connection goes once this path ends.
 pub enum After<S> {
-    /// It is over (or the edge gave up on it).
+    /// It is over.
     Closed,
     /// To hyper, with these bytes read ahead (the next request's start).
     Hyper(S, Vec<u8>),
@@ -55,10 +58,78 @@ pub enum After<S> {
 
 /// Why the requests stopped passing.
 enum Next {
-    /// The visitor closed its side, the edge is stopping, or the stream broke.
+    /// The visitor closed its side between requests, left a head unfinished, or the edge is
+    /// stopping: the answers owed are still sent.
     Done,
+    /// A request broke off (the visitor left mid-body, a malformed chunked body, the
+    /// channel failed): the connection ends now.
+    Broken,
     /// The request at the start of these bytes goes elsewhere.
     Elsewhere(BytesMut),
+}
+
+/// How the answers stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum AnswersEnd {
+    /// Every answer owed came back whole, and the requests side asked to stop.
+    Clean,
+    /// The holder closed the channel, or an answer could not be framed or was cut short.
+    Closed,
+}
+
+/// The requests passed and not yet answered, between the two directions of one connection.
+#[derive(Default)]
+struct Ledger {
+    /// Per request passed and not yet answered whole: whether it is a `HEAD`.
+    owed: Mutex<VecDeque<bool>>,
+    /// When the last answer owed ended (none while one is owed, or before the first).
+    idle_since: Mutex<Option<Instant>>,
+    /// Set by the requests side when it is done: the answers side stops once none is owed.
+    stopping: AtomicBool,
+    /// Wakes the answers side (stopping was set).
+    to_answers: Notify,
+    /// Wakes the requests side (the last answer owed ended).
+    to_requests: Notify,
+}
+
+impl Ledger {
+    fn owed(&self) -> MutexGuard<'_, VecDeque<bool>> {
+        self.owed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Option<Instant>> {
+        self.idle_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A request (a `HEAD` one when `is_head`) is about to be passed.
+    fn passed(&self, is_head: bool) {
+        self.owed().push_back(is_head);
+        *self.idle() = None;
+    }
+
+    /// The answer to the oldest request owed has ended.
+    fn answered(&self) {
+        let mut owed = self.owed();
+        owed.pop_front();
+        if owed.is_empty() {
+            *self.idle() = Some(Instant::now());
+            self.to_requests.notify_one();
+        }
+    }
+
+    /// Whether the oldest request owed is a `HEAD`; none when nothing is owed.
+    fn oldest(&self) -> Option<bool> {
+        self.owed().front().copied()
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.to_answers.notify_one();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
 }
 
 /// What stays the same for every request of the connection.
@@ -67,6 +138,7 @@ struct Pass<'a> {
     link: &'a Arc<PeerLink>,
     host: &'a str,
     visitor: SocketAddr,
+    ledger: &'a Ledger,
     requests: IntCounter,
     bytes_in: IntCounter,
 }
@@ -101,115 +173,190 @@ where
         Err(_) => return After::Hyper(stream, first),
     };
     let m = &edge.metrics;
+    let ledger = Ledger::default();
     let pass = Pass {
         edge,
         link: &link,
         host,
         visitor,
+        ledger: &ledger,
         requests: m.relay_requests_total.with_label_values(&[&link.id]),
         bytes_in: m.visitor_bytes_total.with_label_values(&["in"]),
     };
     let bytes_out = m.visitor_bytes_total.with_label_values(&["out"]);
     let (vr, vw) = tokio::io::split(stream);
     let (cr, cw) = tokio::io::split(channel);
-    let progress = AtomicU64::new(0);
-    let answers = copy_answers(cr, vw, &progress, &bytes_out);
+    let answers = copy_answers(cr, vw, &ledger, &bytes_out);
     let requests = pass_requests(&pass, vr, cw, BytesMut::from(&first[..]), head);
     drop(first);
     tokio::pin!(answers, requests);
     tokio::select! {
-        (vr, next) = &mut requests => {
-            // The relay channel is closed for writing: the holder sends what it owes, then
-            // closes its side.
-            let Some(mut vw) = finish(answers, &progress).await else {
+        (vr, cw, next) = &mut requests => {
+            if matches!(next, Next::Broken) {
                 return After::Closed;
-            };
-            match next {
-                Next::Elsewhere(pending) => After::Hyper(vr.unsplit(vw), pending.to_vec()),
-                Next::Done => {
+            }
+            // The answers owed come back whole first (as long as they take: the holder's
+            // own limits bound them), then the channel is dropped.
+            ledger.stop();
+            let (mut vw, end) = answers.await;
+            drop(cw);
+            match (next, end) {
+                (Next::Elsewhere(pending), AnswersEnd::Clean) => {
+                    After::Hyper(vr.unsplit(vw), pending.to_vec())
+                }
+                _ => {
                     let _ = vw.shutdown().await;
                     After::Closed
                 }
             }
         }
-        mut vw = &mut answers => {
+        (mut vw, _) = &mut answers => {
             // The holder closed the channel (an answer with `Connection: close`, its own
-            // time limits, or it went away): the visitor's connection ends with it.
+            // time limits, or it went away), or an answer could not be framed: the
+            // visitor's connection ends with it.
             let _ = vw.shutdown().await;
             After::Closed
         }
     }
 }
 
-/// Waits for the holder to finish the answers it owes, as long as they keep coming; the
-/// visitor's writing half when they ended, none when the edge gave up.
-async fn finish<W>(
-    answers: std::pin::Pin<&mut impl std::future::Future<Output = W>>,
-    progress: &AtomicU64,
-) -> Option<W> {
-    let mut answers = answers;
-    loop {
-        let seen = progress.load(Ordering::Relaxed);
-        match tokio::time::timeout(FINISH_IDLE, answers.as_mut()).await {
-            Ok(vw) => return Some(vw),
-            Err(_) if progress.load(Ordering::Relaxed) == seen => {
-                tracing::debug!("holder owes answers and sends none; closing");
-                return None;
-            }
-            Err(_) => {}
-        }
-    }
+/// Where the answers side is in the holder's stream of answers.
+enum Answering {
+    /// At the start of an answer head.
+    Head,
+    /// In a body with this many bytes left.
+    Length(u64),
+    /// In a chunked body.
+    Chunked(ChunkedEnd),
+    /// No framing from here on: bytes are copied until the channel closes.
+    Raw,
 }
 
-/// Copies the holder's answers to the visitor until the holder closes the channel.
+/// Copies the holder's answers to the visitor, keeping count of the answers owed, until
+/// the holder closes the channel or, once the requests side stops, none is owed.
 async fn copy_answers<C, S>(
     mut from: ReadHalf<C>,
     mut to: WriteHalf<S>,
-    progress: &AtomicU64,
+    ledger: &Ledger,
     bytes_out: &IntCounter,
-) -> WriteHalf<S>
+) -> (WriteHalf<S>, AnswersEnd)
 where
     C: AsyncRead,
     S: AsyncWrite,
 {
-    let mut buf = vec![0u8; COPY_SIZE];
+    let mut buf = BytesMut::with_capacity(COPY_SIZE);
+    let mut at = Answering::Head;
     loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
+        let ready = frame_answers(&mut at, &buf, ledger);
+        if ready > 0 {
+            if let Err(e) = to.write_all(&buf[..ready]).await {
+                tracing::debug!(error = %e, "visitor went away during an answer");
+                return (to, AnswersEnd::Closed);
+            }
+            bytes_out.inc_by(ready as u64);
+            buf.advance(ready);
+        }
+        let between = matches!(at, Answering::Head) && buf.is_empty();
+        if between && ledger.stopping() && ledger.oldest().is_none() {
+            return (to, AnswersEnd::Clean);
+        }
+        buf.reserve(COPY_SIZE);
+        let read = tokio::select! {
+            r = from.read_buf(&mut buf) => r,
+            // Looked at again above: the requests side stopped.
+            _ = ledger.to_answers.notified() => continue,
+        };
+        match read {
+            Ok(0) => return (to, AnswersEnd::Closed),
+            Ok(_) => {}
             Err(e) => {
                 tracing::debug!(error = %e, "relay channel ended");
-                break;
+                return (to, AnswersEnd::Closed);
             }
-        };
-        if let Err(e) = to.write_all(&buf[..n]).await {
-            tracing::debug!(error = %e, "visitor went away during an answer");
-            break;
         }
-        progress.fetch_add(1, Ordering::Relaxed);
-        bytes_out.inc_by(n as u64);
     }
-    to
+}
+
+/// Follows the answers in `buf` from `at`; returns how many of its bytes can go to the
+/// visitor now (the rest is the start of an answer head still incomplete).
+fn frame_answers(at: &mut Answering, buf: &[u8], ledger: &Ledger) -> usize {
+    let mut ready = 0;
+    loop {
+        let rest = &buf[ready..];
+        match at {
+            Answering::Raw => return buf.len(),
+            Answering::Head if rest.is_empty() => return ready,
+            Answering::Head => {
+                // Bytes when no answer is owed are not an answer to anything passed.
+                let Some(to_head) = ledger.oldest() else {
+                    *at = Answering::Raw;
+                    continue;
+                };
+                match scan_answer(rest, to_head) {
+                    AnswerScan::Partial if rest.len() < MAX_ANSWER_HEAD => return ready,
+                    AnswerScan::Partial | AnswerScan::Unframed => *at = Answering::Raw,
+                    AnswerScan::Head { len, status, body } => {
+                        ready += len;
+                        if status == 101 {
+                            *at = Answering::Raw;
+                        } else if (100..200).contains(&status) {
+                            // Informational (`100 Continue`): the final answer follows.
+                        } else {
+                            *at = match body {
+                                AnswerBody::Empty => {
+                                    ledger.answered();
+                                    Answering::Head
+                                }
+                                AnswerBody::Length(n) => Answering::Length(n),
+                                AnswerBody::Chunked => Answering::Chunked(ChunkedEnd::default()),
+                                AnswerBody::UntilClose => Answering::Raw,
+                            };
+                        }
+                    }
+                }
+            }
+            Answering::Length(left) => {
+                let take = (*left).min(rest.len() as u64);
+                ready += take as usize;
+                *left -= take;
+                if *left > 0 {
+                    return ready;
+                }
+                ledger.answered();
+                *at = Answering::Head;
+            }
+            Answering::Chunked(chunked) => match chunked.advance(rest) {
+                Ok(Some(n)) => {
+                    ready += n;
+                    ledger.answered();
+                    *at = Answering::Head;
+                }
+                Ok(None) => return buf.len(),
+                Err(_) => *at = Answering::Raw,
+            },
+        }
+    }
 }
 
 /// Passes requests, starting with `head` at the start of `buf`, while they go to the same
-/// place; closes the channel for writing when they stop.
+/// place.
 async fn pass_requests<S, C>(
     pass: &Pass<'_>,
     mut from: ReadHalf<S>,
     mut to: WriteHalf<C>,
     mut buf: BytesMut,
     mut head: RequestHead,
-) -> (ReadHalf<S>, Next)
+) -> (ReadHalf<S>, WriteHalf<C>, Next)
 where
     S: AsyncRead,
     C: AsyncWrite,
 {
     let next = loop {
         pass.requests.inc();
+        pass.ledger.passed(head.is_head);
         if let Err(e) = pass_one(pass, &mut from, &mut to, &mut buf, &head).await {
             tracing::debug!(error = %e, "relayed request cut short");
-            break Next::Done;
+            break Next::Broken;
         }
         match next_head(pass, &mut from, &mut buf).await {
             Some(HeadScan::Plain(next)) if goes_along(pass, &next) => head = next,
@@ -217,8 +364,7 @@ where
             None => break Next::Done,
         }
     };
-    let _ = to.shutdown().await;
-    (from, next)
+    (from, to, next)
 }
 
 /// Whether a request for `head`'s host goes to the same holder over the same channel (a
@@ -308,9 +454,19 @@ async fn read_more<R: AsyncRead + Unpin>(from: &mut R, buf: &mut BytesMut) -> io
     }
 }
 
+/// How long a relayed connection may stay idle (no answer owed, no request begun) before
+/// the relaying edge closes it: a second less than the holder's own limit, hyper's head
+/// timeout, which starts when the holder sends its last answer. Closed here first, a
+/// request cannot cross the holder's close on its way.
+fn idle_limit(head_timeout: Duration) -> Duration {
+    head_timeout
+        .saturating_sub(Duration::from_secs(1))
+        .max(head_timeout / 2)
+}
+
 /// The next request's head: none when the visitor closes between requests, the edge stops,
-/// or a head it began does not arrive in time (hyper's head timeout); too long a head is
-/// left to hyper, which refuses it.
+/// the connection stays idle past [`idle_limit`], or a head it began does not arrive in
+/// time (hyper's head timeout); too long a head is left to hyper, which refuses it.
 async fn next_head<R: AsyncRead + Unpin>(
     pass: &Pass<'_>,
     from: &mut R,
@@ -319,7 +475,8 @@ async fn next_head<R: AsyncRead + Unpin>(
     let edge = pass.edge;
     let max_head = edge.config.visitor_max_header_bytes.max(8192);
     let head_timeout = crate::visitor::http::head_timeout(edge);
-    // A head already begun must be complete in time; waiting for one has no limit.
+    let idle = idle_limit(head_timeout);
+    // A head already begun must be complete in time.
     let mut deadline = (!buf.is_empty()).then(|| Instant::now() + head_timeout);
     let mut scanned = 0;
     loop {
@@ -335,11 +492,20 @@ async fn next_head<R: AsyncRead + Unpin>(
         scanned = buf.len();
         buf.reserve(READ_SIZE);
         let read = match deadline {
-            // Between requests: as long as the visitor likes, until the edge stops.
-            None => tokio::select! {
-                r = from.read_buf(buf) => r,
-                _ = edge.shutdown.cancelled() => return None,
-            },
+            None => {
+                // Between requests: until the connection has been idle too long (counted
+                // from the end of the last answer owed) or the edge stops.
+                let idle_until = (*pass.ledger.idle()).map(|since| since + idle);
+                tokio::select! {
+                    r = from.read_buf(buf) => r,
+                    _ = edge.shutdown.cancelled() => return None,
+                    _ = pass.ledger.to_requests.notified() => continue,
+                    _ = sleep_until_some(idle_until) => {
+                        tracing::debug!("relayed visitor connection idle; closed");
+                        return None;
+                    }
+                }
+            }
             Some(at) => match tokio::time::timeout_at(at, from.read_buf(buf)).await {
                 Ok(r) => r,
                 Err(_) => {
@@ -353,6 +519,14 @@ async fn next_head<R: AsyncRead + Unpin>(
             Ok(_) => {}
         }
         deadline.get_or_insert_with(|| Instant::now() + head_timeout);
+    }
+}
+
+/// Sleeps until `at`; for ever when there is none.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -373,5 +547,68 @@ where
         .await
     {
         tracing::debug!(error = %e, "answering that the holder is not answering");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(ledger: &Ledger, at: &mut Answering, bytes: &[u8]) -> usize {
+        frame_answers(at, bytes, ledger)
+    }
+
+    #[test]
+    fn answers_are_counted_off_as_they_end_whatever_pieces_they_come_in() {
+        let ledger = Ledger::default();
+        for is_head in [false, true, false, false] {
+            ledger.passed(is_head);
+        }
+        let answers = b"HTTP/1.1 100 Continue\r\n\r\n\
+            HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello\
+            HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n\
+            HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+            HTTP/1.1 204 No Content\r\n\r\n";
+        let mut at = Answering::Head;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut sent = 0;
+        for piece in answers.chunks(7) {
+            buf.extend_from_slice(piece);
+            let ready = frame(&ledger, &mut at, &buf);
+            sent += ready;
+            buf.drain(..ready);
+        }
+        assert_eq!(sent, answers.len(), "every byte went to the visitor");
+        assert!(ledger.oldest().is_none(), "four answers for four requests");
+        assert!(matches!(at, Answering::Head));
+        assert!(ledger.idle().is_some());
+    }
+
+    #[test]
+    fn an_incomplete_head_waits_and_unframed_answers_turn_the_rest_raw() {
+        let ledger = Ledger::default();
+        ledger.passed(false);
+        let mut at = Answering::Head;
+        assert_eq!(frame(&ledger, &mut at, b"HTTP/1.1 200 OK\r\nCont"), 0);
+        // An answer that ends when the connection closes: raw from its head on.
+        let close = b"HTTP/1.0 200 OK\r\n\r\nbody until close";
+        assert_eq!(frame(&ledger, &mut at, close), close.len());
+        assert!(matches!(at, Answering::Raw));
+        assert_eq!(ledger.oldest(), Some(false), "still owed: never handed on");
+
+        // Bytes when nothing is owed are no answer.
+        let ledger = Ledger::default();
+        let mut at = Answering::Head;
+        assert_eq!(frame(&ledger, &mut at, b"HTTP/1.1 200 OK\r\n\r\n"), 19);
+        assert!(matches!(at, Answering::Raw));
+    }
+
+    #[test]
+    fn idle_connections_close_before_the_holders_limit() {
+        assert_eq!(idle_limit(Duration::from_secs(30)), Duration::from_secs(29));
+        assert_eq!(
+            idle_limit(Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
     }
 }

@@ -1,11 +1,14 @@
-//! Where one HTTP/1.1 request ends and the next begins, found without parsing more than the
-//! head: the relaying edge passes a visitor's requests to the holder edge as bytes
-//! (`visitor::relay_stream`) and needs only each request's host and the end of its body.
+//! Where one HTTP/1.1 message ends and the next begins, found without parsing more than
+//! heads: the relaying edge passes a visitor's requests to the holder edge as bytes, and
+//! the holder's answers back (`visitor::relay_stream`), and needs only each request's host
+//! and where each request and each answer ends.
 //!
-//! The rules are hyper's (RFC 9112 §6.3), and anything they leave in doubt is not framed
-//! here at all: a request with both `Transfer-Encoding` and `Content-Length`, a coding other
-//! than `chunked` alone, differing lengths, an upgrade or `CONNECT` is left to hyper, which
-//! answers it on the relaying edge as it answers any visitor.
+//! The rules are hyper's (RFC 9112 §6.3). A request they leave in doubt is not framed here
+//! at all: one with both `Transfer-Encoding` and `Content-Length`, a coding other than
+//! `chunked` alone, differing lengths, an upgrade or `CONNECT` is left to hyper, which
+//! answers it on the relaying edge as it answers any visitor. An answer that is not framed
+//! (one that ends when the connection closes, a `101`, bytes that are not HTTP) makes the
+//! rest of the connection raw.
 
 /// Most headers in a head framed here (hyper's own limit is lower, so a head with more is
 /// refused by hyper wherever it goes).
@@ -37,6 +40,8 @@ pub struct RequestHead {
     pub host: String,
     /// How its body ends.
     pub body: BodyFraming,
+    /// Whether it is a `HEAD` request (its answer has no body, whatever its head says).
+    pub is_head: bool,
 }
 
 /// What the start of a buffer holds.
@@ -108,9 +113,90 @@ pub fn scan_head(buf: &[u8]) -> HeadScan {
             .map(|a| a.as_str()),
     );
     match host {
-        Some(host) => HeadScan::Plain(RequestHead { len, host, body }),
+        Some(host) => HeadScan::Plain(RequestHead {
+            len,
+            host,
+            body,
+            is_head: req.method == Some("HEAD"),
+        }),
         None => HeadScan::ForHyper,
     }
+}
+
+/// How an answer's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerBody {
+    /// No body (`HEAD`, `1xx`, `204`, `304`, or a length of 0).
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// Chunked.
+    Chunked,
+    /// Until the connection closes.
+    UntilClose,
+}
+
+/// What the start of a buffer of answers holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AnswerScan {
+    /// A complete answer head.
+    Head {
+        /// Bytes of the head, blank line included.
+        len: usize,
+        /// Its status code.
+        status: u16,
+        /// How its body ends.
+        body: AnswerBody,
+    },
+    /// Not yet a complete head.
+    Partial,
+    /// Not an answer that can be framed: malformed, or differing lengths.
+    Unframed,
+}
+
+/// Reads the answer head at the start of `buf`, the answer to a `HEAD` request when
+/// `to_head`.
+pub fn scan_answer(buf: &[u8], to_head: bool) -> AnswerScan {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return AnswerScan::Partial,
+        Err(_) => return AnswerScan::Unframed,
+    };
+    let Some(status) = resp.code else {
+        return AnswerScan::Unframed;
+    };
+    if to_head || (100..200).contains(&status) || status == 204 || status == 304 {
+        return AnswerScan::Head {
+            len,
+            status,
+            body: AnswerBody::Empty,
+        };
+    }
+    let mut length: Option<u64> = None;
+    let mut last_coding: Option<&[u8]> = None;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let coding = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
+            last_coding = Some(trimmed(coding));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let Some(n) = decimal(trimmed(h.value)) else {
+                return AnswerScan::Unframed;
+            };
+            if length.is_some_and(|l| l != n) {
+                return AnswerScan::Unframed;
+            }
+            length = Some(n);
+        }
+    }
+    let body = match (last_coding, length) {
+        (Some(c), _) if c.eq_ignore_ascii_case(b"chunked") => AnswerBody::Chunked,
+        (Some(_), _) | (None, None) => AnswerBody::UntilClose,
+        (None, Some(0)) => AnswerBody::Empty,
+        (None, Some(n)) => AnswerBody::Length(n),
+    };
+    AnswerScan::Head { len, status, body }
 }
 
 fn trimmed(v: &[u8]) -> &[u8] {
@@ -232,13 +318,14 @@ impl ChunkedEnd {
         }
         Ok(match (self.state, b) {
             (Chunk::Size { digits, size }, _) if b.is_ascii_hexdigit() => {
-                if digits >= 15 {
-                    return Err(BadChunk);
-                }
                 let digit = u64::from((b as char).to_digit(16).ok_or(BadChunk)?);
+                let size = size
+                    .checked_mul(16)
+                    .and_then(|s| s.checked_add(digit))
+                    .ok_or(BadChunk)?;
                 Chunk::Size {
-                    digits: digits + 1,
-                    size: size * 16 + digit,
+                    digits: digits.saturating_add(1),
+                    size,
                 }
             }
             (Chunk::Size { digits: 0, .. }, _) => return Err(BadChunk),
@@ -258,7 +345,12 @@ impl ChunkedEnd {
             (Chunk::DataLf, b'\n') => Chunk::Size { digits: 0, size: 0 },
             (Chunk::TrailerStart, b'\r') => Chunk::EndLf,
             (Chunk::Trailer, b'\r') => Chunk::TrailerLf,
-            (Chunk::TrailerStart | Chunk::Trailer, b'\n') => return Err(BadChunk),
+            // A bare LF ends a trailer line, and a bare empty line the body, as in hyper.
+            (Chunk::TrailerStart, b'\n') => Chunk::Done,
+            (Chunk::Trailer, b'\n') => {
+                self.line = 0;
+                Chunk::TrailerStart
+            }
             (Chunk::TrailerStart | Chunk::Trailer, _) => Chunk::Trailer,
             (Chunk::TrailerLf, b'\n') => {
                 self.line = 0;
@@ -355,14 +447,70 @@ mod tests {
     }
 
     #[test]
+    fn answers_are_framed_by_status_method_and_headers() {
+        let head = |s: &str, to_head: bool| match scan_answer(s.as_bytes(), to_head) {
+            AnswerScan::Head { body, status, len } => {
+                assert_eq!(len, s.find("\r\n\r\n").unwrap() + 4, "{s:?}");
+                (status, body)
+            }
+            other => panic!("{s:?}: {other:?}"),
+        };
+        let sized = "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nhello world!";
+        assert_eq!(head(sized, false), (200, AnswerBody::Length(12)));
+        assert_eq!(head(sized, true), (200, AnswerBody::Empty), "HEAD: no body");
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert_eq!(head(chunked, false), (200, AnswerBody::Chunked));
+        let gzip = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
+        assert_eq!(head(gzip, false), (200, AnswerBody::UntilClose));
+        let bare = "HTTP/1.0 200 OK\r\nServer: x\r\n\r\n";
+        assert_eq!(head(bare, false), (200, AnswerBody::UntilClose));
+        for status in [
+            "100 Continue",
+            "103 Early Hints",
+            "204 No Content",
+            "304 Not Modified",
+        ] {
+            let s = format!("HTTP/1.1 {status}\r\nContent-Length: 5\r\n\r\n");
+            assert_eq!(head(&s, false).1, AnswerBody::Empty, "{status}");
+        }
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false),
+            (200, AnswerBody::Empty)
+        );
+        assert_eq!(
+            scan_answer(b"HTTP/1.1 200 OK\r\nConte", false),
+            AnswerScan::Partial
+        );
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            assert_eq!(
+                scan_answer(bad.as_bytes(), false),
+                AnswerScan::Unframed,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunk_sizes_may_have_leading_zeros_and_trailers_bare_line_ends() {
+        let zeros = b"00000000000000000005\r\nhello\r\n0\r\n\r\n";
+        assert_eq!(end_of(zeros, 3), Ok(Some(zeros.len())));
+        let trailers = b"0\r\nX-A: 1\nX-B: 2\r\n\r\nGET";
+        assert_eq!(end_of(trailers, 1), Ok(Some(trailers.len() - 3)));
+        assert_eq!(end_of(b"0\r\n\nGET", 1), Ok(Some(4)));
+    }
+
+    #[test]
     fn malformed_chunks_are_refused() {
         for body in [
             &b"x\r\n"[..],
             b"5\nhello\r\n",
             b"5\r\nhelloXX",
             b"\r\n",
-            b"ffffffffffffffff\r\n",
-            b"0\r\nbad trailer\n",
+            b"10000000000000000\r\n",
         ] {
             assert_eq!(end_of(body, 1), Err(BadChunk), "{body:?}");
         }
