@@ -152,6 +152,52 @@ fn a_tunnel_on_one_edge_is_served_at_every_other_edge() {
     assert_eq!(r.status, "200", "{}", r.body);
     assert!(r.body.contains("hello from local /over-tls") && r.body.contains("xfp=https"));
 
+    // HTTPS/1.1 keep-alive with large answers: each reaches the visitor whole, and the next
+    // request follows on the same connection and the same relay channel.
+    let channels = || {
+        metric_sum(
+            &edge_metrics(&stack, AP),
+            "nearhop_edge_relay_connections_total",
+            &[("peer", "eu-1"), ("direction", "out")],
+        )
+    };
+    let before = channels();
+    let size = 4 * 1024 * 1024;
+    let blob_url = format!("https://{host}:{}/blob/{size}", ap.tls);
+    let saved: Vec<_> = (0..3)
+        .map(|i| stack.path().join(format!("tls-blob-{i}")))
+        .collect();
+    let mut curl = std::process::Command::new("curl");
+    curl.args(["-sS", "--max-time", "120", "--cacert"])
+        .arg(&ca)
+        .arg("--resolve")
+        .arg(format!("{host}:{}:{}", ap.tls, ap.ip))
+        .arg("--http1.1")
+        .args(["-w", "%{http_code} %{num_connects}\n"]);
+    for path in &saved {
+        curl.arg("-o").arg(path).arg(&blob_url);
+    }
+    let out = curl.output().expect("curl runs");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        report.lines().collect::<Vec<_>>(),
+        ["200 1", "200 0", "200 0"],
+        "three answers on one connection"
+    );
+    for path in &saved {
+        assert_blob(&std::fs::read(path).expect("download"), size);
+    }
+    assert_eq!(
+        channels() - before,
+        1.0,
+        "three large HTTPS answers, one visitor connection, one relay channel"
+    );
+
     // A name no edge holds: the page, at once, from the edge itself.
     let (status, body) =
         http_get(stack.regions[US].http_addr(), "nobody.a.tunnel.test", "/").unwrap();
@@ -319,9 +365,9 @@ fn pipelined_requests_with_bodies_are_relayed_whole_and_in_order() {
     assert_eq!(status, 200, "{body}");
 }
 
-/// A raw service that answers every connection's first request with a body that ends when
-/// it closes the connection, the way HTTP/1.0 servers do.
-fn until_close_service() -> u16 {
+/// A raw service that answers every connection's first request with `answer` and closes
+/// the connection.
+fn one_answer_service(answer: &'static [u8]) -> u16 {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -332,11 +378,53 @@ fn until_close_service() -> u16 {
             while !head.ends_with(b"\r\n\r\n") && conn.read_exact(&mut byte).is_ok() {
                 head.push(byte[0]);
             }
-            let _ =
-                conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close");
+            let _ = conn.write_all(answer);
         }
     });
     port
+}
+
+/// A raw service whose answers end when it closes the connection, the way HTTP/1.0 servers
+/// answer.
+fn until_close_service() -> u16 {
+    one_answer_service(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close")
+}
+
+/// A holder that ends the relay channel between answers (here a raw service closing its
+/// connection after a framed answer, without saying so) does not end the visitor's
+/// connection: the relaying edge takes it over (as its HTTP proxy), and the next request on
+/// it is answered.
+#[test]
+fn a_holder_leaving_between_answers_does_not_end_the_visitors_connection() {
+    let stack = mesh_stack();
+    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce";
+    let token = stack.pro_token();
+    let mut args = SshArgs::http_tunnel(Some(&token), one_answer_service(answer));
+    args.command = vec!["x:noreverseproxy".into()];
+    let mut client = stack.ssh_to(EU, "closer", &args);
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let host = host_of(&url);
+    wait_relayed(&stack, US, &url);
+    let active = || {
+        metric_sum(
+            &edge_metrics(&stack, EU),
+            "nearhop_edge_visitor_connections_active",
+            &[],
+        )
+    };
+    let idle = active();
+    let mut conn = std::net::TcpStream::connect(stack.regions[US].http_addr()).unwrap();
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    for i in 0..3 {
+        write!(conn, "GET /{i} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+        let (status, body) = read_response(&mut conn);
+        assert_eq!((status, body.as_str()), (200, "once"), "answer {i}");
+        // The holder let go of the relayed connection (the service closed it).
+        eventually("eu closes the relayed connection", || {
+            anyhow::ensure!(active() <= idle, "still open at eu");
+            Ok(())
+        });
+    }
 }
 
 /// An answer that ends only when the holder closes the relay channel cannot be told from

@@ -42,6 +42,9 @@ pub struct RequestHead {
     pub body: BodyFraming,
     /// Whether it is a `HEAD` request (its answer has no body, whatever its head says).
     pub is_head: bool,
+    /// Whether the visitor ends the connection after it (`Connection: close`, or HTTP/1.0
+    /// without `keep-alive`).
+    pub close: bool,
 }
 
 /// What the start of a buffer holds.
@@ -82,13 +85,9 @@ pub fn scan_head(buf: &[u8]) -> HeadScan {
             }
             chunked = true;
         } else if name.eq_ignore_ascii_case("content-length") {
-            let Some(n) = decimal(trimmed(h.value)) else {
-                return HeadScan::ForHyper;
-            };
-            if length.is_some_and(|l| l != n) {
+            if !fold_length(&mut length, h.value) {
                 return HeadScan::ForHyper;
             }
-            length = Some(n);
         } else if name.eq_ignore_ascii_case("host") {
             if host_header.is_some() {
                 return HeadScan::ForHyper;
@@ -118,6 +117,7 @@ pub fn scan_head(buf: &[u8]) -> HeadScan {
             host,
             body,
             is_head: req.method == Some("HEAD"),
+            close: closes(req.headers, req.version),
         }),
         None => HeadScan::ForHyper,
     }
@@ -147,6 +147,9 @@ pub enum AnswerScan {
         status: u16,
         /// How its body ends.
         body: AnswerBody,
+        /// Whether the connection ends after it (`Connection: close`, or HTTP/1.0 without
+        /// `keep-alive`).
+        close: bool,
     },
     /// Not yet a complete head.
     Partial,
@@ -167,11 +170,13 @@ pub fn scan_answer(buf: &[u8], to_head: bool) -> AnswerScan {
     let Some(status) = resp.code else {
         return AnswerScan::Unframed;
     };
+    let close = closes(resp.headers, resp.version);
     if to_head || (100..200).contains(&status) || status == 204 || status == 304 {
         return AnswerScan::Head {
             len,
             status,
             body: AnswerBody::Empty,
+            close,
         };
     }
     let mut length: Option<u64> = None;
@@ -180,14 +185,10 @@ pub fn scan_answer(buf: &[u8], to_head: bool) -> AnswerScan {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             let coding = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
             last_coding = Some(trimmed(coding));
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            let Some(n) = decimal(trimmed(h.value)) else {
-                return AnswerScan::Unframed;
-            };
-            if length.is_some_and(|l| l != n) {
-                return AnswerScan::Unframed;
-            }
-            length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("content-length")
+            && !fold_length(&mut length, h.value)
+        {
+            return AnswerScan::Unframed;
         }
     }
     let body = match (last_coding, length) {
@@ -196,7 +197,30 @@ pub fn scan_answer(buf: &[u8], to_head: bool) -> AnswerScan {
         (None, Some(0)) => AnswerBody::Empty,
         (None, Some(n)) => AnswerBody::Length(n),
     };
-    AnswerScan::Head { len, status, body }
+    AnswerScan::Head {
+        len,
+        status,
+        body,
+        close,
+    }
+}
+
+/// Whether a message with these headers, of HTTP/1.`version`, ends its connection:
+/// `Connection: close`, or HTTP/1.0 without `keep-alive`.
+fn closes(headers: &[httparse::Header<'_>], version: Option<u8>) -> bool {
+    let mut close = None;
+    for h in headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|b| *b == b',').map(trimmed) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = Some(true);
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    close.get_or_insert(false);
+                }
+            }
+        }
+    }
+    close.unwrap_or(version == Some(0))
 }
 
 fn trimmed(v: &[u8]) -> &[u8] {
@@ -209,6 +233,22 @@ fn trimmed(v: &[u8]) -> &[u8] {
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(start, |e| e + 1);
     &v[start..end]
+}
+
+/// A `Content-Length` header's value folded into `length`, the value of those before it:
+/// `false` when it is not a length or differs from one before it. A list of equal values
+/// (`5, 5`, as a proxy that joined duplicate headers sends) counts as one, as in hyper.
+fn fold_length(length: &mut Option<u64>, value: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .all(|item| match (decimal(trimmed(item)), *length) {
+            (None, _) => false,
+            (Some(n), Some(l)) => n == l,
+            (Some(n), None) => {
+                *length = Some(n);
+                true
+            }
+        })
 }
 
 /// A `Content-Length` value: digits only, at most 19 of them (no sign, no overflow).
@@ -345,12 +385,9 @@ impl ChunkedEnd {
             (Chunk::DataLf, b'\n') => Chunk::Size { digits: 0, size: 0 },
             (Chunk::TrailerStart, b'\r') => Chunk::EndLf,
             (Chunk::Trailer, b'\r') => Chunk::TrailerLf,
-            // A bare LF ends a trailer line, and a bare empty line the body, as in hyper.
-            (Chunk::TrailerStart, b'\n') => Chunk::Done,
-            (Chunk::Trailer, b'\n') => {
-                self.line = 0;
-                Chunk::TrailerStart
-            }
+            // Only CRLF ends a trailer line or the body: hyper takes a bare LF as part of a
+            // trailer, so a body framed otherwise here would end elsewhere there.
+            (Chunk::TrailerStart | Chunk::Trailer, b'\n') => return Err(BadChunk),
             (Chunk::TrailerStart | Chunk::Trailer, _) => Chunk::Trailer,
             (Chunk::TrailerLf, b'\n') => {
                 self.line = 0;
@@ -382,11 +419,16 @@ mod tests {
             "GET /a HTTP/1.1\r\nHost: Blog.Example:8080\r\n\r\n".len()
         );
         assert_eq!(h.body, BodyFraming::Empty);
+        assert!(!h.close);
+        assert!(plain("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").close);
+        assert!(plain("GET / HTTP/1.0\r\nHost: x\r\n\r\n").close);
         let h = plain("POST / HTTP/1.1\r\nhost: x.example\r\ncontent-length: 12\r\n\r\n");
         assert_eq!(h.body, BodyFraming::Length(12));
         let h = plain(
             "POST / HTTP/1.1\r\nHost: x.example\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
         );
+        assert_eq!(h.body, BodyFraming::Length(5));
+        let h = plain("POST / HTTP/1.1\r\nHost: x.example\r\nContent-Length: 5 , 5\r\n\r\n");
         assert_eq!(h.body, BodyFraming::Length(5));
         let h = plain("POST / HTTP/1.1\r\nHost: x.example\r\nTransfer-Encoding: Chunked\r\n\r\n");
         assert_eq!(h.body, BodyFraming::Chunked);
@@ -406,6 +448,8 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3,\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
@@ -449,7 +493,9 @@ mod tests {
     #[test]
     fn answers_are_framed_by_status_method_and_headers() {
         let head = |s: &str, to_head: bool| match scan_answer(s.as_bytes(), to_head) {
-            AnswerScan::Head { body, status, len } => {
+            AnswerScan::Head {
+                body, status, len, ..
+            } => {
                 assert_eq!(len, s.find("\r\n\r\n").unwrap() + 4, "{s:?}");
                 (status, body)
             }
@@ -481,9 +527,14 @@ mod tests {
             scan_answer(b"HTTP/1.1 200 OK\r\nConte", false),
             AnswerScan::Partial
         );
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n", false),
+            (200, AnswerBody::Length(2))
+        );
         for bad in [
             "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\n",
             "SSH-2.0-OpenSSH\r\n\r\n",
         ] {
             assert_eq!(
@@ -495,12 +546,29 @@ mod tests {
     }
 
     #[test]
-    fn chunk_sizes_may_have_leading_zeros_and_trailers_bare_line_ends() {
+    fn answers_say_whether_the_connection_ends_after_them() {
+        let close = |s: &str| match scan_answer(s.as_bytes(), false) {
+            AnswerScan::Head { close, .. } => close,
+            other => panic!("{s:?}: {other:?}"),
+        };
+        let sized = "Content-Length: 0\r\n\r\n";
+        assert!(!close(&format!("HTTP/1.1 200 OK\r\n{sized}")));
+        assert!(close(&format!(
+            "HTTP/1.1 200 OK\r\nConnection: Upgrade, Close\r\n{sized}"
+        )));
+        assert!(close(&format!("HTTP/1.0 200 OK\r\n{sized}")));
+        assert!(!close(&format!(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n{sized}"
+        )));
+        assert!(close(
+            "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn chunk_sizes_may_have_leading_zeros() {
         let zeros = b"00000000000000000005\r\nhello\r\n0\r\n\r\n";
         assert_eq!(end_of(zeros, 3), Ok(Some(zeros.len())));
-        let trailers = b"0\r\nX-A: 1\nX-B: 2\r\n\r\nGET";
-        assert_eq!(end_of(trailers, 1), Ok(Some(trailers.len() - 3)));
-        assert_eq!(end_of(b"0\r\n\nGET", 1), Ok(Some(4)));
     }
 
     #[test]
@@ -511,6 +579,10 @@ mod tests {
             b"5\r\nhelloXX",
             b"\r\n",
             b"10000000000000000\r\n",
+            // Trailer lines and the final blank line end with CRLF only.
+            b"0\r\nbad trailer\n",
+            b"0\r\nX-A: 1\nX-B: 2\r\n\r\n",
+            b"0\r\n\n",
         ] {
             assert_eq!(end_of(body, 1), Err(BadChunk), "{body:?}");
         }

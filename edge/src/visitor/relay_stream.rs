@@ -58,13 +58,16 @@ pub enum After<S> {
 
 /// Why the requests stopped passing.
 enum Next {
-    /// The visitor closed its side between requests, left a head unfinished, or the edge is
-    /// stopping: the answers owed are still sent.
+    /// The visitor closed its side between requests, left a head unfinished, ended the
+    /// connection with its last request (`Connection: close`), or the edge is stopping: the
+    /// answers owed are still sent.
     Done,
     /// A request broke off (the visitor left mid-body, a malformed chunked body, the
-    /// channel failed): the connection ends now.
+    /// channel failed): the answers owed to the requests before it are still sent, then the
+    /// connection ends.
     Broken,
-    /// The request at the start of these bytes goes elsewhere.
+    /// The request at the start of these bytes (none yet, or part of a head) goes
+    /// elsewhere, or to hyper.
     Elsewhere(BytesMut),
 }
 
@@ -73,7 +76,10 @@ enum Next {
 enum AnswersEnd {
     /// Every answer owed came back whole, and the requests side asked to stop.
     Clean,
-    /// The holder closed the channel, or an answer could not be framed or was cut short.
+    /// The holder closed the channel with no answer owed, between answers.
+    HolderLeft,
+    /// The holder closed the channel, or an answer could not be framed, was cut short, or
+    /// ended the connection.
     Closed,
 }
 
@@ -86,9 +92,15 @@ struct Ledger {
     idle_since: Mutex<Option<Instant>>,
     /// Set by the requests side when it is done: the answers side stops once none is owed.
     stopping: AtomicBool,
-    /// Wakes the answers side (stopping was set).
+    /// Set by the requests side when a request broke off: the answers side stops once only
+    /// that request's answer is owed.
+    broken: AtomicBool,
+    /// Set by the answers side when the holder closed the channel between answers: the
+    /// requests side hands the connection to hyper.
+    holder_left: AtomicBool,
+    /// Wakes the answers side (stopping or broken was set).
     to_answers: Notify,
-    /// Wakes the requests side (the last answer owed ended).
+    /// Wakes the requests side (the last answer owed ended, or the holder left).
     to_requests: Notify,
 }
 
@@ -122,6 +134,11 @@ impl Ledger {
         self.owed().front().copied()
     }
 
+    /// How many requests are owed an answer.
+    fn owed_count(&self) -> usize {
+        self.owed().len()
+    }
+
     fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         self.to_answers.notify_one();
@@ -129,6 +146,24 @@ impl Ledger {
 
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    fn break_off(&self) {
+        self.broken.store(true, Ordering::Release);
+        self.to_answers.notify_one();
+    }
+
+    fn broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    fn holder_leaves(&self) {
+        self.holder_left.store(true, Ordering::Release);
+        self.to_requests.notify_one();
+    }
+
+    fn holder_left(&self) -> bool {
+        self.holder_left.load(Ordering::Acquire)
     }
 }
 
@@ -166,6 +201,9 @@ where
         Ok(channel) => channel,
         // Not tried again: the holder's host stopped answering (see `not_opened`).
         Err(OpenFailure::PeerNotAnswering) => {
+            // Counted as the proxy path counts it: a request this edge tried to relay.
+            let m = &edge.metrics;
+            m.relay_requests_total.with_label_values(&[&link.id]).inc();
             holder_not_answering(edge, Prefixed::new(first, stream)).await;
             return After::Closed;
         }
@@ -192,12 +230,13 @@ where
     tokio::pin!(answers, requests);
     tokio::select! {
         (vr, cw, next) = &mut requests => {
-            if matches!(next, Next::Broken) {
-                return After::Closed;
-            }
             // The answers owed come back whole first (as long as they take: the holder's
             // own limits bound them), then the channel is dropped.
-            ledger.stop();
+            if matches!(next, Next::Broken) {
+                ledger.break_off();
+            } else {
+                ledger.stop();
+            }
             let (mut vw, end) = answers.await;
             drop(cw);
             match (next, end) {
@@ -210,9 +249,25 @@ where
                 }
             }
         }
-        (mut vw, _) = &mut answers => {
-            // The holder closed the channel (an answer with `Connection: close`, its own
-            // time limits, or it went away), or an answer could not be framed: the
+        (mut vw, end) = &mut answers => {
+            if end == AnswersEnd::HolderLeft {
+                // Between answers (the holder stopping, or its tunnel gone): the requests
+                // side hands what the visitor sends next to hyper, which routes it afresh.
+                // A request passed in the meantime is lost with the channel: then the
+                // connection ends, as it would at the holder.
+                ledger.holder_leaves();
+                let wait = idle_limit(crate::visitor::http::head_timeout(edge));
+                if let Ok((vr, cw, Next::Elsewhere(pending))) =
+                    tokio::time::timeout(wait, &mut requests).await
+                {
+                    drop(cw);
+                    if ledger.oldest().is_none() {
+                        return After::Hyper(vr.unsplit(vw), pending.to_vec());
+                    }
+                }
+            }
+            // The holder closed the channel during an answer (its own time limits, or it
+            // went away), an answer ended the connection or could not be framed: the
             // visitor's connection ends with it.
             let _ = vw.shutdown().await;
             After::Closed
@@ -224,12 +279,25 @@ where
 enum Answering {
     /// At the start of an answer head.
     Head,
-    /// In a body with this many bytes left.
-    Length(u64),
-    /// In a chunked body.
-    Chunked(ChunkedEnd),
+    /// In a body with this many bytes left; the connection ends after it when `close`.
+    Length { left: u64, close: bool },
+    /// In a chunked body; the connection ends after it when `close`.
+    Chunked { end: ChunkedEnd, close: bool },
     /// No framing from here on: bytes are copied until the channel closes.
     Raw,
+}
+
+impl Answering {
+    /// Where the answers side is once an answer ended: at the next head, or (the answer
+    /// ended the connection) raw, so that the connection is never handed on.
+    fn after_answer(ledger: &Ledger, close: bool) -> Answering {
+        ledger.answered();
+        if close {
+            Answering::Raw
+        } else {
+            Answering::Head
+        }
+    }
 }
 
 /// Copies the holder's answers to the visitor, keeping count of the answers owed, until
@@ -249,7 +317,12 @@ where
     loop {
         let ready = frame_answers(&mut at, &buf, ledger);
         if ready > 0 {
-            if let Err(e) = to.write_all(&buf[..ready]).await {
+            // Flushed at once: a TLS stream holds what it is given until then.
+            let written = match to.write_all(&buf[..ready]).await {
+                Ok(()) => to.flush().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
                 tracing::debug!(error = %e, "visitor went away during an answer");
                 return (to, AnswersEnd::Closed);
             }
@@ -260,6 +333,10 @@ where
         if between && ledger.stopping() && ledger.oldest().is_none() {
             return (to, AnswersEnd::Clean);
         }
+        // A request broke off: the answers owed before it have been sent.
+        if between && ledger.broken() && ledger.owed_count() <= 1 {
+            return (to, AnswersEnd::Closed);
+        }
         buf.reserve(COPY_SIZE);
         let read = tokio::select! {
             r = from.read_buf(&mut buf) => r,
@@ -267,6 +344,7 @@ where
             _ = ledger.to_answers.notified() => continue,
         };
         match read {
+            Ok(0) if between && ledger.oldest().is_none() => return (to, AnswersEnd::HolderLeft),
             Ok(0) => return (to, AnswersEnd::Closed),
             Ok(_) => {}
             Err(e) => {
@@ -295,7 +373,12 @@ fn frame_answers(at: &mut Answering, buf: &[u8], ledger: &Ledger) -> usize {
                 match scan_answer(rest, to_head) {
                     AnswerScan::Partial if rest.len() < MAX_ANSWER_HEAD => return ready,
                     AnswerScan::Partial | AnswerScan::Unframed => *at = Answering::Raw,
-                    AnswerScan::Head { len, status, body } => {
+                    AnswerScan::Head {
+                        len,
+                        status,
+                        body,
+                        close,
+                    } => {
                         ready += len;
                         if status == 101 {
                             *at = Answering::Raw;
@@ -303,33 +386,31 @@ fn frame_answers(at: &mut Answering, buf: &[u8], ledger: &Ledger) -> usize {
                             // Informational (`100 Continue`): the final answer follows.
                         } else {
                             *at = match body {
-                                AnswerBody::Empty => {
-                                    ledger.answered();
-                                    Answering::Head
-                                }
-                                AnswerBody::Length(n) => Answering::Length(n),
-                                AnswerBody::Chunked => Answering::Chunked(ChunkedEnd::default()),
+                                AnswerBody::Empty => Answering::after_answer(ledger, close),
+                                AnswerBody::Length(left) => Answering::Length { left, close },
+                                AnswerBody::Chunked => Answering::Chunked {
+                                    end: ChunkedEnd::default(),
+                                    close,
+                                },
                                 AnswerBody::UntilClose => Answering::Raw,
                             };
                         }
                     }
                 }
             }
-            Answering::Length(left) => {
+            Answering::Length { left, close } => {
                 let take = (*left).min(rest.len() as u64);
                 ready += take as usize;
                 *left -= take;
                 if *left > 0 {
                     return ready;
                 }
-                ledger.answered();
-                *at = Answering::Head;
+                *at = Answering::after_answer(ledger, *close);
             }
-            Answering::Chunked(chunked) => match chunked.advance(rest) {
+            Answering::Chunked { end, close } => match end.advance(rest) {
                 Ok(Some(n)) => {
                     ready += n;
-                    ledger.answered();
-                    *at = Answering::Head;
+                    *at = Answering::after_answer(ledger, *close);
                 }
                 Ok(None) => return buf.len(),
                 Err(_) => *at = Answering::Raw,
@@ -357,6 +438,10 @@ where
         if let Err(e) = pass_one(pass, &mut from, &mut to, &mut buf, &head).await {
             tracing::debug!(error = %e, "relayed request cut short");
             break Next::Broken;
+        }
+        // The visitor said it sends nothing more: the connection ends after the answers.
+        if head.close {
+            break Next::Done;
         }
         match next_head(pass, &mut from, &mut buf).await {
             Some(HeadScan::Plain(next)) if goes_along(pass, &next) => head = next,
@@ -466,7 +551,9 @@ fn idle_limit(head_timeout: Duration) -> Duration {
 
 /// The next request's head: none when the visitor closes between requests, the edge stops,
 /// the connection stays idle past [`idle_limit`], or a head it began does not arrive in
-/// time (hyper's head timeout); too long a head is left to hyper, which refuses it.
+/// time (hyper's head timeout). Left to hyper, which routes it afresh: too long a head
+/// (hyper refuses it), a head begun but not complete when the idle limit comes (the holder
+/// would close before it could be passed), and whatever comes after the holder left.
 async fn next_head<R: AsyncRead + Unpin>(
     pass: &Pass<'_>,
     from: &mut R,
@@ -480,6 +567,9 @@ async fn next_head<R: AsyncRead + Unpin>(
     let mut deadline = (!buf.is_empty()).then(|| Instant::now() + head_timeout);
     let mut scanned = 0;
     loop {
+        if pass.ledger.holder_left() {
+            return Some(HeadScan::ForHyper);
+        }
         if !buf.is_empty() && (scanned == 0 || first_request::has_head_end(buf, scanned)) {
             match scan_head(buf) {
                 HeadScan::Partial => {}
@@ -491,28 +581,24 @@ async fn next_head<R: AsyncRead + Unpin>(
         }
         scanned = buf.len();
         buf.reserve(READ_SIZE);
-        let read = match deadline {
-            None => {
-                // Between requests: until the connection has been idle too long (counted
-                // from the end of the last answer owed) or the edge stops.
-                let idle_until = (*pass.ledger.idle()).map(|since| since + idle);
-                tokio::select! {
-                    r = from.read_buf(buf) => r,
-                    _ = edge.shutdown.cancelled() => return None,
-                    _ = pass.ledger.to_requests.notified() => continue,
-                    _ = sleep_until_some(idle_until) => {
-                        tracing::debug!("relayed visitor connection idle; closed");
-                        return None;
-                    }
-                }
-            }
-            Some(at) => match tokio::time::timeout_at(at, from.read_buf(buf)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::debug!("visitor sent no complete request head in time");
+        // Idle is counted from the end of the last answer owed (none while one is owed).
+        let idle_until = (*pass.ledger.idle()).map(|since| since + idle);
+        let read = tokio::select! {
+            r = from.read_buf(buf) => r,
+            _ = edge.shutdown.cancelled() => return None,
+            // Looked at again above: the last answer owed ended, or the holder left.
+            _ = pass.ledger.to_requests.notified() => continue,
+            _ = sleep_until_some(idle_until) => {
+                if buf.is_empty() {
+                    tracing::debug!("relayed visitor connection idle; closed");
                     return None;
                 }
-            },
+                return Some(HeadScan::ForHyper);
+            }
+            _ = sleep_until_some(deadline) => {
+                tracing::debug!("visitor sent no complete request head in time");
+                return None;
+            }
         };
         match read {
             Ok(0) | Err(_) => return None,
@@ -601,6 +687,51 @@ mod tests {
         let mut at = Answering::Head;
         assert_eq!(frame(&ledger, &mut at, b"HTTP/1.1 200 OK\r\n\r\n"), 19);
         assert!(matches!(at, Answering::Raw));
+    }
+
+    #[test]
+    fn an_answer_that_ends_the_connection_turns_the_rest_raw() {
+        let ledger = Ledger::default();
+        ledger.passed(false);
+        ledger.passed(false);
+        let mut at = Answering::Head;
+        let answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok";
+        assert_eq!(frame(&ledger, &mut at, answer), answer.len());
+        assert!(matches!(at, Answering::Raw), "never handed on after it");
+        assert_eq!(ledger.owed_count(), 1, "its request was answered");
+    }
+
+    /// A visitor stream that holds what it is given until flushed (as a TLS stream holds
+    /// what it could not yet write to its socket) gets each answer whole all the same.
+    #[tokio::test(start_paused = true)]
+    async fn answers_are_flushed_to_the_visitor_as_they_pass() {
+        let (holder, channel) = tokio::io::duplex(1 << 16);
+        let (visitor, edge_side) = tokio::io::duplex(1 << 16);
+        let buffering = tokio::io::BufWriter::with_capacity(1 << 20, edge_side);
+        let ledger = Arc::new(Ledger::default());
+        ledger.passed(false);
+        let copying = {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                let (from, _) = tokio::io::split(channel);
+                let (_, to) = tokio::io::split(buffering);
+                let bytes = IntCounter::new("bytes", "bytes").expect("counter");
+                copy_answers(from, to, &ledger, &bytes).await.1
+            })
+        };
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        let (_holder_reads, mut holder) = tokio::io::split(holder);
+        holder.write_all(answer).await.expect("holder writes");
+        let (mut visitor, _visitor_writes) = tokio::io::split(visitor);
+        let mut got = vec![0u8; answer.len()];
+        let read = tokio::time::timeout(Duration::from_secs(3600), visitor.read_exact(&mut got));
+        assert!(
+            read.await.is_ok(),
+            "the answer reached the visitor without waiting for another"
+        );
+        assert_eq!(&got, answer);
+        assert!(ledger.oldest().is_none());
+        copying.abort();
     }
 
     #[test]
