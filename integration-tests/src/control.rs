@@ -53,6 +53,9 @@ pub struct ControlSpec {
     pub anonymous_per_source: u64,
     /// More TOML appended verbatim (zone policies and the like).
     pub extra_toml: String,
+    /// Whether control also accepts the legacy secret shared by all edges (tests act as
+    /// edges with it; `make up` turns it off, so that there only credentials work).
+    pub legacy_edge_secret: bool,
 }
 
 impl ControlSpec {
@@ -78,12 +81,18 @@ impl ControlSpec {
             free_rate_limit: 0,
             anonymous_per_source: 0,
             extra_toml: String::new(),
+            legacy_edge_secret: true,
         }
     }
 
     fn to_toml(&self, edge_secret: &str, admin_secret: &str) -> String {
+        let legacy = if self.legacy_edge_secret {
+            format!("edge_secret = \"{edge_secret}\"\n")
+        } else {
+            String::new()
+        };
         let mut t = format!(
-            "listen = \"{}\"\ndatabase_url = \"{}\"\nedge_secret = \"{edge_secret}\"\n\
+            "listen = \"{}\"\ndatabase_url = \"{}\"\n{legacy}\
              admin_secret = \"{admin_secret}\"\nprimary_region = \"{}\"\nlag_wait_ms = {}\n\
              lease_seconds = {}\nheartbeat_seconds = {}\nreap_interval_ms = {}\n",
             self.listen,
@@ -125,7 +134,7 @@ impl ControlSpec {
 pub struct ControlProcess {
     /// Base URL of the API, e.g. `http://127.0.0.1:7080`.
     pub url: String,
-    /// The edge secret.
+    /// The legacy edge secret; control accepts it only with `legacy_edge_secret`.
     pub edge_secret: String,
     /// The admin secret.
     pub admin_secret: String,
@@ -358,4 +367,29 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_legacy_edge_secret_is_written_only_when_asked_for() {
+        let regions = vec![ControlRegion {
+            name: "us".into(),
+            ipv4: std::net::Ipv4Addr::LOCALHOST,
+            backend_url: None,
+        }];
+        let listen = SocketAddr::from(([127, 0, 0, 1], 7080));
+        let mut spec = ControlSpec::for_tests(listen, "postgres://x".into(), regions);
+        let with = spec.to_toml("legacy-secret-0123", "admin");
+        assert!(
+            with.contains("edge_secret = \"legacy-secret-0123\""),
+            "{with}"
+        );
+        spec.legacy_edge_secret = false;
+        let without = spec.to_toml("legacy-secret-0123", "admin");
+        assert!(!without.contains("edge_secret"), "{without}");
+        assert!(without.contains("admin_secret = \"admin\""), "{without}");
+    }
 }

@@ -60,6 +60,8 @@ fn main() -> Result<()> {
         edge_https: true,
         edges_per_region: cli.edges_per_region,
         acme: cli.acme,
+        // Every edge has its own credential: nothing here may act as any edge.
+        control_tweak: Some(|spec| spec.legacy_edge_secret = false),
         ..Default::default()
     })?;
     let demo = stack.control.create_account(Plan::Pro)?;
