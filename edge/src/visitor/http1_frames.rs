@@ -85,7 +85,9 @@ pub fn scan_head(buf: &[u8]) -> HeadScan {
             }
             chunked = true;
         } else if name.eq_ignore_ascii_case("content-length") {
-            if !fold_length(&mut length, h.value) {
+            // hyper's server takes no list of lengths in a request (its client does in an
+            // answer): a list is hyper's to refuse.
+            if h.value.contains(&b',') || !fold_length(&mut length, h.value) {
                 return HeadScan::ForHyper;
             }
         } else if name.eq_ignore_ascii_case("host") {
@@ -237,7 +239,8 @@ fn trimmed(v: &[u8]) -> &[u8] {
 
 /// A `Content-Length` header's value folded into `length`, the value of those before it:
 /// `false` when it is not a length or differs from one before it. A list of equal values
-/// (`5, 5`, as a proxy that joined duplicate headers sends) counts as one, as in hyper.
+/// (`5, 5`, as a proxy that joined duplicate headers sends) counts as one, as hyper's
+/// client takes it in an answer.
 fn fold_length(length: &mut Option<u64>, value: &[u8]) -> bool {
     value
         .split(|b| *b == b',')
@@ -428,8 +431,6 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: x.example\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
         );
         assert_eq!(h.body, BodyFraming::Length(5));
-        let h = plain("POST / HTTP/1.1\r\nHost: x.example\r\nContent-Length: 5 , 5\r\n\r\n");
-        assert_eq!(h.body, BodyFraming::Length(5));
         let h = plain("POST / HTTP/1.1\r\nHost: x.example\r\nTransfer-Encoding: Chunked\r\n\r\n");
         assert_eq!(h.body, BodyFraming::Chunked);
         let h = plain("GET http://b.example/p HTTP/1.1\r\nHost: a.example\r\n\r\n");
@@ -448,7 +449,7 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3,\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",

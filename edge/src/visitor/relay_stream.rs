@@ -129,6 +129,14 @@ impl Ledger {
         }
     }
 
+    /// A request's last byte was passed: when its answer already ended, idle time starts
+    /// now, as the holder's does.
+    fn request_passed(&self) {
+        if self.owed().is_empty() {
+            *self.idle() = Some(Instant::now());
+        }
+    }
+
     /// Whether the oldest request owed is a `HEAD`; none when nothing is owed.
     fn oldest(&self) -> Option<bool> {
         self.owed().front().copied()
@@ -233,10 +241,17 @@ where
             // The answers owed come back whole first (as long as they take: the holder's
             // own limits bound them), then the channel is dropped.
             if matches!(next, Next::Broken) {
+                // The answers owed before the broken request, as long as they come within
+                // a head timeout (the broken one's answer may wait for a body that never
+                // comes, and the connection closes anyway).
                 ledger.break_off();
-            } else {
-                ledger.stop();
+                let wait = crate::visitor::http::head_timeout(edge);
+                if let Ok((mut vw, _)) = tokio::time::timeout(wait, answers).await {
+                    let _ = vw.shutdown().await;
+                }
+                return After::Closed;
             }
+            ledger.stop();
             let (mut vw, end) = answers.await;
             drop(cw);
             match (next, end) {
@@ -344,9 +359,18 @@ where
             _ = ledger.to_answers.notified() => continue,
         };
         match read {
-            Ok(0) if between && ledger.oldest().is_none() => return (to, AnswersEnd::HolderLeft),
-            Ok(0) => return (to, AnswersEnd::Closed),
-            Ok(_) => {}
+            Ok(n) if n > 0 => {}
+            // Between answers with none owed: the connection can go on without the channel
+            // (the requests side may have stopped meanwhile: then it is a clean end).
+            _ if between && ledger.oldest().is_none() => {
+                let end = if ledger.stopping() {
+                    AnswersEnd::Clean
+                } else {
+                    AnswersEnd::HolderLeft
+                };
+                return (to, end);
+            }
+            Ok(_) => return (to, AnswersEnd::Closed),
             Err(e) => {
                 tracing::debug!(error = %e, "relay channel ended");
                 return (to, AnswersEnd::Closed);
@@ -439,6 +463,9 @@ where
             tracing::debug!(error = %e, "relayed request cut short");
             break Next::Broken;
         }
+        // An answer may end before its request's body does (a refusal while the upload
+        // goes on): the holder's idle time starts only now.
+        pass.ledger.request_passed();
         // The visitor said it sends nothing more: the connection ends after the answers.
         if head.close {
             break Next::Done;
@@ -732,6 +759,23 @@ mod tests {
         assert_eq!(&got, answer);
         assert!(ledger.oldest().is_none());
         copying.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_time_starts_once_both_the_answer_and_its_request_ended() {
+        let ledger = Ledger::default();
+        ledger.passed(false);
+        ledger.answered();
+        let answered = ledger.idle().expect("idle once answered");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // The refused upload's body went on passing for five seconds.
+        ledger.request_passed();
+        let since = ledger.idle().expect("idle");
+        assert_eq!(since - answered, Duration::from_secs(5));
+        // Not while an answer is owed.
+        ledger.passed(false);
+        ledger.request_passed();
+        assert!(ledger.idle().is_none());
     }
 
     #[test]
