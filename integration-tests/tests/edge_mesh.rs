@@ -463,6 +463,65 @@ fn an_answer_that_ends_at_close_is_never_followed_by_another_tunnels_answer() {
     );
 }
 
+/// The holder edge dies while a relayed `GET` waits for its answer: the relaying edge sends
+/// it again (no byte of its answer had reached the visitor), waiting out the client's
+/// reconnect through another region, and the visitor gets its answer on the same
+/// connection. Nothing is sent twice that may not be (a `POST`'s connection just closes).
+#[test]
+fn a_holder_dying_before_it_answers_a_get_does_not_fail_the_visitor() {
+    let mut stack = mesh_stack();
+    let local = LocalService::start("local");
+    let token = stack.pro_token();
+    let (mut first, url) = stack
+        .http_tunnel(EU, "eu-client", Some(&token), local.port)
+        .expect("tunnel through eu");
+    wait_relayed(&stack, US, &url);
+    let host = host_of(&url);
+    let mut conn = std::net::TcpStream::connect(stack.regions[US].http_addr()).unwrap();
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(conn, "GET /before HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let (status, body) = read_response(&mut conn);
+    assert_eq!(status, 200, "{body}");
+    // A slow answer, and a POST on a connection of its own, both in flight.
+    write!(conn, "GET /hang/4 HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut post = std::net::TcpStream::connect(stack.regions[US].http_addr()).unwrap();
+    post.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        post,
+        "GET /before HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         POST /hang/4 HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n\r\nhi"
+    )
+    .unwrap();
+    let (status, _) = read_response(&mut post);
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let pid = stack.edges[EU].pid().expect("eu runs");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    stack.edges[EU].stop_within(Duration::ZERO);
+    first.stop();
+    let (_second, again) = stack
+        .http_tunnel(AP, "ap-client", Some(&token), local.port)
+        .expect("tunnel through ap");
+    assert_eq!(host_of(&again), host, "a pro client gets its name back");
+
+    let (status, body) = read_response(&mut conn);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("hello from local /hang/4"), "{body}");
+    // The same connection goes on.
+    write!(conn, "GET /after HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let (status, body) = read_response(&mut conn);
+    assert_eq!(status, 200, "{body}");
+    // The POST is not sent twice: its connection ended without an answer.
+    let mut rest = Vec::new();
+    let _ = post.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+}
+
 #[test]
 fn downloads_upgrades_and_allowlists_work_through_the_relay() {
     let stack = mesh_stack();

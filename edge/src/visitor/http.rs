@@ -15,6 +15,7 @@ use crate::io::counting::CountingStream;
 use crate::io::last_word;
 use crate::io::proxy_header;
 use crate::io::read_buffer::Prefixed;
+use crate::mesh::links::PeerLink;
 use crate::ssh::messages;
 use crate::tunnels::Tunnel;
 use crate::visitor::first_request;
@@ -213,18 +214,39 @@ struct Failed {
     page: Response<ProxyBody>,
     /// The tunnel whose session stopped answering: wait for it to close, then route again.
     ending: Option<Arc<Tunnel>>,
+    /// The peer edge that held the tunnel: when its link is going down, wait until this
+    /// edge has forgotten what the peer held, then route again (to where the tunnel's
+    /// client reconnects, waiting that out).
+    peer: Option<Arc<PeerLink>>,
 }
 
 impl Failed {
     /// The failure of an attempt to reach `target`; `ending`, its tunnel's session.
     fn at(target: Target<'_>, ending: Option<Arc<Tunnel>>) -> Failed {
-        let page = match target {
-            Target::Tunnel(_) => pages::client_unreachable(),
-            Target::Peer(..) => pages::holder_unreachable(),
+        let (page, peer) = match target {
+            Target::Tunnel(_) => (pages::client_unreachable(), None),
+            Target::Peer(link, _) => (pages::holder_unreachable(), Some(link.clone())),
         };
-        Failed { page, ending }
+        Failed { page, ending, peer }
     }
 }
+
+/// Waits until `host` is no longer routed to `link` (its link went down and its holdings
+/// were forgotten, or the name moved), up to [`SESSION_END_WAIT`].
+async fn peer_let_go(edge: &Edge, link: &Arc<PeerLink>, host: &str) {
+    let until = Instant::now() + SESSION_END_WAIT;
+    let name = edge.registry.tunnel_name(host);
+    while Instant::now() < until {
+        match edge.mesh.holder_of(&name) {
+            Some((holder, _)) if Arc::ptr_eq(&holder, link) => {}
+            _ => return,
+        }
+        tokio::time::sleep(PEER_LET_GO_POLL).await;
+    }
+}
+
+/// How often [`peer_let_go`] looks.
+const PEER_LET_GO_POLL: Duration = Duration::from_millis(50);
 
 /// What became of a request sent upstream.
 enum Sent {
@@ -327,6 +349,9 @@ impl VisitorConn {
             tracing::debug!(attempt, "sending a request again after its upstream failed");
             self.edge.metrics.http_retries_total.inc();
             req = replay.request();
+            if let (Some(link), Some(host)) = (failed.peer, request_host(&req)) {
+                peer_let_go(&self.edge, &link, &host).await;
+            }
         }
     }
 

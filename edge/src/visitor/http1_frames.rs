@@ -45,6 +45,8 @@ pub struct RequestHead {
     /// Whether the visitor ends the connection after it (`Connection: close`, or HTTP/1.0
     /// without `keep-alive`).
     pub close: bool,
+    /// Whether it may be sent twice: a `GET`, `HEAD` or `OPTIONS` without a body.
+    pub replayable: bool,
 }
 
 /// What the start of a buffer holds.
@@ -120,6 +122,8 @@ pub fn scan_head(buf: &[u8]) -> HeadScan {
             body,
             is_head: req.method == Some("HEAD"),
             close: closes(req.headers, req.version),
+            replayable: body == BodyFraming::Empty
+                && matches!(req.method, Some("GET" | "HEAD" | "OPTIONS")),
         }),
         None => HeadScan::ForHyper,
     }
@@ -423,10 +427,14 @@ mod tests {
         );
         assert_eq!(h.body, BodyFraming::Empty);
         assert!(!h.close);
+        assert!(h.replayable);
         assert!(plain("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").close);
         assert!(plain("GET / HTTP/1.0\r\nHost: x\r\n\r\n").close);
         let h = plain("POST / HTTP/1.1\r\nhost: x.example\r\ncontent-length: 12\r\n\r\n");
         assert_eq!(h.body, BodyFraming::Length(12));
+        assert!(!h.replayable, "a POST is not sent twice");
+        assert!(!plain("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n").replayable);
+        assert!(!plain("DELETE /a HTTP/1.1\r\nHost: x\r\n\r\n").replayable);
         let h = plain(
             "POST / HTTP/1.1\r\nHost: x.example\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
         );

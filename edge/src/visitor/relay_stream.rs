@@ -48,6 +48,9 @@ const COPY_SIZE: usize = 64 * 1024;
 /// Longest answer head framed; a longer one makes the connection raw.
 const MAX_ANSWER_HEAD: usize = 64 * 1024;
 
+/// Most bytes of requests kept to send again should the holder go before answering them.
+const MAX_REPLAY: usize = 64 * 1024;
+
 /// Where the connection goes once this path ends.
 pub enum After<S> {
     /// It is over.
@@ -58,10 +61,12 @@ pub enum After<S> {
 
 /// Why the requests stopped passing.
 enum Next {
-    /// The visitor closed its side between requests, left a head unfinished, ended the
-    /// connection with its last request (`Connection: close`), or the edge is stopping: the
-    /// answers owed are still sent.
+    /// The visitor closed its side between requests, left a head unfinished, or the edge
+    /// is stopping: the answers owed are still sent.
     Done,
+    /// The visitor's last request (`Connection: close`) was passed: the answers owed are
+    /// still sent, then the connection ends.
+    Last,
     /// A request broke off (the visitor left mid-body, a malformed chunked body, the
     /// channel failed): the answers owed to the requests before it are still sent, then the
     /// connection ends.
@@ -76,18 +81,27 @@ enum Next {
 enum AnswersEnd {
     /// Every answer owed came back whole, and the requests side asked to stop.
     Clean,
-    /// The holder closed the channel with no answer owed, between answers.
+    /// The holder closed the channel between answers, with no answer owed or only answers
+    /// to requests that may be sent again (none of their bytes went to the visitor).
     HolderLeft,
     /// The holder closed the channel, or an answer could not be framed, was cut short, or
     /// ended the connection.
     Closed,
 }
 
+/// A request passed and not yet answered whole.
+struct Owed {
+    /// Whether it is a `HEAD` (its answer has no body).
+    is_head: bool,
+    /// Its bytes, when it may be sent again (see [`MAX_REPLAY`]).
+    replay: Option<Vec<u8>>,
+}
+
 /// The requests passed and not yet answered, between the two directions of one connection.
 #[derive(Default)]
 struct Ledger {
-    /// Per request passed and not yet answered whole: whether it is a `HEAD`.
-    owed: Mutex<VecDeque<bool>>,
+    /// The requests passed and not yet answered whole, oldest first.
+    owed: Mutex<VecDeque<Owed>>,
     /// When the last answer owed ended (none while one is owed, or before the first).
     idle_since: Mutex<Option<Instant>>,
     /// Set by the requests side when it is done: the answers side stops once none is owed.
@@ -105,7 +119,7 @@ struct Ledger {
 }
 
 impl Ledger {
-    fn owed(&self) -> MutexGuard<'_, VecDeque<bool>> {
+    fn owed(&self) -> MutexGuard<'_, VecDeque<Owed>> {
         self.owed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -113,10 +127,30 @@ impl Ledger {
         self.idle_since.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A request (a `HEAD` one when `is_head`) is about to be passed.
-    fn passed(&self, is_head: bool) {
-        self.owed().push_back(is_head);
+    /// A request (a `HEAD` one when `is_head`) is about to be passed; `replay`: its bytes,
+    /// when it may be sent again.
+    fn passed(&self, is_head: bool, replay: Option<&[u8]>) {
+        let mut owed = self.owed();
+        let kept: usize = owed
+            .iter()
+            .map(|o| o.replay.as_ref().map_or(0, Vec::len))
+            .sum();
+        let replay = replay
+            .filter(|r| kept + r.len() <= MAX_REPLAY)
+            .map(<[u8]>::to_vec);
+        owed.push_back(Owed { is_head, replay });
         *self.idle() = None;
+    }
+
+    /// The requests owed, to send again: their bytes when every one of them may be (none
+    /// when one may not).
+    fn replays(&self) -> Option<Vec<u8>> {
+        let owed = self.owed();
+        let mut bytes = Vec::new();
+        for o in owed.iter() {
+            bytes.extend_from_slice(o.replay.as_deref()?);
+        }
+        Some(bytes)
     }
 
     /// The answer to the oldest request owed has ended.
@@ -139,7 +173,7 @@ impl Ledger {
 
     /// Whether the oldest request owed is a `HEAD`; none when nothing is owed.
     fn oldest(&self) -> Option<bool> {
-        self.owed().front().copied()
+        self.owed().front().map(|o| o.is_head)
     }
 
     /// How many requests are owed an answer.
@@ -258,6 +292,15 @@ where
                 (Next::Elsewhere(pending), AnswersEnd::Clean) => {
                     After::Hyper(vr.unsplit(vw), pending.to_vec())
                 }
+                (next @ (Next::Elsewhere(_) | Next::Last), AnswersEnd::HolderLeft) => {
+                    match resend(&ledger, next) {
+                        Some(pending) => After::Hyper(vr.unsplit(vw), pending),
+                        None => {
+                            let _ = vw.shutdown().await;
+                            After::Closed
+                        }
+                    }
+                }
                 _ => {
                     let _ = vw.shutdown().await;
                     After::Closed
@@ -266,18 +309,16 @@ where
         }
         (mut vw, end) = &mut answers => {
             if end == AnswersEnd::HolderLeft {
-                // Between answers (the holder stopping, or its tunnel gone): the requests
-                // side hands what the visitor sends next to hyper, which routes it afresh.
-                // A request passed in the meantime is lost with the channel: then the
-                // connection ends, as it would at the holder.
+                // Between answers (the holder stopping, gone, or its tunnel gone): the
+                // requests side hands what the visitor sends next to hyper, which routes it
+                // afresh, after the requests owed that may be sent twice (any other owed
+                // is lost with the channel: then the connection ends, as at the holder).
                 ledger.holder_leaves();
                 let wait = idle_limit(crate::visitor::http::head_timeout(edge));
-                if let Ok((vr, cw, Next::Elsewhere(pending))) =
-                    tokio::time::timeout(wait, &mut requests).await
-                {
+                if let Ok((vr, cw, next)) = tokio::time::timeout(wait, &mut requests).await {
                     drop(cw);
-                    if ledger.oldest().is_none() {
-                        return After::Hyper(vr.unsplit(vw), pending.to_vec());
+                    if let Some(pending) = resend(&ledger, next) {
+                        return After::Hyper(vr.unsplit(vw), pending);
                     }
                 }
             }
@@ -288,6 +329,28 @@ where
             After::Closed
         }
     }
+}
+
+/// What hyper is to take, once the holder left between answers: the requests owed (each
+/// one that may be sent twice), then what the visitor sent after them; none when a request
+/// owed may not be sent again, or the visitor is done.
+fn resend(ledger: &Ledger, next: Next) -> Option<Vec<u8>> {
+    let mut bytes = ledger.replays()?;
+    let after = match next {
+        Next::Elsewhere(pending) => pending,
+        // The visitor's last request was answered: the connection ends.
+        Next::Last if bytes.is_empty() => return None,
+        Next::Last => BytesMut::new(),
+        Next::Done | Next::Broken => return None,
+    };
+    if !bytes.is_empty() {
+        tracing::debug!(
+            bytes = bytes.len(),
+            "the holder left before answering; requests sent again"
+        );
+    }
+    bytes.extend_from_slice(&after);
+    Some(bytes)
 }
 
 /// Where the answers side is in the holder's stream of answers.
@@ -369,6 +432,12 @@ where
                     AnswersEnd::HolderLeft
                 };
                 return (to, end);
+            }
+            // Before any byte of the next answer went to the visitor (what `buf` holds is
+            // an answer head not yet complete), with every request owed one that may be
+            // sent again: hyper can take them.
+            _ if matches!(at, Answering::Head) && ledger.replays().is_some() => {
+                return (to, AnswersEnd::HolderLeft)
             }
             Ok(_) => return (to, AnswersEnd::Closed),
             Err(e) => {
@@ -458,7 +527,8 @@ where
 {
     let next = loop {
         pass.requests.inc();
-        pass.ledger.passed(head.is_head);
+        let replay = head.replayable.then(|| &buf[..head.len]);
+        pass.ledger.passed(head.is_head, replay);
         if let Err(e) = pass_one(pass, &mut from, &mut to, &mut buf, &head).await {
             tracing::debug!(error = %e, "relayed request cut short");
             break Next::Broken;
@@ -468,7 +538,7 @@ where
         pass.ledger.request_passed();
         // The visitor said it sends nothing more: the connection ends after the answers.
         if head.close {
-            break Next::Done;
+            break Next::Last;
         }
         match next_head(pass, &mut from, &mut buf).await {
             Some(HeadScan::Plain(next)) if goes_along(pass, &next) => head = next,
@@ -675,7 +745,7 @@ mod tests {
     fn answers_are_counted_off_as_they_end_whatever_pieces_they_come_in() {
         let ledger = Ledger::default();
         for is_head in [false, true, false, false] {
-            ledger.passed(is_head);
+            ledger.passed(is_head, None);
         }
         let answers = b"HTTP/1.1 100 Continue\r\n\r\n\
             HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello\
@@ -700,7 +770,7 @@ mod tests {
     #[test]
     fn an_incomplete_head_waits_and_unframed_answers_turn_the_rest_raw() {
         let ledger = Ledger::default();
-        ledger.passed(false);
+        ledger.passed(false, None);
         let mut at = Answering::Head;
         assert_eq!(frame(&ledger, &mut at, b"HTTP/1.1 200 OK\r\nCont"), 0);
         // An answer that ends when the connection closes: raw from its head on.
@@ -719,8 +789,8 @@ mod tests {
     #[test]
     fn an_answer_that_ends_the_connection_turns_the_rest_raw() {
         let ledger = Ledger::default();
-        ledger.passed(false);
-        ledger.passed(false);
+        ledger.passed(false, None);
+        ledger.passed(false, None);
         let mut at = Answering::Head;
         let answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok";
         assert_eq!(frame(&ledger, &mut at, answer), answer.len());
@@ -736,7 +806,7 @@ mod tests {
         let (visitor, edge_side) = tokio::io::duplex(1 << 16);
         let buffering = tokio::io::BufWriter::with_capacity(1 << 20, edge_side);
         let ledger = Arc::new(Ledger::default());
-        ledger.passed(false);
+        ledger.passed(false, None);
         let copying = {
             let ledger = ledger.clone();
             tokio::spawn(async move {
@@ -761,10 +831,38 @@ mod tests {
         copying.abort();
     }
 
+    #[test]
+    fn only_requests_that_may_be_sent_twice_are_kept_to_send_again() {
+        let ledger = Ledger::default();
+        assert_eq!(ledger.replays(), Some(Vec::new()), "nothing owed");
+        ledger.passed(false, Some(b"GET /a HTTP/1.1\r\n\r\n"));
+        ledger.passed(true, Some(b"HEAD /b HTTP/1.1\r\n\r\n"));
+        assert_eq!(
+            ledger.replays().as_deref(),
+            Some(&b"GET /a HTTP/1.1\r\n\r\nHEAD /b HTTP/1.1\r\n\r\n"[..])
+        );
+        ledger.answered();
+        assert_eq!(
+            ledger.replays().as_deref(),
+            Some(&b"HEAD /b HTTP/1.1\r\n\r\n"[..]),
+            "an answered request is not sent again"
+        );
+        ledger.passed(false, None);
+        assert_eq!(ledger.replays(), None, "a POST among them: none is");
+
+        // Past the cap, a request is not kept, so none is sent again.
+        let ledger = Ledger::default();
+        let big = vec![b'x'; MAX_REPLAY - 10];
+        ledger.passed(false, Some(&big));
+        assert!(ledger.replays().is_some());
+        ledger.passed(false, Some(&[b'y'; 11]));
+        assert_eq!(ledger.replays(), None);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn idle_time_starts_once_both_the_answer_and_its_request_ended() {
         let ledger = Ledger::default();
-        ledger.passed(false);
+        ledger.passed(false, None);
         ledger.answered();
         let answered = ledger.idle().expect("idle once answered");
         tokio::time::advance(Duration::from_secs(5)).await;
@@ -773,7 +871,7 @@ mod tests {
         let since = ledger.idle().expect("idle");
         assert_eq!(since - answered, Duration::from_secs(5));
         // Not while an answer is owed.
-        ledger.passed(false);
+        ledger.passed(false, None);
         ledger.request_passed();
         assert!(ledger.idle().is_none());
     }
