@@ -232,18 +232,28 @@ impl Failed {
 }
 
 /// Waits until `host` is no longer routed to `link` (its link went down and its holdings
-/// were forgotten, or the name moved), up to [`SESSION_END_WAIT`].
+/// were forgotten, or the name moved), up to [`SESSION_END_WAIT`]; not past
+/// [`PEER_DOWN_GRACE`] while the link stays connected (a channel the peer refused, or a
+/// kept-alive one it had just closed: the retry goes to it again at once).
 async fn peer_let_go(edge: &Edge, link: &Arc<PeerLink>, host: &str) {
-    let until = Instant::now() + SESSION_END_WAIT;
+    let start = Instant::now();
     let name = edge.registry.tunnel_name(host);
-    while Instant::now() < until {
+    loop {
         match edge.mesh.holder_of(&name) {
             Some((holder, _)) if Arc::ptr_eq(&holder, link) => {}
             _ => return,
         }
+        let waited = start.elapsed();
+        let link_up = link.is_connected().await && !link.stop.is_cancelled();
+        if waited >= SESSION_END_WAIT || (link_up && waited >= PEER_DOWN_GRACE) {
+            return;
+        }
         tokio::time::sleep(PEER_LET_GO_POLL).await;
     }
 }
+
+/// How long a link that still looks connected may take to show that it went down.
+const PEER_DOWN_GRACE: Duration = Duration::from_millis(200);
 
 /// How often [`peer_let_go`] looks.
 const PEER_LET_GO_POLL: Duration = Duration::from_millis(50);
