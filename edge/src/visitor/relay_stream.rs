@@ -12,7 +12,9 @@
 //! hyper. The edge then waits until every answer owed has come back whole, drops the relay
 //! channel, and gives hyper the connection with the next request's bytes. When an answer
 //! cannot be framed (it ends when the connection closes, say), the connection is not
-//! handed on: it ends after that answer, as it would at any server that answers so.
+//! handed on: it ends after that answer, as it would at any server that answers so. When
+//! the holder goes before answering, the requests owed that are safe to send twice are
+//! handed to hyper with the connection (`resend`), which sends them again.
 
 use crate::edge::Edge;
 use crate::io::read_buffer::Prefixed;
@@ -140,6 +142,11 @@ impl Ledger {
             .map(<[u8]>::to_vec);
         owed.push_back(Owed { is_head, replay });
         *self.idle() = None;
+    }
+
+    /// Whether every request owed (if any) may be sent again.
+    fn replayable(&self) -> bool {
+        self.owed().iter().all(|o| o.replay.is_some())
     }
 
     /// The requests owed, to send again: their bytes when every one of them may be (none
@@ -436,7 +443,7 @@ where
             // Before any byte of the next answer went to the visitor (what `buf` holds is
             // an answer head not yet complete), with every request owed one that may be
             // sent again: hyper can take them.
-            _ if matches!(at, Answering::Head) && ledger.replays().is_some() => {
+            _ if matches!(at, Answering::Head) && ledger.replayable() => {
                 return (to, AnswersEnd::HolderLeft)
             }
             Ok(_) => return (to, AnswersEnd::Closed),
