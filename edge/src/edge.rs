@@ -117,6 +117,9 @@ impl Edge {
             mesh_key,
             shutdown.child_token(),
             metrics.mesh_link_up.clone(),
+            metrics
+                .relay_errors_total
+                .with_label_values(&["credit_exceeded"]),
         ));
         Ok(Edge {
             mesh,

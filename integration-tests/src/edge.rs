@@ -37,6 +37,8 @@ pub struct EdgeSpec {
     pub credential: String,
     /// More TOML appended verbatim (e.g. `keepalive_interval_seconds = 1`).
     pub extra_toml: String,
+    /// Another `nearhop-edge` build to run instead of the workspace's (benchmark A/B runs).
+    pub binary: Option<PathBuf>,
 }
 
 impl EdgeSpec {
@@ -56,6 +58,7 @@ impl EdgeSpec {
             control_url: control_url.into(),
             credential: credential.into(),
             extra_toml: String::new(),
+            binary: None,
         }
     }
 
@@ -121,7 +124,11 @@ impl EdgeProcess {
         if self.process.as_mut().is_some_and(|p| p.is_running()) {
             return Ok(());
         }
-        let mut cmd = Command::new(bin_path("nearhop-edge")?);
+        let binary = match &self.spec.binary {
+            Some(b) => b.clone(),
+            None => bin_path("nearhop-edge")?,
+        };
+        let mut cmd = Command::new(binary);
         cmd.arg("--config").arg(&self.config_path);
         cmd.env(
             "NEARHOP_LOG",

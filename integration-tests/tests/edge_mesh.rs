@@ -993,3 +993,126 @@ fn a_frozen_holder_gets_visitors_a_page_not_a_hang() {
         Ok(())
     });
 }
+
+/// Waits until ap's relayed bytes with eu in `direction` (`sent`, `received`) stop moving:
+/// everything between a stalled end and the other is full. Returns how many there were.
+fn wait_relay_bytes_still(stack: &Stack, direction: &str) -> f64 {
+    let mut last = -1.0;
+    eventually(
+        &format!("ap's relayed bytes {direction} stop moving"),
+        || {
+            let now = metric_sum(
+                &edge_metrics(stack, AP),
+                "nearhop_edge_relay_bytes_total",
+                &[("peer", "eu-1"), ("direction", direction)],
+            );
+            let moved = now != last;
+            last = now;
+            std::thread::sleep(Duration::from_millis(500));
+            anyhow::ensure!(!moved && now > 0.0, "{now} bytes so far");
+            Ok(())
+        },
+    );
+    last
+}
+
+/// A second client's tunnel through eu, to `small`, that ap relays.
+fn second_eu_tunnel(stack: &Stack, small: &LocalService) -> (SshClient, String) {
+    let (client, url) = stack
+        .http_tunnel(EU, "eu-small", Some(&stack.pro_token()), small.port)
+        .expect("a second client's tunnel through eu");
+    // The feed is in order: ap knows every earlier name once it serves this one.
+    wait_relayed(stack, AP, &url);
+    (client, url)
+}
+
+/// `url`'s tunnel (to a service started as "small") answers a visitor at ap.
+fn assert_answers_at_ap(stack: &Stack, url: &str, while_what: &str) {
+    let ap = stack.regions[AP].http_addr();
+    let other = visitor_from(url, ap, VISITOR)
+        .get(format!("{}/other", url_at(url, ap)))
+        .send()
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.text());
+    assert!(
+        matches!(&other, Ok(body) if body.starts_with("hello from small /other")),
+        "another tunnel relayed by the same edges answers while {while_what}: {other:?}"
+    );
+}
+
+#[test]
+fn a_visitor_that_stops_reading_a_relayed_download_holds_up_no_other_tunnel() {
+    let stack = mesh_stack();
+    let big = LocalService::start("big");
+    let small = LocalService::start("small");
+    let (_big_client, big_url, _) = eu_tunnel(&stack, &big, &[AP]);
+    let (_small_client, small_url) = second_eu_tunnel(&stack, &small);
+
+    // A visitor asks ap for 64 MiB of the first tunnel and reads only the start.
+    let mut stalled =
+        std::net::TcpStream::connect(stack.regions[AP].http_addr()).expect("connect to ap");
+    let size = 64 * 1024 * 1024;
+    write!(
+        stalled,
+        "GET /blob/{size} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        host_of(&big_url)
+    )
+    .expect("send the request");
+    let mut start = [0u8; 1024];
+    stalled.read_exact(&mut start).expect("the answer begins");
+    let received = wait_relay_bytes_still(&stack, "received");
+    assert!(
+        received < size as f64,
+        "the download stopped short of its end ({received} bytes)"
+    );
+
+    assert_answers_at_ap(&stack, &small_url, "one visitor stops reading");
+    drop(stalled);
+}
+
+#[test]
+fn a_tunnel_whose_service_stops_reading_an_upload_holds_up_no_other_tunnel() {
+    let stack = mesh_stack();
+    // A local service that takes connections and never reads from them.
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the sink");
+    let sink_port = sink.local_addr().expect("sink address").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in sink.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let small = LocalService::start("small");
+    let (_sink_client, sink_url) = stack
+        .http_tunnel(EU, "eu-sink", Some(&stack.pro_token()), sink_port)
+        .expect("the sink's tunnel through eu");
+    let (_small_client, small_url) = second_eu_tunnel(&stack, &small);
+
+    // A visitor at ap uploads 64 MiB to the sink, which reads none of it.
+    let mut upload =
+        std::net::TcpStream::connect(stack.regions[AP].http_addr()).expect("connect to ap");
+    let size = 64 * 1024 * 1024;
+    write!(
+        upload,
+        "POST /upload HTTP/1.1\r\nHost: {}\r\nContent-Length: {size}\r\n\r\n",
+        host_of(&sink_url)
+    )
+    .expect("send the head");
+    let mut writer = upload.try_clone().expect("clone");
+    std::thread::spawn(move || {
+        let chunk = vec![b'u'; 64 * 1024];
+        for _ in 0..size / chunk.len() {
+            if writer.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let sent = wait_relay_bytes_still(&stack, "sent");
+    assert!(
+        sent < size as f64,
+        "the upload stopped short of its end ({sent} bytes)"
+    );
+
+    assert_answers_at_ap(&stack, &small_url, "one service stops reading");
+    drop(upload);
+}

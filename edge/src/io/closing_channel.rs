@@ -77,9 +77,10 @@ impl PeerCloses {
     }
 }
 
-/// A channel's stream that, when dropped, lets the client close the channel first.
-pub struct ClosingChannel {
-    stream: Option<ChannelStream<Msg>>,
+/// A channel's stream that, when dropped, lets the client close the channel first. `S` is
+/// the stream over the channel: russh's own, or one with credit (`mesh::credits`).
+pub struct ClosingChannel<S: AsyncWrite + Unpin + Send + 'static = ChannelStream<Msg>> {
+    stream: Option<S>,
     id: ChannelId,
     closes: Arc<PeerCloses>,
     peer_closed: Option<oneshot::Receiver<()>>,
@@ -88,12 +89,19 @@ pub struct ClosingChannel {
 }
 
 impl ClosingChannel {
-    /// Wraps the stream of channel `id` of the session whose closes `closes` hears.
+    /// Wraps the stream of `channel`, of the session whose closes `closes` hears.
     pub fn new(channel: russh::Channel<Msg>, closes: Arc<PeerCloses>) -> ClosingChannel {
         let id = channel.id();
+        ClosingChannel::around(channel.into_stream(), id, closes)
+    }
+}
+
+impl<S: AsyncWrite + Unpin + Send + 'static> ClosingChannel<S> {
+    /// Wraps `stream`, over channel `id` of the session whose closes `closes` hears.
+    pub fn around(stream: S, id: ChannelId, closes: Arc<PeerCloses>) -> ClosingChannel<S> {
         let peer_closed = Some(closes.watch(id));
         ClosingChannel {
-            stream: Some(channel.into_stream()),
+            stream: Some(stream),
             id,
             closes,
             peer_closed,
@@ -101,14 +109,14 @@ impl ClosingChannel {
         }
     }
 
-    fn stream(&mut self) -> io::Result<&mut ChannelStream<Msg>> {
+    fn stream(&mut self) -> io::Result<&mut S> {
         self.stream
             .as_mut()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "channel already closed"))
     }
 }
 
-impl Drop for ClosingChannel {
+impl<S: AsyncWrite + Unpin + Send + 'static> Drop for ClosingChannel<S> {
     fn drop(&mut self) {
         let (Some(mut stream), Some(mut peer_closed)) =
             (self.stream.take(), self.peer_closed.take())
@@ -137,7 +145,7 @@ impl Drop for ClosingChannel {
     }
 }
 
-impl AsyncRead for ClosingChannel {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for ClosingChannel<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -147,7 +155,7 @@ impl AsyncRead for ClosingChannel {
     }
 }
 
-impl AsyncWrite for ClosingChannel {
+impl<S: AsyncWrite + Unpin + Send + 'static> AsyncWrite for ClosingChannel<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -3,17 +3,28 @@
 //! the peer's holdings feed, and opens one channel per relayed visitor connection. It
 //! reconnects with backoff until the peer leaves the mesh.
 
-use super::protocol::{ack_line, HoldingChange, RelayListener, HOLDINGS_COMMAND, MAX_LINE};
+use super::credits::{CreditedChannel, Grant, LinkCredits};
+use super::protocol::{
+    ack_line, credit_line, parse_answer, Answer, HoldingChange, RelayListener, HOLDINGS_COMMAND,
+    HOLDINGS_COMMAND_V2, MAX_LINE,
+};
 use super::Mesh;
 use crate::config::Config;
 use crate::io::read_buffer::AdaptiveReader;
 use russh::client::{self, Handle};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
-use russh::ChannelStream;
+use russh::{ChannelMsg, ChannelStream};
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+    ReadBuf,
+};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
@@ -64,7 +75,7 @@ pub struct PeerLink {
     pub addr: String,
     /// Its host key, as registered with control.
     pub host_key: PublicKey,
-    handle: RwLock<Option<Arc<Handle<PeerClient>>>>,
+    handle: RwLock<Option<Connected>>,
     /// Cancelled when the peer leaves the mesh or the edge stops.
     pub stop: CancellationToken,
 }
@@ -86,16 +97,23 @@ impl PeerLink {
         &self,
         listener: RelayListener,
         visitor: SocketAddr,
-    ) -> Result<ChannelStream<client::Msg>, RelayError> {
-        let handle = self
+    ) -> Result<RelayChannel, RelayError> {
+        let Connected { handle, credits } = self
             .handle
             .read()
             .await
             .clone()
             .ok_or_else(|| RelayError::NotConnected(self.id.clone()))?;
+        // The channel's number, by which each side grants the other credit (0: the peer
+        // takes none), and what this edge may send on it.
+        let credit = credits.map(|c| {
+            let (id, window) = c.open_channel();
+            (id, c, window)
+        });
+        let id = credit.as_ref().map_or(0, |c| c.0);
         let open = handle.channel_open_direct_tcpip(
             listener.channel_target(),
-            0,
+            id,
             visitor.ip().to_string(),
             u32::from(visitor.port()),
         );
@@ -106,7 +124,13 @@ impl PeerLink {
                 peer: self.id.clone(),
                 source,
             })?;
-        Ok(channel.into_stream())
+        Ok(match credit {
+            Some((id, credits, window)) => {
+                let (read, write) = channel.split();
+                RelayChannel::Credited(CreditedChannel::new(id, read, write, credits, window))
+            }
+            None => RelayChannel::Plain(channel.into_stream()),
+        })
     }
 
     /// Whether the link is connected now.
@@ -115,7 +139,7 @@ impl PeerLink {
             .read()
             .await
             .as_ref()
-            .is_some_and(|h| !h.is_closed())
+            .is_some_and(|c| !c.handle.is_closed())
     }
 
     /// Keeps the link up until [`PeerLink::stop`]: connect, follow the feed, reconnect.
@@ -147,8 +171,9 @@ impl PeerLink {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        if let Some(h) = self.handle.write().await.take() {
-            let _ = h
+        if let Some(c) = self.handle.write().await.take() {
+            let _ = c
+                .handle
                 .disconnect(russh::Disconnect::ByApplication, "peer left the mesh", "en")
                 .await;
         }
@@ -201,29 +226,44 @@ impl PeerLink {
         if !auth.success() {
             anyhow::bail!("the peer refused this edge's key (it does not know this edge yet, or its credential was revoked)");
         }
-        let mut feed = handle
-            .channel_open_session()
-            .await
-            .context("opening the holdings feed")?;
-        feed.exec(true, HOLDINGS_COMMAND)
-            .await
-            .context("asking for the holdings feed")?;
-        let handle = Arc::new(handle);
-        *self.handle.write().await = Some(handle.clone());
+        let (mut feed, grants_credit) = open_feed(&handle).await?;
+        let (grants, grants_out) = unbounded_channel();
+        let credits = grants_credit.then(|| {
+            Arc::new(LinkCredits::new(
+                grants,
+                mesh.client_config.window_size,
+                mesh.credit_exceeded.clone(),
+            ))
+        });
+        *self.handle.write().await = Some(Connected {
+            handle: Arc::new(handle),
+            credits: credits.clone(),
+        });
         mesh.link_up.with_label_values(&[&self.id]).set(1);
-        tracing::info!(peer = %self.id, addr = %self.addr, "mesh link up");
-        let mut answers = feed.make_writer();
+        tracing::info!(peer = %self.id, addr = %self.addr, credit = grants_credit, "mesh link up");
+        let (acks, acks_out) = unbounded_channel();
+        let writer = AbortOnDrop(tokio::spawn(write_answers(
+            feed.make_writer(),
+            acks_out,
+            grants_out,
+        )));
         let mut reader = BufReader::new(feed.make_reader());
         while let Some(line) = next_feed_line(&mut reader)
             .await
             .context("reading the holdings feed")?
         {
+            // The peer's grant of credit to one of this edge's relay channels.
+            if let (Some(c), Some(Answer::Credit(id, bytes))) = (&credits, parse_answer(&line)) {
+                c.windows.grant(id, bytes);
+                continue;
+            }
             match HoldingChange::parse(&line) {
                 // Every line before it is applied: say so, the peer's URL waits for it.
-                Some(HoldingChange::Sync(marker)) => answers
-                    .write_all(ack_line(marker).as_bytes())
-                    .await
-                    .context("answering a marker")?,
+                Some(HoldingChange::Sync(marker)) => {
+                    if acks.send(marker).is_err() {
+                        anyhow::bail!("the feed's answers could not be written");
+                    }
+                }
                 Some(change) => {
                     if !mesh.holders.apply(&self.id, change) {
                         anyhow::bail!(
@@ -239,7 +279,146 @@ impl PeerLink {
                 }
             }
         }
+        drop(writer);
         Ok(())
+    }
+}
+
+/// A connected link: the SSH connection, and the credit its relay channels get (when the
+/// peer takes it: `mesh::credits`).
+#[derive(Clone)]
+struct Connected {
+    handle: Arc<Handle<PeerClient>>,
+    credits: Option<Arc<LinkCredits>>,
+}
+
+/// Opens the holdings feed: [`HOLDINGS_COMMAND_V2`], or [`HOLDINGS_COMMAND`] from a peer
+/// that refuses it (an edge from before relay channels took credit). Returns the feed's
+/// channel and whether the peer takes credit.
+async fn open_feed(
+    handle: &Handle<PeerClient>,
+) -> anyhow::Result<(russh::Channel<client::Msg>, bool)> {
+    use anyhow::Context;
+    let feed = handle
+        .channel_open_session()
+        .await
+        .context("opening the holdings feed")?;
+    feed.exec(true, HOLDINGS_COMMAND_V2)
+        .await
+        .context("asking for the holdings feed")?;
+    let mut feed = feed;
+    let accepted = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        loop {
+            match feed.wait().await {
+                Some(ChannelMsg::Success) => return Some(true),
+                Some(ChannelMsg::Failure) => return Some(false),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+    })
+    .await
+    .context("the peer did not answer the request for its holdings feed")?
+    .context("the peer closed the holdings feed before answering")?;
+    if accepted {
+        return Ok((feed, true));
+    }
+    let _ = feed.close().await;
+    let feed = handle
+        .channel_open_session()
+        .await
+        .context("opening the holdings feed")?;
+    feed.exec(true, HOLDINGS_COMMAND)
+        .await
+        .context("asking for the holdings feed")?;
+    Ok((feed, false))
+}
+
+/// Writes the feed's answers to the peer, in the order they come: answers to markers, and
+/// grants of credit to relay channels (those waiting are written together).
+async fn write_answers<W: AsyncWrite + Unpin>(
+    mut out: W,
+    mut acks: UnboundedReceiver<u64>,
+    mut grants: UnboundedReceiver<Grant>,
+) {
+    let mut text = String::new();
+    loop {
+        tokio::select! {
+            Some(marker) = acks.recv() => text.push_str(&ack_line(marker)),
+            Some((id, bytes)) = grants.recv() => text.push_str(&credit_line(id, bytes)),
+            else => return,
+        }
+        while text.len() < 4096 {
+            if let Ok(marker) = acks.try_recv() {
+                text.push_str(&ack_line(marker));
+            } else if let Ok((id, bytes)) = grants.try_recv() {
+                text.push_str(&credit_line(id, bytes));
+            } else {
+                break;
+            }
+        }
+        if out.write_all(text.as_bytes()).await.is_err() {
+            return;
+        }
+        text.clear();
+    }
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A relay channel at the relaying edge: with credit (`mesh::credits`), or russh's own
+/// stream when the peer takes none.
+pub enum RelayChannel {
+    /// The peer grants no credit.
+    Plain(ChannelStream<client::Msg>),
+    /// Packets taken off the link at once, credit granted as they are read.
+    Credited(CreditedChannel<client::Msg>),
+}
+
+impl AsyncRead for RelayChannel {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RelayChannel::Plain(c) => Pin::new(c).poll_read(cx, buf),
+            RelayChannel::Credited(c) => Pin::new(c).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for RelayChannel {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            RelayChannel::Plain(c) => Pin::new(c).poll_write(cx, buf),
+            RelayChannel::Credited(c) => Pin::new(c).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RelayChannel::Plain(c) => Pin::new(c).poll_flush(cx),
+            RelayChannel::Credited(c) => Pin::new(c).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RelayChannel::Plain(c) => Pin::new(c).poll_shutdown(cx),
+            RelayChannel::Credited(c) => Pin::new(c).poll_shutdown(cx),
+        }
     }
 }
 
@@ -371,7 +550,14 @@ mod tests {
         );
         let gauge = prometheus::IntGaugeVec::new(prometheus::Opts::new("up", "up"), &["peer"])
             .expect("gauge");
-        let mesh = Mesh::new(&config, Arc::new(key), CancellationToken::new(), gauge);
+        let exceeded = prometheus::IntCounter::new("exceeded", "exceeded").expect("counter");
+        let mesh = Mesh::new(
+            &config,
+            Arc::new(key),
+            CancellationToken::new(),
+            gauge,
+            exceeded,
+        );
         let started = mesh.set_peers(&[peer_at(addr)]);
         (mesh, started[0].clone())
     }

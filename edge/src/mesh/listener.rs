@@ -4,7 +4,11 @@
 //! that this edge serves as if the visitor had come to it directly. A relayed connection is
 //! never relayed again: a name this edge does not hold gets "No tunnel here".
 
-use super::protocol::{take_acks, HoldingChange, RelayListener, HOLDINGS_COMMAND, MAX_LINE};
+use super::credits::{CreditedChannel, Grant, LinkCredits};
+use super::protocol::{
+    credit_line, take_answers, Answer, HoldingChange, RelayListener, HOLDINGS_COMMAND,
+    HOLDINGS_COMMAND_V2, MAX_LINE,
+};
 use crate::edge::Edge;
 use crate::io::channel_writes::ChannelWrites;
 use crate::io::closing_channel::{ClosingChannel, PeerCloses};
@@ -16,9 +20,10 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::Instrument;
 
 /// The russh server configuration of the mesh listener.
@@ -87,6 +92,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
                         authenticated: authenticated.clone(),
                         sessions: HashMap::new(),
                         feeding: false,
+                        credits: None,
                         closes,
                     };
                     // One `recv` for many packets, as on the client sessions.
@@ -127,7 +133,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
     .await;
 }
 
-/// Counts a mesh connection refused before it authenticated.
+/// Counts a mesh connection or channel refused, by `cause`.
 fn count_refusal(edge: &Edge, cause: &str) {
     edge.metrics
         .relay_errors_total
@@ -146,6 +152,9 @@ struct PeerSession {
     sessions: HashMap<ChannelId, Channel<Msg>>,
     /// Whether this connection already follows the holdings feed (one feed per link).
     feeding: bool,
+    /// The credit of the peer's relay channels, both ways, when its feed grants credit
+    /// ([`HOLDINGS_COMMAND_V2`]).
+    credits: Option<Arc<LinkCredits>>,
     /// Relay channels this edge is done with, waiting for the peer to close them.
     closes: Arc<PeerCloses>,
 }
@@ -242,14 +251,28 @@ impl russh::server::Handler for PeerSession {
         };
         // One feed per connection: a second would double every line and every marker to
         // answer (a feed that never answers holds each new tunnel's URL for its full wait).
-        if data != HOLDINGS_COMMAND.as_bytes() || self.feeding {
+        let grants_credit = data == HOLDINGS_COMMAND_V2.as_bytes();
+        if !(grants_credit || data == HOLDINGS_COMMAND.as_bytes()) || self.feeding {
             session.channel_failure(channel)?;
             return Ok(());
         }
         self.feeding = true;
         session.channel_success(channel)?;
+        let mut grants = None;
+        if grants_credit {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let exceeded = self
+                .edge
+                .metrics
+                .relay_errors_total
+                .with_label_values(&["credit_exceeded"]);
+            let credits = LinkCredits::new(tx, self.edge.config.ssh_window_bytes, exceeded);
+            self.credits = Some(Arc::new(credits));
+            grants = Some(rx);
+        }
         let edge = self.edge.clone();
-        tokio::spawn(feed_holdings(edge, chan).in_current_span());
+        let credits = self.credits.clone();
+        tokio::spawn(feed_holdings(edge, chan, credits, grants).in_current_span());
         Ok(())
     }
 
@@ -269,7 +292,7 @@ impl russh::server::Handler for PeerSession {
         &mut self,
         channel: Channel<Msg>,
         host_to_connect: &str,
-        _port_to_connect: u32,
+        port_to_connect: u32,
         originator_address: &str,
         originator_port: u32,
         reply: ChannelOpenHandle,
@@ -288,13 +311,21 @@ impl russh::server::Handler for PeerSession {
             .zip(u16::try_from(originator_port).ok())
             .map(|(ip, port)| SocketAddr::new(ip, port));
         let (Some(listener), Some(visitor)) = (listener, visitor) else {
-            self.edge
-                .metrics
-                .relay_errors_total
-                .with_label_values(&["bad_relay_request"])
-                .inc();
+            count_refusal(&self.edge, "bad_relay_request");
             reply.reject(ChannelOpenFailure::UnknownChannelType).await;
             return Ok(());
+        };
+        // A peer that grants credit numbers its relay channels (0: this one goes without).
+        let credit = match (&self.credits, port_to_connect) {
+            (Some(credits), id) if id != 0 => match credits.windows.open(id) {
+                Some(window) => Some((id, credits.clone(), window)),
+                None => {
+                    count_refusal(&self.edge, "bad_relay_request");
+                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                    return Ok(());
+                }
+            },
+            _ => None,
         };
         let Some(slot) = self.edge.visitor_slot(listener.as_str()) else {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
@@ -309,20 +340,46 @@ impl russh::server::Handler for PeerSession {
                     .relay_connections_total
                     .with_label_values(&[&peer_id, "in"])
                     .inc();
-                let m = &edge.metrics;
-                let stream = CountingStream::new(
-                    ChannelWrites::new(ClosingChannel::new(channel, closes)),
-                    m.relay_bytes_total
-                        .with_label_values(&[&peer_id, "received"]),
-                    m.relay_bytes_total.with_label_values(&[&peer_id, "sent"]),
-                );
-                crate::visitor::serve_relayed(&edge, stream, listener, visitor).await;
+                match credit {
+                    Some((id, credits, window)) => {
+                        let channel_id = channel.id();
+                        let (read, write) = channel.split();
+                        let credited = CreditedChannel::new(id, read, write, credits, window);
+                        let stream = ClosingChannel::around(credited, channel_id, closes);
+                        serve_channel(&edge, stream, &peer_id, listener, visitor).await;
+                    }
+                    None => {
+                        let stream = ClosingChannel::new(channel, closes);
+                        serve_channel(&edge, stream, &peer_id, listener, visitor).await;
+                    }
+                }
                 drop(slot);
             }
             .instrument(span),
         );
         Ok(())
     }
+}
+
+/// Serves a relay channel's `stream` from `peer_id` as a visitor from `visitor` who came
+/// in on `listener` at that peer.
+async fn serve_channel<S>(
+    edge: &Arc<Edge>,
+    stream: S,
+    peer_id: &str,
+    listener: RelayListener,
+    visitor: SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let m = &edge.metrics;
+    let stream = CountingStream::new(
+        ChannelWrites::new(stream),
+        m.relay_bytes_total
+            .with_label_values(&[peer_id, "received"]),
+        m.relay_bytes_total.with_label_values(&[peer_id, "sent"]),
+    );
+    crate::visitor::serve_relayed(edge, stream, listener, visitor).await;
 }
 
 impl PeerSession {
@@ -346,8 +403,14 @@ impl PeerSession {
 }
 
 /// Writes this edge's holdings to a peer: every name held now, then each change, until the
-/// peer goes away or the edge stops; reads the peer's answers to markers meanwhile.
-async fn feed_holdings(edge: Arc<Edge>, mut channel: Channel<Msg>) {
+/// peer goes away or the edge stops; reads the peer's answers meanwhile (to markers, and its
+/// grants of credit to the relay channels' `windows`).
+async fn feed_holdings(
+    edge: Arc<Edge>,
+    mut channel: Channel<Msg>,
+    credits: Option<Arc<LinkCredits>>,
+    mut grants: Option<UnboundedReceiver<Grant>>,
+) {
     let mut out = channel.make_writer();
     // Subscribe before the snapshot so that no change between the two is lost; a change
     // seen twice is harmless (adds and removes are idempotent). Register for markers after
@@ -356,6 +419,9 @@ async fn feed_holdings(edge: Arc<Edge>, mut channel: Channel<Msg>) {
     let acks = &edge.mesh.acks;
     let feed = acks.open_feed();
     let mut answers = String::new();
+    // Until the edge stops. Then no more changes go out, but the peer's grants of credit
+    // still come in and this edge's go out, for the relayed visitors it is finishing.
+    let mut following = true;
     if out
         .write_all(snapshot(&edge, false).as_bytes())
         .await
@@ -363,18 +429,25 @@ async fn feed_holdings(edge: Arc<Edge>, mut channel: Channel<Msg>) {
     {
         loop {
             let line = tokio::select! {
-                c = changes.recv() => match c {
+                c = changes.recv(), if following => match c {
                     Ok(c) => c.to_string(),
                     // Too many changes at once for this peer: start it over from a snapshot
                     // (which also covers every marker made so far).
                     Err(RecvError::Lagged(_)) => snapshot(&edge, true),
                     Err(RecvError::Closed) => break,
                 },
+                Some((id, bytes)) = next_grant(&mut grants) => credit_line(id, bytes),
                 msg = channel.wait() => match msg {
                     Some(ChannelMsg::Data { data }) => {
                         answers.push_str(&String::from_utf8_lossy(&data));
-                        for marker in take_acks(&mut answers) {
-                            acks.ack(feed, marker);
+                        for answer in take_answers(&mut answers) {
+                            match (answer, &credits) {
+                                (Answer::Ack(marker), _) => acks.ack(feed, marker),
+                                (Answer::Credit(id, bytes), Some(c)) => {
+                                    c.windows.grant(id, bytes)
+                                }
+                                (Answer::Credit(..), None) => {}
+                            }
                         }
                         if answers.len() > MAX_LINE {
                             break;
@@ -384,7 +457,10 @@ async fn feed_holdings(edge: Arc<Edge>, mut channel: Channel<Msg>) {
                     Some(_) => continue,
                     None => break,
                 },
-                _ = edge.shutdown.cancelled() => break,
+                _ = edge.shutdown.cancelled(), if following => {
+                    following = false;
+                    continue;
+                }
             };
             if out.write_all(line.as_bytes()).await.is_err() {
                 break;
@@ -392,6 +468,14 @@ async fn feed_holdings(edge: Arc<Edge>, mut channel: Channel<Msg>) {
         }
     }
     acks.close_feed(feed);
+}
+
+/// The next grant of credit to write to the peer; never, on a feed without credit.
+async fn next_grant(grants: &mut Option<UnboundedReceiver<Grant>>) -> Option<Grant> {
+    match grants {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Every name this edge holds, as feed lines (after a `!reset` and followed by the latest

@@ -5,6 +5,7 @@
 //!
 //! - [`protocol`]: the relay channel's naming and the holdings feed's lines.
 //! - [`holders`]: which peer holds which name, from the peers' feeds.
+//! - [`credits`]: flow control of each relay channel on its own, both ways.
 //! - [`links`]: this edge's outbound connection to each peer (feed in, relays out).
 //! - [`listener`]: the mesh SSH listener that peers connect to.
 //! - [`local`]: this edge's own tunnels arriving and leaving, for visitors waiting on a
@@ -14,6 +15,7 @@
 //! start-up and take it.
 
 pub mod acks;
+pub mod credits;
 pub mod holders;
 pub mod links;
 pub mod listener;
@@ -44,6 +46,8 @@ pub struct Mesh {
     pub client_config: Arc<russh::client::Config>,
     /// `nearhop_edge_mesh_link_up`, set by the links.
     pub link_up: prometheus::IntGaugeVec,
+    /// `nearhop_edge_relay_errors_total{cause="credit_exceeded"}`, counted by the links.
+    pub credit_exceeded: prometheus::IntCounter,
     /// Cancelled when the edge shuts down: every link closes.
     pub shutdown: CancellationToken,
 }
@@ -55,12 +59,14 @@ impl Mesh {
         key: Arc<PrivateKey>,
         shutdown: CancellationToken,
         link_up: prometheus::IntGaugeVec,
+        credit_exceeded: prometheus::IntCounter,
     ) -> Mesh {
         Mesh {
             my_id: config.edge_id.clone(),
             key,
             client_config: Arc::new(links::client_config(config)),
             link_up,
+            credit_exceeded,
             holders: HolderTable::default(),
             acks: acks::FeedAcks::default(),
             peers: RwLock::new(HashMap::new()),

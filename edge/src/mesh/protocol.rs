@@ -5,13 +5,22 @@
 //! "host to connect" names the listener (`nearhop-relay/http`, `…/https`, `…/tls`) and whose
 //! originator is the visitor's own address, so the holder applies the tunnel's rules (`w:`,
 //! `X-Forwarded-For`) to the real visitor. The feed is a session channel running the command
-//! [`HOLDINGS_COMMAND`]; the holder writes one line per change.
+//! [`HOLDINGS_COMMAND_V2`] (or [`HOLDINGS_COMMAND`]); the holder writes one line per change,
+//! the reader answers markers, and on `v2` both write grants of credit to relay channels
+//! (`=ID N`, see `mesh::credits`), which the relaying edge numbers in the channel's "port to
+//! connect".
 
 use nearhop_wire::TunnelKind;
 use std::fmt;
 
 /// The command a peer runs on a session channel to receive the holdings feed.
 pub const HOLDINGS_COMMAND: &str = "nearhop-holdings v1";
+
+/// The same feed from a peer that also grants credit for its relay channels (`=ID N` lines
+/// among its answers, see `mesh::credits`), and numbers each relay channel with its
+/// `direct-tcpip` "port to connect". An edge that does not know it refuses the command,
+/// and the peer asks for [`HOLDINGS_COMMAND`] instead (a fleet mid-upgrade).
+pub const HOLDINGS_COMMAND_V2: &str = "nearhop-holdings v2";
 
 /// Prefix of the `direct-tcpip` "host to connect" of a relayed visitor connection.
 const RELAY_PREFIX: &str = "nearhop-relay/";
@@ -61,23 +70,41 @@ pub fn ack_line(marker: u64) -> String {
     format!("!{marker}\n")
 }
 
-/// Reads a reader's answer line; `None` for anything else.
-pub fn parse_ack(line: &str) -> Option<u64> {
-    line.strip_prefix('!')?.parse().ok()
+/// The relaying edge's grant of `bytes` more on its relay channel `id`: `=ID N`.
+pub fn credit_line(id: u32, bytes: u32) -> String {
+    format!("={id} {bytes}\n")
 }
 
-/// Takes every whole line off the front of `answers` (a peer's answers to markers, as they
-/// arrive) and returns the markers they acknowledge, in order; a partial last line stays.
-/// Lines that are not answers are skipped.
-pub fn take_acks(answers: &mut String) -> Vec<u64> {
-    let mut markers = Vec::new();
+/// What a feed's reader says back to the holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// It applied every line up to this marker (`!N`).
+    Ack(u64),
+    /// Its relay channel `.0` may take `.1` more bytes (`=ID N`).
+    Credit(u32, u32),
+}
+
+/// Reads a reader's answer line; `None` for anything else.
+pub fn parse_answer(line: &str) -> Option<Answer> {
+    if let Some(marker) = line.strip_prefix('!') {
+        return marker.parse().ok().map(Answer::Ack);
+    }
+    let (id, bytes) = line.strip_prefix('=')?.split_once(' ')?;
+    Some(Answer::Credit(id.parse().ok()?, bytes.parse().ok()?))
+}
+
+/// Takes every whole line off the front of `answers` (a peer's answers, as they arrive) and
+/// returns them in order; a partial last line stays. Lines that are not answers are
+/// skipped.
+pub fn take_answers(answers: &mut String) -> Vec<Answer> {
+    let mut taken = Vec::new();
     let mut used = 0;
     while let Some(end) = answers[used..].find('\n') {
-        markers.extend(parse_ack(&answers[used..used + end]));
+        taken.extend(parse_answer(&answers[used..used + end]));
         used += end + 1;
     }
     answers.drain(..used);
-    markers
+    taken
 }
 
 /// One line of the holdings feed.
@@ -159,15 +186,22 @@ impl fmt::Display for HoldingChange {
 mod tests {
     #[test]
     fn whole_answer_lines_are_taken_and_a_partial_one_stays() {
-        let mut answers = "!1\n!2\nnoise\n!3".to_string();
-        assert_eq!(take_acks(&mut answers), vec![1, 2]);
+        let mut answers = "!1\n=7 65536\n!2\nnoise\n=x 1\n=8 -1\n+7 65536\n!3".to_string();
+        assert_eq!(
+            take_answers(&mut answers),
+            vec![Answer::Ack(1), Answer::Credit(7, 65536), Answer::Ack(2)]
+        );
         assert_eq!(answers, "!3");
         answers.push('\n');
-        assert_eq!(take_acks(&mut answers), vec![3]);
+        assert_eq!(take_answers(&mut answers), vec![Answer::Ack(3)]);
         assert!(answers.is_empty());
+        assert_eq!(
+            parse_answer(credit_line(4_000_000_000, 1).trim_end()),
+            Some(Answer::Credit(4_000_000_000, 1))
+        );
         // A packet of empty lines costs one pass, not a copy of the rest per line.
         let mut blank = "\n".repeat(32 * 1024);
-        assert!(take_acks(&mut blank).is_empty());
+        assert!(take_answers(&mut blank).is_empty());
         assert!(blank.is_empty());
     }
 
@@ -208,10 +242,28 @@ mod tests {
     }
 
     #[test]
-    fn acks_round_trip_and_nothing_else_is_an_ack() {
-        assert_eq!(parse_ack(ack_line(7).trim_end()), Some(7));
-        for bad in ["!reset", "!", "7", "!-1", "?7"] {
-            assert_eq!(parse_ack(bad), None, "{bad:?}");
+    fn answers_round_trip_and_nothing_else_is_an_answer() {
+        assert_eq!(parse_answer(ack_line(7).trim_end()), Some(Answer::Ack(7)));
+        assert_eq!(
+            parse_answer(credit_line(3, 65536).trim_end()),
+            Some(Answer::Credit(3, 65536))
+        );
+        for bad in [
+            "!reset",
+            "!",
+            "7",
+            "!-1",
+            "?7",
+            "=",
+            "=1",
+            "=1 ",
+            "= 1",
+            "=1 2 3",
+            "=1 4294967296",
+            "=-1 5",
+            "+1 5",
+        ] {
+            assert_eq!(parse_answer(bad), None, "{bad:?}");
         }
     }
 

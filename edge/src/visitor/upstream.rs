@@ -10,7 +10,7 @@ use crate::inspector::capture::Tapped;
 use crate::io::channel_writes::ChannelWrites;
 use crate::io::counting::CountingStream;
 use crate::io::read_buffer::Coalescing;
-use crate::mesh::links::{PeerLink, RelayError};
+use crate::mesh::links::{PeerLink, RelayChannel, RelayError};
 use crate::mesh::protocol::RelayListener;
 use crate::tunnels::Tunnel;
 use crate::visitor::pages::ProxyBody;
@@ -20,8 +20,6 @@ use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use russh::client;
-use russh::ChannelStream;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -175,7 +173,7 @@ pub async fn relay_channel(
     link: &Arc<PeerLink>,
     visitor: SocketAddr,
     scheme: &str,
-) -> Result<CountingStream<ChannelStream<client::Msg>>, OpenFailure> {
+) -> Result<CountingStream<RelayChannel>, OpenFailure> {
     let listener = match scheme {
         "https" => RelayListener::Https,
         _ => RelayListener::Http,

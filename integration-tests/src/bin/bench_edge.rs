@@ -64,6 +64,11 @@ struct Args {
     /// Extra lines for the edge's TOML configuration (tuning experiments).
     #[arg(long, default_value = "")]
     edge_toml: String,
+    /// Another `nearhop-edge` build (e.g. a copy of the binary before a change) run as a
+    /// second relaying edge beside the first: one more path, "relayed by another edge, B
+    /// build", measured in the same interleaved rounds, for an A/B of the relaying side.
+    #[arg(long)]
+    relay_b_binary: Option<std::path::PathBuf>,
     /// Only the request inspector's cost: requests/s and p99 for 1 KiB answers through a
     /// tunnel with the inspector off, on with no viewer (`inspect`), and on with a viewer
     /// following the live stream, in interleaved rounds (the median is reported).
@@ -105,6 +110,8 @@ const LOCAL: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const SSHD_N: &str = "OpenSSH sshd -R, client -N";
 const SSHD_SESSION: &str = "OpenSSH sshd -R, client with a session";
 const RELAYED: &str = "nearhop-edge, relayed by another edge";
+/// The same through the `--relay-b-binary` build.
+const RELAYED_B: &str = "nearhop-edge, relayed by another edge, B build";
 
 /// One path to nginx: its row name, base URL, the headers a visitor sends, the (server,
 /// client) processes whose CPU a download through it costs, and for the relayed path the
@@ -254,6 +261,25 @@ fn main() -> Result<()> {
     let relay_edge = EdgeProcess::start(&dir.join("edge-relay"), relay_spec)?;
     let via_relay = format!("http://{}", relay_edge.http_addr());
     wait_served(&via_relay, &host)?;
+    // The A/B build, if asked for: a third region's edge relaying to the same holder.
+    let relay_b = match &args.relay_b_binary {
+        Some(binary) => {
+            let credential = stack.control.issue_edge_credential("ap-1")?;
+            let mut spec = EdgeSpec::for_tests(
+                "ap",
+                Ipv4Addr::new(127, 0, 0, 3),
+                &stack.control.url,
+                &credential,
+            );
+            spec.extra_toml = format!("{}\n", args.edge_toml);
+            spec.binary = Some(binary.clone());
+            let b = EdgeProcess::start(&dir.join("edge-relay-b"), spec)?;
+            let via = format!("http://{}", b.http_addr());
+            wait_served(&via, &host)?;
+            Some((b, via))
+        }
+        None => None,
+    };
 
     // Each path with the headers a visitor sends and the processes whose CPU time a
     // download through it costs: the tunnel's server end (sshd and its session processes,
@@ -311,6 +337,18 @@ fn main() -> Result<()> {
         )
         .with_holder(edge_pid),
     ];
+    let mut paths = Vec::from(paths);
+    if let Some((b, via)) = &relay_b {
+        paths.push(
+            BenchPath::new(
+                RELAYED_B,
+                via,
+                host_is(&host),
+                Some((b.pid().unwrap_or(0), edge_client.pid())),
+            )
+            .with_holder(edge_pid),
+        );
+    }
     let mut rows = Vec::new();
     for p in &paths {
         let w = wrk(&args, &format!("{}/", p.base), &p.headers)?;
@@ -427,6 +465,20 @@ fn main() -> Result<()> {
         machine_ratio,
         1.0 / machine_ratio,
     );
+    if let Some(b) = row(RELAYED_B) {
+        println!(
+            "B build / relayed (A): requests/s x{:.2}, p99 {:+.2} ms, bulk x{:.2}; B vs direct: bulk x{:.2}; \
+             CPU per GB relayed: relaying edge A {:.2} s, B {:.2} s; whole machine A {:.2} s, B {:.2} s",
+            b.1.rps / relayed.1.rps,
+            b.1.p99_ms - relayed.1.p99_ms,
+            b.2 / relayed.2,
+            b.2 / ours.2,
+            per_gb(relayed.3.server_ns),
+            per_gb(b.3.server_ns),
+            per_gb(relayed.3.machine_ns),
+            per_gb(b.3.machine_ns),
+        );
+    }
     println!(
         "the relay hop at full load (wrk -t{} -c{} -d{}s, {} interleaved rounds, holder then relayed): \
          requests/s {:.0} / {:.0} (medians), relayed / direct per round {}, median x{:.2} (target >= x0.7); \

@@ -1,0 +1,534 @@
+//! Flow control of each relay channel on its own, so that one visitor who stops reading
+//! (or one tunnel whose service stops reading an upload) holds up nobody else on the link.
+//!
+//! russh grants a channel's SSH window again as soon as its data arrives, and holds data
+//! back only by not reading the connection while a channel's queue is full. On a client's
+//! session that stalls only that client's own tunnels (docs/edge.md, "Known limits"); on a
+//! mesh link, which carries every visitor one edge relays to another, it would stall all of
+//! them behind one visitor who stopped reading a download. So each side of a relay channel
+//! sends only against credit the other side grants as its reader takes the bytes ("=ID N"
+//! lines on the holdings feed, both ways, see `protocol`), and takes every packet off the
+//! connection at once ([`CreditedChannel`]): a channel's queue holds at most the credit
+//! granted, and the connection is never left unread.
+//!
+//! A channel starts with [`INITIAL_CREDIT`] each way; a window doubles, up to
+//! `ssh_window_bytes`, each time its reader has taken everything while the sender had used
+//! more than half its credit, so a fast visitor far away gets the bandwidth of a full
+//! window and a stalled one costs no more than the initial credit.
+
+use bytes::{Buf, Bytes};
+use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Bytes the holder may send on a relay channel before the relaying edge grants more.
+pub const INITIAL_CREDIT: u32 = 1024 * 1024;
+
+/// A grant: the other side may send `1` more bytes on the relay channel `0`.
+pub type Grant = (u32, u32);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---- sending against credit ----
+
+/// How many more bytes this side may send on one relay channel.
+struct SendWindow {
+    state: Mutex<SendState>,
+}
+
+struct SendState {
+    available: u64,
+    waker: Option<Waker>,
+}
+
+/// The send windows of one link's relay channels, by the id the relaying edge gave each.
+#[derive(Default)]
+pub struct SendWindows {
+    windows: Mutex<HashMap<u32, Arc<SendWindow>>>,
+}
+
+impl SendWindows {
+    /// The window of a new relay channel `id`; `None` when a channel with that id is open.
+    pub fn open(self: &Arc<Self>, id: u32) -> Option<WindowGuard> {
+        let window = Arc::new(SendWindow {
+            state: Mutex::new(SendState {
+                available: u64::from(INITIAL_CREDIT),
+                waker: None,
+            }),
+        });
+        let mut windows = lock(&self.windows);
+        if windows.contains_key(&id) {
+            return None;
+        }
+        windows.insert(id, window.clone());
+        Some(WindowGuard {
+            windows: self.clone(),
+            id,
+            window,
+        })
+    }
+
+    /// The peer's grant of `bytes` more on channel `id` (one that has closed meanwhile is
+    /// ignored).
+    pub fn grant(&self, id: u32, bytes: u32) {
+        let Some(window) = lock(&self.windows).get(&id).cloned() else {
+            return;
+        };
+        let mut state = lock(&window.state);
+        state.available = state.available.saturating_add(u64::from(bytes));
+        if let Some(w) = state.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Relay channels open with a window.
+    #[cfg(test)]
+    fn open_channels(&self) -> usize {
+        lock(&self.windows).len()
+    }
+}
+
+/// One relay channel's send window, forgotten when the channel's stream is dropped.
+pub struct WindowGuard {
+    windows: Arc<SendWindows>,
+    id: u32,
+    window: Arc<SendWindow>,
+}
+
+impl Drop for WindowGuard {
+    fn drop(&mut self) {
+        lock(&self.windows.windows).remove(&self.id);
+    }
+}
+
+/// `inner` (a relay channel), writing no more than the other side granted; without a
+/// window (a peer that grants no credit) it writes as `inner` does.
+pub struct CreditedWrites<S> {
+    inner: S,
+    window: Option<WindowGuard>,
+}
+
+impl<S> CreditedWrites<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, window: Option<WindowGuard>) -> CreditedWrites<S> {
+        CreditedWrites { inner, window }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CreditedWrites<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CreditedWrites<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let Some(guard) = &this.window else {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        };
+        let allowed = {
+            let mut state = lock(&guard.window.state);
+            if state.available == 0 && !buf.is_empty() {
+                state.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            usize::try_from(state.available)
+                .unwrap_or(usize::MAX)
+                .min(buf.len())
+        };
+        let written = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, &buf[..allowed]))?;
+        let mut state = lock(&guard.window.state);
+        state.available = state.available.saturating_sub(written as u64);
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+// ---- receiving: taking everything, granting as the reader takes it ----
+
+/// One side's credit on one link: ids for the relay channels (the relaying edge numbers
+/// them), where grants go (the holdings feed's task writes them to the peer), and the send
+/// windows the peer's grants open.
+pub struct LinkCredits {
+    next_id: AtomicU32,
+    grants: UnboundedSender<Grant>,
+    /// The largest window a channel grows to (`ssh_window_bytes`).
+    max_window: u32,
+    /// What this side may still send on each channel.
+    pub windows: Arc<SendWindows>,
+    /// `relay_errors_total{cause="credit_exceeded"}`.
+    exceeded: prometheus::IntCounter,
+}
+
+impl LinkCredits {
+    /// Credit for a link whose feed task writes `grants`.
+    pub fn new(
+        grants: UnboundedSender<Grant>,
+        max_window: u32,
+        exceeded: prometheus::IntCounter,
+    ) -> LinkCredits {
+        LinkCredits {
+            next_id: AtomicU32::new(1),
+            grants,
+            max_window: max_window.max(INITIAL_CREDIT),
+            windows: Arc::new(SendWindows::default()),
+            exceeded,
+        }
+    }
+
+    /// A number for a new relay channel (never 0, which means "no credit" to the holder,
+    /// nor one still open) and its send window.
+    pub fn open_channel(&self) -> (u32, WindowGuard) {
+        loop {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            if id == 0 {
+                continue;
+            }
+            if let Some(window) = self.windows.open(id) {
+                return (id, window);
+            }
+        }
+    }
+}
+
+/// What the drain task has taken off the connection for the reader.
+struct Inbox {
+    chunks: VecDeque<Bytes>,
+    /// Bytes received in all.
+    received: u64,
+    /// Bytes the sender may send in all (kept here so the drain task can tell an overrun).
+    granted: u64,
+    /// The sender sent its EOF or closed the channel.
+    ended: bool,
+    /// The sender sent more than it was granted.
+    overrun: bool,
+    waker: Option<Waker>,
+}
+
+/// A relay channel whose packets a task of its own takes off the connection as they come
+/// (see the module's doc); reads take them from there and grant the sender credit for
+/// them, writes wait for the other side's credit. `M` is russh's message type of the side
+/// (client at the relaying edge, server at the holder).
+pub struct CreditedChannel<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> {
+    id: u32,
+    inbox: Arc<Mutex<Inbox>>,
+    drain: tokio::task::JoinHandle<()>,
+    writer: CreditedWrites<Pin<Box<dyn AsyncWrite + Send>>>,
+    write_half: Option<ChannelWriteHalf<M>>,
+    credits: Arc<LinkCredits>,
+    receiving: Receiving,
+}
+
+/// The reader's side of one channel's credit: what it took, how far past that the sender
+/// may go.
+#[derive(Debug)]
+struct Receiving {
+    consumed: u64,
+    window: u32,
+    max_window: u32,
+}
+
+impl Receiving {
+    fn new(max_window: u32) -> Receiving {
+        Receiving {
+            consumed: 0,
+            window: INITIAL_CREDIT,
+            max_window,
+        }
+    }
+
+    /// The reader found nothing queued (it took all `received`): when the sender has used
+    /// more than half its credit too (less than half a window of `granted` is left), the
+    /// window is what holds this channel back, and grows.
+    fn ran_dry(&mut self, received: u64, granted: u64) {
+        let left = granted.saturating_sub(received);
+        if left < u64::from(self.window / 2) && self.window < self.max_window {
+            self.window = self.window.saturating_mul(2).min(self.max_window);
+        }
+    }
+
+    /// The grant due now, given the credit `granted` so far (raised by it): the sender may
+    /// then have `window` bytes in flight past what was taken. `None` until that is at
+    /// least half a window more, so grants come a few per window, not one per read.
+    fn due(&self, granted: &mut u64) -> Option<u32> {
+        let target = self.consumed + u64::from(self.window);
+        let more = target.saturating_sub(*granted);
+        if more == 0 || more < u64::from(self.window / 2) {
+            return None;
+        }
+        *granted = target;
+        Some(u32::try_from(more).unwrap_or(u32::MAX))
+    }
+}
+
+impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditedChannel<M> {
+    /// Takes over `read` and `write`, the halves of relay channel `id`, writing on the
+    /// credit of `window`.
+    pub fn new(
+        id: u32,
+        read: ChannelReadHalf,
+        write: ChannelWriteHalf<M>,
+        credits: Arc<LinkCredits>,
+        window: WindowGuard,
+    ) -> CreditedChannel<M> {
+        let inbox = Arc::new(Mutex::new(Inbox {
+            chunks: VecDeque::new(),
+            received: 0,
+            granted: u64::from(INITIAL_CREDIT),
+            ended: false,
+            overrun: false,
+            waker: None,
+        }));
+        let drain = tokio::spawn(drain(read, inbox.clone(), credits.exceeded.clone()));
+        let writer: Pin<Box<dyn AsyncWrite + Send>> = Box::pin(write.make_writer());
+        CreditedChannel {
+            id,
+            inbox,
+            drain,
+            writer: CreditedWrites::new(writer, Some(window)),
+            write_half: Some(write),
+            receiving: Receiving::new(credits.max_window),
+            credits,
+        }
+    }
+
+    /// Grants the sender what the reader has taken, once that is worth a line: the sender
+    /// may then have `window` bytes in flight past what was read.
+    fn grant(&mut self, inbox: &mut Inbox) {
+        if let Some(more) = self.receiving.due(&mut inbox.granted) {
+            let _ = self.credits.grants.send((self.id, more));
+        }
+    }
+}
+
+/// Takes the channel's messages off the connection as they come, until it ends.
+async fn drain(
+    mut read: ChannelReadHalf,
+    inbox: Arc<Mutex<Inbox>>,
+    exceeded: prometheus::IntCounter,
+) {
+    loop {
+        let msg = read.wait().await;
+        let mut inbox = lock(&inbox);
+        match msg {
+            Some(ChannelMsg::Data { data }) => {
+                inbox.received += data.len() as u64;
+                if inbox.received > inbox.granted {
+                    tracing::warn!(
+                        "a peer edge sent more on a relay channel than it was granted; \
+                         the channel is closed"
+                    );
+                    exceeded.inc();
+                    inbox.overrun = true;
+                    inbox.ended = true;
+                } else if !data.is_empty() {
+                    inbox.chunks.push_back(data);
+                }
+            }
+            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => inbox.ended = true,
+            Some(_) => continue,
+        }
+        if let Some(w) = inbox.waker.take() {
+            w.wake();
+        }
+        if inbox.ended {
+            return;
+        }
+    }
+}
+
+impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> AsyncRead
+    for CreditedChannel<M>
+{
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let inbox_arc = this.inbox.clone();
+        let mut inbox = lock(&inbox_arc);
+        let Some(front) = inbox.chunks.front_mut() else {
+            if inbox.overrun {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the peer edge sent more than the relay channel's credit",
+                )));
+            }
+            if inbox.ended {
+                return Poll::Ready(Ok(()));
+            }
+            this.receiving.ran_dry(inbox.received, inbox.granted);
+            this.grant(&mut inbox);
+            inbox.waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        };
+        let n = front.len().min(buf.remaining());
+        buf.put_slice(&front[..n]);
+        front.advance(n);
+        if front.is_empty() {
+            inbox.chunks.pop_front();
+        }
+        this.receiving.consumed += n as u64;
+        this.grant(&mut inbox);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> AsyncWrite
+    for CreditedChannel<M>
+{
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().writer).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().writer).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().writer).poll_shutdown(cx)
+    }
+}
+
+impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> Drop for CreditedChannel<M> {
+    /// Closes the channel, as russh's own stream does when dropped; the drain task stops
+    /// (whatever still comes for the channel is dropped by russh, not queued).
+    fn drop(&mut self) {
+        self.drain.abort();
+        if let Some(write) = self.write_half.take() {
+            tokio::spawn(async move {
+                let _ = write.close().await;
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_that_keeps_up_grants_every_half_window_and_its_window_grows() {
+        let mut r = Receiving::new(4 * INITIAL_CREDIT);
+        let mut granted = u64::from(INITIAL_CREDIT);
+        let half = u64::from(INITIAL_CREDIT / 2);
+        r.consumed = half - 1;
+        assert_eq!(r.due(&mut granted), None, "less than half a window taken");
+        r.consumed = half;
+        assert_eq!(r.due(&mut granted), Some(INITIAL_CREDIT / 2));
+        assert_eq!(granted, half + u64::from(INITIAL_CREDIT));
+        assert_eq!(r.due(&mut granted), None, "granted once");
+        // The sender used all its credit and the reader took it all: the window doubles,
+        // up to the largest, and the grant lets a whole window be in flight again.
+        r.consumed = granted;
+        r.ran_dry(granted, granted);
+        assert_eq!(r.window, 2 * INITIAL_CREDIT);
+        let before = granted;
+        assert_eq!(r.due(&mut granted), Some(2 * INITIAL_CREDIT));
+        assert_eq!(granted - before, u64::from(2 * INITIAL_CREDIT));
+        for _ in 0..5 {
+            r.ran_dry(granted, granted);
+        }
+        assert_eq!(
+            r.window,
+            4 * INITIAL_CREDIT,
+            "no larger than ssh_window_bytes"
+        );
+    }
+
+    #[test]
+    fn a_reader_that_stops_grants_nothing_more_and_its_window_stays() {
+        let mut r = Receiving::new(32 * INITIAL_CREDIT);
+        let mut granted = u64::from(INITIAL_CREDIT);
+        // All the first credit arrived, the visitor took a little and stopped.
+        r.consumed = 1000;
+        assert_eq!(r.due(&mut granted), None);
+        // Not dry: bytes are still queued, so the window does not grow.
+        assert_eq!(r.window, INITIAL_CREDIT);
+        // Dry while the sender still has credit left: the sender is not held back.
+        r.ran_dry(1000, granted);
+        assert_eq!(r.window, INITIAL_CREDIT);
+    }
+
+    #[test]
+    fn a_window_is_opened_once_per_id_and_forgotten_with_its_channel() {
+        let windows = Arc::new(SendWindows::default());
+        let first = windows.open(7).expect("a new id");
+        assert!(windows.open(7).is_none(), "an id in use is refused");
+        windows.grant(7, 10);
+        assert_eq!(
+            lock(&first.window.state).available,
+            u64::from(INITIAL_CREDIT) + 10
+        );
+        drop(first);
+        assert_eq!(windows.open_channels(), 0);
+        windows.grant(7, 10); // a late grant for a closed channel changes nothing
+        assert!(windows.open(7).is_some(), "the id is free again");
+    }
+
+    #[tokio::test]
+    async fn the_holder_writes_no_more_than_its_credit_and_goes_on_when_granted() {
+        use tokio::io::AsyncWriteExt;
+        let windows = Arc::new(SendWindows::default());
+        let (sink, mut peer) = tokio::io::duplex(4 * INITIAL_CREDIT as usize);
+        let mut writes = CreditedWrites::new(sink, windows.open(1));
+        let answer = vec![1u8; INITIAL_CREDIT as usize + 1000];
+        let write = tokio::spawn(async move {
+            writes.write_all(&answer).await.expect("written");
+            writes
+        });
+        // The credit goes out, then the writer waits.
+        let mut got = vec![0u8; INITIAL_CREDIT as usize];
+        tokio::io::AsyncReadExt::read_exact(&mut peer, &mut got)
+            .await
+            .expect("the credit's worth");
+        tokio::task::yield_now().await;
+        assert!(!write.is_finished(), "the writer waits for credit");
+        windows.grant(1, 1000);
+        let _writes = write.await.expect("finished once granted");
+        let mut rest = vec![0u8; 1000];
+        tokio::io::AsyncReadExt::read_exact(&mut peer, &mut rest)
+            .await
+            .expect("the rest");
+    }
+
+    #[tokio::test]
+    async fn without_a_window_writes_are_not_limited() {
+        use tokio::io::AsyncWriteExt;
+        let (sink, _peer) = tokio::io::duplex(4 * INITIAL_CREDIT as usize);
+        let mut writes = CreditedWrites::new(sink, None);
+        writes
+            .write_all(&vec![0u8; 2 * INITIAL_CREDIT as usize])
+            .await
+            .expect("no credit needed");
+    }
+}
