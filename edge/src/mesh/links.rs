@@ -574,6 +574,102 @@ mod tests {
         }
     }
 
+    /// A mesh listener that runs only `command` on a session channel, as an edge of that
+    /// version does (it refuses any other with `channel_failure`).
+    struct FeedOnly {
+        command: &'static str,
+    }
+
+    impl russh::server::Handler for FeedOnly {
+        type Error = russh::Error;
+
+        async fn auth_publickey(
+            &mut self,
+            _user: &str,
+            _key: russh::server::VerifiedPublicKey<'_>,
+        ) -> Result<russh::server::Auth, Self::Error> {
+            Ok(russh::server::Auth::Accept)
+        }
+
+        async fn channel_open_session(
+            &mut self,
+            _channel: russh::Channel<russh::server::Msg>,
+            reply: russh::server::ChannelOpenHandle,
+            _session: &mut russh::server::Session,
+        ) -> Result<(), Self::Error> {
+            reply.accept().await;
+            Ok(())
+        }
+
+        async fn exec_request(
+            &mut self,
+            channel: russh::ChannelId,
+            data: &[u8],
+            session: &mut russh::server::Session,
+        ) -> Result<(), Self::Error> {
+            if data == self.command.as_bytes() {
+                session.channel_success(channel)?;
+            } else {
+                session.channel_failure(channel)?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Whether `open_feed` settles on credit with a peer that runs only `command`.
+    async fn feed_with_peer_running(command: &'static str) -> bool {
+        let server_key = russh::keys::PrivateKey::from(
+            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[6; 32]),
+        );
+        let expected = server_key.public_key().clone();
+        let server_config = Arc::new(russh::server::Config {
+            keys: vec![server_key],
+            ..Default::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let running = russh::server::run_stream(server_config, stream, FeedOnly { command })
+                .await
+                .expect("handshake");
+            let _ = running.await;
+        });
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let config = Arc::new(client_config(&Config::default()));
+        let mut handle = client::connect_stream(config, stream, PeerClient { expected })
+            .await
+            .expect("client handshake");
+        let key = russh::keys::PrivateKey::from(
+            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[7; 32]),
+        );
+        let auth = handle
+            .authenticate_publickey("us-1", PrivateKeyWithHashAlg::new(Arc::new(key), None))
+            .await
+            .expect("authenticate");
+        assert!(auth.success());
+        let (mut feed, credit) = open_feed(&handle).await.expect("a feed either way");
+        if !credit {
+            // The fallback asked for the v1 feed, and the peer runs it.
+            loop {
+                match feed.wait().await {
+                    Some(ChannelMsg::Success) => break,
+                    Some(ChannelMsg::Failure) | None => panic!("the v1 feed was refused"),
+                    Some(_) => continue,
+                }
+            }
+        }
+        credit
+    }
+
+    #[tokio::test]
+    async fn a_peer_from_before_credit_gets_the_v1_feed_and_a_new_one_v2() {
+        assert!(feed_with_peer_running(HOLDINGS_COMMAND_V2).await);
+        assert!(!feed_with_peer_running(HOLDINGS_COMMAND).await);
+    }
+
     fn added(name: &str) -> HoldingChange {
         HoldingChange::Added(name.into(), nearhop_wire::TunnelKind::Http)
     }
