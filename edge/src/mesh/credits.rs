@@ -12,9 +12,10 @@
 //! granted, and the connection is never left unread.
 //!
 //! A channel starts with [`INITIAL_CREDIT`] each way; a window doubles, up to
-//! `ssh_window_bytes`, each time its reader has taken everything while the sender had used
-//! more than half its credit, so a fast visitor far away gets the bandwidth of a full
-//! window and a stalled one costs no more than the initial credit.
+//! `ssh_window_bytes`, each time its reader has taken everything after data came while the
+//! sender was short of credit, so a fast visitor far away gets the bandwidth of a full
+//! window, and one that stops reading costs no more than its window (the initial credit,
+//! unless it had been reading fast).
 
 use bytes::{Buf, Bytes};
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
@@ -47,6 +48,19 @@ struct SendWindow {
 struct SendState {
     available: u64,
     waker: Option<Waker>,
+    /// The channel is gone (closed by the peer, or cut for an overrun): no credit comes.
+    closed: bool,
+}
+
+impl SendWindow {
+    /// No more credit will come: a writer waiting for it gets an error.
+    fn close(&self) {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        if let Some(w) = state.waker.take() {
+            w.wake();
+        }
+    }
 }
 
 /// The send windows of one link's relay channels, by the id the relaying edge gave each.
@@ -62,6 +76,7 @@ impl SendWindows {
             state: Mutex::new(SendState {
                 available: u64::from(INITIAL_CREDIT),
                 waker: None,
+                closed: false,
             }),
         });
         let mut windows = lock(&self.windows);
@@ -145,6 +160,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CreditedWrites<S> {
         };
         let allowed = {
             let mut state = lock(&guard.window.state);
+            if state.available == 0 && state.closed {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the relay channel is closed",
+                )));
+            }
             if state.available == 0 && !buf.is_empty() {
                 state.waker = Some(cx.waker().clone());
                 return Poll::Pending;
@@ -226,6 +247,11 @@ struct Inbox {
     ended: bool,
     /// The sender sent more than it was granted.
     overrun: bool,
+    /// Half the reader's window now (for `tight`).
+    half_window: u64,
+    /// Data arrived while the sender had less than half a window of credit left: if the
+    /// reader then takes everything, credit is what held the channel back.
+    tight: bool,
     waker: Option<Waker>,
 }
 
@@ -261,12 +287,10 @@ impl Receiving {
         }
     }
 
-    /// The reader found nothing queued (it took all `received`): when the sender has used
-    /// more than half its credit too (less than half a window of `granted` is left), the
-    /// window is what holds this channel back, and grows.
-    fn ran_dry(&mut self, received: u64, granted: u64) {
-        let left = granted.saturating_sub(received);
-        if left < u64::from(self.window / 2) && self.window < self.max_window {
+    /// The reader found nothing queued: when data last came with the sender short of
+    /// credit (`tight`), the window is what holds this channel back, and grows.
+    fn ran_dry(&mut self, tight: bool) {
+        if tight && self.window < self.max_window {
             self.window = self.window.saturating_mul(2).min(self.max_window);
         }
     }
@@ -301,9 +325,16 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditedCh
             granted: u64::from(INITIAL_CREDIT),
             ended: false,
             overrun: false,
+            half_window: u64::from(INITIAL_CREDIT / 2),
+            tight: false,
             waker: None,
         }));
-        let drain = tokio::spawn(drain(read, inbox.clone(), credits.exceeded.clone()));
+        let drain = tokio::spawn(drain(
+            read,
+            inbox.clone(),
+            window.window.clone(),
+            credits.exceeded.clone(),
+        ));
         let writer: Pin<Box<dyn AsyncWrite + Send>> = Box::pin(write.make_writer());
         CreditedChannel {
             id,
@@ -319,43 +350,64 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditedCh
     /// Grants the sender what the reader has taken, once that is worth a line: the sender
     /// may then have `window` bytes in flight past what was read.
     fn grant(&mut self, inbox: &mut Inbox) {
+        inbox.half_window = u64::from(self.receiving.window / 2);
         if let Some(more) = self.receiving.due(&mut inbox.granted) {
             let _ = self.credits.grants.send((self.id, more));
         }
     }
 }
 
-/// Takes the channel's messages off the connection as they come, until it ends.
+/// Takes the channel's messages off the connection as they come, until it closes (after
+/// the sender's EOF this side may still write, so the channel's close is still watched).
+/// Once the channel is gone, or the sender overran its credit, the send window `sending`
+/// is closed: no credit comes for it any more.
 async fn drain(
     mut read: ChannelReadHalf,
     inbox: Arc<Mutex<Inbox>>,
+    sending: Arc<SendWindow>,
     exceeded: prometheus::IntCounter,
 ) {
     loop {
         let msg = read.wait().await;
         let mut inbox = lock(&inbox);
-        match msg {
-            Some(ChannelMsg::Data { data }) => {
+        let gone = match msg {
+            Some(ChannelMsg::Data { data }) if !inbox.ended => {
                 inbox.received += data.len() as u64;
                 if inbox.received > inbox.granted {
                     tracing::warn!(
                         "a peer edge sent more on a relay channel than it was granted; \
-                         the channel is closed"
+                         the channel is cut off"
                     );
                     exceeded.inc();
                     inbox.overrun = true;
                     inbox.ended = true;
-                } else if !data.is_empty() {
-                    inbox.chunks.push_back(data);
+                    true
+                } else {
+                    if inbox.granted - inbox.received < inbox.half_window {
+                        inbox.tight = true;
+                    }
+                    if !data.is_empty() {
+                        inbox.chunks.push_back(data);
+                    }
+                    false
                 }
             }
-            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => inbox.ended = true,
+            Some(ChannelMsg::Eof) => {
+                inbox.ended = true;
+                false
+            }
+            Some(ChannelMsg::Close) | None => {
+                inbox.ended = true;
+                true
+            }
             Some(_) => continue,
-        }
+        };
         if let Some(w) = inbox.waker.take() {
             w.wake();
         }
-        if inbox.ended {
+        drop(inbox);
+        if gone {
+            sending.close();
             return;
         }
     }
@@ -382,7 +434,8 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> AsyncRead
             if inbox.ended {
                 return Poll::Ready(Ok(()));
             }
-            this.receiving.ran_dry(inbox.received, inbox.granted);
+            let tight = std::mem::take(&mut inbox.tight);
+            this.receiving.ran_dry(tight);
             this.grant(&mut inbox);
             inbox.waker = Some(cx.waker().clone());
             return Poll::Pending;
@@ -424,11 +477,15 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> Drop for C
     /// (whatever still comes for the channel is dropped by russh, not queued).
     fn drop(&mut self) {
         self.drain.abort();
-        if let Some(write) = self.write_half.take() {
-            tokio::spawn(async move {
-                let _ = write.close().await;
-            });
-        }
+        let (Some(write), Ok(runtime)) = (
+            self.write_half.take(),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return;
+        };
+        runtime.spawn(async move {
+            let _ = write.close().await;
+        });
     }
 }
 
@@ -447,16 +504,14 @@ mod tests {
         assert_eq!(r.due(&mut granted), Some(INITIAL_CREDIT / 2));
         assert_eq!(granted, half + u64::from(INITIAL_CREDIT));
         assert_eq!(r.due(&mut granted), None, "granted once");
-        // The sender used all its credit and the reader took it all: the window doubles,
-        // up to the largest, and the grant lets a whole window be in flight again.
-        r.consumed = granted;
-        r.ran_dry(granted, granted);
+        // Data came while the sender was short of credit, and the reader took it all: the
+        // window doubles, up to the largest, and the grant lets a whole window be in flight.
+        r.ran_dry(true);
         assert_eq!(r.window, 2 * INITIAL_CREDIT);
-        let before = granted;
-        assert_eq!(r.due(&mut granted), Some(2 * INITIAL_CREDIT));
-        assert_eq!(granted - before, u64::from(2 * INITIAL_CREDIT));
+        assert_eq!(r.due(&mut granted), Some(INITIAL_CREDIT));
+        assert_eq!(granted, r.consumed + u64::from(2 * INITIAL_CREDIT));
         for _ in 0..5 {
-            r.ran_dry(granted, granted);
+            r.ran_dry(true);
         }
         assert_eq!(
             r.window,
@@ -472,10 +527,9 @@ mod tests {
         // All the first credit arrived, the visitor took a little and stopped.
         r.consumed = 1000;
         assert_eq!(r.due(&mut granted), None);
-        // Not dry: bytes are still queued, so the window does not grow.
         assert_eq!(r.window, INITIAL_CREDIT);
-        // Dry while the sender still has credit left: the sender is not held back.
-        r.ran_dry(1000, granted);
+        // Dry with the sender never short of credit: it is not held back, nothing grows.
+        r.ran_dry(false);
         assert_eq!(r.window, INITIAL_CREDIT);
     }
 
@@ -519,6 +573,29 @@ mod tests {
         tokio::io::AsyncReadExt::read_exact(&mut peer, &mut rest)
             .await
             .expect("the rest");
+    }
+
+    #[tokio::test]
+    async fn a_writer_waiting_for_credit_fails_once_the_channel_is_gone() {
+        use tokio::io::AsyncWriteExt;
+        let windows = Arc::new(SendWindows::default());
+        let (sink, _peer) = tokio::io::duplex(4 * INITIAL_CREDIT as usize);
+        let guard = windows.open(1).expect("a new id");
+        let window = guard.window.clone();
+        let mut writes = CreditedWrites::new(sink, Some(guard));
+        let write = tokio::spawn(async move {
+            writes
+                .write_all(&vec![0u8; INITIAL_CREDIT as usize + 1])
+                .await
+        });
+        tokio::task::yield_now().await;
+        window.close();
+        let result = write.await.expect("the writer ends");
+        assert_eq!(
+            result.map_err(|e| e.kind()),
+            Err(io::ErrorKind::BrokenPipe),
+            "no credit will come: the writer is told, not left waiting"
+        );
     }
 
     #[tokio::test]

@@ -151,7 +151,20 @@ impl PeerLink {
                 r = attempt => r,
                 _ = self.stop.cancelled() => break,
             };
-            *self.handle.write().await = None;
+            // A connection whose feed carried credit is closed with it: its relay channels
+            // would wait for credit that no longer comes (see `credits`).
+            if let Some(c) = self.handle.write().await.take() {
+                if c.credits.is_some() {
+                    let _ = c
+                        .handle
+                        .disconnect(
+                            russh::Disconnect::ByApplication,
+                            "holdings feed ended",
+                            "en",
+                        )
+                        .await;
+                }
+            }
             if !self.stop.is_cancelled() {
                 mesh.link_up.with_label_values(&[&self.id]).set(0);
             }

@@ -272,7 +272,8 @@ impl russh::server::Handler for PeerSession {
         }
         let edge = self.edge.clone();
         let credits = self.credits.clone();
-        tokio::spawn(feed_holdings(edge, chan, credits, grants).in_current_span());
+        let handle = session.handle();
+        tokio::spawn(feed_holdings(edge, chan, credits, grants, handle).in_current_span());
         Ok(())
     }
 
@@ -403,22 +404,28 @@ impl PeerSession {
 }
 
 /// Writes this edge's holdings to a peer: every name held now, then each change, until the
-/// peer goes away or the edge stops; reads the peer's answers meanwhile (to markers, and its
-/// grants of credit to the relay channels' `windows`).
+/// peer goes away or the edge stops; and this edge's grants of credit to the relay channels.
+/// The peer's answers (to markers, and its grants) are read by a task of their own, so that
+/// a write waiting on the connection never leaves them unread: russh would then stop
+/// reading the whole connection. When a feed with credit ends on a connection that lives
+/// on, the connection is closed: its relay channels would wait for credit that no longer
+/// comes.
 async fn feed_holdings(
     edge: Arc<Edge>,
-    mut channel: Channel<Msg>,
+    channel: Channel<Msg>,
     credits: Option<Arc<LinkCredits>>,
     mut grants: Option<UnboundedReceiver<Grant>>,
+    session: russh::server::Handle,
 ) {
-    let mut out = channel.make_writer();
+    let (read, write) = channel.split();
+    let mut out = write.make_writer();
     // Subscribe before the snapshot so that no change between the two is lost; a change
     // seen twice is harmless (adds and removes are idempotent). Register for markers after
     // subscribing, so that every marker this feed must answer reaches it.
     let mut changes = edge.registry.subscribe();
     let acks = &edge.mesh.acks;
     let feed = acks.open_feed();
-    let mut answers = String::new();
+    let mut answers = tokio::spawn(read_answers(read, edge.clone(), feed, credits.clone()));
     // Until the edge stops. Then no more changes go out, but the peer's grants of credit
     // still come in and this edge's go out, for the relayed visitors it is finishing.
     let mut following = true;
@@ -428,7 +435,7 @@ async fn feed_holdings(
         .is_ok()
     {
         loop {
-            let line = tokio::select! {
+            let text = tokio::select! {
                 c = changes.recv(), if following => match c {
                     Ok(c) => c.to_string(),
                     // Too many changes at once for this peer: start it over from a snapshot
@@ -436,38 +443,67 @@ async fn feed_holdings(
                     Err(RecvError::Lagged(_)) => snapshot(&edge, true),
                     Err(RecvError::Closed) => break,
                 },
-                Some((id, bytes)) = next_grant(&mut grants) => credit_line(id, bytes),
-                msg = channel.wait() => match msg {
-                    Some(ChannelMsg::Data { data }) => {
-                        answers.push_str(&String::from_utf8_lossy(&data));
-                        for answer in take_answers(&mut answers) {
-                            match (answer, &credits) {
-                                (Answer::Ack(marker), _) => acks.ack(feed, marker),
-                                (Answer::Credit(id, bytes), Some(c)) => {
-                                    c.windows.grant(id, bytes)
-                                }
-                                (Answer::Credit(..), None) => {}
-                            }
-                        }
-                        if answers.len() > MAX_LINE {
+                Some((id, bytes)) = next_grant(&mut grants) => {
+                    let mut text = credit_line(id, bytes);
+                    // Those waiting too, in one write.
+                    while let Some(Ok((id, bytes))) = grants.as_mut().map(|g| g.try_recv()) {
+                        text.push_str(&credit_line(id, bytes));
+                        if text.len() > 4096 {
                             break;
                         }
-                        continue;
                     }
-                    Some(_) => continue,
-                    None => break,
-                },
+                    text
+                }
+                // The peer closed the feed, or answered outside the protocol.
+                _ = &mut answers => break,
                 _ = edge.shutdown.cancelled(), if following => {
                     following = false;
                     continue;
                 }
             };
-            if out.write_all(line.as_bytes()).await.is_err() {
+            if out.write_all(text.as_bytes()).await.is_err() {
                 break;
             }
         }
     }
+    answers.abort();
     acks.close_feed(feed);
+    if credits.is_some() {
+        let _ = session
+            .disconnect(
+                russh::Disconnect::ByApplication,
+                "the holdings feed ended".into(),
+                "en".into(),
+            )
+            .await;
+    }
+}
+
+/// Reads the peer's answers on the feed until it closes it (or sends more than a line
+/// without an end): markers it applied, and its grants of credit.
+async fn read_answers(
+    mut read: russh::ChannelReadHalf,
+    edge: Arc<Edge>,
+    feed: u64,
+    credits: Option<Arc<LinkCredits>>,
+) {
+    let mut answers = String::new();
+    while let Some(msg) = read.wait().await {
+        let ChannelMsg::Data { data } = msg else {
+            continue;
+        };
+        answers.push_str(&String::from_utf8_lossy(&data));
+        for answer in take_answers(&mut answers) {
+            match (answer, &credits) {
+                (Answer::Ack(marker), _) => edge.mesh.acks.ack(feed, marker),
+                (Answer::Credit(id, bytes), Some(c)) => c.windows.grant(id, bytes),
+                (Answer::Credit(..), None) => {}
+            }
+        }
+        if answers.len() > MAX_LINE {
+            return;
+        }
+    }
 }
 
 /// The next grant of credit to write to the peer; never, on a feed without credit.
