@@ -598,6 +598,148 @@ mod tests {
         );
     }
 
+    /// A mesh listener that hands each `direct-tcpip` channel to the test.
+    struct Accepting(tokio::sync::mpsc::UnboundedSender<russh::Channel<russh::server::Msg>>);
+
+    impl russh::server::Handler for Accepting {
+        type Error = russh::Error;
+
+        async fn auth_publickey(
+            &mut self,
+            _user: &str,
+            _key: russh::server::VerifiedPublicKey<'_>,
+        ) -> Result<russh::server::Auth, Self::Error> {
+            Ok(russh::server::Auth::Accept)
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        async fn channel_open_direct_tcpip(
+            &mut self,
+            channel: russh::Channel<russh::server::Msg>,
+            _host_to_connect: &str,
+            _port_to_connect: u32,
+            _originator_address: &str,
+            _originator_port: u32,
+            reply: russh::server::ChannelOpenHandle,
+            _session: &mut russh::server::Session,
+        ) -> Result<(), Self::Error> {
+            reply.accept().await;
+            let _ = self.0.send(channel);
+            Ok(())
+        }
+    }
+
+    struct AnyServer;
+
+    impl russh::client::Handler for AnyServer {
+        type Error = russh::Error;
+
+        async fn check_server_key(
+            &mut self,
+            _key: &russh::keys::PublicKeyOrCertificate,
+        ) -> Result<bool, Self::Error> {
+            Ok(true)
+        }
+    }
+
+    /// Passes each side's grants to the other side's windows, as the feed does.
+    fn wire(grants: tokio::sync::mpsc::UnboundedReceiver<Grant>, to: Arc<LinkCredits>) {
+        let mut grants = grants;
+        tokio::spawn(async move {
+            while let Some((id, bytes)) = grants.recv().await {
+                to.windows.grant(id, bytes);
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn over_real_ssh_a_window_grows_when_credit_held_the_sender_back() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let key = russh::keys::PrivateKey::from(
+            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[8; 32]),
+        );
+        let server_config = Arc::new(russh::server::Config {
+            keys: vec![key.clone()],
+            ..Default::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (channels, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let running = russh::server::run_stream(server_config, stream, Accepting(channels))
+                .await
+                .expect("handshake");
+            let _ = running.await;
+        });
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let config = Arc::new(russh::client::Config::default());
+        let mut handle = russh::client::connect_stream(config, stream, AnyServer)
+            .await
+            .expect("client handshake");
+        let auth = handle
+            .authenticate_publickey(
+                "us-1",
+                russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), None),
+            )
+            .await
+            .expect("authenticate");
+        assert!(auth.success());
+
+        let counter = || prometheus::IntCounter::new("x", "x").expect("counter");
+        let max = 8 * INITIAL_CREDIT;
+        let (client_tx, client_grants) = tokio::sync::mpsc::unbounded_channel();
+        let (server_tx, server_grants) = tokio::sync::mpsc::unbounded_channel();
+        let client_credits = Arc::new(LinkCredits::new(client_tx, max, counter()));
+        let server_credits = Arc::new(LinkCredits::new(server_tx, max, counter()));
+        wire(client_grants, server_credits.clone());
+        wire(server_grants, client_credits.clone());
+
+        let (id, window) = client_credits.open_channel();
+        let channel = handle
+            .channel_open_direct_tcpip("nearhop-relay/http", id, "127.0.0.9", 1)
+            .await
+            .expect("open");
+        let (read, write) = channel.split();
+        let mut client: CreditedChannel<russh::client::Msg> =
+            CreditedChannel::new(id, read, write, client_credits, window);
+        let server_channel = accepted.recv().await.expect("the holder's side");
+        let server_window = server_credits.windows.open(id).expect("the same number");
+        let (read, write) = server_channel.split();
+        let mut server: CreditedChannel<russh::server::Msg> =
+            CreditedChannel::new(id, read, write, server_credits, server_window);
+
+        // The holder sends 4 MiB; the visitor reads nothing until the holder has used its
+        // whole first credit, then everything.
+        let size = 4 * INITIAL_CREDIT as usize;
+        let sender = tokio::spawn(async move {
+            let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            server.write_all(&body).await.expect("sent");
+            server.shutdown().await.expect("EOF");
+            server
+        });
+        while lock(&client.inbox).received < u64::from(INITIAL_CREDIT) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            lock(&client.inbox).received,
+            u64::from(INITIAL_CREDIT),
+            "the holder sends no more than its first credit before the visitor reads"
+        );
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got.len(), size);
+        assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+        assert!(
+            client.receiving.window > INITIAL_CREDIT,
+            "the window grew: {}",
+            client.receiving.window
+        );
+        let _server = sender.await.expect("sender");
+    }
+
     #[tokio::test]
     async fn without_a_window_writes_are_not_limited() {
         use tokio::io::AsyncWriteExt;
