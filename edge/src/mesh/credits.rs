@@ -160,7 +160,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CreditedWrites<S> {
         };
         let allowed = {
             let mut state = lock(&guard.window.state);
-            if state.available == 0 && state.closed {
+            // The channel is gone: whatever credit is left, nothing more is sent.
+            if state.closed {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::BrokenPipe,
                     "the relay channel is closed",
@@ -249,7 +250,7 @@ struct Inbox {
     overrun: bool,
     /// Half the reader's window now (for `tight`).
     half_window: u64,
-    /// Data arrived while the sender had less than half a window of credit left: if the
+    /// Data arrived while the sender had less than a quarter window of credit left: if the
     /// reader then takes everything, credit is what held the channel back.
     tight: bool,
     waker: Option<Waker>,
@@ -383,7 +384,9 @@ async fn drain(
                     inbox.ended = true;
                     true
                 } else {
-                    if inbox.granted - inbox.received < inbox.half_window {
+                    // Less than a quarter window left: the grant made at the half-way mark
+                    // has not reached the sender in time.
+                    if inbox.granted - inbox.received < inbox.half_window / 2 {
                         inbox.tight = true;
                     }
                     if !data.is_empty() {

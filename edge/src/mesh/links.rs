@@ -153,7 +153,8 @@ impl PeerLink {
             };
             // A connection whose feed carried credit is closed with it: its relay channels
             // would wait for credit that no longer comes (see `credits`).
-            if let Some(c) = self.handle.write().await.take() {
+            let gone = self.handle.write().await.take();
+            if let Some(c) = gone {
                 if c.credits.is_some() {
                     let _ = c
                         .handle

@@ -426,14 +426,18 @@ async fn feed_holdings(
     let acks = &edge.mesh.acks;
     let feed = acks.open_feed();
     let mut answers = tokio::spawn(read_answers(read, edge.clone(), feed, credits.clone()));
-    // Until the edge stops. Then no more changes go out, but the peer's grants of credit
-    // still come in and this edge's go out, for the relayed visitors it is finishing.
+    // Until the edge stops. Then no more changes go out, but grants of credit still pass
+    // both ways for as long as the connection lasts (today the mesh connections close when
+    // shutdown begins: `auth_succeeded`'s watch on the link's stop).
     let mut following = true;
-    if out
-        .write_all(snapshot(&edge, false).as_bytes())
-        .await
-        .is_ok()
-    {
+    // A write waits for the channel's SSH window, which never comes from a peer gone
+    // silent: each write also ends when the answers do (the session dropped the channel).
+    let first = snapshot(&edge, false);
+    let started = tokio::select! {
+        r = out.write_all(first.as_bytes()) => r.is_ok(),
+        _ = &mut answers => false,
+    };
+    if started {
         loop {
             let text = tokio::select! {
                 c = changes.recv(), if following => match c {
@@ -461,7 +465,11 @@ async fn feed_holdings(
                     continue;
                 }
             };
-            if out.write_all(text.as_bytes()).await.is_err() {
+            let written = tokio::select! {
+                r = out.write_all(text.as_bytes()) => r.is_ok(),
+                _ = &mut answers => false,
+            };
+            if !written {
                 break;
             }
         }
