@@ -296,6 +296,15 @@ impl Receiving {
         }
     }
 
+    /// Grants the sender of channel `id` what the reader has taken, once that is worth a
+    /// line (see [`Receiving::due`]), on `grants`.
+    fn grant(&self, id: u32, grants: &UnboundedSender<Grant>, inbox: &mut Inbox) {
+        inbox.half_window = u64::from(self.window / 2);
+        if let Some(more) = self.due(&mut inbox.granted) {
+            let _ = grants.send((id, more));
+        }
+    }
+
     /// The grant due now, given the credit `granted` so far (raised by it): the sender may
     /// then have `window` bytes in flight past what was taken. `None` until that is at
     /// least half a window more, so grants come a few per window, not one per read.
@@ -345,15 +354,6 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditedCh
             write_half: Some(write),
             receiving: Receiving::new(credits.max_window),
             credits,
-        }
-    }
-
-    /// Grants the sender what the reader has taken, once that is worth a line: the sender
-    /// may then have `window` bytes in flight past what was read.
-    fn grant(&mut self, inbox: &mut Inbox) {
-        inbox.half_window = u64::from(self.receiving.window / 2);
-        if let Some(more) = self.receiving.due(&mut inbox.granted) {
-            let _ = self.credits.grants.send((self.id, more));
         }
     }
 }
@@ -425,8 +425,7 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> AsyncRead
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let inbox_arc = this.inbox.clone();
-        let mut inbox = lock(&inbox_arc);
+        let mut inbox = lock(&this.inbox);
         let Some(front) = inbox.chunks.front_mut() else {
             if inbox.overrun {
                 return Poll::Ready(Err(io::Error::new(
@@ -439,7 +438,8 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> AsyncRead
             }
             let tight = std::mem::take(&mut inbox.tight);
             this.receiving.ran_dry(tight);
-            this.grant(&mut inbox);
+            this.receiving
+                .grant(this.id, &this.credits.grants, &mut inbox);
             inbox.waker = Some(cx.waker().clone());
             return Poll::Pending;
         };
@@ -450,7 +450,8 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> AsyncRead
             inbox.chunks.pop_front();
         }
         this.receiving.consumed += n as u64;
-        this.grant(&mut inbox);
+        this.receiving
+            .grant(this.id, &this.credits.grants, &mut inbox);
         Poll::Ready(Ok(()))
     }
 }
@@ -632,19 +633,6 @@ mod tests {
         }
     }
 
-    struct AnyServer;
-
-    impl russh::client::Handler for AnyServer {
-        type Error = russh::Error;
-
-        async fn check_server_key(
-            &mut self,
-            _key: &russh::keys::PublicKeyOrCertificate,
-        ) -> Result<bool, Self::Error> {
-            Ok(true)
-        }
-    }
-
     /// Passes each side's grants to the other side's windows, as the feed does.
     fn wire(grants: tokio::sync::mpsc::UnboundedReceiver<Grant>, to: Arc<LinkCredits>) {
         let mut grants = grants;
@@ -658,38 +646,8 @@ mod tests {
     #[tokio::test]
     async fn over_real_ssh_a_window_grows_when_credit_held_the_sender_back() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let key = russh::keys::PrivateKey::from(
-            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[8; 32]),
-        );
-        let server_config = Arc::new(russh::server::Config {
-            keys: vec![key.clone()],
-            ..Default::default()
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
         let (channels, mut accepted) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.expect("accept");
-            let running = russh::server::run_stream(server_config, stream, Accepting(channels))
-                .await
-                .expect("handshake");
-            let _ = running.await;
-        });
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let config = Arc::new(russh::client::Config::default());
-        let mut handle = russh::client::connect_stream(config, stream, AnyServer)
-            .await
-            .expect("client handshake");
-        let auth = handle
-            .authenticate_publickey(
-                "us-1",
-                russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), None),
-            )
-            .await
-            .expect("authenticate");
-        assert!(auth.success());
+        let handle = super::super::test_link::connect(Accepting(channels)).await;
 
         let counter = || prometheus::IntCounter::new("x", "x").expect("counter");
         let max = 8 * INITIAL_CREDIT;

@@ -496,6 +496,14 @@ pub struct PeerClient {
     expected: PublicKey,
 }
 
+#[cfg(test)]
+impl PeerClient {
+    /// A client that trusts exactly `expected`.
+    pub fn new(expected: PublicKey) -> PeerClient {
+        PeerClient { expected }
+    }
+}
+
 impl client::Handler for PeerClient {
     type Error = russh::Error;
 
@@ -632,38 +640,7 @@ mod tests {
 
     /// Whether `open_feed` settles on credit with a peer that runs only `command`.
     async fn feed_with_peer_running(command: &'static str) -> bool {
-        let server_key = russh::keys::PrivateKey::from(
-            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[6; 32]),
-        );
-        let expected = server_key.public_key().clone();
-        let server_config = Arc::new(russh::server::Config {
-            keys: vec![server_key],
-            ..Default::default()
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.expect("accept");
-            let running = russh::server::run_stream(server_config, stream, FeedOnly { command })
-                .await
-                .expect("handshake");
-            let _ = running.await;
-        });
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let config = Arc::new(client_config(&Config::default()));
-        let mut handle = client::connect_stream(config, stream, PeerClient { expected })
-            .await
-            .expect("client handshake");
-        let key = russh::keys::PrivateKey::from(
-            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[7; 32]),
-        );
-        let auth = handle
-            .authenticate_publickey("us-1", PrivateKeyWithHashAlg::new(Arc::new(key), None))
-            .await
-            .expect("authenticate");
-        assert!(auth.success());
+        let handle = super::super::test_link::connect(FeedOnly { command }).await;
         let (mut feed, credit) = open_feed(&handle).await.expect("a feed either way");
         if !credit {
             // The fallback asked for the v1 feed, and the peer runs it.

@@ -21,6 +21,8 @@ pub mod links;
 pub mod listener;
 pub mod local;
 pub mod protocol;
+#[cfg(test)]
+mod test_link;
 
 use crate::config::Config;
 use holders::HolderTable;
