@@ -115,7 +115,9 @@ impl Edge {
         let mesh = Arc::new(Mesh::new(
             &config,
             mesh_key,
-            shutdown.child_token(),
+            // Not the edge's shutdown token: links carry this edge's relayed visitors, which
+            // the drain lets finish; `shutdown` stops the links after it.
+            CancellationToken::new(),
             metrics.mesh_link_up.clone(),
             metrics
                 .relay_errors_total
@@ -361,6 +363,8 @@ pub async fn shutdown(edge: &Arc<Edge>) {
     while edge.metrics.visitor_connections_active.get() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Visitors this edge relays to peers drained over the links: only now do they close.
+    edge.mesh.shutdown.cancel();
     let closes = edge.registry.all();
     let close_all = async {
         for tunnel in &closes {

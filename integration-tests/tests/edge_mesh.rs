@@ -1116,3 +1116,74 @@ fn a_tunnel_whose_service_stops_reading_an_upload_holds_up_no_other_tunnel() {
     assert_answers_at_ap(&stack, &small_url, "one service stops reading");
     drop(upload);
 }
+
+/// Starts a `size`-byte download of `url` at `edge` and reads its first MiB.
+fn begin_download(
+    url: &str,
+    edge: SocketAddr,
+    size: usize,
+) -> (reqwest::blocking::Response, usize) {
+    let mut resp = visitor_from(url, edge, VISITOR)
+        .get(format!("{}/blob/{size}", url_at(url, edge)))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .expect("the download starts");
+    assert_eq!(resp.status(), 200);
+    let mut first = vec![0u8; 1 << 20];
+    resp.read_exact(&mut first).expect("the first MiB");
+    assert_blob(&first, first.len());
+    (resp, first.len())
+}
+
+/// Reads the rest of a download begun by [`begin_download`] and checks every byte.
+fn finish_download(mut resp: reqwest::blocking::Response, mut at: usize, size: usize, what: &str) {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match resp.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => panic!("{what}: the download broke off after {at} of {size} bytes: {e}"),
+        };
+        if n == 0 {
+            break;
+        }
+        if let Some(bad) = (0..n).find(|j| buf[*j] != blob_byte(at + j)) {
+            panic!("{what}: byte {} differs", at + bad);
+        }
+        at += n;
+    }
+    assert_eq!(at, size, "{what}: the whole download arrived");
+}
+
+/// Sends SIGTERM to the edge of `region` (a graceful stop, as systemd and Ansible do) and
+/// returns at once, while it drains.
+fn begin_stop(stack: &Stack, region: usize) {
+    let pid = stack.edges[region].pid().expect("the edge runs");
+    // SAFETY: kill(2) on a child the stack spawned and has not reaped.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+}
+
+#[test]
+fn an_edge_that_stops_lets_the_downloads_it_relays_or_holds_finish() {
+    let mut stack = mesh_stack();
+    let local = LocalService::start("local");
+    let (_client, url, _) = eu_tunnel(&stack, &local, &[US, AP]);
+    let size = 64 * 1024 * 1024;
+
+    // The relaying edge stops (a rolling restart): its visitor's download, relayed from eu,
+    // goes on to the end within the drain.
+    let (resp, at) = begin_download(&url, stack.regions[AP].http_addr(), size);
+    begin_stop(&stack, AP);
+    // Long enough for the stop to have closed whatever it closes at once.
+    std::thread::sleep(Duration::from_secs(1));
+    finish_download(resp, at, size, "relayed by a stopping edge");
+    stack.stop_edge("ap", Duration::from_secs(15));
+
+    // The holder stops: the download it serves through us goes on to the end too.
+    let (resp, at) = begin_download(&url, stack.regions[US].http_addr(), size);
+    begin_stop(&stack, EU);
+    std::thread::sleep(Duration::from_secs(1));
+    finish_download(resp, at, size, "held by a stopping edge");
+    stack.stop_edge("eu", Duration::from_secs(15));
+}

@@ -50,7 +50,8 @@ pub struct Mesh {
     pub link_up: prometheus::IntGaugeVec,
     /// `nearhop_edge_relay_errors_total{cause="credit_exceeded"}`, counted by the links.
     pub credit_exceeded: prometheus::IntCounter,
-    /// Cancelled when the edge shuts down: every link closes.
+    /// Cancelled when the edge's shutdown has drained its visitors (not when it starts, so
+    /// that relayed downloads and WebSockets in flight finish): every link closes.
     pub shutdown: CancellationToken,
 }
 
