@@ -121,6 +121,9 @@ pub struct Config {
     pub unbound_session_seconds: u64,
     /// SSH channel window (bytes in flight per visitor connection from the client).
     pub ssh_window_bytes: u32,
+    /// Bytes by which relay channels' receive windows may grow past their 1 MiB start, all
+    /// peer links together: what visitors who read fast and then stop can make the edge hold.
+    pub relay_window_budget_bytes: u64,
     /// Largest SSH packet payload accepted on a channel.
     pub ssh_max_packet_bytes: u32,
     /// Messages buffered per SSH channel before backpressure reaches the client's TCP stream.
@@ -313,6 +316,7 @@ impl Default for Config {
             ssh_auth_deadline_seconds: 20,
             unbound_session_seconds: 30,
             ssh_window_bytes: 8 * 1024 * 1024,
+            relay_window_budget_bytes: 256 * 1024 * 1024,
             ssh_max_packet_bytes: 32 * 1024,
             ssh_channel_buffer: 128,
             visitor_header_timeout_seconds: 30,

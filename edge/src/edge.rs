@@ -6,6 +6,7 @@
 use crate::config::Config;
 use crate::control::client::ControlClient;
 use crate::io::proxy_header;
+use crate::mesh::credits::{CreditLimits, WindowBudget};
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::ssh::link::{lock, SessionLink};
@@ -119,9 +120,17 @@ impl Edge {
             // the drain lets finish; `shutdown` stops the links after it.
             CancellationToken::new(),
             metrics.mesh_link_up.clone(),
-            metrics
-                .relay_errors_total
-                .with_label_values(&["credit_exceeded"]),
+            CreditLimits::new(
+                config.ssh_window_bytes,
+                WindowBudget::new(
+                    config.relay_window_budget_bytes,
+                    metrics.relay_window_grown_bytes.clone(),
+                    metrics.relay_window_growth_refused_total.clone(),
+                ),
+                metrics
+                    .relay_errors_total
+                    .with_label_values(&["credit_exceeded"]),
+            ),
         ));
         Ok(Edge {
             mesh,

@@ -57,6 +57,11 @@ pub struct Metrics {
     /// Bytes of relayed visitor connections, by peer edge and direction (`sent` to the peer,
     /// `received` from it).
     pub relay_bytes_total: IntCounterVec,
+    /// Bytes by which relay channels' receive windows have grown past their initial credit,
+    /// all links together (bounded by `relay_window_budget_bytes`).
+    pub relay_window_grown_bytes: IntGauge,
+    /// Times a relay channel's window would have grown but the budget was spent.
+    pub relay_window_growth_refused_total: IntCounter,
     /// HTTP requests relayed to each peer edge.
     pub relay_requests_total: IntCounterVec,
     /// Relays that failed, by cause.
@@ -214,6 +219,14 @@ impl Metrics {
             ),
             &["cause"],
         )?;
+        let relay_window_grown_bytes = IntGauge::new(
+            "nearhop_edge_relay_window_grown_bytes",
+            "Bytes by which relay channels' receive windows have grown past their initial credit, all peer links together.",
+        )?;
+        let relay_window_growth_refused_total = IntCounter::new(
+            "nearhop_edge_relay_window_growth_refused_total",
+            "Relay channel windows that stayed as they were because relay_window_budget_bytes was spent.",
+        )?;
         let mesh_holder_names = IntGaugeVec::new(
             Opts::new(
                 "nearhop_edge_mesh_holder_names",
@@ -272,6 +285,8 @@ impl Metrics {
         registry.register(Box::new(relay_bytes_total.clone()))?;
         registry.register(Box::new(relay_requests_total.clone()))?;
         registry.register(Box::new(relay_errors_total.clone()))?;
+        registry.register(Box::new(relay_window_grown_bytes.clone()))?;
+        registry.register(Box::new(relay_window_growth_refused_total.clone()))?;
         registry.register(Box::new(mesh_holder_names.clone()))?;
         registry.register(Box::new(mesh_holder_age_seconds.clone()))?;
         registry.register(Box::new(tunnels_active.clone()))?;
@@ -318,6 +333,8 @@ impl Metrics {
             relay_bytes_total,
             relay_requests_total,
             relay_errors_total,
+            relay_window_grown_bytes,
+            relay_window_growth_refused_total,
             mesh_holder_names,
             mesh_holder_age_seconds,
             mesh_link_up,

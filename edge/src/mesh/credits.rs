@@ -15,14 +15,16 @@
 //! `ssh_window_bytes`, each time its reader has taken everything after data came while the
 //! sender was short of credit, so a fast visitor far away gets the bandwidth of a full
 //! window, and one that stops reading costs no more than its window (the initial credit,
-//! unless it had been reading fast).
+//! unless it had been reading fast). What windows grow past their initial credit comes
+//! from one budget for the whole edge ([`WindowBudget`], `relay_window_budget_bytes`), so
+//! many visitors who read fast and then stop cannot make the edge hold more than that.
 
 use bytes::{Buf, Bytes};
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -192,33 +194,119 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CreditedWrites<S> {
 
 // ---- receiving: taking everything, granting as the reader takes it ----
 
+/// What bounds credit on every link of an edge.
+#[derive(Clone)]
+pub struct CreditLimits {
+    /// The largest window a channel grows to (`ssh_window_bytes`, at least the initial
+    /// credit).
+    max_window: u32,
+    /// What windows may grow by, all channels of all links together.
+    budget: Arc<WindowBudget>,
+    /// `relay_errors_total{cause="credit_exceeded"}`.
+    exceeded: prometheus::IntCounter,
+}
+
+impl CreditLimits {
+    /// Windows of up to `max_window` bytes, growing out of `budget`; overruns counted in
+    /// `exceeded`.
+    pub fn new(
+        max_window: u32,
+        budget: Arc<WindowBudget>,
+        exceeded: prometheus::IntCounter,
+    ) -> CreditLimits {
+        CreditLimits {
+            max_window: max_window.max(INITIAL_CREDIT),
+            budget,
+            exceeded,
+        }
+    }
+}
+
+/// The bytes by which relay channels' receive windows may grow past [`INITIAL_CREDIT`],
+/// edge-wide (`relay_window_budget_bytes`). A window is what its channel may make this edge
+/// hold when its reader stops; the initial credit is bounded by the visitor slots, growth
+/// by this. A channel gives back what it took when it closes.
+pub struct WindowBudget {
+    limit: u64,
+    used: AtomicU64,
+    /// `nearhop_edge_relay_window_grown_bytes`.
+    grown: prometheus::IntGauge,
+    /// `nearhop_edge_relay_window_growth_refused_total`.
+    refused: prometheus::IntCounter,
+}
+
+impl WindowBudget {
+    /// A budget of `limit` bytes, its use shown in `grown`, growth it refused counted in
+    /// `refused`.
+    pub fn new(
+        limit: u64,
+        grown: prometheus::IntGauge,
+        refused: prometheus::IntCounter,
+    ) -> Arc<WindowBudget> {
+        Arc::new(WindowBudget {
+            limit,
+            used: AtomicU64::new(0),
+            grown,
+            refused,
+        })
+    }
+
+    /// Takes `bytes` for a window to grow by; `false` (counted) when the budget has not
+    /// that much left.
+    fn take(&self, bytes: u64) -> bool {
+        let taken = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok();
+        if taken {
+            self.grown.add(i64::try_from(bytes).unwrap_or(i64::MAX));
+        } else {
+            self.refused.inc();
+        }
+        taken
+    }
+
+    /// Gives back `bytes` a window had taken.
+    fn give_back(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+        self.grown.sub(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Bytes taken now.
+    #[cfg(test)]
+    fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
 /// One side's credit on one link: ids for the relay channels (the relaying edge numbers
 /// them), where grants go (the holdings feed's task writes them to the peer), and the send
 /// windows the peer's grants open.
 pub struct LinkCredits {
     next_id: AtomicU32,
     grants: UnboundedSender<Grant>,
-    /// The largest window a channel grows to (`ssh_window_bytes`).
-    max_window: u32,
+    limits: CreditLimits,
     /// What this side may still send on each channel.
     pub windows: Arc<SendWindows>,
-    /// `relay_errors_total{cause="credit_exceeded"}`.
-    exceeded: prometheus::IntCounter,
 }
 
 impl LinkCredits {
     /// Credit for a link whose feed task writes `grants`.
-    pub fn new(
-        grants: UnboundedSender<Grant>,
-        max_window: u32,
-        exceeded: prometheus::IntCounter,
-    ) -> LinkCredits {
+    pub fn new(grants: UnboundedSender<Grant>, limits: CreditLimits) -> LinkCredits {
         LinkCredits {
             next_id: AtomicU32::new(1),
             grants,
-            max_window: max_window.max(INITIAL_CREDIT),
+            limits,
             windows: Arc::new(SendWindows::default()),
-            exceeded,
         }
     }
 
@@ -271,28 +359,33 @@ pub struct CreditedChannel<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync
 }
 
 /// The reader's side of one channel's credit: what it took, how far past that the sender
-/// may go.
-#[derive(Debug)]
+/// may go. What its window grew by is given back to the budget when it is dropped.
 struct Receiving {
     consumed: u64,
     window: u32,
     max_window: u32,
+    budget: Arc<WindowBudget>,
 }
 
 impl Receiving {
-    fn new(max_window: u32) -> Receiving {
+    fn new(limits: &CreditLimits) -> Receiving {
         Receiving {
             consumed: 0,
             window: INITIAL_CREDIT,
-            max_window,
+            max_window: limits.max_window,
+            budget: limits.budget.clone(),
         }
     }
 
     /// The reader found nothing queued: when data last came with the sender short of
-    /// credit (`tight`), the window is what holds this channel back, and grows.
+    /// credit (`tight`), the window is what holds this channel back, and grows, if the
+    /// edge's budget has room.
     fn ran_dry(&mut self, tight: bool) {
         if tight && self.window < self.max_window {
-            self.window = self.window.saturating_mul(2).min(self.max_window);
+            let grown = self.window.saturating_mul(2).min(self.max_window);
+            if self.budget.take(u64::from(grown - self.window)) {
+                self.window = grown;
+            }
         }
     }
 
@@ -316,6 +409,13 @@ impl Receiving {
         }
         *granted = target;
         Some(u32::try_from(more).unwrap_or(u32::MAX))
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.budget
+            .give_back(u64::from(self.window - INITIAL_CREDIT));
     }
 }
 
@@ -343,7 +443,7 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditedCh
             read,
             inbox.clone(),
             window.window.clone(),
-            credits.exceeded.clone(),
+            credits.limits.exceeded.clone(),
         ));
         let writer: Pin<Box<dyn AsyncWrite + Send>> = Box::pin(write.make_writer());
         CreditedChannel {
@@ -352,7 +452,7 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditedCh
             drain,
             writer: CreditedWrites::new(writer, Some(window)),
             write_half: Some(write),
-            receiving: Receiving::new(credits.max_window),
+            receiving: Receiving::new(&credits.limits),
             credits,
         }
     }
@@ -497,9 +597,48 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> Drop for C
 mod tests {
     use super::*;
 
+    /// Limits of windows up to `max_window`, growing out of a budget of `budget` bytes.
+    fn limits(max_window: u32, budget: u64) -> CreditLimits {
+        let grown = prometheus::IntGauge::new("grown", "grown").expect("gauge");
+        let refused = prometheus::IntCounter::new("refused", "refused").expect("counter");
+        let exceeded = prometheus::IntCounter::new("exceeded", "exceeded").expect("counter");
+        CreditLimits::new(
+            max_window,
+            WindowBudget::new(budget, grown, refused),
+            exceeded,
+        )
+    }
+
+    #[test]
+    fn windows_grow_out_of_one_budget_and_give_it_back_when_they_close() {
+        // Room for one window to double (and then some), not for two.
+        let limits = limits(8 * INITIAL_CREDIT, u64::from(INITIAL_CREDIT) * 3 / 2);
+        let budget = limits.budget.clone();
+        let mut fast = Receiving::new(&limits);
+        let mut other = Receiving::new(&limits);
+        fast.ran_dry(true);
+        assert_eq!(fast.window, 2 * INITIAL_CREDIT);
+        assert_eq!(budget.used(), u64::from(INITIAL_CREDIT));
+        assert_eq!(budget.grown.get(), i64::from(INITIAL_CREDIT));
+        fast.ran_dry(true);
+        assert_eq!(
+            fast.window,
+            2 * INITIAL_CREDIT,
+            "doubling again would overdraw"
+        );
+        other.ran_dry(true);
+        assert_eq!(other.window, INITIAL_CREDIT, "the budget is spent");
+        assert_eq!(budget.refused.get(), 2);
+        drop(fast);
+        assert_eq!(budget.used(), 0, "a closed channel gives its growth back");
+        assert_eq!(budget.grown.get(), 0);
+        other.ran_dry(true);
+        assert_eq!(other.window, 2 * INITIAL_CREDIT, "and another may grow");
+    }
+
     #[test]
     fn a_reader_that_keeps_up_grants_every_half_window_and_its_window_grows() {
-        let mut r = Receiving::new(4 * INITIAL_CREDIT);
+        let mut r = Receiving::new(&limits(4 * INITIAL_CREDIT, u64::MAX));
         let mut granted = u64::from(INITIAL_CREDIT);
         let half = u64::from(INITIAL_CREDIT / 2);
         r.consumed = half - 1;
@@ -526,7 +665,7 @@ mod tests {
 
     #[test]
     fn a_reader_that_stops_grants_nothing_more_and_its_window_stays() {
-        let mut r = Receiving::new(32 * INITIAL_CREDIT);
+        let mut r = Receiving::new(&limits(32 * INITIAL_CREDIT, u64::MAX));
         let mut granted = u64::from(INITIAL_CREDIT);
         // All the first credit arrived, the visitor took a little and stopped.
         r.consumed = 1000;
@@ -649,12 +788,11 @@ mod tests {
         let (channels, mut accepted) = tokio::sync::mpsc::unbounded_channel();
         let handle = super::super::test_link::connect(Accepting(channels)).await;
 
-        let counter = || prometheus::IntCounter::new("x", "x").expect("counter");
-        let max = 8 * INITIAL_CREDIT;
         let (client_tx, client_grants) = tokio::sync::mpsc::unbounded_channel();
         let (server_tx, server_grants) = tokio::sync::mpsc::unbounded_channel();
-        let client_credits = Arc::new(LinkCredits::new(client_tx, max, counter()));
-        let server_credits = Arc::new(LinkCredits::new(server_tx, max, counter()));
+        let limits = limits(8 * INITIAL_CREDIT, u64::MAX);
+        let client_credits = Arc::new(LinkCredits::new(client_tx, limits.clone()));
+        let server_credits = Arc::new(LinkCredits::new(server_tx, limits));
         wire(client_grants, server_credits.clone());
         wire(server_grants, client_credits.clone());
 

@@ -242,13 +242,8 @@ impl PeerLink {
         }
         let (mut feed, grants_credit) = open_feed(&handle).await?;
         let (grants, grants_out) = unbounded_channel();
-        let credits = grants_credit.then(|| {
-            Arc::new(LinkCredits::new(
-                grants,
-                mesh.client_config.window_size,
-                mesh.credit_exceeded.clone(),
-            ))
-        });
+        let credits =
+            grants_credit.then(|| Arc::new(LinkCredits::new(grants, mesh.credit_limits.clone())));
         *self.handle.write().await = Some(Connected {
             handle: Arc::new(handle),
             credits: credits.clone(),
@@ -522,6 +517,7 @@ impl client::Handler for PeerClient {
 
 #[cfg(test)]
 mod tests {
+    use super::super::credits::{CreditLimits, WindowBudget};
     use super::*;
 
     #[tokio::test]
@@ -573,12 +569,19 @@ mod tests {
         let gauge = prometheus::IntGaugeVec::new(prometheus::Opts::new("up", "up"), &["peer"])
             .expect("gauge");
         let exceeded = prometheus::IntCounter::new("exceeded", "exceeded").expect("counter");
+        let grown = prometheus::IntGauge::new("grown", "grown").expect("gauge");
+        let refused = prometheus::IntCounter::new("refused", "refused").expect("counter");
+        let limits = CreditLimits::new(
+            config.ssh_window_bytes,
+            WindowBudget::new(config.relay_window_budget_bytes, grown, refused),
+            exceeded,
+        );
         let mesh = Mesh::new(
             &config,
             Arc::new(key),
             CancellationToken::new(),
             gauge,
-            exceeded,
+            limits,
         );
         let started = mesh.set_peers(&[peer_at(addr)]);
         (mesh, started[0].clone())

@@ -261,12 +261,7 @@ impl russh::server::Handler for PeerSession {
         let mut grants = None;
         if grants_credit {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let exceeded = self
-                .edge
-                .metrics
-                .relay_errors_total
-                .with_label_values(&["credit_exceeded"]);
-            let credits = LinkCredits::new(tx, self.edge.config.ssh_window_bytes, exceeded);
+            let credits = LinkCredits::new(tx, self.edge.mesh.credit_limits.clone());
             self.credits = Some(Arc::new(credits));
             grants = Some(rx);
         }

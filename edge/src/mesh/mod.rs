@@ -48,8 +48,8 @@ pub struct Mesh {
     pub client_config: Arc<russh::client::Config>,
     /// `nearhop_edge_mesh_link_up`, set by the links.
     pub link_up: prometheus::IntGaugeVec,
-    /// `nearhop_edge_relay_errors_total{cause="credit_exceeded"}`, counted by the links.
-    pub credit_exceeded: prometheus::IntCounter,
+    /// What bounds relay channels' credit on every link.
+    pub credit_limits: credits::CreditLimits,
     /// Cancelled when the edge's shutdown has drained its visitors (not when it starts, so
     /// that relayed downloads and WebSockets in flight finish): every link closes.
     pub shutdown: CancellationToken,
@@ -62,14 +62,14 @@ impl Mesh {
         key: Arc<PrivateKey>,
         shutdown: CancellationToken,
         link_up: prometheus::IntGaugeVec,
-        credit_exceeded: prometheus::IntCounter,
+        credit_limits: credits::CreditLimits,
     ) -> Mesh {
         Mesh {
             my_id: config.edge_id.clone(),
             key,
             client_config: Arc::new(links::client_config(config)),
             link_up,
-            credit_exceeded,
+            credit_limits,
             holders: HolderTable::default(),
             acks: acks::FeedAcks::default(),
             peers: RwLock::new(HashMap::new()),
