@@ -308,14 +308,30 @@ async fn open_feed(
     handle: &Handle<PeerClient>,
 ) -> anyhow::Result<(russh::Channel<client::Msg>, bool)> {
     use anyhow::Context;
-    let feed = handle
+    let feed = ask_for_feed(handle, HOLDINGS_COMMAND_V2).await?;
+    if let Some(feed) = feed {
+        return Ok((feed, true));
+    }
+    let feed = ask_for_feed(handle, HOLDINGS_COMMAND)
+        .await?
+        .context("the peer refused the holdings feed, v2 and v1 alike (is it a nearhop edge?)")?;
+    Ok((feed, false))
+}
+
+/// Opens a session channel and runs `command` on it: the channel once the peer accepted,
+/// `None` (the channel closed) when it refused.
+async fn ask_for_feed(
+    handle: &Handle<PeerClient>,
+    command: &str,
+) -> anyhow::Result<Option<russh::Channel<client::Msg>>> {
+    use anyhow::Context;
+    let mut feed = handle
         .channel_open_session()
         .await
         .context("opening the holdings feed")?;
-    feed.exec(true, HOLDINGS_COMMAND_V2)
+    feed.exec(true, command)
         .await
         .context("asking for the holdings feed")?;
-    let mut feed = feed;
     let accepted = tokio::time::timeout(CONNECT_TIMEOUT, async {
         loop {
             match feed.wait().await {
@@ -327,20 +343,15 @@ async fn open_feed(
         }
     })
     .await
-    .context("the peer did not answer the request for its holdings feed")?
+    .with_context(|| {
+        format!("the peer did not answer the request for its holdings feed ({command})")
+    })?
     .context("the peer closed the holdings feed before answering")?;
     if accepted {
-        return Ok((feed, true));
+        return Ok(Some(feed));
     }
     let _ = feed.close().await;
-    let feed = handle
-        .channel_open_session()
-        .await
-        .context("opening the holdings feed")?;
-    feed.exec(true, HOLDINGS_COMMAND)
-        .await
-        .context("asking for the holdings feed")?;
-    Ok((feed, false))
+    Ok(None)
 }
 
 /// Writes the feed's answers to the peer, in the order they come: answers to markers, and
@@ -641,27 +652,25 @@ mod tests {
         }
     }
 
-    /// Whether `open_feed` settles on credit with a peer that runs only `command`.
-    async fn feed_with_peer_running(command: &'static str) -> bool {
+    /// Whether `open_feed` settles on credit with a peer that runs only `command` (it
+    /// waits for the peer to accept the feed it settles on); an error when it runs neither.
+    async fn feed_with_peer_running(command: &'static str) -> anyhow::Result<bool> {
         let handle = super::super::test_link::connect(FeedOnly { command }).await;
-        let (mut feed, credit) = open_feed(&handle).await.expect("a feed either way");
-        if !credit {
-            // The fallback asked for the v1 feed, and the peer runs it.
-            loop {
-                match feed.wait().await {
-                    Some(ChannelMsg::Success) => break,
-                    Some(ChannelMsg::Failure) | None => panic!("the v1 feed was refused"),
-                    Some(_) => continue,
-                }
-            }
-        }
-        credit
+        open_feed(&handle).await.map(|(_, credit)| credit)
     }
 
     #[tokio::test]
     async fn a_peer_from_before_credit_gets_the_v1_feed_and_a_new_one_v2() {
-        assert!(feed_with_peer_running(HOLDINGS_COMMAND_V2).await);
-        assert!(!feed_with_peer_running(HOLDINGS_COMMAND).await);
+        assert!(feed_with_peer_running(HOLDINGS_COMMAND_V2)
+            .await
+            .expect("v2"));
+        assert!(!feed_with_peer_running(HOLDINGS_COMMAND).await.expect("v1"));
+        let neither = feed_with_peer_running("something else").await;
+        let e = format!(
+            "{:#}",
+            neither.expect_err("no feed from a peer refusing both")
+        );
+        assert!(e.contains("refused the holdings feed"), "{e}");
     }
 
     fn added(name: &str) -> HoldingChange {
