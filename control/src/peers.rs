@@ -31,8 +31,9 @@ pub fn check_announcement(reg: &RegisterEdgeRequest) -> ControlResult<()> {
     Ok(())
 }
 
-/// Every edge but `caller` with a live credential, a mesh address and a host key, not
-/// draining, that heartbeated within [`LIVE_HEARTBEATS`] × `heartbeat_seconds`.
+/// Every edge but `caller` with a live credential, a mesh address and a host key, that
+/// heartbeated within [`LIVE_HEARTBEATS`] × `heartbeat_seconds`. Draining edges stay: they
+/// still hold live tunnels, and their links carry relayed visitors until their drain ends.
 pub fn list(
     conn: &mut PgConnection,
     caller: &str,
@@ -41,7 +42,6 @@ pub fn list(
     let window = chrono::Duration::seconds((LIVE_HEARTBEATS * heartbeat_seconds) as i64);
     let rows: Vec<(String, String, Option<String>, Option<String>)> = edges::table
         .filter(edges::id.ne(caller))
-        .filter(edges::draining.eq(false))
         .filter(edges::last_heartbeat.gt(Utc::now() - window))
         .filter(edges::mesh_addr.is_not_null())
         .filter(edges::host_key.is_not_null())

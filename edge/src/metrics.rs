@@ -225,7 +225,7 @@ impl Metrics {
         )?;
         let relay_window_growth_refused_total = IntCounter::new(
             "nearhop_edge_relay_window_growth_refused_total",
-            "Relay channel windows that stayed as they were because relay_window_budget_bytes was spent.",
+            "Times a relay channel's window would have grown but relay_window_budget_bytes was spent.",
         )?;
         let mesh_holder_names = IntGaugeVec::new(
             Opts::new(

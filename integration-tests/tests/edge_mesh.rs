@@ -5,6 +5,7 @@
 //! and edges trust each other only as themselves.
 
 use nearhop_stack::metrics::metric_sum;
+use nearhop_stack::postgres::psql;
 use nearhop_stack::prelude::*;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -1170,20 +1171,49 @@ fn an_edge_that_stops_lets_the_downloads_it_relays_or_holds_finish() {
     let local = LocalService::start("local");
     let (_client, url, _) = eu_tunnel(&stack, &local, &[US, AP]);
     let size = 64 * 1024 * 1024;
+    // Longer than the 3 heartbeats (of 1 s here) after which a silent edge leaves its
+    // peers' lists, shorter than the drain (10 s).
+    let held = Duration::from_secs(5);
 
-    // The relaying edge stops (a rolling restart): its visitor's download, relayed from eu,
-    // goes on to the end within the drain.
+    // The relaying edge is drained as drain-edge.yml does it (marked draining, then
+    // SIGTERM): its visitor's download, relayed from eu, goes on to the end within the
+    // drain, though the visitor holds off reading for longer than 3 heartbeats.
     let (resp, at) = begin_download(&url, stack.regions[AP].http_addr(), size);
+    let ap_id = &stack.edges[AP].spec.edge_id;
+    psql(
+        &stack.pg.primary.endpoint,
+        &format!("UPDATE edges SET draining = true WHERE id = '{ap_id}'"),
+    )
+    .expect("marking ap draining");
+    // Control's peer lists change at the next heartbeats (1 s).
+    std::thread::sleep(Duration::from_secs(2));
     begin_stop(&stack, AP);
-    // Long enough for the stop to have closed whatever it closes at once.
-    std::thread::sleep(Duration::from_secs(1));
-    finish_download(resp, at, size, "relayed by a stopping edge");
+    std::thread::sleep(held);
+    finish_download(resp, at, size, "relayed by a draining edge");
     stack.stop_edge("ap", Duration::from_secs(15));
 
     // The holder stops: the download it serves through us goes on to the end too.
     let (resp, at) = begin_download(&url, stack.regions[US].http_addr(), size);
     begin_stop(&stack, EU);
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(held);
+    // Meanwhile (eu drains until this download ends) us was told to forget eu's names: a
+    // new visitor there waits for the tunnel to come back rather than being relayed to an
+    // edge that takes no one new.
+    let metrics = edge_metrics(&stack, US);
+    assert_eq!(
+        metric_sum(&metrics, "nearhop_edge_mesh_link_up", &[("peer", "eu-1")]),
+        1.0,
+        "the link to the draining eu is up:\n{metrics}"
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "nearhop_edge_mesh_holder_names",
+            &[("peer", "eu-1")]
+        ),
+        0.0,
+        "us forgot what the draining eu holds:\n{metrics}"
+    );
     finish_download(resp, at, size, "held by a stopping edge");
     stack.stop_edge("eu", Duration::from_secs(15));
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 /// Longest wait between registration attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Registers, then heartbeats until shutdown.
+/// Registers, then heartbeats until the drain ends (the tunnels live until then, and peers
+/// keep this edge while it heartbeats, so the visitors relayed either way finish).
 pub async fn run(edge: Arc<Edge>) {
     let Some(mut interval) = register(&edge).await else {
         return;
@@ -19,7 +20,7 @@ pub async fn run(edge: Arc<Edge>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = edge.shutdown.cancelled() => return,
+            _ = edge.mesh.shutdown.cancelled() => return,
         }
         let req = EdgeHeartbeatRequest {
             tunnel_ids: edge.registry.ids(),

@@ -251,19 +251,20 @@ impl WindowBudget {
         })
     }
 
-    /// Takes `bytes` for a window to grow by; `false` (counted) when the budget has not
-    /// that much left.
-    fn take(&self, bytes: u64) -> bool {
-        let taken = self
+    /// Takes up to `bytes` for a window to grow by: what the budget has left of it, 0
+    /// (counted as refused) when it is spent.
+    fn take(&self, bytes: u64) -> u64 {
+        let mut taken = 0;
+        let _ = self
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|total| *total <= self.limit)
-            })
-            .is_ok();
-        if taken {
-            self.grown.add(i64::try_from(bytes).unwrap_or(i64::MAX));
-        } else {
+                taken = bytes.min(self.limit.saturating_sub(used));
+                Some(used + taken)
+            });
+        if taken == 0 {
             self.refused.inc();
+        } else {
+            self.grown.add(i64::try_from(taken).unwrap_or(i64::MAX));
         }
         taken
     }
@@ -378,14 +379,14 @@ impl Receiving {
     }
 
     /// The reader found nothing queued: when data last came with the sender short of
-    /// credit (`tight`), the window is what holds this channel back, and grows, if the
-    /// edge's budget has room.
+    /// credit (`tight`), the window is what holds this channel back, and grows (doubles, as
+    /// far as the edge's budget has room).
     fn ran_dry(&mut self, tight: bool) {
         if tight && self.window < self.max_window {
             let grown = self.window.saturating_mul(2).min(self.max_window);
-            if self.budget.take(u64::from(grown - self.window)) {
-                self.window = grown;
-            }
+            let taken = self.budget.take(u64::from(grown - self.window));
+            // At most `grown - window`, a u32.
+            self.window += u32::try_from(taken).unwrap_or(0);
         }
     }
 
@@ -611,8 +612,8 @@ mod tests {
 
     #[test]
     fn windows_grow_out_of_one_budget_and_give_it_back_when_they_close() {
-        // Room for one window to double (and then some), not for two.
-        let limits = limits(8 * INITIAL_CREDIT, u64::from(INITIAL_CREDIT) * 3 / 2);
+        // Room for two windows to double, no more.
+        let limits = limits(8 * INITIAL_CREDIT, u64::from(INITIAL_CREDIT) * 2);
         let budget = limits.budget.clone();
         let mut fast = Receiving::new(&limits);
         let mut other = Receiving::new(&limits);
@@ -620,20 +621,27 @@ mod tests {
         assert_eq!(fast.window, 2 * INITIAL_CREDIT);
         assert_eq!(budget.used(), u64::from(INITIAL_CREDIT));
         assert_eq!(budget.grown.get(), i64::from(INITIAL_CREDIT));
+        other.ran_dry(true);
+        assert_eq!(other.window, 2 * INITIAL_CREDIT);
+        fast.ran_dry(true);
+        assert_eq!(fast.window, 2 * INITIAL_CREDIT, "the budget is spent");
+        assert_eq!(budget.refused.get(), 1);
+        drop(other);
+        assert_eq!(
+            budget.used(),
+            u64::from(INITIAL_CREDIT),
+            "a closed channel gives its growth back"
+        );
         fast.ran_dry(true);
         assert_eq!(
             fast.window,
-            2 * INITIAL_CREDIT,
-            "doubling again would overdraw"
+            3 * INITIAL_CREDIT,
+            "a window grows as far as the budget goes"
         );
-        other.ran_dry(true);
-        assert_eq!(other.window, INITIAL_CREDIT, "the budget is spent");
-        assert_eq!(budget.refused.get(), 2);
+        assert_eq!(budget.used(), u64::from(2 * INITIAL_CREDIT));
         drop(fast);
-        assert_eq!(budget.used(), 0, "a closed channel gives its growth back");
+        assert_eq!(budget.used(), 0);
         assert_eq!(budget.grown.get(), 0);
-        other.ran_dry(true);
-        assert_eq!(other.window, 2 * INITIAL_CREDIT, "and another may grow");
     }
 
     #[test]

@@ -300,6 +300,12 @@ impl russh::server::Handler for PeerSession {
                 .await;
             return Ok(());
         };
+        if self.edge.shutdown.is_cancelled() {
+            // Draining: its feed told the peer to forget this edge's names; a relay that
+            // crossed that is refused, and the peer waits for the tunnel elsewhere.
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            return Ok(());
+        }
         let listener = RelayListener::from_channel_target(host_to_connect);
         let visitor = originator_address
             .parse::<IpAddr>()
@@ -421,9 +427,11 @@ async fn feed_holdings(
     let acks = &edge.mesh.acks;
     let feed = acks.open_feed();
     let mut answers = tokio::spawn(read_answers(read, edge.clone(), feed, credits.clone()));
-    // Until the edge stops. Then no more changes go out, but grants of credit still pass
-    // both ways for as long as the connection lasts (today the mesh connections close when
-    // shutdown begins: `auth_succeeded`'s watch on the link's stop).
+    // Until the edge stops. Then the peer is told to forget every name this edge holds
+    // (its relays of new visitors would be refused: see `channel_open_direct_tcpip`; they
+    // wait for the clients to reconnect elsewhere instead), no more changes go out, and
+    // grants of credit still pass both ways for as long as the connection lasts: until the
+    // drain ends (`Mesh::shutdown`), so relayed visitors in flight finish.
     let mut following = true;
     // A write waits for the channel's SSH window, which never comes from a peer gone
     // silent: each write also ends when the answers do (the session dropped the channel).
@@ -457,7 +465,7 @@ async fn feed_holdings(
                 _ = &mut answers => break,
                 _ = edge.shutdown.cancelled(), if following => {
                     following = false;
-                    continue;
+                    HoldingChange::Reset.to_string()
                 }
             };
             let written = tokio::select! {

@@ -559,7 +559,10 @@ where
 /// Whether a request for `head`'s host goes to the same holder over the same channel (a
 /// relay channel carries one name: see `UpstreamKey::Peer`).
 fn goes_along(pass: &Pass<'_>, head: &RequestHead) -> bool {
-    if head.host != pass.host || pass.link.stop.is_cancelled() {
+    // A stopping edge lets the answers owed finish, then hands the connection to hyper,
+    // which closes it at the request's end as on the direct path.
+    if head.host != pass.host || pass.link.stop.is_cancelled() || pass.edge.shutdown.is_cancelled()
+    {
         return false;
     }
     let route = routing::route_quietly(
