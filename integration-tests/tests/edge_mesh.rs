@@ -1170,7 +1170,9 @@ fn an_edge_that_stops_lets_the_downloads_it_relays_or_holds_finish() {
     let mut stack = mesh_stack();
     let local = LocalService::start("local");
     let (_client, url, _) = eu_tunnel(&stack, &local, &[US, AP]);
-    let size = 64 * 1024 * 1024;
+    // Far more than the windows and socket buffers hold while the visitor holds off, and
+    // little enough to cross two SSH hops of a debug build well within the drain (10 s).
+    let size = 16 * 1024 * 1024;
     // Longer than the 3 heartbeats (of 1 s here) after which a silent edge leaves its
     // peers' lists, shorter than the drain (10 s).
     let held = Duration::from_secs(5);
@@ -1214,6 +1216,24 @@ fn an_edge_that_stops_lets_the_downloads_it_relays_or_holds_finish() {
         0.0,
         "us forgot what the draining eu holds:\n{metrics}"
     );
+    // A new visitor there now (a POST, which is never sent twice) waits for the tunnel's
+    // client to come back, and gets the page when it does not, not a 502 from an edge
+    // that takes no one new.
+    let post = {
+        let (url, us) = (url.clone(), stack.regions[US].http_addr());
+        std::thread::spawn(move || {
+            let r = visitor_from(&url, us, VISITOR)
+                .post(format!("{}/echo", url_at(&url, us)))
+                .body("hello")
+                .send()?;
+            Ok::<_, reqwest::Error>((r.status().as_u16(), r.text()?))
+        })
+    };
     finish_download(resp, at, size, "held by a stopping edge");
+    let (status, body) = post.join().expect("the visitor thread").expect("an answer");
+    assert!(
+        status == 404 && body.contains("No tunnel here"),
+        "a new visitor during the holder's drain: {status} {body}"
+    );
     stack.stop_edge("eu", Duration::from_secs(15));
 }

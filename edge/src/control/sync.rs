@@ -47,8 +47,10 @@ pub async fn run(edge: Arc<Edge>) {
                     .with_label_values(&["heartbeat"])
                     .inc();
                 tracing::warn!(error = %e, "heartbeat failed; live tunnels keep serving");
-                if e.code() == Some(ErrorCode::NotFound) {
-                    // Control forgot this edge (e.g. its registry was reset): announce again.
+                // Control forgot this edge (e.g. its registry was reset): announce again;
+                // not while draining (a registration clears `draining` and closes the
+                // tunnels still draining).
+                if e.code() == Some(ErrorCode::NotFound) && !edge.shutdown.is_cancelled() {
                     match register(&edge).await {
                         Some(i) => interval = i,
                         None => return,

@@ -115,7 +115,8 @@ pub enum HoldingChange {
     Added(String, TunnelKind),
     /// The edge no longer holds it.
     Removed(String),
-    /// Forget everything this edge said before; a full snapshot follows.
+    /// Forget everything this edge said before: a full snapshot follows (a slow reader fell
+    /// behind), or nothing more (the edge started to stop).
     Reset,
     /// A marker: the reader answers `!N` on the same channel once it has applied every line
     /// before it (see `mesh::acks`).
