@@ -554,25 +554,13 @@ fn downloads_upgrades_and_allowlists_work_through_the_relay() {
 
     // 100 MB through the relay, byte for byte.
     let size = 100 * 1024 * 1024;
-    let mut resp = visitor_from(&url, ap_addr, VISITOR)
+    let resp = visitor_from(&url, ap_addr, VISITOR)
         .get(format!("{ap_url}/blob/{size}"))
         .timeout(Duration::from_secs(600))
         .send()
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let mut buf = vec![0u8; 1 << 16];
-    let mut at = 0usize;
-    loop {
-        let n = resp.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        if let Some(bad) = (0..n).find(|j| buf[*j] != blob_byte(at + j)) {
-            panic!("byte {} differs after the relay", at + bad);
-        }
-        at += n;
-    }
-    assert_eq!(at, size, "the whole download arrived");
+    finish_download(resp, 0, size, "through the relay");
 
     // An upgraded connection through the relay stays open while idle (60 s).
     let (_, head) = upgrade_from(Ipv4Addr::new(127, 0, 0, 1), ap_addr, &host);
