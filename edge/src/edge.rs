@@ -116,9 +116,6 @@ impl Edge {
         let mesh = Arc::new(Mesh::new(
             &config,
             mesh_key,
-            // Not the edge's shutdown token: links carry this edge's relayed visitors, which
-            // the drain lets finish; `shutdown` stops the links after it.
-            CancellationToken::new(),
             metrics.mesh_link_up.clone(),
             CreditLimits::new(
                 config.ssh_window_bytes,

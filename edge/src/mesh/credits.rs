@@ -140,16 +140,6 @@ impl<S> CreditedWrites<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for CreditedWrites<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
 impl<S: AsyncWrite + Unpin> AsyncWrite for CreditedWrites<S> {
     fn poll_write(
         self: Pin<&mut Self>,

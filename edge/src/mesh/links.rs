@@ -27,6 +27,7 @@ use tokio::io::{
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -251,7 +252,7 @@ impl PeerLink {
         mesh.link_up.with_label_values(&[&self.id]).set(1);
         tracing::info!(peer = %self.id, addr = %self.addr, credit = grants_credit, "mesh link up");
         let (acks, acks_out) = unbounded_channel();
-        let writer = AbortOnDrop(tokio::spawn(write_answers(
+        let writer = AbortOnDropHandle::new(tokio::spawn(write_answers(
             feed.make_writer(),
             acks_out,
             grants_out,
@@ -381,15 +382,6 @@ async fn write_answers<W: AsyncWrite + Unpin>(
             return;
         }
         text.clear();
-    }
-}
-
-/// Stops a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -587,13 +579,7 @@ mod tests {
             WindowBudget::new(config.relay_window_budget_bytes, grown, refused),
             exceeded,
         );
-        let mesh = Mesh::new(
-            &config,
-            Arc::new(key),
-            CancellationToken::new(),
-            gauge,
-            limits,
-        );
+        let mesh = Mesh::new(&config, Arc::new(key), gauge, limits);
         let started = mesh.set_peers(&[peer_at(addr)]);
         (mesh, started[0].clone())
     }

@@ -60,7 +60,6 @@ impl Mesh {
     pub fn new(
         config: &Config,
         key: Arc<PrivateKey>,
-        shutdown: CancellationToken,
         link_up: prometheus::IntGaugeVec,
         credit_limits: credits::CreditLimits,
     ) -> Mesh {
@@ -73,7 +72,7 @@ impl Mesh {
             holders: HolderTable::default(),
             acks: acks::FeedAcks::default(),
             peers: RwLock::new(HashMap::new()),
-            shutdown,
+            shutdown: CancellationToken::new(),
         }
     }
 
