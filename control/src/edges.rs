@@ -126,6 +126,7 @@ pub async fn register(
         closed_tunnels,
         peers,
         certificates_generation,
+        holder_key: Some(st.holder_signer.public_key()),
     })
 }
 
@@ -145,6 +146,7 @@ pub async fn heartbeat(
     let lease = chrono::Duration::seconds(st.cfg.lease_seconds as i64);
     let limit = st.cfg.zones.free.time_limit_minutes;
     let heartbeat_seconds = st.cfg.heartbeat_seconds;
+    let holder_key = st.holder_signer.public_key();
     st.blocking(move |conn| {
         let now = Utc::now();
         let updated = diesel::update(edges::table.filter(edges::id.eq(&edge_id)))
@@ -176,6 +178,7 @@ pub async fn heartbeat(
             close,
             peers,
             certificates_generation: crate::acme::store::generation(conn)?,
+            holder_key: Some(holder_key),
         })
     })
     .await

@@ -5,6 +5,7 @@ use crate::db::PgPool;
 use crate::edge_client::EdgeClient;
 use crate::lag::LagWaiter;
 use crate::metrics::Metrics;
+use nearhop_wire::holder_proof::HolderSigner;
 use std::sync::Arc;
 
 /// Control's shared state, cheap to clone.
@@ -20,6 +21,8 @@ pub struct AppState {
     pub lag: LagWaiter,
     /// Metrics.
     pub metrics: Metrics,
+    /// Signs holder proofs (the key derives from `admin_secret`; edges get its public half).
+    pub holder_signer: Arc<HolderSigner>,
 }
 
 impl AppState {
@@ -41,6 +44,7 @@ impl AppState {
             metrics.clone(),
         )?;
         Ok(AppState {
+            holder_signer: Arc::new(HolderSigner::from_secret(&cfg.admin_secret)),
             cfg: Arc::new(cfg),
             pool,
             edges,

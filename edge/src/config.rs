@@ -95,6 +95,10 @@ pub struct Config {
     /// name see one key), while the mesh needs one key per edge: control refuses a mesh key
     /// another edge registered.
     pub mesh_key_path: Option<PathBuf>,
+    /// Relay to a peer the names it announces without control's proof (peers on a `v2` or
+    /// `v1` feed, from before holder proofs): only while a fleet is upgraded from such a
+    /// version. Off, a peer's name is relayed to only when control's proof checks out.
+    pub mesh_accept_unproven_claims: bool,
     /// Bound on the keepalive probe behind `GET /v1/tunnels/{id}/alive`.
     pub alive_probe_ms: u64,
     /// SSH keepalive interval towards clients; a client silent this long is probed.
@@ -304,6 +308,7 @@ impl Default for Config {
             tcp_port_range: (20000, 20999),
             host_key_path: PathBuf::from("edge_host_key"),
             mesh_key_path: None,
+            mesh_accept_unproven_claims: false,
             alive_probe_ms: 1500,
             keepalive_interval_seconds: 15,
             keepalive_max: 3,

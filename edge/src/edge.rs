@@ -117,6 +117,7 @@ impl Edge {
             &config,
             mesh_key,
             metrics.mesh_link_up.clone(),
+            metrics.mesh_claims_refused_total.clone(),
             CreditLimits::new(
                 config.ssh_window_bytes,
                 WindowBudget::new(

@@ -72,6 +72,9 @@ pub struct Metrics {
     pub mesh_holder_age_seconds: GaugeVec,
     /// 1 while this edge's link to a peer is up (its feed followed), 0 while it reconnects.
     pub mesh_link_up: IntGaugeVec,
+    /// Names a peer announced that this edge does not relay to, by peer and reason
+    /// (`unproven`, `bad_proof`, `no_key`).
+    pub mesh_claims_refused_total: IntCounterVec,
     /// PROXY protocol headers accepted from trusted balancers, by listener and command
     /// (`proxy`: the client's address used; `local`, `unknown`: the balancer's own).
     pub proxy_protocol_headers_total: IntCounterVec,
@@ -249,6 +252,14 @@ impl Metrics {
             &["peer"],
         )?;
         registry.register(Box::new(mesh_link_up.clone()))?;
+        let mesh_claims_refused_total = IntCounterVec::new(
+            Opts::new(
+                "nearhop_edge_mesh_claims_refused_total",
+                "Tunnel names a peer edge announced without a holder proof from control that checks out; visitors for them are not relayed there.",
+            ),
+            &["peer", "reason"],
+        )?;
+        registry.register(Box::new(mesh_claims_refused_total.clone()))?;
         let proxy_protocol_headers_total = IntCounterVec::new(
             Opts::new(
                 "nearhop_edge_proxy_protocol_headers_total",
@@ -338,6 +349,7 @@ impl Metrics {
             mesh_holder_names,
             mesh_holder_age_seconds,
             mesh_link_up,
+            mesh_claims_refused_total,
             proxy_protocol_headers_total,
             proxy_protocol_refused_total,
             certificates,

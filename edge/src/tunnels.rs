@@ -3,7 +3,7 @@
 
 use crate::inspector::capture::Inspector;
 use crate::io::closing_channel::ClosingChannel;
-use crate::mesh::protocol::HoldingChange;
+use crate::mesh::protocol::{HoldingChange, Proof};
 use crate::options::TunnelOptions;
 use crate::ssh::link::SessionLink;
 use nearhop_wire::TunnelKind;
@@ -49,6 +49,10 @@ pub struct Tunnel {
     pub stop: CancellationToken,
     /// The request inspector, once the owner opened it or asked for `inspect`.
     pub inspector: OnceLock<Arc<Inspector>>,
+    /// Control's proof that this edge holds the name as this tunnel, announced with it to
+    /// peer edges (`None`: control did not sign; peers then relay to it only when they
+    /// accept unproven claims).
+    pub holder_proof: Option<String>,
 }
 
 impl Tunnel {
@@ -78,7 +82,23 @@ impl Tunnel {
             closed: AtomicBool::new(false),
             stop: CancellationToken::new(),
             inspector: OnceLock::new(),
+            holder_proof: None,
         }
+    }
+
+    /// The tunnel with control's holder proof.
+    pub fn with_holder_proof(mut self, proof: Option<String>) -> Tunnel {
+        self.holder_proof = proof;
+        self
+    }
+
+    /// The feed line announcing this tunnel to peer edges.
+    pub fn announcement(&self) -> HoldingChange {
+        let proof = self.holder_proof.as_ref().map(|signature| Proof {
+            tunnel_id: self.id,
+            signature: signature.clone(),
+        });
+        HoldingChange::Added(self.hostname.clone(), self.kind, proof)
     }
 
     /// The visitor-side options now in force.
@@ -170,7 +190,7 @@ impl Registry {
     pub fn insert(&self, tunnel: Arc<Tunnel>) -> Option<Arc<Tunnel>> {
         let mut m = self.inner.write().unwrap_or_else(|e| e.into_inner());
         m.by_id.insert(tunnel.id, tunnel.clone());
-        let change = HoldingChange::Added(tunnel.hostname.clone(), tunnel.kind);
+        let change = tunnel.announcement();
         let old = m.by_host.insert(tunnel.hostname.clone(), tunnel);
         if let Some(old) = &old {
             m.by_id.remove(&old.id);
@@ -225,13 +245,10 @@ impl Registry {
         self.changes.subscribe()
     }
 
-    /// Every name this edge holds now, with its tunnel's kind.
-    pub fn holdings(&self) -> Vec<(String, TunnelKind)> {
+    /// Every name this edge holds now, as feed lines (with the tunnel's kind and proof).
+    pub fn holdings(&self) -> Vec<HoldingChange> {
         let m = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        m.by_host
-            .iter()
-            .map(|(name, t)| (name.clone(), t.kind))
-            .collect()
+        m.by_host.values().map(|t| t.announcement()).collect()
     }
 
     /// The tunnel name `host` stands for: a verified custom domain's target, else `host`.

@@ -25,6 +25,7 @@ pub mod clients;
 pub mod dns_client;
 pub mod load;
 pub mod local_service;
+pub mod mesh_impostor;
 pub mod metrics;
 pub mod poll;
 pub mod prelude;

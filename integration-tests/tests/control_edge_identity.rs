@@ -4,6 +4,7 @@
 
 use nearhop_stack::process::run;
 use nearhop_stack::{Stack, StackOptions};
+use nearhop_wire::holder_proof::HolderKey;
 use nearhop_wire::{
     ApiError, CreateTunnelRequest, CreateTunnelResponse, EdgeHeartbeatResponse, ErrorCode,
     PeerEdge, RegisterEdgeRequest, RegisterEdgeResponse, TunnelKind,
@@ -188,6 +189,18 @@ fn each_edge_acts_only_as_itself_and_revocation_drops_it_from_the_mesh() {
     let (status, text) = b.create("b-1");
     assert_eq!(status, 201, "{text}");
     let b_tunnel: CreateTunnelResponse = serde_json::from_str(&text).unwrap();
+    // With control's proof that B holds its name as this tunnel, under the key control's
+    // answers carry; it proves nothing for another edge or tunnel.
+    let key = HolderKey::parse(reg.holder_key.as_deref().expect("a holder key")).unwrap();
+    let (status, text) = b.heartbeat("b-1", &[b_tunnel.tunnel_id]);
+    assert_eq!(status, 200, "{text}");
+    let hb: EdgeHeartbeatResponse = serde_json::from_str(&text).unwrap();
+    assert_eq!(hb.holder_key, reg.holder_key, "one key in every answer");
+    let proof = b_tunnel.holder_proof.as_deref().expect("a holder proof");
+    let (name, id) = (b_tunnel.hostname.as_str(), b_tunnel.tunnel_id);
+    assert!(key.verifies(proof, name, "b-1", id, TunnelKind::Http));
+    assert!(!key.verifies(proof, name, "a-1", id, TunnelKind::Http));
+    assert!(!key.verifies(proof, name, "b-1", id + 1, TunnelKind::Http));
 
     // A's credential cannot act as B.
     let msg = refused(

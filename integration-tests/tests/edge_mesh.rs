@@ -762,6 +762,63 @@ fn edges_trust_each_other_only_as_themselves() {
     });
 }
 
+/// A compromised edge that is still listed (a genuine credential, registered under its own
+/// id) announces names it does not hold: one held by eu's tunnel (with a higher tunnel id
+/// and a forged proof, to win a takeover), one with eu's id in place of its own, and one
+/// held nowhere (without a proof). The other edges take none of it: visitors at us still
+/// reach eu's tunnel and a name held nowhere gets the page, not a relay to the impostor.
+#[test]
+fn a_genuine_edge_cannot_claim_names_it_does_not_hold() {
+    let stack = mesh_stack();
+    let local = LocalService::start("local");
+    let (_client, url, _token) = eu_tunnel(&stack, &local, &[US]);
+    let name = host_of(&url);
+    let zone = name.split_once('.').expect("a zone").1.to_string();
+    let nowhere = format!("nobody-holds-this.{zone}");
+    let fake = "A".repeat(86);
+    let feed = format!("+{name} http 999999 {fake}\n+{name} http 999998 {fake}\n+{nowhere} http\n");
+    let impostor = nearhop_stack::mesh_impostor::MeshImpostor::start(
+        &stack.control,
+        "impostor-1",
+        "us",
+        Ipv4Addr::new(127, 0, 0, 1),
+        Duration::from_secs(1),
+        feed,
+    )
+    .expect("the impostor registers");
+    let refused = |reason: &str| {
+        metric_sum(
+            &edge_metrics(&stack, US),
+            "nearhop_edge_mesh_claims_refused_total",
+            &[("peer", impostor.edge_id.as_str()), ("reason", reason)],
+        )
+    };
+    eventually(
+        "us follows the impostor's feed and refuses its claims",
+        || {
+            let (bad, unproven) = (refused("bad_proof"), refused("unproven"));
+            anyhow::ensure!(
+                bad >= 2.0 && unproven >= 1.0,
+                "{bad} bad, {unproven} unproven"
+            );
+            Ok(())
+        },
+    );
+    for _ in 0..20 {
+        let (status, body) = http_get(stack.regions[US].http_addr(), &name, "/").unwrap();
+        assert_eq!(status, 200, "eu's tunnel through us: {body}");
+        let (status, body) = http_get(stack.regions[US].http_addr(), &nowhere, "/").unwrap();
+        assert_eq!(status, 404, "a name held nowhere: {body}");
+        assert!(body.contains("No tunnel here"), "{body}");
+    }
+    let relayed_to_impostor = metric_sum(
+        &edge_metrics(&stack, US),
+        "nearhop_edge_relay_connections_total",
+        &[("peer", impostor.edge_id.as_str())],
+    );
+    assert_eq!(relayed_to_impostor, 0.0, "no visitor went to the impostor");
+}
+
 #[test]
 fn a_client_reconnecting_through_another_region_loses_no_visitor_request() {
     let stack = mesh_stack();

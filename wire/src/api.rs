@@ -124,6 +124,11 @@ pub struct CreateTunnelResponse {
     pub replaced_tunnel: Option<ReplacedTunnel>,
     /// How the lag-race wait went.
     pub dns: DnsPropagation,
+    /// Control's proof that this edge holds `hostname` as this tunnel (`holder_proof`): the
+    /// edge announces it to its peers with the name, and they check it against
+    /// `holder_key`. `None` from a control that does not sign.
+    #[serde(default)]
+    pub holder_proof: Option<String>,
 }
 
 /// A tunnel that control closed so that a new one could take its name.
@@ -213,6 +218,10 @@ pub struct RegisterEdgeResponse {
     /// generation fetches `GET /v1/edges/{id}/certificates`. 0: control holds none.
     #[serde(default)]
     pub certificates_generation: i64,
+    /// Control's public key for holder proofs (base64 Ed25519): an edge relays to a peer
+    /// only names the peer proves with it. `None` from a control that does not sign.
+    #[serde(default)]
+    pub holder_key: Option<String>,
 }
 
 /// Edge → control: the edge is alive and these are its live tunnels
@@ -236,6 +245,9 @@ pub struct EdgeHeartbeatResponse {
     /// As in [`RegisterEdgeResponse::certificates_generation`].
     #[serde(default)]
     pub certificates_generation: i64,
+    /// As in [`RegisterEdgeResponse::holder_key`].
+    #[serde(default)]
+    pub holder_key: Option<String>,
 }
 
 /// A tunnel the edge must close, and the sentence to tell its client.

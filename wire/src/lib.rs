@@ -1,11 +1,13 @@
 //! Types shared by nearhop's processes, so that edge, control and pdns-backend cannot drift:
 //! the control API's requests, responses and error shape, the rules for zones, names and
 //! bind addresses, close reasons, WAL positions, the comparison of secrets, what edges of the
-//! mesh announce about themselves, and how every process reads its settings.
+//! mesh announce about themselves, control's proofs of which edge holds which name, and how
+//! every process reads its settings.
 
 pub mod api;
 pub mod backend;
 pub mod close;
+pub mod holder_proof;
 pub mod lsn;
 pub mod mesh;
 pub mod names;

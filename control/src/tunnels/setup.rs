@@ -410,7 +410,14 @@ async fn create_inner(
         unconfirmed = ?dns.unconfirmed,
         "tunnel set up"
     );
+    let holder_proof = st.holder_signer.prove(
+        &hostname.to_ascii_lowercase(),
+        &req.edge_id,
+        written.tunnel_id,
+        req.kind,
+    );
     Ok(CreateTunnelResponse {
+        holder_proof: Some(holder_proof),
         tunnel_id: written.tunnel_id,
         label: p.label.clone(),
         zone: p.zone.name.clone(),

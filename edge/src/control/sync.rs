@@ -27,7 +27,7 @@ pub async fn run(edge: Arc<Edge>) {
         };
         match edge.control.heartbeat(&edge.config.edge_id, &req).await {
             Ok(resp) => {
-                apply_peers(&edge, &resp.peers);
+                apply_peers(&edge, &resp.peers, resp.holder_key.as_deref());
                 refresh_certificates(&edge, resp.certificates_generation).await;
                 for close in resp.close {
                     if let Some(tunnel) = edge.registry.by_id(close.tunnel_id) {
@@ -95,7 +95,7 @@ async fn register(edge: &Arc<Edge>) -> Option<Duration> {
                     peers = resp.peers.len(),
                     "registered with control"
                 );
-                apply_peers(edge, &resp.peers);
+                apply_peers(edge, &resp.peers, resp.holder_key.as_deref());
                 refresh_certificates(edge, resp.certificates_generation).await;
                 for id in resp.closed_tunnels {
                     if let Some(tunnel) = edge.registry.by_id(id) {
@@ -126,12 +126,14 @@ async fn register(edge: &Arc<Edge>) -> Option<Duration> {
     }
 }
 
-/// Takes control's list of peer edges: links to new peers start, links to peers that left
-/// stop. An edge outside the mesh (no `mesh_listen`) links to no one.
-fn apply_peers(edge: &Arc<Edge>, peers: &[nearhop_wire::PeerEdge]) {
+/// Takes control's list of peer edges and its key for holder proofs (before the links
+/// start, so that their first claims are checked with it): links to new peers start, links
+/// to peers that left stop. An edge outside the mesh (no `mesh_listen`) links to no one.
+fn apply_peers(edge: &Arc<Edge>, peers: &[nearhop_wire::PeerEdge], holder_key: Option<&str>) {
     if edge.config.mesh_addr().is_none() {
         return;
     }
+    edge.mesh.set_holder_key(holder_key);
     for link in edge.mesh.set_peers(peers) {
         tracing::info!(peer = %link.id, addr = %link.addr, "linking to peer edge");
         tokio::spawn(link.run(edge.mesh.clone()));

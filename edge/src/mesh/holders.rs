@@ -47,6 +47,9 @@ pub struct Holder {
     pub peer: String,
     /// The tunnel's kind.
     pub kind: TunnelKind,
+    /// Control's id of the tunnel, when the claim was proven (see `links`: a claim is
+    /// applied only once its proof checked out, or when unproven claims are accepted).
+    pub tunnel_id: Option<i64>,
 }
 
 struct PeerHoldings {
@@ -90,7 +93,7 @@ impl HolderTable {
     /// Applies one line of `peer`'s feed; `false` (nothing changed): a new name past
     /// [`MAX_NAMES_PER_PEER`].
     pub fn apply(&self, peer: &str, change: HoldingChange) -> bool {
-        if let HoldingChange::Added(name, _) = &change {
+        if let HoldingChange::Added(name, ..) = &change {
             let t = self.inner.read().unwrap_or_else(|e| e.into_inner());
             if let Some(held) = t.by_peer.get(peer) {
                 if held.names.len() >= MAX_NAMES_PER_PEER && !held.names.contains(name) {
@@ -120,12 +123,23 @@ impl HolderTable {
             });
         held.updated = Instant::now();
         match change {
-            HoldingChange::Added(name, kind) => {
-                // A name moves between edges on a takeover; the newest announcement wins,
-                // and the old holder's later "removed" does not undo it (below).
+            HoldingChange::Added(name, kind, proof) => {
+                // A name moves between edges on a takeover. Of two proven claims the higher
+                // tunnel id (control's newer tunnel) wins, whichever feed spoke last; else
+                // the newest announcement wins. Either way the old holder's later "removed"
+                // does not undo it (below).
+                let tunnel_id = proof.map(|p| p.tunnel_id);
+                let older = by_name.get(&name).is_some_and(|held| {
+                    held.peer != peer
+                        && matches!((held.tunnel_id, tunnel_id), (Some(h), Some(t)) if t < h)
+                });
+                if older {
+                    return (None, Vec::new());
+                }
                 let holder = Holder {
                     peer: peer.to_string(),
                     kind,
+                    tunnel_id,
                 };
                 if let Some(previous) = by_name.insert(name.clone(), holder) {
                     if previous.peer != peer {
@@ -213,7 +227,16 @@ mod tests {
     use super::*;
 
     fn add(n: &str) -> HoldingChange {
-        HoldingChange::Added(n.into(), TunnelKind::Http)
+        HoldingChange::Added(n.into(), TunnelKind::Http, None)
+    }
+
+    fn add_proven(n: &str, tunnel_id: i64) -> HoldingChange {
+        let signature = "A".repeat(86);
+        let proof = super::super::protocol::Proof {
+            tunnel_id,
+            signature,
+        };
+        HoldingChange::Added(n.into(), TunnelKind::Http, Some(proof))
     }
 
     fn peer_of(t: &HolderTable, n: &str) -> Option<String> {
@@ -239,6 +262,25 @@ mod tests {
         assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("ap-1"));
         t.forget_peer("eu-1");
         assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("ap-1"));
+    }
+
+    #[test]
+    fn of_two_proven_claims_the_newer_tunnel_wins_whatever_the_order() {
+        let t = HolderTable::default();
+        // The new holder's feed spoke first; the old holder's snapshot comes late.
+        t.apply("ap-1", add_proven("blog.a.test", 9));
+        t.apply("eu-1", add_proven("blog.a.test", 7));
+        assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("ap-1"));
+        assert_eq!(t.holder("blog.a.test").and_then(|h| h.tunnel_id), Some(9));
+        // The loser's removal changes nothing; its feed ending neither.
+        t.apply("eu-1", HoldingChange::Removed("blog.a.test".into()));
+        t.forget_peer("eu-1");
+        assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("ap-1"));
+        // A newer tunnel anywhere takes it; the same peer's own later line always does.
+        t.apply("eu-1", add_proven("blog.a.test", 12));
+        assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("eu-1"));
+        t.apply("eu-1", add_proven("blog.a.test", 11));
+        assert_eq!(t.holder("blog.a.test").and_then(|h| h.tunnel_id), Some(11));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use super::credits::{CreditedChannel, Grant, LinkCredits};
 use super::protocol::{
     ack_line, credit_line, parse_answer, Answer, HoldingChange, RelayListener, HOLDINGS_COMMAND,
-    HOLDINGS_COMMAND_V2, MAX_LINE,
+    HOLDINGS_COMMAND_V2, HOLDINGS_COMMAND_V3, MAX_LINE,
 };
 use super::Mesh;
 use crate::config::Config;
@@ -258,6 +258,10 @@ impl PeerLink {
             grants_out,
         )));
         let mut reader = BufReader::new(feed.make_reader());
+        // Claims refused on this connection (the first is logged, all are counted), and
+        // proofs checked since this task last let others run.
+        let mut refused = 0u64;
+        let mut checked = 0u32;
         while let Some(line) = next_feed_line(&mut reader)
             .await
             .context("reading the holdings feed")?
@@ -275,6 +279,23 @@ impl PeerLink {
                     }
                 }
                 Some(change) => {
+                    if matches!(change, HoldingChange::Added(_, _, Some(_))) {
+                        // A snapshot of many names: ~50 µs per proof, others run meanwhile.
+                        checked += 1;
+                        if checked.is_multiple_of(64) {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    let change = match mesh.vet(&self.id, change) {
+                        Ok(change) => change,
+                        Err((why, name)) => {
+                            refused += 1;
+                            if refused == 1 {
+                                tracing::warn!(peer = %self.id, %name, reason = why.as_str(), "the peer announced a name without a holder proof from control that checks out; visitors for it are not relayed there (all such names are counted in nearhop_edge_mesh_claims_refused_total)");
+                            }
+                            continue;
+                        }
+                    };
                     if !mesh.holders.apply(&self.id, change) {
                         anyhow::bail!(
                             "the peer announced more than {} names; its holdings are dropped \
@@ -302,20 +323,23 @@ struct Connected {
     credits: Option<Arc<LinkCredits>>,
 }
 
-/// Opens the holdings feed: [`HOLDINGS_COMMAND_V2`], or [`HOLDINGS_COMMAND`] from a peer
-/// that refuses it (an edge from before relay channels took credit). Returns the feed's
-/// channel and whether the peer takes credit.
+/// Opens the holdings feed: [`HOLDINGS_COMMAND_V3`] (with holder proofs), else
+/// [`HOLDINGS_COMMAND_V2`] from a peer that refuses it (an edge from before proofs: its
+/// claims are taken only with `mesh_accept_unproven_claims`), else [`HOLDINGS_COMMAND`]
+/// (an edge from before relay channels took credit). Returns the feed's channel and whether
+/// the peer takes credit.
 async fn open_feed(
     handle: &Handle<PeerClient>,
 ) -> anyhow::Result<(russh::Channel<client::Msg>, bool)> {
     use anyhow::Context;
-    let feed = ask_for_feed(handle, HOLDINGS_COMMAND_V2).await?;
-    if let Some(feed) = feed {
-        return Ok((feed, true));
+    for command in [HOLDINGS_COMMAND_V3, HOLDINGS_COMMAND_V2] {
+        if let Some(feed) = ask_for_feed(handle, command).await? {
+            return Ok((feed, true));
+        }
     }
-    let feed = ask_for_feed(handle, HOLDINGS_COMMAND)
-        .await?
-        .context("the peer refused the holdings feed, v2 and v1 alike (is it a nearhop edge?)")?;
+    let feed = ask_for_feed(handle, HOLDINGS_COMMAND).await?.context(
+        "the peer refused the holdings feed, v3, v2 and v1 alike (is it a nearhop edge?)",
+    )?;
     Ok((feed, false))
 }
 
@@ -543,7 +567,7 @@ mod tests {
         let endless = vec![b'x'; 1 << 20];
         let mut feed = BufReader::with_capacity(16, &endless[..]);
         let e = next_feed_line(&mut feed).await.unwrap_err();
-        assert!(e.to_string().contains("longer than 300 bytes"), "{e}");
+        assert!(e.to_string().contains("longer than 400 bytes"), "{e}");
         let taken = endless.len() - feed.get_ref().len();
         assert!(
             taken <= MAX_LINE + 1 + 16,
@@ -562,8 +586,13 @@ mod tests {
     }
 
     fn mesh_with_eu(addr: &str) -> (Mesh, Arc<PeerLink>) {
+        mesh_with_eu_taking_unproven(addr, false)
+    }
+
+    fn mesh_with_eu_taking_unproven(addr: &str, unproven: bool) -> (Mesh, Arc<PeerLink>) {
         let config = Config {
             edge_secret: "s".into(),
+            mesh_accept_unproven_claims: unproven,
             ..Default::default()
         };
         let key = russh::keys::PrivateKey::from(
@@ -579,7 +608,12 @@ mod tests {
             WindowBudget::new(config.relay_window_budget_bytes, grown, refused),
             exceeded,
         );
-        let mesh = Mesh::new(&config, Arc::new(key), gauge, limits);
+        let refused = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("claims", "claims"),
+            &["peer", "reason"],
+        )
+        .expect("counter");
+        let mesh = Mesh::new(&config, Arc::new(key), gauge, refused, limits);
         let started = mesh.set_peers(&[peer_at(addr)]);
         (mesh, started[0].clone())
     }
@@ -597,9 +631,10 @@ mod tests {
     }
 
     /// A mesh listener that runs only `command` on a session channel, as an edge of that
-    /// version does (it refuses any other with `channel_failure`).
+    /// version does (it refuses any other with `channel_failure`), and writes `lines` on it.
     struct FeedOnly {
         command: &'static str,
+        lines: String,
     }
 
     impl russh::server::Handler for FeedOnly {
@@ -629,10 +664,13 @@ mod tests {
             data: &[u8],
             session: &mut russh::server::Session,
         ) -> Result<(), Self::Error> {
-            if data == self.command.as_bytes() {
-                session.channel_success(channel)?;
-            } else {
+            if data != self.command.as_bytes() {
                 session.channel_failure(channel)?;
+                return Ok(());
+            }
+            session.channel_success(channel)?;
+            if !self.lines.is_empty() {
+                session.data(channel, self.lines.clone().into_bytes())?;
             }
             Ok(())
         }
@@ -641,12 +679,16 @@ mod tests {
     /// Whether `open_feed` settles on credit with a peer that runs only `command` (it
     /// waits for the peer to accept the feed it settles on); an error when it runs neither.
     async fn feed_with_peer_running(command: &'static str) -> anyhow::Result<bool> {
-        let handle = super::super::test_link::connect(FeedOnly { command }).await;
+        let lines = String::new();
+        let handle = super::super::test_link::connect(FeedOnly { command, lines }).await;
         open_feed(&handle).await.map(|(_, credit)| credit)
     }
 
     #[tokio::test]
-    async fn a_peer_from_before_credit_gets_the_v1_feed_and_a_new_one_v2() {
+    async fn each_peer_gets_the_newest_feed_it_runs() {
+        assert!(feed_with_peer_running(HOLDINGS_COMMAND_V3)
+            .await
+            .expect("v3"));
         assert!(feed_with_peer_running(HOLDINGS_COMMAND_V2)
             .await
             .expect("v2"));
@@ -659,8 +701,113 @@ mod tests {
         assert!(e.contains("refused the holdings feed"), "{e}");
     }
 
+    /// Serves `lines` as eu-1's feed to a link of a mesh that knows control's key for
+    /// `secret`; returns the mesh once it has taken the last line's name.
+    async fn follow_feed(lines: String, secret: &str, unproven: bool) -> Arc<Mesh> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address").to_string();
+        let key = russh::keys::PrivateKey::from(
+            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[5; 32]),
+        );
+        let server = Arc::new(russh::server::Config {
+            keys: vec![key],
+            ..Default::default()
+        });
+        let last = lines
+            .lines()
+            .last()
+            .and_then(|l| l.strip_prefix('+'))
+            .and_then(|l| l.split(' ').next())
+            .expect("a last claim")
+            .to_string();
+        let handler = FeedOnly {
+            command: HOLDINGS_COMMAND_V3,
+            lines,
+        };
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let running = russh::server::run_stream(server, stream, handler)
+                .await
+                .expect("handshake");
+            let _ = running.await;
+        });
+        let (mesh, link) = mesh_with_eu_taking_unproven(&addr, unproven);
+        let signer = nearhop_wire::holder_proof::HolderSigner::from_secret(secret);
+        mesh.set_holder_key(Some(&signer.public_key()));
+        let mesh = Arc::new(mesh);
+        tokio::spawn(link.clone().run(mesh.clone()));
+        for _ in 0..500 {
+            if mesh.holders.holder(&last).is_some() {
+                return mesh;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the feed's last claim ({last}) never arrived");
+    }
+
+    fn refused(mesh: &Mesh, reason: &str) -> u64 {
+        mesh.claims_refused_count("eu-1", reason)
+    }
+
+    #[tokio::test]
+    async fn a_peers_claims_are_taken_only_with_controls_proof_for_that_peer() {
+        use nearhop_wire::holder_proof::HolderSigner;
+        use nearhop_wire::TunnelKind::{Http, Tls};
+        let control = HolderSigner::from_secret("control-admin-secret");
+        let other = HolderSigner::from_secret("another-control-secret");
+        let feed = [
+            // Another edge's genuine proof, replayed by eu-1.
+            format!(
+                "+stolen.a.test http 9 {}",
+                control.prove("stolen.a.test", "ap-1", 9, Http)
+            ),
+            // Signed by a key that is not control's.
+            format!(
+                "+forged.a.test http 9 {}",
+                other.prove("forged.a.test", "eu-1", 9, Http)
+            ),
+            // Control's proof for another kind of tunnel, and for another tunnel id.
+            format!(
+                "+kind.a.test http 8 {}",
+                control.prove("kind.a.test", "eu-1", 8, Tls)
+            ),
+            format!(
+                "+id.a.test http 8 {}",
+                control.prove("id.a.test", "eu-1", 7, Http)
+            ),
+            // No proof at all.
+            "+bare.a.test http".to_string(),
+            // The one genuine claim.
+            format!(
+                "+good.a.test http 7 {}",
+                control.prove("good.a.test", "eu-1", 7, Http)
+            ),
+        ]
+        .join("\n")
+            + "\n";
+        let mesh = follow_feed(feed.clone(), "control-admin-secret", false).await;
+        assert_eq!(
+            mesh.holders.holder("good.a.test").and_then(|h| h.tunnel_id),
+            Some(7)
+        );
+        for name in ["stolen", "forged", "kind", "id", "bare"] {
+            let name = format!("{name}.a.test");
+            assert!(mesh.holders.holder(&name).is_none(), "{name} was taken");
+        }
+        assert_eq!(refused(&mesh, "bad_proof"), 4);
+        assert_eq!(refused(&mesh, "unproven"), 1);
+        // Taking unproven claims (a fleet mid-upgrade) takes the bare one, never a bad proof.
+        let mesh = follow_feed(feed, "control-admin-secret", true).await;
+        assert!(mesh.holders.holder("bare.a.test").is_some());
+        assert!(mesh.holders.holder("forged.a.test").is_none());
+        assert_eq!(refused(&mesh, "bad_proof"), 4);
+        assert_eq!(refused(&mesh, "unproven"), 0);
+    }
+
     fn added(name: &str) -> HoldingChange {
-        HoldingChange::Added(name.into(), nearhop_wire::TunnelKind::Http)
+        HoldingChange::Added(name.into(), nearhop_wire::TunnelKind::Http, None)
     }
 
     #[test]

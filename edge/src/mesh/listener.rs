@@ -7,7 +7,7 @@
 use super::credits::{CreditedChannel, Grant, LinkCredits};
 use super::protocol::{
     credit_line, take_answers, Answer, HoldingChange, RelayListener, HOLDINGS_COMMAND,
-    HOLDINGS_COMMAND_V2, MAX_LINE,
+    HOLDINGS_COMMAND_V2, HOLDINGS_COMMAND_V3, MAX_LINE,
 };
 use crate::edge::Edge;
 use crate::io::channel_writes::ChannelWrites;
@@ -251,7 +251,8 @@ impl russh::server::Handler for PeerSession {
         };
         // One feed per connection: a second would double every line and every marker to
         // answer (a feed that never answers holds each new tunnel's URL for its full wait).
-        let grants_credit = data == HOLDINGS_COMMAND_V2.as_bytes();
+        let with_proofs = data == HOLDINGS_COMMAND_V3.as_bytes();
+        let grants_credit = with_proofs || data == HOLDINGS_COMMAND_V2.as_bytes();
         if !(grants_credit || data == HOLDINGS_COMMAND.as_bytes()) || self.feeding {
             session.channel_failure(channel)?;
             return Ok(());
@@ -268,7 +269,8 @@ impl russh::server::Handler for PeerSession {
         let edge = self.edge.clone();
         let credits = self.credits.clone();
         let handle = session.handle();
-        tokio::spawn(feed_holdings(edge, chan, credits, grants, handle).in_current_span());
+        let feed = feed_holdings(edge, chan, with_proofs, credits, grants, handle);
+        tokio::spawn(feed.in_current_span());
         Ok(())
     }
 
@@ -410,10 +412,11 @@ impl PeerSession {
 /// a write waiting on the connection never leaves them unread: russh would then stop
 /// reading the whole connection. When a feed with credit ends on a connection that lives
 /// on, the connection is closed: its relay channels would wait for credit that no longer
-/// comes.
+/// comes. On a `v3` feed (`with_proofs`) each name goes with control's proof.
 async fn feed_holdings(
     edge: Arc<Edge>,
     channel: Channel<Msg>,
+    with_proofs: bool,
     credits: Option<Arc<LinkCredits>>,
     mut grants: Option<UnboundedReceiver<Grant>>,
     session: russh::server::Handle,
@@ -435,7 +438,7 @@ async fn feed_holdings(
     let mut following = true;
     // A write waits for the channel's SSH window, which never comes from a peer gone
     // silent: each write also ends when the answers do (the session dropped the channel).
-    let first = snapshot(&edge, false);
+    let first = snapshot(&edge, false, with_proofs);
     let started = tokio::select! {
         r = out.write_all(first.as_bytes()) => r.is_ok(),
         _ = &mut answers => false,
@@ -444,10 +447,10 @@ async fn feed_holdings(
         loop {
             let text = tokio::select! {
                 c = changes.recv(), if following => match c {
-                    Ok(c) => c.to_string(),
+                    Ok(c) => c.line(with_proofs),
                     // Too many changes at once for this peer: start it over from a snapshot
                     // (which also covers every marker made so far).
-                    Err(RecvError::Lagged(_)) => snapshot(&edge, true),
+                    Err(RecvError::Lagged(_)) => snapshot(&edge, true, with_proofs),
                     Err(RecvError::Closed) => break,
                 },
                 Some((id, bytes)) = next_grant(&mut grants) => {
@@ -526,14 +529,14 @@ async fn next_grant(grants: &mut Option<UnboundedReceiver<Grant>>) -> Option<Gra
 }
 
 /// Every name this edge holds, as feed lines (after a `!reset` and followed by the latest
-/// marker when `again`).
-fn snapshot(edge: &Edge, again: bool) -> String {
+/// marker when `again`), with proofs when `with_proofs`.
+fn snapshot(edge: &Edge, again: bool, with_proofs: bool) -> String {
     let mut text = String::new();
     if again {
         text.push_str(&HoldingChange::Reset.to_string());
     }
-    for (name, kind) in edge.registry.holdings() {
-        text.push_str(&HoldingChange::Added(name, kind).to_string());
+    for held in edge.registry.holdings() {
+        text.push_str(&held.line(with_proofs));
     }
     if again {
         text.push_str(&HoldingChange::Sync(edge.mesh.acks.latest()).to_string());

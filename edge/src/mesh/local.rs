@@ -17,7 +17,7 @@ pub async fn follow_registry(edge: Arc<Edge>) {
             _ = edge.shutdown.cancelled() => return,
         };
         match change {
-            Ok(HoldingChange::Added(name, _)) => edge.mesh.holders.note_arrived(&name),
+            Ok(HoldingChange::Added(name, ..)) => edge.mesh.holders.note_arrived(&name),
             // `Edge::close_tunnel` notes the name gone itself, before routing stops.
             Ok(HoldingChange::Removed(_) | HoldingChange::Reset | HoldingChange::Sync(_))
             | Err(RecvError::Lagged(_)) => {}

@@ -27,7 +27,9 @@ mod test_link;
 use crate::config::Config;
 use holders::HolderTable;
 use links::PeerLink;
+use nearhop_wire::holder_proof::HolderKey;
 use nearhop_wire::{PeerEdge, TunnelKind};
+use protocol::HoldingChange;
 use russh::keys::{PrivateKey, PublicKey};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -53,6 +55,36 @@ pub struct Mesh {
     /// Cancelled when the edge's shutdown has drained its visitors (not when it starts, so
     /// that relayed downloads and WebSockets in flight finish): every link closes.
     pub shutdown: CancellationToken,
+    /// Control's public key for holder proofs, from its latest answer.
+    holder_key: RwLock<Option<HolderKey>>,
+    /// `mesh_accept_unproven_claims`.
+    accept_unproven: bool,
+    /// `nearhop_edge_mesh_claims_refused_total`.
+    claims_refused: prometheus::IntCounterVec,
+}
+
+/// Why a peer's claim to hold a name is not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// It came without control's proof (a peer from before proofs, or a tunnel set up by a
+    /// control that did not sign), and unproven claims are not accepted.
+    Unproven,
+    /// Its proof does not check out for that name, tunnel and peer under control's key.
+    BadProof,
+    /// Control has not sent its key (a control from before proofs), so no proof can be
+    /// checked.
+    NoKey,
+}
+
+impl Refusal {
+    /// The `reason` label of `nearhop_edge_mesh_claims_refused_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Unproven => "unproven",
+            Refusal::BadProof => "bad_proof",
+            Refusal::NoKey => "no_key",
+        }
+    }
 }
 
 impl Mesh {
@@ -61,6 +93,7 @@ impl Mesh {
         config: &Config,
         key: Arc<PrivateKey>,
         link_up: prometheus::IntGaugeVec,
+        claims_refused: prometheus::IntCounterVec,
         credit_limits: credits::CreditLimits,
     ) -> Mesh {
         Mesh {
@@ -73,7 +106,61 @@ impl Mesh {
             acks: acks::FeedAcks::default(),
             peers: RwLock::new(HashMap::new()),
             shutdown: CancellationToken::new(),
+            holder_key: RwLock::new(None),
+            accept_unproven: config.mesh_accept_unproven_claims,
+            claims_refused,
         }
+    }
+
+    /// Takes control's key for holder proofs, as its answers carry it (`None`: a control
+    /// from before proofs; the key known stays). Claims already taken stay; new ones are
+    /// checked with the new key.
+    pub fn set_holder_key(&self, text: Option<&str>) {
+        let Some(text) = text else { return };
+        match HolderKey::parse(text) {
+            Ok(key) => {
+                let mut held = self.holder_key.write().unwrap_or_else(|e| e.into_inner());
+                if held.as_ref() != Some(&key) {
+                    tracing::info!("control's key for holder proofs is now {text}");
+                    *held = Some(key);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "control sent a key for holder proofs that does not parse; keeping the one known")
+            }
+        }
+    }
+
+    /// Checks a line of `peer`'s feed before the holder table takes it: a claim to hold a
+    /// name must carry control's proof for that name, kind and peer (or be accepted
+    /// unproven, with `mesh_accept_unproven_claims`). What comes back is the line to apply
+    /// (a proof that cannot be checked is dropped when unproven claims are accepted).
+    /// A refused claim is counted, and comes back with its name.
+    pub fn vet(
+        &self,
+        peer: &str,
+        change: HoldingChange,
+    ) -> Result<HoldingChange, (Refusal, String)> {
+        let HoldingChange::Added(name, kind, proof) = change else {
+            return Ok(change);
+        };
+        let refusal = match &proof {
+            Some(p) => match &*self.holder_key.read().unwrap_or_else(|e| e.into_inner()) {
+                Some(key) if key.verifies(&p.signature, &name, peer, p.tunnel_id, kind) => {
+                    return Ok(HoldingChange::Added(name, kind, proof));
+                }
+                Some(_) => Refusal::BadProof,
+                None => Refusal::NoKey,
+            },
+            None => Refusal::Unproven,
+        };
+        if self.accept_unproven && refusal != Refusal::BadProof {
+            return Ok(HoldingChange::Added(name, kind, None));
+        }
+        self.claims_refused
+            .with_label_values(&[peer, refusal.as_str()])
+            .inc();
+        Err((refusal, name))
     }
 
     /// Replaces the peer list with control's: links to new peers are returned for the
@@ -145,6 +232,12 @@ impl Mesh {
     pub fn trusts(&self, id: &str, key: &PublicKey) -> bool {
         self.peer(id)
             .is_some_and(|link| link.host_key.key_data() == key.key_data())
+    }
+
+    /// Claims of `peer` refused for `reason` so far.
+    #[cfg(test)]
+    pub fn claims_refused_count(&self, peer: &str, reason: &str) -> u64 {
+        self.claims_refused.with_label_values(&[peer, reason]).get()
     }
 
     /// Ids of the peers now known.

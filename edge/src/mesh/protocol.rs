@@ -5,10 +5,10 @@
 //! "host to connect" names the listener (`nearhop-relay/http`, `…/https`, `…/tls`) and whose
 //! originator is the visitor's own address, so the holder applies the tunnel's rules (`w:`,
 //! `X-Forwarded-For`) to the real visitor. The feed is a session channel running the command
-//! [`HOLDINGS_COMMAND_V2`] (or [`HOLDINGS_COMMAND`]); the holder writes one line per change,
-//! the reader answers markers, and on `v2` both write grants of credit to relay channels
-//! (`=ID N`, see `mesh::credits`), which the relaying edge numbers in the channel's "port to
-//! connect".
+//! [`HOLDINGS_COMMAND_V3`] (or [`HOLDINGS_COMMAND_V2`], [`HOLDINGS_COMMAND`]); the holder
+//! writes one line per change, each name with control's proof on `v3`, the reader answers
+//! markers, and on `v2` and `v3` both write grants of credit to relay channels (`=ID N`, see
+//! `mesh::credits`), which the relaying edge numbers in the channel's "port to connect".
 
 use nearhop_wire::TunnelKind;
 use std::fmt;
@@ -22,11 +22,17 @@ pub const HOLDINGS_COMMAND: &str = "nearhop-holdings v1";
 /// and the peer asks for [`HOLDINGS_COMMAND`] instead (a fleet mid-upgrade).
 pub const HOLDINGS_COMMAND_V2: &str = "nearhop-holdings v2";
 
+/// The `v2` feed whose `+` lines also carry control's proof that the announcing edge holds
+/// the name (`+NAME KIND TUNNEL_ID PROOF`, see `nearhop_wire::holder_proof`). An edge that
+/// does not know it refuses it, and the peer asks for [`HOLDINGS_COMMAND_V2`].
+pub const HOLDINGS_COMMAND_V3: &str = "nearhop-holdings v3";
+
 /// Prefix of the `direct-tcpip` "host to connect" of a relayed visitor connection.
 const RELAY_PREFIX: &str = "nearhop-relay/";
 
-/// Longest line of the holdings feed: a DNS name is at most 253 characters.
-pub const MAX_LINE: usize = 300;
+/// Longest line of the holdings feed: a DNS name is at most 253 characters, a tunnel id at
+/// most 20 and a proof 86.
+pub const MAX_LINE: usize = 400;
 
 /// The visitor listener a relayed connection arrived on, at the relaying edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,12 +113,23 @@ pub fn take_answers(answers: &mut String) -> Vec<Answer> {
     taken
 }
 
+/// Control's proof that the announcing edge holds a name as one tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proof {
+    /// Control's id of the tunnel: of two proven claims for a name, the higher wins.
+    pub tunnel_id: i64,
+    /// Control's signature (`nearhop_wire::holder_proof`).
+    pub signature: String,
+}
+
 /// One line of the holdings feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HoldingChange {
     /// The edge now holds a tunnel with this name, of this kind (a relaying edge's TLS
-    /// listener passes a `tls` tunnel's bytes through and terminates the others).
-    Added(String, TunnelKind),
+    /// listener passes a `tls` tunnel's bytes through and terminates the others), with
+    /// control's proof on a `v3` feed (`None` on older feeds, or for a tunnel set up by a
+    /// control that does not sign).
+    Added(String, TunnelKind, Option<Proof>),
     /// The edge no longer holds it.
     Removed(String),
     /// Forget everything this edge said before: a full snapshot follows (a slow reader fell
@@ -136,9 +153,21 @@ impl HoldingChange {
             return marker.parse().ok().map(HoldingChange::Sync);
         }
         let (sign, rest) = line.split_at_checked(1)?;
-        let (name, kind) = match (sign, rest.split_once(' ')) {
-            ("+", Some((name, kind))) => (name, Some(kind_from(kind)?)),
-            ("-", None) => (rest, None),
+        let (name, kind, proof) = match (sign, rest.split_once(' ')) {
+            ("+", Some((name, claim))) => {
+                let mut words = claim.split(' ');
+                let kind = kind_from(words.next()?)?;
+                let proof = match (words.next(), words.next(), words.next()) {
+                    (None, _, _) => None,
+                    (Some(id), Some(signature), None) => Some(Proof {
+                        tunnel_id: id.parse().ok().filter(|id: &i64| *id > 0)?,
+                        signature: proof_word(signature)?,
+                    }),
+                    _ => return None,
+                };
+                (name, Some(kind), proof)
+            }
+            ("-", None) => (rest, None, None),
             _ => return None,
         };
         if name.is_empty()
@@ -149,10 +178,20 @@ impl HoldingChange {
             return None;
         }
         Some(match kind {
-            Some(kind) => HoldingChange::Added(name.to_string(), kind),
+            Some(kind) => HoldingChange::Added(name.to_string(), kind, proof),
             None => HoldingChange::Removed(name.to_string()),
         })
     }
+}
+
+/// A proof as it may appear in a line: base64url characters of a proof's length (whether it
+/// checks out is for the reader to find, with control's key).
+fn proof_word(word: &str) -> Option<String> {
+    let fits = word.len() == nearhop_wire::holder_proof::PROOF_LEN
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    fits.then(|| word.to_string())
 }
 
 fn kind_from(word: &str) -> Option<TunnelKind> {
@@ -172,10 +211,30 @@ fn kind_word(kind: TunnelKind) -> &'static str {
     }
 }
 
+impl HoldingChange {
+    /// The line for a feed of this version: with proofs on `v3`, without on older ones
+    /// (their readers refuse a `+` line with more than a kind).
+    pub fn line(&self, with_proofs: bool) -> String {
+        match self {
+            HoldingChange::Added(n, kind, Some(_)) if !with_proofs => {
+                HoldingChange::Added(n.clone(), *kind, None).to_string()
+            }
+            _ => self.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for HoldingChange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HoldingChange::Added(n, kind) => writeln!(f, "+{n} {}", kind_word(*kind)),
+            HoldingChange::Added(n, kind, None) => writeln!(f, "+{n} {}", kind_word(*kind)),
+            HoldingChange::Added(n, kind, Some(p)) => writeln!(
+                f,
+                "+{n} {} {} {}",
+                kind_word(*kind),
+                p.tunnel_id,
+                p.signature
+            ),
             HoldingChange::Removed(n) => writeln!(f, "-{n}"),
             HoldingChange::Reset => writeln!(f, "!reset"),
             HoldingChange::Sync(marker) => writeln!(f, "?{marker}"),
@@ -229,9 +288,27 @@ mod tests {
 
     #[test]
     fn holdings_lines_round_trip() {
+        let proof = Proof {
+            tunnel_id: 42,
+            signature: "A-_z".repeat(21) + "09",
+        };
+        let longest = format!("{}.{}", "a".repeat(63), "b".repeat(63)).repeat(2) + "c";
         for c in [
-            HoldingChange::Added("blog.a.tunnel.test".into(), TunnelKind::Http),
-            HoldingChange::Added("db.a.tunnel.test".into(), TunnelKind::Tls),
+            HoldingChange::Added("blog.a.tunnel.test".into(), TunnelKind::Http, None),
+            HoldingChange::Added("db.a.tunnel.test".into(), TunnelKind::Tls, None),
+            HoldingChange::Added(
+                "x.a.tunnel.test".into(),
+                TunnelKind::Tcp,
+                Some(proof.clone()),
+            ),
+            HoldingChange::Added(
+                longest,
+                TunnelKind::Http,
+                Some(Proof {
+                    tunnel_id: i64::MAX,
+                    ..proof.clone()
+                }),
+            ),
             HoldingChange::Removed("k3x9.free.tunnel.test".into()),
             HoldingChange::Reset,
             HoldingChange::Sync(42),
@@ -240,6 +317,10 @@ mod tests {
             assert!(line.ends_with('\n'));
             assert_eq!(HoldingChange::parse(line.trim_end()), Some(c));
         }
+        // Older feeds get the line without its proof.
+        let proven = HoldingChange::Added("x.a.test".into(), TunnelKind::Http, Some(proof));
+        assert_eq!(proven.line(false), "+x.a.test http\n");
+        assert_eq!(proven.line(true), proven.to_string());
     }
 
     #[test]
@@ -284,6 +365,23 @@ mod tests {
             "+blog.test ftp",
         ] {
             assert_eq!(HoldingChange::parse(bad), None, "{bad:?}");
+        }
+        // Proofs: an id and a signature of the right shape, nothing more.
+        let a = |n: usize| "A".repeat(n);
+        for bad in [
+            format!("+blog.test http 42 {}", a(85)),
+            format!("+blog.test http 42 {}", a(87)),
+            format!("+blog.test http 42 {}=", a(85)),
+            format!("+blog.test http 42 {}+", a(85)),
+            format!("+blog.test http 0 {}", a(86)),
+            format!("+blog.test http -4 {}", a(86)),
+            format!("+blog.test http x {}", a(86)),
+            format!("+blog.test http 42 {} more", a(86)),
+            format!("+blog.test http  42 {}", a(86)),
+            format!("+blog.test http 42 {} ", a(86)),
+            "+blog.test http 42".to_string(),
+        ] {
+            assert_eq!(HoldingChange::parse(&bad), None, "{bad:?}");
         }
         let long = format!("+{} http", "a".repeat(MAX_LINE));
         assert_eq!(HoldingChange::parse(&long), None);

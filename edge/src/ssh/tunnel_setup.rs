@@ -134,17 +134,20 @@ async fn create(
     } else {
         (None, None)
     };
-    let tunnel = Arc::new(Tunnel::new(
-        resp.tunnel_id,
-        resp.hostname.to_ascii_lowercase(),
-        resp.zone.clone(),
-        resp.region.clone(),
-        user.kind,
-        port,
-        forward,
-        link.clone(),
-        link.options(),
-    ));
+    let tunnel = Arc::new(
+        Tunnel::new(
+            resp.tunnel_id,
+            resp.hostname.to_ascii_lowercase(),
+            resp.zone.clone(),
+            resp.region.clone(),
+            user.kind,
+            port,
+            forward,
+            link.clone(),
+            link.options(),
+        )
+        .with_holder_proof(resp.holder_proof.clone()),
+    );
     install(edge, &tunnel, &resp).await;
     // Like the DNS, every edge must know the holder before the URL goes out.
     if !edge.peers_caught_up(PEERS_BOUND).await {

@@ -368,7 +368,7 @@ mod tests {
         assert_eq!(links.len(), 1);
         edge.mesh.holders.apply(
             "eu-1",
-            crate::mesh::protocol::HoldingChange::Added("blog.a.tunnel.test".into(), HttpT),
+            crate::mesh::protocol::HoldingChange::Added("blog.a.tunnel.test".into(), HttpT, None),
         );
         let visitor = "192.0.2.9:5000".parse().expect("addr");
         let route = |host: &str, arrival| route_quietly(&edge, Http, host, visitor, arrival);

@@ -1,0 +1,148 @@
+//! Holder proofs: control's signature that a tunnel name is held by one edge, under one
+//! tunnel id. An edge announces each name it holds to its peers with the proof control gave
+//! it when the tunnel was set up; a peer relays visitors to it only when the proof checks
+//! out against control's public key and names the announcing edge. So a compromised edge
+//! cannot draw the visitors of names it does not hold, and of two proven claims for one name
+//! the higher tunnel id (control's newer tunnel) wins, whatever order the feeds arrive in.
+//!
+//! The key is Ed25519, derived by control from its `admin_secret` (which never leaves the
+//! control host): edges get the public key only, in control's answers to registration and
+//! heartbeats.
+
+use crate::TunnelKind;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
+
+/// Length of a proof as it travels (base64url without padding of a 64-byte signature).
+pub const PROOF_LEN: usize = 86;
+
+/// What is signed: the name, the edge, the tunnel and its kind, one per line after a
+/// domain separator (none of them can hold a newline: names and edge ids are checked).
+fn message(name: &str, edge_id: &str, tunnel_id: i64, kind: TunnelKind) -> Vec<u8> {
+    format!(
+        "nearhop holder proof v1\n{name}\n{edge_id}\n{tunnel_id}\n{}",
+        kind.as_str()
+    )
+    .into_bytes()
+}
+
+/// Control's signing key.
+pub struct HolderSigner {
+    pair: Ed25519KeyPair,
+}
+
+impl HolderSigner {
+    /// The key derived from `secret` (control's `admin_secret`): the same secret gives the
+    /// same key, so proofs stay valid across control restarts.
+    pub fn from_secret(secret: &str) -> HolderSigner {
+        let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        let seed = ring::hmac::sign(&hmac, b"nearhop holder proof key v1");
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed.as_ref())
+            .expect("an HMAC-SHA256 output is a 32-byte Ed25519 seed");
+        HolderSigner { pair }
+    }
+
+    /// The public key, base64 (as control sends it to edges in `holder_key`).
+    pub fn public_key(&self) -> String {
+        STANDARD.encode(self.pair.public_key().as_ref())
+    }
+
+    /// The proof that `edge_id` holds `name` as tunnel `tunnel_id` of `kind`.
+    pub fn prove(&self, name: &str, edge_id: &str, tunnel_id: i64, kind: TunnelKind) -> String {
+        let signature = self.pair.sign(&message(name, edge_id, tunnel_id, kind));
+        URL_SAFE_NO_PAD.encode(signature.as_ref())
+    }
+}
+
+/// Control's public key as an edge keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderKey([u8; 32]);
+
+impl HolderKey {
+    /// Reads control's `holder_key` (base64 of the 32-byte Ed25519 public key).
+    pub fn parse(text: &str) -> Result<HolderKey, String> {
+        let bytes = STANDARD
+            .decode(text.trim())
+            .map_err(|e| format!("control's holder_key is not base64: {e}"))?;
+        let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+            format!(
+                "control's holder_key must be a 32-byte Ed25519 key, not {} bytes",
+                b.len()
+            )
+        })?;
+        Ok(HolderKey(key))
+    }
+
+    /// Whether `proof` is control's signature that `edge_id` holds `name` as tunnel
+    /// `tunnel_id` of `kind`.
+    pub fn verifies(
+        &self,
+        proof: &str,
+        name: &str,
+        edge_id: &str,
+        tunnel_id: i64,
+        kind: TunnelKind,
+    ) -> bool {
+        if proof.len() != PROOF_LEN {
+            return false;
+        }
+        let Ok(signature) = URL_SAFE_NO_PAD.decode(proof) else {
+            return false;
+        };
+        UnparsedPublicKey::new(&ED25519, &self.0)
+            .verify(&message(name, edge_id, tunnel_id, kind), &signature)
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proof_checks_out_only_for_what_was_signed_and_with_that_key() {
+        let signer = HolderSigner::from_secret("0123456789abcdef");
+        let key = HolderKey::parse(&signer.public_key()).expect("key");
+        let proof = signer.prove("blog.a.test", "eu-1", 42, TunnelKind::Http);
+        assert_eq!(proof.len(), PROOF_LEN);
+        assert!(key.verifies(&proof, "blog.a.test", "eu-1", 42, TunnelKind::Http));
+        // Anything else signed is refused: another name, edge, tunnel or kind.
+        assert!(!key.verifies(&proof, "shop.a.test", "eu-1", 42, TunnelKind::Http));
+        assert!(!key.verifies(&proof, "blog.a.test", "us-1", 42, TunnelKind::Http));
+        assert!(!key.verifies(&proof, "blog.a.test", "eu-1", 43, TunnelKind::Http));
+        assert!(!key.verifies(&proof, "blog.a.test", "eu-1", 42, TunnelKind::Tls));
+        // Another secret, another key.
+        let other = HolderSigner::from_secret("another-secret-0123");
+        let other_key = HolderKey::parse(&other.public_key()).expect("key");
+        assert_ne!(other_key, key);
+        assert!(!other_key.verifies(&proof, "blog.a.test", "eu-1", 42, TunnelKind::Http));
+        // The same secret, the same key (control restarts keep proofs valid).
+        assert_eq!(
+            HolderSigner::from_secret("0123456789abcdef").public_key(),
+            signer.public_key()
+        );
+    }
+
+    #[test]
+    fn damaged_proofs_and_keys_are_refused() {
+        let signer = HolderSigner::from_secret("0123456789abcdef");
+        let key = HolderKey::parse(&signer.public_key()).expect("key");
+        let proof = signer.prove("blog.a.test", "eu-1", 42, TunnelKind::Http);
+        let mut flipped = proof.clone().into_bytes();
+        flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
+        let flipped = String::from_utf8(flipped).expect("ascii");
+        assert!(!key.verifies(&flipped, "blog.a.test", "eu-1", 42, TunnelKind::Http));
+        assert!(!key.verifies(&proof[1..], "blog.a.test", "eu-1", 42, TunnelKind::Http));
+        assert!(!key.verifies(
+            &"!".repeat(PROOF_LEN),
+            "blog.a.test",
+            "eu-1",
+            42,
+            TunnelKind::Http
+        ));
+        assert!(HolderKey::parse("not base64!").is_err());
+        let short = HolderKey::parse(&STANDARD.encode([1u8; 16])).unwrap_err();
+        assert!(short.contains("32-byte"), "{short}");
+    }
+}
