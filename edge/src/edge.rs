@@ -357,8 +357,10 @@ impl Edge {
     }
 }
 
-/// Stops accepting, lets visitor connections finish (bounded), then tells every client and
-/// control that the tunnels are closing.
+/// Stops accepting and lets visitor connections finish (bounded by `drain_seconds`). Each
+/// client session goes as soon as none of its visitors is in flight: its tunnels are closed
+/// (control is told) and the client is disconnected, so that it reconnects elsewhere while
+/// the other sessions drain. What is left when the drain ends is closed then.
 pub async fn shutdown(edge: &Arc<Edge>) {
     tracing::info!("shutting down: no new SSH sessions or visitors");
     edge.shutdown.cancel();
@@ -367,8 +369,27 @@ pub async fn shutdown(edge: &Arc<Edge>) {
         session.say(true, message).await;
     }
     let deadline = Instant::now() + Duration::from_secs(edge.config.drain_seconds);
+    let releases: Vec<_> = edge
+        .sessions()
+        .into_iter()
+        .map(|session| {
+            let edge = edge.clone();
+            tokio::spawn(async move {
+                let unused = session.closes.wait_unused();
+                if tokio::time::timeout_at(deadline.into(), unused)
+                    .await
+                    .is_ok()
+                {
+                    release(&edge, &session, message).await;
+                }
+            })
+        })
+        .collect();
     while edge.metrics.visitor_connections_active.get() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for release in releases {
+        let _ = release.await;
     }
     // Visitors this edge relays to peers drained over the links: only now do they close.
     edge.mesh.shutdown.cancel();
@@ -385,6 +406,26 @@ pub async fn shutdown(edge: &Arc<Edge>) {
     // Let the disconnect packets and close calls leave before the runtime stops.
     tokio::time::sleep(Duration::from_millis(300)).await;
     tracing::info!("edge stopped");
+}
+
+/// Lets one client session go during a drain: its tunnels closed, then the client told and
+/// disconnected.
+async fn release(edge: &Arc<Edge>, session: &Arc<SessionLink>, message: &str) {
+    let tunnels: Vec<_> = edge
+        .registry
+        .all()
+        .into_iter()
+        .filter(|t| Arc::ptr_eq(&t.session, session))
+        .collect();
+    for tunnel in &tunnels {
+        edge.close_tunnel(tunnel, "edge_shutdown", None, true).await;
+    }
+    tracing::info!(
+        session = session.id,
+        tunnels = tunnels.len(),
+        "no visitor in flight: session let go during the drain"
+    );
+    session.disconnect(message).await;
 }
 
 /// A fresh random key (hex of 32 random bytes).

@@ -25,31 +25,35 @@ pub fn full_stack() -> Stack {
 /// The whole stack; `opts` decides the rest (lag wait, control tweaks). With
 /// `NEARHOP_E2E_KEEP_DIR=/some/dir` the data and logs stay in a fresh directory there.
 pub fn full_stack_with(opts: StackOptions) -> Stack {
-    let dir = opts.dir.clone().or_else(|| {
-        let root = std::env::var_os("NEARHOP_E2E_KEEP_DIR")?;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()?
-            .as_nanos();
-        Some(PathBuf::from(root).join(format!("stack-{stamp}")))
-    });
     Stack::start(StackOptions {
         with_dns: true,
         with_edges: true,
-        dir,
+        dir: opts.dir.clone().or_else(kept_dir),
         ..opts
     })
     .expect("the three-region stack starts")
 }
 
-/// Three regions, an edge in each (with the stack's certificate for HTTPS), no DNS,
-/// heartbeating every second so that each edge learns its peers quickly; returned once every
+/// A fresh directory under `NEARHOP_E2E_KEEP_DIR`, when set: the stack's data and logs stay
+/// there after the test.
+fn kept_dir() -> Option<PathBuf> {
+    let root = std::env::var_os("NEARHOP_E2E_KEEP_DIR")?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    Some(PathBuf::from(root).join(format!("stack-{stamp}")))
+}
+
+/// Three regions, an edge in each (with the stack's certificate for HTTPS), no DNS (data and
+/// logs kept as with [`full_stack_with`]), heartbeating every second so that each edge learns its peers quickly; returned once every
 /// edge is linked to every other (the mesh).
 pub fn mesh_stack() -> Stack {
     let stack = Stack::start(StackOptions {
         with_edges: true,
         edge_https: true,
         control_tweak: Some(fast_heartbeats),
+        dir: kept_dir(),
         ..StackOptions::default()
     })
     .expect("the stack starts");

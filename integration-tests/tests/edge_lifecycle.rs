@@ -155,3 +155,72 @@ fn graceful_shutdown_tells_clients_and_closes_their_tunnels() {
     let out = again.output();
     assert!(!out.contains("was closed"), "no takeover was needed: {out}");
 }
+
+/// A stopping edge lets each client session go as soon as none of its visitors is in flight,
+/// so that its client reconnects elsewhere at once, while a session with a download in
+/// flight stays until that download ends. The drain is long here (600 s), so that only the
+/// sessions' own visitors decide when each goes.
+#[test]
+fn a_stopping_edge_lets_each_session_go_once_its_visitors_are_done() {
+    use std::io::Read;
+    let s = EdgeStack::start("drain_seconds = 600\n");
+    let local = LocalService::start("local");
+    let token = s.pro_token();
+    let mut busy = s.ssh("busy", &SshArgs::http_tunnel(Some(&token), local.port));
+    let busy_url = busy.wait_for_url(PATIENCE).unwrap();
+    let mut idle = s.ssh("idle", &SshArgs::http_tunnel(Some("http"), local.port));
+    idle.wait_for_url(PATIENCE).unwrap();
+
+    // A download through the busy tunnel, read no further than its first MiB for now.
+    let size = 64 << 20;
+    let mut download = reqwest::blocking::Client::builder()
+        .resolve(&host_of(&busy_url), s.edge.http_addr())
+        .timeout(Duration::from_secs(600))
+        .build()
+        .unwrap()
+        .get(format!("{busy_url}/blob/{size}"))
+        .send()
+        .expect("the download starts");
+    assert_eq!(download.status(), 200);
+    let mut first = vec![0u8; 1 << 20];
+    download.read_exact(&mut first).expect("the first MiB");
+    assert_blob(&first, first.len());
+
+    // SIGTERM, as systemd sends it.
+    let pid = s.edge.pid().expect("the edge runs");
+    // SAFETY: kill(2) on a child the stack spawned and has not reaped.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    let out = idle
+        .wait_exit(PATIENCE)
+        .expect("the idle session is let go during the drain");
+    assert!(out.contains("shutting down"), "{out}");
+    assert!(
+        busy.is_running(),
+        "the session whose download is in flight stays: {}",
+        busy.output()
+    );
+
+    // The download goes on to its end, then its session goes too, and the edge stops long
+    // before its drain would have ended.
+    let (mut at, mut buf) = (first.len(), vec![0u8; 1 << 16]);
+    loop {
+        let n = download
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("the download broke off after {at} of {size}: {e}"));
+        if n == 0 {
+            break;
+        }
+        if let Some(bad) = (0..n).find(|j| buf[*j] != blob_byte(at + j)) {
+            panic!("byte {} differs", at + bad);
+        }
+        at += n;
+    }
+    assert_eq!(at, size, "the whole download arrived");
+    drop(download);
+    let out = busy
+        .wait_exit(PATIENCE)
+        .expect("the busy session goes after its download");
+    assert!(out.contains("shutting down"), "{out}");
+}

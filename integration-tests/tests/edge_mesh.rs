@@ -1215,9 +1215,12 @@ fn an_edge_that_stops_lets_the_downloads_it_relays_or_holds_finish() {
     let mut stack = mesh_stack();
     let local = LocalService::start("local");
     let (_client, url, _) = eu_tunnel(&stack, &local, &[US, AP]);
-    // Far more than the windows and socket buffers hold while the visitor holds off, and
-    // little enough to cross two SSH hops of a debug build well within the drain (10 s).
-    let size = 16 * 1024 * 1024;
+    // Far more than the windows and socket buffers past the holder hold while the visitor
+    // holds off (a relay channel's window grows to 8 MiB, the sockets' buffers take several
+    // more: with 16 MiB the holder had sometimes handed over the last byte before the
+    // visitor read again, and its drain ended at once), and little enough to cross two SSH
+    // hops of a debug build well within the drain (10 s).
+    let size = 40 * 1024 * 1024;
     // Longer than the 3 heartbeats (of 1 s here) after which a silent edge leaves its
     // peers' lists, shorter than the drain (10 s).
     let held = Duration::from_secs(5);

@@ -22,21 +22,29 @@ use russh::{ChannelId, ChannelStream};
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot::{self, error::TryRecvError};
+use tokio::sync::Notify;
 
 /// How long a finished channel waits for the client's close before closing it itself.
 pub const LINGER: Duration = Duration::from_secs(30);
 
-/// The channels of one SSH session waiting to hear that the client closed them.
+/// The channels of one SSH session waiting to hear that the client closed them, and how
+/// many the edge is still using.
 #[derive(Default)]
 pub struct PeerCloses {
     waiting: Mutex<HashMap<ChannelId, oneshot::Sender<()>>>,
     /// `nearhop_edge_channels_closed_total`, once the edge has set it.
     closed_total: OnceLock<IntCounterVec>,
+    /// [`ClosingChannel`]s of the session not dropped yet: visitors in flight (and upstream
+    /// channels kept for a visitor connection's next request).
+    in_use: AtomicUsize,
+    /// Woken when `in_use` drops to 0.
+    unused: Notify,
 }
 
 impl PeerCloses {
@@ -75,6 +83,20 @@ impl PeerCloses {
     fn forget(&self, id: ChannelId) {
         crate::ssh::link::lock(&self.waiting).remove(&id);
     }
+
+    /// Waits until the edge uses none of the session's channels (at once when it uses none
+    /// now). A stopping edge lets a session go then: no visitor of its tunnels is in flight.
+    pub async fn wait_unused(&self) {
+        loop {
+            let unused = self.unused.notified();
+            tokio::pin!(unused);
+            unused.as_mut().enable();
+            if self.in_use.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            unused.await;
+        }
+    }
 }
 
 /// A channel's stream that, when dropped, lets the client close the channel first. `S` is
@@ -100,6 +122,7 @@ impl<S: AsyncWrite + Unpin + Send + 'static> ClosingChannel<S> {
     /// Wraps `stream`, over channel `id` of the session whose closes `closes` hears.
     pub fn around(stream: S, id: ChannelId, closes: Arc<PeerCloses>) -> ClosingChannel<S> {
         let peer_closed = Some(closes.watch(id));
+        closes.in_use.fetch_add(1, Ordering::SeqCst);
         ClosingChannel {
             stream: Some(stream),
             id,
@@ -118,6 +141,9 @@ impl<S: AsyncWrite + Unpin + Send + 'static> ClosingChannel<S> {
 
 impl<S: AsyncWrite + Unpin + Send + 'static> Drop for ClosingChannel<S> {
     fn drop(&mut self) {
+        if self.closes.in_use.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.closes.unused.notify_waiters();
+        }
         let (Some(mut stream), Some(mut peer_closed)) =
             (self.stream.take(), self.peer_closed.take())
         else {
