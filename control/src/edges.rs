@@ -5,11 +5,11 @@ use crate::error::{ControlError, ControlResult};
 use crate::schema::{custom_domains, edges, regions, tunnels};
 use crate::state::AppState;
 use crate::tunnels::{close_message, close_tunnels, Notice};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::upsert::excluded;
 use nearhop_wire::{
-    CloseReason, EdgeCertificates, EdgeHeartbeatResponse, EdgeRoutes, ErrorCode,
+    CloseReason, EdgeCertificates, EdgeHeartbeatResponse, EdgeRoutes, ErrorCode, LeavingStage,
     RegisterEdgeRequest, RegisterEdgeResponse, TunnelToClose,
 };
 use std::collections::{HashMap, HashSet};
@@ -180,6 +180,36 @@ pub async fn heartbeat(
             certificates_generation: crate::acme::store::generation(conn)?,
             holder_key: Some(holder_key),
         })
+    })
+    .await
+}
+
+/// The edge is stopping. `Draining`: marked so (the region's connect name stops counting it;
+/// it stays a peer while it heartbeats). `Stopped`: its last heartbeat is set to the epoch as
+/// well, so that it leaves its peers' lists and its region's health at once instead of 3
+/// heartbeats later; registering again clears both.
+pub async fn leaving(st: &AppState, edge_id: String, stage: LeavingStage) -> ControlResult<()> {
+    st.blocking(move |conn| {
+        let edge = edges::table.filter(edges::id.eq(&edge_id));
+        let updated = match stage {
+            LeavingStage::Draining => diesel::update(edge)
+                .set(edges::draining.eq(true))
+                .execute(conn)?,
+            LeavingStage::Stopped => diesel::update(edge)
+                .set((
+                    edges::draining.eq(true),
+                    edges::last_heartbeat.eq(DateTime::<Utc>::UNIX_EPOCH),
+                ))
+                .execute(conn)?,
+        };
+        if updated == 0 {
+            return Err(ControlError::refused(
+                ErrorCode::NotFound,
+                format!("edge {edge_id:?} is not registered"),
+            ));
+        }
+        tracing::info!(edge = %edge_id, ?stage, "edge leaving");
+        Ok(())
     })
     .await
 }

@@ -15,7 +15,7 @@ use crate::visitor::auth_throttle::AuthThrottle;
 use crate::visitor::certificates::Certificates;
 use crate::visitor::shares::{visitor_network, Share, Shares};
 use anyhow::{Context, Result};
-use nearhop_wire::CloseTunnelRequest;
+use nearhop_wire::{CloseTunnelRequest, LeavingStage};
 use prometheus::IntGauge;
 use russh::keys::PrivateKey;
 use std::collections::HashMap;
@@ -364,6 +364,9 @@ impl Edge {
 pub async fn shutdown(edge: &Arc<Edge>) {
     tracing::info!("shutting down: no new SSH sessions or visitors");
     edge.shutdown.cancel();
+    // The region's connect name stops sending reconnecting clients here (a drain playbook
+    // marked it already; a plain SIGTERM did not).
+    let marked = tokio::spawn(tell_control(edge.clone(), LeavingStage::Draining));
     let message = "This nearhop edge is shutting down for maintenance. Reconnect to get your tunnel back (a loop such as `while true; do ssh ...; sleep 1; done` does it for you).";
     for session in edge.sessions() {
         session.say(true, message).await;
@@ -403,9 +406,23 @@ pub async fn shutdown(edge: &Arc<Edge>) {
     for session in edge.sessions() {
         session.disconnect(message).await;
     }
+    // Peers and the region's health forget this edge now, not 3 heartbeats from now.
+    let _ = marked.await;
+    tell_control(edge.clone(), LeavingStage::Stopped).await;
     // Let the disconnect packets and close calls leave before the runtime stops.
     tokio::time::sleep(Duration::from_millis(300)).await;
     tracing::info!("edge stopped");
+}
+
+/// Tells control how far this edge's stop has gone (at most a few seconds: control may be
+/// down, and the stop goes on without it).
+async fn tell_control(edge: Arc<Edge>, stage: LeavingStage) {
+    let call = edge.control.leaving(&edge.config.edge_id, stage);
+    match tokio::time::timeout(Duration::from_secs(3), call).await {
+        Ok(Ok(())) => tracing::info!(?stage, "control knows this edge is leaving"),
+        Ok(Err(e)) => tracing::warn!(?stage, error = %e, "telling control this edge is leaving failed; peers drop it after 3 heartbeats"),
+        Err(_) => tracing::warn!(?stage, "control did not answer in time that this edge is leaving; peers drop it after 3 heartbeats"),
+    }
 }
 
 /// Lets one client session go during a drain: its tunnels closed, then the client told and

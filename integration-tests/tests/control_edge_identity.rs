@@ -215,6 +215,18 @@ fn each_edge_acts_only_as_itself_and_revocation_drops_it_from_the_mesh() {
         ErrorCode::Forbidden,
     );
     refused(a.create("b-1"), 403, ErrorCode::Forbidden);
+    // Nor say that B is leaving (which would drop it from its peers' lists).
+    let stopped = serde_json::json!({ "stage": "stopped" });
+    refused(
+        a.post("/v1/edges/b-1/leaving", &stopped),
+        403,
+        ErrorCode::Forbidden,
+    );
+    let (status, text) = b.post(
+        "/v1/edges/b-1/leaving",
+        &serde_json::json!({ "stage": "gone" }),
+    );
+    assert_eq!(status, 400, "an unknown stage: {text}");
     refused(
         a.close(b_tunnel.tunnel_id, "b-1"),
         403,

@@ -156,14 +156,26 @@ fn graceful_shutdown_tells_clients_and_closes_their_tunnels() {
     assert!(!out.contains("was closed"), "no takeover was needed: {out}");
 }
 
+/// `column` of the stack's edge's row in control's `edges` table, as psql prints it.
+fn edge_row(s: &EdgeStack, column: &str) -> String {
+    let id = s.edge.spec.edge_id.replace('\'', "");
+    let sql = format!("SELECT {column} FROM edges WHERE id = '{id}'");
+    let primary = s.stack.pg.endpoint_of("us").expect("primary");
+    let value = nearhop_stack::postgres::psql(primary, &sql).expect("psql");
+    value.trim().to_string()
+}
+
 /// A stopping edge lets each client session go as soon as none of its visitors is in flight,
 /// so that its client reconnects elsewhere at once, while a session with a download in
 /// flight stays until that download ends. The drain is long here (600 s), so that only the
-/// sessions' own visitors decide when each goes.
+/// sessions' own visitors decide when each goes. Control learns of the drain at its start
+/// (the connect name stops counting the edge) and of the stop at its end (peers and the
+/// region's health drop the edge then, not 3 heartbeats later).
 #[test]
 fn a_stopping_edge_lets_each_session_go_once_its_visitors_are_done() {
     use std::io::Read;
-    let s = EdgeStack::start("drain_seconds = 600\n");
+    let mut s = EdgeStack::start("drain_seconds = 600\n");
+    assert_eq!(edge_row(&s, "draining"), "f");
     let local = LocalService::start("local");
     let token = s.pro_token();
     let mut busy = s.ssh("busy", &SshArgs::http_tunnel(Some(&token), local.port));
@@ -201,6 +213,16 @@ fn a_stopping_edge_lets_each_session_go_once_its_visitors_are_done() {
         "the session whose download is in flight stays: {}",
         busy.output()
     );
+    eventually("control knows the edge drains", || {
+        anyhow::ensure!(edge_row(&s, "draining") == "t", "not marked draining");
+        Ok(())
+    });
+    let heartbeat = "extract(epoch FROM last_heartbeat)::bigint";
+    assert_ne!(
+        edge_row(&s, heartbeat),
+        "0",
+        "it heartbeats while it drains"
+    );
 
     // The download goes on to its end, then its session goes too, and the edge stops long
     // before its drain would have ended.
@@ -223,4 +245,13 @@ fn a_stopping_edge_lets_each_session_go_once_its_visitors_are_done() {
         .wait_exit(PATIENCE)
         .expect("the busy session goes after its download");
     assert!(out.contains("shutting down"), "{out}");
+    eventually("the edge stops", || {
+        anyhow::ensure!(!s.edge.is_running(), "still running");
+        Ok(())
+    });
+    assert_eq!(
+        edge_row(&s, heartbeat),
+        "0",
+        "control was told the edge stopped"
+    );
 }

@@ -250,6 +250,26 @@ pub struct EdgeHeartbeatResponse {
     pub holder_key: Option<String>,
 }
 
+/// How far an edge's stop has gone (`POST /v1/edges/{id}/leaving`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LeavingStage {
+    /// It started to drain: marked `draining`, so the region's connect name stops counting it
+    /// (it stays its peers' peer while it heartbeats).
+    Draining,
+    /// It stopped: out of its peers' lists and its region's health at once, not 3
+    /// heartbeats later (until it registers again).
+    Stopped,
+}
+
+/// Edge → control: the edge is stopping (`POST /v1/edges/{id}/leaving`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeLeavingRequest {
+    /// How far the stop has gone.
+    pub stage: LeavingStage,
+}
+
 /// A tunnel the edge must close, and the sentence to tell its client.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TunnelToClose {

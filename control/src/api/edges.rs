@@ -4,12 +4,13 @@ use super::extract::{read_json, EdgeCall, EdgeJson};
 use crate::error::ControlResult;
 use crate::state::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
-use nearhop_wire::{EdgeHeartbeatRequest, RegisterEdgeRequest};
+use nearhop_wire::{EdgeHeartbeatRequest, EdgeLeavingRequest, RegisterEdgeRequest};
 
 /// Routes of this resource.
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/edges/register", web::post().to(register))
         .route("/v1/edges/{id}/heartbeat", web::post().to(heartbeat))
+        .route("/v1/edges/{id}/leaving", web::post().to(leaving))
         .route("/v1/edges/{id}/routes", web::get().to(routes))
         .route("/v1/edges/{id}/certificates", web::get().to(certificates));
 }
@@ -44,6 +45,17 @@ async fn heartbeat(
     let tunnel_ids = body.tunnel_ids;
     let res = crate::edges::heartbeat(&st, id.into_inner(), tunnel_ids).await?;
     Ok(HttpResponse::Ok().json(res))
+}
+
+/// The edge is stopping: `draining` when it starts, `stopped` at its end.
+async fn leaving(
+    st: web::Data<AppState>,
+    id: web::Path<String>,
+    call: EdgeJson<EdgeLeavingRequest>,
+) -> ControlResult<HttpResponse> {
+    call.edge.acts_as(&st, &id).await?;
+    crate::edges::leaving(&st, id.into_inner(), call.body.stage).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({})))
 }
 
 async fn routes(

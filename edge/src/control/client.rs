@@ -3,8 +3,8 @@
 
 use nearhop_wire::{
     ApiError, CloseTunnelRequest, CreateTunnelRequest, CreateTunnelResponse, EdgeCertificates,
-    EdgeHeartbeatRequest, EdgeHeartbeatResponse, EdgeRoutes, ErrorCode, RegisterEdgeRequest,
-    RegisterEdgeResponse,
+    EdgeHeartbeatRequest, EdgeHeartbeatResponse, EdgeLeavingRequest, EdgeRoutes, ErrorCode,
+    LeavingStage, RegisterEdgeRequest, RegisterEdgeResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -129,6 +129,14 @@ impl ControlClient {
     ) -> Result<EdgeHeartbeatResponse, ControlError> {
         self.post(&format!("/v1/edges/{edge_id}/heartbeat"), req)
             .await
+    }
+
+    /// `POST /v1/edges/{id}/leaving`.
+    pub async fn leaving(&self, edge_id: &str, stage: LeavingStage) -> Result<(), ControlError> {
+        let req = EdgeLeavingRequest { stage };
+        self.post::<_, serde_json::Value>(&format!("/v1/edges/{edge_id}/leaving"), &req)
+            .await
+            .map(|_| ())
     }
 
     /// `POST /v1/tunnels`.
