@@ -764,7 +764,7 @@ fn edges_trust_each_other_only_as_themselves() {
 
 /// A compromised edge that is still listed (a genuine credential, registered under its own
 /// id) announces names it does not hold: one held by eu's tunnel (with a higher tunnel id
-/// and a forged proof, to win a takeover), one with eu's id in place of its own, and one
+/// and a forged proof, to win a takeover), the same with another fake proof, and one
 /// held nowhere (without a proof). The other edges take none of it: visitors at us still
 /// reach eu's tunnel and a name held nowhere gets the page, not a relay to the impostor.
 #[test]

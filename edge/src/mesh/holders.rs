@@ -18,6 +18,12 @@ use tokio::sync::Notify;
 pub const VANISHED_MEMORY: Duration = Duration::from_secs(60);
 /// Most names remembered as just gone (oldest forgotten first beyond it).
 const MAX_VANISHED: usize = 100_000;
+/// How long the highest proven tunnel id of a name that left is remembered: a claim with a
+/// lower id (an old proof of an edge that once held the name, announced again) is refused
+/// meanwhile.
+pub const HIGHEST_MEMORY: Duration = Duration::from_secs(3600);
+/// Most names whose highest proven id is remembered beyond the live ones (oldest first).
+const MAX_HIGHEST_GONE: usize = 250_000;
 /// Most names one peer may announce: far above what one edge holds (each tunnel is an SSH
 /// channel and a TCP connection there), and a bound on what a broken or hostile peer can
 /// make this edge keep (names are at most 253 bytes).
@@ -36,6 +42,9 @@ pub struct HolderTable {
 #[derive(Default)]
 struct Tables {
     by_name: HashMap<String, Holder>,
+    /// Per name: the highest tunnel id a proven claim carried, and when it was last seen
+    /// (kept after the name leaves, for [`HIGHEST_MEMORY`]).
+    highest: HashMap<String, (i64, Instant)>,
     /// Per peer: the names it holds and when its feed last spoke.
     by_peer: HashMap<String, PeerHoldings>,
 }
@@ -114,7 +123,11 @@ impl HolderTable {
     /// The table part of [`HolderTable::apply`]: the name that arrived, the names that left.
     fn apply_to_tables(&self, peer: &str, change: HoldingChange) -> (Option<String>, Vec<String>) {
         let mut t = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        let Tables { by_name, by_peer } = &mut *t;
+        let Tables {
+            by_name,
+            by_peer,
+            highest,
+        } = &mut *t;
         let held = by_peer
             .entry(peer.to_string())
             .or_insert_with(|| PeerHoldings {
@@ -124,17 +137,27 @@ impl HolderTable {
         held.updated = Instant::now();
         match change {
             HoldingChange::Added(name, kind, proof) => {
-                // A name moves between edges on a takeover. Of two proven claims the higher
-                // tunnel id (control's newer tunnel) wins, whichever feed spoke last; else
-                // the newest announcement wins. Either way the old holder's later "removed"
-                // does not undo it (below).
+                // A name moves between edges on a takeover. A proven claim wins only with a
+                // tunnel id at least the highest proven for the name so far (control's
+                // newer tunnel), whichever feed spoke last, and that highest id is
+                // remembered after the name leaves: an old proof announced again (by an
+                // edge that once held the name) never takes it back. An unproven claim
+                // (accepted only from peers on an older feed) never displaces a proven
+                // one; between unproven claims the newest wins. Either way the old holder's
+                // later "removed" does not undo it (below).
                 let tunnel_id = proof.map(|p| p.tunnel_id);
-                let older = by_name.get(&name).is_some_and(|held| {
-                    held.peer != peer
-                        && matches!((held.tunnel_id, tunnel_id), (Some(h), Some(t)) if t < h)
-                });
-                if older {
+                let refused = match tunnel_id {
+                    Some(t) => highest.get(&name).is_some_and(|(h, _)| t < *h),
+                    None => by_name.get(&name).is_some_and(|h| h.tunnel_id.is_some()),
+                };
+                if refused {
                     return (None, Vec::new());
+                }
+                if let Some(t) = tunnel_id {
+                    if highest.len() >= MAX_HIGHEST_GONE + by_name.len() {
+                        forget_oldest_gone(highest, by_name);
+                    }
+                    highest.insert(name.clone(), (t, Instant::now()));
                 }
                 let holder = Holder {
                     peer: peer.to_string(),
@@ -174,6 +197,12 @@ impl HolderTable {
                 (None, gone)
             }
         }
+    }
+
+    /// The highest proven tunnel id remembered for `name`.
+    pub fn highest_proven(&self, name: &str) -> Option<i64> {
+        let t = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        t.highest.get(name).map(|(id, _)| *id)
     }
 
     /// Forgets everything `peer` said (its feed ended, or it left the mesh).
@@ -219,6 +248,27 @@ impl HolderTable {
             .iter()
             .map(|(p, h)| (p.clone(), h.names.len(), h.updated.elapsed()))
             .collect()
+    }
+}
+
+/// Makes room in `highest`: the names not live now and seen longest ago go first (those
+/// past [`HIGHEST_MEMORY`] in any case).
+fn forget_oldest_gone(
+    highest: &mut HashMap<String, (i64, Instant)>,
+    live: &HashMap<String, Holder>,
+) {
+    highest.retain(|name, (_, at)| live.contains_key(name) || at.elapsed() < HIGHEST_MEMORY);
+    let gone = highest.len().saturating_sub(live.len());
+    if gone >= MAX_HIGHEST_GONE {
+        let mut ages: Vec<Instant> = highest
+            .iter()
+            .filter(|(name, _)| !live.contains_key(*name))
+            .map(|(_, (_, at))| *at)
+            .collect();
+        ages.sort_unstable();
+        // Keep the newer half of those gone.
+        let cut = ages[ages.len() / 2];
+        highest.retain(|name, (_, at)| live.contains_key(name) || *at >= cut);
     }
 }
 
@@ -276,11 +326,48 @@ mod tests {
         t.apply("eu-1", HoldingChange::Removed("blog.a.test".into()));
         t.forget_peer("eu-1");
         assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("ap-1"));
-        // A newer tunnel anywhere takes it; the same peer's own later line always does.
+        // A newer tunnel anywhere takes it; an older one never, not even from its holder.
         t.apply("eu-1", add_proven("blog.a.test", 12));
         assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("eu-1"));
         t.apply("eu-1", add_proven("blog.a.test", 11));
-        assert_eq!(t.holder("blog.a.test").and_then(|h| h.tunnel_id), Some(11));
+        assert_eq!(t.holder("blog.a.test").and_then(|h| h.tunnel_id), Some(12));
+    }
+
+    #[test]
+    fn an_old_proof_announced_again_after_the_name_left_takes_nothing() {
+        let t = HolderTable::default();
+        t.apply("ap-1", add_proven("blog.a.test", 9));
+        // The holder leaves (its tunnel closed, its feed reset, its link lost).
+        t.apply("ap-1", HoldingChange::Removed("blog.a.test".into()));
+        t.apply("eu-1", add_proven("blog.a.test", 7));
+        assert_eq!(
+            peer_of(&t, "blog.a.test"),
+            None,
+            "a proof older than the last"
+        );
+        t.apply("ap-1", add_proven("blog.a.test", 9));
+        t.apply("ap-1", HoldingChange::Reset);
+        t.forget_peer("ap-1");
+        t.apply("eu-1", add_proven("blog.a.test", 7));
+        assert_eq!(peer_of(&t, "blog.a.test"), None);
+        assert_eq!(t.highest_proven("blog.a.test"), Some(9));
+        // The tunnel back (the same id), or a newer one, is taken.
+        t.apply("ap-1", add_proven("blog.a.test", 9));
+        assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("ap-1"));
+        t.apply("eu-1", add_proven("blog.a.test", 10));
+        assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("eu-1"));
+    }
+
+    #[test]
+    fn an_unproven_claim_never_displaces_a_proven_one() {
+        let t = HolderTable::default();
+        t.apply("eu-1", add_proven("blog.a.test", 7));
+        t.apply("ap-1", add("blog.a.test"));
+        assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("eu-1"));
+        // With no proven holder now, an unproven claim is taken (a fleet mid-upgrade).
+        t.apply("eu-1", HoldingChange::Removed("blog.a.test".into()));
+        t.apply("ap-1", add("blog.a.test"));
+        assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("ap-1"));
     }
 
     #[test]

@@ -29,6 +29,11 @@ use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+/// Most claims with a bad proof one connection's feed may make before the link is cut: a
+/// genuine edge makes none (a change of control's key aside, which affects the tunnels set up
+/// before it, fewer than a snapshot), and each costs a signature check.
+const MAX_BAD_PROOFS: usize = 1024;
+
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Time a peer has to accept the TCP connection and finish the SSH handshake.
@@ -241,7 +246,11 @@ impl PeerLink {
         if !auth.success() {
             anyhow::bail!("the peer refused this edge's key (it does not know this edge yet, or its credential was revoked)");
         }
-        let (mut feed, grants_credit) = open_feed(&handle).await?;
+        let (mut feed, version) = open_feed_version(&handle).await?;
+        let grants_credit = version >= 2;
+        // A peer that speaks `v3` can prove every claim: a line without a proof there is
+        // refused even while unproven claims are accepted from older peers.
+        let proves = version >= 3;
         let (grants, grants_out) = unbounded_channel();
         let credits =
             grants_credit.then(|| Arc::new(LinkCredits::new(grants, mesh.credit_limits.clone())));
@@ -262,6 +271,7 @@ impl PeerLink {
         // proofs checked since this task last let others run.
         let mut refused = 0u64;
         let mut checked = 0u32;
+        let mut bad_proofs = 0usize;
         while let Some(line) = next_feed_line(&mut reader)
             .await
             .context("reading the holdings feed")?
@@ -280,18 +290,26 @@ impl PeerLink {
                 }
                 Some(change) => {
                     if matches!(change, HoldingChange::Added(_, _, Some(_))) {
-                        // A snapshot of many names: ~50 µs per proof, others run meanwhile.
+                        // A snapshot of many names: ~40 µs per proof, others run meanwhile.
                         checked += 1;
                         if checked.is_multiple_of(64) {
                             tokio::task::yield_now().await;
                         }
                     }
-                    let change = match mesh.vet(&self.id, change) {
+                    let change = match mesh.vet(&self.id, change, proves) {
                         Ok(change) => change,
                         Err((why, name)) => {
                             refused += 1;
                             if refused == 1 {
                                 tracing::warn!(peer = %self.id, %name, reason = why.as_str(), "the peer announced a name without a holder proof from control that checks out; visitors for it are not relayed there (all such names are counted in nearhop_edge_mesh_claims_refused_total)");
+                            }
+                            // Each bad proof cost a check: a peer sending them without end
+                            // is cut off (and reconnected with backoff), not followed.
+                            if why == super::Refusal::BadProof {
+                                bad_proofs += 1;
+                                if bad_proofs > MAX_BAD_PROOFS {
+                                    anyhow::bail!("the peer announced more than {MAX_BAD_PROOFS} names with proofs that do not check out (a compromised or broken edge?); its feed is dropped until it reconnects");
+                                }
                             }
                             continue;
                         }
@@ -331,16 +349,25 @@ struct Connected {
 async fn open_feed(
     handle: &Handle<PeerClient>,
 ) -> anyhow::Result<(russh::Channel<client::Msg>, bool)> {
+    open_feed_version(handle)
+        .await
+        .map(|(feed, v)| (feed, v >= 2))
+}
+
+/// As [`open_feed`], with the feed's version (3, 2 or 1).
+async fn open_feed_version(
+    handle: &Handle<PeerClient>,
+) -> anyhow::Result<(russh::Channel<client::Msg>, u8)> {
     use anyhow::Context;
-    for command in [HOLDINGS_COMMAND_V3, HOLDINGS_COMMAND_V2] {
+    for (command, version) in [(HOLDINGS_COMMAND_V3, 3), (HOLDINGS_COMMAND_V2, 2)] {
         if let Some(feed) = ask_for_feed(handle, command).await? {
-            return Ok((feed, true));
+            return Ok((feed, version));
         }
     }
     let feed = ask_for_feed(handle, HOLDINGS_COMMAND).await?.context(
         "the peer refused the holdings feed, v3, v2 and v1 alike (is it a nearhop edge?)",
     )?;
-    Ok((feed, false))
+    Ok((feed, 1))
 }
 
 /// Opens a session channel and runs `command` on it: the channel once the peer accepted,
@@ -704,6 +731,41 @@ mod tests {
     /// Serves `lines` as eu-1's feed to a link of a mesh that knows control's key for
     /// `secret`; returns the mesh once it has taken the last line's name.
     async fn follow_feed(lines: String, secret: &str, unproven: bool) -> Arc<Mesh> {
+        let mesh = start_following(HOLDINGS_COMMAND_V3, lines.clone(), secret, unproven).await;
+        let last = lines
+            .lines()
+            .last()
+            .and_then(|l| l.strip_prefix('+'))
+            .and_then(|l| l.split(' ').next())
+            .expect("a last claim")
+            .to_string();
+        // Lines are applied in order: once the last one's name is there, all were read. (The
+        // guard only ends a test that would otherwise hang.)
+        let arrived = async {
+            loop {
+                let next = mesh.holders.arrivals().notified();
+                tokio::pin!(next);
+                next.as_mut().enable();
+                if mesh.holders.holder(&last).is_some() {
+                    return;
+                }
+                next.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), arrived)
+            .await
+            .unwrap_or_else(|_| panic!("the feed's last claim ({last}) never arrived"));
+        mesh
+    }
+
+    /// A mesh following eu-1's feed of `lines`, served on `command`, knowing control's key
+    /// for `secret`.
+    async fn start_following(
+        command: &'static str,
+        lines: String,
+        secret: &str,
+        unproven: bool,
+    ) -> Arc<Mesh> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -715,17 +777,7 @@ mod tests {
             keys: vec![key],
             ..Default::default()
         });
-        let last = lines
-            .lines()
-            .last()
-            .and_then(|l| l.strip_prefix('+'))
-            .and_then(|l| l.split(' ').next())
-            .expect("a last claim")
-            .to_string();
-        let handler = FeedOnly {
-            command: HOLDINGS_COMMAND_V3,
-            lines,
-        };
+        let handler = FeedOnly { command, lines };
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.expect("accept");
             let running = russh::server::run_stream(server, stream, handler)
@@ -738,13 +790,7 @@ mod tests {
         mesh.set_holder_key(Some(&signer.public_key()));
         let mesh = Arc::new(mesh);
         tokio::spawn(link.clone().run(mesh.clone()));
-        for _ in 0..500 {
-            if mesh.holders.holder(&last).is_some() {
-                return mesh;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the feed's last claim ({last}) never arrived");
+        mesh
     }
 
     fn refused(mesh: &Mesh, reason: &str) -> u64 {
@@ -798,12 +844,52 @@ mod tests {
         }
         assert_eq!(refused(&mesh, "bad_proof"), 4);
         assert_eq!(refused(&mesh, "unproven"), 1);
-        // Taking unproven claims (a fleet mid-upgrade) takes the bare one, never a bad proof.
-        let mesh = follow_feed(feed, "control-admin-secret", true).await;
+        // Taking unproven claims (a fleet mid-upgrade) does not take them from a peer on
+        // `v3`, which can prove every claim.
+        let mesh = follow_feed(feed.clone(), "control-admin-secret", true).await;
+        assert!(mesh.holders.holder("bare.a.test").is_none());
+        assert_eq!(refused(&mesh, "unproven"), 1);
+        // From a peer on `v2` (before proofs) it takes the bare one, never a bad proof.
+        let mesh = start_following(HOLDINGS_COMMAND_V2, feed, "control-admin-secret", true).await;
+        let taken = async {
+            while mesh.holders.holder("good.a.test").is_none() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), taken)
+            .await
+            .expect("the v2 feed is read");
         assert!(mesh.holders.holder("bare.a.test").is_some());
         assert!(mesh.holders.holder("forged.a.test").is_none());
         assert_eq!(refused(&mesh, "bad_proof"), 4);
         assert_eq!(refused(&mesh, "unproven"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_sending_bad_proofs_without_end_is_cut_off() {
+        let other = nearhop_wire::holder_proof::HolderSigner::from_secret("not-controls-key");
+        let mut feed = String::new();
+        for i in 0..MAX_BAD_PROOFS + 100 {
+            let name = format!("n{i}.a.test");
+            let proof = other.prove(&name, "eu-1", 9, nearhop_wire::TunnelKind::Http);
+            feed.push_str(&format!("+{name} http 9 {proof}\n"));
+        }
+        let mesh = start_following(HOLDINGS_COMMAND_V3, feed, "control-admin-secret", false).await;
+        let cut = async {
+            while mesh.link_up.with_label_values(&["eu-1"]).get() != 0
+                || refused(&mesh, "bad_proof") == 0
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), cut)
+            .await
+            .expect("the link is cut");
+        assert_eq!(
+            refused(&mesh, "bad_proof"),
+            MAX_BAD_PROOFS as u64 + 1,
+            "no proof is checked past the cap"
+        );
     }
 
     fn added(name: &str) -> HoldingChange {

@@ -135,15 +135,27 @@ impl Mesh {
     /// name must carry control's proof for that name, kind and peer (or be accepted
     /// unproven, with `mesh_accept_unproven_claims`). What comes back is the line to apply
     /// (a proof that cannot be checked is dropped when unproven claims are accepted).
-    /// A refused claim is counted, and comes back with its name.
+    /// A refused claim is counted, and comes back with its name. `proves`: the peer's feed
+    /// is `v3`, so a claim without a proof is refused whatever the setting.
     pub fn vet(
         &self,
         peer: &str,
         change: HoldingChange,
+        proves: bool,
     ) -> Result<HoldingChange, (Refusal, String)> {
         let HoldingChange::Added(name, kind, proof) = change else {
             return Ok(change);
         };
+        // What this peer already proved (a line said again) needs no second check: a peer
+        // repeating one good line costs a lookup, not a signature check each time.
+        let proven_before = proof.as_ref().is_some_and(|p| {
+            self.holders.holder(&name).is_some_and(|h| {
+                h.peer == peer && h.kind == kind && h.tunnel_id == Some(p.tunnel_id)
+            })
+        });
+        if proven_before {
+            return Ok(HoldingChange::Added(name, kind, proof));
+        }
         let refusal = match &proof {
             Some(p) => match &*self.holder_key.read().unwrap_or_else(|e| e.into_inner()) {
                 Some(key) if key.verifies(&p.signature, &name, peer, p.tunnel_id, kind) => {
@@ -154,7 +166,12 @@ impl Mesh {
             },
             None => Refusal::Unproven,
         };
-        if self.accept_unproven && refusal != Refusal::BadProof {
+        let may_be_unproven = match refusal {
+            Refusal::Unproven => !proves,
+            Refusal::NoKey => true,
+            Refusal::BadProof => false,
+        };
+        if self.accept_unproven && may_be_unproven {
             return Ok(HoldingChange::Added(name, kind, None));
         }
         self.claims_refused
