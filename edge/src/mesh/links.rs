@@ -346,6 +346,7 @@ struct Connected {
 /// claims are taken only with `mesh_accept_unproven_claims`), else [`HOLDINGS_COMMAND`]
 /// (an edge from before relay channels took credit). Returns the feed's channel and whether
 /// the peer takes credit.
+#[cfg(test)]
 async fn open_feed(
     handle: &Handle<PeerClient>,
 ) -> anyhow::Result<(russh::Channel<client::Msg>, bool)> {
