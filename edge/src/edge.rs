@@ -428,12 +428,7 @@ async fn tell_control(edge: Arc<Edge>, stage: LeavingStage) {
 /// Lets one client session go during a drain: its tunnels closed, then the client told and
 /// disconnected.
 async fn release(edge: &Arc<Edge>, session: &Arc<SessionLink>, message: &str) {
-    let tunnels: Vec<_> = edge
-        .registry
-        .all()
-        .into_iter()
-        .filter(|t| Arc::ptr_eq(&t.session, session))
-        .collect();
+    let tunnels = edge.tunnels_of(session.id);
     for tunnel in &tunnels {
         edge.close_tunnel(tunnel, "edge_shutdown", None, true).await;
     }

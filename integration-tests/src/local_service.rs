@@ -23,6 +23,27 @@ pub fn assert_blob(got: &[u8], size: usize) {
     assert!(first_bad.is_none(), "download differs at {first_bad:?}");
 }
 
+/// Reads the rest of a `/blob/{size}` download from `body`, `at` bytes of which were read
+/// already, checking every byte; panics (naming `what`) when it breaks off, differs or
+/// ends short.
+pub fn finish_blob(body: &mut impl std::io::Read, mut at: usize, size: usize, what: &str) {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => panic!("{what}: the download broke off after {at} of {size} bytes: {e}"),
+        };
+        if n == 0 {
+            break;
+        }
+        if let Some(bad) = (0..n).find(|j| buf[*j] != blob_byte(at + j)) {
+            panic!("{what}: byte {} differs", at + bad);
+        }
+        at += n;
+    }
+    assert_eq!(at, size, "{what}: the whole download arrived");
+}
+
 /// `len` bytes of a fixed pattern to upload (and compare with what comes back).
 pub fn upload_pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 253) as u8).collect()

@@ -10,7 +10,7 @@ pub use crate::full_stack::{
 };
 pub use crate::load::{plan_in, Load, LoadStats, VisitorPlan};
 pub use crate::local_service::{
-    assert_blob, blob_byte, tcp_echo, upload_pattern, LocalService, LocalTlsService,
+    assert_blob, blob_byte, finish_blob, tcp_echo, upload_pattern, LocalService, LocalTlsService,
 };
 pub use crate::metrics::metric;
 pub use crate::poll::{eventually, eventually_within, PATIENCE};

@@ -226,20 +226,12 @@ fn a_stopping_edge_lets_each_session_go_once_its_visitors_are_done() {
 
     // The download goes on to its end, then its session goes too, and the edge stops long
     // before its drain would have ended.
-    let (mut at, mut buf) = (first.len(), vec![0u8; 1 << 16]);
-    loop {
-        let n = download
-            .read(&mut buf)
-            .unwrap_or_else(|e| panic!("the download broke off after {at} of {size}: {e}"));
-        if n == 0 {
-            break;
-        }
-        if let Some(bad) = (0..n).find(|j| buf[*j] != blob_byte(at + j)) {
-            panic!("byte {} differs", at + bad);
-        }
-        at += n;
-    }
-    assert_eq!(at, size, "the whole download arrived");
+    finish_blob(
+        &mut download,
+        first.len(),
+        size,
+        "the busy tunnel's download",
+    );
     drop(download);
     let out = busy
         .wait_exit(PATIENCE)

@@ -1182,22 +1182,8 @@ fn begin_download(
 }
 
 /// Reads the rest of a download begun by [`begin_download`] and checks every byte.
-fn finish_download(mut resp: reqwest::blocking::Response, mut at: usize, size: usize, what: &str) {
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = match resp.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) => panic!("{what}: the download broke off after {at} of {size} bytes: {e}"),
-        };
-        if n == 0 {
-            break;
-        }
-        if let Some(bad) = (0..n).find(|j| buf[*j] != blob_byte(at + j)) {
-            panic!("{what}: byte {} differs", at + bad);
-        }
-        at += n;
-    }
-    assert_eq!(at, size, "{what}: the whole download arrived");
+fn finish_download(mut resp: reqwest::blocking::Response, at: usize, size: usize, what: &str) {
+    finish_blob(&mut resp, at, size, what);
 }
 
 /// Sends SIGTERM to the edge of `region` (a graceful stop, as systemd and Ansible do) and
