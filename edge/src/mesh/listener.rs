@@ -114,8 +114,10 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
                         _ = &mut session => return,
                         authed = tokio::time::timeout(deadline, authenticated.notified()) => {
                             if authed.is_err() {
-                                let _ = cut.shutdown(std::net::Shutdown::Both);
+                                // Counted before the socket is shut: whoever sees the
+                                // close may read the metric at once.
                                 count_refusal(&edge, "mesh_auth_timeout");
+                                let _ = cut.shutdown(std::net::Shutdown::Both);
                                 tracing::debug!(
                                     "mesh connection closed: not authenticated within {deadline:?}"
                                 );
