@@ -103,12 +103,9 @@ fn unix_socket_survives_hostile_input_and_pdns_keeps_answering() {
 fn http_connector_and_wait_endpoint_refuse_bad_input_clearly() {
     let fx = DnsFixture::start(|_| {}).expect("fixture");
     let base = fx.region.backend_url();
-    // No connection reuse: the backend closes a connection after refusing an oversize body
-    // without reading it, and a pooled connection would race that close.
-    let client = reqwest::blocking::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("client");
+    // One pooled connection for every request: a refused body must not cost the caller
+    // its connection or the answer that says what was wrong.
+    let client = reqwest::blocking::Client::new();
 
     let resp = client
         .post(format!("{base}/dns"))
@@ -150,6 +147,13 @@ fn http_connector_and_wait_endpoint_refuse_bad_input_clearly() {
         .send()
         .expect("post");
     assert_eq!(resp.status().as_u16(), 500);
+    let v: Value = resp.json().expect("json body");
+    assert!(
+        v["log"]
+            .to_string()
+            .contains("longer than max_request_bytes"),
+        "{v}"
+    );
 
     for query in [
         "",

@@ -4,9 +4,9 @@
 //! edge still on the legacy shared secret, with that secret).
 
 use crate::edge::Edge;
+use crate::io::request_body::{read_limited, BodyRefused};
 use crate::visitor::pages::{full, ProxyBody};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::service::service_fn;
@@ -89,9 +89,15 @@ async fn route(edge: &Edge, req: Request<Incoming>) -> Response<ProxyBody> {
 }
 
 async fn close(edge: &Edge, id: i64, req: Request<Incoming>) -> Response<ProxyBody> {
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return error(ErrorCode::PayloadTooLarge, "body too large or unreadable"),
+    let body = match read_limited(req.into_body(), MAX_BODY).await {
+        Ok(b) => b,
+        Err(e @ BodyRefused::TooLong(_)) => {
+            return error(
+                ErrorCode::PayloadTooLarge,
+                &format!("bad close request: {e}"),
+            )
+        }
+        Err(e) => return error(ErrorCode::BadRequest, &format!("bad close request: {e}")),
     };
     let close: EdgeCloseRequest = match serde_json::from_slice(&body) {
         Ok(c) => c,

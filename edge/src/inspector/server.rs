@@ -6,12 +6,13 @@ use crate::edge::Edge;
 use crate::inspector::capture::{Exchange, Inspector};
 use crate::inspector::{replay, start, view};
 use crate::io::closing_channel::ClosingChannel;
+use crate::io::request_body::{read_limited, BodyRefused};
 use crate::ssh::link::SessionLink;
 use crate::tunnels::Tunnel;
 use bytes::Bytes;
 use futures::future::select_all;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, HOST};
 use hyper::service::service_fn;
@@ -340,12 +341,18 @@ impl SessionView {
         let Some((tunnel, inspector, original)) = self.find(id) else {
             return self.one(id, false);
         };
-        let body = match Limited::new(req.into_body(), MAX_API_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
+        let body = match read_limited(req.into_body(), MAX_API_BODY).await {
+            Ok(b) => b,
+            Err(BodyRefused::TooLong(_)) => {
                 return error(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "the replay request is over 4 MiB or was cut off",
+                    "the replay request is over 4 MiB",
+                )
+            }
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("the replay request was cut off: {e}"),
                 )
             }
         };

@@ -2,7 +2,8 @@
 //! read buffers, coalescing channel reads, channels that let the client close first, bytes put back in front, byte counting, the
 //! PROXY protocol header a balancer puts in front of a connection, and a refusal's lingering
 //! close, an HTTP/2 connection's small writes gathered, and channel writes that hand large
-//! body chunks over uncopied; a second handle to a socket, to cut a
+//! body chunks over uncopied; request bodies read up to a limit, an over-long one drained
+//! before its refusal; a second handle to a socket, to cut a
 //! connection off from outside its task.
 
 pub mod channel_writes;
@@ -13,4 +14,5 @@ pub mod idle;
 pub mod last_word;
 pub mod proxy_header;
 pub mod read_buffer;
+pub mod request_body;
 pub mod small_writes;

@@ -7,7 +7,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{Backend, Reply};
 use crate::store::Store;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::server::conn::http1;
@@ -138,12 +138,12 @@ impl HttpApp {
     /// `/dns/<method>` with a `parameters=<json>` form (`post`), or REST.
     async fn connector(&self, req: Request<Incoming>) -> Resp {
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, self.max_request).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
+        let body = match read_body(body, self.max_request, self.header_read_timeout).await {
+            Ok(b) => b,
+            Err(message) => {
                 self.metrics.bad_requests.with_label_values(&["http"]).inc();
-                tracing::warn!(error = %e, "refused an http connector request body");
-                return reply_response(&Reply::Failure(format!("request body refused: {e}")));
+                tracing::warn!(error = %message, "refused an http connector request body");
+                return reply_response(&Reply::Failure(format!("request body refused: {message}")));
             }
         };
         let path = parts.uri.path();
@@ -212,6 +212,46 @@ impl HttpApp {
     }
 }
 
+/// Most bytes of a refused, over-long body read and thrown away so that its sender gets
+/// the refusal (see [`read_body`]).
+const DRAIN_LIMIT: usize = 16 << 20;
+
+/// Reads a request body of at most `max` bytes. A longer one is refused, but the rest of it
+/// is still read and thrown away (at most [`DRAIN_LIMIT`] bytes, for at most `drain_for`)
+/// before the refusal is sent: closing a connection with unread bytes makes the kernel reset
+/// it, and a caller still writing its body would then see a broken pipe instead of the
+/// answer that says what was wrong.
+async fn read_body(mut body: Incoming, max: usize, drain_for: Duration) -> Result<Bytes, String> {
+    let mut got = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the body: {e}"))?;
+        if let Some(data) = frame.data_ref() {
+            if got.len() + data.len() > max {
+                let refusal = format!("the body is longer than max_request_bytes ({max})");
+                drain(&mut body, data.len(), drain_for).await;
+                return Err(refusal);
+            }
+            got.extend_from_slice(data);
+        }
+    }
+    Ok(Bytes::from(got))
+}
+
+/// Reads and drops what is left of `body`, up to [`DRAIN_LIMIT`] bytes (counting `already`)
+/// and for at most `limit` time; whatever is still unread after that is left to the reset.
+async fn drain(body: &mut Incoming, already: usize, limit: Duration) {
+    let mut dropped = already;
+    let _ = tokio::time::timeout(limit, async {
+        while dropped <= DRAIN_LIMIT {
+            match body.frame().await {
+                Some(Ok(frame)) => dropped += frame.data_ref().map_or(0, |d| d.len()),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
 fn reply_response(reply: &Reply) -> Resp {
     let status = match reply {
         Reply::Result(_) => StatusCode::OK,
@@ -268,6 +308,35 @@ mod tests {
                 Err(_) => panic!("the server kept a silent connection open"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn an_over_long_body_is_refused_in_words_and_the_connection_goes_on() {
+        let addr = listener().await;
+        let mut conn = TcpStream::connect(addr).await.expect("connect");
+        // Far more than the loopback socket buffers hold: without the drain, the server's
+        // close resets the connection while the caller is still writing, and the refusal
+        // is lost.
+        let body = vec![b'z'; 4 << 20];
+        let head = format!(
+            "POST /dns HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).await.expect("write head");
+        conn.write_all(&body).await.expect("write body");
+        conn.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write the next request");
+        let answer = String::from_utf8_lossy(&read_until_closed(&mut conn).await).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+        assert!(
+            answer.contains("longer than max_request_bytes (65536)"),
+            "{answer}"
+        );
+        let next = answer
+            .find("HTTP/1.1 200")
+            .expect("the next request is answered");
+        assert!(next > 0, "{answer}");
     }
 
     #[tokio::test]
