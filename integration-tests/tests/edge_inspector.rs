@@ -568,11 +568,14 @@ fn a_request_relayed_by_another_edge_is_recorded_where_the_tunnel_is_served() {
         .timeout(PATIENCE)
         .build()
         .unwrap();
-    eventually("the eu edge relays the tunnel", || {
+    // The visitor reads the whole answer: one that hung up after the head would be recorded,
+    // rightly, as broken (the service's body had not come yet).
+    let answer = eventually("the eu edge relays the tunnel", || {
         let r = visitor.get(format!("{eu_url}/via-eu")).send()?;
         anyhow::ensure!(r.status() == 200, "status {}", r.status());
-        Ok(())
+        Ok(r.text()?)
     });
+    assert!(answer.starts_with("hello from local /via-eu"), "{answer}");
     let row = api.wait_for("/via-eu");
     assert!(
         row["visitor"].as_str().unwrap().starts_with("127.0.0.9:"),
