@@ -2,6 +2,7 @@
 //! it is read and thrown away first (a bounded amount, for a bounded time): a connection
 //! closed with unread bytes is reset by the kernel, and a sender still writing its body
 //! would see a broken pipe instead of the answer that says what was wrong.
+//! (`last_word.rs` does the same on a bare socket, for a refusal before any protocol.)
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -39,7 +40,7 @@ pub async fn read_limited(mut body: Incoming, max: usize) -> Result<Bytes, BodyR
         let frame = frame.map_err(|e| BodyRefused::Unreadable(e.to_string()))?;
         if let Some(data) = frame.data_ref() {
             if got.len() + data.len() > max {
-                drain(&mut body, data.len()).await;
+                drain(&mut body, got.len() + data.len()).await;
                 return Err(BodyRefused::TooLong(max));
             }
             got.extend_from_slice(data);

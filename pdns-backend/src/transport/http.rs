@@ -228,7 +228,7 @@ async fn read_body(mut body: Incoming, max: usize, drain_for: Duration) -> Resul
         if let Some(data) = frame.data_ref() {
             if got.len() + data.len() > max {
                 let refusal = format!("the body is longer than max_request_bytes ({max})");
-                drain(&mut body, data.len(), drain_for).await;
+                drain(&mut body, got.len() + data.len(), drain_for).await;
                 return Err(refusal);
             }
             got.extend_from_slice(data);
