@@ -5,6 +5,21 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// Every `cause` of `nearhop_edge_relay_errors_total` (docs/edge.md, "Metrics").
+pub const RELAY_ERROR_CAUSES: [&str; 11] = [
+    "peer_unreachable",
+    "channel_refused",
+    "open_timeout",
+    "request_failed",
+    "peer_not_trusted",
+    "peer_not_listed",
+    "bad_relay_request",
+    "credit_exceeded",
+    "announce_timeout",
+    "mesh_auth_timeout",
+    "mesh_unauthenticated_full",
+];
+
 /// Every metric the edge exports.
 pub struct Metrics {
     registry: Registry,
@@ -296,6 +311,11 @@ impl Metrics {
         registry.register(Box::new(relay_bytes_total.clone()))?;
         registry.register(Box::new(relay_requests_total.clone()))?;
         registry.register(Box::new(relay_errors_total.clone()))?;
+        // Every cause has a series from the start, so that `rate()` and alerts see a 0
+        // rather than nothing.
+        for cause in RELAY_ERROR_CAUSES {
+            relay_errors_total.with_label_values(&[cause]);
+        }
         registry.register(Box::new(relay_window_grown_bytes.clone()))?;
         registry.register(Box::new(relay_window_growth_refused_total.clone()))?;
         registry.register(Box::new(mesh_holder_names.clone()))?;
@@ -380,5 +400,19 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_relay_error_cause_is_exported_from_the_start() {
+        let text = Metrics::new().expect("metrics").render();
+        for cause in RELAY_ERROR_CAUSES {
+            let line = format!("nearhop_edge_relay_errors_total{{cause=\"{cause}\"}} 0");
+            assert!(text.contains(&line), "{line} missing:\n{text}");
+        }
     }
 }

@@ -83,7 +83,8 @@ fn main() -> Result<()> {
         );
     }
     println!(
-        "  anonymous free tunnel: ssh -p {} -R0:localhost:8000 {}",
+        "  anonymous free tunnel: ssh -p {} -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -R0:localhost:8000 http@{}",
         us.ports.ssh, us.ip
     );
     println!();

@@ -326,6 +326,74 @@ fn an_absolute_request_target_is_routed_by_its_own_host() {
     assert!(answer.contains("No tunnel here"), "{answer}");
 }
 
+/// RFC 9112 §3.2: a request with two `Host` headers, or one that is not a host (user
+/// information, a port past 65535), gets a 400 from the edge, never the first name's tunnel;
+/// a malformed chunked body is the visitor's error (400), not the tunnel client's (502).
+#[test]
+fn repeated_or_invalid_hosts_and_broken_bodies_get_400s() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start("local");
+    let token = s.pro_token();
+    let mut client = s.ssh("hosts", &SshArgs::http_tunnel(Some(&token), local.port));
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let (host, _) = url_host_port(&url).unwrap();
+    let ask = |head: String| {
+        let mut t = TcpStream::connect(s.edge.http_addr()).unwrap();
+        t.set_read_timeout(Some(PATIENCE)).unwrap();
+        t.write_all(head.as_bytes()).unwrap();
+        let mut answer = String::new();
+        let _ = t.read_to_string(&mut answer);
+        answer
+    };
+    let served_before = local.served.load(std::sync::atomic::Ordering::SeqCst);
+    for (head, why) in [
+        (
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nHost: nobody.a.tunnel.test\r\nConnection: close\r\n\r\n"),
+            "more than one Host header",
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost: x@{host}:99999\r\nConnection: close\r\n\r\n"),
+            "not a host name or address",
+        ),
+        (
+            format!("GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+            "more than one Host header",
+        ),
+        (
+            "GET / HTTP/1.1\r\nConnection: close\r\n\r\n".to_string(),
+            "names no host",
+        ),
+    ] {
+        let answer = ask(head.clone());
+        assert!(answer.starts_with("HTTP/1.1 400"), "{head:?}: {answer}");
+        assert!(answer.contains(why), "{head:?}: {answer}");
+    }
+    // A chunk size that is not hexadecimal, as the first request and after a good one.
+    for head in [
+        format!("POST /up HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+        format!(
+            "GET /fine HTTP/1.1\r\nHost: {host}\r\n\r\n\
+             POST /up HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n"
+        ),
+    ] {
+        let answer = ask(head.clone());
+        let last = answer.rfind("HTTP/1.1 ").map(|at| &answer[at..]).unwrap_or("");
+        assert!(last.starts_with("HTTP/1.1 400"), "{head:?}: {answer}");
+        assert!(last.contains("malformed"), "{head:?}: {answer}");
+    }
+    assert_eq!(
+        local.served.load(std::sync::atomic::Ordering::SeqCst) - served_before,
+        1,
+        "only the good request reached the local service"
+    );
+    assert_serving(&s, &url);
+    let m = s.edge.metrics().unwrap();
+    assert!(
+        !m.contains("nearhop_edge_http_responses_total{class=\"5xx\""),
+        "no 502 for the visitor's own errors: {m}"
+    );
+}
+
 /// Reads until the edge closes the connection; a read timeout means it held it open.
 fn closed_by_edge(t: &mut TcpStream) -> Vec<u8> {
     t.set_read_timeout(Some(PATIENCE)).unwrap();

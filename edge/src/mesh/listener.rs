@@ -390,20 +390,36 @@ async fn serve_channel<S>(
 
 impl PeerSession {
     /// Accepts `user` only with the host key control registered for that edge; counts and
-    /// logs a refusal.
+    /// logs a refusal: a listed edge with another key (`peer_not_trusted`: a forged
+    /// identity, or a key changed since this edge's last heartbeat) apart from an id not in
+    /// the peer list (`peer_not_listed`: scanners, a revoked edge, or an edge that registered
+    /// since this edge's last heartbeat, as every new edge does at first).
     fn check_peer(&self, user: &str, key: &russh::keys::PublicKey) -> Auth {
         if self.edge.mesh.trusts(user, key) {
             return Auth::Accept;
         }
+        let listed = self.edge.mesh.peer(user).is_some();
+        let cause = if listed {
+            "peer_not_trusted"
+        } else {
+            "peer_not_listed"
+        };
         self.edge
             .metrics
             .relay_errors_total
-            .with_label_values(&["peer_not_trusted"])
+            .with_label_values(&[cause])
             .inc();
-        tracing::warn!(
-            claimed = user,
-            "refused a mesh connection: no live edge with that id and key is in control's registry"
-        );
+        if listed {
+            tracing::warn!(
+                claimed = user,
+                "refused a mesh connection: its key is not the mesh key control registered for that edge (a forged identity, or a key that changed since this edge's last heartbeat)"
+            );
+        } else {
+            tracing::info!(
+                claimed = user,
+                "refused a mesh connection: that edge id is not in this edge's peer list (an edge that registered since this edge's last heartbeat is listed at its next one; otherwise it has no live credential at control)"
+            );
+        }
         Auth::reject()
     }
 }

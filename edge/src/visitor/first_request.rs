@@ -70,31 +70,91 @@ pub(crate) fn has_head_end(buf: &[u8], from: usize) -> bool {
 
 /// The host a parsed head is for, as [`host_from`] picks it.
 fn host_of(req: &httparse::Request<'_, '_>) -> Option<String> {
-    let header = req
+    let headers = req
         .headers
         .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("host"))
-        .and_then(|h| std::str::from_utf8(h.value).ok());
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .map(|h| h.value);
     let target: Option<hyper::Uri> = req.path.and_then(|p| p.parse().ok());
     host_from(
-        header,
+        headers,
         target
             .as_ref()
             .and_then(|u| u.authority())
             .map(|a| a.as_str()),
     )
+    .ok()
+}
+
+/// Why a request names no host the edge can route by: each is a 400 (RFC 9112 §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostProblem {
+    /// No `Host` header and no absolute request target.
+    Missing,
+    /// More than one `Host` header.
+    Repeated,
+    /// A `Host` (or the request target's authority) that is not a host with at most a port.
+    Invalid,
+}
+
+impl HostProblem {
+    /// The sentence of the 400 page.
+    pub fn sentence(self) -> &'static str {
+        match self {
+            HostProblem::Missing => {
+                "The request names no host: send a Host header with the tunnel's name."
+            }
+            HostProblem::Repeated => "The request has more than one Host header.",
+            HostProblem::Invalid => {
+                "The request's Host is not a host name or address (with at most a port)."
+            }
+        }
+    }
 }
 
 /// The host a request is for: the authority of an absolute request target, else its `Host`
 /// header (RFC 9112 §3.2.2: with an absolute target, `Host` is ignored); normalised as
-/// [`normalize_host`] does. The first-request read and hyper's requests both route by this.
-pub fn host_from(host_header: Option<&str>, target_authority: Option<&str>) -> Option<String> {
-    normalize_host(target_authority.or(host_header)?)
+/// [`normalize_host`] does. A request with more than one `Host`, or one that is not valid,
+/// is refused either way (§3.2). The first-request read and hyper's requests both route by
+/// this.
+pub fn host_from<'a>(
+    mut host_headers: impl Iterator<Item = &'a [u8]>,
+    target_authority: Option<&str>,
+) -> Result<String, HostProblem> {
+    let header = host_headers.next();
+    if host_headers.next().is_some() {
+        return Err(HostProblem::Repeated);
+    }
+    let header = match header {
+        Some(raw) => Some(
+            std::str::from_utf8(raw)
+                .ok()
+                .and_then(normalize_host)
+                .ok_or(HostProblem::Invalid)?,
+        ),
+        None => None,
+    };
+    match target_authority {
+        Some(authority) => normalize_host(authority).ok_or(HostProblem::Invalid),
+        None => header.ok_or(HostProblem::Missing),
+    }
 }
 
 /// A `Host` value as the routing map keys it: lowercase, without port or trailing dot.
+/// `None` when it is not `host[:port]` (user information, a port that is not a number up to
+/// 65535, anything a URI authority cannot hold).
 pub fn normalize_host(raw: &str) -> Option<String> {
     let authority: hyper::http::uri::Authority = raw.trim().parse().ok()?;
+    let text = authority.as_str();
+    if text.contains('@') {
+        return None;
+    }
+    let port = &text[authority.host().len()..];
+    if let Some(port) = port.strip_prefix(':') {
+        if !port.is_empty() && port.parse::<u16>().is_err() {
+            return None;
+        }
+    }
     let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
     (!host.is_empty()).then_some(host)
 }
@@ -168,11 +228,18 @@ mod tests {
         .await;
         assert_eq!(got.host.as_deref(), Some("b.example"));
         let got = read_sent(
-            &[b"GET http://user@b.example:8080/p HTTP/1.1\r\nHost: a.example\r\n\r\n"],
+            &[b"GET http://b.example:8080/p HTTP/1.1\r\nHost: a.example\r\n\r\n"],
             65536,
         )
         .await;
         assert_eq!(got.host.as_deref(), Some("b.example"));
+        // User information in the target is refused (RFC 9110 §4.2.4): hyper answers 400.
+        let got = read_sent(
+            &[b"GET http://user@b.example/p HTTP/1.1\r\nHost: a.example\r\n\r\n"],
+            65536,
+        )
+        .await;
+        assert_eq!(got.host, None);
     }
 
     #[tokio::test]
@@ -194,5 +261,79 @@ mod tests {
             "no blank line yet: the head is not complete"
         );
         assert_eq!(normalize_host("bad host"), None);
+    }
+
+    #[test]
+    fn a_host_is_a_name_or_address_with_at_most_a_port() {
+        assert_eq!(
+            normalize_host("Blog.A.Tunnel.Test.:8080").as_deref(),
+            Some("blog.a.tunnel.test")
+        );
+        assert_eq!(normalize_host("x.example:").as_deref(), Some("x.example"));
+        assert_eq!(normalize_host("[::1]:8080").as_deref(), Some("[::1]"));
+        assert_eq!(normalize_host("127.0.0.1").as_deref(), Some("127.0.0.1"));
+        for bad in [
+            "x@blog.a.tunnel.test",
+            "blog.a.tunnel.test:99999",
+            "blog.a.tunnel.test:80x",
+            "../../etc",
+            "\"><img src=x>",
+            ".",
+            "",
+        ] {
+            assert_eq!(normalize_host(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn one_valid_host_header_or_an_absolute_target_names_the_host() {
+        let one = |v: &'static str| std::iter::once(v.as_bytes());
+        assert_eq!(
+            host_from(one("a.example"), None).as_deref(),
+            Ok("a.example")
+        );
+        assert_eq!(
+            host_from(one("a.example"), Some("b.example:8080")).as_deref(),
+            Ok("b.example"),
+            "an absolute target wins over Host"
+        );
+        assert_eq!(
+            host_from(std::iter::empty(), Some("b.example")).as_deref(),
+            Ok("b.example")
+        );
+        assert_eq!(
+            host_from(std::iter::empty(), None),
+            Err(HostProblem::Missing)
+        );
+        let two = [&b"a.example"[..], &b"b.example"[..]];
+        assert_eq!(host_from(two.into_iter(), None), Err(HostProblem::Repeated));
+        assert_eq!(
+            host_from(two.into_iter(), Some("a.example")),
+            Err(HostProblem::Repeated),
+            "two Host headers are refused with an absolute target too"
+        );
+        assert_eq!(
+            host_from(one("x@a.example"), None),
+            Err(HostProblem::Invalid)
+        );
+        assert_eq!(
+            host_from(one("bad host"), Some("a.example")),
+            Err(HostProblem::Invalid),
+            "an invalid Host is refused with an absolute target too"
+        );
+        assert_eq!(
+            host_from(std::iter::once(&b"\xff.example"[..]), None),
+            Err(HostProblem::Invalid)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_first_head_with_two_hosts_names_none() {
+        let got = read_sent(
+            &[b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n"],
+            65536,
+        )
+        .await;
+        assert_eq!(got.host, None, "hyper answers it (400)");
     }
 }

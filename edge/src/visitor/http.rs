@@ -262,8 +262,9 @@ const PEER_LET_GO_POLL: Duration = Duration::from_millis(50);
 enum Sent {
     /// The answer's head came back.
     Answer(Response<Incoming>),
-    /// No answer in time: the visitor gets this page, and the channel is not used again.
-    TimedOut(Response<ProxyBody>),
+    /// An answer of the edge's own (no answer in time, the visitor's body broke off): the
+    /// visitor gets this page, and the channel is not used again.
+    Page(Response<ProxyBody>),
     /// The channel failed before any of the answer came back.
     Failed(Failed),
 }
@@ -359,7 +360,7 @@ impl VisitorConn {
             tracing::debug!(attempt, "sending a request again after its upstream failed");
             self.edge.metrics.http_retries_total.inc();
             req = replay.request();
-            if let (Some(link), Some(host)) = (failed.peer, request_host(&req)) {
+            if let (Some(link), Ok(host)) = (failed.peer, request_host(&req)) {
                 peer_let_go(&self.edge, &link, &host).await;
             }
         }
@@ -369,8 +370,11 @@ impl VisitorConn {
         &self,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<ProxyBody>, Failed> {
-        let Some(host) = request_host(&req) else {
-            return Ok(self.count(pages::bad_request("The request names no host."), "edge"));
+        let host = match request_host(&req) {
+            Ok(host) => host,
+            Err(problem) => {
+                return Ok(self.count(pages::bad_request(problem.sentence()), "edge"));
+            }
         };
         to_origin_form(&mut req);
         let route = self.route_waiting_out_reconnects(&host).await;
@@ -526,7 +530,7 @@ impl VisitorConn {
         };
         let mut resp = match self.send(target, up, req).await {
             Sent::Answer(resp) => resp,
-            Sent::TimedOut(page) => {
+            Sent::Page(page) => {
                 // The channel may still bring that late answer: it is not reused.
                 *slot = None;
                 return Ok(page);
@@ -564,7 +568,7 @@ impl VisitorConn {
         };
         match self.send(target, &mut up, req).await {
             Sent::Answer(resp) => Ok(pool.give_back_after(resp, up)),
-            Sent::TimedOut(page) => Ok(page),
+            Sent::Page(page) => Ok(page),
             Sent::Failed(failed) => Err(failed),
         }
     }
@@ -587,12 +591,20 @@ impl VisitorConn {
                 Ok(sent) => sent,
                 Err(_) => {
                     self.edge.metrics.visitor_response_timeouts_total.inc();
-                    return Sent::TimedOut(pages::response_timeout(limit));
+                    return Sent::Page(pages::response_timeout(limit));
                 }
             }
         };
         match sent {
             Ok(resp) => Sent::Answer(resp),
+            Err(e) if visitor_body_failed(&e) => {
+                // The visitor's fault, not the tunnel's: a malformed chunked body, or one
+                // cut short. The channel went down with the request.
+                tracing::debug!(error = %e, "the visitor's request body failed");
+                Sent::Page(pages::bad_request(
+                    "The request's body is malformed or was cut short.",
+                ))
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "request through the tunnel or relay failed");
                 if let Target::Peer(..) = target {
@@ -610,6 +622,22 @@ impl VisitorConn {
             .with_label_values(&[cause])
             .inc();
     }
+}
+
+/// Whether a request failed on its way upstream because reading the visitor's body failed
+/// (hyper's client reports the body's error as the cause of a user error).
+fn visitor_body_failed(e: &hyper::Error) -> bool {
+    if !e.is_user() {
+        return false;
+    }
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.is::<hyper::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Carries an upgraded connection (a WebSocket) both ways until either side ends it; an
@@ -685,10 +713,10 @@ fn to_origin_form<B>(req: &mut Request<B>) {
 }
 
 /// The host a request is for: the absolute target's authority, else `Host`; lowercase,
-/// without port or trailing dot.
-pub fn request_host<B>(req: &Request<B>) -> Option<String> {
+/// without port or trailing dot. Why there is none: a 400.
+pub fn request_host<B>(req: &Request<B>) -> Result<String, first_request::HostProblem> {
     first_request::host_from(
-        req.headers().get(HOST).and_then(|v| v.to_str().ok()),
+        req.headers().get_all(HOST).iter().map(|v| v.as_bytes()),
         req.uri().authority().map(|a| a.as_str()),
     )
 }
@@ -703,31 +731,48 @@ mod tests {
             .header(HOST, "Blog.A.Tunnel.Test.:8080")
             .body(())
             .unwrap();
-        assert_eq!(request_host(&r).as_deref(), Some("blog.a.tunnel.test"));
+        assert_eq!(request_host(&r).as_deref(), Ok("blog.a.tunnel.test"));
         let r = Request::builder()
             .uri("http://x.example/p")
             .body(())
             .unwrap();
-        assert_eq!(request_host(&r).as_deref(), Some("x.example"));
+        assert_eq!(request_host(&r).as_deref(), Ok("x.example"));
         let r = Request::builder()
             .header(HOST, "bad host")
             .body(())
             .unwrap();
-        assert_eq!(request_host(&r), None);
+        assert_eq!(request_host(&r), Err(first_request::HostProblem::Invalid));
+        let r = Request::builder().uri("/p").body(()).unwrap();
+        assert_eq!(request_host(&r), Err(first_request::HostProblem::Missing));
+    }
+
+    #[test]
+    fn two_host_headers_or_user_information_name_no_host() {
+        let r = Request::builder()
+            .header(HOST, "a.example")
+            .header(HOST, "b.example")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r), Err(first_request::HostProblem::Repeated));
+        let r = Request::builder()
+            .uri("http://user@b.example/p")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r), Err(first_request::HostProblem::Invalid));
     }
 
     #[test]
     fn an_absolute_target_wins_over_host_and_goes_on_in_origin_form() {
         let mut r = Request::builder()
-            .uri("http://user@B.example:8080/p?q=1")
+            .uri("http://B.example:8080/p?q=1")
             .header(HOST, "a.example")
             .body(())
             .unwrap();
-        assert_eq!(request_host(&r).as_deref(), Some("b.example"));
+        assert_eq!(request_host(&r).as_deref(), Ok("b.example"));
         to_origin_form(&mut r);
         assert_eq!(r.uri(), "/p?q=1");
         assert_eq!(r.headers()[HOST], "B.example:8080");
-        assert_eq!(request_host(&r).as_deref(), Some("b.example"));
+        assert_eq!(request_host(&r).as_deref(), Ok("b.example"));
         // Origin form is left alone.
         let mut r = Request::builder()
             .uri("/p")

@@ -109,12 +109,13 @@ pub fn scan_head(buf: &[u8]) -> HeadScan {
     };
     let target: Option<hyper::Uri> = req.path.and_then(|p| p.parse().ok());
     let host = crate::visitor::first_request::host_from(
-        host_header.and_then(|v| std::str::from_utf8(v).ok()),
+        host_header.into_iter(),
         target
             .as_ref()
             .and_then(|u| u.authority())
             .map(|a| a.as_str()),
-    );
+    )
+    .ok();
     match host {
         Some(host) => HeadScan::Plain(RequestHead {
             len,

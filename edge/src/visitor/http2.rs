@@ -365,7 +365,7 @@ mod tests {
         // The authority still names the host, as for an absolute-form request.
         assert_eq!(
             crate::visitor::http::request_host(&r).as_deref(),
-            Some("blog.a.tunnel.test")
+            Ok("blog.a.tunnel.test")
         );
     }
 
