@@ -850,4 +850,59 @@ fn in_a_real_browser_requests_appear_live_open_in_detail_and_replay() {
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/inspector.png");
         std::fs::write(docs, &png).unwrap();
     }
+
+    // A method is any HTTP token, shell syntax included: "Copy as curl" of a visitor's
+    // request, pasted into a shell, must run curl with that method and nothing else.
+    let hostile = "X`touch$IFS.pwned`|touch$IFS.pwned2";
+    assert_eq!(
+        curl(&url, s.edge.http_addr(), "/hostile-method", &["-X", hostile]),
+        200
+    );
+    b.wait_until(
+        "the hostile request listed",
+        "[...document.querySelectorAll('#requests tbody td.path')].some(td => td.textContent === '/hostile-method')",
+    )
+    .unwrap();
+    b.eval(
+        "[...document.querySelectorAll('#requests tbody tr')].find(tr => tr.querySelector('td.path').textContent === '/hostile-method').click()",
+    )
+    .unwrap();
+    b.wait_until(
+        "its detail",
+        "document.getElementById('request-view').textContent.includes('/hostile-method')",
+    )
+    .unwrap();
+    b.eval("document.getElementById('curl-button').click()")
+        .unwrap();
+    b.wait_until(
+        "its curl command",
+        "document.getElementById('curl-command').textContent.includes('/hostile-method')",
+    )
+    .unwrap();
+    let command = b
+        .eval("document.getElementById('curl-command').textContent")
+        .unwrap();
+    let command = command.as_str().expect("text").to_string();
+    // Pasted into bash, with a `curl` that only writes down its arguments.
+    let shell = dir.join("shell");
+    std::fs::create_dir_all(&shell).unwrap();
+    let fake = shell.join("curl");
+    std::fs::write(&fake, "#!/bin/sh\nprintf '%s\\n' \"$@\" > args.txt\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    let ran = Command::new("bash")
+        .arg("-c")
+        .arg(&command)
+        .current_dir(&shell)
+        .env("PATH", format!("{}:/usr/bin:/bin", shell.display()))
+        .status()
+        .expect("bash runs");
+    assert!(ran.success(), "{command}");
+    assert!(
+        !shell.join(".pwned").exists() && !shell.join(".pwned2").exists(),
+        "the method ran as shell code: {command}"
+    );
+    let args = std::fs::read_to_string(shell.join("args.txt")).unwrap();
+    let args: Vec<&str> = args.lines().collect();
+    assert_eq!(args[..2], ["-X", hostile], "{command}");
 }

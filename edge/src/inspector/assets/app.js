@@ -265,7 +265,8 @@ function curlCommand(d) {
   const base = tunnel ? tunnel.url : "http://" + d.tunnel;
   const skip = new Set(["host", "content-length", "connection", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"]);
   const parts = ["curl"];
-  if (d.method !== "GET") parts.push("-X", d.method);
+  // A method is any HTTP token, backquotes and dollar signs included: quoted like the rest.
+  if (d.method !== "GET") parts.push("-X", shellQuote(d.method));
   parts.push(shellQuote(base + d.path));
   for (const [n, v] of d.request.headers) {
     if (!skip.has(n.toLowerCase())) parts.push("-H", shellQuote(n + ": " + v));
