@@ -829,6 +829,33 @@ mod tests {
     }
 
     #[test]
+    fn every_name_the_seeded_records_use_is_the_services_own() {
+        let mut c = minimal();
+        c.zones.pro.nameservers = vec!["dns-a.a.tunnel.test".into()];
+        c.validate().unwrap();
+        for zone in [c.zones.pro.clone(), c.zones.free.clone()] {
+            // The SOA's MNAME and RNAME (the contact mailbox, `hostmaster.<zone>`).
+            let soa = crate::zones::soa_content(&zone, 1);
+            let mut fields = soa.split(' ');
+            let mut used: Vec<String> = Vec::new();
+            for name in [fields.next().unwrap(), fields.next().unwrap()] {
+                if let Some(label) = name.strip_suffix(&format!(".{}", zone.name)) {
+                    used.push(label.to_string());
+                }
+            }
+            assert!(used.contains(&"hostmaster".to_string()), "{soa}");
+            used.extend(c.regions.iter().map(|r| r.name.clone()));
+            for label in used {
+                assert!(
+                    c.is_service_label(&zone, &label),
+                    "{label}.{} is in the zone's own records but could be a tunnel's",
+                    zone.name
+                );
+            }
+        }
+    }
+
+    #[test]
     fn source_prefixes_group_a_host_and_its_v6_64() {
         let mut c = minimal();
         c.validate().unwrap();

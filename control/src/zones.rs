@@ -32,11 +32,13 @@ pub fn domain_id(conn: &mut PgConnection, zone: &str) -> QueryResult<i32> {
 }
 
 /// SOA content with all seven fields; `minimum` is the negative-caching TTL. Names are
-/// written without the trailing dot, as the generic SQL schema stores them.
+/// written without the trailing dot, as the generic SQL schema stores them. The contact's
+/// label is reserved ([`nearhop_wire::SOA_CONTACT_LABEL`]), so no tunnel takes its name.
 pub fn soa_content(zone: &ZoneConfig, serial: u32) -> String {
     format!(
-        "{ns} hostmaster.{zone} {serial} 10800 3600 604800 {min}",
+        "{ns} {contact}.{zone} {serial} 10800 3600 604800 {min}",
         ns = zone.nameservers[0].trim_end_matches('.'),
+        contact = nearhop_wire::SOA_CONTACT_LABEL,
         zone = zone.name,
         min = zone.negative_ttl
     )

@@ -11,10 +11,19 @@ pub const MAX_NAME_LEN: usize = 253;
 /// among even a million live free tunnels has odds of about 1 in 2.8 million per draw.
 pub const RANDOM_LABEL_LEN: usize = 8;
 
-/// Labels that are never handed to a tunnel, whatever the zone: infrastructure names and
-/// names that invite phishing. Control also refuses, per zone, the regions' edge host names
-/// and in-zone name servers (`Config::is_service_label` in control).
+/// The mailbox label of every zone's SOA contact (`hostmaster.<zone>`, RFC 1035 §3.3.13's
+/// RNAME), which control seeds; reserved, so that no tunnel answers for the contact's name.
+pub const SOA_CONTACT_LABEL: &str = "hostmaster";
+
+/// Labels that are never handed to a tunnel, whatever the zone: infrastructure names, the
+/// role mailboxes of RFC 2142 (the SOA contact among them) and names that invite phishing.
+/// Control also refuses, per zone, the regions' edge host names and in-zone name servers
+/// (`Config::is_service_label` in control).
 pub const RESERVED_LABELS: &[&str] = &[
+    SOA_CONTACT_LABEL,
+    "postmaster",
+    "webmaster",
+    "abuse",
     "www",
     "ns",
     "ns1",
@@ -55,21 +64,44 @@ pub const RESERVED_LABELS: &[&str] = &[
     "_acme-challenge",
 ];
 
-/// Why a requested label was refused.
+/// Why a requested label or name was refused. Each says what is wrong with which part.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum NameError {
     /// The label is empty.
     #[error("the name is empty")]
     Empty,
-    /// The label is longer than a DNS label may be.
+    /// A dotted name with an empty label: two dots in a row, or a dot at the start.
+    #[error("the name has an empty label (two dots in a row, or a dot at the start)")]
+    EmptyLabel,
+    /// A one-label name (a tunnel's label) longer than a DNS label may be.
     #[error("the name is {0} characters long; at most 63 are allowed")]
     TooLong(usize),
+    /// One label of a dotted name is longer than a DNS label may be.
+    #[error(
+        "the label {label:?} is {len} characters long; each label (the parts between the \
+         dots) may have at most 63"
+    )]
+    LabelTooLong {
+        /// The label's first characters (at most 20, then `…`).
+        label: String,
+        /// Its length in characters.
+        len: usize,
+    },
+    /// A dotted name longer than a DNS name may be.
+    #[error("the name is {0} characters long; a DNS name may have at most 253")]
+    NameTooLong(usize),
+    /// A domain that is a single label.
+    #[error("{0:?} is a single label; a domain needs at least two, such as example.com")]
+    SingleLabel(String),
     /// The label holds a character outside a-z, 0-9 and '-'.
     #[error("the name may only hold the letters a-z, digits and '-' (found {0:?})")]
     BadCharacter(char),
     /// The label starts or ends with a hyphen.
     #[error("the name may not start or end with '-'")]
     EdgeHyphen,
+    /// A label of a dotted name starts or ends with a hyphen.
+    #[error("the label {0:?} starts or ends with '-', which no label may")]
+    LabelEdgeHyphen(String),
     /// The label has '--' in positions 3-4, which marks IDNA (xn--) and other tagged labels.
     #[error("the name may not have '--' in its third and fourth characters")]
     TaggedLabel,
@@ -84,6 +116,42 @@ pub enum NameError {
         /// The zone the tunnel would be in.
         zone: String,
     },
+}
+
+/// How a label is quoted in a refusal: its first 20 characters, then `…` when longer.
+fn quoted_label(label: &str) -> String {
+    const SHOWN: usize = 20;
+    if label.chars().count() <= SHOWN {
+        label.to_string()
+    } else {
+        let mut shown: String = label.chars().take(SHOWN).collect();
+        shown.push('…');
+        shown
+    }
+}
+
+/// Checks the length of one label of a dotted name.
+fn check_label_len(label: &str) -> Result<(), NameError> {
+    if label.is_empty() {
+        return Err(NameError::EmptyLabel);
+    }
+    let len = label.chars().count();
+    if len > MAX_LABEL_LEN {
+        return Err(NameError::LabelTooLong {
+            label: quoted_label(label),
+            len,
+        });
+    }
+    Ok(())
+}
+
+/// Checks the length of a whole dotted name (without its trailing dot).
+fn check_name_len(name: &str) -> Result<(), NameError> {
+    let len = name.chars().count();
+    if len > MAX_NAME_LEN {
+        return Err(NameError::NameTooLong(len));
+    }
+    Ok(())
 }
 
 /// Which names a client may ask for, in words, for refusals.
@@ -149,17 +217,14 @@ pub fn requested_name(bind_address: &str) -> Result<Option<String>, NameError> {
     if !address.contains('.') {
         return normalize_label(address).map(Some);
     }
-    let chars = address.chars().count();
-    if chars > MAX_NAME_LEN {
-        return Err(NameError::TooLong(chars));
+    check_name_len(address)?;
+    for label in address.split('.') {
+        check_label_len(label)?;
     }
     let mut labels = address.split('.');
     let first = labels.next().unwrap_or_default();
     let mut name = normalize_label(first)?;
     for label in labels {
-        if label.is_empty() {
-            return Err(NameError::Empty);
-        }
         if let Some(c) = label
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
@@ -250,17 +315,10 @@ pub fn normalize_domain(domain: &str) -> Result<String, NameError> {
     if trimmed.is_empty() {
         return Err(NameError::Empty);
     }
-    if trimmed.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong(trimmed.len()));
-    }
+    check_name_len(trimmed)?;
     let mut labels = Vec::new();
     for label in trimmed.split('.') {
-        if label.is_empty() {
-            return Err(NameError::Empty);
-        }
-        if label.len() > MAX_LABEL_LEN {
-            return Err(NameError::TooLong(label.len()));
-        }
+        check_label_len(label)?;
         if let Some(c) = label
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
@@ -268,12 +326,12 @@ pub fn normalize_domain(domain: &str) -> Result<String, NameError> {
             return Err(NameError::BadCharacter(c));
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return Err(NameError::EdgeHyphen);
+            return Err(NameError::LabelEdgeHyphen(quoted_label(label)));
         }
         labels.push(label.to_ascii_lowercase());
     }
     if labels.len() < 2 {
-        return Err(NameError::BadCharacter('.'));
+        return Err(NameError::SingleLabel(quoted_label(trimmed)));
     }
     Ok(labels.join("."))
 }
@@ -326,8 +384,8 @@ mod tests {
     #[test]
     fn odd_bind_addresses_are_refused_not_rewritten() {
         // Each used to become another name silently: `a`, `host`, the default name.
-        assert_eq!(requested_name("../x"), Err(NameError::Empty));
-        assert_eq!(requested_name("a..b"), Err(NameError::Empty));
+        assert_eq!(requested_name("../x"), Err(NameError::EmptyLabel));
+        assert_eq!(requested_name("a..b"), Err(NameError::EmptyLabel));
         assert_eq!(requested_name("a/b"), Err(NameError::BadCharacter('/')));
         assert_eq!(requested_name("**"), Err(NameError::BadCharacter('*')));
         assert_eq!(
@@ -336,7 +394,14 @@ mod tests {
         );
         assert_eq!(
             requested_name(&format!("a.{}", "b".repeat(300))),
-            Err(NameError::TooLong(302))
+            Err(NameError::NameTooLong(302))
+        );
+        assert_eq!(
+            requested_name(&format!("{}.a.tunnel.test", "b".repeat(64))),
+            Err(NameError::LabelTooLong {
+                label: format!("{}…", "b".repeat(20)),
+                len: 64
+            })
         );
         for dotted in [
             "a.b",
@@ -428,8 +493,87 @@ mod tests {
             normalize_domain("MyDomain.Example.").unwrap(),
             "mydomain.example"
         );
-        assert!(normalize_domain("localhost").is_err());
         assert!(normalize_domain("a..example").is_err());
         assert!(normalize_domain("ex ample.com").is_err());
+    }
+
+    #[test]
+    fn a_single_label_domain_is_refused_as_one_label_not_for_a_dot() {
+        let e = normalize_domain("example").unwrap_err();
+        assert_eq!(e, NameError::SingleLabel("example".into()));
+        let text = e.to_string();
+        assert!(text.contains("single label"), "{text}");
+        assert!(text.contains("example.com"), "{text}");
+        assert!(!text.contains("'.'"), "no dot to complain about: {text}");
+        assert_eq!(
+            normalize_domain("localhost."),
+            Err(NameError::SingleLabel("localhost".into()))
+        );
+    }
+
+    #[test]
+    fn an_overlong_domain_is_measured_against_the_name_limit() {
+        // 4 labels of 63 plus 3 dots: 255 characters, each label valid.
+        let long = [&"a".repeat(63)[..]; 4].join(".");
+        assert_eq!(long.len(), 255);
+        let e = normalize_domain(&long).unwrap_err();
+        assert_eq!(e, NameError::NameTooLong(255));
+        let text = e.to_string();
+        assert!(text.contains("255") && text.contains("253"), "{text}");
+        assert!(!text.contains("63"), "63 is the label limit: {text}");
+        let longest = [
+            &"a".repeat(63)[..],
+            &"a".repeat(63),
+            &"a".repeat(63),
+            &"a".repeat(61),
+        ]
+        .join(".");
+        assert_eq!(longest.len(), 253);
+        assert!(normalize_domain(&longest).is_ok());
+    }
+
+    #[test]
+    fn an_overlong_label_in_a_domain_is_named_with_its_length() {
+        let domain = format!("shop.{}.example", "x".repeat(70));
+        let e = normalize_domain(&domain).unwrap_err();
+        assert_eq!(
+            e,
+            NameError::LabelTooLong {
+                label: format!("{}…", "x".repeat(20)),
+                len: 70
+            }
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("label") && text.contains("70") && text.contains("63"),
+            "{text}"
+        );
+        assert!(!text.contains("the name is 70"), "{text}");
+        assert!(normalize_domain(&format!("shop.{}.example", "x".repeat(63))).is_ok());
+    }
+
+    #[test]
+    fn a_label_with_a_hyphen_at_an_end_is_named() {
+        let e = normalize_domain("shop.-bad.example").unwrap_err();
+        assert_eq!(e, NameError::LabelEdgeHyphen("-bad".into()));
+        assert!(e.to_string().contains("\"-bad\""), "{e}");
+    }
+
+    #[test]
+    fn the_soa_contact_and_role_mailboxes_are_reserved() {
+        for label in [
+            "hostmaster",
+            "HostMaster",
+            "postmaster",
+            "webmaster",
+            "abuse",
+        ] {
+            assert_eq!(
+                normalize_label(label),
+                Err(NameError::Reserved(label.to_ascii_lowercase())),
+                "{label}"
+            );
+        }
+        assert!(RESERVED_LABELS.contains(&SOA_CONTACT_LABEL));
     }
 }
