@@ -14,9 +14,14 @@ pub fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
         == 0
 }
 
-/// The secret of an `Authorization: Bearer <secret>` header value, if it is one.
+/// The secret of an `Authorization: Bearer <secret>` header value, if it is one. The scheme
+/// is matched in any case (`bearer`, `BEARER`: RFC 9110 §11.1) and may be followed by more
+/// than one space (§11.4: `1*SP`).
 pub fn bearer_secret(authorization: &str) -> Option<&str> {
-    authorization.strip_prefix("Bearer ")
+    let (scheme, secret) = authorization.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| secret.trim_start_matches(' '))
 }
 
 /// Whether an `Authorization` header value carries `secret` as its bearer secret. An empty
@@ -45,5 +50,22 @@ mod tests {
         assert!(!bearer_matches(Some("Basic s3cret"), "s3cret"));
         assert!(!bearer_matches(None, "s3cret"));
         assert!(!bearer_matches(Some("Bearer "), ""));
+        assert!(!bearer_matches(Some("Bearers3cret"), "s3cret"));
+        assert!(!bearer_matches(Some("Bearer s3cret "), "s3cret"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        for header in [
+            "bearer s3cret",
+            "BEARER s3cret",
+            "BeArEr s3cret",
+            "Bearer   s3cret",
+        ] {
+            assert!(bearer_matches(Some(header), "s3cret"), "{header}");
+            assert_eq!(bearer_secret(header), Some("s3cret"), "{header}");
+        }
+        assert_eq!(bearer_secret("Basic s3cret"), None);
+        assert_eq!(bearer_secret("bearer"), None);
     }
 }
