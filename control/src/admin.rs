@@ -20,22 +20,46 @@ pub fn hint(token: &str) -> String {
     format!("{}…", &token[..token.len().min(7)])
 }
 
+/// Checks text an operator typed that is stored as written (an account's name, a
+/// takedown's reason), returning it trimmed: not empty, at most `max` characters, no NUL
+/// (PostgreSQL text cannot hold it) and no other control character. `what` names the text
+/// in the refusal, `example` shows a good one.
+fn operator_text(what: &str, value: &str, max: usize, example: &str) -> ControlResult<String> {
+    let value = value.trim();
+    let refuse = |why: String| Err(ControlError::refused(ErrorCode::BadRequest, why));
+    if value.is_empty() {
+        return refuse(format!("the {what} is empty; give one, e.g. {example}"));
+    }
+    if value.contains('\0') {
+        return refuse(format!(
+            "the {what} may not contain the NUL character (\\u0000); remove it and try again"
+        ));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return refuse(format!(
+            "the {what} may not contain control characters (found {c:?}); write it on one line \
+             of printable characters"
+        ));
+    }
+    let len = value.chars().count();
+    if len > max {
+        return refuse(format!(
+            "the {what} is {len} characters long; at most {max} are allowed"
+        ));
+    }
+    Ok(value.to_string())
+}
+
 /// Creates an account with a first token.
 pub fn create_account(
     conn: &mut PgConnection,
     name: &str,
     plan: Plan,
 ) -> ControlResult<AccountCreated> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-        return Err(ControlError::refused(
-            ErrorCode::BadRequest,
-            "the account name must be 1-200 printable characters",
-        ));
-    }
+    let name = operator_text("account name", name, 200, "--name \"Shop Ltd\"")?;
     conn.transaction(|conn| {
         let account_id: i64 = diesel::insert_into(accounts::table)
-            .values((accounts::name.eq(name), accounts::plan.eq(plan.as_str())))
+            .values((accounts::name.eq(&name), accounts::plan.eq(plan.as_str())))
             .returning(accounts::id)
             .get_result(conn)?;
         let token = insert_token(conn, account_id)?.token;
@@ -230,7 +254,12 @@ pub async fn takedown(st: &AppState, hostname: &str, reason: &str) -> ControlRes
             )
         })?;
     refuse_service_name(st, hostname, &zone, &label)?;
-    let reason = reason.chars().take(500).collect::<String>();
+    let reason = operator_text(
+        "takedown reason",
+        reason,
+        500,
+        "--reason \"phishing, ticket 1234\"",
+    )?;
     let (closed, removed) = st
         .blocking(move |conn| {
             conn.transaction::<_, ControlError, _>(|conn| {
@@ -313,4 +342,29 @@ pub fn verify_domain(
         .set(custom_domains::verified_at.eq(Utc::now()))
         .execute(conn)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_text_refuses_nul_empty_control_and_overlong_with_a_sentence() {
+        let check = |v: &str| operator_text("takedown reason", v, 10, "--reason x");
+        assert_eq!(check("  phishing ").unwrap(), "phishing");
+        let e = check("a\0b").unwrap_err().to_string();
+        assert!(e.contains("NUL character (\\u0000)"), "{e}");
+        let e = check("   ").unwrap_err().to_string();
+        assert!(e.contains("is empty") && e.contains("--reason x"), "{e}");
+        let e = check("a\u{7}b").unwrap_err().to_string();
+        assert!(e.contains("control characters"), "{e}");
+        let e = check(&"x".repeat(11)).unwrap_err().to_string();
+        assert!(
+            e.contains("11 characters") && e.contains("at most 10"),
+            "{e}"
+        );
+        for bad in ["a\0b", "", "a\u{7}b"] {
+            assert_eq!(check(bad).unwrap_err().code(), ErrorCode::BadRequest);
+        }
+    }
 }

@@ -388,6 +388,7 @@ async fn serve(cfg: config::Config, migrate: bool) -> Result<()> {
     actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .app_data(data.clone())
+            .wrap(actix_web::middleware::from_fn(api::refuse_nul_in_target))
             .configure(api::configure)
     })
     // Longer than the edges' pool idle (see the constant): see docs/control.md.

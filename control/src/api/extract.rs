@@ -176,11 +176,102 @@ pub(super) async fn read_json<T: DeserializeOwned>(
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|e| {
+    let parsed = serde_json::from_slice(&body).map_err(|e| {
         ControlError::refused_because(
             ErrorCode::BadRequest,
             format!("the request body is not valid: {e}"),
             e,
         )
-    })
+    })?;
+    if has_nul_escape(&body) {
+        return Err(ControlError::refused(ErrorCode::BadRequest, NUL_REFUSAL));
+    }
+    Ok(parsed)
+}
+
+/// The refusal of a body whose text holds NUL, which PostgreSQL cannot store in text.
+pub(crate) const NUL_REFUSAL: &str =
+    "text fields may not contain the NUL character (\\u0000); remove it and send the request again";
+
+/// Whether a JSON text (already parsed, so well formed) holds the escape `\u0000` in a
+/// string. A raw NUL byte is no JSON at all and the parser refused it already. One pass over
+/// the bytes, no second parse: each backslash starts an escape that takes the byte after
+/// it, so in `\\u0000` (an escaped backslash, then `u0000`) the `u` is never seen as the
+/// start of one.
+fn has_nul_escape(json: &[u8]) -> bool {
+    let mut rest = json;
+    while let Some(at) = rest.iter().position(|&b| b == b'\\') {
+        let escape = &rest[at + 1..];
+        if escape.starts_with(b"u0000") {
+            return true;
+        }
+        // Skip the backslash and the byte it escapes (a `\\` included).
+        rest = escape.get(1..).unwrap_or_default();
+    }
+    false
+}
+
+/// Whether a request target (path and query, as sent) holds `%00`, which actix decodes to a
+/// NUL in path and query parameters. `%` always starts an escape (a literal `%` is `%25`),
+/// so `%2500` is no NUL.
+pub(crate) fn has_nul_in_target(target: &str) -> bool {
+    let mut rest = target.as_bytes();
+    while let Some(at) = rest.iter().position(|&b| b == b'%') {
+        let escape = &rest[at + 1..];
+        if escape.starts_with(b"00") {
+            return true;
+        }
+        rest = escape.get(2..).unwrap_or_default();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nul_in_the_target_is_found_but_not_an_encoded_percent() {
+        assert!(has_nul_in_target("/v1/edges/us%00x/heartbeat"));
+        assert!(has_nul_in_target("/v1/x?verified=%00"));
+        assert!(!has_nul_in_target("/v1/edges/us%2500/heartbeat"));
+        assert!(!has_nul_in_target("/v1/edges/us-1/heartbeat"));
+        assert!(!has_nul_in_target("/v1/a%0"));
+        assert!(!has_nul_in_target("%"));
+    }
+
+    #[test]
+    fn a_nul_escape_in_a_string_is_found() {
+        assert!(has_nul_escape(br#"{"reason":"a\u0000b"}"#));
+        assert!(has_nul_escape(br#"{"reason":"\u0000"}"#));
+        assert!(
+            has_nul_escape(br#"{"a":"\\\u0000"}"#),
+            "a backslash, then a NUL"
+        );
+        assert!(has_nul_escape(br#"{"a\u0000":1}"#), "in a key too");
+        assert!(
+            has_nul_escape(br#"{"a":"\u00000"}"#),
+            "a NUL, then the digit 0"
+        );
+    }
+
+    #[test]
+    fn an_escaped_backslash_before_u0000_is_no_nul() {
+        assert!(!has_nul_escape(br#"{"reason":"a\\u0000b"}"#));
+        assert!(!has_nul_escape(br#"{"reason":"\\\\u0000"}"#));
+        assert!(!has_nul_escape(br#"{"reason":"\u0001\"\\"}"#));
+        assert!(!has_nul_escape(br#"{"reason":"\u1000 \u0100 \u0010"}"#));
+        assert!(!has_nul_escape(br#"{"tunnel_ids":[1,2,3]}"#));
+        assert!(!has_nul_escape(b""));
+        assert!(!has_nul_escape(b"\\"));
+    }
+
+    #[test]
+    fn the_parser_reads_the_escape_as_nul_and_the_refusal_says_so() {
+        let body = br#"{"hostname":"x.a.tunnel.test","reason":"a\u0000b"}"#;
+        let parsed: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(parsed["reason"], "a\u{0}b");
+        assert!(has_nul_escape(body));
+        assert!(NUL_REFUSAL.contains("NUL") && NUL_REFUSAL.contains("\\u0000"));
+    }
 }

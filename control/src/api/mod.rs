@@ -8,8 +8,32 @@ pub mod metrics;
 pub mod tunnels;
 
 use crate::error::ControlError;
-use actix_web::{web, HttpResponse};
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpResponse, ResponseError};
 use nearhop_wire::{ApiError, ErrorCode};
+
+/// Middleware: refuses a request whose path or query holds `%00` before any handler sees
+/// it. Path and query parameters are decoded, and PostgreSQL cannot store NUL in text (it
+/// was a 500); JSON bodies are checked by [`extract::read_json`].
+pub async fn refuse_nul_in_target(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let target = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+    if extract::has_nul_in_target(target) {
+        let refusal = ControlError::refused(
+            ErrorCode::BadRequest,
+            "the path and query may not contain the NUL character (%00); remove it and send \
+             the request again",
+        );
+        return Ok(req
+            .into_response(refusal.error_response())
+            .map_into_right_body());
+    }
+    Ok(next.call(req).await?.map_into_left_body())
+}
 
 /// Registers every route, the JSON and path error handlers, and the JSON 404.
 pub fn configure(cfg: &mut web::ServiceConfig) {
