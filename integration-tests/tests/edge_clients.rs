@@ -189,6 +189,60 @@ fn dropbear_is_in_only_through_the_fallback_ciphers() {
     assert!(body.starts_with("hello from dropbear"), "{body}");
 }
 
+/// Dropbear and Paramiko show no disconnect message: a refusal reaches their users only on
+/// the session channel, whenever it comes (at once for a name the edge itself refuses,
+/// before the client has opened that channel; after control's answer; for a session that
+/// asked for no tunnel).
+#[test]
+fn clients_without_disconnect_messages_still_show_why_they_were_refused() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start("local");
+    let token = s.pro_token();
+    let cases = [
+        (
+            "no-forward",
+            SshArgs {
+                user: Some(token.clone()),
+                ..SshArgs::default()
+            },
+            "no tunnel was requested",
+        ),
+        (
+            "bad-name",
+            SshArgs {
+                user: Some(token.clone()),
+                forwards: vec![format!("bad_name:0:localhost:{}", local.port)],
+                ..SshArgs::default()
+            },
+            "is not allowed",
+        ),
+        (
+            "bad-token",
+            tunnel("nh_not_a_token_at_all", 0, local.port),
+            "Your token was not accepted",
+        ),
+    ];
+    for client in [Client::Dbclient, Client::Paramiko] {
+        for (name, args, why) in &cases {
+            let mut run = start_client(
+                &s,
+                &s.edge,
+                client,
+                &format!("{name}-{}", client.name()),
+                args,
+            );
+            let out = run
+                .wait_exit(PATIENCE)
+                .unwrap_or_else(|e| panic!("{} {name} is let go: {e:#}", client.name()));
+            assert!(
+                out.contains(why),
+                "{} {name}: the sentence is shown: {out}",
+                client.name()
+            );
+        }
+    }
+}
+
 fn find_url_in(text: &str) -> Option<String> {
     nearhop_stack::edge::find_url(text)
 }

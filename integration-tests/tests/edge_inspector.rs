@@ -855,7 +855,12 @@ fn in_a_real_browser_requests_appear_live_open_in_detail_and_replay() {
     // request, pasted into a shell, must run curl with that method and nothing else.
     let hostile = "X`touch$IFS.pwned`|touch$IFS.pwned2";
     assert_eq!(
-        curl(&url, s.edge.http_addr(), "/hostile-method", &["-X", hostile]),
+        curl(
+            &url,
+            s.edge.http_addr(),
+            "/hostile-method",
+            &["-X", hostile]
+        ),
         200
     );
     b.wait_until(
@@ -888,8 +893,7 @@ fn in_a_real_browser_requests_appear_live_open_in_detail_and_replay() {
     std::fs::create_dir_all(&shell).unwrap();
     let fake = shell.join("curl");
     std::fs::write(&fake, "#!/bin/sh\nprintf '%s\\n' \"$@\" > args.txt\n").unwrap();
-    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let ran = Command::new("bash")
         .arg("-c")
         .arg(&command)

@@ -26,6 +26,14 @@ pub enum OptionsKnown {
     Gone,
 }
 
+/// How long a refusal waits for the client's session channel to show text: OpenSSH opens it
+/// right after its forwards; `ssh -N` never does, and gets the disconnect message alone.
+const REFUSAL_SESSION_WAIT: Duration = Duration::from_millis(1500);
+
+/// How long a refused client whose session channel was closed has to leave by itself before
+/// it is disconnected.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+
 /// Locks a mutex, recovering the data if a panicking thread poisoned it.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -244,10 +252,63 @@ impl SessionLink {
 
     /// Marks the session channel ready for output and returns the channel and pending text.
     pub fn take_ready(&self) -> Option<(ChannelId, Vec<(bool, String)>)> {
-        let mut o = lock(&self.output);
-        o.ready = true;
-        let channel = o.channel?;
-        Some((channel, std::mem::take(&mut o.pending)))
+        let taken = {
+            let mut o = lock(&self.output);
+            o.ready = true;
+            let channel = o.channel;
+            channel.map(|c| (c, std::mem::take(&mut o.pending)))
+        };
+        self.session_news.notify_waiters();
+        taken
+    }
+
+    /// The session channel, once it shows text (the client asked for a shell or command).
+    fn ready_channel(&self) -> Option<ChannelId> {
+        let o = lock(&self.output);
+        o.channel.filter(|_| o.ready)
+    }
+
+    /// Waits until the session channel shows text (`Some`), up to `wait`, or the session ends.
+    async fn until_ready(&self, wait: Duration) -> Option<ChannelId> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let news = self.session_news.notified();
+            tokio::pin!(news);
+            news.as_mut().enable();
+            if let Some(channel) = self.ready_channel() {
+                return Some(channel);
+            }
+            if self.has_ended() {
+                return None;
+            }
+            tokio::select! {
+                _ = &mut news => {}
+                _ = tokio::time::sleep_until(deadline) => return self.ready_channel(),
+                _ = self.gone.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Refuses the client: `line` on its session channel (stderr), where it has one, then
+    /// exit status 1 and the channel's close, so that every client shows the sentence
+    /// (Dropbear's `dbclient` and Paramiko show no disconnect message, and a refusal right
+    /// after the forwards comes before OpenSSH opens its session channel); then, unless the
+    /// client has left by itself, the disconnect with `message` (which OpenSSH prints also
+    /// with `-N`).
+    pub async fn refuse(&self, line: &str, message: &str) {
+        if let Some(channel) = self.until_ready(REFUSAL_SESSION_WAIT).await {
+            self.say(true, line).await;
+            if let Some(handle) = self.handle() {
+                let _ = handle.exit_status_request(channel, 1).await;
+                let _ = handle.eof(channel).await;
+                let _ = handle.close(channel).await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(REFUSAL_LINGER) => {}
+                _ = self.gone.cancelled() => return,
+            }
+        }
+        self.disconnect(message).await;
     }
 
     /// The pending text and channel, if the channel is ready (for use inside a handler).

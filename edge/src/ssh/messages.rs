@@ -119,8 +119,8 @@ pub fn qr_code(url: &str) -> Option<String> {
 
 /// What the keywords and options are, for the help texts.
 const KEYWORDS_AND_OPTIONS: &str = "Keywords go in the username (TOKEN+tcp, TOKEN+tls, \
-     TOKEN+force, qr); options follow the host (b:user:pass k:key w:CIDR a:Name:Value \
-     u:Name:Value r:Name x:https x:noreverseproxy).";
+     TOKEN+force, TOKEN+inspect, qr); options follow the host (b:user:pass k:key w:CIDR \
+     a:Name:Value u:Name:Value r:Name x:https x:passpreflight x:noreverseproxy inspect).";
 
 /// Help for a session that asked for no forward.
 ///

@@ -5,7 +5,7 @@ use crate::edge::Edge;
 use crate::inspector;
 use crate::options::TunnelOptions;
 use crate::ssh::hello::ClientSoftware;
-use crate::ssh::link::{crlf, one_line, SessionLink};
+use crate::ssh::link::{crlf, SessionLink};
 use crate::ssh::messages;
 use crate::ssh::tunnel_setup::{self, PendingTunnel};
 use crate::ssh::username::{parse_username, UserRequest, UsernameError};
@@ -64,14 +64,16 @@ impl SshSession {
         }
     }
 
-    /// Tells the user why, then disconnects. OpenSSH prints the disconnect description
-    /// even with `-N`, so the sentence reaches every client.
-    fn refuse(&mut self, session: &mut Session, message: &str) {
+    /// Tells the user why, then lets the client go ([`SessionLink::refuse`], off the
+    /// session's loop: it waits for the client's session channel).
+    fn refuse(&mut self, message: &str) {
         self.refused = true;
         tracing::info!(parent: &self.span, reason = message, "refusing client");
-        self.link.queue(true, format!("nearhop: {message}"));
-        self.flush(session);
-        let _ = session.disconnect(Disconnect::ByApplication, &one_line(message), "en");
+        let (link, message) = (self.link.clone(), message.to_string());
+        let refusal = async move {
+            link.refuse(&format!("nearhop: {message}"), &message).await;
+        };
+        tokio::spawn(refusal.instrument(self.span.clone()));
     }
 
     fn user_ready(&self) -> Option<UserRequest> {
@@ -137,7 +139,7 @@ impl Handler for SshSession {
         self.link.mark_authenticated();
         if let Some(Err(e)) = &self.user {
             let message = format!("{e}. {}", messages::usage_line(self.software));
-            self.refuse(session, &message);
+            self.refuse(&message);
             return Ok(());
         }
         if self.user_ready().is_some_and(|u| u.inspect) {
@@ -154,8 +156,8 @@ impl Handler for SshSession {
                 _ = tokio::time::sleep(wait) => {
                     if edge.tunnels_of(link.id).is_empty() && !link.has_ended() {
                         let help = messages::usage(software);
-                        link.say(true, &format!("nearhop: {help}")).await;
-                        link.disconnect(messages::no_forward(software)).await;
+                        link.refuse(&format!("nearhop: {help}"), messages::no_forward(software))
+                            .await;
                     }
                 }
                 _ = link.gone.cancelled() => {}
@@ -190,7 +192,7 @@ impl Handler for SshSession {
             return Ok(false);
         }
         if self.edge.shutdown.is_cancelled() {
-            self.refuse(session, "this edge is shutting down; please reconnect.");
+            self.refuse("this edge is shutting down; please reconnect.");
             return Ok(false);
         }
         // The reply carries the port the client will match visitor channels against. A `tcp`
@@ -342,7 +344,7 @@ impl Handler for SshSession {
             }
             Err(e) => {
                 self.link.take_ready();
-                self.refuse(session, &e.to_string());
+                self.refuse(&e.to_string());
             }
         }
         Ok(())
@@ -382,7 +384,7 @@ impl SshSession {
         // OpenSSH sends every -R before it opens the session channel, so by now a session
         // without a forward asked for none.
         if self.forwards_requested == 0 && !self.refused {
-            self.refuse(session, &messages::usage(self.software));
+            self.refuse(&messages::usage(self.software));
         }
     }
 }

@@ -58,8 +58,7 @@ pub async fn set_up(edge: Arc<Edge>, link: Arc<SessionLink>, pending: PendingTun
         }
         Err(message) => {
             tracing::info!(reason = %message, "refusing client");
-            link.say(true, &format!("nearhop: {message}")).await;
-            link.disconnect(&message).await;
+            link.refuse(&format!("nearhop: {message}"), &message).await;
         }
     }
 }
