@@ -6,13 +6,15 @@ use crate::error::{ControlError, ControlResult};
 use crate::schema::{accounts, banned_names, custom_domains, names, records, tokens, tunnels};
 use crate::state::AppState;
 use crate::tunnels::caller::account_plan;
+use crate::tunnels::limits::lock_account;
 use crate::tunnels::names::{self as name_rules, Claimant};
 use crate::tunnels::{close_tunnels, Notice};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use nearhop_wire::{
     normalize_domain, normalize_label, AccountCreated, CloseReason, CnameRecord, DomainAdded,
-    ErrorCode, Plan, TakedownDone, TokenCreated,
+    ErrorCode, NameReleased, Plan, TakedownDone, TakedownLifted, TokenCreated, TokenListed,
+    TokenRevoked,
 };
 
 /// The first characters of a token or credential, kept to recognise it in lists.
@@ -62,11 +64,12 @@ pub fn create_account(
             .values((accounts::name.eq(&name), accounts::plan.eq(plan.as_str())))
             .returning(accounts::id)
             .get_result(conn)?;
-        let token = insert_token(conn, account_id)?.token;
+        let TokenCreated { token_id, token } = insert_token(conn, account_id)?;
         Ok(AccountCreated {
             account_id,
             plan,
             token,
+            token_id,
         })
     })
 }
@@ -104,18 +107,70 @@ pub fn create_token(conn: &mut PgConnection, account_id: i64) -> ControlResult<T
     insert_token(conn, account_id)
 }
 
-/// Revokes a token: it stops working for new tunnels at once.
-pub fn revoke_token(conn: &mut PgConnection, token_id: i64) -> ControlResult<()> {
-    let n = diesel::update(tokens::table.filter(tokens::id.eq(token_id)))
-        .set(tokens::revoked_at.eq(Utc::now()))
-        .execute(conn)?;
-    if n == 0 {
-        return Err(ControlError::refused(
-            ErrorCode::NotFound,
-            format!("no token {token_id}"),
-        ));
+/// Every token of an account, oldest first: id, hint, created, revoked. Never the token,
+/// which control keeps only as a hash.
+pub fn list_tokens(conn: &mut PgConnection, account_id: i64) -> ControlResult<Vec<TokenListed>> {
+    account_exists(conn, account_id)?;
+    type TokenRow = (i64, String, DateTime<Utc>, Option<DateTime<Utc>>);
+    let rows: Vec<TokenRow> = tokens::table
+        .filter(tokens::account_id.eq(account_id))
+        .order(tokens::id)
+        .select((
+            tokens::id,
+            tokens::hint,
+            tokens::created_at,
+            tokens::revoked_at,
+        ))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(token_id, hint, created_at, revoked_at)| TokenListed {
+            token_id,
+            hint,
+            created_at,
+            revoked_at,
+        })
+        .collect())
+}
+
+/// Revokes a token: it stops working for new tunnels at once. A token revoked already keeps
+/// the time it was revoked at, and the answer says so.
+pub fn revoke_token(conn: &mut PgConnection, token_id: i64) -> ControlResult<TokenRevoked> {
+    let revoked: Option<DateTime<Utc>> = diesel::update(
+        tokens::table
+            .filter(tokens::id.eq(token_id))
+            .filter(tokens::revoked_at.is_null()),
+    )
+    .set(tokens::revoked_at.eq(Utc::now()))
+    .returning(tokens::revoked_at)
+    .get_result::<Option<DateTime<Utc>>>(conn)
+    .optional()?
+    .flatten();
+    if let Some(revoked_at) = revoked {
+        return Ok(TokenRevoked {
+            token_id,
+            revoked: true,
+            already_revoked: false,
+            revoked_at,
+        });
     }
-    Ok(())
+    let earlier: Option<Option<DateTime<Utc>>> = tokens::table
+        .filter(tokens::id.eq(token_id))
+        .select(tokens::revoked_at)
+        .first(conn)
+        .optional()?;
+    match earlier.flatten() {
+        Some(revoked_at) => Ok(TokenRevoked {
+            token_id,
+            revoked: true,
+            already_revoked: true,
+            revoked_at,
+        }),
+        None => Err(ControlError::refused(
+            ErrorCode::NotFound,
+            format!("no token {token_id}; `token list --account ID` shows an account's tokens"),
+        )),
+    }
 }
 
 /// Reserves a name in the account's zone, through the same claim as a tunnel setup (bans
@@ -137,6 +192,114 @@ pub fn reserve_name(
     st.cfg.check_not_service_label(zone, &label)?;
     name_rules::claim_name(conn, zone, account_id, &label, Claimant::Operator)?;
     Ok(format!("{label}.{}", zone.name))
+}
+
+/// Frees a persistent name (`label`, or `label.<zone>` in either zone) from the account that
+/// owns it, so that any account may claim it again. Refused while a tunnel holds the name:
+/// the operator closes it first (its owner, or a takedown). The custom domains that point at
+/// the name go with it: they route to whatever tunnel holds the name, which may be another
+/// account's next. Runs under the owner's lock, so a setup of that account that is counting
+/// or claiming names waits for it, and it for the setup.
+pub fn release_name(
+    st: &AppState,
+    conn: &mut PgConnection,
+    name: &str,
+) -> ControlResult<NameReleased> {
+    let not_a_name = || {
+        ControlError::refused(
+            ErrorCode::InvalidName,
+            format!(
+                "{name:?} is not a name in one of the service's zones; give the label \
+                 (blog) or the whole name (blog.{})",
+                st.cfg.zones.pro.name
+            ),
+        )
+    };
+    let (zone, label) = if name.trim_end_matches('.').contains('.') {
+        st.cfg
+            .split_hostname(name)
+            .map(|(z, l)| (z.name.clone(), l))
+            .ok_or_else(not_a_name)?
+    } else {
+        // No label rules beyond the spelling: a name owned before a label became reserved
+        // can still be released.
+        let label = nearhop_wire::storage_name(name)
+            .filter(|l| !l.is_empty())
+            .ok_or_else(not_a_name)?;
+        (st.cfg.zones.pro.name.clone(), label)
+    };
+    let hostname = format!("{label}.{zone}");
+    conn.transaction(|conn| {
+        let owner: Option<i64> = names::table
+            .filter(names::zone.eq(&zone))
+            .filter(names::label.eq(&label))
+            .select(names::account_id)
+            .for_update()
+            .first(conn)
+            .optional()?;
+        let account_id = owner.ok_or_else(|| {
+            ControlError::refused(
+                ErrorCode::NotFound,
+                format!("{hostname} is not owned by any account; there is nothing to release"),
+            )
+        })?;
+        lock_account(conn, account_id)?;
+        let live: Option<(i64, String)> = tunnels::table
+            .filter(tunnels::zone.eq(&zone))
+            .filter(tunnels::label.eq(&label))
+            .filter(tunnels::closed_at.is_null())
+            .select((tunnels::id, tunnels::edge_id))
+            .first(conn)
+            .optional()?;
+        if let Some((tunnel_id, edge_id)) = live {
+            return Err(ControlError::refused(
+                ErrorCode::Conflict,
+                format!(
+                    "{hostname} has a live tunnel ({tunnel_id} on edge {edge_id}); release the \
+                     name once it is closed: its owner closes it, or `takedown {hostname}` \
+                     closes it and bans the name"
+                ),
+            ));
+        }
+        let domains_removed: Vec<String> = diesel::delete(
+            custom_domains::table
+                .filter(custom_domains::zone.eq(&zone))
+                .filter(custom_domains::label.eq(&label)),
+        )
+        .returning(custom_domains::domain)
+        .get_results(conn)?;
+        let was_default: bool = diesel::delete(
+            names::table
+                .filter(names::zone.eq(&zone))
+                .filter(names::label.eq(&label)),
+        )
+        .returning(names::is_default)
+        .get_result(conn)?;
+        Ok(NameReleased {
+            hostname: hostname.clone(),
+            account_id,
+            was_default,
+            domains_removed,
+        })
+    })
+}
+
+/// What `name release` prints.
+pub fn released_sentence(r: &NameReleased) -> String {
+    let mut s = format!(
+        "{} released from account {}: any account may claim it now",
+        r.hostname, r.account_id
+    );
+    if r.was_default {
+        s.push_str("; it was the account's persistent name, its next tunnel gets a new one");
+    }
+    if !r.domains_removed.is_empty() {
+        s.push_str(&format!(
+            "; custom domains removed with it: {}",
+            r.domains_removed.join(", ")
+        ));
+    }
+    s
 }
 
 /// Records a custom domain for one of the account's names. `verified` is the operator's
@@ -240,19 +403,28 @@ fn refuse_service_name(
     Ok(())
 }
 
-/// Takes a name down: closes its live tunnel (on its edge too), removes every record of the
-/// name, and bans it.
-pub async fn takedown(st: &AppState, hostname: &str, reason: &str) -> ControlResult<TakedownDone> {
-    let (zone, label) = st
-        .cfg
+/// The zone and label of a hostname in one of the service's zones, or a refusal.
+fn tunnel_hostname(st: &AppState, hostname: &str) -> ControlResult<(String, String)> {
+    st.cfg
         .split_hostname(hostname)
         .map(|(z, l)| (z.name.clone(), l))
         .ok_or_else(|| {
             ControlError::refused(
                 ErrorCode::InvalidName,
-                format!("{hostname:?} is not a tunnel name in one of the service's zones"),
+                format!(
+                    "{hostname:?} is not a tunnel name in one of the service's zones; give the \
+                     whole name, e.g. blog.{}",
+                    st.cfg.zones.pro.name
+                ),
             )
-        })?;
+        })
+}
+
+/// Takes a name down: closes its live tunnel (on its edge too), removes every record of the
+/// name, and bans it. Taking a banned name down again replaces the ban's reason (and closes
+/// or removes whatever is left); the answer says it was banned already.
+pub async fn takedown(st: &AppState, hostname: &str, reason: &str) -> ControlResult<TakedownDone> {
+    let (zone, label) = tunnel_hostname(st, hostname)?;
     refuse_service_name(st, hostname, &zone, &label)?;
     let reason = operator_text(
         "takedown reason",
@@ -260,9 +432,18 @@ pub async fn takedown(st: &AppState, hostname: &str, reason: &str) -> ControlRes
         500,
         "--reason \"phishing, ticket 1234\"",
     )?;
-    let (closed, removed) = st
+    let hostname = format!("{label}.{zone}");
+    let name = hostname.clone();
+    let (closed, removed, previous_reason) = st
         .blocking(move |conn| {
             conn.transaction::<_, ControlError, _>(|conn| {
+                let previous: Option<String> = banned_names::table
+                    .filter(banned_names::zone.eq(&zone))
+                    .filter(banned_names::label.eq(&label))
+                    .select(banned_names::reason)
+                    .for_update()
+                    .first(conn)
+                    .optional()?;
                 let live: Vec<i64> = tunnels::table
                     .filter(tunnels::zone.eq(&zone))
                     .filter(tunnels::label.eq(&label))
@@ -271,10 +452,8 @@ pub async fn takedown(st: &AppState, hostname: &str, reason: &str) -> ControlRes
                     .load(conn)?;
                 // Every record of the name goes, not only the tunnel's CNAME; counted before
                 // the close, which would remove the CNAME itself.
-                let removed = diesel::delete(
-                    records::table.filter(records::name.eq(format!("{label}.{zone}"))),
-                )
-                .execute(conn)?;
+                let removed =
+                    diesel::delete(records::table.filter(records::name.eq(&name))).execute(conn)?;
                 let closed = close_tunnels(conn, &live, CloseReason::Takedown)?;
                 diesel::insert_into(banned_names::table)
                     .values((
@@ -286,7 +465,7 @@ pub async fn takedown(st: &AppState, hostname: &str, reason: &str) -> ControlRes
                     .do_update()
                     .set(banned_names::reason.eq(&reason))
                     .execute(conn)?;
-                Ok((closed, removed as u64))
+                Ok((closed, removed as u64, previous))
             })
         })
         .await?;
@@ -295,8 +474,71 @@ pub async fn takedown(st: &AppState, hostname: &str, reason: &str) -> ControlRes
         .announce(st, Notice::Wait(CloseReason::Takedown))
         .await;
     Ok(TakedownDone {
+        hostname,
         closed_tunnel,
         records_removed: removed,
+        already_banned: previous_reason.is_some(),
+        previous_reason,
+    })
+}
+
+/// What `takedown` prints: what was closed and removed, and whether the name was banned
+/// already (and whether its reason changed).
+pub fn takedown_sentence(d: &TakedownDone, reason: &str) -> String {
+    let closed = match d.closed_tunnel {
+        Some(id) => format!("its live tunnel {id} was closed"),
+        None => "it had no live tunnel".to_string(),
+    };
+    let records = match d.records_removed {
+        1 => "1 record removed".to_string(),
+        n => format!("{n} records removed"),
+    };
+    let reason = reason.trim();
+    match &d.previous_reason {
+        None => format!(
+            "{} taken down: {closed}, {records}; the name is banned (reason: {reason})",
+            d.hostname
+        ),
+        Some(previous) if previous == reason => format!(
+            "{} was already taken down, with the same reason ({reason}); {closed}, {records}",
+            d.hostname
+        ),
+        Some(previous) => format!(
+            "{} was already taken down; its reason was replaced ({previous:?} is now \
+             {reason:?}); {closed}, {records}",
+            d.hostname
+        ),
+    }
+}
+
+/// Lifts a takedown: the name is no longer banned, and its owner (or, for a name nobody
+/// owns, anyone) can set a tunnel up on it again. Records removed by the takedown are not
+/// restored; the next tunnel writes its own.
+pub fn lift_takedown(
+    st: &AppState,
+    conn: &mut PgConnection,
+    hostname: &str,
+) -> ControlResult<TakedownLifted> {
+    let (zone, label) = tunnel_hostname(st, hostname)?;
+    let hostname = format!("{label}.{zone}");
+    let lifted: Option<(String, DateTime<Utc>)> = diesel::delete(
+        banned_names::table
+            .filter(banned_names::zone.eq(&zone))
+            .filter(banned_names::label.eq(&label)),
+    )
+    .returning((banned_names::reason, banned_names::banned_at))
+    .get_result(conn)
+    .optional()?;
+    let (reason, banned_at) = lifted.ok_or_else(|| {
+        ControlError::refused(
+            ErrorCode::NotFound,
+            format!("{hostname} is not taken down; there is no ban to lift"),
+        )
+    })?;
+    Ok(TakedownLifted {
+        hostname,
+        reason,
+        banned_at,
     })
 }
 
@@ -366,5 +608,70 @@ mod tests {
         for bad in ["a\0b", "", "a\u{7}b"] {
             assert_eq!(check(bad).unwrap_err().code(), ErrorCode::BadRequest);
         }
+    }
+
+    fn done(closed_tunnel: Option<i64>, previous_reason: Option<&str>) -> TakedownDone {
+        TakedownDone {
+            hostname: "blog.a.tunnel.test".into(),
+            closed_tunnel,
+            records_removed: u64::from(closed_tunnel.is_some()),
+            already_banned: previous_reason.is_some(),
+            previous_reason: previous_reason.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_takedown_is_told_in_a_sentence_not_debug_output() {
+        let s = takedown_sentence(&done(Some(68), None), "phishing");
+        assert_eq!(
+            s,
+            "blog.a.tunnel.test taken down: its live tunnel 68 was closed, 1 record removed; \
+             the name is banned (reason: phishing)"
+        );
+        let s = takedown_sentence(&done(None, None), "phishing");
+        assert!(
+            s.contains("it had no live tunnel, 0 records removed"),
+            "{s}"
+        );
+        for s in [
+            takedown_sentence(&done(Some(68), None), "x"),
+            takedown_sentence(&done(None, Some("x")), "x"),
+        ] {
+            assert!(!s.contains("Some(") && !s.contains("None"), "{s}");
+        }
+    }
+
+    #[test]
+    fn a_second_takedown_says_it_was_banned_and_whether_the_reason_changed() {
+        let s = takedown_sentence(&done(None, Some("phishing")), "phishing");
+        assert!(
+            s.contains("was already taken down, with the same reason"),
+            "{s}"
+        );
+        let s = takedown_sentence(&done(None, Some("phishing")), "malware");
+        assert!(
+            s.contains("was already taken down; its reason was replaced")
+                && s.contains("\"phishing\" is now \"malware\""),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn a_release_says_what_went_with_the_name() {
+        let mut r = NameReleased {
+            hostname: "blog.a.tunnel.test".into(),
+            account_id: 7,
+            was_default: false,
+            domains_removed: vec![],
+        };
+        assert_eq!(
+            released_sentence(&r),
+            "blog.a.tunnel.test released from account 7: any account may claim it now"
+        );
+        r.was_default = true;
+        r.domains_removed = vec!["shop.example".into(), "www.shop.example".into()];
+        let s = released_sentence(&r);
+        assert!(s.contains("its next tunnel gets a new one"), "{s}");
+        assert!(s.contains("shop.example, www.shop.example"), "{s}");
     }
 }

@@ -82,13 +82,31 @@ enum Command {
         #[command(subcommand)]
         action: edge_credentials::EdgeCmd,
     },
-    /// Take a name down: close its tunnel, remove its records, ban it.
-    Takedown {
+    /// Take a name down: close its tunnel, remove its records, ban it
+    /// (`takedown HOSTNAME --reason R`); `takedown lift HOSTNAME` lifts the ban.
+    Takedown(TakedownArgs),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct TakedownArgs {
+    #[command(subcommand)]
+    action: Option<TakedownCmd>,
+    /// Full hostname, e.g. k3x9qz2m.free.tunnel.test.
+    #[arg(required = true)]
+    hostname: Option<String>,
+    /// Why (1-500 characters, kept with the ban).
+    #[arg(long, required = true)]
+    reason: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TakedownCmd {
+    /// Lift a takedown: the name may be used again (its records come back with its next
+    /// tunnel).
+    Lift {
         /// Full hostname, e.g. k3x9qz2m.free.tunnel.test.
         hostname: String,
-        /// Why (kept with the ban).
-        #[arg(long)]
-        reason: String,
     },
 }
 
@@ -117,6 +135,11 @@ enum TokenCmd {
         #[arg(long)]
         token_id: i64,
     },
+    /// List an account's tokens: id, hint, created, revoked (never the token itself).
+    List {
+        #[arg(long)]
+        account: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -125,6 +148,12 @@ enum NameCmd {
     Reserve {
         #[arg(long)]
         account: i64,
+        name: String,
+    },
+    /// Free a name from the account that owns it (refused while a tunnel holds it); the
+    /// custom domains pointing at it are removed with it.
+    Release {
+        /// The label (blog) or the whole name (blog.a.tunnel.test).
         name: String,
     },
 }
@@ -217,10 +246,12 @@ fn main() -> Result<()> {
                     let a = admin::create_account(&mut conn, &name, plan)?;
                     print(cli.json, &a, || {
                         format!(
-                            "account {} ({}) created\ntoken: {}\n(the token is shown once; it is stored hashed)",
+                            "account {} ({}) created\ntoken {}: {}\n(the token is shown once; it is stored hashed; revoke it with token revoke --token-id {})",
                             a.account_id,
                             a.plan.as_str(),
-                            a.token
+                            a.token_id,
+                            a.token,
+                            a.token_id
                         )
                     })
                 }
@@ -237,10 +268,27 @@ fn main() -> Result<()> {
                     })
                 }
                 TokenCmd::Revoke { token_id } => {
-                    admin::revoke_token(&mut conn, token_id)?;
-                    print(cli.json, &serde_json::json!({"revoked": token_id}), || {
-                        format!("token {token_id} revoked")
+                    let r = admin::revoke_token(&mut conn, token_id)?;
+                    let shown = serde_json::json!({
+                        "revoked": token_id,
+                        "already_revoked": r.already_revoked,
+                        "revoked_at": r.revoked_at,
+                    });
+                    print(cli.json, &shown, || {
+                        if r.already_revoked {
+                            format!(
+                                "token {token_id} was already revoked at {}; nothing changed",
+                                r.revoked_at
+                            )
+                        } else {
+                            format!("token {token_id} revoked: it sets up no new tunnel")
+                        }
                     })
+                }
+                TokenCmd::List { account } => {
+                    let tokens = admin::list_tokens(&mut conn, account)?;
+                    let shown = serde_json::json!({"account_id": account, "tokens": tokens});
+                    print(cli.json, &shown, || token_lines(account, &tokens))
                 }
             }
         }
@@ -253,6 +301,10 @@ fn main() -> Result<()> {
                     print(cli.json, &serde_json::json!({"hostname": h}), || {
                         format!("{h} reserved for account {account}")
                     })
+                }
+                NameCmd::Release { name } => {
+                    let r = admin::release_name(&st, &mut conn, &name)?;
+                    print(cli.json, &r, || admin::released_sentence(&r))
                 }
             }
         }
@@ -319,17 +371,50 @@ fn main() -> Result<()> {
             }
         }
         Command::Edge { action } => edge_credentials::run(cfg, cli.json, action),
-        Command::Takedown { hostname, reason } => rt.block_on(async {
+        Command::Takedown(args) => {
             let st = state::AppState::new(cfg)?;
-            let done = admin::takedown(&st, &hostname, &reason).await?;
-            print(cli.json, &done, || {
-                format!(
-                    "{hostname} taken down: tunnel closed: {:?}, records removed: {}",
-                    done.closed_tunnel, done.records_removed
-                )
-            })
-        }),
+            match (args.action, args.hostname, args.reason) {
+                (Some(TakedownCmd::Lift { hostname }), _, _) => {
+                    let mut conn = db::conn(&st.pool)?;
+                    let l = admin::lift_takedown(&st, &mut conn, &hostname)?;
+                    print(cli.json, &l, || {
+                        format!(
+                            "{}: takedown lifted (it was banned at {} for: {}); the name can \
+                             be used again",
+                            l.hostname, l.banned_at, l.reason
+                        )
+                    })
+                }
+                (None, Some(hostname), Some(reason)) => rt.block_on(async {
+                    let done = admin::takedown(&st, &hostname, &reason).await?;
+                    print(cli.json, &done, || admin::takedown_sentence(&done, &reason))
+                }),
+                // clap requires both without a subcommand.
+                (None, _, _) => {
+                    anyhow::bail!("give a HOSTNAME and --reason, or `takedown lift HOSTNAME`")
+                }
+            }
+        }
     }
+}
+
+/// The human lines of `token list`.
+fn token_lines(account: i64, tokens: &[nearhop_wire::TokenListed]) -> String {
+    if tokens.is_empty() {
+        return format!("account {account} has no tokens");
+    }
+    let mut out = vec![format!("tokens of account {account}:")];
+    for t in tokens {
+        let state = match t.revoked_at {
+            Some(at) => format!("revoked {at}"),
+            None => "live".to_string(),
+        };
+        out.push(format!(
+            "  {} {}  created {}  {state}",
+            t.token_id, t.hint, t.created_at
+        ));
+    }
+    out.join("\n")
 }
 
 /// The human lines of `certificate list`.

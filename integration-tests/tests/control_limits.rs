@@ -175,7 +175,7 @@ fn parallel_name_claims_of_a_pro_account_stop_at_its_name_limit() {
         assert!(
             a.1.error
                 .message
-                .contains("names, the most its plan allows"),
+                .contains("owns 50 names and its plan allows 50"),
             "{a:?}"
         );
     }

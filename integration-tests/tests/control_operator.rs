@@ -5,7 +5,7 @@
 
 use nearhop_stack::postgres::psql;
 use nearhop_stack::{Stack, StackOptions};
-use nearhop_wire::RegisterEdgeRequest;
+use nearhop_wire::{CreateTunnelRequest, RegisterEdgeRequest, TunnelKind};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -89,11 +89,58 @@ fn admin(stack: &Stack, method: &str, path: &str, body: Option<Value>) -> (u16, 
     )
 }
 
+/// `nearhop-control --json ARGS`: its JSON output, or the error it printed.
+fn cli(stack: &Stack, args: &[&str]) -> Result<Value, String> {
+    let out = stack.control.cli(args).map_err(|e| format!("{e:#}"))?;
+    serde_json::from_str(out.trim()).map_err(|e| format!("{e}: {out}"))
+}
+
+/// `nearhop-control ARGS` without `--json`: what an operator reads, or the error.
+fn cli_text(stack: &Stack, args: &[&str]) -> Result<String, String> {
+    let bin = nearhop_stack::control::bin_path("nearhop-control").unwrap();
+    let out = std::process::Command::new(bin)
+        .arg("--config")
+        .arg(&stack.control.config_path)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(stderr)
+    }
+}
+
 fn sql(stack: &Stack, query: &str) -> String {
     psql(&stack.pg.primary.endpoint, query)
         .expect("psql")
         .trim()
         .to_string()
+}
+
+fn tunnel(token: Option<&str>, name: Option<&str>) -> CreateTunnelRequest {
+    CreateTunnelRequest {
+        edge_id: EDGE.into(),
+        token: token.map(str::to_string),
+        requested_name: name.map(str::to_string),
+        kind: TunnelKind::Http,
+        force: false,
+        client_addr: "127.0.0.9:50000".into(),
+    }
+}
+
+/// Sets a tunnel up as the edge; the status and the answer.
+fn create(stack: &Stack, req: &CreateTunnelRequest) -> (u16, Value) {
+    call(
+        stack,
+        "POST",
+        "/v1/tunnels",
+        &stack.control.edge_secret,
+        Some(serde_json::to_string(req).unwrap()),
+    )
 }
 
 fn error_of(v: &Value) -> (&str, &str) {
@@ -237,4 +284,286 @@ fn the_bearer_scheme_is_accepted_in_any_case() {
         Some(json!({"name": "shop", "plan": "pro"}).to_string()),
     );
     assert_eq!(status, 401);
+}
+
+fn close(stack: &Stack, tunnel_id: i64) {
+    let (status, v) = call(
+        stack,
+        "POST",
+        &format!("/v1/tunnels/{tunnel_id}/close"),
+        &stack.control.edge_secret,
+        Some(json!({"edge_id": EDGE, "reason": "client_closed"}).to_string()),
+    );
+    assert_eq!(status, 200, "{v}");
+}
+
+#[test]
+fn the_name_limit_states_the_plan_and_the_operator_can_release_a_name() {
+    let stack = start(None);
+    let acct = stack
+        .control
+        .create_account(nearhop_wire::Plan::Pro)
+        .unwrap();
+    let id = acct.account_id;
+    // The operator reserves past the plan's 50 (the harness's max_names_per_account).
+    for i in 0..51 {
+        let (status, v) = admin(
+            &stack,
+            "POST",
+            &format!("/v1/admin/accounts/{id}/names"),
+            Some(json!({"name": format!("n{i}")})),
+        );
+        assert_eq!(status, 201, "{v}");
+    }
+    let (status, v) = create(&stack, &tunnel(Some(&acct.token), Some("fresh")));
+    let (code, message) = error_of(&v);
+    assert_eq!((status, code), (403, "plan_limit"), "{v}");
+    assert!(
+        message.starts_with("the account owns 51 names and its plan allows 50;"),
+        "{message}"
+    );
+    assert!(
+        message.contains("nearhop-control name release"),
+        "{message}"
+    );
+
+    // A name with a live tunnel is not released.
+    let (status, live) = create(&stack, &tunnel(Some(&acct.token), Some("n1")));
+    assert_eq!(status, 201, "{live}");
+    let e = cli_text(&stack, &["name", "release", "n1"]).unwrap_err();
+    assert!(
+        e.contains("n1.a.tunnel.test has a live tunnel") && e.contains("once it is closed"),
+        "{e}"
+    );
+    close(&stack, live["tunnel_id"].as_i64().unwrap());
+    let out = cli_text(&stack, &["name", "release", "N1.a.tunnel.test"]).unwrap();
+    assert_eq!(
+        out,
+        format!("n1.a.tunnel.test released from account {id}: any account may claim it now")
+    );
+
+    // Its custom domains go with it: they would route to the name's next owner.
+    let (status, v) = admin(
+        &stack,
+        "POST",
+        &format!("/v1/admin/accounts/{id}/domains?verified=true"),
+        Some(json!({"domain": "shop.example", "target": "n2"})),
+    );
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = admin(&stack, "DELETE", "/v1/admin/names/n2.a.tunnel.test", None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["account_id"], id);
+    assert_eq!(v["domains_removed"], json!(["shop.example"]));
+    assert_eq!(sql(&stack, "SELECT count(*) FROM custom_domains"), "0");
+    let (status, v) = admin(&stack, "DELETE", "/v1/admin/names/n2", None);
+    let (code, message) = error_of(&v);
+    assert_eq!((status, code), (404, "not_found"), "{v}");
+    assert!(message.contains("not owned by any account"), "{message}");
+    let (status, v) = admin(&stack, "DELETE", "/v1/admin/names/x.example.com", None);
+    assert_eq!((status, error_of(&v).0), (400, "invalid_name"), "{v}");
+
+    // 49 owned now: a new name fits the plan again; another account may take a freed one.
+    let (status, v) = create(&stack, &tunnel(Some(&acct.token), Some("fresh")));
+    assert_eq!(status, 201, "{v}");
+    let other = stack
+        .control
+        .create_account(nearhop_wire::Plan::Pro)
+        .unwrap();
+    let (status, v) = create(&stack, &tunnel(Some(&other.token), Some("n1")));
+    assert_eq!(status, 201, "{v}");
+
+    // A single-label custom domain is named as such, not as a bad character.
+    let e = cli_text(
+        &stack,
+        &[
+            "domain",
+            "add",
+            "--account",
+            &id.to_string(),
+            "example",
+            "--target",
+            "n3",
+        ],
+    )
+    .unwrap_err();
+    assert!(e.contains("\"example\" is a single label"), "{e}");
+    assert!(!e.contains("found '.'"), "{e}");
+}
+
+#[test]
+fn a_takedown_says_what_it_did_and_can_be_lifted() {
+    let stack = start(None);
+    let acct = stack
+        .control
+        .create_account(nearhop_wire::Plan::Pro)
+        .unwrap();
+    let (status, t) = create(&stack, &tunnel(Some(&acct.token), Some("blog")));
+    assert_eq!(status, 201, "{t}");
+    let tunnel_id = t["tunnel_id"].as_i64().unwrap();
+    let out = cli_text(
+        &stack,
+        &["takedown", "BLOG.A.Tunnel.Test", "--reason", "phishing"],
+    )
+    .unwrap();
+    assert_eq!(
+        out,
+        format!(
+            "blog.a.tunnel.test taken down: its live tunnel {tunnel_id} was closed, 1 record \
+             removed; the name is banned (reason: phishing)"
+        )
+    );
+    let again = cli(
+        &stack,
+        &["takedown", "blog.a.tunnel.test", "--reason", "phishing"],
+    )
+    .unwrap();
+    assert_eq!(again["hostname"], "blog.a.tunnel.test");
+    assert_eq!(again["already_banned"], true);
+    assert_eq!(again["previous_reason"], "phishing");
+    assert_eq!(again["closed_tunnel"], Value::Null);
+    assert_eq!(again["records_removed"], 0);
+    let out = cli_text(
+        &stack,
+        &["takedown", "blog.a.tunnel.test", "--reason", "phishing"],
+    )
+    .unwrap();
+    assert!(
+        out.contains("was already taken down, with the same reason"),
+        "{out}"
+    );
+    let out = cli_text(
+        &stack,
+        &["takedown", "blog.a.tunnel.test", "--reason", "malware"],
+    )
+    .unwrap();
+    assert!(
+        out.contains("its reason was replaced (\"phishing\" is now \"malware\")"),
+        "{out}"
+    );
+    let e = cli_text(
+        &stack,
+        &["takedown", "blog.a.tunnel.test", "--reason", "  "],
+    )
+    .unwrap_err();
+    assert!(e.contains("the takedown reason is empty"), "{e}");
+    let (status, v) = create(&stack, &tunnel(Some(&acct.token), Some("blog")));
+    assert_eq!((status, error_of(&v).0), (403, "name_banned"), "{v}");
+
+    let out = cli_text(&stack, &["takedown", "lift", "Blog.a.tunnel.test"]).unwrap();
+    assert!(
+        out.starts_with("blog.a.tunnel.test: takedown lifted")
+            && out.contains("for: malware")
+            && out.contains("can be used again"),
+        "{out}"
+    );
+    let (status, v) = create(&stack, &tunnel(Some(&acct.token), Some("blog")));
+    assert_eq!(status, 201, "the owner has the name back: {v}");
+    let e = cli_text(&stack, &["takedown", "lift", "blog.a.tunnel.test"]).unwrap_err();
+    assert!(e.contains("blog.a.tunnel.test is not taken down"), "{e}");
+
+    // The same through the admin API.
+    let (status, v) = admin(
+        &stack,
+        "POST",
+        "/v1/admin/takedowns",
+        Some(json!({"hostname": "Blog.a.tunnel.test", "reason": "abuse"})),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["hostname"], "blog.a.tunnel.test");
+    assert_eq!(v["already_banned"], false);
+    let (status, v) = admin(
+        &stack,
+        "DELETE",
+        "/v1/admin/takedowns/blog.a.tunnel.test",
+        None,
+    );
+    assert_eq!((status, v["reason"].as_str()), (200, Some("abuse")), "{v}");
+    let (status, v) = admin(
+        &stack,
+        "DELETE",
+        "/v1/admin/takedowns/blog.a.tunnel.test",
+        None,
+    );
+    assert_eq!((status, error_of(&v).0), (404, "not_found"), "{v}");
+    assert_eq!(sql(&stack, "SELECT count(*) FROM banned_names"), "0");
+}
+
+#[test]
+fn an_accounts_first_token_is_listed_by_id_and_revoked_once() {
+    let stack = start(None);
+    let acct = cli(&stack, &["account", "create", "--plan", "pro"]).unwrap();
+    let id = acct["account_id"].as_i64().unwrap();
+    let first_id = acct["token_id"]
+        .as_i64()
+        .expect("account create prints the token id");
+    let first = acct["token"].as_str().unwrap().to_string();
+    let text = cli_text(&stack, &["account", "create", "--plan", "free"]).unwrap();
+    assert!(
+        text.contains("token ") && text.contains("--token-id"),
+        "{text}"
+    );
+    let (status, v) = admin(
+        &stack,
+        "POST",
+        "/v1/admin/accounts",
+        Some(json!({"name": "shop", "plan": "pro"})),
+    );
+    assert_eq!(status, 201, "{v}");
+    assert!(v["token_id"].as_i64().is_some(), "{v}");
+    let second = stack.control.create_token(id).unwrap();
+
+    let listed = cli(&stack, &["token", "list", "--account", &id.to_string()]).unwrap();
+    let ids: Vec<i64> = listed["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["token_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![first_id, second.token_id]);
+    let text = listed.to_string();
+    assert!(
+        !text.contains(&first) && !text.contains(&second.token),
+        "a token was shown: {text}"
+    );
+    assert_eq!(listed["tokens"][0]["revoked_at"], Value::Null);
+    assert!(listed["tokens"][0]["hint"].as_str().unwrap().ends_with('…'));
+
+    let first_arg = first_id.to_string();
+    let out = cli_text(&stack, &["token", "revoke", "--token-id", &first_arg]).unwrap();
+    assert!(out.contains(&format!("token {first_id} revoked")), "{out}");
+    let out = cli_text(&stack, &["token", "revoke", "--token-id", &first_arg]).unwrap();
+    assert!(
+        out.contains(&format!("token {first_id} was already revoked at")),
+        "{out}"
+    );
+    let again = cli(&stack, &["token", "revoke", "--token-id", &first_arg]).unwrap();
+    assert_eq!(again["already_revoked"], true);
+    let (status, v) = create(&stack, &tunnel(Some(&first), None));
+    assert_eq!((status, error_of(&v).0), (401, "bad_token"), "{v}");
+
+    let (status, v) = admin(
+        &stack,
+        "GET",
+        &format!("/v1/admin/accounts/{id}/tokens"),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert!(v["tokens"][0]["revoked_at"].is_string(), "{v}");
+    assert_eq!(v["tokens"][1]["revoked_at"], Value::Null, "{v}");
+    let path = format!("/v1/admin/tokens/{}", second.token_id);
+    let (status, v) = admin(&stack, "DELETE", &path, None);
+    assert_eq!(
+        (status, v["revoked"].clone(), v["already_revoked"].clone()),
+        (200, json!(true), json!(false))
+    );
+    let (status, v) = admin(&stack, "DELETE", &path, None);
+    assert_eq!(
+        (status, v["already_revoked"].clone()),
+        (200, json!(true)),
+        "{v}"
+    );
+    let (status, v) = admin(&stack, "GET", "/v1/admin/accounts/999999/tokens", None);
+    assert_eq!((status, error_of(&v).0), (404, "not_found"), "{v}");
+    let e = cli_text(&stack, &["token", "list", "--account", "999999"]).unwrap_err();
+    assert!(e.contains("no account 999999"), "{e}");
 }

@@ -424,6 +424,8 @@ pub struct AccountCreated {
     pub plan: Plan,
     /// The new token in clear; it is not stored and cannot be shown again.
     pub token: String,
+    /// The first token's id, for `token revoke` (`DELETE /v1/admin/tokens/{id}`).
+    pub token_id: i64,
 }
 
 /// Admin: a new token (`POST /v1/admin/accounts/{id}/tokens`).
@@ -433,6 +435,33 @@ pub struct TokenCreated {
     pub token_id: i64,
     /// The token in clear, shown once.
     pub token: String,
+}
+
+/// Admin: one token of an account in `token list` (`GET /v1/admin/accounts/{id}/tokens`).
+/// Never the token itself, which control keeps only as a hash.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenListed {
+    /// Token id (for revocation).
+    pub token_id: i64,
+    /// The token's first characters, to recognise it (`nh_abcd…`).
+    pub hint: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Admin: a token revoked (`DELETE /v1/admin/tokens/{id}`, `token revoke`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenRevoked {
+    /// Token id.
+    pub token_id: i64,
+    /// Always true: the token no longer sets tunnels up.
+    pub revoked: bool,
+    /// Whether it had been revoked before this call (then nothing changed).
+    pub already_revoked: bool,
+    /// When it was revoked (by this call, or earlier).
+    pub revoked_at: DateTime<Utc>,
 }
 
 /// Admin: reserve a name for an account (`POST /v1/admin/accounts/{id}/names`).
@@ -495,10 +524,47 @@ pub struct TakedownRequest {
 /// Admin: result of a takedown.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TakedownDone {
+    /// The hostname taken down, as stored (lowercase, no trailing dot).
+    #[serde(default)]
+    pub hostname: String,
     /// The tunnel that was closed, if one was live.
     pub closed_tunnel: Option<i64>,
     /// Records removed.
     pub records_removed: u64,
+    /// Whether the name was banned already (the takedown then only replaced the reason,
+    /// and closed a tunnel or removed records if any were left).
+    #[serde(default)]
+    pub already_banned: bool,
+    /// The reason the earlier ban was kept with, when it was banned already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_reason: Option<String>,
+}
+
+/// Admin: a takedown lifted (`DELETE /v1/admin/takedowns/{hostname}`, `takedown lift`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TakedownLifted {
+    /// The hostname, as stored.
+    pub hostname: String,
+    /// The reason the ban was kept with.
+    pub reason: String,
+    /// When the name was banned.
+    pub banned_at: DateTime<Utc>,
+}
+
+/// Admin: a persistent name freed from its account (`DELETE /v1/admin/names/{hostname}`,
+/// `name release`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NameReleased {
+    /// The hostname, as stored.
+    pub hostname: String,
+    /// The account that owned it.
+    pub account_id: i64,
+    /// Whether it was the account's persistent default name (its next tunnel without a
+    /// name then gets a new one).
+    pub was_default: bool,
+    /// Custom domains that pointed at it, removed with it (they would otherwise route to
+    /// whoever claims the name next).
+    pub domains_removed: Vec<String>,
 }
 
 /// Custom-domain routes an edge serves: `GET /v1/edges/{id}/routes` answers the verified

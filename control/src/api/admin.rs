@@ -14,16 +14,22 @@ pub fn config(cfg: &mut web::ServiceConfig) {
             "/v1/admin/accounts/{id}/tokens",
             web::post().to(create_token),
         )
+        .route("/v1/admin/accounts/{id}/tokens", web::get().to(list_tokens))
         .route("/v1/admin/tokens/{id}", web::delete().to(revoke_token))
         .route(
             "/v1/admin/accounts/{id}/names",
             web::post().to(reserve_name),
         )
+        .route("/v1/admin/names/{hostname}", web::delete().to(release_name))
         .route(
             "/v1/admin/accounts/{id}/domains",
             web::post().to(add_domain),
         )
-        .route("/v1/admin/takedowns", web::post().to(takedown));
+        .route("/v1/admin/takedowns", web::post().to(takedown))
+        .route(
+            "/v1/admin/takedowns/{hostname}",
+            web::delete().to(lift_takedown),
+        );
 }
 
 async fn create_account(
@@ -49,15 +55,40 @@ async fn create_token(
     Ok(HttpResponse::Created().json(created))
 }
 
+async fn list_tokens(
+    st: web::Data<AppState>,
+    id: web::Path<i64>,
+    _: AdminCall,
+) -> ControlResult<HttpResponse> {
+    let id = id.into_inner();
+    let tokens = st
+        .blocking(move |conn| crate::admin::list_tokens(conn, id))
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"account_id": id, "tokens": tokens})))
+}
+
 async fn revoke_token(
     st: web::Data<AppState>,
     id: web::Path<i64>,
     _: AdminCall,
 ) -> ControlResult<HttpResponse> {
     let id = id.into_inner();
-    st.blocking(move |conn| crate::admin::revoke_token(conn, id))
+    let revoked = st
+        .blocking(move |conn| crate::admin::revoke_token(conn, id))
         .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"revoked": true})))
+    Ok(HttpResponse::Ok().json(revoked))
+}
+
+async fn release_name(
+    st: web::Data<AppState>,
+    hostname: web::Path<String>,
+    _: AdminCall,
+) -> ControlResult<HttpResponse> {
+    let (hostname, st2) = (hostname.into_inner(), st.clone());
+    let released = st
+        .blocking(move |conn| crate::admin::release_name(&st2, conn, &hostname))
+        .await?;
+    Ok(HttpResponse::Ok().json(released))
 }
 
 async fn reserve_name(
@@ -99,4 +130,16 @@ async fn takedown(
 ) -> ControlResult<HttpResponse> {
     let body = body.into_inner();
     Ok(HttpResponse::Ok().json(crate::admin::takedown(&st, &body.hostname, &body.reason).await?))
+}
+
+async fn lift_takedown(
+    st: web::Data<AppState>,
+    hostname: web::Path<String>,
+    _: AdminCall,
+) -> ControlResult<HttpResponse> {
+    let (hostname, st2) = (hostname.into_inner(), st.clone());
+    let lifted = st
+        .blocking(move |conn| crate::admin::lift_takedown(&st2, conn, &hostname))
+        .await?;
+    Ok(HttpResponse::Ok().json(lifted))
 }

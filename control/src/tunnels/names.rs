@@ -116,10 +116,7 @@ pub fn claim_name(
             if owned as u64 >= zone.max_names_per_account {
                 return Err(ControlError::refused(
                     ErrorCode::PlanLimit,
-                    format!(
-                        "the account owns {owned} names, the most its plan allows; \
-                         use one of them or ask the operator to free one"
-                    ),
+                    names_limit_sentence(owned, zone.max_names_per_account),
                 ));
             }
         }
@@ -140,6 +137,16 @@ pub fn claim_name(
         "the name {label}.{} changed owner while being claimed",
         zone.name
     )))
+}
+
+/// The refusal of a new name to an account that owns `owned` names, `allowed` by its plan.
+/// `owned` may be above `allowed`: the operator's reservations do not count against the plan.
+fn names_limit_sentence(owned: i64, allowed: u64) -> String {
+    format!(
+        "the account owns {owned} names and its plan allows {allowed}; use one of them \
+         (-R NAME:0:localhost:PORT), or ask the operator to release one you no longer need \
+         (nearhop-control name release NAME)"
+    )
 }
 
 /// The account's persistent name in `zone`, drawn and recorded on its first tunnel.
@@ -191,4 +198,21 @@ pub fn draw_free_label(
     Err(ControlError::Internal(
         "could not draw a free random name".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_names_refusal_states_the_plans_limit_and_how_to_free_one() {
+        // 51 owned (the operator reserved past the plan), 50 allowed.
+        let s = names_limit_sentence(51, 50);
+        assert!(
+            s.starts_with("the account owns 51 names and its plan allows 50;"),
+            "{s}"
+        );
+        assert!(s.contains("nearhop-control name release"), "{s}");
+        assert!(!s.contains("the most its plan allows"), "{s}");
+    }
 }
