@@ -99,6 +99,54 @@ fn unix_socket_survives_hostile_input_and_pdns_keeps_answering() {
     assert_eq!(r.data_of(QTYPE_A), vec!["127.0.0.1".to_string()]);
 }
 
+/// `dig +short @ADDR -p PORT NAME chaos txt` and its status line (`status: REFUSED`).
+fn dig_chaos(addr: std::net::SocketAddr, name: &str) -> (String, String) {
+    let out = Command::new("dig")
+        .arg(format!("@{}", addr.ip()))
+        .args(["-p", &addr.port().to_string(), name, "chaos", "txt"])
+        .args(["+tries=1", "+time=5"])
+        .output()
+        .expect("dig runs (package dnsutils or bind9-dnsutils)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .lines()
+        .find_map(|l| l.split("status: ").nth(1))
+        .map(|s| s.split(',').next().unwrap_or_default().to_string())
+        .unwrap_or_else(|| panic!("no answer from pdns: {text}"));
+    let answer = text
+        .lines()
+        .skip_while(|l| !l.starts_with(";; ANSWER SECTION"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    (status, answer)
+}
+
+#[test]
+fn pdns_tells_no_version_and_no_host_name_over_chaos_txt() {
+    let fx = DnsFixture::start(|_| {}).expect("fixture");
+    for name in [
+        "version.bind",
+        "version.server",
+        "id.server",
+        "hostname.bind",
+    ] {
+        let (status, answer) = dig_chaos(fx.region.dns_addr(), name);
+        assert!(
+            answer.is_empty(),
+            "{name} CH TXT was answered ({status}): {answer}"
+        );
+        assert_ne!(
+            status, "NOERROR",
+            "{name}: an empty NOERROR invites a retry elsewhere"
+        );
+    }
+    // The zones are still served.
+    let r = query(fx.region.dns_addr(), "us.a.tunnel.test", QTYPE_A, None).expect("query");
+    assert_eq!(r.data_of(QTYPE_A), vec!["127.0.0.1".to_string()]);
+}
+
 #[test]
 fn http_connector_and_wait_endpoint_refuse_bad_input_clearly() {
     let fx = DnsFixture::start(|_| {}).expect("fixture");

@@ -73,7 +73,10 @@ pub(super) fn pdns_base_command(
     // Names with bytes outside letters, digits and `-_*./@ \\:` reach the backend (NXDOMAIN
     // for a name nobody holds) instead of a SERVFAIL from pdns itself (deploy/pdns/pdns.conf).
     .arg("--8bit-dns=yes")
-    .arg("--zone-cache-refresh-interval=60");
+    .arg("--zone-cache-refresh-interval=60")
+    // No version or host name to `version.bind`/`id.server` CH TXT (deploy/pdns/pdns.conf).
+    .arg("--version-string=anonymous")
+    .arg("--server-id=disabled");
     match caches {
         Caches::Off => {
             cmd.args([
