@@ -427,7 +427,8 @@ fn bad_input_gets_clear_errors_and_writes_nothing() {
         "x'; DROP TABLE records; --",
         "-lead",
         "www",
-        "\u{0}",
+        // The SOA's contact mailbox, hostmaster.<zone>.
+        "hostmaster",
         // The regions' edge hosts (`us.a.tunnel.test` is where us's tunnels point).
         "us",
         "Eu",
@@ -442,6 +443,16 @@ fn bad_input_gets_clear_errors_and_writes_nothing() {
             "{name:?}"
         );
     }
+    // A NUL is refused with every JSON body's NUL sentence, before the name rules.
+    let (status, err) = api
+        .create(&tunnel("us-1", Some(&acct.token), Some("a\u{0}"), false))
+        .unwrap_err();
+    assert_eq!((status, err.error.code), (400, ErrorCode::BadRequest));
+    assert!(
+        err.error.message.contains("NUL character"),
+        "{}",
+        err.error.message
+    );
     let (status, err) = api
         .create(&tunnel("us-1", Some("nh_notarealtoken"), None, false))
         .unwrap_err();

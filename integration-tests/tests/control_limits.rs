@@ -303,6 +303,7 @@ fn takedown_refuses_the_services_own_names_and_keeps_their_records() {
         "_acme-challenge.a.tunnel.test",
         "www.free.tunnel.test",
         "connect.a.tunnel.test",
+        "hostmaster.a.tunnel.test",
         "a.tunnel.test",
     ] {
         let before = records(name);
