@@ -31,6 +31,52 @@ fn ssh_client_gets_a_url_and_visitors_reach_its_local_server() {
     );
 }
 
+/// Several `-R 0` of one pro `ssh`: the first gets the account's persistent name, the
+/// others a name of their own (with a note saying why), and each serves its own service;
+/// the session is not refused for asking twice.
+#[test]
+fn several_forwards_of_one_pro_client_get_several_tunnels() {
+    let s = EdgeStack::start("");
+    let first = LocalService::start("first");
+    let second = LocalService::start("second");
+    let token = s.pro_token();
+    let args = SshArgs {
+        user: Some(token.clone()),
+        forwards: vec![
+            format!("0:localhost:{}", first.port),
+            format!("0:localhost:{}", second.port),
+        ],
+        ..SshArgs::default()
+    };
+    let mut client = s.ssh("two", &args);
+    let mut urls = Vec::new();
+    eventually("two URLs printed", || {
+        urls = client
+            .output()
+            .split_whitespace()
+            .filter(|w| w.starts_with("http://") && w.contains(".a.tunnel.test"))
+            .map(|w| w.trim_end_matches(['.', ',', ')']).to_string())
+            .collect();
+        urls.sort();
+        urls.dedup();
+        anyhow::ensure!(urls.len() == 2, "{}", client.output());
+        Ok(())
+    });
+    let out = client.output();
+    assert!(
+        out.contains("got a random name"),
+        "the note says why: {out}"
+    );
+    assert!(client.is_running(), "the session goes on: {out}");
+    let mut served = Vec::new();
+    for url in &urls {
+        let body = s.visit(url, "/").text().unwrap();
+        served.push(body.split_whitespace().nth(2).unwrap_or("").to_string());
+    }
+    served.sort();
+    assert_eq!(served, ["first", "second"], "each URL its own service");
+}
+
 #[test]
 fn anonymous_client_gets_a_free_zone_name() {
     let s = EdgeStack::start("");

@@ -129,6 +129,10 @@ pub struct CreateTunnelResponse {
     /// `holder_key`. `None` from a control that does not sign.
     #[serde(default)]
     pub holder_proof: Option<String>,
+    /// A sentence for the user beside the URL: why the tunnel got another name than the one
+    /// it would have had (the account's own name was live already).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
 }
 
 /// A tunnel that control closed so that a new one could take its name.

@@ -152,6 +152,7 @@ fn pick_label(
     zone: &ZoneConfig,
     caller: Caller,
     requested: Option<String>,
+    naming: Naming,
 ) -> ControlResult<String> {
     match (caller.plan, caller.account_id, requested) {
         (Plan::Pro, Some(account_id), Some(label)) => {
@@ -163,7 +164,7 @@ fn pick_label(
             claimed?;
             Ok(label)
         }
-        (Plan::Pro, Some(account_id), None) => {
+        (Plan::Pro, Some(account_id), None) if naming == Naming::AsAsked => {
             let label = names::default_name(conn, account_id, &zone.name)?;
             names::refuse_if_banned(
                 conn,
@@ -182,17 +183,39 @@ fn pick_label(
     }
 }
 
+/// Which name a setup that asked for none gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Naming {
+    /// The account's persistent name (pro), or a random one (free, anonymous).
+    AsAsked,
+    /// A random one: the account's persistent name is live in another of its tunnels (a
+    /// second `-R 0` of one `ssh`, or a second `ssh`), which a setup without `force` does
+    /// not take over.
+    AnotherName,
+}
+
+/// Told beside the URL of a tunnel that got [`Naming::AnotherName`].
+const ANOTHER_NAME: &str = "your account's own name is live in another tunnel (another -R of \
+     this ssh, or another connection), so this tunnel got a random name; connect as \
+     TOKEN+force@... to take your name over instead.";
+
 /// Decides zone, name and holder. Runs in one transaction under the account's lock, so that
 /// a name claim and the name limit it checks are one step; the live-tunnel and per-source
 /// checks here refuse early and run again where the tunnel is inserted.
-fn plot(conn: &mut PgConnection, st: &AppState, req: &CreateTunnelRequest) -> ControlResult<Plot> {
-    conn.transaction(|conn| plot_locked(conn, st, req))
+fn plot(
+    conn: &mut PgConnection,
+    st: &AppState,
+    req: &CreateTunnelRequest,
+    naming: Naming,
+) -> ControlResult<Plot> {
+    conn.transaction(|conn| plot_locked(conn, st, req, naming))
 }
 
 fn plot_locked(
     conn: &mut PgConnection,
     st: &AppState,
     req: &CreateTunnelRequest,
+    naming: Naming,
 ) -> ControlResult<Plot> {
     let region = edge_region(conn, &req.edge_id)?;
     let caller = authenticate(conn, req.token.as_deref())?;
@@ -228,7 +251,7 @@ fn plot_locked(
                 zone.name
             ))
         })?;
-    let label = pick_label(conn, st, &zone, caller, requested)?;
+    let label = pick_label(conn, st, &zone, caller, requested, naming)?;
     let holder = holder_of(conn, &zone.name, &label, setup_window(st))?;
     if let Some(h) = &holder {
         if h.account_id != caller.account_id {
@@ -373,9 +396,35 @@ async fn create_inner(
     req: CreateTunnelRequest,
 ) -> ControlResult<CreateTunnelResponse> {
     let req = Arc::new(req);
+    match create_named(st, &req, Naming::AsAsked).await {
+        // A pro tunnel that asked for no name found the account's persistent name live in
+        // another of its tunnels (alive, or being set up by another connection): without
+        // `force` it gets a name of its own instead of a refusal, so several `-R 0` of one
+        // `ssh` give several tunnels.
+        Err(e)
+            if e.code() == ErrorCode::NameInUse
+                && requested_label(&req).is_none()
+                && !req.force
+                && req.token.is_some() =>
+        {
+            tracing::info!(reason = %e, "the account's name is live elsewhere; a random name instead");
+            let mut resp = create_named(st, &req, Naming::AnotherName).await?;
+            resp.notice = Some(ANOTHER_NAME.to_string());
+            Ok(resp)
+        }
+        other => other,
+    }
+}
+
+async fn create_named(
+    st: &AppState,
+    req: &Arc<CreateTunnelRequest>,
+    naming: Naming,
+) -> ControlResult<CreateTunnelResponse> {
     let p = {
         let (st2, req2) = (st.clone(), req.clone());
-        st.blocking(move |conn| plot(conn, &st2, &req2)).await?
+        st.blocking(move |conn| plot(conn, &st2, &req2, naming))
+            .await?
     };
     let hostname = p.hostname();
     let takeover = match &p.holder {
@@ -431,6 +480,7 @@ async fn create_inner(
             reason: t.reason,
         }),
         dns,
+        notice: None,
     })
 }
 

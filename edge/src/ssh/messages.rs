@@ -75,6 +75,9 @@ pub fn tunnel_ready(
             tunnel.hostname
         ));
     }
+    if let Some(notice) = &resp.notice {
+        text.push_str(&format!("\nNote: {notice}\n"));
+    }
     if let Some(replaced) = &resp.replaced_tunnel {
         text.push_str(&format!(
             "\n(The name's previous tunnel on edge {} was closed: {}.)\n",
