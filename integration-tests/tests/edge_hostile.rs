@@ -302,14 +302,7 @@ fn an_absolute_request_target_is_routed_by_its_own_host() {
     let mut client = s.ssh("abs", &SshArgs::http_tunnel(Some(&token), local.port));
     let url = client.wait_for_url(PATIENCE).unwrap();
     let (host, _) = url_host_port(&url).unwrap();
-    let ask = |head: String| {
-        let mut t = TcpStream::connect(s.edge.http_addr()).unwrap();
-        t.set_read_timeout(Some(PATIENCE)).unwrap();
-        t.write_all(head.as_bytes()).unwrap();
-        let mut answer = String::new();
-        let _ = t.read_to_string(&mut answer);
-        answer
-    };
+    let ask = |head: String| raw_exchange(s.edge.http_addr(), &head);
     // The target names the tunnel and `Host` another name: the target wins, and the local
     // service gets the origin form with `Host` set to it.
     let answer = ask(format!(
@@ -337,14 +330,7 @@ fn repeated_or_invalid_hosts_and_broken_bodies_get_400s() {
     let mut client = s.ssh("hosts", &SshArgs::http_tunnel(Some(&token), local.port));
     let url = client.wait_for_url(PATIENCE).unwrap();
     let (host, _) = url_host_port(&url).unwrap();
-    let ask = |head: String| {
-        let mut t = TcpStream::connect(s.edge.http_addr()).unwrap();
-        t.set_read_timeout(Some(PATIENCE)).unwrap();
-        t.write_all(head.as_bytes()).unwrap();
-        let mut answer = String::new();
-        let _ = t.read_to_string(&mut answer);
-        answer
-    };
+    let ask = |head: String| raw_exchange(s.edge.http_addr(), &head);
     let served_before = local.served.load(std::sync::atomic::Ordering::SeqCst);
     for (head, why) in [
         (
@@ -392,6 +378,17 @@ fn repeated_or_invalid_hosts_and_broken_bodies_get_400s() {
         !m.contains("nearhop_edge_http_responses_total{class=\"5xx\""),
         "no 502 for the visitor's own errors: {m}"
     );
+}
+
+/// Sends `head` (and whatever follows it) on a fresh connection to `addr` and reads the
+/// answer until the edge closes the connection (or goes quiet for [`PATIENCE`]).
+fn raw_exchange(addr: std::net::SocketAddr, head: &str) -> String {
+    let mut t = TcpStream::connect(addr).unwrap();
+    t.set_read_timeout(Some(PATIENCE)).unwrap();
+    t.write_all(head.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = t.read_to_string(&mut answer);
+    answer
 }
 
 /// Reads until the edge closes the connection; a read timeout means it held it open.
