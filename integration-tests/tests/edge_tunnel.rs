@@ -77,6 +77,34 @@ fn several_forwards_of_one_pro_client_get_several_tunnels() {
     assert_eq!(served, ["first", "second"], "each URL its own service");
 }
 
+/// One forward of a connection refused (here a name the edge refuses at once, asked for
+/// before the good one): the others stay up, and the user is told which was refused.
+#[test]
+fn a_refused_forward_leaves_the_connections_other_tunnels_up() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start("local");
+    let args = SshArgs {
+        user: Some(s.pro_token()),
+        forwards: vec![
+            format!("bad_name:0:localhost:{}", local.port),
+            format!("0:localhost:{}", local.port),
+        ],
+        ..SshArgs::default()
+    };
+    let mut client = s.ssh("one-bad", &args);
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let out = client.wait_for("was refused", PATIENCE).unwrap();
+    assert!(out.contains("is not allowed"), "{out}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        client.is_running(),
+        "the connection goes on: {}",
+        client.output()
+    );
+    let body = s.visit(&url, "/").text().unwrap();
+    assert!(body.starts_with("hello from local"), "{body}");
+}
+
 #[test]
 fn anonymous_client_gets_a_free_zone_name() {
     let s = EdgeStack::start("");

@@ -195,6 +195,11 @@ impl SessionLink {
         }
     }
 
+    /// Tunnel setups of this session still waiting for control.
+    pub fn setups_in_flight(&self) -> usize {
+        self.setups_in_flight.load(Ordering::SeqCst)
+    }
+
     /// Counts a tunnel setup in progress until the guard drops.
     pub fn setup_started(self: &Arc<Self>) -> SetupGuard {
         self.setups_in_flight.fetch_add(1, Ordering::SeqCst);
@@ -260,6 +265,25 @@ impl SessionLink {
         };
         self.session_news.notify_waiters();
         taken
+    }
+
+    /// Waits until the client opened its session channel (OpenSSH does so right after
+    /// sending every `-R`), up to `wait`, or the session ends.
+    pub async fn until_session_channel(&self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let news = self.session_news.notified();
+            tokio::pin!(news);
+            news.as_mut().enable();
+            if self.session_channel().is_some() || self.has_ended() {
+                return;
+            }
+            tokio::select! {
+                _ = &mut news => {}
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = self.gone.cancelled() => return,
+            }
+        }
     }
 
     /// The session channel, once it shows text (the client asked for a shell or command).

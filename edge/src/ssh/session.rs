@@ -211,7 +211,10 @@ impl Handler for SshSession {
             },
         };
         // The setup runs as its own task; its logs stay in the session's span.
-        let setup = tunnel_setup::set_up(self.edge.clone(), self.link.clone(), pending);
+        // Counted from the request on, so that a sibling forward refused at once sees this
+        // one coming (see `tunnel_setup::set_up`).
+        let guard = self.link.setup_started();
+        let setup = tunnel_setup::set_up(self.edge.clone(), self.link.clone(), pending, guard);
         tokio::spawn(setup.instrument(self.span.clone()));
         Ok(true)
     }

@@ -3,7 +3,7 @@
 //! several forwards of one client are set up at once.
 
 use crate::edge::Edge;
-use crate::ssh::link::SessionLink;
+use crate::ssh::link::{SessionLink, SetupGuard};
 use crate::ssh::messages;
 use crate::ssh::username::UserRequest;
 use crate::tunnels::{ForwardTarget, Tunnel};
@@ -41,8 +41,12 @@ pub struct PendingTunnel {
 
 /// Asks control for the tunnel, installs it and tells the user; on refusal tells the user
 /// why and disconnects. Runs as its own task.
-pub async fn set_up(edge: Arc<Edge>, link: Arc<SessionLink>, pending: PendingTunnel) {
-    let guard = link.setup_started();
+pub async fn set_up(
+    edge: Arc<Edge>,
+    link: Arc<SessionLink>,
+    pending: PendingTunnel,
+    guard: SetupGuard,
+) {
     let started = Instant::now();
     let result = create(&edge, &link, pending, started).await;
     let outcome = if result.is_ok() { "ok" } else { "refused" };
@@ -50,11 +54,26 @@ pub async fn set_up(edge: Arc<Edge>, link: Arc<SessionLink>, pending: PendingTun
         .tunnel_setup_seconds
         .with_label_values(&[outcome])
         .observe(started.elapsed().as_secs_f64());
+    // Whether other forwards of the connection are coming is known once they were all
+    // asked for: a refusal at once (a bad name) may come before the client's next `-R`.
+    if result.is_err() {
+        link.until_session_channel(OPTIONS_GRACE).await;
+    }
     drop(guard);
     match result {
         Ok(url) => {
             let text = format!("-- nearhop tunnel live: {url}");
             link.tell_without_session(&text, NO_SESSION_GRACE).await;
+        }
+        // A connection with other tunnels (live, or still being set up) keeps them: this
+        // one forward is refused with a line. The last one refused ends the connection.
+        Err(message) if !edge.tunnels_of(link.id).is_empty() || link.setups_in_flight() > 0 => {
+            tracing::info!(reason = %message, "refusing one of the client's forwards");
+            link.say(
+                true,
+                &format!("nearhop: one of this connection's tunnels was refused: {message}"),
+            )
+            .await;
         }
         Err(message) => {
             tracing::info!(reason = %message, "refusing client");
