@@ -286,6 +286,27 @@ fn the_bearer_scheme_is_accepted_in_any_case() {
     assert_eq!(status, 401);
 }
 
+/// A route asked with a method it does not take gets 405 with a sentence (it was the 404 of
+/// an unknown path); an unknown path is still 404.
+#[test]
+fn a_wrong_method_is_405_and_an_unknown_path_404() {
+    let stack = start(None);
+    for (method, path) in [
+        ("GET", "/v1/admin/accounts".to_string()),
+        ("GET", format!("/v1/edges/{EDGE}/heartbeat")),
+        ("DELETE", "/v1/tunnels".to_string()),
+    ] {
+        let (status, v) = admin(&stack, method, &path, None);
+        assert_eq!(status, 405, "{method} {path}: {v}");
+        let (code, message) = error_of(&v);
+        assert_eq!(code, "method_not_allowed", "{v}");
+        assert!(message.contains(method) && message.contains(&path), "{v}");
+    }
+    let (status, v) = admin(&stack, "GET", "/v1/no-such-thing", None);
+    assert_eq!(status, 404, "{v}");
+    assert_eq!(error_of(&v).0, "not_found", "{v}");
+}
+
 fn close(stack: &Stack, tunnel_id: i64) {
     let (status, v) = call(
         stack,

@@ -348,6 +348,8 @@ pub enum ErrorCode {
     PlanLimit,
     /// No such account, tunnel, edge, region or domain.
     NotFound,
+    /// The route exists, but not for this HTTP method.
+    MethodNotAllowed,
     /// The state does not allow it (e.g. closing another edge's tunnel).
     Conflict,
     /// The database is unreachable.
@@ -370,6 +372,7 @@ impl ErrorCode {
             ErrorCode::NameInUse | ErrorCode::Conflict => 409,
             ErrorCode::RateLimited => 429,
             ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::DatabaseUnavailable => 503,
             ErrorCode::Internal => 500,
         }
@@ -390,6 +393,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::PlanLimit => "plan_limit",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
             ErrorCode::DatabaseUnavailable => "database_unavailable",
             ErrorCode::Internal => "internal",

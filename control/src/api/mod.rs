@@ -11,7 +11,7 @@ use crate::error::ControlError;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::{web, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use nearhop_wire::{ApiError, ErrorCode};
 
 /// Middleware: refuses a request whose path or query holds `%00` before any handler sees
@@ -48,10 +48,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .configure(admin::config)
     .configure(certificates::config)
     .configure(metrics::config)
-    .default_service(web::to(|| async {
-        HttpResponse::NotFound().json(ApiError::new(
-            ErrorCode::NotFound,
-            "no such endpoint; the API lives under /v1/",
-        ))
-    }));
+    .default_service(web::to(|req: HttpRequest| async move { unrouted(&req) }));
+}
+
+/// The answer to a request no route took: 405 when the path is a route's (another method
+/// is what it takes), else 404.
+fn unrouted(req: &HttpRequest) -> HttpResponse {
+    if req.resource_map().has_resource(req.path()) {
+        return HttpResponse::MethodNotAllowed().json(ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            format!(
+                "{} is not a method of {}; docs/control.md lists each route with its method",
+                req.method(),
+                req.path()
+            ),
+        ));
+    }
+    HttpResponse::NotFound().json(ApiError::new(
+        ErrorCode::NotFound,
+        "no such endpoint; the API lives under /v1/",
+    ))
 }
