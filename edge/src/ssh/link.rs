@@ -267,50 +267,39 @@ impl SessionLink {
         taken
     }
 
-    /// Waits until the client opened its session channel (OpenSSH does so right after
-    /// sending every `-R`), up to `wait`, or the session ends.
-    pub async fn until_session_channel(&self, wait: Duration) {
+    /// Waits until `done` holds (true), up to `wait`, or the session ends (false unless `done`
+    /// holds then). `done` is looked at again whenever the session has news.
+    async fn wait_until(&self, wait: Duration, done: impl Fn(&Self) -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let news = self.session_news.notified();
             tokio::pin!(news);
             news.as_mut().enable();
-            if self.session_channel().is_some() || self.has_ended() {
-                return;
+            if done(self) {
+                return true;
+            }
+            if self.has_ended() {
+                return false;
             }
             tokio::select! {
                 _ = &mut news => {}
-                _ = tokio::time::sleep_until(deadline) => return,
-                _ = self.gone.cancelled() => return,
+                _ = tokio::time::sleep_until(deadline) => return done(self),
+                _ = self.gone.cancelled() => return false,
             }
         }
+    }
+
+    /// Waits until the client opened its session channel (OpenSSH does so right after
+    /// sending every `-R`), up to `wait`, or the session ends.
+    pub async fn until_session_channel(&self, wait: Duration) {
+        self.wait_until(wait, |l| l.session_channel().is_some())
+            .await;
     }
 
     /// The session channel, once it shows text (the client asked for a shell or command).
     fn ready_channel(&self) -> Option<ChannelId> {
         let o = lock(&self.output);
         o.channel.filter(|_| o.ready)
-    }
-
-    /// Waits until the session channel shows text (`Some`), up to `wait`, or the session ends.
-    async fn until_ready(&self, wait: Duration) -> Option<ChannelId> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let news = self.session_news.notified();
-            tokio::pin!(news);
-            news.as_mut().enable();
-            if let Some(channel) = self.ready_channel() {
-                return Some(channel);
-            }
-            if self.has_ended() {
-                return None;
-            }
-            tokio::select! {
-                _ = &mut news => {}
-                _ = tokio::time::sleep_until(deadline) => return self.ready_channel(),
-                _ = self.gone.cancelled() => return None,
-            }
-        }
     }
 
     /// Refuses the client: `line` on its session channel (stderr), where it has one, then
@@ -320,7 +309,10 @@ impl SessionLink {
     /// client has left by itself, the disconnect with `message` (which OpenSSH prints also
     /// with `-N`).
     pub async fn refuse(&self, line: &str, message: &str) {
-        if let Some(channel) = self.until_ready(REFUSAL_SESSION_WAIT).await {
+        let ready = self
+            .wait_until(REFUSAL_SESSION_WAIT, |l| l.ready_channel().is_some())
+            .await;
+        if let Some(channel) = self.ready_channel().filter(|_| ready) {
             self.say(true, line).await;
             if let Some(handle) = self.handle() {
                 let _ = handle.exit_status_request(channel, 1).await;

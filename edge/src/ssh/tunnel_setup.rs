@@ -40,7 +40,8 @@ pub struct PendingTunnel {
 }
 
 /// Asks control for the tunnel, installs it and tells the user; on refusal tells the user
-/// why and disconnects. Runs as its own task.
+/// why, and disconnects when the connection has no other tunnel, live or being set up.
+/// Runs as its own task.
 pub async fn set_up(
     edge: Arc<Edge>,
     link: Arc<SessionLink>,
