@@ -155,7 +155,9 @@ fn check_name_len(name: &str) -> Result<(), NameError> {
 }
 
 /// Which names a client may ask for, in words, for refusals.
-pub const ALLOWED_NAMES: &str = "ask for one label of letters a-z, digits and '-'      (-R myblog:0:localhost:8000), or that label followed by the service's zone,      as printed in your tunnel's URL";
+pub const ALLOWED_NAMES: &str = "ask for one label of letters a-z, digits and '-' \
+     (-R myblog:0:localhost:8000), or that label followed by the service's zone, \
+     as printed in your tunnel's URL";
 
 /// Checks a requested tunnel label and returns it case-folded.
 ///
@@ -419,6 +421,10 @@ mod tests {
             Err(NameError::Reserved("www".into()))
         );
         assert!(ALLOWED_NAMES.contains("-R myblog:0:localhost:8000"));
+        assert!(
+            !ALLOWED_NAMES.contains("  "),
+            "no runs of spaces: {ALLOWED_NAMES}"
+        );
     }
 
     #[test]
