@@ -3,6 +3,7 @@
 //! clear answer; the edge keeps serving and leaks nothing.
 
 use nearhop_stack::edge::{url_host_port, SshArgs};
+use nearhop_stack::metrics::metric_sum;
 use nearhop_stack::prelude::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -378,6 +379,41 @@ fn repeated_or_invalid_hosts_and_broken_bodies_get_400s() {
         !m.contains("nearhop_edge_http_responses_total{class=\"5xx\""),
         "no 502 for the visitor's own errors: {m}"
     );
+    // The 400s are the edge's own pages, counted as such: 4 for the hosts, 2 for the bodies.
+    let responses = |labels: &[(&str, &str)]| {
+        metric_sum(&m, "nearhop_edge_http_responses_total", labels) as u64
+    };
+    assert_eq!(responses(&[("class", "4xx"), ("origin", "edge")]), 6, "{m}");
+    assert_eq!(
+        responses(&[("class", "4xx"), ("origin", "tunnel")]),
+        0,
+        "{m}"
+    );
+}
+
+/// A tunnel whose local service is not running: the visitor gets the edge's 502 "Tunnel
+/// client not answering", and operators see it where the `NearhopEdgeErrorsHigh` alert looks
+/// (`http_responses_total{origin="edge",class="5xx"}`), once per visit however many times
+/// the edge tried.
+#[test]
+fn a_tunnel_with_no_local_service_gets_the_edges_502_counted() {
+    let s = EdgeStack::start("");
+    let closed = nearhop_stack::ports::free_port(std::net::Ipv4Addr::LOCALHOST);
+    let token = s.pro_token();
+    let mut client = s.ssh("closed", &SshArgs::http_tunnel(Some(&token), closed));
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    for _ in 0..2 {
+        let resp = s.visit(&url, "/");
+        assert_eq!(resp.status().as_u16(), 502);
+        let body = resp.text().unwrap();
+        assert!(body.contains("Is the local service running?"), "{body}");
+    }
+    let m = s.edge.metrics().unwrap();
+    let responses = |labels: &[(&str, &str)]| {
+        metric_sum(&m, "nearhop_edge_http_responses_total", labels) as u64
+    };
+    assert_eq!(responses(&[("class", "5xx"), ("origin", "edge")]), 2, "{m}");
+    assert_eq!(responses(&[("origin", "tunnel")]), 0, "{m}");
 }
 
 /// Sends `head` (and whatever follows it) on a fresh connection to `addr` and reads the

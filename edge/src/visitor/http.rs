@@ -212,6 +212,9 @@ const SESSION_END_WAIT: Duration = Duration::from_secs(2);
 struct Failed {
     /// What the visitor gets when the request is not tried again.
     page: Response<ProxyBody>,
+    /// The `origin` that page is counted under: `edge` (this edge could not reach the
+    /// tunnel's client), `relay` (nor the peer edge holding the tunnel).
+    origin: &'static str,
     /// The tunnel whose session stopped answering: wait for it to close, then route again.
     ending: Option<Arc<Tunnel>>,
     /// The peer edge that held the tunnel: when its link is going down, wait until this
@@ -227,7 +230,12 @@ impl Failed {
             Target::Tunnel(_) => (pages::client_unreachable(), None),
             Target::Peer(link, _) => (pages::holder_unreachable(), Some(link.clone())),
         };
-        Failed { page, ending, peer }
+        Failed {
+            page,
+            origin: page_origin(target),
+            ending,
+            peer,
+        }
     }
 }
 
@@ -269,10 +277,39 @@ enum Sent {
     Failed(Failed),
 }
 
+/// What came back for a request forwarded upstream.
+enum Forwarded {
+    /// The upstream's answer: the tunnel's service, or the peer edge holding the tunnel.
+    Answer(Response<ProxyBody>),
+    /// A page this edge wrote instead (no answer in time, the visitor's body broke off, the
+    /// tunnel busy, the holder silent).
+    Page(Response<ProxyBody>),
+}
+
+impl Forwarded {
+    /// The answer, and the `origin` it is counted under in `http_responses_total`.
+    fn counted_as(self, target: Target<'_>) -> (Response<ProxyBody>, &'static str) {
+        match (self, target) {
+            (Forwarded::Answer(resp), Target::Tunnel(_)) => (resp, "tunnel"),
+            (Forwarded::Answer(resp), Target::Peer(..)) => (resp, "relay"),
+            (Forwarded::Page(page), target) => (page, page_origin(target)),
+        }
+    }
+}
+
+/// The `origin` a page of this edge's own is counted under when a request for `target`
+/// gets it: `edge` for a tunnel of this edge, `relay` for one a peer edge holds.
+fn page_origin(target: Target<'_>) -> &'static str {
+    match target {
+        Target::Tunnel(_) => "edge",
+        Target::Peer(..) => "relay",
+    }
+}
+
 /// What the visitor gets when no upstream to `target` could be opened (in the shape of
 /// `forward`'s answer, which it is).
 #[allow(clippy::result_large_err)]
-fn not_opened(target: Target<'_>, e: OpenFailure) -> Result<Response<ProxyBody>, Failed> {
+fn not_opened(target: Target<'_>, e: OpenFailure) -> Result<Forwarded, Failed> {
     match e {
         OpenFailure::SessionGone => {
             let ending = match target {
@@ -283,9 +320,9 @@ fn not_opened(target: Target<'_>, e: OpenFailure) -> Result<Response<ProxyBody>,
         }
         OpenFailure::Refused | OpenFailure::PeerUnreachable => Err(Failed::at(target, None)),
         // Not tried again: the visitor is told to come back in a moment.
-        OpenFailure::TunnelBusy => Ok(pages::tunnel_busy()),
+        OpenFailure::TunnelBusy => Ok(Forwarded::Page(pages::tunnel_busy())),
         // Not tried again either: the holder's host stopped answering.
-        OpenFailure::PeerNotAnswering => Ok(pages::holder_unreachable()),
+        OpenFailure::PeerNotAnswering => Ok(Forwarded::Page(pages::holder_unreachable())),
     }
 }
 
@@ -351,7 +388,7 @@ impl VisitorConn {
                 Err(failed) => failed,
             };
             let Some(replay) = replay.as_ref().filter(|_| attempt < MAX_ATTEMPTS) else {
-                return failed.page;
+                return self.count(failed.page, failed.origin);
             };
             if let Some(tunnel) = failed.ending {
                 let _ = tokio::time::timeout(SESSION_END_WAIT, tunnel.stop.cancelled()).await;
@@ -403,8 +440,10 @@ impl VisitorConn {
                         let capture =
                             inspector::begin(config, &tunnel, &options, self.peer, &mut req);
                         let upgrade = capture.as_ref().map(inspector::Capture::upgrade_record);
-                        let resp = self.forward(Target::Tunnel(&tunnel), req, upgrade).await?;
-                        return Ok(self.count(inspector::answered(capture, resp), "tunnel"));
+                        let target = Target::Tunnel(&tunnel);
+                        let forwarded = self.forward(target, req, upgrade).await?;
+                        let (resp, origin) = forwarded.counted_as(target);
+                        return Ok(self.count(inspector::answered(capture, resp), origin));
                     }
                 }
             }
@@ -415,8 +454,9 @@ impl VisitorConn {
                     .relay_requests_total
                     .with_label_values(&[&link.id])
                     .inc();
-                let resp = self.forward(Target::Peer(&link, &host), req, None).await?;
-                return Ok(self.count(resp, "relay"));
+                let target = Target::Peer(&link, &host);
+                let (resp, origin) = self.forward(target, req, None).await?.counted_as(target);
+                return Ok(self.count(resp, origin));
             }
             Route::Refuse(Refusal::Forbidden) => pages::forbidden(),
             Route::Refuse(Refusal::WrongListener(tunnel)) => self.wrong_listener(&host, &tunnel),
@@ -495,7 +535,7 @@ impl VisitorConn {
         target: Target<'_>,
         req: Request<UpstreamBody>,
         upgrade: Option<inspector::UpgradeRecord>,
-    ) -> Result<Response<ProxyBody>, Failed> {
+    ) -> Result<Forwarded, Failed> {
         match &self.upstreams {
             Upstreams::Kept(slot) => self.forward_kept(slot, target, req, upgrade).await,
             Upstreams::Pooled(pool) => self.forward_pooled(pool, target, req).await,
@@ -510,7 +550,7 @@ impl VisitorConn {
         target: Target<'_>,
         mut req: Request<UpstreamBody>,
         upgrade: Option<inspector::UpgradeRecord>,
-    ) -> Result<Response<ProxyBody>, Failed> {
+    ) -> Result<Forwarded, Failed> {
         let visitor_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let mut slot = slot.lock().await;
         let key = target.key();
@@ -533,7 +573,7 @@ impl VisitorConn {
             Sent::Page(page) => {
                 // The channel may still bring that late answer: it is not reused.
                 *slot = None;
-                return Ok(page);
+                return Ok(Forwarded::Page(page));
             }
             Sent::Failed(failed) => {
                 *slot = None;
@@ -548,7 +588,7 @@ impl VisitorConn {
                 tokio::spawn(splice_upgraded(visitor_upgrade, upstream_upgrade, upgrade));
             }
         }
-        Ok(resp.map(|b| b.boxed()))
+        Ok(Forwarded::Answer(resp.map(|b| b.boxed())))
     }
 
     /// HTTP/2: over an idle channel of the connection's pool, or a new one; the channel
@@ -558,7 +598,7 @@ impl VisitorConn {
         pool: &Arc<IdlePool>,
         target: Target<'_>,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<ProxyBody>, Failed> {
+    ) -> Result<Forwarded, Failed> {
         let mut up = match pool.take(target).await {
             Some(up) => up,
             None => match upstream::open(&self.edge, target, self.peer, self.scheme).await {
@@ -567,8 +607,8 @@ impl VisitorConn {
             },
         };
         match self.send(target, &mut up, req).await {
-            Sent::Answer(resp) => Ok(pool.give_back_after(resp, up)),
-            Sent::Page(page) => Ok(page),
+            Sent::Answer(resp) => Ok(Forwarded::Answer(pool.give_back_after(resp, up))),
+            Sent::Page(page) => Ok(Forwarded::Page(page)),
             Sent::Failed(failed) => Err(failed),
         }
     }
