@@ -135,7 +135,8 @@ enum TokenCmd {
         #[arg(long)]
         token_id: i64,
     },
-    /// List an account's tokens: id, hint, created, revoked (never the token itself).
+    /// List an account's tokens: id, hint, created, revoked, last used (never the token
+    /// itself).
     List {
         #[arg(long)]
         account: i64,
@@ -399,19 +400,23 @@ fn main() -> Result<()> {
 }
 
 /// The human lines of `token list`.
-fn token_lines(account: i64, tokens: &[nearhop_wire::TokenListed]) -> String {
+fn token_lines(account: i64, tokens: &[admin::TokenListing]) -> String {
     if tokens.is_empty() {
         return format!("account {account} has no tokens");
     }
     let mut out = vec![format!("tokens of account {account}:")];
     for t in tokens {
-        let state = match t.revoked_at {
+        let state = match t.token.revoked_at {
             Some(at) => format!("revoked {at}"),
             None => "live".to_string(),
         };
+        let used = match t.last_used_at {
+            Some(at) => format!("last used {at}"),
+            None => "never used".to_string(),
+        };
         out.push(format!(
-            "  {} {}  created {}  {state}",
-            t.token_id, t.hint, t.created_at
+            "  {} {}  created {}  {state}  {used}",
+            t.token.token_id, t.token.hint, t.token.created_at
         ));
     }
     out.join("\n")

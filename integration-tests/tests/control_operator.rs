@@ -588,3 +588,93 @@ fn an_accounts_first_token_is_listed_by_id_and_revoked_once() {
     let e = cli_text(&stack, &["token", "list", "--account", "999999"]).unwrap_err();
     assert!(e.contains("no account 999999"), "{e}");
 }
+
+/// `last_used_at` of one token, as the admin API lists it (`null`: never used).
+fn last_used(stack: &Stack, account_id: i64, token_id: i64) -> Value {
+    let (status, v) = admin(
+        stack,
+        "GET",
+        &format!("/v1/admin/accounts/{account_id}/tokens"),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    let listed = v["tokens"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["token_id"] == json!(token_id)))
+        .unwrap_or_else(|| panic!("token {token_id} is not listed: {v}"));
+    assert!(
+        listed.get("last_used_at").is_some(),
+        "no last_used_at: {listed}"
+    );
+    listed["last_used_at"].clone()
+}
+
+/// Sets a tunnel up with `token` and closes it again, so the account's name is free.
+fn set_up_and_close(stack: &Stack, token: &str) {
+    let (status, v) = create(stack, &tunnel(Some(token), None));
+    assert_eq!(status, 201, "{v}");
+    close(stack, v["tunnel_id"].as_i64().unwrap());
+}
+
+#[test]
+fn a_tokens_last_use_is_listed_after_a_setup_at_most_once_a_minute() {
+    let stack = start(None);
+    let acct = cli(&stack, &["account", "create", "--plan", "pro"]).unwrap();
+    let (id, token_id) = (
+        acct["account_id"].as_i64().unwrap(),
+        acct["token_id"].as_i64().unwrap(),
+    );
+    let token = acct["token"].as_str().unwrap().to_string();
+    let account = id.to_string();
+    let unused = stack.control.create_token(id).unwrap();
+
+    assert_eq!(last_used(&stack, id, token_id), Value::Null);
+    let listed = cli(&stack, &["token", "list", "--account", &account]).unwrap();
+    assert_eq!(listed["tokens"][0]["last_used_at"], Value::Null, "{listed}");
+    let text = cli_text(&stack, &["token", "list", "--account", &account]).unwrap();
+    assert_eq!(text.matches("never used").count(), 2, "{text}");
+
+    set_up_and_close(&stack, &token);
+    let first_use = last_used(&stack, id, token_id);
+    assert!(first_use.is_string(), "{first_use}");
+    assert_eq!(last_used(&stack, id, unused.token_id), Value::Null);
+    let text = cli_text(&stack, &["token", "list", "--account", &account]).unwrap();
+    let line = |t: i64| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{t} ")))
+            .unwrap_or_else(|| panic!("no line for token {t}: {text}"))
+            .to_string()
+    };
+    assert!(line(token_id).contains("last used 20"), "{text}");
+    assert!(line(unused.token_id).contains("never used"), "{text}");
+
+    // Within a minute of the last recorded use, a setup writes nothing.
+    set_up_and_close(&stack, &token);
+    assert_eq!(last_used(&stack, id, token_id), first_use);
+
+    // Older than a minute: recorded again.
+    let age =
+        format!("UPDATE tokens SET last_used_at = '2026-01-01T00:00:00Z' WHERE id = {token_id}");
+    sql(&stack, &age);
+    let old = last_used(&stack, id, token_id);
+    set_up_and_close(&stack, &token);
+    let again = last_used(&stack, id, token_id);
+    assert!(again.is_string() && again != old, "{old} -> {again}");
+
+    // A failure to record the use does not fail the setup.
+    sql(&stack, &age);
+    sql(
+        &stack,
+        "CREATE FUNCTION refuse_last_use() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'last use refused by the test'; END $$; \
+         CREATE TRIGGER refuse_last_use BEFORE UPDATE OF last_used_at ON tokens \
+         FOR EACH ROW EXECUTE FUNCTION refuse_last_use()",
+    );
+    set_up_and_close(&stack, &token);
+    assert_eq!(last_used(&stack, id, token_id), old);
+    let log = std::fs::read_to_string(stack.control.log()).unwrap();
+    assert!(
+        log.contains("could not record the token's last use"),
+        "no warning in the log"
+    );
+}

@@ -15,6 +15,8 @@ const MAX_TOKEN_LEN: usize = 200;
 pub struct Caller {
     /// The account, if a token was given.
     pub account_id: Option<i64>,
+    /// The token that authenticated, if one was given (for [`record_use`]).
+    pub token_id: Option<i64>,
     /// The plan that applies.
     pub plan: Plan,
 }
@@ -22,6 +24,7 @@ pub struct Caller {
 /// An account's row as far as authentication needs it.
 #[derive(Queryable)]
 struct TokenAccount {
+    token_id: i64,
     account_id: i64,
     plan: String,
     disabled: bool,
@@ -53,6 +56,7 @@ pub fn authenticate(conn: &mut PgConnection, token: Option<&str>) -> ControlResu
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Ok(Caller {
             account_id: None,
+            token_id: None,
             plan: Plan::Free,
         });
     };
@@ -67,6 +71,7 @@ pub fn authenticate(conn: &mut PgConnection, token: Option<&str>) -> ControlResu
         .inner_join(accounts::table)
         .filter(tokens::token_hash.eq(hash))
         .select((
+            tokens::id,
             accounts::id,
             accounts::plan,
             accounts::disabled,
@@ -94,6 +99,31 @@ pub fn authenticate(conn: &mut PgConnection, token: Option<&str>) -> ControlResu
     }
     Ok(Caller {
         account_id: Some(row.account_id),
+        token_id: Some(row.token_id),
         plan: typed_plan(row.account_id, &row.plan)?,
     })
+}
+
+/// How stale `tokens.last_used_at` may get: a token used again within this interval is not
+/// written again, so a client reconnecting in a loop costs one conditional UPDATE that
+/// matches no row, not a new row version per setup.
+const LAST_USE_RESOLUTION: &str = "1 minute";
+
+/// Records that the caller's token authenticated a setup just now (`tokens.last_used_at`,
+/// shown by `token list`), at most once per [`LAST_USE_RESOLUTION`] per token. Run it
+/// outside any transaction: a failed statement would abort the setup's transaction, and a
+/// bookkeeping write must never refuse a tunnel, so a failure is only logged.
+pub fn record_use(conn: &mut PgConnection, caller: Caller) {
+    let Some(token_id) = caller.token_id else {
+        return;
+    };
+    let stale = diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+        "(last_used_at IS NULL OR last_used_at < now() - interval '{LAST_USE_RESOLUTION}')"
+    ));
+    let updated = diesel::update(tokens::table.filter(tokens::id.eq(token_id)).filter(stale))
+        .set(tokens::last_used_at.eq(diesel::dsl::now))
+        .execute(conn);
+    if let Err(e) = updated {
+        tracing::warn!(token_id, error = %e, "could not record the token's last use; the setup goes on");
+    }
 }

@@ -7,7 +7,7 @@ use crate::config::ZoneConfig;
 use crate::error::{ControlError, ControlResult};
 use crate::schema::{edges, records, tunnels};
 use crate::state::AppState;
-use crate::tunnels::caller::{authenticate, Caller};
+use crate::tunnels::caller::{authenticate, record_use, Caller};
 use crate::tunnels::closing::{close_tunnels, Closed, Notice};
 use crate::tunnels::limits::{self, Limit};
 use crate::tunnels::names::{self, Claimant};
@@ -199,19 +199,12 @@ const ANOTHER_NAME: &str = "your account's own name is live in another tunnel (a
      this ssh, or another connection), so this tunnel got a random name; connect as \
      TOKEN+force@... to take your name over instead.";
 
-/// Decides zone, name and holder. Runs in one transaction under the account's lock, so that
-/// a name claim and the name limit it checks are one step; the live-tunnel and per-source
-/// checks here refuse early and run again where the tunnel is inserted.
+/// Authenticates the caller, then decides zone, name and holder in one transaction under the
+/// account's lock, so that a name claim and the name limit it checks are one step; the
+/// live-tunnel and per-source checks here refuse early and run again where the tunnel is
+/// inserted. The token's use is recorded before the transaction, in a statement of its own
+/// whose failure is only logged: inside, a failed statement would abort the transaction.
 fn plot(
-    conn: &mut PgConnection,
-    st: &AppState,
-    req: &CreateTunnelRequest,
-    naming: Naming,
-) -> ControlResult<Plot> {
-    conn.transaction(|conn| plot_locked(conn, st, req, naming))
-}
-
-fn plot_locked(
     conn: &mut PgConnection,
     st: &AppState,
     req: &CreateTunnelRequest,
@@ -219,6 +212,18 @@ fn plot_locked(
 ) -> ControlResult<Plot> {
     let region = edge_region(conn, &req.edge_id)?;
     let caller = authenticate(conn, req.token.as_deref())?;
+    record_use(conn, caller);
+    conn.transaction(|conn| plot_locked(conn, st, req, caller, region, naming))
+}
+
+fn plot_locked(
+    conn: &mut PgConnection,
+    st: &AppState,
+    req: &CreateTunnelRequest,
+    caller: Caller,
+    region: String,
+    naming: Naming,
+) -> ControlResult<Plot> {
     let zone = st.cfg.zone_for(caller.plan).clone();
     let requested = match (caller.plan, requested_label(req)) {
         (Plan::Free, Some(_)) => {
