@@ -678,3 +678,49 @@ fn a_tokens_last_use_is_listed_after_a_setup_at_most_once_a_minute() {
         "no warning in the log"
     );
 }
+
+/// A number in a path that is none is refused in our words, naming the parameter and where
+/// a good one is found (it was serde's `can not parse "abc" to a i64`).
+#[test]
+fn a_path_number_that_is_none_is_refused_naming_what_it_should_be() {
+    let stack = start(None);
+    for (method, path, expected) in [
+        (
+            "GET",
+            "/v1/admin/accounts/abc/tokens",
+            "\"abc\" in the path is not an account id: an account id is a whole number, such as 42; `account create` prints it",
+        ),
+        (
+            "DELETE",
+            "/v1/admin/tokens/1.5",
+            "\"1.5\" in the path is not a token id: a token id is a whole number",
+        ),
+        (
+            "POST",
+            "/v1/admin/accounts/99999999999999999999/names",
+            "\"99999999999999999999\" in the path is too large to be an account id (the largest is 9223372036854775807)",
+        ),
+    ] {
+        let body = (method == "POST").then(|| json!({"name": "blog"}));
+        let (status, v) = admin(&stack, method, path, body);
+        assert_eq!(status, 400, "{method} {path}: {v}");
+        let (code, message) = error_of(&v);
+        assert_eq!(code, "bad_request", "{v}");
+        assert!(message.starts_with(expected), "{method} {path}: {message}");
+        assert!(!message.contains("parse") && !message.contains("i64"), "{message}");
+    }
+    let (status, v) = call(
+        &stack,
+        "POST",
+        "/v1/tunnels/%E2%9C%93/close",
+        &stack.control.edge_secret,
+        Some(json!({"edge_id": EDGE, "reason": "client_closed"}).to_string()),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        error_of(&v)
+            .1
+            .starts_with("\"✓\" in the path is not a tunnel id"),
+        "{v}"
+    );
+}

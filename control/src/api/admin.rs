@@ -11,18 +11,24 @@ use serde::Deserialize;
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/admin/accounts", web::post().to(create_account))
         .route(
-            "/v1/admin/accounts/{id}/tokens",
+            "/v1/admin/accounts/{account_id}/tokens",
             web::post().to(create_token),
         )
-        .route("/v1/admin/accounts/{id}/tokens", web::get().to(list_tokens))
-        .route("/v1/admin/tokens/{id}", web::delete().to(revoke_token))
         .route(
-            "/v1/admin/accounts/{id}/names",
+            "/v1/admin/accounts/{account_id}/tokens",
+            web::get().to(list_tokens),
+        )
+        .route(
+            "/v1/admin/tokens/{token_id}",
+            web::delete().to(revoke_token),
+        )
+        .route(
+            "/v1/admin/accounts/{account_id}/names",
             web::post().to(reserve_name),
         )
         .route("/v1/admin/names/{hostname}", web::delete().to(release_name))
         .route(
-            "/v1/admin/accounts/{id}/domains",
+            "/v1/admin/accounts/{account_id}/domains",
             web::post().to(add_domain),
         )
         .route("/v1/admin/takedowns", web::post().to(takedown))

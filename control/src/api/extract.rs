@@ -1,11 +1,13 @@
 //! Extractors for the handlers' shared prologue: who the caller is (an edge, by its own
-//! credential; the operator, by the admin secret), then the JSON body.
+//! credential; the operator, by the admin secret), then the JSON body; and the refusal of a
+//! path whose number is none.
 
 use crate::config::Config;
 use crate::edge_auth::{authenticate_edge, EdgeIdentity};
 use crate::error::{ControlError, ControlResult};
 use crate::state::AppState;
 use actix_web::dev::Payload;
+use actix_web::error::PathError;
 use actix_web::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use actix_web::{web, FromRequest, HttpRequest};
 use futures::future::{ready, LocalBoxFuture, Ready};
@@ -189,6 +191,75 @@ pub(super) async fn read_json<T: DeserializeOwned>(
     Ok(parsed)
 }
 
+/// The numbers a route takes in its path, by the name the route gives each (`{account_id}`):
+/// what the caller calls it (with its article), and where they find one. A route's numeric parameter is named
+/// one of these, so that a refusal can say which part of the path was wrong.
+const NUMERIC_PATH_PARAMETERS: &[(&str, &str, &str)] = &[
+    (
+        "account_id",
+        "an account id",
+        "`account create` prints it (`account_id`)",
+    ),
+    (
+        "token_id",
+        "a token id",
+        "`token list --account ID` lists an account's tokens with theirs",
+    ),
+    (
+        "tunnel_id",
+        "a tunnel id",
+        "the tunnel setup's answer carries it (`tunnel_id`)",
+    ),
+];
+
+/// The longest part of a path quoted back in a refusal.
+const QUOTED_PATH_PART: usize = 40;
+
+/// The refusal of a path parameter that is not what the route takes, in our words (actix's
+/// and serde's stay in the log, as the source): which parameter, what it must be, where to
+/// find a good one.
+pub(crate) fn path_refusal(err: PathError, req: &HttpRequest) -> ControlError {
+    let message = req
+        .match_info()
+        .iter()
+        .find_map(|(name, value)| not_a_number(name, value))
+        .unwrap_or_else(|| {
+            format!(
+                "the path {} could not be read; docs/control.md shows each route's path and                  what goes in its parts",
+                quoted(req.path())
+            )
+        });
+    ControlError::refused_because(ErrorCode::BadRequest, message, err)
+}
+
+/// The sentence for a numeric path parameter `name` whose `value` is no `i64`; `None` when
+/// the parameter is no number or the value is a good one.
+fn not_a_number(name: &str, value: &str) -> Option<String> {
+    let (_, what, where_from) = NUMERIC_PATH_PARAMETERS.iter().find(|(n, ..)| *n == name)?;
+    if value.parse::<i64>().is_ok() {
+        return None;
+    }
+    let digits = value.strip_prefix('-').unwrap_or(value);
+    let wrong = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        format!("is too large to be {what} (the largest is {})", i64::MAX)
+    } else {
+        format!("is not {what}: {what} is a whole number, such as 42")
+    };
+    Some(format!(
+        "{} in the path {wrong}; {where_from}",
+        quoted(value)
+    ))
+}
+
+/// `text` in quotes, cut to [`QUOTED_PATH_PART`] characters, control characters escaped.
+fn quoted(text: &str) -> String {
+    let mut cut: String = text.chars().take(QUOTED_PATH_PART).collect();
+    if cut.len() < text.len() {
+        cut.push('…');
+    }
+    format!("{cut:?}")
+}
+
 /// The refusal of a body whose text holds NUL, which PostgreSQL cannot store in text.
 pub(crate) const NUL_REFUSAL: &str =
     "text fields may not contain the NUL character (\\u0000); remove it and send the request again";
@@ -229,6 +300,45 @@ pub(crate) fn has_nul_in_target(target: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_numeric_path_parameter_that_is_no_number_is_named_in_our_words() {
+        let m = not_a_number("account_id", "abc").unwrap();
+        assert!(
+            m.starts_with("\"abc\" in the path is not an account id"),
+            "{m}"
+        );
+        assert!(
+            m.contains("whole number") && m.contains("account create"),
+            "{m}"
+        );
+        let m = not_a_number("token_id", "99999999999999999999").unwrap();
+        assert!(m.contains("is too large to be a token id"), "{m}");
+        assert!(m.contains(&i64::MAX.to_string()), "{m}");
+        let m = not_a_number("tunnel_id", "1.5").unwrap();
+        assert!(
+            m.contains("is not a tunnel id: a tunnel id is a whole number"),
+            "{m}"
+        );
+        assert_eq!(not_a_number("account_id", "42"), None);
+        assert_eq!(
+            not_a_number("account_id", "-3"),
+            None,
+            "not_found decides that one"
+        );
+        assert_eq!(not_a_number("hostname", "abc"), None);
+    }
+
+    #[test]
+    fn a_quoted_path_part_is_cut_and_escaped() {
+        assert_eq!(quoted("abc"), "\"abc\"");
+        assert_eq!(quoted("a\nb"), "\"a\\nb\"");
+        let long = "x".repeat(100);
+        assert_eq!(
+            quoted(&long),
+            format!("{:?}", format!("{}…", "x".repeat(40)))
+        );
+    }
 
     #[test]
     fn a_nul_in_the_target_is_found_but_not_an_encoded_percent() {

@@ -37,9 +37,9 @@ pub async fn refuse_nul_in_target(
 
 /// Registers every route, the JSON and path error handlers, and the JSON 404.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::PathConfig::default().error_handler(|err, _req| {
-        ControlError::refused(ErrorCode::BadRequest, format!("bad path: {err}")).into()
-    }))
+    cfg.app_data(
+        web::PathConfig::default().error_handler(|err, req| extract::path_refusal(err, req).into()),
+    )
     .app_data(web::QueryConfig::default().error_handler(|err, _req| {
         ControlError::refused(ErrorCode::BadRequest, format!("bad query: {err}")).into()
     }))

@@ -9,7 +9,7 @@ use nearhop_wire::{CloseTunnelRequest, CreateTunnelRequest};
 /// Routes of this resource.
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/tunnels", web::post().to(create))
-        .route("/v1/tunnels/{id}/close", web::post().to(close));
+        .route("/v1/tunnels/{tunnel_id}/close", web::post().to(close));
 }
 
 async fn create(
