@@ -146,6 +146,10 @@ pub struct Config {
     /// How long the edge waits for the head of a tunnel's answer to an HTTP request before
     /// answering 504 itself; 0: no limit.
     pub visitor_response_timeout_seconds: u64,
+    /// How long the edge waits for a tunnel's client to take a visitor connection (confirm
+    /// its channel) before answering 504 itself (HTTP) or closing it (`tcp`, `tls`); 0: no
+    /// limit.
+    pub visitor_open_timeout_seconds: u64,
     /// A `tcp`, `tls` or `x:noreverseproxy` connection with no byte either way for this long
     /// is closed; 0: never (WebSockets are not cut: see the docs).
     pub splice_idle_timeout_seconds: u64,
@@ -330,6 +334,7 @@ impl Default for Config {
             max_visitor_connections_per_address: 1_000,
             max_visitor_connections_per_tunnel: 5_000,
             visitor_response_timeout_seconds: 120,
+            visitor_open_timeout_seconds: 10,
             splice_idle_timeout_seconds: 3_600,
             visitor_tcp_keepalive_seconds: 60,
             drain_seconds: 10,

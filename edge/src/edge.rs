@@ -5,12 +5,13 @@
 
 use crate::config::Config;
 use crate::control::client::ControlClient;
+use crate::io::closing_channel::ClosingChannel;
 use crate::io::proxy_header;
 use crate::mesh::credits::{CreditLimits, WindowBudget};
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::ssh::link::{lock, SessionLink};
-use crate::tunnels::{Registry, Tunnel};
+use crate::tunnels::{ChannelOpenError, Registry, Tunnel};
 use crate::visitor::auth_throttle::AuthThrottle;
 use crate::visitor::certificates::Certificates;
 use crate::visitor::shares::{visitor_network, Share, Shares};
@@ -193,6 +194,22 @@ impl Edge {
                 .inc();
         }
         share
+    }
+
+    /// Opens a visitor channel to `tunnel`'s client for the visitor at `visitor`, bounded by
+    /// `visitor_open_timeout_seconds` (a timeout counted).
+    pub async fn open_visitor_channel(
+        &self,
+        tunnel: &Tunnel,
+        visitor: std::net::SocketAddr,
+    ) -> Result<ClosingChannel, ChannelOpenError> {
+        let bound = self.config.visitor_open_timeout_seconds;
+        let within = (bound > 0).then(|| Duration::from_secs(bound));
+        let opened = tunnel.open_channel(visitor, within).await;
+        if let Err(ChannelOpenError::NotAnswering(_)) = opened {
+            self.metrics.visitor_open_timeouts_total.inc();
+        }
+        opened
     }
 
     /// A hold on the tunnel's share of visitor connections

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub ssh_unauthenticated_refused_total: IntCounterVec,
     /// HTTP requests answered 504 because the tunnel's answer did not start in time.
     pub visitor_response_timeouts_total: IntCounter,
+    /// Visitor connections the tunnel's client did not take in time.
+    pub visitor_open_timeouts_total: IntCounter,
     /// Spliced connections (`tcp`, `tls`, `x:noreverseproxy`) closed after an idle spell.
     pub splice_idle_closed_total: IntCounter,
     /// Visitor and relay channels the edge was done with, by which side closed them first
@@ -172,6 +174,10 @@ impl Metrics {
         let visitor_response_timeouts_total = IntCounter::new(
             "nearhop_edge_visitor_response_timeouts_total",
             "HTTP requests answered 504: the tunnel's answer did not start in time.",
+        )?;
+        let visitor_open_timeouts_total = IntCounter::new(
+            "nearhop_edge_visitor_open_timeouts_total",
+            "Visitor connections the tunnel's client did not take within visitor_open_timeout_seconds.",
         )?;
         let splice_idle_closed_total = IntCounter::new(
             "nearhop_edge_splice_idle_closed_total",
@@ -333,6 +339,7 @@ impl Metrics {
         registry.register(Box::new(visitor_share_refused_total.clone()))?;
         registry.register(Box::new(ssh_unauthenticated_refused_total.clone()))?;
         registry.register(Box::new(visitor_response_timeouts_total.clone()))?;
+        registry.register(Box::new(visitor_open_timeouts_total.clone()))?;
         registry.register(Box::new(splice_idle_closed_total.clone()))?;
         registry.register(Box::new(channels_closed_total.clone()))?;
         registry.register(Box::new(tunnel_setup_seconds.clone()))?;
@@ -354,6 +361,7 @@ impl Metrics {
             visitor_share_refused_total,
             ssh_unauthenticated_refused_total,
             visitor_response_timeouts_total,
+            visitor_open_timeouts_total,
             splice_idle_closed_total,
             channels_closed_total,
             tunnel_setup_seconds,

@@ -132,19 +132,50 @@ impl Tunnel {
     }
 
     /// Opens one `forwarded-tcpip` channel to the client for a visitor connection, with the
-    /// visitor's address as originator.
-    pub async fn open_channel(&self, visitor: SocketAddr) -> Result<ClosingChannel, russh::Error> {
-        let handle = self.session.handle().ok_or(russh::Error::SendError)?;
-        let channel = handle
-            .channel_open_forwarded_tcpip(
-                self.forward.address.clone(),
-                self.forward.port,
-                visitor.ip().to_string(),
-                u32::from(visitor.port()),
-            )
-            .await?;
-        Ok(ClosingChannel::new(channel, self.session.closes.clone()))
+    /// visitor's address as originator, waiting `within` at most for the client to take it.
+    pub async fn open_channel(
+        &self,
+        visitor: SocketAddr,
+        within: Option<Duration>,
+    ) -> Result<ClosingChannel, ChannelOpenError> {
+        let handle = self
+            .session
+            .handle()
+            .ok_or(ChannelOpenError::SessionGone(russh::Error::SendError))?;
+        let open = handle.channel_open_forwarded_tcpip(
+            self.forward.address.clone(),
+            self.forward.port,
+            visitor.ip().to_string(),
+            u32::from(visitor.port()),
+        );
+        let opened = match within {
+            Some(bound) => tokio::time::timeout(bound, open)
+                .await
+                .map_err(|_| ChannelOpenError::NotAnswering(bound))?,
+            None => open.await,
+        };
+        match opened {
+            Ok(channel) => Ok(ClosingChannel::new(channel, self.session.closes.clone())),
+            Err(russh::Error::ChannelOpenFailure(reason)) => Err(ChannelOpenError::Refused(reason)),
+            Err(e) => Err(ChannelOpenError::SessionGone(e)),
+        }
     }
+}
+
+/// Why a visitor channel to a tunnel's client was not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelOpenError {
+    /// The client refused it: its local service is down, or it forwards nothing there.
+    #[error("the ssh client refused the channel ({0:?})")]
+    Refused(russh::ChannelOpenFailure),
+    /// The session did not carry the request: it is ending.
+    #[error("the ssh session is ending ({0})")]
+    SessionGone(russh::Error),
+    /// The client did not answer in time: suspended, frozen, or its network stalled. Its
+    /// late answer, if it comes, opens a channel no one reads; the client's side of it
+    /// lasts until the session ends.
+    #[error("the ssh client did not take the connection within {} s", .0.as_secs())]
+    NotAnswering(Duration),
 }
 
 /// How many holding changes a slow mesh peer may fall behind before it is sent a fresh

@@ -390,6 +390,11 @@ impl SshClient {
         self.guard.signal(libc::SIGSTOP);
     }
 
+    /// Lets a frozen client run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.guard.signal(libc::SIGCONT);
+    }
+
     /// Stops the client.
     pub fn stop(&mut self) {
         self.guard.stop_within(Duration::from_secs(2));

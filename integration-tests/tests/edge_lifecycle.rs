@@ -48,6 +48,54 @@ fn dead_client_is_found_by_keepalives_and_its_tunnel_closed() {
     c.stop();
 }
 
+/// A suspended client (a laptop asleep, Ctrl-Z) keeps its session up until the keepalives
+/// give up. Meanwhile each visitor gets the 504 "Tunnel client not answering" after
+/// `visitor_open_timeout_seconds`, not a wait until the tunnel closes; once the client runs
+/// again (and confirms the channel it was asked for too late) it serves as before.
+#[test]
+fn a_suspended_client_gets_its_visitors_a_504_then_serves_again() {
+    let s = EdgeStack::start("visitor_open_timeout_seconds = 1\n");
+    let local = LocalService::start("local");
+    let token = s.pro_token();
+    let mut c = s.ssh("asleep", &SshArgs::http_tunnel(Some(&token), local.port));
+    let url = c.wait_for_url(PATIENCE).unwrap();
+    assert_eq!(s.visit(&url, "/hello").status(), 200);
+    c.freeze();
+    for _ in 0..2 {
+        let resp = s.visit(&url, "/hello");
+        assert_eq!(resp.status(), 504);
+        let body = resp.text().unwrap();
+        assert!(
+            body.contains("did not take this connection within 1 s"),
+            "{body}"
+        );
+    }
+    let m = s.edge.metrics().unwrap();
+    let count = |name: &str, labels: &[(&str, &str)]| metric(&m, name, labels).unwrap_or(0.0);
+    assert_eq!(
+        count("nearhop_edge_visitor_open_timeouts_total", &[]),
+        2.0,
+        "{m}"
+    );
+    let edge_5xx = [("class", "5xx"), ("origin", "edge")];
+    assert_eq!(
+        count("nearhop_edge_http_responses_total", &edge_5xx),
+        2.0,
+        "{m}"
+    );
+    c.thaw();
+    eventually("the client serves again once it runs", || {
+        let status = s.visit(&url, "/hello").status();
+        anyhow::ensure!(status == 200, "{status}");
+        Ok(())
+    });
+    assert!(
+        c.is_running(),
+        "the late confirmations did not end the session"
+    );
+    c.stop();
+}
+
 #[test]
 fn admin_api_needs_the_secret_and_knows_its_tunnels() {
     let s = EdgeStack::start("");

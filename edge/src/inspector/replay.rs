@@ -131,10 +131,10 @@ pub async fn send(
         inspector.record_no_answer(id);
         format!("the replay could not reach your local service: {what}")
     };
-    let channel = tunnel
-        .open_channel(original.visitor)
+    let channel = edge
+        .open_visitor_channel(tunnel, original.visitor)
         .await
-        .map_err(|e| unreachable(&format!("the ssh client did not open a channel ({e})")))?;
+        .map_err(|e| unreachable(&e.to_string()))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(channel))
         .await
         .map_err(|e| unreachable(&e.to_string()))?;

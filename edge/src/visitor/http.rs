@@ -321,6 +321,10 @@ fn not_opened(target: Target<'_>, e: OpenFailure) -> Result<Forwarded, Failed> {
         OpenFailure::Refused | OpenFailure::PeerUnreachable => Err(Failed::at(target, None)),
         // Not tried again: the visitor is told to come back in a moment.
         OpenFailure::TunnelBusy => Ok(Forwarded::Page(pages::tunnel_busy())),
+        // Nor this: its client stopped answering, and would keep the visitor waiting again.
+        OpenFailure::ClientNotAnswering(bound) => Ok(Forwarded::Page(pages::client_not_answering(
+            bound.as_secs(),
+        ))),
         // Not tried again either: the holder's host stopped answering.
         OpenFailure::PeerNotAnswering => Ok(Forwarded::Page(pages::holder_unreachable())),
     }

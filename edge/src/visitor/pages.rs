@@ -82,6 +82,19 @@ pub fn client_unreachable() -> Response<ProxyBody> {
     )
 }
 
+/// 504 when the tunnel's client did not take the visitor's connection within `seconds`.
+pub fn client_not_answering(seconds: u64) -> Response<ProxyBody> {
+    page(
+        StatusCode::GATEWAY_TIMEOUT,
+        "Tunnel client not answering",
+        &format!(
+            "The tunnel is up, but its SSH client did not take this connection within \
+             {seconds} s: the computer running it may be asleep, or its network stalled. \
+             Try again in a moment."
+        ),
+    )
+}
+
 /// 502 when the edge holding the tunnel could not be reached over the mesh.
 pub fn holder_unreachable() -> Response<ProxyBody> {
     page(

@@ -41,7 +41,7 @@ pub async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
         return;
     };
     let mut visitor = counted_visitor(edge, stream, &already_read);
-    let channel = match tunnel.open_channel(peer).await {
+    let channel = match edge.open_visitor_channel(tunnel, peer).await {
         Ok(channel) => channel,
         Err(e) => {
             tracing::debug!(error = %e, tunnel = tunnel.id, "client refused a visitor channel");

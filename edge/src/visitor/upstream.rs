@@ -12,7 +12,7 @@ use crate::io::counting::CountingStream;
 use crate::io::read_buffer::Coalescing;
 use crate::mesh::links::{PeerLink, RelayChannel, RelayError};
 use crate::mesh::protocol::RelayListener;
-use crate::tunnels::Tunnel;
+use crate::tunnels::{ChannelOpenError, Tunnel};
 use crate::visitor::pages::ProxyBody;
 use crate::visitor::shares::Share;
 use bytes::Bytes;
@@ -98,6 +98,9 @@ pub enum OpenFailure {
     PeerNotAnswering,
     /// The tunnel holds its whole share of visitor connections.
     TunnelBusy,
+    /// The tunnel's client did not take the channel within this bound: suspended, frozen,
+    /// or its network stalled. Not worth trying again at once.
+    ClientNotAnswering(Duration),
 }
 
 /// Opens the channel to `target` for the visitor at `visitor`, who came in over `scheme`
@@ -111,7 +114,7 @@ pub async fn open(
     match target {
         Target::Tunnel(tunnel) => {
             let share = edge.tunnel_share(tunnel).ok_or(OpenFailure::TunnelBusy)?;
-            connect(tunnel, visitor, share).await
+            connect(edge, tunnel, visitor, share).await
         }
         Target::Peer(link, host) => connect_peer(edge, link, host, visitor, scheme).await,
     }
@@ -120,23 +123,20 @@ pub async fn open(
 /// Opens a `forwarded-tcpip` channel with the visitor as originator and speaks HTTP/1.1
 /// over it.
 async fn connect(
+    edge: &Edge,
     tunnel: &Arc<Tunnel>,
     visitor: SocketAddr,
     share: Share<i64>,
 ) -> Result<Upstream, OpenFailure> {
-    let channel = match tunnel.open_channel(visitor).await {
+    let channel = match edge.open_visitor_channel(tunnel, visitor).await {
         Ok(c) => c,
-        Err(russh::Error::ChannelOpenFailure(reason)) => {
-            tracing::debug!(
-                ?reason,
-                tunnel = tunnel.id,
-                "client refused a visitor channel"
-            );
-            return Err(OpenFailure::Refused);
-        }
         Err(e) => {
-            tracing::debug!(error = %e, tunnel = tunnel.id, "client's session did not open a channel");
-            return Err(OpenFailure::SessionGone);
+            tracing::debug!(error = %e, tunnel = tunnel.id, "no visitor channel");
+            return Err(match e {
+                ChannelOpenError::Refused(_) => OpenFailure::Refused,
+                ChannelOpenError::SessionGone(_) => OpenFailure::SessionGone,
+                ChannelOpenError::NotAnswering(bound) => OpenFailure::ClientNotAnswering(bound),
+            });
         }
     };
     let io = Coalescing::new(ChannelWrites::new(channel));
