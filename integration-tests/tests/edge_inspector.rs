@@ -465,6 +465,43 @@ fn capture_starts_when_the_inspector_opens_or_from_the_first_request_with_inspec
     api.wait_for("/early");
 }
 
+/// A GET the edge sends again (its local service is down, so the client refuses each
+/// channel) is one visit: it is listed once, as unanswered, not once per attempt.
+#[test]
+fn a_request_the_edge_tried_several_times_is_listed_once() {
+    let s = EdgeStack::start("");
+    let closed = free_port(Ipv4Addr::LOCALHOST);
+    let port = free_port(Ipv4Addr::LOCALHOST);
+    let user = format!("{}+inspect", s.pro_token());
+    let mut c = s.ssh("no-service", &inspected_tunnel(&user, closed, port));
+    let url = c.wait_for_url(PATIENCE).unwrap();
+    let api = InspectorApi::open(port);
+    assert_eq!(curl(&url, s.edge.http_addr(), "/tried", &[]), 502);
+    let m = s.edge.metrics().unwrap();
+    assert!(
+        metric(&m, "nearhop_edge_http_retries_total", &[]).unwrap_or(0.0) >= 1.0,
+        "the edge did try again: {m}"
+    );
+    let listed = eventually("the visit is listed as unanswered", || {
+        let list = api.list();
+        let tried: Vec<Value> = list["requests"]
+            .as_array()
+            .map(|rs| {
+                rs.iter()
+                    .filter(|r| r["path"] == "/tried")
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        anyhow::ensure!(
+            tried.iter().all(|r| r["state"] == "no_answer") && !tried.is_empty(),
+            "not yet: {tried:?}"
+        );
+        Ok(tried)
+    });
+    assert_eq!(listed.len(), 1, "one visit, one entry: {listed:?}");
+}
+
 #[test]
 fn streams_and_upgrades_pass_whole_and_are_recorded_by_head_and_size() {
     let s = EdgeStack::start("");

@@ -75,6 +75,12 @@ pub struct Capture {
 
 /// Starts recording `req` (about to go into the tunnel) when the tunnel is inspected:
 /// its inspector was opened, or its options ask for `inspect`. Otherwise does nothing.
+///
+/// `earlier` is the record of the same request's failed attempt, when the edge sends it
+/// again: kept as this attempt's record when it is in this tunnel's inspector, so that one
+/// visit is listed once however often it was tried (only a request without a body is sent
+/// again, so there is nothing more to copy). A record in another inspector (the tunnel's
+/// client reconnected) is dropped, as no answer.
 #[inline]
 pub fn begin(
     config: &Config,
@@ -82,7 +88,17 @@ pub fn begin(
     options: &TunnelOptions,
     visitor: SocketAddr,
     req: &mut Request<UpstreamBody>,
+    earlier: Option<Capture>,
 ) -> Option<Capture> {
+    if let Some(earlier) = earlier {
+        let same = tunnel
+            .inspector
+            .get()
+            .is_some_and(|i| Arc::ptr_eq(i, &earlier.inspector));
+        if same && !earlier.inspector.is_closed() {
+            return Some(earlier);
+        }
+    }
     if tunnel.inspector.get().is_none() && !options.inspect {
         return None;
     }

@@ -221,6 +221,8 @@ struct Failed {
     /// edge has forgotten what the peer held, then route again (to where the tunnel's
     /// client reconnects, waiting that out).
     peer: Option<Arc<PeerLink>>,
+    /// The inspector's record of the attempt, carried to the next one.
+    capture: Option<inspector::Capture>,
 }
 
 impl Failed {
@@ -235,6 +237,7 @@ impl Failed {
             origin: page_origin(target),
             ending,
             peer,
+            capture: None,
         }
     }
 }
@@ -386,11 +389,13 @@ impl VisitorConn {
         let replay = Replay::of(&req);
         let mut req = req.map(UpstreamBody::Left);
         let mut attempt = 1;
+        let mut capture = None;
         loop {
-            let failed = match self.handle_once(req).await {
+            let mut failed = match self.handle_once(req, capture).await {
                 Ok(resp) => return resp,
                 Err(failed) => failed,
             };
+            capture = failed.capture.take();
             let Some(replay) = replay.as_ref().filter(|_| attempt < MAX_ATTEMPTS) else {
                 return self.count(failed.page, failed.origin);
             };
@@ -407,9 +412,12 @@ impl VisitorConn {
         }
     }
 
+    /// One attempt at answering `req`; `earlier`, the inspector's record of the attempt
+    /// before (see [`inspector::begin`]).
     async fn handle_once(
         &self,
         mut req: Request<UpstreamBody>,
+        earlier: Option<inspector::Capture>,
     ) -> Result<Response<ProxyBody>, Failed> {
         let host = match request_host(&req) {
             Ok(host) => host,
@@ -441,11 +449,15 @@ impl VisitorConn {
                     }
                     None => {
                         let config = &self.edge.config;
-                        let capture =
-                            inspector::begin(config, &tunnel, &options, self.peer, &mut req);
+                        let capture = inspector::begin(
+                            config, &tunnel, &options, self.peer, &mut req, earlier,
+                        );
                         let upgrade = capture.as_ref().map(inspector::Capture::upgrade_record);
                         let target = Target::Tunnel(&tunnel);
-                        let forwarded = self.forward(target, req, upgrade).await?;
+                        let forwarded = match self.forward(target, req, upgrade).await {
+                            Ok(forwarded) => forwarded,
+                            Err(failed) => return Err(Failed { capture, ..failed }),
+                        };
                         let (resp, origin) = forwarded.counted_as(target);
                         return Ok(self.count(inspector::answered(capture, resp), origin));
                     }
