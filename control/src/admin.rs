@@ -107,23 +107,10 @@ pub fn create_token(conn: &mut PgConnection, account_id: i64) -> ControlResult<T
     insert_token(conn, account_id)
 }
 
-/// One token in `token list` and `GET /v1/admin/accounts/{id}/tokens`: the wire's
-/// [`TokenListed`] with `last_used_at` beside its fields in the same JSON object.
-// `last_used_at` belongs in `nearhop_wire::TokenListed`; it lives here until that type can
-// take it, and the JSON is the same either way.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TokenListing {
-    /// Id, hint, created, revoked.
-    #[serde(flatten)]
-    pub token: TokenListed,
-    /// When the token last authenticated a tunnel setup (to the minute: see
-    /// [`crate::tunnels::caller::record_use`]); `None`: never.
-    pub last_used_at: Option<DateTime<Utc>>,
-}
-
 /// Every token of an account, oldest first: id, hint, created, revoked, last used. Never the
 /// token, which control keeps only as a hash.
-pub fn list_tokens(conn: &mut PgConnection, account_id: i64) -> ControlResult<Vec<TokenListing>> {
+/// `last_used_at` is written at most once a minute: see [`crate::tunnels::caller::record_use`].
+pub fn list_tokens(conn: &mut PgConnection, account_id: i64) -> ControlResult<Vec<TokenListed>> {
     account_exists(conn, account_id)?;
     type TokenRow = (
         i64,
@@ -146,13 +133,11 @@ pub fn list_tokens(conn: &mut PgConnection, account_id: i64) -> ControlResult<Ve
     Ok(rows
         .into_iter()
         .map(
-            |(token_id, hint, created_at, revoked_at, last_used_at)| TokenListing {
-                token: TokenListed {
-                    token_id,
-                    hint,
-                    created_at,
-                    revoked_at,
-                },
+            |(token_id, hint, created_at, revoked_at, last_used_at)| TokenListed {
+                token_id,
+                hint,
+                created_at,
+                revoked_at,
                 last_used_at,
             },
         )

@@ -400,13 +400,13 @@ fn main() -> Result<()> {
 }
 
 /// The human lines of `token list`.
-fn token_lines(account: i64, tokens: &[admin::TokenListing]) -> String {
+fn token_lines(account: i64, tokens: &[nearhop_wire::TokenListed]) -> String {
     if tokens.is_empty() {
         return format!("account {account} has no tokens");
     }
     let mut out = vec![format!("tokens of account {account}:")];
     for t in tokens {
-        let state = match t.token.revoked_at {
+        let state = match t.revoked_at {
             Some(at) => format!("revoked {at}"),
             None => "live".to_string(),
         };
@@ -416,7 +416,7 @@ fn token_lines(account: i64, tokens: &[admin::TokenListing]) -> String {
         };
         out.push(format!(
             "  {} {}  created {}  {state}  {used}",
-            t.token.token_id, t.token.hint, t.token.created_at
+            t.token_id, t.hint, t.created_at
         ));
     }
     out.join("\n")

@@ -457,6 +457,10 @@ pub struct TokenListed {
     pub created_at: DateTime<Utc>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When it last authenticated a tunnel setup, to the minute; `None`: never (or before
+    /// control recorded it). Absent in answers of older controls.
+    #[serde(default)]
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 /// Admin: a token revoked (`DELETE /v1/admin/tokens/{id}`, `token revoke`).
