@@ -197,7 +197,7 @@ impl Edge {
     }
 
     /// Opens a visitor channel to `tunnel`'s client for the visitor at `visitor`, bounded by
-    /// `visitor_open_timeout_seconds` (a timeout counted).
+    /// `visitor_open_timeout_seconds` (a timeout counted, and a refusal).
     pub async fn open_visitor_channel(
         &self,
         tunnel: &Tunnel,
@@ -206,8 +206,12 @@ impl Edge {
         let bound = self.config.visitor_open_timeout_seconds;
         let within = (bound > 0).then(|| Duration::from_secs(bound));
         let opened = tunnel.open_channel(visitor, within).await;
-        if let Err(ChannelOpenError::NotAnswering(_)) = opened {
-            self.metrics.visitor_open_timeouts_total.inc();
+        match opened {
+            Err(ChannelOpenError::NotAnswering(_)) => {
+                self.metrics.visitor_open_timeouts_total.inc()
+            }
+            Err(ChannelOpenError::Refused(_)) => self.metrics.visitor_channels_refused_total.inc(),
+            _ => {}
         }
         opened
     }

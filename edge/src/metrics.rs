@@ -54,6 +54,8 @@ pub struct Metrics {
     pub visitor_response_timeouts_total: IntCounter,
     /// Visitor connections the tunnel's client did not take in time.
     pub visitor_open_timeouts_total: IntCounter,
+    /// Visitor channels the tunnel's client refused (its local service is not running).
+    pub visitor_channels_refused_total: IntCounter,
     /// Spliced connections (`tcp`, `tls`, `x:noreverseproxy`) closed after an idle spell.
     pub splice_idle_closed_total: IntCounter,
     /// Visitor and relay channels the edge was done with, by which side closed them first
@@ -178,6 +180,10 @@ impl Metrics {
         let visitor_open_timeouts_total = IntCounter::new(
             "nearhop_edge_visitor_open_timeouts_total",
             "Visitor connections the tunnel's client did not take within visitor_open_timeout_seconds.",
+        )?;
+        let visitor_channels_refused_total = IntCounter::new(
+            "nearhop_edge_visitor_channels_refused_total",
+            "Visitor channels the tunnel's client refused (its local service is not running, or refuses connections).",
         )?;
         let splice_idle_closed_total = IntCounter::new(
             "nearhop_edge_splice_idle_closed_total",
@@ -340,6 +346,7 @@ impl Metrics {
         registry.register(Box::new(ssh_unauthenticated_refused_total.clone()))?;
         registry.register(Box::new(visitor_response_timeouts_total.clone()))?;
         registry.register(Box::new(visitor_open_timeouts_total.clone()))?;
+        registry.register(Box::new(visitor_channels_refused_total.clone()))?;
         registry.register(Box::new(splice_idle_closed_total.clone()))?;
         registry.register(Box::new(channels_closed_total.clone()))?;
         registry.register(Box::new(tunnel_setup_seconds.clone()))?;
@@ -362,6 +369,7 @@ impl Metrics {
             ssh_unauthenticated_refused_total,
             visitor_response_timeouts_total,
             visitor_open_timeouts_total,
+            visitor_channels_refused_total,
             splice_idle_closed_total,
             channels_closed_total,
             tunnel_setup_seconds,

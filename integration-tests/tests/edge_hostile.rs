@@ -414,6 +414,9 @@ fn a_tunnel_with_no_local_service_gets_the_edges_502_counted() {
     };
     assert_eq!(responses(&[("class", "5xx"), ("origin", "edge")]), 2, "{m}");
     assert_eq!(responses(&[("origin", "tunnel")]), 0, "{m}");
+    // Why, for the runbook: the client refused each channel (a GET is tried three times).
+    let refused = metric(&m, "nearhop_edge_visitor_channels_refused_total", &[]);
+    assert_eq!(refused, Some(6.0), "{m}");
 }
 
 /// Sends `head` (and whatever follows it) on a fresh connection to `addr` and reads the

@@ -131,7 +131,7 @@ async fn connect(
     let channel = match edge.open_visitor_channel(tunnel, visitor).await {
         Ok(c) => c,
         Err(e) => {
-            tracing::debug!(error = %e, tunnel = tunnel.id, "no visitor channel");
+            tracing::debug!(error = %e, tunnel = tunnel.id, name = %tunnel.hostname, "no visitor channel");
             return Err(match e {
                 ChannelOpenError::Refused(_) => OpenFailure::Refused,
                 ChannelOpenError::SessionGone(_) => OpenFailure::SessionGone,
