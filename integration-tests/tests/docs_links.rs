@@ -1,6 +1,8 @@
-//! The documents point where they say: every relative link in the README and `docs/` names a
-//! file of the repository (and, with `#anchor`, one of its headings), and every alert's
-//! `runbook` names a heading of `docs/operations.md`. No processes; reads the files.
+//! The documents point where they say and cover what the code has: every relative link in the
+//! README and `docs/` names a file of the repository (and, with `#anchor`, one of its
+//! headings), every alert's `runbook` names a heading of `docs/operations.md`, and every
+//! setting of each process's config file is in that process's document. No processes;
+//! reads the files.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -171,6 +173,49 @@ fn every_alerts_runbook_names_a_heading_of_the_operations_guide() {
     assert!(runbooks > 10, "found the runbooks: {runbooks}");
 }
 
+/// The fields of `pub struct Config { ... }` in a Rust source: the keys of the config file.
+fn config_keys(source: &str) -> Vec<String> {
+    let start = source
+        .find("pub struct Config {")
+        .expect("the source declares Config");
+    let body = &source[start..];
+    let body = &body[..body.find("\n}").expect("Config's body ends")];
+    body.lines()
+        .filter_map(|l| l.trim().strip_prefix("pub "))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, _)| name.trim().to_string())
+        .filter(|name| name.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .collect()
+}
+
+#[test]
+fn every_setting_of_each_process_is_documented() {
+    let root = repo();
+    let mut missing = Vec::new();
+    for (source, doc) in [
+        ("edge/src/config.rs", "docs/edge.md"),
+        ("control/src/config.rs", "docs/control.md"),
+        ("pdns-backend/src/config.rs", "docs/pdns-backend.md"),
+    ] {
+        let code = std::fs::read_to_string(root.join(source)).expect("a config source");
+        let text = std::fs::read_to_string(root.join(doc)).expect("a document");
+        let keys = config_keys(&code);
+        assert!(keys.len() > 5, "{source}: found its keys: {keys:?}");
+        for key in keys {
+            // A plain key is written `key`; a table `[key]`, `[[key]]` or `[key.name]`.
+            let forms = [format!("`{key}`"), format!("[{key}]"), format!("[{key}.")];
+            if !forms.iter().any(|f| text.contains(f.as_str())) {
+                missing.push(format!("{source}: `{key}` is not in {doc}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "undocumented settings:\n{}",
+        missing.join("\n")
+    );
+}
+
 #[test]
 fn anchors_are_made_as_github_makes_them() {
     assert_eq!(
@@ -189,4 +234,6 @@ fn anchors_are_made_as_github_makes_them() {
         link_targets("see [x](a.md#b) and `[y](no)` [z](c.md)"),
         ["a.md#b", "c.md"]
     );
+    let source = "/// Doc.\npub struct Config {\n    /// A.\n    pub a_key: u64,\n    #[serde(default)]\n    pub zones: Zones,\n}\npub struct Other {\n    pub not_this: u8,\n}\n";
+    assert_eq!(config_keys(source), ["a_key", "zones"]);
 }
