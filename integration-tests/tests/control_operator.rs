@@ -724,3 +724,64 @@ fn a_path_number_that_is_none_is_refused_naming_what_it_should_be() {
         "{v}"
     );
 }
+
+/// A query parameter with a value it does not take is refused in our words, naming the
+/// parameter and what it must be (it was serde's `Query deserialize error: provided string
+/// was not `true` or `false``), and nothing is written.
+#[test]
+fn a_query_parameter_with_a_bad_value_is_refused_naming_what_it_must_be() {
+    let stack = start(None);
+    let acct = stack
+        .control
+        .create_account(nearhop_wire::Plan::Pro)
+        .unwrap();
+    let id = acct.account_id;
+    let (status, v) = admin(
+        &stack,
+        "POST",
+        &format!("/v1/admin/accounts/{id}/names"),
+        Some(json!({"name": "shop"})),
+    );
+    assert_eq!(status, 201, "{v}");
+    for (query, expected) in [
+        (
+            "verified=maybe",
+            "the query parameter verified is \"maybe\": it must be true or false (left out, it is false)",
+        ),
+        (
+            "verified=1",
+            "the query parameter verified is \"1\": it must be true or false",
+        ),
+        (
+            "verified=",
+            "the query parameter verified is \"\": it must be true or false",
+        ),
+        (
+            "verified=true&verified=false",
+            "the query gives verified more than once; give it once: it must be true or false",
+        ),
+    ] {
+        let (status, v) = admin(
+            &stack,
+            "POST",
+            &format!("/v1/admin/accounts/{id}/domains?{query}"),
+            Some(json!({"domain": "shop.example", "target": "shop"})),
+        );
+        assert_eq!(status, 400, "?{query}: {v}");
+        let (code, message) = error_of(&v);
+        assert_eq!(code, "bad_request", "?{query}: {v}");
+        assert!(message.starts_with(expected), "?{query}: {message}");
+        for serde_wording in ["deserialize", "provided string", "invalid", "duplicate field"] {
+            assert!(!message.contains(serde_wording), "?{query}: {message}");
+        }
+    }
+    assert_eq!(sql(&stack, "SELECT count(*) FROM custom_domains"), "0");
+    let (status, v) = admin(
+        &stack,
+        "POST",
+        &format!("/v1/admin/accounts/{id}/domains?verified=true"),
+        Some(json!({"domain": "shop.example", "target": "shop"})),
+    );
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["verified"], true, "{v}");
+}

@@ -1,13 +1,13 @@
 //! Extractors for the handlers' shared prologue: who the caller is (an edge, by its own
-//! credential; the operator, by the admin secret), then the JSON body; and the refusal of a
-//! path whose number is none.
+//! credential; the operator, by the admin secret), then the JSON body; and the refusals of a
+//! path whose number is none and of a query parameter whose value is not one it takes.
 
 use crate::config::Config;
 use crate::edge_auth::{authenticate_edge, EdgeIdentity};
 use crate::error::{ControlError, ControlResult};
 use crate::state::AppState;
 use actix_web::dev::Payload;
-use actix_web::error::PathError;
+use actix_web::error::{PathError, QueryPayloadError};
 use actix_web::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use actix_web::{web, FromRequest, HttpRequest};
 use futures::future::{ready, LocalBoxFuture, Ready};
@@ -251,6 +251,61 @@ fn not_a_number(name: &str, value: &str) -> Option<String> {
     ))
 }
 
+/// A query parameter a route takes: its name (the field of the route's query struct), what
+/// a good value is, and the check of one. Every field of a query struct is listed here, so
+/// that a refusal can say which parameter was wrong and what it must be.
+struct QueryParameter {
+    name: &'static str,
+    must_be: &'static str,
+    fits: fn(&str) -> bool,
+}
+
+/// Every query parameter of the API (`api/admin.rs`: `VerifiedQuery`).
+const QUERY_PARAMETERS: &[QueryParameter] = &[QueryParameter {
+    name: "verified",
+    must_be: "true or false (left out, it is false)",
+    fits: |value| value.parse::<bool>().is_ok(),
+}];
+
+/// The refusal of a query the route cannot read, in our words (serde's stay in the log, as
+/// the source): which parameter, what it must be.
+pub(crate) fn query_refusal(err: QueryPayloadError, req: &HttpRequest) -> ControlError {
+    let message = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .ok()
+        .and_then(|pairs| not_a_value(&pairs))
+        .unwrap_or_else(|| {
+            format!(
+                "the query {} could not be read; docs/control.md shows the query parameters \
+                 each route takes",
+                quoted(req.query_string())
+            )
+        });
+    ControlError::refused_because(ErrorCode::BadRequest, message, err)
+}
+
+/// The sentence for the first known query parameter that is given twice or whose value it
+/// does not take; `None` when every one is good.
+fn not_a_value(pairs: &[(String, String)]) -> Option<String> {
+    QUERY_PARAMETERS.iter().find_map(|p| {
+        let mut values = pairs.iter().filter(|(n, _)| n == p.name).map(|(_, v)| v);
+        let value = values.next()?;
+        if values.next().is_some() {
+            return Some(format!(
+                "the query gives {} more than once; give it once: it must be {}",
+                p.name, p.must_be
+            ));
+        }
+        (!(p.fits)(value)).then(|| {
+            format!(
+                "the query parameter {} is {}: it must be {}",
+                p.name,
+                quoted(value),
+                p.must_be
+            )
+        })
+    })
+}
+
 /// `text` in quotes, cut to [`QUOTED_PATH_PART`] characters, control characters escaped.
 fn quoted(text: &str) -> String {
     let mut cut: String = text.chars().take(QUOTED_PATH_PART).collect();
@@ -327,6 +382,32 @@ mod tests {
             "not_found decides that one"
         );
         assert_eq!(not_a_number("hostname", "abc"), None);
+    }
+
+    fn pairs(query: &str) -> Vec<(String, String)> {
+        web::Query::<Vec<(String, String)>>::from_query(query)
+            .unwrap()
+            .into_inner()
+    }
+
+    #[test]
+    fn a_query_parameter_with_a_value_it_does_not_take_is_named_in_our_words() {
+        let m = not_a_value(&pairs("verified=maybe")).unwrap();
+        assert_eq!(
+            m,
+            "the query parameter verified is \"maybe\": it must be true or false (left out, \
+             it is false)"
+        );
+        let m = not_a_value(&pairs("x=1&verified=")).unwrap();
+        assert!(m.starts_with("the query parameter verified is \"\""), "{m}");
+        let m = not_a_value(&pairs("verified=true&verified=false")).unwrap();
+        assert!(
+            m.starts_with("the query gives verified more than once"),
+            "{m}"
+        );
+        assert_eq!(not_a_value(&pairs("verified=true")), None);
+        assert_eq!(not_a_value(&pairs("verified=false&other=maybe")), None);
+        assert_eq!(not_a_value(&pairs("")), None);
     }
 
     #[test]

@@ -35,14 +35,15 @@ pub async fn refuse_nul_in_target(
     Ok(next.call(req).await?.map_into_left_body())
 }
 
-/// Registers every route, the JSON and path error handlers, and the JSON 404.
+/// Registers every route, the path and query error handlers, and the JSON 404.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
         web::PathConfig::default().error_handler(|err, req| extract::path_refusal(err, req).into()),
     )
-    .app_data(web::QueryConfig::default().error_handler(|err, _req| {
-        ControlError::refused(ErrorCode::BadRequest, format!("bad query: {err}")).into()
-    }))
+    .app_data(
+        web::QueryConfig::default()
+            .error_handler(|err, req| extract::query_refusal(err, req).into()),
+    )
     .configure(tunnels::config)
     .configure(edges::config)
     .configure(admin::config)
