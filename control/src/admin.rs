@@ -209,8 +209,10 @@ pub fn reserve_name(
 /// owns it, so that any account may claim it again. Refused while a tunnel holds the name:
 /// the operator closes it first (its owner, or a takedown). The custom domains that point at
 /// the name go with it: they route to whatever tunnel holds the name, which may be another
-/// account's next. Runs under the owner's lock, so a setup of that account that is counting
-/// or claiming names waits for it, and it for the setup.
+/// account's next. Runs under the owner's lock, taken before the name's row is locked (the
+/// order in `tunnels::limits`): a setup of that account that is claiming the name or writing
+/// a tunnel on it either finished first (its tunnel is live: refused) or waits, and then
+/// finds the name released and treats it as any unowned name.
 pub fn release_name(
     st: &AppState,
     conn: &mut PgConnection,
@@ -241,20 +243,37 @@ pub fn release_name(
     };
     let hostname = format!("{label}.{zone}");
     conn.transaction(|conn| {
-        let owner: Option<i64> = names::table
-            .filter(names::zone.eq(&zone))
-            .filter(names::label.eq(&label))
-            .select(names::account_id)
-            .for_update()
-            .first(conn)
-            .optional()?;
-        let account_id = owner.ok_or_else(|| {
-            ControlError::refused(
-                ErrorCode::NotFound,
-                format!("{hostname} is not owned by any account; there is nothing to release"),
-            )
-        })?;
+        let owner = |conn: &mut PgConnection, lock: bool| -> ControlResult<i64> {
+            let query = names::table
+                .filter(names::zone.eq(&zone))
+                .filter(names::label.eq(&label))
+                .select(names::account_id);
+            let owner: Option<i64> = if lock {
+                query.for_update().first(conn).optional()?
+            } else {
+                query.first(conn).optional()?
+            };
+            owner.ok_or_else(|| {
+                ControlError::refused(
+                    ErrorCode::NotFound,
+                    format!("{hostname} is not owned by any account; there is nothing to release"),
+                )
+            })
+        };
+        // The owner's lock before the name's row, as a setup takes them: the other order
+        // would let a release holding the row and a setup holding the lock wait on each other.
+        let account_id = owner(conn, false)?;
         lock_account(conn, account_id)?;
+        let locked_owner = owner(conn, true)?;
+        if locked_owner != account_id {
+            return Err(ControlError::refused(
+                ErrorCode::Conflict,
+                format!(
+                    "{hostname} changed owner while being released (account {account_id}, now \
+                     account {locked_owner}); run `name release` again if it should go"
+                ),
+            ));
+        }
         let live: Option<(i64, String)> = tunnels::table
             .filter(tunnels::zone.eq(&zone))
             .filter(tunnels::label.eq(&label))

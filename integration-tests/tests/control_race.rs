@@ -1,6 +1,9 @@
 //! Two OpenSSH clients of one account race for one name through two edges in two regions:
 //! exactly one gets the tunnel, the other gets a clear refusal, and the database holds one
 //! live tunnel. Real Postgres primary and replicas, real control, real edges, real `ssh`.
+//! And the operator's `name release` racing a setup of the name's owner (the test plays the
+//! edge over HTTP against real control and Postgres): one goes first, never a tunnel left on
+//! a released name.
 
 use nearhop_stack::edge::{SshArgs, SshClient};
 use nearhop_stack::{Stack, StackOptions};
@@ -73,4 +76,200 @@ fn two_edges_racing_for_one_name_exactly_one_wins() {
         a.stop();
         b.stop();
     }
+}
+
+/// The test plays the edge: control's calls to it (alive probes, closes) fail fast.
+const EDGE: &str = "us-race";
+
+/// One HTTP call to control with `Authorization: Bearer <secret>`; the status and the answer.
+/// No timeout: a stuck call is a hang the test runner reports, not a guess at a bound.
+fn call(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    method: reqwest::Method,
+    secret: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = client.request(method, url).bearer_auth(secret);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().expect("control answers");
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(serde_json::Value::Null))
+}
+
+fn sql(stack: &Stack, query: &str) -> String {
+    nearhop_stack::postgres::psql(&stack.pg.primary.endpoint, query)
+        .expect("psql")
+        .trim()
+        .to_string()
+}
+
+/// `name release` racing a tunnel setup of the name's owner, many rounds, half of them on a
+/// name the setup asks for and half on the account's persistent name (asked for by no
+/// name). Whatever the order, the outcome is one a serial order gives: either the setup
+/// finished first and the release is refused (live tunnel), or the release freed the name
+/// and the setup then treated it as any unowned name (claimed it again, or drew a new
+/// persistent name). Never a live tunnel of the account on a name it no longer owns, which
+/// is what a setup that had decided on its name before the release, and wrote its tunnel
+/// after, left behind.
+#[test]
+fn a_name_release_racing_its_owners_setup_leaves_no_tunnel_on_an_unowned_name() {
+    let stack = Stack::start(StackOptions {
+        regions: vec![("us".into(), std::net::Ipv4Addr::LOCALHOST)],
+        ..Default::default()
+    })
+    .expect("stack starts");
+    stack
+        .control
+        .register_edge(EDGE, "us", "http://127.0.0.1:9")
+        .unwrap();
+    let acct = stack.control.create_account(Plan::Pro).unwrap();
+    let account_id = acct.account_id;
+    let client = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .unwrap();
+    let base = &stack.control.url;
+    let admin = stack.control.admin_secret.clone();
+    let edge = stack.control.edge_secret.clone();
+    let (mut refused, mut released) = (0, 0);
+    for round in 0..120u64 {
+        let asked = round % 2 == 0;
+        let label = if asked {
+            let label = format!("race{round}");
+            let (status, v) = call(
+                &client,
+                &format!("{base}/v1/admin/accounts/{account_id}/names"),
+                reqwest::Method::POST,
+                &admin,
+                Some(serde_json::json!({"name": label})),
+            );
+            assert_eq!(status, 201, "round {round}: {v}");
+            label
+        } else {
+            // The persistent name: drawn by a first setup, which is closed again.
+            let (status, v) = call(
+                &client,
+                &format!("{base}/v1/tunnels"),
+                reqwest::Method::POST,
+                &edge,
+                Some(setup_body(&acct.token, None)),
+            );
+            assert_eq!(status, 201, "round {round}: {v}");
+            close(&client, base, &edge, &v);
+            v["label"].as_str().unwrap().to_string()
+        };
+        // Both start together; the release is let go a little later each round, so that
+        // over the rounds it lands before, inside and after the setup's transactions.
+        let start = std::sync::Barrier::new(2);
+        let delay = Duration::from_micros((round * 173) % 4000);
+        let (setup, release) = std::thread::scope(|s| {
+            let setup = s.spawn(|| {
+                start.wait();
+                let name = asked.then_some(label.as_str());
+                call(
+                    &client,
+                    &format!("{base}/v1/tunnels"),
+                    reqwest::Method::POST,
+                    &edge,
+                    Some(setup_body(&acct.token, name)),
+                )
+            });
+            let release = s.spawn(|| {
+                start.wait();
+                std::thread::sleep(delay);
+                call(
+                    &client,
+                    &format!("{base}/v1/admin/names/{label}"),
+                    reqwest::Method::DELETE,
+                    &admin,
+                    None,
+                )
+            });
+            (setup.join().unwrap(), release.join().unwrap())
+        });
+        let context = format!("round {round} ({label}): setup {setup:?}, release {release:?}");
+        assert_eq!(setup.0, 201, "the setup is never refused: {context}");
+        match release.0 {
+            200 => {
+                released += 1;
+                assert_eq!(release.1["account_id"], account_id, "{context}");
+                if !asked {
+                    // Nothing asks for a released persistent name: it stays unowned, and the
+                    // setup drew the account a new one.
+                    assert_ne!(setup.1["label"].as_str(), Some(label.as_str()), "{context}");
+                    let owners = sql(
+                        &stack,
+                        &format!("SELECT count(*) FROM names WHERE label = '{label}'"),
+                    );
+                    assert_eq!(owners, "0", "the released name is owned again: {context}");
+                }
+            }
+            409 => {
+                refused += 1;
+                assert_eq!(release.1["error"]["code"], "conflict", "{context}");
+                assert_eq!(
+                    setup.1["label"].as_str(),
+                    Some(label.as_str()),
+                    "a refused release saw the setup's tunnel on its name: {context}"
+                );
+            }
+            _ => panic!("the release is freed or refused: {context}"),
+        }
+        let stray = sql(
+            &stack,
+            &format!(
+                "SELECT string_agg(t.label, ',') FROM tunnels t WHERE t.account_id = {account_id} \
+                 AND t.closed_at IS NULL AND NOT EXISTS (SELECT 1 FROM names n WHERE \
+                 n.zone = t.zone AND n.label = t.label AND n.account_id = t.account_id)"
+            ),
+        );
+        assert_eq!(
+            stray, "",
+            "a live tunnel holds a name its account does not own: {context}"
+        );
+        // Back to nothing: the tunnel closed and the name released, for the next round.
+        close(&client, base, &edge, &setup.1);
+        let tunnel_label = setup.1["label"].as_str().unwrap_or_default();
+        let (status, v) = call(
+            &client,
+            &format!("{base}/v1/admin/names/{tunnel_label}"),
+            reqwest::Method::DELETE,
+            &admin,
+            None,
+        );
+        assert_eq!(status, 200, "round {round}: cleaning up: {v}");
+    }
+    let log = std::fs::read_to_string(stack.control.log()).unwrap_or_default();
+    eprintln!(
+        "{released} releases freed the name first, {refused} came after the setup; {} setups \
+         found their name released between plot and write",
+        log.matches("plotting again").count()
+    );
+}
+
+fn setup_body(token: &str, name: Option<&str>) -> serde_json::Value {
+    serde_json::to_value(nearhop_wire::CreateTunnelRequest {
+        edge_id: EDGE.into(),
+        token: Some(token.into()),
+        requested_name: name.map(str::to_string),
+        kind: nearhop_wire::TunnelKind::Http,
+        force: false,
+        client_addr: "127.0.0.9:50000".into(),
+    })
+    .unwrap()
+}
+
+fn close(client: &reqwest::blocking::Client, base: &str, edge: &str, created: &serde_json::Value) {
+    let id = created["tunnel_id"].as_i64().expect("a tunnel id");
+    let (status, v) = call(
+        client,
+        &format!("{base}/v1/tunnels/{id}/close"),
+        reqwest::Method::POST,
+        edge,
+        Some(serde_json::json!({"edge_id": EDGE, "reason": "client_closed"})),
+    );
+    assert_eq!(status, 200, "closing {id}: {v}");
 }

@@ -6,6 +6,17 @@
 //! inserts, after a transaction-scoped advisory lock on what it counts: the account (live
 //! tunnels, names) and the source prefix (creations per minute, live anonymous tunnels).
 //! Setups of one account or one source queue on the lock; others do not notice it.
+//!
+//! **Lock order.** Every transaction that takes more than one of these locks takes them in
+//! this order, so that no two wait on each other: the account's advisory lock, then the
+//! source prefix's, then rows, a name's (`names`) before a tunnel's (`tunnels`). A setup's
+//! plot and write take both advisory locks first (`setup::take_locks`); the write then locks
+//! its name's row (`FOR SHARE`, `names::still_owns`) before it closes a replaced tunnel.
+//! `name release` (`admin::release_name`) reads the name's owner without a lock, takes that
+//! account's lock, and only then locks the row (`FOR UPDATE`), checking that the owner is
+//! still the one it locked for. So a release and a setup of the name's owner run one after
+//! the other, whichever took the account's lock first: the release sees the setup's live
+//! tunnel and refuses, or the setup sees the name gone and plots again.
 
 use crate::config::ZoneConfig;
 use crate::error::{ControlError, ControlResult};

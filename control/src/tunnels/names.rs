@@ -82,6 +82,26 @@ fn owner_of(conn: &mut PgConnection, zone: &str, label: &str) -> ControlResult<O
         .optional()?)
 }
 
+/// Whether the account still owns `label` in `zone`, with the name's row locked (`FOR
+/// SHARE`) until the transaction ends, so that no `name release` can delete it before the
+/// tunnel on it is written. Take it under the account's lock (the lock order is in
+/// `limits`).
+pub fn still_owns(
+    conn: &mut PgConnection,
+    zone: &str,
+    label: &str,
+    account_id: i64,
+) -> ControlResult<bool> {
+    let owner: Option<i64> = names::table
+        .filter(names::zone.eq(zone))
+        .filter(names::label.eq(label))
+        .select(names::account_id)
+        .for_share()
+        .first(conn)
+        .optional()?;
+    Ok(owner == Some(account_id))
+}
+
 /// Claims `label` in `zone` for the account: refuses a banned name and one owned by another
 /// account, and otherwise records the account as its owner (a no-op when it owns it already).
 pub fn claim_name(

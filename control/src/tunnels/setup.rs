@@ -1,7 +1,7 @@
 //! Tunnel setup. Reads like the protocol: authenticate → pick zone and name → settle who
 //! holds the name → write the tunnel and its record in one transaction (the limits counted
-//! again there, under the account's and the source's locks: see `limits`) → wait for the
-//! regions' DNS → answer.
+//! again there, and the name checked to be still the account's, under the account's and the
+//! source's locks: see `limits` for their order) → wait for the regions' DNS → answer.
 
 use crate::config::ZoneConfig;
 use crate::error::{ControlError, ControlResult};
@@ -27,6 +27,9 @@ struct Plot {
     zone: ZoneConfig,
     domain_id: i32,
     label: String,
+    /// The label is the account's own name (asked for and claimed, or its persistent one),
+    /// not a random one: the write checks that the account still owns it.
+    owned: bool,
     region: String,
     holder: Option<Holder>,
 }
@@ -145,7 +148,7 @@ fn edge_region(conn: &mut PgConnection, edge_id: &str) -> ControlResult<String> 
 }
 
 /// Picks the label: the asked-for name (claimed), the account's persistent name, or a
-/// random one.
+/// random one; and whether it is the account's own name (not a random one).
 fn pick_label(
     conn: &mut PgConnection,
     st: &AppState,
@@ -153,16 +156,16 @@ fn pick_label(
     caller: Caller,
     requested: Option<String>,
     naming: Naming,
-) -> ControlResult<String> {
+) -> ControlResult<(String, bool)> {
     match (caller.plan, caller.account_id, requested) {
         (Plan::Pro, Some(account_id), Some(label)) => {
             let claimed = names::claim_name(conn, zone, account_id, &label, Claimant::Tunnel);
             let over = matches!(&claimed, Err(e) if e.code() == ErrorCode::PlanLimit);
             if over {
-                return limits::counted(&st.metrics, Limit::Names, claimed.map(|_| label));
+                return limits::counted(&st.metrics, Limit::Names, claimed.map(|_| (label, true)));
             }
             claimed?;
-            Ok(label)
+            Ok((label, true))
         }
         (Plan::Pro, Some(account_id), None) if naming == Naming::AsAsked => {
             let label = names::default_name(conn, account_id, &zone.name)?;
@@ -172,13 +175,14 @@ fn pick_label(
                 &label,
                 "; ask for another name with -R NAME:0:localhost:PORT",
             )?;
-            Ok(label)
+            Ok((label, true))
         }
         _ => {
             let window = setup_window(st);
-            names::draw_free_label(conn, &zone.name, |conn, label| {
+            let label = names::draw_free_label(conn, &zone.name, |conn, label| {
                 Ok(holder_of(conn, &zone.name, label, window)?.is_some())
-            })
+            })?;
+            Ok((label, false))
         }
     }
 }
@@ -239,10 +243,8 @@ fn plot_locked(
     if let Some(label) = &requested {
         st.cfg.check_not_service_label(&zone, label)?;
     }
-    if let Some(account_id) = caller.account_id {
-        limits::lock_account(conn, account_id)?;
-    }
-    let prefix = prefix_of(st, &req.client_addr);
+    // Both locks before any row (the order in `limits`): the claim below inserts a name.
+    let prefix = take_locks(conn, st, &zone, caller, &req.client_addr)?;
     limits::counted(
         &st.metrics,
         Limit::CreationRate,
@@ -256,7 +258,7 @@ fn plot_locked(
                 zone.name
             ))
         })?;
-    let label = pick_label(conn, st, &zone, caller, requested, naming)?;
+    let (label, owned) = pick_label(conn, st, &zone, caller, requested, naming)?;
     let holder = holder_of(conn, &zone.name, &label, setup_window(st))?;
     if let Some(h) = &holder {
         if h.account_id != caller.account_id {
@@ -276,29 +278,39 @@ fn plot_locked(
         zone,
         domain_id,
         label,
+        owned,
         region,
         holder,
     })
 }
 
 /// Writes the tunnel and its record in one transaction (one zone), closing the replaced
-/// holder in the same transaction.
+/// holder in the same transaction. `None` (nothing written) when the plot's name is no longer
+/// the account's: the operator released it since the plot (`name release`).
 fn write_tunnel(
     conn: &mut PgConnection,
     st: &AppState,
     req: &CreateTunnelRequest,
     p: &Plot,
     takeover: Option<&Takeover>,
-) -> ControlResult<Written> {
+) -> ControlResult<Option<Written>> {
     let hostname = p.hostname();
     let now = Utc::now();
     let lease = now + chrono::Duration::seconds(st.cfg.lease_seconds as i64);
     let expires_at = (p.zone.time_limit_minutes > 0)
         .then(|| now + chrono::Duration::minutes(p.zone.time_limit_minutes as i64));
-    let (tunnel_id, commit_xid, replaced) = conn.transaction(|conn| {
+    let written = conn.transaction(|conn| {
         // Locks first: a takeover's close below locks the holder's row, and a setup that
         // holds the account's lock may be about to close the same row.
         take_locks(conn, st, &p.zone, p.caller, &req.client_addr)?;
+        // The name the plot decided on may have been released since (the plot's transaction
+        // has ended); its row stays locked until this one commits, so no release can free
+        // it under the tunnel written below.
+        if let (true, Some(account_id)) = (p.owned, p.caller.account_id) {
+            if !names::still_owns(conn, &p.zone.name, &p.label, account_id)? {
+                return Ok(None);
+            }
+        }
         let replaced = takeover
             .map(|t| close_tunnels(conn, &[t.holder.tunnel_id], t.reason))
             .transpose()?;
@@ -355,15 +367,18 @@ fn write_tunnel(
                 records::auth.eq(true),
             ))
             .execute(conn)?;
-        Ok::<_, ControlError>((id, crate::db::current_xid(conn)?, replaced))
+        Ok::<_, ControlError>(Some((id, crate::db::current_xid(conn)?, replaced)))
     })?;
-    Ok(Written {
+    let Some((tunnel_id, commit_xid, replaced)) = written else {
+        return Ok(None);
+    };
+    Ok(Some(Written {
         tunnel_id,
         expires_at,
         commit_lsn: crate::db::current_wal_lsn(conn)?,
         commit_xid,
         replaced,
-    })
+    }))
 }
 
 /// Sets up a tunnel; see the module comment for the order of steps.
@@ -421,29 +436,68 @@ async fn create_inner(
     }
 }
 
+/// How many times a setup plots at most: once more when its name was released between the
+/// plot and the write, so that it treats the name as any unowned one (claims it again, or
+/// draws a new persistent name). A third is not tried: two releases of one name within one
+/// setup are an operator racing themselves.
+const PLOTS: usize = 2;
+
+/// Plots, settles the holder and writes the tunnel: the plot again when the name was
+/// released before the write ([`PLOTS`]).
+async fn plot_and_write(
+    st: &AppState,
+    req: &Arc<CreateTunnelRequest>,
+    naming: Naming,
+) -> ControlResult<(Plot, Option<Takeover>, Written)> {
+    let mut plotted = 0;
+    loop {
+        plotted += 1;
+        let p = {
+            let (st2, req2) = (st.clone(), req.clone());
+            st.blocking(move |conn| plot(conn, &st2, &req2, naming))
+                .await?
+        };
+        let takeover = match &p.holder {
+            Some(h) => Some(Takeover {
+                holder: h.clone(),
+                reason: settle_holder(st, h, &p.hostname(), req.force).await?,
+            }),
+            None => None,
+        };
+        let written = {
+            let (st2, req2, p2, t2) = (st.clone(), req.clone(), p.clone(), takeover.clone());
+            st.blocking(move |conn| write_tunnel(conn, &st2, &req2, &p2, t2.as_ref()))
+                .await?
+        };
+        match written {
+            Some(written) => return Ok((p, takeover, written)),
+            None if plotted < PLOTS => {
+                tracing::info!(
+                    hostname = %p.hostname(),
+                    "the name was released during the setup; plotting again"
+                );
+            }
+            None => {
+                return Err(ControlError::refused(
+                    ErrorCode::Conflict,
+                    format!(
+                        "the name {} was released by the operator while this tunnel was \
+                         being set up; connect again",
+                        p.hostname()
+                    ),
+                ))
+            }
+        }
+    }
+}
+
 async fn create_named(
     st: &AppState,
     req: &Arc<CreateTunnelRequest>,
     naming: Naming,
 ) -> ControlResult<CreateTunnelResponse> {
-    let p = {
-        let (st2, req2) = (st.clone(), req.clone());
-        st.blocking(move |conn| plot(conn, &st2, &req2, naming))
-            .await?
-    };
+    let (p, takeover, written) = plot_and_write(st, req, naming).await?;
     let hostname = p.hostname();
-    let takeover = match &p.holder {
-        Some(h) => Some(Takeover {
-            holder: h.clone(),
-            reason: settle_holder(st, h, &hostname, req.force).await?,
-        }),
-        None => None,
-    };
-    let written = {
-        let (st2, req2, p2, t2) = (st.clone(), req.clone(), p.clone(), takeover.clone());
-        st.blocking(move |conn| write_tunnel(conn, &st2, &req2, &p2, t2.as_ref()))
-            .await?
-    };
     // A forced holder was closed on its edge before the write. A dead one's client is gone
     // or unreachable; its edge is told anyway so that a client that comes back does not hold
     // a tunnel nobody routes to.
