@@ -225,7 +225,8 @@ pub(crate) fn path_refusal(err: PathError, req: &HttpRequest) -> ControlError {
         .find_map(|(name, value)| not_a_number(name, value))
         .unwrap_or_else(|| {
             format!(
-                "the path {} could not be read; docs/control.md shows each route's path and                  what goes in its parts",
+                "the path {} could not be read; docs/control.md shows each route's path and \
+                 what goes in its parts",
                 quoted(req.path())
             )
         });
@@ -408,6 +409,21 @@ mod tests {
         assert_eq!(not_a_value(&pairs("verified=true")), None);
         assert_eq!(not_a_value(&pairs("verified=false&other=maybe")), None);
         assert_eq!(not_a_value(&pairs("")), None);
+    }
+
+    #[test]
+    fn a_path_that_cannot_be_read_is_refused_in_one_sentence() {
+        use serde::de::Error as _;
+        let req = actix_web::test::TestRequest::default()
+            .uri("/v1/x")
+            .to_http_request();
+        let err = PathError::Deserialize(serde::de::value::Error::custom("no"));
+        let m = path_refusal(err, &req).to_string();
+        assert_eq!(
+            m,
+            "the path \"/v1/x\" could not be read; docs/control.md shows each route's path \
+             and what goes in its parts"
+        );
     }
 
     #[test]
