@@ -6,7 +6,7 @@ use crate::error::{ControlError, ControlResult};
 use crate::schema::{accounts, banned_names, custom_domains, names, records, tokens, tunnels};
 use crate::state::AppState;
 use crate::tunnels::caller::account_plan;
-use crate::tunnels::limits::lock_account;
+use crate::tunnels::limits::{lock_account, lock_name};
 use crate::tunnels::names::{self as name_rules, Claimant};
 use crate::tunnels::{close_tunnels, Notice};
 use chrono::{DateTime, Utc};
@@ -453,6 +453,11 @@ fn tunnel_hostname(st: &AppState, hostname: &str) -> ControlResult<(String, Stri
 /// Takes a name down: closes its live tunnel (on its edge too), removes every record of the
 /// name, and bans it. Taking a banned name down again replaces the ban's reason (and closes
 /// or removes whatever is left); the answer says it was banned already.
+///
+/// Runs under the name's lock (the order in `tunnels::limits`), which a setup's write also
+/// takes: a setup that decided on the name before the takedown either wrote its tunnel
+/// first (closed here, its edge told before the answer) or writes after and finds the ban
+/// (refused). When the takedown answers, no live tunnel holds the name.
 pub async fn takedown(st: &AppState, hostname: &str, reason: &str) -> ControlResult<TakedownDone> {
     let (zone, label) = tunnel_hostname(st, hostname)?;
     refuse_service_name(st, hostname, &zone, &label)?;
@@ -467,6 +472,7 @@ pub async fn takedown(st: &AppState, hostname: &str, reason: &str) -> ControlRes
     let (closed, removed, previous_reason) = st
         .blocking(move |conn| {
             conn.transaction::<_, ControlError, _>(|conn| {
+                lock_name(conn, &zone, &label)?;
                 let previous: Option<String> = banned_names::table
                     .filter(banned_names::zone.eq(&zone))
                     .filter(banned_names::label.eq(&label))
@@ -481,10 +487,14 @@ pub async fn takedown(st: &AppState, hostname: &str, reason: &str) -> ControlRes
                     .select(tunnels::id)
                     .load(conn)?;
                 // Every record of the name goes, not only the tunnel's CNAME; counted before
-                // the close, which would remove the CNAME itself.
-                let removed =
-                    diesel::delete(records::table.filter(records::name.eq(&name))).execute(conn)?;
+                // the close, which removes the CNAME itself, and deleted after it (tunnels'
+                // rows before records', as every close takes them).
+                let removed: i64 = records::table
+                    .filter(records::name.eq(&name))
+                    .count()
+                    .get_result(conn)?;
                 let closed = close_tunnels(conn, &live, CloseReason::Takedown)?;
+                diesel::delete(records::table.filter(records::name.eq(&name))).execute(conn)?;
                 diesel::insert_into(banned_names::table)
                     .values((
                         banned_names::zone.eq(&zone),

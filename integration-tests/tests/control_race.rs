@@ -3,11 +3,14 @@
 //! live tunnel. Real Postgres primary and replicas, real control, real edges, real `ssh`.
 //! And the operator's `name release` racing a setup of the name's owner (the test plays the
 //! edge over HTTP against real control and Postgres): one goes first, never a tunnel left on
-//! a released name.
+//! a released name. And a `takedown` racing a setup of the name it bans (the test plays the
+//! edge the same way, and keeps the closes control tells it): the takedown sticks.
 
 use nearhop_stack::edge::{SshArgs, SshClient};
 use nearhop_stack::{Stack, StackOptions};
 use nearhop_wire::Plan;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn live_tunnels(stack: &Stack, label: &str) -> String {
@@ -248,6 +251,255 @@ fn a_name_release_racing_its_owners_setup_leaves_no_tunnel_on_an_unowned_name() 
          found their name released between plot and write",
         log.matches("plotting again").count()
     );
+}
+
+/// The edge's admin API played on loopback: every close is confirmed (200) and kept, as
+/// `(tunnel_id, reason)`; anything else (an alive probe) is 404, a tunnel it does not know.
+struct FakeEdge {
+    url: String,
+    closes: Arc<Mutex<Vec<(i64, String)>>>,
+}
+
+impl FakeEdge {
+    fn start() -> FakeEdge {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let closes = Arc::new(Mutex::new(Vec::new()));
+        let kept = closes.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let kept = kept.clone();
+                std::thread::spawn(move || FakeEdge::answer(stream, &kept));
+            }
+        });
+        FakeEdge { url, closes }
+    }
+
+    /// One request per connection (`Connection: close`).
+    fn answer(stream: std::net::TcpStream, kept: &Mutex<Vec<(i64, String)>>) {
+        let mut reader = BufReader::new(stream);
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).is_err() {
+            return;
+        }
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let path = request_line.split_whitespace().nth(1).unwrap_or_default();
+        let close = path
+            .strip_prefix("/v1/tunnels/")
+            .and_then(|rest| rest.strip_suffix("/close"))
+            .and_then(|id| id.parse::<i64>().ok());
+        let status = match close {
+            Some(id) => {
+                let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let reason = body["reason"].as_str().unwrap_or_default().to_string();
+                kept.lock().unwrap().push((id, reason));
+                "200 OK"
+            }
+            None => "404 Not Found",
+        };
+        let answer =
+            format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}");
+        let _ = reader.get_mut().write_all(answer.as_bytes());
+    }
+
+    fn told_to_close(&self, tunnel_id: i64) -> Vec<String> {
+        let closes = self.closes.lock().unwrap();
+        closes
+            .iter()
+            .filter(|(id, _)| *id == tunnel_id)
+            .map(|(_, reason)| reason.clone())
+            .collect()
+    }
+}
+
+/// A `takedown` racing a tunnel setup on the name it bans, many rounds, half of them on a name
+/// the setup asks for and half on the account's persistent name. Whenever the takedown
+/// answers success, it stuck: the name is banned, no live tunnel holds it and it has no
+/// record; the setup either got its tunnel first and the takedown closed it (its edge told,
+/// with the takedown's reason), or was refused with the ban's sentence. A setup that had
+/// decided on its name before the takedown, and wrote its tunnel after, left a live tunnel on
+/// a banned name. Each round then lifts the takedown and sets a tunnel up on the name again.
+#[test]
+fn a_takedown_racing_a_setup_of_its_name_sticks() {
+    let stack = Stack::start(StackOptions {
+        regions: vec![("us".into(), std::net::Ipv4Addr::LOCALHOST)],
+        ..Default::default()
+    })
+    .expect("stack starts");
+    let edge_api = FakeEdge::start();
+    stack
+        .control
+        .register_edge(EDGE, "us", &edge_api.url)
+        .unwrap();
+    let acct = stack.control.create_account(Plan::Pro).unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .unwrap();
+    let base = &stack.control.url;
+    let admin = stack.control.admin_secret.clone();
+    let edge = stack.control.edge_secret.clone();
+    let setup = |name: Option<&str>| {
+        call(
+            &client,
+            &format!("{base}/v1/tunnels"),
+            reqwest::Method::POST,
+            &edge,
+            Some(setup_body(&acct.token, name)),
+        )
+    };
+    let (mut closed, mut refused) = (0, 0);
+    for round in 0..120u64 {
+        let asked = round % 2 == 0;
+        let label = if asked {
+            format!("down{round}")
+        } else {
+            // The persistent name: drawn by a first setup, which is closed again.
+            let (status, v) = setup(None);
+            assert_eq!(status, 201, "round {round}: {v}");
+            close(&client, base, &edge, &v);
+            v["label"].as_str().unwrap().to_string()
+        };
+        let zone = nearhop_stack::control::PRO_ZONE;
+        let hostname = format!("{label}.{zone}");
+        let name = asked.then_some(label.as_str());
+        // Both start together; the takedown is let go a little later each round, so that
+        // over the rounds it lands before, inside and after the setup's transactions.
+        let start = std::sync::Barrier::new(2);
+        let delay = Duration::from_micros((round * 173) % 4000);
+        let (set_up, takedown) = std::thread::scope(|s| {
+            let set_up = s.spawn(|| {
+                start.wait();
+                setup(name)
+            });
+            let takedown = s.spawn(|| {
+                start.wait();
+                std::thread::sleep(delay);
+                call(
+                    &client,
+                    &format!("{base}/v1/admin/takedowns"),
+                    reqwest::Method::POST,
+                    &admin,
+                    Some(serde_json::json!({"hostname": hostname, "reason": "phishing"})),
+                )
+            });
+            (set_up.join().unwrap(), takedown.join().unwrap())
+        });
+        let context =
+            format!("round {round} ({hostname}): setup {set_up:?}, takedown {takedown:?}");
+        assert_eq!(takedown.0, 200, "the takedown is never refused: {context}");
+        let count = |query: String| sql(&stack, &query);
+        assert_eq!(
+            count(format!(
+                "SELECT count(*) FROM banned_names WHERE zone = '{zone}' AND label = '{label}'"
+            )),
+            "1",
+            "the name is banned: {context}"
+        );
+        assert_eq!(
+            count(format!(
+                "SELECT count(*) FROM tunnels WHERE zone = '{zone}' AND label = '{label}' \
+                 AND closed_at IS NULL"
+            )),
+            "0",
+            "a live tunnel holds the banned name: {context}"
+        );
+        assert_eq!(
+            count(format!(
+                "SELECT count(*) FROM records WHERE name = '{hostname}'"
+            )),
+            "0",
+            "the banned name has a record: {context}"
+        );
+        match set_up.0 {
+            201 => {
+                closed += 1;
+                let id = set_up.1["tunnel_id"].as_i64().unwrap();
+                assert_eq!(
+                    set_up.1["label"].as_str(),
+                    Some(label.as_str()),
+                    "{context}"
+                );
+                assert_eq!(
+                    takedown.1["closed_tunnel"].as_i64(),
+                    Some(id),
+                    "the takedown closed the setup's tunnel: {context}"
+                );
+                assert_eq!(
+                    count(format!("SELECT close_reason FROM tunnels WHERE id = {id}")),
+                    "takedown",
+                    "{context}"
+                );
+                assert_eq!(
+                    edge_api.told_to_close(id),
+                    vec!["takedown".to_string()],
+                    "the edge was told once, before the takedown answered: {context}"
+                );
+            }
+            _ => {
+                refused += 1;
+                assert_eq!(set_up.1["error"]["code"], "name_banned", "{context}");
+                let message = set_up.1["error"]["message"].as_str().unwrap_or_default();
+                assert!(
+                    message.starts_with(&format!("the name {hostname} was taken down")),
+                    "the setup is told the name was taken down: {context}"
+                );
+                assert_eq!(
+                    takedown.1["closed_tunnel"],
+                    serde_json::Value::Null,
+                    "{context}"
+                );
+            }
+        }
+        // The takedown lifted, the name works again; then back to nothing for the next round.
+        let (status, v) = call(
+            &client,
+            &format!("{base}/v1/admin/takedowns/{hostname}"),
+            reqwest::Method::DELETE,
+            &admin,
+            None,
+        );
+        assert_eq!(
+            (status, v["reason"].as_str()),
+            (200, Some("phishing")),
+            "round {round}: {v}"
+        );
+        let (status, v) = setup(name);
+        assert_eq!(
+            status, 201,
+            "round {round}: the lifted name works again: {v}"
+        );
+        assert_eq!(
+            v["label"].as_str(),
+            Some(label.as_str()),
+            "round {round}: {v}"
+        );
+        close(&client, base, &edge, &v);
+        let (status, v) = call(
+            &client,
+            &format!("{base}/v1/admin/names/{label}"),
+            reqwest::Method::DELETE,
+            &admin,
+            None,
+        );
+        assert_eq!(status, 200, "round {round}: cleaning up: {v}");
+    }
+    eprintln!("{closed} setups came first and were closed by the takedown, {refused} were refused");
 }
 
 fn setup_body(token: &str, name: Option<&str>) -> serde_json::Value {

@@ -9,14 +9,23 @@
 //!
 //! **Lock order.** Every transaction that takes more than one of these locks takes them in
 //! this order, so that no two wait on each other: the account's advisory lock, then the
-//! source prefix's, then rows, a name's (`names`) before a tunnel's (`tunnels`). A setup's
-//! plot and write take both advisory locks first (`setup::take_locks`); the write then locks
-//! its name's row (`FOR SHARE`, `names::still_owns`) before it closes a replaced tunnel.
-//! `name release` (`admin::release_name`) reads the name's owner without a lock, takes that
-//! account's lock, and only then locks the row (`FOR UPDATE`), checking that the owner is
-//! still the one it locked for. So a release and a setup of the name's owner run one after
-//! the other, whichever took the account's lock first: the release sees the setup's live
-//! tunnel and refuses, or the setup sees the name gone and plots again.
+//! source prefix's, then the name's (`lock_name`), then rows: a name's (`names`), its ban
+//! (`banned_names`), tunnels (`tunnels`), and last records (`records`). A transaction may
+//! skip any of them, never take one after a later one.
+//!
+//! - A setup's plot takes both advisory locks first (`setup::take_locks`). Its write takes
+//!   them again, then the name's, then locks its name's row (`FOR SHARE`,
+//!   `names::still_owns`) and reads the ban before it closes a replaced tunnel and inserts.
+//! - `name release` (`admin::release_name`) reads the name's owner without a lock, takes that
+//!   account's lock, and only then locks the row (`FOR UPDATE`), checking that the owner is
+//!   still the one it locked for. So a release and a setup of the name's owner run one after
+//!   the other, whichever took the account's lock first: the release sees the setup's live
+//!   tunnel and refuses, or the setup sees the name gone and plots again.
+//! - `takedown` (`admin::takedown`) takes only the name's lock, then the ban's row, the
+//!   tunnels on the name and their records. So a takedown and a setup's write on the name
+//!   run one after the other: the takedown sees the written tunnel and closes it, or the write
+//!   sees the ban and writes nothing. `takedown lift` takes no lock: it only deletes the ban,
+//!   and a write that read the ban just before is a setup that came first.
 
 use crate::config::ZoneConfig;
 use crate::error::{ControlError, ControlResult};
@@ -82,6 +91,13 @@ pub fn lock_account(conn: &mut PgConnection, account_id: i64) -> ControlResult<(
 /// it after the account's lock, never before, so that two setups cannot wait on each other.
 pub fn lock_source(conn: &mut PgConnection, zone: &str, prefix: &str) -> ControlResult<()> {
     lock(conn, &format!("nearhop:source:{zone}:{prefix}"))
+}
+
+/// Serialises everything that writes a tunnel on `label` in `zone` or bans it, until the
+/// transaction ends: a setup's write and a takedown. Take it after the account's and the
+/// source's locks, never before.
+pub fn lock_name(conn: &mut PgConnection, zone: &str, label: &str) -> ControlResult<()> {
+    lock(conn, &format!("nearhop:name:{zone}:{label}"))
 }
 
 /// Refuses a setup when `prefix` created `creations_per_minute_per_source` tunnels in the

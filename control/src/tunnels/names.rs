@@ -57,6 +57,9 @@ pub fn is_banned(conn: &mut PgConnection, zone: &str, label: &str) -> ControlRes
     .get_result(conn)?)
 }
 
+/// How the refusal of a banned name the client asked for ends.
+pub const CANNOT_BE_USED: &str = " and cannot be used";
+
 /// Refuses a banned name; `hint` ends the sentence with what the user can do instead.
 pub fn refuse_if_banned(
     conn: &mut PgConnection,
@@ -111,7 +114,7 @@ pub fn claim_name(
     label: &str,
     claimant: Claimant,
 ) -> ControlResult<()> {
-    refuse_if_banned(conn, &zone.name, label, " and cannot be used")?;
+    refuse_if_banned(conn, &zone.name, label, CANNOT_BE_USED)?;
     // Two rounds at most: a claim that loses the insert race reads the winner the second time.
     for _ in 0..2 {
         match owner_of(conn, &zone.name, label)? {

@@ -1,7 +1,8 @@
 //! Tunnel setup. Reads like the protocol: authenticate → pick zone and name → settle who
 //! holds the name → write the tunnel and its record in one transaction (the limits counted
-//! again there, and the name checked to be still the account's, under the account's and the
-//! source's locks: see `limits` for their order) → wait for the regions' DNS → answer.
+//! again there, and the name checked to be still the account's and not taken down, under the
+//! account's, the source's and the name's locks: see `limits` for their order) → wait for
+//! the regions' DNS → answer.
 
 use crate::config::ZoneConfig;
 use crate::error::{ControlError, ControlResult};
@@ -46,6 +47,19 @@ struct Takeover {
     holder: Holder,
     reason: CloseReason,
 }
+
+/// Why the write found the plot's name no longer the setup's to take; the setup plots again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stale {
+    /// The operator released the account's name (`name release`).
+    Released,
+    /// The operator took the random name down (`takedown`). The account's own name taken
+    /// down is refused instead, as the plot refuses it.
+    TakenDown,
+}
+
+/// How the refusal of the account's persistent name, taken down, ends.
+const ASK_ANOTHER: &str = "; ask for another name with -R NAME:0:localhost:PORT";
 
 /// What the write produced.
 #[derive(Debug)]
@@ -169,12 +183,7 @@ fn pick_label(
         }
         (Plan::Pro, Some(account_id), None) if naming == Naming::AsAsked => {
             let label = names::default_name(conn, account_id, &zone.name)?;
-            names::refuse_if_banned(
-                conn,
-                &zone.name,
-                &label,
-                "; ask for another name with -R NAME:0:localhost:PORT",
-            )?;
+            names::refuse_if_banned(conn, &zone.name, &label, ASK_ANOTHER)?;
             Ok((label, true))
         }
         _ => {
@@ -285,15 +294,16 @@ fn plot_locked(
 }
 
 /// Writes the tunnel and its record in one transaction (one zone), closing the replaced
-/// holder in the same transaction. `None` (nothing written) when the plot's name is no longer
-/// the account's: the operator released it since the plot (`name release`).
+/// holder in the same transaction. Nothing is written when the operator changed the name
+/// since the plot: [`Stale`] when it released the account's name or took a random one down,
+/// the ban's refusal when it took the account's own name down.
 fn write_tunnel(
     conn: &mut PgConnection,
     st: &AppState,
     req: &CreateTunnelRequest,
     p: &Plot,
     takeover: Option<&Takeover>,
-) -> ControlResult<Option<Written>> {
+) -> ControlResult<Result<Written, Stale>> {
     let hostname = p.hostname();
     let now = Utc::now();
     let lease = now + chrono::Duration::seconds(st.cfg.lease_seconds as i64);
@@ -303,13 +313,25 @@ fn write_tunnel(
         // Locks first: a takeover's close below locks the holder's row, and a setup that
         // holds the account's lock may be about to close the same row.
         take_locks(conn, st, &p.zone, p.caller, &req.client_addr)?;
-        // The name the plot decided on may have been released since (the plot's transaction
-        // has ended); its row stays locked until this one commits, so no release can free
-        // it under the tunnel written below.
+        // The name the plot decided on may have been released or taken down since (the
+        // plot's transaction has ended). Its row stays locked until this one commits, so no
+        // release can free it under the tunnel written below; a takedown waits for the
+        // name's lock, and then finds the tunnel and closes it.
+        limits::lock_name(conn, &p.zone.name, &p.label)?;
         if let (true, Some(account_id)) = (p.owned, p.caller.account_id) {
             if !names::still_owns(conn, &p.zone.name, &p.label, account_id)? {
-                return Ok(None);
+                return Ok(Err(Stale::Released));
             }
+        }
+        if p.owned {
+            // Refused as the plot refuses a banned name of the account's.
+            let hint = match requested_label(req) {
+                Some(_) => names::CANNOT_BE_USED,
+                None => ASK_ANOTHER,
+            };
+            names::refuse_if_banned(conn, &p.zone.name, &p.label, hint)?;
+        } else if names::is_banned(conn, &p.zone.name, &p.label)? {
+            return Ok(Err(Stale::TakenDown));
         }
         let replaced = takeover
             .map(|t| close_tunnels(conn, &[t.holder.tunnel_id], t.reason))
@@ -367,12 +389,13 @@ fn write_tunnel(
                 records::auth.eq(true),
             ))
             .execute(conn)?;
-        Ok::<_, ControlError>(Some((id, crate::db::current_xid(conn)?, replaced)))
+        Ok::<_, ControlError>(Ok((id, crate::db::current_xid(conn)?, replaced)))
     })?;
-    let Some((tunnel_id, commit_xid, replaced)) = written else {
-        return Ok(None);
+    let (tunnel_id, commit_xid, replaced) = match written {
+        Ok(written) => written,
+        Err(stale) => return Ok(Err(stale)),
     };
-    Ok(Some(Written {
+    Ok(Ok(Written {
         tunnel_id,
         expires_at,
         commit_lsn: crate::db::current_wal_lsn(conn)?,
@@ -438,12 +461,13 @@ async fn create_inner(
 
 /// How many times a setup plots at most: once more when its name was released between the
 /// plot and the write, so that it treats the name as any unowned one (claims it again, or
-/// draws a new persistent name). A third is not tried: two releases of one name within one
-/// setup are an operator racing themselves.
+/// draws a new persistent name), or when its random name was taken down (it draws another).
+/// A third is not tried: two releases of one name within one setup are an operator racing
+/// themselves.
 const PLOTS: usize = 2;
 
 /// Plots, settles the holder and writes the tunnel: the plot again when the name was
-/// released before the write ([`PLOTS`]).
+/// released, or a random name taken down, before the write ([`PLOTS`]).
 async fn plot_and_write(
     st: &AppState,
     req: &Arc<CreateTunnelRequest>,
@@ -470,19 +494,35 @@ async fn plot_and_write(
                 .await?
         };
         match written {
-            Some(written) => return Ok((p, takeover, written)),
-            None if plotted < PLOTS => {
+            Ok(written) => return Ok((p, takeover, written)),
+            Err(Stale::Released) if plotted < PLOTS => {
                 tracing::info!(
                     hostname = %p.hostname(),
                     "the name was released during the setup; plotting again"
                 );
             }
-            None => {
+            Err(Stale::TakenDown) if plotted < PLOTS => {
+                tracing::info!(
+                    hostname = %p.hostname(),
+                    "the random name was taken down during the setup; plotting again"
+                );
+            }
+            Err(Stale::Released) => {
                 return Err(ControlError::refused(
                     ErrorCode::Conflict,
                     format!(
                         "the name {} was released by the operator while this tunnel was \
                          being set up; connect again",
+                        p.hostname()
+                    ),
+                ))
+            }
+            Err(Stale::TakenDown) => {
+                return Err(ControlError::refused(
+                    ErrorCode::NameBanned,
+                    format!(
+                        "the name {} was taken down while this tunnel was being set up; \
+                         connect again for another name",
                         p.hostname()
                     ),
                 ))
