@@ -3,6 +3,7 @@
 //! handler may pass on to the database (NUL in JSON text). The test plays the edge over HTTP
 //! where a case needs one.
 
+use nearhop_stack::poll::eventually;
 use nearhop_stack::postgres::psql;
 use nearhop_stack::{Stack, StackOptions};
 use nearhop_wire::{CreateTunnelRequest, RegisterEdgeRequest, TunnelKind};
@@ -784,4 +785,54 @@ fn a_query_parameter_with_a_bad_value_is_refused_naming_what_it_must_be() {
     );
     assert_eq!(status, 201, "{v}");
     assert_eq!(v["verified"], true, "{v}");
+}
+
+/// The region's DNS never confirms (its backend URL answers nothing), so every setup waits
+/// the whole `lag_wait_ms` after writing its tunnel.
+fn dns_never_confirms(spec: &mut nearhop_stack::ControlSpec) {
+    spec.lag_wait_ms = 10_000;
+    for region in &mut spec.regions {
+        region.backend_url = Some("http://127.0.0.1:9".into());
+    }
+}
+
+/// A takedown that lands while a setup of its name waits for DNS closes the written tunnel,
+/// and the setup is refused after the wait, saying why: its edge, which learns of the tunnel
+/// only from that answer, never serves a tunnel control has closed (a 201 had it serve one
+/// until its next heartbeat; the takedown's close had found nothing at the edge).
+#[test]
+fn a_tunnel_taken_down_while_its_setup_waits_for_dns_is_refused_not_served() {
+    let stack = std::sync::Arc::new(start(Some(dns_never_confirms)));
+    let acct = stack
+        .control
+        .create_account(nearhop_wire::Plan::Pro)
+        .unwrap();
+    let setup = {
+        let (stack, token) = (stack.clone(), acct.token.clone());
+        std::thread::spawn(move || create(&stack, &tunnel(Some(&token), Some("phish"))))
+    };
+    let live = "SELECT id FROM tunnels WHERE label = 'phish' AND closed_at IS NULL";
+    let tunnel_id = eventually("the setup wrote its tunnel and waits for DNS", || {
+        let id = sql(&stack, live);
+        anyhow::ensure!(!id.is_empty(), "not yet");
+        Ok(id)
+    });
+    let (status, v) = admin(
+        &stack,
+        "POST",
+        "/v1/admin/takedowns",
+        Some(json!({"hostname": "phish.a.tunnel.test", "reason": "phishing"})),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["closed_tunnel"].to_string(), tunnel_id, "{v}");
+    let (status, v) = setup.join().expect("the setup thread");
+    assert_eq!(status, 403, "{v}");
+    let (code, message) = error_of(&v);
+    assert_eq!(code, "name_banned", "{v}");
+    assert_eq!(
+        message,
+        "the name phish.a.tunnel.test was taken down while this tunnel was being set up; \
+         connect again for another name"
+    );
+    assert_eq!(sql(&stack, live), "", "no live tunnel on the banned name");
 }

@@ -363,7 +363,7 @@ fn a_takedown_racing_a_setup_of_its_name_sticks() {
             Some(setup_body(&acct.token, name)),
         )
     };
-    let (mut closed, mut refused) = (0, 0);
+    let (mut closed, mut refused, mut waited_out) = (0, 0, 0);
     for round in 0..120u64 {
         let asked = round % 2 == 0;
         let label = if asked {
@@ -459,11 +459,16 @@ fn a_takedown_racing_a_setup_of_its_name_sticks() {
                     message.starts_with(&format!("the name {hostname} was taken down")),
                     "the setup is told the name was taken down: {context}"
                 );
-                assert_eq!(
-                    takedown.1["closed_tunnel"],
-                    serde_json::Value::Null,
-                    "{context}"
-                );
+                // Either the write saw the ban, or the takedown closed the written tunnel
+                // while the setup waited for DNS, and the setup was refused after the wait.
+                if let Some(id) = takedown.1["closed_tunnel"].as_i64() {
+                    assert_eq!(
+                        count(format!("SELECT close_reason FROM tunnels WHERE id = {id}")),
+                        "takedown",
+                        "{context}"
+                    );
+                    waited_out += 1;
+                }
             }
         }
         // The takedown lifted, the name works again; then back to nothing for the next round.
@@ -499,7 +504,10 @@ fn a_takedown_racing_a_setup_of_its_name_sticks() {
         );
         assert_eq!(status, 200, "round {round}: cleaning up: {v}");
     }
-    eprintln!("{closed} setups came first and were closed by the takedown, {refused} were refused");
+    eprintln!(
+        "{closed} setups came first and were closed by the takedown, {refused} were refused \
+         ({waited_out} of them after the takedown closed their tunnel during the DNS wait)"
+    );
 }
 
 fn setup_body(token: &str, name: Option<&str>) -> serde_json::Value {

@@ -549,6 +549,7 @@ async fn create_named(
         replaced.announce(st, notice).await;
     }
     let dns = st.lag.wait(written.commit_lsn, written.commit_xid).await;
+    closed_while_waiting(st, written.tunnel_id, &p).await?;
     tracing::info!(
         tunnel_id = written.tunnel_id,
         %hostname,
@@ -580,6 +581,52 @@ async fn create_named(
         }),
         dns,
         notice: None,
+    })
+}
+
+/// Refuses the setup when its tunnel was closed while the regions' DNS was awaited: taken
+/// down, or replaced by a `force` from another client. Its edge does not know the tunnel
+/// before this answer, so a close sent to it meanwhile found nothing to close there; a 201
+/// now would have the edge serve a tunnel that control has closed, until the edge's next
+/// heartbeat.
+async fn closed_while_waiting(st: &AppState, tunnel_id: i64, p: &Plot) -> ControlResult<()> {
+    let reason: Option<String> = st
+        .blocking(move |conn| {
+            tunnels::table
+                .find(tunnel_id)
+                .filter(tunnels::closed_at.is_not_null())
+                .select(tunnels::close_reason)
+                .first::<Option<String>>(conn)
+                .optional()
+                .map(Option::flatten)
+                .map_err(ControlError::from)
+        })
+        .await?;
+    let Some(reason) = reason else {
+        return Ok(());
+    };
+    let hostname = p.hostname();
+    tracing::info!(tunnel_id, %hostname, reason, "tunnel closed during its setup; refused");
+    Err(match CloseReason::parse(&reason) {
+        CloseReason::Takedown => ControlError::refused(
+            ErrorCode::NameBanned,
+            format!(
+                "the name {hostname} was taken down while this tunnel was being set up; \
+                 connect again for another name"
+            ),
+        ),
+        // Not `name_in_use`: that would send a pro tunnel without a name on to a random one.
+        CloseReason::Replaced | CloseReason::Force => ControlError::refused(
+            ErrorCode::Conflict,
+            format!(
+                "{hostname} was taken over by another tunnel (force) while this one was being \
+                 set up"
+            ),
+        ),
+        other => ControlError::refused(
+            ErrorCode::Conflict,
+            format!("this tunnel was closed ({other}) while it was being set up; connect again"),
+        ),
     })
 }
 
