@@ -761,6 +761,11 @@ fn a_query_parameter_with_a_bad_value_is_refused_naming_what_it_must_be() {
             "verified=true&verified=false",
             "the query gives verified more than once; give it once: it must be true or false",
         ),
+        // A typo would otherwise add the domain unverified without a word.
+        (
+            "verify=true",
+            "\"verify\" is not a query parameter this route takes (it takes: verified)",
+        ),
     ] {
         let (status, v) = admin(
             &stack,

@@ -109,7 +109,10 @@ async fn reserve_name(
     Ok(HttpResponse::Created().json(serde_json::json!({"hostname": hostname})))
 }
 
+/// A parameter it does not know is refused: `?verify=true` would otherwise add the domain
+/// unverified without a word.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct VerifiedQuery {
     #[serde(default)]
     verified: bool,

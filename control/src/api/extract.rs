@@ -284,9 +284,19 @@ pub(crate) fn query_refusal(err: QueryPayloadError, req: &HttpRequest) -> Contro
     ControlError::refused_because(ErrorCode::BadRequest, message, err)
 }
 
-/// The sentence for the first known query parameter that is given twice or whose value it
-/// does not take; `None` when every one is good.
+/// The sentence for the first query parameter the API does not know, or the first known one
+/// that is given twice or whose value it does not take; `None` when every one is good.
 fn not_a_value(pairs: &[(String, String)]) -> Option<String> {
+    let known = |name: &str| QUERY_PARAMETERS.iter().any(|p| p.name == name);
+    if let Some((name, _)) = pairs.iter().find(|(n, _)| !known(n)) {
+        let names: Vec<&str> = QUERY_PARAMETERS.iter().map(|p| p.name).collect();
+        return Some(format!(
+            "{} is not a query parameter this route takes (it takes: {}); docs/control.md \
+             lists each route's",
+            quoted(name),
+            names.join(", ")
+        ));
+    }
     QUERY_PARAMETERS.iter().find_map(|p| {
         let mut values = pairs.iter().filter(|(n, _)| n == p.name).map(|(_, v)| v);
         let value = values.next()?;
@@ -399,7 +409,7 @@ mod tests {
             "the query parameter verified is \"maybe\": it must be true or false (left out, \
              it is false)"
         );
-        let m = not_a_value(&pairs("x=1&verified=")).unwrap();
+        let m = not_a_value(&pairs("verified=")).unwrap();
         assert!(m.starts_with("the query parameter verified is \"\""), "{m}");
         let m = not_a_value(&pairs("verified=true&verified=false")).unwrap();
         assert!(
@@ -407,8 +417,14 @@ mod tests {
             "{m}"
         );
         assert_eq!(not_a_value(&pairs("verified=true")), None);
-        assert_eq!(not_a_value(&pairs("verified=false&other=maybe")), None);
         assert_eq!(not_a_value(&pairs("")), None);
+        // A parameter the API does not know (a typo) is named, with the ones it takes.
+        let m = not_a_value(&pairs("verify=true")).unwrap();
+        assert_eq!(
+            m,
+            "\"verify\" is not a query parameter this route takes (it takes: verified); \
+             docs/control.md lists each route's"
+        );
     }
 
     #[test]
