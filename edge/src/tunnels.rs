@@ -133,6 +133,13 @@ impl Tunnel {
 
     /// Opens one `forwarded-tcpip` channel to the client for a visitor connection, with the
     /// visitor's address as originator, waiting `within` at most for the client to take it.
+    ///
+    /// The open runs in a task of its own and is seen through whoever asked for it: a
+    /// visitor that left meanwhile (a reset HTTP/2 stream, a closed connection), or a wait
+    /// that ran out, leaves the task to close the channel when the client confirms it. A
+    /// channel the client confirmed stays open at the client (with its connection to the
+    /// local service) until the edge closes it, so an open dropped half way would leak
+    /// one per abandoned visit until the client's channel table overflowed and ssh exited.
     pub async fn open_channel(
         &self,
         visitor: SocketAddr,
@@ -141,23 +148,42 @@ impl Tunnel {
         let handle = self
             .session
             .handle()
-            .ok_or(ChannelOpenError::SessionGone(russh::Error::SendError))?;
-        let open = handle.channel_open_forwarded_tcpip(
-            self.forward.address.clone(),
-            self.forward.port,
-            visitor.ip().to_string(),
-            u32::from(visitor.port()),
-        );
+            .ok_or(ChannelOpenError::SessionGone(russh::Error::SendError))?
+            .clone();
+        let (address, port) = (self.forward.address.clone(), self.forward.port);
+        let closes = self.session.closes.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let opened = handle
+                .channel_open_forwarded_tcpip(
+                    address,
+                    port,
+                    visitor.ip().to_string(),
+                    u32::from(visitor.port()),
+                )
+                .await
+                .map(|channel| ClosingChannel::new(channel, closes));
+            // Nobody waits any more: the channel comes back and is dropped, which closes it
+            // the way every finished channel is closed (EOF, then the client's close).
+            if let Err(Ok(unwanted)) = tx.send(opened) {
+                tracing::debug!("visitor gone before its channel opened; closing the channel");
+                drop(unwanted);
+            }
+        });
         let opened = match within {
-            Some(bound) => tokio::time::timeout(bound, open)
+            Some(bound) => tokio::time::timeout(bound, rx)
                 .await
                 .map_err(|_| ChannelOpenError::NotAnswering(bound))?,
-            None => open.await,
+            None => rx.await,
         };
         match opened {
-            Ok(channel) => Ok(ClosingChannel::new(channel, self.session.closes.clone())),
-            Err(russh::Error::ChannelOpenFailure(reason)) => Err(ChannelOpenError::Refused(reason)),
-            Err(e) => Err(ChannelOpenError::SessionGone(e)),
+            Ok(Ok(channel)) => Ok(channel),
+            Ok(Err(russh::Error::ChannelOpenFailure(reason))) => {
+                Err(ChannelOpenError::Refused(reason))
+            }
+            Ok(Err(e)) => Err(ChannelOpenError::SessionGone(e)),
+            // The task ended without an answer: the runtime is stopping.
+            Err(_) => Err(ChannelOpenError::SessionGone(russh::Error::SendError)),
         }
     }
 }
@@ -172,8 +198,7 @@ pub enum ChannelOpenError {
     #[error("the ssh session is ending ({0})")]
     SessionGone(russh::Error),
     /// The client did not answer in time: suspended, frozen, or its network stalled. Its
-    /// late answer, if it comes, opens a channel no one reads; the client's side of it
-    /// lasts until the session ends.
+    /// late answer, if it comes, opens a channel that is closed at once.
     #[error("the ssh client did not take the connection within {} s", .0.as_secs())]
     NotAnswering(Duration),
 }

@@ -419,6 +419,120 @@ fn a_tunnel_with_no_local_service_gets_the_edges_502_counted() {
     assert_eq!(refused, Some(6.0), "{m}");
 }
 
+/// A local service that only counts: connections accepted, and connections whose other
+/// side (the tunnel's ssh client) closed them; each is read to its end and dropped.
+struct CountingListener {
+    port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ended: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingListener {
+    fn start() -> CountingListener {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (accepted, ended) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, e) = (accepted.clone(), ended.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                a.fetch_add(1, Ordering::SeqCst);
+                let e = e.clone();
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut conn, &mut std::io::sink());
+                    e.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        CountingListener {
+            port,
+            accepted,
+            ended,
+        }
+    }
+}
+
+/// Visitors that leave while their channel is being opened (a closed connection, a reset
+/// HTTP/2 stream) leave nothing open at the tunnel's client: each channel the client
+/// confirms late is closed by the edge, and with it the client's connection to the local
+/// service. Left open, they piled up until ssh's channel table overflowed and the tunnel
+/// died: anyone could end anyone's tunnel. The client is held still (SIGSTOP) so that every
+/// visitor is gone before the client answers.
+#[test]
+fn visits_given_up_before_their_channel_opened_leave_nothing_open_at_the_client() {
+    use std::sync::atomic::Ordering;
+    let s = EdgeStack::start("");
+    let local = CountingListener::start();
+    let token = s.pro_token();
+    let mut client = s.ssh("given-up", &SshArgs::http_tunnel(Some(&token), local.port));
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let (host, _) = url_host_port(&url).unwrap();
+    client.freeze();
+    const VISITS: usize = 20;
+    for _ in 0..VISITS {
+        let mut t = TcpStream::connect(s.edge.http_addr()).unwrap();
+        t.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .unwrap();
+        // Pacing only: the edge reads the request and asks the frozen client for a channel.
+        std::thread::sleep(Duration::from_millis(100));
+        drop(t);
+    }
+    client.thaw();
+    eventually(
+        "the client opened every channel and the edge closed each",
+        || {
+            let (accepted, ended) = (
+                local.accepted.load(Ordering::SeqCst),
+                local.ended.load(Ordering::SeqCst),
+            );
+            anyhow::ensure!(
+                accepted == VISITS && ended == VISITS,
+                "{accepted} connections to the local service, {ended} of them closed"
+            );
+            Ok(())
+        },
+    );
+    assert!(client.is_running(), "the tunnel's ssh is still up");
+    client.stop();
+}
+
+/// A channel the edge is done with, whose client still sends (a download the visitor left
+/// half way), is read and dropped while the edge waits for the client's close: unread, it
+/// filled its queue and stopped the session's reader, so every other visitor of the tunnel
+/// waited until the edge gave up on that close 30 s later (counted `first="edge"`).
+#[test]
+fn a_download_the_visitor_left_does_not_hold_up_the_tunnels_other_visitors() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start("local");
+    let token = s.pro_token();
+    let mut client = s.ssh("left", &SshArgs::http_tunnel(Some(&token), local.port));
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let (host, _) = url_host_port(&url).unwrap();
+    let mut t = TcpStream::connect(s.edge.http_addr()).unwrap();
+    t.set_read_timeout(Some(PATIENCE)).unwrap();
+    t.write_all(format!("GET /blob/80000000 HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut first = vec![0u8; 64 * 1024];
+    t.read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 200"), "the download started");
+    drop(t);
+    assert_serving(&s, &url);
+    let m = s.edge.metrics().unwrap();
+    let closed_by_edge = metric(
+        &m,
+        "nearhop_edge_channels_closed_total",
+        &[("first", "edge")],
+    );
+    assert_eq!(
+        closed_by_edge.unwrap_or(0.0),
+        0.0,
+        "the next visitor was served without waiting for the left channel's linger: {m}"
+    );
+    client.stop();
+}
+
 /// Sends `head` (and whatever follows it) on a fresh connection to `addr` and reads the
 /// answer until the edge closes the connection (or goes quiet for [`PATIENCE`]).
 fn raw_exchange(addr: std::net::SocketAddr, head: &str) -> String {

@@ -12,7 +12,10 @@
 //! it has not) and waits, in a task of its own, until the client's `CHANNEL_CLOSE` has
 //! arrived ([`PeerCloses::closed_by_peer`], called from the session handler's
 //! `channel_close`), at most [`LINGER`], and only then drops the stream (whose own close
-//! then has nothing left to do). A client answers the EOF once its local side of the
+//! then has nothing left to do). Meanwhile it reads and drops whatever the client still
+//! sends on the channel (the rest of a download the visitor left): unread, that would fill
+//! the channel's queue, and russh stops reading the whole session while any channel's
+//! queue is full. A client answers the EOF once its local side of the
 //! connection has closed too, which for an HTTP server is at once; a client that never
 //! answers costs the one channel, as before.
 
@@ -26,7 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot::{self, error::TryRecvError};
 use tokio::sync::Notify;
 
@@ -101,7 +104,7 @@ impl PeerCloses {
 
 /// A channel's stream that, when dropped, lets the client close the channel first. `S` is
 /// the stream over the channel: russh's own, or one with credit (`mesh::credits`).
-pub struct ClosingChannel<S: AsyncWrite + Unpin + Send + 'static = ChannelStream<Msg>> {
+pub struct ClosingChannel<S: AsyncRead + AsyncWrite + Unpin + Send + 'static = ChannelStream<Msg>> {
     stream: Option<S>,
     id: ChannelId,
     closes: Arc<PeerCloses>,
@@ -118,7 +121,7 @@ impl ClosingChannel {
     }
 }
 
-impl<S: AsyncWrite + Unpin + Send + 'static> ClosingChannel<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClosingChannel<S> {
     /// Wraps `stream`, over channel `id` of the session whose closes `closes` hears.
     pub fn around(stream: S, id: ChannelId, closes: Arc<PeerCloses>) -> ClosingChannel<S> {
         let peer_closed = Some(closes.watch(id));
@@ -139,7 +142,7 @@ impl<S: AsyncWrite + Unpin + Send + 'static> ClosingChannel<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin + Send + 'static> Drop for ClosingChannel<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for ClosingChannel<S> {
     fn drop(&mut self) {
         if self.closes.in_use.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.closes.unused.notify_waiters();
@@ -162,12 +165,31 @@ impl<S: AsyncWrite + Unpin + Send + 'static> Drop for ClosingChannel<S> {
             if !shut {
                 let _ = tokio::time::timeout(LINGER, stream.shutdown()).await;
             }
-            if tokio::time::timeout(LINGER, peer_closed).await.is_err() {
+            // What the client still sends is read and dropped while its close is awaited:
+            // unread, it would fill the channel's queue, and a full queue stops the whole
+            // session's reader, every other visitor of the tunnel and the keepalives with it.
+            let closed = async {
+                tokio::select! {
+                    _ = peer_closed => {}
+                    _ = drain(&mut stream) => std::future::pending().await,
+                }
+            };
+            if tokio::time::timeout(LINGER, closed).await.is_err() {
                 closes.count("edge");
             }
             closes.forget(id);
             drop(stream);
         });
+    }
+}
+
+/// Reads `stream` to its end (or an error), dropping what comes.
+async fn drain<S: AsyncRead + Unpin>(stream: &mut S) {
+    let mut sink = [0u8; 16 * 1024];
+    while let Ok(n) = stream.read(&mut sink).await {
+        if n == 0 {
+            return;
+        }
     }
 }
 
@@ -181,7 +203,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for ClosingCh
     }
 }
 
-impl<S: AsyncWrite + Unpin + Send + 'static> AsyncWrite for ClosingChannel<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for ClosingChannel<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
