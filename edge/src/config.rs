@@ -150,6 +150,9 @@ pub struct Config {
     /// its channel) before answering 504 itself (HTTP) or closing it (`tcp`, `tls`); 0: no
     /// limit.
     pub visitor_open_timeout_seconds: u64,
+    /// A visitor connection whose writes took no byte for this long is closed, so that a
+    /// visitor that stopped reading does not stop its tunnel's SSH session; 0: no limit.
+    pub visitor_write_stall_seconds: u64,
     /// A `tcp`, `tls` or `x:noreverseproxy` connection with no byte either way for this long
     /// is closed; 0: never (WebSockets are not cut: see the docs).
     pub splice_idle_timeout_seconds: u64,
@@ -335,6 +338,7 @@ impl Default for Config {
             max_visitor_connections_per_tunnel: 5_000,
             visitor_response_timeout_seconds: 120,
             visitor_open_timeout_seconds: 10,
+            visitor_write_stall_seconds: 20,
             splice_idle_timeout_seconds: 3_600,
             visitor_tcp_keepalive_seconds: 60,
             drain_seconds: 10,

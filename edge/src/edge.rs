@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::control::client::ControlClient;
 use crate::io::closing_channel::ClosingChannel;
 use crate::io::proxy_header;
+use crate::io::write_stall::WriteStall;
 use crate::mesh::credits::{CreditLimits, WindowBudget};
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
@@ -255,6 +256,17 @@ impl Edge {
             _permit: permit,
             _share: share,
         })
+    }
+
+    /// `stream`, a visitor's, with its writes bounded by `visitor_write_stall_seconds`.
+    pub fn guard_visitor_writes<S>(&self, stream: S) -> WriteStall<S> {
+        let limit = self.config.visitor_write_stall_seconds;
+        let limit = (limit > 0).then(|| Duration::from_secs(limit));
+        WriteStall::new(
+            stream,
+            limit,
+            self.metrics.visitor_write_stalls_total.clone(),
+        )
     }
 
     /// Readies an accepted visitor socket: no Nagle delay, and TCP keepalive so that a

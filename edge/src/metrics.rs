@@ -56,6 +56,8 @@ pub struct Metrics {
     pub visitor_open_timeouts_total: IntCounter,
     /// Visitor channels the tunnel's client refused (its local service is not running).
     pub visitor_channels_refused_total: IntCounter,
+    /// Visitor connections closed because the visitor took nothing for the stall limit.
+    pub visitor_write_stalls_total: IntCounter,
     /// Spliced connections (`tcp`, `tls`, `x:noreverseproxy`) closed after an idle spell.
     pub splice_idle_closed_total: IntCounter,
     /// Visitor and relay channels the edge was done with, by which side closed them first
@@ -184,6 +186,10 @@ impl Metrics {
         let visitor_channels_refused_total = IntCounter::new(
             "nearhop_edge_visitor_channels_refused_total",
             "Visitor channels the tunnel's client refused (its local service is not running, or refuses connections).",
+        )?;
+        let visitor_write_stalls_total = IntCounter::new(
+            "nearhop_edge_visitor_write_stalls_total",
+            "Visitor connections closed because the visitor took nothing for visitor_write_stall_seconds.",
         )?;
         let splice_idle_closed_total = IntCounter::new(
             "nearhop_edge_splice_idle_closed_total",
@@ -347,6 +353,7 @@ impl Metrics {
         registry.register(Box::new(visitor_response_timeouts_total.clone()))?;
         registry.register(Box::new(visitor_open_timeouts_total.clone()))?;
         registry.register(Box::new(visitor_channels_refused_total.clone()))?;
+        registry.register(Box::new(visitor_write_stalls_total.clone()))?;
         registry.register(Box::new(splice_idle_closed_total.clone()))?;
         registry.register(Box::new(channels_closed_total.clone()))?;
         registry.register(Box::new(tunnel_setup_seconds.clone()))?;
@@ -370,6 +377,7 @@ impl Metrics {
             visitor_response_timeouts_total,
             visitor_open_timeouts_total,
             visitor_channels_refused_total,
+            visitor_write_stalls_total,
             splice_idle_closed_total,
             channels_closed_total,
             tunnel_setup_seconds,

@@ -533,6 +533,41 @@ fn a_download_the_visitor_left_does_not_hold_up_the_tunnels_other_visitors() {
     client.stop();
 }
 
+/// A visitor that starts a big download and stops reading, its connection held open: after
+/// `visitor_write_stall_seconds` without a byte taken, the edge closes that connection, and
+/// the tunnel's other visitors, whose channels share the SSH session the stalled answer was
+/// filling, are served again. Without the bound the tunnel stopped for as long as the
+/// visitor held on, and a client with `ServerAliveInterval` disconnected.
+#[test]
+fn a_visitor_that_stops_reading_is_cut_off_and_the_tunnel_goes_on() {
+    let s = EdgeStack::start("visitor_write_stall_seconds = 2\n");
+    let local = LocalService::start("local");
+    let token = s.pro_token();
+    let mut client = s.ssh("stalled", &SshArgs::http_tunnel(Some(&token), local.port));
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let (host, _) = url_host_port(&url).unwrap();
+    let mut t = TcpStream::connect(s.edge.http_addr()).unwrap();
+    t.write_all(format!("GET /blob/300000000 HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut first = vec![0u8; 1024];
+    t.set_read_timeout(Some(PATIENCE)).unwrap();
+    t.read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 200"), "the download started");
+    // Now it reads nothing: the edge's writes to it wait, the channel behind them fills.
+    eventually("the edge cut the stalled visitor off", || {
+        let m = s.edge.metrics()?;
+        let stalls = metric(&m, "nearhop_edge_visitor_write_stalls_total", &[]);
+        anyhow::ensure!(stalls == Some(1.0), "stalls: {stalls:?}");
+        Ok(())
+    });
+    assert_serving(&s, &url);
+    // What the kernel still held for it comes, then the end: the edge closed it.
+    let rest = closed_by_edge(&mut t);
+    assert!(rest.len() < 300_000_000, "the download did not complete");
+    assert!(client.is_running(), "the tunnel's ssh is still up");
+    client.stop();
+}
+
 /// Sends `head` (and whatever follows it) on a fresh connection to `addr` and reads the
 /// answer until the edge closes the connection (or goes quiet for [`PATIENCE`]).
 fn raw_exchange(addr: std::net::SocketAddr, head: &str) -> String {

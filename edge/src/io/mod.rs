@@ -4,7 +4,8 @@
 //! close, an HTTP/2 connection's small writes gathered, and channel writes that hand large
 //! body chunks over uncopied; request bodies read up to a limit, an over-long one drained
 //! before its refusal; a second handle to a socket, to cut a
-//! connection off from outside its task.
+//! connection off from outside its task; a bound on how long a visitor may leave the edge's
+//! writes waiting.
 
 pub mod channel_writes;
 pub mod closing_channel;
@@ -16,3 +17,4 @@ pub mod proxy_header;
 pub mod read_buffer;
 pub mod request_body;
 pub mod small_writes;
+pub mod write_stall;

@@ -66,7 +66,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
                         let _ = stream.write_all(pages::ADDRESS_BUSY.as_bytes()).await;
                         return;
                     };
-                    let stream = Prefixed::new(rest, stream);
+                    let stream = Prefixed::new(rest, edge.guard_visitor_writes(stream));
                     serve_stream(&edge, stream, peer, "http", deadline, Arrival::Direct)
                         .instrument(routing::span(Listener::Http, peer))
                         .await;

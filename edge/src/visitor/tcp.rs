@@ -87,5 +87,6 @@ async fn carry(
         return;
     };
     edge.prepare_visitor_socket(&stream);
+    let stream = edge.guard_visitor_writes(stream);
     splice(&edge, &tunnel, stream, peer, already_read).await;
 }

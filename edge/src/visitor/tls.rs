@@ -205,6 +205,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, ssh: Option<Arc<SshEn
                                 return;
                             }
                             Protocol::Http => {
+                                let stream = edge.guard_visitor_writes(stream);
                                 let stream = Prefixed::new(rest, stream);
                                 visitor_http::serve_stream(
                                     &edge,
@@ -226,7 +227,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, ssh: Option<Arc<SshEn
                     let Some(_share) = edge.address_share(peer.ip()) else {
                         return;
                     };
-                    let stream = Prefixed::new(rest, stream);
+                    let stream = Prefixed::new(rest, edge.guard_visitor_writes(stream));
                     carry(&edge, stream, peer, Arrival::Direct)
                         .instrument(routing::span(Listener::Tls, peer))
                         .await;
