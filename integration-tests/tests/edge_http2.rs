@@ -593,9 +593,10 @@ fn a_tunnel_held_by_another_edge_is_reached_over_h2() {
 
 /// A visitor speaking HTTP/2 frame by frame (Python's ssl, no HTTP/2 library), for what
 /// curl would never send: `no-authority` (one GET without `:authority` or `host`),
-/// `rapid-reset` (2000 streams, each cancelled at once, in one write), or `silent` (the
-/// preface and no stream, then waits for the edge to close). It prints the frames it got
-/// back, one a line.
+/// `rapid-reset` (2000 streams, each cancelled at once, in one write), `silent` (the
+/// preface and no stream, then waits for the edge to close), or `zero-window` (streams get
+/// no flow-control window: a 300 MB download is asked for and never let through, while
+/// PINGs are answered). It prints the frames it got back, one a line.
 /// `curl --http2` of `https://host:port{path}` (with `extra` arguments) into `file`;
 /// panics unless it was HTTP/2 and a 200.
 fn curl_h2_to_file(
@@ -675,7 +676,11 @@ def read_frames(wait):
                 finished = finished or mode != "silent"
         if finished:
             return True
-s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0))
+if mode == "zero-window":
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, struct.pack(">HI", 4, 0)))
+    s.sendall(frame(1, 5, 1, b"\x82\x87" + literal(4, "/blob/300000000") + literal(1, host)))
+else:
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0))
 if mode == "no-authority":
     s.sendall(frame(1, 5, 1, get))
 elif mode == "rapid-reset":
@@ -716,6 +721,43 @@ fn raw_h2(https: &Https<'_>, host: &str, mode: &str) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// A visitor whose HTTP/2 connection reads everything but opens no window for an answer
+/// (its socket never fills, so no write waits) is closed after
+/// `visitor_write_stall_seconds`: the tunnel channel behind the answer, unread, would stop
+/// the tunnel's whole SSH session for as long as the visitor held on.
+#[test]
+fn an_h2_visitor_that_opens_no_window_is_cut_off_and_the_tunnel_goes_on() {
+    let (s, dev) = https_stack("visitor_write_stall_seconds = 2\n");
+    let ca = dev.cert.clone();
+    let local = LocalService::start("local");
+    let (_client, host) = tunnel(&s, "held", &local, &[]);
+    let me = Https {
+        ip: s.edge.spec.ip,
+        port: s.edge.spec.tls,
+        ca: &ca,
+        from: Ipv4Addr::LOCALHOST,
+        dir: s.stack.dir.join("h2-zero-window"),
+    };
+    let said = raw_h2(&me, &host, "zero-window");
+    assert!(said.contains("headers 1 status 200"), "{said}");
+    assert!(
+        said.contains("closed") && !said.contains("closed timeout"),
+        "the edge closed the connection: {said}"
+    );
+    let m = s.edge.metrics().unwrap();
+    assert_eq!(
+        metric(&m, "nearhop_edge_visitor_write_stalls_total", &[]),
+        Some(1.0),
+        "{m}"
+    );
+    let got = me.curl("--http2", &[Fetch::new(&host, "/after", &[])]);
+    assert_eq!(
+        (got[0].version.as_str(), got[0].status),
+        ("2", 200),
+        "the tunnel serves its other visitors: {got:?}"
+    );
 }
 
 #[test]

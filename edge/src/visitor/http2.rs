@@ -89,14 +89,18 @@ pub async fn serve<S>(
     let counted = streams.clone();
     let service = service_fn(move |req| {
         let in_flight = InFlight::start(&counted);
+        let counted_stalls = counted.clone();
         let conn = conn.clone();
         async move {
             let resp = answer(&conn, req).await;
             // Until hyper drops the answer's body: its stream ended or was reset.
+            let handed = counted_stalls.watch();
             Ok::<_, Infallible>(resp.map(|body| Tracked {
                 body,
                 rest: Bytes::new(),
                 _in_flight: in_flight,
+                handed,
+                streams: counted_stalls,
             }))
         }
     });
@@ -121,9 +125,23 @@ pub async fn serve<S>(
     let mut check_at = deadline;
     let mut seen = 0;
     let mut closing = false;
+    let stall_limit = edge.config.visitor_write_stall_seconds;
+    let stall_limit = (stall_limit > 0).then(|| Duration::from_secs(stall_limit));
+    let mut stall_check = tokio::time::interval(STALL_CHECK);
+    stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         tokio::select! {
             r = &mut served => break r,
+            _ = stall_check.tick(), if stall_limit.is_some() => {
+                let Some(limit) = stall_limit else { continue };
+                if streams.stalled_for(limit) {
+                    // Its streams' channels go with it; the other streams' visitors (its
+                    // own) are cut off too: the connection is the visitor's.
+                    tracing::debug!(%peer, "HTTP/2 visitor opened no window for an answer; closing");
+                    m.visitor_write_stalls_total.inc();
+                    return;
+                }
+            }
             _ = tokio::time::sleep_until(check_at), if !closing => {
                 let now = streams.started.load(Ordering::Relaxed);
                 if now == seen && streams.in_flight.load(Ordering::Relaxed) == 0 {
@@ -145,11 +163,62 @@ pub async fn serve<S>(
     }
 }
 
-/// Streams of one connection: started so far, and in flight (answer not yet done).
-#[derive(Default)]
+/// How often an HTTP/2 connection's answers are looked at for one hyper stopped taking.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
+/// Streams of one connection: started so far, and in flight (answer not yet done); and
+/// when each answer in flight last handed hyper a piece hyper has not come back after.
 struct Streams {
     started: AtomicU64,
     in_flight: AtomicU64,
+    epoch: Instant,
+    /// Per answer: milliseconds since `epoch` (plus one) at which it handed hyper a piece
+    /// and hyper has not asked for the next since; 0 when hyper is asking.
+    handed: std::sync::Mutex<Vec<std::sync::Weak<AtomicU64>>>,
+}
+
+impl Default for Streams {
+    fn default() -> Streams {
+        Streams {
+            started: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            epoch: Instant::now(),
+            handed: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl Streams {
+    /// The mark an answer keeps up to date (see `handed`), set as its head is handed over.
+    fn watch(&self) -> Arc<AtomicU64> {
+        // The head is handed over with the answer: hyper asks for the body next.
+        let mark = Arc::new(AtomicU64::new(self.now_mark()));
+        let mut handed = self.handed.lock().unwrap_or_else(|e| e.into_inner());
+        handed.retain(|w| w.strong_count() > 0);
+        handed.push(Arc::downgrade(&mark));
+        mark
+    }
+
+    fn now_mark(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Whether some answer in flight handed hyper a piece `limit` ago or earlier and hyper
+    /// has not come back for the next: the visitor opened no flow-control window for it
+    /// (its socket takes everything, so no write waits), and the tunnel channel behind the
+    /// answer, unread, would stop the tunnel's whole SSH session.
+    fn stalled_for(&self, limit: Duration) -> bool {
+        let now = self.now_mark();
+        let limit = limit.as_millis() as u64;
+        let handed = self.handed.lock().unwrap_or_else(|e| e.into_inner());
+        handed
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .any(|mark| {
+                let at = mark.load(Ordering::Relaxed);
+                at != 0 && now.saturating_sub(at) >= limit
+            })
+    }
 }
 
 /// One stream in flight, counted until dropped.
@@ -184,6 +253,9 @@ struct Tracked {
     /// What is left of the last chunk after the pieces already handed on.
     rest: Bytes,
     _in_flight: InFlight,
+    /// When it last handed hyper a piece hyper has not come back after (`Streams::handed`).
+    handed: Arc<AtomicU64>,
+    streams: Arc<Streams>,
 }
 
 impl Tracked {
@@ -205,21 +277,13 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if let Some(piece) = self.next_piece() {
-            return Poll::Ready(Some(Ok(Frame::data(piece))));
-        }
-        match Pin::new(&mut self.body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => {
-                    self.rest = data;
-                    // An empty chunk passes on as it came.
-                    let piece = self.next_piece().unwrap_or_default();
-                    Poll::Ready(Some(Ok(Frame::data(piece))))
-                }
-                Err(frame) => Poll::Ready(Some(Ok(frame))),
-            },
-            other => other,
-        }
+        let polled = self.poll_piece(cx);
+        let mark = match &polled {
+            Poll::Ready(Some(Ok(_))) => self.streams.now_mark(),
+            _ => 0,
+        };
+        self.handed.store(mark, Ordering::Relaxed);
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -235,6 +299,30 @@ impl Body for Tracked {
             hint.set_upper(upper.saturating_add(rest));
         }
         hint
+    }
+}
+
+impl Tracked {
+    /// The next piece: of the last chunk, or of the next one.
+    fn poll_piece(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(piece) = self.next_piece() {
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
+        }
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    self.rest = data;
+                    // An empty chunk passes on as it came.
+                    let piece = self.next_piece().unwrap_or_default();
+                    Poll::Ready(Some(Ok(Frame::data(piece))))
+                }
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            other => other,
+        }
     }
 }
 
