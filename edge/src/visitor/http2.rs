@@ -395,6 +395,28 @@ pub fn strip_connection_headers(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
 
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_hyper_stopped_asking_for_is_stalled_after_the_limit() {
+        let streams = Streams::default();
+        let limit = Duration::from_secs(2);
+        // Its head was handed over: hyper should ask for the body next.
+        let mark = streams.watch();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!streams.stalled_for(limit));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(streams.stalled_for(limit), "no ask for 2 s");
+        // Asked, and waiting on the tunnel: not the visitor's stall.
+        mark.store(0, Ordering::Relaxed);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!streams.stalled_for(limit));
+        // A piece handed, then the answer ended (dropped): nothing left to stall.
+        mark.store(streams.now_mark(), Ordering::Relaxed);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(streams.stalled_for(limit));
+        drop(mark);
+        assert!(!streams.stalled_for(limit));
+    }
+
     #[tokio::test]
     async fn an_answer_leaves_in_record_sized_pieces_with_nothing_lost() {
         use http_body_util::BodyExt;
@@ -404,6 +426,8 @@ mod tests {
             body: pages::full(data.clone()),
             rest: Bytes::new(),
             _in_flight: InFlight::start(&streams),
+            handed: streams.watch(),
+            streams: streams.clone(),
         };
         assert_eq!(body.size_hint().exact(), Some(100_000));
         let mut pieces = Vec::new();
