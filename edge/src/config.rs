@@ -153,6 +153,10 @@ pub struct Config {
     /// A visitor connection whose writes took no byte for this long is closed, so that a
     /// visitor that stopped reading does not stop its tunnel's SSH session; 0: no limit.
     pub visitor_write_stall_seconds: u64,
+    /// Most of the edge's channels one SSH client may hold at once (being opened, in use,
+    /// or finished and waiting for the client's close); beyond it visitors get "Tunnel
+    /// busy". Half of OpenSSH's channel table (16,384), whose overflow ends the client.
+    pub max_channels_per_client: usize,
     /// A `tcp`, `tls` or `x:noreverseproxy` connection with no byte either way for this long
     /// is closed; 0: never (WebSockets are not cut: see the docs).
     pub splice_idle_timeout_seconds: u64,
@@ -339,6 +343,7 @@ impl Default for Config {
             visitor_response_timeout_seconds: 120,
             visitor_open_timeout_seconds: 10,
             visitor_write_stall_seconds: 20,
+            max_channels_per_client: 8192,
             splice_idle_timeout_seconds: 3_600,
             visitor_tcp_keepalive_seconds: 60,
             drain_seconds: 10,

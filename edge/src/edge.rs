@@ -206,12 +206,18 @@ impl Edge {
     ) -> Result<ClosingChannel, ChannelOpenError> {
         let bound = self.config.visitor_open_timeout_seconds;
         let within = (bound > 0).then(|| Duration::from_secs(bound));
-        let opened = tunnel.open_channel(visitor, within).await;
+        let max = self.config.max_channels_per_client.max(1);
+        let opened = tunnel.open_channel(visitor, within, max).await;
         match opened {
             Err(ChannelOpenError::NotAnswering(_)) => {
                 self.metrics.visitor_open_timeouts_total.inc()
             }
             Err(ChannelOpenError::Refused(_)) => self.metrics.visitor_channels_refused_total.inc(),
+            Err(ChannelOpenError::ClientFull) => self
+                .metrics
+                .visitor_share_refused_total
+                .with_label_values(&["client_channels"])
+                .inc(),
             _ => {}
         }
         opened

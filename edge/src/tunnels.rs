@@ -140,10 +140,14 @@ impl Tunnel {
     /// channel the client confirmed stays open at the client (with its connection to the
     /// local service) until the edge closes it, so an open dropped half way would leak
     /// one per abandoned visit until the client's channel table overflowed and ssh exited.
+    ///
+    /// No more than `max_channels` of the edge's channels are kept at the client at once
+    /// (see [`PeerCloses::begin_open`](crate::io::closing_channel::PeerCloses::begin_open)).
     pub async fn open_channel(
         &self,
         visitor: SocketAddr,
         within: Option<Duration>,
+        max_channels: usize,
     ) -> Result<ClosingChannel, ChannelOpenError> {
         let handle = self
             .session
@@ -152,8 +156,12 @@ impl Tunnel {
             .clone();
         let (address, port) = (self.forward.address.clone(), self.forward.port);
         let closes = self.session.closes.clone();
+        let opening = closes
+            .begin_open(max_channels)
+            .ok_or(ChannelOpenError::ClientFull)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
+            let _opening = opening;
             let opened = handle
                 .channel_open_forwarded_tcpip(
                     address,
@@ -201,6 +209,9 @@ pub enum ChannelOpenError {
     /// late answer, if it comes, opens a channel that is closed at once.
     #[error("the ssh client did not take the connection within {} s", .0.as_secs())]
     NotAnswering(Duration),
+    /// The client holds `max_channels_per_client` of the edge's channels already.
+    #[error("the ssh client holds as many channels as it may; try again shortly")]
+    ClientFull,
 }
 
 /// How many holding changes a slow mesh peer may fall behind before it is sent a fresh

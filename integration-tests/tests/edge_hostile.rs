@@ -498,6 +498,63 @@ fn visits_given_up_before_their_channel_opened_leave_nothing_open_at_the_client(
     client.stop();
 }
 
+/// The edge keeps no more than `max_channels_per_client` channels at one client (being
+/// opened, in use, or waiting for the client's close): past that, visitors get "Tunnel
+/// busy" rather than the edge pushing OpenSSH's channel table to overflow (the client then
+/// exits, ending the tunnel); the tunnel serves again once channels close.
+#[test]
+fn a_client_holding_its_channel_limit_gets_visitors_a_503_and_survives() {
+    let s = EdgeStack::start("max_channels_per_client = 3\nvisitor_open_timeout_seconds = 120\n");
+    let local = LocalService::start("local");
+    let token = s.pro_token();
+    let mut client = s.ssh("full", &SshArgs::http_tunnel(Some(&token), local.port));
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let (host, _) = url_host_port(&url).unwrap();
+    client.freeze();
+    let head = format!("GET /held HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    // Visitors come one by one: the first three wait at the frozen client (each try reads
+    // for a moment only, then stays connected), the next is turned away at once.
+    let mut waiting = Vec::new();
+    let answer = eventually("a visitor past the limit is turned away", || {
+        let mut t = TcpStream::connect(s.edge.http_addr())?;
+        t.write_all(head.as_bytes())?;
+        t.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut answer = Vec::new();
+        let _ = t.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        if answer.is_empty() {
+            waiting.push(t);
+        }
+        anyhow::ensure!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        Ok(answer)
+    });
+    assert_eq!(waiting.len(), 3, "three visitors wait at the client");
+    assert!(answer.contains("Tunnel busy"), "{answer}");
+    let m = s.edge.metrics().unwrap();
+    let refused = metric(
+        &m,
+        "nearhop_edge_visitor_share_refused_total",
+        &[("share", "client_channels")],
+    );
+    assert!(refused >= Some(1.0), "{m}");
+    client.thaw();
+    for mut t in waiting {
+        let answer = closed_by_edge(&mut t);
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    eventually("the tunnel serves new visitors again", || {
+        let answer = raw_exchange(s.edge.http_addr(), &head);
+        anyhow::ensure!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        Ok(())
+    });
+    assert!(client.is_running(), "the tunnel's ssh is still up");
+    client.stop();
+}
+
 /// A channel the edge is done with, whose client still sends (a download the visitor left
 /// half way), is read and dropped while the edge waits for the client's close: unread, it
 /// filled its queue and stopped the session's reader, so every other visitor of the tunnel

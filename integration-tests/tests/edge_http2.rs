@@ -758,6 +758,18 @@ fn an_h2_visitor_that_opens_no_window_is_cut_off_and_the_tunnel_goes_on() {
         ("2", 200),
         "the tunnel serves its other visitors: {got:?}"
     );
+    // And goes on doing so: a session that had stalled was once dropped seconds later.
+    for round in 0..10 {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let got = me.curl("--http2", &[Fetch::new(&host, "/later", &[])]);
+        assert_eq!(got[0].status, 200, "round {round}: {got:?}");
+    }
+    let m = s.edge.metrics().unwrap();
+    assert_eq!(
+        metric(&m, "nearhop_edge_tunnels_active", &[]).unwrap_or(0.0),
+        1.0,
+        "{m}"
+    );
 }
 
 #[test]

@@ -48,6 +48,17 @@ pub struct PeerCloses {
     in_use: AtomicUsize,
     /// Woken when `in_use` drops to 0.
     unused: Notify,
+    /// Channels being opened (asked for, not confirmed or refused yet).
+    opening: AtomicUsize,
+}
+
+/// One channel being opened, counted in [`PeerCloses::begin_open`]'s total until dropped.
+pub struct Opening(Arc<PeerCloses>);
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        self.0.opening.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl PeerCloses {
@@ -85,6 +96,19 @@ impl PeerCloses {
 
     fn forget(&self, id: ChannelId) {
         crate::ssh::link::lock(&self.waiting).remove(&id);
+    }
+
+    /// Counts one more channel being opened, unless the session's client holds `max`
+    /// channels for the edge already: being opened, in use, or finished and waiting for the
+    /// client's close. OpenSSH exits when its channel table (16,384) overflows, ending every
+    /// tunnel of the connection; a visitor opening and abandoning channels faster than the
+    /// client's local service lets them close could get it there.
+    pub fn begin_open(self: &Arc<Self>, max: usize) -> Option<Opening> {
+        let held = self.opening.fetch_add(1, Ordering::SeqCst)
+            + self.in_use.load(Ordering::SeqCst)
+            + crate::ssh::link::lock(&self.waiting).len();
+        let opening = Opening(self.clone());
+        (held < max).then_some(opening)
     }
 
     /// Waits until the edge uses none of the session's channels (at once when it uses none

@@ -136,6 +136,7 @@ async fn connect(
                 ChannelOpenError::Refused(_) => OpenFailure::Refused,
                 ChannelOpenError::SessionGone(_) => OpenFailure::SessionGone,
                 ChannelOpenError::NotAnswering(bound) => OpenFailure::ClientNotAnswering(bound),
+                ChannelOpenError::ClientFull => OpenFailure::TunnelBusy,
             });
         }
     };
