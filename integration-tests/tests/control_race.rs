@@ -84,6 +84,42 @@ fn two_edges_racing_for_one_name_exactly_one_wins() {
 /// The test plays the edge: control's calls to it (alive probes, closes) fail fast.
 const EDGE: &str = "us-race";
 
+/// One region, control and Postgres, with [`EDGE`] registered at `admin_url` (the test
+/// plays that edge over HTTP).
+fn stack_playing_the_edge(admin_url: &str) -> Stack {
+    let stack = Stack::start(StackOptions {
+        regions: vec![("us".into(), std::net::Ipv4Addr::LOCALHOST)],
+        ..Default::default()
+    })
+    .expect("stack starts");
+    stack.control.register_edge(EDGE, "us", admin_url).unwrap();
+    stack
+}
+
+/// Runs `setup` and `other` at once, `other` let go a little later each `round` (0 to 4 ms,
+/// a spread, not a bound), so that over the rounds it lands before, inside and after the
+/// setup's transactions; their answers.
+fn together<A: Send, B: Send>(
+    round: u64,
+    setup: impl FnOnce() -> A + Send,
+    other: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    let start = std::sync::Barrier::new(2);
+    let delay = Duration::from_micros((round * 173) % 4000);
+    std::thread::scope(|s| {
+        let a = s.spawn(|| {
+            start.wait();
+            setup()
+        });
+        let b = s.spawn(|| {
+            start.wait();
+            std::thread::sleep(delay);
+            other()
+        });
+        (a.join().unwrap(), b.join().unwrap())
+    })
+}
+
 /// One HTTP call to control with `Authorization: Bearer <secret>`; the status and the answer.
 /// No timeout: a stuck call is a hang the test runner reports, not a guess at a bound.
 fn call(
@@ -119,15 +155,7 @@ fn sql(stack: &Stack, query: &str) -> String {
 /// after, left behind.
 #[test]
 fn a_name_release_racing_its_owners_setup_leaves_no_tunnel_on_an_unowned_name() {
-    let stack = Stack::start(StackOptions {
-        regions: vec![("us".into(), std::net::Ipv4Addr::LOCALHOST)],
-        ..Default::default()
-    })
-    .expect("stack starts");
-    stack
-        .control
-        .register_edge(EDGE, "us", "http://127.0.0.1:9")
-        .unwrap();
+    let stack = stack_playing_the_edge("http://127.0.0.1:9");
     let acct = stack.control.create_account(Plan::Pro).unwrap();
     let account_id = acct.account_id;
     let client = reqwest::blocking::Client::builder()
@@ -164,13 +192,9 @@ fn a_name_release_racing_its_owners_setup_leaves_no_tunnel_on_an_unowned_name() 
             close(&client, base, &edge, &v);
             v["label"].as_str().unwrap().to_string()
         };
-        // Both start together; the release is let go a little later each round, so that
-        // over the rounds it lands before, inside and after the setup's transactions.
-        let start = std::sync::Barrier::new(2);
-        let delay = Duration::from_micros((round * 173) % 4000);
-        let (setup, release) = std::thread::scope(|s| {
-            let setup = s.spawn(|| {
-                start.wait();
+        let (setup, release) = together(
+            round,
+            || {
                 let name = asked.then_some(label.as_str());
                 call(
                     &client,
@@ -179,10 +203,8 @@ fn a_name_release_racing_its_owners_setup_leaves_no_tunnel_on_an_unowned_name() 
                     &edge,
                     Some(setup_body(&acct.token, name)),
                 )
-            });
-            let release = s.spawn(|| {
-                start.wait();
-                std::thread::sleep(delay);
+            },
+            || {
                 call(
                     &client,
                     &format!("{base}/v1/admin/names/{label}"),
@@ -190,9 +212,8 @@ fn a_name_release_racing_its_owners_setup_leaves_no_tunnel_on_an_unowned_name() 
                     &admin,
                     None,
                 )
-            });
-            (setup.join().unwrap(), release.join().unwrap())
-        });
+            },
+        );
         let context = format!("round {round} ({label}): setup {setup:?}, release {release:?}");
         assert_eq!(setup.0, 201, "the setup is never refused: {context}");
         match release.0 {
@@ -336,16 +357,8 @@ impl FakeEdge {
 /// a banned name. Each round then lifts the takedown and sets a tunnel up on the name again.
 #[test]
 fn a_takedown_racing_a_setup_of_its_name_sticks() {
-    let stack = Stack::start(StackOptions {
-        regions: vec![("us".into(), std::net::Ipv4Addr::LOCALHOST)],
-        ..Default::default()
-    })
-    .expect("stack starts");
     let edge_api = FakeEdge::start();
-    stack
-        .control
-        .register_edge(EDGE, "us", &edge_api.url)
-        .unwrap();
+    let stack = stack_playing_the_edge(&edge_api.url);
     let acct = stack.control.create_account(Plan::Pro).unwrap();
     let client = reqwest::blocking::Client::builder()
         .timeout(None)
@@ -378,18 +391,10 @@ fn a_takedown_racing_a_setup_of_its_name_sticks() {
         let zone = nearhop_stack::control::PRO_ZONE;
         let hostname = format!("{label}.{zone}");
         let name = asked.then_some(label.as_str());
-        // Both start together; the takedown is let go a little later each round, so that
-        // over the rounds it lands before, inside and after the setup's transactions.
-        let start = std::sync::Barrier::new(2);
-        let delay = Duration::from_micros((round * 173) % 4000);
-        let (set_up, takedown) = std::thread::scope(|s| {
-            let set_up = s.spawn(|| {
-                start.wait();
-                setup(name)
-            });
-            let takedown = s.spawn(|| {
-                start.wait();
-                std::thread::sleep(delay);
+        let (set_up, takedown) = together(
+            round,
+            || setup(name),
+            || {
                 call(
                     &client,
                     &format!("{base}/v1/admin/takedowns"),
@@ -397,9 +402,8 @@ fn a_takedown_racing_a_setup_of_its_name_sticks() {
                     &admin,
                     Some(serde_json::json!({"hostname": hostname, "reason": "phishing"})),
                 )
-            });
-            (set_up.join().unwrap(), takedown.join().unwrap())
-        });
+            },
+        );
         let context =
             format!("round {round} ({hostname}): setup {set_up:?}, takedown {takedown:?}");
         assert_eq!(takedown.0, 200, "the takedown is never refused: {context}");
