@@ -45,6 +45,12 @@ impl Metrics {
     /// Registers every metric in a fresh registry.
     pub fn new() -> prometheus::Result<Metrics> {
         let registry = Registry::new();
+        // The conventional `process_*` series (resident memory, CPU seconds, open file
+        // descriptors and their limit, start time), read from /proc at each scrape.
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         let setup_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "nearhop_control_tunnel_setup_seconds",

@@ -22,6 +22,16 @@ pub async fn until_stopped(
         };
         match accepted {
             Ok((stream, peer)) => on_accept(stream, peer),
+            // Out of descriptors: the connection waits in the listen queue until one is
+            // let go; pausing longer keeps the log readable meanwhile.
+            Err(e) if crate::open_files::is_exhaustion(&e) => {
+                tracing::error!(
+                    error = %e,
+                    "accepting {what}: out of file descriptors; new connections wait until \
+                     some close (raise LimitNOFILE=, see process_open_fds / process_max_fds)"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "accepting {what}");
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -15,6 +15,7 @@ pub mod inspector;
 pub mod io;
 pub mod mesh;
 pub mod metrics;
+pub mod open_files;
 pub mod options;
 pub mod run;
 pub mod ssh;

@@ -114,6 +114,12 @@ impl Metrics {
     /// Creates and registers the metrics.
     pub fn new() -> prometheus::Result<Metrics> {
         let registry = Registry::new();
+        // The conventional `process_*` series (resident memory, CPU seconds, open file
+        // descriptors and their limit, start time), read from /proc at each scrape.
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         let tunnels_active = IntGaugeVec::new(
             Opts::new("nearhop_edge_tunnels_active", "Live tunnels on this edge."),
             &["zone", "kind"],

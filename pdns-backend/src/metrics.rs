@@ -9,6 +9,10 @@ use prometheus::{
 /// The backend's metrics, registered in their own registry.
 pub struct Metrics {
     registry: Registry,
+    /// The conventional `process_*` series (resident memory, CPU seconds, open file
+    /// descriptors and their limit), in a registry without the `nearhop_pdns_backend_`
+    /// prefix so that they carry their usual names.
+    process: Registry,
     /// Calls by method and result (`ok`, `empty`, `false`, `error`).
     pub calls: IntCounterVec,
     /// Time spent answering a call, by method.
@@ -120,6 +124,7 @@ impl Metrics {
         .expect("valid metric");
         let m = Metrics {
             registry,
+            process: process_registry(),
             calls,
             call_seconds,
             records,
@@ -161,9 +166,23 @@ impl Metrics {
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// A registry holding the collector of this process's `process_*` series (on Linux).
+fn process_registry() -> Registry {
+    let registry = Registry::new();
+    #[cfg(target_os = "linux")]
+    {
+        let collector = prometheus::process_collector::ProcessCollector::for_self();
+        // A fresh registry holds nothing the collector could collide with.
+        let _ = registry.register(Box::new(collector));
+    }
+    registry
 }
 
 impl Default for Metrics {
