@@ -206,26 +206,63 @@ pub fn default_name(conn: &mut PgConnection, account_id: i64, zone: &str) -> Con
     ))
 }
 
-/// A random label for an anonymous or free tunnel that is neither banned nor live now.
+/// Whether an account owns `label` in `zone` (its persistent name, or one it claimed or the
+/// operator reserved for it), live or not.
+pub fn is_owned(conn: &mut PgConnection, zone: &str, label: &str) -> ControlResult<bool> {
+    Ok(diesel::select(diesel::dsl::exists(
+        names::table
+            .filter(names::zone.eq(zone))
+            .filter(names::label.eq(label)),
+    ))
+    .get_result(conn)?)
+}
+
+/// A random label for a tunnel that asked for no name of its own: one that is not banned,
+/// not owned by any account (a pro tunnel asking for a random name draws in the zone where
+/// accounts own names) and not live now.
 pub fn draw_free_label(
     conn: &mut PgConnection,
     zone: &str,
     is_live: impl Fn(&mut PgConnection, &str) -> ControlResult<bool>,
 ) -> ControlResult<String> {
+    first_free(random_label, |label| {
+        Ok(is_banned(conn, zone, label)? || is_owned(conn, zone, label)? || is_live(conn, label)?)
+    })?
+    .ok_or_else(|| ControlError::Internal("could not draw a free random name".into()))
+}
+
+/// The first of up to `DRAWS` labels from `draw` that is not `taken`.
+fn first_free(
+    mut draw: impl FnMut() -> String,
+    mut taken: impl FnMut(&str) -> ControlResult<bool>,
+) -> ControlResult<Option<String>> {
     for _ in 0..DRAWS {
-        let label = random_label();
-        if !is_banned(conn, zone, &label)? && !is_live(conn, &label)? {
-            return Ok(label);
+        let label = draw();
+        if !taken(&label)? {
+            return Ok(Some(label));
         }
     }
-    Err(ControlError::Internal(
-        "could not draw a free random name".into(),
-    ))
+    Ok(None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drawn_label_that_is_taken_is_drawn_again() {
+        let mut labels = ["owned0", "live0001", "free0001"].into_iter();
+        let taken = ["owned0", "live0001"];
+        let got = first_free(
+            || labels.next().expect("a label").to_string(),
+            |l| Ok(taken.contains(&l)),
+        )
+        .expect("no error");
+        assert_eq!(got.as_deref(), Some("free0001"));
+        // Every draw taken: none is handed out.
+        let all_taken = first_free(|| "owned0".to_string(), |_| Ok(true)).expect("no error");
+        assert_eq!(all_taken, None);
+    }
 
     #[test]
     fn the_names_refusal_states_the_plans_limit_and_how_to_free_one() {
