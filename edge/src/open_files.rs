@@ -6,11 +6,12 @@
 //! `make up` or an edge started by hand would refuse connections past about a thousand
 //! visitors while the system allowed many more. Like Go's runtime and nginx's
 //! `worker_rlimit_nofile`, the edge raises its soft limit to the hard limit at start; the
-//! hard limit stays the operator's (`LimitNOFILE=` in the systemd unit, `ulimit -Hn`).
+//! hard limit stays the operator's (`LimitNOFILE=` in the systemd unit, `ulimit -Hn`), and
+//! the edge warns when it leaves no room for `max_visitor_connections`.
 
-/// Below this many open files an edge is warned about at start: it holds a few thousand
-/// visitors at most.
-pub const LOW_LIMIT: libc::rlim_t = 16_384;
+/// Descriptors the edge needs beside its visitor connections: tunnel sessions, mesh links,
+/// connections to control and its admin API, listeners, files.
+pub const HEADROOM: u64 = 1024;
 
 /// The soft and hard open-file limits after [`raise_to_hard_limit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,20 +49,29 @@ pub fn raise_to_hard_limit() -> std::io::Result<Limits> {
     })
 }
 
-/// Raises the limit and says in the log what the edge can hold.
-pub fn raise_and_report() {
+/// Raises the limit and says in the log whether it leaves room for `max_visitor_connections`.
+pub fn raise_and_report(max_visitor_connections: usize) {
     #[cfg(unix)]
     match raise_to_hard_limit() {
-        Ok(l) if l.soft < LOW_LIMIT => tracing::warn!(
-            open_files = l.soft,
-            "the open-file limit lets this edge hold only about {} visitor connections; \
-             raise the hard limit (LimitNOFILE= in the systemd unit, ulimit -Hn) to {} or more",
-            l.soft,
-            LOW_LIMIT
-        ),
-        Ok(l) => tracing::info!(open_files = l.soft, "open-file limit"),
+        Ok(l) => match short_of(l.soft, max_visitor_connections as u64) {
+            Some(need) => tracing::warn!(
+                open_files = l.soft,
+                max_visitor_connections,
+                "the open-file limit is below what max_visitor_connections needs: the edge \
+                 runs out of descriptors first; raise the hard limit (LimitNOFILE= in the \
+                 systemd unit, ulimit -Hn) to {need} or more, or lower max_visitor_connections"
+            ),
+            None => tracing::info!(open_files = l.soft, "open-file limit"),
+        },
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
+}
+
+/// The limit needed when `limit` leaves no room for `max_visitor_connections` and the
+/// edge's own descriptors.
+pub fn short_of(limit: u64, max_visitor_connections: u64) -> Option<u64> {
+    let need = max_visitor_connections.saturating_add(HEADROOM);
+    (limit < need).then_some(need)
 }
 
 /// Whether an accept failed for want of file descriptors (the process's or the system's).
@@ -92,6 +102,15 @@ mod tests {
         assert!(!is_exhaustion(&std::io::Error::from_raw_os_error(
             libc::ECONNABORTED
         )));
+    }
+
+    #[test]
+    fn a_limit_is_short_when_it_leaves_no_room_beside_the_visitor_connections() {
+        assert_eq!(short_of(1024, 20_000), Some(21_024));
+        assert_eq!(short_of(21_023, 20_000), Some(21_024));
+        assert_eq!(short_of(21_024, 20_000), None);
+        assert_eq!(short_of(1_048_576, 20_000), None);
+        assert_eq!(short_of(u64::MAX, usize::MAX as u64), None);
     }
 
     #[test]
