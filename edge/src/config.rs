@@ -179,6 +179,9 @@ pub struct Config {
     /// Free memory glibc keeps per thread arena instead of giving it back to the kernel
     /// (see `allocator`); 0 leaves glibc's default.
     pub malloc_trim_threshold_bytes: usize,
+    /// Seconds between runs of `malloc_trim(0)`, which gives every whole free page back to
+    /// the kernel (see `allocator`); 0: never.
+    pub malloc_trim_interval_seconds: u64,
     /// Request inspector: most requests kept per inspected tunnel (the oldest go first).
     pub inspector_max_requests: usize,
     /// Request inspector: most body bytes kept per inspected tunnel, over its kept requests.
@@ -356,6 +359,7 @@ impl Default for Config {
             // AEAD or AES-CTR, and the MACs offered are SHA-2 only.
             ssh_fallback_ciphers: SUPPORTED_CIPHERS.to_vec(),
             malloc_trim_threshold_bytes: 8 * 1024 * 1024,
+            malloc_trim_interval_seconds: 60,
             proxy_protocol_from: Vec::new(),
             inspector_max_requests: 500,
             inspector_max_body_bytes: 16 * 1024 * 1024,

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the edge, served on the admin port at `/metrics`.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Counter, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -108,6 +108,10 @@ pub struct Metrics {
     pub certificates_generation: IntGauge,
     /// Certificates from control that could not be served (bad PEM, a key that does not fit).
     pub certificates_refused_total: IntCounter,
+    /// Runs of `malloc_trim(0)` (`allocator::release_periodically`).
+    pub malloc_trims_total: IntCounter,
+    /// Time those runs took, seconds.
+    pub malloc_trim_seconds_total: Counter,
 }
 
 impl Metrics {
@@ -326,6 +330,16 @@ impl Metrics {
             "nearhop_edge_certificates_refused_total",
             "Certificates from control that could not be served (bad PEM, a key that does not fit).",
         )?;
+        let malloc_trims_total = IntCounter::new(
+            "nearhop_edge_malloc_trims_total",
+            "Runs of malloc_trim(0), which gives free memory back to the kernel.",
+        )?;
+        let malloc_trim_seconds_total = Counter::new(
+            "nearhop_edge_malloc_trim_seconds_total",
+            "Time the runs of malloc_trim(0) took, seconds.",
+        )?;
+        registry.register(Box::new(malloc_trims_total.clone()))?;
+        registry.register(Box::new(malloc_trim_seconds_total.clone()))?;
         registry.register(Box::new(certificates.clone()))?;
         registry.register(Box::new(certificates_generation.clone()))?;
         registry.register(Box::new(certificates_refused_total.clone()))?;
@@ -405,6 +419,8 @@ impl Metrics {
             certificates,
             certificates_generation,
             certificates_refused_total,
+            malloc_trims_total,
+            malloc_trim_seconds_total,
         })
     }
 

@@ -10,6 +10,7 @@ use crate::ssh::{host_key, server as ssh_server};
 use crate::visitor::{http as visitor_http, tls as visitor_tls};
 use anyhow::{Context, Result};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Runs an edge until SIGINT or SIGTERM, then shuts it down gracefully.
@@ -58,6 +59,14 @@ pub async fn run(config: Config) -> Result<()> {
         tokio::spawn(mesh_listener::serve(edge.clone(), mesh));
     }
     tokio::spawn(control_sync::run(edge.clone()));
+    if edge.config.malloc_trim_interval_seconds > 0 {
+        tokio::spawn(crate::allocator::release_periodically(
+            Duration::from_secs(edge.config.malloc_trim_interval_seconds),
+            edge.shutdown.clone(),
+            edge.metrics.malloc_trims_total.clone(),
+            edge.metrics.malloc_trim_seconds_total.clone(),
+        ));
+    }
 
     wait_for_signal().await;
     shutdown(&edge).await;

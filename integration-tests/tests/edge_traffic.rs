@@ -8,9 +8,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+/// Also with the edge giving free memory back every second (`malloc_trim`), which runs
+/// while the bytes pass.
 #[test]
 fn large_upload_and_download_are_byte_identical() {
-    let s = EdgeStack::start("");
+    let s = EdgeStack::start("malloc_trim_interval_seconds = 1\n");
     let local = LocalService::start("local");
     let token = s.pro_token();
     let mut client = s.ssh("bulk", &SshArgs::http_tunnel(Some(&token), local.port));
@@ -38,6 +40,12 @@ fn large_upload_and_download_are_byte_identical() {
         back.as_ref() == upload.as_slice(),
         "upload came back different"
     );
+    eventually("the edge gave free memory back on its interval", || {
+        let text = s.edge.metrics()?;
+        let runs = metric(&text, "nearhop_edge_malloc_trims_total", &[]).unwrap_or(0.0);
+        anyhow::ensure!(runs >= 2.0, "{runs} runs of malloc_trim so far");
+        Ok(())
+    });
 }
 
 #[test]
