@@ -12,12 +12,7 @@ use std::net::TcpStream;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn edge_metrics(stack: &Stack, region: usize) -> anyhow::Result<String> {
-    let e = &stack.edges[region];
-    Ok(
-        reqwest::blocking::get(format!("http://{}:{}/metrics", e.spec.ip, e.spec.admin))?
-            .error_for_status()?
-            .text()?,
-    )
+    stack.edges[region].metrics()
 }
 
 /// Checks the process series in one exposition and returns its open descriptors.
