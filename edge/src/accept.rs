@@ -1,5 +1,6 @@
 //! The accept loop every listener of the edge shares.
 
+use crate::open_files::Exhaustion;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,20 +23,29 @@ pub async fn until_stopped(
         };
         match accepted {
             Ok((stream, peer)) => on_accept(stream, peer),
-            // Out of descriptors: the connection waits in the listen queue until one is
-            // let go; pausing longer keeps the log readable meanwhile.
-            Err(e) if crate::open_files::is_exhaustion(&e) => {
-                tracing::error!(
-                    error = %e,
-                    "accepting {what}: out of file descriptors; new connections wait until \
-                     some close (raise LimitNOFILE=, see process_open_fds / process_max_fds)"
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting {what}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            Err(e) => match crate::open_files::exhaustion(&e) {
+                // Out of descriptors: the connection waits in the listen queue until one
+                // is let go; pausing longer keeps the log readable meanwhile.
+                Some(whose) => {
+                    let advice = match whose {
+                        Exhaustion::System => "the system is out of open files (raise fs.file-max)",
+                        Exhaustion::Process => {
+                            "this process is at its open-file limit (raise LimitNOFILE=; see \
+                             process_open_fds / process_max_fds)"
+                        }
+                    };
+                    tracing::error!(
+                        error = %e,
+                        "accepting {what}: out of file descriptors; new connections wait \
+                         until some close: {advice}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                None => {
+                    tracing::warn!(error = %e, "accepting {what}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
         }
     }
 }

@@ -27,8 +27,8 @@ pub fn set_trim_threshold(bytes: usize) {
         return;
     }
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: mallopt only changes the allocator's parameters; it is called from `main`
-    // before any other thread exists.
+    // SAFETY: mallopt only changes the allocator's parameters, under glibc's own locks; the
+    // edge calls it from `main` before any other thread exists.
     let ok = unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, value) };
     if ok != 1 {
         tracing::warn!(
@@ -55,6 +55,9 @@ pub fn release_free_memory() -> bool {
 pub fn release_free_memory() -> bool {
     false
 }
+
+/// Whether [`release_free_memory`] can give anything back here (glibc only).
+pub const CAN_RELEASE: bool = cfg!(all(target_os = "linux", target_env = "gnu"));
 
 /// Calls [`release_free_memory`] every `every` on a blocking thread (it walks every arena,
 /// holding each one's lock for a moment) until `stop` is cancelled; counts each run and

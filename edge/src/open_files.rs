@@ -16,12 +16,14 @@ pub const HEADROOM: u64 = 1024;
 /// The soft and hard open-file limits after [`raise_to_hard_limit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    pub soft: libc::rlim_t,
-    pub hard: libc::rlim_t,
+    /// The limit the process runs with.
+    pub soft: u64,
+    /// The most the soft limit may be raised to without privilege.
+    pub hard: u64,
 }
 
 /// Raises the soft open-file limit to the hard limit and returns both as they are now.
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 pub fn raise_to_hard_limit() -> std::io::Result<Limits> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -32,6 +34,7 @@ pub fn raise_to_hard_limit() -> std::io::Result<Limits> {
         return Err(std::io::Error::last_os_error());
     }
     if limit.rlim_cur < limit.rlim_max {
+        // Linux caps the hard limit at fs.nr_open, so it is always a limit one can set.
         let raised = libc::rlimit {
             rlim_cur: limit.rlim_max,
             rlim_max: limit.rlim_max,
@@ -43,15 +46,22 @@ pub fn raise_to_hard_limit() -> std::io::Result<Limits> {
         }
         limit = raised;
     }
+    // rlim_t is u32 on 32-bit targets.
+    #[allow(clippy::useless_conversion)]
     Ok(Limits {
-        soft: limit.rlim_cur,
-        hard: limit.rlim_max,
+        soft: u64::from(limit.rlim_cur),
+        hard: u64::from(limit.rlim_max),
     })
+}
+
+/// Other systems keep the limit they were started with.
+#[cfg(not(target_os = "linux"))]
+pub fn raise_to_hard_limit() -> std::io::Result<Limits> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
 /// Raises the limit and says in the log whether it leaves room for `max_visitor_connections`.
 pub fn raise_and_report(max_visitor_connections: usize) {
-    #[cfg(unix)]
     match raise_to_hard_limit() {
         Ok(l) => match short_of(l.soft, max_visitor_connections as u64) {
             Some(need) => tracing::warn!(
@@ -74,16 +84,29 @@ pub fn short_of(limit: u64, max_visitor_connections: u64) -> Option<u64> {
     (limit < need).then_some(need)
 }
 
-/// Whether an accept failed for want of file descriptors (the process's or the system's).
-pub fn is_exhaustion(e: &std::io::Error) -> bool {
+/// What an accept error says about file descriptors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exhaustion {
+    /// The process is at its open-file limit (EMFILE).
+    Process,
+    /// The whole system is out of open files (ENFILE: `fs.file-max`).
+    System,
+}
+
+/// Whether an accept failed for want of file descriptors, and whose.
+pub fn exhaustion(e: &std::io::Error) -> Option<Exhaustion> {
     #[cfg(unix)]
     {
-        matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+        match e.raw_os_error() {
+            Some(libc::EMFILE) => Some(Exhaustion::Process),
+            Some(libc::ENFILE) => Some(Exhaustion::System),
+            _ => None,
+        }
     }
     #[cfg(not(unix))]
     {
         let _ = e;
-        false
+        None
     }
 }
 
@@ -93,15 +116,10 @@ mod tests {
 
     #[test]
     fn descriptor_exhaustion_is_told_apart_from_other_accept_errors() {
-        assert!(is_exhaustion(&std::io::Error::from_raw_os_error(
-            libc::EMFILE
-        )));
-        assert!(is_exhaustion(&std::io::Error::from_raw_os_error(
-            libc::ENFILE
-        )));
-        assert!(!is_exhaustion(&std::io::Error::from_raw_os_error(
-            libc::ECONNABORTED
-        )));
+        let of = |errno| exhaustion(&std::io::Error::from_raw_os_error(errno));
+        assert_eq!(of(libc::EMFILE), Some(Exhaustion::Process));
+        assert_eq!(of(libc::ENFILE), Some(Exhaustion::System));
+        assert_eq!(of(libc::ECONNABORTED), None);
     }
 
     #[test]
@@ -113,6 +131,7 @@ mod tests {
         assert_eq!(short_of(u64::MAX, usize::MAX as u64), None);
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn the_soft_limit_ends_at_the_hard_limit() {
         let l = raise_to_hard_limit().expect("limits");

@@ -59,7 +59,7 @@ pub async fn run(config: Config) -> Result<()> {
         tokio::spawn(mesh_listener::serve(edge.clone(), mesh));
     }
     tokio::spawn(control_sync::run(edge.clone()));
-    if edge.config.malloc_trim_interval_seconds > 0 {
+    if edge.config.malloc_trim_interval_seconds > 0 && crate::allocator::CAN_RELEASE {
         tokio::spawn(crate::allocator::release_periodically(
             Duration::from_secs(edge.config.malloc_trim_interval_seconds),
             edge.shutdown.clone(),

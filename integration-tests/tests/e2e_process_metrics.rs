@@ -95,11 +95,15 @@ fn every_process_exports_its_process_series_and_visitors_leave_no_descriptor_beh
     for region in [EU, AP] {
         let text = edge_metrics(&stack, region).expect("edge");
         before.push(process_series("edge", &text));
-        assert_eq!(
-            metric(&text, "process_max_fds", &[]),
-            Some(hard),
-            "the edge raised its soft open-file limit to the hard limit"
-        );
+        if hard > 1024.0 {
+            assert_eq!(
+                metric(&text, "process_max_fds", &[]),
+                Some(hard),
+                "the edge raised its soft open-file limit to the hard limit"
+            );
+        } else {
+            eprintln!("hard open-file limit {hard}: nothing to raise, not checked");
+        }
     }
 
     // A burst at the holder (eu) and through the relaying edge (ap).
@@ -122,7 +126,8 @@ fn every_process_exports_its_process_series_and_visitors_leave_no_descriptor_beh
     }
 
     // Every one of those sockets (and the channels behind them) is let go again. A few
-    // descriptors of slack: the mesh links and the control client reconnect on their own.
+    // descriptors of slack, since the mesh links and the control client reconnect on their
+    // own: a leak of 4 or fewer in 300 visits per edge goes unseen.
     for (i, region) in [EU, AP].into_iter().enumerate() {
         eventually("the edge's descriptors go back", || {
             let text = edge_metrics(&stack, region)?;

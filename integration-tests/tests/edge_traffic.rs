@@ -8,8 +8,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-/// Also with the edge giving free memory back every second (`malloc_trim`), which runs
-/// while the bytes pass.
+/// With the edge giving free memory back every second (`malloc_trim`) from its start, so
+/// trims run around the transfers (and while they pass, when they take a second or more).
 #[test]
 fn large_upload_and_download_are_byte_identical() {
     let s = EdgeStack::start("malloc_trim_interval_seconds = 1\n");

@@ -3,7 +3,7 @@
 //! russh (0.65) forgets a channel that the server closed first only half: its channel table
 //! drops the entry when the server's `CHANNEL_CLOSE` goes out, so the client's answering
 //! `CHANNEL_CLOSE` is ignored as one for an unknown channel, and the session's table of
-//! channel senders keeps the channel's queue (about 3 KiB) until the whole SSH session
+//! channel senders keeps the channel's queue (0.5 to 3 KiB) until the whole SSH session
 //! ends. A tunnel whose session lives for days and whose visitors come and go would grow
 //! without bound; the soak benchmark showed 3.7 KiB more edge memory per visitor request.
 //! When the client closes first, russh removes the channel from both tables.
@@ -18,7 +18,7 @@
 //! queue is full. A client answers the EOF once its local side of the
 //! connection has closed too, which for an HTTP server is at once. A channel the client
 //! has not closed after [`LINGER`] is closed by the edge, and costs the one russh entry
-//! (about 0.6–0.7 KiB, held until the session ends; counted as `first="edge"`).
+//! (0.5 to 3 KiB, held until the session ends; counted as `first="edge"`).
 
 use prometheus::IntCounterVec;
 use russh::server::Msg;
