@@ -6,14 +6,9 @@
 //! 1,024) raises it to the hard limit.
 
 use nearhop_stack::prelude::*;
-use nearhop_stack::Stack;
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-fn edge_metrics(stack: &Stack, region: usize) -> anyhow::Result<String> {
-    stack.edges[region].metrics()
-}
 
 /// Checks the process series in one exposition and returns its open descriptors.
 fn process_series(who: &str, text: &str) -> f64 {
@@ -93,7 +88,7 @@ fn every_process_exports_its_process_series_and_visitors_leave_no_descriptor_beh
     }
     let mut before = Vec::new();
     for region in [EU, AP] {
-        let text = edge_metrics(&stack, region).expect("edge");
+        let text = stack.edges[region].metrics().expect("edge");
         before.push(process_series("edge", &text));
         if hard > 1024.0 {
             assert_eq!(
@@ -130,7 +125,7 @@ fn every_process_exports_its_process_series_and_visitors_leave_no_descriptor_beh
     // own: a leak of 4 or fewer in 300 visits per edge goes unseen.
     for (i, region) in [EU, AP].into_iter().enumerate() {
         eventually("the edge's descriptors go back", || {
-            let text = edge_metrics(&stack, region)?;
+            let text = stack.edges[region].metrics()?;
             let open = metric(&text, "process_open_fds", &[]).unwrap_or(f64::MAX);
             anyhow::ensure!(
                 open <= before[i] + 4.0,

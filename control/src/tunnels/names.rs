@@ -206,17 +206,6 @@ pub fn default_name(conn: &mut PgConnection, account_id: i64, zone: &str) -> Con
     ))
 }
 
-/// Whether an account owns `label` in `zone` (its persistent name, or one it claimed or the
-/// operator reserved for it), live or not.
-pub fn is_owned(conn: &mut PgConnection, zone: &str, label: &str) -> ControlResult<bool> {
-    Ok(diesel::select(diesel::dsl::exists(
-        names::table
-            .filter(names::zone.eq(zone))
-            .filter(names::label.eq(label)),
-    ))
-    .get_result(conn)?)
-}
-
 /// A random label for a tunnel that asked for no name of its own: one that is not banned,
 /// not owned by any account (a pro tunnel asking for a random name draws in the zone where
 /// accounts own names) and not live now.
@@ -226,7 +215,9 @@ pub fn draw_free_label(
     is_live: impl Fn(&mut PgConnection, &str) -> ControlResult<bool>,
 ) -> ControlResult<String> {
     first_free(random_label, |label| {
-        Ok(is_banned(conn, zone, label)? || is_owned(conn, zone, label)? || is_live(conn, label)?)
+        Ok(is_banned(conn, zone, label)?
+            || owner_of(conn, zone, label)?.is_some()
+            || is_live(conn, label)?)
     })?
     .ok_or_else(|| ControlError::Internal("could not draw a free random name".into()))
 }
