@@ -5,6 +5,7 @@
 //! next to the test that pins it.
 
 use anyhow::{bail, Result};
+use nearhop_wire::duration_settings::{check_longest, check_not_zero, OutOfRange};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -379,6 +380,17 @@ impl Config {
                 z.nameservers.push(format!("ns1.{}", z.name));
             }
         }
+        for (zone, z) in [("pro", &self.zones.pro), ("free", &self.zones.free)] {
+            for (key, ttl) in [
+                ("record_ttl", z.record_ttl),
+                ("negative_ttl", z.negative_ttl),
+                ("infra_ttl", z.infra_ttl),
+            ] {
+                if ttl < 0 {
+                    bail!("setting zones.{zone}.{key} = {ttl} is out of range: a DNS TTL is 0 or more seconds");
+                }
+            }
+        }
         if self.zones.pro.name == self.zones.free.name {
             bail!("the pro and free zones must differ");
         }
@@ -444,10 +456,49 @@ impl Config {
                  give each edge its own credential (`nearhop-control edge issue`)"
             );
         }
+        self.check_durations()?;
         if self.lease_seconds <= self.heartbeat_seconds {
             bail!("lease_seconds must be longer than heartbeat_seconds");
         }
         self.validate_acme()
+    }
+
+    /// Refuses durations longer than any timer may run, and 0 where nothing useful happens
+    /// at 0 (module `nearhop_wire::duration_settings`). The ACME keys are checked even while
+    /// ACME is off, so that turning it on does not meet a surprise.
+    fn check_durations(&self) -> Result<(), OutOfRange> {
+        check_longest([
+            ("lag_wait_ms", self.lag_wait_ms),
+            ("lease_seconds", self.lease_seconds),
+            ("heartbeat_seconds", self.heartbeat_seconds),
+            ("edge_call_ms", self.edge_call_ms),
+            ("reap_interval_ms", self.reap_interval_ms),
+            (
+                "change_log_retention_seconds",
+                self.change_log_retention_seconds,
+            ),
+            ("acme_renew_before_days", self.acme_renew_before_days),
+            ("acme_retry_min_seconds", self.acme_retry_min_seconds),
+            ("acme_retry_max_seconds", self.acme_retry_max_seconds),
+            (
+                "acme_check_interval_seconds",
+                self.acme_check_interval_seconds,
+            ),
+            ("acme_dns_wait_ms", self.acme_dns_wait_ms),
+            (
+                "zones.pro.time_limit_minutes",
+                self.zones.pro.time_limit_minutes,
+            ),
+            (
+                "zones.free.time_limit_minutes",
+                self.zones.free.time_limit_minutes,
+            ),
+        ])?;
+        check_not_zero([
+            ("heartbeat_seconds", self.heartbeat_seconds),
+            ("edge_call_ms", self.edge_call_ms),
+            ("reap_interval_ms", self.reap_interval_ms),
+        ])
     }
 
     fn validate_acme(&mut self) -> Result<()> {
@@ -1001,6 +1052,64 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.to_string().contains("acme_retry_min_seconds"), "{e}");
+    }
+
+    #[test]
+    fn every_duration_key_refuses_more_than_366_days_naming_itself() {
+        use nearhop_wire::duration_settings::{unit_of, whole_duration_keys, LONGEST_SECONDS};
+        let keys = whole_duration_keys(include_str!("config.rs"));
+        assert!(keys.len() >= 11, "found the duration keys: {keys:?}");
+        for key in keys {
+            let (unit_ms, _) = unit_of(&key).expect("a duration key");
+            let too_long = LONGEST_SECONDS * 1_000 / unit_ms + 1;
+            let mut c: Config = toml::from_str(&format!(
+                "admin_secret = \"0123456789abcdef\"\n{key} = {too_long}"
+            ))
+            .unwrap();
+            let e = c.validate().expect_err(&key).to_string();
+            let said = format!("setting {key} = {too_long} is out of range");
+            assert!(e.contains(&said), "{key}: {e}");
+        }
+        for zone in ["pro", "free"] {
+            let key = format!("zones.{zone}.time_limit_minutes");
+            let mut c: Config = toml::from_str(&format!(
+                "admin_secret = \"0123456789abcdef\"\n[zones.{zone}]\nname = \"{zone}.test\"\n\
+                 time_limit_minutes = 527041"
+            ))
+            .unwrap();
+            let e = c.validate().expect_err(&key).to_string();
+            assert!(e.contains(&format!("setting {key} = 527041")), "{e}");
+        }
+        let mut c = minimal();
+        c.zones.free.time_limit_minutes = 366 * 24 * 60;
+        c.lease_seconds = LONGEST_SECONDS;
+        c.change_log_retention_seconds = LONGEST_SECONDS;
+        c.acme_renew_before_days = 366;
+        c.validate().expect("the longest durations are accepted");
+    }
+
+    #[test]
+    fn a_negative_ttl_is_refused_naming_its_zone() {
+        let mut c: Config = toml::from_str(
+            "admin_secret = \"0123456789abcdef\"\n[zones.free]\nname = \"f.test\"\nnegative_ttl = -5",
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("setting zones.free.negative_ttl = -5"), "{e}");
+    }
+
+    #[test]
+    fn a_reaper_tick_or_edge_call_of_zero_is_refused() {
+        for key in ["heartbeat_seconds", "edge_call_ms", "reap_interval_ms"] {
+            let mut c: Config =
+                toml::from_str(&format!("admin_secret = \"0123456789abcdef\"\n{key} = 0")).unwrap();
+            let e = c.validate().expect_err(key).to_string();
+            assert!(e.contains(&format!("setting {key} = 0")), "{e}");
+        }
+        let mut c = minimal();
+        c.lag_wait_ms = 0;
+        c.validate()
+            .expect("lag_wait_ms = 0 turns the lag race off");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
+use nearhop_wire::duration_settings::{check_longest, check_not_zero, OutOfRange};
 use serde::{Deserialize, Deserializer};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -421,9 +422,7 @@ impl Config {
         if lo == 0 || lo > hi {
             bail!("tcp_port_range must be two ports, low to high (got {lo}..{hi})");
         }
-        if self.alive_probe_ms == 0 || self.heartbeat_seconds == 0 {
-            bail!("alive_probe_ms and heartbeat_seconds must be positive");
-        }
+        self.check_durations()?;
         if self.worker_threads > MAX_WORKER_THREADS {
             bail!(
                 "worker_threads {} is more than {MAX_WORKER_THREADS}; use 0 for one per CPU core",
@@ -441,6 +440,63 @@ impl Config {
         }
         self.control_url = self.control_url.trim_end_matches('/').to_string();
         Ok(())
+    }
+
+    /// Refuses durations longer than any timer may run, and 0 where nothing useful happens
+    /// at 0 (module `nearhop_wire::duration_settings`).
+    fn check_durations(&self) -> Result<(), OutOfRange> {
+        check_longest([
+            ("reconnect_wait_seconds", self.reconnect_wait_seconds),
+            (
+                "ssh_on_tls_port_silence_ms",
+                self.ssh_on_tls_port_silence_ms,
+            ),
+            ("alive_probe_ms", self.alive_probe_ms),
+            (
+                "keepalive_interval_seconds",
+                self.keepalive_interval_seconds,
+            ),
+            ("heartbeat_seconds", self.heartbeat_seconds),
+            ("routes_refresh_seconds", self.routes_refresh_seconds),
+            ("control_timeout_ms", self.control_timeout_ms),
+            ("ssh_auth_deadline_seconds", self.ssh_auth_deadline_seconds),
+            ("unbound_session_seconds", self.unbound_session_seconds),
+            (
+                "visitor_header_timeout_seconds",
+                self.visitor_header_timeout_seconds,
+            ),
+            (
+                "visitor_response_timeout_seconds",
+                self.visitor_response_timeout_seconds,
+            ),
+            (
+                "visitor_open_timeout_seconds",
+                self.visitor_open_timeout_seconds,
+            ),
+            (
+                "visitor_write_stall_seconds",
+                self.visitor_write_stall_seconds,
+            ),
+            (
+                "splice_idle_timeout_seconds",
+                self.splice_idle_timeout_seconds,
+            ),
+            (
+                "visitor_tcp_keepalive_seconds",
+                self.visitor_tcp_keepalive_seconds,
+            ),
+            ("drain_seconds", self.drain_seconds),
+            (
+                "malloc_trim_interval_seconds",
+                self.malloc_trim_interval_seconds,
+            ),
+        ])?;
+        check_not_zero([
+            ("alive_probe_ms", self.alive_probe_ms),
+            ("heartbeat_seconds", self.heartbeat_seconds),
+            ("control_timeout_ms", self.control_timeout_ms),
+            ("unbound_session_seconds", self.unbound_session_seconds),
+        ])
     }
 
     /// The bearer this edge sends to control: its credential, else the legacy shared secret.
@@ -564,6 +620,55 @@ mod tests {
             nearhop_wire::settings::parse_toml_with_env(file, ENV_PREFIX, &[], vars)?;
         c.finish()?;
         Ok(c)
+    }
+
+    #[test]
+    fn every_duration_key_refuses_more_than_366_days_naming_itself() {
+        use nearhop_wire::duration_settings::{unit_of, whole_duration_keys, LONGEST_SECONDS};
+        let keys = whole_duration_keys(include_str!("config.rs"));
+        assert!(keys.len() >= 17, "found the duration keys: {keys:?}");
+        for key in keys {
+            let (unit_ms, _) = unit_of(&key).expect("a duration key");
+            let most = LONGEST_SECONDS * 1_000 / unit_ms;
+            from_parts(&format!("edge_secret = \"s\"\n{key} = {most}"), &[])
+                .unwrap_or_else(|e| panic!("{key} = {most} is refused: {e}"));
+            let e = from_parts(&format!("edge_secret = \"s\"\n{key} = {}", most + 1), &[])
+                .expect_err(&key);
+            let said = format!("setting {key} = {} is out of range", most + 1);
+            assert!(e.to_string().contains(&said), "{key}: {e}");
+        }
+        let e = from_parts(
+            "edge_secret = \"s\"",
+            &[("NEARHOP_EDGE_DRAIN_SECONDS", "99999999999")],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("drain_seconds = 99999999999"), "{e}");
+    }
+
+    #[test]
+    fn zero_is_refused_where_nothing_useful_happens_at_zero() {
+        for key in [
+            "alive_probe_ms",
+            "heartbeat_seconds",
+            "control_timeout_ms",
+            "unbound_session_seconds",
+        ] {
+            let e = from_parts(&format!("edge_secret = \"s\"\n{key} = 0"), &[]).unwrap_err();
+            assert!(e.to_string().contains(&format!("setting {key} = 0")), "{e}");
+        }
+        for key in [
+            "reconnect_wait_seconds",
+            "visitor_open_timeout_seconds",
+            "visitor_write_stall_seconds",
+            "visitor_response_timeout_seconds",
+            "splice_idle_timeout_seconds",
+            "visitor_tcp_keepalive_seconds",
+            "drain_seconds",
+            "malloc_trim_interval_seconds",
+        ] {
+            from_parts(&format!("edge_secret = \"s\"\n{key} = 0"), &[])
+                .unwrap_or_else(|e| panic!("{key} = 0 (documented as off) is refused: {e}"));
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use ipnet::IpNet;
+use nearhop_wire::duration_settings::{check_longest, check_longest_secs_f64, check_not_zero};
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -198,18 +199,34 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.poll_interval_ms == 0 {
-            bail!("poll_interval_ms must be at least 1");
-        }
-        if self.http_header_read_timeout_ms == 0 {
-            bail!("http_header_read_timeout_ms must be at least 1");
-        }
+        check_longest([
+            ("poll_interval_ms", self.poll_interval_ms),
+            ("refresh_ms", self.refresh_ms),
+            ("reconnect_max_ms", self.reconnect_max_ms),
+            (
+                "http_header_read_timeout_ms",
+                self.http_header_read_timeout_ms,
+            ),
+        ])?;
+        check_longest(
+            self.purge_repeat_ms
+                .iter()
+                .map(|&ms| ("purge_repeat_ms", ms)),
+        )?;
+        check_not_zero([
+            ("poll_interval_ms", self.poll_interval_ms),
+            (
+                "http_header_read_timeout_ms",
+                self.http_header_read_timeout_ms,
+            ),
+        ])?;
         if self.max_request_bytes < 1024 {
             bail!("max_request_bytes must be at least 1024");
         }
         if self.apex.heartbeat_bound_secs.is_nan() || self.apex.heartbeat_bound_secs <= 0.0 {
             bail!("apex.heartbeat_bound_secs must be positive");
         }
+        check_longest_secs_f64("apex.heartbeat_bound_secs", self.apex.heartbeat_bound_secs)?;
         for zone in self.zones.keys() {
             if zone.is_empty() || nearhop_wire::storage_name(zone).as_deref() != Some(zone.as_str())
             {
@@ -356,6 +373,36 @@ mod tests {
         let dotted = "[zones.\"A.Tunnel.Test.\"]\nunknown_names = \"nearest_edge\"\n";
         let err = from_parts(dotted, &[]).expect_err("refused");
         assert!(err.to_string().contains("\"A.Tunnel.Test.\""), "{err}");
+    }
+
+    #[test]
+    fn every_duration_key_refuses_more_than_366_days_naming_itself() {
+        use nearhop_wire::duration_settings::{unit_of, whole_duration_keys, LONGEST_SECONDS};
+        let keys = whole_duration_keys(include_str!("config.rs"));
+        assert!(keys.len() >= 4, "found the duration keys: {keys:?}");
+        for key in keys {
+            let (unit_ms, _) = unit_of(&key).expect("a duration key");
+            let most = LONGEST_SECONDS * 1_000 / unit_ms;
+            from_parts(&format!("{key} = {most}"), &[])
+                .unwrap_or_else(|e| panic!("{key} = {most} is refused: {e}"));
+            let e = from_parts(&format!("{key} = {}", most + 1), &[]).expect_err(&key);
+            let said = format!("setting {key} = {} is out of range", most + 1);
+            assert!(e.to_string().contains(&said), "{key}: {e}");
+        }
+        let e = from_parts("purge_repeat_ms = [100, 99999999999999]", &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("purge_repeat_ms = 99999999999999"),
+            "{e}"
+        );
+        let e = from_parts(
+            "",
+            &[("NEARHOP_PDNS_BACKEND_APEX_HEARTBEAT_BOUND_SECS", "1e300")],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("apex.heartbeat_bound_secs = 1e300"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod backend;
 pub mod close;
+pub mod duration_settings;
 pub mod holder_proof;
 pub mod lsn;
 pub mod mesh;
