@@ -178,10 +178,10 @@ pub struct Config {
     #[serde(deserialize_with = "deserialize_fallback_ciphers")]
     pub ssh_fallback_ciphers: Vec<russh::cipher::Name>,
     /// Free memory glibc keeps per thread arena instead of giving it back to the kernel
-    /// (see `allocator`); 0 leaves glibc's default.
+    /// (see `process::allocator`); 0 leaves glibc's default.
     pub malloc_trim_threshold_bytes: usize,
     /// Seconds between runs of `malloc_trim(0)`, which gives every whole free page back to
-    /// the kernel (see `allocator`); 0: never.
+    /// the kernel (see `process::allocator`); 0: never.
     pub malloc_trim_interval_seconds: u64,
     /// Request inspector: most requests kept per inspected tunnel (the oldest go first).
     pub inspector_max_requests: usize,

@@ -30,8 +30,8 @@ fn main() -> anyhow::Result<()> {
         builder.init();
     }
     let config = nearhop_edge::config::Config::load(args.config.as_deref())?;
-    nearhop_edge::allocator::set_trim_threshold(config.malloc_trim_threshold_bytes);
-    nearhop_edge::open_files::raise_and_report(config.max_visitor_connections);
+    nearhop_edge::process::allocator::set_trim_threshold(config.malloc_trim_threshold_bytes);
+    nearhop_edge::process::open_files::raise_and_report(config.max_visitor_connections);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.worker_threads > 0 {
         runtime.worker_threads(config.worker_threads);

@@ -108,7 +108,7 @@ pub struct Metrics {
     pub certificates_generation: IntGauge,
     /// Certificates from control that could not be served (bad PEM, a key that does not fit).
     pub certificates_refused_total: IntCounter,
-    /// Runs of `malloc_trim(0)` (`allocator::release_periodically`).
+    /// Runs of `malloc_trim(0)` (`process::allocator::release_periodically`).
     pub malloc_trims_total: IntCounter,
     /// Time those runs took, seconds.
     pub malloc_trim_seconds_total: Counter,

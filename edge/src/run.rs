@@ -59,8 +59,8 @@ pub async fn run(config: Config) -> Result<()> {
         tokio::spawn(mesh_listener::serve(edge.clone(), mesh));
     }
     tokio::spawn(control_sync::run(edge.clone()));
-    if edge.config.malloc_trim_interval_seconds > 0 && crate::allocator::CAN_RELEASE {
-        tokio::spawn(crate::allocator::release_periodically(
+    if edge.config.malloc_trim_interval_seconds > 0 && crate::process::allocator::CAN_RELEASE {
+        tokio::spawn(crate::process::allocator::release_periodically(
             Duration::from_secs(edge.config.malloc_trim_interval_seconds),
             edge.shutdown.clone(),
             edge.metrics.malloc_trims_total.clone(),

@@ -4,7 +4,7 @@
 
 #![cfg(all(target_os = "linux", target_env = "gnu"))]
 
-use nearhop_edge::allocator::{release_free_memory, set_trim_threshold};
+use nearhop_edge::process::allocator::{release_free_memory, set_trim_threshold};
 
 const MIB: u64 = 1024 * 1024;
 

@@ -1,5 +1,5 @@
-//! Stream wrappers between sockets, SSH channels and the code that reads them: adaptive
-//! read buffers, coalescing channel reads, channels that let the client close first, bytes put back in front, byte counting, the
+//! Stream wrappers between sockets, SSH channels and the code that reads them, and the accept
+//! loop every listener shares: adaptive read buffers, coalescing channel reads, channels that let the client close first, bytes put back in front, byte counting, the
 //! PROXY protocol header a balancer puts in front of a connection, and a refusal's lingering
 //! close, an HTTP/2 connection's small writes gathered, and channel writes that hand large
 //! body chunks over uncopied; request bodies read up to a limit, an over-long one drained
@@ -7,6 +7,7 @@
 //! connection off from outside its task; a bound on how long a visitor may leave the edge's
 //! writes waiting.
 
+pub mod accept;
 pub mod channel_writes;
 pub mod closing_channel;
 pub mod counting;

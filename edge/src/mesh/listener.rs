@@ -57,7 +57,7 @@ pub const MAX_UNAUTHENTICATED: usize = 64;
 pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
     let config = Arc::new(russh_config(&edge));
     let unauthenticated = Arc::new(tokio::sync::Semaphore::new(MAX_UNAUTHENTICATED));
-    crate::accept::until_stopped(
+    crate::io::accept::until_stopped(
         &listener,
         edge.shutdown.cancelled(),
         "a mesh connection",

@@ -1,8 +1,8 @@
 //! The SSH listener: russh configuration (windows, keepalives, the cipher offers), one task
 //! per client, and the clean-up when a client goes away.
 
-use crate::accept;
 use crate::edge::{Edge, UnauthenticatedSlot};
+use crate::io::accept;
 use crate::io::proxy_header;
 use crate::io::read_buffer::Prefixed;
 use crate::ssh::hello::{self, AlreadyIdentified, Offer};

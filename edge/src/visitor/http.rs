@@ -8,9 +8,9 @@
 //! Long because one request's whole way (routing, phases, the kept channel of HTTP/1.1 and
 //! the pool of HTTP/2, retries, upgrades) reads top-down here, with about 125 lines of tests.
 
-use crate::accept;
 use crate::edge::Edge;
 use crate::inspector;
+use crate::io::accept;
 use crate::io::counting::CountingStream;
 use crate::io::last_word;
 use crate::io::proxy_header;

@@ -1,9 +1,9 @@
 //! Public TCP ports for `tcp` tunnels: a port from the configured range per tunnel, each
 //! visitor connection spliced into one `forwarded-tcpip` channel.
 
-use crate::accept;
 use crate::config::Config;
 use crate::edge::Edge;
+use crate::io::accept;
 use crate::tunnels::Tunnel;
 use crate::visitor::routing::{self, Listener, Route};
 use crate::visitor::splice::splice;

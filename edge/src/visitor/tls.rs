@@ -10,8 +10,8 @@
 //! else is HTTP), and a client that says nothing for `ssh_on_tls_port_silence_ms` is an SSH
 //! client waiting for the server to speak first.
 
-use crate::accept;
 use crate::edge::Edge;
+use crate::io::accept;
 use crate::io::counting::CountingStream;
 use crate::io::last_word;
 use crate::io::proxy_header;

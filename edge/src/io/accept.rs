@@ -1,6 +1,6 @@
 //! The accept loop every listener of the edge shares.
 
-use crate::open_files::Exhaustion;
+use crate::process::open_files::Exhaustion;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,7 +23,7 @@ pub async fn until_stopped(
         };
         match accepted {
             Ok((stream, peer)) => on_accept(stream, peer),
-            Err(e) => match crate::open_files::exhaustion(&e) {
+            Err(e) => match crate::process::open_files::exhaustion(&e) {
                 // Out of descriptors: the connection waits in the listen queue until one
                 // is let go; pausing longer keeps the log readable meanwhile.
                 Some(whose) => {
