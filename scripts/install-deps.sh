@@ -17,6 +17,7 @@ packages=(
   dnsutils              # dig
   unbound               # a real recursive resolver in front of pdns (dns_no_nxdomain test)
   pebble                # the ACME test server (acme_pebble test, make up ACME=1)
+  prometheus            # promtool: checks and unit-tests the alert rules (alert_rules test); its server is never started
   dnsperf               # DNS benchmarks
   wrk                   # HTTP benchmarks
   nginx-light           # the edge benchmark's local HTTP server
@@ -69,4 +70,17 @@ fi
 trap '[ -n "$created_policy" ] && $sudo rm -f "$policy"' EXIT
 $sudo apt-get update -qq || echo "warning: apt-get update failed; trying with the current lists" >&2
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# Nor at the next boot: the packages enable their units (postgresql, pdns on port 53, sshd,
+# nginx, unbound, prometheus), which a developer's machine or a CI image rebooted would start.
+# Only the units of packages this script installed are disabled; ones already there stay.
+# (`systemctl disable` edits the links only; it needs no running systemd.)
+if command -v systemctl >/dev/null 2>&1; then
+  for p in "${missing[@]}"; do
+    units=$(dpkg -L "$p" 2>/dev/null |
+      grep -E '^/(usr/)?lib/systemd/system/[^/@]+\.(service|socket|timer)$' || true)
+    for unit in $units; do
+      $sudo systemctl disable --quiet "$(basename "$unit")" >/dev/null 2>&1 || true
+    done
+  done
+fi
 ensure_paramiko
