@@ -307,8 +307,7 @@ impl Edge {
     pub fn open_session(&self, peer: std::net::SocketAddr) -> Arc<SessionLink> {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let link = Arc::new(SessionLink::new(id, peer));
-        link.closes
-            .count_in(self.metrics.channels_closed_total.clone());
+        link.closes.count_in(self.metrics.close_counters());
         lock(&self.sessions).insert(id, link.clone());
         self.metrics.ssh_sessions_active.inc();
         link

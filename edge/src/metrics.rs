@@ -64,6 +64,11 @@ pub struct Metrics {
     /// (`client`: the client answered the edge's EOF, as it should; `edge`: it did not
     /// within the linger, and the edge closed the channel itself).
     pub channels_closed_total: IntCounterVec,
+    /// Channels closed by the edge at once because their client went on sending an answer
+    /// the visitor had left (more than 1 MiB after the edge's EOF).
+    pub channels_cut_total: IntCounter,
+    /// Bytes clients sent on channels the edge was done with, read and dropped.
+    pub channel_unwanted_bytes_total: IntCounter,
     /// Time from a `tcpip-forward` request to the tunnel being live, by outcome.
     pub tunnel_setup_seconds: HistogramVec,
     /// Failed calls to control, by call.
@@ -211,6 +216,14 @@ impl Metrics {
                 "Visitor and relay channels the edge was done with, by which side closed first.",
             ),
             &["first"],
+        )?;
+        let channels_cut_total = IntCounter::new(
+            "nearhop_edge_channels_cut_total",
+            "Finished channels the edge closed at once because their client went on sending an answer the visitor had left.",
+        )?;
+        let channel_unwanted_bytes_total = IntCounter::new(
+            "nearhop_edge_channel_unwanted_bytes_total",
+            "Bytes clients sent on channels the edge was done with, read and dropped.",
         )?;
         let tunnel_setup_seconds = HistogramVec::new(
             HistogramOpts::new(
@@ -376,6 +389,8 @@ impl Metrics {
         registry.register(Box::new(visitor_write_stalls_total.clone()))?;
         registry.register(Box::new(splice_idle_closed_total.clone()))?;
         registry.register(Box::new(channels_closed_total.clone()))?;
+        registry.register(Box::new(channels_cut_total.clone()))?;
+        registry.register(Box::new(channel_unwanted_bytes_total.clone()))?;
         registry.register(Box::new(tunnel_setup_seconds.clone()))?;
         registry.register(Box::new(control_errors_total.clone()))?;
         registry.register(Box::new(tunnels_closed_total.clone()))?;
@@ -400,6 +415,8 @@ impl Metrics {
             visitor_write_stalls_total,
             splice_idle_closed_total,
             channels_closed_total,
+            channels_cut_total,
+            channel_unwanted_bytes_total,
             tunnel_setup_seconds,
             control_errors_total,
             tunnels_closed_total,
@@ -446,6 +463,16 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// The counters of finished channels, for an SSH session's or mesh link's
+    /// [`PeerCloses`](crate::io::closing_channel::PeerCloses).
+    pub fn close_counters(&self) -> crate::io::closing_channel::CloseCounters {
+        crate::io::closing_channel::CloseCounters {
+            closed: self.channels_closed_total.clone(),
+            cut: self.channels_cut_total.clone(),
+            unwanted_bytes: self.channel_unwanted_bytes_total.clone(),
+        }
     }
 }
 

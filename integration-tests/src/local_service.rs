@@ -210,11 +210,32 @@ async fn serve(stream: TcpStream, tag: &str, served: &AtomicU64) -> std::io::Res
             let secs: u64 = secs.parse().unwrap_or(0);
             tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
         }
+        if let Some(n) = path.strip_prefix("/blob/") {
+            // Made as it is sent, 64 KiB at a time, as a file server streams a file: a blob
+            // may be larger than the test's memory, and a visitor that leaves one half way
+            // leaves the rest being written until the client closes this connection.
+            let n: usize = n.parse().unwrap_or(0);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {n}\r\ncontent-type: application/octet-stream\r\n\r\n"
+            );
+            let w = reader.get_mut();
+            w.write_all(head.as_bytes()).await?;
+            let mut chunk = Vec::with_capacity(64 * 1024);
+            let mut at = 0;
+            while at < n {
+                let end = n.min(at + 64 * 1024);
+                chunk.clear();
+                chunk.extend((at..end).map(blob_byte));
+                w.write_all(&chunk).await?;
+                at = end;
+            }
+            if header("connection").eq_ignore_ascii_case("close") {
+                return Ok(());
+            }
+            continue;
+        }
         let answer: Vec<u8> = if method == "POST" && path == "/echo" {
             body
-        } else if let Some(n) = path.strip_prefix("/blob/") {
-            let n: usize = n.parse().unwrap_or(0);
-            (0..n).map(blob_byte).collect()
         } else {
             format!(
                 "hello from {tag} {path}\ntag={tag}\nhost={}\nxff={}\nxfp={}\nxfh={}\nx-added={}\nauthorization={}\nmethod={method}\n",

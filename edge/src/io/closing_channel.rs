@@ -13,14 +13,22 @@
 //! arrived ([`PeerCloses::closed_by_peer`], called from the session handler's
 //! `channel_close`), at most [`LINGER`], and only then drops the stream (whose own close
 //! then has nothing left to do). Meanwhile it reads and drops whatever the client still
-//! sends on the channel (the rest of a download the visitor left): unread, that would fill
-//! the channel's queue, and russh stops reading the whole session while any channel's
-//! queue is full. A client answers the EOF once its local side of the
-//! connection has closed too, which for an HTTP server is at once. A channel the client
-//! has not closed after [`LINGER`] is closed by the edge, and costs the one russh entry
-//! (0.5 to 3 KiB, held until the session ends; counted as `first="edge"`).
+//! sends on the channel: unread, that would fill the channel's queue, and russh stops
+//! reading the whole session while any channel's queue is full. A client answers the EOF
+//! once its local side of the connection has closed too, which for an HTTP server that has
+//! finished its answer is at once. A channel the client has not closed after [`LINGER`] is
+//! closed by the edge, and costs the one russh entry (0.5 to 3 KiB, held until the session
+//! ends; counted as `first="edge"`).
+//!
+//! Except the rest of an answer the visitor left (a download given up, a video seeked
+//! elsewhere, a reset HTTP/2 stream): the client's local server goes on sending it, and
+//! OpenSSH forwards it until it ends, so waiting for the close would cost the developer's
+//! upload link up to [`LINGER`] of an answer nobody reads. Once more than [`UNWANTED_MAX`]
+//! has come after the edge's EOF, the edge closes the channel at once: the client then
+//! closes its local connection and stops. That close costs the russh entry; counted as
+//! `first="edge"` and in `nearhop_edge_channels_cut_total`.
 
-use prometheus::IntCounterVec;
+use prometheus::{IntCounter, IntCounterVec};
 use russh::server::Msg;
 use russh::{ChannelId, ChannelStream};
 use std::collections::HashMap;
@@ -37,13 +45,29 @@ use tokio::sync::Notify;
 /// How long a finished channel waits for the client's close before closing it itself.
 pub const LINGER: Duration = Duration::from_secs(30);
 
+/// Bytes a client may still send on a channel the edge is done with before the edge closes
+/// it at once: the tail of an answer that was about to end (what was in flight) passes, the
+/// rest of a download the visitor left does not.
+pub const UNWANTED_MAX: u64 = 1 << 20;
+
+/// The edge's counters of finished channels.
+#[derive(Clone)]
+pub struct CloseCounters {
+    /// `nearhop_edge_channels_closed_total`, by `first`.
+    pub closed: IntCounterVec,
+    /// `nearhop_edge_channels_cut_total`.
+    pub cut: IntCounter,
+    /// `nearhop_edge_channel_unwanted_bytes_total`.
+    pub unwanted_bytes: IntCounter,
+}
+
 /// The channels of one SSH session waiting to hear that the client closed them, and how
 /// many the edge is still using.
 #[derive(Default)]
 pub struct PeerCloses {
     waiting: Mutex<HashMap<ChannelId, oneshot::Sender<()>>>,
-    /// `nearhop_edge_channels_closed_total`, once the edge has set it.
-    closed_total: OnceLock<IntCounterVec>,
+    /// The edge's counters, once it has set them.
+    counters: OnceLock<CloseCounters>,
     /// [`ClosingChannel`]s of the session not dropped yet: visitors in flight (and upstream
     /// channels kept for a visitor connection's next request).
     in_use: AtomicUsize,
@@ -63,14 +87,27 @@ impl Drop for Opening {
 }
 
 impl PeerCloses {
-    /// Counts each channel's close in `closed_total` (by `first`: `client` or `edge`).
-    pub fn count_in(&self, closed_total: IntCounterVec) {
-        let _ = self.closed_total.set(closed_total);
+    /// Counts each channel's close (by `first`: `client` or `edge`), the channels cut and
+    /// the bytes read and dropped, in `counters`.
+    pub fn count_in(&self, counters: CloseCounters) {
+        let _ = self.counters.set(counters);
     }
 
     fn count(&self, first: &str) {
-        if let Some(c) = self.closed_total.get() {
-            c.with_label_values(&[first]).inc();
+        if let Some(c) = self.counters.get() {
+            c.closed.with_label_values(&[first]).inc();
+        }
+    }
+
+    fn count_cut(&self) {
+        if let Some(c) = self.counters.get() {
+            c.cut.inc();
+        }
+    }
+
+    fn count_unwanted(&self, bytes: usize) {
+        if let Some(c) = self.counters.get() {
+            c.unwanted_bytes.inc_by(bytes as u64);
         }
     }
 
@@ -195,29 +232,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for ClosingChannel
             // session's reader, every other visitor of the tunnel and the keepalives with it.
             let closed = async {
                 tokio::select! {
-                    _ = &mut peer_closed => return,
-                    _ = drain(&mut stream) => {}
+                    _ = &mut peer_closed => return Leftovers::End,
+                    left = drain(&mut stream, &closes) => {
+                        if let Leftovers::TooMuch = left {
+                            return left;
+                        }
+                    }
                 }
                 // The client's EOF came first (OpenSSH sends its EOF, then its close): the
                 // close follows it, and is still awaited (select! dropping the receiver
                 // here once left every such channel waiting out LINGER, counted "edge").
                 let _ = (&mut peer_closed).await;
+                Leftovers::End
             };
-            if tokio::time::timeout(LINGER, closed).await.is_err() {
-                closes.count("edge");
+            match tokio::time::timeout(LINGER, closed).await {
+                Ok(Leftovers::End) => {}
+                Ok(Leftovers::TooMuch) => {
+                    closes.count("edge");
+                    closes.count_cut();
+                }
+                Err(_) => closes.count("edge"),
             }
             closes.forget(id);
+            // Dropping the stream closes the channel if the client has not.
             drop(stream);
         });
     }
 }
 
-/// Reads `stream` to its end (or an error), dropping what comes.
-async fn drain<S: AsyncRead + Unpin>(stream: &mut S) {
+/// How reading what a client still sent on a finished channel ended.
+enum Leftovers {
+    /// Its end (EOF, the close, an error), or the client's close while reading.
+    End,
+    /// More than [`UNWANTED_MAX`] came: the rest of an answer nobody reads.
+    TooMuch,
+}
+
+/// Reads `stream` to its end (or an error), dropping what comes and counting it, but no
+/// further than [`UNWANTED_MAX`].
+async fn drain<S: AsyncRead + Unpin>(stream: &mut S, closes: &PeerCloses) -> Leftovers {
     let mut sink = [0u8; 16 * 1024];
-    while let Ok(n) = stream.read(&mut sink).await {
-        if n == 0 {
-            return;
+    let mut read = 0u64;
+    loop {
+        match stream.read(&mut sink).await {
+            Ok(0) | Err(_) => return Leftovers::End,
+            Ok(n) => {
+                closes.count_unwanted(n);
+                read += n as u64;
+                if read > UNWANTED_MAX {
+                    return Leftovers::TooMuch;
+                }
+            }
         }
     }
 }
@@ -278,8 +343,16 @@ mod tests {
     }
 
     fn counted(closes: &PeerCloses) -> IntCounterVec {
-        let c = IntCounterVec::new(prometheus::Opts::new("closed", "closed"), &["first"])
-            .expect("counter");
+        counters(closes).closed
+    }
+
+    fn counters(closes: &PeerCloses) -> CloseCounters {
+        let c = CloseCounters {
+            closed: IntCounterVec::new(prometheus::Opts::new("closed", "closed"), &["first"])
+                .expect("counter"),
+            cut: IntCounter::new("cut", "cut").expect("counter"),
+            unwanted_bytes: IntCounter::new("unwanted", "unwanted").expect("counter"),
+        };
         closes.count_in(c.clone());
         c
     }
@@ -331,5 +404,86 @@ mod tests {
         assert_eq!(count.with_label_values(&["client"]).get(), 0);
         assert_eq!(count.with_label_values(&["edge"]).get(), 1);
         assert!(closes.begin_open(1).is_some(), "let go after the linger");
+    }
+
+    /// The edge is done with a channel whose client goes on sending (a download the
+    /// visitor left): past `UNWANTED_MAX` the edge closes it at once instead of reading
+    /// the rest of the answer for `LINGER`.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_goes_on_sending_is_cut_off_past_the_allowance() {
+        let closes = Arc::new(PeerCloses::default());
+        let c = counters(&closes);
+        let (edge_side, mut client) = duplex(64 * 1024);
+        drop(ClosingChannel::around(
+            edge_side,
+            channel_id(3),
+            closes.clone(),
+        ));
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            client.read(&mut buf).await.expect("read"),
+            0,
+            "the edge's EOF"
+        );
+        let chunk = vec![7u8; 64 * 1024];
+        let mut sent = 0u64;
+        let stopped = loop {
+            match client.write_all(&chunk).await {
+                Ok(()) => sent += chunk.len() as u64,
+                Err(e) => break e,
+            }
+            assert!(
+                sent < 64 * UNWANTED_MAX,
+                "the edge never stopped taking the rest"
+            );
+        };
+        assert_eq!(
+            stopped.kind(),
+            io::ErrorKind::BrokenPipe,
+            "the edge closed the channel"
+        );
+        assert!(
+            sent <= UNWANTED_MAX + 2 * chunk.len() as u64,
+            "the edge took {sent} bytes before closing"
+        );
+        assert!(
+            c.unwanted_bytes.get() > UNWANTED_MAX,
+            "the bytes read and dropped are counted"
+        );
+        assert_eq!(c.cut.get(), 1);
+        assert_eq!(c.closed.with_label_values(&["edge"]).get(), 1);
+        assert!(
+            closes.begin_open(1).is_some(),
+            "let go at once, not after the linger"
+        );
+    }
+
+    /// What was in flight when the edge finished (less than the allowance) is read, and
+    /// the client's close is still awaited: no cut, no russh entry left behind.
+    #[tokio::test(start_paused = true)]
+    async fn a_short_tail_is_read_and_the_clients_close_awaited() {
+        let closes = Arc::new(PeerCloses::default());
+        let c = counters(&closes);
+        let id = channel_id(4);
+        let (edge_side, mut client) = duplex(64 * 1024);
+        drop(ClosingChannel::around(edge_side, id, closes.clone()));
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            client.read(&mut buf).await.expect("read"),
+            0,
+            "the edge's EOF"
+        );
+        client
+            .write_all(&vec![1u8; 200_000])
+            .await
+            .expect("the tail is taken");
+        client.shutdown().await.expect("the client's EOF");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        closes.closed_by_peer(id);
+        tokio::time::sleep(LINGER * 2).await;
+        assert_eq!(c.unwanted_bytes.get(), 200_000);
+        assert_eq!(c.cut.get(), 0);
+        assert_eq!(c.closed.with_label_values(&["client"]).get(), 1);
+        assert_eq!(c.closed.with_label_values(&["edge"]).get(), 0);
     }
 }

@@ -84,7 +84,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
                         }
                     };
                     let closes = Arc::new(PeerCloses::default());
-                    closes.count_in(edge.metrics.channels_closed_total.clone());
+                    closes.count_in(edge.metrics.close_counters());
                     let authenticated = Arc::new(tokio::sync::Notify::new());
                     let handler = PeerSession {
                         edge: edge.clone(),
