@@ -69,13 +69,18 @@ if [ ! -e "$policy" ]; then
 fi
 trap '[ -n "$created_policy" ] && $sudo rm -f "$policy"' EXIT
 $sudo apt-get update -qq || echo "warning: apt-get update failed; trying with the current lists" >&2
+installed() { dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' | awk '$1 == "ii" { print $2 }' | sort; }
+before=$(installed)
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 # Nor at the next boot: the packages enable their units (postgresql, pdns on port 53, sshd,
 # nginx, unbound, prometheus), which a developer's machine or a CI image rebooted would start.
-# Only the units of packages this script installed are disabled; ones already there stay.
-# (`systemctl disable` edits the links only; it needs no running systemd.)
+# Only the units of packages this install brought (the listed ones and what they pulled in:
+# postgresql.service comes with postgresql-common, nginx.service with nginx-common) are
+# disabled; units of packages that were there before stay as they were. (`systemctl disable`
+# edits the links only; it needs no running systemd.)
 if command -v systemctl >/dev/null 2>&1; then
-  for p in "${missing[@]}"; do
+  new_packages=$(comm -13 <(echo "$before") <(installed))
+  for p in $new_packages; do
     units=$(dpkg -L "$p" 2>/dev/null |
       grep -E '^/(usr/)?lib/systemd/system/[^/@]+\.(service|socket|timer)$' || true)
     for unit in $units; do

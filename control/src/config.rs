@@ -1056,9 +1056,17 @@ mod tests {
 
     #[test]
     fn every_duration_key_refuses_more_than_366_days_naming_itself() {
-        use nearhop_wire::duration_settings::{unit_of, whole_duration_keys, LONGEST_SECONDS};
+        use nearhop_wire::duration_settings::{
+            other_duration_fields, unit_of, whole_duration_keys, LONGEST_SECONDS,
+        };
         let keys = whole_duration_keys(include_str!("config.rs"));
         assert!(keys.len() >= 11, "found the duration keys: {keys:?}");
+        // Checked by hand in `check_durations` (and below), as `zones.*.time_limit_minutes`.
+        assert_eq!(
+            other_duration_fields(include_str!("config.rs")),
+            ["time_limit_minutes"],
+            "a duration setting the checks do not cover"
+        );
         for key in keys {
             let (unit_ms, _) = unit_of(&key).expect("a duration key");
             let too_long = LONGEST_SECONDS * 1_000 / unit_ms + 1;

@@ -624,9 +624,16 @@ mod tests {
 
     #[test]
     fn every_duration_key_refuses_more_than_366_days_naming_itself() {
-        use nearhop_wire::duration_settings::{unit_of, whole_duration_keys, LONGEST_SECONDS};
+        use nearhop_wire::duration_settings::{
+            other_duration_fields, unit_of, whole_duration_keys, LONGEST_SECONDS,
+        };
         let keys = whole_duration_keys(include_str!("config.rs"));
         assert!(keys.len() >= 17, "found the duration keys: {keys:?}");
+        assert_eq!(
+            other_duration_fields(include_str!("config.rs")),
+            Vec::<String>::new(),
+            "a duration setting the checks do not cover"
+        );
         for key in keys {
             let (unit_ms, _) = unit_of(&key).expect("a duration key");
             let most = LONGEST_SECONDS * 1_000 / unit_ms;

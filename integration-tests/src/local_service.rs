@@ -65,6 +65,9 @@ pub struct LocalService {
     pub port: u16,
     /// Requests answered.
     pub served: Arc<AtomicU64>,
+    /// `/blob/N` answers broken off: a write failed before the end (the tunnel's client
+    /// closed this side of the connection).
+    pub blobs_broken: Arc<AtomicU64>,
     _server: AcceptLoop,
 }
 
@@ -75,16 +78,22 @@ impl LocalService {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let served = Arc::new(AtomicU64::new(0));
-        let (tag, count) = (Arc::<str>::from(tag), served.clone());
+        let blobs_broken = Arc::new(AtomicU64::new(0));
+        let tag = Arc::<str>::from(tag);
+        let counts = Counts {
+            served: served.clone(),
+            blobs_broken: blobs_broken.clone(),
+        };
         let server = AcceptLoop::start(listener, move |stream, _| {
-            let (tag, count) = (tag.clone(), count.clone());
+            let (tag, counts) = (tag.clone(), counts.clone());
             async move {
-                let _ = serve(stream, &tag, &count).await;
+                let _ = serve(stream, &tag, &counts).await;
             }
         });
         LocalService {
             port,
             served,
+            blobs_broken,
             _server: server,
         }
     }
@@ -146,7 +155,14 @@ async fn read_chunked(reader: &mut BufReader<TcpStream>) -> std::io::Result<Vec<
     }
 }
 
-async fn serve(stream: TcpStream, tag: &str, served: &AtomicU64) -> std::io::Result<()> {
+/// What [`LocalService`] counts.
+#[derive(Clone)]
+struct Counts {
+    served: Arc<AtomicU64>,
+    blobs_broken: Arc<AtomicU64>,
+}
+
+async fn serve(stream: TcpStream, tag: &str, counts: &Counts) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut reader = BufReader::new(stream);
     loop {
@@ -187,7 +203,7 @@ async fn serve(stream: TcpStream, tag: &str, served: &AtomicU64) -> std::io::Res
             reader.read_exact(&mut body).await?;
             body
         };
-        served.fetch_add(1, Ordering::Relaxed);
+        counts.served.fetch_add(1, Ordering::Relaxed);
         if header("upgrade") == "echo" {
             reader
                 .get_mut()
@@ -226,7 +242,10 @@ async fn serve(stream: TcpStream, tag: &str, served: &AtomicU64) -> std::io::Res
                 let end = n.min(at + 64 * 1024);
                 chunk.clear();
                 chunk.extend((at..end).map(blob_byte));
-                w.write_all(&chunk).await?;
+                if let Err(e) = w.write_all(&chunk).await {
+                    counts.blobs_broken.fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
+                }
                 at = end;
             }
             if header("connection").eq_ignore_ascii_case("close") {

@@ -227,6 +227,13 @@ impl Config {
             bail!("apex.heartbeat_bound_secs must be positive");
         }
         check_longest_secs_f64("apex.heartbeat_bound_secs", self.apex.heartbeat_bound_secs)?;
+        if self.apex.ttl > i32::MAX as u32 {
+            bail!(
+                "setting apex.ttl = {} is out of range: a DNS TTL is at most 2147483647 seconds \
+                 (RFC 2181)",
+                self.apex.ttl
+            );
+        }
         for zone in self.zones.keys() {
             if zone.is_empty() || nearhop_wire::storage_name(zone).as_deref() != Some(zone.as_str())
             {
@@ -377,9 +384,17 @@ mod tests {
 
     #[test]
     fn every_duration_key_refuses_more_than_366_days_naming_itself() {
-        use nearhop_wire::duration_settings::{unit_of, whole_duration_keys, LONGEST_SECONDS};
+        use nearhop_wire::duration_settings::{
+            other_duration_fields, unit_of, whole_duration_keys, LONGEST_SECONDS,
+        };
         let keys = whole_duration_keys(include_str!("config.rs"));
         assert!(keys.len() >= 4, "found the duration keys: {keys:?}");
+        // Checked by hand in `validate` (and below).
+        assert_eq!(
+            other_duration_fields(include_str!("config.rs")),
+            ["purge_repeat_ms", "heartbeat_bound_secs"],
+            "a duration setting the checks do not cover"
+        );
         for key in keys {
             let (unit_ms, _) = unit_of(&key).expect("a duration key");
             let most = LONGEST_SECONDS * 1_000 / unit_ms;
@@ -403,6 +418,9 @@ mod tests {
             e.to_string().contains("apex.heartbeat_bound_secs = 1e300"),
             "{e}"
         );
+        let e = from_parts("[apex]\nttl = 2147483648", &[]).unwrap_err();
+        assert!(e.to_string().contains("apex.ttl = 2147483648"), "{e}");
+        from_parts("[apex]\nttl = 2147483647", &[]).expect("the largest TTL");
     }
 
     #[test]

@@ -132,6 +132,34 @@ pub fn whole_duration_keys(config_source: &str) -> Vec<String> {
         .collect()
 }
 
+/// The duration-named fields of a config source that [`whole_duration_keys`] does not
+/// find: those of other structs (a table's, such as `[apex]`) and those of other types
+/// (`Vec<u64>`, `f64`). A process's tests compare them with the ones its checks cover by
+/// hand, so that a new one cannot go unchecked.
+pub fn other_duration_fields(config_source: &str) -> Vec<String> {
+    let mut in_config = false;
+    let mut found = Vec::new();
+    for line in config_source.lines() {
+        if line.starts_with("pub struct Config {") {
+            in_config = true;
+        } else if line.starts_with('}') {
+            in_config = false;
+        }
+        let Some((name, ty)) = line
+            .trim()
+            .strip_prefix("pub ")
+            .and_then(|f| f.strip_suffix(','))
+            .and_then(|f| f.split_once(": "))
+        else {
+            continue;
+        };
+        if unit_of(name).is_some() && !(in_config && ty == "u64") {
+            found.push(name.to_string());
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +248,18 @@ mod tests {
                       pub max_things: u64,\n    pub wait_ms: Vec<u64>,\n    \
                       pub renew_days: u64,\n}\nfn f() { let b_ms: u64 = 1; }\n";
         assert_eq!(whole_duration_keys(source), ["drain_seconds", "renew_days"]);
+    }
+
+    #[test]
+    fn duration_fields_outside_configs_whole_keys_are_listed() {
+        let source = "pub struct Config {\n    pub drain_seconds: u64,\n    \
+                      pub purge_repeat_ms: Vec<u64>,\n    pub apex: Apex,\n}\n\
+                      pub struct Apex {\n    pub bound_secs: f64,\n    pub ttl: u32,\n    \
+                      pub limit_minutes: u64,\n}\nfn f(wait_ms: u64) {}\n";
+        assert_eq!(
+            other_duration_fields(source),
+            ["purge_repeat_ms", "bound_secs", "limit_minutes"]
+        );
     }
 
     #[test]

@@ -103,10 +103,13 @@ async fn register(edge: &Arc<Edge>) -> Option<Duration> {
                             .await;
                     }
                 }
+                // Control bounds its own setting; a control of another version is held to the
+                // same range rather than trusted with an interval the timer cannot take.
                 let secs = if resp.heartbeat_seconds == 0 {
                     edge.config.heartbeat_seconds
                 } else {
                     resp.heartbeat_seconds
+                        .min(nearhop_wire::duration_settings::LONGEST_SECONDS)
                 };
                 return Some(Duration::from_secs(secs));
             }

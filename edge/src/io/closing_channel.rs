@@ -132,8 +132,10 @@ impl PeerCloses {
         crate::ssh::link::lock(&self.waiting).clear();
     }
 
-    fn forget(&self, id: ChannelId) {
-        crate::ssh::link::lock(&self.waiting).remove(&id);
+    /// Stops listening for the client's close of `id`; false when it came meanwhile (and
+    /// was counted as the client's).
+    fn forget(&self, id: ChannelId) -> bool {
+        crate::ssh::link::lock(&self.waiting).remove(&id).is_some()
     }
 
     /// Counts one more channel being opened, unless the session's client holds `max`
@@ -216,7 +218,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for ClosingChannel
         };
         // The client closed it already, or the session is gone: nothing to wait for.
         if !matches!(peer_closed.try_recv(), Err(TryRecvError::Empty)) {
-            self.closes.forget(self.id);
+            let _ = self.closes.forget(self.id);
             return;
         }
         let (closes, id, shut) = (self.closes.clone(), self.id, self.shut);
@@ -245,15 +247,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for ClosingChannel
                 let _ = (&mut peer_closed).await;
                 Leftovers::End
             };
-            match tokio::time::timeout(LINGER, closed).await {
-                Ok(Leftovers::End) => {}
-                Ok(Leftovers::TooMuch) => {
-                    closes.count("edge");
-                    closes.count_cut();
+            let outcome = tokio::time::timeout(LINGER, closed).await;
+            // The client's close may have come while the task stopped waiting (both ready at
+            // once in the select!, or at the linger's end): then it closed first, was counted
+            // so, and closing costs nothing in russh.
+            if closes.forget(id) {
+                match outcome {
+                    Ok(Leftovers::End) => {}
+                    Ok(Leftovers::TooMuch) => {
+                        closes.count("edge");
+                        closes.count_cut();
+                    }
+                    Err(_) => closes.count("edge"),
                 }
-                Err(_) => closes.count("edge"),
             }
-            closes.forget(id);
             // Dropping the stream closes the channel if the client has not.
             drop(stream);
         });
@@ -485,5 +492,33 @@ mod tests {
         assert_eq!(c.cut.get(), 0);
         assert_eq!(c.closed.with_label_values(&["client"]).get(), 1);
         assert_eq!(c.closed.with_label_values(&["edge"]).get(), 0);
+    }
+
+    /// The client's close comes while the rest it sent past the allowance is still queued:
+    /// the drain and the close are ready together, and the channel is counted once, as
+    /// closed by the client (it was: nothing is left in russh), not as cut too.
+    #[tokio::test(start_paused = true)]
+    async fn a_close_that_comes_with_a_long_tail_is_counted_once() {
+        for _ in 0..40 {
+            let closes = Arc::new(PeerCloses::default());
+            let c = counters(&closes);
+            let id = channel_id(5);
+            let (edge_side, mut client) = duplex(4 * 1024 * 1024);
+            let mut buf = [0u8; 16];
+            client
+                .write_all(&vec![2u8; 1_500_000])
+                .await
+                .expect("the tail is queued");
+            client.shutdown().await.expect("the client's EOF");
+            drop(ClosingChannel::around(edge_side, id, closes.clone()));
+            closes.closed_by_peer(id);
+            tokio::time::sleep(LINGER * 2).await;
+            let _ = client.read(&mut buf).await;
+            let (by_client, by_edge) = (
+                c.closed.with_label_values(&["client"]).get(),
+                c.closed.with_label_values(&["edge"]).get(),
+            );
+            assert_eq!((by_client, by_edge, c.cut.get()), (1, 0, 0));
+        }
     }
 }
