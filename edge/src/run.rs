@@ -5,35 +5,29 @@
 use crate::config::Config;
 use crate::control::{admin_api, sync as control_sync};
 use crate::edge::{shutdown, Edge};
+use crate::io::accept;
 use crate::mesh::listener as mesh_listener;
 use crate::ssh::{host_key, server as ssh_server};
 use crate::visitor::{http as visitor_http, tls as visitor_tls};
 use anyhow::{Context, Result};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 /// Runs an edge until SIGINT or SIGTERM, then shuts it down gracefully.
 pub async fn run(config: Config) -> Result<()> {
     let key = host_key::load_or_generate(&config.host_key_path)?;
-    let ssh = TcpListener::bind(config.ssh_listen)
-        .await
+    let ssh = accept::bind(config.ssh_listen)
         .with_context(|| format!("binding SSH listener {}", config.ssh_listen))?;
-    let http = TcpListener::bind(config.http_listen)
-        .await
+    let http = accept::bind(config.http_listen)
         .with_context(|| format!("binding HTTP listener {}", config.http_listen))?;
-    let tls = TcpListener::bind(config.tls_listen)
-        .await
+    let tls = accept::bind(config.tls_listen)
         .with_context(|| format!("binding TLS listener {}", config.tls_listen))?;
-    let admin = TcpListener::bind(config.admin_listen)
-        .await
+    let admin = accept::bind(config.admin_listen)
         .with_context(|| format!("binding admin listener {}", config.admin_listen))?;
     let mesh = match config.mesh_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding mesh listener {addr}"))?,
-        ),
+        Some(addr) => {
+            Some(accept::bind(addr).with_context(|| format!("binding mesh listener {addr}"))?)
+        }
         None => None,
     };
     let mesh_key = host_key::load_or_generate(&config.mesh_key_path())?;

@@ -25,12 +25,12 @@ pub async fn bind_public_port(config: &Config) -> io::Result<(TcpListener, u16)>
     let ip = config.tcp_bind_ip();
     for _ in 0..RANDOM_TRIES {
         let port = rand::thread_rng().gen_range(lo..=hi);
-        if let Ok(l) = TcpListener::bind((ip, port)).await {
+        if let Ok(l) = accept::bind(SocketAddr::new(ip, port)) {
             return Ok((l, port));
         }
     }
     for port in lo..=hi {
-        if let Ok(l) = TcpListener::bind((ip, port)).await {
+        if let Ok(l) = accept::bind(SocketAddr::new(ip, port)) {
             return Ok((l, port));
         }
     }
