@@ -6,6 +6,7 @@
 
 use anyhow::{bail, Result};
 use nearhop_wire::duration_settings::{check_longest, check_not_zero, OutOfRange};
+use nearhop_wire::settings::blame_variable;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -315,7 +316,9 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config> {
         let mut cfg: Config =
             nearhop_wire::settings::load_toml_with_env(path, ENV_PREFIX, ENV_TABLES)?;
-        cfg.validate()?;
+        cfg.validate().map_err(|e| {
+            anyhow::anyhow!(blame_variable(format!("{e:#}"), ENV_PREFIX, ENV_TABLES))
+        })?;
         Ok(cfg)
     }
 

@@ -7,6 +7,7 @@
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use nearhop_wire::duration_settings::{check_longest, check_not_zero, OutOfRange};
+use nearhop_wire::settings::blame_variable;
 use serde::{Deserialize, Deserializer};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -373,7 +374,9 @@ impl Config {
     /// Reads the file (if any), applies environment overrides and checks the result.
     pub fn load(path: Option<&Path>) -> Result<Config> {
         let mut config: Config = nearhop_wire::settings::load_toml_with_env(path, ENV_PREFIX, &[])?;
-        config.finish()?;
+        config
+            .finish()
+            .map_err(|e| anyhow::anyhow!(blame_variable(format!("{e:#}"), ENV_PREFIX, &[])))?;
         Ok(config)
     }
 

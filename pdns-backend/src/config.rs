@@ -4,6 +4,7 @@
 use anyhow::{bail, Result};
 use ipnet::IpNet;
 use nearhop_wire::duration_settings::{check_longest, check_longest_secs_f64, check_not_zero};
+use nearhop_wire::settings::blame_variable;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -194,7 +195,9 @@ impl Config {
     /// Reads `path` (if given), applies the environment overrides and validates.
     pub fn load(path: Option<&Path>) -> Result<Config> {
         let cfg: Config = nearhop_wire::settings::load_toml_with_env(path, ENV_PREFIX, ENV_TABLES)?;
-        cfg.validate()?;
+        cfg.validate().map_err(|e| {
+            anyhow::anyhow!(blame_variable(format!("{e:#}"), ENV_PREFIX, ENV_TABLES))
+        })?;
         Ok(cfg)
     }
 

@@ -141,6 +141,62 @@ pub fn parse_toml_with_env<T: DeserializeOwned>(
     deserialize(table, &mut overrides)
 }
 
+/// A refusal of the settings after they were read (a value out of range, two keys that do
+/// not go together), reworded to name the override variable that set the key it is about:
+/// `environment variable NEARHOP_CONTROL_REAP_INTERVAL_MS="0" is invalid: setting
+/// reap_interval_ms = 0 is out of range: …`. Such checks know the key only; an operator who
+/// set the value in the environment would look for it in the file. `None` when no `prefix`
+/// variable sets a key the message names (as a whole word, dotted for a table's key): the
+/// message as it was.
+pub fn blame_variable(message: String, prefix: &str, tables: &[&str]) -> String {
+    blame_variable_in(&message, prefix, tables, std::env::vars_os()).unwrap_or(message)
+}
+
+/// [`blame_variable`] over the given environment; `None` when no variable is to blame.
+pub fn blame_variable_in(
+    message: &str,
+    prefix: &str,
+    tables: &[&str],
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Option<String> {
+    let mut vars: Vec<(OsString, OsString)> = vars.into_iter().collect();
+    // The same order as the overrides were applied: the last one of a key won.
+    vars.sort();
+    vars.into_iter()
+        .rev()
+        .filter_map(|(name, value)| {
+            let name = name.into_string().ok()?;
+            let key = name.strip_prefix(prefix)?.to_ascii_lowercase();
+            if key == "config" {
+                return None;
+            }
+            let key = key_path(&key, tables).join(".");
+            names_key(message, &key).then(|| {
+                format!(
+                    "environment variable {name}={:?} is invalid: {message}",
+                    value.to_string_lossy()
+                )
+            })
+        })
+        .next()
+}
+
+/// Whether `message` names `key` as a whole word: not as part of a longer key
+/// (`heartbeat_seconds` in `edge_heartbeat_seconds`, `apex` in `apex.ttl`).
+fn names_key(message: &str, key: &str) -> bool {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    message.match_indices(key).any(|(at, _)| {
+        let before = message[..at].chars().next_back();
+        let mut after = message[at + key.len()..].chars();
+        // A dot goes on into a longer key only when a word follows it (not a full stop).
+        let goes_on = match after.next() {
+            Some('.') => after.next().is_some_and(word),
+            c => c.is_some_and(word),
+        };
+        !before.is_some_and(|c| word(c) || c == '.') && !goes_on
+    })
+}
+
 /// One `PREFIX_<KEY>` variable and where it lands.
 struct Override {
     name: String,
@@ -323,6 +379,67 @@ mod tests {
             .iter()
             .map(|(k, v)| (OsString::from(k), OsString::from(v)));
         parse_toml_with_env(Some((Path::new("t.toml"), file)), "APP_", TABLES, vars)
+    }
+
+    fn blame(message: &str, env: &[(&str, &str)]) -> Option<String> {
+        let vars = env
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        blame_variable_in(message, "APP_", TABLES, vars)
+    }
+
+    #[test]
+    fn a_refusal_after_reading_names_the_variable_that_set_the_key() {
+        assert_eq!(
+            blame(
+                "setting port = 0 is out of range: it must be at least 1",
+                &[("APP_PORT", "0"), ("APP_NAME", "x"), ("OTHER_PORT", "1")]
+            )
+            .as_deref(),
+            Some(
+                "environment variable APP_PORT=\"0\" is invalid: setting port = 0 is out of \
+                 range: it must be at least 1"
+            )
+        );
+        // A table's key, dotted in the message.
+        assert_eq!(
+            blame(
+                "setting apex.ttl = 5000000000 is out of range",
+                &[("APP_APEX_TTL", "5000000000")]
+            )
+            .as_deref(),
+            Some(
+                "environment variable APP_APEX_TTL=\"5000000000\" is invalid: setting apex.ttl = \
+                 5000000000 is out of range"
+            )
+        );
+        // At the end of a sentence.
+        assert!(blame("the value must go with port.", &[("APP_PORT", "1")]).is_some());
+        assert!(blame("it goes with port. Set both", &[("APP_PORT", "1")]).is_some());
+    }
+
+    #[test]
+    fn a_refusal_of_a_key_no_variable_set_is_left_as_it_is() {
+        // The file set it: no variable to blame.
+        assert_eq!(
+            blame("setting port = 0 is out of range", &[("APP_NAME", "x")]),
+            None
+        );
+        // A longer key that contains the variable's key is another key.
+        assert_eq!(
+            blame("setting sport = 0 is out of range", &[("APP_PORT", "0")]),
+            None
+        );
+        assert_eq!(
+            blame("setting port_max = 0 is wrong", &[("APP_PORT", "0")]),
+            None
+        );
+        assert_eq!(
+            blame("setting apex.ttl = 0 is wrong", &[("APP_APEX", "{}")]),
+            None
+        );
+        // The file's name is no key.
+        assert_eq!(blame("config names a port", &[("APP_CONFIG", "/x")]), None);
     }
 
     #[test]
