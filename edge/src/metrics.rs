@@ -73,6 +73,11 @@ pub struct Metrics {
     pub tunnel_setup_seconds: HistogramVec,
     /// Failed calls to control, by call.
     pub control_errors_total: IntCounterVec,
+    /// When control last accepted this edge's heartbeat or registration (Unix seconds; the
+    /// process's start until it first does).
+    pub control_last_heartbeat: IntGauge,
+    /// The heartbeat interval control asked for (seconds).
+    pub control_heartbeat_interval: IntGauge,
     /// Tunnels closed, by reason.
     pub tunnels_closed_total: IntCounterVec,
     /// Visitor connections refused because the edge was at `max_visitor_connections`.
@@ -242,6 +247,15 @@ impl Metrics {
             ),
             &["call"],
         )?;
+        let control_last_heartbeat = IntGauge::new(
+            "nearhop_edge_control_last_heartbeat_timestamp_seconds",
+            "When control last accepted this edge's heartbeat or registration (Unix time; the process's start until it first does).",
+        )?;
+        control_last_heartbeat.set(unix_now());
+        let control_heartbeat_interval = IntGauge::new(
+            "nearhop_edge_control_heartbeat_interval_seconds",
+            "Seconds between heartbeats, as control asked (the edge's heartbeat_seconds until it registers).",
+        )?;
         let tunnels_closed_total = IntCounterVec::new(
             Opts::new("nearhop_edge_tunnels_closed_total", "Tunnels closed."),
             &["reason"],
@@ -393,6 +407,8 @@ impl Metrics {
         registry.register(Box::new(channel_unwanted_bytes_total.clone()))?;
         registry.register(Box::new(tunnel_setup_seconds.clone()))?;
         registry.register(Box::new(control_errors_total.clone()))?;
+        registry.register(Box::new(control_last_heartbeat.clone()))?;
+        registry.register(Box::new(control_heartbeat_interval.clone()))?;
         registry.register(Box::new(tunnels_closed_total.clone()))?;
         registry.register(Box::new(visitor_connections_refused_total.clone()))?;
         Ok(Metrics {
@@ -419,6 +435,8 @@ impl Metrics {
             channel_unwanted_bytes_total,
             tunnel_setup_seconds,
             control_errors_total,
+            control_last_heartbeat,
+            control_heartbeat_interval,
             tunnels_closed_total,
             visitor_connections_refused_total,
             relay_connections_total,
@@ -474,6 +492,13 @@ impl Metrics {
             unwanted_bytes: self.channel_unwanted_bytes_total.clone(),
         }
     }
+}
+
+/// Now, in whole seconds since the Unix epoch (0 for a clock set before it).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

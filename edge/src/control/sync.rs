@@ -2,6 +2,7 @@
 //! down), batched lease heartbeats for every tunnel, and the custom-domain routes.
 
 use crate::edge::Edge;
+use crate::metrics::unix_now;
 use nearhop_wire::{EdgeHeartbeatRequest, ErrorCode, RegisterEdgeRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +13,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Registers, then heartbeats until the drain ends (the tunnels live until then, and peers
 /// keep this edge while it heartbeats, so the visitors relayed either way finish).
 pub async fn run(edge: Arc<Edge>) {
+    edge.metrics
+        .control_heartbeat_interval
+        .set(edge.config.heartbeat_seconds as i64);
     let Some(mut interval) = register(&edge).await else {
         return;
     };
@@ -27,6 +31,7 @@ pub async fn run(edge: Arc<Edge>) {
         };
         match edge.control.heartbeat(&edge.config.edge_id, &req).await {
             Ok(resp) => {
+                edge.metrics.control_last_heartbeat.set(unix_now());
                 apply_peers(&edge, &resp.peers, resp.holder_key.as_deref());
                 refresh_certificates(&edge, resp.certificates_generation).await;
                 for close in resp.close {
@@ -111,6 +116,8 @@ async fn register(edge: &Arc<Edge>) -> Option<Duration> {
                     resp.heartbeat_seconds
                         .min(nearhop_wire::duration_settings::LONGEST_SECONDS)
                 };
+                edge.metrics.control_last_heartbeat.set(unix_now());
+                edge.metrics.control_heartbeat_interval.set(secs as i64);
                 return Some(Duration::from_secs(secs));
             }
             Err(e) => {
