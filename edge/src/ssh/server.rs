@@ -218,7 +218,7 @@ async fn handle_connection(
             "client_dead"
         }
         Err(e) => {
-            tracing::debug!(error = %e, "session ended with an error");
+            tracing::info!(error = %e, "session ended with an error");
             "client_closed"
         }
         Ok(()) => "client_closed",
