@@ -12,6 +12,34 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     samples(text, name, labels).sum()
 }
 
+/// Each value of `label` among the samples of `name`, with the sum of the samples that
+/// carry it, in the label's order (a counter split by `cause`, say).
+pub fn metric_by(text: &str, name: &str, label: &str) -> Vec<(String, f64)> {
+    let mut sums = std::collections::BTreeMap::<String, f64>::new();
+    // The label first or after another, not a label whose name ends in it.
+    let (first, later) = (format!("{{{label}=\""), format!(",{label}=\""));
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        if line.split(['{', ' ']).next() != Some(name) {
+            continue;
+        }
+        let found = line.split_once(first.as_str());
+        let Some((_, rest)) = found.or_else(|| line.split_once(later.as_str())) else {
+            continue;
+        };
+        let Some((value, _)) = rest.split_once('"') else {
+            continue;
+        };
+        if let Some(v) = line
+            .split_whitespace()
+            .last()
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            *sums.entry(value.to_string()).or_default() += v;
+        }
+    }
+    sums.into_iter().collect()
+}
+
 fn samples<'a>(
     text: &'a str,
     name: &'a str,
@@ -30,7 +58,7 @@ fn samples<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::{metric, metric_sum};
+    use super::{metric, metric_by, metric_sum};
 
     const TEXT: &str = "# HELP x_total help\n\
                         x_total 3\n\
@@ -56,5 +84,19 @@ mod tests {
         assert_eq!(metric_sum(TEXT, "y", &[]), 3.5);
         assert_eq!(metric_sum(TEXT, "y", &[("kind", "a")]), 1.5);
         assert_eq!(metric_sum(TEXT, "z", &[]), 0.0);
+    }
+
+    #[test]
+    fn by_label_sums_each_value_apart() {
+        let text = "z{cause=\"b\",peer=\"x\"} 1\nz{peer=\"y\",cause=\"b\"} 2\nz{cause=\"a\"} 4\nz{because=\"c\"} 8\nz 16\n";
+        assert_eq!(
+            metric_by(text, "z", "cause"),
+            vec![("a".to_string(), 4.0), ("b".to_string(), 3.0)]
+        );
+        assert_eq!(
+            metric_by(TEXT, "y", "region"),
+            vec![("eu".to_string(), 1.5), ("us".to_string(), 2.0)]
+        );
+        assert!(metric_by(TEXT, "y", "cause").is_empty());
     }
 }

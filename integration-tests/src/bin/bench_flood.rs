@@ -23,13 +23,14 @@ use h2::{Ping, Reason};
 use nearhop_stack::background::AcceptLoop;
 use nearhop_stack::edge::{dev_zone_certificate, url_host_port, EdgeProcess, EdgeSpec};
 use nearhop_stack::edge::{SshArgs, SshClient};
-use nearhop_stack::metrics::{metric, metric_sum};
+use nearhop_stack::metrics::{metric, metric_by, metric_sum};
 use nearhop_stack::poll::try_eventually;
 use nearhop_stack::process::rss_kib;
 use nearhop_stack::visitor::http_get;
 use nearhop_stack::{Stack, StackOptions};
 use nearhop_wire::Plan;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,6 +62,13 @@ struct Args {
         default_value = "resets,downloads,http1"
     )]
     floods: Vec<Kind>,
+    /// Send the floods to a second edge (`eu`, on 127.0.0.2), which relays them over the
+    /// mesh to the edge holding the tunnel (`us`); both are measured.
+    #[arg(long)]
+    relayed: bool,
+    /// Keep the bench dir (the edges' logs and configuration) after the run.
+    #[arg(long)]
+    keep_dir: bool,
 }
 
 /// The three floods.
@@ -94,6 +102,12 @@ impl Kind {
 }
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+/// The relaying edge's address (`--relayed`).
+const RELAY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+/// How long the relaying edge may take to serve the tunnel: it learns of the holder from
+/// control's answer to a heartbeat (every 5 s in the stack), links to it and follows its
+/// holdings feed.
+const MESH_WAIT: Duration = Duration::from_secs(60);
 /// The large answer's path and size at the origin.
 const BIG_PATH: &str = "/big";
 const BIG: usize = 2_000_000;
@@ -127,23 +141,39 @@ fn main() -> Result<()> {
     let began = Instant::now();
     let tmp = tempfile::Builder::new()
         .prefix("nearhop-bench-flood-")
+        .disable_cleanup(args.keep_dir)
         .tempdir()?;
     let dir = tmp.path().to_path_buf();
     eprintln!("bench dir: {}", dir.display());
 
     let origin = Origin::start()?;
+    // The stack's control knows the regions us, eu and ap, so the relaying edge registers
+    // in a region of its own.
     let stack = Stack::start(StackOptions::default())?;
-    let credential = stack.control.issue_edge_credential("us-1")?;
-    let mut spec = EdgeSpec::for_tests("us", LOCAL, &stack.control.url, &credential);
     let (cert, key) = dev_zone_certificate(&dir.join("tls"))?;
-    spec.extra_toml = format!(
+    let edge_toml = format!(
         "tls_cert_path = \"{}\"\ntls_key_path = \"{}\"\n{}\n",
         cert.display(),
         key.display(),
         args.edge_toml
     );
-    let edge = EdgeProcess::start(&dir.join("edge"), spec)?;
-    let edge_pid = edge.pid().context("edge pid")?;
+    let edge = start_edge(&stack, "us", LOCAL, &dir.join("edge"), &edge_toml)?;
+    let relay = match args.relayed {
+        true => Some(start_edge(
+            &stack,
+            "eu",
+            RELAY,
+            &dir.join("edge-eu"),
+            &edge_toml,
+        )?),
+        false => None,
+    };
+    // The flooded edge first, the holder last (the same edge unless relayed).
+    let measured: Vec<&EdgeProcess> = relay.iter().chain([&edge]).collect();
+    let pids = measured
+        .iter()
+        .map(|e| e.pid().context("edge pid"))
+        .collect::<Result<Vec<u32>>>()?;
 
     let token = stack.control.create_account(Plan::Pro)?.token;
     let mut ssh = SshClient::start(
@@ -159,29 +189,40 @@ fn main() -> Result<()> {
     )?;
     let url = ssh.wait_for_url(Duration::from_secs(30))?;
     let (host, _) = url_host_port(&url)?;
-    let target = Arc::new(Target {
-        host,
-        http: edge.http_addr(),
-        tls: SocketAddr::from((edge.spec.ip, edge.spec.tls)),
-        tls_config: tls_config()?,
-    });
+    let tls_config = tls_config()?;
+    let holder = Arc::new(Target::at(&edge, &host, &tls_config));
+    let target = match &relay {
+        Some(eu) => Arc::new(Target::at(eu, &host, &tls_config)),
+        None => holder.clone(),
+    };
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    try_eventually(Duration::from_secs(30), || {
+    let serves = |target: &Target| {
         let (status, _) = http_get(target.http, &target.host, "/")?;
         anyhow::ensure!(status == 200, "HTTP/1.1 GET / answered {status}");
-        let status = rt.block_on(h2_get(&target, "/"))?;
+        let status = rt.block_on(h2_get(target, "/"))?;
         anyhow::ensure!(status == 200, "HTTP/2 GET / answered {status}");
         Ok(())
-    })
-    .context("the tunnel does not serve over HTTP/1.1 and HTTP/2")?;
+    };
+    try_eventually(Duration::from_secs(30), || serves(&holder))
+        .context("the tunnel does not serve over HTTP/1.1 and HTTP/2")?;
+    if relay.is_some() {
+        try_eventually(MESH_WAIT, || serves(&target))
+            .context("the relaying edge (eu) does not serve the tunnel over HTTP/1.1 and HTTP/2")?;
+    }
 
-    println!(
-        "# Visitor floods against one tunnel (stock OpenSSH client) on one edge (release builds unless NEARHOP_PROFILE says otherwise)\n"
-    );
     let floods: Vec<String> = args.floods.iter().map(|k| k.describe()).collect();
+    if relay.is_some() {
+        println!(
+            "# Visitor floods against one tunnel (stock OpenSSH client) held by one edge (us), sent to a second edge (eu) that relays them over the mesh (release builds unless NEARHOP_PROFILE says otherwise)\n"
+        );
+    } else {
+        println!(
+            "# Visitor floods against one tunnel (stock OpenSSH client) on one edge (release builds unless NEARHOP_PROFILE says otherwise)\n"
+        );
+    }
     println!(
         "{} rounds of {} s of floods at once: {}. Samples {} s after each round. Edge TOML added: {:?}\n",
         args.rounds,
@@ -190,55 +231,72 @@ fn main() -> Result<()> {
         args.settle_seconds,
         args.edge_toml
     );
-    let start = EdgeSample::of(&edge)?;
-    println!(
-        "before: edge RSS {:.1} MB, {} fds\n",
-        mb(start.rss_bytes),
-        start.fds
-    );
-    println!(
-        "| round | reset streams (conns) | 2 MB streams reset (conns; answered 200, completed, other status) | HTTP/1.1 resets (failed) | edge RSS MB: peak / flood end / +{} s | fds +{} s | channels closed first by client / edge (of which cut) | trims (avg ms) | GET / after |",
-        args.settle_seconds, args.settle_seconds
-    );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let start = sample(&measured)?;
+    if relay.is_some() {
+        let (eu, us) = (&start[0], &start[1]);
+        println!(
+            "before: eu RSS {:.1} MB, {} fds; us RSS {:.1} MB, {} fds\n",
+            mb(eu.rss_bytes),
+            eu.fds,
+            mb(us.rss_bytes),
+            us.fds
+        );
+        println!(
+            "| round | reset streams (conns) | 2 MB streams reset (conns; answered 200, completed, other status) | HTTP/1.1 resets (failed) | eu RSS MB: peak / flood end / +{0} s | us RSS MB: peak / flood end / +{0} s | fds eu / us +{0} s | relayed by eu: connections (requests) | relay errors at eu; at us | eu relay window grown MB +{0} s (growths refused) | us channels closed first by client / edge (of which cut) | trims eu / us | GET / via eu / at us |",
+            args.settle_seconds
+        );
+        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    } else {
+        println!(
+            "before: edge RSS {:.1} MB, {} fds\n",
+            mb(start[0].rss_bytes),
+            start[0].fds
+        );
+        println!(
+            "| round | reset streams (conns) | 2 MB streams reset (conns; answered 200, completed, other status) | HTTP/1.1 resets (failed) | edge RSS MB: peak / flood end / +{} s | fds +{} s | channels closed first by client / edge (of which cut) | trims (avg ms) | GET / after |",
+            args.settle_seconds, args.settle_seconds
+        );
+        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    }
+    // Where the GET after each round goes: through the flooded edge, and (relayed) to the
+    // holder directly.
+    let probed: Vec<(&str, &Target)> = match &relay {
+        Some(_) => vec![("via eu", &target), ("at us", &holder)],
+        None => vec![("", &target)],
+    };
     let settle = Duration::from_secs(args.settle_seconds);
-    let mut last = start;
+    let mut last = start.clone();
     let mut failures = Vec::new();
     for round in 1..=args.rounds {
         let report = flood(
             &target,
             &args.floods,
             Duration::from_secs(args.flood_seconds),
-            edge_pid,
+            &pids,
         )?;
-        let at_end = EdgeSample::of(&edge)?;
+        let at_end = sample(&measured)?;
         std::thread::sleep(settle);
-        let after = EdgeSample::of(&edge)?;
-        let probe = Probe::of(&target);
-        let (r, d, h) = (&report.resets, &report.downloads, &report.http1);
-        println!(
-            "| {round} | {} ({}) | {} ({}; {}, {}, {}) | {} ({}) | {:.0} / {:.0} / {:.0} | {} | {} / {} ({}) | {} | {} |",
-            r.streams,
-            r.connections,
-            d.streams,
-            d.connections,
-            d.answered,
-            d.completed,
-            d.refused,
-            h.streams,
-            h.failed,
-            report.peak_rss_kib as f64 * 1024.0 / 1e6,
-            mb(at_end.rss_bytes),
-            mb(after.rss_bytes),
-            after.fds,
-            after.closed_by_client.saturating_sub(last.closed_by_client),
-            after.closed_by_edge.saturating_sub(last.closed_by_edge),
-            since(last.cut, after.cut),
-            trims(&last, &after),
-            probe.describe(),
-        );
-        if !probe.served() {
-            failures.push(format!("round {round}: {}", probe.describe()));
+        let after = sample(&measured)?;
+        let probes: Vec<Probe> = probed.iter().map(|(_, t)| Probe::of(t)).collect();
+        let rounds = RoundSamples {
+            before: &last,
+            at_end: &at_end,
+            after: &after,
+            peaks_kib: &report.peaks_rss_kib,
+        };
+        match relay {
+            Some(_) => println!("{}", relayed_row(round, &report, &rounds, &probes)),
+            None => println!("{}", single_row(round, &report, &rounds, &probes[0])),
+        }
+        for ((where_, _), probe) in probed.iter().zip(&probes) {
+            if !probe.served() {
+                let at = if where_.is_empty() {
+                    String::new()
+                } else {
+                    format!("GET {where_}: ")
+                };
+                failures.push(format!("round {round}: {at}{}", probe.describe()));
+            }
         }
         last = after;
         if !ssh.is_running() {
@@ -249,38 +307,257 @@ fn main() -> Result<()> {
 
     ssh.stop();
     std::thread::sleep(settle);
-    let end = EdgeSample::of(&edge)?;
-    println!(
-        "\nafter the client's session ended (+{} s): edge RSS {:.1} MB, {} fds, {} tunnels; trims since the last round {}",
-        args.settle_seconds,
-        mb(end.rss_bytes),
-        end.fds,
-        end.tunnels,
-        trims(&last, &end)
-    );
-    println!(
-        "whole run: channels closed first by client {} / by edge {} (cut: {}; unwanted answer bytes read and dropped: {}); {} trims taking {:.1} s in all; refused by the edge: {} at the client's channel cap, {} at another share, {} at the connection limit, {} open timeouts; {:.1} min",
-        end.closed_by_client.saturating_sub(start.closed_by_client),
-        end.closed_by_edge.saturating_sub(start.closed_by_edge),
-        since(start.cut, end.cut),
-        since(start.unwanted_bytes, end.unwanted_bytes),
-        end.trims.saturating_sub(start.trims),
-        end.trim_seconds - start.trim_seconds,
-        end.client_full.saturating_sub(start.client_full),
-        end.other_shares.saturating_sub(start.other_shares),
-        end.limit_refused.saturating_sub(start.limit_refused),
-        end.open_timeouts.saturating_sub(start.open_timeouts),
-        began.elapsed().as_secs_f64() / 60.0
-    );
+    let end = sample(&measured)?;
+    let minutes = began.elapsed().as_secs_f64() / 60.0;
+    match &relay {
+        Some(eu) => print_relayed_end(
+            args.settle_seconds,
+            &start,
+            &last,
+            &end,
+            [eu, &edge],
+            minutes,
+        ),
+        None => print_single_end(args.settle_seconds, &start[0], &last[0], &end[0], minutes),
+    }
     if !failures.is_empty() {
+        let relay_tail = match &relay {
+            Some(eu) => format!(
+                "\nthe relaying edge's (eu) last lines:\n{}",
+                eu.log_tail(20)
+            ),
+            None => String::new(),
+        };
         bail!(
-            "the tunnel stopped serving: {}\nthe OpenSSH client printed:\n{}\nthe edge's last lines:\n{}",
+            "the tunnel stopped serving: {}\nthe OpenSSH client printed:\n{}\nthe edge's last lines:\n{}{relay_tail}",
             failures.join("; "),
             tail_of(&ssh.output(), 20),
             edge.log_tail(20)
         );
     }
     Ok(())
+}
+
+/// Starts the edge `{region}-1` on `ip` in `dir` with its own credential, with `toml` added
+/// to its configuration.
+fn start_edge(
+    stack: &Stack,
+    region: &str,
+    ip: Ipv4Addr,
+    dir: &Path,
+    toml: &str,
+) -> Result<EdgeProcess> {
+    let credential = stack
+        .control
+        .issue_edge_credential(&format!("{region}-1"))?;
+    let mut spec = EdgeSpec::for_tests(region, ip, &stack.control.url, &credential);
+    spec.extra_toml = toml.to_string();
+    EdgeProcess::start(dir, spec)
+}
+
+/// Each edge's metrics, in order.
+fn sample(edges: &[&EdgeProcess]) -> Result<Vec<EdgeSample>> {
+    edges.iter().map(|e| EdgeSample::of(e)).collect()
+}
+
+/// The edges' samples around one round, in the order of `sample`.
+struct RoundSamples<'a> {
+    /// After the previous round's settling wait (or before the first round).
+    before: &'a [EdgeSample],
+    at_end: &'a [EdgeSample],
+    /// After this round's settling wait.
+    after: &'a [EdgeSample],
+    peaks_kib: &'a [u64],
+}
+
+impl RoundSamples<'_> {
+    /// `peak / flood end / +settle` MB of edge `i`.
+    fn rss(&self, i: usize) -> String {
+        format!(
+            "{:.0} / {:.0} / {:.0}",
+            self.peaks_kib[i] as f64 * 1024.0 / 1e6,
+            mb(self.at_end[i].rss_bytes),
+            mb(self.after[i].rss_bytes)
+        )
+    }
+
+    /// `client / edge (cut)`: edge `i`'s channels closed in the round, by who closed first.
+    fn closes(&self, i: usize) -> String {
+        let (from, to) = (&self.before[i], &self.after[i]);
+        format!(
+            "{} / {} ({})",
+            to.closed_by_client.saturating_sub(from.closed_by_client),
+            to.closed_by_edge.saturating_sub(from.closed_by_edge),
+            since(from.cut, to.cut)
+        )
+    }
+}
+
+/// The floods' columns of a row.
+fn flood_columns(report: &FloodReport) -> String {
+    let (r, d, h) = (&report.resets, &report.downloads, &report.http1);
+    format!(
+        "{} ({}) | {} ({}; {}, {}, {}) | {} ({})",
+        r.streams,
+        r.connections,
+        d.streams,
+        d.connections,
+        d.answered,
+        d.completed,
+        d.refused,
+        h.streams,
+        h.failed
+    )
+}
+
+/// A round's row with one edge.
+fn single_row(round: usize, report: &FloodReport, s: &RoundSamples, probe: &Probe) -> String {
+    format!(
+        "| {round} | {} | {} | {} | {} | {} | {} |",
+        flood_columns(report),
+        s.rss(0),
+        s.after[0].fds,
+        s.closes(0),
+        trims(&s.before[0], &s.after[0]),
+        probe.describe(),
+    )
+}
+
+/// A round's row with the relaying edge (0) and the holder (1).
+fn relayed_row(round: usize, report: &FloodReport, s: &RoundSamples, probes: &[Probe]) -> String {
+    let (eu_before, eu) = (&s.before[0], &s.after[0]);
+    format!(
+        "| {round} | {} | {} | {} | {} / {} | {} ({}) | {}; {} | {:.1} ({}) | {} | {} / {} | {} / {} |",
+        flood_columns(report),
+        s.rss(0),
+        s.rss(1),
+        eu.fds,
+        s.after[1].fds,
+        eu.relayed_out.saturating_sub(eu_before.relayed_out),
+        eu.relay_requests.saturating_sub(eu_before.relay_requests),
+        relay_errors(eu_before, eu),
+        relay_errors(&s.before[1], &s.after[1]),
+        mb(eu.window_grown),
+        eu.growths_refused.saturating_sub(eu_before.growths_refused),
+        s.closes(1),
+        trims(eu_before, eu),
+        trims(&s.before[1], &s.after[1]),
+        probes[0].describe(),
+        probes[1].describe(),
+    )
+}
+
+/// The lines after the client's session ended, with one edge.
+fn print_single_end(
+    settle: u64,
+    start: &EdgeSample,
+    last: &EdgeSample,
+    end: &EdgeSample,
+    minutes: f64,
+) {
+    println!(
+        "\nafter the client's session ended (+{} s): edge RSS {:.1} MB, {} fds, {} tunnels; trims since the last round {}",
+        settle,
+        mb(end.rss_bytes),
+        end.fds,
+        end.tunnels,
+        trims(last, end)
+    );
+    println!(
+        "whole run: channels closed first by client {} / by edge {} (cut: {}; unwanted answer bytes read and dropped: {}); {} trims taking {:.1} s in all; refused by the edge: {}; {:.1} min",
+        end.closed_by_client.saturating_sub(start.closed_by_client),
+        end.closed_by_edge.saturating_sub(start.closed_by_edge),
+        since(start.cut, end.cut),
+        since(start.unwanted_bytes, end.unwanted_bytes),
+        end.trims.saturating_sub(start.trims),
+        end.trim_seconds - start.trim_seconds,
+        refusals(start, end),
+        minutes
+    );
+}
+
+/// The lines after the client's session ended, with the relaying edge (0) and the holder (1).
+fn print_relayed_end(
+    settle: u64,
+    start: &[EdgeSample],
+    last: &[EdgeSample],
+    end: &[EdgeSample],
+    edges: [&EdgeProcess; 2],
+    minutes: f64,
+) {
+    println!("\nafter the client's session ended (+{settle} s):");
+    for (i, name) in ["eu", "us"].into_iter().enumerate() {
+        let (s, l, e) = (&start[i], &last[i], &end[i]);
+        println!(
+            "- {name}: RSS {:.1} MB, {} fds, {} tunnels, relay window grown {} bytes; trims since the last round {}",
+            mb(e.rss_bytes),
+            e.fds,
+            e.tunnels,
+            e.window_grown,
+            trims(l, e)
+        );
+        println!(
+            "  whole run: relayed connections out {} / in {}, requests relayed {}, MB received from peers {:.1} / sent {:.1}; relay errors: {}; window growths refused {}; channels closed first by client {} / by edge {} (cut: {}; unwanted answer bytes read and dropped: {}); {} trims taking {:.1} s in all; refused by the edge: {}; log lines at WARN {} / ERROR {}",
+            e.relayed_out.saturating_sub(s.relayed_out),
+            e.relayed_in.saturating_sub(s.relayed_in),
+            e.relay_requests.saturating_sub(s.relay_requests),
+            mb(e.relay_received.saturating_sub(s.relay_received)),
+            mb(e.relay_sent.saturating_sub(s.relay_sent)),
+            relay_errors(s, e),
+            e.growths_refused.saturating_sub(s.growths_refused),
+            e.closed_by_client.saturating_sub(s.closed_by_client),
+            e.closed_by_edge.saturating_sub(s.closed_by_edge),
+            since(s.cut, e.cut),
+            since(s.unwanted_bytes, e.unwanted_bytes),
+            e.trims.saturating_sub(s.trims),
+            e.trim_seconds - s.trim_seconds,
+            refusals(s, e),
+            log_lines(edges[i], "WARN"),
+            log_lines(edges[i], "ERROR"),
+        );
+    }
+    println!("{minutes:.1} min");
+}
+
+/// `N at the client's channel cap, ...`: what the edge turned away between two samples.
+fn refusals(from: &EdgeSample, to: &EdgeSample) -> String {
+    format!(
+        "{} at the client's channel cap, {} at another share, {} at the connection limit, {} open timeouts",
+        to.client_full.saturating_sub(from.client_full),
+        to.other_shares.saturating_sub(from.other_shares),
+        to.limit_refused.saturating_sub(from.limit_refused),
+        to.open_timeouts.saturating_sub(from.open_timeouts)
+    )
+}
+
+/// `cause N, ...`: relay errors between two samples, `0` when none.
+fn relay_errors(from: &EdgeSample, to: &EdgeSample) -> String {
+    let grown: Vec<String> = to
+        .relay_errors
+        .iter()
+        .filter_map(|(cause, n)| {
+            let before = from
+                .relay_errors
+                .iter()
+                .find(|(c, _)| c == cause)
+                .map_or(0, |(_, n)| *n);
+            let grew = n.saturating_sub(before);
+            (grew > 0).then(|| format!("{cause} {grew}"))
+        })
+        .collect();
+    if grown.is_empty() {
+        "0".into()
+    } else {
+        grown.join(", ")
+    }
+}
+
+/// Lines of the edge's log at `level` (tracing's format: the level after the time).
+fn log_lines(edge: &EdgeProcess, level: &str) -> usize {
+    let text = std::fs::read_to_string(edge.log()).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some(level))
+        .count()
 }
 
 fn mb(bytes: u64) -> f64 {
@@ -311,9 +588,11 @@ fn trims(from: &EdgeSample, to: &EdgeSample) -> String {
 }
 
 const SHARE_REFUSED: &str = "nearhop_edge_visitor_share_refused_total";
+const RELAYED: &str = "nearhop_edge_relay_connections_total";
+const RELAY_BYTES: &str = "nearhop_edge_relay_bytes_total";
 
 /// What the edge's `/metrics` said at one moment.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct EdgeSample {
     rss_bytes: u64,
     fds: u64,
@@ -332,6 +611,20 @@ struct EdgeSample {
     limit_refused: u64,
     open_timeouts: u64,
     tunnels: u64,
+    /// Visitor connections this edge relayed to the holder (`out`), and took from a peer
+    /// (`in`).
+    relayed_out: u64,
+    relayed_in: u64,
+    /// HTTP requests relayed to the holder.
+    relay_requests: u64,
+    /// Bytes of relayed connections from peers and to them.
+    relay_received: u64,
+    relay_sent: u64,
+    /// `nearhop_edge_relay_errors_total` by cause.
+    relay_errors: Vec<(String, u64)>,
+    /// Bytes by which relay channels' windows have grown past their initial credit, now.
+    window_grown: u64,
+    growths_refused: u64,
 }
 
 impl EdgeSample {
@@ -358,6 +651,17 @@ impl EdgeSample {
             limit_refused: count("nearhop_edge_visitor_connections_refused_total", &[]),
             open_timeouts: count("nearhop_edge_visitor_open_timeouts_total", &[]),
             tunnels: count("nearhop_edge_tunnels_active", &[]),
+            relayed_out: count(RELAYED, &[("direction", "out")]),
+            relayed_in: count(RELAYED, &[("direction", "in")]),
+            relay_requests: count("nearhop_edge_relay_requests_total", &[]),
+            relay_received: count(RELAY_BYTES, &[("direction", "received")]),
+            relay_sent: count(RELAY_BYTES, &[("direction", "sent")]),
+            relay_errors: metric_by(&text, "nearhop_edge_relay_errors_total", "cause")
+                .into_iter()
+                .map(|(cause, n)| (cause, n as u64))
+                .collect(),
+            window_grown: count("nearhop_edge_relay_window_grown_bytes", &[]),
+            growths_refused: count("nearhop_edge_relay_window_growth_refused_total", &[]),
         })
     }
 }
@@ -459,6 +763,18 @@ struct Target {
     http: SocketAddr,
     tls: SocketAddr,
     tls_config: Arc<rustls::ClientConfig>,
+}
+
+impl Target {
+    /// The tunnel `host` at `edge`'s listeners.
+    fn at(edge: &EdgeProcess, host: &str, tls_config: &Arc<rustls::ClientConfig>) -> Target {
+        Target {
+            host: host.to_string(),
+            http: edge.http_addr(),
+            tls: SocketAddr::from((edge.spec.ip, edge.spec.tls)),
+            tls_config: tls_config.clone(),
+        }
+    }
 }
 
 /// TLS offering only `h2` (the edge serves HTTP/2 over TLS only, ALPN `h2`). The server's
@@ -628,12 +944,13 @@ impl Tally {
     }
 }
 
-/// What a round of floods sent, and the edge's highest resident memory meanwhile.
+/// What a round of floods sent, and each edge's highest resident memory meanwhile.
 struct FloodReport {
     resets: Counts,
     downloads: Counts,
     http1: Counts,
-    peak_rss_kib: u64,
+    /// In the order of the edges' pids given to [`flood`].
+    peaks_rss_kib: Vec<u64>,
 }
 
 /// The three floods at once for `length`, each on a thread and runtime of its own (as
@@ -644,7 +961,7 @@ fn flood(
     target: &Arc<Target>,
     kinds: &[Kind],
     length: Duration,
-    edge_pid: u32,
+    edge_pids: &[u32],
 ) -> Result<FloodReport> {
     let until = Instant::now() + length;
     let workers = |kind: Kind, n: u8| if kinds.contains(&kind) { n } else { 0 };
@@ -671,10 +988,12 @@ fn flood(
             reset_http1,
         ),
     ];
-    let mut peak = 0;
+    let mut peaks = vec![0; edge_pids.len()];
     while floods.iter().any(|f| !f.is_finished()) {
-        if let Ok(kib) = rss_kib(edge_pid) {
-            peak = peak.max(kib);
+        for (peak, pid) in peaks.iter_mut().zip(edge_pids) {
+            if let Ok(kib) = rss_kib(*pid) {
+                *peak = (*peak).max(kib);
+            }
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -686,7 +1005,7 @@ fn flood(
         resets: resets?,
         downloads: downloads?,
         http1: http1?,
-        peak_rss_kib: peak,
+        peaks_rss_kib: peaks,
     })
 }
 
