@@ -6,12 +6,22 @@
 //! closed its channels first, and a plain GET that shows the tunnel still serves; at the
 //! end, the same once the client's session has ended.
 //!
+//! With `--relayed` a second edge (`eu`, on 127.0.0.2, with a credential of its own) joins
+//! the mesh, and the floods go to its HTTP and TLS listeners: it relays them over its mesh
+//! link to the edge holding the tunnel (`us`). The rounds start once a GET through eu
+//! answers 200. Each row then has both edges' memory and descriptors, what eu relayed and
+//! the relay errors at each edge by cause, eu's relay window growth, the holder's channel
+//! closes (its tunnel's channels and the relay channels together: one counter), and a GET
+//! through eu and one to us directly, both of which must answer 200.
+//!
 //! Build release binaries first, then run (see docs/benchmarks.md, section "Memory after
 //! visitor floods"):
 //!     cargo build --release --workspace --bins
 //!     NEARHOP_PROFILE=release ./target/release/bench_flood
 //!     NEARHOP_PROFILE=release ./target/release/bench_flood --edge-toml 'malloc_trim_interval_seconds = 0'
+//!     NEARHOP_PROFILE=release ./target/release/bench_flood --relayed
 //!
+//! `--keep-dir` keeps the bench dir (printed at the start: the edges' logs) after the run.
 //! The floods are visitors written here (`h2` over rustls, plain tokio sockets), the
 //! tunnel's local service too (`Origin`), all in this process.
 
@@ -50,7 +60,7 @@ struct Args {
     /// Seconds between a round's end (and the client's exit) and the sample after it.
     #[arg(long, default_value_t = 90)]
     settle_seconds: u64,
-    /// Extra lines for the edge's TOML configuration, e.g.
+    /// Extra lines for the edge's TOML configuration (both edges' with `--relayed`), e.g.
     /// `malloc_trim_interval_seconds = 0`.
     #[arg(long, default_value = "")]
     edge_toml: String,
