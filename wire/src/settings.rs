@@ -172,13 +172,27 @@ pub fn blame_variable_in(
             }
             let key = key_path(&key, tables).join(".");
             names_key(message, &key).then(|| {
-                format!(
-                    "environment variable {name}={:?} is invalid: {message}",
-                    value.to_string_lossy()
-                )
+                // A secret's value (a short admin secret, a database URL with its
+                // password) is not repeated into logs and terminals.
+                if holds_secret(&key) {
+                    format!("environment variable {name} is invalid: {message}")
+                } else {
+                    format!(
+                        "environment variable {name}={:?} is invalid: {message}",
+                        value.to_string_lossy()
+                    )
+                }
             })
         })
         .next()
+}
+
+/// Whether a key's value may be a secret: secrets, credentials, passwords, tokens, URLs
+/// (which can carry a password).
+fn holds_secret(key: &str) -> bool {
+    ["secret", "credential", "password", "token", "url"]
+        .iter()
+        .any(|word| key.contains(word))
 }
 
 /// Whether `message` names `key` as a whole word: not as part of a longer key
@@ -239,9 +253,14 @@ impl Override {
     }
 
     fn refused(&self, message: String) -> SettingsError {
+        let value = if holds_secret(&self.path.join(".")) {
+            "(hidden)".to_string()
+        } else {
+            self.raw.clone()
+        };
         SettingsError::Variable {
             name: self.name.clone(),
-            value: self.raw.clone(),
+            value,
             message,
         }
     }
@@ -416,6 +435,24 @@ mod tests {
         // At the end of a sentence.
         assert!(blame("the value must go with port.", &[("APP_PORT", "1")]).is_some());
         assert!(blame("it goes with port. Set both", &[("APP_PORT", "1")]).is_some());
+    }
+
+    #[test]
+    fn a_secrets_value_is_not_repeated_in_the_refusal() {
+        assert_eq!(
+            blame(
+                "admin_secret must be 16 characters or more",
+                &[("APP_ADMIN_SECRET", "short")]
+            )
+            .as_deref(),
+            Some("environment variable APP_ADMIN_SECRET is invalid: admin_secret must be 16 characters or more")
+        );
+        let said = blame(
+            "database_url is not a postgres URL",
+            &[("APP_DATABASE_URL", "mysql://u:pw@h/db")],
+        )
+        .expect("blamed");
+        assert!(!said.contains("pw@"), "{said}");
     }
 
     #[test]
