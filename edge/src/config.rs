@@ -130,6 +130,11 @@ pub struct Config {
     /// Bytes by which relay channels' receive windows may grow past their 1 MiB start, all
     /// peer links together: what visitors who read fast and then stop can make the edge hold.
     pub relay_window_budget_bytes: u64,
+    /// Relay channels this edge may be opening at once on one peer edge's link (asked for,
+    /// not yet confirmed or refused), at least 1. Beyond it relayed visitors get "Tunnel
+    /// busy" at once instead of each holding a connection for up to 5 s while a holder
+    /// that is not keeping up (a flood of that tunnel's visitors) answers.
+    pub relay_openings_per_peer: usize,
     /// Largest SSH packet payload accepted on a channel.
     pub ssh_max_packet_bytes: u32,
     /// Messages buffered per SSH channel before backpressure reaches the client's TCP stream.
@@ -338,6 +343,7 @@ impl Default for Config {
             unbound_session_seconds: 30,
             ssh_window_bytes: 8 * 1024 * 1024,
             relay_window_budget_bytes: 256 * 1024 * 1024,
+            relay_openings_per_peer: 1024,
             ssh_max_packet_bytes: 32 * 1024,
             ssh_channel_buffer: 128,
             visitor_header_timeout_seconds: 30,
@@ -440,6 +446,9 @@ impl Config {
         }
         if self.inspector_max_requests == 0 {
             bail!("inspector_max_requests must be at least 1");
+        }
+        if self.relay_openings_per_peer == 0 {
+            bail!("relay_openings_per_peer must be at least 1 (0 would relay no visitor)");
         }
         self.control_url = self.control_url.trim_end_matches('/').to_string();
         Ok(())

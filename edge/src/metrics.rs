@@ -6,10 +6,11 @@ use prometheus::{
 };
 
 /// Every `cause` of `nearhop_edge_relay_errors_total` (docs/edge.md, "Metrics").
-pub const RELAY_ERROR_CAUSES: [&str; 11] = [
+pub const RELAY_ERROR_CAUSES: [&str; 12] = [
     "peer_unreachable",
     "channel_refused",
     "open_timeout",
+    "peer_busy",
     "request_failed",
     "peer_not_trusted",
     "peer_not_listed",
@@ -101,6 +102,8 @@ pub struct Metrics {
     pub mesh_holder_names: IntGaugeVec,
     /// Seconds since each peer's holdings feed last spoke (0 right after a change).
     pub mesh_holder_age_seconds: GaugeVec,
+    /// `nearhop_edge_relay_openings`, by peer (set before each scrape).
+    pub relay_openings: IntGaugeVec,
     /// 1 while this edge's link to a peer is up (its feed followed), 0 while it reconnects.
     pub mesh_link_up: IntGaugeVec,
     /// Names a peer announced that this edge does not relay to, by peer and reason
@@ -314,6 +317,13 @@ impl Metrics {
             ),
             &["peer"],
         )?;
+        let relay_openings = IntGaugeVec::new(
+            Opts::new(
+                "nearhop_edge_relay_openings",
+                "Relay channels this edge is opening on a peer edge's link now (asked for, not yet confirmed or refused); at most relay_openings_per_peer.",
+            ),
+            &["peer"],
+        )?;
         let mesh_link_up = IntGaugeVec::new(
             Opts::new(
                 "nearhop_edge_mesh_link_up",
@@ -385,6 +395,7 @@ impl Metrics {
         registry.register(Box::new(relay_window_growth_refused_total.clone()))?;
         registry.register(Box::new(mesh_holder_names.clone()))?;
         registry.register(Box::new(mesh_holder_age_seconds.clone()))?;
+        registry.register(Box::new(relay_openings.clone()))?;
         registry.register(Box::new(tunnels_active.clone()))?;
         registry.register(Box::new(ssh_sessions_active.clone()))?;
         registry.register(Box::new(visitor_connections_total.clone()))?;
@@ -447,6 +458,7 @@ impl Metrics {
             relay_window_growth_refused_total,
             mesh_holder_names,
             mesh_holder_age_seconds,
+            relay_openings,
             mesh_link_up,
             mesh_claims_refused_total,
             proxy_protocol_headers_total,
@@ -470,6 +482,16 @@ impl Metrics {
             self.mesh_holder_age_seconds
                 .with_label_values(&[peer])
                 .set(age.as_secs_f64());
+        }
+    }
+
+    /// Sets `nearhop_edge_relay_openings` from `(peer, openings)` per link (before a scrape).
+    pub fn observe_relay_openings(&self, links: &[(String, usize)]) {
+        self.relay_openings.reset();
+        for (peer, openings) in links {
+            self.relay_openings
+                .with_label_values(&[peer])
+                .set(*openings as i64);
         }
     }
 

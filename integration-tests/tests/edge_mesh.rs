@@ -1010,54 +1010,95 @@ fn a_tcp_tunnels_url_names_the_edge_holding_it_across_a_reconnect() {
 /// A holder whose host stops answering (its edge frozen with SIGSTOP: the link's TCP
 /// connection stays open, nothing comes back): a visitor relayed to it gets the "Tunnel edge
 /// not answering" page once the relay channel goes unconfirmed for 5 s, not a hang until
-/// the link's keepalives give up.
+/// the link's keepalives give up. Meanwhile, with `relay_openings_per_peer = 1`, a second
+/// visitor is told at once that the tunnel is busy instead of waiting too.
 #[test]
 fn a_frozen_holder_gets_visitors_a_page_not_a_hang() {
     // Control's usual heartbeats (not the fast ones of `mesh_stack`): the frozen edge stays
     // in the peer list well past the relay's 5 s, as it would in production.
     let stack = Stack::start(StackOptions {
         with_edges: true,
+        edge_toml: "relay_openings_per_peer = 1\n".into(),
         ..StackOptions::default()
     })
     .expect("the stack starts");
     stack.wait_mesh_linked().expect("the edges link up");
     let local = LocalService::start("local");
     let (_client, url, _token) = eu_tunnel(&stack, &local, &[US]);
-    let eu_pid = stack.edges[EU].pid().expect("eu's edge runs") as libc::pid_t;
-    // SAFETY: signals a child process this test started; it is resumed below.
-    assert_eq!(unsafe { libc::kill(eu_pid, libc::SIGSTOP) }, 0);
-    // curl, given 30 s: the link's keepalives alone would take 45 s to give up on eu.
+    let host = host_of(&url);
     let us = stack.regions[US].http_addr();
-    let answer = std::process::Command::new("curl")
-        .args(["-s", "-m", "30", "-w", "\n%{http_code}", "-H"])
-        .arg(format!("Host: {}", host_of(&url)))
-        .arg(format!("http://{us}/frozen"))
-        .output()
-        .unwrap();
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(eu_pid, libc::SIGCONT) }, 0);
-    let out = String::from_utf8_lossy(&answer.stdout).to_string();
-    let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+    let curl = move |path: &str, seconds: &str| {
+        let answer = std::process::Command::new("curl")
+            .args(["-s", "-m", seconds, "-w", "\n%{http_code}", "-H"])
+            .arg(format!("Host: {host}"))
+            .arg(format!("http://{us}{path}"))
+            .output()
+            .expect("curl runs");
+        let out = String::from_utf8_lossy(&answer.stdout).to_string();
+        let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+        (status.to_string(), body.to_string(), answer.status.code())
+    };
+    let frozen = Frozen::stop(stack.edges[EU].pid().expect("eu's edge runs") as libc::pid_t);
+    // curl, given 30 s: the link's keepalives alone would take 45 s to give up on eu.
+    let first = std::thread::spawn({
+        let curl = curl.clone();
+        move || curl("/frozen", "30")
+    });
+    eventually("us is opening a relay channel to the frozen eu", || {
+        let openings = metric_sum(
+            &edge_metrics(&stack, US),
+            "nearhop_edge_relay_openings",
+            &[("peer", "eu-1")],
+        );
+        anyhow::ensure!(openings == 1.0, "openings in flight: {openings}");
+        Ok(())
+    });
+    let (status, body, code) = curl("/second", "30");
+    assert_eq!(status, "503", "curl exit {code:?}, body {body}");
+    assert!(body.contains("Tunnel busy"), "{body}");
+    let (status, body, code) = first.join().expect("the first visitor's curl");
+    drop(frozen);
     assert_eq!(
         status,
         "502",
-        "curl exit {:?}, body {body}\nus's log:\n{}",
-        answer.status.code(),
+        "curl exit {code:?}, body {body}\nus's log:\n{}",
         stack.edges[US].log_tail(40)
     );
     assert!(body.contains("not answering"), "{body}");
-    let timeouts = metric_sum(
-        &edge_metrics(&stack, US),
-        "nearhop_edge_relay_errors_total",
-        &[("cause", "open_timeout")],
-    );
-    assert!(timeouts >= 1.0, "counted: {timeouts}");
+    let metrics = edge_metrics(&stack, US);
+    let count = |cause: &str| {
+        metric_sum(
+            &metrics,
+            "nearhop_edge_relay_errors_total",
+            &[("cause", cause)],
+        )
+    };
+    assert!(count("open_timeout") >= 1.0, "counted: {metrics}");
+    assert!(count("peer_busy") >= 1.0, "counted: {metrics}");
     // Thawed, eu serves again through us.
     eventually("us relays to eu again", || {
         let (status, body) = http_get(stack.regions[US].http_addr(), &host_of(&url), "/thawed")?;
         anyhow::ensure!(status == 200, "{status} {body}");
         Ok(())
     });
+}
+
+/// A process stopped with SIGSTOP, resumed when dropped (also when the test fails).
+struct Frozen(libc::pid_t);
+
+impl Frozen {
+    fn stop(pid: libc::pid_t) -> Frozen {
+        // SAFETY: signals a child process this test started; `drop` resumes it.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
 }
 
 /// Waits until ap's relayed bytes with eu in `direction` (`sent`, `received`) stop moving:

@@ -60,6 +60,8 @@ async fn route(edge: &Edge, req: Request<Incoming>) -> Response<ProxyBody> {
     match (req.method(), segments.as_slice()) {
         (&Method::GET, ["metrics"]) => {
             edge.metrics.observe_holders(&edge.mesh.holders.peers());
+            edge.metrics
+                .observe_relay_openings(&edge.mesh.relay_openings());
             let mut resp = Response::new(full(edge.metrics.render()));
             resp.headers_mut().insert(
                 CONTENT_TYPE,

@@ -1,14 +1,6 @@
 //! A server-side SSH channel stream that lets the client close the channel first.
 //!
-//! russh (0.65) forgets a channel that the server closed first only half: its channel table
-//! drops the entry when the server's `CHANNEL_CLOSE` goes out, so the client's answering
-//! `CHANNEL_CLOSE` is ignored as one for an unknown channel, and the session's table of
-//! channel senders keeps the channel's queue (0.5 to 3 KiB) until the whole SSH session
-//! ends. A tunnel whose session lives for days and whose visitors come and go would grow
-//! without bound; the soak benchmark showed 3.7 KiB more edge memory per visitor request.
-//! When the client closes first, russh removes the channel from both tables.
-//!
-//! So when the edge is done with a channel, [`ClosingChannel`] sends EOF (if the code using
+//! When the edge is done with a channel, [`ClosingChannel`] sends EOF (if the code using
 //! it has not) and waits, in a task of its own, until the client's `CHANNEL_CLOSE` has
 //! arrived ([`PeerCloses::closed_by_peer`], called from the session handler's
 //! `channel_close`), at most [`LINGER`], and only then drops the stream (whose own close
@@ -16,17 +8,25 @@
 //! sends on the channel: unread, that would fill the channel's queue, and russh stops
 //! reading the whole session while any channel's queue is full. A client answers the EOF
 //! once its local side of the connection has closed too, which for an HTTP server that has
-//! finished its answer is at once. A channel the client has not closed after [`LINGER`] is
-//! closed by the edge, and costs the one russh entry (0.5 to 3 KiB, held until the session
-//! ends; counted as `first="edge"`).
+//! finished its answer is at once, so the channel ends in the order OpenSSH's own
+//! forwarding ends it. A channel the client has not closed after [`LINGER`] is closed by
+//! the edge (counted as `first="edge"`).
+//!
+//! The wait began as a way around russh 0.65 as published, which forgets a channel the
+//! server closed first only half: the client's answering `CHANNEL_CLOSE` was ignored, and
+//! the session kept the channel's queue (0.5 KiB to about 7 KB) until it ended; a tunnel
+//! whose session lived for days grew by 3.7 KiB per visitor request (the soak benchmark).
+//! The russh this project builds with (`vendor/README.md`) drops that queue when the
+//! answer comes, so a close by the edge no longer costs memory; the wait is kept for the
+//! orderly end and the counts.
 //!
 //! Except the rest of an answer the visitor left (a download given up, a video seeked
 //! elsewhere, a reset HTTP/2 stream): the client's local server goes on sending it, and
 //! OpenSSH forwards it until it ends, so waiting for the close would cost the developer's
 //! upload link up to [`LINGER`] of an answer nobody reads. Once more than [`UNWANTED_MAX`]
 //! has come after the edge's EOF, the edge closes the channel at once: the client then
-//! closes its local connection and stops. That close costs the russh entry; counted as
-//! `first="edge"` and in `nearhop_edge_channels_cut_total`.
+//! closes its local connection and stops. Counted as `first="edge"` and in
+//! `nearhop_edge_channels_cut_total`.
 
 use prometheus::{IntCounter, IntCounterVec};
 use russh::server::Msg;

@@ -739,37 +739,6 @@ mod tests {
         );
     }
 
-    /// A mesh listener that hands each `direct-tcpip` channel to the test.
-    struct Accepting(tokio::sync::mpsc::UnboundedSender<russh::Channel<russh::server::Msg>>);
-
-    impl russh::server::Handler for Accepting {
-        type Error = russh::Error;
-
-        async fn auth_publickey(
-            &mut self,
-            _user: &str,
-            _key: russh::server::VerifiedPublicKey<'_>,
-        ) -> Result<russh::server::Auth, Self::Error> {
-            Ok(russh::server::Auth::Accept)
-        }
-
-        #[allow(clippy::too_many_arguments)]
-        async fn channel_open_direct_tcpip(
-            &mut self,
-            channel: russh::Channel<russh::server::Msg>,
-            _host_to_connect: &str,
-            _port_to_connect: u32,
-            _originator_address: &str,
-            _originator_port: u32,
-            reply: russh::server::ChannelOpenHandle,
-            _session: &mut russh::server::Session,
-        ) -> Result<(), Self::Error> {
-            reply.accept().await;
-            let _ = self.0.send(channel);
-            Ok(())
-        }
-    }
-
     /// Passes each side's grants to the other side's windows, as the feed does.
     fn wire(grants: tokio::sync::mpsc::UnboundedReceiver<Grant>, to: Arc<LinkCredits>) {
         let mut grants = grants;
@@ -783,8 +752,7 @@ mod tests {
     #[tokio::test]
     async fn over_real_ssh_a_window_grows_when_credit_held_the_sender_back() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (channels, mut accepted) = tokio::sync::mpsc::unbounded_channel();
-        let handle = super::super::test_link::connect(Accepting(channels)).await;
+        let (handle, mut accepted) = super::super::test_link::connect_confirming().await;
 
         let (client_tx, client_grants) = tokio::sync::mpsc::unbounded_channel();
         let (server_tx, server_grants) = tokio::sync::mpsc::unbounded_channel();

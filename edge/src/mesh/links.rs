@@ -17,9 +17,10 @@ use russh::{ChannelMsg, ChannelStream};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
     ReadBuf,
@@ -60,6 +61,18 @@ pub enum RelayError {
     /// The peer did not confirm the channel within [`OPEN_TIMEOUT`].
     #[error("peer edge {0} did not confirm the relay channel within {OPEN_TIMEOUT:?}")]
     TimedOut(String),
+    /// This edge is already opening `relay_openings_per_peer` relay channels on the link.
+    #[error(
+        "{limit} relay channels to peer edge {peer} are already waiting for its answer \
+         (relay_openings_per_peer): the peer is not keeping up, so this visitor was turned \
+         away (HTTP: \"Tunnel busy\")"
+    )]
+    Busy {
+        /// The peer.
+        peer: String,
+        /// `relay_openings_per_peer`.
+        limit: usize,
+    },
 }
 
 impl RelayError {
@@ -69,6 +82,7 @@ impl RelayError {
             RelayError::NotConnected(_) => "peer_unreachable",
             RelayError::Refused { .. } => "channel_refused",
             RelayError::TimedOut(_) => "open_timeout",
+            RelayError::Busy { .. } => "peer_busy",
         }
     }
 }
@@ -84,26 +98,69 @@ pub struct PeerLink {
     handle: RwLock<Option<Connected>>,
     /// Cancelled when the peer leaves the mesh or the edge stops.
     pub stop: CancellationToken,
+    /// Relay channels being opened on the link now, and how many may be
+    /// (`relay_openings_per_peer`).
+    opening: AtomicUsize,
+    max_opening: usize,
+    /// Relays to the peer that failed, for the log.
+    failures: FailureLog,
 }
 
 impl PeerLink {
-    /// A link that is not connected yet (see [`PeerLink::run`]).
-    pub fn new(id: String, addr: String, host_key: PublicKey, stop: CancellationToken) -> PeerLink {
+    /// A link that is not connected yet (see [`PeerLink::run`]), which opens at most
+    /// `max_opening` relay channels at once.
+    pub fn new(
+        id: String,
+        addr: String,
+        host_key: PublicKey,
+        stop: CancellationToken,
+        max_opening: usize,
+    ) -> PeerLink {
         PeerLink {
             id,
             addr,
             host_key,
             handle: RwLock::new(None),
             stop,
+            opening: AtomicUsize::new(0),
+            max_opening,
+            failures: FailureLog::default(),
         }
     }
 
     /// Opens a channel to the peer for a visitor that arrived on `listener` from `visitor`.
+    /// A failure is logged here (at most one line per [`FAILURE_LOG_INTERVAL`] and link);
+    /// the caller counts it.
     pub async fn open_relay(
         &self,
         listener: RelayListener,
         visitor: SocketAddr,
     ) -> Result<RelayChannel, RelayError> {
+        let opened = self.open_relay_channel(listener, visitor).await;
+        if let Err(e) = &opened {
+            if let Some(more) = self.failures.note(Instant::now()) {
+                if more == 0 {
+                    tracing::warn!(peer = %self.id, error = %e, "relaying a visitor to the holder edge failed (each failure is counted in nearhop_edge_relay_errors_total)");
+                } else {
+                    tracing::warn!(peer = %self.id, error = %e, more, "relaying a visitor to the holder edge failed; {more} more relays to this peer failed since the last such line (at most one a {}s; each is counted in nearhop_edge_relay_errors_total)", FAILURE_LOG_INTERVAL.as_secs());
+                }
+            }
+        }
+        opened
+    }
+
+    async fn open_relay_channel(
+        &self,
+        listener: RelayListener,
+        visitor: SocketAddr,
+    ) -> Result<RelayChannel, RelayError> {
+        // Counted while this opening waits for the peer; refused at the bound, before
+        // anything is asked of the peer.
+        let _opening =
+            Opening::begin(&self.opening, self.max_opening).ok_or_else(|| RelayError::Busy {
+                peer: self.id.clone(),
+                limit: self.max_opening,
+            })?;
         let Connected { handle, credits } = self
             .handle
             .read()
@@ -137,6 +194,21 @@ impl PeerLink {
             }
             None => RelayChannel::Plain(channel.into_stream()),
         })
+    }
+
+    /// Takes `handle` as the link's connection, without a feed or credit (tests of the
+    /// relay alone).
+    #[cfg(test)]
+    pub(super) async fn use_connection(&self, handle: Handle<PeerClient>) {
+        *self.handle.write().await = Some(Connected {
+            handle: Arc::new(handle),
+            credits: None,
+        });
+    }
+
+    /// Relay channels being opened on the link now.
+    pub fn openings(&self) -> usize {
+        self.opening.load(Ordering::SeqCst)
     }
 
     /// Whether the link is connected now.
@@ -330,6 +402,51 @@ impl PeerLink {
         }
         drop(writer);
         Ok(())
+    }
+}
+
+/// Most relay failures one link logs: the first at once, then at most one line per interval,
+/// which says how many more failed meanwhile. Under a flood every relay may fail, and one
+/// WARN line each filled 167 MB of log in a bench run (docs/benchmarks.md, "Relayed floods").
+pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// When a link last logged a relay failure, and how many failed since without a line.
+#[derive(Default)]
+struct FailureLog(std::sync::Mutex<(Option<Instant>, u64)>);
+
+impl FailureLog {
+    /// A failure at `now`: `Some(n)` when it is to be logged, `n` failures having gone
+    /// unlogged since the last line; `None` when it is only counted.
+    fn note(&self, now: Instant) -> Option<u64> {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, unlogged) = &mut *state;
+        if last.is_some_and(|at| now.saturating_duration_since(at) < FAILURE_LOG_INTERVAL) {
+            *unlogged += 1;
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(unlogged))
+    }
+}
+
+/// One relay channel being opened, counted until dropped.
+struct Opening<'a>(&'a AtomicUsize);
+
+impl<'a> Opening<'a> {
+    /// Counts one more opening in `count`, unless `limit` are already.
+    fn begin(count: &'a AtomicUsize, limit: usize) -> Option<Opening<'a>> {
+        count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Opening(count))
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -895,6 +1012,86 @@ mod tests {
 
     fn added(name: &str) -> HoldingChange {
         HoldingChange::Added(name.into(), nearhop_wire::TunnelKind::Http, None)
+    }
+
+    #[tokio::test]
+    async fn relay_openings_past_the_bound_are_refused_at_once_until_the_peer_answers() {
+        let (asked, mut openings) = tokio::sync::mpsc::unbounded_channel();
+        let handle = super::super::test_link::connect(super::super::test_link::Asked(asked)).await;
+        let key = russh::keys::PrivateKey::from(
+            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[5; 32]),
+        );
+        let link = Arc::new(PeerLink::new(
+            "us-1".into(),
+            "127.0.0.1:1".into(),
+            key.public_key().clone(),
+            CancellationToken::new(),
+            2,
+        ));
+        link.use_connection(handle).await;
+        let visitor: SocketAddr = "127.0.0.9:40000".parse().expect("address");
+        let open = |link: Arc<PeerLink>| {
+            tokio::spawn(async move { link.open_relay(RelayListener::Http, visitor).await })
+        };
+        let (first, second) = (open(link.clone()), open(link.clone()));
+        let (reply_a, _channel_a) = openings.recv().await.expect("the peer was asked");
+        let (reply_b, _channel_b) = openings.recv().await.expect("the peer was asked again");
+
+        // Two openings wait for the peer: a third is refused without asking it.
+        let third = link.open_relay(RelayListener::Http, visitor).await;
+        match third {
+            Err(e @ RelayError::Busy { limit: 2, .. }) => {
+                assert_eq!(e.cause(), "peer_busy");
+                assert!(e.to_string().contains("relay_openings_per_peer"), "{e}");
+            }
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a third relay channel was opened past the bound of 2"),
+        }
+        assert!(
+            openings.try_recv().is_err(),
+            "the peer was not asked a third time"
+        );
+
+        // The peer answers both (one yes, one no): both openings are over.
+        reply_a.accept().await;
+        reply_b
+            .reject(russh::ChannelOpenFailure::ResourceShortage)
+            .await;
+        let results = [
+            first.await.expect("first task"),
+            second.await.expect("second task"),
+        ];
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+        assert!(
+            results
+                .iter()
+                .any(|r| matches!(r, Err(RelayError::Refused { .. }))),
+            "one was refused by the peer"
+        );
+        assert_eq!(link.openings(), 0);
+
+        // So the link opens again.
+        let fourth = open(link.clone());
+        let (reply, _channel) = openings.recv().await.expect("the peer was asked");
+        reply.accept().await;
+        assert!(fourth.await.expect("fourth task").is_ok());
+    }
+
+    #[test]
+    fn relay_failures_are_logged_once_an_interval_with_the_count_between() {
+        let log = FailureLog::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(log.note(at(0)), Some(0), "the first is logged at once");
+        assert_eq!(log.note(at(1)), None);
+        assert_eq!(log.note(at(9)), None);
+        assert_eq!(
+            log.note(at(10)),
+            Some(2),
+            "then one line with the count between"
+        );
+        assert_eq!(log.note(at(25)), Some(0));
+        assert_eq!(log.note(at(26)), None);
     }
 
     #[test]

@@ -16,6 +16,8 @@
 
 pub mod acks;
 pub mod credits;
+#[cfg(test)]
+mod forgotten_channels;
 pub mod holders;
 pub mod links;
 pub mod listener;
@@ -61,6 +63,8 @@ pub struct Mesh {
     accept_unproven: bool,
     /// `nearhop_edge_mesh_claims_refused_total`.
     claims_refused: prometheus::IntCounterVec,
+    /// `relay_openings_per_peer`, for each link.
+    relay_openings_per_peer: usize,
 }
 
 /// Why a peer's claim to hold a name is not taken.
@@ -109,6 +113,7 @@ impl Mesh {
             holder_key: RwLock::new(None),
             accept_unproven: config.mesh_accept_unproven_claims,
             claims_refused,
+            relay_openings_per_peer: config.relay_openings_per_peer,
         }
     }
 
@@ -224,6 +229,7 @@ impl Mesh {
                 addr,
                 key,
                 self.shutdown.child_token(),
+                self.relay_openings_per_peer,
             ));
             peers.insert(id, link.clone());
             started.push(link);
@@ -242,6 +248,15 @@ impl Mesh {
     pub fn peer(&self, id: &str) -> Option<Arc<PeerLink>> {
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
         peers.get(id).cloned()
+    }
+
+    /// Relay channels being opened on each peer's link now.
+    pub fn relay_openings(&self) -> Vec<(String, usize)> {
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        peers
+            .iter()
+            .map(|(id, link)| (id.clone(), link.openings()))
+            .collect()
     }
 
     /// Whether `key` is the host key control registered for peer `id` (the mesh listener's

@@ -48,3 +48,59 @@ pub async fn connect<H: russh::server::Handler<Error = russh::Error> + Send + 's
     assert!(auth.success());
     handle
 }
+
+/// A mesh listener that accepts every key and hands each `direct-tcpip` channel to the test
+/// with its opening unanswered: the test confirms or refuses it, or leaves it waiting.
+pub struct Asked(
+    pub  tokio::sync::mpsc::UnboundedSender<(
+        russh::server::ChannelOpenHandle,
+        russh::Channel<russh::server::Msg>,
+    )>,
+);
+
+impl russh::server::Handler for Asked {
+    type Error = russh::Error;
+
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        _key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<russh::server::Auth, Self::Error> {
+        Ok(russh::server::Auth::Accept)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: russh::Channel<russh::server::Msg>,
+        _host_to_connect: &str,
+        _port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        let _ = self.0.send((reply, channel));
+        Ok(())
+    }
+}
+
+/// A client connected to a mesh listener that confirms every relay channel, and the
+/// listener's halves of the channels, as they are confirmed.
+pub async fn connect_confirming() -> (
+    Handle<PeerClient>,
+    tokio::sync::mpsc::UnboundedReceiver<russh::Channel<russh::server::Msg>>,
+) {
+    let (asked, mut openings) = tokio::sync::mpsc::unbounded_channel();
+    let handle = connect(Asked(asked)).await;
+    let (confirmed, channels) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some((reply, channel)) = openings.recv().await {
+            reply.accept().await;
+            if confirmed.send(channel).is_err() {
+                break;
+            }
+        }
+    });
+    (handle, channels)
+}

@@ -253,7 +253,19 @@ where
             // Counted as the proxy path counts it: a request this edge tried to relay.
             let m = &edge.metrics;
             m.relay_requests_total.with_label_values(&[&link.id]).inc();
-            holder_not_answering(edge, Prefixed::new(first, stream)).await;
+            answer_once(
+                edge,
+                Prefixed::new(first, stream),
+                pages::holder_unreachable,
+            )
+            .await;
+            return After::Closed;
+        }
+        // Nor this: this edge is opening all the relay channels to the holder it may.
+        Err(OpenFailure::TunnelBusy) => {
+            let m = &edge.metrics;
+            m.relay_requests_total.with_label_values(&[&link.id]).inc();
+            answer_once(edge, Prefixed::new(first, stream), pages::tunnel_busy).await;
             return After::Closed;
         }
         // Routed again by hyper, which waits out a reconnect and tries again.
@@ -723,8 +735,8 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// Answers the visitor's request with the "Tunnel edge not answering" page and closes.
-async fn holder_not_answering<S>(edge: &Edge, stream: S)
+/// Answers the visitor's request with `page` (one of this edge's own, a 5xx) and closes.
+async fn answer_once<S>(edge: &Edge, stream: S, page: fn() -> hyper::Response<pages::ProxyBody>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -732,14 +744,14 @@ where
         .http_responses_total
         .with_label_values(&["5xx", "relay"])
         .inc();
-    let service = service_fn(|_req| async { Ok::<_, Infallible>(pages::holder_unreachable()) });
+    let service = service_fn(move |_req| async move { Ok::<_, Infallible>(page()) });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.keep_alive(false);
     if let Err(e) = builder
         .serve_connection(TokioIo::new(stream), service)
         .await
     {
-        tracing::debug!(error = %e, "answering that the holder is not answering");
+        tracing::debug!(error = %e, "answering a relayed visitor with a page of this edge");
     }
 }
 

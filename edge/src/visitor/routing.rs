@@ -305,6 +305,7 @@ mod tests {
             "127.0.0.2:2223".into(),
             key.public_key().clone(),
             Default::default(),
+            1024,
         ));
         // (listener, certificate?, the peer's tunnel kind) → what happens here.
         let table = [

@@ -314,7 +314,7 @@ async fn relay_whole<S>(
             m.relay_bytes_total.with_label_values(&[&link.id, "sent"]),
         ),
         Err(e) => {
-            tracing::warn!(error = %e, "relaying a TLS visitor to the holder edge failed");
+            // Logged by the link, at most one line a while.
             m.relay_errors_total.with_label_values(&[e.cause()]).inc();
             return;
         }

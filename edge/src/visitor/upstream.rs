@@ -96,7 +96,8 @@ pub enum OpenFailure {
     /// The peer edge holding the tunnel did not confirm the channel in time: its host has
     /// stopped answering, and trying again would only make the visitor wait as long again.
     PeerNotAnswering,
-    /// The tunnel holds its whole share of visitor connections.
+    /// The tunnel holds its whole share of visitor connections, or (relayed) this edge is
+    /// opening as many relay channels to its holder as it may at once.
     TunnelBusy,
     /// The tunnel's client did not take the channel within this bound: suspended, frozen,
     /// or its network stalled. Not worth trying again at once.
@@ -183,10 +184,11 @@ pub async fn relay_channel(
     let channel = match link.open_relay(listener, visitor).await {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(error = %e, "relaying a visitor to the holder edge failed");
+            // Logged by the link, at most one line a while.
             m.relay_errors_total.with_label_values(&[e.cause()]).inc();
             return Err(match e {
                 RelayError::TimedOut(_) => OpenFailure::PeerNotAnswering,
+                RelayError::Busy { .. } => OpenFailure::TunnelBusy,
                 _ => OpenFailure::PeerUnreachable,
             });
         }

@@ -149,6 +149,15 @@ impl<C> CommonSession<C> {
             .is_some_and(|channel| channel.confirmed)
     }
 
+    /// nearhop patch (vendor/README.md): whether the channel table has no entry for
+    /// `channel`, as after this side closed it first. The peer's `CHANNEL_CLOSE` that
+    /// answers such a close must still drop the channel's sender.
+    pub(crate) fn is_forgotten_channel(&self, channel: ChannelId) -> bool {
+        self.encrypted
+            .as_ref()
+            .is_some_and(|enc| !enc.channels.contains_key(&channel))
+    }
+
     /// `CHANNEL_OPEN_CONFIRMATION` and `CHANNEL_OPEN_FAILURE` are only valid
     /// as the reply to a local open that is still waiting for one. Channels
     /// opened by the peer are inserted already confirmed, so they never match.

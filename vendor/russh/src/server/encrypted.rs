@@ -1522,6 +1522,12 @@ impl Session {
                 let channel_num = map_err!(ChannelId::decode(r))?;
                 map_err!(ensure_end(r))?;
                 if !self.common.is_established_channel(channel_num) {
+                    // nearhop patch: the answer to a close this side sent first. The channel
+                    // table forgot the channel then; forget its sender too, or it is kept
+                    // until the session ends.
+                    if self.common.is_forgotten_channel(channel_num) {
+                        self.channels.remove(&channel_num);
+                    }
                     return Ok(());
                 }
                 if let Some(ref mut enc) = self.common.encrypted {
