@@ -104,9 +104,66 @@ struct Args {
     /// `--ssh-option Ciphers=aes128-gcm@openssh.com` to hold the cipher equal on both paths.
     #[arg(long)]
     ssh_option: Vec<String>,
+    /// Runs the servers of the tunnels (every nearhop-edge, and sshd with its session
+    /// processes) on this CPU only, and everything else this bench starts (the tunnels'
+    /// OpenSSH clients, nginx, wrk, curl, control) on the other CPUs: the edge host apart
+    /// from the developer's and the visitors' machines, as in production. Off: all share
+    /// all CPUs.
+    #[arg(long)]
+    pin_servers: Option<usize>,
 }
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+
+/// `--pin-servers`: the CPU of the tunnels' servers, and the others for the rest.
+struct Pins {
+    servers: libc::cpu_set_t,
+}
+
+impl Pins {
+    /// Pins this process (and so all it starts from now on) to every CPU but `cpu`.
+    fn new(cpu: usize) -> Result<Pins> {
+        let cpus = std::thread::available_parallelism()?.get();
+        anyhow::ensure!(
+            cpus >= 2 && cpu < cpus,
+            "--pin-servers {cpu}: needs a CPU number below {cpus}, and a second CPU for the rest"
+        );
+        // SAFETY: cpu_set_t is plain data; CPU_ZERO and CPU_SET only write inside it.
+        let (servers, rest) = unsafe {
+            let mut servers: libc::cpu_set_t = std::mem::zeroed();
+            let mut rest: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_ZERO(&mut servers);
+            libc::CPU_ZERO(&mut rest);
+            libc::CPU_SET(cpu, &mut servers);
+            for other in (0..cpus).filter(|c| *c != cpu) {
+                libc::CPU_SET(other, &mut rest);
+            }
+            (servers, rest)
+        };
+        set_affinity(0, &rest).context("pinning the bench to the other CPUs")?;
+        Ok(Pins { servers })
+    }
+
+    /// Pins every thread of process `pid` to the servers' CPU; threads and processes it
+    /// starts later inherit it.
+    fn server(&self, pid: u32) -> Result<()> {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .with_context(|| format!("listing the threads of process {pid}"))?;
+        for task in tasks {
+            let tid: libc::pid_t = task?.file_name().to_string_lossy().parse()?;
+            set_affinity(tid, &self.servers)
+                .with_context(|| format!("pinning thread {tid} of process {pid}"))?;
+        }
+        Ok(())
+    }
+}
+
+fn set_affinity(tid: libc::pid_t, set: &libc::cpu_set_t) -> Result<()> {
+    // SAFETY: passes a valid cpu_set_t of its own size.
+    let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) };
+    anyhow::ensure!(rc == 0, "{}", std::io::Error::last_os_error());
+    Ok(())
+}
 const SSHD_N: &str = "OpenSSH sshd -R, client -N";
 const SSHD_SESSION: &str = "OpenSSH sshd -R, client with a session";
 const RELAYED: &str = "nearhop-edge, relayed by another edge";
@@ -155,6 +212,7 @@ struct Wrk {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    let pins = args.pin_servers.map(Pins::new).transpose()?;
     let tmp = tempfile::Builder::new()
         .prefix("nearhop-bench-edge-")
         .tempdir()?;
@@ -166,6 +224,10 @@ fn main() -> Result<()> {
     let sshd_port = free_port(LOCAL);
     let key = start_sshd_keys(&dir.join("sshd"))?;
     let sshd = start_sshd(&dir.join("sshd"), sshd_port)?;
+    if let Some(p) = &pins {
+        // Before any connection: its session processes are forked from this one.
+        p.server(sshd.pid())?;
+    }
 
     let stack = Stack::start(StackOptions::default())?;
     let credential = stack.control.issue_edge_credential("us-1")?;
@@ -180,6 +242,9 @@ fn main() -> Result<()> {
         );
     }
     let edge = EdgeProcess::start(&dir.join("edge"), spec)?;
+    if let Some(p) = &pins {
+        p.server(edge.pid().unwrap_or(0))?;
+    }
     let tunnels = EdgeTunnels {
         stack: &stack,
         edge: &edge,
@@ -259,6 +324,9 @@ fn main() -> Result<()> {
     );
     relay_spec.extra_toml = format!("{}\n", args.edge_toml);
     let relay_edge = EdgeProcess::start(&dir.join("edge-relay"), relay_spec)?;
+    if let Some(p) = &pins {
+        p.server(relay_edge.pid().unwrap_or(0))?;
+    }
     let via_relay = format!("http://{}", relay_edge.http_addr());
     wait_served(&via_relay, &host)?;
     // The A/B build, if asked for: a third region's edge relaying to the same holder.
@@ -274,6 +342,9 @@ fn main() -> Result<()> {
             spec.extra_toml = format!("{}\n", args.edge_toml);
             spec.binary = Some(binary.clone());
             let b = EdgeProcess::start(&dir.join("edge-relay-b"), spec)?;
+            if let Some(p) = &pins {
+                p.server(b.pid().unwrap_or(0))?;
+            }
             let via = format!("http://{}", b.http_addr());
             wait_served(&via, &host)?;
             Some((b, via))
