@@ -49,11 +49,17 @@ fn kept_dir() -> Option<PathBuf> {
 /// logs kept as with [`full_stack_with`]), heartbeating every second so that each edge learns its peers quickly; returned once every
 /// edge is linked to every other (the mesh).
 pub fn mesh_stack() -> Stack {
+    mesh_stack_with("")
+}
+
+/// [`mesh_stack`] with `edge_toml` added to every edge's configuration.
+pub fn mesh_stack_with(edge_toml: &str) -> Stack {
     let stack = Stack::start(StackOptions {
         with_edges: true,
         edge_https: true,
         control_tweak: Some(fast_heartbeats),
         dir: kept_dir(),
+        edge_toml: edge_toml.to_string(),
         ..StackOptions::default()
     })
     .expect("the stack starts");

@@ -6,7 +6,7 @@ pub use crate::edge::{host_of, port_of, url_host_port, SshArgs, SshClient};
 pub use crate::edge_stack::{start_edge, EdgeStack};
 pub use crate::full_stack::{
     fast_heartbeats, full_stack, full_stack_dropping_silent_regions, full_stack_with, mesh_stack,
-    AP, EU, US,
+    mesh_stack_with, AP, EU, US,
 };
 pub use crate::load::{plan_in, Load, LoadStats, VisitorPlan};
 pub use crate::local_service::{

@@ -224,7 +224,15 @@ fn a_tunnel_on_one_edge_is_served_at_every_other_edge() {
 
 /// Reads one HTTP/1.1 response with a `Content-Length` from `s`: its status and body.
 fn read_response(s: &mut std::net::TcpStream) -> (u16, String) {
-    let mut head = Vec::new();
+    read_response_after(s, Vec::new())
+}
+
+/// [`read_response`] once its first 9 bytes (`HTTP/1.1 `) have been read.
+fn read_response_rest(s: &mut std::net::TcpStream) -> (u16, String) {
+    read_response_after(s, b"HTTP/1.1 ".to_vec())
+}
+
+fn read_response_after(s: &mut std::net::TcpStream, mut head: Vec<u8>) -> (u16, String) {
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         s.read_exact(&mut byte).expect("a response head");
@@ -442,6 +450,77 @@ fn a_holder_leaving_between_answers_does_not_end_the_visitors_connection() {
             Ok(())
         });
     }
+}
+
+/// A local service that answers in HTTP/1.0 (as Python's `http.server` does): visitors get
+/// the edge's own HTTP/1.1 and keep their connection for the next request, directly and
+/// through the relay, and a relayed visitor that leaves is let go of at once at both edges,
+/// not at the holder's idle limit. So is one whose answer ends its connection.
+#[test]
+fn an_http_1_0_service_keeps_visitors_connections_and_relayed_ones_end_with_the_visitor() {
+    // Far past the test's patience: a connection let go of only at the idle limit fails it.
+    let stack = mesh_stack_with("visitor_header_timeout_seconds = 3600\n");
+    let token = stack.pro_token();
+    let old = one_answer_service(b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nold!");
+    let (mut old_client, old_url) = stack
+        .http_tunnel(EU, "http-1.0", Some(&token), old)
+        .expect("tunnel through eu");
+    let closing = one_answer_service(
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nbye!!",
+    );
+    let (mut closing_client, closing_url) = stack
+        .http_tunnel(EU, "closing", Some(&token), closing)
+        .expect("tunnel through eu");
+    wait_relayed(&stack, US, &old_url);
+    wait_relayed(&stack, US, &closing_url);
+    let active = |region| {
+        metric_sum(
+            &edge_metrics(&stack, region),
+            "nearhop_edge_visitor_connections_active",
+            &[],
+        )
+    };
+    let ask = |conn: &mut std::net::TcpStream, host: &str| {
+        write!(conn, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+        let mut first = [0u8; 9];
+        conn.read_exact(&mut first).expect("a status line");
+        assert_eq!(&first, b"HTTP/1.1 ", "the edge's own version");
+        read_response_rest(conn)
+    };
+    for region in [EU, US] {
+        let mut conn = std::net::TcpStream::connect(stack.regions[region].http_addr()).unwrap();
+        conn.set_read_timeout(Some(PATIENCE)).unwrap();
+        for i in 0..3 {
+            let what = format!("answer {i} at {}", stack.regions[region].name);
+            assert_eq!(
+                ask(&mut conn, &host_of(&old_url)),
+                (200, "old!".into()),
+                "{what}"
+            );
+        }
+    }
+    // The visitors left (the relayed one included): both edges let go of them.
+    let let_go = |what: &str| {
+        eventually(what, || {
+            let open = (active(EU), active(US));
+            anyhow::ensure!(open == (0.0, 0.0), "open at eu, us: {open:?}");
+            Ok(())
+        })
+    };
+    let_go("both edges let go of the visitors' connections");
+    // An answer that ends its connection ends it through the relay, the visitor still there.
+    let mut conn = std::net::TcpStream::connect(stack.regions[US].http_addr()).unwrap();
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    assert_eq!(
+        ask(&mut conn, &host_of(&closing_url)),
+        (200, "bye!!".into())
+    );
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).expect("the connection ends");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    let_go("both edges let go of the closed connection");
+    old_client.stop();
+    closing_client.stop();
 }
 
 /// An answer that ends only when the holder closes the relay channel cannot be told from

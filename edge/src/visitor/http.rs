@@ -604,6 +604,11 @@ impl VisitorConn {
                 tokio::spawn(splice_upgraded(visitor_upgrade, upstream_upgrade, upgrade));
             }
         }
+        // The visitor gets this edge's own HTTP version, not the local service's (RFC 9110,
+        // 6.2: an intermediary sends its own). hyper writes the version it is given, so an
+        // HTTP/1.0 service's answers would end each visitor's connection after one request;
+        // hyper itself answers an HTTP/1.0 visitor in HTTP/1.0.
+        *resp.version_mut() = hyper::Version::HTTP_11;
         Ok(Forwarded::Answer(resp.map(|b| b.boxed())))
     }
 

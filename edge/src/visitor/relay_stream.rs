@@ -382,15 +382,19 @@ enum Answering {
     Chunked { end: ChunkedEnd, close: bool },
     /// No framing from here on: bytes are copied until the channel closes.
     Raw,
+    /// An answer that ends the connection (`Connection: close`, HTTP/1.0 without
+    /// `keep-alive`) has passed whole: the connection ends now, whether or not the holder
+    /// closes its side (nothing it sends after that answers anything).
+    Ended,
 }
 
 impl Answering {
     /// Where the answers side is once an answer ended: at the next head, or (the answer
-    /// ended the connection) raw, so that the connection is never handed on.
+    /// ended the connection) at the end, so that the connection is never handed on.
     fn after_answer(ledger: &Ledger, close: bool) -> Answering {
         ledger.answered();
         if close {
-            Answering::Raw
+            Answering::Ended
         } else {
             Answering::Head
         }
@@ -425,6 +429,9 @@ where
             }
             bytes_out.inc_by(ready as u64);
             buf.advance(ready);
+        }
+        if matches!(at, Answering::Ended) {
+            return (to, AnswersEnd::Closed);
         }
         let between = matches!(at, Answering::Head) && buf.is_empty();
         if between && ledger.stopping() && ledger.oldest().is_none() {
@@ -475,6 +482,7 @@ fn frame_answers(at: &mut Answering, buf: &[u8], ledger: &Ledger) -> usize {
         let rest = &buf[ready..];
         match at {
             Answering::Raw => return buf.len(),
+            Answering::Ended => return ready,
             Answering::Head if rest.is_empty() => return ready,
             Answering::Head => {
                 // Bytes when no answer is owed are not an answer to anything passed.
@@ -809,15 +817,17 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_that_ends_the_connection_turns_the_rest_raw() {
+    fn an_answer_that_ends_the_connection_is_the_last_passed() {
         let ledger = Ledger::default();
         ledger.passed(false, None);
         ledger.passed(false, None);
         let mut at = Answering::Head;
         let answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok";
         assert_eq!(frame(&ledger, &mut at, answer), answer.len());
-        assert!(matches!(at, Answering::Raw), "never handed on after it");
+        assert!(matches!(at, Answering::Ended), "never handed on after it");
         assert_eq!(ledger.owed_count(), 1, "its request was answered");
+        // Nothing the holder sends after it passes.
+        assert_eq!(frame(&ledger, &mut at, b"HTTP/1.1 200 OK\r\n\r\n"), 0);
     }
 
     /// A visitor stream that holds what it is given until flushed (as a TLS stream holds
@@ -851,6 +861,35 @@ mod tests {
         assert_eq!(&got, answer);
         assert!(ledger.oldest().is_none());
         copying.abort();
+    }
+
+    /// An answer that ends the connection ends it at the relaying edge though the holder
+    /// keeps its side open (as hyper does after an HTTP/1.0 answer to an HTTP/1.1 request):
+    /// the visitor's connection does not wait for the holder's idle limit.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_that_ends_the_connection_ends_it_though_the_holder_stays() {
+        let (holder, channel) = tokio::io::duplex(1 << 16);
+        let (visitor, edge_side) = tokio::io::duplex(1 << 16);
+        let ledger = Ledger::default();
+        ledger.passed(false, None);
+        let (from, _) = tokio::io::split(channel);
+        let (_, to) = tokio::io::split(edge_side);
+        let (_holder_reads, mut holder) = tokio::io::split(holder);
+        let answer = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+        holder.write_all(answer).await.expect("holder writes");
+        let bytes = IntCounter::new("bytes", "bytes").expect("counter");
+        let copying = copy_answers(from, to, &ledger, &bytes);
+        let (mut to, end) = tokio::time::timeout(Duration::from_secs(3600), copying)
+            .await
+            .expect("the answers side ended with the answer, the holder still there");
+        assert!(end == AnswersEnd::Closed, "the connection is not handed on");
+        to.shutdown().await.expect("shutdown");
+        let (mut visitor, _visitor_writes) = tokio::io::split(visitor);
+        let mut got = Vec::new();
+        visitor.read_to_end(&mut got).await.expect("visitor reads");
+        assert_eq!(got, answer);
+        assert!(ledger.oldest().is_none());
+        drop(holder);
     }
 
     #[test]
