@@ -103,6 +103,17 @@ pub struct EdgeProcess {
     process: Option<ChildGuard>,
 }
 
+/// How long a dropped edge (the stack stopping) has to stop before it is killed: its drain
+/// (`drain_seconds`, 10 by default) and then the closes, the goodbyes to its clients and
+/// the word to control that it stopped.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        self.stop_within(STOP_GRACE);
+    }
+}
+
 impl EdgeProcess {
     /// Writes the config, starts the edge and waits until its admin API answers.
     pub fn start(dir: &Path, spec: EdgeSpec) -> Result<EdgeProcess> {
