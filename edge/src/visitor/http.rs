@@ -604,6 +604,9 @@ impl VisitorConn {
                 tokio::spawn(splice_upgraded(visitor_upgrade, upstream_upgrade, upgrade));
             }
         }
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            strip_hop_fields(resp.headers_mut());
+        }
         // The visitor gets this edge's own HTTP version, not the local service's (RFC 9110,
         // 6.2: an intermediary sends its own). hyper writes the version it is given, so an
         // HTTP/1.0 service's answers would end each visitor's connection after one request;
@@ -682,6 +685,33 @@ impl VisitorConn {
             .relay_errors_total
             .with_label_values(&[cause])
             .inc();
+    }
+}
+
+/// Takes off an answer's fields about the local service's own connection to the edge
+/// (RFC 9110 §7.6.1): `Connection` and every field it names, `Keep-Alive`,
+/// `Proxy-Connection`. They are not the visitor's: hyper decides the visitor's connection,
+/// so a service that closes its connection after every answer (`php -S`) does not end the
+/// visitor's each time. The framing fields (`Transfer-Encoding`, `Content-Length`) stay
+/// for hyper, named or not.
+pub fn strip_hop_fields(headers: &mut hyper::HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<hyper::header::HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| hyper::header::HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| {
+                *name != hyper::header::TRANSFER_ENCODING && *name != hyper::header::CONTENT_LENGTH
+            })
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in ["connection", "keep-alive", "proxy-connection"] {
+        headers.remove(name);
     }
 }
 

@@ -12,7 +12,7 @@ use crate::visitor::routing::Arrival;
 use crate::visitor::upstream::IdlePool;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, TE};
+use hyper::header::{HeaderMap, HeaderValue, COOKIE, TE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -367,25 +367,8 @@ pub fn to_http1<B>(req: &mut Request<B>) {
 /// every field it names, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`,
 /// `TE`. The local service speaks HTTP/1.1 and may send any of them.
 pub fn strip_connection_headers(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-    ] {
+    crate::visitor::http::strip_hop_fields(headers);
+    for name in ["transfer-encoding", "upgrade"] {
         headers.remove(name);
     }
     headers.remove(TE);
@@ -394,6 +377,7 @@ pub fn strip_connection_headers(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::CONNECTION;
 
     #[tokio::test(start_paused = true)]
     async fn an_answer_hyper_stopped_asking_for_is_stalled_after_the_limit() {
@@ -459,6 +443,24 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn an_http1_answer_loses_its_connection_fields_but_not_its_framing() {
+        let mut h = HeaderMap::new();
+        h.append(
+            CONNECTION,
+            "close, X-Hop, Transfer-Encoding".parse().unwrap(),
+        );
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("proxy-connection", "close".parse().unwrap());
+        h.insert("x-hop", "1".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("content-type", "text/plain".parse().unwrap());
+        crate::visitor::http::strip_hop_fields(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-type", "transfer-encoding"]);
     }
 
     #[test]
