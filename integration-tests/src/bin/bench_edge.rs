@@ -243,7 +243,10 @@ fn main() -> Result<()> {
     }
     let edge = EdgeProcess::start(&dir.join("edge"), spec)?;
     if let Some(p) = &pins {
-        p.server(edge.pid().unwrap_or(0))?;
+        p.server(
+            edge.pid()
+                .context("the holder edge exited before it could be pinned")?,
+        )?;
     }
     let tunnels = EdgeTunnels {
         stack: &stack,
@@ -325,7 +328,11 @@ fn main() -> Result<()> {
     relay_spec.extra_toml = format!("{}\n", args.edge_toml);
     let relay_edge = EdgeProcess::start(&dir.join("edge-relay"), relay_spec)?;
     if let Some(p) = &pins {
-        p.server(relay_edge.pid().unwrap_or(0))?;
+        p.server(
+            relay_edge
+                .pid()
+                .context("the relaying edge exited before it could be pinned")?,
+        )?;
     }
     let via_relay = format!("http://{}", relay_edge.http_addr());
     wait_served(&via_relay, &host)?;
@@ -343,7 +350,10 @@ fn main() -> Result<()> {
             spec.binary = Some(binary.clone());
             let b = EdgeProcess::start(&dir.join("edge-relay-b"), spec)?;
             if let Some(p) = &pins {
-                p.server(b.pid().unwrap_or(0))?;
+                p.server(
+                    b.pid()
+                        .context("the B build's edge exited before it could be pinned")?,
+                )?;
             }
             let via = format!("http://{}", b.http_addr());
             wait_served(&via, &host)?;
