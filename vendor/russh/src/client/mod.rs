@@ -1831,7 +1831,9 @@ impl Session {
             msg => {
                 // should be unreachable, since the receiver only gets
                 // messages from methods implemented within russh
-                unimplemented!("unimplemented (server-only?) message: {:?}", msg)
+                // nearhop patch: an error for the session, not a panic of the process.
+                error!("unimplemented (server-only?) message: {msg:?}");
+                return Err(crate::Error::Inconsistent);
             }
         }
         Ok(())

@@ -623,7 +623,9 @@ impl Session {
             other => {
                 // should be unreachable, since the receiver only gets
                 // messages from methods implemented within russh
-                unimplemented!("unimplemented (client-only?) message: {other:?}")
+                // nearhop patch: an error for the session, not a panic of the process.
+                log::error!("unimplemented (client-only?) message: {other:?}");
+                return Err(Error::Inconsistent);
             }
         }
         Ok(())

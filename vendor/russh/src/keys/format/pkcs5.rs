@@ -26,7 +26,13 @@ pub fn decode_pkcs5(
                 let mut dec = secret.to_vec();
                 c.decrypt_padded::<Pkcs7>(&mut dec)?.to_vec()
             }
-            Encryption::Aes256Cbc(_) => unimplemented!(),
+            // nearhop patch: an error, not a panic, for a key this crate cannot decrypt.
+            Encryption::Aes256Cbc(_) => {
+                return Err(Error::UnsupportedKeyType {
+                    key_type_string: "PKCS#5 key encrypted with AES-256-CBC".to_string(),
+                    key_type_raw: vec![],
+                })
+            }
         };
         // TODO: presumably pkcs5 could contain non-RSA keys?
         #[cfg(feature = "rsa")]
