@@ -130,6 +130,10 @@ pub struct Config {
     /// Bytes by which relay channels' receive windows may grow past their 1 MiB start, all
     /// peer links together: what visitors who read fast and then stop can make the edge hold.
     pub relay_window_budget_bytes: u64,
+    /// Bytes by which the receive windows of visitor channels (client towards edge) may
+    /// grow past their 1 MiB start, all clients together: what visitors who read fast and
+    /// then stop can make the edge hold.
+    pub tunnel_window_budget_bytes: u64,
     /// Relay channels this edge may be opening at once on one peer edge's link (asked for,
     /// not yet confirmed or refused), at least 1. Beyond it relayed visitors get "Tunnel
     /// busy" at once instead of each holding a connection for up to 5 s while a holder
@@ -343,9 +347,10 @@ impl Default for Config {
             unbound_session_seconds: 30,
             ssh_window_bytes: 8 * 1024 * 1024,
             relay_window_budget_bytes: 256 * 1024 * 1024,
+            tunnel_window_budget_bytes: 256 * 1024 * 1024,
             relay_openings_per_peer: 1024,
             ssh_max_packet_bytes: 32 * 1024,
-            ssh_channel_buffer: 128,
+            ssh_channel_buffer: 1024,
             visitor_header_timeout_seconds: 30,
             visitor_max_header_bytes: 64 * 1024,
             max_visitor_connections: 20_000,

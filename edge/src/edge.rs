@@ -7,8 +7,9 @@ use crate::config::Config;
 use crate::control::client::ControlClient;
 use crate::io::closing_channel::ClosingChannel;
 use crate::io::proxy_header;
+use crate::io::receive_window::{WindowBudget, WindowLimits};
 use crate::io::write_stall::WriteStall;
-use crate::mesh::credits::{CreditLimits, WindowBudget};
+use crate::mesh::credits::CreditLimits;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::ssh::link::{lock, SessionLink};
@@ -69,6 +70,9 @@ pub struct Edge {
     pub https: Arc<rustls::ServerConfig>,
     /// The other edges, and which of them holds which tunnel.
     pub mesh: Arc<Mesh>,
+    /// How far the receive windows of visitor channels grow (`ssh_window_bytes`), out of
+    /// `tunnel_window_budget_bytes`.
+    pub tunnel_windows: WindowLimits,
     /// The key control must present on the admin API; made at start, given to control only
     /// (in the registration).
     pub admin_key: String,
@@ -121,19 +125,30 @@ impl Edge {
             metrics.mesh_link_up.clone(),
             metrics.mesh_claims_refused_total.clone(),
             CreditLimits::new(
-                config.ssh_window_bytes,
-                WindowBudget::new(
-                    config.relay_window_budget_bytes,
-                    metrics.relay_window_grown_bytes.clone(),
-                    metrics.relay_window_growth_refused_total.clone(),
+                WindowLimits::new(
+                    config.ssh_window_bytes,
+                    WindowBudget::new(
+                        config.relay_window_budget_bytes,
+                        metrics.relay_window_grown_bytes.clone(),
+                        metrics.relay_window_growth_refused_total.clone(),
+                    ),
                 ),
                 metrics
                     .relay_errors_total
                     .with_label_values(&["credit_exceeded"]),
             ),
         ));
+        let tunnel_windows = WindowLimits::new(
+            config.ssh_window_bytes,
+            WindowBudget::new(
+                config.tunnel_window_budget_bytes,
+                metrics.tunnel_window_grown_bytes.clone(),
+                metrics.tunnel_window_growth_refused_total.clone(),
+            ),
+        );
         Ok(Edge {
             mesh,
+            tunnel_windows,
             admin_key: random_key()?,
             auth_throttle: AuthThrottle::new(config.visitor_auth_failures_per_minute),
             address_shares: Shares::new(config.max_visitor_connections_per_address),
@@ -207,7 +222,9 @@ impl Edge {
         let bound = self.config.visitor_open_timeout_seconds;
         let within = (bound > 0).then(|| Duration::from_secs(bound));
         let max = self.config.max_channels_per_client.max(1);
-        let opened = tunnel.open_channel(visitor, within, max).await;
+        let opened = tunnel
+            .open_channel(visitor, within, max, &self.tunnel_windows)
+            .await;
         match opened {
             Err(ChannelOpenError::NotAnswering(_)) => {
                 self.metrics.visitor_open_timeouts_total.inc()

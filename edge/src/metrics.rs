@@ -94,6 +94,11 @@ pub struct Metrics {
     pub relay_window_grown_bytes: IntGauge,
     /// Times a relay channel's window would have grown but the budget was spent.
     pub relay_window_growth_refused_total: IntCounter,
+    /// Bytes by which visitor channels' receive windows have grown past their first 1 MiB,
+    /// all clients together (bounded by `tunnel_window_budget_bytes`).
+    pub tunnel_window_grown_bytes: IntGauge,
+    /// Times a visitor channel's window would have grown but the budget was spent.
+    pub tunnel_window_growth_refused_total: IntCounter,
     /// HTTP requests relayed to each peer edge.
     pub relay_requests_total: IntCounterVec,
     /// Relays that failed, by cause.
@@ -303,6 +308,14 @@ impl Metrics {
             "nearhop_edge_relay_window_growth_refused_total",
             "Times a relay channel's window would have grown but relay_window_budget_bytes was spent.",
         )?;
+        let tunnel_window_grown_bytes = IntGauge::new(
+            "nearhop_edge_tunnel_window_grown_bytes",
+            "Bytes by which visitor channels' receive windows (client to edge) have grown past their first 1 MiB, all clients together.",
+        )?;
+        let tunnel_window_growth_refused_total = IntCounter::new(
+            "nearhop_edge_tunnel_window_growth_refused_total",
+            "Times a visitor channel's window would have grown but tunnel_window_budget_bytes was spent.",
+        )?;
         let mesh_holder_names = IntGaugeVec::new(
             Opts::new(
                 "nearhop_edge_mesh_holder_names",
@@ -393,6 +406,8 @@ impl Metrics {
         }
         registry.register(Box::new(relay_window_grown_bytes.clone()))?;
         registry.register(Box::new(relay_window_growth_refused_total.clone()))?;
+        registry.register(Box::new(tunnel_window_grown_bytes.clone()))?;
+        registry.register(Box::new(tunnel_window_growth_refused_total.clone()))?;
         registry.register(Box::new(mesh_holder_names.clone()))?;
         registry.register(Box::new(mesh_holder_age_seconds.clone()))?;
         registry.register(Box::new(relay_openings.clone()))?;
@@ -456,6 +471,8 @@ impl Metrics {
             relay_errors_total,
             relay_window_grown_bytes,
             relay_window_growth_refused_total,
+            tunnel_window_grown_bytes,
+            tunnel_window_growth_refused_total,
             mesh_holder_names,
             mesh_holder_age_seconds,
             relay_openings,

@@ -3,6 +3,7 @@
 
 use crate::inspector::capture::Inspector;
 use crate::io::closing_channel::ClosingChannel;
+use crate::io::receive_window::{SessionGrants, WindowLimits};
 use crate::mesh::protocol::{HoldingChange, Proof};
 use crate::options::TunnelOptions;
 use crate::ssh::link::SessionLink;
@@ -143,11 +144,16 @@ impl Tunnel {
     ///
     /// No more than `max_channels` of the edge's channels are kept at the client at once
     /// (see [`PeerCloses::begin_open`](crate::io::closing_channel::PeerCloses::begin_open)).
+    ///
+    /// The channel's reads grant the client its window, within `windows`
+    /// ([`GrantedReads`](crate::io::receive_window::GrantedReads)): a visitor who stops
+    /// reading holds up this channel only, not the client's other channels.
     pub async fn open_channel(
         &self,
         visitor: SocketAddr,
         within: Option<Duration>,
         max_channels: usize,
+        windows: &WindowLimits,
     ) -> Result<ClosingChannel, ChannelOpenError> {
         let handle = self
             .session
@@ -156,6 +162,7 @@ impl Tunnel {
             .clone();
         let (address, port) = (self.forward.address.clone(), self.forward.port);
         let closes = self.session.closes.clone();
+        let windows = windows.clone();
         let opening = closes
             .begin_open(max_channels)
             .ok_or(ChannelOpenError::ClientFull)?;
@@ -170,7 +177,10 @@ impl Tunnel {
                     u32::from(visitor.port()),
                 )
                 .await
-                .map(|channel| ClosingChannel::new(channel, closes));
+                .map(|channel| {
+                    let grants = SessionGrants::to(handle.clone(), channel.id());
+                    ClosingChannel::granting(channel, closes, grants, &windows)
+                });
             // Nobody waits any more: the channel comes back and is dropped, which closes it
             // the way every finished channel is closed (EOF, then the client's close).
             if let Err(Ok(unwanted)) = tx.send(opened) {

@@ -655,6 +655,74 @@ fn a_visitor_that_stops_reading_is_cut_off_and_the_tunnel_goes_on() {
     client.stop();
 }
 
+/// A visitor who stops reading a download holds up its own channel only: its SSH window is
+/// granted as the edge takes the bytes, so the client stops sending on that channel when
+/// the window is spent, and the session goes on carrying the tunnel's other visitors. With
+/// no write-stall bound (`visitor_write_stall_seconds = 0`), nothing else could serve them:
+/// before, the stalled channel's queue filled and russh stopped reading the whole session.
+/// The download then completes, byte for byte, once its visitor reads again.
+#[test]
+fn a_visitor_that_stops_reading_holds_up_no_one_else_on_its_tunnel() {
+    let s = EdgeStack::start("visitor_write_stall_seconds = 0\n");
+    let local = LocalService::start("local");
+    let token = s.pro_token();
+    let mut client = s.ssh("stalled", &SshArgs::http_tunnel(Some(&token), local.port));
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    let (host, _) = url_host_port(&url).unwrap();
+    let size = 64_000_000;
+    let mut t = TcpStream::connect(s.edge.http_addr()).unwrap();
+    let request = format!("GET /blob/{size} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    t.write_all(request.as_bytes()).unwrap();
+    t.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        t.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "the download started");
+    // Now it reads nothing. Wait until the edge writes it nothing more either: its socket
+    // is full, and so is whatever the edge may hold for it.
+    let sent_out = || {
+        let m = s.edge.metrics().expect("metrics");
+        metric(
+            &m,
+            "nearhop_edge_visitor_bytes_total",
+            &[("direction", "out")],
+        )
+        .unwrap_or(0.0)
+    };
+    let mut last = sent_out();
+    eventually("the download stopped moving", || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = sent_out();
+        let moved = now != last;
+        last = now;
+        anyhow::ensure!(!moved && now > 0.0, "bytes out: {now}");
+        Ok(())
+    });
+    // The tunnel's other visitors are served meanwhile, on new connections and on one.
+    for _ in 0..10 {
+        assert_serving(&s, &url);
+    }
+    let one = s.visit(&url, "/blob/3000000").bytes().unwrap();
+    assert_blob(&one, 3_000_000);
+    let m = s.edge.metrics().unwrap();
+    assert_eq!(
+        metric(&m, "nearhop_edge_visitor_write_stalls_total", &[]),
+        Some(0.0),
+        "nobody was cut off"
+    );
+    // What the stalled channel made the edge hold is bounded by its window: its growth
+    // comes out of the budget, at most up to ssh_window_bytes (8 MiB).
+    let grown = metric(&m, "nearhop_edge_tunnel_window_grown_bytes", &[]).unwrap_or(0.0);
+    assert!(grown <= 7.0 * 1024.0 * 1024.0, "windows grew by {grown}");
+    // The stalled visitor reads again: the rest comes, every byte of it.
+    finish_blob(&mut t, 0, size, "the stalled download");
+    assert!(client.is_running(), "the tunnel's ssh is still up");
+    client.stop();
+}
+
 /// Sends `head` (and whatever follows it) on a fresh connection to `addr` and reads the
 /// answer until the edge closes the connection (or goes quiet for [`PATIENCE`]).
 fn raw_exchange(addr: std::net::SocketAddr, head: &str) -> String {

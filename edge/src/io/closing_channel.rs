@@ -28,6 +28,7 @@
 //! closes its local connection and stops. Counted as `first="edge"` and in
 //! `nearhop_edge_channels_cut_total`.
 
+use crate::io::receive_window::{GrantedReads, SessionGrants, WindowLimits};
 use prometheus::{IntCounter, IntCounterVec};
 use russh::server::Msg;
 use russh::{ChannelId, ChannelStream};
@@ -168,7 +169,9 @@ impl PeerCloses {
 
 /// A channel's stream that, when dropped, lets the client close the channel first. `S` is
 /// the stream over the channel: russh's own, or one with credit (`mesh::credits`).
-pub struct ClosingChannel<S: AsyncRead + AsyncWrite + Unpin + Send + 'static = ChannelStream<Msg>> {
+pub struct ClosingChannel<
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static = GrantedReads<ChannelStream<Msg>>,
+> {
     stream: Option<S>,
     id: ChannelId,
     closes: Arc<PeerCloses>,
@@ -178,10 +181,25 @@ pub struct ClosingChannel<S: AsyncRead + AsyncWrite + Unpin + Send + 'static = C
 }
 
 impl ClosingChannel {
-    /// Wraps the stream of `channel`, of the session whose closes `closes` hears.
+    /// Wraps the stream of `channel`, of the session whose closes `closes` hears; russh
+    /// grants the channel's window itself.
     pub fn new(channel: russh::Channel<Msg>, closes: Arc<PeerCloses>) -> ClosingChannel {
         let id = channel.id();
-        ClosingChannel::around(channel.into_stream(), id, closes)
+        ClosingChannel::around(GrantedReads::plain(channel.into_stream()), id, closes)
+    }
+
+    /// Wraps the stream of `channel`, one the edge opened with `window_by_reader`, whose
+    /// reads (the drain after the edge is done included) grant the client its window
+    /// through `grants`, within `windows`.
+    pub fn granting(
+        channel: russh::Channel<Msg>,
+        closes: Arc<PeerCloses>,
+        grants: SessionGrants,
+        windows: &WindowLimits,
+    ) -> ClosingChannel {
+        let id = channel.id();
+        let stream = GrantedReads::granting(channel.into_stream(), grants, windows);
+        ClosingChannel::around(stream, id, closes)
     }
 }
 

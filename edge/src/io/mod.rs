@@ -1,5 +1,5 @@
 //! Stream wrappers between sockets, SSH channels and the code that reads them, and the accept
-//! loop every listener shares: adaptive read buffers, coalescing channel reads, channels that let the client close first, bytes put back in front, byte counting, the
+//! loop every listener shares: adaptive read buffers, coalescing channel reads, channels that let the client close first, receive windows granted as their reader takes the bytes, bytes put back in front, byte counting, the
 //! PROXY protocol header a balancer puts in front of a connection, and a refusal's lingering
 //! close, an HTTP/2 connection's small writes gathered, and channel writes that hand large
 //! body chunks over uncopied; request bodies read up to a limit, an over-long one drained
@@ -16,6 +16,7 @@ pub mod idle;
 pub mod last_word;
 pub mod proxy_header;
 pub mod read_buffer;
+pub mod receive_window;
 pub mod request_body;
 pub mod small_writes;
 pub mod write_stall;

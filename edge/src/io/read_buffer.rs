@@ -236,6 +236,8 @@ macro_rules! write_through {
 write_through!(AdaptiveReader);
 write_through!(Coalescing);
 write_through!(Prefixed);
+// For the other read wrappers of `io` (`receive_window::GrantedReads`).
+pub(crate) use write_through;
 
 #[cfg(test)]
 mod tests {

@@ -16,7 +16,7 @@
 //! sender was short of credit, so a fast visitor far away gets the bandwidth of a full
 //! window, and one that stops reading costs no more than its window (the initial credit,
 //! unless it had been reading fast). What windows grow past their initial credit comes
-//! from one budget for the whole edge ([`WindowBudget`], `relay_window_budget_bytes`), so
+//! from one budget for the whole edge (`io::receive_window`, `relay_window_budget_bytes`), so
 //! many visitors who read fast and then stop cannot make the edge hold more than that.
 
 use bytes::{Buf, Bytes};
@@ -24,14 +24,16 @@ use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::io::receive_window::{ReceiveWindow, WindowLimits, INITIAL_WINDOW};
+
 /// Bytes the holder may send on a relay channel before the relaying edge grants more.
-pub const INITIAL_CREDIT: u32 = 1024 * 1024;
+pub const INITIAL_CREDIT: u32 = INITIAL_WINDOW;
 
 /// A grant: the other side may send `1` more bytes on the relay channel `0`.
 pub type Grant = (u32, u32);
@@ -187,95 +189,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CreditedWrites<S> {
 /// What bounds credit on every link of an edge.
 #[derive(Clone)]
 pub struct CreditLimits {
-    /// The largest window a channel grows to (`ssh_window_bytes`, at least the initial
-    /// credit).
-    max_window: u32,
-    /// What windows may grow by, all channels of all links together.
-    budget: Arc<WindowBudget>,
+    /// How large windows grow (`ssh_window_bytes`), out of `relay_window_budget_bytes`.
+    window: WindowLimits,
     /// `relay_errors_total{cause="credit_exceeded"}`.
     exceeded: prometheus::IntCounter,
 }
 
 impl CreditLimits {
-    /// Windows of up to `max_window` bytes, growing out of `budget`; overruns counted in
-    /// `exceeded`.
-    pub fn new(
-        max_window: u32,
-        budget: Arc<WindowBudget>,
-        exceeded: prometheus::IntCounter,
-    ) -> CreditLimits {
-        CreditLimits {
-            max_window: max_window.max(INITIAL_CREDIT),
-            budget,
-            exceeded,
-        }
-    }
-}
-
-/// The bytes by which relay channels' receive windows may grow past [`INITIAL_CREDIT`],
-/// edge-wide (`relay_window_budget_bytes`). A window is what its channel may make this edge
-/// hold when its reader stops; the initial credit is bounded by the visitor slots, growth
-/// by this. A channel gives back what it took when it closes.
-pub struct WindowBudget {
-    limit: u64,
-    used: AtomicU64,
-    /// `nearhop_edge_relay_window_grown_bytes`.
-    grown: prometheus::IntGauge,
-    /// `nearhop_edge_relay_window_growth_refused_total`.
-    refused: prometheus::IntCounter,
-}
-
-impl WindowBudget {
-    /// A budget of `limit` bytes, its use shown in `grown`, growth it refused counted in
-    /// `refused`.
-    pub fn new(
-        limit: u64,
-        grown: prometheus::IntGauge,
-        refused: prometheus::IntCounter,
-    ) -> Arc<WindowBudget> {
-        Arc::new(WindowBudget {
-            limit,
-            used: AtomicU64::new(0),
-            grown,
-            refused,
-        })
-    }
-
-    /// Takes up to `bytes` for a window to grow by: what the budget has left of it, 0
-    /// (counted as refused) when it is spent.
-    fn take(&self, bytes: u64) -> u64 {
-        let mut taken = 0;
-        let _ = self
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                taken = bytes.min(self.limit.saturating_sub(used));
-                Some(used + taken)
-            });
-        if taken == 0 {
-            self.refused.inc();
-        } else {
-            self.grown.add(i64::try_from(taken).unwrap_or(i64::MAX));
-        }
-        taken
-    }
-
-    /// Gives back `bytes` a window had taken.
-    fn give_back(&self, bytes: u64) {
-        if bytes == 0 {
-            return;
-        }
-        let _ = self
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                Some(used.saturating_sub(bytes))
-            });
-        self.grown.sub(i64::try_from(bytes).unwrap_or(i64::MAX));
-    }
-
-    /// Bytes taken now.
-    #[cfg(test)]
-    fn used(&self) -> u64 {
-        self.used.load(Ordering::Acquire)
+    /// Windows within `window`; overruns counted in `exceeded`.
+    pub fn new(window: WindowLimits, exceeded: prometheus::IntCounter) -> CreditLimits {
+        CreditLimits { window, exceeded }
     }
 }
 
@@ -346,67 +269,15 @@ pub struct CreditedChannel<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync
     writer: CreditedWrites<Pin<Box<dyn AsyncWrite + Send>>>,
     write_half: Option<ChannelWriteHalf<M>>,
     credits: Arc<LinkCredits>,
-    receiving: Receiving,
+    receiving: ReceiveWindow,
 }
 
-/// The reader's side of one channel's credit: what it took, how far past that the sender
-/// may go. What its window grew by is given back to the budget when it is dropped.
-struct Receiving {
-    consumed: u64,
-    window: u32,
-    max_window: u32,
-    budget: Arc<WindowBudget>,
-}
-
-impl Receiving {
-    fn new(limits: &CreditLimits) -> Receiving {
-        Receiving {
-            consumed: 0,
-            window: INITIAL_CREDIT,
-            max_window: limits.max_window,
-            budget: limits.budget.clone(),
-        }
-    }
-
-    /// The reader found nothing queued: when data last came with the sender short of
-    /// credit (`tight`), the window is what holds this channel back, and grows (doubles, as
-    /// far as the edge's budget has room).
-    fn ran_dry(&mut self, tight: bool) {
-        if tight && self.window < self.max_window {
-            let grown = self.window.saturating_mul(2).min(self.max_window);
-            let taken = self.budget.take(u64::from(grown - self.window));
-            // At most `grown - window`, a u32.
-            self.window += u32::try_from(taken).unwrap_or(0);
-        }
-    }
-
-    /// Grants the sender of channel `id` what the reader has taken, once that is worth a
-    /// line (see [`Receiving::due`]), on `grants`.
-    fn grant(&self, id: u32, grants: &UnboundedSender<Grant>, inbox: &mut Inbox) {
-        inbox.half_window = u64::from(self.window / 2);
-        if let Some(more) = self.due(&mut inbox.granted) {
-            let _ = grants.send((id, more));
-        }
-    }
-
-    /// The grant due now, given the credit `granted` so far (raised by it): the sender may
-    /// then have `window` bytes in flight past what was taken. `None` until that is at
-    /// least half a window more, so grants come a few per window, not one per read.
-    fn due(&self, granted: &mut u64) -> Option<u32> {
-        let target = self.consumed + u64::from(self.window);
-        let more = target.saturating_sub(*granted);
-        if more == 0 || more < u64::from(self.window / 2) {
-            return None;
-        }
-        *granted = target;
-        Some(u32::try_from(more).unwrap_or(u32::MAX))
-    }
-}
-
-impl Drop for Receiving {
-    fn drop(&mut self) {
-        self.budget
-            .give_back(u64::from(self.window - INITIAL_CREDIT));
+/// Grants the sender of channel `id` what the reader of `window` has taken, once that is
+/// worth a line (see [`ReceiveWindow::due`]), on `grants`.
+fn grant(window: &ReceiveWindow, id: u32, grants: &UnboundedSender<Grant>, inbox: &mut Inbox) {
+    inbox.half_window = u64::from(window.window() / 2);
+    if let Some(more) = window.due(&mut inbox.granted) {
+        let _ = grants.send((id, more));
     }
 }
 
@@ -443,7 +314,7 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditedCh
             drain,
             writer: CreditedWrites::new(writer, Some(window)),
             write_half: Some(write),
-            receiving: Receiving::new(&credits.limits),
+            receiving: ReceiveWindow::new(&credits.limits.window),
             credits,
         }
     }
@@ -529,8 +400,7 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> AsyncRead
             }
             let tight = std::mem::take(&mut inbox.tight);
             this.receiving.ran_dry(tight);
-            this.receiving
-                .grant(this.id, &this.credits.grants, &mut inbox);
+            grant(&this.receiving, this.id, &this.credits.grants, &mut inbox);
             inbox.waker = Some(cx.waker().clone());
             return Poll::Pending;
         };
@@ -541,8 +411,7 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> AsyncRead
             inbox.chunks.pop_front();
         }
         this.receiving.consumed += n as u64;
-        this.receiving
-            .grant(this.id, &this.credits.grants, &mut inbox);
+        grant(&this.receiving, this.id, &this.credits.grants, &mut inbox);
         Poll::Ready(Ok(()))
     }
 }
@@ -590,88 +459,11 @@ mod tests {
 
     /// Limits of windows up to `max_window`, growing out of a budget of `budget` bytes.
     fn limits(max_window: u32, budget: u64) -> CreditLimits {
-        let grown = prometheus::IntGauge::new("grown", "grown").expect("gauge");
-        let refused = prometheus::IntCounter::new("refused", "refused").expect("counter");
         let exceeded = prometheus::IntCounter::new("exceeded", "exceeded").expect("counter");
         CreditLimits::new(
-            max_window,
-            WindowBudget::new(budget, grown, refused),
+            crate::io::receive_window::tests::limits(max_window, budget),
             exceeded,
         )
-    }
-
-    #[test]
-    fn windows_grow_out_of_one_budget_and_give_it_back_when_they_close() {
-        // Room for two windows to double, no more.
-        let limits = limits(8 * INITIAL_CREDIT, u64::from(INITIAL_CREDIT) * 2);
-        let budget = limits.budget.clone();
-        let mut fast = Receiving::new(&limits);
-        let mut other = Receiving::new(&limits);
-        fast.ran_dry(true);
-        assert_eq!(fast.window, 2 * INITIAL_CREDIT);
-        assert_eq!(budget.used(), u64::from(INITIAL_CREDIT));
-        assert_eq!(budget.grown.get(), i64::from(INITIAL_CREDIT));
-        other.ran_dry(true);
-        assert_eq!(other.window, 2 * INITIAL_CREDIT);
-        fast.ran_dry(true);
-        assert_eq!(fast.window, 2 * INITIAL_CREDIT, "the budget is spent");
-        assert_eq!(budget.refused.get(), 1);
-        drop(other);
-        assert_eq!(
-            budget.used(),
-            u64::from(INITIAL_CREDIT),
-            "a closed channel gives its growth back"
-        );
-        fast.ran_dry(true);
-        assert_eq!(
-            fast.window,
-            3 * INITIAL_CREDIT,
-            "a window grows as far as the budget goes"
-        );
-        assert_eq!(budget.used(), u64::from(2 * INITIAL_CREDIT));
-        drop(fast);
-        assert_eq!(budget.used(), 0);
-        assert_eq!(budget.grown.get(), 0);
-    }
-
-    #[test]
-    fn a_reader_that_keeps_up_grants_every_half_window_and_its_window_grows() {
-        let mut r = Receiving::new(&limits(4 * INITIAL_CREDIT, u64::MAX));
-        let mut granted = u64::from(INITIAL_CREDIT);
-        let half = u64::from(INITIAL_CREDIT / 2);
-        r.consumed = half - 1;
-        assert_eq!(r.due(&mut granted), None, "less than half a window taken");
-        r.consumed = half;
-        assert_eq!(r.due(&mut granted), Some(INITIAL_CREDIT / 2));
-        assert_eq!(granted, half + u64::from(INITIAL_CREDIT));
-        assert_eq!(r.due(&mut granted), None, "granted once");
-        // Data came while the sender was short of credit, and the reader took it all: the
-        // window doubles, up to the largest, and the grant lets a whole window be in flight.
-        r.ran_dry(true);
-        assert_eq!(r.window, 2 * INITIAL_CREDIT);
-        assert_eq!(r.due(&mut granted), Some(INITIAL_CREDIT));
-        assert_eq!(granted, r.consumed + u64::from(2 * INITIAL_CREDIT));
-        for _ in 0..5 {
-            r.ran_dry(true);
-        }
-        assert_eq!(
-            r.window,
-            4 * INITIAL_CREDIT,
-            "no larger than ssh_window_bytes"
-        );
-    }
-
-    #[test]
-    fn a_reader_that_stops_grants_nothing_more_and_its_window_stays() {
-        let mut r = Receiving::new(&limits(32 * INITIAL_CREDIT, u64::MAX));
-        let mut granted = u64::from(INITIAL_CREDIT);
-        // All the first credit arrived, the visitor took a little and stopped.
-        r.consumed = 1000;
-        assert_eq!(r.due(&mut granted), None);
-        assert_eq!(r.window, INITIAL_CREDIT);
-        // Dry with the sender never short of credit: it is not held back, nothing grows.
-        r.ran_dry(false);
-        assert_eq!(r.window, INITIAL_CREDIT);
     }
 
     #[test]
@@ -798,9 +590,9 @@ mod tests {
         assert_eq!(got.len(), size);
         assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
         assert!(
-            client.receiving.window > INITIAL_CREDIT,
+            client.receiving.window() > INITIAL_CREDIT,
             "the window grew: {}",
-            client.receiving.window
+            client.receiving.window()
         );
         let _server = sender.await.expect("sender");
     }

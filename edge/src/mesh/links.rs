@@ -689,8 +689,9 @@ impl client::Handler for PeerClient {
 
 #[cfg(test)]
 mod tests {
-    use super::super::credits::{CreditLimits, WindowBudget};
+    use super::super::credits::CreditLimits;
     use super::*;
+    use crate::io::receive_window::{WindowBudget, WindowLimits};
 
     #[tokio::test]
     async fn feed_lines_are_read_one_by_one_up_to_the_end() {
@@ -749,8 +750,10 @@ mod tests {
         let grown = prometheus::IntGauge::new("grown", "grown").expect("gauge");
         let refused = prometheus::IntCounter::new("refused", "refused").expect("counter");
         let limits = CreditLimits::new(
-            config.ssh_window_bytes,
-            WindowBudget::new(config.relay_window_budget_bytes, grown, refused),
+            WindowLimits::new(
+                config.ssh_window_bytes,
+                WindowBudget::new(config.relay_window_budget_bytes, grown, refused),
+            ),
             exceeded,
         );
         let refused = prometheus::IntCounterVec::new(

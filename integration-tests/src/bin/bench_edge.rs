@@ -14,6 +14,12 @@
 //! the same nginx (h2load, the same TCP connections for both; a download over each with
 //! curl): the same, with `--https` (`--h2-connections`, `--h2-streams`).
 //!
+//! One slow visitor against the others, side by side through the edge and through `sshd -R`
+//! to the same nginx: wrk's requests/s, p99 and failures with the tunnel to itself, while
+//! one visitor of the same tunnel downloads the bulk file reading slowly (`curl
+//! --limit-rate`), and while one stops reading a download: the same, with `--slow-reader`
+//! (`--slow-rate`, `--slow-rounds`).
+//!
 //! One file on purpose: the measurements share one stack, one nginx and one table, and the
 //! report reads top-down in `main`.
 
@@ -111,6 +117,17 @@ struct Args {
     /// all CPUs.
     #[arg(long)]
     pin_servers: Option<usize>,
+    /// Only one slow visitor against the others: wrk through the edge's tunnel and through
+    /// sshd -R (with a session), alone, beside a visitor of the same tunnel downloading the
+    /// bulk file at `--slow-rate`, and beside one that stops reading a download.
+    #[arg(long)]
+    slow_reader: bool,
+    /// KB/s at which the slow visitor of `--slow-reader` reads (curl --limit-rate).
+    #[arg(long, default_value_t = 100)]
+    slow_rate: u32,
+    /// Interleaved rounds of `--slow-reader` (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    slow_rounds: usize,
 }
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
@@ -208,6 +225,8 @@ struct Wrk {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Requests that failed: socket errors and timeouts (wrk's 2 s), non-2xx answers.
+    failed: u64,
 }
 
 fn main() -> Result<()> {
@@ -301,6 +320,21 @@ fn main() -> Result<()> {
     )?;
 
     let (mut edge_client, host, _) = tunnels.open("edge-forward", "", &[], vec![], false)?;
+    if args.slow_reader {
+        let paths = [
+            (
+                "nearhop-edge",
+                format!("http://{}", edge.http_addr()),
+                vec![format!("Host: {host}")],
+            ),
+            (SSHD_SESSION, via_sshd.clone(), vec![]),
+        ];
+        let measured = slow_readers(&args, &dir, &paths);
+        edge_client.stop();
+        sshd_client.stop();
+        sshd_n_client.stop();
+        return measured;
+    }
     let (mut edge_n_client, host_n, _) = tunnels.open("edge-forward-n", "", &[], vec![], true)?;
     // A typical set of options: basic auth and one header rule.
     let (mut edge_opts_client, host_opts, _) = tunnels.open(
@@ -632,6 +666,139 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Another visitor of the tunnel under test, there for the length of one wrk run.
+enum Beside {
+    Nothing,
+    /// Downloading the bulk file, reading at `--slow-rate` (curl `--limit-rate`).
+    SlowReader,
+    /// Has read the head of a bulk download and reads nothing more.
+    StoppedReader,
+}
+
+impl Beside {
+    const ALL: [Beside; 3] = [Beside::Nothing, Beside::SlowReader, Beside::StoppedReader];
+
+    /// Starts the visitor on the path at `base`; it goes when the guard is dropped.
+    fn start(
+        &self,
+        args: &Args,
+        dir: &Path,
+        base: &str,
+        headers: &[String],
+    ) -> Result<BesideGuard> {
+        let url = format!("{base}/big.bin");
+        Ok(match self {
+            Beside::Nothing => BesideGuard::Nothing,
+            Beside::SlowReader => {
+                let mut cmd = Command::new("curl");
+                cmd.args(["-s", "-o", "/dev/null", "--limit-rate"])
+                    .arg(format!("{}k", args.slow_rate));
+                for h in headers {
+                    cmd.args(["-H", h]);
+                }
+                cmd.arg(&url);
+                BesideGuard::Curl(ChildGuard::spawn(
+                    "slow curl",
+                    cmd,
+                    &dir.join("slow-curl.log"),
+                    libc::SIGTERM,
+                )?)
+            }
+            Beside::StoppedReader => {
+                use std::io::{Read, Write};
+                let addr = base.strip_prefix("http://").context("an http:// base")?;
+                let mut t = std::net::TcpStream::connect(addr)
+                    .with_context(|| format!("connecting to {addr}"))?;
+                let host = headers
+                    .iter()
+                    .find_map(|h| h.strip_prefix("Host: "))
+                    .unwrap_or(addr);
+                write!(t, "GET /big.bin HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+                t.set_read_timeout(Some(Duration::from_secs(30)))?;
+                let mut first = [0u8; 1024];
+                let n = t
+                    .read(&mut first)
+                    .context("the stopped reader's first read")?;
+                anyhow::ensure!(
+                    first[..n].starts_with(b"HTTP/1.1 200"),
+                    "the stopped reader's download did not start: {:?}",
+                    String::from_utf8_lossy(&first[..n])
+                );
+                BesideGuard::Socket(t)
+            }
+        })
+    }
+
+    fn label(&self, args: &Args) -> String {
+        match self {
+            Beside::Nothing => "alone".into(),
+            Beside::SlowReader => format!("one visitor reading at {} KB/s", args.slow_rate),
+            Beside::StoppedReader => "one visitor who stopped reading".into(),
+        }
+    }
+}
+
+/// The other visitor; dropping it ends its download.
+#[allow(dead_code)] // held for its drop
+enum BesideGuard {
+    Nothing,
+    Curl(ChildGuard),
+    Socket(std::net::TcpStream),
+}
+
+/// What one slow visitor does to the tunnel's other visitors on each of `paths` (name,
+/// base URL, headers): wrk alone, beside a visitor reading a download slowly, beside one
+/// that stopped reading, in interleaved rounds; medians reported.
+fn slow_readers(args: &Args, dir: &Path, paths: &[(&str, String, Vec<String>)]) -> Result<()> {
+    let mut runs: Vec<Vec<Vec<Wrk>>> = paths
+        .iter()
+        .map(|_| Beside::ALL.iter().map(|_| Vec::new()).collect())
+        .collect();
+    for round in 0..args.slow_rounds.max(1) {
+        for (i, (name, base, headers)) in paths.iter().enumerate() {
+            for (j, beside) in Beside::ALL.iter().enumerate() {
+                let guard = beside.start(args, dir, base, headers)?;
+                // Time for the other visitor's download to fill what it fills.
+                std::thread::sleep(Duration::from_secs(2));
+                let w = wrk(args, &format!("{base}/"), headers)?;
+                eprintln!(
+                    "round {round}, {name}, {}: {:.0} requests/s, p99 {:.2} ms, {} failed",
+                    beside.label(args),
+                    w.rps,
+                    w.p99_ms,
+                    w.failed
+                );
+                drop(guard);
+                runs[i][j].push(w);
+            }
+        }
+    }
+    println!(
+        "\n## One slow visitor and the tunnel's others (wrk -t{} -c{} -d{}s, 612-byte page, median of {} interleaved rounds)\n",
+        args.threads,
+        args.connections,
+        args.duration,
+        args.slow_rounds.max(1)
+    );
+    println!("| path | beside | requests/s | p99 ms | failed requests | requests/s vs alone |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: |");
+    for (i, (name, _, _)) in paths.iter().enumerate() {
+        let alone = mid(runs[i][0].iter().map(|w| w.rps).collect());
+        for (j, beside) in Beside::ALL.iter().enumerate() {
+            let rps = mid(runs[i][j].iter().map(|w| w.rps).collect());
+            println!(
+                "| {name} | {} | {:.0} | {:.2} | {:.0} | x{:.2} |",
+                beside.label(args),
+                rps,
+                mid(runs[i][j].iter().map(|w| w.p99_ms).collect()),
+                mid(runs[i][j].iter().map(|w| w.failed as f64).collect()),
+                rps / alone.max(f64::MIN_POSITIVE)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Opens tunnels to nginx through one edge, each for a fresh pro account.
 struct EdgeTunnels<'a> {
     stack: &'a Stack,
@@ -887,6 +1054,12 @@ fn idle_memory(args: &Args, stack: &Stack, edge: &EdgeProcess) -> Result<()> {
     Ok(())
 }
 
+/// The median of `xs` (the upper one of an even count).
+fn mid(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -906,6 +1079,7 @@ fn wrk(args: &Args, url: &str, headers: &[String]) -> Result<Wrk> {
         rps: 0.0,
         p50_ms: 0.0,
         p99_ms: 0.0,
+        failed: 0,
     };
     for line in out.lines() {
         let mut words = line.split_whitespace();
@@ -915,11 +1089,27 @@ fn wrk(args: &Args, url: &str, headers: &[String]) -> Result<Wrk> {
             (Some("99%"), Some(v)) => w.p99_ms = duration_ms(v)?,
             _ => {}
         }
+        w.failed += failed_requests(line);
     }
     if line_has_errors(&out) {
         eprintln!("wrk reported errors for {url}:\n{out}");
     }
     Ok(w)
+}
+
+/// Failed requests on one line of wrk's report: `Socket errors: connect A, read B, write C,
+/// timeout D` (all of them), `Non-2xx or 3xx responses: N`.
+fn failed_requests(line: &str) -> u64 {
+    let line = line.trim();
+    if let Some(errors) = line.strip_prefix("Socket errors:") {
+        return errors
+            .split(',')
+            .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+            .sum();
+    }
+    line.strip_prefix("Non-2xx or 3xx responses:")
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn line_has_errors(out: &str) -> bool {
@@ -1181,11 +1371,7 @@ fn inspector_cost(args: &Args, tunnels: &EdgeTunnels) -> Result<()> {
             runs[i].push(wrk(args, &base, &[format!("Host: {host}")])?);
         }
     }
-    let median = |v: &[Wrk], f: fn(&Wrk) -> f64| {
-        let mut xs: Vec<f64> = v.iter().map(f).collect();
-        xs.sort_by(|a, b| a.total_cmp(b));
-        xs[xs.len() / 2]
-    };
+    let median = |v: &[Wrk], f: fn(&Wrk) -> f64| mid(v.iter().map(f).collect());
     println!(
         "\n## Request inspector cost (wrk -t{} -c{} -d{}s, 1 KiB answers, median of {} interleaved rounds)\n",
         args.threads,
@@ -1380,14 +1566,11 @@ fn relay_hop_at_full_load(
             machine_us: us(cpu[i][2]),
         }
     };
-    let mid = |mut xs: Vec<f64>| {
-        xs.sort_by(|a, b| a.total_cmp(b));
-        xs[xs.len() / 2]
-    };
     let median = |runs: &[Wrk]| Wrk {
         rps: mid(runs.iter().map(|r| r.rps).collect()),
         p50_ms: mid(runs.iter().map(|r| r.p50_ms).collect()),
         p99_ms: mid(runs.iter().map(|r| r.p99_ms).collect()),
+        failed: mid(runs.iter().map(|r| r.failed as f64).collect()) as u64,
     };
     Ok(FullLoad {
         holder: median(&runs[0]),
@@ -1428,17 +1611,11 @@ fn relay_hop_at_fixed_rate(
             runs[i].push(h2load(args, &url, &edge.to_string(), shape, &log)?);
         }
     }
-    let median = |runs: &[H2load]| {
-        let mid = |mut xs: Vec<f64>| {
-            xs.sort_by(|a, b| a.total_cmp(b));
-            xs[xs.len() / 2]
-        };
-        H2load {
-            rps: mid(runs.iter().map(|r| r.rps).collect()),
-            p50_ms: mid(runs.iter().map(|r| r.p50_ms).collect()),
-            p99_ms: mid(runs.iter().map(|r| r.p99_ms).collect()),
-            failed: runs.iter().map(|r| r.failed).sum(),
-        }
+    let median = |runs: &[H2load]| H2load {
+        rps: mid(runs.iter().map(|r| r.rps).collect()),
+        p50_ms: mid(runs.iter().map(|r| r.p50_ms).collect()),
+        p99_ms: mid(runs.iter().map(|r| r.p99_ms).collect()),
+        failed: runs.iter().map(|r| r.failed).sum(),
     };
     Ok([median(&runs[0]), median(&runs[1])])
 }
@@ -1508,20 +1685,16 @@ fn https_h1_vs_h2(args: &Args, tunnels: &EdgeTunnels) -> Result<()> {
             downloads[i].push(size / 1e6 / secs);
         }
     }
-    let median = |mut xs: Vec<f64>| {
-        xs.sort_by(|a, b| a.total_cmp(b));
-        xs[xs.len() / 2]
-    };
     let summary = |runs: &[H2load]| {
         (
-            median(runs.iter().map(|r| r.rps).collect()),
-            median(runs.iter().map(|r| r.p50_ms).collect()),
-            median(runs.iter().map(|r| r.p99_ms).collect()),
+            mid(runs.iter().map(|r| r.rps).collect()),
+            mid(runs.iter().map(|r| r.p50_ms).collect()),
+            mid(runs.iter().map(|r| r.p99_ms).collect()),
             runs.iter().map(|r| r.failed).sum::<u64>(),
         )
     };
     let (h1, h2) = (summary(&h1_runs), summary(&h2_runs));
-    let (h1_mbps, h2_mbps) = (median(downloads[0].clone()), median(downloads[1].clone()));
+    let (h1_mbps, h2_mbps) = (mid(downloads[0].clone()), mid(downloads[1].clone()));
     let c = args.h2_connections;
     println!(
         "\n## HTTPS to visitors, HTTP/1.1 vs HTTP/2 (h2load -c{c} -t{} -D{}s, 612-byte page; \
@@ -1550,7 +1723,17 @@ fn https_h1_vs_h2(args: &Args, tunnels: &EdgeTunnels) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_busy_ticks;
+    use super::{failed_requests, parse_busy_ticks};
+
+    #[test]
+    fn failed_requests_count_every_socket_error_and_non_2xx_answer() {
+        assert_eq!(
+            failed_requests("  Socket errors: connect 0, read 3, write 1, timeout 120"),
+            124
+        );
+        assert_eq!(failed_requests("  Non-2xx or 3xx responses: 7"), 7);
+        assert_eq!(failed_requests("Requests/sec:  41234.12"), 0);
+    }
 
     #[test]
     fn busy_ticks_leave_out_idle_and_io_wait() {

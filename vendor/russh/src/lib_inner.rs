@@ -512,6 +512,9 @@ pub(crate) struct ChannelParams {
     pending_data: std::collections::VecDeque<(bytes::Bytes, Option<u32>, usize)>,
     pending_eof: bool,
     pending_close: bool,
+    /// nearhop patch (vendor/README.md): the channel's reader grants its window
+    /// (`server::Config::window_by_reader`); data arriving grants none.
+    pub(crate) window_by_reader: bool,
 }
 
 impl ChannelParams {

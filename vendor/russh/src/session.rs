@@ -343,6 +343,10 @@ impl Encrypted {
             if data.len() as u32 <= channel.sender_window_size {
                 channel.sender_window_size -= data.len() as u32;
             }
+            // nearhop patch (vendor/README.md): the reader grants this channel's window.
+            if channel.window_by_reader {
+                return Ok(false);
+            }
             if channel.sender_window_size < target / 2 {
                 debug!(
                     "sender_window_size {:?}, target {:?}",
@@ -358,6 +362,30 @@ impl Encrypted {
             }
         }
         Ok(false)
+    }
+
+    /// nearhop patch (vendor/README.md): grants the peer `bytes` more window on a channel
+    /// whose reader grants it (`server::Config::window_by_reader`). Nothing for a channel
+    /// that is gone, not confirmed yet, or whose window the session grants itself.
+    pub(crate) fn grant_window(&mut self, channel: ChannelId, bytes: u32) -> Result<(), crate::Error> {
+        let Some(channel) = self.channels.get_mut(&channel) else {
+            return Ok(());
+        };
+        if !channel.window_by_reader || !channel.confirmed || bytes == 0 {
+            return Ok(());
+        }
+        // The peer's window never passes 2^32 - 1 (RFC 4254 section 5.2).
+        let bytes = bytes.min(u32::MAX - channel.sender_window_size);
+        if bytes == 0 {
+            return Ok(());
+        }
+        push_packet!(self.write, {
+            self.write.push(msg::CHANNEL_WINDOW_ADJUST);
+            channel.recipient_channel.encode(&mut self.write)?;
+            bytes.encode(&mut self.write)?;
+        });
+        channel.sender_window_size += bytes;
+        Ok(())
     }
 
     fn flush_channel(
@@ -808,6 +836,7 @@ impl Encrypted {
                     pending_data: std::collections::VecDeque::new(),
                     pending_eof: false,
                     pending_close: false,
+                    window_by_reader: false,
                 });
                 return ChannelId(self.last_channel_id.0);
             }
@@ -937,6 +966,7 @@ mod tests {
             pending_data: VecDeque::from([(Bytes::from_static(b"hello"), None, 0)]),
             pending_eof,
             pending_close,
+            window_by_reader: false,
         }
     }
 
@@ -991,6 +1021,7 @@ mod tests {
             pending_data: VecDeque::from([(Bytes::from_static(b"hello"), None, 0)]),
             pending_eof,
             pending_close,
+            window_by_reader: false,
         }
     }
 

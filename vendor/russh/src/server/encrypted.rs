@@ -2140,6 +2140,7 @@ impl Session {
             pending_data: std::collections::VecDeque::new(),
             pending_eof: false,
             pending_close: false,
+            window_by_reader: false,
         };
 
         let (channel, channel_ref) = Channel::new(

@@ -99,6 +99,12 @@ pub struct Config {
     pub keepalive_max: usize,
     /// If active, invoke `set_nodelay(true)` on client sockets; disabled by default (i.e. Nagle's algorithm is active).
     pub nodelay: bool,
+    /// nearhop patch (vendor/README.md): `Some(w)`: a channel this server opens starts with
+    /// a window of `w` bytes, and the session grants it no more as its data arrives; the
+    /// channel's reader grants more with [`Handle::grant_window`] as it takes the data, so a
+    /// reader that stops holds up its own channel only, not the session. `None` (default):
+    /// every channel gets `window_size`, granted again as data arrives.
+    pub window_by_reader: Option<u32>,
 }
 
 impl Default for Config {
@@ -116,6 +122,7 @@ impl Default for Config {
             keys: Vec::new(),
             certificates: Vec::new(),
             window_size: 2097152,
+            window_by_reader: None,
             maximum_packet_size: 32768,
             channel_buffer_size: 100,
             event_buffer_size: 10,

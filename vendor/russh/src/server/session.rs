@@ -33,6 +33,12 @@ pub struct Session {
 
 #[derive(Debug)]
 pub enum Msg {
+    /// nearhop patch (vendor/README.md): the reader of channel `id` grants the client
+    /// `bytes` more window ([`Handle::grant_window`]).
+    GrantWindow {
+        id: ChannelId,
+        bytes: u32,
+    },
     ChannelOpenAgent {
         channel_ref: ChannelRef,
     },
@@ -453,6 +459,16 @@ impl Handle {
             .map_err(|_| ())
     }
 
+    /// nearhop patch (vendor/README.md): grants the client `bytes` more window on channel
+    /// `id`, one this server opened with `Config::window_by_reader` set, as the channel's
+    /// reader takes its data. It does not wait (the session's queue for it has no bound);
+    /// an error means the session is gone. Grants on other channels are ignored.
+    pub fn grant_window(&self, id: ChannelId, bytes: u32) -> Result<(), Error> {
+        self.priority_sender
+            .send(Msg::GrantWindow { id, bytes })
+            .map_err(|_| Error::SendError)
+    }
+
     /// Allows a server to disconnect a client session
     pub async fn disconnect(
         &self,
@@ -534,6 +550,12 @@ impl Session {
             }
             Msg::Channel(id, ChannelMsg::WindowAdjusted { new_size }) => {
                 debug!("window adjusted to {new_size:?} for channel {id:?}");
+            }
+            // nearhop patch (vendor/README.md).
+            Msg::GrantWindow { id, bytes } => {
+                if let Some(ref mut enc) = self.common.encrypted {
+                    enc.grant_window(id, bytes)?;
+                }
             }
             Msg::ChannelOpenAgent { channel_ref } => {
                 let id = self.channel_open_agent()?;
@@ -1413,10 +1435,15 @@ impl Session {
                 return Err(Error::Inconsistent);
             }
 
-            let sender_channel = enc.new_channel(
-                self.common.config.window_size,
-                self.common.config.maximum_packet_size,
-            );
+            // nearhop patch (vendor/README.md): with `window_by_reader`, the channel's reader
+            // grants its window.
+            let by_reader = self.common.config.window_by_reader;
+            let window = by_reader.unwrap_or(self.common.config.window_size);
+            let sender_channel =
+                enc.new_channel(window, self.common.config.maximum_packet_size);
+            if let Some(channel) = enc.channels.get_mut(&sender_channel) {
+                channel.window_by_reader = by_reader.is_some();
+            }
             push_packet!(enc.write, {
                 enc.write.push(msg::CHANNEL_OPEN);
                 kind.encode(&mut enc.write)?;
@@ -1425,11 +1452,7 @@ impl Session {
                 sender_channel.encode(&mut enc.write)?;
 
                 // window.
-                self.common
-                    .config
-                    .as_ref()
-                    .window_size
-                    .encode(&mut enc.write)?;
+                window.encode(&mut enc.write)?;
 
                 // max packet size.
                 self.common
