@@ -14,11 +14,12 @@ use crate::io::read_buffer::AdaptiveReader;
 use russh::client::{self, Handle};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, ChannelStream};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{
@@ -73,6 +74,21 @@ pub enum RelayError {
         /// `relay_openings_per_peer`.
         limit: usize,
     },
+    /// This edge is already opening its share of relay channels on the link for one tunnel.
+    #[error(
+        "{limit} relay channels for {tunnel} to peer edge {peer} are already waiting for its \
+         answer (a quarter of relay_openings_per_peer, the most one tunnel may take): its \
+         visitors arrive faster than the peer confirms them, so this visitor was turned away \
+         (HTTP: \"Tunnel busy\"); the peer's other tunnels are still relayed"
+    )]
+    TunnelBusy {
+        /// The peer.
+        peer: String,
+        /// The tunnel's name.
+        tunnel: String,
+        /// The share: a quarter of `relay_openings_per_peer`, at least 1.
+        limit: usize,
+    },
 }
 
 impl RelayError {
@@ -83,6 +99,7 @@ impl RelayError {
             RelayError::Refused { .. } => "channel_refused",
             RelayError::TimedOut(_) => "open_timeout",
             RelayError::Busy { .. } => "peer_busy",
+            RelayError::TunnelBusy { .. } => "tunnel_busy",
         }
     }
 }
@@ -102,6 +119,10 @@ pub struct PeerLink {
     /// (`relay_openings_per_peer`).
     opening: AtomicUsize,
     max_opening: usize,
+    /// Of those, the ones for each tunnel (by name), at most a quarter of `max_opening` each:
+    /// a flood of one tunnel's visitors, which makes the peer slow to confirm, leaves room
+    /// for the visitors of its other tunnels.
+    tunnel_opening: Mutex<HashMap<String, usize>>,
     /// Relays to the peer that failed, for the log.
     failures: FailureLog,
 }
@@ -124,19 +145,21 @@ impl PeerLink {
             stop,
             opening: AtomicUsize::new(0),
             max_opening,
+            tunnel_opening: Mutex::new(HashMap::new()),
             failures: FailureLog::default(),
         }
     }
 
-    /// Opens a channel to the peer for a visitor that arrived on `listener` from `visitor`.
-    /// A failure is logged here (at most one line per [`FAILURE_LOG_INTERVAL`] and link);
-    /// the caller counts it.
+    /// Opens a channel to the peer for a visitor of `tunnel` (its name) that arrived on
+    /// `listener` from `visitor`. A failure is logged here (at most one line per
+    /// [`FAILURE_LOG_INTERVAL`] and link); the caller counts it.
     pub async fn open_relay(
         &self,
         listener: RelayListener,
         visitor: SocketAddr,
+        tunnel: &str,
     ) -> Result<RelayChannel, RelayError> {
-        let opened = self.open_relay_channel(listener, visitor).await;
+        let opened = self.open_relay_channel(listener, visitor, tunnel).await;
         if let Err(e) = &opened {
             if let Some(more) = self.failures.note(Instant::now()) {
                 if more == 0 {
@@ -153,13 +176,21 @@ impl PeerLink {
         &self,
         listener: RelayListener,
         visitor: SocketAddr,
+        tunnel: &str,
     ) -> Result<RelayChannel, RelayError> {
-        // Counted while this opening waits for the peer; refused at the bound, before
-        // anything is asked of the peer.
+        // Counted while this opening waits for the peer; refused at the bounds (the link's,
+        // then the tunnel's share of it), before anything is asked of the peer.
         let _opening =
             Opening::begin(&self.opening, self.max_opening).ok_or_else(|| RelayError::Busy {
                 peer: self.id.clone(),
                 limit: self.max_opening,
+            })?;
+        let share = self.tunnel_share();
+        let _tunnel_opening = TunnelOpening::begin(&self.tunnel_opening, tunnel, share)
+            .ok_or_else(|| RelayError::TunnelBusy {
+                peer: self.id.clone(),
+                tunnel: tunnel.to_string(),
+                limit: share,
             })?;
         let Connected { handle, credits } = self
             .handle
@@ -209,6 +240,12 @@ impl PeerLink {
     /// Relay channels being opened on the link now.
     pub fn openings(&self) -> usize {
         self.opening.load(Ordering::SeqCst)
+    }
+
+    /// The most relay channels one tunnel may be opening on the link at once: a quarter of
+    /// `relay_openings_per_peer`, at least 1.
+    fn tunnel_share(&self) -> usize {
+        (self.max_opening / 4).max(1)
     }
 
     /// Whether the link is connected now.
@@ -426,6 +463,45 @@ impl FailureLog {
         }
         *last = Some(now);
         Some(std::mem::take(unlogged))
+    }
+}
+
+/// One relay channel of a tunnel being opened, counted in the link's table by name until
+/// dropped.
+struct TunnelOpening<'a> {
+    table: &'a Mutex<HashMap<String, usize>>,
+    name: String,
+}
+
+impl<'a> TunnelOpening<'a> {
+    /// Counts one more opening for `name` in `table`, unless `limit` are already.
+    fn begin(
+        table: &'a Mutex<HashMap<String, usize>>,
+        name: &str,
+        limit: usize,
+    ) -> Option<TunnelOpening<'a>> {
+        let mut t = crate::ssh::link::lock(table);
+        let n = t.entry(name.to_string()).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(TunnelOpening {
+            table,
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Drop for TunnelOpening<'_> {
+    fn drop(&mut self) {
+        let mut t = crate::ssh::link::lock(self.table);
+        if let Some(n) = t.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.name);
+            }
+        }
     }
 }
 
@@ -1033,15 +1109,17 @@ mod tests {
         ));
         link.use_connection(handle).await;
         let visitor: SocketAddr = "127.0.0.9:40000".parse().expect("address");
-        let open = |link: Arc<PeerLink>| {
-            tokio::spawn(async move { link.open_relay(RelayListener::Http, visitor).await })
+        let open = |link: Arc<PeerLink>, tunnel: &'static str| {
+            tokio::spawn(async move { link.open_relay(RelayListener::Http, visitor, tunnel).await })
         };
-        let (first, second) = (open(link.clone()), open(link.clone()));
+        let (first, second) = (open(link.clone(), "a.test"), open(link.clone(), "b.test"));
         let (reply_a, _channel_a) = openings.recv().await.expect("the peer was asked");
         let (reply_b, _channel_b) = openings.recv().await.expect("the peer was asked again");
 
         // Two openings wait for the peer: a third is refused without asking it.
-        let third = link.open_relay(RelayListener::Http, visitor).await;
+        let third = link
+            .open_relay(RelayListener::Http, visitor, "c.test")
+            .await;
         match third {
             Err(e @ RelayError::Busy { limit: 2, .. }) => {
                 assert_eq!(e.cause(), "peer_busy");
@@ -1074,10 +1152,69 @@ mod tests {
         assert_eq!(link.openings(), 0);
 
         // So the link opens again.
-        let fourth = open(link.clone());
+        let fourth = open(link.clone(), "a.test");
         let (reply, _channel) = openings.recv().await.expect("the peer was asked");
         reply.accept().await;
         assert!(fourth.await.expect("fourth task").is_ok());
+    }
+
+    #[tokio::test]
+    async fn one_tunnel_takes_at_most_a_quarter_of_the_openings_and_the_others_still_pass() {
+        let (asked, mut openings) = tokio::sync::mpsc::unbounded_channel();
+        let handle = super::super::test_link::connect(super::super::test_link::Asked(asked)).await;
+        let key = russh::keys::PrivateKey::from(
+            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[6; 32]),
+        );
+        let link = Arc::new(PeerLink::new(
+            "us-1".into(),
+            "127.0.0.1:1".into(),
+            key.public_key().clone(),
+            CancellationToken::new(),
+            8,
+        ));
+        link.use_connection(handle).await;
+        let visitor: SocketAddr = "127.0.0.9:40000".parse().expect("address");
+        let open = |link: Arc<PeerLink>, tunnel: &'static str| {
+            tokio::spawn(async move { link.open_relay(RelayListener::Http, visitor, tunnel).await })
+        };
+        // A flooded tunnel whose holder does not answer: two openings wait (8 / 4).
+        let flooded = [
+            open(link.clone(), "slow.test"),
+            open(link.clone(), "slow.test"),
+        ];
+        let (reply_a, _a) = openings.recv().await.expect("the peer was asked");
+        let (reply_b, _b) = openings.recv().await.expect("the peer was asked again");
+        match link
+            .open_relay(RelayListener::Http, visitor, "slow.test")
+            .await
+        {
+            Err(e @ RelayError::TunnelBusy { limit: 2, .. }) => {
+                assert_eq!(e.cause(), "tunnel_busy");
+                assert!(e.to_string().contains("slow.test"), "{e}");
+            }
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a third opening for one tunnel passed its share of 2"),
+        }
+        assert!(openings.try_recv().is_err(), "the peer was not asked");
+        // Another tunnel on the same peer is still relayed.
+        let other = open(link.clone(), "other.test");
+        let (reply, _channel) = openings.recv().await.expect("the peer was asked for it");
+        reply.accept().await;
+        assert!(other.await.expect("task").is_ok());
+        // Once the flooded tunnel's openings are answered, it has its share again.
+        reply_a.accept().await;
+        reply_b.accept().await;
+        for f in flooded {
+            assert!(f.await.expect("task").is_ok());
+        }
+        assert!(
+            crate::ssh::link::lock(&link.tunnel_opening).is_empty(),
+            "nothing left counted"
+        );
+        let again = open(link.clone(), "slow.test");
+        let (reply, _channel) = openings.recv().await.expect("the peer was asked");
+        reply.accept().await;
+        assert!(again.await.expect("task").is_ok());
     }
 
     #[test]

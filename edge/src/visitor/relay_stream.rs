@@ -246,7 +246,7 @@ where
         HeadScan::Plain(head) if head.host == host => head,
         _ => return After::Hyper(stream, first),
     };
-    let channel = match upstream::relay_channel(edge, &link, visitor, scheme).await {
+    let channel = match upstream::relay_channel(edge, &link, host, visitor, scheme).await {
         Ok(channel) => channel,
         // Not tried again: the holder's host stopped answering (see `not_opened`).
         Err(OpenFailure::PeerNotAnswering) => {

@@ -272,7 +272,9 @@ where
             match routing::route(&edge, Listener::Tls, &hello.server_name, peer, arrival) {
                 Route::Splice(tunnel) => splice(&edge, &tunnel, stream, peer, hello.bytes).await,
                 // Another edge holds the tls tunnel: its bytes go there undecrypted.
-                Route::Relay(link) => relay_whole(&edge, &link, stream, peer, hello.bytes).await,
+                Route::Relay(link) => {
+                    relay_whole(&edge, &link, &hello.server_name, stream, peer, hello.bytes).await
+                }
                 // The handshake reads the ClientHello again from the bytes put back, and the
                 // HTTP listener's code serves what is inside (404 page for unknown names
                 // included). The route says so only when a certificate covers the name.
@@ -294,11 +296,12 @@ where
     }
 }
 
-/// Carries a TLS connection whole to the peer edge that holds its `tls` tunnel, the bytes
-/// read to route it first.
+/// Carries a TLS connection whole to the peer edge that holds its `tls` tunnel `name`, the
+/// bytes read to route it first.
 async fn relay_whole<S>(
     edge: &Edge,
     link: &PeerLink,
+    name: &str,
     stream: S,
     peer: SocketAddr,
     already_read: Vec<u8>,
@@ -306,7 +309,7 @@ async fn relay_whole<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let m = &edge.metrics;
-    let mut upstream = match link.open_relay(RelayListener::Tls, peer).await {
+    let mut upstream = match link.open_relay(RelayListener::Tls, peer, name).await {
         Ok(channel) => CountingStream::new(
             channel,
             m.relay_bytes_total

@@ -158,7 +158,7 @@ async fn connect_peer(
     visitor: SocketAddr,
     scheme: &str,
 ) -> Result<Upstream, OpenFailure> {
-    let io = relay_channel(edge, link, visitor, scheme).await?;
+    let io = relay_channel(edge, link, host, visitor, scheme).await?;
     Ok(Upstream {
         key: UpstreamKey::Peer(link.id.clone(), host.to_string()),
         sender: http_over(Coalescing::new(ChannelWrites::new(io)))
@@ -168,11 +168,12 @@ async fn connect_peer(
     })
 }
 
-/// A relay channel to the peer edge behind `link`, for a visitor at `visitor` who came in
-/// over `scheme`, counted in the relay metrics.
+/// A relay channel to the peer edge behind `link`, for a visitor of the tunnel `host` at
+/// `visitor` who came in over `scheme`, counted in the relay metrics.
 pub async fn relay_channel(
     edge: &Edge,
     link: &Arc<PeerLink>,
+    host: &str,
     visitor: SocketAddr,
     scheme: &str,
 ) -> Result<CountingStream<RelayChannel>, OpenFailure> {
@@ -181,14 +182,14 @@ pub async fn relay_channel(
         _ => RelayListener::Http,
     };
     let m = &edge.metrics;
-    let channel = match link.open_relay(listener, visitor).await {
+    let channel = match link.open_relay(listener, visitor, host).await {
         Ok(c) => c,
         Err(e) => {
             // Logged by the link, at most one line a while.
             m.relay_errors_total.with_label_values(&[e.cause()]).inc();
             return Err(match e {
                 RelayError::TimedOut(_) => OpenFailure::PeerNotAnswering,
-                RelayError::Busy { .. } => OpenFailure::TunnelBusy,
+                RelayError::Busy { .. } | RelayError::TunnelBusy { .. } => OpenFailure::TunnelBusy,
                 _ => OpenFailure::PeerUnreachable,
             });
         }

@@ -225,8 +225,10 @@ struct Wrk {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
-    /// Requests that failed: socket errors and timeouts (wrk's 2 s), non-2xx answers.
-    failed: u64,
+    /// Socket errors and requests not answered within wrk's timeout (2 s).
+    errors: u64,
+    /// Answers other than 2xx or 3xx.
+    non_2xx: u64,
 }
 
 fn main() -> Result<()> {
@@ -762,11 +764,12 @@ fn slow_readers(args: &Args, dir: &Path, paths: &[(&str, String, Vec<String>)]) 
                 std::thread::sleep(Duration::from_secs(2));
                 let w = wrk(args, &format!("{base}/"), headers)?;
                 eprintln!(
-                    "round {round}, {name}, {}: {:.0} requests/s, p99 {:.2} ms, {} failed",
+                    "round {round}, {name}, {}: {:.0} requests/s, p99 {:.2} ms, {} errors and timeouts, {} non-2xx",
                     beside.label(args),
                     w.rps,
                     w.p99_ms,
-                    w.failed
+                    w.errors,
+                    w.non_2xx
                 );
                 drop(guard);
                 runs[i][j].push(w);
@@ -780,18 +783,21 @@ fn slow_readers(args: &Args, dir: &Path, paths: &[(&str, String, Vec<String>)]) 
         args.duration,
         args.slow_rounds.max(1)
     );
-    println!("| path | beside | requests/s | p99 ms | failed requests | requests/s vs alone |");
-    println!("| --- | --- | ---: | ---: | ---: | ---: |");
+    println!(
+        "| path | beside | requests/s | p99 ms | socket errors and timeouts (2 s) | non-2xx answers | requests/s vs alone |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
     for (i, (name, _, _)) in paths.iter().enumerate() {
         let alone = mid(runs[i][0].iter().map(|w| w.rps).collect());
         for (j, beside) in Beside::ALL.iter().enumerate() {
             let rps = mid(runs[i][j].iter().map(|w| w.rps).collect());
             println!(
-                "| {name} | {} | {:.0} | {:.2} | {:.0} | x{:.2} |",
+                "| {name} | {} | {:.0} | {:.2} | {:.0} | {:.0} | x{:.2} |",
                 beside.label(args),
                 rps,
                 mid(runs[i][j].iter().map(|w| w.p99_ms).collect()),
-                mid(runs[i][j].iter().map(|w| w.failed as f64).collect()),
+                mid(runs[i][j].iter().map(|w| w.errors as f64).collect()),
+                mid(runs[i][j].iter().map(|w| w.non_2xx as f64).collect()),
                 rps / alone.max(f64::MIN_POSITIVE)
             );
         }
@@ -1079,7 +1085,8 @@ fn wrk(args: &Args, url: &str, headers: &[String]) -> Result<Wrk> {
         rps: 0.0,
         p50_ms: 0.0,
         p99_ms: 0.0,
-        failed: 0,
+        errors: 0,
+        non_2xx: 0,
     };
     for line in out.lines() {
         let mut words = line.split_whitespace();
@@ -1089,7 +1096,9 @@ fn wrk(args: &Args, url: &str, headers: &[String]) -> Result<Wrk> {
             (Some("99%"), Some(v)) => w.p99_ms = duration_ms(v)?,
             _ => {}
         }
-        w.failed += failed_requests(line);
+        let (errors, non_2xx) = wrk_failures(line);
+        w.errors += errors;
+        w.non_2xx += non_2xx;
     }
     if line_has_errors(&out) {
         eprintln!("wrk reported errors for {url}:\n{out}");
@@ -1097,19 +1106,23 @@ fn wrk(args: &Args, url: &str, headers: &[String]) -> Result<Wrk> {
     Ok(w)
 }
 
-/// Failed requests on one line of wrk's report: `Socket errors: connect A, read B, write C,
-/// timeout D` (all of them), `Non-2xx or 3xx responses: N`.
-fn failed_requests(line: &str) -> u64 {
+/// Failures on one line of wrk's report: socket errors and timeouts (`Socket errors:
+/// connect A, read B, write C, timeout D`, all of them), and non-2xx answers (`Non-2xx or
+/// 3xx responses: N`). A request can be in both: answered late with a 5xx.
+fn wrk_failures(line: &str) -> (u64, u64) {
     let line = line.trim();
     if let Some(errors) = line.strip_prefix("Socket errors:") {
-        return errors
+        let sum = errors
             .split(',')
             .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
             .sum();
+        return (sum, 0);
     }
-    line.strip_prefix("Non-2xx or 3xx responses:")
+    let non_2xx = line
+        .strip_prefix("Non-2xx or 3xx responses:")
         .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    (0, non_2xx)
 }
 
 fn line_has_errors(out: &str) -> bool {
@@ -1570,7 +1583,8 @@ fn relay_hop_at_full_load(
         rps: mid(runs.iter().map(|r| r.rps).collect()),
         p50_ms: mid(runs.iter().map(|r| r.p50_ms).collect()),
         p99_ms: mid(runs.iter().map(|r| r.p99_ms).collect()),
-        failed: mid(runs.iter().map(|r| r.failed as f64).collect()) as u64,
+        errors: mid(runs.iter().map(|r| r.errors as f64).collect()) as u64,
+        non_2xx: mid(runs.iter().map(|r| r.non_2xx as f64).collect()) as u64,
     };
     Ok(FullLoad {
         holder: median(&runs[0]),
@@ -1723,16 +1737,16 @@ fn https_h1_vs_h2(args: &Args, tunnels: &EdgeTunnels) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{failed_requests, parse_busy_ticks};
+    use super::{parse_busy_ticks, wrk_failures};
 
     #[test]
-    fn failed_requests_count_every_socket_error_and_non_2xx_answer() {
+    fn wrk_failures_count_every_socket_error_and_non_2xx_answer() {
         assert_eq!(
-            failed_requests("  Socket errors: connect 0, read 3, write 1, timeout 120"),
-            124
+            wrk_failures("  Socket errors: connect 0, read 3, write 1, timeout 120"),
+            (124, 0)
         );
-        assert_eq!(failed_requests("  Non-2xx or 3xx responses: 7"), 7);
-        assert_eq!(failed_requests("Requests/sec:  41234.12"), 0);
+        assert_eq!(wrk_failures("  Non-2xx or 3xx responses: 7"), (0, 7));
+        assert_eq!(wrk_failures("Requests/sec:  41234.12"), (0, 0));
     }
 
     #[test]
