@@ -95,6 +95,8 @@ pub struct Metrics {
     pub relay_window_grown_bytes: IntGauge,
     /// Times a relay channel's window would have grown but the budget was spent.
     pub relay_window_growth_refused_total: IntCounter,
+    /// HTTP/2 visitor connections closed with GOAWAY ENHANCE_YOUR_CALM.
+    pub http2_connections_cut_off_total: IntCounter,
     /// Bytes by which visitor channels' receive windows have grown past their first 1 MiB,
     /// all clients together (bounded by `tunnel_window_budget_bytes`).
     pub tunnel_window_grown_bytes: IntGauge,
@@ -309,6 +311,10 @@ impl Metrics {
             "nearhop_edge_relay_window_growth_refused_total",
             "Times a relay channel's window would have grown but relay_window_budget_bytes was spent.",
         )?;
+        let http2_connections_cut_off_total = IntCounter::new(
+            "nearhop_edge_http2_connections_cut_off_total",
+            "HTTP/2 visitor connections closed with GOAWAY ENHANCE_YOUR_CALM: streams reset faster than they were answered (rapid reset) or too many streams in error.",
+        )?;
         let tunnel_window_grown_bytes = IntGauge::new(
             "nearhop_edge_tunnel_window_grown_bytes",
             "Bytes by which visitor channels' receive windows (client to edge) have grown past their first 1 MiB, all clients together.",
@@ -407,6 +413,7 @@ impl Metrics {
         }
         registry.register(Box::new(relay_window_grown_bytes.clone()))?;
         registry.register(Box::new(relay_window_growth_refused_total.clone()))?;
+        registry.register(Box::new(http2_connections_cut_off_total.clone()))?;
         registry.register(Box::new(tunnel_window_grown_bytes.clone()))?;
         registry.register(Box::new(tunnel_window_growth_refused_total.clone()))?;
         registry.register(Box::new(mesh_holder_names.clone()))?;
@@ -472,6 +479,7 @@ impl Metrics {
             relay_errors_total,
             relay_window_grown_bytes,
             relay_window_growth_refused_total,
+            http2_connections_cut_off_total,
             tunnel_window_grown_bytes,
             tunnel_window_growth_refused_total,
             mesh_holder_names,

@@ -799,6 +799,16 @@ fn hostile_h2_gets_clear_errors_and_the_edge_goes_on() {
         local.served.load(std::sync::atomic::Ordering::Relaxed) < 2000,
         "the cancelled streams did not all reach the local service"
     );
+    // Counted, and logged in the edge's own line (the h2 crate's WARN is off by default).
+    eventually("the cut-off is counted", || {
+        let m = s.edge.metrics()?;
+        let cut = metric(&m, "nearhop_edge_http2_connections_cut_off_total", &[]);
+        anyhow::ensure!(cut == Some(1.0), "cut off: {cut:?}");
+        Ok(())
+    });
+    let log = s.edge.log_tail(400);
+    assert!(log.contains("GOAWAY ENHANCE_YOUR_CALM"), "{log}");
+    assert!(!log.contains("reached limit"), "h2's own line: {log}");
     // A connection that opens no stream within visitor_header_timeout_seconds is closed
     // (GOAWAY NO_ERROR, then the end of the connection), as an HTTP/1.1 one without a head.
     let said = raw_h2(&me, &host, "silent");

@@ -11,6 +11,7 @@ use super::protocol::{
 use super::Mesh;
 use crate::config::Config;
 use crate::io::read_buffer::AdaptiveReader;
+use crate::process::log_limit::LogLimit;
 use russh::client::{self, Handle};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, ChannelStream};
@@ -124,7 +125,7 @@ pub struct PeerLink {
     /// for the visitors of its other tunnels.
     tunnel_opening: Mutex<HashMap<String, usize>>,
     /// Relays to the peer that failed, for the log.
-    failures: FailureLog,
+    failures: LogLimit,
 }
 
 impl PeerLink {
@@ -146,7 +147,7 @@ impl PeerLink {
             opening: AtomicUsize::new(0),
             max_opening,
             tunnel_opening: Mutex::new(HashMap::new()),
-            failures: FailureLog::default(),
+            failures: LogLimit::new(FAILURE_LOG_INTERVAL),
         }
     }
 
@@ -446,25 +447,6 @@ impl PeerLink {
 /// which says how many more failed meanwhile. Under a flood every relay may fail, and one
 /// WARN line each filled 167 MB of log in a bench run (docs/benchmarks.md, "Relayed floods").
 pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// When a link last logged a relay failure, and how many failed since without a line.
-#[derive(Default)]
-struct FailureLog(std::sync::Mutex<(Option<Instant>, u64)>);
-
-impl FailureLog {
-    /// A failure at `now`: `Some(n)` when it is to be logged, `n` failures having gone
-    /// unlogged since the last line; `None` when it is only counted.
-    fn note(&self, now: Instant) -> Option<u64> {
-        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (last, unlogged) = &mut *state;
-        if last.is_some_and(|at| now.saturating_duration_since(at) < FAILURE_LOG_INTERVAL) {
-            *unlogged += 1;
-            return None;
-        }
-        *last = Some(now);
-        Some(std::mem::take(unlogged))
-    }
-}
 
 /// One relay channel of a tunnel being opened, counted in the link's table by name until
 /// dropped.
@@ -1215,23 +1197,6 @@ mod tests {
         let (reply, _channel) = openings.recv().await.expect("the peer was asked");
         reply.accept().await;
         assert!(again.await.expect("task").is_ok());
-    }
-
-    #[test]
-    fn relay_failures_are_logged_once_an_interval_with_the_count_between() {
-        let log = FailureLog::default();
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        assert_eq!(log.note(at(0)), Some(0), "the first is logged at once");
-        assert_eq!(log.note(at(1)), None);
-        assert_eq!(log.note(at(9)), None);
-        assert_eq!(
-            log.note(at(10)),
-            Some(2),
-            "then one line with the count between"
-        );
-        assert_eq!(log.note(at(25)), Some(0));
-        assert_eq!(log.note(at(26)), None);
     }
 
     #[test]

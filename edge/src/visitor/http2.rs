@@ -6,6 +6,7 @@
 use crate::edge::Edge;
 use crate::io::counting::CountingStream;
 use crate::io::small_writes::GatheredWrites;
+use crate::process::log_limit::LogLimit;
 use crate::visitor::http::{head_timeout, Upstreams, VisitorConn};
 use crate::visitor::pages::{self, ProxyBody};
 use crate::visitor::routing::Arrival;
@@ -159,8 +160,34 @@ pub async fn serve<S>(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(error = %e, %peer, "HTTP/2 visitor connection ended with an error");
+        if cut_off_for_calm(&e) {
+            m.http2_connections_cut_off_total.inc();
+            if let Some(more) = CUT_OFF_LOG.note(std::time::Instant::now()) {
+                tracing::info!(%peer, more, "an HTTP/2 visitor connection was cut off (GOAWAY ENHANCE_YOUR_CALM): it reset streams faster than they were answered, or sent too many in error; {more} more since the last such line (at most one a {}s; each is counted in nearhop_edge_http2_connections_cut_off_total)", CUT_OFF_LOG_INTERVAL.as_secs());
+            }
+        } else {
+            tracing::debug!(error = %e, %peer, "HTTP/2 visitor connection ended with an error");
+        }
     }
+}
+
+/// Most lines about HTTP/2 connections cut off: one per interval. A reset flood opens many
+/// connections, and the `h2` crate's own WARN line for each (turned off in the edge's
+/// default log filter) wrote 2,098 lines in one bench run.
+const CUT_OFF_LOG_INTERVAL: Duration = Duration::from_secs(10);
+static CUT_OFF_LOG: LogLimit = LogLimit::new(CUT_OFF_LOG_INTERVAL);
+
+/// Whether hyper ended the connection with GOAWAY ENHANCE_YOUR_CALM (h2's bounds on reset
+/// streams, `MAX_PENDING_RESETS` and `MAX_ERROR_RESETS`).
+fn cut_off_for_calm(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// How often an HTTP/2 connection's answers are looked at for one hyper stopped taking.
