@@ -5,8 +5,11 @@
 //! arrived ([`PeerCloses::closed_by_peer`], called from the session handler's
 //! `channel_close`), at most [`LINGER`], and only then drops the stream (whose own close
 //! then has nothing left to do). Meanwhile it reads and drops whatever the client still
-//! sends on the channel: unread, that would fill the channel's queue, and russh stops
-//! reading the whole session while any channel's queue is full. A client answers the EOF
+//! sends on the channel: a visitor channel's window is granted as it is read
+//! (`io::receive_window`), so unread, it would hold the client's sending (and its local
+//! connection) until [`LINGER`], and the rest of an answer the visitor left could not be
+//! told apart (below); a channel whose window russh grants itself would fill its queue, and
+//! russh stops reading the whole session while any channel's queue is full. A client answers the EOF
 //! once its local side of the connection has closed too, which for an HTTP server that has
 //! finished its answer is at once, so the channel ends in the order OpenSSH's own
 //! forwarding ends it. A channel the client has not closed after [`LINGER`] is closed by
@@ -247,9 +250,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for ClosingChannel
             if !shut {
                 let _ = tokio::time::timeout(LINGER, stream.shutdown()).await;
             }
-            // What the client still sends is read and dropped while its close is awaited:
-            // unread, it would fill the channel's queue, and a full queue stops the whole
-            // session's reader, every other visitor of the tunnel and the keepalives with it.
+            // What the client still sends is read and dropped while its close is awaited (the
+            // reads grant its window): unread, it would hold the client until the linger's
+            // end, or, on a channel whose window russh grants itself, fill the queue, and a
+            // full queue stops the whole session's reader.
             let closed = async {
                 tokio::select! {
                     _ = &mut peer_closed => return Leftovers::End,

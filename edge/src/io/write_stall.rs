@@ -1,10 +1,12 @@
 //! A bound on how long a visitor may leave the edge's writes to it waiting.
 //!
 //! A visitor that stops reading fills its socket's buffers, and the edge's write to it waits.
-//! Behind that write, the edge stops reading the tunnel channel that carries the answer; its
-//! queue fills, and russh stops reading the whole SSH session while any channel's queue is
-//! full: every other visitor of that tunnel waits too, and so do the keepalives, until a
-//! client with `ServerAliveInterval` gives up and the tunnel ends. [`WriteStall`] fails a
+//! Behind that write, the edge stops reading the tunnel channel that carries the answer. Its
+//! window is granted as it is read (`io::receive_window`), so the client stops sending on it
+//! and the tunnel's other visitors go on; but the channel, the client's connection to its
+//! local service and up to the channel's window at the edge stay for as long as the visitor
+//! does (and a client sending tiny packets can still fill the channel's queue, which stops
+//! russh reading the whole session: docs/edge.md, "Known limits"). [`WriteStall`] fails a
 //! write that made no progress for its limit (`visitor_write_stall_seconds`, like nginx's
 //! `send_timeout`), which closes the visitor's connection and lets the channel go. A slow
 //! reader is not stalled: any byte taken starts the count again.

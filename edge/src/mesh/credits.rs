@@ -2,10 +2,12 @@
 //! (or one tunnel whose service stops reading an upload) holds up nobody else on the link.
 //!
 //! russh grants a channel's SSH window again as soon as its data arrives, and holds data
-//! back only by not reading the connection while a channel's queue is full. On a client's
-//! session that stalls only that client's own tunnels (docs/edge.md, "Known limits"); on a
-//! mesh link, which carries every visitor one edge relays to another, it would stall all of
-//! them behind one visitor who stopped reading a download. So each side of a relay channel
+//! back only by not reading the connection while a channel's queue is full (the edge's
+//! client sessions use the patched russh's reader-granted windows instead,
+//! `io::receive_window`; relay channels are opened by the relaying edge, russh's client
+//! side, which has no such setting). On a mesh link, which carries every visitor one edge
+//! relays to another, it would stall all of them behind one visitor who stopped reading a
+//! download. So each side of a relay channel
 //! sends only against credit the other side grants as its reader takes the bytes ("=ID N"
 //! lines on the holdings feed, both ways, see `protocol`), and takes every packet off the
 //! connection at once ([`CreditedChannel`]): a channel's queue holds at most the credit

@@ -1075,9 +1075,15 @@ mod tests {
         HoldingChange::Added(name.into(), nearhop_wire::TunnelKind::Http, None)
     }
 
-    #[tokio::test]
-    async fn relay_openings_past_the_bound_are_refused_at_once_until_the_peer_answers() {
-        let (asked, mut openings) = tokio::sync::mpsc::unbounded_channel();
+    /// A link to a test peer that opens at most `max_opening` relay channels at once, and the
+    /// peer's queue of the channel openings it is asked for (each to accept or reject).
+    async fn link_opening_at_most(
+        max_opening: usize,
+    ) -> (
+        Arc<PeerLink>,
+        tokio::sync::mpsc::UnboundedReceiver<super::super::test_link::Opening>,
+    ) {
+        let (asked, openings) = tokio::sync::mpsc::unbounded_channel();
         let handle = super::super::test_link::connect(super::super::test_link::Asked(asked)).await;
         let key = russh::keys::PrivateKey::from(
             russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[5; 32]),
@@ -1087,9 +1093,15 @@ mod tests {
             "127.0.0.1:1".into(),
             key.public_key().clone(),
             CancellationToken::new(),
-            2,
+            max_opening,
         ));
         link.use_connection(handle).await;
+        (link, openings)
+    }
+
+    #[tokio::test]
+    async fn relay_openings_past_the_bound_are_refused_at_once_until_the_peer_answers() {
+        let (link, mut openings) = link_opening_at_most(2).await;
         let visitor: SocketAddr = "127.0.0.9:40000".parse().expect("address");
         let open = |link: Arc<PeerLink>, tunnel: &'static str| {
             tokio::spawn(async move { link.open_relay(RelayListener::Http, visitor, tunnel).await })
@@ -1142,19 +1154,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_tunnel_takes_at_most_a_quarter_of_the_openings_and_the_others_still_pass() {
-        let (asked, mut openings) = tokio::sync::mpsc::unbounded_channel();
-        let handle = super::super::test_link::connect(super::super::test_link::Asked(asked)).await;
-        let key = russh::keys::PrivateKey::from(
-            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[6; 32]),
-        );
-        let link = Arc::new(PeerLink::new(
-            "us-1".into(),
-            "127.0.0.1:1".into(),
-            key.public_key().clone(),
-            CancellationToken::new(),
-            8,
-        ));
-        link.use_connection(handle).await;
+        let (link, mut openings) = link_opening_at_most(8).await;
         let visitor: SocketAddr = "127.0.0.9:40000".parse().expect("address");
         let open = |link: Arc<PeerLink>, tunnel: &'static str| {
             tokio::spawn(async move { link.open_relay(RelayListener::Http, visitor, tunnel).await })

@@ -51,11 +51,12 @@ pub async fn connect<H: russh::server::Handler<Error = russh::Error> + Send + 's
 
 /// A mesh listener that accepts every key and hands each `direct-tcpip` channel to the test
 /// with its opening unanswered: the test confirms or refuses it, or leaves it waiting.
-pub struct Asked(
-    pub  tokio::sync::mpsc::UnboundedSender<(
-        russh::server::ChannelOpenHandle,
-        russh::Channel<russh::server::Msg>,
-    )>,
+pub struct Asked(pub tokio::sync::mpsc::UnboundedSender<Opening>);
+
+/// One channel opening the test peer was asked for, unanswered.
+pub type Opening = (
+    russh::server::ChannelOpenHandle,
+    russh::Channel<russh::server::Msg>,
 );
 
 impl russh::server::Handler for Asked {

@@ -162,8 +162,14 @@ pub async fn serve<S>(
     if let Err(e) = result {
         if cut_off_for_calm(&e) {
             m.http2_connections_cut_off_total.inc();
-            if let Some(more) = CUT_OFF_LOG.note(std::time::Instant::now()) {
-                tracing::info!(%peer, more, "an HTTP/2 visitor connection was cut off (GOAWAY ENHANCE_YOUR_CALM): it reset streams faster than they were answered, or sent too many in error; {more} more since the last such line (at most one a {}s; each is counted in nearhop_edge_http2_connections_cut_off_total)", CUT_OFF_LOG_INTERVAL.as_secs());
+            match CUT_OFF_LOG.note(std::time::Instant::now()) {
+                Some(0) => {
+                    tracing::info!(%peer, "an HTTP/2 visitor connection was cut off (GOAWAY ENHANCE_YOUR_CALM): it reset streams faster than they were answered, or sent too many in error (each is counted in nearhop_edge_http2_connections_cut_off_total)")
+                }
+                Some(more) => {
+                    tracing::info!(%peer, more, "an HTTP/2 visitor connection was cut off (GOAWAY ENHANCE_YOUR_CALM): it reset streams faster than they were answered, or sent too many in error; {more} more since the last such line (at most one a {}s; each is counted in nearhop_edge_http2_connections_cut_off_total)", CUT_OFF_LOG_INTERVAL.as_secs())
+                }
+                None => {}
             }
         } else {
             tracing::debug!(error = %e, %peer, "HTTP/2 visitor connection ended with an error");
