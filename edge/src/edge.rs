@@ -138,13 +138,14 @@ impl Edge {
                     .with_label_values(&["credit_exceeded"]),
             ),
         ));
-        let tunnel_windows = WindowLimits::new(
+        let tunnel_windows = WindowLimits::opening_small(
             config.ssh_window_bytes,
             WindowBudget::new(
                 config.tunnel_window_budget_bytes,
                 metrics.tunnel_window_grown_bytes.clone(),
                 metrics.tunnel_window_growth_refused_total.clone(),
             ),
+            metrics.tunnel_window_unread_bytes.clone(),
         );
         Ok(Edge {
             mesh,

@@ -97,11 +97,14 @@ pub struct Metrics {
     pub relay_window_growth_refused_total: IntCounter,
     /// HTTP/2 visitor connections closed with GOAWAY ENHANCE_YOUR_CALM.
     pub http2_connections_cut_off_total: IntCounter,
-    /// Bytes by which visitor channels' receive windows have grown past their first 1 MiB,
-    /// all clients together (bounded by `tunnel_window_budget_bytes`).
+    /// Bytes by which visitor channels' receive windows have grown past the 32 KiB they
+    /// open with, all clients together (bounded by `tunnel_window_budget_bytes`).
     pub tunnel_window_grown_bytes: IntGauge,
-    /// Times a visitor channel's window would have grown but the budget was spent.
+    /// Times a visitor channel's window would have grown (its first 1 MiB included) but the
+    /// budget was spent.
     pub tunnel_window_growth_refused_total: IntCounter,
+    /// Window granted on visitor channels that visitors have not read yet.
+    pub tunnel_window_unread_bytes: IntGauge,
     /// HTTP requests relayed to each peer edge.
     pub relay_requests_total: IntCounterVec,
     /// Relays that failed, by cause.
@@ -317,11 +320,15 @@ impl Metrics {
         )?;
         let tunnel_window_grown_bytes = IntGauge::new(
             "nearhop_edge_tunnel_window_grown_bytes",
-            "Bytes by which visitor channels' receive windows (client to edge) have grown past their first 1 MiB, all clients together.",
+            "Bytes by which visitor channels' receive windows (client to edge) have grown past the 32 KiB they open with, all clients together.",
+        )?;
+        let tunnel_window_unread_bytes = IntGauge::new(
+            "nearhop_edge_tunnel_window_unread_bytes",
+            "Bytes clients may send on visitor channels that visitors have not read yet (window granted, not taken): the most the edge may hold for visitors now.",
         )?;
         let tunnel_window_growth_refused_total = IntCounter::new(
             "nearhop_edge_tunnel_window_growth_refused_total",
-            "Times a visitor channel's window would have grown but tunnel_window_budget_bytes was spent.",
+            "Times a visitor channel's window would have grown (to its first 1 MiB, or past it) but tunnel_window_budget_bytes was spent.",
         )?;
         let mesh_holder_names = IntGaugeVec::new(
             Opts::new(
@@ -416,6 +423,7 @@ impl Metrics {
         registry.register(Box::new(http2_connections_cut_off_total.clone()))?;
         registry.register(Box::new(tunnel_window_grown_bytes.clone()))?;
         registry.register(Box::new(tunnel_window_growth_refused_total.clone()))?;
+        registry.register(Box::new(tunnel_window_unread_bytes.clone()))?;
         registry.register(Box::new(mesh_holder_names.clone()))?;
         registry.register(Box::new(mesh_holder_age_seconds.clone()))?;
         registry.register(Box::new(relay_openings.clone()))?;
@@ -482,6 +490,7 @@ impl Metrics {
             http2_connections_cut_off_total,
             tunnel_window_grown_bytes,
             tunnel_window_growth_refused_total,
+            tunnel_window_unread_bytes,
             mesh_holder_names,
             mesh_holder_age_seconds,
             relay_openings,

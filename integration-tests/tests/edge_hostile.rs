@@ -668,39 +668,10 @@ fn a_visitor_that_stops_reading_holds_up_no_one_else_on_its_tunnel() {
     let token = s.pro_token();
     let mut client = s.ssh("stalled", &SshArgs::http_tunnel(Some(&token), local.port));
     let url = client.wait_for_url(PATIENCE).unwrap();
-    let (host, _) = url_host_port(&url).unwrap();
     let size = 64_000_000;
-    let mut t = TcpStream::connect(s.edge.http_addr()).unwrap();
-    let request = format!("GET /blob/{size} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    t.write_all(request.as_bytes()).unwrap();
-    t.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        t.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "the download started");
-    // Now it reads nothing. Wait until the edge writes it nothing more either: its socket
-    // is full, and so is whatever the edge may hold for it.
-    let sent_out = || {
-        let m = s.edge.metrics().expect("metrics");
-        metric(
-            &m,
-            "nearhop_edge_visitor_bytes_total",
-            &[("direction", "out")],
-        )
-        .unwrap_or(0.0)
-    };
-    let mut last = sent_out();
-    eventually("the download stopped moving", || {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = sent_out();
-        let moved = now != last;
-        last = now;
-        anyhow::ensure!(!moved && now > 0.0, "bytes out: {now}");
-        Ok(())
-    });
+    let mut t = start_download(&s, &url, size);
+    // Now it reads nothing.
+    wait_until_downloads_stop(&s);
     // The tunnel's other visitors are served meanwhile, on new connections and on one.
     for _ in 0..10 {
         assert_serving(&s, &url);
@@ -713,14 +684,116 @@ fn a_visitor_that_stops_reading_holds_up_no_one_else_on_its_tunnel() {
         Some(0.0),
         "nobody was cut off"
     );
-    // What the stalled channel made the edge hold is bounded by its window: its growth
-    // comes out of the budget, at most up to ssh_window_bytes (8 MiB).
-    let grown = metric(&m, "nearhop_edge_tunnel_window_grown_bytes", &[]).unwrap_or(0.0);
-    assert!(grown <= 7.0 * 1024.0 * 1024.0, "windows grew by {grown}");
+    // What the stalled channel may make the edge hold is bounded by its window, at most
+    // ssh_window_bytes (8 MiB), once the other visitors' channels have closed.
+    eventually("only the stalled channel's window is left", || {
+        let m = s.edge.metrics()?;
+        let unread = metric(&m, "nearhop_edge_tunnel_window_unread_bytes", &[]).unwrap_or(-1.0);
+        anyhow::ensure!(
+            (0.0..=8.0 * 1024.0 * 1024.0).contains(&unread),
+            "unread window: {unread}"
+        );
+        Ok(())
+    });
     // The stalled visitor reads again: the rest comes, every byte of it.
     finish_blob(&mut t, 0, size, "the stalled download");
     assert!(client.is_running(), "the tunnel's ssh is still up");
     client.stop();
+}
+
+#[test]
+fn visitors_who_stop_reading_make_the_edge_hold_no_more_than_the_window_budget() {
+    let budget = 4 * 1024 * 1024;
+    let s = EdgeStack::start(&format!(
+        "visitor_write_stall_seconds = 0\ntunnel_window_budget_bytes = {budget}\n"
+    ));
+    let local = LocalService::start("local");
+    let token = s.pro_token();
+    let mut client = s.ssh("stalled", &SshArgs::http_tunnel(Some(&token), local.port));
+    let url = client.wait_for_url(PATIENCE).unwrap();
+    // Ten visitors start downloads well past what sockets and windows hold, and stop.
+    let size = 24_000_000;
+    let mut stalled: Vec<TcpStream> = (0..10).map(|_| start_download(&s, &url, size)).collect();
+    wait_until_downloads_stop(&s);
+    let m = s.edge.metrics().unwrap();
+    let unread = metric(&m, "nearhop_edge_tunnel_window_unread_bytes", &[]).unwrap_or(-1.0);
+    // Each channel opens with 32 KiB; every byte of window past that came out of the budget.
+    let bound = f64::from(budget) + 10.0 * 32.0 * 1024.0;
+    assert!(
+        unread > 0.0 && unread <= bound,
+        "the clients may still send {unread} bytes the visitors have not read (bound {bound})"
+    );
+    let grown = metric(&m, "nearhop_edge_tunnel_window_grown_bytes", &[]).unwrap_or(-1.0);
+    assert!(
+        grown <= f64::from(budget),
+        "windows took {grown} bytes of the budget"
+    );
+    assert!(
+        metric(&m, "nearhop_edge_tunnel_window_growth_refused_total", &[]).unwrap_or(0.0) > 0.0,
+        "ten 1 MiB first windows do not fit in 4 MiB: the budget said no"
+    );
+    // With the budget spent, a new visitor's channel keeps its 32 KiB: slower far away, but
+    // every byte comes, and small pages are served as ever.
+    assert_serving(&s, &url);
+    let one = s.visit(&url, "/blob/3000000").bytes().unwrap();
+    assert_blob(&one, 3_000_000);
+    // A stalled visitor reads again and gets the rest; the others leave, and every window
+    // goes back to the budget.
+    finish_blob(&mut stalled[0], 0, size, "a stalled download");
+    drop(stalled);
+    eventually("the windows are given back", || {
+        let m = s.edge.metrics()?;
+        let grown = metric(&m, "nearhop_edge_tunnel_window_grown_bytes", &[]).unwrap_or(-1.0);
+        let unread = metric(&m, "nearhop_edge_tunnel_window_unread_bytes", &[]).unwrap_or(-1.0);
+        anyhow::ensure!(
+            grown == 0.0 && unread == 0.0,
+            "grown {grown}, unread {unread}"
+        );
+        Ok(())
+    });
+    assert!(client.is_running(), "the tunnel's ssh is still up");
+    client.stop();
+}
+
+/// Starts downloading `size` bytes of the tunnel at `url` through the edge, on a connection
+/// of its own, and reads only the answer's head: the caller reads the body, or does not.
+fn start_download(s: &EdgeStack, url: &str, size: usize) -> TcpStream {
+    let (host, _) = url_host_port(url).unwrap();
+    let mut t = TcpStream::connect(s.edge.http_addr()).unwrap();
+    let request = format!("GET /blob/{size} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    t.write_all(request.as_bytes()).unwrap();
+    t.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        t.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "the download started");
+    t
+}
+
+/// Waits until the edge writes visitors nothing more: the sockets of those who stopped
+/// reading are full, and so is whatever the edge may hold for them.
+fn wait_until_downloads_stop(s: &EdgeStack) {
+    let sent_out = || {
+        let m = s.edge.metrics().expect("metrics");
+        metric(
+            &m,
+            "nearhop_edge_visitor_bytes_total",
+            &[("direction", "out")],
+        )
+        .unwrap_or(0.0)
+    };
+    let mut last = sent_out();
+    eventually("the downloads stopped moving", || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = sent_out();
+        let moved = now != last;
+        last = now;
+        anyhow::ensure!(!moved && now > 0.0, "bytes out: {now}");
+        Ok(())
+    });
 }
 
 /// Sends `head` (and whatever follows it) on a fresh connection to `addr` and reads the

@@ -12,10 +12,12 @@
 //! A window starts at [`INITIAL_WINDOW`]. It doubles, up to its largest (`ssh_window_bytes`),
 //! each time the reader has taken everything queued while the sender was short of window
 //! (less than a quarter left), so a fast visitor far away gets the bandwidth of a full
-//! window, and one that stops reading costs no more than its window. What windows grow past
-//! their start comes out of one [`WindowBudget`], so many visitors who read fast and then
-//! stop cannot make the edge hold more than that; a channel gives its growth back when it
-//! closes.
+//! window, and one that stops reading costs no more than its window. What windows hold past
+//! what the channel opened with comes out of one [`WindowBudget`], so many visitors who stop
+//! reading cannot make the edge hold more than that; a channel gives it back when it closes.
+//! Tunnel channels open with [`OPENING_WINDOW`] and are raised to [`INITIAL_WINDOW`] out of
+//! the budget at once, so their first window is bounded edge-wide too; relay channels open
+//! with [`INITIAL_WINDOW`], which the mesh protocol fixes, and only their growth is budgeted.
 
 use russh::ChannelId;
 use std::io;
@@ -28,21 +30,49 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Bytes a channel's sender may send before its reader grants more.
 pub const INITIAL_WINDOW: u32 = 1024 * 1024;
 
+/// What a tunnel channel opens with (`window_by_reader`), outside any budget: one packet of
+/// the 32 KiB that SSH clients send. Its reader raises it to [`INITIAL_WINDOW`] out of the
+/// budget as soon as the channel is open, or as far as the budget goes.
+pub const OPENING_WINDOW: u32 = 32 * 1024;
+
 /// What bounds the windows of one kind of channel: the largest a window grows to, and the
 /// budget the growth comes out of.
 #[derive(Clone)]
 pub struct WindowLimits {
     max_window: u32,
     budget: Arc<WindowBudget>,
+    /// What a channel's window is without the budget: what it opened with.
+    opened_with: u32,
+    /// Window granted and not yet read, all channels together (tunnel channels only:
+    /// `nearhop_edge_tunnel_window_unread_bytes`).
+    unread: Option<prometheus::IntGauge>,
 }
 
 impl WindowLimits {
-    /// Windows of up to `max_window` bytes (at least [`INITIAL_WINDOW`]), growing out of
-    /// `budget`.
+    /// Windows of channels that open with [`INITIAL_WINDOW`] (relay channels), up to
+    /// `max_window` bytes (at least that), growing out of `budget`.
     pub fn new(max_window: u32, budget: Arc<WindowBudget>) -> WindowLimits {
         WindowLimits {
             max_window: max_window.max(INITIAL_WINDOW),
             budget,
+            opened_with: INITIAL_WINDOW,
+            unread: None,
+        }
+    }
+
+    /// Windows of channels that open with [`OPENING_WINDOW`] (tunnel channels), raised to
+    /// [`INITIAL_WINDOW`] and grown up to `max_window` out of `budget`; what clients may
+    /// still send on them, all together, shown in `unread`.
+    pub fn opening_small(
+        max_window: u32,
+        budget: Arc<WindowBudget>,
+        unread: prometheus::IntGauge,
+    ) -> WindowLimits {
+        WindowLimits {
+            max_window: max_window.max(INITIAL_WINDOW),
+            budget,
+            opened_with: OPENING_WINDOW,
+            unread: Some(unread),
         }
     }
 
@@ -53,11 +83,12 @@ impl WindowLimits {
     }
 }
 
-/// The bytes by which receive windows may grow past [`INITIAL_WINDOW`], edge-wide
-/// (`relay_window_budget_bytes` for relay channels, `tunnel_window_budget_bytes` for the
-/// channels of clients' tunnels). A window is what its channel may make this edge hold when
-/// its reader stops; the initial window is bounded by the visitor slots, growth by this. A
-/// channel gives back what it took when it closes.
+/// The bytes by which receive windows may go past what their channels opened with,
+/// edge-wide (`relay_window_budget_bytes` for relay channels, past [`INITIAL_WINDOW`];
+/// `tunnel_window_budget_bytes` for the channels of clients' tunnels, past
+/// [`OPENING_WINDOW`]). A window is what its channel may make this edge hold when its reader
+/// stops; what it opened with is bounded by the visitor slots, the rest by this. A channel
+/// gives back what it took when it closes.
 pub struct WindowBudget {
     limit: u64,
     used: AtomicU64,
@@ -87,6 +118,9 @@ impl WindowBudget {
     /// Takes up to `bytes` for a window to grow by: what the budget has left of it, 0
     /// (counted as refused) when it is spent.
     fn take(&self, bytes: u64) -> u64 {
+        if bytes == 0 {
+            return 0;
+        }
         let mut taken = 0;
         let _ = self
             .used
@@ -129,18 +163,30 @@ pub struct ReceiveWindow {
     pub consumed: u64,
     window: u32,
     max_window: u32,
+    /// What the channel opened with: the part of `window` not taken from the budget.
+    opened_with: u32,
     budget: Arc<WindowBudget>,
 }
 
 impl ReceiveWindow {
-    /// A window of [`INITIAL_WINDOW`] within `limits`.
+    /// A window of [`INITIAL_WINDOW`] within `limits`: what the channel opened with, and the
+    /// rest from the budget (as much as it has).
     pub fn new(limits: &WindowLimits) -> ReceiveWindow {
+        let opened_with = limits.opened_with.min(INITIAL_WINDOW);
+        let taken = limits.budget.take(u64::from(INITIAL_WINDOW - opened_with));
         ReceiveWindow {
             consumed: 0,
-            window: INITIAL_WINDOW,
+            // At most `INITIAL_WINDOW - opened_with`, a u32.
+            window: opened_with + u32::try_from(taken).unwrap_or(0),
             max_window: limits.max_window,
+            opened_with,
             budget: limits.budget.clone(),
         }
+    }
+
+    /// What the channel opened with.
+    pub fn opened_with(&self) -> u32 {
+        self.opened_with
     }
 
     /// The window now.
@@ -177,7 +223,7 @@ impl ReceiveWindow {
 impl Drop for ReceiveWindow {
     fn drop(&mut self) {
         self.budget
-            .give_back(u64::from(self.window - INITIAL_WINDOW));
+            .give_back(u64::from(self.window - self.opened_with));
     }
 }
 
@@ -211,6 +257,8 @@ struct Granting {
     /// What had been granted when the reader began taking what is queued now; `None` while
     /// it has taken everything.
     granted_when_behind: Option<u64>,
+    /// Window granted and not yet read, all channels together.
+    unread: Option<prometheus::IntGauge>,
 }
 
 impl<S> GrantedReads<S> {
@@ -222,17 +270,26 @@ impl<S> GrantedReads<S> {
         }
     }
 
-    /// `inner`, a channel opened with a window of [`INITIAL_WINDOW`] that its reads grant
-    /// again, within `limits`, to `to`.
+    /// `inner`, a channel opened with the window `limits` open channels with, that its
+    /// reads grant again, within `limits`, to `to`. What the budget adds to that at once
+    /// (up to [`INITIAL_WINDOW`]) is granted now.
     pub fn granting(inner: S, to: SessionGrants, limits: &WindowLimits) -> GrantedReads<S> {
+        let window = ReceiveWindow::new(limits);
+        let granted = u64::from(window.opened_with());
+        if let Some(unread) = &limits.unread {
+            unread.add(i64::from(window.opened_with()));
+        }
+        let mut grants = Granting {
+            to,
+            window,
+            granted,
+            granted_when_behind: None,
+            unread: limits.unread.clone(),
+        };
+        grants.grant_due();
         GrantedReads {
             inner,
-            grants: Some(Granting {
-                to,
-                window: ReceiveWindow::new(limits),
-                granted: u64::from(INITIAL_WINDOW),
-                granted_when_behind: None,
-            }),
+            grants: Some(grants),
         }
     }
 }
@@ -241,6 +298,11 @@ impl Granting {
     /// The reader took `n` bytes.
     fn took(&mut self, n: usize) {
         self.granted_when_behind.get_or_insert(self.granted);
+        if let Some(unread) = &self.unread {
+            // A client that sent past its window has no unread window left to take from.
+            let within = (n as u64).min(self.granted.saturating_sub(self.window.consumed));
+            unread.sub(i64::try_from(within).unwrap_or(i64::MAX));
+        }
         self.window.consumed += n as u64;
         self.grant_due();
     }
@@ -259,7 +321,19 @@ impl Granting {
 
     fn grant_due(&mut self) {
         if let Some(more) = self.window.due(&mut self.granted) {
+            if let Some(unread) = &self.unread {
+                unread.add(i64::from(more));
+            }
             (self.to.0)(more);
+        }
+    }
+}
+
+impl Drop for Granting {
+    fn drop(&mut self) {
+        if let Some(unread) = &self.unread {
+            let left = self.granted.saturating_sub(self.window.consumed);
+            unread.sub(i64::try_from(left).unwrap_or(i64::MAX));
         }
     }
 }
@@ -373,6 +447,15 @@ pub(crate) mod tests {
         assert_eq!(r.window(), INITIAL_WINDOW);
     }
 
+    /// Limits of tunnel channels (opening with [`OPENING_WINDOW`]) up to `max_window`, out of
+    /// a budget of `budget` bytes, and the gauge of window granted and not read.
+    fn opening_small(max_window: u32, budget: u64) -> (WindowLimits, prometheus::IntGauge) {
+        let unread = prometheus::IntGauge::new("unread", "unread").expect("gauge");
+        let relay_like = limits(max_window, budget);
+        let limits = WindowLimits::opening_small(max_window, relay_like.budget, unread.clone());
+        (limits, unread)
+    }
+
     /// A reader over one end of a pipe whose other end is the sender, granting into the
     /// returned list.
     fn granting_pipe(
@@ -407,26 +490,74 @@ pub(crate) mod tests {
         }
     }
 
+    /// The window of `reader` now.
+    fn window_of(reader: &GrantedReads<tokio::io::DuplexStream>) -> u32 {
+        reader.grants.as_ref().expect("granting").window.window()
+    }
+
+    const RAISE: u32 = INITIAL_WINDOW - OPENING_WINDOW;
+
+    #[test]
+    fn tunnel_channels_open_small_and_take_their_first_window_from_the_budget() {
+        // Room for one first window and a half.
+        let (limits, unread) = opening_small(8 * INITIAL_WINDOW, u64::from(RAISE) * 3 / 2);
+        let budget = limits.budget().clone();
+        let (first, _s1, grants1) = granting_pipe(&limits);
+        assert_eq!(window_of(&first), INITIAL_WINDOW);
+        assert_eq!(
+            *grants1.lock().unwrap(),
+            vec![RAISE],
+            "raised to 1 MiB as soon as the channel is open"
+        );
+        let (second, _s2, grants2) = granting_pipe(&limits);
+        assert_eq!(
+            window_of(&second),
+            OPENING_WINDOW + RAISE / 2,
+            "what was left"
+        );
+        assert_eq!(*grants2.lock().unwrap(), vec![RAISE / 2]);
+        let (third, _s3, grants3) = granting_pipe(&limits);
+        assert_eq!(window_of(&third), OPENING_WINDOW, "the budget is spent");
+        assert!(grants3.lock().unwrap().is_empty());
+        assert_eq!(budget.refused.get(), 1);
+        assert_eq!(
+            unread.get(),
+            i64::from(3 * OPENING_WINDOW + RAISE + RAISE / 2),
+            "what the clients may send, all three channels together"
+        );
+        drop((first, second, third));
+        assert_eq!(budget.used(), 0, "every window given back at the close");
+        assert_eq!(unread.get(), 0);
+    }
+
     #[tokio::test]
     async fn a_reader_that_keeps_up_grants_what_it_took_and_its_window_stays() {
         use tokio::io::AsyncWriteExt;
-        let (mut reader, mut sender, grants) = granting_pipe(&limits(8 * INITIAL_WINDOW, u64::MAX));
+        let (limits, unread) = opening_small(8 * INITIAL_WINDOW, u64::MAX);
+        let (mut reader, mut sender, grants) = granting_pipe(&limits);
         // Well within the window: the sender was never short of it.
         sender.write_all(&vec![1u8; 600 * 1024]).await.unwrap();
         assert_eq!(take_queued(&mut reader).await, 600 * 1024);
         assert_eq!(
             *grants.lock().unwrap(),
-            vec![512 * 1024],
+            vec![RAISE, 512 * 1024],
             "one grant, at half a window taken: the sender may again have a window in flight"
         );
-        let window = reader.grants.as_ref().map(|g| g.window.window());
-        assert_eq!(window, Some(INITIAL_WINDOW), "not held back, so no growth");
+        assert_eq!(
+            window_of(&reader),
+            INITIAL_WINDOW,
+            "not held back, so no growth"
+        );
+        assert_eq!(
+            unread.get(),
+            i64::from(INITIAL_WINDOW + 512 * 1024 - 600 * 1024)
+        );
     }
 
     #[tokio::test]
     async fn a_window_that_held_the_sender_back_grows_and_the_growth_is_granted() {
         use tokio::io::AsyncWriteExt;
-        let limits = limits(4 * INITIAL_WINDOW, u64::MAX);
+        let (limits, unread) = opening_small(4 * INITIAL_WINDOW, u64::MAX);
         let (mut reader, mut sender, grants) = granting_pipe(&limits);
         // The sender spent its whole window before the reader came to it.
         sender
@@ -434,41 +565,56 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(take_queued(&mut reader).await, INITIAL_WINDOW as usize);
-        let g = reader.grants.as_ref().expect("granting");
-        assert_eq!(g.window.window(), 2 * INITIAL_WINDOW, "the window doubled");
+        assert_eq!(window_of(&reader), 2 * INITIAL_WINDOW, "the window doubled");
         let granted: u64 = grants.lock().unwrap().iter().map(|b| u64::from(*b)).sum();
         assert_eq!(
-            u64::from(INITIAL_WINDOW) + granted,
+            u64::from(OPENING_WINDOW) + granted,
             u64::from(INITIAL_WINDOW) + u64::from(2 * INITIAL_WINDOW),
             "what was taken, plus the grown window, may be in flight"
         );
-        assert_eq!(limits.budget().used(), u64::from(INITIAL_WINDOW));
+        assert_eq!(unread.get(), i64::from(2 * INITIAL_WINDOW));
+        assert_eq!(
+            limits.budget().used(),
+            u64::from(2 * INITIAL_WINDOW - OPENING_WINDOW)
+        );
         drop(reader);
         assert_eq!(
             limits.budget().used(),
             0,
-            "the growth is given back at the close"
+            "the window is given back at the close"
         );
+        assert_eq!(unread.get(), 0);
     }
 
     #[tokio::test]
     async fn a_reader_that_stops_grants_nothing_and_a_spent_budget_grows_nothing() {
         use tokio::io::AsyncWriteExt;
-        let limits = limits(4 * INITIAL_WINDOW, 0);
+        let (limits, unread) = opening_small(4 * INITIAL_WINDOW, 0);
         let (mut reader, mut sender, grants) = granting_pipe(&limits);
+        assert_eq!(
+            window_of(&reader),
+            OPENING_WINDOW,
+            "no budget: the window stays small"
+        );
         sender
-            .write_all(&vec![1u8; INITIAL_WINDOW as usize])
+            .write_all(&vec![1u8; OPENING_WINDOW as usize])
             .await
             .unwrap();
         // Nothing taken: nothing granted, whatever is queued.
         assert!(grants.lock().unwrap().is_empty());
-        assert_eq!(take_queued(&mut reader).await, INITIAL_WINDOW as usize);
-        let g = reader.grants.as_ref().expect("granting");
-        assert_eq!(g.window.window(), INITIAL_WINDOW, "no budget, no growth");
+        assert_eq!(unread.get(), i64::from(OPENING_WINDOW));
+        assert_eq!(take_queued(&mut reader).await, OPENING_WINDOW as usize);
+        assert_eq!(window_of(&reader), OPENING_WINDOW, "no budget, no growth");
         assert_eq!(
             *grants.lock().unwrap(),
-            vec![INITIAL_WINDOW / 2, INITIAL_WINDOW / 2],
-            "what was taken is granted again, half a window at a time"
+            vec![OPENING_WINDOW],
+            "what was taken is granted again"
+        );
+        assert_eq!(unread.get(), i64::from(OPENING_WINDOW));
+        assert_eq!(
+            limits.budget().refused.get(),
+            2,
+            "at the open and when it ran dry"
         );
     }
 }

@@ -5,7 +5,7 @@ use crate::edge::{Edge, UnauthenticatedSlot};
 use crate::io::accept;
 use crate::io::proxy_header;
 use crate::io::read_buffer::Prefixed;
-use crate::io::receive_window::INITIAL_WINDOW;
+use crate::io::receive_window::OPENING_WINDOW;
 use crate::ssh::hello::{self, AlreadyIdentified, Offer};
 use crate::ssh::session::SshSession;
 use russh::keys::PrivateKey;
@@ -68,10 +68,11 @@ pub fn russh_config(edge: &Edge, key: PrivateKey, ciphers: Vec<russh::cipher::Na
         auth_rejection_time_initial: Some(Duration::from_millis(0)),
         keys: vec![key],
         window_size: c.ssh_window_bytes,
-        // Visitor channels (opened by the edge) start at 1 MiB and their readers grant the
-        // rest (`io::receive_window`); channels the client opens (its session, the request
-        // inspector) keep `ssh_window_bytes`, granted by russh as data arrives.
-        window_by_reader: Some(INITIAL_WINDOW),
+        // Visitor channels (opened by the edge) start at 32 KiB and their readers grant the
+        // rest out of `tunnel_window_budget_bytes` (`io::receive_window`); channels the
+        // client opens (its session, the request inspector) keep `ssh_window_bytes`, granted
+        // by russh as data arrives.
+        window_by_reader: Some(OPENING_WINDOW),
         maximum_packet_size: c.ssh_max_packet_bytes,
         channel_buffer_size: c.ssh_channel_buffer,
         event_buffer_size: 64,

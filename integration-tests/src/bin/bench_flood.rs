@@ -252,10 +252,10 @@ fn main() -> Result<()> {
             us.fds
         );
         println!(
-            "| round | reset streams (conns) | 2 MB streams reset (conns; answered 200, completed, other status) | HTTP/1.1 resets (failed) | eu RSS MB: peak / flood end / +{0} s | us RSS MB: peak / flood end / +{0} s | fds eu / us +{0} s | relayed by eu: connections (requests) | relay errors at eu; at us | eu relay window grown MB +{0} s (growths refused) | us channels closed first by client / edge (of which cut) | trims eu / us | GET / via eu / at us |",
+            "| round | reset streams (conns) | 2 MB streams reset (conns; answered 200, completed, other status) | HTTP/1.1 resets (failed) | eu RSS MB: peak / flood end / +{0} s | us RSS MB: peak / flood end / +{0} s | us unread tunnel window MB, peak | fds eu / us +{0} s | relayed by eu: connections (requests) | relay errors at eu; at us | eu relay window grown MB +{0} s (growths refused) | us channels closed first by client / edge (of which cut) | trims eu / us | GET / via eu / at us |",
             args.settle_seconds
         );
-        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     } else {
         println!(
             "before: edge RSS {:.1} MB, {} fds\n",
@@ -263,10 +263,10 @@ fn main() -> Result<()> {
             start[0].fds
         );
         println!(
-            "| round | reset streams (conns) | 2 MB streams reset (conns; answered 200, completed, other status) | HTTP/1.1 resets (failed) | edge RSS MB: peak / flood end / +{} s | fds +{} s | channels closed first by client / edge (of which cut) | trims (avg ms) | GET / after |",
+            "| round | reset streams (conns) | 2 MB streams reset (conns; answered 200, completed, other status) | HTTP/1.1 resets (failed) | edge RSS MB: peak / flood end / +{} s | unread tunnel window MB, peak | fds +{} s | channels closed first by client / edge (of which cut) | trims (avg ms) | GET / after |",
             args.settle_seconds, args.settle_seconds
         );
-        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     }
     // Where the GET after each round goes: through the flooded edge, and (relayed) to the
     // holder directly.
@@ -283,6 +283,7 @@ fn main() -> Result<()> {
             &args.floods,
             Duration::from_secs(args.flood_seconds),
             &pids,
+            &edge,
         )?;
         let at_end = sample(&measured)?;
         std::thread::sleep(settle);
@@ -423,9 +424,10 @@ fn flood_columns(report: &FloodReport) -> String {
 /// A round's row with one edge.
 fn single_row(round: usize, report: &FloodReport, s: &RoundSamples, probe: &Probe) -> String {
     format!(
-        "| {round} | {} | {} | {} | {} | {} | {} |",
+        "| {round} | {} | {} | {} | {} | {} | {} | {} |",
         flood_columns(report),
         s.rss(0),
+        unread_window(report),
         s.after[0].fds,
         s.closes(0),
         trims(&s.before[0], &s.after[0]),
@@ -433,14 +435,22 @@ fn single_row(round: usize, report: &FloodReport, s: &RoundSamples, probe: &Prob
     )
 }
 
+/// The holder's highest unread tunnel window in MB, `-` for builds without the gauge.
+fn unread_window(report: &FloodReport) -> String {
+    report
+        .peak_unread_window
+        .map_or("-".into(), |bytes| format!("{:.1}", mb(bytes)))
+}
+
 /// A round's row with the relaying edge (0) and the holder (1).
 fn relayed_row(round: usize, report: &FloodReport, s: &RoundSamples, probes: &[Probe]) -> String {
     let (eu_before, eu) = (&s.before[0], &s.after[0]);
     format!(
-        "| {round} | {} | {} | {} | {} / {} | {} ({}) | {}; {} | {:.1} ({}) | {} | {} / {} | {} / {} |",
+        "| {round} | {} | {} | {} | {} | {} / {} | {} ({}) | {}; {} | {:.1} ({}) | {} | {} / {} | {} / {} |",
         flood_columns(report),
         s.rss(0),
         s.rss(1),
+        unread_window(report),
         eu.fds,
         s.after[1].fds,
         eu.relayed_out.saturating_sub(eu_before.relayed_out),
@@ -522,9 +532,12 @@ fn print_relayed_end(
             e.trims.saturating_sub(s.trims),
             e.trim_seconds - s.trim_seconds,
             refusals(s, e),
-            log_lines(edges[i], "WARN"),
-            log_lines(edges[i], "ERROR"),
+            log_lines(edges[i], "WARN").len(),
+            log_lines(edges[i], "ERROR").len(),
         );
+        for line in log_lines(edges[i], "ERROR").iter().take(5) {
+            println!("  ERROR line: {line}");
+        }
     }
     println!("{minutes:.1} min");
 }
@@ -562,12 +575,13 @@ fn relay_errors(from: &EdgeSample, to: &EdgeSample) -> String {
     }
 }
 
-/// Lines of the edge's log at `level` (tracing's format: the level after the time).
-fn log_lines(edge: &EdgeProcess, level: &str) -> usize {
+/// The edge's log lines at `level` (tracing's format: the level after the time).
+fn log_lines(edge: &EdgeProcess, level: &str) -> Vec<String> {
     let text = std::fs::read_to_string(edge.log()).unwrap_or_default();
     text.lines()
         .filter(|l| l.split_whitespace().nth(1) == Some(level))
-        .count()
+        .map(str::to_string)
+        .collect()
 }
 
 fn mb(bytes: u64) -> f64 {
@@ -961,6 +975,9 @@ struct FloodReport {
     http1: Counts,
     /// In the order of the edges' pids given to [`flood`].
     peaks_rss_kib: Vec<u64>,
+    /// The holder's highest `nearhop_edge_tunnel_window_unread_bytes` seen (builds that
+    /// have it): what its clients could still send that visitors had not read.
+    peak_unread_window: Option<u64>,
 }
 
 /// The three floods at once for `length`, each on a thread and runtime of its own (as
@@ -972,6 +989,7 @@ fn flood(
     kinds: &[Kind],
     length: Duration,
     edge_pids: &[u32],
+    holder: &EdgeProcess,
 ) -> Result<FloodReport> {
     let until = Instant::now() + length;
     let workers = |kind: Kind, n: u8| if kinds.contains(&kind) { n } else { 0 };
@@ -999,11 +1017,19 @@ fn flood(
         ),
     ];
     let mut peaks = vec![0; edge_pids.len()];
+    let mut peak_unread_window: Option<u64> = None;
     while floods.iter().any(|f| !f.is_finished()) {
         for (peak, pid) in peaks.iter_mut().zip(edge_pids) {
             if let Ok(kib) = rss_kib(*pid) {
                 *peak = (*peak).max(kib);
             }
+        }
+        let unread = holder
+            .metrics()
+            .ok()
+            .and_then(|text| metric(&text, "nearhop_edge_tunnel_window_unread_bytes", &[]));
+        if let Some(bytes) = unread {
+            peak_unread_window = Some(peak_unread_window.unwrap_or(0).max(bytes as u64));
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -1016,6 +1042,7 @@ fn flood(
         downloads: downloads?,
         http1: http1?,
         peaks_rss_kib: peaks,
+        peak_unread_window,
     })
 }
 
