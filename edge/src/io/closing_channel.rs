@@ -31,6 +31,7 @@
 //! closes its local connection and stops. Counted as `first="edge"` and in
 //! `nearhop_edge_channels_cut_total`.
 
+use crate::io::discard::{discard, Discarded};
 use crate::io::receive_window::{GrantedReads, SessionGrants, WindowLimits};
 use prometheus::{IntCounter, IntCounterVec};
 use russh::server::Msg;
@@ -42,7 +43,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot::{self, error::TryRecvError};
 use tokio::sync::Notify;
 
@@ -300,19 +301,9 @@ enum Leftovers {
 /// Reads `stream` to its end (or an error), dropping what comes and counting it, but no
 /// further than [`UNWANTED_MAX`].
 async fn drain<S: AsyncRead + Unpin>(stream: &mut S, closes: &PeerCloses) -> Leftovers {
-    let mut sink = [0u8; 16 * 1024];
-    let mut read = 0u64;
-    loop {
-        match stream.read(&mut sink).await {
-            Ok(0) | Err(_) => return Leftovers::End,
-            Ok(n) => {
-                closes.count_unwanted(n);
-                read += n as u64;
-                if read > UNWANTED_MAX {
-                    return Leftovers::TooMuch;
-                }
-            }
-        }
+    match discard(stream, UNWANTED_MAX, |n| closes.count_unwanted(n)).await {
+        Discarded::End => Leftovers::End,
+        Discarded::Limit => Leftovers::TooMuch,
     }
 }
 
@@ -365,7 +356,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for ClosingC
 mod tests {
     use super::*;
     use russh::keys::ssh_encoding::Decode;
-    use tokio::io::duplex;
+    use tokio::io::{duplex, AsyncReadExt};
 
     fn channel_id(n: u32) -> ChannelId {
         ChannelId::decode(&mut &n.to_be_bytes()[..]).expect("four bytes")

@@ -5,31 +5,23 @@
 //! sentence. So the edge stops writing, then reads and drops what the client still sends,
 //! briefly and boundedly, before it closes.
 
+use crate::io::discard::discard;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// Longest the edge keeps reading after its answer.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// Most bytes it reads and drops after its answer.
-const LINGER_BYTES: usize = 64 * 1024;
+/// Bytes it reads and drops after its answer before it stops reading.
+const LINGER_BYTES: u64 = 64 * 1024;
 
 /// Writes `answer`, shuts the writing side, and drains what the client sends for at most
-/// [`LINGER`] and [`LINGER_BYTES`] (or until it closes its side).
+/// [`LINGER`], and until [`LINGER_BYTES`] came (or it closes its side).
 pub async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, answer: &[u8]) {
     if stream.write_all(answer).await.is_err() || stream.shutdown().await.is_err() {
         return;
     }
-    let drain = async {
-        let mut buf = [0u8; 4096];
-        let mut left = LINGER_BYTES;
-        while left > 0 {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    };
+    let drain = discard(stream, LINGER_BYTES, |_| {});
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 

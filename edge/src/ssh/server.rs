@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
@@ -249,10 +249,7 @@ async fn refuse(mut stream: TcpStream) {
         return;
     }
     let _ = stream.shutdown().await;
-    let drain = async {
-        let mut sink = [0u8; 4096];
-        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-    };
+    let drain = crate::io::discard::discard(&mut stream, u64::MAX, |_| {});
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 

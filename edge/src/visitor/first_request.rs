@@ -2,11 +2,15 @@
 //! connection, so that a tunnel with `x:noreverseproxy` can take the connection whole: the
 //! edge routes it by `Host` and splices every byte, the head included, untouched.
 
+use bytes::BufMut;
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Most headers parsed in the first head; more leaves routing to hyper.
 const MAX_HEADERS: usize = 128;
+
+/// Room made in the head's buffer for each read.
+const READ_SIZE: usize = 4096;
 
 /// What was read ahead of hyper.
 #[derive(Debug, Default)]
@@ -29,15 +33,17 @@ pub async fn read<R: AsyncRead + Unpin>(visitor: &mut R, max: usize) -> io::Resu
         host: None,
         parsed_bytes: 0,
     };
-    let mut chunk = [0u8; 4096];
     while first.bytes.len() < max {
-        let room = chunk.len().min(max - first.bytes.len());
-        let n = visitor.read(&mut chunk[..room]).await?;
+        // Read into the head's own spare room: a read buffer on the side would sit in every
+        // waiting connection's task.
+        let scanned = first.bytes.len();
+        first.bytes.reserve(READ_SIZE.min(max - scanned));
+        let n = visitor
+            .read_buf(&mut (&mut first.bytes).limit(max - scanned))
+            .await?;
         if n == 0 {
             break;
         }
-        let scanned = first.bytes.len();
-        first.bytes.extend_from_slice(&chunk[..n]);
         // Each byte is looked at once for the blank line that ends a head; the parser runs
         // only once one has arrived (or on the first read, to refuse what is not HTTP early).
         if scanned > 0 && !has_head_end(&first.bytes, scanned) {

@@ -149,14 +149,18 @@ pub async fn serve_stream<S>(
     if let Some(host) = first.host.as_deref() {
         // Any other route is hyper's: each request, the first included, is routed below.
         match routing::route(edge, Listener::Http, host, peer, arrival) {
+            // Both boxed: a connection served by hyper then carries no room for their
+            // futures, which are larger than the rest of this one (every connection's task
+            // is as large as its largest branch, and floods hold thousands).
             Route::Splice(tunnel) => {
-                splice(edge, &tunnel, stream, peer, read_ahead).await;
+                Box::pin(splice(edge, &tunnel, stream, peer, read_ahead)).await;
                 return;
             }
             // Passed on as bytes while its requests stay with that holder.
             Route::Relay(link) => {
-                match relay_stream::relay(edge, link, host, stream, peer, scheme, read_ahead).await
-                {
+                let relaying =
+                    relay_stream::relay(edge, link, host, stream, peer, scheme, read_ahead);
+                match Box::pin(relaying).await {
                     After::Closed => return,
                     After::Hyper(s, pending) => (stream, read_ahead) = (s, pending),
                 }

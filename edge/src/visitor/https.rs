@@ -35,7 +35,7 @@ pub fn server_config(certificates: Arc<Certificates>) -> Result<Arc<ServerConfig
 /// handshake agreed on. `deadline` bounds the first request, counted from the accept.
 pub async fn serve_terminated<S>(
     edge: &Arc<Edge>,
-    tls: TlsStream<S>,
+    tls: Box<TlsStream<S>>,
     peer: SocketAddr,
     deadline: Instant,
     arrival: Arrival,

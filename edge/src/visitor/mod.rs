@@ -45,6 +45,47 @@ pub async fn serve_relayed<S>(
         RelayListener::Https => {
             http::serve_stream(edge, stream, visitor, "https", deadline, Arrival::Relayed).await
         }
-        RelayListener::Tls => tls::carry(edge, stream, visitor, Arrival::Relayed).await,
+        // Boxed: TLS termination's future is three times an HTTP connection's, and the
+        // task of every relayed connection would otherwise be sized for it.
+        RelayListener::Tls => Box::pin(tls::carry(edge, stream, visitor, Arrival::Relayed)).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An edge with default settings, for futures that are built and never run.
+    fn edge() -> Arc<Edge> {
+        let config = crate::config::Config {
+            edge_secret: "s".into(),
+            ..Default::default()
+        };
+        let key = russh::keys::PrivateKey::from(
+            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[1; 32]),
+        );
+        Arc::new(Edge::new(config, Arc::new(key)).expect("edge"))
+    }
+
+    /// Every visitor connection is a task as large as the future serving it, whichever
+    /// branch it takes, and a flood holds the edge's whole `max_visitor_connections` of them:
+    /// the rare, large branches (TLS termination, the splice, the relay) are boxed.
+    #[tokio::test]
+    async fn the_futures_that_serve_a_connection_stay_small() {
+        let edge = edge();
+        let visitor: SocketAddr = "127.0.0.9:5000".parse().expect("address");
+        let deadline = tokio::time::Instant::now();
+        let stream = || tokio::io::duplex(64).0;
+        let relayed = serve_relayed(&edge, stream(), RelayListener::Http, visitor);
+        let http = http::serve_stream(&edge, stream(), visitor, "http", deadline, Arrival::Direct);
+        let tls = tls::carry(&edge, stream(), visitor, Arrival::Direct);
+        let sizes = [
+            ("serve_relayed", std::mem::size_of_val(&relayed), 4096),
+            ("serve_stream", std::mem::size_of_val(&http), 4096),
+            ("tls::carry", std::mem::size_of_val(&tls), 6144),
+        ];
+        for (what, size, most) in sizes {
+            assert!(size <= most, "{what}: {size} bytes, more than {most}");
+        }
     }
 }

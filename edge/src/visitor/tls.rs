@@ -23,6 +23,7 @@ use crate::visitor::client_hello::{self, Parsed};
 use crate::visitor::http as visitor_http;
 use crate::visitor::routing::{self, Arrival, Listener, Refusal, Route};
 use crate::visitor::splice::{counted_visitor, splice};
+use bytes::BufMut;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +38,9 @@ use tracing::Instrument;
 /// bytes to about 2 KiB (post-quantum key shares); TLS allows up to one 16 KiB record plus
 /// header, and a hello split across records gets this much room in all.
 pub const MAX_CLIENT_HELLO_BYTES: usize = 32 * 1024;
+
+/// Room made in the bytes read so far for each read of the first bytes and the hello.
+const READ_SIZE: usize = 4096;
 
 /// A fatal `unrecognized_name` alert (TLS 1.2 record framing, which every client accepts
 /// before the handshake): "this server has no such name".
@@ -82,20 +86,21 @@ pub struct ClientHello {
 pub async fn read_client_hello<R: AsyncRead + Unpin>(
     visitor: &mut R,
 ) -> Result<ClientHello, HelloError> {
-    let mut bytes = Vec::with_capacity(2048);
-    let mut chunk = [0u8; 4096];
+    let mut bytes = Vec::new();
     loop {
-        let n = visitor.read(&mut chunk).await?;
+        // Read into the hello's own spare room: a read buffer on the side would sit in
+        // every waiting connection's task.
+        bytes.reserve(READ_SIZE);
+        let n = visitor.read_buf(&mut (&mut bytes).limit(READ_SIZE)).await?;
         if n == 0 {
             return Err(HelloError::Closed);
         }
-        if bytes.is_empty() && chunk[0] != 0x16 {
-            if proxy_header::looks_like_header(&chunk[..n]) {
+        if bytes.len() == n && bytes[0] != 0x16 {
+            if proxy_header::looks_like_header(&bytes) {
                 return Err(HelloError::UntrustedProxyHeader);
             }
             return Err(HelloError::NotTls);
         }
-        bytes.extend_from_slice(&chunk[..n]);
         match client_hello::parse(&bytes) {
             Parsed::Complete(Some(server_name)) => return Ok(ClientHello { server_name, bytes }),
             Parsed::Complete(None) => return Err(HelloError::NoServerName),
@@ -149,19 +154,18 @@ async fn read_protocol<R: AsyncRead + Unpin>(
         if let Some(p) = sniff(first) {
             return Ok(Some(p));
         }
-        let mut chunk = [0u8; 4096];
+        first.reserve(READ_SIZE);
         let n = if first.is_empty() {
-            match tokio::time::timeout_at(silent_until, stream.read(&mut chunk)).await {
+            match tokio::time::timeout_at(silent_until, stream.read_buf(first)).await {
                 Ok(read) => read?,
                 Err(_) => return Ok(Some(Protocol::Ssh)),
             }
         } else {
-            stream.read(&mut chunk).await?
+            stream.read_buf(first).await?
         };
         if n == 0 {
             return Ok(None);
         }
-        first.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -360,7 +364,10 @@ async fn terminate<S>(
         _ = edge.shutdown.cancelled() => return,
     };
     match done {
+        // Boxed: the TLS state (1.3 KB) would otherwise be copied into each future that
+        // serves the connection, and sit in every TLS visitor's task several times over.
         Ok(Ok(tls)) => {
+            let tls = Box::new(tls);
             crate::visitor::https::serve_terminated(edge, tls, peer, deadline, arrival).await
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake with a visitor failed"),
