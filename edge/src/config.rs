@@ -130,9 +130,9 @@ pub struct Config {
     /// Bytes by which relay channels' receive windows may grow past their 1 MiB start, all
     /// peer links together: what visitors who read fast and then stop can make the edge hold.
     pub relay_window_budget_bytes: u64,
-    /// Bytes by which the receive windows of visitor channels (client towards edge) may
-    /// grow past their 1 MiB start, all clients together: what visitors who read fast and
-    /// then stop can make the edge hold.
+    /// Bytes of the receive windows of visitor channels (client towards edge) past the
+    /// 32 KiB each opens with (its raise to 1 MiB, and its growth), all clients together:
+    /// what visitors who stop reading can make the edge hold beyond 32 KiB a connection.
     pub tunnel_window_budget_bytes: u64,
     /// Relay channels this edge may be opening at once on one peer edge's link (asked for,
     /// not yet confirmed or refused), at least 1. Beyond it relayed visitors get "Tunnel

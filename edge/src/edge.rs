@@ -91,6 +91,20 @@ pub struct Edge {
 }
 
 impl Edge {
+    /// An edge for unit tests, of `config` with `edge_secret` set, whose mesh key comes from
+    /// `seed`; nothing listens.
+    #[cfg(test)]
+    pub fn for_tests(config: Config, seed: u8) -> Edge {
+        let config = Config {
+            edge_secret: "s".into(),
+            ..config
+        };
+        let key = PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(
+            &[seed; 32],
+        ));
+        Edge::new(config, Arc::new(key)).expect("edge")
+    }
+
     /// Builds the shared state; `mesh_key` is the edge's identity towards its peers.
     pub fn new(config: Config, mesh_key: Arc<PrivateKey>) -> Result<Edge> {
         let control = ControlClient::new(

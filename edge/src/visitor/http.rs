@@ -894,14 +894,10 @@ mod tests {
         tcp_host: Option<&str>,
     ) -> (VisitorConn, Arc<Tunnel>) {
         let config = crate::config::Config {
-            edge_secret: "s".into(),
             tcp_host: tcp_host.map(str::to_string),
             ..Default::default()
         };
-        let key = russh::keys::PrivateKey::from(
-            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[1; 32]),
-        );
-        let edge = Arc::new(Edge::new(config, Arc::new(key)).expect("edge"));
+        let edge = Arc::new(Edge::for_tests(config, 1));
         let tunnel = Arc::new(Tunnel::new(
             3,
             "db.a.tunnel.test".into(),

@@ -55,24 +55,12 @@ pub async fn serve_relayed<S>(
 mod tests {
     use super::*;
 
-    /// An edge with default settings, for futures that are built and never run.
-    fn edge() -> Arc<Edge> {
-        let config = crate::config::Config {
-            edge_secret: "s".into(),
-            ..Default::default()
-        };
-        let key = russh::keys::PrivateKey::from(
-            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[1; 32]),
-        );
-        Arc::new(Edge::new(config, Arc::new(key)).expect("edge"))
-    }
-
     /// Every visitor connection is a task as large as the future serving it, whichever
     /// branch it takes, and a flood holds the edge's whole `max_visitor_connections` of them:
     /// the rare, large branches (TLS termination, the splice, the relay) are boxed.
     #[tokio::test]
     async fn the_futures_that_serve_a_connection_stay_small() {
-        let edge = edge();
+        let edge = Arc::new(Edge::for_tests(Default::default(), 1));
         let visitor: SocketAddr = "127.0.0.9:5000".parse().expect("address");
         let deadline = tokio::time::Instant::now();
         let stream = || tokio::io::duplex(64).0;

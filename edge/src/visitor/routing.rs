@@ -349,17 +349,10 @@ mod tests {
     /// loop); a name nobody holds is unknown either way.
     #[test]
     fn a_relayed_connection_is_never_relayed_again() {
-        let config = crate::config::Config {
-            edge_secret: "s".into(),
-            ..Default::default()
-        };
-        let key = russh::keys::PrivateKey::from(
-            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[2; 32]),
-        );
         let peer_key = russh::keys::PrivateKey::from(
             russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[3; 32]),
         );
-        let edge = crate::edge::Edge::new(config, Arc::new(key)).expect("edge");
+        let edge = crate::edge::Edge::for_tests(Default::default(), 2);
         let links = edge.mesh.set_peers(&[nearhop_wire::PeerEdge {
             edge_id: "eu-1".into(),
             region: "eu".into(),
