@@ -8,27 +8,15 @@ use crate::tunnels::{close_message, close_tunnels, Notice};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::upsert::excluded;
+pub use nearhop_wire::names::valid_edge_id;
 use nearhop_wire::{
-    CloseReason, EdgeCertificates, EdgeHeartbeatResponse, EdgeRoutes, ErrorCode, LeavingStage,
-    RegisterEdgeRequest, RegisterEdgeResponse, TunnelToClose,
+    CloseReason, EdgeCertificates, EdgeHeartbeatResponse, EdgePeers, EdgeRoutes, ErrorCode,
+    LeavingStage, RegisterEdgeRequest, RegisterEdgeResponse, TunnelToClose,
 };
 use std::collections::{HashMap, HashSet};
 
 /// Most tunnels one heartbeat may list; an edge with more splits them.
 pub const MAX_HEARTBEAT_TUNNELS: usize = 100_000;
-
-/// Whether `id` is a valid edge id: 1-63 of a-z, 0-9, `.`, `_`, `-`, starting alphanumeric.
-pub fn valid_edge_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 63
-        && id
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
-}
 
 /// Registers (or re-registers) an edge. Its previous tunnels are gone with its previous
 /// process, so they are closed and their records removed.
@@ -184,6 +172,20 @@ pub async fn heartbeat(
     .await
 }
 
+/// The mesh's peer list for `edge_id` (`GET /v1/edges/{id}/peers`): what its next heartbeat's
+/// answer would carry, renewing nothing. An edge asks when an edge it does not know dials it.
+pub async fn peers(st: &AppState, edge_id: String) -> ControlResult<EdgePeers> {
+    let heartbeat_seconds = st.cfg.heartbeat_seconds;
+    let holder_key = st.holder_signer.public_key();
+    st.blocking(move |conn| {
+        Ok(EdgePeers {
+            peers: crate::peers::list(conn, &edge_id, heartbeat_seconds)?,
+            holder_key: Some(holder_key),
+        })
+    })
+    .await
+}
+
 /// The edge is stopping. `Draining`: marked so (the region's connect name stops counting it;
 /// it stays a peer while it heartbeats). `Stopped`: its last heartbeat is set to the epoch as
 /// well, so that it leaves its peers' lists and its region's health at once instead of 3
@@ -304,14 +306,5 @@ mod tests {
         let many: Vec<i64> = (0..100_000).collect();
         let live: Vec<i64> = (0..100_000).filter(|i| i % 10 != 0).collect();
         assert_eq!(not_renewed(&many, &live).len(), 10_000);
-    }
-
-    #[test]
-    fn edge_ids_are_restricted() {
-        assert!(valid_edge_id("ap-1"));
-        assert!(!valid_edge_id("../x"));
-        assert!(!valid_edge_id("AP"));
-        assert!(!valid_edge_id(""));
-        assert!(!valid_edge_id(&"a".repeat(64)));
     }
 }

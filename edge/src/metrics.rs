@@ -120,6 +120,9 @@ pub struct Metrics {
     /// Names a peer announced that this edge does not relay to, by peer and reason
     /// (`unproven`, `bad_proof`, `no_key`).
     pub mesh_claims_refused_total: IntCounterVec,
+    /// Peer lists this edge asked control for between heartbeats, because an edge it did
+    /// not know (or knew with another key) dialled its mesh listener.
+    pub mesh_peer_list_fetches_total: IntCounter,
     /// PROXY protocol headers accepted from trusted balancers, by listener and command
     /// (`proxy`: the client's address used; `local`, `unknown`: the balancer's own).
     pub proxy_protocol_headers_total: IntCounterVec,
@@ -367,6 +370,11 @@ impl Metrics {
             &["peer", "reason"],
         )?;
         registry.register(Box::new(mesh_claims_refused_total.clone()))?;
+        let mesh_peer_list_fetches_total = IntCounter::new(
+            "nearhop_edge_mesh_peer_list_fetches_total",
+            "Peer lists asked of control between heartbeats, because an edge this edge did not know (or knew with another key) dialled its mesh listener.",
+        )?;
+        registry.register(Box::new(mesh_peer_list_fetches_total.clone()))?;
         let proxy_protocol_headers_total = IntCounterVec::new(
             Opts::new(
                 "nearhop_edge_proxy_protocol_headers_total",
@@ -496,6 +504,7 @@ impl Metrics {
             relay_openings,
             mesh_link_up,
             mesh_claims_refused_total,
+            mesh_peer_list_fetches_total,
             proxy_protocol_headers_total,
             proxy_protocol_refused_total,
             certificates,

@@ -335,8 +335,9 @@ impl Stack {
         self.edges.iter().find(|e| e.spec.region == name)
     }
 
-    /// Waits until every edge has its mesh link to every other edge up (each learns its
-    /// peers from control's heartbeat answers, so this takes about a heartbeat).
+    /// Waits until every edge has its mesh link to every other edge up (an edge that starts
+    /// gets its peers in control's answer to its registration, and each peer it dials asks
+    /// control for the peer list then, so this takes moments, not a heartbeat).
     pub fn wait_mesh_linked(&self) -> Result<()> {
         for edge in &self.edges {
             let url = format!("http://{}:{}/metrics", edge.spec.ip, edge.spec.admin);

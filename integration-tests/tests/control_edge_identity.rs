@@ -1,13 +1,14 @@
 //! Each edge proves who it is: credentials issued by the real CLI bind a caller to one edge
-//! id; an edge cannot register, heartbeat, set up or close tunnels as another; revocation
-//! refuses the edge at once and drops it from its peers' lists. The test plays two edges.
+//! id; an edge cannot register, heartbeat, read the peer list, set up or close tunnels as
+//! another; revocation refuses the edge at once and drops it from its peers' lists. The
+//! test plays two edges.
 
 use nearhop_stack::process::run;
 use nearhop_stack::{Stack, StackOptions};
 use nearhop_wire::holder_proof::HolderKey;
 use nearhop_wire::{
-    ApiError, CreateTunnelRequest, CreateTunnelResponse, EdgeHeartbeatResponse, ErrorCode,
-    PeerEdge, RegisterEdgeRequest, RegisterEdgeResponse, TunnelKind,
+    ApiError, CreateTunnelRequest, CreateTunnelResponse, EdgeHeartbeatResponse, EdgePeers,
+    ErrorCode, PeerEdge, RegisterEdgeRequest, RegisterEdgeResponse, TunnelKind,
 };
 use reqwest::blocking::Client;
 use serde::Serialize;
@@ -35,6 +36,24 @@ impl Edge {
             .send()
             .expect("control answers");
         (r.status().as_u16(), r.text().unwrap_or_default())
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.credential)
+            .send()
+            .expect("control answers");
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    }
+
+    /// The peer list alone (`GET /v1/edges/{id}/peers`), as an edge asks for it when a
+    /// peer it does not know dials it.
+    fn peer_list(&self, edge_id: &str) -> EdgePeers {
+        let (status, text) = self.get(&format!("/v1/edges/{edge_id}/peers"));
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).unwrap()
     }
 
     fn register(&self, reg: &RegisterEdgeRequest) -> (u16, String) {
@@ -172,6 +191,16 @@ fn each_edge_acts_only_as_itself_and_revocation_drops_it_from_the_mesh() {
     assert_eq!(peers_of_a[0].edge_id, "b-1");
     assert_eq!(peers_of_a[0].mesh_addr, "127.0.0.1:7002");
     assert_eq!(peers_of_a[0].host_key, KEY_B);
+    // The same list alone, renewing nothing, and only for the edge itself.
+    let alone = a.peer_list("a-1");
+    assert_eq!(alone.peers, peers_of_a);
+    assert_eq!(alone.holder_key, reg.holder_key);
+    refused(a.get("/v1/edges/b-1/peers"), 403, ErrorCode::Forbidden);
+    refused(
+        forged.get("/v1/edges/a-1/peers"),
+        401,
+        ErrorCode::Unauthorized,
+    );
 
     // A malformed host key is refused with a sentence.
     let msg = refused(
@@ -283,6 +312,8 @@ fn each_edge_acts_only_as_itself_and_revocation_drops_it_from_the_mesh() {
     refused(a.heartbeat("a-1", &[]), 401, ErrorCode::Unauthorized);
     refused(a.create("a-1"), 401, ErrorCode::Unauthorized);
     assert_eq!(b.peers("b-1"), Vec::<PeerEdge>::new());
+    assert_eq!(b.peer_list("b-1").peers, Vec::<PeerEdge>::new());
+    refused(a.get("/v1/edges/a-1/peers"), 401, ErrorCode::Unauthorized);
     let (status, text) = b.heartbeat("b-1", &[b_tunnel.tunnel_id]);
     assert_eq!(status, 200, "{text}");
     let (status, text) = b.close(b_tunnel.tunnel_id, "b-1");

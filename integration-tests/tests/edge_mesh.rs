@@ -1038,6 +1038,64 @@ fn a_stranger_at_the_mesh_listener_is_cut_off_at_the_auth_deadline() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// Heartbeats so rare that none comes while a test runs (leases outlast them): whatever
+/// links the mesh then is not a heartbeat's peer list.
+fn rare_heartbeats(spec: &mut nearhop_stack::control::ControlSpec) {
+    spec.heartbeat_seconds = 600;
+    spec.lease_seconds = 1800;
+}
+
+/// Each edge that starts registers, then dials the peers control named in its answer; they
+/// heard of it at no heartbeat yet, so each asks control for the peer list before it would
+/// refuse: the edges link up both ways at once, with no refusal, and a tunnel on the edge
+/// that started last is relayed by the first.
+#[test]
+fn edges_that_start_are_linked_at_once_not_at_their_peers_next_heartbeat() {
+    let stack = Stack::start(StackOptions {
+        with_edges: true,
+        control_tweak: Some(rare_heartbeats),
+        ..StackOptions::default()
+    })
+    .expect("the stack starts");
+    stack
+        .wait_mesh_linked()
+        .expect("every edge links to every other, with no heartbeat after registering");
+    for region in [US, EU, AP] {
+        let text = edge_metrics(&stack, region);
+        let name = &stack.regions[region].name;
+        let refused = metric_sum(
+            &text,
+            "nearhop_edge_relay_errors_total",
+            &[("cause", "peer_not_listed")],
+        );
+        assert_eq!(refused, 0.0, "{name} refused an edge that had just started");
+        let failed = metric_sum(
+            &text,
+            "nearhop_edge_control_errors_total",
+            &[("call", "peers")],
+        );
+        assert_eq!(failed, 0.0, "{name} could not ask control");
+        // us-1 and eu-1 were dialled by edges registered after them.
+        if region != AP {
+            let fetched = metric_sum(&text, "nearhop_edge_mesh_peer_list_fetches_total", &[]);
+            assert!(
+                fetched > 0.0,
+                "{name} never asked control for the peer list"
+            );
+        }
+    }
+
+    // A tunnel on the edge that started last is served at the edge that started first.
+    let local = LocalService::start("local");
+    let (_client, url) = stack
+        .http_tunnel(AP, "ap-client", Some(&stack.pro_token()), local.port)
+        .expect("tunnel through ap");
+    wait_relayed(&stack, US, &url);
+    let (status, body) = http_get(stack.regions[US].http_addr(), &host_of(&url), "/x").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("hello from local /x"), "{body}");
+}
+
 /// A `tcp` tunnel is not relayed (its port is on its edge only), so its URL names that edge,
 /// not the tunnel's name: after the client reconnects through another region, the new URL
 /// names the new edge, and no resolver's cached answer for the name can send a visitor of

@@ -579,6 +579,18 @@ pub struct NameReleased {
     pub domains_removed: Vec<String>,
 }
 
+/// `GET /v1/edges/{id}/peers`: the mesh's peer list alone, as register and heartbeat answers
+/// carry it. An edge asks for it when a peer it does not know yet (or knows with another key)
+/// dials its mesh listener, instead of refusing that peer until its own next heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EdgePeers {
+    /// The other edges of the mesh now.
+    pub peers: Vec<PeerEdge>,
+    /// As in [`RegisterEdgeResponse::holder_key`].
+    #[serde(default)]
+    pub holder_key: Option<String>,
+}
+
 /// Custom-domain routes an edge serves: `GET /v1/edges/{id}/routes` answers the verified
 /// custom domains of the edge's live tunnels.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -11,6 +11,20 @@ pub const MAX_NAME_LEN: usize = 253;
 /// among even a million live free tunnels has odds of about 1 in 2.8 million per draw.
 pub const RANDOM_LABEL_LEN: usize = 8;
 
+/// Whether `id` is a valid edge id (control refuses any other at registration; an edge's mesh
+/// listener asks control about no other): 1-63 of a-z, 0-9, `.`, `_`, `-`, starting alphanumeric.
+pub fn valid_edge_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && id
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
 /// The mailbox label of every zone's SOA contact (`hostmaster.<zone>`, RFC 1035 §3.3.13's
 /// RNAME), which control seeds; reserved, so that no tunnel answers for the contact's name.
 pub const SOA_CONTACT_LABEL: &str = "hostmaster";
@@ -341,6 +355,15 @@ pub fn normalize_domain(domain: &str) -> Result<String, NameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edge_ids_are_restricted() {
+        assert!(valid_edge_id("ap-1"));
+        assert!(!valid_edge_id("../x"));
+        assert!(!valid_edge_id("AP"));
+        assert!(!valid_edge_id(""));
+        assert!(!valid_edge_id(&"a".repeat(64)));
+    }
 
     #[test]
     fn plain_bind_addresses_ask_for_no_name() {

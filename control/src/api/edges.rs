@@ -1,4 +1,5 @@
-//! `/v1/edges`: registration, batched heartbeats, custom-domain routes, certificates.
+//! `/v1/edges`: registration, batched heartbeats, the mesh's peer list, custom-domain routes,
+//! certificates.
 
 use super::extract::{read_json, EdgeCall, EdgeJson};
 use crate::error::ControlResult;
@@ -11,6 +12,7 @@ pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/edges/register", web::post().to(register))
         .route("/v1/edges/{id}/heartbeat", web::post().to(heartbeat))
         .route("/v1/edges/{id}/leaving", web::post().to(leaving))
+        .route("/v1/edges/{id}/peers", web::get().to(peers))
         .route("/v1/edges/{id}/routes", web::get().to(routes))
         .route("/v1/edges/{id}/certificates", web::get().to(certificates));
 }
@@ -56,6 +58,16 @@ async fn leaving(
     call.edge.acts_as(&st, &id).await?;
     crate::edges::leaving(&st, id.into_inner(), call.body.stage).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({})))
+}
+
+/// The peer list alone, for an edge that a peer it does not know yet has dialled.
+async fn peers(
+    st: web::Data<AppState>,
+    id: web::Path<String>,
+    EdgeCall(edge): EdgeCall,
+) -> ControlResult<HttpResponse> {
+    edge.acts_as(&st, &id).await?;
+    Ok(HttpResponse::Ok().json(crate::edges::peers(&st, id.into_inner()).await?))
 }
 
 async fn routes(

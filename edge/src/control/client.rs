@@ -3,8 +3,8 @@
 
 use nearhop_wire::{
     ApiError, CloseTunnelRequest, CreateTunnelRequest, CreateTunnelResponse, EdgeCertificates,
-    EdgeHeartbeatRequest, EdgeHeartbeatResponse, EdgeLeavingRequest, EdgeRoutes, ErrorCode,
-    LeavingStage, RegisterEdgeRequest, RegisterEdgeResponse,
+    EdgeHeartbeatRequest, EdgeHeartbeatResponse, EdgeLeavingRequest, EdgePeers, EdgeRoutes,
+    ErrorCode, LeavingStage, RegisterEdgeRequest, RegisterEdgeResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -156,6 +156,11 @@ impl ControlClient {
         self.post::<_, serde_json::Value>(&format!("/v1/tunnels/{tunnel_id}/close"), req)
             .await
             .map(|_| ())
+    }
+
+    /// `GET /v1/edges/{id}/peers`.
+    pub async fn peers(&self, edge_id: &str) -> Result<EdgePeers, ControlError> {
+        self.get(&format!("/v1/edges/{edge_id}/peers")).await
     }
 
     /// `GET /v1/edges/{id}/routes`.

@@ -3,12 +3,17 @@
 
 use crate::edge::Edge;
 use crate::metrics::unix_now;
+use crate::process::log_limit::LogLimit;
 use nearhop_wire::{EdgeHeartbeatRequest, ErrorCode, RegisterEdgeRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Longest wait between registration attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Shortest time between two peer lists asked for between heartbeats: strangers dialling
+/// with made-up edge ids cost control at most one call a second.
+pub const PEERS_ASKED_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 
 /// Registers, then heartbeats until the drain ends (the tunnels live until then, and peers
 /// keep this edge while it heartbeats, so the visitors relayed either way finish).
@@ -29,10 +34,11 @@ pub async fn run(edge: Arc<Edge>) {
         let req = EdgeHeartbeatRequest {
             tunnel_ids: edge.registry.ids(),
         };
+        let asked = Instant::now();
         match edge.control.heartbeat(&edge.config.edge_id, &req).await {
             Ok(resp) => {
                 edge.metrics.control_last_heartbeat.set(unix_now());
-                apply_peers(&edge, &resp.peers, resp.holder_key.as_deref());
+                apply_peers(&edge, &resp.peers, resp.holder_key.as_deref(), asked);
                 refresh_certificates(&edge, resp.certificates_generation).await;
                 for close in resp.close {
                     if let Some(tunnel) = edge.registry.by_id(close.tunnel_id) {
@@ -93,6 +99,7 @@ async fn register(edge: &Arc<Edge>) -> Option<Duration> {
     };
     let mut backoff = Duration::from_millis(250);
     loop {
+        let asked = Instant::now();
         match edge.control.register(&req).await {
             Ok(resp) => {
                 tracing::info!(
@@ -100,7 +107,7 @@ async fn register(edge: &Arc<Edge>) -> Option<Duration> {
                     peers = resp.peers.len(),
                     "registered with control"
                 );
-                apply_peers(edge, &resp.peers, resp.holder_key.as_deref());
+                apply_peers(edge, &resp.peers, resp.holder_key.as_deref(), asked);
                 refresh_certificates(edge, resp.certificates_generation).await;
                 for id in resp.closed_tunnels {
                     if let Some(tunnel) = edge.registry.by_id(id) {
@@ -136,13 +143,67 @@ async fn register(edge: &Arc<Edge>) -> Option<Duration> {
     }
 }
 
+/// Asks control for the peer list now, because an edge this edge does not know (or knows
+/// with another key) dialled its mesh listener: an edge that registered since this edge's
+/// last heartbeat, as every edge that starts does, is then linked at once both ways instead
+/// of at that heartbeat. Every caller is answered by a call that started after it came, and
+/// calls are at least [`PEERS_ASKED_AT_MOST_EVERY`] apart: callers take turns, one that
+/// finds such a call made while it waited takes that call's list, and one that comes too
+/// soon after the last call waits out the rest of the second. The caller checks the peer
+/// list again afterwards. Control down: the list stays as it is.
+pub async fn ask_for_peers(edge: &Arc<Edge>) {
+    let came = Instant::now();
+    let mut asked = edge.mesh.peers_asked.lock().await;
+    if let Some(at) = *asked {
+        if at >= came {
+            return;
+        }
+        tokio::time::sleep_until((at + PEERS_ASKED_AT_MOST_EVERY).into()).await;
+    }
+    let now = Instant::now();
+    *asked = Some(now);
+    edge.metrics.mesh_peer_list_fetches_total.inc();
+    match edge.control.peers(&edge.config.edge_id).await {
+        Ok(answer) => apply_peers(edge, &answer.peers, answer.holder_key.as_deref(), now),
+        Err(e) => {
+            edge.metrics
+                .control_errors_total
+                .with_label_values(&["peers"])
+                .inc();
+            // Strangers dialling while control is down would make this a line a second.
+            static FAILURES: LogLimit = LogLimit::new(Duration::from_secs(10));
+            if let Some(more) = FAILURES.note(Instant::now()) {
+                tracing::warn!(error = %e, more, "asking control for the peer list failed ({more} more failures since the last such line, at most one a 10 s; each counts in nearhop_edge_control_errors_total); the list is taken again at the next heartbeat");
+            }
+        }
+    }
+}
+
 /// Takes control's list of peer edges and its key for holder proofs (before the links
 /// start, so that their first claims are checked with it): links to new peers start, links
 /// to peers that left stop. An edge outside the mesh (no `mesh_listen`) links to no one.
-fn apply_peers(edge: &Arc<Edge>, peers: &[nearhop_wire::PeerEdge], holder_key: Option<&str>) {
+/// `asked`: when the call that brought the list was made. A list from a call made before
+/// the one in force is not taken: a heartbeat answered just after an early peer list
+/// ([`ask_for_peers`]) would otherwise drop the edge that list had just added.
+fn apply_peers(
+    edge: &Arc<Edge>,
+    peers: &[nearhop_wire::PeerEdge],
+    holder_key: Option<&str>,
+    asked: Instant,
+) {
     if edge.config.mesh_addr().is_none() {
         return;
     }
+    let mut as_of = edge
+        .mesh
+        .peers_as_of
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if as_of.is_some_and(|newer| asked < newer) {
+        tracing::debug!("a peer list older than the one in force arrived; not taken");
+        return;
+    }
+    *as_of = Some(asked);
     edge.mesh.set_holder_key(holder_key);
     for link in edge.mesh.set_peers(peers) {
         tracing::info!(peer = %link.id, addr = %link.addr, "linking to peer edge");
@@ -201,5 +262,60 @@ pub async fn refresh_certificates(edge: &Edge, generation: i64) {
         if let Err(e) = crate::visitor::certificates::save_cache(path, &set) {
             tracing::warn!(error = %format!("{e:#}"), "keeping the certificates for a restart failed; they are served all the same");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn peer(id: &str, seed: u8) -> nearhop_wire::PeerEdge {
+        let key = russh::keys::PrivateKey::from(
+            russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[seed; 32]),
+        );
+        nearhop_wire::PeerEdge {
+            edge_id: id.into(),
+            region: "eu".into(),
+            // Nothing listens there: the links started only try to connect.
+            mesh_addr: "127.0.0.1:9".into(),
+            host_key: key.public_key().to_openssh().expect("openssh"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_list_older_than_the_one_in_force_is_not_taken() {
+        let config = Config {
+            mesh_listen: Some("127.0.0.1:9".parse().expect("address")),
+            ..Default::default()
+        };
+        let edge = Arc::new(Edge::for_tests(config, 1));
+        let heartbeat_asked = Instant::now();
+        let early_asked = heartbeat_asked + Duration::from_millis(5);
+        // An early list (a new edge dialled) names eu-2; a heartbeat asked before it, and
+        // answered after it, does not.
+        apply_peers(
+            &edge,
+            &[peer("eu-1", 2), peer("eu-2", 3)],
+            None,
+            early_asked,
+        );
+        apply_peers(&edge, &[peer("eu-1", 2)], None, heartbeat_asked);
+        let mut ids = edge.mesh.peer_ids();
+        ids.sort();
+        assert_eq!(
+            ids,
+            ["eu-1", "eu-2"],
+            "the older list left the newer one in force"
+        );
+        // A list asked later is taken, whatever it says.
+        apply_peers(
+            &edge,
+            &[peer("eu-1", 2)],
+            None,
+            early_asked + Duration::from_millis(5),
+        );
+        assert_eq!(edge.mesh.peer_ids(), ["eu-1"]);
+        edge.mesh.shutdown.cancel();
     }
 }

@@ -175,7 +175,7 @@ impl russh::server::Handler for PeerSession {
         user: &str,
         offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.check_peer(user, offer.public_key))
+        Ok(self.check_peer(user, offer.public_key).await)
     }
 
     async fn auth_publickey(
@@ -183,7 +183,7 @@ impl russh::server::Handler for PeerSession {
         user: &str,
         key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let answer = self.check_peer(user, key.public_key);
+        let answer = self.check_peer(user, key.public_key).await;
         if matches!(answer, Auth::Accept) {
             tracing::info!(peer_edge = user, "peer edge connected");
             self.peer_id = Some(user.to_string());
@@ -391,12 +391,23 @@ async fn serve_channel<S>(
 impl PeerSession {
     /// Accepts `user` only with the host key control registered for that edge; counts and
     /// logs a refusal: a listed edge with another key (`peer_not_trusted`: a forged
-    /// identity, or a key changed since this edge's last heartbeat) apart from an id not in
-    /// the peer list (`peer_not_listed`: scanners, a revoked edge, or an edge that registered
-    /// since this edge's last heartbeat, as every new edge does at first).
-    fn check_peer(&self, user: &str, key: &russh::keys::PublicKey) -> Auth {
+    /// identity) apart from an id not in the peer list (`peer_not_listed`: scanners, a
+    /// revoked edge).
+    ///
+    /// Before refusing a well-formed edge id, it asks control for the peer list
+    /// ([`crate::control::sync::ask_for_peers`]): an edge that registered, or registered a
+    /// new key, since this edge's last heartbeat (every edge that starts) is accepted at
+    /// once, not refused until that heartbeat. When control cannot be asked, the list as it
+    /// stands decides.
+    async fn check_peer(&self, user: &str, key: &russh::keys::PublicKey) -> Auth {
         if self.edge.mesh.trusts(user, key) {
             return Auth::Accept;
+        }
+        if nearhop_wire::names::valid_edge_id(user) {
+            crate::control::sync::ask_for_peers(&self.edge).await;
+            if self.edge.mesh.trusts(user, key) {
+                return Auth::Accept;
+            }
         }
         let listed = self.edge.mesh.peer(user).is_some();
         let cause = if listed {
@@ -412,12 +423,12 @@ impl PeerSession {
         if listed {
             tracing::warn!(
                 claimed = user,
-                "refused a mesh connection: its key is not the mesh key control registered for that edge (a forged identity, or a key that changed since this edge's last heartbeat)"
+                "refused a mesh connection: its key is not the mesh key control registered for that edge (a forged identity; or a new key, when control could not be asked)"
             );
         } else {
             tracing::info!(
                 claimed = user,
-                "refused a mesh connection: that edge id is not in this edge's peer list (an edge that registered since this edge's last heartbeat is listed at its next one; otherwise it has no live credential at control)"
+                "refused a mesh connection: that edge id is not in this edge's peer list (control does not list it: no live credential, or not registered; or control could not be asked, and the next heartbeat takes the list again)"
             );
         }
         Auth::reject()

@@ -65,6 +65,13 @@ pub struct Mesh {
     claims_refused: prometheus::IntCounterVec,
     /// `relay_openings_per_peer`, for each link.
     relay_openings_per_peer: usize,
+    /// When this edge last asked control for the peer list between heartbeats; held while
+    /// it asks, so that callers take turns (`control::sync::ask_for_peers`).
+    pub peers_asked: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// When the call whose peer list is in force was made: a list from an earlier call
+    /// (a heartbeat answered after a newer list came) is not taken
+    /// (`control::sync::apply_peers`).
+    pub peers_as_of: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Why a peer's claim to hold a name is not taken.
@@ -114,6 +121,8 @@ impl Mesh {
             accept_unproven: config.mesh_accept_unproven_claims,
             claims_refused,
             relay_openings_per_peer: config.relay_openings_per_peer,
+            peers_asked: tokio::sync::Mutex::new(None),
+            peers_as_of: std::sync::Mutex::new(None),
         }
     }
 
