@@ -154,10 +154,11 @@ impl Edge {
         ));
         let tunnel_windows = WindowLimits::opening_small(
             config.ssh_window_bytes,
-            WindowBudget::new(
+            WindowBudget::with_shares(
                 config.tunnel_window_budget_bytes,
                 metrics.tunnel_window_grown_bytes.clone(),
                 metrics.tunnel_window_growth_refused_total.clone(),
+                metrics.tunnel_window_share_limited_total.clone(),
             ),
             metrics.tunnel_window_unread_bytes.clone(),
         );
@@ -238,7 +239,12 @@ impl Edge {
         let within = (bound > 0).then(|| Duration::from_secs(bound));
         let max = self.config.max_channels_per_client.max(1);
         let opened = tunnel
-            .open_channel(visitor, within, max, &self.tunnel_windows)
+            .open_channel(
+                visitor,
+                within,
+                max,
+                &self.tunnel_windows.for_tunnel(tunnel.window_held.clone()),
+            )
             .await;
         match opened {
             Err(ChannelOpenError::NotAnswering(_)) => {

@@ -101,8 +101,11 @@ pub struct Metrics {
     /// open with, all clients together (bounded by `tunnel_window_budget_bytes`).
     pub tunnel_window_grown_bytes: IntGauge,
     /// Times a visitor channel's window would have grown (its first 1 MiB included) but the
-    /// budget was spent.
+    /// budget was spent (or all but its reserve, and the tunnel had its share).
     pub tunnel_window_growth_refused_total: IntCounter,
+    /// Times a visitor channel's window grew less than it would have (or not at all)
+    /// because its tunnel held its share of the budget and the rest was the reserve.
+    pub tunnel_window_share_limited_total: IntCounter,
     /// Window granted on visitor channels that visitors have not read yet.
     pub tunnel_window_unread_bytes: IntGauge,
     /// HTTP requests relayed to each peer edge.
@@ -331,7 +334,11 @@ impl Metrics {
         )?;
         let tunnel_window_growth_refused_total = IntCounter::new(
             "nearhop_edge_tunnel_window_growth_refused_total",
-            "Times a visitor channel's window would have grown (to its first 1 MiB, or past it) but tunnel_window_budget_bytes was spent.",
+            "Times a visitor channel's window would have grown (to its first 1 MiB, or past it) but tunnel_window_budget_bytes was spent (or all but its last quarter, and the channel's tunnel held its quarter).",
+        )?;
+        let tunnel_window_share_limited_total = IntCounter::new(
+            "nearhop_edge_tunnel_window_share_limited_total",
+            "Times a visitor channel's window grew less than it would have, or not at all, because its tunnel's windows held a quarter of tunnel_window_budget_bytes and what was left of it was the last quarter, kept for other tunnels.",
         )?;
         let mesh_holder_names = IntGaugeVec::new(
             Opts::new(
@@ -431,6 +438,7 @@ impl Metrics {
         registry.register(Box::new(http2_connections_cut_off_total.clone()))?;
         registry.register(Box::new(tunnel_window_grown_bytes.clone()))?;
         registry.register(Box::new(tunnel_window_growth_refused_total.clone()))?;
+        registry.register(Box::new(tunnel_window_share_limited_total.clone()))?;
         registry.register(Box::new(tunnel_window_unread_bytes.clone()))?;
         registry.register(Box::new(mesh_holder_names.clone()))?;
         registry.register(Box::new(mesh_holder_age_seconds.clone()))?;
@@ -498,6 +506,7 @@ impl Metrics {
             http2_connections_cut_off_total,
             tunnel_window_grown_bytes,
             tunnel_window_growth_refused_total,
+            tunnel_window_share_limited_total,
             tunnel_window_unread_bytes,
             mesh_holder_names,
             mesh_holder_age_seconds,

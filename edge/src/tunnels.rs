@@ -54,6 +54,9 @@ pub struct Tunnel {
     /// peer edges (`None`: control did not sign; peers then relay to it only when they
     /// accept unproven claims).
     pub holder_proof: Option<String>,
+    /// What its visitor channels' windows hold of `tunnel_window_budget_bytes` now, for its
+    /// share of it (`io::receive_window`).
+    pub window_held: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Tunnel {
@@ -84,6 +87,7 @@ impl Tunnel {
             stop: CancellationToken::new(),
             inspector: OnceLock::new(),
             holder_proof: None,
+            window_held: Arc::default(),
         }
     }
 

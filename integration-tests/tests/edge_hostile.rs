@@ -723,24 +723,49 @@ fn visitors_who_stop_reading_make_the_edge_hold_no_more_than_the_window_budget()
         unread > 0.0 && unread <= bound,
         "the clients may still send {unread} bytes the visitors have not read (bound {bound})"
     );
+    // One tunnel's windows hold three quarters of the budget at most: the last quarter is
+    // kept for other tunnels.
     let grown = metric(&m, "nearhop_edge_tunnel_window_grown_bytes", &[]).unwrap_or(-1.0);
+    let three_quarters = f64::from(budget) * 0.75;
     assert!(
-        grown <= f64::from(budget),
-        "windows took {grown} bytes of the budget"
+        grown > 0.0 && grown <= three_quarters,
+        "one tunnel's windows took {grown} bytes of the budget (at most {three_quarters})"
     );
     assert!(
         metric(&m, "nearhop_edge_tunnel_window_growth_refused_total", &[]).unwrap_or(0.0) > 0.0,
-        "ten 1 MiB first windows do not fit in 4 MiB: the budget said no"
+        "ten 1 MiB first windows do not fit in 3 MiB: the budget said no"
     );
-    // With the budget spent, a new visitor's channel keeps its 32 KiB: slower far away, but
-    // every byte comes, and small pages are served as ever.
+    assert!(
+        metric(&m, "nearhop_edge_tunnel_window_share_limited_total", &[]).unwrap_or(0.0) > 0.0,
+        "the tunnel's share said no"
+    );
+    // With its share and all but the reserve spent, a new visitor of that tunnel keeps its
+    // 32 KiB: slower far away, but every byte comes, and small pages are served as ever.
     assert_serving(&s, &url);
     let one = s.visit(&url, "/blob/3000000").bytes().unwrap();
     assert_blob(&one, 3_000_000);
+    // A visitor of another tunnel still gets a full first window, out of the reserve.
+    let other_local = LocalService::start("other");
+    let mut other = s.ssh(
+        "other",
+        &SshArgs::http_tunnel(Some(&token), other_local.port),
+    );
+    let other_url = other.wait_for_url(PATIENCE).unwrap();
+    let other_stalled = start_download(&s, &other_url, size);
+    wait_until_downloads_stop(&s);
+    let m = s.edge.metrics().unwrap();
+    let grown_now = metric(&m, "nearhop_edge_tunnel_window_grown_bytes", &[]).unwrap_or(-1.0);
+    let first_window = f64::from(1024 * 1024 - 32 * 1024);
+    assert!(
+        grown_now - grown >= first_window && grown_now <= f64::from(budget),
+        "the other tunnel's visitor took {} bytes of the budget (a full first window: {first_window})",
+        grown_now - grown
+    );
     // A stalled visitor reads again and gets the rest; the others leave, and every window
     // goes back to the budget.
     finish_blob(&mut stalled[0], 0, size, "a stalled download");
     drop(stalled);
+    drop(other_stalled);
     eventually("the windows are given back", || {
         let m = s.edge.metrics()?;
         let grown = metric(&m, "nearhop_edge_tunnel_window_grown_bytes", &[]).unwrap_or(-1.0);
@@ -753,6 +778,7 @@ fn visitors_who_stop_reading_make_the_edge_hold_no_more_than_the_window_budget()
     });
     assert!(client.is_running(), "the tunnel's ssh is still up");
     client.stop();
+    other.stop();
 }
 
 /// Starts downloading `size` bytes of the tunnel at `url` through the edge, on a connection

@@ -18,6 +18,12 @@
 //! Tunnel channels open with [`OPENING_WINDOW`] and are raised to [`INITIAL_WINDOW`] out of
 //! the budget at once, so their first window is bounded edge-wide too; relay channels open
 //! with [`INITIAL_WINDOW`], which the mesh protocol fixes, and only their growth is budgeted.
+//!
+//! Each tunnel has a share of the tunnel budget, a quarter of it: past its share, a tunnel's
+//! windows take only from what is left above the last quarter, the reserve. One tunnel whose
+//! visitors stop reading (or that has many fast ones) can then hold at most three quarters
+//! of the budget, and every other tunnel still finds room for full windows in the reserve,
+//! up to its own share ([`WindowLimits::for_tunnel`]).
 
 use russh::ChannelId;
 use std::io;
@@ -35,12 +41,19 @@ pub const INITIAL_WINDOW: u32 = 1024 * 1024;
 /// budget as soon as the channel is open, or as far as the budget goes.
 pub const OPENING_WINDOW: u32 = 32 * 1024;
 
+/// The share of the tunnel budget each tunnel's windows may hold wherever the rest of the
+/// budget is (and the reserve other tunnels' windows are left): one part in this many.
+pub const TUNNEL_SHARE_DIVISOR: u64 = 4;
+
 /// What bounds the windows of one kind of channel: the largest a window grows to, and the
 /// budget the growth comes out of.
 #[derive(Clone)]
 pub struct WindowLimits {
     max_window: u32,
     budget: Arc<WindowBudget>,
+    /// What the windows of one tunnel's channels hold of the budget now, for its share
+    /// (tunnel channels, [`WindowLimits::for_tunnel`]); `None`: no share (relay channels).
+    held: Option<Arc<AtomicU64>>,
     /// What a channel's window is without the budget: what it opened with.
     opened_with: u32,
     /// Window granted and not yet read, all channels together (tunnel channels only:
@@ -55,6 +68,7 @@ impl WindowLimits {
         WindowLimits {
             max_window: max_window.max(INITIAL_WINDOW),
             budget,
+            held: None,
             opened_with: INITIAL_WINDOW,
             unread: None,
         }
@@ -71,8 +85,19 @@ impl WindowLimits {
         WindowLimits {
             max_window: max_window.max(INITIAL_WINDOW),
             budget,
+            held: None,
             opened_with: OPENING_WINDOW,
             unread: Some(unread),
+        }
+    }
+
+    /// These limits for the channels of one tunnel, whose windows hold `held` of the budget
+    /// between them: past [`TUNNEL_SHARE_DIVISOR`]'s share of it, they take only from what is
+    /// left above the reserve.
+    pub fn for_tunnel(&self, held: Arc<AtomicU64>) -> WindowLimits {
+        WindowLimits {
+            held: Some(held),
+            ..self.clone()
         }
     }
 
@@ -97,6 +122,8 @@ pub struct WindowBudget {
     grown: prometheus::IntGauge,
     /// Growth refused (`..._window_growth_refused_total`).
     refused: prometheus::IntCounter,
+    /// Growth cut short by a tunnel's share (`nearhop_edge_tunnel_window_share_limited_total`).
+    share_limited: Option<prometheus::IntCounter>,
 }
 
 impl WindowBudget {
@@ -112,22 +139,59 @@ impl WindowBudget {
             used: AtomicU64::new(0),
             grown,
             refused,
+            share_limited: None,
         })
     }
 
+    /// A budget as [`WindowBudget::new`], whose takes for a tunnel cut short by the
+    /// tunnel's share are counted in `share_limited`.
+    pub fn with_shares(
+        limit: u64,
+        grown: prometheus::IntGauge,
+        refused: prometheus::IntCounter,
+        share_limited: prometheus::IntCounter,
+    ) -> Arc<WindowBudget> {
+        let mut budget = WindowBudget::new(limit, grown, refused);
+        if let Some(b) = Arc::get_mut(&mut budget) {
+            b.share_limited = Some(share_limited);
+        }
+        budget
+    }
+
     /// Takes up to `bytes` for a window to grow by: what the budget has left of it, 0
-    /// (counted as refused) when it is spent.
-    fn take(&self, bytes: u64) -> u64 {
+    /// (counted as refused) when it is spent. For a tunnel's window (`held`: what that
+    /// tunnel's windows hold), only up to its share, or as far as the budget stays above
+    /// the reserve, whichever is more. Two channels of one tunnel taking at the same moment
+    /// may both count on the same room in its share: a share is kept to within a window.
+    fn take(&self, bytes: u64, held: Option<&AtomicU64>) -> u64 {
         if bytes == 0 {
             return 0;
         }
+        let share = self.limit / TUNNEL_SHARE_DIVISOR;
+        let holds = held.map(|h| h.load(Ordering::Acquire));
         let mut taken = 0;
+        let mut by_share = false;
         let _ = self
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                taken = bytes.min(self.limit.saturating_sub(used));
+                let free = self.limit.saturating_sub(used);
+                let room = match holds {
+                    None => free,
+                    // The reserve is as large as a share.
+                    Some(h) => free.min(share.saturating_sub(h).max(free.saturating_sub(share))),
+                };
+                taken = bytes.min(room);
+                by_share = room < bytes.min(free);
                 Some(used + taken)
             });
+        if let Some(h) = held {
+            h.fetch_add(taken, Ordering::AcqRel);
+        }
+        if by_share {
+            if let Some(c) = &self.share_limited {
+                c.inc();
+            }
+        }
         if taken == 0 {
             self.refused.inc();
         } else {
@@ -136,10 +200,15 @@ impl WindowBudget {
         taken
     }
 
-    /// Gives back `bytes` a window had taken.
-    fn give_back(&self, bytes: u64) {
+    /// Gives back `bytes` a window had taken (`held`: of a tunnel's windows, as taken).
+    fn give_back(&self, bytes: u64, held: Option<&AtomicU64>) {
         if bytes == 0 {
             return;
+        }
+        if let Some(h) = held {
+            let _ = h.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                Some(now.saturating_sub(bytes))
+            });
         }
         let _ = self
             .used
@@ -166,6 +235,8 @@ pub struct ReceiveWindow {
     /// What the channel opened with: the part of `window` not taken from the budget.
     opened_with: u32,
     budget: Arc<WindowBudget>,
+    /// What the windows of this channel's tunnel hold, when it has a share.
+    held: Option<Arc<AtomicU64>>,
 }
 
 impl ReceiveWindow {
@@ -173,7 +244,10 @@ impl ReceiveWindow {
     /// rest from the budget (as much as it has).
     pub fn new(limits: &WindowLimits) -> ReceiveWindow {
         let opened_with = limits.opened_with.min(INITIAL_WINDOW);
-        let taken = limits.budget.take(u64::from(INITIAL_WINDOW - opened_with));
+        let taken = limits.budget.take(
+            u64::from(INITIAL_WINDOW - opened_with),
+            limits.held.as_deref(),
+        );
         ReceiveWindow {
             consumed: 0,
             // At most `INITIAL_WINDOW - opened_with`, a u32.
@@ -181,6 +255,7 @@ impl ReceiveWindow {
             max_window: limits.max_window,
             opened_with,
             budget: limits.budget.clone(),
+            held: limits.held.clone(),
         }
     }
 
@@ -200,7 +275,9 @@ impl ReceiveWindow {
     pub fn ran_dry(&mut self, tight: bool) {
         if tight && self.window < self.max_window {
             let grown = self.window.saturating_mul(2).min(self.max_window);
-            let taken = self.budget.take(u64::from(grown - self.window));
+            let taken = self
+                .budget
+                .take(u64::from(grown - self.window), self.held.as_deref());
             // At most `grown - window`, a u32.
             self.window += u32::try_from(taken).unwrap_or(0);
         }
@@ -222,8 +299,10 @@ impl ReceiveWindow {
 
 impl Drop for ReceiveWindow {
     fn drop(&mut self) {
-        self.budget
-            .give_back(u64::from(self.window - self.opened_with));
+        self.budget.give_back(
+            u64::from(self.window - self.opened_with),
+            self.held.as_deref(),
+        );
     }
 }
 
@@ -528,6 +607,50 @@ pub(crate) mod tests {
         drop((first, second, third));
         assert_eq!(budget.used(), 0, "every window given back at the close");
         assert_eq!(unread.get(), 0);
+    }
+
+    #[test]
+    fn one_tunnel_holds_three_quarters_at_most_and_the_others_find_full_windows_in_the_rest() {
+        // Room for eight first windows.
+        let grown = prometheus::IntGauge::new("grown", "grown").expect("gauge");
+        let refused = prometheus::IntCounter::new("refused", "refused").expect("counter");
+        let limited = prometheus::IntCounter::new("limited", "limited").expect("counter");
+        let unread = prometheus::IntGauge::new("unread", "unread").expect("gauge");
+        let budget = WindowBudget::with_shares(u64::from(RAISE) * 8, grown, refused, limited);
+        let limits = WindowLimits::opening_small(8 * INITIAL_WINDOW, budget.clone(), unread);
+        let flooded_holds = Arc::new(AtomicU64::new(0));
+        let flooded = limits.for_tunnel(flooded_holds.clone());
+        let visitors: Vec<ReceiveWindow> = (0..8).map(|_| ReceiveWindow::new(&flooded)).collect();
+        let full = visitors
+            .iter()
+            .filter(|w| w.window() == INITIAL_WINDOW)
+            .count();
+        assert_eq!(full, 6, "three quarters of the budget, no more");
+        assert!(visitors[6..].iter().all(|w| w.window() == OPENING_WINDOW));
+        assert_eq!(flooded_holds.load(Ordering::Acquire), u64::from(RAISE) * 6);
+        assert_eq!(budget.share_limited.as_ref().map(|c| c.get()), Some(2));
+        // Another tunnel finds its share, a quarter, in what is left.
+        let other_holds = Arc::new(AtomicU64::new(0));
+        let other = limits.for_tunnel(other_holds.clone());
+        let mut others: Vec<ReceiveWindow> = (0..2).map(|_| ReceiveWindow::new(&other)).collect();
+        assert!(others.iter().all(|w| w.window() == INITIAL_WINDOW));
+        assert_eq!(budget.used(), u64::from(RAISE) * 8, "the budget is spent");
+        others.push(ReceiveWindow::new(&other));
+        assert_eq!(others[2].window(), OPENING_WINDOW);
+        // A channel of the flooded tunnel that grows takes nothing from the others' room.
+        drop(others);
+        let mut fast = ReceiveWindow::new(&flooded);
+        assert_eq!(
+            fast.window(),
+            OPENING_WINDOW,
+            "past its share, the rest is the reserve"
+        );
+        fast.ran_dry(true);
+        assert_eq!(fast.window(), OPENING_WINDOW);
+        drop((visitors, fast));
+        assert_eq!(budget.used(), 0, "every window given back");
+        assert_eq!(flooded_holds.load(Ordering::Acquire), 0);
+        assert_eq!(other_holds.load(Ordering::Acquire), 0);
     }
 
     #[tokio::test]
