@@ -146,14 +146,18 @@ async fn register(edge: &Arc<Edge>) -> Option<Duration> {
 /// Asks control for the peer list now, because an edge this edge does not know (or knows
 /// with another key) dialled its mesh listener: an edge that registered since this edge's
 /// last heartbeat, as every edge that starts does, is then linked at once both ways instead
-/// of at that heartbeat. Every caller is answered by a call that started after it came, and
-/// calls are at least [`PEERS_ASKED_AT_MOST_EVERY`] apart: callers take turns, one that
-/// finds such a call made while it waited takes that call's list, and one that comes too
-/// soon after the last call waits out the rest of the second. The caller checks the peer
-/// list again afterwards. Control down: the list stays as it is.
-pub async fn ask_for_peers(edge: &Arc<Edge>) {
+/// of at that heartbeat. Calls are at least [`PEERS_ASKED_AT_MOST_EVERY`] apart, and
+/// callers take turns: one whose question the list in force now answers (`answered`: say,
+/// the call in flight when it came brought its peer) asks nothing; one that finds a call
+/// made since it came takes that call's list; one that comes too soon after the last call
+/// waits out the rest of the second, then asks. The caller checks the peer list again
+/// afterwards. Control down: the list stays as it is.
+pub async fn ask_for_peers(edge: &Arc<Edge>, answered: impl Fn() -> bool) {
     let came = Instant::now();
     let mut asked = edge.mesh.peers_asked.lock().await;
+    if answered() {
+        return;
+    }
     if let Some(at) = *asked {
         if at >= came {
             return;

@@ -404,7 +404,8 @@ impl PeerSession {
             return Auth::Accept;
         }
         if nearhop_wire::names::valid_edge_id(user) {
-            crate::control::sync::ask_for_peers(&self.edge).await;
+            let mesh = &self.edge.mesh;
+            crate::control::sync::ask_for_peers(&self.edge, || mesh.trusts(user, key)).await;
             if self.edge.mesh.trusts(user, key) {
                 return Auth::Accept;
             }
