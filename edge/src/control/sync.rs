@@ -176,8 +176,14 @@ pub async fn ask_for_peers(edge: &Arc<Edge>, answered: impl Fn() -> bool) {
                 .inc();
             // Strangers dialling while control is down would make this a line a second.
             static FAILURES: LogLimit = LogLimit::new(Duration::from_secs(10));
-            if let Some(more) = FAILURES.note(Instant::now()) {
-                tracing::warn!(error = %e, more, "asking control for the peer list failed ({more} more failures since the last such line, at most one a 10 s; each counts in nearhop_edge_control_errors_total); the list is taken again at the next heartbeat");
+            match FAILURES.note(Instant::now()) {
+                Some(0) => {
+                    tracing::warn!(error = %e, "asking control for the peer list failed; it is taken again at the next heartbeat (each failure counts in nearhop_edge_control_errors_total)")
+                }
+                Some(more) => {
+                    tracing::warn!(error = %e, more, "asking control for the peer list failed; {more} more such calls failed since the last such line (at most one a 10 s; each counts in nearhop_edge_control_errors_total); the list is taken again at the next heartbeat")
+                }
+                None => {}
             }
         }
     }
