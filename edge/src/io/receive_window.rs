@@ -134,13 +134,21 @@ impl WindowBudget {
         grown: prometheus::IntGauge,
         refused: prometheus::IntCounter,
     ) -> Arc<WindowBudget> {
-        Arc::new(WindowBudget {
+        Arc::new(WindowBudget::unshared(limit, grown, refused))
+    }
+
+    fn unshared(
+        limit: u64,
+        grown: prometheus::IntGauge,
+        refused: prometheus::IntCounter,
+    ) -> WindowBudget {
+        WindowBudget {
             limit,
             used: AtomicU64::new(0),
             grown,
             refused,
             share_limited: None,
-        })
+        }
     }
 
     /// A budget as [`WindowBudget::new`], whose takes for a tunnel cut short by the
@@ -151,11 +159,10 @@ impl WindowBudget {
         refused: prometheus::IntCounter,
         share_limited: prometheus::IntCounter,
     ) -> Arc<WindowBudget> {
-        let mut budget = WindowBudget::new(limit, grown, refused);
-        if let Some(b) = Arc::get_mut(&mut budget) {
-            b.share_limited = Some(share_limited);
-        }
-        budget
+        Arc::new(WindowBudget {
+            share_limited: Some(share_limited),
+            ..WindowBudget::unshared(limit, grown, refused)
+        })
     }
 
     /// Takes up to `bytes` for a window to grow by: what the budget has left of it, 0
