@@ -141,12 +141,14 @@ impl Edge {
             CreditLimits::new(
                 WindowLimits::new(
                     config.ssh_window_bytes,
-                    WindowBudget::new(
+                    WindowBudget::with_shares(
                         config.relay_window_budget_bytes,
                         metrics.relay_window_grown_bytes.clone(),
                         metrics.relay_window_growth_refused_total.clone(),
+                        metrics.relay_window_share_limited_total.clone(),
                     ),
-                ),
+                )
+                .showing_unread(metrics.relay_window_unread_bytes.clone()),
                 metrics
                     .relay_errors_total
                     .with_label_values(&["credit_exceeded"]),

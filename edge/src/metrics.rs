@@ -90,11 +90,16 @@ pub struct Metrics {
     /// Bytes of relayed visitor connections, by peer edge and direction (`sent` to the peer,
     /// `received` from it).
     pub relay_bytes_total: IntCounterVec,
-    /// Bytes by which relay channels' receive windows have grown past their initial credit,
+    /// Bytes by which relay channels' receive windows have grown past what they opened with,
     /// all links together (bounded by `relay_window_budget_bytes`).
     pub relay_window_grown_bytes: IntGauge,
     /// Times a relay channel's window would have grown but the budget was spent.
     pub relay_window_growth_refused_total: IntCounter,
+    /// Times a relay channel's window grew less than it would have because of its tunnel's
+    /// share of the budget.
+    pub relay_window_share_limited_total: IntCounter,
+    /// Credit granted to peers on relay channels that this edge's readers have not taken.
+    pub relay_window_unread_bytes: IntGauge,
     /// HTTP/2 visitor connections closed with GOAWAY ENHANCE_YOUR_CALM.
     pub http2_connections_cut_off_total: IntCounter,
     /// Bytes by which visitor channels' receive windows have grown past the 32 KiB they
@@ -314,11 +319,19 @@ impl Metrics {
         )?;
         let relay_window_grown_bytes = IntGauge::new(
             "nearhop_edge_relay_window_grown_bytes",
-            "Bytes by which relay channels' receive windows have grown past their initial credit, all peer links together.",
+            "Bytes by which relay channels' receive windows have grown past what they opened with (32 KiB on a v4 feed, 1 MiB before), all peer links together.",
         )?;
         let relay_window_growth_refused_total = IntCounter::new(
             "nearhop_edge_relay_window_growth_refused_total",
-            "Times a relay channel's window would have grown but relay_window_budget_bytes was spent.",
+            "Times a relay channel's window would have grown (to its first 1 MiB, or past it) but relay_window_budget_bytes was spent (or all but its last quarter, and the channel's tunnel held its quarter).",
+        )?;
+        let relay_window_share_limited_total = IntCounter::new(
+            "nearhop_edge_relay_window_share_limited_total",
+            "Times a relay channel's window grew less than it would have, or not at all, because its tunnel's relay channels held a quarter of relay_window_budget_bytes and what was left of it was the last quarter, kept for other tunnels.",
+        )?;
+        let relay_window_unread_bytes = IntGauge::new(
+            "nearhop_edge_relay_window_unread_bytes",
+            "Bytes peer edges may send on relay channels that this edge has not read yet (credit granted, not taken): the most relayed connections may make this edge hold now.",
         )?;
         let http2_connections_cut_off_total = IntCounter::new(
             "nearhop_edge_http2_connections_cut_off_total",
@@ -435,6 +448,8 @@ impl Metrics {
         }
         registry.register(Box::new(relay_window_grown_bytes.clone()))?;
         registry.register(Box::new(relay_window_growth_refused_total.clone()))?;
+        registry.register(Box::new(relay_window_share_limited_total.clone()))?;
+        registry.register(Box::new(relay_window_unread_bytes.clone()))?;
         registry.register(Box::new(http2_connections_cut_off_total.clone()))?;
         registry.register(Box::new(tunnel_window_grown_bytes.clone()))?;
         registry.register(Box::new(tunnel_window_growth_refused_total.clone()))?;
@@ -503,6 +518,8 @@ impl Metrics {
             relay_errors_total,
             relay_window_grown_bytes,
             relay_window_growth_refused_total,
+            relay_window_share_limited_total,
+            relay_window_unread_bytes,
             http2_connections_cut_off_total,
             tunnel_window_grown_bytes,
             tunnel_window_growth_refused_total,

@@ -1351,6 +1351,106 @@ fn a_tunnel_whose_service_stops_reading_an_upload_holds_up_no_other_tunnel() {
     drop(upload);
 }
 
+/// Starts a `size`-byte download of `url` at ap, on a connection of its own, and reads only
+/// the answer's head: the caller reads the body, or does not.
+fn start_download_at_ap(stack: &Stack, url: &str, size: usize) -> std::net::TcpStream {
+    let mut t = std::net::TcpStream::connect(stack.regions[AP].http_addr()).expect("connect");
+    write!(
+        t,
+        "GET /blob/{size} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        host_of(url)
+    )
+    .expect("send the request");
+    t.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        t.read_exact(&mut byte).expect("the answer's head");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "the download started");
+    t
+}
+
+/// A metric of ap's edge, without labels (-1 when it is missing).
+fn ap_metric(stack: &Stack, name: &str) -> f64 {
+    metric(&edge_metrics(stack, AP), name, &[]).unwrap_or(-1.0)
+}
+
+#[test]
+fn relayed_visitors_who_stop_reading_make_the_relaying_edge_hold_no_more_than_its_budget() {
+    let budget = 4 * 1024 * 1024;
+    let stack = mesh_stack_with(&format!(
+        "relay_window_budget_bytes = {budget}\nvisitor_write_stall_seconds = 0\n"
+    ));
+    let big = LocalService::start("big");
+    let small = LocalService::start("small");
+    let (_big_client, big_url, _) = eu_tunnel(&stack, &big, &[AP]);
+    let (_small_client, small_url) = second_eu_tunnel(&stack, &small);
+
+    // Ten visitors at ap start downloads far past what sockets and windows hold, and stop.
+    let size = 24_000_000;
+    let mut stalled: Vec<_> = (0..10)
+        .map(|_| start_download_at_ap(&stack, &big_url, size))
+        .collect();
+    wait_relay_bytes_still(&stack, "received");
+    // Each relay channel opens with 32 KiB; all the rest of every window came out of the
+    // budget (with 1 MiB per channel outside it, as before `v4`, the holder could have sent
+    // 10 MiB here).
+    let unread = ap_metric(&stack, "nearhop_edge_relay_window_unread_bytes");
+    let bound = f64::from(budget) + 12.0 * 32.0 * 1024.0;
+    assert!(
+        unread > 0.0 && unread <= bound,
+        "the holder may still send ap {unread} bytes its visitors have not read (bound {bound})"
+    );
+    let grown = ap_metric(&stack, "nearhop_edge_relay_window_grown_bytes");
+    let three_quarters = f64::from(budget) * 0.75;
+    assert!(
+        grown > 0.0 && grown <= three_quarters,
+        "one tunnel's relay windows took {grown} bytes of ap's budget (at most {three_quarters})"
+    );
+    assert!(
+        ap_metric(&stack, "nearhop_edge_relay_window_growth_refused_total") > 0.0,
+        "ten 1 MiB windows do not fit in 3 MiB: the budget said no"
+    );
+    assert!(
+        ap_metric(&stack, "nearhop_edge_relay_window_share_limited_total") > 0.0,
+        "the tunnel's share said no"
+    );
+
+    // A visitor of the same tunnel keeps 32 KiB: every byte still comes.
+    let mut more = begin_download(&big_url, stack.regions[AP].http_addr(), 3_000_000);
+    finish_download(more.0, more.1, 3_000_000, "a download with the share spent");
+    more = begin_download(&small_url, stack.regions[AP].http_addr(), 2_000_000);
+    finish_download(more.0, more.1, 2_000_000, "another tunnel's download");
+    // A visitor of another tunnel who stops reading still got a full first window, out of
+    // the reserve.
+    let other = start_download_at_ap(&stack, &small_url, size);
+    wait_relay_bytes_still(&stack, "received");
+    let grown_now = ap_metric(&stack, "nearhop_edge_relay_window_grown_bytes");
+    let first_window = f64::from(1024 * 1024 - 32 * 1024);
+    assert!(
+        grown_now - grown >= first_window && grown_now <= f64::from(budget),
+        "the other tunnel's visitor took {} bytes of the budget (a full first window: {first_window})",
+        grown_now - grown
+    );
+
+    // A stalled visitor reads again and gets every byte; the others leave, and every
+    // window goes back to the budget.
+    finish_blob(&mut stalled[0], 0, size, "a stalled relayed download");
+    drop(stalled);
+    drop(other);
+    eventually("ap's relay windows are given back", || {
+        let grown = ap_metric(&stack, "nearhop_edge_relay_window_grown_bytes");
+        let unread = ap_metric(&stack, "nearhop_edge_relay_window_unread_bytes");
+        anyhow::ensure!(
+            grown == 0.0 && unread == 0.0,
+            "grown {grown}, unread {unread}"
+        );
+        Ok(())
+    });
+}
+
 /// Starts a `size`-byte download of `url` at `edge` and reads its first MiB.
 fn begin_download(
     url: &str,

@@ -16,8 +16,11 @@
 //! what the channel opened with comes out of one [`WindowBudget`], so many visitors who stop
 //! reading cannot make the edge hold more than that; a channel gives it back when it closes.
 //! Tunnel channels open with [`OPENING_WINDOW`] and are raised to [`INITIAL_WINDOW`] out of
-//! the budget at once, so their first window is bounded edge-wide too; relay channels open
-//! with [`INITIAL_WINDOW`], which the mesh protocol fixes, and only their growth is budgeted.
+//! the budget at once, so their first window is bounded edge-wide too. Relay channels on a
+//! `v4` feed open with [`OPENING_WINDOW`] as well: the relaying edge raises its window (the
+//! visitor's download) at once, the holder grows its own (the visitor's upload) only as it
+//! holds the sender back. On older feeds they open with [`INITIAL_WINDOW`], which those
+//! protocols fix, and only their growth is budgeted.
 //!
 //! Each tunnel has a share of the tunnel budget, a quarter of it: past its share, a tunnel's
 //! windows take only from what is left above the last quarter, the reserve. One tunnel whose
@@ -52,12 +55,16 @@ pub struct WindowLimits {
     max_window: u32,
     budget: Arc<WindowBudget>,
     /// What the windows of one tunnel's channels hold of the budget now, for its share
-    /// (tunnel channels, [`WindowLimits::for_tunnel`]); `None`: no share (relay channels).
+    /// ([`WindowLimits::for_tunnel`]); `None`: no share (a holder's relay channels, whose
+    /// tunnel is not known when they open).
     held: Option<Arc<AtomicU64>>,
     /// What a channel's window is without the budget: what it opened with.
     opened_with: u32,
-    /// Window granted and not yet read, all channels together (tunnel channels only:
-    /// `nearhop_edge_tunnel_window_unread_bytes`).
+    /// Whether a window is raised to [`INITIAL_WINDOW`] out of the budget as soon as its
+    /// channel opens (otherwise it grows only when it holds the sender back).
+    raised: bool,
+    /// Window granted and not yet read, all channels together
+    /// (`nearhop_edge_tunnel_window_unread_bytes`, `nearhop_edge_relay_window_unread_bytes`).
     unread: Option<prometheus::IntGauge>,
 }
 
@@ -70,6 +77,7 @@ impl WindowLimits {
             budget,
             held: None,
             opened_with: INITIAL_WINDOW,
+            raised: true,
             unread: None,
         }
     }
@@ -87,7 +95,37 @@ impl WindowLimits {
             budget,
             held: None,
             opened_with: OPENING_WINDOW,
+            raised: true,
             unread: Some(unread),
+        }
+    }
+
+    /// These limits for channels that open with [`OPENING_WINDOW`] (relay channels on a `v4`
+    /// feed), raised to [`INITIAL_WINDOW`] out of the budget at once when `raised`, else
+    /// grown only when the window holds the sender back.
+    pub fn opening_small_here(&self, raised: bool) -> WindowLimits {
+        WindowLimits {
+            opened_with: OPENING_WINDOW,
+            raised,
+            ..self.clone()
+        }
+    }
+
+    /// What channels within these limits open with.
+    pub fn opened_with(&self) -> u32 {
+        self.opened_with
+    }
+
+    /// Where the window granted and not yet read is shown, all channels together.
+    pub fn unread(&self) -> Option<&prometheus::IntGauge> {
+        self.unread.as_ref()
+    }
+
+    /// These limits, with the window granted and not yet read shown in `unread`.
+    pub fn showing_unread(self, unread: prometheus::IntGauge) -> WindowLimits {
+        WindowLimits {
+            unread: Some(unread),
+            ..self
         }
     }
 
@@ -109,9 +147,9 @@ impl WindowLimits {
 }
 
 /// The bytes by which receive windows may go past what their channels opened with,
-/// edge-wide (`relay_window_budget_bytes` for relay channels, past [`INITIAL_WINDOW`];
-/// `tunnel_window_budget_bytes` for the channels of clients' tunnels, past
-/// [`OPENING_WINDOW`]). A window is what its channel may make this edge hold when its reader
+/// edge-wide (`relay_window_budget_bytes` for relay channels, past [`OPENING_WINDOW`] on a
+/// `v4` feed and [`INITIAL_WINDOW`] on older ones; `tunnel_window_budget_bytes` for the
+/// channels of clients' tunnels, past [`OPENING_WINDOW`]). A window is what its channel may make this edge hold when its reader
 /// stops; what it opened with is bounded by the visitor slots, the rest by this. A channel
 /// gives back what it took when it closes.
 pub struct WindowBudget {
@@ -247,17 +285,19 @@ pub struct ReceiveWindow {
 }
 
 impl ReceiveWindow {
-    /// A window of [`INITIAL_WINDOW`] within `limits`: what the channel opened with, and the
-    /// rest from the budget (as much as it has).
+    /// A window within `limits`: what the channel opened with, raised to [`INITIAL_WINDOW`]
+    /// from the budget (as far as it has room) when the limits say so.
     pub fn new(limits: &WindowLimits) -> ReceiveWindow {
         let opened_with = limits.opened_with.min(INITIAL_WINDOW);
-        let taken = limits.budget.take(
-            u64::from(INITIAL_WINDOW - opened_with),
-            limits.held.as_deref(),
-        );
+        let raise = if limits.raised {
+            INITIAL_WINDOW - opened_with
+        } else {
+            0
+        };
+        let taken = limits.budget.take(u64::from(raise), limits.held.as_deref());
         ReceiveWindow {
             consumed: 0,
-            // At most `INITIAL_WINDOW - opened_with`, a u32.
+            // At most `raise`, a u32.
             window: opened_with + u32::try_from(taken).unwrap_or(0),
             max_window: limits.max_window,
             opened_with,

@@ -13,29 +13,66 @@
 //! connection at once ([`CreditedChannel`]): a channel's queue holds at most the credit
 //! granted, and the connection is never left unread.
 //!
-//! A channel starts with [`INITIAL_CREDIT`] each way; a window doubles, up to
-//! `ssh_window_bytes`, each time its reader has taken everything after data came while the
-//! sender was short of credit, so a fast visitor far away gets the bandwidth of a full
-//! window, and one that stops reading costs no more than its window (the initial credit,
-//! unless it had been reading fast). What windows grow past their initial credit comes
-//! from one budget for the whole edge (`io::receive_window`, `relay_window_budget_bytes`), so
-//! many visitors who read fast and then stop cannot make the edge hold more than that.
+//! On a `v4` feed a channel starts with [`OPENING_CREDIT`] each way ([`FirstCredit::Small`]):
+//! the relaying edge raises its window (the visitor's download) to 1 MiB at once with a
+//! grant, the holder lets its own (the visitor's upload) grow from there. On `v2` and `v3`
+//! feeds a channel starts with [`INITIAL_CREDIT`] each way, which those protocols fix
+//! ([`FirstCredit::Full`]). A window then doubles, up to `ssh_window_bytes`, each time its reader
+//! has taken everything after data came while the sender was short of credit, so a fast
+//! visitor far away gets the bandwidth of a full window, and one that stops reading costs
+//! no more than its window. Everything a window holds past what its channel opened with
+//! comes from one budget for the whole edge (`io::receive_window`,
+//! `relay_window_budget_bytes`), of which one tunnel's relayed visitors take a quarter
+//! anywhere and more only while more than a quarter is left ([`TunnelHoldings`]), so many
+//! visitors who read fast, or read nothing, cannot make the edge hold more than that beyond
+//! 32 KiB per relay channel.
 
 use bytes::{Buf, Bytes};
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::io::receive_window::{ReceiveWindow, WindowLimits, INITIAL_WINDOW};
+use crate::io::receive_window::{ReceiveWindow, WindowLimits, INITIAL_WINDOW, OPENING_WINDOW};
 
-/// Bytes the holder may send on a relay channel before the relaying edge grants more.
+/// Bytes either side may send on a relay channel of a `v2` or `v3` feed before the other
+/// grants more.
 pub const INITIAL_CREDIT: u32 = INITIAL_WINDOW;
+
+/// Bytes either side may send on a relay channel of a `v4` feed before the other grants
+/// more (the relaying edge grants the holder up to 1 MiB at once, out of its budget).
+pub const OPENING_CREDIT: u32 = OPENING_WINDOW;
+
+/// How a link's relay channels open, by the feed's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstCredit {
+    /// `v2` and `v3`: [`INITIAL_CREDIT`] each way, outside any budget.
+    Full,
+    /// `v4`: [`OPENING_CREDIT`] each way. This side's window is raised to 1 MiB out of the
+    /// budget at once when `raised` (the relaying edge, whose reader is a visitor's
+    /// download), else grown only when it holds the sender back (the holder, whose reader
+    /// takes a visitor's upload: most relayed requests have no body, and a window raised
+    /// for each would spend the budget on nothing).
+    Small {
+        /// Whether this side raises its windows at once.
+        raised: bool,
+    },
+}
+
+impl FirstCredit {
+    /// Credit each side has on a new channel.
+    pub fn credit(self) -> u32 {
+        match self {
+            FirstCredit::Full => INITIAL_CREDIT,
+            FirstCredit::Small { .. } => OPENING_CREDIT,
+        }
+    }
+}
 
 /// A grant: the other side may send `1` more bytes on the relay channel `0`.
 pub type Grant = (u32, u32);
@@ -70,17 +107,26 @@ impl SendWindow {
 }
 
 /// The send windows of one link's relay channels, by the id the relaying edge gave each.
-#[derive(Default)]
 pub struct SendWindows {
     windows: Mutex<HashMap<u32, Arc<SendWindow>>>,
+    /// Credit a new channel has before the other side grants any.
+    opening: u32,
 }
 
 impl SendWindows {
+    /// Send windows that open with `opening` bytes of credit.
+    pub fn new(opening: u32) -> SendWindows {
+        SendWindows {
+            windows: Mutex::new(HashMap::new()),
+            opening,
+        }
+    }
+
     /// The window of a new relay channel `id`; `None` when a channel with that id is open.
     pub fn open(self: &Arc<Self>, id: u32) -> Option<WindowGuard> {
         let window = Arc::new(SendWindow {
             state: Mutex::new(SendState {
-                available: u64::from(INITIAL_CREDIT),
+                available: u64::from(self.opening),
                 waker: None,
                 closed: false,
             }),
@@ -195,12 +241,60 @@ pub struct CreditLimits {
     window: WindowLimits,
     /// `relay_errors_total{cause="credit_exceeded"}`.
     exceeded: prometheus::IntCounter,
+    /// What each tunnel's relay channels hold of the budget, for its share.
+    tunnels: Arc<TunnelHoldings>,
 }
 
 impl CreditLimits {
     /// Windows within `window`; overruns counted in `exceeded`.
     pub fn new(window: WindowLimits, exceeded: prometheus::IntCounter) -> CreditLimits {
-        CreditLimits { window, exceeded }
+        CreditLimits {
+            window,
+            exceeded,
+            tunnels: Arc::new(TunnelHoldings::default()),
+        }
+    }
+}
+
+/// What the windows of each tunnel's relay channels hold of the relay budget at this edge,
+/// by the tunnel's name, while any of them is open (`WindowLimits::for_tunnel`: a tunnel's
+/// share is a quarter of the budget, so one tunnel whose relayed visitors stop reading
+/// leaves the rest for the others).
+#[derive(Default)]
+pub struct TunnelHoldings {
+    held: Mutex<Holdings>,
+}
+
+#[derive(Default)]
+struct Holdings {
+    by_name: HashMap<String, Weak<AtomicU64>>,
+    /// Entries after the last sweep of those no channel holds any more.
+    after_sweep: usize,
+}
+
+impl TunnelHoldings {
+    /// What the windows of `tunnel`'s relay channels hold, shared by them all: kept while a
+    /// channel keeps its `Arc`.
+    pub fn of(&self, tunnel: &str) -> Arc<AtomicU64> {
+        let mut held = lock(&self.held);
+        if let Some(h) = held.by_name.get(tunnel).and_then(Weak::upgrade) {
+            return h;
+        }
+        // Names whose channels are all gone are swept whenever the table has doubled since
+        // the last sweep: a few steps per new name, however many come and go.
+        if held.by_name.len() >= (2 * held.after_sweep).max(64) {
+            held.by_name.retain(|_, h| h.strong_count() > 0);
+            held.after_sweep = held.by_name.len();
+        }
+        let h = Arc::new(AtomicU64::new(0));
+        held.by_name.insert(tunnel.to_string(), Arc::downgrade(&h));
+        h
+    }
+
+    /// Names in the table now, swept or not.
+    #[cfg(test)]
+    fn names(&self) -> usize {
+        lock(&self.held).by_name.len()
     }
 }
 
@@ -211,19 +305,36 @@ pub struct LinkCredits {
     next_id: AtomicU32,
     grants: UnboundedSender<Grant>,
     limits: CreditLimits,
+    /// This side's receive windows on the link.
+    window: WindowLimits,
     /// What this side may still send on each channel.
     pub windows: Arc<SendWindows>,
 }
 
 impl LinkCredits {
-    /// Credit for a link whose feed task writes `grants`.
-    pub fn new(grants: UnboundedSender<Grant>, limits: CreditLimits) -> LinkCredits {
+    /// Credit for a link whose feed task writes `grants` and whose channels open as
+    /// `opening` says.
+    pub fn new(
+        grants: UnboundedSender<Grant>,
+        limits: CreditLimits,
+        opening: FirstCredit,
+    ) -> LinkCredits {
+        let window = match opening {
+            FirstCredit::Full => limits.window.clone(),
+            FirstCredit::Small { raised } => limits.window.opening_small_here(raised),
+        };
         LinkCredits {
             next_id: AtomicU32::new(1),
             grants,
             limits,
-            windows: Arc::new(SendWindows::default()),
+            window,
+            windows: Arc::new(SendWindows::new(opening.credit())),
         }
+    }
+
+    /// What each tunnel's relay channels hold of this edge's budget.
+    pub fn tunnels(&self) -> &TunnelHoldings {
+        &self.limits.tunnels
     }
 
     /// A number for a new relay channel (never 0, which means "no credit" to the holder,
@@ -272,37 +383,63 @@ pub struct CreditedChannel<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync
     write_half: Option<ChannelWriteHalf<M>>,
     credits: Arc<LinkCredits>,
     receiving: ReceiveWindow,
+    /// Credit granted on every relay channel and not yet read
+    /// (`nearhop_edge_relay_window_unread_bytes`).
+    unread: Option<prometheus::IntGauge>,
 }
 
 /// Grants the sender of channel `id` what the reader of `window` has taken, once that is
-/// worth a line (see [`ReceiveWindow::due`]), on `grants`.
-fn grant(window: &ReceiveWindow, id: u32, grants: &UnboundedSender<Grant>, inbox: &mut Inbox) {
+/// worth a line (see [`ReceiveWindow::due`]), on `grants`, and shows it in `unread`.
+fn grant(
+    window: &ReceiveWindow,
+    id: u32,
+    grants: &UnboundedSender<Grant>,
+    inbox: &mut Inbox,
+    unread: Option<&prometheus::IntGauge>,
+) {
     inbox.half_window = u64::from(window.window() / 2);
     if let Some(more) = window.due(&mut inbox.granted) {
+        if let Some(u) = unread {
+            u.add(i64::from(more));
+        }
         let _ = grants.send((id, more));
     }
 }
 
 impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditedChannel<M> {
     /// Takes over `read` and `write`, the halves of relay channel `id`, writing on the
-    /// credit of `window`.
+    /// credit of `window`; its receive window holds part of `tunnel`'s share of the budget
+    /// (what that tunnel's relay channels hold, [`TunnelHoldings::of`]) when given. A
+    /// window raised at once is granted now.
     pub fn new(
         id: u32,
         read: ChannelReadHalf,
         write: ChannelWriteHalf<M>,
         credits: Arc<LinkCredits>,
         window: WindowGuard,
+        tunnel: Option<Arc<AtomicU64>>,
     ) -> CreditedChannel<M> {
-        let inbox = Arc::new(Mutex::new(Inbox {
+        let receiving = match tunnel {
+            Some(held) => ReceiveWindow::new(&credits.window.for_tunnel(held)),
+            None => ReceiveWindow::new(&credits.window),
+        };
+        let opened_with = u64::from(receiving.opened_with());
+        let unread = credits.window.unread().cloned();
+        if let Some(u) = &unread {
+            u.add(i64::from(receiving.opened_with()));
+        }
+        let mut first = Inbox {
             chunks: VecDeque::new(),
             received: 0,
-            granted: u64::from(INITIAL_CREDIT),
+            granted: opened_with,
             ended: false,
             overrun: false,
-            half_window: u64::from(INITIAL_CREDIT / 2),
+            half_window: opened_with / 2,
             tight: false,
             waker: None,
-        }));
+        };
+        grant(&receiving, id, &credits.grants, &mut first, unread.as_ref());
+        let inbox = Arc::new(Mutex::new(first));
         let drain = tokio::spawn(drain(
             read,
             inbox.clone(),
@@ -316,9 +453,24 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditedCh
             drain,
             writer: CreditedWrites::new(writer, Some(window)),
             write_half: Some(write),
-            receiving: ReceiveWindow::new(&credits.limits.window),
+            receiving,
             credits,
+            unread,
         }
+    }
+}
+
+impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditedChannel<M> {
+    /// Grants the sender what is due now ([`grant`]).
+    fn grant_due(&self, inbox: &mut Inbox) {
+        let unread = self.unread.as_ref();
+        grant(
+            &self.receiving,
+            self.id,
+            &self.credits.grants,
+            inbox,
+            unread,
+        );
     }
 }
 
@@ -402,7 +554,7 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> AsyncRead
             }
             let tight = std::mem::take(&mut inbox.tight);
             this.receiving.ran_dry(tight);
-            grant(&this.receiving, this.id, &this.credits.grants, &mut inbox);
+            this.grant_due(&mut inbox);
             inbox.waker = Some(cx.waker().clone());
             return Poll::Pending;
         };
@@ -413,7 +565,10 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> AsyncRead
             inbox.chunks.pop_front();
         }
         this.receiving.consumed += n as u64;
-        grant(&this.receiving, this.id, &this.credits.grants, &mut inbox);
+        if let Some(u) = &this.unread {
+            u.sub(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        this.grant_due(&mut inbox);
         Poll::Ready(Ok(()))
     }
 }
@@ -443,6 +598,12 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> Drop for C
     /// (whatever still comes for the channel is dropped by russh, not queued).
     fn drop(&mut self) {
         self.drain.abort();
+        if let Some(u) = &self.unread {
+            let left = lock(&self.inbox)
+                .granted
+                .saturating_sub(self.receiving.consumed);
+            u.sub(i64::try_from(left).unwrap_or(i64::MAX));
+        }
         let (Some(write), Ok(runtime)) = (
             self.write_half.take(),
             tokio::runtime::Handle::try_current(),
@@ -470,7 +631,7 @@ mod tests {
 
     #[test]
     fn a_window_is_opened_once_per_id_and_forgotten_with_its_channel() {
-        let windows = Arc::new(SendWindows::default());
+        let windows = Arc::new(SendWindows::new(INITIAL_CREDIT));
         let first = windows.open(7).expect("a new id");
         assert!(windows.open(7).is_none(), "an id in use is refused");
         windows.grant(7, 10);
@@ -487,7 +648,7 @@ mod tests {
     #[tokio::test]
     async fn the_holder_writes_no_more_than_its_credit_and_goes_on_when_granted() {
         use tokio::io::AsyncWriteExt;
-        let windows = Arc::new(SendWindows::default());
+        let windows = Arc::new(SendWindows::new(INITIAL_CREDIT));
         let (sink, mut peer) = tokio::io::duplex(4 * INITIAL_CREDIT as usize);
         let mut writes = CreditedWrites::new(sink, windows.open(1));
         let answer = vec![1u8; INITIAL_CREDIT as usize + 1000];
@@ -513,7 +674,7 @@ mod tests {
     #[tokio::test]
     async fn a_writer_waiting_for_credit_fails_once_the_channel_is_gone() {
         use tokio::io::AsyncWriteExt;
-        let windows = Arc::new(SendWindows::default());
+        let windows = Arc::new(SendWindows::new(INITIAL_CREDIT));
         let (sink, _peer) = tokio::io::duplex(4 * INITIAL_CREDIT as usize);
         let guard = windows.open(1).expect("a new id");
         let window = guard.window.clone();
@@ -543,16 +704,25 @@ mod tests {
         });
     }
 
-    #[tokio::test]
-    async fn over_real_ssh_a_window_grows_when_credit_held_the_sender_back() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (handle, mut accepted) = super::super::test_link::connect_confirming().await;
+    type Link = russh::client::Handle<super::super::links::PeerClient>;
 
+    /// A relay channel over a real SSH link: the relaying edge's side and the holder's, each
+    /// credited within its limits as its `FirstCredit` says, their grants passed to each
+    /// other as the feed does; the relaying edge's window holds part of `tunnel`'s share.
+    async fn channel_pair(
+        relaying: (CreditLimits, FirstCredit),
+        holding: (CreditLimits, FirstCredit),
+        tunnel: Option<&str>,
+    ) -> (
+        Link,
+        CreditedChannel<russh::client::Msg>,
+        CreditedChannel<russh::server::Msg>,
+    ) {
+        let (handle, mut accepted) = super::super::test_link::connect_confirming().await;
         let (client_tx, client_grants) = tokio::sync::mpsc::unbounded_channel();
         let (server_tx, server_grants) = tokio::sync::mpsc::unbounded_channel();
-        let limits = limits(8 * INITIAL_CREDIT, u64::MAX);
-        let client_credits = Arc::new(LinkCredits::new(client_tx, limits.clone()));
-        let server_credits = Arc::new(LinkCredits::new(server_tx, limits));
+        let client_credits = Arc::new(LinkCredits::new(client_tx, relaying.0, relaying.1));
+        let server_credits = Arc::new(LinkCredits::new(server_tx, holding.0, holding.1));
         wire(client_grants, server_credits.clone());
         wire(server_grants, client_credits.clone());
 
@@ -561,42 +731,174 @@ mod tests {
             .channel_open_direct_tcpip("nearhop-relay/http", id, "127.0.0.9", 1)
             .await
             .expect("open");
-        let (read, write) = channel.split();
-        let mut client: CreditedChannel<russh::client::Msg> =
-            CreditedChannel::new(id, read, write, client_credits, window);
         let server_channel = accepted.recv().await.expect("the holder's side");
         let server_window = server_credits.windows.open(id).expect("the same number");
+        let (read, write) = channel.split();
+        let held = tunnel.map(|t| client_credits.tunnels().of(t));
+        let client = CreditedChannel::new(id, read, write, client_credits, window, held);
         let (read, write) = server_channel.split();
-        let mut server: CreditedChannel<russh::server::Msg> =
-            CreditedChannel::new(id, read, write, server_credits, server_window);
+        let server = CreditedChannel::new(id, read, write, server_credits, server_window, None);
+        (handle, client, server)
+    }
+
+    /// A body of `size` bytes that shows where each byte belongs.
+    fn numbered(size: usize) -> Vec<u8> {
+        (0..size).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn over_real_ssh_a_window_grows_when_credit_held_the_sender_back() {
+        let limits = limits(8 * INITIAL_CREDIT, u64::MAX);
+        let full = FirstCredit::Full;
+        let (_link, mut client, server) =
+            channel_pair((limits.clone(), full), (limits, full), None).await;
 
         // The holder sends 4 MiB; the visitor reads nothing until the holder has used its
         // whole first credit, then everything.
-        let size = 4 * INITIAL_CREDIT as usize;
-        let sender = tokio::spawn(async move {
-            let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-            server.write_all(&body).await.expect("sent");
-            server.shutdown().await.expect("EOF");
-            server
-        });
-        while lock(&client.inbox).received < u64::from(INITIAL_CREDIT) {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        assert_eq!(
-            lock(&client.inbox).received,
-            u64::from(INITIAL_CREDIT),
-            "the holder sends no more than its first credit before the visitor reads"
-        );
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.expect("read");
-        assert_eq!(got.len(), size);
-        assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+        let _server = first_credit_then_all(&mut client, server, INITIAL_CREDIT).await;
         assert!(
             client.receiving.window() > INITIAL_CREDIT,
             "the window grew: {}",
             client.receiving.window()
         );
+    }
+
+    /// A relay channel of a `v4` link: the relaying edge's windows raised at once out of
+    /// `budget` and shown in the returned gauge, the holder's not.
+    async fn v4_channel(
+        budget: u64,
+    ) -> (
+        Link,
+        CreditedChannel<russh::client::Msg>,
+        CreditedChannel<russh::server::Msg>,
+        prometheus::IntGauge,
+        Arc<crate::io::receive_window::WindowBudget>,
+    ) {
+        let unread = prometheus::IntGauge::new("unread", "unread").expect("gauge");
+        let relaying = limits(8 * INITIAL_CREDIT, budget);
+        let budget = relaying.window.budget().clone();
+        let relaying = CreditLimits {
+            window: relaying.window.clone().showing_unread(unread.clone()),
+            ..relaying
+        };
+        let (link, client, server) = channel_pair(
+            (relaying, FirstCredit::Small { raised: true }),
+            (
+                limits(8 * INITIAL_CREDIT, u64::MAX),
+                FirstCredit::Small { raised: false },
+            ),
+            Some("t.example.test"),
+        )
+        .await;
+        (link, client, server, unread, budget)
+    }
+
+    /// The holder sends 4 MiB on `server`: `client`'s reader takes nothing until the holder
+    /// has sent `first` bytes (and no more), then takes every byte, in order.
+    async fn first_credit_then_all(
+        client: &mut CreditedChannel<russh::client::Msg>,
+        server: CreditedChannel<russh::server::Msg>,
+        first: u32,
+    ) -> CreditedChannel<russh::server::Msg> {
+        use tokio::io::AsyncReadExt;
+        let size = 4 * INITIAL_CREDIT as usize;
+        let sender = send_in_background(server, numbered(size));
+        assert_eq!(
+            sent_before_reading(client, first).await,
+            u64::from(first),
+            "the holder sends no more than its credit before the visitor reads"
+        );
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, numbered(size));
+        sender.await.expect("sender")
+    }
+
+    /// Sends `body` and then EOF on the holder's side `server`, in a task of its own.
+    fn send_in_background(
+        mut server: CreditedChannel<russh::server::Msg>,
+        body: Vec<u8>,
+    ) -> tokio::task::JoinHandle<CreditedChannel<russh::server::Msg>> {
+        use tokio::io::AsyncWriteExt;
+        tokio::spawn(async move {
+            server.write_all(&body).await.expect("sent");
+            server.shutdown().await.expect("EOF");
+            server
+        })
+    }
+
+    /// Bytes the holder sent before the visitor read anything: once `expected` have come
+    /// (however long that takes), and what came in the next 200 ms (more than `expected`
+    /// is an overrun the test should see).
+    async fn sent_before_reading(
+        client: &CreditedChannel<russh::client::Msg>,
+        expected: u32,
+    ) -> u64 {
+        while lock(&client.inbox).received < u64::from(expected) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        lock(&client.inbox).received
+    }
+
+    #[tokio::test]
+    async fn on_a_v4_link_a_channel_opens_small_and_the_relaying_edge_raises_it_from_its_budget() {
+        let (_link, mut client, server, unread, budget) = v4_channel(u64::MAX).await;
+        let raise = u64::from(INITIAL_WINDOW - OPENING_WINDOW);
+        assert_eq!(client.receiving.window(), INITIAL_WINDOW, "raised at once");
+        assert_eq!(budget.used(), raise, "the raise came out of the budget");
+        assert_eq!(unread.get(), i64::from(INITIAL_WINDOW), "granted, unread");
+        assert_eq!(
+            server.receiving.window(),
+            OPENING_CREDIT,
+            "the holder's window (the upload) is not raised before it is needed"
+        );
+
+        // The holder had the raise: 1 MiB before the visitor reads.
+        let server = first_credit_then_all(&mut client, server, INITIAL_CREDIT).await;
+        drop(client);
+        assert_eq!(unread.get(), 0, "a closed channel leaves nothing unread");
+        assert_eq!(budget.used(), 0, "and gives its window back");
+        drop(server);
+    }
+
+    #[tokio::test]
+    async fn on_a_v4_link_with_the_budget_spent_a_channel_keeps_its_32_kib() {
+        use tokio::io::AsyncReadExt;
+        let (_link, mut client, server, unread, budget) = v4_channel(0).await;
+        assert_eq!(client.receiving.window(), OPENING_CREDIT);
+        assert_eq!(budget.used(), 0);
+        assert_eq!(unread.get(), i64::from(OPENING_CREDIT));
+        let size = 3 * INITIAL_CREDIT as usize;
+        let sender = send_in_background(server, vec![7u8; size]);
+        assert_eq!(
+            sent_before_reading(&client, OPENING_CREDIT).await,
+            u64::from(OPENING_CREDIT),
+            "a visitor who stops reading makes this edge hold 32 KiB, no more"
+        );
+        let mut got = Vec::new();
+        client
+            .read_to_end(&mut got)
+            .await
+            .expect("every byte still comes");
+        assert_eq!(got.len(), size);
         let _server = sender.await.expect("sender");
+    }
+
+    #[test]
+    fn a_tunnels_holding_is_shared_while_held_and_swept_once_let_go() {
+        let tunnels = TunnelHoldings::default();
+        let a = tunnels.of("a");
+        assert!(Arc::ptr_eq(&a, &tunnels.of("a")), "one counter per tunnel");
+        for i in 0..1000 {
+            drop(tunnels.of(&format!("gone-{i}")));
+        }
+        assert!(
+            tunnels.names() <= 129,
+            "names no channel holds are swept: {} left",
+            tunnels.names()
+        );
+        assert!(Arc::ptr_eq(&a, &tunnels.of("a")), "a held name is kept");
     }
 
     #[tokio::test]

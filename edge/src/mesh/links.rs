@@ -3,10 +3,10 @@
 //! the peer's holdings feed, and opens one channel per relayed visitor connection. It
 //! reconnects with backoff until the peer leaves the mesh.
 
-use super::credits::{CreditedChannel, Grant, LinkCredits};
+use super::credits::{CreditedChannel, FirstCredit, Grant, LinkCredits};
 use super::protocol::{
     ack_line, credit_line, parse_answer, Answer, HoldingChange, RelayListener, HOLDINGS_COMMAND,
-    HOLDINGS_COMMAND_V2, HOLDINGS_COMMAND_V3, MAX_LINE,
+    HOLDINGS_COMMAND_V2, HOLDINGS_COMMAND_V3, HOLDINGS_COMMAND_V4, MAX_LINE,
 };
 use super::Mesh;
 use crate::config::Config;
@@ -222,7 +222,10 @@ impl PeerLink {
         Ok(match credit {
             Some((id, credits, window)) => {
                 let (read, write) = channel.split();
-                RelayChannel::Credited(CreditedChannel::new(id, read, write, credits, window))
+                // The visitor's download holds part of its tunnel's share of the budget.
+                let tunnel = Some(credits.tunnels().of(tunnel));
+                let credited = CreditedChannel::new(id, read, write, credits, window, tunnel);
+                RelayChannel::Credited(credited)
             }
             None => RelayChannel::Plain(channel.into_stream()),
         })
@@ -361,15 +364,26 @@ impl PeerLink {
         // A peer that speaks `v3` can prove every claim: a line without a proof there is
         // refused even while unproven claims are accepted from older peers.
         let proves = version >= 3;
+        // From `v4` on, channels open small and this edge raises its windows (downloads).
+        let opening = if version >= 4 {
+            FirstCredit::Small { raised: true }
+        } else {
+            FirstCredit::Full
+        };
         let (grants, grants_out) = unbounded_channel();
-        let credits =
-            grants_credit.then(|| Arc::new(LinkCredits::new(grants, mesh.credit_limits.clone())));
+        let credits = grants_credit.then(|| {
+            Arc::new(LinkCredits::new(
+                grants,
+                mesh.credit_limits.clone(),
+                opening,
+            ))
+        });
         *self.handle.write().await = Some(Connected {
             handle: Arc::new(handle),
             credits: credits.clone(),
         });
         mesh.link_up.with_label_values(&[&self.id]).set(1);
-        tracing::info!(peer = %self.id, addr = %self.addr, credit = grants_credit, "mesh link up");
+        tracing::info!(peer = %self.id, addr = %self.addr, credit = grants_credit, feed = version, "mesh link up");
         let (acks, acks_out) = unbounded_channel();
         let writer = AbortOnDropHandle::new(tokio::spawn(write_answers(
             feed.make_writer(),
@@ -516,7 +530,8 @@ struct Connected {
     credits: Option<Arc<LinkCredits>>,
 }
 
-/// Opens the holdings feed: [`HOLDINGS_COMMAND_V3`] (with holder proofs), else
+/// Opens the holdings feed: [`HOLDINGS_COMMAND_V4`] (relay channels opening with 32 KiB of
+/// credit), else [`HOLDINGS_COMMAND_V3`] (with holder proofs), else
 /// [`HOLDINGS_COMMAND_V2`] from a peer that refuses it (an edge from before proofs: its
 /// claims are taken only with `mesh_accept_unproven_claims`), else [`HOLDINGS_COMMAND`]
 /// (an edge from before relay channels took credit). Returns the feed's channel and whether
@@ -530,18 +545,23 @@ async fn open_feed(
         .map(|(feed, v)| (feed, v >= 2))
 }
 
-/// As [`open_feed`], with the feed's version (3, 2 or 1).
+/// As [`open_feed`], with the feed's version (4, 3, 2 or 1).
 async fn open_feed_version(
     handle: &Handle<PeerClient>,
 ) -> anyhow::Result<(russh::Channel<client::Msg>, u8)> {
     use anyhow::Context;
-    for (command, version) in [(HOLDINGS_COMMAND_V3, 3), (HOLDINGS_COMMAND_V2, 2)] {
+    let newer = [
+        (HOLDINGS_COMMAND_V4, 4),
+        (HOLDINGS_COMMAND_V3, 3),
+        (HOLDINGS_COMMAND_V2, 2),
+    ];
+    for (command, version) in newer {
         if let Some(feed) = ask_for_feed(handle, command).await? {
             return Ok((feed, version));
         }
     }
     let feed = ask_for_feed(handle, HOLDINGS_COMMAND).await?.context(
-        "the peer refused the holdings feed, v3, v2 and v1 alike (is it a nearhop edge?)",
+        "the peer refused the holdings feed, v4, v3, v2 and v1 alike (is it a nearhop edge?)",
     )?;
     Ok((feed, 1))
 }
@@ -890,8 +910,20 @@ mod tests {
         open_feed(&handle).await.map(|(_, credit)| credit)
     }
 
+    /// The feed version `open_feed_version` settles on with a peer that runs only `command`.
+    async fn version_with_peer_running(command: &'static str) -> u8 {
+        let lines = String::new();
+        let handle = super::super::test_link::connect(FeedOnly { command, lines }).await;
+        open_feed_version(&handle).await.expect("a feed").1
+    }
+
     #[tokio::test]
     async fn each_peer_gets_the_newest_feed_it_runs() {
+        assert_eq!(version_with_peer_running(HOLDINGS_COMMAND_V4).await, 4);
+        assert_eq!(version_with_peer_running(HOLDINGS_COMMAND_V3).await, 3);
+        assert!(feed_with_peer_running(HOLDINGS_COMMAND_V4)
+            .await
+            .expect("v4"));
         assert!(feed_with_peer_running(HOLDINGS_COMMAND_V3)
             .await
             .expect("v3"));

@@ -4,10 +4,10 @@
 //! that this edge serves as if the visitor had come to it directly. A relayed connection is
 //! never relayed again: a name this edge does not hold gets "No tunnel here".
 
-use super::credits::{CreditedChannel, Grant, LinkCredits};
+use super::credits::{CreditedChannel, FirstCredit, Grant, LinkCredits};
 use super::protocol::{
     credit_line, take_answers, Answer, HoldingChange, RelayListener, HOLDINGS_COMMAND,
-    HOLDINGS_COMMAND_V2, HOLDINGS_COMMAND_V3, MAX_LINE,
+    HOLDINGS_COMMAND_V2, HOLDINGS_COMMAND_V3, HOLDINGS_COMMAND_V4, MAX_LINE,
 };
 use crate::edge::Edge;
 use crate::io::channel_writes::ChannelWrites;
@@ -253,7 +253,8 @@ impl russh::server::Handler for PeerSession {
         };
         // One feed per connection: a second would double every line and every marker to
         // answer (a feed that never answers holds each new tunnel's URL for its full wait).
-        let with_proofs = data == HOLDINGS_COMMAND_V3.as_bytes();
+        let opens_small = data == HOLDINGS_COMMAND_V4.as_bytes();
+        let with_proofs = opens_small || data == HOLDINGS_COMMAND_V3.as_bytes();
         let grants_credit = with_proofs || data == HOLDINGS_COMMAND_V2.as_bytes();
         if !(grants_credit || data == HOLDINGS_COMMAND.as_bytes()) || self.feeding {
             session.channel_failure(channel)?;
@@ -264,7 +265,13 @@ impl russh::server::Handler for PeerSession {
         let mut grants = None;
         if grants_credit {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let credits = LinkCredits::new(tx, self.edge.mesh.credit_limits.clone());
+            // On `v4` this edge's windows (uploads) open small and grow when needed.
+            let opening = if opens_small {
+                FirstCredit::Small { raised: false }
+            } else {
+                FirstCredit::Full
+            };
+            let credits = LinkCredits::new(tx, self.edge.mesh.credit_limits.clone(), opening);
             self.credits = Some(Arc::new(credits));
             grants = Some(rx);
         }
@@ -350,7 +357,7 @@ impl russh::server::Handler for PeerSession {
                     Some((id, credits, window)) => {
                         let channel_id = channel.id();
                         let (read, write) = channel.split();
-                        let credited = CreditedChannel::new(id, read, write, credits, window);
+                        let credited = CreditedChannel::new(id, read, write, credits, window, None);
                         let stream = ClosingChannel::around(credited, channel_id, closes);
                         serve_channel(&edge, stream, &peer_id, listener, visitor).await;
                     }

@@ -5,10 +5,12 @@
 //! "host to connect" names the listener (`nearhop-relay/http`, `…/https`, `…/tls`) and whose
 //! originator is the visitor's own address, so the holder applies the tunnel's rules (`w:`,
 //! `X-Forwarded-For`) to the real visitor. The feed is a session channel running the command
-//! [`HOLDINGS_COMMAND_V3`] (or [`HOLDINGS_COMMAND_V2`], [`HOLDINGS_COMMAND`]); the holder
-//! writes one line per change, each name with control's proof on `v3`, the reader answers
-//! markers, and on `v2` and `v3` both write grants of credit to relay channels (`=ID N`, see
-//! `mesh::credits`), which the relaying edge numbers in the channel's "port to connect".
+//! [`HOLDINGS_COMMAND_V4`] (or [`HOLDINGS_COMMAND_V3`], [`HOLDINGS_COMMAND_V2`],
+//! [`HOLDINGS_COMMAND`]); the holder writes one line per change, each name with control's
+//! proof from `v3` on, the reader answers markers, and from `v2` on both write grants of
+//! credit to relay channels (`=ID N`, see `mesh::credits`), which the relaying edge numbers in
+//! the channel's "port to connect". On `v4` those channels open with 32 KiB of credit each
+//! way instead of 1 MiB.
 
 use nearhop_wire::TunnelKind;
 use std::fmt;
@@ -26,6 +28,13 @@ pub const HOLDINGS_COMMAND_V2: &str = "nearhop-holdings v2";
 /// the name (`+NAME KIND TUNNEL_ID PROOF`, see `nearhop_wire::holder_proof`). An edge that
 /// does not know it refuses it, and the peer asks for [`HOLDINGS_COMMAND_V2`].
 pub const HOLDINGS_COMMAND_V3: &str = "nearhop-holdings v3";
+
+/// The `v3` feed whose relay channels open with 32 KiB of credit each way
+/// (`mesh::credits::OPENING_CREDIT`) instead of 1 MiB, so that what a relay channel may make
+/// an edge hold past that comes out of its `relay_window_budget_bytes`: the relaying edge
+/// grants the holder the rest of a 1 MiB window at once, as far as its budget has room. An
+/// edge that does not know it refuses it, and the peer asks for [`HOLDINGS_COMMAND_V3`].
+pub const HOLDINGS_COMMAND_V4: &str = "nearhop-holdings v4";
 
 /// Prefix of the `direct-tcpip` "host to connect" of a relayed visitor connection.
 const RELAY_PREFIX: &str = "nearhop-relay/";
