@@ -1423,7 +1423,12 @@ fn relayed_visitors_who_stop_reading_make_the_relaying_edge_hold_no_more_than_it
     finish_download(more.0, more.1, 3_000_000, "a download with the share spent");
     more = begin_download(&small_url, stack.regions[AP].http_addr(), 2_000_000);
     finish_download(more.0, more.1, 2_000_000, "another tunnel's download");
-    // A visitor of another tunnel who stops reading still got a full first window, out of
+    eventually("the finished downloads' windows are given back", || {
+        let now = ap_metric(&stack, "nearhop_edge_relay_window_grown_bytes");
+        anyhow::ensure!(now == grown, "grown {now}, {grown} before them");
+        Ok(())
+    });
+    // A visitor of another tunnel who stops reading still gets a full first window, out of
     // the reserve.
     let other = start_download_at_ap(&stack, &small_url, size);
     wait_relay_bytes_still(&stack, "received");

@@ -22,7 +22,9 @@
 //! holds the sender back. On older feeds they open with [`INITIAL_WINDOW`], which those
 //! protocols fix, and only their growth is budgeted.
 //!
-//! Each tunnel has a share of the tunnel budget, a quarter of it: past its share, a tunnel's
+//! Each tunnel has a share of the budget, a quarter of it (of the tunnel budget for visitor
+//! channels; of the relay budget for relay channels at the relaying edge, which knows the
+//! tunnel when it opens one): past its share, a tunnel's
 //! windows take only from what is left above the last quarter, the reserve. One tunnel whose
 //! visitors stop reading (or that has many fast ones) can then hold at most three quarters
 //! of the budget, and every other tunnel still finds room for full windows in the reserve,
@@ -160,7 +162,8 @@ pub struct WindowBudget {
     grown: prometheus::IntGauge,
     /// Growth refused (`..._window_growth_refused_total`).
     refused: prometheus::IntCounter,
-    /// Growth cut short by a tunnel's share (`nearhop_edge_tunnel_window_share_limited_total`).
+    /// Growth cut short by a tunnel's share (`nearhop_edge_tunnel_window_share_limited_total`,
+    /// `nearhop_edge_relay_window_share_limited_total`).
     share_limited: Option<prometheus::IntCounter>,
 }
 

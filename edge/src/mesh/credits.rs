@@ -22,10 +22,12 @@
 //! visitor far away gets the bandwidth of a full window, and one that stops reading costs
 //! no more than its window. Everything a window holds past what its channel opened with
 //! comes from one budget for the whole edge (`io::receive_window`,
-//! `relay_window_budget_bytes`), of which one tunnel's relayed visitors take a quarter
-//! anywhere and more only while more than a quarter is left ([`TunnelHoldings`]), so many
-//! visitors who read fast, or read nothing, cannot make the edge hold more than that beyond
-//! 32 KiB per relay channel.
+//! `relay_window_budget_bytes`), so many visitors who read fast, or read nothing, cannot make
+//! the edge hold more than that beyond 32 KiB per relay channel of a `v4` link (1 MiB on
+//! older links). At the relaying edge, which knows each channel's tunnel, one tunnel's
+//! relayed visitors take a quarter of the budget anywhere and more only while more than a
+//! quarter is left ([`TunnelHoldings`]); the holder's windows, which only uploads fill and
+//! which grow only while their reader keeps up, have no share.
 
 use bytes::{Buf, Bytes};
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};

@@ -449,7 +449,7 @@ impl PeerSession {
 /// a write waiting on the connection never leaves them unread: russh would then stop
 /// reading the whole connection. When a feed with credit ends on a connection that lives
 /// on, the connection is closed: its relay channels would wait for credit that no longer
-/// comes. On a `v3` feed (`with_proofs`) each name goes with control's proof.
+/// comes. From `v3` on (`with_proofs`) each name goes with control's proof.
 async fn feed_holdings(
     edge: Arc<Edge>,
     channel: Channel<Msg>,

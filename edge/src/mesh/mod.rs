@@ -150,7 +150,7 @@ impl Mesh {
     /// unproven, with `mesh_accept_unproven_claims`). What comes back is the line to apply
     /// (a proof that cannot be checked is dropped when unproven claims are accepted).
     /// A refused claim is counted, and comes back with its name. `proves`: the peer's feed
-    /// is `v3`, so a claim without a proof is refused whatever the setting.
+    /// is `v3` or later, so a claim without a proof is refused whatever the setting.
     pub fn vet(
         &self,
         peer: &str,

@@ -136,7 +136,7 @@ pub struct Proof {
 pub enum HoldingChange {
     /// The edge now holds a tunnel with this name, of this kind (a relaying edge's TLS
     /// listener passes a `tls` tunnel's bytes through and terminates the others), with
-    /// control's proof on a `v3` feed (`None` on older feeds, or for a tunnel set up by a
+    /// control's proof from a `v3` feed on (`None` on older feeds, or for a tunnel set up by a
     /// control that does not sign).
     Added(String, TunnelKind, Option<Proof>),
     /// The edge no longer holds it.
@@ -221,7 +221,7 @@ fn kind_word(kind: TunnelKind) -> &'static str {
 }
 
 impl HoldingChange {
-    /// The line for a feed of this version: with proofs on `v3`, without on older ones
+    /// The line for a feed of this version: with proofs from `v3` on, without on older ones
     /// (their readers refuse a `+` line with more than a kind).
     pub fn line(&self, with_proofs: bool) -> String {
         match self {
