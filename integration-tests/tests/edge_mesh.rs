@@ -1456,6 +1456,55 @@ fn relayed_visitors_who_stop_reading_make_the_relaying_edge_hold_no_more_than_it
     });
 }
 
+#[test]
+fn an_idle_relayed_keep_alive_connection_gives_its_window_back() {
+    let stack = mesh_stack();
+    let local = LocalService::start("local");
+    let (_client, url, _) = eu_tunnel(&stack, &local, &[AP]);
+    let ap = stack.regions[AP].http_addr();
+    let relayed = || {
+        metric_sum(
+            &edge_metrics(&stack, AP),
+            "nearhop_edge_relay_connections_total",
+            &[("peer", "eu-1"), ("direction", "out")],
+        )
+    };
+    // One keep-alive visitor downloads 3 MB through ap, then idles on its connection.
+    let visitor = visitor_from(&url, ap, VISITOR);
+    let download = |size: usize| {
+        let body = visitor
+            .get(format!("{}/blob/{size}", url_at(&url, ap)))
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.bytes())
+            .expect("the download");
+        assert_blob(&body, size);
+    };
+    download(3_000_000);
+    let channels = relayed();
+    assert!(
+        ap_metric(&stack, "nearhop_edge_relay_window_grown_bytes") > 0.0,
+        "the download's window was raised out of ap's budget"
+    );
+    // Its relay channel stays open; its window goes back to the budget, and the holder
+    // may send it 32 KiB until it asks again. (Closing the connection would give it back
+    // too: ap closes a keep-alive connection idle for `visitor_header_timeout_seconds`.)
+    eventually("the idle connection's window is given back", || {
+        let grown = ap_metric(&stack, "nearhop_edge_relay_window_grown_bytes");
+        let unread = ap_metric(&stack, "nearhop_edge_relay_window_unread_bytes");
+        let open = ap_metric(&stack, "nearhop_edge_visitor_connections_active");
+        assert!(open >= 1.0, "the visitor's connection was closed first");
+        anyhow::ensure!(
+            grown == 0.0 && unread <= 32.0 * 1024.0,
+            "grown {grown}, unread {unread}"
+        );
+        Ok(())
+    });
+    // The next download on the same connection (the same relay channel) comes whole.
+    download(5_000_000);
+    assert_eq!(relayed(), channels, "the same relay channel carried both");
+}
+
 /// Starts a `size`-byte download of `url` at `edge` and reads its first MiB.
 fn begin_download(
     url: &str,

@@ -285,6 +285,9 @@ pub struct ReceiveWindow {
     budget: Arc<WindowBudget>,
     /// What the windows of this channel's tunnel hold, when it has a share.
     held: Option<Arc<AtomicU64>>,
+    /// Whether the window is raised to [`INITIAL_WINDOW`] at once (at the open, and by
+    /// [`ReceiveWindow::raise`]).
+    raised: bool,
 }
 
 impl ReceiveWindow {
@@ -306,6 +309,33 @@ impl ReceiveWindow {
             opened_with,
             budget: limits.budget.clone(),
             held: limits.held.clone(),
+            raised: limits.raised,
+        }
+    }
+
+    /// The sender gave back credit and may now send at most `holds` bytes past what the
+    /// reader took: the window shrinks to that (not below what the channel opened with),
+    /// and what it held past it goes back to the budget.
+    pub fn shrink_to(&mut self, holds: u64) {
+        let kept = u32::try_from(holds)
+            .unwrap_or(u32::MAX)
+            .clamp(self.opened_with, self.window.max(self.opened_with));
+        self.budget
+            .give_back(u64::from(self.window - kept), self.held.as_deref());
+        self.window = kept;
+    }
+
+    /// Raises a window below [`INITIAL_WINDOW`] to it out of the budget, as far as the
+    /// budget has room, where windows are raised at once (after a shrink, when data comes
+    /// again).
+    pub fn raise(&mut self) {
+        if self.raised && self.window < INITIAL_WINDOW {
+            let taken = self.budget.take(
+                u64::from(INITIAL_WINDOW - self.window),
+                self.held.as_deref(),
+            );
+            // At most `INITIAL_WINDOW - window`, a u32.
+            self.window += u32::try_from(taken).unwrap_or(0);
         }
     }
 

@@ -28,6 +28,16 @@
 //! relayed visitors take a quarter of the budget anywhere and more only while more than a
 //! quarter is left ([`TunnelHoldings`]); the holder's windows, which only uploads fill and
 //! which grow only while their reader keeps up, have no share.
+//!
+//! A window is what the sender may use at any time, so it stays in the budget while its
+//! channel is open, even with nothing moving: an idle keep-alive connection would keep the
+//! 1 MiB it was raised to, and an edge with a few hundred of them would give every new
+//! relayed download 32 KiB. On `v4` a side whose channel has been idle for a while (its
+//! reader took everything, nothing came since the last sweep, [`IDLE_SWEEP`]) asks the
+//! sender for its credit back past 32 KiB (`~ID`); the sender gives it up at once and says
+//! how much (`^ID N`), and the window shrinks to what the sender still holds, giving the
+//! rest back to the budget. When data comes again, the relaying edge raises the window at
+//! once as at the open.
 
 use bytes::{Buf, Bytes};
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
@@ -40,6 +50,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::protocol::Credit;
 use crate::io::receive_window::{ReceiveWindow, WindowLimits, INITIAL_WINDOW, OPENING_WINDOW};
 
 /// Bytes either side may send on a relay channel of a `v2` or `v3` feed before the other
@@ -76,8 +87,9 @@ impl FirstCredit {
     }
 }
 
-/// A grant: the other side may send `1` more bytes on the relay channel `0`.
-pub type Grant = (u32, u32);
+/// How often a `v4` link looks for idle channels whose credit to ask back: a channel is idle
+/// when nothing came on it between two looks and its reader took everything.
+pub const IDLE_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -156,6 +168,20 @@ impl SendWindows {
         if let Some(w) = state.waker.take() {
             w.wake();
         }
+    }
+
+    /// The peer asked for channel `id`'s credit back: this side keeps `keep` bytes of what it
+    /// may still send and gives up the rest, returned (`None` for a channel that is gone).
+    pub fn give_back(&self, id: u32, keep: u32) -> Option<u32> {
+        let window = lock(&self.windows).get(&id).cloned()?;
+        let mut state = lock(&window.state);
+        if state.closed {
+            return None;
+        }
+        let over = state.available.saturating_sub(u64::from(keep));
+        let given = u32::try_from(over).unwrap_or(u32::MAX);
+        state.available -= u64::from(given);
+        Some(given)
     }
 
     /// Relay channels open with a window.
@@ -305,32 +331,79 @@ impl TunnelHoldings {
 /// windows the peer's grants open.
 pub struct LinkCredits {
     next_id: AtomicU32,
-    grants: UnboundedSender<Grant>,
+    grants: UnboundedSender<Credit>,
     limits: CreditLimits,
+    opening: FirstCredit,
     /// This side's receive windows on the link.
     window: WindowLimits,
     /// What this side may still send on each channel.
     pub windows: Arc<SendWindows>,
+    /// What this side's readers have of each channel (`v4`: for asking idle credit back).
+    inboxes: Mutex<HashMap<u32, Weak<Mutex<Inbox>>>>,
 }
 
 impl LinkCredits {
     /// Credit for a link whose feed task writes `grants` and whose channels open as
-    /// `opening` says.
+    /// `opening` says. On a `v4` link ([`FirstCredit::Small`]) a task asks idle channels'
+    /// credit back every [`IDLE_SWEEP`] for as long as the link's credit is in use.
     pub fn new(
-        grants: UnboundedSender<Grant>,
+        grants: UnboundedSender<Credit>,
         limits: CreditLimits,
         opening: FirstCredit,
-    ) -> LinkCredits {
+    ) -> Arc<LinkCredits> {
         let window = match opening {
             FirstCredit::Full => limits.window.clone(),
             FirstCredit::Small { raised } => limits.window.opening_small_here(raised),
         };
-        LinkCredits {
+        let credits = Arc::new(LinkCredits {
             next_id: AtomicU32::new(1),
             grants,
             limits,
+            opening,
             window,
             windows: Arc::new(SendWindows::new(opening.credit())),
+            inboxes: Mutex::new(HashMap::new()),
+        });
+        if opening != FirstCredit::Full {
+            tokio::spawn(ask_back_idle_credit(Arc::downgrade(&credits)));
+        }
+        credits
+    }
+
+    /// Takes what the peer said about a channel's credit: a grant opens this side's send
+    /// window; on `v4`, an ask gives back what this side holds past its first credit, and
+    /// a return shrinks this side's window (`Ask` and `Returned` on an older link are not
+    /// in its protocol, and are ignored).
+    pub fn take(&self, said: Credit) {
+        match said {
+            Credit::Grant(id, bytes) => self.windows.grant(id, bytes),
+            _ if self.opening == FirstCredit::Full => {}
+            Credit::Ask(id) => {
+                if let Some(given) = self.windows.give_back(id, self.opening.credit()) {
+                    let _ = self.grants.send(Credit::Returned(id, given));
+                }
+            }
+            Credit::Returned(id, bytes) => {
+                let inbox = lock(&self.inboxes).get(&id).and_then(Weak::upgrade);
+                if let Some(inbox) = inbox {
+                    let mut inbox = lock(&inbox);
+                    if inbox.counted_out {
+                        return;
+                    }
+                    // More than it could still send is not the peer's to give.
+                    let holds = inbox.granted.saturating_sub(inbox.received);
+                    let given = u64::from(bytes).min(holds);
+                    inbox.granted -= given;
+                    if let Some(u) = self.window.unread() {
+                        u.sub(i64::try_from(given).unwrap_or(i64::MAX));
+                    }
+                    inbox.asked = false;
+                    inbox.returned = true;
+                    if let Some(w) = inbox.waker.take() {
+                        w.wake();
+                    }
+                }
+            }
         }
     }
 
@@ -354,6 +427,35 @@ impl LinkCredits {
     }
 }
 
+/// Every [`IDLE_SWEEP`], asks the peer for the credit of this side's idle channels back
+/// (their windows past what they opened with: see the module's doc), until the link's
+/// credit is dropped.
+async fn ask_back_idle_credit(credits: Weak<LinkCredits>) {
+    let mut sweep = tokio::time::interval(IDLE_SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sweep.tick().await;
+    loop {
+        sweep.tick().await;
+        let Some(credits) = credits.upgrade() else {
+            return;
+        };
+        let opened_with = u64::from(credits.opening.credit());
+        let inboxes: Vec<(u32, Arc<Mutex<Inbox>>)> = lock(&credits.inboxes)
+            .iter()
+            .filter_map(|(id, inbox)| Some((*id, inbox.upgrade()?)))
+            .collect();
+        for (id, inbox) in inboxes {
+            let mut inbox = lock(&inbox);
+            let idle = inbox.received == inbox.seen && inbox.chunks.is_empty();
+            inbox.seen = inbox.received;
+            if idle && !inbox.asked && !inbox.ended && inbox.half_window * 2 > opened_with {
+                inbox.asked = true;
+                let _ = credits.grants.send(Credit::Ask(id));
+            }
+        }
+    }
+}
+
 /// What the drain task has taken off the connection for the reader.
 struct Inbox {
     chunks: VecDeque<Bytes>,
@@ -370,6 +472,16 @@ struct Inbox {
     /// Data arrived while the sender had less than a quarter window of credit left: if the
     /// reader then takes everything, credit is what held the channel back.
     tight: bool,
+    /// Bytes received when the idle sweep last looked.
+    seen: u64,
+    /// The credit past the first was asked back, and not returned yet.
+    asked: bool,
+    /// Credit was returned: the reader shrinks its window to what the sender still holds.
+    returned: bool,
+    /// The window was shrunk: the next data raises it again (where windows are raised).
+    shrunk: bool,
+    /// The reader is gone and its unread credit counted out of the gauge.
+    counted_out: bool,
     waker: Option<Waker>,
 }
 
@@ -395,7 +507,7 @@ pub struct CreditedChannel<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync
 fn grant(
     window: &ReceiveWindow,
     id: u32,
-    grants: &UnboundedSender<Grant>,
+    grants: &UnboundedSender<Credit>,
     inbox: &mut Inbox,
     unread: Option<&prometheus::IntGauge>,
 ) {
@@ -404,7 +516,7 @@ fn grant(
         if let Some(u) = unread {
             u.add(i64::from(more));
         }
-        let _ = grants.send((id, more));
+        let _ = grants.send(Credit::Grant(id, more));
     }
 }
 
@@ -438,10 +550,18 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditedCh
             overrun: false,
             half_window: opened_with / 2,
             tight: false,
+            seen: 0,
+            asked: false,
+            returned: false,
+            shrunk: false,
+            counted_out: false,
             waker: None,
         };
         grant(&receiving, id, &credits.grants, &mut first, unread.as_ref());
         let inbox = Arc::new(Mutex::new(first));
+        if credits.opening != FirstCredit::Full {
+            lock(&credits.inboxes).insert(id, Arc::downgrade(&inbox));
+        }
         let drain = tokio::spawn(drain(
             read,
             inbox.clone(),
@@ -544,6 +664,19 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> AsyncRead
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let mut inbox = lock(&this.inbox);
+        if std::mem::take(&mut inbox.returned) {
+            // The sender gave back its credit past the first: the window shrinks to what it
+            // still holds, and the rest goes back to the budget.
+            let holds = inbox.granted.saturating_sub(this.receiving.consumed);
+            this.receiving.shrink_to(holds);
+            inbox.half_window = u64::from(this.receiving.window() / 2);
+            inbox.shrunk = true;
+        }
+        if inbox.shrunk && !inbox.chunks.is_empty() {
+            // Data again after a shrink: raised as at the open (granted below).
+            inbox.shrunk = false;
+            this.receiving.raise();
+        }
         let Some(front) = inbox.chunks.front_mut() else {
             if inbox.overrun {
                 return Poll::Ready(Err(io::Error::new(
@@ -600,10 +733,15 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> Drop for C
     /// (whatever still comes for the channel is dropped by russh, not queued).
     fn drop(&mut self) {
         self.drain.abort();
+        if self.credits.opening != FirstCredit::Full {
+            lock(&self.credits.inboxes).remove(&self.id);
+        }
+        let mut inbox = lock(&self.inbox);
+        let left = inbox.granted.saturating_sub(self.receiving.consumed);
+        // Counted out here: a return the peer sends for it now changes nothing.
+        inbox.counted_out = true;
+        drop(inbox);
         if let Some(u) = &self.unread {
-            let left = lock(&self.inbox)
-                .granted
-                .saturating_sub(self.receiving.consumed);
             u.sub(i64::try_from(left).unwrap_or(i64::MAX));
         }
         let (Some(write), Ok(runtime)) = (
@@ -697,11 +835,11 @@ mod tests {
     }
 
     /// Passes each side's grants to the other side's windows, as the feed does.
-    fn wire(grants: tokio::sync::mpsc::UnboundedReceiver<Grant>, to: Arc<LinkCredits>) {
+    fn wire(grants: tokio::sync::mpsc::UnboundedReceiver<Credit>, to: Arc<LinkCredits>) {
         let mut grants = grants;
         tokio::spawn(async move {
-            while let Some((id, bytes)) = grants.recv().await {
-                to.windows.grant(id, bytes);
+            while let Some(said) = grants.recv().await {
+                to.take(said);
             }
         });
     }
@@ -723,8 +861,8 @@ mod tests {
         let (handle, mut accepted) = super::super::test_link::connect_confirming().await;
         let (client_tx, client_grants) = tokio::sync::mpsc::unbounded_channel();
         let (server_tx, server_grants) = tokio::sync::mpsc::unbounded_channel();
-        let client_credits = Arc::new(LinkCredits::new(client_tx, relaying.0, relaying.1));
-        let server_credits = Arc::new(LinkCredits::new(server_tx, holding.0, holding.1));
+        let client_credits = LinkCredits::new(client_tx, relaying.0, relaying.1);
+        let server_credits = LinkCredits::new(server_tx, holding.0, holding.1);
         wire(client_grants, server_credits.clone());
         wire(server_grants, client_credits.clone());
 
@@ -885,6 +1023,91 @@ mod tests {
             .expect("every byte still comes");
         assert_eq!(got.len(), size);
         let _server = sender.await.expect("sender");
+    }
+
+    /// Waits (up to 30 s) until `done` holds.
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..600 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("{what}: not within 30 s");
+    }
+
+    #[tokio::test]
+    async fn on_a_v4_link_an_idle_channel_gives_its_window_back_and_is_raised_again_by_data() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (_link, mut client, mut server, unread, budget) = v4_channel(u64::MAX).await;
+        let raise = u64::from(INITIAL_WINDOW - OPENING_WINDOW);
+        // An answer read as it comes, on a connection kept open (no EOF).
+        let size = 3 * INITIAL_CREDIT as usize;
+        let body = numbered(size);
+        let sent = body.clone();
+        let sender = tokio::spawn(async move {
+            server.write_all(&sent).await.expect("sent");
+            server
+        });
+        let mut got = vec![0u8; size];
+        client.read_exact(&mut got).await.expect("the answer");
+        assert_eq!(got, body);
+        let mut server = sender.await.expect("sender");
+        assert!(
+            budget.used() >= raise,
+            "the window is raised: {}",
+            budget.used()
+        );
+
+        // Nothing more comes: the reader waits, and after a sweep or two its window's
+        // credit is asked back, given back, and the window is 32 KiB again.
+        let reader = tokio::spawn(async move {
+            let mut next = vec![0u8; INITIAL_CREDIT as usize];
+            client.read_exact(&mut next).await.expect("the next answer");
+            (client, next)
+        });
+        until("the idle window is given back", || budget.used() == 0).await;
+        assert!(
+            unread.get() <= i64::from(OPENING_CREDIT),
+            "the holder may send at most 32 KiB now: {}",
+            unread.get()
+        );
+
+        // The next answer raises it again at once and comes whole.
+        let next = numbered(INITIAL_CREDIT as usize);
+        server.write_all(&next).await.expect("sent again");
+        let (client, got) = reader.await.expect("reader");
+        assert_eq!(got, next);
+        assert!(
+            budget.used() >= raise,
+            "raised again by the data: {}",
+            budget.used()
+        );
+        drop(client);
+        assert_eq!(budget.used(), 0);
+        assert_eq!(unread.get(), 0);
+    }
+
+    #[test]
+    fn a_peer_gives_back_only_what_it_holds_past_its_first_credit() {
+        let windows = Arc::new(SendWindows::new(OPENING_CREDIT));
+        let guard = windows.open(3).expect("a new id");
+        windows.grant(3, INITIAL_CREDIT);
+        assert_eq!(windows.give_back(3, OPENING_CREDIT), Some(INITIAL_CREDIT));
+        assert_eq!(
+            lock(&guard.window.state).available,
+            u64::from(OPENING_CREDIT)
+        );
+        assert_eq!(
+            windows.give_back(3, OPENING_CREDIT),
+            Some(0),
+            "nothing more"
+        );
+        assert_eq!(
+            windows.give_back(4, OPENING_CREDIT),
+            None,
+            "no such channel"
+        );
     }
 
     #[test]

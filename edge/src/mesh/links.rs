@@ -3,9 +3,9 @@
 //! the peer's holdings feed, and opens one channel per relayed visitor connection. It
 //! reconnects with backoff until the peer leaves the mesh.
 
-use super::credits::{CreditedChannel, FirstCredit, Grant, LinkCredits};
+use super::credits::{CreditedChannel, FirstCredit, LinkCredits};
 use super::protocol::{
-    ack_line, credit_line, parse_answer, Answer, HoldingChange, RelayListener, HOLDINGS_COMMAND,
+    ack_line, parse_answer, Answer, Credit, HoldingChange, RelayListener, HOLDINGS_COMMAND,
     HOLDINGS_COMMAND_V2, HOLDINGS_COMMAND_V3, HOLDINGS_COMMAND_V4, MAX_LINE,
 };
 use super::Mesh;
@@ -371,13 +371,8 @@ impl PeerLink {
             FirstCredit::Full
         };
         let (grants, grants_out) = unbounded_channel();
-        let credits = grants_credit.then(|| {
-            Arc::new(LinkCredits::new(
-                grants,
-                mesh.credit_limits.clone(),
-                opening,
-            ))
-        });
+        let credits =
+            grants_credit.then(|| LinkCredits::new(grants, mesh.credit_limits.clone(), opening));
         *self.handle.write().await = Some(Connected {
             handle: Arc::new(handle),
             credits: credits.clone(),
@@ -400,9 +395,9 @@ impl PeerLink {
             .await
             .context("reading the holdings feed")?
         {
-            // The peer's grant of credit to one of this edge's relay channels.
-            if let (Some(c), Some(Answer::Credit(id, bytes))) = (&credits, parse_answer(&line)) {
-                c.windows.grant(id, bytes);
+            // What the peer says about the credit of one of the link's relay channels.
+            if let (Some(c), Some(Answer::Credit(said))) = (&credits, parse_answer(&line)) {
+                c.take(said);
                 continue;
             }
             match HoldingChange::parse(&line) {
@@ -607,20 +602,20 @@ async fn ask_for_feed(
 async fn write_answers<W: AsyncWrite + Unpin>(
     mut out: W,
     mut acks: UnboundedReceiver<u64>,
-    mut grants: UnboundedReceiver<Grant>,
+    mut grants: UnboundedReceiver<Credit>,
 ) {
     let mut text = String::new();
     loop {
         tokio::select! {
             Some(marker) = acks.recv() => text.push_str(&ack_line(marker)),
-            Some((id, bytes)) = grants.recv() => text.push_str(&credit_line(id, bytes)),
+            Some(said) = grants.recv() => text.push_str(&said.line()),
             else => return,
         }
         while text.len() < 4096 {
             if let Ok(marker) = acks.try_recv() {
                 text.push_str(&ack_line(marker));
-            } else if let Ok((id, bytes)) = grants.try_recv() {
-                text.push_str(&credit_line(id, bytes));
+            } else if let Ok(said) = grants.try_recv() {
+                text.push_str(&said.line());
             } else {
                 break;
             }

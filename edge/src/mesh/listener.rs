@@ -4,9 +4,9 @@
 //! that this edge serves as if the visitor had come to it directly. A relayed connection is
 //! never relayed again: a name this edge does not hold gets "No tunnel here".
 
-use super::credits::{CreditedChannel, FirstCredit, Grant, LinkCredits};
+use super::credits::{CreditedChannel, FirstCredit, LinkCredits};
 use super::protocol::{
-    credit_line, take_answers, Answer, HoldingChange, RelayListener, HOLDINGS_COMMAND,
+    take_answers, Answer, Credit, HoldingChange, RelayListener, HOLDINGS_COMMAND,
     HOLDINGS_COMMAND_V2, HOLDINGS_COMMAND_V3, HOLDINGS_COMMAND_V4, MAX_LINE,
 };
 use crate::edge::Edge;
@@ -272,7 +272,7 @@ impl russh::server::Handler for PeerSession {
                 FirstCredit::Full
             };
             let credits = LinkCredits::new(tx, self.edge.mesh.credit_limits.clone(), opening);
-            self.credits = Some(Arc::new(credits));
+            self.credits = Some(credits);
             grants = Some(rx);
         }
         let edge = self.edge.clone();
@@ -455,7 +455,7 @@ async fn feed_holdings(
     channel: Channel<Msg>,
     with_proofs: bool,
     credits: Option<Arc<LinkCredits>>,
-    mut grants: Option<UnboundedReceiver<Grant>>,
+    mut grants: Option<UnboundedReceiver<Credit>>,
     session: russh::server::Handle,
 ) {
     let (read, write) = channel.split();
@@ -490,11 +490,11 @@ async fn feed_holdings(
                     Err(RecvError::Lagged(_)) => snapshot(&edge, true, with_proofs),
                     Err(RecvError::Closed) => break,
                 },
-                Some((id, bytes)) = next_grant(&mut grants) => {
-                    let mut text = credit_line(id, bytes);
+                Some(said) = next_grant(&mut grants) => {
+                    let mut text = said.line();
                     // Those waiting too, in one write.
-                    while let Some(Ok((id, bytes))) = grants.as_mut().map(|g| g.try_recv()) {
-                        text.push_str(&credit_line(id, bytes));
+                    while let Some(Ok(said)) = grants.as_mut().map(|g| g.try_recv()) {
+                        text.push_str(&said.line());
                         if text.len() > 4096 {
                             break;
                         }
@@ -547,7 +547,7 @@ async fn read_answers(
         for answer in take_answers(&mut answers) {
             match (answer, &credits) {
                 (Answer::Ack(marker), _) => edge.mesh.acks.ack(feed, marker),
-                (Answer::Credit(id, bytes), Some(c)) => c.windows.grant(id, bytes),
+                (Answer::Credit(said), Some(c)) => c.take(said),
                 (Answer::Credit(..), None) => {}
             }
         }
@@ -558,7 +558,7 @@ async fn read_answers(
 }
 
 /// The next grant of credit to write to the peer; never, on a feed without credit.
-async fn next_grant(grants: &mut Option<UnboundedReceiver<Grant>>) -> Option<Grant> {
+async fn next_grant(grants: &mut Option<UnboundedReceiver<Credit>>) -> Option<Credit> {
     match grants {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

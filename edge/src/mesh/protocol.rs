@@ -10,7 +10,8 @@
 //! proof from `v3` on, the reader answers markers, and from `v2` on both write grants of
 //! credit to relay channels (`=ID N`, see `mesh::credits`), which the relaying edge numbers in
 //! the channel's "port to connect". On `v4` those channels open with 32 KiB of credit each
-//! way instead of 1 MiB.
+//! way instead of 1 MiB, and either side may ask an idle channel's credit back (`~ID`,
+//! answered `^ID N`: [`Credit`]).
 
 use nearhop_wire::TunnelKind;
 use std::fmt;
@@ -85,27 +86,63 @@ pub fn ack_line(marker: u64) -> String {
     format!("!{marker}\n")
 }
 
-/// The relaying edge's grant of `bytes` more on its relay channel `id`: `=ID N`.
-pub fn credit_line(id: u32, bytes: u32) -> String {
-    format!("={id} {bytes}\n")
+/// What one side of a link says to the other about a relay channel's credit, among the
+/// feed's lines (the holder) or its answers (the relaying edge); see `mesh::credits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credit {
+    /// `=ID N`: the other side may send `N` more bytes on channel `ID`.
+    Grant(u32, u32),
+    /// `~ID` (`v4`): channel `ID` has been idle here; give back the credit you hold for it
+    /// past 32 KiB.
+    Ask(u32),
+    /// `^ID N` (`v4`): `N` bytes of the credit for channel `ID` are given back, the answer
+    /// to `~ID`.
+    Returned(u32, u32),
 }
 
-/// What a feed's reader says back to the holder.
+impl Credit {
+    /// The line that says it.
+    pub fn line(self) -> String {
+        match self {
+            Credit::Grant(id, bytes) => format!("={id} {bytes}\n"),
+            Credit::Ask(id) => format!("~{id}\n"),
+            Credit::Returned(id, bytes) => format!("^{id} {bytes}\n"),
+        }
+    }
+
+    /// Reads a credit line; `None` for anything else.
+    fn parse(line: &str) -> Option<Credit> {
+        let number = |word: &str| word.parse::<u32>().ok();
+        let pair = |rest: &str| {
+            let (id, bytes) = rest.split_once(' ')?;
+            Some((number(id)?, number(bytes)?))
+        };
+        let (sign, rest) = line.split_at_checked(1)?;
+        match sign {
+            "=" => pair(rest).map(|(id, bytes)| Credit::Grant(id, bytes)),
+            "^" => pair(rest).map(|(id, bytes)| Credit::Returned(id, bytes)),
+            "~" => number(rest).map(Credit::Ask),
+            _ => None,
+        }
+    }
+}
+
+/// What a feed's reader says back to the holder, and the holder's credit lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
     /// It applied every line up to this marker (`!N`).
     Ack(u64),
-    /// Its relay channel `.0` may take `.1` more bytes (`=ID N`).
-    Credit(u32, u32),
+    /// About a relay channel's credit.
+    Credit(Credit),
 }
 
-/// Reads a reader's answer line; `None` for anything else.
+/// Reads a reader's answer line (or a credit line of the holder's); `None` for anything
+/// else.
 pub fn parse_answer(line: &str) -> Option<Answer> {
     if let Some(marker) = line.strip_prefix('!') {
         return marker.parse().ok().map(Answer::Ack);
     }
-    let (id, bytes) = line.strip_prefix('=')?.split_once(' ')?;
-    Some(Answer::Credit(id.parse().ok()?, bytes.parse().ok()?))
+    Credit::parse(line).map(Answer::Credit)
 }
 
 /// Takes every whole line off the front of `answers` (a peer's answers, as they arrive) and
@@ -255,18 +292,25 @@ impl fmt::Display for HoldingChange {
 mod tests {
     #[test]
     fn whole_answer_lines_are_taken_and_a_partial_one_stays() {
-        let mut answers = "!1\n=7 65536\n!2\nnoise\n=x 1\n=8 -1\n+7 65536\n!3".to_string();
+        let mut answers =
+            "!1\n=7 65536\n!2\nnoise\n=x 1\n=8 -1\n+7 65536\n~9\n^9 5\n!3".to_string();
         assert_eq!(
             take_answers(&mut answers),
-            vec![Answer::Ack(1), Answer::Credit(7, 65536), Answer::Ack(2)]
+            vec![
+                Answer::Ack(1),
+                Answer::Credit(Credit::Grant(7, 65536)),
+                Answer::Ack(2),
+                Answer::Credit(Credit::Ask(9)),
+                Answer::Credit(Credit::Returned(9, 5)),
+            ]
         );
         assert_eq!(answers, "!3");
         answers.push('\n');
         assert_eq!(take_answers(&mut answers), vec![Answer::Ack(3)]);
         assert!(answers.is_empty());
         assert_eq!(
-            parse_answer(credit_line(4_000_000_000, 1).trim_end()),
-            Some(Answer::Credit(4_000_000_000, 1))
+            parse_answer(Credit::Grant(4_000_000_000, 1).line().trim_end()),
+            Some(Answer::Credit(Credit::Grant(4_000_000_000, 1)))
         );
         // A packet of empty lines costs one pass, not a copy of the rest per line.
         let mut blank = "\n".repeat(32 * 1024);
@@ -335,10 +379,16 @@ mod tests {
     #[test]
     fn answers_round_trip_and_nothing_else_is_an_answer() {
         assert_eq!(parse_answer(ack_line(7).trim_end()), Some(Answer::Ack(7)));
-        assert_eq!(
-            parse_answer(credit_line(3, 65536).trim_end()),
-            Some(Answer::Credit(3, 65536))
-        );
+        for credit in [
+            Credit::Grant(3, 65536),
+            Credit::Ask(4_000_000_000),
+            Credit::Returned(5, 0),
+        ] {
+            assert_eq!(
+                parse_answer(credit.line().trim_end()),
+                Some(Answer::Credit(credit))
+            );
+        }
         for bad in [
             "!reset",
             "!",
@@ -353,6 +403,12 @@ mod tests {
             "=1 4294967296",
             "=-1 5",
             "+1 5",
+            "~",
+            "~1 2",
+            "~-1",
+            "^1",
+            "^1 2 3",
+            "^ 1",
         ] {
             assert_eq!(parse_answer(bad), None, "{bad:?}");
         }
