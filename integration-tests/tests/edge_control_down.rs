@@ -71,16 +71,18 @@ fn the_edge_says_when_control_last_heard_its_heartbeat() {
         .trim()
         .parse()
         .unwrap();
-    let text = s.edge.metrics().unwrap();
-    assert_eq!(
-        metric(
+    // The edge answers its admin API before its registration is through: the interval
+    // is control's once it is.
+    eventually("the heartbeat interval control asked for", || {
+        let text = s.edge.metrics()?;
+        let interval = metric(
             &text,
             "nearhop_edge_control_heartbeat_interval_seconds",
-            &[]
-        ),
-        Some(asked),
-        "{text}"
-    );
+            &[],
+        );
+        anyhow::ensure!(interval == Some(asked), "{interval:?}, not {asked}");
+        Ok(())
+    });
     // Registered: heard at the start, then at every heartbeat.
     let heard = eventually("a heartbeat accepted after the registration", || {
         let at = last_heartbeat(&s);

@@ -172,6 +172,8 @@ impl SendWindows {
 
     /// The peer asked for channel `id`'s credit back: this side keeps `keep` bytes of what it
     /// may still send and gives up the rest, returned (`None` for a channel that is gone).
+    /// `keep` is this link's first credit, the most one write takes (`CreditedWrites`), so a
+    /// write already under way when the credit goes stays within what was kept.
     pub fn give_back(&self, id: u32, keep: u32) -> Option<u32> {
         let window = lock(&self.windows).get(&id).cloned()?;
         let mut state = lock(&window.state);
@@ -241,7 +243,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CreditedWrites<S> {
                 state.waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            usize::try_from(state.available)
+            // At most what a give-back leaves this side (`SendWindows::give_back`): russh
+            // may hold a write's bytes across a `Pending` and count them sent after a
+            // give-back took the rest, which must then still cover them.
+            usize::try_from(state.available.min(u64::from(guard.windows.opening)))
                 .unwrap_or(usize::MAX)
                 .min(buf.len())
         };
@@ -478,8 +483,6 @@ struct Inbox {
     asked: bool,
     /// Credit was returned: the reader shrinks its window to what the sender still holds.
     returned: bool,
-    /// The window was shrunk: the next data raises it again (where windows are raised).
-    shrunk: bool,
     /// The reader is gone and its unread credit counted out of the gauge.
     counted_out: bool,
     waker: Option<Waker>,
@@ -500,6 +503,9 @@ pub struct CreditedChannel<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync
     /// Credit granted on every relay channel and not yet read
     /// (`nearhop_edge_relay_window_unread_bytes`).
     unread: Option<prometheus::IntGauge>,
+    /// The window was shrunk after a return: what this side writes next (a new request on
+    /// the channel) or the next data raises it again, where windows are raised.
+    shrunk: bool,
 }
 
 /// Grants the sender of channel `id` what the reader of `window` has taken, once that is
@@ -550,10 +556,10 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditedCh
             overrun: false,
             half_window: opened_with / 2,
             tight: false,
-            seen: 0,
+            // Not idle at the first look: an answer may take a while to start.
+            seen: u64::MAX,
             asked: false,
             returned: false,
-            shrunk: false,
             counted_out: false,
             waker: None,
         };
@@ -578,6 +584,7 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditedCh
             receiving,
             credits,
             unread,
+            shrunk: false,
         }
     }
 }
@@ -670,11 +677,11 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> AsyncRead
             let holds = inbox.granted.saturating_sub(this.receiving.consumed);
             this.receiving.shrink_to(holds);
             inbox.half_window = u64::from(this.receiving.window() / 2);
-            inbox.shrunk = true;
+            this.shrunk = true;
         }
-        if inbox.shrunk && !inbox.chunks.is_empty() {
+        if this.shrunk && !inbox.chunks.is_empty() {
             // Data again after a shrink: raised as at the open (granted below).
-            inbox.shrunk = false;
+            this.shrunk = false;
             this.receiving.raise();
         }
         let Some(front) = inbox.chunks.front_mut() else {
@@ -716,7 +723,16 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> AsyncWrite
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().writer).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.shrunk && !buf.is_empty() {
+            // A new request on a channel that was idle: the window is raised again, and the
+            // grant goes out before the answer can start.
+            this.shrunk = false;
+            this.receiving.raise();
+            let mut inbox = lock(&this.inbox);
+            this.grant_due(&mut inbox);
+        }
+        Pin::new(&mut this.writer).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -1086,6 +1102,23 @@ mod tests {
         drop(client);
         assert_eq!(budget.used(), 0);
         assert_eq!(unread.get(), 0);
+    }
+
+    #[test]
+    fn on_a_v4_link_one_write_takes_no_more_than_a_give_back_keeps() {
+        let windows = Arc::new(SendWindows::new(OPENING_CREDIT));
+        let guard = windows.open(1).expect("a new id");
+        windows.grant(1, INITIAL_CREDIT);
+        let (sink, _peer) = tokio::io::duplex(4 * INITIAL_CREDIT as usize);
+        let mut writes = CreditedWrites::new(sink, Some(guard));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let body = vec![0u8; INITIAL_CREDIT as usize];
+        let written = Pin::new(&mut writes).poll_write(&mut cx, &body);
+        assert!(
+            matches!(written, Poll::Ready(Ok(n)) if n == OPENING_CREDIT as usize),
+            "one write of a 1 MiB credit on a v4 link: {written:?}"
+        );
     }
 
     #[test]
