@@ -16,7 +16,7 @@ pub use crate::metrics::metric;
 pub use crate::poll::{eventually, eventually_within, PATIENCE};
 pub use crate::reconnect_loop::ReconnectLoop;
 pub use crate::visitor::{
-    async_visitor, curl_tls, edge_http_port, http_get, lookup, read_head, upgrade_from, visit,
-    visitor, websocket_from, Curl, Lookup,
+    async_visitor, curl_tls, edge_http_port, http_get, lookup, read_head, start_download,
+    upgrade_from, visit, visitor, websocket_from, Curl, Lookup,
 };
 pub use crate::{Stack, StackOptions};

@@ -145,6 +145,23 @@ pub fn async_visitor(url: &str, edge: SocketAddr) -> reqwest::Client {
         .expect("client")
 }
 
+/// Starts downloading `size` bytes of `url`'s tunnel (its `/blob/{size}`) from the edge
+/// listening at `edge`, on a connection of its own, and reads only the answer's head (which
+/// must be a 200): the caller reads the body, or does not.
+pub fn start_download(edge: SocketAddr, url: &str, size: usize) -> TcpStream {
+    let (host, _) = url_host_port(url).expect("the URL's host");
+    let mut t = TcpStream::connect(edge).expect("connect to the edge");
+    let request = format!("GET /blob/{size} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    t.write_all(request.as_bytes()).expect("send the request");
+    t.set_read_timeout(Some(PATIENCE)).expect("read timeout");
+    let head = read_head(&mut t);
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "the download started: {head}"
+    );
+    t
+}
+
 /// Reads an HTTP response head from a raw stream (a visitor that speaks HTTP by hand, for
 /// upgrades).
 pub fn read_head(stream: &mut impl std::io::Read) -> String {

@@ -669,7 +669,7 @@ fn a_visitor_that_stops_reading_holds_up_no_one_else_on_its_tunnel() {
     let mut client = s.ssh("stalled", &SshArgs::http_tunnel(Some(&token), local.port));
     let url = client.wait_for_url(PATIENCE).unwrap();
     let size = 64_000_000;
-    let mut t = start_download(&s, &url, size);
+    let mut t = start_download(s.edge.http_addr(), &url, size);
     // Now it reads nothing.
     wait_until_downloads_stop(&s);
     // The tunnel's other visitors are served meanwhile, on new connections and on one.
@@ -713,7 +713,9 @@ fn visitors_who_stop_reading_make_the_edge_hold_no_more_than_the_window_budget()
     let url = client.wait_for_url(PATIENCE).unwrap();
     // Ten visitors start downloads well past what sockets and windows hold, and stop.
     let size = 24_000_000;
-    let mut stalled: Vec<TcpStream> = (0..10).map(|_| start_download(&s, &url, size)).collect();
+    let mut stalled: Vec<TcpStream> = (0..10)
+        .map(|_| start_download(s.edge.http_addr(), &url, size))
+        .collect();
     wait_until_downloads_stop(&s);
     let m = s.edge.metrics().unwrap();
     let unread = metric(&m, "nearhop_edge_tunnel_window_unread_bytes", &[]).unwrap_or(-1.0);
@@ -751,7 +753,7 @@ fn visitors_who_stop_reading_make_the_edge_hold_no_more_than_the_window_budget()
         &SshArgs::http_tunnel(Some(&token), other_local.port),
     );
     let other_url = other.wait_for_url(PATIENCE).unwrap();
-    let other_stalled = start_download(&s, &other_url, size);
+    let other_stalled = start_download(s.edge.http_addr(), &other_url, size);
     wait_until_downloads_stop(&s);
     let m = s.edge.metrics().unwrap();
     let grown_now = metric(&m, "nearhop_edge_tunnel_window_grown_bytes", &[]).unwrap_or(-1.0);
@@ -779,24 +781,6 @@ fn visitors_who_stop_reading_make_the_edge_hold_no_more_than_the_window_budget()
     assert!(client.is_running(), "the tunnel's ssh is still up");
     client.stop();
     other.stop();
-}
-
-/// Starts downloading `size` bytes of the tunnel at `url` through the edge, on a connection
-/// of its own, and reads only the answer's head: the caller reads the body, or does not.
-fn start_download(s: &EdgeStack, url: &str, size: usize) -> TcpStream {
-    let (host, _) = url_host_port(url).unwrap();
-    let mut t = TcpStream::connect(s.edge.http_addr()).unwrap();
-    let request = format!("GET /blob/{size} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    t.write_all(request.as_bytes()).unwrap();
-    t.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        t.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "the download started");
-    t
 }
 
 /// Waits until the edge writes visitors nothing more: the sockets of those who stopped

@@ -1351,27 +1351,6 @@ fn a_tunnel_whose_service_stops_reading_an_upload_holds_up_no_other_tunnel() {
     drop(upload);
 }
 
-/// Starts a `size`-byte download of `url` at ap, on a connection of its own, and reads only
-/// the answer's head: the caller reads the body, or does not.
-fn start_download_at_ap(stack: &Stack, url: &str, size: usize) -> std::net::TcpStream {
-    let mut t = std::net::TcpStream::connect(stack.regions[AP].http_addr()).expect("connect");
-    write!(
-        t,
-        "GET /blob/{size} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        host_of(url)
-    )
-    .expect("send the request");
-    t.set_read_timeout(Some(PATIENCE)).expect("timeout");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        t.read_exact(&mut byte).expect("the answer's head");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "the download started");
-    t
-}
-
 /// A metric of ap's edge, without labels (-1 when it is missing).
 fn ap_metric(stack: &Stack, name: &str) -> f64 {
     metric(&edge_metrics(stack, AP), name, &[]).unwrap_or(-1.0)
@@ -1391,7 +1370,7 @@ fn relayed_visitors_who_stop_reading_make_the_relaying_edge_hold_no_more_than_it
     // Ten visitors at ap start downloads far past what sockets and windows hold, and stop.
     let size = 24_000_000;
     let mut stalled: Vec<_> = (0..10)
-        .map(|_| start_download_at_ap(&stack, &big_url, size))
+        .map(|_| start_download(stack.regions[AP].http_addr(), &big_url, size))
         .collect();
     wait_relay_bytes_still(&stack, "received");
     // Each relay channel opens with 32 KiB; all the rest of every window came out of the
@@ -1430,7 +1409,7 @@ fn relayed_visitors_who_stop_reading_make_the_relaying_edge_hold_no_more_than_it
     });
     // A visitor of another tunnel who stops reading still gets a full first window, out of
     // the reserve.
-    let other = start_download_at_ap(&stack, &small_url, size);
+    let other = start_download(stack.regions[AP].http_addr(), &small_url, size);
     wait_relay_bytes_still(&stack, "received");
     let grown_now = ap_metric(&stack, "nearhop_edge_relay_window_grown_bytes");
     let first_window = f64::from(1024 * 1024 - 32 * 1024);

@@ -113,11 +113,6 @@ impl WindowLimits {
         }
     }
 
-    /// What channels within these limits open with.
-    pub fn opened_with(&self) -> u32 {
-        self.opened_with
-    }
-
     /// Where the window granted and not yet read is shown, all channels together.
     pub fn unread(&self) -> Option<&prometheus::IntGauge> {
         self.unread.as_ref()
@@ -151,8 +146,8 @@ impl WindowLimits {
 /// The bytes by which receive windows may go past what their channels opened with,
 /// edge-wide (`relay_window_budget_bytes` for relay channels, past [`OPENING_WINDOW`] on a
 /// `v4` feed and [`INITIAL_WINDOW`] on older ones; `tunnel_window_budget_bytes` for the
-/// channels of clients' tunnels, past [`OPENING_WINDOW`]). A window is what its channel may make this edge hold when its reader
-/// stops; what it opened with is bounded by the visitor slots, the rest by this. A channel
+/// channels of clients' tunnels, past [`OPENING_WINDOW`]). A window is what its channel may
+/// make this edge hold when its reader stops; what it opened with is bounded by the visitor slots, the rest by this. A channel
 /// gives back what it took when it closes.
 pub struct WindowBudget {
     limit: u64,
@@ -295,22 +290,17 @@ impl ReceiveWindow {
     /// from the budget (as far as it has room) when the limits say so.
     pub fn new(limits: &WindowLimits) -> ReceiveWindow {
         let opened_with = limits.opened_with.min(INITIAL_WINDOW);
-        let raise = if limits.raised {
-            INITIAL_WINDOW - opened_with
-        } else {
-            0
-        };
-        let taken = limits.budget.take(u64::from(raise), limits.held.as_deref());
-        ReceiveWindow {
+        let mut window = ReceiveWindow {
             consumed: 0,
-            // At most `raise`, a u32.
-            window: opened_with + u32::try_from(taken).unwrap_or(0),
+            window: opened_with,
             max_window: limits.max_window,
             opened_with,
             budget: limits.budget.clone(),
             held: limits.held.clone(),
             raised: limits.raised,
-        }
+        };
+        window.raise();
+        window
     }
 
     /// The sender gave back credit and may now send at most `holds` bytes past what the
@@ -326,8 +316,8 @@ impl ReceiveWindow {
     }
 
     /// Raises a window below [`INITIAL_WINDOW`] to it out of the budget, as far as the
-    /// budget has room, where windows are raised at once (after a shrink, when data comes
-    /// again).
+    /// budget has room, where windows are raised at once (at the open, and again after a
+    /// shrink when the channel is used again).
     pub fn raise(&mut self) {
         if self.raised && self.window < INITIAL_WINDOW {
             let taken = self.budget.take(

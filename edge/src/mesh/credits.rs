@@ -36,8 +36,8 @@
 //! reader took everything, nothing came since the last sweep, [`IDLE_SWEEP`]) asks the
 //! sender for its credit back past 32 KiB (`~ID`); the sender gives it up at once and says
 //! how much (`^ID N`), and the window shrinks to what the sender still holds, giving the
-//! rest back to the budget. When data comes again, the relaying edge raises the window at
-//! once as at the open.
+//! rest back to the budget. When it sends on the channel again (the visitor's next request)
+//! or data comes, the relaying edge raises the window at once as at the open.
 
 use bytes::{Buf, Bytes};
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
@@ -500,9 +500,6 @@ pub struct CreditedChannel<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync
     write_half: Option<ChannelWriteHalf<M>>,
     credits: Arc<LinkCredits>,
     receiving: ReceiveWindow,
-    /// Credit granted on every relay channel and not yet read
-    /// (`nearhop_edge_relay_window_unread_bytes`).
-    unread: Option<prometheus::IntGauge>,
     /// The window was shrunk after a return: what this side writes next (a new request on
     /// the channel) or the next data raises it again, where windows are raised.
     shrunk: bool,
@@ -544,8 +541,8 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditedCh
             None => ReceiveWindow::new(&credits.window),
         };
         let opened_with = u64::from(receiving.opened_with());
-        let unread = credits.window.unread().cloned();
-        if let Some(u) = &unread {
+        let unread = credits.window.unread();
+        if let Some(u) = unread {
             u.add(i64::from(receiving.opened_with()));
         }
         let mut first = Inbox {
@@ -563,7 +560,7 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditedCh
             counted_out: false,
             waker: None,
         };
-        grant(&receiving, id, &credits.grants, &mut first, unread.as_ref());
+        grant(&receiving, id, &credits.grants, &mut first, unread);
         let inbox = Arc::new(Mutex::new(first));
         if credits.opening != FirstCredit::Full {
             lock(&credits.inboxes).insert(id, Arc::downgrade(&inbox));
@@ -583,7 +580,6 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditedCh
             write_half: Some(write),
             receiving,
             credits,
-            unread,
             shrunk: false,
         }
     }
@@ -592,7 +588,7 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditedCh
 impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> CreditedChannel<M> {
     /// Grants the sender what is due now ([`grant`]).
     fn grant_due(&self, inbox: &mut Inbox) {
-        let unread = self.unread.as_ref();
+        let unread = self.credits.window.unread();
         grant(
             &self.receiving,
             self.id,
@@ -707,7 +703,7 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> AsyncRead
             inbox.chunks.pop_front();
         }
         this.receiving.consumed += n as u64;
-        if let Some(u) = &this.unread {
+        if let Some(u) = this.credits.window.unread() {
             u.sub(i64::try_from(n).unwrap_or(i64::MAX));
         }
         this.grant_due(&mut inbox);
@@ -757,7 +753,7 @@ impl<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static> Drop for C
         // Counted out here: a return the peer sends for it now changes nothing.
         inbox.counted_out = true;
         drop(inbox);
-        if let Some(u) = &self.unread {
+        if let Some(u) = self.credits.window.unread() {
             u.sub(i64::try_from(left).unwrap_or(i64::MAX));
         }
         let (Some(write), Ok(runtime)) = (
