@@ -87,8 +87,9 @@ pub struct Metrics {
     /// Visitor connections relayed, by peer edge and direction (`out`: this edge sent the
     /// visitor to the holder; `in`: a peer sent a visitor here).
     pub relay_connections_total: IntCounterVec,
-    /// Bytes of relayed visitor connections, by peer edge and direction (`sent` to the peer,
-    /// `received` from it).
+    /// Bytes of relayed visitor connections, by peer edge, which way the connections were
+    /// relayed (`relay`: `out` to the peer, `in` from it) and direction (`sent` to the
+    /// peer, `received` from it).
     pub relay_bytes_total: IntCounterVec,
     /// Bytes by which relay channels' receive windows have grown past what they opened with,
     /// all links together (bounded by `relay_window_budget_bytes`).
@@ -301,7 +302,7 @@ impl Metrics {
                 "nearhop_edge_relay_bytes_total",
                 "Bytes of visitor connections relayed between edges.",
             ),
-            &["peer", "direction"],
+            &["peer", "relay", "direction"],
         )?;
         let relay_requests_total = IntCounterVec::new(
             Opts::new(

@@ -197,6 +197,20 @@ fn proxy_headers_from_untrusted_addresses_are_refused_and_trusted_ones_must_send
         exchange_from(BALANCER_IP, holder.http_addr(), request.as_bytes()).expect("exchange");
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     assert_eq!(refused(holder, "http", "missing"), 1.0);
+    // The operator hears of it: at `warn`, naming the balancer and what to do.
+    eventually("the holder logs the balancer's dropped connection", || {
+        let log = std::fs::read_to_string(holder.log())?;
+        let line = log
+            .lines()
+            .find(|l| l.contains("connection from a balancer in proxy_protocol_from dropped"))
+            .ok_or_else(|| anyhow::anyhow!("no such line yet"))?;
+        anyhow::ensure!(
+            line.contains("WARN") && line.contains(&BALANCER_IP.to_string()),
+            "{line}"
+        );
+        anyhow::ensure!(line.contains("send-proxy"), "says what to do: {line}");
+        Ok(())
+    });
     assert_eq!(
         local.served.load(Ordering::Relaxed),
         served_before,

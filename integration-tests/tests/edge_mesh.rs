@@ -121,16 +121,30 @@ fn a_tunnel_on_one_edge_is_served_at_every_other_edge() {
     let received = metric_sum(
         &us_metrics,
         "nearhop_edge_relay_bytes_total",
-        &[("peer", "eu-1"), ("direction", "received")],
+        &[
+            ("peer", "eu-1"),
+            ("relay", "out"),
+            ("direction", "received"),
+        ],
     );
     let sent = metric_sum(
         &us_metrics,
         "nearhop_edge_relay_bytes_total",
-        &[("peer", "eu-1"), ("direction", "sent")],
+        &[("peer", "eu-1"), ("relay", "out"), ("direction", "sent")],
     );
     assert!(
         received > 5.0 * "hello from local /keepalive/0".len() as f64 && sent > 0.0,
         "relayed bytes counted: received {received}, sent {sent}"
+    );
+    // eu counts the same bytes as those of connections relayed to it, the other way round.
+    let answered = metric_sum(
+        &edge_metrics(&stack, EU),
+        "nearhop_edge_relay_bytes_total",
+        &[("peer", "us-1"), ("relay", "in"), ("direction", "sent")],
+    );
+    assert!(
+        answered >= received,
+        "eu's answers to us's visitors: {answered} bytes sent, us received {received}"
     );
     let names = metric_sum(
         &us_metrics,
@@ -985,6 +999,68 @@ fn a_client_reconnecting_through_another_region_loses_no_visitor_request() {
         stack.edges[AP].log_tail(60),
     );
     assert!(ok > 10, "the visitor kept visiting ({ok})");
+}
+
+/// A visitor at us whose requests us relays to eu, the tunnel's holder, while the tunnel's
+/// client moves from eu to ap: eu may not relay them on (one hop at most), so it hands them
+/// back unanswered and us sends them to ap. Before, eu waited out `reconnect_wait_seconds`
+/// for the tunnel to come back to it and then answered "No tunnel here".
+#[test]
+fn relayed_requests_in_flight_when_the_client_moves_to_a_third_edge_are_answered_there() {
+    let stack = mesh_stack();
+    let local = LocalService::start("local");
+    let (mut first, url, token) = eu_tunnel(&stack, &local, &[US]);
+    let host = host_of(&url);
+    let us = stack.regions[US].http_addr();
+    let connect = || {
+        let conn = std::net::TcpStream::connect(us).unwrap();
+        conn.set_read_timeout(Some(PATIENCE)).unwrap();
+        conn
+    };
+    // One kept-alive connection with a request answered before, and one whose first
+    // request is the one in flight (each takes its own way at us: hyper's proxy, and the
+    // requests passed on as bytes).
+    let mut kept = connect();
+    write!(kept, "GET /before HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let (status, body) = read_response(&mut kept);
+    assert_eq!(status, 200, "{body}");
+    write!(kept, "GET /hang/2 HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut fresh = connect();
+    write!(fresh, "GET /hang/2 HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The client's network moves: its session to eu ends (eu stays up), it comes back
+    // through ap.
+    first.stop();
+    let (_second, again) = stack
+        .http_tunnel(AP, "ap-client", Some(&token), local.port)
+        .expect("tunnel through ap");
+    assert_eq!(host_of(&again), host, "a pro client gets its name back");
+
+    for (what, conn) in [("kept", &mut kept), ("fresh", &mut fresh)] {
+        let (status, body) = read_response(conn);
+        assert_eq!(
+            status,
+            200,
+            "{what}: {body}\nus's log:\n{}\neu's log:\n{}",
+            stack.edges[US].log_tail(40),
+            stack.edges[EU].log_tail(40)
+        );
+        assert!(
+            body.starts_with("hello from local /hang/2"),
+            "{what}: {body}"
+        );
+    }
+    // The connection goes on, now relayed to ap.
+    write!(kept, "GET /after HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let (status, body) = read_response(&mut kept);
+    assert_eq!(status, 200, "{body}");
+    let to_ap = metric_sum(
+        &edge_metrics(&stack, US),
+        "nearhop_edge_relay_requests_total",
+        &[("peer", stack.edges[AP].spec.edge_id.as_str())],
+    );
+    assert!(to_ap >= 1.0, "us relayed to ap ({to_ap})");
 }
 
 /// The mesh port is reachable by anyone (edges of other regions dial it): a connection that

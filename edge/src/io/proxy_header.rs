@@ -13,6 +13,7 @@
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::process::log_limit::LogLimit;
 use ipnet::IpNet;
 use ppp::{v1, v2, HeaderResult, PartialResult};
 use std::io;
@@ -252,15 +253,46 @@ pub async fn real_peer<R: AsyncRead + Unpin>(
             Some((peer, header.rest))
         }
         Ok(Err(e)) => {
-            tracing::debug!(listener, balancer = %tcp_peer, error = %e, "connection from a trusted balancer refused");
             refused(e.cause());
+            match e {
+                // Closed before any header byte: the balancer's own TCP health check.
+                ProxyError::Closed | ProxyError::Io(_) => {
+                    tracing::debug!(listener, balancer = %tcp_peer, error = %e, "connection from a trusted balancer refused");
+                }
+                _ => warn_refused(listener, tcp_peer, &e.to_string()),
+            }
             None
         }
         Err(_) => {
-            tracing::debug!(listener, balancer = %tcp_peer, "no PROXY protocol header in time");
             refused("timeout");
+            warn_refused(
+                listener,
+                tcp_peer,
+                &format!("no PROXY protocol header within {}s", timeout.as_secs()),
+            );
             None
         }
+    }
+}
+
+/// Refusals of a trusted balancer's connections logged, at most one line per this long.
+const REFUSED_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Logs that a connection from a trusted balancer came without a valid PROXY header, at
+/// `warn`, at most once per [`REFUSED_LOG_INTERVAL`]: every visitor behind a balancer
+/// that does not send headers is dropped, which the operator must hear about, and a busy
+/// one would fill the log.
+fn warn_refused(listener: &'static str, balancer: SocketAddr, why: &str) {
+    static REFUSED_LOG: LogLimit = LogLimit::new(REFUSED_LOG_INTERVAL);
+    if let Some(more) = REFUSED_LOG.note(std::time::Instant::now()) {
+        tracing::warn!(
+            listener,
+            %balancer,
+            more_since_last_line = more,
+            "connection from a balancer in proxy_protocol_from dropped: {why}; turn on its PROXY \
+             protocol header (HAProxy: send-proxy or send-proxy-v2), or take its address out \
+             of proxy_protocol_from"
+        );
     }
 }
 

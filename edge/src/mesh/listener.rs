@@ -389,8 +389,9 @@ async fn serve_channel<S>(
     let stream = CountingStream::new(
         ChannelWrites::new(stream),
         m.relay_bytes_total
-            .with_label_values(&[peer_id, "received"]),
-        m.relay_bytes_total.with_label_values(&[peer_id, "sent"]),
+            .with_label_values(&[peer_id, "in", "received"]),
+        m.relay_bytes_total
+            .with_label_values(&[peer_id, "in", "sent"]),
     );
     crate::visitor::serve_relayed(edge, stream, listener, visitor).await;
 }

@@ -32,7 +32,6 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use nearhop_wire::TunnelKind;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -180,9 +179,11 @@ pub async fn serve_stream<S>(
         arrival,
         Upstreams::Kept(Mutex::new(None)),
     ));
+    // A request that another edge's tunnel now answers ends a relayed connection unanswered
+    // (`HeldElsewhere`): hyper closes it without writing anything.
     let service = service_fn(move |req| {
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+        async move { conn.handle(req).await }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -200,6 +201,36 @@ pub async fn serve_stream<S>(
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, %peer, "visitor connection ended with an error");
+    }
+}
+
+/// A relayed request for a tunnel that another peer edge holds now: its client moved there
+/// while the request was on its way. This edge does not relay it on (one hop at most); it
+/// ends the relay channel without an answer, so that the relaying edge, which sees a holder
+/// that went before answering, sends the request again to where the tunnel is now (when it
+/// is safe to send twice).
+#[derive(Debug)]
+pub(super) struct HeldElsewhere;
+
+impl std::fmt::Display for HeldElsewhere {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the tunnel is held by another edge now; the relaying edge sends it there")
+    }
+}
+
+impl std::error::Error for HeldElsewhere {}
+
+/// Why an attempt at a request got no answer.
+enum NotAnswered {
+    /// The upstream failed before any answer (see [`Failed`]).
+    Failed(Failed),
+    /// The tunnel is another edge's now (see [`HeldElsewhere`]).
+    HeldElsewhere,
+}
+
+impl From<Failed> for NotAnswered {
+    fn from(failed: Failed) -> NotAnswered {
+        NotAnswered::Failed(failed)
     }
 }
 
@@ -389,19 +420,32 @@ impl VisitorConn {
     /// Answers one request. A request that fails before any answer because its tunnel's
     /// client was reconnecting (or a kept-alive channel had just closed) is tried again
     /// when it is safe to send twice, so a client moving between edges loses no visit.
-    pub(super) async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    /// A request relayed here whose tunnel moved to another edge meanwhile is not answered
+    /// here ([`HeldElsewhere`]); inside a whole TLS connection it gets the "Tunnel moved"
+    /// page, since the relaying edge could not send it again.
+    pub(super) async fn handle(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, HeldElsewhere> {
         let replay = Replay::of(&req);
         let mut req = req.map(UpstreamBody::Left);
         let mut attempt = 1;
         let mut capture = None;
         loop {
             let mut failed = match self.handle_once(req, capture).await {
-                Ok(resp) => return resp,
-                Err(failed) => failed,
+                Ok(resp) => return Ok(resp),
+                Err(NotAnswered::Failed(failed)) => failed,
+                Err(NotAnswered::HeldElsewhere) => {
+                    tracing::debug!("relayed request's tunnel is held by another edge now");
+                    if self.arrival == Arrival::RelayedWhole {
+                        return Ok(self.count(pages::tunnel_moved(), "edge"));
+                    }
+                    return Err(HeldElsewhere);
+                }
             };
             capture = failed.capture.take();
             let Some(replay) = replay.as_ref().filter(|_| attempt < MAX_ATTEMPTS) else {
-                return self.count(failed.page, failed.origin);
+                return Ok(self.count(failed.page, failed.origin));
             };
             if let Some(tunnel) = failed.ending {
                 let _ = tokio::time::timeout(SESSION_END_WAIT, tunnel.stop.cancelled()).await;
@@ -422,7 +466,7 @@ impl VisitorConn {
         &self,
         mut req: Request<UpstreamBody>,
         earlier: Option<inspector::Capture>,
-    ) -> Result<Response<ProxyBody>, Failed> {
+    ) -> Result<Response<ProxyBody>, NotAnswered> {
         let host = match request_host(&req) {
             Ok(host) => host,
             Err(problem) => {
@@ -430,7 +474,9 @@ impl VisitorConn {
             }
         };
         to_origin_form(&mut req);
-        let route = self.route_waiting_out_reconnects(&host).await;
+        let Some(route) = self.route_waiting_out_reconnects(&host).await else {
+            return Err(NotAnswered::HeldElsewhere);
+        };
         let resp = match route {
             // A tunnel that takes connections whole gets them only from their first request
             // (see `serve_stream`); a later request on a kept-alive connection is proxied.
@@ -460,7 +506,9 @@ impl VisitorConn {
                         let target = Target::Tunnel(&tunnel);
                         let forwarded = match self.forward(target, req, upgrade).await {
                             Ok(forwarded) => forwarded,
-                            Err(failed) => return Err(Failed { capture, ..failed }),
+                            Err(failed) => {
+                                return Err(NotAnswered::Failed(Failed { capture, ..failed }))
+                            }
                         };
                         let (resp, origin) = forwarded.counted_as(target);
                         return Ok(self.count(inspector::answered(capture, resp), origin));
@@ -488,18 +536,22 @@ impl VisitorConn {
 
     /// Routes the request; a name that was live a moment ago (here or at a peer) and is not
     /// now is waited for, up to `reconnect_wait_seconds`, so that a visitor does not see
-    /// "No tunnel here" while the tunnel's client reconnects (through any edge).
-    async fn route_waiting_out_reconnects(&self, host: &str) -> Route {
+    /// "No tunnel here" while the tunnel's client reconnects (through any edge). `None`: the
+    /// request was relayed here, and a peer edge holds the name now ([`HeldElsewhere`]).
+    async fn route_waiting_out_reconnects(&self, host: &str) -> Option<Route> {
         let edge = &self.edge;
         let route = routing::route_quietly(edge, Listener::Http, host, self.peer, self.arrival);
-        let wait = Duration::from_secs(edge.config.reconnect_wait_seconds);
-        if !matches!(route, Route::Refuse(Refusal::Unknown)) || wait.is_zero() {
-            return route;
+        if !matches!(route, Route::Refuse(Refusal::Unknown)) {
+            return Some(route);
         }
         let name = edge.registry.tunnel_name(host);
+        if self.held_elsewhere(&name) {
+            return None;
+        }
+        let wait = Duration::from_secs(edge.config.reconnect_wait_seconds);
         let holders = &edge.mesh.holders;
-        if !holders.recently_gone(&name) {
-            return route;
+        if wait.is_zero() || !holders.recently_gone(&name) {
+            return Some(route);
         }
         tracing::debug!(name, "tunnel just left; waiting for it to come back");
         let until = Instant::now() + wait;
@@ -508,14 +560,27 @@ impl VisitorConn {
             tokio::pin!(arrived);
             arrived.as_mut().enable();
             let again = routing::route_quietly(edge, Listener::Http, host, self.peer, self.arrival);
-            if !matches!(again, Route::Refuse(Refusal::Unknown)) || Instant::now() >= until {
-                return again;
+            if !matches!(again, Route::Refuse(Refusal::Unknown)) {
+                return Some(again);
+            }
+            if self.held_elsewhere(&name) {
+                return None;
+            }
+            if Instant::now() >= until {
+                return Some(again);
             }
             tokio::select! {
                 _ = tokio::time::timeout_at(until, arrived) => {}
-                _ = edge.shutdown.cancelled() => return again,
+                _ = edge.shutdown.cancelled() => return Some(again),
             }
         }
+    }
+
+    /// Whether this connection was relayed here and a peer edge holds `name` now: the
+    /// relaying edge is to send the request there ([`HeldElsewhere`]), or the visitor to
+    /// try again, since a relayed request goes no further.
+    fn held_elsewhere(&self, name: &str) -> bool {
+        self.arrival != Arrival::Direct && self.edge.mesh.holder_of(name).is_some()
     }
 
     /// The page for a `tls` or `tcp` tunnel's name asked for over HTTP: where to go instead.

@@ -371,7 +371,11 @@ async fn answer(conn: &VisitorConn, mut req: Request<Incoming>) -> Response<Prox
         )
     } else {
         to_http1(&mut req);
-        conn.handle(req).await
+        // HTTP/2 reaches a holder only inside a whole TLS connection, which gets the
+        // "Tunnel moved" page instead of `HeldElsewhere`; this is for form's sake.
+        conn.handle(req)
+            .await
+            .unwrap_or_else(|_held_elsewhere| pages::tunnel_moved())
     };
     strip_connection_headers(resp.headers_mut());
     resp

@@ -47,7 +47,9 @@ pub async fn serve_relayed<S>(
         }
         // Boxed: TLS termination's future is three times an HTTP connection's, and the
         // task of every relayed connection would otherwise be sized for it.
-        RelayListener::Tls => Box::pin(tls::carry(edge, stream, visitor, Arrival::Relayed)).await,
+        RelayListener::Tls => {
+            Box::pin(tls::carry(edge, stream, visitor, Arrival::RelayedWhole)).await
+        }
     }
 }
 

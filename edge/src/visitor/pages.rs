@@ -123,6 +123,20 @@ pub fn tunnel_busy() -> Response<ProxyBody> {
     resp
 }
 
+/// 503 for a request relayed here inside a whole TLS connection (HTTP/2) whose tunnel
+/// moved to another edge meanwhile: the relaying edge cannot send it again, so the visitor
+/// is asked to.
+pub fn tunnel_moved() -> Response<ProxyBody> {
+    let mut resp = page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Tunnel moved",
+        "This tunnel moved to another nearhop edge a moment ago. Try again.",
+    );
+    resp.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
 /// 504 for a request whose answer did not start within `seconds`.
 pub fn response_timeout(seconds: u64) -> Response<ProxyBody> {
     page(

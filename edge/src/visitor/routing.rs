@@ -41,8 +41,12 @@ impl Listener {
 pub enum Arrival {
     /// Straight from the visitor (or a balancer in front of the edge).
     Direct,
-    /// Relayed by a peer edge; never relayed again.
+    /// Relayed by a peer edge per request (plain HTTP, or HTTPS it terminated); never
+    /// relayed again.
     Relayed,
+    /// Relayed by a peer edge as a whole TLS connection, which this edge terminates: the
+    /// peer cannot send a request of it again. Never relayed again either.
+    RelayedWhole,
 }
 
 /// Where a visitor goes.

@@ -317,8 +317,9 @@ async fn relay_whole<S>(
         Ok(channel) => CountingStream::new(
             channel,
             m.relay_bytes_total
-                .with_label_values(&[&link.id, "received"]),
-            m.relay_bytes_total.with_label_values(&[&link.id, "sent"]),
+                .with_label_values(&[&link.id, "out", "received"]),
+            m.relay_bytes_total
+                .with_label_values(&[&link.id, "out", "sent"]),
         ),
         Err(e) => {
             // Logged by the link, at most one line a while.

@@ -200,8 +200,9 @@ pub async fn relay_channel(
     Ok(CountingStream::new(
         channel,
         m.relay_bytes_total
-            .with_label_values(&[&link.id, "received"]),
-        m.relay_bytes_total.with_label_values(&[&link.id, "sent"]),
+            .with_label_values(&[&link.id, "out", "received"]),
+        m.relay_bytes_total
+            .with_label_values(&[&link.id, "out", "sent"]),
     ))
 }
 
