@@ -12,6 +12,7 @@ use crate::error::{ControlError, ControlResult};
 use crate::schema::{edge_credentials, edges, tunnels};
 use crate::state::AppState;
 use actix_web::HttpRequest;
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use nearhop_wire::{ErrorCode, RegisterEdgeRequest};
 
@@ -29,7 +30,7 @@ pub enum EdgeIdentity {
         region: Option<String>,
     },
     /// The caller holds the legacy shared `edge_secret` (transition only): it may act as any
-    /// edge that has no credential of its own.
+    /// edge that was never issued a credential of its own.
     Legacy,
 }
 
@@ -79,14 +80,35 @@ pub fn live_credential(
         .optional()?)
 }
 
-/// Whether `edge_id` has a live credential of its own.
-pub fn has_credential(conn: &mut PgConnection, edge_id: &str) -> ControlResult<bool> {
-    Ok(diesel::select(diesel::dsl::exists(
-        edge_credentials::table
-            .filter(edge_credentials::edge_id.eq(edge_id))
-            .filter(edge_credentials::revoked_at.is_null()),
-    ))
-    .get_result(conn)?)
+/// What credentials an edge id was ever issued, as far as the shared secret is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialHistory {
+    /// Never issued one: the shared secret may still act as it.
+    Never,
+    /// It holds at least one live credential.
+    Live,
+    /// Every credential it was issued is revoked; the last one at this time.
+    Revoked(DateTime<Utc>),
+}
+
+/// Whether `edge_id` was ever issued a credential, and whether one is still live. A
+/// revoked credential counts: revoking an edge must not hand it back to the shared secret.
+pub fn credential_history(
+    conn: &mut PgConnection,
+    edge_id: &str,
+) -> ControlResult<CredentialHistory> {
+    // A live credential (revoked_at NULL) sorts first, else the latest revocation.
+    let newest: Option<Option<DateTime<Utc>>> = edge_credentials::table
+        .filter(edge_credentials::edge_id.eq(edge_id))
+        .order(edge_credentials::revoked_at.desc().nulls_first())
+        .select(edge_credentials::revoked_at)
+        .first(conn)
+        .optional()?;
+    Ok(match newest {
+        None => CredentialHistory::Never,
+        Some(None) => CredentialHistory::Live,
+        Some(Some(at)) => CredentialHistory::Revoked(at),
+    })
 }
 
 fn forbidden(message: String) -> ControlError {
@@ -95,8 +117,9 @@ fn forbidden(message: String) -> ControlError {
 
 impl EdgeIdentity {
     /// Refuses the caller acting as edge `claimed` unless it is that edge. The legacy secret
-    /// may act only as an edge without a live credential: once an edge has its own, the
-    /// shared secret no longer speaks for it.
+    /// may act only as an edge that was never issued a credential: once an edge has had one,
+    /// the shared secret no longer speaks for it, not even after its credentials are revoked
+    /// (else revoking an edge would hand it to every holder of the shared secret).
     pub async fn acts_as(&self, st: &AppState, claimed: &str) -> ControlResult<()> {
         match self {
             EdgeIdentity::Edge { edge_id, .. } if edge_id == claimed => Ok(()),
@@ -106,18 +129,34 @@ impl EdgeIdentity {
             ))),
             EdgeIdentity::Legacy => {
                 let claimed = claimed.to_string();
-                let (owned, claimed) = st
-                    .blocking(move |conn| Ok((has_credential(conn, &claimed)?, claimed)))
+                let (history, claimed) = st
+                    .blocking(move |conn| Ok((credential_history(conn, &claimed)?, claimed)))
                     .await?;
-                if owned {
-                    return Err(forbidden(format!(
+                match history {
+                    CredentialHistory::Never => Ok(()),
+                    CredentialHistory::Live => Err(forbidden(format!(
                         "edge {claimed:?} has its own credential; the shared edge_secret cannot \
                          act as it (send the edge's credential)"
-                    )));
+                    ))),
+                    CredentialHistory::Revoked(at) => Err(forbidden(format!(
+                        "edge {claimed:?}'s credentials were revoked (last at {}), and the \
+                         shared edge_secret cannot act as an edge that was ever issued one; to \
+                         let this edge back in, the operator issues it a new credential with \
+                         `nearhop-control edge issue {claimed}` and puts it in the edge's \
+                         configuration (`credential` or `credential_file`)",
+                        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ))),
                 }
-                Ok(())
             }
         }
+    }
+
+    /// Whether the caller is given the mesh's peer list. Peers accept links only from edges
+    /// control lists to them, and it lists only edges with their own credential: an edge on
+    /// the shared secret that got the list would dial peers that refuse it
+    /// (`peer_not_listed`) and redial them forever.
+    pub fn joins_mesh(&self) -> bool {
+        matches!(self, EdgeIdentity::Edge { .. })
     }
 
     /// Checks a registration: the caller is the edge it registers, in the region its
@@ -167,9 +206,9 @@ impl EdgeIdentity {
 pub fn warn_if_legacy(cfg: &Config) {
     if cfg.edge_secret.is_some() {
         tracing::warn!(
-            "edge_secret is set: any holder of the shared secret may act as any edge without a \
-             credential of its own; issue each edge a credential (`nearhop-control edge issue`) \
-             and remove edge_secret: it will be removed in a later release"
+            "edge_secret is set: any holder of the shared secret may act as any edge never \
+             issued a credential of its own; issue each edge a credential (`nearhop-control \
+             edge issue`) and remove edge_secret: it will be removed in a later release"
         );
     }
 }

@@ -19,10 +19,12 @@ use std::collections::{HashMap, HashSet};
 pub const MAX_HEARTBEAT_TUNNELS: usize = 100_000;
 
 /// Registers (or re-registers) an edge. Its previous tunnels are gone with its previous
-/// process, so they are closed and their records removed.
+/// process, so they are closed and their records removed. The answer lists its peers only
+/// when it `joins_mesh` ([`crate::edge_auth::EdgeIdentity::joins_mesh`]).
 pub async fn register(
     st: &AppState,
     req: RegisterEdgeRequest,
+    joins_mesh: bool,
 ) -> ControlResult<RegisterEdgeResponse> {
     if !valid_edge_id(&req.edge_id) {
         return Err(ControlError::refused(
@@ -102,7 +104,7 @@ pub async fn register(
                 .select(tunnels::id)
                 .load(conn)?;
             let closed = close_tunnels(conn, &live, CloseReason::EdgeRestarted)?;
-            let peers = crate::peers::list(conn, &req.edge_id, heartbeat_seconds)?;
+            let peers = crate::peers::told(conn, &req.edge_id, joins_mesh, heartbeat_seconds)?;
             Ok((closed, peers, crate::acme::store::generation(conn)?))
         })
         .await?;
@@ -119,11 +121,12 @@ pub async fn register(
 }
 
 /// Renews the leases of every listed tunnel of the edge in one statement, and tells the edge
-/// which of them control has closed.
+/// which of them control has closed (and its peers, when it `joins_mesh`).
 pub async fn heartbeat(
     st: &AppState,
     edge_id: String,
     tunnel_ids: Vec<i64>,
+    joins_mesh: bool,
 ) -> ControlResult<EdgeHeartbeatResponse> {
     if tunnel_ids.len() > MAX_HEARTBEAT_TUNNELS {
         return Err(ControlError::refused(
@@ -161,7 +164,7 @@ pub async fn heartbeat(
             .select((tunnels::id, tunnels::close_reason))
             .load(conn)?;
         let close = to_close(gone, reasons, limit);
-        let peers = crate::peers::list(conn, &edge_id, heartbeat_seconds)?;
+        let peers = crate::peers::told(conn, &edge_id, joins_mesh, heartbeat_seconds)?;
         Ok(EdgeHeartbeatResponse {
             close,
             peers,
@@ -174,12 +177,12 @@ pub async fn heartbeat(
 
 /// The mesh's peer list for `edge_id` (`GET /v1/edges/{id}/peers`): what its next heartbeat's
 /// answer would carry, renewing nothing. An edge asks when an edge it does not know dials it.
-pub async fn peers(st: &AppState, edge_id: String) -> ControlResult<EdgePeers> {
+pub async fn peers(st: &AppState, edge_id: String, joins_mesh: bool) -> ControlResult<EdgePeers> {
     let heartbeat_seconds = st.cfg.heartbeat_seconds;
     let holder_key = st.holder_signer.public_key();
     st.blocking(move |conn| {
         Ok(EdgePeers {
-            peers: crate::peers::list(conn, &edge_id, heartbeat_seconds)?,
+            peers: crate::peers::told(conn, &edge_id, joins_mesh, heartbeat_seconds)?,
             holder_key: Some(holder_key),
         })
     })

@@ -1,6 +1,7 @@
 //! The mesh's peer list: which other edges an edge may reach and how to trust them. Control
 //! answers it on every registration and heartbeat, so an edge's view is at most one heartbeat
-//! old: a revoked or silent edge drops out of its peers' lists at their next heartbeat.
+//! old: a revoked or silent edge drops out of its peers' lists at their next heartbeat. Only
+//! an edge with its own credential is in the mesh: one on the shared secret is told no peers.
 
 use crate::error::{ControlError, ControlResult};
 use crate::schema::{edge_credentials, edges};
@@ -29,6 +30,22 @@ pub fn check_announcement(reg: &RegisterEdgeRequest) -> ControlResult<()> {
         field("admin_key", check_admin_key(k))?;
     }
     Ok(())
+}
+
+/// What `caller` is told of its peers: [`list`] when it `joins_mesh` (it called with its own
+/// credential), else nothing. Its peers would refuse its links (`peer_not_listed`: [`list`]
+/// names only edges with a live credential), so an edge on the shared secret given the list
+/// would only redial them forever and fill their logs with refusals.
+pub fn told(
+    conn: &mut PgConnection,
+    caller: &str,
+    joins_mesh: bool,
+    heartbeat_seconds: u64,
+) -> ControlResult<Vec<PeerEdge>> {
+    if !joins_mesh {
+        return Ok(Vec::new());
+    }
+    list(conn, caller, heartbeat_seconds)
 }
 
 /// Every edge but `caller` with a live credential, a mesh address and a host key, that

@@ -1,7 +1,8 @@
 //! Each edge proves who it is: credentials issued by the real CLI bind a caller to one edge
 //! id; an edge cannot register, heartbeat, read the peer list, set up or close tunnels as
-//! another; revocation refuses the edge at once and drops it from its peers' lists. The
-//! test plays two edges.
+//! another; revocation refuses the edge at once and drops it from its peers' lists, and the
+//! shared secret cannot act as a revoked edge either; a pinned credential registers only in
+//! its region; an edge on the shared secret is told no peers. The tests play the edges.
 
 use nearhop_stack::process::run;
 use nearhop_stack::{Stack, StackOptions};
@@ -18,6 +19,8 @@ const KEY_A: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOmVmXMX/Lin3AckbWCF78kLBdOckFCqIduokQX2/jjW edge-a";
 const KEY_B: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJgbbT6wI1Z7VpefolVgwlIgZOfSjHLe8K0gFqLb4j81";
+const KEY_C: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkqvXXo0QszbFAhY7A6+NLoZ3SZPedh5RGIAZLXJsL2";
 
 /// One edge's side of the API, with the credential it holds.
 struct Edge {
@@ -116,10 +119,16 @@ fn refused(status_and_text: (u16, String), status: u16, code: ErrorCode) -> Stri
 }
 
 fn issue(stack: &Stack, edge_id: &str) -> String {
-    let out = stack
-        .control
-        .cli(&["edge", "issue", edge_id, "--region", "us"])
-        .expect("edge issue");
+    issue_in(stack, edge_id, Some("us"))
+}
+
+/// Issues a credential for `edge_id` with the CLI, pinned to `region` if given.
+fn issue_in(stack: &Stack, edge_id: &str, region: Option<&str>) -> String {
+    let mut args = vec!["edge", "issue", edge_id];
+    if let Some(r) = region {
+        args.extend(["--region", r]);
+    }
+    let out = stack.control.cli(&args).expect("edge issue");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["edge_id"], edge_id);
     let c = v["credential"].as_str().unwrap().to_string();
@@ -331,4 +340,209 @@ fn each_edge_acts_only_as_itself_and_revocation_drops_it_from_the_mesh() {
     // Revoking again says there is nothing left to revoke.
     let err = stack.control.cli(&["edge", "revoke", "a-1"]).unwrap_err();
     assert!(err.to_string().contains("no live credential"), "{err}");
+}
+
+/// A stack of one region, with a client that plays edges.
+fn one_region() -> (Stack, Client) {
+    let stack = Stack::start(StackOptions {
+        regions: vec![("us".into(), std::net::Ipv4Addr::LOCALHOST)],
+        ..Default::default()
+    })
+    .expect("stack starts");
+    let http = Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    (stack, http)
+}
+
+/// Asserts that the shared secret was refused as `edge_id` because its credentials were
+/// revoked, and that the refusal says how to let the edge back in.
+fn refused_as_revoked(status_and_text: (u16, String), edge_id: &str) {
+    let msg = refused(status_and_text, 403, ErrorCode::Forbidden);
+    assert!(msg.contains("revoked"), "{msg}");
+    assert!(
+        msg.contains(&format!("nearhop-control edge issue {edge_id}")),
+        "{msg}"
+    );
+}
+
+#[test]
+fn shared_secret_cannot_act_as_an_edge_whose_credentials_were_revoked() {
+    let (stack, http) = one_region();
+    let edge = |credential: String| Edge {
+        http: http.clone(),
+        base: stack.control.url.clone(),
+        credential,
+    };
+    let a = edge(issue(&stack, "a-1"));
+    let b = edge(issue(&stack, "b-1"));
+    let legacy = edge(stack.control.edge_secret.clone());
+
+    let (status, text) = a.register(&registration("a-1", "127.0.0.1:7001", KEY_A));
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = a.create("a-1");
+    assert_eq!(status, 201, "{text}");
+    let a_tunnel: CreateTunnelResponse = serde_json::from_str(&text).unwrap();
+    let (status, text) = b.register(&registration("b-1", "127.0.0.1:7002", KEY_B));
+    assert_eq!(status, 200, "{text}");
+
+    let out = stack
+        .control
+        .cli(&["edge", "revoke", "a-1"])
+        .expect("edge revoke");
+    assert!(out.contains("\"revoked\":1"), "{out}");
+    refused(a.heartbeat("a-1", &[]), 401, ErrorCode::Unauthorized);
+
+    // Nor does the shared secret speak for a-1 any more: not to register it again (with a
+    // mesh address of its choosing), heartbeat it, set its tunnels up, close them, or say
+    // it is leaving.
+    refused_as_revoked(
+        legacy.register(&registration("a-1", "127.0.0.1:7666", KEY_A)),
+        "a-1",
+    );
+    refused_as_revoked(legacy.heartbeat("a-1", &[a_tunnel.tunnel_id]), "a-1");
+    refused_as_revoked(legacy.create("a-1"), "a-1");
+    refused_as_revoked(legacy.close(a_tunnel.tunnel_id, "a-1"), "a-1");
+    refused_as_revoked(
+        legacy.post(
+            "/v1/edges/a-1/leaving",
+            &serde_json::json!({ "stage": "stopped" }),
+        ),
+        "a-1",
+    );
+    refused_as_revoked(legacy.get("/v1/edges/a-1/routes"), "a-1");
+    refused_as_revoked(legacy.get("/v1/edges/a-1/certificates"), "a-1");
+    assert_eq!(
+        psql(&stack, "SELECT mesh_addr FROM edges WHERE id = 'a-1'"),
+        "127.0.0.1:7001",
+        "the refused registration changed nothing"
+    );
+    assert_eq!(
+        psql(
+            &stack,
+            &format!(
+                "SELECT closed_at IS NULL FROM tunnels WHERE id = {}",
+                a_tunnel.tunnel_id
+            )
+        ),
+        "t",
+        "the refused close closed nothing"
+    );
+
+    // Other edges are unaffected: b-1 with its credential, and an edge never issued one with
+    // the shared secret (the transition still works).
+    let (status, text) = b.heartbeat("b-1", &[]);
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = b.create("b-1");
+    assert_eq!(status, 201, "{text}");
+    let (status, text) = legacy.register(&registration("c-1", "127.0.0.1:7003", KEY_C));
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = legacy.heartbeat("c-1", &[]);
+    assert_eq!(status, 200, "{text}");
+
+    // A new credential lets a-1 back in.
+    let again = edge(issue(&stack, "a-1"));
+    let (status, text) = again.register(&registration("a-1", "127.0.0.1:7001", KEY_A));
+    assert_eq!(status, 200, "{text}");
+}
+
+#[test]
+fn a_credential_pinned_to_a_region_cannot_register_its_edge_in_another() {
+    let stack = Stack::start(StackOptions {
+        regions: vec![
+            ("us".into(), std::net::Ipv4Addr::new(127, 0, 0, 1)),
+            ("eu".into(), std::net::Ipv4Addr::new(127, 0, 0, 2)),
+        ],
+        ..Default::default()
+    })
+    .expect("stack starts");
+    let http = Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let edge = |credential: String| Edge {
+        http: http.clone(),
+        base: stack.control.url.clone(),
+        credential,
+    };
+    let in_region = |edge_id: &str, region: &str, host_key: &str| RegisterEdgeRequest {
+        region: region.into(),
+        ..registration(edge_id, "127.0.0.1:7001", host_key)
+    };
+    let pinned = edge(issue_in(&stack, "us-7", Some("us")));
+    let free = edge(issue_in(&stack, "roamer", None));
+    let legacy = edge(stack.control.edge_secret.clone());
+
+    let msg = refused(
+        pinned.register(&in_region("us-7", "eu", KEY_A)),
+        403,
+        ErrorCode::Forbidden,
+    );
+    assert!(msg.contains("\"us\"") && msg.contains("\"eu\""), "{msg}");
+    assert_eq!(
+        psql(&stack, "SELECT count(*) FROM edges WHERE id = 'us-7'"),
+        "0"
+    );
+    let (status, text) = pinned.register(&in_region("us-7", "us", KEY_A));
+    assert_eq!(status, 200, "{text}");
+    // eu is a region control knows: an unpinned credential registers there.
+    let (status, text) = free.register(&in_region("roamer", "eu", KEY_B));
+    assert_eq!(status, 200, "{text}");
+    // Once registered, the pinned edge still cannot move.
+    refused(
+        pinned.register(&in_region("us-7", "eu", KEY_A)),
+        403,
+        ErrorCode::Forbidden,
+    );
+    assert_eq!(
+        psql(&stack, "SELECT region FROM edges WHERE id = 'us-7'"),
+        "us"
+    );
+
+    // Revoking the pinned credential does not free the edge id for the shared secret to
+    // register it elsewhere.
+    stack
+        .control
+        .cli(&["edge", "revoke", "us-7"])
+        .expect("edge revoke");
+    refused_as_revoked(legacy.register(&in_region("us-7", "eu", KEY_A)), "us-7");
+    assert_eq!(
+        psql(&stack, "SELECT region FROM edges WHERE id = 'us-7'"),
+        "us"
+    );
+}
+
+#[test]
+fn an_edge_on_the_shared_secret_is_told_no_peers() {
+    let (stack, http) = one_region();
+    let edge = |credential: String| Edge {
+        http: http.clone(),
+        base: stack.control.url.clone(),
+        credential,
+    };
+    let a = edge(issue(&stack, "a-1"));
+    let legacy = edge(stack.control.edge_secret.clone());
+    let (status, text) = a.register(&registration("a-1", "127.0.0.1:7001", KEY_A));
+    assert_eq!(status, 200, "{text}");
+
+    // a-1 would refuse its links (it lists only edges with a credential), so c-1 is not
+    // given a-1 to dial: not at registration, heartbeat, or asking for the list alone.
+    let (status, text) = legacy.register(&registration("c-1", "127.0.0.1:7003", KEY_B));
+    assert_eq!(status, 200, "{text}");
+    let reg: RegisterEdgeResponse = serde_json::from_str(&text).unwrap();
+    assert_eq!(reg.peers, Vec::<PeerEdge>::new());
+    assert_eq!(legacy.peers("c-1"), Vec::<PeerEdge>::new());
+    let alone = legacy.peer_list("c-1");
+    assert_eq!(alone.peers, Vec::<PeerEdge>::new());
+    assert_eq!(alone.holder_key, reg.holder_key);
+    // And a-1 does not list c-1.
+    assert_eq!(a.peers("a-1"), Vec::<PeerEdge>::new());
+    // An edge with its own credential still gets its peers.
+    let b = edge(issue(&stack, "b-1"));
+    let (status, text) = b.register(&registration("b-1", "127.0.0.1:7002", KEY_C));
+    assert_eq!(status, 200, "{text}");
+    let reg: RegisterEdgeResponse = serde_json::from_str(&text).unwrap();
+    let ids: Vec<&str> = reg.peers.iter().map(|p| p.edge_id.as_str()).collect();
+    assert_eq!(ids, ["a-1"]);
 }

@@ -22,7 +22,8 @@ async fn register(
     call: EdgeJson<RegisterEdgeRequest>,
 ) -> ControlResult<HttpResponse> {
     call.edge.registers(&st, &call.body).await?;
-    Ok(HttpResponse::Ok().json(crate::edges::register(&st, call.body).await?))
+    let joins_mesh = call.edge.joins_mesh();
+    Ok(HttpResponse::Ok().json(crate::edges::register(&st, call.body, joins_mesh).await?))
 }
 
 /// A heartbeat lists every tunnel of the edge, up to [`crate::edges::MAX_HEARTBEAT_TUNNELS`]
@@ -45,7 +46,7 @@ async fn heartbeat(
     let body: EdgeHeartbeatRequest =
         read_json(&req, payload.into_inner(), heartbeat_body_limit(&st)).await?;
     let tunnel_ids = body.tunnel_ids;
-    let res = crate::edges::heartbeat(&st, id.into_inner(), tunnel_ids).await?;
+    let res = crate::edges::heartbeat(&st, id.into_inner(), tunnel_ids, edge.joins_mesh()).await?;
     Ok(HttpResponse::Ok().json(res))
 }
 
@@ -67,7 +68,8 @@ async fn peers(
     EdgeCall(edge): EdgeCall,
 ) -> ControlResult<HttpResponse> {
     edge.acts_as(&st, &id).await?;
-    Ok(HttpResponse::Ok().json(crate::edges::peers(&st, id.into_inner()).await?))
+    let joins_mesh = edge.joins_mesh();
+    Ok(HttpResponse::Ok().json(crate::edges::peers(&st, id.into_inner(), joins_mesh).await?))
 }
 
 async fn routes(
