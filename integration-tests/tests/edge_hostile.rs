@@ -2,6 +2,7 @@
 //! of forward requests, slowloris visitors, megabyte header lines, unknown hosts. Each gets a
 //! clear answer; the edge keeps serving and leaks nothing.
 
+use nearhop_stack::chromium::Chromium;
 use nearhop_stack::edge::{url_host_port, SshArgs};
 use nearhop_stack::metrics::metric_sum;
 use nearhop_stack::prelude::*;
@@ -211,6 +212,125 @@ fn megabyte_header_lines_and_unknown_hosts_get_errors_not_crashes() {
         m.contains("nearhop_edge_http_responses_total{class=\"4xx\",origin=\"edge\"}"),
         "{m}"
     );
+}
+
+/// Request heads hyper cannot read (not HTTP, a broken field, cookies past
+/// `visitor_max_header_bytes`) get a page that says what was wrong and what to do, on a
+/// connection's first request and on a later one, instead of hyper's bare status; the admin
+/// API says it in its JSON. A browser whose cookies grew too large shows that page.
+#[test]
+fn unreadable_request_heads_get_a_page_that_says_why() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start("local");
+    let token = s.pro_token();
+    let mut c = s.ssh(
+        "unreadable",
+        &SshArgs::http_tunnel(Some(&token), local.port),
+    );
+    let url = c.wait_for_url(PATIENCE).unwrap();
+    let (host, _) = url_host_port(&url).unwrap();
+    let http = s.edge.http_addr();
+    let page_of = |answer: &str, status: &str, sentence: &str| {
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{answer}"
+        );
+        assert!(answer.contains("content-type: text/html"), "{answer}");
+        assert!(answer.contains(sentence), "{answer}");
+    };
+
+    let answer = raw_exchange(http, "GARBAGE\r\n\r\n");
+    page_of(&answer, "400", "it is not valid HTTP/1.1");
+    // After a good request on the same connection: the first is answered, the second refused.
+    let answer = raw_exchange(
+        http,
+        &format!(
+            "GET /hello HTTP/1.1\r\nHost: {host}\r\n\r\n\
+             GET / HTTP/1.1\r\nHost: {host}\r\nBad Header\r\n\r\n"
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let second = answer
+        .find("HTTP/1.1 400 ")
+        .unwrap_or_else(|| panic!("{answer}"));
+    page_of(&answer[second..], "400", "it is not valid HTTP/1.1");
+    // Cookies over the 64 KiB a head may have: the page, not a reset, although the edge
+    // stopped reading before the head ended.
+    let cookies = format!(
+        "GET / HTTP/1.1\r\nHost: {host}\r\nCookie: c={}\r\n\r\n",
+        "x".repeat(70_000)
+    );
+    page_of(
+        &raw_exchange(http, &cookies),
+        "431",
+        "clear this site's cookies",
+    );
+    // The same on a kept-alive connection, whose heads hyper reads: a head over the bound
+    // is refused although its end comes in the same read.
+    let answer = raw_exchange(
+        http,
+        &format!(
+            "GET /hello HTTP/1.1\r\nHost: {host}\r\n\r\nGET / HTTP/1.1\r\nHost: {host}\r\n\
+             Cookie: c={}\r\n\r\n",
+            "x".repeat(66_000)
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let second = answer
+        .find("HTTP/1.1 431 ")
+        .unwrap_or_else(|| panic!("{answer}"));
+    page_of(&answer[second..], "431", "clear this site's cookies");
+    let admin = std::net::SocketAddr::from((s.edge.spec.ip, s.edge.spec.admin));
+    let answer = raw_exchange(admin, "GARBAGE\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer.contains(
+            r#"{"error":{"code":"bad_request","message":"the request is not valid HTTP/1.1"#
+        ),
+        "{answer}"
+    );
+
+    // A browser's cookies for the tunnel grow past the limit: it shows the page.
+    let dir = s.stack.dir.join("chromium");
+    std::fs::create_dir_all(&dir).unwrap();
+    let switches = [
+        format!("--host-resolver-rules=MAP {host} {}", s.edge.spec.ip),
+        format!("--explicitly-allowed-ports={}", http.port()),
+    ];
+    let mut b = Chromium::start(&dir.join("profile"), &dir.join("chromium.log"), &switches)
+        .expect("chromium starts (apt-get install chromium)");
+    let page_url = format!("http://{host}:{}/page/one", http.port());
+    b.open(&page_url).unwrap();
+    b.wait_until(
+        "the local service's page",
+        "document.readyState === 'complete' && document.body.innerText.includes('hello from local')",
+    )
+    .unwrap();
+    // Set through DevTools, which answers once the cookie store has them (a page's
+    // `document.cookie` reaches it later, and the next page could go out without them).
+    let cookies: Vec<_> = (0..20)
+        .map(|i| {
+            serde_json::json!({
+                "name": format!("c{i}"),
+                "value": "x".repeat(3900),
+                "url": format!("http://{host}:{}/", http.port()),
+            })
+        })
+        .collect();
+    b.call(
+        "Network.setCookies",
+        serde_json::json!({ "cookies": cookies }),
+    )
+    .unwrap();
+    // The visitor follows a link on the page.
+    b.eval("location.href = '/page/two'").unwrap();
+    b.wait_until(
+        "the edge's page about the cookies",
+        "document.title === 'Request headers too large' \
+         && document.body.innerText.includes(\"clear this site's cookies\")",
+    )
+    .unwrap();
+    assert_serving(&s, &url);
 }
 
 /// A client from `source` that sends the URL's host to the edge.

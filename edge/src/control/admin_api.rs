@@ -5,6 +5,7 @@
 
 use crate::edge::Edge;
 use crate::io::request_body::{read_limited, BodyRefused};
+use crate::io::unreadable_requests::{Answering, ToldWhy};
 use crate::visitor::pages::{full, ProxyBody};
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -37,7 +38,10 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
         let edge = edge.clone();
         tokio::spawn(async move {
             let edge_for_timer = edge.clone();
+            let answering = Answering::default();
+            let io = ToldWhy::new(stream, answering.clone(), unreadable_request);
             let service = service_fn(move |req| {
+                answering.begin();
                 let edge = edge.clone();
                 async move { Ok::<_, Infallible>(route(&edge, req).await) }
             });
@@ -46,7 +50,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(crate::visitor::http::head_timeout(&edge_for_timer))
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(io), service);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "admin connection ended");
             }
@@ -158,6 +162,34 @@ fn error(code: ErrorCode, message: &str) -> Response<ProxyBody> {
     let status =
         StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json(status, &ApiError::new(code, message))
+}
+
+/// The whole answer to a request whose head hyper could not read (`io::unreadable_requests`),
+/// with hyper's status (400, 414, 431) and the API's error body.
+fn unreadable_request(status: u16) -> Vec<u8> {
+    let (reason, message) = match status {
+        414 => (
+            "URI Too Long",
+            "the request's URL is longer than 65,534 bytes",
+        ),
+        431 => (
+            "Request Header Fields Too Large",
+            "the request's header fields are larger than about 400 KiB, or more than 100",
+        ),
+        _ => (
+            "Bad Request",
+            "the request is not valid HTTP/1.1 (a malformed request line, header field, \
+             Content-Length or Transfer-Encoding)",
+        ),
+    };
+    let body =
+        serde_json::to_string(&ApiError::new(ErrorCode::BadRequest, message)).unwrap_or_default();
+    format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 fn not_found() -> Response<ProxyBody> {

@@ -10,10 +10,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// Longest the edge keeps reading after its answer.
-const LINGER: Duration = Duration::from_secs(2);
+pub const LINGER: Duration = Duration::from_secs(2);
 
 /// Bytes it reads and drops after its answer before it stops reading.
-const LINGER_BYTES: u64 = 64 * 1024;
+pub const LINGER_BYTES: u64 = 64 * 1024;
 
 /// Writes `answer`, shuts the writing side, and drains what the client sends for at most
 /// [`LINGER`], and until [`LINGER_BYTES`] came (or it closes its side).

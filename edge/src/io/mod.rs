@@ -5,7 +5,7 @@
 //! body chunks over uncopied; request bodies read up to a limit, an over-long one drained
 //! before its refusal; a second handle to a socket, to cut a
 //! connection off from outside its task; a bound on how long a visitor may leave the edge's
-//! writes waiting.
+//! writes waiting; a page in place of hyper's bare answer to a request head it cannot read.
 
 pub mod accept;
 pub mod channel_writes;
@@ -20,4 +20,5 @@ pub mod read_buffer;
 pub mod receive_window;
 pub mod request_body;
 pub mod small_writes;
+pub mod unreadable_requests;
 pub mod write_stall;

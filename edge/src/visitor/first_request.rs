@@ -26,7 +26,8 @@ pub struct FirstRequest {
 
 /// Reads until the first request head is complete, `max` bytes have arrived, or the
 /// visitor stops sending. Heads that are not HTTP, too long or cut short come back without
-/// a host: hyper then answers them as it answers any visitor (400, 431, or nothing).
+/// a host: hyper then answers them as it answers any visitor (a page saying what was wrong,
+/// `io::unreadable_requests`, or nothing).
 pub async fn read<R: AsyncRead + Unpin>(visitor: &mut R, max: usize) -> io::Result<FirstRequest> {
     let mut first = FirstRequest {
         bytes: Vec::with_capacity(1024),

@@ -15,6 +15,7 @@ use crate::io::counting::CountingStream;
 use crate::io::last_word;
 use crate::io::proxy_header;
 use crate::io::read_buffer::Prefixed;
+use crate::io::unreadable_requests::{Answering, ToldWhy};
 use crate::mesh::links::PeerLink;
 use crate::ssh::messages;
 use crate::tunnels::Tunnel;
@@ -167,10 +168,19 @@ pub async fn serve_stream<S>(
             _ => {}
         }
     }
-    let io = TokioIo::new(CountingStream::new(
-        Prefixed::new(read_ahead, stream),
-        m.visitor_bytes_total.with_label_values(&["in"]),
-        m.visitor_bytes_total.with_label_values(&["out"]),
+    let answering = Answering::default();
+    let refused = m.http_responses_total.clone();
+    let io = TokioIo::new(ToldWhy::new(
+        CountingStream::new(
+            Prefixed::new(read_ahead, stream),
+            m.visitor_bytes_total.with_label_values(&["in"]),
+            m.visitor_bytes_total.with_label_values(&["out"]),
+        ),
+        answering.clone(),
+        move |status| {
+            refused.with_label_values(&["4xx", "edge"]).inc();
+            pages::unreadable_request(status, max_head)
+        },
     ));
     let conn = Arc::new(VisitorConn::new(
         edge.clone(),
@@ -182,6 +192,7 @@ pub async fn serve_stream<S>(
     // A request that another edge's tunnel now answers ends a relayed connection unanswered
     // (`HeldElsewhere`): hyper closes it without writing anything.
     let service = service_fn(move |req| {
+        answering.begin();
         let conn = conn.clone();
         async move { conn.handle(req).await }
     });
@@ -189,7 +200,11 @@ pub async fn serve_stream<S>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(head_timeout)
-        .max_buf_size(max_head);
+        .max_buf_size(max_head)
+        // The read buffer's bound alone lets a head past it through when its end came in
+        // the same read: a complete head is measured too.
+        .max_header_size(max_head)
+        .max_headers(pages::MAX_REQUEST_FIELDS);
     let served = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(served);
     let result = tokio::select! {

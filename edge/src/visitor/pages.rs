@@ -18,14 +18,7 @@ pub fn full(data: impl Into<Bytes>) -> ProxyBody {
 
 /// An HTML page with a title and one paragraph.
 pub fn page(status: StatusCode, title: &str, text: &str) -> Response<ProxyBody> {
-    let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
-         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\">\
-         <h1>{title}</h1><p>{text}</p><p><small>nearhop</small></p></body></html>\n",
-        title = escape(title),
-        text = escape(text)
-    );
-    let mut resp = Response::new(full(html));
+    let mut resp = Response::new(full(html(title, text)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -33,6 +26,62 @@ pub fn page(status: StatusCode, title: &str, text: &str) -> Response<ProxyBody> 
     );
     resp
 }
+
+/// The HTML of [`page`].
+fn html(title: &str, text: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\">\
+         <h1>{title}</h1><p>{text}</p><p><small>nearhop</small></p></body></html>\n",
+        title = escape(title),
+        text = escape(text)
+    )
+}
+
+/// The whole answer (head and page) to a request whose head hyper could not read, with
+/// the status hyper chose: 400 (not HTTP/1.1: a malformed request line, field, length or
+/// coding), 414 (a URL too long) or 431 (a head over `max_head` bytes, or too many fields).
+/// Written in place of hyper's bare status (`io::unreadable_requests`); the connection
+/// closes after it.
+pub fn unreadable_request(status: u16, max_head: usize) -> Vec<u8> {
+    let (reason, title, text) = match status {
+        414 => (
+            "URI Too Long",
+            "URL too long",
+            "This request's URL is longer than this server accepts (65,534 bytes). Send large \
+             data in the request body instead."
+                .to_string(),
+        ),
+        431 => (
+            "Request Header Fields Too Large",
+            "Request headers too large",
+            format!(
+                "This request's header fields are more than this server accepts ({} KiB in all, \
+                 at most {MAX_REQUEST_FIELDS} fields). Most often that is cookies that grew too \
+                 large: clear this site's cookies in your browser and try again.",
+                max_head / 1024
+            ),
+        ),
+        _ => (
+            "Bad Request",
+            "Bad request",
+            "This server could not read the request: it is not valid HTTP/1.1 (its request \
+             line, a header field, Content-Length or Transfer-Encoding is malformed). \
+             Browsers do not send such requests; look at the program that sent it."
+                .to_string(),
+        ),
+    };
+    let body = html(title, &text);
+    format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/html; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Most header fields hyper reads in a request head (its default); more is a 431.
+pub const MAX_REQUEST_FIELDS: usize = 100;
 
 /// 404 for a host no tunnel serves.
 pub fn unknown_host(host: &str) -> Response<ProxyBody> {
