@@ -2,7 +2,7 @@
 //! (`nearhop_stack::balancer`), as an operator would scale out a region: every request
 //! reaches the tunnel whichever edge the balancer picked (the other edge relays it over the
 //! mesh), the tunnel sees the real client, not the balancer, and so does its `w:` allowlist;
-//! the SSH port takes the header too. PROXY headers from anyone but the trusted balancer are
+//! the TLS port (header, then ClientHello) and the SSH port take the header too. PROXY headers from anyone but the trusted balancer are
 //! refused with a sentence.
 
 use nearhop_stack::balancer::{exchange_from, v2_header, Balancer};
@@ -280,4 +280,113 @@ fn an_allowlist_sees_the_client_behind_the_balancer_and_ssh_passes_one_too() {
         .send()
         .expect("answer");
     assert_eq!(direct.status(), 403);
+}
+
+/// HTTPS through the balancer: a trusted v2 header, then the visitor's ClientHello on the
+/// TLS port. Whichever edge the balancer picks (the holder, or the other edge, which
+/// terminates the TLS and relays the requests inside), the tunnel sees the client the header
+/// names in `X-Forwarded-For`. The balancer's own address on the TLS port without a header
+/// is dropped before any TLS, counted, and reaches no tunnel.
+#[test]
+fn a_trusted_header_before_a_client_hello_names_the_https_visitor() {
+    let stack = Stack::start(StackOptions {
+        regions: vec![("us".into(), Ipv4Addr::new(127, 0, 0, 1))],
+        with_edges: true,
+        edge_https: true,
+        edges_per_region: 2,
+        edge_toml: format!("proxy_protocol_from = [\"{BALANCER_IP}/32\"]\n"),
+        ..StackOptions::default()
+    })
+    .expect("stack starts");
+    let edges = stack.edges_of("us");
+    let (holder, other) = (edges[0], edges[1]);
+    let local = LocalService::start("local");
+    let token = stack.pro_token();
+    let (_client, url) = stack
+        .http_tunnel(0, "https", Some(&token), local.port)
+        .expect("tunnel");
+    wait_until_served_by(other, &url);
+    let host = host_of(&url);
+    let ca = stack.path().join("tls/zone-cert.pem");
+    // curl from `from` to `to`, HTTPS with the stack's CA: (exit code, body, stderr).
+    let https_from = |from: Ipv4Addr, to: SocketAddr, path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--http1.1", "--interface"])
+            .arg(from.to_string())
+            .arg("--cacert")
+            .arg(&ca)
+            .arg("--resolve")
+            .arg(format!("{host}:{}:{}", to.port(), to.ip()))
+            .arg(format!("https://{host}:{}{path}", to.port()))
+            .output()
+            .expect("curl runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let headers = |edge: &EdgeProcess| {
+        metric_sum(
+            &edge_metrics(edge),
+            "nearhop_edge_proxy_protocol_headers_total",
+            &[("listener", "tls"), ("command", "proxy")],
+        )
+    };
+
+    let balancer = Balancer::start(
+        Ipv4Addr::LOCALHOST,
+        BALANCER_IP,
+        vec![tls_addr(holder), tls_addr(other)],
+    );
+    // Four connections, two to each edge.
+    for i in 0..4 {
+        let (code, body, stderr) = https_from(CLIENT_IP, balancer.addr, &format!("/tls/{i}"));
+        assert_eq!(code, 0, "HTTPS {i} through the balancer: {stderr}");
+        assert!(
+            body.starts_with(&format!("hello from local /tls/{i}")),
+            "HTTPS {i}: {body}"
+        );
+        assert!(
+            body.contains("\nxff=127.0.0.9\n") && body.contains("\nxfp=https\n"),
+            "HTTPS {i}: the tunnel sees the client behind the balancer: {body}"
+        );
+    }
+    assert_eq!(balancer.carried.load(Ordering::Relaxed), 4);
+    assert_eq!(
+        (headers(holder), headers(other)),
+        (2.0, 2.0),
+        "each edge read the balancer's header on its TLS port"
+    );
+
+    // The balancer's address straight to the TLS port, with no header: no TLS at all, and
+    // a refusal counted under a cause that `NearhopBalancerHeaderMissing` alerts on.
+    let served_before = local.served.load(Ordering::Relaxed);
+    let refused = || {
+        let metrics = edge_metrics(holder);
+        ["missing", "malformed", "too_large", "timeout"]
+            .iter()
+            .map(|cause| {
+                metric_sum(
+                    &metrics,
+                    "nearhop_edge_proxy_protocol_refused_total",
+                    &[("listener", "tls"), ("cause", cause)],
+                )
+            })
+            .sum::<f64>()
+    };
+    assert_eq!(refused(), 0.0);
+    let (code, body, stderr) = https_from(BALANCER_IP, tls_addr(holder), "/no-header");
+    assert_ne!(code, 0, "HTTPS without a header was served: {body}");
+    assert!(body.is_empty(), "{body}");
+    assert_eq!(
+        refused(),
+        1.0,
+        "the dropped connection is counted: {stderr}"
+    );
+    assert_eq!(
+        local.served.load(Ordering::Relaxed),
+        served_before,
+        "the connection without a header reached the tunnel"
+    );
 }

@@ -840,18 +840,57 @@ fn edges_trust_each_other_only_as_themselves() {
         anyhow::ensure!(status == 404, "{status}");
         Ok(())
     });
-    // ap's revoked credential opens nothing at eu's admin API either.
-    let r = reqwest::blocking::Client::new()
-        .post(format!("http://{}:{}/v1/tunnels/1/close", eu.ip, eu.admin))
-        .bearer_auth(&stack.edges[AP].spec.credential)
-        .json(&serde_json::json!({"reason": "takedown", "message": "x"}))
-        .send()
-        .unwrap();
+    // eu's admin API opens with the admin key eu gave control in its registration, and
+    // with no edge's credential: not ap's revoked one, not us's live one, not eu's own.
+    let pg = &stack.pg.primary.endpoint;
+    let admin_key = psql(pg, "SELECT admin_key FROM edges WHERE id = 'eu-1'").expect("eu's row");
+    let tunnel_id = psql(
+        pg,
+        &format!(
+            "SELECT id FROM tunnels WHERE label || '.' || zone = '{}' AND closed_at IS NULL",
+            host_of(&url)
+        ),
+    )
+    .expect("the tunnel's row");
+    let alive = |bearer: &str| {
+        let r = reqwest::blocking::Client::new()
+            .get(format!(
+                "http://{}:{}/v1/tunnels/{}/alive",
+                eu.ip,
+                eu.admin,
+                tunnel_id.trim()
+            ))
+            .bearer_auth(bearer)
+            .timeout(PATIENCE)
+            .send()
+            .expect("eu's admin API answers");
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    };
+    let (status, body) = alive(admin_key.trim());
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     assert_eq!(
-        r.status(),
-        401,
-        "a revoked edge credential at the admin API"
+        (status, answer),
+        (200, serde_json::json!({"known": true, "alive": true})),
+        "control's admin key asks eu about its tunnel: {body}"
     );
+    for (whose, bearer) in [
+        (
+            "ap's revoked credential",
+            stack.edges[AP].spec.credential.as_str(),
+        ),
+        (
+            "us's live credential",
+            stack.edges[US].spec.credential.as_str(),
+        ),
+        ("eu's own credential", eu.credential.as_str()),
+        (
+            "a forged key",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ),
+    ] {
+        let (status, body) = alive(bearer);
+        assert_eq!(status, 401, "{whose} at eu's admin API: {body}");
+    }
     // The others still relay.
     let (status, _) = http_get(stack.regions[US].http_addr(), &host_of(&url), "/").unwrap();
     assert_eq!(status, 200);
@@ -863,6 +902,146 @@ fn edges_trust_each_other_only_as_themselves() {
         anyhow::ensure!(status == 404 && body.contains("No tunnel here"), "{status}");
         Ok(())
     });
+}
+
+/// Opens a relay channel at the mesh listener of the edge of `to` as the edge of `from`
+/// would: the stock OpenSSH client authenticates as `from`'s edge id with `from`'s own mesh
+/// key and opens a `direct-tcpip` channel to `nearhop-relay/http` (`ssh -W`; OpenSSH names
+/// the originator 127.0.0.1:65535). Writes `request` on it and returns every byte that came
+/// back until `to` ended the channel (its EOF), and what ssh said on stderr.
+fn relay_as_peer(stack: &Stack, from: usize, to: usize, request: &str) -> (String, String) {
+    use std::process::{Command, Stdio};
+    let key = stack.edges[from]
+        .config_path
+        .with_file_name("ssh_host_ed25519_key-mesh");
+    let to = &stack.edges[to].spec;
+    let mut ssh = Command::new("ssh")
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+        .args([
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .args(["-o", "LogLevel=ERROR", "-i"])
+        .arg(&key)
+        .args(["-p", &to.mesh.to_string(), "-W", "nearhop-relay/http:1"])
+        .arg(format!("{}@{}", stack.edges[from].spec.edge_id, to.ip))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh runs");
+    // stdin stays open until the answer ends: the visitor has not gone away.
+    let mut stdin = ssh.stdin.take().expect("stdin");
+    stdin.write_all(request.as_bytes()).expect("the request");
+    let mut stdout = ssh.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let _ = stdout.read_to_end(&mut got);
+        let _ = tx.send(got);
+    });
+    let got = rx.recv_timeout(PATIENCE);
+    // The answer has ended (OpenSSH's stdout closes at the edge's EOF); OpenSSH does not
+    // close a `-W` channel itself, and the edge would wait 30 s for it to.
+    let _ = ssh.kill();
+    drop(stdin);
+    let mut said = String::new();
+    if let Some(mut stderr) = ssh.stderr.take() {
+        let _ = stderr.read_to_string(&mut said);
+    }
+    let _ = ssh.wait();
+    let got = got.unwrap_or_else(|_| panic!("the relay channel was not closed: {said}"));
+    (String::from_utf8_lossy(&got).into_owned(), said)
+}
+
+/// A relay channel reaches an edge that does not hold the name its request asks for (a
+/// genuine peer's channel, opened with the stock OpenSSH client as `relay_as_peer` does): a
+/// name no edge holds gets the "No tunnel here" page, and a name a third edge holds is
+/// handed back unanswered (the channel ends without a byte, for the relaying edge to send
+/// the request where the name is); neither goes a second hop. A name the edge holds itself
+/// is answered on the same kind of channel, so the refusals are the edge's, not the
+/// channel's.
+#[test]
+fn a_relayed_request_for_a_name_the_edge_does_not_hold_goes_no_second_hop() {
+    let stack = mesh_stack();
+    let at_eu = LocalService::start("at-eu");
+    let at_ap = LocalService::start("at-ap");
+    let (_eu_client, eu_url, _) = eu_tunnel(&stack, &at_eu, &[]);
+    let (_ap_client, ap_url) = stack
+        .http_tunnel(AP, "ap-client", Some(&stack.pro_token()), at_ap.port)
+        .expect("tunnel through ap");
+    // eu knows ap holds ap's name (a visitor at eu is relayed there).
+    wait_relayed(&stack, EU, &ap_url);
+    let zone = host_of(&ap_url)
+        .split_once('.')
+        .expect("a zone")
+        .1
+        .to_string();
+    let relays = |region: usize, direction: &str| {
+        metric_sum(
+            &edge_metrics(&stack, region),
+            "nearhop_edge_relay_connections_total",
+            &[("direction", direction)],
+        )
+    };
+    let from_us = || {
+        metric_sum(
+            &edge_metrics(&stack, EU),
+            "nearhop_edge_relay_connections_total",
+            &[("peer", "us-1"), ("direction", "in")],
+        )
+    };
+    let ask =
+        |host: &str| format!("GET /relayed HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+
+    // The channel works: eu's own tunnel answers, to the originator OpenSSH named.
+    let before = from_us();
+    let (answer, said) = relay_as_peer(&stack, US, EU, &ask(&host_of(&eu_url)));
+    assert!(
+        answer.starts_with("HTTP/1.1 200 ")
+            && answer.contains("hello from at-eu /relayed")
+            && answer.contains("xff=127.0.0.1\n"),
+        "eu's own tunnel on a relay channel from us: {answer}\nssh: {said}"
+    );
+    assert_eq!(from_us() - before, 1.0, "eu counted the channel from us");
+
+    let (eu_out, ap_in, ap_served) = (
+        relays(EU, "out"),
+        relays(AP, "in"),
+        at_ap.served.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    // A name no edge holds: the page, from eu.
+    let nowhere = format!("nobody-holds-this.{zone}");
+    let (answer, said) = relay_as_peer(&stack, US, EU, &ask(&nowhere));
+    assert!(
+        answer.starts_with("HTTP/1.1 404 ") && answer.contains("No tunnel here"),
+        "a name held nowhere, relayed to eu: {answer}\nssh: {said}"
+    );
+    // A name ap holds: eu ends the channel without a word rather than relay it to ap.
+    let before = from_us();
+    let (answer, said) = relay_as_peer(&stack, US, EU, &ask(&host_of(&ap_url)));
+    assert!(
+        answer.is_empty(),
+        "a name ap holds, relayed to eu, was answered: {answer}\nssh: {said}"
+    );
+    assert_eq!(
+        from_us() - before,
+        1.0,
+        "eu took the channel (and ended it): {said}"
+    );
+    assert_eq!(relays(EU, "out"), eu_out, "eu relayed a relayed request on");
+    assert_eq!(relays(AP, "in"), ap_in, "ap was relayed a relayed request");
+    assert_eq!(
+        at_ap.served.load(std::sync::atomic::Ordering::Relaxed),
+        ap_served,
+        "ap's tunnel served a relayed request a second hop away"
+    );
+    // Straight to eu, a visitor of the same name is relayed to ap as ever.
+    let (status, body) = http_get(stack.regions[EU].http_addr(), &host_of(&ap_url), "/x").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(relays(EU, "out"), eu_out + 1.0, "eu relays its own visitor");
 }
 
 /// A compromised edge that is still listed (a genuine credential, registered under its own
