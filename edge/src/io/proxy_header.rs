@@ -67,6 +67,13 @@ pub fn parse(bytes: &[u8]) -> Parsed {
     if v1_line_open {
         return Parsed::Incomplete;
     }
+    // Bytes that start neither header are no header, whatever ppp would make of them: it
+    // tries them as v1 text, and a TLS ClientHello's bytes that are not UTF-8 would be a
+    // "malformed" header (the balancer sends none at all).
+    let may_be = |signature: &[u8]| bytes.starts_with(signature) || signature.starts_with(bytes);
+    if !may_be(b"PROXY") && !may_be(V2_SIGNATURE) {
+        return Parsed::NotAHeader;
+    }
     // A broken v2 header is told as such: `HeaderResult::parse` alone would try it as v1
     // and call it no header at all.
     let result: HeaderResult = if bytes.starts_with(V2_SIGNATURE) {
@@ -443,6 +450,12 @@ mod tests {
     fn garbage_is_not_a_header_and_broken_headers_are_malformed() {
         assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Parsed::NotAHeader);
         assert_eq!(parse(&[0x16, 0x03, 0x01, 0x02, 0x00]), Parsed::NotAHeader);
+        // A ClientHello whose bytes are not UTF-8 (ppp alone calls it a broken v1 header).
+        let mut hello = vec![
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ];
+        hello.extend((0u8..=255).cycle().take(500));
+        assert_eq!(parse(&hello), Parsed::NotAHeader);
         assert_eq!(parse(b"SSH-2.0-OpenSSH_9.6\r\n"), Parsed::NotAHeader);
         assert!(matches!(
             parse(b"PROXY TCP4 not-an-ip 10.0.0.1 1 2\r\n"),
