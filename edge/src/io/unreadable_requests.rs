@@ -8,9 +8,11 @@
 //!
 //! hyper writes such an answer only when every request it handed to the service has been
 //! answered, so a write is taken for one only when [`Answering`] counted no request handed
-//! over since the last write, and only when it is exactly hyper's: a status line of 400, 414
-//! or 431 and no fields but `connection: close`, `content-length: 0` and `date`. An answer
-//! of the service's (the tunnel's) passes through whatever it says.
+//! over since the last write (hyper's own `100 Continue` aside), and only when its bytes are
+//! exactly hyper's: the status line of a 400, 414 or 431, then `connection: close`,
+//! `content-length: 0` and `date`, in that order and nothing else. An answer of the
+//! service's (the tunnel's) passes through whatever it says; so does everything after a
+//! `101` (an upgraded connection).
 
 use crate::io::last_word::{LINGER, LINGER_BYTES};
 use std::future::Future;
@@ -21,10 +23,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
-
-/// Longest answer hyper writes for a head it cannot read (the status line and three
-/// fields); a longer write is never one.
-const MOST_HYPER_REFUSAL: usize = 256;
 
 /// Requests of one connection handed to the service so far. hyper writes an answer of its
 /// own only when every request handed over was answered, so a write made while no request
@@ -47,6 +45,9 @@ impl Answering {
 enum Told {
     /// Nothing refused.
     Not,
+    /// The connection was upgraded (a `101` went out): what follows is not HTTP, and no
+    /// write is looked at again.
+    Off,
     /// The page is being written (from the offset).
     Writing(Vec<u8>, usize),
     /// The page is out and the writing side shut: what the client still sends is read and
@@ -95,36 +96,52 @@ impl<S, P: FnMut(u16) -> Vec<u8>> ToldWhy<S, P> {
     /// Notes a write that went through: the requests handed over before it are answered
     /// or being answered. A write still pending is not one (hyper tries the same bytes
     /// again, and they are the service's).
-    fn went_through<T>(&mut self, handed: u64, written: &Poll<io::Result<T>>) {
+    fn went_through<T>(&mut self, handed: u64, buf: &[u8], written: &Poll<io::Result<T>>) {
         if let Poll::Ready(Ok(_)) = written {
-            self.handed_at_last_write = handed;
+            if buf.starts_with(b"HTTP/1.1 101 ") {
+                self.told = Told::Off;
+            } else if buf != CONTINUE {
+                // hyper's `100 Continue` goes out before the answer it announces.
+                self.handed_at_last_write = handed;
+            }
         }
     }
 }
 
+/// The heads of hyper's answers to a head it cannot read, up to their `date` field: hyper
+/// writes the status line, then `connection: close` (the connection ends), then the
+/// implicit `content-length: 0`. An answer of the service's has fields of its own first (a
+/// proxied answer carries the local service's `content-length`, `date` or more), so its
+/// bytes differ even when it is a bare 400 on a closing connection.
+const HYPER_REFUSALS: [(u16, &[u8]); 3] = [
+    (
+        400,
+        b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n",
+    ),
+    (
+        414,
+        b"HTTP/1.1 414 URI Too Long\r\nconnection: close\r\ncontent-length: 0\r\n",
+    ),
+    (
+        431,
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n",
+    ),
+];
+
+/// Length of hyper's `date` field line: `date: ` and an IMF-fixdate of 29 characters.
+const DATE_LINE: usize = "date: ".len() + 29 + 2;
+
 /// The status of `buf` when it is exactly what hyper writes for a head it cannot read.
 fn hyper_refusal(buf: &[u8]) -> Option<u16> {
-    if buf.len() > MOST_HYPER_REFUSAL || !buf.starts_with(b"HTTP/1.1 4") {
-        return None;
-    }
-    let mut fields = [httparse::EMPTY_HEADER; 4];
-    let mut answer = httparse::Response::new(&mut fields);
-    match answer.parse(buf) {
-        Ok(httparse::Status::Complete(len)) if len == buf.len() => {}
-        _ => return None,
-    }
-    let status = answer.code.filter(|c| matches!(c, 400 | 414 | 431))?;
-    let hypers_own = answer.headers.iter().all(|f| {
-        let name = f.name.to_ascii_lowercase();
-        match name.as_str() {
-            "connection" => f.value == b"close",
-            "content-length" => f.value == b"0",
-            "date" => true,
-            _ => false,
-        }
-    });
-    hypers_own.then_some(status)
+    let (status, head) = HYPER_REFUSALS.iter().find(|(_, h)| buf.starts_with(h))?;
+    let rest = &buf[head.len()..];
+    let dated =
+        rest.len() == DATE_LINE + 2 && rest.starts_with(b"date: ") && rest.ends_with(b"\r\n\r\n");
+    (rest == b"\r\n" || dated).then_some(*status)
 }
+
+/// What hyper writes itself when a request expects `100-continue`: not an answer.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 impl<S: AsyncRead + AsyncWrite + Unpin, P: FnMut(u16) -> Vec<u8> + Unpin> ToldWhy<S, P> {
     /// Writes what is left of the page.
@@ -190,14 +207,21 @@ where
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        // After its refusal hyper writes nothing more; were it to, the bytes would follow
-        // a page that says how long it is, so they go nowhere.
-        if !matches!(this.told, Told::Not) || this.takes_the_place_of(buf) {
+        match this.told {
+            Told::Off => return Pin::new(&mut this.inner).poll_write(cx, buf),
+            // After its refusal hyper writes nothing more; were it to, the bytes would
+            // follow a page that says how long it is, so they go nowhere.
+            Told::Writing(..) | Told::Lingering(..) | Told::Done => {
+                return Poll::Ready(Ok(buf.len()))
+            }
+            Told::Not => {}
+        }
+        if this.takes_the_place_of(buf) {
             return Poll::Ready(Ok(buf.len()));
         }
         let handed = this.answering.handed();
         let written = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.went_through(handed, &written);
+        this.went_through(handed, buf, &written);
         written
     }
 
@@ -208,20 +232,22 @@ where
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if !matches!(this.told, Told::Not) {
-            return Poll::Ready(Ok(total));
+        match this.told {
+            Told::Off => return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+            Told::Writing(..) | Told::Lingering(..) | Told::Done => return Poll::Ready(Ok(total)),
+            Told::Not => {}
         }
         // hyper's refusal is a head alone: one piece.
-        let only = bufs
+        let first = bufs
             .iter()
             .find(|b| !b.is_empty())
-            .filter(|b| b.len() == total);
-        if this.takes_the_place_of(only.map_or(&[][..], |b| &b[..])) {
+            .map_or(&[][..], |b| &b[..]);
+        if first.len() == total && this.takes_the_place_of(first) {
             return Poll::Ready(Ok(total));
         }
         let handed = this.answering.handed();
         let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.went_through(handed, &written);
+        this.went_through(handed, first, &written);
         written
     }
 
@@ -284,6 +310,18 @@ mod tests {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 counted.begin();
                 async move {
+                    if req.uri().path() == "/upload400" {
+                        // Reading the body makes hyper send `100 Continue` first.
+                        use http_body_util::BodyExt;
+                        let _ = req.into_body().collect().await;
+                        let mut r = hyper::Response::new(full(Bytes::new()));
+                        *r.status_mut() = StatusCode::BAD_REQUEST;
+                        r.headers_mut().insert(
+                            hyper::header::CONNECTION,
+                            hyper::header::HeaderValue::from_static("close"),
+                        );
+                        return Ok::<_, Infallible>(r);
+                    }
                     let resp = if req.uri().path() == "/empty400" {
                         let mut r = hyper::Response::new(full(Bytes::new()));
                         *r.status_mut() = StatusCode::BAD_REQUEST;
@@ -355,6 +393,22 @@ mod tests {
         assert!(got.ends_with("\r\n\r\nwhy 400"), "{got}");
         // The service's own bare 400 (with `connection: close`) is not taken for hyper's.
         let got = exchange(b"GET /empty400 HTTP/1.1\r\nHost: x\r\n\r\n", 8192).await;
+        assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
+        assert!(!got.contains("why"), "{got}");
+        // Nor after hyper's own `100 Continue`, which went out alone: the client waited
+        // for it before sending the body.
+        let mut client = serve(8192);
+        client
+            .write_all(b"POST /upload400 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+            .await
+            .expect("write");
+        let mut went_on = vec![0u8; CONTINUE.len()];
+        client.read_exact(&mut went_on).await.expect("100 Continue");
+        assert_eq!(went_on, CONTINUE);
+        client.write_all(b"hi").await.expect("body");
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        let got = String::from_utf8_lossy(&got);
         assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
         assert!(!got.contains("why"), "{got}");
     }
@@ -430,6 +484,8 @@ mod tests {
         let date = "date: Mon, 07 Dec 2026 07:33:59 GMT\r\n";
         let hyper = format!("HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n{date}\r\n");
         assert_eq!(hyper_refusal(hyper.as_bytes()), Some(431));
+        let undated = "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(hyper_refusal(undated.as_bytes()), Some(400));
         for other in [
             // Another status, a body, another field, a head cut short.
             format!(
@@ -441,6 +497,12 @@ mod tests {
             format!("HTTP/1.1 400 Bad Request\r\nserver: x\r\ncontent-length: 0\r\n{date}\r\n"),
             format!("HTTP/1.1 400 Bad Request\r\ncontent-length: 3\r\n{date}\r\n"),
             "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n".to_string(),
+            // A service's bare 400 on a closing connection: its own length comes first.
+            format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n{date}connection: close\r\n\r\n"
+            ),
+            // One on a kept-alive connection.
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n{date}\r\n"),
         ] {
             assert_eq!(hyper_refusal(other.as_bytes()), None, "{other}");
         }

@@ -219,11 +219,11 @@ pub async fn serve_stream<S>(
     }
 }
 
-/// A relayed request for a tunnel that another peer edge holds now: its client moved there
-/// while the request was on its way. This edge does not relay it on (one hop at most); it
-/// ends the relay channel without an answer, so that the relaying edge, which sees a holder
-/// that went before answering, sends the request again to where the tunnel is now (when it
-/// is safe to send twice).
+/// A relayed request, safe to send twice, for a tunnel that another peer edge holds now:
+/// its client moved there while the request was on its way. This edge does not relay it on
+/// (one hop at most); it ends the relay channel without an answer, so that the relaying
+/// edge, which sees a holder that went before answering, sends the request again to where
+/// the tunnel is now.
 #[derive(Debug)]
 pub(super) struct HeldElsewhere;
 
@@ -436,8 +436,9 @@ impl VisitorConn {
     /// client was reconnecting (or a kept-alive channel had just closed) is tried again
     /// when it is safe to send twice, so a client moving between edges loses no visit.
     /// A request relayed here whose tunnel moved to another edge meanwhile is not answered
-    /// here ([`HeldElsewhere`]); inside a whole TLS connection it gets the "Tunnel moved"
-    /// page, since the relaying edge could not send it again.
+    /// here ([`HeldElsewhere`]) when it is safe to send twice; any other, and any inside a
+    /// whole TLS connection, gets the "Tunnel moved" page, since the relaying edge could
+    /// not send it again.
     pub(super) async fn handle(
         &self,
         req: Request<Incoming>,
@@ -452,7 +453,9 @@ impl VisitorConn {
                 Err(NotAnswered::Failed(failed)) => failed,
                 Err(NotAnswered::HeldElsewhere) => {
                     tracing::debug!("relayed request's tunnel is held by another edge now");
-                    if self.arrival == Arrival::RelayedWhole {
+                    // Only a request the relaying edge may send again is handed back; any
+                    // other would be lost with the channel, so its visitor is told.
+                    if self.arrival == Arrival::RelayedWhole || replay.is_none() {
                         return Ok(self.count(pages::tunnel_moved(), "edge"));
                     }
                     return Err(HeldElsewhere);

@@ -172,9 +172,9 @@ pub fn tunnel_busy() -> Response<ProxyBody> {
     resp
 }
 
-/// 503 for a request relayed here inside a whole TLS connection (HTTP/2) whose tunnel
-/// moved to another edge meanwhile: the relaying edge cannot send it again, so the visitor
-/// is asked to.
+/// 503 for a request relayed here whose tunnel moved to another edge meanwhile, when the
+/// relaying edge cannot send it again (a request with a body, or one inside a whole TLS
+/// connection): the visitor is asked to.
 pub fn tunnel_moved() -> Response<ProxyBody> {
     let mut resp = page(
         StatusCode::SERVICE_UNAVAILABLE,
