@@ -30,6 +30,15 @@ struct Edge {
 }
 
 impl Edge {
+    /// A caller of `stack`'s control with `credential` (an edge's, or the shared secret).
+    fn of(stack: &Stack, http: &Client, credential: String) -> Edge {
+        Edge {
+            http: http.clone(),
+            base: stack.control.url.clone(),
+            credential,
+        }
+    }
+
     fn post<T: Serialize>(&self, path: &str, body: &T) -> (u16, String) {
         let r = self
             .http
@@ -154,11 +163,7 @@ fn each_edge_acts_only_as_itself_and_revocation_drops_it_from_the_mesh() {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    let edge = |credential: String| Edge {
-        http: http.clone(),
-        base: stack.control.url.clone(),
-        credential,
-    };
+    let edge = |credential: String| Edge::of(&stack, &http, credential);
     let a = edge(issue(&stack, "a-1"));
     let b = edge(issue(&stack, "b-1"));
     let forged = edge(format!("nhe_{}", "x".repeat(32)));
@@ -370,11 +375,7 @@ fn refused_as_revoked(status_and_text: (u16, String), edge_id: &str) {
 #[test]
 fn shared_secret_cannot_act_as_an_edge_whose_credentials_were_revoked() {
     let (stack, http) = one_region();
-    let edge = |credential: String| Edge {
-        http: http.clone(),
-        base: stack.control.url.clone(),
-        credential,
-    };
+    let edge = |credential: String| Edge::of(&stack, &http, credential);
     let a = edge(issue(&stack, "a-1"));
     let b = edge(issue(&stack, "b-1"));
     let legacy = edge(stack.control.edge_secret.clone());
@@ -461,11 +462,7 @@ fn a_credential_pinned_to_a_region_cannot_register_its_edge_in_another() {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    let edge = |credential: String| Edge {
-        http: http.clone(),
-        base: stack.control.url.clone(),
-        credential,
-    };
+    let edge = |credential: String| Edge::of(&stack, &http, credential);
     let in_region = |edge_id: &str, region: &str, host_key: &str| RegisterEdgeRequest {
         region: region.into(),
         ..registration(edge_id, "127.0.0.1:7001", host_key)
@@ -516,11 +513,7 @@ fn a_credential_pinned_to_a_region_cannot_register_its_edge_in_another() {
 #[test]
 fn an_edge_on_the_shared_secret_is_told_no_peers() {
     let (stack, http) = one_region();
-    let edge = |credential: String| Edge {
-        http: http.clone(),
-        base: stack.control.url.clone(),
-        credential,
-    };
+    let edge = |credential: String| Edge::of(&stack, &http, credential);
     let a = edge(issue(&stack, "a-1"));
     let legacy = edge(stack.control.edge_secret.clone());
     let (status, text) = a.register(&registration("a-1", "127.0.0.1:7001", KEY_A));

@@ -32,6 +32,19 @@ fn visitor_from(url: &str, edge: SocketAddr, source: Ipv4Addr) -> reqwest::block
         .expect("client")
 }
 
+/// `ssh` options for dialling an edge's mesh listener as a peer would: no prompts, no
+/// known-hosts file, only the key given with `-i`.
+const MESH_SSH_OPTIONS: [&str; 8] = [
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "IdentitiesOnly=yes",
+];
+
 fn edge_metrics(stack: &Stack, region: usize) -> String {
     let e = &stack.edges[region];
     reqwest::blocking::get(format!("http://{}:{}/metrics", e.spec.ip, e.spec.admin))
@@ -792,13 +805,7 @@ fn edges_trust_each_other_only_as_themselves() {
         .unwrap();
     assert!(keygen.success());
     let attempt = std::process::Command::new("ssh")
-        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
-        .args([
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
+        .args(MESH_SSH_OPTIONS)
         .arg("-i")
         .arg(&forged)
         .args([
@@ -916,13 +923,7 @@ fn relay_as_peer(stack: &Stack, from: usize, to: usize, request: &str) -> (Strin
         .with_file_name("ssh_host_ed25519_key-mesh");
     let to = &stack.edges[to].spec;
     let mut ssh = Command::new("ssh")
-        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
-        .args([
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
+        .args(MESH_SSH_OPTIONS)
         .args(["-o", "LogLevel=ERROR", "-i"])
         .arg(&key)
         .args(["-p", &to.mesh.to_string(), "-W", "nearhop-relay/http:1"])

@@ -131,8 +131,15 @@ const HYPER_REFUSALS: [(u16, &[u8]); 3] = [
 /// Length of hyper's `date` field line: `date: ` and an IMF-fixdate of 29 characters.
 const DATE_LINE: usize = "date: ".len() + 29 + 2;
 
+/// The longest of hyper's answers (the 431, dated): a longer write, such as any body
+/// chunk, is never one, and costs one comparison.
+const LONGEST_REFUSAL: usize = HYPER_REFUSALS[2].1.len() + DATE_LINE + 2;
+
 /// The status of `buf` when it is exactly what hyper writes for a head it cannot read.
 fn hyper_refusal(buf: &[u8]) -> Option<u16> {
+    if buf.len() > LONGEST_REFUSAL {
+        return None;
+    }
     let (status, head) = HYPER_REFUSALS.iter().find(|(_, h)| buf.starts_with(h))?;
     let rest = &buf[head.len()..];
     let dated =

@@ -189,8 +189,8 @@ pub async fn serve_stream<S>(
         arrival,
         Upstreams::Kept(Mutex::new(None)),
     ));
-    // A request that another edge's tunnel now answers ends a relayed connection unanswered
-    // (`HeldElsewhere`): hyper closes it without writing anything.
+    // A relayed request, safe to send twice, that another edge's tunnel now answers ends
+    // the relayed connection unanswered (`HeldElsewhere`): hyper closes it without writing.
     let service = service_fn(move |req| {
         answering.begin();
         let conn = conn.clone();
