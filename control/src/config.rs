@@ -40,6 +40,15 @@ pub struct Config {
     /// Bearer secret of the admin API. Required.
     #[serde(default)]
     pub admin_secret: String,
+    /// Secret the Ed25519 key that signs holder proofs derives from. Optional: unset, the
+    /// key derives from `admin_secret` (as before this setting), so that rotating the admin
+    /// secret re-keys the mesh; set it, and the admin secret can change alone.
+    #[serde(default)]
+    pub holder_key_secret: Option<String>,
+    /// The secret of the holder key before the current one, while it is rotated: edges are
+    /// sent its public key too and take proofs under either. Optional.
+    #[serde(default)]
+    pub holder_key_previous_secret: Option<String>,
     /// Region of the primary database (and of control). Default `us`.
     #[serde(default = "default_primary_region")]
     pub primary_region: String,
@@ -322,7 +331,7 @@ impl Config {
         Ok(cfg)
     }
 
-    fn validate(&mut self) -> Result<()> {
+    pub(crate) fn validate(&mut self) -> Result<()> {
         if self.regions.is_empty() {
             self.regions.push(RegionConfig {
                 name: self.primary_region.clone(),
@@ -459,11 +468,60 @@ impl Config {
                  give each edge its own credential (`nearhop-control edge issue`)"
             );
         }
+        self.validate_holder_key_secrets()?;
         self.check_durations()?;
         if self.lease_seconds <= self.heartbeat_seconds {
             bail!("lease_seconds must be longer than heartbeat_seconds");
         }
         self.validate_acme()
+    }
+
+    /// The secret the holder-proof key derives from now: `holder_key_secret`, else
+    /// `admin_secret`.
+    pub fn holder_key_secret(&self) -> &str {
+        self.holder_key_secret
+            .as_deref()
+            .unwrap_or(self.admin_secret.as_str())
+    }
+
+    /// Checks `holder_key_secret` and `holder_key_previous_secret` (after `admin_secret`).
+    /// The messages never show a secret.
+    fn validate_holder_key_secrets(&mut self) -> Result<()> {
+        // An empty value (e.g. `NEARHOP_CONTROL_HOLDER_KEY_SECRET=`) means "not set".
+        for secret in [
+            &mut self.holder_key_secret,
+            &mut self.holder_key_previous_secret,
+        ] {
+            if secret.as_deref() == Some("") {
+                *secret = None;
+            }
+        }
+        for (key, secret) in [
+            ("holder_key_secret", &self.holder_key_secret),
+            (
+                "holder_key_previous_secret",
+                &self.holder_key_previous_secret,
+            ),
+        ] {
+            if secret.as_ref().is_some_and(|s| s.len() < 16) {
+                bail!(
+                    "{key}, when set, must be 16 characters or more \
+                     (e.g. `openssl rand -hex 32`)"
+                );
+            }
+        }
+        if self.holder_key_previous_secret.as_deref() == Some(self.holder_key_secret()) {
+            let current = if self.holder_key_secret.is_some() {
+                "holder_key_secret"
+            } else {
+                "admin_secret (holder_key_secret is unset)"
+            };
+            bail!(
+                "holder_key_previous_secret is the secret holder proofs are signed with now \
+                 ({current}); set it to the secret from before a rotation, or leave it out"
+            );
+        }
+        Ok(())
     }
 
     /// Refuses durations longer than any timer may run, and 0 where nothing useful happens
@@ -958,6 +1016,102 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("edge_secret"));
+    }
+
+    #[test]
+    fn the_holder_key_follows_admin_secret_until_its_own_secret_is_set() {
+        let admin = "admin_secret = \"0123456789abcdef\"\n";
+        let c = from_parts(admin, &[]).unwrap();
+        assert_eq!(c.holder_key_secret(), "0123456789abcdef");
+        // Set, it stays put while the admin secret changes.
+        let c = from_parts(
+            admin,
+            &[
+                ("NEARHOP_CONTROL_ADMIN_SECRET", "a-new-admin-secret-0"),
+                ("NEARHOP_CONTROL_HOLDER_KEY_SECRET", "0123456789abcdef"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.admin_secret, "a-new-admin-secret-0");
+        assert_eq!(c.holder_key_secret(), "0123456789abcdef");
+        // From the file too, with the previous one; an empty variable means unset.
+        let c = from_parts(
+            &format!(
+                "{admin}holder_key_secret = \"the-new-holder-secret\"\n\
+                 holder_key_previous_secret = \"the-old-holder-secret\"\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.holder_key_secret(), "the-new-holder-secret");
+        assert_eq!(
+            c.holder_key_previous_secret.as_deref(),
+            Some("the-old-holder-secret")
+        );
+        let c = from_parts(admin, &[("NEARHOP_CONTROL_HOLDER_KEY_SECRET", "")]).unwrap();
+        assert_eq!(c.holder_key_secret, None);
+        assert_eq!(c.holder_key_secret(), "0123456789abcdef");
+    }
+
+    #[test]
+    fn holder_key_secrets_are_long_and_the_previous_is_not_the_current() {
+        let admin = "admin_secret = \"0123456789abcdef\"\n";
+        for key in ["HOLDER_KEY_SECRET", "HOLDER_KEY_PREVIOUS_SECRET"] {
+            let var = format!("NEARHOP_CONTROL_{key}");
+            let e = from_parts(admin, &[(&var, "short-secret")])
+                .unwrap_err()
+                .to_string();
+            let setting = key.to_ascii_lowercase();
+            assert!(
+                e.contains(&format!("{setting}, when set, must be 16")),
+                "{e}"
+            );
+            assert!(
+                !e.contains("short-secret"),
+                "the message shows no secret: {e}"
+            );
+        }
+        // The previous secret equal to the one signing now: to admin_secret while
+        // holder_key_secret is unset, else to holder_key_secret.
+        let e = from_parts(
+            admin,
+            &[(
+                "NEARHOP_CONTROL_HOLDER_KEY_PREVIOUS_SECRET",
+                "0123456789abcdef",
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("admin_secret (holder_key_secret is unset)"),
+            "{e}"
+        );
+        let e = from_parts(
+            admin,
+            &[
+                ("NEARHOP_CONTROL_HOLDER_KEY_SECRET", "the-holder-secret-1"),
+                (
+                    "NEARHOP_CONTROL_HOLDER_KEY_PREVIOUS_SECRET",
+                    "the-holder-secret-1",
+                ),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("signed with now (holder_key_secret)"), "{e}");
+        assert!(!e.contains("the-holder-secret-1"), "{e}");
+        // The admin secret as the previous one: a key that followed it, rotated away.
+        from_parts(
+            admin,
+            &[
+                ("NEARHOP_CONTROL_HOLDER_KEY_SECRET", "the-holder-secret-1"),
+                (
+                    "NEARHOP_CONTROL_HOLDER_KEY_PREVIOUS_SECRET",
+                    "0123456789abcdef",
+                ),
+            ],
+        )
+        .unwrap();
     }
 
     fn from_parts(text: &str, env: &[(&str, &str)]) -> Result<Config> {

@@ -116,7 +116,8 @@ pub async fn register(
         closed_tunnels,
         peers,
         certificates_generation,
-        holder_key: Some(st.holder_signer.public_key()),
+        holder_key: Some(st.holder_signing.public_key()),
+        holder_key_previous: st.holder_signing.previous_public_key(),
     })
 }
 
@@ -137,7 +138,8 @@ pub async fn heartbeat(
     let lease = chrono::Duration::seconds(st.cfg.lease_seconds as i64);
     let limit = st.cfg.zones.free.time_limit_minutes;
     let heartbeat_seconds = st.cfg.heartbeat_seconds;
-    let holder_key = st.holder_signer.public_key();
+    let holder_key = st.holder_signing.public_key();
+    let holder_key_previous = st.holder_signing.previous_public_key();
     st.blocking(move |conn| {
         let now = Utc::now();
         let updated = diesel::update(edges::table.filter(edges::id.eq(&edge_id)))
@@ -170,6 +172,7 @@ pub async fn heartbeat(
             peers,
             certificates_generation: crate::acme::store::generation(conn)?,
             holder_key: Some(holder_key),
+            holder_key_previous,
         })
     })
     .await
@@ -179,11 +182,13 @@ pub async fn heartbeat(
 /// answer would carry, renewing nothing. An edge asks when an edge it does not know dials it.
 pub async fn peers(st: &AppState, edge_id: String, joins_mesh: bool) -> ControlResult<EdgePeers> {
     let heartbeat_seconds = st.cfg.heartbeat_seconds;
-    let holder_key = st.holder_signer.public_key();
+    let holder_key = st.holder_signing.public_key();
+    let holder_key_previous = st.holder_signing.previous_public_key();
     st.blocking(move |conn| {
         Ok(EdgePeers {
             peers: crate::peers::told(conn, &edge_id, joins_mesh, heartbeat_seconds)?,
             holder_key: Some(holder_key),
+            holder_key_previous,
         })
     })
     .await

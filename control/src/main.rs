@@ -11,6 +11,7 @@ mod edge_client;
 mod edge_credentials;
 mod edges;
 mod error;
+mod holder_signing;
 mod lag;
 mod leases;
 mod metrics;
@@ -455,6 +456,8 @@ async fn serve(cfg: config::Config, migrate: bool) -> Result<()> {
     let listen = cfg.listen;
     edge_auth::warn_if_legacy(&cfg);
     let st = state::AppState::new(cfg)?;
+    st.holder_signing.log_at_start(&st.cfg);
+    tokio::spawn(st.holder_signing.clone().log_when_current_signs());
     {
         let st2 = st.clone();
         let seeded = tokio::task::spawn_blocking(move || -> Result<()> {

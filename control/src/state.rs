@@ -3,9 +3,9 @@
 use crate::config::Config;
 use crate::db::PgPool;
 use crate::edge_client::EdgeClient;
+use crate::holder_signing::HolderSigning;
 use crate::lag::LagWaiter;
 use crate::metrics::Metrics;
-use nearhop_wire::holder_proof::HolderSigner;
 use std::sync::Arc;
 
 /// Control's shared state, cheap to clone.
@@ -21,8 +21,9 @@ pub struct AppState {
     pub lag: LagWaiter,
     /// Metrics.
     pub metrics: Metrics,
-    /// Signs holder proofs (the key derives from `admin_secret`; edges get its public half).
-    pub holder_signer: Arc<HolderSigner>,
+    /// Signs holder proofs (the key derives from `holder_key_secret`, else `admin_secret`;
+    /// edges get its public half, and the previous key's during a rotation).
+    pub holder_signing: Arc<HolderSigning>,
 }
 
 impl AppState {
@@ -44,7 +45,7 @@ impl AppState {
             metrics.clone(),
         )?;
         Ok(AppState {
-            holder_signer: Arc::new(HolderSigner::from_secret(&cfg.admin_secret)),
+            holder_signing: Arc::new(HolderSigning::new(&cfg, std::time::Instant::now())),
             cfg: Arc::new(cfg),
             pool,
             edges,

@@ -226,6 +226,11 @@ pub struct RegisterEdgeResponse {
     /// only names the peer proves with it. `None` from a control that does not sign.
     #[serde(default)]
     pub holder_key: Option<String>,
+    /// The key before `holder_key`, while control's key is rotated: proofs of tunnels set
+    /// up before the rotation are signed with it and stay valid. `None` outside a rotation
+    /// (and from a control before rotations; an edge before them ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_key_previous: Option<String>,
 }
 
 /// Edge → control: the edge is alive and these are its live tunnels
@@ -252,6 +257,9 @@ pub struct EdgeHeartbeatResponse {
     /// As in [`RegisterEdgeResponse::holder_key`].
     #[serde(default)]
     pub holder_key: Option<String>,
+    /// As in [`RegisterEdgeResponse::holder_key_previous`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_key_previous: Option<String>,
 }
 
 /// How far an edge's stop has gone (`POST /v1/edges/{id}/leaving`).
@@ -589,6 +597,9 @@ pub struct EdgePeers {
     /// As in [`RegisterEdgeResponse::holder_key`].
     #[serde(default)]
     pub holder_key: Option<String>,
+    /// As in [`RegisterEdgeResponse::holder_key_previous`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_key_previous: Option<String>,
 }
 
 /// Custom-domain routes an edge serves: `GET /v1/edges/{id}/routes` answers the verified
@@ -652,6 +663,37 @@ mod tests {
             !shown.contains("secret") && !shown.contains("PRIVATE"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn answers_with_and_without_the_previous_holder_key_read_both_ways() {
+        // A control before rotations: no `holder_key_previous`; read as none.
+        let old = r#"{"close":[],"peers":[],"certificates_generation":0,"holder_key":"K"}"#;
+        let hb: EdgeHeartbeatResponse = serde_json::from_str(old).unwrap();
+        assert_eq!(hb.holder_key.as_deref(), Some("K"));
+        assert_eq!(hb.holder_key_previous, None);
+        // Outside a rotation the field is left out, so the answer is the older shape.
+        assert!(!serde_json::to_string(&hb).unwrap().contains("previous"));
+        // During one it travels; an edge before rotations reads the answer all the same
+        // (its answer types take unknown fields).
+        let during = EdgePeers {
+            peers: Vec::new(),
+            holder_key: Some("NEW".into()),
+            holder_key_previous: Some("OLD".into()),
+        };
+        let text = serde_json::to_string(&during).unwrap();
+        assert!(text.contains(r#""holder_key_previous":"OLD""#), "{text}");
+        #[derive(Deserialize)]
+        struct EdgePeersBeforeRotations {
+            holder_key: Option<String>,
+        }
+        let before: EdgePeersBeforeRotations = serde_json::from_str(&text).unwrap();
+        assert_eq!(before.holder_key.as_deref(), Some("NEW"));
+        let reg: RegisterEdgeResponse = serde_json::from_str(
+            r#"{"heartbeat_seconds":10,"closed_tunnels":[],"holder_key":"NEW","holder_key_previous":"OLD"}"#,
+        )
+        .unwrap();
+        assert_eq!(reg.holder_key_previous.as_deref(), Some("OLD"));
     }
 
     #[test]

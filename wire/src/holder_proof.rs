@@ -5,9 +5,11 @@
 //! cannot draw the visitors of names it does not hold, and of two proven claims for one name
 //! the higher tunnel id (control's newer tunnel) wins, whatever order the feeds arrive in.
 //!
-//! The key is Ed25519, derived by control from its `admin_secret` (which never leaves the
-//! control host): edges get the public key only, in control's answers to registration and
-//! heartbeats.
+//! The key is Ed25519, derived by control from its `holder_key_secret` (or, while that is
+//! unset, its `admin_secret`; neither leaves the control host): edges get the public key
+//! only, in control's answers to registration and heartbeats. While the key is rotated,
+//! those answers carry the previous public key too, and an edge takes proofs signed with
+//! either ([`HolderKeys`]), so that tunnels set up before the rotation stay relayed.
 
 use crate::TunnelKind;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -33,8 +35,8 @@ pub struct HolderSigner {
 }
 
 impl HolderSigner {
-    /// The key derived from `secret` (control's `admin_secret`): the same secret gives the
-    /// same key, so proofs stay valid across control restarts.
+    /// The key derived from `secret` (control's `holder_key_secret`, or its `admin_secret`):
+    /// the same secret gives the same key, so proofs stay valid across control restarts.
     pub fn from_secret(secret: &str) -> HolderSigner {
         let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
         let seed = ring::hmac::sign(&hmac, b"nearhop holder proof key v1");
@@ -96,9 +98,71 @@ impl HolderKey {
     }
 }
 
+/// The keys an edge takes holder proofs under: control's current key and, while control
+/// rotates it, the previous one (the proofs of tunnels set up before the rotation are
+/// signed with it, and stay valid as long as control sends it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderKeys {
+    /// The key control signs new proofs with (`holder_key`).
+    pub current: HolderKey,
+    /// The key before it (`holder_key_previous`), while control still sends it.
+    pub previous: Option<HolderKey>,
+}
+
+impl HolderKeys {
+    /// Reads control's `holder_key` and `holder_key_previous`. A previous key that does not
+    /// parse is an error of its own, so that the caller can keep the current one.
+    pub fn parse(current: &str, previous: Option<&str>) -> Result<HolderKeys, String> {
+        let current = HolderKey::parse(current)?;
+        let previous = previous
+            .map(HolderKey::parse)
+            .transpose()
+            .map_err(|e| format!("holder_key_previous: {e}"))?;
+        Ok(HolderKeys { current, previous })
+    }
+
+    /// Whether `proof` checks out under the current key or the previous one (see
+    /// [`HolderKey::verifies`]).
+    pub fn verifies(
+        &self,
+        proof: &str,
+        name: &str,
+        edge_id: &str,
+        tunnel_id: i64,
+        kind: TunnelKind,
+    ) -> bool {
+        std::iter::once(&self.current)
+            .chain(self.previous.as_ref())
+            .any(|key| key.verifies(proof, name, edge_id, tunnel_id, kind))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn during_a_rotation_proofs_under_either_key_check_out_and_no_others() {
+        let old = HolderSigner::from_secret("the-old-secret-0123");
+        let new = HolderSigner::from_secret("the-new-secret-0123");
+        let stranger = HolderSigner::from_secret("nobodys-secret-0123");
+        let keys = HolderKeys::parse(&new.public_key(), Some(&old.public_key())).expect("keys");
+        let args = ("blog.a.test", "eu-1", 42, TunnelKind::Http);
+        for (signer, taken) in [(&old, true), (&new, true), (&stranger, false)] {
+            let proof = signer.prove(args.0, args.1, args.2, args.3);
+            assert_eq!(keys.verifies(&proof, args.0, args.1, args.2, args.3), taken);
+            // Still only for what was signed.
+            assert!(!keys.verifies(&proof, args.0, "us-1", args.2, args.3));
+        }
+        // Once control stops sending the previous key, its proofs are refused.
+        let after = HolderKeys::parse(&new.public_key(), None).expect("keys");
+        let proof = old.prove(args.0, args.1, args.2, args.3);
+        assert!(!after.verifies(&proof, args.0, args.1, args.2, args.3));
+        // A previous key that does not parse says which one it is.
+        let e = HolderKeys::parse(&new.public_key(), Some("AAAA")).unwrap_err();
+        assert!(e.starts_with("holder_key_previous: "), "{e}");
+        assert!(HolderKeys::parse("AAAA", Some(&old.public_key())).is_err());
+    }
 
     #[test]
     fn a_proof_checks_out_only_for_what_was_signed_and_with_that_key() {

@@ -559,7 +559,7 @@ async fn create_named(
         unconfirmed = ?dns.unconfirmed,
         "tunnel set up"
     );
-    let holder_proof = st.holder_signer.prove(
+    let holder_proof = st.holder_signing.prove(
         &hostname.to_ascii_lowercase(),
         &req.edge_id,
         written.tunnel_id,
