@@ -38,7 +38,13 @@ pub async fn run(edge: Arc<Edge>) {
         match edge.control.heartbeat(&edge.config.edge_id, &req).await {
             Ok(resp) => {
                 edge.metrics.control_last_heartbeat.set(unix_now());
-                apply_peers(&edge, &resp.peers, resp.holder_key.as_deref(), asked);
+                apply_peers(
+                    &edge,
+                    &resp.peers,
+                    resp.holder_key.as_deref(),
+                    resp.holder_key_previous.as_deref(),
+                    asked,
+                );
                 refresh_certificates(&edge, resp.certificates_generation).await;
                 for close in resp.close {
                     if let Some(tunnel) = edge.registry.by_id(close.tunnel_id) {
@@ -107,7 +113,13 @@ async fn register(edge: &Arc<Edge>) -> Option<Duration> {
                     peers = resp.peers.len(),
                     "registered with control"
                 );
-                apply_peers(edge, &resp.peers, resp.holder_key.as_deref(), asked);
+                apply_peers(
+                    edge,
+                    &resp.peers,
+                    resp.holder_key.as_deref(),
+                    resp.holder_key_previous.as_deref(),
+                    asked,
+                );
                 refresh_certificates(edge, resp.certificates_generation).await;
                 for id in resp.closed_tunnels {
                     if let Some(tunnel) = edge.registry.by_id(id) {
@@ -168,7 +180,13 @@ pub async fn ask_for_peers(edge: &Arc<Edge>, answered: impl Fn() -> bool) {
     *asked = Some(now);
     edge.metrics.mesh_peer_list_fetches_total.inc();
     match edge.control.peers(&edge.config.edge_id).await {
-        Ok(answer) => apply_peers(edge, &answer.peers, answer.holder_key.as_deref(), now),
+        Ok(answer) => apply_peers(
+            edge,
+            &answer.peers,
+            answer.holder_key.as_deref(),
+            answer.holder_key_previous.as_deref(),
+            now,
+        ),
         Err(e) => {
             edge.metrics
                 .control_errors_total
@@ -189,7 +207,7 @@ pub async fn ask_for_peers(edge: &Arc<Edge>, answered: impl Fn() -> bool) {
     }
 }
 
-/// Takes control's list of peer edges and its key for holder proofs (before the links
+/// Takes control's list of peer edges and its keys for holder proofs (before the links
 /// start, so that their first claims are checked with it): links to new peers start, links
 /// to peers that left stop. An edge outside the mesh (no `mesh_listen`) links to no one.
 /// `asked`: when the call that brought the list was made. A list from a call made before
@@ -199,6 +217,7 @@ fn apply_peers(
     edge: &Arc<Edge>,
     peers: &[nearhop_wire::PeerEdge],
     holder_key: Option<&str>,
+    holder_key_previous: Option<&str>,
     asked: Instant,
 ) {
     if edge.config.mesh_addr().is_none() {
@@ -214,7 +233,7 @@ fn apply_peers(
         return;
     }
     *as_of = Some(asked);
-    edge.mesh.set_holder_key(holder_key);
+    edge.mesh.set_holder_key(holder_key, holder_key_previous);
     for link in edge.mesh.set_peers(peers) {
         tracing::info!(peer = %link.id, addr = %link.addr, "linking to peer edge");
         tokio::spawn(link.run(edge.mesh.clone()));
@@ -308,9 +327,10 @@ mod tests {
             &edge,
             &[peer("eu-1", 2), peer("eu-2", 3)],
             None,
+            None,
             early_asked,
         );
-        apply_peers(&edge, &[peer("eu-1", 2)], None, heartbeat_asked);
+        apply_peers(&edge, &[peer("eu-1", 2)], None, None, heartbeat_asked);
         let mut ids = edge.mesh.peer_ids();
         ids.sort();
         assert_eq!(
@@ -322,6 +342,7 @@ mod tests {
         apply_peers(
             &edge,
             &[peer("eu-1", 2)],
+            None,
             None,
             early_asked + Duration::from_millis(5),
         );

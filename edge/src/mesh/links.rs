@@ -993,7 +993,7 @@ mod tests {
         });
         let (mesh, link) = mesh_with_eu_taking_unproven(&addr, unproven);
         let signer = nearhop_wire::holder_proof::HolderSigner::from_secret(secret);
-        mesh.set_holder_key(Some(&signer.public_key()));
+        mesh.set_holder_key(Some(&signer.public_key()), None);
         let mesh = Arc::new(mesh);
         tokio::spawn(link.clone().run(mesh.clone()));
         mesh
@@ -1069,6 +1069,55 @@ mod tests {
         assert!(mesh.holders.holder("forged.a.test").is_none());
         assert_eq!(refused(&mesh, "bad_proof"), 4);
         assert_eq!(refused(&mesh, "unproven"), 0);
+    }
+
+    /// Control rotates its key: while its answers carry the previous key too, a claim
+    /// proven under either is taken (the tunnels set up before the rotation stay relayed);
+    /// once they carry the current key alone, a claim under the previous one is refused.
+    #[tokio::test]
+    async fn claims_under_controls_previous_key_are_taken_while_control_sends_it() {
+        use super::super::protocol::Proof;
+        use nearhop_wire::holder_proof::HolderSigner;
+        use nearhop_wire::TunnelKind::Http;
+        let old = HolderSigner::from_secret("the-old-holder-secret");
+        let new = HolderSigner::from_secret("the-new-holder-secret");
+        let claim = |signer: &HolderSigner, name: &str, id: i64| {
+            let name = format!("{name}.a.test");
+            let signature = signer.prove(&name, "eu-1", id, Http);
+            HoldingChange::Added(
+                name,
+                Http,
+                Some(Proof {
+                    tunnel_id: id,
+                    signature,
+                }),
+            )
+        };
+        let (mesh, _link) = mesh_with_eu_taking_unproven("127.0.0.1:9", false);
+        mesh.set_holder_key(Some(&new.public_key()), Some(&old.public_key()));
+        assert!(mesh.vet("eu-1", claim(&old, "before", 1), true).is_ok());
+        assert!(mesh.vet("eu-1", claim(&new, "after", 2), true).is_ok());
+        let stranger = HolderSigner::from_secret("nobodys-holder-secret");
+        assert!(mesh
+            .vet("eu-1", claim(&stranger, "forged", 3), true)
+            .is_err());
+        assert_eq!(refused(&mesh, "bad_proof"), 1);
+        // A previous key that does not parse: the current one alone is taken.
+        mesh.set_holder_key(Some(&new.public_key()), Some("not a key"));
+        assert!(mesh.vet("eu-1", claim(&old, "before", 1), true).is_err());
+        assert!(mesh.vet("eu-1", claim(&new, "after", 2), true).is_ok());
+        // The rotation is over: the previous key is no longer sent, and no longer taken.
+        mesh.set_holder_key(Some(&new.public_key()), Some(&old.public_key()));
+        mesh.set_holder_key(Some(&new.public_key()), None);
+        assert_eq!(
+            mesh.vet("eu-1", claim(&old, "before", 1), true)
+                .map_err(|(why, _)| why),
+            Err(super::super::Refusal::BadProof)
+        );
+        assert!(mesh.vet("eu-1", claim(&new, "after", 2), true).is_ok());
+        // A control before proofs sends no key: the keys known stay.
+        mesh.set_holder_key(None, None);
+        assert!(mesh.vet("eu-1", claim(&new, "after", 2), true).is_ok());
     }
 
     #[tokio::test]

@@ -29,7 +29,7 @@ mod test_link;
 use crate::config::Config;
 use holders::HolderTable;
 use links::PeerLink;
-use nearhop_wire::holder_proof::HolderKey;
+use nearhop_wire::holder_proof::HolderKeys;
 use nearhop_wire::{PeerEdge, TunnelKind};
 use protocol::HoldingChange;
 use russh::keys::{PrivateKey, PublicKey};
@@ -57,8 +57,9 @@ pub struct Mesh {
     /// Cancelled when the edge's shutdown has drained its visitors (not when it starts, so
     /// that relayed downloads and WebSockets in flight finish): every link closes.
     pub shutdown: CancellationToken,
-    /// Control's public key for holder proofs, from its latest answer.
-    holder_key: RwLock<Option<HolderKey>>,
+    /// Control's public keys for holder proofs (the current one, and the previous one while
+    /// control rotates it), from its latest answer.
+    holder_key: RwLock<Option<HolderKeys>>,
     /// `mesh_accept_unproven_claims`.
     accept_unproven: bool,
     /// `nearhop_edge_mesh_claims_refused_total`.
@@ -126,23 +127,37 @@ impl Mesh {
         }
     }
 
-    /// Takes control's key for holder proofs, as its answers carry it (`None`: a control
-    /// from before proofs; the key known stays). Claims already taken stay; new ones are
-    /// checked with the new key.
-    pub fn set_holder_key(&self, text: Option<&str>) {
-        let Some(text) = text else { return };
-        match HolderKey::parse(text) {
-            Ok(key) => {
-                let mut held = self.holder_key.write().unwrap_or_else(|e| e.into_inner());
-                if held.as_ref() != Some(&key) {
-                    tracing::info!("control's key for holder proofs is now {text}");
-                    *held = Some(key);
+    /// Takes control's keys for holder proofs, as its answers carry them: `current`
+    /// (`holder_key`; `None`: a control from before proofs, and the keys known stay) and
+    /// `previous` (`holder_key_previous`, while control rotates its key: proofs under either
+    /// are taken). Claims already taken stay; new ones are checked with the new keys.
+    pub fn set_holder_key(&self, current: Option<&str>, previous: Option<&str>) {
+        let Some(current) = current else { return };
+        let keys = match HolderKeys::parse(current, previous) {
+            Ok(keys) => keys,
+            Err(e) if previous.is_some() => match HolderKeys::parse(current, None) {
+                Ok(keys) => {
+                    tracing::error!(error = %e, "control sent a previous key for holder proofs that does not parse; taking its current key alone (claims under the previous key are refused)");
+                    keys
                 }
+                Err(e) => return Self::unparsed_key(&e),
+            },
+            Err(e) => return Self::unparsed_key(&e),
+        };
+        let mut held = self.holder_key.write().unwrap_or_else(|e| e.into_inner());
+        if held.as_ref() != Some(&keys) {
+            match previous.filter(|_| keys.previous.is_some()) {
+                Some(previous) => tracing::info!(
+                    "control's key for holder proofs is now {current}; proofs under its previous key {previous} are taken too while control sends it"
+                ),
+                None => tracing::info!("control's key for holder proofs is now {current}"),
             }
-            Err(e) => {
-                tracing::error!(error = %e, "control sent a key for holder proofs that does not parse; keeping the one known")
-            }
+            *held = Some(keys);
         }
+    }
+
+    fn unparsed_key(e: &str) {
+        tracing::error!(error = %e, "control sent a key for holder proofs that does not parse; keeping the one known")
     }
 
     /// Checks a line of `peer`'s feed before the holder table takes it: a claim to hold a
