@@ -961,7 +961,8 @@ fn relay_as_peer(stack: &Stack, from: usize, to: usize, request: &str) -> (Strin
 /// genuine peer's channel, opened with the stock OpenSSH client as `relay_as_peer` does): a
 /// name no edge holds gets the "No tunnel here" page, and a name a third edge holds is
 /// handed back unanswered (the channel ends without a byte, for the relaying edge to send
-/// the request where the name is); neither goes a second hop. A name the edge holds itself
+/// the request where the name is), or, with a body the relaying edge could not send again,
+/// answered "Tunnel moved"; none goes a second hop. A name the edge holds itself
 /// is answered on the same kind of channel, so the refusals are the edge's, not the
 /// channel's.
 #[test]
@@ -1031,6 +1032,20 @@ fn a_relayed_request_for_a_name_the_edge_does_not_hold_goes_no_second_hop() {
         from_us() - before,
         1.0,
         "eu took the channel (and ended it): {said}"
+    );
+    // The same with a body: the relaying edge could not send it again, so eu does not hand
+    // it back but says the tunnel moved.
+    let post = format!(
+        "POST /relayed HTTP/1.1\r\nHost: {}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        host_of(&ap_url)
+    );
+    let (answer, said) = relay_as_peer(&stack, US, EU, &post);
+    let head = answer.to_ascii_lowercase();
+    assert!(
+        answer.starts_with("HTTP/1.1 503 ")
+            && answer.contains("Tunnel moved")
+            && head.contains("\r\nretry-after: 1\r\n"),
+        "a POST for a name ap holds, relayed to eu: {answer}\nssh: {said}"
     );
     assert_eq!(relays(EU, "out"), eu_out, "eu relayed a relayed request on");
     assert_eq!(relays(AP, "in"), ap_in, "ap was relayed a relayed request");
