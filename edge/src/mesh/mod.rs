@@ -24,6 +24,8 @@ pub mod listener;
 pub mod local;
 pub mod protocol;
 #[cfg(test)]
+mod received_channel_data;
+#[cfg(test)]
 mod test_link;
 
 use crate::config::Config;

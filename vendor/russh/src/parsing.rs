@@ -21,6 +21,17 @@ pub(crate) fn ensure_end(reader: &impl Reader) -> Result<(), crate::Error> {
     }
 }
 
+/// nearhop patch (vendor/README.md): decodes a `string` field from `r` as `Bytes::decode`
+/// does (the same length checks and errors) but as a slice of `packet`, without copying it.
+/// `r` must be a reader over `packet`'s own bytes; any other slice panics in `slice_ref`.
+pub(crate) fn decode_bytes_of(
+    packet: &bytes::Bytes,
+    r: &mut &[u8],
+) -> Result<bytes::Bytes, ssh_encoding::Error> {
+    let data = r.read_prefixed(|data| Ok::<_, ssh_encoding::Error>(*data))?;
+    Ok(packet.slice_ref(data))
+}
+
 #[derive(Debug)]
 pub struct OpenChannelMessage {
     pub typ: ChannelType,

@@ -384,10 +384,13 @@ impl PacketBytesWriter {
 }
 
 /// Incoming SSH packet after decryption and optional decompression.
-/// Uses Vec<u8> (not CryptoVec/mlocked) because incoming network data is not secret.
+/// Uses Bytes (not CryptoVec/mlocked) because incoming network data is not secret.
 #[derive(Debug)]
 pub(crate) struct IncomingSshPacket {
-    pub buffer: Vec<u8>,
+    // nearhop patch (vendor/README.md): `Bytes`, not `Vec<u8>`, so that the data of a
+    // CHANNEL_DATA or CHANNEL_EXTENDED_DATA packet reaches its channel as a slice of the
+    // packet instead of a second, zero-filled copy.
+    pub buffer: Bytes,
     pub seqn: Wrapping<u32>,
 }
 

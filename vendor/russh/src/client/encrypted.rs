@@ -27,7 +27,9 @@ use crate::cert::PublicKeyOrCertificate;
 use crate::client::{ChannelOpenHandle, Handler, Msg, Prompt, Reply, Session};
 use crate::helpers::{AlgorithmExt, EncodedExt, NameList, sign_with_hash_alg};
 use crate::keys::key::parse_public_key;
-use crate::parsing::{ChannelOpenConfirmation, ChannelType, OpenChannelMessage, ensure_end};
+use crate::parsing::{
+    ChannelOpenConfirmation, ChannelType, OpenChannelMessage, decode_bytes_of, ensure_end,
+};
 use crate::session::{Encrypted, EncryptedState, GlobalRequestResponse};
 use crate::{
     Channel, ChannelId, ChannelMsg, ChannelOpenFailure, ChannelParams, CryptoVec, Error, MethodSet,
@@ -80,14 +82,28 @@ impl Session {
             pkt.buffer.len()
         );
 
-        self.process_packet(client, &pkt.buffer).await
+        // nearhop patch (vendor/README.md): the packet itself goes down, so that channel
+        // data can be a slice of it.
+        self.process_packet_bytes(client, &pkt.buffer).await
     }
 
+    /// nearhop patch (vendor/README.md): `process_packet_bytes` over a copy of `buf`, for
+    /// callers without a `Bytes`: the crate's tests, and `pending_reads`, which nothing fills.
     pub(crate) async fn process_packet<H: Handler>(
         &mut self,
         client: &mut H,
         buf: &[u8],
     ) -> Result<(), H::Error> {
+        self.process_packet_bytes(client, &Bytes::copy_from_slice(buf))
+            .await
+    }
+
+    pub(crate) async fn process_packet_bytes<H: Handler>(
+        &mut self,
+        client: &mut H,
+        packet: &Bytes,
+    ) -> Result<(), H::Error> {
+        let buf: &[u8] = packet;
         // If we've successfully read a packet.
         trace!("process_packet buf = {:?} bytes", buf.len());
         let mut is_authenticated = false;
@@ -446,7 +462,7 @@ impl Session {
             }
         }
         if is_authenticated {
-            self.client_read_authenticated(client, buf).await
+            self.client_read_authenticated(client, packet).await
         } else {
             Ok(())
         }
@@ -496,11 +512,14 @@ impl Session {
         Ok(())
     }
 
+    // nearhop patch (vendor/README.md): the whole packet (published: `buf: &[u8]`), for
+    // channel data to be sliced from it.
     async fn client_read_authenticated<H: Handler>(
         &mut self,
         client: &mut H,
-        buf: &[u8],
+        packet: &Bytes,
     ) -> Result<(), H::Error> {
+        let buf: &[u8] = packet;
         match buf.split_first() {
             Some((&msg::CHANNEL_OPEN_CONFIRMATION, mut reader)) => {
                 debug!("channel_open_confirmation");
@@ -614,7 +633,8 @@ impl Session {
             Some((&msg::CHANNEL_DATA, mut r)) => {
                 trace!("channel_data");
                 let channel_num = map_err!(ChannelId::decode(&mut r))?;
-                let data = map_err!(Bytes::decode(&mut r))?;
+                // nearhop patch (vendor/README.md): a slice of the packet, not a copy.
+                let data = map_err!(decode_bytes_of(packet, &mut r))?;
                 map_err!(ensure_end(&r))?;
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
@@ -641,7 +661,8 @@ impl Session {
                 debug!("channel_extended_data");
                 let channel_num = map_err!(ChannelId::decode(&mut r))?;
                 let extended_code = map_err!(u32::decode(&mut r))?;
-                let data = map_err!(Bytes::decode(&mut r))?;
+                // nearhop patch (vendor/README.md): a slice of the packet, not a copy.
+                let data = map_err!(decode_bytes_of(packet, &mut r))?;
                 map_err!(ensure_end(&r))?;
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());

@@ -1293,20 +1293,22 @@ async fn start_reading<R: AsyncRead + Unpin>(
 
 impl Session {
     fn maybe_decompress(&mut self, buffer: &SSHBuffer) -> Result<IncomingSshPacket, Error> {
+        // nearhop patch (vendor/README.md): the packet is copied once, into `Bytes`, as
+        // the published crate copied it into a `Vec<u8>`.
         if let Some(ref mut enc) = self.common.encrypted {
             let mut decomp = Vec::new();
             Ok(IncomingSshPacket {
                 #[allow(clippy::indexing_slicing)] // length checked
-                buffer: enc.decompress.decompress(
+                buffer: bytes::Bytes::copy_from_slice(enc.decompress.decompress(
                     &buffer.buffer[5..],
                     &mut decomp,
-                )?.into(),
+                )?),
                 seqn: buffer.seqn,
             })
         } else {
             Ok(IncomingSshPacket {
                 #[allow(clippy::indexing_slicing)] // length checked
-                buffer: buffer.buffer[5..].into(),
+                buffer: bytes::Bytes::copy_from_slice(&buffer.buffer[5..]),
                 seqn: buffer.seqn,
             })
         }
@@ -2620,6 +2622,164 @@ mod tests {
         assert!(
             matches!(err, crate::Error::PacketSize(len) if len > crate::cipher::MAXIMUM_DECOMPRESSED_PACKET_LEN)
         );
+    }
+
+    // nearhop patch (vendor/README.md): channel data reaches the channel and the handler
+    // as a slice of the received packet, with the published checks on its length.
+
+    /// The data and extended data the handler was given, with where its bytes were.
+    #[derive(Default)]
+    struct DataRecorder {
+        received: Vec<(Option<u32>, Vec<u8>, usize)>,
+    }
+
+    impl Handler for DataRecorder {
+        type Error = crate::Error;
+
+        async fn data(
+            &mut self,
+            _channel: ChannelId,
+            data: &[u8],
+            _session: &mut Session,
+        ) -> Result<(), Self::Error> {
+            self.received
+                .push((None, data.to_vec(), data.as_ptr() as usize));
+            Ok(())
+        }
+
+        async fn extended_data(
+            &mut self,
+            _channel: ChannelId,
+            ext: u32,
+            data: &[u8],
+            _session: &mut Session,
+        ) -> Result<(), Self::Error> {
+            self.received
+                .push((Some(ext), data.to_vec(), data.as_ptr() as usize));
+            Ok(())
+        }
+    }
+
+    fn session_with_open_channel() -> (Session, ChannelId, Receiver<ChannelMsg>) {
+        let (mut session, _sender, _replies) = keyboard_interactive_session();
+        let enc = session.common.encrypted.as_mut().unwrap();
+        enc.state = EncryptedState::Authenticated;
+        enc.decompress = Decompress::None;
+        let id = enc.new_channel(1 << 20, 32768);
+        enc.channels.get_mut(&id).unwrap().confirmed = true;
+        let (sender, receiver) = channel(4);
+        session.channels.insert(id, ChannelRef::new(sender));
+        (session, id, receiver)
+    }
+
+    /// A received CHANNEL_DATA (`ext: None`) or CHANNEL_EXTENDED_DATA packet whose data
+    /// field announces `announced` bytes and holds `data`, as `cipher::read` leaves it.
+    fn channel_data_packet(
+        channel: ChannelId,
+        ext: Option<u32>,
+        announced: usize,
+        data: &[u8],
+    ) -> SSHBuffer {
+        let mut buffer = SSHBuffer::new();
+        buffer.buffer.extend_from_slice(&[0; 5]);
+        let payload = &mut buffer.buffer;
+        payload.push(match ext {
+            None => msg::CHANNEL_DATA,
+            Some(_) => msg::CHANNEL_EXTENDED_DATA,
+        });
+        channel.encode(payload).unwrap();
+        if let Some(code) = ext {
+            code.encode(payload).unwrap();
+        }
+        (announced as u32).encode(payload).unwrap();
+        payload.extend_from_slice(data);
+        buffer
+    }
+
+    async fn receive(
+        session: &mut Session,
+        handler: &mut DataRecorder,
+        buffer: &SSHBuffer,
+    ) -> Result<IncomingSshPacket, crate::Error> {
+        let mut pkt = session.maybe_decompress(buffer).unwrap();
+        super::reply(session, handler, &mut None, &mut pkt).await?;
+        Ok(pkt)
+    }
+
+    #[tokio::test]
+    async fn channel_data_reaches_the_channel_as_a_slice_of_the_packet() {
+        let (mut session, channel, mut receiver) = session_with_open_channel();
+        let mut handler = DataRecorder::default();
+        let data: Vec<u8> = (0..=255u8).cycle().take(32768).collect();
+
+        let buffer = channel_data_packet(channel, None, data.len(), &data);
+        let pkt = receive(&mut session, &mut handler, &buffer).await.unwrap();
+        let Ok(ChannelMsg::Data { data: received }) = receiver.try_recv() else {
+            panic!("the channel got no data");
+        };
+        assert_eq!(received, data);
+        assert!(
+            pkt.buffer.as_ptr_range().contains(&received.as_ptr()),
+            "the data was copied out of the packet"
+        );
+
+        let buffer = channel_data_packet(channel, Some(1), 6, b"stderr");
+        let pkt = receive(&mut session, &mut handler, &buffer).await.unwrap();
+        let Ok(ChannelMsg::ExtendedData {
+            ext: 1,
+            data: extended,
+        }) = receiver.try_recv()
+        else {
+            panic!("the channel got no extended data");
+        };
+        assert_eq!(&extended[..], b"stderr");
+        assert!(pkt.buffer.as_ptr_range().contains(&extended.as_ptr()));
+
+        assert_eq!(handler.received.len(), 2);
+        assert_eq!(handler.received[0].0, None);
+        assert_eq!(handler.received[0].1, data);
+        assert_eq!(handler.received[0].2, received.as_ptr() as usize);
+        assert_eq!(handler.received[1].0, Some(1));
+        assert_eq!(handler.received[1].1, b"stderr");
+        assert_eq!(handler.received[1].2, extended.as_ptr() as usize);
+    }
+
+    #[tokio::test]
+    async fn channel_data_with_a_wrong_length_is_rejected() {
+        for ext in [None, Some(1)] {
+            let (mut session, channel, mut receiver) = session_with_open_channel();
+            let mut handler = DataRecorder::default();
+
+            // The data field announces one byte more than the packet holds.
+            let truncated = channel_data_packet(channel, ext, 5, b"four");
+            let err = receive(&mut session, &mut handler, &truncated).await.err();
+            assert!(
+                matches!(
+                    err,
+                    Some(crate::Error::SshEncoding(ssh_encoding::Error::Length))
+                ),
+                "{err:?}"
+            );
+
+            // A byte follows the data field.
+            let over_long = channel_data_packet(channel, ext, 4, b"four!");
+            let err = receive(&mut session, &mut handler, &over_long).await.err();
+            assert!(
+                matches!(
+                    err,
+                    Some(crate::Error::SshEncoding(
+                        ssh_encoding::Error::TrailingData { remaining: 1 }
+                    ))
+                ),
+                "{err:?}"
+            );
+
+            assert!(
+                receiver.try_recv().is_err(),
+                "a malformed packet was delivered"
+            );
+            assert!(handler.received.is_empty());
+        }
     }
 }
 

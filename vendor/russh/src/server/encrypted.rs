@@ -30,7 +30,9 @@ use tokio::time::Instant;
 use super::*;
 use crate::helpers::{AlgorithmExt, NameList};
 use crate::map_err;
-use crate::parsing::{ChannelOpenConfirmation, ChannelType, OpenChannelMessage, ensure_end};
+use crate::parsing::{
+    ChannelOpenConfirmation, ChannelType, OpenChannelMessage, decode_bytes_of, ensure_end,
+};
 
 impl Session {
     /// Returns false iff a request was rejected.
@@ -39,14 +41,28 @@ impl Session {
         handler: &mut H,
         pkt: &mut IncomingSshPacket,
     ) -> Result<(), H::Error> {
-        self.process_packet(handler, &pkt.buffer).await
+        // nearhop patch (vendor/README.md): the packet itself goes down, so that channel
+        // data can be a slice of it.
+        self.process_packet_bytes(handler, &pkt.buffer).await
     }
 
+    /// nearhop patch (vendor/README.md): `process_packet_bytes` over a copy of `buf`, for
+    /// callers without a `Bytes`: the crate's tests, and `pending_reads`, which nothing fills.
     pub(crate) async fn process_packet<H: Handler + Send>(
         &mut self,
         handler: &mut H,
         buf: &[u8],
     ) -> Result<(), H::Error> {
+        self.process_packet_bytes(handler, &Bytes::copy_from_slice(buf))
+            .await
+    }
+
+    pub(crate) async fn process_packet_bytes<H: Handler + Send>(
+        &mut self,
+        handler: &mut H,
+        packet: &Bytes,
+    ) -> Result<(), H::Error> {
+        let buf: &[u8] = packet;
         let rejection_wait_until =
             tokio::time::Instant::now() + self.common.config.auth_rejection_time;
         let initial_none_rejection_wait_until = if self.common.auth_attempts == 0 {
@@ -152,10 +168,12 @@ impl Session {
                         .init_compress(self.common.packet_writer.compress());
                 }
                 enc.state = EncryptedState::Authenticated;
-                self.server_read_authenticated(handler, *msg, &mut r).await
+                self.server_read_authenticated(handler, packet, *msg, &mut r)
+                    .await
             }
             (EncryptedState::Authenticated, Some((msg, mut r))) => {
-                self.server_read_authenticated(handler, *msg, &mut r).await
+                self.server_read_authenticated(handler, packet, *msg, &mut r)
+                    .await
             }
             _ => Ok(()),
         }
@@ -1510,11 +1528,14 @@ async fn reply_userauth_info_response(
 }
 
 impl Session {
-    async fn server_read_authenticated<H: Handler + Send, R: Reader>(
+    // nearhop patch (vendor/README.md): `packet` is the whole packet and `r` a reader over
+    // its bytes (published: any `R: Reader`), for channel data to be sliced from it.
+    async fn server_read_authenticated<H: Handler + Send>(
         &mut self,
         handler: &mut H,
+        packet: &Bytes,
         msg: u8,
-        r: &mut R,
+        r: &mut &[u8],
     ) -> Result<(), H::Error> {
         match msg {
             msg::CHANNEL_OPEN => self.server_handle_channel_open(handler, r).await,
@@ -1568,7 +1589,8 @@ impl Session {
                     Some(map_err!(u32::decode(r))?)
                 };
                 trace!("handler.data {ext:?} {channel_num:?}");
-                let data = map_err!(Bytes::decode(r))?;
+                // nearhop patch (vendor/README.md): a slice of the packet, not a copy.
+                let data = map_err!(decode_bytes_of(packet, r))?;
                 map_err!(ensure_end(r))?;
                 let target = self.target_window_size;
 

@@ -489,20 +489,22 @@ impl Handle {
 
 impl Session {
     fn maybe_decompress(&mut self, buffer: &SSHBuffer) -> Result<IncomingSshPacket, Error> {
+        // nearhop patch (vendor/README.md): the packet is copied once, into `Bytes`, as
+        // the published crate copied it into a `Vec<u8>`.
         if let Some(ref mut enc) = self.common.encrypted {
             let mut decomp = Vec::new();
             Ok(IncomingSshPacket {
                 #[allow(clippy::indexing_slicing)] // length checked
-                buffer: enc.decompress.decompress(
+                buffer: Bytes::copy_from_slice(enc.decompress.decompress(
                     &buffer.buffer[5..],
                     &mut decomp,
-                )?.into(),
+                )?),
                 seqn: buffer.seqn,
             })
         } else {
             Ok(IncomingSshPacket {
                 #[allow(clippy::indexing_slicing)] // length checked
-                buffer: buffer.buffer[5..].into(),
+                buffer: Bytes::copy_from_slice(&buffer.buffer[5..]),
                 seqn: buffer.seqn,
             })
         }
@@ -1888,5 +1890,190 @@ mod tests {
             first_packet_from_event_loop(session, &mut peer, stream).await,
             Some(msg::KEXINIT)
         );
+    }
+
+    // nearhop patch (vendor/README.md): channel data reaches the channel and the handler
+    // as a slice of the received packet, with the published checks on its length.
+
+    /// The data and extended data the handler was given, with where its bytes were.
+    #[derive(Default)]
+    struct DataRecorder {
+        received: Vec<(Option<u32>, Vec<u8>, usize)>,
+    }
+
+    impl crate::server::Handler for DataRecorder {
+        type Error = crate::Error;
+
+        async fn data(
+            &mut self,
+            _channel: ChannelId,
+            data: &[u8],
+            _session: &mut Session,
+        ) -> Result<(), Self::Error> {
+            self.received
+                .push((None, data.to_vec(), data.as_ptr() as usize));
+            Ok(())
+        }
+
+        async fn extended_data(
+            &mut self,
+            _channel: ChannelId,
+            code: u32,
+            data: &[u8],
+            _session: &mut Session,
+        ) -> Result<(), Self::Error> {
+            self.received
+                .push((Some(code), data.to_vec(), data.as_ptr() as usize));
+            Ok(())
+        }
+    }
+
+    fn session_with_open_channel() -> (Session, ChannelId, Receiver<ChannelMsg>) {
+        let mut session = authenticated_session();
+        let enc = session.common.encrypted.as_mut().unwrap();
+        enc.decompress = Decompress::None;
+        let channel = enc.new_channel(session.common.config.window_size, 32768);
+        enc.channels.get_mut(&channel).unwrap().confirmed = true;
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        session.channels.insert(channel, ChannelRef::new(sender));
+        (session, channel, receiver)
+    }
+
+    /// A received CHANNEL_DATA (`ext: None`) or CHANNEL_EXTENDED_DATA packet whose data
+    /// field announces `announced` bytes and holds `data`, as `cipher::read` leaves it.
+    fn channel_data_packet(
+        channel: ChannelId,
+        ext: Option<u32>,
+        announced: usize,
+        data: &[u8],
+    ) -> SSHBuffer {
+        let mut buffer = SSHBuffer::new();
+        buffer.buffer.extend_from_slice(&[0; 5]);
+        let payload = &mut buffer.buffer;
+        payload.push(match ext {
+            None => msg::CHANNEL_DATA,
+            Some(_) => msg::CHANNEL_EXTENDED_DATA,
+        });
+        channel.encode(payload).unwrap();
+        if let Some(code) = ext {
+            code.encode(payload).unwrap();
+        }
+        (announced as u32).encode(payload).unwrap();
+        payload.extend_from_slice(data);
+        buffer
+    }
+
+    async fn receive(
+        session: &mut Session,
+        handler: &mut DataRecorder,
+        buffer: &SSHBuffer,
+    ) -> Result<IncomingSshPacket, crate::Error> {
+        let mut pkt = session.maybe_decompress(buffer).unwrap();
+        super::super::reply(session, handler, &mut pkt).await?;
+        Ok(pkt)
+    }
+
+    #[tokio::test]
+    async fn channel_data_reaches_the_channel_as_a_slice_of_the_packet() {
+        let (mut session, channel, mut receiver) = session_with_open_channel();
+        let mut handler = DataRecorder::default();
+        let data: Vec<u8> = (0..=255u8).cycle().take(32768).collect();
+        let window = |session: &Session| {
+            let enc = session.common.encrypted.as_ref().unwrap();
+            enc.channels[&channel].sender_window_size
+        };
+        let before = window(&session);
+
+        let buffer = channel_data_packet(channel, None, data.len(), &data);
+        let pkt = receive(&mut session, &mut handler, &buffer).await.unwrap();
+
+        let Ok(ChannelMsg::Data { data: received }) = receiver.try_recv() else {
+            panic!("the channel got no data");
+        };
+        assert_eq!(received, data);
+        let packet = pkt.buffer.as_ptr_range();
+        assert!(
+            packet.contains(&received.as_ptr()),
+            "the data was copied out of the packet"
+        );
+        assert_eq!(handler.received.len(), 1);
+        assert_eq!(handler.received[0].0, None);
+        assert_eq!(handler.received[0].1, data);
+        assert_eq!(handler.received[0].2, received.as_ptr() as usize);
+        assert_eq!(window(&session), before - data.len() as u32);
+    }
+
+    #[tokio::test]
+    async fn extended_and_empty_channel_data_reach_the_channel() {
+        let (mut session, channel, mut receiver) = session_with_open_channel();
+        let mut handler = DataRecorder::default();
+
+        let buffer = channel_data_packet(channel, Some(1), 6, b"stderr");
+        let pkt = receive(&mut session, &mut handler, &buffer).await.unwrap();
+        let Ok(ChannelMsg::ExtendedData { ext: 1, data }) = receiver.try_recv() else {
+            panic!("the channel got no extended data");
+        };
+        assert_eq!(&data[..], b"stderr");
+        assert!(pkt.buffer.as_ptr_range().contains(&data.as_ptr()));
+
+        let buffer = channel_data_packet(channel, None, 0, b"");
+        receive(&mut session, &mut handler, &buffer).await.unwrap();
+        let Ok(ChannelMsg::Data { data }) = receiver.try_recv() else {
+            panic!("the channel got no empty data");
+        };
+        assert!(data.is_empty());
+        assert_eq!(handler.received.len(), 2);
+        assert_eq!(handler.received[0].1, b"stderr");
+        assert_eq!(handler.received[0].0, Some(1));
+        assert!(handler.received[1].1.is_empty());
+    }
+
+    #[tokio::test]
+    async fn channel_data_with_a_wrong_length_is_rejected() {
+        for ext in [None, Some(1)] {
+            let (mut session, channel, mut receiver) = session_with_open_channel();
+            let mut handler = DataRecorder::default();
+
+            // The data field announces one byte more than the packet holds.
+            let truncated = channel_data_packet(channel, ext, 5, b"four");
+            let err = receive(&mut session, &mut handler, &truncated).await.err();
+            assert!(
+                matches!(
+                    err,
+                    Some(crate::Error::SshEncoding(ssh_encoding::Error::Length))
+                ),
+                "{err:?}"
+            );
+
+            // A byte follows the data field.
+            let over_long = channel_data_packet(channel, ext, 4, b"four!");
+            let err = receive(&mut session, &mut handler, &over_long).await.err();
+            assert!(
+                matches!(
+                    err,
+                    Some(crate::Error::SshEncoding(
+                        ssh_encoding::Error::TrailingData { remaining: 1 }
+                    ))
+                ),
+                "{err:?}"
+            );
+
+            // A length past what the crate will decode at all.
+            let huge = channel_data_packet(channel, ext, 1 << 24, b"four");
+            let err = receive(&mut session, &mut handler, &huge).await.err();
+            assert!(
+                matches!(
+                    err,
+                    Some(crate::Error::SshEncoding(ssh_encoding::Error::Overflow))
+                ),
+                "{err:?}"
+            );
+
+            assert!(
+                receiver.try_recv().is_err(),
+                "a malformed packet was delivered"
+            );
+            assert!(handler.received.is_empty());
+        }
     }
 }
