@@ -23,13 +23,19 @@ pub(crate) fn ensure_end(reader: &impl Reader) -> Result<(), crate::Error> {
 
 /// nearhop patch (vendor/README.md): decodes a `string` field from `r` as `Bytes::decode`
 /// does (the same length checks and errors) but as a slice of `packet`, without copying it.
-/// `r` must be a reader over `packet`'s own bytes; any other slice panics in `slice_ref`.
+/// `r` is a reader over `packet`'s own bytes; were it over any other, the field is copied
+/// (`slice_ref` would panic).
 pub(crate) fn decode_bytes_of(
     packet: &bytes::Bytes,
     r: &mut &[u8],
 ) -> Result<bytes::Bytes, ssh_encoding::Error> {
     let data = r.read_prefixed(|data| Ok::<_, ssh_encoding::Error>(*data))?;
-    Ok(packet.slice_ref(data))
+    let (within, field) = (packet.as_ptr_range(), data.as_ptr_range());
+    if within.start <= field.start && field.end <= within.end {
+        Ok(packet.slice_ref(data))
+    } else {
+        Ok(bytes::Bytes::copy_from_slice(data))
+    }
 }
 
 #[derive(Debug)]
