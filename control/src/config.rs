@@ -478,7 +478,7 @@ impl Config {
 
     /// The secret the holder-proof key derives from now: `holder_key_secret`, else
     /// `admin_secret`.
-    pub fn holder_key_secret(&self) -> &str {
+    pub fn signing_holder_secret(&self) -> &str {
         self.holder_key_secret
             .as_deref()
             .unwrap_or(self.admin_secret.as_str())
@@ -510,7 +510,7 @@ impl Config {
                 );
             }
         }
-        if self.holder_key_previous_secret.as_deref() == Some(self.holder_key_secret()) {
+        if self.holder_key_previous_secret.as_deref() == Some(self.signing_holder_secret()) {
             let current = if self.holder_key_secret.is_some() {
                 "holder_key_secret"
             } else {
@@ -1022,7 +1022,7 @@ mod tests {
     fn the_holder_key_follows_admin_secret_until_its_own_secret_is_set() {
         let admin = "admin_secret = \"0123456789abcdef\"\n";
         let c = from_parts(admin, &[]).unwrap();
-        assert_eq!(c.holder_key_secret(), "0123456789abcdef");
+        assert_eq!(c.signing_holder_secret(), "0123456789abcdef");
         // Set, it stays put while the admin secret changes.
         let c = from_parts(
             admin,
@@ -1033,7 +1033,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.admin_secret, "a-new-admin-secret-0");
-        assert_eq!(c.holder_key_secret(), "0123456789abcdef");
+        assert_eq!(c.signing_holder_secret(), "0123456789abcdef");
         // From the file too, with the previous one; an empty variable means unset.
         let c = from_parts(
             &format!(
@@ -1043,14 +1043,14 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(c.holder_key_secret(), "the-new-holder-secret");
+        assert_eq!(c.signing_holder_secret(), "the-new-holder-secret");
         assert_eq!(
             c.holder_key_previous_secret.as_deref(),
             Some("the-old-holder-secret")
         );
         let c = from_parts(admin, &[("NEARHOP_CONTROL_HOLDER_KEY_SECRET", "")]).unwrap();
         assert_eq!(c.holder_key_secret, None);
-        assert_eq!(c.holder_key_secret(), "0123456789abcdef");
+        assert_eq!(c.signing_holder_secret(), "0123456789abcdef");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use nearhop_wire::{
     LeavingStage, RegisterEdgeRequest, RegisterEdgeResponse, TunnelToClose,
 };
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 /// Most tunnels one heartbeat may list; an edge with more splits them.
 pub const MAX_HEARTBEAT_TUNNELS: usize = 100_000;
@@ -111,6 +112,8 @@ pub async fn register(
     let closed_tunnels = closed.ids();
     // The edge learns of them from this answer.
     closed.announce(st, Notice::Known).await;
+    // The answer carries both holder keys (see `HolderSigning::edge_answered`).
+    st.holder_signing.edge_answered(Instant::now());
     Ok(RegisterEdgeResponse {
         heartbeat_seconds: st.cfg.heartbeat_seconds,
         closed_tunnels,
@@ -176,6 +179,7 @@ pub async fn heartbeat(
         })
     })
     .await
+    .inspect(|_| st.holder_signing.edge_answered(Instant::now()))
 }
 
 /// The mesh's peer list for `edge_id` (`GET /v1/edges/{id}/peers`): what its next heartbeat's
@@ -192,6 +196,7 @@ pub async fn peers(st: &AppState, edge_id: String, joins_mesh: bool) -> ControlR
         })
     })
     .await
+    .inspect(|_| st.holder_signing.edge_answered(Instant::now()))
 }
 
 /// The edge is stopping. `Draining`: marked so (the region's connect name stops counting it;

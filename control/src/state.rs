@@ -45,7 +45,7 @@ impl AppState {
             metrics.clone(),
         )?;
         Ok(AppState {
-            holder_signing: Arc::new(HolderSigning::new(&cfg, std::time::Instant::now())),
+            holder_signing: Arc::new(HolderSigning::new(&cfg)),
             cfg: Arc::new(cfg),
             pool,
             edges,
