@@ -64,12 +64,17 @@ pub struct HolderKey([u8; 32]);
 impl HolderKey {
     /// Reads control's `holder_key` (base64 of the 32-byte Ed25519 public key).
     pub fn parse(text: &str) -> Result<HolderKey, String> {
+        HolderKey::parse_field(text, "holder_key")
+    }
+
+    /// Reads a key of control's answers; errors name `field`, the answer's field it came in.
+    fn parse_field(text: &str, field: &str) -> Result<HolderKey, String> {
         let bytes = STANDARD
             .decode(text.trim())
-            .map_err(|e| format!("control's holder_key is not base64: {e}"))?;
+            .map_err(|e| format!("control's {field} is not base64: {e}"))?;
         let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
             format!(
-                "control's holder_key must be a 32-byte Ed25519 key, not {} bytes",
+                "control's {field} must be a 32-byte Ed25519 key, not {} bytes",
                 b.len()
             )
         })?;
@@ -110,14 +115,14 @@ pub struct HolderKeys {
 }
 
 impl HolderKeys {
-    /// Reads control's `holder_key` and `holder_key_previous`. A previous key that does not
-    /// parse is an error of its own, so that the caller can keep the current one.
+    /// Reads control's `holder_key` and `holder_key_previous`. Each error names the key that
+    /// does not parse, so that the caller can keep the current one when only the previous
+    /// one is wrong.
     pub fn parse(current: &str, previous: Option<&str>) -> Result<HolderKeys, String> {
         let current = HolderKey::parse(current)?;
         let previous = previous
-            .map(HolderKey::parse)
-            .transpose()
-            .map_err(|e| format!("holder_key_previous: {e}"))?;
+            .map(|text| HolderKey::parse_field(text, "holder_key_previous"))
+            .transpose()?;
         Ok(HolderKeys { current, previous })
     }
 
@@ -160,8 +165,17 @@ mod tests {
         assert!(!after.verifies(&proof, args.0, args.1, args.2, args.3));
         // A previous key that does not parse says which one it is.
         let e = HolderKeys::parse(&new.public_key(), Some("AAAA")).unwrap_err();
-        assert!(e.starts_with("holder_key_previous: "), "{e}");
-        assert!(HolderKeys::parse("AAAA", Some(&old.public_key())).is_err());
+        assert_eq!(
+            e, "control's holder_key_previous must be a 32-byte Ed25519 key, not 3 bytes",
+            "{e}"
+        );
+        let e = HolderKeys::parse(&new.public_key(), Some("not base64")).unwrap_err();
+        assert!(
+            e.starts_with("control's holder_key_previous is not base64: "),
+            "{e}"
+        );
+        let e = HolderKeys::parse("AAAA", Some(&old.public_key())).unwrap_err();
+        assert!(e.starts_with("control's holder_key must be"), "{e}");
     }
 
     #[test]
