@@ -233,7 +233,7 @@ fn apply_peers(
         return;
     }
     *as_of = Some(asked);
-    edge.mesh.set_holder_key(holder_key, holder_key_previous);
+    edge.mesh.set_holder_keys(holder_key, holder_key_previous);
     for link in edge.mesh.set_peers(peers) {
         tracing::info!(peer = %link.id, addr = %link.addr, "linking to peer edge");
         tokio::spawn(link.run(edge.mesh.clone()));

@@ -993,7 +993,7 @@ mod tests {
         });
         let (mesh, link) = mesh_with_eu_taking_unproven(&addr, unproven);
         let signer = nearhop_wire::holder_proof::HolderSigner::from_secret(secret);
-        mesh.set_holder_key(Some(&signer.public_key()), None);
+        mesh.set_holder_keys(Some(&signer.public_key()), None);
         let mesh = Arc::new(mesh);
         tokio::spawn(link.clone().run(mesh.clone()));
         mesh
@@ -1094,7 +1094,7 @@ mod tests {
             )
         };
         let (mesh, _link) = mesh_with_eu_taking_unproven("127.0.0.1:9", false);
-        mesh.set_holder_key(Some(&new.public_key()), Some(&old.public_key()));
+        mesh.set_holder_keys(Some(&new.public_key()), Some(&old.public_key()));
         assert!(mesh.vet("eu-1", claim(&old, "before", 1), true).is_ok());
         assert!(mesh.vet("eu-1", claim(&new, "after", 2), true).is_ok());
         let stranger = HolderSigner::from_secret("nobodys-holder-secret");
@@ -1102,13 +1102,15 @@ mod tests {
             .vet("eu-1", claim(&stranger, "forged", 3), true)
             .is_err());
         assert_eq!(refused(&mesh, "bad_proof"), 1);
-        // A previous key that does not parse: the current one alone is taken.
-        mesh.set_holder_key(Some(&new.public_key()), Some("not a key"));
+        // A previous key that does not parse: the current one alone is taken. Control says
+        // it again at every heartbeat; only the first time is new (and logged).
+        assert!(mesh.set_holder_keys(Some(&new.public_key()), Some("not a key")));
+        assert!(!mesh.set_holder_keys(Some(&new.public_key()), Some("not a key")));
         assert!(mesh.vet("eu-1", claim(&old, "before", 1), true).is_err());
         assert!(mesh.vet("eu-1", claim(&new, "after", 2), true).is_ok());
         // The rotation is over: the previous key is no longer sent, and no longer taken.
-        mesh.set_holder_key(Some(&new.public_key()), Some(&old.public_key()));
-        mesh.set_holder_key(Some(&new.public_key()), None);
+        mesh.set_holder_keys(Some(&new.public_key()), Some(&old.public_key()));
+        mesh.set_holder_keys(Some(&new.public_key()), None);
         assert_eq!(
             mesh.vet("eu-1", claim(&old, "before", 1), true)
                 .map_err(|(why, _)| why),
@@ -1116,7 +1118,7 @@ mod tests {
         );
         assert!(mesh.vet("eu-1", claim(&new, "after", 2), true).is_ok());
         // A control before proofs sends no key: the keys known stay.
-        mesh.set_holder_key(None, None);
+        mesh.set_holder_keys(None, None);
         assert!(mesh.vet("eu-1", claim(&new, "after", 2), true).is_ok());
     }
 

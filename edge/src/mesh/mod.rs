@@ -61,7 +61,11 @@ pub struct Mesh {
     pub shutdown: CancellationToken,
     /// Control's public keys for holder proofs (the current one, and the previous one while
     /// control rotates it), from its latest answer.
-    holder_key: RwLock<Option<HolderKeys>>,
+    holder_keys: RwLock<Option<HolderKeys>>,
+    /// `holder_key` and `holder_key_previous` as control's latest answer carrying a key
+    /// wrote them: an answer saying the same again changes nothing and logs nothing (a
+    /// previous key that does not parse would otherwise make an error line a heartbeat).
+    holder_keys_sent: std::sync::Mutex<Option<(String, Option<String>)>>,
     /// `mesh_accept_unproven_claims`.
     accept_unproven: bool,
     /// `nearhop_edge_mesh_claims_refused_total`.
@@ -120,7 +124,8 @@ impl Mesh {
             acks: acks::FeedAcks::default(),
             peers: RwLock::new(HashMap::new()),
             shutdown: CancellationToken::new(),
-            holder_key: RwLock::new(None),
+            holder_keys: RwLock::new(None),
+            holder_keys_sent: std::sync::Mutex::new(None),
             accept_unproven: config.mesh_accept_unproven_claims,
             claims_refused,
             relay_openings_per_peer: config.relay_openings_per_peer,
@@ -133,8 +138,21 @@ impl Mesh {
     /// (`holder_key`; `None`: a control from before proofs, and the keys known stay) and
     /// `previous` (`holder_key_previous`, while control rotates its key: proofs under either
     /// are taken). Claims already taken stay; new ones are checked with the new keys.
-    pub fn set_holder_key(&self, current: Option<&str>, previous: Option<&str>) {
-        let Some(current) = current else { return };
+    /// Returns whether the answer said something else than the one before (only then is
+    /// anything logged).
+    pub fn set_holder_keys(&self, current: Option<&str>, previous: Option<&str>) -> bool {
+        let Some(current) = current else { return false };
+        {
+            let mut sent = self
+                .holder_keys_sent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let now = (current.to_string(), previous.map(str::to_string));
+            if sent.as_ref() == Some(&now) {
+                return false;
+            }
+            *sent = Some(now);
+        }
         let keys = match HolderKeys::parse(current, previous) {
             Ok(keys) => keys,
             Err(e) if previous.is_some() => match HolderKeys::parse(current, None) {
@@ -142,11 +160,17 @@ impl Mesh {
                     tracing::error!(error = %e, "control sent a previous key for holder proofs that does not parse; taking its current key alone (claims under the previous key are refused)");
                     keys
                 }
-                Err(e) => return Self::unparsed_key(&e),
+                Err(e) => {
+                    Self::unparsed_key(&e);
+                    return true;
+                }
             },
-            Err(e) => return Self::unparsed_key(&e),
+            Err(e) => {
+                Self::unparsed_key(&e);
+                return true;
+            }
         };
-        let mut held = self.holder_key.write().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.holder_keys.write().unwrap_or_else(|e| e.into_inner());
         if held.as_ref() != Some(&keys) {
             match previous.filter(|_| keys.previous.is_some()) {
                 Some(previous) => tracing::info!(
@@ -156,8 +180,11 @@ impl Mesh {
             }
             *held = Some(keys);
         }
+        true
     }
 
+    /// Logs that control's current key for holder proofs does not parse (`e` says why); the
+    /// keys known before stay in force.
     fn unparsed_key(e: &str) {
         tracing::error!(error = %e, "control sent a key for holder proofs that does not parse; keeping the one known")
     }
@@ -188,7 +215,7 @@ impl Mesh {
             return Ok(HoldingChange::Added(name, kind, proof));
         }
         let refusal = match &proof {
-            Some(p) => match &*self.holder_key.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(p) => match &*self.holder_keys.read().unwrap_or_else(|e| e.into_inner()) {
                 Some(key) if key.verifies(&p.signature, &name, peer, p.tunnel_id, kind) => {
                     return Ok(HoldingChange::Added(name, kind, proof));
                 }
