@@ -4,7 +4,10 @@
 use crate::edge::Edge;
 use crate::metrics::unix_now;
 use crate::process::log_limit::LogLimit;
-use nearhop_wire::{EdgeHeartbeatRequest, ErrorCode, RegisterEdgeRequest};
+use nearhop_wire::{
+    EdgeHeartbeatRequest, EdgeHeartbeatResponse, EdgePeers, ErrorCode, PeerEdge,
+    RegisterEdgeRequest, RegisterEdgeResponse,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,13 +41,7 @@ pub async fn run(edge: Arc<Edge>) {
         match edge.control.heartbeat(&edge.config.edge_id, &req).await {
             Ok(resp) => {
                 edge.metrics.control_last_heartbeat.set(unix_now());
-                apply_peers(
-                    &edge,
-                    &resp.peers,
-                    resp.holder_key.as_deref(),
-                    resp.holder_key_previous.as_deref(),
-                    asked,
-                );
+                apply_peers(&edge, (&resp).into(), asked);
                 refresh_certificates(&edge, resp.certificates_generation).await;
                 for close in resp.close {
                     if let Some(tunnel) = edge.registry.by_id(close.tunnel_id) {
@@ -113,13 +110,7 @@ async fn register(edge: &Arc<Edge>) -> Option<Duration> {
                     peers = resp.peers.len(),
                     "registered with control"
                 );
-                apply_peers(
-                    edge,
-                    &resp.peers,
-                    resp.holder_key.as_deref(),
-                    resp.holder_key_previous.as_deref(),
-                    asked,
-                );
+                apply_peers(edge, (&resp).into(), asked);
                 refresh_certificates(edge, resp.certificates_generation).await;
                 for id in resp.closed_tunnels {
                     if let Some(tunnel) = edge.registry.by_id(id) {
@@ -180,13 +171,7 @@ pub async fn ask_for_peers(edge: &Arc<Edge>, answered: impl Fn() -> bool) {
     *asked = Some(now);
     edge.metrics.mesh_peer_list_fetches_total.inc();
     match edge.control.peers(&edge.config.edge_id).await {
-        Ok(answer) => apply_peers(
-            edge,
-            &answer.peers,
-            answer.holder_key.as_deref(),
-            answer.holder_key_previous.as_deref(),
-            now,
-        ),
+        Ok(answer) => apply_peers(edge, (&answer).into(), now),
         Err(e) => {
             edge.metrics
                 .control_errors_total
@@ -207,19 +192,53 @@ pub async fn ask_for_peers(edge: &Arc<Edge>, answered: impl Fn() -> bool) {
     }
 }
 
+/// What an answer of control's (to a registration, a heartbeat, or a request for the peer
+/// list alone) brings the mesh: the peer list and the keys for holder proofs.
+struct PeerAnswer<'a> {
+    peers: &'a [PeerEdge],
+    /// `holder_key`.
+    holder_key: Option<&'a str>,
+    /// `holder_key_previous`, while control rotates its key.
+    holder_key_previous: Option<&'a str>,
+}
+
+impl<'a> From<&'a RegisterEdgeResponse> for PeerAnswer<'a> {
+    fn from(answer: &'a RegisterEdgeResponse) -> Self {
+        PeerAnswer {
+            peers: &answer.peers,
+            holder_key: answer.holder_key.as_deref(),
+            holder_key_previous: answer.holder_key_previous.as_deref(),
+        }
+    }
+}
+
+impl<'a> From<&'a EdgeHeartbeatResponse> for PeerAnswer<'a> {
+    fn from(answer: &'a EdgeHeartbeatResponse) -> Self {
+        PeerAnswer {
+            peers: &answer.peers,
+            holder_key: answer.holder_key.as_deref(),
+            holder_key_previous: answer.holder_key_previous.as_deref(),
+        }
+    }
+}
+
+impl<'a> From<&'a EdgePeers> for PeerAnswer<'a> {
+    fn from(answer: &'a EdgePeers) -> Self {
+        PeerAnswer {
+            peers: &answer.peers,
+            holder_key: answer.holder_key.as_deref(),
+            holder_key_previous: answer.holder_key_previous.as_deref(),
+        }
+    }
+}
+
 /// Takes control's list of peer edges and its keys for holder proofs (before the links
-/// start, so that their first claims are checked with it): links to new peers start, links
-/// to peers that left stop. An edge outside the mesh (no `mesh_listen`) links to no one.
-/// `asked`: when the call that brought the list was made. A list from a call made before
-/// the one in force is not taken: a heartbeat answered just after an early peer list
+/// start, so that their first claims are checked with them): links to new peers start,
+/// links to peers that left stop. An edge outside the mesh (no `mesh_listen`) links to no
+/// one. `asked`: when the call that brought the list was made. A list from a call made
+/// before the one in force is not taken: a heartbeat answered just after an early peer list
 /// ([`ask_for_peers`]) would otherwise drop the edge that list had just added.
-fn apply_peers(
-    edge: &Arc<Edge>,
-    peers: &[nearhop_wire::PeerEdge],
-    holder_key: Option<&str>,
-    holder_key_previous: Option<&str>,
-    asked: Instant,
-) {
+fn apply_peers(edge: &Arc<Edge>, answer: PeerAnswer<'_>, asked: Instant) {
     if edge.config.mesh_addr().is_none() {
         return;
     }
@@ -233,8 +252,9 @@ fn apply_peers(
         return;
     }
     *as_of = Some(asked);
-    edge.mesh.set_holder_keys(holder_key, holder_key_previous);
-    for link in edge.mesh.set_peers(peers) {
+    edge.mesh
+        .set_holder_keys(answer.holder_key, answer.holder_key_previous);
+    for link in edge.mesh.set_peers(answer.peers) {
         tracing::info!(peer = %link.id, addr = %link.addr, "linking to peer edge");
         tokio::spawn(link.run(edge.mesh.clone()));
     }
@@ -312,6 +332,15 @@ mod tests {
         }
     }
 
+    /// A peer list from a control that sends no holder key.
+    fn list(peers: &[PeerEdge]) -> PeerAnswer<'_> {
+        PeerAnswer {
+            peers,
+            holder_key: None,
+            holder_key_previous: None,
+        }
+    }
+
     #[tokio::test]
     async fn a_peer_list_older_than_the_one_in_force_is_not_taken() {
         let config = Config {
@@ -325,12 +354,10 @@ mod tests {
         // answered after it, does not.
         apply_peers(
             &edge,
-            &[peer("eu-1", 2), peer("eu-2", 3)],
-            None,
-            None,
+            list(&[peer("eu-1", 2), peer("eu-2", 3)]),
             early_asked,
         );
-        apply_peers(&edge, &[peer("eu-1", 2)], None, None, heartbeat_asked);
+        apply_peers(&edge, list(&[peer("eu-1", 2)]), heartbeat_asked);
         let mut ids = edge.mesh.peer_ids();
         ids.sort();
         assert_eq!(
@@ -341,12 +368,75 @@ mod tests {
         // A list asked later is taken, whatever it says.
         apply_peers(
             &edge,
-            &[peer("eu-1", 2)],
-            None,
-            None,
+            list(&[peer("eu-1", 2)]),
             early_asked + Duration::from_millis(5),
         );
         assert_eq!(edge.mesh.peer_ids(), ["eu-1"]);
+        edge.mesh.shutdown.cancel();
+    }
+
+    /// Control rotates its key: its heartbeat answers and its peer lists carry the previous
+    /// key too, and a peer's claim proven under it is taken; once an answer carries the
+    /// current key alone, a new claim under the previous one is refused. The answers are
+    /// read from control's JSON, so a heartbeat or peer list that lost `holder_key_previous`
+    /// on the way fails here.
+    #[tokio::test]
+    async fn heartbeat_and_peer_list_answers_bring_controls_previous_holder_key() {
+        use crate::mesh::protocol::{HoldingChange, Proof};
+        use crate::mesh::Refusal;
+        use nearhop_wire::holder_proof::HolderSigner;
+        use nearhop_wire::TunnelKind::Http;
+        let config = Config {
+            mesh_listen: Some("127.0.0.1:9".parse().expect("address")),
+            ..Default::default()
+        };
+        let edge = Arc::new(Edge::for_tests(config, 1));
+        let old = HolderSigner::from_secret("the-old-holder-secret").public_key();
+        let new = HolderSigner::from_secret("the-new-holder-secret").public_key();
+        let signed_by_old = HolderSigner::from_secret("the-old-holder-secret");
+        let mut tunnel_id = 0;
+        // A new claim of eu-1's each time (a claim taken before is not checked again).
+        let mut vet_claim_under_old = || {
+            tunnel_id += 1;
+            let name = format!("before-{tunnel_id}.a.test");
+            let signature = signed_by_old.prove(&name, "eu-1", tunnel_id, Http);
+            let proof = Some(Proof {
+                tunnel_id,
+                signature,
+            });
+            edge.mesh
+                .vet("eu-1", HoldingChange::Added(name, Http, proof), true)
+                .map(|_| ())
+                .map_err(|(why, _)| why)
+        };
+        let heartbeat = |previous: Option<&str>| -> EdgeHeartbeatResponse {
+            let previous = previous
+                .map(|k| format!(r#","holder_key_previous":"{k}""#))
+                .unwrap_or_default();
+            serde_json::from_str(&format!(
+                r#"{{"close":[],"peers":[],"certificates_generation":0,"holder_key":"{new}"{previous}}}"#
+            ))
+            .expect("a heartbeat answer")
+        };
+        let peer_list = |previous: Option<&str>| -> EdgePeers {
+            let previous = previous
+                .map(|k| format!(r#","holder_key_previous":"{k}""#))
+                .unwrap_or_default();
+            serde_json::from_str(&format!(r#"{{"peers":[],"holder_key":"{new}"{previous}}}"#))
+                .expect("a peer list")
+        };
+        let asked = Instant::now();
+        let later = |ms: u64| asked + Duration::from_millis(ms);
+
+        apply_peers(&edge, (&heartbeat(Some(&old))).into(), later(1));
+        assert_eq!(vet_claim_under_old(), Ok(()), "taken during the rotation");
+        apply_peers(&edge, (&heartbeat(None)).into(), later(2));
+        assert_eq!(vet_claim_under_old(), Err(Refusal::BadProof), "after it");
+
+        apply_peers(&edge, (&peer_list(Some(&old))).into(), later(3));
+        assert_eq!(vet_claim_under_old(), Ok(()), "taken during the rotation");
+        apply_peers(&edge, (&peer_list(None)).into(), later(4));
+        assert_eq!(vet_claim_under_old(), Err(Refusal::BadProof), "after it");
         edge.mesh.shutdown.cancel();
     }
 }
