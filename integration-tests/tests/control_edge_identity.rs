@@ -2,11 +2,13 @@
 //! id; an edge cannot register, heartbeat, read the peer list, set up or close tunnels as
 //! another; revocation refuses the edge at once and drops it from its peers' lists, and the
 //! shared secret cannot act as a revoked edge either; a pinned credential registers only in
-//! its region; an edge on the shared secret is told no peers. The tests play the edges.
+//! its region; an edge on the shared secret is told no peers. During a rotation of control's
+//! holder key, every answer to an edge carries the previous key too, and the previous key
+//! signs until the grace after control's first answer has passed. The tests play the edges.
 
 use nearhop_stack::process::run;
-use nearhop_stack::{Stack, StackOptions};
-use nearhop_wire::holder_proof::HolderKey;
+use nearhop_stack::{ControlSpec, Stack, StackOptions};
+use nearhop_wire::holder_proof::{HolderKey, HolderSigner};
 use nearhop_wire::{
     ApiError, CreateTunnelRequest, CreateTunnelResponse, EdgeHeartbeatResponse, EdgePeers,
     ErrorCode, PeerEdge, RegisterEdgeRequest, RegisterEdgeResponse, TunnelKind,
@@ -538,4 +540,82 @@ fn an_edge_on_the_shared_secret_is_told_no_peers() {
     let reg: RegisterEdgeResponse = serde_json::from_str(&text).unwrap();
     let ids: Vec<&str> = reg.peers.iter().map(|p| p.edge_id.as_str()).collect();
     assert_eq!(ids, ["a-1"]);
+}
+
+const HOLDER_SECRET: &str = "the-holder-key-secret-0123456789";
+const HOLDER_SECRET_BEFORE: &str = "the-holder-key-before-0123456789";
+
+/// Control in the middle of a rotation of its holder key, heartbeats every 2 s (so the
+/// previous key signs for 6 s after control's first answer to an edge).
+fn rotating_holder_key(spec: &mut ControlSpec) {
+    spec.heartbeat_seconds = 2;
+    spec.extra_toml.push_str(&format!(
+        "holder_key_secret = \"{HOLDER_SECRET}\"\n\
+         holder_key_previous_secret = \"{HOLDER_SECRET_BEFORE}\"\n"
+    ));
+}
+
+#[test]
+fn during_a_holder_key_rotation_every_answer_carries_both_keys_and_the_grace_starts_at_the_first() {
+    let stack = Stack::start(StackOptions {
+        regions: vec![("us".into(), std::net::Ipv4Addr::LOCALHOST)],
+        control_tweak: Some(rotating_holder_key),
+        ..Default::default()
+    })
+    .expect("stack starts");
+    let http = Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let a = Edge::of(&stack, &http, issue(&stack, "a-1"));
+    let current = HolderSigner::from_secret(HOLDER_SECRET).public_key();
+    let previous = HolderSigner::from_secret(HOLDER_SECRET_BEFORE).public_key();
+    let both = (Some(current.clone()), Some(previous.clone()));
+
+    // Longer than the grace since control started, and no edge answered yet: the grace has
+    // not begun, since no edge has heard of the current key.
+    std::thread::sleep(Duration::from_secs(7));
+    let (status, text) = a.register(&registration("a-1", "127.0.0.1:7001", KEY_A));
+    assert_eq!(status, 200, "{text}");
+    let reg: RegisterEdgeResponse = serde_json::from_str(&text).unwrap();
+    assert_eq!((reg.holder_key, reg.holder_key_previous), both, "register");
+    let (status, text) = a.heartbeat("a-1", &[]);
+    assert_eq!(status, 200, "{text}");
+    let hb: EdgeHeartbeatResponse = serde_json::from_str(&text).unwrap();
+    assert_eq!((hb.holder_key, hb.holder_key_previous), both, "heartbeat");
+    let alone = a.peer_list("a-1");
+    assert_eq!(
+        (alone.holder_key, alone.holder_key_previous),
+        both,
+        "peer list"
+    );
+
+    // Within 6 s of that first answer, a new tunnel's proof is under the previous key,
+    // which edges that have not heard of the current one yet still take.
+    let proven_under = |tunnel: &CreateTunnelResponse| -> Vec<&str> {
+        let proof = tunnel.holder_proof.as_deref().expect("a holder proof");
+        [("current", &current), ("previous", &previous)]
+            .into_iter()
+            .filter(|(_, key)| {
+                HolderKey::parse(key).unwrap().verifies(
+                    proof,
+                    &tunnel.hostname,
+                    "a-1",
+                    tunnel.tunnel_id,
+                    TunnelKind::Http,
+                )
+            })
+            .map(|(which, _)| which)
+            .collect()
+    };
+    let (status, text) = a.create("a-1");
+    assert_eq!(status, 201, "{text}");
+    let during: CreateTunnelResponse = serde_json::from_str(&text).unwrap();
+    assert_eq!(proven_under(&during), ["previous"]);
+    // After it, under the current key.
+    std::thread::sleep(Duration::from_secs(7));
+    let (status, text) = a.create("a-1");
+    assert_eq!(status, 201, "{text}");
+    let after: CreateTunnelResponse = serde_json::from_str(&text).unwrap();
+    assert_eq!(proven_under(&after), ["current"]);
 }
