@@ -91,16 +91,37 @@ impl HolderKey {
         tunnel_id: i64,
         kind: TunnelKind,
     ) -> bool {
-        if proof.len() != PROOF_LEN {
-            return false;
-        }
-        let Ok(signature) = URL_SAFE_NO_PAD.decode(proof) else {
-            return false;
-        };
+        decode_proof(proof).is_some_and(|signature| {
+            self.verifies_signature(&signature, name, edge_id, tunnel_id, kind)
+        })
+    }
+
+    /// [`HolderKey::verifies`] for a proof already decoded ([`decode_proof`]).
+    pub fn verifies_signature(
+        &self,
+        signature: &ProofSignature,
+        name: &str,
+        edge_id: &str,
+        tunnel_id: i64,
+        kind: TunnelKind,
+    ) -> bool {
         UnparsedPublicKey::new(&ED25519, &self.0)
-            .verify(&message(name, edge_id, tunnel_id, kind), &signature)
+            .verify(&message(name, edge_id, tunnel_id, kind), signature)
             .is_ok()
     }
+}
+
+/// A proof's Ed25519 signature, decoded: 64 bytes, as an edge keeps the proof of a claim it
+/// took (to check it again when control's keys change) instead of the 86 characters it
+/// travels as.
+pub type ProofSignature = [u8; 64];
+
+/// Decodes a proof as it travels; `None` for text that is not one.
+pub fn decode_proof(proof: &str) -> Option<ProofSignature> {
+    if proof.len() != PROOF_LEN {
+        return None;
+    }
+    URL_SAFE_NO_PAD.decode(proof).ok()?.try_into().ok()
 }
 
 /// The keys an edge takes holder proofs under: control's current key and, while control
@@ -136,9 +157,34 @@ impl HolderKeys {
         tunnel_id: i64,
         kind: TunnelKind,
     ) -> bool {
-        std::iter::once(&self.current)
-            .chain(self.previous.as_ref())
-            .any(|key| key.verifies(proof, name, edge_id, tunnel_id, kind))
+        decode_proof(proof).is_some_and(|signature| {
+            self.verifies_signature(&signature, name, edge_id, tunnel_id, kind)
+        })
+    }
+
+    /// [`HolderKeys::verifies`] for a proof already decoded ([`decode_proof`]).
+    pub fn verifies_signature(
+        &self,
+        signature: &ProofSignature,
+        name: &str,
+        edge_id: &str,
+        tunnel_id: i64,
+        kind: TunnelKind,
+    ) -> bool {
+        self.keys()
+            .any(|key| key.verifies_signature(signature, name, edge_id, tunnel_id, kind))
+    }
+
+    /// Whether every key of `before` is taken here too: `false` when a key taken before is
+    /// no longer (the previous key dropped, or the current one replaced), so that claims
+    /// taken under it must be checked again.
+    pub fn takes_every_key_of(&self, before: &HolderKeys) -> bool {
+        before.keys().all(|old| self.keys().any(|key| key == old))
+    }
+
+    /// The current key, then the previous one if any.
+    fn keys(&self) -> impl Iterator<Item = &HolderKey> {
+        std::iter::once(&self.current).chain(self.previous.as_ref())
     }
 }
 
@@ -163,6 +209,22 @@ mod tests {
         let after = HolderKeys::parse(&new.public_key(), None).expect("keys");
         let proof = old.prove(args.0, args.1, args.2, args.3);
         assert!(!after.verifies(&proof, args.0, args.1, args.2, args.3));
+        // Kept decoded, a proof checks out the same.
+        let signature = decode_proof(&proof).expect("a proof");
+        assert!(keys.verifies_signature(&signature, args.0, args.1, args.2, args.3));
+        assert!(!after.verifies_signature(&signature, args.0, args.1, args.2, args.3));
+        assert_eq!(decode_proof("AAAA"), None);
+        // Dropping a key is what makes claims taken before worth checking again; adding
+        // one is not.
+        let only_old = HolderKeys::parse(&old.public_key(), None).expect("keys");
+        assert!(!after.takes_every_key_of(&keys), "the previous key dropped");
+        assert!(
+            !after.takes_every_key_of(&only_old),
+            "the current key replaced"
+        );
+        assert!(keys.takes_every_key_of(&only_old), "a key added");
+        assert!(keys.takes_every_key_of(&after), "the previous key added");
+        assert!(after.takes_every_key_of(&after));
         // A previous key that does not parse says which one it is.
         let e = HolderKeys::parse(&new.public_key(), Some("AAAA")).unwrap_err();
         assert_eq!(

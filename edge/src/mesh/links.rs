@@ -415,6 +415,7 @@ impl PeerLink {
                             tokio::task::yield_now().await;
                         }
                     }
+                    let narrowed = mesh.keys_narrowed();
                     let change = match mesh.vet(&self.id, change, proves) {
                         Ok(change) => change,
                         Err((why, name)) => {
@@ -433,12 +434,21 @@ impl PeerLink {
                             continue;
                         }
                     };
+                    let proven = match &change {
+                        HoldingChange::Added(name, _, Some(_)) => Some(name.clone()),
+                        _ => None,
+                    };
                     if !mesh.holders.apply(&self.id, change) {
                         anyhow::bail!(
                             "the peer announced more than {} names; its holdings are dropped \
                              until it reconnects",
                             super::holders::MAX_NAMES_PER_PEER
                         );
+                    }
+                    // Control's keys lost one between the check and the table: the re-check
+                    // may have missed this claim.
+                    if let Some(name) = proven.filter(|_| mesh.keys_narrowed() != narrowed) {
+                        mesh.recheck_claim(&self.id, &name);
                     }
                 }
                 None => {
@@ -992,9 +1002,9 @@ mod tests {
             let _ = running.await;
         });
         let (mesh, link) = mesh_with_eu_taking_unproven(&addr, unproven);
+        let mesh = Arc::new(mesh);
         let signer = nearhop_wire::holder_proof::HolderSigner::from_secret(secret);
         mesh.set_holder_keys(Some(&signer.public_key()), None);
-        let mesh = Arc::new(mesh);
         tokio::spawn(link.clone().run(mesh.clone()));
         mesh
     }
@@ -1094,6 +1104,7 @@ mod tests {
             )
         };
         let (mesh, _link) = mesh_with_eu_taking_unproven("127.0.0.1:9", false);
+        let mesh = Arc::new(mesh);
         mesh.set_holder_keys(Some(&new.public_key()), Some(&old.public_key()));
         assert!(mesh.vet("eu-1", claim(&old, "before", 1), true).is_ok());
         assert!(mesh.vet("eu-1", claim(&new, "after", 2), true).is_ok());
@@ -1120,6 +1131,104 @@ mod tests {
         // A control before proofs sends no key: the keys known stay.
         mesh.set_holder_keys(None, None);
         assert!(mesh.vet("eu-1", claim(&new, "after", 2), true).is_ok());
+    }
+
+    /// A leak-driven rotation: claims taken under the old key while control still sent it
+    /// are dropped as soon as control's keys no longer take it, without waiting for the
+    /// links to reconnect; claims under the new key, and unproven ones, stay.
+    #[tokio::test]
+    async fn claims_under_a_key_control_dropped_are_checked_again_and_dropped() {
+        use super::super::protocol::Proof;
+        use nearhop_wire::holder_proof::HolderSigner;
+        use nearhop_wire::TunnelKind::Http;
+        let old = HolderSigner::from_secret("the-leaked-holder-secret");
+        let new = HolderSigner::from_secret("the-new-holder-secret");
+        let claim = |signer: &HolderSigner, peer: &str, name: &str, id: i64| {
+            let signature = signer.prove(name, peer, id, Http);
+            HoldingChange::Added(
+                name.to_string(),
+                Http,
+                Some(Proof {
+                    tunnel_id: id,
+                    signature,
+                }),
+            )
+        };
+        let (mesh, _link) = mesh_with_eu_taking_unproven("127.0.0.1:9", true);
+        let mesh = Arc::new(mesh);
+        // `v2` feeds, so that a claim without a proof is taken too.
+        let take = |peer: &str, change: HoldingChange| {
+            let change = mesh.vet(peer, change, false).expect("taken");
+            assert!(mesh.holders.apply(peer, change));
+        };
+        let peer_of = |name: &str| mesh.holders.holder(name).map(|h| h.peer);
+        mesh.set_holder_keys(Some(&old.public_key()), None);
+        take("eu-1", claim(&old, "eu-1", "before.a.test", 1));
+        // Control starts the rotation: a key added drops nothing.
+        mesh.set_holder_keys(Some(&new.public_key()), Some(&old.public_key()));
+        mesh.wait_for_recheck();
+        assert_eq!(peer_of("before.a.test").as_deref(), Some("eu-1"));
+        // Forged with the leaked key while control still sends it: a name ap-1 holds, with
+        // a tunnel id far above its own, and one held nowhere.
+        take("ap-1", claim(&new, "ap-1", "shop.a.test", 5));
+        take("eu-1", claim(&old, "eu-1", "shop.a.test", 1_000_000));
+        take("eu-1", claim(&old, "eu-1", "bank.a.test", 9));
+        take("ap-1", claim(&old, "ap-1", "old.a.test", 2));
+        take("eu-1", claim(&new, "eu-1", "after.a.test", 6));
+        take(
+            "eu-1",
+            HoldingChange::Added("bare.a.test".into(), Http, None),
+        );
+        assert_eq!(peer_of("shop.a.test").as_deref(), Some("eu-1"));
+        assert_eq!(refused(&mesh, "bad_proof"), 0);
+        // Control drops the leaked key: the claims under it go at once.
+        mesh.set_holder_keys(Some(&new.public_key()), None);
+        mesh.wait_for_recheck();
+        for name in ["before.a.test", "shop.a.test", "bank.a.test", "old.a.test"] {
+            assert_eq!(peer_of(name), None, "{name} is still relayed");
+            assert!(mesh.holder_of(name).is_none());
+            assert!(
+                mesh.holders.recently_gone(name),
+                "{name} is gone, not unknown"
+            );
+        }
+        assert_eq!(refused(&mesh, "bad_proof"), 3);
+        assert_eq!(mesh.claims_refused_count("ap-1", "bad_proof"), 1);
+        assert_eq!(peer_of("after.a.test").as_deref(), Some("eu-1"));
+        assert_eq!(peer_of("bare.a.test").as_deref(), Some("eu-1"));
+        // Announced again, an old-key claim is checked again (and refused); the genuine
+        // holder of the name the forged claim took gets it back, its lower id not held
+        // against it.
+        assert!(mesh
+            .vet("eu-1", claim(&old, "eu-1", "before.a.test", 1), false)
+            .is_err());
+        take("ap-1", claim(&new, "ap-1", "shop.a.test", 5));
+        assert_eq!(peer_of("shop.a.test").as_deref(), Some("ap-1"));
+        // Another answer with the same keys checks nothing again.
+        mesh.set_holder_keys(Some(&new.public_key()), None);
+        mesh.wait_for_recheck();
+        assert_eq!(
+            refused(&mesh, "bad_proof"),
+            4,
+            "the refused announcement alone"
+        );
+        // A replaced current key (control restarted with another secret and no previous
+        // one) drops the claims under the key before it, the unproven ones still stay.
+        let next = HolderSigner::from_secret("yet-another-holder-secret");
+        mesh.set_holder_keys(Some(&next.public_key()), None);
+        mesh.wait_for_recheck();
+        assert_eq!(peer_of("after.a.test"), None);
+        assert_eq!(peer_of("shop.a.test"), None);
+        assert_eq!(peer_of("bare.a.test").as_deref(), Some("eu-1"));
+        assert_eq!(refused(&mesh, "bad_proof"), 5);
+        // A claim checked under the keys before that reached the table only after the
+        // re-check copied it: its link checks it again.
+        assert!(mesh
+            .holders
+            .apply("eu-1", claim(&new, "eu-1", "late.a.test", 7)));
+        mesh.recheck_claim("eu-1", "late.a.test");
+        assert_eq!(peer_of("late.a.test"), None);
+        assert_eq!(refused(&mesh, "bad_proof"), 6);
     }
 
     #[tokio::test]

@@ -66,12 +66,18 @@ pub struct Mesh {
     /// wrote them: an answer saying the same again changes nothing and logs nothing (a
     /// previous key that does not parse would otherwise make an error line a heartbeat).
     holder_keys_sent: std::sync::Mutex<Option<(String, Option<String>)>>,
+    /// How many times a key taken before stopped being taken (see
+    /// [`Mesh::keys_narrowed`]).
+    keys_narrowed: std::sync::atomic::AtomicU64,
     /// `mesh_accept_unproven_claims`.
     accept_unproven: bool,
     /// `nearhop_edge_mesh_claims_refused_total`.
     claims_refused: prometheus::IntCounterVec,
     /// `relay_openings_per_peer`, for each link.
     relay_openings_per_peer: usize,
+    /// The thread checking the claims taken again after control's keys changed
+    /// ([`Mesh::recheck_claims`]), the latest one started.
+    recheck: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// When this edge last asked control for the peer list between heartbeats; held while
     /// it asks, so that callers take turns (`control::sync::ask_for_peers`).
     pub peers_asked: tokio::sync::Mutex<Option<std::time::Instant>>,
@@ -126,9 +132,11 @@ impl Mesh {
             shutdown: CancellationToken::new(),
             holder_keys: RwLock::new(None),
             holder_keys_sent: std::sync::Mutex::new(None),
+            keys_narrowed: Default::default(),
             accept_unproven: config.mesh_accept_unproven_claims,
             claims_refused,
             relay_openings_per_peer: config.relay_openings_per_peer,
+            recheck: std::sync::Mutex::new(None),
             peers_asked: tokio::sync::Mutex::new(None),
             peers_as_of: std::sync::Mutex::new(None),
         }
@@ -137,10 +145,17 @@ impl Mesh {
     /// Takes control's keys for holder proofs, as its answers carry them: `current`
     /// (`holder_key`; `None`: a control from before proofs, and the keys known stay) and
     /// `previous` (`holder_key_previous`, while control rotates its key: proofs under either
-    /// are taken). Claims already taken stay; new ones are checked with the new keys.
-    /// Returns whether the answer said something else than the one before (only then is
-    /// anything logged).
-    pub fn set_holder_keys(&self, current: Option<&str>, previous: Option<&str>) -> bool {
+    /// are taken). New claims are checked with the new keys; when a key taken before is no
+    /// longer (the previous key dropped at the end of a rotation, or the current one
+    /// replaced), every proven claim already taken is checked again on a thread of its own
+    /// ([`Mesh::recheck_claims`]), so that one under that key (forged with a leaked key,
+    /// say) stops being relayed now rather than when its link reconnects. Returns whether
+    /// the answer said something else than the one before (only then is anything logged).
+    pub fn set_holder_keys(
+        self: &Arc<Self>,
+        current: Option<&str>,
+        previous: Option<&str>,
+    ) -> bool {
         let Some(current) = current else { return false };
         {
             let mut sent = self
@@ -171,16 +186,124 @@ impl Mesh {
             }
         };
         let mut held = self.holder_keys.write().unwrap_or_else(|e| e.into_inner());
-        if held.as_ref() != Some(&keys) {
-            match previous.filter(|_| keys.previous.is_some()) {
-                Some(previous) => tracing::info!(
-                    "control's key for holder proofs is now {current}; proofs under its previous key {previous} are taken too while control sends it"
-                ),
-                None => tracing::info!("control's key for holder proofs is now {current}"),
-            }
-            *held = Some(keys);
+        if held.as_ref() == Some(&keys) {
+            return true;
+        }
+        match previous.filter(|_| keys.previous.is_some()) {
+            Some(previous) => tracing::info!(
+                "control's key for holder proofs is now {current}; proofs under its previous key {previous} are taken too while control sends it"
+            ),
+            None => tracing::info!("control's key for holder proofs is now {current}"),
+        }
+        let narrowed = held
+            .as_ref()
+            .is_some_and(|before| !keys.takes_every_key_of(before));
+        *held = Some(keys);
+        if narrowed {
+            self.keys_narrowed
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        drop(held);
+        if narrowed {
+            self.start_recheck();
         }
         true
+    }
+
+    /// Changes each time a key taken before stops being taken. A link reads it before
+    /// [`Mesh::vet`] and after applying the claim: when it changed, the claim may have been
+    /// checked under the keys before and reached the table after the re-check copied it,
+    /// so the link checks that one claim again ([`Mesh::recheck_claim`]).
+    pub fn keys_narrowed(&self) -> u64 {
+        self.keys_narrowed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// [`Mesh::recheck_claims`] for `peer`'s claim to `name` alone.
+    pub fn recheck_claim(&self, peer: &str, name: &str) {
+        let keys = self
+            .holder_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(keys) = keys {
+            if self.holders.recheck_name(peer, name, &keys) {
+                self.claims_refused
+                    .with_label_values(&[peer, Refusal::BadProof.as_str()])
+                    .inc();
+                tracing::warn!(peer, name, "a claim the peer made as control's keys changed no longer checks out under them; visitors for it are not relayed there (counted in nearhop_edge_mesh_claims_refused_total with reason bad_proof)");
+            }
+        }
+    }
+
+    /// Starts [`Mesh::recheck_claims`] on a thread of its own: up to [`MAX_NAMES_PER_PEER`]
+    /// proofs a peer at ~50 µs each would hold a runtime worker for seconds.
+    ///
+    /// [`MAX_NAMES_PER_PEER`]: holders::MAX_NAMES_PER_PEER
+    fn start_recheck(self: &Arc<Self>) {
+        let mesh = self.clone();
+        let started = std::thread::Builder::new()
+            .name("holder-recheck".into())
+            .spawn(move || {
+                mesh.recheck_claims();
+            });
+        match started {
+            Ok(thread) => {
+                *self.recheck.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not start the thread that checks the peers' claims again under control's new keys; claims taken under the key dropped stay until their links reconnect")
+            }
+        }
+    }
+
+    /// Checks every proven claim in the holder table again under control's keys in force,
+    /// and drops those that no longer check out (see [`HolderTable::recheck_peer`]): each
+    /// is counted as refused (`bad_proof`, so `NearhopMeshForgedClaim` fires), its name is
+    /// no longer relayed to that peer, and one line says how many each peer lost. Returns
+    /// that count per peer (peers that lost none left out). Blocks for a while with many
+    /// claims: run it off the runtime's workers.
+    pub fn recheck_claims(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut dropped = std::collections::BTreeMap::new();
+        for peer in self.holders.peer_ids() {
+            // The keys in force for each peer: control may have changed them again meanwhile.
+            let Some(keys) = self
+                .holder_keys
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+            else {
+                return dropped;
+            };
+            let n = self.holders.recheck_peer(&peer, &keys);
+            if n > 0 {
+                self.claims_refused
+                    .with_label_values(&[&peer, Refusal::BadProof.as_str()])
+                    .inc_by(n as u64);
+                dropped.insert(peer, n);
+            }
+        }
+        if !dropped.is_empty() {
+            let per_peer = dropped
+                .iter()
+                .map(|(peer, n)| format!("{peer}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            tracing::warn!(dropped = %per_peer, "claims peers made earlier no longer check out under control's keys for holder proofs (a key was dropped); visitors for those names are not relayed there any more (counted in nearhop_edge_mesh_claims_refused_total with reason bad_proof)");
+        }
+        dropped
+    }
+
+    /// Waits for the latest [`Mesh::recheck_claims`] started by a change of keys to end.
+    #[cfg(test)]
+    pub fn wait_for_recheck(&self) {
+        let thread = self
+            .recheck
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            thread.join().expect("the re-check does not panic");
+        }
     }
 
     /// Logs that control's current key for holder proofs does not parse (`e` says why); the
@@ -206,10 +329,12 @@ impl Mesh {
         };
         // What this peer already proved (a line said again) needs no second check: a peer
         // repeating one good line costs a lookup, not a signature check each time.
+        // The signature is compared too: the table keeps the one that was checked, to
+        // check it again when control's keys change.
         let proven_before = proof.as_ref().is_some_and(|p| {
-            self.holders.holder(&name).is_some_and(|h| {
-                h.peer == peer && h.kind == kind && h.tunnel_id == Some(p.tunnel_id)
-            })
+            self.holders
+                .holder(&name)
+                .is_some_and(|h| h.peer == peer && h.kind == kind && h.proven_by(p))
         });
         if proven_before {
             return Ok(HoldingChange::Added(name, kind, proof));
