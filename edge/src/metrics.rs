@@ -386,7 +386,7 @@ impl Metrics {
         let mesh_claims_refused_total = IntCounterVec::new(
             Opts::new(
                 "nearhop_edge_mesh_claims_refused_total",
-                "Tunnel names a peer edge announced without a holder proof from control that checks out; visitors for them are not relayed there.",
+                "Tunnel names a peer edge announced without a holder proof from control that checks out (bad_proof also counts names taken before whose proof no longer checks out once control dropped a key); visitors for them are not relayed there.",
             ),
             &["peer", "reason"],
         )?;
