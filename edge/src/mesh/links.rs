@@ -1231,6 +1231,52 @@ mod tests {
         assert_eq!(refused(&mesh, "bad_proof"), 6);
     }
 
+    /// While a re-check is pending (control's keys dropped one, the pass not yet done), a
+    /// peer saying an old-key line again is not vouched for by the table, which still holds
+    /// the claim: it is checked under the keys in force, and refused. Otherwise a peer
+    /// repeating its forged line could put it back right after the pass dropped it.
+    #[tokio::test]
+    async fn a_line_said_again_while_a_recheck_is_pending_is_checked_again() {
+        use super::super::protocol::Proof;
+        use nearhop_wire::holder_proof::{HolderKeys, HolderSigner};
+        use nearhop_wire::TunnelKind::Http;
+        use std::sync::atomic::Ordering::SeqCst;
+        let old = HolderSigner::from_secret("the-leaked-holder-secret");
+        let new = HolderSigner::from_secret("the-new-holder-secret");
+        let forged = || {
+            let signature = old.prove("again.a.test", "eu-1", 11, Http);
+            HoldingChange::Added(
+                "again.a.test".to_string(),
+                Http,
+                Some(Proof {
+                    tunnel_id: 11,
+                    signature,
+                }),
+            )
+        };
+        let (mesh, _link) = mesh_with_eu_taking_unproven("127.0.0.1:9", false);
+        let mesh = Arc::new(mesh);
+        mesh.set_holder_keys(Some(&new.public_key()), Some(&old.public_key()));
+        let taken = mesh.vet("eu-1", forged(), true).expect("taken");
+        assert!(mesh.holders.apply("eu-1", taken));
+        // Said again with the keys as they were: the table vouches for it.
+        assert!(mesh.vet("eu-1", forged(), true).is_ok());
+        // Control's keys drop the old one; the pass has not run yet.
+        *mesh.holder_keys.write().expect("keys") =
+            Some(HolderKeys::parse(&new.public_key(), None).expect("key"));
+        mesh.rechecks_pending.fetch_add(1, SeqCst);
+        assert_eq!(
+            mesh.vet("eu-1", forged(), true).map_err(|(why, _)| why),
+            Err(super::super::Refusal::BadProof),
+            "a line said again while a re-check is pending was taken on the table's word"
+        );
+        // Once the pass has run, the claim is gone and the line is checked as any new one.
+        mesh.recheck_claims();
+        mesh.rechecks_pending.fetch_sub(1, SeqCst);
+        assert!(mesh.holders.holder("again.a.test").is_none());
+        assert!(mesh.vet("eu-1", forged(), true).is_err());
+    }
+
     #[tokio::test]
     async fn a_peer_sending_bad_proofs_without_end_is_cut_off() {
         let other = nearhop_wire::holder_proof::HolderSigner::from_secret("not-controls-key");

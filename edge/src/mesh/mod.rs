@@ -75,9 +75,12 @@ pub struct Mesh {
     claims_refused: prometheus::IntCounterVec,
     /// `relay_openings_per_peer`, for each link.
     relay_openings_per_peer: usize,
-    /// The thread checking the claims taken again after control's keys changed
-    /// ([`Mesh::recheck_claims`]), the latest one started.
-    recheck: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Key changes that dropped a key and that no finished pass of [`Mesh::recheck_claims`]
+    /// started after: while any is pending, a line said again is checked again too (see
+    /// [`Mesh::vet`]), so that the table cannot vouch for a claim a pass is about to drop.
+    rechecks_pending: std::sync::atomic::AtomicU64,
+    /// The one thread checking the claims taken again after control's keys changed.
+    recheck: std::sync::Mutex<Recheck>,
     /// When this edge last asked control for the peer list between heartbeats; held while
     /// it asks, so that callers take turns (`control::sync::ask_for_peers`).
     pub peers_asked: tokio::sync::Mutex<Option<std::time::Instant>>,
@@ -85,6 +88,17 @@ pub struct Mesh {
     /// (a heartbeat answered after a newer list came) is not taken
     /// (`control::sync::apply_peers`).
     pub peers_as_of: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// Where the re-check of claims stands (see [`Mesh::start_recheck`]).
+#[derive(Default)]
+struct Recheck {
+    /// A thread is checking.
+    running: bool,
+    /// Keys changed again while it checked: it runs one more pass.
+    again: bool,
+    /// The thread started last (tests wait for it).
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Why a peer's claim to hold a name is not taken.
@@ -136,7 +150,8 @@ impl Mesh {
             accept_unproven: config.mesh_accept_unproven_claims,
             claims_refused,
             relay_openings_per_peer: config.relay_openings_per_peer,
-            recheck: std::sync::Mutex::new(None),
+            rechecks_pending: Default::default(),
+            recheck: Default::default(),
             peers_asked: tokio::sync::Mutex::new(None),
             peers_as_of: std::sync::Mutex::new(None),
         }
@@ -202,6 +217,8 @@ impl Mesh {
         if narrowed {
             self.keys_narrowed
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.rechecks_pending
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         drop(held);
         if narrowed {
@@ -236,22 +253,46 @@ impl Mesh {
     }
 
     /// Starts [`Mesh::recheck_claims`] on a thread of its own: up to [`MAX_NAMES_PER_PEER`]
-    /// proofs a peer at ~50 µs each would hold a runtime worker for seconds.
+    /// proofs a peer at ~50 µs each would hold a runtime worker for seconds. One thread at
+    /// a time: a change of keys while it runs makes it run one more pass when done, so keys
+    /// that flap (control instances with different secrets) cost one pass after another,
+    /// not a thread each.
     ///
     /// [`MAX_NAMES_PER_PEER`]: holders::MAX_NAMES_PER_PEER
     fn start_recheck(self: &Arc<Self>) {
+        let mut recheck = self.recheck.lock().unwrap_or_else(|e| e.into_inner());
+        if recheck.running {
+            recheck.again = true;
+            return;
+        }
         let mesh = self.clone();
         let started = std::thread::Builder::new()
             .name("holder-recheck".into())
-            .spawn(move || {
-                mesh.recheck_claims();
-            });
+            .spawn(move || mesh.recheck_until_done());
         match started {
             Ok(thread) => {
-                *self.recheck.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+                recheck.running = true;
+                recheck.thread = Some(thread);
             }
+            // The pending count stays: lines said again are checked each time instead.
             Err(e) => {
                 tracing::error!(error = %e, "could not start the thread that checks the peers' claims again under control's new keys; claims taken under the key dropped stay until their links reconnect")
+            }
+        }
+    }
+
+    /// Passes of [`Mesh::recheck_claims`] until no change of keys came during the last.
+    fn recheck_until_done(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            // The changes made before this pass starts are covered once it has ended.
+            let covered = self.rechecks_pending.load(SeqCst);
+            self.recheck_claims();
+            self.rechecks_pending.fetch_sub(covered, SeqCst);
+            let mut recheck = self.recheck.lock().unwrap_or_else(|e| e.into_inner());
+            if !std::mem::take(&mut recheck.again) {
+                recheck.running = false;
+                return;
             }
         }
     }
@@ -293,16 +334,20 @@ impl Mesh {
         dropped
     }
 
-    /// Waits for the latest [`Mesh::recheck_claims`] started by a change of keys to end.
+    /// Waits for the passes of [`Mesh::recheck_claims`] started by changes of keys to end.
     #[cfg(test)]
     pub fn wait_for_recheck(&self) {
-        let thread = self
-            .recheck
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(thread) = thread {
-            thread.join().expect("the re-check does not panic");
+        loop {
+            let thread = self
+                .recheck
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .thread
+                .take();
+            match thread {
+                Some(thread) => thread.join().expect("the re-check does not panic"),
+                None => return,
+            }
         }
     }
 
@@ -330,12 +375,18 @@ impl Mesh {
         // What this peer already proved (a line said again) needs no second check: a peer
         // repeating one good line costs a lookup, not a signature check each time.
         // The signature is compared too: the table keeps the one that was checked, to
-        // check it again when control's keys change.
-        let proven_before = proof.as_ref().is_some_and(|p| {
-            self.holders
-                .holder(&name)
-                .is_some_and(|h| h.peer == peer && h.kind == kind && h.proven_by(p))
-        });
+        // check it again when control's keys change. Not while such a check is pending:
+        // the table may still hold the claim that check is about to drop.
+        let settled = self
+            .rechecks_pending
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0;
+        let proven_before = settled
+            && proof.as_ref().is_some_and(|p| {
+                self.holders
+                    .holder(&name)
+                    .is_some_and(|h| h.peer == peer && h.kind == kind && h.proven_by(p))
+            });
         if proven_before {
             return Ok(HoldingChange::Added(name, kind, proof));
         }
