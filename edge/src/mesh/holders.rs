@@ -231,7 +231,7 @@ impl HolderTable {
     /// Checks every proven claim of `peer` again under `keys` (control's keys changed and
     /// one taken before is no longer), and drops those that do not check out, as if the
     /// peer had said they were gone. Returns how many were dropped. The proofs are checked
-    /// outside the table's lock (~50 µs each; a peer holds up to [`MAX_NAMES_PER_PEER`]):
+    /// outside the table's lock (~40 µs each; a peer holds up to [`MAX_NAMES_PER_PEER`]):
     /// the peer's claims are copied under the read lock (one peer at a time, so the copy
     /// holds at most a peer's names), and a claim is dropped under the write lock only if it
     /// is still the one checked, so that a claim that arrived meanwhile (checked by the link

@@ -253,7 +253,7 @@ impl Mesh {
     }
 
     /// Starts [`Mesh::recheck_claims`] on a thread of its own: up to [`MAX_NAMES_PER_PEER`]
-    /// proofs a peer at ~50 µs each would hold a runtime worker for seconds. One thread at
+    /// proofs a peer at ~40 µs each would hold a runtime worker for seconds. One thread at
     /// a time: a change of keys while it runs makes it run one more pass when done, so keys
     /// that flap (control instances with different secrets) cost one pass after another,
     /// not a thread each.
