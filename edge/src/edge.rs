@@ -138,6 +138,7 @@ impl Edge {
             mesh_key,
             metrics.mesh_link_up.clone(),
             metrics.mesh_claims_refused_total.clone(),
+            metrics.mesh_claims_taken_late_total.clone(),
             CreditLimits::new(
                 WindowLimits::new(
                     config.ssh_window_bytes,

@@ -129,6 +129,9 @@ pub struct Metrics {
     /// Names a peer announced that this edge does not relay to, by peer and reason
     /// (`unproven`, `bad_proof`, `no_key`).
     pub mesh_claims_refused_total: IntCounterVec,
+    /// Names a peer announced that were refused (`bad_proof`, `no_key`) and taken later,
+    /// once control's keys took their proofs, by peer.
+    pub mesh_claims_taken_late_total: IntCounterVec,
     /// Peer lists this edge asked control for between heartbeats, because an edge it did
     /// not know (or knew with another key) dialled its mesh listener.
     pub mesh_peer_list_fetches_total: IntCounter,
@@ -391,6 +394,14 @@ impl Metrics {
             &["peer", "reason"],
         )?;
         registry.register(Box::new(mesh_claims_refused_total.clone()))?;
+        let mesh_claims_taken_late_total = IntCounterVec::new(
+            Opts::new(
+                "nearhop_edge_mesh_claims_taken_late_total",
+                "Tunnel names a peer edge announced that were refused for a holder proof that did not check out (bad_proof, no_key) and taken later, when control's answer brought the key they were signed with.",
+            ),
+            &["peer"],
+        )?;
+        registry.register(Box::new(mesh_claims_taken_late_total.clone()))?;
         let mesh_peer_list_fetches_total = IntCounter::new(
             "nearhop_edge_mesh_peer_list_fetches_total",
             "Peer lists asked of control between heartbeats, because an edge this edge did not know (or knew with another key) dialled its mesh listener.",
@@ -531,6 +542,7 @@ impl Metrics {
             relay_openings,
             mesh_link_up,
             mesh_claims_refused_total,
+            mesh_claims_taken_late_total,
             mesh_peer_list_fetches_total,
             proxy_protocol_headers_total,
             proxy_protocol_refused_total,

@@ -204,6 +204,27 @@ impl ControlProcess {
         Ok(me)
     }
 
+    /// Another instance beside `like`, on the same database: writes `config` (like's, with
+    /// a `listen` of its own) into `dir`; starts nothing.
+    pub fn from_config(dir: &Path, config: &str, like: &ControlProcess) -> Result<ControlProcess> {
+        std::fs::create_dir_all(dir)?;
+        let config_path = dir.join("control.toml");
+        std::fs::write(&config_path, config)?;
+        let listen = config
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = "))
+            .map(|l| l.trim_matches('"').to_string())
+            .context("the config has no listen line")?;
+        Ok(ControlProcess {
+            url: format!("http://{listen}"),
+            edge_secret: like.edge_secret.clone(),
+            admin_secret: like.admin_secret.clone(),
+            config_path,
+            log: dir.join("control.log"),
+            process: None,
+        })
+    }
+
     /// Starts `serve` (again) and waits until `/healthz` answers.
     pub fn restart(&mut self) -> Result<()> {
         if self.process.as_mut().is_some_and(|p| p.is_running()) {

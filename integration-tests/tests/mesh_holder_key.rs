@@ -6,7 +6,12 @@
 //! it checks every claim again under the keys control gives it then; and that once the
 //! previous secret is dropped, the us edge, not restarted, stops relaying the tunnel it took
 //! under the old key (it checks the claims it took again when control's keys drop one).
+//! And, with two control instances on one database restarted one after the other with a
+//! new key, that an edge whose control had not got the new key yet refuses the claims
+//! signed with it, and takes them as soon as its control's answer brings the key, without
+//! its link to the holder reconnecting.
 
+use nearhop_stack::control::ControlProcess;
 use nearhop_stack::metrics::metric_sum;
 use nearhop_stack::prelude::*;
 
@@ -45,6 +50,15 @@ fn restart_control_with(
     stack.control.admin_secret = admin.to_string();
     stack.control.stop();
     stack.control.restart().expect("control starts again");
+}
+
+/// Claims of eu-1 the us edge refused and took later, once control's keys took them.
+fn taken_late_at_us(stack: &Stack) -> f64 {
+    metric_sum(
+        &us_metrics(stack),
+        "nearhop_edge_mesh_claims_taken_late_total",
+        &[("peer", "eu-1")],
+    )
 }
 
 /// Restarts the us edge: its links to its peers start anew, and it checks each claim of
@@ -167,4 +181,95 @@ fn the_holder_key_survives_an_admin_secret_change_and_rotates_without_breaking_r
         &after_url,
         "the new tunnel once the old key is gone",
     );
+}
+
+/// A second control instance on the stack's database, with control's config as it is now on
+/// a port of its own (several instances behind a balancer, as docs/operations.md describes).
+fn second_control(stack: &Stack) -> ControlProcess {
+    let dir = stack.dir.join("control-b");
+    std::fs::create_dir_all(&dir).expect("control b's directory");
+    let ip = stack.regions[US].ip;
+    let listen = format!("{ip}:{}", nearhop_stack::ports::free_port(ip));
+    let text = std::fs::read_to_string(&stack.control.config_path).expect("control's config");
+    let text: Vec<String> = text
+        .lines()
+        .map(|line| match line.starts_with("listen = ") {
+            true => format!("listen = \"{listen}\""),
+            false => line.to_string(),
+        })
+        .collect();
+    let mut b = ControlProcess::from_config(&dir, &text.join("\n"), &stack.control)
+        .expect("control b configured");
+    b.restart().expect("control b starts");
+    b
+}
+
+/// Points the us edge at `control_url` and restarts it.
+fn move_us_edge_to(stack: &mut Stack, control_url: &str) {
+    let path = stack.edges[US].config_path.clone();
+    let text = std::fs::read_to_string(&path).expect("the us edge's config");
+    let text: Vec<String> = text
+        .lines()
+        .map(|line| match line.starts_with("control_url = ") {
+            true => format!("control_url = \"{control_url}\""),
+            false => line.to_string(),
+        })
+        .collect();
+    std::fs::write(&path, text.join("\n") + "\n").expect("the us edge's config written");
+    restart_us_edge(stack);
+}
+
+#[test]
+fn an_edge_whose_control_had_not_got_the_new_key_takes_the_claims_under_it_when_it_comes() {
+    let mut stack = mesh_stack();
+    let local = LocalService::start("local");
+    let admin = stack.control.admin_secret.clone();
+    const OLD: &str = "the-old-holder-key-secret-0123456789";
+    restart_control_with(&mut stack, &admin, Some(OLD), None);
+    // Control b, on the same database and settings, is the us edge's control.
+    let mut b = second_control(&stack);
+    let b_url = b.url.clone();
+    move_us_edge_to(&mut stack, &b_url);
+
+    // Control a switches to the new key at once (after a leak, say: no previous key), and
+    // signs the next tunnel's proof with it; control b still has the old key only.
+    restart_control_with(&mut stack, &admin, Some(HOLDER_SECRET_NEW), None);
+    let (_client, url) = stack
+        .http_tunnel(EU, "late", Some(&stack.pro_token()), local.port)
+        .expect("a tunnel through eu");
+    eventually(
+        "us refuses the claim under a key it has not heard of",
+        || {
+            let bad = bad_proofs_at_us(&stack);
+            anyhow::ensure!(bad >= 1.0, "{bad} refused");
+            Ok(())
+        },
+    );
+    let (status, body) =
+        http_get(stack.regions[US].http_addr(), &host_of(&url), "/").expect("the us edge answers");
+    assert_eq!(status, 404, "not relayed before us has the key: {body}");
+    assert_eq!(taken_late_at_us(&stack), 0.0);
+
+    // Control b is restarted with the new key too: the us edge's next heartbeat brings it,
+    // and the claim refused before is taken. Its link to eu did not reconnect: what made
+    // the difference is the claim kept, not a new snapshot.
+    let config = std::fs::read_to_string(&stack.control.config_path).expect("control's config");
+    let listen = std::fs::read_to_string(&b.config_path)
+        .expect("control b's config")
+        .lines()
+        .find(|l| l.starts_with("listen = "))
+        .expect("control b's listen line")
+        .to_string();
+    let config: Vec<String> = config
+        .lines()
+        .map(|line| match line.starts_with("listen = ") {
+            true => listen.clone(),
+            false => line.to_string(),
+        })
+        .collect();
+    std::fs::write(&b.config_path, config.join("\n") + "\n").expect("control b's config");
+    b.stop();
+    b.restart().expect("control b starts again");
+    relayed_at_us(&stack, &url, "the tunnel whose claim came before the key");
+    assert_eq!(taken_late_at_us(&stack), 1.0);
 }

@@ -29,6 +29,10 @@ const MAX_HIGHEST_GONE: usize = 250_000;
 /// channel and a TCP connection there), and a bound on what a broken or hostile peer can
 /// make this edge keep (names are at most 253 bytes).
 pub const MAX_NAMES_PER_PEER: usize = 250_000;
+/// Most refused claims of one peer kept to be taken once control's keys take their proofs
+/// ([`HolderTable::hold_back`]): the link cuts off a peer after as many bad proofs, so a
+/// peer within it has all of them kept (at most ~330 KB a peer, names of 253 bytes).
+pub const MAX_HELD_BACK_PER_PEER: usize = 1024;
 
 /// Tunnel name → the peer edge that holds it, and the tunnel's kind.
 #[derive(Default)]
@@ -48,6 +52,18 @@ struct Tables {
     highest: HashMap<String, (i64, Instant)>,
     /// Per peer: the names it holds and when its feed last spoke.
     by_peer: HashMap<String, PeerHoldings>,
+    /// Per peer: its claims refused because their proofs did not check out under the keys
+    /// known then ([`HolderTable::hold_back`]), and those a re-check dropped, by name. The
+    /// peer's next line about a name replaces its entry here, as it would replace its claim.
+    held_back: HashMap<String, HashMap<String, HeldBack>>,
+}
+
+/// A refused claim kept to be checked again once control's keys change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HeldBack {
+    kind: TunnelKind,
+    tunnel_id: i64,
+    signature: ProofSignature,
 }
 
 /// Where a name is held.
@@ -151,80 +167,25 @@ impl HolderTable {
     /// The table part of [`HolderTable::apply`]: the name that arrived, the names that left.
     fn apply_to_tables(&self, peer: &str, change: HoldingChange) -> (Option<String>, Vec<String>) {
         let mut t = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        let Tables {
-            by_name,
-            by_peer,
-            highest,
-        } = &mut *t;
-        let held = by_peer
-            .entry(peer.to_string())
-            .or_insert_with(|| PeerHoldings {
-                names: Default::default(),
-                updated: Instant::now(),
-            });
-        held.updated = Instant::now();
+        // The peer's latest word on a name replaces a claim of it held back.
+        match &change {
+            HoldingChange::Added(name, ..) | HoldingChange::Removed(name) => {
+                if let Some(kept) = t.held_back.get_mut(peer) {
+                    kept.remove(name);
+                }
+            }
+            HoldingChange::Reset => {
+                t.held_back.remove(peer);
+            }
+            HoldingChange::Sync(_) => {}
+        }
         match change {
             HoldingChange::Added(name, kind, proof) => {
-                // A name moves between edges on a takeover. A proven claim wins only with a
-                // tunnel id at least the highest proven for the name so far (control's
-                // newer tunnel), whichever feed spoke last, and that highest id is
-                // remembered after the name leaves: an old proof announced again (by an
-                // edge that once held the name) never takes it back. An unproven claim
-                // (accepted only from peers on an older feed) never displaces a proven
-                // one; between unproven claims the newest wins. Either way the old holder's
-                // later "removed" does not undo it (below).
                 let tunnel_id = proof.as_ref().map(|p| p.tunnel_id);
-                let refused = match tunnel_id {
-                    Some(t) => highest.get(&name).is_some_and(|(h, _)| t < *h),
-                    None => by_name.get(&name).is_some_and(|h| h.tunnel_id.is_some()),
-                };
-                if refused {
-                    return (None, Vec::new());
-                }
-                if let Some(t) = tunnel_id {
-                    if highest.len() >= MAX_HIGHEST_GONE + by_name.len() {
-                        forget_oldest_gone(highest, by_name);
-                    }
-                    highest.insert(name.clone(), (t, Instant::now()));
-                }
-                let holder = Holder {
-                    peer: peer.to_string(),
-                    kind,
-                    tunnel_id,
-                    signature: proof.and_then(|p| decode_proof(&p.signature)),
-                };
-                if let Some(previous) = by_name.insert(name.clone(), holder) {
-                    if previous.peer != peer {
-                        if let Some(p) = by_peer.get_mut(&previous.peer) {
-                            p.names.remove(&name);
-                        }
-                    }
-                }
-                if let Some(held) = by_peer.get_mut(peer) {
-                    held.names.insert(name.clone());
-                }
-                (Some(name), Vec::new())
+                let signature = proof.and_then(|p| decode_proof(&p.signature));
+                (t.add(peer, name, kind, tunnel_id, signature), Vec::new())
             }
-            HoldingChange::Removed(name) => {
-                held.names.remove(&name);
-                if by_name.get(&name).is_some_and(|h| h.peer == peer) {
-                    by_name.remove(&name);
-                    return (None, vec![name]);
-                }
-                (None, Vec::new())
-            }
-            // Markers are answered by the link; they change no table.
-            HoldingChange::Sync(_) => (None, Vec::new()),
-            HoldingChange::Reset => {
-                let mut gone = Vec::new();
-                for name in std::mem::take(&mut held.names) {
-                    if by_name.get(&name).is_some_and(|h| h.peer == peer) {
-                        by_name.remove(&name);
-                        gone.push(name);
-                    }
-                }
-                (None, gone)
-            }
+            change => (None, t.apply_other(peer, change)),
         }
     }
 
@@ -282,14 +243,19 @@ impl HolderTable {
     }
 
     /// The table part of [`HolderTable::recheck_peer`]: drops each claim of `failed` that is
-    /// still in the table as it was checked; returns the names dropped.
+    /// still in the table as it was checked, and holds it back (see
+    /// [`HolderTable::hold_back`]: control's keys may take it again, when control instances
+    /// with different secrets answer in turn or the old secret is put back); returns the
+    /// names dropped.
     fn drop_unchanged(&self, peer: &str, failed: Vec<(String, Holder)>) -> Vec<String> {
         let mut t = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let Tables {
             by_name,
             by_peer,
             highest,
+            held_back,
         } = &mut *t;
+        let kept = held_back.entry(peer.to_string()).or_default();
         let mut gone = Vec::new();
         for (name, checked) in failed {
             if by_name.get(&name) != Some(&checked) {
@@ -304,6 +270,16 @@ impl HolderTable {
             // (a lower id) would be refused for an hour.
             if highest.get(&name).map(|(id, _)| Some(*id)) == Some(checked.tunnel_id) {
                 highest.remove(&name);
+            }
+            if let (Some(tunnel_id), Some(signature)) = (checked.tunnel_id, checked.signature) {
+                if kept.len() < MAX_HELD_BACK_PER_PEER {
+                    let claim = HeldBack {
+                        kind: checked.kind,
+                        tunnel_id,
+                        signature,
+                    };
+                    kept.insert(name.clone(), claim);
+                }
             }
             gone.push(name);
         }
@@ -322,11 +298,101 @@ impl HolderTable {
         t.highest.get(name).map(|(id, _)| *id)
     }
 
+    /// Keeps `peer`'s claim to `name`, refused because its proof did not check out under
+    /// the keys known now (or none was known), to be taken if control's keys take it later
+    /// ([`HolderTable::take_held_back`]): an edge that had not heard of control's new key
+    /// yet (its heartbeats failed while control rotated, or control instances disagree)
+    /// would otherwise not relay that tunnel until the peer's link reconnected. `false`:
+    /// not kept (the proof is not one, or the peer has [`MAX_HELD_BACK_PER_PEER`] kept).
+    pub fn hold_back(&self, peer: &str, name: &str, kind: TunnelKind, proof: &Proof) -> bool {
+        let Some(signature) = decode_proof(&proof.signature) else {
+            return false;
+        };
+        let mut t = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let kept = t.held_back.entry(peer.to_string()).or_default();
+        if kept.len() >= MAX_HELD_BACK_PER_PEER && !kept.contains_key(name) {
+            return false;
+        }
+        kept.insert(
+            name.to_string(),
+            HeldBack {
+                kind,
+                tunnel_id: proof.tunnel_id,
+                signature,
+            },
+        );
+        true
+    }
+
+    /// Takes the claims held back ([`HolderTable::hold_back`]) whose proofs check out under
+    /// `keys`, as if their peers had just made them; returns them as (peer, name). The
+    /// proofs are checked outside the table's lock, and a claim is taken only if it is
+    /// still the one held back: a line its peer said about the name meanwhile stands.
+    pub fn take_held_back(&self, keys: &HolderKeys) -> Vec<(String, String)> {
+        let kept: Vec<(String, String, HeldBack)> = {
+            let t = self.inner.read().unwrap_or_else(|e| e.into_inner());
+            t.held_back
+                .iter()
+                .flat_map(|(peer, kept)| {
+                    kept.iter()
+                        .map(|(name, claim)| (peer.clone(), name.clone(), claim.clone()))
+                })
+                .collect()
+        };
+        let good: Vec<(String, String, HeldBack)> = kept
+            .into_iter()
+            .filter(|(peer, name, c)| {
+                keys.verifies_signature(&c.signature, name, peer, c.tunnel_id, c.kind)
+            })
+            .collect();
+        if good.is_empty() {
+            return Vec::new();
+        }
+        let mut taken = Vec::new();
+        {
+            let mut t = self.inner.write().unwrap_or_else(|e| e.into_inner());
+            for (peer, name, claim) in good {
+                let Some(kept) = t.held_back.get_mut(&peer) else {
+                    continue;
+                };
+                if kept.get(&name) != Some(&claim) {
+                    continue;
+                }
+                kept.remove(&name);
+                let full = t.by_peer.get(&peer).is_some_and(|held| {
+                    held.names.len() >= MAX_NAMES_PER_PEER && !held.names.contains(&name)
+                });
+                if full {
+                    continue;
+                }
+                let HeldBack {
+                    kind,
+                    tunnel_id,
+                    signature,
+                } = claim;
+                if let Some(name) = t.add(&peer, name, kind, Some(tunnel_id), Some(signature)) {
+                    taken.push((peer, name));
+                }
+            }
+        }
+        for (_, name) in &taken {
+            self.note_arrived(name);
+        }
+        taken
+    }
+
+    /// How many refused claims are held back ([`HolderTable::hold_back`]).
+    pub fn held_back(&self) -> usize {
+        let t = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        t.held_back.values().map(HashMap::len).sum()
+    }
+
     /// Forgets everything `peer` said (its feed ended, or it left the mesh).
     pub fn forget_peer(&self, peer: &str) {
         let mut gone = Vec::new();
         {
             let mut t = self.inner.write().unwrap_or_else(|e| e.into_inner());
+            t.held_back.remove(peer);
             if let Some(held) = t.by_peer.remove(peer) {
                 for name in held.names {
                     if t.by_name.get(&name).is_some_and(|h| h.peer == peer) {
@@ -365,6 +431,111 @@ impl HolderTable {
             .iter()
             .map(|(p, h)| (p.clone(), h.names.len(), h.updated.elapsed()))
             .collect()
+    }
+}
+
+impl Tables {
+    /// `peer`'s holdings, made if it has none yet, marked as just spoken.
+    fn spoke(&mut self, peer: &str) -> &mut PeerHoldings {
+        let held = self
+            .by_peer
+            .entry(peer.to_string())
+            .or_insert_with(|| PeerHoldings {
+                names: Default::default(),
+                updated: Instant::now(),
+            });
+        held.updated = Instant::now();
+        held
+    }
+
+    /// Takes `peer`'s claim to `name` (its proof already checked, if it has one); the name,
+    /// if the claim was taken.
+    fn add(
+        &mut self,
+        peer: &str,
+        name: String,
+        kind: TunnelKind,
+        tunnel_id: Option<i64>,
+        signature: Option<ProofSignature>,
+    ) -> Option<String> {
+        self.spoke(peer);
+        let Tables {
+            by_name,
+            by_peer,
+            highest,
+            ..
+        } = self;
+        // A name moves between edges on a takeover. A proven claim wins only with a tunnel
+        // id at least the highest proven for the name so far (control's newer tunnel),
+        // whichever feed spoke last, and that highest id is remembered after the name
+        // leaves: an old proof announced again (by an edge that once held the name) never
+        // takes it back. An unproven claim (accepted only from peers on an older feed)
+        // never displaces a proven one; between unproven claims the newest wins. Either
+        // way the old holder's later "removed" does not undo it (`apply_other`).
+        let refused = match tunnel_id {
+            Some(t) => highest.get(&name).is_some_and(|(h, _)| t < *h),
+            None => by_name.get(&name).is_some_and(|h| h.tunnel_id.is_some()),
+        };
+        if refused {
+            return None;
+        }
+        if let Some(t) = tunnel_id {
+            if highest.len() >= MAX_HIGHEST_GONE + by_name.len() {
+                forget_oldest_gone(highest, by_name);
+            }
+            highest.insert(name.clone(), (t, Instant::now()));
+        }
+        let holder = Holder {
+            peer: peer.to_string(),
+            kind,
+            tunnel_id,
+            signature,
+        };
+        if let Some(previous) = by_name.insert(name.clone(), holder) {
+            if previous.peer != peer {
+                if let Some(p) = by_peer.get_mut(&previous.peer) {
+                    p.names.remove(&name);
+                }
+            }
+        }
+        if let Some(held) = by_peer.get_mut(peer) {
+            held.names.insert(name.clone());
+        }
+        Some(name)
+    }
+
+    /// Applies a line of `peer`'s feed other than a claim; the names that left. The peer's
+    /// "removed" undoes only its own claim: a name another edge took over stays there.
+    fn apply_other(&mut self, peer: &str, change: HoldingChange) -> Vec<String> {
+        self.spoke(peer);
+        let Tables {
+            by_name, by_peer, ..
+        } = self;
+        let Some(held) = by_peer.get_mut(peer) else {
+            return Vec::new();
+        };
+        match change {
+            HoldingChange::Removed(name) => {
+                held.names.remove(&name);
+                if by_name.get(&name).is_some_and(|h| h.peer == peer) {
+                    by_name.remove(&name);
+                    return vec![name];
+                }
+                Vec::new()
+            }
+            HoldingChange::Reset => {
+                let mut gone = Vec::new();
+                for name in std::mem::take(&mut held.names) {
+                    if by_name.get(&name).is_some_and(|h| h.peer == peer) {
+                        by_name.remove(&name);
+                        gone.push(name);
+                    }
+                }
+                gone
+            }
+            // Markers are answered by the link; they change no table.
+            HoldingChange::Added(..) | HoldingChange::Sync(_) => Vec::new(),
+        }
     }
 }
 
@@ -601,5 +772,117 @@ mod tests {
             t.apply("ap-1", add("one-more.a.test")),
             "other peers have their own cap"
         );
+    }
+
+    /// `signer`'s proof of `peer`'s tunnel `id` named `name`.
+    fn proof_by(
+        signer: &nearhop_wire::holder_proof::HolderSigner,
+        peer: &str,
+        name: &str,
+        id: i64,
+    ) -> Proof {
+        Proof {
+            tunnel_id: id,
+            signature: signer.prove(name, peer, id, TunnelKind::Http),
+        }
+    }
+
+    #[test]
+    fn a_claim_held_back_is_taken_once_the_keys_take_its_proof() {
+        use nearhop_wire::holder_proof::HolderSigner;
+        let old = HolderSigner::from_secret("the-old-holder-secret");
+        let new = HolderSigner::from_secret("the-new-holder-secret");
+        let old_only = HolderKeys::parse(&old.public_key(), None).expect("keys");
+        let both = HolderKeys::parse(&new.public_key(), Some(&old.public_key())).expect("keys");
+        let t = HolderTable::default();
+        let proof = proof_by(&new, "eu-1", "blog.a.test", 3);
+        assert!(t.hold_back("eu-1", "blog.a.test", TunnelKind::Http, &proof));
+        assert_eq!(t.held_back(), 1);
+        assert!(t.holder("blog.a.test").is_none(), "held back, not taken");
+        assert!(t.take_held_back(&old_only).is_empty());
+        assert_eq!(t.held_back(), 1, "still waiting for the key");
+        assert_eq!(
+            t.take_held_back(&both),
+            vec![("eu-1".to_string(), "blog.a.test".to_string())]
+        );
+        let holder = t.holder("blog.a.test").expect("taken");
+        assert_eq!((holder.peer.as_str(), holder.tunnel_id), ("eu-1", Some(3)));
+        assert!(holder.proven_by(&proof), "its signature kept for re-checks");
+        assert_eq!(t.held_back(), 0);
+        // Taken as a claim said then would be: a lower id than the name's highest is not.
+        let stale = proof_by(&new, "ap-1", "blog.a.test", 2);
+        assert!(t.hold_back("ap-1", "blog.a.test", TunnelKind::Http, &stale));
+        assert!(t.take_held_back(&both).is_empty());
+        assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("eu-1"));
+        // A proof under no key control sends stays held back (a forged one: until the
+        // peer's link ends).
+        let stranger = HolderSigner::from_secret("nobodys-holder-secret");
+        let forged = proof_by(&stranger, "ap-1", "bank.a.test", 9);
+        assert!(t.hold_back("ap-1", "bank.a.test", TunnelKind::Http, &forged));
+        assert!(t.take_held_back(&both).is_empty());
+        assert_eq!(t.held_back(), 1);
+        t.forget_peer("ap-1");
+        assert_eq!(t.held_back(), 0, "forgotten with the peer's feed");
+    }
+
+    #[test]
+    fn the_peers_later_word_on_a_name_replaces_its_claim_held_back() {
+        use nearhop_wire::holder_proof::HolderSigner;
+        let new = HolderSigner::from_secret("the-new-holder-secret");
+        let keys = HolderKeys::parse(&new.public_key(), None).expect("keys");
+        let t = HolderTable::default();
+        let hold = |name: &str, id: i64| {
+            assert!(t.hold_back(
+                "eu-1",
+                name,
+                TunnelKind::Http,
+                &proof_by(&new, "eu-1", name, id)
+            ));
+        };
+        hold("gone.a.test", 1);
+        hold("moved.a.test", 2);
+        hold("again.a.test", 4);
+        // The tunnel closed meanwhile: its "removed" is the last word.
+        t.apply("eu-1", HoldingChange::Removed("gone.a.test".into()));
+        // A newer claim taken meanwhile stands, not the one held back.
+        t.apply("eu-1", add_proven("again.a.test", 5));
+        t.apply("ap-1", add("moved.a.test"));
+        t.apply("eu-1", HoldingChange::Removed("moved.a.test".into()));
+        assert!(t.take_held_back(&keys).is_empty());
+        assert!(t.holder("gone.a.test").is_none());
+        assert!(t.holder("moved.a.test").is_some_and(|h| h.peer == "ap-1"));
+        assert_eq!(t.holder("again.a.test").and_then(|h| h.tunnel_id), Some(5));
+        // A reset drops all of the peer's.
+        hold("gone.a.test", 6);
+        t.apply("eu-1", HoldingChange::Reset);
+        assert!(t.take_held_back(&keys).is_empty());
+        assert_eq!(t.held_back(), 0);
+        // A claim held back again replaces the earlier one of the name.
+        hold("twice.a.test", 7);
+        hold("twice.a.test", 8);
+        assert_eq!(t.held_back(), 1);
+        t.take_held_back(&keys);
+        assert_eq!(t.holder("twice.a.test").and_then(|h| h.tunnel_id), Some(8));
+    }
+
+    #[test]
+    fn a_peer_has_at_most_its_share_held_back() {
+        let t = HolderTable::default();
+        let proof = Proof {
+            tunnel_id: 1,
+            signature: "A".repeat(86),
+        };
+        for i in 0..MAX_HELD_BACK_PER_PEER {
+            assert!(t.hold_back("eu-1", &format!("n{i}.a.test"), TunnelKind::Http, &proof));
+        }
+        assert!(!t.hold_back("eu-1", "one-more.a.test", TunnelKind::Http, &proof));
+        assert!(t.hold_back("eu-1", "n0.a.test", TunnelKind::Http, &proof));
+        assert!(t.hold_back("ap-1", "one-more.a.test", TunnelKind::Http, &proof));
+        let not_a_proof = Proof {
+            tunnel_id: 1,
+            signature: "short".into(),
+        };
+        assert!(!t.hold_back("ap-1", "x.a.test", TunnelKind::Http, &not_a_proof));
+        assert_eq!(t.held_back(), MAX_HELD_BACK_PER_PEER + 1);
     }
 }

@@ -844,7 +844,10 @@ mod tests {
             &["peer", "reason"],
         )
         .expect("counter");
-        let mesh = Mesh::new(&config, Arc::new(key), gauge, refused, limits);
+        let taken_late =
+            prometheus::IntCounterVec::new(prometheus::Opts::new("late", "late"), &["peer"])
+                .expect("counter");
+        let mesh = Mesh::new(&config, Arc::new(key), gauge, refused, taken_late, limits);
         let started = mesh.set_peers(&[peer_at(addr)]);
         (mesh, started[0].clone())
     }
@@ -1229,6 +1232,74 @@ mod tests {
         mesh.recheck_claim("eu-1", "late.a.test");
         assert_eq!(peer_of("late.a.test"), None);
         assert_eq!(refused(&mesh, "bad_proof"), 6);
+    }
+
+    /// An edge that has not heard of control's new key yet (its heartbeats failed while
+    /// control rotated it, say) refuses the claims signed with it. When control's answer
+    /// brings the key, the claims still standing are taken without the peer saying them
+    /// again, so their tunnels are relayed without waiting for the link to reconnect.
+    #[tokio::test]
+    async fn claims_refused_under_a_key_not_heard_of_yet_are_taken_when_it_comes() {
+        use super::super::protocol::Proof;
+        use super::super::Refusal;
+        use nearhop_wire::holder_proof::HolderSigner;
+        use nearhop_wire::TunnelKind::Http;
+        let old = HolderSigner::from_secret("the-old-holder-secret");
+        let new = HolderSigner::from_secret("the-new-holder-secret");
+        let claim = |signer: &HolderSigner, name: &str, id: i64| {
+            HoldingChange::Added(
+                name.to_string(),
+                Http,
+                Some(Proof {
+                    tunnel_id: id,
+                    signature: signer.prove(name, "eu-1", id, Http),
+                }),
+            )
+        };
+        let (mesh, _link) = mesh_with_eu_taking_unproven("127.0.0.1:9", false);
+        let mesh = Arc::new(mesh);
+        let peer_of = |name: &str| mesh.holders.holder(name).map(|h| h.peer);
+        mesh.set_holder_keys(Some(&old.public_key()), None);
+        for (name, id) in [("early.a.test", 3), ("closed.a.test", 4)] {
+            assert_eq!(
+                mesh.vet("eu-1", claim(&new, name, id), true)
+                    .map_err(|(why, _)| why),
+                Err(Refusal::BadProof)
+            );
+        }
+        // The peer's tunnel closed meanwhile: its "removed" is its last word on the name.
+        let removed = mesh
+            .vet("eu-1", HoldingChange::Removed("closed.a.test".into()), true)
+            .expect("a removal needs no proof");
+        assert!(mesh.holders.apply("eu-1", removed));
+        assert_eq!(peer_of("early.a.test"), None);
+        // Control's answer brings its new key (the old one as the previous).
+        mesh.set_holder_keys(Some(&new.public_key()), Some(&old.public_key()));
+        mesh.wait_for_recheck();
+        assert_eq!(peer_of("early.a.test").as_deref(), Some("eu-1"));
+        assert_eq!(peer_of("closed.a.test"), None);
+        assert_eq!(mesh.claims_taken_late_count("eu-1"), 1);
+        assert_eq!(refused(&mesh, "bad_proof"), 2, "counted when refused");
+        // Taken late, it is checked again like any claim when control drops its key.
+        let next = HolderSigner::from_secret("yet-another-holder-secret");
+        mesh.set_holder_keys(Some(&next.public_key()), None);
+        mesh.wait_for_recheck();
+        assert_eq!(peer_of("early.a.test"), None);
+        assert_eq!(refused(&mesh, "bad_proof"), 3);
+
+        // An edge whose control sent no key yet refuses proven claims (`no_key`), and takes
+        // them once a key comes.
+        let (mesh, _link) = mesh_with_eu_taking_unproven("127.0.0.1:9", false);
+        let mesh = Arc::new(mesh);
+        assert_eq!(
+            mesh.vet("eu-1", claim(&new, "first.a.test", 1), true)
+                .map_err(|(why, _)| why),
+            Err(Refusal::NoKey)
+        );
+        mesh.set_holder_keys(Some(&new.public_key()), None);
+        mesh.wait_for_recheck();
+        assert!(mesh.holders.holder("first.a.test").is_some());
+        assert_eq!(mesh.claims_taken_late_count("eu-1"), 1);
     }
 
     /// While a re-check is pending (control's keys dropped one, the pass not yet done), a

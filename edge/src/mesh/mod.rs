@@ -73,13 +73,16 @@ pub struct Mesh {
     accept_unproven: bool,
     /// `nearhop_edge_mesh_claims_refused_total`.
     claims_refused: prometheus::IntCounterVec,
+    /// `nearhop_edge_mesh_claims_taken_late_total`.
+    claims_taken_late: prometheus::IntCounterVec,
     /// `relay_openings_per_peer`, for each link.
     relay_openings_per_peer: usize,
     /// Key changes that dropped a key and that no finished pass of [`Mesh::recheck_claims`]
     /// started after: while any is pending, a line said again is checked again too (see
     /// [`Mesh::vet`]), so that the table cannot vouch for a claim a pass is about to drop.
     rechecks_pending: std::sync::atomic::AtomicU64,
-    /// The one thread checking the claims taken again after control's keys changed.
+    /// The one thread checking claims again after control's keys changed: those taken
+    /// (when a key was dropped), and those held back (when one was added).
     recheck: std::sync::Mutex<Recheck>,
     /// When this edge last asked control for the peer list between heartbeats; held while
     /// it asks, so that callers take turns (`control::sync::ask_for_peers`).
@@ -132,6 +135,7 @@ impl Mesh {
         key: Arc<PrivateKey>,
         link_up: prometheus::IntGaugeVec,
         claims_refused: prometheus::IntCounterVec,
+        claims_taken_late: prometheus::IntCounterVec,
         credit_limits: credits::CreditLimits,
     ) -> Mesh {
         Mesh {
@@ -149,6 +153,7 @@ impl Mesh {
             keys_narrowed: Default::default(),
             accept_unproven: config.mesh_accept_unproven_claims,
             claims_refused,
+            claims_taken_late,
             relay_openings_per_peer: config.relay_openings_per_peer,
             rechecks_pending: Default::default(),
             recheck: Default::default(),
@@ -164,8 +169,11 @@ impl Mesh {
     /// longer (the previous key dropped at the end of a rotation, or the current one
     /// replaced), every proven claim already taken is checked again on a thread of its own
     /// ([`Mesh::recheck_claims`]), so that one under that key (forged with a leaked key,
-    /// say) stops being relayed now rather than when its link reconnects. Returns whether
-    /// the answer said something else than the one before (only then is anything logged).
+    /// say) stops being relayed now rather than when its link reconnects. When a key is
+    /// taken that was not before, the claims refused before are checked again on that
+    /// thread ([`Mesh::take_held_back`]), so that a tunnel whose proof came under a key
+    /// this edge had not heard of yet is relayed now. Returns whether the answer said
+    /// something else than the one before (only then is anything logged).
     pub fn set_holder_keys(
         self: &Arc<Self>,
         current: Option<&str>,
@@ -213,6 +221,9 @@ impl Mesh {
         let narrowed = held
             .as_ref()
             .is_some_and(|before| !keys.takes_every_key_of(before));
+        let widened = held
+            .as_ref()
+            .is_none_or(|before| !before.takes_every_key_of(&keys));
         *held = Some(keys);
         if narrowed {
             self.keys_narrowed
@@ -221,7 +232,7 @@ impl Mesh {
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         drop(held);
-        if narrowed {
+        if narrowed || (widened && self.holders.held_back() > 0) {
             self.start_recheck();
         }
         true
@@ -252,7 +263,8 @@ impl Mesh {
         }
     }
 
-    /// Starts [`Mesh::recheck_claims`] on a thread of its own: up to [`MAX_NAMES_PER_PEER`]
+    /// Starts passes of [`Mesh::recheck_claims`] (when a key was dropped) and
+    /// [`Mesh::take_held_back`] on a thread of its own: up to [`MAX_NAMES_PER_PEER`]
     /// proofs a peer at ~40 µs each would hold a runtime worker for seconds. One thread at
     /// a time: a change of keys while it runs makes it run one more pass when done, so keys
     /// that flap (control instances with different secrets) cost one pass after another,
@@ -281,13 +293,18 @@ impl Mesh {
         }
     }
 
-    /// Passes of [`Mesh::recheck_claims`] until no change of keys came during the last.
+    /// Passes until no change of keys came during the last: each checks the claims taken
+    /// again if a key was dropped ([`Mesh::recheck_claims`], the costly part, skipped when
+    /// keys were only added), then the claims held back ([`Mesh::take_held_back`]).
     fn recheck_until_done(&self) {
         use std::sync::atomic::Ordering::SeqCst;
         loop {
             // The changes made before this pass starts are covered once it has ended.
             let covered = self.rechecks_pending.load(SeqCst);
-            self.recheck_claims();
+            if covered > 0 {
+                self.recheck_claims();
+            }
+            self.take_held_back();
             self.rechecks_pending.fetch_sub(covered, SeqCst);
             let mut recheck = self.recheck.lock().unwrap_or_else(|e| e.into_inner());
             if !std::mem::take(&mut recheck.again) {
@@ -334,6 +351,47 @@ impl Mesh {
         dropped
     }
 
+    /// Takes the claims refused earlier ([`HolderTable::hold_back`]) whose proofs check out
+    /// under control's keys in force now: each is counted in
+    /// `nearhop_edge_mesh_claims_taken_late_total`, visitors for it are relayed from now
+    /// on, and one line says how many each peer had taken. Returns that count per peer.
+    /// Blocks for a while with many held back (~40 µs a proof, at most
+    /// [`MAX_HELD_BACK_PER_PEER`] a peer): run it off the runtime's workers.
+    ///
+    /// [`MAX_HELD_BACK_PER_PEER`]: holders::MAX_HELD_BACK_PER_PEER
+    pub fn take_held_back(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut taken_per_peer = std::collections::BTreeMap::new();
+        let narrowed = self.keys_narrowed();
+        let Some(keys) = self.current_holder_keys() else {
+            return taken_per_peer;
+        };
+        let taken = self.holders.take_held_back(&keys);
+        for (peer, _) in &taken {
+            *taken_per_peer.entry(peer.clone()).or_insert(0usize) += 1;
+        }
+        for (peer, n) in &taken_per_peer {
+            self.claims_taken_late
+                .with_label_values(&[peer])
+                .inc_by(*n as u64);
+        }
+        if !taken_per_peer.is_empty() {
+            let per_peer = taken_per_peer
+                .iter()
+                .map(|(peer, n)| format!("{peer}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            tracing::info!(taken = %per_peer, "claims refused earlier check out under control's keys for holder proofs now (this edge had not heard of the key they were signed with); visitors for those names are relayed (counted in nearhop_edge_mesh_claims_taken_late_total)");
+        }
+        // Control's keys lost one while these were checked: a pass that copied the table
+        // before they reached it may have missed them.
+        if self.keys_narrowed() != narrowed {
+            for (peer, name) in &taken {
+                self.recheck_claim(peer, name);
+            }
+        }
+        taken_per_peer
+    }
+
     /// Waits for the passes of [`Mesh::recheck_claims`] started by changes of keys to end.
     #[cfg(test)]
     pub fn wait_for_recheck(&self) {
@@ -361,8 +419,10 @@ impl Mesh {
     /// name must carry control's proof for that name, kind and peer (or be accepted
     /// unproven, with `mesh_accept_unproven_claims`). What comes back is the line to apply
     /// (a proof that cannot be checked is dropped when unproven claims are accepted).
-    /// A refused claim is counted, and comes back with its name. `proves`: the peer's feed
-    /// is `v3` or later, so a claim without a proof is refused whatever the setting.
+    /// A refused claim is counted, and comes back with its name; one with a proof is held
+    /// back ([`HolderTable::hold_back`]), to be taken if control's keys take it later.
+    /// `proves`: the peer's feed is `v3` or later, so a claim without a proof is refused
+    /// whatever the setting.
     pub fn vet(
         &self,
         peer: &str,
@@ -390,8 +450,9 @@ impl Mesh {
         if proven_before {
             return Ok(HoldingChange::Added(name, kind, proof));
         }
+        let keys = self.current_holder_keys();
         let refusal = match &proof {
-            Some(p) => match &*self.holder_keys.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(p) => match &keys {
                 Some(key) if key.verifies(&p.signature, &name, peer, p.tunnel_id, kind) => {
                     return Ok(HoldingChange::Added(name, kind, proof));
                 }
@@ -408,10 +469,31 @@ impl Mesh {
         if self.accept_unproven && may_be_unproven {
             return Ok(HoldingChange::Added(name, kind, None));
         }
+        // Control's key may be one this edge has not heard of yet: kept, and taken if
+        // control's next answer brings it (see `set_holder_keys`).
+        if let Some(p) = &proof {
+            self.holders.hold_back(peer, &name, kind, p);
+            // Keys that changed between the check and now: the pass they started may
+            // have looked before the claim was held back, so it is checked here instead.
+            let now = self.current_holder_keys();
+            if now != keys
+                && now.is_some_and(|k| k.verifies(&p.signature, &name, peer, p.tunnel_id, kind))
+            {
+                return Ok(HoldingChange::Added(name, kind, proof));
+            }
+        }
         self.claims_refused
             .with_label_values(&[peer, refusal.as_str()])
             .inc();
         Err((refusal, name))
+    }
+
+    /// Control's keys for holder proofs in force now.
+    fn current_holder_keys(&self) -> Option<HolderKeys> {
+        self.holder_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Replaces the peer list with control's: links to new peers are returned for the
@@ -499,6 +581,12 @@ impl Mesh {
     #[cfg(test)]
     pub fn claims_refused_count(&self, peer: &str, reason: &str) -> u64 {
         self.claims_refused.with_label_values(&[peer, reason]).get()
+    }
+
+    /// Claims of `peer` refused and taken later so far ([`Mesh::take_held_back`]).
+    #[cfg(test)]
+    pub fn claims_taken_late_count(&self, peer: &str) -> u64 {
+        self.claims_taken_late.with_label_values(&[peer]).get()
     }
 
     /// Ids of the peers now known.
