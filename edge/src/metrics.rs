@@ -129,8 +129,9 @@ pub struct Metrics {
     /// Names a peer announced that this edge does not relay to, by peer and reason
     /// (`unproven`, `bad_proof`, `no_key`).
     pub mesh_claims_refused_total: IntCounterVec,
-    /// Names a peer announced that were refused (`bad_proof`, `no_key`) and taken later,
-    /// once control's keys took their proofs, by peer.
+    /// Names a peer announced that were refused (`bad_proof`, `no_key`), dropped by a
+    /// re-check, or displaced by a claim a re-check dropped, and taken later, once control's
+    /// keys took their proofs, by peer.
     pub mesh_claims_taken_late_total: IntCounterVec,
     /// Peer lists this edge asked control for between heartbeats, because an edge it did
     /// not know (or knew with another key) dialled its mesh listener.
@@ -397,7 +398,7 @@ impl Metrics {
         let mesh_claims_taken_late_total = IntCounterVec::new(
             Opts::new(
                 "nearhop_edge_mesh_claims_taken_late_total",
-                "Tunnel names a peer edge announced that were refused for a holder proof that did not check out (bad_proof, no_key) and taken later, when control's answer brought the key they were signed with.",
+                "Tunnel names a peer edge announced that were refused or dropped for a holder proof that did not check out (bad_proof, no_key) and taken later, when control's answer brought the key they were signed with, or that were displaced by a claim a re-check dropped and given back.",
             ),
             &["peer"],
         )?;

@@ -53,8 +53,9 @@ struct Tables {
     /// Per peer: the names it holds and when its feed last spoke.
     by_peer: HashMap<String, PeerHoldings>,
     /// Per peer: its claims refused because their proofs did not check out under the keys
-    /// known then ([`HolderTable::hold_back`]), and those a re-check dropped, by name. The
-    /// peer's next line about a name replaces its entry here, as it would replace its claim.
+    /// known then ([`HolderTable::hold_back`]), those a re-check dropped, and those another
+    /// peer's claim displaced, by name. The peer's next line about a name replaces its
+    /// entry here, as it would replace its claim.
     held_back: HashMap<String, HashMap<String, HeldBack>>,
 }
 
@@ -183,7 +184,22 @@ impl HolderTable {
             HoldingChange::Added(name, kind, proof) => {
                 let tunnel_id = proof.as_ref().map(|p| p.tunnel_id);
                 let signature = proof.and_then(|p| decode_proof(&p.signature));
-                (t.add(peer, name, kind, tunnel_id, signature), Vec::new())
+                match t.add(peer, name, kind, tunnel_id, signature) {
+                    Ok(name) => (Some(name), Vec::new()),
+                    // A higher id holds the name: this claim, the peer's latest word, is
+                    // held back as displaced (see `Tables::add`).
+                    Err(name) => {
+                        if let (Some(tunnel_id), Some(signature)) = (tunnel_id, signature) {
+                            let claim = HeldBack {
+                                kind,
+                                tunnel_id,
+                                signature,
+                            };
+                            hold(&mut t.held_back, peer, name, claim);
+                        }
+                        (None, Vec::new())
+                    }
+                }
             }
             change => (None, t.apply_other(peer, change)),
         }
@@ -255,7 +271,6 @@ impl HolderTable {
             highest,
             held_back,
         } = &mut *t;
-        let kept = held_back.entry(peer.to_string()).or_default();
         let mut gone = Vec::new();
         for (name, checked) in failed {
             if by_name.get(&name) != Some(&checked) {
@@ -272,14 +287,12 @@ impl HolderTable {
                 highest.remove(&name);
             }
             if let (Some(tunnel_id), Some(signature)) = (checked.tunnel_id, checked.signature) {
-                if kept.len() < MAX_HELD_BACK_PER_PEER {
-                    let claim = HeldBack {
-                        kind: checked.kind,
-                        tunnel_id,
-                        signature,
-                    };
-                    kept.insert(name.clone(), claim);
-                }
+                let claim = HeldBack {
+                    kind: checked.kind,
+                    tunnel_id,
+                    signature,
+                };
+                hold(held_back, peer, name.clone(), claim);
             }
             gone.push(name);
         }
@@ -308,20 +321,13 @@ impl HolderTable {
         let Some(signature) = decode_proof(&proof.signature) else {
             return false;
         };
+        let claim = HeldBack {
+            kind,
+            tunnel_id: proof.tunnel_id,
+            signature,
+        };
         let mut t = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        let kept = t.held_back.entry(peer.to_string()).or_default();
-        if kept.len() >= MAX_HELD_BACK_PER_PEER && !kept.contains_key(name) {
-            return false;
-        }
-        kept.insert(
-            name.to_string(),
-            HeldBack {
-                kind,
-                tunnel_id: proof.tunnel_id,
-                signature,
-            },
-        );
-        true
+        hold(&mut t.held_back, peer, name.to_string(), claim)
     }
 
     /// Takes the claims held back ([`HolderTable::hold_back`]) whose proofs check out under
@@ -369,9 +375,13 @@ impl HolderTable {
                     kind,
                     tunnel_id,
                     signature,
-                } = claim;
-                if let Some(name) = t.add(&peer, name, kind, Some(tunnel_id), Some(signature)) {
-                    taken.push((peer, name));
+                } = claim.clone();
+                match t.add(&peer, name, kind, Some(tunnel_id), Some(signature)) {
+                    Ok(name) => taken.push((peer, name)),
+                    // Still displaced by a higher id: kept for when that claim goes.
+                    Err(name) => {
+                        hold(&mut t.held_back, &peer, name, claim);
+                    }
                 }
             }
         }
@@ -448,8 +458,9 @@ impl Tables {
         held
     }
 
-    /// Takes `peer`'s claim to `name` (its proof already checked, if it has one); the name,
-    /// if the claim was taken.
+    /// Takes `peer`'s claim to `name` (its proof already checked, if it has one); the name
+    /// back either way, as `Err` if the claim was not taken (a higher id holds the name, or
+    /// an unproven claim met a proven one).
     fn add(
         &mut self,
         peer: &str,
@@ -457,13 +468,13 @@ impl Tables {
         kind: TunnelKind,
         tunnel_id: Option<i64>,
         signature: Option<ProofSignature>,
-    ) -> Option<String> {
+    ) -> Result<String, String> {
         self.spoke(peer);
         let Tables {
             by_name,
             by_peer,
             highest,
-            ..
+            held_back,
         } = self;
         // A name moves between edges on a takeover. A proven claim wins only with a tunnel
         // id at least the highest proven for the name so far (control's newer tunnel),
@@ -477,7 +488,7 @@ impl Tables {
             None => by_name.get(&name).is_some_and(|h| h.tunnel_id.is_some()),
         };
         if refused {
-            return None;
+            return Err(name);
         }
         if let Some(t) = tunnel_id {
             if highest.len() >= MAX_HIGHEST_GONE + by_name.len() {
@@ -496,12 +507,26 @@ impl Tables {
                 if let Some(p) = by_peer.get_mut(&previous.peer) {
                     p.names.remove(&name);
                 }
+                // The claim displaced is held back: should the new one be dropped by a
+                // re-check (forged with a leaked key), the pass takes this one back if it
+                // checks out, rather than leaving the name held nowhere here until its
+                // holder announces it again. A genuine takeover's new claim stays, and its
+                // higher id keeps the old one out; the old holder's "removed" discards it.
+                if let (Some(tunnel_id), Some(signature)) = (previous.tunnel_id, previous.signature)
+                {
+                    let claim = HeldBack {
+                        kind: previous.kind,
+                        tunnel_id,
+                        signature,
+                    };
+                    hold(held_back, &previous.peer, name.clone(), claim);
+                }
             }
         }
         if let Some(held) = by_peer.get_mut(peer) {
             held.names.insert(name.clone());
         }
-        Some(name)
+        Ok(name)
     }
 
     /// Applies a line of `peer`'s feed other than a claim; the names that left. The peer's
@@ -537,6 +562,22 @@ impl Tables {
             HoldingChange::Added(..) | HoldingChange::Sync(_) => Vec::new(),
         }
     }
+}
+
+/// Holds back `peer`'s `claim` to `name` (see [`HolderTable::hold_back`]) in place of any
+/// before it; `false`: not kept, the peer has [`MAX_HELD_BACK_PER_PEER`] others kept.
+fn hold(
+    held_back: &mut HashMap<String, HashMap<String, HeldBack>>,
+    peer: &str,
+    name: String,
+    claim: HeldBack,
+) -> bool {
+    let kept = held_back.entry(peer.to_string()).or_default();
+    if kept.len() >= MAX_HELD_BACK_PER_PEER && !kept.contains_key(&name) {
+        return false;
+    }
+    kept.insert(name, claim);
+    true
 }
 
 /// Makes room in `highest`: the names not live now and seen longest ago go first (those
@@ -809,18 +850,20 @@ mod tests {
         assert_eq!((holder.peer.as_str(), holder.tunnel_id), ("eu-1", Some(3)));
         assert!(holder.proven_by(&proof), "its signature kept for re-checks");
         assert_eq!(t.held_back(), 0);
-        // Taken as a claim said then would be: a lower id than the name's highest is not.
+        // Taken as a claim said then would be: a lower id than the name's highest is not,
+        // and stays held back, displaced.
         let stale = proof_by(&new, "ap-1", "blog.a.test", 2);
         assert!(t.hold_back("ap-1", "blog.a.test", TunnelKind::Http, &stale));
         assert!(t.take_held_back(&both).is_empty());
         assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("eu-1"));
+        assert_eq!(t.held_back(), 1);
         // A proof under no key control sends stays held back (a forged one: until the
         // peer's link ends).
         let stranger = HolderSigner::from_secret("nobodys-holder-secret");
         let forged = proof_by(&stranger, "ap-1", "bank.a.test", 9);
         assert!(t.hold_back("ap-1", "bank.a.test", TunnelKind::Http, &forged));
         assert!(t.take_held_back(&both).is_empty());
-        assert_eq!(t.held_back(), 1);
+        assert_eq!(t.held_back(), 2);
         t.forget_peer("ap-1");
         assert_eq!(t.held_back(), 0, "forgotten with the peer's feed");
     }
@@ -884,5 +927,47 @@ mod tests {
         };
         assert!(!t.hold_back("ap-1", "x.a.test", TunnelKind::Http, &not_a_proof));
         assert_eq!(t.held_back(), MAX_HELD_BACK_PER_PEER + 1);
+    }
+
+    #[test]
+    fn a_claim_displaced_by_one_a_recheck_drops_is_taken_back() {
+        use nearhop_wire::holder_proof::HolderSigner;
+        let new = HolderSigner::from_secret("the-new-holder-secret");
+        let leaked = HolderSigner::from_secret("the-leaked-holder-secret");
+        let both = HolderKeys::parse(&new.public_key(), Some(&leaked.public_key())).expect("keys");
+        let new_only = HolderKeys::parse(&new.public_key(), None).expect("keys");
+        let t = HolderTable::default();
+        let claim = |signer: &HolderSigner, peer: &str, name: &str, id: i64| {
+            HoldingChange::Added(
+                name.into(),
+                TunnelKind::Http,
+                Some(proof_by(signer, peer, name, id)),
+            )
+        };
+        // A genuine takeover: the old holder's claim is held back until it says "removed".
+        t.apply("eu-1", claim(&new, "eu-1", "moved.a.test", 1));
+        t.apply("us-1", claim(&new, "us-1", "moved.a.test", 2));
+        assert_eq!(t.held_back(), 1);
+        t.apply("eu-1", HoldingChange::Removed("moved.a.test".into()));
+        assert_eq!(t.held_back(), 0);
+        assert_eq!(peer_of(&t, "moved.a.test").as_deref(), Some("us-1"));
+        // Forged with the leaked key, a higher id takes ap-1's name.
+        t.apply("ap-1", claim(&new, "ap-1", "shop.a.test", 5));
+        t.apply("eu-1", claim(&leaked, "eu-1", "shop.a.test", 1_000_000));
+        assert_eq!(peer_of(&t, "shop.a.test").as_deref(), Some("eu-1"));
+        assert!(
+            t.take_held_back(&both).is_empty(),
+            "the forger's id keeps it out"
+        );
+        assert_eq!(t.held_back(), 1, "and it stays held back");
+        t.apply("ap-1", claim(&new, "ap-1", "shop.a.test", 5));
+        assert_eq!(peer_of(&t, "shop.a.test").as_deref(), Some("eu-1"));
+        // The leaked key dropped: the forged claim goes, ap-1's comes back.
+        assert_eq!(t.recheck_peer("eu-1", &new_only), 1);
+        assert_eq!(
+            t.take_held_back(&new_only),
+            vec![("ap-1".to_string(), "shop.a.test".to_string())]
+        );
+        assert_eq!(peer_of(&t, "shop.a.test").as_deref(), Some("ap-1"));
     }
 }

@@ -351,8 +351,8 @@ impl Mesh {
         dropped
     }
 
-    /// Takes the claims refused earlier ([`HolderTable::hold_back`]) whose proofs check out
-    /// under control's keys in force now: each is counted in
+    /// Takes the claims refused or displaced earlier ([`HolderTable::hold_back`]) whose
+    /// proofs check out under control's keys in force now: each is counted in
     /// `nearhop_edge_mesh_claims_taken_late_total`, visitors for it are relayed from now
     /// on, and one line says how many each peer had taken. Returns that count per peer.
     /// Blocks for a while with many held back (~40 µs a proof, at most
@@ -380,7 +380,7 @@ impl Mesh {
                 .map(|(peer, n)| format!("{peer}: {n}"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            tracing::info!(taken = %per_peer, "claims refused earlier check out under control's keys for holder proofs now (this edge had not heard of the key they were signed with); visitors for those names are relayed (counted in nearhop_edge_mesh_claims_taken_late_total)");
+            tracing::info!(taken = %per_peer, "claims refused or displaced earlier check out under control's keys for holder proofs now (this edge had not heard of the key they were signed with, or the claim that displaced them was dropped); visitors for those names are relayed (counted in nearhop_edge_mesh_claims_taken_late_total)");
         }
         // Control's keys lost one while these were checked: a pass that copied the table
         // before they reached it may have missed them.
