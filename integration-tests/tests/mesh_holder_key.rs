@@ -191,31 +191,32 @@ fn second_control(stack: &Stack) -> ControlProcess {
     let ip = stack.regions[US].ip;
     let listen = format!("{ip}:{}", nearhop_stack::ports::free_port(ip));
     let text = std::fs::read_to_string(&stack.control.config_path).expect("control's config");
-    let text: Vec<String> = text
-        .lines()
-        .map(|line| match line.starts_with("listen = ") {
-            true => format!("listen = \"{listen}\""),
-            false => line.to_string(),
-        })
-        .collect();
-    let mut b = ControlProcess::from_config(&dir, &text.join("\n"), &stack.control)
-        .expect("control b configured");
+    let text = with_setting(&text, "listen", &listen);
+    let mut b =
+        ControlProcess::from_config(&dir, &text, &stack.control).expect("control b configured");
     b.restart().expect("control b starts");
     b
+}
+
+/// `toml` with the line of `key` set to the string `value`.
+fn with_setting(toml: &str, key: &str, value: &str) -> String {
+    let prefix = format!("{key} = ");
+    toml.lines()
+        .map(|line| match line.starts_with(&prefix) {
+            true => format!("{prefix}\"{value}\""),
+            false => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }
 
 /// Points the us edge at `control_url` and restarts it.
 fn move_us_edge_to(stack: &mut Stack, control_url: &str) {
     let path = stack.edges[US].config_path.clone();
     let text = std::fs::read_to_string(&path).expect("the us edge's config");
-    let text: Vec<String> = text
-        .lines()
-        .map(|line| match line.starts_with("control_url = ") {
-            true => format!("control_url = \"{control_url}\""),
-            false => line.to_string(),
-        })
-        .collect();
-    std::fs::write(&path, text.join("\n") + "\n").expect("the us edge's config written");
+    std::fs::write(&path, with_setting(&text, "control_url", control_url))
+        .expect("the us edge's config written");
     restart_us_edge(stack);
 }
 
@@ -254,20 +255,9 @@ fn an_edge_whose_control_had_not_got_the_new_key_takes_the_claims_under_it_when_
     // and the claim refused before is taken. Its link to eu did not reconnect: what made
     // the difference is the claim kept, not a new snapshot.
     let config = std::fs::read_to_string(&stack.control.config_path).expect("control's config");
-    let listen = std::fs::read_to_string(&b.config_path)
-        .expect("control b's config")
-        .lines()
-        .find(|l| l.starts_with("listen = "))
-        .expect("control b's listen line")
-        .to_string();
-    let config: Vec<String> = config
-        .lines()
-        .map(|line| match line.starts_with("listen = ") {
-            true => listen.clone(),
-            false => line.to_string(),
-        })
-        .collect();
-    std::fs::write(&b.config_path, config.join("\n") + "\n").expect("control b's config");
+    let listen = b.url.trim_start_matches("http://").to_string();
+    std::fs::write(&b.config_path, with_setting(&config, "listen", &listen))
+        .expect("control b's config");
     b.stop();
     b.restart().expect("control b starts again");
     relayed_at_us(&stack, &url, "the tunnel whose claim came before the key");

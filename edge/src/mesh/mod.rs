@@ -341,11 +341,7 @@ impl Mesh {
             }
         }
         if !dropped.is_empty() {
-            let per_peer = dropped
-                .iter()
-                .map(|(peer, n)| format!("{peer}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let per_peer = counts_per_peer(&dropped);
             tracing::warn!(dropped = %per_peer, "claims peers made earlier no longer check out under control's keys for holder proofs (a key was dropped); visitors for those names are not relayed there any more (counted in nearhop_edge_mesh_claims_refused_total with reason bad_proof)");
         }
         dropped
@@ -375,11 +371,7 @@ impl Mesh {
                 .inc_by(*n as u64);
         }
         if !taken_per_peer.is_empty() {
-            let per_peer = taken_per_peer
-                .iter()
-                .map(|(peer, n)| format!("{peer}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let per_peer = counts_per_peer(&taken_per_peer);
             tracing::info!(taken = %per_peer, "claims refused or displaced earlier check out under control's keys for holder proofs now (this edge had not heard of the key they were signed with, or the claim that displaced them was dropped); visitors for those names are relayed (counted in nearhop_edge_mesh_claims_taken_late_total)");
         }
         // Control's keys lost one while these were checked: a pass that copied the table
@@ -594,4 +586,13 @@ impl Mesh {
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
         peers.keys().cloned().collect()
     }
+}
+
+/// Counts per peer as a log line writes them: `eu-1: 3, us-1: 1`.
+fn counts_per_peer(counts: &std::collections::BTreeMap<String, usize>) -> String {
+    counts
+        .iter()
+        .map(|(peer, n)| format!("{peer}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
