@@ -29,9 +29,10 @@ const MAX_HIGHEST_GONE: usize = 250_000;
 /// channel and a TCP connection there), and a bound on what a broken or hostile peer can
 /// make this edge keep (names are at most 253 bytes).
 pub const MAX_NAMES_PER_PEER: usize = 250_000;
-/// Most refused claims of one peer kept to be taken once control's keys take their proofs
-/// ([`HolderTable::hold_back`]): the link cuts off a peer after as many bad proofs, so a
-/// peer within it has all of them kept (at most ~330 KB a peer, names of 253 bytes).
+/// Most claims of one peer held back to be taken once control's keys take their proofs
+/// ([`HolderTable::hold_back`]; at most ~330 KB a peer, names of 253 bytes). The link cuts
+/// off a peer after as many bad proofs on one connection; beyond it, the claims not kept
+/// wait for the peer's link to reconnect.
 pub const MAX_HELD_BACK_PER_PEER: usize = 1024;
 
 /// Tunnel name → the peer edge that holds it, and the tunnel's kind.
@@ -59,12 +60,16 @@ struct Tables {
     held_back: HashMap<String, HashMap<String, HeldBack>>,
 }
 
-/// A refused claim kept to be checked again once control's keys change.
+/// A claim kept to be checked again once control's keys change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct HeldBack {
     kind: TunnelKind,
     tunnel_id: i64,
     signature: ProofSignature,
+    /// Refused as it came ([`HolderTable::hold_back`]), rather than dropped by a re-check
+    /// or displaced: what an edge that missed control's new key needs back first, so it
+    /// takes the place of one of the others when the peer's share is full.
+    refused: bool,
 }
 
 /// Where a name is held.
@@ -180,6 +185,7 @@ impl HolderTable {
             }
             HoldingChange::Sync(_) => {}
         }
+        t.spoke(peer);
         match change {
             HoldingChange::Added(name, kind, proof) => {
                 let tunnel_id = proof.as_ref().map(|p| p.tunnel_id);
@@ -194,6 +200,7 @@ impl HolderTable {
                                 kind,
                                 tunnel_id,
                                 signature,
+                                refused: false,
                             };
                             hold(&mut t.held_back, peer, name, claim);
                         }
@@ -291,6 +298,7 @@ impl HolderTable {
                     kind: checked.kind,
                     tunnel_id,
                     signature,
+                    refused: false,
                 };
                 hold(held_back, peer, name.clone(), claim);
             }
@@ -325,6 +333,7 @@ impl HolderTable {
             kind,
             tunnel_id: proof.tunnel_id,
             signature,
+            refused: true,
         };
         let mut t = self.inner.write().unwrap_or_else(|e| e.into_inner());
         hold(&mut t.held_back, peer, name.to_string(), claim)
@@ -375,6 +384,7 @@ impl HolderTable {
                     kind,
                     tunnel_id,
                     signature,
+                    ..
                 } = claim.clone();
                 match t.add(&peer, name, kind, Some(tunnel_id), Some(signature)) {
                     Ok(name) => taken.push((peer, name)),
@@ -445,15 +455,19 @@ impl HolderTable {
 }
 
 impl Tables {
-    /// `peer`'s holdings, made if it has none yet, marked as just spoken.
-    fn spoke(&mut self, peer: &str) -> &mut PeerHoldings {
-        let held = self
-            .by_peer
+    /// `peer`'s holdings, made if it has none yet.
+    fn holdings(&mut self, peer: &str) -> &mut PeerHoldings {
+        self.by_peer
             .entry(peer.to_string())
             .or_insert_with(|| PeerHoldings {
                 names: Default::default(),
                 updated: Instant::now(),
-            });
+            })
+    }
+
+    /// `peer`'s holdings, marked as just spoken (a line of its feed came).
+    fn spoke(&mut self, peer: &str) -> &mut PeerHoldings {
+        let held = self.holdings(peer);
         held.updated = Instant::now();
         held
     }
@@ -469,7 +483,7 @@ impl Tables {
         tunnel_id: Option<i64>,
         signature: Option<ProofSignature>,
     ) -> Result<String, String> {
-        self.spoke(peer);
+        self.holdings(peer);
         let Tables {
             by_name,
             by_peer,
@@ -518,6 +532,7 @@ impl Tables {
                         kind: previous.kind,
                         tunnel_id,
                         signature,
+                        refused: false,
                     };
                     hold(held_back, &previous.peer, name.clone(), claim);
                 }
@@ -532,7 +547,6 @@ impl Tables {
     /// Applies a line of `peer`'s feed other than a claim; the names that left. The peer's
     /// "removed" undoes only its own claim: a name another edge took over stays there.
     fn apply_other(&mut self, peer: &str, change: HoldingChange) -> Vec<String> {
-        self.spoke(peer);
         let Tables {
             by_name, by_peer, ..
         } = self;
@@ -565,7 +579,8 @@ impl Tables {
 }
 
 /// Holds back `peer`'s `claim` to `name` (see [`HolderTable::hold_back`]) in place of any
-/// before it; `false`: not kept, the peer has [`MAX_HELD_BACK_PER_PEER`] others kept.
+/// before it; `false`: not kept, the peer has [`MAX_HELD_BACK_PER_PEER`] others kept (a
+/// claim refused as it came takes the place of one dropped or displaced, if there is one).
 fn hold(
     held_back: &mut HashMap<String, HashMap<String, HeldBack>>,
     peer: &str,
@@ -574,7 +589,20 @@ fn hold(
 ) -> bool {
     let kept = held_back.entry(peer.to_string()).or_default();
     if kept.len() >= MAX_HELD_BACK_PER_PEER && !kept.contains_key(&name) {
-        return false;
+        let evicted = claim
+            .refused
+            .then(|| {
+                kept.iter()
+                    .find(|(_, c)| !c.refused)
+                    .map(|(n, _)| n.clone())
+            })
+            .flatten();
+        match evicted {
+            Some(other) => {
+                kept.remove(&other);
+            }
+            None => return false,
+        }
     }
     kept.insert(name, claim);
     true
@@ -906,6 +934,48 @@ mod tests {
         assert_eq!(t.held_back(), 1);
         t.take_held_back(&keys);
         assert_eq!(t.holder("twice.a.test").and_then(|h| h.tunnel_id), Some(8));
+    }
+
+    #[test]
+    fn a_claim_refused_as_it_comes_takes_the_place_of_one_dropped_in_a_full_share() {
+        use nearhop_wire::holder_proof::HolderSigner;
+        let old = HolderSigner::from_secret("the-old-holder-secret");
+        let new = HolderSigner::from_secret("the-new-holder-secret");
+        let old_only = HolderKeys::parse(&old.public_key(), None).expect("keys");
+        let new_only = HolderKeys::parse(&new.public_key(), None).expect("keys");
+        let t = HolderTable::default();
+        // A peer's share filled with claims a re-check dropped (the old key gone).
+        for i in 0..MAX_HELD_BACK_PER_PEER {
+            let name = format!("n{i}.a.test");
+            let proof = proof_by(&old, "eu-1", &name, 1);
+            t.apply(
+                "eu-1",
+                HoldingChange::Added(name, TunnelKind::Http, Some(proof)),
+            );
+        }
+        assert_eq!(t.recheck_peer("eu-1", &new_only), MAX_HELD_BACK_PER_PEER);
+        assert_eq!(t.held_back(), MAX_HELD_BACK_PER_PEER);
+        // A claim under a key this edge has not heard of yet still finds a place.
+        let fresh = proof_by(&new, "eu-1", "fresh.a.test", 2);
+        assert!(t.hold_back("eu-1", "fresh.a.test", TunnelKind::Http, &fresh));
+        assert_eq!(t.held_back(), MAX_HELD_BACK_PER_PEER);
+        let taken = t.take_held_back(&new_only);
+        assert_eq!(
+            taken,
+            vec![("eu-1".to_string(), "fresh.a.test".to_string())]
+        );
+        // A dropped one does not push out another.
+        let more = proof_by(&old, "eu-1", "more.a.test", 3);
+        t.apply(
+            "eu-1",
+            HoldingChange::Added("more.a.test".into(), TunnelKind::Http, Some(more)),
+        );
+        assert_eq!(t.recheck_peer("eu-1", &old_only), 1, "fresh.a.test dropped");
+        assert_eq!(t.recheck_peer("eu-1", &new_only), 1, "more.a.test dropped");
+        assert_eq!(t.held_back(), MAX_HELD_BACK_PER_PEER);
+        let taken = t.take_held_back(&old_only);
+        assert_eq!(taken.len(), MAX_HELD_BACK_PER_PEER - 1, "the n* ones");
+        assert!(!taken.iter().any(|(_, name)| name == "more.a.test"));
     }
 
     #[test]

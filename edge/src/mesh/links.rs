@@ -1293,6 +1293,12 @@ mod tests {
         mesh.wait_for_recheck();
         assert_eq!(peer_of("early.a.test"), None);
         assert_eq!(refused(&mesh, "bad_proof"), 3);
+        // Dropped too early: the operator puts the key back as the previous one, and the
+        // claim the re-check dropped is taken again at once.
+        mesh.set_holder_keys(Some(&next.public_key()), Some(&new.public_key()));
+        mesh.wait_for_recheck();
+        assert_eq!(peer_of("early.a.test").as_deref(), Some("eu-1"));
+        assert_eq!(mesh.claims_taken_late_count("eu-1"), 2);
 
         // An edge whose control sent no key yet refuses proven claims (`no_key`), and takes
         // them once a key comes.

@@ -372,7 +372,7 @@ impl Mesh {
         }
         if !taken_per_peer.is_empty() {
             let per_peer = counts_per_peer(&taken_per_peer);
-            tracing::info!(taken = %per_peer, "claims refused or displaced earlier check out under control's keys for holder proofs now (this edge had not heard of the key they were signed with, or the claim that displaced them was dropped); visitors for those names are relayed (counted in nearhop_edge_mesh_claims_taken_late_total)");
+            tracing::info!(taken = %per_peer, "claims refused or displaced earlier check out under control's keys for holder proofs now (they are under a key this edge did not take then, or the claim that displaced them was dropped); visitors for those names are relayed (counted in nearhop_edge_mesh_claims_taken_late_total)");
         }
         // Control's keys lost one while these were checked: a pass that copied the table
         // before they reached it may have missed them.
