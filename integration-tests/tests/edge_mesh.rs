@@ -482,6 +482,19 @@ fn a_holder_leaving_between_answers_does_not_end_the_visitors_connection() {
 /// none of the service's connection fields, and keep their connection for the next
 /// request, directly and through the relay; a relayed visitor that leaves is let go of at
 /// once at both edges, not at the holder's idle limit.
+/// The links offer `ssh_ciphers` on both sides: edges set to AES-128-GCM alone (a cipher
+/// russh's own default list lacks, so a listener left on it shares none with its dialling
+/// peers) link up and relay.
+#[test]
+fn edges_set_to_one_cipher_link_up_and_relay() {
+    let stack = mesh_stack_with("ssh_ciphers = [\"aes128-gcm@openssh.com\"]\n");
+    let local = LocalService::start("local");
+    let (_client, url, _) = eu_tunnel(&stack, &local, &[US, AP]);
+    let (status, body) =
+        http_get(stack.regions[AP].http_addr(), &host_of(&url), "/one-cipher").expect("ap");
+    assert_eq!(status, 200, "{body}");
+}
+
 #[test]
 fn services_that_close_after_each_answer_leave_visitors_connections_open() {
     // Far past the test's patience: a connection let go of only at the idle limit fails it.

@@ -26,7 +26,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::Instrument;
 
-/// The russh server configuration of the mesh listener.
+/// The russh server configuration of the mesh listener: the same ciphers as the links
+/// dial with (`ssh_ciphers`), so that the peers agree on the first of them.
 pub fn russh_config(edge: &Edge) -> russh::server::Config {
     let c = &edge.config;
     russh::server::Config {
@@ -42,6 +43,10 @@ pub fn russh_config(edge: &Edge) -> russh::server::Config {
         )),
         keepalive_max: c.keepalive_max,
         nodelay: true,
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Owned(c.ssh_ciphers.clone()),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
