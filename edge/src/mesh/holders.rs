@@ -394,6 +394,9 @@ impl HolderTable {
                     }
                 }
             }
+            // Two peers' claims to one name taken in one pass: the higher id displaced the
+            // other again, which is held back and not counted as taken.
+            taken.retain(|(peer, name)| t.by_name.get(name).is_some_and(|h| h.peer == *peer));
         }
         for (_, name) in &taken {
             self.note_arrived(name);
@@ -578,9 +581,13 @@ impl Tables {
     }
 }
 
-/// Holds back `peer`'s `claim` to `name` (see [`HolderTable::hold_back`]) in place of any
-/// before it; `false`: not kept, the peer has [`MAX_HELD_BACK_PER_PEER`] others kept (a
-/// claim refused as it came takes the place of one dropped or displaced, if there is one).
+/// Holds back `peer`'s `claim` to `name` (see [`HolderTable::hold_back`]); `false`: not
+/// kept, the peer has [`MAX_HELD_BACK_PER_PEER`] others kept (a claim refused as it came
+/// takes the place of one dropped or displaced, if there is one). A claim refused as it
+/// came replaces the one held back for the name: it is the peer's latest word. One that
+/// comes from the table (dropped by a re-check, displaced) never does: a claim held back
+/// beside the peer's claim in the table came after it, since the table taking a line
+/// discards what was held back for the name.
 fn hold(
     held_back: &mut HashMap<String, HashMap<String, HeldBack>>,
     peer: &str,
@@ -588,6 +595,9 @@ fn hold(
     claim: HeldBack,
 ) -> bool {
     let kept = held_back.entry(peer.to_string()).or_default();
+    if !claim.refused && kept.contains_key(&name) {
+        return false;
+    }
     if kept.len() >= MAX_HELD_BACK_PER_PEER && !kept.contains_key(&name) {
         let evicted = claim
             .refused
@@ -1039,5 +1049,95 @@ mod tests {
             vec![("ap-1".to_string(), "shop.a.test".to_string())]
         );
         assert_eq!(peer_of(&t, "shop.a.test").as_deref(), Some("ap-1"));
+    }
+
+    /// A claim held back beside the peer's claim in the table is the peer's later word:
+    /// the older one, displaced or dropped, does not replace it.
+    #[test]
+    fn an_older_claim_displaced_or_dropped_does_not_replace_the_later_one_held_back() {
+        use nearhop_wire::holder_proof::HolderSigner;
+        let k0 = HolderSigner::from_secret("the-first-holder-secret");
+        let k1 = HolderSigner::from_secret("the-second-holder-secret");
+        let both = HolderKeys::parse(&k1.public_key(), Some(&k0.public_key())).expect("keys");
+        let k1_only = HolderKeys::parse(&k1.public_key(), None).expect("keys");
+        let claim = |signer: &HolderSigner, peer: &str, id: i64| {
+            HoldingChange::Added(
+                "n.a.test".into(),
+                TunnelKind::Http,
+                Some(proof_by(signer, peer, "n.a.test", id)),
+            )
+        };
+        let later = proof_by(&k1, "eu-1", "n.a.test", 7);
+        // Displaced: us-1's id 6 takes the name from eu-1's id 5 while eu-1's id 7, under
+        // a key this edge has not heard of yet, is held back.
+        let t = HolderTable::default();
+        t.apply("eu-1", claim(&k0, "eu-1", 5));
+        assert!(t.hold_back("eu-1", "n.a.test", TunnelKind::Http, &later));
+        t.apply("us-1", claim(&k0, "us-1", 6));
+        t.apply("us-1", HoldingChange::Removed("n.a.test".into()));
+        assert_eq!(
+            t.take_held_back(&both),
+            vec![("eu-1".to_string(), "n.a.test".to_string())]
+        );
+        assert_eq!(t.holder("n.a.test").and_then(|h| h.tunnel_id), Some(7));
+        // Dropped: control switches to the new key alone; the re-check drops id 5.
+        let t = HolderTable::default();
+        t.apply("eu-1", claim(&k0, "eu-1", 5));
+        assert!(t.hold_back("eu-1", "n.a.test", TunnelKind::Http, &later));
+        assert_eq!(t.recheck_peer("eu-1", &k1_only), 1);
+        assert_eq!(
+            t.take_held_back(&k1_only),
+            vec![("eu-1".to_string(), "n.a.test".to_string())]
+        );
+        assert_eq!(t.holder("n.a.test").and_then(|h| h.tunnel_id), Some(7));
+    }
+
+    /// Two peers' claims to one name taken in one pass: only the one that holds the name
+    /// after it counts as taken.
+    #[test]
+    fn of_two_claims_to_a_name_taken_in_one_pass_only_the_holder_counts() {
+        use nearhop_wire::holder_proof::HolderSigner;
+        let new = HolderSigner::from_secret("the-new-holder-secret");
+        let keys = HolderKeys::parse(&new.public_key(), None).expect("keys");
+        let t = HolderTable::default();
+        for (peer, id) in [("eu-1", 3), ("ap-1", 4)] {
+            let proof = proof_by(&new, peer, "n.a.test", id);
+            assert!(t.hold_back(peer, "n.a.test", TunnelKind::Http, &proof));
+        }
+        assert_eq!(
+            t.take_held_back(&keys),
+            vec![("ap-1".to_string(), "n.a.test".to_string())]
+        );
+        assert_eq!(peer_of(&t, "n.a.test").as_deref(), Some("ap-1"));
+        assert_eq!(t.held_back(), 1, "eu-1's, displaced");
+    }
+
+    /// The holder age says when the peer's feed last spoke: a late take is not the peer
+    /// speaking.
+    #[test]
+    fn a_late_take_does_not_make_the_peers_feed_look_fresh() {
+        use nearhop_wire::holder_proof::HolderSigner;
+        let new = HolderSigner::from_secret("the-new-holder-secret");
+        let keys = HolderKeys::parse(&new.public_key(), None).expect("keys");
+        let t = HolderTable::default();
+        let age = |t: &HolderTable| {
+            t.peers()
+                .into_iter()
+                .find(|(p, ..)| p == "eu-1")
+                .map(|(_, _, age)| age)
+                .expect("eu-1 has a feed")
+        };
+        t.apply("eu-1", add("spoke.a.test"));
+        let proof = proof_by(&new, "eu-1", "late.a.test", 1);
+        assert!(t.hold_back("eu-1", "late.a.test", TunnelKind::Http, &proof));
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(t.take_held_back(&keys).len(), 1);
+        let after_take = age(&t);
+        assert!(after_take >= Duration::from_millis(20), "{after_take:?}");
+        t.apply("eu-1", HoldingChange::Removed("gone.a.test".into()));
+        assert!(
+            age(&t) < after_take,
+            "a line of the feed is the peer speaking"
+        );
     }
 }
