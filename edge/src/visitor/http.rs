@@ -453,9 +453,13 @@ impl VisitorConn {
                 Err(NotAnswered::Failed(failed)) => failed,
                 Err(NotAnswered::HeldElsewhere) => {
                     tracing::debug!("relayed request's tunnel is held by another edge now");
-                    // Only a request the relaying edge may send again is handed back; any
+                    // Only a request the relaying edge sends again is handed back (on either
+                    // of its paths, the proxy and the byte path: `sent_again_on_relay`); any
                     // other would be lost with the channel, so its visitor is told.
-                    if self.arrival == Arrival::RelayedWhole || replay.is_none() {
+                    let sent_again = replay.as_ref().is_some_and(|r| {
+                        crate::visitor::http1_frames::sent_again_on_relay(r.method.as_str())
+                    });
+                    if self.arrival == Arrival::RelayedWhole || !sent_again {
                         return Ok(self.count(pages::tunnel_moved(), "edge"));
                     }
                     return Err(HeldElsewhere);

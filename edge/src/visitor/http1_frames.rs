@@ -49,6 +49,15 @@ pub struct RequestHead {
     pub replayable: bool,
 }
 
+/// Whether a request with this method (and no body) is sent again by a relaying edge whose
+/// holder handed it back or went before answering: `GET`, `HEAD` and `OPTIONS`, which
+/// change nothing at the tunnel's service. Other idempotent methods (`PUT`, `DELETE`) are
+/// not resent across edges; the holder says "Tunnel moved" for them instead of handing them
+/// back (`visitor::http`).
+pub fn sent_again_on_relay(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS")
+}
+
 /// What the start of a buffer holds.
 #[derive(Debug, PartialEq, Eq)]
 pub enum HeadScan {
@@ -123,8 +132,7 @@ pub fn scan_head(buf: &[u8]) -> HeadScan {
             body,
             is_head: req.method == Some("HEAD"),
             close: closes(req.headers, req.version),
-            replayable: body == BodyFraming::Empty
-                && matches!(req.method, Some("GET" | "HEAD" | "OPTIONS")),
+            replayable: body == BodyFraming::Empty && req.method.is_some_and(sent_again_on_relay),
         }),
         None => HeadScan::ForHyper,
     }
