@@ -285,7 +285,8 @@ where
     let bytes_out = m.visitor_bytes_total.with_label_values(&["out"]);
     let (vr, vw) = tokio::io::split(stream);
     let (cr, cw) = tokio::io::split(channel);
-    let answers = copy_answers(cr, vw, &ledger, &bytes_out);
+    let failed = m.relay_errors_total.with_label_values(&["request_failed"]);
+    let answers = copy_answers(cr, vw, &ledger, &bytes_out, &failed);
     let requests = pass_requests(&pass, vr, cw, BytesMut::from(&first[..]), head);
     drop(first);
     tokio::pin!(answers, requests);
@@ -408,6 +409,7 @@ async fn copy_answers<C, S>(
     mut to: WriteHalf<S>,
     ledger: &Ledger,
     bytes_out: &IntCounter,
+    failed: &IntCounter,
 ) -> (WriteHalf<S>, AnswersEnd)
 where
     C: AsyncRead,
@@ -462,12 +464,25 @@ where
             // Before any byte of the next answer went to the visitor (what `buf` holds is
             // an answer head not yet complete), with every request owed one that may be
             // sent again: hyper can take them.
+            // (The holder handed them back, or went before answering: a relayed request
+            // that failed, as on the proxying path, unless the visitor's own broke off.)
             _ if matches!(at, Answering::Head) && ledger.replayable() => {
-                return (to, AnswersEnd::HolderLeft)
+                if !ledger.broken() {
+                    failed.inc();
+                }
+                return (to, AnswersEnd::HolderLeft);
             }
-            Ok(_) => return (to, AnswersEnd::Closed),
+            Ok(_) => {
+                if !ledger.broken() {
+                    failed.inc();
+                }
+                return (to, AnswersEnd::Closed);
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "relay channel ended");
+                if !ledger.broken() {
+                    failed.inc();
+                }
                 return (to, AnswersEnd::Closed);
             }
         }
@@ -845,7 +860,8 @@ mod tests {
                 let (from, _) = tokio::io::split(channel);
                 let (_, to) = tokio::io::split(buffering);
                 let bytes = IntCounter::new("bytes", "bytes").expect("counter");
-                copy_answers(from, to, &ledger, &bytes).await.1
+                let failed = IntCounter::new("failed", "failed").expect("counter");
+                copy_answers(from, to, &ledger, &bytes, &failed).await.1
             })
         };
         let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
@@ -878,11 +894,17 @@ mod tests {
         let answer = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi";
         holder.write_all(answer).await.expect("holder writes");
         let bytes = IntCounter::new("bytes", "bytes").expect("counter");
-        let copying = copy_answers(from, to, &ledger, &bytes);
+        let failed = IntCounter::new("failed", "failed").expect("counter");
+        let copying = copy_answers(from, to, &ledger, &bytes, &failed);
         let (mut to, end) = tokio::time::timeout(Duration::from_secs(3600), copying)
             .await
             .expect("the answers side ended with the answer, the holder still there");
         assert!(end == AnswersEnd::Closed, "the connection is not handed on");
+        assert_eq!(
+            failed.get(),
+            0,
+            "an answer that ends the connection is no failure"
+        );
         to.shutdown().await.expect("shutdown");
         let (mut visitor, _visitor_writes) = tokio::io::split(visitor);
         let mut got = Vec::new();
@@ -890,6 +912,53 @@ mod tests {
         assert_eq!(got, answer);
         assert!(ledger.oldest().is_none());
         drop(holder);
+    }
+
+    /// A holder that closes the channel with an answer owed is a relayed request that
+    /// failed (`relay_errors_total{cause="request_failed"}`), as on the proxying path; one
+    /// that closes it with none owed is not.
+    #[tokio::test]
+    async fn a_holder_leaving_with_an_answer_owed_counts_as_a_failed_request() {
+        let get = &b"GET / HTTP/1.1\r\n\r\n"[..];
+        for (answer, replay, failures) in [
+            // Cut short in the answer's body.
+            (
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhal"[..],
+                None,
+                1,
+            ),
+            // No answer at all: not to be sent again, or handed back to be sent again.
+            (&b""[..], None, 1),
+            (&b""[..], Some(get), 1),
+            // Answered whole, then the channel ends between answers.
+            (
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
+                None,
+                0,
+            ),
+        ] {
+            let (holder, channel) = tokio::io::duplex(1 << 16);
+            let (_visitor, edge_side) = tokio::io::duplex(1 << 16);
+            let ledger = Ledger::default();
+            ledger.passed(false, replay);
+            let (from, _) = tokio::io::split(channel);
+            let (_, to) = tokio::io::split(edge_side);
+            let (holder_reads, mut holder_writes) = tokio::io::split(holder);
+            holder_writes
+                .write_all(answer)
+                .await
+                .expect("holder writes");
+            drop((holder_reads, holder_writes));
+            let bytes = IntCounter::new("bytes", "bytes").expect("counter");
+            let failed = IntCounter::new("failed", "failed").expect("counter");
+            let _ = copy_answers(from, to, &ledger, &bytes, &failed).await;
+            assert_eq!(
+                failed.get(),
+                failures,
+                "{}",
+                String::from_utf8_lossy(answer)
+            );
+        }
     }
 
     #[test]
