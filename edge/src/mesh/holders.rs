@@ -30,9 +30,9 @@ const MAX_HIGHEST_GONE: usize = 250_000;
 /// make this edge keep (names are at most 253 bytes).
 pub const MAX_NAMES_PER_PEER: usize = 250_000;
 /// Most claims of one peer held back to be taken once control's keys take their proofs
-/// ([`HolderTable::hold_back`]; at most ~330 KB a peer, names of 253 bytes). The link cuts
-/// off a peer after as many bad proofs on one connection; beyond it, the claims not kept
-/// wait for the peer's link to reconnect.
+/// ([`HolderTable::hold_back`]; at most ~330 KB a peer, names of 253 bytes), as many as
+/// the link checks at full speed on one connection (past them, it slows the peer's feed);
+/// beyond it, the claims not kept wait for the peer's link to reconnect.
 pub const MAX_HELD_BACK_PER_PEER: usize = 1024;
 
 /// Tunnel name → the peer edge that holds it, and the tunnel's kind.
