@@ -26,8 +26,10 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::Instrument;
 
-/// The russh server configuration of the mesh listener: the same ciphers as the links
-/// dial with (`ssh_ciphers`), so that the peers agree on the first of them.
+/// The russh server configuration of the mesh listener: the ciphers the links dial with
+/// (`ssh_ciphers`) first, then every other one the edge supports, so that a peer dialling
+/// with other settings (an edge mid-way through a change of `ssh_ciphers`, or one from
+/// before the listener offered them) still links; the dialling side's order decides.
 pub fn russh_config(edge: &Edge) -> russh::server::Config {
     let c = &edge.config;
     russh::server::Config {
@@ -44,11 +46,22 @@ pub fn russh_config(edge: &Edge) -> russh::server::Config {
         keepalive_max: c.keepalive_max,
         nodelay: true,
         preferred: russh::Preferred {
-            cipher: std::borrow::Cow::Owned(c.ssh_ciphers.clone()),
+            cipher: std::borrow::Cow::Owned(listener_ciphers(&c.ssh_ciphers)),
             ..Default::default()
         },
         ..Default::default()
     }
+}
+
+/// `ssh_ciphers`, then the other ciphers the edge supports.
+fn listener_ciphers(preferred: &[russh::cipher::Name]) -> Vec<russh::cipher::Name> {
+    let mut ciphers = preferred.to_vec();
+    for c in crate::config::SUPPORTED_CIPHERS {
+        if !ciphers.contains(c) {
+            ciphers.push(*c);
+        }
+    }
+    ciphers
 }
 
 /// Most mesh connections not yet authenticated at once. Peers are few and each keeps one
@@ -585,4 +598,21 @@ fn snapshot(edge: &Edge, again: bool, with_proofs: bool) -> String {
         text.push_str(&HoldingChange::Sync(edge.mesh.acks.latest()).to_string());
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use russh::cipher::{AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305};
+
+    /// A peer dialling with other ciphers than this edge's `ssh_ciphers` still finds one in
+    /// common: the listener offers this edge's first, then every other it supports.
+    #[test]
+    fn the_listener_offers_the_edges_ciphers_first_then_the_others() {
+        let offered = super::listener_ciphers(&[CHACHA20_POLY1305]);
+        assert_eq!(offered[0], CHACHA20_POLY1305);
+        assert!(offered.contains(&AES_128_GCM) && offered.contains(&AES_256_GCM));
+        assert_eq!(offered.len(), crate::config::SUPPORTED_CIPHERS.len());
+        let offered = super::listener_ciphers(&[AES_128_GCM, AES_256_GCM]);
+        assert_eq!(&offered[..2], &[AES_128_GCM, AES_256_GCM]);
+    }
 }

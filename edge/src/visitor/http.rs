@@ -454,8 +454,9 @@ impl VisitorConn {
                 Err(NotAnswered::HeldElsewhere) => {
                     tracing::debug!("relayed request's tunnel is held by another edge now");
                     // Only a request the relaying edge sends again is handed back (on either
-                    // of its paths, the proxy and the byte path: `sent_again_on_relay`); any
-                    // other would be lost with the channel, so its visitor is told.
+                    // of its paths, the proxy and the byte path: `sent_again_on_relay`, the
+                    // idempotent methods without a body); any other would be lost with the
+                    // channel, so its visitor is told.
                     let sent_again = replay.as_ref().is_some_and(|r| {
                         crate::visitor::http1_frames::sent_again_on_relay(r.method.as_str())
                     });

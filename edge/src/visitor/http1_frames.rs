@@ -45,17 +45,20 @@ pub struct RequestHead {
     /// Whether the visitor ends the connection after it (`Connection: close`, or HTTP/1.0
     /// without `keep-alive`).
     pub close: bool,
-    /// Whether it may be sent twice: a `GET`, `HEAD` or `OPTIONS` without a body.
+    /// Whether it may be sent twice: an idempotent method without a body
+    /// ([`sent_again_on_relay`]).
     pub replayable: bool,
 }
 
 /// Whether a request with this method (and no body) is sent again by a relaying edge whose
-/// holder handed it back or went before answering: `GET`, `HEAD` and `OPTIONS`, which
-/// change nothing at the tunnel's service. Other idempotent methods (`PUT`, `DELETE`) are
-/// not resent across edges; the holder says "Tunnel moved" for them instead of handing them
-/// back (`visitor::http`).
+/// holder handed it back or went before answering: the idempotent methods (RFC 9110
+/// §9.2.2), as the relaying edge's HTTP proxy decides too (`visitor::http`, `Replay`), so
+/// that both its paths agree with what the holder hands back.
 pub fn sent_again_on_relay(method: &str) -> bool {
-    matches!(method, "GET" | "HEAD" | "OPTIONS")
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
 }
 
 /// What the start of a buffer holds.
@@ -443,7 +446,8 @@ mod tests {
         assert_eq!(h.body, BodyFraming::Length(12));
         assert!(!h.replayable, "a POST is not sent twice");
         assert!(!plain("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n").replayable);
-        assert!(!plain("DELETE /a HTTP/1.1\r\nHost: x\r\n\r\n").replayable);
+        assert!(plain("DELETE /a HTTP/1.1\r\nHost: x\r\n\r\n").replayable);
+        assert!(!plain("PATCH /a HTTP/1.1\r\nHost: x\r\n\r\n").replayable);
         let h = plain(
             "POST / HTTP/1.1\r\nHost: x.example\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
         );

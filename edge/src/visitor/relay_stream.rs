@@ -472,8 +472,11 @@ where
                 }
                 return (to, AnswersEnd::HolderLeft);
             }
+            // The channel's end ends an answer without framing (one delimited by the
+            // close, as hyper sends a streamed body to an HTTP/1.0 visitor, or an upgraded
+            // connection): no failure. Any other answer was cut short.
             Ok(_) => {
-                if !ledger.broken() {
+                if !ledger.broken() && !matches!(at, Answering::Raw) {
                     failed.inc();
                 }
                 return (to, AnswersEnd::Closed);
@@ -933,6 +936,14 @@ mod tests {
             // Answered whole, then the channel ends between answers.
             (
                 &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
+                None,
+                0,
+            ),
+            // An answer delimited by the channel's end (HTTP/1.0, a streamed body), and an
+            // upgraded connection that ended.
+            (&b"HTTP/1.0 200 OK\r\n\r\nuntil the end"[..], None, 0),
+            (
+                &b"HTTP/1.1 101 Switching Protocols\r\n\r\nframes"[..],
                 None,
                 0,
             ),
