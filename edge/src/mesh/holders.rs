@@ -737,21 +737,6 @@ mod tests {
         assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("ap-1"));
     }
 
-    /// A claim `signer` proved for `peer`.
-    fn signed(
-        signer: &nearhop_wire::holder_proof::HolderSigner,
-        peer: &str,
-        n: &str,
-        tunnel_id: i64,
-    ) -> HoldingChange {
-        let signature = signer.prove(n, peer, tunnel_id, TunnelKind::Http);
-        let proof = Proof {
-            tunnel_id,
-            signature,
-        };
-        HoldingChange::Added(n.into(), TunnelKind::Http, Some(proof))
-    }
-
     #[cfg(target_pointer_width = "64")]
     #[test]
     fn a_kept_proof_costs_64_bytes_a_name() {
@@ -765,9 +750,18 @@ mod tests {
         let new = HolderSigner::from_secret("the-new-holder-secret");
         let keys = HolderKeys::parse(&new.public_key(), None).expect("keys");
         let t = HolderTable::default();
-        t.apply("eu-1", signed(&old, "eu-1", "blog.a.test", 7));
-        t.apply("eu-1", signed(&old, "eu-1", "shop.a.test", 7));
-        t.apply("eu-1", signed(&old, "eu-1", "gone.a.test", 7));
+        t.apply(
+            "eu-1",
+            HoldingChange::proven(&old, "eu-1", "blog.a.test", 7),
+        );
+        t.apply(
+            "eu-1",
+            HoldingChange::proven(&old, "eu-1", "shop.a.test", 7),
+        );
+        t.apply(
+            "eu-1",
+            HoldingChange::proven(&old, "eu-1", "gone.a.test", 7),
+        );
         // What the re-check copied under the read lock, and found not to check out.
         let copied = |n: &str| (n.to_string(), t.holder(n).expect("held"));
         let failed = vec![
@@ -778,8 +772,14 @@ mod tests {
         assert!(failed.iter().all(|(n, h)| !h.checks_out(n, &keys)));
         // Meanwhile eu-1 announced blog's tunnel again with a proof under the new key, and
         // ap-1 took shop over.
-        t.apply("eu-1", signed(&new, "eu-1", "blog.a.test", 7));
-        t.apply("ap-1", signed(&new, "ap-1", "shop.a.test", 8));
+        t.apply(
+            "eu-1",
+            HoldingChange::proven(&new, "eu-1", "blog.a.test", 7),
+        );
+        t.apply(
+            "ap-1",
+            HoldingChange::proven(&new, "ap-1", "shop.a.test", 8),
+        );
         assert_eq!(
             t.drop_unchanged("eu-1", failed),
             vec!["gone.a.test".to_string()]
@@ -853,19 +853,6 @@ mod tests {
         );
     }
 
-    /// `signer`'s proof of `peer`'s tunnel `id` named `name`.
-    fn proof_by(
-        signer: &nearhop_wire::holder_proof::HolderSigner,
-        peer: &str,
-        name: &str,
-        id: i64,
-    ) -> Proof {
-        Proof {
-            tunnel_id: id,
-            signature: signer.prove(name, peer, id, TunnelKind::Http),
-        }
-    }
-
     #[test]
     fn a_claim_held_back_is_taken_once_the_keys_take_its_proof() {
         use nearhop_wire::holder_proof::HolderSigner;
@@ -874,7 +861,7 @@ mod tests {
         let old_only = HolderKeys::parse(&old.public_key(), None).expect("keys");
         let both = HolderKeys::parse(&new.public_key(), Some(&old.public_key())).expect("keys");
         let t = HolderTable::default();
-        let proof = proof_by(&new, "eu-1", "blog.a.test", 3);
+        let proof = Proof::by(&new, "eu-1", "blog.a.test", 3);
         assert!(t.hold_back("eu-1", "blog.a.test", TunnelKind::Http, &proof));
         assert_eq!(t.held_back(), 1);
         assert!(t.holder("blog.a.test").is_none(), "held back, not taken");
@@ -890,7 +877,7 @@ mod tests {
         assert_eq!(t.held_back(), 0);
         // Taken as a claim said then would be: a lower id than the name's highest is not,
         // and stays held back, displaced.
-        let stale = proof_by(&new, "ap-1", "blog.a.test", 2);
+        let stale = Proof::by(&new, "ap-1", "blog.a.test", 2);
         assert!(t.hold_back("ap-1", "blog.a.test", TunnelKind::Http, &stale));
         assert!(t.take_held_back(&both).is_empty());
         assert_eq!(peer_of(&t, "blog.a.test").as_deref(), Some("eu-1"));
@@ -898,7 +885,7 @@ mod tests {
         // A proof under no key control sends stays held back (a forged one: until the
         // peer's link ends).
         let stranger = HolderSigner::from_secret("nobodys-holder-secret");
-        let forged = proof_by(&stranger, "ap-1", "bank.a.test", 9);
+        let forged = Proof::by(&stranger, "ap-1", "bank.a.test", 9);
         assert!(t.hold_back("ap-1", "bank.a.test", TunnelKind::Http, &forged));
         assert!(t.take_held_back(&both).is_empty());
         assert_eq!(t.held_back(), 2);
@@ -917,7 +904,7 @@ mod tests {
                 "eu-1",
                 name,
                 TunnelKind::Http,
-                &proof_by(&new, "eu-1", name, id)
+                &Proof::by(&new, "eu-1", name, id)
             ));
         };
         hold("gone.a.test", 1);
@@ -957,7 +944,7 @@ mod tests {
         // A peer's share filled with claims a re-check dropped (the old key gone).
         for i in 0..MAX_HELD_BACK_PER_PEER {
             let name = format!("n{i}.a.test");
-            let proof = proof_by(&old, "eu-1", &name, 1);
+            let proof = Proof::by(&old, "eu-1", &name, 1);
             t.apply(
                 "eu-1",
                 HoldingChange::Added(name, TunnelKind::Http, Some(proof)),
@@ -966,7 +953,7 @@ mod tests {
         assert_eq!(t.recheck_peer("eu-1", &new_only), MAX_HELD_BACK_PER_PEER);
         assert_eq!(t.held_back(), MAX_HELD_BACK_PER_PEER);
         // A claim under a key this edge has not heard of yet still finds a place.
-        let fresh = proof_by(&new, "eu-1", "fresh.a.test", 2);
+        let fresh = Proof::by(&new, "eu-1", "fresh.a.test", 2);
         assert!(t.hold_back("eu-1", "fresh.a.test", TunnelKind::Http, &fresh));
         assert_eq!(t.held_back(), MAX_HELD_BACK_PER_PEER);
         let taken = t.take_held_back(&new_only);
@@ -975,7 +962,7 @@ mod tests {
             vec![("eu-1".to_string(), "fresh.a.test".to_string())]
         );
         // A dropped one does not push out another.
-        let more = proof_by(&old, "eu-1", "more.a.test", 3);
+        let more = Proof::by(&old, "eu-1", "more.a.test", 3);
         t.apply(
             "eu-1",
             HoldingChange::Added("more.a.test".into(), TunnelKind::Http, Some(more)),
@@ -1017,13 +1004,7 @@ mod tests {
         let both = HolderKeys::parse(&new.public_key(), Some(&leaked.public_key())).expect("keys");
         let new_only = HolderKeys::parse(&new.public_key(), None).expect("keys");
         let t = HolderTable::default();
-        let claim = |signer: &HolderSigner, peer: &str, name: &str, id: i64| {
-            HoldingChange::Added(
-                name.into(),
-                TunnelKind::Http,
-                Some(proof_by(signer, peer, name, id)),
-            )
-        };
+        let claim = HoldingChange::proven;
         // A genuine takeover: the old holder's claim is held back until it says "removed".
         t.apply("eu-1", claim(&new, "eu-1", "moved.a.test", 1));
         t.apply("us-1", claim(&new, "us-1", "moved.a.test", 2));
@@ -1061,13 +1042,9 @@ mod tests {
         let both = HolderKeys::parse(&k1.public_key(), Some(&k0.public_key())).expect("keys");
         let k1_only = HolderKeys::parse(&k1.public_key(), None).expect("keys");
         let claim = |signer: &HolderSigner, peer: &str, id: i64| {
-            HoldingChange::Added(
-                "n.a.test".into(),
-                TunnelKind::Http,
-                Some(proof_by(signer, peer, "n.a.test", id)),
-            )
+            HoldingChange::proven(signer, peer, "n.a.test", id)
         };
-        let later = proof_by(&k1, "eu-1", "n.a.test", 7);
+        let later = Proof::by(&k1, "eu-1", "n.a.test", 7);
         // Displaced: us-1's id 6 takes the name from eu-1's id 5 while eu-1's id 7, under
         // a key this edge has not heard of yet, is held back.
         let t = HolderTable::default();
@@ -1101,7 +1078,7 @@ mod tests {
         let keys = HolderKeys::parse(&new.public_key(), None).expect("keys");
         let t = HolderTable::default();
         for (peer, id) in [("eu-1", 3), ("ap-1", 4)] {
-            let proof = proof_by(&new, peer, "n.a.test", id);
+            let proof = Proof::by(&new, peer, "n.a.test", id);
             assert!(t.hold_back(peer, "n.a.test", TunnelKind::Http, &proof));
         }
         assert_eq!(
@@ -1128,7 +1105,7 @@ mod tests {
                 .expect("eu-1 has a feed")
         };
         t.apply("eu-1", add("spoke.a.test"));
-        let proof = proof_by(&new, "eu-1", "late.a.test", 1);
+        let proof = Proof::by(&new, "eu-1", "late.a.test", 1);
         assert!(t.hold_back("eu-1", "late.a.test", TunnelKind::Http, &proof));
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(t.take_held_back(&keys).len(), 1);

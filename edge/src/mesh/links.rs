@@ -1101,22 +1101,11 @@ mod tests {
     /// once they carry the current key alone, a claim under the previous one is refused.
     #[tokio::test]
     async fn claims_under_controls_previous_key_are_taken_while_control_sends_it() {
-        use super::super::protocol::Proof;
         use nearhop_wire::holder_proof::HolderSigner;
-        use nearhop_wire::TunnelKind::Http;
         let old = HolderSigner::from_secret("the-old-holder-secret");
         let new = HolderSigner::from_secret("the-new-holder-secret");
         let claim = |signer: &HolderSigner, name: &str, id: i64| {
-            let name = format!("{name}.a.test");
-            let signature = signer.prove(&name, "eu-1", id, Http);
-            HoldingChange::Added(
-                name,
-                Http,
-                Some(Proof {
-                    tunnel_id: id,
-                    signature,
-                }),
-            )
+            HoldingChange::proven(signer, "eu-1", &format!("{name}.a.test"), id)
         };
         let (mesh, _link) = mesh_with_eu_taking_unproven("127.0.0.1:9", false);
         let mesh = Arc::new(mesh);
@@ -1153,22 +1142,11 @@ mod tests {
     /// links to reconnect; claims under the new key, and unproven ones, stay.
     #[tokio::test]
     async fn claims_under_a_key_control_dropped_are_checked_again_and_dropped() {
-        use super::super::protocol::Proof;
         use nearhop_wire::holder_proof::HolderSigner;
         use nearhop_wire::TunnelKind::Http;
         let old = HolderSigner::from_secret("the-leaked-holder-secret");
         let new = HolderSigner::from_secret("the-new-holder-secret");
-        let claim = |signer: &HolderSigner, peer: &str, name: &str, id: i64| {
-            let signature = signer.prove(name, peer, id, Http);
-            HoldingChange::Added(
-                name.to_string(),
-                Http,
-                Some(Proof {
-                    tunnel_id: id,
-                    signature,
-                }),
-            )
-        };
+        let claim = HoldingChange::proven;
         let (mesh, _link) = mesh_with_eu_taking_unproven("127.0.0.1:9", true);
         let mesh = Arc::new(mesh);
         // `v2` feeds, so that a claim without a proof is taken too.
@@ -1259,21 +1237,12 @@ mod tests {
     /// again, so their tunnels are relayed without waiting for the link to reconnect.
     #[tokio::test]
     async fn claims_refused_under_a_key_not_heard_of_yet_are_taken_when_it_comes() {
-        use super::super::protocol::Proof;
         use super::super::Refusal;
         use nearhop_wire::holder_proof::HolderSigner;
-        use nearhop_wire::TunnelKind::Http;
         let old = HolderSigner::from_secret("the-old-holder-secret");
         let new = HolderSigner::from_secret("the-new-holder-secret");
         let claim = |signer: &HolderSigner, name: &str, id: i64| {
-            HoldingChange::Added(
-                name.to_string(),
-                Http,
-                Some(Proof {
-                    tunnel_id: id,
-                    signature: signer.prove(name, "eu-1", id, Http),
-                }),
-            )
+            HoldingChange::proven(signer, "eu-1", name, id)
         };
         let (mesh, _link) = mesh_with_eu_taking_unproven("127.0.0.1:9", false);
         let mesh = Arc::new(mesh);

@@ -168,6 +168,36 @@ pub struct Proof {
     pub signature: String,
 }
 
+#[cfg(test)]
+impl Proof {
+    /// `signer`'s proof that `peer` holds `name` as HTTP tunnel `tunnel_id` (tests).
+    pub fn by(
+        signer: &nearhop_wire::holder_proof::HolderSigner,
+        peer: &str,
+        name: &str,
+        tunnel_id: i64,
+    ) -> Proof {
+        Proof {
+            tunnel_id,
+            signature: signer.prove(name, peer, tunnel_id, TunnelKind::Http),
+        }
+    }
+}
+
+#[cfg(test)]
+impl HoldingChange {
+    /// `peer`'s claim to `name` as HTTP tunnel `tunnel_id`, proven by `signer` (tests).
+    pub fn proven(
+        signer: &nearhop_wire::holder_proof::HolderSigner,
+        peer: &str,
+        name: &str,
+        tunnel_id: i64,
+    ) -> HoldingChange {
+        let proof = Proof::by(signer, peer, name, tunnel_id);
+        HoldingChange::Added(name.to_string(), TunnelKind::Http, Some(proof))
+    }
+}
+
 /// One line of the holdings feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HoldingChange {

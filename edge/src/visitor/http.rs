@@ -453,14 +453,11 @@ impl VisitorConn {
                 Err(NotAnswered::Failed(failed)) => failed,
                 Err(NotAnswered::HeldElsewhere) => {
                     tracing::debug!("relayed request's tunnel is held by another edge now");
-                    // Only a request the relaying edge sends again is handed back (on either
-                    // of its paths, the proxy and the byte path: `sent_again_on_relay`, the
-                    // idempotent methods without a body); any other would be lost with the
+                    // Only a request the relaying edge sends again is handed back: one safe to
+                    // send twice (`Replay`), the rule of both its paths (the byte path's is
+                    // `http1_frames::safe_to_send_twice`); any other would be lost with the
                     // channel, so its visitor is told.
-                    let sent_again = replay.as_ref().is_some_and(|r| {
-                        crate::visitor::http1_frames::sent_again_on_relay(r.method.as_str())
-                    });
-                    if self.arrival == Arrival::RelayedWhole || !sent_again {
+                    if self.arrival == Arrival::RelayedWhole || replay.is_none() {
                         return Ok(self.count(pages::tunnel_moved(), "edge"));
                     }
                     return Err(HeldElsewhere);

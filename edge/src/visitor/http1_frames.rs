@@ -46,19 +46,16 @@ pub struct RequestHead {
     /// without `keep-alive`).
     pub close: bool,
     /// Whether it may be sent twice: an idempotent method without a body
-    /// ([`sent_again_on_relay`]).
+    /// ([`safe_to_send_twice`]).
     pub replayable: bool,
 }
 
-/// Whether a request with this method (and no body) is sent again by a relaying edge whose
-/// holder handed it back or went before answering: the idempotent methods (RFC 9110
-/// §9.2.2), as the relaying edge's HTTP proxy decides too (`visitor::http`, `Replay`), so
-/// that both its paths agree with what the holder hands back.
-pub fn sent_again_on_relay(method: &str) -> bool {
-    matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-    )
+/// Whether a request with this method (and no body) may be sent again when its holder
+/// handed it back or went before answering: an idempotent method (RFC 9110 §9.2.2), the
+/// same rule as the HTTP proxy's (`visitor::http`, `Replay`), so that the relaying edge's
+/// two paths agree with what the holder hands back.
+fn safe_to_send_twice(method: &str) -> bool {
+    hyper::Method::from_bytes(method.as_bytes()).is_ok_and(|m| m.is_idempotent())
 }
 
 /// What the start of a buffer holds.
@@ -135,7 +132,7 @@ pub fn scan_head(buf: &[u8]) -> HeadScan {
             body,
             is_head: req.method == Some("HEAD"),
             close: closes(req.headers, req.version),
-            replayable: body == BodyFraming::Empty && req.method.is_some_and(sent_again_on_relay),
+            replayable: body == BodyFraming::Empty && req.method.is_some_and(safe_to_send_twice),
         }),
         None => HeadScan::ForHyper,
     }
