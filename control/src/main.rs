@@ -200,7 +200,10 @@ fn parse_plan(s: &str) -> Result<Plan, String> {
 
 fn init_logging() {
     use tracing_subscriber::{fmt, EnvFilter};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // actix logs every connection whose request it could not read at `error`: a client's
+    // fault, which `api::unreadable_heads` logs at `info` with the answer it got.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,actix_http::h1::dispatcher=off"));
     if std::env::var("NEARHOP_LOG_FORMAT").as_deref() == Ok("json") {
         fmt()
             .with_env_filter(filter)
@@ -478,17 +481,51 @@ async fn serve(cfg: config::Config, migrate: bool) -> Result<()> {
     tokio::spawn(acme::run(st.clone()));
     let data = actix_web::web::Data::new(st);
     tracing::info!(%listen, "control listening");
-    actix_web::HttpServer::new(move || {
-        actix_web::App::new()
-            .app_data(data.clone())
-            .wrap(actix_web::middleware::from_fn(api::refuse_nul_in_target))
-            .configure(api::configure)
-    })
-    // Longer than the edges' pool idle (see the constant): see docs/control.md.
-    .keep_alive(nearhop_wire::API_SERVER_KEEP_ALIVE)
-    .bind(listen)
-    .with_context(|| format!("binding {listen}"))?
-    .run()
-    .await?;
+    // actix-web's `HttpServer` with one change: each connection passes through
+    // `api::unreadable_heads`, so a request actix cannot read gets control's JSON error.
+    use actix_service::ServiceFactoryExt as _;
+    let listener =
+        std::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    let local = listener.local_addr()?;
+    let builder = actix_server::Server::build();
+    // Keep-alive connections close when the server stops, as under `HttpServer`: else a
+    // pooled idle connection holds a stopping control for its whole shutdown timeout.
+    let stopping = builder.graceful_shutdown_signal();
+    builder
+        .listen("control-api", listener, move || {
+            let app = actix_web::App::new()
+                .app_data(data.clone())
+                .wrap(actix_web::middleware::from_fn(api::refuse_nul_in_target))
+                .configure(api::configure);
+            let app = actix_service::IntoServiceFactory::into_factory(app)
+                .map_err(|e: actix_web::Error| e.error_response());
+            let stopping = stopping.clone();
+            let h1 = actix_http::HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let stopping = stopping.clone();
+                    async move { stopping.notified().await }
+                })
+                .local_addr(local)
+                // Longer than the edges' pool idle (see the constant): see docs/control.md.
+                .keep_alive(nearhop_wire::API_SERVER_KEEP_ALIVE)
+                // actix-web's own defaults, which `HttpServer` sets (half-closed
+                // connections are allowed in actix-http's as well).
+                .client_request_timeout(std::time::Duration::from_secs(5))
+                .client_disconnect_timeout(std::time::Duration::from_secs(1))
+                .h1(actix_service::map_config(app, |_| {
+                    actix_web::dev::AppConfig::default()
+                }));
+            actix_service::fn_service(|io: actix_web::rt::net::TcpStream| {
+                let peer = io.peer_addr().ok();
+                std::future::ready(Ok::<_, actix_http::error::DispatchError>((
+                    api::unreadable_heads::Explained::new(io, peer),
+                    peer,
+                )))
+            })
+            .and_then(h1)
+        })
+        .with_context(|| format!("listening on {listen}"))?
+        .run()
+        .await?;
     Ok(())
 }

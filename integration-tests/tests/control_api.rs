@@ -647,3 +647,105 @@ fn an_idle_keep_alive_connection_is_still_open_after_six_seconds() {
         nearhop_wire::API_CLIENT_POOL_IDLE
     );
 }
+
+/// Sends `request` to control on a raw socket (from a thread of its own, so that a head
+/// control stops reading does not block the test) and returns everything it answers up
+/// to the close.
+fn raw_exchange(addr: &str, request: Vec<u8>) -> String {
+    use std::io::{Read, Write};
+    let stream = std::net::TcpStream::connect(addr).expect("connect to control");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        // Control may close before it has read it all: the answer is what counts.
+        for piece in request.chunks(16 * 1024) {
+            if writer.write_all(piece).is_err() {
+                break;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let mut reader = stream;
+    reader
+        .read_to_end(&mut got)
+        .unwrap_or_else(|e| panic!("reading control's answer: {e} (so far {got:?})"));
+    sending.join().unwrap();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The ApiError body at the end of `answer`, which must have `status` and close.
+fn refusal(answer: &str, status: u16) -> ApiError {
+    let (head, body) = answer
+        .rsplit_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no answer: {answer:?}"));
+    let last_head = &head[head.rfind("HTTP/1.1 ").unwrap_or(0)..];
+    assert!(
+        last_head.starts_with(&format!("HTTP/1.1 {status} ")),
+        "want {status}: {answer:?}"
+    );
+    assert!(
+        last_head.contains("content-type: application/json"),
+        "{answer:?}"
+    );
+    assert!(last_head.contains("connection: close"), "{answer:?}");
+    let error: ApiError =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: not an ApiError: {answer:?}"));
+    assert_eq!(error.error.code, ErrorCode::BadRequest, "{answer:?}");
+    error
+}
+
+#[test]
+fn a_request_control_cannot_read_gets_a_json_error_that_says_why() {
+    let stack = start(None);
+    let addr = stack.control.url.trim_start_matches("http://").to_string();
+
+    let malformed = raw_exchange(&addr, b"GARBAGE\r\n\r\n".to_vec());
+    let error = refusal(&malformed, 400);
+    assert!(
+        error.error.message.contains("not valid HTTP/1.1"),
+        "{malformed:?}"
+    );
+
+    // A head of 1 MiB, far past actix's 128 KiB, sent on while control answers: the answer
+    // arrives whole, not as a reset.
+    let mut huge = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nX-Big: ").into_bytes();
+    huge.extend(std::iter::repeat_n(b'a', 1 << 20));
+    huge.extend_from_slice(b"\r\n\r\n");
+    let too_large = raw_exchange(&addr, huge);
+    let error = refusal(&too_large, 431);
+    assert!(error.error.message.contains("128 KiB"), "{too_large:?}");
+
+    let mut many = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n");
+    for i in 0..100 {
+        many.push_str(&format!("X-{i}: 1\r\n"));
+    }
+    many.push_str("\r\n");
+    refusal(&raw_exchange(&addr, many.into_bytes()), 431);
+
+    // A head that never ends.
+    let slow = raw_exchange(&addr, b"GET /healthz HTTP/1.1\r\n".to_vec());
+    let error = refusal(&slow, 408);
+    assert!(error.error.message.contains("5 seconds"), "{slow:?}");
+
+    // A good request, then a bad one on the same connection: the first is answered as
+    // always, then the refusal.
+    let pipelined = raw_exchange(
+        &addr,
+        format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\nGARBAGE\r\n\r\n").into_bytes(),
+    );
+    assert!(pipelined.starts_with("HTTP/1.1 200 "), "{pipelined:?}");
+    assert!(pipelined.contains("\"ok\":true"), "{pipelined:?}");
+    refusal(&pipelined, 400);
+
+    // The API's own refusals are as before: a JSON 404, and the connection stays open.
+    let api = EdgeApi::new(&stack);
+    let status = api
+        .http
+        .get(format!("{}/v1/nothing", api.base))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+}

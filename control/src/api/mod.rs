@@ -6,6 +6,7 @@ pub mod edges;
 pub mod extract;
 pub mod metrics;
 pub mod tunnels;
+pub mod unreadable_heads;
 
 use crate::error::ControlError;
 use actix_web::body::MessageBody;
