@@ -433,10 +433,20 @@ fn certificate_lines(rows: &[acme::store::CertificateStatus]) -> String {
     }
     let mut out = Vec::new();
     for r in rows {
+        let serial = r.serial.as_deref().unwrap_or("?");
+        let failed = |e: &str| match r.failures {
+            n if n > 1 => format!("failed {n} times in a row, last: {e}"),
+            _ => format!("failed: {e}"),
+        };
         let state = match (&r.not_after, &r.last_error) {
-            (Some(t), None) => format!("valid until {t}"),
-            (Some(t), Some(e)) => format!("valid until {t}; last renewal failed: {e}"),
-            (None, Some(e)) => format!("not issued; failed: {e}"),
+            (Some(t), None) => format!("valid until {t}, serial {serial}"),
+            (Some(t), Some(e)) => {
+                format!(
+                    "valid until {t}, serial {serial}; last renewal {}",
+                    failed(e)
+                )
+            }
+            (None, Some(e)) => format!("not issued; {}", failed(e)),
             (None, None) => "not issued yet".into(),
         };
         out.push(format!(
@@ -528,4 +538,48 @@ async fn serve(cfg: config::Config, migrate: bool) -> Result<()> {
         .run()
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_list_shows_the_serial_and_the_failures_in_a_row() {
+        let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().expect("time");
+        let row = |serial: Option<&str>, failures, last_error: Option<&str>| {
+            acme::store::CertificateStatus {
+                subject: "a.tunnel.test".into(),
+                kind: "zone".into(),
+                names: vec!["*.a.tunnel.test".into()],
+                in_service: serial.is_some(),
+                serial: serial.map(str::to_string),
+                not_after: serial.map(|_| at("2027-03-01T00:00:00Z")),
+                issued_at: None,
+                failures,
+                last_error: last_error.map(str::to_string),
+                next_attempt_at: at("2027-01-30T00:00:00Z"),
+                challenge_cname: None,
+            }
+        };
+        let lines = certificate_lines(&[
+            row(Some("0a1b"), 0, None),
+            row(Some("0a1b"), 3, Some("rate limited")),
+            row(None, 1, Some("no answer")),
+        ]);
+        let lines: Vec<&str> = lines.lines().collect();
+        assert!(
+            lines[0].contains("valid until 2027-03-01 00:00:00 UTC, serial 0a1b;"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1]
+                .contains("serial 0a1b; last renewal failed 3 times in a row, last: rate limited;"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].contains("not issued; failed: no answer;"),
+            "{lines:?}"
+        );
+    }
 }
