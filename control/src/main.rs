@@ -465,6 +465,21 @@ fn certificate_lines(rows: &[acme::store::CertificateStatus]) -> String {
     out.join("\n")
 }
 
+/// The API's listening socket, as actix-web's `HttpServer::bind` makes it: `SO_REUSEADDR`
+/// (a restarted control binds at once) and a backlog of 1,024 (edges reconnecting together
+/// after control comes back), where the standard library's bind leaves 128.
+fn api_listener(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 async fn serve(cfg: config::Config, migrate: bool) -> Result<()> {
     let listen = cfg.listen;
     edge_auth::warn_if_legacy(&cfg);
@@ -494,8 +509,7 @@ async fn serve(cfg: config::Config, migrate: bool) -> Result<()> {
     // actix-web's `HttpServer` with one change: each connection passes through
     // `api::unreadable_heads`, so a request actix cannot read gets control's JSON error.
     use actix_service::ServiceFactoryExt as _;
-    let listener =
-        std::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    let listener = api_listener(listen).with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr()?;
     let builder = actix_server::Server::build();
     // Keep-alive connections close when the server stops, as under `HttpServer`: else a
@@ -522,6 +536,8 @@ async fn serve(cfg: config::Config, migrate: bool) -> Result<()> {
                 // connections are allowed in actix-http's as well).
                 .client_request_timeout(std::time::Duration::from_secs(5))
                 .client_disconnect_timeout(std::time::Duration::from_secs(1))
+                // The app's host and address (AppConfig's defaults here, not the listen
+                // address as under `HttpServer`) are read by nothing in control.
                 .h1(actix_service::map_config(app, |_| {
                     actix_web::dev::AppConfig::default()
                 }));

@@ -738,6 +738,17 @@ fn a_request_control_cannot_read_gets_a_json_error_that_says_why() {
     assert!(pipelined.starts_with("HTTP/1.1 200 "), "{pipelined:?}");
     assert!(pipelined.contains("\"ok\":true"), "{pipelined:?}");
     refusal(&pipelined, 400);
+    // The same after an HTTP/1.0 request that kept its connection alive (actix's own answer
+    // then differs: HTTP/1.0 and `connection: keep-alive`).
+    let after_http10 = raw_exchange(
+        &addr,
+        b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGARBAGE\r\n\r\n".to_vec(),
+    );
+    assert!(
+        after_http10.starts_with("HTTP/1.0 200 "),
+        "{after_http10:?}"
+    );
+    refusal(&after_http10, 400);
 
     // The API's own refusals are as before: a JSON 404, and the connection stays open.
     let api = EdgeApi::new(&stack);

@@ -28,51 +28,59 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Bytes read and dropped after the answer before the socket is closed.
 const LINGER_BYTES: usize = 64 * 1024;
 
-/// The status lines of actix's bare answers, and what control says instead.
+/// The status lines of actix's bare answers (after the version, `HTTP/1.1 ` or, on an
+/// HTTP/1.0 connection, `HTTP/1.0 `), and what control says instead.
 const REFUSALS: [(&[u8], u16, &str, &str); 3] = [
     (
-        b"HTTP/1.1 400 Bad Request\r\n",
+        b"400 Bad Request\r\n",
         400,
         "Bad Request",
         "the request is not valid HTTP/1.1 (a malformed request line, header field, \
          Content-Length or Transfer-Encoding); control's API takes JSON over HTTP/1.1",
     ),
     (
-        b"HTTP/1.1 408 Request Timeout\r\n",
+        b"408 Request Timeout\r\n",
         408,
         "Request Timeout",
         "the request's head did not arrive within 5 seconds of the connection; send the \
          whole head at once",
     ),
     (
-        b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+        b"431 Request Header Fields Too Large\r\n",
         431,
         "Request Header Fields Too Large",
         "the request's head is larger than 128 KiB or has more than 96 header fields",
     ),
 ];
 
-/// The field lines actix writes after the status line, before `date`.
-const FIELDS: [&[u8]; 2] = [
+/// The field lines actix writes after the status line, before `date` (`keep-alive` on an
+/// HTTP/1.0 connection that asked for it; actix closes it all the same).
+const FIELDS: [&[u8]; 3] = [
     b"content-length: 0\r\nconnection: close\r\n",
+    b"content-length: 0\r\nconnection: keep-alive\r\n",
     b"content-length: 0\r\n",
 ];
+
+/// `HTTP/1.1 ` or `HTTP/1.0 `.
+const VERSION: usize = "HTTP/1.1 ".len();
 
 /// Length of the `date` field line: `date: `, an IMF-fixdate of 29 characters, CRLF.
 const DATE_LINE: usize = "date: ".len() + 29 + 2;
 
 /// The longest of actix's bare answers (the 431 with every field): no more of a write's end
 /// is looked at.
-const LONGEST: usize = REFUSALS[2].0.len() + FIELDS[0].len() + DATE_LINE + 2;
+const LONGEST: usize = VERSION + REFUSALS[2].0.len() + FIELDS[1].len() + DATE_LINE + 2;
 
 /// Where actix's bare answer starts in `buf`, and which of [`REFUSALS`] it is, when `buf`
 /// ends with one.
 fn bare_answer_at_end(buf: &[u8]) -> Option<(usize, usize)> {
     let from = buf.len().saturating_sub(LONGEST);
     let tail = &buf[from..];
-    // The answer's status line is the last "HTTP/1.1 " in the tail: its fields hold none.
-    let start = tail.windows(9).rposition(|w| w == b"HTTP/1.1 ")?;
-    let answer = &tail[start..];
+    // The answer's status line is the last "HTTP/1.x " in the tail: its fields hold none.
+    let start = tail
+        .windows(VERSION)
+        .rposition(|w| w == b"HTTP/1.1 " || w == b"HTTP/1.0 ")?;
+    let answer = &tail[start + VERSION..];
     let which = REFUSALS.iter().position(|r| answer.starts_with(r.0))?;
     let fields = &answer[REFUSALS[which].0.len()..];
     let rest = FIELDS.iter().find_map(|f| fields.strip_prefix(*f))?;
@@ -264,6 +272,14 @@ mod tests {
         .into_iter()
         .enumerate()
         {
+            let http10 = line.replace("HTTP/1.1", "HTTP/1.0");
+            let keep_alive =
+                format!("{http10}\r\ncontent-length: 0\r\nconnection: keep-alive\r\n{DATE}\r\n");
+            assert_eq!(
+                bare_answer_at_end(keep_alive.as_bytes()),
+                Some((0, which)),
+                "{keep_alive:?}"
+            );
             for close in [true, false] {
                 let alone = bare(line, close);
                 assert_eq!(bare_answer_at_end(alone.as_bytes()), Some((0, which)));
