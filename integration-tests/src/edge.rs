@@ -193,6 +193,11 @@ impl EdgeProcess {
         SocketAddr::from((self.spec.ip, self.spec.http))
     }
 
+    /// Visitor TLS address (also plain HTTP and SSH, with `ssh_on_tls_port`).
+    pub fn tls_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.spec.ip, self.spec.tls))
+    }
+
     /// Admin base URL.
     pub fn admin_url(&self) -> String {
         format!("http://{}:{}", self.spec.ip, self.spec.admin)

@@ -997,6 +997,14 @@ fn one_address_or_tunnel_holding_its_share_leaves_room_for_the_others() {
         answer.contains("Too many connections from your address"),
         "{answer}"
     );
+    // So is one in plain HTTP on the TLS port, which takes HTTP visitors too.
+    let mut on_tls_port = connect_from([127, 0, 0, 7], s.edge.tls_addr());
+    write!(on_tls_port, "GET / HTTP/1.1\r\nHost: {host_a}\r\n\r\n").unwrap();
+    let answer = String::from_utf8_lossy(&closed_by_edge(&mut on_tls_port)).into_owned();
+    assert!(
+        answer.contains("Too many connections from your address"),
+        "plain HTTP on the TLS port: {answer}"
+    );
     let other = reqwest::blocking::Client::builder()
         .resolve(&url_host_port(&url_b).unwrap().0, http)
         .local_address(std::net::IpAddr::from([127, 0, 0, 8]))
@@ -1012,7 +1020,7 @@ fn one_address_or_tunnel_holding_its_share_leaves_room_for_the_others() {
             "nearhop_edge_visitor_share_refused_total",
             &[("share", "address")]
         ),
-        Some(1.0)
+        Some(2.0)
     );
     held.clear();
 

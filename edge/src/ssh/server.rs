@@ -153,7 +153,10 @@ async fn handle_connection(
     link: Arc<crate::ssh::link::SessionLink>,
     unauthenticated: UnauthenticatedSlot,
 ) {
-    let auth_deadline = Duration::from_secs(edge.config.ssh_auth_deadline_seconds.max(1));
+    // One deadline from here to authentication, however the client splits its time between
+    // identification, key exchange and authentication.
+    let auth_deadline = tokio::time::Instant::now()
+        + Duration::from_secs(edge.config.ssh_auth_deadline_seconds.max(1));
     // Inside key exchange russh does not act on a disconnect asked through its handle: at
     // the deadline the socket is shut through this second handle too (io::cut_off).
     let cut = match crate::io::cut_off::second_handle(&stream) {
@@ -185,7 +188,7 @@ async fn handle_connection(
         )
         .await
     };
-    let started = tokio::time::timeout(auth_deadline, start).await;
+    let started = tokio::time::timeout_at(auth_deadline, start).await;
     let running = match started {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
@@ -203,7 +206,7 @@ async fn handle_connection(
     let auth_watch = {
         let link = link.clone();
         tokio::spawn(async move {
-            let authenticated = tokio::time::timeout(auth_deadline, link.until_authenticated());
+            let authenticated = tokio::time::timeout_at(auth_deadline, link.until_authenticated());
             if authenticated.await.is_err() {
                 link.disconnect("Authentication took too long.").await;
                 // Time for the message to leave; a session still inside key exchange has
