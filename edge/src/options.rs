@@ -63,6 +63,37 @@ pub enum OptionError {
     TooMany,
 }
 
+/// Request headers that say how the request is framed and how its connection is kept: the
+/// edge sets them for the hop to the local service, so a header rule on one would cut the
+/// body short, leave the service waiting for bytes that never come, or break the
+/// connection.
+const EDGE_OWNED_HEADERS: [&str; 8] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+];
+
+/// The refusal of a header rule for `Host` other than `u:Host:NAME`.
+const HOST_IS_ONE: &str =
+    "a request carries exactly one Host; set it with u:Host:NAME (a: would add a second, r: leave none)";
+
+/// Refuses a header rule for one of [`EDGE_OWNED_HEADERS`].
+fn refuse_edge_owned(name: &HeaderName) -> Result<(), &'static str> {
+    if EDGE_OWNED_HEADERS.contains(&name.as_str()) {
+        return Err(
+            "Content-Length, Transfer-Encoding and the connection's own headers \
+                    (Connection, Keep-Alive, Upgrade, TE, Trailer, Proxy-Connection) are the \
+                    edge's to set for each request; a:, u: and r: cannot change them",
+        );
+    }
+    Ok(())
+}
+
 impl TunnelOptions {
     /// Parses the command words.
     pub fn parse(command: &str) -> Result<TunnelOptions, OptionError> {
@@ -125,6 +156,15 @@ impl TunnelOptions {
                     .map_err(|_| bad("not a valid header name"))?;
                 let value =
                     HeaderValue::from_str(value).map_err(|_| bad("not a valid header value"))?;
+                refuse_edge_owned(&name).map_err(bad)?;
+                if name == hyper::header::HOST {
+                    if key == "a" {
+                        return Err(bad(HOST_IS_ONE));
+                    }
+                    if value.is_empty() {
+                        return Err(bad("u:Host needs a host name, e.g. u:Host:myapp.local"));
+                    }
+                }
                 self.header_rules.push(if key == "a" {
                     HeaderRule::Add(name, value)
                 } else {
@@ -134,6 +174,10 @@ impl TunnelOptions {
             "r" => {
                 let name = HeaderName::from_bytes(rest.as_bytes())
                     .map_err(|_| bad("not a valid header name"))?;
+                refuse_edge_owned(&name).map_err(bad)?;
+                if name == hyper::header::HOST {
+                    return Err(bad(HOST_IS_ONE));
+                }
                 self.header_rules.push(HeaderRule::Remove(name));
             }
             "x" => match rest {
@@ -185,6 +229,37 @@ impl TunnelOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_rules_on_the_framing_headers_and_a_second_or_no_host_are_refused() {
+        for words in [
+            "u:Content-Length:5",
+            "a:Transfer-Encoding:chunked",
+            "r:content-length",
+            "u:Connection:close",
+            "a:Upgrade:websocket",
+            "r:TE",
+            "a:Host:other.example",
+            "r:Host",
+            "u:Host:",
+        ] {
+            let e = TunnelOptions::parse(words).expect_err(words);
+            assert!(matches!(e, OptionError::Malformed(..)), "{words}: {e}");
+        }
+        let e = TunnelOptions::parse("u:Content-Length:5")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("are the edge's to set"), "{e}");
+        // Setting Host, and rules on any other header, stay as they were.
+        for words in [
+            "u:Host:myapp.local",
+            "a:X-Length:5",
+            "r:X-Forwarded-For",
+            "u:Expect:x",
+        ] {
+            TunnelOptions::parse(words).expect(words);
+        }
+    }
 
     #[test]
     fn all_option_kinds_parse() {

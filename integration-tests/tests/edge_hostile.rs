@@ -44,6 +44,18 @@ fn bad_tokens_and_absurd_usernames_get_clear_sentences() {
     let out = c.wait_exit(PATIENCE).unwrap();
     assert!(out.contains("characters long"), "{out}");
     assert!(s.edge.is_running());
+    // Refusals of the user's own request are no failure of control's.
+    let m = s.edge.metrics().unwrap();
+    assert_eq!(
+        metric(
+            &m,
+            "nearhop_edge_control_errors_total",
+            &[("call", "create_tunnel")]
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "a refused token counted as a control error"
+    );
     // A token in the wrong place is neither echoed (checked above) nor logged.
     let log = std::fs::read_to_string(s.edge.log()).unwrap();
     assert!(
@@ -264,6 +276,17 @@ fn unreadable_request_heads_get_a_page_that_says_why() {
         &raw_exchange(http, &cookies),
         "431",
         "clear this site's cookies",
+    );
+    // A URL past the same bound is named too (the 414 for URLs over 65,534 bytes comes
+    // only with a larger visitor_max_header_bytes).
+    let long_url = format!(
+        "GET /{} HTTP/1.1\r\nHost: {host}\r\n\r\n",
+        "u".repeat(70_000)
+    );
+    page_of(
+        &raw_exchange(http, &long_url),
+        "431",
+        "If the URL is very long, send large data in the request body",
     );
     // The same on a kept-alive connection, whose heads hyper reads: a head over the bound
     // is refused although its end comes in the same read.
@@ -1188,4 +1211,134 @@ fn a_client_stalling_in_key_exchange_is_cut_at_the_auth_deadline() {
     client
         .wait_for_url(PATIENCE)
         .expect("a tunnel after the stall");
+}
+
+/// An OpenSSH client with its stdin piped (so the test types into it), its output read on a
+/// thread into a shared string; `-tt` asks for a terminal, `-T` for none.
+struct TypedSsh {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl TypedSsh {
+    fn start(s: &EdgeStack, terminal: &str, port: u16) -> TypedSsh {
+        let addr = s.edge.ssh_addr();
+        let mut child = std::process::Command::new("ssh")
+            .args([terminal, "-p", &addr.port().to_string(), "-F", "/dev/null"])
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+            .arg("-R")
+            .arg(format!("0:localhost:{port}"))
+            .arg(format!("{}@{}", s.pro_token(), addr.ip()))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ssh starts");
+        let stdin = child.stdin.take().expect("stdin");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        for mut from in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = from.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(&chunk[..n]).into_owned();
+                    output.lock().unwrap().push_str(&text);
+                }
+            });
+        }
+        TypedSsh {
+            child,
+            stdin,
+            output,
+        }
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    fn url(&self) -> String {
+        let mut url = None;
+        eventually("the URL is printed", || {
+            url = nearhop_stack::edge::find_url(&self.output());
+            anyhow::ensure!(url.is_some(), "{}", self.output());
+            Ok(())
+        });
+        url.unwrap_or_default()
+    }
+}
+
+impl Drop for TypedSsh {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Ctrl-C typed in a terminal session closes the tunnel, as users expect; the same byte
+/// from a client without a terminal is not a key press (sftp's first message holds one,
+/// and so may anything piped into `ssh -T`), so its tunnel stays. A subsystem (sftp) is
+/// refused with a sentence, not served silently or cut with "Closed by you".
+#[test]
+fn ctrl_c_closes_a_terminal_session_only_and_sftp_is_refused_with_a_sentence() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start("local");
+
+    let mut piped = TypedSsh::start(&s, "-T", local.port);
+    let url = piped.url();
+    piped.stdin.write_all(&[3, 4]).unwrap();
+    piped.stdin.flush().unwrap();
+    // Time for the bytes to reach the edge; the old edge closed the session on them.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(s.visit(&url, "/").status(), 200, "{}", piped.output());
+    assert!(
+        piped.child.try_wait().unwrap().is_none(),
+        "the client without a terminal was disconnected: {}",
+        piped.output()
+    );
+
+    let mut typed = TypedSsh::start(&s, "-tt", local.port);
+    typed.url();
+    typed.stdin.write_all(&[3]).unwrap();
+    typed.stdin.flush().unwrap();
+    eventually("Ctrl-C in a terminal session closes it", || {
+        anyhow::ensure!(typed.child.try_wait()?.is_some(), "{}", typed.output());
+        Ok(())
+    });
+    assert!(
+        typed.output().contains("Closed by you"),
+        "{}",
+        typed.output()
+    );
+
+    let addr = s.edge.ssh_addr();
+    let sftp = std::process::Command::new("sftp")
+        .args([
+            "-P",
+            &addr.port().to_string(),
+            "-F",
+            "/dev/null",
+            "-b",
+            "/dev/null",
+        ])
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+        .args(["-o", "UserKnownHostsFile=/dev/null"])
+        .arg(format!("{}@{}", s.pro_token(), addr.ip()))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("sftp runs");
+    let said = String::from_utf8_lossy(&sftp.stderr);
+    assert!(!sftp.status.success(), "{said}");
+    assert!(
+        said.contains("serves no \"sftp\" subsystem"),
+        "sftp is told why: {said}"
+    );
 }

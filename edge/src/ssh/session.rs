@@ -27,6 +27,10 @@ pub struct SshSession {
     forwards_requested: usize,
     next_virtual_port: u32,
     refused: bool,
+    /// The client asked for a terminal: its Ctrl-C and Ctrl-D arrive as bytes 3 and 4 on the
+    /// session channel (without one, a local Ctrl-C stops the client itself, and the
+    /// channel's bytes are whatever the client pipes in, which may hold any byte).
+    terminal: bool,
     /// The session's span (`ssh`, session id, peer). russh runs this handler on a task of
     /// its own, outside the span the connection was accepted in, so the handler's logs and
     /// the tasks it spawns take it from here.
@@ -46,6 +50,7 @@ impl SshSession {
             forwards_requested: 0,
             next_virtual_port: first_port,
             refused: false,
+            terminal: false,
             span: tracing::Span::current(),
         }
     }
@@ -310,6 +315,33 @@ impl Handler for SshSession {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         session.channel_success(channel)?;
+        self.terminal = true;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let name: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
+        let sentence = format!(
+            "this server makes tunnels and serves no {name:?} subsystem (sftp, scp and file \
+             transfers are not available); open a tunnel with ssh -R0:localhost:PORT ..."
+        );
+        // Accepted so that the sentence reaches the client's stderr on this channel: a
+        // client told "failure" (sftp) exits before the disconnect's reason arrives.
+        session.channel_success(channel)?;
+        write_lines(
+            session,
+            channel,
+            vec![(true, format!("nearhop: {sentence}"))],
+        );
+        session.exit_status_request(channel, 1)?;
+        session.eof(channel)?;
+        session.close(channel)?;
+        self.refuse(&sentence);
         Ok(())
     }
 
@@ -364,7 +396,7 @@ impl Handler for SshSession {
             return Ok(());
         }
         // Ctrl-C or Ctrl-D in an interactive session ends it, as users of Pinggy expect.
-        if data.iter().any(|b| *b == 3 || *b == 4) {
+        if self.terminal && data.iter().any(|b| *b == 3 || *b == 4) {
             self.link.queue(false, "Closing your tunnel. Bye.".into());
             self.flush(session);
             let _ = session.disconnect(Disconnect::ByApplication, "Closed by you.", "en");

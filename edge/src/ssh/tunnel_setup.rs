@@ -8,7 +8,9 @@ use crate::ssh::messages;
 use crate::ssh::username::UserRequest;
 use crate::tunnels::{ForwardTarget, Tunnel};
 use crate::visitor::tcp as visitor_tcp;
-use nearhop_wire::{CloseTunnelRequest, CreateTunnelRequest, CreateTunnelResponse, TunnelKind};
+use nearhop_wire::{
+    CloseTunnelRequest, CreateTunnelRequest, CreateTunnelResponse, ErrorCode, TunnelKind,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
@@ -110,10 +112,18 @@ async fn create(
         client_addr: link.peer.ip().to_string(),
     };
     let resp = edge.control.create_tunnel(&req).await.map_err(|e| {
-        edge.metrics
-            .control_errors_total
-            .with_label_values(&["create_tunnel"])
-            .inc();
+        // A refusal of the user's request (a bad token, a name in use) is control working;
+        // only control failing to answer, or answering that it cannot, is its error.
+        let failed = matches!(
+            e.code(),
+            None | Some(ErrorCode::DatabaseUnavailable | ErrorCode::Internal)
+        );
+        if failed {
+            edge.metrics
+                .control_errors_total
+                .with_label_values(&["create_tunnel"])
+                .inc();
+        }
         if e.code().is_some() {
             tracing::info!(error = %e, "control refused a setup");
         } else {

@@ -30,6 +30,11 @@ pub enum UsernameError {
     /// `a++b`, a leading or trailing `+`.
     #[error("the username has an empty part between '+' signs")]
     EmptyPart,
+    /// No username at all (`ssh -l ""`, a library's "none" login).
+    #[error(
+        "the username is empty; log in as TOKEN@host, or as http@host for an anonymous free tunnel"
+    )]
+    Empty,
     /// A second word that is not a keyword.
     #[error("{0:?} is not a keyword; keywords are http, tcp, tls, force, qr, inspect (the token, if any, comes first)")]
     UnknownKeyword(String),
@@ -49,6 +54,9 @@ pub enum UsernameError {
 pub fn parse_username(user: &str) -> Result<UserRequest, UsernameError> {
     if user.len() > MAX_USERNAME_LEN {
         return Err(UsernameError::TooLong(user.len()));
+    }
+    if user.is_empty() {
+        return Err(UsernameError::Empty);
     }
     let mut request = UserRequest::default();
     let mut kind: Option<TunnelKind> = None;
@@ -158,7 +166,7 @@ mod tests {
         );
         assert_eq!(parse_username("a++b"), Err(UsernameError::EmptyPart));
         assert_eq!(parse_username("+"), Err(UsernameError::EmptyPart));
-        assert_eq!(parse_username(""), Err(UsernameError::EmptyPart));
+        assert_eq!(parse_username(""), Err(UsernameError::Empty));
         assert_eq!(
             parse_username("tok+bogus"),
             Err(UsernameError::UnknownKeyword("bogus".into()))

@@ -56,9 +56,11 @@ pub fn unreadable_request(status: u16, max_head: usize) -> Vec<u8> {
             "Request Header Fields Too Large",
             "Request headers too large",
             format!(
-                "This request's header fields are more than this server accepts ({} KiB in all, \
-                 at most {MAX_REQUEST_FIELDS} fields). Most often that is cookies that grew too \
-                 large: clear this site's cookies in your browser and try again.",
+                "This request's head, its URL and header fields, is more than this server \
+                 accepts ({} KiB in all, at most {MAX_REQUEST_FIELDS} fields). Most often that \
+                 is cookies that grew too large: clear this site's cookies in your browser and \
+                 try again. If the URL is very long, send large data in the request body \
+                 instead.",
                 max_head / 1024
             ),
         ),

@@ -574,9 +574,20 @@ where
         pass.requests.inc();
         let replay = head.replayable.then(|| &buf[..head.len]);
         pass.ledger.passed(head.is_head, replay);
-        if let Err(e) = pass_one(pass, &mut from, &mut to, &mut buf, &head).await {
-            tracing::debug!(error = %e, "relayed request cut short");
-            break Next::Broken;
+        match pass_one(pass, &mut from, &mut to, &mut buf, &head).await {
+            Ok(()) => {}
+            // The body's bytes as far as the visitor sent them went to the holder, which
+            // reads the same malformed framing and answers it (400), as it would a visitor
+            // of its own: that answer goes back, then the connection ends.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                tracing::debug!(error = %e, "relayed request's body is malformed");
+                pass.ledger.request_passed();
+                break Next::Last;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "relayed request cut short");
+                break Next::Broken;
+            }
         }
         // An answer may end before its request's body does (a refusal while the upload
         // goes on): the holder's idle time starts only now.
@@ -645,9 +656,14 @@ where
             let mut chunked = ChunkedEnd::default();
             let mut at = head.len;
             loop {
-                let end = chunked.advance(&buf[at..]).map_err(|_| {
-                    io::Error::new(io::ErrorKind::InvalidData, "malformed chunked body")
-                })?;
+                let Ok(end) = chunked.advance(&buf[at..]) else {
+                    let all = buf.len();
+                    send(pass, to, buf, all).await?;
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "malformed chunked body",
+                    ));
+                };
                 if let Some(n) = end {
                     return send(pass, to, buf, at + n).await;
                 }
