@@ -179,16 +179,31 @@ pub(super) async fn read_json<T: DeserializeOwned>(
         body.extend_from_slice(&chunk);
     }
     let parsed = serde_json::from_slice(&body).map_err(|e| {
-        ControlError::refused_because(
-            ErrorCode::BadRequest,
-            format!("the request body is not valid: {e}"),
-            e,
-        )
+        ControlError::refused_because(ErrorCode::BadRequest, body_refusal(&body, &e), e)
     })?;
     if has_nul_escape(&body) {
         return Err(ControlError::refused(ErrorCode::BadRequest, NUL_REFUSAL));
     }
     Ok(parsed)
+}
+
+/// What a body the route's type could not read is told. serde_json's own wording names
+/// internal types for a body that is not an object (`expected struct CreateAccountRequest
+/// with 2 elements`), and says only `expected value` for a field holding a value of a
+/// kind it never takes (`{"plan":5}`), so those get a sentence of their own.
+fn body_refusal(body: &[u8], e: &serde_json::Error) -> String {
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return "the request body must be a JSON object ({\"field\": value, ...}); \
+                docs/control.md lists each route's fields"
+            .to_string();
+    }
+    match e.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => format!(
+            "the request body is not valid JSON, or one of its fields holds a kind of value \
+             it never takes (a number where a word is expected): {e}"
+        ),
+        _ => format!("the request body is not valid: {e}"),
+    }
 }
 
 /// The numbers a route takes in its path, by the name the route gives each (`{account_id}`):
@@ -366,6 +381,32 @@ pub(crate) fn has_nul_in_target(target: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_that_is_no_object_or_holds_a_value_of_the_wrong_kind_is_told_so_in_our_words() {
+        let told = |body: &str| {
+            let e =
+                serde_json::from_str::<nearhop_wire::CreateAccountRequest>(body).expect_err(body);
+            body_refusal(body.as_bytes(), &e)
+        };
+        for body in ["[]", " [1,2]", "5", "\"x\""] {
+            let m = told(body);
+            assert!(
+                m.starts_with("the request body must be a JSON object"),
+                "{body}: {m}"
+            );
+            assert!(!m.contains("struct"), "{body}: {m}");
+        }
+        let m = told(r#"{"name":"x","plan":5}"#);
+        assert!(m.contains("holds a kind of value it never takes"), "{m}");
+        assert!(m.contains("column"), "where, as serde says it: {m}");
+        // serde's own sentences where they are clear.
+        let m = told(r#"{"name":"x","plan":"gold"}"#);
+        assert!(
+            m.contains("unknown variant `gold`, expected `free` or `pro`"),
+            "{m}"
+        );
+    }
 
     #[test]
     fn a_numeric_path_parameter_that_is_no_number_is_named_in_our_words() {
