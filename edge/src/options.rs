@@ -63,6 +63,15 @@ pub enum OptionError {
     TooMany,
 }
 
+/// Longest `b:user:password` or `k:key`: a visitor sends it in one header field, and the
+/// edge reads a request head of at most `visitor_max_header_bytes` (64 KiB by default), so
+/// a longer one could never be presented; 4 KiB is far past any password or API key.
+const MAX_CREDENTIAL_LEN: usize = 4096;
+
+/// The refusal of a credential over [`MAX_CREDENTIAL_LEN`].
+const CREDENTIAL_TOO_LONG: &str =
+    "longer than 4,096 characters: visitors send it in a request header, so keep it short";
+
 /// Request headers that say how the request is framed and how its connection is kept: the
 /// edge sets them for the hop to the local service, so a header rule on one would cut the
 /// body short, leave the service waiting for bytes that never come, or break the
@@ -131,11 +140,17 @@ impl TunnelOptions {
                 if user.is_empty() || pass.is_empty() {
                     return Err(bad("user and password must not be empty"));
                 }
+                if rest.len() > MAX_CREDENTIAL_LEN {
+                    return Err(bad(CREDENTIAL_TOO_LONG));
+                }
                 self.basic_auth.push((user.to_string(), pass.to_string()));
             }
             "k" => {
                 if rest.is_empty() {
                     return Err(bad("expected k:key"));
+                }
+                if rest.len() > MAX_CREDENTIAL_LEN {
+                    return Err(bad(CREDENTIAL_TOO_LONG));
                 }
                 self.bearer_keys.push(rest.to_string());
             }
@@ -250,6 +265,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("are the edge's to set"), "{e}");
+        let long = format!("k:{}", "k".repeat(MAX_CREDENTIAL_LEN + 1));
+        assert!(matches!(
+            TunnelOptions::parse(&long),
+            Err(OptionError::Malformed(..))
+        ));
+        let long = format!("b:u:{}", "p".repeat(MAX_CREDENTIAL_LEN));
+        assert!(matches!(
+            TunnelOptions::parse(&long),
+            Err(OptionError::Malformed(..))
+        ));
+        TunnelOptions::parse(&format!("k:{}", "k".repeat(MAX_CREDENTIAL_LEN))).expect("4 KiB");
         // Setting Host, and rules on any other header, stay as they were.
         for words in [
             "u:Host:myapp.local",
