@@ -277,6 +277,37 @@ fn unreadable_request_heads_get_a_page_that_says_why() {
         "431",
         "clear this site's cookies",
     );
+    // Cleartext HTTP/2 (curl --http2-prior-knowledge, gRPC on http://) is told, in HTTP/2,
+    // that this port speaks HTTP/1.1: SETTINGS, then GOAWAY HTTP_1_1_REQUIRED with a
+    // sentence.
+    let mut h2 = TcpStream::connect(http).unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let frames = closed_by_edge(&mut h2);
+    assert_eq!(
+        &frames[..9],
+        &[0, 0, 0, 4, 0, 0, 0, 0, 0],
+        "SETTINGS: {frames:?}"
+    );
+    let goaway = &frames[9..];
+    assert_eq!(goaway[3], 7, "GOAWAY: {frames:?}");
+    assert_eq!(
+        &goaway[13..17],
+        &[0, 0, 0, 0xd],
+        "HTTP_1_1_REQUIRED: {frames:?}"
+    );
+    let said = String::from_utf8_lossy(&goaway[17..]);
+    assert!(said.contains("speaks HTTP/1.1 only"), "{said}");
+    let curl = std::process::Command::new("curl")
+        .args(["-sSv", "--http2-prior-knowledge", "--max-time", "30"])
+        .arg(format!("http://{http}/"))
+        .args(["-H", &format!("Host: {host}")])
+        .output()
+        .expect("curl runs");
+    let curl_said = String::from_utf8_lossy(&curl.stderr);
+    assert!(!curl.status.success(), "{curl_said}");
+    // curl 7.88 names the code only in its verbose lines.
+    assert!(curl_said.contains("GOAWAY, error=13"), "{curl_said}");
     // A URL past the same bound is named too (the 414 for URLs over 65,534 bytes comes
     // only with a larger visitor_max_header_bytes).
     let long_url = format!(

@@ -145,6 +145,13 @@ pub async fn serve_stream<S>(
         last_word::answer_and_close(&mut stream, answer.as_bytes()).await;
         return;
     }
+    if first.host.is_none() && first.bytes.starts_with(pages::H2_PREFACE_START) {
+        // A client speaking HTTP/2 without TLS (`curl --http2-prior-knowledge`, a gRPC
+        // client on http://): hyper would close without a word.
+        tracing::debug!(%peer, "cleartext HTTP/2 refused");
+        last_word::answer_and_close(&mut stream, &pages::h2c_refusal()).await;
+        return;
+    }
     let mut read_ahead = first.bytes;
     if let Some(host) = first.host.as_deref() {
         // Any other route is hyper's: each request, the first included, is routed below.

@@ -38,6 +38,25 @@ fn html(title: &str, text: &str) -> String {
     )
 }
 
+/// How an HTTP/2 client's connection preface begins (RFC 9113 §3.4).
+pub const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// What a client that opened a cleartext connection in HTTP/2 is told, in HTTP/2: an empty
+/// SETTINGS frame (the server's preface), then GOAWAY with `HTTP_1_1_REQUIRED` and a
+/// sentence as its debug data, which clients such as curl show.
+pub fn h2c_refusal() -> Vec<u8> {
+    const SAY: &[u8] = b"nearhop: this port speaks HTTP/1.1 only, not cleartext HTTP/2; \
+        use HTTP/1.1 here, or HTTPS, where HTTP/2 is offered";
+    let mut out = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    let len = (8 + SAY.len()) as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.extend_from_slice(&[0x7, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&0u32.to_be_bytes()); // last stream id: none was processed
+    out.extend_from_slice(&0xdu32.to_be_bytes()); // HTTP_1_1_REQUIRED
+    out.extend_from_slice(SAY);
+    out
+}
+
 /// The whole answer (head and page) to a request whose head hyper could not read, with
 /// the status hyper chose: 400 (not HTTP/1.1: a malformed request line, field, length or
 /// coding), 414 (a URL too long) or 431 (a head over `max_head` bytes, or too many fields).
