@@ -27,10 +27,11 @@ pub struct SshSession {
     forwards_requested: usize,
     next_virtual_port: u32,
     refused: bool,
-    /// The client asked for a terminal: its Ctrl-C and Ctrl-D arrive as bytes 3 and 4 on the
-    /// session channel (without one, a local Ctrl-C stops the client itself, and the
-    /// channel's bytes are whatever the client pipes in, which may hold any byte).
-    terminal: bool,
+    /// The channel the client asked a terminal for: Ctrl-C and Ctrl-D typed on it arrive as
+    /// bytes 3 and 4 (without one, a local Ctrl-C stops the client itself, and a channel's
+    /// bytes are whatever the client pipes in, which may hold any byte). Per channel: one
+    /// connection may carry several sessions (OpenSSH's connection sharing).
+    terminal: Option<ChannelId>,
     /// The session's span (`ssh`, session id, peer). russh runs this handler on a task of
     /// its own, outside the span the connection was accepted in, so the handler's logs and
     /// the tasks it spawns take it from here.
@@ -50,7 +51,7 @@ impl SshSession {
             forwards_requested: 0,
             next_virtual_port: first_port,
             refused: false,
-            terminal: false,
+            terminal: None,
             span: tracing::Span::current(),
         }
     }
@@ -315,7 +316,7 @@ impl Handler for SshSession {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         session.channel_success(channel)?;
-        self.terminal = true;
+        self.terminal = Some(channel);
         Ok(())
     }
 
@@ -341,7 +342,12 @@ impl Handler for SshSession {
         session.exit_status_request(channel, 1)?;
         session.eof(channel)?;
         session.close(channel)?;
-        self.refuse(&sentence);
+        // The connection ends with it unless it carries tunnels (an sftp session opened on
+        // a shared connection, a library's transport with forwards), or was refused
+        // already (that reason stands).
+        if !self.refused && self.edge.tunnels_of(self.link.id).is_empty() {
+            self.refuse(&sentence);
+        }
         Ok(())
     }
 
@@ -396,7 +402,7 @@ impl Handler for SshSession {
             return Ok(());
         }
         // Ctrl-C or Ctrl-D in an interactive session ends it, as users of Pinggy expect.
-        if self.terminal && data.iter().any(|b| *b == 3 || *b == 4) {
+        if self.terminal == Some(channel) && data.iter().any(|b| *b == 3 || *b == 4) {
             self.link.queue(false, "Closing your tunnel. Bye.".into());
             self.flush(session);
             let _ = session.disconnect(Disconnect::ByApplication, "Closed by you.", "en");

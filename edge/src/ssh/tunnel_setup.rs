@@ -113,11 +113,23 @@ async fn create(
     };
     let resp = edge.control.create_tunnel(&req).await.map_err(|e| {
         // A refusal of the user's request (a bad token, a name in use) is control working;
-        // only control failing to answer, or answering that it cannot, is its error.
-        let failed = matches!(
+        // anything else (no answer, control unable, or refusing the edge itself: a wrong
+        // credential, a version mismatch) is an error of the link to control.
+        let users_own = matches!(
             e.code(),
-            None | Some(ErrorCode::DatabaseUnavailable | ErrorCode::Internal)
+            Some(
+                ErrorCode::BadToken
+                    | ErrorCode::InvalidName
+                    | ErrorCode::NameOwned
+                    | ErrorCode::NameInUse
+                    | ErrorCode::NameBanned
+                    | ErrorCode::RateLimited
+                    | ErrorCode::PlanLimit
+                    | ErrorCode::NotFound
+                    | ErrorCode::Conflict
+            )
         );
+        let failed = !users_own;
         if failed {
             edge.metrics
                 .control_errors_total

@@ -69,10 +69,15 @@ enum Next {
     /// The visitor's last request (`Connection: close`) was passed: the answers owed are
     /// still sent, then the connection ends.
     Last,
-    /// A request broke off (the visitor left mid-body, a malformed chunked body, the
-    /// channel failed): the answers owed to the requests before it are still sent, then the
+    /// A request broke off (the visitor left mid-body, its TLS failed, the channel
+    /// failed): the answers owed to the requests before it are still sent, then the
     /// connection ends.
     Broken,
+    /// A request's chunked body is malformed: its bytes went to the holder, which reads
+    /// the same framing and answers it (400) as it would a visitor of its own; the answers
+    /// owed, that one included, are sent as long as they come within a head timeout, then
+    /// the connection ends.
+    Malformed,
     /// The request at the start of these bytes (none yet, or part of a head) goes
     /// elsewhere, or to hyper.
     Elsewhere(BytesMut),
@@ -294,6 +299,16 @@ where
         (vr, cw, next) = &mut requests => {
             // The answers owed come back whole first (as long as they take: the holder's
             // own limits bound them), then the channel is dropped.
+            if matches!(next, Next::Malformed) {
+                // Bounded: hyper, at the holder, takes a few framings the scan here
+                // refuses (a bare LF in the trailers) and then waits for more body.
+                ledger.stop();
+                let wait = crate::visitor::http::head_timeout(edge);
+                if let Ok((mut vw, _)) = tokio::time::timeout(wait, answers).await {
+                    let _ = vw.shutdown().await;
+                }
+                return After::Closed;
+            }
             if matches!(next, Next::Broken) {
                 // The answers owed before the broken request, as long as they come within
                 // a head timeout (the broken one's answer may wait for a body that never
@@ -361,7 +376,7 @@ fn resend(ledger: &Ledger, next: Next) -> Option<Vec<u8>> {
         // The visitor's last request was answered: the connection ends.
         Next::Last if bytes.is_empty() => return None,
         Next::Last => BytesMut::new(),
-        Next::Done | Next::Broken => return None,
+        Next::Done | Next::Broken | Next::Malformed => return None,
     };
     if !bytes.is_empty() {
         tracing::debug!(
@@ -579,10 +594,10 @@ where
             // The body's bytes as far as the visitor sent them went to the holder, which
             // reads the same malformed framing and answers it (400), as it would a visitor
             // of its own: that answer goes back, then the connection ends.
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            Err(e) if MalformedBody::is(&e) => {
                 tracing::debug!(error = %e, "relayed request's body is malformed");
                 pass.ledger.request_passed();
-                break Next::Last;
+                break Next::Malformed;
             }
             Err(e) => {
                 tracing::debug!(error = %e, "relayed request cut short");
@@ -659,10 +674,7 @@ where
                 let Ok(end) = chunked.advance(&buf[at..]) else {
                     let all = buf.len();
                     send(pass, to, buf, all).await?;
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "malformed chunked body",
-                    ));
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, MalformedBody));
                 };
                 if let Some(n) = end {
                     return send(pass, to, buf, at + n).await;
@@ -673,6 +685,18 @@ where
                 at = 0;
             }
         }
+    }
+}
+
+/// A request's chunked body that does not follow its framing; told apart from the other
+/// errors of a body's bytes (a TLS record that fails, also `InvalidData`) by its type.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed chunked body")]
+struct MalformedBody;
+
+impl MalformedBody {
+    fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<MalformedBody>())
     }
 }
 
@@ -986,6 +1010,19 @@ mod tests {
                 String::from_utf8_lossy(answer)
             );
         }
+    }
+
+    #[test]
+    fn only_a_malformed_chunked_body_is_passed_on_for_the_holder_to_answer() {
+        let malformed = io::Error::new(io::ErrorKind::InvalidData, MalformedBody);
+        assert!(MalformedBody::is(&malformed));
+        // tokio-rustls reports a failed TLS record with the same kind: the request breaks
+        // off, nothing waits for an answer.
+        let tls = io::Error::new(io::ErrorKind::InvalidData, "bad record MAC");
+        assert!(!MalformedBody::is(&tls));
+        assert!(!MalformedBody::is(&io::Error::from(
+            io::ErrorKind::InvalidData
+        )));
     }
 
     #[test]
