@@ -419,6 +419,20 @@ impl ApiError {
             },
         }
     }
+
+    /// The whole HTTP/1.1 answer carrying this error, with `status` and `reason`, on a
+    /// connection that then closes: for an API server that writes it to the socket itself,
+    /// in place of its HTTP library's bare answer to a request head it could not read
+    /// (control's `api/unreadable_heads.rs`, the edge's admin API).
+    pub fn closing_http1_answer(&self, status: u16, reason: &str) -> Vec<u8> {
+        let body = serde_json::to_string(self).unwrap_or_default();
+        format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
 }
 
 /// Admin: create an account (`POST /v1/admin/accounts`).
@@ -648,6 +662,23 @@ impl std::fmt::Debug for IssuedCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_written_whole_is_one_closing_http1_answer_with_its_json() {
+        let e = ApiError::new(ErrorCode::BadRequest, "why");
+        let raw = String::from_utf8(e.closing_http1_answer(431, "Request Header Fields Too Large"))
+            .expect("text");
+        let (head, body) = raw.split_once("\r\n\r\n").expect("head and body");
+        assert_eq!(
+            head,
+            format!(
+                "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\nconnection: close",
+                body.len()
+            )
+        );
+        assert_eq!(serde_json::from_str::<ApiError>(body).expect("json"), e);
+    }
 
     #[test]
     fn a_certificates_debug_never_shows_its_key() {

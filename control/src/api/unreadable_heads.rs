@@ -92,14 +92,7 @@ fn bare_answer_at_end(buf: &[u8]) -> Option<(usize, usize)> {
 /// Control's answer in place of [`REFUSALS`]`[which]`: the same status, an ApiError body.
 fn explained(which: usize) -> Vec<u8> {
     let (_, status, reason, message) = REFUSALS[which];
-    let body =
-        serde_json::to_string(&ApiError::new(ErrorCode::BadRequest, message)).unwrap_or_default();
-    format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    ApiError::new(ErrorCode::BadRequest, message).closing_http1_answer(status, reason)
 }
 
 /// Where a connection stands with its answer.

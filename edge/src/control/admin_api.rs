@@ -182,14 +182,7 @@ fn unreadable_request(status: u16) -> Vec<u8> {
              Content-Length or Transfer-Encoding)",
         ),
     };
-    let body =
-        serde_json::to_string(&ApiError::new(ErrorCode::BadRequest, message)).unwrap_or_default();
-    format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    ApiError::new(ErrorCode::BadRequest, message).closing_http1_answer(status, reason)
 }
 
 fn not_found() -> Response<ProxyBody> {
