@@ -24,6 +24,7 @@ use crate::visitor::http_phases::{self, RequestCtx};
 use crate::visitor::pages::{self, ProxyBody};
 use crate::visitor::relay_stream::{self, After};
 use crate::visitor::routing::{self, Arrival, Listener, Refusal, Route};
+use crate::visitor::shares::Share;
 use crate::visitor::splice::splice;
 use crate::visitor::upstream::{self, IdlePool, OpenFailure, Target, Upstream, UpstreamBody};
 use http_body_util::{BodyExt, Either, Empty};
@@ -62,8 +63,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
                     let Some((peer, rest)) = behind.await else {
                         return;
                     };
-                    let Some(_share) = edge.address_share(peer.ip()) else {
-                        let _ = stream.write_all(pages::ADDRESS_BUSY.as_bytes()).await;
+                    let Some(_share) = http_visitor_share(&edge, &mut stream, peer).await else {
                         return;
                     };
                     let stream = Prefixed::new(rest, edge.guard_visitor_writes(stream));
@@ -99,6 +99,22 @@ pub(super) enum Upstreams {
 /// Time a visitor has from connecting to a complete first request head (slowloris bound).
 pub fn head_timeout(edge: &Edge) -> Duration {
     Duration::from_secs(edge.config.visitor_header_timeout_seconds.max(1))
+}
+
+/// The share of the edge's connections an HTTP visitor's network holds while this one is
+/// served; a network holding its whole share is told so at once (and the connection is
+/// then dropped). Both listeners that take plain HTTP (the HTTP port, and the TLS port
+/// with `ssh_on_tls_port`) ask here.
+pub async fn http_visitor_share<S: AsyncWrite + Unpin>(
+    edge: &Edge,
+    stream: &mut S,
+    peer: SocketAddr,
+) -> Option<Share<u128>> {
+    let share = edge.address_share(peer.ip());
+    if share.is_none() {
+        let _ = stream.write_all(pages::ADDRESS_BUSY.as_bytes()).await;
+    }
+    share
 }
 
 /// Serves a visitor connection that speaks HTTP/1.1 on `stream`: a plain one (`scheme`

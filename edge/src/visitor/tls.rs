@@ -21,7 +21,6 @@ use crate::mesh::protocol::RelayListener;
 use crate::ssh::server::SshEntry;
 use crate::visitor::client_hello::{self, Parsed};
 use crate::visitor::http as visitor_http;
-use crate::visitor::pages;
 use crate::visitor::routing::{self, Arrival, Listener, Refusal, Route};
 use crate::visitor::splice::{counted_visitor, splice};
 use bytes::BufMut;
@@ -210,11 +209,9 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, ssh: Option<Arc<SshEn
                                 return;
                             }
                             Protocol::Http => {
-                                // A visitor's network holds its share here as on the
-                                // HTTP listener, and is told so the same way.
-                                let Some(_share) = edge.address_share(peer.ip()) else {
-                                    let busy = pages::ADDRESS_BUSY.as_bytes();
-                                    let _ = stream.write_all(busy).await;
+                                let share =
+                                    visitor_http::http_visitor_share(&edge, &mut stream, peer);
+                                let Some(_share) = share.await else {
                                     return;
                                 };
                                 let stream = edge.guard_visitor_writes(stream);
