@@ -6,13 +6,14 @@ use prometheus::{
 };
 
 /// Every `cause` of `nearhop_edge_relay_errors_total` (docs/edge.md, "Metrics").
-pub const RELAY_ERROR_CAUSES: [&str; 13] = [
+pub const RELAY_ERROR_CAUSES: [&str; 14] = [
     "peer_unreachable",
     "channel_refused",
     "open_timeout",
     "peer_busy",
     "tunnel_busy",
     "request_failed",
+    "request_resent",
     "peer_not_trusted",
     "peer_not_listed",
     "bad_relay_request",

@@ -258,6 +258,11 @@ fn the_api_lists_requests_with_heads_and_bodies_and_replays_them_to_the_local_se
         r["error"].as_str().unwrap().contains("not an HTTP method"),
         "{r}"
     );
+    // The body given twice is refused, and the local service is not called.
+    let (status, r) = api.replay(&row["id"], &json!({ "body": "a", "body_base64": "Yg==" }));
+    assert_eq!(status, 400);
+    assert!(r["error"].as_str().unwrap().contains("not both"), "{r}");
+    assert_eq!(local.served.load(Ordering::SeqCst), hits + 2);
 
     // A binary body comes back intact.
     assert_eq!(curl(&url, s.edge.http_addr(), "/blob/3000", &[]), 200);

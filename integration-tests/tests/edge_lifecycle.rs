@@ -144,6 +144,41 @@ fn admin_api_needs_the_secret_and_knows_its_tunnels() {
         .send()
         .unwrap();
     assert_eq!(bad.status(), 400);
+    // Another method on a known path is 405 with the method it takes; an unknown path 404.
+    for (method, path, allowed) in [
+        (reqwest::Method::POST, "/metrics", "GET"),
+        (reqwest::Method::DELETE, "/healthz", "GET"),
+        (reqwest::Method::GET, "/v1/tunnels/1/close", "POST"),
+        (reqwest::Method::POST, "/v1/tunnels/1/alive", "GET"),
+    ] {
+        let wrong_method = http
+            .request(method.clone(), format!("{base}{path}"))
+            .bearer_auth(secret)
+            .send()
+            .unwrap();
+        assert_eq!(wrong_method.status(), 405, "{method} {path}");
+        assert_eq!(wrong_method.headers()["allow"], allowed, "{method} {path}");
+        let body: serde_json::Value = wrong_method.json().unwrap();
+        assert_eq!(
+            body["error"]["code"], "method_not_allowed",
+            "{method} {path}: {body}"
+        );
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(allowed),
+            "{method} {path}: {body}"
+        );
+    }
+    let nowhere = http.get(format!("{base}/v1/nowhere")).send().unwrap();
+    assert_eq!(nowhere.status(), 404);
+    let body: serde_json::Value = nowhere.json().unwrap();
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/healthz"),
+        "{body}"
+    );
 }
 
 #[test]

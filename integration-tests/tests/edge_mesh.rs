@@ -647,6 +647,12 @@ fn a_holder_dying_before_it_answers_a_get_does_not_fail_the_visitor() {
     let mut rest = Vec::new();
     let _ = post.read_to_end(&mut rest);
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    // us counts the GET as sent again and the POST as failed.
+    let us = edge_metrics(&stack, US);
+    let cause =
+        |cause: &str| metric_sum(&us, "nearhop_edge_relay_errors_total", &[("cause", cause)]);
+    assert!(cause("request_resent") >= 1.0, "{us}");
+    assert!(cause("request_failed") >= 1.0, "{us}");
 }
 
 #[test]
@@ -1288,6 +1294,13 @@ fn relayed_requests_in_flight_when_the_client_moves_to_a_third_edge_are_answered
         &[("peer", stack.edges[AP].spec.edge_id.as_str())],
     );
     assert!(to_ap >= 1.0, "us relayed to ap ({to_ap})");
+    // Both requests in flight were handed back by eu and sent again by us: counted as
+    // resent, once each, and not as failed.
+    let us = edge_metrics(&stack, US);
+    let cause =
+        |cause: &str| metric_sum(&us, "nearhop_edge_relay_errors_total", &[("cause", cause)]);
+    assert_eq!(cause("request_resent"), 2.0, "{us}");
+    assert_eq!(cause("request_failed"), 0.0, "{us}");
 }
 
 /// The mesh port is reachable by anyone (edges of other regions dial it): a connection that

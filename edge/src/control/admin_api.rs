@@ -61,8 +61,12 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
 async fn route(edge: &Edge, req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (req.method(), segments.as_slice()) {
-        (&Method::GET, ["metrics"]) => {
+    let method = req.method().clone();
+    match segments.as_slice() {
+        ["metrics"] => {
+            if method != Method::GET {
+                return method_not_allowed(&method, &path, "GET");
+            }
             edge.metrics.observe_holders(&edge.mesh.holders.peers());
             edge.metrics
                 .observe_relay_openings(&edge.mesh.relay_openings());
@@ -73,8 +77,13 @@ async fn route(edge: &Edge, req: Request<Incoming>) -> Response<ProxyBody> {
             );
             resp
         }
-        (&Method::GET, ["healthz"]) => Response::new(full("ok\n")),
-        (method, ["v1", "tunnels", id, action]) => {
+        ["healthz"] => {
+            if method != Method::GET {
+                return method_not_allowed(&method, &path, "GET");
+            }
+            Response::new(full("ok\n"))
+        }
+        ["v1", "tunnels", id, action @ ("close" | "alive")] => {
             if !authorized(edge, &req) {
                 return error(
                     ErrorCode::Unauthorized,
@@ -84,10 +93,11 @@ async fn route(edge: &Edge, req: Request<Incoming>) -> Response<ProxyBody> {
             let Ok(id) = id.parse::<i64>() else {
                 return error(ErrorCode::BadRequest, "tunnel id must be a number");
             };
-            match (method, *action) {
+            match (&method, *action) {
                 (&Method::POST, "close") => close(edge, id, req).await,
                 (&Method::GET, "alive") => alive(edge, id).await,
-                _ => not_found(),
+                (_, "close") => method_not_allowed(&method, &path, "POST"),
+                _ => method_not_allowed(&method, &path, "GET"),
             }
         }
         _ => not_found(),
@@ -186,5 +196,20 @@ fn unreadable_request(status: u16) -> Vec<u8> {
 }
 
 fn not_found() -> Response<ProxyBody> {
-    error(ErrorCode::NotFound, "no such endpoint")
+    error(
+        ErrorCode::NotFound,
+        "no such endpoint: this edge's admin API serves /metrics, /healthz and \
+         /v1/tunnels/ID/close and /alive (docs/edge.md, \"Admin API\")",
+    )
+}
+
+/// 405, with the method the endpoint takes in `Allow`.
+fn method_not_allowed(method: &Method, path: &str, allowed: &'static str) -> Response<ProxyBody> {
+    let mut resp = error(
+        ErrorCode::MethodNotAllowed,
+        &format!("{method} is not a method of {path}; it takes {allowed}"),
+    );
+    resp.headers_mut()
+        .insert(hyper::header::ALLOW, HeaderValue::from_static(allowed));
+    resp
 }

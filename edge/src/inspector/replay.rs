@@ -29,7 +29,7 @@ pub struct Edit {
     pub headers: Option<Vec<(String, String)>>,
     /// The body as text.
     pub body: Option<String>,
-    /// The body as base64 (for bytes that are no text); wins over `body`.
+    /// The body as base64 (for bytes that are no text); not with `body`.
     pub body_base64: Option<String>,
 }
 
@@ -58,7 +58,13 @@ pub fn build(original: &Exchange, edit: Edit) -> Result<Request<Bytes>, String> 
         .parse::<hyper::Uri>()
         .map_err(|_| format!("{path:?} is not a valid path and query"))?;
     let body = match (edit.body_base64, edit.body) {
-        (Some(b64), _) => Bytes::from(
+        (Some(_), Some(_)) => {
+            return Err(
+                "give the body once: as \"body\" (text) or as \"body_base64\", not both"
+                    .to_string(),
+            )
+        }
+        (Some(b64), None) => Bytes::from(
             base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
                 .map_err(|_| "body_base64 is not valid base64".to_string())?,

@@ -296,6 +296,10 @@ struct Failed {
     peer: Option<Arc<PeerLink>>,
     /// The inspector's record of the attempt, carried to the next one.
     capture: Option<inspector::Capture>,
+    /// The request went to a peer edge and got no answer: a relayed request that failed
+    /// (`relay_errors_total{cause="request_failed"}`), or `request_resent` when it is
+    /// tried again.
+    relayed_unanswered: bool,
 }
 
 impl Failed {
@@ -311,6 +315,7 @@ impl Failed {
             ending,
             peer,
             capture: None,
+            relayed_unanswered: false,
         }
     }
 }
@@ -488,8 +493,14 @@ impl VisitorConn {
             };
             capture = failed.capture.take();
             let Some(replay) = replay.as_ref().filter(|_| attempt < MAX_ATTEMPTS) else {
+                if failed.relayed_unanswered {
+                    self.relay_error("request_failed");
+                }
                 return Ok(self.count(failed.page, failed.origin));
             };
+            if failed.relayed_unanswered {
+                self.relay_error("request_resent");
+            }
             if let Some(tunnel) = failed.ending {
                 let _ = tokio::time::timeout(SESSION_END_WAIT, tunnel.stop.cancelled()).await;
             }
@@ -783,10 +794,10 @@ impl VisitorConn {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "request through the tunnel or relay failed");
-                if let Target::Peer(..) = target {
-                    self.relay_error("request_failed");
-                }
-                Sent::Failed(Failed::at(target, None))
+                Sent::Failed(Failed {
+                    relayed_unanswered: matches!(target, Target::Peer(..)),
+                    ..Failed::at(target, None)
+                })
             }
         }
     }

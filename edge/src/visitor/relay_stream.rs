@@ -291,6 +291,7 @@ where
     let (vr, vw) = tokio::io::split(stream);
     let (cr, cw) = tokio::io::split(channel);
     let failed = m.relay_errors_total.with_label_values(&["request_failed"]);
+    let resent = m.relay_errors_total.with_label_values(&["request_resent"]);
     let answers = copy_answers(cr, vw, &ledger, &bytes_out, &failed);
     let requests = pass_requests(&pass, vr, cw, BytesMut::from(&first[..]), head);
     drop(first);
@@ -327,8 +328,14 @@ where
                 (Next::Elsewhere(pending), AnswersEnd::Clean) => {
                     After::Hyper(vr.unsplit(vw), pending.to_vec())
                 }
-                (next @ (Next::Elsewhere(_) | Next::Last), AnswersEnd::HolderLeft) => {
-                    match resend(&ledger, next) {
+                (next, AnswersEnd::HolderLeft) => {
+                    let unanswered = Unanswered::take(&ledger);
+                    let pending = match next {
+                        Next::Elsewhere(_) | Next::Last => resend(&ledger, next),
+                        _ => None,
+                    };
+                    unanswered.settle(&ledger, pending.is_some(), &failed, &resent);
+                    match pending {
                         Some(pending) => After::Hyper(vr.unsplit(vw), pending),
                         None => {
                             let _ = vw.shutdown().await;
@@ -348,13 +355,19 @@ where
                 // requests side hands what the visitor sends next to hyper, which routes it
                 // afresh, after the requests owed that may be sent twice (any other owed
                 // is lost with the channel: then the connection ends, as at the holder).
+                let unanswered = Unanswered::take(&ledger);
                 ledger.holder_leaves();
                 let wait = idle_limit(crate::visitor::http::head_timeout(edge));
-                if let Ok((vr, cw, next)) = tokio::time::timeout(wait, &mut requests).await {
-                    drop(cw);
-                    if let Some(pending) = resend(&ledger, next) {
-                        return After::Hyper(vr.unsplit(vw), pending);
+                let pending = match tokio::time::timeout(wait, &mut requests).await {
+                    Ok((vr, cw, next)) => {
+                        drop(cw);
+                        resend(&ledger, next).map(|pending| (vr, pending))
                     }
+                    Err(_) => None,
+                };
+                unanswered.settle(&ledger, pending.is_some(), &failed, &resent);
+                if let Some((vr, pending)) = pending {
+                    return After::Hyper(vr.unsplit(vw), pending);
                 }
             }
             // The holder closed the channel during an answer (its own time limits, or it
@@ -362,6 +375,29 @@ where
             // visitor's connection ends with it.
             let _ = vw.shutdown().await;
             After::Closed
+        }
+    }
+}
+
+/// The requests owed an answer when the holder left without one (handed back, or gone
+/// before answering): counted once it is known whether they are sent again.
+struct Unanswered(bool);
+
+impl Unanswered {
+    fn take(ledger: &Ledger) -> Unanswered {
+        Unanswered(ledger.owed_count() > 0)
+    }
+
+    /// Sent again (`request_resent`: the visitor may still get its answers), or lost with
+    /// the channel (`request_failed`); neither when the visitor's own request broke off.
+    fn settle(self, ledger: &Ledger, sent_again: bool, failed: &IntCounter, resent: &IntCounter) {
+        if !self.0 {
+            return;
+        }
+        if sent_again {
+            resent.inc();
+        } else if !ledger.broken() {
+            failed.inc();
         }
     }
 }
@@ -479,12 +515,9 @@ where
             // Before any byte of the next answer went to the visitor (what `buf` holds is
             // an answer head not yet complete), with every request owed one that may be
             // sent again: hyper can take them.
-            // (The holder handed them back, or went before answering: a relayed request
-            // that failed, as on the proxying path, unless the visitor's own broke off.)
+            // (The holder handed them back, or went before answering: whether they failed
+            // is known once they are sent again or not: `Unanswered::settle`.)
             _ if matches!(at, Answering::Head) && ledger.replayable() => {
-                if !ledger.broken() {
-                    failed.inc();
-                }
                 return (to, AnswersEnd::HolderLeft);
             }
             // The channel's end ends an answer without framing (one delimited by the
@@ -958,34 +991,44 @@ mod tests {
     }
 
     /// A holder that closes the channel with an answer owed is a relayed request that
-    /// failed (`relay_errors_total{cause="request_failed"}`), as on the proxying path; one
-    /// that closes it with none owed is not.
+    /// failed (`relay_errors_total{cause="request_failed"}`), as on the proxying path, unless
+    /// no byte of the answer went to the visitor and every request owed may be sent again:
+    /// then the connection goes back to hyper (`HolderLeft`), and `Unanswered::settle`
+    /// counts them once it is known whether they were. With none owed, neither (and the
+    /// connection goes on without the channel when it ends between answers).
     #[tokio::test]
-    async fn a_holder_leaving_with_an_answer_owed_counts_as_a_failed_request() {
+    async fn a_holder_leaving_with_an_answer_owed_fails_the_request_or_hands_it_back() {
         let get = &b"GET / HTTP/1.1\r\n\r\n"[..];
-        for (answer, replay, failures) in [
+        for (answer, replay, failures, handed_back) in [
             // Cut short in the answer's body.
             (
                 &b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhal"[..],
                 None,
                 1,
+                false,
             ),
-            // No answer at all: not to be sent again, or handed back to be sent again.
-            (&b""[..], None, 1),
-            (&b""[..], Some(get), 1),
-            // Answered whole, then the channel ends between answers.
+            // No answer at all: not to be sent again (failed), or handed back to be sent
+            // again.
+            (&b""[..], None, 1, false),
+            (&b""[..], Some(get), 0, true),
+            // Part of a head, then the end: nothing went to the visitor yet.
+            (&b"HTTP/1.1 200"[..], Some(get), 0, true),
+            // Answered whole, then the channel ends between answers: the connection goes
+            // on without it.
             (
                 &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
                 None,
                 0,
+                true,
             ),
             // An answer delimited by the channel's end (HTTP/1.0, a streamed body), and an
             // upgraded connection that ended.
-            (&b"HTTP/1.0 200 OK\r\n\r\nuntil the end"[..], None, 0),
+            (&b"HTTP/1.0 200 OK\r\n\r\nuntil the end"[..], None, 0, false),
             (
                 &b"HTTP/1.1 101 Switching Protocols\r\n\r\nframes"[..],
                 None,
                 0,
+                false,
             ),
         ] {
             let (holder, channel) = tokio::io::duplex(1 << 16);
@@ -1002,13 +1045,39 @@ mod tests {
             drop((holder_reads, holder_writes));
             let bytes = IntCounter::new("bytes", "bytes").expect("counter");
             let failed = IntCounter::new("failed", "failed").expect("counter");
-            let _ = copy_answers(from, to, &ledger, &bytes, &failed).await;
-            assert_eq!(
-                failed.get(),
-                failures,
-                "{}",
-                String::from_utf8_lossy(answer)
-            );
+            let (_, end) = copy_answers(from, to, &ledger, &bytes, &failed).await;
+            let what = String::from_utf8_lossy(answer);
+            assert_eq!(failed.get(), failures, "failed: {what}");
+            assert_eq!(end == AnswersEnd::HolderLeft, handed_back, "{what}");
+        }
+    }
+
+    /// Requests owed when the holder left count once: resent when hyper takes them again,
+    /// failed when they are lost with the channel, neither when the visitor's own broke
+    /// off or none was owed.
+    #[test]
+    fn requests_owed_when_the_holder_left_count_as_resent_or_failed_once() {
+        let get = &b"GET / HTTP/1.1\r\n\r\n"[..];
+        for (owed, broken, sent_again, failures, resends) in [
+            (true, false, true, 0, 1),
+            (true, false, false, 1, 0),
+            (true, true, false, 0, 0),
+            (false, false, false, 0, 0),
+            (false, false, true, 0, 0),
+        ] {
+            let ledger = Ledger::default();
+            if owed {
+                ledger.passed(false, Some(get));
+            }
+            if broken {
+                ledger.break_off();
+            }
+            let failed = IntCounter::new("failed", "failed").expect("counter");
+            let resent = IntCounter::new("resent", "resent").expect("counter");
+            Unanswered::take(&ledger).settle(&ledger, sent_again, &failed, &resent);
+            let case = format!("owed {owed}, broken {broken}, sent again {sent_again}");
+            assert_eq!(failed.get(), failures, "{case}");
+            assert_eq!(resent.get(), resends, "{case}");
         }
     }
 
