@@ -53,6 +53,8 @@ pub struct Metrics {
     /// SSH connections refused at the unauthenticated-connection limits, by scope
     /// (`address`: the client network's share, `edge`: the edge-wide limit).
     pub ssh_unauthenticated_refused_total: IntCounterVec,
+    /// SSH connections closed at `ssh_auth_deadline_seconds`, not authenticated by then.
+    pub ssh_auth_timeouts_total: IntCounter,
     /// HTTP requests answered 504 because the tunnel's answer did not start in time.
     pub visitor_response_timeouts_total: IntCounter,
     /// Visitor connections the tunnel's client did not take in time.
@@ -237,6 +239,10 @@ impl Metrics {
         let visitor_channels_refused_total = IntCounter::new(
             "nearhop_edge_visitor_channels_refused_total",
             "Visitor channels the tunnel's client refused (its local service is not running, or refuses connections).",
+        )?;
+        let ssh_auth_timeouts_total = IntCounter::new(
+            "nearhop_edge_ssh_auth_timeouts_total",
+            "SSH connections closed at ssh_auth_deadline_seconds, not authenticated by then.",
         )?;
         let visitor_write_stalls_total = IntCounter::new(
             "nearhop_edge_visitor_write_stalls_total",
@@ -484,6 +490,7 @@ impl Metrics {
         registry.register(Box::new(visitor_auth_throttled_total.clone()))?;
         registry.register(Box::new(visitor_share_refused_total.clone()))?;
         registry.register(Box::new(ssh_unauthenticated_refused_total.clone()))?;
+        registry.register(Box::new(ssh_auth_timeouts_total.clone()))?;
         registry.register(Box::new(visitor_response_timeouts_total.clone()))?;
         registry.register(Box::new(visitor_open_timeouts_total.clone()))?;
         registry.register(Box::new(visitor_channels_refused_total.clone()))?;
@@ -512,6 +519,7 @@ impl Metrics {
             visitor_auth_throttled_total,
             visitor_share_refused_total,
             ssh_unauthenticated_refused_total,
+            ssh_auth_timeouts_total,
             visitor_response_timeouts_total,
             visitor_open_timeouts_total,
             visitor_channels_refused_total,

@@ -4,10 +4,11 @@
 use crate::background::AcceptLoop;
 use crate::poll::eventually;
 use crate::process::ChildGuard;
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -68,6 +69,8 @@ pub struct LocalService {
     /// `/blob/N` answers broken off: a write failed before the end (the tunnel's client
     /// closed this side of the connection).
     pub blobs_broken: Arc<AtomicU64>,
+    /// Requests received, by method and path (`"POST /hang/4"`), counted as `served` is.
+    received: Arc<Mutex<HashMap<String, u64>>>,
     _server: AcceptLoop,
 }
 
@@ -80,9 +83,11 @@ impl LocalService {
         let served = Arc::new(AtomicU64::new(0));
         let blobs_broken = Arc::new(AtomicU64::new(0));
         let tag = Arc::<str>::from(tag);
+        let received = Arc::new(Mutex::new(HashMap::new()));
         let counts = Counts {
             served: served.clone(),
             blobs_broken: blobs_broken.clone(),
+            received: received.clone(),
         };
         let server = AcceptLoop::start(listener, move |stream, _| {
             let (tag, counts) = (tag.clone(), counts.clone());
@@ -94,8 +99,15 @@ impl LocalService {
             port,
             served,
             blobs_broken,
+            received,
             _server: server,
         }
+    }
+
+    /// How many `method path` requests (`"POST /hang/4"`) came, whole, so far.
+    pub fn received(&self, method_path: &str) -> u64 {
+        let received = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        received.get(method_path).copied().unwrap_or(0)
     }
 }
 
@@ -160,6 +172,7 @@ async fn read_chunked(reader: &mut BufReader<TcpStream>) -> std::io::Result<Vec<
 struct Counts {
     served: Arc<AtomicU64>,
     blobs_broken: Arc<AtomicU64>,
+    received: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 async fn serve(stream: TcpStream, tag: &str, counts: &Counts) -> std::io::Result<()> {
@@ -204,6 +217,12 @@ async fn serve(stream: TcpStream, tag: &str, counts: &Counts) -> std::io::Result
             body
         };
         counts.served.fetch_add(1, Ordering::Relaxed);
+        *counts
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(format!("{method} {path}"))
+            .or_default() += 1;
         if header("upgrade") == "echo" {
             reader
                 .get_mut()

@@ -140,10 +140,13 @@ fn lag_race_record_is_on_every_replica_when_create_returns() {
     let stack = start(None);
     let api = EdgeApi::new(&stack);
     api.register("ap-1", "ap");
-    let mut waited_ms = Vec::new();
     for i in 0..150 {
         let t = api.create(&tunnel("ap-1", None, None, false)).unwrap();
         assert_eq!(t.dns.unconfirmed, Vec::<String>::new(), "iteration {i}");
+        // Control waited for every region to confirm before it answered.
+        let mut confirmed = t.dns.confirmed.clone();
+        confirmed.sort();
+        assert_eq!(confirmed, ["ap", "eu", "us"], "iteration {i}");
         for region in ["eu", "ap"] {
             assert_eq!(
                 cname_on(&stack, region, &t.hostname),
@@ -152,7 +155,6 @@ fn lag_race_record_is_on_every_replica_when_create_returns() {
                 t.hostname
             );
         }
-        waited_ms.push(t.dns.wait_ms);
     }
     let metrics = reqwest::blocking::get(format!("{}/metrics", stack.control.url))
         .unwrap()
@@ -558,12 +560,27 @@ fn admin_api_needs_its_own_secret_and_mirrors_the_cli() {
         None,
     );
     assert_eq!(s, 201);
+    let token = tok["token"].as_str().expect("the new token").to_string();
+    let api = EdgeApi::new(&stack);
+    api.register("us-1", "us");
+    api.create(&tunnel("us-1", Some(&token), None, false))
+        .expect("the new token opens a tunnel");
     let (s, _) = admin(
         reqwest::Method::DELETE,
         &format!("/v1/admin/tokens/{}", tok["token_id"]),
         None,
     );
     assert_eq!(s, 200);
+    // Revoked: the token opens nothing more, and the refusal says why.
+    let (status, err) = api
+        .create(&tunnel("us-1", Some(&token), None, false))
+        .unwrap_err();
+    assert_eq!((status, err.error.code), (401, ErrorCode::BadToken));
+    assert!(
+        err.error.message.contains("revoked"),
+        "{}",
+        err.error.message
+    );
     let (s, v) = admin(reqwest::Method::DELETE, "/v1/admin/tokens/999999", None);
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
     let (s, v) = admin(reqwest::Method::DELETE, "/v1/admin/tokens/abc", None);
@@ -750,13 +767,23 @@ fn a_request_control_cannot_read_gets_a_json_error_that_says_why() {
     );
     refusal(&after_http10, 400);
 
-    // The API's own refusals are as before: a JSON 404, and the connection stays open.
-    let api = EdgeApi::new(&stack);
-    let status = api
-        .http
-        .get(format!("{}/v1/nothing", api.base))
-        .send()
-        .unwrap()
-        .status();
-    assert_eq!(status, 404);
+    // The API's own refusals are as before: a JSON 404, and the connection stays open
+    // (the next request on it is answered; the last one asks to close).
+    let kept = raw_exchange(
+        &addr,
+        b"GET /v1/nothing HTTP/1.1\r\nHost: c\r\n\r\n\
+          GET /healthz HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n"
+            .to_vec(),
+    );
+    assert!(kept.starts_with("HTTP/1.1 404 "), "{kept:?}");
+    let second = kept.find("}HTTP/1.1 200 ").map(|at| at + 1);
+    let second = second.unwrap_or_else(|| panic!("the second request was not answered: {kept:?}"));
+    let first: ApiError = serde_json::from_str(
+        kept[..second]
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body)
+            .unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| panic!("the 404's body is no ApiError ({e}): {kept:?}"));
+    assert_eq!(first.error.code, ErrorCode::NotFound);
 }

@@ -272,6 +272,13 @@ fn a_name_release_racing_its_owners_setup_leaves_no_tunnel_on_an_unowned_name() 
          found their name released between plot and write",
         log.matches("plotting again").count()
     );
+    // The spread of `together` lands the release on both sides of the setup's write over
+    // the rounds (81 / 39 in one run); all on one side would have tested no race.
+    assert!(
+        released > 0 && refused > 0,
+        "every round fell one way ({released} freed first, {refused} after): the race was not \
+         run"
+    );
 }
 
 /// The edge's admin API played on loopback: every close is confirmed (200) and kept, as
@@ -511,6 +518,12 @@ fn a_takedown_racing_a_setup_of_its_name_sticks() {
     eprintln!(
         "{closed} setups came first and were closed by the takedown, {refused} were refused \
          ({waited_out} of them after the takedown closed their tunnel during the DNS wait)"
+    );
+    // Both orders over the rounds (42 / 78 in one run); all one way would have tested no
+    // race.
+    assert!(
+        closed > 0 && refused > 0,
+        "every round fell one way ({closed} closed, {refused} refused): the race was not run"
     );
 }
 

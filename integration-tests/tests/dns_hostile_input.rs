@@ -250,6 +250,16 @@ fn pipe_connector_survives_hostile_input_and_exits_on_eof() {
     assert_eq!(read_reply(&mut stdout)["result"], json!(true));
     exercise(&mut stdin, &mut stdout);
     drop(stdin);
-    let status = child.wait().expect("wait");
+    // Exits on EOF; one that does not is killed, and the test fails instead of hanging.
+    let status = nearhop_stack::poll::try_eventually(nearhop_stack::poll::PATIENCE, || {
+        child
+            .try_wait()?
+            .ok_or_else(|| anyhow::anyhow!("still running after its stdin closed"))
+    });
+    let status = status.unwrap_or_else(|e| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the pipe connector did not exit on EOF: {e}")
+    });
     assert!(status.success(), "{status}");
 }

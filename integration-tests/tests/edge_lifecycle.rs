@@ -18,11 +18,12 @@ fn takedown_closes_the_tunnel_and_tells_the_client() {
         .cli(&["takedown", &host, "--reason", "phishing report"])
         .unwrap();
     let out = c.wait_exit(PATIENCE).unwrap();
-    // Control tells the edge at once (admin API: the operator's sentence) or, if that call
-    // is lost, at the edge's next heartbeat (the edge's own sentence): either way the client
-    // learns why.
+    // Control tells the edge at once (admin API) or, if that call is lost, at the edge's
+    // next heartbeat: either way with control's sentence, and the client learns why.
     assert!(
-        out.contains(&format!("{host} is closed")) || out.contains("taken down by the operator"),
+        out.contains(&format!(
+            "{host} is closed: this tunnel's name was taken down by the operator"
+        )),
         "{out}"
     );
     let status = s.visit(&url, "/hello").status();

@@ -66,7 +66,8 @@ fn force_takes_over_a_live_name() {
     assert_eq!(new_url, url);
     let told = old.wait_exit(PATIENCE).unwrap();
     assert!(
-        told.contains("blog.a.tunnel.test"),
+        told.contains("blog.a.tunnel.test is closed")
+            && told.contains("replaced by a newer one for the same name"),
         "the old client is told: {told}"
     );
     let body = s.visit(&url, "/hello").text().unwrap();

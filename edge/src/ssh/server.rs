@@ -197,7 +197,8 @@ async fn handle_connection(
             return;
         }
         Err(_) => {
-            tracing::debug!("client sent no SSH identification in time");
+            tracing::debug!("client not through identification and key exchange by the deadline");
+            edge.metrics.ssh_auth_timeouts_total.inc();
             edge.end_session(&link, "client_closed").await;
             return;
         }
@@ -205,9 +206,11 @@ async fn handle_connection(
     link.set_handle(running.handle());
     let auth_watch = {
         let link = link.clone();
+        let timeouts = edge.metrics.ssh_auth_timeouts_total.clone();
         tokio::spawn(async move {
             let authenticated = tokio::time::timeout_at(auth_deadline, link.until_authenticated());
             if authenticated.await.is_err() {
+                timeouts.inc();
                 link.disconnect("Authentication took too long.").await;
                 // Time for the message to leave; a session still inside key exchange has
                 // not acted on it, and its socket is shut.
