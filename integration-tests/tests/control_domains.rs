@@ -60,28 +60,7 @@ fn custom_domain_is_routed_only_after_its_txt_proof_is_published() {
     .unwrap();
     let resolver = user_dns.dns_addr().to_string();
 
-    let err = ctl
-        .cli(&["domain", "verify", "shop.example", "--resolver", &resolver])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("does not hold the verification token"),
-        "{err}"
-    );
-
-    psql(
-        primary,
-        &format!(
-            "INSERT INTO records(domain_id, name, type, content, ttl)
-               SELECT id, '_nearhop.shop.example', 'TXT', '\"{token}\"', 60
-               FROM domains WHERE name = 'shop.example'"
-        ),
-    )
-    .unwrap();
-    ctl.cli(&["domain", "verify", "shop.example", "--resolver", &resolver])
-        .unwrap();
-
-    // An edge serving the account's tunnel now gets the route.
+    // An edge serves the account's tunnel.
     let http = reqwest::blocking::Client::new();
     let r = http
         .post(format!("{}/v1/edges/register", ctl.url))
@@ -109,15 +88,50 @@ fn custom_domain_is_routed_only_after_its_txt_proof_is_published() {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 201);
-    let routes: EdgeRoutes = http
-        .get(format!("{}/v1/edges/us-1/routes", ctl.url))
-        .bearer_auth(&ctl.edge_secret)
-        .send()
-        .unwrap()
-        .json()
+    let routes = || -> EdgeRoutes {
+        http.get(format!("{}/v1/edges/us-1/routes", ctl.url))
+            .bearer_auth(&ctl.edge_secret)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+
+    let err = ctl
+        .cli(&["domain", "verify", "shop.example", "--resolver", &resolver])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("does not hold the verification token"),
+        "{err}"
+    );
+    // Unverified, the domain is routed nowhere.
+    assert!(
+        routes().custom_domains.is_empty(),
+        "routed before its proof"
+    );
+    let unverified = psql(
+        primary,
+        "SELECT verified_at IS NULL FROM custom_domains WHERE domain = 'shop.example'",
+    )
+    .unwrap();
+    assert_eq!(unverified.trim(), "t");
+
+    psql(
+        primary,
+        &format!(
+            "INSERT INTO records(domain_id, name, type, content, ttl)
+               SELECT id, '_nearhop.shop.example', 'TXT', '\"{token}\"', 60
+               FROM domains WHERE name = 'shop.example'"
+        ),
+    )
+    .unwrap();
+    ctl.cli(&["domain", "verify", "shop.example", "--resolver", &resolver])
         .unwrap();
+
+    // Verified: the edge serving the account's tunnel now gets the route.
     assert_eq!(
-        routes.custom_domains,
+        routes().custom_domains,
         vec![(
             "shop.example".to_string(),
             "storefront.a.tunnel.test".to_string()

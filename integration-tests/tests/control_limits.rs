@@ -352,6 +352,25 @@ fn a_heartbeat_of_100000_ids_renews_the_live_and_lists_every_other() {
     let mut ids: Vec<i64> = (1_000_000..1_099_997).collect();
     ids.splice(50_000..50_000, live.iter().copied());
     assert_eq!(ids.len(), 100_000);
+    // Leases about to lapse (setup gave them the whole lease): only the heartbeat can
+    // extend them past it.
+    let live_list = live
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    nearhop_stack::postgres::psql(
+        &stack.pg.primary.endpoint,
+        &format!(
+            "UPDATE tunnels SET lease_expires_at = now() + interval '2 seconds' \
+             WHERE id IN ({live_list})"
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        live_count(&stack, "lease_expires_at > now() + interval '20 seconds'"),
+        0
+    );
     let r = http()
         .post(format!("{base}/v1/edges/{EDGE}/heartbeat"))
         .bearer_auth(secret)

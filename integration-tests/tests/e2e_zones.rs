@@ -53,7 +53,11 @@ fn free_zone_takedown_leaves_the_pro_zone_untouched() {
         .control
         .cli(&["takedown", &free_host, "--reason", "phishing report"])
         .expect("takedown");
-    assert!(done.contains("closed_tunnel"), "{done}");
+    let done: serde_json::Value = serde_json::from_str(&done).expect("the CLI's JSON");
+    assert!(
+        done["closed_tunnel"].as_i64().is_some(),
+        "the takedown closed the live free tunnel: {done}"
+    );
 
     // The free name is gone from every region's DNS and from its edge; its client is told.
     for dns in [US, EU, AP] {
@@ -65,7 +69,10 @@ fn free_zone_takedown_leaves_the_pro_zone_untouched() {
     }
     eventually("eu's edge stops serving the taken-down name", || {
         let (status, body) = http_get(stack.regions[EU].http_addr(), &free_host, "/")?;
-        anyhow::ensure!(status != 200, "{status} {body}");
+        anyhow::ensure!(
+            status == 404 && body.contains("No tunnel here"),
+            "{status} {body}"
+        );
         Ok(())
     });
     let out = free

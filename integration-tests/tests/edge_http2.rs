@@ -45,8 +45,6 @@ struct Got {
     /// Connections curl opened for this transfer (0: it reused one).
     connects: u32,
     body: String,
-    /// What curl said about the whole run.
-    stderr: String,
 }
 
 /// Where the visitors' curl goes: the edge's TLS port, checked against the zone's CA.
@@ -105,7 +103,6 @@ impl Https<'_> {
                     status: status.parse().unwrap_or(0),
                     connects: connects.parse().unwrap_or(u32::MAX),
                     body: std::fs::read_to_string(self.dir.join(i.to_string())).unwrap_or_default(),
-                    stderr: stderr.clone(),
                 }
             })
             .collect()
@@ -151,7 +148,9 @@ fn https_stack(extra_toml: &str) -> (EdgeStack, DevCertificate) {
 
 #[test]
 fn every_stream_of_one_h2_connection_passes_the_tunnels_rules() {
-    let (s, dev) = https_stack("");
+    // A head bound under the 64 KiB of header block curl's nghttp2 sends at most, so that
+    // the oversized head below reaches the edge.
+    let (s, dev) = https_stack("visitor_max_header_bytes = 16384\n");
     let ca = dev.cert.clone();
     let local = LocalService::start("local");
     let at = |from: Ipv4Addr, dir: &str| Https {
@@ -321,13 +320,18 @@ fn every_stream_of_one_h2_connection_passes_the_tunnels_rules() {
         anyhow::ensure!(done("/seen-1") && done("/seen-2"), "{list}");
         Ok(list)
     });
-    assert!(list.to_string().contains("POST"), "{list}");
+    let posted = list["requests"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["path"] == "/seen-2"))
+        .unwrap_or_else(|| panic!("/seen-2 listed: {list}"));
+    assert_eq!(posted["method"], "POST", "{list}");
 
-    // Headers past the edge's limit (64 KiB) are refused before the tunnel (hyper's h2
-    // answers 431 and resets the stream), and the connection goes on.
+    // Headers past the edge's limit (16 KiB here) are refused before the tunnel with the
+    // 431 page, as over HTTP/1.1 (a browser whose cookies grew too large is told to clear
+    // them), and the connection goes on. h2 alone ended the whole connection.
     let big_local = LocalService::start("big");
     let (_big, host) = tunnel(&s, "big", &big_local, &[]);
-    let huge = format!("X-Huge: {}", "h".repeat(100 * 1024));
+    let huge = format!("X-Huge: {}", "h".repeat(40 * 1024));
     let got = me.curl(
         "--http2",
         &[
@@ -335,12 +339,11 @@ fn every_stream_of_one_h2_connection_passes_the_tunnels_rules() {
             Fetch::new(&host, "/after", &[]),
         ],
     );
-    // curl sees the stream refused (it retries a refused stream, then gives up).
+    on_one_h2_connection(&got, &[431, 200]);
     assert!(
-        got[0].status == 431 || (got[0].status == 0 && got[0].stderr.contains("curl: (")),
-        "refused with 431 or a reset stream: {got:#?}"
+        got[0].body.contains("clear this site's cookies"),
+        "{got:#?}"
     );
-    assert_eq!(got[1].status, 200, "{got:#?}");
     assert_eq!(
         big_local.served.load(std::sync::atomic::Ordering::Relaxed),
         1,

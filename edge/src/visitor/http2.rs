@@ -57,6 +57,18 @@ pub const MAX_PENDING_RESETS: usize = 20;
 /// closes it (a visitor provoking resets, CVE-2024-2653's cousin).
 pub const MAX_ERROR_RESETS: usize = 1024;
 
+/// How many times `visitor_max_header_bytes` hyper's HTTP/2 server takes in a stream's
+/// header list. The edge's own limit is checked on each stream (`head_is_too_large`), which
+/// answers with the 431 page, as over HTTP/1.1; h2 itself can only refuse a larger list
+/// with a reset stream, or end the whole connection (GOAWAY) once the list's encoded bytes
+/// pass its limit or take more CONTINUATION frames than that limit needs in frames of
+/// `MAX_FRAME` (+25 %), and a browser shows neither as "clear this site's cookies". A
+/// sender of 16 KiB frames (curl's nghttp2) then gets through with about 5/16 of the
+/// allowance: 16 times 64 KiB lets such heads of up to ~320 KiB reach the page (browsers
+/// cap a site's cookies near that), and costs at most 1 MiB of head per connection while
+/// it is read, under the 16 MiB of upload window a connection already has.
+const HEADER_LIST_ALLOWANCE: usize = 16;
+
 /// A connection with no stream in flight that started none for this long is closed.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(120);
 
@@ -88,12 +100,13 @@ pub async fn serve<S>(
     // a stream in flight or started one within `IDLE_LIMIT`.
     let streams = Arc::new(Streams::default());
     let counted = streams.clone();
+    let max_head = edge.config.visitor_max_header_bytes;
     let service = service_fn(move |req| {
         let in_flight = InFlight::start(&counted);
         let counted_stalls = counted.clone();
         let conn = conn.clone();
         async move {
-            let resp = answer(&conn, req).await;
+            let resp = answer(&conn, req, max_head).await;
             // Until hyper drops the answer's body: its stream ended or was reset.
             let handed = counted_stalls.watch();
             Ok::<_, Infallible>(resp.map(|body| Tracked {
@@ -105,7 +118,6 @@ pub async fn serve<S>(
             }))
         }
     });
-    let max_head = edge.config.visitor_max_header_bytes;
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -115,7 +127,9 @@ pub async fn serve<S>(
         .adaptive_window(false)
         .max_frame_size(MAX_FRAME)
         .max_send_buf_size(SEND_BUFFER)
-        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+        .max_header_list_size(
+            u32::try_from(max_head.saturating_mul(HEADER_LIST_ALLOWANCE)).unwrap_or(u32::MAX),
+        )
         .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
         .max_local_error_reset_streams(MAX_ERROR_RESETS)
         // A visitor gone without a word (no FIN) is noticed by its missing PING answers.
@@ -361,8 +375,14 @@ impl Tracked {
 
 /// Answers one stream: as an HTTP/1.1 request through the visitor code, the answer made fit
 /// for HTTP/2.
-async fn answer(conn: &VisitorConn, mut req: Request<Incoming>) -> Response<ProxyBody> {
-    let mut resp = if req.method() == Method::CONNECT {
+async fn answer(
+    conn: &VisitorConn,
+    mut req: Request<Incoming>,
+    max_head: usize,
+) -> Response<ProxyBody> {
+    let mut resp = if head_is_too_large(&req, max_head) {
+        pages::head_too_large(max_head)
+    } else if req.method() == Method::CONNECT {
         // Neither a proxy nor WebSockets over HTTP/2 (RFC 8441) are offered here.
         pages::page(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -379,6 +399,28 @@ async fn answer(conn: &VisitorConn, mut req: Request<Incoming>) -> Response<Prox
     };
     strip_connection_headers(resp.headers_mut());
     resp
+}
+
+/// Whether a stream's head is more than the edge takes in an HTTP/1.1 request: over
+/// `max_head` bytes as its HTTP/1.1 form (request line, each field as `name: value` and a
+/// line end, the blank line), or more than `MAX_REQUEST_FIELDS` fields.
+fn head_is_too_large<B>(req: &Request<B>, max_head: usize) -> bool {
+    let headers = req.headers();
+    if headers.len() > pages::MAX_REQUEST_FIELDS {
+        return true;
+    }
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method().as_str().len() + " ".len() + target + " HTTP/1.1\r\n".len();
+    // The authority becomes the `Host` field.
+    let host = uri
+        .authority()
+        .map_or(0, |a| "host: \r\n".len() + a.as_str().len());
+    let fields: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + ": ".len() + value.len() + "\r\n".len())
+        .sum();
+    line + host + fields + "\r\n".len() > max_head
 }
 
 /// Makes a stream's head an HTTP/1.1 request's: the version, and the cookies HTTP/2 may
@@ -415,6 +457,42 @@ pub fn strip_connection_headers(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
     use hyper::header::CONNECTION;
+
+    /// A stream's head is measured as its HTTP/1.1 form, so the same request gets the same
+    /// verdict over either: the bound itself passes, one byte more does not; too many
+    /// fields do not either.
+    #[test]
+    fn a_streams_head_is_measured_as_its_http1_form() {
+        let request = |cookie_len: usize, fields: usize| {
+            let mut req = Request::builder()
+                .method(Method::GET)
+                .uri("https://shop.example/cart?x=1")
+                .header(COOKIE, "c=".to_string() + &"x".repeat(cookie_len));
+            for i in 0..fields {
+                req = req.header(format!("x-f{i}"), "v");
+            }
+            req.body(()).expect("request")
+        };
+        // GET /cart?x=1 HTTP/1.1\r\n, host: shop.example\r\n, cookie: c=...\r\n, \r\n
+        let fixed = "GET /cart?x=1 HTTP/1.1\r\n".len()
+            + "host: shop.example\r\n".len()
+            + "cookie: c=\r\n".len()
+            + "\r\n".len();
+        let max_head = 4096;
+        assert!(!head_is_too_large(&request(max_head - fixed, 0), max_head));
+        assert!(head_is_too_large(
+            &request(max_head - fixed + 1, 0),
+            max_head
+        ));
+        assert!(!head_is_too_large(
+            &request(10, pages::MAX_REQUEST_FIELDS - 1),
+            1 << 20
+        ));
+        assert!(head_is_too_large(
+            &request(10, pages::MAX_REQUEST_FIELDS),
+            1 << 20
+        ));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn an_answer_hyper_stopped_asking_for_is_stalled_after_the_limit() {

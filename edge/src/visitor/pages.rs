@@ -63,7 +63,27 @@ pub fn h2c_refusal() -> Vec<u8> {
 /// Written in place of hyper's bare status (`io::unreadable_requests`); the connection
 /// closes after it.
 pub fn unreadable_request(status: u16, max_head: usize) -> Vec<u8> {
-    let (reason, title, text) = match status {
+    let (reason, title, text) = unreadable_words(status, max_head);
+    let body = html(title, &text);
+    format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/html; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// 431 for an HTTP/2 stream whose head is over `max_head` bytes (counted as its HTTP/1.1
+/// form would be) or has too many fields: the page of [`unreadable_request`], on the
+/// stream; the connection goes on.
+pub fn head_too_large(max_head: usize) -> Response<ProxyBody> {
+    let (_, title, text) = unreadable_words(431, max_head);
+    page(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, title, &text)
+}
+
+/// The reason phrase, title and sentence of [`unreadable_request`]'s page for `status`.
+fn unreadable_words(status: u16, max_head: usize) -> (&'static str, &'static str, String) {
+    match status {
         414 => (
             "URI Too Long",
             "URL too long",
@@ -91,14 +111,7 @@ pub fn unreadable_request(status: u16, max_head: usize) -> Vec<u8> {
              Browsers do not send such requests; look at the program that sent it."
                 .to_string(),
         ),
-    };
-    let body = html(title, &text);
-    format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/html; charset=utf-8\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    }
 }
 
 /// Most header fields hyper reads in a request head (its default); more is a 431.
