@@ -304,3 +304,60 @@ fn no_visitor_reaches_a_tunnel_before_its_options_apply() {
     );
     assert!(seen.get(&401).is_some_and(|n| *n > 0), "{seen:?}");
 }
+
+/// Asks, on a fresh session channel each, for what the edge does not serve or ignores, with
+/// a reply wanted, and prints `NAME success|failure|none` a line (Paramiko closes a channel
+/// on a failure reply, so each request gets its own).
+const CHANNEL_REQUESTS: &str = r#"import sys, paramiko
+host, port, user = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+t = paramiko.Transport((host, port)); t.start_client(timeout=30); t.auth_none(user)
+t.request_port_forward("", 0, handler=lambda c, o, s: None)
+def ask(name, fields):
+    ch = t.open_session()
+    ch._event_pending()
+    m = paramiko.Message()
+    m.add_byte(bytes([paramiko.common.cMSG_CHANNEL_REQUEST[0]]))
+    m.add_int(ch.remote_chanid); m.add_string(name); m.add_boolean(True)
+    for f in fields:
+        if isinstance(f, bool): m.add_boolean(f)
+        elif isinstance(f, int): m.add_int(f)
+        else: m.add_string(f)
+    t._send_user_message(m)
+    ch.event.wait(30)
+    if not ch.event.is_set(): print(name, "none", flush=True)
+    else: print(name, "failure" if ch.closed else "success", flush=True)
+ask("x11-req", [False, "MIT-MAGIC-COOKIE-1", "00" * 16, 0])
+ask("env", ["LANG", "C.UTF-8"])
+ask("window-change", [80, 24, 0, 0])
+ask("signal", ["INT"])
+t.close()
+"#;
+
+/// A library that wants a reply to every channel request (Paramiko's `request_x11`, Go's
+/// `Session.Setenv`, libssh) gets one: X11, environment variables and signals are refused,
+/// a window change is taken. Without a reply such a client waits for ever.
+#[test]
+fn channel_requests_the_edge_does_not_serve_are_answered() {
+    let s = EdgeStack::start("");
+    let addr = s.edge.ssh_addr();
+    let out = std::process::Command::new("python3")
+        .args(["-c", CHANNEL_REQUESTS])
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(s.pro_token())
+        .output()
+        .expect("python3 runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}{err}\n{}", s.edge.log_tail(30));
+    assert_eq!(
+        said.lines().collect::<Vec<_>>(),
+        [
+            "x11-req failure",
+            "env failure",
+            "window-change success",
+            "signal failure"
+        ],
+        "{err}"
+    );
+}

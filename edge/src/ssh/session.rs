@@ -320,6 +320,62 @@ impl Handler for SshSession {
         Ok(())
     }
 
+    /// No X11 forwarding: refused (a client that asked for a reply gets it, as RFC 4254
+    /// asks; russh's default sends none, and Paramiko's `request_x11` waited for ever).
+    #[allow(clippy::too_many_arguments)]
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    /// Environment variables are not taken (as sshd refuses those outside `AcceptEnv`):
+    /// failure, when a reply is wanted (Go's `Session.Setenv`, libssh).
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _variable_name: &str,
+        _variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    /// The terminal's size does not matter to the edge's output; taken, and answered when
+    /// a reply is wanted (RFC 4254 has none, some libraries ask anyway).
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    /// There is no process to signal (Ctrl-C comes as a byte on a terminal): failure, when
+    /// a reply is wanted.
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        _signal: russh::Sig,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
     async fn subsystem_request(
         &mut self,
         channel: ChannelId,

@@ -1950,7 +1950,9 @@ impl Session {
                         handler.signal(channel_num, signal, self).await
                     }
                     x => {
-                        warn!("unknown channel request {x}");
+                        // nearhop patch (vendor/README.md): a client's own request, not a
+                        // fault of the server: at `debug`, not `warn`.
+                        debug!("unknown channel request {x}");
                         self.channel_failure(channel_num)?;
                         Ok(())
                     }
