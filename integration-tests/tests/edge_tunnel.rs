@@ -78,6 +78,59 @@ fn several_forwards_of_one_pro_client_get_several_tunnels() {
     assert_eq!(served, ["first", "second"], "each URL its own service");
 }
 
+/// A forward asking for the port an earlier `-R 0` of the same connection got (the edge's
+/// HTTP port) is refused with a sentence: ssh matches visitors to local ports by the port,
+/// so both tunnels would have served the first service. The others stay up, each serving
+/// its own.
+#[test]
+fn a_forward_on_a_port_the_connection_holds_already_is_refused() {
+    let s = EdgeStack::start("");
+    let (first, second, third) = (
+        LocalService::start("first"),
+        LocalService::start("second"),
+        LocalService::start("third"),
+    );
+    let http_port = s.edge.http_addr().port();
+    let args = SshArgs {
+        user: Some(s.pro_token()),
+        forwards: vec![
+            format!("0:localhost:{}", first.port),
+            format!("{http_port}:localhost:{}", second.port),
+            format!("0:localhost:{}", third.port),
+        ],
+        ..SshArgs::default()
+    };
+    let mut client = s.ssh("same-port", &args);
+    let mut urls = Vec::new();
+    eventually("two URLs and the refusal printed", || {
+        let out = client.output();
+        urls = out
+            .split_whitespace()
+            .filter(|w| w.starts_with("http://") && w.contains(".a.tunnel.test"))
+            .map(|w| w.trim_end_matches(['.', ',', ')']).to_string())
+            .collect();
+        urls.sort();
+        urls.dedup();
+        anyhow::ensure!(
+            urls.len() == 2 && out.contains("another forward of this connection holds that port"),
+            "{out}"
+        );
+        Ok(())
+    });
+    let mut served = Vec::new();
+    for url in &urls {
+        let body = s.visit(url, "/").text().unwrap();
+        served.push(body.split_whitespace().nth(2).unwrap_or("").to_string());
+    }
+    served.sort();
+    assert_eq!(served, ["first", "third"], "each URL its own service");
+    assert_eq!(
+        second.served.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the refused forward's service was reached"
+    );
+}
+
 /// One forward of a connection refused (here a name the edge refuses at once, asked for
 /// before the good one): the others stay up, and the user is told which was refused.
 #[test]

@@ -26,6 +26,9 @@ pub struct SshSession {
     user: Option<Result<UserRequest, UsernameError>>,
     forwards_requested: usize,
     next_virtual_port: u32,
+    /// The forwards this connection holds, as the client matches visitor channels to its
+    /// local targets: by the address and port of its request (or of the reply, for port 0).
+    forwards: std::collections::HashSet<(String, u32)>,
     refused: bool,
     /// The channel the client asked a terminal for: Ctrl-C and Ctrl-D typed on it arrive as
     /// bytes 3 and 4 (without one, a local Ctrl-C stops the client itself, and a channel's
@@ -50,6 +53,7 @@ impl SshSession {
             user: None,
             forwards_requested: 0,
             next_virtual_port: first_port,
+            forwards: Default::default(),
             refused: false,
             terminal: None,
             span: tracing::Span::current(),
@@ -205,9 +209,33 @@ impl Handler for SshSession {
         // tunnel's public port is bound only once control has authorised the tunnel
         // (tunnel_setup), so a refused client never holds one.
         if *port == 0 {
+            // Not a port another forward of this connection holds under the same address:
+            // the client could not tell their visitors apart.
+            while self
+                .forwards
+                .contains(&(address.to_string(), self.next_virtual_port))
+            {
+                self.next_virtual_port += 1;
+            }
             *port = self.next_virtual_port;
             self.next_virtual_port += 1;
+        } else if self.forwards.contains(&(address.to_string(), *port)) {
+            let asked = if address.is_empty() {
+                port.to_string()
+            } else {
+                format!("{address}:{port}")
+            };
+            let message = format!(
+                "-R {asked} was refused: another forward of this connection holds that port \
+                 (a -R 0 gets {first} and up), and your ssh would send both tunnels' visitors \
+                 to the first one's local port. Ask for another port, or 0.",
+                first = self.edge.config.public_http_port()
+            );
+            self.link.queue(true, format!("nearhop: {message}"));
+            self.flush(session);
+            return Ok(false);
         }
+        self.forwards.insert((address.to_string(), *port));
         let pending = PendingTunnel {
             user,
             requested_name: nearhop_wire::requested_name(address),
@@ -242,6 +270,7 @@ impl Handler for SshSession {
                 .close_tunnel(tunnel, "client_closed", None, true)
                 .await;
         }
+        self.forwards.remove(&(address.to_string(), port));
         Ok(!found.is_empty())
     }
 
