@@ -17,8 +17,9 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NEARHOP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,russh=warn,h2=error,rustls=error"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NEARHOP_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,russh=warn,h2=error,rustls=error")
+    });
     // Colours only on a terminal: log files and journald get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()

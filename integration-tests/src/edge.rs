@@ -143,7 +143,8 @@ impl EdgeProcess {
         cmd.arg("--config").arg(&self.config_path);
         cmd.env(
             "NEARHOP_LOG",
-            std::env::var("NEARHOP_TEST_LOG").unwrap_or_else(|_| "info,russh=warn,h2=error,rustls=error".into()),
+            std::env::var("NEARHOP_TEST_LOG")
+                .unwrap_or_else(|_| "info,russh=warn,h2=error,rustls=error".into()),
         );
         self.process = Some(ChildGuard::spawn(
             "nearhop-edge",

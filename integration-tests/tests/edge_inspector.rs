@@ -726,7 +726,7 @@ fn in_a_real_browser_requests_appear_live_open_in_detail_and_replay() {
         &inspected_tunnel(&s.pro_token(), local.port, port),
     );
     let url = client.wait_for_url(PATIENCE).unwrap();
-    let _ = InspectorApi::open(port);
+    let api = InspectorApi::open(port);
     // A few requests for the page to show from the start.
     assert_eq!(curl(&url, s.edge.http_addr(), "/index.html", &[]), 200);
     assert_eq!(curl(&url, s.edge.http_addr(), "/blob/512", &[]), 200);
@@ -832,7 +832,7 @@ fn in_a_real_browser_requests_appear_live_open_in_detail_and_replay() {
     b.wait_until(
         "the curl command",
         &format!(
-            "document.getElementById('curl-command').textContent.startsWith(\"curl '{url}{visit}'\")"
+            "document.getElementById('curl-command').textContent.startsWith(\"curl --globoff '{url}{visit}'\")"
         ),
     )
     .unwrap();
@@ -905,37 +905,167 @@ fn in_a_real_browser_requests_appear_live_open_in_detail_and_replay() {
         ),
         200
     );
+    let args = pasted_curl_args(&mut b, &dir, "/hostile-method");
+    assert_eq!(args[..3], ["--globoff", "-X", hostile], "{args:?}");
+    // What curl itself would read into the command: a body starting with @ (a file to
+    // upload) and a path with {a,b} and [1-3] (patterns making several requests) stay the
+    // visitor's text; a HEAD is asked with -I (-X HEAD waits for a body that never comes).
+    assert_eq!(
+        curl(
+            &url,
+            s.edge.http_addr(),
+            "/glob/{a,b}/[1-3]",
+            &["-g", "--data-raw", "@/etc/hosts"]
+        ),
+        200
+    );
+    let args = pasted_curl_args(&mut b, &dir, "/glob/{a,b}/[1-3]");
+    assert_eq!(args[0], "--globoff", "{args:?}");
+    assert!(
+        args.iter().any(|a| a.ends_with("/glob/{a,b}/[1-3]")),
+        "{args:?}"
+    );
+    let body = args.iter().position(|a| a == "--data-raw");
+    assert_eq!(
+        body.and_then(|at| args.get(at + 1)).map(String::as_str),
+        Some("@/etc/hosts"),
+        "{args:?}"
+    );
+    assert_eq!(
+        curl(&url, s.edge.http_addr(), "/asked-with-head", &["-I"]),
+        200
+    );
+    let args = pasted_curl_args(&mut b, &dir, "/asked-with-head");
+    assert_eq!(args[..2], ["--globoff", "-I"], "{args:?}");
+    assert!(!args.iter().any(|a| a == "-X"), "{args:?}");
+
+    // "Edit & replay" sent unchanged: the body goes with its own CRLF line ends, though
+    // the text box gives its text back with LF.
+    let crlf = "--x\r\ncontent-disposition: form-data; name=\"a\"\r\n\r\n1\r\n--x--\r\n";
+    let status = curl(
+        &url,
+        s.edge.http_addr(),
+        "/edit-crlf",
+        &["-H", "content-type: text/plain", "--data-binary", crlf],
+    );
+    assert_eq!(status, 200);
+    let original = api.wait_for("/edit-crlf");
+    edit_and_send(&mut b, "/edit-crlf");
+    let replayed = eventually("the edited replay listed", || {
+        api.list()["requests"]
+            .as_array()
+            .and_then(|rs| {
+                rs.iter()
+                    .find(|r| r["replay_of"] == original["id"] && r["state"] == "done")
+                    .cloned()
+            })
+            .ok_or_else(|| anyhow::anyhow!("not yet"))
+    });
+    let sent = api.detail(&replayed["id"], false);
+    assert_eq!(
+        body_bytes(&sent["request"]["body"]),
+        crlf.as_bytes(),
+        "{sent}"
+    );
+    // A body the inspector cut is not offered to edit: sending without typing one is
+    // refused, nothing half sent.
+    let big = dir.join("big-text.txt");
+    std::fs::write(&big, vec![b't'; 1_500_000]).unwrap();
+    let status = curl(
+        &url,
+        s.edge.http_addr(),
+        "/edit-cut",
+        &[
+            "-H",
+            "content-type: text/plain",
+            "--data-binary",
+            &format!("@{}", big.display()),
+        ],
+    );
+    assert_eq!(status, 200);
+    api.wait_for("/edit-cut");
+    let hits = local.served.load(Ordering::SeqCst);
+    edit_and_send(&mut b, "/edit-cut");
     b.wait_until(
-        "the hostile request listed",
-        "[...document.querySelectorAll('#requests tbody td.path')].some(td => td.textContent === '/hostile-method')",
+        "the refusal",
+        "document.getElementById('replay-status').textContent === 'failed' && \
+         document.getElementById('replay-result').textContent.includes('send the body with the replay')",
     )
     .unwrap();
-    b.eval(
-        "[...document.querySelectorAll('#requests tbody tr')].find(tr => tr.querySelector('td.path').textContent === '/hostile-method').click()",
+    assert_eq!(
+        local.served.load(Ordering::SeqCst),
+        hits,
+        "nothing was sent"
+    );
+}
+
+/// Selects the listed request of `path`, opens "Edit & replay" and sends it as offered.
+fn edit_and_send(b: &mut Chromium, path: &str) {
+    let path_js = serde_json::to_string(path).unwrap();
+    b.wait_until(
+        "the request listed",
+        &format!(
+            "[...document.querySelectorAll('#requests tbody td.path')].some(td => td.textContent === {path_js})"
+        ),
     )
+    .unwrap();
+    b.eval(&format!(
+        "[...document.querySelectorAll('#requests tbody tr')].find(tr => tr.querySelector('td.path').textContent === {path_js}).click()"
+    ))
     .unwrap();
     b.wait_until(
         "its detail",
-        "document.getElementById('request-view').textContent.includes('/hostile-method')",
+        &format!("document.getElementById('request-view').textContent.includes({path_js})"),
+    )
+    .unwrap();
+    b.eval("document.getElementById('edit-button').click()")
+        .unwrap();
+    b.wait_until(
+        "the edit form",
+        "!document.getElementById('edit-form').classList.contains('hidden')",
+    )
+    .unwrap();
+    b.eval("document.getElementById('edit-send').click()")
+        .unwrap();
+}
+
+/// Selects the listed request of `path` in the page, clicks "Copy as curl", and pastes the
+/// command into bash with a `curl` that only writes down its arguments: those arguments.
+fn pasted_curl_args(b: &mut Chromium, dir: &Path, path: &str) -> Vec<String> {
+    let path_js = serde_json::to_string(path).unwrap();
+    b.wait_until(
+        "the request listed",
+        &format!(
+            "[...document.querySelectorAll('#requests tbody td.path')].some(td => td.textContent === {path_js})"
+        ),
+    )
+    .unwrap();
+    b.eval(&format!(
+        "[...document.querySelectorAll('#requests tbody tr')].find(tr => tr.querySelector('td.path').textContent === {path_js}).click()"
+    ))
+    .unwrap();
+    b.wait_until(
+        "its detail",
+        &format!("document.getElementById('request-view').textContent.includes({path_js})"),
     )
     .unwrap();
     b.eval("document.getElementById('curl-button').click()")
         .unwrap();
     b.wait_until(
         "its curl command",
-        "document.getElementById('curl-command').textContent.includes('/hostile-method')",
+        &format!("document.getElementById('curl-command').textContent.includes({path_js})"),
     )
     .unwrap();
     let command = b
         .eval("document.getElementById('curl-command').textContent")
         .unwrap();
     let command = command.as_str().expect("text").to_string();
-    // Pasted into bash, with a `curl` that only writes down its arguments.
     let shell = dir.join("shell");
     std::fs::create_dir_all(&shell).unwrap();
     let fake = shell.join("curl");
     std::fs::write(&fake, "#!/bin/sh\nprintf '%s\\n' \"$@\" > args.txt\n").unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let _ = std::fs::remove_file(shell.join("args.txt"));
     let ran = Command::new("bash")
         .arg("-c")
         .arg(&command)
@@ -946,9 +1076,8 @@ fn in_a_real_browser_requests_appear_live_open_in_detail_and_replay() {
     assert!(ran.success(), "{command}");
     assert!(
         !shell.join(".pwned").exists() && !shell.join(".pwned2").exists(),
-        "the method ran as shell code: {command}"
+        "the command ran shell code: {command}"
     );
     let args = std::fs::read_to_string(shell.join("args.txt")).unwrap();
-    let args: Vec<&str> = args.lines().collect();
-    assert_eq!(args[..2], ["-X", hostile], "{command}");
+    args.lines().map(str::to_string).collect()
 }

@@ -100,7 +100,7 @@ fn a_forward_on_a_port_the_connection_holds_already_is_refused() {
         ],
         ..SshArgs::default()
     };
-    let mut client = s.ssh("same-port", &args);
+    let client = s.ssh("same-port", &args);
     let mut urls = Vec::new();
     eventually("two URLs and the refusal printed", || {
         let out = client.output();

@@ -217,6 +217,12 @@ impl Inspector {
         self.ring().exchanges.iter().rev().cloned().collect()
     }
 
+    /// The id of the oldest exchange kept (the ring lets the oldest go first), `None` when
+    /// it keeps none: a page drops the rows of this tunnel below it.
+    pub fn oldest_kept(&self) -> Option<u64> {
+        self.ring().exchanges.iter().map(|e| e.id).min()
+    }
+
     /// Exchanges changed after version `since`, oldest change first, and the version now.
     pub fn changed_since(&self, since: u64) -> (Vec<Exchange>, u64) {
         let ring = self.ring();

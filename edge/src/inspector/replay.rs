@@ -35,14 +35,20 @@ pub struct Edit {
 
 /// Headers that belong to one connection or to the body's framing: the replay's own are
 /// set by its HTTP connection.
-const HOP_HEADERS: [&str; 6] = [
+const HOP_HEADERS: [&str; 8] = [
     "connection",
     "keep-alive",
     "transfer-encoding",
     "content-length",
     "upgrade",
     "te",
+    "trailer",
+    "proxy-connection",
 ];
+
+/// How long a replay waits for its answer's body once the head came: a stream (server-sent
+/// events, a long poll) may never end, and the replay shows what came by then.
+const BODY_WAIT: Duration = Duration::from_secs(10);
 
 /// Builds the request to send from the original and the edit; the error is a sentence for
 /// the user.
@@ -81,18 +87,24 @@ pub fn build(original: &Exchange, edit: Edit) -> Result<Request<Bytes>, String> 
             original.request_body.bytes.clone()
         }
     };
-    let original_value = |name: &str| {
+    // The `nth` original header of `name` (a masked value stands for the original of the
+    // same place among the headers of its name: a second Cookie for the second).
+    let original_value = |name: &str, nth: usize| {
         original
             .request_headers
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .nth(nth)
             .map(|(_, v)| v.clone())
     };
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
     let pairs: Vec<(String, Bytes)> = match edit.headers {
         Some(edited) => edited
             .into_iter()
             .map(|(name, value)| {
-                let original = original_value(&name);
+                let nth = seen.entry(name.trim().to_ascii_lowercase()).or_default();
+                let original = original_value(name.trim(), *nth);
+                *nth += 1;
                 let masked_original = original
                     .as_ref()
                     .map(|v| view::mask(&name, &String::from_utf8_lossy(v)));
@@ -104,18 +116,40 @@ pub fn build(original: &Exchange, edit: Edit) -> Result<Request<Bytes>, String> 
             .collect(),
         None => original.request_headers.clone(),
     };
+    // Fields the `Connection` header names belong to that connection too.
+    let named_by_connection: Vec<String> = pairs
+        .iter()
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| {
+            String::from_utf8_lossy(v)
+                .split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let mut req = Request::new(body);
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     for (name, value) in pairs {
         let header = HeaderName::from_bytes(name.trim().as_bytes())
             .map_err(|_| format!("{name:?} is not a valid header name"))?;
-        if HOP_HEADERS.contains(&header.as_str()) {
+        if HOP_HEADERS.contains(&header.as_str())
+            || named_by_connection.iter().any(|n| n == header.as_str())
+        {
             continue;
         }
         let value = HeaderValue::from_maybe_shared(value)
             .map_err(|_| format!("the value of header {name:?} is not valid"))?;
         req.headers_mut().append(header, value);
+    }
+    // HTTP/1.1 needs a Host: the original's, when the edit left none.
+    if !req.headers().contains_key(hyper::header::HOST) {
+        let host = original_value("host", 0)
+            .unwrap_or_else(|| Bytes::copy_from_slice(original.tunnel.as_bytes()));
+        if let Ok(host) = HeaderValue::from_maybe_shared(host) {
+            req.headers_mut().insert(hyper::header::HOST, host);
+        }
     }
     Ok(req)
 }
@@ -170,19 +204,20 @@ pub async fn send(
         let mut body = resp.into_body();
         let mut kept = 0usize;
         let mut complete = true;
+        let until = tokio::time::Instant::now() + BODY_WAIT;
         while kept <= cut {
-            match body.frame().await {
-                Some(Ok(frame)) => {
+            match tokio::time::timeout_at(until, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
                         kept += data.len();
                         tap.pass(data);
                     }
                 }
-                Some(Err(_)) => {
+                Ok(Some(Err(_))) | Err(_) => {
                     complete = false;
                     break;
                 }
-                None => break,
+                Ok(None) => break,
             }
         }
         if kept > cut {
@@ -193,4 +228,99 @@ pub async fn send(
     inspector
         .get(id)
         .ok_or_else(|| "the replay was sent, but the inspector no longer keeps it".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspector::capture::Limits;
+
+    /// An exchange recorded from a visitor's GET with these headers.
+    fn recorded(headers: &[(&str, &str)]) -> Exchange {
+        let inspector = Inspector::new(
+            "shop.a.tunnel.test".into(),
+            Limits {
+                max_requests: 10,
+                max_body_bytes: 1 << 20,
+                body_cut_bytes: 1024,
+            },
+        );
+        let mut req = Request::builder().uri("/cart");
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        let req = req.body(()).expect("request");
+        let visitor = "192.0.2.1:5000".parse().expect("address");
+        let id = inspector.record_request(visitor, &req, None, false);
+        inspector.get(id).expect("recorded")
+    }
+
+    fn as_shown(original: &Exchange) -> Vec<(String, String)> {
+        original
+            .request_headers
+            .iter()
+            .map(|(n, v)| (n.clone(), view::mask(n, &String::from_utf8_lossy(v))))
+            .collect()
+    }
+
+    fn values<'a>(req: &'a Request<Bytes>, name: &str) -> Vec<&'a str> {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().expect("text"))
+            .collect()
+    }
+
+    /// Headers left masked keep their originals, each in its place among the headers of
+    /// its name: the second Cookie's mask stands for the second Cookie.
+    #[test]
+    fn every_header_left_masked_keeps_its_own_original() {
+        let original = recorded(&[
+            ("host", "shop.a.tunnel.test"),
+            ("cookie", "a=SECRET1"),
+            ("cookie", "b=SECRET2"),
+            ("authorization", "Basic AAA"),
+            ("authorization", "Bearer BBB"),
+        ]);
+        let edit = Edit {
+            headers: Some(as_shown(&original)),
+            body: Some(String::new()),
+            ..Edit::default()
+        };
+        let req = build(&original, edit).expect("built");
+        assert_eq!(values(&req, "cookie"), ["a=SECRET1", "b=SECRET2"]);
+        assert_eq!(values(&req, "authorization"), ["Basic AAA", "Bearer BBB"]);
+    }
+
+    /// What belongs to one connection is not sent: the hop-by-hop fields, and those the
+    /// `Connection` header names. A replay whose edit left no Host gets the original's.
+    #[test]
+    fn connection_fields_are_dropped_and_a_host_is_always_sent() {
+        let original = recorded(&[("host", "shop.a.tunnel.test"), ("x-keep", "1")]);
+        let edit = Edit {
+            headers: Some(vec![
+                ("Connection".into(), "close, X-Private".into()),
+                ("X-Private".into(), "p".into()),
+                ("Trailer".into(), "x-sum".into()),
+                ("Proxy-Connection".into(), "keep-alive".into()),
+                ("X-Keep".into(), "1".into()),
+            ]),
+            body: Some(String::new()),
+            ..Edit::default()
+        };
+        let req = build(&original, edit).expect("built");
+        let names: Vec<&str> = req.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-keep", "host"]);
+        assert_eq!(values(&req, "host"), ["shop.a.tunnel.test"]);
+        let bare = build(
+            &original,
+            Edit {
+                headers: Some(vec![]),
+                body: Some(String::new()),
+                ..Edit::default()
+            },
+        )
+        .expect("built");
+        assert_eq!(values(&bare, "host"), ["shop.a.tunnel.test"]);
+    }
 }

@@ -407,6 +407,7 @@ impl SessionView {
         let event =
             |name: &str, data: &Value| Bytes::from(format!("event: {name}\ndata: {data}\n\n"));
         let mut seen: HashMap<i64, u64> = HashMap::new();
+        let mut oldest_sent: HashMap<i64, Option<u64>> = HashMap::new();
         let mut known_tunnels: Vec<i64> = Vec::new();
         let mut idle = 0u32;
         loop {
@@ -434,6 +435,12 @@ impl SessionView {
                 seen.insert(t.id, version);
                 for e in &changed {
                     batch.extend_from_slice(&event("request", &view::summary(e)));
+                }
+                // The ring let older requests go: the page drops them too.
+                let oldest = i.oldest_kept();
+                if oldest_sent.insert(t.id, oldest) != Some(oldest) {
+                    let kept = json!({ "tunnel": t.hostname, "from": oldest });
+                    batch.extend_from_slice(&event("kept", &kept));
                 }
             }
             let sent = !batch.is_empty();

@@ -38,9 +38,12 @@ pub fn mask(name: &str, value: &str) -> String {
             None => MASK.to_string(),
         };
     }
+    // A pair without `=` is a cookie with no name (browsers send it as its bare value): a
+    // value too.
     let mask_pair = |pair: &str| match pair.split_once('=') {
         Some((k, _)) => format!("{}={MASK}", k.trim()),
-        None => pair.trim().to_string(),
+        None if pair.trim().is_empty() => String::new(),
+        None => MASK.to_string(),
     };
     if lower == "cookie" {
         return value
@@ -191,9 +194,11 @@ pub fn body(kept: &KeptBody, pairs: &HeaderPairs) -> Value {
     });
     match kind {
         BodyKind::Json => {
-            let pretty = serde_json::from_slice::<Value>(bytes)
+            // Indented as it came: keys in their order, repeated keys, numbers as written.
+            let pretty = serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
                 .ok()
-                .and_then(|j| serde_json::to_string_pretty(&j).ok());
+                .and_then(|_| std::str::from_utf8(bytes).ok())
+                .map(indent_json);
             v["text"] = json!(pretty);
         }
         BodyKind::Text => v["text"] = json!(as_text(bytes, kept.cut)),
@@ -204,6 +209,69 @@ pub fn body(kept: &KeptBody, pairs: &HeaderPairs) -> Value {
         BodyKind::Empty | BodyKind::Image => {}
     }
     v
+}
+
+/// `json` (valid JSON) laid out as serde_json's pretty printer does, two spaces a level,
+/// without parsing it into values: every token stays as the visitor sent it, so the order
+/// of keys, a key given twice and a number past f64's precision show as they are.
+fn indent_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len() * 2);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut chars = json.chars().peekable();
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        for _ in 0..depth {
+            out.push_str("  ");
+        }
+    };
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                // An empty container stays on one line.
+                while chars.peek().is_some_and(|n| n.is_ascii_whitespace()) {
+                    chars.next();
+                }
+                if let Some(&close) = chars.peek().filter(|n| matches!(n, '}' | ']')) {
+                    out.push(close);
+                    chars.next();
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_ascii_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Milliseconds since the epoch.
@@ -269,6 +337,15 @@ mod tests {
             mask("Set-Cookie", "sid=abc; Path=/; HttpOnly"),
             format!("sid={MASK}; Path=/; HttpOnly")
         );
+        // Cookies with no name are their bare value.
+        assert_eq!(
+            mask("cookie", "SESSIONSECRET123; a=1; "),
+            format!("{MASK}; a={MASK}; ")
+        );
+        assert_eq!(
+            mask("set-cookie", "NAMELESSSECRET456; Path=/"),
+            format!("{MASK}; Path=/")
+        );
         assert_eq!(mask("content-type", "text/plain"), "text/plain");
         let pairs: HeaderPairs = vec![("authorization".into(), Bytes::from("Basic c2VjcmV0"))];
         assert_eq!(headers(&pairs, false)[0][1], format!("Basic {MASK}"));
@@ -323,6 +400,20 @@ mod tests {
         let v = body(&kept, &pairs);
         assert_eq!(v["kind"], "json");
         assert!(v["text"].as_str().unwrap().contains("\n  \"a\": ["), "{v}");
+        // Laid out as serde_json does, from the visitor's own tokens.
+        let sent = r#" {"zeta":1, "alpha" : [2, {}, [ ]], "amount":12345678901234567890123,
+            "price":1.10, "dup":"first", "dup":"se\"c,o:n{d", "e":{"x":null}}"#;
+        assert_eq!(
+            indent_json(sent),
+            "{\n  \"zeta\": 1,\n  \"alpha\": [\n    2,\n    {},\n    []\n  ],\n  \
+             \"amount\": 12345678901234567890123,\n  \"price\": 1.10,\n  \"dup\": \"first\",\n  \
+             \"dup\": \"se\\\"c,o:n{d\",\n  \"e\": {\n    \"x\": null\n  }\n}"
+        );
+        let plain: Value = serde_json::from_str(r#"{"a":[1,{"b":"c"}],"d":{}}"#).unwrap();
+        assert_eq!(
+            indent_json(&plain.to_string()),
+            serde_json::to_string_pretty(&plain).unwrap()
+        );
         let raw = vec![0u8, 159, 146, 150, 255];
         let kept = KeptBody {
             bytes: Bytes::from(raw.clone()),

@@ -8,6 +8,7 @@ const state = {
   selected: null,       // id
   detail: null,         // detail JSON of the selected request
   reveal: false,
+  editBody: null,       // the body offered to edit, as it was (null: none)
 };
 
 const $ = (id) => document.getElementById(id);
@@ -124,6 +125,15 @@ function live() {
   events.addEventListener("open", () => { status.textContent = "live"; status.className = "status live"; });
   events.addEventListener("error", () => { status.textContent = "reconnecting…"; status.className = "status down"; });
   events.addEventListener("tunnels", (e) => { showTunnels(JSON.parse(e.data)); render(); });
+  events.addEventListener("kept", (e) => {
+    // The inspector let this tunnel's older requests go (it keeps the last ones): so does
+    // the list.
+    const k = JSON.parse(e.data);
+    for (const [id, r] of state.rows) {
+      if (r.tunnel === k.tunnel && (k.from === null || id < k.from)) state.rows.delete(id);
+    }
+    render();
+  });
   events.addEventListener("request", (e) => {
     const r = JSON.parse(e.data);
     const isNew = !state.rows.has(r.id);
@@ -174,7 +184,15 @@ function exchangeView(d, side) {
 async function showDetail(id) {
   const r = await fetch("/api/requests/" + id + (state.reveal ? "?reveal=1" : ""));
   if (!r.ok) {
-    $("detail-meta").replaceChildren(el("span", { class: "error" }, (await r.json()).error));
+    // Shown where it is seen: the detail panel may still be hidden.
+    const said = (await r.json()).error;
+    if (state.selected !== id) return;
+    state.detail = null;
+    $("detail").classList.remove("hidden");
+    $("detail-title").textContent = "#" + id;
+    $("detail-meta").replaceChildren(el("span", { class: "error" }, said));
+    $("request-view").replaceChildren();
+    $("response-view").replaceChildren();
     return;
   }
   const d = await r.json();
@@ -229,8 +247,35 @@ function openEdit() {
   $("edit-path").value = d.path;
   $("edit-headers").value = d.request.headers.map(([n, v]) => n + ": " + v).join("\n");
   const b = d.request.body;
-  $("edit-body").value = b.kind === "json" || b.kind === "text" ? (b.kind === "json" ? atobUtf8(b.base64) : b.text) : "";
+  // Only a body kept whole is offered to edit; one cut or broken off is not prefilled, so
+  // that a part of it never goes out as if it were all of it.
+  const whole = !b.cut && (b.complete || b.size === 0);
+  const text = b.kind === "json" ? atobUtf8(b.base64) : b.kind === "text" ? b.text : null;
+  state.editBody = whole ? text : null;
+  $("edit-body").value = state.editBody === null ? "" : state.editBody;
+  $("edit-body-note").textContent = whole
+    ? ""
+    : "Only part of this body was kept (" + size(b.kept) + " of " + size(b.size) + "): type the body to send; left empty, the replay is refused.";
   $("edit-form").classList.remove("hidden");
+}
+
+// A text box gives its text back with every line end as LF; the original's CRLF (multipart
+// bodies, form posts) must not change by being shown.
+function lf(text) {
+  return text.replace(/\r\n?/g, "\n");
+}
+
+// The body to send for what the text box holds, or undefined for none (the original's).
+function editedBody(typed, b) {
+  const original = state.editBody;
+  if (original !== null && typed === lf(original)) return original;
+  if (typed === "") {
+    if (b.kind === "empty" || original !== null) return "";
+    return undefined;
+  }
+  // Lines ended with CRLF throughout before: the edited text keeps that.
+  if (original !== null && original.includes("\r\n") && !/(^|[^\r])\n/.test(original)) return typed.replace(/\n/g, "\r\n");
+  return typed;
 }
 
 function atobUtf8(b64) {
@@ -247,9 +292,9 @@ function sendEdit(ev) {
   });
   const d = state.detail;
   const edit = { method: $("edit-method").value, path: $("edit-path").value, headers };
-  const b = d.request.body;
   // A body that is no text goes again as it was, unless the user typed one.
-  if ($("edit-body").value !== "" || b.kind === "json" || b.kind === "text" || b.kind === "empty") edit.body = $("edit-body").value;
+  const body = editedBody($("edit-body").value, d.request.body);
+  if (body !== undefined) edit.body = body;
   $("edit-form").classList.add("hidden");
   replay(edit);
 }
@@ -264,15 +309,19 @@ function curlCommand(d) {
   const tunnel = state.tunnels.find((t) => t.hostname === d.tunnel);
   const base = tunnel ? tunnel.url : "http://" + d.tunnel;
   const skip = new Set(["host", "content-length", "connection", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"]);
-  const parts = ["curl"];
+  // --globoff: the path as it came, not curl's {a,b} and [1-9] patterns (many requests).
+  const parts = ["curl", "--globoff"];
   // A method is any HTTP token, backquotes and dollar signs included: quoted like the rest.
-  if (d.method !== "GET") parts.push("-X", shellQuote(d.method));
+  // HEAD is asked with -I: with -X HEAD curl would wait for a body that never comes.
+  if (d.method === "HEAD") parts.push("-I");
+  else if (d.method !== "GET") parts.push("-X", shellQuote(d.method));
   parts.push(shellQuote(base + d.path));
   for (const [n, v] of d.request.headers) {
     if (!skip.has(n.toLowerCase())) parts.push("-H", shellQuote(n + ": " + v));
   }
   const b = d.request.body;
-  if (b.kind === "json" || b.kind === "text") parts.push("--data-binary", shellQuote(b.kind === "json" ? atobUtf8(b.base64) : b.text));
+  // --data-raw: a body starting with @ is that text, not a file curl would read and send.
+  if (b.kind === "json" || b.kind === "text") parts.push("--data-raw", shellQuote(b.kind === "json" ? atobUtf8(b.base64) : b.text));
   else if (b.size > 0) parts.push("--data-binary", "@body.bin");
   return parts.join(" ");
 }
