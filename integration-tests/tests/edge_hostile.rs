@@ -1414,3 +1414,31 @@ fn ctrl_c_closes_a_terminal_session_only_and_sftp_is_refused_with_a_sentence() {
         "sftp is told why: {said}"
     );
 }
+
+/// A client that speaks no SSH-2 (an SSH-1 client, an HTTP request sent to the SSH port)
+/// is told so in the words sshd uses before the edge closes, not met with silence.
+#[test]
+fn clients_that_speak_no_ssh2_are_told_why() {
+    let s = EdgeStack::start("");
+    for (sent, told) in [
+        (
+            &b"SSH-1.5-OpenSSH_1.2.3\r\n"[..],
+            "Protocol major versions differ",
+        ),
+        (
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            "Invalid SSH identification string",
+        ),
+    ] {
+        let mut t = TcpStream::connect(s.edge.ssh_addr()).unwrap();
+        t.write_all(sent).unwrap();
+        let got = closed_by_edge(&mut t);
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("SSH-2.0-nearhop\r\n"), "{text}");
+        assert!(
+            text.contains(told),
+            "{}: {text}",
+            String::from_utf8_lossy(sent)
+        );
+    }
+}

@@ -62,7 +62,9 @@ impl ControlError {
                     ErrorCode::RateLimited => "Too many tunnel setups",
                     ErrorCode::InvalidName => "That name is not valid",
                     ErrorCode::PlanLimit => "Your plan does not allow this",
-                    ErrorCode::DatabaseUnavailable | ErrorCode::Internal => {
+                    // Control's message says that live tunnels go on.
+                    ErrorCode::DatabaseUnavailable => "nearhop cannot set up new tunnels right now",
+                    ErrorCode::Internal => {
                         "nearhop cannot set up new tunnels right now (live tunnels are not affected)"
                     }
                     _ => "The tunnel was refused",

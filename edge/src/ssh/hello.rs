@@ -178,6 +178,23 @@ pub async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(hello)
 }
 
+/// What to tell a client before closing, when its first bytes (`read`, its identification
+/// `id` if there was one) show it cannot speak SSH-2 with the edge: `None` for an SSH-2
+/// client (`SSH-2.0-`, or `SSH-1.99-`, which speaks both), and for a connection that sent
+/// nothing or closed.
+pub fn not_ssh2(id: &str, read: &[u8]) -> Option<&'static str> {
+    if id.starts_with("SSH-2.0-") || id.starts_with("SSH-1.99-") {
+        return None;
+    }
+    if id.starts_with("SSH-") {
+        return Some("Protocol major versions differ: this server speaks SSH-2.0 only.\r\n");
+    }
+    (!read.is_empty()).then_some(
+        "Invalid SSH identification string: this is an SSH server (nearhop), expecting \
+         SSH-2.0-... first.\r\n",
+    )
+}
+
 /// Reads until `read` holds the identification line; returns the index of its `\n`.
 async fn read_id_line<S: AsyncRead + Unpin>(
     stream: &mut S,
@@ -327,6 +344,26 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AlreadyIdentified<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_clients_that_speak_ssh2_are_let_on_and_the_others_are_told_why() {
+        assert_eq!(
+            not_ssh2("SSH-2.0-OpenSSH_9.2p1", b"SSH-2.0-OpenSSH_9.2p1\r\n"),
+            None
+        );
+        assert_eq!(
+            not_ssh2("SSH-1.99-OpenSSH_3.9", b"SSH-1.99-OpenSSH_3.9\r\n"),
+            None
+        );
+        assert_eq!(not_ssh2("", b""), None, "nothing sent: nothing to tell");
+        let old = not_ssh2("SSH-1.5-OpenSSH_1.2.3", b"SSH-1.5-OpenSSH_1.2.3\n");
+        assert!(old.is_some_and(|s| s.contains("SSH-2.0 only")), "{old:?}");
+        let http = not_ssh2("", b"GET / HTTP/1.1\r\n");
+        assert!(
+            http.is_some_and(|s| s.starts_with("Invalid SSH identification string")),
+            "{http:?}"
+        );
+    }
     use russh::cipher::{AES_128_CTR, AES_128_GCM, AES_256_CTR, AES_256_GCM, CHACHA20_POLY1305};
 
     const USUAL: [Name; 2] = [AES_128_GCM, AES_256_GCM];

@@ -58,8 +58,8 @@ pub fn tunnel_ready(
     }
     if tunnel.kind == TunnelKind::Http {
         text.push_str(
-            "\nRequest inspector: add -L4300:localhost:4300 to this ssh command, then open \
-             http://localhost:4300\n",
+            "\nRequest inspector: http://localhost:4300 with -L4300:localhost:4300 in this \
+             ssh command\n",
         );
     }
     if tunnel.kind == TunnelKind::Tls {

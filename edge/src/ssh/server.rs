@@ -177,6 +177,12 @@ async fn handle_connection(
                 "a PROXY protocol header from an address not in proxy_protocol_from"
             ));
         }
+        // A client that is no SSH-2 client is told so, in the words sshd uses, rather than
+        // meeting russh's silence: an SSH-1 client, or bytes that are no identification.
+        if let Some(said) = hello::not_ssh2(&hello.id, &read) {
+            let _ = stream.write_all(said.as_bytes()).await;
+            return Err(anyhow::anyhow!("{}", said.trim_end()));
+        }
         let offer = hello.offer(&edge.config.ssh_ciphers);
         tracing::debug!(client = ?hello.id, offer = offer.as_str(), "client identified");
         let stream = AlreadyIdentified::new(Prefixed::new(read, stream));
