@@ -519,16 +519,19 @@ fn every_edge_serves_the_issued_certificate_and_swaps_in_a_renewal_during_a_down
     let us = &stack.regions[US];
     let size = 40 * 1024 * 1024;
     let file = stack.dir.join("download.bin");
-    let mut download = Command::new("curl")
-        .args(["-sS", "--limit-rate", "2M", "--cacert"])
-        .arg(&root)
-        .arg("--resolve")
-        .arg(format!("{host}:{}:{}", us.ports.https, us.ip))
-        .arg("-o")
-        .arg(&file)
-        .arg(format!("https://{host}:{}/blob/{size}", us.ports.https))
-        .spawn()
-        .unwrap();
+    // Killed if the test fails before the download ends.
+    let mut download = KillOnDrop(
+        Command::new("curl")
+            .args(["-sS", "--limit-rate", "2M", "--cacert"])
+            .arg(&root)
+            .arg("--resolve")
+            .arg(format!("{host}:{}:{}", us.ports.https, us.ip))
+            .arg("-o")
+            .arg(&file)
+            .arg(format!("https://{host}:{}/blob/{size}", us.ports.https))
+            .spawn()
+            .unwrap(),
+    );
     let pids: Vec<Option<u32>> = stack.edges.iter().map(|e| e.pid()).collect();
     admin_renew(&stack, "a.tunnel.test");
     let renewed = wait_issued(&stack, "a.tunnel.test", first["serial"].as_str());
@@ -545,11 +548,11 @@ fn every_edge_serves_the_issued_certificate_and_swaps_in_a_renewal_during_a_down
         );
     }
     assert!(
-        download.try_wait().unwrap().is_none(),
+        download.0.try_wait().unwrap().is_none(),
         "the download was still running when the new certificate was served (else this \
          test proves nothing about it)"
     );
-    let status = download.wait().unwrap();
+    let status = download.0.wait().unwrap();
     assert!(status.success(), "the download finished without error");
     let got = std::fs::read(&file).unwrap();
     assert_eq!(got.len(), size);
@@ -561,6 +564,18 @@ fn every_edge_serves_the_issued_certificate_and_swaps_in_a_renewal_during_a_down
     assert_eq!(pids, now, "no edge restarted");
     let c = curl_tls(&host, us.ip, us.ports.https, "/hello", Some(&root));
     assert_eq!((c.code, c.status.as_str()), (0, "200"), "{}", c.stderr);
+}
+
+/// A child process killed when dropped, unless it has ended.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// `text` without terminal colour sequences (control's log is coloured).

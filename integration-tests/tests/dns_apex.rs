@@ -29,8 +29,10 @@ fn fixture() -> DnsFixture {
     DnsFixture::start(|spec| {
         spec.apex_prefixes = vec![
             ("127.0.0.2/32".into(), vec!["eu".into()]),
-            ("127.0.0.3/32".into(), vec!["ap".into(), "us".into()]),
-            ("10.3.0.0/16".into(), vec!["ap".into(), "us".into()]),
+            // The second preference is not the default region: falling back to the default
+            // would not pass for following the preference.
+            ("127.0.0.3/32".into(), vec!["ap".into(), "eu".into()]),
+            ("10.3.0.0/16".into(), vec!["ap".into(), "eu".into()]),
         ];
         spec.default_region = "us".into();
         spec.heartbeat_bound_secs = 5.0;
@@ -78,9 +80,9 @@ fn apex_skips_a_region_whose_edges_stopped_heartbeating() {
     assert_eq!(apex_a(&fx, &["-b", "127.0.0.3"]), "127.0.0.3");
     fx.sql("UPDATE edges SET last_heartbeat = now() - interval '1 hour' WHERE region = 'ap'")
         .expect("stale heartbeat");
-    // ap's clients now get their next preference, us.
-    answer_becomes(&fx, &["-b", "127.0.0.3"], "127.0.0.1");
-    answer_becomes(&fx, &["+subnet=10.3.7.0/24"], "127.0.0.1");
+    // ap's clients now get their next preference, eu (not the default, us).
+    answer_becomes(&fx, &["-b", "127.0.0.3"], "127.0.0.2");
+    answer_becomes(&fx, &["+subnet=10.3.7.0/24"], "127.0.0.2");
     // The edge heartbeats again: back to ap.
     fx.sql("UPDATE edges SET last_heartbeat = now() WHERE region = 'ap'")
         .expect("fresh heartbeat");

@@ -375,9 +375,10 @@ fn another_accounts_session_sees_its_own_empty_inspector_not_this_tunnels() {
         free_port(Ipv4Addr::LOCALHOST),
         free_port(Ipv4Addr::LOCALHOST),
     );
+    let owner_token = s.pro_token();
     let mut owner = s.ssh(
         "owner",
-        &inspected_tunnel(&s.pro_token(), local.port, owner_port),
+        &inspected_tunnel(&owner_token, local.port, owner_port),
     );
     let url = owner.wait_for_url(PATIENCE).unwrap();
     let owner_api = InspectorApi::open(owner_port);
@@ -407,9 +408,22 @@ fn another_accounts_session_sees_its_own_empty_inspector_not_this_tunnels() {
         "nothing was sent"
     );
 
-    // When the tunnel ends, what its inspector kept goes with it.
+    // When the tunnel ends, what its inspector kept goes with it: the owner, back on the
+    // same name, finds an empty list and the old request gone.
     other.stop();
     owner.stop();
+    let again_port = free_port(Ipv4Addr::LOCALHOST);
+    let mut again = s.ssh(
+        "owner-again",
+        &inspected_tunnel(&owner_token, local.port, again_port),
+    );
+    assert_eq!(again.wait_for_url(PATIENCE).unwrap(), url, "the same name");
+    let again_api = InspectorApi::open(again_port);
+    let listed = again_api.list();
+    assert_eq!(listed["requests"], json!([]), "{listed}");
+    let (status, _) = again_api.get(&format!("/api/requests/{}", row["id"]));
+    assert_eq!(status, 404);
+    again.stop();
 }
 
 #[test]

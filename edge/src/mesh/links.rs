@@ -786,6 +786,37 @@ impl client::Handler for PeerClient {
 mod tests {
     use super::super::credits::CreditLimits;
     use super::*;
+
+    /// Every cause a relay error is counted under is one the metric exports from the start
+    /// (docs/edge.md lists them): a new variant with a new cause fails here until it is.
+    #[test]
+    fn every_relay_error_is_counted_under_an_exported_cause() {
+        let peer = || "eu-1".to_string();
+        let errors = [
+            RelayError::NotConnected(peer()),
+            RelayError::Refused {
+                peer: peer(),
+                source: russh::Error::Disconnect,
+            },
+            RelayError::TimedOut(peer()),
+            RelayError::Busy {
+                peer: peer(),
+                limit: 1,
+            },
+            RelayError::TunnelBusy {
+                peer: peer(),
+                tunnel: "t.a.tunnel.test".into(),
+                limit: 1,
+            },
+        ];
+        for e in &errors {
+            assert!(
+                crate::metrics::RELAY_ERROR_CAUSES.contains(&e.cause()),
+                "{e}: {}",
+                e.cause()
+            );
+        }
+    }
     use crate::io::receive_window::{WindowBudget, WindowLimits};
 
     #[tokio::test]
