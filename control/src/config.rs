@@ -749,6 +749,24 @@ impl Config {
         out
     }
 
+    /// The zones' name servers that lie inside their zone and have no address in
+    /// `nameserver_addresses`: `(zone, name server)`. Nothing in the zone answers for such
+    /// a name, so a resolver that follows the zone's NS record to it gets NXDOMAIN (unless
+    /// the parent zone's glue is all it asks).
+    pub fn in_zone_nameservers_without_address(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for zone in [&self.zones.pro, &self.zones.free] {
+            let suffix = format!(".{}", zone.name);
+            for ns in &zone.nameservers {
+                let name = ns.trim_end_matches('.').to_ascii_lowercase();
+                if name.ends_with(&suffix) && !self.nameserver_addresses.contains_key(&name) {
+                    out.push((zone.name.clone(), name));
+                }
+            }
+        }
+        out
+    }
+
     /// How long before expiry a certificate is renewed.
     pub fn acme_renew_before(&self) -> Duration {
         Duration::from_secs(self.acme_renew_before_days.saturating_mul(86_400))
@@ -858,6 +876,16 @@ mod tests {
         );
         let free = c.zones.free.clone();
         assert!(c.in_zone_nameserver_records(&free).is_empty());
+        assert!(c.in_zone_nameservers_without_address().is_empty());
+        // Without addresses, the in-zone name server is named for the warning at start.
+        c.nameserver_addresses.clear();
+        assert_eq!(
+            c.in_zone_nameservers_without_address(),
+            vec![(
+                "a.tunnel.test".to_string(),
+                "ns-us.a.tunnel.test".to_string()
+            )]
+        );
 
         let mut c = minimal();
         c.nameserver_addresses = BTreeMap::from([(

@@ -483,6 +483,15 @@ fn api_listener(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpList
 async fn serve(cfg: config::Config, migrate: bool) -> Result<()> {
     let listen = cfg.listen;
     edge_auth::warn_if_legacy(&cfg);
+    for (zone, ns) in cfg.in_zone_nameservers_without_address() {
+        tracing::warn!(
+            zone,
+            nameserver = ns,
+            "the zone's name server {ns} lies inside it and has no address: nothing in the zone \
+             answers for it, and a resolver that follows the NS record gets NXDOMAIN; give it its \
+             addresses under [nameserver_addresses] (docs/control.md)"
+        );
+    }
     let st = state::AppState::new(cfg)?;
     st.holder_signing.log_at_start(&st.cfg);
     tokio::spawn(st.holder_signing.clone().log_when_current_signs());

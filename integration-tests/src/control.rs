@@ -126,6 +126,16 @@ impl ControlSpec {
              max_tunnels_per_account = 3\nmax_anonymous_tunnels_per_source = {}\n",
             self.free_rate_limit, self.anonymous_per_source
         ));
+        // The zones' name servers lie inside them: their address records, as control seeds
+        // them (the first region's address; port 53 is the stack's DNS port only in name).
+        let ns_ip = self
+            .regions
+            .first()
+            .map_or_else(|| "127.0.0.1".to_string(), |r| r.ipv4.to_string());
+        t.push_str(&format!(
+            "[nameserver_addresses]\n\"ns1.{PRO_ZONE}\" = [\"{ns_ip}\"]\n\
+             \"ns1.{FREE_ZONE}\" = [\"{ns_ip}\"]\n"
+        ));
         t
     }
 }
