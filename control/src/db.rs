@@ -24,7 +24,21 @@ pub fn pool(url: &str, size: u32) -> PgPool {
         .max_size(size)
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(3))
+        .error_handler(Box::new(ConnectAttempts))
         .build_unchecked(ConnectionManager::new(url))
+}
+
+/// r2d2 logs every failed connection attempt at `error` (four lines before a CLI command
+/// says "the database is unavailable"). The failure reaches the caller as
+/// [`ControlError::Database`], which is logged or told where it is handled; each attempt
+/// is a `debug` line.
+#[derive(Debug)]
+struct ConnectAttempts;
+
+impl diesel::r2d2::HandleError<diesel::r2d2::Error> for ConnectAttempts {
+    fn handle_error(&self, error: diesel::r2d2::Error) {
+        tracing::debug!(%error, "a database connection attempt failed");
+    }
 }
 
 /// Takes a connection, as a [`ControlError::Database`] when the database is unreachable.

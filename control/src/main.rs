@@ -229,6 +229,22 @@ fn print<T: serde::Serialize>(json: bool, value: &T, human: impl FnOnce() -> Str
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    let json = cli.json;
+    let result = run(cli);
+    if let Err(e) = &result {
+        // A script reading --json output gets the failure as JSON too (on stdout, where
+        // the results go); the sentence still goes to stderr for whoever watches.
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "error": { "message": format!("{e:#}") } })
+            );
+        }
+    }
+    result
+}
+
+fn run(cli: Cli) -> Result<()> {
     init_logging();
     let cfg = config::Config::load(cli.config.as_deref())?;
     let rt = tokio::runtime::Runtime::new()?;

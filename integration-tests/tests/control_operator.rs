@@ -841,3 +841,37 @@ fn a_tunnel_taken_down_while_its_setup_waits_for_dns_is_refused_not_served() {
     );
     assert_eq!(sql(&stack, live), "", "no live tunnel on the banned name");
 }
+
+/// With `--json`, a failure is JSON on stdout too (`{"error": {"message"}}`), for the
+/// script that reads it; the sentence still goes to stderr. With the primary down, a
+/// command says the database is unavailable, without r2d2's line per connection attempt.
+#[test]
+fn cli_failures_are_json_with_json_and_one_sentence_when_the_database_is_down() {
+    let mut stack = start(None);
+    let bin = nearhop_stack::control::bin_path("nearhop-control").unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(&bin)
+            .arg("--config")
+            .arg(&stack.control.config_path)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--json", "token", "list", "--account", "999999"]);
+    assert!(!out.status.success());
+    let said: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let message = said["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no account 999999"), "{said}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no account 999999"),
+        "the sentence on stderr too"
+    );
+
+    stack.pg.stop("us");
+    let out = run(&["account", "create", "--name", "shop", "--plan", "pro"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the database is unavailable"), "{err}");
+    assert!(!err.contains("ERROR"), "r2d2's lines are back: {err}");
+}
