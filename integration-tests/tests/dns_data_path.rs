@@ -234,6 +234,10 @@ fn a_long_open_transaction_does_not_make_each_poll_reread_the_backlog() {
     }
 
     // The held writer's change, invisible all along, is still picked up when it commits.
+    assert!(
+        cname_of(&fx, "held.a.tunnel.test").is_empty(),
+        "served before its commit"
+    );
     held.commit().expect("commit");
     let lsn = fx.sql("SELECT pg_current_wal_lsn()").expect("lsn");
     fx.wait_applied(lsn.trim()).expect("applied");

@@ -198,7 +198,9 @@ fn tls_tunnel_passes_tls_through_routed_by_sni() {
     assert_eq!(status, 421, "{text}");
     assert!(text.contains(&format!("https://{host}:{port}/")), "{text}");
 
-    // A ClientHello without SNI, or bytes that are no TLS, leave the edge serving.
+    // A ClientHello cut short (a record header, then a handshake message of 1 byte that
+    // claims 255) leaves the edge serving. (Bytes that are no TLS get the 400 page:
+    // `edge_hostile::unreadable_request_heads_get_a_page_that_says_why`.)
     let mut raw = std::net::TcpStream::connect((ip, port)).unwrap();
     raw.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0xff])
         .unwrap();

@@ -96,6 +96,15 @@ fn relayed_at_us(stack: &Stack, url: &str, what: &str) {
     });
 }
 
+/// How many times the us edge's link to eu came up, by its log.
+fn us_links_to_eu(stack: &Stack) -> usize {
+    std::fs::read_to_string(stack.edges[US].log())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("mesh link up") && l.contains("peer=eu-1"))
+        .count()
+}
+
 fn control_log(stack: &Stack) -> String {
     std::fs::read_to_string(stack.control.log()).expect("control's log")
 }
@@ -162,6 +171,7 @@ fn the_holder_key_survives_an_admin_secret_change_and_rotates_without_breaking_r
     // relayed; the old tunnel's is under the old key, which the us edge took before. Not
     // restarted, and its link to eu not reconnected, it drops that claim once control's
     // answer no longer carries the old key.
+    let links = us_links_to_eu(&stack);
     restart_control_with(
         &mut stack,
         "a-new-admin-secret-0123456789",
@@ -181,6 +191,7 @@ fn the_holder_key_survives_an_admin_secret_change_and_rotates_without_breaking_r
         &after_url,
         "the new tunnel once the old key is gone",
     );
+    assert_eq!(us_links_to_eu(&stack), links, "us's link to eu came up again");
 }
 
 /// A second control instance on the stack's database, with control's config as it is now on
@@ -258,8 +269,10 @@ fn an_edge_whose_control_had_not_got_the_new_key_takes_the_claims_under_it_when_
     let listen = b.url.trim_start_matches("http://").to_string();
     std::fs::write(&b.config_path, with_setting(&config, "listen", &listen))
         .expect("control b's config");
+    let links = us_links_to_eu(&stack);
     b.stop();
     b.restart().expect("control b starts again");
     relayed_at_us(&stack, &url, "the tunnel whose claim came before the key");
     assert_eq!(taken_late_at_us(&stack), 1.0);
+    assert_eq!(us_links_to_eu(&stack), links, "us's link to eu came up again");
 }
