@@ -147,8 +147,8 @@ fn admin_api_needs_the_secret_and_knows_its_tunnels() {
     assert_eq!(bad.status(), 400);
     // Another method on a known path is 405 with the method it takes; an unknown path 404.
     for (method, path, allowed) in [
-        (reqwest::Method::POST, "/metrics", "GET"),
-        (reqwest::Method::DELETE, "/healthz", "GET"),
+        (reqwest::Method::POST, "/metrics", "GET, HEAD"),
+        (reqwest::Method::DELETE, "/healthz", "GET, HEAD"),
         (reqwest::Method::GET, "/v1/tunnels/1/close", "POST"),
         (reqwest::Method::POST, "/v1/tunnels/1/alive", "GET"),
     ] {
@@ -168,6 +168,11 @@ fn admin_api_needs_the_secret_and_knows_its_tunnels() {
             body["error"]["message"].as_str().unwrap().contains(allowed),
             "{method} {path}: {body}"
         );
+    }
+    // HEAD as GET on the operators' endpoints (load balancers' health checks).
+    for path in ["/healthz", "/metrics"] {
+        let head = http.head(format!("{base}{path}")).send().unwrap();
+        assert_eq!(head.status(), 200, "HEAD {path}");
     }
     let nowhere = http.get(format!("{base}/v1/nowhere")).send().unwrap();
     assert_eq!(nowhere.status(), 404);

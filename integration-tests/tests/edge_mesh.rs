@@ -1307,7 +1307,9 @@ fn relayed_requests_in_flight_when_the_client_moves_to_a_third_edge_are_answered
     let us = edge_metrics(&stack, US);
     let cause =
         |cause: &str| metric_sum(&us, "nearhop_edge_relay_errors_total", &[("cause", cause)]);
-    assert_eq!(cause("request_resent"), 2.0, "{us}");
+    // (More than two if a request handed back went to eu again before us learnt that ap
+    // holds the name.)
+    assert!(cause("request_resent") >= 2.0, "{us}");
     assert_eq!(cause("request_failed"), 0.0, "{us}");
 }
 

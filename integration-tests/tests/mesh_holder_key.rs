@@ -191,7 +191,11 @@ fn the_holder_key_survives_an_admin_secret_change_and_rotates_without_breaking_r
         &after_url,
         "the new tunnel once the old key is gone",
     );
-    assert_eq!(us_links_to_eu(&stack), links, "us's link to eu came up again");
+    assert_eq!(
+        us_links_to_eu(&stack),
+        links,
+        "us's link to eu came up again"
+    );
 }
 
 /// A second control instance on the stack's database, with control's config as it is now on
@@ -274,5 +278,9 @@ fn an_edge_whose_control_had_not_got_the_new_key_takes_the_claims_under_it_when_
     b.restart().expect("control b starts again");
     relayed_at_us(&stack, &url, "the tunnel whose claim came before the key");
     assert_eq!(taken_late_at_us(&stack), 1.0);
-    assert_eq!(us_links_to_eu(&stack), links, "us's link to eu came up again");
+    assert_eq!(
+        us_links_to_eu(&stack),
+        links,
+        "us's link to eu came up again"
+    );
 }

@@ -63,9 +63,10 @@ async fn route(edge: &Edge, req: Request<Incoming>) -> Response<ProxyBody> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
     match segments.as_slice() {
+        // HEAD as GET (hyper sends the head only): balancers' health checks use it.
         ["metrics"] => {
-            if method != Method::GET {
-                return method_not_allowed(&method, &path, "GET");
+            if method != Method::GET && method != Method::HEAD {
+                return method_not_allowed(&method, &path, "GET, HEAD");
             }
             edge.metrics.observe_holders(&edge.mesh.holders.peers());
             edge.metrics
@@ -78,8 +79,8 @@ async fn route(edge: &Edge, req: Request<Incoming>) -> Response<ProxyBody> {
             resp
         }
         ["healthz"] => {
-            if method != Method::GET {
-                return method_not_allowed(&method, &path, "GET");
+            if method != Method::GET && method != Method::HEAD {
+                return method_not_allowed(&method, &path, "GET, HEAD");
             }
             Response::new(full("ok\n"))
         }

@@ -87,30 +87,30 @@ pub fn build(original: &Exchange, edit: Edit) -> Result<Request<Bytes>, String> 
             original.request_body.bytes.clone()
         }
     };
-    // The `nth` original header of `name` (a masked value stands for the original of the
-    // same place among the headers of its name: a second Cookie for the second).
-    let original_value = |name: &str, nth: usize| {
-        original
-            .request_headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .nth(nth)
-            .map(|(_, v)| v.clone())
-    };
-    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    // A value shown masked stands for the original it masks: the first original of that
+    // name, not taken yet, whose mask it is (so deleting or reordering lines keeps each
+    // masked value with its own original).
+    let mut taken = vec![false; original.request_headers.len()];
     let pairs: Vec<(String, Bytes)> = match edit.headers {
         Some(edited) => edited
             .into_iter()
             .map(|(name, value)| {
-                let nth = seen.entry(name.trim().to_ascii_lowercase()).or_default();
-                let original = original_value(name.trim(), *nth);
-                *nth += 1;
-                let masked_original = original
-                    .as_ref()
-                    .map(|v| view::mask(&name, &String::from_utf8_lossy(v)));
-                match original {
-                    Some(v) if masked_original.as_deref() == Some(value.as_str()) => (name, v),
-                    _ => (name, Bytes::from(value)),
+                let found = original
+                    .request_headers
+                    .iter()
+                    .enumerate()
+                    .find(|(i, (n, v))| {
+                        !taken[*i]
+                            && n.eq_ignore_ascii_case(name.trim())
+                            && view::mask(n, &String::from_utf8_lossy(v)) == value
+                    })
+                    .map(|(i, (_, v))| (i, v.clone()));
+                match found {
+                    Some((i, v)) => {
+                        taken[i] = true;
+                        (name, v)
+                    }
+                    None => (name, Bytes::from(value)),
                 }
             })
             .collect(),
@@ -145,7 +145,11 @@ pub fn build(original: &Exchange, edit: Edit) -> Result<Request<Bytes>, String> 
     }
     // HTTP/1.1 needs a Host: the original's, when the edit left none.
     if !req.headers().contains_key(hyper::header::HOST) {
-        let host = original_value("host", 0)
+        let host = original
+            .request_headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+            .map(|(_, v)| v.clone())
             .unwrap_or_else(|| Bytes::copy_from_slice(original.tunnel.as_bytes()));
         if let Ok(host) = HeaderValue::from_maybe_shared(host) {
             req.headers_mut().insert(hyper::header::HOST, host);
@@ -271,8 +275,8 @@ mod tests {
             .collect()
     }
 
-    /// Headers left masked keep their originals, each in its place among the headers of
-    /// its name: the second Cookie's mask stands for the second Cookie.
+    /// Headers left masked keep their originals, each its own: the second Cookie's mask
+    /// stands for the second Cookie, also once the first is deleted.
     #[test]
     fn every_header_left_masked_keeps_its_own_original() {
         let original = recorded(&[
@@ -290,6 +294,16 @@ mod tests {
         let req = build(&original, edit).expect("built");
         assert_eq!(values(&req, "cookie"), ["a=SECRET1", "b=SECRET2"]);
         assert_eq!(values(&req, "authorization"), ["Basic AAA", "Bearer BBB"]);
+        // The first of each deleted: the one left keeps its own original.
+        let shown = as_shown(&original);
+        let edit = Edit {
+            headers: Some(vec![shown[0].clone(), shown[2].clone(), shown[4].clone()]),
+            body: Some(String::new()),
+            ..Edit::default()
+        };
+        let req = build(&original, edit).expect("built");
+        assert_eq!(values(&req, "cookie"), ["b=SECRET2"]);
+        assert_eq!(values(&req, "authorization"), ["Bearer BBB"]);
     }
 
     /// What belongs to one connection is not sent: the hop-by-hop fields, and those the

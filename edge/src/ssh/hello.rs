@@ -166,6 +166,10 @@ pub async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
         .trim_end_matches('\r')
         .to_string();
     hello.software = ClientSoftware::from_id(&hello.id);
+    // No SSH-2 client: no KEXINIT to wait for, it is told at once (`not_ssh2`).
+    if not_ssh2(&hello.id, read).is_some() {
+        return Ok(hello);
+    }
     // OpenSSH's list too: it costs no round trip. The client sends its KEXINIT as soon as it
     // has the edge's identification, and holds its next packet (Nagle, until the client
     // turns TCP_NODELAY on after login) until that KEXINIT is acknowledged. Answered at

@@ -180,7 +180,8 @@ async fn handle_connection(
         // A client that is no SSH-2 client is told so, in the words sshd uses, rather than
         // meeting russh's silence: an SSH-1 client, or bytes that are no identification.
         if let Some(said) = hello::not_ssh2(&hello.id, &read) {
-            let _ = stream.write_all(said.as_bytes()).await;
+            // Lingering, so that what the client still sends does not reset the sentence.
+            crate::io::last_word::answer_and_close(&mut stream, said.as_bytes()).await;
             return Err(anyhow::anyhow!("{}", said.trim_end()));
         }
         let offer = hello.offer(&edge.config.ssh_ciphers);

@@ -47,6 +47,12 @@ use tracing::Instrument;
 /// Smallest head buffer hyper accepts.
 const MIN_HEAD_BUFFER: usize = 8192;
 
+/// The largest visitor request head the edge takes, HTTP/1.1 or HTTP/2:
+/// `visitor_max_header_bytes`, at least hyper's smallest buffer.
+pub fn max_head(edge: &Edge) -> usize {
+    edge.config.visitor_max_header_bytes.max(MIN_HEAD_BUFFER)
+}
+
 /// Accepts visitors until shutdown.
 pub async fn serve(edge: Arc<Edge>, listener: TcpListener) {
     accept::until_stopped(
@@ -133,7 +139,7 @@ pub async fn serve_stream<S>(
 {
     let m = &edge.metrics;
     let head_timeout = head_timeout(edge);
-    let max_head = edge.config.visitor_max_header_bytes.max(MIN_HEAD_BUFFER);
+    let max_head = max_head(edge);
     // The first request head is read here, not by hyper, so that an `x:noreverseproxy`
     // tunnel can take the connection whole.
     let reading = tokio::time::timeout_at(deadline, first_request::read(&mut stream, max_head));
