@@ -1013,8 +1013,9 @@ fn in_a_real_browser_requests_appear_live_open_in_detail_and_replay() {
     );
 }
 
-/// Selects the listed request of `path`, opens "Edit & replay" and sends it as offered.
-fn edit_and_send(b: &mut Chromium, path: &str) {
+/// Waits until the page lists a request of `path`, selects it and waits for its detail;
+/// `path` as a JavaScript string.
+fn select_listed(b: &mut Chromium, path: &str) -> String {
     let path_js = serde_json::to_string(path).unwrap();
     b.wait_until(
         "the request listed",
@@ -1032,6 +1033,12 @@ fn edit_and_send(b: &mut Chromium, path: &str) {
         &format!("document.getElementById('request-view').textContent.includes({path_js})"),
     )
     .unwrap();
+    path_js
+}
+
+/// Selects the listed request of `path`, opens "Edit & replay" and sends it as offered.
+fn edit_and_send(b: &mut Chromium, path: &str) {
+    select_listed(b, path);
     b.eval("document.getElementById('edit-button').click()")
         .unwrap();
     b.wait_until(
@@ -1046,23 +1053,7 @@ fn edit_and_send(b: &mut Chromium, path: &str) {
 /// Selects the listed request of `path` in the page, clicks "Copy as curl", and pastes the
 /// command into bash with a `curl` that only writes down its arguments: those arguments.
 fn pasted_curl_args(b: &mut Chromium, dir: &Path, path: &str) -> Vec<String> {
-    let path_js = serde_json::to_string(path).unwrap();
-    b.wait_until(
-        "the request listed",
-        &format!(
-            "[...document.querySelectorAll('#requests tbody td.path')].some(td => td.textContent === {path_js})"
-        ),
-    )
-    .unwrap();
-    b.eval(&format!(
-        "[...document.querySelectorAll('#requests tbody tr')].find(tr => tr.querySelector('td.path').textContent === {path_js}).click()"
-    ))
-    .unwrap();
-    b.wait_until(
-        "its detail",
-        &format!("document.getElementById('request-view').textContent.includes({path_js})"),
-    )
-    .unwrap();
+    let path_js = select_listed(b, path);
     b.eval("document.getElementById('curl-button').click()")
         .unwrap();
     b.wait_until(

@@ -32,6 +32,31 @@ fn ssh_client_gets_a_url_and_visitors_reach_its_local_server() {
     );
 }
 
+/// The pro zone's `http://` URLs an ssh client printed, sorted, each once.
+fn pro_urls_in(output: &str) -> Vec<String> {
+    let mut urls: Vec<String> = output
+        .split_whitespace()
+        .filter(|w| w.starts_with("http://") && w.contains(".a.tunnel.test"))
+        .map(|w| w.trim_end_matches(['.', ',', ')']).to_string())
+        .collect();
+    urls.sort();
+    urls.dedup();
+    urls
+}
+
+/// The tag of the local service behind each of `urls` (a visit's answer names it), sorted.
+fn services_behind(s: &EdgeStack, urls: &[String]) -> Vec<String> {
+    let mut served: Vec<String> = urls
+        .iter()
+        .map(|url| {
+            let body = s.visit(url, "/").text().unwrap();
+            body.split_whitespace().nth(2).unwrap_or("").to_string()
+        })
+        .collect();
+    served.sort();
+    served
+}
+
 /// Several `-R 0` of one pro `ssh`: the first gets the account's persistent name, the
 /// others a name of their own (with a note saying why), and each serves its own service;
 /// the session is not refused for asking twice.
@@ -52,14 +77,7 @@ fn several_forwards_of_one_pro_client_get_several_tunnels() {
     let mut client = s.ssh("two", &args);
     let mut urls = Vec::new();
     eventually("two URLs printed", || {
-        urls = client
-            .output()
-            .split_whitespace()
-            .filter(|w| w.starts_with("http://") && w.contains(".a.tunnel.test"))
-            .map(|w| w.trim_end_matches(['.', ',', ')']).to_string())
-            .collect();
-        urls.sort();
-        urls.dedup();
+        urls = pro_urls_in(&client.output());
         anyhow::ensure!(urls.len() == 2, "{}", client.output());
         Ok(())
     });
@@ -69,12 +87,7 @@ fn several_forwards_of_one_pro_client_get_several_tunnels() {
         "the note says why: {out}"
     );
     assert!(client.is_running(), "the session goes on: {out}");
-    let mut served = Vec::new();
-    for url in &urls {
-        let body = s.visit(url, "/").text().unwrap();
-        served.push(body.split_whitespace().nth(2).unwrap_or("").to_string());
-    }
-    served.sort();
+    let served = services_behind(&s, &urls);
     assert_eq!(served, ["first", "second"], "each URL its own service");
 }
 
@@ -104,25 +117,14 @@ fn a_forward_on_a_port_the_connection_holds_already_is_refused() {
     let mut urls = Vec::new();
     eventually("two URLs and the refusal printed", || {
         let out = client.output();
-        urls = out
-            .split_whitespace()
-            .filter(|w| w.starts_with("http://") && w.contains(".a.tunnel.test"))
-            .map(|w| w.trim_end_matches(['.', ',', ')']).to_string())
-            .collect();
-        urls.sort();
-        urls.dedup();
+        urls = pro_urls_in(&out);
         anyhow::ensure!(
             urls.len() == 2 && out.contains("another forward of this connection holds that port"),
             "{out}"
         );
         Ok(())
     });
-    let mut served = Vec::new();
-    for url in &urls {
-        let body = s.visit(url, "/").text().unwrap();
-        served.push(body.split_whitespace().nth(2).unwrap_or("").to_string());
-    }
-    served.sort();
+    let served = services_behind(&s, &urls);
     assert_eq!(served, ["first", "third"], "each URL its own service");
     assert_eq!(
         second.served.load(std::sync::atomic::Ordering::Relaxed),
