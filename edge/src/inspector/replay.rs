@@ -145,12 +145,9 @@ pub fn build(original: &Exchange, edit: Edit) -> Result<Request<Bytes>, String> 
     }
     // HTTP/1.1 needs a Host: the original's, when the edit left none.
     if !req.headers().contains_key(hyper::header::HOST) {
-        let host = original
-            .request_headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("host"))
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| Bytes::copy_from_slice(original.tunnel.as_bytes()));
+        let host = view::header_value(&original.request_headers, "host")
+            .unwrap_or(original.tunnel.as_bytes());
+        let host = Bytes::copy_from_slice(host);
         if let Ok(host) = HeaderValue::from_maybe_shared(host) {
             req.headers_mut().insert(hyper::header::HOST, host);
         }

@@ -168,7 +168,7 @@ pub fn hex_dump(bytes: &[u8]) -> String {
     out
 }
 
-fn header_value<'a>(pairs: &'a HeaderPairs, name: &str) -> Option<&'a [u8]> {
+pub(crate) fn header_value<'a>(pairs: &'a HeaderPairs, name: &str) -> Option<&'a [u8]> {
     pairs
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
