@@ -275,6 +275,12 @@ impl ControlProcess {
         }
     }
 
+    /// When the process has exited by itself since the last look: a sentence saying so
+    /// ([`ChildGuard::take_exit`]).
+    pub fn take_exit(&mut self) -> Option<String> {
+        self.process.as_mut()?.take_exit()
+    }
+
     /// Stops the process (the stack's database stays up).
     pub fn stop(&mut self) {
         if let Some(mut p) = self.process.take() {

@@ -174,6 +174,12 @@ impl EdgeProcess {
         }
     }
 
+    /// When the process has exited by itself since the last look: a sentence saying so
+    /// ([`ChildGuard::take_exit`]).
+    pub fn take_exit(&mut self) -> Option<String> {
+        self.process.as_mut()?.take_exit()
+    }
+
     /// Whether the process runs.
     pub fn is_running(&mut self) -> bool {
         self.process.as_mut().is_some_and(|p| p.is_running())

@@ -145,11 +145,20 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut stack = stack;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
+        let mut look = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => return r,
+                _ = term.recv() => return Ok(()),
+                _ = look.tick() => {
+                    for exit in stack.take_exits() {
+                        eprintln!("\n{exit}\nThe rest of the stack goes on; Ctrl-C stops it, `make up` starts it afresh.");
+                    }
+                }
+            }
         }
     })?;
     eprintln!("stopping ...");

@@ -53,6 +53,12 @@ pub struct PgServer {
 }
 
 impl PgServer {
+    /// When the process has exited by itself since the last look: a sentence saying so
+    /// ([`ChildGuard::take_exit`]).
+    pub fn take_exit(&mut self) -> Option<String> {
+        self.process.as_mut()?.take_exit()
+    }
+
     /// Whether the server process runs.
     pub fn is_running(&mut self) -> bool {
         self.process

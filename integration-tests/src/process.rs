@@ -64,6 +64,25 @@ impl ChildGuard {
         }
     }
 
+    /// When the process has exited on its own: a sentence saying so (its name, PID, exit
+    /// status and the last lines of its log). Reaps it, so it is said once and no zombie
+    /// stays behind; a process this guard stopped is not reported.
+    pub fn take_exit(&mut self) -> Option<String> {
+        let child = self.child.as_mut()?;
+        let status = match child.try_wait() {
+            Ok(Some(status)) => status,
+            Ok(None) | Err(_) => return None,
+        };
+        let pid = child.id();
+        self.child = None;
+        Some(format!(
+            "{} (pid {pid}) exited by itself ({status}); last lines of {}:\n{}",
+            self.name,
+            self.log.display(),
+            tail(&self.log, 15)
+        ))
+    }
+
     /// Fails with the tail of the log if the process has exited.
     pub fn check_running(&mut self) -> Result<()> {
         if self.is_running() {
@@ -164,4 +183,57 @@ pub fn open_fds(pid: u32) -> Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))
         .with_context(|| format!("process {pid} is gone"))?
         .count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shell(script: &str, log: &Path) -> ChildGuard {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        ChildGuard::spawn("test shell", cmd, log, libc::SIGTERM).expect("sh runs")
+    }
+
+    /// A zombie still has its /proc entry; a reaped process has none.
+    fn proc_entry_exists(pid: u32) -> bool {
+        Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    #[test]
+    fn a_process_that_exits_by_itself_is_reported_once_with_its_log_and_reaped() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("shell.log");
+        let mut guard = shell("echo 'the last words'; exit 3", &log);
+        let pid = guard.pid();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let report = loop {
+            if let Some(report) = guard.take_exit() {
+                break report;
+            }
+            assert!(Instant::now() < deadline, "sh -c 'exit 3' never exited");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            report.starts_with(&format!("test shell (pid {pid}) exited by itself")),
+            "{report}"
+        );
+        assert!(report.contains("exit status: 3"), "{report}");
+        assert!(report.contains("the last words"), "{report}");
+        assert_eq!(guard.take_exit(), None, "said once");
+        assert!(!proc_entry_exists(pid), "pid {pid} left as a zombie");
+    }
+
+    #[test]
+    fn a_running_or_stopped_process_is_not_reported() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut guard = shell("sleep 60", &dir.path().join("sleep.log"));
+        assert_eq!(guard.take_exit(), None, "still running");
+        guard.stop();
+        assert_eq!(
+            guard.take_exit(),
+            None,
+            "stopped by its guard, not by itself"
+        );
+    }
 }

@@ -448,6 +448,23 @@ pub fn apex_map(regions: &[Region]) -> Vec<(String, Vec<String>)> {
 
 // Fault injection and per-region access for the end-to-end tests.
 impl Stack {
+    /// The processes that have exited by themselves since the last look (a crash, an
+    /// operator's `kill`), a sentence each; reaps them. `nearhop-stack` asks every few
+    /// seconds, so that whoever runs it hears of a dead part at once.
+    pub fn take_exits(&mut self) -> Vec<String> {
+        let mut exits: Vec<String> = self
+            .edges
+            .iter_mut()
+            .filter_map(|e| e.take_exit())
+            .collect();
+        exits.extend(self.dns.iter_mut().flat_map(|d| d.take_exits()));
+        exits.extend(self.pebble.as_mut().and_then(|p| p.take_exit()));
+        exits.extend(self.control.take_exit());
+        exits.extend(self.pg.primary.take_exit());
+        exits.extend(self.pg.replicas.iter_mut().filter_map(|r| r.take_exit()));
+        exits
+    }
+
     /// The edge of region `name`, mutably.
     pub fn edge_mut(&mut self, name: &str) -> Option<&mut EdgeProcess> {
         self.edges.iter_mut().find(|e| e.spec.region == name)

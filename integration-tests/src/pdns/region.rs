@@ -179,6 +179,13 @@ impl PdnsRegion {
         &self.dir
     }
 
+    /// What has exited by itself since the last look, `pdns_server` or the backend: a
+    /// sentence for each ([`ChildGuard::take_exit`]).
+    pub fn take_exits(&mut self) -> Vec<String> {
+        let backend = self.backend.as_mut().and_then(|b| b.take_exit());
+        self.pdns.take_exit().into_iter().chain(backend).collect()
+    }
+
     /// Stops the backend process (pdns keeps running and will answer SERVFAIL).
     pub fn stop_backend(&mut self) {
         if let Some(mut b) = self.backend.take() {
