@@ -370,3 +370,67 @@ fn channel_requests_the_edge_does_not_serve_are_answered() {
         "{err}"
     );
 }
+
+const CANCEL_DURING_SETUP: &str = r#"import socket, sys, paramiko
+host, port, user = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+t = paramiko.Transport((host, port)); t.start_client(timeout=30); t.auth_none(user)
+got = t.request_port_forward("", 0, handler=lambda c, o, s: None)
+t.cancel_port_forward("", got)
+t.request_port_forward("", 0, handler=lambda c, o, s: None)
+ch = t.open_session(); ch.invoke_shell()
+said = b""
+ch.settimeout(30)
+while b"Your tunnel is live" not in said:
+    data = ch.recv(4096)
+    if not data: break
+    said += data
+# Whatever else the edge says within 3 s: a second block, had the cancelled one gone live.
+ch.settimeout(3)
+try:
+    while data := ch.recv(4096):
+        said += data
+except socket.timeout:
+    pass
+print(said.decode(), flush=True)
+t.close()
+"#;
+
+/// A forward the client cancels while the edge is still setting it up (AsyncSSH closing a
+/// listener at once, OpenSSH's `-O cancel` through a control master) does not go live:
+/// before, the cancel found no live tunnel and the setup installed it afterwards, so it
+/// stayed up until the connection ended, holding the account's persistent name, and the
+/// client's next forward got a random one.
+#[test]
+fn a_forward_cancelled_during_its_setup_does_not_go_live() {
+    let s = EdgeStack::start("");
+    let addr = s.edge.ssh_addr();
+    let out = std::process::Command::new("python3")
+        .args(["-c", CANCEL_DURING_SETUP])
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(s.pro_token())
+        .output()
+        .expect("python3 runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}{err}\n{}", s.edge.log_tail(30));
+    assert_eq!(
+        said.matches("Your tunnel is live").count(),
+        1,
+        "one tunnel, the second forward's: {said}{err}"
+    );
+    assert!(
+        !said.contains("random name"),
+        "the next forward gets the persistent name: {said}"
+    );
+    let metrics = s.edge.metrics().expect("edge metrics");
+    let setups = |outcome| {
+        metric(
+            &metrics,
+            "nearhop_edge_tunnel_setup_seconds_count",
+            &[("outcome", outcome)],
+        )
+    };
+    assert_eq!(setups("cancelled"), Some(1.0), "{metrics}");
+    assert_eq!(setups("ok"), Some(1.0), "{metrics}");
+}

@@ -1381,15 +1381,35 @@ fn ctrl_c_closes_a_terminal_session_only_and_sftp_is_refused_with_a_sentence() {
     typed.url();
     typed.stdin.write_all(&[3]).unwrap();
     typed.stdin.flush().unwrap();
+    let mut status = None;
     eventually("Ctrl-C in a terminal session closes it", || {
-        anyhow::ensure!(typed.child.try_wait()?.is_some(), "{}", typed.output());
+        status = typed.child.try_wait()?;
+        anyhow::ensure!(status.is_some(), "{}", typed.output());
         Ok(())
     });
     assert!(
-        typed.output().contains("Closed by you"),
+        typed.output().contains("Closing your tunnel. Bye."),
         "{}",
         typed.output()
     );
+    // ssh exits as a shell reports an interrupted command, not with 255 as for a dropped
+    // network, so a reconnect loop can stop (docs/user-guide.md, "Staying connected").
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(130),
+        "{}",
+        typed.output()
+    );
+    let mut ended = TypedSsh::start(&s, "-tt", local.port);
+    ended.url();
+    ended.stdin.write_all(&[4]).unwrap();
+    ended.stdin.flush().unwrap();
+    eventually("Ctrl-D in a terminal session closes it", || {
+        status = ended.child.try_wait()?;
+        anyhow::ensure!(status.is_some(), "{}", ended.output());
+        Ok(())
+    });
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", ended.output());
 
     let addr = s.edge.ssh_addr();
     let sftp = std::process::Command::new("sftp")

@@ -59,36 +59,64 @@ fn services_behind(s: &EdgeStack, urls: &[String]) -> Vec<String> {
 
 /// Several `-R 0` of one pro `ssh`: the first gets the account's persistent name, the
 /// others a name of their own (with a note saying why), and each serves its own service;
-/// the session is not refused for asking twice.
+/// the session is not refused for asking twice. The persistent name goes to the first `-R`
+/// every time: the others ask control only once the first was answered (before, whichever
+/// setup reached control first took it, and the persistent URL served another port).
 #[test]
 fn several_forwards_of_one_pro_client_get_several_tunnels() {
     let s = EdgeStack::start("");
-    let first = LocalService::start("first");
-    let second = LocalService::start("second");
+    let services = ["first", "second", "third"].map(LocalService::start);
     let token = s.pro_token();
     let args = SshArgs {
         user: Some(token.clone()),
-        forwards: vec![
-            format!("0:localhost:{}", first.port),
-            format!("0:localhost:{}", second.port),
-        ],
+        forwards: services
+            .iter()
+            .map(|l| format!("0:localhost:{}", l.port))
+            .collect(),
         ..SshArgs::default()
     };
-    let mut client = s.ssh("two", &args);
-    let mut urls = Vec::new();
-    eventually("two URLs printed", || {
-        urls = pro_urls_in(&client.output());
-        anyhow::ensure!(urls.len() == 2, "{}", client.output());
-        Ok(())
-    });
-    let out = client.output();
-    assert!(
-        out.contains("got a random name"),
-        "the note says why: {out}"
-    );
-    assert!(client.is_running(), "the session goes on: {out}");
-    let served = services_behind(&s, &urls);
-    assert_eq!(served, ["first", "second"], "each URL its own service");
+    for run in 0..2 {
+        let mut client = s.ssh(&format!("three-{run}"), &args);
+        let mut urls = Vec::new();
+        eventually("three URLs printed", || {
+            urls = pro_urls_in(&client.output());
+            anyhow::ensure!(urls.len() == 3, "{}", client.output());
+            Ok(())
+        });
+        let out = client.output();
+        assert!(client.is_running(), "the session goes on: {out}");
+        let served = services_behind(&s, &urls);
+        assert_eq!(
+            served,
+            ["first", "second", "third"],
+            "each URL its own service"
+        );
+        let persistent = persistent_url_in(&out);
+        assert_eq!(
+            services_behind(&s, std::slice::from_ref(&persistent)),
+            ["first"],
+            "run {run}: the persistent name serves the first -R: {out}"
+        );
+        client.stop();
+        eventually("the tunnels closed", || {
+            let status = s.visit(&persistent, "/").status();
+            anyhow::ensure!(status == 404, "{persistent}: {status}");
+            Ok(())
+        });
+    }
+}
+
+/// Of the tunnels an ssh client printed, the URL of the one without the note that it got
+/// a random name: the account's persistent name.
+fn persistent_url_in(output: &str) -> String {
+    let mut own: Vec<String> = output
+        .split("Your tunnel is live")
+        .skip(1)
+        .filter(|block| !block.contains("got a random name"))
+        .flat_map(|block| pro_urls_in(block).into_iter().take(1))
+        .collect();
+    assert_eq!(own.len(), 1, "one tunnel without the note: {output}");
+    own.remove(0)
 }
 
 /// A forward asking for the port an earlier `-R 0` of the same connection got (the edge's
@@ -206,6 +234,67 @@ fn client_with_dash_n_learns_its_url() {
     let url = client.wait_for_url(PATIENCE).unwrap();
     let status = s.visit(&url, "/hello").status();
     assert_eq!(status, 200);
+}
+
+/// Without a session channel (`-N`) the client is told what a session would show beside
+/// the URLs, each in lines OpenSSH prints whole (it prints 100 bytes of each): a URL too
+/// long for the first line (a 63-letter name) on a line of its own, the note of a tunnel that
+/// got a random name, and the refusal of one forward of several. Before, the long URL lost
+/// its end and the note and the refusal were never shown.
+#[test]
+fn a_client_with_dash_n_is_told_the_whole_url_the_notes_and_the_refusals() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start("local");
+    let token = s.pro_token();
+    let mut holder = s.ssh("holder", &SshArgs::http_tunnel(Some(&token), local.port));
+    let persistent = holder.wait_for_url(PATIENCE).unwrap();
+    let label = format!("long{}", "x".repeat(59));
+    let args = SshArgs {
+        user: Some(token),
+        forwards: vec![
+            format!("0:localhost:{}", local.port),
+            format!("{label}:0:localhost:{}", local.port),
+            format!("a.b:0:localhost:{}", local.port),
+        ],
+        no_command: true,
+        ..SshArgs::default()
+    };
+    let client = s.ssh("dash-n-notes", &args);
+    let mut long_url = String::new();
+    eventually("the URLs, the note and the refusal shown", || {
+        let out = client.output();
+        long_url = out
+            .lines()
+            .filter_map(|l| l.split_once("unknown path ").map(|(_, path)| path.trim()))
+            .find(|path| path.starts_with(&format!("http://{label}.")))
+            .unwrap_or_default()
+            .to_string();
+        anyhow::ensure!(!long_url.is_empty(), "no line with the long URL: {out}");
+        anyhow::ensure!(out.contains("got a random name"), "no note: {out}");
+        anyhow::ensure!(
+            out.contains("one of this connection's tunnels was refused"),
+            "no refusal: {out}"
+        );
+        Ok(())
+    });
+    let port = s.edge.http_addr().port();
+    assert!(
+        long_url.ends_with(&format!(".a.tunnel.test:{port}")),
+        "{long_url}"
+    );
+    assert_eq!(s.visit(&long_url, "/hello").status(), 200, "{long_url}");
+    let out = client.output();
+    assert!(
+        out.lines().all(|l| l
+            .split_once("unknown path ")
+            .is_none_or(|(_, p)| p.len() <= 100)),
+        "every line within OpenSSH's 100 bytes: {out}"
+    );
+    assert_eq!(
+        s.visit(&persistent, "/hello").status(),
+        200,
+        "the first connection keeps its name"
+    );
 }
 
 #[test]

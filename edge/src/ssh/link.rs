@@ -3,6 +3,7 @@
 
 use crate::io::closing_channel::PeerCloses;
 use crate::options::TunnelOptions;
+use crate::ssh::messages;
 use bytes::Bytes;
 use russh::server::Handle;
 use russh::ChannelId;
@@ -206,15 +207,16 @@ impl SessionLink {
         SetupGuard(self.clone())
     }
 
-    /// Tells a client that opened no session channel (`ssh -N`) its URL, once its pending
-    /// setups are done and it has had `grace` to open one.
+    /// Tells a client that opened no session channel (`ssh -N`) `lines` (its URL, a
+    /// refusal), once its pending setups are done and it has had `grace` to open one.
     ///
     /// OpenSSH shows such a client nothing the server sends after authentication, except
     /// errors: the refusal of a `forwarded-streamlocal` channel for an unknown path is
-    /// printed with the path, so the path carries the text. (The auth banner cannot carry
-    /// the URL: it is shown only before authentication succeeds, when the forwards and so
-    /// the name are not known yet.)
-    pub async fn tell_without_session(&self, text: &str, grace: Duration) {
+    /// printed with the first 100 bytes of the path, so paths carry the text, a line of at
+    /// most 100 bytes each ([`messages::path_lines`]), in order. (The auth banner cannot
+    /// carry the URL: it is shown only before authentication succeeds, when the forwards and
+    /// so the name are not known yet.)
+    pub async fn tell_without_session(&self, lines: &[String], grace: Duration) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(grace) => {}
@@ -230,13 +232,17 @@ impl SessionLink {
         let Some(handle) = self.handle() else {
             return;
         };
-        // OpenSSH prints at most 100 characters of the path.
-        let path: String = text.chars().take(100).collect();
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            handle.channel_open_forwarded_streamlocal(path),
-        )
-        .await;
+        // One at a time: each waits for the client's refusal, so they are printed in order.
+        for path in lines.iter().flat_map(|l| messages::path_lines(l)) {
+            let opened = tokio::time::timeout(
+                Duration::from_secs(5),
+                handle.channel_open_forwarded_streamlocal(path),
+            )
+            .await;
+            if opened.is_err() {
+                return;
+            }
+        }
     }
 
     /// The session channel, once opened.
@@ -309,13 +315,34 @@ impl SessionLink {
     /// client has left by itself, the disconnect with `message` (which OpenSSH prints also
     /// with `-N`).
     pub async fn refuse(&self, line: &str, message: &str) {
+        self.end_session(true, line, 1, message).await;
+    }
+
+    /// The user closed the session from the keyboard (Ctrl-C or Ctrl-D typed on its
+    /// terminal): says goodbye, and ends the session with `exit_status` (130 for Ctrl-C, as a
+    /// shell reports an interrupted command; 0 for Ctrl-D), which `ssh` exits with, so that
+    /// a reconnect loop tells a deliberate end from a dropped network (255).
+    pub async fn close_by_user(&self, exit_status: u32) {
+        self.end_session(
+            false,
+            "Closing your tunnel. Bye.",
+            exit_status,
+            "Closed by you.",
+        )
+        .await;
+    }
+
+    /// Prints `line` on the session channel once it is ready (stderr when `error`), ends the
+    /// channel with `exit_status` and lets the client leave by itself; then, or without a
+    /// session channel, disconnects it with `message`.
+    async fn end_session(&self, error: bool, line: &str, exit_status: u32, message: &str) {
         let ready = self
             .wait_until(REFUSAL_SESSION_WAIT, |l| l.ready_channel().is_some())
             .await;
         if let Some(channel) = self.ready_channel().filter(|_| ready) {
-            self.say(true, line).await;
+            self.say(error, line).await;
             if let Some(handle) = self.handle() {
-                let _ = handle.exit_status_request(channel, 1).await;
+                let _ = handle.exit_status_request(channel, exit_status).await;
                 let _ = handle.eof(channel).await;
                 let _ = handle.close(channel).await;
             }

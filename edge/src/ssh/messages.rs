@@ -75,28 +75,8 @@ pub fn tunnel_ready(
             tunnel.hostname
         ));
     }
-    if let Some(notice) = &resp.notice {
-        text.push_str(&format!("\nNote: {notice}\n"));
-    }
-    if let Some(replaced) = &resp.replaced_tunnel {
-        text.push_str(&format!(
-            "\n(The name's previous tunnel on edge {} was closed: {}.)\n",
-            replaced.edge_id,
-            replaced.reason.as_str().replace('_', " ")
-        ));
-    }
-    if let Some(at) = resp.expires_at {
-        let minutes = (at - Utc::now()).num_minutes().max(0);
-        text.push_str(&format!(
-            "\nThis free tunnel closes at {} UTC (in about {minutes} minutes).\n",
-            at.format("%H:%M")
-        ));
-    }
-    if !resp.dns.unconfirmed.is_empty() {
-        text.push_str(&format!(
-            "\nNote: DNS in region(s) {} has not confirmed the name yet; it may take a few seconds to resolve there.\n",
-            resp.dns.unconfirmed.join(", ")
-        ));
+    for note in notes(resp) {
+        text.push_str(&format!("\n{note}\n"));
     }
     if qr {
         if let Some(code) = qr_code(&url) {
@@ -105,6 +85,82 @@ pub fn tunnel_ready(
         }
     }
     text
+}
+
+/// What the user is told about a new tunnel beside its URL: why it got a random name, the
+/// tunnel it replaced, when a free tunnel closes, the regions whose DNS has not confirmed it.
+fn notes(resp: &CreateTunnelResponse) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(notice) = &resp.notice {
+        notes.push(format!("Note: {notice}"));
+    }
+    if let Some(replaced) = &resp.replaced_tunnel {
+        notes.push(format!(
+            "(The name's previous tunnel on edge {} was closed: {}.)",
+            replaced.edge_id,
+            replaced.reason.as_str().replace('_', " ")
+        ));
+    }
+    if let Some(at) = resp.expires_at {
+        let minutes = (at - Utc::now()).num_minutes().max(0);
+        notes.push(format!(
+            "This free tunnel closes at {} UTC (in about {minutes} minutes).",
+            at.format("%H:%M")
+        ));
+    }
+    if !resp.dns.unconfirmed.is_empty() {
+        notes.push(format!(
+            "Note: DNS in region(s) {} has not confirmed the name yet; it may take a few seconds to resolve there.",
+            resp.dns.unconfirmed.join(", ")
+        ));
+    }
+    notes
+}
+
+/// What a client without a session channel (`ssh -N`) is told of a new tunnel: its URL, then
+/// the notes a session would show beside it.
+pub fn without_session(url: &str, resp: &CreateTunnelResponse) -> Vec<String> {
+    std::iter::once(format!("-- nearhop tunnel live: {url}"))
+        .chain(notes(resp).into_iter().map(|n| format!("-- nearhop: {n}")))
+        .collect()
+}
+
+/// Most bytes of a path OpenSSH prints when it refuses a `forwarded-streamlocal` channel
+/// (`%.100s`): what a client without a session channel is shown per line.
+pub const PATH_LINE_BYTES: usize = 100;
+
+/// `text` cut into lines of at most [`PATH_LINE_BYTES`] bytes, at spaces where it can be (a
+/// URL stays whole when it fits a line of its own), so that none of it is lost.
+pub fn path_lines(text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let sep = usize::from(!line.is_empty());
+        if line.len() + sep + word.len() <= PATH_LINE_BYTES {
+            if sep == 1 {
+                line.push(' ');
+            }
+            line.push_str(word);
+            continue;
+        }
+        if !line.is_empty() {
+            lines.push(std::mem::take(&mut line));
+        }
+        let mut rest = word;
+        while rest.len() > PATH_LINE_BYTES {
+            let mut cut = PATH_LINE_BYTES;
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            lines.push(rest[..cut].to_string());
+            rest = &rest[cut..];
+        }
+        line.push_str(rest);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
 }
 
 /// The URL as a QR code drawn with Unicode half blocks (light on dark terminals work too,
@@ -174,6 +230,30 @@ mod tests {
         let code = qr_code("http://abc.free.tunnel.test:8080").unwrap();
         assert!(code.lines().count() > 10);
         assert!(code.contains('█') || code.contains('▀') || code.contains('▄'));
+    }
+
+    #[test]
+    fn text_for_a_client_without_a_session_is_cut_at_spaces_into_lines_openssh_prints_whole() {
+        let label = "l".repeat(63);
+        let url = format!("http://{label}.a.tunnel.test:8080");
+        let text = format!("-- nearhop tunnel live: {url}");
+        assert!(text.len() > PATH_LINE_BYTES);
+        assert_eq!(path_lines(&text), ["-- nearhop tunnel live:", url.as_str()]);
+        let short = "-- nearhop tunnel live: http://blog.a.tunnel.test";
+        assert_eq!(path_lines(short), [short]);
+        let custom = format!("http://{}.example.com", "x".repeat(230));
+        let lines = path_lines(&format!("-- nearhop tunnel live: {custom}"));
+        assert!(
+            lines.iter().all(|l| l.len() <= PATH_LINE_BYTES),
+            "{lines:?}"
+        );
+        assert_eq!(lines[1..].concat(), custom, "nothing of the URL lost");
+        let note = path_lines(&format!("-- nearhop: Note: {}", "word ".repeat(60)));
+        assert!(
+            note.len() == 4 && note.iter().all(|l| l.len() <= PATH_LINE_BYTES),
+            "{note:?}"
+        );
+        assert!(path_lines("").is_empty());
     }
 
     #[test]

@@ -7,14 +7,16 @@ use crate::options::TunnelOptions;
 use crate::ssh::hello::ClientSoftware;
 use crate::ssh::link::{crlf, SessionLink};
 use crate::ssh::messages;
-use crate::ssh::tunnel_setup::{self, PendingTunnel};
+use crate::ssh::tunnel_setup::{self, NameTurn, PendingTunnel};
 use crate::ssh::username::{parse_username, UserRequest, UsernameError};
 use crate::tunnels::ForwardTarget;
 use bytes::Bytes;
 use russh::server::ChannelOpenHandle;
 use russh::server::{Auth, Handler, Msg, Session};
-use russh::{Channel, ChannelId, Disconnect};
+use russh::{Channel, ChannelId};
 use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// The russh handler of one client.
@@ -29,7 +31,15 @@ pub struct SshSession {
     /// The forwards this connection holds, as the client matches visitor channels to its
     /// local targets: by the address and port of its request (or of the reply, for port 0).
     forwards: std::collections::HashSet<(String, u32)>,
+    /// Per forward asked for: cancelled by its `cancel-tcpip-forward`, so that a setup still
+    /// in flight does not go live after the client let it go.
+    setups: std::collections::HashMap<(String, u32), CancellationToken>,
+    /// Once a forward without a name was asked for: the first one's answer from control,
+    /// which the later ones wait for ([`NameTurn`]).
+    first_unnamed: Option<watch::Receiver<()>>,
     refused: bool,
+    /// The user typed Ctrl-C or Ctrl-D: the session is being closed.
+    closing: bool,
     /// The channel the client asked a terminal for: Ctrl-C and Ctrl-D typed on it arrive as
     /// bytes 3 and 4 (without one, a local Ctrl-C stops the client itself, and a channel's
     /// bytes are whatever the client pipes in, which may hold any byte). Per channel: one
@@ -54,7 +64,10 @@ impl SshSession {
             forwards_requested: 0,
             next_virtual_port: first_port,
             forwards: Default::default(),
+            setups: Default::default(),
+            first_unnamed: None,
             refused: false,
+            closing: false,
             terminal: None,
             span: tracing::Span::current(),
         }
@@ -236,13 +249,28 @@ impl Handler for SshSession {
             return Ok(false);
         }
         self.forwards.insert((address.to_string(), *port));
+        let requested_name = nearhop_wire::requested_name(address);
+        let turn = match (&requested_name, &self.first_unnamed) {
+            (Ok(None), Some(first)) if user.token.is_some() => NameTurn::AfterFirst(first.clone()),
+            (Ok(None), None) if user.token.is_some() => {
+                let (first, answered) = watch::channel(());
+                self.first_unnamed = Some(answered);
+                NameTurn::First(first)
+            }
+            _ => NameTurn::Any,
+        };
+        let cancelled = CancellationToken::new();
+        self.setups
+            .insert((address.to_string(), *port), cancelled.clone());
         let pending = PendingTunnel {
             user,
-            requested_name: nearhop_wire::requested_name(address),
+            requested_name,
             forward: ForwardTarget {
                 address: address.to_string(),
                 port: *port,
             },
+            turn,
+            cancelled,
         };
         // The setup runs as its own task; its logs stay in the session's span.
         // Counted from the request on, so that a sibling forward refused at once sees this
@@ -259,6 +287,12 @@ impl Handler for SshSession {
         port: u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
+        // Before the live tunnels are looked for: a setup that installs its tunnel meanwhile
+        // sees the token afterwards and closes it itself (`tunnel_setup::create`).
+        let in_setup = self.setups.remove(&(address.to_string(), port));
+        if let Some(setup) = &in_setup {
+            setup.cancel();
+        }
         let found = self
             .edge
             .tunnels_of(self.link.id)
@@ -271,7 +305,7 @@ impl Handler for SshSession {
                 .await;
         }
         self.forwards.remove(&(address.to_string(), port));
-        Ok(!found.is_empty())
+        Ok(!found.is_empty() || in_setup.is_some())
     }
 
     async fn channel_close(
@@ -480,17 +514,20 @@ impl Handler for SshSession {
         &mut self,
         channel: ChannelId,
         data: &[u8],
-        session: &mut Session,
+        _session: &mut Session,
     ) -> Result<(), Self::Error> {
         // Every channel's data passes here, visitors' too; only the session channel is input.
         if self.link.session_channel() != Some(channel) {
             return Ok(());
         }
         // Ctrl-C or Ctrl-D in an interactive session ends it, as users of Pinggy expect.
-        if self.terminal == Some(channel) && data.iter().any(|b| *b == 3 || *b == 4) {
-            self.link.queue(false, "Closing your tunnel. Bye.".into());
-            self.flush(session);
-            let _ = session.disconnect(Disconnect::ByApplication, "Closed by you.", "en");
+        let typed = data.iter().find(|b| **b == 3 || **b == 4);
+        if let Some(key) = typed.filter(|_| self.terminal == Some(channel) && !self.closing) {
+            self.closing = true;
+            let exit_status = if *key == 3 { 130 } else { 0 };
+            let link = self.link.clone();
+            let closing = async move { link.close_by_user(exit_status).await };
+            tokio::spawn(closing.instrument(self.span.clone()));
         }
         Ok(())
     }

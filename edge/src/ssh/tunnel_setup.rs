@@ -13,6 +13,8 @@ use nearhop_wire::{
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// Time a client has after its forwards are set up to open a session channel before it is
@@ -39,6 +41,50 @@ pub struct PendingTunnel {
     pub requested_name: Result<Option<String>, nearhop_wire::NameError>,
     /// The forward as the client will match it.
     pub forward: ForwardTarget,
+    /// Its place among the connection's forwards that asked for no name.
+    pub turn: NameTurn,
+    /// Cancelled when the client cancels the forward (`cancel-tcpip-forward`) while it is
+    /// being set up.
+    pub cancelled: CancellationToken,
+}
+
+/// Where a forward that asked for no name stands among its connection's others: the first
+/// one the client asked for gets the account's persistent name, so the others ask control
+/// only once the first has been answered (they then get random names, see control's
+/// `Naming::AnotherName`). Without that order, whichever setup reached control first got the
+/// name, and the persistent URL served a different local port from one run to the next.
+pub enum NameTurn {
+    /// A forward with a name of its own (or anonymous): no order to keep.
+    Any,
+    /// The connection's first forward without a name: control is asked at once; dropping
+    /// the sender (once control answered) lets the others go.
+    First(watch::Sender<()>),
+    /// A later one: control is asked once the first was answered (or its setup ended).
+    AfterFirst(watch::Receiver<()>),
+}
+
+impl NameTurn {
+    /// Waits for this forward's turn to ask control.
+    async fn wait(&mut self) {
+        if let NameTurn::AfterFirst(first) = self {
+            // Resolves once the first's sender is dropped.
+            while first.changed().await.is_ok() {}
+        }
+    }
+}
+
+/// How a setup that did not go live ended.
+enum NotLive {
+    /// Refused, with the sentence for the user.
+    Refused(String),
+    /// The client cancelled the forward during the setup: nothing to say.
+    Cancelled,
+}
+
+impl From<String> for NotLive {
+    fn from(message: String) -> NotLive {
+        NotLive::Refused(message)
+    }
 }
 
 /// Asks control for the tunnel, installs it and tells the user; on refusal tells the user
@@ -52,7 +98,11 @@ pub async fn set_up(
 ) {
     let started = Instant::now();
     let result = create(&edge, &link, pending, started).await;
-    let outcome = if result.is_ok() { "ok" } else { "refused" };
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(NotLive::Refused(_)) => "refused",
+        Err(NotLive::Cancelled) => "cancelled",
+    };
     edge.metrics
         .tunnel_setup_seconds
         .with_label_values(&[outcome])
@@ -64,37 +114,42 @@ pub async fn set_up(
     }
     drop(guard);
     match result {
-        Ok(url) => {
-            let text = format!("-- nearhop tunnel live: {url}");
-            link.tell_without_session(&text, NO_SESSION_GRACE).await;
+        Ok(lines) => link.tell_without_session(&lines, NO_SESSION_GRACE).await,
+        Err(NotLive::Cancelled) => {
+            tracing::info!("the client cancelled a forward during its setup");
         }
         // A connection with other tunnels (live, or still being set up) keeps them: this
         // one forward is refused with a line. The last one refused ends the connection.
-        Err(message) if !edge.tunnels_of(link.id).is_empty() || link.setups_in_flight() > 0 => {
+        Err(NotLive::Refused(message))
+            if !edge.tunnels_of(link.id).is_empty() || link.setups_in_flight() > 0 =>
+        {
             tracing::info!(reason = %message, "refusing one of the client's forwards");
-            link.say(
-                true,
-                &format!("nearhop: one of this connection's tunnels was refused: {message}"),
-            )
-            .await;
+            let line = format!("nearhop: one of this connection's tunnels was refused: {message}");
+            link.say(true, &line).await;
+            link.tell_without_session(&[format!("-- {line}")], NO_SESSION_GRACE)
+                .await;
         }
-        Err(message) => {
+        Err(NotLive::Refused(message)) => {
             tracing::info!(reason = %message, "refusing client");
             link.refuse(&format!("nearhop: {message}"), &message).await;
         }
     }
 }
 
+/// Sets the tunnel up; what a client without a session channel is to be told when it went
+/// live ([`messages::without_session`]).
 async fn create(
     edge: &Arc<Edge>,
     link: &Arc<SessionLink>,
     pending: PendingTunnel,
     started: Instant,
-) -> Result<String, String> {
+) -> Result<Vec<String>, NotLive> {
     let PendingTunnel {
         user,
         requested_name,
         forward,
+        mut turn,
+        cancelled,
     } = pending;
     let requested_name = requested_name.map_err(|e| {
         format!(
@@ -111,6 +166,10 @@ async fn create(
         force: user.force,
         client_addr: link.peer.ip().to_string(),
     };
+    turn.wait().await;
+    if cancelled.is_cancelled() {
+        return Err(NotLive::Cancelled);
+    }
     let resp = edge.control.create_tunnel(&req).await.map_err(|e| {
         // A refusal of the user's request (a bad token, a name in use) is control working;
         // anything else (no answer, control unable, or refusing the edge itself: a wrong
@@ -145,9 +204,10 @@ async fn create(
     })?;
     // No visitor may reach the tunnel before its options (`b:`, `k:`, `w:`) apply: they come
     // with the command, after the forwards.
-    let known = link
-        .options_known(started, OPTIONS_GRACE, OPTIONS_BOUND)
-        .await;
+    let known = tokio::select! {
+        known = link.options_known(started, OPTIONS_GRACE, OPTIONS_BOUND) => Some(known),
+        _ = cancelled.cancelled() => None,
+    };
     tracing::debug!(
         ?known,
         waited_ms = started.elapsed().as_millis() as u64,
@@ -155,8 +215,16 @@ async fn create(
     );
     if link.has_ended() {
         give_back(edge, &resp, "client_closed");
-        return Err("the client left during setup".into());
+        return Err("the client left during setup".to_string().into());
     }
+    if cancelled.is_cancelled() {
+        // Given back before the connection's next forward without a name asks control, so
+        // that it gets the name this one had.
+        give_back_now(edge, resp.tunnel_id, "client_closed").await;
+        return Err(NotLive::Cancelled);
+    }
+    // This one goes live: the connection's next forwards without a name may ask control.
+    drop(turn);
     // A public TCP port only for a tunnel control authorised: a refused client (over its
     // plan's or its address's limit) never holds one of the edge's ports.
     let (listener, port) = if user.kind == TunnelKind::Tcp {
@@ -165,11 +233,11 @@ async fn create(
             Err(e) => {
                 tracing::warn!(error = %e, "no free public TCP port");
                 give_back(edge, &resp, "client_closed");
-                return Err(
+                return Err(NotLive::Refused(
                     "this edge has no free public TCP port right now; please try \
                      again later or in another region."
                         .into(),
-                );
+                ));
             }
         }
     } else {
@@ -190,6 +258,14 @@ async fn create(
         .with_holder_proof(resp.holder_proof.clone()),
     );
     install(edge, &tunnel, &resp).await;
+    // A cancel that came while this was being installed: the session's handler cancels the
+    // token before it looks for live tunnels to close, and this looks at the token after
+    // the install, so one of the two closes it.
+    if cancelled.is_cancelled() {
+        edge.close_tunnel(&tunnel, "client_closed", None, true)
+            .await;
+        return Err(NotLive::Cancelled);
+    }
     // Like the DNS, every edge must know the holder before the URL goes out.
     if !edge.peers_caught_up(PEERS_BOUND).await {
         edge.metrics
@@ -215,7 +291,10 @@ async fn create(
         ),
     )
     .await;
-    Ok(messages::public_url(&tunnel, &edge.config))
+    Ok(messages::without_session(
+        &messages::public_url(&tunnel, &edge.config),
+        &resp,
+    ))
 }
 
 /// Longest wait for the peer edges to read a new tunnel's name before its URL is printed.
@@ -247,20 +326,20 @@ async fn install(edge: &Arc<Edge>, tunnel: &Arc<Tunnel>, resp: &CreateTunnelResp
     tracing::info!(tunnel = tunnel.id, host = %tunnel.hostname, kind = tunnel.kind.as_str(), "tunnel live");
 }
 
-/// Closes a tunnel control created that the edge will not serve after all.
-fn give_back(edge: &Edge, resp: &CreateTunnelResponse, reason: &str) {
-    let control = edge.control.clone();
+/// Closes a tunnel control created that the edge will not serve after all (in a task of its
+/// own).
+fn give_back(edge: &Arc<Edge>, resp: &CreateTunnelResponse, reason: &'static str) {
+    let (edge, id) = (edge.clone(), resp.tunnel_id);
+    tokio::spawn(async move { give_back_now(&edge, id, reason).await }.in_current_span());
+}
+
+/// Closes tunnel `id` at control, which created it for a setup that did not go live.
+async fn give_back_now(edge: &Edge, id: i64, reason: &str) {
     let req = CloseTunnelRequest {
         edge_id: edge.config.edge_id.clone(),
         reason: nearhop_wire::CloseReason::parse(reason),
     };
-    let id = resp.tunnel_id;
-    tokio::spawn(
-        async move {
-            if let Err(e) = control.close_tunnel(id, &req).await {
-                tracing::warn!(tunnel = id, error = %e, "giving a tunnel back to control");
-            }
-        }
-        .in_current_span(),
-    );
+    if let Err(e) = edge.control.close_tunnel(id, &req).await {
+        tracing::warn!(tunnel = id, error = %e, "giving a tunnel back to control");
+    }
 }
