@@ -201,10 +201,11 @@ fn dropbear_is_in_only_through_the_fallback_ciphers() {
 /// Dropbear and Paramiko show no disconnect message: a refusal reaches their users only on
 /// the session channel, whenever it comes (at once for a name the edge itself refuses,
 /// before the client has opened that channel; after control's answer; for a session that
-/// asked for no tunnel).
+/// asked for no tunnel: at once for Dropbear, which sends its forwards first, after
+/// `unbound_session_seconds` for a library such as Paramiko, whose caller may ask later).
 #[test]
 fn clients_without_disconnect_messages_still_show_why_they_were_refused() {
-    let s = EdgeStack::start("");
+    let s = EdgeStack::start("unbound_session_seconds = 3");
     let local = LocalService::start("local");
     let token = s.pro_token();
     let cases = [
@@ -433,4 +434,57 @@ fn a_forward_cancelled_during_its_setup_does_not_go_live() {
     };
     assert_eq!(setups("cancelled"), Some(1.0), "{metrics}");
     assert_eq!(setups("ok"), Some(1.0), "{metrics}");
+}
+
+const SESSION_FIRST: &str = r#"import re, socket, sys, time, urllib.error, urllib.request, paramiko
+host, port, user, http = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+t = paramiko.Transport((host, port)); t.start_client(timeout=30); t.auth_none(user)
+ch = t.open_session(); ch.exec_command("b:alice:s3cret")
+time.sleep(1)
+t.request_port_forward("", 0, handler=lambda c, o, s: None)
+said = b""
+ch.settimeout(30)
+try:
+    while b"Your tunnel is live" not in said or not said.endswith(b"\n"):
+        data = ch.recv(4096)
+        if not data: break
+        said += data
+except socket.timeout:
+    pass
+print(said.decode(), flush=True)
+# A visitor while the tunnel is up, without the session's credentials.
+name = re.search(r"http://([a-z0-9.-]+)", said.decode()).group(1)
+visit = urllib.request.Request("http://" + http + "/", headers={"Host": name})
+try:
+    print("visitor got", urllib.request.urlopen(visit, timeout=30).status)
+except urllib.error.HTTPError as e:
+    print("visitor got", e.code)
+t.close()
+"#;
+
+/// A library's caller may open the session (with its options) before asking for the
+/// forward, as AsyncSSH users do with `create_process` and then `forward_remote_port`: the
+/// tunnel is set up and its URL printed on that session. Before, a session asking for its
+/// command without a forward was refused at once ("no tunnel was requested"), as it is for
+/// the command-line clients, which send every `-R` first.
+#[test]
+fn a_library_may_open_its_session_before_asking_for_the_forward() {
+    let s = EdgeStack::start("");
+    let addr = s.edge.ssh_addr();
+    let out = std::process::Command::new("python3")
+        .args(["-c", SESSION_FIRST])
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(s.pro_token())
+        .arg(s.edge.http_addr().to_string())
+        .output()
+        .expect("python3 runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}{err}\n{}", s.edge.log_tail(30));
+    assert!(said.contains("Your tunnel is live"), "{said}{err}");
+    assert!(
+        said.contains("visitor got 401"),
+        "the session's options apply to the tunnel: {said}"
+    );
 }

@@ -162,7 +162,8 @@ fn a_forward_on_a_port_the_connection_holds_already_is_refused() {
 }
 
 /// One forward of a connection refused (here a name the edge refuses at once, asked for
-/// before the good one): the others stay up, and the user is told which was refused.
+/// before the good one, and a socket path, which ssh asks for with another request): the
+/// others stay up, and the user is told which was refused and why.
 #[test]
 fn a_refused_forward_leaves_the_connections_other_tunnels_up() {
     let s = EdgeStack::start("");
@@ -171,14 +172,21 @@ fn a_refused_forward_leaves_the_connections_other_tunnels_up() {
         user: Some(s.pro_token()),
         forwards: vec![
             format!("bad_name:0:localhost:{}", local.port),
+            format!("/tmp/nearhop-test.sock:localhost:{}", local.port),
             format!("0:localhost:{}", local.port),
         ],
         ..SshArgs::default()
     };
     let mut client = s.ssh("one-bad", &args);
     let url = client.wait_for_url(PATIENCE).unwrap();
-    let out = client.wait_for("was refused", PATIENCE).unwrap();
-    assert!(out.contains("is not allowed"), "{out}");
+    let out = client.wait_for("is not allowed", PATIENCE).unwrap();
+    assert!(out.contains("was refused"), "{out}");
+    assert!(
+        out.contains(
+            "\"/tmp/nearhop-test.sock\" was refused: nearhop forwards ports, not socket paths"
+        ),
+        "{out}"
+    );
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert!(
         client.is_running(),

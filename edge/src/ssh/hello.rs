@@ -52,7 +52,9 @@ pub enum ClientSoftware {
     OpenSsh,
     /// PuTTY and its `plink` (`SSH-2.0-PuTTY_Release_0.78`), which cannot ask for port 0.
     Putty,
-    /// Anything else (Dropbear, Paramiko, libssh, Go's x/crypto/ssh, ...).
+    /// Dropbear's `dbclient` (`SSH-2.0-dropbear_2022.83`).
+    Dropbear,
+    /// Anything else (Paramiko, AsyncSSH, libssh, Go's x/crypto/ssh, ...).
     Other,
 }
 
@@ -69,9 +71,19 @@ impl ClientSoftware {
             ClientSoftware::OpenSsh
         } else if software.contains("PuTTY") {
             ClientSoftware::Putty
+        } else if software.starts_with("dropbear") {
+            ClientSoftware::Dropbear
         } else {
             ClientSoftware::Other
         }
+    }
+
+    /// Whether the program sends every `-R` before it asks for its session's shell or
+    /// command, so that a session asking for one without a forward has asked for none (the
+    /// command-line clients). A library leaves the order to its caller, who may open the
+    /// session first (AsyncSSH's `create_process`, then `forward_remote_port`).
+    pub fn forwards_come_first(self) -> bool {
+        !matches!(self, ClientSoftware::Other)
     }
 }
 
@@ -430,9 +442,10 @@ mod tests {
             ("SSH-2.0-OpenSSH_for_Windows_9.5", ClientSoftware::OpenSsh),
             ("SSH-1.99-OpenSSH_3.9", ClientSoftware::OpenSsh),
             ("SSH-2.0-PuTTY_Release_0.78", ClientSoftware::Putty),
+            ("SSH-2.0-dropbear_2022.83", ClientSoftware::Dropbear),
             ("SSH-2.0-PuTTY_KiTTY", ClientSoftware::Putty),
-            ("SSH-2.0-dropbear_2022.83", ClientSoftware::Other),
             ("SSH-2.0-paramiko_5.1.0", ClientSoftware::Other),
+            ("SSH-2.0-AsyncSSH_2.24.1", ClientSoftware::Other),
             // A comment is not the program.
             ("SSH-2.0-Go OpenSSH-compatible", ClientSoftware::Other),
             ("", ClientSoftware::Other),
@@ -559,7 +572,7 @@ mod tests {
         // Dropbear sends a guessed key exchange packet right behind its KEXINIT.
         sent.extend_from_slice(&[0, 0, 0, 12, 4, 30, 1, 2, 3, 4, 5, 6, 0, 0, 0, 0]);
         let (hello, read, _) = greet_client(&sent, KEXINIT_WAIT).await;
-        assert_eq!(hello.software, ClientSoftware::Other);
+        assert_eq!(hello.software, ClientSoftware::Dropbear);
         let ciphers = hello.ciphers.clone().expect("its KEXINIT was read");
         assert_eq!(ciphers.to_client[0], "chacha20-poly1305@openssh.com");
         assert_eq!(hello.offer(&USUAL), Offer::Widened);

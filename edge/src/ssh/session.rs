@@ -281,6 +281,23 @@ impl Handler for SshSession {
         Ok(true)
     }
 
+    /// A remote forward of a socket path (`-R /path/sock:localhost:8000`): refused, with a
+    /// line saying what to ask for instead (ssh itself says only that it failed).
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let path: String = socket_path.chars().take(100).collect();
+        let message = format!(
+            "-R {path:?} was refused: nearhop forwards ports, not socket paths. Ask for a \
+             port, -R0:localhost:PORT (your local side may be a socket: -R0:/path/to.sock)."
+        );
+        self.link.queue(true, format!("nearhop: {message}"));
+        self.flush(session);
+        Ok(false)
+    }
+
     async fn cancel_tcpip_forward(
         &mut self,
         address: &str,
@@ -544,9 +561,10 @@ impl SshSession {
                 write_lines(session, ch, lines);
             }
         }
-        // OpenSSH sends every -R before it opens the session channel, so by now a session
-        // without a forward asked for none.
-        if self.forwards_requested == 0 && !self.refused {
+        // OpenSSH, PuTTY and Dropbear send every -R before they ask for a shell or command,
+        // so by now a session of theirs without a forward asked for none. A library's caller
+        // may ask later: the check `unbound_session_seconds` after authentication covers it.
+        if self.forwards_requested == 0 && !self.refused && self.software.forwards_come_first() {
             self.refuse(&messages::usage(self.software));
         }
     }
