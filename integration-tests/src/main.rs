@@ -147,11 +147,14 @@ fn main() -> Result<()> {
         .build()?;
     let mut stack = stack;
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        use tokio::signal::unix::{signal, SignalKind};
+        // Made once: a signal that comes while the exits are looked at is not lost.
+        let mut term = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
         let mut look = tokio::time::interval(std::time::Duration::from_secs(2));
         loop {
             tokio::select! {
-                r = tokio::signal::ctrl_c() => return r,
+                _ = interrupt.recv() => return Ok::<(), anyhow::Error>(()),
                 _ = term.recv() => return Ok(()),
                 _ = look.tick() => {
                     for exit in stack.take_exits() {

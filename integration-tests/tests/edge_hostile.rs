@@ -1378,7 +1378,19 @@ fn ctrl_c_closes_a_terminal_session_only_and_sftp_is_refused_with_a_sentence() {
     );
 
     let mut typed = TypedSsh::start(&s, "-tt", local.port);
-    typed.url();
+    let url = typed.url();
+    // A visitor's keep-alive connection stays open meanwhile: ssh waits for its forwarded
+    // connections before it leaves, so the edge closes them.
+    let (host, _) = url_host_port(&url).unwrap();
+    let mut held = TcpStream::connect(s.edge.http_addr()).unwrap();
+    write!(held, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut head = [0u8; 64];
+    let n = held.read(&mut head).unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
     typed.stdin.write_all(&[3]).unwrap();
     typed.stdin.flush().unwrap();
     let mut status = None;
@@ -1400,6 +1412,7 @@ fn ctrl_c_closes_a_terminal_session_only_and_sftp_is_refused_with_a_sentence() {
         "{}",
         typed.output()
     );
+    drop(held);
     let mut ended = TypedSsh::start(&s, "-tt", local.port);
     ended.url();
     ended.stdin.write_all(&[4]).unwrap();

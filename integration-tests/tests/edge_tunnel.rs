@@ -291,12 +291,20 @@ fn a_client_with_dash_n_is_told_the_whole_url_the_notes_and_the_refusals() {
         "{long_url}"
     );
     assert_eq!(s.visit(&long_url, "/hello").status(), 200, "{long_url}");
+    // Each setup's lines together: the long URL right under its header line, the note
+    // right under the random name's URL.
     let out = client.output();
+    let told: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_once("unknown path ").map(|(_, path)| path.trim()))
+        .collect();
+    let at = |what: &dyn Fn(&str) -> bool| told.iter().position(|l| what(l)).expect("told");
+    let long_at = at(&|l| l == long_url);
+    assert_eq!(told[long_at - 1], "-- nearhop tunnel live:", "{out}");
+    let random_at = at(&|l| l.starts_with("-- nearhop tunnel live: http://"));
     assert!(
-        out.lines().all(|l| l
-            .split_once("unknown path ")
-            .is_none_or(|(_, p)| p.len() <= 100)),
-        "every line within OpenSSH's 100 bytes: {out}"
+        told[random_at + 1].starts_with("-- nearhop: Note: your account's own name is live"),
+        "{out}"
     );
     assert_eq!(
         s.visit(&persistent, "/hello").status(),

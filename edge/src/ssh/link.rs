@@ -50,6 +50,11 @@ pub struct SessionLink {
     ended: AtomicBool,
     authenticated: AtomicBool,
     setups_in_flight: AtomicUsize,
+    /// The session is being ended ([`SessionLink::refuse`], [`SessionLink::close_by_user`]).
+    ending: AtomicBool,
+    /// Held while lines are told to a client without a session channel, one setup's at a
+    /// time ([`SessionLink::tell_without_session`]).
+    telling: tokio::sync::Mutex<()>,
     /// Options from the command words, for tunnels set up later.
     options: RwLock<Arc<TunnelOptions>>,
     /// Set once the options are known: the command or the shell request came.
@@ -81,6 +86,8 @@ impl SessionLink {
             ended: AtomicBool::new(false),
             authenticated: AtomicBool::new(false),
             setups_in_flight: AtomicUsize::new(0),
+            ending: AtomicBool::new(false),
+            telling: tokio::sync::Mutex::new(()),
             options: RwLock::new(Arc::default()),
             options_settled: AtomicBool::new(false),
             session_news: Notify::new(),
@@ -232,15 +239,24 @@ impl SessionLink {
         let Some(handle) = self.handle() else {
             return;
         };
-        // One at a time: each waits for the client's refusal, so they are printed in order.
+        // One at a time: each waits for the client's refusal, so they are printed in order,
+        // and one setup's lines at a time, so that a note follows its own URL.
+        let _turn = self.telling.lock().await;
         for path in lines.iter().flat_map(|l| messages::path_lines(l)) {
             let opened = tokio::time::timeout(
                 Duration::from_secs(5),
                 handle.channel_open_forwarded_streamlocal(path),
             )
             .await;
-            if opened.is_err() {
-                return;
+            match opened {
+                // Refused, as OpenSSH refuses a path it does not forward: printed.
+                Ok(Err(_)) => {}
+                // A client that took the channel prints nothing of it: no use going on.
+                Ok(Ok(channel)) => {
+                    let _ = channel.close().await;
+                    return;
+                }
+                Err(_) => return,
             }
         }
     }
@@ -336,6 +352,10 @@ impl SessionLink {
     /// channel with `exit_status` and lets the client leave by itself; then, or without a
     /// session channel, disconnects it with `message`.
     async fn end_session(&self, error: bool, line: &str, exit_status: u32, message: &str) {
+        // Once: a refusal racing a Ctrl-C would send a second line and exit status.
+        if self.ending.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let ready = self
             .wait_until(REFUSAL_SESSION_WAIT, |l| l.ready_channel().is_some())
             .await;

@@ -177,7 +177,9 @@ impl Handler for SshSession {
             let wait = std::time::Duration::from_secs(edge.config.unbound_session_seconds);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {
-                    if edge.tunnels_of(link.id).is_empty() && !link.has_ended() {
+                    // A setup still in flight ends the connection itself if it is refused.
+                    let none = edge.tunnels_of(link.id).is_empty() && link.setups_in_flight() == 0;
+                    if none && !link.has_ended() {
                         let help = messages::usage(software);
                         link.refuse(&format!("nearhop: {help}"), messages::no_forward(software))
                             .await;
@@ -293,8 +295,17 @@ impl Handler for SshSession {
             "-R {path:?} was refused: nearhop forwards ports, not socket paths. Ask for a \
              port, -R0:localhost:PORT (your local side may be a socket: -R0:/path/to.sock)."
         );
-        self.link.queue(true, format!("nearhop: {message}"));
+        let line = format!("nearhop: {message}");
+        self.link.queue(true, line.clone());
         self.flush(session);
+        // Without a session channel (`ssh -N`), the way the URL is told.
+        let link = self.link.clone();
+        let told = async move {
+            let lines = [format!("-- {line}")];
+            link.tell_without_session(&lines, tunnel_setup::NO_SESSION_GRACE)
+                .await;
+        };
+        tokio::spawn(told.instrument(self.span.clone()));
         Ok(false)
     }
 
@@ -531,7 +542,7 @@ impl Handler for SshSession {
         &mut self,
         channel: ChannelId,
         data: &[u8],
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         // Every channel's data passes here, visitors' too; only the session channel is input.
         if self.link.session_channel() != Some(channel) {
@@ -542,6 +553,18 @@ impl Handler for SshSession {
         if let Some(key) = typed.filter(|_| self.terminal == Some(channel) && !self.closing) {
             self.closing = true;
             let exit_status = if *key == 3 { 130 } else { 0 };
+            // ssh leaves once its session channel is closed and every forwarded connection
+            // has ended, with the session's exit status; a visitor's connection still open
+            // (a keep-alive, a WebSocket) would keep it until the disconnect, and the exit
+            // status would be 255. So the tunnels close first, then every other channel.
+            for tunnel in self.edge.tunnels_of(self.link.id) {
+                self.edge
+                    .close_tunnel(&tunnel, "client_closed", None, true)
+                    .await;
+            }
+            for other in session.channel_ids().into_iter().filter(|c| *c != channel) {
+                let _ = session.close(other);
+            }
             let link = self.link.clone();
             let closing = async move { link.close_by_user(exit_status).await };
             tokio::spawn(closing.instrument(self.span.clone()));

@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 /// Time a client has after its forwards are set up to open a session channel before it is
 /// taken for `ssh -N`.
-const NO_SESSION_GRACE: Duration = Duration::from_millis(1500);
+pub const NO_SESSION_GRACE: Duration = Duration::from_millis(1500);
 
 /// Time from a forward request within which a client that wants to send options has opened
 /// its session channel (OpenSSH opens it right after its forwards, without waiting for
@@ -170,6 +170,9 @@ async fn create(
     if cancelled.is_cancelled() {
         return Err(NotLive::Cancelled);
     }
+    if link.has_ended() {
+        return Err("the client left during setup".to_string().into());
+    }
     let resp = edge.control.create_tunnel(&req).await.map_err(|e| {
         // A refusal of the user's request (a bad token, a name in use) is control working;
         // anything else (no answer, control unable, or refusing the edge itself: a wrong
@@ -279,6 +282,11 @@ async fn create(
     tunnel.set_options(link.options());
     if let Some(listener) = listener {
         visitor_tcp::spawn_listener(edge.clone(), tunnel.clone(), listener);
+    }
+    // Cancelled (and closed by the session's handler) since the install, or closed for
+    // another reason meanwhile: nothing to announce.
+    if cancelled.is_cancelled() || tunnel.is_closed() {
+        return Err(NotLive::Cancelled);
     }
     link.say(
         false,

@@ -1008,6 +1008,16 @@ impl Session {
         }
     }
 
+    /// nearhop patch (vendor/README.md): the ids of the channels open on this session, both
+    /// the peer's and those this side opened.
+    pub fn channel_ids(&self) -> Vec<ChannelId> {
+        self.common
+            .encrypted
+            .as_ref()
+            .map(|enc| enc.channels.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     pub fn has_pending_data(&self, channel: ChannelId) -> bool {
         if let Some(ref enc) = self.common.encrypted {
             enc.has_pending_data(channel)
