@@ -323,6 +323,24 @@ fn no_visitor_reaches_a_tunnel_before_its_options_apply() {
 /// Asks, on a fresh session channel each, for what the edge does not serve or ignores, with
 /// a reply wanted, and prints `NAME success|failure|none` a line (Paramiko closes a channel
 /// on a failure reply, so each request gets its own).
+/// Runs a Paramiko script given the edge's SSH address and port, a fresh pro token and
+/// `extra` arguments; its stdout and stderr (it must exit 0).
+fn paramiko_script(s: &EdgeStack, script: &str, extra: &[String]) -> (String, String) {
+    let addr = s.edge.ssh_addr();
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(s.pro_token())
+        .args(extra)
+        .output()
+        .expect("python3 runs");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}{err}\n{}", s.edge.log_tail(30));
+    (said, err)
+}
+
 const CHANNEL_REQUESTS: &str = r#"import sys, paramiko
 host, port, user = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 t = paramiko.Transport((host, port)); t.start_client(timeout=30); t.auth_none(user)
@@ -354,17 +372,7 @@ t.close()
 #[test]
 fn channel_requests_the_edge_does_not_serve_are_answered() {
     let s = EdgeStack::start("");
-    let addr = s.edge.ssh_addr();
-    let out = std::process::Command::new("python3")
-        .args(["-c", CHANNEL_REQUESTS])
-        .arg(addr.ip().to_string())
-        .arg(addr.port().to_string())
-        .arg(s.pro_token())
-        .output()
-        .expect("python3 runs");
-    let said = String::from_utf8_lossy(&out.stdout);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{said}{err}\n{}", s.edge.log_tail(30));
+    let (said, err) = paramiko_script(&s, CHANNEL_REQUESTS, &[]);
     assert_eq!(
         said.lines().collect::<Vec<_>>(),
         [
@@ -409,17 +417,7 @@ t.close()
 #[test]
 fn a_forward_cancelled_during_its_setup_does_not_go_live() {
     let s = EdgeStack::start("");
-    let addr = s.edge.ssh_addr();
-    let out = std::process::Command::new("python3")
-        .args(["-c", CANCEL_DURING_SETUP])
-        .arg(addr.ip().to_string())
-        .arg(addr.port().to_string())
-        .arg(s.pro_token())
-        .output()
-        .expect("python3 runs");
-    let said = String::from_utf8_lossy(&out.stdout);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{said}{err}\n{}", s.edge.log_tail(30));
+    let (said, err) = paramiko_script(&s, CANCEL_DURING_SETUP, &[]);
     assert_eq!(
         said.matches("Your tunnel is live").count(),
         1,
@@ -475,18 +473,7 @@ t.close()
 #[test]
 fn a_library_may_open_its_session_before_asking_for_the_forward() {
     let s = EdgeStack::start("");
-    let addr = s.edge.ssh_addr();
-    let out = std::process::Command::new("python3")
-        .args(["-c", SESSION_FIRST])
-        .arg(addr.ip().to_string())
-        .arg(addr.port().to_string())
-        .arg(s.pro_token())
-        .arg(s.edge.http_addr().to_string())
-        .output()
-        .expect("python3 runs");
-    let said = String::from_utf8_lossy(&out.stdout);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{said}{err}\n{}", s.edge.log_tail(30));
+    let (said, err) = paramiko_script(&s, SESSION_FIRST, &[s.edge.http_addr().to_string()]);
     assert!(said.contains("Your tunnel is live"), "{said}{err}");
     assert!(
         said.contains("visitor got 401"),
