@@ -348,6 +348,77 @@ fn requested_name_is_given_and_options_protect_it() {
     );
 }
 
+/// Options sent later through OpenSSH's connection sharing (`ssh -S SOCKET host b:...`, a
+/// second session on the master's connection) apply to the connection's tunnels, and that
+/// `ssh` is told so and exits; the master's session goes on showing the tunnels' text.
+/// Before, the second session took over the connection's text and never ended.
+#[test]
+fn options_sent_through_a_shared_connection_apply_and_that_ssh_returns() {
+    let s = EdgeStack::start("");
+    let local = LocalService::start("local");
+    let dir = tempfile::Builder::new()
+        .prefix("nh-cm-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let socket = dir.path().join("cm");
+    let master_options = [
+        "ControlMaster=yes".to_string(),
+        format!("ControlPath={}", socket.display()),
+    ];
+    let args = SshArgs {
+        options: master_options.to_vec(),
+        ..SshArgs::http_tunnel(Some(&s.pro_token()), local.port)
+    };
+    let mut master = s.ssh("master", &args);
+    let url = master.wait_for_url(PATIENCE).unwrap();
+    assert_eq!(s.visit(&url, "/").status(), 200);
+    let addr = s.edge.ssh_addr();
+    // Each `ssh` gets PATIENCE to return; one that does not (the old edge never ended the
+    // second session) is killed, and its status says so.
+    let run = |words: &[&str]| {
+        let mut child = std::process::Command::new("ssh")
+            .args(["-F", "/dev/null", "-o", "BatchMode=yes"])
+            .arg("-o")
+            .arg(format!("ControlPath={}", socket.display()))
+            .args(["-p", &addr.port().to_string()])
+            .arg(addr.ip().to_string())
+            .args(words)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ssh runs");
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while child.try_wait().expect("ssh's status").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        child.wait_with_output().expect("ssh's output")
+    };
+    let sent = run(&["b:alice:s3cret"]);
+    let said =
+        String::from_utf8_lossy(&sent.stdout).into_owned() + &String::from_utf8_lossy(&sent.stderr);
+    assert!(sent.status.success(), "{said}");
+    assert!(
+        said.contains("options applied to this connection's 1 tunnel(s)"),
+        "{said}"
+    );
+    assert_eq!(s.visit(&url, "/").status(), 401, "b: applies");
+    let bad = run(&["b:nocolon"]);
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{said}");
+    assert!(said.starts_with("nearhop: "), "told why: {said}");
+    assert_eq!(
+        s.visit(&url, "/").status(),
+        401,
+        "a bad option changes nothing"
+    );
+    assert!(master.is_running(), "{}", master.output());
+}
+
 /// `ssh` arguments for an HTTP tunnel with extra `-o` options.
 fn tunnel_with(token: &str, port: u16, options: &[&str]) -> SshArgs {
     SshArgs {

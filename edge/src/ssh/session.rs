@@ -40,6 +40,13 @@ pub struct SshSession {
     refused: bool,
     /// The user typed Ctrl-C or Ctrl-D: the session is being closed.
     closing: bool,
+    /// Session channels open (as far as the edge knows: the client's closes, and the ones
+    /// the edge ended itself, take them out).
+    sessions_open: std::collections::HashSet<ChannelId>,
+    /// Session channels opened while another one shows the connection's text (a second
+    /// `ssh` through OpenSSH's connection sharing, to send options): each is answered and
+    /// ended on its own, and the first keeps the text.
+    extra_sessions: std::collections::HashSet<ChannelId>,
     /// The channel the client asked a terminal for: Ctrl-C and Ctrl-D typed on it arrive as
     /// bytes 3 and 4 (without one, a local Ctrl-C stops the client itself, and a channel's
     /// bytes are whatever the client pipes in, which may hold any byte). Per channel: one
@@ -68,6 +75,8 @@ impl SshSession {
             first_unnamed: None,
             refused: false,
             closing: false,
+            sessions_open: Default::default(),
+            extra_sessions: Default::default(),
             terminal: None,
             span: tracing::Span::current(),
         }
@@ -343,6 +352,8 @@ impl Handler for SshSession {
     ) -> Result<(), Self::Error> {
         // A visitor channel the edge may be waiting to see closed (io::closing_channel).
         self.link.closes.closed_by_peer(channel);
+        self.sessions_open.remove(&channel);
+        self.extra_sessions.remove(&channel);
         Ok(())
     }
 
@@ -389,7 +400,14 @@ impl Handler for SshSession {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         // Input arrives through `data`; the channel object itself is not needed.
-        self.link.set_session_channel(channel.id());
+        let id = channel.id();
+        let shown_on = self.link.session_channel();
+        if shown_on.is_some_and(|c| self.sessions_open.contains(&c)) {
+            self.extra_sessions.insert(id);
+        } else {
+            self.link.set_session_channel(id);
+        }
+        self.sessions_open.insert(id);
         reply.accept().await;
         Ok(())
     }
@@ -407,7 +425,9 @@ impl Handler for SshSession {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         session.channel_success(channel)?;
-        self.terminal = Some(channel);
+        if !self.extra_sessions.contains(&channel) {
+            self.terminal = Some(channel);
+        }
         Ok(())
     }
 
@@ -489,6 +509,8 @@ impl Handler for SshSession {
         session.exit_status_request(channel, 1)?;
         session.eof(channel)?;
         session.close(channel)?;
+        self.sessions_open.remove(&channel);
+        self.extra_sessions.remove(&channel);
         // The connection ends with it unless it carries tunnels (an sftp session opened on
         // a shared connection, a library's transport with forwards), or was refused
         // already (that reason stands).
@@ -504,6 +526,12 @@ impl Handler for SshSession {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         session.channel_success(channel)?;
+        if self.extra_sessions.contains(&channel) {
+            let line = "nearhop: this connection's first session shows its tunnels; this one has \
+                        nothing more to show.";
+            self.end_extra_session(channel, session, false, line, 0)?;
+            return Ok(());
+        }
         self.link.settle_options();
         self.start_output(channel, session);
         Ok(())
@@ -524,11 +552,25 @@ impl Handler for SshSession {
                 options.inspect |= self.link.options().inspect;
                 let options = Arc::new(options);
                 self.link.set_options(options.clone());
-                for tunnel in self.edge.tunnels_of(self.link.id) {
+                let tunnels = self.edge.tunnels_of(self.link.id);
+                for tunnel in &tunnels {
                     tunnel.set_options(options.clone());
                 }
                 self.link.settle_options();
-                self.start_output(channel, session);
+                if self.extra_sessions.contains(&channel) {
+                    let line = format!(
+                        "nearhop: options applied to this connection's {} tunnel(s).",
+                        tunnels.len()
+                    );
+                    self.end_extra_session(channel, session, false, &line, 0)?;
+                } else {
+                    self.start_output(channel, session);
+                }
+            }
+            // Sent through a second session of a shared connection: that `ssh` is told,
+            // and the tunnels keep their options.
+            Err(e) if self.extra_sessions.contains(&channel) => {
+                self.end_extra_session(channel, session, true, &format!("nearhop: {e}"), 1)?;
             }
             Err(e) => {
                 self.link.take_ready();
@@ -574,6 +616,25 @@ impl Handler for SshSession {
 }
 
 impl SshSession {
+    /// Answers a session channel opened beside the one that shows the connection's text
+    /// with `line` (stderr when `error`), then ends it with `exit_status`.
+    fn end_extra_session(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+        error: bool,
+        line: &str,
+        exit_status: u32,
+    ) -> Result<(), russh::Error> {
+        write_lines(session, channel, vec![(error, line.to_string())]);
+        session.exit_status_request(channel, exit_status)?;
+        session.eof(channel)?;
+        session.close(channel)?;
+        self.sessions_open.remove(&channel);
+        self.extra_sessions.remove(&channel);
+        Ok(())
+    }
+
     /// The client asked for a shell or a command: the session channel shows text from now on.
     fn start_output(&mut self, channel: ChannelId, session: &mut Session) {
         if let Some((ch, lines)) = self.link.take_ready() {
