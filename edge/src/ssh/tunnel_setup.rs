@@ -351,3 +351,39 @@ async fn give_back_now(edge: &Edge, id: i64, reason: &str) {
         tracing::warn!(tunnel = id, error = %e, "giving a tunnel back to control");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The later unnamed forwards of a connection wait until the first one's turn is given
+    /// up (dropped once control answered it and it went live, or its setup ended), and a
+    /// forward that joins after that does not wait at all.
+    #[tokio::test]
+    async fn later_unnamed_forwards_ask_control_only_after_the_first() {
+        let (first, answered) = watch::channel(());
+        let first = NameTurn::First(first);
+        let mut second = NameTurn::AfterFirst(answered.clone());
+        let mut third = NameTurn::AfterFirst(answered.clone());
+        let waiting = tokio::spawn(async move {
+            second.wait().await;
+            third.wait().await;
+        });
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the second went before the first was answered"
+        );
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the others go once the first's turn is given up")
+            .expect("no panic");
+        let mut late = NameTurn::AfterFirst(answered);
+        tokio::time::timeout(Duration::from_secs(10), late.wait())
+            .await
+            .expect("a forward after the first's answer does not wait");
+        NameTurn::Any.wait().await;
+    }
+}
