@@ -163,10 +163,12 @@ fn a_forward_on_a_port_the_connection_holds_already_is_refused() {
 
 /// One forward of a connection refused (here a name the edge refuses at once, asked for
 /// before the good one, and a socket path, which ssh asks for with another request): the
-/// others stay up, and the user is told which was refused and why.
+/// others stay up, and the user is told which was refused and why. A `-N` client whose only
+/// forward is a socket path is let go at once with the reason (the hour-long timer for a
+/// connection without a tunnel cannot be what ends it).
 #[test]
 fn a_refused_forward_leaves_the_connections_other_tunnels_up() {
-    let s = EdgeStack::start("");
+    let s = EdgeStack::start("unbound_session_seconds = 3600");
     let local = LocalService::start("local");
     let args = SshArgs {
         user: Some(s.pro_token()),
@@ -195,6 +197,28 @@ fn a_refused_forward_leaves_the_connections_other_tunnels_up() {
     );
     let body = s.visit(&url, "/").text().unwrap();
     assert!(body.starts_with("hello from local"), "{body}");
+    let socket_only = SshArgs {
+        user: Some(s.pro_token()),
+        forwards: vec![format!("/tmp/nearhop-test.sock:localhost:{}", local.port)],
+        no_command: true,
+        ..SshArgs::default()
+    };
+    let mut alone = s.ssh("socket-only", &socket_only);
+    let out = alone
+        .wait_exit(PATIENCE)
+        .expect("the socket-only client is let go");
+    assert!(out.contains("not socket paths"), "{out}");
+    let mixed = SshArgs {
+        forwards: vec![
+            format!("/tmp/nearhop-test.sock:localhost:{}", local.port),
+            format!("0:localhost:{}", local.port),
+        ],
+        ..socket_only
+    };
+    let mut beside = s.ssh("socket-and-port", &mixed);
+    beside.wait_for_url(PATIENCE).unwrap();
+    let out = beside.wait_for("not socket paths", PATIENCE).unwrap();
+    assert!(beside.is_running(), "the port's tunnel stays up: {out}");
 }
 
 #[test]

@@ -307,12 +307,24 @@ impl Handler for SshSession {
         let line = format!("nearhop: {message}");
         self.link.queue(true, line.clone());
         self.flush(session);
-        // Without a session channel (`ssh -N`), the way the URL is told.
-        let link = self.link.clone();
+        // Without a session channel (`ssh -N`): when the connection has no tunnel, live or
+        // being set up, once its other forwards had time to come, it ends with the sentence
+        // (as for a refused name), and otherwise the sentence is told the way the URL is. A
+        // session shows the queued line, and the help for a session without a tunnel.
+        let (edge, link) = (self.edge.clone(), self.link.clone());
         let told = async move {
-            let lines = [format!("-- {line}")];
-            link.tell_without_session(&lines, tunnel_setup::NO_SESSION_GRACE)
+            link.until_session_channel(tunnel_setup::OPTIONS_GRACE)
                 .await;
+            if link.session_channel().is_some() {
+                return;
+            }
+            if edge.tunnels_of(link.id).is_empty() && link.setups_in_flight() == 0 {
+                link.refuse(&line, &message).await;
+            } else {
+                let lines = [format!("-- {line}")];
+                link.tell_without_session(&lines, tunnel_setup::NO_SESSION_GRACE)
+                    .await;
+            }
         };
         tokio::spawn(told.instrument(self.span.clone()));
         Ok(false)

@@ -24,7 +24,7 @@ pub const NO_SESSION_GRACE: Duration = Duration::from_millis(1500);
 /// Time from a forward request within which a client that wants to send options has opened
 /// its session channel (OpenSSH opens it right after its forwards, without waiting for
 /// their replies); a client without one by then is taken for `ssh -N`, which sends none.
-const OPTIONS_GRACE: Duration = Duration::from_millis(250);
+pub const OPTIONS_GRACE: Duration = Duration::from_millis(250);
 
 /// Longest wait, from the forward request, for the command (or shell) of a client that
 /// opened a session channel; past it the tunnel goes live with the options known so far.
