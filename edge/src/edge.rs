@@ -360,7 +360,12 @@ impl Edge {
         if lock(&self.sessions).remove(&link.id).is_some() {
             self.metrics.ssh_sessions_active.dec();
         }
-        for tunnel in self.tunnels_of(link.id) {
+        self.close_tunnels_of(link.id, reason).await;
+    }
+
+    /// Closes every live tunnel of one session (control is told, the client is not).
+    pub async fn close_tunnels_of(&self, session_id: u64, reason: &str) {
+        for tunnel in self.tunnels_of(session_id) {
             self.close_tunnel(&tunnel, reason, None, true).await;
         }
     }

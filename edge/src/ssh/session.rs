@@ -15,7 +15,6 @@ use russh::server::ChannelOpenHandle;
 use russh::server::{Auth, Handler, Msg, Session};
 use russh::{Channel, ChannelId};
 use std::sync::Arc;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -36,7 +35,7 @@ pub struct SshSession {
     setups: std::collections::HashMap<(String, u32), CancellationToken>,
     /// Once a forward without a name was asked for: the first one's answer from control,
     /// which the later ones wait for ([`NameTurn`]).
-    first_unnamed: Option<watch::Receiver<()>>,
+    first_unnamed: Option<CancellationToken>,
     refused: bool,
     /// The user typed Ctrl-C or Ctrl-D: the session is being closed.
     closing: bool,
@@ -264,9 +263,9 @@ impl Handler for SshSession {
         let turn = match (&requested_name, &self.first_unnamed) {
             (Ok(None), Some(first)) if user.token.is_some() => NameTurn::AfterFirst(first.clone()),
             (Ok(None), None) if user.token.is_some() => {
-                let (first, answered) = watch::channel(());
-                self.first_unnamed = Some(answered);
-                NameTurn::First(first)
+                let answered = CancellationToken::new();
+                self.first_unnamed = Some(answered.clone());
+                NameTurn::First(answered.drop_guard())
             }
             _ => NameTurn::Any,
         };
@@ -611,11 +610,9 @@ impl Handler for SshSession {
             // has ended, with the session's exit status; a visitor's connection still open
             // (a keep-alive, a WebSocket) would keep it until the disconnect, and the exit
             // status would be 255. So the tunnels close first, then every other channel.
-            for tunnel in self.edge.tunnels_of(self.link.id) {
-                self.edge
-                    .close_tunnel(&tunnel, "client_closed", None, true)
-                    .await;
-            }
+            self.edge
+                .close_tunnels_of(self.link.id, "client_closed")
+                .await;
             for other in session.channel_ids().into_iter().filter(|c| *c != channel) {
                 let _ = session.close(other);
             }

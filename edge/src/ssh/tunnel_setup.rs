@@ -13,8 +13,7 @@ use nearhop_wire::{
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
 /// Time a client has after its forwards are set up to open a session channel before it is
@@ -57,18 +56,17 @@ pub enum NameTurn {
     /// A forward with a name of its own (or anonymous): no order to keep.
     Any,
     /// The connection's first forward without a name: control is asked at once; dropping
-    /// the sender (once control answered) lets the others go.
-    First(watch::Sender<()>),
+    /// the guard (once control answered) cancels the token the others wait on.
+    First(DropGuard),
     /// A later one: control is asked once the first was answered (or its setup ended).
-    AfterFirst(watch::Receiver<()>),
+    AfterFirst(CancellationToken),
 }
 
 impl NameTurn {
     /// Waits for this forward's turn to ask control.
-    async fn wait(&mut self) {
+    async fn wait(&self) {
         if let NameTurn::AfterFirst(first) = self {
-            // Resolves once the first's sender is dropped.
-            while first.changed().await.is_ok() {}
+            first.cancelled().await;
         }
     }
 }
@@ -148,7 +146,7 @@ async fn create(
         user,
         requested_name,
         forward,
-        mut turn,
+        turn,
         cancelled,
     } = pending;
     let requested_name = requested_name.map_err(|e| {
@@ -361,10 +359,10 @@ mod tests {
     /// forward that joins after that does not wait at all.
     #[tokio::test]
     async fn later_unnamed_forwards_ask_control_only_after_the_first() {
-        let (first, answered) = watch::channel(());
-        let first = NameTurn::First(first);
-        let mut second = NameTurn::AfterFirst(answered.clone());
-        let mut third = NameTurn::AfterFirst(answered.clone());
+        let answered = CancellationToken::new();
+        let first = NameTurn::First(answered.clone().drop_guard());
+        let second = NameTurn::AfterFirst(answered.clone());
+        let third = NameTurn::AfterFirst(answered.clone());
         let waiting = tokio::spawn(async move {
             second.wait().await;
             third.wait().await;
@@ -380,7 +378,7 @@ mod tests {
             .await
             .expect("the others go once the first's turn is given up")
             .expect("no panic");
-        let mut late = NameTurn::AfterFirst(answered);
+        let late = NameTurn::AfterFirst(answered);
         tokio::time::timeout(Duration::from_secs(10), late.wait())
             .await
             .expect("a forward after the first's answer does not wait");
